@@ -1,0 +1,24 @@
+"""beastnet: pre-serialized answers served at C speed by native threads.
+
+The public API: `ResponseTable` holds answers, `UDPServer` serves them,
+`Answer` and `MissRequest` are what a miss handler returns and receives.
+"""
+from beastnet._core import Entry, ResponseTable
+from beastnet.control import Answer, MissRequest
+from beastnet.errors import BeastnetError, HandlerError, InvalidKeyError, ServerError
+from beastnet.server import UDPServer
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Answer",
+    "BeastnetError",
+    "Entry",
+    "HandlerError",
+    "InvalidKeyError",
+    "MissRequest",
+    "ResponseTable",
+    "ServerError",
+    "UDPServer",
+    "__version__",
+]

@@ -1,0 +1,47 @@
+# The table of contents of beastnet._core: every cdef class and its fields.
+from libc.stdint cimport uint64_t
+from beastnet.includes.native cimport bn_counters
+from beastnet.includes.system cimport pthread_t
+
+
+cdef struct bn_index
+cdef struct bn_entry
+cdef struct bn_retired
+cdef struct bn_reader
+cdef struct bn_missq
+
+
+cdef class ResponseTable:
+    cdef bn_index* index                # published index; readers load it atomically
+    cdef bn_retired* retired_head       # oldest retired object (smallest epoch)
+    cdef bn_retired* retired_tail
+    cdef size_t retired_count           # objects waiting for QSBR
+    cdef size_t retired_memory          # bytes waiting for QSBR
+    cdef size_t entry_memory            # bytes of live entries
+    cdef size_t live                    # keys that hold an entry
+    cdef uint64_t version               # last write's sequence number
+    cdef object _lock                   # serialises Python writers
+
+    cdef int _retire(self, void* mem, size_t nbytes) except -1
+    cdef size_t _reclaim(self) noexcept
+    cdef int _reserve(self, size_t extra_keys) except -1
+    cdef int _put(self, bytes key, const char* body, size_t body_len,
+                  const char* ctype, size_t ctype_len) except -1
+    cdef int _set_locked(self, object key, object body, str content_type) except -1
+    cdef bn_entry* _find(self, bytes raw) noexcept
+
+
+cdef class UDPEngine:
+    cdef ResponseTable table            # kept alive while readers run
+    cdef int nreaders
+    cdef bn_reader** readers
+    cdef bn_counters* reader_counters          # nreaders, cache-line aligned
+    cdef pthread_t* threads
+    cdef int nrunning                    # threads started and not yet joined
+    cdef int stopped
+    cdef int stop_flag                  # read by readers each batch
+    cdef int stop_efd                    # eventfd: wakes readers sleeping in poll()
+    cdef int miss_efd                    # eventfd: misses queued, -1 = no queue
+    cdef bn_missq* missq
+
+    cdef void _join(self) noexcept

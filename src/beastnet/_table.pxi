@@ -1,0 +1,467 @@
+# The response table: immutable entries behind an open-addressing index that
+# native readers probe without locks.
+#
+# Lifetimes and thread contract:
+# - Only Python writers mutate, one at a time under `ResponseTable._lock`.
+# - An entry never changes after it is published.  Replacing or deleting a
+#   key swaps the slot's entry pointer atomically and retires the old entry.
+# - A slot's key never changes once its hash is published; deleting a key
+#   leaves the key in place with a NULL entry (a tombstone the same key reuses).
+# - Growth builds a new index and publishes it with one pointer store; the old
+#   index is retired.  A reader still probing the old index sees entries at
+#   most one batch stale, never freed ones: retired memory waits for QSBR.
+
+cdef struct bn_entry:
+    uint64_t version                    # table-wide sequence number of the write
+    char* body                          # points just past this struct
+    char* content_type                  # NUL-terminated, just past the body
+    uint32_t body_len                   # bytes
+    uint32_t content_type_len           # bytes, without the NUL
+
+cdef struct bn_slot:
+    uint64_t hash                       # 0 = empty; stored last (release) on insert
+    bn_entry* entry                     # NULL = deleted or never set
+    uint32_t key_len                    # bytes
+    char key[KEY_MAX_BYTES]             # immutable once `hash` is published
+
+cdef struct bn_index:
+    size_t mask                         # capacity - 1; capacity is a power of two
+    size_t used                         # slots holding a key, live or deleted
+    bn_slot* slots                      # capacity slots, same allocation
+
+cdef struct bn_retired:
+    bn_retired* next
+    void* mem                           # an entry or an index: both are one malloc block
+    uint64_t epoch                      # QSBR epoch of the unlink
+    size_t nbytes                       # for memory accounting
+
+
+cdef uint8_t CHAR_CLASS[256]
+
+
+cdef void char_class_init() noexcept:
+    cdef int c
+    for c in range(256):
+        CHAR_CLASS[c] = 0
+        if 0x21 <= c <= 0x7e:
+            CHAR_CLASS[c] |= CHAR_PRINT
+        if (48 <= c <= 57) or (65 <= c <= 90) or (97 <= c <= 122) or c in b"._:/-":
+            CHAR_CLASS[c] |= CHAR_KEY
+
+
+cdef inline uint64_t key_hash(const char* key, size_t n) noexcept nogil:
+    # FNV-1a, finished with a fold so the low bits (the bucket) see the high ones.
+    cdef uint64_t h = 14695981039346656037ULL
+    cdef size_t i
+    for i in range(n):
+        h ^= <uint8_t>key[i]
+        h *= 1099511628211ULL
+    h ^= h >> 29
+    return h | 1                        # never 0: 0 marks an empty slot
+
+
+cdef inline bn_entry* index_lookup(bn_index* idx, const char* key, size_t n) noexcept nogil:
+    """Probe `idx` for `key`.  Lock-free; the caller must be QSBR-online."""
+    cdef uint64_t h = key_hash(key, n)
+    cdef size_t i = h & idx.mask
+    cdef bn_slot* slot
+    cdef uint64_t seen
+    while True:
+        slot = &idx.slots[i]
+        seen = bn_load_u64(&slot.hash)
+        if seen == 0:
+            return NULL
+        if seen == h and slot.key_len == n and memcmp(slot.key, key, n) == 0:
+            return <bn_entry*>bn_load_ptr(<void**>&slot.entry)
+        i = (i + 1) & idx.mask
+
+
+cdef inline bn_entry* table_lookup(bn_index** index_ref, const char* key, size_t n) noexcept nogil:
+    return index_lookup(<bn_index*>bn_load_ptr(<void**>index_ref), key, n)
+
+
+cdef bn_index* index_new(size_t capacity) noexcept nogil:
+    cdef size_t size = sizeof(bn_index) + capacity * sizeof(bn_slot)
+    cdef bn_index* idx = <bn_index*>calloc(1, size)
+    if idx == NULL:
+        return NULL
+    idx.mask = capacity - 1
+    idx.slots = <bn_slot*>(<char*>idx + sizeof(bn_index))
+    return idx
+
+
+cdef inline size_t index_bytes(bn_index* idx) noexcept nogil:
+    return sizeof(bn_index) + (idx.mask + 1) * sizeof(bn_slot)
+
+
+cdef bn_slot* index_find_slot(bn_index* idx, const char* key, size_t n, uint64_t h) noexcept nogil:
+    """The slot holding `key`, or the empty slot where it would go (writer side)."""
+    cdef size_t i = h & idx.mask
+    cdef bn_slot* slot
+    while True:
+        slot = &idx.slots[i]
+        if slot.hash == 0:
+            return slot
+        if slot.hash == h and slot.key_len == n and memcmp(slot.key, key, n) == 0:
+            return slot
+        i = (i + 1) & idx.mask
+
+
+cdef bn_entry* entry_new(const char* body, size_t body_len, const char* ctype, size_t ctype_len,
+                         uint64_t version) noexcept nogil:
+    cdef bn_entry* e = <bn_entry*>malloc(sizeof(bn_entry) + body_len + ctype_len + 1)
+    if e == NULL:
+        return NULL
+    e.version = version
+    e.body = <char*>e + sizeof(bn_entry)
+    e.body_len = <uint32_t>body_len
+    e.content_type = e.body + body_len
+    e.content_type_len = <uint32_t>ctype_len
+    memcpy(e.body, body, body_len)
+    memcpy(e.content_type, ctype, ctype_len)
+    e.content_type[ctype_len] = 0
+    return e
+
+
+cdef inline size_t entry_bytes(bn_entry* e) noexcept nogil:
+    return sizeof(bn_entry) + e.body_len + e.content_type_len + 1
+
+
+cdef bytes key_to_bytes(object key):
+    """Validate a key from Python and return its bytes (DESIGN.md §2 KEY)."""
+    cdef bytes raw
+    if isinstance(key, str):
+        try:
+            raw = (<str>key).encode("ascii")
+        except UnicodeEncodeError:
+            raise InvalidKeyError(f"key {key!r}: only [A-Za-z0-9._:/-] are allowed") from None
+    elif isinstance(key, bytes):
+        raw = <bytes>key
+    else:
+        raise TypeError(f"key must be str or bytes, not {type(key).__name__}")
+    cdef Py_ssize_t n = len(raw)
+    cdef const unsigned char* p = raw
+    cdef Py_ssize_t i
+    if n == 0 or n > KEY_MAX_BYTES:
+        raise InvalidKeyError(f"key {key!r}: length must be 1..{KEY_MAX_BYTES} bytes, got {n}")
+    for i in range(n):
+        if not (CHAR_CLASS[p[i]] & CHAR_KEY):
+            raise InvalidKeyError(f"key {key!r}: only [A-Za-z0-9._:/-] are allowed")
+    return raw
+
+
+cdef bytes body_to_bytes(object body):
+    if isinstance(body, bytes):
+        return <bytes>body
+    if isinstance(body, str):
+        return (<str>body).encode("utf-8")
+    if isinstance(body, (bytearray, memoryview)):
+        return bytes(body)
+    raise TypeError(f"body must be bytes, str, bytearray or memoryview, not {type(body).__name__}")
+
+
+Entry = _collections.namedtuple("Entry", ["body", "content_type", "version"])
+Entry.__doc__ = "A published answer: its body bytes, its Content-Type and its write version."
+
+
+cdef class ResponseTable:
+    """Pre-serialized answers, keyed by short ASCII keys, served by native threads.
+
+    Writers (any number of Python threads) publish immutable entries with one
+    atomic pointer store; native readers never lock and never see a torn,
+    stale-pointer or freed entry.  Memory of replaced entries is reclaimed by
+    QSBR once every online reader has passed a quiescent point.
+
+    Keys are 1-64 bytes of ``[A-Za-z0-9._:/-]`` (``str`` or ``bytes``); bodies
+    are ``bytes`` (``str`` is UTF-8 encoded) of at most 16 MiB.
+    """
+
+    def __cinit__(self, size_t capacity=64):
+        cdef size_t cap = 16
+        while cap < capacity * 2:
+            cap <<= 1
+        self.index = index_new(cap)
+        if self.index == NULL:
+            raise MemoryError()
+        self.entry_memory = 0
+        self.retired_memory = 0
+        self._lock = _threading.Lock()
+
+    def __init__(self, object initial=None, *, size_t capacity=64,
+                 str content_type="application/json"):
+        """Create a table, optionally filled from a mapping of key -> body."""
+        if initial is not None:
+            self.update(initial, content_type=content_type)
+
+    def __dealloc__(self):
+        # No engine can be reading: every engine holds a reference to its table.
+        cdef bn_index* idx = self.index
+        cdef size_t i
+        cdef bn_retired* r
+        if idx != NULL:
+            for i in range(idx.mask + 1):
+                if idx.slots[i].entry != NULL:
+                    free(idx.slots[i].entry)
+            free(idx)
+            self.index = NULL
+        while self.retired_head != NULL:
+            r = self.retired_head
+            self.retired_head = r.next
+            free(r.mem)
+            free(r)
+
+    # -- writer internals (GIL held, self._lock held) ------------------------
+
+    cdef int _retire(self, void* mem, size_t nbytes) except -1:
+        cdef bn_retired* r = <bn_retired*>malloc(sizeof(bn_retired))
+        if r == NULL:
+            raise MemoryError()
+        r.next = NULL
+        r.mem = mem
+        r.nbytes = nbytes
+        r.epoch = qsbr_retire_epoch()
+        if self.retired_tail == NULL:
+            self.retired_head = r
+        else:
+            self.retired_tail.next = r
+        self.retired_tail = r
+        self.retired_count += 1
+        self.retired_memory += nbytes
+        return 0
+
+    cdef size_t _reclaim(self) noexcept:
+        """Free every retired object no reader can still hold; return how many."""
+        cdef bn_retired* r
+        cdef size_t freed = 0
+        if self.retired_head == NULL:
+            return 0
+        cdef uint64_t safe = qsbr_safe_epoch()
+        # Epochs only grow along the list, so the freeable ones form a prefix.
+        while self.retired_head != NULL and self.retired_head.epoch <= safe:
+            r = self.retired_head
+            self.retired_head = r.next
+            free(r.mem)
+            self.retired_memory -= r.nbytes
+            free(r)
+            freed += 1
+        if self.retired_head == NULL:
+            self.retired_tail = NULL
+        self.retired_count -= freed
+        return freed
+
+    cdef int _reserve(self, size_t extra_keys) except -1:
+        """Make room for `extra_keys` new keys at load factor <= 1/2, rebuilding
+        (and dropping tombstones) when needed.  Publishes the new index."""
+        cdef bn_index* old = self.index
+        if (old.used + extra_keys) * 2 <= old.mask + 1:
+            return 0
+        cdef size_t cap = 16
+        while cap < (self.live + extra_keys) * 4:
+            cap <<= 1
+        cdef bn_index* idx = index_new(cap)
+        if idx == NULL:
+            raise MemoryError()
+        cdef size_t i
+        cdef bn_slot* src
+        cdef bn_slot* dst
+        for i in range(old.mask + 1):
+            src = &old.slots[i]
+            if src.hash != 0 and src.entry != NULL:
+                dst = index_find_slot(idx, src.key, src.key_len, src.hash)
+                memcpy(dst.key, src.key, src.key_len)
+                dst.key_len = src.key_len
+                dst.entry = src.entry
+                dst.hash = src.hash
+                idx.used += 1
+        # Readers that loaded `old` keep probing it safely until their next
+        # quiescent point; the entries it points to are shared, not copied.
+        bn_store_ptr(<void**>&self.index, idx)
+        self._retire(old, index_bytes(old))
+        return 0
+
+    cdef int _put(self, bytes key, const char* body, size_t body_len,
+                  const char* ctype, size_t ctype_len) except -1:
+        cdef const char* k = key
+        cdef size_t n = len(key)
+        cdef uint64_t h = key_hash(k, n)
+        cdef bn_slot* slot = index_find_slot(self.index, k, n, h)
+        if slot.hash == 0:
+            self._reserve(1)
+            slot = index_find_slot(self.index, k, n, h)
+        self.version += 1
+        cdef bn_entry* e = entry_new(body, body_len, ctype, ctype_len, self.version)
+        if e == NULL:
+            raise MemoryError()
+        self.entry_memory += entry_bytes(e)
+        if slot.hash == 0:
+            memcpy(slot.key, k, n)
+            slot.key_len = <uint32_t>n
+            slot.entry = e
+            bn_store_u64(&slot.hash, h)     # publishes the key: readers may now match it
+            self.index.used += 1
+            self.live += 1
+            return 0
+        cdef bn_entry* old = <bn_entry*>bn_xchg_ptr(<void**>&slot.entry, e)
+        if old == NULL:
+            self.live += 1
+        else:
+            self.entry_memory -= entry_bytes(old)
+            self._retire(old, entry_bytes(old))
+        return 0
+
+    cdef int _set_locked(self, object key, object body, str content_type) except -1:
+        cdef bytes raw_key = key_to_bytes(key)
+        cdef bytes raw_body = body_to_bytes(body)
+        cdef bytes ctype = content_type.encode("ascii")
+        if len(raw_body) > BODY_MAX_BYTES:
+            raise ValueError(f"body of {len(raw_body)} bytes exceeds the {BODY_MAX_BYTES}-byte limit")
+        if len(ctype) > CONTENT_TYPE_MAX_BYTES or b"\r" in ctype or b"\n" in ctype:
+            raise ValueError(f"invalid content type {content_type!r}")
+        self._put(raw_key, raw_body, len(raw_body), ctype, len(ctype))
+        return 0
+
+    # -- public API ----------------------------------------------------------
+
+    def set(self, key, body, *, str content_type="application/json"):
+        """Publish `body` (bytes, or str encoded as UTF-8) as the answer for `key`."""
+        with self._lock:
+            self._set_locked(key, body, content_type)
+            self._reclaim()
+
+    def set_json(self, key, obj):
+        """Serialize `obj` once with orjson and publish it as `key`'s answer."""
+        self.set(key, _orjson.dumps(obj), content_type="application/json")
+
+    def update(self, items, *, str content_type="application/json"):
+        """Publish many answers: a mapping or an iterable of (key, body) pairs.
+
+        The index grows at most once and reclamation runs once for the whole
+        batch.  Each key flips atomically; readers may see some keys of the
+        batch new and others not yet.
+        """
+        pairs = list(items.items() if hasattr(items, "items") else items)
+        with self._lock:
+            self._reserve(len(pairs))
+            for key, body in pairs:
+                self._set_locked(key, body, content_type)
+            self._reclaim()
+
+    def __setitem__(self, key, body):
+        self.set(key, body)
+
+    def __delitem__(self, key):
+        if not self.discard(key):
+            raise KeyError(key)
+
+    def discard(self, key):
+        """Remove `key` if present; return whether it was."""
+        cdef bytes raw = key_to_bytes(key)
+        cdef bn_slot* slot
+        cdef bn_entry* old
+        with self._lock:
+            slot = index_find_slot(self.index, raw, len(raw), key_hash(raw, len(raw)))
+            if slot.hash == 0 or slot.entry == NULL:
+                return False
+            old = <bn_entry*>bn_xchg_ptr(<void**>&slot.entry, NULL)
+            self.live -= 1
+            self.entry_memory -= entry_bytes(old)
+            self._retire(old, entry_bytes(old))
+            self._reclaim()
+            return True
+
+    cdef bn_entry* _find(self, bytes raw) noexcept:
+        # Caller holds self._lock, so no writer can retire (and free) the entry.
+        return index_lookup(self.index, raw, len(raw))
+
+    def get(self, key, default=None):
+        """The body published for `key` (a copy), or `default`."""
+        cdef bytes raw = key_to_bytes(key)
+        cdef bn_entry* e
+        with self._lock:
+            e = self._find(raw)
+            if e == NULL:
+                return default
+            return PyBytes_FromStringAndSize(e.body, e.body_len)
+
+    def entry(self, key):
+        """The full entry for `key` as ``Entry(body, content_type, version)``, or None."""
+        cdef bytes raw = key_to_bytes(key)
+        cdef bn_entry* e
+        with self._lock:
+            e = self._find(raw)
+            if e == NULL:
+                return None
+            return Entry(PyBytes_FromStringAndSize(e.body, e.body_len),
+                         e.content_type[:e.content_type_len].decode("ascii"), e.version)
+
+    def __getitem__(self, key):
+        body = self.get(key)
+        if body is None:
+            raise KeyError(key)
+        return body
+
+    def __contains__(self, key):
+        cdef bytes raw
+        try:
+            raw = key_to_bytes(key)
+        except (InvalidKeyError, TypeError):
+            return False
+        with self._lock:
+            return self._find(raw) != NULL
+
+    def __len__(self):
+        return self.live
+
+    def keys(self):
+        """A snapshot list of the keys that hold an answer."""
+        cdef bn_index* idx
+        cdef size_t i
+        out = []
+        with self._lock:
+            idx = self.index
+            for i in range(idx.mask + 1):
+                if idx.slots[i].hash != 0 and idx.slots[i].entry != NULL:
+                    out.append(idx.slots[i].key[:idx.slots[i].key_len].decode("ascii"))
+        return out
+
+    def __iter__(self):
+        return iter(self.keys())
+
+    def items(self):
+        """A snapshot list of (key, body) pairs."""
+        cdef bn_index* idx
+        cdef bn_entry* e
+        cdef size_t i
+        out = []
+        with self._lock:
+            idx = self.index
+            for i in range(idx.mask + 1):
+                e = idx.slots[i].entry
+                if idx.slots[i].hash != 0 and e != NULL:
+                    out.append((idx.slots[i].key[:idx.slots[i].key_len].decode("ascii"),
+                                PyBytes_FromStringAndSize(e.body, e.body_len)))
+        return out
+
+    def reclaim(self):
+        """Free retired entries no reader can hold any more; return how many.
+
+        Writes reclaim on their own; call this after a burst of writes followed
+        by silence to release the last retired entries promptly.
+        """
+        with self._lock:
+            return self._reclaim()
+
+    def memory_stats(self):
+        """Bytes held by live entries, the index, and retired-but-unfreed objects."""
+        with self._lock:
+            return {
+                "keys": self.live,
+                "capacity": self.index.mask + 1,
+                "entry_bytes": self.entry_memory,
+                "index_bytes": index_bytes(self.index),
+                "retired_objects": self.retired_count,
+                "retired_bytes": self.retired_memory,
+            }
+
+    def __repr__(self):
+        return f"<ResponseTable keys={self.live}>"

@@ -1,0 +1,574 @@
+# The UDP fast path: one native reader thread per SO_REUSEPORT socket.
+#
+# A reader loops: recvmmsg a batch (MSG_DONTWAIT), parse each datagram in
+# place, answer hits from the table with a two-part iovec [tag prefix, body]
+# that points into the receive slot and the entry (nothing is copied), hand
+# misses to the miss queue, sendmmsg the whole batch, announce a quiescent
+# point.  With nothing to read it goes QSBR-offline and sleeps in poll() on
+# its socket and the engine's stop eventfd.  Readers never touch Python.
+
+cdef struct bn_request:
+    const char* key
+    uint32_t key_len
+    uint32_t tag_len                    # bytes of "@TAG " to echo, 0 = no tag
+    const char* apikey
+    uint32_t apikey_len                 # 0 = no API key
+
+cdef struct bn_static_body:
+    const char* data
+    size_t len
+
+cdef struct bn_reader:
+    int fd                              # the reader's SO_REUSEPORT socket
+    int index                           # position in the reuseport group
+    int cpu                             # CPU to pin to, -1 = no pinning
+    int pin_error                       # errno from pinning, 0 = pinned or not asked
+    int fatal_errno                     # errno that made the reader quit, 0 = none
+    int stop_fd                         # engine's eventfd, readable once stop() is called
+    int miss_fd                         # eventfd to signal the control plane, -1 = no miss queue
+    int qsbr_index                      # slot in qsbr_slots
+    int* stop_flag                      # engine's stop flag
+    unsigned int batch                  # datagrams per recvmmsg
+    unsigned int slot_bytes             # receive buffer per datagram; longer ones are truncated
+    bn_missq* missq                     # NULL: misses are answered not_found
+    bn_index** index_ref                # &table.index, loaded once per datagram
+    bn_qsbr_slot* qsbr
+    bn_counters* counters
+    char* rx_data                       # batch * slot_bytes
+    char* rx_addr                       # batch * ADDR_MAX_BYTES, source addresses
+    mmsghdr* rx_msgs                    # batch
+    iovec* rx_iov                       # batch, one slot each
+    mmsghdr* tx_msgs                    # batch
+    iovec* tx_iov                       # 2 * batch: [tag prefix, body] per reply
+    char cmsg[CMSG_BUF_BYTES]           # SO_RXQ_OVFL, attached to the first message of a batch
+
+
+cdef bn_static_body BODY_BAD_REQUEST
+cdef bn_static_body BODY_NOT_FOUND
+cdef bn_static_body BODY_BUSY
+cdef bn_static_body BODY_INTERNAL_ERROR
+
+
+cdef void static_bodies_init() noexcept:
+    # Built once, like redis's createSharedObjects: error replies cost no work.
+    global BODY_BAD_REQUEST, BODY_NOT_FOUND, BODY_BUSY, BODY_INTERNAL_ERROR
+    BODY_BAD_REQUEST.data = b'{"error":"bad_request"}'
+    BODY_BAD_REQUEST.len = strlen(BODY_BAD_REQUEST.data)
+    BODY_NOT_FOUND.data = b'{"error":"not_found"}'
+    BODY_NOT_FOUND.len = strlen(BODY_NOT_FOUND.data)
+    BODY_BUSY.data = b'{"error":"busy"}'
+    BODY_BUSY.len = strlen(BODY_BUSY.data)
+    BODY_INTERNAL_ERROR.data = b'{"error":"internal_error"}'
+    BODY_INTERNAL_ERROR.len = strlen(BODY_INTERNAL_ERROR.data)
+
+
+cdef inline int udp_parse(const char* data, size_t n, bn_request* req) noexcept nogil:
+    """Parse `[@TAG ]KEY[ APIKEY][\\r]\\n` in place (DESIGN.md §2)."""
+    cdef const uint8_t* p = <const uint8_t*>data
+    cdef size_t i = 0
+    cdef size_t start
+    req.tag_len = 0
+    req.key = NULL
+    req.key_len = 0
+    req.apikey = NULL
+    req.apikey_len = 0
+    if n > 0 and p[n - 1] == 10:        # LF
+        n -= 1
+        if n > 0 and p[n - 1] == 13:    # CR
+            n -= 1
+    if n == 0:
+        return PARSE_EMPTY
+    if p[0] == 64:                      # '@' opens a TAG
+        i = 1
+        while i < n and (CHAR_CLASS[p[i]] & CHAR_PRINT):
+            i += 1
+        if i == 1 or i - 1 > TAG_MAX_BYTES or i >= n or p[i] != 32:
+            return PARSE_BAD
+        i += 1                          # the space is echoed with the tag
+        req.tag_len = <uint32_t>i
+    start = i
+    while i < n and (CHAR_CLASS[p[i]] & CHAR_KEY):
+        i += 1
+    if i == start or i - start > KEY_MAX_BYTES:
+        return PARSE_BAD
+    req.key = data + start
+    req.key_len = <uint32_t>(i - start)
+    if i == n:
+        return PARSE_OK
+    if p[i] != 32:                      # KEY ends at a space or at the end
+        return PARSE_BAD
+    i += 1
+    start = i
+    while i < n and (CHAR_CLASS[p[i]] & CHAR_PRINT):
+        i += 1
+    if i != n or i == start or i - start > APIKEY_MAX_BYTES:
+        return PARSE_BAD
+    req.apikey = data + start
+    req.apikey_len = <uint32_t>(i - start)
+    return PARSE_OK
+
+
+cdef inline void udp_reply(mmsghdr* out, mmsghdr* src, const char* tag, size_t tag_len,
+                           const char* body, size_t body_len) noexcept nogil:
+    out.msg_hdr.msg_name = src.msg_hdr.msg_name
+    out.msg_hdr.msg_namelen = src.msg_hdr.msg_namelen
+    out.msg_hdr.msg_iov[0].iov_base = <void*>tag
+    out.msg_hdr.msg_iov[0].iov_len = tag_len
+    out.msg_hdr.msg_iov[1].iov_base = <void*>body
+    out.msg_hdr.msg_iov[1].iov_len = body_len
+
+
+cdef inline int udp_queue_miss(bn_reader* r, mmsghdr* m, const char* data, bn_request* req) noexcept nogil:
+    """Copy a miss into the queue; 0 when the queue is full."""
+    cdef uint64_t pos
+    cdef bn_miss* cell = missq_claim(r.missq, &pos)
+    if cell == NULL:
+        return 0
+    cell.reader = <uint32_t>r.index
+    cell.addr_len = m.msg_hdr.msg_namelen
+    memcpy(cell.addr, m.msg_hdr.msg_name, m.msg_hdr.msg_namelen)
+    cell.tag_len = req.tag_len
+    memcpy(cell.tag, data, req.tag_len)
+    cell.key_len = req.key_len
+    memcpy(cell.key, req.key, req.key_len)
+    cell.apikey_len = req.apikey_len
+    memcpy(cell.apikey, req.apikey, req.apikey_len)
+    missq_publish(cell, pos)
+    return 1
+
+
+cdef int udp_reader_wait(bn_reader* r) noexcept nogil:
+    """Sleep until the socket is readable or stop() is called.  Offline for
+    QSBR meanwhile, so an idle reader never delays reclamation."""
+    cdef pollfd fds[2]
+    cdef int rc
+    fds[0].fd = r.fd
+    fds[0].events = POLLIN
+    fds[1].fd = r.stop_fd
+    fds[1].events = POLLIN
+    bn_count(&r.counters.idle_waits, 1)
+    qsbr_offline(r.qsbr)
+    rc = poll(fds, 2, -1)
+    if rc < 0 and errno != EINTR:
+        rc = errno
+    else:
+        rc = 0
+    qsbr_online(r.qsbr)
+    return rc
+
+
+cdef int udp_reader_recv(bn_reader* r) noexcept nogil:
+    """One recvmmsg: the number of datagrams read, 0 for none, -1 on a fatal error."""
+    cdef unsigned int i
+    cdef int n
+    cdef int err
+    for i in range(r.batch):
+        r.rx_msgs[i].msg_hdr.msg_namelen = ADDR_MAX_BYTES
+    r.rx_msgs[0].msg_hdr.msg_controllen = CMSG_BUF_BYTES
+    n = recvmmsg(r.fd, r.rx_msgs, r.batch, MSG_DONTWAIT, NULL)
+    if n > 0:
+        return n
+    if n == 0:
+        return 0
+    err = errno
+    if err == EAGAIN:                   # == EWOULDBLOCK on Linux
+        err = udp_reader_wait(r)
+        if err != 0:
+            r.fatal_errno = err
+            return -1
+        return 0
+    if err == EINTR:
+        bn_count(&r.counters.eintr, 1)
+        return 0
+    bn_count(&r.counters.recv_errors, 1)
+    if err == EBADF or err == ENOTSOCK or err == EFAULT or err == EINVAL:
+        r.fatal_errno = err
+        return -1
+    return 0                            # ENOMEM and friends: count and carry on
+
+
+cdef void udp_reader_kernel_drops(bn_reader* r) noexcept nogil:
+    # The kernel attaches SO_RXQ_OVFL (a cumulative uint32 of the socket's
+    # drops) only once it is non-zero; reading it once a batch is enough.
+    cdef msghdr* hdr = &r.rx_msgs[0].msg_hdr
+    cdef cmsghdr* cm
+    cdef uint32_t drops
+    if hdr.msg_controllen == 0:
+        return
+    cm = CMSG_FIRSTHDR(hdr)
+    while cm != NULL:
+        if cm.cmsg_level == SOL_SOCKET and cm.cmsg_type == SO_RXQ_OVFL:
+            memcpy(&drops, CMSG_DATA(cm), sizeof(uint32_t))
+            bn_store_u64(&r.counters.kernel_drops, drops)
+        cm = CMSG_NXTHDR(hdr, cm)
+
+
+cdef void udp_reader_send(bn_reader* r, unsigned int nout) noexcept nogil:
+    cdef unsigned int sent = 0
+    cdef unsigned int i
+    cdef int n
+    cdef int err
+    cdef unsigned int delivered = 0
+    cdef uint64_t nbytes = 0
+    cdef uint64_t calls = 0
+    while sent < nout:
+        n = sendmmsg(r.fd, r.tx_msgs + sent, nout - sent, 0)
+        if n > 0:
+            for i in range(sent, sent + <unsigned int>n):
+                nbytes += r.tx_msgs[i].msg_len
+            sent += <unsigned int>n
+            delivered += <unsigned int>n
+            calls += 1
+            continue
+        err = errno
+        if n < 0 and err == EINTR:
+            bn_count(&r.counters.eintr, 1)
+            continue
+        # The datagram at `sent` was refused (ENOBUFS, EAGAIN after
+        # SO_SNDTIMEO, EMSGSIZE, a vanished route...): count it, skip it.
+        bn_count(&r.counters.send_errors, 1)
+        if err == ENOBUFS or err == EAGAIN:
+            bn_count(&r.counters.send_enobufs, 1)
+        sent += 1
+    bn_count(&r.counters.tx_packets, delivered)
+    bn_count(&r.counters.tx_bytes, nbytes)
+    bn_count(&r.counters.tx_batches, calls)
+
+
+cdef void udp_reader_serve(bn_reader* r, unsigned int n) noexcept nogil:
+    cdef unsigned int i
+    cdef unsigned int nout = 0
+    cdef mmsghdr* m
+    cdef const char* data
+    cdef unsigned int length
+    cdef int status
+    cdef bn_request req
+    cdef bn_entry* entry
+    cdef uint64_t rx_bytes = 0
+    cdef uint64_t hits = 0
+    cdef uint64_t misses = 0
+    cdef uint64_t not_found = 0
+    cdef uint64_t bad = 0
+    cdef uint64_t truncated = 0
+    cdef uint64_t empty = 0
+    cdef uint64_t queued = 0
+    cdef uint64_t queue_drops = 0
+    for i in range(n):
+        m = &r.rx_msgs[i]
+        data = r.rx_data + <size_t>i * r.slot_bytes
+        length = m.msg_len
+        rx_bytes += length
+        if m.msg_hdr.msg_flags & MSG_TRUNC:
+            # Longer than any valid request; its tag cannot be trusted either.
+            truncated += 1
+            bad += 1
+            udp_reply(&r.tx_msgs[nout], m, data, 0, BODY_BAD_REQUEST.data, BODY_BAD_REQUEST.len)
+            nout += 1
+            continue
+        status = udp_parse(data, length, &req)
+        if status == PARSE_OK:
+            entry = table_lookup(r.index_ref, req.key, req.key_len)
+            if entry != NULL:
+                hits += 1
+                udp_reply(&r.tx_msgs[nout], m, data, req.tag_len, entry.body, entry.body_len)
+                nout += 1
+                continue
+            misses += 1
+            if r.missq == NULL:
+                not_found += 1
+                udp_reply(&r.tx_msgs[nout], m, data, req.tag_len, BODY_NOT_FOUND.data, BODY_NOT_FOUND.len)
+                nout += 1
+            elif udp_queue_miss(r, m, data, &req):
+                queued += 1             # the control plane answers it
+            else:
+                queue_drops += 1
+                udp_reply(&r.tx_msgs[nout], m, data, req.tag_len, BODY_BUSY.data, BODY_BUSY.len)
+                nout += 1
+            continue
+        if status == PARSE_EMPTY:
+            empty += 1
+        bad += 1
+        udp_reply(&r.tx_msgs[nout], m, data, req.tag_len, BODY_BAD_REQUEST.data, BODY_BAD_REQUEST.len)
+        nout += 1
+    if nout > 0:
+        udp_reader_send(r, nout)
+    if queued > 0:
+        udp_signal(r.miss_fd)
+    udp_reader_kernel_drops(r)
+    bn_count(&r.counters.rx_packets, n)
+    bn_count(&r.counters.rx_bytes, rx_bytes)
+    bn_count(&r.counters.rx_batches, 1)
+    bn_count(&r.counters.hits, hits)
+    bn_count(&r.counters.misses, misses)
+    bn_count(&r.counters.not_found, not_found)
+    bn_count(&r.counters.bad_requests, bad)
+    bn_count(&r.counters.truncated, truncated)
+    bn_count(&r.counters.empty, empty)
+    bn_count(&r.counters.queued, queued)
+    bn_count(&r.counters.queue_drops, queue_drops)
+
+
+cdef inline void udp_signal(int efd) noexcept nogil:
+    # An eventfd counter only saturates after 2^64-2 writes; EAGAIN cannot
+    # happen in practice and a lost wake-up would be repaired by the next one.
+    cdef uint64_t one = 1
+    write(efd, &one, sizeof(one))
+
+
+cdef void* udp_reader_main(void* arg) noexcept nogil:
+    cdef bn_reader* r = <bn_reader*>arg
+    cdef int n
+    if r.cpu >= 0:
+        r.pin_error = bn_pin_self_to_cpu(r.cpu)
+    qsbr_online(r.qsbr)
+    while not bn_load_int(r.stop_flag):
+        n = udp_reader_recv(r)
+        if n > 0:
+            udp_reader_serve(r, <unsigned int>n)
+        elif n < 0:
+            break
+        qsbr_quiescent(r.qsbr)
+    qsbr_offline(r.qsbr)
+    return NULL
+
+
+cdef bn_reader* udp_reader_new(int fd, int index, int cpu, unsigned int batch,
+                               unsigned int slot_bytes) noexcept nogil:
+    cdef bn_reader* r = <bn_reader*>calloc(1, sizeof(bn_reader))
+    cdef unsigned int i
+    if r == NULL:
+        return NULL
+    r.fd = fd
+    r.index = index
+    r.cpu = cpu
+    r.batch = batch
+    r.slot_bytes = slot_bytes
+    r.miss_fd = -1
+    r.rx_data = <char*>malloc(<size_t>batch * slot_bytes)
+    r.rx_addr = <char*>calloc(batch, ADDR_MAX_BYTES)
+    r.rx_msgs = <mmsghdr*>calloc(batch, sizeof(mmsghdr))
+    r.rx_iov = <iovec*>calloc(batch, sizeof(iovec))
+    r.tx_msgs = <mmsghdr*>calloc(batch, sizeof(mmsghdr))
+    r.tx_iov = <iovec*>calloc(2 * <size_t>batch, sizeof(iovec))
+    if (r.rx_data == NULL or r.rx_addr == NULL or r.rx_msgs == NULL or r.rx_iov == NULL
+            or r.tx_msgs == NULL or r.tx_iov == NULL):
+        udp_reader_free(r)
+        return NULL
+    for i in range(batch):
+        r.rx_iov[i].iov_base = r.rx_data + <size_t>i * slot_bytes
+        r.rx_iov[i].iov_len = slot_bytes
+        r.rx_msgs[i].msg_hdr.msg_iov = &r.rx_iov[i]
+        r.rx_msgs[i].msg_hdr.msg_iovlen = 1
+        r.rx_msgs[i].msg_hdr.msg_name = r.rx_addr + <size_t>i * ADDR_MAX_BYTES
+        r.tx_msgs[i].msg_hdr.msg_iov = &r.tx_iov[2 * i]
+        r.tx_msgs[i].msg_hdr.msg_iovlen = 2
+    r.rx_msgs[0].msg_hdr.msg_control = r.cmsg
+    return r
+
+
+cdef void udp_reader_free(bn_reader* r) noexcept nogil:
+    if r == NULL:
+        return
+    free(r.rx_data)
+    free(r.rx_addr)
+    free(r.rx_msgs)
+    free(r.rx_iov)
+    free(r.tx_msgs)
+    free(r.tx_iov)
+    free(r)
+
+
+cdef class UDPEngine:
+    """Native reader threads over already-bound SO_REUSEPORT sockets.
+
+    Low-level: `beastnet.UDPServer` creates the sockets, the control plane and
+    this engine.  The engine owns neither the socket file descriptors nor the
+    table; it keeps the table alive while it exists.  One start(), one stop().
+    """
+
+    def __cinit__(self, ResponseTable table not None, fds, *, unsigned int batch=32,
+                  unsigned int max_datagram=512, cpus=None, size_t miss_capacity=0):
+        cdef int i
+        cdef int n = len(fds)
+        cdef void* mem = NULL
+        self.stop_efd = -1
+        self.miss_efd = -1
+        if n < 1:
+            raise ValueError("at least one socket is needed")
+        if not 1 <= batch <= 1024:
+            raise ValueError(f"batch must be 1..1024, got {batch}")
+        if not 64 <= max_datagram <= 65536:
+            raise ValueError(f"max_datagram must be 64..65536, got {max_datagram}")
+        if cpus is not None and len(cpus) != n:
+            raise ValueError("cpus must give one CPU (or -1) per socket")
+        self.table = table
+        self.nreaders = n
+        self.stop_efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
+        if self.stop_efd < 0:
+            raise_errno("eventfd")
+        if miss_capacity > 0:
+            self.missq = missq_new(miss_capacity)
+            if self.missq == NULL:
+                raise MemoryError()
+            self.miss_efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
+            if self.miss_efd < 0:
+                raise_errno("eventfd")
+        if posix_memalign(&mem, BN_CACHE_LINE, sizeof(bn_counters) * n) != 0:
+            raise MemoryError()
+        memset(mem, 0, sizeof(bn_counters) * n)
+        self.reader_counters = <bn_counters*>mem
+        self.threads = <pthread_t*>calloc(n, sizeof(pthread_t))
+        self.readers = <bn_reader**>calloc(n, sizeof(bn_reader*))
+        if self.threads == NULL or self.readers == NULL:
+            raise MemoryError()
+        for i in range(n):
+            self.readers[i] = udp_reader_new(fds[i], i, -1 if cpus is None else cpus[i],
+                                             batch, max_datagram)
+            if self.readers[i] == NULL:
+                raise MemoryError()
+            self.readers[i].stop_flag = &self.stop_flag
+            self.readers[i].stop_fd = self.stop_efd
+            self.readers[i].miss_fd = self.miss_efd
+            self.readers[i].missq = self.missq
+            self.readers[i].index_ref = &table.index
+            self.readers[i].counters = &self.reader_counters[i]
+            self.readers[i].qsbr_index = -1
+
+    def __dealloc__(self):
+        cdef int i
+        if self.nrunning:
+            self._join()
+        if self.readers != NULL:
+            for i in range(self.nreaders):
+                if self.readers[i] != NULL and self.readers[i].qsbr_index >= 0:
+                    qsbr_unregister(self.readers[i].qsbr_index)
+                udp_reader_free(self.readers[i])
+            free(self.readers)
+        free(self.threads)
+        free(self.reader_counters)
+        missq_free(self.missq)
+        if self.stop_efd >= 0:
+            close(self.stop_efd)
+        if self.miss_efd >= 0:
+            close(self.miss_efd)
+
+    def start(self):
+        """Start one native thread per socket (GIL released in each)."""
+        cdef int i
+        cdef int started = 0
+        cdef int rc = 0
+        if self.nrunning or self.stopped:
+            raise RuntimeError("a UDPEngine starts once")
+        for i in range(self.nreaders):
+            self.readers[i].qsbr_index = qsbr_register()
+            self.readers[i].qsbr = &qsbr_slots[self.readers[i].qsbr_index]
+        with nogil:
+            for i in range(self.nreaders):
+                rc = pthread_create(&self.threads[i], NULL, udp_reader_main, self.readers[i])
+                if rc != 0:
+                    break
+                started += 1
+        self.nrunning = started
+        if rc != 0:
+            self._join()
+            raise OSError(rc, f"pthread_create: {os.strerror(rc)}")
+
+    cdef void _join(self) noexcept:
+        cdef int i
+        cdef uint64_t one = 1
+        cdef int n = self.nrunning
+        bn_store_int(&self.stop_flag, 1)
+        write(self.stop_efd, &one, sizeof(one))
+        # Joined without the GIL: a reader never needs it, but a thread blocked
+        # on the GIL while we hold it would deadlock the join.
+        with nogil:
+            for i in range(n):
+                pthread_join(self.threads[i], NULL)
+        for i in range(self.nreaders):
+            if self.readers[i].qsbr_index >= 0:
+                qsbr_unregister(self.readers[i].qsbr_index)
+                self.readers[i].qsbr_index = -1
+                self.readers[i].qsbr = NULL
+        self.nrunning = 0
+        self.stopped = 1
+
+    def stop(self):
+        """Stop and join every reader thread.  Idempotent; returns promptly
+        (readers wake from poll() on the stop eventfd, and a send blocks for
+        at most SO_SNDTIMEO)."""
+        if self.nrunning:
+            self._join()
+        self.stopped = 1
+        self.table.reclaim()
+
+    @property
+    def running(self):
+        return self.nrunning > 0
+
+    @property
+    def miss_fd(self):
+        """eventfd that becomes readable when misses are queued (-1 without a queue)."""
+        return self.miss_efd
+
+    def reader_status(self):
+        """Per reader: the pinning errno (0 = fine) and the errno that made it quit (0 = none)."""
+        cdef int i
+        return [(self.readers[i].pin_error, self.readers[i].fatal_errno) for i in range(self.nreaders)]
+
+    def counters(self):
+        """A snapshot of every reader's counters, one dict per socket."""
+        cdef int i
+        cdef bn_counters snap
+        out = []
+        for i in range(self.nreaders):
+            counters_snapshot(&self.reader_counters[i], &snap)
+            out.append(snap)
+        return out
+
+    def drain_eventfd(self):
+        """Reset the miss eventfd (call before draining the queue)."""
+        cdef uint64_t value
+        if self.miss_efd >= 0:
+            read(self.miss_efd, &value, sizeof(value))
+
+    def pop_misses(self, size_t limit):
+        """Up to `limit` queued misses as (reader, addr, tag_prefix, key, apikey) tuples."""
+        cdef bn_miss* cell
+        out = []
+        if self.missq == NULL:
+            return out
+        while <size_t>len(out) < limit:
+            cell = missq_peek(self.missq)
+            if cell == NULL:
+                break
+            out.append((
+                cell.reader,
+                PyBytes_FromStringAndSize(cell.addr, cell.addr_len),
+                PyBytes_FromStringAndSize(cell.tag, cell.tag_len),
+                cell.key[:cell.key_len].decode("ascii"),
+                cell.apikey[:cell.apikey_len].decode("ascii") if cell.apikey_len else None,
+            ))
+            missq_release(self.missq, cell)
+        return out
+
+    def send_reply(self, unsigned int reader, bytes addr not None, bytes tag_prefix not None,
+                   bytes body not None):
+        """Send one answer through reader `reader`'s socket; return 0 or an errno value."""
+        cdef msghdr msg
+        cdef iovec iov[2]
+        cdef ssize_t rc
+        if reader >= <unsigned int>self.nreaders:
+            raise ValueError("no such reader")
+        memset(&msg, 0, sizeof(msg))
+        iov[0].iov_base = <char*>tag_prefix
+        iov[0].iov_len = len(tag_prefix)
+        iov[1].iov_base = <char*>body
+        iov[1].iov_len = len(body)
+        msg.msg_name = <char*>addr
+        msg.msg_namelen = <socklen_t>len(addr)
+        msg.msg_iov = iov
+        msg.msg_iovlen = 2
+        rc = sendmsg(self.readers[reader].fd, &msg, MSG_DONTWAIT)
+        if rc < 0:
+            return errno
+        return 0

@@ -1,0 +1,228 @@
+"""The Python control plane: a uvloop event loop on its own thread.
+
+It serves what the native data plane cannot: table misses (the user's
+handler, plain or async), and later admin routes and feeds.  Nothing here runs
+per hit; the native readers never wait for this thread.
+"""
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, Optional, Union
+
+import orjson
+import uvloop
+
+__all__ = ["Answer", "ControlPlane", "MissRequest", "MissHandler"]
+
+log = logging.getLogger("beastnet")
+
+
+class MissRequest:
+    """A request the table could not answer, as the handler sees it."""
+
+    __slots__ = ("key", "api_key", "tag", "protocol", "_addr", "_reader")
+
+    def __init__(self, key: str, api_key: Optional[str], tag: Optional[str], protocol: str,
+                 addr: bytes, reader: int) -> None:
+        self.key = key              #: the KEY asked for
+        self.api_key = api_key      #: the APIKEY sent with it, or None
+        self.tag = tag              #: the TAG (without '@'), or None
+        self.protocol = protocol    #: "udp"
+        self._addr = addr
+        self._reader = reader
+
+    def __repr__(self) -> str:
+        return f"MissRequest(key={self.key!r}, protocol={self.protocol!r}, tag={self.tag!r})"
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A handler's answer with options.  `cache=True` publishes it to the table,
+    so the next request for the key is a native hit."""
+
+    body: Union[bytes, str, dict, list]
+    cache: bool = False
+    content_type: str = "application/json"
+
+
+HandlerResult = Union[bytes, str, dict, list, Answer, None]
+MissHandler = Callable[[MissRequest], Union[HandlerResult, Awaitable[HandlerResult]]]
+
+_NOT_FOUND = b'{"error":"not_found"}'
+_INTERNAL_ERROR = b'{"error":"internal_error"}'
+
+
+def _encode(body: Any) -> bytes:
+    if isinstance(body, bytes):
+        return body
+    if isinstance(body, str):
+        return body.encode("utf-8")
+    if isinstance(body, (bytearray, memoryview)):
+        return bytes(body)
+    return orjson.dumps(body)
+
+
+class ControlPlane:
+    """A uvloop loop running on a daemon thread, started and stopped with a server."""
+
+    def __init__(self, name: str = "beastnet-control") -> None:
+        self.loop = uvloop.new_event_loop()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._ready = threading.Event()
+
+    def start(self) -> None:
+        self._thread.start()
+        self._ready.wait()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.call_soon(self._ready.set)
+        try:
+            self.loop.run_forever()
+        finally:
+            pending = asyncio.all_tasks(self.loop)
+            for task in pending:
+                task.cancel()
+            if pending:
+                self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            self.loop.close()
+
+    def call_soon(self, fn: Callable[..., Any], *args: Any) -> None:
+        self.loop.call_soon_threadsafe(fn, *args)
+
+    def run(self, fn: Callable[..., Any], *args: Any, timeout: float = 5.0) -> Any:
+        """Run `fn(*args)` on the loop thread and return its result."""
+        async def call() -> Any:
+            return fn(*args)
+        return asyncio.run_coroutine_threadsafe(call(), self.loop).result(timeout)
+
+    def stop(self, timeout: float = 1.0) -> None:
+        if self._thread.is_alive():
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(timeout)
+
+
+class MissDispatcher:
+    """Drains an engine's miss queue on the control loop and answers each miss.
+
+    At most `max_inflight` handler calls run at once; past that the dispatcher
+    stops draining, the native queue fills, and readers answer `busy` -- so a
+    slow handler costs misses, never hits, and never unbounded memory.
+    """
+
+    def __init__(self, engine: Any, table: Any, handler: MissHandler, protocol: str,
+                 max_inflight: int) -> None:
+        self.engine = engine
+        self.table = table
+        self.handler = handler
+        self.protocol = protocol
+        self.max_inflight = max_inflight
+        self.inflight = 0
+        self.calls = 0
+        self.errors = 0
+        self.replies = 0
+        self.cached = 0
+        self.send_errors = 0
+        self.last_error: Optional[BaseException] = None
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._drain_scheduled = False
+
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        loop.add_reader(self.engine.miss_fd, self._on_readable)
+
+    def detach(self) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.remove_reader(self.engine.miss_fd)
+
+    def counters(self) -> dict:
+        return {
+            "handler_calls": self.calls,
+            "handler_errors": self.errors,
+            "handler_inflight": self.inflight,
+            "miss_replies": self.replies,
+            "miss_cached": self.cached,
+            "miss_send_errors": self.send_errors,
+        }
+
+    def _on_readable(self) -> None:
+        self.engine.drain_eventfd()
+        self._drain()
+
+    def _schedule_drain(self) -> None:
+        if not self._drain_scheduled and self._loop is not None:
+            self._drain_scheduled = True
+            self._loop.call_soon(self._drain)
+
+    def _drain(self) -> None:
+        self._drain_scheduled = False
+        room = self.max_inflight - self.inflight
+        if room <= 0:
+            return                      # a finishing call reschedules us
+        misses = self.engine.pop_misses(min(room, 256))
+        for reader, addr, tag, key, api_key in misses:
+            request = MissRequest(key, api_key, tag[1:-1].decode("ascii") if tag else None,
+                                  self.protocol, addr, reader)
+            self._call(request, tag)
+        if len(misses) == min(room, 256):
+            self._schedule_drain()      # the eventfd is already drained: look again
+
+    def _call(self, request: MissRequest, tag: bytes) -> None:
+        self.calls += 1
+        try:
+            result = self.handler(request)
+        except Exception as exc:
+            self._failed(request, tag, exc)
+            return
+        if inspect.isawaitable(result):
+            self.inflight += 1
+            assert self._loop is not None
+            task = self._loop.create_task(result)  # type: ignore[arg-type]
+            task.add_done_callback(lambda t, r=request, g=tag: self._finished(t, r, g))
+        else:
+            self._reply(request, tag, result)
+
+    def _finished(self, task: "asyncio.Task[Any]", request: MissRequest, tag: bytes) -> None:
+        self.inflight -= 1
+        if not task.cancelled():
+            exc = task.exception()
+            if exc is not None:
+                self._failed(request, tag, exc)
+            else:
+                self._reply(request, tag, task.result())
+        self._schedule_drain()
+
+    def _failed(self, request: MissRequest, tag: bytes, exc: BaseException) -> None:
+        self.errors += 1
+        self.last_error = exc
+        if self.errors == 1 or self.errors % 1000 == 0:
+            log.error("miss handler raised for %r (%d errors so far)", request, self.errors,
+                      exc_info=exc)
+        self._send(request, tag, _INTERNAL_ERROR)
+
+    def _reply(self, request: MissRequest, tag: bytes, result: HandlerResult) -> None:
+        if result is None:
+            self._send(request, tag, _NOT_FOUND)
+            return
+        try:
+            if isinstance(result, Answer):
+                body = _encode(result.body)
+                if result.cache:
+                    self.table.set(request.key, body, content_type=result.content_type)
+                    self.cached += 1
+            else:
+                body = _encode(result)
+        except Exception as exc:        # unencodable result: the handler's bug
+            self._failed(request, tag, exc)
+            return
+        self._send(request, tag, body)
+
+    def _send(self, request: MissRequest, tag: bytes, body: bytes) -> None:
+        if self.engine.send_reply(request._reader, request._addr, tag, body) == 0:
+            self.replies += 1
+        else:
+            self.send_errors += 1

@@ -1,0 +1,17 @@
+"""Exceptions raised by beastnet.  All derive from `BeastnetError`."""
+
+
+class BeastnetError(Exception):
+    """Base class of every beastnet error."""
+
+
+class InvalidKeyError(BeastnetError, ValueError):
+    """A key is empty, longer than 64 bytes, or has a byte outside [A-Za-z0-9._:/-]."""
+
+
+class ServerError(BeastnetError, RuntimeError):
+    """A server could not start, or a native thread reported a fatal error."""
+
+
+class HandlerError(BeastnetError):
+    """A miss handler raised; the original exception is chained as __cause__."""

@@ -1,0 +1,69 @@
+/* Atomics and cache-line-aligned structs shared by the native threads.
+ * Cython has no syntax for alignment or for the __atomic builtins, so the
+ * structs whose layout matters live here and Cython declares them extern. */
+#ifndef BEASTNET_ATOMICS_H
+#define BEASTNET_ATOMICS_H
+
+#include <stdint.h>
+
+#define BN_CACHE_LINE 64
+
+static inline uint64_t bn_load_u64(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+static inline uint64_t bn_load_u64_relaxed(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
+static inline void bn_store_u64(uint64_t *p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+static inline void bn_store_u64_sc(uint64_t *p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_SEQ_CST); }
+static inline uint64_t bn_add_u64(uint64_t *p, uint64_t v) { return __atomic_add_fetch(p, v, __ATOMIC_SEQ_CST); }
+static inline int bn_cas_u64(uint64_t *p, uint64_t expected, uint64_t desired)
+{
+    return __atomic_compare_exchange_n(p, &expected, desired, 0, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED);
+}
+static inline int bn_load_int(const int *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+static inline void bn_store_int(int *p, int v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+static inline void *bn_load_ptr(void *const *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+static inline void bn_store_ptr(void **p, void *v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+static inline void *bn_xchg_ptr(void **p, void *v) { return __atomic_exchange_n(p, v, __ATOMIC_ACQ_REL); }
+static inline void bn_fence(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+
+/* A counter written by exactly one thread and read by others: a relaxed
+ * load + store is enough (no lock prefix), and readers never see a torn value. */
+static inline void bn_count(uint64_t *p, uint64_t n)
+{
+    __atomic_store_n(p, __atomic_load_n(p, __ATOMIC_RELAXED) + n, __ATOMIC_RELAXED);
+}
+
+/* QSBR: one slot per native reader thread.  epoch == 0 means offline (the
+ * thread holds no table pointer); otherwise it is the global epoch the thread
+ * saw at its last quiescent point.  One cache line each so announcing a
+ * quiescent state never bounces another reader's line. */
+typedef struct bn_qsbr_slot {
+    uint64_t epoch;                         /* 0 = offline, else last seen global epoch */
+    uint64_t in_use;                        /* 1 while a thread owns this slot */
+    char pad[BN_CACHE_LINE - 2 * sizeof(uint64_t)];
+} __attribute__((aligned(BN_CACHE_LINE))) bn_qsbr_slot;
+
+/* Per-reader counters: only the reader writes them (bn_count), stats()
+ * reads them with relaxed loads.  Aligned so two readers never share a line. */
+typedef struct bn_counters {
+    uint64_t rx_packets;                    /* datagrams received */
+    uint64_t rx_bytes;                      /* payload bytes received */
+    uint64_t rx_batches;                    /* recvmmsg calls that returned >= 1 datagram */
+    uint64_t tx_packets;                    /* datagrams sent */
+    uint64_t tx_bytes;                      /* payload bytes sent */
+    uint64_t tx_batches;                    /* sendmmsg calls that sent >= 1 datagram */
+    uint64_t hits;                          /* answered from the table */
+    uint64_t misses;                        /* key not in the table */
+    uint64_t not_found;                     /* misses answered not_found (no handler) */
+    uint64_t bad_requests;                  /* answered bad_request */
+    uint64_t truncated;                     /* datagrams larger than the read slot (MSG_TRUNC) */
+    uint64_t empty;                         /* zero-length datagrams */
+    uint64_t queued;                        /* misses handed to the miss queue */
+    uint64_t queue_drops;                   /* misses answered busy: queue full */
+    uint64_t send_errors;                   /* datagrams sendmmsg refused (all causes) */
+    uint64_t send_enobufs;                  /* ... of which ENOBUFS/EAGAIN (kernel out of room) */
+    uint64_t recv_errors;                   /* recvmmsg failures other than EAGAIN/EINTR */
+    uint64_t kernel_drops;                  /* SO_RXQ_OVFL: datagrams the kernel dropped, cumulative */
+    uint64_t idle_waits;                    /* times the reader went idle in poll() */
+    uint64_t eintr;                         /* syscalls interrupted and retried */
+} __attribute__((aligned(BN_CACHE_LINE))) bn_counters;
+
+#endif /* BEASTNET_ATOMICS_H */

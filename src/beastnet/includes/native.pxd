@@ -1,0 +1,55 @@
+# Declarations of beastnet's own C headers (atomics.h, compat.h).
+from libc.stdint cimport uint32_t, uint64_t
+
+
+cdef extern from "atomics.h" nogil:
+    enum:
+        BN_CACHE_LINE
+
+    uint64_t bn_load_u64(const uint64_t* p)
+    uint64_t bn_load_u64_relaxed(const uint64_t* p)
+    void bn_store_u64(uint64_t* p, uint64_t v)
+    void bn_store_u64_sc(uint64_t* p, uint64_t v)
+    uint64_t bn_add_u64(uint64_t* p, uint64_t v)
+    int bn_cas_u64(uint64_t* p, uint64_t expected, uint64_t desired)
+    int bn_load_int(const int* p)
+    void bn_store_int(int* p, int v)
+    void* bn_load_ptr(void** p)
+    void bn_store_ptr(void** p, void* v)
+    void* bn_xchg_ptr(void** p, void* v)
+    void bn_fence()
+    void bn_count(uint64_t* p, uint64_t n)
+
+    ctypedef struct bn_qsbr_slot:
+        uint64_t epoch
+        uint64_t in_use
+
+    ctypedef struct bn_counters:
+        uint64_t rx_packets
+        uint64_t rx_bytes
+        uint64_t rx_batches
+        uint64_t tx_packets
+        uint64_t tx_bytes
+        uint64_t tx_batches
+        uint64_t hits
+        uint64_t misses
+        uint64_t not_found
+        uint64_t bad_requests
+        uint64_t truncated
+        uint64_t empty
+        uint64_t queued
+        uint64_t queue_drops
+        uint64_t send_errors
+        uint64_t send_enobufs
+        uint64_t recv_errors
+        uint64_t kernel_drops
+        uint64_t idle_waits
+        uint64_t eintr
+
+
+cdef extern from "compat.h" nogil:
+    enum:
+        PLATFORM_IS_LINUX
+        BEASTNET_DEBUG
+    int bn_pin_self_to_cpu(int cpu)
+    int bn_attach_cpu_steering(int fd, uint32_t nsockets)

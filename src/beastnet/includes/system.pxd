@@ -1,0 +1,101 @@
+# cdef extern declarations of the system headers beastnet uses.
+# Only the fields and functions we call are declared.
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
+from posix.time cimport timespec
+from posix.uio cimport iovec
+
+
+cdef extern from "<sys/types.h>" nogil:
+    ctypedef long ssize_t
+
+
+cdef extern from "<sys/socket.h>" nogil:
+    ctypedef unsigned int socklen_t
+    ctypedef unsigned short sa_family_t
+
+    struct sockaddr:
+        sa_family_t sa_family
+
+    struct msghdr:
+        void* msg_name
+        socklen_t msg_namelen
+        iovec* msg_iov
+        size_t msg_iovlen
+        void* msg_control
+        size_t msg_controllen
+        int msg_flags
+
+    struct cmsghdr:
+        size_t cmsg_len
+        int cmsg_level
+        int cmsg_type
+
+    struct mmsghdr:
+        msghdr msg_hdr
+        unsigned int msg_len
+
+    int recvmmsg(int fd, mmsghdr* vmessages, unsigned int vlen, int flags, timespec* tmo)
+    int sendmmsg(int fd, mmsghdr* vmessages, unsigned int vlen, int flags)
+    ssize_t sendmsg(int fd, const msghdr* msg, int flags)
+
+    cmsghdr* CMSG_FIRSTHDR(msghdr* msg)
+    cmsghdr* CMSG_NXTHDR(msghdr* msg, cmsghdr* cmsg)
+    unsigned char* CMSG_DATA(cmsghdr* cmsg)
+    size_t CMSG_SPACE(size_t length)
+
+    enum:
+        AF_INET
+        AF_INET6
+        SOL_SOCKET
+        SO_RXQ_OVFL
+        MSG_DONTWAIT
+        MSG_TRUNC
+
+
+cdef extern from "<netinet/in.h>" nogil:
+    struct sockaddr_in6:
+        sa_family_t sin6_family
+
+
+cdef extern from "<poll.h>" nogil:
+    struct pollfd:
+        int fd
+        short events
+        short revents
+    ctypedef unsigned long nfds_t
+    int poll(pollfd* fds, nfds_t nfds, int timeout_ms)
+    enum:
+        POLLIN
+        POLLOUT
+        POLLERR
+
+
+cdef extern from "<sys/eventfd.h>" nogil:
+    int eventfd(unsigned int initval, int flags)
+    enum:
+        EFD_NONBLOCK
+        EFD_CLOEXEC
+
+
+cdef extern from "<unistd.h>" nogil:
+    ssize_t read(int fd, void* buf, size_t count)
+    ssize_t write(int fd, const void* buf, size_t count)
+    int close(int fd)
+
+
+cdef extern from "<pthread.h>" nogil:
+    ctypedef unsigned long pthread_t
+    ctypedef struct pthread_attr_t:
+        pass
+    int pthread_create(pthread_t* thread, const pthread_attr_t* attr,
+                       void* (*start_routine)(void*) noexcept nogil, void* arg)
+    int pthread_join(pthread_t thread, void** retval)
+
+
+cdef extern from "<stdlib.h>" nogil:
+    int posix_memalign(void** memptr, size_t alignment, size_t size)
+
+
+cdef extern from "<errno.h>" nogil:
+    enum:
+        EMSGSIZE

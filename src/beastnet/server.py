@@ -1,0 +1,241 @@
+"""UDPServer: the UDP engine, its sockets and its control plane."""
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import time
+from typing import Any, Optional
+
+from beastnet import _core
+from beastnet._core import ResponseTable
+from beastnet.control import ControlPlane, MissDispatcher, MissHandler
+from beastnet.errors import ServerError
+
+__all__ = ["UDPServer"]
+
+# Linux socket options the socket module does not name on every Python.
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
+SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
+SO_RXQ_OVFL = getattr(socket, "SO_RXQ_OVFL", 40)
+
+DEFAULT_BUFFER_BYTES = 32 * 1024 * 1024
+SEND_TIMEOUT_S = 0.05       # keep in step with SEND_TIMEOUT_MS in consts.pxi
+
+
+def _resolve(host: str, port: int) -> tuple[int, tuple]:
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM, flags=socket.AI_PASSIVE)
+    family, _, _, _, sockaddr = infos[0]
+    return family, sockaddr
+
+
+def _set_buffer(sock: socket.socket, force_opt: int, opt: int, nbytes: int) -> int:
+    """Ask for `nbytes`; past net.core.[rw]mem_max only root's *FORCE works.
+    Returns what the kernel granted (it reports twice the payload room)."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, force_opt, nbytes)
+    except OSError:
+        sock.setsockopt(socket.SOL_SOCKET, opt, nbytes)
+    return sock.getsockopt(socket.SOL_SOCKET, opt)
+
+
+def _steering_plan(nsockets: int) -> tuple[Optional[list[int]], str]:
+    """CPUs to pin readers to, or None with the reason steering is off."""
+    if not _core.PLATFORM_LINUX:
+        return None, "not Linux"
+    allowed = sorted(os.sched_getaffinity(0))
+    if allowed != list(range(len(allowed))):
+        return None, f"process CPU set {allowed} is not 0..N-1"
+    if nsockets != len(allowed):
+        return None, f"{nsockets} sockets for {len(allowed)} CPUs (steering needs one per CPU)"
+    return allowed, "ok"
+
+
+class UDPServer:
+    """Answers UDP requests from a `ResponseTable` on native threads.
+
+    ``sockets`` SO_REUSEPORT sockets (default: one per CPU) are each served by
+    a native thread that never takes the GIL: recvmmsg batches of ``batch``
+    datagrams, answers from pre-serialized bodies with sendmmsg.  A miss goes
+    to ``handler`` (plain or async, run on the uvloop control plane) when one
+    is given, else it is answered ``{"error":"not_found"}`` natively.
+
+    Use as a context manager, or call ``start()`` and ``stop()``.
+    """
+
+    def __init__(
+        self,
+        table: ResponseTable,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        sockets: Optional[int] = None,
+        batch: int = 32,
+        max_datagram: int = 512,
+        recv_buffer_bytes: int = DEFAULT_BUFFER_BYTES,
+        send_buffer_bytes: int = DEFAULT_BUFFER_BYTES,
+        cpu_steering: bool = True,
+        handler: Optional[MissHandler] = None,
+        miss_queue_size: int = 4096,
+        max_inflight: Optional[int] = None,
+    ) -> None:
+        if not isinstance(table, ResponseTable):
+            raise TypeError("table must be a beastnet.ResponseTable")
+        nsockets = sockets if sockets is not None else len(os.sched_getaffinity(0))
+        if nsockets < 1:
+            raise ValueError(f"sockets must be >= 1, got {nsockets}")
+        if not 1 <= batch <= 1024:
+            raise ValueError(f"batch must be 1..1024, got {batch}")
+        if miss_queue_size < 1:
+            raise ValueError(f"miss_queue_size must be >= 1, got {miss_queue_size}")
+        self.table = table
+        self.host = host
+        self.port = port
+        self.nsockets = nsockets
+        self.batch = batch
+        self.max_datagram = max_datagram
+        self.recv_buffer_bytes = recv_buffer_bytes
+        self.send_buffer_bytes = send_buffer_bytes
+        self.cpu_steering = cpu_steering
+        self.handler = handler
+        self.miss_queue_size = miss_queue_size
+        self.max_inflight = max_inflight if max_inflight is not None else miss_queue_size
+        self._socks: list[socket.socket] = []
+        self._engine: Optional[_core.UDPEngine] = None
+        self._control: Optional[ControlPlane] = None
+        self._dispatcher: Optional[MissDispatcher] = None
+        self._steering: dict[str, Any] = {"enabled": False, "reason": "not started"}
+        self._buffers: dict[str, Any] = {}
+        self._address: Optional[tuple] = None
+        self._started_at = 0.0
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def start(self) -> "UDPServer":
+        """Bind the sockets and start the reader threads (and the control plane
+        when there is a handler).  Returns self."""
+        if self._engine is not None:
+            raise ServerError("server already started")
+        try:
+            self._open_sockets()
+            cpus = self._steer()
+            self._engine = _core.UDPEngine(
+                self.table, [s.fileno() for s in self._socks], batch=self.batch,
+                max_datagram=self.max_datagram, cpus=cpus,
+                miss_capacity=self.miss_queue_size if self.handler is not None else 0)
+            if self.handler is not None:
+                self._control = ControlPlane()
+                self._dispatcher = MissDispatcher(self._engine, self.table, self.handler, "udp",
+                                                  self.max_inflight)
+                self._control.start()
+                self._control.run(self._dispatcher.attach, self._control.loop)
+            self._engine.start()
+        except BaseException:
+            self.stop()
+            raise
+        self._started_at = time.monotonic()
+        return self
+
+    def _open_sockets(self) -> None:
+        family, sockaddr = _resolve(self.host, self.port)
+        recv_granted, send_granted = [], []
+        for _ in range(self.nsockets):
+            sock = socket.socket(family, socket.SOCK_DGRAM)
+            self._socks.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            recv_granted.append(_set_buffer(sock, SO_RCVBUFFORCE, socket.SO_RCVBUF,
+                                            self.recv_buffer_bytes))
+            send_granted.append(_set_buffer(sock, SO_SNDBUFFORCE, socket.SO_SNDBUF,
+                                            self.send_buffer_bytes))
+            sock.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
+            # Bounds a reader blocked on a full send buffer, hence stop() latency.
+            usec = int(SEND_TIMEOUT_S * 1e6)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", 0, usec))
+            try:
+                sock.bind(sockaddr)
+            except OSError as exc:
+                raise ServerError(f"bind {self.host}:{sockaddr[1]}: {exc.strerror}") from exc
+            if sockaddr[1] == 0:        # later sockets join the port the first one got
+                sockaddr = sock.getsockname()
+        self._address = self._socks[0].getsockname()
+        self._buffers = {
+            "recv_requested": self.recv_buffer_bytes,
+            "send_requested": self.send_buffer_bytes,
+            "recv_granted": recv_granted,
+            "send_granted": send_granted,
+        }
+
+    def _steer(self) -> Optional[list[int]]:
+        if not self.cpu_steering:
+            self._steering = {"enabled": False, "reason": "disabled"}
+            return None
+        cpus, reason = _steering_plan(self.nsockets)
+        if cpus is not None:
+            err = _core.attach_cpu_steering(self._socks[0].fileno(), self.nsockets)
+            if err != 0:
+                cpus, reason = None, f"SO_ATTACH_REUSEPORT_CBPF: {os.strerror(err)}"
+        self._steering = {"enabled": cpus is not None, "reason": reason, "cpus": cpus}
+        return cpus
+
+    def stop(self) -> None:
+        """Stop the readers, the control plane, and close the sockets.
+        Idempotent; returns within a few tens of milliseconds."""
+        if self._engine is not None:
+            self._engine.stop()
+        if self._control is not None:
+            if self._dispatcher is not None:
+                try:
+                    self._control.run(self._dispatcher.detach, timeout=0.5)
+                except Exception:       # loop already gone: nothing to detach
+                    pass
+            self._control.stop()
+            self._control = None
+        for sock in self._socks:
+            sock.close()
+        self._socks = []
+
+    def __enter__(self) -> "UDPServer":
+        return self.start()
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.stop()
+
+    # -- introspection ----------------------------------------------------------
+
+    @property
+    def address(self) -> tuple:
+        """The bound (host, port[, flowinfo, scope_id]) once started."""
+        if self._address is None:
+            raise ServerError("server not started")
+        return self._address
+
+    def stats(self) -> dict[str, Any]:
+        """Counters summed over readers, per socket, and the server's set-up.
+
+        ``avg_batch_fill`` is datagrams per recvmmsg call that returned data.
+        """
+        per_socket = self._engine.counters() if self._engine is not None else []
+        totals: dict[str, int] = {}
+        for counters in per_socket:
+            for name, value in counters.items():
+                totals[name] = totals.get(name, 0) + value
+        if self._dispatcher is not None:
+            totals.update(self._dispatcher.counters())
+        status = self._engine.reader_status() if self._engine is not None else []
+        steering = dict(self._steering)
+        pin_errors = [os.strerror(e) for e, _ in status if e]
+        if steering.get("enabled") and pin_errors:
+            steering["pin_errors"] = pin_errors
+        batches = totals.get("rx_batches", 0)
+        return {
+            "address": self._address,
+            "sockets": self.nsockets,
+            "batch": self.batch,
+            "uptime_s": time.monotonic() - self._started_at if self._started_at else 0.0,
+            "steering": steering,
+            "buffers": self._buffers,
+            "totals": totals,
+            "avg_batch_fill": totals.get("rx_packets", 0) / batches if batches else 0.0,
+            "per_socket": per_socket,
+            "reader_errors": [os.strerror(e) for _, e in status if e],
+        }
