@@ -108,13 +108,14 @@ class UDPServer:
         self._buffers: dict[str, Any] = {}
         self._address: Optional[tuple] = None
         self._started_at = 0.0
+        self._running = False
 
     # -- lifecycle -------------------------------------------------------------
 
     def start(self) -> "UDPServer":
         """Bind the sockets and start the reader threads (and the control plane
         when there is a handler).  Returns self."""
-        if self._engine is not None:
+        if self._running:
             raise ServerError("server already started")
         try:
             self._open_sockets()
@@ -134,6 +135,7 @@ class UDPServer:
             self.stop()
             raise
         self._started_at = time.monotonic()
+        self._running = True
         return self
 
     def _open_sockets(self) -> None:
@@ -179,7 +181,9 @@ class UDPServer:
 
     def stop(self) -> None:
         """Stop the readers, the control plane, and close the sockets.
-        Idempotent; returns within a few tens of milliseconds."""
+        Idempotent; returns within a few tens of milliseconds.  The final
+        counters stay readable through stats(); start() may be called again."""
+        self._running = False
         if self._engine is not None:
             self._engine.stop()
         if self._control is not None:
