@@ -290,10 +290,8 @@ cdef void udp_reader_serve(bn_reader* r, unsigned int n) noexcept nogil:
         bad += 1
         udp_reply(&r.tx_msgs[nout], m, data, req.tag_len, BODY_BAD_REQUEST.data, BODY_BAD_REQUEST.len)
         nout += 1
-    if nout > 0:
-        udp_reader_send(r, nout)
-    if queued > 0:
-        udp_signal(r.miss_fd)
+    # Counted before the send, so a client holding its reply knows that the
+    # request already shows in stats().
     udp_reader_kernel_drops(r)
     bn_count(&r.counters.rx_packets, n)
     bn_count(&r.counters.rx_bytes, rx_bytes)
@@ -306,6 +304,10 @@ cdef void udp_reader_serve(bn_reader* r, unsigned int n) noexcept nogil:
     bn_count(&r.counters.empty, empty)
     bn_count(&r.counters.queued, queued)
     bn_count(&r.counters.queue_drops, queue_drops)
+    if nout > 0:
+        udp_reader_send(r, nout)
+    if queued > 0:
+        udp_signal(r.miss_fd)
 
 
 cdef inline void udp_signal(int efd) noexcept nogil:
