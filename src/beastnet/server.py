@@ -180,8 +180,8 @@ class UDPServer:
     def stop(self) -> None:
         """Stop the readers, the control plane, and close the sockets.
         Idempotent; returns within a few tens of milliseconds."""
-        if self._engine is not None:
-            self._engine.stop()
+        # The control plane goes first: the dispatcher must stop watching the
+        # engine's miss eventfd before engine.stop() closes it.
         if self._control is not None:
             if self._dispatcher is not None:
                 try:
@@ -190,6 +190,8 @@ class UDPServer:
                     pass
             self._control.stop()
             self._control = None
+        if self._engine is not None:
+            self._engine.stop()
         for sock in self._socks:
             sock.close()
         self._socks = []
