@@ -177,6 +177,8 @@ cdef class ResponseTable:
     """
 
     def __cinit__(self, *args, size_t capacity=64, **kwargs):
+        # Cython passes __init__'s arguments to __cinit__ too: accept (and
+        # ignore) `initial` and `content_type` so ResponseTable(mapping) works.
         cdef size_t cap = 16
         while cap < capacity * 2:
             cap <<= 1

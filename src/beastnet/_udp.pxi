@@ -501,6 +501,15 @@ cdef class UDPEngine:
         if self.nrunning:
             self._join()
         self.stopped = 1
+        # No reader is left to poll the eventfds: release them now rather than
+        # when the engine is collected (a stopped server must hold no fds).
+        # The miss dispatcher must be detached from miss_fd before this.
+        if self.stop_efd >= 0:
+            close(self.stop_efd)
+            self.stop_efd = -1
+        if self.miss_efd >= 0:
+            close(self.miss_efd)
+            self.miss_efd = -1
         self.table.reclaim()
 
     @property

@@ -130,12 +130,16 @@ class MissDispatcher:
         self.last_error: Optional[BaseException] = None
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._drain_scheduled = False
+        self._closed = False
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         loop.add_reader(self.engine.miss_fd, self._on_readable)
 
     def detach(self) -> None:
+        # After this no queued miss is popped: the loop is about to cancel its
+        # tasks, and a handler started now would be destroyed still pending.
+        self._closed = True
         if self._loop is not None and not self._loop.is_closed():
             self._loop.remove_reader(self.engine.miss_fd)
 
@@ -154,12 +158,14 @@ class MissDispatcher:
         self._drain()
 
     def _schedule_drain(self) -> None:
-        if not self._drain_scheduled and self._loop is not None:
+        if not self._drain_scheduled and self._loop is not None and not self._closed:
             self._drain_scheduled = True
             self._loop.call_soon(self._drain)
 
     def _drain(self) -> None:
         self._drain_scheduled = False
+        if self._closed:
+            return
         room = self.max_inflight - self.inflight
         if room <= 0:
             return                      # a finishing call reschedules us

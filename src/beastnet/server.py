@@ -184,8 +184,8 @@ class UDPServer:
         Idempotent; returns within a few tens of milliseconds.  The final
         counters stay readable through stats(); start() may be called again."""
         self._running = False
-        if self._engine is not None:
-            self._engine.stop()
+        # The control plane goes first: the dispatcher must stop watching the
+        # engine's miss eventfd before engine.stop() closes it.
         if self._control is not None:
             if self._dispatcher is not None:
                 try:
@@ -194,6 +194,8 @@ class UDPServer:
                     pass
             self._control.stop()
             self._control = None
+        if self._engine is not None:
+            self._engine.stop()
         for sock in self._socks:
             sock.close()
         self._socks = []
