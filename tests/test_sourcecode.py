@@ -12,7 +12,7 @@ SRC = Path(__file__).resolve().parent.parent / "src" / "beastnet"
 
 # Every function a native thread runs per packet, per batch or per request.
 HOT_FUNCTIONS = {
-    "_udp.pxi": ["udp_parse", "udp_reply", "udp_queue_miss", "udp_reader_wait", "udp_reader_recv",
+    "_udp.pxi": ["udp_parse", "udp_reply", "udp_queue_miss", "udp_reader_recv",
                  "udp_reader_kernel_drops", "udp_reader_send", "udp_reader_serve", "udp_signal",
                  "udp_reader_main"],
     "_table.pxi": ["key_hash", "index_lookup", "table_lookup"],

@@ -40,7 +40,6 @@ cdef class UDPEngine:
     cdef int nrunning                    # threads started and not yet joined
     cdef int stopped
     cdef int stop_flag                  # read by readers each batch
-    cdef int stop_efd                    # eventfd: wakes readers sleeping in poll()
     cdef int miss_efd                    # eventfd: misses queued, -1 = no queue
     cdef bn_missq* missq
 

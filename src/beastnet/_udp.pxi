@@ -1,11 +1,14 @@
 # The UDP fast path: one native reader thread per SO_REUSEPORT socket.
 #
-# A reader loops: recvmmsg a batch (MSG_DONTWAIT), parse each datagram in
-# place, answer hits from the table with a two-part iovec [tag prefix, body]
-# that points into the receive slot and the entry (nothing is copied), hand
-# misses to the miss queue, sendmmsg the whole batch, announce a quiescent
-# point.  With nothing to read it goes QSBR-offline and sleeps in poll() on
-# its socket and the engine's stop eventfd.  Readers never touch Python.
+# A reader loops: block in recvmmsg(MSG_WAITFORONE) until at least one
+# datagram is there (taking what else is queued, up to a batch), parse each
+# datagram in place, answer hits from the table with a two-part iovec
+# [tag prefix, body] that points into the receive slot and the entry (nothing
+# is copied), hand misses to the miss queue, sendmmsg the whole batch.
+# It is QSBR-offline while blocked in recvmmsg, and its return is the quiescent
+# point: one syscall per batch under load, and one per wake-up when idle
+# (a poll()-based wait costs three).  stop() wakes blocked readers with
+# shutdown(SHUT_RD).  Readers never touch Python.
 
 cdef struct bn_request:
     const char* key
@@ -24,7 +27,6 @@ cdef struct bn_reader:
     int cpu                             # CPU to pin to, -1 = no pinning
     int pin_error                       # errno from pinning, 0 = pinned or not asked
     int fatal_errno                     # errno that made the reader quit, 0 = none
-    int stop_fd                         # engine's eventfd, readable once stop() is called
     int miss_fd                         # eventfd to signal the control plane, -1 = no miss queue
     int qsbr_index                      # slot in qsbr_slots
     int* stop_flag                      # engine's stop flag
@@ -137,45 +139,22 @@ cdef inline int udp_queue_miss(bn_reader* r, mmsghdr* m, const char* data, bn_re
     return 1
 
 
-cdef int udp_reader_wait(bn_reader* r) noexcept nogil:
-    """Sleep until the socket is readable or stop() is called.  Offline for
-    QSBR meanwhile, so an idle reader never delays reclamation."""
-    cdef pollfd fds[2]
-    cdef int rc
-    fds[0].fd = r.fd
-    fds[0].events = POLLIN
-    fds[1].fd = r.stop_fd
-    fds[1].events = POLLIN
-    bn_count(&r.counters.idle_waits, 1)
-    qsbr_offline(r.qsbr)
-    rc = poll(fds, 2, -1)
-    if rc < 0 and errno != EINTR:
-        rc = errno
-    else:
-        rc = 0
-    qsbr_online(r.qsbr)
-    return rc
-
-
 cdef int udp_reader_recv(bn_reader* r) noexcept nogil:
-    """One recvmmsg: the number of datagrams read, 0 for none, -1 on a fatal error."""
+    """One blocking recvmmsg: the number of datagrams read, 0 for none, -1 on a
+    fatal error.  Returns a QSBR-online thread that has passed a quiescent point."""
     cdef unsigned int i
     cdef int n
     cdef int err
     for i in range(r.batch):
         r.rx_msgs[i].msg_hdr.msg_namelen = ADDR_MAX_BYTES
     r.rx_msgs[0].msg_hdr.msg_controllen = CMSG_BUF_BYTES
-    n = recvmmsg(r.fd, r.rx_msgs, r.batch, MSG_DONTWAIT, NULL)
-    if n > 0:
-        return n
-    if n == 0:
-        return 0
+    qsbr_offline(r.qsbr)                # holds no table pointer while blocked
+    n = recvmmsg(r.fd, r.rx_msgs, r.batch, MSG_WAITFORONE, NULL)
     err = errno
-    if err == EAGAIN:                   # == EWOULDBLOCK on Linux
-        err = udp_reader_wait(r)
-        if err != 0:
-            r.fatal_errno = err
-            return -1
+    qsbr_online(r.qsbr)
+    if n >= 0:
+        return n
+    if err == EAGAIN:                   # == EWOULDBLOCK; only with a receive timeout
         return 0
     if err == EINTR:
         bn_count(&r.counters.eintr, 1)
@@ -320,16 +299,18 @@ cdef inline void udp_signal(int efd) noexcept nogil:
 cdef void* udp_reader_main(void* arg) noexcept nogil:
     cdef bn_reader* r = <bn_reader*>arg
     cdef int n
+    # Signals go to Python's main thread, never interrupt a reader.
+    bn_block_signals()
     if r.cpu >= 0:
         r.pin_error = bn_pin_self_to_cpu(r.cpu)
-    qsbr_online(r.qsbr)
-    while not bn_load_int(r.stop_flag):
+    while True:
         n = udp_reader_recv(r)
+        # stop() sets the flag, then shuts the socket down, which ends a
+        # blocked recvmmsg with an empty datagram: never serve that one.
+        if bn_load_int(r.stop_flag) or n < 0:
+            break
         if n > 0:
             udp_reader_serve(r, <unsigned int>n)
-        elif n < 0:
-            break
-        qsbr_quiescent(r.qsbr)
     qsbr_offline(r.qsbr)
     return NULL
 
@@ -393,7 +374,6 @@ cdef class UDPEngine:
         cdef int i
         cdef int n = len(fds)
         cdef void* mem = NULL
-        self.stop_efd = -1
         self.miss_efd = -1
         if n < 1:
             raise ValueError("at least one socket is needed")
@@ -405,9 +385,6 @@ cdef class UDPEngine:
             raise ValueError("cpus must give one CPU (or -1) per socket")
         self.table = table
         self.nreaders = n
-        self.stop_efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
-        if self.stop_efd < 0:
-            raise_errno("eventfd")
         if miss_capacity > 0:
             self.missq = missq_new(miss_capacity)
             if self.missq == NULL:
@@ -429,7 +406,6 @@ cdef class UDPEngine:
             if self.readers[i] == NULL:
                 raise MemoryError()
             self.readers[i].stop_flag = &self.stop_flag
-            self.readers[i].stop_fd = self.stop_efd
             self.readers[i].miss_fd = self.miss_efd
             self.readers[i].missq = self.missq
             self.readers[i].index_ref = &table.index
@@ -449,8 +425,6 @@ cdef class UDPEngine:
         free(self.threads)
         free(self.reader_counters)
         missq_free(self.missq)
-        if self.stop_efd >= 0:
-            close(self.stop_efd)
         if self.miss_efd >= 0:
             close(self.miss_efd)
 
@@ -477,10 +451,13 @@ cdef class UDPEngine:
 
     cdef void _join(self) noexcept:
         cdef int i
-        cdef uint64_t one = 1
         cdef int n = self.nrunning
         bn_store_int(&self.stop_flag, 1)
-        write(self.stop_efd, &one, sizeof(one))
+        # Wakes a reader blocked in recvmmsg (it returns an empty datagram) and
+        # makes any later recvmmsg return at once, so no wake-up is lost.  On
+        # an unconnected UDP socket it also reports ENOTCONN: expected.
+        for i in range(self.nreaders):
+            shutdown(self.readers[i].fd, SHUT_RD)
         # Joined without the GIL: a reader never needs it, but a thread blocked
         # on the GIL while we hold it would deadlock the join.
         with nogil:
@@ -496,17 +473,14 @@ cdef class UDPEngine:
 
     def stop(self):
         """Stop and join every reader thread.  Idempotent; returns promptly
-        (readers wake from poll() on the stop eventfd, and a send blocks for
-        at most SO_SNDTIMEO)."""
+        (blocked readers are woken by shutdown(SHUT_RD), and a send blocks for
+        at most SO_SNDTIMEO).  The sockets stay open: their owner closes them."""
         if self.nrunning:
             self._join()
         self.stopped = 1
-        # No reader is left to poll the eventfds: release them now rather than
-        # when the engine is collected (a stopped server must hold no fds).
+        # No reader is left to signal the miss eventfd: release it now rather
+        # than when the engine is collected (a stopped server holds no fds).
         # The miss dispatcher must be detached from miss_fd before this.
-        if self.stop_efd >= 0:
-            close(self.stop_efd)
-            self.stop_efd = -1
         if self.miss_efd >= 0:
             close(self.miss_efd)
             self.miss_efd = -1

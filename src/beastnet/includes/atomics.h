@@ -62,7 +62,6 @@ typedef struct bn_counters {
     uint64_t send_enobufs;                  /* ... of which ENOBUFS/EAGAIN (kernel out of room) */
     uint64_t recv_errors;                   /* recvmmsg failures other than EAGAIN/EINTR */
     uint64_t kernel_drops;                  /* SO_RXQ_OVFL: datagrams the kernel dropped, cumulative */
-    uint64_t idle_waits;                    /* times the reader went idle in poll() */
     uint64_t eintr;                         /* syscalls interrupted and retried */
 } __attribute__((aligned(BN_CACHE_LINE))) bn_counters;
 

@@ -13,6 +13,7 @@
 #define PLATFORM_IS_LINUX 1
 #include <pthread.h>
 #include <sched.h>
+#include <signal.h>
 #include <linux/filter.h>
 #else
 #define PLATFORM_IS_LINUX 0
@@ -33,6 +34,19 @@ static int bn_pin_self_to_cpu(int cpu)
 #else
     (void)cpu;
     return ENOSYS;
+#endif
+}
+
+/* Block every signal in the calling (native) thread, so the kernel delivers
+ * process signals to Python's main thread.  Returns 0 or an errno value. */
+static int bn_block_signals(void)
+{
+#if PLATFORM_IS_LINUX
+    sigset_t all;
+    sigfillset(&all);
+    return pthread_sigmask(SIG_BLOCK, &all, NULL);
+#else
+    return 0;
 #endif
 }
 

@@ -43,7 +43,6 @@ cdef extern from "atomics.h" nogil:
         uint64_t send_enobufs
         uint64_t recv_errors
         uint64_t kernel_drops
-        uint64_t idle_waits
         uint64_t eintr
 
 
@@ -52,4 +51,5 @@ cdef extern from "compat.h" nogil:
         PLATFORM_IS_LINUX
         BEASTNET_DEBUG
     int bn_pin_self_to_cpu(int cpu)
+    int bn_block_signals()
     int bn_attach_cpu_steering(int fd, uint32_t nsockets)

@@ -37,6 +37,7 @@ cdef extern from "<sys/socket.h>" nogil:
     int recvmmsg(int fd, mmsghdr* vmessages, unsigned int vlen, int flags, timespec* tmo)
     int sendmmsg(int fd, mmsghdr* vmessages, unsigned int vlen, int flags)
     ssize_t sendmsg(int fd, const msghdr* msg, int flags)
+    int shutdown(int fd, int how)
 
     cmsghdr* CMSG_FIRSTHDR(msghdr* msg)
     cmsghdr* CMSG_NXTHDR(msghdr* msg, cmsghdr* cmsg)
@@ -50,6 +51,8 @@ cdef extern from "<sys/socket.h>" nogil:
         SO_RXQ_OVFL
         MSG_DONTWAIT
         MSG_TRUNC
+        MSG_WAITFORONE
+        SHUT_RD
 
 
 cdef extern from "<netinet/in.h>" nogil:
