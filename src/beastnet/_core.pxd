@@ -6,17 +6,27 @@ from beastnet.includes.system cimport pthread_t
 
 cdef struct bn_index
 cdef struct bn_entry
-cdef struct bn_retired
+
+
+cdef struct bn_retired:
+    bn_retired* next
+    void* mem                           # an entry or an index: one malloc block each
+    uint64_t epoch                      # QSBR epoch of the unlink
+    size_t nbytes                       # for memory accounting
+
+cdef struct bn_retire_list:             # FIFO: epochs grow from head to tail
+    bn_retired* head
+    bn_retired* tail
+    size_t count                        # objects waiting for QSBR
+    size_t nbytes                       # bytes waiting for QSBR
+
 cdef struct bn_reader
 cdef struct bn_missq
 
 
 cdef class ResponseTable:
     cdef bn_index* index                # published index; readers load it atomically
-    cdef bn_retired* retired_head       # oldest retired object (smallest epoch)
-    cdef bn_retired* retired_tail
-    cdef size_t retired_count           # objects waiting for QSBR
-    cdef size_t retired_memory          # bytes waiting for QSBR
+    cdef bn_retire_list retired         # unlinked entries and indexes awaiting QSBR
     cdef size_t entry_memory            # bytes of live entries
     cdef size_t live                    # keys that hold an entry
     cdef uint64_t version               # last write's sequence number

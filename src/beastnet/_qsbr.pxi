@@ -77,3 +77,60 @@ cdef uint64_t qsbr_safe_epoch() noexcept nogil:
         if epoch != 0 and epoch < low:
             low = epoch
     return low
+
+
+# A retire list: objects unlinked by one writer (serialised by its owner's
+# lock), each one malloc block, freed in epoch order once QSBR allows.
+
+cdef int retire_push(bn_retire_list* rl, void* mem, size_t nbytes) noexcept nogil:
+    """Queue `mem` for freeing; -1 when out of memory (then `mem` leaks: no
+    reader can be proven done with it)."""
+    cdef bn_retired* r = <bn_retired*>malloc(sizeof(bn_retired))
+    if r == NULL:
+        return -1
+    r.next = NULL
+    r.mem = mem
+    r.nbytes = nbytes
+    r.epoch = qsbr_retire_epoch()
+    if rl.tail == NULL:
+        rl.head = r
+    else:
+        rl.tail.next = r
+    rl.tail = r
+    rl.count += 1
+    rl.nbytes += nbytes
+    return 0
+
+
+cdef size_t retire_reclaim(bn_retire_list* rl) noexcept nogil:
+    """Free every queued object no reader can still hold; return how many."""
+    cdef bn_retired* r
+    cdef size_t freed = 0
+    if rl.head == NULL:
+        return 0
+    cdef uint64_t safe = qsbr_safe_epoch()
+    # Epochs only grow along the list, so the freeable ones form a prefix.
+    while rl.head != NULL and rl.head.epoch <= safe:
+        r = rl.head
+        rl.head = r.next
+        free(r.mem)
+        rl.nbytes -= r.nbytes
+        free(r)
+        freed += 1
+    if rl.head == NULL:
+        rl.tail = NULL
+    rl.count -= freed
+    return freed
+
+
+cdef void retire_free_all(bn_retire_list* rl) noexcept nogil:
+    """Free everything queued: only when no reader can exist any more."""
+    cdef bn_retired* r
+    while rl.head != NULL:
+        r = rl.head
+        rl.head = r.next
+        free(r.mem)
+        free(r)
+    rl.tail = NULL
+    rl.count = 0
+    rl.nbytes = 0

@@ -29,12 +29,6 @@ cdef struct bn_index:
     size_t used                         # slots holding a key, live or deleted
     bn_slot* slots                      # capacity slots, same allocation
 
-cdef struct bn_retired:
-    bn_retired* next
-    void* mem                           # an entry or an index: both are one malloc block
-    uint64_t epoch                      # QSBR epoch of the unlink
-    size_t nbytes                       # for memory accounting
-
 
 cdef uint8_t CHAR_CLASS[256]
 
@@ -186,7 +180,6 @@ cdef class ResponseTable:
         if self.index == NULL:
             raise MemoryError()
         self.entry_memory = 0
-        self.retired_memory = 0
         self._lock = _threading.Lock()
 
     def __init__(self, object initial=None, *, size_t capacity=64,
@@ -199,57 +192,24 @@ cdef class ResponseTable:
         # No engine can be reading: every engine holds a reference to its table.
         cdef bn_index* idx = self.index
         cdef size_t i
-        cdef bn_retired* r
         if idx != NULL:
             for i in range(idx.mask + 1):
                 if idx.slots[i].entry != NULL:
                     free(idx.slots[i].entry)
             free(idx)
             self.index = NULL
-        while self.retired_head != NULL:
-            r = self.retired_head
-            self.retired_head = r.next
-            free(r.mem)
-            free(r)
+        retire_free_all(&self.retired)
 
     # -- writer internals (GIL held, self._lock held) ------------------------
 
     cdef int _retire(self, void* mem, size_t nbytes) except -1:
-        cdef bn_retired* r = <bn_retired*>malloc(sizeof(bn_retired))
-        if r == NULL:
+        if retire_push(&self.retired, mem, nbytes) != 0:
             raise MemoryError()
-        r.next = NULL
-        r.mem = mem
-        r.nbytes = nbytes
-        r.epoch = qsbr_retire_epoch()
-        if self.retired_tail == NULL:
-            self.retired_head = r
-        else:
-            self.retired_tail.next = r
-        self.retired_tail = r
-        self.retired_count += 1
-        self.retired_memory += nbytes
         return 0
 
     cdef size_t _reclaim(self) noexcept:
         """Free every retired object no reader can still hold; return how many."""
-        cdef bn_retired* r
-        cdef size_t freed = 0
-        if self.retired_head == NULL:
-            return 0
-        cdef uint64_t safe = qsbr_safe_epoch()
-        # Epochs only grow along the list, so the freeable ones form a prefix.
-        while self.retired_head != NULL and self.retired_head.epoch <= safe:
-            r = self.retired_head
-            self.retired_head = r.next
-            free(r.mem)
-            self.retired_memory -= r.nbytes
-            free(r)
-            freed += 1
-        if self.retired_head == NULL:
-            self.retired_tail = NULL
-        self.retired_count -= freed
-        return freed
+        return retire_reclaim(&self.retired)
 
     cdef int _reserve(self, size_t extra_keys) except -1:
         """Make room for `extra_keys` new keys at load factor <= 1/2, rebuilding
@@ -461,8 +421,8 @@ cdef class ResponseTable:
                 "capacity": self.index.mask + 1,
                 "entry_bytes": self.entry_memory,
                 "index_bytes": index_bytes(self.index),
-                "retired_objects": self.retired_count,
-                "retired_bytes": self.retired_memory,
+                "retired_objects": self.retired.count,
+                "retired_bytes": self.retired.nbytes,
             }
 
     def __repr__(self):
