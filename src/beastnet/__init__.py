@@ -1,9 +1,10 @@
 """beastnet: pre-serialized answers served at C speed by native threads.
 
 The public API: `ResponseTable` holds answers, `UDPServer` serves them,
-`Answer` and `MissRequest` are what a miss handler returns and receives.
+`APIKeyTable` holds API keys and their limits, `Answer` and `MissRequest` are
+what a miss handler returns and receives.
 """
-from beastnet._core import Entry, ResponseTable
+from beastnet._core import APIKeyTable, Entry, ResponseTable
 from beastnet.control import Answer, MissRequest
 from beastnet.errors import BeastnetError, HandlerError, InvalidKeyError, ServerError
 from beastnet.server import UDPServer
@@ -11,6 +12,7 @@ from beastnet.server import UDPServer
 __version__ = "0.1.0"
 
 __all__ = [
+    "APIKeyTable",
     "Answer",
     "BeastnetError",
     "Entry",

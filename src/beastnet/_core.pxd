@@ -22,6 +22,8 @@ cdef struct bn_retire_list:             # FIFO: epochs grow from head to tail
 
 cdef struct bn_reader
 cdef struct bn_missq
+cdef struct bn_keyindex
+cdef struct bn_apikey
 
 
 cdef class ResponseTable:
@@ -41,8 +43,19 @@ cdef class ResponseTable:
     cdef bn_entry* _find(self, bytes raw) noexcept
 
 
+cdef class APIKeyTable:
+    cdef bn_keyindex* index             # published index; readers load it atomically
+    cdef bn_retire_list retired         # replaced indexes awaiting QSBR (records live on)
+    cdef list records                   # raw keys, in insertion order
+    cdef object _lock                   # serialises Python writers
+
+    cdef bn_apikey* _find(self, bytes raw) noexcept
+    cdef int _grow(self) except -1
+
+
 cdef class UDPEngine:
     cdef ResponseTable table            # kept alive while readers run
+    cdef APIKeyTable api_keys           # None = API keys not enforced
     cdef int nreaders
     cdef bn_reader** readers
     cdef bn_counters* reader_counters          # nreaders, cache-line aligned
@@ -54,3 +67,4 @@ cdef class UDPEngine:
     cdef bn_missq* missq
 
     cdef void _join(self) noexcept
+

@@ -14,6 +14,7 @@ from libc.errno cimport (EAGAIN, EBADF, EFAULT, EINTR, EINVAL, ENOBUFS, ENOTSOCK
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcmp, memcpy, memset, strlen
+from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 from posix.uio cimport iovec
 
 from beastnet.includes.native cimport *
@@ -28,6 +29,7 @@ include "_qsbr.pxi"
 include "_stats.pxi"
 include "_table.pxi"
 include "_missq.pxi"
+include "_limits.pxi"
 include "_udp.pxi"
 
 

@@ -34,6 +34,7 @@ cdef struct bn_reader:
     unsigned int slot_bytes             # receive buffer per datagram; longer ones are truncated
     bn_missq* missq                     # NULL: misses are answered not_found
     bn_index** index_ref                # &table.index, loaded once per datagram
+    bn_keyindex** keys_ref              # &api_keys.index, NULL = API keys not enforced
     bn_qsbr_slot* qsbr
     bn_counters* counters
     char* rx_data                       # batch * slot_bytes
@@ -42,6 +43,7 @@ cdef struct bn_reader:
     iovec* rx_iov                       # batch, one slot each
     mmsghdr* tx_msgs                    # batch
     iovec* tx_iov                       # 2 * batch: [tag prefix, body] per reply
+    char* scratch                       # batch * ERROR_SCRATCH_BYTES: bodies formatted per request
     char cmsg[CMSG_BUF_BYTES]           # SO_RXQ_OVFL, attached to the first message of a batch
 
 
@@ -49,11 +51,14 @@ cdef bn_static_body BODY_BAD_REQUEST
 cdef bn_static_body BODY_NOT_FOUND
 cdef bn_static_body BODY_BUSY
 cdef bn_static_body BODY_INTERNAL_ERROR
+cdef bn_static_body BODY_UNAUTHORIZED
+cdef bn_static_body BODY_OVER_QUOTA
 
 
 cdef void static_bodies_init() noexcept:
     # Built once, like redis's createSharedObjects: error replies cost no work.
     global BODY_BAD_REQUEST, BODY_NOT_FOUND, BODY_BUSY, BODY_INTERNAL_ERROR
+    global BODY_UNAUTHORIZED, BODY_OVER_QUOTA
     BODY_BAD_REQUEST.data = b'{"error":"bad_request"}'
     BODY_BAD_REQUEST.len = strlen(BODY_BAD_REQUEST.data)
     BODY_NOT_FOUND.data = b'{"error":"not_found"}'
@@ -62,6 +67,33 @@ cdef void static_bodies_init() noexcept:
     BODY_BUSY.len = strlen(BODY_BUSY.data)
     BODY_INTERNAL_ERROR.data = b'{"error":"internal_error"}'
     BODY_INTERNAL_ERROR.len = strlen(BODY_INTERNAL_ERROR.data)
+    BODY_UNAUTHORIZED.data = b'{"error":"unauthorized"}'
+    BODY_UNAUTHORIZED.len = strlen(BODY_UNAUTHORIZED.data)
+    BODY_OVER_QUOTA.data = b'{"error":"over_quota"}'
+    BODY_OVER_QUOTA.len = strlen(BODY_OVER_QUOTA.data)
+
+
+cdef size_t format_rate_limited(char* out, uint64_t retry_after_ns) noexcept nogil:
+    """{"error":"rate_limited","retry_after_ms":N} into `out` (ERROR_SCRATCH_BYTES);
+    N rounds up, so a client that waits N ms is admitted."""
+    cdef const char* head = b'{"error":"rate_limited","retry_after_ms":'
+    cdef size_t n = strlen(head)
+    cdef uint64_t ms = (retry_after_ns + 999999) // 1000000
+    cdef char digits[20]
+    cdef int nd = 0
+    memcpy(out, head, n)
+    while True:
+        digits[nd] = <char>(48 + ms % 10)
+        nd += 1
+        ms //= 10
+        if ms == 0:
+            break
+    while nd > 0:
+        nd -= 1
+        out[n] = digits[nd]
+        n += 1
+    out[n] = 125                        # '}'
+    return n + 1
 
 
 cdef inline int udp_parse(const char* data, size_t n, bn_request* req) noexcept nogil:
@@ -232,6 +264,15 @@ cdef void udp_reader_serve(bn_reader* r, unsigned int n) noexcept nogil:
     cdef uint64_t empty = 0
     cdef uint64_t queued = 0
     cdef uint64_t queue_drops = 0
+    cdef uint64_t unauthorized = 0
+    cdef uint64_t rate_limited = 0
+    cdef uint64_t over_quota = 0
+    cdef uint64_t now_ns = 0
+    cdef uint64_t retry_ns = 0
+    cdef int admit
+    cdef char* scratch
+    if r.keys_ref != NULL:
+        now_ns = monotonic_ns()         # one clock read a batch: GCRA needs no finer time
     for i in range(n):
         m = &r.rx_msgs[i]
         data = r.rx_data + <size_t>i * r.slot_bytes
@@ -245,6 +286,24 @@ cdef void udp_reader_serve(bn_reader* r, unsigned int n) noexcept nogil:
             nout += 1
             continue
         status = udp_parse(data, length, &req)
+        if status == PARSE_OK and r.keys_ref != NULL:
+            admit = apikey_admit(r.keys_ref, req.apikey, req.apikey_len, now_ns, &retry_ns)
+            if admit != ADMIT_OK:
+                if admit == ADMIT_UNAUTHORIZED:
+                    unauthorized += 1
+                    udp_reply(&r.tx_msgs[nout], m, data, req.tag_len, BODY_UNAUTHORIZED.data,
+                              BODY_UNAUTHORIZED.len)
+                elif admit == ADMIT_OVER_QUOTA:
+                    over_quota += 1
+                    udp_reply(&r.tx_msgs[nout], m, data, req.tag_len, BODY_OVER_QUOTA.data,
+                              BODY_OVER_QUOTA.len)
+                else:
+                    rate_limited += 1
+                    scratch = r.scratch + <size_t>nout * ERROR_SCRATCH_BYTES
+                    udp_reply(&r.tx_msgs[nout], m, data, req.tag_len, scratch,
+                              format_rate_limited(scratch, retry_ns))
+                nout += 1
+                continue
         if status == PARSE_OK:
             entry = table_lookup(r.index_ref, req.key, req.key_len)
             if entry != NULL:
@@ -283,6 +342,10 @@ cdef void udp_reader_serve(bn_reader* r, unsigned int n) noexcept nogil:
     bn_count(&r.counters.empty, empty)
     bn_count(&r.counters.queued, queued)
     bn_count(&r.counters.queue_drops, queue_drops)
+    if r.keys_ref != NULL:
+        bn_count(&r.counters.unauthorized, unauthorized)
+        bn_count(&r.counters.rate_limited, rate_limited)
+        bn_count(&r.counters.over_quota, over_quota)
     if nout > 0:
         udp_reader_send(r, nout)
     if queued > 0:
@@ -333,8 +396,9 @@ cdef bn_reader* udp_reader_new(int fd, int index, int cpu, unsigned int batch,
     r.rx_iov = <iovec*>calloc(batch, sizeof(iovec))
     r.tx_msgs = <mmsghdr*>calloc(batch, sizeof(mmsghdr))
     r.tx_iov = <iovec*>calloc(2 * <size_t>batch, sizeof(iovec))
+    r.scratch = <char*>malloc(<size_t>batch * ERROR_SCRATCH_BYTES)
     if (r.rx_data == NULL or r.rx_addr == NULL or r.rx_msgs == NULL or r.rx_iov == NULL
-            or r.tx_msgs == NULL or r.tx_iov == NULL):
+            or r.tx_msgs == NULL or r.tx_iov == NULL or r.scratch == NULL):
         udp_reader_free(r)
         return NULL
     for i in range(batch):
@@ -358,6 +422,7 @@ cdef void udp_reader_free(bn_reader* r) noexcept nogil:
     free(r.rx_iov)
     free(r.tx_msgs)
     free(r.tx_iov)
+    free(r.scratch)
     free(r)
 
 
@@ -370,7 +435,8 @@ cdef class UDPEngine:
     """
 
     def __cinit__(self, ResponseTable table not None, fds, *, unsigned int batch=32,
-                  unsigned int max_datagram=512, cpus=None, size_t miss_capacity=0):
+                  unsigned int max_datagram=512, cpus=None, size_t miss_capacity=0,
+                  APIKeyTable api_keys=None):
         cdef int i
         cdef int n = len(fds)
         cdef void* mem = NULL
@@ -384,6 +450,7 @@ cdef class UDPEngine:
         if cpus is not None and len(cpus) != n:
             raise ValueError("cpus must give one CPU (or -1) per socket")
         self.table = table
+        self.api_keys = api_keys
         self.nreaders = n
         if miss_capacity > 0:
             self.missq = missq_new(miss_capacity)
@@ -409,6 +476,7 @@ cdef class UDPEngine:
             self.readers[i].miss_fd = self.miss_efd
             self.readers[i].missq = self.missq
             self.readers[i].index_ref = &table.index
+            self.readers[i].keys_ref = &api_keys.index if api_keys is not None else NULL
             self.readers[i].counters = &self.reader_counters[i]
             self.readers[i].qsbr_index = -1
 

@@ -8,7 +8,7 @@ import time
 from typing import Any, Optional
 
 from beastnet import _core
-from beastnet._core import ResponseTable
+from beastnet._core import APIKeyTable, ResponseTable
 from beastnet.control import ControlPlane, MissDispatcher, MissHandler
 from beastnet.errors import ServerError
 
@@ -58,7 +58,9 @@ class UDPServer:
     a native thread that never takes the GIL: recvmmsg batches of ``batch``
     datagrams, answers from pre-serialized bodies with sendmmsg.  A miss goes
     to ``handler`` (plain or async, run on the uvloop control plane) when one
-    is given, else it is answered ``{"error":"not_found"}`` natively.
+    is given, else it is answered ``{"error":"not_found"}`` natively.  With
+    ``api_keys``, every request must carry a known, unrevoked APIKEY within its
+    rate limit and monthly cap (checked natively, before the table).
 
     Use as a context manager, or call ``start()`` and ``stop()``.
     """
@@ -78,6 +80,7 @@ class UDPServer:
         handler: Optional[MissHandler] = None,
         miss_queue_size: int = 4096,
         max_inflight: Optional[int] = None,
+        api_keys: Optional[APIKeyTable] = None,
     ) -> None:
         if not isinstance(table, ResponseTable):
             raise TypeError("table must be a beastnet.ResponseTable")
@@ -100,6 +103,7 @@ class UDPServer:
         self.handler = handler
         self.miss_queue_size = miss_queue_size
         self.max_inflight = max_inflight if max_inflight is not None else miss_queue_size
+        self.api_keys = api_keys
         self._socks: list[socket.socket] = []
         self._engine: Optional[_core.UDPEngine] = None
         self._control: Optional[ControlPlane] = None
@@ -123,7 +127,8 @@ class UDPServer:
             self._engine = _core.UDPEngine(
                 self.table, [s.fileno() for s in self._socks], batch=self.batch,
                 max_datagram=self.max_datagram, cpus=cpus,
-                miss_capacity=self.miss_queue_size if self.handler is not None else 0)
+                miss_capacity=self.miss_queue_size if self.handler is not None else 0,
+                api_keys=self.api_keys)
             if self.handler is not None:
                 self._control = ControlPlane()
                 self._dispatcher = MissDispatcher(self._engine, self.table, self.handler, "udp",

@@ -63,6 +63,22 @@ typedef struct bn_counters {
     uint64_t recv_errors;                   /* recvmmsg failures other than EAGAIN/EINTR */
     uint64_t kernel_drops;                  /* SO_RXQ_OVFL: datagrams the kernel dropped, cumulative */
     uint64_t eintr;                         /* syscalls interrupted and retried */
+    uint64_t unauthorized;                  /* API key missing, unknown or revoked */
+    uint64_t rate_limited;                  /* refused by the key's GCRA limit */
+    uint64_t over_quota;                    /* refused by the key's monthly cap */
 } __attribute__((aligned(BN_CACHE_LINE))) bn_counters;
 
 #endif /* BEASTNET_ATOMICS_H */
+
+#ifndef BEASTNET_ATOMICS_RMW
+#define BEASTNET_ATOMICS_RMW
+/* A counter several threads add to: one locked add, no ordering needed. */
+static inline void bn_add_relaxed(uint64_t *p, uint64_t n) { __atomic_fetch_add(p, n, __ATOMIC_RELAXED); }
+static inline int bn_cas_u64_relaxed(uint64_t *p, uint64_t expected, uint64_t desired)
+{
+    return __atomic_compare_exchange_n(p, &expected, desired, 0, __ATOMIC_RELAXED, __ATOMIC_RELAXED);
+}
+static inline int64_t bn_load_i64_relaxed(const int64_t *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
+static inline void bn_store_i64_relaxed(int64_t *p, int64_t v) { __atomic_store_n(p, v, __ATOMIC_RELAXED); }
+static inline void bn_store_u64_relaxed(uint64_t *p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_RELAXED); }
+#endif

@@ -1,5 +1,5 @@
 # Declarations of beastnet's own C headers (atomics.h, compat.h).
-from libc.stdint cimport uint32_t, uint64_t
+from libc.stdint cimport int64_t, uint32_t, uint64_t
 
 
 cdef extern from "atomics.h" nogil:
@@ -19,6 +19,11 @@ cdef extern from "atomics.h" nogil:
     void* bn_xchg_ptr(void** p, void* v)
     void bn_fence()
     void bn_count(uint64_t* p, uint64_t n)
+    void bn_add_relaxed(uint64_t* p, uint64_t n)
+    int bn_cas_u64_relaxed(uint64_t* p, uint64_t expected, uint64_t desired)
+    int64_t bn_load_i64_relaxed(const int64_t* p)
+    void bn_store_i64_relaxed(int64_t* p, int64_t v)
+    void bn_store_u64_relaxed(uint64_t* p, uint64_t v)
 
     ctypedef struct bn_qsbr_slot:
         uint64_t epoch
@@ -44,6 +49,9 @@ cdef extern from "atomics.h" nogil:
         uint64_t recv_errors
         uint64_t kernel_drops
         uint64_t eintr
+        uint64_t unauthorized
+        uint64_t rate_limited
+        uint64_t over_quota
 
 
 cdef extern from "compat.h" nogil:
