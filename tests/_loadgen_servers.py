@@ -7,13 +7,17 @@ a 2 ms delay to whole milliseconds) and is stopped by `close()`.
 from __future__ import annotations
 
 import collections
+import ctypes
 import select
 import socket
+import struct
 import threading
 import time
 from typing import Callable, Optional
 
 BODY = b'{"v":1}'
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
+SPIN_S = 0.0002                 # the last 200 µs of a delay are spun, not slept
 
 
 def tag_of(data: bytes) -> bytes:
@@ -45,6 +49,9 @@ class ScriptedUDPServer:
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 << 20)
         self.sock.bind((host, 0))
         self.sock.setblocking(False)
+        # Kernel arrival times: a delay runs from when the datagram arrived,
+        # not from when this Python thread got round to reading it.
+        self.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         self.port = self.sock.getsockname()[1]
         self.delay_s = delay_s
         self.drop_every = drop_every
@@ -61,20 +68,29 @@ class ScriptedUDPServer:
         self._thread.start()
 
     def _run(self) -> None:
+        try:                            # 1 ns timer slack: wake-ups on time, not 50 µs late
+            ctypes.CDLL(None, use_errno=True).prctl(29, 1, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
         pending: collections.deque = collections.deque()      # (due, datagram, addr)
         first: Optional[float] = None
         while not self._stop.is_set():
             timeout = 0.05
             if pending:
-                timeout = max(0.0, min(timeout, pending[0][0] - time.monotonic()))
+                timeout = max(0.0, min(timeout, pending[0][0] - SPIN_S - time.time()))
             readable, _, _ = select.select([self.sock], [], [], timeout)
-            now = time.monotonic()
+            now = time.time()
             if readable:
                 while True:
                     try:
-                        data, addr = self.sock.recvfrom(65536)
+                        data, anc, _, addr = self.sock.recvmsg(65536, 64)
                     except BlockingIOError:
                         break
+                    arrived = now
+                    for level, kind, raw in anc:
+                        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
+                            sec, nsec = struct.unpack("qq", raw[:16])
+                            arrived = min(now, sec + nsec * 1e-9)
                     self.requests += 1
                     if first is None:
                         first = now
@@ -84,7 +100,7 @@ class ScriptedUDPServer:
                         continue
                     for reply in self.replies(data):
                         if self.delay_s:
-                            pending.append((now + self.delay_s, reply, addr))
+                            pending.append((arrived + self.delay_s, reply, addr))
                         else:
                             self._send(reply, addr)
                     if (self.stall_at_s is not None and self.stalled_at is None
@@ -92,7 +108,10 @@ class ScriptedUDPServer:
                         self.stalled_at = now
                         time.sleep(self.stall_s)
                         break
-            now = time.monotonic()
+            if pending and pending[0][0] - time.time() <= SPIN_S:
+                while time.time() < pending[0][0]:
+                    pass
+            now = time.time()
             while pending and pending[0][0] <= now:
                 _, reply, addr = pending.popleft()
                 self._send(reply, addr)
