@@ -27,10 +27,11 @@ PYTH STRK DYM WIF BONK MEME ALT MANTA XAI PIXEL PORTAL ONDO ENA ETHFI W AEVO
 assert len(ASSETS) == 150 and len(set(ASSETS)) == 150
 
 
-def price_body(asset: str, price: float, ts_ms: int, source: str = "sim", seq: int = 0) -> bytes:
-    """The pre-serialized answer for one asset (about 110 bytes)."""
+def price_body(asset: str, price: float, ts_ms: int, source: str = "sim", seq: int = 0,
+               stale: bool = False) -> bytes:
+    """The pre-serialized answer for one asset (about 100 bytes)."""
     return orjson.dumps({"asset": asset, "price": float(f"{price:.6g}"), "ts": ts_ms,
-                         "source": source, "seq": seq, "quote": "USD", "stale": False})
+                         "source": source, "seq": seq, "quote": "USD", "stale": stale})
 
 
 def random_walk(seed: int = 1, volatility: float = 0.001) -> Iterator[dict[str, bytes]]:

@@ -1,0 +1,109 @@
+"""Feeds: simulated and replayed ticks, per-source health, stale fallback."""
+import asyncio
+import time
+
+import orjson
+import pytest
+
+from beastnet import ResponseTable
+from beastnet.assets import ASSETS
+from beastnet.feeds import PricePublisher, ReplayFeed, SimulatedFeed, Tick
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def body(table, asset):
+    return orjson.loads(table[asset])
+
+
+def test_simulated_feed_publishes_every_asset_once_per_update():
+    table = ResponseTable()
+    publisher = PricePublisher(table)
+    feed = SimulatedFeed(sources=("a",), rounds_per_s=1000, max_rounds=3)
+    asyncio.run(publisher.run(feed))
+    assert len(table) == 150 and set(table.keys()) == set(ASSETS)
+    assert publisher.published == 3 * 150
+    assert body(table, "BTC")["seq"] > 0 and not body(table, "BTC")["stale"]
+
+
+def test_stale_source_falls_back_then_recovers_preferred():
+    async def scenario():
+        table = ResponseTable()
+        publisher = PricePublisher(table, stale_after_s=0.2, source_priority=["a", "b"],
+                                   check_interval_s=0.02)
+        feed = SimulatedFeed(sources=("a", "b"), rounds_per_s=50, outages={"a": (0.3, 0.8)})
+        task = asyncio.ensure_future(publisher.run(feed))
+        seen = []
+        for _ in range(60):                         # 1.5 s sampled every 25 ms
+            await asyncio.sleep(0.025)
+            if "BTC" in table:
+                seen.append(body(table, "BTC")["source"])
+        health = publisher.health()
+        task.cancel()
+        return seen, health, publisher
+
+    seen, health, publisher = asyncio.run(scenario())
+    assert seen[0] == "a" and "b" in seen and seen[-1] == "a"
+    # order: a, then b while a is out, then a again
+    first_b, last_b = seen.index("b"), len(seen) - 1 - seen[::-1].index("b")
+    assert all(s == "a" for s in seen[:first_b]) and all(s == "a" for s in seen[last_b + 1:])
+    assert publisher.fallbacks >= 150 * 2
+    assert set(health["sources"]) == {"a", "b"}
+
+
+def test_no_fresh_source_marks_answers_stale():
+    table = ResponseTable()
+    publisher = PricePublisher(table, stale_after_s=0.05)
+    publisher.on_tick(Tick("BTC", 100.0, "only", time.time()))
+    assert not body(table, "BTC")["stale"]
+    time.sleep(0.1)
+    publisher.check()
+    assert body(table, "BTC")["stale"] and body(table, "BTC")["price"] == 100.0
+    assert publisher.health()["assets_stale"] == ["BTC"]
+    publisher.on_tick(Tick("BTC", 101.0, "only", time.time()))
+    assert not body(table, "BTC")["stale"] and body(table, "BTC")["price"] == 101.0
+
+
+def test_unknown_assets_are_counted_not_published():
+    table = ResponseTable()
+    publisher = PricePublisher(table)
+    publisher.on_tick(Tick("NOT-AN-ASSET", 1.0, "s", time.time()))
+    assert len(table) == 0 and publisher.unknown_assets == 1
+
+
+def write(path, lines):
+    path.write_text("".join(line + "\n" for line in lines))
+    return str(path)
+
+
+def test_replay_jsonl_paced_and_bad_lines_reported(tmp_path):
+    good = [orjson.dumps({"asset": "ETH", "price": 100 + i, "ts": 1000 + i * 0.05,
+                          "source": "x"}).decode() for i in range(20)]
+    path = write(tmp_path / "ticks.jsonl", good[:10] + ["garbage", '{"asset":"ETH","ts":1}',
+                                                        '{"asset":"ETH","price":-5,"ts":1}'] + good[10:])
+    table = ResponseTable()
+    feed = ReplayFeed(path, speed=2.0)             # 0.95 s recorded -> ~0.475 s
+    started = time.monotonic()
+    asyncio.run(PricePublisher(table).run(feed))
+    elapsed = time.monotonic() - started
+    assert 0.4 < elapsed < 1.5
+    assert feed.ticks == 20 and body(table, "ETH")["price"] == 119
+    assert [n for n, _ in feed.errors] == [11, 12, 13]
+    assert "price" in feed.errors[1][1]
+
+
+def test_replay_csv_as_fast_as_possible(tmp_path):
+    rows = ["asset,price,ts,source"] + [f"BTC,{50000 + i},{i},csvsrc" for i in range(5000)]
+    rows.insert(100, "BTC,notaprice,1,x")
+    path = write(tmp_path / "ticks.csv", rows)
+    table = ResponseTable()
+    feed = ReplayFeed(path, speed=0)
+    asyncio.run(PricePublisher(table).run(feed))
+    assert feed.ticks == 5000 and feed.errors[0][0] == 101
+    assert body(table, "BTC")["source"] == "csvsrc" and body(table, "BTC")["price"] == 54999
+
+
+@pytest.mark.parametrize("kwargs", [{"rounds_per_s": 0}, {"sources": ()}])
+def test_simulated_feed_rejects_bad_config(kwargs):
+    with pytest.raises(ValueError):
+        SimulatedFeed(**kwargs)
