@@ -11,6 +11,7 @@ returns are meant to be true: see DESIGN.md §7 and `docs/loadgen.md`.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import platform
@@ -29,8 +30,10 @@ __all__ = [
     "Histogram",
     "LoadResult",
     "UDPLoadConfig",
+    "level_config",
     "machine_info",
     "run_udp_load",
+    "udp_level_config",
 ]
 
 # Loop modes, as _load.pxi numbers them.
@@ -458,12 +461,33 @@ def _payloads(keys: Sequence[str], api_key: Optional[str]) -> list[bytes]:
     return [_to_bytes(k) + suffix for k in keys]
 
 
-def run_udp_load(cfg: UDPLoadConfig, progress: Optional[ProgressCallback] = None) -> LoadResult:
+def udp_level_config(base: UDPLoadConfig, requests: int, concurrency: int,
+                     max_seconds: float = 60.0) -> UDPLoadConfig:
+    """The closed-loop config of one ramp level: `concurrency` outstanding
+    requests (the most sockets up to base.sockets that divide it exactly,
+    times the window), `requests` measured requests, no warm-up, and at most
+    `max_seconds`."""
+    sockets = max(s for s in range(1, min(base.sockets, concurrency) + 1) if concurrency % s == 0)
+    return dataclasses.replace(base, sockets=sockets, window=concurrency // sockets, rate=None,
+                               poisson=False, max_requests=requests, warmup_s=0.0,
+                               duration_s=max_seconds)
+
+
+def level_config(base: Any, requests: int, concurrency: int, max_seconds: float = 60.0) -> Any:
+    """One ramp level's config for either mode (see udp_level_config / http_level_config)."""
+    if isinstance(base, UDPLoadConfig):
+        return udp_level_config(base, requests, concurrency, max_seconds)
+    return http_level_config(base, requests, concurrency, max_seconds)
+
+
+def run_udp_load(cfg: UDPLoadConfig, progress: Optional[ProgressCallback] = None,
+                 stop_when: Optional[Callable[[dict], bool]] = None) -> LoadResult:
     """Run one UDP load test and return what it measured.
 
     Blocks for about warmup_s + duration_s (+ up to one timeout to settle the
     last requests).  The generator threads never hold the GIL.  `progress`,
-    when given, is called once a second with the timeline row just measured.
+    when given, is called once a second with the timeline row just measured;
+    when `stop_when(row)` returns true the run stops early (``extra["stopped_early"]``).
     Ctrl-C stops the run early and returns the partial result
     (``interrupted=True``); a second Ctrl-C abandons requests in flight.
     """
@@ -484,23 +508,26 @@ def run_udp_load(cfg: UDPLoadConfig, progress: Optional[ProgressCallback] = None
             cpus=plan["cpus"], seed=(seed | 1) & 0xFFFFFFFFFFFFFFFF)
         started_at = time.time()
         run.start()
-        interrupted, sampler = _wait(run, cfg, progress)
+        interrupted, stopped, sampler = _wait(run, cfg, progress, stop_when)
         run.join()
     finally:
         for sock in socks:
             sock.close()
-    return _udp_result(cfg, plan, run, sampler, interrupted, started_at)
+    result = _udp_result(cfg, plan, run, sampler, interrupted, started_at)
+    result.extra["stopped_early"] = stopped
+    return result
 
 
-def _wait(run: Any, cfg: Any, progress: Optional[ProgressCallback]) -> tuple[bool, _Sampler]:
+def _wait(run: Any, cfg: Any, progress: Optional[ProgressCallback],
+          stop_when: Optional[Callable[[dict], bool]]) -> tuple[bool, bool, _Sampler]:
     """Sample the timeline once a second until the threads finish; handle Ctrl-C.
-    Returns (interrupted, the sampler holding the timeline)."""
+    Returns (interrupted, stopped by `stop_when`, the sampler holding the timeline)."""
     sampler = _Sampler(run, cfg.warmup_s)
     # Hard bound: a run never outlives its schedule by more than this, even if
     # a thread misbehaves.
     limit = sampler.t0 + cfg.warmup_s + cfg.duration_s + cfg.timeout_ms / 1e3 + 10.0
     next_sample = sampler.t0 + 1.0
-    interrupted = False
+    interrupted = stopped = False
     try:
         while not run.finished():
             now = time.monotonic()
@@ -509,6 +536,9 @@ def _wait(run: Any, cfg: Any, progress: Optional[ProgressCallback]) -> tuple[boo
                 next_sample += 1.0
                 if progress is not None:
                     progress(row)
+                if stop_when is not None and not stopped and not row["warmup"] and stop_when(row):
+                    stopped = True
+                    run.stop()
             if now > limit:
                 run.stop(abort=True)
                 break
@@ -523,7 +553,7 @@ def _wait(run: Any, cfg: Any, progress: Optional[ProgressCallback]) -> tuple[boo
             run.stop(abort=True)
     if time.monotonic() - sampler.last_t > 0.05:
         sampler.sample()                # the last partial second
-    return interrupted, sampler
+    return interrupted, stopped, sampler
 
 
 def _udp_result(cfg: UDPLoadConfig, plan: dict, run: Any, sampler: _Sampler,
