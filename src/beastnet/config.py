@@ -1,0 +1,191 @@
+"""Configuration of `beastnet serve`: defaults < profile < TOML file < flags.
+
+A profile is a named set of parameters (`production`, `stress-udp-direct`,
+`stress-tcp-direct`, `dev`).  Every value is validated here, so a bad one
+stops the server before it binds anything, with one clear line.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from dataclasses import dataclass, field, fields
+from typing import Any, Mapping, Optional
+
+from beastnet.errors import BeastnetError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:                                   # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+__all__ = ["ConfigError", "PROFILES", "LIVE_PARAMETERS", "ServeConfig", "load_config"]
+
+MIB = 1024 * 1024
+
+
+class ConfigError(BeastnetError, ValueError):
+    """A configuration value, file or profile name is invalid."""
+
+
+@dataclass
+class ServeConfig:
+    """Every parameter of the bundled server.  Units are in the names."""
+
+    profile: str = "production"
+    # UDP engine
+    udp_host: str = "127.0.0.1"
+    udp_port: int = 9000
+    udp_sockets: Optional[int] = None           # None: one per CPU
+    batch: int = 32
+    max_datagram: int = 512
+    recv_buffer_bytes: int = 32 * MIB
+    send_buffer_bytes: int = 32 * MIB
+    cpu_steering: bool = True
+    # HTTP engine
+    http_host: str = "127.0.0.1"
+    http_port: int = 8080
+    http_threads: Optional[int] = None          # None: one per CPU
+    http_prefix: str = "/v1/"
+    backlog: int = 1024
+    max_connections: int = 10_000
+    idle_timeout_s: float = 60.0
+    header_timeout_s: float = 10.0
+    # admin routes (/admin/*, /metrics, /healthz)
+    admin_token: Optional[str] = None           # required when admin is reachable off loopback
+    admin_remote: bool = False                  # serve admin routes to non-loopback clients
+    # API keys
+    keystore: Optional[str] = None              # SQLite path; None: keys not enforced
+    usage_flush_interval_s: float = 0.1
+    tiers: dict[str, dict[str, float]] = field(default_factory=dict)  # overrides of DEFAULT_TIERS
+    # feed
+    feed: str = "sim"                           # "sim" or "replay"
+    feed_path: Optional[str] = None             # replay file (JSON lines or CSV)
+    feed_rounds_per_s: float = 10.0
+    feed_sources: list[str] = field(default_factory=lambda: ["sim-a", "sim-b"])
+    feed_stale_after_s: float = 2.0
+    replay_speed: float = 1.0
+    # miss path and logs
+    miss_queue_size: int = 4096
+    max_inflight: int = 1024
+    log_level: str = "info"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# Parameters /admin/profile may change on a running server.
+LIVE_PARAMETERS = frozenset({
+    "feed_rounds_per_s", "feed_stale_after_s", "usage_flush_interval_s", "max_inflight",
+    "log_level", "replay_speed",
+})
+
+PROFILES: dict[str, dict[str, Any]] = {
+    # Everything on: keys enforced, usage persisted, both protocols.
+    "production": {"keystore": "beastnet-keys.db"},
+    # Maximum UDP throughput: bigger batches and buffers, a quiet feed, one HTTP thread.
+    "stress-udp-direct": {"batch": 64, "recv_buffer_bytes": 64 * MIB, "send_buffer_bytes": 64 * MIB,
+                          "feed_rounds_per_s": 1.0, "http_threads": 1},
+    # Maximum HTTP throughput: one UDP socket, deep backlog, many connections.
+    "stress-tcp-direct": {"udp_sockets": 1, "cpu_steering": False, "backlog": 4096,
+                          "max_connections": 100_000, "feed_rounds_per_s": 1.0},
+    # One thread each, small buffers, chatty logs.
+    "dev": {"udp_sockets": 1, "http_threads": 1, "cpu_steering": False,
+            "recv_buffer_bytes": 4 * MIB, "send_buffer_bytes": 4 * MIB, "log_level": "debug"},
+}
+
+_LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def _check(cfg: ServeConfig) -> None:
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            raise ConfigError(message)
+
+    for name in ("udp_port", "http_port"):
+        need(0 <= getattr(cfg, name) <= 65535, f"{name} must be 0..65535, got {getattr(cfg, name)}")
+    for name in ("udp_sockets", "http_threads"):
+        value = getattr(cfg, name)
+        need(value is None or 1 <= value <= 256, f"{name} must be 1..256, got {value}")
+    need(1 <= cfg.batch <= 1024, f"batch must be 1..1024, got {cfg.batch}")
+    need(64 <= cfg.max_datagram <= 65536, f"max_datagram must be 64..65536, got {cfg.max_datagram}")
+    for name in ("recv_buffer_bytes", "send_buffer_bytes"):
+        need(4096 <= getattr(cfg, name) <= 1024 * MIB, f"{name} must be 4096..1 GiB")
+    need(cfg.http_prefix.startswith("/") and cfg.http_prefix.endswith("/"),
+         f"http_prefix must start and end with '/', got {cfg.http_prefix!r}")
+    need(1 <= cfg.backlog <= 65535, f"backlog must be 1..65535, got {cfg.backlog}")
+    need(1 <= cfg.max_connections <= 10_000_000, f"max_connections must be >= 1")
+    for name in ("idle_timeout_s", "header_timeout_s", "usage_flush_interval_s",
+                 "feed_rounds_per_s", "feed_stale_after_s"):
+        need(getattr(cfg, name) > 0, f"{name} must be > 0, got {getattr(cfg, name)}")
+    need(cfg.replay_speed >= 0, f"replay_speed must be >= 0 (0 = as fast as possible)")
+    need(cfg.feed in ("sim", "replay"), f"feed must be 'sim' or 'replay', got {cfg.feed!r}")
+    need(cfg.feed != "replay" or bool(cfg.feed_path), "feed 'replay' needs feed_path")
+    need(cfg.feed_path is None or os.path.isfile(cfg.feed_path),
+         f"feed_path {cfg.feed_path!r} is not a file")
+    need(len(cfg.feed_sources) >= 1, "feed_sources needs at least one source")
+    need(1 <= cfg.miss_queue_size <= 1 << 20, f"miss_queue_size must be 1..1048576")
+    need(cfg.max_inflight >= 1, "max_inflight must be >= 1")
+    need(cfg.log_level in _LOG_LEVELS, f"log_level must be one of {', '.join(_LOG_LEVELS)}")
+    need(cfg.admin_token is None or len(cfg.admin_token) >= 16,
+         "admin_token must be at least 16 characters")
+    need(not cfg.admin_remote or cfg.admin_token is not None,
+         "admin_remote needs an admin_token")
+    for tier, limits in cfg.tiers.items():
+        need(isinstance(limits, dict) and set(limits) <= {"qps", "burst", "monthly_cap"},
+             f"tier {tier!r}: only qps, burst, monthly_cap may be set")
+
+
+def _merge(cfg: ServeConfig, values: Mapping[str, Any], origin: str) -> None:
+    known = {f.name: f for f in fields(ServeConfig)}
+    for name, value in values.items():
+        key = name.replace("-", "_")
+        if key not in known:
+            raise ConfigError(f"{origin}: unknown setting {name!r}")
+        current = getattr(cfg, key)
+        expected = type(current) if current is not None else None
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if expected is not None and value is not None and not isinstance(value, expected):
+            raise ConfigError(f"{origin}: {name} must be {expected.__name__}, "
+                              f"got {type(value).__name__} {value!r}")
+        setattr(cfg, key, value)
+
+
+def load_config(path: Optional[str] = None, profile: Optional[str] = None,
+                overrides: Optional[Mapping[str, Any]] = None) -> ServeConfig:
+    """Build a validated ServeConfig.  A file may name its own `profile`; the
+    `profile` argument (a command-line flag) wins over it."""
+    file_values: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as fh:
+                file_values = tomllib.load(fh)
+        except OSError as exc:
+            raise ConfigError(f"config file {path}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path}: {exc}") from None
+        # Accept settings at top level or under a [server] table.
+        if isinstance(file_values.get("server"), dict):
+            server_table = file_values.pop("server")
+            file_values.update(server_table)
+    name = profile or file_values.pop("profile", None) or "production"
+    file_values.pop("profile", None)
+    if name not in PROFILES:
+        raise ConfigError(f"unknown profile {name!r} (known: {', '.join(PROFILES)})")
+    cfg = ServeConfig(profile=name)
+    _merge(cfg, PROFILES[name], f"profile {name}")
+    _merge(cfg, file_values, f"config file {path}")
+    _merge(cfg, {k: v for k, v in (overrides or {}).items() if v is not None}, "command line")
+    _check(cfg)
+    return cfg
+
+
+def apply_live(cfg: ServeConfig, profile: str) -> dict[str, Any]:
+    """The live-tunable parameters `profile` would change, and their new values."""
+    if profile not in PROFILES:
+        raise ConfigError(f"unknown profile {profile!r} (known: {', '.join(PROFILES)})")
+    target = ServeConfig(profile=profile)
+    _merge(target, PROFILES[profile], f"profile {profile}")
+    return {name: getattr(target, name) for name in sorted(LIVE_PARAMETERS)
+            if getattr(target, name) != getattr(cfg, name)}
