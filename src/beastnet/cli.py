@@ -25,6 +25,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     add_load_command(sub)
     add_demo_command(sub)
     add_keys_command(sub)
+    add_serve_command(sub)
+    add_stats_command(sub)
     args = parser.parse_args(argv)
     return int(args.func(args))
 
@@ -493,3 +495,196 @@ def cmd_keys(args: argparse.Namespace) -> int:
         print(f"beastnet keys: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     return EXIT_PASS
+
+
+# -- beastnet serve -------------------------------------------------------------------
+
+SERVE_EPILOG = """\
+profiles: production (keys enforced, the default), stress-udp-direct,
+          stress-tcp-direct, dev.  Precedence: profile < --config file < flags.
+routes:   UDP  [@TAG ]KEY[ APIKEY]            HTTP GET /v1/KEY (X-API-Key or ?api_key=)
+          GET /healthz, /metrics, /admin/stats; POST /admin/reset, /admin/profile?name=P
+signals:  SIGTERM or SIGINT drain (finish in-flight HTTP, flush usage) and exit 0.
+exit status: 0 after a clean drain, 2 for a bad configuration."""
+
+
+def add_serve_command(sub: Any) -> None:
+    p = sub.add_parser("serve", help="run the price server for 150 assets (UDP + HTTP)",
+                       description="The bundled price server.", epilog=SERVE_EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", help="TOML config file")
+    p.add_argument("--profile", help="named profile (see below)")
+    g = p.add_argument_group("UDP")
+    g.add_argument("--udp-host")
+    g.add_argument("--udp-port", type=int)
+    g.add_argument("--sockets", dest="udp_sockets", type=int, help="UDP sockets/threads (default: CPUs)")
+    g.add_argument("--batch", type=int, help="datagrams per recvmmsg (default 32)")
+    g.add_argument("--recv-buffer-bytes", type=int)
+    g.add_argument("--send-buffer-bytes", type=int)
+    g.add_argument("--no-steering", dest="cpu_steering", action="store_const", const=False)
+    g = p.add_argument_group("HTTP")
+    g.add_argument("--http-host")
+    g.add_argument("--http-port", type=int)
+    g.add_argument("--http-threads", type=int, help="HTTP worker threads (default: CPUs)")
+    g.add_argument("--backlog", type=int)
+    g.add_argument("--max-connections", type=int)
+    g = p.add_argument_group("keys, feed, admin")
+    g.add_argument("--keystore", help="SQLite key store (keys enforced)")
+    g.add_argument("--no-keys", action="store_true", help="serve without API keys")
+    g.add_argument("--feed", choices=("sim", "replay"))
+    g.add_argument("--replay", dest="feed_path", help="replay this JSON-lines/CSV tick file")
+    g.add_argument("--replay-speed", type=float, help="1 = recorded pace, 0 = as fast as possible")
+    g.add_argument("--feed-rounds-per-s", type=float, help="simulated feed rounds per second")
+    g.add_argument("--admin-token", help="token for admin routes (needed off loopback)")
+    g.add_argument("--admin-remote", action="store_const", const=True,
+                   help="serve admin routes to non-loopback clients (needs --admin-token)")
+    g.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    p.set_defaults(func=cmd_serve)
+
+
+class _JSONLogFormatter:
+    """One JSON object a line: what log shippers parse without rules."""
+
+    def format(self, record: Any) -> str:
+        import orjson
+        entry = {"ts": round(record.created, 3), "level": record.levelname.lower(),
+                 "logger": record.name, "msg": record.getMessage()}
+        if record.exc_info:
+            import traceback
+            entry["exc"] = "".join(traceback.format_exception(*record.exc_info))
+        return orjson.dumps(entry).decode()
+
+
+def _setup_logging(level: str) -> None:
+    import logging
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_JSONLogFormatter())  # type: ignore[arg-type]
+    root = logging.getLogger("beastnet")
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    root.propagate = False
+
+
+SERVE_FLAGS = ("udp_host", "udp_port", "udp_sockets", "batch", "recv_buffer_bytes",
+               "send_buffer_bytes", "cpu_steering", "http_host", "http_port", "http_threads",
+               "backlog", "max_connections", "keystore", "feed", "feed_path", "replay_speed",
+               "feed_rounds_per_s", "admin_token", "admin_remote", "log_level")
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import logging
+
+    from beastnet.config import ConfigError, load_config
+
+    overrides = {name: getattr(args, name) for name in SERVE_FLAGS}
+    if args.feed_path and not args.feed:
+        overrides["feed"] = "replay"
+    try:
+        cfg = load_config(args.config, args.profile, overrides)
+        if args.no_keys:
+            cfg.keystore = None
+    except ConfigError as exc:
+        print(f"beastnet serve: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    from beastnet.errors import ServerError
+    from beastnet.keys import KeyStoreError
+    from beastnet.service import PriceService
+
+    _setup_logging(cfg.log_level)
+    log = logging.getLogger("beastnet.serve")
+    service = PriceService(cfg)
+    try:
+        service.start()
+    except (KeyStoreError, ServerError, OSError) as exc:
+        print(f"beastnet serve: error: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    assert service.udp is not None and service.http is not None
+    udp_host, udp_port = service.udp.address[:2]
+    log.info("serving %d assets: udp://%s:%d %s, profile %s, keys %s, CPU steering %s",
+             len(service.table), udp_host, udp_port, service.http.url, cfg.profile,
+             cfg.keystore or "off", service.udp.stats()["steering"]["reason"])
+    status = service.serve_forever()
+    log.info("stopped cleanly")
+    return status
+
+
+# -- beastnet stats -------------------------------------------------------------------
+
+def add_stats_command(sub: Any) -> None:
+    p = sub.add_parser("stats", help="show a running server's counters",
+                       description="Reads /admin/stats from a running `beastnet serve`.")
+    p.add_argument("--url", default="http://127.0.0.1:8080", help="the server's HTTP address")
+    p.add_argument("--token", help="admin token (when the server has one)")
+    p.add_argument("--watch", type=float, nargs="?", const=1.0, metavar="SECONDS",
+                   help="refresh every SECONDS (default 1) until Ctrl-C")
+    p.add_argument("--json", action="store_true", help="print the raw JSON")
+    p.set_defaults(func=cmd_stats)
+
+
+def _fetch_stats(url: str, token: Optional[str]) -> dict:
+    import urllib.request
+
+    import orjson
+    req = urllib.request.Request(url.rstrip("/") + "/admin/stats")
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    with urllib.request.urlopen(req, timeout=5) as resp:
+        return orjson.loads(resp.read())
+
+
+def format_stats(stats: dict) -> str:
+    lines = [f"uptime {stats['uptime_s']:.0f} s   profile {stats['profile']}   "
+             f"assets {stats['keys_in_table']}"]
+    udp = stats.get("udp")
+    if udp:
+        t, r = udp["totals"], udp.get("rates_per_s", {})
+        lines.append(f"UDP  {r.get('rx_packets', 0):>12,.0f} req/s  {t.get('rx_packets', 0):>14,} total  "
+                     f"hit {udp['cache_hit_pct'] if udp['cache_hit_pct'] is not None else '-'} %  "
+                     f"kernel drops {t.get('kernel_drops', 0):,}  queue drops {t.get('queue_drops', 0):,}  "
+                     f"batch fill {udp['avg_batch_fill']:.1f}  steering {udp['steering'].get('reason')}")
+        for i, sock in enumerate(udp.get("per_socket", [])):
+            lines.append(f"     socket {i}: rx {sock['rx_packets']:,}  tx {sock['tx_packets']:,}  "
+                         f"bad {sock['bad_requests']:,}  send errors {sock['send_errors']:,}")
+    http = stats.get("http")
+    if http:
+        t, r = http["totals"], http.get("rates_per_s", {})
+        lines.append(f"HTTP {r.get('requests', 0):>12,.0f} req/s  {t.get('requests', 0):>14,} total  "
+                     f"active {t.get('active', 0):,}  accepted {t.get('accepted', 0):,}  "
+                     f"parse errors {t.get('parse_errors', 0):,}  timeouts {t.get('timeouts', 0):,}")
+    feed = stats.get("feed", {})
+    for name, src in sorted(feed.get("sources", {}).items()):
+        state = "STALE" if src["stale"] else "ok"
+        lines.append(f"feed {name:<12} {state:<5} ticks {src['ticks']:,}  last {src['last_tick_age_s']} s ago  "
+                     f"serving {src['assets_active']} assets")
+    if feed:
+        lines.append(f"feed fallbacks {feed.get('fallbacks', 0):,}  stale assets {len(feed.get('assets_stale', []))}")
+    keys = stats.get("api_keys")
+    if keys:
+        lines.append(f"keys {keys['keys']:,}  admitted {keys['admitted']:,}  rate limited {keys['rate_limited']:,}  "
+                     f"over quota {keys['over_quota']:,}  flushes {keys['flushes']:,} ({keys['flush_errors']} failed)")
+    return "\n".join(lines)
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    import time
+    import urllib.error
+
+    import orjson
+    while True:
+        try:
+            stats = _fetch_stats(args.url, args.token)
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            print(f"beastnet stats: error: {args.url}: {exc}", file=sys.stderr)
+            return EXIT_FAIL
+        if args.json:
+            sys.stdout.write(orjson.dumps(stats, option=orjson.OPT_INDENT_2).decode() + "\n")
+        else:
+            if args.watch and sys.stdout.isatty():
+                sys.stdout.write("\x1b[H\x1b[2J")
+            print(format_stats(stats), flush=True)
+        if not args.watch:
+            return EXIT_PASS
+        try:
+            time.sleep(args.watch)
+        except KeyboardInterrupt:
+            return EXIT_PASS

@@ -8,7 +8,8 @@ from __future__ import annotations
 import math
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
-__all__ = ["MetricFamily", "render", "udp_families", "feed_families", "key_families"]
+__all__ = ["MetricFamily", "render", "udp_families", "http_families", "feed_families",
+           "key_families"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -112,6 +113,31 @@ def udp_families(stats: Mapping[str, Any], prefix: str = "beastnet_udp") -> list
                .add(bool(stats.get("steering", {}).get("enabled"))))
     out.append(MetricFamily(f"{prefix}_avg_batch_fill", "gauge", "Datagrams per recvmmsg call.")
                .add(float(stats.get("avg_batch_fill", 0.0))))
+    return out
+
+
+# HTTP worker counters that are levels, not running totals.
+HTTP_GAUGES = frozenset({"active", "handler_inflight"})
+
+
+def http_families(stats: Mapping[str, Any], prefix: str = "beastnet_http") -> list[MetricFamily]:
+    """Families for an `HTTPServer.stats()` snapshot: every worker counter,
+    labelled by worker thread, plus the control plane's totals."""
+    per_thread = stats.get("per_thread", [])
+    names = list(per_thread[0]) if per_thread else []
+    out = []
+    for name in names:
+        kind = "gauge" if name in HTTP_GAUGES else "counter"
+        fam = MetricFamily(f"{prefix}_{name}", kind, f"HTTP engine: {name.replace('_', ' ')}.")
+        for i, counters in enumerate(per_thread):
+            fam.add(counters.get(name, 0), thread=i)
+        out.append(fam)
+    totals = stats.get("totals", {})
+    for field, help_text in MISS_PATH_COUNTERS:
+        if field in totals:
+            out.append(MetricFamily(f"{prefix}_{field}", "counter", help_text).add(totals[field]))
+    out.append(MetricFamily(f"{prefix}_threads", "gauge", "HTTP worker threads.")
+               .add(stats.get("threads", 0)))
     return out
 
 
