@@ -161,6 +161,21 @@ class AsyncioClient:
                          window_ns=tuple(doc["window_ns"]), raw=doc)
 
 
+def add_client_args(p: argparse.ArgumentParser) -> None:
+    """The client options every load benchmark shares."""
+    g = p.add_argument_group("client")
+    g.add_argument("--client", choices=("auto", "loadgen", "asyncio"), default="auto",
+                   help="auto: beastnet.loadgen when it is importable")
+    g.add_argument("--sockets", type=int, default=64, help="loadgen: sockets")
+    g.add_argument("--threads", type=int, default=2, help="loadgen: threads")
+    g.add_argument("--window", type=int, default=32, help="loadgen: in flight per socket")
+    g.add_argument("--batch", type=int, default=32, help="loadgen: sendmmsg batch")
+    g.add_argument("--procs", type=int, default=2, help="asyncio client: processes")
+    g.add_argument("--sockets-per-proc", type=int, default=16, help="asyncio client")
+    g.add_argument("--window-per-socket", type=int, default=16, help="asyncio client")
+    g.add_argument("--timeout-ms", type=int, default=200)
+
+
 def make_client(args: argparse.Namespace) -> Client:
     kind = args.client
     if kind == "auto":
@@ -360,16 +375,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--warmup", type=float, default=1.0, help="excluded seconds per run")
     p.add_argument("--repeat", type=int, default=1, help="round-robin passes over the rows")
     p.add_argument("--pause", type=float, default=1.0, help="idle seconds between runs")
-    p.add_argument("--client", choices=("auto", "loadgen", "asyncio"), default="auto",
-                   help="auto: beastnet.loadgen when it is importable")
-    p.add_argument("--sockets", type=int, default=64, help="loadgen: sockets")
-    p.add_argument("--threads", type=int, default=2, help="loadgen: threads")
-    p.add_argument("--window", type=int, default=32, help="loadgen: in flight per socket")
-    p.add_argument("--batch", type=int, default=32, help="loadgen: sendmmsg batch")
-    p.add_argument("--procs", type=int, default=2, help="asyncio client: processes")
-    p.add_argument("--sockets-per-proc", type=int, default=16, help="asyncio client")
-    p.add_argument("--window-per-socket", type=int, default=16, help="asyncio client")
-    p.add_argument("--timeout-ms", type=int, default=200)
+    add_client_args(p)
     p.add_argument("--json", default=str(REPO_DIR / "reports" / "udp_compare.json"),
                    help="where to write the JSON results")
     args = p.parse_args(argv)

@@ -71,6 +71,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         stats = server.stats()
     stats["server"] = "beastnet"
     stats["keys"] = len(table)
+    stats["table_memory"] = table.memory_stats()
     print(orjson.dumps(stats, default=str).decode(), flush=True)
     return 0
 
