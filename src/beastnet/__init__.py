@@ -7,6 +7,7 @@ from beastnet._core import Entry, ResponseTable
 from beastnet.control import Answer, MissRequest
 from beastnet.errors import BeastnetError, HandlerError, InvalidKeyError, ServerError
 from beastnet.server import UDPServer
+from beastnet.loadgen import LoadResult, UDPLoadConfig, run_udp_load
 
 __version__ = "0.1.0"
 
@@ -16,9 +17,12 @@ __all__ = [
     "Entry",
     "HandlerError",
     "InvalidKeyError",
+    "LoadResult",
     "MissRequest",
     "ResponseTable",
     "ServerError",
+    "UDPLoadConfig",
     "UDPServer",
     "__version__",
+    "run_udp_load",
 ]

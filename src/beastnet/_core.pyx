@@ -18,6 +18,9 @@ from posix.uio cimport iovec
 
 from beastnet.includes.native cimport *
 from beastnet.includes.system cimport *
+from beastnet.includes.loadsys cimport *
+from libc.errno cimport ECONNREFUSED
+from libc.math cimport log
 
 from beastnet.errors import InvalidKeyError
 
@@ -29,6 +32,8 @@ include "_stats.pxi"
 include "_table.pxi"
 include "_missq.pxi"
 include "_udp.pxi"
+include "_hist.pxi"
+include "_load.pxi"
 
 
 def _module_init():

@@ -15,3 +15,12 @@ class ServerError(BeastnetError, RuntimeError):
 
 class HandlerError(BeastnetError):
     """A miss handler raised; the original exception is chained as __cause__."""
+
+
+class LoadConfigError(BeastnetError, ValueError):
+    """A load-generator setting is out of range (zero duration, no keys, ...)."""
+
+
+class LoadError(BeastnetError, RuntimeError):
+    """A load run could not start (file-descriptor limit, unresolvable host)
+    or a generator thread stopped on a fatal error."""

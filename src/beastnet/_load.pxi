@@ -1,0 +1,810 @@
+# The UDP load generator: native threads that drive a server over many
+# connected UDP sockets, without the GIL (DESIGN.md §7).
+#
+# Each thread owns a set of connected sockets (distinct source ports, so a
+# server's SO_REUSEPORT group spreads them) registered in its own epoll.  A
+# request is `@TAG KEY[ APIKEY]` sent with a two-part iovec [tag, key] (the key
+# part is built once); a reply is matched by its tag.
+#
+# Tags.  Every socket numbers its requests 1, 2, 3...; the tag is that
+# sequence number in hex, and request `seq` lives in slot `seq & mask` of the
+# socket's slot table.  A reply matches only when that slot is busy with the
+# very same seq, so a late reply (its request already timed out), a duplicate,
+# or a made-up tag can never be matched, let alone twice.  When the slot of the
+# next seq is still busy (an old request waiting for its timeout), the seq is
+# skipped: tags are increasing, not contiguous.  The table has at least twice
+# as many slots as requests can be outstanding, so a skip is rare and short.
+#
+# Closed loop keeps `window` requests outstanding per socket: a reply or a
+# timeout frees a slot, the next pass refills it.  Open loop sends each
+# socket's requests on a schedule (constant gaps or Poisson), whatever the
+# replies, and measures latency from the intended send time.
+#
+# Results: counters (bn_lg_counters) and two histograms per thread, written
+# only by the thread; Python reads them with relaxed loads while the run goes
+# (progress line, per-second timeline) and merges them after the join.
+
+cdef enum:
+    LG_TAG_BUF_BYTES = 24           # "@" + up to 16 hex digits + " ", rounded up
+    LG_RX_SLOT_BYTES = 256          # bytes of a reply we read: the tag and the start of the body
+    LG_TICK_NS = 2000000            # 2 ms: timeout scan and stop-flag period
+    LG_REFUSED_BACKOFF_NS = 10000000  # 10 ms: closed loop pauses a socket after ECONNREFUSED
+    LG_MAX_EVENTS = 256             # epoll events taken per wait
+    LG_RECV_ROUNDS = 4              # recvmmsg calls per readiness event before moving on
+
+# Loop modes.
+cdef enum:
+    LG_CLOSED = 0                   # a window of outstanding requests per socket
+    LG_OPEN_CONSTANT = 1            # target rate, evenly spaced requests
+    LG_OPEN_POISSON = 2             # target rate, exponential gaps
+
+# stop_flag values.
+cdef enum:
+    LG_RUN = 0                      # keep going
+    LG_STOP = 1                     # stop sending, settle outstanding requests (reply or timeout)
+    LG_ABORT = 2                    # leave now; outstanding requests are not accounted
+
+
+cdef struct bn_lg_slot:
+    uint64_t seq                        # request in this slot; 0 = never used
+    uint64_t expired_seq                # last request here that timed out unanswered; 0 = none
+    uint64_t intended_ns                # latency runs from here (closed loop: the send time)
+    uint64_t sent_ns                    # the timeout runs from here
+    uint32_t busy                       # 1 while outstanding
+    uint32_t measured                   # 1 if intended inside the measured window
+
+cdef struct bn_lg_sock:
+    int fd                              # connected UDP socket, owned by Python
+    uint32_t outstanding                # requests in flight
+    uint64_t next_seq                   # next sequence number to try (starts at 1)
+    uint64_t oldest_seq                 # no request below this is outstanding
+    uint64_t next_send_ns               # open loop: intended time of the next request
+    uint64_t cooldown_ns                # closed loop: no sends before this (after ECONNREFUSED)
+    bn_lg_slot* slots                   # slot_mask + 1 slots
+
+cdef struct bn_lg_thread:
+    int index                           # thread number, 0-based
+    int nthreads
+    int cpu                             # CPU to pin to, -1 = no pinning
+    int pin_error                       # errno from pinning, 0 = pinned or not asked
+    int fatal_errno                     # errno that made the thread quit early, 0 = none
+    int epfd                            # epoll over this thread's sockets
+    int mode                            # LG_CLOSED / LG_OPEN_*
+    int finished                        # set (release) when the thread is about to return
+    int* stop_flag                      # the run's LG_RUN / LG_STOP / LG_ABORT
+    unsigned int nsocks
+    unsigned int window                 # closed loop: outstanding requests per socket
+    unsigned int batch                  # datagrams per sendmmsg / recvmmsg
+    uint64_t slot_mask                  # slots per socket - 1 (a power of two - 1)
+    bn_lg_sock* socks                   # nsocks
+    uint64_t start_ns                   # CLOCK_MONOTONIC, the run's origin
+    uint64_t measure_ns                 # warm-up ends: later intended sends are measured
+    uint64_t end_ns                     # no intended send at or after this
+    uint64_t timeout_ns                 # an unanswered request is lost after this
+    double interval_ns                  # open loop: mean gap between requests on one socket
+    uint64_t quota                      # measured requests this thread sends; 0 = no cap
+    uint64_t rng                        # xorshift64* state, never 0
+    uint32_t nkeys
+    const char** key_data               # nkeys "KEY[ APIKEY]" payloads, owned by the run
+    uint32_t* key_len                   # bytes of each
+    uint32_t* alias_prob                # weighted keys: Walker alias thresholds (2^32 scale); NULL = uniform
+    uint32_t* alias_index               # weighted keys: the alias of each key
+    uint64_t outstanding                # sum over sockets
+    uint64_t cpu_start_ns               # thread CPU time when the measured window began
+    uint64_t cpu_end_ns                 # thread CPU time at exit
+    uint64_t send_stop_ns               # when the thread stopped sending
+    uint64_t last_reply_ns              # last matched measured reply
+    bn_lg_counters* counters            # owned by the run, cache-line aligned
+    bn_hist* hist                       # measured requests
+    bn_hist* hist_all                   # every matched reply, warm-up included (timeline)
+    mmsghdr* tx_msgs                    # batch
+    iovec* tx_iov                       # 2 * batch: [tag, key payload]
+    char* tx_tags                       # batch * LG_TAG_BUF_BYTES
+    uint64_t* tx_seq                    # batch: seq of each message being sent
+    uint64_t* tx_intended               # batch: intended send time of each
+    mmsghdr* rx_msgs                    # batch
+    iovec* rx_iov                       # batch
+    char* rx_data                       # batch * LG_RX_SLOT_BYTES
+    epoll_event* events                 # LG_MAX_EVENTS
+
+
+cdef inline uint32_t lg_pick_key(bn_lg_thread* t) noexcept nogil:
+    cdef uint64_t r = bn_rand_u64(&t.rng)
+    # Multiply-shift maps 32 random bits onto [0, nkeys) without a division.
+    cdef uint32_t i = <uint32_t>(((r >> 32) * <uint64_t>t.nkeys) >> 32)
+    if t.alias_prob != NULL and <uint32_t>r >= t.alias_prob[i]:
+        i = t.alias_index[i]
+    return i
+
+
+cdef inline uint64_t lg_gap_ns(bn_lg_thread* t) noexcept nogil:
+    cdef double u
+    if t.mode == LG_OPEN_POISSON:
+        # Exponential gap: -ln(U) * mean, U uniform in (0, 1].
+        u = <double>((bn_rand_u64(&t.rng) >> 11) + 1) * (1.0 / 9007199254740992.0)
+        return <uint64_t>(-log(u) * t.interval_ns + 0.5)
+    return <uint64_t>(t.interval_ns + 0.5)
+
+
+cdef inline void lg_release(bn_lg_thread* t, bn_lg_sock* s, uint64_t seq) noexcept nogil:
+    """Free the slot of a request that never left (send refused or skipped)."""
+    cdef bn_lg_slot* slot = &s.slots[seq & t.slot_mask]
+    slot.busy = 0
+    s.outstanding -= 1
+    t.outstanding -= 1
+
+
+cdef int lg_send(bn_lg_thread* t, bn_lg_sock* s, uint64_t now, int measuring) noexcept nogil:
+    """One sendmmsg batch on socket `s`: refill its window (closed loop) or
+    send what its schedule says is due (open loop).  Returns datagrams sent."""
+    cdef unsigned int n = 0
+    cdef unsigned int sent = 0
+    cdef unsigned int i
+    cdef int rc
+    cdef int err
+    cdef uint64_t seq
+    cdef uint64_t probes
+    cdef uint64_t intended
+    cdef uint64_t next_send = s.next_send_ns
+    cdef uint64_t m_sent = 0
+    cdef uint32_t k
+    cdef bn_lg_slot* slot
+    cdef char* tag
+    cdef int closed = t.mode == LG_CLOSED
+    cdef uint64_t quota_left = 0xFFFFFFFFFFFFFFFF
+    if t.quota:
+        quota_left = t.quota - t.counters.m_sent if t.counters.m_sent < t.quota else 0
+        if measuring and quota_left == 0:
+            return 0
+    if closed and (s.cooldown_ns > now or now >= t.end_ns):
+        return 0
+    while n < t.batch:
+        if closed:
+            if s.outstanding >= t.window:
+                break
+            intended = now
+        else:
+            if next_send > now or next_send >= t.end_ns:
+                break
+            intended = next_send
+        if measuring and n >= quota_left:
+            break
+        # Find the next seq whose slot is free (see "Tags" above).
+        seq = s.next_seq
+        probes = 0
+        while s.slots[seq & t.slot_mask].busy:
+            seq += 1
+            probes += 1
+            if probes > t.slot_mask:
+                break
+        if probes > t.slot_mask:
+            break                       # every slot busy: open loop falls behind (counted at the end)
+        slot = &s.slots[seq & t.slot_mask]
+        slot.seq = seq
+        slot.busy = 1
+        slot.intended_ns = intended
+        slot.measured = intended >= t.measure_ns and intended < t.end_ns
+        s.next_seq = seq + 1
+        s.outstanding += 1
+        t.outstanding += 1
+        # TAG: '@' + hex seq + ' ', then the pre-built "KEY[ APIKEY]".
+        tag = t.tx_tags + <size_t>n * LG_TAG_BUF_BYTES
+        tag[0] = 64                     # '@'
+        rc = bn_hex_u64(tag + 1, seq)
+        tag[rc + 1] = 32                # ' '
+        t.tx_iov[2 * n].iov_len = <size_t>(rc + 2)
+        k = lg_pick_key(t)
+        t.tx_iov[2 * n + 1].iov_base = <void*>t.key_data[k]
+        t.tx_iov[2 * n + 1].iov_len = t.key_len[k]
+        t.tx_seq[n] = seq
+        t.tx_intended[n] = intended
+        n += 1
+        if not closed:
+            next_send += lg_gap_ns(t)
+    if n == 0:
+        return 0
+    # The timeout runs from the moment the batch goes to the kernel.  Closed
+    # loop: the intended time is the send time, taken as close to sendmmsg as
+    # possible so that building the batch is not charged to the server.
+    now = bn_now_ns()
+    for i in range(n):
+        slot = &s.slots[t.tx_seq[i] & t.slot_mask]
+        slot.sent_ns = now
+        if closed:
+            slot.intended_ns = now
+    while sent < n:
+        rc = sendmmsg(s.fd, t.tx_msgs + sent, n - sent, MSG_DONTWAIT)
+        if rc > 0:
+            for i in range(sent, sent + <unsigned int>rc):
+                if s.slots[t.tx_seq[i] & t.slot_mask].measured:
+                    m_sent += 1
+            sent += <unsigned int>rc
+            bn_count(&t.counters.tx_batches, 1)
+            continue
+        err = errno
+        if rc < 0 and err == EINTR:
+            bn_count(&t.counters.eintr, 1)
+            continue
+        if err == EAGAIN or err == ENOBUFS:
+            # Socket buffer full: the rest did not leave.  Closed loop refills
+            # later; open loop keeps them due at their intended times.
+            if measuring:
+                bn_count(&t.counters.err_nobufs, 1)
+            if not closed:
+                next_send = t.tx_intended[sent]
+            for i in range(sent, n):
+                lg_release(t, s, t.tx_seq[i])
+            break
+        # ECONNREFUSED: an ICMP port unreachable came back for an earlier
+        # datagram (a connected socket reports it on the next call).  The
+        # datagram at `sent` was not sent: count it, skip it.
+        if measuring:
+            if err == ECONNREFUSED:
+                bn_count(&t.counters.err_refused, 1)
+            else:
+                bn_count(&t.counters.err_send, 1)
+        if err == ECONNREFUSED and closed:
+            s.cooldown_ns = now + LG_REFUSED_BACKOFF_NS
+        lg_release(t, s, t.tx_seq[sent])
+        sent += 1
+    s.next_send_ns = next_send
+    bn_count(&t.counters.m_sent, m_sent)
+    bn_count(&t.counters.t_sent, sent)
+    return <int>sent
+
+
+cdef inline int lg_parse_tag(const char* data, unsigned int n, uint64_t* seq) noexcept nogil:
+    """`@HEX ` at the start of a reply: the offset of the body, or -1."""
+    cdef unsigned int i = 1
+    cdef uint64_t v = 0
+    cdef uint8_t c
+    if n < 3 or data[0] != 64:          # '@'
+        return -1
+    while i < n and i <= TAG_MAX_BYTES:
+        c = <uint8_t>data[i]
+        if 48 <= c <= 57:               # 0-9
+            v = (v << 4) | (c - 48)
+        elif 97 <= c <= 102:            # a-f
+            v = (v << 4) | (c - 87)
+        elif c == 32 and i > 1:         # the space ends the TAG
+            seq[0] = v
+            return <int>(i + 1)
+        else:
+            return -1
+        i += 1
+    return -1
+
+
+cdef int lg_recv(bn_lg_thread* t, bn_lg_sock* s, int measuring) noexcept nogil:
+    """Read and match what socket `s` has (a few batches at most, to stay fair
+    to the other sockets).  Returns replies read, -1 on a fatal error."""
+    cdef int rounds = 0
+    cdef int rc
+    cdef int err
+    cdef int off
+    cdef int total = 0
+    cdef unsigned int i
+    cdef unsigned int length
+    cdef uint64_t now
+    cdef uint64_t seq
+    cdef uint64_t latency
+    cdef const char* data
+    cdef bn_lg_slot* slot
+    cdef uint64_t t_received = 0
+    cdef uint64_t m_received = 0
+    cdef uint64_t m_error_replies = 0
+    cdef uint64_t late = 0
+    cdef uint64_t unmatched = 0
+    cdef uint64_t bad = 0
+    while rounds < LG_RECV_ROUNDS:
+        rc = recvmmsg(s.fd, t.rx_msgs, t.batch, MSG_DONTWAIT, NULL)
+        if rc < 0:
+            err = errno
+            if err == EINTR:
+                bn_count(&t.counters.eintr, 1)
+                continue
+            if err == EAGAIN:
+                break
+            if err == ECONNREFUSED:
+                # The pending ICMP error is consumed; the queue may still hold replies.
+                if measuring:
+                    bn_count(&t.counters.err_refused, 1)
+                rounds += 1
+                continue
+            if measuring:
+                bn_count(&t.counters.err_recv, 1)
+            if err == EBADF or err == ENOTSOCK or err == EFAULT or err == EINVAL:
+                t.fatal_errno = err
+                return -1
+            break
+        if rc == 0:
+            break
+        # One timestamp per batch, right after the call: every datagram in it
+        # was already queued, so this overstates latency by at most the
+        # syscall itself, never understates it.
+        now = bn_now_ns()
+        bn_count(&t.counters.rx_batches, 1)
+        for i in range(<unsigned int>rc):
+            data = t.rx_data + <size_t>i * LG_RX_SLOT_BYTES
+            length = t.rx_msgs[i].msg_len
+            if length > LG_RX_SLOT_BYTES:
+                length = LG_RX_SLOT_BYTES
+            off = lg_parse_tag(data, length, &seq)
+            if off < 0:
+                bad += 1
+                continue
+            slot = &s.slots[seq & t.slot_mask]
+            if slot.busy and slot.seq == seq:
+                slot.busy = 0
+                s.outstanding -= 1
+                t.outstanding -= 1
+                # Open loop: from the intended send time, not the actual one,
+                # so a server stall that delayed our sends (or a generator
+                # that fell behind) still shows in the latency -- no
+                # coordinated omission (wrk2).  Closed loop: intended == sent.
+                latency = now - slot.intended_ns if now > slot.intended_ns else 0
+                t_received += 1
+                hist_record(t.hist_all, latency)
+                if slot.measured:
+                    m_received += 1
+                    hist_record(t.hist, latency)
+                    t.last_reply_ns = now
+                    if (<unsigned int>off + 8 <= length
+                            and memcmp(data + off, b'{"error"', 8) == 0):
+                        m_error_replies += 1
+            elif seq != 0 and slot.expired_seq == seq:
+                slot.expired_seq = 0    # counted once: a second copy is unmatched
+                late += 1
+            else:
+                unmatched += 1
+        total += rc
+        rounds += 1
+        if <unsigned int>rc < t.batch:
+            break
+    bn_count(&t.counters.t_received, t_received)
+    bn_count(&t.counters.m_received, m_received)
+    bn_count(&t.counters.m_error_replies, m_error_replies)
+    if measuring:
+        bn_count(&t.counters.late, late)
+        bn_count(&t.counters.unmatched, unmatched)
+        bn_count(&t.counters.bad_replies, bad)
+    return total
+
+
+cdef void lg_expire(bn_lg_thread* t, bn_lg_sock* s, uint64_t now, int force) noexcept nogil:
+    """Time out the requests of `s` older than the timeout (all of them when
+    `force`).  Requests leave in seq order, so the scan stops at the first
+    one still in time; each seq is passed over once (amortised O(1))."""
+    cdef bn_lg_slot* slot
+    cdef uint64_t lost = 0
+    cdef uint64_t m_lost = 0
+    while s.oldest_seq < s.next_seq:
+        slot = &s.slots[s.oldest_seq & t.slot_mask]
+        if slot.busy and slot.seq == s.oldest_seq:
+            # `now` may predate a send made later in the same pass: compare
+            # by addition, never by (now - sent_ns), which would wrap.
+            if not force and slot.sent_ns + t.timeout_ns > now:
+                break
+            slot.busy = 0
+            slot.expired_seq = slot.seq
+            s.outstanding -= 1
+            t.outstanding -= 1
+            lost += 1
+            if slot.measured:
+                m_lost += 1
+        s.oldest_seq += 1
+    if lost:
+        bn_count(&t.counters.t_lost, lost)
+        bn_count(&t.counters.m_lost, m_lost)
+
+
+cdef void lg_count_unsent(bn_lg_thread* t, uint64_t stop_ns) noexcept nogil:
+    """Open loop: requests whose intended time in the measured window passed
+    without being sent (every slot busy, the generator behind).  They are not
+    latency samples, but hiding them would flatter the server."""
+    cdef unsigned int j
+    cdef uint64_t start
+    cdef uint64_t unsent = 0
+    cdef uint64_t limit = stop_ns if stop_ns < t.end_ns else t.end_ns
+    for j in range(t.nsocks):
+        start = t.socks[j].next_send_ns
+        if start < t.measure_ns:
+            start = t.measure_ns
+        if start < limit and t.interval_ns > 0:
+            unsent += <uint64_t>((limit - start) / t.interval_ns) + 1
+    bn_count(&t.counters.m_unsent, unsent)
+
+
+cdef void* lg_thread_main(void* arg) noexcept nogil:
+    cdef bn_lg_thread* t = <bn_lg_thread*>arg
+    cdef uint64_t now
+    cdef uint64_t next_tick
+    cdef uint64_t drain_deadline = 0
+    cdef uint64_t wake
+    cdef uint64_t wait_ns
+    cdef int measuring = 0
+    cdef int sending = 1
+    cdef int stop
+    cdef int n
+    cdef int i
+    cdef unsigned int j
+    if t.cpu >= 0:
+        t.pin_error = bn_pin_self_to_cpu(t.cpu)
+    now = bn_now_ns()
+    next_tick = now + LG_TICK_NS
+    if t.mode != LG_CLOSED:
+        # Spread the sockets' first sends over one gap so a constant rate is
+        # smooth across sockets and threads, not bursts of nsocks at once.
+        for j in range(t.nsocks):
+            t.socks[j].next_send_ns = t.start_ns + <uint64_t>(
+                t.interval_ns * (j * t.nthreads + t.index) / (t.nsocks * t.nthreads))
+    while True:
+        now = bn_now_ns()
+        if not measuring and now >= t.measure_ns:
+            measuring = 1
+            t.cpu_start_ns = bn_thread_cpu_ns()
+        stop = bn_load_int(t.stop_flag)
+        if stop == LG_ABORT:
+            break
+        if sending and stop == LG_RUN:
+            for j in range(t.nsocks):
+                lg_send(t, &t.socks[j], now, measuring)
+        if sending and (now >= t.end_ns or stop != LG_RUN
+                        or (measuring and t.quota and t.counters.m_sent >= t.quota)):
+            sending = 0
+            t.send_stop_ns = now if now < t.end_ns else t.end_ns
+            if t.mode != LG_CLOSED and stop == LG_RUN and not t.quota:
+                lg_count_unsent(t, now)
+            # Settle what is in flight: a reply or a timeout for each.
+            drain_deadline = now + t.timeout_ns + LG_TICK_NS
+        if not sending and (t.outstanding == 0 or now >= drain_deadline):
+            break
+        if now >= next_tick:
+            for j in range(t.nsocks):
+                lg_expire(t, &t.socks[j], now, 0)
+            next_tick = now + LG_TICK_NS
+        # Sleep until a reply, the next tick, or (open loop) the next intended send.
+        wake = next_tick
+        if sending and t.mode != LG_CLOSED:
+            for j in range(t.nsocks):
+                # A socket with every slot busy waits for the next timeout
+                # scan rather than spinning on a send it cannot make.
+                if t.socks[j].next_send_ns < wake and t.socks[j].outstanding <= t.slot_mask:
+                    wake = t.socks[j].next_send_ns
+        if sending and t.end_ns < wake:
+            wake = t.end_ns
+        now = bn_now_ns()
+        wait_ns = wake - now if wake > now else 0
+        if wait_ns:
+            bn_count(&t.counters.waits, 1)
+        n = bn_epoll_wait_ns(t.epfd, t.events, LG_MAX_EVENTS, wait_ns)
+        if n < 0:
+            if errno == EINTR:
+                bn_count(&t.counters.eintr, 1)
+                continue
+            t.fatal_errno = errno
+            break
+        for i in range(n):
+            if lg_recv(t, &t.socks[t.events[i].data.u32], measuring) < 0:
+                sending = 0
+                drain_deadline = 0
+    if bn_load_int(t.stop_flag) != LG_ABORT:
+        now = bn_now_ns()
+        for j in range(t.nsocks):
+            lg_expire(t, &t.socks[j], now, 1)
+    if not measuring:
+        t.cpu_start_ns = bn_thread_cpu_ns()
+    if t.send_stop_ns == 0:
+        t.send_stop_ns = bn_now_ns()
+    t.cpu_end_ns = bn_thread_cpu_ns()
+    bn_store_int(&t.finished, 1)
+    return NULL
+
+
+cdef bn_lg_thread* lg_thread_new(unsigned int nsocks, unsigned int batch,
+                                 uint64_t nslots) noexcept nogil:
+    cdef bn_lg_thread* t = <bn_lg_thread*>calloc(1, sizeof(bn_lg_thread))
+    cdef unsigned int i
+    cdef void* mem = NULL
+    if t == NULL:
+        return NULL
+    t.epfd = -1
+    t.nsocks = nsocks
+    t.batch = batch
+    t.slot_mask = nslots - 1
+    t.socks = <bn_lg_sock*>calloc(nsocks, sizeof(bn_lg_sock))
+    t.tx_msgs = <mmsghdr*>calloc(batch, sizeof(mmsghdr))
+    t.tx_iov = <iovec*>calloc(2 * <size_t>batch, sizeof(iovec))
+    t.tx_tags = <char*>calloc(batch, LG_TAG_BUF_BYTES)
+    t.tx_seq = <uint64_t*>calloc(batch, sizeof(uint64_t))
+    t.tx_intended = <uint64_t*>calloc(batch, sizeof(uint64_t))
+    t.rx_msgs = <mmsghdr*>calloc(batch, sizeof(mmsghdr))
+    t.rx_iov = <iovec*>calloc(batch, sizeof(iovec))
+    t.rx_data = <char*>malloc(<size_t>batch * LG_RX_SLOT_BYTES)
+    t.events = <epoll_event*>calloc(LG_MAX_EVENTS, sizeof(epoll_event))
+    if posix_memalign(&mem, BN_CACHE_LINE, sizeof(bn_hist)) == 0:
+        t.hist = <bn_hist*>mem
+        hist_reset(t.hist)
+    if posix_memalign(&mem, BN_CACHE_LINE, sizeof(bn_hist)) == 0:
+        t.hist_all = <bn_hist*>mem
+        hist_reset(t.hist_all)
+    if (t.socks == NULL or t.tx_msgs == NULL or t.tx_iov == NULL or t.tx_tags == NULL
+            or t.tx_seq == NULL or t.tx_intended == NULL or t.rx_msgs == NULL
+            or t.rx_iov == NULL or t.rx_data == NULL or t.events == NULL
+            or t.hist == NULL or t.hist_all == NULL):
+        lg_thread_free(t)
+        return NULL
+    for i in range(nsocks):
+        t.socks[i].fd = -1
+        t.socks[i].next_seq = 1
+        t.socks[i].oldest_seq = 1
+        t.socks[i].slots = <bn_lg_slot*>calloc(nslots, sizeof(bn_lg_slot))
+        if t.socks[i].slots == NULL:
+            lg_thread_free(t)
+            return NULL
+    for i in range(batch):
+        t.tx_iov[2 * i].iov_base = t.tx_tags + <size_t>i * LG_TAG_BUF_BYTES
+        t.tx_msgs[i].msg_hdr.msg_iov = &t.tx_iov[2 * i]
+        t.tx_msgs[i].msg_hdr.msg_iovlen = 2
+        t.rx_iov[i].iov_base = t.rx_data + <size_t>i * LG_RX_SLOT_BYTES
+        t.rx_iov[i].iov_len = LG_RX_SLOT_BYTES
+        t.rx_msgs[i].msg_hdr.msg_iov = &t.rx_iov[i]
+        t.rx_msgs[i].msg_hdr.msg_iovlen = 1
+    return t
+
+
+cdef void lg_thread_free(bn_lg_thread* t) noexcept nogil:
+    cdef unsigned int i
+    if t == NULL:
+        return
+    if t.socks != NULL:
+        for i in range(t.nsocks):
+            free(t.socks[i].slots)
+        free(t.socks)
+    if t.epfd >= 0:
+        close(t.epfd)
+    free(t.tx_msgs)
+    free(t.tx_iov)
+    free(t.tx_tags)
+    free(t.tx_seq)
+    free(t.tx_intended)
+    free(t.rx_msgs)
+    free(t.rx_iov)
+    free(t.rx_data)
+    free(t.events)
+    free(t.hist)
+    free(t.hist_all)
+    free(t)
+
+
+cdef class UDPLoadRun:
+    """Native generator threads over already-connected UDP sockets.
+
+    Low-level: `beastnet.loadgen.run_udp_load` creates the sockets, sizes the
+    run and turns its counters into a `LoadResult`.  The run owns neither the
+    sockets nor any Python object; Python must keep the sockets open until
+    join() returns.  One start(), one join().
+    """
+
+    def __cinit__(self, list fd_groups not None, list payloads not None, alias=None, *,
+                  int mode=LG_CLOSED, unsigned int window=32, unsigned int batch=32,
+                  uint64_t slots_per_socket=64, double interval_ns=0.0,
+                  uint64_t timeout_ns=200000000, uint64_t warmup_ns=0, uint64_t duration_ns=1,
+                  list quotas=None, list cpus=None, uint64_t seed=0x9E3779B97F4A7C15):
+        cdef int i
+        cdef unsigned int j
+        cdef int n = len(fd_groups)
+        cdef size_t blob_len = 0
+        cdef size_t off = 0
+        cdef void* mem = NULL
+        cdef epoll_event ev
+        cdef bn_lg_thread* t
+        if n < 1:
+            raise ValueError("at least one thread is needed")
+        if len(payloads) < 1:
+            raise ValueError("at least one key is needed")
+        if not 1 <= batch <= 1024:
+            raise ValueError(f"batch must be 1..1024, got {batch}")
+        if slots_per_socket < 2 or slots_per_socket & (slots_per_socket - 1):
+            raise ValueError("slots_per_socket must be a power of two >= 2")
+        if mode == LG_CLOSED and (window < 1 or 2 * <uint64_t>window > slots_per_socket):
+            raise ValueError("window must be 1..slots_per_socket/2")
+        if mode != LG_CLOSED and interval_ns <= 0:
+            raise ValueError("open loop needs a positive interval")
+        self.nthreads = n
+        self.nkeys = len(payloads)
+        # Key payloads: one blob the threads point into, never copied again.
+        for p in payloads:
+            blob_len += len(<bytes>p)
+        self.key_blob = <char*>malloc(blob_len + 1)
+        self.key_data = <const char**>calloc(self.nkeys, sizeof(char*))
+        self.key_len = <uint32_t*>calloc(self.nkeys, sizeof(uint32_t))
+        if self.key_blob == NULL or self.key_data == NULL or self.key_len == NULL:
+            raise MemoryError()
+        for j in range(self.nkeys):
+            p = payloads[j]
+            memcpy(self.key_blob + off, <char*><bytes>p, len(<bytes>p))
+            self.key_data[j] = self.key_blob + off
+            self.key_len[j] = <uint32_t>len(<bytes>p)
+            off += len(<bytes>p)
+        if alias is not None:
+            prob, index = alias
+            self.alias_prob = <uint32_t*>calloc(self.nkeys, sizeof(uint32_t))
+            self.alias_index = <uint32_t*>calloc(self.nkeys, sizeof(uint32_t))
+            if self.alias_prob == NULL or self.alias_index == NULL:
+                raise MemoryError()
+            for j in range(self.nkeys):
+                self.alias_prob[j] = prob[j]
+                self.alias_index[j] = index[j]
+        if posix_memalign(&mem, BN_CACHE_LINE, sizeof(bn_lg_counters) * n) != 0:
+            raise MemoryError()
+        memset(mem, 0, sizeof(bn_lg_counters) * n)
+        self.thread_counters = <bn_lg_counters*>mem
+        self.tids = <pthread_t*>calloc(n, sizeof(pthread_t))
+        self.threads = <bn_lg_thread**>calloc(n, sizeof(bn_lg_thread*))
+        if self.tids == NULL or self.threads == NULL:
+            raise MemoryError()
+        self.warmup_ns = warmup_ns
+        self.duration_ns = duration_ns
+        for i in range(n):
+            fds = fd_groups[i]
+            t = lg_thread_new(len(fds), batch, slots_per_socket)
+            if t == NULL:
+                raise MemoryError()
+            self.threads[i] = t
+            t.index = i
+            t.nthreads = n
+            t.cpu = -1 if cpus is None else cpus[i]
+            t.mode = mode
+            t.stop_flag = &self.stop_flag
+            t.window = window
+            t.timeout_ns = timeout_ns
+            t.interval_ns = interval_ns
+            t.quota = 0 if quotas is None else quotas[i]
+            t.rng = (seed + <uint64_t>0x9E3779B97F4A7C15 * <uint64_t>(i + 1)) | 1
+            t.nkeys = self.nkeys
+            t.key_data = self.key_data
+            t.key_len = self.key_len
+            t.alias_prob = self.alias_prob
+            t.alias_index = self.alias_index
+            t.counters = &self.thread_counters[i]
+            t.epfd = epoll_create1(EPOLL_CLOEXEC)
+            if t.epfd < 0:
+                raise_errno("epoll_create1")
+            for j in range(t.nsocks):
+                t.socks[j].fd = fds[j]
+                memset(&ev, 0, sizeof(ev))
+                ev.events = EPOLLIN
+                ev.data.u32 = j
+                if epoll_ctl(t.epfd, EPOLL_CTL_ADD, t.socks[j].fd, &ev) < 0:
+                    raise_errno("epoll_ctl EPOLL_CTL_ADD")
+
+    def __dealloc__(self):
+        cdef int i
+        if self.nrunning:
+            bn_store_int(&self.stop_flag, LG_ABORT)
+            self._join()
+        if self.threads != NULL:
+            for i in range(self.nthreads):
+                lg_thread_free(self.threads[i])
+            free(self.threads)
+        free(self.tids)
+        free(self.thread_counters)
+        free(self.key_blob)
+        free(self.key_data)
+        free(self.key_len)
+        free(self.alias_prob)
+        free(self.alias_index)
+
+    def start(self):
+        """Start one native thread per socket group (the GIL is not held by them)."""
+        cdef int i
+        cdef int started = 0
+        cdef int rc = 0
+        cdef uint64_t now
+        if self.nrunning or self.stopped:
+            raise RuntimeError("a UDPLoadRun starts once")
+        now = bn_now_ns()
+        self.start_ns = now
+        for i in range(self.nthreads):
+            self.threads[i].start_ns = now
+            self.threads[i].measure_ns = now + self.warmup_ns
+            self.threads[i].end_ns = now + self.warmup_ns + self.duration_ns
+        with nogil:
+            for i in range(self.nthreads):
+                rc = pthread_create(&self.tids[i], NULL, lg_thread_main, self.threads[i])
+                if rc != 0:
+                    break
+                started += 1
+        self.nrunning = started
+        if rc != 0:
+            bn_store_int(&self.stop_flag, LG_ABORT)
+            self._join()
+            raise OSError(rc, f"pthread_create: {os.strerror(rc)}")
+
+    cdef void _join(self) noexcept:
+        cdef int i
+        cdef int n = self.nrunning
+        # Without the GIL: a generator thread never takes it, but joining
+        # while holding it would stall every other Python thread meanwhile.
+        with nogil:
+            for i in range(n):
+                pthread_join(self.tids[i], NULL)
+        self.nrunning = 0
+        self.stopped = 1
+
+    def stop(self, bint abort=False):
+        """Ask the threads to stop sending and settle what is in flight
+        (a reply or a timeout each); `abort` leaves at once instead."""
+        bn_store_int(&self.stop_flag, LG_ABORT if abort else LG_STOP)
+
+    def finished(self):
+        """True once every thread has left its loop (join() then returns at once)."""
+        cdef int i
+        for i in range(self.nrunning):
+            if not bn_load_int(&self.threads[i].finished):
+                return False
+        return True
+
+    def join(self):
+        """Wait for every thread (GIL released).  Idempotent."""
+        if self.nrunning:
+            self._join()
+        self.stopped = 1
+
+    @property
+    def origin_ns(self):
+        """CLOCK_MONOTONIC at start(): the origin of the run's times."""
+        return self.start_ns
+
+    def counters(self):
+        """The threads' counters summed: a dict of ints (relaxed loads, safe while running)."""
+        cdef int i
+        cdef size_t k
+        cdef size_t nwords = sizeof(bn_lg_counters) // sizeof(uint64_t)
+        cdef uint64_t sums[32]
+        cdef const uint64_t* src
+        cdef bn_lg_counters total
+        memset(sums, 0, sizeof(sums))
+        for i in range(self.nthreads):
+            src = <const uint64_t*>&self.thread_counters[i]
+            for k in range(nwords):
+                sums[k] += bn_load_u64_relaxed(&src[k])
+        memcpy(&total, sums, sizeof(bn_lg_counters))
+        return total
+
+    def histogram(self, bint measured=True):
+        """The threads' histograms merged: (counts as bytes of HIST_BUCKETS
+        native uint64, total, sum_ns, min_ns, max_ns).  Safe while running."""
+        cdef int i
+        cdef uint64_t extra[4]
+        cdef bytes out = PyBytes_FromStringAndSize(NULL, HIST_BUCKETS * sizeof(uint64_t))
+        cdef uint64_t* counts = <uint64_t*><char*>out
+        memset(counts, 0, HIST_BUCKETS * sizeof(uint64_t))
+        extra[0] = 0
+        extra[1] = 0
+        extra[2] = 0xFFFFFFFFFFFFFFFF
+        extra[3] = 0
+        for i in range(self.nthreads):
+            hist_add_snapshot(self.threads[i].hist if measured else self.threads[i].hist_all,
+                              counts, extra)
+        return out, extra[0], extra[1], extra[2] if extra[0] else 0, extra[3]
+
+    def thread_info(self):
+        """Per thread after the join: a dict of pin/fatal errnos, CPU time in the
+        measured window, and when it stopped sending / last got a reply
+        (ns since start, 0 = never)."""
+        cdef int i
+        cdef bn_lg_thread* t
+        out = []
+        for i in range(self.nthreads):
+            t = self.threads[i]
+            out.append({
+                "pin_error": t.pin_error,
+                "fatal_errno": t.fatal_errno,
+                "cpu_ns": t.cpu_end_ns - t.cpu_start_ns if t.cpu_end_ns > t.cpu_start_ns else 0,
+                "send_stop_ns": t.send_stop_ns - self.start_ns if t.send_stop_ns else 0,
+                "last_reply_ns": t.last_reply_ns - self.start_ns if t.last_reply_ns else 0,
+                "sockets": t.nsocks,
+            })
+        return out

@@ -1,0 +1,106 @@
+"""Latency histograms of the load generator, merged into NumPy.
+
+The native threads record into a log-linear histogram (see `_hist.pxi`):
+exact below 256 ns, then 128 equal buckets per power of two, so any value
+from 1 µs to 60 s is reported within 0.4 % (bucket midpoint; the bucket is at
+most 0.78 % wide).  This module turns the merged bucket counts into
+percentiles.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+import numpy as np
+
+from beastnet import _core
+
+__all__ = ["Histogram", "STANDARD_PERCENTILES"]
+
+_lower, _upper = _core.hist_bucket_bounds()
+BUCKET_LOWER_NS = np.asarray(_lower, dtype=np.float64)
+BUCKET_UPPER_NS = np.asarray(_upper, dtype=np.float64)
+# What a bucket reports: its exact value in the linear range, else its midpoint.
+BUCKET_VALUE_NS = np.where(BUCKET_UPPER_NS - BUCKET_LOWER_NS <= 1, BUCKET_LOWER_NS,
+                           (BUCKET_LOWER_NS + BUCKET_UPPER_NS) / 2.0)
+NBUCKETS = len(_lower)
+del _lower, _upper
+
+#: The percentiles every report shows, with their report names.
+STANDARD_PERCENTILES = (("p50", 50.0), ("p90", 90.0), ("p95", 95.0), ("p99", 99.0),
+                        ("p99.9", 99.9), ("p99.99", 99.99))
+
+
+class Histogram:
+    """Bucket counts (NumPy uint64) plus the exact count, sum, min and max."""
+
+    __slots__ = ("counts", "total", "sum_ns", "min_ns", "max_ns", "_cum")
+
+    def __init__(self, counts: Optional[np.ndarray] = None, total: Optional[int] = None,
+                 sum_ns: int = 0, min_ns: int = 0, max_ns: int = 0) -> None:
+        self.counts = (np.zeros(NBUCKETS, dtype=np.uint64) if counts is None
+                       else np.asarray(counts, dtype=np.uint64))
+        self.total = int(self.counts.sum()) if total is None else int(total)
+        self.sum_ns = int(sum_ns)
+        self.min_ns = int(min_ns)
+        self.max_ns = int(max_ns)
+        self._cum: Optional[np.ndarray] = None
+
+    @classmethod
+    def from_native(cls, snapshot: tuple) -> "Histogram":
+        """From `UDPLoadRun.histogram()`: (bytes of counts, total, sum, min, max)."""
+        raw, total, sum_ns, min_ns, max_ns = snapshot
+        return cls(np.frombuffer(raw, dtype=np.uint64).copy(), total, sum_ns, min_ns, max_ns)
+
+    def __sub__(self, older: "Histogram") -> "Histogram":
+        """The values recorded between two snapshots of one histogram (min and
+        max unknown: percentiles then come from buckets alone)."""
+        return Histogram(self.counts - older.counts, self.total - older.total,
+                         self.sum_ns - older.sum_ns)
+
+    def merge(self, other: "Histogram") -> "Histogram":
+        """A new histogram holding both."""
+        mins = [h.min_ns for h in (self, other) if h.total]
+        return Histogram(self.counts + other.counts, self.total + other.total,
+                         self.sum_ns + other.sum_ns, min(mins) if mins else 0,
+                         max(self.max_ns, other.max_ns))
+
+    @property
+    def mean_ns(self) -> float:
+        return self.sum_ns / self.total if self.total else math.nan
+
+    def percentile(self, q: float) -> float:
+        """The q-th percentile in ns (NaN when empty); q = 100 is the exact max."""
+        if not 0.0 <= q <= 100.0:
+            raise ValueError(f"percentile must be within 0..100, got {q}")
+        if self.total <= 0:
+            return math.nan
+        if q >= 100.0 and self.max_ns:
+            return float(self.max_ns)
+        if self._cum is None:
+            self._cum = np.cumsum(self.counts, dtype=np.uint64)
+        rank = max(1, math.ceil(q / 100.0 * self.total))
+        index = int(np.searchsorted(self._cum, rank))
+        value = float(BUCKET_VALUE_NS[min(index, NBUCKETS - 1)])
+        if self.max_ns:                 # exact extremes known: stay within them
+            value = min(max(value, float(self.min_ns)), float(self.max_ns))
+        return value
+
+    def summary(self) -> dict[str, float]:
+        """p50 .. p99.99 and max in ns."""
+        out = {name: self.percentile(q) for name, q in STANDARD_PERCENTILES}
+        out["max"] = float(self.max_ns) if self.total else math.nan
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """Sparse form for the JSON report: the non-empty buckets only."""
+        nz = np.nonzero(self.counts)[0]
+        return {
+            "total": self.total,
+            "min_ns": self.min_ns if self.total else None,
+            "max_ns": self.max_ns if self.total else None,
+            "mean_ns": None if not self.total else self.mean_ns,
+            "bucket_lower_ns": BUCKET_LOWER_NS[nz].astype(np.int64).tolist(),
+            "bucket_upper_ns": BUCKET_UPPER_NS[nz].astype(np.int64).tolist(),
+            "counts": self.counts[nz].astype(np.int64).tolist(),
+        }

@@ -1,0 +1,103 @@
+/* C pieces of the load generator that Cython cannot express directly:
+ * aligned per-thread counters, clocks, a nanosecond epoll wait, and the
+ * bit tricks behind the histogram index and the request tags. */
+#ifndef BEASTNET_LOADGEN_H
+#define BEASTNET_LOADGEN_H
+
+#include <errno.h>
+#include <stdint.h>
+#include <time.h>
+#include <sys/epoll.h>
+
+#include "atomics.h"
+
+/* Per generator thread.  Written only by its thread (bn_count); the Python
+ * side reads them with relaxed loads for the progress line and the timeline.
+ * "m_" counters cover the measured window only (requests whose intended send
+ * time falls after the warm-up), "t_" counters cover the whole run by event
+ * time and feed the per-second timeline. */
+typedef struct bn_lg_counters {
+    uint64_t m_sent;                        /* measured requests handed to the kernel */
+    uint64_t m_received;                    /* ... answered within the timeout (latency recorded) */
+    uint64_t m_lost;                        /* ... not answered within the timeout */
+    uint64_t m_error_replies;               /* ... answered with an {"error":...} body (also in m_received) */
+    uint64_t m_unsent;                      /* open loop: intended in the window, never sent (generator behind) */
+    uint64_t late;                          /* replies to timed-out requests (after warm-up) */
+    uint64_t unmatched;                     /* well-formed tag that matches nothing outstanding (after warm-up) */
+    uint64_t bad_replies;                   /* replies without a parsable "@TAG " (after warm-up) */
+    uint64_t err_refused;                   /* ECONNREFUSED on send or receive: ICMP port unreachable */
+    uint64_t err_nobufs;                    /* ENOBUFS/EAGAIN on send: kernel out of room */
+    uint64_t err_send;                      /* other send failures */
+    uint64_t err_recv;                      /* other receive failures */
+    uint64_t eintr;                         /* syscalls interrupted and retried */
+    uint64_t t_sent;                        /* every request sent, warm-up included */
+    uint64_t t_received;                    /* every matched reply */
+    uint64_t t_lost;                        /* every timeout */
+    uint64_t rx_batches;                    /* recvmmsg calls that returned data */
+    uint64_t tx_batches;                    /* sendmmsg calls that sent data */
+    uint64_t waits;                         /* times the thread slept in epoll */
+} __attribute__((aligned(BN_CACHE_LINE))) bn_lg_counters;
+
+static inline uint64_t bn_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static inline uint64_t bn_thread_cpu_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* floor(log2(v)) for v > 0. */
+static inline int bn_log2_u64(uint64_t v) { return 63 - __builtin_clzll(v); }
+
+/* epoll_wait with a nanosecond timeout: an open-loop generator sleeping until
+ * the next intended send cannot round to whole milliseconds.  epoll_pwait2
+ * (Linux 5.11, glibc 2.35) does it; elsewhere fall back to milliseconds,
+ * rounded up so we never spin.  Returns what epoll_wait returns. */
+static inline int bn_epoll_wait_ns(int epfd, struct epoll_event *events, int maxevents,
+                                   uint64_t timeout_ns)
+{
+#if defined(__linux__) && defined(__GLIBC__) && \
+    (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 35))
+    struct timespec ts;
+    int rc;
+    ts.tv_sec = (time_t)(timeout_ns / 1000000000ull);
+    ts.tv_nsec = (long)(timeout_ns % 1000000000ull);
+    rc = epoll_pwait2(epfd, events, maxevents, &ts, NULL);
+    if (rc >= 0 || errno != ENOSYS)
+        return rc;
+#endif
+    return epoll_wait(epfd, events, maxevents, (int)((timeout_ns + 999999ull) / 1000000ull));
+}
+
+/* Write `v` as lower-case hex without leading zeros (at least one digit) into
+ * `out`; returns the number of digits (1..16). */
+static inline int bn_hex_u64(char *out, uint64_t v)
+{
+    static const char digits[] = "0123456789abcdef";
+    int n = v ? (bn_log2_u64(v) >> 2) + 1 : 1;
+    int i;
+    for (i = n - 1; i >= 0; i--) {
+        out[i] = digits[v & 15];
+        v >>= 4;
+    }
+    return n;
+}
+
+/* xorshift64*: a fast per-thread generator for key choice and Poisson gaps. */
+static inline uint64_t bn_rand_u64(uint64_t *state)
+{
+    uint64_t x = *state;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    *state = x;
+    return x * 0x2545F4914F6CDD1Dull;
+}
+
+#endif /* BEASTNET_LOADGEN_H */

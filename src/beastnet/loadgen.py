@@ -1,0 +1,564 @@
+"""beastnet's load generator: native threads that drive a server without the GIL.
+
+UDP mode (`run_udp_load`) sends `@TAG KEY[ APIKEY]` over many connected
+sockets, closed loop (a window of outstanding requests per socket) or open
+loop (a target rate, latency from the intended send time).  The numbers it
+returns are meant to be true: see DESIGN.md §7 and `docs/loadgen.md`.
+
+    from beastnet.loadgen import UDPLoadConfig, run_udp_load
+    result = run_udp_load(UDPLoadConfig(port=9000, keys=["BTC"], duration_s=3))
+    print(result.rps, result.latency_ns["p99"])
+"""
+from __future__ import annotations
+
+import math
+import os
+import platform
+import re
+import resource
+import socket
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Optional, Sequence
+
+from beastnet import _core
+from beastnet.errors import LoadConfigError, LoadError
+from beastnet.histogram import STANDARD_PERCENTILES, Histogram
+
+__all__ = [
+    "Histogram",
+    "LoadResult",
+    "UDPLoadConfig",
+    "machine_info",
+    "run_udp_load",
+]
+
+# Loop modes, as _load.pxi numbers them.
+_MODE_CLOSED, _MODE_OPEN_CONSTANT, _MODE_OPEN_POISSON = 0, 1, 2
+
+_KEY_RE = re.compile(rb"^[A-Za-z0-9._:/-]{1,64}$")
+_APIKEY_RE = re.compile(rb"^[\x21-\x7e]{1,64}$")
+
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
+SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
+RECV_BUFFER_BYTES = 4 * 1024 * 1024
+SEND_BUFFER_BYTES = 1024 * 1024
+FD_SPARE = 64                   # descriptors left for everything else in the process
+
+ProgressCallback = Callable[[dict], None]
+
+
+# -- configuration ------------------------------------------------------------------
+
+
+@dataclass
+class UDPLoadConfig:
+    """What a UDP load run does.
+
+    Closed loop (``rate=None``): every socket keeps ``window`` requests
+    outstanding.  Open loop (``rate=N``): N requests/s in total, evenly spaced
+    or Poisson (``poisson=True``), sent whatever the replies; latency runs from
+    each request's intended send time.  ``warmup_s`` is excluded from every
+    result.  The run stops after ``duration_s`` of measurement, or once
+    ``max_requests`` measured requests are sent and settled, whichever is first.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 9000
+    keys: Sequence[str] = ("BTC",)
+    weights: Optional[Sequence[float]] = None
+    sockets: int = 64
+    threads: int = 2
+    window: int = 32
+    rate: Optional[float] = None
+    poisson: bool = False
+    duration_s: float = 5.0
+    warmup_s: float = 1.0
+    timeout_ms: float = 200
+    batch: int = 32
+    pin_threads: bool = False
+    api_key: Optional[str] = None
+    max_requests: Optional[int] = None
+    seed: Optional[int] = None
+
+    def validate(self) -> None:
+        """Raise `LoadConfigError` naming the first bad setting."""
+        def bad(msg: str) -> None:
+            raise LoadConfigError(msg)
+
+        if not isinstance(self.port, int) or not 0 < self.port < 65536:
+            bad(f"port must be 1..65535, got {self.port!r}")
+        if not self.keys:
+            bad("keys must name at least one key")
+        for key in self.keys:
+            if not _KEY_RE.match(_to_bytes(key)):
+                bad(f"invalid key {key!r}: 1-64 bytes of [A-Za-z0-9._:/-]")
+        if self.api_key is not None and not _APIKEY_RE.match(_to_bytes(self.api_key)):
+            bad("api_key must be 1-64 printable non-space bytes")
+        if self.weights is not None:
+            if len(self.weights) != len(self.keys):
+                bad(f"{len(self.weights)} weights for {len(self.keys)} keys")
+            if any(not math.isfinite(w) or w < 0 for w in self.weights) or sum(self.weights) <= 0:
+                bad("weights must be finite, >= 0, and not all zero")
+        for name in ("sockets", "threads", "window", "batch"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                bad(f"{name} must be a positive integer, got {value!r}")
+        if self.batch > 1024:
+            bad(f"batch must be <= 1024, got {self.batch}")
+        if self.window > 1 << 20:
+            bad(f"window must be <= {1 << 20}, got {self.window}")
+        if not _positive(self.duration_s):
+            bad(f"duration_s must be > 0, got {self.duration_s!r}")
+        if not (_finite(self.warmup_s) and self.warmup_s >= 0):
+            bad(f"warmup_s must be >= 0, got {self.warmup_s!r}")
+        if not _positive(self.timeout_ms):
+            bad(f"timeout_ms must be > 0, got {self.timeout_ms!r}")
+        if self.rate is not None and not _positive(self.rate):
+            bad(f"rate must be > 0 requests/s, got {self.rate!r}")
+        if self.poisson and self.rate is None:
+            bad("poisson arrivals need a rate (open loop)")
+        if self.max_requests is not None and (not isinstance(self.max_requests, int)
+                                              or self.max_requests < 1):
+            bad(f"max_requests must be a positive integer, got {self.max_requests!r}")
+
+    @property
+    def open_loop(self) -> bool:
+        return self.rate is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["keys"] = list(self.keys) if len(self.keys) <= 100 else f"{len(self.keys)} keys"
+        out["weights"] = None if self.weights is None else (
+            list(self.weights) if len(self.weights) <= 100 else "...")
+        out["api_key"] = None if self.api_key is None else "***"
+        out["mode"] = "udp"
+        out["loop"] = ("open-poisson" if self.poisson else "open") if self.open_loop else "closed"
+        return out
+
+
+def _to_bytes(value: Any) -> bytes:
+    return value.encode("utf-8") if isinstance(value, str) else bytes(value)
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _positive(x: Any) -> bool:
+    return _finite(x) and x > 0
+
+
+# -- result ---------------------------------------------------------------------------
+
+
+@dataclass
+class LoadResult:
+    """What one load run measured (after warm-up).
+
+    ``sent`` requests were sent in the measured window; each ended
+    ``received`` (answered within the timeout: a latency sample) or ``lost``
+    (timed out).  ``late`` replies came after their timeout, ``unmatched``
+    replies carried a tag of no outstanding request, ``bad_replies`` had no
+    parsable tag; none of these is ever a latency sample.  ``errors`` sums
+    ``errors_by_kind`` (send/receive failures, e.g. ECONNREFUSED).
+    ``error_replies`` are answers whose body is ``{"error":...}`` (included in
+    ``received``).  Open loop: ``unsent`` requests were due but never sent
+    because every slot was busy.
+    """
+
+    mode: str = "udp"
+    config: dict = field(default_factory=dict)
+    sent: int = 0
+    received: int = 0
+    lost: int = 0
+    late: int = 0
+    errors: int = 0
+    unmatched: int = 0
+    bad_replies: int = 0
+    error_replies: int = 0
+    unsent: int = 0
+    errors_by_kind: dict = field(default_factory=dict)
+    status_codes: dict = field(default_factory=dict)
+    duration_s: float = 0.0
+    cpu_s: float = 0.0
+    timeline: list = field(default_factory=list)
+    histogram: Histogram = field(default_factory=Histogram)
+    interrupted: bool = False
+    started_at: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def rps(self) -> float:
+        """Answered requests per second in the measured window."""
+        return self.received / self.duration_s if self.duration_s > 0 else 0.0
+
+    @property
+    def attempted(self) -> int:
+        """Requests due in the measured window: sent, or (open loop) never sent."""
+        return self.sent + self.unsent
+
+    @property
+    def ok(self) -> int:
+        """Answered without an error body (or, HTTP, with a 2xx/3xx status)."""
+        return self.received - self.error_replies
+
+    @property
+    def success_rate(self) -> float:
+        return self.ok / self.attempted if self.attempted else 0.0
+
+    @property
+    def loss_rate(self) -> float:
+        return self.lost / self.sent if self.sent else 0.0
+
+    @property
+    def cpu_per_request_us(self) -> float:
+        """Generator CPU (user+sys, all its threads) per answered request."""
+        return self.cpu_s / self.received * 1e6 if self.received else math.nan
+
+    def percentile(self, q: float) -> float:
+        """The q-th latency percentile in ns (NaN without samples)."""
+        return self.histogram.percentile(q)
+
+    @property
+    def latency_ns(self) -> dict[str, float]:
+        """p50, p90, p95, p99, p99.9, p99.99 and max, in ns."""
+        return self.histogram.summary()
+
+    def to_dict(self, histogram: bool = True) -> dict[str, Any]:
+        """JSON-ready (orjson): counts, rates, latency, timeline, configuration."""
+        lat = {k: (None if math.isnan(v) else v) for k, v in self.latency_ns.items()}
+        out = {
+            "mode": self.mode,
+            "started_at": self.started_at,
+            "interrupted": self.interrupted,
+            "duration_s": self.duration_s,
+            "sent": self.sent,
+            "received": self.received,
+            "ok": self.ok,
+            "lost": self.lost,
+            "late": self.late,
+            "unmatched": self.unmatched,
+            "bad_replies": self.bad_replies,
+            "error_replies": self.error_replies,
+            "unsent": self.unsent,
+            "errors": self.errors,
+            "errors_by_kind": dict(self.errors_by_kind),
+            "status_codes": {str(k): v for k, v in self.status_codes.items()},
+            "rps": self.rps,
+            "success_rate": self.success_rate,
+            "loss_rate": self.loss_rate,
+            "cpu_s": self.cpu_s,
+            "cpu_per_request_us": None if math.isnan(self.cpu_per_request_us)
+            else self.cpu_per_request_us,
+            "latency_ns": lat,
+            "mean_ns": None if not self.histogram.total else self.histogram.mean_ns,
+            "timeline": self.timeline,
+            "config": self.config,
+            "extra": self.extra,
+        }
+        if histogram:
+            out["histogram"] = self.histogram.to_dict()
+        return out
+
+
+def machine_info() -> dict[str, Any]:
+    """Where a result was measured: host, kernel, CPUs, Python, load average."""
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {
+        "hostname": platform.node(),
+        "system": platform.system(),
+        "kernel": platform.release(),
+        "machine": platform.machine(),
+        "cpu_model": model,
+        "cpus": os.cpu_count(),
+        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "python": platform.python_version(),
+        "loadavg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "beastnet_debug_build": bool(_core.DEBUG_BUILD),
+    }
+
+
+# -- helpers shared by the modes -----------------------------------------------------
+
+
+def ensure_fd_limit(needed: int) -> None:
+    """Make room for `needed` more descriptors: raise the soft RLIMIT_NOFILE
+    (up to the hard limit) if that is enough, else raise `LoadError` before
+    anything starts."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    in_use = len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else 0
+    want = in_use + needed + FD_SPARE
+    if soft != resource.RLIM_INFINITY and want > soft:
+        if hard != resource.RLIM_INFINITY and want > hard:
+            raise LoadError(
+                f"{needed} sockets need {want} file descriptors but RLIMIT_NOFILE allows "
+                f"{hard} (hard limit; soft {soft}); use fewer sockets/connections or raise "
+                f"the limit (ulimit -n)")
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        except (ValueError, OSError) as exc:
+            raise LoadError(f"setrlimit RLIMIT_NOFILE to {want}: {exc}") from exc
+
+
+def alias_table(weights: Sequence[float]) -> tuple[list[int], list[int]]:
+    """Walker/Vose alias table: pick i uniformly, keep it when 32 random bits
+    fall below prob[i] (scaled to 2^32), else take alias[i].  O(1) per draw."""
+    n = len(weights)
+    total = float(sum(weights))
+    scaled = [w * n / total for w in weights]
+    prob = [0.0] * n
+    alias = list(range(n))
+    small = [i for i, p in enumerate(scaled) if p < 1.0]
+    large = [i for i, p in enumerate(scaled) if p >= 1.0]
+    while small and large:
+        s, g = small.pop(), large.pop()
+        prob[s] = scaled[s]
+        alias[s] = g
+        scaled[g] -= 1.0 - scaled[s]
+        (small if scaled[g] < 1.0 else large).append(g)
+    for i in small + large:
+        prob[i] = 1.0
+    scale = float(1 << 32)
+    return [min(int(p * scale), (1 << 32) - 1) if p < 1.0 else (1 << 32) - 1 for p in prob], alias
+
+
+def _resolve_udp(host: str, port: int) -> tuple[int, tuple]:
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+    except socket.gaierror as exc:
+        raise LoadError(f"getaddrinfo {host}:{port}: {exc.strerror}") from exc
+    family, _, _, _, sockaddr = infos[0]
+    return family, sockaddr
+
+
+def _set_buffer(sock: socket.socket, force_opt: int, opt: int, nbytes: int) -> None:
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, force_opt, nbytes)
+    except OSError:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, opt, nbytes)
+        except OSError:
+            pass
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(1, (int(n) - 1).bit_length())
+
+
+def _split(total: int, parts: Sequence[int]) -> list[int]:
+    """`total` split in proportion to `parts`, summing exactly to `total`."""
+    whole = sum(parts)
+    shares = [total * p // whole for p in parts]
+    for i in range(total - sum(shares)):
+        shares[i % len(shares)] += 1
+    return shares
+
+
+class _Sampler:
+    """Per-second timeline rows from deltas of the run's cumulative counters."""
+
+    def __init__(self, run: Any, warmup_s: float) -> None:
+        self.run = run
+        self.warmup_s = warmup_s
+        self.t0 = time.monotonic()
+        self.last_t = self.t0
+        self.last_counts = run.counters()
+        self.last_hist = Histogram.from_native(run.histogram(False))
+        self.rows: list[dict] = []
+
+    def sample(self) -> dict:
+        now = time.monotonic()
+        counts = self.run.counters()
+        hist = Histogram.from_native(self.run.histogram(False))
+        delta = hist - self.last_hist
+        span = max(now - self.last_t, 1e-9)
+        p50, p99 = delta.percentile(50), delta.percentile(99)
+        row = {
+            "t": round(now - self.t0, 3),
+            "span_s": round(span, 3),
+            "warmup": now - self.t0 <= self.warmup_s,
+            "sent": counts["t_sent"] - self.last_counts["t_sent"],
+            "received": counts["t_received"] - self.last_counts["t_received"],
+            "lost": counts["t_lost"] - self.last_counts["t_lost"],
+            "p50_ns": None if math.isnan(p50) else p50,
+            "p99_ns": None if math.isnan(p99) else p99,
+        }
+        row["rps"] = row["received"] / span
+        self.rows.append(row)
+        self.last_t, self.last_counts, self.last_hist = now, counts, hist
+        return row
+
+
+# -- UDP mode -----------------------------------------------------------------------
+
+
+def _plan_udp(cfg: UDPLoadConfig) -> dict[str, Any]:
+    threads = min(cfg.threads, cfg.sockets)
+    groups = [list(range(i, cfg.sockets, threads)) for i in range(threads)]
+    if cfg.open_loop:
+        per_socket = cfg.rate / cfg.sockets
+        interval_ns = 1e9 / per_socket
+        # Open loop sends whatever the replies: a socket may have up to
+        # rate x timeout requests in flight before timeouts free slots.  Twice
+        # that (Poisson bursts) and never fewer than the window would need.
+        inflight = per_socket * cfg.timeout_ms / 1e3
+        slots = _next_pow2(max(2 * cfg.window, 2 * inflight + 2 * cfg.batch, 64))
+        mode = _MODE_OPEN_POISSON if cfg.poisson else _MODE_OPEN_CONSTANT
+    else:
+        interval_ns = 0.0
+        slots = _next_pow2(max(2 * cfg.window, 4))
+        mode = _MODE_CLOSED
+    slots = min(slots, 1 << 22)
+    quotas = None
+    if cfg.max_requests is not None:
+        quotas = _split(cfg.max_requests, [len(g) for g in groups])
+        if min(quotas) == 0:            # fewer requests than threads: idle threads get none
+            keep = [i for i, q in enumerate(quotas) if q > 0]
+            groups = [sum((groups[i] for i in range(threads) if i % len(keep) == k), [])
+                      for k in range(len(keep))]
+            quotas = [quotas[i] for i in keep]
+            threads = len(groups)
+    ncpu = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cpus = [i % (ncpu or 1) for i in range(threads)] if cfg.pin_threads else None
+    return {"threads": threads, "groups": groups, "mode": mode, "interval_ns": interval_ns,
+            "slots": slots, "quotas": quotas, "cpus": cpus}
+
+
+def _open_udp_sockets(cfg: UDPLoadConfig) -> list[socket.socket]:
+    family, sockaddr = _resolve_udp(cfg.host, cfg.port)
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(cfg.sockets):
+            sock = socket.socket(family, socket.SOCK_DGRAM)
+            socks.append(sock)
+            sock.setblocking(False)
+            _set_buffer(sock, SO_RCVBUFFORCE, socket.SO_RCVBUF, RECV_BUFFER_BYTES)
+            _set_buffer(sock, SO_SNDBUFFORCE, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
+            # connect(): the kernel filters replies to this peer, picks a
+            # distinct source port, and reports ICMP refusals as ECONNREFUSED.
+            sock.connect(sockaddr)
+    except OSError as exc:
+        for sock in socks:
+            sock.close()
+        raise LoadError(f"UDP socket to {cfg.host}:{cfg.port}: {exc}") from exc
+    return socks
+
+
+def _payloads(keys: Sequence[str], api_key: Optional[str]) -> list[bytes]:
+    suffix = b" " + _to_bytes(api_key) if api_key is not None else b""
+    return [_to_bytes(k) + suffix for k in keys]
+
+
+def run_udp_load(cfg: UDPLoadConfig, progress: Optional[ProgressCallback] = None) -> LoadResult:
+    """Run one UDP load test and return what it measured.
+
+    Blocks for about warmup_s + duration_s (+ up to one timeout to settle the
+    last requests).  The generator threads never hold the GIL.  `progress`,
+    when given, is called once a second with the timeline row just measured.
+    Ctrl-C stops the run early and returns the partial result
+    (``interrupted=True``); a second Ctrl-C abandons requests in flight.
+    """
+    cfg.validate()
+    plan = _plan_udp(cfg)
+    ensure_fd_limit(cfg.sockets + 2 * plan["threads"])
+    socks = _open_udp_sockets(cfg)
+    seed = cfg.seed if cfg.seed is not None else int.from_bytes(os.urandom(8), "little")
+    alias = alias_table(cfg.weights) if cfg.weights is not None else None
+    try:
+        run = _core.UDPLoadRun(
+            [[socks[i].fileno() for i in group] for group in plan["groups"]],
+            _payloads(cfg.keys, cfg.api_key), alias,
+            mode=plan["mode"], window=cfg.window, batch=cfg.batch,
+            slots_per_socket=plan["slots"], interval_ns=plan["interval_ns"],
+            timeout_ns=int(cfg.timeout_ms * 1e6), warmup_ns=int(cfg.warmup_s * 1e9),
+            duration_ns=max(1, int(cfg.duration_s * 1e9)), quotas=plan["quotas"],
+            cpus=plan["cpus"], seed=(seed | 1) & 0xFFFFFFFFFFFFFFFF)
+        started_at = time.time()
+        run.start()
+        interrupted, sampler = _wait(run, cfg, progress)
+        run.join()
+    finally:
+        for sock in socks:
+            sock.close()
+    return _udp_result(cfg, plan, run, sampler, interrupted, started_at)
+
+
+def _wait(run: Any, cfg: Any, progress: Optional[ProgressCallback]) -> tuple[bool, _Sampler]:
+    """Sample the timeline once a second until the threads finish; handle Ctrl-C.
+    Returns (interrupted, the sampler holding the timeline)."""
+    sampler = _Sampler(run, cfg.warmup_s)
+    # Hard bound: a run never outlives its schedule by more than this, even if
+    # a thread misbehaves.
+    limit = sampler.t0 + cfg.warmup_s + cfg.duration_s + cfg.timeout_ms / 1e3 + 10.0
+    next_sample = sampler.t0 + 1.0
+    interrupted = False
+    try:
+        while not run.finished():
+            now = time.monotonic()
+            if now >= next_sample:
+                row = sampler.sample()
+                next_sample += 1.0
+                if progress is not None:
+                    progress(row)
+            if now > limit:
+                run.stop(abort=True)
+                break
+            time.sleep(min(0.02, max(0.0, next_sample - now)))
+    except KeyboardInterrupt:
+        interrupted = True
+        run.stop()
+        try:
+            while not run.finished():
+                time.sleep(0.01)
+        except KeyboardInterrupt:
+            run.stop(abort=True)
+    if time.monotonic() - sampler.last_t > 0.05:
+        sampler.sample()                # the last partial second
+    return interrupted, sampler
+
+
+def _udp_result(cfg: UDPLoadConfig, plan: dict, run: Any, sampler: _Sampler,
+                interrupted: bool, started_at: float) -> LoadResult:
+    c = run.counters()
+    info = run.thread_info()
+    fatal = [os.strerror(t["fatal_errno"]) for t in info if t["fatal_errno"]]
+    if fatal:
+        raise LoadError(f"generator thread failed: {fatal[0]}")
+    warmup_ns = int(cfg.warmup_s * 1e9)
+    if cfg.max_requests is not None:
+        # A request count: the run lasts until the last reply (or send).
+        end_ns = max(max(t["send_stop_ns"], t["last_reply_ns"]) for t in info)
+    else:
+        end_ns = max(t["send_stop_ns"] for t in info)
+    duration_s = max(end_ns - warmup_ns, 0) / 1e9
+    errors_by_kind = {"refused": c["err_refused"], "nobufs": c["err_nobufs"],
+                      "send_other": c["err_send"], "recv_other": c["err_recv"]}
+    errors_by_kind = {k: v for k, v in errors_by_kind.items() if v}
+    extra = {
+        "threads": plan["threads"],
+        "slots_per_socket": plan["slots"],
+        "pin_errors": [os.strerror(t["pin_error"]) for t in info if t["pin_error"]],
+        "rx_batches": c["rx_batches"],
+        "tx_batches": c["tx_batches"],
+        "waits": c["waits"],
+        "eintr": c["eintr"],
+        "per_thread_cpu_s": [t["cpu_ns"] / 1e9 for t in info],
+    }
+    return LoadResult(
+        mode="udp", config=cfg.to_dict(), sent=c["m_sent"], received=c["m_received"],
+        lost=c["m_lost"], late=c["late"], errors=sum(errors_by_kind.values()),
+        unmatched=c["unmatched"], bad_replies=c["bad_replies"],
+        error_replies=c["m_error_replies"], unsent=c["m_unsent"],
+        errors_by_kind=errors_by_kind, duration_s=duration_s,
+        cpu_s=sum(t["cpu_ns"] for t in info) / 1e9, timeline=sampler.rows,
+        histogram=Histogram.from_native(run.histogram(True)), interrupted=interrupted,
+        started_at=started_at, extra=extra)
