@@ -85,7 +85,9 @@ class ClientRun:
     rps: float
     p50_ns: float
     p99_ns: float
-    cpu_s: float                        # the client's CPU over its run (see adapter)
+    cpu_s: float                        # the client's CPU: loadgen = its generator
+                                        # threads' CPU clocks; asyncio = each process's
+                                        # CPU over its window
     window_ns: tuple                    # measured window, time.monotonic_ns()
     raw: dict = field(default_factory=dict)
 
@@ -122,17 +124,19 @@ class LoadgenClient:
                             rate=None, poisson=False, duration_s=duration_s,
                             warmup_s=warmup_s, timeout_ms=self.timeout_ms, batch=self.batch,
                             pin_threads=pin, api_key=None, max_requests=None)
-        # The load generator runs in this process; its measured window starts
-        # after its warm-up, which we time from here (its set-up before the
-        # warm-up is a few ms of sockets and threads: noise against seconds).
-        t0 = time.monotonic_ns()
+        # The measured window opens warmup_s after the generator threads start.
+        # LoadResult gives that start as wall-clock `started_at` (time.time()
+        # right before the threads start); translate it to CLOCK_MONOTONIC,
+        # the clock the CPU sampler uses, with one offset read now.
         res = run_udp_load(cfg)
-        start = t0 + int(warmup_s * 1e9)
+        wall_minus_mono = time.time() - time.monotonic()
+        start = int((res.started_at - wall_minus_mono + warmup_s) * 1e9)
+        raw = res.to_dict(histogram=False)
+        raw.pop("timeline", None)
         return ClientRun(sent=res.sent, received=res.received, lost=res.lost, rps=res.rps,
                          p50_ns=float(res.percentile(50)),
                          p99_ns=float(res.latency_ns["p99"]), cpu_s=float(res.cpu_s),
-                         window_ns=(start, start + int(duration_s * 1e9)),
-                         raw=res.to_dict())
+                         window_ns=(start, start + int(res.duration_s * 1e9)), raw=raw)
 
 
 class AsyncioClient:
