@@ -56,6 +56,7 @@ def measure(name: str, argv: list[str], keys: list[str], client, load_s: float) 
         "load_rps": run.rps if run else None,
         "load_received": run.received if run else None,
         "table_memory": (stats or {}).get("table_memory"),
+        "heavy_modules": (stats or {}).get("heavy_modules"),
     }
 
 
@@ -97,6 +98,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     verdict = "pass" if bn_row["rss_peak_mb"] < TARGET_MB else "FAIL"
     print(f"\nbeastnet peak RSS {bn_row['rss_peak_mb']:.1f} MB with {args.keys:,} keys: "
           f"{verdict} (target < {TARGET_MB:g} MB); table itself: {bn_row['table_memory']}")
+    if bn_row["heavy_modules"]:
+        print(f"the server process imported {', '.join(bn_row['heavy_modules'])} "
+              "(numpy alone is ~13 MB RSS and an OpenBLAS thread here)")
 
     doc = {"benchmark": "bench_memory", "command": shlex.join([Path(PY).name] + sys.argv),
            "machine": machine_info(), "client": client.describe(), "rows": rows,
