@@ -12,6 +12,7 @@ the same run:
     bn1       beastnet, 1 reader, no CPU steering
     bn2       beastnet, 2 readers, no CPU steering (kernel reuseport hash)
     bn2s      beastnet, 2 readers, CPU-steered; client threads pinned, one per CPU
+    bn2p      (optional) beastnet, 2 readers, no steering, client pinned: isolates steering
 
 Per row: req/s and p50/p99 from the client; the server's own CPU time per
 answered request from /proc/<pid>/stat (utime+stime) over the client's
@@ -70,6 +71,10 @@ ROWS = {
     "bn2": Row("bn2", "beastnet, 2 readers", (PY, BEASTNET, "--sockets", "2", "--no-steering")),
     "bn2s": Row("bn2s", "beastnet, 2 readers, CPU-steered + pinned client",
                 (PY, BEASTNET, "--sockets", "2"), pin_client=True),
+    # Not in the default set: separates what steering buys from what pinning
+    # the client buys (compare with bn2s).
+    "bn2p": Row("bn2p", "beastnet, 2 readers, no steering + pinned client",
+                (PY, BEASTNET, "--sockets", "2", "--no-steering"), pin_client=True),
 }
 
 
