@@ -19,8 +19,9 @@ from posix.uio cimport iovec
 from beastnet.includes.native cimport *
 from beastnet.includes.system cimport *
 from beastnet.includes.loadsys cimport *
-from libc.errno cimport ECONNREFUSED
+from libc.errno cimport ECONNREFUSED, ECONNRESET, EINPROGRESS, EPIPE, ETIMEDOUT
 from libc.math cimport log
+from libc.string cimport memmove
 
 from beastnet.errors import InvalidKeyError
 
@@ -34,6 +35,7 @@ include "_missq.pxi"
 include "_udp.pxi"
 include "_hist.pxi"
 include "_load.pxi"
+include "_load_http.pxi"
 
 
 def _module_init():

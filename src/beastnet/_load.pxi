@@ -10,7 +10,10 @@
 # sequence number in hex, and request `seq` lives in slot `seq & mask` of the
 # socket's slot table.  A reply matches only when that slot is busy with the
 # very same seq, so a late reply (its request already timed out), a duplicate,
-# or a made-up tag can never be matched, let alone twice.  When the slot of the
+# or a made-up tag can never be matched, let alone twice.  A bitmap over the
+# last LG_EXPIRED_SEQS seqs marks requests that timed out unanswered: a reply
+# to one of those is `late` (once); any other reply that matches nothing is
+# `unmatched`.  When the slot of the
 # next seq is still busy (an old request waiting for its timeout), the seq is
 # skipped: tags are increasing, not contiguous.  The table has at least twice
 # as many slots as requests can be outstanding, so a skip is rare and short.
@@ -31,6 +34,7 @@ cdef enum:
     LG_REFUSED_BACKOFF_NS = 10000000  # 10 ms: closed loop pauses a socket after ECONNREFUSED
     LG_MAX_EVENTS = 256             # epoll events taken per wait
     LG_RECV_ROUNDS = 4              # recvmmsg calls per readiness event before moving on
+    LG_EXPIRED_SEQS = 65536         # seqs a socket remembers as timed out (8 KiB bitmap)
 
 # Loop modes.
 cdef enum:
@@ -47,7 +51,6 @@ cdef enum:
 
 cdef struct bn_lg_slot:
     uint64_t seq                        # request in this slot; 0 = never used
-    uint64_t expired_seq                # last request here that timed out unanswered; 0 = none
     uint64_t intended_ns                # latency runs from here (closed loop: the send time)
     uint64_t sent_ns                    # the timeout runs from here
     uint32_t busy                       # 1 while outstanding
@@ -61,6 +64,7 @@ cdef struct bn_lg_sock:
     uint64_t next_send_ns               # open loop: intended time of the next request
     uint64_t cooldown_ns                # closed loop: no sends before this (after ECONNREFUSED)
     bn_lg_slot* slots                   # slot_mask + 1 slots
+    uint64_t* expired                   # LG_EXPIRED_SEQS bits: seq timed out, no late reply yet
 
 cdef struct bn_lg_thread:
     int index                           # thread number, 0-based
@@ -182,6 +186,7 @@ cdef int lg_send(bn_lg_thread* t, bn_lg_sock* s, uint64_t now, int measuring) no
         slot = &s.slots[seq & t.slot_mask]
         slot.seq = seq
         slot.busy = 1
+        lg_clear_expired(s, seq)        # forget a stale mark from LG_EXPIRED_SEQS seqs ago
         slot.intended_ns = intended
         slot.measured = intended >= t.measure_ns and intended < t.end_ns
         s.next_seq = seq + 1
@@ -251,6 +256,28 @@ cdef int lg_send(bn_lg_thread* t, bn_lg_sock* s, uint64_t now, int measuring) no
     bn_count(&t.counters.m_sent, m_sent)
     bn_count(&t.counters.t_sent, sent)
     return <int>sent
+
+
+cdef inline void lg_mark_expired(bn_lg_sock* s, uint64_t seq) noexcept nogil:
+    cdef uint64_t bit = seq & (LG_EXPIRED_SEQS - 1)
+    s.expired[bit >> 6] |= (<uint64_t>1) << (bit & 63)
+
+
+cdef inline void lg_clear_expired(bn_lg_sock* s, uint64_t seq) noexcept nogil:
+    cdef uint64_t bit = seq & (LG_EXPIRED_SEQS - 1)
+    s.expired[bit >> 6] &= ~((<uint64_t>1) << (bit & 63))
+
+
+cdef inline int lg_take_expired(bn_lg_sock* s, uint64_t seq) noexcept nogil:
+    """1 (and forget it) if `seq` was sent, timed out and is still remembered."""
+    cdef uint64_t bit = seq & (LG_EXPIRED_SEQS - 1)
+    cdef uint64_t mask = (<uint64_t>1) << (bit & 63)
+    if seq == 0 or seq >= s.next_seq or seq + LG_EXPIRED_SEQS < s.next_seq:
+        return 0
+    if not (s.expired[bit >> 6] & mask):
+        return 0
+    s.expired[bit >> 6] &= ~mask
+    return 1
 
 
 cdef inline int lg_parse_tag(const char* data, unsigned int n, uint64_t* seq) noexcept nogil:
@@ -352,9 +379,8 @@ cdef int lg_recv(bn_lg_thread* t, bn_lg_sock* s, int measuring) noexcept nogil:
                     if (<unsigned int>off + 8 <= length
                             and memcmp(data + off, b'{"error"', 8) == 0):
                         m_error_replies += 1
-            elif seq != 0 and slot.expired_seq == seq:
-                slot.expired_seq = 0    # counted once: a second copy is unmatched
-                late += 1
+            elif lg_take_expired(s, seq):
+                late += 1               # counted once: a second copy is unmatched
             else:
                 unmatched += 1
         total += rc
@@ -386,7 +412,7 @@ cdef void lg_expire(bn_lg_thread* t, bn_lg_sock* s, uint64_t now, int force) noe
             if not force and slot.sent_ns + t.timeout_ns > now:
                 break
             slot.busy = 0
-            slot.expired_seq = slot.seq
+            lg_mark_expired(s, slot.seq)
             s.outstanding -= 1
             t.outstanding -= 1
             lost += 1
@@ -539,7 +565,8 @@ cdef bn_lg_thread* lg_thread_new(unsigned int nsocks, unsigned int batch,
         t.socks[i].next_seq = 1
         t.socks[i].oldest_seq = 1
         t.socks[i].slots = <bn_lg_slot*>calloc(nslots, sizeof(bn_lg_slot))
-        if t.socks[i].slots == NULL:
+        t.socks[i].expired = <uint64_t*>calloc(LG_EXPIRED_SEQS // 64, sizeof(uint64_t))
+        if t.socks[i].slots == NULL or t.socks[i].expired == NULL:
             lg_thread_free(t)
             return NULL
     for i in range(batch):
@@ -560,6 +587,7 @@ cdef void lg_thread_free(bn_lg_thread* t) noexcept nogil:
     if t.socks != NULL:
         for i in range(t.nsocks):
             free(t.socks[i].slots)
+            free(t.socks[i].expired)
         free(t.socks)
     if t.epfd >= 0:
         close(t.epfd)
@@ -773,9 +801,10 @@ cdef class UDPLoadRun:
         memcpy(&total, sums, sizeof(bn_lg_counters))
         return total
 
-    def histogram(self, bint measured=True):
-        """The threads' histograms merged: (counts as bytes of HIST_BUCKETS
-        native uint64, total, sum_ns, min_ns, max_ns).  Safe while running."""
+    def histogram(self, int which=0):
+        """The threads' histograms merged, 0 = measured requests, 1 = every
+        reply (timeline): (counts as bytes of HIST_BUCKETS native uint64,
+        total, sum_ns, min_ns, max_ns).  Safe while running."""
         cdef int i
         cdef uint64_t extra[4]
         cdef bytes out = PyBytes_FromStringAndSize(NULL, HIST_BUCKETS * sizeof(uint64_t))
@@ -786,7 +815,7 @@ cdef class UDPLoadRun:
         extra[2] = 0xFFFFFFFFFFFFFFFF
         extra[3] = 0
         for i in range(self.nthreads):
-            hist_add_snapshot(self.threads[i].hist if measured else self.threads[i].hist_all,
+            hist_add_snapshot(self.threads[i].hist if which == 0 else self.threads[i].hist_all,
                               counts, extra)
         return out, extra[0], extra[1], extra[2] if extra[0] else 0, extra[3]
 

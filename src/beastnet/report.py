@@ -1,0 +1,290 @@
+"""Load-generator output: the live progress line, the final table, the JSON
+report (orjson) and a self-contained HTML page with SVG charts (no extra
+dependency; it opens in any browser)."""
+from __future__ import annotations
+
+import html
+import math
+import sys
+import time
+from typing import Any, Iterable, Optional, Sequence, TextIO
+
+import orjson
+
+__all__ = [
+    "ProgressLine",
+    "build_report",
+    "format_result",
+    "format_table",
+    "write_html",
+    "write_json",
+]
+
+PERCENTILE_COLUMNS = ("p50", "p90", "p99", "p99.9", "max")
+COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2")
+
+
+def _ms(ns: Optional[float]) -> str:
+    if ns is None or (isinstance(ns, float) and math.isnan(ns)):
+        return "-"
+    ms = ns / 1e6
+    return f"{ms:.3f}" if ms < 10 else f"{ms:.1f}" if ms < 1000 else f"{ms:.0f}"
+
+
+def _count(n: float) -> str:
+    n = float(n)
+    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= div:
+            return f"{n / div:.2f}{unit}"
+    return f"{n:.0f}"
+
+
+class ProgressLine:
+    """One self-overwriting status line on a terminal; silent when `stream`
+    is not a TTY (logs and pipes get only the final table)."""
+
+    def __init__(self, stream: TextIO = sys.stderr, enabled: Optional[bool] = None,
+                 prefix: str = "") -> None:
+        self.stream = stream
+        self.enabled = stream.isatty() if enabled is None else enabled
+        self.prefix = prefix
+        self._width = 0
+
+    def __call__(self, row: dict) -> None:
+        if not self.enabled:
+            return
+        phase = "warm-up " if row.get("warmup") else ""
+        text = (f"{self.prefix}{phase}t={row['t']:.0f}s  {_count(row['rps'])} req/s  "
+                f"sent {_count(row['sent'])}  lost {_count(row['lost'])}  "
+                f"p50 {_ms(row.get('p50_ns'))} ms  p99 {_ms(row.get('p99_ns'))} ms")
+        pad = max(0, self._width - len(text))
+        self._width = len(text)
+        self.stream.write("\r" + text + " " * pad)
+        self.stream.flush()
+
+    def clear(self) -> None:
+        if self.enabled and self._width:
+            self.stream.write("\r" + " " * self._width + "\r")
+            self.stream.flush()
+            self._width = 0
+
+
+def format_result(d: dict, extra_percentiles: Sequence[float] = ()) -> str:
+    """A single run's summary (from `LoadResult.to_dict()`)."""
+    lat = d["latency_ns"]
+    lines = [
+        f"{d['mode']} {d['config'].get('loop', '')} load: {d['duration_s']:.2f} s measured"
+        + ("  (interrupted)" if d["interrupted"] else ""),
+        f"  requests  sent {d['sent']}  received {d['received']}  ok {d['ok']}  lost {d['lost']}"
+        f"  unsent {d['unsent']}",
+        f"  replies   late {d['late']}  unmatched {d['unmatched']}  bad {d['bad_replies']}"
+        f"  error bodies/statuses {d['error_replies']}",
+        f"  errors    {d['errors']}  {d['errors_by_kind'] or ''}",
+        f"  rate      {d['rps']:.0f} req/s   success {d['success_rate']:.4%}   "
+        f"loss {d['loss_rate']:.4%}",
+        "  latency   " + "  ".join(f"{k} {_ms(v)} ms" for k, v in lat.items()),
+    ]
+    for q, v in d.get("extra_percentiles", {}).items():
+        lines.append(f"            p{q} {_ms(v)} ms")
+    if d.get("cpu_per_request_us") is not None:
+        lines.append(f"  generator CPU {d['cpu_s']:.3f} s = {d['cpu_per_request_us']:.3f} µs/request")
+    if d.get("status_codes"):
+        lines.append(f"  statuses  {d['status_codes']}")
+    for k in ("connect_ms", "ttfb_ms", "reuse_rate", "reconnects"):
+        if k in d.get("extra", {}):
+            lines.append(f"  {k:9} {d['extra'][k]}")
+    return "\n".join(lines)
+
+
+def format_table(levels: Iterable[dict]) -> str:
+    """The final table of a ramp (from `RampReport.to_dict()["levels"]`)."""
+    head = ["lvl", "requests", "conc", "sent", "ok", "lost", "err", "success", "req/s"]
+    head += [f"{p} ms" for p in PERCENTILE_COLUMNS] + ["verdict"]
+    rows = [head]
+    for lv in levels:
+        r = lv["result"]
+        lat = r["latency_ns"]
+        rows.append([str(lv["level"]), _count(lv["requests"]), _count(lv["concurrency"]),
+                     str(r["sent"]), str(r["ok"]), str(r["lost"]), str(r["errors"]),
+                     f"{r['success_rate']:.2%}", f"{r['rps']:.0f}"]
+                    + [_ms(lat.get(p)) for p in PERCENTILE_COLUMNS] + [lv["verdict"].upper()])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
+    out = ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in rows]
+    out.insert(1, "  ".join("-" * w for w in widths))
+    for lv in levels:
+        for reason in lv["reasons"]:
+            out.append(f"  level {lv['level']}: {lv['verdict']}: {reason}")
+    return "\n".join(out)
+
+
+def build_report(body: dict, config: dict, machine: dict, argv: Optional[list] = None) -> dict:
+    """The JSON report: what ran (kind, verdict, levels/result), the
+    configuration, the machine, when, and the command line."""
+    from beastnet import __version__
+    return {"beastnet_version": __version__, "created_at": time.time(), "argv": argv,
+            "machine": machine, "config": config, **body}
+
+
+def write_json(path: str, report: dict) -> None:
+    with open(path, "wb") as f:
+        f.write(orjson.dumps(report, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
+
+
+# -- SVG charts -------------------------------------------------------------------
+
+
+def _nice_ticks(lo: float, hi: float, log: bool) -> list[float]:
+    if log:
+        a, b = math.floor(math.log10(lo)), math.ceil(math.log10(hi))
+        return [10.0 ** e for e in range(a, b + 1)]
+    if hi <= lo:
+        hi = lo + 1
+    step = 10 ** math.floor(math.log10((hi - lo) / 4 or 1))
+    for m in (1, 2, 5, 10):
+        if (hi - lo) / (step * m) <= 6:
+            step *= m
+            break
+    start = math.floor(lo / step) * step
+    return [start + i * step for i in range(int((hi - start) / step) + 2)]
+
+
+def svg_chart(title: str, xlabels: Sequence[str], series: Sequence[tuple[str, Sequence[Optional[float]]]],
+              y_label: str, log_y: bool = False, bars: bool = False,
+              width: int = 640, height: int = 320) -> str:
+    """A small line (or bar) chart as inline SVG; None values leave gaps."""
+    left, right, top, bottom = 70, 130, 30, 45
+    pw, ph = width - left - right, height - top - bottom
+    values = [v for _, vs in series for v in vs if v is not None and (v > 0 or not log_y)]
+    n = len(xlabels)
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+           f'font-family="sans-serif" font-size="11">',
+           f'<text x="{width / 2}" y="16" text-anchor="middle" font-size="13" '
+           f'font-weight="bold">{html.escape(title)}</text>']
+    if not values or n == 0:
+        out.append(f'<text x="{width / 2}" y="{height / 2}" text-anchor="middle">no data</text></svg>')
+        return "".join(out)
+    lo, hi = min(values), max(values)
+    if log_y:
+        lo, hi = 10 ** math.floor(math.log10(lo)), 10 ** math.ceil(math.log10(hi))
+        if lo == hi:
+            hi = lo * 10
+    else:
+        lo = 0.0
+        hi = hi * 1.1 if hi > 0 else 1.0
+    ticks = _nice_ticks(lo, hi, log_y)
+    hi = max(hi, ticks[-1]) if not log_y else hi
+
+    def ypos(v: float) -> float:
+        if log_y:
+            f = (math.log10(v) - math.log10(lo)) / (math.log10(hi) - math.log10(lo))
+        else:
+            f = (v - lo) / (hi - lo)
+        return top + ph * (1 - f)
+
+    def xpos(i: int) -> float:
+        return left + pw * (i + 0.5) / n
+
+    for t in ticks:
+        if lo <= t <= hi:
+            y = ypos(t)
+            label = f"{t:g}" if log_y or t < 1e4 else _count(t)
+            out.append(f'<line x1="{left}" y1="{y:.1f}" x2="{left + pw}" y2="{y:.1f}" stroke="#ddd"/>'
+                       f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{label}</text>')
+    step = max(1, n // 16)
+    for i, lab in enumerate(xlabels):
+        if i % step == 0:
+            out.append(f'<text x="{xpos(i):.1f}" y="{top + ph + 16}" text-anchor="middle">'
+                       f'{html.escape(lab)}</text>')
+    out.append(f'<text x="14" y="{top + ph / 2}" transform="rotate(-90 14 {top + ph / 2})" '
+               f'text-anchor="middle">{html.escape(y_label)}</text>')
+    out.append(f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#888"/>')
+    nser = len(series)
+    for k, (name, vs) in enumerate(series):
+        color = COLORS[k % len(COLORS)]
+        if bars:
+            bw = pw / n / (nser + 1)
+            for i, v in enumerate(vs):
+                if v is None or (log_y and v <= 0):
+                    continue
+                x = xpos(i) - bw * nser / 2 + k * bw
+                y = ypos(v)
+                out.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="{bw:.1f}" '
+                           f'height="{top + ph - y:.1f}" fill="{color}"><title>{name} {v:.6g}'
+                           f'</title></rect>')
+        else:
+            path, pen = [], "M"
+            for i, v in enumerate(vs):
+                if v is None or (log_y and v <= 0):
+                    pen = "M"
+                    continue
+                path.append(f"{pen}{xpos(i):.1f},{ypos(v):.1f}")
+                pen = "L"
+                out.append(f'<circle cx="{xpos(i):.1f}" cy="{ypos(v):.1f}" r="2.5" fill="{color}">'
+                           f'<title>{name} {v:.6g}</title></circle>')
+            out.append(f'<path d="{" ".join(path)}" fill="none" stroke="{color}" stroke-width="1.8"/>')
+        ly = top + 14 + 16 * k
+        out.append(f'<rect x="{left + pw + 10}" y="{ly - 9}" width="12" height="10" fill="{color}"/>'
+                   f'<text x="{left + pw + 27}" y="{ly}">{html.escape(name)}</text>')
+    out.append("</svg>")
+    return "".join(out)
+
+
+def _latency_series(results: Sequence[dict]) -> list[tuple[str, list[Optional[float]]]]:
+    return [(name, [None if r["latency_ns"].get(name) is None else r["latency_ns"][name] / 1e6
+                    for r in results]) for name in PERCENTILE_COLUMNS]
+
+
+def charts(report: dict) -> list[str]:
+    """The SVG charts that fit the report's kind."""
+    kind = report.get("kind")
+    if kind == "ramp":
+        levels = report["levels"]
+        xl = [str(lv["level"]) for lv in levels]
+        results = [lv["result"] for lv in levels]
+        return [svg_chart("Throughput per level", xl, [("answered req/s", [r["rps"] for r in results])],
+                          "requests / s", bars=True),
+                svg_chart("Latency percentiles per level", xl, _latency_series(results), "ms",
+                          log_y=True)]
+    if kind == "find-max":
+        probes = report["probes"]
+        xl = [_count(p["rate"]) for p in probes]
+        return [svg_chart("Knee finder: target vs answered rate", xl,
+                          [("target", [p["rate"] for p in probes]),
+                           ("answered", [p["rps"] for p in probes])], "requests / s", bars=True),
+                svg_chart("Knee finder: latency", xl, [("p50", [p["p50_ms"] for p in probes]),
+                                                       ("p99", [p["p99_ms"] for p in probes])],
+                          "ms", log_y=True)]
+    result = report["result"]
+    rows = result["timeline"]
+    xl = [f"{row['t']:.0f}" for row in rows]
+    return [svg_chart("Throughput per second", xl, [("answered", [row["rps"] for row in rows]),
+                                                     ("lost", [row["lost"] / row["span_s"]
+                                                               for row in rows])],
+                      "requests / s"),
+            svg_chart("Latency per second", xl,
+                      [("p50", [None if row["p50_ns"] is None else row["p50_ns"] / 1e6 for row in rows]),
+                       ("p99", [None if row["p99_ns"] is None else row["p99_ns"] / 1e6 for row in rows])],
+                      "ms", log_y=True)]
+
+
+def write_html(path: str, report: dict, text_summary: str = "") -> None:
+    """A self-contained page: the charts (inline SVG), the summary table and
+    the machine; nothing is fetched from the network."""
+    title = f"beastnet load report: {report.get('kind', 'run')} ({report.get('verdict', '')})"
+    machine = report.get("machine", {})
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<title>{html.escape(title)}</title>",
+        "<style>body{font-family:sans-serif;margin:2em;color:#222}"
+        "pre{background:#f6f6f6;padding:1em;overflow-x:auto}svg{margin:0.5em 1em 0.5em 0}</style>",
+        f"</head><body><h1>{html.escape(title)}</h1>",
+        "<div>" + "".join(charts(report)) + "</div>",
+        f"<h2>Summary</h2><pre>{html.escape(text_summary)}</pre>",
+        "<h2>Machine</h2><pre>" + html.escape(orjson.dumps(machine, option=orjson.OPT_INDENT_2)
+                                               .decode()) + "</pre>",
+        "<h2>Configuration</h2><pre>" + html.escape(
+            orjson.dumps(report.get("config", {}), option=orjson.OPT_INDENT_2).decode()) + "</pre>",
+        "</body></html>",
+    ]
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(parts))
