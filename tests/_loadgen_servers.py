@@ -133,3 +133,84 @@ class ScriptedUDPServer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class ScriptedTCPServer:
+    """A TCP server that hands every accepted connection to `handle(conn)` on
+    its own thread; for HTTP behaviours no stock server would show."""
+
+    def __init__(self, handle: Callable[[socket.socket], None], host: str = "127.0.0.1") -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((host, 0))
+        self.sock.listen(512)
+        self.sock.settimeout(0.05)
+        self.port = self.sock.getsockname()[1]
+        self.handle = handle
+        self.accepted = 0
+        self._stop = threading.Event()
+        self._conns: list = []
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except (socket.timeout, OSError):
+                continue
+            self.accepted += 1
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._conns.append(conn)
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        try:
+            self.handle(conn)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(2.0)
+        self.sock.close()
+        for conn in self._conns:
+            try:
+                conn.close()
+            except OSError:
+                pass
+
+    def __enter__(self) -> "ScriptedTCPServer":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def read_requests(conn: socket.socket):
+    """Yield each HTTP request head read from `conn` (as bytes) until EOF."""
+    buf = b""
+    conn.settimeout(5.0)
+    while True:
+        while b"\r\n\r\n" not in buf:
+            try:
+                data = conn.recv(65536)
+            except (socket.timeout, OSError):
+                return
+            if not data:
+                return
+            buf += data
+        head, buf = buf.split(b"\r\n\r\n", 1)
+        yield head
+
+
+def precise_sleep(seconds: float) -> None:
+    """Sleep, then spin the last SPIN_S: Python's sleep alone overshoots by
+    tens of microseconds, which a 2 ms test would see."""
+    end = time.perf_counter() + seconds
+    if seconds > SPIN_S:
+        time.sleep(seconds - SPIN_S)
+    while time.perf_counter() < end:
+        pass

@@ -123,8 +123,10 @@ def test_knee_finder_against_a_real_server():
         import dataclasses
         from beastnet.loadgen import run_udp_load
         rep = find_max(lambda rate: run_udp_load(dataclasses.replace(base, rate=rate)),
-                       start_rate=2000, slo=SLO(p99_ms=50), max_probes=3, max_rate=8000)
-    assert rep.knee_rps is not None and rep.knee_rps >= 2000
+                       start_rate=2000, slo=SLO(p99_ms=500, max_loss=0.01, min_delivery=0.8),
+                       max_probes=3, max_rate=8000)
+    # Generous SLO: the box is shared, this checks the plumbing, not the server.
+    assert rep.knee_rps is not None and rep.knee_rps >= 2000, rep.probes
     assert len(rep.probes) <= 3
 
 

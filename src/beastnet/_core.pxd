@@ -1,7 +1,7 @@
 # The table of contents of beastnet._core: every cdef class and its fields.
 from libc.stdint cimport uint32_t, uint64_t
 from beastnet.includes.native cimport bn_counters
-from beastnet.includes.loadsys cimport bn_lg_counters
+from beastnet.includes.loadsys cimport bn_http_counters, bn_lg_counters
 from beastnet.includes.system cimport pthread_t
 
 
@@ -85,6 +85,30 @@ cdef class UDPLoadRun:
     cdef char* key_blob                 # every "KEY[ APIKEY]" payload, back to back
     cdef const char** key_data          # nkeys pointers into key_blob
     cdef uint32_t* key_len              # nkeys
+    cdef uint32_t* alias_prob           # weighted keys (Walker alias), NULL = uniform
+    cdef uint32_t* alias_index
+    cdef uint64_t start_ns              # CLOCK_MONOTONIC at start()
+    cdef uint64_t warmup_ns
+    cdef uint64_t duration_ns
+
+    cdef void _join(self) noexcept
+
+
+cdef struct bn_http_thread
+
+
+cdef class HTTPLoadRun:
+    cdef int nthreads
+    cdef bn_http_thread** threads       # one per generator thread, owned
+    cdef pthread_t* tids
+    cdef int nrunning                   # threads started and not yet joined
+    cdef int stopped
+    cdef int stop_flag                  # LG_RUN / LG_STOP / LG_ABORT
+    cdef bn_http_counters* thread_counters  # nthreads, cache-line aligned
+    cdef uint32_t nkeys
+    cdef char* blob                     # every request, keep-alive then closing variants
+    cdef const char** data              # 2 * nkeys pointers into blob
+    cdef uint32_t* lens                 # 2 * nkeys
     cdef uint32_t* alias_prob           # weighted keys (Walker alias), NULL = uniform
     cdef uint32_t* alias_index
     cdef uint64_t start_ns              # CLOCK_MONOTONIC at start()

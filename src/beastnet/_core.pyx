@@ -20,8 +20,9 @@ from posix.uio cimport iovec
 from beastnet.includes.native cimport *
 from beastnet.includes.system cimport *
 from beastnet.includes.loadsys cimport *
-from libc.errno cimport ECONNREFUSED
+from libc.errno cimport ECONNREFUSED, ECONNRESET, EINPROGRESS, EPIPE, ETIMEDOUT
 from libc.math cimport log
+from libc.string cimport memmove
 
 from beastnet.errors import InvalidKeyError
 
@@ -36,6 +37,7 @@ include "_limits.pxi"
 include "_udp.pxi"
 include "_hist.pxi"
 include "_load.pxi"
+include "_load_http.pxi"
 
 
 def _module_init():

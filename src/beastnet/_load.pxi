@@ -801,9 +801,10 @@ cdef class UDPLoadRun:
         memcpy(&total, sums, sizeof(bn_lg_counters))
         return total
 
-    def histogram(self, bint measured=True):
-        """The threads' histograms merged: (counts as bytes of HIST_BUCKETS
-        native uint64, total, sum_ns, min_ns, max_ns).  Safe while running."""
+    def histogram(self, int which=0):
+        """The threads' histograms merged, 0 = measured requests, 1 = every
+        reply (timeline): (counts as bytes of HIST_BUCKETS native uint64,
+        total, sum_ns, min_ns, max_ns).  Safe while running."""
         cdef int i
         cdef uint64_t extra[4]
         cdef bytes out = PyBytes_FromStringAndSize(NULL, HIST_BUCKETS * sizeof(uint64_t))
@@ -814,7 +815,7 @@ cdef class UDPLoadRun:
         extra[2] = 0xFFFFFFFFFFFFFFFF
         extra[3] = 0
         for i in range(self.nthreads):
-            hist_add_snapshot(self.threads[i].hist if measured else self.threads[i].hist_all,
+            hist_add_snapshot(self.threads[i].hist if which == 0 else self.threads[i].hist_all,
                               counts, extra)
         return out, extra[0], extra[1], extra[2] if extra[0] else 0, extra[3]
 

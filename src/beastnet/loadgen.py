@@ -27,11 +27,14 @@ from beastnet.errors import LoadConfigError, LoadError
 from beastnet.histogram import STANDARD_PERCENTILES, Histogram
 
 __all__ = [
+    "HTTPLoadConfig",
     "Histogram",
     "LoadResult",
     "UDPLoadConfig",
     "level_config",
     "machine_info",
+    "http_level_config",
+    "run_http_load",
     "run_udp_load",
     "udp_level_config",
 ]
@@ -160,13 +163,13 @@ class LoadResult:
     """What one load run measured (after warm-up).
 
     ``sent`` requests were sent in the measured window; each ended
-    ``received`` (answered within the timeout: a latency sample) or ``lost``
-    (timed out).  ``late`` replies came after their timeout, ``unmatched``
+    ``received`` (answered within the timeout: a latency sample), ``lost``
+    (timed out) or, HTTP only, ``failed`` (its connection broke first).  ``late`` replies came after their timeout, ``unmatched``
     replies carried a tag of no outstanding request, ``bad_replies`` had no
     parsable tag; none of these is ever a latency sample.  ``errors`` sums
     ``errors_by_kind`` (send/receive failures, e.g. ECONNREFUSED).
-    ``error_replies`` are answers whose body is ``{"error":...}`` (included in
-    ``received``).  Open loop: ``unsent`` requests were due but never sent
+    ``error_replies`` are answers whose body is ``{"error":...}`` or, HTTP,
+    whose status is >= 400 (included in ``received``).  Open loop: ``unsent`` requests were due but never sent
     because every slot was busy.
     """
 
@@ -175,6 +178,7 @@ class LoadResult:
     sent: int = 0
     received: int = 0
     lost: int = 0
+    failed: int = 0
     late: int = 0
     errors: int = 0
     unmatched: int = 0
@@ -240,6 +244,7 @@ class LoadResult:
             "received": self.received,
             "ok": self.ok,
             "lost": self.lost,
+            "failed": self.failed,
             "late": self.late,
             "unmatched": self.unmatched,
             "bad_replies": self.bad_replies,
@@ -375,13 +380,13 @@ class _Sampler:
         self.t0 = time.monotonic()
         self.last_t = self.t0
         self.last_counts = run.counters()
-        self.last_hist = Histogram.from_native(run.histogram(False))
+        self.last_hist = Histogram.from_native(run.histogram(1))
         self.rows: list[dict] = []
 
     def sample(self) -> dict:
         now = time.monotonic()
         counts = self.run.counters()
-        hist = Histogram.from_native(self.run.histogram(False))
+        hist = Histogram.from_native(self.run.histogram(1))
         delta = hist - self.last_hist
         span = max(now - self.last_t, 1e-9)
         p50, p99 = delta.percentile(50), delta.percentile(99)
@@ -590,5 +595,272 @@ def _udp_result(cfg: UDPLoadConfig, plan: dict, run: Any, sampler: _Sampler,
         error_replies=c["m_error_replies"], unsent=c["m_unsent"],
         errors_by_kind=errors_by_kind, duration_s=duration_s,
         cpu_s=sum(t["cpu_ns"] for t in info) / 1e9, timeline=sampler.rows,
-        histogram=Histogram.from_native(run.histogram(True)), interrupted=interrupted,
+        histogram=Histogram.from_native(run.histogram(0)), interrupted=interrupted,
         started_at=started_at, extra=extra)
+
+
+# -- HTTP mode ----------------------------------------------------------------------
+
+
+@dataclass
+class HTTPLoadConfig:
+    """What an HTTP/1.1 load run does: ``GET {path_prefix}{KEY}`` over
+    ``connections`` connections with up to ``pipeline`` requests in flight on
+    each (closed loop), or ``rate`` requests/s in total (open loop).
+
+    ``conn_mode``: ``"keepalive"`` (default) reuses connections for as long as
+    the server keeps them; ``"close"`` opens a new connection per request (the
+    latency then includes the connect); an integer N sends N requests per
+    connection, the last with ``Connection: close``.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    keys: Sequence[str] = ("BTC",)
+    weights: Optional[Sequence[float]] = None
+    connections: int = 64
+    threads: int = 2
+    pipeline: int = 1
+    conn_mode: Any = "keepalive"
+    path_prefix: str = "/v1/"
+    headers: Sequence[str] = ()
+    host_header: Optional[str] = None
+    rate: Optional[float] = None
+    poisson: bool = False
+    duration_s: float = 5.0
+    warmup_s: float = 1.0
+    timeout_ms: float = 1000
+    connect_timeout_ms: float = 1000
+    pin_threads: bool = False
+    api_key: Optional[str] = None
+    max_requests: Optional[int] = None
+    seed: Optional[int] = None
+
+    def validate(self) -> None:
+        """Raise `LoadConfigError` naming the first bad setting."""
+        def bad(msg: str) -> None:
+            raise LoadConfigError(msg)
+
+        if not isinstance(self.port, int) or not 0 < self.port < 65536:
+            bad(f"port must be 1..65535, got {self.port!r}")
+        if not self.keys:
+            bad("keys must name at least one key")
+        for key in self.keys:
+            if not _KEY_RE.match(_to_bytes(key)):
+                bad(f"invalid key {key!r}: 1-64 bytes of [A-Za-z0-9._:/-]")
+        if self.api_key is not None and not _APIKEY_RE.match(_to_bytes(self.api_key)):
+            bad("api_key must be 1-64 printable non-space bytes")
+        if self.weights is not None:
+            if len(self.weights) != len(self.keys):
+                bad(f"{len(self.weights)} weights for {len(self.keys)} keys")
+            if any(not math.isfinite(w) or w < 0 for w in self.weights) or sum(self.weights) <= 0:
+                bad("weights must be finite, >= 0, and not all zero")
+        for name in ("connections", "threads", "pipeline"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                bad(f"{name} must be a positive integer, got {value!r}")
+        if self.pipeline > 4096:
+            bad(f"pipeline must be <= 4096, got {self.pipeline}")
+        self.requests_per_connection()
+        if not self.path_prefix.startswith("/") or any(c in self.path_prefix for c in " \r\n"):
+            bad(f"path_prefix must start with '/' and hold no spaces, got {self.path_prefix!r}")
+        for h in self.headers:
+            if ":" not in h or "\n" in h or "\r" in h:
+                bad(f"header {h!r}: expected 'Name: value'")
+        if not _positive(self.duration_s):
+            bad(f"duration_s must be > 0, got {self.duration_s!r}")
+        if not (_finite(self.warmup_s) and self.warmup_s >= 0):
+            bad(f"warmup_s must be >= 0, got {self.warmup_s!r}")
+        if not _positive(self.timeout_ms):
+            bad(f"timeout_ms must be > 0, got {self.timeout_ms!r}")
+        if not _positive(self.connect_timeout_ms):
+            bad(f"connect_timeout_ms must be > 0, got {self.connect_timeout_ms!r}")
+        if self.rate is not None and not _positive(self.rate):
+            bad(f"rate must be > 0 requests/s, got {self.rate!r}")
+        if self.poisson and self.rate is None:
+            bad("poisson arrivals need a rate (open loop)")
+        if self.max_requests is not None and (not isinstance(self.max_requests, int)
+                                              or self.max_requests < 1):
+            bad(f"max_requests must be a positive integer, got {self.max_requests!r}")
+
+    def requests_per_connection(self) -> int:
+        """0 = keep-alive, 1 = a new connection per request, N = N per connection."""
+        mode = self.conn_mode
+        if mode in ("keepalive", "keep-alive", None):
+            return 0
+        if mode in ("close", "new", "per-request"):
+            return 1
+        try:
+            n = int(mode)
+        except (TypeError, ValueError):
+            n = 0
+        if n < 1:
+            raise LoadConfigError(f"conn_mode must be 'keepalive', 'close' or a positive "
+                                  f"number of requests per connection, got {mode!r}")
+        return n
+
+    @property
+    def open_loop(self) -> bool:
+        return self.rate is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["keys"] = list(self.keys) if len(self.keys) <= 100 else f"{len(self.keys)} keys"
+        out["weights"] = None if self.weights is None else (
+            list(self.weights) if len(self.weights) <= 100 else "...")
+        out["api_key"] = None if self.api_key is None else "***"
+        out["headers"] = list(self.headers)
+        out["mode"] = "http"
+        out["loop"] = ("open-poisson" if self.poisson else "open") if self.open_loop else "closed"
+        return out
+
+
+def http_level_config(base: HTTPLoadConfig, requests: int, concurrency: int,
+                      max_seconds: float = 60.0) -> HTTPLoadConfig:
+    """One ramp level over HTTP: `concurrency` requests in flight, as the
+    most connections up to base.connections that divide it times the
+    pipeline depth (keep-alive), or one connection each (other modes)."""
+    if base.requests_per_connection() == 0:
+        conns = max(c for c in range(1, min(base.connections, concurrency) + 1)
+                    if concurrency % c == 0)
+        pipeline = concurrency // conns
+    else:
+        conns, pipeline = concurrency, 1
+    return dataclasses.replace(base, connections=conns, pipeline=pipeline, rate=None,
+                               poisson=False, max_requests=requests, warmup_s=0.0,
+                               duration_s=max_seconds)
+
+
+def _http_sockaddr(host: str, port: int) -> tuple[int, bytes, str]:
+    """(family, packed struct sockaddr, printable address) of the server."""
+    import struct
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise LoadError(f"getaddrinfo {host}:{port}: {exc.strerror}") from exc
+    family, _, _, _, sa = infos[0]
+    if family == socket.AF_INET:
+        packed = (struct.pack("=H", family) + struct.pack("!H", port)
+                  + socket.inet_pton(family, sa[0]) + bytes(8))
+    elif family == socket.AF_INET6:
+        packed = (struct.pack("=H", family) + struct.pack("!HI", port, sa[2])
+                  + socket.inet_pton(family, sa[0]) + struct.pack("=I", sa[3]))
+    else:
+        raise LoadError(f"{host}: unsupported address family {family}")
+    return family, packed, sa[0]
+
+
+def _http_requests(cfg: HTTPLoadConfig) -> tuple[list[bytes], list[bytes]]:
+    """Every key's request, pre-built once: keep-alive and closing variants."""
+    host = cfg.host_header or (f"[{cfg.host}]" if ":" in cfg.host else cfg.host)
+    if cfg.host_header is None and cfg.port != 80:
+        host = f"{host}:{cfg.port}"
+    head = [f"Host: {host}"]
+    if cfg.api_key is not None:
+        head.append(f"X-API-Key: {cfg.api_key}")
+    head += [h.strip() for h in cfg.headers]
+    tail = "".join(f"{h}\r\n" for h in head)
+    keep, close = [], []
+    for key in cfg.keys:
+        line = f"GET {cfg.path_prefix}{key} HTTP/1.1\r\n{tail}"
+        keep.append((line + "\r\n").encode("latin-1"))
+        close.append((line + "Connection: close\r\n\r\n").encode("latin-1"))
+    return keep, close
+
+
+def _summary_ms(h: Histogram) -> dict[str, Optional[float]]:
+    out = {}
+    for name, value in (("p50", h.percentile(50)), ("p90", h.percentile(90)),
+                        ("p99", h.percentile(99)), ("max", float(h.max_ns) if h.total else math.nan),
+                        ("mean", h.mean_ns)):
+        out[name] = None if math.isnan(value) else round(value / 1e6, 6)
+    out["count"] = h.total
+    return out
+
+
+def run_http_load(cfg: HTTPLoadConfig, progress: Optional[ProgressCallback] = None,
+                  stop_when: Optional[Callable[[dict], bool]] = None) -> LoadResult:
+    """Run one HTTP/1.1 load test against any server and return what it measured.
+
+    Same contract as `run_udp_load` (blocking, native threads without the GIL,
+    progress once a second, `stop_when`, Ctrl-C returns the partial result).
+    The result adds ``failed`` requests, ``status_codes``, and in ``extra``
+    connect time, time to first byte, connection reuse rate and reconnects.
+    """
+    cfg.validate()
+    per_conn = cfg.requests_per_connection()
+    threads = min(cfg.threads, cfg.connections)
+    counts = [len(range(i, cfg.connections, threads)) for i in range(threads)]
+    ensure_fd_limit(cfg.connections + 2 * threads)
+    family, sockaddr, address = _http_sockaddr(cfg.host, cfg.port)
+    keep, close = _http_requests(cfg)
+    quotas = _split(cfg.max_requests, counts) if cfg.max_requests is not None else None
+    if quotas is not None and min(quotas) == 0:
+        keep_threads = [i for i, q in enumerate(quotas) if q > 0]
+        counts = [counts[i] for i in keep_threads]
+        quotas = [quotas[i] for i in keep_threads]
+        threads = len(counts)
+    ncpu = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cpus = [i % (ncpu or 1) for i in range(threads)] if cfg.pin_threads else None
+    mode = _MODE_CLOSED
+    interval_ns = 0.0
+    if cfg.open_loop:
+        mode = _MODE_OPEN_POISSON if cfg.poisson else _MODE_OPEN_CONSTANT
+        interval_ns = 1e9 / cfg.rate
+    seed = cfg.seed if cfg.seed is not None else int.from_bytes(os.urandom(8), "little")
+    run = _core.HTTPLoadRun(
+        sockaddr, family, counts, keep, close,
+        alias_table(cfg.weights) if cfg.weights is not None else None,
+        mode=mode, pipeline=cfg.pipeline, per_conn=per_conn, interval_ns=interval_ns,
+        timeout_ns=int(cfg.timeout_ms * 1e6), connect_timeout_ns=int(cfg.connect_timeout_ms * 1e6),
+        warmup_ns=int(cfg.warmup_s * 1e9), duration_ns=max(1, int(cfg.duration_s * 1e9)),
+        quotas=quotas, cpus=cpus, seed=(seed | 1) & 0xFFFFFFFFFFFFFFFF)
+    started_at = time.time()
+    run.start()
+    try:
+        interrupted, stopped, sampler = _wait(run, cfg, progress, stop_when)
+    finally:
+        run.join()
+    c = run.counters()
+    info = run.thread_info()
+    fatal = [os.strerror(t["fatal_errno"]) for t in info if t["fatal_errno"]]
+    if fatal:
+        raise LoadError(f"generator thread failed: {fatal[0]}")
+    warmup_ns = int(cfg.warmup_s * 1e9)
+    if cfg.max_requests is not None:
+        end_ns = max(max(t["send_stop_ns"], t["last_reply_ns"]) for t in info)
+    else:
+        end_ns = max(t["send_stop_ns"] for t in info)
+    kinds = {"connect_refused": c["err_connect_refused"], "connect_timeout": c["err_connect_timeout"],
+             "connect_other": c["err_connect_other"], "reset": c["err_reset"],
+             "closed": c["err_closed"], "closed_mid_response": c["err_closed_mid_response"],
+             "parse": c["err_parse"], "too_large": c["err_too_large"], "io": c["err_io"]}
+    kinds = {k: v for k, v in kinds.items() if v}
+    ttfb = Histogram.from_native(run.histogram(2))
+    connect = Histogram.from_native(run.histogram(3))
+    sent = c["m_sent"]
+    extra = {
+        "threads": threads,
+        "address": address,
+        "connections": cfg.connections,
+        "connects": c["connects"],
+        "connect_attempts": c["connect_attempts"],
+        "reconnects": max(0, c["connects"] - cfg.connections),
+        "reuse_rate": (1.0 - c["m_first_requests"] / sent) if sent else None,
+        "server_closes": c["server_closes"],
+        "connect_ms": _summary_ms(connect),
+        "ttfb_ms": _summary_ms(ttfb),
+        "bytes_out": c["bytes_out"],
+        "bytes_in": c["bytes_in"],
+        "waits": c["waits"],
+        "pin_errors": [os.strerror(t["pin_error"]) for t in info if t["pin_error"]],
+        "per_thread_cpu_s": [t["cpu_ns"] / 1e9 for t in info],
+        "stopped_early": stopped,
+    }
+    return LoadResult(
+        mode="http", config=cfg.to_dict(), sent=sent, received=c["m_received"], lost=c["m_lost"],
+        failed=c["m_failed"], errors=sum(kinds.values()), error_replies=c["m_error_replies"],
+        unsent=c["m_unsent"], errors_by_kind=kinds, status_codes=run.status_codes(),
+        duration_s=max(end_ns - warmup_ns, 0) / 1e9, cpu_s=sum(t["cpu_ns"] for t in info) / 1e9,
+        timeline=sampler.rows, histogram=Histogram.from_native(run.histogram(0)),
+        interrupted=interrupted, started_at=started_at, extra=extra)

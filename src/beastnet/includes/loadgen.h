@@ -38,6 +38,39 @@ typedef struct bn_lg_counters {
     uint64_t waits;                         /* times the thread slept in epoll */
 } __attribute__((aligned(BN_CACHE_LINE))) bn_lg_counters;
 
+/* Per HTTP generator thread; same rules as bn_lg_counters.  A measured
+ * request ends exactly one way: received, lost (timed out) or failed (its
+ * connection broke: reset, closed, unparsable reply). */
+typedef struct bn_http_counters {
+    uint64_t m_sent;                        /* measured requests written */
+    uint64_t m_received;                    /* ... answered with a complete response */
+    uint64_t m_lost;                        /* ... not answered within the timeout */
+    uint64_t m_failed;                      /* ... ended by a connection error */
+    uint64_t m_error_replies;               /* ... answered with a status >= 400 (also in m_received) */
+    uint64_t m_unsent;                      /* open loop: due in the window, never written */
+    uint64_t t_sent;                        /* every request written, warm-up included */
+    uint64_t t_received;                    /* every response */
+    uint64_t t_lost;                        /* every timeout */
+    uint64_t connect_attempts;              /* connect() calls */
+    uint64_t connects;                      /* connections established */
+    uint64_t m_connects;                    /* ... after the warm-up */
+    uint64_t m_first_requests;              /* measured requests that were first on their connection */
+    uint64_t err_connect_refused;           /* ECONNREFUSED on connect */
+    uint64_t err_connect_timeout;           /* connect took longer than connect_timeout */
+    uint64_t err_connect_other;             /* other connect failures (EADDRNOTAVAIL, EMFILE, ...) */
+    uint64_t err_reset;                     /* ECONNRESET / EPIPE with requests in flight */
+    uint64_t err_closed;                    /* server closed with requests in flight, no partial reply */
+    uint64_t err_closed_mid_response;       /* server closed in the middle of a response */
+    uint64_t err_parse;                     /* reply is not HTTP/1.x */
+    uint64_t err_too_large;                 /* response head beyond the read buffer */
+    uint64_t err_io;                        /* other read/write failures */
+    uint64_t server_closes;                 /* connections the server closed cleanly (Connection: close, idle) */
+    uint64_t bytes_out;                     /* request bytes written */
+    uint64_t bytes_in;                      /* response bytes read */
+    uint64_t eintr;                         /* syscalls interrupted and retried */
+    uint64_t waits;                         /* times the thread slept in epoll */
+} __attribute__((aligned(BN_CACHE_LINE))) bn_http_counters;
+
 static inline uint64_t bn_now_ns(void)
 {
     struct timespec ts;

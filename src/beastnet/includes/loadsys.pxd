@@ -1,6 +1,7 @@
 # cdef extern declarations the load generator needs beyond system.pxd:
 # epoll, the clocks and helpers of loadgen.h.  Only what we call.
 from libc.stdint cimport uint32_t, uint64_t
+from beastnet.includes.system cimport sockaddr, socklen_t, ssize_t
 
 
 cdef extern from "<sys/epoll.h>" nogil:
@@ -51,9 +52,69 @@ cdef extern from "loadgen.h" nogil:
         uint64_t tx_batches
         uint64_t waits
 
+    ctypedef struct bn_http_counters:
+        uint64_t m_sent
+        uint64_t m_received
+        uint64_t m_lost
+        uint64_t m_failed
+        uint64_t m_error_replies
+        uint64_t m_unsent
+        uint64_t t_sent
+        uint64_t t_received
+        uint64_t t_lost
+        uint64_t connect_attempts
+        uint64_t connects
+        uint64_t m_connects
+        uint64_t m_first_requests
+        uint64_t err_connect_refused
+        uint64_t err_connect_timeout
+        uint64_t err_connect_other
+        uint64_t err_reset
+        uint64_t err_closed
+        uint64_t err_closed_mid_response
+        uint64_t err_parse
+        uint64_t err_too_large
+        uint64_t err_io
+        uint64_t server_closes
+        uint64_t bytes_out
+        uint64_t bytes_in
+        uint64_t eintr
+        uint64_t waits
+
     uint64_t bn_now_ns()
     uint64_t bn_thread_cpu_ns()
     int bn_log2_u64(uint64_t v)
     int bn_epoll_wait_ns(int epfd, epoll_event* events, int maxevents, uint64_t timeout_ns)
     int bn_hex_u64(char* out, uint64_t v)
     uint64_t bn_rand_u64(uint64_t* state)
+
+
+cdef extern from "<sys/socket.h>" nogil:
+    int socket(int domain, int type, int protocol)
+    int connect(int fd, const sockaddr* addr, socklen_t addrlen)
+    int getsockopt(int fd, int level, int optname, void* optval, socklen_t* optlen)
+    int setsockopt(int fd, int level, int optname, const void* optval, socklen_t optlen)
+    ssize_t send(int fd, const void* buf, size_t n, int flags)
+    ssize_t recv(int fd, void* buf, size_t n, int flags)
+    enum:
+        SOCK_STREAM
+        SOCK_NONBLOCK
+        SOCK_CLOEXEC
+        SO_ERROR
+        MSG_NOSIGNAL
+
+
+cdef extern from "<netinet/in.h>" nogil:
+    enum:
+        IPPROTO_TCP
+
+
+cdef extern from "<netinet/tcp.h>" nogil:
+    enum:
+        TCP_NODELAY
+
+
+cdef extern from "<errno.h>" nogil:
+    enum:
+        EADDRNOTAVAIL
+        ENFILE

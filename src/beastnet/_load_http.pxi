@@ -1,0 +1,1091 @@
+# The HTTP/1.1 load generator: native threads, each with an epoll over its
+# share of the connections, non-blocking connects, pipelining, keep-alive or
+# a fixed number of requests per connection (1 = a new connection per
+# request, which exposes connection set-up cost).  Works against any HTTP/1.x
+# server: replies are framed by Content-Length, chunked encoding, or the close.
+#
+# A connection keeps its requests in flight in a FIFO ring (HTTP answers in
+# order).  A request ends exactly one way: a complete response (`received`,
+# a latency sample), the timeout (`lost`: the connection is then closed, since
+# any later bytes on it could not be matched), or a connection error
+# (`failed`: reset, closed, unparsable reply).  Error *kinds* are counted once
+# per incident; `failed` counts the requests each incident took with it.
+#
+# Times: latency runs from the intended send time (closed loop: when the
+# request was queued; one-request-per-connection closed loop: when its
+# connect began, so set-up cost is in the number; open loop: its schedule
+# slot).  Time to first byte runs from the write to the first byte of that
+# request's response.  Connect time runs from connect() to writability.
+
+cdef enum:
+    HTTP_IN_BUF_BYTES = 65536       # read buffer per connection; a response head must fit
+    HTTP_TICK_NS = 10000000         # 10 ms: timeout / reconnect scan over the connections
+    HTTP_RETRY_NS = 10000000        # 10 ms before reconnecting after a failed connect
+    HTTP_STATUS_MAX = 600           # status codes counted exactly below this
+    HTTP_CHUNK_LINE_MAX = 1024      # longest chunk-size line we accept
+    HTTP_READS_PER_EVENT = 4        # recv calls per readiness event
+
+# Connection states.
+cdef enum:
+    HC_IDLE = 0                     # no socket: connect when allowed
+    HC_CONNECTING = 1               # non-blocking connect in progress (EPOLLOUT)
+    HC_OPEN = 2                     # established
+
+# Response parser states.
+cdef enum:
+    RS_HEAD = 0                     # waiting for the status line and headers
+    RS_BODY = 1                     # rsp_remaining bytes of a Content-Length body
+    RS_CHUNK_SIZE = 2               # waiting for a chunk-size line
+    RS_CHUNK_DATA = 3               # rsp_remaining bytes of chunk data + CRLF
+    RS_TRAILER = 4                  # trailer lines until an empty one
+    RS_UNTIL_CLOSE = 5              # no framing: the body ends when the server closes
+
+# Connection modes.
+cdef enum:
+    CM_KEEPALIVE = 0                # as many requests as the connection lives
+    CM_PER_CONN = 1                 # per_conn requests, the last with Connection: close
+
+# How a connection ended.
+cdef enum:
+    END_CLEAN = 0                   # nothing in flight (or only what the close announced)
+    END_RESET = 1                   # ECONNRESET / EPIPE
+    END_CLOSED = 2                  # server closed with requests in flight
+    END_CLOSED_MID = 3              # server closed in the middle of a response
+    END_PARSE = 4                   # not HTTP/1.x, or bytes nobody asked for
+    END_TOO_LARGE = 5               # response head larger than the read buffer
+    END_IO = 6                      # other read/write error
+    END_TIMEOUT = 7                 # oldest request timed out: the rest are lost too
+
+
+cdef struct bn_hreq:
+    uint64_t intended_ns                # latency runs from here
+    uint64_t sent_ns                    # time to first byte runs from here
+    uint32_t measured                   # 1 if intended inside the measured window
+    uint32_t reserved
+
+cdef struct bn_hconn:
+    int fd                              # -1 when idle
+    int state                           # HC_*
+    uint64_t connect_start_ns
+    uint64_t retry_ns                   # no connect before this
+    uint32_t written                    # requests queued on this connection
+    uint32_t closing                    # its last request (Connection: close) is queued
+    uint32_t registered                 # epoll events registered, 0 = not in the epoll
+    uint32_t q_head                     # ring of `pipeline` requests in flight
+    uint32_t q_len
+    uint32_t out_len                    # bytes queued in `out`
+    uint32_t out_off                    # ... of which written
+    uint32_t in_len                     # bytes in `inb`
+    uint32_t in_off                     # ... of which parsed
+    int rsp_state                       # RS_*
+    int rsp_status                      # status code of the response being read
+    int rsp_close                       # it announced the connection closes after it
+    uint64_t rsp_remaining              # bytes left in the body or chunk
+    uint64_t rsp_first_ns               # first byte of the response being read, 0 = none yet
+    bn_hreq* q                          # pipeline entries
+    char* out                           # pipeline * longest request
+    char* inb                           # HTTP_IN_BUF_BYTES
+
+cdef struct bn_http_thread:
+    int index
+    int nthreads
+    int cpu                             # CPU to pin to, -1 = no pinning
+    int pin_error
+    int fatal_errno
+    int epfd
+    int mode                            # LG_CLOSED / LG_OPEN_*
+    int conn_mode                       # CM_*
+    int finished                        # set (release) when the thread is about to return
+    int sending                         # this thread still starts requests
+    int measuring                       # past the warm-up
+    int blocked                         # open loop: every connection full, wait for a reply
+    int* stop_flag
+    int family                          # AF_INET / AF_INET6
+    socklen_t addr_len
+    char addr[ADDR_MAX_BYTES]           # the server's sockaddr
+    uint32_t nconns
+    uint32_t pipeline                   # requests in flight per connection
+    uint32_t per_conn                   # CM_PER_CONN: requests per connection
+    uint32_t out_cap                    # bytes of each connection's `out`
+    uint32_t cursor                     # open loop: next connection to try
+    bn_hconn* conns
+    uint64_t start_ns
+    uint64_t measure_ns
+    uint64_t end_ns
+    uint64_t timeout_ns                 # a request is lost after this
+    uint64_t connect_timeout_ns         # a connect fails after this
+    double interval_ns                  # open loop: mean gap between this thread's requests
+    uint64_t next_send_ns               # open loop: intended time of the next request
+    uint64_t quota                      # measured requests this thread sends; 0 = no cap
+    uint64_t rng
+    uint32_t nkeys
+    const char** req_data               # per key: the keep-alive request
+    uint32_t* req_len
+    const char** close_data             # per key: the same with Connection: close
+    uint32_t* close_len
+    uint32_t* alias_prob
+    uint32_t* alias_index
+    uint64_t outstanding                # requests in flight, all connections
+    uint64_t cpu_start_ns
+    uint64_t cpu_end_ns
+    uint64_t send_stop_ns
+    uint64_t last_reply_ns
+    bn_http_counters* counters
+    bn_hist* hist                       # measured latency
+    bn_hist* hist_all                   # every response (timeline)
+    bn_hist* hist_ttfb                  # measured time to first byte
+    bn_hist* hist_connect               # connect times after the warm-up
+    uint64_t* status                    # HTTP_STATUS_MAX counters of measured responses
+    epoll_event* events
+
+
+cdef inline uint32_t http_pick_key(bn_http_thread* t) noexcept nogil:
+    cdef uint64_t r = bn_rand_u64(&t.rng)
+    cdef uint32_t i = <uint32_t>(((r >> 32) * <uint64_t>t.nkeys) >> 32)
+    if t.alias_prob != NULL and <uint32_t>r >= t.alias_prob[i]:
+        i = t.alias_index[i]
+    return i
+
+
+cdef inline uint64_t http_gap_ns(bn_http_thread* t) noexcept nogil:
+    cdef double u
+    if t.mode == LG_OPEN_POISSON:
+        u = <double>((bn_rand_u64(&t.rng) >> 11) + 1) * (1.0 / 9007199254740992.0)
+        return <uint64_t>(-log(u) * t.interval_ns + 0.5)
+    return <uint64_t>(t.interval_ns + 0.5)
+
+
+cdef void hc_update_events(bn_http_thread* t, bn_hconn* c) noexcept nogil:
+    cdef uint32_t want = 0
+    cdef epoll_event ev
+    if c.state == HC_CONNECTING:
+        want = EPOLLOUT
+    elif c.state == HC_OPEN:
+        want = EPOLLIN
+        if c.out_off < c.out_len:
+            want |= EPOLLOUT
+    if want == c.registered or c.fd < 0:
+        return
+    memset(&ev, 0, sizeof(ev))
+    ev.events = want
+    ev.data.u32 = <uint32_t>(c - t.conns)
+    if epoll_ctl(t.epfd, EPOLL_CTL_MOD if c.registered else EPOLL_CTL_ADD, c.fd, &ev) == 0:
+        c.registered = want
+
+
+cdef void hc_reset(bn_hconn* c) noexcept nogil:
+    c.fd = -1
+    c.state = HC_IDLE
+    c.written = 0
+    c.closing = 0
+    c.registered = 0
+    c.q_head = 0
+    c.q_len = 0
+    c.out_len = 0
+    c.out_off = 0
+    c.in_len = 0
+    c.in_off = 0
+    c.rsp_state = RS_HEAD
+    c.rsp_first_ns = 0
+
+
+cdef void hc_close(bn_http_thread* t, bn_hconn* c, int how, uint64_t now) noexcept nogil:
+    """Close `c`; its requests in flight end as lost (timeout) or failed."""
+    cdef uint32_t i
+    cdef bn_hreq* r
+    cdef uint64_t lost = 0
+    cdef uint64_t m_lost = 0
+    cdef uint64_t m_failed = 0
+    cdef int counted = t.measuring
+    for i in range(c.q_len):
+        r = &c.q[(c.q_head + i) % t.pipeline]
+        if how == END_TIMEOUT:
+            lost += 1
+            if r.measured:
+                m_lost += 1
+        elif r.measured:
+            m_failed += 1
+    if counted:
+        if how == END_RESET:
+            bn_count(&t.counters.err_reset, 1)
+        elif how == END_CLOSED:
+            bn_count(&t.counters.err_closed, 1)
+        elif how == END_CLOSED_MID:
+            bn_count(&t.counters.err_closed_mid_response, 1)
+        elif how == END_PARSE:
+            bn_count(&t.counters.err_parse, 1)
+        elif how == END_TOO_LARGE:
+            bn_count(&t.counters.err_too_large, 1)
+        elif how == END_IO:
+            bn_count(&t.counters.err_io, 1)
+    bn_count(&t.counters.t_lost, lost)
+    bn_count(&t.counters.m_lost, m_lost)
+    bn_count(&t.counters.m_failed, m_failed)
+    t.outstanding -= c.q_len
+    if c.fd >= 0:
+        close(c.fd)                     # also leaves the epoll (the fd is not shared)
+    hc_reset(c)
+    c.retry_ns = now
+    if c.q_len == 0:
+        t.blocked = 0
+
+
+cdef void hc_connect_failed(bn_http_thread* t, bn_hconn* c, int err, uint64_t now) noexcept nogil:
+    if t.measuring:
+        if err == ECONNREFUSED:
+            bn_count(&t.counters.err_connect_refused, 1)
+        elif err == ETIMEDOUT:
+            bn_count(&t.counters.err_connect_timeout, 1)
+        else:
+            bn_count(&t.counters.err_connect_other, 1)
+    if c.fd >= 0:
+        close(c.fd)
+    hc_reset(c)
+    # Back off: a refusing or overloaded server must not turn us into a
+    # connect() spin loop.
+    c.retry_ns = now + HTTP_RETRY_NS
+
+
+cdef void hc_connected(bn_http_thread* t, bn_hconn* c, uint64_t now) noexcept nogil:
+    c.state = HC_OPEN
+    bn_count(&t.counters.connects, 1)
+    if t.measuring:
+        bn_count(&t.counters.m_connects, 1)
+        hist_record(t.hist_connect, now - c.connect_start_ns if now > c.connect_start_ns else 0)
+    hc_update_events(t, c)
+    t.blocked = 0
+
+
+cdef void hc_connect(bn_http_thread* t, bn_hconn* c, uint64_t now) noexcept nogil:
+    cdef int one = 1
+    cdef int fd
+    cdef int err
+    fd = socket(t.family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)
+    bn_count(&t.counters.connect_attempts, 1)
+    if fd < 0:
+        hc_connect_failed(t, c, errno, now)     # EMFILE, ENFILE, ENOBUFS...
+        return
+    hc_reset(c)
+    c.fd = fd
+    c.connect_start_ns = now
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one))
+    if connect(fd, <sockaddr*>t.addr, t.addr_len) == 0:
+        hc_connected(t, c, bn_now_ns())
+        return
+    err = errno
+    if err == EINPROGRESS or err == EINTR:
+        c.state = HC_CONNECTING
+        hc_update_events(t, c)
+        return
+    hc_connect_failed(t, c, err, now)           # ECONNREFUSED, EADDRNOTAVAIL...
+
+
+cdef int hc_flush(bn_http_thread* t, bn_hconn* c, uint64_t now) noexcept nogil:
+    """Write what `c` has queued; 0, or -1 if the connection broke (closed)."""
+    cdef ssize_t n
+    cdef int err
+    while c.out_off < c.out_len:
+        n = send(c.fd, c.out + c.out_off, c.out_len - c.out_off, MSG_NOSIGNAL | MSG_DONTWAIT)
+        if n > 0:
+            c.out_off += <uint32_t>n
+            bn_count(&t.counters.bytes_out, <uint64_t>n)
+            continue
+        err = errno
+        if n < 0 and err == EINTR:
+            bn_count(&t.counters.eintr, 1)
+            continue
+        if n < 0 and err == EAGAIN:
+            break                       # EPOLLOUT tells us when to go on
+        hc_close(t, c, END_RESET if (err == EPIPE or err == ECONNRESET) else END_IO, now)
+        return -1
+    if c.out_off == c.out_len:
+        c.out_off = 0
+        c.out_len = 0
+    hc_update_events(t, c)
+    return 0
+
+
+cdef int hc_enqueue(bn_http_thread* t, bn_hconn* c, uint64_t intended, uint64_t now) noexcept nogil:
+    """Queue one request on `c` (the caller checked there is room); 1 if it
+    was the connection's last (Connection: close)."""
+    cdef uint32_t k = http_pick_key(t)
+    cdef int last = t.conn_mode == CM_PER_CONN and c.written + 1 >= t.per_conn
+    cdef const char* data = t.close_data[k] if last else t.req_data[k]
+    cdef uint32_t n = t.close_len[k] if last else t.req_len[k]
+    cdef bn_hreq* r
+    if c.out_off > 0:                   # keep the unwritten bytes at the front
+        memmove(c.out, c.out + c.out_off, c.out_len - c.out_off)
+        c.out_len -= c.out_off
+        c.out_off = 0
+    memcpy(c.out + c.out_len, data, n)
+    c.out_len += n
+    r = &c.q[(c.q_head + c.q_len) % t.pipeline]
+    r.intended_ns = intended
+    r.sent_ns = now
+    r.measured = intended >= t.measure_ns and intended < t.end_ns
+    c.q_len += 1
+    t.outstanding += 1
+    bn_count(&t.counters.t_sent, 1)
+    if r.measured:
+        bn_count(&t.counters.m_sent, 1)
+        if c.written == 0:
+            bn_count(&t.counters.m_first_requests, 1)
+    c.written += 1
+    if last:
+        c.closing = 1
+    return last
+
+
+cdef inline int http_quota_left(bn_http_thread* t) noexcept nogil:
+    return not (t.quota and t.measuring and t.counters.m_sent >= t.quota)
+
+
+cdef void hc_fill(bn_http_thread* t, bn_hconn* c, uint64_t now) noexcept nogil:
+    """Closed loop: top `c` up to `pipeline` requests in flight and write them."""
+    cdef uint64_t intended
+    cdef int queued = 0
+    if c.state != HC_OPEN or not t.sending or now >= t.end_ns:
+        return
+    while c.q_len < t.pipeline and not c.closing and http_quota_left(t):
+        # One request per connection: the request began when its connect did.
+        intended = c.connect_start_ns if (t.conn_mode == CM_PER_CONN and t.per_conn == 1) else now
+        hc_enqueue(t, c, intended, now)
+        queued = 1
+    if queued:
+        hc_flush(t, c, now)
+
+
+cdef int hc_find_head_end(const char* p, uint32_t n) noexcept nogil:
+    """Offset just past the blank line ending a head (CRLF CRLF, or LF LF), or -1."""
+    cdef uint32_t i
+    for i in range(n):
+        if p[i] == 10:                  # LF
+            if i + 1 < n and p[i + 1] == 10:
+                return <int>(i + 2)
+            if i + 2 < n and p[i + 1] == 13 and p[i + 2] == 10:
+                return <int>(i + 3)
+    return -1
+
+
+cdef inline int http_lower(char ch) noexcept nogil:
+    return ch + 32 if 65 <= ch <= 90 else ch
+
+
+cdef int http_header_is(const char* p, uint32_t n, const char* name, uint32_t name_len) noexcept nogil:
+    cdef uint32_t i
+    if n != name_len:
+        return 0
+    for i in range(n):
+        if http_lower(p[i]) != name[i]:
+            return 0
+    return 1
+
+
+cdef int http_value_has(const char* p, uint32_t n, const char* word, uint32_t wlen) noexcept nogil:
+    cdef uint32_t i, j
+    if wlen > n:
+        return 0
+    for i in range(n - wlen + 1):
+        j = 0
+        while j < wlen and http_lower(p[i + j]) == word[j]:
+            j += 1
+        if j == wlen:
+            return 1
+    return 0
+
+
+cdef int hc_parse_head(bn_http_thread* t, bn_hconn* c, const char* p, uint32_t n) noexcept nogil:
+    """Status line and headers in p[0:n]: set the framing.  END_PARSE on junk."""
+    cdef uint32_t i = 0
+    cdef uint32_t ls, le, colon, vs
+    cdef int64_t content_length = -1
+    cdef int chunked = 0
+    cdef int close_conn
+    cdef int status
+    # Status-Line: "HTTP/1.x SSS reason"
+    if n < 12 or memcmp(p, b"HTTP/1.", 7) != 0 or p[8] != 32:
+        return END_PARSE
+    if not (48 <= p[9] <= 57 and 48 <= p[10] <= 57 and 48 <= p[11] <= 57):
+        return END_PARSE
+    status = (p[9] - 48) * 100 + (p[10] - 48) * 10 + (p[11] - 48)
+    close_conn = p[7] == 48             # HTTP/1.0: closes unless keep-alive
+    while i < n and p[i] != 10:
+        i += 1
+    i += 1
+    while i < n:
+        ls = i
+        while i < n and p[i] != 10:
+            i += 1
+        le = i
+        i += 1
+        if le > ls and p[le - 1] == 13:
+            le -= 1
+        if le == ls:
+            break                       # the blank line
+        colon = ls
+        while colon < le and p[colon] != 58:
+            colon += 1
+        if colon == le:
+            return END_PARSE
+        vs = colon + 1
+        while vs < le and (p[vs] == 32 or p[vs] == 9):
+            vs += 1
+        if http_header_is(p + ls, colon - ls, b"content-length", 14):
+            content_length = 0
+            if vs == le:
+                return END_PARSE
+            while vs < le and 48 <= p[vs] <= 57:
+                content_length = content_length * 10 + (p[vs] - 48)
+                if content_length > (<int64_t>1 << 50):
+                    return END_PARSE
+                vs += 1
+        elif http_header_is(p + ls, colon - ls, b"transfer-encoding", 17):
+            chunked = http_value_has(p + vs, le - vs, b"chunked", 7)
+        elif http_header_is(p + ls, colon - ls, b"connection", 10):
+            if http_value_has(p + vs, le - vs, b"close", 5):
+                close_conn = 1
+            elif http_value_has(p + vs, le - vs, b"keep-alive", 10):
+                close_conn = 0
+    c.rsp_status = status
+    c.rsp_close = close_conn
+    if 100 <= status < 200:
+        c.rsp_state = RS_HEAD           # interim response: the real one follows
+        return -1
+    if status == 204 or status == 304:
+        c.rsp_state = RS_BODY
+        c.rsp_remaining = 0
+    elif chunked:
+        c.rsp_state = RS_CHUNK_SIZE
+    elif content_length >= 0:
+        c.rsp_state = RS_BODY
+        c.rsp_remaining = <uint64_t>content_length
+    else:
+        c.rsp_state = RS_UNTIL_CLOSE
+        c.rsp_close = 1
+    return END_CLEAN
+
+
+cdef void hc_complete(bn_http_thread* t, bn_hconn* c, uint64_t now) noexcept nogil:
+    """The response at the head of `c`'s ring is complete: account it."""
+    cdef bn_hreq* r = &c.q[c.q_head]
+    cdef uint64_t latency = now - r.intended_ns if now > r.intended_ns else 0
+    c.q_head = (c.q_head + 1) % t.pipeline
+    c.q_len -= 1
+    t.outstanding -= 1
+    t.blocked = 0
+    bn_count(&t.counters.t_received, 1)
+    hist_record(t.hist_all, latency)
+    if r.measured:
+        bn_count(&t.counters.m_received, 1)
+        hist_record(t.hist, latency)
+        if c.rsp_first_ns >= r.sent_ns:
+            hist_record(t.hist_ttfb, c.rsp_first_ns - r.sent_ns)
+        if 0 <= c.rsp_status < HTTP_STATUS_MAX:
+            bn_count(&t.status[c.rsp_status], 1)
+        if c.rsp_status >= 400:
+            bn_count(&t.counters.m_error_replies, 1)
+        t.last_reply_ns = now
+
+
+cdef int hc_parse(bn_http_thread* t, bn_hconn* c, uint64_t now) noexcept nogil:
+    """Consume what `c` has read.  0, or -1 if the connection was closed."""
+    cdef uint32_t avail
+    cdef const char* p
+    cdef int end
+    cdef int rc
+    cdef uint64_t take
+    cdef uint64_t size
+    cdef uint32_t i
+    cdef int digits
+    while True:
+        avail = c.in_len - c.in_off
+        p = c.inb + c.in_off
+        if c.rsp_state == RS_HEAD:
+            if avail == 0:
+                return 0
+            if c.q_len == 0:
+                hc_close(t, c, END_PARSE, now)      # bytes nobody asked for
+                return -1
+            end = hc_find_head_end(p, avail)
+            if end < 0:
+                if c.in_off == 0 and c.in_len == HTTP_IN_BUF_BYTES:
+                    hc_close(t, c, END_TOO_LARGE, now)
+                    return -1
+                if avail >= 12 and memcmp(p, b"HTTP/1.", 7) != 0:
+                    hc_close(t, c, END_PARSE, now)  # junk: no point waiting for more
+                    return -1
+                return 0
+            rc = hc_parse_head(t, c, p, <uint32_t>end)
+            c.in_off += <uint32_t>end
+            if rc == -1:
+                continue                # 1xx: read the final response
+            if rc != END_CLEAN:
+                hc_close(t, c, rc, now)
+                return -1
+            continue
+        if c.rsp_state == RS_BODY:
+            take = avail if avail < c.rsp_remaining else c.rsp_remaining
+            c.in_off += <uint32_t>take
+            c.rsp_remaining -= take
+            if c.rsp_remaining:
+                return 0
+        elif c.rsp_state == RS_CHUNK_SIZE or c.rsp_state == RS_TRAILER:
+            i = 0
+            while i < avail and p[i] != 10:
+                i += 1
+            if i == avail:
+                if avail > HTTP_CHUNK_LINE_MAX:
+                    hc_close(t, c, END_PARSE, now)
+                    return -1
+                return 0
+            c.in_off += i + 1
+            if c.rsp_state == RS_TRAILER:
+                if i == 0 or (i == 1 and p[0] == 13):
+                    pass                # the empty line: the response is complete
+                else:
+                    continue
+            else:
+                size = 0
+                digits = 0
+                while digits < <int>i and digits < 16:
+                    if 48 <= p[digits] <= 57:
+                        size = (size << 4) | <uint64_t>(p[digits] - 48)
+                    elif 97 <= http_lower(p[digits]) <= 102:
+                        size = (size << 4) | <uint64_t>(http_lower(p[digits]) - 87)
+                    else:
+                        break
+                    digits += 1
+                if digits == 0:
+                    hc_close(t, c, END_PARSE, now)
+                    return -1
+                if size == 0:
+                    c.rsp_state = RS_TRAILER
+                else:
+                    c.rsp_state = RS_CHUNK_DATA
+                    c.rsp_remaining = size + 2      # data + CRLF
+                continue
+        elif c.rsp_state == RS_CHUNK_DATA:
+            take = avail if avail < c.rsp_remaining else c.rsp_remaining
+            c.in_off += <uint32_t>take
+            c.rsp_remaining -= take
+            if c.rsp_remaining:
+                return 0
+            c.rsp_state = RS_CHUNK_SIZE
+            continue
+        else:                           # RS_UNTIL_CLOSE: completed by the EOF
+            c.in_off = c.in_len
+            return 0
+        # A response is complete.
+        hc_complete(t, c, now)
+        c.rsp_state = RS_HEAD
+        # Bytes already read belong to the next response: they arrived now.
+        c.rsp_first_ns = now if c.in_off < c.in_len else 0
+        if c.rsp_close or (c.closing and c.q_len == 0):
+            if not c.closing:
+                bn_count(&t.counters.server_closes, 1)
+            # Requests pipelined past a close are failed (END_CLOSED) if any.
+            hc_close(t, c, END_CLOSED if c.q_len else END_CLEAN, now)
+            return -1
+
+
+cdef int hc_read(bn_http_thread* t, bn_hconn* c) noexcept nogil:
+    """Read and parse what `c` has; 0, or -1 if the connection was closed."""
+    cdef ssize_t n
+    cdef int err
+    cdef int reads = 0
+    cdef uint64_t now
+    while reads < HTTP_READS_PER_EVENT:
+        if c.in_off == c.in_len:
+            c.in_off = 0
+            c.in_len = 0
+        elif c.in_len == HTTP_IN_BUF_BYTES and c.in_off > 0:
+            memmove(c.inb, c.inb + c.in_off, c.in_len - c.in_off)
+            c.in_len -= c.in_off
+            c.in_off = 0
+        n = recv(c.fd, c.inb + c.in_len, HTTP_IN_BUF_BYTES - c.in_len, MSG_DONTWAIT)
+        now = bn_now_ns()
+        if n > 0:
+            if c.rsp_state == RS_HEAD and c.in_off == c.in_len and c.rsp_first_ns == 0:
+                c.rsp_first_ns = now
+            c.in_len += <uint32_t>n
+            bn_count(&t.counters.bytes_in, <uint64_t>n)
+            if hc_parse(t, c, now) < 0:
+                return -1
+            reads += 1
+            if c.in_len < HTTP_IN_BUF_BYTES:
+                return 0                # a short read: the socket is drained
+            continue
+        if n == 0:                      # the server closed
+            if c.rsp_state == RS_UNTIL_CLOSE and c.q_len:
+                hc_complete(t, c, now)
+                bn_count(&t.counters.server_closes, 1)
+                hc_close(t, c, END_CLOSED if c.q_len else END_CLEAN, now)
+            elif c.rsp_state != RS_HEAD or c.in_off < c.in_len:
+                hc_close(t, c, END_CLOSED_MID, now)
+            elif c.q_len:
+                hc_close(t, c, END_CLOSED, now)
+            else:
+                bn_count(&t.counters.server_closes, 1)
+                hc_close(t, c, END_CLEAN, now)
+            return -1
+        err = errno
+        if err == EINTR:
+            bn_count(&t.counters.eintr, 1)
+            continue
+        if err == EAGAIN:
+            return 0
+        if err == ECONNRESET and c.q_len == 0 and c.rsp_state == RS_HEAD:
+            bn_count(&t.counters.server_closes, 1)
+            hc_close(t, c, END_CLEAN, now)
+        else:
+            hc_close(t, c, END_RESET if err == ECONNRESET else END_IO, now)
+        return -1
+    return 0
+
+
+cdef void http_on_event(bn_http_thread* t, bn_hconn* c, uint32_t events, uint64_t now) noexcept nogil:
+    cdef int err = 0
+    cdef socklen_t len_ = sizeof(err)
+    if c.state == HC_CONNECTING:
+        if getsockopt(c.fd, SOL_SOCKET, SO_ERROR, &err, &len_) < 0:
+            err = errno
+        if err == 0 and not (events & (EPOLLERR | EPOLLHUP)):
+            hc_connected(t, c, bn_now_ns())
+        elif err != 0:
+            hc_connect_failed(t, c, err, now)
+        else:
+            hc_connect_failed(t, c, ECONNREFUSED, now)
+        return
+    if c.state != HC_OPEN:
+        return
+    if events & (EPOLLIN | EPOLLERR | EPOLLHUP):
+        if hc_read(t, c) < 0:
+            return
+    if events & EPOLLOUT:
+        hc_flush(t, c, now)
+
+
+cdef void http_scan(bn_http_thread* t, uint64_t now) noexcept nogil:
+    """Every tick: connect timeouts, request timeouts, reconnects."""
+    cdef uint32_t i
+    cdef bn_hconn* c
+    for i in range(t.nconns):
+        c = &t.conns[i]
+        if c.state == HC_CONNECTING:
+            if c.connect_start_ns + t.connect_timeout_ns <= now:
+                hc_connect_failed(t, c, ETIMEDOUT, now)
+        elif c.state == HC_OPEN:
+            if c.q_len and c.q[c.q_head].sent_ns + t.timeout_ns <= now:
+                hc_close(t, c, END_TIMEOUT, now)
+        if c.state == HC_IDLE and t.sending and c.retry_ns <= now:
+            hc_connect(t, c, now)
+            if t.mode == LG_CLOSED:
+                hc_fill(t, c, now)
+
+
+cdef void http_dispatch(bn_http_thread* t, uint64_t now) noexcept nogil:
+    """Open loop: hand every request that is due to a connection with room,
+    round robin.  With none free the rest wait (their latency keeps running)."""
+    cdef uint32_t probes
+    cdef bn_hconn* c
+    while (t.next_send_ns <= now and t.next_send_ns < t.end_ns and not t.blocked
+           and http_quota_left(t)):
+        probes = 0
+        c = NULL
+        while probes < t.nconns:
+            c = &t.conns[t.cursor]
+            t.cursor = (t.cursor + 1) % t.nconns
+            probes += 1
+            if c.state == HC_OPEN and not c.closing and c.q_len < t.pipeline:
+                break
+            c = NULL
+        if c == NULL:
+            t.blocked = 1               # cleared by a response or a new connection
+            return
+        hc_enqueue(t, c, t.next_send_ns, now)
+        t.next_send_ns += http_gap_ns(t)
+        hc_flush(t, c, now)
+
+
+cdef void* http_thread_main(void* arg) noexcept nogil:
+    cdef bn_http_thread* t = <bn_http_thread*>arg
+    cdef uint64_t now
+    cdef uint64_t next_tick
+    cdef uint64_t drain_deadline = 0
+    cdef uint64_t wake
+    cdef uint64_t wait_ns
+    cdef uint64_t unsent
+    cdef int stop
+    cdef int n
+    cdef int i
+    cdef uint32_t j
+    cdef bn_hconn* c
+    if t.cpu >= 0:
+        t.pin_error = bn_pin_self_to_cpu(t.cpu)
+    now = bn_now_ns()
+    t.sending = 1
+    t.measuring = now >= t.measure_ns
+    if t.measuring:
+        t.cpu_start_ns = bn_thread_cpu_ns()
+    # Spread the threads' open-loop schedules over one gap.
+    t.next_send_ns = t.start_ns + <uint64_t>(t.interval_ns * t.index / t.nthreads)
+    for j in range(t.nconns):
+        hc_connect(t, &t.conns[j], now)
+        if t.mode == LG_CLOSED:
+            hc_fill(t, &t.conns[j], now)
+    next_tick = now + HTTP_TICK_NS
+    while True:
+        now = bn_now_ns()
+        if not t.measuring and now >= t.measure_ns:
+            t.measuring = 1
+            t.cpu_start_ns = bn_thread_cpu_ns()
+        stop = bn_load_int(t.stop_flag)
+        if stop == LG_ABORT:
+            break
+        if t.sending and stop == LG_RUN and t.mode != LG_CLOSED:
+            http_dispatch(t, now)
+        if t.sending and (now >= t.end_ns or stop != LG_RUN or not http_quota_left(t)):
+            t.sending = 0
+            t.send_stop_ns = now if now < t.end_ns else t.end_ns
+            if t.mode != LG_CLOSED and stop == LG_RUN and not t.quota and t.interval_ns > 0:
+                # Open loop: requests due in the window that never got a connection.
+                wake = t.next_send_ns if t.next_send_ns > t.measure_ns else t.measure_ns
+                if wake < t.end_ns:
+                    unsent = <uint64_t>((t.end_ns - wake) / t.interval_ns) + 1
+                    bn_count(&t.counters.m_unsent, unsent)
+            drain_deadline = now + t.timeout_ns + HTTP_TICK_NS
+        if not t.sending and (t.outstanding == 0 or now >= drain_deadline):
+            break
+        if now >= next_tick:
+            http_scan(t, now)
+            next_tick = now + HTTP_TICK_NS
+        wake = next_tick
+        if t.sending and t.mode != LG_CLOSED and not t.blocked and t.next_send_ns < wake:
+            wake = t.next_send_ns
+        if t.sending and t.end_ns < wake:
+            wake = t.end_ns
+        now = bn_now_ns()
+        wait_ns = wake - now if wake > now else 0
+        if wait_ns:
+            bn_count(&t.counters.waits, 1)
+        n = bn_epoll_wait_ns(t.epfd, t.events, LG_MAX_EVENTS, wait_ns)
+        if n < 0:
+            if errno == EINTR:
+                bn_count(&t.counters.eintr, 1)
+                continue
+            t.fatal_errno = errno
+            break
+        now = bn_now_ns()
+        for i in range(n):
+            c = &t.conns[t.events[i].data.u32]
+            http_on_event(t, c, t.events[i].events, now)
+            if t.sending:
+                if c.state == HC_IDLE and c.retry_ns <= now:
+                    hc_connect(t, c, now)
+                if t.mode == LG_CLOSED:
+                    hc_fill(t, c, now)
+    now = bn_now_ns()
+    for j in range(t.nconns):
+        c = &t.conns[j]
+        if c.fd >= 0:
+            if c.q_len and bn_load_int(t.stop_flag) != LG_ABORT:
+                hc_close(t, c, END_TIMEOUT, now)    # the drain deadline passed
+            else:
+                hc_close(t, c, END_CLEAN, now)
+    if t.send_stop_ns == 0:
+        t.send_stop_ns = now
+    t.cpu_end_ns = bn_thread_cpu_ns()
+    bn_store_int(&t.finished, 1)
+    return NULL
+
+
+cdef bn_http_thread* http_thread_new(uint32_t nconns, uint32_t pipeline,
+                                     uint32_t out_cap) noexcept nogil:
+    cdef bn_http_thread* t = <bn_http_thread*>calloc(1, sizeof(bn_http_thread))
+    cdef uint32_t i
+    cdef void* mem = NULL
+    if t == NULL:
+        return NULL
+    t.epfd = -1
+    t.nconns = nconns
+    t.pipeline = pipeline
+    t.out_cap = out_cap
+    t.conns = <bn_hconn*>calloc(nconns, sizeof(bn_hconn))
+    t.status = <uint64_t*>calloc(HTTP_STATUS_MAX, sizeof(uint64_t))
+    t.events = <epoll_event*>calloc(LG_MAX_EVENTS, sizeof(epoll_event))
+    if posix_memalign(&mem, BN_CACHE_LINE, 4 * sizeof(bn_hist)) == 0:
+        t.hist = <bn_hist*>mem
+        t.hist_all = t.hist + 1
+        t.hist_ttfb = t.hist + 2
+        t.hist_connect = t.hist + 3
+        for i in range(4):
+            hist_reset(t.hist + i)
+    if t.conns == NULL or t.status == NULL or t.events == NULL or t.hist == NULL:
+        http_thread_free(t)
+        return NULL
+    for i in range(nconns):
+        hc_reset(&t.conns[i])
+        t.conns[i].q = <bn_hreq*>calloc(pipeline, sizeof(bn_hreq))
+        t.conns[i].out = <char*>malloc(out_cap)
+        t.conns[i].inb = <char*>malloc(HTTP_IN_BUF_BYTES)
+        if t.conns[i].q == NULL or t.conns[i].out == NULL or t.conns[i].inb == NULL:
+            http_thread_free(t)
+            return NULL
+    return t
+
+
+cdef void http_thread_free(bn_http_thread* t) noexcept nogil:
+    cdef uint32_t i
+    if t == NULL:
+        return
+    if t.conns != NULL:
+        for i in range(t.nconns):
+            if t.conns[i].fd >= 0:
+                close(t.conns[i].fd)
+            free(t.conns[i].q)
+            free(t.conns[i].out)
+            free(t.conns[i].inb)
+        free(t.conns)
+    if t.epfd >= 0:
+        close(t.epfd)
+    free(t.status)
+    free(t.events)
+    free(t.hist)
+    free(t)
+
+
+cdef class HTTPLoadRun:
+    """Native HTTP/1.1 generator threads over their own connections.
+
+    Low-level: `beastnet.loadgen.run_http_load` resolves the address, builds
+    the requests and turns the counters into a `LoadResult`.  The run owns
+    its sockets (closed by the threads) and no Python object.  One start(),
+    one join().
+    """
+
+    def __cinit__(self, bytes sockaddr not None, int family, list conn_counts not None,
+                  list requests not None, list close_requests not None, alias=None, *,
+                  int mode=LG_CLOSED, unsigned int pipeline=1, unsigned int per_conn=0,
+                  double interval_ns=0.0, uint64_t timeout_ns=200000000,
+                  uint64_t connect_timeout_ns=1000000000, uint64_t warmup_ns=0,
+                  uint64_t duration_ns=1, list quotas=None, list cpus=None,
+                  uint64_t seed=0x9E3779B97F4A7C15):
+        cdef int i
+        cdef uint32_t j
+        cdef int n = len(conn_counts)
+        cdef size_t blob_len = 0
+        cdef size_t off = 0
+        cdef uint32_t longest = 0
+        cdef void* mem = NULL
+        cdef bn_http_thread* t
+        if n < 1:
+            raise ValueError("at least one thread is needed")
+        if len(requests) < 1 or len(requests) != len(close_requests):
+            raise ValueError("one request and one closing request per key")
+        if not 1 <= pipeline <= 4096:
+            raise ValueError(f"pipeline must be 1..4096, got {pipeline}")
+        if len(sockaddr) > ADDR_MAX_BYTES:
+            raise ValueError("sockaddr too long")
+        if mode != LG_CLOSED and interval_ns <= 0:
+            raise ValueError("open loop needs a positive interval")
+        self.nthreads = n
+        self.nkeys = len(requests)
+        for p in requests + close_requests:
+            blob_len += len(<bytes>p)
+            if <uint32_t>len(<bytes>p) > longest:
+                longest = <uint32_t>len(<bytes>p)
+        self.blob = <char*>malloc(blob_len + 1)
+        self.data = <const char**>calloc(2 * self.nkeys, sizeof(char*))
+        self.lens = <uint32_t*>calloc(2 * self.nkeys, sizeof(uint32_t))
+        if self.blob == NULL or self.data == NULL or self.lens == NULL:
+            raise MemoryError()
+        for j, p in enumerate(requests + close_requests):
+            memcpy(self.blob + off, <char*><bytes>p, len(<bytes>p))
+            self.data[j] = self.blob + off
+            self.lens[j] = <uint32_t>len(<bytes>p)
+            off += len(<bytes>p)
+        if alias is not None:
+            prob, index = alias
+            self.alias_prob = <uint32_t*>calloc(self.nkeys, sizeof(uint32_t))
+            self.alias_index = <uint32_t*>calloc(self.nkeys, sizeof(uint32_t))
+            if self.alias_prob == NULL or self.alias_index == NULL:
+                raise MemoryError()
+            for j in range(self.nkeys):
+                self.alias_prob[j] = prob[j]
+                self.alias_index[j] = index[j]
+        if posix_memalign(&mem, BN_CACHE_LINE, sizeof(bn_http_counters) * n) != 0:
+            raise MemoryError()
+        memset(mem, 0, sizeof(bn_http_counters) * n)
+        self.thread_counters = <bn_http_counters*>mem
+        self.tids = <pthread_t*>calloc(n, sizeof(pthread_t))
+        self.threads = <bn_http_thread**>calloc(n, sizeof(bn_http_thread*))
+        if self.tids == NULL or self.threads == NULL:
+            raise MemoryError()
+        self.warmup_ns = warmup_ns
+        self.duration_ns = duration_ns
+        for i in range(n):
+            t = http_thread_new(conn_counts[i], pipeline, pipeline * longest)
+            if t == NULL:
+                raise MemoryError()
+            self.threads[i] = t
+            t.index = i
+            t.nthreads = n
+            t.cpu = -1 if cpus is None else cpus[i]
+            t.mode = mode
+            t.conn_mode = CM_PER_CONN if per_conn else CM_KEEPALIVE
+            t.per_conn = per_conn
+            t.stop_flag = &self.stop_flag
+            t.family = family
+            t.addr_len = <socklen_t>len(sockaddr)
+            memcpy(t.addr, <char*>sockaddr, len(sockaddr))
+            t.timeout_ns = timeout_ns
+            t.connect_timeout_ns = connect_timeout_ns
+            t.interval_ns = interval_ns * n     # each thread sends 1/n of the rate
+            t.quota = 0 if quotas is None else quotas[i]
+            t.rng = (seed + <uint64_t>0x9E3779B97F4A7C15 * <uint64_t>(i + 1)) | 1
+            t.nkeys = self.nkeys
+            t.req_data = self.data
+            t.req_len = self.lens
+            t.close_data = self.data + self.nkeys
+            t.close_len = self.lens + self.nkeys
+            t.alias_prob = self.alias_prob
+            t.alias_index = self.alias_index
+            t.counters = &self.thread_counters[i]
+            t.epfd = epoll_create1(EPOLL_CLOEXEC)
+            if t.epfd < 0:
+                raise_errno("epoll_create1")
+
+    def __dealloc__(self):
+        cdef int i
+        if self.nrunning:
+            bn_store_int(&self.stop_flag, LG_ABORT)
+            self._join()
+        if self.threads != NULL:
+            for i in range(self.nthreads):
+                http_thread_free(self.threads[i])
+            free(self.threads)
+        free(self.tids)
+        free(self.thread_counters)
+        free(self.blob)
+        free(self.data)
+        free(self.lens)
+        free(self.alias_prob)
+        free(self.alias_index)
+
+    def start(self):
+        """Start one native thread per connection group (they never take the GIL)."""
+        cdef int i
+        cdef int started = 0
+        cdef int rc = 0
+        cdef uint64_t now
+        if self.nrunning or self.stopped:
+            raise RuntimeError("an HTTPLoadRun starts once")
+        now = bn_now_ns()
+        self.start_ns = now
+        for i in range(self.nthreads):
+            self.threads[i].start_ns = now
+            self.threads[i].measure_ns = now + self.warmup_ns
+            self.threads[i].end_ns = now + self.warmup_ns + self.duration_ns
+        with nogil:
+            for i in range(self.nthreads):
+                rc = pthread_create(&self.tids[i], NULL, http_thread_main, self.threads[i])
+                if rc != 0:
+                    break
+                started += 1
+        self.nrunning = started
+        if rc != 0:
+            bn_store_int(&self.stop_flag, LG_ABORT)
+            self._join()
+            raise OSError(rc, f"pthread_create: {os.strerror(rc)}")
+
+    cdef void _join(self) noexcept:
+        cdef int i
+        cdef int n = self.nrunning
+        with nogil:
+            for i in range(n):
+                pthread_join(self.tids[i], NULL)
+        self.nrunning = 0
+        self.stopped = 1
+
+    def stop(self, bint abort=False):
+        """Stop starting requests and settle those in flight; `abort` leaves at once."""
+        bn_store_int(&self.stop_flag, LG_ABORT if abort else LG_STOP)
+
+    def finished(self):
+        """True once every thread has left its loop."""
+        cdef int i
+        for i in range(self.nrunning):
+            if not bn_load_int(&self.threads[i].finished):
+                return False
+        return True
+
+    def join(self):
+        """Wait for every thread (GIL released).  Idempotent."""
+        if self.nrunning:
+            self._join()
+        self.stopped = 1
+
+    def counters(self):
+        """The threads' counters summed (relaxed loads, safe while running)."""
+        cdef int i
+        cdef size_t k
+        cdef size_t nwords = sizeof(bn_http_counters) // sizeof(uint64_t)
+        cdef uint64_t sums[40]
+        cdef const uint64_t* src
+        cdef bn_http_counters total
+        memset(sums, 0, sizeof(sums))
+        for i in range(self.nthreads):
+            src = <const uint64_t*>&self.thread_counters[i]
+            for k in range(nwords):
+                sums[k] += bn_load_u64_relaxed(&src[k])
+        memcpy(&total, sums, sizeof(bn_http_counters))
+        return total
+
+    def histogram(self, int which=0):
+        """Merged histogram: 0 latency (measured), 1 latency (all, for the
+        timeline), 2 time to first byte, 3 connect time.  Same tuple as
+        UDPLoadRun.histogram()."""
+        cdef int i
+        cdef uint64_t extra[4]
+        cdef bytes out = PyBytes_FromStringAndSize(NULL, HIST_BUCKETS * sizeof(uint64_t))
+        cdef uint64_t* counts = <uint64_t*><char*>out
+        if not 0 <= which <= 3:
+            raise ValueError("which must be 0..3")
+        memset(counts, 0, HIST_BUCKETS * sizeof(uint64_t))
+        extra[0] = 0
+        extra[1] = 0
+        extra[2] = 0xFFFFFFFFFFFFFFFF
+        extra[3] = 0
+        for i in range(self.nthreads):
+            hist_add_snapshot(self.threads[i].hist + which, counts, extra)
+        return out, extra[0], extra[1], extra[2] if extra[0] else 0, extra[3]
+
+    def status_codes(self):
+        """{status: count} of measured responses."""
+        cdef int i, s
+        cdef uint64_t v
+        out = {}
+        for s in range(HTTP_STATUS_MAX):
+            v = 0
+            for i in range(self.nthreads):
+                v += bn_load_u64_relaxed(&self.threads[i].status[s])
+            if v:
+                out[s] = v
+        return out
+
+    def thread_info(self):
+        """Per thread after the join (see UDPLoadRun.thread_info)."""
+        cdef int i
+        cdef bn_http_thread* t
+        out = []
+        for i in range(self.nthreads):
+            t = self.threads[i]
+            out.append({
+                "pin_error": t.pin_error,
+                "fatal_errno": t.fatal_errno,
+                "cpu_ns": t.cpu_end_ns - t.cpu_start_ns if t.cpu_end_ns > t.cpu_start_ns else 0,
+                "send_stop_ns": t.send_stop_ns - self.start_ns if t.send_stop_ns else 0,
+                "last_reply_ns": t.last_reply_ns - self.start_ns if t.last_reply_ns else 0,
+                "connections": t.nconns,
+            })
+        return out

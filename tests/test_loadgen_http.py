@@ -1,0 +1,278 @@
+"""The HTTP load generator against stock and scripted HTTP/1.x servers."""
+from __future__ import annotations
+
+import os
+import resource
+import socket
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import orjson
+import pytest
+
+from beastnet.errors import LoadConfigError, LoadError
+from beastnet.loadgen import HTTPLoadConfig, http_level_config, run_http_load
+
+from _loadgen_servers import ScriptedTCPServer, precise_sleep, read_requests
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def cfg(port: int, **kw) -> HTTPLoadConfig:
+    base = dict(host="127.0.0.1", port=port, keys=["BTC"], connections=4, threads=1,
+                duration_s=1.0, warmup_s=0.2, timeout_ms=500)
+    base.update(kw)
+    return HTTPLoadConfig(**base)
+
+
+def assert_settled(r) -> None:
+    assert r.sent == r.received + r.lost + r.failed, r.to_dict(histogram=False)
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True          # one write per response: no delayed-ACK stalls
+    chunked = False
+
+    def do_GET(self):
+        known = self.path in ("/v1/BTC", "/v1/ETH")
+        body = b'{"price":1}' if known else b'{"error":"not_found"}'
+        if self.chunked:
+            data = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                    + b"4\r\n" + body[:4] + b"\r\n" + b"%x\r\n" % (len(body) - 4) + body[4:]
+                    + b"\r\n0\r\n\r\n")
+            self.wfile.write(data)
+            return
+        self.send_response(200 if known else 404)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def http11():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.request_queue_size = 128
+    server.daemon_threads = True
+    t = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    t.start()
+    yield server.server_address[1]
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def stock_http_server(tmp_path):
+    """`python -m http.server`, as anyone would run it (HTTP/1.0, closes each connection)."""
+    (tmp_path / "v1").mkdir()
+    (tmp_path / "v1" / "BTC").write_bytes(b'{"price":1}')
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    proc = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1",
+                             "--directory", str(tmp_path)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(5)
+
+
+def test_against_stock_python_http_server(stock_http_server):
+    r = run_http_load(cfg(stock_http_server, keys=["BTC", "NOPE"], duration_s=1.0,
+                          connect_timeout_ms=3000))
+    assert_settled(r)
+    assert r.received > 50
+    assert r.status_codes.get(200, 0) > 0 and r.status_codes.get(404, 0) > 0
+    assert r.error_replies == r.status_codes.get(404, 0)
+    # HTTP/1.0 server: every response closes its connection, so nothing is reused.
+    assert r.extra["reuse_rate"] < 0.05 and r.extra["server_closes"] > 0
+    assert r.failed == 0
+    orjson.dumps(r.to_dict())
+
+
+def test_keepalive_reuses_connections(http11):
+    r = run_http_load(cfg(http11, keys=["BTC", "ETH"]))
+    assert_settled(r)
+    assert r.received > 100 and r.failed == 0 and r.lost == 0
+    assert r.extra["reuse_rate"] > 0.95 and r.extra["reconnects"] == 0
+    assert r.status_codes == {200: r.received}
+    assert r.extra["ttfb_ms"]["count"] == r.received
+    assert r.extra["ttfb_ms"]["p50"] <= r.latency_ns["p50"] / 1e6 + 1e-6
+
+
+def test_pipelining_keeps_order(http11):
+    r = run_http_load(cfg(http11, keys=["BTC", "NOPE"], pipeline=8, connections=2))
+    assert_settled(r)
+    assert r.received > 100 and r.failed == 0
+    assert r.status_codes[404] == r.error_replies
+
+
+def test_new_connection_per_request_exposes_connect_cost(http11):
+    r = run_http_load(cfg(http11, conn_mode="close", duration_s=1.0))
+    assert_settled(r)
+    assert r.received > 20 and r.failed == 0
+    assert r.extra["reuse_rate"] == 0.0
+    assert r.extra["connect_ms"]["count"] >= r.received
+    # The latency of a request includes its connect.
+    assert r.latency_ns["p50"] / 1e6 >= r.extra["connect_ms"]["p50"]
+
+
+def test_n_requests_per_connection(http11):
+    r = run_http_load(cfg(http11, conn_mode=5))
+    assert_settled(r)
+    assert r.failed == 0
+    assert r.extra["reuse_rate"] == pytest.approx(0.8, abs=0.03)
+
+
+def test_chunked_responses(http11):
+    Handler.chunked = True
+    try:
+        r = run_http_load(cfg(http11, duration_s=0.5))
+    finally:
+        Handler.chunked = False
+    assert_settled(r)
+    assert r.received > 20 and r.failed == 0 and r.errors == 0
+
+
+def test_open_loop_http_holds_the_rate(http11):
+    r = run_http_load(cfg(http11, rate=500, connections=8, duration_s=1.0))
+    assert_settled(r)
+    assert r.sent == pytest.approx(500, rel=0.05)
+    assert r.received == r.sent
+
+
+def test_delay_of_2ms_shows_as_p50_of_2ms():
+    body = b'{"v":1}'
+
+    def handle(conn):
+        for _ in read_requests(conn):
+            precise_sleep(0.002)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+    with ScriptedTCPServer(handle) as server:
+        r = run_http_load(cfg(server.port, connections=1, duration_s=1.0))
+    assert_settled(r)
+    assert r.received > 100
+    assert r.percentile(50) == pytest.approx(2e6, rel=0.10)
+
+
+def test_server_closing_mid_response_counts_failures():
+    def handle(conn):
+        for _ in read_requests(conn):
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part")
+            return
+    with ScriptedTCPServer(handle) as server:
+        r = run_http_load(cfg(server.port, duration_s=0.5, warmup_s=0))
+    assert_settled(r)
+    assert r.received == 0 and r.failed == r.sent > 0
+    assert r.errors_by_kind.get("closed_mid_response", 0) > 0
+
+
+def test_server_closing_before_answering_counts_failures():
+    def handle(conn):
+        for _ in read_requests(conn):
+            return
+    with ScriptedTCPServer(handle) as server:
+        r = run_http_load(cfg(server.port, duration_s=0.5, warmup_s=0))
+    assert_settled(r)
+    assert r.received == 0 and r.failed == r.sent > 0
+    assert r.errors_by_kind.get("closed", 0) + r.errors_by_kind.get("reset", 0) > 0
+
+
+def test_junk_replies_are_parse_errors():
+    def handle(conn):
+        for _ in read_requests(conn):
+            conn.sendall(b"SSH-2.0-OpenSSH_9.0 not http at all\r\n\r\n")
+    with ScriptedTCPServer(handle) as server:
+        r = run_http_load(cfg(server.port, duration_s=0.5, warmup_s=0))
+    assert_settled(r)
+    assert r.received == 0 and r.errors_by_kind.get("parse", 0) > 0
+
+
+def test_silent_server_times_out_and_the_run_ends():
+    def handle(conn):
+        for _ in read_requests(conn):
+            pass
+    with ScriptedTCPServer(handle) as server:
+        t0 = time.monotonic()
+        r = run_http_load(cfg(server.port, duration_s=0.5, warmup_s=0, timeout_ms=100))
+        elapsed = time.monotonic() - t0
+    assert_settled(r)
+    assert r.received == 0 and r.lost == r.sent > 0
+    assert elapsed < 3.0
+
+
+def test_connection_refused_is_counted_not_a_crash():
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    t0 = time.monotonic()
+    r = run_http_load(cfg(port, duration_s=0.5, warmup_s=0))
+    assert time.monotonic() - t0 < 3.0
+    assert r.sent == 0 and r.received == 0
+    assert r.errors_by_kind.get("connect_refused", 0) > 0
+    assert r.success_rate == 0.0
+
+
+def test_more_connections_than_the_fd_limit_is_a_clear_error():
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > 1 << 20:
+        pytest.skip("no finite hard limit")
+    with pytest.raises(LoadError, match="RLIMIT_NOFILE"):
+        run_http_load(cfg(9, connections=hard + 1))
+
+
+@pytest.mark.parametrize("field,value", [
+    ("duration_s", 0), ("duration_s", -3), ("max_requests", 0), ("connections", 0),
+    ("pipeline", 0), ("conn_mode", "sometimes"), ("conn_mode", 0), ("path_prefix", "v1"),
+    ("headers", ["no colon"]), ("rate", -1),
+])
+def test_bad_settings_are_clear_errors(field, value):
+    c = cfg(9)
+    setattr(c, field, value)
+    with pytest.raises(LoadConfigError):
+        run_http_load(c)
+
+
+def test_level_config():
+    c = http_level_config(HTTPLoadConfig(connections=64), 1000, 300)
+    assert c.connections * c.pipeline == 300 and c.connections <= 64
+    c = http_level_config(HTTPLoadConfig(conn_mode="close"), 1000, 300)
+    assert (c.connections, c.pipeline) == (300, 1)
+
+
+def test_max_requests(http11):
+    r = run_http_load(cfg(http11, max_requests=300, warmup_s=0, duration_s=10, pipeline=2))
+    assert r.sent == 300 and r.received == 300
+
+
+def test_no_fd_leak(http11):
+    before = len(os.listdir("/proc/self/fd"))
+    run_http_load(cfg(http11, connections=8, duration_s=0.3, warmup_s=0))
+    time.sleep(0.1)
+    assert len(os.listdir("/proc/self/fd")) <= before
+
+
+def test_cli_http(http11, capsys):
+    from beastnet.cli import main
+    code = main(["load", f"http://127.0.0.1:{http11}/v1/", "-k", "BTC", "-d", "0.5",
+                 "--warmup", "0.1", "-c", "4", "-t", "1"])
+    out = capsys.readouterr().out
+    assert code == 0 and "http closed load" in out and "ttfb_ms" in out
