@@ -87,7 +87,9 @@ def leak_check(request):
     assert not extra and not gone, f"fds leaked {extra} / closed {gone}"
     assert threading.active_count() == threads_before, (
         f"Python threads before {names_before}, after {thread_names()}")
-    assert native_thread_count() == native_before, "native threads left running"
+    # <=: a thread joined by Python may still be leaving the kernel when the
+    # baseline is taken, so the count can drop; it must never grow.
+    assert native_thread_count() <= native_before, "native threads left running"
 
 
 def pytest_configure(config):

@@ -10,6 +10,8 @@ import threading
 import time
 from typing import Callable, Iterable, Optional, TypeVar
 
+from hypothesis import strategies as st
+
 BAD_REQUEST = b'{"error":"bad_request"}'
 NOT_FOUND = b'{"error":"not_found"}'
 BUSY = b'{"error":"busy"}'
@@ -72,6 +74,30 @@ def expected_reply(datagram: bytes, lookup: Callable[[bytes], Optional[bytes]],
     assert key is not None
     body = lookup(key)
     return tag + (body if body is not None else miss_body)
+
+
+# -- hypothesis strategies ------------------------------------------------------
+
+# Datagrams built from grammar pieces, so valid and near-valid requests are common.
+_tag = st.binary(min_size=0, max_size=18).map(lambda b: bytes(PRINTABLE[x % len(PRINTABLE)] for x in b))
+# keys the test tables hold (k, k0..k9, BTC-USD) or random ones
+_key = (st.sampled_from([b"k", b"k0", b"k1", b"k5", b"k9", b"BTC-USD"])
+        | st.binary(min_size=0, max_size=66).map(
+            lambda b: bytes(KEY_CHARS[x % len(KEY_CHARS)] for x in b)))
+_apikey = st.binary(min_size=0, max_size=66).map(lambda b: bytes(PRINTABLE[x % len(PRINTABLE)] for x in b))
+_noise = st.binary(max_size=3)
+GRAMMARISH = st.builds(
+    lambda use_tag, tag, sep1, key, use_api, sep2, api, end, noise, pos: _splice(
+        (b"@" + tag + sep1 if use_tag else b"") + key + (sep2 + api if use_api else b"") + end,
+        noise, pos),
+    st.booleans(), _tag, st.sampled_from([b" ", b"", b"  ", b"\t"]), _key, st.booleans(),
+    st.sampled_from([b" ", b"", b"  "]), _apikey,
+    st.sampled_from([b"", b"\n", b"\r\n", b"\r", b" ", b"\n\n"]), _noise, st.integers(0, 200))
+
+
+def _splice(data: bytes, noise: bytes, pos: int) -> bytes:
+    pos = pos % (len(data) + 1)
+    return data[:pos] + noise + data[pos:] if pos % 3 == 0 else data
 
 
 # -- client -----------------------------------------------------------------------

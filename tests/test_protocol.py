@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from beastnet import ResponseTable
 from beastnet._core import parse_request
 from conftest import needs_ipv6
-from support import BAD_REQUEST, KEY_CHARS, NOT_FOUND, PRINTABLE, reference_parse
+from support import BAD_REQUEST, GRAMMARISH, NOT_FOUND, reference_parse
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -125,25 +125,6 @@ def test_parse_request_type_errors():
         parse_request("k")          # type: ignore[arg-type]
     with pytest.raises(TypeError):
         parse_request(None)         # type: ignore[arg-type]
-
-
-# Datagrams built from grammar pieces, so valid and near-valid requests are common.
-_tag = st.binary(min_size=0, max_size=18).map(lambda b: bytes(PRINTABLE[x % len(PRINTABLE)] for x in b))
-_key = st.binary(min_size=0, max_size=66).map(lambda b: bytes(KEY_CHARS[x % len(KEY_CHARS)] for x in b))
-_apikey = st.binary(min_size=0, max_size=66).map(lambda b: bytes(PRINTABLE[x % len(PRINTABLE)] for x in b))
-_noise = st.binary(max_size=3)
-GRAMMARISH = st.builds(
-    lambda use_tag, tag, sep1, key, use_api, sep2, api, end, noise, pos: _splice(
-        (b"@" + tag + sep1 if use_tag else b"") + key + (sep2 + api if use_api else b"") + end,
-        noise, pos),
-    st.booleans(), _tag, st.sampled_from([b" ", b"", b"  ", b"\t"]), _key, st.booleans(),
-    st.sampled_from([b" ", b"", b"  "]), _apikey,
-    st.sampled_from([b"", b"\n", b"\r\n", b"\r", b" ", b"\n\n"]), _noise, st.integers(0, 200))
-
-
-def _splice(data: bytes, noise: bytes, pos: int) -> bytes:
-    pos = pos % (len(data) + 1)
-    return data[:pos] + noise + data[pos:] if pos % 3 == 0 else data
 
 
 @given(GRAMMARISH | st.binary(max_size=200))
