@@ -222,7 +222,13 @@ def counter_invariants(totals: dict) -> list[str]:
 
 def settled_stats(server, sent: int, timeout: float = 5.0) -> dict:
     """Wait until the server has accounted for `sent` datagrams (received or
-    dropped by the kernel) and every queued miss is answered; return stats()."""
+    dropped by the kernel), every queued miss is answered, and the counters are
+    at rest; return stats().
+
+    A reader bumps its counters one by one after it has sent the batch's
+    replies, so a client can hold a reply before the counters show it, and one
+    snapshot may catch a batch half-counted: wait for a snapshot that satisfies
+    the invariants and equals the next one."""
     def ready():
         s = server.stats()
         t = s["totals"]
@@ -232,8 +238,20 @@ def settled_stats(server, sent: int, timeout: float = 5.0) -> dict:
                                      or t["miss_replies"] + t["miss_send_errors"]
                                      < t["handler_calls"]):
             return None
-        return s
+        if counter_invariants(t):
+            return None
+        again = server.stats()
+        return s if again["totals"] == t else None
     return wait_for(ready, timeout, message=f"server to account for {sent} datagrams")
+
+
+def quiet_native_thread_count(timeout: float = 2.0) -> int:
+    """The native thread count once no thread is half-gone: a thread joined
+    from Python may linger in /proc for a moment, so wait until every native
+    thread is a live Python thread (readers are native-only)."""
+    wait_for(lambda: native_thread_count() == threading.active_count(), timeout,
+             message="exiting native threads to leave")
+    return native_thread_count()
 
 
 def chunks(items: Iterable[T], size: int) -> Iterable[list[T]]:

@@ -14,7 +14,8 @@ import uvloop
 from beastnet import Answer, MissRequest, ResponseTable, ServerError, UDPServer
 from conftest import SMALL_KEYS
 from support import (BAD_REQUEST, BUSY, INTERNAL_ERROR, NOT_FOUND, UDPClient, counter_invariants,
-                     native_thread_count, open_fds, settled_stats, wait_for)
+                     native_thread_count, open_fds, quiet_native_thread_count, settled_stats,
+                     wait_for)
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -43,7 +44,7 @@ def port_is_free(address) -> bool:
 # -- lifecycle -------------------------------------------------------------------
 
 def test_context_manager_serves_then_releases_everything(small_table):
-    fds0, threads0 = len(open_fds()), native_thread_count()
+    fds0, threads0 = len(open_fds()), quiet_native_thread_count()
     with UDPServer(small_table, sockets=2) as srv:
         assert srv.address[0] == "127.0.0.1" and srv.address[1] > 0
         assert native_thread_count() == threads0 + 2        # one native reader per socket
@@ -52,7 +53,7 @@ def test_context_manager_serves_then_releases_everything(small_table):
             assert c.request(b"k3") == SMALL_KEYS["k3"]
         address = srv.address
         assert not port_is_free(address)
-    assert native_thread_count() == threads0               # readers joined
+    assert quiet_native_thread_count() == threads0         # readers joined
     assert len(open_fds()) == fds0                         # sockets and eventfds closed
     assert port_is_free(address)
 
@@ -183,11 +184,12 @@ def test_stop_with_queued_misses_calls_no_handler_regression(small_table):
         with UDPClient(srv.address) as c:
             for i in range(6):
                 c.send(b"m%d" % i)
-            wait_for(lambda: srv.stats()["totals"]["queued"] == 6, message="6 queued")
+            wait_for(lambda: srv.stats()["totals"]["queued"] == 6 and calls, message="6 queued")
             assert calls == ["m0"]
             srv.stop()
     finally:
         release.set()
+        srv.stop()
     assert calls == ["m0"]
 
 
@@ -498,6 +500,8 @@ def test_full_queue_answers_busy_and_counts_drops(make_server, make_client, smal
         c.send(b"@%d m%d" % (i, i))           # 2 fit the queue, 3 are refused
     busy = sorted(c.recv_many(3))
     assert busy == [b"@3 " + BUSY, b"@4 " + BUSY, b"@5 " + BUSY]
+    # counters are bumped just after the replies go out: poll for them
+    wait_for(lambda: srv.stats()["totals"]["queue_drops"] == 3, message="drops counted")
     t = srv.stats()["totals"]
     assert (t["queue_drops"], t["queued"], t["handler_calls"]) == (3, 3, 1)
     assert c.request(b"k1") == SMALL_KEYS["k1"]      # hits unaffected by the full queue
