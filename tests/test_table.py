@@ -416,6 +416,31 @@ def test_native_lookup_concurrent_with_writers():
     assert t.memory_stats()["retired_objects"] == 0
 
 
+def test_online_native_reader_holds_reclamation():
+    """While a native reader is inside one long batch (QSBR-online, no
+    quiescent point yet), entries retired by writers must not be freed; once
+    it passes its quiescent point, reclaim() frees them all."""
+    long_key = b"o" * 64                     # 64-byte keys: each probe hashes 64 bytes
+    t = ResponseTable({"hot": b"v0", long_key: b"o"})
+    probe = [long_key] * 500_000             # one round: a batch of tens of ms, no quiescent point
+    i = 0
+    for attempt in range(5):                 # a loaded box may not run the writer in the window
+        th = threading.Thread(target=lambda: lookup_many(t, probe, 1))
+        th.start()
+        held = []
+        while th.is_alive():
+            i += 1
+            t["hot"] = b"v%d" % i            # retires the previous entry
+            held.append(t.memory_stats()["retired_objects"])
+        th.join(10)
+        t.reclaim()                          # the reader has left: everything goes
+        assert t.memory_stats()["retired_objects"] == 0
+        if max(held, default=0) > 0:
+            break
+    assert max(held) > 0, "no write was ever held back by the online reader"
+    assert t["hot"] == b"v%d" % i
+
+
 # -- concurrent Python writers ----------------------------------------------------
 
 def test_concurrent_python_writers():
