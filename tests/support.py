@@ -8,7 +8,7 @@ import re
 import socket
 import threading
 import time
-from typing import Callable, Iterable, Optional, TypeVar
+from typing import Callable, Optional, TypeVar
 
 from hypothesis import strategies as st
 
@@ -252,14 +252,3 @@ def quiet_native_thread_count(timeout: float = 2.0) -> int:
     wait_for(lambda: native_thread_count() == threading.active_count(), timeout,
              message="exiting native threads to leave")
     return native_thread_count()
-
-
-def chunks(items: Iterable[T], size: int) -> Iterable[list[T]]:
-    batch: list[T] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 import beastnet
-from beastnet import Entry, InvalidKeyError, ResponseTable, UDPServer
+from beastnet import Entry, InvalidKeyError, ResponseTable
 from beastnet._core import lookup_many
 from support import UDPClient, wait_for
 
