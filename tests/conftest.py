@@ -1,0 +1,168 @@
+"""Shared fixtures: hypothesis profiles, live servers on loopback, a UDP client,
+and a leak check run around every test (fds and threads back to where they were).
+
+Hypothesis profile: BEASTNET_HYPOTHESIS_PROFILE=ci (default) | dev | thorough.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+from beastnet import ResponseTable, UDPServer
+from support import UDPClient, native_thread_count, open_fds, thread_names
+
+# -- hypothesis profiles ----------------------------------------------------------
+
+_SLOW_OK = [HealthCheck.too_slow, HealthCheck.data_too_large]
+settings.register_profile("ci", max_examples=40, deadline=None, database=None,
+                          suppress_health_check=_SLOW_OK, print_blob=True)
+settings.register_profile("dev", max_examples=150, deadline=None,
+                          suppress_health_check=_SLOW_OK)
+settings.register_profile("thorough", max_examples=2000, deadline=None,
+                          suppress_health_check=_SLOW_OK)
+settings.load_profile(os.environ.get("BEASTNET_HYPOTHESIS_PROFILE", "ci"))
+
+
+def ipv6_loopback_available() -> bool:
+    if not socket.has_ipv6:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+HAS_IPV6 = ipv6_loopback_available()
+needs_ipv6 = pytest.mark.skipif(not HAS_IPV6, reason="no IPv6 loopback (::1) here")
+
+# -- leak check ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _warm_process():
+    """Create the process-wide resources a first server makes once and keeps
+    (libuv's signal pipe, resolver state), so the per-test leak check only sees
+    what a test itself leaves behind."""
+    async def handler(req):
+        return None
+    table = ResponseTable({"warm": b"1"})
+    for host in ["127.0.0.1"] + (["::1"] if HAS_IPV6 else []):
+        with UDPServer(table, host, sockets=1, handler=handler) as srv:
+            with UDPClient(srv.address) as c:
+                assert c.request(b"warm") == b"1"
+                assert c.request(b"cold") == b'{"error":"not_found"}'
+
+
+@pytest.fixture(autouse=True)
+def leak_check(request):
+    """Every test must give back the fds and threads (Python and native) it
+    opened.  Teardown of other fixtures runs first (this one is set up first);
+    stragglers get a short grace period, as a joined thread may take a moment
+    to leave /proc."""
+    fds_before = open_fds()
+    threads_before = threading.active_count()
+    names_before = thread_names()
+    native_before = native_thread_count()
+    yield
+    if request.node.get_closest_marker("no_leak_check"):
+        return
+    deadline = time.monotonic() + 2.0
+    while True:
+        fds_after = open_fds()
+        ok = (fds_after.keys() == fds_before.keys()
+              and threading.active_count() == threads_before
+              and native_thread_count() == native_before)
+        if ok or time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
+    extra = {fd: target for fd, target in fds_after.items() if fd not in fds_before}
+    gone = {fd: target for fd, target in fds_before.items() if fd not in fds_after}
+    assert not extra and not gone, f"fds leaked {extra} / closed {gone}"
+    assert threading.active_count() == threads_before, (
+        f"Python threads before {names_before}, after {thread_names()}")
+    # <=: a thread joined by Python may still be leaving the kernel when the
+    # baseline is taken, so the count can drop; it must never grow.
+    assert native_thread_count() <= native_before, "native threads left running"
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "no_leak_check: skip the fd/thread leak check")
+
+
+# -- tables, servers, clients ------------------------------------------------------
+
+def small_body(key: str, n: int) -> bytes:
+    return b'{"key":"%s","n":%d}' % (key.encode(), n)
+
+
+SMALL_KEYS = {f"k{i}": small_body(f"k{i}", i) for i in range(10)}
+
+
+@pytest.fixture
+def small_table() -> ResponseTable:
+    """Ten keys k0..k9 with bodies {"key":"kN","n":N}."""
+    return ResponseTable(SMALL_KEYS)
+
+
+@pytest.fixture
+def make_server():
+    """Factory: make_server(table, **UDPServer kwargs) -> a started server on
+    127.0.0.1 port 0 (host= overrides), stopped at teardown."""
+    servers: list[UDPServer] = []
+
+    def factory(table: ResponseTable, host: str = "127.0.0.1", **kwargs) -> UDPServer:
+        kwargs.setdefault("sockets", 2)
+        srv = UDPServer(table, host, 0, **kwargs)
+        servers.append(srv)
+        return srv.start()
+
+    yield factory
+    for srv in servers:
+        srv.stop()
+
+
+@pytest.fixture
+def server(make_server, small_table) -> UDPServer:
+    """A running server (2 sockets, no handler) over `small_table`."""
+    return make_server(small_table)
+
+
+@pytest.fixture
+def make_client():
+    """Factory: make_client(address, timeout=2.0) -> UDPClient, closed at teardown."""
+    clients: list[UDPClient] = []
+
+    def factory(address: tuple, timeout: float = 2.0) -> UDPClient:
+        c = UDPClient(address, timeout)
+        clients.append(c)
+        return c
+
+    yield factory
+    for c in clients:
+        c.close()
+
+
+@pytest.fixture
+def client(server, make_client) -> UDPClient:
+    return make_client(server.address)
+
+
+def pytest_addoption(parser):
+    parser.addoption("--run-slow", action="store_true", default=False,
+                     help="also run tests marked slow (or select them with -m slow)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--run-slow") or "slow" in (config.getoption("-m") or ""):
+        return
+    skip = pytest.mark.skip(reason="slow: use --run-slow or -m slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)

@@ -1,0 +1,254 @@
+"""Helpers shared by the test modules: a small UDP client, a pure-Python
+reference of the request grammar (DESIGN.md §2), the fixed error bodies and
+polling with a deadline."""
+from __future__ import annotations
+
+import os
+import re
+import socket
+import threading
+import time
+from typing import Callable, Optional, TypeVar
+
+from hypothesis import strategies as st
+
+BAD_REQUEST = b'{"error":"bad_request"}'
+NOT_FOUND = b'{"error":"not_found"}'
+BUSY = b'{"error":"busy"}'
+INTERNAL_ERROR = b'{"error":"internal_error"}'
+ERROR_BODIES = (BAD_REQUEST, NOT_FOUND, BUSY, INTERNAL_ERROR)
+
+KEY_CHARS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:/-"
+KEY_RE = re.compile(rb"\A[A-Za-z0-9._:/-]{1,64}\Z")
+PRINTABLE = bytes(range(0x21, 0x7F))        # printable, not space
+
+T = TypeVar("T")
+
+
+# -- reference parser -----------------------------------------------------------
+
+def reference_parse(datagram: bytes) -> tuple[str, bytes, Optional[bytes], Optional[bytes]]:
+    """The grammar of DESIGN.md §2 written plainly, independent of the C parser.
+
+    Returns (status, tag_prefix, key, apikey) like beastnet._core.parse_request:
+    status "ok", "bad" or "empty"; tag_prefix is "@TAG " when the tag parsed
+    (also on a bad request whose error lies after the tag), else b"".
+    """
+    data = datagram
+    if data.endswith(b"\r\n"):
+        data = data[:-2]
+    elif data.endswith(b"\n"):
+        data = data[:-1]
+    if not data:
+        return ("empty", b"", None, None)
+    tag = b""
+    rest = data
+    if data.startswith(b"@"):
+        # The tag runs up to the first non-printable byte, which must be a
+        # space; "@" alone, 17+ bytes or no space after it are bad.
+        run = re.match(rb"@([\x21-\x7e]*)", data).group(1)  # type: ignore[union-attr]
+        if not run or len(run) > 16 or len(data) <= 1 + len(run) or data[1 + len(run)] != 0x20:
+            return ("bad", b"", None, None)
+        tag = data[: len(run) + 2]
+        rest = data[len(run) + 2:]
+    parts = rest.split(b" ", 1)
+    key = parts[0]
+    if not KEY_RE.match(key):
+        return ("bad", tag, None, None)
+    if len(parts) == 1:
+        return ("ok", tag, key, None)
+    apikey = parts[1]
+    if not re.match(rb"\A[\x21-\x7e]{1,64}\Z", apikey):
+        return ("bad", tag, None, None)
+    return ("ok", tag, key, apikey)
+
+
+def expected_reply(datagram: bytes, lookup: Callable[[bytes], Optional[bytes]],
+                   max_datagram: int = 512, miss_body: bytes = NOT_FOUND) -> bytes:
+    """The exact reply a server with table lookup `lookup` owes `datagram`."""
+    if len(datagram) > max_datagram:
+        return BAD_REQUEST                  # MSG_TRUNC: not parsed, no tag echoed
+    status, tag, key, _ = reference_parse(datagram)
+    if status != "ok":
+        return tag + BAD_REQUEST
+    assert key is not None
+    body = lookup(key)
+    return tag + (body if body is not None else miss_body)
+
+
+# -- hypothesis strategies ------------------------------------------------------
+
+# Datagrams built from grammar pieces, so valid and near-valid requests are common.
+_tag = st.binary(min_size=0, max_size=18).map(lambda b: bytes(PRINTABLE[x % len(PRINTABLE)] for x in b))
+# keys the test tables hold (k, k0..k9, BTC-USD) or random ones
+_key = (st.sampled_from([b"k", b"k0", b"k1", b"k5", b"k9", b"BTC-USD"])
+        | st.binary(min_size=0, max_size=66).map(
+            lambda b: bytes(KEY_CHARS[x % len(KEY_CHARS)] for x in b)))
+_apikey = st.binary(min_size=0, max_size=66).map(lambda b: bytes(PRINTABLE[x % len(PRINTABLE)] for x in b))
+_noise = st.binary(max_size=3)
+GRAMMARISH = st.builds(
+    lambda use_tag, tag, sep1, key, use_api, sep2, api, end, noise, pos: _splice(
+        (b"@" + tag + sep1 if use_tag else b"") + key + (sep2 + api if use_api else b"") + end,
+        noise, pos),
+    st.booleans(), _tag, st.sampled_from([b" ", b"", b"  ", b"\t"]), _key, st.booleans(),
+    st.sampled_from([b" ", b"", b"  "]), _apikey,
+    st.sampled_from([b"", b"\n", b"\r\n", b"\r", b" ", b"\n\n"]), _noise, st.integers(0, 200))
+
+
+def _splice(data: bytes, noise: bytes, pos: int) -> bytes:
+    pos = pos % (len(data) + 1)
+    return data[:pos] + noise + data[pos:] if pos % 3 == 0 else data
+
+
+# -- client -----------------------------------------------------------------------
+
+class UDPClient:
+    """A connected UDP socket with timeouts: only the server's replies reach it."""
+
+    def __init__(self, address: tuple, timeout: float = 2.0) -> None:
+        family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+        self.sock.settimeout(timeout)
+        self.sock.connect(address[:2])
+        self.timeout = timeout
+
+    def send(self, payload: bytes) -> None:
+        self.sock.send(payload)
+
+    def recv(self, timeout: Optional[float] = None) -> bytes:
+        if timeout is not None:
+            self.sock.settimeout(timeout)
+        try:
+            return self.sock.recv(70000)
+        finally:
+            if timeout is not None:
+                self.sock.settimeout(self.timeout)
+
+    def request(self, payload: bytes, timeout: Optional[float] = None) -> bytes:
+        """Send one datagram and return the next reply."""
+        self.send(payload)
+        return self.recv(timeout)
+
+    def recv_many(self, n: int, timeout: Optional[float] = None) -> list[bytes]:
+        """Exactly `n` replies, each within `timeout` of the previous one."""
+        return [self.recv(timeout) for _ in range(n)]
+
+    def expect_silence(self, wait: float = 0.2) -> Optional[bytes]:
+        """None if nothing arrives within `wait` seconds, else the stray datagram."""
+        try:
+            return self.recv(wait)
+        except socket.timeout:
+            return None
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> "UDPClient":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# -- polling and introspection ------------------------------------------------------
+
+def wait_for(predicate: Callable[[], T], timeout: float = 5.0, interval: float = 0.005,
+             message: str = "condition") -> T:
+    """Poll `predicate` until it returns a truthy value; fail after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+        time.sleep(interval)
+
+
+def open_fds() -> dict[int, str]:
+    out = {}
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            out[int(name)] = os.readlink(f"/proc/self/fd/{name}")
+        except OSError:                 # the fd listdir itself used
+            pass
+    return out
+
+
+def thread_names() -> list[str]:
+    return sorted(t.name for t in threading.enumerate())
+
+
+def native_thread_count() -> int:
+    """Threads of this process as the kernel sees them (includes native readers)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("Threads:"):
+                return int(line.split()[1])
+    raise AssertionError("no Threads: line in /proc/self/status")
+
+
+def counter_invariants(totals: dict) -> list[str]:
+    """Relations between a server's summed counters that must always hold once
+    the server is quiet (no datagram between recvmmsg and the counter update).
+    Returns the violated ones, described."""
+    t = totals
+    problems = []
+
+    def check(ok: bool, what: str) -> None:
+        if not ok:
+            problems.append(what)
+
+    check(t["rx_packets"] == t["hits"] + t["misses"] + t["bad_requests"],
+          "rx_packets == hits + misses + bad_requests")
+    check(t["misses"] == t["not_found"] + t["queued"] + t["queue_drops"],
+          "misses == not_found + queued + queue_drops")
+    native_replies = t["hits"] + t["not_found"] + t["queue_drops"] + t["bad_requests"]
+    check(t["tx_packets"] + t["send_errors"] == native_replies,
+          "tx_packets + send_errors == hits + not_found + queue_drops + bad_requests")
+    check(t["truncated"] + t["empty"] <= t["bad_requests"], "truncated + empty <= bad_requests")
+    check(t["send_enobufs"] <= t["send_errors"], "send_enobufs <= send_errors")
+    check(t["rx_batches"] <= t["rx_packets"], "rx_batches <= rx_packets")
+    check(t["tx_batches"] <= t["tx_packets"], "tx_batches <= tx_packets")
+    if "handler_calls" in t:
+        # every queued miss was popped and handed to the handler exactly once
+        check(t["handler_calls"] == t["queued"], "handler_calls == queued")
+        check(t["miss_replies"] + t["miss_send_errors"] + t["handler_inflight"]
+              == t["handler_calls"], "miss_replies + miss_send_errors + inflight == handler_calls")
+        check(t["handler_errors"] <= t["handler_calls"], "handler_errors <= handler_calls")
+    return problems
+
+
+def settled_stats(server, sent: int, timeout: float = 5.0) -> dict:
+    """Wait until the server has accounted for `sent` datagrams (received or
+    dropped by the kernel), every queued miss is answered, and the counters are
+    at rest; return stats().
+
+    A reader bumps its counters one by one after it has sent the batch's
+    replies, so a client can hold a reply before the counters show it, and one
+    snapshot may catch a batch half-counted: wait for a snapshot that satisfies
+    the invariants and equals the next one."""
+    def ready():
+        s = server.stats()
+        t = s["totals"]
+        if t["rx_packets"] + t["kernel_drops"] < sent:
+            return None
+        if "handler_calls" in t and (t["handler_calls"] < t["queued"] or t["handler_inflight"]
+                                     or t["miss_replies"] + t["miss_send_errors"]
+                                     < t["handler_calls"]):
+            return None
+        if counter_invariants(t):
+            return None
+        again = server.stats()
+        return s if again["totals"] == t else None
+    return wait_for(ready, timeout, message=f"server to account for {sent} datagrams")
+
+
+def quiet_native_thread_count(timeout: float = 2.0) -> int:
+    """The native thread count once no thread is half-gone: a thread joined
+    from Python may linger in /proc for a moment, so wait until every native
+    thread is a live Python thread (readers are native-only)."""
+    wait_for(lambda: native_thread_count() == threading.active_count(), timeout,
+             message="exiting native threads to leave")
+    return native_thread_count()
