@@ -6,6 +6,12 @@ Hypothesis profile: BEASTNET_HYPOTHESIS_PROFILE=ci (default) | dev | thorough.
 from __future__ import annotations
 
 import os
+
+# NumPy (loaded by the load-generator tests) would start an OpenBLAS thread
+# pool; the leak checks count native threads, so keep BLAS single-threaded.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import os
 import socket
 import threading
 import time

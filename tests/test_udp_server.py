@@ -96,8 +96,13 @@ def test_start_twice_raises(small_table):
             assert c.request(b"k1") == SMALL_KEYS["k1"]
     finally:
         srv.stop()
-    with pytest.raises(ServerError):              # a server object starts once
-        srv.start()
+    srv.start()                                   # a stopped server starts again
+    try:
+        with UDPClient(srv.address) as c:
+            assert c.request(b"k1") == SMALL_KEYS["k1"]
+        assert srv.stats()["totals"]["hits"] == 1  # a new engine: fresh counters
+    finally:
+        srv.stop()
 
 
 def test_address_before_start_raises(small_table):
@@ -550,3 +555,25 @@ def test_miss_reply_reaches_ipv6_client(make_server, make_client, small_table):
     c = make_client(srv.address)
     assert c.request(b"@6 q") == b'@6 {"v6":"q"}'
     assert c.request(b"@6 k1") == b"@6 " + SMALL_KEYS["k1"]
+
+
+@pytest.mark.timeout(20)
+def test_running_engine_collected_after_its_sockets_closed_regression():
+    """A reader blocked in recvmmsg is woken by shutdown() on the engine's own
+    duplicate of the socket, even when the caller already closed the original
+    (this used to hang pthread_join forever)."""
+    import gc
+    import socket as socket_module
+
+    from beastnet import ResponseTable, _core
+
+    table = ResponseTable({"A": b"1"})
+    sock = socket_module.socket(socket_module.AF_INET, socket_module.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    engine = _core.UDPEngine(table, [sock.fileno()])
+    engine.start()
+    sock.close()
+    started = time.monotonic()
+    del engine
+    gc.collect()
+    assert time.monotonic() - started < 1.0

@@ -469,9 +469,17 @@ cdef class UDPEngine:
         if self.threads == NULL or self.readers == NULL:
             raise MemoryError()
         for i in range(n):
-            self.readers[i] = udp_reader_new(fds[i], i, -1 if cpus is None else cpus[i],
+            # The engine works on its own duplicate of each socket: whoever
+            # owns the original may close it at any time (a server collected
+            # without stop()), but shutdown() must still reach a reader
+            # blocked in recvmmsg, and a closed fd would not wake it.
+            fd = fcntl(fds[i], F_DUPFD_CLOEXEC, 0)
+            if fd < 0:
+                raise_errno("fcntl F_DUPFD_CLOEXEC")
+            self.readers[i] = udp_reader_new(fd, i, -1 if cpus is None else cpus[i],
                                              batch, max_datagram)
             if self.readers[i] == NULL:
+                close(fd)
                 raise MemoryError()
             self.readers[i].stop_flag = &self.stop_flag
             self.readers[i].miss_fd = self.miss_efd
@@ -489,6 +497,8 @@ cdef class UDPEngine:
             for i in range(self.nreaders):
                 if self.readers[i] != NULL and self.readers[i].qsbr_index >= 0:
                     qsbr_unregister(self.readers[i].qsbr_index)
+                if self.readers[i] != NULL and self.readers[i].fd >= 0:
+                    close(self.readers[i].fd)
                 udp_reader_free(self.readers[i])
             free(self.readers)
         free(self.threads)
@@ -543,13 +553,19 @@ cdef class UDPEngine:
     def stop(self):
         """Stop and join every reader thread.  Idempotent; returns promptly
         (blocked readers are woken by shutdown(SHUT_RD), and a send blocks for
-        at most SO_SNDTIMEO).  The sockets stay open: their owner closes them."""
+        at most SO_SNDTIMEO).  Closes the engine's duplicates of the sockets;
+        the caller's sockets stay open."""
+        cdef int i
         if self.nrunning:
             self._join()
         self.stopped = 1
-        # No reader is left to signal the miss eventfd: release it now rather
-        # than when the engine is collected (a stopped server holds no fds).
-        # The miss dispatcher must be detached from miss_fd before this.
+        # No reader is left: release the socket duplicates and the miss
+        # eventfd now rather than when the engine is collected (a stopped
+        # server holds no fds).  The miss dispatcher must be detached first.
+        for i in range(self.nreaders):
+            if self.readers[i].fd >= 0:
+                close(self.readers[i].fd)
+                self.readers[i].fd = -1
         if self.miss_efd >= 0:
             close(self.miss_efd)
             self.miss_efd = -1
@@ -613,6 +629,8 @@ cdef class UDPEngine:
         cdef ssize_t rc
         if reader >= <unsigned int>self.nreaders:
             raise ValueError("no such reader")
+        if self.readers[reader].fd < 0:
+            return EBADF                # stopped: the engine's socket is closed
         memset(&msg, 0, sizeof(msg))
         iov[0].iov_base = <char*>tag_prefix
         iov[0].iov_len = len(tag_prefix)

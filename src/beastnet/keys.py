@@ -83,14 +83,21 @@ class KeyStore:
         try:
             self._db = sqlite3.connect(path, timeout=timeout_s, check_same_thread=False,
                                        isolation_level=None)
+        except sqlite3.DatabaseError as exc:
+            raise KeyStoreError(f"key store {path}: {exc}") from exc
+        try:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
             check = self._db.execute("PRAGMA quick_check").fetchone()[0]
+            if check != "ok":
+                raise KeyStoreError(f"key store {path}: integrity check failed: {check}")
         except sqlite3.DatabaseError as exc:
+            self._db.close()
             raise KeyStoreError(f"key store {path}: {exc}") from exc
-        if check != "ok":
-            raise KeyStoreError(f"key store {path}: integrity check failed: {check}")
+        except KeyStoreError:
+            self._db.close()
+            raise
 
     def close(self) -> None:
         with self._lock:

@@ -102,3 +102,9 @@ cdef extern from "<stdlib.h>" nogil:
 cdef extern from "<errno.h>" nogil:
     enum:
         EMSGSIZE
+
+
+cdef extern from "<fcntl.h>" nogil:
+    int fcntl(int fd, int cmd, ...)
+    enum:
+        F_DUPFD_CLOEXEC
