@@ -128,11 +128,13 @@ def test_delay_of_2ms_shows_as_p50_of_2ms():
     assert r.latency_ns["p50"] >= 2e6                  # never below the true delay
 
 
+@pytest.mark.parametrize("gso", [True, False], ids=["gso", "sendmmsg"])
 @pytest.mark.parametrize("rate", [None, 2000], ids=["closed", "open"])
-def test_dropping_every_10th_shows_10_percent_loss(rate):
+def test_dropping_every_10th_shows_10_percent_loss(rate, gso):
     with ScriptedUDPServer(drop_every=10) as server:
         r = run_udp_load(cfg(server.port, sockets=8, window=8, rate=rate, duration_s=1.5,
-                             timeout_ms=100))
+                             timeout_ms=100, gso=gso))
+    assert r.extra["gso"] == gso
     assert_settled(r)
     assert r.sent > 1000
     assert r.loss_rate == pytest.approx(0.10, abs=0.01)
@@ -163,11 +165,12 @@ def test_closed_loop_hides_the_same_stall_in_p99():
     assert r.percentile(99) < 100e6
 
 
-def test_replies_with_unknown_tags_are_counted_never_matched():
+@pytest.mark.parametrize("gso", [True, False], ids=["gso", "sendmmsg"])
+def test_replies_with_unknown_tags_are_counted_never_matched(gso):
     def replies(data):
-        return [tag_of(data) + BODY, b"@ffffffffff " + BODY, b"@zz " + BODY]
+        return [tag_of(data) + BODY, b"@ffffffffffff " + BODY, b"@zz " + BODY]
     with ScriptedUDPServer(replies=replies) as server:
-        r = run_udp_load(cfg(server.port, duration_s=0.5, warmup_s=0))
+        r = run_udp_load(cfg(server.port, duration_s=0.5, warmup_s=0, gso=gso))
         total_requests = server.requests
     assert_settled(r)
     assert r.received == r.sent and r.lost == 0
@@ -232,6 +235,26 @@ def test_weighted_keys_follow_the_weights():
     assert seen[b"A"] / total == pytest.approx(0.6, abs=0.03)
     assert seen[b"B"] / total == pytest.approx(0.3, abs=0.03)
     assert seen[b"C"] / total == pytest.approx(0.1, abs=0.03)
+
+
+def test_keys_of_very_different_lengths_fall_back_from_gso():
+    keys = ["A", "A" * 40]
+    with ScriptedUDPServer() as server:
+        r = run_udp_load(cfg(server.port, keys=keys, duration_s=0.3, warmup_s=0))
+        seen = dict(server.seen)
+    assert r.extra["gso"] is False and r.received > 0 and r.lost == 0
+    assert set(seen) == {b"A", b"A" * 40}
+
+
+def test_gso_requests_are_equal_sized_and_parse():
+    from beastnet.loadgen import _gso_tag_digits, _payloads
+    payloads = _payloads(["BTC", "ETHUSD", "X"], "key1")
+    digits = _gso_tag_digits(payloads)
+    sizes = {2 + d + len(p) for d, p in zip(digits, payloads)}
+    assert len(sizes) == 1 and min(digits) >= 10 and max(digits) <= 16
+    for d, p in zip(digits, payloads):
+        status, tag, key, api = _core.parse_request(b"@" + b"0" * (d - 1) + b"7 " + p)
+        assert status == "ok" and api == b"key1"
 
 
 def test_alias_table_is_exact():
