@@ -274,6 +274,13 @@ def test_api_key_is_sent():
     assert r.received > 0
 
 
+def test_pinned_threads():
+    with ScriptedUDPServer() as server:
+        r = run_udp_load(cfg(server.port, threads=2, pin_threads=True, duration_s=0.3,
+                             warmup_s=0))
+    assert r.received > 0 and r.extra["pin_errors"] == []
+
+
 def test_ipv6_loopback():
     if not socket.has_ipv6:
         pytest.skip("no IPv6")
