@@ -199,7 +199,7 @@ def _latency_levels(text: str) -> tuple[int, int]:
 
 
 def cmd_load(args: argparse.Namespace) -> int:
-    from beastnet import loadgen, ramp, report
+    from beastnet import loadgen, report
     try:
         target = _parse_target(args.target)
         cfg = _base_config(args, target)
