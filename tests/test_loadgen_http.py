@@ -276,3 +276,30 @@ def test_cli_http(http11, capsys):
                  "--warmup", "0.1", "-c", "4", "-t", "1"])
     out = capsys.readouterr().out
     assert code == 0 and "http closed load" in out and "ttfb_ms" in out
+
+
+@pytest.mark.parametrize("framing", ["length", "chunked", "close"])
+def test_responses_split_at_every_byte_are_parsed(framing):
+    body = b'{"price":12345}'
+    if framing == "length":
+        response = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nX-A: b\r\n\r\n%s" % (len(body), body)
+    elif framing == "chunked":
+        response = (b"HTTP/1.1 200 OK\r\ntransfer-encoding: Chunked\r\n\r\n"
+                    b"5;ext=1\r\n" + body[:5] + b"\r\nA\r\n" + body[5:] + b"\r\n0\r\nX-T: 1\r\n\r\n")
+    else:
+        response = b"HTTP/1.0 200 OK\r\nContent-Type: x\r\n\r\n" + body
+
+    def handle(conn):
+        for _ in read_requests(conn):
+            for i in range(len(response)):          # one byte per segment (TCP_NODELAY)
+                conn.send(response[i:i + 1])
+                if i % 7 == 0:
+                    time.sleep(0.0002)
+            if framing == "close":
+                return
+    with ScriptedTCPServer(handle) as server:
+        r = run_http_load(cfg(server.port, connections=2, duration_s=0.6, warmup_s=0,
+                              conn_mode="keepalive"))
+    assert_settled(r)
+    assert r.received > 5 and r.failed == 0 and r.errors == 0, r.to_dict(histogram=False)
+    assert r.status_codes == {200: r.received}

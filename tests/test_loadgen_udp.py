@@ -128,11 +128,13 @@ def test_delay_of_2ms_shows_as_p50_of_2ms():
     assert r.latency_ns["p50"] >= 2e6                  # never below the true delay
 
 
+@pytest.mark.parametrize("gso", [True, False], ids=["gso", "sendmmsg"])
 @pytest.mark.parametrize("rate", [None, 2000], ids=["closed", "open"])
-def test_dropping_every_10th_shows_10_percent_loss(rate):
+def test_dropping_every_10th_shows_10_percent_loss(rate, gso):
     with ScriptedUDPServer(drop_every=10) as server:
         r = run_udp_load(cfg(server.port, sockets=8, window=8, rate=rate, duration_s=1.5,
-                             timeout_ms=100))
+                             timeout_ms=100, gso=gso))
+    assert r.extra["gso"] == gso
     assert_settled(r)
     assert r.sent > 1000
     assert r.loss_rate == pytest.approx(0.10, abs=0.01)
@@ -163,11 +165,12 @@ def test_closed_loop_hides_the_same_stall_in_p99():
     assert r.percentile(99) < 100e6
 
 
-def test_replies_with_unknown_tags_are_counted_never_matched():
+@pytest.mark.parametrize("gso", [True, False], ids=["gso", "sendmmsg"])
+def test_replies_with_unknown_tags_are_counted_never_matched(gso):
     def replies(data):
-        return [tag_of(data) + BODY, b"@ffffffffff " + BODY, b"@zz " + BODY]
+        return [tag_of(data) + BODY, b"@ffffffffffff " + BODY, b"@zz " + BODY]
     with ScriptedUDPServer(replies=replies) as server:
-        r = run_udp_load(cfg(server.port, duration_s=0.5, warmup_s=0))
+        r = run_udp_load(cfg(server.port, duration_s=0.5, warmup_s=0, gso=gso))
         total_requests = server.requests
     assert_settled(r)
     assert r.received == r.sent and r.lost == 0
@@ -234,6 +237,26 @@ def test_weighted_keys_follow_the_weights():
     assert seen[b"C"] / total == pytest.approx(0.1, abs=0.03)
 
 
+def test_keys_of_very_different_lengths_fall_back_from_gso():
+    keys = ["A", "A" * 40]
+    with ScriptedUDPServer() as server:
+        r = run_udp_load(cfg(server.port, keys=keys, duration_s=0.3, warmup_s=0))
+        seen = dict(server.seen)
+    assert r.extra["gso"] is False and r.received > 0 and r.lost == 0
+    assert set(seen) == {b"A", b"A" * 40}
+
+
+def test_gso_requests_are_equal_sized_and_parse():
+    from beastnet.loadgen import _gso_tag_digits, _payloads
+    payloads = _payloads(["BTC", "ETHUSD", "X"], "key1")
+    digits = _gso_tag_digits(payloads)
+    sizes = {2 + d + len(p) for d, p in zip(digits, payloads)}
+    assert len(sizes) == 1 and min(digits) >= 10 and max(digits) <= 16
+    for d, p in zip(digits, payloads):
+        status, tag, key, api = _core.parse_request(b"@" + b"0" * (d - 1) + b"7 " + p)
+        assert status == "ok" and api == b"key1"
+
+
 def test_alias_table_is_exact():
     prob, alias = alias_table([1, 0, 3])
     n = 3
@@ -249,6 +272,13 @@ def test_api_key_is_sent():
     with ScriptedUDPServer(replies=lambda d: [tag_of(d) + (b"Y" if d.endswith(b" k3y") else b"N")]) as s:
         r = run_udp_load(cfg(s.port, api_key="k3y", duration_s=0.3, warmup_s=0))
     assert r.received > 0
+
+
+def test_pinned_threads():
+    with ScriptedUDPServer() as server:
+        r = run_udp_load(cfg(server.port, threads=2, pin_threads=True, duration_s=0.3,
+                             warmup_s=0))
+    assert r.received > 0 and r.extra["pin_errors"] == []
 
 
 def test_ipv6_loopback():
@@ -341,3 +371,26 @@ def test_no_fd_leak():
     with ScriptedUDPServer() as server:
         run_udp_load(cfg(server.port, sockets=16, duration_s=0.2, warmup_s=0))
     assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_one_thread_keeps_a_32_deep_window_on_each_socket_without_the_gil(beastnet_server):
+    port = beastnet_server.address[1]
+    ticks = [0]
+    stop = threading.Event()
+
+    def python_work():
+        while not stop.is_set():
+            ticks[0] += 1
+    worker = threading.Thread(target=python_work)
+    worker.start()
+    try:
+        r = run_udp_load(cfg(port, sockets=64, window=32, threads=1, duration_s=1.0,
+                             warmup_s=0.3, timeout_ms=2000))
+    finally:
+        stop.set()
+        worker.join()
+    assert r.lost == 0 and r.received > 10_000
+    # Little's law: in a closed loop, requests in flight = throughput x mean latency.
+    in_flight = r.rps * r.histogram.mean_ns / 1e9
+    assert in_flight == pytest.approx(64 * 32, rel=0.1)
+    assert ticks[0] > 100_000                      # Python ran alongside: no GIL held

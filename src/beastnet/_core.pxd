@@ -1,5 +1,5 @@
 # The table of contents of beastnet._core: every cdef class and its fields.
-from libc.stdint cimport uint32_t, uint64_t
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from beastnet.includes.native cimport bn_counters
 from beastnet.includes.loadsys cimport bn_http_counters, bn_lg_counters
 from beastnet.includes.system cimport pthread_t
@@ -87,6 +87,8 @@ cdef class UDPLoadRun:
     cdef uint32_t* key_len              # nkeys
     cdef uint32_t* alias_prob           # weighted keys (Walker alias), NULL = uniform
     cdef uint32_t* alias_index
+    cdef uint8_t* tag_digits            # UDP GSO tag width per key, NULL = no GSO
+    cdef uint16_t gso_seg               # bytes of every request under GSO
     cdef uint64_t start_ns              # CLOCK_MONOTONIC at start()
     cdef uint64_t warmup_ns
     cdef uint64_t duration_ns

@@ -20,7 +20,8 @@ from posix.uio cimport iovec
 from beastnet.includes.native cimport *
 from beastnet.includes.system cimport *
 from beastnet.includes.loadsys cimport *
-from libc.errno cimport ECONNREFUSED, ECONNRESET, EINPROGRESS, EPIPE, ETIMEDOUT
+from libc.errno cimport (ECONNREFUSED, ECONNRESET, EINPROGRESS, EIO, ENOPROTOOPT, EOPNOTSUPP,
+                         EPIPE, ETIMEDOUT)
 from libc.math cimport log
 from libc.string cimport memmove
 

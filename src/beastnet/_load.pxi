@@ -93,6 +93,9 @@ cdef struct bn_lg_thread:
     uint32_t* key_len                   # bytes of each
     uint32_t* alias_prob                # weighted keys: Walker alias thresholds (2^32 scale); NULL = uniform
     uint32_t* alias_index               # weighted keys: the alias of each key
+    const uint8_t* tag_digits           # UDP GSO: tag width per key so every request has gso_seg bytes
+    int gso_on                          # 1 while UDP_SEGMENT works; cleared on the first refusal
+    uint16_t gso_seg                    # bytes of every request when gso_on
     uint64_t outstanding                # sum over sockets
     uint64_t cpu_start_ns               # thread CPU time when the measured window began
     uint64_t cpu_end_ns                 # thread CPU time at exit
@@ -156,13 +159,19 @@ cdef int lg_send(bn_lg_thread* t, bn_lg_sock* s, uint64_t now, int measuring) no
     cdef char* tag
     cdef int closed = t.mode == LG_CLOSED
     cdef uint64_t quota_left = 0xFFFFFFFFFFFFFFFF
+    cdef unsigned int limit = t.batch
+    cdef int done = 0
+    cdef int retried = 0
+    cdef ssize_t wrote
     if t.quota:
         quota_left = t.quota - t.counters.m_sent if t.counters.m_sent < t.quota else 0
         if measuring and quota_left == 0:
             return 0
     if closed and (s.cooldown_ns > now or now >= t.end_ns):
         return 0
-    while n < t.batch:
+    if t.gso_on and limit > BN_GSO_MAX_SEGMENTS:
+        limit = BN_GSO_MAX_SEGMENTS
+    while n < limit:
         if closed:
             if s.outstanding >= t.window:
                 break
@@ -192,13 +201,18 @@ cdef int lg_send(bn_lg_thread* t, bn_lg_sock* s, uint64_t now, int measuring) no
         s.next_seq = seq + 1
         s.outstanding += 1
         t.outstanding += 1
-        # TAG: '@' + hex seq + ' ', then the pre-built "KEY[ APIKEY]".
+        # TAG: '@' + hex seq + ' ', then the pre-built "KEY[ APIKEY]".  With
+        # GSO the hex is zero-padded so that every request has the same size.
+        k = lg_pick_key(t)
         tag = t.tx_tags + <size_t>n * LG_TAG_BUF_BYTES
         tag[0] = 64                     # '@'
-        rc = bn_hex_u64(tag + 1, seq)
+        if t.gso_on:
+            rc = t.tag_digits[k]
+            bn_hex_u64_width(tag + 1, seq, rc)
+        else:
+            rc = bn_hex_u64(tag + 1, seq)
         tag[rc + 1] = 32                # ' '
         t.tx_iov[2 * n].iov_len = <size_t>(rc + 2)
-        k = lg_pick_key(t)
         t.tx_iov[2 * n + 1].iov_base = <void*>t.key_data[k]
         t.tx_iov[2 * n + 1].iov_len = t.key_len[k]
         t.tx_seq[n] = seq
@@ -217,7 +231,48 @@ cdef int lg_send(bn_lg_thread* t, bn_lg_sock* s, uint64_t now, int measuring) no
         slot.sent_ns = now
         if closed:
             slot.intended_ns = now
-    while sent < n:
+    if t.gso_on and n > 1:
+        # UDP GSO: the whole batch as one buffer, cut into datagrams late in
+        # the stack (one route, one skb through IP) -- about a third less
+        # kernel work per request than sendmmsg on loopback.
+        while not done:
+            wrote = bn_send_gso(s.fd, t.tx_iov, 2 * <size_t>n, t.gso_seg)
+            if wrote >= 0:
+                for i in range(n):
+                    if s.slots[t.tx_seq[i] & t.slot_mask].measured:
+                        m_sent += 1
+                sent = n
+                bn_count(&t.counters.tx_batches, 1)
+                done = 1
+                break
+            err = errno
+            if err == EINTR:
+                bn_count(&t.counters.eintr, 1)
+            elif err == ECONNREFUSED and not retried:
+                # The pending ICMP error is consumed by this call: try once more.
+                retried = 1
+                if measuring:
+                    bn_count(&t.counters.err_refused, 1)
+                if closed:
+                    s.cooldown_ns = now + LG_REFUSED_BACKOFF_NS
+            elif err == EAGAIN or err == ENOBUFS:
+                if measuring:
+                    bn_count(&t.counters.err_nobufs, 1)
+                if not closed:
+                    next_send = t.tx_intended[0]
+                for i in range(n):
+                    lg_release(t, s, t.tx_seq[i])
+                done = 1
+            elif err == EINVAL or err == EIO or err == EOPNOTSUPP or err == ENOPROTOOPT:
+                t.gso_on = 0            # no UDP_SEGMENT here: sendmmsg from now on
+                break
+            else:
+                if measuring:
+                    bn_count(&t.counters.err_send, 1)
+                for i in range(n):
+                    lg_release(t, s, t.tx_seq[i])
+                done = 1
+    while sent < n and not done:
         rc = sendmmsg(s.fd, t.tx_msgs + sent, n - sent, MSG_DONTWAIT)
         if rc > 0:
             for i in range(sent, sent + <unsigned int>rc):
@@ -618,7 +673,8 @@ cdef class UDPLoadRun:
                   int mode=LG_CLOSED, unsigned int window=32, unsigned int batch=32,
                   uint64_t slots_per_socket=64, double interval_ns=0.0,
                   uint64_t timeout_ns=200000000, uint64_t warmup_ns=0, uint64_t duration_ns=1,
-                  list quotas=None, list cpus=None, uint64_t seed=0x9E3779B97F4A7C15):
+                  list quotas=None, list cpus=None, uint64_t seed=0x9E3779B97F4A7C15,
+                  list gso_tag_digits=None):
         cdef int i
         cdef unsigned int j
         cdef int n = len(fd_groups)
@@ -664,6 +720,20 @@ cdef class UDPLoadRun:
             for j in range(self.nkeys):
                 self.alias_prob[j] = prob[j]
                 self.alias_index[j] = index[j]
+        if gso_tag_digits is not None:
+            # Every request "@" + digits + " " + payload must have one size.
+            if len(gso_tag_digits) != self.nkeys:
+                raise ValueError("one GSO tag width per key")
+            self.tag_digits = <uint8_t*>calloc(self.nkeys, sizeof(uint8_t))
+            if self.tag_digits == NULL:
+                raise MemoryError()
+            for j in range(self.nkeys):
+                if not 10 <= gso_tag_digits[j] <= TAG_MAX_BYTES:
+                    raise ValueError("GSO tag widths must be 10..16")
+                self.tag_digits[j] = gso_tag_digits[j]
+                if gso_tag_digits[j] + self.key_len[j] != gso_tag_digits[0] + self.key_len[0]:
+                    raise ValueError("GSO tag widths must equalise the request sizes")
+            self.gso_seg = <uint16_t>(2 + self.tag_digits[0] + self.key_len[0])
         if posix_memalign(&mem, BN_CACHE_LINE, sizeof(bn_lg_counters) * n) != 0:
             raise MemoryError()
         memset(mem, 0, sizeof(bn_lg_counters) * n)
@@ -695,6 +765,9 @@ cdef class UDPLoadRun:
             t.key_len = self.key_len
             t.alias_prob = self.alias_prob
             t.alias_index = self.alias_index
+            t.tag_digits = self.tag_digits
+            t.gso_on = self.tag_digits != NULL
+            t.gso_seg = self.gso_seg
             t.counters = &self.thread_counters[i]
             t.epfd = epoll_create1(EPOLL_CLOEXEC)
             if t.epfd < 0:
@@ -723,6 +796,7 @@ cdef class UDPLoadRun:
         free(self.key_len)
         free(self.alias_prob)
         free(self.alias_index)
+        free(self.tag_digits)
 
     def start(self):
         """Start one native thread per socket group (the GIL is not held by them)."""
@@ -835,5 +909,6 @@ cdef class UDPLoadRun:
                 "send_stop_ns": t.send_stop_ns - self.start_ns if t.send_stop_ns else 0,
                 "last_reply_ns": t.last_reply_ns - self.start_ns if t.last_reply_ns else 0,
                 "sockets": t.nsocks,
+                "gso": bool(t.gso_on),
             })
         return out

@@ -13,7 +13,7 @@ from beastnet.errors import BeastnetError, LoadConfigError
 
 __all__ = ["main"]
 
-EXIT_PASS, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+EXIT_PASS, EXIT_FAIL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -203,7 +203,7 @@ def _latency_levels(text: str) -> tuple[int, int]:
 
 
 def cmd_load(args: argparse.Namespace) -> int:
-    from beastnet import loadgen, ramp, report
+    from beastnet import loadgen, report
     try:
         target = _parse_target(args.target)
         cfg = _base_config(args, target)
@@ -230,6 +230,12 @@ def cmd_load(args: argparse.Namespace) -> int:
         progress.clear()
         print(f"beastnet load: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:
+        # A run in progress returns its partial result itself; this is a
+        # Ctrl-C between runs (socket set-up, between ramp levels).
+        progress.clear()
+        print("beastnet load: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     progress.clear()
     full = report.build_report(body, cfg.to_dict(), loadgen.machine_info(),
                                argv=sys.argv[1:] if sys.argv else None)

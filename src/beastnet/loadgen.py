@@ -24,7 +24,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from beastnet import _core
 from beastnet.errors import LoadConfigError, LoadError
-from beastnet.histogram import STANDARD_PERCENTILES, Histogram
+from beastnet.histogram import Histogram
 
 __all__ = [
     "HTTPLoadConfig",
@@ -86,61 +86,22 @@ class UDPLoadConfig:
     api_key: Optional[str] = None
     max_requests: Optional[int] = None
     seed: Optional[int] = None
+    gso: bool = True
 
     def validate(self) -> None:
         """Raise `LoadConfigError` naming the first bad setting."""
-        def bad(msg: str) -> None:
-            raise LoadConfigError(msg)
-
-        if not isinstance(self.port, int) or not 0 < self.port < 65536:
-            bad(f"port must be 1..65535, got {self.port!r}")
-        if not self.keys:
-            bad("keys must name at least one key")
-        for key in self.keys:
-            if not _KEY_RE.match(_to_bytes(key)):
-                bad(f"invalid key {key!r}: 1-64 bytes of [A-Za-z0-9._:/-]")
-        if self.api_key is not None and not _APIKEY_RE.match(_to_bytes(self.api_key)):
-            bad("api_key must be 1-64 printable non-space bytes")
-        if self.weights is not None:
-            if len(self.weights) != len(self.keys):
-                bad(f"{len(self.weights)} weights for {len(self.keys)} keys")
-            if any(not math.isfinite(w) or w < 0 for w in self.weights) or sum(self.weights) <= 0:
-                bad("weights must be finite, >= 0, and not all zero")
-        for name in ("sockets", "threads", "window", "batch"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                bad(f"{name} must be a positive integer, got {value!r}")
+        _validate_common(self, ("sockets", "threads", "window", "batch"))
         if self.batch > 1024:
-            bad(f"batch must be <= 1024, got {self.batch}")
+            _bad(f"batch must be <= 1024, got {self.batch}")
         if self.window > 1 << 20:
-            bad(f"window must be <= {1 << 20}, got {self.window}")
-        if not _positive(self.duration_s):
-            bad(f"duration_s must be > 0, got {self.duration_s!r}")
-        if not (_finite(self.warmup_s) and self.warmup_s >= 0):
-            bad(f"warmup_s must be >= 0, got {self.warmup_s!r}")
-        if not _positive(self.timeout_ms):
-            bad(f"timeout_ms must be > 0, got {self.timeout_ms!r}")
-        if self.rate is not None and not _positive(self.rate):
-            bad(f"rate must be > 0 requests/s, got {self.rate!r}")
-        if self.poisson and self.rate is None:
-            bad("poisson arrivals need a rate (open loop)")
-        if self.max_requests is not None and (not isinstance(self.max_requests, int)
-                                              or self.max_requests < 1):
-            bad(f"max_requests must be a positive integer, got {self.max_requests!r}")
+            _bad(f"window must be <= {1 << 20}, got {self.window}")
 
     @property
     def open_loop(self) -> bool:
         return self.rate is not None
 
     def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["keys"] = list(self.keys) if len(self.keys) <= 100 else f"{len(self.keys)} keys"
-        out["weights"] = None if self.weights is None else (
-            list(self.weights) if len(self.weights) <= 100 else "...")
-        out["api_key"] = None if self.api_key is None else "***"
-        out["mode"] = "udp"
-        out["loop"] = ("open-poisson" if self.poisson else "open") if self.open_loop else "closed"
-        return out
+        return _config_dict(self, "udp")
 
 
 def _to_bytes(value: Any) -> bytes:
@@ -155,6 +116,57 @@ def _positive(x: Any) -> bool:
     return _finite(x) and x > 0
 
 
+def _bad(msg: str) -> None:
+    raise LoadConfigError(msg)
+
+
+def _validate_common(cfg: Any, counts: Sequence[str]) -> None:
+    """The settings UDP and HTTP configs share; `counts` name positive ints."""
+    if not isinstance(cfg.port, int) or not 0 < cfg.port < 65536:
+        _bad(f"port must be 1..65535, got {cfg.port!r}")
+    if not cfg.keys:
+        _bad("keys must name at least one key")
+    for key in cfg.keys:
+        if not _KEY_RE.match(_to_bytes(key)):
+            _bad(f"invalid key {key!r}: 1-64 bytes of [A-Za-z0-9._:/-]")
+    if cfg.api_key is not None and not _APIKEY_RE.match(_to_bytes(cfg.api_key)):
+        _bad("api_key must be 1-64 printable non-space bytes")
+    if cfg.weights is not None:
+        if len(cfg.weights) != len(cfg.keys):
+            _bad(f"{len(cfg.weights)} weights for {len(cfg.keys)} keys")
+        if any(not math.isfinite(w) or w < 0 for w in cfg.weights) or sum(cfg.weights) <= 0:
+            _bad("weights must be finite, >= 0, and not all zero")
+    for name in counts:
+        value = getattr(cfg, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            _bad(f"{name} must be a positive integer, got {value!r}")
+    if not _positive(cfg.duration_s):
+        _bad(f"duration_s must be > 0, got {cfg.duration_s!r}")
+    if not (_finite(cfg.warmup_s) and cfg.warmup_s >= 0):
+        _bad(f"warmup_s must be >= 0, got {cfg.warmup_s!r}")
+    if not _positive(cfg.timeout_ms):
+        _bad(f"timeout_ms must be > 0, got {cfg.timeout_ms!r}")
+    if cfg.rate is not None and not _positive(cfg.rate):
+        _bad(f"rate must be > 0 requests/s, got {cfg.rate!r}")
+    if cfg.poisson and cfg.rate is None:
+        _bad("poisson arrivals need a rate (open loop)")
+    if cfg.max_requests is not None and (not isinstance(cfg.max_requests, int)
+                                         or cfg.max_requests < 1):
+        _bad(f"max_requests must be a positive integer, got {cfg.max_requests!r}")
+
+
+def _config_dict(cfg: Any, mode: str) -> dict[str, Any]:
+    """A config as the JSON report shows it (long key lists and the API key elided)."""
+    out = asdict(cfg)
+    out["keys"] = list(cfg.keys) if len(cfg.keys) <= 100 else f"{len(cfg.keys)} keys"
+    out["weights"] = None if cfg.weights is None else (
+        list(cfg.weights) if len(cfg.weights) <= 100 else "...")
+    out["api_key"] = None if cfg.api_key is None else "***"
+    out["mode"] = mode
+    out["loop"] = ("open-poisson" if cfg.poisson else "open") if cfg.rate is not None else "closed"
+    return out
+
+
 # -- result ---------------------------------------------------------------------------
 
 
@@ -164,13 +176,14 @@ class LoadResult:
 
     ``sent`` requests were sent in the measured window; each ended
     ``received`` (answered within the timeout: a latency sample), ``lost``
-    (timed out) or, HTTP only, ``failed`` (its connection broke first).  ``late`` replies came after their timeout, ``unmatched``
-    replies carried a tag of no outstanding request, ``bad_replies`` had no
-    parsable tag; none of these is ever a latency sample.  ``errors`` sums
-    ``errors_by_kind`` (send/receive failures, e.g. ECONNREFUSED).
+    (timed out) or, HTTP only, ``failed`` (its connection broke first).
+    ``late`` replies came after their timeout, ``unmatched`` replies carried
+    a tag of no outstanding request, ``bad_replies`` had no parsable tag;
+    none of these is ever a latency sample.  ``errors`` sums
+    ``errors_by_kind`` (send/receive/connect failures, e.g. ECONNREFUSED).
     ``error_replies`` are answers whose body is ``{"error":...}`` or, HTTP,
-    whose status is >= 400 (included in ``received``).  Open loop: ``unsent`` requests were due but never sent
-    because every slot was busy.
+    whose status is >= 400 (included in ``received``).  Open loop:
+    ``unsent`` requests were due but never sent because every slot was busy.
     """
 
     mode: str = "udp"
@@ -466,6 +479,20 @@ def _payloads(keys: Sequence[str], api_key: Optional[str]) -> list[bytes]:
     return [_to_bytes(k) + suffix for k in keys]
 
 
+GSO_MIN_TAG_DIGITS = 10         # 2^40 requests per socket before a tag would not fit
+
+
+def _gso_tag_digits(payloads: Sequence[bytes]) -> Optional[list[int]]:
+    """Tag widths that give every request the same size (UDP GSO needs
+    equal datagrams): zero-padded hex, 10..16 digits.  None when the keys'
+    lengths differ too much to pad within 16 digits."""
+    lengths = [len(p) for p in payloads]
+    longest = max(lengths)
+    if longest - min(lengths) > 16 - GSO_MIN_TAG_DIGITS:
+        return None
+    return [GSO_MIN_TAG_DIGITS + longest - n for n in lengths]
+
+
 def udp_level_config(base: UDPLoadConfig, requests: int, concurrency: int,
                      max_seconds: float = 60.0) -> UDPLoadConfig:
     """The closed-loop config of one ramp level: `concurrency` outstanding
@@ -502,10 +529,12 @@ def run_udp_load(cfg: UDPLoadConfig, progress: Optional[ProgressCallback] = None
     socks = _open_udp_sockets(cfg)
     seed = cfg.seed if cfg.seed is not None else int.from_bytes(os.urandom(8), "little")
     alias = alias_table(cfg.weights) if cfg.weights is not None else None
+    payloads = _payloads(cfg.keys, cfg.api_key)
+    gso = _gso_tag_digits(payloads) if cfg.gso and _core.PLATFORM_LINUX else None
     try:
         run = _core.UDPLoadRun(
             [[socks[i].fileno() for i in group] for group in plan["groups"]],
-            _payloads(cfg.keys, cfg.api_key), alias,
+            payloads, alias, gso_tag_digits=gso,
             mode=plan["mode"], window=cfg.window, batch=cfg.batch,
             slots_per_socket=plan["slots"], interval_ns=plan["interval_ns"],
             timeout_ns=int(cfg.timeout_ms * 1e6), warmup_ns=int(cfg.warmup_s * 1e9),
@@ -547,7 +576,8 @@ def _wait(run: Any, cfg: Any, progress: Optional[ProgressCallback],
             if now > limit:
                 run.stop(abort=True)
                 break
-            time.sleep(min(0.02, max(0.0, next_sample - now)))
+            # The threads need nothing from us: wake 10x a second to check.
+            time.sleep(min(0.1, max(0.0, next_sample - now)))
     except KeyboardInterrupt:
         interrupted = True
         run.stop()
@@ -561,20 +591,25 @@ def _wait(run: Any, cfg: Any, progress: Optional[ProgressCallback],
     return interrupted, stopped, sampler
 
 
-def _udp_result(cfg: UDPLoadConfig, plan: dict, run: Any, sampler: _Sampler,
-                interrupted: bool, started_at: float) -> LoadResult:
-    c = run.counters()
-    info = run.thread_info()
+def _measured_seconds(cfg: Any, info: list[dict]) -> float:
+    """The measured window, from the threads' own clocks; raises `LoadError`
+    if a thread stopped on a fatal error."""
     fatal = [os.strerror(t["fatal_errno"]) for t in info if t["fatal_errno"]]
     if fatal:
         raise LoadError(f"generator thread failed: {fatal[0]}")
-    warmup_ns = int(cfg.warmup_s * 1e9)
     if cfg.max_requests is not None:
         # A request count: the run lasts until the last reply (or send).
         end_ns = max(max(t["send_stop_ns"], t["last_reply_ns"]) for t in info)
     else:
         end_ns = max(t["send_stop_ns"] for t in info)
-    duration_s = max(end_ns - warmup_ns, 0) / 1e9
+    return max(end_ns - int(cfg.warmup_s * 1e9), 0) / 1e9
+
+
+def _udp_result(cfg: UDPLoadConfig, plan: dict, run: Any, sampler: _Sampler,
+                interrupted: bool, started_at: float) -> LoadResult:
+    c = run.counters()
+    info = run.thread_info()
+    duration_s = _measured_seconds(cfg, info)
     errors_by_kind = {"refused": c["err_refused"], "nobufs": c["err_nobufs"],
                       "send_other": c["err_send"], "recv_other": c["err_recv"]}
     errors_by_kind = {k: v for k, v in errors_by_kind.items() if v}
@@ -587,6 +622,7 @@ def _udp_result(cfg: UDPLoadConfig, plan: dict, run: Any, sampler: _Sampler,
         "waits": c["waits"],
         "eintr": c["eintr"],
         "per_thread_cpu_s": [t["cpu_ns"] / 1e9 for t in info],
+        "gso": all(t["gso"] for t in info),
     }
     return LoadResult(
         mode="udp", config=cfg.to_dict(), sent=c["m_sent"], received=c["m_received"],
@@ -638,50 +674,17 @@ class HTTPLoadConfig:
 
     def validate(self) -> None:
         """Raise `LoadConfigError` naming the first bad setting."""
-        def bad(msg: str) -> None:
-            raise LoadConfigError(msg)
-
-        if not isinstance(self.port, int) or not 0 < self.port < 65536:
-            bad(f"port must be 1..65535, got {self.port!r}")
-        if not self.keys:
-            bad("keys must name at least one key")
-        for key in self.keys:
-            if not _KEY_RE.match(_to_bytes(key)):
-                bad(f"invalid key {key!r}: 1-64 bytes of [A-Za-z0-9._:/-]")
-        if self.api_key is not None and not _APIKEY_RE.match(_to_bytes(self.api_key)):
-            bad("api_key must be 1-64 printable non-space bytes")
-        if self.weights is not None:
-            if len(self.weights) != len(self.keys):
-                bad(f"{len(self.weights)} weights for {len(self.keys)} keys")
-            if any(not math.isfinite(w) or w < 0 for w in self.weights) or sum(self.weights) <= 0:
-                bad("weights must be finite, >= 0, and not all zero")
-        for name in ("connections", "threads", "pipeline"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                bad(f"{name} must be a positive integer, got {value!r}")
+        _validate_common(self, ("connections", "threads", "pipeline"))
         if self.pipeline > 4096:
-            bad(f"pipeline must be <= 4096, got {self.pipeline}")
+            _bad(f"pipeline must be <= 4096, got {self.pipeline}")
         self.requests_per_connection()
         if not self.path_prefix.startswith("/") or any(c in self.path_prefix for c in " \r\n"):
-            bad(f"path_prefix must start with '/' and hold no spaces, got {self.path_prefix!r}")
+            _bad(f"path_prefix must start with '/' and hold no spaces, got {self.path_prefix!r}")
         for h in self.headers:
             if ":" not in h or "\n" in h or "\r" in h:
-                bad(f"header {h!r}: expected 'Name: value'")
-        if not _positive(self.duration_s):
-            bad(f"duration_s must be > 0, got {self.duration_s!r}")
-        if not (_finite(self.warmup_s) and self.warmup_s >= 0):
-            bad(f"warmup_s must be >= 0, got {self.warmup_s!r}")
-        if not _positive(self.timeout_ms):
-            bad(f"timeout_ms must be > 0, got {self.timeout_ms!r}")
+                _bad(f"header {h!r}: expected 'Name: value'")
         if not _positive(self.connect_timeout_ms):
-            bad(f"connect_timeout_ms must be > 0, got {self.connect_timeout_ms!r}")
-        if self.rate is not None and not _positive(self.rate):
-            bad(f"rate must be > 0 requests/s, got {self.rate!r}")
-        if self.poisson and self.rate is None:
-            bad("poisson arrivals need a rate (open loop)")
-        if self.max_requests is not None and (not isinstance(self.max_requests, int)
-                                              or self.max_requests < 1):
-            bad(f"max_requests must be a positive integer, got {self.max_requests!r}")
+            _bad(f"connect_timeout_ms must be > 0, got {self.connect_timeout_ms!r}")
 
     def requests_per_connection(self) -> int:
         """0 = keep-alive, 1 = a new connection per request, N = N per connection."""
@@ -704,14 +707,8 @@ class HTTPLoadConfig:
         return self.rate is not None
 
     def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["keys"] = list(self.keys) if len(self.keys) <= 100 else f"{len(self.keys)} keys"
-        out["weights"] = None if self.weights is None else (
-            list(self.weights) if len(self.weights) <= 100 else "...")
-        out["api_key"] = None if self.api_key is None else "***"
+        out = _config_dict(self, "http")
         out["headers"] = list(self.headers)
-        out["mode"] = "http"
-        out["loop"] = ("open-poisson" if self.poisson else "open") if self.open_loop else "closed"
         return out
 
 
@@ -823,14 +820,7 @@ def run_http_load(cfg: HTTPLoadConfig, progress: Optional[ProgressCallback] = No
         run.join()
     c = run.counters()
     info = run.thread_info()
-    fatal = [os.strerror(t["fatal_errno"]) for t in info if t["fatal_errno"]]
-    if fatal:
-        raise LoadError(f"generator thread failed: {fatal[0]}")
-    warmup_ns = int(cfg.warmup_s * 1e9)
-    if cfg.max_requests is not None:
-        end_ns = max(max(t["send_stop_ns"], t["last_reply_ns"]) for t in info)
-    else:
-        end_ns = max(t["send_stop_ns"] for t in info)
+    duration_s = _measured_seconds(cfg, info)
     kinds = {"connect_refused": c["err_connect_refused"], "connect_timeout": c["err_connect_timeout"],
              "connect_other": c["err_connect_other"], "reset": c["err_reset"],
              "closed": c["err_closed"], "closed_mid_response": c["err_closed_mid_response"],
@@ -861,6 +851,6 @@ def run_http_load(cfg: HTTPLoadConfig, progress: Optional[ProgressCallback] = No
         mode="http", config=cfg.to_dict(), sent=sent, received=c["m_received"], lost=c["m_lost"],
         failed=c["m_failed"], errors=sum(kinds.values()), error_replies=c["m_error_replies"],
         unsent=c["m_unsent"], errors_by_kind=kinds, status_codes=run.status_codes(),
-        duration_s=max(end_ns - warmup_ns, 0) / 1e9, cpu_s=sum(t["cpu_ns"] for t in info) / 1e9,
+        duration_s=duration_s, cpu_s=sum(t["cpu_ns"] for t in info) / 1e9,
         timeline=sampler.rows, histogram=Histogram.from_native(run.histogram(0)),
         interrupted=interrupted, started_at=started_at, extra=extra)

@@ -7,7 +7,7 @@ import html
 import math
 import sys
 import time
-from typing import Any, Iterable, Optional, Sequence, TextIO
+from typing import Iterable, Optional, Sequence, TextIO
 
 import orjson
 

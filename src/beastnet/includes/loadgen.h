@@ -6,8 +6,22 @@
 
 #include <errno.h>
 #include <stdint.h>
+#include <string.h>
 #include <time.h>
+#include <sys/uio.h>
 #include <sys/epoll.h>
+#include <sys/socket.h>
+#include <netinet/in.h>
+
+/* UDP generic segmentation offload (Linux 4.18): one sendmsg carries many
+ * equal-size datagrams as one buffer; the stack cuts them apart late. */
+#ifndef SOL_UDP
+#define SOL_UDP 17
+#endif
+#ifndef UDP_SEGMENT
+#define UDP_SEGMENT 103
+#endif
+#define BN_GSO_MAX_SEGMENTS 64              /* UDP_MAX_SEGMENTS on older kernels */
 
 #include "atomics.h"
 
@@ -120,6 +134,38 @@ static inline int bn_hex_u64(char *out, uint64_t v)
         v >>= 4;
     }
     return n;
+}
+
+/* Write `v` as exactly `width` lower-case hex digits, zero-padded. */
+static inline void bn_hex_u64_width(char *out, uint64_t v, int width)
+{
+    static const char digits[] = "0123456789abcdef";
+    int i;
+    for (i = width - 1; i >= 0; i--) {
+        out[i] = digits[v & 15];
+        v >>= 4;
+    }
+}
+
+/* sendmsg of `iovcnt` iovecs as datagrams of `seg_bytes` each (UDP_SEGMENT).
+ * Returns what sendmsg returns. */
+static inline ssize_t bn_send_gso(int fd, struct iovec *iov, size_t iovcnt, uint16_t seg_bytes)
+{
+    char control[CMSG_SPACE(sizeof(uint16_t))];
+    struct msghdr msg;
+    struct cmsghdr *cm;
+    memset(&msg, 0, sizeof(msg));
+    memset(control, 0, sizeof(control));
+    msg.msg_iov = iov;
+    msg.msg_iovlen = iovcnt;
+    msg.msg_control = control;
+    msg.msg_controllen = sizeof(control);
+    cm = CMSG_FIRSTHDR(&msg);
+    cm->cmsg_level = SOL_UDP;
+    cm->cmsg_type = UDP_SEGMENT;
+    cm->cmsg_len = CMSG_LEN(sizeof(uint16_t));
+    memcpy(CMSG_DATA(cm), &seg_bytes, sizeof(uint16_t));
+    return sendmsg(fd, &msg, MSG_DONTWAIT);
 }
 
 /* xorshift64*: a fast per-thread generator for key choice and Poisson gaps. */

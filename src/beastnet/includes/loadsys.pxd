@@ -1,6 +1,7 @@
 # cdef extern declarations the load generator needs beyond system.pxd:
 # epoll, the clocks and helpers of loadgen.h.  Only what we call.
-from libc.stdint cimport uint32_t, uint64_t
+from libc.stdint cimport uint16_t, uint32_t, uint64_t
+from posix.uio cimport iovec
 from beastnet.includes.system cimport sockaddr, socklen_t, ssize_t
 
 
@@ -87,6 +88,10 @@ cdef extern from "loadgen.h" nogil:
     int bn_epoll_wait_ns(int epfd, epoll_event* events, int maxevents, uint64_t timeout_ns)
     int bn_hex_u64(char* out, uint64_t v)
     uint64_t bn_rand_u64(uint64_t* state)
+    void bn_hex_u64_width(char* out, uint64_t v, int width)
+    ssize_t bn_send_gso(int fd, iovec* iov, size_t iovcnt, uint16_t seg_bytes)
+    enum:
+        BN_GSO_MAX_SEGMENTS
 
 
 cdef extern from "<sys/socket.h>" nogil:
