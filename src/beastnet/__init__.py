@@ -7,6 +7,7 @@ from beastnet._core import Entry, ResponseTable
 from beastnet.control import Answer, MissRequest
 from beastnet.errors import BeastnetError, HandlerError, InvalidKeyError, ServerError
 from beastnet.server import UDPServer
+from beastnet.http_server import HTTPServer
 
 __version__ = "0.1.0"
 
@@ -15,6 +16,7 @@ __all__ = [
     "BeastnetError",
     "Entry",
     "HandlerError",
+    "HTTPServer",
     "InvalidKeyError",
     "MissRequest",
     "ResponseTable",

@@ -1,6 +1,6 @@
 # The table of contents of beastnet._core: every cdef class and its fields.
-from libc.stdint cimport uint64_t
-from beastnet.includes.native cimport bn_counters
+from libc.stdint cimport int64_t, uint64_t
+from beastnet.includes.native cimport bn_counters, bn_http_counters
 from beastnet.includes.system cimport pthread_t
 
 
@@ -9,6 +9,7 @@ cdef struct bn_entry
 cdef struct bn_retired
 cdef struct bn_reader
 cdef struct bn_missq
+cdef struct bn_hworker
 
 
 cdef class ResponseTable:
@@ -45,3 +46,19 @@ cdef class UDPEngine:
     cdef bn_missq* missq
 
     cdef void _join(self) noexcept
+
+
+cdef class HTTPEngine:
+    cdef ResponseTable table            # kept alive while workers run
+    cdef int nworkers
+    cdef bn_hworker** workers
+    cdef bn_http_counters* worker_counters     # nworkers, cache-line aligned
+    cdef pthread_t* threads
+    cdef int nrunning                   # threads started and not yet joined
+    cdef int stopped
+    cdef int stop_flag                  # read by workers after each batch
+    cdef int stop_efd                   # eventfd: wakes workers sleeping in epoll_wait
+    cdef int miss_efd                   # eventfd: misses/routes queued, -1 = no queue
+    cdef bn_missq* missq
+
+    cdef void _join(self, int64_t grace_ns) noexcept

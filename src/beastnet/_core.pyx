@@ -12,12 +12,14 @@ from cpython.bytes cimport PyBytes_FromStringAndSize
 from libc.errno cimport (EAGAIN, EBADF, EFAULT, EINTR, EINVAL, ENOBUFS, ENOTSOCK,
                          errno)
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
-from libc.stdlib cimport calloc, free, malloc
-from libc.string cimport memcmp, memcpy, memset, strlen
+from libc.stdlib cimport calloc, free, malloc, realloc
+from libc.string cimport memcmp, memcpy, memmove, memset, strlen
+from posix.time cimport time_t, timespec
 from posix.uio cimport iovec
 
 from beastnet.includes.native cimport *
 from beastnet.includes.system cimport *
+from beastnet.includes cimport netsys
 
 from beastnet.errors import InvalidKeyError
 
@@ -29,12 +31,14 @@ include "_stats.pxi"
 include "_table.pxi"
 include "_missq.pxi"
 include "_udp.pxi"
+include "_http.pxi"
 
 
 def _module_init():
     qsbr_init()
     char_class_init()
     static_bodies_init()
+    http_static_init()
 
 
 _module_init()

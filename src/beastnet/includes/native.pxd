@@ -19,6 +19,7 @@ cdef extern from "atomics.h" nogil:
     void* bn_xchg_ptr(void** p, void* v)
     void bn_fence()
     void bn_count(uint64_t* p, uint64_t n)
+    int bn_cas_ptr(void** p, void* expected, void* desired)
 
     ctypedef struct bn_qsbr_slot:
         uint64_t epoch
@@ -44,6 +45,40 @@ cdef extern from "atomics.h" nogil:
         uint64_t recv_errors
         uint64_t kernel_drops
         uint64_t idle_waits
+        uint64_t eintr
+
+    ctypedef struct bn_http_counters:
+        uint64_t accepted
+        uint64_t active
+        uint64_t closed
+        uint64_t rejected
+        uint64_t requests
+        uint64_t responses_2xx
+        uint64_t responses_3xx
+        uint64_t responses_4xx
+        uint64_t responses_5xx
+        uint64_t hits
+        uint64_t misses
+        uint64_t routed
+        uint64_t queued
+        uint64_t queue_drops
+        uint64_t replies
+        uint64_t replies_dropped
+        uint64_t parse_errors
+        uint64_t timeouts
+        uint64_t header_timeouts
+        uint64_t write_timeouts
+        uint64_t bytes_in
+        uint64_t bytes_out
+        uint64_t partial_writes
+        uint64_t read_pauses
+        uint64_t econnreset
+        uint64_t epipe
+        uint64_t io_errors
+        uint64_t accept_errors
+        uint64_t accept_emfile
+        uint64_t oom_closes
+        uint64_t epoll_waits
         uint64_t eintr
 
 
