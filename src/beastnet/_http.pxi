@@ -780,6 +780,10 @@ cdef void conn_set_events(bn_hworker* w, bn_conn* c) noexcept nogil:
 
 
 cdef void conn_close(bn_hworker* w, bn_conn* c) noexcept nogil:
+    # Counted before close(): a client that sees the close also sees the count.
+    w.active -= 1
+    bn_count(&w.counters.closed, 1)
+    bn_store_u64(&w.counters.active, w.active)
     # close() also removes the fd from epoll (no other descriptor shares it).
     close(c.fd)
     c.fd = -1
@@ -798,9 +802,6 @@ cdef void conn_close(bn_hworker* w, bn_conn* c) noexcept nogil:
     c.out_cap = 0
     w.free_slots[w.free_top] = <uint32_t>(c - w.conns)
     w.free_top += 1
-    w.active -= 1
-    bn_count(&w.counters.closed, 1)
-    bn_store_u64(&w.counters.active, w.active)
 
 
 cdef int conn_keep_input(bn_hworker* w, bn_conn* c, const char* data, size_t n, size_t used) noexcept nogil:
@@ -1009,10 +1010,11 @@ cdef void http_worker_accept(bn_hworker* w) noexcept nogil:
             continue                    # ECONNABORTED, EPROTO, EPERM...: that one is gone
         if w.free_top == 0:
             # Over the limit: a canned 503 with Connection: close, then close.
+            # Counted first, so a client that sees the close also sees the count.
+            bn_count(&w.counters.rejected, 1)
             netsys.send(fd, HTTP_ERR[ERR_503_CONNS].head, HTTP_ERR[ERR_503_CONNS].head_len,
                         netsys.MSG_NOSIGNAL | netsys.MSG_DONTWAIT)
             close(fd)
-            bn_count(&w.counters.rejected, 1)
             continue
         # Best effort: a socket without TCP_NODELAY is still served correctly.
         netsys.setsockopt(fd, netsys.IPPROTO_TCP, netsys.TCP_NODELAY, &one, sizeof(one))
@@ -1405,6 +1407,28 @@ cdef class HTTPEngine:
         self.stopped = 1
         self.table.reclaim()
 
+    def close(self):
+        """Release the engine's descriptors (epoll instances, eventfds) after
+        stop(); counters stay readable.  Idempotent."""
+        cdef int i
+        if self.nrunning:
+            raise RuntimeError("stop() the engine before close()")
+        self.stopped = 1
+        for i in range(self.nworkers):
+            if self.workers != NULL and self.workers[i] != NULL:
+                if self.workers[i].epfd >= 0:
+                    close(self.workers[i].epfd)
+                    self.workers[i].epfd = -1
+                if self.workers[i].reply_fd >= 0:
+                    close(self.workers[i].reply_fd)
+                    self.workers[i].reply_fd = -1
+        if self.stop_efd >= 0:
+            close(self.stop_efd)
+            self.stop_efd = -1
+        if self.miss_efd >= 0:
+            close(self.miss_efd)
+            self.miss_efd = -1
+
     @property
     def running(self):
         return self.nrunning > 0
@@ -1479,7 +1503,7 @@ cdef class HTTPEngine:
             raise ValueError(f"invalid HTTP status {status}")
         if "\r" in content_type or "\n" in content_type:
             raise ValueError(f"invalid content type {content_type!r}")
-        if not self.nrunning:
+        if not self.nrunning or self.workers[worker].reply_fd < 0:
             return 1
         head = http_build_head(status, content_type, len(body), extra)
         r = <bn_hreply*>malloc(sizeof(bn_hreply) + len(head) + len(body))

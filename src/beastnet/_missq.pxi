@@ -37,7 +37,9 @@ cdef struct bn_missq:
 
 
 cdef bn_missq* missq_new(size_t capacity) noexcept nogil:
-    cdef size_t cap = 1
+    # At least 2: with one cell a filled cell's sequence (pos + 1) equals the
+    # "free" sequence of the next position, and the ring never reads as full.
+    cdef size_t cap = 2
     while cap < capacity:
         cap <<= 1
     cdef bn_missq* q = <bn_missq*>calloc(1, sizeof(bn_missq))

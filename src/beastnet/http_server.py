@@ -164,6 +164,8 @@ class HTTPServer:
                     pass
             self._control.stop()
             self._control = None
+        if self._engine is not None:
+            self._engine.close()        # its descriptors; the counters stay readable
         for sock in self._socks:
             sock.close()
         self._socks = []
