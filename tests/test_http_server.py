@@ -551,3 +551,58 @@ def test_wrk_short_run(table):
     assert out.returncode == 0, out.stderr
     assert "Non-2xx" not in out.stdout and "Socket errors" not in out.stdout
     assert totals["hits"] > 1000 and totals["responses_4xx"] == 0 and totals["parse_errors"] == 0
+
+
+EMFILE_SERVER = r"""
+import json, os, resource, sys, time
+from beastnet import HTTPServer, ResponseTable
+table = ResponseTable({"BTC": b'{"ok":1}'})
+with HTTPServer(table, threads=1) as srv:
+    nfds = len(os.listdir("/proc/self/fd"))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (nfds + 4, nfds + 4))
+    print(srv.address[1], flush=True)
+    sys.stdin.readline()                      # the test opens connections meanwhile
+    cpu0 = time.process_time()
+    time.sleep(1.0)                           # out of fds: must not spin
+    cpu = time.process_time() - cpu0
+    sys.stdin.readline()
+    print(json.dumps({"cpu_s": cpu, **srv.stats()["totals"]}), flush=True)
+"""
+
+
+def test_emfile_on_accept_is_counted_without_spinning(tmp_path):
+    import os
+    import sys
+    env = dict(os.environ, PYTHONPATH=str(__import__("pathlib").Path(__file__).parent.parent / "src"))
+    proc = subprocess.Popen([sys.executable, "-c", EMFILE_SERVER], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        port = int(proc.stdout.readline())
+        socks = []
+        for _ in range(12):
+            s = socket.create_connection(("127.0.0.1", port), timeout=5)
+            socks.append(s)
+        time.sleep(0.2)
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        time.sleep(1.2)
+        served = 0
+        for s in socks[:3]:                     # accepted before the limit: still served
+            s.sendall(get("BTC"))
+            s.settimeout(2)
+            try:
+                served += b'{"ok":1}' in s.recv(4096)
+            except OSError:
+                pass
+        for s in socks:
+            s.close()
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        totals = orjson.loads(proc.stdout.readline())
+    finally:
+        proc.stdin.close()
+        proc.wait(10)
+        proc.stdout.close()
+    assert totals["accept_emfile"] >= 1
+    assert totals["cpu_s"] < 0.5                 # paused, not spinning on a readable listener
+    assert served >= 1
