@@ -1,7 +1,6 @@
 """HTTPServer: the TCP engine (HTTP/1.1), its listening sockets and its control plane."""
 from __future__ import annotations
 
-import inspect
 import os
 import socket
 import time
@@ -193,10 +192,7 @@ class HTTPServer:
                 return Answer(orjson.dumps(self.stats(), default=str))
         if self.handler is None:
             return None                 # -> 404 not_found
-        result = self.handler(request)
-        if inspect.isawaitable(result):
-            return result
-        return result
+        return self.handler(request)    # plain result or awaitable: the dispatcher handles both
 
     # -- introspection ----------------------------------------------------------
 
