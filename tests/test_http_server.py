@@ -606,3 +606,31 @@ def test_emfile_on_accept_is_counted_without_spinning(tmp_path):
     assert totals["accept_emfile"] >= 1
     assert totals["cpu_s"] < 0.5                 # paused, not spinning on a readable listener
     assert served >= 1
+
+
+def test_udp_miss_path_after_the_dispatcher_generalisation(table):
+    """The shared MissDispatcher still answers UDP misses as before (HTTP fields unused)."""
+    seen = []
+
+    def handler(request: MissRequest):
+        seen.append((request.protocol, request.method, request.path))
+        if request.key == "LIMIT":
+            return Answer({"error": "rate_limited"}, status=429)   # UDP sends the body only
+        if request.key == "CACHE":
+            return Answer({"c": 1}, cache=True)
+        if request.key == "BOOM":
+            raise RuntimeError("bug")
+        return None
+
+    with UDPServer(table, sockets=1, handler=handler) as udp:
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.settimeout(2)
+        answers = []
+        for key in ("@1 LIMIT", "@2 CACHE", "@3 BOOM", "@4 NOPE"):
+            s.sendto(key.encode(), udp.address)
+            answers.append(s.recv(1024))
+        s.close()
+    assert answers == [b'@1 {"error":"rate_limited"}', b'@2 {"c":1}',
+                       b'@3 {"error":"internal_error"}', b'@4 {"error":"not_found"}']
+    assert table.get("CACHE") == b'{"c":1}'
+    assert seen[0] == ("udp", None, None)
