@@ -21,6 +21,15 @@ HOT_FUNCTIONS = {
                   "qsbr_safe_epoch"],
     "_missq.pxi": ["missq_claim", "missq_publish", "missq_peek", "missq_release"],
     "_stats.pxi": ["counters_snapshot"],
+    "_http.pxi": ["ascii_ieq", "http_connection_tokens", "http_query_apikey", "http_parse_head",
+                  "http_now_ns", "http_worker_date", "conn_out_append", "conn_out_pending",
+                  "conn_send_out", "conn_io_error", "conn_flush_iov", "conn_emit", "conn_emit_error",
+                  "http_key_valid", "http_is_route", "conn_queue", "conn_step", "conn_request",
+                  "conn_parse_all", "conn_set_events", "conn_close", "conn_keep_input",
+                  "conn_finish", "conn_run", "conn_on_readable", "conn_on_writable",
+                  "http_worker_on_replies", "http_worker_pause_accept", "http_worker_accept",
+                  "http_worker_timeout", "http_worker_tick", "http_worker_resume_accept",
+                  "http_worker_begin_drain", "http_worker_on_event", "http_worker_main"],
 }
 
 LINE_RE = re.compile(r'<pre class="cython line score-(\d+)"[^>]*>\+?<span class="">(\d+)</span>:')

@@ -328,8 +328,10 @@ def test_memory_stats_accounting():
     ms = t.memory_stats()
     assert ms["keys"] == 0 and ms["entry_bytes"] == 0 and ms["retired_objects"] == 0
     t["a"] = b"x" * 100
-    overhead = t.memory_stats()["entry_bytes"] - 100        # header + content type
-    assert 0 < overhead < 100
+    # struct + content type + the pre-built HTTP head (status line, Server,
+    # Content-Type, Content-Length: ~90 bytes that HTTP hits never format)
+    overhead = t.memory_stats()["entry_bytes"] - 100
+    assert 0 < overhead < 200
     t.update({f"k{i}": b"y" * i for i in range(1, 101)})
     ms = t.memory_stats()
     assert ms["keys"] == 101

@@ -8,6 +8,7 @@ from beastnet._core import APIKeyTable, Entry, ResponseTable
 from beastnet.control import Answer, MissRequest
 from beastnet.errors import BeastnetError, HandlerError, InvalidKeyError, ServerError
 from beastnet.server import UDPServer
+from beastnet.http_server import HTTPServer
 
 __version__ = "0.1.0"
 
@@ -32,6 +33,7 @@ __all__ = [
     "BeastnetError",
     "Entry",
     "HandlerError",
+    "HTTPServer",
     "InvalidKeyError",
     "LoadResult",
     "MissRequest",

@@ -1,7 +1,7 @@
 # The table of contents of beastnet._core: every cdef class and its fields.
-from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
-from beastnet.includes.native cimport bn_counters
-from beastnet.includes.loadsys cimport bn_http_counters, bn_lg_counters
+from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from beastnet.includes.native cimport bn_counters, bn_http_counters
+from beastnet.includes.loadsys cimport bn_lg_counters, bn_lg_http_counters
 from beastnet.includes.system cimport pthread_t
 
 
@@ -25,6 +25,7 @@ cdef struct bn_reader
 cdef struct bn_missq
 cdef struct bn_keyindex
 cdef struct bn_apikey
+cdef struct bn_hworker
 
 
 cdef class ResponseTable:
@@ -106,7 +107,7 @@ cdef class HTTPLoadRun:
     cdef int nrunning                   # threads started and not yet joined
     cdef int stopped
     cdef int stop_flag                  # LG_RUN / LG_STOP / LG_ABORT
-    cdef bn_http_counters* thread_counters  # nthreads, cache-line aligned
+    cdef bn_lg_http_counters* thread_counters  # nthreads, cache-line aligned
     cdef uint32_t nkeys
     cdef char* blob                     # every request, keep-alive then closing variants
     cdef const char** data              # 2 * nkeys pointers into blob
@@ -118,3 +119,17 @@ cdef class HTTPLoadRun:
     cdef uint64_t duration_ns
 
     cdef void _join(self) noexcept
+cdef class HTTPEngine:
+    cdef ResponseTable table            # kept alive while workers run
+    cdef int nworkers
+    cdef bn_hworker** workers
+    cdef bn_http_counters* worker_counters     # nworkers, cache-line aligned
+    cdef pthread_t* threads
+    cdef int nrunning                   # threads started and not yet joined
+    cdef int stopped
+    cdef int stop_flag                  # read by workers after each batch
+    cdef int stop_efd                   # eventfd: wakes workers sleeping in epoll_wait
+    cdef int miss_efd                   # eventfd: misses/routes queued, -1 = no queue
+    cdef bn_missq* missq
+
+    cdef void _join(self, int64_t grace_ns) noexcept

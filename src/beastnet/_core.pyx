@@ -12,9 +12,9 @@ from cpython.bytes cimport PyBytes_FromStringAndSize
 from libc.errno cimport (EAGAIN, EBADF, EFAULT, EINTR, EINVAL, ENOBUFS, ENOTSOCK,
                          errno)
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
-from libc.stdlib cimport calloc, free, malloc
-from libc.string cimport memcmp, memcpy, memset, strlen
-from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
+from libc.stdlib cimport calloc, free, malloc, realloc
+from libc.string cimport memcmp, memcpy, memmove, memset, strlen
+from posix.time cimport CLOCK_MONOTONIC, clock_gettime, time_t, timespec
 from posix.uio cimport iovec
 
 from beastnet.includes.native cimport *
@@ -23,7 +23,7 @@ from beastnet.includes.loadsys cimport *
 from libc.errno cimport (ECONNREFUSED, ECONNRESET, EINPROGRESS, EIO, ENOPROTOOPT, EOPNOTSUPP,
                          EPIPE, ETIMEDOUT)
 from libc.math cimport log
-from libc.string cimport memmove
+from beastnet.includes cimport netsys
 
 from beastnet.errors import InvalidKeyError
 
@@ -39,12 +39,14 @@ include "_udp.pxi"
 include "_hist.pxi"
 include "_load.pxi"
 include "_load_http.pxi"
+include "_http.pxi"
 
 
 def _module_init():
     qsbr_init()
     char_class_init()
     static_bodies_init()
+    http_static_init()
 
 
 _module_init()

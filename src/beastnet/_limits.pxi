@@ -268,7 +268,7 @@ cdef class APIKeyTable:
         cdef bytes raw = apikey_to_bytes(key) if key else b""
         cdef uint64_t retry = 0
         cdef uint64_t now = monotonic_ns() if now_ns is None else now_ns
-        cdef int verdict
+        cdef int verdict = ADMIT_UNAUTHORIZED
         with self._lock:
             verdict = apikey_admit(&self.index, raw, len(raw), now, &retry)
         return (("ok", "unauthorized", "rate_limited", "over_quota")[verdict], retry)

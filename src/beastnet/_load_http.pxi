@@ -57,7 +57,7 @@ cdef enum:
     END_TIMEOUT = 7                 # oldest request timed out: the rest are lost too
 
 
-cdef struct bn_hreq:
+cdef struct lg_hreq:
     uint64_t intended_ns                # latency runs from here
     uint64_t sent_ns                    # time to first byte runs from here
     uint32_t measured                   # 1 if intended inside the measured window
@@ -82,7 +82,7 @@ cdef struct bn_hconn:
     int rsp_close                       # it announced the connection closes after it
     uint64_t rsp_remaining              # bytes left in the body or chunk
     uint64_t rsp_first_ns               # first byte of the response being read, 0 = none yet
-    bn_hreq* q                          # pipeline entries
+    lg_hreq* q                          # pipeline entries
     char* out                           # pipeline * longest request
     char* inb                           # HTTP_IN_BUF_BYTES
 
@@ -130,7 +130,7 @@ cdef struct bn_http_thread:
     uint64_t cpu_end_ns
     uint64_t send_stop_ns
     uint64_t last_reply_ns
-    bn_http_counters* counters
+    bn_lg_http_counters* counters
     bn_hist* hist                       # measured latency
     bn_hist* hist_all                   # every response (timeline)
     bn_hist* hist_ttfb                  # measured time to first byte
@@ -192,7 +192,7 @@ cdef void hc_reset(bn_hconn* c) noexcept nogil:
 cdef void hc_close(bn_http_thread* t, bn_hconn* c, int how, uint64_t now) noexcept nogil:
     """Close `c`; its requests in flight end as lost (timeout) or failed."""
     cdef uint32_t i
-    cdef bn_hreq* r
+    cdef lg_hreq* r
     cdef uint64_t lost = 0
     cdef uint64_t m_lost = 0
     cdef uint64_t m_failed = 0
@@ -312,7 +312,7 @@ cdef int hc_enqueue(bn_http_thread* t, bn_hconn* c, uint64_t intended, uint64_t 
     cdef int last = t.conn_mode == CM_PER_CONN and c.written + 1 >= t.per_conn
     cdef const char* data = t.close_data[k] if last else t.req_data[k]
     cdef uint32_t n = t.close_len[k] if last else t.req_len[k]
-    cdef bn_hreq* r
+    cdef lg_hreq* r
     if c.out_off > 0:                   # keep the unwritten bytes at the front
         memmove(c.out, c.out + c.out_off, c.out_len - c.out_off)
         c.out_len -= c.out_off
@@ -467,7 +467,7 @@ cdef int hc_parse_head(bn_http_thread* t, bn_hconn* c, const char* p, uint32_t n
 
 cdef void hc_complete(bn_http_thread* t, bn_hconn* c, uint64_t now) noexcept nogil:
     """The response at the head of `c`'s ring is complete: account it."""
-    cdef bn_hreq* r = &c.q[c.q_head]
+    cdef lg_hreq* r = &c.q[c.q_head]
     cdef uint64_t latency = now - r.intended_ns if now > r.intended_ns else 0
     c.q_head = (c.q_head + 1) % t.pipeline
     c.q_len -= 1
@@ -825,7 +825,7 @@ cdef bn_http_thread* http_thread_new(uint32_t nconns, uint32_t pipeline,
         return NULL
     for i in range(nconns):
         hc_reset(&t.conns[i])
-        t.conns[i].q = <bn_hreq*>calloc(pipeline, sizeof(bn_hreq))
+        t.conns[i].q = <lg_hreq*>calloc(pipeline, sizeof(lg_hreq))
         t.conns[i].out = <char*>malloc(out_cap)
         t.conns[i].inb = <char*>malloc(HTTP_IN_BUF_BYTES)
         if t.conns[i].q == NULL or t.conns[i].out == NULL or t.conns[i].inb == NULL:
@@ -913,10 +913,10 @@ cdef class HTTPLoadRun:
             for j in range(self.nkeys):
                 self.alias_prob[j] = prob[j]
                 self.alias_index[j] = index[j]
-        if posix_memalign(&mem, BN_CACHE_LINE, sizeof(bn_http_counters) * n) != 0:
+        if posix_memalign(&mem, BN_CACHE_LINE, sizeof(bn_lg_http_counters) * n) != 0:
             raise MemoryError()
-        memset(mem, 0, sizeof(bn_http_counters) * n)
-        self.thread_counters = <bn_http_counters*>mem
+        memset(mem, 0, sizeof(bn_lg_http_counters) * n)
+        self.thread_counters = <bn_lg_http_counters*>mem
         self.tids = <pthread_t*>calloc(n, sizeof(pthread_t))
         self.threads = <bn_http_thread**>calloc(n, sizeof(bn_http_thread*))
         if self.tids == NULL or self.threads == NULL:
@@ -1029,16 +1029,16 @@ cdef class HTTPLoadRun:
         """The threads' counters summed (relaxed loads, safe while running)."""
         cdef int i
         cdef size_t k
-        cdef size_t nwords = sizeof(bn_http_counters) // sizeof(uint64_t)
+        cdef size_t nwords = sizeof(bn_lg_http_counters) // sizeof(uint64_t)
         cdef uint64_t sums[40]
         cdef const uint64_t* src
-        cdef bn_http_counters total
+        cdef bn_lg_http_counters total
         memset(sums, 0, sizeof(sums))
         for i in range(self.nthreads):
             src = <const uint64_t*>&self.thread_counters[i]
             for k in range(nwords):
                 sums[k] += bn_load_u64_relaxed(&src[k])
-        memcpy(&total, sums, sizeof(bn_http_counters))
+        memcpy(&total, sums, sizeof(bn_lg_http_counters))
         return total
 
     def histogram(self, int which=0):

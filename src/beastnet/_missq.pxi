@@ -17,6 +17,15 @@ cdef struct bn_miss:
     char tag[TAG_PREFIX_MAX_BYTES]
     char key[KEY_MAX_BYTES]
     char apikey[APIKEY_MAX_BYTES]
+    # HTTP only (the UDP engine leaves these zero): where the reply goes and
+    # what was asked.  `reader` is the worker index.
+    uint32_t conn                       # connection slot in the worker
+    uint32_t gen                        # the slot's generation: a reply for an older one is dropped
+    uint32_t method_len
+    uint32_t target_len                 # path + query
+    uint32_t route                      # 1 = /admin/, /metrics, /healthz (no KEY), 0 = table miss
+    char method[HTTP_METHOD_MAX_BYTES + 1]
+    char target[HTTP_TARGET_MAX_BYTES + 1]
 
 cdef struct bn_missq:
     bn_miss* cells
@@ -28,7 +37,9 @@ cdef struct bn_missq:
 
 
 cdef bn_missq* missq_new(size_t capacity) noexcept nogil:
-    cdef size_t cap = 1
+    # At least 2: with one cell a filled cell's sequence (pos + 1) equals the
+    # "free" sequence of the next position, and the ring never reads as full.
+    cdef size_t cap = 2
     while cap < capacity:
         cap <<= 1
     cdef bn_missq* q = <bn_missq*>calloc(1, sizeof(bn_missq))

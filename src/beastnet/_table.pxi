@@ -17,6 +17,9 @@ cdef struct bn_entry:
     char* content_type                  # NUL-terminated, just past the body
     uint32_t body_len                   # bytes
     uint32_t content_type_len           # bytes, without the NUL
+    char* http_head                     # "HTTP/1.1 200 OK\r\n...Content-Length: N\r\n", just past
+                                        # content_type; a worker ends it with its Date/Connection tail
+    uint32_t http_head_len              # bytes
 
 cdef struct bn_slot:
     uint64_t hash                       # 0 = empty; stored last (release) on insert
@@ -101,9 +104,61 @@ cdef bn_slot* index_find_slot(bn_index* idx, const char* key, size_t n, uint64_t
         i = (i + 1) & idx.mask
 
 
+cdef inline size_t dec_digits(size_t v) noexcept nogil:
+    cdef size_t n = 1
+    while v >= 10:
+        v //= 10
+        n += 1
+    return n
+
+
+cdef inline size_t http_head_bytes(size_t body_len, size_t ctype_len) noexcept nogil:
+    # "HTTP/1.1 200 OK\r\n" + "Server: beastnet\r\n" + "Content-Type: " ctype "\r\n"
+    # + "Content-Length: " digits "\r\n"; the status line is at most 3 + 1 + 32 bytes of reason.
+    return 9 + 3 + 1 + 32 + 2 + 18 + 14 + ctype_len + 2 + 16 + dec_digits(body_len) + 2
+
+
+cdef size_t http_head_write(char* out, int status, const char* reason, size_t reason_len,
+                            const char* ctype, size_t ctype_len, size_t body_len) noexcept nogil:
+    """Write an HTTP/1.1 response head without its final CRLF (a worker adds
+    Date, maybe Connection, and the blank line); return its length.  `out`
+    must hold http_head_bytes(body_len, ctype_len) bytes; reason <= 32 bytes."""
+    cdef char* p = out
+    cdef size_t n = dec_digits(body_len)
+    cdef size_t i
+    memcpy(p, b"HTTP/1.1 ", 9)
+    p += 9
+    p[0] = <char>(48 + status // 100)
+    p[1] = <char>(48 + (status // 10) % 10)
+    p[2] = <char>(48 + status % 10)
+    p[3] = 32
+    p += 4
+    if reason_len > 32:
+        reason_len = 32
+    memcpy(p, reason, reason_len)
+    p += reason_len
+    memcpy(p, b"\r\nServer: beastnet\r\nContent-Type: ", 34)
+    p += 34
+    memcpy(p, ctype, ctype_len)
+    p += ctype_len
+    memcpy(p, b"\r\nContent-Length: ", 18)
+    p += 18
+    for i in range(n):
+        p[n - 1 - i] = <char>(48 + body_len % 10)
+        body_len //= 10
+    p += n
+    p[0] = 13                           # CR
+    p[1] = 10                           # LF
+    p += 2
+    return <size_t>(p - out)
+
+
 cdef bn_entry* entry_new(const char* body, size_t body_len, const char* ctype, size_t ctype_len,
                          uint64_t version) noexcept nogil:
-    cdef bn_entry* e = <bn_entry*>malloc(sizeof(bn_entry) + body_len + ctype_len + 1)
+    # One block: struct, body, content type + NUL, then the HTTP response head,
+    # pre-built here once per write so an HTTP hit costs no formatting.
+    cdef size_t head_len = http_head_bytes(body_len, ctype_len)
+    cdef bn_entry* e = <bn_entry*>malloc(sizeof(bn_entry) + body_len + ctype_len + 1 + head_len)
     if e == NULL:
         return NULL
     e.version = version
@@ -114,11 +169,13 @@ cdef bn_entry* entry_new(const char* body, size_t body_len, const char* ctype, s
     memcpy(e.body, body, body_len)
     memcpy(e.content_type, ctype, ctype_len)
     e.content_type[ctype_len] = 0
+    e.http_head = e.content_type + ctype_len + 1
+    e.http_head_len = <uint32_t>http_head_write(e.http_head, 200, b"OK", 2, ctype, ctype_len, body_len)
     return e
 
 
 cdef inline size_t entry_bytes(bn_entry* e) noexcept nogil:
-    return sizeof(bn_entry) + e.body_len + e.content_type_len + 1
+    return sizeof(bn_entry) + e.body_len + e.content_type_len + 1 + e.http_head_len
 
 
 cdef bytes key_to_bytes(object key):

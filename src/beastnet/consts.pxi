@@ -31,3 +31,51 @@ cdef enum:
     ADMIT_UNAUTHORIZED = 1          # missing, unknown or revoked key
     ADMIT_RATE_LIMITED = 2          # GCRA says too soon
     ADMIT_OVER_QUOTA = 3            # monthly cap reached
+# TCP/HTTP engine (_http.pxi).
+cdef enum:
+    HTTP_SCRATCH_BYTES = 65536      # per-worker read buffer; a connection's own buffer only holds leftovers
+    HTTP_READ_MIN_BYTES = 4096      # least room offered to a read into a connection's own buffer
+    HTTP_IOV_MAX = 510              # iovecs per gather write (3 per response; Linux allows 1024)
+    HTTP_EVENTS_MAX = 256           # epoll events per epoll_wait
+    HTTP_ACCEPT_BATCH = 64          # accept4 calls per readable listening socket
+    HTTP_METHOD_MAX_BYTES = 15      # longest method token; longer is a 400
+    HTTP_TARGET_MAX_BYTES = 255     # longest target a miss/route carries to Python
+    HTTP_PREFIX_MAX_BYTES = 64      # longest key prefix ("/v1/")
+    HTTP_TAIL_MAX_BYTES = 96        # "Date: ...\r\n" + "Connection: keep-alive\r\n" + "\r\n"
+    HTTP_TICK_MS = 100              # timer granularity: timeouts, Date refresh, accept resume
+    HTTP_DRAIN_TICK_MS = 10         # timer granularity while stop() drains connections
+    HTTP_ACCEPT_PAUSE_MS = 100      # accepting pauses this long after EMFILE/ENFILE
+    HTTP_OUT_FREE_BYTES = 65536     # an emptied output buffer larger than this is freed
+
+# Response tails: what a worker appends to a pre-built head.
+cdef enum:
+    TAIL_KEEP = 0                   # Date, blank line (HTTP/1.1 keep-alive is the default)
+    TAIL_KEEP10 = 1                 # Date, "Connection: keep-alive", blank line (HTTP/1.0 client)
+    TAIL_CLOSE = 2                  # Date, "Connection: close", blank line
+
+# Connection flags.
+cdef enum:
+    CONN_WAITING = 1                # a miss/route is with the control plane; later requests wait
+    CONN_CLOSE_AFTER = 2            # close once the output is flushed; read no more
+    CONN_EOF = 4                    # the peer shut its side; finish, then close
+    CONN_DEAD = 8                   # an I/O error or OOM: close at the end of this step
+    CONN_WAIT_HEAD = 16             # the waiting request was HEAD: reply without a body
+
+# Methods the engine tells apart.
+cdef enum:
+    METHOD_GET = 1                  # GET
+    METHOD_HEAD = 2                 # HEAD
+    METHOD_OTHER = 3                # any other token: 405 under the prefix, passed on for routes
+
+# Pre-built error responses, indexed by these values.
+cdef enum:
+    ERR_400 = 0                     # bad_request: malformed request
+    ERR_401 = 1                     # unauthorized: no API key where one is required
+    ERR_404 = 2                     # not_found
+    ERR_405 = 3                     # method_not_allowed (+ Allow: GET, HEAD)
+    ERR_413 = 4                     # payload_too_large: a body where none is allowed
+    ERR_414 = 5                     # uri_too_long
+    ERR_431 = 6                     # headers_too_large
+    ERR_503 = 7                     # busy: miss queue full (+ Retry-After: 1)
+    ERR_503_CONNS = 8               # busy: over max_connections (+ Connection: close)
+    ERR_COUNT = 9

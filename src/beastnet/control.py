@@ -22,20 +22,31 @@ log = logging.getLogger("beastnet")
 
 
 class MissRequest:
-    """A request the table could not answer, as the handler sees it."""
+    """A request the table could not answer (or an HTTP control route), as the
+    handler sees it.  The same class for both protocols: `protocol` says which."""
 
-    __slots__ = ("key", "api_key", "tag", "protocol", "_addr", "_reader")
+    __slots__ = ("key", "api_key", "tag", "protocol", "method", "path", "query", "_addr",
+                 "_reader", "_conn")
 
-    def __init__(self, key: str, api_key: Optional[str], tag: Optional[str], protocol: str,
-                 addr: bytes, reader: int) -> None:
-        self.key = key              #: the KEY asked for
-        self.api_key = api_key      #: the APIKEY sent with it, or None
-        self.tag = tag              #: the TAG (without '@'), or None
-        self.protocol = protocol    #: "udp"
+    def __init__(self, key: Optional[str], api_key: Optional[str], tag: Optional[str],
+                 protocol: str, addr: bytes, reader: int, *, method: Optional[str] = None,
+                 path: Optional[str] = None, query: str = "",
+                 conn: Optional[tuple[int, int]] = None) -> None:
+        self.key = key              #: the KEY asked for; None for an HTTP route (/admin/..., ...)
+        self.api_key = api_key      #: the APIKEY (UDP) or X-API-Key / ?api_key= (HTTP), or None
+        self.tag = tag              #: the TAG (without '@'), or None; UDP only
+        self.protocol = protocol    #: "udp" or "http"
+        self.method = method        #: HTTP method ("GET", "HEAD", ...); None for UDP
+        self.path = path            #: HTTP path without the query, e.g. "/v1/BTC"; None for UDP
+        self.query = query          #: HTTP query string without '?', "" when none
         self._addr = addr
         self._reader = reader
+        self._conn = conn           # HTTP: (connection slot, generation) in worker `_reader`
 
     def __repr__(self) -> str:
+        if self.protocol == "http":
+            return (f"MissRequest(key={self.key!r}, protocol='http', method={self.method!r},"
+                    f" path={self.path!r})")
         return f"MissRequest(key={self.key!r}, protocol={self.protocol!r}, tag={self.tag!r})"
 
 
@@ -47,6 +58,7 @@ class Answer:
     body: Union[bytes, str, dict, list]
     cache: bool = False
     content_type: str = "application/json"
+    status: int = 200           #: HTTP status (UDP sends the body only); 429/503 add Retry-After
 
 
 HandlerResult = Union[bytes, str, dict, list, Answer, None]
@@ -170,12 +182,22 @@ class MissDispatcher:
         if room <= 0:
             return                      # a finishing call reschedules us
         misses = self.engine.pop_misses(min(room, 256))
-        for reader, addr, tag, key, api_key in misses:
-            request = MissRequest(key, api_key, tag[1:-1].decode("ascii") if tag else None,
-                                  self.protocol, addr, reader)
+        for item in misses:
+            request, tag = self._request(item)
             self._call(request, tag)
         if len(misses) == min(room, 256):
             self._schedule_drain()      # the eventfd is already drained: look again
+
+    def _request(self, item: tuple) -> tuple[MissRequest, bytes]:
+        """A queued item as the handler's MissRequest (and the UDP tag prefix)."""
+        if self.protocol == "http":
+            worker, conn, gen, _route, method, target, key, api_key = item
+            path, _, query = target.partition("?")
+            return MissRequest(key, api_key, None, "http", b"", worker, method=method,
+                               path=path, query=query, conn=(conn, gen)), b""
+        reader, addr, tag, key, api_key = item
+        return MissRequest(key, api_key, tag[1:-1].decode("ascii") if tag else None,
+                           self.protocol, addr, reader), tag
 
     def _call(self, request: MissRequest, tag: bytes) -> None:
         self.calls += 1
@@ -208,16 +230,18 @@ class MissDispatcher:
         if self.errors == 1 or self.errors % 1000 == 0:
             log.error("miss handler raised for %r (%d errors so far)", request, self.errors,
                       exc_info=exc)
-        self._send(request, tag, _INTERNAL_ERROR)
+        self._send(request, tag, _INTERNAL_ERROR, 500)
 
     def _reply(self, request: MissRequest, tag: bytes, result: HandlerResult) -> None:
         if result is None:
-            self._send(request, tag, _NOT_FOUND)
+            self._send(request, tag, _NOT_FOUND, 404)
             return
+        status, content_type = 200, "application/json"
         try:
             if isinstance(result, Answer):
                 body = _encode(result.body)
-                if result.cache:
+                status, content_type = result.status, result.content_type
+                if result.cache and request.key is not None:
                     self.table.set(request.key, body, content_type=result.content_type)
                     self.cached += 1
             else:
@@ -225,10 +249,23 @@ class MissDispatcher:
         except Exception as exc:        # unencodable result: the handler's bug
             self._failed(request, tag, exc)
             return
-        self._send(request, tag, body)
+        self._send(request, tag, body, status, content_type)
 
-    def _send(self, request: MissRequest, tag: bytes, body: bytes) -> None:
-        if self.engine.send_reply(request._reader, request._addr, tag, body) == 0:
+    def _send(self, request: MissRequest, tag: bytes, body: bytes, status: int = 200,
+              content_type: str = "application/json") -> None:
+        if request.protocol == "http":
+            assert request._conn is not None
+            try:
+                rc = self.engine.send_reply(request._reader, request._conn[0], request._conn[1],
+                                            status, content_type, body)
+            except ValueError as exc:   # a status or content type the wire cannot carry
+                self.errors += 1
+                self.last_error = exc
+                rc = self.engine.send_reply(request._reader, request._conn[0], request._conn[1],
+                                            500, "application/json", _INTERNAL_ERROR)
+        else:
+            rc = self.engine.send_reply(request._reader, request._addr, tag, body)
+        if rc == 0:
             self.replies += 1
         else:
             self.send_errors += 1

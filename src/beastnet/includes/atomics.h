@@ -68,6 +68,50 @@ typedef struct bn_counters {
     uint64_t over_quota;                    /* refused by the key's monthly cap */
 } __attribute__((aligned(BN_CACHE_LINE))) bn_counters;
 
+/* Compare-and-swap of a pointer (the TCP engine's reply stack). */
+static inline int bn_cas_ptr(void **p, void *expected, void *desired)
+{
+    return __atomic_compare_exchange_n(p, &expected, desired, 0, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED);
+}
+
+/* Per-worker counters of the TCP/HTTP engine: only the worker writes them
+ * (bn_count, or bn_store_u64 for the `active` gauge), stats() reads them with
+ * relaxed loads.  Aligned so two workers never share a line. */
+typedef struct bn_http_counters {
+    uint64_t accepted;                      /* connections accepted and served */
+    uint64_t active;                        /* gauge: connections open now */
+    uint64_t closed;                        /* served connections closed (all causes) */
+    uint64_t rejected;                      /* accepted past max_connections: answered 503, closed */
+    uint64_t requests;                      /* request heads parsed (well-formed or not) */
+    uint64_t responses_2xx;                 /* responses by status class */
+    uint64_t responses_3xx;
+    uint64_t responses_4xx;
+    uint64_t responses_5xx;
+    uint64_t hits;                          /* answered from the table */
+    uint64_t misses;                        /* key under the prefix not in the table */
+    uint64_t routed;                        /* /admin/, /metrics, /healthz handed to Python */
+    uint64_t queued;                        /* misses + routes put on the miss queue */
+    uint64_t queue_drops;                   /* ... refused: queue full, answered 503 busy */
+    uint64_t replies;                       /* control-plane replies delivered to a connection */
+    uint64_t replies_dropped;               /* ... whose connection had closed or been reused */
+    uint64_t parse_errors;                  /* answered 400, 414 or 431 */
+    uint64_t timeouts;                      /* closed by the header, idle or write timeout */
+    uint64_t header_timeouts;               /* ... of which the header timeout (slowloris) */
+    uint64_t write_timeouts;                /* ... of which a client not reading its answers */
+    uint64_t bytes_in;                      /* bytes read from connections */
+    uint64_t bytes_out;                     /* bytes written to connections */
+    uint64_t partial_writes;                /* writes the kernel took in part: the rest copied */
+    uint64_t read_pauses;                   /* reads paused: unsent output over the cap */
+    uint64_t econnreset;                    /* ECONNRESET on read or write */
+    uint64_t epipe;                         /* EPIPE on write */
+    uint64_t io_errors;                     /* other read/write errors (connection closed) */
+    uint64_t accept_errors;                 /* accept4 failures other than EAGAIN/EINTR */
+    uint64_t accept_emfile;                 /* ... of which EMFILE/ENFILE/ENOBUFS/ENOMEM: accepts paused */
+    uint64_t oom_closes;                    /* connections closed because a buffer could not grow */
+    uint64_t epoll_waits;                   /* epoll_wait calls */
+    uint64_t eintr;                         /* syscalls interrupted and retried */
+} __attribute__((aligned(BN_CACHE_LINE))) bn_http_counters;
+
 #endif /* BEASTNET_ATOMICS_H */
 
 #ifndef BEASTNET_ATOMICS_RMW

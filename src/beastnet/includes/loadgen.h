@@ -55,7 +55,7 @@ typedef struct bn_lg_counters {
 /* Per HTTP generator thread; same rules as bn_lg_counters.  A measured
  * request ends exactly one way: received, lost (timed out) or failed (its
  * connection broke: reset, closed, unparsable reply). */
-typedef struct bn_http_counters {
+typedef struct bn_lg_http_counters {
     uint64_t m_sent;                        /* measured requests written */
     uint64_t m_received;                    /* ... answered with a complete response */
     uint64_t m_lost;                        /* ... not answered within the timeout */
@@ -83,7 +83,7 @@ typedef struct bn_http_counters {
     uint64_t bytes_in;                      /* response bytes read */
     uint64_t eintr;                         /* syscalls interrupted and retried */
     uint64_t waits;                         /* times the thread slept in epoll */
-} __attribute__((aligned(BN_CACHE_LINE))) bn_http_counters;
+} __attribute__((aligned(BN_CACHE_LINE))) bn_lg_http_counters;
 
 static inline uint64_t bn_now_ns(void)
 {

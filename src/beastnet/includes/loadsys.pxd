@@ -53,7 +53,7 @@ cdef extern from "loadgen.h" nogil:
         uint64_t tx_batches
         uint64_t waits
 
-    ctypedef struct bn_http_counters:
+    ctypedef struct bn_lg_http_counters:
         uint64_t m_sent
         uint64_t m_received
         uint64_t m_lost

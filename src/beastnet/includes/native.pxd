@@ -24,6 +24,7 @@ cdef extern from "atomics.h" nogil:
     int64_t bn_load_i64_relaxed(const int64_t* p)
     void bn_store_i64_relaxed(int64_t* p, int64_t v)
     void bn_store_u64_relaxed(uint64_t* p, uint64_t v)
+    int bn_cas_ptr(void** p, void* expected, void* desired)
 
     ctypedef struct bn_qsbr_slot:
         uint64_t epoch
@@ -52,6 +53,40 @@ cdef extern from "atomics.h" nogil:
         uint64_t unauthorized
         uint64_t rate_limited
         uint64_t over_quota
+
+    ctypedef struct bn_http_counters:
+        uint64_t accepted
+        uint64_t active
+        uint64_t closed
+        uint64_t rejected
+        uint64_t requests
+        uint64_t responses_2xx
+        uint64_t responses_3xx
+        uint64_t responses_4xx
+        uint64_t responses_5xx
+        uint64_t hits
+        uint64_t misses
+        uint64_t routed
+        uint64_t queued
+        uint64_t queue_drops
+        uint64_t replies
+        uint64_t replies_dropped
+        uint64_t parse_errors
+        uint64_t timeouts
+        uint64_t header_timeouts
+        uint64_t write_timeouts
+        uint64_t bytes_in
+        uint64_t bytes_out
+        uint64_t partial_writes
+        uint64_t read_pauses
+        uint64_t econnreset
+        uint64_t epipe
+        uint64_t io_errors
+        uint64_t accept_errors
+        uint64_t accept_emfile
+        uint64_t oom_closes
+        uint64_t epoll_waits
+        uint64_t eintr
 
 
 cdef extern from "compat.h" nogil:

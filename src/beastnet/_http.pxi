@@ -1,0 +1,1587 @@
+# The TCP engine: HTTP/1.1 served from the response table by native workers.
+#
+# One worker thread per SO_REUSEPORT listening socket, each with its own epoll
+# instance (level-triggered), connection slots and counters; workers share
+# nothing but the table, the miss queue and the stop eventfd.  A worker loops:
+# epoll_wait (QSBR-offline while it sleeps), then for each ready connection
+# one recv into a per-worker scratch buffer, parse every complete request in
+# it, and answer hits with one gather write whose iovecs are
+# [entry's pre-built head, worker's Date/Connection tail, entry's body]: the
+# body is never copied.  Then a quiescent point.
+#
+# QSBR contract: an entry pointer lives in the worker's iovec array only until
+# the end of conn_run, which always flushes it.  What the kernel did not take
+# is copied into the connection's own output buffer there and then (the only
+# copy, and only on that slow path), so no entry is held across batches.
+#
+# Misses (and /admin/, /metrics, /healthz) go onto the engine's miss queue
+# tagged with (worker, slot, generation); the connection stops parsing (later
+# pipelined requests wait in its input buffer, keeping answers in order) until
+# the control plane pushes a reply onto the worker's lock-free reply stack and
+# wakes it through its eventfd.  A reply for a slot whose generation moved on
+# (the connection closed, the slot was reused) is dropped and counted.
+
+cdef struct bn_hreq:
+    const char* method
+    uint32_t method_len
+    int method_code                     # METHOD_*
+    const char* target                  # origin-form: path [ "?" query ]
+    uint32_t target_len
+    uint32_t path_len                   # bytes of target before '?'
+    const char* apikey                  # X-API-Key, else ?api_key=, else NULL
+    uint32_t apikey_len
+    int keepalive                       # 1 = keep the connection after the answer
+    int http10                          # 1 = HTTP/1.0 client
+    int has_body                        # Content-Length > 0 or Transfer-Encoding present
+
+cdef struct bn_conn:
+    int fd                              # -1 = free slot
+    uint32_t gen                        # bumped on close; miss replies carry it
+    uint32_t flags                      # CONN_*
+    uint32_t events                     # current epoll interest
+    uint8_t wait_tail                   # TAIL_* for the reply to the waiting request
+    char* inb                           # unparsed input, NULL when none (most of the time)
+    size_t in_len                       # bytes
+    size_t in_cap                       # bytes
+    size_t in_scanned                   # bytes of inb already searched for the head's end
+    char* outb                          # unsent output, NULL when none
+    size_t out_off                      # bytes already sent from outb
+    size_t out_len                      # bytes in outb
+    size_t out_cap                      # bytes
+    int64_t last_active_ns              # last read (or accept)
+    int64_t head_start_ns               # when the incomplete head in inb began arriving
+    int64_t last_write_ns               # last write progress while output was pending
+    uint64_t requests                   # requests answered on this connection
+
+cdef struct bn_hreply:
+    bn_hreply* next
+    uint32_t conn                       # slot
+    uint32_t gen                        # generation of the slot at request time
+    uint32_t status                     # HTTP status
+    uint32_t head_len                   # bytes of the head (no final CRLF) at data
+    uint32_t body_len                   # bytes of the body after the head
+
+cdef struct bn_static_resp:
+    const char* head                    # status line + headers, without the final CRLF
+    size_t head_len
+    const char* body
+    size_t body_len
+    int status
+
+cdef struct bn_hworker:
+    int index                           # position among the engine's workers
+    int listen_fd                       # SO_REUSEPORT listening socket (owned by Python)
+    int epfd                            # this worker's epoll instance
+    int stop_fd                         # engine's eventfd, readable once stop() is called
+    int reply_fd                        # eventfd: the control plane pushed replies
+    int miss_fd                         # eventfd to wake the control plane, -1 = no miss queue
+    int cpu                             # CPU to pin to, -1 = no pinning
+    int pin_error                       # errno from pinning
+    int fatal_errno                     # errno that made the worker quit, 0 = none
+    int qsbr_index                      # slot in qsbr_slots, -1 = none
+    int* stop_flag                      # engine's stop flag
+    int draining                        # stop() seen: finish or close connections, accept none
+    int accept_paused                   # listening socket out of epoll after EMFILE
+    int misses_to_python                # 1 = table misses go to the queue, 0 = answered 404
+    int require_apikey                  # 1 = 401 without X-API-Key / ?api_key=
+    int miss_signal                     # requests queued this batch: wake the control plane once
+    uint32_t max_conns                  # connection slots
+    uint32_t free_top                   # entries in free_slots
+    uint32_t high_water                 # slots [0, high_water) have been used
+    uint32_t active                     # connections open
+    uint32_t* free_slots                # stack of free slot indexes
+    bn_conn* conns                      # max_conns
+    size_t max_header_bytes             # request head limit (431 beyond)
+    size_t max_target_bytes             # request target limit (414 beyond)
+    size_t max_output_bytes             # unsent output past which reading pauses
+    int64_t header_timeout_ns
+    int64_t idle_timeout_ns
+    int64_t write_timeout_ns
+    int64_t grace_ns                    # set by stop() before the stop flag
+    int64_t drain_deadline_ns
+    int64_t now_ns                      # CLOCK_MONOTONIC_COARSE, refreshed after each epoll_wait
+    int64_t next_tick_ns
+    int64_t accept_resume_ns
+    time_t date_second                  # second the Date tails were built for
+    bn_missq* missq                     # NULL: no queue (misses 404, routes 404)
+    bn_index** index_ref                # &table.index, loaded once per request
+    bn_qsbr_slot* qsbr
+    bn_http_counters* counters
+    void* replies                       # bn_hreply stack, pushed by the control plane (CAS)
+    char prefix[HTTP_PREFIX_MAX_BYTES]  # key prefix, e.g. "/v1/"
+    size_t prefix_len
+    char* scratch                       # HTTP_SCRATCH_BYTES
+    iovec* iov                          # HTTP_IOV_MAX, one connection's pending responses
+    int niov
+    netsys.epoll_event* events          # HTTP_EVENTS_MAX
+    char tails[3][HTTP_TAIL_MAX_BYTES]  # TAIL_*: Date [+ Connection] + blank line
+    size_t tail_len[3]
+
+
+cdef bn_static_resp HTTP_ERR[ERR_COUNT]
+cdef list http_static_keep = []         # owns the bytes HTTP_ERR points into
+cdef uint8_t HTTP_TCHAR[256]            # RFC 9110 token characters
+cdef const char* HTTP_DAYS = b"SunMonTueWedThuFriSat"
+cdef const char* HTTP_MONTHS = b"JanFebMarAprMayJunJulAugSepOctNovDec"
+
+# epoll data: (generation << 32) | slot for connections; these for the rest.
+cdef uint64_t EV_LISTEN = 0xFFFFFFFF00000001ULL
+cdef uint64_t EV_STOP = 0xFFFFFFFF00000002ULL
+cdef uint64_t EV_REPLY = 0xFFFFFFFF00000003ULL
+
+
+HTTP_REASONS = {
+    200: "OK", 201: "Created", 202: "Accepted", 204: "No Content", 301: "Moved Permanently",
+    302: "Found", 304: "Not Modified", 400: "Bad Request", 401: "Unauthorized",
+    403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout",
+    409: "Conflict", 413: "Content Too Large", 414: "URI Too Long", 415: "Unsupported Media Type",
+    422: "Unprocessable Content", 429: "Too Many Requests", 431: "Request Header Fields Too Large",
+    500: "Internal Server Error", 501: "Not Implemented", 502: "Bad Gateway",
+    503: "Service Unavailable", 504: "Gateway Timeout",
+}
+
+
+cdef bytes http_build_head(int status, str content_type, size_t body_len, str extra=""):
+    reason = HTTP_REASONS.get(status, "Unknown")
+    return (f"HTTP/1.1 {status} {reason}\r\nServer: beastnet\r\nContent-Type: {content_type}\r\n"
+            f"Content-Length: {body_len}\r\n{extra}").encode("latin-1")
+
+
+cdef void http_static_init() except *:
+    # Every fixed reply built once at import, like redis's createSharedObjects.
+    specs = [
+        (ERR_400, 400, b'{"error":"bad_request"}', ""),
+        (ERR_401, 401, b'{"error":"unauthorized"}', ""),
+        (ERR_404, 404, b'{"error":"not_found"}', ""),
+        (ERR_405, 405, b'{"error":"method_not_allowed"}', "Allow: GET, HEAD\r\n"),
+        (ERR_413, 413, b'{"error":"payload_too_large"}', ""),
+        (ERR_414, 414, b'{"error":"uri_too_long"}', ""),
+        (ERR_431, 431, b'{"error":"headers_too_large"}', ""),
+        (ERR_503, 503, b'{"error":"busy"}', "Retry-After: 1\r\n"),
+        (ERR_503_CONNS, 503, b'{"error":"busy"}', "Retry-After: 1\r\nConnection: close\r\n\r\n"),
+    ]
+    cdef bytes head
+    cdef bytes body
+    for idx, status, body, extra in specs:
+        head = http_build_head(status, "application/json", len(body), extra)
+        if idx == ERR_503_CONNS:        # sent whole, before any request: head + blank line + body
+            head = head + body
+        http_static_keep.append(head)
+        http_static_keep.append(body)
+        HTTP_ERR[idx].head = head
+        HTTP_ERR[idx].head_len = len(head)
+        HTTP_ERR[idx].body = body
+        HTTP_ERR[idx].body_len = len(body)
+        HTTP_ERR[idx].status = status
+    cdef int c
+    for c in range(256):
+        HTTP_TCHAR[c] = 1 if (48 <= c <= 57 or 65 <= c <= 90 or 97 <= c <= 122
+                              or c in b"!#$%&'*+-.^_`|~") else 0
+
+
+# -- request parsing -------------------------------------------------------------
+
+cdef inline int ascii_ieq(const char* a, const char* lower, size_t n) noexcept nogil:
+    """a[0:n] equals `lower` (lower case) ignoring ASCII case."""
+    cdef size_t i
+    cdef uint8_t c
+    for i in range(n):
+        c = <uint8_t>a[i]
+        if 65 <= c <= 90:
+            c += 32
+        if c != <uint8_t>lower[i]:
+            return 0
+    return 1
+
+
+cdef int http_connection_tokens(const char* v, size_t n, int* close, int* keep) noexcept nogil:
+    # Connection: a comma-separated token list, e.g. "keep-alive, Upgrade".
+    cdef size_t i = 0
+    cdef size_t start
+    cdef size_t end
+    while i < n:
+        while i < n and (v[i] == 32 or v[i] == 9 or v[i] == 44):
+            i += 1
+        start = i
+        while i < n and v[i] != 44:
+            i += 1
+        end = i
+        while end > start and (v[end - 1] == 32 or v[end - 1] == 9):
+            end -= 1
+        if end - start == 5 and ascii_ieq(v + start, b"close", 5):
+            close[0] = 1
+        elif end - start == 10 and ascii_ieq(v + start, b"keep-alive", 10):
+            keep[0] = 1
+    return 0
+
+
+cdef inline void http_query_apikey(bn_hreq* req) noexcept nogil:
+    # ?api_key=VALUE among &-separated parameters; used when no X-API-Key came.
+    cdef const char* q = req.target + req.path_len + 1
+    cdef size_t n
+    cdef size_t i = 0
+    cdef size_t start
+    if req.path_len >= req.target_len:
+        return
+    n = req.target_len - req.path_len - 1
+    while i + 8 <= n:
+        if memcmp(q + i, b"api_key=", 8) == 0 and (i == 0 or q[i - 1] == 38):   # '&'
+            start = i + 8
+            i = start
+            while i < n and q[i] != 38:
+                i += 1
+            if i > start:
+                req.apikey = q + start
+                req.apikey_len = <uint32_t>(i - start)
+            return
+        i += 1
+
+
+cdef int http_parse_head(const char* p, size_t n, bn_hreq* req, size_t max_target) noexcept nogil:
+    """Parse one complete request head p[0:n] (it ends with CRLF CRLF).
+    Returns 0, or the status to answer: 400 (malformed) or 414 (target too long)."""
+    cdef size_t i = 0
+    cdef size_t start
+    cdef size_t name_len
+    cdef size_t vstart
+    cdef size_t vend
+    cdef uint8_t c
+    cdef int conn_close = 0
+    cdef int conn_keep = 0
+    cdef int has_host = 0
+    cdef int has_cl = 0
+    cdef int has_te = 0
+    cdef uint64_t content_length = 0
+    memset(req, 0, sizeof(bn_hreq))
+    # request-line = method SP request-target SP HTTP-version CRLF
+    while i < n and HTTP_TCHAR[<uint8_t>p[i]]:
+        i += 1
+    if i == 0 or i > HTTP_METHOD_MAX_BYTES or i >= n or p[i] != 32:
+        return 400
+    req.method = p
+    req.method_len = <uint32_t>i
+    if i == 3 and memcmp(p, b"GET", 3) == 0:
+        req.method_code = METHOD_GET
+    elif i == 4 and memcmp(p, b"HEAD", 4) == 0:
+        req.method_code = METHOD_HEAD
+    else:
+        req.method_code = METHOD_OTHER
+    i += 1
+    start = i
+    while i < n and 0x20 < <uint8_t>p[i] < 0x7f:
+        i += 1
+    if i - start > max_target:
+        return 414
+    if i == start or p[start] != 47 or i >= n or p[i] != 32:      # origin-form starts with '/'
+        return 400
+    req.target = p + start
+    req.target_len = <uint32_t>(i - start)
+    vstart = start
+    while vstart < i and p[vstart] != 63:                         # '?'
+        vstart += 1
+    req.path_len = <uint32_t>(vstart - start)
+    i += 1
+    # HTTP-version = "HTTP/1.0" / "HTTP/1.1", then CRLF
+    if i + 10 > n or memcmp(p + i, b"HTTP/1.", 7) != 0 or p[i + 8] != 13 or p[i + 9] != 10:
+        return 400
+    if p[i + 7] == 49:
+        req.http10 = 0
+    elif p[i + 7] == 48:
+        req.http10 = 1
+    else:
+        return 400
+    i += 10
+    # header-field = field-name ":" OWS field-value OWS CRLF; the head ends with CRLF
+    while True:
+        if i + 1 >= n:
+            return 400
+        if p[i] == 13:
+            if p[i + 1] != 10 or i + 2 != n:
+                return 400
+            break
+        start = i
+        while i < n and HTTP_TCHAR[<uint8_t>p[i]]:
+            i += 1
+        name_len = i - start
+        if name_len == 0 or i >= n or p[i] != 58:                 # ':'; also rejects obs-fold
+            return 400
+        i += 1
+        while i < n and (p[i] == 32 or p[i] == 9):
+            i += 1
+        vstart = i
+        while i < n:
+            c = <uint8_t>p[i]
+            if c == 13:
+                break
+            if (c < 0x20 and c != 9) or c == 0x7f:                # CTLs, bare LF, NUL
+                return 400
+            i += 1
+        if i + 1 >= n or p[i + 1] != 10:
+            return 400
+        vend = i
+        while vend > vstart and (p[vend - 1] == 32 or p[vend - 1] == 9):
+            vend -= 1
+        i += 2
+        if name_len == 4 and ascii_ieq(p + start, b"host", 4):
+            if has_host:
+                return 400
+            has_host = 1
+        elif name_len == 10 and ascii_ieq(p + start, b"connection", 10):
+            http_connection_tokens(p + vstart, vend - vstart, &conn_close, &conn_keep)
+        elif name_len == 14 and ascii_ieq(p + start, b"content-length", 14):
+            if has_cl or vend == vstart or vend - vstart > 15:
+                return 400
+            has_cl = 1
+            while vstart < vend:
+                c = <uint8_t>p[vstart]
+                if c < 48 or c > 57:
+                    return 400
+                content_length = content_length * 10 + (c - 48)
+                vstart += 1
+        elif name_len == 17 and ascii_ieq(p + start, b"transfer-encoding", 17):
+            has_te = 1
+        elif name_len == 9 and ascii_ieq(p + start, b"x-api-key", 9):
+            if vend == vstart or vend - vstart > APIKEY_MAX_BYTES:
+                return 400
+            req.apikey = p + vstart
+            req.apikey_len = <uint32_t>(vend - vstart)
+    if has_cl and has_te:                                         # request smuggling shape
+        return 400
+    if not req.http10 and not has_host:                           # RFC 9112 §3.2
+        return 400
+    req.has_body = has_te or content_length > 0
+    if req.http10:
+        req.keepalive = conn_keep and not conn_close
+    else:
+        req.keepalive = not conn_close
+    if req.apikey == NULL:
+        http_query_apikey(req)
+        if req.apikey_len > APIKEY_MAX_BYTES:
+            return 400
+    return 0
+
+
+# -- output ------------------------------------------------------------------------
+
+cdef inline int64_t http_now_ns() noexcept nogil:
+    cdef timespec ts
+    netsys.clock_gettime(netsys.CLOCK_MONOTONIC_COARSE, &ts)
+    return <int64_t>ts.tv_sec * 1000000000 + ts.tv_nsec
+
+
+cdef void http_worker_date(bn_hworker* w) noexcept nogil:
+    """Rebuild the three tails for the current second (RFC 9110 IMF-fixdate).
+    Formatted by hand: strftime would follow the process locale."""
+    cdef time_t now = netsys.time(NULL)
+    cdef netsys.tm t
+    cdef char date[40]
+    cdef char* p = date
+    cdef int i
+    cdef size_t dlen
+    if now == w.date_second:
+        return
+    w.date_second = now
+    netsys.gmtime_r(&now, &t)
+    memcpy(p, b"Date: ", 6)
+    p += 6
+    memcpy(p, HTTP_DAYS + 3 * t.tm_wday, 3)
+    p[3] = 44                           # ','
+    p[4] = 32
+    p[5] = <char>(48 + t.tm_mday // 10)
+    p[6] = <char>(48 + t.tm_mday % 10)
+    p[7] = 32
+    memcpy(p + 8, HTTP_MONTHS + 3 * t.tm_mon, 3)
+    p[11] = 32
+    i = t.tm_year + 1900
+    p[12] = <char>(48 + i // 1000)
+    p[13] = <char>(48 + (i // 100) % 10)
+    p[14] = <char>(48 + (i // 10) % 10)
+    p[15] = <char>(48 + i % 10)
+    p[16] = 32
+    p[17] = <char>(48 + t.tm_hour // 10)
+    p[18] = <char>(48 + t.tm_hour % 10)
+    p[19] = 58                          # ':'
+    p[20] = <char>(48 + t.tm_min // 10)
+    p[21] = <char>(48 + t.tm_min % 10)
+    p[22] = 58
+    p[23] = <char>(48 + t.tm_sec // 10)
+    p[24] = <char>(48 + t.tm_sec % 10)
+    memcpy(p + 25, b" GMT\r\n", 6)
+    dlen = 6 + 31
+    memcpy(w.tails[TAIL_KEEP], date, dlen)
+    memcpy(w.tails[TAIL_KEEP] + dlen, b"\r\n", 2)
+    w.tail_len[TAIL_KEEP] = dlen + 2
+    memcpy(w.tails[TAIL_KEEP10], date, dlen)
+    memcpy(w.tails[TAIL_KEEP10] + dlen, b"Connection: keep-alive\r\n\r\n", 26)
+    w.tail_len[TAIL_KEEP10] = dlen + 26
+    memcpy(w.tails[TAIL_CLOSE], date, dlen)
+    memcpy(w.tails[TAIL_CLOSE] + dlen, b"Connection: close\r\n\r\n", 21)
+    w.tail_len[TAIL_CLOSE] = dlen + 21
+
+
+cdef int conn_out_append(bn_conn* c, const char* data, size_t n) noexcept nogil:
+    """Copy `n` bytes to the end of the connection's output buffer; -1 = no memory."""
+    cdef size_t need
+    cdef size_t cap
+    cdef char* grown
+    if c.out_off == c.out_len:
+        c.out_off = 0
+        c.out_len = 0
+    need = c.out_len + n
+    if need > c.out_cap:
+        if c.out_off > 0:               # slide the unsent part down first
+            memmove(c.outb, c.outb + c.out_off, c.out_len - c.out_off)
+            c.out_len -= c.out_off
+            c.out_off = 0
+            need = c.out_len + n
+        if need > c.out_cap:
+            cap = c.out_cap * 2 if c.out_cap else 4096
+            while cap < need:
+                cap *= 2
+            grown = <char*>realloc(c.outb, cap)
+            if grown == NULL:
+                return -1
+            c.outb = grown
+            c.out_cap = cap
+    memcpy(c.outb + c.out_len, data, n)
+    c.out_len += n
+    return 0
+
+
+cdef inline int conn_out_pending(bn_conn* c) noexcept nogil:
+    return c.out_len > c.out_off
+
+
+cdef int conn_send_out(bn_hworker* w, bn_conn* c) noexcept nogil:
+    """Write what the output buffer holds: 0 = done or EAGAIN, -1 = the
+    connection failed (flagged CONN_DEAD, counted)."""
+    cdef ssize_t n
+    cdef int err
+    while c.out_len > c.out_off:
+        n = netsys.send(c.fd, c.outb + c.out_off, c.out_len - c.out_off, netsys.MSG_NOSIGNAL)
+        if n > 0:
+            c.out_off += <size_t>n
+            c.last_write_ns = w.now_ns
+            bn_count(&w.counters.bytes_out, <uint64_t>n)
+            continue
+        err = errno
+        if n < 0 and err == netsys.EINTR:
+            bn_count(&w.counters.eintr, 1)
+            continue
+        if n < 0 and err == netsys.EAGAIN:
+            return 0
+        conn_io_error(w, c, err)
+        return -1
+    c.out_off = 0
+    c.out_len = 0
+    if c.out_cap > HTTP_OUT_FREE_BYTES:
+        free(c.outb)
+        c.outb = NULL
+        c.out_cap = 0
+    return 0
+
+
+cdef inline void conn_io_error(bn_hworker* w, bn_conn* c, int err) noexcept nogil:
+    if err == netsys.ECONNRESET:
+        bn_count(&w.counters.econnreset, 1)
+    elif err == netsys.EPIPE:
+        bn_count(&w.counters.epipe, 1)
+    else:
+        bn_count(&w.counters.io_errors, 1)
+    c.flags |= CONN_DEAD
+
+
+cdef int conn_flush_iov(bn_hworker* w, bn_conn* c) noexcept nogil:
+    """Gather-write the worker's pending iovecs for `c` (sendmsg = writev plus
+    MSG_NOSIGNAL).  Whatever the kernel does not take is copied into the
+    connection's output buffer before returning: the iovecs may point into
+    table entries, which must not outlive this batch (QSBR).  0 or -1 (dead)."""
+    cdef netsys.msghdr msg
+    cdef ssize_t n = 0
+    cdef int err
+    cdef int i
+    cdef size_t sent
+    cdef int niov = w.niov
+    w.niov = 0
+    if niov == 0 or (c.flags & CONN_DEAD):
+        return 0
+    memset(&msg, 0, sizeof(msg))
+    msg.msg_iov = w.iov
+    msg.msg_iovlen = <size_t>niov
+    while True:
+        n = netsys.sendmsg(c.fd, &msg, netsys.MSG_NOSIGNAL)
+        if n >= 0:
+            break
+        err = errno
+        if err == netsys.EINTR:
+            bn_count(&w.counters.eintr, 1)
+            continue
+        if err == netsys.EAGAIN:
+            n = 0
+            break
+        conn_io_error(w, c, err)
+        return -1
+    bn_count(&w.counters.bytes_out, <uint64_t>n)
+    sent = <size_t>n
+    i = 0
+    while i < niov and sent >= w.iov[i].iov_len:
+        sent -= w.iov[i].iov_len
+        i += 1
+    if i == niov:
+        return 0
+    # Slow path: the socket buffer is full.  Copy the rest (the one copy).
+    bn_count(&w.counters.partial_writes, 1)
+    c.last_write_ns = w.now_ns
+    while i < niov:
+        if conn_out_append(c, <const char*>w.iov[i].iov_base + sent, w.iov[i].iov_len - sent) < 0:
+            bn_count(&w.counters.oom_closes, 1)
+            c.flags |= CONN_DEAD
+            return -1
+        sent = 0
+        i += 1
+    return 0
+
+
+cdef inline int conn_emit(bn_hworker* w, bn_conn* c, const char* head, size_t head_len, int tail,
+                          const char* body, size_t body_len, int status) noexcept nogil:
+    """Queue one response: head + tail + body.  Zero-copy into the iovecs unless
+    output is already backlogged (then appended, to keep the order).  0 or -1."""
+    if status < 300:
+        bn_count(&w.counters.responses_2xx, 1)
+    elif status < 400:
+        bn_count(&w.counters.responses_3xx, 1)
+    elif status < 500:
+        bn_count(&w.counters.responses_4xx, 1)
+    else:
+        bn_count(&w.counters.responses_5xx, 1)
+    c.requests += 1
+    if w.niov + 3 > HTTP_IOV_MAX:
+        if conn_flush_iov(w, c) < 0:
+            return -1
+    if conn_out_pending(c):
+        if (conn_out_append(c, head, head_len) < 0
+                or conn_out_append(c, w.tails[tail], w.tail_len[tail]) < 0
+                or conn_out_append(c, body, body_len) < 0):
+            bn_count(&w.counters.oom_closes, 1)
+            c.flags |= CONN_DEAD
+            return -1
+        return 0
+    w.iov[w.niov].iov_base = <void*>head
+    w.iov[w.niov].iov_len = head_len
+    w.iov[w.niov + 1].iov_base = <void*>w.tails[tail]
+    w.iov[w.niov + 1].iov_len = w.tail_len[tail]
+    w.iov[w.niov + 2].iov_base = <void*>body      # into the entry: never copied here
+    w.iov[w.niov + 2].iov_len = body_len
+    w.niov += 3
+    return 0
+
+
+cdef inline int conn_emit_error(bn_hworker* w, bn_conn* c, int err, int tail, int head_only) noexcept nogil:
+    cdef bn_static_resp* r = &HTTP_ERR[err]
+    return conn_emit(w, c, r.head, r.head_len, tail, r.body, 0 if head_only else r.body_len, r.status)
+
+
+# -- requests -----------------------------------------------------------------------
+
+cdef inline int http_key_valid(const char* k, size_t n) noexcept nogil:
+    cdef size_t i
+    if n == 0 or n > KEY_MAX_BYTES:
+        return 0
+    for i in range(n):
+        if not (CHAR_CLASS[<uint8_t>k[i]] & CHAR_KEY):
+            return 0
+    return 1
+
+
+cdef inline int http_is_route(const char* path, size_t n) noexcept nogil:
+    # Paths the control plane serves.
+    if n >= 7 and memcmp(path, b"/admin/", 7) == 0:
+        return 1
+    if n == 8 and (memcmp(path, b"/metrics", 8) == 0 or memcmp(path, b"/healthz", 8) == 0):
+        return 1
+    return 0
+
+
+cdef int conn_queue(bn_hworker* w, bn_conn* c, bn_hreq* req, const char* key, size_t key_len,
+                    int route) noexcept nogil:
+    """Hand a miss or route to the control plane; 0 when the queue is full."""
+    cdef uint64_t pos
+    cdef bn_miss* cell = missq_claim(w.missq, &pos)
+    if cell == NULL:
+        return 0
+    cell.reader = <uint32_t>w.index
+    cell.conn = <uint32_t>(c - w.conns)
+    cell.gen = c.gen
+    cell.route = <uint32_t>route
+    cell.addr_len = 0
+    cell.tag_len = 0
+    cell.key_len = <uint32_t>key_len
+    memcpy(cell.key, key, key_len)
+    cell.apikey_len = req.apikey_len
+    memcpy(cell.apikey, req.apikey, req.apikey_len)
+    cell.method_len = req.method_len
+    memcpy(cell.method, req.method, req.method_len)
+    cell.target_len = req.target_len
+    memcpy(cell.target, req.target, req.target_len)
+    missq_publish(cell, pos)
+    return 1
+
+
+cdef inline int conn_step(bn_conn* c, int rc) noexcept nogil:
+    # After an answer: -1 dead, 1 stop parsing (closing), 0 go on.
+    if rc < 0:
+        return -1
+    return 1 if c.flags & CONN_CLOSE_AFTER else 0
+
+
+cdef int conn_request(bn_hworker* w, bn_conn* c, bn_hreq* req) noexcept nogil:
+    """Answer one parsed request (or queue it).  Returns 0 to go on parsing,
+    1 to stop (waiting on the control plane, or closing), -1 dead."""
+    cdef int tail
+    cdef int head_only = req.method_code == METHOD_HEAD
+    cdef const char* key = NULL
+    cdef size_t key_len = 0
+    cdef bn_entry* e
+    cdef int route = 0
+    cdef int in_prefix = (req.path_len > w.prefix_len
+                          and memcmp(req.target, w.prefix, w.prefix_len) == 0)
+    if not req.keepalive or w.draining:
+        tail = TAIL_CLOSE
+        c.flags |= CONN_CLOSE_AFTER
+    elif req.http10:
+        tail = TAIL_KEEP10
+    else:
+        tail = TAIL_KEEP
+    if in_prefix and req.method_code == METHOD_OTHER:
+        if req.has_body:                # its body is unread: the framing is lost
+            c.flags |= CONN_CLOSE_AFTER
+            tail = TAIL_CLOSE
+        return conn_step(c, conn_emit_error(w, c, ERR_405, tail, 0))
+    if req.has_body:                    # GET/HEAD (or a route) with a body
+        c.flags |= CONN_CLOSE_AFTER
+        return conn_step(c, conn_emit_error(w, c, ERR_413, TAIL_CLOSE, head_only))
+    if in_prefix:
+        if w.require_apikey and req.apikey_len == 0:
+            return conn_step(c, conn_emit_error(w, c, ERR_401, tail, head_only))
+        key = req.target + w.prefix_len
+        key_len = req.path_len - w.prefix_len
+        if not http_key_valid(key, key_len):
+            bn_count(&w.counters.misses, 1)
+            return conn_step(c, conn_emit_error(w, c, ERR_404, tail, head_only))
+        e = table_lookup(w.index_ref, key, key_len)
+        if e != NULL:
+            bn_count(&w.counters.hits, 1)
+            return conn_step(c, conn_emit(w, c, e.http_head, e.http_head_len, tail, e.body,
+                                          0 if head_only else e.body_len, 200))
+        bn_count(&w.counters.misses, 1)
+        if not w.misses_to_python or w.missq == NULL:
+            return conn_step(c, conn_emit_error(w, c, ERR_404, tail, head_only))
+    elif http_is_route(req.target, req.path_len):
+        bn_count(&w.counters.routed, 1)
+        if w.missq == NULL:
+            return conn_step(c, conn_emit_error(w, c, ERR_404, tail, head_only))
+        if req.target_len > HTTP_TARGET_MAX_BYTES:
+            return conn_step(c, conn_emit_error(w, c, ERR_414, tail, head_only))
+        route = 1
+    else:
+        return conn_step(c, conn_emit_error(w, c, ERR_404, tail, head_only))
+    # To the control plane: the connection waits, later requests stay buffered.
+    if conn_queue(w, c, req, key, key_len, route):
+        bn_count(&w.counters.queued, 1)
+        w.miss_signal = 1
+        c.flags |= CONN_WAITING
+        if head_only:
+            c.flags |= CONN_WAIT_HEAD
+        c.wait_tail = <uint8_t>tail
+        return 1
+    bn_count(&w.counters.queue_drops, 1)
+    return conn_step(c, conn_emit_error(w, c, ERR_503, tail, head_only))
+
+
+cdef size_t conn_parse_all(bn_hworker* w, bn_conn* c, const char* data, size_t n,
+                           size_t scanned) noexcept nogil:
+    """Answer every complete request in data[0:n] until one must wait.
+    Returns the bytes consumed; the rest is an incomplete head or waits."""
+    cdef size_t pos = 0
+    cdef size_t from_
+    cdef const char* end
+    cdef size_t head_len
+    cdef size_t avail
+    cdef int status
+    cdef int rc
+    cdef bn_hreq req
+    while pos < n:
+        if c.flags & (CONN_WAITING | CONN_CLOSE_AFTER | CONN_DEAD):
+            break
+        if conn_out_pending(c) and c.out_len - c.out_off >= w.max_output_bytes:
+            break                       # the client is not reading: stop answering
+        avail = n - pos
+        from_ = scanned - 3 if scanned > 3 and pos == 0 else 0
+        scanned = 0
+        end = <const char*>netsys.memmem(data + pos + from_, avail - from_, b"\r\n\r\n", 4)
+        if end == NULL:
+            # Incomplete head.  Refuse early when it can no longer fit.
+            if avail > w.max_header_bytes:
+                status = ERR_431
+                if netsys.memmem(data + pos, avail, b"\r\n", 2) == NULL:
+                    status = ERR_414
+            elif (avail > w.max_target_bytes + 32
+                    and netsys.memmem(data + pos, avail, b"\r\n", 2) == NULL):
+                status = ERR_414
+            else:
+                break
+            bn_count(&w.counters.requests, 1)
+            bn_count(&w.counters.parse_errors, 1)
+            c.flags |= CONN_CLOSE_AFTER
+            conn_emit_error(w, c, status, TAIL_CLOSE, 0)
+            return n
+        head_len = <size_t>(end - (data + pos)) + 4
+        bn_count(&w.counters.requests, 1)
+        if head_len > w.max_header_bytes:
+            status = 431
+        else:
+            status = http_parse_head(data + pos, head_len, &req, w.max_target_bytes)
+        if status != 0:
+            bn_count(&w.counters.parse_errors, 1)
+            c.flags |= CONN_CLOSE_AFTER
+            conn_emit_error(w, c, ERR_400 if status == 400 else (ERR_414 if status == 414 else ERR_431),
+                            TAIL_CLOSE, 0)
+            return n
+        pos += head_len
+        rc = conn_request(w, c, &req)
+        if rc != 0:
+            break
+    if c.flags & CONN_CLOSE_AFTER:
+        return n                        # nothing after a closing answer is read
+    return pos
+
+
+cdef void conn_set_events(bn_hworker* w, bn_conn* c) noexcept nogil:
+    """Read unless waiting, closing or backlogged; watch for writability only
+    while output is pending.  epoll_ctl only when the interest changes."""
+    cdef uint32_t want = 0
+    cdef netsys.epoll_event ev
+    if conn_out_pending(c):
+        want |= netsys.EPOLLOUT
+    if not (c.flags & (CONN_WAITING | CONN_CLOSE_AFTER | CONN_EOF)):
+        if not conn_out_pending(c) or c.out_len - c.out_off < w.max_output_bytes:
+            want |= netsys.EPOLLIN
+        elif c.events & netsys.EPOLLIN:
+            bn_count(&w.counters.read_pauses, 1)
+    if want == c.events:
+        return
+    ev.events = want
+    ev.data.u64 = (<uint64_t>c.gen << 32) | <uint64_t>(c - w.conns)
+    if netsys.epoll_ctl(w.epfd, netsys.EPOLL_CTL_MOD, c.fd, &ev) < 0:
+        bn_count(&w.counters.io_errors, 1)
+        c.flags |= CONN_DEAD
+        return
+    c.events = want
+
+
+cdef void conn_close(bn_hworker* w, bn_conn* c) noexcept nogil:
+    # Counted before close(): a client that sees the close also sees the count.
+    w.active -= 1
+    bn_count(&w.counters.closed, 1)
+    bn_store_u64(&w.counters.active, w.active)
+    # close() also removes the fd from epoll (no other descriptor shares it).
+    close(c.fd)
+    c.fd = -1
+    c.gen = (c.gen + 1) & 0x7FFFFFFF
+    c.flags = 0
+    c.events = 0
+    free(c.inb)
+    c.inb = NULL
+    c.in_len = 0
+    c.in_cap = 0
+    c.in_scanned = 0
+    free(c.outb)
+    c.outb = NULL
+    c.out_off = 0
+    c.out_len = 0
+    c.out_cap = 0
+    w.free_slots[w.free_top] = <uint32_t>(c - w.conns)
+    w.free_top += 1
+
+
+cdef int conn_keep_input(bn_hworker* w, bn_conn* c, const char* data, size_t n, size_t used) noexcept nogil:
+    """After parsing: keep the unparsed tail data[used:n] in the connection's
+    own buffer (data may be the scratch buffer or that buffer itself)."""
+    cdef size_t left = n - used
+    cdef char* buf
+    if data == c.inb:
+        if left == 0:
+            free(c.inb)
+            c.inb = NULL
+            c.in_len = 0
+            c.in_cap = 0
+            c.in_scanned = 0
+            return 0
+        if used > 0:
+            memmove(c.inb, c.inb + used, left)
+            c.in_scanned = 0
+            c.head_start_ns = w.now_ns
+        else:
+            c.in_scanned = left
+        c.in_len = left
+        return 0
+    if left == 0:
+        return 0
+    buf = <char*>malloc(left + HTTP_READ_MIN_BYTES)
+    if buf == NULL:
+        bn_count(&w.counters.oom_closes, 1)
+        c.flags |= CONN_DEAD
+        return -1
+    memcpy(buf, data + used, left)
+    c.inb = buf
+    c.in_len = left
+    c.in_cap = left + HTTP_READ_MIN_BYTES
+    c.in_scanned = left if used == 0 else 0
+    c.head_start_ns = w.now_ns
+    return 0
+
+
+cdef void conn_finish(bn_hworker* w, bn_conn* c) noexcept nogil:
+    """End of a step on `c`: flush, then close it or set its epoll interest."""
+    if conn_flush_iov(w, c) == 0 and conn_out_pending(c):
+        conn_send_out(w, c)
+    if c.flags & CONN_DEAD:
+        conn_close(w, c)
+        return
+    if (c.flags & (CONN_CLOSE_AFTER | CONN_EOF)) and not conn_out_pending(c) and not (c.flags & CONN_WAITING):
+        conn_close(w, c)
+        return
+    if w.draining and not conn_out_pending(c) and not (c.flags & CONN_WAITING) and c.in_len == 0:
+        conn_close(w, c)
+        return
+    conn_set_events(w, c)
+
+
+cdef void conn_run(bn_hworker* w, bn_conn* c, const char* data, size_t n) noexcept nogil:
+    """Parse and answer what data[0:n] holds, keep the rest, flush."""
+    cdef size_t scanned = c.in_scanned if data == c.inb else 0
+    cdef size_t used = conn_parse_all(w, c, data, n, scanned)
+    conn_keep_input(w, c, data, n, used)
+    conn_finish(w, c)
+
+
+cdef void conn_on_readable(bn_hworker* w, bn_conn* c) noexcept nogil:
+    cdef char* buf
+    cdef char* grown
+    cdef size_t room
+    cdef ssize_t n
+    cdef int err
+    if c.inb == NULL:
+        buf = w.scratch
+        room = HTTP_SCRATCH_BYTES
+    else:
+        if c.in_cap - c.in_len < HTTP_READ_MIN_BYTES:
+            grown = <char*>realloc(c.inb, c.in_len + HTTP_READ_MIN_BYTES)
+            if grown == NULL:
+                bn_count(&w.counters.oom_closes, 1)
+                conn_close(w, c)
+                return
+            c.inb = grown
+            c.in_cap = c.in_len + HTTP_READ_MIN_BYTES
+        buf = c.inb + c.in_len
+        room = c.in_cap - c.in_len
+    while True:
+        n = netsys.recv(c.fd, buf, room, 0)
+        if n >= 0:
+            break
+        err = errno
+        if err == netsys.EINTR:
+            bn_count(&w.counters.eintr, 1)
+            continue
+        if err == netsys.EAGAIN:
+            return
+        conn_io_error(w, c, err)
+        conn_close(w, c)
+        return
+    if n == 0:
+        # The peer shut its side.  Answer what is complete (already done),
+        # flush what is pending, then close.
+        c.flags |= CONN_EOF
+        conn_finish(w, c)
+        return
+    bn_count(&w.counters.bytes_in, <uint64_t>n)
+    c.last_active_ns = w.now_ns
+    if buf == w.scratch:
+        conn_run(w, c, w.scratch, <size_t>n)
+    else:
+        c.in_len += <size_t>n
+        conn_run(w, c, c.inb, c.in_len)
+
+
+cdef void conn_on_writable(bn_hworker* w, bn_conn* c) noexcept nogil:
+    cdef int was_paused = conn_out_pending(c) and c.out_len - c.out_off >= w.max_output_bytes
+    if conn_send_out(w, c) < 0:
+        conn_close(w, c)
+        return
+    if was_paused and c.in_len > 0 and not (c.flags & (CONN_WAITING | CONN_CLOSE_AFTER)) \
+            and c.out_len - c.out_off < w.max_output_bytes:
+        conn_run(w, c, c.inb, c.in_len)   # answer the requests that waited for room
+        return
+    conn_finish(w, c)
+
+
+# -- control-plane replies ---------------------------------------------------------------
+
+cdef void http_worker_on_replies(bn_hworker* w) noexcept nogil:
+    cdef uint64_t value
+    cdef bn_hreply* stack
+    cdef bn_hreply* fifo = NULL
+    cdef bn_hreply* r
+    cdef bn_conn* c
+    cdef const char* data
+    cdef int tail
+    # Reset the eventfd first: a push after this read writes it again.
+    read(w.reply_fd, &value, sizeof(value))
+    stack = <bn_hreply*>bn_xchg_ptr(&w.replies, NULL)
+    while stack != NULL:                # the stack is newest-first: reverse it
+        r = stack
+        stack = r.next
+        r.next = fifo
+        fifo = r
+    while fifo != NULL:
+        r = fifo
+        fifo = r.next
+        c = &w.conns[r.conn] if r.conn < w.max_conns else NULL
+        if c == NULL or c.fd < 0 or c.gen != r.gen or not (c.flags & CONN_WAITING):
+            bn_count(&w.counters.replies_dropped, 1)
+            free(r)
+            continue
+        bn_count(&w.counters.replies, 1)
+        c.flags &= ~CONN_WAITING
+        tail = c.wait_tail
+        if w.draining and tail != TAIL_CLOSE:
+            tail = TAIL_CLOSE
+            c.flags |= CONN_CLOSE_AFTER
+        data = <const char*>r + sizeof(bn_hreply)
+        conn_emit(w, c, data, r.head_len, tail, data + r.head_len,
+                  0 if (c.flags & CONN_WAIT_HEAD) else r.body_len, <int>r.status)
+        c.flags &= ~CONN_WAIT_HEAD
+        # The reply is in the iovecs: flush (copying any rest) before freeing it.
+        conn_flush_iov(w, c)
+        free(r)
+        if c.in_len > 0 and not (c.flags & (CONN_CLOSE_AFTER | CONN_DEAD)):
+            conn_run(w, c, c.inb, c.in_len)   # the pipelined requests behind it
+        else:
+            conn_finish(w, c)
+
+
+# -- accepting, timers, the loop -------------------------------------------------------------
+
+cdef void http_worker_pause_accept(bn_hworker* w) noexcept nogil:
+    # Out of descriptors: leave the pending connections in the backlog for a
+    # while rather than spin on a listening socket that stays readable.
+    if not w.accept_paused:
+        netsys.epoll_ctl(w.epfd, netsys.EPOLL_CTL_DEL, w.listen_fd, NULL)
+        w.accept_paused = 1
+    w.accept_resume_ns = w.now_ns + HTTP_ACCEPT_PAUSE_MS * 1000000
+
+
+cdef void http_worker_accept(bn_hworker* w) noexcept nogil:
+    cdef int i
+    cdef int fd
+    cdef int err
+    cdef int one = 1
+    cdef uint32_t slot
+    cdef bn_conn* c
+    cdef netsys.epoll_event ev
+    for i in range(HTTP_ACCEPT_BATCH):
+        fd = netsys.accept4(w.listen_fd, NULL, NULL, netsys.SOCK_NONBLOCK | netsys.SOCK_CLOEXEC)
+        if fd < 0:
+            err = errno
+            if err == netsys.EAGAIN:
+                return
+            if err == netsys.EINTR:
+                bn_count(&w.counters.eintr, 1)
+                continue
+            bn_count(&w.counters.accept_errors, 1)
+            if err == netsys.EMFILE or err == netsys.ENFILE or err == netsys.ENOBUFS or err == netsys.ENOMEM:
+                bn_count(&w.counters.accept_emfile, 1)
+                http_worker_pause_accept(w)
+                return
+            if err == netsys.EBADF or err == netsys.EINVAL or err == netsys.ENOTSOCK:
+                w.fatal_errno = err
+                http_worker_pause_accept(w)
+                return
+            continue                    # ECONNABORTED, EPROTO, EPERM...: that one is gone
+        if w.free_top == 0:
+            # Over the limit: a canned 503 with Connection: close, then close.
+            # Counted first, so a client that sees the close also sees the count.
+            bn_count(&w.counters.rejected, 1)
+            netsys.send(fd, HTTP_ERR[ERR_503_CONNS].head, HTTP_ERR[ERR_503_CONNS].head_len,
+                        netsys.MSG_NOSIGNAL | netsys.MSG_DONTWAIT)
+            close(fd)
+            continue
+        # Best effort: a socket without TCP_NODELAY is still served correctly.
+        netsys.setsockopt(fd, netsys.IPPROTO_TCP, netsys.TCP_NODELAY, &one, sizeof(one))
+        w.free_top -= 1
+        slot = w.free_slots[w.free_top]
+        c = &w.conns[slot]
+        c.fd = fd
+        c.flags = 0
+        c.events = netsys.EPOLLIN
+        c.requests = 0
+        c.last_active_ns = w.now_ns
+        c.head_start_ns = w.now_ns
+        ev.events = netsys.EPOLLIN
+        ev.data.u64 = (<uint64_t>c.gen << 32) | slot
+        if slot >= w.high_water:
+            w.high_water = slot + 1
+        w.active += 1
+        bn_count(&w.counters.accepted, 1)
+        bn_store_u64(&w.counters.active, w.active)
+        if netsys.epoll_ctl(w.epfd, netsys.EPOLL_CTL_ADD, fd, &ev) < 0:
+            bn_count(&w.counters.io_errors, 1)
+            conn_close(w, c)
+
+
+cdef void http_worker_timeout(bn_hworker* w, bn_conn* c, uint64_t* which) noexcept nogil:
+    bn_count(&w.counters.timeouts, 1)
+    if which != NULL:
+        bn_count(which, 1)
+    conn_close(w, c)
+
+
+cdef void http_worker_tick(bn_hworker* w) noexcept nogil:
+    """Every HTTP_TICK_MS: Date tails, timeouts, accept resumption."""
+    cdef uint32_t i
+    cdef bn_conn* c
+    cdef int64_t now = w.now_ns
+    w.next_tick_ns = now + (HTTP_DRAIN_TICK_MS if w.draining else HTTP_TICK_MS) * 1000000
+    http_worker_date(w)
+    if w.accept_paused and not w.draining and now >= w.accept_resume_ns:
+        http_worker_resume_accept(w)
+    for i in range(w.high_water):
+        c = &w.conns[i]
+        if c.fd < 0:
+            continue
+        if conn_out_pending(c):
+            if now - c.last_write_ns > w.write_timeout_ns:
+                http_worker_timeout(w, c, &w.counters.write_timeouts)
+        elif c.flags & CONN_WAITING:
+            if now - c.last_active_ns > w.idle_timeout_ns:
+                http_worker_timeout(w, c, NULL)
+        elif c.in_len > 0 or c.requests == 0:
+            # An incomplete head (or nothing yet on a new connection): slowloris.
+            if now - c.head_start_ns > w.header_timeout_ns:
+                http_worker_timeout(w, c, &w.counters.header_timeouts)
+        elif now - c.last_active_ns > w.idle_timeout_ns:
+            http_worker_timeout(w, c, NULL)
+        elif w.draining:
+            conn_close(w, c)            # idle keep-alive connection: nothing to finish
+
+
+cdef void http_worker_resume_accept(bn_hworker* w) noexcept nogil:
+    cdef netsys.epoll_event ev
+    ev.events = netsys.EPOLLIN
+    ev.data.u64 = EV_LISTEN
+    if netsys.epoll_ctl(w.epfd, netsys.EPOLL_CTL_ADD, w.listen_fd, &ev) == 0:
+        w.accept_paused = 0
+    else:
+        w.accept_resume_ns = w.now_ns + HTTP_ACCEPT_PAUSE_MS * 1000000
+
+
+cdef void http_worker_begin_drain(bn_hworker* w) noexcept nogil:
+    """stop(): accept no more, close idle connections now, let busy ones
+    finish their current answer (with Connection: close) until the deadline."""
+    cdef uint32_t i
+    cdef bn_conn* c
+    w.draining = 1
+    w.drain_deadline_ns = w.now_ns + w.grace_ns
+    netsys.epoll_ctl(w.epfd, netsys.EPOLL_CTL_DEL, w.stop_fd, NULL)
+    if not w.accept_paused:
+        netsys.epoll_ctl(w.epfd, netsys.EPOLL_CTL_DEL, w.listen_fd, NULL)
+        w.accept_paused = 1
+    for i in range(w.high_water):
+        c = &w.conns[i]
+        if c.fd >= 0 and not conn_out_pending(c) and not (c.flags & CONN_WAITING) and c.in_len == 0:
+            conn_close(w, c)
+    w.next_tick_ns = w.now_ns
+
+
+cdef void http_worker_on_event(bn_hworker* w, netsys.epoll_event* ev) noexcept nogil:
+    cdef uint64_t tag = ev.data.u64
+    cdef uint32_t slot
+    cdef bn_conn* c
+    cdef uint32_t events = ev.events
+    if (tag >> 32) == 0xFFFFFFFFU:
+        if tag == EV_LISTEN:
+            if not w.draining:
+                http_worker_accept(w)
+        elif tag == EV_REPLY:
+            http_worker_on_replies(w)
+        elif tag == EV_STOP:
+            if not w.draining:
+                http_worker_begin_drain(w)
+        return
+    slot = <uint32_t>(tag & 0xFFFFFFFFU)
+    c = &w.conns[slot]
+    if c.fd < 0 or c.gen != <uint32_t>(tag >> 32):
+        return                          # closed earlier in this batch
+    if events & netsys.EPOLLOUT:
+        conn_on_writable(w, c)
+        if c.fd < 0 or c.gen != <uint32_t>(tag >> 32):
+            return
+    if events & netsys.EPOLLIN:
+        conn_on_readable(w, c)
+    elif events & (netsys.EPOLLERR | netsys.EPOLLHUP):
+        bn_count(&w.counters.econnreset, 1)
+        conn_close(w, c)
+
+
+cdef void* http_worker_main(void* arg) noexcept nogil:
+    cdef bn_hworker* w = <bn_hworker*>arg
+    cdef int n
+    cdef int i
+    cdef int err
+    cdef int timeout_ms
+    cdef uint32_t j
+    if w.cpu >= 0:
+        w.pin_error = bn_pin_self_to_cpu(w.cpu)
+    w.now_ns = http_now_ns()
+    http_worker_tick(w)
+    qsbr_online(w.qsbr)
+    while True:
+        if w.draining and (w.active == 0 or w.now_ns >= w.drain_deadline_ns):
+            break
+        timeout_ms = <int>((w.next_tick_ns - w.now_ns) // 1000000)
+        if timeout_ms < 0:
+            timeout_ms = 0
+        # Offline while asleep: an idle worker never holds reclamation back.
+        qsbr_offline(w.qsbr)
+        n = netsys.epoll_wait(w.epfd, w.events, HTTP_EVENTS_MAX, timeout_ms + 1)
+        err = errno
+        qsbr_online(w.qsbr)
+        bn_count(&w.counters.epoll_waits, 1)
+        w.now_ns = http_now_ns()
+        if n < 0:
+            if err == netsys.EINTR:
+                bn_count(&w.counters.eintr, 1)
+                continue
+            w.fatal_errno = err
+            break
+        for i in range(n):
+            http_worker_on_event(w, &w.events[i])
+        if w.miss_signal:
+            w.miss_signal = 0
+            udp_signal(w.miss_fd)
+        if not w.draining and bn_load_int(w.stop_flag):
+            http_worker_begin_drain(w)
+        if w.now_ns >= w.next_tick_ns:
+            http_worker_tick(w)
+        # No entry pointer survives this point: conn_run flushed or copied.
+        qsbr_quiescent(w.qsbr)
+    for j in range(w.high_water):
+        if w.conns[j].fd >= 0:
+            conn_close(w, &w.conns[j])
+    qsbr_offline(w.qsbr)
+    return NULL
+
+
+# -- set-up and teardown (GIL held) ----------------------------------------------------------
+
+cdef void http_worker_free(bn_hworker* w) noexcept nogil:
+    cdef bn_hreply* r
+    cdef uint32_t i
+    if w == NULL:
+        return
+    if w.conns != NULL:
+        for i in range(w.high_water):
+            if w.conns[i].fd >= 0:      # a worker that never ran still owns nothing; be safe
+                close(w.conns[i].fd)
+            free(w.conns[i].inb)
+            free(w.conns[i].outb)
+    r = <bn_hreply*>bn_xchg_ptr(&w.replies, NULL)
+    while r != NULL:
+        w.replies = r.next
+        free(r)
+        r = <bn_hreply*>w.replies
+    if w.epfd >= 0:
+        close(w.epfd)
+    if w.reply_fd >= 0:
+        close(w.reply_fd)
+    free(w.conns)
+    free(w.free_slots)
+    free(w.scratch)
+    free(w.iov)
+    free(w.events)
+    free(w)
+
+
+cdef bn_hworker* http_worker_new(uint32_t max_conns) noexcept nogil:
+    cdef bn_hworker* w = <bn_hworker*>calloc(1, sizeof(bn_hworker))
+    cdef uint32_t i
+    if w == NULL:
+        return NULL
+    w.epfd = -1
+    w.reply_fd = -1
+    w.listen_fd = -1
+    w.miss_fd = -1
+    w.qsbr_index = -1
+    w.max_conns = max_conns
+    w.conns = <bn_conn*>calloc(max_conns, sizeof(bn_conn))
+    w.free_slots = <uint32_t*>malloc(max_conns * sizeof(uint32_t))
+    w.scratch = <char*>malloc(HTTP_SCRATCH_BYTES)
+    w.iov = <iovec*>calloc(HTTP_IOV_MAX, sizeof(iovec))
+    w.events = <netsys.epoll_event*>calloc(HTTP_EVENTS_MAX, sizeof(netsys.epoll_event))
+    if w.conns == NULL or w.free_slots == NULL or w.scratch == NULL or w.iov == NULL or w.events == NULL:
+        http_worker_free(w)
+        return NULL
+    for i in range(max_conns):
+        w.conns[i].fd = -1
+        w.free_slots[i] = max_conns - 1 - i     # slot 0 pops first: used slots stay dense
+    w.free_top = max_conns
+    return w
+
+
+cdef int http_epoll_add(int epfd, int fd, uint64_t tag) except -1:
+    cdef netsys.epoll_event ev
+    ev.events = netsys.EPOLLIN
+    ev.data.u64 = tag
+    if netsys.epoll_ctl(epfd, netsys.EPOLL_CTL_ADD, fd, &ev) < 0:
+        raise_errno("epoll_ctl ADD")
+    return 0
+
+
+cdef class HTTPEngine:
+    """Native HTTP/1.1 workers over already-listening SO_REUSEPORT sockets.
+
+    Low-level: `beastnet.HTTPServer` creates the sockets, the control plane and
+    this engine.  The engine owns neither the listening descriptors nor the
+    table; it keeps the table alive while it exists.  One start(), one stop().
+    """
+
+    def __cinit__(self, ResponseTable table not None, fds, *, str prefix="/v1/", cpus=None,
+                  size_t miss_capacity=0, bint misses_to_python=False,
+                  unsigned int max_connections=10000, size_t max_header_bytes=8192,
+                  size_t max_target_bytes=2048, size_t max_output_bytes=1048576,
+                  double header_timeout_s=10.0, double idle_timeout_s=60.0,
+                  double write_timeout_s=10.0, bint require_api_key=False):
+        cdef int i
+        cdef int n = len(fds)
+        cdef void* mem = NULL
+        cdef bytes raw_prefix = prefix.encode("ascii")
+        cdef uint32_t per_worker
+        cdef bn_hworker* w
+        self.stop_efd = -1
+        self.miss_efd = -1
+        if n < 1:
+            raise ValueError("at least one listening socket is needed")
+        if cpus is not None and len(cpus) != n:
+            raise ValueError("cpus must give one CPU (or -1) per socket")
+        if not raw_prefix.startswith(b"/") or len(raw_prefix) >= HTTP_PREFIX_MAX_BYTES:
+            raise ValueError(f"prefix must start with '/' and be shorter than {HTTP_PREFIX_MAX_BYTES} bytes")
+        if not 256 <= max_header_bytes <= 1048576:
+            raise ValueError("max_header_bytes must be 256..1048576")
+        if not 16 <= max_target_bytes <= max_header_bytes:
+            raise ValueError("max_target_bytes must be 16..max_header_bytes")
+        if max_connections < <unsigned int>n:
+            raise ValueError("max_connections must be at least one per worker")
+        if header_timeout_s <= 0 or idle_timeout_s <= 0 or write_timeout_s <= 0:
+            raise ValueError("timeouts must be positive")
+        self.table = table
+        self.nworkers = n
+        self.stop_efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
+        if self.stop_efd < 0:
+            raise_errno("eventfd")
+        if miss_capacity > 0:
+            self.missq = missq_new(miss_capacity)
+            if self.missq == NULL:
+                raise MemoryError()
+            self.miss_efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
+            if self.miss_efd < 0:
+                raise_errno("eventfd")
+        if posix_memalign(&mem, BN_CACHE_LINE, sizeof(bn_http_counters) * n) != 0:
+            raise MemoryError()
+        memset(mem, 0, sizeof(bn_http_counters) * n)
+        self.worker_counters = <bn_http_counters*>mem
+        self.threads = <pthread_t*>calloc(n, sizeof(pthread_t))
+        self.workers = <bn_hworker**>calloc(n, sizeof(bn_hworker*))
+        if self.threads == NULL or self.workers == NULL:
+            raise MemoryError()
+        per_worker = max_connections // n
+        for i in range(n):
+            w = http_worker_new(per_worker)
+            if w == NULL:
+                raise MemoryError()
+            self.workers[i] = w
+            w.index = i
+            w.listen_fd = fds[i]
+            w.cpu = -1 if cpus is None else cpus[i]
+            w.stop_flag = &self.stop_flag
+            w.stop_fd = self.stop_efd
+            w.miss_fd = self.miss_efd
+            w.missq = self.missq
+            w.misses_to_python = misses_to_python
+            w.require_apikey = require_api_key
+            w.index_ref = &table.index
+            w.counters = &self.worker_counters[i]
+            w.max_header_bytes = max_header_bytes
+            w.max_target_bytes = max_target_bytes
+            w.max_output_bytes = max_output_bytes
+            w.header_timeout_ns = <int64_t>(header_timeout_s * 1e9)
+            w.idle_timeout_ns = <int64_t>(idle_timeout_s * 1e9)
+            w.write_timeout_ns = <int64_t>(write_timeout_s * 1e9)
+            memcpy(w.prefix, <const char*>raw_prefix, len(raw_prefix))
+            w.prefix_len = len(raw_prefix)
+            w.epfd = netsys.epoll_create1(netsys.EPOLL_CLOEXEC)
+            if w.epfd < 0:
+                raise_errno("epoll_create1")
+            w.reply_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
+            if w.reply_fd < 0:
+                raise_errno("eventfd")
+            http_epoll_add(w.epfd, w.listen_fd, EV_LISTEN)
+            http_epoll_add(w.epfd, w.stop_fd, EV_STOP)
+            http_epoll_add(w.epfd, w.reply_fd, EV_REPLY)
+
+    def __dealloc__(self):
+        cdef int i
+        if self.nrunning:
+            self._join(0)
+        if self.workers != NULL:
+            for i in range(self.nworkers):
+                if self.workers[i] != NULL and self.workers[i].qsbr_index >= 0:
+                    qsbr_unregister(self.workers[i].qsbr_index)
+                http_worker_free(self.workers[i])
+            free(self.workers)
+        free(self.threads)
+        free(self.worker_counters)
+        missq_free(self.missq)
+        if self.stop_efd >= 0:
+            close(self.stop_efd)
+        if self.miss_efd >= 0:
+            close(self.miss_efd)
+
+    def start(self):
+        """Start one native worker thread per listening socket (no GIL in them)."""
+        cdef int i
+        cdef int started = 0
+        cdef int rc = 0
+        if self.nrunning or self.stopped:
+            raise RuntimeError("an HTTPEngine starts once")
+        for i in range(self.nworkers):
+            self.workers[i].qsbr_index = qsbr_register()
+            self.workers[i].qsbr = &qsbr_slots[self.workers[i].qsbr_index]
+        with nogil:
+            for i in range(self.nworkers):
+                rc = pthread_create(&self.threads[i], NULL, http_worker_main, self.workers[i])
+                if rc != 0:
+                    break
+                started += 1
+        self.nrunning = started
+        if rc != 0:
+            self._join(0)
+            raise OSError(rc, f"pthread_create: {os.strerror(rc)}")
+
+    cdef void _join(self, int64_t grace_ns) noexcept:
+        cdef int i
+        cdef uint64_t one = 1
+        cdef int n = self.nrunning
+        for i in range(self.nworkers):
+            self.workers[i].grace_ns = grace_ns
+        bn_store_int(&self.stop_flag, 1)      # release: the grace values are visible first
+        write(self.stop_efd, &one, sizeof(one))
+        # Joined without the GIL: a worker never needs it, but one blocked on
+        # the GIL while we hold it would deadlock the join.
+        with nogil:
+            for i in range(n):
+                pthread_join(self.threads[i], NULL)
+        for i in range(self.nworkers):
+            if self.workers[i].qsbr_index >= 0:
+                qsbr_unregister(self.workers[i].qsbr_index)
+                self.workers[i].qsbr_index = -1
+                self.workers[i].qsbr = NULL
+        self.nrunning = 0
+        self.stopped = 1
+
+    def stop(self, double grace_s=0.0):
+        """Stop accepting, let open connections finish the answer in progress
+        (sent with Connection: close) for up to `grace_s` seconds, close the
+        rest, and join every worker.  Idempotent."""
+        if self.nrunning:
+            self._join(<int64_t>(grace_s * 1e9))
+        self.stopped = 1
+        self.table.reclaim()
+
+    def close(self):
+        """Release the engine's descriptors (epoll instances, eventfds) after
+        stop(); counters stay readable.  Idempotent."""
+        cdef int i
+        if self.nrunning:
+            raise RuntimeError("stop() the engine before close()")
+        self.stopped = 1
+        for i in range(self.nworkers):
+            if self.workers != NULL and self.workers[i] != NULL:
+                if self.workers[i].epfd >= 0:
+                    close(self.workers[i].epfd)
+                    self.workers[i].epfd = -1
+                if self.workers[i].reply_fd >= 0:
+                    close(self.workers[i].reply_fd)
+                    self.workers[i].reply_fd = -1
+        if self.stop_efd >= 0:
+            close(self.stop_efd)
+            self.stop_efd = -1
+        if self.miss_efd >= 0:
+            close(self.miss_efd)
+            self.miss_efd = -1
+
+    @property
+    def running(self):
+        return self.nrunning > 0
+
+    @property
+    def miss_fd(self):
+        """eventfd that becomes readable when misses are queued (-1 without a queue)."""
+        return self.miss_efd
+
+    def worker_status(self):
+        """Per worker: the pinning errno (0 = fine) and the errno that made it quit (0 = none)."""
+        cdef int i
+        return [(self.workers[i].pin_error, self.workers[i].fatal_errno) for i in range(self.nworkers)]
+
+    def counters(self):
+        """A snapshot of every worker's counters, one dict per worker."""
+        cdef int i
+        cdef size_t k
+        cdef bn_http_counters snap
+        cdef const uint64_t* s
+        cdef uint64_t* d
+        out = []
+        for i in range(self.nworkers):
+            s = <const uint64_t*>&self.worker_counters[i]
+            d = <uint64_t*>&snap
+            for k in range(sizeof(bn_http_counters) // sizeof(uint64_t)):
+                d[k] = bn_load_u64_relaxed(&s[k])
+            out.append(snap)
+        return out
+
+    def drain_eventfd(self):
+        """Reset the miss eventfd (call before draining the queue)."""
+        cdef uint64_t value
+        if self.miss_efd >= 0:
+            read(self.miss_efd, &value, sizeof(value))
+
+    def pop_misses(self, size_t limit):
+        """Up to `limit` queued requests as
+        (worker, conn, gen, route, method, target, key, apikey) tuples."""
+        cdef bn_miss* cell
+        out = []
+        if self.missq == NULL:
+            return out
+        while <size_t>len(out) < limit:
+            cell = missq_peek(self.missq)
+            if cell == NULL:
+                break
+            out.append((
+                cell.reader, cell.conn, cell.gen, bool(cell.route),
+                cell.method[:cell.method_len].decode("ascii"),
+                cell.target[:cell.target_len].decode("latin-1"),
+                cell.key[:cell.key_len].decode("ascii") if cell.key_len else None,
+                cell.apikey[:cell.apikey_len].decode("latin-1") if cell.apikey_len else None,
+            ))
+            missq_release(self.missq, cell)
+        return out
+
+    def send_reply(self, unsigned int worker, unsigned int conn, unsigned int gen, int status,
+                   str content_type not None, bytes body not None):
+        """Queue a reply for connection (`conn`, `gen`) of `worker` and wake it.
+        Returns 0, or 1 when the engine is not running (the reply is dropped).
+        A reply whose connection has gone is dropped by the worker (counted)."""
+        cdef str extra = "Retry-After: 1\r\n" if status in (429, 503) else ""
+        cdef bytes head
+        cdef bn_hreply* r
+        cdef void* old
+        cdef uint64_t one = 1
+        cdef bn_hworker* w
+        if worker >= <unsigned int>self.nworkers:
+            raise ValueError("no such worker")
+        if not 100 <= status <= 999:
+            raise ValueError(f"invalid HTTP status {status}")
+        if "\r" in content_type or "\n" in content_type:
+            raise ValueError(f"invalid content type {content_type!r}")
+        if not self.nrunning or self.workers[worker].reply_fd < 0:
+            return 1
+        head = http_build_head(status, content_type, len(body), extra)
+        r = <bn_hreply*>malloc(sizeof(bn_hreply) + len(head) + len(body))
+        if r == NULL:
+            raise MemoryError()
+        r.conn = conn
+        r.gen = gen
+        r.status = <uint32_t>status
+        r.head_len = <uint32_t>len(head)
+        r.body_len = <uint32_t>len(body)
+        memcpy(<char*>r + sizeof(bn_hreply), <const char*>head, len(head))
+        memcpy(<char*>r + sizeof(bn_hreply) + len(head), <const char*>body, len(body))
+        w = self.workers[worker]
+        while True:                     # Treiber push; the worker takes the whole stack
+            old = bn_load_ptr(&w.replies)
+            r.next = <bn_hreply*>old
+            if bn_cas_ptr(&w.replies, old, r):
+                break
+        write(w.reply_fd, &one, sizeof(one))
+        return 0
+
+
+def http_parse(bytes head not None, size_t max_target=2048):
+    """Parse one request head as a worker does (for tests): a dict with the
+    status (0 = well-formed, else 400/414) and the fields found."""
+    cdef bn_hreq req
+    cdef int status = http_parse_head(head, len(head), &req, max_target)
+    if status != 0:
+        return {"status": status}
+    return {
+        "status": 0,
+        "method": req.method[:req.method_len].decode("ascii"),
+        "target": req.target[:req.target_len].decode("latin-1"),
+        "path": req.target[:req.path_len].decode("latin-1"),
+        "api_key": req.apikey[:req.apikey_len].decode("latin-1") if req.apikey_len else None,
+        "keepalive": bool(req.keepalive),
+        "http10": bool(req.http10),
+        "has_body": bool(req.has_body),
+    }
+
+
+def http_hit_iovecs(ResponseTable table not None, bytes request not None, str prefix="/v1/"):
+    """Run one request through the worker's answer path without a socket and
+    report where the response iovecs point (for the zero-copy test):
+    a list of (address, length), plus the entry's head and body addresses."""
+    cdef bn_hworker* w = http_worker_new(1)
+    cdef bn_http_counters counters
+    cdef bn_conn* c
+    cdef bytes raw_prefix = prefix.encode("ascii")
+    cdef bn_entry* e
+    cdef int i
+    cdef int slot
+    if w == NULL:
+        raise MemoryError()
+    memset(&counters, 0, sizeof(counters))
+    w.counters = &counters
+    w.index_ref = &table.index
+    w.max_header_bytes = 8192
+    w.max_target_bytes = 2048
+    w.max_output_bytes = 1 << 20
+    memcpy(w.prefix, <const char*>raw_prefix, len(raw_prefix))
+    w.prefix_len = len(raw_prefix)
+    http_worker_date(w)
+    c = &w.conns[0]
+    slot = qsbr_register()
+    try:
+        qsbr_online(&qsbr_slots[slot])
+        conn_parse_all(w, c, request, len(request), 0)
+        out = [(<size_t>w.iov[i].iov_base, w.iov[i].iov_len) for i in range(w.niov)]
+        e = table_lookup(&table.index, b"", 0) if False else NULL
+        with table._lock:
+            key = request.split(b" ")[1][len(raw_prefix):].split(b"?")[0]
+            e = table._find(key)
+            entry = (<size_t>e.http_head, <size_t>e.body) if e != NULL else None
+        qsbr_offline(&qsbr_slots[slot])
+    finally:
+        qsbr_unregister(slot)
+        w.niov = 0
+        http_worker_free(w)
+    return {"iovecs": out, "entry_head": entry[0] if entry else None,
+            "entry_body": entry[1] if entry else None}

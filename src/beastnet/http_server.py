@@ -1,0 +1,240 @@
+"""HTTPServer: the TCP engine (HTTP/1.1), its listening sockets and its control plane."""
+from __future__ import annotations
+
+import os
+import socket
+import time
+from typing import Any, Optional
+
+import orjson
+
+from beastnet import _core
+from beastnet._core import ResponseTable
+from beastnet.control import Answer, ControlPlane, MissDispatcher, MissHandler, MissRequest
+from beastnet.errors import ServerError
+
+__all__ = ["HTTPServer"]
+
+_METRICS_CONTENT_TYPE = "text/plain; version=0.0.4"
+
+
+def _resolve(host: str, port: int) -> tuple[int, tuple]:
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family, _, _, _, sockaddr = infos[0]
+    return family, sockaddr
+
+
+class HTTPServer:
+    """Answers HTTP/1.1 ``GET <prefix><KEY>`` from a `ResponseTable` on native threads.
+
+    ``threads`` SO_REUSEPORT listening sockets (default: one per CPU) are each
+    served by a native thread that never takes the GIL: epoll, one read per
+    ready connection, every complete (pipelined) request answered with one
+    gather write of the entry's pre-built head and its body.  Keep-alive by
+    default; HTTP/1.0 and ``Connection: close`` honoured.
+
+    A key the table lacks goes to ``handler`` (plain or async, on the uvloop
+    control plane; the same API as `UDPServer`) when one is given, else it is
+    answered 404 natively.  ``/healthz``, ``/metrics`` (Prometheus text) and
+    ``/admin/stats`` are served by the control plane; other ``/admin/...``
+    paths go to ``handler``.  Use as a context manager, or call ``start()``
+    and ``stop()``.
+    """
+
+    def __init__(
+        self,
+        table: ResponseTable,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        threads: Optional[int] = None,
+        backlog: int = 1024,
+        prefix: str = "/v1/",
+        handler: Optional[MissHandler] = None,
+        miss_queue_size: int = 4096,
+        max_inflight: Optional[int] = None,
+        max_connections: int = 10000,
+        max_header_bytes: int = 8192,
+        max_target_bytes: int = 2048,
+        max_output_bytes: int = 1 << 20,
+        header_timeout_s: float = 10.0,
+        idle_timeout_s: float = 60.0,
+        write_timeout_s: float = 10.0,
+        grace_s: float = 5.0,
+        require_api_key: bool = False,
+        cpus: Optional[list[int]] = None,
+    ) -> None:
+        if not isinstance(table, ResponseTable):
+            raise TypeError("table must be a beastnet.ResponseTable")
+        nthreads = threads if threads is not None else len(os.sched_getaffinity(0))
+        if nthreads < 1:
+            raise ValueError(f"threads must be >= 1, got {nthreads}")
+        if backlog < 1:
+            raise ValueError(f"backlog must be >= 1, got {backlog}")
+        if miss_queue_size < 1:
+            raise ValueError(f"miss_queue_size must be >= 1, got {miss_queue_size}")
+        if max_connections < nthreads:
+            raise ValueError("max_connections must be at least one per thread")
+        if grace_s < 0:
+            raise ValueError("grace_s must be >= 0")
+        self.table = table
+        self.host = host
+        self.port = port
+        self.nthreads = nthreads
+        self.backlog = backlog
+        self.prefix = prefix
+        self.handler = handler
+        self.miss_queue_size = miss_queue_size
+        self.max_inflight = max_inflight if max_inflight is not None else miss_queue_size
+        self.grace_s = grace_s
+        self.cpus = cpus
+        self._engine_options = dict(
+            prefix=prefix, max_connections=max_connections, max_header_bytes=max_header_bytes,
+            max_target_bytes=max_target_bytes, max_output_bytes=max_output_bytes,
+            header_timeout_s=header_timeout_s, idle_timeout_s=idle_timeout_s,
+            write_timeout_s=write_timeout_s, require_api_key=require_api_key)
+        self._socks: list[socket.socket] = []
+        self._engine: Optional[_core.HTTPEngine] = None
+        self._control: Optional[ControlPlane] = None
+        self._dispatcher: Optional[MissDispatcher] = None
+        self._address: Optional[tuple] = None
+        self._started_at = 0.0
+        self._running = False
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def start(self) -> "HTTPServer":
+        """Bind and listen, start the control plane and the worker threads.  Returns self."""
+        if self._running:
+            raise ServerError("server already started")
+        try:
+            self._open_sockets()
+            self._engine = _core.HTTPEngine(
+                self.table, [s.fileno() for s in self._socks], cpus=self.cpus,
+                miss_capacity=self.miss_queue_size, misses_to_python=self.handler is not None,
+                **self._engine_options)
+            # The control plane always runs: it serves /healthz, /metrics, /admin/.
+            self._control = ControlPlane("beastnet-http-control")
+            self._dispatcher = MissDispatcher(self._engine, self.table, self._on_request, "http",
+                                              self.max_inflight)
+            self._control.start()
+            self._control.run(self._dispatcher.attach, self._control.loop)
+            self._engine.start()
+        except BaseException:
+            self.stop(grace_s=0.0)
+            raise
+        self._started_at = time.monotonic()
+        self._running = True
+        return self
+
+    def _open_sockets(self) -> None:
+        family, sockaddr = _resolve(self.host, self.port)
+        for _ in range(self.nthreads):
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            self._socks.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setblocking(False)
+            try:
+                sock.bind(sockaddr)
+            except OSError as exc:
+                raise ServerError(f"bind {self.host}:{sockaddr[1]}: {exc.strerror}") from exc
+            sock.listen(self.backlog)
+            if sockaddr[1] == 0:        # later sockets join the port the first one got
+                sockaddr = sock.getsockname()
+        self._address = self._socks[0].getsockname()
+
+    def stop(self, grace_s: Optional[float] = None) -> None:
+        """Stop accepting; give open connections up to ``grace_s`` (default: the
+        constructor's) to finish the answer in progress, sent with
+        ``Connection: close``; close the rest; stop the control plane.
+        Idempotent.  Final counters stay readable through stats()."""
+        self._running = False
+        grace = self.grace_s if grace_s is None else grace_s
+        if self._engine is not None:
+            # Workers drain while the control plane still answers their misses.
+            self._engine.stop(grace)
+        if self._control is not None:
+            if self._dispatcher is not None:
+                try:
+                    self._control.run(self._dispatcher.detach, timeout=0.5)
+                except Exception:       # loop already gone: nothing to detach
+                    pass
+            self._control.stop()
+            self._control = None
+        if self._engine is not None:
+            self._engine.close()        # its descriptors; the counters stay readable
+        for sock in self._socks:
+            sock.close()
+        self._socks = []
+
+    def __enter__(self) -> "HTTPServer":
+        return self.start()
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.stop()
+
+    # -- the control plane's side ------------------------------------------------
+
+    def _on_request(self, request: MissRequest) -> Any:
+        """Built-in routes first, then the user's handler (on the control loop)."""
+        if request.key is None:
+            path = request.path
+            builtin = path in ("/healthz", "/metrics", "/admin/stats")
+            if builtin and request.method not in ("GET", "HEAD"):
+                return Answer({"error": "method_not_allowed"}, status=405)
+            if path == "/healthz":
+                return Answer(b'{"status":"ok"}')
+            if path == "/metrics":
+                return Answer(self.metrics_text(), content_type=_METRICS_CONTENT_TYPE)
+            if path == "/admin/stats":
+                return Answer(orjson.dumps(self.stats(), default=str))
+        if self.handler is None:
+            return None                 # -> 404 not_found
+        return self.handler(request)    # plain result or awaitable: the dispatcher handles both
+
+    # -- introspection ----------------------------------------------------------
+
+    @property
+    def address(self) -> tuple:
+        """The bound (host, port[, flowinfo, scope_id]) once started."""
+        if self._address is None:
+            raise ServerError("server not started")
+        return self._address
+
+    @property
+    def url(self) -> str:
+        """``http://host:port`` of the first listening socket."""
+        host, port = self.address[0], self.address[1]
+        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+    def stats(self) -> dict[str, Any]:
+        """Counters summed over workers (``totals``), per worker, and the set-up."""
+        per_thread = self._engine.counters() if self._engine is not None else []
+        totals: dict[str, int] = {}
+        for counters in per_thread:
+            for name, value in counters.items():
+                totals[name] = totals.get(name, 0) + value
+        if self._dispatcher is not None:
+            totals.update(self._dispatcher.counters())
+        status = self._engine.worker_status() if self._engine is not None else []
+        return {
+            "address": self._address,
+            "threads": self.nthreads,
+            "prefix": self.prefix,
+            "uptime_s": time.monotonic() - self._started_at if self._started_at else 0.0,
+            "totals": totals,
+            "per_thread": per_thread,
+            "worker_errors": [os.strerror(e) for _, e in status if e],
+        }
+
+    def metrics_text(self) -> bytes:
+        """The totals in Prometheus text exposition format."""
+        lines = []
+        for name, value in sorted(self.stats()["totals"].items()):
+            kind = "gauge" if name in ("active", "handler_inflight") else "counter"
+            metric = f"beastnet_http_{name}"
+            lines.append(f"# TYPE {metric} {kind}")
+            lines.append(f"{metric} {value}")
+        return ("\n".join(lines) + "\n").encode("ascii")

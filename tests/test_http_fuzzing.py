@@ -1,0 +1,228 @@
+"""Arbitrary and malformed HTTP requests against the native parser: split at
+every byte boundary, pipelined, oversized, with bodies, with bad headers.
+Each must get the right status (or a clean close), and a well-formed client on
+another connection must keep getting its answers meanwhile.
+
+Profiles (BEASTNET_HYPOTHESIS_PROFILE): "dev" (default, quick), "ci", "long".
+"""
+from __future__ import annotations
+
+import os
+import socket
+import time
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from beastnet import HTTPServer, ResponseTable
+from http_helpers import BODIES, connect, get, read_until_close, split_responses
+
+settings.register_profile("dev", max_examples=40, deadline=None,
+                          suppress_health_check=[HealthCheck.function_scoped_fixture])
+settings.register_profile("ci", max_examples=150, deadline=None,
+                          suppress_health_check=[HealthCheck.function_scoped_fixture])
+settings.register_profile("long", max_examples=3000, deadline=None,
+                          suppress_health_check=[HealthCheck.function_scoped_fixture])
+settings.load_profile(os.environ.get("BEASTNET_HYPOTHESIS_PROFILE", "dev"))
+
+pytestmark = pytest.mark.timeout(300)
+
+ANY_STATUS = {200, 400, 401, 404, 405, 413, 414, 431, 503}
+CLOSING = {400, 413, 414, 431}
+MAX_HEADER_BYTES = 2048
+
+
+@pytest.fixture(scope="module")
+def server():
+    table = ResponseTable(BODIES)
+    with HTTPServer(table, threads=2, max_header_bytes=MAX_HEADER_BYTES, max_target_bytes=512,
+                    header_timeout_s=2.0) as srv:
+        yield srv
+
+
+def send_in_pieces(sock: socket.socket, payload: bytes, cuts: list[int]) -> None:
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    last = 0
+    for cut in sorted(set(c for c in cuts if 0 < c < len(payload))) + [len(payload)]:
+        try:
+            sock.sendall(payload[last:cut])
+        except OSError:                 # the server closed after an error: fine
+            return
+        last = cut
+        time.sleep(0.0005)
+
+
+def shut_write(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_WR)
+    except OSError:                     # already reset by the server after an error answer
+        pass
+
+
+def check_neighbour(server) -> None:
+    """A well-formed keep-alive client on another connection is still served."""
+    with connect(server) as sock:
+        sock.sendall(get("BTC") + get("ETH"))
+        data = b""
+        while len(split_responses(data)[0]) < 2:
+            chunk = sock.recv(65536)
+            assert chunk, "well-formed neighbour lost its connection"
+            data += chunk
+        responses, _ = split_responses(data)
+        assert [r.body for r in responses] == [BODIES["BTC"], BODIES["ETH"]]
+
+
+# -- requests with a known answer -------------------------------------------------------------
+
+def _case(payload: bytes, status: int, head_only: bool = False):
+    return (payload, status, head_only)
+
+
+header_name = st.text(alphabet="abcdefghijklmnopqrstuvwxyz-", min_size=1, max_size=12).filter(
+    lambda n: n not in ("host", "connection", "content-length", "transfer-encoding", "x-api-key"))
+header_value = st.text(alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7e), max_size=30)
+
+
+@st.composite
+def good_request(draw):
+    key = draw(st.sampled_from(list(BODIES) + ["NOPE", "a.b:c/d-e_f"]))
+    method = draw(st.sampled_from(["GET", "HEAD"]))
+    headers = draw(st.lists(st.tuples(header_name, header_value), max_size=4))
+    host_case = draw(st.sampled_from(["Host", "host", "HOST"]))
+    query = draw(st.sampled_from(["", "?x=1", "?api_key=abc", "?a=b&api_key=k"]))
+    lines = [f"{method} /v1/{key}{query} HTTP/1.1", f"{host_case}: t"]
+    lines += [f"{n}: {v}" for n, v in headers]
+    if draw(st.booleans()):
+        lines.append("X-API-Key: key123")
+    payload = ("\r\n".join(lines) + "\r\n\r\n").encode()
+    return _case(payload, 200 if key in BODIES else 404, method == "HEAD")
+
+
+@st.composite
+def bad_request(draw):
+    kind = draw(st.sampled_from(["body", "chunked", "ctl", "name", "fold", "version", "target",
+                                 "long_target", "big_header", "method", "no_host", "cl_bad",
+                                 "smuggle", "post"]))
+    base = "GET /v1/BTC HTTP/1.1\r\nHost: t\r\n"
+    if kind == "body":
+        n = draw(st.integers(1, 50))
+        return _case(f"{base}Content-Length: {n}\r\n\r\n".encode() + b"x" * n, 413)
+    if kind == "chunked":
+        return _case(f"{base}Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n".encode(), 413)
+    if kind == "ctl":
+        c = draw(st.sampled_from([0, 1, 8, 10, 27, 127]))
+        return _case(base.encode() + b"X-A: a" + bytes([c]) + b"b\r\n\r\n", 400)
+    if kind == "name":
+        bad = draw(st.sampled_from(["Bad Name", "a(b)", "", "x@y", "é"]))
+        return _case(base.encode() + bad.encode() + b": 1\r\n\r\n", 400)
+    if kind == "fold":
+        return _case(f"{base}X-A: 1\r\n  continued\r\n\r\n".encode(), 400)
+    if kind == "version":
+        v = draw(st.sampled_from(["HTTP/2.0", "HTTP/1.2", "http/1.1", "HTTP/1", "HTTP/1.1 "]))
+        return _case(f"GET /v1/BTC {v}\r\nHost: t\r\n\r\n".encode(), 400)
+    if kind == "target":
+        t = draw(st.sampled_from(["v1/BTC", "*", "http://x/v1/BTC", "/v1/B TC"]))
+        return _case(f"GET {t} HTTP/1.1\r\nHost: t\r\n\r\n".encode(), 400)
+    if kind == "long_target":
+        return _case(f"GET /v1/{'A' * draw(st.integers(600, 1500))} HTTP/1.1\r\nHost: t\r\n\r\n".encode(), 414)
+    if kind == "big_header":
+        return _case(f"{base}X-Big: {'b' * draw(st.integers(MAX_HEADER_BYTES, 3 * MAX_HEADER_BYTES))}\r\n\r\n".encode(), 431)
+    if kind == "method":
+        m = draw(st.sampled_from(["G@T", "GE T", "", "GETTTTTTTTTTTTTTTT"]))
+        return _case(f"{m} /v1/BTC HTTP/1.1\r\nHost: t\r\n\r\n".encode(), 400)
+    if kind == "no_host":
+        return _case(b"GET /v1/BTC HTTP/1.1\r\n\r\n", 400)
+    if kind == "cl_bad":
+        v = draw(st.sampled_from(["-1", "1.0", "0x10", "", "99999999999999999999"]))
+        return _case(f"{base}Content-Length: {v}\r\n\r\n".encode(), 400)
+    if kind == "smuggle":
+        return _case(f"{base}Content-Length: 0\r\nTransfer-Encoding: chunked\r\n\r\n".encode(), 400)
+    return _case(b"POST /v1/BTC HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n", 405)
+
+
+def expected_answers(cases):
+    """Statuses the server must send: every case up to the first that closes."""
+    out = []
+    for payload, status, head_only in cases:
+        out.append((status, head_only))
+        if status in CLOSING:
+            break
+    return out
+
+
+@given(cases=st.lists(st.one_of(good_request(), good_request(), bad_request()), min_size=1,
+                      max_size=6),
+       cuts=st.lists(st.integers(0, 20000), max_size=12))
+def test_pipelined_requests_get_the_right_status(server, cases, cuts):
+    payload = b"".join(c[0] for c in cases)
+    want = expected_answers(cases)
+    with connect(server) as sock:
+        send_in_pieces(sock, payload, cuts)
+        shut_write(sock)                    # the server answers what is complete, then closes
+        data, how = read_until_close(sock, 10)
+    assert how in ("eof", "reset")
+    responses, rest = split_responses(data, [h for _, h in want])
+    if how == "eof":
+        assert rest == b""
+    got = [r.status for r in responses]
+    # A reset may cut the stream short after an error answer; never reorder or invent.
+    assert got == [s for s, _ in want][:len(got)]
+    if how == "eof":
+        assert len(got) == len(want)
+    for (payload_, status, head_only), r in zip(cases, responses):
+        if status == 200 and not head_only:
+            key = payload_.split(b" ")[1].split(b"?")[0][len(b"/v1/"):].decode()
+            assert r.body == BODIES[key]
+        if status != 200 and not head_only:
+            assert r.body.startswith(b'{"error":"')
+    check_neighbour(server)
+
+
+def test_every_byte_boundary(server):
+    """One request split in two at each possible offset, then a pipelined pair."""
+    request = get("BTC", extra="X-API-Key: k\r\nAccept: */*\r\n")
+    for i in range(1, len(request)):
+        with connect(server) as sock:
+            send_in_pieces(sock, request + get("ETH"), [i, len(request) + i % 7])
+            data = b""
+            while len(split_responses(data)[0]) < 2:
+                chunk = sock.recv(65536)
+                assert chunk
+                data += chunk
+        responses, rest = split_responses(data)
+        assert [r.body for r in responses] == [BODIES["BTC"], BODIES["ETH"]] and rest == b""
+    check_neighbour(server)
+
+
+@given(junk=st.binary(min_size=1, max_size=3000), cuts=st.lists(st.integers(0, 3000), max_size=6))
+def test_arbitrary_bytes_get_an_error_or_a_clean_close(server, junk, cuts):
+    with connect(server) as sock:
+        send_in_pieces(sock, junk, cuts)
+        shut_write(sock)
+        data, how = read_until_close(sock, 10)
+    assert how in ("eof", "reset")
+    responses, rest = split_responses(data) if data.startswith(b"HTTP/1.1 ") else ([], data)
+    assert rest == b"" or how == "reset"
+    assert all(r.status in ANY_STATUS for r in responses)
+    check_neighbour(server)
+
+
+@given(mutation=st.tuples(st.integers(0, 200), st.binary(min_size=0, max_size=3)),
+       cuts=st.lists(st.integers(0, 300), max_size=4))
+def test_mutated_requests(server, mutation, cuts):
+    base = get("BTC", extra="X-API-Key: k\r\n") + get("ETH")
+    pos, insert = mutation
+    pos = pos % len(base)
+    payload = base[:pos] + insert + base[pos + 1:]
+    with connect(server) as sock:
+        send_in_pieces(sock, payload, cuts)
+        shut_write(sock)
+        data, how = read_until_close(sock, 10)
+    assert how in ("eof", "reset")
+    responses, _ = split_responses(data) if data.startswith(b"HTTP/1.1 ") else ([], data)
+    assert all(r.status in ANY_STATUS for r in responses)
+    for r in responses:
+        if r.status == 200:
+            assert r.body in (BODIES["BTC"], BODIES["ETH"])
+    check_neighbour(server)
