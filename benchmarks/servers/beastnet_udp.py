@@ -25,7 +25,7 @@ from _common import asset_table  # noqa: E402
 
 import orjson  # noqa: E402
 
-from beastnet import ResponseTable, UDPServer  # noqa: E402
+from beastnet import APIKeyTable, ResponseTable, UDPServer  # noqa: E402
 
 
 def make_handler(sleep_ms: float):
@@ -54,17 +54,25 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--keys", type=int, default=150, help="assets in the table")
     p.add_argument("--body-bytes", type=int, default=None,
                    help="pad every body to exactly this size (default: ~110-byte JSON)")
+    p.add_argument("--api-keys", action="store_true",
+                   help="enforce API keys: 'partner-key' (no limits) and 'public-key' "
+                        "(a GCRA limit of 1e9 req/s: checked on every request, never hit)")
     args = p.parse_args(argv)
 
     table = ResponseTable(capacity=args.keys)
     table.update(asset_table(args.keys, args.body_bytes))
     handler = make_handler(args.handler_sleep_ms) if args.handler_sleep_ms is not None else None
+    api_keys = None
+    if args.api_keys:
+        api_keys = APIKeyTable()
+        api_keys.set("partner-key")
+        api_keys.set("public-key", qps=1e9, burst=1_000_000, monthly_cap=10**15)
 
     # Block the signals before starting any thread, so the native and control
     # threads inherit the mask and sigwait() below is the only taker.
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
     server = UDPServer(table, args.host, args.port, sockets=args.sockets, batch=args.batch,
-                       cpu_steering=not args.no_steering, handler=handler)
+                       cpu_steering=not args.no_steering, handler=handler, api_keys=api_keys)
     with server:
         print(server.address[1], flush=True)
         signal.sigwait({signal.SIGTERM, signal.SIGINT})

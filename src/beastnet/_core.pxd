@@ -121,6 +121,7 @@ cdef class HTTPLoadRun:
     cdef void _join(self) noexcept
 cdef class HTTPEngine:
     cdef ResponseTable table            # kept alive while workers run
+    cdef APIKeyTable api_keys           # None = API keys not enforced
     cdef int nworkers
     cdef bn_hworker** workers
     cdef bn_http_counters* worker_counters     # nworkers, cache-line aligned

@@ -48,6 +48,8 @@ cdef struct bn_conn:
     size_t out_off                      # bytes already sent from outb
     size_t out_len                      # bytes in outb
     size_t out_cap                      # bytes
+    uint32_t peer_len                   # bytes of `peer`
+    char peer[ADDR_MAX_BYTES]           # the client's address, from accept4
     int64_t last_active_ns              # last read (or accept)
     int64_t head_start_ns               # when the incomplete head in inb began arriving
     int64_t last_write_ns               # last write progress while output was pending
@@ -84,6 +86,7 @@ cdef struct bn_hworker:
     int accept_paused                   # listening socket out of epoll after EMFILE
     int misses_to_python                # 1 = table misses go to the queue, 0 = answered 404
     int require_apikey                  # 1 = 401 without X-API-Key / ?api_key=
+    bn_keyindex** keys_ref              # &api_keys.index, NULL = API keys not enforced
     int miss_signal                     # requests queued this batch: wake the control plane once
     uint32_t max_conns                  # connection slots
     uint32_t free_top                   # entries in free_slots
@@ -159,7 +162,13 @@ cdef void http_static_init() except *:
         (ERR_431, 431, b'{"error":"headers_too_large"}', ""),
         (ERR_503, 503, b'{"error":"busy"}', "Retry-After: 1\r\n"),
         (ERR_503_CONNS, 503, b'{"error":"busy"}', "Retry-After: 1\r\nConnection: close\r\n\r\n"),
+        (ERR_429_QUOTA, 429, b'{"error":"over_quota"}', ""),
     ]
+    # One canned 429 per whole second of Retry-After (RFC 9110 takes seconds),
+    # so a rate-limited request costs no formatting.
+    for secs in range(1, RETRY_AFTER_MAX_S + 1):
+        specs.append((ERR_429_1S + secs - 1, 429, b'{"error":"rate_limited"}',
+                      f"Retry-After: {secs}\r\n"))
     cdef bytes head
     cdef bytes body
     for idx, status, body, extra in specs:
@@ -613,7 +622,8 @@ cdef int conn_queue(bn_hworker* w, bn_conn* c, bn_hreq* req, const char* key, si
     cell.conn = <uint32_t>(c - w.conns)
     cell.gen = c.gen
     cell.route = <uint32_t>route
-    cell.addr_len = 0
+    cell.addr_len = c.peer_len          # routes check it: admin is loopback-only by default
+    memcpy(cell.addr, c.peer, c.peer_len)
     cell.tag_len = 0
     cell.key_len = <uint32_t>key_len
     memcpy(cell.key, key, key_len)
@@ -643,6 +653,9 @@ cdef int conn_request(bn_hworker* w, bn_conn* c, bn_hreq* req) noexcept nogil:
     cdef size_t key_len = 0
     cdef bn_entry* e
     cdef int route = 0
+    cdef int admit
+    cdef uint64_t retry_ns = 0
+    cdef uint64_t retry_s
     cdef int in_prefix = (req.path_len > w.prefix_len
                           and memcmp(req.target, w.prefix, w.prefix_len) == 0)
     if not req.keepalive or w.draining:
@@ -661,7 +674,25 @@ cdef int conn_request(bn_hworker* w, bn_conn* c, bn_hreq* req) noexcept nogil:
         c.flags |= CONN_CLOSE_AFTER
         return conn_step(c, conn_emit_error(w, c, ERR_413, TAIL_CLOSE, head_only))
     if in_prefix:
-        if w.require_apikey and req.apikey_len == 0:
+        if w.keys_ref != NULL:
+            admit = apikey_admit(w.keys_ref, req.apikey, req.apikey_len, <uint64_t>w.now_ns,
+                                 &retry_ns)
+            if admit != ADMIT_OK:
+                if admit == ADMIT_UNAUTHORIZED:
+                    bn_count(&w.counters.unauthorized, 1)
+                    return conn_step(c, conn_emit_error(w, c, ERR_401, tail, head_only))
+                if admit == ADMIT_OVER_QUOTA:
+                    bn_count(&w.counters.over_quota, 1)
+                    return conn_step(c, conn_emit_error(w, c, ERR_429_QUOTA, tail, head_only))
+                bn_count(&w.counters.rate_limited, 1)
+                retry_s = (retry_ns + 999999999) // 1000000000
+                if retry_s < 1:
+                    retry_s = 1
+                elif retry_s > RETRY_AFTER_MAX_S:
+                    retry_s = RETRY_AFTER_MAX_S
+                return conn_step(c, conn_emit_error(w, c, ERR_429_1S + <int>retry_s - 1, tail,
+                                                    head_only))
+        elif w.require_apikey and req.apikey_len == 0:
             return conn_step(c, conn_emit_error(w, c, ERR_401, tail, head_only))
         key = req.target + w.prefix_len
         key_len = req.path_len - w.prefix_len
@@ -989,8 +1020,12 @@ cdef void http_worker_accept(bn_hworker* w) noexcept nogil:
     cdef uint32_t slot
     cdef bn_conn* c
     cdef netsys.epoll_event ev
+    cdef char peer[ADDR_MAX_BYTES]
+    cdef socklen_t peer_len
     for i in range(HTTP_ACCEPT_BATCH):
-        fd = netsys.accept4(w.listen_fd, NULL, NULL, netsys.SOCK_NONBLOCK | netsys.SOCK_CLOEXEC)
+        peer_len = ADDR_MAX_BYTES
+        fd = netsys.accept4(w.listen_fd, <sockaddr*>peer, &peer_len,
+                            netsys.SOCK_NONBLOCK | netsys.SOCK_CLOEXEC)
         if fd < 0:
             err = errno
             if err == netsys.EAGAIN:
@@ -1022,6 +1057,8 @@ cdef void http_worker_accept(bn_hworker* w) noexcept nogil:
         slot = w.free_slots[w.free_top]
         c = &w.conns[slot]
         c.fd = fd
+        c.peer_len = peer_len if peer_len <= ADDR_MAX_BYTES else 0
+        memcpy(c.peer, peer, c.peer_len)
         c.flags = 0
         c.events = netsys.EPOLLIN
         c.requests = 0
@@ -1260,7 +1297,8 @@ cdef class HTTPEngine:
                   unsigned int max_connections=10000, size_t max_header_bytes=8192,
                   size_t max_target_bytes=2048, size_t max_output_bytes=1048576,
                   double header_timeout_s=10.0, double idle_timeout_s=60.0,
-                  double write_timeout_s=10.0, bint require_api_key=False):
+                  double write_timeout_s=10.0, bint require_api_key=False,
+                  APIKeyTable api_keys=None):
         cdef int i
         cdef int n = len(fds)
         cdef void* mem = NULL
@@ -1284,6 +1322,7 @@ cdef class HTTPEngine:
         if header_timeout_s <= 0 or idle_timeout_s <= 0 or write_timeout_s <= 0:
             raise ValueError("timeouts must be positive")
         self.table = table
+        self.api_keys = api_keys            # kept alive: workers hold &api_keys.index
         self.nworkers = n
         self.stop_efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
         if self.stop_efd < 0:
@@ -1318,6 +1357,7 @@ cdef class HTTPEngine:
             w.missq = self.missq
             w.misses_to_python = misses_to_python
             w.require_apikey = require_api_key
+            w.keys_ref = &api_keys.index if api_keys is not None else NULL
             w.index_ref = &table.index
             w.counters = &self.worker_counters[i]
             w.max_header_bytes = max_header_bytes
@@ -1467,7 +1507,7 @@ cdef class HTTPEngine:
 
     def pop_misses(self, size_t limit):
         """Up to `limit` queued requests as
-        (worker, conn, gen, route, method, target, key, apikey) tuples."""
+        (worker, conn, gen, route, method, target, key, apikey, peer_addr) tuples."""
         cdef bn_miss* cell
         out = []
         if self.missq == NULL:
@@ -1482,6 +1522,7 @@ cdef class HTTPEngine:
                 cell.target[:cell.target_len].decode("latin-1"),
                 cell.key[:cell.key_len].decode("ascii") if cell.key_len else None,
                 cell.apikey[:cell.apikey_len].decode("latin-1") if cell.apikey_len else None,
+                PyBytes_FromStringAndSize(cell.addr, cell.addr_len),
             ))
             missq_release(self.missq, cell)
         return out

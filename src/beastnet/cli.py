@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import os
 import sys
 from typing import Any, Callable, Optional, Sequence
 from urllib.parse import urlsplit
@@ -555,6 +556,9 @@ class _JSONLogFormatter:
         import orjson
         entry = {"ts": round(record.created, 3), "level": record.levelname.lower(),
                  "logger": record.name, "msg": record.getMessage()}
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            entry.update(fields)
         if record.exc_info:
             import traceback
             entry["exc"] = "".join(traceback.format_exception(*record.exc_info))
@@ -606,9 +610,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return EXIT_FAIL
     assert service.udp is not None and service.http is not None
     udp_host, udp_port = service.udp.address[:2]
+    http_host, http_port = service.http.address[:2]
     log.info("serving %d assets: udp://%s:%d %s, profile %s, keys %s, CPU steering %s",
              len(service.table), udp_host, udp_port, service.http.url, cfg.profile,
-             cfg.keystore or "off", service.udp.stats()["steering"]["reason"])
+             cfg.keystore or "off", service.udp.stats()["steering"]["reason"],
+             extra={"fields": {"event": "ready", "udp_host": udp_host, "udp_port": udp_port,
+                               "http_host": http_host, "http_port": http_port,
+                               "pid": os.getpid()}})
     status = service.serve_forever()
     log.info("stopped cleanly")
     return status

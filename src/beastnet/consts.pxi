@@ -78,4 +78,7 @@ cdef enum:
     ERR_431 = 6                     # headers_too_large
     ERR_503 = 7                     # busy: miss queue full (+ Retry-After: 1)
     ERR_503_CONNS = 8               # busy: over max_connections (+ Connection: close)
-    ERR_COUNT = 9
+    ERR_429_QUOTA = 9               # over_quota: the key's monthly cap is reached
+    ERR_429_1S = 10                 # rate_limited + Retry-After: 1; ERR_429_1S + n - 1 says n s
+    RETRY_AFTER_MAX_S = 60          # longer waits are announced as 60 s (the client asks again)
+    ERR_COUNT = 70                  # ERR_429_1S + RETRY_AFTER_MAX_S

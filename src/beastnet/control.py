@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import socket
+import struct
 import threading
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Optional, Union
@@ -19,6 +21,15 @@ import uvloop
 __all__ = ["Answer", "ControlPlane", "MissRequest", "MissHandler"]
 
 log = logging.getLogger("beastnet")
+
+
+def decode_sockaddr(raw: bytes) -> Optional[tuple[str, int]]:
+    """(host, port) of a raw struct sockaddr_in / sockaddr_in6, else None."""
+    if len(raw) >= 8 and struct.unpack_from("=H", raw)[0] == socket.AF_INET:
+        return socket.inet_ntop(socket.AF_INET, raw[4:8]), struct.unpack_from("!H", raw, 2)[0]
+    if len(raw) >= 24 and struct.unpack_from("=H", raw)[0] == socket.AF_INET6:
+        return socket.inet_ntop(socket.AF_INET6, raw[8:24]), struct.unpack_from("!H", raw, 2)[0]
+    return None
 
 
 class MissRequest:
@@ -42,6 +53,11 @@ class MissRequest:
         self._addr = addr
         self._reader = reader
         self._conn = conn           # HTTP: (connection slot, generation) in worker `_reader`
+
+    @property
+    def client(self) -> Optional[tuple[str, int]]:
+        """The client's (host, port), decoded from its socket address."""
+        return decode_sockaddr(self._addr)
 
     def __repr__(self) -> str:
         if self.protocol == "http":
@@ -191,9 +207,9 @@ class MissDispatcher:
     def _request(self, item: tuple) -> tuple[MissRequest, bytes]:
         """A queued item as the handler's MissRequest (and the UDP tag prefix)."""
         if self.protocol == "http":
-            worker, conn, gen, _route, method, target, key, api_key = item
+            worker, conn, gen, _route, method, target, key, api_key, peer = item
             path, _, query = target.partition("?")
-            return MissRequest(key, api_key, None, "http", b"", worker, method=method,
+            return MissRequest(key, api_key, None, "http", peer, worker, method=method,
                                path=path, query=query, conn=(conn, gen)), b""
         reader, addr, tag, key, api_key = item
         return MissRequest(key, api_key, tag[1:-1].decode("ascii") if tag else None,

@@ -1,15 +1,16 @@
 """HTTPServer: the TCP engine (HTTP/1.1), its listening sockets and its control plane."""
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 import time
-from typing import Any, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import orjson
 
 from beastnet import _core
-from beastnet._core import ResponseTable
+from beastnet._core import APIKeyTable, ResponseTable
 from beastnet.control import Answer, ControlPlane, MissDispatcher, MissHandler, MissRequest
 from beastnet.errors import ServerError
 
@@ -22,6 +23,16 @@ def _resolve(host: str, port: int) -> tuple[int, tuple]:
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     family, _, _, _, sockaddr = infos[0]
     return family, sockaddr
+
+
+def _from_loopback(request: MissRequest) -> bool:
+    client = request.client
+    if client is None:
+        return False
+    address = ipaddress.ip_address(client[0].split("%")[0])
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
 
 
 class HTTPServer:
@@ -37,8 +48,11 @@ class HTTPServer:
     control plane; the same API as `UDPServer`) when one is given, else it is
     answered 404 natively.  ``/healthz``, ``/metrics`` (Prometheus text) and
     ``/admin/stats`` are served by the control plane; other ``/admin/...``
-    paths go to ``handler``.  Use as a context manager, or call ``start()``
-    and ``stop()``.
+    paths go to ``handler``; ``/admin/...`` answers 403 to clients off
+    loopback.  ``routes`` (exact path -> callable) replaces any of these.
+    With ``api_keys``, every ``GET <prefix><KEY>`` needs a known key within
+    its limits (401, or 429 with ``Retry-After``), checked natively.  Use as a
+    context manager, or call ``start()`` and ``stop()``.
     """
 
     def __init__(
@@ -62,6 +76,8 @@ class HTTPServer:
         write_timeout_s: float = 10.0,
         grace_s: float = 5.0,
         require_api_key: bool = False,
+        api_keys: Optional[APIKeyTable] = None,
+        routes: Optional[Mapping[str, Callable[[MissRequest], Any]]] = None,
         cpus: Optional[list[int]] = None,
     ) -> None:
         if not isinstance(table, ResponseTable):
@@ -92,7 +108,9 @@ class HTTPServer:
             prefix=prefix, max_connections=max_connections, max_header_bytes=max_header_bytes,
             max_target_bytes=max_target_bytes, max_output_bytes=max_output_bytes,
             header_timeout_s=header_timeout_s, idle_timeout_s=idle_timeout_s,
-            write_timeout_s=write_timeout_s, require_api_key=require_api_key)
+            write_timeout_s=write_timeout_s, require_api_key=require_api_key, api_keys=api_keys)
+        self.api_keys = api_keys
+        self.routes = dict(routes or {})
         self._socks: list[socket.socket] = []
         self._engine: Optional[_core.HTTPEngine] = None
         self._control: Optional[ControlPlane] = None
@@ -181,6 +199,11 @@ class HTTPServer:
         """Built-in routes first, then the user's handler (on the control loop)."""
         if request.key is None:
             path = request.path
+            route = self.routes.get(path or "")
+            if route is not None:
+                return route(request)
+            if (path or "").startswith("/admin/") and not _from_loopback(request):
+                return Answer({"error": "forbidden"}, status=403)
             builtin = path in ("/healthz", "/metrics", "/admin/stats")
             if builtin and request.method not in ("GET", "HEAD"):
                 return Answer({"error": "method_not_allowed"}, status=405)
@@ -193,6 +216,14 @@ class HTTPServer:
         if self.handler is None:
             return None                 # -> 404 not_found
         return self.handler(request)    # plain result or awaitable: the dispatcher handles both
+
+    def set_max_inflight(self, n: int) -> None:
+        """Change how many handler calls may run at once (live)."""
+        if n < 1:
+            raise ValueError("max_inflight must be >= 1")
+        self.max_inflight = n
+        if self._dispatcher is not None:
+            self._dispatcher.max_inflight = n
 
     # -- introspection ----------------------------------------------------------
 

@@ -110,6 +110,9 @@ typedef struct bn_http_counters {
     uint64_t oom_closes;                    /* connections closed because a buffer could not grow */
     uint64_t epoll_waits;                   /* epoll_wait calls */
     uint64_t eintr;                         /* syscalls interrupted and retried */
+    uint64_t unauthorized;                  /* 401: API key missing, unknown or revoked */
+    uint64_t rate_limited;                  /* 429: refused by the key's GCRA limit */
+    uint64_t over_quota;                    /* 429: refused by the key's monthly cap */
 } __attribute__((aligned(BN_CACHE_LINE))) bn_http_counters;
 
 #endif /* BEASTNET_ATOMICS_H */

@@ -87,6 +87,9 @@ cdef extern from "atomics.h" nogil:
         uint64_t oom_closes
         uint64_t epoll_waits
         uint64_t eintr
+        uint64_t unauthorized
+        uint64_t rate_limited
+        uint64_t over_quota
 
 
 cdef extern from "compat.h" nogil:

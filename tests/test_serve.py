@@ -1,0 +1,295 @@
+"""`beastnet serve` as a real process on loopback: keys, limits, usage that
+survives restarts and SIGTERM, bounded loss on kill -9, admin routes,
+metrics, profiles, and clear errors for bad configuration."""
+from __future__ import annotations
+
+import http.client
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import orjson
+import pytest
+
+SRC = str(Path(__file__).resolve().parent.parent / "src")
+
+pytestmark = pytest.mark.timeout(90)
+
+
+class Serve:
+    """A `beastnet serve` subprocess, started and stopped by PID."""
+
+    def __init__(self, tmp_path: Path, *args: str, config: Optional[str] = None) -> None:
+        argv = [sys.executable, "-m", "beastnet", "serve", "--profile", "dev",
+                "--udp-port", "0", "--http-port", "0", *args]
+        if config is not None:
+            path = tmp_path / "beastnet.toml"
+            path.write_text(config)
+            argv += ["--config", str(path)]
+        env = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        self.log_path = tmp_path / f"serve-{time.monotonic_ns()}.log"
+        self.log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, env=env,
+                                     start_new_session=True)
+        self.ready = self._wait_ready()
+        self.udp = ("127.0.0.1", self.ready["udp_port"])
+        self.http_port = self.ready["http_port"]
+
+    def _wait_ready(self, timeout: float = 20.0) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in self.log_path.read_bytes().splitlines():
+                if line.startswith(b"{"):
+                    entry = orjson.loads(line)
+                    if entry.get("event") == "ready":
+                        return entry
+            if self.proc.poll() is not None:
+                raise AssertionError(f"serve exited {self.proc.returncode}: {self.output()}")
+            time.sleep(0.05)
+        self.kill()
+        raise AssertionError(f"serve not ready: {self.output()}")
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def udp_ask(self, payload: bytes, sock: Optional[socket.socket] = None) -> bytes:
+        own = sock is None
+        sock = sock or socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.settimeout(2)
+        try:
+            sock.sendto(payload, self.udp)
+            return sock.recv(2048)
+        finally:
+            if own:
+                sock.close()
+
+    def http(self, method: str, path: str, headers: Optional[dict] = None) -> tuple[int, dict, bytes]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.http_port, timeout=5)
+        try:
+            conn.request(method, path, headers=headers or {})
+            resp = conn.getresponse()
+            return resp.status, dict(resp.getheaders()), resp.read()
+        finally:
+            conn.close()
+
+    def terminate(self, timeout: float = 15.0) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self.log.close()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.log.close()
+
+
+@pytest.fixture
+def serve(tmp_path):
+    started = []
+
+    def start(*args, **kwargs):
+        server = Serve(tmp_path, *args, **kwargs)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.kill()
+
+
+def add_key(db: Path, tier: str, key: str) -> None:
+    from beastnet.cli import main
+    assert main(["keys", "--db", str(db), "add", "--tier", tier, "--key", key]) == 0
+
+
+def month_count(db: Path, key: str) -> int:
+    conn = sqlite3.connect(db)              # its context manager commits, it does not close
+    try:
+        row = conn.execute("SELECT SUM(count) FROM usage WHERE key = ?", (key,)).fetchone()
+    finally:
+        conn.close()
+    return row[0] or 0
+
+
+TIERS = '[tiers.public]\nqps = 100\nburst = 10\nmonthly_cap = 1000000\n'
+
+
+def test_serves_prices_over_udp_and_http_without_keys(serve):
+    server = serve("--no-keys")
+    body = orjson.loads(server.udp_ask(b"@1 BTC")[3:])
+    assert body["asset"] == "BTC" and body["price"] > 0
+    status, headers, raw = server.http("GET", "/v1/ETH")
+    assert status == 200 and orjson.loads(raw)["asset"] == "ETH"
+    assert headers["Content-Type"] == "application/json"
+    assert server.http("GET", "/v1/NOPE")[0] == 404
+    assert server.terminate() == 0
+    assert '"stopped cleanly"' in server.output() or "stopped cleanly" in server.output()
+
+
+def test_keys_and_limits_enforced_on_both_protocols(serve, tmp_path):
+    db = tmp_path / "keys.db"
+    add_key(db, "public", "pub-key")
+    add_key(db, "partner", "partner-key")
+    server = serve("--keystore", str(db), config=TIERS)
+    assert server.udp_ask(b"@1 BTC") == b'@1 {"error":"unauthorized"}'
+    assert server.udp_ask(b"@2 BTC nope") == b'@2 {"error":"unauthorized"}'
+    assert b'"asset":"BTC"' in server.udp_ask(b"@3 BTC partner-key")
+    assert server.http("GET", "/v1/BTC")[0] == 401
+    assert server.http("GET", "/v1/BTC", {"X-API-Key": "partner-key"})[0] == 200
+    assert server.http("GET", "/v1/BTC?api_key=partner-key")[0] == 200
+
+    # a public key at 100 QPS over 2 s gets ~200 answers (+ the burst), the rest rate limited
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    served = limited = 0
+    deadline = time.monotonic() + 2.0
+    while time.monotonic() < deadline:
+        reply = server.udp_ask(b"BTC pub-key", sock)
+        served += b'"asset"' in reply
+        limited += reply.startswith(b'{"error":"rate_limited"')
+    sock.close()
+    assert 180 <= served <= 220 + 10 and limited > served
+    # HTTP shares the same limit: right after the burst it answers 429 with Retry-After
+    statuses = [server.http("GET", "/v1/BTC", {"X-API-Key": "pub-key"}) for _ in range(30)]
+    limited_http = [s for s in statuses if s[0] == 429]
+    assert limited_http and limited_http[0][1]["Retry-After"] == "1"
+    assert orjson.loads(limited_http[0][2]) == {"error": "rate_limited"}
+    # a partner key is never limited
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    assert all(b'"asset"' in server.udp_ask(b"BTC partner-key", sock) for _ in range(1000))
+    sock.close()
+    assert server.terminate() == 0
+
+
+def test_usage_is_exact_after_sigterm_and_survives_restart(serve, tmp_path):
+    db = tmp_path / "keys.db"
+    add_key(db, "partner", "k1")
+    server = serve("--keystore", str(db))
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    for _ in range(500):
+        assert b'"asset"' in server.udp_ask(b"SOL k1", sock)
+    for _ in range(50):
+        assert server.http("GET", "/v1/SOL", {"X-API-Key": "k1"})[0] == 200
+    assert server.terminate() == 0            # SIGTERM: drain and final flush
+    assert month_count(db, "k1") == 550
+
+    server = serve("--keystore", str(db))
+    for _ in range(25):
+        assert b'"asset"' in server.udp_ask(b"SOL k1", sock)
+    sock.close()
+    assert server.terminate() == 0
+    assert month_count(db, "k1") == 575
+
+
+def test_kill_9_loses_at_most_one_flush_interval(serve, tmp_path):
+    db = tmp_path / "keys.db"
+    add_key(db, "partner", "k9")
+    server = serve("--keystore", str(db))
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sent = 0
+    for _ in range(400):
+        sent += b'"asset"' in server.udp_ask(b"ADA k9", sock)
+    time.sleep(0.35)                          # > 3 flush intervals of 100 ms since the last request
+    recent = 0
+    deadline = time.monotonic() + 0.05        # requests inside the last (unflushed) interval
+    while time.monotonic() < deadline:
+        recent += b'"asset"' in server.udp_ask(b"ADA k9", sock)
+    sock.close()
+    os.kill(server.proc.pid, signal.SIGKILL)
+    server.proc.wait(10)
+    persisted = month_count(db, "k9")
+    assert sent <= persisted <= sent + recent
+
+
+def test_admin_routes_metrics_and_profile_switch(serve, tmp_path):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    server = serve("--no-keys")
+    for _ in range(20):
+        server.udp_ask(b"BTC")
+    status, _, raw = server.http("GET", "/admin/stats")
+    stats = orjson.loads(raw)
+    assert status == 200 and stats["profile"] == "dev"
+    assert stats["udp"]["totals"]["hits"] >= 20 and stats["udp"]["cache_hit_pct"] == 100.0
+    assert set(stats["feed"]["sources"]) == {"sim-a", "sim-b"}
+    assert "rates_per_s" in stats["udp"] and "http" in stats
+
+    status, headers, raw = server.http("GET", "/metrics")
+    assert status == 200 and headers["Content-Type"].startswith("text/plain")
+    families = {f.name: f for f in text_string_to_metric_families(raw.decode())}
+    assert sum(s.value for s in families["beastnet_udp_hits"].samples) >= 20
+    assert "beastnet_feed_source_ticks" in families and "beastnet_http_requests" in families
+
+    assert server.http("GET", "/healthz")[0] == 200
+    assert server.http("POST", "/admin/reset", {"Content-Length": "0"})[0] == 200
+    stats = orjson.loads(server.http("GET", "/admin/stats")[2])
+    assert stats["udp"]["totals"]["hits"] == 0
+    status, _, raw = server.http("POST", "/admin/profile?name=stress-udp-direct",
+                                 {"Content-Length": "0"})
+    assert status == 200 and orjson.loads(raw)["changed"] == {"feed_rounds_per_s": 1.0,
+                                                               "log_level": "info"}
+    assert orjson.loads(server.http("GET", "/admin/profile")[2])["live"]["feed_rounds_per_s"] == 1.0
+    assert server.http("POST", "/admin/profile?name=turbo", {"Content-Length": "0"})[0] == 400
+    assert server.terminate() == 0
+
+
+def test_admin_token_is_enforced(serve):
+    token = "t0k3n-long-enough-123"
+    server = serve("--no-keys", "--admin-token", token)
+    assert server.http("GET", "/admin/stats")[0] == 403
+    assert server.http("GET", "/admin/stats", {"X-API-Key": "wrong-token-xxxxxxx"})[0] == 403
+    assert server.http("GET", "/admin/stats", {"X-API-Key": token})[0] == 200
+    assert server.http("GET", f"/admin/stats?token={token}")[0] == 200
+    assert server.http("GET", "/healthz")[0] == 200          # health stays open for probes
+    assert server.terminate() == 0
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--profile", "turbo"], "unknown profile 'turbo'"),
+    (["--batch", "0"], "batch must be 1..1024"),
+    (["--replay", "/nonexistent.jsonl"], "is not a file"),
+])
+def test_bad_configuration_is_one_line_and_exit_2(args, message):
+    env = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run([sys.executable, "-m", "beastnet", "serve", *args], capture_output=True,
+                          text=True, env=env, timeout=30)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and lines[0].startswith("beastnet serve: error:")
+
+
+def test_corrupt_keystore_is_reported(tmp_path):
+    db = tmp_path / "corrupt.db"
+    db.write_bytes(b"this is not sqlite" * 300)
+    env = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run([sys.executable, "-m", "beastnet", "serve", "--profile", "dev",
+                           "--udp-port", "0", "--http-port", "0", "--keystore", str(db)],
+                          capture_output=True, text=True, env=env, timeout=30)
+    assert proc.returncode == 1
+    assert "corrupt.db" in proc.stderr and "not a database" in proc.stderr
+
+
+def test_replay_feed_with_bad_lines(serve, tmp_path):
+    ticks = tmp_path / "ticks.jsonl"
+    lines = [orjson.dumps({"asset": "BTC", "price": 100 + i, "ts": 1000 + i, "source": "rec"})
+             .decode() for i in range(5)]
+    lines.insert(2, "{broken")
+    ticks.write_text("\n".join(lines) + "\n")
+    server = serve("--no-keys", "--replay", str(ticks), "--replay-speed", "0")
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        reply = server.udp_ask(b"BTC")
+        if b'"price":104' in reply:
+            break
+        time.sleep(0.05)
+    assert b'"price":104' in reply and b'"source":"rec"' in reply
+    assert server.terminate() == 0
+    assert "ticks.jsonl:3: skipped" in server.output()
