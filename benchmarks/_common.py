@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import platform
 import select
 import signal
 import subprocess
@@ -199,28 +198,14 @@ def udp_probe(port: int, request: bytes, host: str = "127.0.0.1", timeout_s: flo
 # -- machine description --------------------------------------------------------
 
 def machine_info() -> dict:
-    """What a figure was measured on: CPU count and model, kernel, Python, load."""
-    model = platform.processor() or "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    try:
-        loadavg = open("/proc/loadavg").read().split()[:3]
-    except OSError:
-        loadavg = []
-    return {
-        "nproc": os.cpu_count(),
-        "cpu_model": model,
-        "kernel": platform.release(),
-        "python": sys.version.split()[0],
-        "clock_ticks_per_s": CLOCK_TICKS_PER_S,
-        "loadavg_at_start": loadavg,
-    }
+    """What a figure was measured on: the load generator's description plus the
+    clock-tick rate the /proc CPU figures are counted in."""
+    from beastnet.loadgen import machine_info as describe
+    info = describe()
+    info["clock_ticks_per_s"] = CLOCK_TICKS_PER_S
+    info["loadavg_at_start"] = info.get("loadavg")
+    info["nproc"] = info.get("cpus")
+    return info
 
 
 def percentile_ns(samples, q: float) -> float:

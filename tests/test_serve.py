@@ -293,3 +293,22 @@ def test_replay_feed_with_bad_lines(serve, tmp_path):
     assert b'"price":104' in reply and b'"source":"rec"' in reply
     assert server.terminate() == 0
     assert "ticks.jsonl:3: skipped" in server.output()
+
+
+def test_stats_command_reads_a_running_server(serve):
+    server = serve("--no-keys")
+    for _ in range(10):
+        server.udp_ask(b"BTC")
+    env = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    url = f"http://127.0.0.1:{server.http_port}"
+    table = subprocess.run([sys.executable, "-m", "beastnet", "stats", "--url", url],
+                           capture_output=True, text=True, env=env, timeout=30)
+    assert table.returncode == 0, table.stderr
+    assert "UDP" in table.stdout and "HTTP" in table.stdout and "feed sim-a" in table.stdout
+    raw = subprocess.run([sys.executable, "-m", "beastnet", "stats", "--url", url, "--json"],
+                         capture_output=True, text=True, env=env, timeout=30)
+    assert orjson.loads(raw.stdout)["udp"]["totals"]["hits"] >= 10
+    assert server.terminate() == 0
+    down = subprocess.run([sys.executable, "-m", "beastnet", "stats", "--url", url],
+                          capture_output=True, text=True, env=env, timeout=30)
+    assert down.returncode == 1 and down.stderr.startswith("beastnet stats: error:")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import ipaddress
 import logging
 import socket
 import struct
@@ -30,6 +31,40 @@ def decode_sockaddr(raw: bytes) -> Optional[tuple[str, int]]:
     if len(raw) >= 24 and struct.unpack_from("=H", raw)[0] == socket.AF_INET6:
         return socket.inet_ntop(socket.AF_INET6, raw[8:24]), struct.unpack_from("!H", raw, 2)[0]
     return None
+
+
+def is_loopback_client(request: "MissRequest") -> bool:
+    """Whether the request came from 127.0.0.0/8 or ::1 (IPv4-mapped included)."""
+    client = request.client
+    if client is None:
+        return False
+    address = ipaddress.ip_address(client[0].split("%")[0])
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
+
+
+def sum_counters(per_thread: list[dict[str, int]]) -> dict[str, int]:
+    """Totals of per-thread counter snapshots."""
+    totals: dict[str, int] = {}
+    for counters in per_thread:
+        for name, value in counters.items():
+            totals[name] = totals.get(name, 0) + value
+    return totals
+
+
+def stop_control_plane(control: Optional["ControlPlane"],
+                       dispatcher: Optional["MissDispatcher"]) -> None:
+    """Detach `dispatcher` from its engine's eventfd (on the loop's thread),
+    then stop the loop.  Before an engine closes that eventfd."""
+    if control is None:
+        return
+    if dispatcher is not None:
+        try:
+            control.run(dispatcher.detach, timeout=0.5)
+        except Exception:               # loop already gone: nothing to detach
+            pass
+    control.stop()
 
 
 class MissRequest:

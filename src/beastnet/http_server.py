@@ -1,7 +1,6 @@
 """HTTPServer: the TCP engine (HTTP/1.1), its listening sockets and its control plane."""
 from __future__ import annotations
 
-import ipaddress
 import os
 import socket
 import time
@@ -11,7 +10,8 @@ import orjson
 
 from beastnet import _core
 from beastnet._core import APIKeyTable, ResponseTable
-from beastnet.control import Answer, ControlPlane, MissDispatcher, MissHandler, MissRequest
+from beastnet.control import (Answer, ControlPlane, MissDispatcher, MissHandler, MissRequest,
+                              is_loopback_client, stop_control_plane, sum_counters)
 from beastnet.errors import ServerError
 
 __all__ = ["HTTPServer"]
@@ -23,16 +23,6 @@ def _resolve(host: str, port: int) -> tuple[int, tuple]:
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     family, _, _, _, sockaddr = infos[0]
     return family, sockaddr
-
-
-def _from_loopback(request: MissRequest) -> bool:
-    client = request.client
-    if client is None:
-        return False
-    address = ipaddress.ip_address(client[0].split("%")[0])
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return address.is_loopback
 
 
 class HTTPServer:
@@ -173,14 +163,8 @@ class HTTPServer:
         if self._engine is not None:
             # Workers drain while the control plane still answers their misses.
             self._engine.stop(grace)
-        if self._control is not None:
-            if self._dispatcher is not None:
-                try:
-                    self._control.run(self._dispatcher.detach, timeout=0.5)
-                except Exception:       # loop already gone: nothing to detach
-                    pass
-            self._control.stop()
-            self._control = None
+        stop_control_plane(self._control, self._dispatcher)
+        self._control = None
         if self._engine is not None:
             self._engine.close()        # its descriptors; the counters stay readable
         for sock in self._socks:
@@ -202,7 +186,7 @@ class HTTPServer:
             route = self.routes.get(path or "")
             if route is not None:
                 return route(request)
-            if (path or "").startswith("/admin/") and not _from_loopback(request):
+            if (path or "").startswith("/admin/") and not is_loopback_client(request):
                 return Answer({"error": "forbidden"}, status=403)
             builtin = path in ("/healthz", "/metrics", "/admin/stats")
             if builtin and request.method not in ("GET", "HEAD"):
@@ -243,10 +227,7 @@ class HTTPServer:
     def stats(self) -> dict[str, Any]:
         """Counters summed over workers (``totals``), per worker, and the set-up."""
         per_thread = self._engine.counters() if self._engine is not None else []
-        totals: dict[str, int] = {}
-        for counters in per_thread:
-            for name, value in counters.items():
-                totals[name] = totals.get(name, 0) + value
+        totals = sum_counters(per_thread)
         if self._dispatcher is not None:
             totals.update(self._dispatcher.counters())
         status = self._engine.worker_status() if self._engine is not None else []

@@ -9,7 +9,8 @@ from typing import Any, Optional
 
 from beastnet import _core
 from beastnet._core import APIKeyTable, ResponseTable
-from beastnet.control import ControlPlane, MissDispatcher, MissHandler
+from beastnet.control import (ControlPlane, MissDispatcher, MissHandler, stop_control_plane,
+                              sum_counters)
 from beastnet.errors import ServerError
 
 __all__ = ["UDPServer"]
@@ -191,14 +192,8 @@ class UDPServer:
         self._running = False
         # The control plane goes first: the dispatcher must stop watching the
         # engine's miss eventfd before engine.stop() closes it.
-        if self._control is not None:
-            if self._dispatcher is not None:
-                try:
-                    self._control.run(self._dispatcher.detach, timeout=0.5)
-                except Exception:       # loop already gone: nothing to detach
-                    pass
-            self._control.stop()
-            self._control = None
+        stop_control_plane(self._control, self._dispatcher)
+        self._control = None
         if self._engine is not None:
             self._engine.stop()
         for sock in self._socks:
@@ -226,10 +221,7 @@ class UDPServer:
         ``avg_batch_fill`` is datagrams per recvmmsg call that returned data.
         """
         per_socket = self._engine.counters() if self._engine is not None else []
-        totals: dict[str, int] = {}
-        for counters in per_socket:
-            for name, value in counters.items():
-                totals[name] = totals.get(name, 0) + value
+        totals = sum_counters(per_socket)
         if self._dispatcher is not None:
             totals.update(self._dispatcher.counters())
         status = self._engine.reader_status() if self._engine is not None else []

@@ -8,7 +8,6 @@ port's control plane.  Built only on the public API.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import secrets
 import signal
@@ -22,7 +21,7 @@ import orjson
 from beastnet._core import APIKeyTable, ResponseTable
 from beastnet.assets import ASSETS
 from beastnet.config import LIVE_PARAMETERS, ServeConfig, apply_live
-from beastnet.control import Answer, ControlPlane, MissRequest
+from beastnet.control import Answer, ControlPlane, MissRequest, is_loopback_client
 from beastnet.feeds import Feed, PricePublisher, ReplayFeed, SimulatedFeed
 from beastnet.keys import DEFAULT_TIERS, KeyStore, Tier, UsageFlusher
 from beastnet.metrics import (CONTENT_TYPE as METRICS_CONTENT_TYPE, MetricFamily, feed_families,
@@ -45,16 +44,6 @@ def _tiers(cfg: ServeConfig) -> dict[str, Tier]:
                            int(limits.get("burst", base.burst)),
                            int(limits.get("monthly_cap", base.monthly_cap)))
     return tiers
-
-
-def _is_loopback(request: MissRequest) -> bool:
-    client = request.client
-    if client is None:
-        return False
-    address = ipaddress.ip_address(client[0].split("%")[0])
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return address.is_loopback
 
 
 class _RateSampler:
@@ -284,7 +273,7 @@ class PriceService:
     def _authorized(self, request: MissRequest) -> bool:
         """Admin routes: loopback clients only, unless `admin_remote`; with an
         `admin_token`, the token must come too (X-API-Key header or ?token=)."""
-        loopback = _is_loopback(request)
+        loopback = is_loopback_client(request)
         token = self.cfg.admin_token
         if token is None:
             return loopback
