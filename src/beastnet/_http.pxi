@@ -116,7 +116,7 @@ cdef struct bn_hworker:
     char* scratch                       # HTTP_SCRATCH_BYTES
     iovec* iov                          # HTTP_IOV_MAX, one connection's pending responses
     int niov
-    netsys.epoll_event* events          # HTTP_EVENTS_MAX
+    epoll_event* events          # HTTP_EVENTS_MAX
     char tails[3][HTTP_TAIL_MAX_BYTES]  # TAIL_*: Date [+ Connection] + blank line
     size_t tail_len[3]
 
@@ -791,19 +791,19 @@ cdef void conn_set_events(bn_hworker* w, bn_conn* c) noexcept nogil:
     """Read unless waiting, closing or backlogged; watch for writability only
     while output is pending.  epoll_ctl only when the interest changes."""
     cdef uint32_t want = 0
-    cdef netsys.epoll_event ev
+    cdef epoll_event ev
     if conn_out_pending(c):
-        want |= netsys.EPOLLOUT
+        want |= EPOLLOUT
     if not (c.flags & (CONN_WAITING | CONN_CLOSE_AFTER | CONN_EOF)):
         if not conn_out_pending(c) or c.out_len - c.out_off < w.max_output_bytes:
-            want |= netsys.EPOLLIN
-        elif c.events & netsys.EPOLLIN:
+            want |= EPOLLIN
+        elif c.events & EPOLLIN:
             bn_count(&w.counters.read_pauses, 1)
     if want == c.events:
         return
     ev.events = want
     ev.data.u64 = (<uint64_t>c.gen << 32) | <uint64_t>(c - w.conns)
-    if netsys.epoll_ctl(w.epfd, netsys.EPOLL_CTL_MOD, c.fd, &ev) < 0:
+    if epoll_ctl(w.epfd, EPOLL_CTL_MOD, c.fd, &ev) < 0:
         bn_count(&w.counters.io_errors, 1)
         c.flags |= CONN_DEAD
         return
@@ -1007,7 +1007,7 @@ cdef void http_worker_pause_accept(bn_hworker* w) noexcept nogil:
     # Out of descriptors: leave the pending connections in the backlog for a
     # while rather than spin on a listening socket that stays readable.
     if not w.accept_paused:
-        netsys.epoll_ctl(w.epfd, netsys.EPOLL_CTL_DEL, w.listen_fd, NULL)
+        epoll_ctl(w.epfd, EPOLL_CTL_DEL, w.listen_fd, NULL)
         w.accept_paused = 1
     w.accept_resume_ns = w.now_ns + HTTP_ACCEPT_PAUSE_MS * 1000000
 
@@ -1019,7 +1019,7 @@ cdef void http_worker_accept(bn_hworker* w) noexcept nogil:
     cdef int one = 1
     cdef uint32_t slot
     cdef bn_conn* c
-    cdef netsys.epoll_event ev
+    cdef epoll_event ev
     cdef char peer[ADDR_MAX_BYTES]
     cdef socklen_t peer_len
     for i in range(HTTP_ACCEPT_BATCH):
@@ -1060,18 +1060,18 @@ cdef void http_worker_accept(bn_hworker* w) noexcept nogil:
         c.peer_len = peer_len if peer_len <= ADDR_MAX_BYTES else 0
         memcpy(c.peer, peer, c.peer_len)
         c.flags = 0
-        c.events = netsys.EPOLLIN
+        c.events = EPOLLIN
         c.requests = 0
         c.last_active_ns = w.now_ns
         c.head_start_ns = w.now_ns
-        ev.events = netsys.EPOLLIN
+        ev.events = EPOLLIN
         ev.data.u64 = (<uint64_t>c.gen << 32) | slot
         if slot >= w.high_water:
             w.high_water = slot + 1
         w.active += 1
         bn_count(&w.counters.accepted, 1)
         bn_store_u64(&w.counters.active, w.active)
-        if netsys.epoll_ctl(w.epfd, netsys.EPOLL_CTL_ADD, fd, &ev) < 0:
+        if epoll_ctl(w.epfd, EPOLL_CTL_ADD, fd, &ev) < 0:
             bn_count(&w.counters.io_errors, 1)
             conn_close(w, c)
 
@@ -1113,10 +1113,10 @@ cdef void http_worker_tick(bn_hworker* w) noexcept nogil:
 
 
 cdef void http_worker_resume_accept(bn_hworker* w) noexcept nogil:
-    cdef netsys.epoll_event ev
-    ev.events = netsys.EPOLLIN
+    cdef epoll_event ev
+    ev.events = EPOLLIN
     ev.data.u64 = EV_LISTEN
-    if netsys.epoll_ctl(w.epfd, netsys.EPOLL_CTL_ADD, w.listen_fd, &ev) == 0:
+    if epoll_ctl(w.epfd, EPOLL_CTL_ADD, w.listen_fd, &ev) == 0:
         w.accept_paused = 0
     else:
         w.accept_resume_ns = w.now_ns + HTTP_ACCEPT_PAUSE_MS * 1000000
@@ -1129,9 +1129,9 @@ cdef void http_worker_begin_drain(bn_hworker* w) noexcept nogil:
     cdef bn_conn* c
     w.draining = 1
     w.drain_deadline_ns = w.now_ns + w.grace_ns
-    netsys.epoll_ctl(w.epfd, netsys.EPOLL_CTL_DEL, w.stop_fd, NULL)
+    epoll_ctl(w.epfd, EPOLL_CTL_DEL, w.stop_fd, NULL)
     if not w.accept_paused:
-        netsys.epoll_ctl(w.epfd, netsys.EPOLL_CTL_DEL, w.listen_fd, NULL)
+        epoll_ctl(w.epfd, EPOLL_CTL_DEL, w.listen_fd, NULL)
         w.accept_paused = 1
     for i in range(w.high_water):
         c = &w.conns[i]
@@ -1140,7 +1140,7 @@ cdef void http_worker_begin_drain(bn_hworker* w) noexcept nogil:
     w.next_tick_ns = w.now_ns
 
 
-cdef void http_worker_on_event(bn_hworker* w, netsys.epoll_event* ev) noexcept nogil:
+cdef void http_worker_on_event(bn_hworker* w, epoll_event* ev) noexcept nogil:
     cdef uint64_t tag = ev.data.u64
     cdef uint32_t slot
     cdef bn_conn* c
@@ -1159,13 +1159,13 @@ cdef void http_worker_on_event(bn_hworker* w, netsys.epoll_event* ev) noexcept n
     c = &w.conns[slot]
     if c.fd < 0 or c.gen != <uint32_t>(tag >> 32):
         return                          # closed earlier in this batch
-    if events & netsys.EPOLLOUT:
+    if events & EPOLLOUT:
         conn_on_writable(w, c)
         if c.fd < 0 or c.gen != <uint32_t>(tag >> 32):
             return
-    if events & netsys.EPOLLIN:
+    if events & EPOLLIN:
         conn_on_readable(w, c)
-    elif events & (netsys.EPOLLERR | netsys.EPOLLHUP):
+    elif events & (EPOLLERR | EPOLLHUP):
         bn_count(&w.counters.econnreset, 1)
         conn_close(w, c)
 
@@ -1190,7 +1190,7 @@ cdef void* http_worker_main(void* arg) noexcept nogil:
             timeout_ms = 0
         # Offline while asleep: an idle worker never holds reclamation back.
         qsbr_offline(w.qsbr)
-        n = netsys.epoll_wait(w.epfd, w.events, HTTP_EVENTS_MAX, timeout_ms + 1)
+        n = epoll_wait(w.epfd, w.events, HTTP_EVENTS_MAX, timeout_ms + 1)
         err = errno
         qsbr_online(w.qsbr)
         bn_count(&w.counters.epoll_waits, 1)
@@ -1264,7 +1264,7 @@ cdef bn_hworker* http_worker_new(uint32_t max_conns) noexcept nogil:
     w.free_slots = <uint32_t*>malloc(max_conns * sizeof(uint32_t))
     w.scratch = <char*>malloc(HTTP_SCRATCH_BYTES)
     w.iov = <iovec*>calloc(HTTP_IOV_MAX, sizeof(iovec))
-    w.events = <netsys.epoll_event*>calloc(HTTP_EVENTS_MAX, sizeof(netsys.epoll_event))
+    w.events = <epoll_event*>calloc(HTTP_EVENTS_MAX, sizeof(epoll_event))
     if w.conns == NULL or w.free_slots == NULL or w.scratch == NULL or w.iov == NULL or w.events == NULL:
         http_worker_free(w)
         return NULL
@@ -1276,10 +1276,10 @@ cdef bn_hworker* http_worker_new(uint32_t max_conns) noexcept nogil:
 
 
 cdef int http_epoll_add(int epfd, int fd, uint64_t tag) except -1:
-    cdef netsys.epoll_event ev
-    ev.events = netsys.EPOLLIN
+    cdef epoll_event ev
+    ev.events = EPOLLIN
     ev.data.u64 = tag
-    if netsys.epoll_ctl(epfd, netsys.EPOLL_CTL_ADD, fd, &ev) < 0:
+    if epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev) < 0:
         raise_errno("epoll_ctl ADD")
     return 0
 
@@ -1368,7 +1368,7 @@ cdef class HTTPEngine:
             w.write_timeout_ns = <int64_t>(write_timeout_s * 1e9)
             memcpy(w.prefix, <const char*>raw_prefix, len(raw_prefix))
             w.prefix_len = len(raw_prefix)
-            w.epfd = netsys.epoll_create1(netsys.EPOLL_CLOEXEC)
+            w.epfd = epoll_create1(EPOLL_CLOEXEC)
             if w.epfd < 0:
                 raise_errno("epoll_create1")
             w.reply_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)

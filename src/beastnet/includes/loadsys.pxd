@@ -1,34 +1,8 @@
 # cdef extern declarations the load generator needs beyond system.pxd:
-# epoll, the clocks and helpers of loadgen.h.  Only what we call.
+# the clocks and helpers of loadgen.h.  Only what we call.
 from libc.stdint cimport uint16_t, uint32_t, uint64_t
 from posix.uio cimport iovec
-from beastnet.includes.system cimport sockaddr, socklen_t, ssize_t
-
-
-cdef extern from "<sys/epoll.h>" nogil:
-    ctypedef union epoll_data_t:
-        void* ptr
-        int fd
-        uint32_t u32
-        uint64_t u64
-
-    struct epoll_event:
-        uint32_t events
-        epoll_data_t data
-
-    int epoll_create1(int flags)
-    int epoll_ctl(int epfd, int op, int fd, epoll_event* event)
-
-    enum:
-        EPOLLIN
-        EPOLLOUT
-        EPOLLERR
-        EPOLLHUP
-        EPOLLRDHUP
-        EPOLL_CTL_ADD
-        EPOLL_CTL_MOD
-        EPOLL_CTL_DEL
-        EPOLL_CLOEXEC
+from beastnet.includes.system cimport epoll_event, sockaddr, socklen_t, ssize_t
 
 
 cdef extern from "loadgen.h" nogil:

@@ -1,35 +1,9 @@
-# cdef extern declarations for the TCP/HTTP engine (_http.pxi): epoll, accept4,
-# stream send/recv, TCP options, clocks and calendar time.
+# cdef extern declarations for the TCP/HTTP engine (_http.pxi): accept4,
+# stream send/recv, TCP options, clocks and calendar time (epoll: system.pxd).
 # Only the fields and functions we call are declared.
 from libc.stdint cimport uint32_t, uint64_t
 from posix.time cimport timespec, time_t
 from posix.uio cimport iovec
-
-
-cdef extern from "<sys/epoll.h>" nogil:
-    ctypedef union epoll_data_t:
-        void* ptr
-        int fd
-        uint32_t u32
-        uint64_t u64
-
-    struct epoll_event:
-        uint32_t events
-        epoll_data_t data
-
-    int epoll_create1(int flags)
-    int epoll_ctl(int epfd, int op, int fd, epoll_event* event)
-    int epoll_wait(int epfd, epoll_event* events, int maxevents, int timeout_ms)
-
-    enum:
-        EPOLL_CLOEXEC
-        EPOLL_CTL_ADD
-        EPOLL_CTL_MOD
-        EPOLL_CTL_DEL
-        EPOLLIN
-        EPOLLOUT
-        EPOLLERR
-        EPOLLHUP
 
 
 cdef extern from "<sys/socket.h>" nogil:
