@@ -146,14 +146,24 @@ def expected_live_reply(datagram, parsed):
     return tag + (body if body is not None else NOT_FOUND)
 
 
-@pytest.fixture(params=["127.0.0.1", pytest.param("::1", marks=needs_ipv6)], ids=["ipv4", "ipv6"],
+@pytest.fixture(params=[("beastnet", "127.0.0.1"),
+                        pytest.param(("beastnet", "::1"), marks=needs_ipv6),
+                        ("reference", "127.0.0.1"),
+                        pytest.param(("reference", "::1"), marks=needs_ipv6)],
+                ids=["beastnet-ipv4", "beastnet-ipv6", "reference-ipv4", "reference-ipv6"],
                 scope="module")
 def live(request):
-    """One server per address family for the whole module (the per-test leak
-    check only sees it once it is running)."""
+    """One server per implementation and address family for the whole module
+    (the per-test leak check only sees it once it is running).  The same
+    cases run against beastnet and the pure-Python reference server."""
     from beastnet import UDPServer
+    from reference_server import ReferenceUDPServer
     from support import UDPClient
-    srv = UDPServer(ResponseTable(TABLE), request.param, sockets=2).start()
+    implementation, host = request.param
+    if implementation == "beastnet":
+        srv = UDPServer(ResponseTable(TABLE), host, sockets=2).start()
+    else:
+        srv = ReferenceUDPServer(TABLE, host).start()
     cl = UDPClient(srv.address)
     yield srv, cl
     cl.close()
