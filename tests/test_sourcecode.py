@@ -82,3 +82,14 @@ def test_hot_functions_are_white(annotations, pxi):
 def test_no_gil_reacquired_in_native_code():
     for pxi in HOT_FUNCTIONS:
         assert "with gil" not in (SRC / pxi).read_text(), f"{pxi} takes the GIL"
+
+
+@pytest.mark.timeout(300)
+def test_python_layer_type_checks():
+    """The public API ships py.typed and _core.pyi: keep them honest."""
+    pytest.importorskip("mypy")
+    import sys
+    result = subprocess.run([sys.executable, "-m", "mypy", "--ignore-missing-imports",
+                             "--no-error-summary", str(SRC)],
+                            capture_output=True, text=True, timeout=280)
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -1,8 +1,9 @@
 """beastnet: pre-serialized answers served at C speed by native threads.
 
-The public API: `ResponseTable` holds answers, `UDPServer` serves them,
-`APIKeyTable` holds API keys and their limits, `Answer` and `MissRequest` are
-what a miss handler returns and receives.
+The public API: `ResponseTable` holds answers; `UDPServer` and `HTTPServer`
+serve them; `APIKeyTable` holds API keys and their limits; `Answer` and
+`MissRequest` are what a miss handler returns and receives; `run_udp_load` /
+`run_http_load` (with `UDPLoadConfig` / `HTTPLoadConfig`) measure a server.
 """
 from beastnet._core import APIKeyTable, Entry, ResponseTable
 from beastnet.control import Answer, MissRequest
@@ -14,8 +15,8 @@ __version__ = "0.1.0"
 
 # The load generator needs NumPy (~15 MB resident); a server never does, so
 # its names are imported on first use (PEP 562).
-_LAZY = {"LoadResult": "beastnet.loadgen", "UDPLoadConfig": "beastnet.loadgen",
-         "run_udp_load": "beastnet.loadgen"}
+_LAZY = {name: "beastnet.loadgen" for name in
+         ("LoadResult", "UDPLoadConfig", "HTTPLoadConfig", "run_udp_load", "run_http_load")}
 
 
 def __getattr__(name: str):
@@ -27,12 +28,14 @@ def __getattr__(name: str):
     globals()[name] = value
     return value
 
+
 __all__ = [
     "APIKeyTable",
     "Answer",
     "BeastnetError",
     "Entry",
     "HandlerError",
+    "HTTPLoadConfig",
     "HTTPServer",
     "InvalidKeyError",
     "LoadResult",
@@ -42,5 +45,6 @@ __all__ = [
     "UDPLoadConfig",
     "UDPServer",
     "__version__",
+    "run_http_load",
     "run_udp_load",
 ]

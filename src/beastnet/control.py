@@ -7,6 +7,7 @@ per hit; the native readers never wait for this thread.
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import ipaddress
 import logging
@@ -260,12 +261,12 @@ class MissDispatcher:
         if inspect.isawaitable(result):
             self.inflight += 1
             assert self._loop is not None
-            task = self._loop.create_task(result)  # type: ignore[arg-type]
-            task.add_done_callback(lambda t, r=request, g=tag: self._finished(t, r, g))
+            task: "asyncio.Task[Any]" = self._loop.create_task(result)  # type: ignore[arg-type]
+            task.add_done_callback(functools.partial(self._finished, request=request, tag=tag))
         else:
             self._reply(request, tag, result)
 
-    def _finished(self, task: "asyncio.Task[Any]", request: MissRequest, tag: bytes) -> None:
+    def _finished(self, task: "asyncio.Task[Any]", *, request: MissRequest, tag: bytes) -> None:
         self.inflight -= 1
         if not task.cancelled():
             exc = task.exception()

@@ -94,7 +94,7 @@ class HTTPServer:
         self.max_inflight = max_inflight if max_inflight is not None else miss_queue_size
         self.grace_s = grace_s
         self.cpus = cpus
-        self._engine_options = dict(
+        self._engine_options: dict[str, Any] = dict(
             prefix=prefix, max_connections=max_connections, max_header_bytes=max_header_bytes,
             max_target_bytes=max_target_bytes, max_output_bytes=max_output_bytes,
             header_timeout_s=header_timeout_s, idle_timeout_s=idle_timeout_s,

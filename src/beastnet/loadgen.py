@@ -426,13 +426,14 @@ def _plan_udp(cfg: UDPLoadConfig) -> dict[str, Any]:
     threads = min(cfg.threads, cfg.sockets)
     groups = [list(range(i, cfg.sockets, threads)) for i in range(threads)]
     if cfg.open_loop:
+        assert cfg.rate is not None                 # open_loop means a rate was given
         per_socket = cfg.rate / cfg.sockets
         interval_ns = 1e9 / per_socket
         # Open loop sends whatever the replies: a socket may have up to
         # rate x timeout requests in flight before timeouts free slots.  Twice
         # that (Poisson bursts) and never fewer than the window would need.
         inflight = per_socket * cfg.timeout_ms / 1e3
-        slots = _next_pow2(max(2 * cfg.window, 2 * inflight + 2 * cfg.batch, 64))
+        slots = _next_pow2(int(max(2 * cfg.window, 2 * inflight + 2 * cfg.batch, 64)))
         mode = _MODE_OPEN_POISSON if cfg.poisson else _MODE_OPEN_CONSTANT
     else:
         interval_ns = 0.0
@@ -736,15 +737,17 @@ def _http_sockaddr(host: str, port: int) -> tuple[int, bytes, str]:
     except socket.gaierror as exc:
         raise LoadError(f"getaddrinfo {host}:{port}: {exc.strerror}") from exc
     family, _, _, _, sa = infos[0]
+    addr: tuple[Any, ...] = tuple(sa)
+    ip = str(addr[0])
     if family == socket.AF_INET:
         packed = (struct.pack("=H", family) + struct.pack("!H", port)
-                  + socket.inet_pton(family, sa[0]) + bytes(8))
+                  + socket.inet_pton(family, ip) + bytes(8))
     elif family == socket.AF_INET6:
-        packed = (struct.pack("=H", family) + struct.pack("!HI", port, sa[2])
-                  + socket.inet_pton(family, sa[0]) + struct.pack("=I", sa[3]))
+        packed = (struct.pack("=H", family) + struct.pack("!HI", port, addr[2])
+                  + socket.inet_pton(family, ip) + struct.pack("=I", addr[3]))
     else:
         raise LoadError(f"{host}: unsupported address family {family}")
-    return family, packed, sa[0]
+    return family, packed, ip
 
 
 def _http_requests(cfg: HTTPLoadConfig) -> tuple[list[bytes], list[bytes]]:
@@ -802,6 +805,7 @@ def run_http_load(cfg: HTTPLoadConfig, progress: Optional[ProgressCallback] = No
     mode = _MODE_CLOSED
     interval_ns = 0.0
     if cfg.open_loop:
+        assert cfg.rate is not None                 # open_loop means a rate was given
         mode = _MODE_OPEN_POISSON if cfg.poisson else _MODE_OPEN_CONSTANT
         interval_ns = 1e9 / cfg.rate
     seed = cfg.seed if cfg.seed is not None else int.from_bytes(os.urandom(8), "little")
