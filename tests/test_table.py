@@ -278,13 +278,16 @@ def test_key_validation_matches_grammar(raw):
         assert len(t) == 0
 
 
-def test_update_with_invalid_key_raises_and_keeps_valid_state():
+def test_update_with_invalid_key_raises_and_publishes_nothing():
     t = ResponseTable({"a": b"1"})
+    version = t.entry("a").version
     with pytest.raises(InvalidKeyError):
-        t.update([("b", b"2"), ("bad key", b"x")])
-    # the table stays consistent: no half-written entry for the bad key
-    assert "bad key" not in t
-    assert len(t) == len(t.keys()) == len(t.items())
+        t.update([("a", b"new"), ("b", b"2"), ("bad key", b"x")])
+    with pytest.raises(TypeError):
+        t.update([("a", b"new"), ("c", 3)])
+    # checked before anything is published: the table is as it was
+    assert dict(t.items()) == {"a": b"1"} and t.entry("a").version == version
+    assert len(t) == len(t.keys()) == len(t.items()) == 1
 
 
 # -- growth and memory -----------------------------------------------------------

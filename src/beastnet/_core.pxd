@@ -41,7 +41,6 @@ cdef class ResponseTable:
     cdef int _reserve(self, size_t extra_keys) except -1
     cdef int _put(self, bytes key, const char* body, size_t body_len,
                   const char* ctype, size_t ctype_len) except -1
-    cdef int _set_locked(self, object key, object body, str content_type) except -1
     cdef bn_entry* _find(self, bytes raw) noexcept
 
 

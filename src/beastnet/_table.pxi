@@ -211,6 +211,20 @@ cdef bytes body_to_bytes(object body):
     raise TypeError(f"body must be bytes, str, bytearray or memoryview, not {type(body).__name__}")
 
 
+cdef bytes checked_body(object body):
+    cdef bytes raw = body_to_bytes(body)
+    if len(raw) > BODY_MAX_BYTES:
+        raise ValueError(f"body of {len(raw)} bytes exceeds the {BODY_MAX_BYTES}-byte limit")
+    return raw
+
+
+cdef bytes content_type_to_bytes(str content_type):
+    cdef bytes ctype = content_type.encode("ascii")
+    if len(ctype) > CONTENT_TYPE_MAX_BYTES or b"\r" in ctype or b"\n" in ctype:
+        raise ValueError(f"invalid content type {content_type!r}")
+    return ctype
+
+
 Entry = _collections.namedtuple("Entry", ["body", "content_type", "version"])
 Entry.__doc__ = "A published answer: its body bytes, its Content-Type and its write version."
 
@@ -328,23 +342,15 @@ cdef class ResponseTable:
             self._retire(old, entry_bytes(old))
         return 0
 
-    cdef int _set_locked(self, object key, object body, str content_type) except -1:
-        cdef bytes raw_key = key_to_bytes(key)
-        cdef bytes raw_body = body_to_bytes(body)
-        cdef bytes ctype = content_type.encode("ascii")
-        if len(raw_body) > BODY_MAX_BYTES:
-            raise ValueError(f"body of {len(raw_body)} bytes exceeds the {BODY_MAX_BYTES}-byte limit")
-        if len(ctype) > CONTENT_TYPE_MAX_BYTES or b"\r" in ctype or b"\n" in ctype:
-            raise ValueError(f"invalid content type {content_type!r}")
-        self._put(raw_key, raw_body, len(raw_body), ctype, len(ctype))
-        return 0
-
     # -- public API ----------------------------------------------------------
 
     def set(self, key, body, *, str content_type="application/json"):
         """Publish `body` (bytes, or str encoded as UTF-8) as the answer for `key`."""
+        cdef bytes ctype = content_type_to_bytes(content_type)
+        cdef bytes raw_key = key_to_bytes(key)
+        cdef bytes raw_body = checked_body(body)
         with self._lock:
-            self._set_locked(key, body, content_type)
+            self._put(raw_key, raw_body, len(raw_body), ctype, len(ctype))
             self._reclaim()
 
     def set_json(self, key, obj):
@@ -354,15 +360,20 @@ cdef class ResponseTable:
     def update(self, items, *, str content_type="application/json"):
         """Publish many answers: a mapping or an iterable of (key, body) pairs.
 
-        The index grows at most once and reclamation runs once for the whole
-        batch.  Each key flips atomically; readers may see some keys of the
-        batch new and others not yet.
+        Every key and body is checked before anything is published, so a bad
+        one raises with the table untouched.  The index grows at most once and
+        reclamation runs once for the whole batch.  Each key flips atomically;
+        readers may see some keys of the batch new and others not yet.
         """
-        pairs = list(items.items() if hasattr(items, "items") else items)
+        cdef bytes ctype = content_type_to_bytes(content_type)
+        cdef list checked = [(key_to_bytes(key), checked_body(body))
+                             for key, body in (items.items() if hasattr(items, "items") else items)]
+        cdef bytes raw_key
+        cdef bytes raw_body
         with self._lock:
-            self._reserve(len(pairs))
-            for key, body in pairs:
-                self._set_locked(key, body, content_type)
+            self._reserve(len(checked))
+            for raw_key, raw_body in checked:
+                self._put(raw_key, raw_body, len(raw_body), ctype, len(ctype))
             self._reclaim()
 
     def __setitem__(self, key, body):
