@@ -9,6 +9,7 @@ from typing import Any, Callable, Mapping, Optional
 import orjson
 
 from beastnet import _core
+from beastnet._base import EngineServer, resolve
 from beastnet._core import APIKeyTable, ResponseTable
 from beastnet.control import (Answer, ControlPlane, MissDispatcher, MissHandler, MissRequest,
                               is_loopback_client, stop_control_plane, sum_counters)
@@ -19,13 +20,7 @@ __all__ = ["HTTPServer"]
 _METRICS_CONTENT_TYPE = "text/plain; version=0.0.4"
 
 
-def _resolve(host: str, port: int) -> tuple[int, tuple]:
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    family, _, _, _, sockaddr = infos[0]
-    return family, sockaddr
-
-
-class HTTPServer:
+class HTTPServer(EngineServer):
     """Answers HTTP/1.1 ``GET <prefix><KEY>`` from a `ResponseTable` on native threads.
 
     ``threads`` SO_REUSEPORT listening sockets (default: one per CPU) are each
@@ -136,7 +131,7 @@ class HTTPServer:
         return self
 
     def _open_sockets(self) -> None:
-        family, sockaddr = _resolve(self.host, self.port)
+        family, sockaddr = resolve(self.host, self.port, socket.SOCK_STREAM)
         for _ in range(self.nthreads):
             sock = socket.socket(family, socket.SOCK_STREAM)
             self._socks.append(sock)
@@ -167,15 +162,7 @@ class HTTPServer:
         self._control = None
         if self._engine is not None:
             self._engine.close()        # its descriptors; the counters stay readable
-        for sock in self._socks:
-            sock.close()
-        self._socks = []
-
-    def __enter__(self) -> "HTTPServer":
-        return self.start()
-
-    def __exit__(self, *exc_info: Any) -> None:
-        self.stop()
+        self._close_sockets()
 
     # -- the control plane's side ------------------------------------------------
 
@@ -210,13 +197,6 @@ class HTTPServer:
             self._dispatcher.max_inflight = n
 
     # -- introspection ----------------------------------------------------------
-
-    @property
-    def address(self) -> tuple:
-        """The bound (host, port[, flowinfo, scope_id]) once started."""
-        if self._address is None:
-            raise ServerError("server not started")
-        return self._address
 
     @property
     def url(self) -> str:

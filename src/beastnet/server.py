@@ -8,6 +8,7 @@ import time
 from typing import Any, Optional
 
 from beastnet import _core
+from beastnet._base import EngineServer, resolve
 from beastnet._core import APIKeyTable, ResponseTable
 from beastnet.control import (ControlPlane, MissDispatcher, MissHandler, stop_control_plane,
                               sum_counters)
@@ -22,12 +23,6 @@ SO_RXQ_OVFL = getattr(socket, "SO_RXQ_OVFL", 40)
 
 DEFAULT_BUFFER_BYTES = 32 * 1024 * 1024
 SEND_TIMEOUT_S = 0.05       # keep in step with SEND_TIMEOUT_MS in consts.pxi
-
-
-def _resolve(host: str, port: int) -> tuple[int, tuple]:
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM, flags=socket.AI_PASSIVE)
-    family, _, _, _, sockaddr = infos[0]
-    return family, sockaddr
 
 
 def _set_buffer(sock: socket.socket, force_opt: int, opt: int, nbytes: int) -> int:
@@ -52,7 +47,7 @@ def _steering_plan(nsockets: int) -> tuple[Optional[list[int]], str]:
     return allowed, "ok"
 
 
-class UDPServer:
+class UDPServer(EngineServer):
     """Answers UDP requests from a `ResponseTable` on native threads.
 
     ``sockets`` SO_REUSEPORT sockets (default: one per CPU) are each served by
@@ -145,7 +140,7 @@ class UDPServer:
         return self
 
     def _open_sockets(self) -> None:
-        family, sockaddr = _resolve(self.host, self.port)
+        family, sockaddr = resolve(self.host, self.port, socket.SOCK_DGRAM)
         recv_granted, send_granted = [], []
         for _ in range(self.nsockets):
             sock = socket.socket(family, socket.SOCK_DGRAM)
@@ -196,24 +191,9 @@ class UDPServer:
         self._control = None
         if self._engine is not None:
             self._engine.stop()
-        for sock in self._socks:
-            sock.close()
-        self._socks = []
-
-    def __enter__(self) -> "UDPServer":
-        return self.start()
-
-    def __exit__(self, *exc_info: Any) -> None:
-        self.stop()
+        self._close_sockets()
 
     # -- introspection ----------------------------------------------------------
-
-    @property
-    def address(self) -> tuple:
-        """The bound (host, port[, flowinfo, scope_id]) once started."""
-        if self._address is None:
-            raise ServerError("server not started")
-        return self._address
 
     def stats(self) -> dict[str, Any]:
         """Counters summed over readers, per socket, and the server's set-up.
