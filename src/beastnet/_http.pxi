@@ -103,6 +103,7 @@ cdef struct bn_hworker:
     int64_t grace_ns                    # set by stop() before the stop flag
     int64_t drain_deadline_ns
     int64_t now_ns                      # CLOCK_MONOTONIC_COARSE, refreshed after each epoll_wait
+    uint64_t admit_ns                   # CLOCK_MONOTONIC (as the UDP readers' GCRA), same cadence
     int64_t next_tick_ns
     int64_t accept_resume_ns
     time_t date_second                  # second the Date tails were built for
@@ -116,6 +117,7 @@ cdef struct bn_hworker:
     char* scratch                       # HTTP_SCRATCH_BYTES
     iovec* iov                          # HTTP_IOV_MAX, one connection's pending responses
     int niov
+    size_t iov_bytes                    # bytes the pending iovecs carry (bounded by max_output_bytes)
     epoll_event* events          # HTTP_EVENTS_MAX
     char tails[3][HTTP_TAIL_MAX_BYTES]  # TAIL_*: Date [+ Connection] + blank line
     size_t tail_len[3]
@@ -512,6 +514,7 @@ cdef int conn_flush_iov(bn_hworker* w, bn_conn* c) noexcept nogil:
     cdef size_t sent
     cdef int niov = w.niov
     w.niov = 0
+    w.iov_bytes = 0
     if niov == 0 or (c.flags & CONN_DEAD):
         return 0
     memset(&msg, 0, sizeof(msg))
@@ -564,7 +567,9 @@ cdef inline int conn_emit(bn_hworker* w, bn_conn* c, const char* head, size_t he
     else:
         bn_count(&w.counters.responses_5xx, 1)
     c.requests += 1
-    if w.niov + 3 > HTTP_IOV_MAX:
+    # Flush by count and by bytes: pipelined hits on a big entry must not
+    # pile up (and, on a slow reader, be copied) without bound.
+    if w.niov + 3 > HTTP_IOV_MAX or w.iov_bytes >= w.max_output_bytes:
         if conn_flush_iov(w, c) < 0:
             return -1
     if conn_out_pending(c):
@@ -582,6 +587,7 @@ cdef inline int conn_emit(bn_hworker* w, bn_conn* c, const char* head, size_t he
     w.iov[w.niov + 2].iov_base = <void*>body      # into the entry: never copied here
     w.iov[w.niov + 2].iov_len = body_len
     w.niov += 3
+    w.iov_bytes += head_len + w.tail_len[tail] + body_len
     return 0
 
 
@@ -615,7 +621,11 @@ cdef int conn_queue(bn_hworker* w, bn_conn* c, bn_hreq* req, const char* key, si
                     int route) noexcept nogil:
     """Hand a miss or route to the control plane; 0 when the queue is full."""
     cdef uint64_t pos
-    cdef bn_miss* cell = missq_claim(w.missq, &pos)
+    cdef bn_miss* cell
+    if (req.target_len > HTTP_TARGET_MAX_BYTES or req.method_len > HTTP_METHOD_MAX_BYTES
+            or req.apikey_len > APIKEY_MAX_BYTES or key_len > KEY_MAX_BYTES):
+        return 0                        # never reached (callers check): cells are fixed-size
+    cell = missq_claim(w.missq, &pos)
     if cell == NULL:
         return 0
     cell.reader = <uint32_t>w.index
@@ -675,8 +685,7 @@ cdef int conn_request(bn_hworker* w, bn_conn* c, bn_hreq* req) noexcept nogil:
         return conn_step(c, conn_emit_error(w, c, ERR_413, TAIL_CLOSE, head_only))
     if in_prefix:
         if w.keys_ref != NULL:
-            admit = apikey_admit(w.keys_ref, req.apikey, req.apikey_len, <uint64_t>w.now_ns,
-                                 &retry_ns)
+            admit = apikey_admit(w.keys_ref, req.apikey, req.apikey_len, w.admit_ns, &retry_ns)
             if admit != ADMIT_OK:
                 if admit == ADMIT_UNAUTHORIZED:
                     bn_count(&w.counters.unauthorized, 1)
@@ -711,12 +720,13 @@ cdef int conn_request(bn_hworker* w, bn_conn* c, bn_hreq* req) noexcept nogil:
         bn_count(&w.counters.routed, 1)
         if w.missq == NULL:
             return conn_step(c, conn_emit_error(w, c, ERR_404, tail, head_only))
-        if req.target_len > HTTP_TARGET_MAX_BYTES:
-            return conn_step(c, conn_emit_error(w, c, ERR_414, tail, head_only))
         route = 1
     else:
         return conn_step(c, conn_emit_error(w, c, ERR_404, tail, head_only))
     # To the control plane: the connection waits, later requests stay buffered.
+    # A queue cell holds HTTP_TARGET_MAX_BYTES of target: misses and routes alike.
+    if req.target_len > HTTP_TARGET_MAX_BYTES:
+        return conn_step(c, conn_emit_error(w, c, ERR_414, tail, head_only))
     if conn_queue(w, c, req, key, key_len, route):
         bn_count(&w.counters.queued, 1)
         w.miss_signal = 1
@@ -730,9 +740,11 @@ cdef int conn_request(bn_hworker* w, bn_conn* c, bn_hreq* req) noexcept nogil:
 
 
 cdef size_t conn_parse_all(bn_hworker* w, bn_conn* c, const char* data, size_t n,
-                           size_t scanned) noexcept nogil:
+                           size_t scanned, int* head_incomplete) noexcept nogil:
     """Answer every complete request in data[0:n] until one must wait.
-    Returns the bytes consumed; the rest is an incomplete head or waits."""
+    Returns the bytes consumed; the rest is an incomplete head or waits.
+    *head_incomplete says which: only an incomplete head has been searched
+    to its end (a backlog or a pending miss may leave complete requests)."""
     cdef size_t pos = 0
     cdef size_t from_
     cdef const char* end
@@ -741,6 +753,7 @@ cdef size_t conn_parse_all(bn_hworker* w, bn_conn* c, const char* data, size_t n
     cdef int status
     cdef int rc
     cdef bn_hreq req
+    head_incomplete[0] = 0
     while pos < n:
         if c.flags & (CONN_WAITING | CONN_CLOSE_AFTER | CONN_DEAD):
             break
@@ -760,6 +773,7 @@ cdef size_t conn_parse_all(bn_hworker* w, bn_conn* c, const char* data, size_t n
                     and netsys.memmem(data + pos, avail, b"\r\n", 2) == NULL):
                 status = ERR_414
             else:
+                head_incomplete[0] = 1
                 break
             bn_count(&w.counters.requests, 1)
             bn_count(&w.counters.parse_errors, 1)
@@ -835,9 +849,11 @@ cdef void conn_close(bn_hworker* w, bn_conn* c) noexcept nogil:
     w.free_top += 1
 
 
-cdef int conn_keep_input(bn_hworker* w, bn_conn* c, const char* data, size_t n, size_t used) noexcept nogil:
+cdef int conn_keep_input(bn_hworker* w, bn_conn* c, const char* data, size_t n, size_t used,
+                         int head_incomplete) noexcept nogil:
     """After parsing: keep the unparsed tail data[used:n] in the connection's
-    own buffer (data may be the scratch buffer or that buffer itself)."""
+    own buffer (data may be the scratch buffer or that buffer itself).  Only
+    an incomplete head counts as searched: the next read looks at new bytes."""
     cdef size_t left = n - used
     cdef char* buf
     if data == c.inb:
@@ -850,10 +866,8 @@ cdef int conn_keep_input(bn_hworker* w, bn_conn* c, const char* data, size_t n, 
             return 0
         if used > 0:
             memmove(c.inb, c.inb + used, left)
-            c.in_scanned = 0
             c.head_start_ns = w.now_ns
-        else:
-            c.in_scanned = left
+        c.in_scanned = left if head_incomplete else 0
         c.in_len = left
         return 0
     if left == 0:
@@ -867,7 +881,7 @@ cdef int conn_keep_input(bn_hworker* w, bn_conn* c, const char* data, size_t n, 
     c.inb = buf
     c.in_len = left
     c.in_cap = left + HTTP_READ_MIN_BYTES
-    c.in_scanned = left if used == 0 else 0
+    c.in_scanned = left if head_incomplete else 0
     c.head_start_ns = w.now_ns
     return 0
 
@@ -891,8 +905,9 @@ cdef void conn_finish(bn_hworker* w, bn_conn* c) noexcept nogil:
 cdef void conn_run(bn_hworker* w, bn_conn* c, const char* data, size_t n) noexcept nogil:
     """Parse and answer what data[0:n] holds, keep the rest, flush."""
     cdef size_t scanned = c.in_scanned if data == c.inb else 0
-    cdef size_t used = conn_parse_all(w, c, data, n, scanned)
-    conn_keep_input(w, c, data, n, used)
+    cdef int head_incomplete
+    cdef size_t used = conn_parse_all(w, c, data, n, scanned, &head_incomplete)
+    conn_keep_input(w, c, data, n, used, head_incomplete)
     conn_finish(w, c)
 
 
@@ -1195,6 +1210,11 @@ cdef void* http_worker_main(void* arg) noexcept nogil:
         qsbr_online(w.qsbr)
         bn_count(&w.counters.epoll_waits, 1)
         w.now_ns = http_now_ns()
+        if w.keys_ref != NULL:
+            # GCRA shares each key's state with the UDP readers: same fine
+            # clock.  The coarse one ticks every 4 ms and refuses bursts a
+            # limit allows.
+            w.admit_ns = monotonic_ns()
         if n < 0:
             if err == netsys.EINTR:
                 bn_count(&w.counters.eintr, 1)
@@ -1540,8 +1560,11 @@ cdef class HTTPEngine:
         cdef bn_hworker* w
         if worker >= <unsigned int>self.nworkers:
             raise ValueError("no such worker")
-        if not 100 <= status <= 999:
-            raise ValueError(f"invalid HTTP status {status}")
+        # 1xx would read as an interim response and 204/304 carry no body: any
+        # of them with our Content-Length and body would desynchronise the
+        # connection.  The dispatcher answers 500 instead.
+        if not 200 <= status <= 599 or status in (204, 304):
+            raise ValueError(f"unsupported HTTP status {status} for a handler answer")
         if "\r" in content_type or "\n" in content_type:
             raise ValueError(f"invalid content type {content_type!r}")
         if not self.nrunning or self.workers[worker].reply_fd < 0:
@@ -1597,6 +1620,7 @@ def http_hit_iovecs(ResponseTable table not None, bytes request not None, str pr
     cdef bn_entry* e
     cdef int i
     cdef int slot
+    cdef int head_incomplete
     if w == NULL:
         raise MemoryError()
     memset(&counters, 0, sizeof(counters))
@@ -1612,9 +1636,8 @@ def http_hit_iovecs(ResponseTable table not None, bytes request not None, str pr
     slot = qsbr_register()
     try:
         qsbr_online(&qsbr_slots[slot])
-        conn_parse_all(w, c, request, len(request), 0)
+        conn_parse_all(w, c, request, len(request), 0, &head_incomplete)
         out = [(<size_t>w.iov[i].iov_base, w.iov[i].iov_len) for i in range(w.niov)]
-        e = table_lookup(&table.index, b"", 0) if False else NULL
         with table._lock:
             key = request.split(b" ")[1][len(raw_prefix):].split(b"?")[0]
             e = table._find(key)
@@ -1623,6 +1646,7 @@ def http_hit_iovecs(ResponseTable table not None, bytes request not None, str pr
     finally:
         qsbr_unregister(slot)
         w.niov = 0
+        w.iov_bytes = 0
         http_worker_free(w)
     return {"iovecs": out, "entry_head": entry[0] if entry else None,
             "entry_body": entry[1] if entry else None}
