@@ -75,6 +75,13 @@ def test_key_index_growth_keeps_every_key():
     assert all(keys.admit(f"key-{i}", 0)[0] == "ok" for i in range(0, 3000, 7))
 
 
+@pytest.mark.parametrize("limits", [dict(qps=-1), dict(qps=1e10), dict(qps=1e-9),
+                                    dict(qps=1e-6, burst=10**9), dict(qps=10, burst=0)])
+def test_limits_that_would_overflow_gcra_are_rejected(limits):
+    with pytest.raises(ValueError):
+        APIKeyTable().set("k", **limits)
+
+
 @pytest.mark.parametrize("bad", ["", "has space", "x" * 65, "tab\t"])
 def test_invalid_api_keys_are_rejected(bad):
     with pytest.raises(ValueError):

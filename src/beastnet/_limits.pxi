@@ -185,10 +185,16 @@ cdef class APIKeyTable:
         cdef uint64_t emission = 0
         if qps < 0 or burst < 1:
             raise ValueError("qps must be >= 0 and burst >= 1")
+        # Keep GCRA's arithmetic inside 64 bits: T = 1e9/qps ns and a tolerance
+        # of T * (burst - 1) ns; tat + T must never wrap.
+        if qps > 0 and not 1e-6 <= qps <= 1e9:
+            raise ValueError(f"qps must be 0 (no limit) or 1e-6..1e9, got {qps}")
         if qps > 0:
             emission = <uint64_t>(1e9 / qps)
             if emission == 0:
                 emission = 1
+            if <double>emission * <double>(burst - 1) > 1e18:
+                raise ValueError(f"burst {burst} at {qps} req/s allows more than 1e9 s of tolerance")
         with self._lock:
             rec = self._find(raw)
             if rec == NULL:
