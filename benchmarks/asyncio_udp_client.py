@@ -122,7 +122,11 @@ if __name__ == "__main__":
     p.add_argument("-d", "--duration", type=float, default=3.0)
     p.add_argument("--warmup", type=float, default=0.5)
     p.add_argument("--timeout-ms", type=float, default=200.0)
+    p.add_argument("--stdlib-loop", action="store_true",
+                   help="run on asyncio's own event loop instead of uvloop")
     args = p.parse_args()
-    if uvloop is not None:
+    if uvloop is not None and not args.stdlib_loop:
         uvloop.install()
+    else:
+        uvloop = None                   # reported as plain "asyncio"
     print(json.dumps(asyncio.run(main(args))))

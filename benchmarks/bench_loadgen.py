@@ -10,6 +10,7 @@ the client got answered.  beastnet's generator also reports the CPU of its
 native threads inside the measured window.  Workloads:
   udp-beastnet   beastnet UDPServer (2 reader threads) <- beastnet load, 64 sockets x window 32, 2 threads
   udp-asyncio    same server <- asyncio+uvloop client, 64 sockets x window 32 (one thread: asyncio has one)
+  udp-asyncio-stdlib   the same client on asyncio's own event loop
   http-wrk       nginx (1 worker, `return 200`) <- wrk -t2 -c64
   http-beastnet  same nginx <- beastnet load http://, 64 keep-alive connections, 2 threads
 Limits: a shared 2-core box; server and client compete for the same cores,
@@ -94,6 +95,10 @@ def bench_udp(args) -> list[dict]:
             "udp-asyncio": [sys.executable, os.path.join(HERE, "asyncio_udp_client.py"),
                             "127.0.0.1", str(server.port), "--sockets", "64", "--window", "32",
                             "-d", str(args.duration), "--warmup", "0.5"],
+            "udp-asyncio-stdlib": [sys.executable, os.path.join(HERE, "asyncio_udp_client.py"),
+                                   "127.0.0.1", str(server.port), "--sockets", "64",
+                                   "--window", "32", "-d", str(args.duration), "--warmup", "0.5",
+                                   "--stdlib-loop"],
         }
         for name, cmd in clients.items():
             before = server.sample()
@@ -254,8 +259,11 @@ def main() -> None:
               f"{_fmt(r['server_cpu_us_per_req'])} |")
     by = {r["workload"]: r for r in rows}
     if "udp-beastnet" in by and "udp-asyncio" in by:
-        print(f"\nUDP: beastnet generator / asyncio rate = "
+        print(f"\nUDP: beastnet generator / asyncio+uvloop client rate = "
               f"{by['udp-beastnet']['rps'] / by['udp-asyncio']['rps']:.1f}x")
+    if "udp-beastnet" in by and "udp-asyncio-stdlib" in by:
+        print(f"UDP: beastnet generator / asyncio (stdlib loop) client rate = "
+              f"{by['udp-beastnet']['rps'] / by['udp-asyncio-stdlib']['rps']:.1f}x")
     if "http-beastnet" in by and "http-wrk" in by:
         print(f"HTTP: beastnet generator / wrk rate = "
               f"{by['http-beastnet']['rps'] / by['http-wrk']['rps']:.2f}x")
