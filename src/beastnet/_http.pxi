@@ -469,7 +469,7 @@ cdef int conn_send_out(bn_hworker* w, bn_conn* c) noexcept nogil:
     cdef ssize_t n
     cdef int err
     while c.out_len > c.out_off:
-        n = netsys.send(c.fd, c.outb + c.out_off, c.out_len - c.out_off, netsys.MSG_NOSIGNAL)
+        n = send(c.fd, c.outb + c.out_off, c.out_len - c.out_off, MSG_NOSIGNAL)
         if n > 0:
             c.out_off += <size_t>n
             c.last_write_ns = w.now_ns
@@ -507,7 +507,7 @@ cdef int conn_flush_iov(bn_hworker* w, bn_conn* c) noexcept nogil:
     MSG_NOSIGNAL).  Whatever the kernel does not take is copied into the
     connection's output buffer before returning: the iovecs may point into
     table entries, which must not outlive this batch (QSBR).  0 or -1 (dead)."""
-    cdef netsys.msghdr msg
+    cdef msghdr msg
     cdef ssize_t n = 0
     cdef int err
     cdef int i
@@ -521,7 +521,7 @@ cdef int conn_flush_iov(bn_hworker* w, bn_conn* c) noexcept nogil:
     msg.msg_iov = w.iov
     msg.msg_iovlen = <size_t>niov
     while True:
-        n = netsys.sendmsg(c.fd, &msg, netsys.MSG_NOSIGNAL)
+        n = sendmsg(c.fd, &msg, MSG_NOSIGNAL)
         if n >= 0:
             break
         err = errno
@@ -936,7 +936,7 @@ cdef void conn_on_readable(bn_hworker* w, bn_conn* c) noexcept nogil:
         buf = c.inb + c.in_len
         room = c.in_cap - c.in_len
     while True:
-        n = netsys.recv(c.fd, buf, room, 0)
+        n = recv(c.fd, buf, room, 0)
         if n >= 0:
             break
         err = errno
@@ -1043,8 +1043,8 @@ cdef void http_worker_accept(bn_hworker* w) noexcept nogil:
     cdef socklen_t peer_len
     for i in range(HTTP_ACCEPT_BATCH):
         peer_len = ADDR_MAX_BYTES
-        fd = netsys.accept4(w.listen_fd, <sockaddr*>peer, &peer_len,
-                            netsys.SOCK_NONBLOCK | netsys.SOCK_CLOEXEC)
+        fd = accept4(w.listen_fd, <sockaddr*>peer, &peer_len,
+                            SOCK_NONBLOCK | SOCK_CLOEXEC)
         if fd < 0:
             err = errno
             if err == netsys.EAGAIN:
@@ -1066,12 +1066,12 @@ cdef void http_worker_accept(bn_hworker* w) noexcept nogil:
             # Over the limit: a canned 503 with Connection: close, then close.
             # Counted first, so a client that sees the close also sees the count.
             bn_count(&w.counters.rejected, 1)
-            netsys.send(fd, HTTP_ERR[ERR_503_CONNS].head, HTTP_ERR[ERR_503_CONNS].head_len,
-                        netsys.MSG_NOSIGNAL | netsys.MSG_DONTWAIT)
+            send(fd, HTTP_ERR[ERR_503_CONNS].head, HTTP_ERR[ERR_503_CONNS].head_len,
+                        MSG_NOSIGNAL | MSG_DONTWAIT)
             close(fd)
             continue
         # Best effort: a socket without TCP_NODELAY is still served correctly.
-        netsys.setsockopt(fd, netsys.IPPROTO_TCP, netsys.TCP_NODELAY, &one, sizeof(one))
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one))
         w.free_top -= 1
         slot = w.free_slots[w.free_top]
         c = &w.conns[slot]

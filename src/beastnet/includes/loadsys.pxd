@@ -68,31 +68,6 @@ cdef extern from "loadgen.h" nogil:
         BN_GSO_MAX_SEGMENTS
 
 
-cdef extern from "<sys/socket.h>" nogil:
-    int socket(int domain, int type, int protocol)
-    int connect(int fd, const sockaddr* addr, socklen_t addrlen)
-    int getsockopt(int fd, int level, int optname, void* optval, socklen_t* optlen)
-    int setsockopt(int fd, int level, int optname, const void* optval, socklen_t optlen)
-    ssize_t send(int fd, const void* buf, size_t n, int flags)
-    ssize_t recv(int fd, void* buf, size_t n, int flags)
-    enum:
-        SOCK_STREAM
-        SOCK_NONBLOCK
-        SOCK_CLOEXEC
-        SO_ERROR
-        MSG_NOSIGNAL
-
-
-cdef extern from "<netinet/in.h>" nogil:
-    enum:
-        IPPROTO_TCP
-
-
-cdef extern from "<netinet/tcp.h>" nogil:
-    enum:
-        TCP_NODELAY
-
-
 cdef extern from "<errno.h>" nogil:
     enum:
         EADDRNOTAVAIL

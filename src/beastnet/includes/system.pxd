@@ -38,6 +38,13 @@ cdef extern from "<sys/socket.h>" nogil:
     int sendmmsg(int fd, mmsghdr* vmessages, unsigned int vlen, int flags)
     ssize_t sendmsg(int fd, const msghdr* msg, int flags)
     int shutdown(int fd, int how)
+    int socket(int domain, int type, int protocol)
+    int connect(int fd, const sockaddr* addr, socklen_t addrlen)
+    int accept4(int fd, sockaddr* addr, socklen_t* addrlen, int flags)
+    ssize_t send(int fd, const void* buf, size_t n, int flags)
+    ssize_t recv(int fd, void* buf, size_t n, int flags)
+    int getsockopt(int fd, int level, int optname, void* optval, socklen_t* optlen)
+    int setsockopt(int fd, int level, int optname, const void* optval, socklen_t optlen)
 
     cmsghdr* CMSG_FIRSTHDR(msghdr* msg)
     cmsghdr* CMSG_NXTHDR(msghdr* msg, cmsghdr* cmsg)
@@ -52,12 +59,24 @@ cdef extern from "<sys/socket.h>" nogil:
         MSG_DONTWAIT
         MSG_TRUNC
         MSG_WAITFORONE
+        MSG_NOSIGNAL
         SHUT_RD
+        SOCK_STREAM
+        SOCK_NONBLOCK
+        SOCK_CLOEXEC
+        SO_ERROR
 
 
 cdef extern from "<netinet/in.h>" nogil:
     struct sockaddr_in6:
         sa_family_t sin6_family
+    enum:
+        IPPROTO_TCP
+
+
+cdef extern from "<netinet/tcp.h>" nogil:
+    enum:
+        TCP_NODELAY
 
 
 cdef extern from "<poll.h>" nogil:
