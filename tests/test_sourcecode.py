@@ -19,7 +19,7 @@ HOT_FUNCTIONS = {
     "_table.pxi": ["key_hash", "index_lookup", "table_lookup"],
     "_qsbr.pxi": ["qsbr_quiescent", "qsbr_online", "qsbr_offline", "qsbr_retire_epoch",
                   "qsbr_safe_epoch"],
-    "_missq.pxi": ["missq_claim", "missq_publish", "missq_peek", "missq_release"],
+    "_missq.pxi": ["missq_claim", "missq_set_request", "missq_publish", "missq_peek", "missq_release"],
     "_stats.pxi": ["counters_snapshot"],
     "_http.pxi": ["ascii_ieq", "http_connection_tokens", "http_query_apikey", "http_parse_head",
                   "http_now_ns", "http_worker_date", "conn_out_append", "conn_out_pending",

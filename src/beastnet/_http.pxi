@@ -635,14 +635,7 @@ cdef int conn_queue(bn_hworker* w, bn_conn* c, bn_hreq* req, const char* key, si
     cell.addr_len = c.peer_len          # routes check it: admin is loopback-only by default
     memcpy(cell.addr, c.peer, c.peer_len)
     cell.tag_len = 0
-    # memcpy from NULL is undefined even for 0 bytes (UBSan): a route has no
-    # key, a request may have no API key.
-    cell.key_len = <uint32_t>key_len
-    if key_len > 0:
-        memcpy(cell.key, key, key_len)
-    cell.apikey_len = req.apikey_len
-    if req.apikey_len > 0:
-        memcpy(cell.apikey, req.apikey, req.apikey_len)
+    missq_set_request(cell, key, key_len, req.apikey, req.apikey_len)   # a route has no key
     cell.method_len = req.method_len
     memcpy(cell.method, req.method, req.method_len)
     cell.target_len = req.target_len

@@ -81,6 +81,19 @@ cdef inline bn_miss* missq_claim(bn_missq* q, uint64_t* pos_out) noexcept nogil:
             pos = bn_load_u64_relaxed(&q.enqueue_pos)
 
 
+cdef inline void missq_set_request(bn_miss* cell, const char* key, size_t key_len,
+                                   const char* apikey, size_t apikey_len) noexcept nogil:
+    """The key and API key of a claimed cell (lengths already bounded by the
+    parser).  Either may be absent (NULL, 0): memcpy from NULL is undefined
+    even for 0 bytes, so absent fields are not copied."""
+    cell.key_len = <uint32_t>key_len
+    if key_len > 0:
+        memcpy(cell.key, key, key_len)
+    cell.apikey_len = <uint32_t>apikey_len
+    if apikey_len > 0:
+        memcpy(cell.apikey, apikey, apikey_len)
+
+
 cdef inline void missq_publish(bn_miss* cell, uint64_t pos) noexcept nogil:
     bn_store_u64(&cell.seq, pos + 1)
 

@@ -163,11 +163,7 @@ cdef inline int udp_queue_miss(bn_reader* r, mmsghdr* m, const char* data, bn_re
     memcpy(cell.addr, m.msg_hdr.msg_name, m.msg_hdr.msg_namelen)
     cell.tag_len = req.tag_len
     memcpy(cell.tag, data, req.tag_len)
-    cell.key_len = req.key_len
-    memcpy(cell.key, req.key, req.key_len)
-    cell.apikey_len = req.apikey_len
-    if req.apikey_len:                  # apikey is NULL when absent: memcpy(_, NULL, 0) is UB
-        memcpy(cell.apikey, req.apikey, req.apikey_len)
+    missq_set_request(cell, req.key, req.key_len, req.apikey, req.apikey_len)
     missq_publish(cell, pos)
     return 1
 
