@@ -35,7 +35,7 @@ SRC = HERE.parent / "src"
 sys.path.insert(0, str(SRC))
 
 from beastnet import ResponseTable  # noqa: E402
-from beastnet.assets import ASSETS, price_body  # noqa: E402
+from beastnet.serve.assets import ASSETS, price_body  # noqa: E402
 
 PORTS = {"beastnet": 28480, "nginx": 28481, "uvloop+httptools": 28482}
 

@@ -11,7 +11,7 @@ import signal
 import threading
 
 from beastnet import HTTPServer, ResponseTable
-from beastnet.assets import ASSETS, price_body
+from beastnet.serve.assets import ASSETS, price_body
 
 
 def main() -> None:

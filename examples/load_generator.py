@@ -3,12 +3,12 @@
     python examples/load_generator.py 127.0.0.1:9000 [KEY ...]
 
 Uses only the public API: `beastnet.loadgen` for one load run per level and
-`beastnet.ramp` for the levels and their pass / warn / fail criteria.
+`beastnet.loadgen.ramp` for the levels and their pass / warn / fail criteria.
 """
 import sys
 
 from beastnet.loadgen import UDPLoadConfig, level_config, run_udp_load
-from beastnet.ramp import Criteria, default_levels, run_ramp
+from beastnet.loadgen.ramp import Criteria, default_levels, run_ramp
 
 
 def main() -> int:

@@ -17,7 +17,7 @@ import threading
 import time
 
 from beastnet import Answer, HTTPServer, MissRequest, ResponseTable, UDPServer
-from beastnet.assets import ASSETS, random_walk
+from beastnet.serve.assets import ASSETS, random_walk
 
 
 def main() -> None:

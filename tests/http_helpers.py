@@ -9,7 +9,7 @@ from typing import Optional
 
 import orjson
 
-from beastnet.assets import price_body
+from beastnet.serve.assets import price_body
 
 BODIES = {a: price_body(a, p, 1700000000000) for a, p in (("BTC", 64000.5), ("ETH", 3100.25),
                                                           ("SOL", 150.0))}

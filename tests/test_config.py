@@ -1,7 +1,7 @@
 """Configuration: profiles, TOML files, flags, and one clear error per mistake."""
 import pytest
 
-from beastnet.config import PROFILES, ConfigError, apply_live, load_config
+from beastnet.serve.config import PROFILES, ConfigError, apply_live, load_config
 
 
 def test_defaults_are_the_production_profile():

@@ -6,8 +6,8 @@ import orjson
 import pytest
 
 from beastnet import ResponseTable
-from beastnet.assets import ASSETS
-from beastnet.feeds import PricePublisher, ReplayFeed, SimulatedFeed, Tick
+from beastnet.serve.assets import ASSETS
+from beastnet.serve.feeds import PricePublisher, ReplayFeed, SimulatedFeed, Tick
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from beastnet import APIKeyTable, ResponseTable, UDPServer
-from beastnet.keys import KeyStore, KeyStoreError, Tier, UsageFlusher
+from beastnet.serve.keys import KeyStore, KeyStoreError, Tier, UsageFlusher
 
 SECOND_NS = 1_000_000_000
 

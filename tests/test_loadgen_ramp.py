@@ -14,11 +14,11 @@ from beastnet import ResponseTable, UDPServer
 from beastnet import _core
 from beastnet.cli import main
 from beastnet.errors import LoadConfigError
-from beastnet.histogram import NBUCKETS, Histogram
+from beastnet.loadgen.histogram import NBUCKETS, Histogram
 from beastnet.loadgen import LoadResult, UDPLoadConfig, level_config
-from beastnet.ramp import (DEFAULT_RAMP, SLO, Criteria, Level, default_levels, find_max,
+from beastnet.loadgen.ramp import (DEFAULT_RAMP, SLO, Criteria, Level, default_levels, find_max,
                            parse_levels, run_ramp)
-from beastnet.report import charts, format_table, write_html
+from beastnet.loadgen.report import charts, format_table, write_html
 
 from _loadgen_servers import ScriptedUDPServer
 

@@ -16,7 +16,7 @@ import pytest
 from beastnet import ResponseTable, UDPServer
 from beastnet import _core
 from beastnet.errors import LoadConfigError, LoadError
-from beastnet.histogram import BUCKET_LOWER_NS, BUCKET_UPPER_NS, BUCKET_VALUE_NS, Histogram
+from beastnet.loadgen.histogram import BUCKET_LOWER_NS, BUCKET_UPPER_NS, BUCKET_VALUE_NS, Histogram
 from beastnet.loadgen import UDPLoadConfig, alias_table, run_udp_load
 
 from _loadgen_servers import BODY, ScriptedUDPServer, tag_of

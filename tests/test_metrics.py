@@ -5,7 +5,7 @@ import socket
 import pytest
 
 from beastnet import APIKeyTable, ResponseTable, UDPServer
-from beastnet.feeds import PricePublisher, SimulatedFeed
+from beastnet.serve.feeds import PricePublisher, SimulatedFeed
 from beastnet.metrics import MetricFamily, feed_families, key_families, render, udp_families
 
 parser = pytest.importorskip("prometheus_client.parser")

@@ -14,7 +14,7 @@ import httptools
 import uvloop
 
 from beastnet import ResponseTable
-from beastnet.assets import ASSETS, price_body
+from beastnet.serve.assets import ASSETS, price_body
 
 PREFIX = b"/v1/"
 NOT_FOUND = b'{"error":"not_found"}'

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Optional
 
-from beastnet._core import APIKeyTable
+from beastnet import APIKeyTable
 from beastnet.errors import BeastnetError
 
 __all__ = ["DEFAULT_TIERS", "KeyStore", "KeyStoreError", "Tier", "UsageFlusher", "current_month"]

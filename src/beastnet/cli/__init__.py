@@ -205,7 +205,8 @@ def _latency_levels(text: str) -> tuple[int, int]:
 
 
 def cmd_load(args: argparse.Namespace) -> int:
-    from beastnet import loadgen, report
+    from beastnet import loadgen
+    from beastnet.loadgen import report
     try:
         target = _parse_target(args.target)
         cfg = _base_config(args, target)
@@ -257,7 +258,7 @@ def _extra_percentiles(result: Any, qs: Sequence[float]) -> dict:
 
 def _single(args: argparse.Namespace, cfg: Any, run: Callable[..., Any], progress: Any,
             stop_when: Any, extra_q: Sequence[float]) -> tuple[dict, str]:
-    from beastnet import report
+    from beastnet.loadgen import report
     result = run(cfg, progress=progress, stop_when=stop_when)
     progress.clear()
     d = result.to_dict()
@@ -281,7 +282,8 @@ def _single(args: argparse.Namespace, cfg: Any, run: Callable[..., Any], progres
 
 def _ramp(args: argparse.Namespace, cfg: Any, run: Callable[..., Any], progress: Any,
           stop_when: Any, extra_q: Sequence[float]) -> tuple[dict, str]:
-    from beastnet import loadgen, ramp, report
+    from beastnet import loadgen
+    from beastnet.loadgen import ramp, report
     if args.levels:
         levels = ramp.parse_levels(args.levels)
         if args.max_level:
@@ -337,7 +339,7 @@ def _fmt(v: Optional[float]) -> str:
 
 def _find_max(args: argparse.Namespace, cfg: Any, run: Callable[..., Any], progress: Any,
               stop_when: Any) -> tuple[dict, str]:
-    from beastnet import ramp
+    from beastnet.loadgen import ramp
     slo = ramp.SLO(p99_ms=args.slo_p99_ms, max_loss=args.slo_loss)
     warmup = min(cfg.warmup_s, 1.0)
 
@@ -399,7 +401,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     import threading
 
     from beastnet import ResponseTable, UDPServer
-    from beastnet.assets import ASSETS, random_walk
+    from beastnet.serve.assets import ASSETS, random_walk
 
     feed = random_walk()
     table = ResponseTable(next(feed))
@@ -467,8 +469,8 @@ def add_keys_command(sub: Any) -> None:
 
 
 def _keystore(args: argparse.Namespace) -> Any:
-    from beastnet.config import load_config
-    from beastnet.keys import DEFAULT_TIERS, KeyStore, Tier
+    from beastnet.serve.config import load_config
+    from beastnet.serve.keys import DEFAULT_TIERS, KeyStore, Tier
 
     cfg = load_config(args.config) if args.config else None
     path = args.db or (cfg.keystore if cfg and cfg.keystore else "beastnet-keys.db")
@@ -481,8 +483,8 @@ def _keystore(args: argparse.Namespace) -> Any:
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
-    from beastnet.config import ConfigError
-    from beastnet.keys import KeyStoreError
+    from beastnet.serve.config import ConfigError
+    from beastnet.serve.keys import KeyStoreError
 
     try:
         with _keystore(args) as store:
@@ -589,7 +591,7 @@ SERVE_FLAGS = ("udp_host", "udp_port", "udp_sockets", "batch", "recv_buffer_byte
 def cmd_serve(args: argparse.Namespace) -> int:
     import logging
 
-    from beastnet.config import ConfigError, load_config
+    from beastnet.serve.config import ConfigError, load_config
 
     overrides = {name: getattr(args, name) for name in SERVE_FLAGS}
     if args.feed_path and not args.feed:
@@ -602,8 +604,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"beastnet serve: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     from beastnet.errors import ServerError
-    from beastnet.keys import KeyStoreError
-    from beastnet.service import PriceService
+    from beastnet.serve.keys import KeyStoreError
+    from beastnet.serve.service import PriceService
 
     _setup_logging(cfg.log_level)
     log = logging.getLogger("beastnet.serve")

@@ -18,19 +18,19 @@ from urllib.parse import parse_qs
 
 import orjson
 
-from beastnet._core import APIKeyTable, ResponseTable
-from beastnet.assets import ASSETS
-from beastnet.config import LIVE_PARAMETERS, ServeConfig, apply_live
+from beastnet import APIKeyTable, ResponseTable
+from beastnet.serve.assets import ASSETS
+from beastnet.serve.config import LIVE_PARAMETERS, ServeConfig, apply_live
 from beastnet.control import Answer, ControlPlane, MissRequest, is_loopback_client
-from beastnet.feeds import Feed, PricePublisher, ReplayFeed, SimulatedFeed
-from beastnet.keys import DEFAULT_TIERS, KeyStore, Tier, UsageFlusher
+from beastnet.serve.feeds import Feed, PricePublisher, ReplayFeed, SimulatedFeed
+from beastnet.serve.keys import DEFAULT_TIERS, KeyStore, Tier, UsageFlusher
 from beastnet.metrics import (CONTENT_TYPE as METRICS_CONTENT_TYPE, MetricFamily, feed_families,
                               http_families, key_families, render, udp_families)
 from beastnet.server import UDPServer
 
 __all__ = ["PriceService"]
 
-log = logging.getLogger("beastnet.service")
+log = logging.getLogger("beastnet.serve.service")
 
 # Routes the control plane answers; any other /admin/ path is a 404 (403 off loopback).
 ROUTES = ("/healthz", "/metrics", "/admin/stats", "/admin/reset", "/admin/profile")

@@ -27,12 +27,12 @@ from typing import AsyncIterator, Iterable, Optional, Sequence
 
 import orjson
 
-from beastnet._core import ResponseTable
-from beastnet.assets import ASSETS, price_body
+from beastnet import ResponseTable
+from beastnet.serve.assets import ASSETS, price_body
 
 __all__ = ["Feed", "PricePublisher", "ReplayFeed", "SimulatedFeed", "Tick"]
 
-log = logging.getLogger("beastnet.feeds")
+log = logging.getLogger("beastnet.serve.feeds")
 
 
 @dataclass(frozen=True)

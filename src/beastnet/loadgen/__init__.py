@@ -24,7 +24,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from beastnet import _core
 from beastnet.errors import LoadConfigError, LoadError
-from beastnet.histogram import Histogram
+from beastnet.loadgen.histogram import Histogram
 
 __all__ = [
     "HTTPLoadConfig",
