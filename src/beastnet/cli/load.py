@@ -1,0 +1,348 @@
+"""`beastnet load`: drive a server and report honest numbers."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import sys
+from typing import Any, Callable, Optional, Sequence
+from urllib.parse import urlsplit
+
+from beastnet.errors import BeastnetError, LoadConfigError
+from beastnet.cli._common import EXIT_FAIL, EXIT_INTERRUPTED, EXIT_PASS, EXIT_USAGE
+
+
+LOAD_EPILOG = """\
+targets:  HOST:PORT or udp://HOST:PORT (UDP, `@TAG KEY [APIKEY]`),
+          http://HOST:PORT[/PREFIX] (HTTP/1.1 GET PREFIX+KEY, default prefix /v1/)
+examples:
+  beastnet load 127.0.0.1:9000 --keys BTC,ETH -d 5              closed loop, 5 s
+  beastnet load 127.0.0.1:9000 --rate 200000 --poisson           open loop
+  beastnet load 127.0.0.1:9000 --quick --json r.json --html r.html   levels 1-6
+  beastnet load 127.0.0.1:9000 --find-max --slo-p99-ms 5          knee finder
+  beastnet load http://127.0.0.1:8080/v1/ -c 64 --pipeline 4      HTTP
+exit status: 0 pass (or warn), 1 fail, 2 bad usage or a run that could not start."""
+
+
+def add_load_command(sub: Any) -> None:
+    p = sub.add_parser("load", help="drive a server and report honest numbers",
+                       description="Load generator: native threads, closed or open loop, "
+                                   "ramps and a knee finder (DESIGN.md §7).",
+                       epilog=LOAD_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("target", help="HOST:PORT, udp://HOST:PORT or http://HOST:PORT[/PREFIX]")
+    g = p.add_argument_group("requests")
+    g.add_argument("-k", "--keys", default="BTC",
+                   help="comma-separated keys, or @FILE with one 'KEY [WEIGHT]' a line")
+    g.add_argument("--weights", help="comma-separated weights, one per key (default uniform)")
+    g.add_argument("--api-key", help="APIKEY sent with every request (UDP) / X-API-Key (HTTP)")
+    g = p.add_argument_group("load shape")
+    g.add_argument("-d", "--duration", type=float, default=5.0, help="measured seconds (default 5)")
+    g.add_argument("--warmup", type=float, default=1.0, help="seconds excluded first (default 1)")
+    g.add_argument("-n", "--requests", type=int, help="stop after this many measured requests")
+    g.add_argument("--rate", type=float, help="open loop: requests/s in total")
+    g.add_argument("--poisson", action="store_true", help="open loop with Poisson arrivals")
+    g.add_argument("--timeout-ms", type=float, default=200.0, help="a request is lost after this")
+    g.add_argument("-t", "--threads", type=int, default=2, help="generator threads (default 2)")
+    g.add_argument("--pin", action="store_true", help="pin generator thread i to CPU i")
+    g = p.add_argument_group("UDP")
+    g.add_argument("-s", "--sockets", type=int, default=64, help="connected sockets (default 64)")
+    g.add_argument("-w", "--window", type=int, default=32,
+                   help="closed loop: outstanding requests per socket (default 32)")
+    g.add_argument("--batch", type=int, default=32, help="datagrams per sendmmsg/recvmmsg")
+    g = p.add_argument_group("HTTP")
+    g.add_argument("-c", "--connections", type=int, default=64, help="connections (default 64)")
+    g.add_argument("--pipeline", type=int, default=1, help="requests in flight per connection")
+    g.add_argument("--conn-mode", default="keepalive",
+                   help="keepalive (default), close (new connection per request), or N "
+                        "(N requests per connection)")
+    g.add_argument("--header", action="append", default=[], help="extra 'Name: value' header")
+    g = p.add_argument_group("ramp and criteria")
+    g.add_argument("--ramp", action="store_true", help="run the 13-level ramp of DESIGN.md §7")
+    g.add_argument("--quick", action="store_true", help="ramp levels 1-6 only")
+    g.add_argument("--max-level", type=int, help="ramp up to this level")
+    g.add_argument("--levels", help="custom ramp: 'REQUESTSxCONCURRENCY,...'")
+    g.add_argument("--level-max-s", type=float, default=60.0, help="time cap of one level")
+    g.add_argument("--keep-going", action="store_true", help="do not stop at the breaking point")
+    g.add_argument("--success-through", type=int, default=9, help="100%% success required "
+                                                                   "through this level (default 9)")
+    g.add_argument("--p50-ms", type=float, default=10.0, help="p50 limit in levels 5-8 (10)")
+    g.add_argument("--p99-ms", type=float, default=300.0, help="p99 limit in levels 5-8 (300)")
+    g.add_argument("--latency-levels", default="5-8", help="levels the latency limits apply to")
+    g.add_argument("--abort-loss", type=float,
+                   help="stop a run early once one second loses more than this fraction")
+    g.add_argument("--abort-p99-ms", type=float,
+                   help="stop a run early once one second's p99 exceeds this")
+    g.add_argument("--max-p99-ms", type=float, help="single run: fail above this p99")
+    g.add_argument("--min-success", type=float, help="single run: fail below this success rate")
+    g = p.add_argument_group("knee finder")
+    g.add_argument("--find-max", action="store_true",
+                   help="raise the open-loop rate until the SLO breaks, then bisect")
+    g.add_argument("--start-rate", type=float, default=10000.0, help="first rate tried")
+    g.add_argument("--max-rate", type=float, help="never try above this rate")
+    g.add_argument("--step-s", type=float, default=2.0, help="measured seconds per probe")
+    g.add_argument("--slo-p99-ms", type=float, default=10.0, help="SLO: p99 limit (10 ms)")
+    g.add_argument("--slo-loss", type=float, default=0.001, help="SLO: loss limit (0.001)")
+    g.add_argument("--max-probes", type=int, default=12, help="at most this many probes")
+    g = p.add_argument_group("output")
+    g.add_argument("--json", metavar="PATH", help="write the JSON report here")
+    g.add_argument("--html", "--plot", dest="html", metavar="PATH",
+                   help="write a self-contained HTML page with SVG charts here")
+    g.add_argument("-p", "--percentile", type=float, action="append", default=[],
+                   help="also report this percentile (repeatable)")
+    g.add_argument("-q", "--quiet", action="store_true", help="no progress line, no table")
+    g.add_argument("--progress", action="store_true", help="progress line even when not a TTY")
+    p.set_defaults(func=cmd_load)
+
+
+def _parse_target(target: str) -> dict[str, Any]:
+    if "://" not in target:
+        target = "udp://" + target
+    u = urlsplit(target)
+    if u.scheme not in ("udp", "http") or not u.hostname:
+        raise LoadConfigError(f"target {target!r}: expected HOST:PORT, udp://HOST:PORT or "
+                              "http://HOST:PORT[/PREFIX]")
+    try:
+        port = u.port
+    except ValueError:
+        raise LoadConfigError(f"target {target!r}: bad port") from None
+    if port is None:
+        if u.scheme != "http":
+            raise LoadConfigError(f"target {target!r}: a UDP target needs a port")
+        port = 80
+    return {"mode": u.scheme, "host": u.hostname, "port": port, "prefix": u.path or "/v1/"}
+
+
+def _parse_keys(args: argparse.Namespace) -> tuple[list[str], Optional[list[float]]]:
+    keys: list[str] = []
+    weights: list[float] = []
+    if args.keys.startswith("@"):
+        try:
+            with open(args.keys[1:], encoding="utf-8") as f:
+                for line in f:
+                    parts = line.split()
+                    if not parts or parts[0].startswith("#"):
+                        continue
+                    keys.append(parts[0])
+                    weights.append(float(parts[1]) if len(parts) > 1 else 1.0)
+        except OSError as exc:
+            raise LoadConfigError(f"keys file {args.keys[1:]}: {exc.strerror}") from exc
+        except ValueError as exc:
+            raise LoadConfigError(f"keys file {args.keys[1:]}: {exc}") from exc
+    else:
+        keys = [k for k in args.keys.split(",") if k]
+    if args.weights:
+        try:
+            weights = [float(w) for w in args.weights.split(",")]
+        except ValueError:
+            raise LoadConfigError(f"--weights {args.weights!r}: numbers expected") from None
+    return keys, (weights if weights and len(set(weights)) > 1 or args.weights else None)
+
+
+def _base_config(args: argparse.Namespace, target: dict) -> Any:
+    from beastnet import loadgen
+    keys, weights = _parse_keys(args)
+    common = dict(host=target["host"], port=target["port"], keys=keys, weights=weights,
+                  threads=args.threads, rate=args.rate, poisson=args.poisson,
+                  duration_s=args.duration, warmup_s=args.warmup, timeout_ms=args.timeout_ms,
+                  pin_threads=args.pin, api_key=args.api_key, max_requests=args.requests)
+    cfg: Any
+    if target["mode"] == "udp":
+        cfg = loadgen.UDPLoadConfig(sockets=args.sockets, window=args.window, batch=args.batch,
+                                    **common)
+    else:
+        cfg = loadgen.HTTPLoadConfig(connections=args.connections, pipeline=args.pipeline,
+                                     conn_mode=args.conn_mode, path_prefix=target["prefix"],
+                                     headers=list(args.header), **common)
+    cfg.validate()
+    return cfg
+
+
+def _runner(cfg: Any) -> Callable[..., Any]:
+    from beastnet import loadgen
+    return loadgen.run_udp_load if isinstance(cfg, loadgen.UDPLoadConfig) else loadgen.run_http_load
+
+
+def _stop_when(args: argparse.Namespace) -> Optional[Callable[[dict], bool]]:
+    if args.abort_loss is None and args.abort_p99_ms is None:
+        return None
+
+    def breached(row: dict) -> bool:
+        if args.abort_loss is not None and row["sent"] and row["lost"] / row["sent"] > args.abort_loss:
+            return True
+        p99 = row.get("p99_ns")
+        return args.abort_p99_ms is not None and p99 is not None and p99 / 1e6 > args.abort_p99_ms
+    return breached
+
+
+def _latency_levels(text: str) -> tuple[int, int]:
+    try:
+        a, _, b = text.partition("-")
+        return int(a), int(b or a)
+    except ValueError:
+        raise LoadConfigError(f"--latency-levels {text!r}: expected A-B") from None
+
+
+def cmd_load(args: argparse.Namespace) -> int:
+    from beastnet import loadgen
+    from beastnet.loadgen import report
+    try:
+        target = _parse_target(args.target)
+        cfg = _base_config(args, target)
+        if args.find_max and (args.ramp or args.quick or args.max_level or args.levels):
+            raise LoadConfigError("--find-max and a ramp cannot be combined")
+    except (BeastnetError, ValueError) as exc:
+        print(f"beastnet load: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    run = _runner(cfg)
+    show = not args.quiet
+    progress = report.ProgressLine(enabled=True if args.progress else None)
+    if args.quiet:
+        progress.enabled = False
+    stop_when = _stop_when(args)
+    extra_q = list(args.percentile)
+    try:
+        if args.find_max:
+            body, text = _find_max(args, cfg, run, progress, stop_when)
+        elif args.ramp or args.quick or args.max_level or args.levels:
+            body, text = _ramp(args, cfg, run, progress, stop_when, extra_q)
+        else:
+            body, text = _single(args, cfg, run, progress, stop_when, extra_q)
+    except (BeastnetError, ValueError, OSError) as exc:
+        progress.clear()
+        print(f"beastnet load: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        # A run in progress returns its partial result itself; this is a
+        # Ctrl-C between runs (socket set-up, between ramp levels).
+        progress.clear()
+        print("beastnet load: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    progress.clear()
+    full = report.build_report(body, cfg.to_dict(), loadgen.machine_info(),
+                               argv=sys.argv[1:] if sys.argv else None)
+    if show:
+        print(text)
+    if args.json:
+        report.write_json(args.json, full)
+    if args.html:
+        report.write_html(args.html, full, text)
+    return EXIT_FAIL if body["verdict"] == "fail" else EXIT_PASS
+
+
+def _extra_percentiles(result: Any, qs: Sequence[float]) -> dict:
+    return {f"{q:g}": (None if math.isnan(result.percentile(q)) else result.percentile(q))
+            for q in qs}
+
+
+def _single(args: argparse.Namespace, cfg: Any, run: Callable[..., Any], progress: Any,
+            stop_when: Any, extra_q: Sequence[float]) -> tuple[dict, str]:
+    from beastnet.loadgen import report
+    result = run(cfg, progress=progress, stop_when=stop_when)
+    progress.clear()
+    d = result.to_dict()
+    d["extra_percentiles"] = _extra_percentiles(result, extra_q)
+    fails = []
+    if args.max_p99_ms is not None:
+        p99 = result.percentile(99) / 1e6
+        if math.isnan(p99) or p99 > args.max_p99_ms:
+            fails.append(f"p99 {p99:.3f} ms > {args.max_p99_ms:g} ms")
+    if args.min_success is not None and result.success_rate < args.min_success:
+        fails.append(f"success {result.success_rate:.4%} < {args.min_success:.4%}")
+    if result.extra.get("stopped_early"):
+        fails.append("stopped early: an abort threshold was crossed")
+    if result.attempted == 0:
+        fails.append("no request was sent")
+    verdict = "fail" if fails else "pass"
+    text = report.format_result(d) + f"\nverdict: {verdict.upper()}" + "".join(
+        f"\n  {f}" for f in fails)
+    return {"kind": "run", "verdict": verdict, "reasons": fails, "result": d}, text
+
+
+def _ramp(args: argparse.Namespace, cfg: Any, run: Callable[..., Any], progress: Any,
+          stop_when: Any, extra_q: Sequence[float]) -> tuple[dict, str]:
+    from beastnet import loadgen
+    from beastnet.loadgen import ramp, report
+    if args.levels:
+        levels = ramp.parse_levels(args.levels)
+        if args.max_level:
+            levels = levels[:args.max_level]
+    else:
+        levels = ramp.default_levels(quick=args.quick, max_level=args.max_level)
+    lat_from, lat_through = _latency_levels(args.latency_levels)
+    criteria = ramp.Criteria(success_through=args.success_through, p50_ms=args.p50_ms,
+                             p99_ms=args.p99_ms, latency_from=lat_from, latency_through=lat_through)
+
+    def run_level(level: Any) -> Any:
+        progress.prefix = f"level {level.number}: "
+        lcfg = loadgen.level_config(cfg, level.requests, level.concurrency, args.level_max_s)
+        result = run(lcfg, progress=progress, stop_when=stop_when)
+        if result.extra.get("stopped_early"):
+            result.extra["abort_reason"] = "abort threshold crossed"
+        return result
+
+    def on_level(lr: Any) -> None:
+        progress.clear()
+        if not args.quiet and sys.stderr.isatty():
+            r = lr.result
+            print(f"level {lr.level.number:2d}: {r.rps:10.0f} req/s  p50 "
+                  f"{r.percentile(50) / 1e6:8.3f} ms  p99 {r.percentile(99) / 1e6:8.3f} ms  "
+                  f"{lr.verdict.upper()}", file=sys.stderr)
+
+    rep = ramp.run_ramp(levels, run_level, criteria, stop_at_break=not args.keep_going,
+                        on_level=on_level)
+    for lr in rep.levels:                   # an aborted level is a failed one
+        if lr.result.extra.get("stopped_early") and lr.verdict != "fail":
+            lr.verdict = "fail"
+            lr.reasons.append("stopped early: an abort threshold was crossed")
+            if rep.breaking_point is None:
+                rep.breaking_point = lr.level.number
+    body = rep.to_dict()
+    for lv, lr in zip(body["levels"], rep.levels):
+        lv["result"]["extra_percentiles"] = _extra_percentiles(lr.result, extra_q)
+    text = report.format_table(body["levels"])
+    deg = body["degradation"]
+    if deg:
+        text += (f"\nbest level {deg['best_level']}: {deg['rps_best']:.0f} req/s "
+                 f"(level {deg['first_level']}: {deg['rps_first']:.0f} req/s); p99 "
+                 f"{_fmt(deg['p99_ms_first'])} -> {_fmt(deg['p99_ms_best'])} ms")
+    text += (f"\nbreaking point: level {body['breaking_point']}" if body["breaking_point"]
+             else "\nbreaking point: none reached")
+    text += f"\nverdict: {body['verdict'].upper()}" + ("  (interrupted)" if rep.interrupted else "")
+    return body, text
+
+
+def _fmt(v: Optional[float]) -> str:
+    return "-" if v is None else f"{v:.3f}"
+
+
+def _find_max(args: argparse.Namespace, cfg: Any, run: Callable[..., Any], progress: Any,
+              stop_when: Any) -> tuple[dict, str]:
+    from beastnet.loadgen import ramp
+    slo = ramp.SLO(p99_ms=args.slo_p99_ms, max_loss=args.slo_loss)
+    warmup = min(cfg.warmup_s, 1.0)
+
+    def at_rate(rate: float) -> Any:
+        progress.prefix = f"rate {rate:.0f}/s: "
+        rcfg = dataclasses.replace(cfg, rate=rate, duration_s=args.step_s, warmup_s=warmup,
+                                   max_requests=None)
+        return run(rcfg, progress=progress, stop_when=stop_when)
+
+    def on_probe(p: dict) -> None:
+        progress.clear()
+        if not args.quiet and sys.stderr.isatty():
+            print(f"rate {p['rate']:10.0f}/s: answered {p['rps']:10.0f}/s  p99 "
+                  f"{_fmt(p['p99_ms'])} ms  {'ok' if p['ok'] else 'BREACH ' + '; '.join(p['breaches'])}",
+                  file=sys.stderr)
+
+    rep = ramp.find_max(at_rate, start_rate=args.start_rate, slo=slo, max_probes=args.max_probes,
+                        max_rate=args.max_rate, on_probe=on_probe)
+    body = rep.to_dict()
+    lines = ["   target/s  answered/s     p50 ms     p99 ms    loss  result"]
+    for p in rep.probes:
+        lines.append(f"{p['rate']:11.0f} {p['rps']:11.0f} {_fmt(p['p50_ms']):>10} "
+                     f"{_fmt(p['p99_ms']):>10} {p['loss']:7.3%}  "
+                     f"{'ok' if p['ok'] else '; '.join(p['breaches'])}")
+    lines.append(f"highest sustainable rate: {rep.knee_rps:.0f} req/s" if rep.knee_rps
+                 else "highest sustainable rate: none (the SLO broke at every rate tried)")
+    lines.append(f"verdict: {rep.verdict.upper()}")
+    return body, "\n".join(lines)

@@ -1,0 +1,88 @@
+"""`beastnet stats`: show a running server's counters."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any, Optional
+
+from beastnet.cli._common import EXIT_FAIL, EXIT_PASS
+
+
+def add_stats_command(sub: Any) -> None:
+    p = sub.add_parser("stats", help="show a running server's counters",
+                       description="Reads /admin/stats from a running `beastnet serve`.")
+    p.add_argument("--url", default="http://127.0.0.1:8080", help="the server's HTTP address")
+    p.add_argument("--token", help="admin token (when the server has one)")
+    p.add_argument("--watch", type=float, nargs="?", const=1.0, metavar="SECONDS",
+                   help="refresh every SECONDS (default 1) until Ctrl-C")
+    p.add_argument("--json", action="store_true", help="print the raw JSON")
+    p.set_defaults(func=cmd_stats)
+
+
+def _fetch_stats(url: str, token: Optional[str]) -> dict:
+    import urllib.request
+
+    import orjson
+    req = urllib.request.Request(url.rstrip("/") + "/admin/stats")
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    with urllib.request.urlopen(req, timeout=5) as resp:
+        return orjson.loads(resp.read())
+
+
+def format_stats(stats: dict) -> str:
+    lines = [f"uptime {stats['uptime_s']:.0f} s   profile {stats['profile']}   "
+             f"assets {stats['keys_in_table']}"]
+    udp = stats.get("udp")
+    if udp:
+        t, r = udp["totals"], udp.get("rates_per_s", {})
+        lines.append(f"UDP  {r.get('rx_packets', 0):>12,.0f} req/s  {t.get('rx_packets', 0):>14,} total  "
+                     f"hit {udp['cache_hit_pct'] if udp['cache_hit_pct'] is not None else '-'} %  "
+                     f"kernel drops {t.get('kernel_drops', 0):,}  queue drops {t.get('queue_drops', 0):,}  "
+                     f"batch fill {udp['avg_batch_fill']:.1f}  steering {udp['steering'].get('reason')}")
+        for i, sock in enumerate(udp.get("per_socket", [])):
+            lines.append(f"     socket {i}: rx {sock['rx_packets']:,}  tx {sock['tx_packets']:,}  "
+                         f"bad {sock['bad_requests']:,}  send errors {sock['send_errors']:,}")
+    http = stats.get("http")
+    if http:
+        t, r = http["totals"], http.get("rates_per_s", {})
+        lines.append(f"HTTP {r.get('requests', 0):>12,.0f} req/s  {t.get('requests', 0):>14,} total  "
+                     f"active {t.get('active', 0):,}  accepted {t.get('accepted', 0):,}  "
+                     f"parse errors {t.get('parse_errors', 0):,}  timeouts {t.get('timeouts', 0):,}")
+    feed = stats.get("feed", {})
+    for name, src in sorted(feed.get("sources", {}).items()):
+        state = "STALE" if src["stale"] else "ok"
+        lines.append(f"feed {name:<12} {state:<5} ticks {src['ticks']:,}  last {src['last_tick_age_s']} s ago  "
+                     f"serving {src['assets_active']} assets")
+    if feed:
+        lines.append(f"feed fallbacks {feed.get('fallbacks', 0):,}  stale assets {len(feed.get('assets_stale', []))}")
+    keys = stats.get("api_keys")
+    if keys:
+        lines.append(f"keys {keys['keys']:,}  admitted {keys['admitted']:,}  rate limited {keys['rate_limited']:,}  "
+                     f"over quota {keys['over_quota']:,}  flushes {keys['flushes']:,} ({keys['flush_errors']} failed)")
+    return "\n".join(lines)
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    import time
+    import urllib.error
+
+    import orjson
+    while True:
+        try:
+            stats = _fetch_stats(args.url, args.token)
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            print(f"beastnet stats: error: {args.url}: {exc}", file=sys.stderr)
+            return EXIT_FAIL
+        if args.json:
+            sys.stdout.write(orjson.dumps(stats, option=orjson.OPT_INDENT_2).decode() + "\n")
+        else:
+            if args.watch and sys.stdout.isatty():
+                sys.stdout.write("\x1b[H\x1b[2J")
+            print(format_stats(stats), flush=True)
+        if not args.watch:
+            return EXIT_PASS
+        try:
+            time.sleep(args.watch)
+        except KeyboardInterrupt:
+            return EXIT_PASS
