@@ -2,7 +2,7 @@
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from beastnet.includes.native cimport bn_counters, bn_http_counters
 from beastnet.includes.loadsys cimport bn_lg_counters, bn_lg_http_counters
-from beastnet.includes.system cimport pthread_t
+from beastnet.includes.native cimport bn_threads
 
 
 cdef struct bn_index
@@ -60,8 +60,7 @@ cdef class UDPEngine:
     cdef int nreaders
     cdef bn_reader** readers
     cdef bn_counters* reader_counters          # nreaders, cache-line aligned
-    cdef pthread_t* threads
-    cdef int nrunning                    # threads started and not yet joined
+    cdef bn_threads group                # the native threads; group.running = started, not joined
     cdef int stopped
     cdef int stop_flag                  # read by readers each batch
     cdef int miss_efd                    # eventfd: misses queued, -1 = no queue
@@ -76,8 +75,7 @@ cdef struct bn_lg_thread
 cdef class UDPLoadRun:
     cdef int nthreads
     cdef bn_lg_thread** threads         # one per generator thread, owned
-    cdef pthread_t* tids
-    cdef int nrunning                   # threads started and not yet joined
+    cdef bn_threads group                # the native threads; group.running = started, not joined
     cdef int stopped
     cdef int stop_flag                  # LG_RUN / LG_STOP / LG_ABORT, read by threads each pass
     cdef bn_lg_counters* thread_counters  # nthreads, cache-line aligned
@@ -102,8 +100,7 @@ cdef struct bn_http_thread
 cdef class HTTPLoadRun:
     cdef int nthreads
     cdef bn_http_thread** threads       # one per generator thread, owned
-    cdef pthread_t* tids
-    cdef int nrunning                   # threads started and not yet joined
+    cdef bn_threads group                # the native threads; group.running = started, not joined
     cdef int stopped
     cdef int stop_flag                  # LG_RUN / LG_STOP / LG_ABORT
     cdef bn_lg_http_counters* thread_counters  # nthreads, cache-line aligned
@@ -124,8 +121,7 @@ cdef class HTTPEngine:
     cdef int nworkers
     cdef bn_hworker** workers
     cdef bn_http_counters* worker_counters     # nworkers, cache-line aligned
-    cdef pthread_t* threads
-    cdef int nrunning                   # threads started and not yet joined
+    cdef bn_threads group                # the native threads; group.running = started, not joined
     cdef int stopped
     cdef int stop_flag                  # read by workers after each batch
     cdef int stop_efd                   # eventfd: wakes workers sleeping in epoll_wait

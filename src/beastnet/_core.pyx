@@ -9,8 +9,9 @@ import threading as _threading
 import orjson as _orjson
 
 from cpython.bytes cimport PyBytes_FromStringAndSize
-from libc.errno cimport (EAGAIN, EBADF, EFAULT, EINTR, EINVAL, ENOBUFS, ENOTSOCK,
-                         errno)
+from libc.errno cimport (EADDRNOTAVAIL, EAGAIN, EBADF, ECONNREFUSED, ECONNRESET, EFAULT,
+                         EINPROGRESS, EINTR, EINVAL, EIO, EMFILE, EMSGSIZE, ENFILE, ENOBUFS,
+                         ENOMEM, ENOPROTOOPT, ENOTSOCK, EOPNOTSUPP, EPIPE, ETIMEDOUT, errno)
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memcmp, memcpy, memmove, memset, strlen
@@ -20,10 +21,7 @@ from posix.uio cimport iovec
 from beastnet.includes.native cimport *
 from beastnet.includes.system cimport *
 from beastnet.includes.loadsys cimport *
-from libc.errno cimport (ECONNREFUSED, ECONNRESET, EINPROGRESS, EIO, ENOPROTOOPT, EOPNOTSUPP,
-                         EPIPE, ETIMEDOUT)
 from libc.math cimport log
-from beastnet.includes cimport netsys
 
 from beastnet.errors import InvalidKeyError
 

@@ -376,15 +376,15 @@ cdef int http_parse_head(const char* p, size_t n, bn_hreq* req, size_t max_targe
 
 cdef inline int64_t http_now_ns() noexcept nogil:
     cdef timespec ts
-    netsys.clock_gettime(netsys.CLOCK_MONOTONIC_COARSE, &ts)
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts)
     return <int64_t>ts.tv_sec * 1000000000 + ts.tv_nsec
 
 
 cdef void http_worker_date(bn_hworker* w) noexcept nogil:
     """Rebuild the three tails for the current second (RFC 9110 IMF-fixdate).
     Formatted by hand: strftime would follow the process locale."""
-    cdef time_t now = netsys.time(NULL)
-    cdef netsys.tm t
+    cdef time_t now = time(NULL)
+    cdef tm t
     cdef char date[40]
     cdef char* p = date
     cdef int i
@@ -392,7 +392,7 @@ cdef void http_worker_date(bn_hworker* w) noexcept nogil:
     if now == w.date_second:
         return
     w.date_second = now
-    netsys.gmtime_r(&now, &t)
+    gmtime_r(&now, &t)
     memcpy(p, b"Date: ", 6)
     p += 6
     memcpy(p, HTTP_DAYS + 3 * t.tm_wday, 3)
@@ -476,10 +476,10 @@ cdef int conn_send_out(bn_hworker* w, bn_conn* c) noexcept nogil:
             bn_count(&w.counters.bytes_out, <uint64_t>n)
             continue
         err = errno
-        if n < 0 and err == netsys.EINTR:
+        if n < 0 and err == EINTR:
             bn_count(&w.counters.eintr, 1)
             continue
-        if n < 0 and err == netsys.EAGAIN:
+        if n < 0 and err == EAGAIN:
             return 0
         conn_io_error(w, c, err)
         return -1
@@ -493,9 +493,9 @@ cdef int conn_send_out(bn_hworker* w, bn_conn* c) noexcept nogil:
 
 
 cdef inline void conn_io_error(bn_hworker* w, bn_conn* c, int err) noexcept nogil:
-    if err == netsys.ECONNRESET:
+    if err == ECONNRESET:
         bn_count(&w.counters.econnreset, 1)
-    elif err == netsys.EPIPE:
+    elif err == EPIPE:
         bn_count(&w.counters.epipe, 1)
     else:
         bn_count(&w.counters.io_errors, 1)
@@ -525,10 +525,10 @@ cdef int conn_flush_iov(bn_hworker* w, bn_conn* c) noexcept nogil:
         if n >= 0:
             break
         err = errno
-        if err == netsys.EINTR:
+        if err == EINTR:
             bn_count(&w.counters.eintr, 1)
             continue
-        if err == netsys.EAGAIN:
+        if err == EAGAIN:
             n = 0
             break
         conn_io_error(w, c, err)
@@ -759,15 +759,15 @@ cdef size_t conn_parse_all(bn_hworker* w, bn_conn* c, const char* data, size_t n
         avail = n - pos
         from_ = scanned - 3 if scanned > 3 and pos == 0 else 0
         scanned = 0
-        end = <const char*>netsys.memmem(data + pos + from_, avail - from_, b"\r\n\r\n", 4)
+        end = <const char*>memmem(data + pos + from_, avail - from_, b"\r\n\r\n", 4)
         if end == NULL:
             # Incomplete head.  Refuse early when it can no longer fit.
             if avail > w.max_header_bytes:
                 status = ERR_431
-                if netsys.memmem(data + pos, avail, b"\r\n", 2) == NULL:
+                if memmem(data + pos, avail, b"\r\n", 2) == NULL:
                     status = ERR_414
             elif (avail > w.max_target_bytes + 32
-                    and netsys.memmem(data + pos, avail, b"\r\n", 2) == NULL):
+                    and memmem(data + pos, avail, b"\r\n", 2) == NULL):
                 status = ERR_414
             else:
                 head_incomplete[0] = 1
@@ -933,10 +933,10 @@ cdef void conn_on_readable(bn_hworker* w, bn_conn* c) noexcept nogil:
         if n >= 0:
             break
         err = errno
-        if err == netsys.EINTR:
+        if err == EINTR:
             bn_count(&w.counters.eintr, 1)
             continue
-        if err == netsys.EAGAIN:
+        if err == EAGAIN:
             return
         conn_io_error(w, c, err)
         conn_close(w, c)
@@ -1040,17 +1040,17 @@ cdef void http_worker_accept(bn_hworker* w) noexcept nogil:
                             SOCK_NONBLOCK | SOCK_CLOEXEC)
         if fd < 0:
             err = errno
-            if err == netsys.EAGAIN:
+            if err == EAGAIN:
                 return
-            if err == netsys.EINTR:
+            if err == EINTR:
                 bn_count(&w.counters.eintr, 1)
                 continue
             bn_count(&w.counters.accept_errors, 1)
-            if err == netsys.EMFILE or err == netsys.ENFILE or err == netsys.ENOBUFS or err == netsys.ENOMEM:
+            if err == EMFILE or err == ENFILE or err == ENOBUFS or err == ENOMEM:
                 bn_count(&w.counters.accept_emfile, 1)
                 http_worker_pause_accept(w)
                 return
-            if err == netsys.EBADF or err == netsys.EINVAL or err == netsys.ENOTSOCK:
+            if err == EBADF or err == EINVAL or err == ENOTSOCK:
                 w.fatal_errno = err
                 http_worker_pause_accept(w)
                 return
@@ -1213,7 +1213,7 @@ cdef void* http_worker_main(void* arg) noexcept nogil:
             # limit allows.
             w.admit_ns = monotonic_ns()
         if n < 0:
-            if err == netsys.EINTR:
+            if err == EINTR:
                 bn_count(&w.counters.eintr, 1)
                 continue
             w.fatal_errno = err
@@ -1355,9 +1355,8 @@ cdef class HTTPEngine:
             raise MemoryError()
         memset(mem, 0, sizeof(bn_http_counters) * n)
         self.worker_counters = <bn_http_counters*>mem
-        self.threads = <pthread_t*>calloc(n, sizeof(pthread_t))
         self.workers = <bn_hworker**>calloc(n, sizeof(bn_hworker*))
-        if self.threads == NULL or self.workers == NULL:
+        if bn_threads_init(&self.group, n) != 0 or self.workers == NULL:
             raise MemoryError()
         per_worker = max_connections // n
         for i in range(n):
@@ -1397,7 +1396,7 @@ cdef class HTTPEngine:
 
     def __dealloc__(self):
         cdef int i
-        if self.nrunning:
+        if self.group.running:
             self._join(0)
         if self.workers != NULL:
             for i in range(self.nworkers):
@@ -1405,7 +1404,7 @@ cdef class HTTPEngine:
                     qsbr_unregister(self.workers[i].qsbr_index)
                 http_worker_free(self.workers[i])
             free(self.workers)
-        free(self.threads)
+        bn_threads_free(&self.group)
         free(self.worker_counters)
         missq_free(self.missq)
         if self.stop_efd >= 0:
@@ -1416,20 +1415,14 @@ cdef class HTTPEngine:
     def start(self):
         """Start one native worker thread per listening socket (no GIL in them)."""
         cdef int i
-        cdef int started = 0
         cdef int rc = 0
-        if self.nrunning or self.stopped:
+        if self.group.running or self.stopped:
             raise RuntimeError("an HTTPEngine starts once")
         for i in range(self.nworkers):
             self.workers[i].qsbr_index = qsbr_register()
             self.workers[i].qsbr = &qsbr_slots[self.workers[i].qsbr_index]
         with nogil:
-            for i in range(self.nworkers):
-                rc = pthread_create(&self.threads[i], NULL, http_worker_main, self.workers[i])
-                if rc != 0:
-                    break
-                started += 1
-        self.nrunning = started
+            rc = bn_threads_start(&self.group, http_worker_main, <void**>self.workers)
         if rc != 0:
             self._join(0)
             raise OSError(rc, f"pthread_create: {os.strerror(rc)}")
@@ -1437,29 +1430,24 @@ cdef class HTTPEngine:
     cdef void _join(self, int64_t grace_ns) noexcept:
         cdef int i
         cdef uint64_t one = 1
-        cdef int n = self.nrunning
         for i in range(self.nworkers):
             self.workers[i].grace_ns = grace_ns
         bn_store_int(&self.stop_flag, 1)      # release: the grace values are visible first
         write(self.stop_efd, &one, sizeof(one))
-        # Joined without the GIL: a worker never needs it, but one blocked on
-        # the GIL while we hold it would deadlock the join.
         with nogil:
-            for i in range(n):
-                pthread_join(self.threads[i], NULL)
+            bn_threads_join(&self.group)
         for i in range(self.nworkers):
             if self.workers[i].qsbr_index >= 0:
                 qsbr_unregister(self.workers[i].qsbr_index)
                 self.workers[i].qsbr_index = -1
                 self.workers[i].qsbr = NULL
-        self.nrunning = 0
         self.stopped = 1
 
     def stop(self, double grace_s=0.0):
         """Stop accepting, let open connections finish the answer in progress
         (sent with Connection: close) for up to `grace_s` seconds, close the
         rest, and join every worker.  Idempotent."""
-        if self.nrunning:
+        if self.group.running:
             self._join(<int64_t>(grace_s * 1e9))
         self.stopped = 1
         self.table.reclaim()
@@ -1468,7 +1456,7 @@ cdef class HTTPEngine:
         """Release the engine's descriptors (epoll instances, eventfds) after
         stop(); counters stay readable.  Idempotent."""
         cdef int i
-        if self.nrunning:
+        if self.group.running:
             raise RuntimeError("stop() the engine before close()")
         self.stopped = 1
         for i in range(self.nworkers):
@@ -1488,7 +1476,7 @@ cdef class HTTPEngine:
 
     @property
     def running(self):
-        return self.nrunning > 0
+        return self.group.running > 0
 
     @property
     def miss_fd(self):
@@ -1564,7 +1552,7 @@ cdef class HTTPEngine:
             raise ValueError(f"unsupported HTTP status {status} for a handler answer")
         if "\r" in content_type or "\n" in content_type:
             raise ValueError(f"invalid content type {content_type!r}")
-        if not self.nrunning or self.workers[worker].reply_fd < 0:
+        if not self.group.running or self.workers[worker].reply_fd < 0:
             return 1
         head = http_build_head(status, content_type, len(body), extra)
         r = <bn_hreply*>malloc(sizeof(bn_hreply) + len(head) + len(body))

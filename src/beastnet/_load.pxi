@@ -738,9 +738,8 @@ cdef class UDPLoadRun:
             raise MemoryError()
         memset(mem, 0, sizeof(bn_lg_counters) * n)
         self.thread_counters = <bn_lg_counters*>mem
-        self.tids = <pthread_t*>calloc(n, sizeof(pthread_t))
         self.threads = <bn_lg_thread**>calloc(n, sizeof(bn_lg_thread*))
-        if self.tids == NULL or self.threads == NULL:
+        if bn_threads_init(&self.group, n) != 0 or self.threads == NULL:
             raise MemoryError()
         self.warmup_ns = warmup_ns
         self.duration_ns = duration_ns
@@ -782,14 +781,14 @@ cdef class UDPLoadRun:
 
     def __dealloc__(self):
         cdef int i
-        if self.nrunning:
+        if self.group.running:
             bn_store_int(&self.stop_flag, LG_ABORT)
             self._join()
         if self.threads != NULL:
             for i in range(self.nthreads):
                 lg_thread_free(self.threads[i])
             free(self.threads)
-        free(self.tids)
+        bn_threads_free(&self.group)
         free(self.thread_counters)
         free(self.key_blob)
         free(self.key_data)
@@ -801,10 +800,9 @@ cdef class UDPLoadRun:
     def start(self):
         """Start one native thread per socket group (the GIL is not held by them)."""
         cdef int i
-        cdef int started = 0
         cdef int rc = 0
         cdef uint64_t now
-        if self.nrunning or self.stopped:
+        if self.group.running or self.stopped:
             raise RuntimeError("a UDPLoadRun starts once")
         now = bn_now_ns()
         self.start_ns = now
@@ -813,26 +811,15 @@ cdef class UDPLoadRun:
             self.threads[i].measure_ns = now + self.warmup_ns
             self.threads[i].end_ns = now + self.warmup_ns + self.duration_ns
         with nogil:
-            for i in range(self.nthreads):
-                rc = pthread_create(&self.tids[i], NULL, lg_thread_main, self.threads[i])
-                if rc != 0:
-                    break
-                started += 1
-        self.nrunning = started
+            rc = bn_threads_start(&self.group, lg_thread_main, <void**>self.threads)
         if rc != 0:
             bn_store_int(&self.stop_flag, LG_ABORT)
             self._join()
             raise OSError(rc, f"pthread_create: {os.strerror(rc)}")
 
     cdef void _join(self) noexcept:
-        cdef int i
-        cdef int n = self.nrunning
-        # Without the GIL: a generator thread never takes it, but joining
-        # while holding it would stall every other Python thread meanwhile.
         with nogil:
-            for i in range(n):
-                pthread_join(self.tids[i], NULL)
-        self.nrunning = 0
+            bn_threads_join(&self.group)
         self.stopped = 1
 
     def stop(self, bint abort=False):
@@ -843,14 +830,14 @@ cdef class UDPLoadRun:
     def finished(self):
         """True once every thread has left its loop (join() then returns at once)."""
         cdef int i
-        for i in range(self.nrunning):
+        for i in range(self.group.running):
             if not bn_load_int(&self.threads[i].finished):
                 return False
         return True
 
     def join(self):
         """Wait for every thread (GIL released).  Idempotent."""
-        if self.nrunning:
+        if self.group.running:
             self._join()
         self.stopped = 1
 

@@ -917,9 +917,8 @@ cdef class HTTPLoadRun:
             raise MemoryError()
         memset(mem, 0, sizeof(bn_lg_http_counters) * n)
         self.thread_counters = <bn_lg_http_counters*>mem
-        self.tids = <pthread_t*>calloc(n, sizeof(pthread_t))
         self.threads = <bn_http_thread**>calloc(n, sizeof(bn_http_thread*))
-        if self.tids == NULL or self.threads == NULL:
+        if bn_threads_init(&self.group, n) != 0 or self.threads == NULL:
             raise MemoryError()
         self.warmup_ns = warmup_ns
         self.duration_ns = duration_ns
@@ -957,14 +956,14 @@ cdef class HTTPLoadRun:
 
     def __dealloc__(self):
         cdef int i
-        if self.nrunning:
+        if self.group.running:
             bn_store_int(&self.stop_flag, LG_ABORT)
             self._join()
         if self.threads != NULL:
             for i in range(self.nthreads):
                 http_thread_free(self.threads[i])
             free(self.threads)
-        free(self.tids)
+        bn_threads_free(&self.group)
         free(self.thread_counters)
         free(self.blob)
         free(self.data)
@@ -975,10 +974,9 @@ cdef class HTTPLoadRun:
     def start(self):
         """Start one native thread per connection group (they never take the GIL)."""
         cdef int i
-        cdef int started = 0
         cdef int rc = 0
         cdef uint64_t now
-        if self.nrunning or self.stopped:
+        if self.group.running or self.stopped:
             raise RuntimeError("an HTTPLoadRun starts once")
         now = bn_now_ns()
         self.start_ns = now
@@ -987,24 +985,15 @@ cdef class HTTPLoadRun:
             self.threads[i].measure_ns = now + self.warmup_ns
             self.threads[i].end_ns = now + self.warmup_ns + self.duration_ns
         with nogil:
-            for i in range(self.nthreads):
-                rc = pthread_create(&self.tids[i], NULL, http_thread_main, self.threads[i])
-                if rc != 0:
-                    break
-                started += 1
-        self.nrunning = started
+            rc = bn_threads_start(&self.group, http_thread_main, <void**>self.threads)
         if rc != 0:
             bn_store_int(&self.stop_flag, LG_ABORT)
             self._join()
             raise OSError(rc, f"pthread_create: {os.strerror(rc)}")
 
     cdef void _join(self) noexcept:
-        cdef int i
-        cdef int n = self.nrunning
         with nogil:
-            for i in range(n):
-                pthread_join(self.tids[i], NULL)
-        self.nrunning = 0
+            bn_threads_join(&self.group)
         self.stopped = 1
 
     def stop(self, bint abort=False):
@@ -1014,14 +1003,14 @@ cdef class HTTPLoadRun:
     def finished(self):
         """True once every thread has left its loop."""
         cdef int i
-        for i in range(self.nrunning):
+        for i in range(self.group.running):
             if not bn_load_int(&self.threads[i].finished):
                 return False
         return True
 
     def join(self):
         """Wait for every thread (GIL released).  Idempotent."""
-        if self.nrunning:
+        if self.group.running:
             self._join()
         self.stopped = 1
 

@@ -359,8 +359,6 @@ cdef inline void udp_signal(int efd) noexcept nogil:
 cdef void* udp_reader_main(void* arg) noexcept nogil:
     cdef bn_reader* r = <bn_reader*>arg
     cdef int n
-    # Signals go to Python's main thread, never interrupt a reader.
-    bn_block_signals()
     if r.cpu >= 0:
         r.pin_error = bn_pin_self_to_cpu(r.cpu)
     while True:
@@ -460,9 +458,8 @@ cdef class UDPEngine:
             raise MemoryError()
         memset(mem, 0, sizeof(bn_counters) * n)
         self.reader_counters = <bn_counters*>mem
-        self.threads = <pthread_t*>calloc(n, sizeof(pthread_t))
         self.readers = <bn_reader**>calloc(n, sizeof(bn_reader*))
-        if self.threads == NULL or self.readers == NULL:
+        if bn_threads_init(&self.group, n) != 0 or self.readers == NULL:
             raise MemoryError()
         for i in range(n):
             # The engine works on its own duplicate of each socket: whoever
@@ -487,7 +484,7 @@ cdef class UDPEngine:
 
     def __dealloc__(self):
         cdef int i
-        if self.nrunning:
+        if self.group.running:
             self._join()
         if self.readers != NULL:
             for i in range(self.nreaders):
@@ -497,7 +494,7 @@ cdef class UDPEngine:
                     close(self.readers[i].fd)
                 udp_reader_free(self.readers[i])
             free(self.readers)
-        free(self.threads)
+        bn_threads_free(&self.group)
         free(self.reader_counters)
         missq_free(self.missq)
         if self.miss_efd >= 0:
@@ -506,44 +503,33 @@ cdef class UDPEngine:
     def start(self):
         """Start one native thread per socket (GIL released in each)."""
         cdef int i
-        cdef int started = 0
         cdef int rc = 0
-        if self.nrunning or self.stopped:
+        if self.group.running or self.stopped:
             raise RuntimeError("a UDPEngine starts once")
         for i in range(self.nreaders):
             self.readers[i].qsbr_index = qsbr_register()
             self.readers[i].qsbr = &qsbr_slots[self.readers[i].qsbr_index]
         with nogil:
-            for i in range(self.nreaders):
-                rc = pthread_create(&self.threads[i], NULL, udp_reader_main, self.readers[i])
-                if rc != 0:
-                    break
-                started += 1
-        self.nrunning = started
+            rc = bn_threads_start(&self.group, udp_reader_main, <void**>self.readers)
         if rc != 0:
             self._join()
             raise OSError(rc, f"pthread_create: {os.strerror(rc)}")
 
     cdef void _join(self) noexcept:
         cdef int i
-        cdef int n = self.nrunning
         bn_store_int(&self.stop_flag, 1)
         # Wakes a reader blocked in recvmmsg (it returns an empty datagram) and
         # makes any later recvmmsg return at once, so no wake-up is lost.  On
         # an unconnected UDP socket it also reports ENOTCONN: expected.
         for i in range(self.nreaders):
             shutdown(self.readers[i].fd, SHUT_RD)
-        # Joined without the GIL: a reader never needs it, but a thread blocked
-        # on the GIL while we hold it would deadlock the join.
         with nogil:
-            for i in range(n):
-                pthread_join(self.threads[i], NULL)
+            bn_threads_join(&self.group)
         for i in range(self.nreaders):
             if self.readers[i].qsbr_index >= 0:
                 qsbr_unregister(self.readers[i].qsbr_index)
                 self.readers[i].qsbr_index = -1
                 self.readers[i].qsbr = NULL
-        self.nrunning = 0
         self.stopped = 1
 
     def stop(self):
@@ -552,7 +538,7 @@ cdef class UDPEngine:
         at most SO_SNDTIMEO).  Closes the engine's duplicates of the sockets;
         the caller's sockets stay open."""
         cdef int i
-        if self.nrunning:
+        if self.group.running:
             self._join()
         self.stopped = 1
         # No reader is left: release the socket duplicates and the miss
@@ -569,7 +555,7 @@ cdef class UDPEngine:
 
     @property
     def running(self):
-        return self.nrunning > 0
+        return self.group.running > 0
 
     @property
     def miss_fd(self):

@@ -37,19 +37,6 @@ static int bn_pin_self_to_cpu(int cpu)
 #endif
 }
 
-/* Block every signal in the calling (native) thread, so the kernel delivers
- * process signals to Python's main thread.  Returns 0 or an errno value. */
-static int bn_block_signals(void)
-{
-#if PLATFORM_IS_LINUX
-    sigset_t all;
-    sigfillset(&all);
-    return pthread_sigmask(SIG_BLOCK, &all, NULL);
-#else
-    return 0;
-#endif
-}
-
 /* Attach "socket index = receiving CPU % nsockets" to the reuseport group
  * that `fd` belongs to.  The kernel indexes a group's sockets in bind order,
  * so socket i of the group is the one bound i-th.  An index the program

@@ -66,9 +66,3 @@ cdef extern from "loadgen.h" nogil:
     ssize_t bn_send_gso(int fd, iovec* iov, size_t iovcnt, uint16_t seg_bytes)
     enum:
         BN_GSO_MAX_SEGMENTS
-
-
-cdef extern from "<errno.h>" nogil:
-    enum:
-        EADDRNOTAVAIL
-        ENFILE

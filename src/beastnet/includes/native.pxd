@@ -97,5 +97,15 @@ cdef extern from "compat.h" nogil:
         PLATFORM_IS_LINUX
         BEASTNET_DEBUG
     int bn_pin_self_to_cpu(int cpu)
-    int bn_block_signals()
     int bn_attach_cpu_steering(int fd, uint32_t nsockets)
+
+
+cdef extern from "threads.h" nogil:
+    ctypedef struct bn_threads:
+        int capacity                    # threads the group can hold
+        int running                     # started and not yet joined
+
+    int bn_threads_init(bn_threads* g, int n)
+    int bn_threads_start(bn_threads* g, void* (*main_fn)(void*) noexcept nogil, void** args)
+    void bn_threads_join(bn_threads* g)
+    void bn_threads_free(bn_threads* g)

@@ -1,7 +1,9 @@
-# cdef extern declarations of the system headers beastnet uses.
+# cdef extern declarations of the system headers beastnet uses: the one place
+# both extensions (the engine and the load generator) take them from.  Errno
+# values come from Cython's libc.errno.
 # Only the fields and functions we call are declared.
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
-from posix.time cimport timespec
+from posix.time cimport time_t, timespec
 from posix.uio cimport iovec
 
 
@@ -118,11 +120,6 @@ cdef extern from "<stdlib.h>" nogil:
     int posix_memalign(void** memptr, size_t alignment, size_t size)
 
 
-cdef extern from "<errno.h>" nogil:
-    enum:
-        EMSGSIZE
-
-
 cdef extern from "<fcntl.h>" nogil:
     int fcntl(int fd, int cmd, ...)
     enum:
@@ -154,3 +151,22 @@ cdef extern from "<sys/epoll.h>" nogil:
         EPOLLERR
         EPOLLHUP
         EPOLLRDHUP
+
+
+cdef extern from "<string.h>" nogil:
+    void* memmem(const void* haystack, size_t hlen, const void* needle, size_t nlen)
+
+
+cdef extern from "<time.h>" nogil:
+    struct tm:
+        int tm_sec
+        int tm_min
+        int tm_hour
+        int tm_mday
+        int tm_mon
+        int tm_year
+        int tm_wday
+    time_t time(time_t* t)
+    tm* gmtime_r(const time_t* t, tm* out)
+    enum:
+        CLOCK_MONOTONIC_COARSE              # Linux: the last tick's time, no vDSO read of the TSC
