@@ -7,7 +7,8 @@ serve them; `APIKeyTable` holds API keys and their limits; `Answer` and
 """
 from beastnet._core import APIKeyTable, Entry, ResponseTable
 from beastnet.control import Answer, MissRequest
-from beastnet.errors import BeastnetError, HandlerError, InvalidKeyError, ServerError
+from beastnet.errors import (BeastnetError, HandlerError, InvalidKeyError, ServerError,
+                             TableFullError)
 from beastnet.server import UDPServer
 from beastnet.http_server import HTTPServer
 
@@ -42,6 +43,7 @@ __all__ = [
     "MissRequest",
     "ResponseTable",
     "ServerError",
+    "TableFullError",
     "UDPLoadConfig",
     "UDPServer",
     "__version__",

@@ -34,11 +34,15 @@ cdef class ResponseTable:
     cdef size_t entry_memory            # bytes of live entries
     cdef size_t live                    # keys that hold an entry
     cdef uint64_t version               # last write's sequence number
+    cdef size_t min_capacity            # slots; the index never shrinks below it
+    cdef size_t key_cap                 # 0 = no cap; set() of a new key past it raises
     cdef object _lock                   # serialises Python writers
 
     cdef int _retire(self, void* mem, size_t nbytes) except -1
     cdef size_t _reclaim(self) noexcept
     cdef int _reserve(self, size_t extra_keys) except -1
+    cdef int _shrink(self) except -1
+    cdef int _rebuild(self, size_t keys) except -1
     cdef int _put(self, bytes key, const char* body, size_t body_len,
                   const char* ctype, size_t ctype_len) except -1
     cdef bn_entry* _find(self, bytes raw) noexcept

@@ -23,7 +23,7 @@ from beastnet.includes.system cimport *
 from beastnet.includes.loadsys cimport *
 from libc.math cimport log
 
-from beastnet.errors import InvalidKeyError
+from beastnet.errors import InvalidKeyError, TableFullError
 
 
 include "consts.pxi"

@@ -10,6 +10,8 @@
 # - Growth builds a new index and publishes it with one pointer store; the old
 #   index is retired.  A reader still probing the old index sees entries at
 #   most one batch stale, never freed ones: retired memory waits for QSBR.
+#   Shrinking after deletes is the same rebuild with a smaller capacity, so a
+#   table that once held millions of keys gives the memory back.
 
 cdef struct bn_entry:
     uint64_t version                    # table-wide sequence number of the write
@@ -244,20 +246,37 @@ cdef class ResponseTable:
     def __cinit__(self, *args, size_t capacity=64, **kwargs):
         # Cython passes __init__'s arguments to __cinit__ too: accept (and
         # ignore) `initial` and `content_type` so ResponseTable(mapping) works.
-        cdef size_t cap = 16
+        cdef size_t cap = TABLE_MIN_CAPACITY
         while cap < capacity * 2:
             cap <<= 1
         self.index = index_new(cap)
         if self.index == NULL:
             raise MemoryError()
+        self.min_capacity = cap
         self.entry_memory = 0
         self._lock = _threading.Lock()
 
     def __init__(self, object initial=None, *, size_t capacity=64,
-                 str content_type="application/json"):
-        """Create a table, optionally filled from a mapping of key -> body."""
+                 str content_type="application/json", object max_keys=None):
+        """Create a table, optionally filled from a mapping of key -> body.
+
+        `capacity` sizes the index for that many keys up front (it never
+        shrinks below that).  `max_keys` caps how many keys the table holds:
+        adding a key past it raises `TableFullError` (replacing the answer of
+        a key already present always works).  Set it when a miss handler
+        caches answers for keys clients choose, so clients cannot grow the
+        table without bound.
+        """
+        if max_keys is not None and (not isinstance(max_keys, int) or max_keys < 1):
+            raise ValueError(f"max_keys must be a positive int or None, not {max_keys!r}")
+        self.key_cap = 0 if max_keys is None else max_keys
         if initial is not None:
             self.update(initial, content_type=content_type)
+
+    @property
+    def max_keys(self):
+        """The key cap given at creation, or None."""
+        return self.key_cap or None
 
     def __dealloc__(self):
         # No engine can be reading: every engine holds a reference to its table.
@@ -288,8 +307,25 @@ cdef class ResponseTable:
         cdef bn_index* old = self.index
         if (old.used + extra_keys) * 2 <= old.mask + 1:
             return 0
-        cdef size_t cap = 16
-        while cap < (self.live + extra_keys) * 4:
+        return self._rebuild(self.live + extra_keys)
+
+    cdef int _shrink(self) except -1:
+        """After deletes: once at most 1/8 of the slots hold a live key, rebuild
+        for the live keys (load <= 1/4, so half the capacity or less).  The gap
+        between the grow (1/2, counting tombstones) and shrink (1/8) thresholds
+        keeps a table that hovers around one size from rebuilding on every
+        write."""
+        cdef bn_index* idx = self.index
+        if idx.mask + 1 <= self.min_capacity or self.live * 8 > idx.mask + 1:
+            return 0
+        return self._rebuild(self.live)
+
+    cdef int _rebuild(self, size_t keys) except -1:
+        """Publish a new index sized for `keys` (load <= 1/4) holding every live
+        key; deleted keys (tombstones) are left behind."""
+        cdef bn_index* old = self.index
+        cdef size_t cap = self.min_capacity
+        while cap < keys * 4:
             cap <<= 1
         cdef bn_index* idx = index_new(cap)
         if idx == NULL:
@@ -318,6 +354,9 @@ cdef class ResponseTable:
         cdef size_t n = len(key)
         cdef uint64_t h = key_hash(k, n)
         cdef bn_slot* slot = index_find_slot(self.index, k, n, h)
+        if slot.entry == NULL and self.key_cap and self.live >= self.key_cap:
+            raise TableFullError(f"the table holds its maximum of {self.key_cap} keys;"
+                                 f" {key.decode('ascii')!r} was not added")
         if slot.hash == 0:
             self._reserve(1)
             slot = index_find_slot(self.index, k, n, h)
@@ -370,7 +409,15 @@ cdef class ResponseTable:
                              for key, body in (items.items() if hasattr(items, "items") else items)]
         cdef bytes raw_key
         cdef bytes raw_body
+        cdef Py_ssize_t new_keys
         with self._lock:
+            if self.key_cap:
+                new_keys = len({raw_key for raw_key, raw_body in checked
+                                if self._find(raw_key) == NULL})
+                if self.live + new_keys > self.key_cap:
+                    raise TableFullError(
+                        f"the update adds {new_keys} keys to {self.live}, past the table's"
+                        f" maximum of {self.key_cap}; nothing was published")
             self._reserve(len(checked))
             for raw_key, raw_body in checked:
                 self._put(raw_key, raw_body, len(raw_body), ctype, len(ctype))
@@ -396,6 +443,7 @@ cdef class ResponseTable:
             self.live -= 1
             self.entry_memory -= entry_bytes(old)
             self._retire(old, entry_bytes(old))
+            self._shrink()
             self._reclaim()
             return True
 

@@ -20,6 +20,8 @@ from typing import Any, Awaitable, Callable, Optional, Union
 import orjson
 import uvloop
 
+from beastnet.errors import TableFullError
+
 __all__ = ["Answer", "ControlPlane", "MissRequest", "MissHandler"]
 
 log = logging.getLogger("beastnet")
@@ -190,6 +192,7 @@ class MissDispatcher:
         self.errors = 0
         self.replies = 0
         self.cached = 0
+        self.cache_refused = 0
         self.send_errors = 0
         self.last_error: Optional[BaseException] = None
         self._loop: Optional[asyncio.AbstractEventLoop] = None
@@ -214,6 +217,7 @@ class MissDispatcher:
             "handler_inflight": self.inflight,
             "miss_replies": self.replies,
             "miss_cached": self.cached,
+            "miss_cache_refused": self.cache_refused,
             "miss_send_errors": self.send_errors,
         }
 
@@ -294,8 +298,13 @@ class MissDispatcher:
                 body = _encode(result.body)
                 status, content_type = result.status, result.content_type
                 if result.cache and request.key is not None:
-                    self.table.set(request.key, body, content_type=result.content_type)
-                    self.cached += 1
+                    try:
+                        self.table.set(request.key, body, content_type=result.content_type)
+                        self.cached += 1
+                    except TableFullError:
+                        # The cap protects the table from keys clients choose:
+                        # the client still gets its answer, only the cache refuses.
+                        self.cache_refused += 1
             else:
                 body = _encode(result)
         except Exception as exc:        # unencodable result: the handler's bug

@@ -9,6 +9,10 @@ class InvalidKeyError(BeastnetError, ValueError):
     """A key is empty, longer than 64 bytes, or has a byte outside [A-Za-z0-9._:/-]."""
 
 
+class TableFullError(BeastnetError, OverflowError):
+    """A write would add a key past the table's `max_keys`; nothing was published."""
+
+
 class ServerError(BeastnetError, RuntimeError):
     """A server could not start, or a native thread reported a fatal error."""
 

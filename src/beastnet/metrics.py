@@ -92,6 +92,7 @@ MISS_PATH_COUNTERS: Sequence[tuple[str, str]] = (
     ("handler_errors", "Miss handler calls that raised."),
     ("miss_replies", "Replies sent by the control plane."),
     ("miss_cached", "Handler answers published to the table."),
+    ("miss_cache_refused", "Handler answers not cached because the table was at max_keys."),
     ("miss_send_errors", "Control-plane replies the kernel refused."),
 )
 
