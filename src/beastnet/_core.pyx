@@ -38,6 +38,7 @@ include "_hist.pxi"
 include "_load.pxi"
 include "_load_http.pxi"
 include "_http.pxi"
+include "_ws.pxi"
 
 
 def _module_init():

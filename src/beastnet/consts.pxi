@@ -83,3 +83,38 @@ cdef enum:
     ERR_429_1S = 10                 # rate_limited + Retry-After: 1; ERR_429_1S + n - 1 says n s
     RETRY_AFTER_MAX_S = 60          # longer waits are announced as 60 s (the client asks again)
     ERR_COUNT = 70                  # ERR_429_1S + RETRY_AFTER_MAX_S
+
+# WebSocket (RFC 6455) opcodes, close codes and limits (_ws.pxi).
+cdef enum:
+    WS_OP_CONTINUATION = 0x0        # continuation of a fragmented message
+    WS_OP_TEXT = 0x1                # text message: UTF-8
+    WS_OP_BINARY = 0x2              # binary message
+    WS_OP_CLOSE = 0x8               # close: [2-byte code [UTF-8 reason]]
+    WS_OP_PING = 0x9                # ping: answered with a pong carrying its payload
+    WS_OP_PONG = 0xA                # pong
+    WS_CONTROL_MAX_BYTES = 125      # largest control-frame payload
+    WS_CLIENT_HEAD_MAX_BYTES = 14   # 2 + 8 (64-bit length) + 4 (mask)
+    WS_SERVER_HEAD_MAX_BYTES = 10   # 2 + 8: server frames are never masked
+    WS_ACCEPT_BYTES = 28            # base64 of a SHA-1 digest
+
+cdef enum:
+    WS_CLOSE_NORMAL = 1000          # normal closure
+    WS_CLOSE_GOING_AWAY = 1001      # server stopping
+    WS_CLOSE_PROTOCOL_ERROR = 1002  # a framing rule broken
+    WS_CLOSE_UNSUPPORTED = 1003     # a data type the endpoint does not take
+    WS_CLOSE_NO_STATUS = 1005       # a close frame without a code (never sent)
+    WS_CLOSE_INVALID_DATA = 1007    # invalid UTF-8 in a text message or close reason
+    WS_CLOSE_POLICY = 1008          # policy violation (slow consumer past its bound, auth)
+    WS_CLOSE_TOO_BIG = 1009         # a frame or message over the configured limit
+    WS_CLOSE_INTERNAL = 1011        # the server failed (out of memory)
+    WS_CLOSE_TRY_AGAIN = 1013       # try again later: overloaded
+
+# What ws_next() found in a connection's input.
+cdef enum:
+    WS_EV_NEED_MORE = 0             # no complete frame buffered yet
+    WS_EV_MESSAGE = 1               # a whole text or binary message: data, len, opcode
+    WS_EV_PING = 2                  # a ping: its payload is the pong's
+    WS_EV_PONG = 3                  # a pong: nothing to do but count it
+    WS_EV_CLOSE = 4                 # the peer's close: code (1005 when none), reason
+    WS_EV_ERROR = 5                 # a protocol error: close with `code`
+    WS_EV_FRAGMENT = 6              # a data fragment was stored; the message is not complete

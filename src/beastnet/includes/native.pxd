@@ -109,3 +109,7 @@ cdef extern from "threads.h" nogil:
     int bn_threads_start(bn_threads* g, void* (*main_fn)(void*) noexcept nogil, void** args)
     void bn_threads_join(bn_threads* g)
     void bn_threads_free(bn_threads* g)
+
+
+cdef extern from "wsaccept.h" nogil:
+    void bn_ws_accept(const char* key, size_t key_len, char* out)
