@@ -19,7 +19,7 @@ from ws_reference import BINARY, CLOSE, CONT, PING, PONG, TEXT, build_frame
 pytestmark = pytest.mark.timeout(120)
 
 # Pure functions of bytes: cheap, so many examples whatever the profile.
-CHEAP = settings(max_examples=1500, deadline=None)
+CHEAP = settings(max_examples=1000, deadline=None)
 
 
 def native(data: bytes, **limits: int) -> list:

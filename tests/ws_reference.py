@@ -4,6 +4,7 @@ one is checked against (same events, same close codes)."""
 from __future__ import annotations
 
 import codecs
+import json
 import struct
 from typing import Optional
 
@@ -135,3 +136,38 @@ def parse(data: bytes, max_frame: int = 65536, max_message: int = 1 << 20):
                 events.append(("message", message_op, fragments))
                 message_op, fragments = 0, b""
     return events
+
+
+KEY_CHARS = set(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:/-")
+
+
+def read_request(message: bytes, max_symbols: int = 1024):
+    """What the feed makes of a client request: (op, error, symbols, invalid),
+    decided with the standard library's JSON reader (RFC 8259, with NaN and
+    Infinity refused) rather than a parser of our own.  Not orjson: it refuses
+    numbers past a double's range, which the grammar allows."""
+    def refuse(constant: str) -> None:
+        raise ValueError(constant)
+    try:
+        obj = json.loads(message.decode("utf-8"), parse_constant=refuse)
+    except ValueError:                  # JSONDecodeError and UnicodeDecodeError included
+        return ("bad", "bad_json", [], 0)
+    if not isinstance(obj, dict) or ("symbols" in obj and not isinstance(obj["symbols"], list)):
+        return ("bad", "bad_json", [], 0)
+    symbols, invalid = [], 0
+    for s in obj.get("symbols", []):
+        raw = s.encode("utf-8", "surrogatepass") if isinstance(s, str) else None
+        if raw is None or not 1 <= len(raw) <= 64 or not set(raw) <= KEY_CHARS:
+            invalid += 1
+        else:
+            symbols.append(s)
+    op = obj.get("op")
+    if not isinstance(op, str):
+        return ("bad", "unknown_op", [], invalid)
+    if len(symbols) > max_symbols:
+        return ("bad", "too_many_symbols", [], invalid)
+    if op not in ("subscribe", "unsubscribe", "snapshot"):
+        return ("bad", "unknown_op", [], invalid)
+    if op != "snapshot" and "symbols" not in obj:
+        return ("bad", "no_symbols", [], invalid)
+    return (op, None, symbols, invalid)

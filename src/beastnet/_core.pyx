@@ -39,6 +39,7 @@ include "_load.pxi"
 include "_load_http.pxi"
 include "_http.pxi"
 include "_ws.pxi"
+include "_ws_msg.pxi"
 
 
 def _module_init():

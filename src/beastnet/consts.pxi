@@ -118,3 +118,16 @@ cdef enum:
     WS_EV_CLOSE = 4                 # the peer's close: code (1005 when none), reason
     WS_EV_ERROR = 5                 # a protocol error: close with `code`
     WS_EV_FRAGMENT = 6              # a data fragment was stored; the message is not complete
+
+# A WebSocket client's request (_ws_msg.pxi).
+cdef enum:
+    WS_REQ_BAD = 0                  # not a request we take: see the WS_REQERR_* reason
+    WS_REQ_SUBSCRIBE = 1            # {"op":"subscribe","symbols":[...]}
+    WS_REQ_UNSUBSCRIBE = 2          # {"op":"unsubscribe","symbols":[...]}
+    WS_REQ_SNAPSHOT = 3             # {"op":"snapshot"[,"symbols":[...]]}: current bodies now
+
+cdef enum:
+    WS_REQERR_JSON = 1              # not one JSON object (or "symbols" not an array)
+    WS_REQERR_OP = 2                # "op" missing, not a string, or not one we know
+    WS_REQERR_SYMBOLS = 3           # subscribe/unsubscribe without "symbols"
+    WS_REQERR_TOO_MANY = 4          # more symbols than one request may carry
