@@ -214,3 +214,17 @@ def test_utf8_every_two_byte_sequence_matches_cpython():
         for b in range(256):
             raw = bytes([a, b])
             assert utf8_valid(raw, 1) == ref.utf8_ok(raw), raw
+
+
+# -- the frame published with each entry -----------------------------------------
+
+def test_each_entry_carries_its_frame_built_at_publication():
+    from beastnet import ResponseTable
+    from beastnet._core import ws_entry_frame
+    t = ResponseTable({"BTC": b'{"p":1}', "BIN": b"\xff\x00", "BIG": "é" * 40_000})
+    assert ws_entry_frame(t, "BTC") == ws_frame(TEXT, b'{"p":1}')
+    assert ws_entry_frame(t, "BIN") == ws_frame(BINARY, b"\xff\x00")     # not UTF-8: binary
+    assert ws_entry_frame(t, "BIG") == ws_frame(TEXT, "é".encode() * 40_000)
+    t["BTC"] = b'{"p":2}'
+    assert ws_entry_frame(t, "BTC") == ws_frame(TEXT, b'{"p":2}')
+    assert ws_entry_frame(t, "none") is None

@@ -12,6 +12,8 @@ cdef struct bn_entry
 cdef struct bn_retired:
     bn_retired* next
     void* mem                           # an entry or an index: one malloc block each
+    void (*release)(void* mem) noexcept nogil   # free() for an index; drops the table's
+                                                # reference for an entry (subscribers may hold more)
     uint64_t epoch                      # QSBR epoch of the unlink
     size_t nbytes                       # for memory accounting
 
@@ -39,6 +41,7 @@ cdef class ResponseTable:
     cdef object _lock                   # serialises Python writers
 
     cdef int _retire(self, void* mem, size_t nbytes) except -1
+    cdef int _retire_entry(self, bn_entry* e) except -1
     cdef size_t _reclaim(self) noexcept
     cdef int _reserve(self, size_t extra_keys) except -1
     cdef int _shrink(self) except -1

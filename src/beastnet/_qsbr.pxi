@@ -82,14 +82,25 @@ cdef uint64_t qsbr_safe_epoch() noexcept nogil:
 # A retire list: objects unlinked by one writer (serialised by its owner's
 # lock), each one malloc block, freed in epoch order once QSBR allows.
 
+cdef void release_block(void* mem) noexcept nogil:
+    free(mem)
+
+
 cdef int retire_push(bn_retire_list* rl, void* mem, size_t nbytes) noexcept nogil:
     """Queue `mem` for freeing; -1 when out of memory (then `mem` leaks: no
     reader can be proven done with it)."""
+    return retire_push_release(rl, mem, nbytes, release_block)
+
+
+cdef int retire_push_release(bn_retire_list* rl, void* mem, size_t nbytes,
+                             void (*release)(void*) noexcept nogil) noexcept nogil:
+    """Queue `mem` for `release` once no reader can hold it; -1 when out of memory."""
     cdef bn_retired* r = <bn_retired*>malloc(sizeof(bn_retired))
     if r == NULL:
         return -1
     r.next = NULL
     r.mem = mem
+    r.release = release
     r.nbytes = nbytes
     r.epoch = qsbr_retire_epoch()
     if rl.tail == NULL:
@@ -113,7 +124,7 @@ cdef size_t retire_reclaim(bn_retire_list* rl) noexcept nogil:
     while rl.head != NULL and rl.head.epoch <= safe:
         r = rl.head
         rl.head = r.next
-        free(r.mem)
+        r.release(r.mem)
         rl.nbytes -= r.nbytes
         free(r)
         freed += 1
@@ -129,7 +140,7 @@ cdef void retire_free_all(bn_retire_list* rl) noexcept nogil:
     while rl.head != NULL:
         r = rl.head
         rl.head = r.next
-        free(r.mem)
+        r.release(r.mem)
         free(r)
     rl.tail = NULL
     rl.count = 0

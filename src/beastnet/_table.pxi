@@ -22,6 +22,11 @@ cdef struct bn_entry:
     char* http_head                     # "HTTP/1.1 200 OK\r\n...Content-Length: N\r\n", just past
                                         # content_type; a worker ends it with its Date/Connection tail
     uint32_t http_head_len              # bytes
+    uint32_t refs                       # 1 for the table while published, +1 per WebSocket
+                                        # frame queued on a connection; freed at 0 (atomic)
+    uint8_t ws_head[WS_SERVER_HEAD_MAX_BYTES]   # the body's WebSocket frame head: text when the
+                                                # body is UTF-8, else binary; the same for every subscriber
+    uint8_t ws_head_len                 # bytes
 
 cdef struct bn_slot:
     uint64_t hash                       # 0 = empty; stored last (release) on insert
@@ -173,7 +178,27 @@ cdef bn_entry* entry_new(const char* body, size_t body_len, const char* ctype, s
     e.content_type[ctype_len] = 0
     e.http_head = e.content_type + ctype_len + 1
     e.http_head_len = <uint32_t>http_head_write(e.http_head, 200, b"OK", 2, ctype, ctype_len, body_len)
+    e.refs = 1
+    # Framed once here, when the answer is published: a WebSocket push is then
+    # two iovecs [ws_head, body] per subscriber, nothing built or copied.
+    cdef uint32_t utf8 = 0
+    cdef int opcode = WS_OP_TEXT
+    if utf8_check(&utf8, <const uint8_t*>body, body_len) != 0 or (utf8 >> 16):
+        opcode = WS_OP_BINARY
+    e.ws_head_len = <uint8_t>ws_server_head(e.ws_head, opcode, body_len)
     return e
+
+
+cdef inline void entry_ref(bn_entry* e) noexcept nogil:
+    bn_ref_inc(&e.refs)
+
+
+cdef void entry_unref(void* mem) noexcept nogil:
+    """Drop one reference; the last one frees the entry.  Also the release
+    function of a retired entry: QSBR ends the table's reference, a frame
+    still queued on a WebSocket connection keeps the entry alive."""
+    if bn_ref_dec(&(<bn_entry*>mem).refs) == 0:
+        free(mem)
 
 
 cdef inline size_t entry_bytes(bn_entry* e) noexcept nogil:
@@ -285,7 +310,7 @@ cdef class ResponseTable:
         if idx != NULL:
             for i in range(idx.mask + 1):
                 if idx.slots[i].entry != NULL:
-                    free(idx.slots[i].entry)
+                    entry_unref(idx.slots[i].entry)
             free(idx)
             self.index = NULL
         retire_free_all(&self.retired)
@@ -294,6 +319,11 @@ cdef class ResponseTable:
 
     cdef int _retire(self, void* mem, size_t nbytes) except -1:
         if retire_push(&self.retired, mem, nbytes) != 0:
+            raise MemoryError()
+        return 0
+
+    cdef int _retire_entry(self, bn_entry* e) except -1:
+        if retire_push_release(&self.retired, e, entry_bytes(e), entry_unref) != 0:
             raise MemoryError()
         return 0
 
@@ -378,7 +408,7 @@ cdef class ResponseTable:
             self.live += 1
         else:
             self.entry_memory -= entry_bytes(old)
-            self._retire(old, entry_bytes(old))
+            self._retire_entry(old)
         return 0
 
     # -- public API ----------------------------------------------------------
@@ -442,7 +472,7 @@ cdef class ResponseTable:
             old = <bn_entry*>bn_xchg_ptr(<void**>&slot.entry, NULL)
             self.live -= 1
             self.entry_memory -= entry_bytes(old)
-            self._retire(old, entry_bytes(old))
+            self._retire_entry(old)
             self._shrink()
             self._reclaim()
             return True

@@ -334,3 +334,16 @@ def ws_read_request(bytes message not None, uint32_t max_symbols=1024):
     finally:
         free(keys)
         free(lens)
+
+
+def ws_entry_frame(ResponseTable table not None, key):
+    """The WebSocket frame a subscriber of `key` is sent: the entry's head
+    built at publication, then its body; None when the key holds nothing."""
+    cdef bytes raw = key_to_bytes(key)
+    cdef bn_entry* e
+    with table._lock:
+        e = table._find(raw)
+        if e == NULL:
+            return None
+        return (PyBytes_FromStringAndSize(<char*>e.ws_head, e.ws_head_len)
+                + PyBytes_FromStringAndSize(e.body, e.body_len))

@@ -24,6 +24,12 @@ static inline void bn_store_ptr(void **p, void *v) { __atomic_store_n(p, v, __AT
 static inline void *bn_xchg_ptr(void **p, void *v) { return __atomic_exchange_n(p, v, __ATOMIC_ACQ_REL); }
 static inline void bn_fence(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
 
+/* Reference counts: relaxed to take one (the taker already holds a valid
+ * pointer), acq_rel to drop one, so the thread that frees sees every write
+ * made through the other references.  Returns the count left. */
+static inline void bn_ref_inc(uint32_t *p) { __atomic_add_fetch(p, 1, __ATOMIC_RELAXED); }
+static inline uint32_t bn_ref_dec(uint32_t *p) { return __atomic_sub_fetch(p, 1, __ATOMIC_ACQ_REL); }
+
 /* A counter written by exactly one thread and read by others: a relaxed
  * load + store is enough (no lock prefix), and readers never see a torn value. */
 static inline void bn_count(uint64_t *p, uint64_t n)

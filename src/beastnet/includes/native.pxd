@@ -18,6 +18,8 @@ cdef extern from "atomics.h" nogil:
     void bn_store_ptr(void** p, void* v)
     void* bn_xchg_ptr(void** p, void* v)
     void bn_fence()
+    void bn_ref_inc(uint32_t* p)
+    uint32_t bn_ref_dec(uint32_t* p)
     void bn_count(uint64_t* p, uint64_t n)
     void bn_add_relaxed(uint64_t* p, uint64_t n)
     int bn_cas_u64_relaxed(uint64_t* p, uint64_t expected, uint64_t desired)
