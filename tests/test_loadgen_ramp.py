@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from beastnet import ResponseTable, UDPServer
-from beastnet import _core
+from beastnet.loadgen import _native
 from beastnet.cli import main
 from beastnet.errors import LoadConfigError
 from beastnet.loadgen.histogram import NBUCKETS, Histogram
@@ -34,8 +34,8 @@ def fake_result(p50_ms: float, p99_ms: float, sent: int = 1000, lost: int = 0,
     counts = np.zeros(NBUCKETS, dtype=np.uint64)
     received = sent - lost
     slow = received * 2 // 100
-    counts[_core.hist_index_of(int(p50_ms * 1e6))] += received - slow
-    counts[_core.hist_index_of(int(p99_ms * 1e6))] += slow
+    counts[_native.hist_index_of(int(p50_ms * 1e6))] += received - slow
+    counts[_native.hist_index_of(int(p99_ms * 1e6))] += slow
     h = Histogram(counts, received, 0, int(p50_ms * 1e6), int(p99_ms * 1e6))
     return LoadResult(sent=sent, received=received, lost=lost, duration_s=duration_s, histogram=h)
 
