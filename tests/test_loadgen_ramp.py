@@ -275,3 +275,13 @@ def test_load_generator_files_cite_no_internal_design_notes():
             if re.search(r"\b(DESIGN|STYLE)\.md", f.read()):
                 cited.append(path)
     assert not cited
+
+
+def test_the_cli_and_the_ramp_policy_load_without_numpy_or_the_native_generator():
+    code = ("import sys, beastnet, beastnet.cli, beastnet.loadgen.ramp, beastnet.loadgen.config; "
+            "heavy = [m for m in ('numpy', 'beastnet.loadgen._native', 'beastnet.loadgen.udp') "
+            "if m in sys.modules]; print(heavy)")
+    proc = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, PYTHONPATH=SRC),
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"

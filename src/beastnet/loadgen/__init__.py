@@ -49,7 +49,21 @@ _EXPORTS = {
     "ensure_fd_limit": "_driver",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "HTTPLoadConfig",
+    "Histogram",
+    "LoadConfig",
+    "LoadResult",
+    "UDPLoadConfig",
+    "alias_table",
+    "ensure_fd_limit",
+    "http_level_config",
+    "level_config",
+    "machine_info",
+    "run_http_load",
+    "run_udp_load",
+    "udp_level_config",
+]
 
 
 def __getattr__(name: str) -> Any:

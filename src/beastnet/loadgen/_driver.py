@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import os
 import resource
+import socket
 import time
 from typing import Any, Callable, Optional, Sequence
 
@@ -44,6 +45,16 @@ def ensure_fd_limit(needed: int) -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
         except (ValueError, OSError) as exc:
             raise LoadError(f"setrlimit RLIMIT_NOFILE to {want}: {exc}") from exc
+
+
+def resolve(host: str, port: int, socktype: int) -> tuple[int, tuple]:
+    """(family, sockaddr) of the server's first address; `LoadError` if none."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socktype)
+    except socket.gaierror as exc:
+        raise LoadError(f"getaddrinfo {host}:{port}: {exc.strerror}") from exc
+    family, _, _, _, sockaddr = infos[0]
+    return family, sockaddr
 
 
 def alias_table(weights: Sequence[float]) -> tuple[list[int], list[int]]:

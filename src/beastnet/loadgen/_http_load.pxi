@@ -209,7 +209,8 @@ cdef void hc_connected(bn_http_thread* t, bn_hconn* c, uint64_t now) noexcept no
     bn_count(&t.counters.connects, 1)
     if t.measuring:
         bn_count(&t.counters.m_connects, 1)
-        hist_record(&t.b.hists[LG_HIST_CONNECT], now - c.connect_start_ns if now > c.connect_start_ns else 0)
+        hist_record(&t.b.hists[LG_HIST_CONNECT],
+                    now - c.connect_start_ns if now > c.connect_start_ns else 0)
     hc_update_events(t, c)
     t.blocked = 0
 
@@ -445,13 +446,21 @@ cdef void hc_complete(bn_http_thread* t, bn_hconn* c, uint64_t now) noexcept nog
         t.b.last_reply_ns = now
 
 
+cdef inline uint64_t hc_consume(bn_hconn* c, uint32_t avail) noexcept nogil:
+    """Take up to `avail` bytes of the body or chunk being read; the bytes
+    still missing (0: it is complete)."""
+    cdef uint64_t take = avail if avail < c.rsp_remaining else c.rsp_remaining
+    c.in_off += <uint32_t>take
+    c.rsp_remaining -= take
+    return c.rsp_remaining
+
+
 cdef int hc_parse(bn_http_thread* t, bn_hconn* c, uint64_t now) noexcept nogil:
     """Consume what `c` has read.  0, or -1 if the connection was closed."""
     cdef uint32_t avail
     cdef const char* p
     cdef int end
     cdef int rc
-    cdef uint64_t take
     cdef uint64_t size
     cdef uint32_t i
     cdef int digits
@@ -482,10 +491,7 @@ cdef int hc_parse(bn_http_thread* t, bn_hconn* c, uint64_t now) noexcept nogil:
                 return -1
             continue
         if c.rsp_state == RS_BODY:
-            take = avail if avail < c.rsp_remaining else c.rsp_remaining
-            c.in_off += <uint32_t>take
-            c.rsp_remaining -= take
-            if c.rsp_remaining:
+            if hc_consume(c, avail):
                 return 0
         elif c.rsp_state == RS_CHUNK_SIZE or c.rsp_state == RS_TRAILER:
             i = 0
@@ -523,10 +529,7 @@ cdef int hc_parse(bn_http_thread* t, bn_hconn* c, uint64_t now) noexcept nogil:
                     c.rsp_remaining = size + 2      # data + CRLF
                 continue
         elif c.rsp_state == RS_CHUNK_DATA:
-            take = avail if avail < c.rsp_remaining else c.rsp_remaining
-            c.in_off += <uint32_t>take
-            c.rsp_remaining -= take
-            if c.rsp_remaining:
+            if hc_consume(c, avail):
                 return 0
             c.rsp_state = RS_CHUNK_SIZE
             continue
@@ -671,7 +674,6 @@ cdef void* http_thread_main(void* arg) noexcept nogil:
     cdef uint64_t next_tick
     cdef uint64_t drain_deadline = 0
     cdef uint64_t wake
-    cdef uint64_t wait_ns
     cdef uint64_t unsent
     cdef int stop
     cdef int n
@@ -722,16 +724,8 @@ cdef void* http_thread_main(void* arg) noexcept nogil:
             wake = t.next_send_ns
         if t.sending and t.b.end_ns < wake:
             wake = t.b.end_ns
-        now = bn_now_ns()
-        wait_ns = wake - now if wake > now else 0
-        if wait_ns:
-            bn_count(&t.counters.waits, 1)
-        n = bn_epoll_wait_ns(t.b.epfd, t.b.events, LG_MAX_EVENTS, wait_ns)
+        n = lg_wait(&t.b, wake, &t.counters.waits, &t.counters.eintr)
         if n < 0:
-            if errno == EINTR:
-                bn_count(&t.counters.eintr, 1)
-                continue
-            t.b.fatal_errno = errno
             break
         now = bn_now_ns()
         for i in range(n):
@@ -750,10 +744,7 @@ cdef void* http_thread_main(void* arg) noexcept nogil:
                 hc_close(t, c, END_TIMEOUT, now)    # the drain deadline passed
             else:
                 hc_close(t, c, END_CLEAN, now)
-    if t.b.send_stop_ns == 0:
-        t.b.send_stop_ns = now
-    t.b.cpu_end_ns = bn_thread_cpu_ns()
-    bn_store_int(&t.b.finished, 1)
+    lg_thread_done(&t.b)
     return NULL
 
 

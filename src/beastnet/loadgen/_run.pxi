@@ -104,6 +104,35 @@ cdef void lg_base_free(bn_lg_base* b) noexcept nogil:
     free(b.hists)
 
 
+cdef inline int lg_wait(bn_lg_base* b, uint64_t wake, uint64_t* waits,
+                        uint64_t* eintr) noexcept nogil:
+    """Sleep in the thread's epoll until an event or `wake` (CLOCK_MONOTONIC
+    ns).  Returns the events ready (0 when a signal cut the wait short:
+    counted in `eintr`), or -1 on a fatal error, recorded in fatal_errno."""
+    cdef uint64_t now = bn_now_ns()
+    cdef uint64_t wait_ns = wake - now if wake > now else 0
+    cdef int n
+    if wait_ns:
+        bn_count(waits, 1)
+    n = bn_epoll_wait_ns(b.epfd, b.events, LG_MAX_EVENTS, wait_ns)
+    if n >= 0:
+        return n
+    if errno == EINTR:
+        bn_count(eintr, 1)
+        return 0
+    b.fatal_errno = errno
+    return -1
+
+
+cdef void lg_thread_done(bn_lg_base* b) noexcept nogil:
+    """The thread leaves its loop: close its clocks, then say so (release:
+    LoadRun.finished() then sees every value written before)."""
+    if b.send_stop_ns == 0:
+        b.send_stop_ns = bn_now_ns()
+    b.cpu_end_ns = bn_thread_cpu_ns()
+    bn_store_int(&b.finished, 1)
+
+
 cdef int lg_raise_errno(str call) except -1:
     cdef int err = errno
     raise OSError(err, f"{call}: {os.strerror(err)}")

@@ -448,7 +448,6 @@ cdef void* lg_thread_main(void* arg) noexcept nogil:
     cdef uint64_t next_tick
     cdef uint64_t drain_deadline = 0
     cdef uint64_t wake
-    cdef uint64_t wait_ns
     cdef int measuring = 0
     cdef int sending = 1
     cdef int stop
@@ -500,16 +499,8 @@ cdef void* lg_thread_main(void* arg) noexcept nogil:
                     wake = t.socks[j].next_send_ns
         if sending and t.b.end_ns < wake:
             wake = t.b.end_ns
-        now = bn_now_ns()
-        wait_ns = wake - now if wake > now else 0
-        if wait_ns:
-            bn_count(&t.counters.waits, 1)
-        n = bn_epoll_wait_ns(t.b.epfd, t.b.events, LG_MAX_EVENTS, wait_ns)
+        n = lg_wait(&t.b, wake, &t.counters.waits, &t.counters.eintr)
         if n < 0:
-            if errno == EINTR:
-                bn_count(&t.counters.eintr, 1)
-                continue
-            t.b.fatal_errno = errno
             break
         for i in range(n):
             if lg_recv(t, &t.socks[t.b.events[i].data.u32], measuring) < 0:
@@ -521,10 +512,7 @@ cdef void* lg_thread_main(void* arg) noexcept nogil:
             lg_expire(t, &t.socks[j], now, 1)
     if not measuring:
         t.b.cpu_start_ns = bn_thread_cpu_ns()
-    if t.b.send_stop_ns == 0:
-        t.b.send_stop_ns = bn_now_ns()
-    t.b.cpu_end_ns = bn_thread_cpu_ns()
-    bn_store_int(&t.b.finished, 1)
+    lg_thread_done(&t.b)
     return NULL
 
 

@@ -10,7 +10,7 @@ from typing import Any, Optional
 from beastnet.errors import LoadError
 from beastnet.loadgen import _native
 from beastnet.loadgen._driver import (Drive, ProgressCallback, StopWhen, ensure_fd_limit,
-                                      native_args, split)
+                                      native_args, resolve, split)
 from beastnet.loadgen.config import HTTPLoadConfig
 from beastnet.loadgen.histogram import Histogram
 from beastnet.loadgen.result import LoadResult
@@ -20,11 +20,7 @@ __all__ = ["run_http_load"]
 
 def _http_sockaddr(host: str, port: int) -> tuple[int, bytes, str]:
     """(family, packed struct sockaddr, printable address) of the server."""
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except socket.gaierror as exc:
-        raise LoadError(f"getaddrinfo {host}:{port}: {exc.strerror}") from exc
-    family, _, _, _, sa = infos[0]
+    family, sa = resolve(host, port, socket.SOCK_STREAM)
     addr: tuple[Any, ...] = tuple(sa)
     ip = str(addr[0])
     if family == socket.AF_INET:

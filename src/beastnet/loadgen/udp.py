@@ -9,7 +9,7 @@ from typing import Any, Optional, Sequence
 from beastnet.errors import LoadError
 from beastnet.loadgen import _native
 from beastnet.loadgen._driver import (Drive, ProgressCallback, StopWhen, ensure_fd_limit,
-                                      native_args, split)
+                                      native_args, resolve, split)
 from beastnet.loadgen.config import UDPLoadConfig, to_bytes
 from beastnet.loadgen.result import LoadResult
 
@@ -20,15 +20,6 @@ SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
 RECV_BUFFER_BYTES = 4 * 1024 * 1024
 SEND_BUFFER_BYTES = 1024 * 1024
 GSO_MIN_TAG_DIGITS = 10         # 2^40 requests per socket before a tag would not fit
-
-
-def _resolve_udp(host: str, port: int) -> tuple[int, tuple]:
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
-    except socket.gaierror as exc:
-        raise LoadError(f"getaddrinfo {host}:{port}: {exc.strerror}") from exc
-    family, _, _, _, sockaddr = infos[0]
-    return family, sockaddr
 
 
 def _set_buffer(sock: socket.socket, force_opt: int, opt: int, nbytes: int) -> None:
@@ -74,7 +65,7 @@ def _plan_udp(cfg: UDPLoadConfig) -> dict[str, Any]:
 
 
 def _open_udp_sockets(cfg: UDPLoadConfig) -> list[socket.socket]:
-    family, sockaddr = _resolve_udp(cfg.host, cfg.port)
+    family, sockaddr = resolve(cfg.host, cfg.port, socket.SOCK_DGRAM)
     socks: list[socket.socket] = []
     try:
         for _ in range(cfg.sockets):
