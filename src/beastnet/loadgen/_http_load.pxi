@@ -111,8 +111,6 @@ cdef struct bn_http_thread:
     uint64_t* status                    # HTTP_STATUS_MAX counters of measured responses
 
 
-
-
 cdef void hc_update_events(bn_http_thread* t, bn_hconn* c) noexcept nogil:
     cdef uint32_t want = 0
     cdef epoll_event ev

@@ -77,8 +77,6 @@ cdef struct bn_lg_thread:
     char* rx_data                       # batch * LG_RX_SLOT_BYTES
 
 
-
-
 cdef inline void lg_release(bn_lg_thread* t, bn_lg_sock* s, uint64_t seq) noexcept nogil:
     """Free the slot of a request that never left (send refused or skipped)."""
     cdef bn_lg_slot* slot = &s.slots[seq & t.slot_mask]
