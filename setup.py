@@ -1,9 +1,11 @@
-"""Builds the `beastnet._core` extension; all metadata lives in pyproject.toml.
+"""Builds the two extensions, `beastnet._core` (the engine) and
+`beastnet.loadgen._native` (the load generator, which shares no C code with
+the engine); all metadata lives in pyproject.toml.
 
 Environment switches:
   BEASTNET_DEBUG=1     -O0 -g, BEASTNET_DEBUG macro set, Cython bounds checks kept
   BEASTNET_SANITIZE=1  AddressSanitizer + UndefinedBehaviorSanitizer (needs LD_PRELOAD of libasan)
-  BEASTNET_ANNOTATE=1  write src/beastnet/_core.html (cython -a) next to the source
+  BEASTNET_ANNOTATE=1  write the cython -a HTML pages next to the sources
 """
 import os
 
@@ -26,7 +28,7 @@ if sanitize:
     cflags += flags + ["-g"]
     ldflags += flags
 
-ext = Extension(
+core = Extension(
     "beastnet._core",
     sources=["src/beastnet/_core.pyx"],
     include_dirs=["src/beastnet/includes"],
@@ -34,10 +36,18 @@ ext = Extension(
     extra_compile_args=cflags,
     extra_link_args=ldflags,
 )
+loadgen = Extension(
+    "beastnet.loadgen._native",
+    sources=["src/beastnet/loadgen/_native.pyx"],
+    include_dirs=["src/beastnet/includes", "src/beastnet/loadgen"],
+    define_macros=macros,
+    extra_compile_args=cflags,
+    extra_link_args=ldflags,
+)
 
 setup(
     ext_modules=cythonize(
-        [ext],
+        [core, loadgen],
         annotate=annotate,
         compiler_directives={
             "language_level": "3",

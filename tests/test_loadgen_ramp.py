@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -11,13 +12,13 @@ import orjson
 import pytest
 
 from beastnet import ResponseTable, UDPServer
-from beastnet import _core
+from beastnet.loadgen import _native
 from beastnet.cli import main
 from beastnet.errors import LoadConfigError
 from beastnet.loadgen.histogram import NBUCKETS, Histogram
 from beastnet.loadgen import LoadResult, UDPLoadConfig, level_config
 from beastnet.loadgen.ramp import (DEFAULT_RAMP, SLO, Criteria, Level, default_levels, find_max,
-                           parse_levels, run_ramp)
+                           parse_levels, ramp_table, run_ramp)
 from beastnet.loadgen.report import charts, format_table, write_html
 
 from _loadgen_servers import ScriptedUDPServer
@@ -34,8 +35,8 @@ def fake_result(p50_ms: float, p99_ms: float, sent: int = 1000, lost: int = 0,
     counts = np.zeros(NBUCKETS, dtype=np.uint64)
     received = sent - lost
     slow = received * 2 // 100
-    counts[_core.hist_index_of(int(p50_ms * 1e6))] += received - slow
-    counts[_core.hist_index_of(int(p99_ms * 1e6))] += slow
+    counts[_native.hist_index_of(int(p50_ms * 1e6))] += received - slow
+    counts[_native.hist_index_of(int(p99_ms * 1e6))] += slow
     h = Histogram(counts, received, 0, int(p50_ms * 1e6), int(p99_ms * 1e6))
     return LoadResult(sent=sent, received=received, lost=lost, duration_s=duration_s, histogram=h)
 
@@ -239,3 +240,48 @@ def test_python_m_beastnet_help():
     proc = subprocess.run([sys.executable, "-m", "beastnet", "load", "--help"], env=env,
                           capture_output=True, text=True, timeout=30)
     assert proc.returncode == 0 and "--find-max" in proc.stdout
+
+
+def test_load_help_shows_the_ramp_table_from_the_code():
+    env = dict(os.environ, PYTHONPATH=SRC, COLUMNS="100")
+    proc = subprocess.run([sys.executable, "-m", "beastnet", "load", "--help"], env=env,
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    rows = re.findall(r"^\s+(\d+)\s+([\d,]+)\s+([\d,]+)\s+(\S.*)$", proc.stdout, re.M)
+    assert [(int(n), int(r.replace(",", "")), int(c.replace(",", ""))) for n, r, c, _ in rows] \
+        == [(i + 1, r, c) for i, (r, c) in enumerate(DEFAULT_RAMP)]
+    musts = {int(n): must for n, _, _, must in rows}
+    assert musts[1] == "100% success" and musts[10] == "(warnings only)"
+    assert musts[5] == musts[8] == "100% success; p50 < 10 ms, p99 < 300 ms"
+    assert "p50 < 10 ms and p99 < 300 ms in levels 5-8" in proc.stdout
+
+
+def test_docs_show_the_ramp_table_from_the_code():
+    with open(os.path.join(ROOT, "docs", "loadgen.md"), encoding="utf-8") as f:
+        docs = f.read()
+    assert ramp_table(markdown=True) in docs
+    assert "| 13 | 9,000,000 | 21,000 |" in docs
+
+
+def test_load_generator_files_cite_no_internal_design_notes():
+    paths = [os.path.join(ROOT, "docs", "loadgen.md"), os.path.join(ROOT, "examples", "load_generator.py"),
+             os.path.join(SRC, "beastnet", "cli", "load.py"), os.path.join(SRC, "beastnet", "cli", "demo.py")]
+    for top in (os.path.join(SRC, "beastnet", "loadgen"), os.path.join(ROOT, "benchmarks")):
+        paths += [os.path.join(d, f) for d, _, files in os.walk(top) for f in files
+                  if f.endswith((".py", ".pyx", ".pxd", ".pxi", ".pyi", ".h", ".md", ".lua"))]
+    cited = []
+    for path in paths:
+        with open(path, encoding="utf-8") as f:
+            if re.search(r"\b(DESIGN|STYLE)\.md", f.read()):
+                cited.append(path)
+    assert not cited
+
+
+def test_the_cli_and_the_ramp_policy_load_without_numpy_or_the_native_generator():
+    code = ("import sys, beastnet, beastnet.cli, beastnet.loadgen.ramp, beastnet.loadgen.config; "
+            "heavy = [m for m in ('numpy', 'beastnet.loadgen._native', 'beastnet.loadgen.udp') "
+            "if m in sys.modules]; print(heavy)")
+    proc = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, PYTHONPATH=SRC),
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"

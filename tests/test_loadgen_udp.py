@@ -15,6 +15,7 @@ import pytest
 
 from beastnet import ResponseTable, UDPServer
 from beastnet import _core
+from beastnet.loadgen import _native
 from beastnet.errors import LoadConfigError, LoadError
 from beastnet.loadgen.histogram import BUCKET_LOWER_NS, BUCKET_UPPER_NS, BUCKET_VALUE_NS, Histogram
 from beastnet.loadgen import UDPLoadConfig, alias_table, run_udp_load
@@ -42,7 +43,7 @@ def assert_settled(r) -> None:
 def test_histogram_relative_error_is_within_one_percent_from_1us_to_60s():
     values = np.unique(np.logspace(3, math.log10(60e9), 20000).astype(np.int64))
     for v in values:
-        i = _core.hist_index_of(int(v))
+        i = _native.hist_index_of(int(v))
         assert BUCKET_LOWER_NS[i] <= v < BUCKET_UPPER_NS[i]
         assert abs(BUCKET_VALUE_NS[i] - v) / v <= 0.01
 
@@ -51,7 +52,7 @@ def test_histogram_percentiles_of_a_known_distribution():
     counts = np.zeros(len(BUCKET_LOWER_NS), dtype=np.uint64)
     values = np.arange(1, 10001) * 1000             # 1 µs .. 10 ms, uniform
     for v in values:
-        counts[_core.hist_index_of(int(v))] += 1
+        counts[_native.hist_index_of(int(v))] += 1
     h = Histogram(counts, len(values), int(values.sum()), int(values.min()), int(values.max()))
     for q in (50, 90, 99, 99.9):
         exact = np.percentile(values, q, method="inverted_cdf")
@@ -247,7 +248,7 @@ def test_keys_of_very_different_lengths_fall_back_from_gso():
 
 
 def test_gso_requests_are_equal_sized_and_parse():
-    from beastnet.loadgen import _gso_tag_digits, _payloads
+    from beastnet.loadgen.udp import _gso_tag_digits, _payloads
     payloads = _payloads(["BTC", "ETHUSD", "X"], "key1")
     digits = _gso_tag_digits(payloads)
     sizes = {2 + d + len(p) for d, p in zip(digits, payloads)}

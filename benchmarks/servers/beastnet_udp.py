@@ -84,7 +84,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     stats["table_memory"] = table.memory_stats()
     # Modules that cost RSS (and, for numpy, an OpenBLAS thread) without
     # serving anything: bench_memory.py reports them.
-    stats["heavy_modules"] = [m for m in ("numpy", "beastnet.loadgen") if m in sys.modules]
+    stats["heavy_modules"] = [m for m in ("numpy", "beastnet.loadgen._native") if m in sys.modules]
     print(orjson.dumps(stats, default=str).decode(), flush=True)
     return 0
 

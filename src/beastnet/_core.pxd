@@ -1,7 +1,6 @@
 # The table of contents of beastnet._core: every cdef class and its fields.
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from beastnet.includes.native cimport bn_counters, bn_http_counters
-from beastnet.includes.loadsys cimport bn_lg_counters, bn_lg_http_counters
 from beastnet.includes.native cimport bn_threads
 
 
@@ -76,52 +75,6 @@ cdef class UDPEngine:
     cdef void _join(self) noexcept
 
 
-cdef struct bn_lg_thread
-
-
-cdef class UDPLoadRun:
-    cdef int nthreads
-    cdef bn_lg_thread** threads         # one per generator thread, owned
-    cdef bn_threads group                # the native threads; group.running = started, not joined
-    cdef int stopped
-    cdef int stop_flag                  # LG_RUN / LG_STOP / LG_ABORT, read by threads each pass
-    cdef bn_lg_counters* thread_counters  # nthreads, cache-line aligned
-    cdef uint32_t nkeys
-    cdef char* key_blob                 # every "KEY[ APIKEY]" payload, back to back
-    cdef const char** key_data          # nkeys pointers into key_blob
-    cdef uint32_t* key_len              # nkeys
-    cdef uint32_t* alias_prob           # weighted keys (Walker alias), NULL = uniform
-    cdef uint32_t* alias_index
-    cdef uint8_t* tag_digits            # UDP GSO tag width per key, NULL = no GSO
-    cdef uint16_t gso_seg               # bytes of every request under GSO
-    cdef uint64_t start_ns              # CLOCK_MONOTONIC at start()
-    cdef uint64_t warmup_ns
-    cdef uint64_t duration_ns
-
-    cdef void _join(self) noexcept
-
-
-cdef struct bn_http_thread
-
-
-cdef class HTTPLoadRun:
-    cdef int nthreads
-    cdef bn_http_thread** threads       # one per generator thread, owned
-    cdef bn_threads group                # the native threads; group.running = started, not joined
-    cdef int stopped
-    cdef int stop_flag                  # LG_RUN / LG_STOP / LG_ABORT
-    cdef bn_lg_http_counters* thread_counters  # nthreads, cache-line aligned
-    cdef uint32_t nkeys
-    cdef char* blob                     # every request, keep-alive then closing variants
-    cdef const char** data              # 2 * nkeys pointers into blob
-    cdef uint32_t* lens                 # 2 * nkeys
-    cdef uint32_t* alias_prob           # weighted keys (Walker alias), NULL = uniform
-    cdef uint32_t* alias_index
-    cdef uint64_t start_ns              # CLOCK_MONOTONIC at start()
-    cdef uint64_t warmup_ns
-    cdef uint64_t duration_ns
-
-    cdef void _join(self) noexcept
 cdef class HTTPEngine:
     cdef ResponseTable table            # kept alive while workers run
     cdef APIKeyTable api_keys           # None = API keys not enforced

@@ -20,8 +20,6 @@ from posix.uio cimport iovec
 
 from beastnet.includes.native cimport *
 from beastnet.includes.system cimport *
-from beastnet.includes.loadsys cimport *
-from libc.math cimport log
 
 from beastnet.errors import InvalidKeyError, TableFullError
 
@@ -35,9 +33,6 @@ include "_table.pxi"
 include "_missq.pxi"
 include "_limits.pxi"
 include "_udp.pxi"
-include "_hist.pxi"
-include "_load.pxi"
-include "_load_http.pxi"
 include "_http.pxi"
 include "_ws_msg.pxi"
 

@@ -9,7 +9,7 @@ from typing import Any
 DEMO_EPILOG = """\
 Starts the UDP price server for 150 assets on 127.0.0.1 (a simulated feed
 re-publishing every price 10 times a second), runs the quick ramp (levels 1-6
-of DESIGN.md §7) against it with the native load generator, prints the
+of `beastnet load --help`) against it with the native load generator, prints the
 per-level table and the server's counters, and exits 0 when every level passes."""
 
 

@@ -1,15 +1,20 @@
-"""`beastnet load`: drive a server and report honest numbers."""
+"""`beastnet load`: drive a server and report honest numbers.
+
+Parsing and printing only: what a run, a ramp or the knee finder does, and
+how it is judged, lives in beastnet.loadgen (config, ramp, report).
+"""
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import math
 import sys
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional, Sequence
 from urllib.parse import urlsplit
 
 from beastnet.errors import BeastnetError, LoadConfigError
 from beastnet.cli._common import EXIT_FAIL, EXIT_INTERRUPTED, EXIT_PASS, EXIT_USAGE
+# Light: neither NumPy nor the native load generator is imported here.
+from beastnet.loadgen import ramp
 
 
 LOAD_EPILOG = """\
@@ -21,14 +26,21 @@ examples:
   beastnet load 127.0.0.1:9000 --quick --json r.json --html r.html   levels 1-6
   beastnet load 127.0.0.1:9000 --find-max --slo-p99-ms 5          knee finder
   beastnet load http://127.0.0.1:8080/v1/ -c 64 --pipeline 4      HTTP
-exit status: 0 pass (or warn), 1 fail, 2 bad usage or a run that could not start."""
+the ramp (--ramp; --quick stops after level {quick}):
+{table}
+default criteria:
+  {criteria}.
+exit status: 0 pass (or warn), 1 fail, 2 bad usage or a run that could not start,
+130 interrupted between runs."""
 
 
 def add_load_command(sub: Any) -> None:
     p = sub.add_parser("load", help="drive a server and report honest numbers",
                        description="Load generator: native threads, closed or open loop, "
-                                   "ramps and a knee finder (DESIGN.md §7).",
-                       epilog=LOAD_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+                                   "ramps and a knee finder.",
+                       epilog=LOAD_EPILOG.format(table=ramp.ramp_table(),
+                                                 criteria=ramp.criteria_text(),
+                                                 quick=ramp.QUICK_MAX_LEVEL), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("target", help="HOST:PORT, udp://HOST:PORT or http://HOST:PORT[/PREFIX]")
     g = p.add_argument_group("requests")
     g.add_argument("-k", "--keys", default="BTC",
@@ -57,17 +69,23 @@ def add_load_command(sub: Any) -> None:
                         "(N requests per connection)")
     g.add_argument("--header", action="append", default=[], help="extra 'Name: value' header")
     g = p.add_argument_group("ramp and criteria")
-    g.add_argument("--ramp", action="store_true", help="run the 13-level ramp of DESIGN.md §7")
-    g.add_argument("--quick", action="store_true", help="ramp levels 1-6 only")
+    g.add_argument("--ramp", action="store_true", help="run the 13-level ramp (table below)")
+    g.add_argument("--quick", action="store_true",
+                   help=f"ramp levels 1-{ramp.QUICK_MAX_LEVEL} only")
     g.add_argument("--max-level", type=int, help="ramp up to this level")
     g.add_argument("--levels", help="custom ramp: 'REQUESTSxCONCURRENCY,...'")
     g.add_argument("--level-max-s", type=float, default=60.0, help="time cap of one level")
     g.add_argument("--keep-going", action="store_true", help="do not stop at the breaking point")
-    g.add_argument("--success-through", type=int, default=9, help="100%% success required "
-                                                                   "through this level (default 9)")
-    g.add_argument("--p50-ms", type=float, default=10.0, help="p50 limit in levels 5-8 (10)")
-    g.add_argument("--p99-ms", type=float, default=300.0, help="p99 limit in levels 5-8 (300)")
-    g.add_argument("--latency-levels", default="5-8", help="levels the latency limits apply to")
+    crit = ramp.Criteria()          # the defaults come from the criteria themselves
+    latency = f"{crit.latency_from}-{crit.latency_through}"
+    g.add_argument("--success-through", type=int, default=crit.success_through,
+                   help="100%% success required through this level (default %(default)s)")
+    g.add_argument("--p50-ms", type=float, default=crit.p50_ms,
+                   help=f"p50 limit in levels {latency} (default %(default)g)")
+    g.add_argument("--p99-ms", type=float, default=crit.p99_ms,
+                   help=f"p99 limit in levels {latency} (default %(default)g)")
+    g.add_argument("--latency-levels", default=latency,
+                   help="levels the latency limits apply to (default %(default)s)")
     g.add_argument("--abort-loss", type=float,
                    help="stop a run early once one second loses more than this fraction")
     g.add_argument("--abort-p99-ms", type=float,
@@ -139,7 +157,7 @@ def _parse_keys(args: argparse.Namespace) -> tuple[list[str], Optional[list[floa
 
 
 def _base_config(args: argparse.Namespace, target: dict) -> Any:
-    from beastnet import loadgen
+    from beastnet.loadgen import config as loadgen
     keys, weights = _parse_keys(args)
     common = dict(host=target["host"], port=target["port"], keys=keys, weights=weights,
                   threads=args.threads, rate=args.rate, poisson=args.poisson,
@@ -157,56 +175,28 @@ def _base_config(args: argparse.Namespace, target: dict) -> Any:
     return cfg
 
 
-def _runner(cfg: Any) -> Callable[..., Any]:
-    from beastnet import loadgen
-    return loadgen.run_udp_load if isinstance(cfg, loadgen.UDPLoadConfig) else loadgen.run_http_load
-
-
-def _stop_when(args: argparse.Namespace) -> Optional[Callable[[dict], bool]]:
-    if args.abort_loss is None and args.abort_p99_ms is None:
-        return None
-
-    def breached(row: dict) -> bool:
-        if args.abort_loss is not None and row["sent"] and row["lost"] / row["sent"] > args.abort_loss:
-            return True
-        p99 = row.get("p99_ns")
-        return args.abort_p99_ms is not None and p99 is not None and p99 / 1e6 > args.abort_p99_ms
-    return breached
-
-
-def _latency_levels(text: str) -> tuple[int, int]:
-    try:
-        a, _, b = text.partition("-")
-        return int(a), int(b or a)
-    except ValueError:
-        raise LoadConfigError(f"--latency-levels {text!r}: expected A-B") from None
-
-
 def cmd_load(args: argparse.Namespace) -> int:
     from beastnet import loadgen
     from beastnet.loadgen import report
     try:
         target = _parse_target(args.target)
         cfg = _base_config(args, target)
-        if args.find_max and (args.ramp or args.quick or args.max_level or args.levels):
+        ramping = bool(args.ramp or args.quick or args.max_level or args.levels)
+        if args.find_max and ramping:
             raise LoadConfigError("--find-max and a ramp cannot be combined")
+        latency_levels = ramp.parse_level_range(args.latency_levels)
     except (BeastnetError, ValueError) as exc:
         print(f"beastnet load: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    run = _runner(cfg)
-    show = not args.quiet
-    progress = report.ProgressLine(enabled=True if args.progress else None)
-    if args.quiet:
-        progress.enabled = False
-    stop_when = _stop_when(args)
-    extra_q = list(args.percentile)
+    progress = report.ProgressLine(enabled=False if args.quiet else True if args.progress else None)
+    stop_when = ramp.abort_when(args.abort_loss, args.abort_p99_ms)
     try:
         if args.find_max:
-            body, text = _find_max(args, cfg, run, progress, stop_when)
-        elif args.ramp or args.quick or args.max_level or args.levels:
-            body, text = _ramp(args, cfg, run, progress, stop_when, extra_q)
+            body, text = _find_max(args, cfg, progress, stop_when)
+        elif ramping:
+            body, text = _ramp(args, cfg, progress, stop_when, latency_levels)
         else:
-            body, text = _single(args, cfg, run, progress, stop_when, extra_q)
+            body, text = _single(args, cfg, progress, stop_when)
     except (BeastnetError, ValueError, OSError) as exc:
         progress.clear()
         print(f"beastnet load: {exc}", file=sys.stderr)
@@ -220,7 +210,7 @@ def cmd_load(args: argparse.Namespace) -> int:
     progress.clear()
     full = report.build_report(body, cfg.to_dict(), loadgen.machine_info(),
                                argv=sys.argv[1:] if sys.argv else None)
-    if show:
+    if not args.quiet:
         print(text)
     if args.json:
         report.write_json(args.json, full)
@@ -234,115 +224,62 @@ def _extra_percentiles(result: Any, qs: Sequence[float]) -> dict:
             for q in qs}
 
 
-def _single(args: argparse.Namespace, cfg: Any, run: Callable[..., Any], progress: Any,
-            stop_when: Any, extra_q: Sequence[float]) -> tuple[dict, str]:
+def _live(args: argparse.Namespace, line: str, progress: Any) -> None:
+    """A finished level or probe, on a terminal only (pipes get the table)."""
+    progress.clear()
+    if not args.quiet and sys.stderr.isatty():
+        print(line, file=sys.stderr)
+
+
+def _single(args: argparse.Namespace, cfg: Any, progress: Any,
+            stop_when: Any) -> tuple[dict, str]:
     from beastnet.loadgen import report
-    result = run(cfg, progress=progress, stop_when=stop_when)
+    result = ramp.runner_for(cfg)(cfg, progress=progress, stop_when=stop_when)
     progress.clear()
     d = result.to_dict()
-    d["extra_percentiles"] = _extra_percentiles(result, extra_q)
-    fails = []
-    if args.max_p99_ms is not None:
-        p99 = result.percentile(99) / 1e6
-        if math.isnan(p99) or p99 > args.max_p99_ms:
-            fails.append(f"p99 {p99:.3f} ms > {args.max_p99_ms:g} ms")
-    if args.min_success is not None and result.success_rate < args.min_success:
-        fails.append(f"success {result.success_rate:.4%} < {args.min_success:.4%}")
-    if result.extra.get("stopped_early"):
-        fails.append("stopped early: an abort threshold was crossed")
-    if result.attempted == 0:
-        fails.append("no request was sent")
-    verdict = "fail" if fails else "pass"
-    text = report.format_result(d) + f"\nverdict: {verdict.upper()}" + "".join(
-        f"\n  {f}" for f in fails)
-    return {"kind": "run", "verdict": verdict, "reasons": fails, "result": d}, text
+    d["extra_percentiles"] = _extra_percentiles(result, args.percentile)
+    verdict, reasons = ramp.judge_run(result, args.max_p99_ms, args.min_success)
+    body = {"kind": "run", "verdict": verdict, "reasons": reasons, "result": d}
+    return body, report.format_run(body)
 
 
-def _ramp(args: argparse.Namespace, cfg: Any, run: Callable[..., Any], progress: Any,
-          stop_when: Any, extra_q: Sequence[float]) -> tuple[dict, str]:
-    from beastnet import loadgen
-    from beastnet.loadgen import ramp, report
-    if args.levels:
-        levels = ramp.parse_levels(args.levels)
-        if args.max_level:
-            levels = levels[:args.max_level]
-    else:
-        levels = ramp.default_levels(quick=args.quick, max_level=args.max_level)
-    lat_from, lat_through = _latency_levels(args.latency_levels)
+def _ramp(args: argparse.Namespace, cfg: Any, progress: Any, stop_when: Any,
+          latency_levels: tuple[int, int]) -> tuple[dict, str]:
+    from beastnet.loadgen import report
+    levels = ramp.select_levels(args.levels, quick=args.quick, max_level=args.max_level)
     criteria = ramp.Criteria(success_through=args.success_through, p50_ms=args.p50_ms,
-                             p99_ms=args.p99_ms, latency_from=lat_from, latency_through=lat_through)
+                             p99_ms=args.p99_ms, latency_from=latency_levels[0],
+                             latency_through=latency_levels[1])
 
-    def run_level(level: Any) -> Any:
+    def before_level(level: ramp.Level) -> None:
         progress.prefix = f"level {level.number}: "
-        lcfg = loadgen.level_config(cfg, level.requests, level.concurrency, args.level_max_s)
-        result = run(lcfg, progress=progress, stop_when=stop_when)
-        if result.extra.get("stopped_early"):
-            result.extra["abort_reason"] = "abort threshold crossed"
-        return result
 
-    def on_level(lr: Any) -> None:
-        progress.clear()
-        if not args.quiet and sys.stderr.isatty():
-            r = lr.result
-            print(f"level {lr.level.number:2d}: {r.rps:10.0f} req/s  p50 "
-                  f"{r.percentile(50) / 1e6:8.3f} ms  p99 {r.percentile(99) / 1e6:8.3f} ms  "
-                  f"{lr.verdict.upper()}", file=sys.stderr)
+    def on_level(lr: ramp.LevelResult) -> None:
+        r = lr.result
+        _live(args, report.level_line(lr.level.number, r.rps, r.percentile(50),
+                                      r.percentile(99), lr.verdict), progress)
 
-    rep = ramp.run_ramp(levels, run_level, criteria, stop_at_break=not args.keep_going,
-                        on_level=on_level)
-    for lr in rep.levels:                   # an aborted level is a failed one
-        if lr.result.extra.get("stopped_early") and lr.verdict != "fail":
-            lr.verdict = "fail"
-            lr.reasons.append("stopped early: an abort threshold was crossed")
-            if rep.breaking_point is None:
-                rep.breaking_point = lr.level.number
+    rep = ramp.ramp_load(cfg, levels, criteria, max_seconds=args.level_max_s,
+                         stop_at_break=not args.keep_going, progress=progress,
+                         stop_when=stop_when, before_level=before_level, on_level=on_level)
     body = rep.to_dict()
     for lv, lr in zip(body["levels"], rep.levels):
-        lv["result"]["extra_percentiles"] = _extra_percentiles(lr.result, extra_q)
-    text = report.format_table(body["levels"])
-    deg = body["degradation"]
-    if deg:
-        text += (f"\nbest level {deg['best_level']}: {deg['rps_best']:.0f} req/s "
-                 f"(level {deg['first_level']}: {deg['rps_first']:.0f} req/s); p99 "
-                 f"{_fmt(deg['p99_ms_first'])} -> {_fmt(deg['p99_ms_best'])} ms")
-    text += (f"\nbreaking point: level {body['breaking_point']}" if body["breaking_point"]
-             else "\nbreaking point: none reached")
-    text += f"\nverdict: {body['verdict'].upper()}" + ("  (interrupted)" if rep.interrupted else "")
-    return body, text
+        lv["result"]["extra_percentiles"] = _extra_percentiles(lr.result, args.percentile)
+    return body, report.format_ramp(body)
 
 
-def _fmt(v: Optional[float]) -> str:
-    return "-" if v is None else f"{v:.3f}"
-
-
-def _find_max(args: argparse.Namespace, cfg: Any, run: Callable[..., Any], progress: Any,
+def _find_max(args: argparse.Namespace, cfg: Any, progress: Any,
               stop_when: Any) -> tuple[dict, str]:
-    from beastnet.loadgen import ramp
-    slo = ramp.SLO(p99_ms=args.slo_p99_ms, max_loss=args.slo_loss)
-    warmup = min(cfg.warmup_s, 1.0)
+    from beastnet.loadgen import report
 
-    def at_rate(rate: float) -> Any:
+    def before_probe(rate: float) -> None:
         progress.prefix = f"rate {rate:.0f}/s: "
-        rcfg = dataclasses.replace(cfg, rate=rate, duration_s=args.step_s, warmup_s=warmup,
-                                   max_requests=None)
-        return run(rcfg, progress=progress, stop_when=stop_when)
 
-    def on_probe(p: dict) -> None:
-        progress.clear()
-        if not args.quiet and sys.stderr.isatty():
-            print(f"rate {p['rate']:10.0f}/s: answered {p['rps']:10.0f}/s  p99 "
-                  f"{_fmt(p['p99_ms'])} ms  {'ok' if p['ok'] else 'BREACH ' + '; '.join(p['breaches'])}",
-                  file=sys.stderr)
-
-    rep = ramp.find_max(at_rate, start_rate=args.start_rate, slo=slo, max_probes=args.max_probes,
-                        max_rate=args.max_rate, on_probe=on_probe)
+    rep = ramp.find_max_load(cfg, step_s=args.step_s,
+                             slo=ramp.SLO(p99_ms=args.slo_p99_ms, max_loss=args.slo_loss),
+                             start_rate=args.start_rate, max_probes=args.max_probes,
+                             max_rate=args.max_rate, progress=progress, stop_when=stop_when,
+                             before_probe=before_probe,
+                             on_probe=lambda p: _live(args, report.probe_line(p), progress))
     body = rep.to_dict()
-    lines = ["   target/s  answered/s     p50 ms     p99 ms    loss  result"]
-    for p in rep.probes:
-        lines.append(f"{p['rate']:11.0f} {p['rps']:11.0f} {_fmt(p['p50_ms']):>10} "
-                     f"{_fmt(p['p99_ms']):>10} {p['loss']:7.3%}  "
-                     f"{'ok' if p['ok'] else '; '.join(p['breaches'])}")
-    lines.append(f"highest sustainable rate: {rep.knee_rps:.0f} req/s" if rep.knee_rps
-                 else "highest sustainable rate: none (the SLO broke at every rate tried)")
-    lines.append(f"verdict: {rep.verdict.upper()}")
-    return body, "\n".join(lines)
+    return body, report.format_knee(body)

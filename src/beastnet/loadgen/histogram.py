@@ -13,11 +13,11 @@ from typing import Any, Optional
 
 import numpy as np
 
-from beastnet import _core
+from beastnet.loadgen import _native
 
 __all__ = ["Histogram", "STANDARD_PERCENTILES"]
 
-_lower, _upper = _core.hist_bucket_bounds()
+_lower, _upper = _native.hist_bucket_bounds()
 BUCKET_LOWER_NS = np.asarray(_lower, dtype=np.float64)
 BUCKET_UPPER_NS = np.asarray(_upper, dtype=np.float64)
 # What a bucket reports: its exact value in the linear range, else its midpoint.
@@ -48,7 +48,7 @@ class Histogram:
 
     @classmethod
     def from_native(cls, snapshot: tuple) -> "Histogram":
-        """From `UDPLoadRun.histogram()`: (bytes of counts, total, sum, min, max)."""
+        """From `LoadRun.histogram()`: (bytes of counts, total, sum, min, max)."""
         raw, total, sum_ns, min_ns, max_ns = snapshot
         return cls(np.frombuffer(raw, dtype=np.uint64).copy(), total, sum_ns, min_ns, max_ns)
 

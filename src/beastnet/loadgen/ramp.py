@@ -1,19 +1,32 @@
-"""Ramps of load levels, pass / warn / fail criteria, and the knee finder.
+"""Ramps of load levels, pass / warn / fail verdicts, and the knee finder:
+the load generator's policy, kept out of the CLI.
 
 A ramp runs one closed-loop load per level (requests, concurrency), judges
 each against `Criteria`, and stops at the breaking point (the first level that
 fails) unless told to go on.  `find_max` ramps an open-loop rate until the SLO
 breaks, then bisects to the highest rate the server sustains.  Both are
 independent of the protocol: they call a function that runs one level.
+`ramp_load` and `find_max_load` wire them to `run_udp_load` /
+`run_http_load`; `judge_run` and `abort_when` are the verdict of a single run
+and its early-stop thresholds.
+
+`DEFAULT_RAMP` is the one table of the 13 default levels: `beastnet load
+--help` and docs/loadgen.md are produced from it (`ramp_table`).
+
+This module needs neither NumPy nor the native extension (results are only
+read through their methods), so the CLI imports it to build its help.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 from beastnet.errors import LoadConfigError
-from beastnet.loadgen import LoadResult
+
+if TYPE_CHECKING:
+    from beastnet.loadgen.config import LoadConfig
+    from beastnet.loadgen.result import LoadResult
 
 __all__ = [
     "DEFAULT_RAMP",
@@ -23,13 +36,23 @@ __all__ = [
     "LevelResult",
     "RampReport",
     "SLO",
+    "abort_when",
+    "criteria_text",
     "default_levels",
     "find_max",
+    "find_max_load",
+    "judge_run",
+    "parse_level_range",
     "parse_levels",
+    "ramp_load",
+    "ramp_table",
     "run_ramp",
+    "runner_for",
+    "select_levels",
 ]
 
-#: DESIGN.md §7: (requests, concurrency) of levels 1..13.
+#: The default ramp: (requests, concurrency) of levels 1..13.  Each level
+#: sends `requests` measured requests with `concurrency` of them outstanding.
 DEFAULT_RAMP: tuple[tuple[int, int], ...] = (
     (300, 30), (900, 90), (3_000, 300), (9_000, 600), (30_000, 900), (90_000, 1_500),
     (300_000, 3_000), (600_000, 6_000), (900_000, 9_000), (1_500_000, 12_000),
@@ -38,6 +61,7 @@ DEFAULT_RAMP: tuple[tuple[int, int], ...] = (
 QUICK_MAX_LEVEL = 6
 
 PASS, WARN, FAIL = "pass", "warn", "fail"
+STOPPED_EARLY = "stopped early: an abort threshold was crossed"
 
 
 @dataclass(frozen=True)
@@ -48,7 +72,7 @@ class Level:
 
 
 def default_levels(quick: bool = False, max_level: Optional[int] = None) -> list[Level]:
-    """The 13-level ramp of DESIGN.md §7; `quick` keeps levels 1-6."""
+    """The 13 levels of `DEFAULT_RAMP`; `quick` keeps levels 1-6."""
     top = len(DEFAULT_RAMP)
     if quick:
         top = QUICK_MAX_LEVEL
@@ -78,8 +102,9 @@ def parse_levels(text: str) -> list[Level]:
 @dataclass
 class Criteria:
     """Default: 100 % success through level 9; p50 < 10 ms and p99 < 300 ms in
-    levels 5-8 (DESIGN.md §7).  Outside its levels a criterion only warns; a
-    latency above `warn_fraction` of its limit warns too."""
+    levels 5-8.  Outside its levels a criterion only warns; a latency above
+    `warn_fraction` of its limit warns too.  A level that an abort threshold
+    stopped early (``extra["stopped_early"]``) fails."""
 
     success_through: int = 9
     min_success: float = 1.0
@@ -109,6 +134,8 @@ class Criteria:
                 (fails if in_range else warns).append(f"{name} {value:.3f} ms >= {limit:g} ms")
             elif in_range and value >= self.warn_fraction * limit:
                 warns.append(f"{name} {value:.3f} ms near the {limit:g} ms limit")
+        if r.extra.get("stopped_early"):
+            fails.append(STOPPED_EARLY)
         if r.interrupted:
             warns.append("interrupted")
         if r.sent + r.unsent < level.requests and not r.interrupted:
@@ -290,3 +317,147 @@ def find_max(run_at_rate: Callable[[float], LoadResult], start_rate: float = 100
     report.knee_rps = lo
     report.first_breach_rps = hi
     return report
+
+
+# -- the default table, as help and docs show it --------------------------------------
+
+
+def ramp_table(markdown: bool = False) -> str:
+    """`DEFAULT_RAMP` and the default `Criteria` as a table: plain text for
+    `beastnet load --help`, Markdown for docs/loadgen.md (a test keeps the
+    docs equal to this)."""
+    c = Criteria()
+    rows = []
+    for lv in default_levels():
+        checks = []
+        if lv.number <= c.success_through:
+            checks.append(f"{c.min_success:.0%} success")
+        if c.latency_from <= lv.number <= c.latency_through:
+            checks.append(f"p50 < {c.p50_ms:g} ms, p99 < {c.p99_ms:g} ms")
+        rows.append((str(lv.number), f"{lv.requests:,}", f"{lv.concurrency:,}",
+                     "; ".join(checks) or "(warnings only)"))
+    head = ("level", "requests", "concurrency", "must pass")
+    if markdown:
+        lines = ["| " + " | ".join(head) + " |", "| ---: | ---: | ---: | --- |"]
+        lines += ["| " + " | ".join(r) + " |" for r in rows]
+        return "\n".join(lines)
+    widths = [max(len(r[i]) for r in rows + [head]) for i in range(3)]
+    return "\n".join(f"  {r[0]:>{widths[0]}}  {r[1]:>{widths[1]}}  {r[2]:>{widths[2]}}  {r[3]}"
+                     for r in [head] + rows)
+
+
+def criteria_text(c: Optional[Criteria] = None) -> str:
+    """The criteria in one sentence."""
+    c = c or Criteria()
+    return (f"{c.min_success:.0%} success through level {c.success_through}; "
+            f"p50 < {c.p50_ms:g} ms and p99 < {c.p99_ms:g} ms in levels "
+            f"{c.latency_from}-{c.latency_through}; elsewhere a breach only warns")
+
+
+# -- choosing levels and judging a single run -----------------------------------------
+
+
+def select_levels(levels: Optional[str] = None, quick: bool = False,
+                  max_level: Optional[int] = None) -> list[Level]:
+    """The levels of a ramp: a custom list ("300x30,900x90") cut at
+    `max_level`, or the default table (`quick`: levels 1-6)."""
+    if levels:
+        chosen = parse_levels(levels)
+        return chosen[:max_level] if max_level else chosen
+    return default_levels(quick=quick, max_level=max_level)
+
+
+def parse_level_range(text: str) -> tuple[int, int]:
+    """"5-8" -> (5, 8); "5" -> (5, 5)."""
+    try:
+        a, _, b = text.partition("-")
+        return int(a), int(b or a)
+    except ValueError:
+        raise LoadConfigError(f"level range {text!r}: expected A-B") from None
+
+
+def judge_run(r: LoadResult, max_p99_ms: Optional[float] = None,
+              min_success: Optional[float] = None) -> tuple[str, list[str]]:
+    """The verdict of a single run ("pass" or "fail") and why: above
+    `max_p99_ms`, below `min_success`, stopped by an abort threshold, or
+    nothing sent."""
+    fails = []
+    if max_p99_ms is not None:
+        p99 = r.percentile(99) / 1e6
+        if math.isnan(p99) or p99 > max_p99_ms:
+            fails.append(f"p99 {p99:.3f} ms > {max_p99_ms:g} ms")
+    if min_success is not None and r.success_rate < min_success:
+        fails.append(f"success {r.success_rate:.4%} < {min_success:.4%}")
+    if r.extra.get("stopped_early"):
+        fails.append(STOPPED_EARLY)
+    if r.attempted == 0:
+        fails.append("no request was sent")
+    return (FAIL if fails else PASS), fails
+
+
+def abort_when(max_loss: Optional[float] = None,
+               max_p99_ms: Optional[float] = None) -> Optional[Callable[[dict], bool]]:
+    """A `stop_when` for the runs: true once one second of the timeline
+    loses more than `max_loss` of its requests or has a p99 above
+    `max_p99_ms`.  None when neither is set."""
+    if max_loss is None and max_p99_ms is None:
+        return None
+
+    def breached(row: dict) -> bool:
+        if max_loss is not None and row["sent"] and row["lost"] / row["sent"] > max_loss:
+            return True
+        p99 = row.get("p99_ns")
+        return max_p99_ms is not None and p99 is not None and p99 / 1e6 > max_p99_ms
+    return breached
+
+
+# -- ramps and knee finding over the real load generator ------------------------------
+
+
+def runner_for(cfg: LoadConfig) -> Callable[..., LoadResult]:
+    """`run_udp_load` or `run_http_load`, as the config's protocol says."""
+    if cfg.mode == "udp":
+        from beastnet.loadgen.udp import run_udp_load
+        return run_udp_load
+    from beastnet.loadgen.http import run_http_load
+    return run_http_load
+
+
+def ramp_load(base: LoadConfig, levels: Sequence[Level], criteria: Optional[Criteria] = None,
+              *, max_seconds: float = 60.0, stop_at_break: bool = True,
+              progress: Optional[Callable[[dict], None]] = None,
+              stop_when: Optional[Callable[[dict], bool]] = None,
+              before_level: Optional[Callable[[Level], None]] = None,
+              on_level: Optional[Callable[[LevelResult], None]] = None) -> RampReport:
+    """Run `levels` against the server of `base` (each level at most
+    `max_seconds`) and judge them (see `run_ramp`)."""
+    run = runner_for(base)
+
+    def run_level(level: Level) -> LoadResult:
+        if before_level is not None:
+            before_level(level)
+        result = run(base.at_level(level.requests, level.concurrency, max_seconds),
+                     progress=progress, stop_when=stop_when)
+        if result.extra.get("stopped_early"):
+            result.extra["abort_reason"] = "abort threshold crossed"
+        return result
+    return run_ramp(levels, run_level, criteria, stop_at_break=stop_at_break, on_level=on_level)
+
+
+def find_max_load(base: LoadConfig, *, step_s: float = 2.0, slo: Optional[SLO] = None,
+                  start_rate: float = 1000.0, max_probes: int = 16,
+                  max_rate: Optional[float] = None,
+                  progress: Optional[Callable[[dict], None]] = None,
+                  stop_when: Optional[Callable[[dict], bool]] = None,
+                  before_probe: Optional[Callable[[float], None]] = None,
+                  on_probe: Optional[Callable[[dict], None]] = None) -> KneeReport:
+    """The knee finder (`find_max`) against the server of `base`: each probe
+    runs open loop for `step_s` measured seconds."""
+    run = runner_for(base)
+
+    def at_rate(rate: float) -> LoadResult:
+        if before_probe is not None:
+            before_probe(rate)
+        return run(base.at_rate(rate, step_s), progress=progress, stop_when=stop_when)
+    return find_max(at_rate, start_rate=start_rate, slo=slo, max_probes=max_probes,
+                    max_rate=max_rate, on_probe=on_probe)

@@ -14,8 +14,13 @@ import orjson
 __all__ = [
     "ProgressLine",
     "build_report",
+    "format_knee",
+    "format_ramp",
     "format_result",
+    "format_run",
     "format_table",
+    "level_line",
+    "probe_line",
     "write_html",
     "write_json",
 ]
@@ -116,6 +121,58 @@ def format_table(levels: Iterable[dict]) -> str:
             out.append(f"  level {lv['level']}: {lv['verdict']}: {reason}")
     return "\n".join(out)
 
+
+
+def _fmt_ms(v: Optional[float]) -> str:
+    return "-" if v is None else f"{v:.3f}"
+
+
+def format_run(body: dict) -> str:
+    """A single run's summary and verdict (from `ramp.judge_run`)."""
+    return format_result(body["result"]) + f"\nverdict: {body['verdict'].upper()}" + "".join(
+        f"\n  {reason}" for reason in body["reasons"])
+
+
+def format_ramp(body: dict) -> str:
+    """A ramp's table, its best level against the first, the breaking point
+    and the verdict (from `RampReport.to_dict()`)."""
+    text = format_table(body["levels"])
+    deg = body["degradation"]
+    if deg:
+        text += (f"\nbest level {deg['best_level']}: {deg['rps_best']:.0f} req/s "
+                 f"(level {deg['first_level']}: {deg['rps_first']:.0f} req/s); p99 "
+                 f"{_fmt_ms(deg['p99_ms_first'])} -> {_fmt_ms(deg['p99_ms_best'])} ms")
+    text += (f"\nbreaking point: level {body['breaking_point']}" if body["breaking_point"]
+             else "\nbreaking point: none reached")
+    return text + f"\nverdict: {body['verdict'].upper()}" + (
+        "  (interrupted)" if body["interrupted"] else "")
+
+
+def format_knee(body: dict) -> str:
+    """The knee finder's probes and its answer (from `KneeReport.to_dict()`)."""
+    lines = ["   target/s  answered/s     p50 ms     p99 ms    loss  result"]
+    for p in body["probes"]:
+        lines.append(f"{p['rate']:11.0f} {p['rps']:11.0f} {_fmt_ms(p['p50_ms']):>10} "
+                     f"{_fmt_ms(p['p99_ms']):>10} {p['loss']:7.3%}  "
+                     f"{'ok' if p['ok'] else '; '.join(p['breaches'])}")
+    knee = body["knee_rps"]
+    lines.append(f"highest sustainable rate: {knee:.0f} req/s" if knee
+                 else "highest sustainable rate: none (the SLO broke at every rate tried)")
+    lines.append(f"verdict: {body['verdict'].upper()}")
+    return "\n".join(lines)
+
+
+def level_line(number: int, rps: float, p50_ns: float, p99_ns: float, verdict: str) -> str:
+    """One finished ramp level, for a terminal."""
+    return (f"level {number:2d}: {rps:10.0f} req/s  p50 {p50_ns / 1e6:8.3f} ms  "
+            f"p99 {p99_ns / 1e6:8.3f} ms  {verdict.upper()}")
+
+
+def probe_line(p: dict) -> str:
+    """One knee-finder probe, for a terminal."""
+    return (f"rate {p['rate']:10.0f}/s: answered {p['rps']:10.0f}/s  p99 "
+            f"{_fmt_ms(p['p99_ms'])} ms  "
+            f"{'ok' if p['ok'] else 'BREACH ' + '; '.join(p['breaches'])}")
 
 def build_report(body: dict, config: dict, machine: dict, argv: Optional[list] = None) -> dict:
     """The JSON report: what ran (kind, verdict, levels/result), the

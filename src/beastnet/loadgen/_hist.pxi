@@ -6,7 +6,7 @@
 # is within 0.4 % of any value in it.  2^38 ns (275 s) and above share the last
 # bucket; the exact maximum is kept apart.  4096 buckets = 32 KiB a histogram.
 # One histogram per generator thread, written only by that thread; Python
-# merges them (NumPy) after the join, or samples them for the timeline with
+# merges them (NumPy, in histogram.py) after the join, or samples them for the timeline with
 # relaxed loads while the threads run.
 
 cdef enum:

@@ -1,5 +1,5 @@
 # The UDP load generator: native threads that drive a server over many
-# connected UDP sockets, without the GIL (DESIGN.md §7).
+# connected UDP sockets, without the GIL.
 #
 # Each thread owns a set of connected sockets (distinct source ports, so a
 # server's SO_REUSEPORT group spreads them) registered in its own epoll.  A
@@ -29,24 +29,12 @@
 
 cdef enum:
     LG_TAG_BUF_BYTES = 24           # "@" + up to 16 hex digits + " ", rounded up
+    LG_TAG_MAX_DIGITS = 16          # longest TAG the protocol allows, without the '@'
     LG_RX_SLOT_BYTES = 256          # bytes of a reply we read: the tag and the start of the body
     LG_TICK_NS = 2000000            # 2 ms: timeout scan and stop-flag period
     LG_REFUSED_BACKOFF_NS = 10000000  # 10 ms: closed loop pauses a socket after ECONNREFUSED
-    LG_MAX_EVENTS = 256             # epoll events taken per wait
     LG_RECV_ROUNDS = 4              # recvmmsg calls per readiness event before moving on
     LG_EXPIRED_SEQS = 65536         # seqs a socket remembers as timed out (8 KiB bitmap)
-
-# Loop modes.
-cdef enum:
-    LG_CLOSED = 0                   # a window of outstanding requests per socket
-    LG_OPEN_CONSTANT = 1            # target rate, evenly spaced requests
-    LG_OPEN_POISSON = 2             # target rate, exponential gaps
-
-# stop_flag values.
-cdef enum:
-    LG_RUN = 0                      # keep going
-    LG_STOP = 1                     # stop sending, settle outstanding requests (reply or timeout)
-    LG_ABORT = 2                    # leave now; outstanding requests are not accounted
 
 
 cdef struct bn_lg_slot:
@@ -67,43 +55,18 @@ cdef struct bn_lg_sock:
     uint64_t* expired                   # LG_EXPIRED_SEQS bits: seq timed out, no late reply yet
 
 cdef struct bn_lg_thread:
-    int index                           # thread number, 0-based
-    int nthreads
-    int cpu                             # CPU to pin to, -1 = no pinning
-    int pin_error                       # errno from pinning, 0 = pinned or not asked
-    int fatal_errno                     # errno that made the thread quit early, 0 = none
-    int epfd                            # epoll over this thread's sockets
-    int mode                            # LG_CLOSED / LG_OPEN_*
-    int finished                        # set (release) when the thread is about to return
-    int* stop_flag                      # the run's LG_RUN / LG_STOP / LG_ABORT
+    bn_lg_base b                        # first: what every load loop keeps (see _run.pxi)
     unsigned int nsocks
     unsigned int window                 # closed loop: outstanding requests per socket
     unsigned int batch                  # datagrams per sendmmsg / recvmmsg
     uint64_t slot_mask                  # slots per socket - 1 (a power of two - 1)
     bn_lg_sock* socks                   # nsocks
-    uint64_t start_ns                   # CLOCK_MONOTONIC, the run's origin
-    uint64_t measure_ns                 # warm-up ends: later intended sends are measured
-    uint64_t end_ns                     # no intended send at or after this
-    uint64_t timeout_ns                 # an unanswered request is lost after this
-    double interval_ns                  # open loop: mean gap between requests on one socket
-    uint64_t quota                      # measured requests this thread sends; 0 = no cap
-    uint64_t rng                        # xorshift64* state, never 0
-    uint32_t nkeys
     const char** key_data               # nkeys "KEY[ APIKEY]" payloads, owned by the run
     uint32_t* key_len                   # bytes of each
-    uint32_t* alias_prob                # weighted keys: Walker alias thresholds (2^32 scale); NULL = uniform
-    uint32_t* alias_index               # weighted keys: the alias of each key
     const uint8_t* tag_digits           # UDP GSO: tag width per key so every request has gso_seg bytes
     int gso_on                          # 1 while UDP_SEGMENT works; cleared on the first refusal
     uint16_t gso_seg                    # bytes of every request when gso_on
-    uint64_t outstanding                # sum over sockets
-    uint64_t cpu_start_ns               # thread CPU time when the measured window began
-    uint64_t cpu_end_ns                 # thread CPU time at exit
-    uint64_t send_stop_ns               # when the thread stopped sending
-    uint64_t last_reply_ns              # last matched measured reply
     bn_lg_counters* counters            # owned by the run, cache-line aligned
-    bn_hist* hist                       # measured requests
-    bn_hist* hist_all                   # every matched reply, warm-up included (timeline)
     mmsghdr* tx_msgs                    # batch
     iovec* tx_iov                       # 2 * batch: [tag, key payload]
     char* tx_tags                       # batch * LG_TAG_BUF_BYTES
@@ -112,25 +75,6 @@ cdef struct bn_lg_thread:
     mmsghdr* rx_msgs                    # batch
     iovec* rx_iov                       # batch
     char* rx_data                       # batch * LG_RX_SLOT_BYTES
-    epoll_event* events                 # LG_MAX_EVENTS
-
-
-cdef inline uint32_t lg_pick_key(bn_lg_thread* t) noexcept nogil:
-    cdef uint64_t r = bn_rand_u64(&t.rng)
-    # Multiply-shift maps 32 random bits onto [0, nkeys) without a division.
-    cdef uint32_t i = <uint32_t>(((r >> 32) * <uint64_t>t.nkeys) >> 32)
-    if t.alias_prob != NULL and <uint32_t>r >= t.alias_prob[i]:
-        i = t.alias_index[i]
-    return i
-
-
-cdef inline uint64_t lg_gap_ns(bn_lg_thread* t) noexcept nogil:
-    cdef double u
-    if t.mode == LG_OPEN_POISSON:
-        # Exponential gap: -ln(U) * mean, U uniform in (0, 1].
-        u = <double>((bn_rand_u64(&t.rng) >> 11) + 1) * (1.0 / 9007199254740992.0)
-        return <uint64_t>(-log(u) * t.interval_ns + 0.5)
-    return <uint64_t>(t.interval_ns + 0.5)
 
 
 cdef inline void lg_release(bn_lg_thread* t, bn_lg_sock* s, uint64_t seq) noexcept nogil:
@@ -138,7 +82,7 @@ cdef inline void lg_release(bn_lg_thread* t, bn_lg_sock* s, uint64_t seq) noexce
     cdef bn_lg_slot* slot = &s.slots[seq & t.slot_mask]
     slot.busy = 0
     s.outstanding -= 1
-    t.outstanding -= 1
+    t.b.outstanding -= 1
 
 
 cdef int lg_send(bn_lg_thread* t, bn_lg_sock* s, uint64_t now, int measuring) noexcept nogil:
@@ -157,17 +101,17 @@ cdef int lg_send(bn_lg_thread* t, bn_lg_sock* s, uint64_t now, int measuring) no
     cdef uint32_t k
     cdef bn_lg_slot* slot
     cdef char* tag
-    cdef int closed = t.mode == LG_CLOSED
+    cdef int closed = t.b.mode == LG_CLOSED
     cdef uint64_t quota_left = 0xFFFFFFFFFFFFFFFF
     cdef unsigned int limit = t.batch
     cdef int done = 0
     cdef int retried = 0
     cdef ssize_t wrote
-    if t.quota:
-        quota_left = t.quota - t.counters.m_sent if t.counters.m_sent < t.quota else 0
+    if t.b.quota:
+        quota_left = t.b.quota - t.counters.m_sent if t.counters.m_sent < t.b.quota else 0
         if measuring and quota_left == 0:
             return 0
-    if closed and (s.cooldown_ns > now or now >= t.end_ns):
+    if closed and (s.cooldown_ns > now or now >= t.b.end_ns):
         return 0
     if t.gso_on and limit > BN_GSO_MAX_SEGMENTS:
         limit = BN_GSO_MAX_SEGMENTS
@@ -177,7 +121,7 @@ cdef int lg_send(bn_lg_thread* t, bn_lg_sock* s, uint64_t now, int measuring) no
                 break
             intended = now
         else:
-            if next_send > now or next_send >= t.end_ns:
+            if next_send > now or next_send >= t.b.end_ns:
                 break
             intended = next_send
         if measuring and n >= quota_left:
@@ -197,13 +141,13 @@ cdef int lg_send(bn_lg_thread* t, bn_lg_sock* s, uint64_t now, int measuring) no
         slot.busy = 1
         lg_clear_expired(s, seq)        # forget a stale mark from LG_EXPIRED_SEQS seqs ago
         slot.intended_ns = intended
-        slot.measured = intended >= t.measure_ns and intended < t.end_ns
+        slot.measured = intended >= t.b.measure_ns and intended < t.b.end_ns
         s.next_seq = seq + 1
         s.outstanding += 1
-        t.outstanding += 1
+        t.b.outstanding += 1
         # TAG: '@' + hex seq + ' ', then the pre-built "KEY[ APIKEY]".  With
         # GSO the hex is zero-padded so that every request has the same size.
-        k = lg_pick_key(t)
+        k = lg_pick_key(&t.b)
         tag = t.tx_tags + <size_t>n * LG_TAG_BUF_BYTES
         tag[0] = 64                     # '@'
         if t.gso_on:
@@ -219,7 +163,7 @@ cdef int lg_send(bn_lg_thread* t, bn_lg_sock* s, uint64_t now, int measuring) no
         t.tx_intended[n] = intended
         n += 1
         if not closed:
-            next_send += lg_gap_ns(t)
+            next_send += lg_gap_ns(&t.b)
     if n == 0:
         return 0
     # The timeout runs from the moment the batch goes to the kernel.  Closed
@@ -342,7 +286,7 @@ cdef inline int lg_parse_tag(const char* data, unsigned int n, uint64_t* seq) no
     cdef uint8_t c
     if n < 3 or data[0] != 64:          # '@'
         return -1
-    while i < n and i <= TAG_MAX_BYTES:
+    while i < n and i <= LG_TAG_MAX_DIGITS:
         c = <uint8_t>data[i]
         if 48 <= c <= 57:               # 0-9
             v = (v << 4) | (c - 48)
@@ -396,7 +340,7 @@ cdef int lg_recv(bn_lg_thread* t, bn_lg_sock* s, int measuring) noexcept nogil:
             if measuring:
                 bn_count(&t.counters.err_recv, 1)
             if err == EBADF or err == ENOTSOCK or err == EFAULT or err == EINVAL:
-                t.fatal_errno = err
+                t.b.fatal_errno = err
                 return -1
             break
         if rc == 0:
@@ -419,18 +363,18 @@ cdef int lg_recv(bn_lg_thread* t, bn_lg_sock* s, int measuring) noexcept nogil:
             if slot.busy and slot.seq == seq:
                 slot.busy = 0
                 s.outstanding -= 1
-                t.outstanding -= 1
+                t.b.outstanding -= 1
                 # Open loop: from the intended send time, not the actual one,
                 # so a server stall that delayed our sends (or a generator
                 # that fell behind) still shows in the latency -- no
                 # coordinated omission (wrk2).  Closed loop: intended == sent.
                 latency = now - slot.intended_ns if now > slot.intended_ns else 0
                 t_received += 1
-                hist_record(t.hist_all, latency)
+                hist_record(&t.b.hists[LG_HIST_ALL], latency)
                 if slot.measured:
                     m_received += 1
-                    hist_record(t.hist, latency)
-                    t.last_reply_ns = now
+                    hist_record(&t.b.hists[LG_HIST_MEASURED], latency)
+                    t.b.last_reply_ns = now
                     if (<unsigned int>off + 8 <= length
                             and memcmp(data + off, b'{"error"', 8) == 0):
                         m_error_replies += 1
@@ -464,12 +408,12 @@ cdef void lg_expire(bn_lg_thread* t, bn_lg_sock* s, uint64_t now, int force) noe
         if slot.busy and slot.seq == s.oldest_seq:
             # `now` may predate a send made later in the same pass: compare
             # by addition, never by (now - sent_ns), which would wrap.
-            if not force and slot.sent_ns + t.timeout_ns > now:
+            if not force and slot.sent_ns + t.b.timeout_ns > now:
                 break
             slot.busy = 0
             lg_mark_expired(s, slot.seq)
             s.outstanding -= 1
-            t.outstanding -= 1
+            t.b.outstanding -= 1
             lost += 1
             if slot.measured:
                 m_lost += 1
@@ -486,13 +430,13 @@ cdef void lg_count_unsent(bn_lg_thread* t, uint64_t stop_ns) noexcept nogil:
     cdef unsigned int j
     cdef uint64_t start
     cdef uint64_t unsent = 0
-    cdef uint64_t limit = stop_ns if stop_ns < t.end_ns else t.end_ns
+    cdef uint64_t limit = stop_ns if stop_ns < t.b.end_ns else t.b.end_ns
     for j in range(t.nsocks):
         start = t.socks[j].next_send_ns
-        if start < t.measure_ns:
-            start = t.measure_ns
-        if start < limit and t.interval_ns > 0:
-            unsent += <uint64_t>((limit - start) / t.interval_ns) + 1
+        if start < t.b.measure_ns:
+            start = t.b.measure_ns
+        if start < limit and t.b.interval_ns > 0:
+            unsent += <uint64_t>((limit - start) / t.b.interval_ns) + 1
     bn_count(&t.counters.m_unsent, unsent)
 
 
@@ -502,43 +446,42 @@ cdef void* lg_thread_main(void* arg) noexcept nogil:
     cdef uint64_t next_tick
     cdef uint64_t drain_deadline = 0
     cdef uint64_t wake
-    cdef uint64_t wait_ns
     cdef int measuring = 0
     cdef int sending = 1
     cdef int stop
     cdef int n
     cdef int i
     cdef unsigned int j
-    if t.cpu >= 0:
-        t.pin_error = bn_pin_self_to_cpu(t.cpu)
+    if t.b.cpu >= 0:
+        t.b.pin_error = bn_pin_self_to_cpu(t.b.cpu)
     now = bn_now_ns()
     next_tick = now + LG_TICK_NS
-    if t.mode != LG_CLOSED:
+    if t.b.mode != LG_CLOSED:
         # Spread the sockets' first sends over one gap so a constant rate is
         # smooth across sockets and threads, not bursts of nsocks at once.
         for j in range(t.nsocks):
-            t.socks[j].next_send_ns = t.start_ns + <uint64_t>(
-                t.interval_ns * (j * t.nthreads + t.index) / (t.nsocks * t.nthreads))
+            t.socks[j].next_send_ns = t.b.start_ns + <uint64_t>(
+                t.b.interval_ns * (j * t.b.nthreads + t.b.index) / (t.nsocks * t.b.nthreads))
     while True:
         now = bn_now_ns()
-        if not measuring and now >= t.measure_ns:
+        if not measuring and now >= t.b.measure_ns:
             measuring = 1
-            t.cpu_start_ns = bn_thread_cpu_ns()
-        stop = bn_load_int(t.stop_flag)
+            t.b.cpu_start_ns = bn_thread_cpu_ns()
+        stop = bn_load_int(t.b.stop_flag)
         if stop == LG_ABORT:
             break
         if sending and stop == LG_RUN:
             for j in range(t.nsocks):
                 lg_send(t, &t.socks[j], now, measuring)
-        if sending and (now >= t.end_ns or stop != LG_RUN
-                        or (measuring and t.quota and t.counters.m_sent >= t.quota)):
+        if sending and (now >= t.b.end_ns or stop != LG_RUN
+                        or (measuring and t.b.quota and t.counters.m_sent >= t.b.quota)):
             sending = 0
-            t.send_stop_ns = now if now < t.end_ns else t.end_ns
-            if t.mode != LG_CLOSED and stop == LG_RUN and not t.quota:
+            t.b.send_stop_ns = now if now < t.b.end_ns else t.b.end_ns
+            if t.b.mode != LG_CLOSED and stop == LG_RUN and not t.b.quota:
                 lg_count_unsent(t, now)
             # Settle what is in flight: a reply or a timeout for each.
-            drain_deadline = now + t.timeout_ns + LG_TICK_NS
-        if not sending and (t.outstanding == 0 or now >= drain_deadline):
+            drain_deadline = now + t.b.timeout_ns + LG_TICK_NS
+        if not sending and (t.b.outstanding == 0 or now >= drain_deadline):
             break
         if now >= next_tick:
             for j in range(t.nsocks):
@@ -546,39 +489,28 @@ cdef void* lg_thread_main(void* arg) noexcept nogil:
             next_tick = now + LG_TICK_NS
         # Sleep until a reply, the next tick, or (open loop) the next intended send.
         wake = next_tick
-        if sending and t.mode != LG_CLOSED:
+        if sending and t.b.mode != LG_CLOSED:
             for j in range(t.nsocks):
                 # A socket with every slot busy waits for the next timeout
                 # scan rather than spinning on a send it cannot make.
                 if t.socks[j].next_send_ns < wake and t.socks[j].outstanding <= t.slot_mask:
                     wake = t.socks[j].next_send_ns
-        if sending and t.end_ns < wake:
-            wake = t.end_ns
-        now = bn_now_ns()
-        wait_ns = wake - now if wake > now else 0
-        if wait_ns:
-            bn_count(&t.counters.waits, 1)
-        n = bn_epoll_wait_ns(t.epfd, t.events, LG_MAX_EVENTS, wait_ns)
+        if sending and t.b.end_ns < wake:
+            wake = t.b.end_ns
+        n = lg_wait(&t.b, wake, &t.counters.waits, &t.counters.eintr)
         if n < 0:
-            if errno == EINTR:
-                bn_count(&t.counters.eintr, 1)
-                continue
-            t.fatal_errno = errno
             break
         for i in range(n):
-            if lg_recv(t, &t.socks[t.events[i].data.u32], measuring) < 0:
+            if lg_recv(t, &t.socks[t.b.events[i].data.u32], measuring) < 0:
                 sending = 0
                 drain_deadline = 0
-    if bn_load_int(t.stop_flag) != LG_ABORT:
+    if bn_load_int(t.b.stop_flag) != LG_ABORT:
         now = bn_now_ns()
         for j in range(t.nsocks):
             lg_expire(t, &t.socks[j], now, 1)
     if not measuring:
-        t.cpu_start_ns = bn_thread_cpu_ns()
-    if t.send_stop_ns == 0:
-        t.send_stop_ns = bn_now_ns()
-    t.cpu_end_ns = bn_thread_cpu_ns()
-    bn_store_int(&t.finished, 1)
+        t.b.cpu_start_ns = bn_thread_cpu_ns()
+    lg_thread_done(&t.b)
     return NULL
 
 
@@ -586,10 +518,8 @@ cdef bn_lg_thread* lg_thread_new(unsigned int nsocks, unsigned int batch,
                                  uint64_t nslots) noexcept nogil:
     cdef bn_lg_thread* t = <bn_lg_thread*>calloc(1, sizeof(bn_lg_thread))
     cdef unsigned int i
-    cdef void* mem = NULL
     if t == NULL:
         return NULL
-    t.epfd = -1
     t.nsocks = nsocks
     t.batch = batch
     t.slot_mask = nslots - 1
@@ -602,18 +532,11 @@ cdef bn_lg_thread* lg_thread_new(unsigned int nsocks, unsigned int batch,
     t.rx_msgs = <mmsghdr*>calloc(batch, sizeof(mmsghdr))
     t.rx_iov = <iovec*>calloc(batch, sizeof(iovec))
     t.rx_data = <char*>malloc(<size_t>batch * LG_RX_SLOT_BYTES)
-    t.events = <epoll_event*>calloc(LG_MAX_EVENTS, sizeof(epoll_event))
-    if posix_memalign(&mem, BN_CACHE_LINE, sizeof(bn_hist)) == 0:
-        t.hist = <bn_hist*>mem
-        hist_reset(t.hist)
-    if posix_memalign(&mem, BN_CACHE_LINE, sizeof(bn_hist)) == 0:
-        t.hist_all = <bn_hist*>mem
-        hist_reset(t.hist_all)
-    if (t.socks == NULL or t.tx_msgs == NULL or t.tx_iov == NULL or t.tx_tags == NULL
-            or t.tx_seq == NULL or t.tx_intended == NULL or t.rx_msgs == NULL
-            or t.rx_iov == NULL or t.rx_data == NULL or t.events == NULL
-            or t.hist == NULL or t.hist_all == NULL):
-        lg_thread_free(t)
+    # Two histograms: measured requests, and every reply (the timeline).
+    if (lg_base_init(&t.b, 2) < 0 or t.socks == NULL or t.tx_msgs == NULL or t.tx_iov == NULL
+            or t.tx_tags == NULL or t.tx_seq == NULL or t.tx_intended == NULL
+            or t.rx_msgs == NULL or t.rx_iov == NULL or t.rx_data == NULL):
+        lg_thread_free(&t.b)
         return NULL
     for i in range(nsocks):
         t.socks[i].fd = -1
@@ -622,7 +545,7 @@ cdef bn_lg_thread* lg_thread_new(unsigned int nsocks, unsigned int batch,
         t.socks[i].slots = <bn_lg_slot*>calloc(nslots, sizeof(bn_lg_slot))
         t.socks[i].expired = <uint64_t*>calloc(LG_EXPIRED_SEQS // 64, sizeof(uint64_t))
         if t.socks[i].slots == NULL or t.socks[i].expired == NULL:
-            lg_thread_free(t)
+            lg_thread_free(&t.b)
             return NULL
     for i in range(batch):
         t.tx_iov[2 * i].iov_base = t.tx_tags + <size_t>i * LG_TAG_BUF_BYTES
@@ -635,7 +558,8 @@ cdef bn_lg_thread* lg_thread_new(unsigned int nsocks, unsigned int batch,
     return t
 
 
-cdef void lg_thread_free(bn_lg_thread* t) noexcept nogil:
+cdef void lg_thread_free(bn_lg_base* b) noexcept nogil:
+    cdef bn_lg_thread* t = <bn_lg_thread*>b      # b is its first member
     cdef unsigned int i
     if t == NULL:
         return
@@ -644,8 +568,6 @@ cdef void lg_thread_free(bn_lg_thread* t) noexcept nogil:
             free(t.socks[i].slots)
             free(t.socks[i].expired)
         free(t.socks)
-    if t.epfd >= 0:
-        close(t.epfd)
     free(t.tx_msgs)
     free(t.tx_iov)
     free(t.tx_tags)
@@ -654,13 +576,9 @@ cdef void lg_thread_free(bn_lg_thread* t) noexcept nogil:
     free(t.rx_msgs)
     free(t.rx_iov)
     free(t.rx_data)
-    free(t.events)
-    free(t.hist)
-    free(t.hist_all)
+    lg_base_free(&t.b)
     free(t)
-
-
-cdef class UDPLoadRun:
+cdef class UDPLoadRun(LoadRun):
     """Native generator threads over already-connected UDP sockets.
 
     Low-level: `beastnet.loadgen.run_udp_load` creates the sockets, sizes the
@@ -677,16 +595,8 @@ cdef class UDPLoadRun:
                   list gso_tag_digits=None):
         cdef int i
         cdef unsigned int j
-        cdef int n = len(fd_groups)
-        cdef size_t blob_len = 0
-        cdef size_t off = 0
-        cdef void* mem = NULL
         cdef epoll_event ev
         cdef bn_lg_thread* t
-        if n < 1:
-            raise ValueError("at least one thread is needed")
-        if len(payloads) < 1:
-            raise ValueError("at least one key is needed")
         if not 1 <= batch <= 1024:
             raise ValueError(f"batch must be 1..1024, got {batch}")
         if slots_per_socket < 2 or slots_per_socket & (slots_per_socket - 1):
@@ -695,31 +605,10 @@ cdef class UDPLoadRun:
             raise ValueError("window must be 1..slots_per_socket/2")
         if mode != LG_CLOSED and interval_ns <= 0:
             raise ValueError("open loop needs a positive interval")
-        self.nthreads = n
-        self.nkeys = len(payloads)
-        # Key payloads: one blob the threads point into, never copied again.
-        for p in payloads:
-            blob_len += len(<bytes>p)
-        self.key_blob = <char*>malloc(blob_len + 1)
-        self.key_data = <const char**>calloc(self.nkeys, sizeof(char*))
-        self.key_len = <uint32_t*>calloc(self.nkeys, sizeof(uint32_t))
-        if self.key_blob == NULL or self.key_data == NULL or self.key_len == NULL:
-            raise MemoryError()
-        for j in range(self.nkeys):
-            p = payloads[j]
-            memcpy(self.key_blob + off, <char*><bytes>p, len(<bytes>p))
-            self.key_data[j] = self.key_blob + off
-            self.key_len[j] = <uint32_t>len(<bytes>p)
-            off += len(<bytes>p)
-        if alias is not None:
-            prob, index = alias
-            self.alias_prob = <uint32_t*>calloc(self.nkeys, sizeof(uint32_t))
-            self.alias_index = <uint32_t*>calloc(self.nkeys, sizeof(uint32_t))
-            if self.alias_prob == NULL or self.alias_index == NULL:
-                raise MemoryError()
-            for j in range(self.nkeys):
-                self.alias_prob[j] = prob[j]
-                self.alias_index[j] = index[j]
+        self.thread_main = lg_thread_main
+        self.thread_free = lg_thread_free
+        self._setup(len(fd_groups), sizeof(bn_lg_counters), 2, payloads, len(payloads), alias,
+                    warmup_ns, duration_ns)
         if gso_tag_digits is not None:
             # Every request "@" + digits + " " + payload must have one size.
             if len(gso_tag_digits) != self.nkeys:
@@ -728,174 +617,42 @@ cdef class UDPLoadRun:
             if self.tag_digits == NULL:
                 raise MemoryError()
             for j in range(self.nkeys):
-                if not 10 <= gso_tag_digits[j] <= TAG_MAX_BYTES:
+                if not 10 <= gso_tag_digits[j] <= LG_TAG_MAX_DIGITS:
                     raise ValueError("GSO tag widths must be 10..16")
                 self.tag_digits[j] = gso_tag_digits[j]
-                if gso_tag_digits[j] + self.key_len[j] != gso_tag_digits[0] + self.key_len[0]:
+                if gso_tag_digits[j] + self.lens[j] != gso_tag_digits[0] + self.lens[0]:
                     raise ValueError("GSO tag widths must equalise the request sizes")
-            self.gso_seg = <uint16_t>(2 + self.tag_digits[0] + self.key_len[0])
-        if posix_memalign(&mem, BN_CACHE_LINE, sizeof(bn_lg_counters) * n) != 0:
-            raise MemoryError()
-        memset(mem, 0, sizeof(bn_lg_counters) * n)
-        self.thread_counters = <bn_lg_counters*>mem
-        self.threads = <bn_lg_thread**>calloc(n, sizeof(bn_lg_thread*))
-        if bn_threads_init(&self.group, n) != 0 or self.threads == NULL:
-            raise MemoryError()
-        self.warmup_ns = warmup_ns
-        self.duration_ns = duration_ns
-        for i in range(n):
+            self.gso_seg = <uint16_t>(2 + self.tag_digits[0] + self.lens[0])
+        for i in range(self.nthreads):
             fds = fd_groups[i]
             t = lg_thread_new(len(fds), batch, slots_per_socket)
             if t == NULL:
                 raise MemoryError()
-            self.threads[i] = t
-            t.index = i
-            t.nthreads = n
-            t.cpu = -1 if cpus is None else cpus[i]
-            t.mode = mode
-            t.stop_flag = &self.stop_flag
+            self._add_thread(i, &t.b, mode, interval_ns, timeout_ns, quotas, cpus, seed)
             t.window = window
-            t.timeout_ns = timeout_ns
-            t.interval_ns = interval_ns
-            t.quota = 0 if quotas is None else quotas[i]
-            t.rng = (seed + <uint64_t>0x9E3779B97F4A7C15 * <uint64_t>(i + 1)) | 1
-            t.nkeys = self.nkeys
-            t.key_data = self.key_data
-            t.key_len = self.key_len
-            t.alias_prob = self.alias_prob
-            t.alias_index = self.alias_index
+            t.key_data = self.data
+            t.key_len = self.lens
             t.tag_digits = self.tag_digits
             t.gso_on = self.tag_digits != NULL
             t.gso_seg = self.gso_seg
-            t.counters = &self.thread_counters[i]
-            t.epfd = epoll_create1(EPOLL_CLOEXEC)
-            if t.epfd < 0:
-                raise_errno("epoll_create1")
+            t.counters = <bn_lg_counters*>(self.counters_mem + <size_t>i * self.counter_bytes)
             for j in range(t.nsocks):
                 t.socks[j].fd = fds[j]
                 memset(&ev, 0, sizeof(ev))
                 ev.events = EPOLLIN
                 ev.data.u32 = j
-                if epoll_ctl(t.epfd, EPOLL_CTL_ADD, t.socks[j].fd, &ev) < 0:
-                    raise_errno("epoll_ctl EPOLL_CTL_ADD")
+                if epoll_ctl(t.b.epfd, EPOLL_CTL_ADD, t.socks[j].fd, &ev) < 0:
+                    lg_raise_errno("epoll_ctl EPOLL_CTL_ADD")
 
     def __dealloc__(self):
-        cdef int i
-        if self.group.running:
-            bn_store_int(&self.stop_flag, LG_ABORT)
-            self._join()
-        if self.threads != NULL:
-            for i in range(self.nthreads):
-                lg_thread_free(self.threads[i])
-            free(self.threads)
-        bn_threads_free(&self.group)
-        free(self.thread_counters)
-        free(self.key_blob)
-        free(self.key_data)
-        free(self.key_len)
-        free(self.alias_prob)
-        free(self.alias_index)
+        self._abort()                   # the threads read tag_digits until they are joined
         free(self.tag_digits)
 
-    def start(self):
-        """Start one native thread per socket group (the GIL is not held by them)."""
-        cdef int i
-        cdef int rc = 0
-        cdef uint64_t now
-        if self.group.running or self.stopped:
-            raise RuntimeError("a UDPLoadRun starts once")
-        now = bn_now_ns()
-        self.start_ns = now
-        for i in range(self.nthreads):
-            self.threads[i].start_ns = now
-            self.threads[i].measure_ns = now + self.warmup_ns
-            self.threads[i].end_ns = now + self.warmup_ns + self.duration_ns
-        with nogil:
-            rc = bn_threads_start(&self.group, lg_thread_main, <void**>self.threads)
-        if rc != 0:
-            bn_store_int(&self.stop_flag, LG_ABORT)
-            self._join()
-            raise OSError(rc, f"pthread_create: {os.strerror(rc)}")
-
-    cdef void _join(self) noexcept:
-        with nogil:
-            bn_threads_join(&self.group)
-        self.stopped = 1
-
-    def stop(self, bint abort=False):
-        """Ask the threads to stop sending and settle what is in flight
-        (a reply or a timeout each); `abort` leaves at once instead."""
-        bn_store_int(&self.stop_flag, LG_ABORT if abort else LG_STOP)
-
-    def finished(self):
-        """True once every thread has left its loop (join() then returns at once)."""
-        cdef int i
-        for i in range(self.group.running):
-            if not bn_load_int(&self.threads[i].finished):
-                return False
-        return True
-
-    def join(self):
-        """Wait for every thread (GIL released).  Idempotent."""
-        if self.group.running:
-            self._join()
-        self.stopped = 1
-
-    @property
-    def origin_ns(self):
-        """CLOCK_MONOTONIC at start(): the origin of the run's times."""
-        return self.start_ns
-
-    def counters(self):
-        """The threads' counters summed: a dict of ints (relaxed loads, safe while running)."""
-        cdef int i
-        cdef size_t k
-        cdef size_t nwords = sizeof(bn_lg_counters) // sizeof(uint64_t)
-        cdef uint64_t sums[32]
-        cdef const uint64_t* src
+    cdef object _counters_dict(self, const uint64_t* sums):
         cdef bn_lg_counters total
-        memset(sums, 0, sizeof(sums))
-        for i in range(self.nthreads):
-            src = <const uint64_t*>&self.thread_counters[i]
-            for k in range(nwords):
-                sums[k] += bn_load_u64_relaxed(&src[k])
         memcpy(&total, sums, sizeof(bn_lg_counters))
         return total
 
-    def histogram(self, int which=0):
-        """The threads' histograms merged, 0 = measured requests, 1 = every
-        reply (timeline): (counts as bytes of HIST_BUCKETS native uint64,
-        total, sum_ns, min_ns, max_ns).  Safe while running."""
-        cdef int i
-        cdef uint64_t extra[4]
-        cdef bytes out = PyBytes_FromStringAndSize(NULL, HIST_BUCKETS * sizeof(uint64_t))
-        cdef uint64_t* counts = <uint64_t*><char*>out
-        memset(counts, 0, HIST_BUCKETS * sizeof(uint64_t))
-        extra[0] = 0
-        extra[1] = 0
-        extra[2] = 0xFFFFFFFFFFFFFFFF
-        extra[3] = 0
-        for i in range(self.nthreads):
-            hist_add_snapshot(self.threads[i].hist if which == 0 else self.threads[i].hist_all,
-                              counts, extra)
-        return out, extra[0], extra[1], extra[2] if extra[0] else 0, extra[3]
-
-    def thread_info(self):
-        """Per thread after the join: a dict of pin/fatal errnos, CPU time in the
-        measured window, and when it stopped sending / last got a reply
-        (ns since start, 0 = never)."""
-        cdef int i
-        cdef bn_lg_thread* t
-        out = []
-        for i in range(self.nthreads):
-            t = self.threads[i]
-            out.append({
-                "pin_error": t.pin_error,
-                "fatal_errno": t.fatal_errno,
-                "cpu_ns": t.cpu_end_ns - t.cpu_start_ns if t.cpu_end_ns > t.cpu_start_ns else 0,
-                "send_stop_ns": t.send_stop_ns - self.start_ns if t.send_stop_ns else 0,
-                "last_reply_ns": t.last_reply_ns - self.start_ns if t.last_reply_ns else 0,
-                "sockets": t.nsocks,
-                "gso": bool(t.gso_on),
-            })
-        return out
+    cdef dict _thread_extra(self, bn_lg_base* b):
+        cdef bn_lg_thread* t = <bn_lg_thread*>b
+        return {"sockets": t.nsocks, "gso": bool(t.gso_on)}

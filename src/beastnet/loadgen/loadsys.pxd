@@ -1,5 +1,6 @@
-# cdef extern declarations the load generator needs beyond system.pxd:
-# the clocks and helpers of loadgen.h.  Only what we call.
+# cdef extern declarations of loadgen.h, the load generator's own C header:
+# its counters, clocks and bit tricks.  Only what we call; the sockets and
+# epoll come from beastnet/includes/system.pxd.
 from libc.stdint cimport uint16_t, uint32_t, uint64_t
 from posix.uio cimport iovec
 from beastnet.includes.system cimport epoll_event, sockaddr, socklen_t, ssize_t

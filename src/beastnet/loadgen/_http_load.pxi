@@ -87,72 +87,28 @@ cdef struct bn_hconn:
     char* inb                           # HTTP_IN_BUF_BYTES
 
 cdef struct bn_http_thread:
-    int index
-    int nthreads
-    int cpu                             # CPU to pin to, -1 = no pinning
-    int pin_error
-    int fatal_errno
-    int epfd
-    int mode                            # LG_CLOSED / LG_OPEN_*
+    bn_lg_base b                        # first: what every load loop keeps (see _run.pxi)
     int conn_mode                       # CM_*
-    int finished                        # set (release) when the thread is about to return
     int sending                         # this thread still starts requests
     int measuring                       # past the warm-up
     int blocked                         # open loop: every connection full, wait for a reply
-    int* stop_flag
     int family                          # AF_INET / AF_INET6
     socklen_t addr_len
-    char addr[ADDR_MAX_BYTES]           # the server's sockaddr
+    char addr[LG_ADDR_MAX_BYTES]        # the server's sockaddr
     uint32_t nconns
     uint32_t pipeline                   # requests in flight per connection
     uint32_t per_conn                   # CM_PER_CONN: requests per connection
     uint32_t out_cap                    # bytes of each connection's `out`
     uint32_t cursor                     # open loop: next connection to try
     bn_hconn* conns
-    uint64_t start_ns
-    uint64_t measure_ns
-    uint64_t end_ns
-    uint64_t timeout_ns                 # a request is lost after this
     uint64_t connect_timeout_ns         # a connect fails after this
-    double interval_ns                  # open loop: mean gap between this thread's requests
     uint64_t next_send_ns               # open loop: intended time of the next request
-    uint64_t quota                      # measured requests this thread sends; 0 = no cap
-    uint64_t rng
-    uint32_t nkeys
     const char** req_data               # per key: the keep-alive request
     uint32_t* req_len
     const char** close_data             # per key: the same with Connection: close
     uint32_t* close_len
-    uint32_t* alias_prob
-    uint32_t* alias_index
-    uint64_t outstanding                # requests in flight, all connections
-    uint64_t cpu_start_ns
-    uint64_t cpu_end_ns
-    uint64_t send_stop_ns
-    uint64_t last_reply_ns
     bn_lg_http_counters* counters
-    bn_hist* hist                       # measured latency
-    bn_hist* hist_all                   # every response (timeline)
-    bn_hist* hist_ttfb                  # measured time to first byte
-    bn_hist* hist_connect               # connect times after the warm-up
     uint64_t* status                    # HTTP_STATUS_MAX counters of measured responses
-    epoll_event* events
-
-
-cdef inline uint32_t http_pick_key(bn_http_thread* t) noexcept nogil:
-    cdef uint64_t r = bn_rand_u64(&t.rng)
-    cdef uint32_t i = <uint32_t>(((r >> 32) * <uint64_t>t.nkeys) >> 32)
-    if t.alias_prob != NULL and <uint32_t>r >= t.alias_prob[i]:
-        i = t.alias_index[i]
-    return i
-
-
-cdef inline uint64_t http_gap_ns(bn_http_thread* t) noexcept nogil:
-    cdef double u
-    if t.mode == LG_OPEN_POISSON:
-        u = <double>((bn_rand_u64(&t.rng) >> 11) + 1) * (1.0 / 9007199254740992.0)
-        return <uint64_t>(-log(u) * t.interval_ns + 0.5)
-    return <uint64_t>(t.interval_ns + 0.5)
 
 
 cdef void hc_update_events(bn_http_thread* t, bn_hconn* c) noexcept nogil:
@@ -169,7 +125,7 @@ cdef void hc_update_events(bn_http_thread* t, bn_hconn* c) noexcept nogil:
     memset(&ev, 0, sizeof(ev))
     ev.events = want
     ev.data.u32 = <uint32_t>(c - t.conns)
-    if epoll_ctl(t.epfd, EPOLL_CTL_MOD if c.registered else EPOLL_CTL_ADD, c.fd, &ev) == 0:
+    if epoll_ctl(t.b.epfd, EPOLL_CTL_MOD if c.registered else EPOLL_CTL_ADD, c.fd, &ev) == 0:
         c.registered = want
 
 
@@ -221,7 +177,7 @@ cdef void hc_close(bn_http_thread* t, bn_hconn* c, int how, uint64_t now) noexce
     bn_count(&t.counters.t_lost, lost)
     bn_count(&t.counters.m_lost, m_lost)
     bn_count(&t.counters.m_failed, m_failed)
-    t.outstanding -= c.q_len
+    t.b.outstanding -= c.q_len
     if c.fd >= 0:
         close(c.fd)                     # also leaves the epoll (the fd is not shared)
     hc_reset(c)
@@ -251,7 +207,8 @@ cdef void hc_connected(bn_http_thread* t, bn_hconn* c, uint64_t now) noexcept no
     bn_count(&t.counters.connects, 1)
     if t.measuring:
         bn_count(&t.counters.m_connects, 1)
-        hist_record(t.hist_connect, now - c.connect_start_ns if now > c.connect_start_ns else 0)
+        hist_record(&t.b.hists[LG_HIST_CONNECT],
+                    now - c.connect_start_ns if now > c.connect_start_ns else 0)
     hc_update_events(t, c)
     t.blocked = 0
 
@@ -308,7 +265,7 @@ cdef int hc_flush(bn_http_thread* t, bn_hconn* c, uint64_t now) noexcept nogil:
 cdef int hc_enqueue(bn_http_thread* t, bn_hconn* c, uint64_t intended, uint64_t now) noexcept nogil:
     """Queue one request on `c` (the caller checked there is room); 1 if it
     was the connection's last (Connection: close)."""
-    cdef uint32_t k = http_pick_key(t)
+    cdef uint32_t k = lg_pick_key(&t.b)
     cdef int last = t.conn_mode == CM_PER_CONN and c.written + 1 >= t.per_conn
     cdef const char* data = t.close_data[k] if last else t.req_data[k]
     cdef uint32_t n = t.close_len[k] if last else t.req_len[k]
@@ -322,9 +279,9 @@ cdef int hc_enqueue(bn_http_thread* t, bn_hconn* c, uint64_t intended, uint64_t 
     r = &c.q[(c.q_head + c.q_len) % t.pipeline]
     r.intended_ns = intended
     r.sent_ns = now
-    r.measured = intended >= t.measure_ns and intended < t.end_ns
+    r.measured = intended >= t.b.measure_ns and intended < t.b.end_ns
     c.q_len += 1
-    t.outstanding += 1
+    t.b.outstanding += 1
     bn_count(&t.counters.t_sent, 1)
     if r.measured:
         bn_count(&t.counters.m_sent, 1)
@@ -337,14 +294,14 @@ cdef int hc_enqueue(bn_http_thread* t, bn_hconn* c, uint64_t intended, uint64_t 
 
 
 cdef inline int http_quota_left(bn_http_thread* t) noexcept nogil:
-    return not (t.quota and t.measuring and t.counters.m_sent >= t.quota)
+    return not (t.b.quota and t.measuring and t.counters.m_sent >= t.b.quota)
 
 
 cdef void hc_fill(bn_http_thread* t, bn_hconn* c, uint64_t now) noexcept nogil:
     """Closed loop: top `c` up to `pipeline` requests in flight and write them."""
     cdef uint64_t intended
     cdef int queued = 0
-    if c.state != HC_OPEN or not t.sending or now >= t.end_ns:
+    if c.state != HC_OPEN or not t.sending or now >= t.b.end_ns:
         return
     while c.q_len < t.pipeline and not c.closing and http_quota_left(t):
         # One request per connection: the request began when its connect did.
@@ -471,20 +428,29 @@ cdef void hc_complete(bn_http_thread* t, bn_hconn* c, uint64_t now) noexcept nog
     cdef uint64_t latency = now - r.intended_ns if now > r.intended_ns else 0
     c.q_head = (c.q_head + 1) % t.pipeline
     c.q_len -= 1
-    t.outstanding -= 1
+    t.b.outstanding -= 1
     t.blocked = 0
     bn_count(&t.counters.t_received, 1)
-    hist_record(t.hist_all, latency)
+    hist_record(&t.b.hists[LG_HIST_ALL], latency)
     if r.measured:
         bn_count(&t.counters.m_received, 1)
-        hist_record(t.hist, latency)
+        hist_record(&t.b.hists[LG_HIST_MEASURED], latency)
         if c.rsp_first_ns >= r.sent_ns:
-            hist_record(t.hist_ttfb, c.rsp_first_ns - r.sent_ns)
+            hist_record(&t.b.hists[LG_HIST_TTFB], c.rsp_first_ns - r.sent_ns)
         if 0 <= c.rsp_status < HTTP_STATUS_MAX:
             bn_count(&t.status[c.rsp_status], 1)
         if c.rsp_status >= 400:
             bn_count(&t.counters.m_error_replies, 1)
-        t.last_reply_ns = now
+        t.b.last_reply_ns = now
+
+
+cdef inline uint64_t hc_consume(bn_hconn* c, uint32_t avail) noexcept nogil:
+    """Take up to `avail` bytes of the body or chunk being read; the bytes
+    still missing (0: it is complete)."""
+    cdef uint64_t take = avail if avail < c.rsp_remaining else c.rsp_remaining
+    c.in_off += <uint32_t>take
+    c.rsp_remaining -= take
+    return c.rsp_remaining
 
 
 cdef int hc_parse(bn_http_thread* t, bn_hconn* c, uint64_t now) noexcept nogil:
@@ -493,7 +459,6 @@ cdef int hc_parse(bn_http_thread* t, bn_hconn* c, uint64_t now) noexcept nogil:
     cdef const char* p
     cdef int end
     cdef int rc
-    cdef uint64_t take
     cdef uint64_t size
     cdef uint32_t i
     cdef int digits
@@ -524,10 +489,7 @@ cdef int hc_parse(bn_http_thread* t, bn_hconn* c, uint64_t now) noexcept nogil:
                 return -1
             continue
         if c.rsp_state == RS_BODY:
-            take = avail if avail < c.rsp_remaining else c.rsp_remaining
-            c.in_off += <uint32_t>take
-            c.rsp_remaining -= take
-            if c.rsp_remaining:
+            if hc_consume(c, avail):
                 return 0
         elif c.rsp_state == RS_CHUNK_SIZE or c.rsp_state == RS_TRAILER:
             i = 0
@@ -565,10 +527,7 @@ cdef int hc_parse(bn_http_thread* t, bn_hconn* c, uint64_t now) noexcept nogil:
                     c.rsp_remaining = size + 2      # data + CRLF
                 continue
         elif c.rsp_state == RS_CHUNK_DATA:
-            take = avail if avail < c.rsp_remaining else c.rsp_remaining
-            c.in_off += <uint32_t>take
-            c.rsp_remaining -= take
-            if c.rsp_remaining:
+            if hc_consume(c, avail):
                 return 0
             c.rsp_state = RS_CHUNK_SIZE
             continue
@@ -675,11 +634,11 @@ cdef void http_scan(bn_http_thread* t, uint64_t now) noexcept nogil:
             if c.connect_start_ns + t.connect_timeout_ns <= now:
                 hc_connect_failed(t, c, ETIMEDOUT, now)
         elif c.state == HC_OPEN:
-            if c.q_len and c.q[c.q_head].sent_ns + t.timeout_ns <= now:
+            if c.q_len and c.q[c.q_head].sent_ns + t.b.timeout_ns <= now:
                 hc_close(t, c, END_TIMEOUT, now)
         if c.state == HC_IDLE and t.sending and c.retry_ns <= now:
             hc_connect(t, c, now)
-            if t.mode == LG_CLOSED:
+            if t.b.mode == LG_CLOSED:
                 hc_fill(t, c, now)
 
 
@@ -688,7 +647,7 @@ cdef void http_dispatch(bn_http_thread* t, uint64_t now) noexcept nogil:
     round robin.  With none free the rest wait (their latency keeps running)."""
     cdef uint32_t probes
     cdef bn_hconn* c
-    while (t.next_send_ns <= now and t.next_send_ns < t.end_ns and not t.blocked
+    while (t.next_send_ns <= now and t.next_send_ns < t.b.end_ns and not t.blocked
            and http_quota_left(t)):
         probes = 0
         c = NULL
@@ -703,7 +662,7 @@ cdef void http_dispatch(bn_http_thread* t, uint64_t now) noexcept nogil:
             t.blocked = 1               # cleared by a response or a new connection
             return
         hc_enqueue(t, c, t.next_send_ns, now)
-        t.next_send_ns += http_gap_ns(t)
+        t.next_send_ns += lg_gap_ns(&t.b)
         hc_flush(t, c, now)
 
 
@@ -713,89 +672,77 @@ cdef void* http_thread_main(void* arg) noexcept nogil:
     cdef uint64_t next_tick
     cdef uint64_t drain_deadline = 0
     cdef uint64_t wake
-    cdef uint64_t wait_ns
     cdef uint64_t unsent
     cdef int stop
     cdef int n
     cdef int i
     cdef uint32_t j
     cdef bn_hconn* c
-    if t.cpu >= 0:
-        t.pin_error = bn_pin_self_to_cpu(t.cpu)
+    if t.b.cpu >= 0:
+        t.b.pin_error = bn_pin_self_to_cpu(t.b.cpu)
     now = bn_now_ns()
     t.sending = 1
-    t.measuring = now >= t.measure_ns
+    t.measuring = now >= t.b.measure_ns
     if t.measuring:
-        t.cpu_start_ns = bn_thread_cpu_ns()
+        t.b.cpu_start_ns = bn_thread_cpu_ns()
     # Spread the threads' open-loop schedules over one gap.
-    t.next_send_ns = t.start_ns + <uint64_t>(t.interval_ns * t.index / t.nthreads)
+    t.next_send_ns = t.b.start_ns + <uint64_t>(t.b.interval_ns * t.b.index / t.b.nthreads)
     for j in range(t.nconns):
         hc_connect(t, &t.conns[j], now)
-        if t.mode == LG_CLOSED:
+        if t.b.mode == LG_CLOSED:
             hc_fill(t, &t.conns[j], now)
     next_tick = now + HTTP_TICK_NS
     while True:
         now = bn_now_ns()
-        if not t.measuring and now >= t.measure_ns:
+        if not t.measuring and now >= t.b.measure_ns:
             t.measuring = 1
-            t.cpu_start_ns = bn_thread_cpu_ns()
-        stop = bn_load_int(t.stop_flag)
+            t.b.cpu_start_ns = bn_thread_cpu_ns()
+        stop = bn_load_int(t.b.stop_flag)
         if stop == LG_ABORT:
             break
-        if t.sending and stop == LG_RUN and t.mode != LG_CLOSED:
+        if t.sending and stop == LG_RUN and t.b.mode != LG_CLOSED:
             http_dispatch(t, now)
-        if t.sending and (now >= t.end_ns or stop != LG_RUN or not http_quota_left(t)):
+        if t.sending and (now >= t.b.end_ns or stop != LG_RUN or not http_quota_left(t)):
             t.sending = 0
-            t.send_stop_ns = now if now < t.end_ns else t.end_ns
-            if t.mode != LG_CLOSED and stop == LG_RUN and not t.quota and t.interval_ns > 0:
+            t.b.send_stop_ns = now if now < t.b.end_ns else t.b.end_ns
+            if t.b.mode != LG_CLOSED and stop == LG_RUN and not t.b.quota and t.b.interval_ns > 0:
                 # Open loop: requests due in the window that never got a connection.
-                wake = t.next_send_ns if t.next_send_ns > t.measure_ns else t.measure_ns
-                if wake < t.end_ns:
-                    unsent = <uint64_t>((t.end_ns - wake) / t.interval_ns) + 1
+                wake = t.next_send_ns if t.next_send_ns > t.b.measure_ns else t.b.measure_ns
+                if wake < t.b.end_ns:
+                    unsent = <uint64_t>((t.b.end_ns - wake) / t.b.interval_ns) + 1
                     bn_count(&t.counters.m_unsent, unsent)
-            drain_deadline = now + t.timeout_ns + HTTP_TICK_NS
-        if not t.sending and (t.outstanding == 0 or now >= drain_deadline):
+            drain_deadline = now + t.b.timeout_ns + HTTP_TICK_NS
+        if not t.sending and (t.b.outstanding == 0 or now >= drain_deadline):
             break
         if now >= next_tick:
             http_scan(t, now)
             next_tick = now + HTTP_TICK_NS
         wake = next_tick
-        if t.sending and t.mode != LG_CLOSED and not t.blocked and t.next_send_ns < wake:
+        if t.sending and t.b.mode != LG_CLOSED and not t.blocked and t.next_send_ns < wake:
             wake = t.next_send_ns
-        if t.sending and t.end_ns < wake:
-            wake = t.end_ns
-        now = bn_now_ns()
-        wait_ns = wake - now if wake > now else 0
-        if wait_ns:
-            bn_count(&t.counters.waits, 1)
-        n = bn_epoll_wait_ns(t.epfd, t.events, LG_MAX_EVENTS, wait_ns)
+        if t.sending and t.b.end_ns < wake:
+            wake = t.b.end_ns
+        n = lg_wait(&t.b, wake, &t.counters.waits, &t.counters.eintr)
         if n < 0:
-            if errno == EINTR:
-                bn_count(&t.counters.eintr, 1)
-                continue
-            t.fatal_errno = errno
             break
         now = bn_now_ns()
         for i in range(n):
-            c = &t.conns[t.events[i].data.u32]
-            http_on_event(t, c, t.events[i].events, now)
+            c = &t.conns[t.b.events[i].data.u32]
+            http_on_event(t, c, t.b.events[i].events, now)
             if t.sending:
                 if c.state == HC_IDLE and c.retry_ns <= now:
                     hc_connect(t, c, now)
-                if t.mode == LG_CLOSED:
+                if t.b.mode == LG_CLOSED:
                     hc_fill(t, c, now)
     now = bn_now_ns()
     for j in range(t.nconns):
         c = &t.conns[j]
         if c.fd >= 0:
-            if c.q_len and bn_load_int(t.stop_flag) != LG_ABORT:
+            if c.q_len and bn_load_int(t.b.stop_flag) != LG_ABORT:
                 hc_close(t, c, END_TIMEOUT, now)    # the drain deadline passed
             else:
                 hc_close(t, c, END_CLEAN, now)
-    if t.send_stop_ns == 0:
-        t.send_stop_ns = now
-    t.cpu_end_ns = bn_thread_cpu_ns()
-    bn_store_int(&t.finished, 1)
+    lg_thread_done(&t.b)
     return NULL
 
 
@@ -803,25 +750,16 @@ cdef bn_http_thread* http_thread_new(uint32_t nconns, uint32_t pipeline,
                                      uint32_t out_cap) noexcept nogil:
     cdef bn_http_thread* t = <bn_http_thread*>calloc(1, sizeof(bn_http_thread))
     cdef uint32_t i
-    cdef void* mem = NULL
     if t == NULL:
         return NULL
-    t.epfd = -1
     t.nconns = nconns
     t.pipeline = pipeline
     t.out_cap = out_cap
     t.conns = <bn_hconn*>calloc(nconns, sizeof(bn_hconn))
     t.status = <uint64_t*>calloc(HTTP_STATUS_MAX, sizeof(uint64_t))
-    t.events = <epoll_event*>calloc(LG_MAX_EVENTS, sizeof(epoll_event))
-    if posix_memalign(&mem, BN_CACHE_LINE, 4 * sizeof(bn_hist)) == 0:
-        t.hist = <bn_hist*>mem
-        t.hist_all = t.hist + 1
-        t.hist_ttfb = t.hist + 2
-        t.hist_connect = t.hist + 3
-        for i in range(4):
-            hist_reset(t.hist + i)
-    if t.conns == NULL or t.status == NULL or t.events == NULL or t.hist == NULL:
-        http_thread_free(t)
+    # Four histograms: latency (measured, all), time to first byte, connect time.
+    if lg_base_init(&t.b, 4) < 0 or t.conns == NULL or t.status == NULL:
+        http_thread_free(&t.b)
         return NULL
     for i in range(nconns):
         hc_reset(&t.conns[i])
@@ -829,12 +767,13 @@ cdef bn_http_thread* http_thread_new(uint32_t nconns, uint32_t pipeline,
         t.conns[i].out = <char*>malloc(out_cap)
         t.conns[i].inb = <char*>malloc(HTTP_IN_BUF_BYTES)
         if t.conns[i].q == NULL or t.conns[i].out == NULL or t.conns[i].inb == NULL:
-            http_thread_free(t)
+            http_thread_free(&t.b)
             return NULL
     return t
 
 
-cdef void http_thread_free(bn_http_thread* t) noexcept nogil:
+cdef void http_thread_free(bn_lg_base* b) noexcept nogil:
+    cdef bn_http_thread* t = <bn_http_thread*>b    # b is its first member
     cdef uint32_t i
     if t == NULL:
         return
@@ -846,15 +785,10 @@ cdef void http_thread_free(bn_http_thread* t) noexcept nogil:
             free(t.conns[i].out)
             free(t.conns[i].inb)
         free(t.conns)
-    if t.epfd >= 0:
-        close(t.epfd)
     free(t.status)
-    free(t.events)
-    free(t.hist)
+    lg_base_free(&t.b)
     free(t)
-
-
-cdef class HTTPLoadRun:
+cdef class HTTPLoadRun(LoadRun):
     """Native HTTP/1.1 generator threads over their own connections.
 
     Low-level: `beastnet.loadgen.run_http_load` resolves the address, builds
@@ -871,183 +805,46 @@ cdef class HTTPLoadRun:
                   uint64_t duration_ns=1, list quotas=None, list cpus=None,
                   uint64_t seed=0x9E3779B97F4A7C15):
         cdef int i
-        cdef uint32_t j
-        cdef int n = len(conn_counts)
-        cdef size_t blob_len = 0
-        cdef size_t off = 0
-        cdef uint32_t longest = 0
-        cdef void* mem = NULL
         cdef bn_http_thread* t
-        if n < 1:
-            raise ValueError("at least one thread is needed")
-        if len(requests) < 1 or len(requests) != len(close_requests):
+        if len(requests) != len(close_requests):
             raise ValueError("one request and one closing request per key")
         if not 1 <= pipeline <= 4096:
             raise ValueError(f"pipeline must be 1..4096, got {pipeline}")
-        if len(sockaddr) > ADDR_MAX_BYTES:
+        if len(sockaddr) > LG_ADDR_MAX_BYTES:
             raise ValueError("sockaddr too long")
         if mode != LG_CLOSED and interval_ns <= 0:
             raise ValueError("open loop needs a positive interval")
-        self.nthreads = n
-        self.nkeys = len(requests)
-        for p in requests + close_requests:
-            blob_len += len(<bytes>p)
-            if <uint32_t>len(<bytes>p) > longest:
-                longest = <uint32_t>len(<bytes>p)
-        self.blob = <char*>malloc(blob_len + 1)
-        self.data = <const char**>calloc(2 * self.nkeys, sizeof(char*))
-        self.lens = <uint32_t*>calloc(2 * self.nkeys, sizeof(uint32_t))
-        if self.blob == NULL or self.data == NULL or self.lens == NULL:
-            raise MemoryError()
-        for j, p in enumerate(requests + close_requests):
-            memcpy(self.blob + off, <char*><bytes>p, len(<bytes>p))
-            self.data[j] = self.blob + off
-            self.lens[j] = <uint32_t>len(<bytes>p)
-            off += len(<bytes>p)
-        if alias is not None:
-            prob, index = alias
-            self.alias_prob = <uint32_t*>calloc(self.nkeys, sizeof(uint32_t))
-            self.alias_index = <uint32_t*>calloc(self.nkeys, sizeof(uint32_t))
-            if self.alias_prob == NULL or self.alias_index == NULL:
-                raise MemoryError()
-            for j in range(self.nkeys):
-                self.alias_prob[j] = prob[j]
-                self.alias_index[j] = index[j]
-        if posix_memalign(&mem, BN_CACHE_LINE, sizeof(bn_lg_http_counters) * n) != 0:
-            raise MemoryError()
-        memset(mem, 0, sizeof(bn_lg_http_counters) * n)
-        self.thread_counters = <bn_lg_http_counters*>mem
-        self.threads = <bn_http_thread**>calloc(n, sizeof(bn_http_thread*))
-        if bn_threads_init(&self.group, n) != 0 or self.threads == NULL:
-            raise MemoryError()
-        self.warmup_ns = warmup_ns
-        self.duration_ns = duration_ns
-        for i in range(n):
-            t = http_thread_new(conn_counts[i], pipeline, pipeline * longest)
+        self.thread_main = http_thread_main
+        self.thread_free = http_thread_free
+        # Payloads: every key's keep-alive request, then its closing variant.
+        self._setup(len(conn_counts), sizeof(bn_lg_http_counters), 4,
+                    requests + close_requests, len(requests), alias, warmup_ns, duration_ns)
+        for i in range(self.nthreads):
+            t = http_thread_new(conn_counts[i], pipeline, pipeline * self.longest)
             if t == NULL:
                 raise MemoryError()
-            self.threads[i] = t
-            t.index = i
-            t.nthreads = n
-            t.cpu = -1 if cpus is None else cpus[i]
-            t.mode = mode
+            # Each thread sends 1/n of the rate: n times the run's gap.
+            self._add_thread(i, &t.b, mode, interval_ns * self.nthreads, timeout_ns, quotas,
+                             cpus, seed)
             t.conn_mode = CM_PER_CONN if per_conn else CM_KEEPALIVE
             t.per_conn = per_conn
-            t.stop_flag = &self.stop_flag
             t.family = family
             t.addr_len = <socklen_t>len(sockaddr)
             memcpy(t.addr, <char*>sockaddr, len(sockaddr))
-            t.timeout_ns = timeout_ns
             t.connect_timeout_ns = connect_timeout_ns
-            t.interval_ns = interval_ns * n     # each thread sends 1/n of the rate
-            t.quota = 0 if quotas is None else quotas[i]
-            t.rng = (seed + <uint64_t>0x9E3779B97F4A7C15 * <uint64_t>(i + 1)) | 1
-            t.nkeys = self.nkeys
             t.req_data = self.data
             t.req_len = self.lens
             t.close_data = self.data + self.nkeys
             t.close_len = self.lens + self.nkeys
-            t.alias_prob = self.alias_prob
-            t.alias_index = self.alias_index
-            t.counters = &self.thread_counters[i]
-            t.epfd = epoll_create1(EPOLL_CLOEXEC)
-            if t.epfd < 0:
-                raise_errno("epoll_create1")
+            t.counters = <bn_lg_http_counters*>(self.counters_mem + <size_t>i * self.counter_bytes)
 
-    def __dealloc__(self):
-        cdef int i
-        if self.group.running:
-            bn_store_int(&self.stop_flag, LG_ABORT)
-            self._join()
-        if self.threads != NULL:
-            for i in range(self.nthreads):
-                http_thread_free(self.threads[i])
-            free(self.threads)
-        bn_threads_free(&self.group)
-        free(self.thread_counters)
-        free(self.blob)
-        free(self.data)
-        free(self.lens)
-        free(self.alias_prob)
-        free(self.alias_index)
-
-    def start(self):
-        """Start one native thread per connection group (they never take the GIL)."""
-        cdef int i
-        cdef int rc = 0
-        cdef uint64_t now
-        if self.group.running or self.stopped:
-            raise RuntimeError("an HTTPLoadRun starts once")
-        now = bn_now_ns()
-        self.start_ns = now
-        for i in range(self.nthreads):
-            self.threads[i].start_ns = now
-            self.threads[i].measure_ns = now + self.warmup_ns
-            self.threads[i].end_ns = now + self.warmup_ns + self.duration_ns
-        with nogil:
-            rc = bn_threads_start(&self.group, http_thread_main, <void**>self.threads)
-        if rc != 0:
-            bn_store_int(&self.stop_flag, LG_ABORT)
-            self._join()
-            raise OSError(rc, f"pthread_create: {os.strerror(rc)}")
-
-    cdef void _join(self) noexcept:
-        with nogil:
-            bn_threads_join(&self.group)
-        self.stopped = 1
-
-    def stop(self, bint abort=False):
-        """Stop starting requests and settle those in flight; `abort` leaves at once."""
-        bn_store_int(&self.stop_flag, LG_ABORT if abort else LG_STOP)
-
-    def finished(self):
-        """True once every thread has left its loop."""
-        cdef int i
-        for i in range(self.group.running):
-            if not bn_load_int(&self.threads[i].finished):
-                return False
-        return True
-
-    def join(self):
-        """Wait for every thread (GIL released).  Idempotent."""
-        if self.group.running:
-            self._join()
-        self.stopped = 1
-
-    def counters(self):
-        """The threads' counters summed (relaxed loads, safe while running)."""
-        cdef int i
-        cdef size_t k
-        cdef size_t nwords = sizeof(bn_lg_http_counters) // sizeof(uint64_t)
-        cdef uint64_t sums[40]
-        cdef const uint64_t* src
+    cdef object _counters_dict(self, const uint64_t* sums):
         cdef bn_lg_http_counters total
-        memset(sums, 0, sizeof(sums))
-        for i in range(self.nthreads):
-            src = <const uint64_t*>&self.thread_counters[i]
-            for k in range(nwords):
-                sums[k] += bn_load_u64_relaxed(&src[k])
         memcpy(&total, sums, sizeof(bn_lg_http_counters))
         return total
 
-    def histogram(self, int which=0):
-        """Merged histogram: 0 latency (measured), 1 latency (all, for the
-        timeline), 2 time to first byte, 3 connect time.  Same tuple as
-        UDPLoadRun.histogram()."""
-        cdef int i
-        cdef uint64_t extra[4]
-        cdef bytes out = PyBytes_FromStringAndSize(NULL, HIST_BUCKETS * sizeof(uint64_t))
-        cdef uint64_t* counts = <uint64_t*><char*>out
-        if not 0 <= which <= 3:
-            raise ValueError("which must be 0..3")
-        memset(counts, 0, HIST_BUCKETS * sizeof(uint64_t))
-        extra[0] = 0
-        extra[1] = 0
-        extra[2] = 0xFFFFFFFFFFFFFFFF
-        extra[3] = 0
-        for i in range(self.nthreads):
-            hist_add_snapshot(self.threads[i].hist + which, counts, extra)
-        return out, extra[0], extra[1], extra[2] if extra[0] else 0, extra[3]
+    cdef dict _thread_extra(self, bn_lg_base* b):
+        return {"connections": (<bn_http_thread*>b).nconns}
 
     def status_codes(self):
         """{status: count} of measured responses."""
@@ -1057,24 +854,7 @@ cdef class HTTPLoadRun:
         for s in range(HTTP_STATUS_MAX):
             v = 0
             for i in range(self.nthreads):
-                v += bn_load_u64_relaxed(&self.threads[i].status[s])
+                v += bn_load_u64_relaxed(&(<bn_http_thread*>self.threads[i]).status[s])
             if v:
                 out[s] = v
-        return out
-
-    def thread_info(self):
-        """Per thread after the join (see UDPLoadRun.thread_info)."""
-        cdef int i
-        cdef bn_http_thread* t
-        out = []
-        for i in range(self.nthreads):
-            t = self.threads[i]
-            out.append({
-                "pin_error": t.pin_error,
-                "fatal_errno": t.fatal_errno,
-                "cpu_ns": t.cpu_end_ns - t.cpu_start_ns if t.cpu_end_ns > t.cpu_start_ns else 0,
-                "send_stop_ns": t.send_stop_ns - self.start_ns if t.send_stop_ns else 0,
-                "last_reply_ns": t.last_reply_ns - self.start_ns if t.last_reply_ns else 0,
-                "connections": t.nconns,
-            })
         return out

@@ -1,0 +1,43 @@
+"""Type stubs for the load generator's native module (_native.pyx).
+
+Driven by beastnet.loadgen's udp and http modules; not meant for direct use.
+"""
+from typing import Any, Optional
+
+PLATFORM_LINUX: bool
+DEBUG_BUILD: bool
+
+_Alias = Optional[tuple[list[int], list[int]]]
+_Snapshot = tuple[bytes, int, int, int, int]
+
+def hist_bucket_bounds() -> tuple[list[int], list[int]]: ...
+def hist_index_of(value_ns: int) -> int: ...
+
+class LoadRun:
+    def start(self) -> None: ...
+    def stop(self, abort: bool = False) -> None: ...
+    def finished(self) -> bool: ...
+    def join(self) -> None: ...
+    @property
+    def origin_ns(self) -> int: ...
+    def counters(self) -> dict[str, int]: ...
+    def histogram(self, which: int = 0) -> _Snapshot: ...
+    def thread_info(self) -> list[dict[str, Any]]: ...
+
+class UDPLoadRun(LoadRun):
+    def __init__(self, fd_groups: list[list[int]], payloads: list[bytes], alias: _Alias = None,
+                 *, mode: int = 0, window: int = 32, batch: int = 32,
+                 slots_per_socket: int = 64, interval_ns: float = 0.0,
+                 timeout_ns: int = 200000000, warmup_ns: int = 0, duration_ns: int = 1,
+                 quotas: Optional[list[int]] = None, cpus: Optional[list[int]] = None,
+                 seed: int = ..., gso_tag_digits: Optional[list[int]] = None) -> None: ...
+
+class HTTPLoadRun(LoadRun):
+    def __init__(self, sockaddr: bytes, family: int, conn_counts: list[int],
+                 requests: list[bytes], close_requests: list[bytes], alias: _Alias = None,
+                 *, mode: int = 0, pipeline: int = 1, per_conn: int = 0,
+                 interval_ns: float = 0.0, timeout_ns: int = 200000000,
+                 connect_timeout_ns: int = 1000000000, warmup_ns: int = 0,
+                 duration_ns: int = 1, quotas: Optional[list[int]] = None,
+                 cpus: Optional[list[int]] = None, seed: int = ...) -> None: ...
+    def status_codes(self) -> dict[int, int]: ...
