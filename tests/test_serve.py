@@ -137,75 +137,75 @@ def test_serves_prices_over_udp_and_http_without_keys(serve):
 
 def test_keys_and_limits_enforced_on_both_protocols(serve, tmp_path):
     db = tmp_path / "keys.db"
-    add_key(db, "public", "pub-key")
-    add_key(db, "partner", "partner-key")
+    add_key(db, "public", "pub-key-123456789")
+    add_key(db, "partner", "partner-key-12345")
     server = serve("--keystore", str(db), config=TIERS)
     assert server.udp_ask(b"@1 BTC") == b'@1 {"error":"unauthorized"}'
     assert server.udp_ask(b"@2 BTC nope") == b'@2 {"error":"unauthorized"}'
-    assert b'"asset":"BTC"' in server.udp_ask(b"@3 BTC partner-key")
+    assert b'"asset":"BTC"' in server.udp_ask(b"@3 BTC partner-key-12345")
     assert server.http("GET", "/v1/BTC")[0] == 401
-    assert server.http("GET", "/v1/BTC", {"X-API-Key": "partner-key"})[0] == 200
-    assert server.http("GET", "/v1/BTC?api_key=partner-key")[0] == 200
+    assert server.http("GET", "/v1/BTC", {"X-API-Key": "partner-key-12345"})[0] == 200
+    assert server.http("GET", "/v1/BTC?api_key=partner-key-12345")[0] == 200
 
     # a public key at 100 QPS over 2 s gets ~200 answers (+ the burst), the rest rate limited
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     served = limited = 0
     deadline = time.monotonic() + 2.0
     while time.monotonic() < deadline:
-        reply = server.udp_ask(b"BTC pub-key", sock)
+        reply = server.udp_ask(b"BTC pub-key-123456789", sock)
         served += b'"asset"' in reply
         limited += reply.startswith(b'{"error":"rate_limited"')
     sock.close()
     assert 180 <= served <= 220 + 10 and limited > served
     # HTTP shares the same limit: right after the burst it answers 429 with Retry-After
-    statuses = [server.http("GET", "/v1/BTC", {"X-API-Key": "pub-key"}) for _ in range(30)]
+    statuses = [server.http("GET", "/v1/BTC", {"X-API-Key": "pub-key-123456789"}) for _ in range(30)]
     limited_http = [s for s in statuses if s[0] == 429]
     assert limited_http and limited_http[0][1]["Retry-After"] == "1"
     assert orjson.loads(limited_http[0][2]) == {"error": "rate_limited"}
     # a partner key is never limited
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    assert all(b'"asset"' in server.udp_ask(b"BTC partner-key", sock) for _ in range(1000))
+    assert all(b'"asset"' in server.udp_ask(b"BTC partner-key-12345", sock) for _ in range(1000))
     sock.close()
     assert server.terminate() == 0
 
 
 def test_usage_is_exact_after_sigterm_and_survives_restart(serve, tmp_path):
     db = tmp_path / "keys.db"
-    add_key(db, "partner", "k1")
+    add_key(db, "partner", "sol-key-123456789")
     server = serve("--keystore", str(db))
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     for _ in range(500):
-        assert b'"asset"' in server.udp_ask(b"SOL k1", sock)
+        assert b'"asset"' in server.udp_ask(b"SOL sol-key-123456789", sock)
     for _ in range(50):
-        assert server.http("GET", "/v1/SOL", {"X-API-Key": "k1"})[0] == 200
+        assert server.http("GET", "/v1/SOL", {"X-API-Key": "sol-key-123456789"})[0] == 200
     assert server.terminate() == 0            # SIGTERM: drain and final flush
-    assert month_count(db, "k1") == 550
+    assert month_count(db, "sol-key-123456789") == 550
 
     server = serve("--keystore", str(db))
     for _ in range(25):
-        assert b'"asset"' in server.udp_ask(b"SOL k1", sock)
+        assert b'"asset"' in server.udp_ask(b"SOL sol-key-123456789", sock)
     sock.close()
     assert server.terminate() == 0
-    assert month_count(db, "k1") == 575
+    assert month_count(db, "sol-key-123456789") == 575
 
 
 def test_kill_9_loses_at_most_one_flush_interval(serve, tmp_path):
     db = tmp_path / "keys.db"
-    add_key(db, "partner", "k9")
+    add_key(db, "partner", "ada-key-123456789")
     server = serve("--keystore", str(db))
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sent = 0
     for _ in range(400):
-        sent += b'"asset"' in server.udp_ask(b"ADA k9", sock)
+        sent += b'"asset"' in server.udp_ask(b"ADA ada-key-123456789", sock)
     time.sleep(0.35)                          # > 3 flush intervals of 100 ms since the last request
     recent = 0
     deadline = time.monotonic() + 0.05        # requests inside the last (unflushed) interval
     while time.monotonic() < deadline:
-        recent += b'"asset"' in server.udp_ask(b"ADA k9", sock)
+        recent += b'"asset"' in server.udp_ask(b"ADA ada-key-123456789", sock)
     sock.close()
     os.kill(server.proc.pid, signal.SIGKILL)
     server.proc.wait(10)
-    persisted = month_count(db, "k9")
+    persisted = month_count(db, "ada-key-123456789")
     assert sent <= persisted <= sent + recent
 
 
