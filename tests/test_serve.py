@@ -17,6 +17,8 @@ from typing import Optional
 import orjson
 import pytest
 
+from conftest import needs_ipv6
+
 SRC = str(Path(__file__).resolve().parent.parent / "src")
 
 pytestmark = pytest.mark.timeout(90)
@@ -25,9 +27,12 @@ pytestmark = pytest.mark.timeout(90)
 class Serve:
     """A `beastnet serve` subprocess, started and stopped by PID."""
 
-    def __init__(self, tmp_path: Path, *args: str, config: Optional[str] = None) -> None:
-        argv = [sys.executable, "-m", "beastnet", "serve", "--profile", "dev",
+    def __init__(self, tmp_path: Path, *args: str, config: Optional[str] = None,
+                 profile: str = "dev", cwd: Optional[Path] = None) -> None:
+        argv = [sys.executable, "-m", "beastnet", "serve", "--profile", profile,
                 "--udp-port", "0", "--http-port", "0", *args]
+        if profile != "dev":                    # one thread each: the machine is shared
+            argv += ["--sockets", "1", "--http-threads", "1"]
         if config is not None:
             path = tmp_path / "beastnet.toml"
             path.write_text(config)
@@ -36,7 +41,7 @@ class Serve:
         self.log_path = tmp_path / f"serve-{time.monotonic_ns()}.log"
         self.log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, env=env,
-                                     start_new_session=True)
+                                     start_new_session=True, cwd=cwd)
         self.ready = self._wait_ready()
         self.udp = ("127.0.0.1", self.ready["udp_port"])
         self.http_port = self.ready["http_port"]
@@ -312,3 +317,222 @@ def test_stats_command_reads_a_running_server(serve):
     down = subprocess.run([sys.executable, "-m", "beastnet", "stats", "--url", url],
                           capture_output=True, text=True, env=env, timeout=30)
     assert down.returncode == 1 and down.stderr.startswith("beastnet stats: error:")
+
+
+# -- the price server as a newcomer meets it -----------------------------------------
+
+def beastnet(*args: str, timeout: float = 30, cwd: Optional[Path] = None,
+             **kwargs) -> subprocess.CompletedProcess:
+    """Run the `beastnet` command to completion, with this tree's sources."""
+    env = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run([sys.executable, "-m", "beastnet", *args], capture_output=True,
+                          text=True, env=env, timeout=timeout, cwd=cwd, **kwargs)
+
+
+def one_error_line(proc: subprocess.CompletedProcess, prefix: str) -> str:
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(prefix), proc.stderr
+    assert "Traceback" not in proc.stderr
+    return lines[0]
+
+
+def test_stats_token_is_accepted_by_a_server_with_an_admin_token(serve):
+    token = "t0k3n-long-enough-123"
+    server = serve("--no-keys", "--admin-token", token)
+    url = f"http://127.0.0.1:{server.http_port}"
+    shown = beastnet("stats", "--url", url, "--token", token)
+    assert shown.returncode == 0, shown.stderr
+    assert "assets 150" in shown.stdout
+    refused = beastnet("stats", "--url", url, "--token", "wrong-token-0123456")
+    assert refused.returncode == 1 and "403" in one_error_line(refused, "beastnet stats: error:")
+    assert server.terminate() == 0
+
+
+@pytest.mark.parametrize("occupied", ["udp", "http"])
+def test_a_second_server_on_an_occupied_port_is_refused(serve, tmp_path, occupied):
+    db = tmp_path / "keys.db"
+    add_key(db, "partner", "partner-key-12345")
+    first = serve("--keystore", str(db))
+    ports = {"udp": str(first.udp[1]), "http": str(first.http_port)}
+    free = {"udp": "0", "http": "0"}
+    free[occupied] = ports[occupied]
+    second = beastnet("serve", "--profile", "dev", "--no-keys", "--udp-port", free["udp"],
+                      "--http-port", free["http"], timeout=20)
+    line = one_error_line(second, "beastnet serve: error:")
+    assert second.returncode == 1
+    assert f"{occupied.upper()} port {ports[occupied]}" in line and "in use" in line
+    assert f"--{occupied}-port" in line and "--share-ports" in line
+    # The key-enforcing server still answers every request itself.
+    assert first.udp_ask(b"@1 BTC") == b'@1 {"error":"unauthorized"}'
+    assert first.http("GET", "/v1/BTC")[0] == 401
+    assert first.terminate() == 0
+
+
+def test_share_ports_joins_the_group_of_a_running_server(serve):
+    first = serve("--no-keys")
+    second = serve("--no-keys", "--share-ports", "--udp-port", str(first.udp[1]),
+                   "--http-port", str(first.http_port))
+    assert second.ready["udp_port"] == first.udp[1]
+    assert second.ready["http_port"] == first.http_port
+    assert b'"asset":"BTC"' in first.udp_ask(b"BTC")
+    assert second.terminate() == 0 and first.terminate() == 0
+
+
+def test_an_empty_production_key_store_says_what_to_do(serve, tmp_path):
+    server = serve(profile="production", cwd=tmp_path)
+    output = server.output()
+    assert (tmp_path / "beastnet-keys.db").exists()
+    assert f"created key store {tmp_path / 'beastnet-keys.db'}" in output
+    ready = server.ready["msg"]
+    assert "0 active" in ready and "every request is refused" in ready
+    assert "beastnet keys --db beastnet-keys.db add" in ready and "--profile dev" in ready
+    assert server.udp_ask(b"BTC") == b'{"error":"unauthorized"}'
+    assert server.terminate() == 0
+
+
+def test_the_server_logs_key_changes_it_picks_up(serve, tmp_path):
+    db = tmp_path / "keys.db"
+    add_key(db, "partner", "partner-key-12345")
+    server = serve("--keystore", str(db))
+    add_key(db, "public", "public-key-123456")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and "changed: 2 active keys" not in server.output():
+        time.sleep(0.05)
+    assert f"key store {db} changed: 2 active keys" in server.output()
+    assert b'"asset"' in server.udp_ask(b"BTC public-key-123456")
+    assert server.terminate() == 0
+
+
+def test_keys_of_an_unknown_tier_are_reported_at_start(serve, tmp_path):
+    db = tmp_path / "keys.db"
+    gold = '[tiers.gold]\nqps = 50\n'
+    (tmp_path / "gold.toml").write_text(gold)
+    made = beastnet("keys", "--db", str(db), "--config", str(tmp_path / "gold.toml"), "add",
+                    "--tier", "gold", "--key", "gold-key-12345678")
+    assert made.returncode == 0, made.stderr
+    server = serve("--keystore", str(db))             # no [tiers.gold] here
+    assert "1 active key(s) of unknown tier 'gold' are refused" in server.output()
+    assert "[tiers.gold]" in server.output()
+    assert server.udp_ask(b"BTC gold-key-12345678") == b'{"error":"unauthorized"}'
+    assert server.terminate() == 0
+    unknown = beastnet("keys", "--db", str(db), "add", "--tier", "gold")
+    assert unknown.returncode == 2
+    assert "unknown tier 'gold'" in one_error_line(unknown, "beastnet keys: error:")
+
+
+@pytest.mark.parametrize("tier,message", [
+    ("qps = -5", "tier 'public': qps must be >= 0, got -5"),
+    ("burst = 0", "tier 'public': burst must be >= 1, got 0"),
+    ('qps = "fast"', "tier 'public': qps must be a number"),
+    ("monthly_cap = 1.5", "tier 'public': monthly_cap must be an integer"),
+])
+def test_bad_tier_limits_stop_the_server_before_it_binds(tmp_path, tier, message):
+    db = tmp_path / "keys.db"
+    add_key(db, "public", "public-key-123456")
+    config = tmp_path / "tiers.toml"
+    config.write_text(f"[tiers.public]\n{tier}\n")
+    proc = beastnet("serve", "--profile", "dev", "--udp-port", "0", "--http-port", "0",
+                    "--keystore", str(db), "--config", str(config), timeout=20)
+    assert proc.returncode == 2
+    assert message in one_error_line(proc, "beastnet serve: error:")
+
+
+@needs_ipv6
+def test_the_ready_line_writes_ipv6_addresses_in_brackets(serve):
+    server = serve("--no-keys", "--udp-host", "::1", "--http-host", "::1")
+    port = server.ready["udp_port"]
+    assert f"udp://[::1]:{port}" in server.ready["msg"]
+    assert f"http://[::1]:{server.http_port}" in server.ready["msg"]
+    assert server.terminate() == 0
+
+
+def test_stats_text_shows_refused_requests_and_assets(serve, tmp_path):
+    db = tmp_path / "keys.db"
+    add_key(db, "public", "public-key-123456")
+    server = serve("--keystore", str(db))
+    for _ in range(3):
+        server.udp_ask(b"BTC not-a-key-at-all")
+    assert server.http("GET", "/v1/BTC")[0] == 401
+    shown = beastnet("stats", "--url", f"http://127.0.0.1:{server.http_port}")
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    assert "assets 150" in lines[0] and "keys_in_table" not in shown.stdout
+    refused = [line for line in lines if "refused:" in line]
+    assert len(refused) == 2                          # one line each for UDP and HTTP
+    assert "unauthorized 3" in refused[0] and "unauthorized 1" in refused[1]
+    assert "rate limited 0" in refused[0]
+    assert server.terminate() == 0
+
+
+def test_stats_watch_into_a_closed_pipe_ends_quietly(serve):
+    server = serve("--no-keys")
+    env = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    watch = subprocess.Popen([sys.executable, "-m", "beastnet", "stats", "--url",
+                              f"http://127.0.0.1:{server.http_port}", "--watch", "0.05"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    assert watch.stdout is not None and watch.stderr is not None
+    assert watch.stdout.readline().startswith(b"uptime")       # as `| head -1` reads
+    watch.stdout.close()
+    try:
+        status = watch.wait(15)
+    finally:
+        if watch.poll() is None:
+            watch.kill()
+            watch.wait()
+    err = watch.stderr.read().decode()
+    watch.stderr.close()
+    assert status == 0 and err == ""
+    assert server.terminate() == 0
+
+
+def test_one_control_plane_loop_serves_both_protocols(tmp_path):
+    import threading
+
+    from beastnet.serve.config import load_config
+    from beastnet.serve.service import PriceService
+
+    cfg = load_config(profile="dev", overrides={"udp_port": 0, "http_port": 0})
+    before = {t.ident for t in threading.enumerate()}
+    with PriceService(cfg) as service:
+        new = [t.name for t in threading.enumerate() if t.ident not in before]
+        loops = [name for name in new if "control" in name or name == "beastnet-service"]
+        assert loops == ["beastnet-service"], new
+        assert service.http is not None
+        conn = http.client.HTTPConnection(*service.http.address[:2], timeout=5)
+        conn.request("GET", "/admin/stats")
+        response = conn.getresponse()
+        assert response.status == 200 and orjson.loads(response.read())["assets"] == 150
+        conn.close()
+
+
+def test_the_service_uses_only_the_public_api():
+    """beastnet.serve is built like any other service: it imports names from
+    `beastnet` (and renders with `beastnet.metrics`), never engine modules or
+    private attributes of engine objects."""
+    import ast
+
+    import beastnet.metrics
+
+    allowed = {"beastnet", "beastnet.metrics"}
+    serve_dir = Path(SRC) / "beastnet" / "serve"
+    problems = []
+    for path in sorted(serve_dir.glob("*.py")):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            for name in names:
+                if name.startswith("beastnet") and name not in allowed \
+                        and not name.startswith("beastnet.serve"):
+                    problems.append(f"{path.name}:{node.lineno} imports {name}")
+            if isinstance(node, ast.Attribute) and node.attr.startswith("_") \
+                    and not node.attr.startswith("__") \
+                    and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls")):
+                problems.append(f"{path.name}:{node.lineno} uses private .{node.attr}")
+    assert not problems, "\n".join(problems)
+    # The engine's metrics module knows nothing of the price server.
+    assert not hasattr(beastnet.metrics, "feed_families")
+    assert not hasattr(beastnet.metrics, "key_families")
