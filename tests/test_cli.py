@@ -133,6 +133,22 @@ def test_a_dead_target_is_one_line_and_exit_1():
     assert "Connection refused" in one_error_line(proc)
 
 
+def test_an_unknown_host_is_one_line_and_exit_1():
+    proc = beastnet("serve", "--profile", "dev", "--http-host", "no-such-host.invalid",
+                    "--udp-port", "0", "--http-port", "0")
+    assert proc.returncode == 1
+    assert "HTTP host 'no-such-host.invalid'" in one_error_line(proc)
+
+
+def test_docs_say_what_each_profile_sets():
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "serve.md").read_text()
+    for name, settings in PROFILES.items():
+        rows = [line for line in doc.splitlines() if line.startswith(f"| `{name}`")]
+        assert len(rows) == 1, name
+        for setting in settings:
+            assert setting in rows[0], (name, setting)
+
+
 def test_a_bind_failure_is_one_line_and_exit_1():
     # 192.0.2.1 (TEST-NET-1) is on no interface here: bind fails with EADDRNOTAVAIL.
     proc = beastnet("serve", "--profile", "dev", "--udp-host", "192.0.2.1", "--udp-port", "0",

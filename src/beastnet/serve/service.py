@@ -55,15 +55,16 @@ def check_port_free(host: str, port: int, socktype: int, what: str) -> None:
     traffic.  A probe bound without SO_REUSEPORT fails with EADDRINUSE exactly
     when some socket holds the port (a TCP probe sets SO_REUSEADDR, so
     connections in TIME_WAIT do not count).  Port 0 picks a free port: nothing
-    to check.  What the kernel refuses otherwise is left to the real bind.
+    to check.  A host that does not resolve is reported here; what the kernel
+    refuses otherwise is left to the real bind.
     """
-    if port == 0:
-        return
     try:
         family, _, _, _, sockaddr = socket.getaddrinfo(host, port, type=socktype,
                                                        flags=socket.AI_PASSIVE)[0]
     except socket.gaierror as exc:
         raise ServerError(f"{what} host {host!r}: {exc.strerror}") from None
+    if port == 0:
+        return
     with socket.socket(family, socktype) as probe:
         if socktype == socket.SOCK_STREAM:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
