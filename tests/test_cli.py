@@ -62,7 +62,8 @@ def test_serve_help_shows_builtin_defaults_profiles_and_exit_statuses():
     assert proc.returncode == 0
     text = " ".join(proc.stdout.split())        # argparse wraps lines
     defaults = ServeConfig()
-    for flag, value in (("--udp-port PORT", defaults.udp_port), ("--http-port PORT", defaults.http_port),
+    for flag, value in (("--udp-port PORT", defaults.udp_port),
+                        ("--http-port PORT", defaults.http_port),
                         ("--batch N", defaults.batch), ("--backlog N", defaults.backlog),
                         ("--max-connections N", defaults.max_connections)):
         assert f"{flag} " in text and f"(default: {value})" in text

@@ -47,7 +47,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     import threading
 
     from beastnet.cli._common import EXIT_USAGE
-    for ok, message in ((1 <= args.max_level <= 13, f"--max-level must be 1..13, got {args.max_level}"),
+    for ok, message in ((1 <= args.max_level <= 13,
+                         f"--max-level must be 1..13, got {args.max_level}"),
                         (args.sockets is None or args.sockets >= 1,
                          f"--sockets must be >= 1, got {args.sockets}"),
                         (args.feed_rounds_per_s > 0,

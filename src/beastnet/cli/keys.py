@@ -58,9 +58,9 @@ def cmd_keys(args: argparse.Namespace) -> int:
         with _keystore(args) as store:
             if args.keys_command == "add":
                 if args.key is not None and len(args.key) < MIN_SECRET_KEY_CHARS:
-                    raise KeyStoreError(f"--key must be at least {MIN_SECRET_KEY_CHARS} characters: "
-                                        f"a shorter key can be guessed (leave --key out for a "
-                                        f"random one)")
+                    raise KeyStoreError(f"--key must be at least {MIN_SECRET_KEY_CHARS} "
+                                        f"characters: a shorter key can be guessed (leave "
+                                        f"--key out for a random one)")
                 print(store.add(args.tier, key=args.key, label=args.label))
             elif args.keys_command == "revoke":
                 store.revoke(args.key)

@@ -106,9 +106,11 @@ PROFILE_PURPOSES: dict[str, str] = {
 def describe_profiles() -> str:
     """One line per profile: its purpose and the settings it changes."""
     def show(value: Any) -> str:
-        if isinstance(value, int) and not isinstance(value, bool) and value >= MIB and value % MIB == 0:
+        if isinstance(value, bool):
+            return str(value).lower()
+        if isinstance(value, int) and value >= MIB and value % MIB == 0:
             return f"{value // MIB}MiB"
-        return "none" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+        return str(value)
     lines = []
     for name, settings in PROFILES.items():
         sets = ", ".join(f"{k}={show(v)}" for k, v in settings.items())
@@ -150,7 +152,8 @@ def _check(cfg: ServeConfig, label: Callable[[str], str] = str) -> None:
         need(value(name) > 0, f"{label(name)} must be > 0, got {value(name)}")
     need(cfg.replay_speed >= 0,
          f"{label('replay_speed')} must be >= 0 (0 = as fast as possible), got {cfg.replay_speed}")
-    need(cfg.feed in ("sim", "replay"), f"{label('feed')} must be 'sim' or 'replay', got {cfg.feed!r}")
+    need(cfg.feed in ("sim", "replay"),
+         f"{label('feed')} must be 'sim' or 'replay', got {cfg.feed!r}")
     need(cfg.feed != "replay" or bool(cfg.feed_path),
          f"feed 'replay' needs {label('feed_path')}")
     need(cfg.feed_path is None or os.path.isfile(cfg.feed_path),
