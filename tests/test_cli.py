@@ -50,10 +50,28 @@ def test_version():
     assert proc.returncode == 0 and proc.stdout.strip() == f"beastnet {__version__}"
 
 
-def test_every_serve_flag_has_help_with_its_default():
-    missing = [action.option_strings[0] for action in serve_parser()._actions
-               if action.option_strings and action.dest != "help"
-               and "(default: " not in (action.help or "")]
+def _flags_without_default(parser: argparse.ArgumentParser, path: str) -> list[str]:
+    missing = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                missing += _flags_without_default(child, f"{path} {name}")
+        elif action.option_strings and action.dest != "help" \
+                and "(default: " not in (action.help or ""):
+            missing.append(f"{path} {action.option_strings[0]}")
+    return missing
+
+
+def test_every_flag_has_help_with_its_default():
+    from beastnet.cli.demo import add_demo_command
+    from beastnet.cli.keys import add_keys_command
+    from beastnet.cli.stats import add_stats_command
+
+    top = argparse.ArgumentParser(prog="beastnet")
+    sub = top.add_subparsers()
+    for add in (add_demo_command, add_keys_command, add_stats_command):
+        add(sub)
+    missing = _flags_without_default(serve_parser(), "serve") + _flags_without_default(top, "")
     assert not missing, f"flags without help or default: {missing}"
 
 
@@ -103,6 +121,8 @@ def test_demo_and_serve_name_the_feed_rate_alike():
     (["serve", "--admin-remote"], "--admin-remote needs an admin_token"),
     (["demo", "--sockets", "0"], "--sockets must be >= 1, got 0"),
     (["demo", "--feed-rounds-per-s", "0"], "--feed-rounds-per-s must be > 0"),
+    (["stats", "--url", "127.0.0.1:8080"], "--url must look like http://HOST:PORT"),
+    (["stats", "--watch", "-1"], "--watch must be > 0 seconds"),
 ])
 def test_errors_name_the_flag_the_user_typed(args, flag):
     proc = beastnet(*args)
@@ -131,7 +151,7 @@ def test_a_dead_target_is_one_line_and_exit_1():
         port = s.getsockname()[1]
     proc = beastnet("stats", "--url", f"http://127.0.0.1:{port}")
     assert proc.returncode == 1
-    assert "Connection refused" in one_error_line(proc)
+    assert one_error_line(proc).endswith(f"http://127.0.0.1:{port}: connection refused")
 
 
 def test_an_unknown_host_is_one_line_and_exit_1():

@@ -344,7 +344,8 @@ def test_stats_token_is_accepted_by_a_server_with_an_admin_token(serve):
     assert shown.returncode == 0, shown.stderr
     assert "assets 150" in shown.stdout
     refused = beastnet("stats", "--url", url, "--token", "wrong-token-0123456")
-    assert refused.returncode == 1 and "403" in one_error_line(refused, "beastnet stats: error:")
+    line = one_error_line(refused, "beastnet stats: error:")
+    assert refused.returncode == 1 and "HTTP 403" in line and "--token" in line
     assert server.terminate() == 0
 
 

@@ -17,7 +17,8 @@ def add_keys_command(sub: Any) -> None:
                               "unusable key store")
     p.add_argument("--db", help="key store path (default: the config's keystore, "
                                 "else beastnet-keys.db)")
-    p.add_argument("--config", help="TOML config file (for keystore and tiers)")
+    p.add_argument("--config", help="TOML config file of the server, for its keystore and "
+                                    "[tiers.NAME] (default: none)")
     ksub = p.add_subparsers(dest="keys_command", metavar="ACTION")
     ksub.required = True
     a = ksub.add_parser("add", help="create a key and print it")
@@ -28,7 +29,7 @@ def add_keys_command(sub: Any) -> None:
     a.add_argument("--key", help="use this key (16 to 64 printable characters) instead of a "
                                  "random one (default: random)")
     ls = ksub.add_parser("list", help="list keys with their usage this month")
-    ls.add_argument("--json", action="store_true", help="JSON instead of a table")
+    ls.add_argument("--json", action="store_true", help="JSON instead of a table (default: a table)")
     r = ksub.add_parser("revoke", help="revoke a key")
     r.add_argument("key")
     t = ksub.add_parser("set-tier", help="move a key to another tier")

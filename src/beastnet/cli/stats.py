@@ -5,7 +5,7 @@ import argparse
 import sys
 from typing import Any, Optional
 
-from beastnet.cli._common import EXIT_FAIL, EXIT_PASS
+from beastnet.cli._common import EXIT_FAIL, EXIT_PASS, EXIT_USAGE
 
 
 def add_stats_command(sub: Any) -> None:
@@ -13,7 +13,7 @@ def add_stats_command(sub: Any) -> None:
                        description="Reads /admin/stats from a running `beastnet serve`.",
                        epilog="exit status: 0 shown (or --watch ended by Ctrl-C or a closed "
                               "pipe); 1 the server could not be reached or refused (e.g. 403: "
-                              "wrong --token)")
+                              "wrong --token); 2 bad flag")
     p.add_argument("--url", default="http://127.0.0.1:8080",
                    help="the server's HTTP address (default: %(default)s)")
     p.add_argument("--token", help="the server's --admin-token, when it has one (default: none)")
@@ -78,16 +78,39 @@ def format_stats(stats: dict) -> str:
     return "\n".join(lines)
 
 
+def _why(exc: BaseException) -> str:
+    """A fetch failure in a few words: the HTTP status, or the socket error."""
+    import urllib.error
+
+    if isinstance(exc, urllib.error.HTTPError):
+        hint = " (wrong or missing --token?)" if exc.code == 403 else ""
+        return f"HTTP {exc.code} {exc.reason}{hint}"
+    reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+    if isinstance(reason, OSError) and reason.strerror:
+        return reason.strerror.lower()
+    return str(reason)
+
+
 def cmd_stats(args: argparse.Namespace) -> int:
     import time
     import urllib.error
+    from urllib.parse import urlsplit
 
     import orjson
+    url = urlsplit(args.url)
+    if url.scheme not in ("http", "https") or not url.netloc:
+        print(f"beastnet stats: error: --url must look like http://HOST:PORT, got {args.url!r}",
+              file=sys.stderr)
+        return EXIT_USAGE
+    if args.watch is not None and args.watch <= 0:
+        print(f"beastnet stats: error: --watch must be > 0 seconds, got {args.watch:g}",
+              file=sys.stderr)
+        return EXIT_USAGE
     while True:
         try:
             stats = _fetch_stats(args.url, args.token)
         except (urllib.error.URLError, OSError, ValueError) as exc:
-            print(f"beastnet stats: error: {args.url}: {exc}", file=sys.stderr)
+            print(f"beastnet stats: error: {args.url}: {_why(exc)}", file=sys.stderr)
             return EXIT_FAIL
         if args.json:
             sys.stdout.write(orjson.dumps(stats, option=orjson.OPT_INDENT_2).decode() + "\n")
