@@ -29,7 +29,8 @@ def add_keys_command(sub: Any) -> None:
     a.add_argument("--key", help="use this key (16 to 64 printable characters) instead of a "
                                  "random one (default: random)")
     ls = ksub.add_parser("list", help="list keys with their usage this month")
-    ls.add_argument("--json", action="store_true", help="JSON instead of a table (default: a table)")
+    ls.add_argument("--json", action="store_true",
+                    help="JSON instead of a table (default: a table)")
     r = ksub.add_parser("revoke", help="revoke a key")
     r.add_argument("key")
     t = ksub.add_parser("set-tier", help="move a key to another tier")
