@@ -56,7 +56,8 @@ def check_port_free(host: str, port: int, socktype: int, what: str) -> None:
     when some socket holds the port (a TCP probe sets SO_REUSEADDR, so
     connections in TIME_WAIT do not count).  Port 0 picks a free port: nothing
     to check.  A host that does not resolve is reported here; what the kernel
-    refuses otherwise is left to the real bind.
+    refuses otherwise is left to the real bind.  A server binding between the
+    probe and our bind is not caught: that takes two starts in the same instant.
     """
     try:
         family, _, _, _, sockaddr = socket.getaddrinfo(host, port, type=socktype,
@@ -94,7 +95,12 @@ class _RateSampler:
 
 
 class PriceService:
-    """Everything `beastnet serve` runs, with start(), stop() and drain on SIGTERM."""
+    """Everything `beastnet serve` runs, with start(), stop() and drain on SIGTERM.
+
+    One control plane (`control`, a uvloop loop on one thread) runs the feed,
+    the rate sampler, the admin routes and both servers' miss dispatchers; the
+    servers are given it and never start or stop it themselves.
+    """
 
     def __init__(self, cfg: ServeConfig, feed: Optional[Feed] = None) -> None:
         self.cfg = cfg
