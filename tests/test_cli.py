@@ -359,6 +359,35 @@ def test_stats_watch_into_a_closed_pipe_ends_quietly(serve):
     assert server.terminate() == 0
 
 
+def test_sigterm_during_start_up_is_a_clean_drain(tmp_path):
+    """A signal that arrives before the ready line waits for serve_forever()
+    instead of killing the process half-started."""
+    import signal
+
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")                        # no prices: start() waits its 5 s warm-up
+    log_path = tmp_path / "serve.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "beastnet", "serve", "--profile", "dev",
+                                 "--udp-port", "0", "--http-port", "0", "--replay", str(empty),
+                                 "--keystore", str(tmp_path / "k.db")],
+                                stdout=log, stderr=subprocess.STDOUT, env=ENV)
+        try:
+            deadline = time.monotonic() + 20
+            while b"0 active keys" not in log_path.read_bytes():    # start() is under way
+                assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()
+                time.sleep(0.02)
+            proc.send_signal(signal.SIGTERM)
+            status = proc.wait(30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    output = log_path.read_text()
+    assert status == 0, output
+    assert '"event":"ready"' in output and "stopped cleanly" in output
+
+
 def test_one_control_plane_loop_serves_both_protocols(tmp_path):
     import threading
 

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import textwrap
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from beastnet.cli._common import EXIT_FAIL, EXIT_USAGE
 from beastnet.serve.config import ServeConfig, describe_profiles
@@ -26,6 +27,11 @@ SERVE_STATUSES = {
     1: "could not start: a port in use or another bind failure, or an unusable key store",
     2: "bad flag, config file or setting",
 }
+
+if TYPE_CHECKING:
+    import logging
+
+    from beastnet.serve.service import PriceService
 
 _DEFAULTS = ServeConfig()
 
@@ -166,13 +172,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"beastnet serve: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    from beastnet import ServerError
-    from beastnet.serve.keys import KeyStoreError
-    from beastnet.serve.service import PortInUseError, PriceService
+    from beastnet.serve.service import PriceService
 
     _setup_logging(cfg.log_level)
     log = logging.getLogger("beastnet.serve")
-    service = PriceService(cfg)
+    # SIGTERM and SIGINT stay blocked from here on, in this thread and in every
+    # thread the service starts (they inherit the mask), until serve_forever()
+    # waits for them: one that arrives during start-up or just after the ready
+    # line is then a clean drain, never the default action killing the process.
+    drain_signals = (signal.SIGTERM, signal.SIGINT)
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, drain_signals)
+    try:
+        return _serve(PriceService(cfg), cfg, log)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def _serve(service: PriceService, cfg: ServeConfig, log: logging.Logger) -> int:
+    from beastnet import ServerError
+    from beastnet.serve.keys import KeyStoreError
+    from beastnet.serve.service import PortInUseError
+
     try:
         service.start()
     except PortInUseError as exc:
