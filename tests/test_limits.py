@@ -273,14 +273,14 @@ def test_keys_command_round_trip(tmp_path, capsys):
     db = str(tmp_path / "k.db")
     assert main(["keys", "--db", db, "add", "--tier", "pro", "--label", "acme"]) == 0
     generated = capsys.readouterr().out.strip()
-    assert main(["keys", "--db", db, "add", "--key", "p-1", "--tier", "partner"]) == 0
-    assert main(["keys", "--db", db, "revoke", "p-1"]) == 0
+    assert main(["keys", "--db", db, "add", "--key", "partner-key-0001", "--tier", "partner"]) == 0
+    assert main(["keys", "--db", db, "revoke", "partner-key-0001"]) == 0
     assert main(["keys", "--db", db, "set-tier", generated, "public"]) == 0
     capsys.readouterr()
     assert main(["keys", "--db", db, "list", "--json"]) == 0
     import orjson
     rows = {r["key"]: r for r in orjson.loads(capsys.readouterr().out)}
     assert rows[generated]["tier"] == "public" and rows[generated]["label"] == "acme"
-    assert rows["p-1"]["revoked"]
-    assert main(["keys", "--db", db, "set-tier", "p-1", "gold"]) == 2
+    assert rows["partner-key-0001"]["revoked"]
+    assert main(["keys", "--db", db, "set-tier", "partner-key-0001", "gold"]) == 2
     assert "unknown tier 'gold'" in capsys.readouterr().err

@@ -6,7 +6,8 @@ import pytest
 
 from beastnet import APIKeyTable, ResponseTable, UDPServer
 from beastnet.serve.feeds import PricePublisher, SimulatedFeed
-from beastnet.metrics import MetricFamily, feed_families, key_families, render, udp_families
+from beastnet.metrics import MetricFamily, render, udp_families
+from beastnet.serve.metrics import feed_families, key_families
 
 parser = pytest.importorskip("prometheus_client.parser")
 

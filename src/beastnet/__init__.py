@@ -2,11 +2,13 @@
 
 The public API: `ResponseTable` holds answers; `UDPServer` and `HTTPServer`
 serve them; `APIKeyTable` holds API keys and their limits; `Answer` and
-`MissRequest` are what a miss handler returns and receives; `run_udp_load` /
+`MissRequest` are what a miss handler returns and receives (`is_loopback_client`
+tells whether one came from this host); `ControlPlane` is the event loop
+handlers run on, which several servers may share; `run_udp_load` /
 `run_http_load` (with `UDPLoadConfig` / `HTTPLoadConfig`) measure a server.
 """
 from beastnet._core import APIKeyTable, Entry, ResponseTable
-from beastnet.control import Answer, MissRequest
+from beastnet.control import Answer, ControlPlane, MissRequest, is_loopback_client
 from beastnet.errors import (BeastnetError, HandlerError, InvalidKeyError, ServerError,
                              TableFullError)
 from beastnet.server import UDPServer
@@ -34,6 +36,7 @@ __all__ = [
     "APIKeyTable",
     "Answer",
     "BeastnetError",
+    "ControlPlane",
     "Entry",
     "HandlerError",
     "HTTPLoadConfig",
@@ -47,6 +50,7 @@ __all__ = [
     "UDPLoadConfig",
     "UDPServer",
     "__version__",
+    "is_loopback_client",
     "run_http_load",
     "run_udp_load",
 ]

@@ -20,7 +20,7 @@ from typing import Any, Awaitable, Callable, Optional, Union
 import orjson
 import uvloop
 
-from beastnet.errors import TableFullError
+from beastnet.errors import ServerError, TableFullError
 
 __all__ = ["Answer", "ControlPlane", "MissRequest", "MissHandler"]
 
@@ -56,10 +56,23 @@ def sum_counters(per_thread: list[dict[str, int]]) -> dict[str, int]:
     return totals
 
 
+def start_control_plane(shared: Optional["ControlPlane"], name: str) -> "ControlPlane":
+    """The control plane a server runs on: `shared` (already running, owned by
+    the caller), else a new one of its own, started here."""
+    if shared is not None:
+        if not shared.running:
+            raise ServerError("the control plane given to a server must be started first")
+        return shared
+    control = ControlPlane(name)
+    control.start()
+    return control
+
+
 def stop_control_plane(control: Optional["ControlPlane"],
-                       dispatcher: Optional["MissDispatcher"]) -> None:
+                       dispatcher: Optional["MissDispatcher"], *, owned: bool = True) -> None:
     """Detach `dispatcher` from its engine's eventfd (on the loop's thread),
-    then stop the loop.  Before an engine closes that eventfd."""
+    then stop the loop unless another owner shares it.  Before an engine
+    closes that eventfd."""
     if control is None:
         return
     if dispatcher is not None:
@@ -67,7 +80,8 @@ def stop_control_plane(control: Optional["ControlPlane"],
             control.run(dispatcher.detach, timeout=0.5)
         except Exception:               # loop already gone: nothing to detach
             pass
-    control.stop()
+    if owned:
+        control.stop()
 
 
 class MissRequest:
@@ -133,7 +147,12 @@ def _encode(body: Any) -> bytes:
 
 
 class ControlPlane:
-    """A uvloop loop running on a daemon thread, started and stopped with a server."""
+    """A uvloop loop running on a daemon thread, started and stopped with a server.
+
+    Several servers may share one: create it, ``start()`` it, pass it to each
+    server as ``control=``, and ``stop()`` it after the servers.  A server
+    never starts or stops a control plane it was given.
+    """
 
     def __init__(self, name: str = "beastnet-control") -> None:
         self.loop = uvloop.new_event_loop()
@@ -141,8 +160,14 @@ class ControlPlane:
         self._ready = threading.Event()
 
     def start(self) -> None:
+        """Start the loop's thread; returns once the loop runs."""
         self._thread.start()
         self._ready.wait()
+
+    @property
+    def running(self) -> bool:
+        """Whether the loop's thread runs (started and not yet stopped)."""
+        return self._thread.is_alive()
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
@@ -167,6 +192,7 @@ class ControlPlane:
         return asyncio.run_coroutine_threadsafe(call(), self.loop).result(timeout)
 
     def stop(self, timeout: float = 1.0) -> None:
+        """Stop the loop (pending tasks are cancelled) and join its thread."""
         if self._thread.is_alive():
             self.loop.call_soon_threadsafe(self.loop.stop)
             self._thread.join(timeout)

@@ -12,7 +12,8 @@ from beastnet import _core
 from beastnet._base import EngineServer, resolve
 from beastnet._core import APIKeyTable, ResponseTable
 from beastnet.control import (Answer, ControlPlane, MissDispatcher, MissHandler, MissRequest,
-                              is_loopback_client, stop_control_plane, sum_counters)
+                              is_loopback_client, start_control_plane, stop_control_plane,
+                              sum_counters)
 from beastnet.errors import ServerError
 
 __all__ = ["HTTPServer"]
@@ -36,8 +37,11 @@ class HTTPServer(EngineServer):
     paths go to ``handler``; ``/admin/...`` answers 403 to clients off
     loopback.  ``routes`` (exact path -> callable) replaces any of these.
     With ``api_keys``, every ``GET <prefix><KEY>`` needs a known key within
-    its limits (401, or 429 with ``Retry-After``), checked natively.  Use as a
-    context manager, or call ``start()`` and ``stop()``.
+    its limits (401, or 429 with ``Retry-After``), checked natively.
+    ``control``: a running `ControlPlane` to serve routes and misses on,
+    shared with other servers (its owner starts and stops it); by default the
+    server starts its own.  Use as a context manager, or call ``start()`` and
+    ``stop()``.
     """
 
     def __init__(
@@ -64,6 +68,7 @@ class HTTPServer(EngineServer):
         api_keys: Optional[APIKeyTable] = None,
         routes: Optional[Mapping[str, Callable[[MissRequest], Any]]] = None,
         cpus: Optional[list[int]] = None,
+        control: Optional[ControlPlane] = None,
     ) -> None:
         if not isinstance(table, ResponseTable):
             raise TypeError("table must be a beastnet.ResponseTable")
@@ -96,6 +101,7 @@ class HTTPServer(EngineServer):
             write_timeout_s=write_timeout_s, require_api_key=require_api_key, api_keys=api_keys)
         self.api_keys = api_keys
         self.routes = dict(routes or {})
+        self._shared_control = control
         self._socks: list[socket.socket] = []
         self._engine: Optional[_core.HTTPEngine] = None
         self._control: Optional[ControlPlane] = None
@@ -117,10 +123,9 @@ class HTTPServer(EngineServer):
                 miss_capacity=self.miss_queue_size, misses_to_python=self.handler is not None,
                 **self._engine_options)
             # The control plane always runs: it serves /healthz, /metrics, /admin/.
-            self._control = ControlPlane("beastnet-http-control")
+            self._control = start_control_plane(self._shared_control, "beastnet-http-control")
             self._dispatcher = MissDispatcher(self._engine, self.table, self._on_request, "http",
                                               self.max_inflight)
-            self._control.start()
             self._control.run(self._dispatcher.attach, self._control.loop)
             self._engine.start()
         except BaseException:
@@ -158,7 +163,8 @@ class HTTPServer(EngineServer):
         if self._engine is not None:
             # Workers drain while the control plane still answers their misses.
             self._engine.stop(grace)
-        stop_control_plane(self._control, self._dispatcher)
+        stop_control_plane(self._control, self._dispatcher,
+                           owned=self._shared_control is None)
         self._control = None
         if self._engine is not None:
             self._engine.close()        # its descriptors; the counters stay readable

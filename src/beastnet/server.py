@@ -10,8 +10,8 @@ from typing import Any, Optional
 from beastnet import _core
 from beastnet._base import EngineServer, resolve
 from beastnet._core import APIKeyTable, ResponseTable
-from beastnet.control import (ControlPlane, MissDispatcher, MissHandler, stop_control_plane,
-                              sum_counters)
+from beastnet.control import (ControlPlane, MissDispatcher, MissHandler, start_control_plane,
+                              stop_control_plane, sum_counters)
 from beastnet.errors import ServerError
 
 __all__ = ["UDPServer"]
@@ -57,6 +57,9 @@ class UDPServer(EngineServer):
     is given, else it is answered ``{"error":"not_found"}`` natively.  With
     ``api_keys``, every request must carry a known, unrevoked APIKEY within its
     rate limit and monthly cap (checked natively, before the table).
+    ``control``: a running `ControlPlane` to run ``handler`` on, shared with
+    other servers (its owner starts and stops it); by default the server
+    starts its own when it has a handler.
 
     Use as a context manager, or call ``start()`` and ``stop()``.
     """
@@ -77,6 +80,7 @@ class UDPServer(EngineServer):
         miss_queue_size: int = 4096,
         max_inflight: Optional[int] = None,
         api_keys: Optional[APIKeyTable] = None,
+        control: Optional[ControlPlane] = None,
     ) -> None:
         if not isinstance(table, ResponseTable):
             raise TypeError("table must be a beastnet.ResponseTable")
@@ -100,6 +104,7 @@ class UDPServer(EngineServer):
         self.miss_queue_size = miss_queue_size
         self.max_inflight = max_inflight if max_inflight is not None else miss_queue_size
         self.api_keys = api_keys
+        self._shared_control = control
         self._socks: list[socket.socket] = []
         self._engine: Optional[_core.UDPEngine] = None
         self._control: Optional[ControlPlane] = None
@@ -126,10 +131,9 @@ class UDPServer(EngineServer):
                 miss_capacity=self.miss_queue_size if self.handler is not None else 0,
                 api_keys=self.api_keys)
             if self.handler is not None:
-                self._control = ControlPlane()
+                self._control = start_control_plane(self._shared_control, "beastnet-control")
                 self._dispatcher = MissDispatcher(self._engine, self.table, self.handler, "udp",
                                                   self.max_inflight)
-                self._control.start()
                 self._control.run(self._dispatcher.attach, self._control.loop)
             self._engine.start()
         except BaseException:
@@ -187,7 +191,8 @@ class UDPServer(EngineServer):
         self._running = False
         # The control plane goes first: the dispatcher must stop watching the
         # engine's miss eventfd before engine.stop() closes it.
-        stop_control_plane(self._control, self._dispatcher)
+        stop_control_plane(self._control, self._dispatcher,
+                           owned=self._shared_control is None)
         self._control = None
         if self._engine is not None:
             self._engine.stop()

@@ -4,6 +4,8 @@ They parse arguments and print; policy lives in the library."""
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from typing import Optional, Sequence
 
 from beastnet.cli._common import EXIT_FAIL, EXIT_INTERRUPTED, EXIT_PASS, EXIT_USAGE
@@ -18,8 +20,12 @@ __all__ = ["main", "EXIT_PASS", "EXIT_FAIL", "EXIT_USAGE", "EXIT_INTERRUPTED"]
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the `beastnet` console script and `python -m beastnet`."""
+    from beastnet import __version__
+
     parser = argparse.ArgumentParser(prog="beastnet",
-                                     description="beastnet: pre-serialized answers at C speed")
+                                     description="beastnet: pre-serialized answers at C speed",
+                                     epilog="`beastnet COMMAND --help` describes a command.")
+    parser.add_argument("--version", action="version", version=f"beastnet {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     add_load_command(sub)
@@ -27,5 +33,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     add_keys_command(sub)
     add_serve_command(sub)
     add_stats_command(sub)
-    args = parser.parse_args(argv)
-    return int(args.func(args))
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        # Reported by the command's own parser, so the usage line shown is the
+        # command's, not the top-level one.
+        sub.choices[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (`beastnet stats --watch | head`): nothing more to
+        # say to it.  Point stdout at /dev/null so the interpreter's final flush
+        # does not fail once more.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_PASS

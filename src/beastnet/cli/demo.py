@@ -4,25 +4,36 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-
-
 DEMO_EPILOG = """\
 Starts the UDP price server for 150 assets on 127.0.0.1 (a simulated feed
 re-publishing every price 10 times a second), runs the quick ramp (levels 1-6
-of `beastnet load --help`) against it with the native load generator, prints the
-per-level table and the server's counters, and exits 0 when every level passes."""
+of the 13-level ramp that `beastnet load --help` lists) against it with the
+native load generator, prints the per-level table and the server's counters.
+
+exit status:
+  0  every level passed
+  1  a level failed its criteria
+  2  bad flag
+  130  interrupted (Ctrl-C)"""
 
 
 def add_demo_command(sub: Any) -> None:
     p = sub.add_parser("demo", help="serve 150 assets, ramp a load against them, print the report",
                        description="The whole job in one command.", epilog=DEMO_EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--max-level", type=int, default=6, help="last ramp level (default 6; 13 = full)")
-    p.add_argument("--sockets", type=int, help="server sockets (default: one per CPU)")
-    p.add_argument("--no-steering", action="store_true", help="turn CPU steering off")
-    p.add_argument("--updates-per-s", type=float, default=10.0, help="feed rounds per second")
-    p.add_argument("--json", help="write the JSON report here")
-    p.add_argument("--html", help="write the HTML/SVG report here")
+    p.add_argument("--max-level", type=int, default=6, metavar="N",
+                   help="last ramp level, 1..13 (default: 6; 13 = the full ramp)")
+    p.add_argument("--sockets", type=int, metavar="N",
+                   help="server sockets, one reader thread each (default: one per CPU)")
+    p.add_argument("--no-steering", action="store_true",
+                   help="turn CPU steering off (default: on when there is one socket per CPU)")
+    p.add_argument("--feed-rounds-per-s", "--updates-per-s", dest="feed_rounds_per_s", type=float,
+                   default=10.0, metavar="N",
+                   help="every price re-published this many times a second, as `beastnet serve "
+                        "--feed-rounds-per-s` (default: 10)")
+    p.add_argument("--json", metavar="FILE", help="write the JSON report here (default: none)")
+    p.add_argument("--html", metavar="FILE",
+                   help="write the HTML/SVG report here (default: none)")
     p.set_defaults(func=cmd_demo)
 
 
@@ -32,7 +43,19 @@ def table_writes(table: Any) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    import sys
     import threading
+
+    from beastnet.cli._common import EXIT_USAGE
+    for ok, message in ((1 <= args.max_level <= 13,
+                         f"--max-level must be 1..13, got {args.max_level}"),
+                        (args.sockets is None or args.sockets >= 1,
+                         f"--sockets must be >= 1, got {args.sockets}"),
+                        (args.feed_rounds_per_s > 0,
+                         f"--feed-rounds-per-s must be > 0, got {args.feed_rounds_per_s:g}")):
+        if not ok:
+            print(f"beastnet demo: error: {message}", file=sys.stderr)
+            return EXIT_USAGE
 
     from beastnet import ResponseTable, UDPServer
     from beastnet.serve.assets import ASSETS, random_walk
@@ -42,7 +65,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     stop = threading.Event()
 
     def publish() -> None:
-        while not stop.wait(1.0 / args.updates_per_s):
+        while not stop.wait(1.0 / args.feed_rounds_per_s):
             table.update(next(feed))
 
     server = UDPServer(table, sockets=args.sockets, cpu_steering=not args.no_steering)
@@ -53,7 +76,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         info = server.stats()
         print(f"beastnet demo: {len(table)} assets on udp://{host}:{port}, "
               f"{info['sockets']} reader thread(s), CPU steering: {info['steering']['reason']}, "
-              f"feed: {args.updates_per_s:g} rounds/s", flush=True)
+              f"feed: {args.feed_rounds_per_s:g} rounds/s", flush=True)
         load_argv = ["load", f"{host}:{port}", "--keys", ",".join(ASSETS),
                      "--max-level", str(args.max_level)]
         if args.max_level <= 6:

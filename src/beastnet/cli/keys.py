@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any
 
@@ -11,18 +12,25 @@ from beastnet.cli._common import EXIT_PASS, EXIT_USAGE
 def add_keys_command(sub: Any) -> None:
     p = sub.add_parser("keys", help="manage API keys in the SQLite key store",
                        description="Add, list, revoke and re-tier API keys. A running server "
-                                   "picks changes up within a second.")
+                                   "picks changes up within a second.",
+                       epilog="exit status: 0 done; 2 bad flag, unknown key or tier, or an "
+                              "unusable key store")
     p.add_argument("--db", help="key store path (default: the config's keystore, "
                                 "else beastnet-keys.db)")
-    p.add_argument("--config", help="TOML config file (for keystore and tiers)")
+    p.add_argument("--config", help="TOML config file of the server, for its keystore and "
+                                    "[tiers.NAME] (default: none)")
     ksub = p.add_subparsers(dest="keys_command", metavar="ACTION")
     ksub.required = True
     a = ksub.add_parser("add", help="create a key and print it")
-    a.add_argument("--tier", default="public")
-    a.add_argument("--label", default="")
-    a.add_argument("--key", help="use this key instead of a random one")
+    a.add_argument("--tier", default="public",
+                   help="public, pro, partner, or a tier the --config file defines "
+                        "(default: public)")
+    a.add_argument("--label", default="", help="a note kept with the key (default: empty)")
+    a.add_argument("--key", help="use this key (16 to 64 printable characters) instead of a "
+                                 "random one (default: random)")
     ls = ksub.add_parser("list", help="list keys with their usage this month")
-    ls.add_argument("--json", action="store_true", help="JSON instead of a table")
+    ls.add_argument("--json", action="store_true",
+                    help="JSON instead of a table (default: a table)")
     r = ksub.add_parser("revoke", help="revoke a key")
     r.add_argument("key")
     t = ksub.add_parser("set-tier", help="move a key to another tier")
@@ -33,25 +41,28 @@ def add_keys_command(sub: Any) -> None:
 
 def _keystore(args: argparse.Namespace) -> Any:
     from beastnet.serve.config import load_config
-    from beastnet.serve.keys import DEFAULT_TIERS, KeyStore, Tier
+    from beastnet.serve.keys import KeyStore, configured_tiers
 
     cfg = load_config(args.config) if args.config else None
     path = args.db or (cfg.keystore if cfg and cfg.keystore else "beastnet-keys.db")
-    tiers = dict(DEFAULT_TIERS)
-    for name, limits in (cfg.tiers if cfg else {}).items():
-        base = tiers.get(name, Tier(name, 0.0, 1, 0))
-        tiers[name] = Tier(name, float(limits.get("qps", base.qps)), int(limits.get("burst", base.burst)),
-                           int(limits.get("monthly_cap", base.monthly_cap)))
-    return KeyStore(path, tiers)
+    created = not os.path.exists(path)
+    store = KeyStore(path, configured_tiers(cfg.tiers if cfg else {}))
+    if created:
+        print(f"beastnet keys: created key store {os.path.abspath(path)}", file=sys.stderr)
+    return store
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
     from beastnet.serve.config import ConfigError
-    from beastnet.serve.keys import KeyStoreError
+    from beastnet.serve.keys import MIN_SECRET_KEY_CHARS, KeyStoreError
 
     try:
         with _keystore(args) as store:
             if args.keys_command == "add":
+                if args.key is not None and len(args.key) < MIN_SECRET_KEY_CHARS:
+                    raise KeyStoreError(f"--key must be at least {MIN_SECRET_KEY_CHARS} "
+                                        f"characters: a shorter key can be guessed (leave "
+                                        f"--key out for a random one)")
                 print(store.add(args.tier, key=args.key, label=args.label))
             elif args.keys_command == "revoke":
                 store.revoke(args.key)

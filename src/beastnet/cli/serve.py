@@ -3,53 +3,121 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
-from typing import Any
+import textwrap
+from typing import TYPE_CHECKING, Any
 
 from beastnet.cli._common import EXIT_FAIL, EXIT_USAGE
-
+from beastnet.serve.config import ServeConfig, describe_profiles
 
 SERVE_EPILOG = """\
-profiles: production (keys enforced, the default), stress-udp-direct,
-          stress-tcp-direct, dev.  Precedence: profile < --config file < flags.
+profiles (precedence: built-in defaults < profile < --config file < flags):
+{profiles}
+
 routes:   UDP  [@TAG ]KEY[ APIKEY]            HTTP GET /v1/KEY (X-API-Key or ?api_key=)
           GET /healthz, /metrics, /admin/stats; POST /admin/reset, /admin/profile?name=P
+try it:   beastnet serve --profile dev
+          curl http://127.0.0.1:8080/v1/BTC
 signals:  SIGTERM or SIGINT drain (finish in-flight HTTP, flush usage) and exit 0.
-exit status: 0 after a clean drain, 2 for a bad configuration."""
+exit status:{statuses}"""
+
+SERVE_STATUSES = {
+    0: "clean drain after SIGTERM/SIGINT",
+    1: "could not start: a port in use or another bind failure, or an unusable key store",
+    2: "bad flag, config file or setting",
+}
+
+if TYPE_CHECKING:
+    import logging
+
+    from beastnet.serve.service import PriceService
+
+_DEFAULTS = ServeConfig()
+
+
+def _default(name: str) -> str:
+    """How --help shows a setting's built-in default (a profile may change it)."""
+    value = getattr(_DEFAULTS, name)
+    if value is None:
+        return {"udp_sockets": "one per CPU", "http_threads": "one per CPU",
+                "keystore": "none; the production profile uses beastnet-keys.db",
+                "feed_path": "none", "admin_token": "none"}.get(name, "none")
+    if name.endswith("_bytes"):
+        return f"{value} = {value >> 20} MiB"
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _add(group: Any, flag: str, dest: str, help_text: str, **kwargs: Any) -> None:
+    group.add_argument(flag, dest=dest, help=f"{help_text} (default: {_default(dest)})", **kwargs)
 
 
 def add_serve_command(sub: Any) -> None:
+    profiles = [textwrap.fill(line, 79, initial_indent="  ", subsequent_indent="      ")
+                for line in describe_profiles().splitlines()]
+    epilog = SERVE_EPILOG.format(
+        profiles="\n".join(profiles),
+        statuses="".join(f"\n  {code}  {what}" for code, what in SERVE_STATUSES.items()))
     p = sub.add_parser("serve", help="run the price server for 150 assets (UDP + HTTP)",
-                       description="The bundled price server.", epilog=SERVE_EPILOG,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", help="TOML config file")
-    p.add_argument("--profile", help="named profile (see below)")
+                       description="The bundled price server: 150 assets over UDP and HTTP, "
+                                   "API keys, usage, metrics and admin routes.",
+                       epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", metavar="FILE", help="TOML config file (default: none)")
+    p.add_argument("--profile", metavar="NAME",
+                   help="named set of settings: production, stress-udp-direct, "
+                        "stress-tcp-direct, dev; each is described below (default: production)")
     g = p.add_argument_group("UDP")
-    g.add_argument("--udp-host")
-    g.add_argument("--udp-port", type=int)
-    g.add_argument("--sockets", dest="udp_sockets", type=int, help="UDP sockets/threads (default: CPUs)")
-    g.add_argument("--batch", type=int, help="datagrams per recvmmsg (default 32)")
-    g.add_argument("--recv-buffer-bytes", type=int)
-    g.add_argument("--send-buffer-bytes", type=int)
-    g.add_argument("--no-steering", dest="cpu_steering", action="store_const", const=False)
+    _add(g, "--udp-host", "udp_host", "address to bind, a name, IPv4 or IPv6", metavar="HOST")
+    _add(g, "--udp-port", "udp_port", "port to bind; 0 picks a free one", type=int, metavar="PORT")
+    _add(g, "--sockets", "udp_sockets", "UDP sockets, one reader thread each", type=int,
+         metavar="N")
+    _add(g, "--batch", "batch", "datagrams per recvmmsg/sendmmsg", type=int, metavar="N")
+    _add(g, "--recv-buffer-bytes", "recv_buffer_bytes", "SO_RCVBUF asked for each socket",
+         type=int, metavar="BYTES")
+    _add(g, "--send-buffer-bytes", "send_buffer_bytes", "SO_SNDBUF asked for each socket",
+         type=int, metavar="BYTES")
+    g.add_argument("--no-steering", dest="cpu_steering", action="store_const", const=False,
+                   help="turn off CPU steering (reader i pinned to CPU i, datagrams handed to "
+                        "the reader of the CPU that received them) (default: on when there is "
+                        "one socket per CPU)")
     g = p.add_argument_group("HTTP")
-    g.add_argument("--http-host")
-    g.add_argument("--http-port", type=int)
-    g.add_argument("--http-threads", type=int, help="HTTP worker threads (default: CPUs)")
-    g.add_argument("--backlog", type=int)
-    g.add_argument("--max-connections", type=int)
+    _add(g, "--http-host", "http_host", "address to bind, a name, IPv4 or IPv6", metavar="HOST")
+    _add(g, "--http-port", "http_port", "port to bind; 0 picks a free one", type=int,
+         metavar="PORT")
+    _add(g, "--http-threads", "http_threads", "HTTP worker threads", type=int, metavar="N")
+    _add(g, "--backlog", "backlog", "listen() backlog of each worker's socket", type=int,
+         metavar="N")
+    _add(g, "--max-connections", "max_connections", "open connections accepted at once",
+         type=int, metavar="N")
+    g = p.add_argument_group("both")
+    g.add_argument("--share-ports", dest="share_ports", action="store_const", const=True,
+                   help="join the SO_REUSEPORT group of a server already bound to these ports "
+                        "(it then gets part of the traffic) instead of refusing to start "
+                        "(default: refuse)")
     g = p.add_argument_group("keys, feed, admin")
-    g.add_argument("--keystore", help="SQLite key store (keys enforced)")
-    g.add_argument("--no-keys", action="store_true", help="serve without API keys")
-    g.add_argument("--feed", choices=("sim", "replay"))
-    g.add_argument("--replay", dest="feed_path", help="replay this JSON-lines/CSV tick file")
-    g.add_argument("--replay-speed", type=float, help="1 = recorded pace, 0 = as fast as possible")
-    g.add_argument("--feed-rounds-per-s", type=float, help="simulated feed rounds per second")
-    g.add_argument("--admin-token", help="token for admin routes (needed off loopback)")
-    g.add_argument("--admin-remote", action="store_const", const=True,
-                   help="serve admin routes to non-loopback clients (needs --admin-token)")
-    g.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
-    p.set_defaults(func=cmd_serve)
+    _add(g, "--keystore", "keystore", "SQLite key store; keys are enforced when set (created "
+                                      "if missing)", metavar="PATH")
+    g.add_argument("--no-keys", action="store_true",
+                   help="serve without API keys, whatever the profile says (default: off)")
+    _add(g, "--feed", "feed", "price feed: sim (a random walk) or replay (a file)",
+         choices=("sim", "replay"))
+    _add(g, "--replay", "feed_path", "replay this JSON-lines or CSV tick file (implies "
+                                     "--feed replay)", metavar="FILE")
+    _add(g, "--replay-speed", "replay_speed", "1 = recorded pace, 0 = as fast as possible",
+         type=float, metavar="X")
+    _add(g, "--feed-rounds-per-s", "feed_rounds_per_s",
+         "simulated feed: every price re-published this many times a second", type=float,
+         metavar="N")
+    _add(g, "--admin-token", "admin_token", "token the admin routes require (X-API-Key header or "
+                                            "?token=), 16+ characters",
+         metavar="TOKEN")
+    g.add_argument("--admin-remote", dest="admin_remote", action="store_const", const=True,
+                   help="serve admin routes to clients off loopback; needs --admin-token "
+                        "(default: loopback only)")
+    _add(g, "--log-level", "log_level", "JSON log lines on stderr at this level and above",
+         choices=("debug", "info", "warning", "error"))
+    flags = {a.dest: a.option_strings[0] for a in p._actions if a.option_strings}
+    p.set_defaults(func=cmd_serve, flag_names=flags)
 
 
 class _JSONLogFormatter:
@@ -80,8 +148,13 @@ def _setup_logging(level: str) -> None:
 
 SERVE_FLAGS = ("udp_host", "udp_port", "udp_sockets", "batch", "recv_buffer_bytes",
                "send_buffer_bytes", "cpu_steering", "http_host", "http_port", "http_threads",
-               "backlog", "max_connections", "keystore", "feed", "feed_path", "replay_speed",
-               "feed_rounds_per_s", "admin_token", "admin_remote", "log_level")
+               "backlog", "max_connections", "share_ports", "keystore", "feed", "feed_path",
+               "replay_speed", "feed_rounds_per_s", "admin_token", "admin_remote", "log_level")
+
+
+def host_port(host: str, port: int) -> str:
+    """`host:port`, with an IPv6 address in brackets as URLs write it."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -93,30 +166,57 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.feed_path and not args.feed:
         overrides["feed"] = "replay"
     try:
-        cfg = load_config(args.config, args.profile, overrides)
+        cfg = load_config(args.config, args.profile, overrides, flags=args.flag_names)
         if args.no_keys:
             cfg.keystore = None
     except ConfigError as exc:
         print(f"beastnet serve: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    from beastnet.errors import ServerError
-    from beastnet.serve.keys import KeyStoreError
     from beastnet.serve.service import PriceService
 
     _setup_logging(cfg.log_level)
     log = logging.getLogger("beastnet.serve")
-    service = PriceService(cfg)
+    # SIGTERM and SIGINT stay blocked from here on, in this thread and in every
+    # thread the service starts (they inherit the mask), until serve_forever()
+    # waits for them: one that arrives during start-up or just after the ready
+    # line is then a clean drain, never the default action killing the process.
+    drain_signals = (signal.SIGTERM, signal.SIGINT)
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, drain_signals)
+    try:
+        return _serve(PriceService(cfg), cfg, log)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def _serve(service: PriceService, cfg: ServeConfig, log: logging.Logger) -> int:
+    from beastnet import ServerError
+    from beastnet.serve.keys import KeyStoreError
+    from beastnet.serve.service import PortInUseError
+
     try:
         service.start()
+    except PortInUseError as exc:
+        print(f"beastnet serve: error: {exc}; stop it, pick another --{exc.protocol.lower()}-port, "
+              f"or pass --share-ports to join it and split the traffic", file=sys.stderr)
+        return EXIT_FAIL
     except (KeyStoreError, ServerError, OSError) as exc:
         print(f"beastnet serve: error: {exc}", file=sys.stderr)
         return EXIT_FAIL
     assert service.udp is not None and service.http is not None
     udp_host, udp_port = service.udp.address[:2]
     http_host, http_port = service.http.address[:2]
-    log.info("serving %d assets: udp://%s:%d %s, profile %s, keys %s, CPU steering %s",
-             len(service.table), udp_host, udp_port, service.http.url, cfg.profile,
-             cfg.keystore or "off", service.udp.stats()["steering"]["reason"],
+    keys = "off"
+    if cfg.keystore:
+        keys = f"{cfg.keystore}, {service.active_keys} active"
+        if service.active_keys == 0:
+            hint = (f"no API keys yet, so every request is refused: add one with "
+                    f"`beastnet keys --db {cfg.keystore} add`, or try without keys with "
+                    f"`beastnet serve --profile dev`")
+            keys += f" ({hint})"
+            log.warning(hint, extra={"fields": {"event": "no_keys"}})
+    log.info("serving %d assets: udp://%s %s, profile %s, keys %s, CPU steering %s",
+             len(service.table), host_port(udp_host, udp_port), service.http.url, cfg.profile,
+             keys, service.udp.stats()["steering"]["reason"],
              extra={"fields": {"event": "ready", "udp_host": udp_host, "udp_port": udp_port,
                                "http_host": http_host, "http_port": http_port,
                                "pid": os.getpid()}})

@@ -5,17 +5,22 @@ import argparse
 import sys
 from typing import Any, Optional
 
-from beastnet.cli._common import EXIT_FAIL, EXIT_PASS
+from beastnet.cli._common import EXIT_FAIL, EXIT_PASS, EXIT_USAGE
 
 
 def add_stats_command(sub: Any) -> None:
     p = sub.add_parser("stats", help="show a running server's counters",
-                       description="Reads /admin/stats from a running `beastnet serve`.")
-    p.add_argument("--url", default="http://127.0.0.1:8080", help="the server's HTTP address")
-    p.add_argument("--token", help="admin token (when the server has one)")
+                       description="Reads /admin/stats from a running `beastnet serve`.",
+                       epilog="exit status: 0 shown (or --watch ended by Ctrl-C or a closed "
+                              "pipe); 1 the server could not be reached or refused (e.g. 403: "
+                              "wrong --token); 2 bad flag")
+    p.add_argument("--url", default="http://127.0.0.1:8080",
+                   help="the server's HTTP address (default: %(default)s)")
+    p.add_argument("--token", help="the server's --admin-token, when it has one (default: none)")
     p.add_argument("--watch", type=float, nargs="?", const=1.0, metavar="SECONDS",
-                   help="refresh every SECONDS (default 1) until Ctrl-C")
-    p.add_argument("--json", action="store_true", help="print the raw JSON")
+                   help="refresh every SECONDS (1 when no value is given) until Ctrl-C "
+                        "(default: print once)")
+    p.add_argument("--json", action="store_true", help="print the raw JSON (default: a table)")
     p.set_defaults(func=cmd_stats)
 
 
@@ -25,14 +30,22 @@ def _fetch_stats(url: str, token: Optional[str]) -> dict:
     import orjson
     req = urllib.request.Request(url.rstrip("/") + "/admin/stats")
     if token:
-        req.add_header("Authorization", f"Bearer {token}")
+        # The header the server reads for the admin token (as for API keys).
+        req.add_header("X-API-Key", token)
     with urllib.request.urlopen(req, timeout=5) as resp:
         return orjson.loads(resp.read())
 
 
+def _refused(totals: dict) -> str:
+    """Requests the API-key check turned away, for one protocol."""
+    return (f"     refused: unauthorized {totals.get('unauthorized', 0):,}  "
+            f"rate limited {totals.get('rate_limited', 0):,}  "
+            f"over quota {totals.get('over_quota', 0):,}")
+
+
 def format_stats(stats: dict) -> str:
     lines = [f"uptime {stats['uptime_s']:.0f} s   profile {stats['profile']}   "
-             f"assets {stats['keys_in_table']}"]
+             f"assets {stats['assets']}"]
     udp = stats.get("udp")
     if udp:
         t, r = udp["totals"], udp.get("rates_per_s", {})
@@ -43,12 +56,14 @@ def format_stats(stats: dict) -> str:
         for i, sock in enumerate(udp.get("per_socket", [])):
             lines.append(f"     socket {i}: rx {sock['rx_packets']:,}  tx {sock['tx_packets']:,}  "
                          f"bad {sock['bad_requests']:,}  send errors {sock['send_errors']:,}")
+        lines.append(_refused(t))
     http = stats.get("http")
     if http:
         t, r = http["totals"], http.get("rates_per_s", {})
         lines.append(f"HTTP {r.get('requests', 0):>12,.0f} req/s  {t.get('requests', 0):>14,} total  "
                      f"active {t.get('active', 0):,}  accepted {t.get('accepted', 0):,}  "
                      f"parse errors {t.get('parse_errors', 0):,}  timeouts {t.get('timeouts', 0):,}")
+        lines.append(_refused(t))
     feed = stats.get("feed", {})
     for name, src in sorted(feed.get("sources", {}).items()):
         state = "STALE" if src["stale"] else "ok"
@@ -63,16 +78,39 @@ def format_stats(stats: dict) -> str:
     return "\n".join(lines)
 
 
+def _why(exc: BaseException) -> str:
+    """A fetch failure in a few words: the HTTP status, or the socket error."""
+    import urllib.error
+
+    if isinstance(exc, urllib.error.HTTPError):
+        hint = " (wrong or missing --token?)" if exc.code == 403 else ""
+        return f"HTTP {exc.code} {exc.reason}{hint}"
+    reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+    if isinstance(reason, OSError) and reason.strerror:
+        return reason.strerror.lower()
+    return str(reason)
+
+
 def cmd_stats(args: argparse.Namespace) -> int:
     import time
     import urllib.error
+    from urllib.parse import urlsplit
 
     import orjson
+    url = urlsplit(args.url)
+    if url.scheme not in ("http", "https") or not url.netloc:
+        print(f"beastnet stats: error: --url must look like http://HOST:PORT, got {args.url!r}",
+              file=sys.stderr)
+        return EXIT_USAGE
+    if args.watch is not None and args.watch <= 0:
+        print(f"beastnet stats: error: --watch must be > 0 seconds, got {args.watch:g}",
+              file=sys.stderr)
+        return EXIT_USAGE
     while True:
         try:
             stats = _fetch_stats(args.url, args.token)
         except (urllib.error.URLError, OSError, ValueError) as exc:
-            print(f"beastnet stats: error: {args.url}: {exc}", file=sys.stderr)
+            print(f"beastnet stats: error: {args.url}: {_why(exc)}", file=sys.stderr)
             return EXIT_FAIL
         if args.json:
             sys.stdout.write(orjson.dumps(stats, option=orjson.OPT_INDENT_2).decode() + "\n")

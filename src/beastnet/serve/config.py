@@ -10,16 +10,17 @@ import dataclasses
 import os
 import sys
 from dataclasses import dataclass, field, fields
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
-from beastnet.errors import BeastnetError
+from beastnet import BeastnetError
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:                                   # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-__all__ = ["ConfigError", "PROFILES", "LIVE_PARAMETERS", "ServeConfig", "load_config"]
+__all__ = ["ConfigError", "PROFILES", "PROFILE_PURPOSES", "LIVE_PARAMETERS", "ServeConfig",
+           "describe_profiles", "load_config"]
 
 MIB = 1024 * 1024
 
@@ -42,6 +43,7 @@ class ServeConfig:
     recv_buffer_bytes: int = 32 * MIB
     send_buffer_bytes: int = 32 * MIB
     cpu_steering: bool = True
+    share_ports: bool = False                   # join servers already on our ports (SO_REUSEPORT)
     # HTTP engine
     http_host: str = "127.0.0.1"
     http_port: int = 8080
@@ -81,59 +83,110 @@ LIVE_PARAMETERS = frozenset({
 })
 
 PROFILES: dict[str, dict[str, Any]] = {
-    # Everything on: keys enforced, usage persisted, both protocols.
     "production": {"keystore": "beastnet-keys.db"},
-    # Maximum UDP throughput: bigger batches and buffers, a quiet feed, one HTTP thread.
     "stress-udp-direct": {"batch": 64, "recv_buffer_bytes": 64 * MIB, "send_buffer_bytes": 64 * MIB,
                           "feed_rounds_per_s": 1.0, "http_threads": 1},
-    # Maximum HTTP throughput: one UDP socket, deep backlog, many connections.
     "stress-tcp-direct": {"udp_sockets": 1, "cpu_steering": False, "backlog": 4096,
                           "max_connections": 100_000, "feed_rounds_per_s": 1.0},
-    # One thread each, small buffers, chatty logs.
     "dev": {"udp_sockets": 1, "http_threads": 1, "cpu_steering": False,
             "recv_buffer_bytes": 4 * MIB, "send_buffer_bytes": 4 * MIB, "log_level": "debug"},
 }
 
+# What each profile is for; `beastnet serve --help` shows these with the settings above.
+PROFILE_PURPOSES: dict[str, str] = {
+    "production": "everything on: API keys enforced, usage persisted, both protocols on every CPU",
+    "stress-udp-direct": "maximum UDP throughput: bigger batches and buffers, a quiet feed, "
+                         "one HTTP thread, no API keys",
+    "stress-tcp-direct": "maximum HTTP throughput: one UDP socket, deep backlog, many "
+                         "connections, no API keys",
+    "dev": "trying it out: no API keys, one thread each, small buffers, debug logs",
+}
+
+
+def describe_profiles() -> str:
+    """One line per profile: its purpose and the settings it changes."""
+    def show(value: Any) -> str:
+        if isinstance(value, bool):
+            return str(value).lower()
+        if isinstance(value, int) and value >= MIB and value % MIB == 0:
+            return f"{value // MIB}MiB"
+        return str(value)
+    lines = []
+    for name, settings in PROFILES.items():
+        sets = ", ".join(f"{k}={show(v)}" for k, v in settings.items())
+        lines.append(f"{name}: {PROFILE_PURPOSES[name]} ({sets})")
+    return "\n".join(lines)
+
+
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
-def _check(cfg: ServeConfig) -> None:
+def _check(cfg: ServeConfig, label: Callable[[str], str] = str) -> None:
+    """Raise ConfigError for the first invalid value.  `label(setting)` is how
+    the message names a setting: the flag the user typed, else its name."""
     def need(ok: bool, message: str) -> None:
         if not ok:
             raise ConfigError(message)
 
+    def value(name: str) -> Any:
+        return getattr(cfg, name)
+
     for name in ("udp_port", "http_port"):
-        need(0 <= getattr(cfg, name) <= 65535, f"{name} must be 0..65535, got {getattr(cfg, name)}")
+        need(0 <= value(name) <= 65535, f"{label(name)} must be 0..65535, got {value(name)}")
     for name in ("udp_sockets", "http_threads"):
-        value = getattr(cfg, name)
-        need(value is None or 1 <= value <= 256, f"{name} must be 1..256, got {value}")
-    need(1 <= cfg.batch <= 1024, f"batch must be 1..1024, got {cfg.batch}")
-    need(64 <= cfg.max_datagram <= 65536, f"max_datagram must be 64..65536, got {cfg.max_datagram}")
+        need(value(name) is None or 1 <= value(name) <= 256,
+             f"{label(name)} must be 1..256, got {value(name)}")
+    need(1 <= cfg.batch <= 1024, f"{label('batch')} must be 1..1024, got {cfg.batch}")
+    need(64 <= cfg.max_datagram <= 65536,
+         f"{label('max_datagram')} must be 64..65536, got {cfg.max_datagram}")
     for name in ("recv_buffer_bytes", "send_buffer_bytes"):
-        need(4096 <= getattr(cfg, name) <= 1024 * MIB, f"{name} must be 4096..1 GiB")
+        need(4096 <= value(name) <= 1024 * MIB,
+             f"{label(name)} must be 4096..1 GiB, got {value(name)}")
     need(cfg.http_prefix.startswith("/") and cfg.http_prefix.endswith("/"),
          f"http_prefix must start and end with '/', got {cfg.http_prefix!r}")
-    need(1 <= cfg.backlog <= 65535, f"backlog must be 1..65535, got {cfg.backlog}")
-    need(1 <= cfg.max_connections <= 10_000_000, f"max_connections must be >= 1")
+    need(1 <= cfg.backlog <= 65535, f"{label('backlog')} must be 1..65535, got {cfg.backlog}")
+    need(1 <= cfg.max_connections <= 10_000_000,
+         f"{label('max_connections')} must be 1..10000000, got {cfg.max_connections}")
     for name in ("idle_timeout_s", "header_timeout_s", "usage_flush_interval_s",
                  "feed_rounds_per_s", "feed_stale_after_s"):
-        need(getattr(cfg, name) > 0, f"{name} must be > 0, got {getattr(cfg, name)}")
-    need(cfg.replay_speed >= 0, f"replay_speed must be >= 0 (0 = as fast as possible)")
-    need(cfg.feed in ("sim", "replay"), f"feed must be 'sim' or 'replay', got {cfg.feed!r}")
-    need(cfg.feed != "replay" or bool(cfg.feed_path), "feed 'replay' needs feed_path")
+        need(value(name) > 0, f"{label(name)} must be > 0, got {value(name)}")
+    need(cfg.replay_speed >= 0,
+         f"{label('replay_speed')} must be >= 0 (0 = as fast as possible), got {cfg.replay_speed}")
+    need(cfg.feed in ("sim", "replay"),
+         f"{label('feed')} must be 'sim' or 'replay', got {cfg.feed!r}")
+    need(cfg.feed != "replay" or bool(cfg.feed_path),
+         f"feed 'replay' needs {label('feed_path')}")
     need(cfg.feed_path is None or os.path.isfile(cfg.feed_path),
-         f"feed_path {cfg.feed_path!r} is not a file")
+         f"{label('feed_path')} {cfg.feed_path!r} is not a file")
     need(len(cfg.feed_sources) >= 1, "feed_sources needs at least one source")
-    need(1 <= cfg.miss_queue_size <= 1 << 20, f"miss_queue_size must be 1..1048576")
+    need(1 <= cfg.miss_queue_size <= 1 << 20, "miss_queue_size must be 1..1048576")
     need(cfg.max_inflight >= 1, "max_inflight must be >= 1")
-    need(cfg.log_level in _LOG_LEVELS, f"log_level must be one of {', '.join(_LOG_LEVELS)}")
+    need(cfg.log_level in _LOG_LEVELS,
+         f"{label('log_level')} must be one of {', '.join(_LOG_LEVELS)}")
     need(cfg.admin_token is None or len(cfg.admin_token) >= 16,
-         "admin_token must be at least 16 characters")
+         f"{label('admin_token')} must be at least 16 characters")
     need(not cfg.admin_remote or cfg.admin_token is not None,
-         "admin_remote needs an admin_token")
+         f"{label('admin_remote')} needs an {label('admin_token')}")
     for tier, limits in cfg.tiers.items():
-        need(isinstance(limits, dict) and set(limits) <= {"qps", "burst", "monthly_cap"},
-             f"tier {tier!r}: only qps, burst, monthly_cap may be set")
+        _check_tier(tier, limits)
+
+
+def _check_tier(tier: str, limits: Any) -> None:
+    """A [tiers.NAME] table: qps >= 0 (0: no rate limit), burst >= 1,
+    monthly_cap >= 0 (0: no cap)."""
+    where = f"tier {tier!r}"
+    if not isinstance(limits, dict) or not set(limits) <= {"qps", "burst", "monthly_cap"}:
+        raise ConfigError(f"{where}: only qps, burst, monthly_cap may be set")
+    for name, low, kinds in (("qps", 0, (int, float)), ("burst", 1, (int,)),
+                             ("monthly_cap", 0, (int,))):
+        if name not in limits:
+            continue
+        got = limits[name]
+        kind = "a number" if float in kinds else "an integer"
+        if isinstance(got, bool) or not isinstance(got, kinds):
+            raise ConfigError(f"{where}: {name} must be {kind}, got {got!r}")
+        if got < low or (isinstance(got, float) and got != got):
+            raise ConfigError(f"{where}: {name} must be >= {low}, got {got!r}")
 
 
 def _merge(cfg: ServeConfig, values: Mapping[str, Any], origin: str) -> None:
@@ -153,9 +206,12 @@ def _merge(cfg: ServeConfig, values: Mapping[str, Any], origin: str) -> None:
 
 
 def load_config(path: Optional[str] = None, profile: Optional[str] = None,
-                overrides: Optional[Mapping[str, Any]] = None) -> ServeConfig:
+                overrides: Optional[Mapping[str, Any]] = None,
+                flags: Optional[Mapping[str, str]] = None) -> ServeConfig:
     """Build a validated ServeConfig.  A file may name its own `profile`; the
-    `profile` argument (a command-line flag) wins over it."""
+    `profile` argument (a command-line flag) wins over it.  `flags` maps a
+    setting to the command-line flag that sets it: an error about a value from
+    `overrides` names that flag (`--sockets`), not the setting (`udp_sockets`)."""
     file_values: dict[str, Any] = {}
     if path is not None:
         try:
@@ -176,8 +232,10 @@ def load_config(path: Optional[str] = None, profile: Optional[str] = None,
     cfg = ServeConfig(profile=name)
     _merge(cfg, PROFILES[name], f"profile {name}")
     _merge(cfg, file_values, f"config file {path}")
-    _merge(cfg, {k: v for k, v in (overrides or {}).items() if v is not None}, "command line")
-    _check(cfg)
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    _merge(cfg, given, "command line")
+    typed = {k: v for k, v in (flags or {}).items() if k in given}
+    _check(cfg, lambda name: typed.get(name, name))
     return cfg
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import csv
-import io
 import logging
 import random
 import time

@@ -12,6 +12,7 @@ A clean stop loses no count; a crash loses at most one interval.
 """
 from __future__ import annotations
 
+import logging
 import secrets
 import sqlite3
 import threading
@@ -19,10 +20,16 @@ import time
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Optional
 
-from beastnet import APIKeyTable
-from beastnet.errors import BeastnetError
+from beastnet import APIKeyTable, BeastnetError
 
-__all__ = ["DEFAULT_TIERS", "KeyStore", "KeyStoreError", "Tier", "UsageFlusher", "current_month"]
+__all__ = ["DEFAULT_TIERS", "MIN_SECRET_KEY_CHARS", "KeyStore", "KeyStoreError", "Tier",
+           "UsageFlusher", "configured_tiers", "current_month"]
+
+log = logging.getLogger("beastnet.serve.keys")
+
+# A key chosen by hand (`beastnet keys add --key`) must be at least this long:
+# a short one can be guessed.  Generated keys have 32 random URL-safe characters.
+MIN_SECRET_KEY_CHARS = 16
 
 
 class KeyStoreError(BeastnetError):
@@ -44,6 +51,18 @@ DEFAULT_TIERS: dict[str, Tier] = {
     "pro": Tier("pro", qps=2_000.0, burst=200, monthly_cap=100_000_000),
     "partner": Tier("partner", qps=0.0, burst=1, monthly_cap=0),
 }
+
+def configured_tiers(overrides: Mapping[str, Mapping[str, float]]) -> dict[str, Tier]:
+    """DEFAULT_TIERS with a config's `[tiers.NAME]` tables applied: a known
+    tier keeps the limits a table leaves out; a new tier starts unlimited."""
+    tiers = dict(DEFAULT_TIERS)
+    for name, limits in overrides.items():
+        base = tiers.get(name, Tier(name, 0.0, 1, 0))
+        tiers[name] = Tier(name, float(limits.get("qps", base.qps)),
+                           int(limits.get("burst", base.burst)),
+                           int(limits.get("monthly_cap", base.monthly_cap)))
+    return tiers
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS api_keys (
@@ -120,7 +139,8 @@ class KeyStore:
         try:
             return self.tiers[name]
         except KeyError:
-            raise KeyStoreError(f"unknown tier {name!r} (known: {', '.join(self.tiers)})") from None
+            raise KeyStoreError(f"unknown tier {name!r} (known: {', '.join(self.tiers)}; define "
+                                f"others under [tiers.NAME] in a --config file)") from None
 
     # -- keys --------------------------------------------------------------------
 
@@ -158,6 +178,15 @@ class KeyStore:
             (month or current_month(),))
         return [{"key": r[0], "tier": r[1], "label": r[2], "created_at": r[3],
                  "revoked": r[4] is not None, "month_count": r[5]} for r in rows]
+
+    def unknown_tiers(self) -> dict[str, int]:
+        """Active keys whose tier this store does not know, counted by tier.
+        Such keys are refused (fail closed) until their tier is configured."""
+        counts: dict[str, int] = {}
+        for (tier,) in self._run("SELECT tier FROM api_keys WHERE revoked_at IS NULL"):
+            if tier not in self.tiers:
+                counts[tier] = counts.get(tier, 0) + 1
+        return counts
 
     def usage(self, key: str, month: Optional[str] = None) -> int:
         rows = self._run("SELECT count FROM usage WHERE key = ? AND month = ?",
@@ -275,7 +304,9 @@ class UsageFlusher:
             if version != self._version:
                 self._version = version
                 self.flush()                          # persist first: sync reads the month's count
-                self.store.sync_into(self.api_keys, self._month)
+                active = self.store.sync_into(self.api_keys, self._month)
+                log.info("key store %s changed: %d active keys", self.store.path, active,
+                         extra={"fields": {"event": "keys_reloaded", "active_keys": active}})
         except KeyStoreError as exc:
             self.flush_errors += 1
             self.last_error = exc

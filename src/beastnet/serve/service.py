@@ -8,9 +8,12 @@ port's control plane.  Built only on the public API.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import os
 import secrets
 import signal
+import socket
 import threading
 import time
 from typing import Any, Optional
@@ -18,17 +21,17 @@ from urllib.parse import parse_qs
 
 import orjson
 
-from beastnet import APIKeyTable, ResponseTable
+from beastnet import (Answer, APIKeyTable, ControlPlane, HTTPServer, MissRequest, ResponseTable,
+                      ServerError, UDPServer, is_loopback_client)
+from beastnet.metrics import (CONTENT_TYPE as METRICS_CONTENT_TYPE, MetricFamily, http_families,
+                              render, udp_families)
 from beastnet.serve.assets import ASSETS
 from beastnet.serve.config import LIVE_PARAMETERS, ServeConfig, apply_live
-from beastnet.control import Answer, ControlPlane, MissRequest, is_loopback_client
 from beastnet.serve.feeds import Feed, PricePublisher, ReplayFeed, SimulatedFeed
-from beastnet.serve.keys import DEFAULT_TIERS, KeyStore, Tier, UsageFlusher
-from beastnet.metrics import (CONTENT_TYPE as METRICS_CONTENT_TYPE, MetricFamily, feed_families,
-                              http_families, key_families, render, udp_families)
-from beastnet.server import UDPServer
+from beastnet.serve.keys import KeyStore, UsageFlusher, configured_tiers
+from beastnet.serve.metrics import feed_families, key_families
 
-__all__ = ["PriceService"]
+__all__ = ["PortInUseError", "PriceService", "check_port_free"]
 
 log = logging.getLogger("beastnet.serve.service")
 
@@ -36,14 +39,42 @@ log = logging.getLogger("beastnet.serve.service")
 ROUTES = ("/healthz", "/metrics", "/admin/stats", "/admin/reset", "/admin/profile")
 
 
-def _tiers(cfg: ServeConfig) -> dict[str, Tier]:
-    tiers = dict(DEFAULT_TIERS)
-    for name, limits in cfg.tiers.items():
-        base = tiers.get(name, Tier(name, 0.0, 1, 0))
-        tiers[name] = Tier(name, float(limits.get("qps", base.qps)),
-                           int(limits.get("burst", base.burst)),
-                           int(limits.get("monthly_cap", base.monthly_cap)))
-    return tiers
+class PortInUseError(ServerError):
+    """Another socket already holds the address a server is to bind."""
+
+    def __init__(self, message: str, protocol: str) -> None:
+        super().__init__(message)
+        self.protocol = protocol        #: "UDP" or "HTTP"
+
+
+def check_port_free(host: str, port: int, socktype: int, what: str) -> None:
+    """Raise PortInUseError if another process holds `host`:`port`.
+
+    The engines bind with SO_REUSEPORT, so a second server started by the same
+    user on an occupied port would bind without error and take part of the
+    traffic.  A probe bound without SO_REUSEPORT fails with EADDRINUSE exactly
+    when some socket holds the port (a TCP probe sets SO_REUSEADDR, so
+    connections in TIME_WAIT do not count).  Port 0 picks a free port: nothing
+    to check.  A host that does not resolve is reported here; what the kernel
+    refuses otherwise is left to the real bind.  A server binding between the
+    probe and our bind is not caught: that takes two starts in the same instant.
+    """
+    try:
+        family, _, _, _, sockaddr = socket.getaddrinfo(host, port, type=socktype,
+                                                       flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror as exc:
+        raise ServerError(f"{what} host {host!r}: {exc.strerror}") from None
+    if port == 0:
+        return
+    with socket.socket(family, socktype) as probe:
+        if socktype == socket.SOCK_STREAM:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(sockaddr)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise PortInUseError(f"{what} port {port} on {host} is in use by another process",
+                                     what) from None
 
 
 class _RateSampler:
@@ -64,7 +95,12 @@ class _RateSampler:
 
 
 class PriceService:
-    """Everything `beastnet serve` runs, with start(), stop() and drain on SIGTERM."""
+    """Everything `beastnet serve` runs, with start(), stop() and drain on SIGTERM.
+
+    One control plane (`control`, a uvloop loop on one thread) runs the feed,
+    the rate sampler, the admin routes and both servers' miss dispatchers; the
+    servers are given it and never start or stop it themselves.
+    """
 
     def __init__(self, cfg: ServeConfig, feed: Optional[Feed] = None) -> None:
         self.cfg = cfg
@@ -77,7 +113,8 @@ class PriceService:
         self.feed = feed or self._make_feed()
         self.control = ControlPlane("beastnet-service")
         self.udp: Optional[UDPServer] = None
-        self.http: Any = None
+        self.http: Optional[HTTPServer] = None
+        self.active_keys = 0                    # active keys in the store at start
         self._feed_task: Optional[asyncio.Future] = None
         self._sampler_task: Optional[asyncio.Future] = None
         self._udp_rates = _RateSampler()
@@ -99,13 +136,11 @@ class PriceService:
         cfg = self.cfg
         logging.getLogger("beastnet").setLevel(cfg.log_level.upper())
         try:
+            if not cfg.share_ports:
+                check_port_free(cfg.udp_host, cfg.udp_port, socket.SOCK_DGRAM, "UDP")
+                check_port_free(cfg.http_host, cfg.http_port, socket.SOCK_STREAM, "HTTP")
             if cfg.keystore:
-                self.store = KeyStore(cfg.keystore, _tiers(cfg))
-                self.api_keys = APIKeyTable()
-                active = self.store.sync_into(self.api_keys)
-                self.flusher = UsageFlusher(self.store, self.api_keys,
-                                            interval_s=cfg.usage_flush_interval_s).start()
-                log.info("key store %s: %d active keys", cfg.keystore, active)
+                self._open_key_store(cfg.keystore)
             self.control.start()
             self._feed_task = self.control.run(
                 lambda: asyncio.ensure_future(self.publisher.run(self.feed)))
@@ -115,7 +150,8 @@ class PriceService:
                                  batch=cfg.batch, max_datagram=cfg.max_datagram,
                                  recv_buffer_bytes=cfg.recv_buffer_bytes,
                                  send_buffer_bytes=cfg.send_buffer_bytes,
-                                 cpu_steering=cfg.cpu_steering, api_keys=self.api_keys).start()
+                                 cpu_steering=cfg.cpu_steering, api_keys=self.api_keys,
+                                 control=self.control).start()
             self.http = self._start_http()
         except BaseException:
             self.stop()
@@ -123,15 +159,31 @@ class PriceService:
         self.started_at = time.monotonic()
         return self
 
-    def _start_http(self) -> Any:
-        from beastnet.http_server import HTTPServer
+    def _open_key_store(self, path: str) -> None:
+        created = not os.path.exists(path)
+        self.store = KeyStore(path, configured_tiers(self.cfg.tiers))
+        self.api_keys = APIKeyTable()
+        self.active_keys = self.store.sync_into(self.api_keys)
+        self.flusher = UsageFlusher(self.store, self.api_keys,
+                                    interval_s=self.cfg.usage_flush_interval_s).start()
+        if created:
+            log.warning("created key store %s", os.path.abspath(path),
+                        extra={"fields": {"event": "keystore_created"}})
+        log.info("key store %s: %d active keys", path, self.active_keys)
+        for tier, count in sorted(self.store.unknown_tiers().items()):
+            log.warning("key store %s: %d active key(s) of unknown tier %r are refused; "
+                        "define [tiers.%s] in the config", path, count, tier, tier,
+                        extra={"fields": {"event": "unknown_tier", "tier": tier, "keys": count}})
+
+    def _start_http(self) -> HTTPServer:
         cfg = self.cfg
         routes = {path: self._on_route for path in ROUTES}
         return HTTPServer(self.table, cfg.http_host, cfg.http_port, threads=cfg.http_threads,
                           backlog=cfg.backlog, prefix=cfg.http_prefix, routes=routes,
                           miss_queue_size=cfg.miss_queue_size, max_inflight=cfg.max_inflight,
                           max_connections=cfg.max_connections, idle_timeout_s=cfg.idle_timeout_s,
-                          header_timeout_s=cfg.header_timeout_s, api_keys=self.api_keys).start()
+                          header_timeout_s=cfg.header_timeout_s, api_keys=self.api_keys,
+                          control=self.control).start()
 
     def _wait_for_prices(self, timeout_s: float) -> None:
         """Serve only once the feed has published (a replay may start slowly)."""
@@ -193,7 +245,7 @@ class PriceService:
     def stats(self) -> dict[str, Any]:
         """Everything /admin/stats shows."""
         out: dict[str, Any] = {"uptime_s": round(time.monotonic() - self.started_at, 3),
-                               "profile": self.cfg.profile, "keys_in_table": len(self.table)}
+                               "profile": self.cfg.profile, "assets": len(self.table)}
         if self.udp is not None:
             udp = self.udp.stats()
             totals = self._since_reset("udp", udp["totals"])
