@@ -33,18 +33,22 @@ include "_stats.pxi"
 include "_table.pxi"
 include "_missq.pxi"
 include "_limits.pxi"
+include "_replies.pxi"
 include "_udp.pxi"
 include "_hist.pxi"
 include "_load.pxi"
 include "_load_http.pxi"
-include "_http.pxi"
+include "_http_parse.pxi"
+include "_http_conn.pxi"
+include "_http_route.pxi"
+include "_http_worker.pxi"
 
 
 def _module_init():
     qsbr_init()
     char_class_init()
-    static_bodies_init()
-    http_static_init()
+    replies_init()
+    http_parse_init()
 
 
 _module_init()

@@ -17,10 +17,6 @@ cdef struct bn_request:
     const char* apikey
     uint32_t apikey_len                 # 0 = no API key
 
-cdef struct bn_static_body:
-    const char* data
-    size_t len
-
 cdef struct bn_reader:
     int fd                              # the reader's SO_REUSEPORT socket
     int index                           # position in the reuseport group
@@ -47,41 +43,14 @@ cdef struct bn_reader:
     char cmsg[CMSG_BUF_BYTES]           # SO_RXQ_OVFL, attached to the first message of a batch
 
 
-cdef bn_static_body BODY_BAD_REQUEST
-cdef bn_static_body BODY_NOT_FOUND
-cdef bn_static_body BODY_BUSY
-cdef bn_static_body BODY_INTERNAL_ERROR
-cdef bn_static_body BODY_UNAUTHORIZED
-cdef bn_static_body BODY_OVER_QUOTA
-
-
-cdef void static_bodies_init() noexcept:
-    # Built once, like redis's createSharedObjects: error replies cost no work.
-    global BODY_BAD_REQUEST, BODY_NOT_FOUND, BODY_BUSY, BODY_INTERNAL_ERROR
-    global BODY_UNAUTHORIZED, BODY_OVER_QUOTA
-    BODY_BAD_REQUEST.data = b'{"error":"bad_request"}'
-    BODY_BAD_REQUEST.len = strlen(BODY_BAD_REQUEST.data)
-    BODY_NOT_FOUND.data = b'{"error":"not_found"}'
-    BODY_NOT_FOUND.len = strlen(BODY_NOT_FOUND.data)
-    BODY_BUSY.data = b'{"error":"busy"}'
-    BODY_BUSY.len = strlen(BODY_BUSY.data)
-    BODY_INTERNAL_ERROR.data = b'{"error":"internal_error"}'
-    BODY_INTERNAL_ERROR.len = strlen(BODY_INTERNAL_ERROR.data)
-    BODY_UNAUTHORIZED.data = b'{"error":"unauthorized"}'
-    BODY_UNAUTHORIZED.len = strlen(BODY_UNAUTHORIZED.data)
-    BODY_OVER_QUOTA.data = b'{"error":"over_quota"}'
-    BODY_OVER_QUOTA.len = strlen(BODY_OVER_QUOTA.data)
-
-
 cdef size_t format_rate_limited(char* out, uint64_t retry_after_ns) noexcept nogil:
     """{"error":"rate_limited","retry_after_ms":N} into `out` (ERROR_SCRATCH_BYTES);
     N rounds up, so a client that waits N ms is admitted."""
-    cdef const char* head = b'{"error":"rate_limited","retry_after_ms":'
-    cdef size_t n = strlen(head)
+    cdef size_t n = BODY_RATE_LIMITED_MS.len
     cdef uint64_t ms = (retry_after_ns + 999999) // 1000000
     cdef char digits[20]
     cdef int nd = 0
-    memcpy(out, head, n)
+    memcpy(out, BODY_RATE_LIMITED_MS.data, n)
     while True:
         digits[nd] = <char>(48 + ms % 10)
         nd += 1
@@ -97,7 +66,7 @@ cdef size_t format_rate_limited(char* out, uint64_t retry_after_ns) noexcept nog
 
 
 cdef inline int udp_parse(const char* data, size_t n, bn_request* req) noexcept nogil:
-    """Parse `[@TAG ]KEY[ APIKEY][\\r]\\n` in place (DESIGN.md §2)."""
+    """Parse `[@TAG ]KEY[ APIKEY][\\r]\\n` in place (docs/protocol.md)."""
     cdef const uint8_t* p = <const uint8_t*>data
     cdef size_t i = 0
     cdef size_t start
