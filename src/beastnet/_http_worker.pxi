@@ -31,7 +31,6 @@ cdef struct bn_hworker:
     int cpu                             # CPU to pin to, -1 = no pinning
     int pin_error                       # errno from pinning
     int fatal_errno                     # errno that made the worker quit, 0 = none
-    int qsbr_index                      # slot in qsbr_slots, -1 = none
     int* stop_flag                      # engine's stop flag
     int draining                        # stop() seen: finish or close connections, accept none
     int accept_paused                   # listening socket out of epoll after EMFILE
@@ -564,7 +563,6 @@ cdef bn_hworker* http_worker_new(uint32_t max_conns) noexcept nogil:
     w.reply_fd = -1
     w.listen_fd = -1
     w.miss_fd = -1
-    w.qsbr_index = -1
     w.max_conns = max_conns
     w.conns = <bn_conn*>calloc(max_conns, sizeof(bn_conn))
     w.free_slots = <uint32_t*>malloc(max_conns * sizeof(uint32_t))
@@ -590,7 +588,7 @@ cdef int http_epoll_add(int epfd, int fd, uint64_t tag) except -1:
     return 0
 
 
-cdef class HTTPEngine:
+cdef class HTTPEngine(NativeEngine):
     """Native HTTP/1.1 workers over already-listening SO_REUSEPORT sockets.
 
     Low-level: `beastnet.HTTPServer` creates the sockets, the control plane and
@@ -607,12 +605,10 @@ cdef class HTTPEngine:
                   APIKeyTable api_keys=None):
         cdef int i
         cdef int n = len(fds)
-        cdef void* mem = NULL
         cdef bytes raw_prefix = prefix.encode("ascii")
         cdef uint32_t per_worker
         cdef bn_hworker* w
         self.stop_efd = -1
-        self.miss_efd = -1
         if n < 1:
             raise ValueError("at least one listening socket is needed")
         if cpus is not None and len(cpus) != n:
@@ -627,25 +623,12 @@ cdef class HTTPEngine:
             raise ValueError("max_connections must be at least one per worker")
         if header_timeout_s <= 0 or idle_timeout_s <= 0 or write_timeout_s <= 0:
             raise ValueError("timeouts must be positive")
-        self.table = table
-        self.api_keys = api_keys            # kept alive: workers hold &api_keys.index
-        self.nworkers = n
+        self._setup(table, api_keys, n, sizeof(bn_http_counters), miss_capacity)
         self.stop_efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
         if self.stop_efd < 0:
             raise_errno("eventfd")
-        if miss_capacity > 0:
-            self.missq = missq_new(miss_capacity)
-            if self.missq == NULL:
-                raise MemoryError()
-            self.miss_efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
-            if self.miss_efd < 0:
-                raise_errno("eventfd")
-        if posix_memalign(&mem, BN_CACHE_LINE, sizeof(bn_http_counters) * n) != 0:
-            raise MemoryError()
-        memset(mem, 0, sizeof(bn_http_counters) * n)
-        self.worker_counters = <bn_http_counters*>mem
         self.workers = <bn_hworker**>calloc(n, sizeof(bn_hworker*))
-        if bn_threads_init(&self.group, n) != 0 or self.workers == NULL:
+        if self.workers == NULL:
             raise MemoryError()
         per_worker = max_connections // n
         for i in range(n):
@@ -664,7 +647,7 @@ cdef class HTTPEngine:
             w.require_apikey = require_api_key
             w.keys_ref = &api_keys.index if api_keys is not None else NULL
             w.index_ref = &table.index
-            w.counters = &self.worker_counters[i]
+            w.counters = &(<bn_http_counters*>self.counter_mem)[i]
             w.max_header_bytes = max_header_bytes
             w.max_target_bytes = max_target_bytes
             w.max_output_bytes = max_output_bytes
@@ -688,30 +671,24 @@ cdef class HTTPEngine:
         if self.group.running:
             self._join(0)
         if self.workers != NULL:
-            for i in range(self.nworkers):
-                if self.workers[i] != NULL and self.workers[i].qsbr_index >= 0:
-                    qsbr_unregister(self.workers[i].qsbr_index)
+            for i in range(self.nthreads):
                 http_worker_free(self.workers[i])
             free(self.workers)
-        bn_threads_free(&self.group)
-        free(self.worker_counters)
-        missq_free(self.missq)
+            self.workers = NULL
         if self.stop_efd >= 0:
             close(self.stop_efd)
-        if self.miss_efd >= 0:
-            close(self.miss_efd)
+
+    cdef void _bind_qsbr(self, int i, bn_qsbr_slot* slot) noexcept:
+        self.workers[i].qsbr = slot
+
+    cdef object _snapshot(self, int i):
+        cdef bn_http_counters snap
+        counters_snapshot(&(<bn_http_counters*>self.counter_mem)[i], &snap, sizeof(snap))
+        return snap
 
     def start(self):
         """Start one native worker thread per listening socket (no GIL in them)."""
-        cdef int i
-        cdef int rc = 0
-        if self.group.running or self.stopped:
-            raise RuntimeError("an HTTPEngine starts once")
-        for i in range(self.nworkers):
-            self.workers[i].qsbr_index = qsbr_register()
-            self.workers[i].qsbr = &qsbr_slots[self.workers[i].qsbr_index]
-        with nogil:
-            rc = bn_threads_start(&self.group, http_worker_main, <void**>self.workers)
+        cdef int rc = self._start_threads("an HTTPEngine", http_worker_main, <void**>self.workers)
         if rc != 0:
             self._join(0)
             raise OSError(rc, f"pthread_create: {os.strerror(rc)}")
@@ -719,18 +696,11 @@ cdef class HTTPEngine:
     cdef void _join(self, int64_t grace_ns) noexcept:
         cdef int i
         cdef uint64_t one = 1
-        for i in range(self.nworkers):
+        for i in range(self.nthreads):
             self.workers[i].grace_ns = grace_ns
         bn_store_int(&self.stop_flag, 1)      # release: the grace values are visible first
         write(self.stop_efd, &one, sizeof(one))
-        with nogil:
-            bn_threads_join(&self.group)
-        for i in range(self.nworkers):
-            if self.workers[i].qsbr_index >= 0:
-                qsbr_unregister(self.workers[i].qsbr_index)
-                self.workers[i].qsbr_index = -1
-                self.workers[i].qsbr = NULL
-        self.stopped = 1
+        self._join_threads()
 
     def stop(self, double grace_s=0.0):
         """Stop accepting, let open connections finish the answer in progress
@@ -748,7 +718,7 @@ cdef class HTTPEngine:
         if self.group.running:
             raise RuntimeError("stop() the engine before close()")
         self.stopped = 1
-        for i in range(self.nworkers):
+        for i in range(self.nthreads):
             if self.workers != NULL and self.workers[i] != NULL:
                 if self.workers[i].epfd >= 0:
                     close(self.workers[i].epfd)
@@ -763,76 +733,26 @@ cdef class HTTPEngine:
             close(self.miss_efd)
             self.miss_efd = -1
 
-    @property
-    def running(self):
-        return self.group.running > 0
-
-    @property
-    def miss_fd(self):
-        """eventfd that becomes readable when misses are queued (-1 without a queue)."""
-        return self.miss_efd
-
     def worker_status(self):
         """Per worker: the pinning errno (0 = fine) and the errno that made it quit (0 = none)."""
         cdef int i
-        return [(self.workers[i].pin_error, self.workers[i].fatal_errno) for i in range(self.nworkers)]
+        return [(self.workers[i].pin_error, self.workers[i].fatal_errno) for i in range(self.nthreads)]
 
-    def counters(self):
-        """A snapshot of every worker's counters, one dict per worker."""
-        cdef int i
-        cdef size_t k
-        cdef bn_http_counters snap
-        cdef const uint64_t* s
-        cdef uint64_t* d
-        out = []
-        for i in range(self.nworkers):
-            s = <const uint64_t*>&self.worker_counters[i]
-            d = <uint64_t*>&snap
-            for k in range(sizeof(bn_http_counters) // sizeof(uint64_t)):
-                d[k] = bn_load_u64_relaxed(&s[k])
-            out.append(snap)
-        return out
-
-    def drain_eventfd(self):
-        """Reset the miss eventfd (call before draining the queue)."""
-        cdef uint64_t value
-        if self.miss_efd >= 0:
-            read(self.miss_efd, &value, sizeof(value))
-
-    def pop_misses(self, size_t limit):
-        """Up to `limit` queued requests as
-        (worker, conn, gen, route, method, target, key, apikey, peer_addr) tuples."""
-        cdef bn_miss* cell
-        out = []
-        if self.missq == NULL:
-            return out
-        while <size_t>len(out) < limit:
-            cell = missq_peek(self.missq)
-            if cell == NULL:
-                break
-            out.append((
-                cell.reader, cell.conn, cell.gen, bool(cell.route),
-                cell.method[:cell.method_len].decode("ascii"),
-                cell.target[:cell.target_len].decode("latin-1"),
-                cell.key[:cell.key_len].decode("ascii") if cell.key_len else None,
-                cell.apikey[:cell.apikey_len].decode("latin-1") if cell.apikey_len else None,
-                PyBytes_FromStringAndSize(cell.addr, cell.addr_len),
-            ))
-            missq_release(self.missq, cell)
-        return out
-
-    def send_reply(self, unsigned int worker, unsigned int conn, unsigned int gen, int status,
+    def send_reply(self, unsigned int thread, unsigned int conn, unsigned int gen,
+                   bytes addr not None, bytes tag_prefix not None, int status,
                    str content_type not None, bytes body not None):
-        """Queue a reply for connection (`conn`, `gen`) of `worker` and wake it.
-        Returns 0, or 1 when the engine is not running (the reply is dropped).
-        A reply whose connection has gone is dropped by the worker (counted)."""
+        """Answer a record of pop_misses(): queue a reply for connection
+        (`conn`, `gen`) of worker `thread` and wake it (addr and tag_prefix
+        are UDP's).  Returns 0, or 1 when the engine is not running (the
+        reply is dropped).  A reply whose connection has gone is dropped by
+        the worker (counted)."""
         cdef str extra = "Retry-After: 1\r\n" if status in (429, 503) else ""
         cdef bytes head
         cdef bn_hreply* r
         cdef void* old
         cdef uint64_t one = 1
         cdef bn_hworker* w
-        if worker >= <unsigned int>self.nworkers:
+        if thread >= <unsigned int>self.nthreads:
             raise ValueError("no such worker")
         # 1xx would read as an interim response and 204/304 carry no body: any
         # of them with our Content-Length and body would desynchronise the
@@ -841,7 +761,7 @@ cdef class HTTPEngine:
             raise ValueError(f"unsupported HTTP status {status} for a handler answer")
         if "\r" in content_type or "\n" in content_type:
             raise ValueError(f"invalid content type {content_type!r}")
-        if not self.group.running or self.workers[worker].reply_fd < 0:
+        if not self.group.running or self.workers[thread].reply_fd < 0:
             return 1
         head = http_build_head(status, content_type, len(body), extra)
         r = <bn_hreply*>malloc(sizeof(bn_hreply) + len(head) + len(body))
@@ -854,7 +774,7 @@ cdef class HTTPEngine:
         r.body_len = <uint32_t>len(body)
         memcpy(<char*>r + sizeof(bn_hreply), <const char*>head, len(head))
         memcpy(<char*>r + sizeof(bn_hreply) + len(head), <const char*>body, len(body))
-        w = self.workers[worker]
+        w = self.workers[thread]
         while True:                     # Treiber push; the worker takes the whole stack
             old = bn_load_ptr(&w.replies)
             r.next = <bn_hreply*>old

@@ -12,7 +12,8 @@ from beastnet import _core
 from beastnet._base import EngineServer, resolve
 from beastnet._core import APIKeyTable, ResponseTable
 from beastnet.control import (Answer, ControlPlane, MissDispatcher, MissHandler, MissRequest,
-                              is_loopback_client, stop_control_plane, sum_counters)
+                              error_answer, is_loopback_client, stop_control_plane,
+                              sum_counters)
 from beastnet.errors import ServerError
 
 __all__ = ["HTTPServer"]
@@ -174,10 +175,10 @@ class HTTPServer(EngineServer):
             if route is not None:
                 return route(request)
             if (path or "").startswith("/admin/") and not is_loopback_client(request):
-                return Answer({"error": "forbidden"}, status=403)
+                return error_answer("forbidden")
             builtin = path in ("/healthz", "/metrics", "/admin/stats")
             if builtin and request.method not in ("GET", "HEAD"):
-                return Answer({"error": "method_not_allowed"}, status=405)
+                return error_answer("method_not_allowed")
             if path == "/healthz":
                 return Answer(b'{"status":"ok"}')
             if path == "/metrics":
