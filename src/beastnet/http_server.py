@@ -15,10 +15,9 @@ from beastnet.control import (Answer, ControlPlane, MissDispatcher, MissHandler,
                               error_answer, is_loopback_client, stop_control_plane,
                               sum_counters)
 from beastnet.errors import ServerError
+from beastnet.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE, http_families, render
 
 __all__ = ["HTTPServer"]
-
-_METRICS_CONTENT_TYPE = "text/plain; version=0.0.4"
 
 
 class HTTPServer(EngineServer):
@@ -182,7 +181,7 @@ class HTTPServer(EngineServer):
             if path == "/healthz":
                 return Answer(b'{"status":"ok"}')
             if path == "/metrics":
-                return Answer(self.metrics_text(), content_type=_METRICS_CONTENT_TYPE)
+                return Answer(self.metrics_text(), content_type=METRICS_CONTENT_TYPE)
             if path == "/admin/stats":
                 return Answer(orjson.dumps(self.stats(), default=str))
         if self.handler is None:
@@ -223,11 +222,5 @@ class HTTPServer(EngineServer):
         }
 
     def metrics_text(self) -> bytes:
-        """The totals in Prometheus text exposition format."""
-        lines = []
-        for name, value in sorted(self.stats()["totals"].items()):
-            kind = "gauge" if name in ("active", "handler_inflight") else "counter"
-            metric = f"beastnet_http_{name}"
-            lines.append(f"# TYPE {metric} {kind}")
-            lines.append(f"{metric} {value}")
-        return ("\n".join(lines) + "\n").encode("ascii")
+        """The counters in Prometheus text exposition format (`beastnet.metrics`)."""
+        return render(http_families(self.stats()))
