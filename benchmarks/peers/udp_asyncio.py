@@ -11,7 +11,7 @@ table as benchmarks/servers/beastnet_udp.py (benchmarks/_common.py).
 Prints its bound port as the first stdout line; on SIGTERM or SIGINT it stops,
 prints one JSON line of counters and exits 0.
 
-Protocol (docs: /work/shared/DESIGN.md §2):
+Protocol (docs/protocol.md):
     request  := [ "@" TAG " " ] KEY [ " " APIKEY ]   (a trailing \\n or \\r\\n is ignored)
     response := [ "@" TAG " " ] BODY
 """

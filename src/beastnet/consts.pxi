@@ -1,7 +1,7 @@
 # Protocol and engine limits, shared by every piece of the core.
 
 cdef enum:
-    KEY_MAX_BYTES = 64              # longest KEY (DESIGN.md §2)
+    KEY_MAX_BYTES = 64              # longest KEY (docs/protocol.md)
     TAG_MAX_BYTES = 16              # longest TAG, without the '@'
     APIKEY_MAX_BYTES = 64           # longest APIKEY
     TAG_PREFIX_MAX_BYTES = 18       # '@' + TAG + ' '
