@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from beastnet import ResponseTable, _core
-from beastnet.counters import HTTP_COUNTERS, MISS_PATH_COUNTERS, UDP_COUNTERS, markdown
+from beastnet.counters import (HTTP_COUNTERS, HTTP_SERVER_GAUGES, MISS_PATH_COUNTERS, UDP_COUNTERS,
+                               UDP_SERVER_GAUGES, markdown)
 from beastnet.metrics import http_families, render, udp_families
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,6 +72,20 @@ def test_metrics_take_names_types_and_help_from_the_list(udp_engine, http_engine
             assert f"# HELP {name} {c.help}\n# TYPE {name} {c.kind}\n" in text
             assert f'{name}{{thread="0"}} 0\n' in text
     assert "beastnet_udp_handler_calls_total 3\n" in text
+
+
+def test_every_family_on_metrics_is_in_the_list(udp_engine, http_engine):
+    totals = {c.name: 0 for c in MISS_PATH_COUNTERS}
+    udp = {"per_socket": udp_engine.counters(), "totals": totals}
+    http = {"per_thread": http_engine.counters(), "totals": totals}
+    listed = {
+        "beastnet_udp": {c.name for c in UDP_COUNTERS + MISS_PATH_COUNTERS + UDP_SERVER_GAUGES},
+        "beastnet_http": {c.name for c in HTTP_COUNTERS + MISS_PATH_COUNTERS + HTTP_SERVER_GAUGES},
+    }
+    for prefix, families in (("beastnet_udp", udp_families(udp)),
+                             ("beastnet_http", http_families(http))):
+        names = {f.name[len(prefix) + 1:] for f in families}
+        assert names == listed[prefix]
 
 
 def test_docs_table_is_generated_from_the_list():

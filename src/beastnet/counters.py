@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-__all__ = ["Counter", "UDP_COUNTERS", "HTTP_COUNTERS", "MISS_PATH_COUNTERS", "markdown"]
+__all__ = ["Counter", "UDP_COUNTERS", "HTTP_COUNTERS", "MISS_PATH_COUNTERS", "UDP_SERVER_GAUGES",
+           "HTTP_SERVER_GAUGES", "markdown"]
 
 
 class Counter(NamedTuple):
@@ -105,6 +106,16 @@ miss_cached       counter  answers      Handler answers published to the table (
 miss_send_errors  counter  responses    Control-plane replies the engine could not send.
 """)
 
+#: Levels of a server's set-up, one value per server (from stats(), not from a struct).
+UDP_SERVER_GAUGES: tuple[Counter, ...] = _table("""
+sockets           gauge    sockets      Reader sockets.
+cpu_steering      gauge    flag         1 when CPU steering is active.
+avg_batch_fill    gauge    datagrams    Datagrams per recvmmsg call.
+""")
+HTTP_SERVER_GAUGES: tuple[Counter, ...] = _table("""
+threads           gauge    threads      HTTP worker threads.
+""")
+
 
 def markdown() -> str:
     """docs/counters.md: every counter, generated from the lists above."""
@@ -115,6 +126,10 @@ def markdown() -> str:
          "Per worker thread in `HTTPServer.stats()['per_thread']`, summed in `['totals']`."),
         ("Miss path (control plane)", "beastnet_udp / beastnet_http", MISS_PATH_COUNTERS,
          "In both servers' `['totals']`; absent from a UDP server without a handler."),
+        ("UDP server set-up", "beastnet_udp", UDP_SERVER_GAUGES,
+         "From `UDPServer.stats()`: `sockets`, `steering['enabled']`, `avg_batch_fill`."),
+        ("HTTP server set-up", "beastnet_http", HTTP_SERVER_GAUGES,
+         "From `HTTPServer.stats()['threads']`."),
     )
     out = [
         "# Counters",

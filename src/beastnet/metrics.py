@@ -11,7 +11,8 @@ from __future__ import annotations
 import math
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
-from beastnet.counters import HTTP_COUNTERS, MISS_PATH_COUNTERS, UDP_COUNTERS, Counter
+from beastnet.counters import (HTTP_COUNTERS, HTTP_SERVER_GAUGES, MISS_PATH_COUNTERS, UDP_COUNTERS,
+                               UDP_SERVER_GAUGES, Counter)
 
 __all__ = ["MetricFamily", "render", "udp_families", "http_families", "feed_families",
            "key_families"]
@@ -84,24 +85,26 @@ def _engine_families(stats: Mapping[str, Any], per_thread: Sequence[Mapping[str,
     return out
 
 
+def _gauges(gauges: Sequence[Counter], values: Mapping[str, float],
+            prefix: str) -> list[MetricFamily]:
+    return [MetricFamily(f"{prefix}_{g.name}", g.kind, g.help).add(values[g.name]) for g in gauges]
+
+
 def udp_families(stats: Mapping[str, Any], prefix: str = "beastnet_udp") -> list[MetricFamily]:
     """Families for a `UDPServer.stats()` snapshot."""
     out = _engine_families(stats, stats.get("per_socket", []), UDP_COUNTERS, prefix)
-    out.append(MetricFamily(f"{prefix}_sockets", "gauge", "Reader sockets.").add(stats.get("sockets", 0)))
-    out.append(MetricFamily(f"{prefix}_cpu_steering", "gauge", "1 when CPU steering is active.")
-               .add(bool(stats.get("steering", {}).get("enabled"))))
-    out.append(MetricFamily(f"{prefix}_avg_batch_fill", "gauge", "Datagrams per recvmmsg call.")
-               .add(float(stats.get("avg_batch_fill", 0.0))))
-    return out
+    return out + _gauges(UDP_SERVER_GAUGES, {
+        "sockets": stats.get("sockets", 0),
+        "cpu_steering": bool(stats.get("steering", {}).get("enabled")),
+        "avg_batch_fill": float(stats.get("avg_batch_fill", 0.0)),
+    }, prefix)
 
 
 def http_families(stats: Mapping[str, Any], prefix: str = "beastnet_http") -> list[MetricFamily]:
     """Families for an `HTTPServer.stats()` snapshot: every worker counter,
     labelled by worker thread, plus the control plane's totals."""
     out = _engine_families(stats, stats.get("per_thread", []), HTTP_COUNTERS, prefix)
-    out.append(MetricFamily(f"{prefix}_threads", "gauge", "HTTP worker threads.")
-               .add(stats.get("threads", 0)))
-    return out
+    return out + _gauges(HTTP_SERVER_GAUGES, {"threads": stats.get("threads", 0)}, prefix)
 
 
 def feed_families(health: Mapping[str, Any], prefix: str = "beastnet_feed") -> list[MetricFamily]:
