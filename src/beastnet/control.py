@@ -119,7 +119,6 @@ HandlerResult = Union[bytes, str, dict, list, Answer, None]
 MissHandler = Callable[[MissRequest], Union[HandlerResult, Awaitable[HandlerResult]]]
 
 
-
 def error_answer(name: str) -> Answer:
     """The answer for error `name` of the shared vocabulary (e.g. "forbidden"):
     its pre-serialized body and HTTP status, as the engines send them."""
