@@ -137,6 +137,7 @@ def test_parse_python_peer(benchmark, per_op):
 
 TAGS = [b"@%x " % i for i in range(len(NAMES))]
 BODIES = [TABLE[n] for n in NAMES]
+CTYPE = "application/json"                # UDP ignores it: one send_reply signature for both engines
 
 
 @pytest.mark.benchmark(group="reply build: tag prefix + ~110-byte body, 150/call")
@@ -200,9 +201,9 @@ def test_reply_send_beastnet_iovec(benchmark, per_op, sink, sender):
     def loop(tags, bodies):
         send = engine.send_reply
         for tag, body in zip(tags, bodies):
-            send(0, addr, tag, body)
+            send(0, 0, 0, addr, tag, 200, CTYPE, body)
 
-    assert engine.send_reply(0, addr, TAGS[0], BODIES[0]) == 0
+    assert engine.send_reply(0, 0, 0, addr, TAGS[0], 200, CTYPE, BODIES[0]) == 0
     benchmark(loop, TAGS, BODIES)
     per_op(benchmark, len(TAGS))
 

@@ -414,7 +414,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     machine = machine_info()
     print(f"# udp_compare: {client.name}, {args.duration:g} s measured + {args.warmup:g} s "
           f"warm-up, {args.repeat} pass(es); {machine['nproc']} CPUs, {machine['cpu_model']}, "
-          f"kernel {machine['kernel']}, load {' '.join(machine['loadavg_at_start'])}",
+          f"kernel {machine['kernel']}, load {' '.join(map(str, machine['loadavg_at_start']))}",
           file=sys.stderr)
     runs: dict[str, list[dict]] = {r.key: [] for r in selected}
     for n in range(args.repeat):

@@ -1,4 +1,5 @@
-"""Run a quick ramp (levels 1-6 of the default ramp, docs/loadgen.md) against a beastnet UDP server.
+"""Run a quick ramp (levels 1-6 of the 13-level ramp in docs/loadgen.md) against a
+beastnet UDP server.
 
     python examples/load_generator.py 127.0.0.1:9000 [KEY ...]
 

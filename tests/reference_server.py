@@ -1,6 +1,7 @@
-"""The UDP protocol (DESIGN.md §2) in plain Python: the second implementation
-the live protocol tests run against (STYLE.md §6).  One blocking socket, one
-thread; replies come from `support.expected_reply`, the reference grammar.
+"""The UDP protocol (docs/protocol.md) in plain Python: the second implementation
+the live protocol tests run against (one suite, two implementations; see
+docs/testing.md).  One blocking socket, one thread; replies come from
+`support.expected_reply`, the reference grammar.
 """
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Helpers shared by the test modules: a small UDP client, a pure-Python
-reference of the request grammar (DESIGN.md §2), the fixed error bodies and
+reference of the request grammar (docs/protocol.md), the fixed error bodies and
 polling with a deadline."""
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ T = TypeVar("T")
 # -- reference parser -----------------------------------------------------------
 
 def reference_parse(datagram: bytes) -> tuple[str, bytes, Optional[bytes], Optional[bytes]]:
-    """The grammar of DESIGN.md §2 written plainly, independent of the C parser.
+    """The grammar of docs/protocol.md written plainly, independent of the C parser.
 
     Returns (status, tag_prefix, key, apikey) like beastnet._core.parse_request:
     status "ok", "bad" or "empty"; tag_prefix is "@TAG " when the tag parsed

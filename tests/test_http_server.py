@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import http.client
+import re
 import shutil
 import socket
 import subprocess
@@ -282,7 +283,10 @@ def test_healthz_metrics_admin(server):
     r = c.getresponse()
     text = r.read().decode()
     assert r.getheader("Content-Type").startswith("text/plain")
-    assert "beastnet_http_hits 1" in text and "# TYPE beastnet_http_accepted counter" in text
+    hits = re.findall(r'^beastnet_http_hits_total\{thread="(\d+)"\} (\d+)$', text, re.M)
+    assert sorted(t for t, _ in hits) == ["0", "1"] and sum(int(v) for _, v in hits) == 1
+    assert "# TYPE beastnet_http_accepted_total counter" in text
+    assert "# TYPE beastnet_http_active gauge" in text
     c.request("GET", "/admin/stats")
     stats = orjson.loads(c.getresponse().read())
     assert stats["totals"]["hits"] == 1 and stats["threads"] == 2

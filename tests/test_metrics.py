@@ -31,7 +31,7 @@ def test_udp_server_metrics_parse_and_match_stats():
     hits = families["beastnet_udp_hits"]
     assert hits.type == "counter"
     assert sum(s.value for s in hits.samples) == stats["totals"]["hits"] == 2
-    assert {s.labels["socket"] for s in hits.samples} == {"0", "1"}
+    assert {s.labels["thread"] for s in hits.samples} == {"0", "1"}
     assert sum(s.value for s in families["beastnet_udp_bad_requests"].samples) == 1
     assert families["beastnet_udp_sockets"].samples[0].value == 2
 

@@ -1,4 +1,4 @@
-"""The UDP request grammar (DESIGN.md §2), rule by rule.
+"""The UDP request grammar (docs/protocol.md), rule by rule.
 
 Each case runs three ways: against the C parser (`beastnet._core.parse_request`),
 against the pure-Python reference in support.py, and against a live server on

@@ -1,4 +1,4 @@
-"""ResponseTable: the Python API of DESIGN.md §3, key validation, growth,
+"""ResponseTable: the Python API of docs/table.md, key validation, growth,
 memory accounting, QSBR reclamation (with and without native readers), and
 concurrent Python writers.  A hypothesis state machine checks it against a dict."""
 from __future__ import annotations

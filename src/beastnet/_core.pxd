@@ -1,7 +1,7 @@
 # The table of contents of beastnet._core: every cdef class and its fields.
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from beastnet.includes.native cimport bn_counters, bn_http_counters
-from beastnet.includes.native cimport bn_threads
+from beastnet.includes.native cimport bn_qsbr_slot, bn_threads
 
 
 cdef struct bn_index
@@ -60,32 +60,37 @@ cdef class APIKeyTable:
     cdef int _grow(self) except -1
 
 
-cdef class UDPEngine:
-    cdef ResponseTable table            # kept alive while readers run
+cdef class NativeEngine:
+    cdef ResponseTable table            # kept alive while the threads run
     cdef APIKeyTable api_keys           # None = API keys not enforced
-    cdef int nreaders
-    cdef bn_reader** readers
-    cdef bn_counters* reader_counters          # nreaders, cache-line aligned
-    cdef bn_threads group                # the native threads; group.running = started, not joined
+    cdef int nthreads
+    cdef char* counter_mem              # nthreads counter structs, cache-line aligned
+    cdef size_t counter_bytes           # bytes of one thread's counter struct
+    cdef int* qsbr_index                # nthreads slots in qsbr_slots, -1 = none
+    cdef bn_threads group               # the native threads; group.running = started, not joined
     cdef int stopped
-    cdef int stop_flag                  # read by readers each batch
-    cdef int miss_efd                    # eventfd: misses queued, -1 = no queue
+    cdef int stop_flag                  # read by the threads after each batch
+    cdef int miss_efd                   # eventfd: misses/routes queued, -1 = no queue
     cdef bn_missq* missq
+
+    cdef int _setup(self, ResponseTable table, APIKeyTable api_keys, int n,
+                    size_t counter_bytes, size_t miss_capacity) except -1
+    cdef void _bind_qsbr(self, int i, bn_qsbr_slot* slot) noexcept
+    cdef object _snapshot(self, int i)
+    cdef int _start_threads(self, str name, void* (*main_fn)(void*) noexcept nogil,
+                            void** args) except -1
+    cdef void _join_threads(self) noexcept
+    cdef void _release_qsbr(self) noexcept
+
+
+cdef class UDPEngine(NativeEngine):
+    cdef bn_reader** readers            # nthreads, owned
 
     cdef void _join(self) noexcept
 
 
-cdef class HTTPEngine:
-    cdef ResponseTable table            # kept alive while workers run
-    cdef APIKeyTable api_keys           # None = API keys not enforced
-    cdef int nworkers
-    cdef bn_hworker** workers
-    cdef bn_http_counters* worker_counters     # nworkers, cache-line aligned
-    cdef bn_threads group                # the native threads; group.running = started, not joined
-    cdef int stopped
-    cdef int stop_flag                  # read by workers after each batch
+cdef class HTTPEngine(NativeEngine):
+    cdef bn_hworker** workers           # nthreads, owned
     cdef int stop_efd                   # eventfd: wakes workers sleeping in epoll_wait
-    cdef int miss_efd                   # eventfd: misses/routes queued, -1 = no queue
-    cdef bn_missq* missq
 
     cdef void _join(self, int64_t grace_ns) noexcept

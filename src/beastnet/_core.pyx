@@ -32,16 +32,21 @@ include "_ws.pxi"
 include "_table.pxi"
 include "_missq.pxi"
 include "_limits.pxi"
+include "_replies.pxi"
+include "_engine.pxi"
 include "_udp.pxi"
-include "_http.pxi"
+include "_http_parse.pxi"
+include "_http_conn.pxi"
+include "_http_route.pxi"
+include "_http_worker.pxi"
 include "_ws_msg.pxi"
 
 
 def _module_init():
     qsbr_init()
     char_class_init()
-    static_bodies_init()
-    http_static_init()
+    replies_init()
+    http_parse_init()
 
 
 _module_init()

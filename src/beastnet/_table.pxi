@@ -206,7 +206,7 @@ cdef inline size_t entry_bytes(bn_entry* e) noexcept nogil:
 
 
 cdef bytes key_to_bytes(object key):
-    """Validate a key from Python and return its bytes (DESIGN.md §2 KEY)."""
+    """Validate a key from Python and return its bytes (KEY in docs/protocol.md)."""
     cdef bytes raw
     if isinstance(key, str):
         try:

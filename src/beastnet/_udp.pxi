@@ -17,10 +17,6 @@ cdef struct bn_request:
     const char* apikey
     uint32_t apikey_len                 # 0 = no API key
 
-cdef struct bn_static_body:
-    const char* data
-    size_t len
-
 cdef struct bn_reader:
     int fd                              # the reader's SO_REUSEPORT socket
     int index                           # position in the reuseport group
@@ -28,7 +24,6 @@ cdef struct bn_reader:
     int pin_error                       # errno from pinning, 0 = pinned or not asked
     int fatal_errno                     # errno that made the reader quit, 0 = none
     int miss_fd                         # eventfd to signal the control plane, -1 = no miss queue
-    int qsbr_index                      # slot in qsbr_slots
     int* stop_flag                      # engine's stop flag
     unsigned int batch                  # datagrams per recvmmsg
     unsigned int slot_bytes             # receive buffer per datagram; longer ones are truncated
@@ -47,41 +42,14 @@ cdef struct bn_reader:
     char cmsg[CMSG_BUF_BYTES]           # SO_RXQ_OVFL, attached to the first message of a batch
 
 
-cdef bn_static_body BODY_BAD_REQUEST
-cdef bn_static_body BODY_NOT_FOUND
-cdef bn_static_body BODY_BUSY
-cdef bn_static_body BODY_INTERNAL_ERROR
-cdef bn_static_body BODY_UNAUTHORIZED
-cdef bn_static_body BODY_OVER_QUOTA
-
-
-cdef void static_bodies_init() noexcept:
-    # Built once, like redis's createSharedObjects: error replies cost no work.
-    global BODY_BAD_REQUEST, BODY_NOT_FOUND, BODY_BUSY, BODY_INTERNAL_ERROR
-    global BODY_UNAUTHORIZED, BODY_OVER_QUOTA
-    BODY_BAD_REQUEST.data = b'{"error":"bad_request"}'
-    BODY_BAD_REQUEST.len = strlen(BODY_BAD_REQUEST.data)
-    BODY_NOT_FOUND.data = b'{"error":"not_found"}'
-    BODY_NOT_FOUND.len = strlen(BODY_NOT_FOUND.data)
-    BODY_BUSY.data = b'{"error":"busy"}'
-    BODY_BUSY.len = strlen(BODY_BUSY.data)
-    BODY_INTERNAL_ERROR.data = b'{"error":"internal_error"}'
-    BODY_INTERNAL_ERROR.len = strlen(BODY_INTERNAL_ERROR.data)
-    BODY_UNAUTHORIZED.data = b'{"error":"unauthorized"}'
-    BODY_UNAUTHORIZED.len = strlen(BODY_UNAUTHORIZED.data)
-    BODY_OVER_QUOTA.data = b'{"error":"over_quota"}'
-    BODY_OVER_QUOTA.len = strlen(BODY_OVER_QUOTA.data)
-
-
 cdef size_t format_rate_limited(char* out, uint64_t retry_after_ns) noexcept nogil:
     """{"error":"rate_limited","retry_after_ms":N} into `out` (ERROR_SCRATCH_BYTES);
     N rounds up, so a client that waits N ms is admitted."""
-    cdef const char* head = b'{"error":"rate_limited","retry_after_ms":'
-    cdef size_t n = strlen(head)
+    cdef size_t n = BODY_RATE_LIMITED_MS.len
     cdef uint64_t ms = (retry_after_ns + 999999) // 1000000
     cdef char digits[20]
     cdef int nd = 0
-    memcpy(out, head, n)
+    memcpy(out, BODY_RATE_LIMITED_MS.data, n)
     while True:
         digits[nd] = <char>(48 + ms % 10)
         nd += 1
@@ -97,7 +65,7 @@ cdef size_t format_rate_limited(char* out, uint64_t retry_after_ns) noexcept nog
 
 
 cdef inline int udp_parse(const char* data, size_t n, bn_request* req) noexcept nogil:
-    """Parse `[@TAG ]KEY[ APIKEY][\\r]\\n` in place (DESIGN.md §2)."""
+    """Parse `[@TAG ]KEY[ APIKEY][\\r]\\n` in place (docs/protocol.md)."""
     cdef const uint8_t* p = <const uint8_t*>data
     cdef size_t i = 0
     cdef size_t start
@@ -421,7 +389,7 @@ cdef void udp_reader_free(bn_reader* r) noexcept nogil:
     free(r)
 
 
-cdef class UDPEngine:
+cdef class UDPEngine(NativeEngine):
     """Native reader threads over already-bound SO_REUSEPORT sockets.
 
     Low-level: `beastnet.UDPServer` creates the sockets, the control plane and
@@ -434,8 +402,6 @@ cdef class UDPEngine:
                   APIKeyTable api_keys=None):
         cdef int i
         cdef int n = len(fds)
-        cdef void* mem = NULL
-        self.miss_efd = -1
         if n < 1:
             raise ValueError("at least one socket is needed")
         if not 1 <= batch <= 1024:
@@ -444,22 +410,9 @@ cdef class UDPEngine:
             raise ValueError(f"max_datagram must be 64..65536, got {max_datagram}")
         if cpus is not None and len(cpus) != n:
             raise ValueError("cpus must give one CPU (or -1) per socket")
-        self.table = table
-        self.api_keys = api_keys
-        self.nreaders = n
-        if miss_capacity > 0:
-            self.missq = missq_new(miss_capacity)
-            if self.missq == NULL:
-                raise MemoryError()
-            self.miss_efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
-            if self.miss_efd < 0:
-                raise_errno("eventfd")
-        if posix_memalign(&mem, BN_CACHE_LINE, sizeof(bn_counters) * n) != 0:
-            raise MemoryError()
-        memset(mem, 0, sizeof(bn_counters) * n)
-        self.reader_counters = <bn_counters*>mem
+        self._setup(table, api_keys, n, sizeof(bn_counters), miss_capacity)
         self.readers = <bn_reader**>calloc(n, sizeof(bn_reader*))
-        if bn_threads_init(&self.group, n) != 0 or self.readers == NULL:
+        if self.readers == NULL:
             raise MemoryError()
         for i in range(n):
             # The engine works on its own duplicate of each socket: whoever
@@ -479,38 +432,31 @@ cdef class UDPEngine:
             self.readers[i].missq = self.missq
             self.readers[i].index_ref = &table.index
             self.readers[i].keys_ref = &api_keys.index if api_keys is not None else NULL
-            self.readers[i].counters = &self.reader_counters[i]
-            self.readers[i].qsbr_index = -1
+            self.readers[i].counters = &(<bn_counters*>self.counter_mem)[i]
 
     def __dealloc__(self):
         cdef int i
         if self.group.running:
             self._join()
         if self.readers != NULL:
-            for i in range(self.nreaders):
-                if self.readers[i] != NULL and self.readers[i].qsbr_index >= 0:
-                    qsbr_unregister(self.readers[i].qsbr_index)
+            for i in range(self.nthreads):
                 if self.readers[i] != NULL and self.readers[i].fd >= 0:
                     close(self.readers[i].fd)
                 udp_reader_free(self.readers[i])
             free(self.readers)
-        bn_threads_free(&self.group)
-        free(self.reader_counters)
-        missq_free(self.missq)
-        if self.miss_efd >= 0:
-            close(self.miss_efd)
+            self.readers = NULL
+
+    cdef void _bind_qsbr(self, int i, bn_qsbr_slot* slot) noexcept:
+        self.readers[i].qsbr = slot
+
+    cdef object _snapshot(self, int i):
+        cdef bn_counters snap
+        counters_snapshot(&(<bn_counters*>self.counter_mem)[i], &snap, sizeof(snap))
+        return snap
 
     def start(self):
         """Start one native thread per socket (GIL released in each)."""
-        cdef int i
-        cdef int rc = 0
-        if self.group.running or self.stopped:
-            raise RuntimeError("a UDPEngine starts once")
-        for i in range(self.nreaders):
-            self.readers[i].qsbr_index = qsbr_register()
-            self.readers[i].qsbr = &qsbr_slots[self.readers[i].qsbr_index]
-        with nogil:
-            rc = bn_threads_start(&self.group, udp_reader_main, <void**>self.readers)
+        cdef int rc = self._start_threads("a UDPEngine", udp_reader_main, <void**>self.readers)
         if rc != 0:
             self._join()
             raise OSError(rc, f"pthread_create: {os.strerror(rc)}")
@@ -521,16 +467,9 @@ cdef class UDPEngine:
         # Wakes a reader blocked in recvmmsg (it returns an empty datagram) and
         # makes any later recvmmsg return at once, so no wake-up is lost.  On
         # an unconnected UDP socket it also reports ENOTCONN: expected.
-        for i in range(self.nreaders):
+        for i in range(self.nthreads):
             shutdown(self.readers[i].fd, SHUT_RD)
-        with nogil:
-            bn_threads_join(&self.group)
-        for i in range(self.nreaders):
-            if self.readers[i].qsbr_index >= 0:
-                qsbr_unregister(self.readers[i].qsbr_index)
-                self.readers[i].qsbr_index = -1
-                self.readers[i].qsbr = NULL
-        self.stopped = 1
+        self._join_threads()
 
     def stop(self):
         """Stop and join every reader thread.  Idempotent; returns promptly
@@ -544,7 +483,7 @@ cdef class UDPEngine:
         # No reader is left: release the socket duplicates and the miss
         # eventfd now rather than when the engine is collected (a stopped
         # server holds no fds).  The miss dispatcher must be detached first.
-        for i in range(self.nreaders):
+        for i in range(self.nthreads):
             if self.readers[i].fd >= 0:
                 close(self.readers[i].fd)
                 self.readers[i].fd = -1
@@ -553,65 +492,23 @@ cdef class UDPEngine:
             self.miss_efd = -1
         self.table.reclaim()
 
-    @property
-    def running(self):
-        return self.group.running > 0
-
-    @property
-    def miss_fd(self):
-        """eventfd that becomes readable when misses are queued (-1 without a queue)."""
-        return self.miss_efd
-
     def reader_status(self):
         """Per reader: the pinning errno (0 = fine) and the errno that made it quit (0 = none)."""
         cdef int i
-        return [(self.readers[i].pin_error, self.readers[i].fatal_errno) for i in range(self.nreaders)]
+        return [(self.readers[i].pin_error, self.readers[i].fatal_errno) for i in range(self.nthreads)]
 
-    def counters(self):
-        """A snapshot of every reader's counters, one dict per socket."""
-        cdef int i
-        cdef bn_counters snap
-        out = []
-        for i in range(self.nreaders):
-            counters_snapshot(&self.reader_counters[i], &snap)
-            out.append(snap)
-        return out
-
-    def drain_eventfd(self):
-        """Reset the miss eventfd (call before draining the queue)."""
-        cdef uint64_t value
-        if self.miss_efd >= 0:
-            read(self.miss_efd, &value, sizeof(value))
-
-    def pop_misses(self, size_t limit):
-        """Up to `limit` queued misses as (reader, addr, tag_prefix, key, apikey) tuples."""
-        cdef bn_miss* cell
-        out = []
-        if self.missq == NULL:
-            return out
-        while <size_t>len(out) < limit:
-            cell = missq_peek(self.missq)
-            if cell == NULL:
-                break
-            out.append((
-                cell.reader,
-                PyBytes_FromStringAndSize(cell.addr, cell.addr_len),
-                PyBytes_FromStringAndSize(cell.tag, cell.tag_len),
-                cell.key[:cell.key_len].decode("ascii"),
-                cell.apikey[:cell.apikey_len].decode("ascii") if cell.apikey_len else None,
-            ))
-            missq_release(self.missq, cell)
-        return out
-
-    def send_reply(self, unsigned int reader, bytes addr not None, bytes tag_prefix not None,
-                   bytes body not None):
-        """Send one answer through reader `reader`'s socket; return 0 or an errno value."""
+    def send_reply(self, unsigned int thread, unsigned int conn, unsigned int gen,
+                   bytes addr not None, bytes tag_prefix not None, int status,
+                   str content_type not None, bytes body not None):
+        """Answer a record of pop_misses() through reader `thread`'s socket:
+        the body after the tag prefix (UDP has no status line or content
+        type; conn and gen are HTTP's).  Returns 0 or an errno value."""
         cdef msghdr msg
         cdef iovec iov[2]
         cdef ssize_t rc
-        if reader >= <unsigned int>self.nreaders:
+        if thread >= <unsigned int>self.nthreads:
             raise ValueError("no such reader")
-        if self.readers[reader].fd < 0:
+        if self.readers[thread].fd < 0:
             return EBADF                # stopped: the engine's socket is closed
         memset(&msg, 0, sizeof(msg))
         iov[0].iov_base = <char*>tag_prefix
@@ -622,7 +519,7 @@ cdef class UDPEngine:
         msg.msg_namelen = <socklen_t>len(addr)
         msg.msg_iov = iov
         msg.msg_iovlen = 2
-        rc = sendmsg(self.readers[reader].fd, &msg, MSG_DONTWAIT)
+        rc = sendmsg(self.readers[thread].fd, &msg, MSG_DONTWAIT)
         if rc < 0:
             return errno
         return 0

@@ -20,9 +20,10 @@ from typing import Any, Awaitable, Callable, Optional, Union
 import orjson
 import uvloop
 
+from beastnet._core import ERROR_BODIES, ERROR_STATUS
 from beastnet.errors import ServerError, TableFullError
 
-__all__ = ["Answer", "ControlPlane", "MissRequest", "MissHandler"]
+__all__ = ["Answer", "ControlPlane", "MissRequest", "MissHandler", "error_answer"]
 
 log = logging.getLogger("beastnet")
 
@@ -132,8 +133,11 @@ class Answer:
 HandlerResult = Union[bytes, str, dict, list, Answer, None]
 MissHandler = Callable[[MissRequest], Union[HandlerResult, Awaitable[HandlerResult]]]
 
-_NOT_FOUND = b'{"error":"not_found"}'
-_INTERNAL_ERROR = b'{"error":"internal_error"}'
+
+def error_answer(name: str) -> Answer:
+    """The answer for error `name` of the shared vocabulary (e.g. "forbidden"):
+    its pre-serialized body and HTTP status, as the engines send them."""
+    return Answer(ERROR_BODIES[name], status=ERROR_STATUS[name])
 
 
 def _encode(body: Any) -> bytes:
@@ -271,15 +275,13 @@ class MissDispatcher:
             self._schedule_drain()      # the eventfd is already drained: look again
 
     def _request(self, item: tuple) -> tuple[MissRequest, bytes]:
-        """A queued item as the handler's MissRequest (and the UDP tag prefix)."""
-        if self.protocol == "http":
-            worker, conn, gen, _route, method, target, key, api_key, peer = item
-            path, _, query = target.partition("?")
-            return MissRequest(key, api_key, None, "http", peer, worker, method=method,
-                               path=path, query=query, conn=(conn, gen)), b""
-        reader, addr, tag, key, api_key = item
+        """A queued record as the handler's MissRequest (and the UDP tag prefix).
+        Both engines hand over one record shape (see `pop_misses`)."""
+        thread, conn, gen, addr, tag, method, target, key, api_key = item
+        path, _, query = target.partition("?") if target is not None else (None, "", "")
         return MissRequest(key, api_key, tag[1:-1].decode("ascii") if tag else None,
-                           self.protocol, addr, reader), tag
+                           self.protocol, addr, thread, method=method, path=path, query=query,
+                           conn=(conn, gen)), tag
 
     def _call(self, request: MissRequest, tag: bytes) -> None:
         self.calls += 1
@@ -312,11 +314,11 @@ class MissDispatcher:
         if self.errors == 1 or self.errors % 1000 == 0:
             log.error("miss handler raised for %r (%d errors so far)", request, self.errors,
                       exc_info=exc)
-        self._send(request, tag, _INTERNAL_ERROR, 500)
+        self._send(request, tag, ERROR_BODIES["internal_error"], ERROR_STATUS["internal_error"])
 
     def _reply(self, request: MissRequest, tag: bytes, result: HandlerResult) -> None:
         if result is None:
-            self._send(request, tag, _NOT_FOUND, 404)
+            self._send(request, tag, ERROR_BODIES["not_found"], ERROR_STATUS["not_found"])
             return
         status, content_type = 200, "application/json"
         try:
@@ -340,18 +342,15 @@ class MissDispatcher:
 
     def _send(self, request: MissRequest, tag: bytes, body: bytes, status: int = 200,
               content_type: str = "application/json") -> None:
-        if request.protocol == "http":
-            assert request._conn is not None
-            try:
-                rc = self.engine.send_reply(request._reader, request._conn[0], request._conn[1],
-                                            status, content_type, body)
-            except ValueError as exc:   # a status or content type the wire cannot carry
-                self.errors += 1
-                self.last_error = exc
-                rc = self.engine.send_reply(request._reader, request._conn[0], request._conn[1],
-                                            500, "application/json", _INTERNAL_ERROR)
-        else:
-            rc = self.engine.send_reply(request._reader, request._addr, tag, body)
+        conn, gen = request._conn if request._conn is not None else (0, 0)
+        try:
+            rc = self.engine.send_reply(request._reader, conn, gen, request._addr, tag,
+                                        status, content_type, body)
+        except ValueError as exc:       # a status or content type the wire cannot carry
+            self.errors += 1
+            self.last_error = exc
+            rc = self.engine.send_reply(request._reader, conn, gen, request._addr, tag,
+                                        500, "application/json", ERROR_BODIES["internal_error"])
         if rc == 0:
             self.replies += 1
         else:

@@ -12,13 +12,13 @@ from beastnet import _core
 from beastnet._base import EngineServer, resolve
 from beastnet._core import APIKeyTable, ResponseTable
 from beastnet.control import (Answer, ControlPlane, MissDispatcher, MissHandler, MissRequest,
-                              is_loopback_client, start_control_plane, stop_control_plane,
+                              error_answer, is_loopback_client, start_control_plane,
+                              stop_control_plane,
                               sum_counters)
 from beastnet.errors import ServerError
+from beastnet.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE, http_families, render
 
 __all__ = ["HTTPServer"]
-
-_METRICS_CONTENT_TYPE = "text/plain; version=0.0.4"
 
 
 class HTTPServer(EngineServer):
@@ -180,14 +180,14 @@ class HTTPServer(EngineServer):
             if route is not None:
                 return route(request)
             if (path or "").startswith("/admin/") and not is_loopback_client(request):
-                return Answer({"error": "forbidden"}, status=403)
+                return error_answer("forbidden")
             builtin = path in ("/healthz", "/metrics", "/admin/stats")
             if builtin and request.method not in ("GET", "HEAD"):
-                return Answer({"error": "method_not_allowed"}, status=405)
+                return error_answer("method_not_allowed")
             if path == "/healthz":
                 return Answer(b'{"status":"ok"}')
             if path == "/metrics":
-                return Answer(self.metrics_text(), content_type=_METRICS_CONTENT_TYPE)
+                return Answer(self.metrics_text(), content_type=METRICS_CONTENT_TYPE)
             if path == "/admin/stats":
                 return Answer(orjson.dumps(self.stats(), default=str))
         if self.handler is None:
@@ -228,11 +228,5 @@ class HTTPServer(EngineServer):
         }
 
     def metrics_text(self) -> bytes:
-        """The totals in Prometheus text exposition format."""
-        lines = []
-        for name, value in sorted(self.stats()["totals"].items()):
-            kind = "gauge" if name in ("active", "handler_inflight") else "counter"
-            metric = f"beastnet_http_{name}"
-            lines.append(f"# TYPE {metric} {kind}")
-            lines.append(f"{metric} {value}")
-        return ("\n".join(lines) + "\n").encode("ascii")
+        """The counters in Prometheus text exposition format (`beastnet.metrics`)."""
+        return render(http_families(self.stats()))

@@ -1,12 +1,18 @@
 """Prometheus text exposition (format 0.0.4) of beastnet's counters.
 
 No client library on the serving path: `/metrics` is rendered from the same
-snapshots `stats()` returns, on the control plane, when scraped.
+snapshots `stats()` returns, on the control plane, when scraped.  The one
+renderer for every server: names, types and HELP text of the engine counters
+come from `beastnet.counters`; running totals end in `_total`, per-thread
+counters carry a `thread` label.
 """
 from __future__ import annotations
 
 import math
 from typing import Any, Iterable, Mapping, Sequence
+
+from beastnet.counters import (HTTP_COUNTERS, HTTP_SERVER_GAUGES, MISS_PATH_COUNTERS, UDP_COUNTERS,
+                               UDP_SERVER_GAUGES, Counter)
 
 __all__ = ["MetricFamily", "render", "udp_families", "http_families"]
 
@@ -60,82 +66,41 @@ def render(families: Iterable[MetricFamily]) -> bytes:
     return ("\n".join(lines) + "\n").encode("utf-8")
 
 
-# (counter field, help) for the UDP reader counters, per socket.
-UDP_COUNTERS: Sequence[tuple[str, str]] = (
-    ("rx_packets", "Datagrams received."),
-    ("rx_bytes", "Payload bytes received."),
-    ("rx_batches", "recvmmsg calls that returned datagrams."),
-    ("tx_packets", "Datagrams sent."),
-    ("tx_bytes", "Payload bytes sent."),
-    ("tx_batches", "sendmmsg calls that sent datagrams."),
-    ("hits", "Requests answered from the response table."),
-    ("misses", "Requests for keys the table does not hold."),
-    ("not_found", "Misses answered not_found without a handler."),
-    ("bad_requests", "Requests answered bad_request."),
-    ("truncated", "Datagrams longer than the read slot."),
-    ("empty", "Empty datagrams."),
-    ("queued", "Misses handed to the miss queue."),
-    ("queue_drops", "Misses answered busy because the miss queue was full."),
-    ("send_errors", "Replies the kernel refused."),
-    ("send_enobufs", "Replies refused for lack of buffer space."),
-    ("recv_errors", "recvmmsg failures other than EAGAIN and EINTR."),
-    ("kernel_drops", "Datagrams the kernel dropped before the reader (SO_RXQ_OVFL)."),
-    ("eintr", "Syscalls interrupted and retried."),
-    ("unauthorized", "Requests with a missing, unknown or revoked API key."),
-    ("rate_limited", "Requests refused by a key's rate limit."),
-    ("over_quota", "Requests refused by a key's monthly cap."),
-)
+def _engine_families(stats: Mapping[str, Any], per_thread: Sequence[Mapping[str, int]],
+                     counters: Sequence[Counter], prefix: str) -> list[MetricFamily]:
+    """Every native counter of an engine, one sample per thread (`thread`
+    label), then the control plane's miss-path totals."""
+    out = []
+    for counter in counters:
+        fam = MetricFamily(f"{prefix}_{counter.name}", counter.kind, counter.help)
+        for i, values in enumerate(per_thread):
+            fam.add(values.get(counter.name, 0), thread=i)
+        out.append(fam)
+    totals = stats.get("totals", {})
+    for counter in MISS_PATH_COUNTERS:
+        if counter.name in totals:
+            out.append(MetricFamily(f"{prefix}_{counter.name}", counter.kind, counter.help)
+                       .add(totals[counter.name]))
+    return out
 
-MISS_PATH_COUNTERS: Sequence[tuple[str, str]] = (
-    ("handler_calls", "Miss handler calls."),
-    ("handler_errors", "Miss handler calls that raised."),
-    ("miss_replies", "Replies sent by the control plane."),
-    ("miss_cached", "Handler answers published to the table."),
-    ("miss_cache_refused", "Handler answers not cached because the table was at max_keys."),
-    ("miss_send_errors", "Control-plane replies the kernel refused."),
-)
+
+def _gauges(gauges: Sequence[Counter], values: Mapping[str, float],
+            prefix: str) -> list[MetricFamily]:
+    return [MetricFamily(f"{prefix}_{g.name}", g.kind, g.help).add(values[g.name]) for g in gauges]
 
 
 def udp_families(stats: Mapping[str, Any], prefix: str = "beastnet_udp") -> list[MetricFamily]:
     """Families for a `UDPServer.stats()` snapshot."""
-    out = []
-    for field, help_text in UDP_COUNTERS:
-        fam = MetricFamily(f"{prefix}_{field}", "counter", help_text)
-        for i, counters in enumerate(stats.get("per_socket", [])):
-            fam.add(counters.get(field, 0), socket=i)
-        out.append(fam)
-    totals = stats.get("totals", {})
-    for field, help_text in MISS_PATH_COUNTERS:
-        if field in totals:
-            out.append(MetricFamily(f"{prefix}_{field}", "counter", help_text).add(totals[field]))
-    out.append(MetricFamily(f"{prefix}_sockets", "gauge", "Reader sockets.").add(stats.get("sockets", 0)))
-    out.append(MetricFamily(f"{prefix}_cpu_steering", "gauge", "1 when CPU steering is active.")
-               .add(bool(stats.get("steering", {}).get("enabled"))))
-    out.append(MetricFamily(f"{prefix}_avg_batch_fill", "gauge", "Datagrams per recvmmsg call.")
-               .add(float(stats.get("avg_batch_fill", 0.0))))
-    return out
-
-
-# HTTP worker counters that are levels, not running totals.
-HTTP_GAUGES = frozenset({"active", "handler_inflight"})
+    out = _engine_families(stats, stats.get("per_socket", []), UDP_COUNTERS, prefix)
+    return out + _gauges(UDP_SERVER_GAUGES, {
+        "sockets": stats.get("sockets", 0),
+        "cpu_steering": bool(stats.get("steering", {}).get("enabled")),
+        "avg_batch_fill": float(stats.get("avg_batch_fill", 0.0)),
+    }, prefix)
 
 
 def http_families(stats: Mapping[str, Any], prefix: str = "beastnet_http") -> list[MetricFamily]:
     """Families for an `HTTPServer.stats()` snapshot: every worker counter,
     labelled by worker thread, plus the control plane's totals."""
-    per_thread = stats.get("per_thread", [])
-    names = list(per_thread[0]) if per_thread else []
-    out = []
-    for name in names:
-        kind = "gauge" if name in HTTP_GAUGES else "counter"
-        fam = MetricFamily(f"{prefix}_{name}", kind, f"HTTP engine: {name.replace('_', ' ')}.")
-        for i, counters in enumerate(per_thread):
-            fam.add(counters.get(name, 0), thread=i)
-        out.append(fam)
-    totals = stats.get("totals", {})
-    for field, help_text in MISS_PATH_COUNTERS:
-        if field in totals:
-            out.append(MetricFamily(f"{prefix}_{field}", "counter", help_text).add(totals[field]))
-    out.append(MetricFamily(f"{prefix}_threads", "gauge", "HTTP worker threads.")
-               .add(stats.get("threads", 0)))
-    return out
+    out = _engine_families(stats, stats.get("per_thread", []), HTTP_COUNTERS, prefix)
+    return out + _gauges(HTTP_SERVER_GAUGES, {"threads": stats.get("threads", 0)}, prefix)

@@ -1,0 +1,141 @@
+# What every native engine shares: its thread group, the threads' QSBR slots,
+# their counters, the miss queue and its eventfd, and the one record shape
+# that carries a queued request to the control plane.
+#
+# UDPEngine and HTTPEngine derive from NativeEngine and add only what differs:
+# the per-thread state, how stop() wakes a thread, and how a reply is sent.
+# Nothing here runs on a native thread.
+
+cdef class NativeEngine:
+    """Base of UDPEngine and HTTPEngine (not for direct use)."""
+
+    def __cinit__(self):
+        self.miss_efd = -1
+
+    cdef int _setup(self, ResponseTable table, APIKeyTable api_keys, int n,
+                    size_t counter_bytes, size_t miss_capacity) except -1:
+        """Fields and memory every engine needs for `n` threads."""
+        cdef void* mem = NULL
+        cdef int i
+        self.table = table
+        self.api_keys = api_keys        # kept alive: threads hold &api_keys.index
+        self.nthreads = n
+        self.counter_bytes = counter_bytes
+        if miss_capacity > 0:
+            self.missq = missq_new(miss_capacity)
+            if self.missq == NULL:
+                raise MemoryError()
+            self.miss_efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
+            if self.miss_efd < 0:
+                raise_errno("eventfd")
+        # One cache line (or more) per thread: threads never share a line.
+        if posix_memalign(&mem, BN_CACHE_LINE, counter_bytes * n) != 0:
+            raise MemoryError()
+        memset(mem, 0, counter_bytes * n)
+        self.counter_mem = <char*>mem
+        self.qsbr_index = <int*>malloc(n * sizeof(int))
+        if self.qsbr_index == NULL or bn_threads_init(&self.group, n) != 0:
+            raise MemoryError()
+        for i in range(n):
+            self.qsbr_index[i] = -1
+        return 0
+
+    def __dealloc__(self):
+        # A subclass's __dealloc__ runs first: it has joined its threads and
+        # freed their states, so slots left (a start() that failed half-way)
+        # are released without _bind_qsbr.
+        cdef int i
+        if self.qsbr_index != NULL:
+            for i in range(self.nthreads):
+                if self.qsbr_index[i] >= 0:
+                    qsbr_unregister(self.qsbr_index[i])
+        bn_threads_free(&self.group)
+        free(self.qsbr_index)
+        free(self.counter_mem)
+        missq_free(self.missq)
+        if self.miss_efd >= 0:
+            close(self.miss_efd)
+
+    cdef void _bind_qsbr(self, int i, bn_qsbr_slot* slot) noexcept:
+        pass                            # each engine stores the slot in thread i's state
+
+    cdef object _snapshot(self, int i):
+        raise NotImplementedError
+
+    cdef int _start_threads(self, str name, void* (*main_fn)(void*) noexcept nogil,
+                            void** args) except -1:
+        """Give each thread a QSBR slot, then start them all (GIL released).
+        On failure the subclass's _join() must stop those that started."""
+        cdef int i
+        cdef int rc = 0
+        if self.group.running or self.stopped:
+            raise RuntimeError(f"{name} starts once")
+        for i in range(self.nthreads):
+            self.qsbr_index[i] = qsbr_register()
+            self._bind_qsbr(i, &qsbr_slots[self.qsbr_index[i]])
+        with nogil:
+            rc = bn_threads_start(&self.group, main_fn, args)
+        return rc
+
+    cdef void _join_threads(self) noexcept:
+        """After the subclass has woken its threads: join them without the
+        GIL, then free their QSBR slots."""
+        with nogil:
+            bn_threads_join(&self.group)
+        self._release_qsbr()
+        self.stopped = 1
+
+    cdef void _release_qsbr(self) noexcept:
+        cdef int i
+        if self.qsbr_index == NULL:
+            return
+        for i in range(self.nthreads):
+            if self.qsbr_index[i] >= 0:
+                qsbr_unregister(self.qsbr_index[i])
+                self.qsbr_index[i] = -1
+                self._bind_qsbr(i, NULL)
+
+    @property
+    def running(self):
+        return self.group.running > 0
+
+    @property
+    def miss_fd(self):
+        """eventfd that becomes readable when misses are queued (-1 without a queue)."""
+        return self.miss_efd
+
+    def counters(self):
+        """A snapshot of every thread's counters, one dict per thread."""
+        return [self._snapshot(i) for i in range(self.nthreads)]
+
+    def drain_eventfd(self):
+        """Reset the miss eventfd (call before draining the queue)."""
+        cdef uint64_t value
+        if self.miss_efd >= 0:
+            read(self.miss_efd, &value, sizeof(value))
+
+    def pop_misses(self, size_t limit):
+        """Up to `limit` queued requests, as records of one shape for both engines:
+        (thread, conn, gen, addr, tag_prefix, method, target, key, apikey).
+
+        UDP: conn and gen are 0, method and target None.  HTTP: tag_prefix is
+        b"", key is None for a route (/admin/..., /metrics, /healthz)."""
+        cdef bn_miss* cell
+        out = []
+        if self.missq == NULL:
+            return out
+        while <size_t>len(out) < limit:
+            cell = missq_peek(self.missq)
+            if cell == NULL:
+                break
+            out.append((
+                cell.reader, cell.conn, cell.gen,
+                PyBytes_FromStringAndSize(cell.addr, cell.addr_len),
+                PyBytes_FromStringAndSize(cell.tag, cell.tag_len),
+                cell.method[:cell.method_len].decode("ascii") if cell.method_len else None,
+                cell.target[:cell.target_len].decode("latin-1") if cell.target_len else None,
+                cell.key[:cell.key_len].decode("ascii") if cell.key_len else None,
+                cell.apikey[:cell.apikey_len].decode("latin-1") if cell.apikey_len else None,
+            ))
+            missq_release(self.missq, cell)
+        return out

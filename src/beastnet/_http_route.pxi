@@ -1,0 +1,146 @@
+# HTTP routing: what a parsed request gets.
+#
+# Under the key prefix: API-key admission, then the response table (a hit is
+# answered zero-copy), else the miss queue.  /admin/, /metrics and /healthz go
+# to the control plane through the same queue.  Everything else, and every
+# refusal, is a pre-built error response.  Misses and routes are tagged with
+# (worker, slot, generation); the connection stops parsing (later pipelined
+# requests wait in its input buffer, keeping answers in order) until the
+# control plane's reply arrives.
+
+cdef inline int http_key_valid(const char* k, size_t n) noexcept nogil:
+    cdef size_t i
+    if n == 0 or n > KEY_MAX_BYTES:
+        return 0
+    for i in range(n):
+        if not (CHAR_CLASS[<uint8_t>k[i]] & CHAR_KEY):
+            return 0
+    return 1
+
+
+cdef inline int http_is_route(const char* path, size_t n) noexcept nogil:
+    # Paths the control plane serves.
+    if n >= 7 and memcmp(path, b"/admin/", 7) == 0:
+        return 1
+    if n == 8 and (memcmp(path, b"/metrics", 8) == 0 or memcmp(path, b"/healthz", 8) == 0):
+        return 1
+    return 0
+
+
+cdef int conn_queue(bn_hworker* w, bn_conn* c, bn_hreq* req, const char* key, size_t key_len,
+                    int route) noexcept nogil:
+    """Hand a miss or route to the control plane; 0 when the queue is full."""
+    cdef uint64_t pos
+    cdef bn_miss* cell
+    if (req.target_len > HTTP_TARGET_MAX_BYTES or req.method_len > HTTP_METHOD_MAX_BYTES
+            or req.apikey_len > APIKEY_MAX_BYTES or key_len > KEY_MAX_BYTES):
+        return 0                        # never reached (callers check): cells are fixed-size
+    cell = missq_claim(w.missq, &pos)
+    if cell == NULL:
+        return 0
+    cell.reader = <uint32_t>w.index
+    cell.conn = <uint32_t>(c - w.conns)
+    cell.gen = c.gen
+    cell.route = <uint32_t>route
+    cell.addr_len = c.peer_len          # routes check it: admin is loopback-only by default
+    memcpy(cell.addr, c.peer, c.peer_len)
+    cell.tag_len = 0
+    missq_set_request(cell, key, key_len, req.apikey, req.apikey_len)   # a route has no key
+    cell.method_len = req.method_len
+    memcpy(cell.method, req.method, req.method_len)
+    cell.target_len = req.target_len
+    memcpy(cell.target, req.target, req.target_len)
+    missq_publish(cell, pos)
+    return 1
+
+
+cdef inline int conn_step(bn_conn* c, int rc) noexcept nogil:
+    # After an answer: -1 dead, 1 stop parsing (closing), 0 go on.
+    if rc < 0:
+        return -1
+    return 1 if c.flags & CONN_CLOSE_AFTER else 0
+
+
+cdef int conn_request(bn_hworker* w, bn_conn* c, bn_hreq* req) noexcept nogil:
+    """Answer one parsed request (or queue it).  Returns 0 to go on parsing,
+    1 to stop (waiting on the control plane, or closing), -1 dead."""
+    cdef int tail
+    cdef int head_only = req.method_code == METHOD_HEAD
+    cdef const char* key = NULL
+    cdef size_t key_len = 0
+    cdef bn_entry* e
+    cdef int route = 0
+    cdef int admit
+    cdef uint64_t retry_ns = 0
+    cdef uint64_t retry_s
+    cdef int in_prefix = (req.path_len > w.prefix_len
+                          and memcmp(req.target, w.prefix, w.prefix_len) == 0)
+    if not req.keepalive or w.draining:
+        tail = TAIL_CLOSE
+        c.flags |= CONN_CLOSE_AFTER
+    elif req.http10:
+        tail = TAIL_KEEP10
+    else:
+        tail = TAIL_KEEP
+    if in_prefix and req.method_code == METHOD_OTHER:
+        if req.has_body:                # its body is unread: the framing is lost
+            c.flags |= CONN_CLOSE_AFTER
+            tail = TAIL_CLOSE
+        return conn_step(c, conn_emit_error(w, c, ERR_405, tail, 0))
+    if req.has_body:                    # GET/HEAD (or a route) with a body
+        c.flags |= CONN_CLOSE_AFTER
+        return conn_step(c, conn_emit_error(w, c, ERR_413, TAIL_CLOSE, head_only))
+    if in_prefix:
+        if w.keys_ref != NULL:
+            admit = apikey_admit(w.keys_ref, req.apikey, req.apikey_len, w.admit_ns, &retry_ns)
+            if admit != ADMIT_OK:
+                if admit == ADMIT_UNAUTHORIZED:
+                    bn_count(&w.counters.unauthorized, 1)
+                    return conn_step(c, conn_emit_error(w, c, ERR_401, tail, head_only))
+                if admit == ADMIT_OVER_QUOTA:
+                    bn_count(&w.counters.over_quota, 1)
+                    return conn_step(c, conn_emit_error(w, c, ERR_429_QUOTA, tail, head_only))
+                bn_count(&w.counters.rate_limited, 1)
+                retry_s = (retry_ns + 999999999) // 1000000000
+                if retry_s < 1:
+                    retry_s = 1
+                elif retry_s > RETRY_AFTER_MAX_S:
+                    retry_s = RETRY_AFTER_MAX_S
+                return conn_step(c, conn_emit_error(w, c, ERR_429_1S + <int>retry_s - 1, tail,
+                                                    head_only))
+        elif w.require_apikey and req.apikey_len == 0:
+            return conn_step(c, conn_emit_error(w, c, ERR_401, tail, head_only))
+        key = req.target + w.prefix_len
+        key_len = req.path_len - w.prefix_len
+        if not http_key_valid(key, key_len):
+            bn_count(&w.counters.misses, 1)
+            return conn_step(c, conn_emit_error(w, c, ERR_404, tail, head_only))
+        e = table_lookup(w.index_ref, key, key_len)
+        if e != NULL:
+            bn_count(&w.counters.hits, 1)
+            return conn_step(c, conn_emit(w, c, e.http_head, e.http_head_len, tail, e.body,
+                                          0 if head_only else e.body_len, 200))
+        bn_count(&w.counters.misses, 1)
+        if not w.misses_to_python or w.missq == NULL:
+            return conn_step(c, conn_emit_error(w, c, ERR_404, tail, head_only))
+    elif http_is_route(req.target, req.path_len):
+        bn_count(&w.counters.routed, 1)
+        if w.missq == NULL:
+            return conn_step(c, conn_emit_error(w, c, ERR_404, tail, head_only))
+        route = 1
+    else:
+        return conn_step(c, conn_emit_error(w, c, ERR_404, tail, head_only))
+    # To the control plane: the connection waits, later requests stay buffered.
+    # A queue cell holds HTTP_TARGET_MAX_BYTES of target: misses and routes alike.
+    if req.target_len > HTTP_TARGET_MAX_BYTES:
+        return conn_step(c, conn_emit_error(w, c, ERR_414, tail, head_only))
+    if conn_queue(w, c, req, key, key_len, route):
+        bn_count(&w.counters.queued, 1)
+        w.miss_signal = 1
+        c.flags |= CONN_WAITING
+        if head_only:
+            c.flags |= CONN_WAIT_HEAD
+        c.wait_tail = <uint8_t>tail
+        return 1
+    bn_count(&w.counters.queue_drops, 1)
+    return conn_step(c, conn_emit_error(w, c, ERR_503, tail, head_only))

@@ -1,0 +1,828 @@
+# The TCP engine: HTTP/1.1 served from the response table by native workers.
+#
+# One worker thread per SO_REUSEPORT listening socket, each with its own epoll
+# instance (level-triggered), connection slots and counters; workers share
+# nothing but the table, the miss queue and the stop eventfd.  A worker loops:
+# epoll_wait (QSBR-offline while it sleeps), then for each ready connection
+# one recv into a per-worker scratch buffer, frame and parse every complete
+# request in it (_http_parse.pxi), route each (_http_route.pxi) and answer
+# with one gather write (_http_conn.pxi).  Then a quiescent point.
+#
+# The control plane answers a queued request by pushing a reply onto the
+# worker's lock-free reply stack and waking it through its eventfd.  A reply
+# for a slot whose generation moved on (the connection closed, the slot was
+# reused) is dropped and counted.
+
+cdef struct bn_hreply:
+    bn_hreply* next
+    uint32_t conn                       # slot
+    uint32_t gen                        # generation of the slot at request time
+    uint32_t status                     # HTTP status
+    uint32_t head_len                   # bytes of the head (no final CRLF) at data
+    uint32_t body_len                   # bytes of the body after the head
+
+cdef struct bn_hworker:
+    int index                           # position among the engine's workers
+    int listen_fd                       # SO_REUSEPORT listening socket (owned by Python)
+    int epfd                            # this worker's epoll instance
+    int stop_fd                         # engine's eventfd, readable once stop() is called
+    int reply_fd                        # eventfd: the control plane pushed replies
+    int miss_fd                         # eventfd to wake the control plane, -1 = no miss queue
+    int cpu                             # CPU to pin to, -1 = no pinning
+    int pin_error                       # errno from pinning
+    int fatal_errno                     # errno that made the worker quit, 0 = none
+    int* stop_flag                      # engine's stop flag
+    int draining                        # stop() seen: finish or close connections, accept none
+    int accept_paused                   # listening socket out of epoll after EMFILE
+    int misses_to_python                # 1 = table misses go to the queue, 0 = answered 404
+    int require_apikey                  # 1 = 401 without X-API-Key / ?api_key=
+    bn_keyindex** keys_ref              # &api_keys.index, NULL = API keys not enforced
+    int miss_signal                     # requests queued this batch: wake the control plane once
+    uint32_t max_conns                  # connection slots
+    uint32_t free_top                   # entries in free_slots
+    uint32_t high_water                 # slots [0, high_water) have been used
+    uint32_t active                     # connections open
+    uint32_t* free_slots                # stack of free slot indexes
+    bn_conn* conns                      # max_conns
+    size_t max_header_bytes             # request head limit (431 beyond)
+    size_t max_target_bytes             # request target limit (414 beyond)
+    size_t max_output_bytes             # unsent output past which reading pauses
+    int64_t header_timeout_ns
+    int64_t idle_timeout_ns
+    int64_t write_timeout_ns
+    int64_t grace_ns                    # set by stop() before the stop flag
+    int64_t drain_deadline_ns
+    int64_t now_ns                      # CLOCK_MONOTONIC_COARSE, refreshed after each epoll_wait
+    uint64_t admit_ns                   # CLOCK_MONOTONIC (as the UDP readers' GCRA), same cadence
+    int64_t next_tick_ns
+    int64_t accept_resume_ns
+    time_t date_second                  # second the Date tails were built for
+    bn_missq* missq                     # NULL: no queue (misses 404, routes 404)
+    bn_index** index_ref                # &table.index, loaded once per request
+    bn_qsbr_slot* qsbr
+    bn_http_counters* counters
+    void* replies                       # bn_hreply stack, pushed by the control plane (CAS)
+    char prefix[HTTP_PREFIX_MAX_BYTES]  # key prefix, e.g. "/v1/"
+    size_t prefix_len
+    char* scratch                       # HTTP_SCRATCH_BYTES
+    iovec* iov                          # HTTP_IOV_MAX, one connection's pending responses
+    int niov
+    size_t iov_bytes                    # bytes the pending iovecs carry (bounded by max_output_bytes)
+    epoll_event* events          # HTTP_EVENTS_MAX
+    char tails[3][HTTP_TAIL_MAX_BYTES]  # TAIL_*: Date [+ Connection] + blank line
+    size_t tail_len[3]
+
+
+# epoll data: (generation << 32) | slot for connections; these for the rest.
+cdef uint64_t EV_LISTEN = 0xFFFFFFFF00000001ULL
+cdef uint64_t EV_STOP = 0xFFFFFFFF00000002ULL
+cdef uint64_t EV_REPLY = 0xFFFFFFFF00000003ULL
+
+
+cdef inline int64_t http_now_ns() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts)
+    return <int64_t>ts.tv_sec * 1000000000 + ts.tv_nsec
+
+
+cdef size_t conn_parse_all(bn_hworker* w, bn_conn* c, const char* data, size_t n,
+                           size_t scanned, int* head_incomplete) noexcept nogil:
+    """Answer every complete request in data[0:n] until one must wait.
+    Returns the bytes consumed; the rest is an incomplete head or waits.
+    *head_incomplete says which: only an incomplete head has been searched
+    to its end (a backlog or a pending miss may leave complete requests)."""
+    cdef size_t pos = 0
+    cdef size_t from_
+    cdef const char* end
+    cdef size_t head_len
+    cdef size_t avail
+    cdef int status
+    cdef int rc
+    cdef bn_hreq req
+    head_incomplete[0] = 0
+    while pos < n:
+        if c.flags & (CONN_WAITING | CONN_CLOSE_AFTER | CONN_DEAD):
+            break
+        if conn_out_pending(c) and c.out_len - c.out_off >= w.max_output_bytes:
+            break                       # the client is not reading: stop answering
+        avail = n - pos
+        from_ = scanned - 3 if scanned > 3 and pos == 0 else 0
+        scanned = 0
+        end = <const char*>memmem(data + pos + from_, avail - from_, b"\r\n\r\n", 4)
+        if end == NULL:
+            # Incomplete head.  Refuse early when it can no longer fit.
+            if avail > w.max_header_bytes:
+                status = ERR_431
+                if memmem(data + pos, avail, b"\r\n", 2) == NULL:
+                    status = ERR_414
+            elif (avail > w.max_target_bytes + 32
+                    and memmem(data + pos, avail, b"\r\n", 2) == NULL):
+                status = ERR_414
+            else:
+                head_incomplete[0] = 1
+                break
+            bn_count(&w.counters.requests, 1)
+            bn_count(&w.counters.parse_errors, 1)
+            c.flags |= CONN_CLOSE_AFTER
+            conn_emit_error(w, c, status, TAIL_CLOSE, 0)
+            return n
+        head_len = <size_t>(end - (data + pos)) + 4
+        bn_count(&w.counters.requests, 1)
+        if head_len > w.max_header_bytes:
+            status = 431
+        else:
+            status = http_parse_head(data + pos, head_len, &req, w.max_target_bytes)
+        if status != 0:
+            bn_count(&w.counters.parse_errors, 1)
+            c.flags |= CONN_CLOSE_AFTER
+            conn_emit_error(w, c, ERR_400 if status == 400 else (ERR_414 if status == 414 else ERR_431),
+                            TAIL_CLOSE, 0)
+            return n
+        pos += head_len
+        rc = conn_request(w, c, &req)
+        if rc != 0:
+            break
+    if c.flags & CONN_CLOSE_AFTER:
+        return n                        # nothing after a closing answer is read
+    return pos
+
+
+cdef void conn_set_events(bn_hworker* w, bn_conn* c) noexcept nogil:
+    """Read unless waiting, closing or backlogged; watch for writability only
+    while output is pending.  epoll_ctl only when the interest changes."""
+    cdef uint32_t want = 0
+    cdef epoll_event ev
+    if conn_out_pending(c):
+        want |= EPOLLOUT
+    if not (c.flags & (CONN_WAITING | CONN_CLOSE_AFTER | CONN_EOF)):
+        if not conn_out_pending(c) or c.out_len - c.out_off < w.max_output_bytes:
+            want |= EPOLLIN
+        elif c.events & EPOLLIN:
+            bn_count(&w.counters.read_pauses, 1)
+    if want == c.events:
+        return
+    ev.events = want
+    ev.data.u64 = (<uint64_t>c.gen << 32) | <uint64_t>(c - w.conns)
+    if epoll_ctl(w.epfd, EPOLL_CTL_MOD, c.fd, &ev) < 0:
+        bn_count(&w.counters.io_errors, 1)
+        c.flags |= CONN_DEAD
+        return
+    c.events = want
+
+
+
+cdef void conn_finish(bn_hworker* w, bn_conn* c) noexcept nogil:
+    """End of a step on `c`: flush, then close it or set its epoll interest."""
+    if conn_flush_iov(w, c) == 0 and conn_out_pending(c):
+        conn_send_out(w, c)
+    if c.flags & CONN_DEAD:
+        conn_close(w, c)
+        return
+    if (c.flags & (CONN_CLOSE_AFTER | CONN_EOF)) and not conn_out_pending(c) and not (c.flags & CONN_WAITING):
+        conn_close(w, c)
+        return
+    if w.draining and not conn_out_pending(c) and not (c.flags & CONN_WAITING) and c.in_len == 0:
+        conn_close(w, c)
+        return
+    conn_set_events(w, c)
+
+
+cdef void conn_run(bn_hworker* w, bn_conn* c, const char* data, size_t n) noexcept nogil:
+    """Parse and answer what data[0:n] holds, keep the rest, flush."""
+    cdef size_t scanned = c.in_scanned if data == c.inb else 0
+    cdef int head_incomplete
+    cdef size_t used = conn_parse_all(w, c, data, n, scanned, &head_incomplete)
+    conn_keep_input(w, c, data, n, used, head_incomplete)
+    conn_finish(w, c)
+
+
+cdef void conn_on_readable(bn_hworker* w, bn_conn* c) noexcept nogil:
+    cdef char* buf
+    cdef char* grown
+    cdef size_t room
+    cdef ssize_t n
+    cdef int err
+    if c.inb == NULL:
+        buf = w.scratch
+        room = HTTP_SCRATCH_BYTES
+    else:
+        if c.in_cap - c.in_len < HTTP_READ_MIN_BYTES:
+            grown = <char*>realloc(c.inb, c.in_len + HTTP_READ_MIN_BYTES)
+            if grown == NULL:
+                bn_count(&w.counters.oom_closes, 1)
+                conn_close(w, c)
+                return
+            c.inb = grown
+            c.in_cap = c.in_len + HTTP_READ_MIN_BYTES
+        buf = c.inb + c.in_len
+        room = c.in_cap - c.in_len
+    while True:
+        n = recv(c.fd, buf, room, 0)
+        if n >= 0:
+            break
+        err = errno
+        if err == EINTR:
+            bn_count(&w.counters.eintr, 1)
+            continue
+        if err == EAGAIN:
+            return
+        conn_io_error(w, c, err)
+        conn_close(w, c)
+        return
+    if n == 0:
+        # The peer shut its side.  Answer what is complete (already done),
+        # flush what is pending, then close.
+        c.flags |= CONN_EOF
+        conn_finish(w, c)
+        return
+    bn_count(&w.counters.bytes_in, <uint64_t>n)
+    c.last_active_ns = w.now_ns
+    if buf == w.scratch:
+        conn_run(w, c, w.scratch, <size_t>n)
+    else:
+        c.in_len += <size_t>n
+        conn_run(w, c, c.inb, c.in_len)
+
+
+cdef void conn_on_writable(bn_hworker* w, bn_conn* c) noexcept nogil:
+    cdef int was_paused = conn_out_pending(c) and c.out_len - c.out_off >= w.max_output_bytes
+    if conn_send_out(w, c) < 0:
+        conn_close(w, c)
+        return
+    if was_paused and c.in_len > 0 and not (c.flags & (CONN_WAITING | CONN_CLOSE_AFTER)) \
+            and c.out_len - c.out_off < w.max_output_bytes:
+        conn_run(w, c, c.inb, c.in_len)   # answer the requests that waited for room
+        return
+    conn_finish(w, c)
+
+
+# -- control-plane replies ---------------------------------------------------------------
+
+cdef void http_worker_on_replies(bn_hworker* w) noexcept nogil:
+    cdef uint64_t value
+    cdef bn_hreply* stack
+    cdef bn_hreply* fifo = NULL
+    cdef bn_hreply* r
+    cdef bn_conn* c
+    cdef const char* data
+    cdef int tail
+    # Reset the eventfd first: a push after this read writes it again.
+    read(w.reply_fd, &value, sizeof(value))
+    stack = <bn_hreply*>bn_xchg_ptr(&w.replies, NULL)
+    while stack != NULL:                # the stack is newest-first: reverse it
+        r = stack
+        stack = r.next
+        r.next = fifo
+        fifo = r
+    while fifo != NULL:
+        r = fifo
+        fifo = r.next
+        c = &w.conns[r.conn] if r.conn < w.max_conns else NULL
+        if c == NULL or c.fd < 0 or c.gen != r.gen or not (c.flags & CONN_WAITING):
+            bn_count(&w.counters.replies_dropped, 1)
+            free(r)
+            continue
+        bn_count(&w.counters.replies, 1)
+        c.flags &= ~CONN_WAITING
+        tail = c.wait_tail
+        if w.draining and tail != TAIL_CLOSE:
+            tail = TAIL_CLOSE
+            c.flags |= CONN_CLOSE_AFTER
+        data = <const char*>r + sizeof(bn_hreply)
+        conn_emit(w, c, data, r.head_len, tail, data + r.head_len,
+                  0 if (c.flags & CONN_WAIT_HEAD) else r.body_len, <int>r.status)
+        c.flags &= ~CONN_WAIT_HEAD
+        # The reply is in the iovecs: flush (copying any rest) before freeing it.
+        conn_flush_iov(w, c)
+        free(r)
+        if c.in_len > 0 and not (c.flags & (CONN_CLOSE_AFTER | CONN_DEAD)):
+            conn_run(w, c, c.inb, c.in_len)   # the pipelined requests behind it
+        else:
+            conn_finish(w, c)
+
+
+# -- accepting, timers, the loop -------------------------------------------------------------
+
+cdef void http_worker_pause_accept(bn_hworker* w) noexcept nogil:
+    # Out of descriptors: leave the pending connections in the backlog for a
+    # while rather than spin on a listening socket that stays readable.
+    if not w.accept_paused:
+        epoll_ctl(w.epfd, EPOLL_CTL_DEL, w.listen_fd, NULL)
+        w.accept_paused = 1
+    w.accept_resume_ns = w.now_ns + HTTP_ACCEPT_PAUSE_MS * 1000000
+
+
+cdef void http_worker_accept(bn_hworker* w) noexcept nogil:
+    cdef int i
+    cdef int fd
+    cdef int err
+    cdef int one = 1
+    cdef uint32_t slot
+    cdef bn_conn* c
+    cdef epoll_event ev
+    cdef char peer[ADDR_MAX_BYTES]
+    cdef socklen_t peer_len
+    for i in range(HTTP_ACCEPT_BATCH):
+        peer_len = ADDR_MAX_BYTES
+        fd = accept4(w.listen_fd, <sockaddr*>peer, &peer_len,
+                            SOCK_NONBLOCK | SOCK_CLOEXEC)
+        if fd < 0:
+            err = errno
+            if err == EAGAIN:
+                return
+            if err == EINTR:
+                bn_count(&w.counters.eintr, 1)
+                continue
+            bn_count(&w.counters.accept_errors, 1)
+            if err == EMFILE or err == ENFILE or err == ENOBUFS or err == ENOMEM:
+                bn_count(&w.counters.accept_emfile, 1)
+                http_worker_pause_accept(w)
+                return
+            if err == EBADF or err == EINVAL or err == ENOTSOCK:
+                w.fatal_errno = err
+                http_worker_pause_accept(w)
+                return
+            continue                    # ECONNABORTED, EPROTO, EPERM...: that one is gone
+        if w.free_top == 0:
+            # Over the limit: a canned 503 with Connection: close, then close.
+            # Counted first, so a client that sees the close also sees the count.
+            bn_count(&w.counters.rejected, 1)
+            send(fd, HTTP_ERR[ERR_503_CONNS].head, HTTP_ERR[ERR_503_CONNS].head_len,
+                        MSG_NOSIGNAL | MSG_DONTWAIT)
+            close(fd)
+            continue
+        # Best effort: a socket without TCP_NODELAY is still served correctly.
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one))
+        w.free_top -= 1
+        slot = w.free_slots[w.free_top]
+        c = &w.conns[slot]
+        c.fd = fd
+        c.peer_len = peer_len if peer_len <= ADDR_MAX_BYTES else 0
+        memcpy(c.peer, peer, c.peer_len)
+        c.flags = 0
+        c.events = EPOLLIN
+        c.requests = 0
+        c.last_active_ns = w.now_ns
+        c.head_start_ns = w.now_ns
+        ev.events = EPOLLIN
+        ev.data.u64 = (<uint64_t>c.gen << 32) | slot
+        if slot >= w.high_water:
+            w.high_water = slot + 1
+        w.active += 1
+        bn_count(&w.counters.accepted, 1)
+        bn_store_u64(&w.counters.active, w.active)
+        if epoll_ctl(w.epfd, EPOLL_CTL_ADD, fd, &ev) < 0:
+            bn_count(&w.counters.io_errors, 1)
+            conn_close(w, c)
+
+
+cdef void http_worker_timeout(bn_hworker* w, bn_conn* c, uint64_t* which) noexcept nogil:
+    bn_count(&w.counters.timeouts, 1)
+    if which != NULL:
+        bn_count(which, 1)
+    conn_close(w, c)
+
+
+cdef void http_worker_tick(bn_hworker* w) noexcept nogil:
+    """Every HTTP_TICK_MS: Date tails, timeouts, accept resumption."""
+    cdef uint32_t i
+    cdef bn_conn* c
+    cdef int64_t now = w.now_ns
+    w.next_tick_ns = now + (HTTP_DRAIN_TICK_MS if w.draining else HTTP_TICK_MS) * 1000000
+    http_worker_date(w)
+    if w.accept_paused and not w.draining and now >= w.accept_resume_ns:
+        http_worker_resume_accept(w)
+    for i in range(w.high_water):
+        c = &w.conns[i]
+        if c.fd < 0:
+            continue
+        if conn_out_pending(c):
+            if now - c.last_write_ns > w.write_timeout_ns:
+                http_worker_timeout(w, c, &w.counters.write_timeouts)
+        elif c.flags & CONN_WAITING:
+            if now - c.last_active_ns > w.idle_timeout_ns:
+                http_worker_timeout(w, c, NULL)
+        elif c.in_len > 0 or c.requests == 0:
+            # An incomplete head (or nothing yet on a new connection): slowloris.
+            if now - c.head_start_ns > w.header_timeout_ns:
+                http_worker_timeout(w, c, &w.counters.header_timeouts)
+        elif now - c.last_active_ns > w.idle_timeout_ns:
+            http_worker_timeout(w, c, NULL)
+        elif w.draining:
+            conn_close(w, c)            # idle keep-alive connection: nothing to finish
+
+
+cdef void http_worker_resume_accept(bn_hworker* w) noexcept nogil:
+    cdef epoll_event ev
+    ev.events = EPOLLIN
+    ev.data.u64 = EV_LISTEN
+    if epoll_ctl(w.epfd, EPOLL_CTL_ADD, w.listen_fd, &ev) == 0:
+        w.accept_paused = 0
+    else:
+        w.accept_resume_ns = w.now_ns + HTTP_ACCEPT_PAUSE_MS * 1000000
+
+
+cdef void http_worker_begin_drain(bn_hworker* w) noexcept nogil:
+    """stop(): accept no more, close idle connections now, let busy ones
+    finish their current answer (with Connection: close) until the deadline."""
+    cdef uint32_t i
+    cdef bn_conn* c
+    w.draining = 1
+    w.drain_deadline_ns = w.now_ns + w.grace_ns
+    epoll_ctl(w.epfd, EPOLL_CTL_DEL, w.stop_fd, NULL)
+    if not w.accept_paused:
+        epoll_ctl(w.epfd, EPOLL_CTL_DEL, w.listen_fd, NULL)
+        w.accept_paused = 1
+    for i in range(w.high_water):
+        c = &w.conns[i]
+        if c.fd >= 0 and not conn_out_pending(c) and not (c.flags & CONN_WAITING) and c.in_len == 0:
+            conn_close(w, c)
+    w.next_tick_ns = w.now_ns
+
+
+cdef void http_worker_on_event(bn_hworker* w, epoll_event* ev) noexcept nogil:
+    cdef uint64_t tag = ev.data.u64
+    cdef uint32_t slot
+    cdef bn_conn* c
+    cdef uint32_t events = ev.events
+    if (tag >> 32) == 0xFFFFFFFFU:
+        if tag == EV_LISTEN:
+            if not w.draining:
+                http_worker_accept(w)
+        elif tag == EV_REPLY:
+            http_worker_on_replies(w)
+        elif tag == EV_STOP:
+            if not w.draining:
+                http_worker_begin_drain(w)
+        return
+    slot = <uint32_t>(tag & 0xFFFFFFFFU)
+    c = &w.conns[slot]
+    if c.fd < 0 or c.gen != <uint32_t>(tag >> 32):
+        return                          # closed earlier in this batch
+    if events & EPOLLOUT:
+        conn_on_writable(w, c)
+        if c.fd < 0 or c.gen != <uint32_t>(tag >> 32):
+            return
+    if events & EPOLLIN:
+        conn_on_readable(w, c)
+    elif events & (EPOLLERR | EPOLLHUP):
+        bn_count(&w.counters.econnreset, 1)
+        conn_close(w, c)
+
+
+cdef void* http_worker_main(void* arg) noexcept nogil:
+    cdef bn_hworker* w = <bn_hworker*>arg
+    cdef int n
+    cdef int i
+    cdef int err
+    cdef int timeout_ms
+    cdef uint32_t j
+    if w.cpu >= 0:
+        w.pin_error = bn_pin_self_to_cpu(w.cpu)
+    w.now_ns = http_now_ns()
+    http_worker_tick(w)
+    qsbr_online(w.qsbr)
+    while True:
+        if w.draining and (w.active == 0 or w.now_ns >= w.drain_deadline_ns):
+            break
+        timeout_ms = <int>((w.next_tick_ns - w.now_ns) // 1000000)
+        if timeout_ms < 0:
+            timeout_ms = 0
+        # Offline while asleep: an idle worker never holds reclamation back.
+        qsbr_offline(w.qsbr)
+        n = epoll_wait(w.epfd, w.events, HTTP_EVENTS_MAX, timeout_ms + 1)
+        err = errno
+        qsbr_online(w.qsbr)
+        bn_count(&w.counters.epoll_waits, 1)
+        w.now_ns = http_now_ns()
+        if w.keys_ref != NULL:
+            # GCRA shares each key's state with the UDP readers: same fine
+            # clock.  The coarse one ticks every 4 ms and refuses bursts a
+            # limit allows.
+            w.admit_ns = monotonic_ns()
+        if n < 0:
+            if err == EINTR:
+                bn_count(&w.counters.eintr, 1)
+                continue
+            w.fatal_errno = err
+            break
+        for i in range(n):
+            http_worker_on_event(w, &w.events[i])
+        if w.miss_signal:
+            w.miss_signal = 0
+            udp_signal(w.miss_fd)
+        if not w.draining and bn_load_int(w.stop_flag):
+            http_worker_begin_drain(w)
+        if w.now_ns >= w.next_tick_ns:
+            http_worker_tick(w)
+        # No entry pointer survives this point: conn_run flushed or copied.
+        qsbr_quiescent(w.qsbr)
+    for j in range(w.high_water):
+        if w.conns[j].fd >= 0:
+            conn_close(w, &w.conns[j])
+    qsbr_offline(w.qsbr)
+    return NULL
+
+
+# -- set-up and teardown (GIL held) ----------------------------------------------------------
+
+cdef void http_worker_free(bn_hworker* w) noexcept nogil:
+    cdef bn_hreply* r
+    cdef uint32_t i
+    if w == NULL:
+        return
+    if w.conns != NULL:
+        for i in range(w.high_water):
+            if w.conns[i].fd >= 0:      # a worker that never ran still owns nothing; be safe
+                close(w.conns[i].fd)
+            free(w.conns[i].inb)
+            free(w.conns[i].outb)
+    r = <bn_hreply*>bn_xchg_ptr(&w.replies, NULL)
+    while r != NULL:
+        w.replies = r.next
+        free(r)
+        r = <bn_hreply*>w.replies
+    if w.epfd >= 0:
+        close(w.epfd)
+    if w.reply_fd >= 0:
+        close(w.reply_fd)
+    free(w.conns)
+    free(w.free_slots)
+    free(w.scratch)
+    free(w.iov)
+    free(w.events)
+    free(w)
+
+
+cdef bn_hworker* http_worker_new(uint32_t max_conns) noexcept nogil:
+    cdef bn_hworker* w = <bn_hworker*>calloc(1, sizeof(bn_hworker))
+    cdef uint32_t i
+    if w == NULL:
+        return NULL
+    w.epfd = -1
+    w.reply_fd = -1
+    w.listen_fd = -1
+    w.miss_fd = -1
+    w.max_conns = max_conns
+    w.conns = <bn_conn*>calloc(max_conns, sizeof(bn_conn))
+    w.free_slots = <uint32_t*>malloc(max_conns * sizeof(uint32_t))
+    w.scratch = <char*>malloc(HTTP_SCRATCH_BYTES)
+    w.iov = <iovec*>calloc(HTTP_IOV_MAX, sizeof(iovec))
+    w.events = <epoll_event*>calloc(HTTP_EVENTS_MAX, sizeof(epoll_event))
+    if w.conns == NULL or w.free_slots == NULL or w.scratch == NULL or w.iov == NULL or w.events == NULL:
+        http_worker_free(w)
+        return NULL
+    for i in range(max_conns):
+        w.conns[i].fd = -1
+        w.free_slots[i] = max_conns - 1 - i     # slot 0 pops first: used slots stay dense
+    w.free_top = max_conns
+    return w
+
+
+cdef int http_epoll_add(int epfd, int fd, uint64_t tag) except -1:
+    cdef epoll_event ev
+    ev.events = EPOLLIN
+    ev.data.u64 = tag
+    if epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev) < 0:
+        raise_errno("epoll_ctl ADD")
+    return 0
+
+
+cdef class HTTPEngine(NativeEngine):
+    """Native HTTP/1.1 workers over already-listening SO_REUSEPORT sockets.
+
+    Low-level: `beastnet.HTTPServer` creates the sockets, the control plane and
+    this engine.  The engine owns neither the listening descriptors nor the
+    table; it keeps the table alive while it exists.  One start(), one stop().
+    """
+
+    def __cinit__(self, ResponseTable table not None, fds, *, str prefix="/v1/", cpus=None,
+                  size_t miss_capacity=0, bint misses_to_python=False,
+                  unsigned int max_connections=10000, size_t max_header_bytes=8192,
+                  size_t max_target_bytes=2048, size_t max_output_bytes=1048576,
+                  double header_timeout_s=10.0, double idle_timeout_s=60.0,
+                  double write_timeout_s=10.0, bint require_api_key=False,
+                  APIKeyTable api_keys=None):
+        cdef int i
+        cdef int n = len(fds)
+        cdef bytes raw_prefix = prefix.encode("ascii")
+        cdef uint32_t per_worker
+        cdef bn_hworker* w
+        self.stop_efd = -1
+        if n < 1:
+            raise ValueError("at least one listening socket is needed")
+        if cpus is not None and len(cpus) != n:
+            raise ValueError("cpus must give one CPU (or -1) per socket")
+        if not raw_prefix.startswith(b"/") or len(raw_prefix) >= HTTP_PREFIX_MAX_BYTES:
+            raise ValueError(f"prefix must start with '/' and be shorter than {HTTP_PREFIX_MAX_BYTES} bytes")
+        if not 256 <= max_header_bytes <= 1048576:
+            raise ValueError("max_header_bytes must be 256..1048576")
+        if not 16 <= max_target_bytes <= max_header_bytes:
+            raise ValueError("max_target_bytes must be 16..max_header_bytes")
+        if max_connections < <unsigned int>n:
+            raise ValueError("max_connections must be at least one per worker")
+        if header_timeout_s <= 0 or idle_timeout_s <= 0 or write_timeout_s <= 0:
+            raise ValueError("timeouts must be positive")
+        self._setup(table, api_keys, n, sizeof(bn_http_counters), miss_capacity)
+        self.stop_efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
+        if self.stop_efd < 0:
+            raise_errno("eventfd")
+        self.workers = <bn_hworker**>calloc(n, sizeof(bn_hworker*))
+        if self.workers == NULL:
+            raise MemoryError()
+        per_worker = max_connections // n
+        for i in range(n):
+            w = http_worker_new(per_worker)
+            if w == NULL:
+                raise MemoryError()
+            self.workers[i] = w
+            w.index = i
+            w.listen_fd = fds[i]
+            w.cpu = -1 if cpus is None else cpus[i]
+            w.stop_flag = &self.stop_flag
+            w.stop_fd = self.stop_efd
+            w.miss_fd = self.miss_efd
+            w.missq = self.missq
+            w.misses_to_python = misses_to_python
+            w.require_apikey = require_api_key
+            w.keys_ref = &api_keys.index if api_keys is not None else NULL
+            w.index_ref = &table.index
+            w.counters = &(<bn_http_counters*>self.counter_mem)[i]
+            w.max_header_bytes = max_header_bytes
+            w.max_target_bytes = max_target_bytes
+            w.max_output_bytes = max_output_bytes
+            w.header_timeout_ns = <int64_t>(header_timeout_s * 1e9)
+            w.idle_timeout_ns = <int64_t>(idle_timeout_s * 1e9)
+            w.write_timeout_ns = <int64_t>(write_timeout_s * 1e9)
+            memcpy(w.prefix, <const char*>raw_prefix, len(raw_prefix))
+            w.prefix_len = len(raw_prefix)
+            w.epfd = epoll_create1(EPOLL_CLOEXEC)
+            if w.epfd < 0:
+                raise_errno("epoll_create1")
+            w.reply_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
+            if w.reply_fd < 0:
+                raise_errno("eventfd")
+            http_epoll_add(w.epfd, w.listen_fd, EV_LISTEN)
+            http_epoll_add(w.epfd, w.stop_fd, EV_STOP)
+            http_epoll_add(w.epfd, w.reply_fd, EV_REPLY)
+
+    def __dealloc__(self):
+        cdef int i
+        if self.group.running:
+            self._join(0)
+        if self.workers != NULL:
+            for i in range(self.nthreads):
+                http_worker_free(self.workers[i])
+            free(self.workers)
+            self.workers = NULL
+        if self.stop_efd >= 0:
+            close(self.stop_efd)
+
+    cdef void _bind_qsbr(self, int i, bn_qsbr_slot* slot) noexcept:
+        self.workers[i].qsbr = slot
+
+    cdef object _snapshot(self, int i):
+        cdef bn_http_counters snap
+        counters_snapshot(&(<bn_http_counters*>self.counter_mem)[i], &snap, sizeof(snap))
+        return snap
+
+    def start(self):
+        """Start one native worker thread per listening socket (no GIL in them)."""
+        cdef int rc = self._start_threads("an HTTPEngine", http_worker_main, <void**>self.workers)
+        if rc != 0:
+            self._join(0)
+            raise OSError(rc, f"pthread_create: {os.strerror(rc)}")
+
+    cdef void _join(self, int64_t grace_ns) noexcept:
+        cdef int i
+        cdef uint64_t one = 1
+        for i in range(self.nthreads):
+            self.workers[i].grace_ns = grace_ns
+        bn_store_int(&self.stop_flag, 1)      # release: the grace values are visible first
+        write(self.stop_efd, &one, sizeof(one))
+        self._join_threads()
+
+    def stop(self, double grace_s=0.0):
+        """Stop accepting, let open connections finish the answer in progress
+        (sent with Connection: close) for up to `grace_s` seconds, close the
+        rest, and join every worker.  Idempotent."""
+        if self.group.running:
+            self._join(<int64_t>(grace_s * 1e9))
+        self.stopped = 1
+        self.table.reclaim()
+
+    def close(self):
+        """Release the engine's descriptors (epoll instances, eventfds) after
+        stop(); counters stay readable.  Idempotent."""
+        cdef int i
+        if self.group.running:
+            raise RuntimeError("stop() the engine before close()")
+        self.stopped = 1
+        for i in range(self.nthreads):
+            if self.workers != NULL and self.workers[i] != NULL:
+                if self.workers[i].epfd >= 0:
+                    close(self.workers[i].epfd)
+                    self.workers[i].epfd = -1
+                if self.workers[i].reply_fd >= 0:
+                    close(self.workers[i].reply_fd)
+                    self.workers[i].reply_fd = -1
+        if self.stop_efd >= 0:
+            close(self.stop_efd)
+            self.stop_efd = -1
+        if self.miss_efd >= 0:
+            close(self.miss_efd)
+            self.miss_efd = -1
+
+    def worker_status(self):
+        """Per worker: the pinning errno (0 = fine) and the errno that made it quit (0 = none)."""
+        cdef int i
+        return [(self.workers[i].pin_error, self.workers[i].fatal_errno) for i in range(self.nthreads)]
+
+    def send_reply(self, unsigned int thread, unsigned int conn, unsigned int gen,
+                   bytes addr not None, bytes tag_prefix not None, int status,
+                   str content_type not None, bytes body not None):
+        """Answer a record of pop_misses(): queue a reply for connection
+        (`conn`, `gen`) of worker `thread` and wake it (addr and tag_prefix
+        are UDP's).  Returns 0, or 1 when the engine is not running (the
+        reply is dropped).  A reply whose connection has gone is dropped by
+        the worker (counted)."""
+        cdef str extra = "Retry-After: 1\r\n" if status in (429, 503) else ""
+        cdef bytes head
+        cdef bn_hreply* r
+        cdef void* old
+        cdef uint64_t one = 1
+        cdef bn_hworker* w
+        if thread >= <unsigned int>self.nthreads:
+            raise ValueError("no such worker")
+        # 1xx would read as an interim response and 204/304 carry no body: any
+        # of them with our Content-Length and body would desynchronise the
+        # connection.  The dispatcher answers 500 instead.
+        if not 200 <= status <= 599 or status in (204, 304):
+            raise ValueError(f"unsupported HTTP status {status} for a handler answer")
+        if "\r" in content_type or "\n" in content_type:
+            raise ValueError(f"invalid content type {content_type!r}")
+        if not self.group.running or self.workers[thread].reply_fd < 0:
+            return 1
+        head = http_build_head(status, content_type, len(body), extra)
+        r = <bn_hreply*>malloc(sizeof(bn_hreply) + len(head) + len(body))
+        if r == NULL:
+            raise MemoryError()
+        r.conn = conn
+        r.gen = gen
+        r.status = <uint32_t>status
+        r.head_len = <uint32_t>len(head)
+        r.body_len = <uint32_t>len(body)
+        memcpy(<char*>r + sizeof(bn_hreply), <const char*>head, len(head))
+        memcpy(<char*>r + sizeof(bn_hreply) + len(head), <const char*>body, len(body))
+        w = self.workers[thread]
+        while True:                     # Treiber push; the worker takes the whole stack
+            old = bn_load_ptr(&w.replies)
+            r.next = <bn_hreply*>old
+            if bn_cas_ptr(&w.replies, old, r):
+                break
+        write(w.reply_fd, &one, sizeof(one))
+        return 0
+
+
+
+def http_hit_iovecs(ResponseTable table not None, bytes request not None, str prefix="/v1/"):
+    """Run one request through the worker's answer path without a socket and
+    report where the response iovecs point (for the zero-copy test):
+    a list of (address, length), plus the entry's head and body addresses."""
+    cdef bn_hworker* w = http_worker_new(1)
+    cdef bn_http_counters counters
+    cdef bn_conn* c
+    cdef bytes raw_prefix = prefix.encode("ascii")
+    cdef bn_entry* e
+    cdef int i
+    cdef int slot
+    cdef int head_incomplete
+    if w == NULL:
+        raise MemoryError()
+    memset(&counters, 0, sizeof(counters))
+    w.counters = &counters
+    w.index_ref = &table.index
+    w.max_header_bytes = 8192
+    w.max_target_bytes = 2048
+    w.max_output_bytes = 1 << 20
+    memcpy(w.prefix, <const char*>raw_prefix, len(raw_prefix))
+    w.prefix_len = len(raw_prefix)
+    http_worker_date(w)
+    c = &w.conns[0]
+    slot = qsbr_register()
+    try:
+        qsbr_online(&qsbr_slots[slot])
+        conn_parse_all(w, c, request, len(request), 0, &head_incomplete)
+        out = [(<size_t>w.iov[i].iov_base, w.iov[i].iov_len) for i in range(w.niov)]
+        with table._lock:
+            key = request.split(b" ")[1][len(raw_prefix):].split(b"?")[0]
+            e = table._find(key)
+            entry = (<size_t>e.http_head, <size_t>e.body) if e != NULL else None
+        qsbr_offline(&qsbr_slots[slot])
+    finally:
+        qsbr_unregister(slot)
+        w.niov = 0
+        w.iov_bytes = 0
+        http_worker_free(w)
+    return {"iovecs": out, "entry_head": entry[0] if entry else None,
+            "entry_body": entry[1] if entry else None}

@@ -1,0 +1,153 @@
+"""The one list of beastnet's counters: name, kind, unit and help text.
+
+Every counter `UDPServer.stats()` and `HTTPServer.stats()` report is listed
+here once.  The Prometheus families (`beastnet.metrics`) take their names,
+types and HELP text from these lists, `docs/counters.md` is generated from
+them (see `markdown`), and a test checks
+that `UDP_COUNTERS` and `HTTP_COUNTERS` name the fields of the native
+`bn_counters` and `bn_http_counters` structs, in their order.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+__all__ = ["Counter", "UDP_COUNTERS", "HTTP_COUNTERS", "MISS_PATH_COUNTERS", "UDP_SERVER_GAUGES",
+           "HTTP_SERVER_GAUGES", "markdown"]
+
+
+class Counter(NamedTuple):
+    """One counter as stats() reports it."""
+
+    name: str       #: the stats() key, and the Prometheus name after the prefix
+    kind: str       #: "counter" (a running total) or "gauge" (a level)
+    unit: str       #: what one step counts
+    help: str       #: one sentence, for /metrics HELP and the docs
+
+
+def _table(text: str) -> tuple[Counter, ...]:
+    # One counter a line: name, kind, unit, then the help text.
+    rows = (line.split(None, 3) for line in text.strip().splitlines())
+    return tuple(Counter(name, kind, unit, help_text) for name, kind, unit, help_text in rows)
+
+
+# Both structs end alike: interrupted syscalls, then the API-key refusals
+# (the same admission code runs in both engines).
+_TAIL: tuple[Counter, ...] = _table("""
+eintr             counter  calls        Syscalls interrupted by a signal and retried.
+unauthorized      counter  requests     Requests refused for a missing, unknown or revoked API key (HTTP 401).
+rate_limited      counter  requests     Requests refused by a key's rate limit (HTTP 429).
+over_quota        counter  requests     Requests refused by a key's monthly cap (HTTP 429).
+""")
+
+#: Fields of bn_counters (includes/atomics.h), one struct per UDP reader thread.
+UDP_COUNTERS: tuple[Counter, ...] = _table("""
+rx_packets        counter  datagrams    Datagrams received.
+rx_bytes          counter  bytes        Payload bytes received.
+rx_batches        counter  calls        recvmmsg calls that returned datagrams.
+tx_packets        counter  datagrams    Datagrams sent.
+tx_bytes          counter  bytes        Payload bytes sent.
+tx_batches        counter  calls        sendmmsg calls that sent datagrams.
+hits              counter  requests     Requests answered from the response table.
+misses            counter  requests     Requests for keys the table does not hold.
+not_found         counter  requests     Misses answered not_found without a handler.
+bad_requests      counter  requests     Requests answered bad_request.
+truncated         counter  datagrams    Datagrams longer than the read slot (answered bad_request).
+empty             counter  datagrams    Empty datagrams (answered bad_request).
+queued            counter  requests     Misses handed to the miss queue.
+queue_drops       counter  requests     Misses answered busy because the miss queue was full.
+send_errors       counter  datagrams    Replies the kernel refused.
+send_enobufs      counter  datagrams    Replies refused for lack of buffer space (ENOBUFS, EAGAIN).
+recv_errors       counter  calls        recvmmsg failures other than EAGAIN and EINTR.
+kernel_drops      counter  datagrams    Datagrams the kernel dropped before the reader read them (SO_RXQ_OVFL).
+""") + _TAIL
+
+#: Fields of bn_http_counters (includes/atomics.h), one struct per HTTP worker thread.
+HTTP_COUNTERS: tuple[Counter, ...] = _table("""
+accepted          counter  connections  Connections accepted.
+active            gauge    connections  Connections open now.
+closed            counter  connections  Connections closed.
+rejected          counter  connections  Connections refused with 503 busy over max_connections.
+requests          counter  requests     Request heads received, malformed ones included.
+responses_2xx     counter  responses    Responses sent with a 2xx status.
+responses_3xx     counter  responses    Responses sent with a 3xx status.
+responses_4xx     counter  responses    Responses sent with a 4xx status.
+responses_5xx     counter  responses    Responses sent with a 5xx status.
+hits              counter  requests     Requests answered from the response table.
+misses            counter  requests     Requests under the prefix for a key the table does not hold.
+routed            counter  requests     Requests for /admin/, /metrics or /healthz.
+queued            counter  requests     Misses and routes handed to the control plane.
+queue_drops       counter  requests     Requests answered 503 busy because the miss queue was full.
+replies           counter  responses    Control-plane replies written to their connection.
+replies_dropped   counter  responses    Control-plane replies whose connection had gone.
+parse_errors      counter  requests     Malformed or oversized request heads (400, 414, 431).
+timeouts          counter  connections  Connections closed by a timeout (any kind).
+header_timeouts   counter  connections  Connections closed because a request head took over header_timeout_s.
+write_timeouts    counter  connections  Connections closed because output made no progress for write_timeout_s.
+bytes_in          counter  bytes        Bytes read from connections.
+bytes_out         counter  bytes        Bytes written to connections.
+partial_writes    counter  calls        Gather writes the kernel took only in part (the rest was copied and sent later).
+read_pauses       counter  events       Times a connection stopped being read because its unsent output passed max_output_bytes.
+econnreset        counter  connections  Connections reset by the peer.
+epipe             counter  connections  Writes to a connection the peer had closed.
+io_errors         counter  calls        Other socket and epoll_ctl errors.
+accept_errors     counter  calls        accept4 failures.
+accept_emfile     counter  calls        accept4 failures for lack of descriptors or memory (accepting pauses for a while).
+oom_closes        counter  connections  Connections closed for lack of memory.
+epoll_waits       counter  calls        epoll_wait calls.
+""") + _TAIL
+
+#: The control plane's miss dispatcher (one per server), in both servers' totals.
+MISS_PATH_COUNTERS: tuple[Counter, ...] = _table("""
+handler_calls     counter  calls        Miss handler calls.
+handler_errors    counter  calls        Miss handler calls that raised (answered internal_error).
+handler_inflight  gauge    calls        Asynchronous handler calls running now.
+miss_replies      counter  responses    Replies sent by the control plane.
+miss_cached       counter  answers      Handler answers published to the table (Answer(cache=True)).
+miss_cache_refused counter answers      Handler answers not cached: the table was at its max_keys.
+miss_send_errors  counter  responses    Control-plane replies the engine could not send.
+""")
+
+#: Levels of a server's set-up, one value per server (from stats(), not from a struct).
+UDP_SERVER_GAUGES: tuple[Counter, ...] = _table("""
+sockets           gauge    sockets      Reader sockets.
+cpu_steering      gauge    flag         1 when CPU steering is active.
+avg_batch_fill    gauge    datagrams    Datagrams per recvmmsg call.
+""")
+HTTP_SERVER_GAUGES: tuple[Counter, ...] = _table("""
+threads           gauge    threads      HTTP worker threads.
+""")
+
+
+def markdown() -> str:
+    """docs/counters.md: every counter, generated from the lists above."""
+    sections = (
+        ("UDP readers", "beastnet_udp", UDP_COUNTERS,
+         "Per reader thread in `UDPServer.stats()['per_socket']`, summed in `['totals']`."),
+        ("HTTP workers", "beastnet_http", HTTP_COUNTERS,
+         "Per worker thread in `HTTPServer.stats()['per_thread']`, summed in `['totals']`."),
+        ("Miss path (control plane)", "beastnet_udp / beastnet_http", MISS_PATH_COUNTERS,
+         "In both servers' `['totals']`; absent from a UDP server without a handler."),
+        ("UDP server set-up", "beastnet_udp", UDP_SERVER_GAUGES,
+         "From `UDPServer.stats()`: `sockets`, `steering['enabled']`, `avg_batch_fill`."),
+        ("HTTP server set-up", "beastnet_http", HTTP_SERVER_GAUGES,
+         "From `HTTPServer.stats()['threads']`."),
+    )
+    out = [
+        "# Counters",
+        "",
+        "<!-- Generated from src/beastnet/counters.py; tests/test_counters.py checks that",
+        "it is current.  Regenerate with:",
+        "PYTHONPATH=src python -c \"import beastnet.counters as c; print(c.markdown(), end='')\" > docs/counters.md",
+        "-->",
+        "",
+        "Every counter `stats()` reports, and its Prometheus name on `/metrics`. Running",
+        "totals are exposed as `<prefix>_<name>_total`, levels (gauges) as `<prefix>_<name>`;",
+        "per-thread counters carry a `thread` label (the reader or worker index).",
+        "Native threads count with relaxed atomic adds on their own cache lines; a",
+        "snapshot reads each 64-bit field whole, so no value is torn.",
+    ]
+    for title, prefix, counters, where in sections:
+        out += ["", f"## {title}", "", f"Prefix `{prefix}`. {where}", "",
+                "| name | type | unit | meaning |", "| --- | --- | --- | --- |"]
+        out += [f"| `{c.name}` | {c.kind} | {c.unit} | {c.help} |" for c in counters]
+    return "\n".join(out) + "\n"
