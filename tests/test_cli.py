@@ -208,8 +208,6 @@ def test_keys_add_refuses_a_key_too_short_to_be_secret(tmp_path):
 
 # -- the price server as a newcomer meets it (real servers on loopback) ---------------
 
-@pytest.mark.xfail(strict=True, reason="the native HTTP parser reads X-API-Key and ?api_key= "
-                                       "only; Authorization: Bearer is an engine change")
 def test_admin_token_as_a_bearer_token(serve):
     token = "t0k3n-long-enough-123"
     server = serve("--no-keys", "--admin-token", token)

@@ -63,26 +63,33 @@ cdef int http_connection_tokens(const char* v, size_t n, int* close, int* keep) 
     return 0
 
 
-cdef inline void http_query_apikey(bn_hreq* req) noexcept nogil:
-    # ?api_key=VALUE among &-separated parameters; used when no X-API-Key came.
+cdef inline int http_query_apikey(bn_hreq* req) noexcept nogil:
+    # ?api_key=VALUE among &-separated parameters.  Returns 0, or -1 when the
+    # request already carries a key (a header, or an earlier api_key=): two
+    # credentials are ambiguous, and which one wins must not depend on where
+    # a proxy or a client library put them.
     cdef const char* q = req.target + req.path_len + 1
     cdef size_t n
     cdef size_t i = 0
     cdef size_t start
     if req.path_len >= req.target_len:
-        return
+        return 0
     n = req.target_len - req.path_len - 1
     while i + 8 <= n:
         if memcmp(q + i, b"api_key=", 8) == 0 and (i == 0 or q[i - 1] == 38):   # '&'
+            if req.apikey != NULL:
+                return -1
             start = i + 8
             i = start
             while i < n and q[i] != 38:
                 i += 1
-            if i > start:
-                req.apikey = q + start
-                req.apikey_len = <uint32_t>(i - start)
-            return
+            req.apikey = q + start
+            req.apikey_len = <uint32_t>(i - start)
+            continue
         i += 1
+    if req.apikey != NULL and req.apikey_len == 0:      # "?api_key=" with nothing
+        req.apikey = NULL
+    return 0
 
 
 cdef int http_parse_head(const char* p, size_t n, bn_hreq* req, size_t max_target) noexcept nogil:
@@ -189,10 +196,21 @@ cdef int http_parse_head(const char* p, size_t n, bn_hreq* req, size_t max_targe
         elif name_len == 17 and ascii_ieq(p + start, b"transfer-encoding", 17):
             has_te = 1
         elif name_len == 9 and ascii_ieq(p + start, b"x-api-key", 9):
-            if vend == vstart or vend - vstart > APIKEY_MAX_BYTES:
-                return 400
+            if vend == vstart or vend - vstart > APIKEY_MAX_BYTES or req.apikey != NULL:
+                return 400                                        # empty, too long, or a second key
             req.apikey = p + vstart
             req.apikey_len = <uint32_t>(vend - vstart)
+        elif name_len == 13 and ascii_ieq(p + start, b"authorization", 13):
+            # RFC 6750 section 2.1: "Bearer <token>" carries the API key as
+            # X-API-Key does.  Other schemes are not ours: ignored.
+            if vend - vstart > 7 and ascii_ieq(p + vstart, b"bearer ", 7):
+                vstart += 7
+                while vstart < vend and p[vstart] == 32:
+                    vstart += 1
+                if vend == vstart or vend - vstart > APIKEY_MAX_BYTES or req.apikey != NULL:
+                    return 400
+                req.apikey = p + vstart
+                req.apikey_len = <uint32_t>(vend - vstart)
     if has_cl and has_te:                                         # request smuggling shape
         return 400
     if not req.http10 and not has_host:                           # RFC 9112 §3.2
@@ -202,10 +220,8 @@ cdef int http_parse_head(const char* p, size_t n, bn_hreq* req, size_t max_targe
         req.keepalive = conn_keep and not conn_close
     else:
         req.keepalive = not conn_close
-    if req.apikey == NULL:
-        http_query_apikey(req)
-        if req.apikey_len > APIKEY_MAX_BYTES:
-            return 400
+    if http_query_apikey(req) != 0 or req.apikey_len > APIKEY_MAX_BYTES:
+        return 400
     return 0
 
 
