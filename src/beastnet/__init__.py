@@ -12,7 +12,7 @@ from beastnet.control import Answer, ControlPlane, MissRequest, is_loopback_clie
 from beastnet.errors import (BeastnetError, HandlerError, InvalidKeyError, ServerError,
                              TableFullError)
 from beastnet.server import UDPServer
-from beastnet.http_server import HTTPServer
+from beastnet.http_server import HTTPServer, WebSocketOptions
 
 __version__ = "0.1.0"
 
@@ -49,6 +49,7 @@ __all__ = [
     "TableFullError",
     "UDPLoadConfig",
     "UDPServer",
+    "WebSocketOptions",
     "__version__",
     "is_loopback_client",
     "run_http_load",

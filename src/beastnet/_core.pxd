@@ -27,6 +27,10 @@ cdef struct bn_missq
 cdef struct bn_keyindex
 cdef struct bn_apikey
 cdef struct bn_hworker
+cdef struct bn_ws_hubs
+cdef struct bn_ws_hub
+cdef struct bn_ws_conn
+cdef struct bn_ws_worker
 
 
 cdef class ResponseTable:
@@ -37,10 +41,13 @@ cdef class ResponseTable:
     cdef uint64_t version               # last write's sequence number
     cdef size_t min_capacity            # slots; the index never shrinks below it
     cdef size_t key_cap                 # 0 = no cap; set() of a new key past it raises
+    cdef bn_ws_hubs* ws_hubs            # WebSocket engines to tell of each write, NULL = none
     cdef object _lock                   # serialises Python writers
 
     cdef int _retire(self, void* mem, size_t nbytes) except -1
     cdef int _retire_entry(self, bn_entry* e) except -1
+    cdef int _attach_hub(self, void* hub) except -1
+    cdef void _detach_hub(self, void* hub) noexcept
     cdef size_t _reclaim(self) noexcept
     cdef int _reserve(self, size_t extra_keys) except -1
     cdef int _shrink(self) except -1
@@ -92,5 +99,13 @@ cdef class UDPEngine(NativeEngine):
 cdef class HTTPEngine(NativeEngine):
     cdef bn_hworker** workers           # nthreads, owned
     cdef int stop_efd                   # eventfd: wakes workers sleeping in epoll_wait
+    cdef bn_ws_hub* hub                 # WebSocket publication rings, NULL = WebSocket off
+    cdef ResponseTable ws_topics        # HTTPServer.publish()'s topics, or None
+    cdef int hub_attached               # 1 while the tables publish to `hub`
+
+    cdef int _ws_setup(self, bytes path, bytes echo, ResponseTable topics, unsigned int max_subs,
+                       size_t max_frame, size_t max_message, double stall_s,
+                       unsigned int max_symbols) except -1
+    cdef void _ws_detach(self) noexcept
 
     cdef void _join(self, int64_t grace_ns) noexcept

@@ -40,6 +40,7 @@ include "_http_conn.pxi"
 include "_http_route.pxi"
 include "_http_worker.pxi"
 include "_ws_msg.pxi"
+include "_ws_hub.pxi"
 
 
 def _module_init():

@@ -29,6 +29,7 @@ cdef struct bn_conn:
     int64_t head_start_ns               # when the incomplete head in inb began arriving
     int64_t last_write_ns               # last write progress while output was pending
     uint64_t requests                   # requests answered on this connection
+    bn_ws_conn* ws                      # after a WebSocket upgrade, else NULL
 
 
 cdef const char* HTTP_DAYS = b"SunMonTueWedThuFriSat"
@@ -253,6 +254,8 @@ cdef inline int conn_emit_error(bn_hworker* w, bn_conn* c, int err, int tail, in
 
 
 cdef void conn_close(bn_hworker* w, bn_conn* c) noexcept nogil:
+    if c.ws != NULL:
+        ws_conn_free(w, c)
     # Counted before close(): a client that sees the close also sees the count.
     w.active -= 1
     bn_count(&w.counters.closed, 1)

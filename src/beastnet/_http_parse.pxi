@@ -17,6 +17,10 @@ cdef struct bn_hreq:
     int keepalive                       # 1 = keep the connection after the answer
     int http10                          # 1 = HTTP/1.0 client
     int has_body                        # Content-Length > 0 or Transfer-Encoding present
+    int upgrade_ws                      # Upgrade: websocket and Connection: upgrade
+    const char* ws_key                  # Sec-WebSocket-Key, or NULL
+    uint32_t ws_key_len
+    int ws_version                      # Sec-WebSocket-Version, -1 = absent or not a number
 
 
 cdef uint8_t HTTP_TCHAR[256]            # RFC 9110 token characters
@@ -42,7 +46,8 @@ cdef inline int ascii_ieq(const char* a, const char* lower, size_t n) noexcept n
     return 1
 
 
-cdef int http_connection_tokens(const char* v, size_t n, int* close, int* keep) noexcept nogil:
+cdef int http_connection_tokens(const char* v, size_t n, int* close, int* keep,
+                                int* upgrade) noexcept nogil:
     # Connection: a comma-separated token list, e.g. "keep-alive, Upgrade".
     cdef size_t i = 0
     cdef size_t start
@@ -60,6 +65,8 @@ cdef int http_connection_tokens(const char* v, size_t n, int* close, int* keep) 
             close[0] = 1
         elif end - start == 10 and ascii_ieq(v + start, b"keep-alive", 10):
             keep[0] = 1
+        elif end - start == 7 and ascii_ieq(v + start, b"upgrade", 7):
+            upgrade[0] = 1
     return 0
 
 
@@ -106,8 +113,11 @@ cdef int http_parse_head(const char* p, size_t n, bn_hreq* req, size_t max_targe
     cdef int has_host = 0
     cdef int has_cl = 0
     cdef int has_te = 0
+    cdef int conn_upgrade = 0
+    cdef int upgrade_ws = 0
     cdef uint64_t content_length = 0
     memset(req, 0, sizeof(bn_hreq))
+    req.ws_version = -1
     # request-line = method SP request-target SP HTTP-version CRLF
     while i < n and HTTP_TCHAR[<uint8_t>p[i]]:
         i += 1
@@ -182,7 +192,8 @@ cdef int http_parse_head(const char* p, size_t n, bn_hreq* req, size_t max_targe
                 return 400
             has_host = 1
         elif name_len == 10 and ascii_ieq(p + start, b"connection", 10):
-            http_connection_tokens(p + vstart, vend - vstart, &conn_close, &conn_keep)
+            http_connection_tokens(p + vstart, vend - vstart, &conn_close, &conn_keep,
+                                   &conn_upgrade)
         elif name_len == 14 and ascii_ieq(p + start, b"content-length", 14):
             if has_cl or vend == vstart or vend - vstart > 15:
                 return 400
@@ -195,6 +206,18 @@ cdef int http_parse_head(const char* p, size_t n, bn_hreq* req, size_t max_targe
                 vstart += 1
         elif name_len == 17 and ascii_ieq(p + start, b"transfer-encoding", 17):
             has_te = 1
+        elif name_len == 7 and ascii_ieq(p + start, b"upgrade", 7):
+            # RFC 6455 4.2.1: Upgrade: websocket (a token list; we take that one token).
+            upgrade_ws = vend - vstart == 9 and ascii_ieq(p + vstart, b"websocket", 9)
+        elif name_len == 17 and ascii_ieq(p + start, b"sec-websocket-key", 17):
+            req.ws_key = p + vstart
+            req.ws_key_len = <uint32_t>(vend - vstart)
+        elif name_len == 21 and ascii_ieq(p + start, b"sec-websocket-version", 21):
+            req.ws_version = 0
+            while vstart < vend and req.ws_version >= 0:
+                c = <uint8_t>p[vstart]
+                req.ws_version = req.ws_version * 10 + (c - 48) if 48 <= c <= 57 and req.ws_version < 1000 else -1
+                vstart += 1
         elif name_len == 9 and ascii_ieq(p + start, b"x-api-key", 9):
             if vend == vstart or vend - vstart > APIKEY_MAX_BYTES or req.apikey != NULL:
                 return 400                                        # empty, too long, or a second key
@@ -216,6 +239,7 @@ cdef int http_parse_head(const char* p, size_t n, bn_hreq* req, size_t max_targe
     if not req.http10 and not has_host:                           # RFC 9112 §3.2
         return 400
     req.has_body = has_te or content_length > 0
+    req.upgrade_ws = upgrade_ws and conn_upgrade
     if req.http10:
         req.keepalive = conn_keep and not conn_close
     else:

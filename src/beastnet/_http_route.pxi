@@ -61,6 +61,25 @@ cdef inline int conn_step(bn_conn* c, int rc) noexcept nogil:
     return 1 if c.flags & CONN_CLOSE_AFTER else 0
 
 
+cdef int conn_refuse(bn_hworker* w, bn_conn* c, int admit, uint64_t retry_ns, int tail,
+                     int head_only) noexcept nogil:
+    """Answer an API-key refusal (ADMIT_*): 401, or 429 with Retry-After."""
+    cdef uint64_t retry_s
+    if admit == ADMIT_UNAUTHORIZED:
+        bn_count(&w.counters.unauthorized, 1)
+        return conn_step(c, conn_emit_error(w, c, ERR_401, tail, head_only))
+    if admit == ADMIT_OVER_QUOTA:
+        bn_count(&w.counters.over_quota, 1)
+        return conn_step(c, conn_emit_error(w, c, ERR_429_QUOTA, tail, head_only))
+    bn_count(&w.counters.rate_limited, 1)
+    retry_s = (retry_ns + 999999999) // 1000000000
+    if retry_s < 1:
+        retry_s = 1
+    elif retry_s > RETRY_AFTER_MAX_S:
+        retry_s = RETRY_AFTER_MAX_S
+    return conn_step(c, conn_emit_error(w, c, ERR_429_1S + <int>retry_s - 1, tail, head_only))
+
+
 cdef int conn_request(bn_hworker* w, bn_conn* c, bn_hreq* req) noexcept nogil:
     """Answer one parsed request (or queue it).  Returns 0 to go on parsing,
     1 to stop (waiting on the control plane, or closing), -1 dead."""
@@ -72,7 +91,6 @@ cdef int conn_request(bn_hworker* w, bn_conn* c, bn_hreq* req) noexcept nogil:
     cdef int route = 0
     cdef int admit
     cdef uint64_t retry_ns = 0
-    cdef uint64_t retry_s
     cdef int in_prefix = (req.path_len > w.prefix_len
                           and memcmp(req.target, w.prefix, w.prefix_len) == 0)
     if not req.keepalive or w.draining:
@@ -82,6 +100,8 @@ cdef int conn_request(bn_hworker* w, bn_conn* c, bn_hreq* req) noexcept nogil:
         tail = TAIL_KEEP10
     else:
         tail = TAIL_KEEP
+    if w.ws != NULL and ws_path_kind(w.ws, req.target, req.path_len):
+        return ws_route(w, c, req, ws_path_kind(w.ws, req.target, req.path_len) == 2, tail)
     if in_prefix and req.method_code == METHOD_OTHER:
         if req.has_body:                # its body is unread: the framing is lost
             c.flags |= CONN_CLOSE_AFTER
@@ -94,20 +114,7 @@ cdef int conn_request(bn_hworker* w, bn_conn* c, bn_hreq* req) noexcept nogil:
         if w.keys_ref != NULL:
             admit = apikey_admit(w.keys_ref, req.apikey, req.apikey_len, w.admit_ns, &retry_ns)
             if admit != ADMIT_OK:
-                if admit == ADMIT_UNAUTHORIZED:
-                    bn_count(&w.counters.unauthorized, 1)
-                    return conn_step(c, conn_emit_error(w, c, ERR_401, tail, head_only))
-                if admit == ADMIT_OVER_QUOTA:
-                    bn_count(&w.counters.over_quota, 1)
-                    return conn_step(c, conn_emit_error(w, c, ERR_429_QUOTA, tail, head_only))
-                bn_count(&w.counters.rate_limited, 1)
-                retry_s = (retry_ns + 999999999) // 1000000000
-                if retry_s < 1:
-                    retry_s = 1
-                elif retry_s > RETRY_AFTER_MAX_S:
-                    retry_s = RETRY_AFTER_MAX_S
-                return conn_step(c, conn_emit_error(w, c, ERR_429_1S + <int>retry_s - 1, tail,
-                                                    head_only))
+                return conn_refuse(w, c, admit, retry_ns, tail, head_only)
         elif w.require_apikey and req.apikey_len == 0:
             return conn_step(c, conn_emit_error(w, c, ERR_401, tail, head_only))
         key = req.target + w.prefix_len

@@ -71,12 +71,14 @@ cdef struct bn_hworker:
     epoll_event* events          # HTTP_EVENTS_MAX
     char tails[3][HTTP_TAIL_MAX_BYTES]  # TAIL_*: Date [+ Connection] + blank line
     size_t tail_len[3]
+    bn_ws_worker* ws                    # WebSocket state, NULL = no WebSocket on this engine
 
 
 # epoll data: (generation << 32) | slot for connections; these for the rest.
 cdef uint64_t EV_LISTEN = 0xFFFFFFFF00000001ULL
 cdef uint64_t EV_STOP = 0xFFFFFFFF00000002ULL
 cdef uint64_t EV_REPLY = 0xFFFFFFFF00000003ULL
+cdef uint64_t EV_WS = 0xFFFFFFFF00000004ULL       # the worker's publication ring
 
 
 cdef inline int64_t http_now_ns() noexcept nogil:
@@ -173,6 +175,9 @@ cdef void conn_set_events(bn_hworker* w, bn_conn* c) noexcept nogil:
 
 cdef void conn_finish(bn_hworker* w, bn_conn* c) noexcept nogil:
     """End of a step on `c`: flush, then close it or set its epoll interest."""
+    if c.ws != NULL:
+        ws_adopt_input(w, c)            # upgraded in this step: the WebSocket side takes over
+        return
     if conn_flush_iov(w, c) == 0 and conn_out_pending(c):
         conn_send_out(w, c)
     if c.flags & CONN_DEAD:
@@ -394,7 +399,7 @@ cdef void http_worker_tick(bn_hworker* w) noexcept nogil:
         http_worker_resume_accept(w)
     for i in range(w.high_water):
         c = &w.conns[i]
-        if c.fd < 0:
+        if c.fd < 0 or c.ws != NULL:    # WebSocket connections: ws_check_stalls below
             continue
         if conn_out_pending(c):
             if now - c.last_write_ns > w.write_timeout_ns:
@@ -410,6 +415,8 @@ cdef void http_worker_tick(bn_hworker* w) noexcept nogil:
             http_worker_timeout(w, c, NULL)
         elif w.draining:
             conn_close(w, c)            # idle keep-alive connection: nothing to finish
+    if w.ws != NULL:
+        ws_check_stalls(w)
 
 
 cdef void http_worker_resume_accept(bn_hworker* w) noexcept nogil:
@@ -435,8 +442,12 @@ cdef void http_worker_begin_drain(bn_hworker* w) noexcept nogil:
         w.accept_paused = 1
     for i in range(w.high_water):
         c = &w.conns[i]
-        if c.fd >= 0 and not conn_out_pending(c) and not (c.flags & CONN_WAITING) and c.in_len == 0:
+        if c.fd >= 0 and c.ws != NULL:
+            ws_send_close(w, c.ws, WS_CLOSE_GOING_AWAY)     # closed once it is written
+        elif c.fd >= 0 and not conn_out_pending(c) and not (c.flags & CONN_WAITING) and c.in_len == 0:
             conn_close(w, c)
+    if w.ws != NULL:
+        ws_flush_dirty(w)
     w.next_tick_ns = w.now_ns
 
 
@@ -454,11 +465,16 @@ cdef void http_worker_on_event(bn_hworker* w, epoll_event* ev) noexcept nogil:
         elif tag == EV_STOP:
             if not w.draining:
                 http_worker_begin_drain(w)
+        elif tag == EV_WS:
+            ws_worker_on_publish(w)
         return
     slot = <uint32_t>(tag & 0xFFFFFFFFU)
     c = &w.conns[slot]
     if c.fd < 0 or c.gen != <uint32_t>(tag >> 32):
         return                          # closed earlier in this batch
+    if c.ws != NULL:
+        ws_conn_on_event(w, c, events)
+        return
     if events & EPOLLOUT:
         conn_on_writable(w, c)
         if c.fd < 0 or c.gen != <uint32_t>(tag >> 32):
@@ -508,6 +524,10 @@ cdef void* http_worker_main(void* arg) noexcept nogil:
             break
         for i in range(n):
             http_worker_on_event(w, &w.events[i])
+        if w.ws != NULL and w.ws.dirty != NULL:
+            # One sendmsg per WebSocket connection per wake-up, whatever this
+            # batch queued on it (uWebSockets calls this corking).
+            ws_flush_dirty(w)
         if w.miss_signal:
             w.miss_signal = 0
             udp_signal(w.miss_fd)
@@ -546,6 +566,7 @@ cdef void http_worker_free(bn_hworker* w) noexcept nogil:
         close(w.epfd)
     if w.reply_fd >= 0:
         close(w.reply_fd)
+    ws_worker_free(w.ws)
     free(w.conns)
     free(w.free_slots)
     free(w.scratch)
@@ -602,7 +623,10 @@ cdef class HTTPEngine(NativeEngine):
                   size_t max_target_bytes=2048, size_t max_output_bytes=1048576,
                   double header_timeout_s=10.0, double idle_timeout_s=60.0,
                   double write_timeout_s=10.0, bint require_api_key=False,
-                  APIKeyTable api_keys=None):
+                  APIKeyTable api_keys=None, str ws_path=None, str ws_echo_path=None,
+                  ResponseTable ws_topics=None, unsigned int ws_max_subscriptions=0,
+                  size_t ws_max_frame_bytes=65536, size_t ws_max_message_bytes=65536,
+                  double ws_stall_timeout_s=10.0, unsigned int ws_max_symbols=1024):
         cdef int i
         cdef int n = len(fds)
         cdef bytes raw_prefix = prefix.encode("ascii")
@@ -623,6 +647,19 @@ cdef class HTTPEngine(NativeEngine):
             raise ValueError("max_connections must be at least one per worker")
         if header_timeout_s <= 0 or idle_timeout_s <= 0 or write_timeout_s <= 0:
             raise ValueError("timeouts must be positive")
+        cdef bytes raw_ws_path = ws_path.encode("ascii") if ws_path is not None else b""
+        cdef bytes raw_echo = ws_echo_path.encode("ascii") if ws_echo_path is not None else b""
+        for raw in (raw_ws_path, raw_echo):
+            if raw and (not raw.startswith(b"/") or len(raw) >= HTTP_PREFIX_MAX_BYTES or b"?" in raw):
+                raise ValueError(f"WebSocket paths start with '/', have no query and are shorter"
+                                 f" than {HTTP_PREFIX_MAX_BYTES} bytes: {raw!r}")
+        if raw_echo and not raw_ws_path:
+            raise ValueError("ws_echo_path needs ws_path (the WebSocket engine) too")
+        if ws_path is not None:
+            if not 125 <= ws_max_frame_bytes <= ws_max_message_bytes <= 16777216:
+                raise ValueError("need 125 <= ws_max_frame_bytes <= ws_max_message_bytes <= 16 MiB")
+            if not 1 <= ws_max_symbols <= 100000 or ws_stall_timeout_s <= 0:
+                raise ValueError("ws_max_symbols must be 1..100000 and ws_stall_timeout_s positive")
         self._setup(table, api_keys, n, sizeof(bn_http_counters), miss_capacity)
         self.stop_efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
         if self.stop_efd < 0:
@@ -665,11 +702,65 @@ cdef class HTTPEngine(NativeEngine):
             http_epoll_add(w.epfd, w.listen_fd, EV_LISTEN)
             http_epoll_add(w.epfd, w.stop_fd, EV_STOP)
             http_epoll_add(w.epfd, w.reply_fd, EV_REPLY)
+        if ws_path is not None:
+            self._ws_setup(raw_ws_path, raw_echo, ws_topics, ws_max_subscriptions,
+                           ws_max_frame_bytes, ws_max_message_bytes, ws_stall_timeout_s,
+                           ws_max_symbols)
+
+    cdef int _ws_setup(self, bytes path, bytes echo, ResponseTable topics, unsigned int max_subs,
+                       size_t max_frame, size_t max_message, double stall_s,
+                       unsigned int max_symbols) except -1:
+        """One publication ring and one WebSocket state per worker."""
+        cdef int i
+        cdef bn_hworker* w
+        cdef bn_ws_ring* ring
+        self.hub = <bn_ws_hub*>calloc(1, sizeof(bn_ws_hub))
+        if self.hub == NULL:
+            raise MemoryError()
+        self.hub.rings = <bn_ws_ring**>calloc(self.nthreads, sizeof(bn_ws_ring*))
+        if self.hub.rings == NULL:
+            raise MemoryError()
+        self.ws_topics = topics
+        for i in range(self.nthreads):
+            ring = ws_ring_new(WS_RING_SLOTS)
+            if ring == NULL:
+                raise MemoryError()
+            self.hub.rings[i] = ring
+            self.hub.nrings += 1
+            w = self.workers[i]
+            w.ws = ws_worker_new(ring, max_symbols)
+            if w.ws == NULL:
+                raise MemoryError()
+            memcpy(w.ws.path, <const char*>path, len(path))
+            w.ws.path_len = len(path)
+            memcpy(w.ws.echo_path, <const char*>echo, len(echo))
+            w.ws.echo_path_len = len(echo)
+            w.ws.extra_ref = &topics.index if topics is not None else NULL
+            w.ws.max_subs = max_subs
+            w.ws.max_frame_bytes = max_frame
+            w.ws.max_message_bytes = max_message
+            w.ws.stall_timeout_ns = <int64_t>(stall_s * 1e9)
+            http_epoll_add(w.epfd, ring.efd, EV_WS)
+        return 0
+
+    cdef void _ws_detach(self) noexcept:
+        if self.hub != NULL and self.hub_attached:
+            self.table._detach_hub(self.hub)
+            if self.ws_topics is not None:
+                self.ws_topics._detach_hub(self.hub)
+            self.hub_attached = 0
 
     def __dealloc__(self):
         cdef int i
         if self.group.running:
             self._join(0)
+        self._ws_detach()
+        if self.hub != NULL:
+            for i in range(self.hub.nrings):
+                ws_ring_free(self.hub.rings[i])
+            free(self.hub.rings)
+            free(self.hub)
+            self.hub = NULL
         if self.workers != NULL:
             for i in range(self.nthreads):
                 http_worker_free(self.workers[i])
@@ -688,7 +779,14 @@ cdef class HTTPEngine(NativeEngine):
 
     def start(self):
         """Start one native worker thread per listening socket (no GIL in them)."""
-        cdef int rc = self._start_threads("an HTTPEngine", http_worker_main, <void**>self.workers)
+        cdef int rc
+        if self.hub != NULL and not self.hub_attached and not self.stopped:
+            # Tables tell the workers of every write from now on.
+            self.table._attach_hub(self.hub)
+            if self.ws_topics is not None:
+                self.ws_topics._attach_hub(self.hub)
+            self.hub_attached = 1
+        rc = self._start_threads("an HTTPEngine", http_worker_main, <void**>self.workers)
         if rc != 0:
             self._join(0)
             raise OSError(rc, f"pthread_create: {os.strerror(rc)}")
@@ -709,6 +807,7 @@ cdef class HTTPEngine(NativeEngine):
         if self.group.running:
             self._join(<int64_t>(grace_s * 1e9))
         self.stopped = 1
+        self._ws_detach()
         self.table.reclaim()
 
     def close(self):

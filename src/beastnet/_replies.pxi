@@ -24,6 +24,8 @@ ERRORS = (
     ("over_quota", 429, "the API key's monthly cap is reached"),
     ("internal_error", 500, "the miss handler raised or answered something unsendable"),
     ("busy", 503, "the miss queue (or the connection table) is full"),
+    ("upgrade_required", 426, "a WebSocket upgrade for a version other than 13"),
+    ("connection_limit", 429, "the API key holds its maximum of WebSocket connections"),
 )
 
 cdef dict _error_bodies = {name: b'{"error":"' + name.encode("ascii") + b'"}'
@@ -61,7 +63,7 @@ HTTP_REASONS = {
     302: "Found", 304: "Not Modified", 400: "Bad Request", 401: "Unauthorized",
     403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout",
     409: "Conflict", 413: "Content Too Large", 414: "URI Too Long", 415: "Unsupported Media Type",
-    422: "Unprocessable Content", 429: "Too Many Requests", 431: "Request Header Fields Too Large",
+    422: "Unprocessable Content", 426: "Upgrade Required", 429: "Too Many Requests", 431: "Request Header Fields Too Large",
     500: "Internal Server Error", 501: "Not Implemented", 502: "Bad Gateway",
     503: "Service Unavailable", 504: "Gateway Timeout",
 }
@@ -106,6 +108,8 @@ cdef void replies_init() except *:
         (ERR_503, "busy", "Retry-After: 1\r\n"),
         (ERR_503_CONNS, "busy", "Retry-After: 1\r\nConnection: close\r\n\r\n"),
         (ERR_429_QUOTA, "over_quota", ""),
+        (ERR_426, "upgrade_required", "Sec-WebSocket-Version: 13\r\n"),
+        (ERR_429_CONNS, "connection_limit", ""),
     ]
     # One canned 429 per whole second of Retry-After (RFC 9110 takes seconds),
     # so a rate-limited request costs no formatting.

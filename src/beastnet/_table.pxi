@@ -314,6 +314,7 @@ cdef class ResponseTable:
             free(idx)
             self.index = NULL
         retire_free_all(&self.retired)
+        free(self.ws_hubs)
 
     # -- writer internals (GIL held, self._lock held) ------------------------
 
@@ -395,6 +396,7 @@ cdef class ResponseTable:
         if e == NULL:
             raise MemoryError()
         self.entry_memory += entry_bytes(e)
+        cdef bn_entry* old = NULL
         if slot.hash == 0:
             memcpy(slot.key, k, n)
             slot.key_len = <uint32_t>n
@@ -402,13 +404,15 @@ cdef class ResponseTable:
             bn_store_u64(&slot.hash, h)     # publishes the key: readers may now match it
             self.index.used += 1
             self.live += 1
-            return 0
-        cdef bn_entry* old = <bn_entry*>bn_xchg_ptr(<void**>&slot.entry, e)
-        if old == NULL:
-            self.live += 1
         else:
-            self.entry_memory -= entry_bytes(old)
-            self._retire_entry(old)
+            old = <bn_entry*>bn_xchg_ptr(<void**>&slot.entry, e)
+            if old == NULL:
+                self.live += 1
+            else:
+                self.entry_memory -= entry_bytes(old)
+                self._retire_entry(old)
+        if self.ws_hubs != NULL:
+            ws_hubs_publish(self.ws_hubs, k, n, e)
         return 0
 
     # -- public API ----------------------------------------------------------
@@ -476,6 +480,30 @@ cdef class ResponseTable:
             self._shrink()
             self._reclaim()
             return True
+
+    cdef int _attach_hub(self, void* hub) except -1:
+        """Tell `hub` (a WebSocket engine's) of every write from now on."""
+        with self._lock:
+            if self.ws_hubs == NULL:
+                self.ws_hubs = <bn_ws_hubs*>calloc(1, sizeof(bn_ws_hubs))
+                if self.ws_hubs == NULL:
+                    raise MemoryError()
+            if self.ws_hubs.n >= WS_HUBS_MAX:
+                raise RuntimeError(f"a table serves at most {WS_HUBS_MAX} WebSocket engines at once")
+            self.ws_hubs.hubs[self.ws_hubs.n] = <bn_ws_hub*>hub
+            self.ws_hubs.n += 1
+        return 0
+
+    cdef void _detach_hub(self, void* hub) noexcept:
+        cdef int i
+        with self._lock:
+            if self.ws_hubs == NULL:
+                return
+            for i in range(self.ws_hubs.n):
+                if self.ws_hubs.hubs[i] == hub:
+                    self.ws_hubs.n -= 1
+                    self.ws_hubs.hubs[i] = self.ws_hubs.hubs[self.ws_hubs.n]
+                    break
 
     cdef bn_entry* _find(self, bytes raw) noexcept:
         # Caller holds self._lock, so no writer can retire (and free) the entry.

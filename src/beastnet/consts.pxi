@@ -82,7 +82,9 @@ cdef enum:
     ERR_429_QUOTA = 9               # over_quota: the key's monthly cap is reached
     ERR_429_1S = 10                 # rate_limited + Retry-After: 1; ERR_429_1S + n - 1 says n s
     RETRY_AFTER_MAX_S = 60          # longer waits are announced as 60 s (the client asks again)
-    ERR_COUNT = 70                  # ERR_429_1S + RETRY_AFTER_MAX_S
+    ERR_426 = 70                    # upgrade_required: a WebSocket version other than 13
+    ERR_429_CONNS = 71              # connection_limit: the key holds its WebSocket connections
+    ERR_COUNT = 72                  # one past the last
 
 # WebSocket (RFC 6455) opcodes, close codes and limits (_ws.pxi).
 cdef enum:
@@ -131,3 +133,19 @@ cdef enum:
     WS_REQERR_OP = 2                # "op" missing, not a string, or not one we know
     WS_REQERR_SYMBOLS = 3           # subscribe/unsubscribe without "symbols"
     WS_REQERR_TOO_MANY = 4          # more symbols than one request may carry
+
+# WebSocket push (_ws_hub.pxi).
+cdef enum:
+    WS_HUBS_MAX = 8                 # engines one table can publish to at once
+    WS_CTL_MAX_BYTES = 1048576      # a connection's own unsent bytes (acks, pongs) before 1013
+    WS_RING_SLOTS = 8192            # publications a worker can lag before it resyncs
+
+cdef int64_t WS_CLOSE_WAIT_NS = 2000000000     # our close frame sent: the peer's may take this long
+
+# A WebSocket connection's flags.
+cdef enum:
+    WSC_DIRTY = 1                   # on the worker's list of connections to flush
+    WSC_CLOSING = 2                 # our close frame is queued: send nothing else
+    WSC_PEER_CLOSED = 4             # the peer's close (or an error): read nothing more
+    WSC_SHUT = 8                    # our side shut down after a normal close
+    WSC_ECHO = 16                   # the echo endpoint: messages come back as they are

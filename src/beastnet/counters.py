@@ -94,7 +94,28 @@ accept_errors     counter  calls        accept4 failures.
 accept_emfile     counter  calls        accept4 failures for lack of descriptors or memory (accepting pauses for a while).
 oom_closes        counter  connections  Connections closed for lack of memory.
 epoll_waits       counter  calls        epoll_wait calls.
-""") + _TAIL
+""") + _TAIL + _table("""
+ws_upgrades              counter  connections  Connections upgraded to WebSocket (101 Switching Protocols).
+ws_upgrade_refused       counter  requests     WebSocket upgrades refused (400 malformed, 426 version, 429 connection limit).
+ws_active                gauge    connections  WebSocket connections open now.
+ws_subscriptions         gauge    subscriptions  Subscriptions held now.
+ws_subscriptions_refused counter  subscriptions  Subscriptions refused: the connection holds its limit.
+ws_messages_in           counter  messages     Client messages read (feed requests, echo).
+ws_request_errors        counter  messages     Client requests answered with an error message (bad JSON, unknown op, limits).
+ws_pings                 counter  frames       Pings answered with a pong.
+ws_publications          counter  updates      Table publications the worker drained from its ring.
+ws_resyncs               counter  events       Ring overflows after which every topic was re-read from the tables.
+ws_frames_out            counter  frames       Update and snapshot frames written whole.
+ws_conflated             counter  frames       Pending frames replaced by a newer one of the same symbol before they were written.
+ws_slow_closes           counter  connections  Connections closed because their output made no progress for stall_timeout_s.
+ws_close_normal          counter  connections  Closes with code 1000.
+ws_close_going_away      counter  connections  Closes with code 1001 (the server stopping).
+ws_close_protocol_error  counter  connections  Closes with code 1002 (a framing rule broken).
+ws_close_invalid_data    counter  connections  Closes with code 1007 (invalid UTF-8).
+ws_close_policy          counter  connections  Closes with code 1008 (slow consumers included).
+ws_close_too_big         counter  connections  Closes with code 1009 (a frame or message over the limit).
+ws_close_other           counter  connections  Closes with any other code (1003, 1011, 1013, a peer's own).
+""")
 
 #: The control plane's miss dispatcher (one per server), in both servers' totals.
 MISS_PATH_COUNTERS: tuple[Counter, ...] = _table("""

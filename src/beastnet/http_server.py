@@ -4,7 +4,8 @@ from __future__ import annotations
 import os
 import socket
 import time
-from typing import Any, Callable, Mapping, Optional
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Optional, Union
 
 import orjson
 
@@ -18,7 +19,29 @@ from beastnet.control import (Answer, ControlPlane, MissDispatcher, MissHandler,
 from beastnet.errors import ServerError
 from beastnet.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE, http_families, render
 
-__all__ = ["HTTPServer"]
+__all__ = ["HTTPServer", "WebSocketOptions"]
+
+
+@dataclass(frozen=True)
+class WebSocketOptions:
+    """The WebSocket feed on an HTTPServer's port (RFC 6455, served natively).
+
+    A client upgrades ``GET <path>`` and sends ``{"op":"subscribe",
+    "symbols":[...]}``; from then on every answer published to the table for
+    those keys is pushed to it as it is (a text frame when the body is UTF-8),
+    framed once per publication and written without a copy.  A client that
+    does not keep up is sent only the newest frame per symbol (conflation),
+    and is closed with 1008 once its output has made no progress for
+    ``stall_timeout_s``.  See docs/websocket.md.
+    """
+
+    path: str = "/v1/stream"            #: the stream's path
+    max_subscriptions: int = 1000       #: symbols per connection (0 = no limit); API keys may say otherwise
+    max_frame_bytes: int = 65536        #: largest client frame; larger closes 1009
+    max_message_bytes: int = 65536      #: largest client message (all fragments); larger closes 1009
+    max_symbols: int = 1024             #: symbols in one request
+    stall_timeout_s: float = 10.0       #: output without progress this long closes the connection (1008)
+    echo_path: Optional[str] = None     #: an echo endpoint (conformance suites, round-trip probes)
 
 
 class HTTPServer(EngineServer):
@@ -69,6 +92,7 @@ class HTTPServer(EngineServer):
         routes: Optional[Mapping[str, Callable[[MissRequest], Any]]] = None,
         cpus: Optional[list[int]] = None,
         control: Optional[ControlPlane] = None,
+        websocket: Optional[WebSocketOptions] = None,
     ) -> None:
         if not isinstance(table, ResponseTable):
             raise TypeError("table must be a beastnet.ResponseTable")
@@ -99,6 +123,20 @@ class HTTPServer(EngineServer):
             max_target_bytes=max_target_bytes, max_output_bytes=max_output_bytes,
             header_timeout_s=header_timeout_s, idle_timeout_s=idle_timeout_s,
             write_timeout_s=write_timeout_s, require_api_key=require_api_key, api_keys=api_keys)
+        self.websocket = websocket
+        #: Topics `publish()` pushes that are not table keys (their last message is kept).
+        self.topics: Optional[ResponseTable] = None
+        if websocket is not None:
+            if not isinstance(websocket, WebSocketOptions):
+                raise TypeError("websocket must be a beastnet.WebSocketOptions")
+            self.topics = ResponseTable()
+            self._engine_options.update(
+                ws_path=websocket.path, ws_echo_path=websocket.echo_path, ws_topics=self.topics,
+                ws_max_subscriptions=websocket.max_subscriptions,
+                ws_max_frame_bytes=websocket.max_frame_bytes,
+                ws_max_message_bytes=websocket.max_message_bytes,
+                ws_stall_timeout_s=websocket.stall_timeout_s,
+                ws_max_symbols=websocket.max_symbols)
         self.api_keys = api_keys
         self.routes = dict(routes or {})
         self._shared_control = control
@@ -193,6 +231,20 @@ class HTTPServer(EngineServer):
         if self.handler is None:
             return None                 # -> 404 not_found
         return self.handler(request)    # plain result or awaitable: the dispatcher handles both
+
+    def publish(self, topic: str, data: Union[bytes, str, dict, list]) -> None:
+        """Push `data` to the WebSocket subscribers of `topic`, a name that is
+        not a key of the table (a table key's subscribers get every
+        `table.set()` already).  The message is framed once; the topic keeps
+        it as its last value, sent to whoever subscribes later."""
+        if self.topics is None:
+            raise ServerError("publish() needs HTTPServer(websocket=WebSocketOptions(...))")
+        if topic in self.table:
+            raise ValueError(f"{topic!r} is a key of the table: set it there, subscribers follow")
+        if isinstance(data, (dict, list)):
+            self.topics.set_json(topic, data)
+        else:
+            self.topics.set(topic, data)
 
     def set_max_inflight(self, n: int) -> None:
         """Change how many handler calls may run at once (live)."""

@@ -19,6 +19,8 @@ static inline int bn_cas_u64(uint64_t *p, uint64_t expected, uint64_t desired)
 }
 static inline int bn_load_int(const int *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
 static inline void bn_store_int(int *p, int v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+static inline void bn_store_int_sc(int *p, int v) { __atomic_store_n(p, v, __ATOMIC_SEQ_CST); }
+static inline int bn_xchg_int(int *p, int v) { return __atomic_exchange_n(p, v, __ATOMIC_SEQ_CST); }
 static inline void *bn_load_ptr(void *const *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
 static inline void bn_store_ptr(void **p, void *v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
 static inline void *bn_xchg_ptr(void **p, void *v) { return __atomic_exchange_n(p, v, __ATOMIC_ACQ_REL); }
@@ -119,6 +121,26 @@ typedef struct bn_http_counters {
     uint64_t unauthorized;                  /* 401: API key missing, unknown or revoked */
     uint64_t rate_limited;                  /* 429: refused by the key's GCRA limit */
     uint64_t over_quota;                    /* 429: refused by the key's monthly cap */
+    uint64_t ws_upgrades;                     /* connections upgraded to WebSocket (101) */
+    uint64_t ws_upgrade_refused;              /* WebSocket upgrades refused (400, 426, 429) */
+    uint64_t ws_active;                       /* gauge: WebSocket connections open now */
+    uint64_t ws_subscriptions;                /* gauge: subscriptions held now */
+    uint64_t ws_subscriptions_refused;        /* subscriptions refused: the connection's limit */
+    uint64_t ws_messages_in;                  /* client messages read (requests, echo) */
+    uint64_t ws_request_errors;               /* client requests answered with an error message */
+    uint64_t ws_pings;                        /* pings answered with a pong */
+    uint64_t ws_publications;                 /* table publications drained from the worker's ring */
+    uint64_t ws_resyncs;                      /* ring overflows: every topic re-read from the tables */
+    uint64_t ws_frames_out;                   /* update frames written whole */
+    uint64_t ws_conflated;                    /* pending frames replaced by a newer one before written */
+    uint64_t ws_slow_closes;                  /* connections closed: no output progress for stall_timeout_s */
+    uint64_t ws_close_normal;                 /* closes with 1000 */
+    uint64_t ws_close_going_away;             /* closes with 1001 (server stopping) */
+    uint64_t ws_close_protocol_error;         /* closes with 1002 */
+    uint64_t ws_close_invalid_data;           /* closes with 1007 */
+    uint64_t ws_close_policy;                 /* closes with 1008 (slow consumers included) */
+    uint64_t ws_close_too_big;                /* closes with 1009 */
+    uint64_t ws_close_other;                  /* closes with another code (1003, 1011, 1013, peer's codes) */
 } __attribute__((aligned(BN_CACHE_LINE))) bn_http_counters;
 
 #endif /* BEASTNET_ATOMICS_H */

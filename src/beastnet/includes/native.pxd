@@ -14,6 +14,8 @@ cdef extern from "atomics.h" nogil:
     int bn_cas_u64(uint64_t* p, uint64_t expected, uint64_t desired)
     int bn_load_int(const int* p)
     void bn_store_int(int* p, int v)
+    void bn_store_int_sc(int* p, int v)
+    int bn_xchg_int(int* p, int v)
     void* bn_load_ptr(void** p)
     void bn_store_ptr(void** p, void* v)
     void* bn_xchg_ptr(void** p, void* v)
@@ -92,6 +94,26 @@ cdef extern from "atomics.h" nogil:
         uint64_t unauthorized
         uint64_t rate_limited
         uint64_t over_quota
+        uint64_t ws_upgrades
+        uint64_t ws_upgrade_refused
+        uint64_t ws_active
+        uint64_t ws_subscriptions
+        uint64_t ws_subscriptions_refused
+        uint64_t ws_messages_in
+        uint64_t ws_request_errors
+        uint64_t ws_pings
+        uint64_t ws_publications
+        uint64_t ws_resyncs
+        uint64_t ws_frames_out
+        uint64_t ws_conflated
+        uint64_t ws_slow_closes
+        uint64_t ws_close_normal
+        uint64_t ws_close_going_away
+        uint64_t ws_close_protocol_error
+        uint64_t ws_close_invalid_data
+        uint64_t ws_close_policy
+        uint64_t ws_close_too_big
+        uint64_t ws_close_other
 
 
 cdef extern from "compat.h" nogil:

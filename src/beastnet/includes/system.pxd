@@ -63,6 +63,7 @@ cdef extern from "<sys/socket.h>" nogil:
         MSG_WAITFORONE
         MSG_NOSIGNAL
         SHUT_RD
+        SHUT_WR
         SOCK_STREAM
         SOCK_NONBLOCK
         SOCK_CLOEXEC

@@ -1,0 +1,1146 @@
+# WebSocket push: the partner feed on the HTTP engine's port.
+#
+# Publication.  Each table an engine serves (and the engine's own table of
+# published topics, see HTTPServer.publish) keeps a list of hubs; a hub holds
+# one single-producer ring per worker.  The table's writer (Python, under the
+# table lock, so one producer at a time) pushes (key, entry) onto every ring
+# with a reference on the entry, then wakes the worker through its eventfd
+# unless a wake is already pending.  A full ring is not waited for: the
+# writer flags an overflow and the worker, once it drains, re-reads every
+# topic it serves from the tables (a resync), so a publisher never blocks and
+# nothing is delivered stale.
+#
+# Fan-out.  A worker keeps its own map key -> topic, and per topic the
+# subscriptions of its connections; no lock anywhere, the worker is the only
+# thread that touches them.  Offering an entry to a subscription takes a
+# reference and replaces the frame it has pending, if any (conflation: a
+# price feed wants the newest value, and a slow reader costs one pointer per
+# symbol, never a backlog).  A connection's pending frames are written with
+# one sendmsg of [ws_head, body] iovecs pointing into the entries themselves:
+# an update is framed once, when it is published, and never copied.
+#
+# Lifetimes.  The worker holds entry references across quiescent points; the
+# table's own reference is dropped by QSBR, the last reference frees the
+# entry (entry_unref).  A frame the kernel took in part stays the
+# connection's `inflight` frame until written, so frames never interleave.
+
+cdef struct bn_ws_pub:                  # one ring slot
+    bn_entry* entry                     # a reference owned by the slot
+    uint32_t key_len                    # bytes
+    char key[KEY_MAX_BYTES]
+
+cdef struct bn_ws_ring:                 # table writer -> one worker
+    uint64_t head                       # next slot the writer fills (writer only)
+    char pad1[56]
+    uint64_t tail                       # next slot the worker drains (worker only)
+    char pad2[56]
+    uint64_t mask                       # capacity - 1
+    int overflow                        # 1 = a publication found the ring full: resync
+    int wake_pending                    # 1 = the worker was woken and has not drained yet
+    int efd                             # eventfd the worker polls (EV_WS)
+    bn_ws_pub* slots                    # capacity slots
+
+cdef struct bn_ws_hub:                  # one per engine with WebSocket on
+    int nrings                          # one per worker
+    bn_ws_ring** rings
+
+
+cdef bn_ws_ring* ws_ring_new(uint32_t capacity) noexcept nogil:
+    cdef void* mem = NULL
+    cdef bn_ws_ring* r
+    if posix_memalign(&mem, BN_CACHE_LINE, sizeof(bn_ws_ring)) != 0:
+        return NULL
+    r = <bn_ws_ring*>mem
+    memset(r, 0, sizeof(bn_ws_ring))
+    r.slots = <bn_ws_pub*>calloc(capacity, sizeof(bn_ws_pub))
+    r.efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
+    if r.slots == NULL or r.efd < 0:
+        if r.efd >= 0:
+            close(r.efd)
+        free(r.slots)
+        free(r)
+        return NULL
+    r.mask = capacity - 1
+    return r
+
+
+cdef void ws_ring_free(bn_ws_ring* r) noexcept nogil:
+    cdef uint64_t i
+    if r == NULL:
+        return
+    # Whatever the worker never drained still holds a reference.
+    i = r.tail
+    while i != r.head:
+        entry_unref(r.slots[i & r.mask].entry)
+        i += 1
+    if r.efd >= 0:
+        close(r.efd)
+    free(r.slots)
+    free(r)
+
+
+cdef void ws_hub_publish(bn_ws_hub* hub, const char* key, size_t key_len,
+                         bn_entry* e) noexcept nogil:
+    """Offer a new entry of `key` to every worker of the hub.  The caller is
+    the table's writer (one at a time)."""
+    cdef int i
+    cdef bn_ws_ring* r
+    cdef bn_ws_pub* slot
+    cdef uint64_t head
+    cdef uint64_t one = 1
+    for i in range(hub.nrings):
+        r = hub.rings[i]
+        head = r.head
+        if head - bn_load_u64(&r.tail) > r.mask:
+            # Full: the worker will re-read every topic from the tables.
+            bn_store_int(&r.overflow, 1)
+        else:
+            slot = &r.slots[head & r.mask]
+            entry_ref(e)
+            slot.entry = e
+            slot.key_len = <uint32_t>key_len
+            memcpy(slot.key, key, key_len)
+            bn_store_u64(&r.head, head + 1)     # release: the slot is visible first
+        # One eventfd write per wake-up, not per publication: the worker
+        # clears wake_pending before it drains, so nothing is missed.
+        if not bn_xchg_int(&r.wake_pending, 1):
+            write(r.efd, &one, sizeof(one))
+
+
+cdef struct bn_ws_hubs:                 # the hubs a table publishes to
+    int n
+    bn_ws_hub* hubs[WS_HUBS_MAX]
+
+
+cdef void ws_hubs_publish(bn_ws_hubs* hubs, const char* key, size_t key_len,
+                          bn_entry* e) noexcept nogil:
+    cdef int i
+    for i in range(hubs.n):
+        ws_hub_publish(hubs.hubs[i], key, key_len, e)
+
+
+# -- a worker's topics and subscriptions ---------------------------------------------
+
+cdef struct bn_ws_topic:
+    bn_ws_topic* next                   # hash chain
+    uint64_t hash
+    uint64_t last_version               # newest version offered (per table; 0 = none yet)
+    uint32_t key_len
+    uint32_t nsubs                      # subscriptions
+    uint32_t cap                        # room at subs
+    bn_ws_sub** subs                    # unordered; a subscription knows its index
+    char key[KEY_MAX_BYTES]
+
+cdef struct bn_ws_sub:                  # one connection's subscription to one topic
+    bn_ws_conn* conn
+    bn_ws_topic* topic
+    bn_entry* pending                   # newest frame not yet written (a reference), or NULL
+    bn_ws_sub* next_pending             # the connection's FIFO of pending subscriptions
+    uint32_t topic_index                # position in topic.subs
+    uint32_t conn_index                 # position in conn.subs
+
+cdef struct bn_ws_conn:
+    bn_ws_reader reader                 # frame parser state
+    uint32_t slot                       # connection slot in the worker
+    uint32_t flags                      # WSC_*
+    bn_ws_sub** subs                    # this connection's subscriptions
+    uint32_t nsubs
+    uint32_t subs_cap
+    uint32_t max_subs                   # subscriptions allowed (tier), 0 = no limit
+    bn_apikey* key                      # the API key it was admitted under, or NULL
+    bn_ws_sub* pend_head                # FIFO of subscriptions with a pending frame
+    bn_ws_sub* pend_tail
+    bn_entry* inflight                  # a frame the kernel took in part (a reference)
+    uint32_t inflight_off               # bytes of [ws_head, body] already written
+    char* ctl                           # own output: handshake, acks, errors, pongs, close
+    uint32_t ctl_off                    # bytes of ctl already written
+    uint32_t ctl_len                    # bytes in ctl
+    uint32_t ctl_cap                    # bytes allocated
+    char* inb                           # unparsed client bytes
+    uint32_t in_len
+    uint32_t in_cap
+    int64_t stalled_since_ns            # first moment output was left unwritten; 0 = flowing
+    bn_ws_conn* next_dirty              # on the worker's list of connections to flush
+    int close_code                      # close frame sent with this code (0 = none yet)
+
+cdef struct bn_ws_worker:               # a worker's WebSocket state
+    bn_ws_ring* ring                    # publications for this worker
+    bn_index** extra_ref                # &topics_table.index (HTTPServer.publish), or NULL
+    bn_ws_topic** buckets               # topic map: chains by hash
+    uint32_t nbuckets                   # power of two
+    uint32_t ntopics
+    bn_ws_conn* dirty                   # connections with output to flush this step
+    char* keys                          # scratch for a request's symbols
+    uint8_t* key_lens
+    char path[HTTP_PREFIX_MAX_BYTES]    # the stream's path, e.g. "/v1/stream"
+    uint32_t path_len
+    char echo_path[HTTP_PREFIX_MAX_BYTES]   # echo endpoint (conformance, round trips), "" = off
+    uint32_t echo_path_len
+    uint32_t max_subs                   # subscriptions per connection, 0 = no limit
+    uint32_t max_symbols                # symbols per request
+    uint64_t max_frame_bytes
+    uint64_t max_message_bytes
+    int64_t stall_timeout_ns            # output without progress this long: close 1008
+    uint32_t active                     # WebSocket connections open on this worker
+    uint32_t subscriptions              # live subscriptions on this worker
+
+
+cdef inline uint32_t ws_bucket(bn_ws_worker* ws, uint64_t h) noexcept nogil:
+    return <uint32_t>(h & (ws.nbuckets - 1))
+
+
+cdef bn_ws_topic* ws_topic_find(bn_ws_worker* ws, const char* key, size_t n,
+                                uint64_t h) noexcept nogil:
+    cdef bn_ws_topic* t = ws.buckets[ws_bucket(ws, h)]
+    while t != NULL:
+        if t.hash == h and t.key_len == n and memcmp(t.key, key, n) == 0:
+            return t
+        t = t.next
+    return NULL
+
+
+cdef int ws_topics_grow(bn_ws_worker* ws) noexcept nogil:
+    cdef uint32_t n = ws.nbuckets * 2
+    cdef bn_ws_topic** grown = <bn_ws_topic**>calloc(n, sizeof(bn_ws_topic*))
+    cdef bn_ws_topic* t
+    cdef bn_ws_topic* nxt
+    cdef uint32_t i
+    cdef uint32_t b
+    if grown == NULL:
+        return -1
+    for i in range(ws.nbuckets):
+        t = ws.buckets[i]
+        while t != NULL:
+            nxt = t.next
+            b = <uint32_t>(t.hash & (n - 1))
+            t.next = grown[b]
+            grown[b] = t
+            t = nxt
+    free(ws.buckets)
+    ws.buckets = grown
+    ws.nbuckets = n
+    return 0
+
+
+cdef bn_ws_topic* ws_topic_get(bn_ws_worker* ws, const char* key, size_t n) noexcept nogil:
+    """The worker's topic for `key`, made when missing; NULL out of memory."""
+    cdef uint64_t h = key_hash(key, n)
+    cdef bn_ws_topic* t = ws_topic_find(ws, key, n, h)
+    cdef uint32_t b
+    if t != NULL:
+        return t
+    if ws.ntopics >= ws.nbuckets and ws_topics_grow(ws) != 0:
+        return NULL
+    t = <bn_ws_topic*>calloc(1, sizeof(bn_ws_topic))
+    if t == NULL:
+        return NULL
+    t.hash = h
+    t.key_len = <uint32_t>n
+    memcpy(t.key, key, n)
+    b = ws_bucket(ws, h)
+    t.next = ws.buckets[b]
+    ws.buckets[b] = t
+    ws.ntopics += 1
+    return t
+
+
+cdef void ws_topic_drop(bn_ws_worker* ws, bn_ws_topic* t) noexcept nogil:
+    # The last subscription went: a topic with nobody to send to costs nothing.
+    cdef bn_ws_topic** at = &ws.buckets[ws_bucket(ws, t.hash)]
+    while at[0] != t:
+        at = &at[0].next
+    at[0] = t.next
+    ws.ntopics -= 1
+    free(t.subs)
+    free(t)
+
+
+cdef inline bn_entry* ws_current(bn_hworker* w, const char* key, size_t n) noexcept nogil:
+    """The entry published now for `key`: the served table first, then the
+    engine's own topics.  The worker is QSBR-online."""
+    cdef bn_entry* e = table_lookup(w.index_ref, key, n)
+    if e == NULL and w.ws.extra_ref != NULL:
+        e = table_lookup(w.ws.extra_ref, key, n)
+    return e
+
+
+cdef inline void ws_mark_dirty(bn_ws_worker* ws, bn_ws_conn* wc) noexcept nogil:
+    if not (wc.flags & WSC_DIRTY):
+        wc.flags |= WSC_DIRTY
+        wc.next_dirty = ws.dirty
+        ws.dirty = wc
+
+
+cdef void ws_offer(bn_hworker* w, bn_ws_sub* s, bn_entry* e) noexcept nogil:
+    """Queue entry `e` for subscription `s`, replacing a frame still pending."""
+    cdef bn_ws_conn* wc = s.conn
+    entry_ref(e)
+    if s.pending != NULL:
+        entry_unref(s.pending)
+        bn_count(&w.counters.ws_conflated, 1)
+    else:
+        s.next_pending = NULL
+        if wc.pend_tail == NULL:
+            wc.pend_head = s
+        else:
+            wc.pend_tail.next_pending = s
+        wc.pend_tail = s
+    s.pending = e
+    ws_mark_dirty(w.ws, wc)
+
+
+cdef void ws_fan_out(bn_hworker* w, bn_ws_topic* t, bn_entry* e, int always) noexcept nogil:
+    cdef uint32_t i
+    if not always and e.version <= t.last_version:
+        return                          # seen already (a resync, or the other table's copy)
+    if e.version > t.last_version:
+        t.last_version = e.version
+    for i in range(t.nsubs):
+        ws_offer(w, t.subs[i], e)
+
+
+cdef void ws_resync(bn_hworker* w) noexcept nogil:
+    """After a ring overflow: offer every topic's current entry, if newer."""
+    cdef bn_ws_worker* ws = w.ws
+    cdef uint32_t i
+    cdef bn_ws_topic* t
+    cdef bn_entry* e
+    bn_count(&w.counters.ws_resyncs, 1)
+    for i in range(ws.nbuckets):
+        t = ws.buckets[i]
+        while t != NULL:
+            e = ws_current(w, t.key, t.key_len)
+            if e != NULL:
+                ws_fan_out(w, t, e, 0)
+            t = t.next
+
+
+cdef void ws_worker_on_publish(bn_hworker* w) noexcept nogil:
+    """Drain this worker's ring (eventfd readable), fan out, flush."""
+    cdef bn_ws_ring* r = w.ws.ring
+    cdef uint64_t value
+    cdef uint64_t tail
+    cdef uint64_t head
+    cdef bn_ws_pub* p
+    cdef bn_ws_topic* t
+    read(r.efd, &value, sizeof(value))
+    # Cleared before draining: a publication after this point wakes us again.
+    bn_store_int_sc(&r.wake_pending, 0)
+    head = bn_load_u64(&r.head)         # acquire: slots up to head are filled
+    tail = r.tail
+    bn_count(&w.counters.ws_publications, head - tail)
+    while tail != head:
+        p = &r.slots[tail & r.mask]
+        t = ws_topic_find(w.ws, p.key, p.key_len, key_hash(p.key, p.key_len))
+        if t != NULL:
+            ws_fan_out(w, t, p.entry, p.entry.version == 0)
+        entry_unref(p.entry)
+        tail += 1
+    bn_store_u64(&r.tail, tail)         # release: the writer may reuse the slots
+    if bn_load_int(&r.overflow):
+        bn_store_int(&r.overflow, 0)
+        ws_resync(w)
+    ws_flush_dirty(w)
+
+
+# -- subscriptions --------------------------------------------------------------------
+
+cdef int ws_subscribe(bn_hworker* w, bn_ws_conn* wc, const char* key, size_t n,
+                      bn_entry* e) noexcept nogil:
+    """Subscribe `wc` to `key` (current entry `e`) and queue `e` as its
+    snapshot.  0, 1 = already subscribed, -1 out of memory."""
+    cdef bn_ws_worker* ws = w.ws
+    cdef bn_ws_topic* t = ws_topic_get(ws, key, n)
+    cdef bn_ws_sub* s
+    cdef bn_ws_sub** grown
+    cdef uint32_t cap
+    cdef uint32_t i
+    if t == NULL:
+        return -1
+    for i in range(t.nsubs):
+        if t.subs[i].conn == wc:
+            return 1
+    s = <bn_ws_sub*>calloc(1, sizeof(bn_ws_sub))
+    if s == NULL:
+        if t.nsubs == 0:
+            ws_topic_drop(ws, t)
+        return -1
+    if t.nsubs == t.cap:
+        cap = t.cap * 2 if t.cap else 4
+        grown = <bn_ws_sub**>realloc(t.subs, cap * sizeof(bn_ws_sub*))
+        if grown == NULL:
+            free(s)
+            if t.nsubs == 0:
+                ws_topic_drop(ws, t)
+            return -1
+        t.subs = grown
+        t.cap = cap
+    if wc.nsubs == wc.subs_cap:
+        cap = wc.subs_cap * 2 if wc.subs_cap else 8
+        grown = <bn_ws_sub**>realloc(wc.subs, cap * sizeof(bn_ws_sub*))
+        if grown == NULL:
+            free(s)
+            if t.nsubs == 0:
+                ws_topic_drop(ws, t)
+            return -1
+        wc.subs = grown
+        wc.subs_cap = cap
+    s.conn = wc
+    s.topic = t
+    s.topic_index = t.nsubs
+    t.subs[t.nsubs] = s
+    t.nsubs += 1
+    s.conn_index = wc.nsubs
+    wc.subs[wc.nsubs] = s
+    wc.nsubs += 1
+    ws.subscriptions += 1
+    if e.version > t.last_version:
+        t.last_version = e.version
+    ws_offer(w, s, e)
+    return 0
+
+
+cdef void ws_sub_remove(bn_hworker* w, bn_ws_sub* s) noexcept nogil:
+    """Drop one subscription: out of its topic, its connection and the FIFO."""
+    cdef bn_ws_worker* ws = w.ws
+    cdef bn_ws_topic* t = s.topic
+    cdef bn_ws_conn* wc = s.conn
+    cdef bn_ws_sub* last
+    cdef bn_ws_sub** at
+    last = t.subs[t.nsubs - 1]
+    t.subs[s.topic_index] = last
+    last.topic_index = s.topic_index
+    t.nsubs -= 1
+    last = wc.subs[wc.nsubs - 1]
+    wc.subs[s.conn_index] = last
+    last.conn_index = s.conn_index
+    wc.nsubs -= 1
+    if s.pending != NULL:
+        at = &wc.pend_head
+        while at[0] != s:
+            at = &at[0].next_pending
+        at[0] = s.next_pending
+        if wc.pend_tail == s:
+            wc.pend_tail = NULL
+            last = wc.pend_head
+            while last != NULL:
+                wc.pend_tail = last
+                last = last.next_pending
+        entry_unref(s.pending)
+    ws.subscriptions -= 1
+    free(s)
+    if t.nsubs == 0:
+        ws_topic_drop(ws, t)
+
+
+cdef bn_ws_sub* ws_conn_find_sub(bn_ws_conn* wc, const char* key, size_t n) noexcept nogil:
+    cdef uint32_t i
+    cdef bn_ws_topic* t
+    for i in range(wc.nsubs):
+        t = wc.subs[i].topic
+        if t.key_len == n and memcmp(t.key, key, n) == 0:
+            return wc.subs[i]
+    return NULL
+
+
+# -- a connection's own output (handshake, acks, errors, control frames) -------------------
+
+cdef int ws_ctl_append(bn_ws_conn* wc, const char* data, size_t n) noexcept nogil:
+    cdef uint32_t need
+    cdef uint32_t cap
+    cdef char* grown
+    if wc.ctl_off == wc.ctl_len:
+        wc.ctl_off = 0
+        wc.ctl_len = 0
+    if wc.ctl_len + n > WS_CTL_MAX_BYTES:
+        return -1                       # a client that never reads its acks
+    need = wc.ctl_len + <uint32_t>n
+    if need > wc.ctl_cap:
+        cap = wc.ctl_cap * 2 if wc.ctl_cap else 512
+        while cap < need:
+            cap *= 2
+        grown = <char*>realloc(wc.ctl, cap)
+        if grown == NULL:
+            return -1
+        wc.ctl = grown
+        wc.ctl_cap = cap
+    memcpy(wc.ctl + wc.ctl_len, data, n)
+    wc.ctl_len = need
+    return 0
+
+
+cdef int ws_ctl_frame(bn_ws_conn* wc, int opcode, const char* payload, size_t n) noexcept nogil:
+    cdef uint8_t head[WS_SERVER_HEAD_MAX_BYTES]
+    cdef size_t hn = ws_server_head(head, opcode, n)
+    if ws_ctl_append(wc, <char*>head, hn) != 0:
+        return -1
+    if n and ws_ctl_append(wc, payload, n) != 0:
+        return -1
+    return 0
+
+
+cdef void ws_send_close(bn_hworker* w, bn_ws_conn* wc, int code) noexcept nogil:
+    """Queue a close frame (once) and stop reading; the connection closes once
+    it is written, or when the peer answers."""
+    cdef char payload[2]
+    if wc.close_code:
+        return
+    wc.close_code = code
+    payload[0] = <char>(code >> 8)
+    payload[1] = <char>(code & 0xFF)
+    ws_ctl_frame(wc, WS_OP_CLOSE, payload, 2)
+    wc.flags |= WSC_CLOSING
+    ws_count_close(w, code)
+    ws_mark_dirty(w.ws, wc)
+
+
+cdef void ws_count_close(bn_hworker* w, int code) noexcept nogil:
+    if code == WS_CLOSE_NORMAL:
+        bn_count(&w.counters.ws_close_normal, 1)
+    elif code == WS_CLOSE_GOING_AWAY:
+        bn_count(&w.counters.ws_close_going_away, 1)
+    elif code == WS_CLOSE_PROTOCOL_ERROR:
+        bn_count(&w.counters.ws_close_protocol_error, 1)
+    elif code == WS_CLOSE_INVALID_DATA:
+        bn_count(&w.counters.ws_close_invalid_data, 1)
+    elif code == WS_CLOSE_POLICY:
+        bn_count(&w.counters.ws_close_policy, 1)
+    elif code == WS_CLOSE_TOO_BIG:
+        bn_count(&w.counters.ws_close_too_big, 1)
+    else:
+        bn_count(&w.counters.ws_close_other, 1)
+
+
+# -- writing ------------------------------------------------------------------------------
+
+cdef int ws_conn_flush(bn_hworker* w, bn_conn* c) noexcept nogil:
+    """Write what `c` has queued with one sendmsg per call: the rest of a
+    frame in flight, its own control bytes, then pending frames in order.
+    Returns 0, or -1 when the connection must close."""
+    cdef bn_ws_conn* wc = c.ws
+    cdef iovec* iov = w.iov
+    cdef int niov
+    cdef bn_ws_sub* s
+    cdef bn_entry* e
+    cdef size_t head_len
+    cdef size_t total
+    cdef size_t left
+    cdef size_t n
+    cdef ssize_t sent
+    cdef msghdr msg
+    cdef int err
+    cdef uint32_t off
+    while True:
+        niov = 0
+        total = 0
+        # A frame in flight goes first: frames must never interleave.
+        if wc.inflight != NULL:
+            e = wc.inflight
+            off = wc.inflight_off
+            head_len = e.ws_head_len
+            if off < head_len:
+                iov[niov].iov_base = <void*>(e.ws_head + off)
+                iov[niov].iov_len = head_len - off
+                total += head_len - off
+                niov += 1
+                off = <uint32_t>head_len
+            iov[niov].iov_base = <void*>(e.body + (off - head_len))
+            iov[niov].iov_len = e.body_len - (off - head_len)
+            total += iov[niov].iov_len
+            niov += 1
+        if wc.ctl_len > wc.ctl_off:
+            iov[niov].iov_base = <void*>(wc.ctl + wc.ctl_off)
+            iov[niov].iov_len = wc.ctl_len - wc.ctl_off
+            total += iov[niov].iov_len
+            niov += 1
+        if not (wc.flags & WSC_CLOSING):
+            s = wc.pend_head
+            while s != NULL and niov + 2 <= HTTP_IOV_MAX:
+                e = s.pending
+                iov[niov].iov_base = <void*>e.ws_head
+                iov[niov].iov_len = e.ws_head_len
+                iov[niov + 1].iov_base = <void*>e.body
+                iov[niov + 1].iov_len = e.body_len
+                total += e.ws_head_len + e.body_len
+                niov += 2
+                s = s.next_pending
+        if niov == 0:
+            wc.stalled_since_ns = 0
+            return 0
+        memset(&msg, 0, sizeof(msg))
+        msg.msg_iov = iov
+        msg.msg_iovlen = <size_t>niov
+        sent = sendmsg(c.fd, &msg, MSG_NOSIGNAL)
+        if sent < 0:
+            err = errno
+            if err == EINTR:
+                bn_count(&w.counters.eintr, 1)
+                continue
+            if err == EAGAIN:
+                sent = 0
+            else:
+                conn_io_error(w, c, err)
+                return -1
+        bn_count(&w.counters.bytes_out, <uint64_t>sent)
+        left = <size_t>sent
+        # Account for what went out, in the order it was queued.
+        if wc.inflight != NULL:
+            e = wc.inflight
+            n = e.ws_head_len + e.body_len - wc.inflight_off
+            if left >= n:
+                left -= n
+                entry_unref(e)
+                wc.inflight = NULL
+                wc.inflight_off = 0
+                bn_count(&w.counters.ws_frames_out, 1)
+            else:
+                wc.inflight_off += <uint32_t>left
+                left = 0
+        if left and wc.ctl_len > wc.ctl_off:
+            n = wc.ctl_len - wc.ctl_off
+            if left >= n:
+                left -= n
+                wc.ctl_off = 0
+                wc.ctl_len = 0
+            else:
+                wc.ctl_off += <uint32_t>left
+                left = 0
+        while left and wc.pend_head != NULL and wc.inflight == NULL:
+            s = wc.pend_head
+            e = s.pending
+            n = e.ws_head_len + e.body_len
+            wc.pend_head = s.next_pending
+            if wc.pend_head == NULL:
+                wc.pend_tail = NULL
+            s.pending = NULL
+            s.next_pending = NULL
+            if left >= n:
+                left -= n
+                entry_unref(e)
+                bn_count(&w.counters.ws_frames_out, 1)
+            else:
+                # The subscription is free for newer frames; this one finishes first.
+                wc.inflight = e
+                wc.inflight_off = <uint32_t>left
+                left = 0
+        if <size_t>sent < total:
+            # The kernel's buffer is full: wait for EPOLLOUT.  Progress resets
+            # the stall clock; only time without any progress counts.
+            if sent > 0 or wc.stalled_since_ns == 0:
+                wc.stalled_since_ns = w.now_ns
+            bn_count(&w.counters.partial_writes, 1)
+            return 0
+        # Everything queued went out; more may be pending past HTTP_IOV_MAX.
+        if wc.pend_head == NULL or (wc.flags & WSC_CLOSING):
+            wc.stalled_since_ns = 0
+            return 0
+
+
+cdef inline int ws_output_pending(bn_ws_conn* wc) noexcept nogil:
+    return (wc.inflight != NULL or wc.ctl_len > wc.ctl_off
+            or (wc.pend_head != NULL and not (wc.flags & WSC_CLOSING)))
+
+
+cdef void ws_conn_settle(bn_hworker* w, bn_conn* c) noexcept nogil:
+    """After a flush: close a connection whose close frame went out, else set
+    its epoll interest (EPOLLOUT only while output is pending)."""
+    cdef bn_ws_conn* wc = c.ws
+    cdef uint32_t want
+    cdef epoll_event ev
+    if (wc.flags & WSC_CLOSING) and not ws_output_pending(wc):
+        if wc.flags & WSC_PEER_CLOSED or wc.close_code != WS_CLOSE_NORMAL:
+            conn_close(w, c)
+            return
+        # Our close (normal) is out: wait for the peer's, briefly (tick).
+        if not (wc.flags & WSC_SHUT):
+            shutdown(c.fd, SHUT_WR)
+            wc.flags |= WSC_SHUT
+    want = EPOLLIN if not (wc.flags & WSC_PEER_CLOSED) else 0
+    if ws_output_pending(wc):
+        want |= EPOLLOUT
+    if want == c.events:
+        return
+    ev.events = want
+    ev.data.u64 = (<uint64_t>c.gen << 32) | <uint64_t>(c - w.conns)
+    if epoll_ctl(w.epfd, EPOLL_CTL_MOD, c.fd, &ev) < 0:
+        bn_count(&w.counters.io_errors, 1)
+        conn_close(w, c)
+        return
+    c.events = want
+
+
+cdef void ws_flush_dirty(bn_hworker* w) noexcept nogil:
+    cdef bn_ws_worker* ws = w.ws
+    cdef bn_ws_conn* wc
+    cdef bn_conn* c
+    while ws.dirty != NULL:
+        wc = ws.dirty
+        ws.dirty = wc.next_dirty
+        wc.flags &= ~WSC_DIRTY
+        c = &w.conns[wc.slot]
+        if c.fd < 0 or c.ws != wc:
+            continue
+        if ws_conn_flush(w, c) != 0:
+            conn_close(w, c)
+            continue
+        ws_conn_settle(w, c)
+
+
+# -- requests from the client ---------------------------------------------------------------
+
+cdef size_t ws_write_symbols(char* out, size_t cap, const char* keys, const uint8_t* lens,
+                             uint32_t n) noexcept nogil:
+    """["A","B",...] into out; symbols are key characters, so nothing to escape."""
+    cdef size_t o = 0
+    cdef uint32_t i
+    cdef size_t at = 0
+    out[o] = 91                         # '['
+    o += 1
+    for i in range(n):
+        if o + lens[i] + 4 > cap:
+            break
+        if i:
+            out[o] = 44                 # ','
+            o += 1
+        out[o] = 34
+        memcpy(out + o + 1, keys + at, lens[i])
+        o += 1 + lens[i]
+        out[o] = 34
+        o += 1
+        at += lens[i]
+    out[o] = 93                         # ']'
+    return o + 1
+
+
+cdef int ws_reply_json(bn_ws_conn* wc, const char* head, size_t head_len, const char* keys,
+                       const uint8_t* lens, uint32_t n, const char* tail,
+                       size_t tail_len) noexcept nogil:
+    """A text frame head + [symbols] + tail, built in one buffer."""
+    cdef size_t cap = head_len + tail_len + 2 + <size_t>n * (KEY_MAX_BYTES + 3)
+    cdef char* buf = <char*>malloc(cap)
+    cdef size_t o
+    cdef int rc
+    if buf == NULL:
+        return -1
+    memcpy(buf, head, head_len)
+    o = head_len
+    if keys != NULL:
+        o += ws_write_symbols(buf + o, cap - o - tail_len, keys, lens, n)
+    memcpy(buf + o, tail, tail_len)
+    o += tail_len
+    rc = ws_ctl_frame(wc, WS_OP_TEXT, buf, o)
+    free(buf)
+    return rc
+
+
+cdef int ws_reply_error(bn_hworker* w, bn_ws_conn* wc, const char* error) noexcept nogil:
+    cdef char buf[128]
+    cdef size_t n = strlen(error)
+    bn_count(&w.counters.ws_request_errors, 1)
+    memcpy(buf, b'{"op":"error","error":"', 23)
+    memcpy(buf + 23, error, n)
+    memcpy(buf + 23 + n, b'"}', 2)
+    return ws_ctl_frame(wc, WS_OP_TEXT, buf, 25 + n)
+
+
+cdef int ws_on_request(bn_hworker* w, bn_conn* c, const char* msg, size_t n) noexcept nogil:
+    """A client's text message: subscribe, unsubscribe or snapshot.  Mistakes
+    get an error message, never a close.  -1 = out of memory."""
+    cdef bn_ws_worker* ws = w.ws
+    cdef bn_ws_conn* wc = c.ws
+    cdef bn_ws_request req
+    cdef uint32_t i
+    cdef uint32_t at = 0
+    cdef uint32_t done = 0
+    cdef uint32_t nunknown = 0
+    cdef uint32_t unknown_at = 0
+    cdef const char* k
+    cdef bn_entry* e
+    cdef bn_ws_sub* s
+    cdef int rc
+    cdef char* unknown = NULL
+    cdef uint8_t* unknown_lens = NULL
+    bn_count(&w.counters.ws_messages_in, 1)
+    ws_parse_request(msg, n, &req, ws.keys, ws.max_symbols * KEY_MAX_BYTES, ws.key_lens,
+                     ws.max_symbols)
+    if req.op == WS_REQ_BAD:
+        if req.error == WS_REQERR_JSON:
+            return ws_reply_error(w, wc, b"bad_json")
+        if req.error == WS_REQERR_OP:
+            return ws_reply_error(w, wc, b"unknown_op")
+        if req.error == WS_REQERR_SYMBOLS:
+            return ws_reply_error(w, wc, b"no_symbols")
+        return ws_reply_error(w, wc, b"too_many_symbols")
+    if req.op == WS_REQ_SNAPSHOT and req.nsymbols == 0:
+        # Everything this connection follows, now: its frames are the answer.
+        for i in range(wc.nsubs):
+            s = wc.subs[i]
+            e = ws_current(w, s.topic.key, s.topic.key_len)
+            if e != NULL:
+                ws_offer(w, s, e)
+        ws_mark_dirty(ws, wc)
+        return 0
+    # Symbols the tables do not hold are reported back, not subscribed.
+    unknown = <char*>malloc(req.keys_len + 1)
+    unknown_lens = <uint8_t*>malloc(req.nsymbols + 1)
+    if unknown == NULL or unknown_lens == NULL:
+        free(unknown)
+        free(unknown_lens)
+        return -1
+    rc = 0
+    for i in range(req.nsymbols):
+        k = ws.keys + at
+        at += ws.key_lens[i]
+        if req.op == WS_REQ_UNSUBSCRIBE:
+            s = ws_conn_find_sub(wc, k, ws.key_lens[i])
+            if s != NULL:
+                ws_sub_remove(w, s)
+                done += 1
+            continue
+        e = ws_current(w, k, ws.key_lens[i])
+        if e == NULL:
+            memcpy(unknown + unknown_at, k, ws.key_lens[i])
+            unknown_lens[nunknown] = ws.key_lens[i]
+            unknown_at += ws.key_lens[i]
+            nunknown += 1
+            continue
+        if req.op == WS_REQ_SNAPSHOT:
+            s = ws_conn_find_sub(wc, k, ws.key_lens[i])
+            if s != NULL:
+                ws_offer(w, s, e)
+            else:
+                # Not followed: one frame now, written with the control bytes.
+                if ws_ctl_append(wc, <char*>e.ws_head, e.ws_head_len) != 0 or \
+                        ws_ctl_append(wc, e.body, e.body_len) != 0:
+                    rc = -1
+                    break
+            done += 1
+            continue
+        if wc.max_subs and wc.nsubs >= wc.max_subs and ws_conn_find_sub(wc, k, ws.key_lens[i]) == NULL:
+            bn_count(&w.counters.ws_subscriptions_refused, 1)
+            ws_reply_error(w, wc, b"subscription_limit")
+            break
+        rc = ws_subscribe(w, wc, k, ws.key_lens[i], e)
+        if rc < 0:
+            break
+        if rc == 0:
+            done += 1
+        rc = 0
+    if rc == 0:
+        if req.op == WS_REQ_SUBSCRIBE:
+            rc = ws_reply_json(wc, b'{"op":"subscribed","unknown":', 29, unknown, unknown_lens,
+                               nunknown, b"}", 1)
+        elif req.op == WS_REQ_UNSUBSCRIBE:
+            rc = ws_reply_json(wc, b'{"op":"unsubscribed"}', 21, NULL, NULL, 0, b"", 0)
+        elif nunknown:
+            rc = ws_reply_json(wc, b'{"op":"snapshot","unknown":', 27, unknown, unknown_lens,
+                               nunknown, b"}", 1)
+    bn_store_u64(&w.counters.ws_subscriptions, ws.subscriptions)
+    free(unknown)
+    free(unknown_lens)
+    ws_mark_dirty(ws, wc)
+    return rc
+
+
+cdef int ws_conn_input(bn_hworker* w, bn_conn* c) noexcept nogil:
+    """Read what the client sent and act on each complete frame.  Returns 0,
+    or -1 when the connection must close now."""
+    cdef bn_ws_conn* wc = c.ws
+    cdef bn_ws_event ev
+    cdef size_t used = 0
+    cdef size_t step
+    cdef ssize_t n
+    cdef int err
+    cdef char* grown
+    cdef uint32_t room
+    cdef uint32_t want = <uint32_t>(wc.reader.max_frame_bytes + WS_CLIENT_HEAD_MAX_BYTES)
+    if wc.in_cap < want:
+        grown = <char*>realloc(wc.inb, want)
+        if grown == NULL:
+            bn_count(&w.counters.oom_closes, 1)
+            return -1
+        wc.inb = grown
+        wc.in_cap = want
+    room = wc.in_cap - wc.in_len
+    while True:
+        n = recv(c.fd, wc.inb + wc.in_len, room, 0)
+        if n >= 0:
+            break
+        err = errno
+        if err == EINTR:
+            bn_count(&w.counters.eintr, 1)
+            continue
+        if err == EAGAIN:
+            return 0
+        conn_io_error(w, c, err)
+        return -1
+    if n == 0:
+        # The peer is gone without a close frame (1006 on its side).
+        wc.flags |= WSC_PEER_CLOSED
+        return -1
+    bn_count(&w.counters.bytes_in, <uint64_t>n)
+    c.last_active_ns = w.now_ns
+    wc.in_len += <uint32_t>n
+    ws_process(w, c)
+    return 0
+
+
+cdef void ws_process(bn_hworker* w, bn_conn* c) noexcept nogil:
+    """Act on every complete frame in the connection's input."""
+    cdef bn_ws_conn* wc = c.ws
+    cdef bn_ws_event ev
+    cdef size_t used = 0
+    cdef size_t step
+    while not (wc.flags & WSC_PEER_CLOSED):
+        step = ws_next(&wc.reader, wc.inb + used, wc.in_len - used, &ev)
+        if ev.kind == WS_EV_NEED_MORE:
+            break
+        used += step
+        if ev.kind == WS_EV_ERROR:
+            ws_send_close(w, wc, ev.code)
+            wc.flags |= WSC_PEER_CLOSED          # read nothing more from it
+            break
+        if ev.kind == WS_EV_MESSAGE:
+            if wc.flags & WSC_ECHO:
+                bn_count(&w.counters.ws_messages_in, 1)
+                if ws_ctl_frame(wc, ev.opcode, ev.data, ev.len) != 0:
+                    ws_send_close(w, wc, WS_CLOSE_TRY_AGAIN)
+                ws_mark_dirty(w.ws, wc)
+            elif ev.opcode == WS_OP_TEXT and not (wc.flags & WSC_CLOSING):
+                if ws_on_request(w, c, ev.data, ev.len) != 0:
+                    ws_send_close(w, wc, WS_CLOSE_TRY_AGAIN)
+            elif ev.opcode == WS_OP_BINARY:
+                # The feed's requests are JSON text: binary is a data type we do not take.
+                ws_send_close(w, wc, WS_CLOSE_UNSUPPORTED)
+                wc.flags |= WSC_PEER_CLOSED
+        elif ev.kind == WS_EV_PING:
+            bn_count(&w.counters.ws_pings, 1)
+            if not wc.close_code:
+                ws_ctl_frame(wc, WS_OP_PONG, ev.data, ev.len)
+                ws_mark_dirty(w.ws, wc)
+        elif ev.kind == WS_EV_CLOSE:
+            # Echo the peer's code (section 5.5.1), or 1000 for an empty close.
+            wc.flags |= WSC_PEER_CLOSED
+            ws_send_close(w, wc, WS_CLOSE_NORMAL if ev.code == WS_CLOSE_NO_STATUS else ev.code)
+    if used:
+        memmove(wc.inb, wc.inb + used, wc.in_len - used)
+        wc.in_len -= <uint32_t>used
+
+
+cdef void ws_conn_on_event(bn_hworker* w, bn_conn* c, uint32_t events) noexcept nogil:
+    # Input is acted on now; output waits for the batch's one flush.
+    if events & (EPOLLIN | EPOLLERR | EPOLLHUP):
+        if ws_conn_input(w, c) != 0:
+            conn_close(w, c)
+            return
+    ws_mark_dirty(w.ws, c.ws)
+
+
+cdef void ws_adopt_input(bn_hworker* w, bn_conn* c) noexcept nogil:
+    """Right after the upgrade: frames the client sent behind its request
+    (already read, kept in the HTTP input buffer) become WebSocket input."""
+    cdef bn_ws_conn* wc = c.ws
+    cdef uint32_t want = <uint32_t>(wc.reader.max_frame_bytes + WS_CLIENT_HEAD_MAX_BYTES)
+    if c.in_len:
+        if c.in_len > want:
+            ws_send_close(w, wc, WS_CLOSE_TOO_BIG)
+            wc.flags |= WSC_PEER_CLOSED
+        else:
+            wc.inb = <char*>malloc(want)
+            if wc.inb == NULL:
+                bn_count(&w.counters.oom_closes, 1)
+                conn_close(w, c)
+                return
+            wc.in_cap = want
+            memcpy(wc.inb, c.inb, c.in_len)
+            wc.in_len = <uint32_t>c.in_len
+            ws_process(w, c)
+    free(c.inb)
+    c.inb = NULL
+    c.in_len = 0
+    c.in_cap = 0
+    c.in_scanned = 0
+    ws_mark_dirty(w.ws, wc)
+
+
+cdef void ws_conn_free(bn_hworker* w, bn_conn* c) noexcept nogil:
+    """Release a WebSocket connection's state (conn_close calls it)."""
+    cdef bn_ws_conn* wc = c.ws
+    if wc == NULL:
+        return
+    while wc.nsubs:
+        ws_sub_remove(w, wc.subs[wc.nsubs - 1])
+    if wc.inflight != NULL:
+        entry_unref(wc.inflight)
+    if wc.key != NULL:
+        bn_add_relaxed(&wc.key.ws_connections, <uint64_t>-1)
+    if wc.flags & WSC_DIRTY:
+        # Unlink from the dirty list; it is short (this step's connections).
+        ws_dirty_unlink(w.ws, wc)
+    ws_reader_free(&wc.reader)
+    free(wc.subs)
+    free(wc.ctl)
+    free(wc.inb)
+    free(wc)
+    c.ws = NULL
+    w.ws.active -= 1
+    bn_store_u64(&w.counters.ws_active, w.ws.active)
+    bn_store_u64(&w.counters.ws_subscriptions, w.ws.subscriptions)
+
+
+cdef void ws_dirty_unlink(bn_ws_worker* ws, bn_ws_conn* wc) noexcept nogil:
+    cdef bn_ws_conn** at = &ws.dirty
+    while at[0] != NULL:
+        if at[0] == wc:
+            at[0] = wc.next_dirty
+            return
+        at = &at[0].next_dirty
+
+
+cdef void ws_check_stalls(bn_hworker* w) noexcept nogil:
+    """On the worker's tick: close connections whose output made no progress
+    for stall_timeout (1008, counted), and half-closed ones that never sent
+    their close frame back."""
+    cdef uint32_t j
+    cdef bn_conn* c
+    cdef bn_ws_conn* wc
+    for j in range(w.high_water):
+        c = &w.conns[j]
+        if c.fd < 0 or c.ws == NULL:
+            continue
+        wc = c.ws
+        if wc.stalled_since_ns and w.now_ns - wc.stalled_since_ns > w.ws.stall_timeout_ns:
+            bn_count(&w.counters.ws_slow_closes, 1)
+            ws_count_close(w, WS_CLOSE_POLICY)
+            conn_close(w, c)            # its buffer is full: a close frame could not get through
+        elif (wc.flags & WSC_SHUT) and w.now_ns - c.last_active_ns > WS_CLOSE_WAIT_NS:
+            conn_close(w, c)
+
+
+# -- the opening handshake -------------------------------------------------------------------
+
+cdef const char* WS_101_HEAD = (b"HTTP/1.1 101 Switching Protocols\r\nServer: beastnet\r\n"
+                                b"Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                                b"Sec-WebSocket-Accept: ")
+
+
+cdef int ws_upgrade(bn_hworker* w, bn_conn* c, bn_hreq* req, bn_apikey* key,
+                    int echo) noexcept nogil:
+    """Answer 101 Switching Protocols and make `c` a WebSocket connection.
+    Returns 0, or -1 out of memory (the caller closes)."""
+    cdef bn_ws_conn* wc = <bn_ws_conn*>calloc(1, sizeof(bn_ws_conn))
+    cdef char accept[WS_ACCEPT_BYTES]
+    if wc == NULL:
+        return -1
+    ws_reader_init(&wc.reader, w.ws.max_frame_bytes, w.ws.max_message_bytes)
+    wc.slot = <uint32_t>(c - w.conns)
+    wc.max_subs = w.ws.max_subs
+    if key != NULL:
+        wc.key = key
+        bn_add_relaxed(&key.ws_connections, 1)
+        if key.ws_max_subscriptions:
+            wc.max_subs = <uint32_t>key.ws_max_subscriptions
+        elif key.ws_unlimited:
+            wc.max_subs = 0
+    if echo:
+        wc.flags |= WSC_ECHO
+    bn_ws_accept(req.ws_key, req.ws_key_len, accept)
+    if ws_ctl_append(wc, WS_101_HEAD, strlen(WS_101_HEAD)) != 0 or \
+            ws_ctl_append(wc, accept, WS_ACCEPT_BYTES) != 0 or \
+            ws_ctl_append(wc, b"\r\n\r\n", 4) != 0:
+        ws_reader_free(&wc.reader)
+        free(wc.ctl)
+        free(wc)
+        return -1
+    c.ws = wc
+    w.ws.active += 1
+    bn_count(&w.counters.ws_upgrades, 1)
+    bn_store_u64(&w.counters.ws_active, w.ws.active)
+    ws_mark_dirty(w.ws, wc)
+    return 0
+
+
+cdef int ws_path_kind(bn_ws_worker* ws, const char* path, size_t n) noexcept nogil:
+    """1 = the feed's path, 2 = the echo endpoint, 0 = neither."""
+    if n == ws.path_len and memcmp(path, ws.path, n) == 0:
+        return 1
+    if ws.echo_path_len and n == ws.echo_path_len and memcmp(path, ws.echo_path, n) == 0:
+        return 2
+    return 0
+
+
+cdef int ws_route(bn_hworker* w, bn_conn* c, bn_hreq* req, int echo, int tail) noexcept nogil:
+    """A request for the stream's path: check the opening handshake (RFC 6455
+    4.2.1) and the API key, then upgrade.  Refusals are HTTP answers that close
+    the connection.  Returns as conn_request does."""
+    cdef bn_apikey* rec = NULL
+    cdef uint64_t retry_ns = 0
+    cdef int admit
+    if (req.method_code != METHOD_GET or not req.upgrade_ws or req.ws_key == NULL
+            or req.ws_key_len != 24 or req.has_body or req.http10):
+        bn_count(&w.counters.ws_upgrade_refused, 1)
+        c.flags |= CONN_CLOSE_AFTER
+        return conn_step(c, conn_emit_error(w, c, ERR_400, TAIL_CLOSE, 0))
+    if req.ws_version != 13:
+        bn_count(&w.counters.ws_upgrade_refused, 1)
+        c.flags |= CONN_CLOSE_AFTER
+        return conn_step(c, conn_emit_error(w, c, ERR_426, TAIL_CLOSE, 0))
+    if w.keys_ref != NULL:
+        admit = apikey_admit(w.keys_ref, req.apikey, req.apikey_len, w.admit_ns, &retry_ns)
+        if admit != ADMIT_OK:
+            bn_count(&w.counters.ws_upgrade_refused, 1)
+            c.flags |= CONN_CLOSE_AFTER
+            return conn_refuse(w, c, admit, retry_ns, TAIL_CLOSE, 0)
+        rec = keyindex_lookup(<bn_keyindex*>bn_load_ptr(<void**>w.keys_ref), req.apikey,
+                              req.apikey_len)
+        if (rec != NULL and not bn_load_int(&rec.ws_unlimited)
+                and bn_load_u64_relaxed(&rec.ws_max_connections)
+                and bn_load_u64_relaxed(&rec.ws_connections) >= bn_load_u64_relaxed(&rec.ws_max_connections)):
+            bn_count(&w.counters.ws_upgrade_refused, 1)
+            c.flags |= CONN_CLOSE_AFTER
+            return conn_step(c, conn_emit_error(w, c, ERR_429_CONNS, TAIL_CLOSE, 0))
+    elif w.require_apikey and req.apikey_len == 0:
+        bn_count(&w.counters.unauthorized, 1)
+        c.flags |= CONN_CLOSE_AFTER
+        return conn_step(c, conn_emit_error(w, c, ERR_401, TAIL_CLOSE, 0))
+    # Answers to requests pipelined before this one go out first.
+    if conn_flush_iov(w, c) != 0:
+        return -1
+    if conn_out_pending(c) and (conn_send_out(w, c) != 0 or conn_out_pending(c)):
+        c.flags |= CONN_CLOSE_AFTER
+        return 1
+    if ws_upgrade(w, c, req, rec, echo) != 0:
+        bn_count(&w.counters.oom_closes, 1)
+        c.flags |= CONN_DEAD
+        return -1
+    c.requests += 1
+    return 1
+
+
+cdef bn_ws_worker* ws_worker_new(bn_ws_ring* ring, uint32_t max_symbols) noexcept nogil:
+    cdef bn_ws_worker* ws = <bn_ws_worker*>calloc(1, sizeof(bn_ws_worker))
+    if ws == NULL:
+        return NULL
+    ws.ring = ring
+    ws.nbuckets = 64
+    ws.buckets = <bn_ws_topic**>calloc(ws.nbuckets, sizeof(bn_ws_topic*))
+    ws.max_symbols = max_symbols
+    ws.keys = <char*>malloc(<size_t>max_symbols * KEY_MAX_BYTES + 1)
+    ws.key_lens = <uint8_t*>malloc(max_symbols + 1)
+    if ws.buckets == NULL or ws.keys == NULL or ws.key_lens == NULL:
+        free(ws.buckets)
+        free(ws.keys)
+        free(ws.key_lens)
+        free(ws)
+        return NULL
+    return ws
+
+
+cdef void ws_worker_free(bn_ws_worker* ws) noexcept nogil:
+    # Connections (and so subscriptions and topics) are gone by now.
+    if ws == NULL:
+        return
+    free(ws.buckets)
+    free(ws.keys)
+    free(ws.key_lens)
+    free(ws)
