@@ -107,5 +107,6 @@ cdef class HTTPEngine(NativeEngine):
                        size_t max_frame, size_t max_message, double stall_s,
                        unsigned int max_symbols) except -1
     cdef void _ws_detach(self) noexcept
+    cdef void _ws_release(self) noexcept
 
     cdef void _join(self, int64_t grace_ns) noexcept

@@ -743,6 +743,22 @@ cdef class HTTPEngine(NativeEngine):
             http_epoll_add(w.epfd, ring.efd, EV_WS)
         return 0
 
+    cdef void _ws_release(self) noexcept:
+        # After the workers are gone: the rings (their eventfds, and the entry
+        # references of publications nobody drained).
+        cdef int i
+        self._ws_detach()
+        if self.hub != NULL:
+            for i in range(self.hub.nrings):
+                ws_ring_free(self.hub.rings[i])
+            free(self.hub.rings)
+            free(self.hub)
+            self.hub = NULL
+        if self.workers != NULL:
+            for i in range(self.nthreads):
+                if self.workers[i] != NULL and self.workers[i].ws != NULL:
+                    self.workers[i].ws.ring = NULL
+
     cdef void _ws_detach(self) noexcept:
         if self.hub != NULL and self.hub_attached:
             self.table._detach_hub(self.hub)
@@ -754,13 +770,7 @@ cdef class HTTPEngine(NativeEngine):
         cdef int i
         if self.group.running:
             self._join(0)
-        self._ws_detach()
-        if self.hub != NULL:
-            for i in range(self.hub.nrings):
-                ws_ring_free(self.hub.rings[i])
-            free(self.hub.rings)
-            free(self.hub)
-            self.hub = NULL
+        self._ws_release()
         if self.workers != NULL:
             for i in range(self.nthreads):
                 http_worker_free(self.workers[i])
@@ -828,6 +838,7 @@ cdef class HTTPEngine(NativeEngine):
         if self.stop_efd >= 0:
             close(self.stop_efd)
             self.stop_efd = -1
+        self._ws_release()
         if self.miss_efd >= 0:
             close(self.miss_efd)
             self.miss_efd = -1

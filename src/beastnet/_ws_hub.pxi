@@ -162,6 +162,7 @@ cdef struct bn_ws_conn:
     int64_t stalled_since_ns            # first moment output was left unwritten; 0 = flowing
     bn_ws_conn* next_dirty              # on the worker's list of connections to flush
     int close_code                      # close frame sent with this code (0 = none yet)
+    uint32_t ctl_max                    # bytes ctl may hold: 1 MiB, plus room for one echoed message
 
 cdef struct bn_ws_worker:               # a worker's WebSocket state
     bn_ws_ring* ring                    # publications for this worker
@@ -452,7 +453,7 @@ cdef int ws_ctl_append(bn_ws_conn* wc, const char* data, size_t n) noexcept nogi
     if wc.ctl_off == wc.ctl_len:
         wc.ctl_off = 0
         wc.ctl_len = 0
-    if wc.ctl_len + n > WS_CTL_MAX_BYTES:
+    if wc.ctl_len + n > wc.ctl_max:
         return -1                       # a client that never reads its acks
     need = wc.ctl_len + <uint32_t>n
     if need > wc.ctl_cap:
@@ -1035,6 +1036,9 @@ cdef int ws_upgrade(bn_hworker* w, bn_conn* c, bn_hreq* req, bn_apikey* key,
     ws_reader_init(&wc.reader, w.ws.max_frame_bytes, w.ws.max_message_bytes)
     wc.slot = <uint32_t>(c - w.conns)
     wc.max_subs = w.ws.max_subs
+    wc.ctl_max = WS_CTL_MAX_BYTES
+    if echo:
+        wc.ctl_max += <uint32_t>(2 * w.ws.max_message_bytes)
     if key != NULL:
         wc.key = key
         bn_add_relaxed(&key.ws_connections, 1)
