@@ -445,3 +445,25 @@ def test_autobahn_testsuite_cases_on_the_echo_endpoint(table):
     # Sections 1-7, 9, 10 (12 and 13 are compression, which the feed does not negotiate).
     assert set(by_section) == {"1", "2", "3", "4", "5", "6", "7", "9", "10"}
     assert sum(sum(v.values()) for v in by_section.values()) >= 300
+
+
+def test_a_subscribe_storm_is_refused_and_the_worker_serves_on(feed):
+    storm = orjson.dumps({"op": "subscribe", "symbols": [f"K{i}" for i in range(100_000)]})
+    client = RawClient(feed)
+    client.handshake()
+    client.send(build_frame(TEXT, storm))        # ~800 KB in one message: over max_message_bytes
+    assert client.close_code() == 1009
+    client.close()
+    many = RawClient(feed)
+    many.handshake()
+    for start in range(0, 5000, 1000):           # the same symbols in many requests: each answered
+        many.send(build_frame(TEXT, orjson.dumps(
+            {"op": "subscribe", "symbols": [f"K{i}" for i in range(start, start + 1000)]})))
+    for _ in range(5):
+        op, payload = many.frame()
+        assert orjson.loads(payload)["op"] == "subscribed"
+    many.send(build_frame(PING, b"alive"))
+    assert many.frame() == (0xA, b"alive")
+    many.close()
+    t = totals(feed)
+    assert t["ws_close_too_big"] == 1 and t["ws_subscriptions"] == 0

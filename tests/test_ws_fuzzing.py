@@ -228,3 +228,82 @@ def test_each_entry_carries_its_frame_built_at_publication():
     t["BTC"] = b'{"p":2}'
     assert ws_entry_frame(t, "BTC") == ws_frame(TEXT, b'{"p":2}')
     assert ws_entry_frame(t, "none") is None
+
+
+# -- a live server: arbitrary frames, split anywhere, against the reference --------------
+
+def _expected_output(events: list) -> list:
+    """What the echo endpoint sends back for the reference's events."""
+    out = []
+    for kind, code, payload in events:
+        if kind == "message":
+            out.append((code, payload))
+        elif kind == "ping":
+            out.append((PONG, payload))
+        elif kind == "close":
+            out.append((CLOSE, struct.pack("!H", 1000 if code == 1005 else code)))
+            return out
+        elif kind == "error":
+            out.append((CLOSE, struct.pack("!H", code)))
+            return out
+    return out
+
+
+def _read_frames(sock, want: int) -> list:
+    frames, buf = [], b""
+    while len(frames) < want:
+        try:
+            chunk = sock.recv(65536)
+        except (ConnectionResetError, TimeoutError, OSError):
+            break
+        if not chunk:
+            break
+        buf += chunk
+        while len(buf) >= 2:
+            n, at = buf[1] & 0x7F, 2
+            if n == 126:
+                if len(buf) < 4:
+                    break
+                n, at = struct.unpack_from("!H", buf, 2)[0], 4
+            if len(buf) < at + n:
+                break
+            frames.append((buf[0] & 0x0F, buf[at:at + n]))
+            buf = buf[at + n:]
+    return frames
+
+
+@pytest.fixture(scope="module")
+def echo_server():
+    from beastnet import HTTPServer, ResponseTable, WebSocketOptions
+    options = WebSocketOptions(echo_path="/echo", max_frame_bytes=256, max_message_bytes=600)
+    with HTTPServer(ResponseTable(), threads=2, websocket=options) as server:
+        yield server
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(frames(), min_size=1, max_size=6), st.data())
+def test_live_server_answers_as_the_reference_says(echo_server, seq, data):
+    import socket
+    stream = b"".join(seq)
+    expected = _expected_output(ref.parse(stream, max_frame=256, max_message=600))
+    cuts = sorted(set(data.draw(st.lists(st.integers(1, max(1, len(stream) - 1)), max_size=4))))
+    key = base64.b64encode(b"0123456789abcdef").decode()
+    with socket.create_connection(echo_server.address[:2], timeout=5) as sock:
+        sock.sendall(f"GET /echo HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += sock.recv(1)
+        assert head.startswith(b"HTTP/1.1 101 ")
+        last = 0
+        try:
+            for cut in cuts + [len(stream)]:
+                sock.sendall(stream[last:cut])
+                last = cut
+        except (BrokenPipeError, ConnectionResetError):
+            pass                    # it answered an error and closed: what it sent is checked below
+        if not expected or expected[-1][0] != CLOSE:
+            # The server waits for more: close cleanly ourselves and expect its echo.
+            sock.sendall(build_frame(CLOSE, struct.pack("!H", 1000)))
+            expected.append((CLOSE, struct.pack("!H", 1000)))
+        assert _read_frames(sock, len(expected)) == expected

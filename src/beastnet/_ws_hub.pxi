@@ -162,6 +162,7 @@ cdef struct bn_ws_conn:
     int64_t stalled_since_ns            # first moment output was left unwritten; 0 = flowing
     bn_ws_conn* next_dirty              # on the worker's list of connections to flush
     int close_code                      # close frame sent with this code (0 = none yet)
+    int64_t close_deadline_ns           # after our close: the peer's FIN is awaited until then
     uint32_t ctl_max                    # bytes ctl may hold: 1 MiB, plus room for one echoed message
 
 cdef struct bn_ws_worker:               # a worker's WebSocket state
@@ -648,15 +649,15 @@ cdef void ws_conn_settle(bn_hworker* w, bn_conn* c) noexcept nogil:
     cdef bn_ws_conn* wc = c.ws
     cdef uint32_t want
     cdef epoll_event ev
-    if (wc.flags & WSC_CLOSING) and not ws_output_pending(wc):
-        if wc.flags & WSC_PEER_CLOSED or wc.close_code != WS_CLOSE_NORMAL:
-            conn_close(w, c)
-            return
-        # Our close (normal) is out: wait for the peer's, briefly (tick).
-        if not (wc.flags & WSC_SHUT):
-            shutdown(c.fd, SHUT_WR)
-            wc.flags |= WSC_SHUT
-    want = EPOLLIN if not (wc.flags & WSC_PEER_CLOSED) else 0
+    if (wc.flags & WSC_CLOSING) and not ws_output_pending(wc) and not (wc.flags & WSC_SHUT):
+        # Our close frame is out.  A lingering close: shut our side, then read
+        # (and drop) what the peer still sends until its FIN, for at most
+        # WS_CLOSE_WAIT_NS.  Closing with unread input would send a reset,
+        # which can destroy the close frame before the peer reads it.
+        shutdown(c.fd, SHUT_WR)
+        wc.flags |= WSC_SHUT | WSC_PEER_CLOSED
+        wc.close_deadline_ns = w.now_ns + WS_CLOSE_WAIT_NS
+    want = EPOLLIN
     if ws_output_pending(wc):
         want |= EPOLLOUT
     if want == c.events:
@@ -855,6 +856,8 @@ cdef int ws_conn_input(bn_hworker* w, bn_conn* c) noexcept nogil:
     cdef char* grown
     cdef uint32_t room
     cdef uint32_t want = <uint32_t>(wc.reader.max_frame_bytes + WS_CLIENT_HEAD_MAX_BYTES)
+    if wc.flags & WSC_PEER_CLOSED:
+        return ws_conn_discard(w, c)
     if wc.in_cap < want:
         grown = <char*>realloc(wc.inb, want)
         if grown == NULL:
@@ -884,6 +887,25 @@ cdef int ws_conn_input(bn_hworker* w, bn_conn* c) noexcept nogil:
     wc.in_len += <uint32_t>n
     ws_process(w, c)
     return 0
+
+
+cdef int ws_conn_discard(bn_hworker* w, bn_conn* c) noexcept nogil:
+    """After a close: read and drop input; -1 at the peer's FIN (close now)."""
+    cdef ssize_t n
+    cdef int err
+    while True:
+        n = recv(c.fd, w.scratch, HTTP_SCRATCH_BYTES, 0)
+        if n > 0:
+            bn_count(&w.counters.bytes_in, <uint64_t>n)
+            continue
+        if n == 0:
+            return -1
+        err = errno
+        if err == EINTR:
+            continue
+        if err == EAGAIN:
+            return 0
+        return -1
 
 
 cdef void ws_process(bn_hworker* w, bn_conn* c) noexcept nogil:
@@ -1014,8 +1036,8 @@ cdef void ws_check_stalls(bn_hworker* w) noexcept nogil:
             bn_count(&w.counters.ws_slow_closes, 1)
             ws_count_close(w, WS_CLOSE_POLICY)
             conn_close(w, c)            # its buffer is full: a close frame could not get through
-        elif (wc.flags & WSC_SHUT) and w.now_ns - c.last_active_ns > WS_CLOSE_WAIT_NS:
-            conn_close(w, c)
+        elif (wc.flags & WSC_SHUT) and w.now_ns > wc.close_deadline_ns:
+            conn_close(w, c)            # the peer never finished the closing handshake
 
 
 # -- the opening handshake -------------------------------------------------------------------
