@@ -467,3 +467,35 @@ def test_a_subscribe_storm_is_refused_and_the_worker_serves_on(feed):
     many.close()
     t = totals(feed)
     assert t["ws_close_too_big"] == 1 and t["ws_subscriptions"] == 0
+
+
+def test_a_key_not_allowed_the_stream_gets_403(table):
+    keys = APIKeyTable()
+    keys.set("public-key-00001", ws_allowed=False)
+    with HTTPServer(table, threads=1, api_keys=keys, websocket=WebSocketOptions()) as server:
+        async def run():
+            with pytest.raises(websockets.InvalidStatus) as refused:
+                async with websockets.connect(url(server) + "?api_key=public-key-00001"):
+                    pass
+            assert refused.value.response.status_code == 403
+        asyncio.run(run())
+        with socket.create_connection(server.address[:2], timeout=5) as sock:   # plain GETs still work
+            sock.sendall(b"GET /v1/S001 HTTP/1.1\r\nHost: x\r\nX-API-Key: public-key-00001\r\n\r\n")
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
+
+
+def test_extra_routes_reach_the_control_plane(table):
+    from beastnet import Answer
+    routes = {"/": lambda request: Answer(b"<html>home</html>", content_type="text/html"),
+              "/dashboard": lambda request: Answer(b"<html>dash</html>", content_type="text/html")}
+    with HTTPServer(table, threads=1, routes=routes, websocket=WebSocketOptions()) as server:
+        for path, page in (("/", b"home"), ("/dashboard", b"dash")):
+            with socket.create_connection(server.address[:2], timeout=5) as sock:
+                sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+                data = b""
+                while chunk := sock.recv(65536):
+                    data += chunk
+            assert data.startswith(b"HTTP/1.1 200 ") and b"text/html" in data and page in data
+        with socket.create_connection(server.address[:2], timeout=5) as sock:
+            sock.sendall(b"GET /other HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            assert sock.recv(65536).startswith(b"HTTP/1.1 404 ")

@@ -18,12 +18,17 @@ cdef inline int http_key_valid(const char* k, size_t n) noexcept nogil:
     return 1
 
 
-cdef inline int http_is_route(const char* path, size_t n) noexcept nogil:
-    # Paths the control plane serves.
+cdef inline int http_is_route(bn_hworker* w, const char* path, size_t n) noexcept nogil:
+    # Paths the control plane serves: the built-in ones and the server's
+    # extra routes (exact paths, e.g. a service's "/" or "/dashboard").
+    cdef uint32_t i
     if n >= 7 and memcmp(path, b"/admin/", 7) == 0:
         return 1
     if n == 8 and (memcmp(path, b"/metrics", 8) == 0 or memcmp(path, b"/healthz", 8) == 0):
         return 1
+    for i in range(w.nroutes):
+        if n == w.route_lens[i] and memcmp(path, w.routes[i], n) == 0:
+            return 1
     return 0
 
 
@@ -130,7 +135,7 @@ cdef int conn_request(bn_hworker* w, bn_conn* c, bn_hreq* req) noexcept nogil:
         bn_count(&w.counters.misses, 1)
         if not w.misses_to_python or w.missq == NULL:
             return conn_step(c, conn_emit_error(w, c, ERR_404, tail, head_only))
-    elif http_is_route(req.target, req.path_len):
+    elif http_is_route(w, req.target, req.path_len):
         bn_count(&w.counters.routed, 1)
         if w.missq == NULL:
             return conn_step(c, conn_emit_error(w, c, ERR_404, tail, head_only))

@@ -72,6 +72,9 @@ cdef struct bn_hworker:
     char tails[3][HTTP_TAIL_MAX_BYTES]  # TAIL_*: Date [+ Connection] + blank line
     size_t tail_len[3]
     bn_ws_worker* ws                    # WebSocket state, NULL = no WebSocket on this engine
+    uint32_t nroutes                    # extra exact paths for the control plane
+    uint32_t route_lens[HTTP_ROUTES_MAX]
+    char routes[HTTP_ROUTES_MAX][HTTP_PREFIX_MAX_BYTES]
 
 
 # epoll data: (generation << 32) | slot for connections; these for the rest.
@@ -626,7 +629,8 @@ cdef class HTTPEngine(NativeEngine):
                   APIKeyTable api_keys=None, str ws_path=None, str ws_echo_path=None,
                   ResponseTable ws_topics=None, unsigned int ws_max_subscriptions=0,
                   size_t ws_max_frame_bytes=65536, size_t ws_max_message_bytes=65536,
-                  double ws_stall_timeout_s=10.0, unsigned int ws_max_symbols=1024):
+                  double ws_stall_timeout_s=10.0, unsigned int ws_max_symbols=1024,
+                  route_paths=()):
         cdef int i
         cdef int n = len(fds)
         cdef bytes raw_prefix = prefix.encode("ascii")
@@ -660,6 +664,14 @@ cdef class HTTPEngine(NativeEngine):
                 raise ValueError("need 125 <= ws_max_frame_bytes <= ws_max_message_bytes <= 16 MiB")
             if not 1 <= ws_max_symbols <= 100000 or ws_stall_timeout_s <= 0:
                 raise ValueError("ws_max_symbols must be 1..100000 and ws_stall_timeout_s positive")
+        cdef list raw_routes = [p.encode("ascii") for p in route_paths
+                                if not p.startswith(("/admin/", "/metrics", "/healthz"))]
+        if len(raw_routes) > HTTP_ROUTES_MAX:
+            raise ValueError(f"at most {HTTP_ROUTES_MAX} extra route paths")
+        for raw in raw_routes:
+            if not raw.startswith(b"/") or len(raw) >= HTTP_PREFIX_MAX_BYTES or b"?" in raw:
+                raise ValueError(f"route paths start with '/', have no query and are shorter"
+                                 f" than {HTTP_PREFIX_MAX_BYTES} bytes: {raw!r}")
         self._setup(table, api_keys, n, sizeof(bn_http_counters), miss_capacity)
         self.stop_efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
         if self.stop_efd < 0:
@@ -693,6 +705,10 @@ cdef class HTTPEngine(NativeEngine):
             w.write_timeout_ns = <int64_t>(write_timeout_s * 1e9)
             memcpy(w.prefix, <const char*>raw_prefix, len(raw_prefix))
             w.prefix_len = len(raw_prefix)
+            for raw in raw_routes:
+                memcpy(w.routes[w.nroutes], <const char*>raw, len(raw))
+                w.route_lens[w.nroutes] = len(raw)
+                w.nroutes += 1
             w.epfd = epoll_create1(EPOLL_CLOEXEC)
             if w.epfd < 0:
                 raise_errno("epoll_create1")

@@ -14,7 +14,7 @@ import types as _types
 ERRORS = (
     ("bad_request", 400, "malformed request"),
     ("unauthorized", 401, "missing, unknown or revoked API key"),
-    ("forbidden", 403, "an /admin/ path asked from off loopback"),
+    ("forbidden", 403, "an /admin/ path asked from off loopback, or a key refused the WebSocket feed"),
     ("not_found", 404, "no answer for the key (or no such path)"),
     ("method_not_allowed", 405, "a method other than GET or HEAD"),
     ("payload_too_large", 413, "a request body where none is allowed"),
@@ -110,6 +110,7 @@ cdef void replies_init() except *:
         (ERR_429_QUOTA, "over_quota", ""),
         (ERR_426, "upgrade_required", "Sec-WebSocket-Version: 13\r\n"),
         (ERR_429_CONNS, "connection_limit", ""),
+        (ERR_403, "forbidden", ""),
     ]
     # One canned 429 per whole second of Retry-After (RFC 9110 takes seconds),
     # so a rate-limited request costs no formatting.

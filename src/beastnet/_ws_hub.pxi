@@ -1119,6 +1119,10 @@ cdef int ws_route(bn_hworker* w, bn_conn* c, bn_hreq* req, int echo, int tail) n
             return conn_refuse(w, c, admit, retry_ns, TAIL_CLOSE, 0)
         rec = keyindex_lookup(<bn_keyindex*>bn_load_ptr(<void**>w.keys_ref), req.apikey,
                               req.apikey_len)
+        if rec != NULL and bn_load_int(&rec.ws_denied):
+            bn_count(&w.counters.ws_upgrade_refused, 1)
+            c.flags |= CONN_CLOSE_AFTER
+            return conn_step(c, conn_emit_error(w, c, ERR_403, TAIL_CLOSE, 0))
         if (rec != NULL and not bn_load_int(&rec.ws_unlimited)
                 and bn_load_u64_relaxed(&rec.ws_max_connections)
                 and bn_load_u64_relaxed(&rec.ws_connections) >= bn_load_u64_relaxed(&rec.ws_max_connections)):

@@ -47,6 +47,7 @@ cdef enum:
     HTTP_DRAIN_TICK_MS = 10         # timer granularity while stop() drains connections
     HTTP_ACCEPT_PAUSE_MS = 100      # accepting pauses this long after EMFILE/ENFILE
     HTTP_OUT_FREE_BYTES = 65536     # an emptied output buffer larger than this is freed
+    HTTP_ROUTES_MAX = 16            # extra exact paths a server may route to the control plane
 
 # Response tails: what a worker appends to a pre-built head.
 cdef enum:
@@ -84,7 +85,8 @@ cdef enum:
     RETRY_AFTER_MAX_S = 60          # longer waits are announced as 60 s (the client asks again)
     ERR_426 = 70                    # upgrade_required: a WebSocket version other than 13
     ERR_429_CONNS = 71              # connection_limit: the key holds its WebSocket connections
-    ERR_COUNT = 72                  # one past the last
+    ERR_403 = 72                    # forbidden: an API key not allowed the WebSocket feed
+    ERR_COUNT = 73                  # one past the last
 
 # WebSocket (RFC 6455) opcodes, close codes and limits (_ws.pxi).
 cdef enum:

@@ -58,7 +58,9 @@ class HTTPServer(EngineServer):
     answered 404 natively.  ``/healthz``, ``/metrics`` (Prometheus text) and
     ``/admin/stats`` are served by the control plane; other ``/admin/...``
     paths go to ``handler``; ``/admin/...`` answers 403 to clients off
-    loopback.  ``routes`` (exact path -> callable) replaces any of these.
+    loopback.  ``routes`` (exact path -> callable) replaces any of these, or
+    adds a path of its own outside the prefix (at most 16, e.g. ``/`` for a
+    page); a route's callable runs on the control plane like a handler.
     With ``api_keys``, every ``GET <prefix><KEY>`` needs a known key within
     its limits (401, or 429 with ``Retry-After``), checked natively.
     ``control``: a running `ControlPlane` to serve routes and misses on,
@@ -159,7 +161,7 @@ class HTTPServer(EngineServer):
             self._engine = _core.HTTPEngine(
                 self.table, [s.fileno() for s in self._socks], cpus=self.cpus,
                 miss_capacity=self.miss_queue_size, misses_to_python=self.handler is not None,
-                **self._engine_options)
+                route_paths=tuple(self.routes), **self._engine_options)
             # The control plane always runs: it serves /healthz, /metrics, /admin/.
             self._control = start_control_plane(self._shared_control, "beastnet-http-control")
             self._dispatcher = MissDispatcher(self._engine, self.table, self._on_request, "http",
