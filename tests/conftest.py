@@ -1,7 +1,10 @@
 """Shared fixtures: hypothesis profiles, live servers on loopback, a UDP client,
 and a leak check run around every test (fds and threads back to where they were).
 
-Hypothesis profile: BEASTNET_HYPOTHESIS_PROFILE=ci (default) | dev | thorough.
+Hypothesis profile: BEASTNET_HYPOTHESIS_PROFILE=ci (default) | dev | thorough,
+registered and loaded here once for the whole session; test modules never
+register their own.  Differential tests (a C parser against its Python
+reference, no sockets) use `DIFFERENTIAL`, which asks for thousands of examples.
 """
 from __future__ import annotations
 
@@ -11,7 +14,6 @@ import os
 # pool; the leak checks count native threads, so keep BLAS single-threaded.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-import os
 import socket
 import threading
 import time
@@ -32,6 +34,9 @@ settings.register_profile("dev", max_examples=150, deadline=None,
 settings.register_profile("thorough", max_examples=2000, deadline=None,
                           suppress_health_check=_SLOW_OK)
 settings.load_profile(os.environ.get("BEASTNET_HYPOTHESIS_PROFILE", "ci"))
+
+# Cheap and pure: 5000 examples take a few seconds, so CI runs them too.
+DIFFERENTIAL = settings(max_examples=max(5000, 25 * settings.default.max_examples))
 
 
 def ipv6_loopback_available() -> bool:
