@@ -89,7 +89,9 @@ def run_torn_read(replies_per_client: int, nclients: int, sockets: int = 2, wind
                 for proc in procs:
                     if proc.poll() is None:
                         proc.kill()
-                        proc.wait()
+                    proc.wait()
+                    proc.stdout.close()             # type: ignore[union-attr]
+                    proc.stderr.close()             # type: ignore[union-attr]
                 stop.set()
                 th.join(30)
             assert not th.is_alive()

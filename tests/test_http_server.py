@@ -573,9 +573,8 @@ with HTTPServer(table, threads=1) as srv:
 def test_emfile_on_accept_is_counted_without_spinning(tmp_path):
     import os
     import sys
-    env = dict(os.environ, PYTHONPATH=str(__import__("pathlib").Path(__file__).parent.parent / "src"))
     proc = subprocess.Popen([sys.executable, "-c", EMFILE_SERVER], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True, env=env)
+                            stdout=subprocess.PIPE, text=True)
     try:
         port = int(proc.stdout.readline())
         socks = []

@@ -25,7 +25,6 @@ from _loadgen_servers import ScriptedUDPServer
 pytestmark = pytest.mark.timeout(90)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SRC = os.path.join(ROOT, "src")
 
 
 def fake_result(p50_ms: float, p99_ms: float, sent: int = 1000, lost: int = 0,
@@ -219,9 +218,8 @@ def test_cli_find_max(server_port, capsys):
 
 
 def test_example_runs_against_a_server(server_port):
-    env = dict(os.environ, PYTHONPATH=SRC)
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "examples", "load_generator.py"),
-                           f"127.0.0.1:{server_port}", "BTC"], env=env, capture_output=True,
+                           f"127.0.0.1:{server_port}", "BTC"], capture_output=True,
                           text=True, timeout=80)
     assert "level 1:" in proc.stdout and "verdict:" in proc.stdout, proc.stderr
     assert proc.returncode in (0, 1)
@@ -235,7 +233,6 @@ def test_example_imports_only_the_public_api():
 
 
 def test_python_m_beastnet_help():
-    env = dict(os.environ, PYTHONPATH=SRC)
-    proc = subprocess.run([sys.executable, "-m", "beastnet", "load", "--help"], env=env,
+    proc = subprocess.run([sys.executable, "-m", "beastnet", "load", "--help"],
                           capture_output=True, text=True, timeout=30)
     assert proc.returncode == 0 and "--find-max" in proc.stdout
