@@ -3,14 +3,18 @@ and the SQLite key store with its usage flusher."""
 import os
 import socket
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 
+import orjson
 import pytest
 
 from beastnet import APIKeyTable, ResponseTable, UDPServer
+from beastnet._core import admit_race
 from beastnet.serve.keys import KeyStore, KeyStoreError, Tier, UsageFlusher
-from support import gcra_bounds
+from support import gcra_bounds, wait_for
 
 SECOND_NS = 1_000_000_000
 
@@ -90,6 +94,7 @@ def test_invalid_api_keys_are_rejected(bad):
 
 
 def test_concurrent_admits_share_one_limit():
+    """Python threads on admit(), which releases the GIL on the readers' path."""
     keys = APIKeyTable()
     keys.set("k", qps=1, burst=100)             # at a fixed instant: exactly 100 pass
     results = []
@@ -104,6 +109,27 @@ def test_concurrent_admits_share_one_limit():
         t.join()
     assert sum(results) == 100
     assert keys.usage()["k"][:2] == (100, 19_900)
+
+
+# Native threads released together race for the same key in tight loops, so
+# two of them sometimes meet at the very last unit: 500 rounds of that find a
+# non-atomic update (the tests of the deliberately broken builds did).
+
+def test_racing_native_threads_never_exceed_the_burst():
+    keys = APIKeyTable()
+    keys.set("k", qps=0.01, burst=100)          # a full bucket takes 10,000 s
+    for r in range(1, 501):
+        got = admit_race(keys, "k", 2, 400, r * 20_000 * SECOND_NS)
+        assert got["ok"] == 100, (r, got)
+    assert keys.usage()["k"][:2] == (500 * 100, 500 * 700)
+
+
+def test_racing_native_threads_never_exceed_the_monthly_cap():
+    keys = APIKeyTable()
+    for cap in range(100, 50_001, 100):
+        keys.set("k", monthly_cap=cap)
+        got = admit_race(keys, "k", 2, 400, SECOND_NS)
+        assert got["ok"] == 100 and keys.usage()["k"][0] == cap, (cap, got)
 
 
 # -- enforcement on the UDP path -----------------------------------------------------
@@ -298,3 +324,49 @@ def test_keys_command_round_trip(tmp_path, capsys):
     assert rows["p-1"]["revoked"]
     assert main(["keys", "--db", db, "set-tier", "p-1", "gold"]) == 2
     assert "unknown tier 'gold'" in capsys.readouterr().err
+
+
+# -- the monthly cap under concurrent readers ------------------------------------------
+
+BLASTER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_udp_blaster.py")
+
+
+@pytest.mark.timeout(120)
+def test_monthly_cap_is_exact_with_four_readers_and_client_processes(tmp_path):
+    """Four readers race for a cap of 100 under three client processes: exactly
+    100 are admitted.  Then the cap is raised 49 more times by 100 while the
+    clients keep hammering, and each time exactly the new cap is admitted
+    (a check-then-increment cap overshoots when two readers take the last unit)."""
+    table = ResponseTable({"BTC": b'{"p":1}'})
+    keys = APIKeyTable()
+    keys.set("capped", monthly_cap=100)
+    stop_file = tmp_path / "stop"
+    with UDPServer(table, sockets=4, api_keys=keys) as server:
+        host, port = server.address[:2]
+        procs = [subprocess.Popen([sys.executable, BLASTER, host, str(port), "BTC capped", "4", "8",
+                                   str(stop_file)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                 for _ in range(3)]
+        try:
+            for cap in range(100, 5001, 100):
+                if cap > 100:
+                    keys.set("capped", monthly_cap=cap)
+                refused = keys.usage()["capped"][2]
+                # saturated: 1000 refusals since the cap was set, so every
+                # request that could take the last unit has been decided
+                wait_for(lambda: keys.usage()["capped"][2] >= refused + 1000, timeout=30)
+                assert keys.usage()["capped"][0] == cap
+        finally:
+            stop_file.touch()
+            outputs = []
+            for proc in procs:
+                out, err = proc.communicate(timeout=30)
+                assert proc.returncode == 0, err
+                outputs.append(orjson.loads(out))
+        totals = server.stats()["totals"]
+    admitted, rate_limited, over_quota, _ = keys.usage()["capped"]
+    assert admitted == 5000 and rate_limited == 0
+    assert totals["hits"] == 5000 and totals["over_quota"] == over_quota
+    ok = sum(o.get('{"p":1}', 0) for o in outputs)
+    refused = sum(o.get('{"error":"over_quota"}', 0) for o in outputs)
+    assert ok == 5000
+    assert sum(sum(o.values()) for o in outputs) == ok + refused

@@ -311,3 +311,83 @@ cdef class APIKeyTable:
         finally:
             qsbr_unregister(slot)
         return (("ok", "unauthorized", "rate_limited", "over_quota")[verdict], retry)
+
+
+# -- a race harness for the tests of the CAS loops above ------------------------
+
+cdef struct bn_admit_race:
+    bn_keyindex** index_ref             # &keys.index
+    const char* key
+    size_t key_len                      # bytes
+    uint64_t now_ns                     # one instant for every attempt: no refill
+    uint64_t attempts                   # admits per thread
+    uint64_t threads                    # racing threads in all
+    uint64_t* ready                     # threads at the start line
+    int qsbr_slot
+    uint64_t verdicts[4]                # by ADMIT_* value
+
+
+cdef void* apikey_on_race_start(void* arg) noexcept nogil:
+    cdef bn_admit_race* r = <bn_admit_race*>arg
+    cdef uint64_t retry = 0
+    cdef uint64_t i
+    # A barrier: spin until every thread is running, so they reach the limit
+    # together instead of one after the other as they are scheduled.
+    bn_add_relaxed(r.ready, 1)
+    while bn_load_u64(r.ready) < r.threads:
+        pass
+    qsbr_online(&qsbr_slots[r.qsbr_slot])
+    for i in range(r.attempts):
+        r.verdicts[apikey_admit(r.index_ref, r.key, r.key_len, r.now_ns, &retry)] += 1
+    qsbr_offline(&qsbr_slots[r.qsbr_slot])
+    return NULL
+
+
+def admit_race(APIKeyTable keys not None, key, int threads, uint64_t attempts, uint64_t now_ns):
+    """`threads` native threads released together each admit `key` `attempts`
+    times at `now_ns`, on the readers' lock-free path; returns the summed
+    verdicts {"ok": n, ...}.  For the tests of the rate-limit and cap CAS loops."""
+    cdef bytes raw = apikey_to_bytes(key)
+    cdef uint64_t ready = 0
+    cdef int started = 0
+    cdef int created = 0
+    cdef int i
+    cdef int rc = 0
+    if not 1 <= threads <= 64:
+        raise ValueError("threads must be 1..64")
+    cdef bn_admit_race* races = <bn_admit_race*>calloc(threads, sizeof(bn_admit_race))
+    cdef pthread_t* tids = <pthread_t*>calloc(threads, sizeof(pthread_t))
+    if races == NULL or tids == NULL:
+        free(races)
+        free(tids)
+        raise MemoryError()
+    try:
+        for i in range(threads):
+            races[i].index_ref = &keys.index
+            races[i].key = raw
+            races[i].key_len = len(raw)
+            races[i].now_ns = now_ns
+            races[i].attempts = attempts
+            races[i].threads = <uint64_t>threads
+            races[i].ready = &ready
+            races[i].qsbr_slot = qsbr_register()
+            started += 1
+        with nogil:
+            for i in range(threads):
+                rc = pthread_create(&tids[i], NULL, apikey_on_race_start, &races[i])
+                if rc != 0:
+                    break
+                created += 1
+            if rc != 0:                     # release the created ones from the barrier
+                bn_add_relaxed(&ready, <uint64_t>(threads - created))
+            for i in range(created):
+                pthread_join(tids[i], NULL)
+        if rc != 0:
+            raise OSError(rc, f"pthread_create: {os.strerror(rc)}")
+        return {name: sum(races[i].verdicts[v] for i in range(threads))
+                for v, name in enumerate(("ok", "unauthorized", "rate_limited", "over_quota"))}
+    finally:
+        for i in range(started):
+            qsbr_unregister(races[i].qsbr_slot)
+        free(races)
+        free(tids)
