@@ -135,6 +135,58 @@ class ScriptedUDPServer:
         self.close()
 
 
+class WindowProbeUDPServer:
+    """Answers a source address only when `depth` of its requests are
+    outstanding, then all of them at once.  A client keeping a window of
+    `depth` per socket runs on; one keeping less stalls.  `most_outstanding`
+    records, per source address, the most requests it ever had waiting."""
+
+    def __init__(self, depth: int) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 << 20)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.setblocking(False)
+        self.port = self.sock.getsockname()[1]
+        self.depth = depth
+        self.waiting: dict = collections.defaultdict(list)
+        self.most_outstanding: collections.Counter = collections.Counter()
+        self.batches: collections.Counter = collections.Counter()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            readable, _, _ = select.select([self.sock], [], [], 0.05)
+            if not readable:
+                continue
+            while True:
+                try:
+                    data, addr = self.sock.recvfrom(65536)
+                except BlockingIOError:
+                    break
+                waiting = self.waiting[addr]
+                waiting.append(tag_of(data) + BODY)
+                self.most_outstanding[addr] = max(self.most_outstanding[addr], len(waiting))
+                if len(waiting) == self.depth:
+                    for reply in waiting:
+                        self.sock.sendto(reply, addr)
+                    waiting.clear()
+                    self.batches[addr] += 1
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(2.0)
+        self.sock.close()
+
+    def __enter__(self) -> "WindowProbeUDPServer":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 class ScriptedTCPServer:
     """A TCP server that hands every accepted connection to `handle(conn)` on
     its own thread; for HTTP behaviours no stock server would show."""
