@@ -136,12 +136,14 @@ class ScriptedUDPServer:
 
 
 class WindowProbeUDPServer:
-    """Answers a source address only when `depth` of its requests are
-    outstanding, then all of them at once.  A client keeping a window of
-    `depth` per socket runs on; one keeping less stalls.  `most_outstanding`
-    records, per source address, the most requests it ever had waiting."""
+    """Answers a source address when `depth` of its requests are outstanding,
+    all of them at once, or when its oldest has waited `hold_s` (the end of a
+    run leaves windows part full).  A client keeping a window of `depth` per
+    socket runs at full speed; one keeping less crawls at one batch per
+    `hold_s`.  `most_outstanding` records, per source address, the most
+    requests it ever had waiting, and `batches` the full batches answered."""
 
-    def __init__(self, depth: int) -> None:
+    def __init__(self, depth: int, hold_s: float = 0.2) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 << 20)
@@ -149,7 +151,9 @@ class WindowProbeUDPServer:
         self.sock.setblocking(False)
         self.port = self.sock.getsockname()[1]
         self.depth = depth
+        self.hold_s = hold_s
         self.waiting: dict = collections.defaultdict(list)
+        self.oldest: dict = {}
         self.most_outstanding: collections.Counter = collections.Counter()
         self.batches: collections.Counter = collections.Counter()
         self._stop = threading.Event()
@@ -158,22 +162,30 @@ class WindowProbeUDPServer:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            readable, _, _ = select.select([self.sock], [], [], 0.05)
-            if not readable:
-                continue
-            while True:
+            readable, _, _ = select.select([self.sock], [], [], 0.02)
+            now = time.monotonic()
+            while readable:
                 try:
                     data, addr = self.sock.recvfrom(65536)
                 except BlockingIOError:
                     break
                 waiting = self.waiting[addr]
+                if not waiting:
+                    self.oldest[addr] = now
                 waiting.append(tag_of(data) + BODY)
                 self.most_outstanding[addr] = max(self.most_outstanding[addr], len(waiting))
                 if len(waiting) == self.depth:
-                    for reply in waiting:
-                        self.sock.sendto(reply, addr)
-                    waiting.clear()
+                    self._answer(addr)
                     self.batches[addr] += 1
+            for addr, since in list(self.oldest.items()):
+                if now - since >= self.hold_s:
+                    self._answer(addr)
+
+    def _answer(self, addr: tuple) -> None:
+        for reply in self.waiting[addr]:
+            self.sock.sendto(reply, addr)
+        self.waiting[addr].clear()
+        del self.oldest[addr]
 
     def close(self) -> None:
         self._stop.set()
