@@ -13,10 +13,11 @@ import socket
 import struct
 import threading
 import time
-from typing import Callable, Optional
+from typing import Callable, Optional, TypeVar
 
 BODY = b'{"v":1}'
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
+T = TypeVar("T", bound="_UDPServerThread")
 SPIN_S = 0.0002                 # the last 200 µs of a delay are spun, not slept
 
 
@@ -29,7 +30,26 @@ def tag_of(data: bytes) -> bytes:
     return b""
 
 
-class ScriptedUDPServer:
+class _UDPServerThread:
+    """A socket served by one thread until `close()`; a context manager."""
+
+    sock: socket.socket
+    _stop: threading.Event
+    _thread: threading.Thread
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(2.0)
+        self.sock.close()
+
+    def __enter__(self: T) -> T:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class ScriptedUDPServer(_UDPServerThread):
     """A UDP server whose every reply follows a script.
 
     delay_s     every reply leaves this long after its request arrived
@@ -123,19 +143,9 @@ class ScriptedUDPServer:
         except OSError:
             pass
 
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(2.0)
-        self.sock.close()
-
-    def __enter__(self) -> "ScriptedUDPServer":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
-class WindowProbeUDPServer:
+class WindowProbeUDPServer(_UDPServerThread):
     """Answers a source address when `depth` of its requests are outstanding,
     all of them at once, or when its oldest has waited `hold_s` (the end of a
     run leaves windows part full).  A client keeping a window of `depth` per
@@ -187,16 +197,6 @@ class WindowProbeUDPServer:
         self.waiting[addr].clear()
         del self.oldest[addr]
 
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(2.0)
-        self.sock.close()
-
-    def __enter__(self) -> "WindowProbeUDPServer":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 class ScriptedTCPServer:
