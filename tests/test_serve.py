@@ -286,6 +286,13 @@ def test_bad_configuration_is_one_line_and_exit_2(args, message):
     assert len(lines) == 1 and message in lines[0] and lines[0].startswith("beastnet serve: error:")
 
 
+def test_a_failed_start_gives_back_its_log_file_regression(tmp_path):
+    """Serve closes its log file when start-up fails; the leak check then
+    blamed whichever test ran next."""
+    with pytest.raises(AssertionError, match="serve exited 2"):
+        Serve(tmp_path, "--batch", "0")
+
+
 def test_corrupt_keystore_is_reported(tmp_path):
     db = tmp_path / "corrupt.db"
     db.write_bytes(b"this is not sqlite" * 300)
