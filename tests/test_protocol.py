@@ -129,6 +129,7 @@ def test_parse_request_type_errors():
         parse_request(None)         # type: ignore[arg-type]
 
 
+@pytest.mark.timeout(900)          # the thorough profile asks for 50,000 examples
 @DIFFERENTIAL
 @given(GRAMMARISH | st.binary(max_size=200))
 @example(b"@" + b"x" * 16 + b" " + b"k" * 64 + b" " + b"a" * 64 + b"\r\n")
