@@ -41,13 +41,13 @@ def cython_command() -> list[str]:
     raise AssertionError("unreachable")
 
 
-def annotate(out_dir: Path) -> Path:
-    """Annotate _core.pyx with the directives of a release build; one HTML
-    page per included .pxi lands in out_dir."""
+def annotate(out_dir: Path, pyx: str = "_core.pyx") -> Path:
+    """Annotate `pyx` (relative to src/beastnet) with the directives of a
+    release build; one HTML page per included .pxi lands in out_dir."""
     subprocess.run(
         cython_command() + ["-3", "-a", "-X", "boundscheck=False", "-X", "wraparound=False",
                             "-X", "cdivision=True", "-I", str(SRC.parent), "-I", str(SRC / "includes"),
-                            str(SRC / "_core.pyx"), "-o", str(out_dir / "_core.c")],
+                            str(SRC / pyx), "-o", str(out_dir / (Path(pyx).stem + ".c"))],
         check=True, capture_output=True, timeout=300)
     return out_dir
 
@@ -91,12 +91,12 @@ def nogil_functions(source: str) -> list[str]:
 
 
 def yellow_lines(out_dir: Path, pxi: str, functions: list[str]) -> list[str]:
-    """Lines of `functions` in `pxi` with a non-zero score.  Fails when a
+    """Lines of `functions` in `pxi` (relative to src/beastnet) with a non-zero score.  Fails when a
     function is missing from the source or from the annotation, or when the
     annotation's text is not the source's."""
     source = (SRC / pxi).read_text()
     src_lines = source.splitlines()
-    page = annotated_lines((out_dir / pxi.replace(".pxi", ".html")).read_text())
+    page = annotated_lines((out_dir / (Path(pxi).stem + ".html")).read_text())
     assert page, f"no annotated lines read from {pxi}'s page"
     spans = function_spans(source)
     yellow = []
