@@ -151,9 +151,10 @@ class WindowProbeUDPServer(_UDPServerThread):
     run leaves windows part full).  A client keeping a window of `depth` per
     socket runs at full speed; one keeping less crawls at one batch per
     `hold_s`.  `most_outstanding` records, per source address, the most
-    requests it ever had waiting, and `batches` the full batches answered."""
+    requests it ever had waiting, `batches` the full batches answered and
+    `held` the part-full ones the timer released."""
 
-    def __init__(self, depth: int, hold_s: float = 0.2) -> None:
+    def __init__(self, depth: int, hold_s: float = 1.0) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 << 20)
@@ -166,6 +167,7 @@ class WindowProbeUDPServer(_UDPServerThread):
         self.oldest: dict = {}
         self.most_outstanding: collections.Counter = collections.Counter()
         self.batches: collections.Counter = collections.Counter()
+        self.held: collections.Counter = collections.Counter()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -190,6 +192,7 @@ class WindowProbeUDPServer(_UDPServerThread):
             for addr, since in list(self.oldest.items()):
                 if now - since >= self.hold_s:
                     self._answer(addr)
+                    self.held[addr] += 1
 
     def _answer(self, addr: tuple) -> None:
         for reply in self.waiting[addr]:

@@ -4,8 +4,8 @@ not share a GIL with the test measuring how much the GIL is free.
     python _window_probe.py DEPTH
 
 Prints the port, serves until stdin closes, then prints a JSON summary:
-the most requests any source address had waiting, and the fewest and most
-full batches an address was answered.
+the most requests any source address had waiting, the fewest full batches
+an address was answered, and the most part-full ones the hold timer released.
 """
 from __future__ import annotations
 
@@ -21,4 +21,5 @@ if __name__ == "__main__":
         sys.stdin.read()
     print(orjson.dumps({"addresses": len(server.most_outstanding),
                         "most_outstanding": sorted(set(server.most_outstanding.values())),
-                        "fewest_batches": min(server.batches.values(), default=0)}).decode())
+                        "fewest_batches": min(server.batches.values(), default=0),
+                        "most_held": max(server.held.values(), default=0)}).decode())

@@ -402,9 +402,9 @@ def runnable_share(stop: threading.Event, out: list) -> None:
 
 def test_one_thread_keeps_a_32_deep_window_on_each_socket_without_the_gil():
     """The server (its own process) answers a socket once 32 of its requests
-    are waiting (or, at the end of the run, after 200 ms), so the run goes at
-    full speed only if one native thread keeps all 64 windows full; it must
-    never see a 33rd.  A Python loop meanwhile must be runnable (on a CPU or
+    are waiting (or, at the end of the run, after a 1 s hold), so the run goes
+    on only if one native thread keeps all 64 windows full; it must never see
+    a 33rd.  A Python loop meanwhile must be runnable (on a CPU or
     queued for one, not blocked on the GIL) at least half as much of the time
     as the same loop just before, alone; a 99 % GIL hold would leave it 1 %.
     Runnable time is what the scheduler reports, so a busy machine does not
@@ -437,8 +437,8 @@ def test_one_thread_keeps_a_32_deep_window_on_each_socket_without_the_gil():
     seen = orjson.loads(out)
     assert r.lost == 0 and r.received > 0
     assert seen["addresses"] == 64 and seen["most_outstanding"] == [32], seen
-    # every window went round many times at full depth: the 200 ms holds
-    # alone would allow 6 rounds in the 1.3 s run
-    assert seen["fewest_batches"] >= 20, seen
+    # every window went round at full depth, and only the end of the run left
+    # one part full: a window that sagged mid-run would wait out the 1 s hold
+    assert seen["fewest_batches"] >= 1 and seen["most_held"] <= 1, seen
     baseline, during = shares
     assert during >= 0.5 * baseline, shares
