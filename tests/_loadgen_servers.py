@@ -13,10 +13,11 @@ import socket
 import struct
 import threading
 import time
-from typing import Callable, Optional
+from typing import Callable, Optional, TypeVar
 
 BODY = b'{"v":1}'
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
+T = TypeVar("T", bound="_UDPServerThread")
 SPIN_S = 0.0002                 # the last 200 µs of a delay are spun, not slept
 
 
@@ -29,7 +30,26 @@ def tag_of(data: bytes) -> bytes:
     return b""
 
 
-class ScriptedUDPServer:
+class _UDPServerThread:
+    """A socket served by one thread until `close()`; a context manager."""
+
+    sock: socket.socket
+    _stop: threading.Event
+    _thread: threading.Thread
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(2.0)
+        self.sock.close()
+
+    def __enter__(self: T) -> T:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class ScriptedUDPServer(_UDPServerThread):
     """A UDP server whose every reply follows a script.
 
     delay_s     every reply leaves this long after its request arrived
@@ -123,16 +143,63 @@ class ScriptedUDPServer:
         except OSError:
             pass
 
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(2.0)
-        self.sock.close()
 
-    def __enter__(self) -> "ScriptedUDPServer":
-        return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+class WindowProbeUDPServer(_UDPServerThread):
+    """Answers a source address when `depth` of its requests are outstanding,
+    all of them at once, or when its oldest has waited `hold_s` (the end of a
+    run leaves windows part full).  A client keeping a window of `depth` per
+    socket runs at full speed; one keeping less crawls at one batch per
+    `hold_s`.  `most_outstanding` records, per source address, the most
+    requests it ever had waiting, `batches` the full batches answered and
+    `held` the part-full ones the timer released."""
+
+    def __init__(self, depth: int, hold_s: float = 1.0) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 << 20)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.setblocking(False)
+        self.port = self.sock.getsockname()[1]
+        self.depth = depth
+        self.hold_s = hold_s
+        self.waiting: dict = collections.defaultdict(list)
+        self.oldest: dict = {}
+        self.most_outstanding: collections.Counter = collections.Counter()
+        self.batches: collections.Counter = collections.Counter()
+        self.held: collections.Counter = collections.Counter()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            readable, _, _ = select.select([self.sock], [], [], 0.02)
+            now = time.monotonic()
+            while readable:
+                try:
+                    data, addr = self.sock.recvfrom(65536)
+                except BlockingIOError:
+                    break
+                waiting = self.waiting[addr]
+                if not waiting:
+                    self.oldest[addr] = now
+                waiting.append(tag_of(data) + BODY)
+                self.most_outstanding[addr] = max(self.most_outstanding[addr], len(waiting))
+                if len(waiting) == self.depth:
+                    self._answer(addr)
+                    self.batches[addr] += 1
+            for addr, since in list(self.oldest.items()):
+                if now - since >= self.hold_s:
+                    self._answer(addr)
+                    self.held[addr] += 1
+
+    def _answer(self, addr: tuple) -> None:
+        for reply in self.waiting[addr]:
+            self.sock.sendto(reply, addr)
+        self.waiting[addr].clear()
+        del self.oldest[addr]
+
 
 
 class ScriptedTCPServer:

@@ -1,7 +1,10 @@
 """Shared fixtures: hypothesis profiles, live servers on loopback, a UDP client,
 and a leak check run around every test (fds and threads back to where they were).
 
-Hypothesis profile: BEASTNET_HYPOTHESIS_PROFILE=ci (default) | dev | thorough.
+Hypothesis profile: BEASTNET_HYPOTHESIS_PROFILE=ci (default) | dev | thorough,
+registered and loaded here once for the whole session; test modules never
+register their own.  Differential tests (a C parser against its Python
+reference, no sockets) use `DIFFERENTIAL`, which asks for thousands of examples.
 """
 from __future__ import annotations
 
@@ -11,7 +14,6 @@ import os
 # pool; the leak checks count native threads, so keep BLAS single-threaded.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-import os
 import socket
 import threading
 import time
@@ -32,6 +34,9 @@ settings.register_profile("dev", max_examples=150, deadline=None,
 settings.register_profile("thorough", max_examples=2000, deadline=None,
                           suppress_health_check=_SLOW_OK)
 settings.load_profile(os.environ.get("BEASTNET_HYPOTHESIS_PROFILE", "ci"))
+
+# Cheap and pure: 5000 examples take a few seconds, so CI runs them too.
+DIFFERENTIAL = settings(max_examples=max(5000, 25 * settings.default.max_examples))
 
 
 def ipv6_loopback_available() -> bool:
@@ -66,36 +71,58 @@ def _warm_process():
                 assert c.request(b"cold") == b'{"error":"not_found"}'
 
 
+def _snapshot() -> tuple:
+    return open_fds(), threading.active_count(), thread_names(), native_thread_count()
+
+
+def _assert_given_back(before: tuple, what: str) -> None:
+    """fds, Python threads and native threads are back to `before`; a short
+    grace period lets a joined thread leave /proc."""
+    fds_before, threads_before, names_before, native_before = before
+    deadline = time.monotonic() + 2.0
+    while True:
+        fds_after = open_fds()
+        ok = (fds_after.keys() == fds_before.keys()
+              and threading.active_count() == threads_before
+              and native_thread_count() <= native_before)
+        if ok or time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
+    extra = {fd: target for fd, target in fds_after.items() if fd not in fds_before}
+    gone = {fd: target for fd, target in fds_before.items() if fd not in fds_after}
+    assert not extra and not gone, f"{what}: fds leaked {extra} / closed {gone}"
+    assert threading.active_count() == threads_before, (
+        f"{what}: Python threads before {names_before}, after {thread_names()}")
+    # <=: a thread joined by Python may still be leaving the kernel when the
+    # baseline is taken, so the count can drop; it must never grow.
+    assert native_thread_count() <= native_before, f"{what}: native threads left running"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def module_leak_check(request):
+    """The same check around a whole module: module-scoped servers start
+    before any test's snapshot and stop after the last, so only this sees
+    whether their teardown gives everything back.  Autouse, it is set up
+    before the module's own fixtures and torn down after them."""
+    if request.node.get_closest_marker("no_leak_check"):
+        yield
+        return
+    before = _snapshot()
+    yield
+    _assert_given_back(before, f"module {request.module.__name__}")
+
+
 @pytest.fixture(autouse=True)
 def leak_check(request):
     """Every test must give back the fds and threads (Python and native) it
     opened.  Teardown of other fixtures runs first (this one is set up first);
     stragglers get a short grace period, as a joined thread may take a moment
     to leave /proc."""
-    fds_before = open_fds()
-    threads_before = threading.active_count()
-    names_before = thread_names()
-    native_before = native_thread_count()
+    before = _snapshot()
     yield
     if request.node.get_closest_marker("no_leak_check"):
         return
-    deadline = time.monotonic() + 2.0
-    while True:
-        fds_after = open_fds()
-        ok = (fds_after.keys() == fds_before.keys()
-              and threading.active_count() == threads_before
-              and native_thread_count() == native_before)
-        if ok or time.monotonic() > deadline:
-            break
-        time.sleep(0.01)
-    extra = {fd: target for fd, target in fds_after.items() if fd not in fds_before}
-    gone = {fd: target for fd, target in fds_before.items() if fd not in fds_after}
-    assert not extra and not gone, f"fds leaked {extra} / closed {gone}"
-    assert threading.active_count() == threads_before, (
-        f"Python threads before {names_before}, after {thread_names()}")
-    # <=: a thread joined by Python may still be leaving the kernel when the
-    # baseline is taken, so the count can drop; it must never grow.
-    assert native_thread_count() <= native_before, "native threads left running"
+    _assert_given_back(before, request.node.nodeid)
 
 
 def pytest_configure(config):

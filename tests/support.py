@@ -252,3 +252,20 @@ def quiet_native_thread_count(timeout: float = 2.0) -> int:
     wait_for(lambda: native_thread_count() == threading.active_count(), timeout,
              message="exiting native threads to leave")
     return native_thread_count()
+
+
+# -- rate limits --------------------------------------------------------------------
+
+def gcra_bounds(qps: float, burst: int, stamps: list[tuple[float, float]]) -> tuple[float, float]:
+    """(least, most) requests one GCRA limit of `qps` and `burst` admits from
+    back-to-back requests whose (send, reply) times are `stamps`: burst +
+    qps x elapsed, +-1.  The server saw request i somewhere in stamps[i], so
+    the longest possible span gives the most and the shortest the least.  A
+    pause longer than the tolerance (burst - 1) / qps between two requests
+    wastes credit (the bucket was full); the least subtracts that, so a
+    stalled client or reader cannot fail the check."""
+    outer = stamps[-1][1] - stamps[0][0]
+    inner = max(0.0, stamps[-1][0] - stamps[0][1])
+    tolerance = (burst - 1) / qps
+    wasted = sum(max(0.0, b[1] - a[0] - tolerance) for a, b in zip(stamps, stamps[1:]))
+    return burst + qps * (inner - wasted) - 1, burst + qps * outer + 1

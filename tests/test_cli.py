@@ -22,8 +22,8 @@ import test_serve
 from conftest import needs_ipv6
 from test_serve import add_key
 
-SRC = str(Path(__file__).resolve().parent.parent / "src")
-ENV = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
+# Subprocesses run the package under test (installed or in place), no path games.
+ENV = dict(os.environ)
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -31,7 +31,7 @@ serve = test_serve.serve       # the fixture: `beastnet serve` processes, killed
 
 
 def beastnet(*args: str, timeout: float = 30) -> subprocess.CompletedProcess:
-    """Run the `beastnet` command to completion, with this tree's sources."""
+    """Run the `beastnet` command to completion, as the interpreter under test has it."""
     return subprocess.run([sys.executable, "-m", "beastnet", *args], capture_output=True,
                           text=True, env=ENV, timeout=timeout)
 
@@ -415,7 +415,7 @@ def test_the_service_uses_only_the_public_api():
     import beastnet.metrics
 
     allowed = {"beastnet", "beastnet.metrics"}
-    serve_dir = Path(SRC) / "beastnet" / "serve"
+    serve_dir = Path(__file__).resolve().parent.parent / "src" / "beastnet" / "serve"
     problems = []
     for path in sorted(serve_dir.glob("*.py")):
         tree = ast.parse(path.read_text())

@@ -20,6 +20,7 @@ import pytest
 from beastnet import Answer, HTTPServer, MissRequest, ResponseTable, UDPServer, _core
 from http_helpers import (BODIES, connect, exchange, get, open_fds, read_until_close,
                           split_responses)
+from support import wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -34,9 +35,16 @@ def table():
 @pytest.fixture
 def server(table):
     seen: list[MissRequest] = []
+    release = threading.Event()
 
     async def handler(request: MissRequest):
         seen.append(request)
+        if request.key == "HOLD":           # answers once the test sets srv.release
+            for _ in range(2000):
+                if release.is_set():
+                    break
+                await asyncio.sleep(0.005)
+            return {"held": True}
         if request.key == "SLOW":
             await asyncio.sleep(0.5)
             return {"slow": True}
@@ -54,7 +62,9 @@ def server(table):
 
     with HTTPServer(table, threads=2, handler=handler, grace_s=1.0) as srv:
         srv.seen = seen
+        srv.release = release
         yield srv
+        release.set()
 
 
 _clients: list[http.client.HTTPConnection] = []
@@ -148,15 +158,23 @@ def test_pipelined_behind_a_slow_miss_stays_in_order(server):
 
 
 def test_slow_miss_does_not_block_other_connections(server):
-    with connect(server) as slow:
-        slow.sendall(get("SLOW"))
-        time.sleep(0.05)
-        t0 = time.monotonic()
+    """Ten hits on another connection are answered while a miss is still
+    held by its handler: the order of events, not a stopwatch, shows it."""
+    with connect(server) as held:
+        held.sendall(get("HOLD"))
+        wait_for(lambda: any(r.key == "HOLD" for r in server.seen))
         responses = exchange(server, get("BTC") * 10, 10)
-        assert len(responses) == 10 and time.monotonic() - t0 < 0.4
-        data, _ = b"", None
-        while b'{"slow":true}' not in data:
-            data += slow.recv(4096)
+        assert [r.body for r in responses] == [BODIES["BTC"]] * 10
+        held.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            held.recv(4096)                 # the held miss is still unanswered
+        server.release.set()
+        held.setblocking(True)
+        data = b""
+        while b'{"held":true}' not in data:
+            chunk = held.recv(4096)
+            assert chunk
+            data += chunk
 
 
 def test_http10_and_connection_close(server):
@@ -402,7 +420,6 @@ def test_max_connections_answers_503_and_counts(table):
 def test_header_timeout_closes_slowloris(table):
     with HTTPServer(table, threads=1, header_timeout_s=0.3) as srv:
         with connect(srv) as silent, connect(srv) as drip:
-            t0 = time.monotonic()
             for ch in b"GET /v1/BTC HTTP/1.1\r\nHost: x\r\n":
                 try:
                     drip.send(bytes([ch]))
@@ -411,7 +428,6 @@ def test_header_timeout_closes_slowloris(table):
                 time.sleep(0.02)
             assert read_until_close(silent, 3)[1] in ("eof", "reset")
             assert read_until_close(drip, 3)[1] in ("eof", "reset")
-            assert time.monotonic() - t0 < 2.5
         totals = srv.stats()["totals"]
         assert totals["header_timeouts"] == 2 and totals["timeouts"] == 2
 
@@ -479,9 +495,7 @@ def test_stop_drains_within_grace(table):
     busy = connect(srv)
     busy.sendall(get("MISS"))
     time.sleep(0.1)
-    t0 = time.monotonic()
-    srv.stop()
-    assert time.monotonic() - t0 < 2.0
+    srv.stop()                              # drained: the answer below, not a stopwatch
     data, how = read_until_close(busy, 2)
     assert how == "eof" and data.endswith(b'{"drained":true}') and b"Connection: close" in data
     assert read_until_close(idle, 2)[1] == "eof"
@@ -496,9 +510,7 @@ def test_stop_with_zero_grace_closes_everything(table):
     socks = [connect(srv) for _ in range(10)]
     socks[0].sendall(get("MISS"))
     time.sleep(0.1)
-    t0 = time.monotonic()
     srv.stop(grace_s=0)
-    assert time.monotonic() - t0 < 2.0
     for s in socks:
         assert read_until_close(s, 2)[1] in ("eof", "reset")
         s.close()
@@ -566,20 +578,21 @@ with HTTPServer(table, threads=1) as srv:
     resource.setrlimit(resource.RLIMIT_NOFILE, (nfds + 4, nfds + 4))
     print(srv.address[1], flush=True)
     sys.stdin.readline()                      # the test opens connections meanwhile
-    cpu0 = time.process_time()
+    tries0, t0 = srv.stats()["totals"]["accept_emfile"], time.monotonic()
     time.sleep(1.0)                           # out of fds: must not spin
-    cpu = time.process_time() - cpu0
+    tries = srv.stats()["totals"]["accept_emfile"] - tries0
+    window_s = time.monotonic() - t0
     sys.stdin.readline()
-    print(json.dumps({"cpu_s": cpu, **srv.stats()["totals"]}), flush=True)
+    print(json.dumps({"emfile_tries": tries, "window_s": window_s, **srv.stats()["totals"]}),
+          flush=True)
 """
 
 
 def test_emfile_on_accept_is_counted_without_spinning(tmp_path):
     import os
     import sys
-    env = dict(os.environ, PYTHONPATH=str(__import__("pathlib").Path(__file__).parent.parent / "src"))
     proc = subprocess.Popen([sys.executable, "-c", EMFILE_SERVER], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True, env=env)
+                            stdout=subprocess.PIPE, text=True)
     try:
         port = int(proc.stdout.readline())
         socks = []
@@ -608,7 +621,9 @@ def test_emfile_on_accept_is_counted_without_spinning(tmp_path):
         proc.wait(10)
         proc.stdout.close()
     assert totals["accept_emfile"] >= 1
-    assert totals["cpu_s"] < 0.5                 # paused, not spinning on a readable listener
+    # paused 100 ms after each EMFILE, not spinning on a readable listener:
+    # at most one retry per pause in the window (a spin retries thousands)
+    assert totals["emfile_tries"] <= totals["window_s"] / 0.1 + 1, totals
     assert served >= 1
 
 

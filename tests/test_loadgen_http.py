@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import resource
+import select
 import socket
 import subprocess
 import sys
@@ -124,6 +125,56 @@ def test_pipelining_keeps_order(http11):
     assert r.status_codes[404] == r.error_replies
 
 
+def answer_each_after(conn: socket.socket, delay_s: float, log: list) -> None:
+    """Answer every pipelined request exactly `delay_s` after it was read, in
+    order, with a body naming it (its path and its number on the connection);
+    reading goes on meanwhile, so several answers are pending at once."""
+    conn.setblocking(False)
+    buf = b""
+    due: list = []                          # (when, response), in request order
+    n = 0
+    while True:
+        timeout = max(0.0, due[0][0] - time.monotonic()) if due else 1.0
+        readable, _, _ = select.select([conn], [], [], timeout)
+        if readable:
+            try:
+                data = conn.recv(65536)
+            except OSError:
+                return
+            if not data:
+                return
+            now = time.monotonic()
+            buf += data
+            while b"\r\n\r\n" in buf:
+                head, buf = buf.split(b"\r\n\r\n", 1)
+                path = head.split(b" ")[1]
+                body = b'{"path":"%s","n":%d}' % (path, n)
+                log.append(body)
+                n += 1
+                due.append((now + delay_s, b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s"
+                            % (len(body), body)))
+        while due and due[0][0] <= time.monotonic():
+            try:
+                conn.sendall(due.pop(0)[1])
+            except OSError:
+                return
+
+
+def test_pipelined_answers_are_matched_to_their_own_requests():
+    """Each answer leaves 20 ms after its own request was read, so no request
+    can have waited less than 20 ms for its own answer.  With 8 in flight the
+    answers come about 2.5 ms apart, so matching an answer to any other
+    request of the pipeline (a reordered FIFO) records a shorter latency."""
+    log: list = []
+    with ScriptedTCPServer(lambda conn: answer_each_after(conn, 0.020, log)) as server:
+        r = run_http_load(cfg(server.port, keys=["BTC", "ETH"], pipeline=8, connections=2,
+                              duration_s=1.0, warmup_s=0.1, timeout_ms=2000))
+    assert_settled(r)
+    assert r.failed == 0 and r.lost == 0 and r.received >= 100
+    assert len(log) >= r.sent >= r.received
+    assert r.histogram.min_ns >= 20e6, r.latency_ns
+
+
 def test_new_connection_per_request_exposes_connect_cost(http11):
     r = run_http_load(cfg(http11, conn_mode="close", duration_s=1.0))
     assert_settled(r)
@@ -210,12 +261,9 @@ def test_silent_server_times_out_and_the_run_ends():
         for _ in read_requests(conn):
             pass
     with ScriptedTCPServer(handle) as server:
-        t0 = time.monotonic()
         r = run_http_load(cfg(server.port, duration_s=0.5, warmup_s=0, timeout_ms=100))
-        elapsed = time.monotonic() - t0
-    assert_settled(r)
+    assert_settled(r)                       # the run ended: every request timed out
     assert r.received == 0 and r.lost == r.sent > 0
-    assert elapsed < 3.0
 
 
 def test_connection_refused_is_counted_not_a_crash():
@@ -223,9 +271,7 @@ def test_connection_refused_is_counted_not_a_crash():
     probe.bind(("127.0.0.1", 0))
     port = probe.getsockname()[1]
     probe.close()
-    t0 = time.monotonic()
     r = run_http_load(cfg(port, duration_s=0.5, warmup_s=0))
-    assert time.monotonic() - t0 < 3.0
     assert r.sent == 0 and r.received == 0
     assert r.errors_by_kind.get("connect_refused", 0) > 0
     assert r.success_rate == 0.0

@@ -15,7 +15,6 @@ import textwrap
 import pytest
 
 LIMIT_BYTES = 50 * 1024 * 1024
-SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
 
 SCRIPT = textwrap.dedent("""
     import json, socket, sys
@@ -58,9 +57,8 @@ SCRIPT = textwrap.dedent("""
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("mode", ["native", "handler"])
 def test_server_with_10k_keys_under_50mb(mode):
-    env = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.run([sys.executable, "-c", SCRIPT, mode], capture_output=True, text=True,
-                          env=env, timeout=50)
+                          timeout=50)
     assert proc.returncode == 0, proc.stderr
     r = json.loads(proc.stdout.strip().splitlines()[-1])
     assert r["hits"] == 10_000

@@ -5,13 +5,15 @@ against the pure-Python reference in support.py, and against a live server on
 IPv4 and IPv6 loopback, checking the exact reply bytes."""
 from __future__ import annotations
 
+import os
+
 import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
 from beastnet import ResponseTable
 from beastnet._core import parse_request
-from conftest import needs_ipv6
+from conftest import DIFFERENTIAL, needs_ipv6
 from support import BAD_REQUEST, GRAMMARISH, NOT_FOUND, reference_parse
 
 pytestmark = pytest.mark.timeout(30)
@@ -127,6 +129,8 @@ def test_parse_request_type_errors():
         parse_request(None)         # type: ignore[arg-type]
 
 
+@pytest.mark.timeout(900)          # the thorough profile asks for 50,000 examples
+@DIFFERENTIAL
 @given(GRAMMARISH | st.binary(max_size=200))
 @example(b"@" + b"x" * 16 + b" " + b"k" * 64 + b" " + b"a" * 64 + b"\r\n")
 @example(b"@\n")
@@ -210,3 +214,12 @@ def test_hit_reply_is_body_bytes_exactly(make_server, make_client):
     assert c.request(b"@x bin") == b"@x " + body
     assert c.request(b"@x empty") == b"@x "
     assert c.request(b"empty") == b""
+
+
+def test_the_session_keeps_conftests_hypothesis_profile():
+    """Every test module is imported by now: none may have loaded a profile
+    of its own over the one conftest.py chose."""
+    from hypothesis import settings
+    name = os.environ.get("BEASTNET_HYPOTHESIS_PROFILE", "ci")
+    assert settings._current_profile == name
+    assert settings.default.max_examples == settings.get_profile(name).max_examples

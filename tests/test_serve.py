@@ -17,7 +17,7 @@ from typing import Optional
 import orjson
 import pytest
 
-SRC = str(Path(__file__).resolve().parent.parent / "src")
+from support import gcra_bounds
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -32,12 +32,19 @@ class Serve:
             path = tmp_path / "beastnet.toml"
             path.write_text(config)
             argv += ["--config", str(path)]
-        env = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
         self.log_path = tmp_path / f"serve-{time.monotonic_ns()}.log"
         self.log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, env=env,
-                                     start_new_session=True)
-        self.ready = self._wait_ready()
+        try:
+            # the interpreter under test and whatever beastnet it imports:
+            # an installed wheel or the in-place build alike
+            self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
+            self.ready = self._wait_ready()
+        except BaseException:
+            # the caller never gets this object to stop: give back the log
+            # file and the process here
+            self.kill()
+            raise
         self.udp = ("127.0.0.1", self.ready["udp_port"])
         self.http_port = self.ready["http_port"]
 
@@ -57,6 +64,10 @@ class Serve:
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def log_entries(self) -> list[dict]:
+        return [orjson.loads(line) for line in self.log_path.read_bytes().splitlines()
+                if line.startswith(b"{")]
 
     def udp_ask(self, payload: bytes, sock: Optional[socket.socket] = None) -> bytes:
         own = sock is None
@@ -86,7 +97,7 @@ class Serve:
             self.log.close()
 
     def kill(self) -> None:
-        if self.proc.poll() is None:
+        if getattr(self, "proc", None) is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
         self.log.close()
@@ -134,7 +145,7 @@ def test_serves_prices_over_udp_and_http_without_keys(serve):
     assert headers["Content-Type"] == "application/json"
     assert server.http("GET", "/v1/NOPE")[0] == 404
     assert server.terminate() == 0
-    assert '"stopped cleanly"' in server.output() or "stopped cleanly" in server.output()
+    assert any(entry.get("msg") == "stopped cleanly" for entry in server.log_entries())
 
 
 def test_keys_and_limits_enforced_on_both_protocols(serve, tmp_path):
@@ -149,19 +160,29 @@ def test_keys_and_limits_enforced_on_both_protocols(serve, tmp_path):
     assert server.http("GET", "/v1/BTC", {"X-API-Key": "partner-key"})[0] == 200
     assert server.http("GET", "/v1/BTC?api_key=partner-key")[0] == 200
 
-    # a public key at 100 QPS over 2 s gets ~200 answers (+ the burst), the rest rate limited
+    # One GCRA bucket per key, shared by UDP and HTTP: alternate the two as
+    # fast as they answer for 1 s.  Together they get burst + qps x elapsed
+    # (+-1); a bucket per protocol would admit about twice that.
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    served = limited = 0
-    deadline = time.monotonic() + 2.0
+    stamps, served, limited_http = [], {"udp": 0, "http": 0}, []
+    deadline = time.monotonic() + 1.0
     while time.monotonic() < deadline:
-        reply = server.udp_ask(b"BTC pub-key", sock)
-        served += b'"asset"' in reply
-        limited += reply.startswith(b'{"error":"rate_limited"')
+        sent = time.monotonic()
+        if len(stamps) % 2:
+            reply = server.udp_ask(b"BTC pub-key", sock)
+            served["udp"] += b'"asset"' in reply
+            assert b'"asset"' in reply or reply.startswith(b'{"error":"rate_limited"'), reply
+        else:
+            answer = server.http("GET", "/v1/BTC", {"X-API-Key": "pub-key"})
+            served["http"] += answer[0] == 200
+            assert answer[0] in (200, 429), answer
+            if answer[0] == 429:
+                limited_http.append(answer)
+        stamps.append((sent, time.monotonic()))
     sock.close()
-    assert 180 <= served <= 220 + 10 and limited > served
-    # HTTP shares the same limit: right after the burst it answers 429 with Retry-After
-    statuses = [server.http("GET", "/v1/BTC", {"X-API-Key": "pub-key"}) for _ in range(30)]
-    limited_http = [s for s in statuses if s[0] == 429]
+    least, most = gcra_bounds(100, 10, stamps)
+    assert served["udp"] > 0 and served["http"] > 0, served
+    assert least <= served["udp"] + served["http"] <= most, (least, served, most)
     assert limited_http and limited_http[0][1]["Retry-After"] == "1"
     assert orjson.loads(limited_http[0][2]) == {"error": "rate_limited"}
     # a partner key is never limited
@@ -260,21 +281,26 @@ def test_admin_token_is_enforced(serve):
     (["--replay", "/nonexistent.jsonl"], "is not a file"),
 ])
 def test_bad_configuration_is_one_line_and_exit_2(args, message):
-    env = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.run([sys.executable, "-m", "beastnet", "serve", *args], capture_output=True,
-                          text=True, env=env, timeout=30)
+                          text=True, timeout=30)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0] and lines[0].startswith("beastnet serve: error:")
 
 
+def test_a_failed_start_gives_back_its_log_file_regression(tmp_path):
+    """Serve closes its log file when start-up fails; the leak check then
+    blamed whichever test ran next."""
+    with pytest.raises(AssertionError, match="serve exited 2"):
+        Serve(tmp_path, "--batch", "0")
+
+
 def test_corrupt_keystore_is_reported(tmp_path):
     db = tmp_path / "corrupt.db"
     db.write_bytes(b"this is not sqlite" * 300)
-    env = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.run([sys.executable, "-m", "beastnet", "serve", "--profile", "dev",
                            "--udp-port", "0", "--http-port", "0", "--keystore", str(db)],
-                          capture_output=True, text=True, env=env, timeout=30)
+                          capture_output=True, text=True, timeout=30)
     assert proc.returncode == 1
     assert "corrupt.db" in proc.stderr and "not a database" in proc.stderr
 
@@ -301,16 +327,15 @@ def test_stats_command_reads_a_running_server(serve):
     server = serve("--no-keys")
     for _ in range(10):
         server.udp_ask(b"BTC")
-    env = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
     url = f"http://127.0.0.1:{server.http_port}"
     table = subprocess.run([sys.executable, "-m", "beastnet", "stats", "--url", url],
-                           capture_output=True, text=True, env=env, timeout=30)
+                           capture_output=True, text=True, timeout=30)
     assert table.returncode == 0, table.stderr
     assert "UDP" in table.stdout and "HTTP" in table.stdout and "feed sim-a" in table.stdout
     raw = subprocess.run([sys.executable, "-m", "beastnet", "stats", "--url", url, "--json"],
-                         capture_output=True, text=True, env=env, timeout=30)
+                         capture_output=True, text=True, timeout=30)
     assert orjson.loads(raw.stdout)["udp"]["totals"]["hits"] >= 10
     assert server.terminate() == 0
     down = subprocess.run([sys.executable, "-m", "beastnet", "stats", "--url", url],
-                          capture_output=True, text=True, env=env, timeout=30)
+                          capture_output=True, text=True, timeout=30)
     assert down.returncode == 1 and down.stderr.startswith("beastnet stats: error:")

@@ -417,36 +417,6 @@ def test_stop_sends_going_away_to_open_streams(table):
     assert server.stats()["totals"]["ws_close_going_away"] == 1
 
 
-# -- conformance ------------------------------------------------------------------------------
-
-# kosoku drives the cases from its own native runtime, which keeps its epoll
-# instances for the life of the process: not ours to leak.
-@pytest.mark.no_leak_check
-def test_autobahn_testsuite_cases_on_the_echo_endpoint(table):
-    kosoku = pytest.importorskip("kosoku")
-    options = WebSocketOptions(echo_path="/echo", max_frame_bytes=16 << 20,
-                               max_message_bytes=16 << 20)
-    with HTTPServer(table, threads=2, websocket=options) as server:
-        try:
-            results = asyncio.run(kosoku.run_fuzzingclient(
-                url(server, "/echo"), exclude_cases=["12.*", "13.*"], concurrency=4))
-        except kosoku.FailureError as exc:
-            results = exc.results
-    by_section: dict[str, dict[str, int]] = {}
-    failed = []
-    for r in results:
-        section = r.case_id.split(".")[0]
-        name = str(r.behavior).split(".")[-1]
-        by_section.setdefault(section, {}).setdefault(name, 0)
-        by_section[section][name] += 1
-        if name not in ("OK", "NON_STRICT", "INFORMATIONAL"):
-            failed.append((r.case_id, name))
-    assert not failed, failed
-    # Sections 1-7, 9, 10 (12 and 13 are compression, which the feed does not negotiate).
-    assert set(by_section) == {"1", "2", "3", "4", "5", "6", "7", "9", "10"}
-    assert sum(sum(v.values()) for v in by_section.values()) >= 300
-
-
 def test_a_subscribe_storm_is_refused_and_the_worker_serves_on(feed):
     storm = orjson.dumps({"op": "subscribe", "symbols": [f"K{i}" for i in range(100_000)]})
     client = RawClient(feed)

@@ -14,7 +14,9 @@
 # - `admitted` only grows; the control plane turns deltas into usage rows.
 # - The monthly cap compares quota_base + admitted with the cap, where
 #   quota_base = (count already persisted this month) - (admitted when that
-#   was set), so persisted and in-memory counts add up without a lock.
+#   was set), so persisted and in-memory counts add up without a lock.  A
+#   capped key counts `admitted` with a CAS bounded by the cap, so readers
+#   racing for the last unit admit exactly the cap, never one more.
 
 cdef struct bn_apikey:
     uint64_t tat                        # GCRA theoretical arrival time, ns (CLOCK_MONOTONIC)
@@ -69,6 +71,10 @@ cdef inline bn_apikey* keyindex_lookup(bn_keyindex* idx, const char* key, size_t
         i = (i + 1) & idx.mask
 
 
+cdef inline bint apikey_over_cap(bn_apikey* rec, uint64_t cap, uint64_t admitted) noexcept nogil:
+    return bn_load_i64_relaxed(&rec.quota_base) + <int64_t>admitted >= <int64_t>cap
+
+
 cdef inline int apikey_admit(bn_keyindex** index_ref, const char* key, size_t n, uint64_t now_ns,
                              uint64_t* retry_after_ns) noexcept nogil:
     """ADMIT_OK, or why not.  On ADMIT_RATE_LIMITED, *retry_after_ns says when
@@ -79,13 +85,16 @@ cdef inline int apikey_admit(bn_keyindex** index_ref, const char* key, size_t n,
     cdef uint64_t tolerance
     cdef uint64_t tat
     cdef uint64_t start
+    cdef uint64_t used
     if n == 0:
         return ADMIT_UNAUTHORIZED
     rec = keyindex_lookup(<bn_keyindex*>bn_load_ptr(<void**>index_ref), key, n)
     if rec == NULL or bn_load_int(&rec.revoked):
         return ADMIT_UNAUTHORIZED
     cap = bn_load_u64_relaxed(&rec.monthly_cap)
-    if cap != 0 and bn_load_i64_relaxed(&rec.quota_base) + <int64_t>bn_load_u64_relaxed(&rec.admitted) >= <int64_t>cap:
+    # Cheap early refusal: a key at its cap must not spend rate-limit credit.
+    # The exact test is the CAS on `admitted` below.
+    if cap != 0 and apikey_over_cap(rec, cap, bn_load_u64_relaxed(&rec.admitted)):
         bn_add_relaxed(&rec.over_quota, 1)
         return ADMIT_OVER_QUOTA
     emission = bn_load_u64_relaxed(&rec.emission_ns)
@@ -100,8 +109,20 @@ cdef inline int apikey_admit(bn_keyindex** index_ref, const char* key, size_t n,
                 return ADMIT_RATE_LIMITED
             if bn_cas_u64_relaxed(&rec.tat, tat, start + emission):
                 break
-    bn_add_relaxed(&rec.admitted, 1)
-    return ADMIT_OK
+    if cap == 0:
+        bn_add_relaxed(&rec.admitted, 1)
+        return ADMIT_OK
+    # Check and count in one step: with a load then an add, two readers could
+    # both see cap - 1 and admit cap + 1 requests.  A request that passed the
+    # rate limit and loses the last unit here has spent one emission interval;
+    # the key is over its cap, so nothing else is waiting for that credit.
+    while True:
+        used = bn_load_u64_relaxed(&rec.admitted)
+        if apikey_over_cap(rec, cap, used):
+            bn_add_relaxed(&rec.over_quota, 1)
+            return ADMIT_OVER_QUOTA
+        if bn_cas_u64_relaxed(&rec.admitted, used, used + 1):
+            return ADMIT_OK
 
 
 cdef inline uint64_t monotonic_ns() noexcept nogil:
@@ -284,12 +305,104 @@ cdef class APIKeyTable:
         return out
 
     def admit(self, key, now_ns=None):
-        """Check one request as a native thread would: ("ok" | "unauthorized" |
-        "rate_limited" | "over_quota", retry_after_ns).  For tests and tools."""
+        """Check one request as a native thread would, on the same lock-free
+        path: ("ok" | "unauthorized" | "rate_limited" | "over_quota",
+        retry_after_ns).  For tests and tools."""
         cdef bytes raw = apikey_to_bytes(key) if key else b""
         cdef uint64_t retry = 0
         cdef uint64_t now = monotonic_ns() if now_ns is None else now_ns
         cdef int verdict = ADMIT_UNAUTHORIZED
-        with self._lock:
-            verdict = apikey_admit(&self.index, raw, len(raw), now, &retry)
+        cdef const char* p = raw
+        cdef size_t n = len(raw)
+        # The native readers' path exactly: no lock, the GIL released, so
+        # threads calling admit() race on the same CAS loops the readers do.
+        # QSBR-online keeps an index replaced by set() alive until we are done.
+        cdef int slot = qsbr_register()
+        try:
+            with nogil:
+                qsbr_online(&qsbr_slots[slot])
+                verdict = apikey_admit(&self.index, p, n, now, &retry)
+                qsbr_offline(&qsbr_slots[slot])
+        finally:
+            qsbr_unregister(slot)
         return (("ok", "unauthorized", "rate_limited", "over_quota")[verdict], retry)
+
+
+# -- a race harness for the tests of the CAS loops above ------------------------
+
+cdef struct bn_admit_race:
+    bn_keyindex** index_ref             # &keys.index
+    const char* key
+    size_t key_len                      # bytes
+    uint64_t now_ns                     # one instant for every attempt: no refill
+    uint64_t attempts                   # admits per thread
+    uint64_t threads                    # racing threads in all
+    uint64_t* ready                     # threads at the start line
+    int qsbr_slot
+    uint64_t verdicts[4]                # by ADMIT_* value
+
+
+cdef void* apikey_on_race_start(void* arg) noexcept nogil:
+    cdef bn_admit_race* r = <bn_admit_race*>arg
+    cdef uint64_t retry = 0
+    cdef uint64_t i
+    # A barrier: spin until every thread is running, so they reach the limit
+    # together instead of one after the other as they are scheduled.
+    bn_add_relaxed(r.ready, 1)
+    while bn_load_u64(r.ready) < r.threads:
+        pass
+    qsbr_online(&qsbr_slots[r.qsbr_slot])
+    for i in range(r.attempts):
+        r.verdicts[apikey_admit(r.index_ref, r.key, r.key_len, r.now_ns, &retry)] += 1
+    qsbr_offline(&qsbr_slots[r.qsbr_slot])
+    return NULL
+
+
+def admit_race(APIKeyTable keys not None, key, int threads, uint64_t attempts, uint64_t now_ns):
+    """`threads` native threads released together each admit `key` `attempts`
+    times at `now_ns`, on the readers' lock-free path; returns the summed
+    verdicts {"ok": n, ...}.  For the tests of the rate-limit and cap CAS loops."""
+    cdef bytes raw = apikey_to_bytes(key)
+    cdef uint64_t ready = 0
+    cdef int started = 0
+    cdef int created = 0
+    cdef int i
+    cdef int rc = 0
+    if not 1 <= threads <= 64:
+        raise ValueError("threads must be 1..64")
+    cdef bn_admit_race* races = <bn_admit_race*>calloc(threads, sizeof(bn_admit_race))
+    cdef pthread_t* tids = <pthread_t*>calloc(threads, sizeof(pthread_t))
+    if races == NULL or tids == NULL:
+        free(races)
+        free(tids)
+        raise MemoryError()
+    try:
+        for i in range(threads):
+            races[i].index_ref = &keys.index
+            races[i].key = raw
+            races[i].key_len = len(raw)
+            races[i].now_ns = now_ns
+            races[i].attempts = attempts
+            races[i].threads = <uint64_t>threads
+            races[i].ready = &ready
+            races[i].qsbr_slot = qsbr_register()
+            started += 1
+        with nogil:
+            for i in range(threads):
+                rc = pthread_create(&tids[i], NULL, apikey_on_race_start, &races[i])
+                if rc != 0:
+                    break
+                created += 1
+            if rc != 0:                     # release the created ones from the barrier
+                bn_add_relaxed(&ready, <uint64_t>(threads - created))
+            for i in range(created):
+                pthread_join(tids[i], NULL)
+        if rc != 0:
+            raise OSError(rc, f"pthread_create: {os.strerror(rc)}")
+        return {name: sum(races[i].verdicts[v] for i in range(threads))
+                for v, name in enumerate(("ok", "unauthorized", "rate_limited", "over_quota"))}
+    finally:
+        for i in range(started):
+            qsbr_unregister(races[i].qsbr_slot)
+        free(races)
+        free(tids)

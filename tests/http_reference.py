@@ -1,0 +1,191 @@
+"""A plain-Python model of what the HTTP engine owes a byte stream: the
+request-head grammar it accepts (RFC 9112 with the engine's limits) and, for a
+whole pipelined stream, the exact answer to each request.
+
+Written from the protocol rules, not from the C code, so the fuzz tests can
+compute the expected status per request instead of accepting a set.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+TCHAR = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]")
+KEY_RE = re.compile(rb"\A[A-Za-z0-9._:/-]{1,64}\Z")
+METHOD_MAX_BYTES = 15
+APIKEY_MAX_BYTES = 64
+ROUTE_PREFIXES = (b"/admin/",)
+ROUTES = (b"/metrics", b"/healthz")
+
+
+class Unmodelled(Exception):
+    """The stream reaches the control plane (a route): not modelled here."""
+
+
+@dataclass
+class Head:
+    status: int                 # 0 = well-formed, else 400 / 414
+    method: bytes = b""
+    target: bytes = b""
+    path: bytes = b""
+    api_key: Optional[bytes] = None
+    keepalive: bool = True
+    http10: bool = False
+    has_body: bool = False
+
+
+def _tokens(value: bytes) -> set[bytes]:
+    return {t.strip(b" \t").lower() for t in value.split(b",")}
+
+
+def parse_head(head: bytes, max_target: int) -> Head:
+    """One complete head (ending in CRLF CRLF), as the engine reads it."""
+    line_end = head.find(b"\r\n")
+    line = head[:line_end] if line_end >= 0 else head
+    m = re.match(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]*)", line)
+    method = m.group(1) if m else b""
+    if not method or len(method) > METHOD_MAX_BYTES or line[len(method):len(method) + 1] != b" ":
+        return Head(400)
+    rest = line[len(method) + 1:]
+    target = re.match(rb"[\x21-\x7e]*", rest).group(0)     # type: ignore[union-attr]
+    if len(target) > max_target:
+        return Head(414)
+    if not target.startswith(b"/") or rest[len(target):len(target) + 1] != b" ":
+        return Head(400)
+    version = rest[len(target) + 1:]
+    if version == b"HTTP/1.1":
+        http10 = False
+    elif version == b"HTTP/1.0":
+        http10 = True
+    else:
+        return Head(400)
+    fields = head[line_end + 2:-2]          # header lines, each ending in CRLF
+    host = 0
+    close = keep = False
+    content_length: Optional[int] = None
+    chunked = False
+    api_key: Optional[bytes] = None
+    for raw in fields.split(b"\r\n")[:-1] if fields else []:
+        name = re.match(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]*", raw).group(0)  # type: ignore[union-attr]
+        if not name or raw[len(name):len(name) + 1] != b":":
+            return Head(400)
+        value = raw[len(name) + 1:].lstrip(b" \t")
+        if re.search(rb"[\x00-\x08\x0a-\x1f\x7f]", value):
+            return Head(400)
+        value = value.rstrip(b" \t")
+        lname = name.lower()
+        if lname == b"host":
+            host += 1
+            if host > 1:
+                return Head(400)
+        elif lname == b"connection":
+            toks = _tokens(value)
+            close = close or b"close" in toks
+            keep = keep or b"keep-alive" in toks
+        elif lname == b"content-length":
+            if content_length is not None or not re.fullmatch(rb"[0-9]{1,15}", value):
+                return Head(400)
+            content_length = int(value)
+        elif lname == b"transfer-encoding":
+            chunked = True
+        elif lname == b"x-api-key":
+            if not 1 <= len(value) <= APIKEY_MAX_BYTES:
+                return Head(400)
+            api_key = value
+    if content_length is not None and chunked:
+        return Head(400)                    # request smuggling shape
+    if not http10 and not host:
+        return Head(400)
+    path = target.split(b"?", 1)[0]
+    if api_key is None and b"?" in target:
+        for param in target.split(b"?", 1)[1].split(b"&"):
+            if param.startswith(b"api_key=") and len(param) > 8:
+                api_key = param[8:]
+                if len(api_key) > APIKEY_MAX_BYTES:
+                    return Head(400)
+                break
+            if param.startswith(b"api_key="):
+                break
+    return Head(0, method, target, path, api_key,
+                keepalive=(keep and not close) if http10 else not close,
+                http10=http10, has_body=chunked or bool(content_length))
+
+
+NO_ANSWER = 0                   # the server may close without answering
+
+
+@dataclass
+class Answer:
+    statuses: frozenset          # the status owed; more than one only when read
+    head_only: bool              # boundaries decide between two refusals
+    closes: bool                 # the connection ends after this answer
+
+
+def _early_refusals(buf: bytes, limit_end: int, max_header: int, max_target: int) -> set[int]:
+    """Statuses an incomplete head buf[:k] (any k < limit_end) can draw when
+    a read ends at k: a head past max_header (431, or 414 while it has no
+    CRLF) or a request line past max_target + 32 bytes without its CRLF (414)."""
+    out = set()
+    crlf = buf.find(b"\r\n")
+    first_with_crlf = crlf + 2 if crlf >= 0 else len(buf) + 1   # shortest k holding a CRLF
+    if max_target + 33 < limit_end and first_with_crlf > max_target + 33:
+        out.add(414)
+    if max_header + 1 < limit_end:
+        if first_with_crlf > max_header + 1:
+            out.add(414)
+        if max(first_with_crlf, max_header + 1) < limit_end:
+            out.add(431)
+    return out
+
+
+def expected_answers(stream: bytes, lookup: Callable[[bytes], Optional[bytes]], *,
+                     prefix: bytes = b"/v1/", max_header: int = 8192,
+                     max_target: int = 2048) -> list[Answer]:
+    """The answers owed to `stream` sent on one connection that the client
+    then shuts for writing, for a server without API keys or a miss handler."""
+    out: list[Answer] = []
+    pos = 0
+    while pos < len(stream):
+        end = stream.find(b"\r\n\r\n", pos)
+        if end < 0:
+            # An incomplete head at EOF: refused if some read saw it past a
+            # limit; certain only when the whole rest is past one.
+            rest = stream[pos:]
+            possible = _early_refusals(rest, len(rest) + 1, max_header, max_target)
+            certain = len(rest) > max_header or (len(rest) > max_target + 32
+                                                  and b"\r\n" not in rest)
+            if possible:
+                out.append(Answer(frozenset(possible if certain else possible | {NO_ANSWER}),
+                                  False, True))
+            return out
+        head_len = end + 4 - pos
+        early = _early_refusals(stream[pos:], head_len, max_header, max_target)
+        if head_len > max_header:
+            out.append(Answer(frozenset(early | {431}), False, True))
+            return out
+        head = parse_head(stream[pos:pos + head_len], max_target)
+        if head.status:
+            out.append(Answer(frozenset(early | {head.status}), False, True))
+            return out
+        if early:                           # a refusal is possible only on some reads
+            raise Unmodelled("a well-formed head long enough to be refused early")
+        pos += head_len
+        head_only = head.method == b"HEAD"
+        closes = not head.keepalive
+        in_prefix = len(head.path) > len(prefix) and head.path.startswith(prefix)
+        if in_prefix and head.method not in (b"GET", b"HEAD"):
+            out.append(Answer(frozenset({405}), False, closes or head.has_body))
+        elif head.has_body:
+            out.append(Answer(frozenset({413}), head_only, True))
+        elif in_prefix:
+            key = head.path[len(prefix):]
+            status = 200 if KEY_RE.match(key) and lookup(key) is not None else 404
+            out.append(Answer(frozenset({status}), head_only, closes))
+        elif head.path.startswith(ROUTE_PREFIXES) or head.path in ROUTES:
+            raise Unmodelled("a control-plane route")
+        else:
+            out.append(Answer(frozenset({404}), head_only, closes))
+        if out[-1].closes:
+            return out
+    return out
