@@ -200,13 +200,17 @@ def counter_invariants(totals: dict) -> list[str]:
         if not ok:
             problems.append(what)
 
-    check(t["rx_packets"] == t["hits"] + t["misses"] + t["bad_requests"],
-          "rx_packets == hits + misses + bad_requests")
+    refused = t["unauthorized"] + t["rate_limited"] + t["over_quota"]      # API keys enforced
+    check(t["rx_packets"] == t["hits"] + t["misses"] + t["bad_requests"] + refused,
+          "rx_packets == hits + misses + bad_requests + key refusals")
     check(t["misses"] == t["not_found"] + t["queued"] + t["queue_drops"],
           "misses == not_found + queued + queue_drops")
-    native_replies = t["hits"] + t["not_found"] + t["queue_drops"] + t["bad_requests"]
-    check(t["tx_packets"] + t["send_errors"] == native_replies,
-          "tx_packets + send_errors == hits + not_found + queue_drops + bad_requests")
+    native_replies = t["hits"] + t["not_found"] + t["queue_drops"] + t["bad_requests"] + refused
+    # Replies withheld on purpose: silent refusals and response-rate limiting.
+    check(t["tx_packets"] + t["send_errors"] + t["unanswered"] + t["rrl_dropped"] == native_replies,
+          "tx_packets + send_errors + unanswered + rrl_dropped"
+          " == hits + not_found + queue_drops + bad_requests + key refusals")
+    check(t["too_large"] <= t["hits"] or "handler_calls" in t, "too_large <= hits")
     check(t["truncated"] + t["empty"] <= t["bad_requests"], "truncated + empty <= bad_requests")
     check(t["send_enobufs"] <= t["send_errors"], "send_enobufs <= send_errors")
     check(t["rx_batches"] <= t["rx_packets"], "rx_batches <= rx_packets")
