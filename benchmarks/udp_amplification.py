@@ -58,7 +58,8 @@ def measure() -> list[dict]:
         rows.append(row("not_found", open_cfg, b"N", ask(a, b"N")))
         rows.append(row("bad_request", open_cfg, b"\n", ask(a, b"\n")))
         rows.append(row("bad_request (empty datagram)", open_cfg, b"", ask(a, b"")))
-    with UDPServer(table, sockets=1, rrl_rate_per_s=1e-9, rrl_burst=1, rrl_slip=1) as srv:
+    with UDPServer(table, sockets=1, rrl_rate_per_s=1e-9, rrl_burst=1, rrl_slip=1,
+                   rrl_exempt_loopback=False) as srv:
         ask(srv.address, b"N")                          # spends the one-reply budget
         rows.append(row("slip (RRL-limited error)", open_cfg, b"@1 N", ask(srv.address, b"@1 N")))
     keys = APIKeyTable()

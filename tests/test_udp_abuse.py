@@ -120,7 +120,8 @@ def test_rrl_limits_error_replies_per_source_never_hits():
     test: of 20 more, every second one slips as the bare tag and the rest are
     withheld; hits in between are all answered; another /24 has its own budget."""
     table = ResponseTable({"k": b"hit"})
-    with UDPServer(table, sockets=1, rrl_rate_per_s=0.2, rrl_burst=4, rrl_slip=2) as srv, \
+    with UDPServer(table, sockets=1, rrl_rate_per_s=0.2, rrl_burst=4, rrl_slip=2,
+                   rrl_exempt_loopback=False) as srv, \
             UDPClient(srv.address) as c:
         for i in range(24):
             c.send(b"@e%d nope" % i)
@@ -147,7 +148,8 @@ def test_rrl_limits_error_replies_per_source_never_hits():
 
 def test_rrl_refills_at_its_rate():
     table = ResponseTable()
-    with UDPServer(table, sockets=1, rrl_rate_per_s=20, rrl_burst=1, rrl_slip=0) as srv, \
+    with UDPServer(table, sockets=1, rrl_rate_per_s=20, rrl_burst=1, rrl_slip=0,
+                   rrl_exempt_loopback=False) as srv, \
             UDPClient(srv.address) as c:
         assert c.request(b"@1 a") == b"@1 " + NOT_FOUND
         c.send(b"@2 a")
@@ -158,17 +160,24 @@ def test_rrl_refills_at_its_rate():
         assert (t["rrl_dropped"], t["rrl_slipped"]) == (1, 0)
 
 
-def test_rrl_is_on_by_default_and_can_be_turned_off():
-    with UDPServer(ResponseTable(), sockets=1, rrl_burst=3, rrl_slip=0) as srv, \
+def burst_of_errors(**kwargs) -> int:
+    """Replies to 10 error-drawing datagrams sent at once from loopback."""
+    with UDPServer(ResponseTable(), sockets=1, rrl_burst=3, rrl_slip=0, **kwargs) as srv, \
             UDPClient(srv.address) as c:
         for i in range(10):
             c.send(b"@%d a" % i)
-        assert len(collect(c, 10)) == 3
-    with UDPServer(ResponseTable(), sockets=1, rrl_rate_per_s=0, rrl_burst=3) as srv, \
-            UDPClient(srv.address) as c:
-        for i in range(10):
-            c.send(b"@%d a" % i)
-        assert len(collect(c, 10)) == 10
+        return len(collect(c, 10))
+
+
+def test_rrl_is_on_by_default_loopback_exempt_and_can_be_turned_off():
+    """On by default for every source but loopback, which cannot be forged
+    from off the host (the kernel drops such martians)."""
+    assert burst_of_errors(rrl_exempt_loopback=False) == 3
+    assert burst_of_errors() == 10
+    assert burst_of_errors(rrl_rate_per_s=0, rrl_exempt_loopback=False) == 10
+    abuse = UDPServer(ResponseTable()).stats()["abuse"]
+    assert (abuse["rrl_rate_per_s"], abuse["rrl_burst"], abuse["rrl_slip"]) == (200.0, 200, 2)
+    assert abuse["rrl_exempt_loopback"] is True and abuse["silent_refusals"] is False
 
 
 @pytest.mark.parametrize("kwargs", [{"rrl_rate_per_s": -1}, {"rrl_burst": 0}, {"rrl_slip": -1}])

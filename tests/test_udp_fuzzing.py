@@ -5,8 +5,8 @@ Every datagram must get exactly the reply the reference grammar predicts
 truncated datagram bad_request without a tag; with API keys enforced, no reply
 at all to unauthorized and malformed requests).  Afterwards good requests are
 still answered, and the server's counters equal what was sent, one by one.
-Response-rate limiting is off here (rrl_rate_per_s=0): it withholds error
-replies by time, which tests/test_udp_abuse.py covers.
+Response-rate limiting, which withholds error replies by time, exempts these
+loopback clients by default; tests/test_udp_abuse.py covers it.
 """
 from __future__ import annotations
 
@@ -101,8 +101,7 @@ def test_fuzz_one_datagram_at_a_time(host):
     if host == "::1" and not HAS_IPV6:
         pytest.skip("no IPv6 loopback")
     expect = Expect(MAX_DATAGRAM)
-    with UDPServer(ResponseTable(TABLE), host, sockets=2, max_datagram=MAX_DATAGRAM,
-                   rrl_rate_per_s=0) as srv, \
+    with UDPServer(ResponseTable(TABLE), host, sockets=2, max_datagram=MAX_DATAGRAM) as srv, \
             UDPClient(srv.address) as client:
 
         @given(DATAGRAMS)
@@ -145,8 +144,7 @@ def test_fuzz_bursts_of_datagrams():
     """Batches of up to 64 arbitrary datagrams in flight at once exercise
     recvmmsg/sendmmsg batches mixing hits, misses, junk and truncation."""
     expect = Expect(MAX_DATAGRAM)
-    with UDPServer(ResponseTable(TABLE), sockets=2, batch=8, max_datagram=MAX_DATAGRAM,
-                   rrl_rate_per_s=0) as srv, \
+    with UDPServer(ResponseTable(TABLE), sockets=2, batch=8, max_datagram=MAX_DATAGRAM) as srv, \
             UDPClient(srv.address) as client:
         _burst_property((srv, client, expect))
         expect.check(settled_stats(srv, expect.c["rx_packets"])["totals"])
@@ -171,8 +169,7 @@ def test_fuzz_miss_path_with_handler():
 
     expect = Expect(MAX_DATAGRAM, handled_misses=True)
     table = ResponseTable(TABLE)
-    with UDPServer(table, sockets=2, handler=handler, max_datagram=MAX_DATAGRAM,
-                   rrl_rate_per_s=0) as srv, \
+    with UDPServer(table, sockets=2, handler=handler, max_datagram=MAX_DATAGRAM) as srv, \
             UDPClient(srv.address) as client:
 
         @given(DATAGRAMS)
@@ -218,7 +215,7 @@ def test_fuzz_with_api_keys_enforced():
         keys.set(k.decode())
     counts = collections.Counter()
     with UDPServer(ResponseTable(KEYED_TABLE), sockets=1, max_datagram=MAX_DATAGRAM,
-                   api_keys=keys, rrl_rate_per_s=0) as srv, UDPClient(srv.address) as client:
+                   api_keys=keys) as srv, UDPClient(srv.address) as client:
 
         @given(KEYED)
         @example(b"@tttttt BIG good")

@@ -20,12 +20,17 @@
 #   bare tag prefix without a body, never more bytes than its request: a real
 #   client caught in a spoofed flood learns that it is limited instead of
 #   timing out.  The other limited replies are not sent.  slip = 0: none slip.
+# - Loopback sources (127/8, ::1, their v4-mapped forms) are exempt unless
+#   asked otherwise: Linux drops a datagram that arrives from the network with
+#   a loopback source (a martian), so one cannot be forged from off the host,
+#   and local load tests of misses are not throttled.
 
 cdef struct bn_rrl:
     uint64_t emission_ns                # 1e9 / rate: ns between error replies per source; 0 = off
     uint64_t tolerance_ns               # emission_ns * (burst - 1)
     uint64_t seed                       # random, per engine
     uint64_t* tats                      # RRL_BUCKETS GCRA words (ns, CLOCK_MONOTONIC), cache-line aligned
+    int exempt_loopback                 # 1 = loopback sources are never limited
 
 
 cdef inline int addr_is_v4mapped(const uint8_t* sa) noexcept nogil:
@@ -54,12 +59,27 @@ cdef inline uint64_t rrl_source(const char* addr) noexcept nogil:
     return (<uint64_t>v4[0] << 16) | (<uint64_t>v4[1] << 8) | v4[2]
 
 
+cdef inline int addr_is_loopback(const char* addr) noexcept nogil:
+    cdef const uint8_t* sa = <const uint8_t*>addr
+    cdef int i
+    if (<const sockaddr*>addr).sa_family != AF_INET6:
+        return sa[4] == 127
+    if addr_is_v4mapped(sa):
+        return sa[20] == 127
+    for i in range(8, 23):
+        if sa[i] != 0:
+            return 0
+    return sa[23] == 1
+
+
 cdef inline int rrl_check(bn_rrl* rrl, const char* addr, uint64_t now_ns) noexcept nogil:
     """1: send the error reply to `addr`; 0: its source is over its budget."""
     # splitmix64's finalizer over (source ^ seed): every bit of the bucket
     # depends on every bit of both.
     cdef uint64_t h = rrl_source(addr) ^ rrl.seed
     cdef uint64_t retry_ns
+    if rrl.exempt_loopback and addr_is_loopback(addr):
+        return 1
     h = (h ^ (h >> 30)) * 0xbf58476d1ce4e5b9ULL
     h = (h ^ (h >> 27)) * 0x94d049bb133111ebULL
     h ^= h >> 31
@@ -67,7 +87,8 @@ cdef inline int rrl_check(bn_rrl* rrl, const char* addr, uint64_t now_ns) noexce
                      now_ns, &retry_ns)
 
 
-cdef bn_rrl* rrl_new(double rate_per_s, unsigned int burst, bytes seed) except? NULL:
+cdef bn_rrl* rrl_new(double rate_per_s, unsigned int burst, bint exempt_loopback,
+                     bytes seed) except? NULL:
     """A limiter for `rate_per_s` error replies a second per source after a
     burst of `burst`, or NULL for rate 0 (off).  Free with rrl_free()."""
     cdef void* mem = NULL
@@ -84,6 +105,7 @@ cdef bn_rrl* rrl_new(double rate_per_s, unsigned int burst, bytes seed) except? 
     rrl.tats = <uint64_t*>mem
     rrl.emission_ns = max(<uint64_t>(1e9 / rate_per_s), <uint64_t>1)
     rrl.tolerance_ns = rrl.emission_ns * (burst - 1)
+    rrl.exempt_loopback = exempt_loopback
     memcpy(&rrl.seed, <const char*>seed, sizeof(uint64_t))
     return rrl
 

@@ -450,7 +450,7 @@ cdef class UDPEngine(NativeEngine):
     def __cinit__(self, ResponseTable table not None, fds, *, unsigned int batch=32,
                   unsigned int max_datagram=512, cpus=None, size_t miss_capacity=0,
                   APIKeyTable api_keys=None, bint silent_refusals=False, double rrl_rate_per_s=0.0,
-                  unsigned int rrl_burst=1, unsigned int rrl_slip=2):
+                  unsigned int rrl_burst=1, unsigned int rrl_slip=2, bint rrl_exempt_loopback=False):
         cdef int i
         cdef int n = len(fds)
         if n < 1:
@@ -464,7 +464,7 @@ cdef class UDPEngine(NativeEngine):
         if not rrl_rate_per_s >= 0 or rrl_burst < 1:
             raise ValueError("rrl_rate_per_s must be >= 0 and rrl_burst >= 1")
         self._setup(table, api_keys, n, sizeof(bn_counters), miss_capacity)
-        self.rrl = rrl_new(rrl_rate_per_s, rrl_burst, os.urandom(8))
+        self.rrl = rrl_new(rrl_rate_per_s, rrl_burst, rrl_exempt_loopback, os.urandom(8))
         self.readers = <bn_reader**>calloc(n, sizeof(bn_reader*))
         if self.readers == NULL:
             raise MemoryError()

@@ -69,7 +69,9 @@ class UDPServer(EngineServer):
     source address (IPv4 /24, IPv6 /56) to ``rrl_rate_per_s`` a second after
     a burst of ``rrl_burst``; every ``rrl_slip``-th limited reply is sent as
     the bare tag (0: none), the rest are withheld.  ``rrl_rate_per_s=0``
-    turns response-rate limiting off.  Hits are never limited.
+    turns response-rate limiting off.  Hits are never limited, nor, unless
+    ``rrl_exempt_loopback=False``, loopback clients (a loopback source cannot
+    be forged from off the host).
     ``control``: a running `ControlPlane` to run ``handler`` on, shared with
     other servers (its owner starts and stops it); by default the server
     starts its own when it has a handler.
@@ -98,6 +100,7 @@ class UDPServer(EngineServer):
         rrl_rate_per_s: float = DEFAULT_RRL_RATE_PER_S,
         rrl_burst: int = DEFAULT_RRL_BURST,
         rrl_slip: int = DEFAULT_RRL_SLIP,
+        rrl_exempt_loopback: bool = True,
     ) -> None:
         if not isinstance(table, ResponseTable):
             raise TypeError("table must be a beastnet.ResponseTable")
@@ -131,6 +134,7 @@ class UDPServer(EngineServer):
         self.rrl_rate_per_s = float(rrl_rate_per_s)
         self.rrl_burst = rrl_burst
         self.rrl_slip = rrl_slip
+        self.rrl_exempt_loopback = rrl_exempt_loopback
         self._shared_control = control
         self._socks: list[socket.socket] = []
         self._engine: Optional[_core.UDPEngine] = None
@@ -158,7 +162,7 @@ class UDPServer(EngineServer):
                 miss_capacity=self.miss_queue_size if self.handler is not None else 0,
                 api_keys=self.api_keys, silent_refusals=self.silent_refusals,
                 rrl_rate_per_s=self.rrl_rate_per_s, rrl_burst=self.rrl_burst,
-                rrl_slip=self.rrl_slip)
+                rrl_slip=self.rrl_slip, rrl_exempt_loopback=self.rrl_exempt_loopback)
             if self.handler is not None:
                 self._control = start_control_plane(self._shared_control, "beastnet-control")
                 self._dispatcher = MissDispatcher(self._engine, self.table, self.handler, "udp",
@@ -259,5 +263,6 @@ class UDPServer(EngineServer):
             "reader_errors": [os.strerror(e) for _, e in status if e],
             "abuse": {"silent_refusals": self.silent_refusals, "rrl_rate_per_s": self.rrl_rate_per_s,
                       "rrl_burst": self.rrl_burst, "rrl_slip": self.rrl_slip,
+                      "rrl_exempt_loopback": self.rrl_exempt_loopback,
                       "table_udp_oversize_keys": self.table.memory_stats()["udp_oversize_keys"]},
         }
