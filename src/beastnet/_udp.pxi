@@ -5,6 +5,9 @@
 # datagram in place, answer hits from the table with a two-part iovec
 # [tag prefix, body] that points into the receive slot and the entry (nothing
 # is copied), hand misses to the miss queue, sendmmsg the whole batch.
+# Error replies, and only they, pass response-rate limiting per source
+# (_rrl.pxi); with silent_refusals, unauthorized and malformed requests get
+# none at all.  An answer too large for one datagram is answered too_large.
 # It is QSBR-offline while blocked in recvmmsg, and its return is the quiescent
 # point: one syscall per batch under load, and one per wake-up when idle
 # (a poll()-based wait costs three).  stop() wakes blocked readers with
