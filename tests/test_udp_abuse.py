@@ -42,7 +42,7 @@ def test_an_entry_too_large_for_one_datagram_is_answered_too_large(host, limit):
         assert counter_invariants(t) == []
 
 
-def test_set_flags_entries_too_large_for_udp():
+def test_set_flags_entries_too_large_for_udp(caplog):
     """The table is shared with HTTP, which serves big entries: set() keeps
     them and counts those past the size every tag and family can carry."""
     table = ResponseTable({"a": b"x" * 65489, "b": b"x" * 65490})
@@ -53,8 +53,9 @@ def test_set_flags_entries_too_large_for_udp():
     table["b"] = b"small"
     del table["c"]
     assert table.memory_stats()["udp_oversize_keys"] == 1
-    with UDPServer(table, sockets=1) as srv:
+    with caplog.at_level("WARNING", logger="beastnet"), UDPServer(table, sockets=1) as srv:
         assert srv.stats()["abuse"]["table_udp_oversize_keys"] == 1
+    assert "1 table entries may not fit in one UDP datagram" in caplog.text
 
 
 def test_a_miss_handler_answer_too_large_is_answered_too_large():

@@ -1,6 +1,7 @@
 """UDPServer: the UDP engine, its sockets and its control plane."""
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import struct
@@ -15,6 +16,8 @@ from beastnet.control import (ControlPlane, MissDispatcher, MissHandler, start_c
 from beastnet.errors import ServerError
 
 __all__ = ["UDPServer"]
+
+log = logging.getLogger("beastnet")
 
 # Linux socket options the socket module does not name on every Python.
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
@@ -174,6 +177,11 @@ class UDPServer(EngineServer):
             raise
         self._started_at = time.monotonic()
         self._running = True
+        oversize = self.table.memory_stats()["udp_oversize_keys"]
+        if oversize:
+            # Said once at start; entries set later show in stats()["abuse"].
+            log.warning("%d table entries may not fit in one UDP datagram: UDP answers them"
+                        ' {"error":"too_large"} where they do not (HTTP serves them whole)', oversize)
         return self
 
     def _open_sockets(self) -> None:
