@@ -185,3 +185,29 @@ def test_rrl_is_on_by_default_loopback_exempt_and_can_be_turned_off():
 def test_rrl_settings_are_checked(kwargs):
     with pytest.raises(ValueError):
         UDPServer(ResponseTable(), **kwargs)
+
+
+@pytest.mark.skipif(not HAS_IPV6, reason="no IPv6 loopback")
+def test_a_dual_stack_server_uses_the_ipv4_limits_for_ipv4_clients():
+    """On a socket bound to "::", an IPv4 client arrives as ::ffff:a.b.c.d: its
+    answers are held to IPv4's 65,507 bytes, and it counts as IPv4 loopback
+    for the RRL exemption; a real IPv6 client gets 65,527 bytes."""
+    table = ResponseTable({"mid": b"m" * (IPV4_MAX + 1)})
+    with UDPServer(table, "::", sockets=1, rrl_burst=1, rrl_slip=0) as srv:
+        port = srv.address[1]
+        with UDPClient(("::1", port)) as v6, UDPClient(("127.0.0.1", port)) as v4:
+            assert v6.request(b"mid") == b"m" * (IPV4_MAX + 1)
+            assert v4.request(b"mid") == TOO_LARGE
+            assert [v4.request(b"@%d nope" % i) for i in range(3)] == \
+                [b"@%d " % i + NOT_FOUND for i in range(3)]         # loopback: exempt
+        assert settled_stats(srv, 5)["totals"]["too_large"] == 1
+
+
+@pytest.mark.skipif(not HAS_IPV6, reason="no IPv6 loopback")
+def test_rrl_limits_ipv6_sources():
+    with UDPServer(ResponseTable(), "::1", sockets=1, rrl_burst=2, rrl_slip=0,
+                   rrl_exempt_loopback=False) as srv, UDPClient(srv.address) as c:
+        for i in range(6):
+            c.send(b"@%d a" % i)
+        assert collect(c, 6) == [b"@0 " + NOT_FOUND, b"@1 " + NOT_FOUND]
+        assert settled_stats(srv, 6)["totals"]["rrl_dropped"] == 4
