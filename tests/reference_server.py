@@ -47,8 +47,10 @@ class ReferenceUDPServer:
                 data, addr = self._sock.recvfrom(self.max_datagram + 1)
             except socket.timeout:
                 continue
-            reply = expected_reply(data, self.table.get, self.max_datagram)
-            self._sock.sendto(reply, addr)
+            reply = expected_reply(data, self.table.get, self.max_datagram,
+                                   payload_max=65527 if self._sock.family == socket.AF_INET6 else 65507)
+            if reply is not None:               # None: owed no reply
+                self._sock.sendto(reply, addr)
 
     def stop(self) -> None:
         self._stop.set()

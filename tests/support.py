@@ -16,7 +16,10 @@ BAD_REQUEST = b'{"error":"bad_request"}'
 NOT_FOUND = b'{"error":"not_found"}'
 BUSY = b'{"error":"busy"}'
 INTERNAL_ERROR = b'{"error":"internal_error"}'
+UNAUTHORIZED = b'{"error":"unauthorized"}'
+TOO_LARGE = b'{"error":"too_large"}'
 ERROR_BODIES = (BAD_REQUEST, NOT_FOUND, BUSY, INTERNAL_ERROR)
+UDP_PAYLOAD_MAX = 65507                     # IPv4; IPv6 carries 65,527
 
 KEY_CHARS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:/-"
 KEY_RE = re.compile(rb"\A[A-Za-z0-9._:/-]{1,64}\Z")
@@ -64,15 +67,29 @@ def reference_parse(datagram: bytes) -> tuple[str, bytes, Optional[bytes], Optio
 
 
 def expected_reply(datagram: bytes, lookup: Callable[[bytes], Optional[bytes]],
-                   max_datagram: int = 512, miss_body: bytes = NOT_FOUND) -> bytes:
-    """The exact reply a server with table lookup `lookup` owes `datagram`."""
+                   max_datagram: int = 512, miss_body: bytes = NOT_FOUND,
+                   api_keys: Optional[set[bytes]] = None, silent: Optional[bool] = None,
+                   payload_max: int = UDP_PAYLOAD_MAX) -> Optional[bytes]:
+    """The exact reply a server with table lookup `lookup` owes `datagram`
+    (response-rate limiting off), or None where it owes none.
+
+    `api_keys`: the keys the server enforces (None: not enforced).  `silent`:
+    whether unauthorized and malformed requests go unanswered; as on the
+    server, it defaults to on when keys are enforced.  `payload_max`: the UDP
+    payload limit towards the client (65,507 for IPv4, 65,527 for IPv6)."""
+    if silent is None:
+        silent = api_keys is not None
     if len(datagram) > max_datagram:
-        return BAD_REQUEST                  # MSG_TRUNC: not parsed, no tag echoed
-    status, tag, key, _ = reference_parse(datagram)
+        return None if silent else BAD_REQUEST      # MSG_TRUNC: not parsed, no tag echoed
+    status, tag, key, apikey = reference_parse(datagram)
     if status != "ok":
-        return tag + BAD_REQUEST
+        return None if silent else tag + BAD_REQUEST
     assert key is not None
+    if api_keys is not None and apikey not in api_keys:
+        return None if silent else tag + UNAUTHORIZED
     body = lookup(key)
+    if body is not None and len(tag) + len(body) > payload_max:
+        return tag + TOO_LARGE
     return tag + (body if body is not None else miss_body)
 
 
@@ -200,13 +217,17 @@ def counter_invariants(totals: dict) -> list[str]:
         if not ok:
             problems.append(what)
 
-    check(t["rx_packets"] == t["hits"] + t["misses"] + t["bad_requests"],
-          "rx_packets == hits + misses + bad_requests")
+    refused = t["unauthorized"] + t["rate_limited"] + t["over_quota"]      # API keys enforced
+    check(t["rx_packets"] == t["hits"] + t["misses"] + t["bad_requests"] + refused,
+          "rx_packets == hits + misses + bad_requests + key refusals")
     check(t["misses"] == t["not_found"] + t["queued"] + t["queue_drops"],
           "misses == not_found + queued + queue_drops")
-    native_replies = t["hits"] + t["not_found"] + t["queue_drops"] + t["bad_requests"]
-    check(t["tx_packets"] + t["send_errors"] == native_replies,
-          "tx_packets + send_errors == hits + not_found + queue_drops + bad_requests")
+    native_replies = t["hits"] + t["not_found"] + t["queue_drops"] + t["bad_requests"] + refused
+    # Replies withheld on purpose: silent refusals and response-rate limiting.
+    check(t["tx_packets"] + t["send_errors"] + t["unanswered"] + t["rrl_dropped"] == native_replies,
+          "tx_packets + send_errors + unanswered + rrl_dropped"
+          " == hits + not_found + queue_drops + bad_requests + key refusals")
+    check(t["too_large"] <= t["hits"] or "handler_calls" in t, "too_large <= hits")
     check(t["truncated"] + t["empty"] <= t["bad_requests"], "truncated + empty <= bad_requests")
     check(t["send_enobufs"] <= t["send_errors"], "send_enobufs <= send_errors")
     check(t["rx_batches"] <= t["rx_packets"], "rx_batches <= rx_packets")

@@ -9,8 +9,10 @@ from _annotate import SRC, annotate, yellow_lines
 
 # Every function a native thread runs per packet, per batch or per request.
 HOT_FUNCTIONS = {
-    "_limits.pxi": ["keyindex_lookup", "apikey_over_cap", "apikey_admit", "monotonic_ns"],
-    "_udp.pxi": ["format_rate_limited", "udp_parse", "udp_reply", "udp_queue_miss", "udp_reader_recv",
+    "_limits.pxi": ["keyindex_lookup", "apikey_over_cap", "gcra_take", "apikey_admit", "monotonic_ns"],
+    "_rrl.pxi": ["addr_is_v4mapped", "rrl_source", "rrl_check"],
+    "_udp.pxi": ["format_rate_limited", "udp_parse", "udp_reply", "udp_too_large", "udp_error",
+                 "udp_queue_miss", "udp_reader_recv",
                  "udp_reader_kernel_drops", "udp_reader_send", "udp_reader_serve", "udp_signal",
                  "udp_reader_main"],
     "_table.pxi": ["key_hash", "index_lookup", "table_lookup"],

@@ -2,8 +2,11 @@
 
 Every datagram must get exactly the reply the reference grammar predicts
 (a hit body, a not_found/bad_request body, tag echoed where it parsed; a
-truncated datagram bad_request without a tag).  Afterwards good requests are
+truncated datagram bad_request without a tag; with API keys enforced, no reply
+at all to unauthorized and malformed requests).  Afterwards good requests are
 still answered, and the server's counters equal what was sent, one by one.
+Response-rate limiting, which withholds error replies by time, exempts these
+loopback clients by default; tests/test_udp_abuse.py covers it.
 """
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from beastnet import Answer, ResponseTable, UDPServer
+from beastnet import Answer, APIKeyTable, ResponseTable, UDPServer
 from conftest import SMALL_KEYS
 from support import (BAD_REQUEST, GRAMMARISH, NOT_FOUND, UDPClient, counter_invariants,
                      expected_reply, reference_parse, settled_stats)
@@ -187,6 +190,59 @@ def test_fuzz_miss_path_with_handler():
         assert len(calls) == expect.c["queued"]
         assert len(table) == len(TABLE)              # nothing cached
         still_serving(srv.address, b'{"miss":"nope","tag":"ok"}')
+
+
+# Keyed: "BIG" fits one IPv4 datagram only behind a tag of at most 6 bytes.
+KEYED_TABLE = dict(TABLE, BIG=b"B" * (65507 - 6))
+API_KEYS = {b"good", b"k1"}
+KEYED = st.one_of(
+    DATAGRAMS,
+    st.builds(lambda tag, key, apikey: tag + key + b" " + apikey,
+              st.sampled_from([b"", b"@t ", b"@tt ", b"@ttt ", b"@0123456789abcdef "]),
+              st.sampled_from([b"k1", b"BIG", b"nope"]),
+              st.sampled_from([b"good", b"k1", b"bad"])),
+)
+
+
+def test_fuzz_with_api_keys_enforced():
+    """Keys enforced, refusals silent by default: unauthorized and malformed
+    datagrams get no reply, the rest exactly the reference's reply, an answer
+    too large for the datagram with its tag is answered too_large.  A probe
+    after each datagram tells "no reply" from "late reply": one reader socket
+    answers in order."""
+    keys = APIKeyTable()
+    for k in API_KEYS:
+        keys.set(k.decode())
+    counts = collections.Counter()
+    with UDPServer(ResponseTable(KEYED_TABLE), sockets=1, max_datagram=MAX_DATAGRAM,
+                   api_keys=keys) as srv, UDPClient(srv.address) as client:
+
+        @given(KEYED)
+        @example(b"@tttttt BIG good")
+        @example(b"@ttttttt BIG good")
+        @example(b"BIG")
+        @example(b"x" * (MAX_DATAGRAM + 1))
+        def one(datagram):
+            counts["probe"] += 1
+            probe = b"@p%d k1 good" % counts["probe"]
+            client.send(datagram)
+            client.send(probe)
+            first = client.recv()
+            wanted = expected_reply(datagram, lambda k: KEYED_TABLE.get(k.decode()), MAX_DATAGRAM,
+                                    api_keys=API_KEYS)
+            if wanted is None:
+                assert first == probe.split(b" ")[0] + b" " + TABLE["k1"]
+                counts["unanswered"] += 1
+            else:
+                assert first == wanted
+                assert client.recv() == probe.split(b" ")[0] + b" " + TABLE["k1"]
+                counts["too_large"] += wanted.endswith(b'{"error":"too_large"}')
+
+        one()
+        t = settled_stats(srv, 2 * counts["probe"])["totals"]
+        assert (t["unanswered"], t["too_large"]) == (counts["unanswered"], counts["too_large"])
+        assert t["rx_packets"] - t["unanswered"] == t["tx_packets"]
+        assert counter_invariants(t) == []
 
 
 @pytest.mark.parametrize("max_datagram,key,datagram", [

@@ -23,6 +23,7 @@ cdef struct bn_retire_list:             # FIFO: epochs grow from head to tail
     size_t nbytes                       # bytes waiting for QSBR
 
 cdef struct bn_reader
+cdef struct bn_rrl
 cdef struct bn_missq
 cdef struct bn_keyindex
 cdef struct bn_apikey
@@ -42,6 +43,7 @@ cdef class ResponseTable:
     cdef size_t min_capacity            # slots; the index never shrinks below it
     cdef size_t key_cap                 # 0 = no cap; set() of a new key past it raises
     cdef bn_ws_hubs* ws_hubs            # WebSocket engines to tell of each write, NULL = none
+    cdef size_t udp_oversize            # live entries past UDP_BODY_FITS_BYTES (flagged for UDP)
     cdef object _lock                   # serialises Python writers
 
     cdef int _retire(self, void* mem, size_t nbytes) except -1
@@ -92,6 +94,8 @@ cdef class NativeEngine:
 
 cdef class UDPEngine(NativeEngine):
     cdef bn_reader** readers            # nthreads, owned
+    cdef bn_rrl* rrl                    # error-reply rate limiter shared by the readers, NULL = off
+    cdef uint64_t too_large_replies_n   # send_reply bodies swapped for too_large (GIL held)
 
     cdef void _join(self) noexcept
 

@@ -75,6 +75,22 @@ cdef inline bint apikey_over_cap(bn_apikey* rec, uint64_t cap, uint64_t admitted
     return bn_load_i64_relaxed(&rec.quota_base) + <int64_t>admitted >= <int64_t>cap
 
 
+cdef inline int gcra_take(uint64_t* tat_ref, uint64_t emission_ns, uint64_t tolerance_ns,
+                          uint64_t now_ns, uint64_t* retry_after_ns) noexcept nogil:
+    """One GCRA step on the word at `tat_ref`: 1 = admitted (tat moved on),
+    0 = too soon (*retry_after_ns says when the next one passes)."""
+    cdef uint64_t tat
+    cdef uint64_t start
+    while True:
+        tat = bn_load_u64_relaxed(tat_ref)
+        start = tat if tat > now_ns else now_ns
+        if start - now_ns > tolerance_ns:
+            retry_after_ns[0] = start - now_ns - tolerance_ns
+            return 0
+        if bn_cas_u64_relaxed(tat_ref, tat, start + emission_ns):
+            return 1
+
+
 cdef inline int apikey_admit(bn_keyindex** index_ref, const char* key, size_t n, uint64_t now_ns,
                              uint64_t* retry_after_ns) noexcept nogil:
     """ADMIT_OK, or why not.  On ADMIT_RATE_LIMITED, *retry_after_ns says when
@@ -82,9 +98,6 @@ cdef inline int apikey_admit(bn_keyindex** index_ref, const char* key, size_t n,
     cdef bn_apikey* rec
     cdef uint64_t cap
     cdef uint64_t emission
-    cdef uint64_t tolerance
-    cdef uint64_t tat
-    cdef uint64_t start
     cdef uint64_t used
     if n == 0:
         return ADMIT_UNAUTHORIZED
@@ -98,17 +111,10 @@ cdef inline int apikey_admit(bn_keyindex** index_ref, const char* key, size_t n,
         bn_add_relaxed(&rec.over_quota, 1)
         return ADMIT_OVER_QUOTA
     emission = bn_load_u64_relaxed(&rec.emission_ns)
-    if emission != 0:
-        tolerance = bn_load_u64_relaxed(&rec.tolerance_ns)
-        while True:
-            tat = bn_load_u64_relaxed(&rec.tat)
-            start = tat if tat > now_ns else now_ns
-            if start - now_ns > tolerance:
-                retry_after_ns[0] = start - now_ns - tolerance
-                bn_add_relaxed(&rec.rate_limited, 1)
-                return ADMIT_RATE_LIMITED
-            if bn_cas_u64_relaxed(&rec.tat, tat, start + emission):
-                break
+    if emission != 0 and not gcra_take(&rec.tat, emission, bn_load_u64_relaxed(&rec.tolerance_ns),
+                                       now_ns, retry_after_ns):
+        bn_add_relaxed(&rec.rate_limited, 1)
+        return ADMIT_RATE_LIMITED
     if cap == 0:
         bn_add_relaxed(&rec.admitted, 1)
         return ADMIT_OK

@@ -23,6 +23,7 @@ ERRORS = (
     ("rate_limited", 429, "the API key's rate limit says too soon"),
     ("over_quota", 429, "the API key's monthly cap is reached"),
     ("internal_error", 500, "the miss handler raised or answered something unsendable"),
+    ("too_large", 500, "UDP only: the answer does not fit in one datagram"),
     ("busy", 503, "the miss queue (or the connection table) is full"),
     ("upgrade_required", 426, "a WebSocket upgrade for a version other than 13"),
     ("connection_limit", 429, "the API key holds its maximum of WebSocket connections"),
@@ -52,6 +53,7 @@ cdef bn_static_body BODY_NOT_FOUND
 cdef bn_static_body BODY_BUSY
 cdef bn_static_body BODY_UNAUTHORIZED
 cdef bn_static_body BODY_OVER_QUOTA
+cdef bn_static_body BODY_TOO_LARGE
 cdef bn_static_body BODY_RATE_LIMITED_MS   # {"error":"rate_limited","retry_after_ms": (N} follows)
 
 # HTTP: whole responses, indexed by ERR_*.
@@ -87,12 +89,13 @@ cdef bn_static_body static_body(bytes body):
 
 cdef void replies_init() except *:
     global BODY_BAD_REQUEST, BODY_NOT_FOUND, BODY_BUSY, BODY_UNAUTHORIZED, BODY_OVER_QUOTA
-    global BODY_RATE_LIMITED_MS
+    global BODY_RATE_LIMITED_MS, BODY_TOO_LARGE
     BODY_BAD_REQUEST = static_body(_error_bodies["bad_request"])
     BODY_NOT_FOUND = static_body(_error_bodies["not_found"])
     BODY_BUSY = static_body(_error_bodies["busy"])
     BODY_UNAUTHORIZED = static_body(_error_bodies["unauthorized"])
     BODY_OVER_QUOTA = static_body(_error_bodies["over_quota"])
+    BODY_TOO_LARGE = static_body(_error_bodies["too_large"])
     rate_limited = _error_bodies["rate_limited"]
     rate_limited_ms = rate_limited[:len(rate_limited) - 1] + b',"retry_after_ms":'
     http_static_keep.append(rate_limited_ms)

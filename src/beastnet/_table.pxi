@@ -265,7 +265,11 @@ cdef class ResponseTable:
     QSBR once every online reader has passed a quiescent point.
 
     Keys are 1-64 bytes of ``[A-Za-z0-9._:/-]`` (``str`` or ``bytes``); bodies
-    are ``bytes`` (``str`` is UTF-8 encoded) of at most 16 MiB.
+    are ``bytes`` (``str`` is UTF-8 encoded) of at most 16 MiB.  HTTP serves
+    any of them; a UDP datagram carries at most 65,507 bytes (65,527 over
+    IPv6), so a body over 65,489 bytes (the IPv4 limit less the longest tag)
+    is flagged at set() and counted in ``memory_stats()["udp_oversize_keys"]``,
+    and UDP answers ``{"error":"too_large"}`` for it when [tag, body] does not fit.
     """
 
     def __cinit__(self, *args, size_t capacity=64, **kwargs):
@@ -397,6 +401,7 @@ cdef class ResponseTable:
             raise MemoryError()
         self.entry_memory += entry_bytes(e)
         cdef bn_entry* old = NULL
+        self.udp_oversize += body_len > UDP_BODY_FITS_BYTES
         if slot.hash == 0:
             memcpy(slot.key, k, n)
             slot.key_len = <uint32_t>n
@@ -410,6 +415,7 @@ cdef class ResponseTable:
                 self.live += 1
             else:
                 self.entry_memory -= entry_bytes(old)
+                self.udp_oversize -= old.body_len > UDP_BODY_FITS_BYTES
                 self._retire_entry(old)
         if self.ws_hubs != NULL:
             ws_hubs_publish(self.ws_hubs, k, n, e)
@@ -476,6 +482,7 @@ cdef class ResponseTable:
             old = <bn_entry*>bn_xchg_ptr(<void**>&slot.entry, NULL)
             self.live -= 1
             self.entry_memory -= entry_bytes(old)
+            self.udp_oversize -= old.body_len > UDP_BODY_FITS_BYTES
             self._retire_entry(old)
             self._shrink()
             self._reclaim()
@@ -597,6 +604,7 @@ cdef class ResponseTable:
                 "index_bytes": index_bytes(self.index),
                 "retired_objects": self.retired.count,
                 "retired_bytes": self.retired.nbytes,
+                "udp_oversize_keys": self.udp_oversize,
             }
 
     def __repr__(self):

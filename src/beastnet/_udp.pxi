@@ -5,6 +5,9 @@
 # datagram in place, answer hits from the table with a two-part iovec
 # [tag prefix, body] that points into the receive slot and the entry (nothing
 # is copied), hand misses to the miss queue, sendmmsg the whole batch.
+# Error replies, and only they, pass response-rate limiting per source
+# (_rrl.pxi); with silent_refusals, unauthorized and malformed requests get
+# none at all.  An answer too large for one datagram is answered too_large.
 # It is QSBR-offline while blocked in recvmmsg, and its return is the quiescent
 # point: one syscall per batch under load, and one per wake-up when idle
 # (a poll()-based wait costs three).  stop() wakes blocked readers with
@@ -30,6 +33,10 @@ cdef struct bn_reader:
     bn_missq* missq                     # NULL: misses are answered not_found
     bn_index** index_ref                # &table.index, loaded once per datagram
     bn_keyindex** keys_ref              # &api_keys.index, NULL = API keys not enforced
+    int silent_refusals                 # 1 = unauthorized and malformed requests get no reply
+    bn_rrl* rrl                         # the engine's error-reply limiter, NULL = off
+    unsigned int rrl_slip               # every rrl_slip-th limited reply is the bare tag; 0 = none
+    uint64_t rrl_limited                # error replies this reader has limited (drives the slip)
     bn_qsbr_slot* qsbr
     bn_counters* counters
     char* rx_data                       # batch * slot_bytes
@@ -118,6 +125,34 @@ cdef inline void udp_reply(mmsghdr* out, mmsghdr* src, const char* tag, size_t t
     out.msg_hdr.msg_iov[0].iov_len = tag_len
     out.msg_hdr.msg_iov[1].iov_base = <void*>body
     out.msg_hdr.msg_iov[1].iov_len = body_len
+
+
+cdef inline int udp_too_large(mmsghdr* m, size_t tag_len, size_t body_len) noexcept nogil:
+    """Whether [tag, body] exceeds one datagram to this peer.  IPv6 carries
+    65,527 payload bytes; IPv4, and IPv6 to a v4-mapped address, 65,507."""
+    cdef const char* addr = <const char*>m.msg_hdr.msg_name
+    if (<const sockaddr*>addr).sa_family == AF_INET6 and not addr_is_v4mapped(<const uint8_t*>addr):
+        return tag_len + body_len > UDP6_PAYLOAD_MAX_BYTES
+    return tag_len + body_len > UDP_PAYLOAD_MAX_BYTES
+
+
+cdef inline unsigned int udp_error(bn_reader* r, unsigned int nout, mmsghdr* m, const char* tag,
+                                   size_t tag_len, const char* body, size_t body_len,
+                                   uint64_t* now_ns) noexcept nogil:
+    """Queue an error reply in tx slot `nout` unless response-rate limiting
+    holds it back (_rrl.pxi); return the next free slot."""
+    if r.rrl != NULL:
+        if now_ns[0] == 0:
+            now_ns[0] = monotonic_ns()
+        if not rrl_check(r.rrl, <const char*>m.msg_hdr.msg_name, now_ns[0]):
+            r.rrl_limited += 1
+            if r.rrl_slip == 0 or r.rrl_limited % r.rrl_slip != 0:
+                bn_count(&r.counters.rrl_dropped, 1)
+                return nout
+            bn_count(&r.counters.rrl_slipped, 1)
+            body_len = 0                # the slip: the tag alone, no larger than the request
+    udp_reply(&r.tx_msgs[nout], m, tag, tag_len, body, body_len)
+    return nout + 1
 
 
 cdef inline int udp_queue_miss(bn_reader* r, mmsghdr* m, const char* data, bn_request* req) noexcept nogil:
@@ -232,7 +267,9 @@ cdef void udp_reader_serve(bn_reader* r, unsigned int n) noexcept nogil:
     cdef uint64_t unauthorized = 0
     cdef uint64_t rate_limited = 0
     cdef uint64_t over_quota = 0
-    cdef uint64_t now_ns = 0
+    cdef uint64_t too_large = 0
+    cdef uint64_t unanswered = 0
+    cdef uint64_t now_ns = 0            # 0 = not read yet this batch
     cdef uint64_t retry_ns = 0
     cdef int admit
     cdef char* scratch
@@ -247,8 +284,11 @@ cdef void udp_reader_serve(bn_reader* r, unsigned int n) noexcept nogil:
             # Longer than any valid request; its tag cannot be trusted either.
             truncated += 1
             bad += 1
-            udp_reply(&r.tx_msgs[nout], m, data, 0, BODY_BAD_REQUEST.data, BODY_BAD_REQUEST.len)
-            nout += 1
+            if r.silent_refusals:
+                unanswered += 1
+            else:
+                nout = udp_error(r, nout, m, data, 0, BODY_BAD_REQUEST.data, BODY_BAD_REQUEST.len,
+                                 &now_ns)
             continue
         status = udp_parse(data, length, &req)
         if status == PARSE_OK and r.keys_ref != NULL:
@@ -256,43 +296,54 @@ cdef void udp_reader_serve(bn_reader* r, unsigned int n) noexcept nogil:
             if admit != ADMIT_OK:
                 if admit == ADMIT_UNAUTHORIZED:
                     unauthorized += 1
-                    udp_reply(&r.tx_msgs[nout], m, data, req.tag_len, BODY_UNAUTHORIZED.data,
-                              BODY_UNAUTHORIZED.len)
+                    if r.silent_refusals:
+                        unanswered += 1
+                    else:
+                        nout = udp_error(r, nout, m, data, req.tag_len, BODY_UNAUTHORIZED.data,
+                                         BODY_UNAUTHORIZED.len, &now_ns)
                 elif admit == ADMIT_OVER_QUOTA:
                     over_quota += 1
-                    udp_reply(&r.tx_msgs[nout], m, data, req.tag_len, BODY_OVER_QUOTA.data,
-                              BODY_OVER_QUOTA.len)
+                    nout = udp_error(r, nout, m, data, req.tag_len, BODY_OVER_QUOTA.data,
+                                     BODY_OVER_QUOTA.len, &now_ns)
                 else:
                     rate_limited += 1
                     scratch = r.scratch + <size_t>nout * ERROR_SCRATCH_BYTES
-                    udp_reply(&r.tx_msgs[nout], m, data, req.tag_len, scratch,
-                              format_rate_limited(scratch, retry_ns))
-                nout += 1
+                    nout = udp_error(r, nout, m, data, req.tag_len, scratch,
+                                     format_rate_limited(scratch, retry_ns), &now_ns)
                 continue
         if status == PARSE_OK:
             entry = table_lookup(r.index_ref, req.key, req.key_len)
             if entry != NULL:
                 hits += 1
+                # One compare on a length the hit loads anyway; only bodies
+                # within a tag of the UDP limit take the exact check.
+                if entry.body_len > UDP_BODY_FITS_BYTES and udp_too_large(m, req.tag_len, entry.body_len):
+                    too_large += 1
+                    nout = udp_error(r, nout, m, data, req.tag_len, BODY_TOO_LARGE.data,
+                                     BODY_TOO_LARGE.len, &now_ns)
+                    continue
                 udp_reply(&r.tx_msgs[nout], m, data, req.tag_len, entry.body, entry.body_len)
                 nout += 1
                 continue
             misses += 1
             if r.missq == NULL:
                 not_found += 1
-                udp_reply(&r.tx_msgs[nout], m, data, req.tag_len, BODY_NOT_FOUND.data, BODY_NOT_FOUND.len)
-                nout += 1
+                nout = udp_error(r, nout, m, data, req.tag_len, BODY_NOT_FOUND.data, BODY_NOT_FOUND.len,
+                                 &now_ns)
             elif udp_queue_miss(r, m, data, &req):
                 queued += 1             # the control plane answers it
             else:
                 queue_drops += 1
-                udp_reply(&r.tx_msgs[nout], m, data, req.tag_len, BODY_BUSY.data, BODY_BUSY.len)
-                nout += 1
+                nout = udp_error(r, nout, m, data, req.tag_len, BODY_BUSY.data, BODY_BUSY.len, &now_ns)
             continue
         if status == PARSE_EMPTY:
             empty += 1
         bad += 1
-        udp_reply(&r.tx_msgs[nout], m, data, req.tag_len, BODY_BAD_REQUEST.data, BODY_BAD_REQUEST.len)
-        nout += 1
+        if r.silent_refusals:
+            unanswered += 1
+        else:
+            nout = udp_error(r, nout, m, data, req.tag_len, BODY_BAD_REQUEST.data, BODY_BAD_REQUEST.len,
+                             &now_ns)
     # Counted before the send, so a client holding its reply knows that the
     # request already shows in stats().
     udp_reader_kernel_drops(r)
@@ -307,6 +358,8 @@ cdef void udp_reader_serve(bn_reader* r, unsigned int n) noexcept nogil:
     bn_count(&r.counters.empty, empty)
     bn_count(&r.counters.queued, queued)
     bn_count(&r.counters.queue_drops, queue_drops)
+    bn_count(&r.counters.too_large, too_large)
+    bn_count(&r.counters.unanswered, unanswered)
     if r.keys_ref != NULL:
         bn_count(&r.counters.unauthorized, unauthorized)
         bn_count(&r.counters.rate_limited, rate_limited)
@@ -399,7 +452,8 @@ cdef class UDPEngine(NativeEngine):
 
     def __cinit__(self, ResponseTable table not None, fds, *, unsigned int batch=32,
                   unsigned int max_datagram=512, cpus=None, size_t miss_capacity=0,
-                  APIKeyTable api_keys=None):
+                  APIKeyTable api_keys=None, bint silent_refusals=False, double rrl_rate_per_s=0.0,
+                  unsigned int rrl_burst=1, unsigned int rrl_slip=2, bint rrl_exempt_loopback=False):
         cdef int i
         cdef int n = len(fds)
         if n < 1:
@@ -410,7 +464,10 @@ cdef class UDPEngine(NativeEngine):
             raise ValueError(f"max_datagram must be 64..65536, got {max_datagram}")
         if cpus is not None and len(cpus) != n:
             raise ValueError("cpus must give one CPU (or -1) per socket")
+        if not rrl_rate_per_s >= 0 or rrl_burst < 1:
+            raise ValueError("rrl_rate_per_s must be >= 0 and rrl_burst >= 1")
         self._setup(table, api_keys, n, sizeof(bn_counters), miss_capacity)
+        self.rrl = rrl_new(rrl_rate_per_s, rrl_burst, rrl_exempt_loopback, os.urandom(8))
         self.readers = <bn_reader**>calloc(n, sizeof(bn_reader*))
         if self.readers == NULL:
             raise MemoryError()
@@ -432,6 +489,9 @@ cdef class UDPEngine(NativeEngine):
             self.readers[i].missq = self.missq
             self.readers[i].index_ref = &table.index
             self.readers[i].keys_ref = &api_keys.index if api_keys is not None else NULL
+            self.readers[i].silent_refusals = silent_refusals
+            self.readers[i].rrl = self.rrl
+            self.readers[i].rrl_slip = rrl_slip
             self.readers[i].counters = &(<bn_counters*>self.counter_mem)[i]
 
     def __dealloc__(self):
@@ -445,6 +505,8 @@ cdef class UDPEngine(NativeEngine):
                 udp_reader_free(self.readers[i])
             free(self.readers)
             self.readers = NULL
+        rrl_free(self.rrl)              # readers are joined: none can hold it
+        self.rrl = NULL
 
     cdef void _bind_qsbr(self, int i, bn_qsbr_slot* slot) noexcept:
         self.readers[i].qsbr = slot
@@ -492,6 +554,11 @@ cdef class UDPEngine(NativeEngine):
             self.miss_efd = -1
         self.table.reclaim()
 
+    @property
+    def too_large_replies(self):
+        """Control-plane replies (send_reply) answered too_large instead."""
+        return self.too_large_replies_n
+
     def reader_status(self):
         """Per reader: the pinning errno (0 = fine) and the errno that made it quit (0 = none)."""
         cdef int i
@@ -502,7 +569,10 @@ cdef class UDPEngine(NativeEngine):
                    str content_type not None, bytes body not None):
         """Answer a record of pop_misses() through reader `thread`'s socket:
         the body after the tag prefix (UDP has no status line or content
-        type; conn and gen are HTTP's).  Returns 0 or an errno value."""
+        type; conn and gen are HTTP's).  Returns 0 or an errno value.
+
+        A body too large for one datagram to that peer is answered
+        {"error":"too_large"} instead (counted in `too_large_replies`)."""
         cdef msghdr msg
         cdef iovec iov[2]
         cdef ssize_t rc
@@ -510,6 +580,14 @@ cdef class UDPEngine(NativeEngine):
             raise ValueError("no such reader")
         if self.readers[thread].fd < 0:
             return EBADF                # stopped: the engine's socket is closed
+        cdef sockaddr_in6 peer
+        memset(&peer, 0, sizeof(peer))
+        memcpy(&peer, <char*>addr, min(<size_t>len(addr), sizeof(peer)))
+        if len(tag_prefix) + len(body) > (
+                UDP6_PAYLOAD_MAX_BYTES if peer.sin6_family == AF_INET6
+                and not addr_is_v4mapped(<const uint8_t*>&peer) else UDP_PAYLOAD_MAX_BYTES):
+            body = <bytes>ERROR_BODIES["too_large"]
+            self.too_large_replies_n += 1
         memset(&msg, 0, sizeof(msg))
         iov[0].iov_base = <char*>tag_prefix
         iov[0].iov_len = len(tag_prefix)

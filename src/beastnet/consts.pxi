@@ -9,6 +9,8 @@ cdef enum:
     CONTENT_TYPE_MAX_BYTES = 127    # longest Content-Type an entry may carry
     BODY_MAX_BYTES = 16777216       # 16 MiB: the largest body an entry may hold
     UDP_PAYLOAD_MAX_BYTES = 65507   # IPv4 UDP payload limit; bigger replies fail with EMSGSIZE
+    UDP6_PAYLOAD_MAX_BYTES = 65527  # IPv6 limit (65535 - 8-byte UDP header), not for v4-mapped peers
+    UDP_BODY_FITS_BYTES = 65489     # UDP_PAYLOAD_MAX_BYTES - TAG_PREFIX_MAX_BYTES: fits any tag, any family
     ADDR_MAX_BYTES = 32             # room for a sockaddr_in6 (28 bytes)
     CMSG_BUF_BYTES = 64             # control buffer for SO_RXQ_OVFL (CMSG_SPACE(4) = 20)
     QSBR_MAX_THREADS = 512          # native reader threads alive at once, process-wide
@@ -25,6 +27,14 @@ cdef enum:
     PARSE_OK = 0                    # KEY (and maybe TAG, APIKEY) found
     PARSE_BAD = 1                   # malformed: answer bad_request
     PARSE_EMPTY = 2                 # zero bytes after stripping the line ending
+
+# Response-rate limiting of UDP error replies (_rrl.pxi).
+cdef enum:
+    RRL_BUCKET_BITS = 12            # log2 of the buckets per engine
+    RRL_BUCKETS = 4096              # one 64-bit GCRA word each: 32 KiB per engine
+    RRL_SEND = 0                    # send the error reply
+    RRL_SLIP = 1                    # limited: send the bare tag prefix instead (never larger than the request)
+    RRL_DROP = 2                    # limited: send nothing
 
 # Verdict of an API-key check.
 cdef enum:

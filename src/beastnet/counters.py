@@ -59,6 +59,10 @@ send_errors       counter  datagrams    Replies the kernel refused.
 send_enobufs      counter  datagrams    Replies refused for lack of buffer space (ENOBUFS, EAGAIN).
 recv_errors       counter  calls        recvmmsg failures other than EAGAIN and EINTR.
 kernel_drops      counter  datagrams    Datagrams the kernel dropped before the reader read them (SO_RXQ_OVFL).
+too_large         counter  requests     Hits whose answer does not fit in one datagram (answered too_large; also counted in hits).
+unanswered        counter  requests     Unauthorized or malformed requests left without a reply (silent_refusals, the default with API keys).
+rrl_dropped       counter  replies      Error replies withheld by response-rate limiting (nothing sent).
+rrl_slipped       counter  replies      Error replies response-rate limiting sent as the bare tag, without a body (the slip).
 """) + _TAIL
 
 #: Fields of bn_http_counters (includes/atomics.h), one struct per HTTP worker thread.

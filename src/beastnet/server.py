@@ -1,6 +1,7 @@
 """UDPServer: the UDP engine, its sockets and its control plane."""
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import struct
@@ -16,12 +17,19 @@ from beastnet.errors import ServerError
 
 __all__ = ["UDPServer"]
 
+log = logging.getLogger("beastnet")
+
 # Linux socket options the socket module does not name on every Python.
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
 SO_RXQ_OVFL = getattr(socket, "SO_RXQ_OVFL", 40)
 
 DEFAULT_BUFFER_BYTES = 32 * 1024 * 1024
+# Response-rate limiting of error replies per source (docs/protocol.md):
+# NSD's default rate, a second's worth of burst, BIND's slip.
+DEFAULT_RRL_RATE_PER_S = 200.0
+DEFAULT_RRL_BURST = 200
+DEFAULT_RRL_SLIP = 2
 SEND_TIMEOUT_S = 0.05       # keep in step with SEND_TIMEOUT_MS in consts.pxi
 
 
@@ -57,6 +65,16 @@ class UDPServer(EngineServer):
     is given, else it is answered ``{"error":"not_found"}`` natively.  With
     ``api_keys``, every request must carry a known, unrevoked APIKEY within its
     rate limit and monthly cap (checked natively, before the table).
+
+    Abuse: with ``silent_refusals`` (default: on when ``api_keys`` is given)
+    unauthorized and malformed requests get no reply at all, so a spoofed
+    request cannot be reflected.  Every other error reply is limited per
+    source address (IPv4 /24, IPv6 /56) to ``rrl_rate_per_s`` a second after
+    a burst of ``rrl_burst``; every ``rrl_slip``-th limited reply is sent as
+    the bare tag (0: none), the rest are withheld.  ``rrl_rate_per_s=0``
+    turns response-rate limiting off.  Hits are never limited, nor, unless
+    ``rrl_exempt_loopback=False``, loopback clients (a loopback source cannot
+    be forged from off the host).
     ``control``: a running `ControlPlane` to run ``handler`` on, shared with
     other servers (its owner starts and stops it); by default the server
     starts its own when it has a handler.
@@ -81,6 +99,11 @@ class UDPServer(EngineServer):
         max_inflight: Optional[int] = None,
         api_keys: Optional[APIKeyTable] = None,
         control: Optional[ControlPlane] = None,
+        silent_refusals: Optional[bool] = None,
+        rrl_rate_per_s: float = DEFAULT_RRL_RATE_PER_S,
+        rrl_burst: int = DEFAULT_RRL_BURST,
+        rrl_slip: int = DEFAULT_RRL_SLIP,
+        rrl_exempt_loopback: bool = True,
     ) -> None:
         if not isinstance(table, ResponseTable):
             raise TypeError("table must be a beastnet.ResponseTable")
@@ -91,6 +114,12 @@ class UDPServer(EngineServer):
             raise ValueError(f"batch must be 1..1024, got {batch}")
         if miss_queue_size < 1:
             raise ValueError(f"miss_queue_size must be >= 1, got {miss_queue_size}")
+        if not rrl_rate_per_s >= 0:
+            raise ValueError(f"rrl_rate_per_s must be >= 0, got {rrl_rate_per_s}")
+        if rrl_burst < 1:
+            raise ValueError(f"rrl_burst must be >= 1, got {rrl_burst}")
+        if rrl_slip < 0:
+            raise ValueError(f"rrl_slip must be >= 0, got {rrl_slip}")
         self.table = table
         self.host = host
         self.port = port
@@ -104,6 +133,11 @@ class UDPServer(EngineServer):
         self.miss_queue_size = miss_queue_size
         self.max_inflight = max_inflight if max_inflight is not None else miss_queue_size
         self.api_keys = api_keys
+        self.silent_refusals = (api_keys is not None) if silent_refusals is None else silent_refusals
+        self.rrl_rate_per_s = float(rrl_rate_per_s)
+        self.rrl_burst = rrl_burst
+        self.rrl_slip = rrl_slip
+        self.rrl_exempt_loopback = rrl_exempt_loopback
         self._shared_control = control
         self._socks: list[socket.socket] = []
         self._engine: Optional[_core.UDPEngine] = None
@@ -129,7 +163,9 @@ class UDPServer(EngineServer):
                 self.table, [s.fileno() for s in self._socks], batch=self.batch,
                 max_datagram=self.max_datagram, cpus=cpus,
                 miss_capacity=self.miss_queue_size if self.handler is not None else 0,
-                api_keys=self.api_keys)
+                api_keys=self.api_keys, silent_refusals=self.silent_refusals,
+                rrl_rate_per_s=self.rrl_rate_per_s, rrl_burst=self.rrl_burst,
+                rrl_slip=self.rrl_slip, rrl_exempt_loopback=self.rrl_exempt_loopback)
             if self.handler is not None:
                 self._control = start_control_plane(self._shared_control, "beastnet-control")
                 self._dispatcher = MissDispatcher(self._engine, self.table, self.handler, "udp",
@@ -141,6 +177,11 @@ class UDPServer(EngineServer):
             raise
         self._started_at = time.monotonic()
         self._running = True
+        oversize = self.table.memory_stats()["udp_oversize_keys"]
+        if oversize:
+            # Said once at start; entries set later show in stats()["abuse"].
+            log.warning("%d table entries may not fit in one UDP datagram: UDP answers them"
+                        ' {"error":"too_large"} where they do not (HTTP serves them whole)', oversize)
         return self
 
     def _open_sockets(self) -> None:
@@ -207,6 +248,8 @@ class UDPServer(EngineServer):
         """
         per_socket = self._engine.counters() if self._engine is not None else []
         totals = sum_counters(per_socket)
+        if self._engine is not None:    # the miss handler's answers swapped for too_large
+            totals["too_large"] = totals.get("too_large", 0) + self._engine.too_large_replies
         if self._dispatcher is not None:
             totals.update(self._dispatcher.counters())
         status = self._engine.reader_status() if self._engine is not None else []
@@ -226,4 +269,8 @@ class UDPServer(EngineServer):
             "avg_batch_fill": totals.get("rx_packets", 0) / batches if batches else 0.0,
             "per_socket": per_socket,
             "reader_errors": [os.strerror(e) for _, e in status if e],
+            "abuse": {"silent_refusals": self.silent_refusals, "rrl_rate_per_s": self.rrl_rate_per_s,
+                      "rrl_burst": self.rrl_burst, "rrl_slip": self.rrl_slip,
+                      "rrl_exempt_loopback": self.rrl_exempt_loopback,
+                      "table_udp_oversize_keys": self.table.memory_stats()["udp_oversize_keys"]},
         }

@@ -70,6 +70,10 @@ typedef struct bn_counters {
     uint64_t send_enobufs;                  /* ... of which ENOBUFS/EAGAIN (kernel out of room) */
     uint64_t recv_errors;                   /* recvmmsg failures other than EAGAIN/EINTR */
     uint64_t kernel_drops;                  /* SO_RXQ_OVFL: datagrams the kernel dropped, cumulative */
+    uint64_t too_large;                     /* hits whose answer does not fit one datagram */
+    uint64_t unanswered;                    /* unauthorized or malformed, left without a reply */
+    uint64_t rrl_dropped;                   /* error replies withheld by response-rate limiting */
+    uint64_t rrl_slipped;                   /* ... sent as the bare tag instead (the slip) */
     uint64_t eintr;                         /* syscalls interrupted and retried */
     uint64_t unauthorized;                  /* API key missing, unknown or revoked */
     uint64_t rate_limited;                  /* refused by the key's GCRA limit */

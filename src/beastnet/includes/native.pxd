@@ -53,6 +53,10 @@ cdef extern from "atomics.h" nogil:
         uint64_t send_enobufs
         uint64_t recv_errors
         uint64_t kernel_drops
+        uint64_t too_large
+        uint64_t unanswered
+        uint64_t rrl_dropped
+        uint64_t rrl_slipped
         uint64_t eintr
         uint64_t unauthorized
         uint64_t rate_limited
