@@ -92,5 +92,6 @@ cdef class UDPEngine(NativeEngine):
 cdef class HTTPEngine(NativeEngine):
     cdef bn_hworker** workers           # nthreads, owned
     cdef int stop_efd                   # eventfd: wakes workers sleeping in epoll_wait
+    cdef uint64_t owned_output_bytes    # output copied by all workers' connections (atomic)
 
     cdef void _join(self, int64_t grace_ns) noexcept

@@ -60,6 +60,7 @@ class HTTPServer(EngineServer):
         max_header_bytes: int = 8192,
         max_target_bytes: int = 2048,
         max_output_bytes: int = 1 << 20,
+        max_copied_output_bytes: int = 256 << 20,
         header_timeout_s: float = 10.0,
         idle_timeout_s: float = 60.0,
         write_timeout_s: float = 10.0,
@@ -97,6 +98,7 @@ class HTTPServer(EngineServer):
         self._engine_options: dict[str, Any] = dict(
             prefix=prefix, max_connections=max_connections, max_header_bytes=max_header_bytes,
             max_target_bytes=max_target_bytes, max_output_bytes=max_output_bytes,
+            max_copied_output_bytes=max_copied_output_bytes,
             header_timeout_s=header_timeout_s, idle_timeout_s=idle_timeout_s,
             write_timeout_s=write_timeout_s, require_api_key=require_api_key, api_keys=api_keys)
         self.api_keys = api_keys
