@@ -12,12 +12,16 @@
 #   copy, and the entry outlives its replacement until the last segment
 #   pointing into it is sent;
 # - static bytes (the pre-built error responses);
-# - a block the segment owns: a copy of the worker's Date/Connection tail
-#   (rewritten every second), or a control-plane reply handed over whole.
-# Only owned blocks (and the segment array) are memory a connection adds:
-# they count in out_owned_bytes and, across the engine, against
-# max_copied_output_bytes.  A WebSocket push can queue [entry.ws_head,
-# entry.body] the same way: two segments holding one reference each.
+# - a copy the segment owns: of the worker's Date/Connection tail (rewritten
+#   every second), or of what the kernel did not take of a control-plane
+#   reply (freed at the end of the step that delivered it).
+# Only copies (and the segment array) are memory a connection adds: they
+# count in out_owned_bytes and, across the engine, against
+# max_copied_output_bytes.  Answering (and reading) pauses while
+# max_output_bytes are queued, copies and references alike: a reference
+# keeps a replaced entry alive, so a client pipelining requests it does not
+# read must not pin one version per request.  A WebSocket push can queue
+# [entry.ws_head, entry.body] the same way: two SEG_ENTRY segments.
 #
 # QSBR contract: an entry pointer in the worker's iovec array lives only
 # until the end of conn_run, which always flushes it; a pointer that must
@@ -28,7 +32,7 @@ cdef struct bn_seg:
     const char* data                    # next byte to send
     size_t len                          # bytes left
     bn_entry* entry                     # reference held on the entry data points into, or NULL
-    void* owned                         # block freed once this segment is sent, or NULL
+    char* owned                         # copy freed once this segment is sent, or NULL
     size_t owned_bytes                  # bytes of `owned` (counted while queued)
 
 cdef struct bn_conn:
@@ -171,13 +175,14 @@ cdef int conn_outq_grow(bn_hworker* w, bn_conn* c) noexcept nogil:
 
 
 cdef int conn_outq_push(bn_hworker* w, bn_conn* c, const char* data, size_t n, int kind,
-                        bn_entry* e, void* owned, size_t owned_bytes) noexcept nogil:
-    """Queue data[0:n] behind what is pending.  SEG_ENTRY takes a reference on
-    `e`; SEG_COPY copies; `owned` (already claimed) is freed once sent.
-    0, or -1 with the connection flagged CONN_DEAD."""
+                        bn_entry* e) noexcept nogil:
+    """Queue data[0:n] behind what is pending: SEG_ENTRY takes a reference on
+    `e` (data points into it: a body, a head, a WebSocket frame head),
+    SEG_COPY copies, SEG_STATIC points.  0, or -1 with the connection
+    flagged CONN_DEAD."""
     cdef bn_seg* s
     cdef char* copy = NULL
-    if n == 0 and owned == NULL:
+    if n == 0:
         return 0
     if conn_outq_grow(w, c) < 0:
         c.flags |= CONN_DEAD
@@ -194,21 +199,19 @@ cdef int conn_outq_push(bn_hworker* w, bn_conn* c, const char* data, size_t n, i
             return -1
         memcpy(copy, data, n)
         data = copy
-        owned = copy
-        owned_bytes = n
+        conn_owned_add(w, c, n)
+        e = NULL
     elif kind == SEG_ENTRY:
         entry_ref(e)
     else:
         e = NULL
-    if owned != NULL:
-        conn_owned_add(w, c, owned_bytes)
     s = &c.outq[c.outq_tail]
     c.outq_tail += 1
     s.data = data
     s.len = n
     s.entry = e
-    s.owned = owned
-    s.owned_bytes = owned_bytes
+    s.owned = copy
+    s.owned_bytes = n if copy != NULL else 0
     if c.out_bytes == 0:
         # Output starts waiting: a write-progress window begins.
         c.win_start_ns = w.now_ns
@@ -324,10 +327,7 @@ cdef int conn_send_out(bn_hworker* w, bn_conn* c) noexcept nogil:
             c.outq_head += 1
         if <size_t>n < total:
             return 0                    # the socket is full: wait for EPOLLOUT
-    if c.outq_cap > HTTP_OUTQ_MIN_SEGS:
-        conn_outq_free(w, c)            # a long queue drained: give its array back
-    c.outq_head = 0
-    c.outq_tail = 0
+    conn_outq_free(w, c)                # drained: an idle connection owns no array
     return 0
 
 
@@ -357,7 +357,7 @@ cdef int conn_flush_iov(bn_hworker* w, bn_conn* c) noexcept nogil:
     bn_count(&w.counters.partial_writes, 1)
     while i < niov:
         if conn_outq_push(w, c, <const char*>w.iov[i].iov_base + sent, w.iov[i].iov_len - sent,
-                          w.iov_kind[i], w.iov_entry[i], NULL, 0) < 0:
+                          w.iov_kind[i], w.iov_entry[i]) < 0:
             return -1
         sent = 0
         i += 1
@@ -400,9 +400,9 @@ cdef inline int conn_emit(bn_hworker* w, bn_conn* c, const char* head, size_t he
         if conn_flush_iov(w, c) < 0:
             return -1
     if conn_out_pending(c):
-        if (conn_outq_push(w, c, head, head_len, kind, e, NULL, 0) < 0
-                or conn_outq_push(w, c, w.tails[tail], w.tail_len[tail], SEG_COPY, NULL, NULL, 0) < 0
-                or conn_outq_push(w, c, body, body_len, kind, e, NULL, 0) < 0):
+        if (conn_outq_push(w, c, head, head_len, kind, e) < 0
+                or conn_outq_push(w, c, w.tails[tail], w.tail_len[tail], SEG_COPY, NULL) < 0
+                or conn_outq_push(w, c, body, body_len, kind, e) < 0):
             return -1
         return 0
     conn_iov_add(w, head, head_len, kind, e)
