@@ -8,7 +8,8 @@ entry of `--body-mib` MiB (from `--src`, default this tree's src/, so the
 same script measures another checkout), reads its VmRSS, then opens
 `--clients` connections that each ask for the entry once and read it at
 `--rate-kib` KiB/s (SO_RCVBUF 16 KiB).  After `--seconds` it prints VmRSS,
-VmHWM, how many clients the server closed, and the bytes they got.
+VmHWM, the server's write_timeouts (clients it cut off) and the bytes the
+clients got.
 
 Limits: RSS is the whole process (interpreter included, about 40 MB);
 kernel socket buffers are not process memory and do not show up.  The
@@ -32,6 +33,7 @@ table = ResponseTable({"BIG": b"x" * (%d << 20)})
 with HTTPServer(table, threads=1, max_connections=4096, write_timeout_s=10.0) as srv:
     print(srv.address[1], flush=True)
     sys.stdin.read()
+    print(srv.stats()["totals"]["write_timeouts"], flush=True)
 """
 
 
@@ -60,7 +62,6 @@ def main() -> int:
         idle_kb = vm_kb(proc.pid, "VmRSS")
         sel = selectors.DefaultSelector()
         got = {}
-        closed = 0
         for _ in range(args.clients):
             s = socket.socket()
             s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
@@ -81,7 +82,6 @@ def main() -> int:
                 except OSError:
                     data = b""
                 if not data:
-                    closed += 1
                     sel.unregister(s)
                     s.close()
                     del got[s]
@@ -91,15 +91,17 @@ def main() -> int:
         rss_kb = vm_kb(proc.pid, "VmRSS")
         hwm_kb = vm_kb(proc.pid, "VmHWM")
         received = sum(got.values())
+        proc.stdin.close()
+        write_timeouts = int(proc.stdout.readline())
         for s in got:
             s.close()
         print(f"src={args.src} clients={args.clients} body={args.body_mib} MiB "
               f"rate={args.rate_kib} KiB/s seconds={args.seconds:g}")
         print(f"rss_idle_mb={idle_kb / 1024:.1f} rss_mb={rss_kb / 1024:.1f} "
-              f"hwm_mb={hwm_kb / 1024:.1f} closed_by_server={closed} "
+              f"hwm_mb={hwm_kb / 1024:.1f} write_timeouts={write_timeouts} "
               f"received_mib={received / 2**20:.1f}")
     finally:
-        if proc.stdin:
+        if proc.stdin and not proc.stdin.closed:
             proc.stdin.close()
         proc.wait(timeout=30)
     return 0

@@ -9,17 +9,10 @@ import time
 import pytest
 
 from beastnet import HTTPServer, ResponseTable
-from http_helpers import BODIES, connect, exchange, get, read_until_close, split_responses
+from http_helpers import (BODIES, connect, exchange, get, read_until_close, rss_kb,
+                          split_responses)
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def rss_kb() -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS")
 
 
 def totals(server) -> dict:

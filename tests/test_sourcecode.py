@@ -22,7 +22,7 @@ HOT_FUNCTIONS = {
     "_missq.pxi": ["missq_claim", "missq_set_request", "missq_publish", "missq_peek", "missq_release"],
     "_stats.pxi": ["counters_snapshot"],
     "_http_parse.pxi": ["ascii_ieq", "http_connection_tokens", "http_query_apikey",
-                        "http_parse_head"],
+                        "http_absolute_target", "http_head_prefix_bad", "http_parse_head"],
     "_http_conn.pxi": ["http_worker_date", "conn_out_pending", "conn_out_full", "conn_owned_add",
                        "conn_owned_sub", "conn_owned_claim", "conn_outq_grow", "conn_outq_push",
                        "conn_seg_release", "conn_outq_free", "conn_acked_bytes", "conn_io_error",
