@@ -84,6 +84,8 @@ class HTTPServer(EngineServer):
             raise ValueError("max_connections must be at least one per thread")
         if grace_s < 0:
             raise ValueError("grace_s must be >= 0")
+        if max_copied_output_bytes < 0:
+            raise ValueError(f"max_copied_output_bytes must be >= 0, got {max_copied_output_bytes}")
         self.table = table
         self.host = host
         self.port = port
