@@ -1,10 +1,13 @@
 """A/B: UDP and HTTP hit throughput of two source trees, interleaved in one run.
 
     python benchmarks/ab_engines.py --a /path/to/base/src --b src [--rounds 3] [--duration 4]
+        [--kinds http,udp] [--pipeline 16]
 
 Each round starts, for tree A then tree B, a one-thread server on the same
 150-entry table (`_common.asset_table`) and drives it with the same client:
-HTTP with `wrk -t1 -c50` (keep-alive `GET /v1/BTC`), UDP with this tree's
+HTTP with `wrk -t1 -c50` (keep-alive `GET /v1/BTC`; `--pipeline N` sends N
+per round trip with pipeline.lua, which puts the server's own code, not the
+kernel's TCP path, in front), UDP with this tree's
 `beastnet.loadgen` (64 sockets x window 8, 2 threads).  Prints req/s and
 the server's CPU per request for every run, then the median of each side.
 
@@ -46,7 +49,7 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def run_one(src: str, kind: str, duration: float) -> tuple[float, float]:
+def run_one(src: str, kind: str, duration: float, pipeline: int) -> tuple[float, float]:
     env = dict(os.environ, PYTHONPATH=src)
     proc = subprocess.Popen([sys.executable, "-c", SERVER % {"bench": str(HERE)}, kind],
                             env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -56,8 +59,10 @@ def run_one(src: str, kind: str, duration: float) -> tuple[float, float]:
         time.sleep(0.3)
         cpu0 = cpu_s(proc.pid)
         if kind == "http":
-            out = subprocess.run(["wrk", "-t1", "-c50", f"-d{duration:g}s",
-                                  f"http://127.0.0.1:{port}/v1/BTC"],
+            script = ["-s", str(HERE / "pipeline.lua")] if pipeline > 1 else []
+            extra = ["--", str(pipeline)] if pipeline > 1 else []
+            out = subprocess.run(["wrk", "-t1", "-c50", f"-d{duration:g}s", *script,
+                                  f"http://127.0.0.1:{port}/v1/BTC", *extra],
                                  capture_output=True, text=True, check=True).stdout
             m = re.search(r"Requests/sec:\s+([\d.]+)", out)
             assert m, out
@@ -87,18 +92,21 @@ def main() -> int:
     ap.add_argument("--b", required=True, help="src directory of tree B")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--duration", type=float, default=4.0)
+    ap.add_argument("--kinds", default="http,udp", help="comma-separated: http, udp")
+    ap.add_argument("--pipeline", type=int, default=1, help="HTTP requests per round trip")
     args = ap.parse_args()
+    kinds = [k for k in args.kinds.split(",") if k]
     results: dict[tuple[str, str], list[tuple[float, float]]] = {}
     print(f"load average {os.getloadavg()[0]:.2f}")
     for rnd in range(args.rounds):
-        for kind in ("http", "udp"):
+        for kind in kinds:
             for side, src in (("A", args.a), ("B", args.b)):
-                rps, us = run_one(src, kind, args.duration)
+                rps, us = run_one(src, kind, args.duration, args.pipeline)
                 results.setdefault((kind, side), []).append((rps, us))
                 print(f"round {rnd + 1} {kind:4} {side}: {rps:10,.0f} req/s  {us:6.2f} us CPU/req",
                       flush=True)
     print(f"load average {os.getloadavg()[0]:.2f}")
-    for kind in ("http", "udp"):
+    for kind in kinds:
         a = results[(kind, "A")]
         b = results[(kind, "B")]
         ma = statistics.median(r for r, _ in a)
