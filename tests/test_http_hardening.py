@@ -19,7 +19,7 @@ def totals(server) -> dict:
     return server.stats()["totals"]
 
 
-def wait_for(predicate, timeout: float = 5.0) -> bool:
+def wait_for(predicate, timeout: float = 10.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
@@ -51,29 +51,26 @@ def read_response(sock: socket.socket, body_len: int) -> bytes:
 
 def test_slow_readers_of_a_big_entry_cost_references_not_copies_regression():
     """20 clients asking once for an 8 MiB entry and not reading used to hold
-    a copy each of what the kernel did not take (~150 MB here)."""
+    a copy each of what the kernel did not take (~100 MB here)."""
     body = bytes(range(256)) * (8 << 12)            # 8 MiB
     table = ResponseTable({"BIG": body})
     with HTTPServer(table, threads=1) as server:
         before = rss_kb()
         clients = [slow_client(server) for _ in range(20)]
-        for sock in clients:
-            sock.sendall(get("BIG"))
-        assert wait_for(lambda: totals(server)["partial_writes"] >= 20)
-        time.sleep(0.3)
-        grown_mb = (rss_kb() - before) / 1024
-        if grown_mb >= 40:
+        try:
+            for sock in clients:
+                sock.sendall(get("BIG"))
+            assert wait_for(lambda: totals(server)["partial_writes"] >= 20, 20.0)
+            time.sleep(0.3)
+            grown_mb = (rss_kb() - before) / 1024
+            assert grown_mb < 40, f"RSS grew {grown_mb:.0f} MB for 20 slow readers"
+            # Owned output: the Date tails and the segment arrays, not the bodies.
+            assert totals(server)["output_copied"] < 64 * 1024
+            # The whole body still arrives intact.
+            assert read_response(clients[0], len(body)) == body
+        finally:
             for sock in clients:
                 sock.close()
-            pytest.fail(f"RSS grew {grown_mb:.0f} MB for 20 slow readers")
-        copied = totals(server)["output_copied"]
-        # The whole body still arrives intact on each connection.
-        for sock in clients[:3]:
-            assert read_response(sock, len(body)) == body
-        for sock in clients:
-            sock.close()
-        # Owned output: the Date tails and the segment arrays, not the bodies.
-        assert copied < 64 * 1024 * 20
         assert wait_for(lambda: totals(server)["active"] == 0)
         assert wait_for(lambda: totals(server)["output_copied"] == 0)
 
@@ -127,29 +124,27 @@ def test_slow_but_steady_readers_are_not_cut_off_regression():
     with HTTPServer(table, threads=1, write_timeout_s=1.5) as server:
         readers = [slow_client(server, 16384) for _ in range(10)]
         stalled = slow_client(server)
-        for sock in readers + [stalled]:
-            sock.sendall(get("BIG"))
-            sock.setblocking(False)
-        got = [0] * len(readers)
-        t0 = time.monotonic()
-        while time.monotonic() - t0 < 4.5:          # three windows
-            for i, sock in enumerate(readers):
-                try:
-                    chunk = sock.recv(1600)         # 16 KB/s at 10 reads a second
-                except BlockingIOError:
-                    continue
-                assert chunk, "a steady reader was cut off"
-                got[i] += len(chunk)
-            time.sleep(0.1)
-        assert min(got) > 16 * 1024
-        stats = totals(server)
-        assert stats["write_timeouts"] == 1, stats   # the stalled one only
-        stalled.setblocking(True)
-        stalled.settimeout(1)
-        with pytest.raises((ConnectionResetError, socket.timeout, AssertionError)):
-            read_response(stalled, len(body))
-        for sock in readers + [stalled]:
-            sock.close()
+        try:
+            for sock in readers + [stalled]:
+                sock.sendall(get("BIG"))
+                sock.setblocking(False)
+            got = [0] * len(readers)
+            t0 = time.monotonic()
+            while time.monotonic() - t0 < 4.5:      # three windows
+                for i, sock in enumerate(readers):
+                    try:
+                        chunk = sock.recv(1600)     # 16 KB/s at 10 reads a second
+                    except BlockingIOError:
+                        continue
+                    assert chunk, "a steady reader was cut off"
+                    got[i] += len(chunk)
+                time.sleep(0.1)
+            assert min(got) > 16 * 1024
+            stats = totals(server)
+            assert stats["write_timeouts"] == 1, stats   # the stalled one only
+        finally:
+            for sock in readers + [stalled]:
+                sock.close()
 
 
 # -- 5. requests that never got an answer -----------------------------------------------------
