@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import selectors
 import socket
 import subprocess
 import sys
@@ -60,7 +59,6 @@ def main() -> int:
         port = int(proc.stdout.readline())
         time.sleep(0.5)
         idle_kb = vm_kb(proc.pid, "VmRSS")
-        sel = selectors.DefaultSelector()
         got = {}
         for _ in range(args.clients):
             s = socket.socket()
@@ -68,7 +66,6 @@ def main() -> int:
             s.connect(("127.0.0.1", port))
             s.sendall(b"GET /v1/BIG HTTP/1.1\r\nHost: x\r\n\r\n")
             s.setblocking(False)
-            sel.register(s, selectors.EVENT_READ)
             got[s] = 0
         per_tick = args.rate_kib * 1024 // 10
         t0 = time.monotonic()
@@ -82,7 +79,6 @@ def main() -> int:
                 except OSError:
                     data = b""
                 if not data:
-                    sel.unregister(s)
                     s.close()
                     del got[s]
                     continue
