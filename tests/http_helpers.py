@@ -15,6 +15,15 @@ BODIES = {a: price_body(a, p, 1700000000000) for a, p in (("BTC", 64000.5), ("ET
                                                           ("SOL", 150.0))}
 
 
+def rss_kb() -> int:
+    """This process's resident set size (VmRSS)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
 def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 

@@ -51,9 +51,22 @@ def parse_head(head: bytes, max_target: int) -> Head:
     target = re.match(rb"[\x21-\x7e]*", rest).group(0)     # type: ignore[union-attr]
     if len(target) > max_target:
         return Head(414)
-    if not target.startswith(b"/") or rest[len(target):len(target) + 1] != b" ":
+    if rest[len(target):len(target) + 1] != b" ":
         return Head(400)
-    version = rest[len(target) + 1:]
+    version_at = len(target) + 1
+    if not target.startswith(b"/"):
+        # absolute-form (RFC 9112 3.2.2): served as its path and query.
+        m = re.fullmatch(rb"(?i:https?://)([^/?]+)(.*)", target, re.S)
+        if m is None:
+            return Head(400)
+        rest_of = m.group(2)
+        if rest_of == b"":
+            target = b"/"
+        elif rest_of.startswith(b"/"):
+            target = rest_of
+        else:
+            return Head(400)                # an empty path with a query
+    version = rest[version_at:]
     if version == b"HTTP/1.1":
         http10 = False
     elif version == b"HTTP/1.0":
@@ -66,6 +79,7 @@ def parse_head(head: bytes, max_target: int) -> Head:
     content_length: Optional[int] = None
     chunked = False
     api_key: Optional[bytes] = None
+    credentials = 0
     for raw in fields.split(b"\r\n")[:-1] if fields else []:
         name = re.match(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]*", raw).group(0)  # type: ignore[union-attr]
         if not name or raw[len(name):len(name) + 1] != b":":
@@ -90,26 +104,63 @@ def parse_head(head: bytes, max_target: int) -> Head:
         elif lname == b"transfer-encoding":
             chunked = True
         elif lname == b"x-api-key":
-            if not 1 <= len(value) <= APIKEY_MAX_BYTES:
+            credentials += 1
+            if not 1 <= len(value) <= APIKEY_MAX_BYTES or credentials > 1:
                 return Head(400)
             api_key = value
+        elif lname == b"authorization" and value[:7].lower() == b"bearer " and len(value) > 7:
+            token = value[7:].lstrip(b" ")
+            credentials += 1
+            if not 1 <= len(token) <= APIKEY_MAX_BYTES or credentials > 1:
+                return Head(400)
+            api_key = token
     if content_length is not None and chunked:
         return Head(400)                    # request smuggling shape
     if not http10 and not host:
         return Head(400)
     path = target.split(b"?", 1)[0]
-    if api_key is None and b"?" in target:
+    if b"?" in target:
+        # One credential per request: a second (header and query, or two
+        # api_key= parameters) is ambiguous, so refused.
         for param in target.split(b"?", 1)[1].split(b"&"):
-            if param.startswith(b"api_key=") and len(param) > 8:
-                api_key = param[8:]
-                if len(api_key) > APIKEY_MAX_BYTES:
-                    return Head(400)
-                break
             if param.startswith(b"api_key="):
-                break
+                credentials += 1
+                if credentials > 1:
+                    return Head(400)
+                api_key = param[8:] or None
+                if api_key is not None and len(api_key) > APIKEY_MAX_BYTES:
+                    return Head(400)
     return Head(0, method, target, path, api_key,
                 keepalive=(keep and not close) if http10 else not close,
                 http10=http10, has_body=chunked or bool(content_length))
+
+
+def prefix_bad(buf: bytes, max_target: int) -> bool:
+    """Whether an incomplete head can no longer begin a request the engine
+    takes, so it answers 400 without waiting: a bare LF anywhere, or a
+    request line that is not `token SP target SP HTTP/1.x CRLF` so far (a
+    target starts with '/' or is absolute-form, "h..."; one longer than
+    max_target is left to the 414 rule)."""
+    if buf == b"\r":
+        return False
+    if re.search(rb"(?<!\r)\n", buf):
+        return True
+    m = re.match(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]*", buf)
+    method = m.group(0)                                             # type: ignore[union-attr]
+    if len(method) > METHOD_MAX_BYTES:
+        return True
+    if len(method) == len(buf):
+        return False
+    if not method or buf[len(method):len(method) + 1] != b" ":
+        return True
+    rest = buf[len(method) + 1:]
+    target = re.match(rb"[\x21-\x7e]*", rest).group(0)              # type: ignore[union-attr]
+    if len(target) == len(rest) or len(target) > max_target:
+        return False
+    if not target or rest[len(target):len(target) + 1] != b" " or target[:1] not in (b"/", b"h", b"H"):
+        return True
+    version = rest[len(target) + 1:][:10]
+    return not (b"HTTP/1.0\r\n".startswith(version) or b"HTTP/1.1\r\n".startswith(version))
 
 
 NO_ANSWER = 0                   # the server may close without answering
@@ -147,6 +198,10 @@ def expected_answers(stream: bytes, lookup: Callable[[bytes], Optional[bytes]], 
     out: list[Answer] = []
     pos = 0
     while pos < len(stream):
+        while stream.startswith(b"\r\n", pos):    # empty lines before a request line are skipped
+            pos += 2
+        if pos >= len(stream):
+            break
         end = stream.find(b"\r\n\r\n", pos)
         if end < 0:
             # An incomplete head at EOF: refused if some read saw it past a
@@ -155,12 +210,22 @@ def expected_answers(stream: bytes, lookup: Callable[[bytes], Optional[bytes]], 
             possible = _early_refusals(rest, len(rest) + 1, max_header, max_target)
             certain = len(rest) > max_header or (len(rest) > max_target + 32
                                                   and b"\r\n" not in rest)
+            if prefix_bad(rest, max_target):
+                # Refused as soon as a read shows the bad byte: no later read
+                # can make it a request.
+                bad_at = next(k for k in range(1, len(rest) + 1) if prefix_bad(rest[:k], max_target))
+                possible = _early_refusals(rest, bad_at, max_header, max_target) | {400}
+                certain = True
             if possible:
                 out.append(Answer(frozenset(possible if certain else possible | {NO_ANSWER}),
                                   False, True))
             return out
         head_len = end + 4 - pos
         early = _early_refusals(stream[pos:], head_len, max_header, max_target)
+        bad_at = next((k for k in range(1, head_len) if prefix_bad(stream[pos:pos + k], max_target)),
+                      None)
+        if bad_at is not None:
+            early = _early_refusals(stream[pos:], bad_at, max_header, max_target) | {400}
         if head_len > max_header:
             out.append(Answer(frozenset(early | {431}), False, True))
             return out

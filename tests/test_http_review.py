@@ -8,17 +8,9 @@ import time
 import pytest
 
 from beastnet import Answer, APIKeyTable, HTTPServer, ResponseTable
-from http_helpers import connect, exchange, get, split_responses
+from http_helpers import connect, exchange, get, rss_kb, split_responses
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def rss_kb() -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS")
 
 
 def test_long_query_on_a_miss_is_414_not_a_heap_overflow_regression():

@@ -103,6 +103,7 @@ cdef class UDPEngine(NativeEngine):
 cdef class HTTPEngine(NativeEngine):
     cdef bn_hworker** workers           # nthreads, owned
     cdef int stop_efd                   # eventfd: wakes workers sleeping in epoll_wait
+    cdef uint64_t owned_output_bytes    # output copied by all workers' connections (atomic)
     cdef bn_ws_hub* hub                 # WebSocket publication rings, NULL = WebSocket off
     cdef ResponseTable ws_topics        # HTTPServer.publish()'s topics, or None
     cdef int hub_attached               # 1 while the tables publish to `hub`

@@ -14,7 +14,7 @@ from libc.errno cimport (EADDRNOTAVAIL, EAGAIN, EBADF, ECONNREFUSED, ECONNRESET,
                          ENOMEM, ENOPROTOOPT, ENOTSOCK, EOPNOTSUPP, EPIPE, ETIMEDOUT, errno)
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc, realloc
-from libc.string cimport memcmp, memcpy, memmove, memset, strlen
+from libc.string cimport memchr, memcmp, memcpy, memmove, memset, strlen
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, time_t, timespec
 from posix.uio cimport iovec
 

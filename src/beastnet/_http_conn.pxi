@@ -1,13 +1,39 @@
-# HTTP connections: input leftovers, output buffers and gathered writes.
+# HTTP connections: input leftovers, the output queue and gathered writes.
 #
 # A worker answers a connection's requests by queueing iovecs
 # [pre-built head, worker's Date/Connection tail, body] and writes them with
 # one sendmsg at the end of the step: the body is never copied.
 #
-# QSBR contract: an entry pointer lives in the worker's iovec array only until
-# the end of conn_run, which always flushes it.  What the kernel did not take
-# is copied into the connection's own output buffer there and then (the only
-# copy, and only on that slow path), so no entry is held across batches.
+# What the kernel does not take goes to the connection's output queue, a
+# list of segments sent in order when the socket is writable.  A segment
+# points into one of:
+# - a table entry, on which it holds a reference (entry_ref): the entry is
+#   immutable, so a slow reader of a 16 MiB body costs a reference, not a
+#   copy, and the entry outlives its replacement until the last segment
+#   pointing into it is sent;
+# - static bytes (the pre-built error responses);
+# - a copy the segment owns: of the worker's Date/Connection tail (rewritten
+#   every second), or of what the kernel did not take of a control-plane
+#   reply (freed at the end of the step that delivered it).
+# Only copies (and the segment array) are memory a connection adds: they
+# count in out_owned_bytes and, across the engine, against
+# max_copied_output_bytes.  Answering (and reading) pauses while
+# max_output_bytes are queued, copies and references alike: a reference
+# keeps a replaced entry alive, so a client pipelining requests it does not
+# read must not pin one version per request.  A WebSocket push can queue
+# [entry.ws_head, entry.body] the same way: two SEG_ENTRY segments.
+#
+# QSBR contract: an entry pointer in the worker's iovec array lives only
+# until the end of conn_run, which always flushes it; a pointer that must
+# wait longer is turned into a segment holding a reference there and then,
+# so a worker's quiescent point never leaves an unreferenced entry behind.
+
+cdef struct bn_seg:
+    const char* data                    # next byte to send
+    size_t len                          # bytes left
+    bn_entry* entry                     # reference held on the entry data points into, or NULL
+    char* owned                         # copy freed once this segment is sent, or NULL
+    size_t owned_bytes                  # bytes of `owned` (counted while queued)
 
 cdef struct bn_conn:
     int fd                              # -1 = free slot
@@ -19,15 +45,19 @@ cdef struct bn_conn:
     size_t in_len                       # bytes
     size_t in_cap                       # bytes
     size_t in_scanned                   # bytes of inb already searched for the head's end
-    char* outb                          # unsent output, NULL when none
-    size_t out_off                      # bytes already sent from outb
-    size_t out_len                      # bytes in outb
-    size_t out_cap                      # bytes
+    bn_seg* outq                        # output queue, NULL when none (most of the time)
+    uint32_t outq_head                  # first unsent segment
+    uint32_t outq_tail                  # one past the last queued segment
+    uint32_t outq_cap                   # segments allocated at outq
+    size_t out_bytes                    # bytes queued, not yet taken by the kernel
+    size_t out_owned_bytes              # of the connection's memory: owned blocks + segment array
+    uint64_t sent_bytes                 # bytes the kernel took over the connection's life
+    uint64_t win_acked_bytes            # bytes the peer had accepted when the window began
+    int64_t win_start_ns                # start of the current write-progress window
     uint32_t peer_len                   # bytes of `peer`
     char peer[ADDR_MAX_BYTES]           # the client's address, from accept4
     int64_t last_active_ns              # last read (or accept)
     int64_t head_start_ns               # when the incomplete head in inb began arriving
-    int64_t last_write_ns               # last write progress while output was pending
     uint64_t requests                   # requests answered on this connection
     bn_ws_conn* ws                      # after a WebSocket upgrade, else NULL
 
@@ -86,66 +116,144 @@ cdef void http_worker_date(bn_hworker* w) noexcept nogil:
     w.tail_len[TAIL_CLOSE] = dlen + 21
 
 
-cdef int conn_out_append(bn_conn* c, const char* data, size_t n) noexcept nogil:
-    """Copy `n` bytes to the end of the connection's output buffer; -1 = no memory."""
-    cdef size_t need
-    cdef size_t cap
-    cdef char* grown
-    if c.out_off == c.out_len:
-        c.out_off = 0
-        c.out_len = 0
-    need = c.out_len + n
-    if need > c.out_cap:
-        if c.out_off > 0:               # slide the unsent part down first
-            memmove(c.outb, c.outb + c.out_off, c.out_len - c.out_off)
-            c.out_len -= c.out_off
-            c.out_off = 0
-            need = c.out_len + n
-        if need > c.out_cap:
-            cap = c.out_cap * 2 if c.out_cap else 4096
-            while cap < need:
-                cap *= 2
-            grown = <char*>realloc(c.outb, cap)
-            if grown == NULL:
-                return -1
-            c.outb = grown
-            c.out_cap = cap
-    memcpy(c.outb + c.out_len, data, n)
-    c.out_len += n
-    return 0
-
-
 cdef inline int conn_out_pending(bn_conn* c) noexcept nogil:
-    return c.out_len > c.out_off
+    return c.out_bytes > 0
 
 
-cdef int conn_send_out(bn_hworker* w, bn_conn* c) noexcept nogil:
-    """Write what the output buffer holds: 0 = done or EAGAIN, -1 = the
-    connection failed (flagged CONN_DEAD, counted)."""
-    cdef ssize_t n
-    cdef int err
-    while c.out_len > c.out_off:
-        n = send(c.fd, c.outb + c.out_off, c.out_len - c.out_off, MSG_NOSIGNAL)
-        if n > 0:
-            c.out_off += <size_t>n
-            c.last_write_ns = w.now_ns
-            bn_count(&w.counters.bytes_out, <uint64_t>n)
-            continue
-        err = errno
-        if n < 0 and err == EINTR:
-            bn_count(&w.counters.eintr, 1)
-            continue
-        if n < 0 and err == EAGAIN:
-            return 0
-        conn_io_error(w, c, err)
+cdef inline int conn_out_full(bn_hworker* w, bn_conn* c) noexcept nogil:
+    # Answering stops (reads pause) while this much is queued: it bounds both
+    # what a connection copies and how many replaced entries it keeps alive.
+    return c.out_bytes >= w.max_output_bytes
+
+
+cdef inline void conn_owned_add(bn_hworker* w, bn_conn* c, size_t n) noexcept nogil:
+    c.out_owned_bytes += n
+    w.owned_bytes += n
+    bn_store_u64(&w.counters.output_copied, w.owned_bytes)
+
+
+cdef inline void conn_owned_sub(bn_hworker* w, bn_conn* c, size_t n) noexcept nogil:
+    c.out_owned_bytes -= n
+    w.owned_bytes -= n
+    bn_store_u64(&w.counters.output_copied, w.owned_bytes)
+    bn_add_u64(w.owned_total, <uint64_t>0 - <uint64_t>n)
+
+
+cdef int conn_owned_claim(bn_hworker* w, size_t n) noexcept nogil:
+    """Reserve `n` owned bytes against the engine-wide cap; -1 = over it (counted)."""
+    if bn_add_u64(w.owned_total, n) > w.max_owned_total:
+        bn_add_u64(w.owned_total, <uint64_t>0 - <uint64_t>n)
+        bn_count(&w.counters.output_cap_closes, 1)
         return -1
-    c.out_off = 0
-    c.out_len = 0
-    if c.out_cap > HTTP_OUT_FREE_BYTES:
-        free(c.outb)
-        c.outb = NULL
-        c.out_cap = 0
     return 0
+
+
+cdef int conn_outq_grow(bn_hworker* w, bn_conn* c) noexcept nogil:
+    """Room for one more segment at outq_tail; -1 = no memory or over the cap."""
+    cdef uint32_t live = c.outq_tail - c.outq_head
+    cdef uint32_t cap
+    cdef bn_seg* grown
+    if c.outq_tail < c.outq_cap:
+        return 0
+    if c.outq_head > 0:                 # slide the unsent segments down first
+        memmove(c.outq, c.outq + c.outq_head, live * sizeof(bn_seg))
+        c.outq_head = 0
+        c.outq_tail = live
+        if live < c.outq_cap:
+            return 0
+    cap = c.outq_cap * 2 if c.outq_cap else HTTP_OUTQ_MIN_SEGS
+    if conn_owned_claim(w, (cap - c.outq_cap) * sizeof(bn_seg)) < 0:
+        return -1
+    grown = <bn_seg*>realloc(c.outq, cap * sizeof(bn_seg))
+    if grown == NULL:
+        bn_add_u64(w.owned_total, <uint64_t>0 - <uint64_t>((cap - c.outq_cap) * sizeof(bn_seg)))
+        bn_count(&w.counters.oom_closes, 1)
+        return -1
+    conn_owned_add(w, c, (cap - c.outq_cap) * sizeof(bn_seg))
+    c.outq = grown
+    c.outq_cap = cap
+    return 0
+
+
+cdef int conn_outq_push(bn_hworker* w, bn_conn* c, const char* data, size_t n, int kind,
+                        bn_entry* e) noexcept nogil:
+    """Queue data[0:n] behind what is pending: SEG_ENTRY takes a reference on
+    `e` (data points into it: a body, a head, a WebSocket frame head),
+    SEG_COPY copies, SEG_STATIC points.  0, or -1 with the connection
+    flagged CONN_DEAD."""
+    cdef bn_seg* s
+    cdef char* copy = NULL
+    if n == 0:
+        return 0
+    if conn_outq_grow(w, c) < 0:
+        c.flags |= CONN_DEAD
+        return -1
+    if kind == SEG_COPY:
+        if conn_owned_claim(w, n) < 0:
+            c.flags |= CONN_DEAD
+            return -1
+        copy = <char*>malloc(n)
+        if copy == NULL:
+            bn_add_u64(w.owned_total, <uint64_t>0 - <uint64_t>n)
+            bn_count(&w.counters.oom_closes, 1)
+            c.flags |= CONN_DEAD
+            return -1
+        memcpy(copy, data, n)
+        data = copy
+        conn_owned_add(w, c, n)
+        e = NULL
+    elif kind == SEG_ENTRY:
+        entry_ref(e)
+    else:
+        e = NULL
+    s = &c.outq[c.outq_tail]
+    c.outq_tail += 1
+    s.data = data
+    s.len = n
+    s.entry = e
+    s.owned = copy
+    s.owned_bytes = n if copy != NULL else 0
+    if c.out_bytes == 0:
+        # Output starts waiting: a write-progress window begins.
+        c.win_start_ns = w.now_ns
+        c.win_acked_bytes = conn_acked_bytes(c)
+    c.out_bytes += n
+    return 0
+
+
+cdef inline void conn_seg_release(bn_hworker* w, bn_conn* c, bn_seg* s) noexcept nogil:
+    if s.entry != NULL:
+        entry_unref(s.entry)
+        s.entry = NULL
+    if s.owned != NULL:
+        free(s.owned)
+        s.owned = NULL
+        conn_owned_sub(w, c, s.owned_bytes)
+
+
+cdef void conn_outq_free(bn_hworker* w, bn_conn* c) noexcept nogil:
+    """Drop every queued segment (the connection closes) and the array."""
+    while c.outq_head < c.outq_tail:
+        conn_seg_release(w, c, &c.outq[c.outq_head])
+        c.outq_head += 1
+    if c.outq != NULL:
+        conn_owned_sub(w, c, c.outq_cap * sizeof(bn_seg))
+        free(c.outq)
+    c.outq = NULL
+    c.outq_head = 0
+    c.outq_tail = 0
+    c.outq_cap = 0
+    c.out_bytes = 0
+
+
+cdef uint64_t conn_acked_bytes(bn_conn* c) noexcept nogil:
+    """Bytes the peer has accepted: what the kernel took minus what its send
+    queue still holds (SIOCOUTQ: sent but not acknowledged, or not sent).
+    Falls back to what the kernel took when the ioctl fails."""
+    cdef int queued = 0
+    if ioctl(c.fd, SIOCOUTQ, &queued) < 0 or queued < 0 or <uint64_t>queued > c.sent_bytes:
+        return c.sent_bytes
+    return c.sent_bytes - <uint64_t>queued
 
 
 cdef inline void conn_io_error(bn_hworker* w, bn_conn* c, int err) noexcept nogil:
@@ -158,14 +266,77 @@ cdef inline void conn_io_error(bn_hworker* w, bn_conn* c, int err) noexcept nogi
     c.flags |= CONN_DEAD
 
 
-cdef int conn_flush_iov(bn_hworker* w, bn_conn* c) noexcept nogil:
-    """Gather-write the worker's pending iovecs for `c` (sendmsg = writev plus
-    MSG_NOSIGNAL).  Whatever the kernel does not take is copied into the
-    connection's output buffer before returning: the iovecs may point into
-    table entries, which must not outlive this batch (QSBR).  0 or -1 (dead)."""
+cdef ssize_t conn_sendmsg(bn_hworker* w, bn_conn* c, iovec* iov, int niov) noexcept nogil:
+    """One gather write (sendmsg = writev plus MSG_NOSIGNAL): the bytes taken,
+    0 on EAGAIN, -1 = the connection failed (flagged CONN_DEAD, counted)."""
     cdef msghdr msg
-    cdef ssize_t n = 0
+    cdef ssize_t n
     cdef int err
+    memset(&msg, 0, sizeof(msg))
+    msg.msg_iov = iov
+    msg.msg_iovlen = <size_t>niov
+    while True:
+        n = sendmsg(c.fd, &msg, MSG_NOSIGNAL)
+        if n >= 0:
+            bn_count(&w.counters.bytes_out, <uint64_t>n)
+            c.sent_bytes += <uint64_t>n
+            return n
+        err = errno
+        if err == EINTR:
+            bn_count(&w.counters.eintr, 1)
+            continue
+        if err == EAGAIN:
+            return 0
+        conn_io_error(w, c, err)
+        return -1
+
+
+cdef int conn_send_out(bn_hworker* w, bn_conn* c) noexcept nogil:
+    """Write the output queue, HTTP_IOV_MAX segments per sendmsg, until it is
+    empty or the socket is full: 0, or -1 = the connection failed.  Fully
+    sent segments drop their reference or free their block; a partial one
+    advances its pointer.  Uses the worker's iovec array, empty here."""
+    cdef int niov
+    cdef uint32_t i
+    cdef ssize_t n
+    cdef size_t sent
+    cdef size_t total
+    cdef bn_seg* s
+    while c.outq_head < c.outq_tail:
+        niov = 0
+        total = 0
+        i = c.outq_head
+        while i < c.outq_tail and niov < HTTP_IOV_MAX:
+            w.iov[niov].iov_base = <void*>c.outq[i].data
+            w.iov[niov].iov_len = c.outq[i].len
+            total += c.outq[i].len
+            niov += 1
+            i += 1
+        n = conn_sendmsg(w, c, w.iov, niov)
+        if n < 0:
+            return -1
+        sent = <size_t>n
+        c.out_bytes -= sent
+        while c.outq_head < c.outq_tail:
+            s = &c.outq[c.outq_head]
+            if sent < s.len:
+                s.data += sent
+                s.len -= sent
+                break
+            sent -= s.len
+            conn_seg_release(w, c, s)
+            c.outq_head += 1
+        if <size_t>n < total:
+            return 0                    # the socket is full: wait for EPOLLOUT
+    conn_outq_free(w, c)                # drained: an idle connection owns no array
+    return 0
+
+
+cdef int conn_flush_iov(bn_hworker* w, bn_conn* c) noexcept nogil:
+    """Gather-write the worker's pending iovecs for `c`.  What the kernel does
+    not take is queued before returning: a reference on an entry, a copy of
+    the Date tail; the iovecs must not outlive this step (QSBR).  0 or -1."""
+    cdef ssize_t n
     cdef int i
     cdef size_t sent
     cdef int niov = w.niov
@@ -173,23 +344,9 @@ cdef int conn_flush_iov(bn_hworker* w, bn_conn* c) noexcept nogil:
     w.iov_bytes = 0
     if niov == 0 or (c.flags & CONN_DEAD):
         return 0
-    memset(&msg, 0, sizeof(msg))
-    msg.msg_iov = w.iov
-    msg.msg_iovlen = <size_t>niov
-    while True:
-        n = sendmsg(c.fd, &msg, MSG_NOSIGNAL)
-        if n >= 0:
-            break
-        err = errno
-        if err == EINTR:
-            bn_count(&w.counters.eintr, 1)
-            continue
-        if err == EAGAIN:
-            n = 0
-            break
-        conn_io_error(w, c, err)
+    n = conn_sendmsg(w, c, w.iov, niov)
+    if n < 0:
         return -1
-    bn_count(&w.counters.bytes_out, <uint64_t>n)
     sent = <size_t>n
     i = 0
     while i < niov and sent >= w.iov[i].iov_len:
@@ -197,23 +354,18 @@ cdef int conn_flush_iov(bn_hworker* w, bn_conn* c) noexcept nogil:
         i += 1
     if i == niov:
         return 0
-    # Slow path: the socket buffer is full.  Copy the rest (the one copy).
+    # Slow path: the socket buffer is full.  Queue the rest.
     bn_count(&w.counters.partial_writes, 1)
-    c.last_write_ns = w.now_ns
     while i < niov:
-        if conn_out_append(c, <const char*>w.iov[i].iov_base + sent, w.iov[i].iov_len - sent) < 0:
-            bn_count(&w.counters.oom_closes, 1)
-            c.flags |= CONN_DEAD
+        if conn_outq_push(w, c, <const char*>w.iov[i].iov_base + sent, w.iov[i].iov_len - sent,
+                          w.iov_kind[i], w.iov_entry[i]) < 0:
             return -1
         sent = 0
         i += 1
     return 0
 
 
-cdef inline int conn_emit(bn_hworker* w, bn_conn* c, const char* head, size_t head_len, int tail,
-                          const char* body, size_t body_len, int status) noexcept nogil:
-    """Queue one response: head + tail + body.  Zero-copy into the iovecs unless
-    output is already backlogged (then appended, to keep the order).  0 or -1."""
+cdef inline void conn_count_status(bn_hworker* w, int status) noexcept nogil:
     if status < 300:
         bn_count(&w.counters.responses_2xx, 1)
     elif status < 400:
@@ -222,35 +374,48 @@ cdef inline int conn_emit(bn_hworker* w, bn_conn* c, const char* head, size_t he
         bn_count(&w.counters.responses_4xx, 1)
     else:
         bn_count(&w.counters.responses_5xx, 1)
+
+
+cdef inline void conn_iov_add(bn_hworker* w, const char* data, size_t n, int kind,
+                              bn_entry* e) noexcept nogil:
+    w.iov[w.niov].iov_base = <void*>data
+    w.iov[w.niov].iov_len = n
+    w.iov_kind[w.niov] = <uint8_t>kind
+    w.iov_entry[w.niov] = e
+    w.niov += 1
+    w.iov_bytes += n
+
+
+cdef inline int conn_emit(bn_hworker* w, bn_conn* c, const char* head, size_t head_len, int tail,
+                          const char* body, size_t body_len, int status, int kind,
+                          bn_entry* e) noexcept nogil:
+    """Queue one response: head + tail + body, both in entry `e` (SEG_ENTRY),
+    static (SEG_STATIC) or gone after this step (SEG_COPY).  Zero-copy into
+    the iovecs unless output is already backlogged (then queued behind it,
+    to keep the order).  0 or -1."""
+    conn_count_status(w, status)
     c.requests += 1
     # Flush by count and by bytes: pipelined hits on a big entry must not
-    # pile up (and, on a slow reader, be copied) without bound.
+    # pile up without bound.
     if w.niov + 3 > HTTP_IOV_MAX or w.iov_bytes >= w.max_output_bytes:
         if conn_flush_iov(w, c) < 0:
             return -1
     if conn_out_pending(c):
-        if (conn_out_append(c, head, head_len) < 0
-                or conn_out_append(c, w.tails[tail], w.tail_len[tail]) < 0
-                or conn_out_append(c, body, body_len) < 0):
-            bn_count(&w.counters.oom_closes, 1)
-            c.flags |= CONN_DEAD
+        if (conn_outq_push(w, c, head, head_len, kind, e) < 0
+                or conn_outq_push(w, c, w.tails[tail], w.tail_len[tail], SEG_COPY, NULL) < 0
+                or conn_outq_push(w, c, body, body_len, kind, e) < 0):
             return -1
         return 0
-    w.iov[w.niov].iov_base = <void*>head
-    w.iov[w.niov].iov_len = head_len
-    w.iov[w.niov + 1].iov_base = <void*>w.tails[tail]
-    w.iov[w.niov + 1].iov_len = w.tail_len[tail]
-    w.iov[w.niov + 2].iov_base = <void*>body      # into the entry: never copied here
-    w.iov[w.niov + 2].iov_len = body_len
-    w.niov += 3
-    w.iov_bytes += head_len + w.tail_len[tail] + body_len
+    conn_iov_add(w, head, head_len, kind, e)
+    conn_iov_add(w, w.tails[tail], w.tail_len[tail], SEG_COPY, NULL)
+    conn_iov_add(w, body, body_len, kind, e)    # into the entry: never copied
     return 0
 
 
 cdef inline int conn_emit_error(bn_hworker* w, bn_conn* c, int err, int tail, int head_only) noexcept nogil:
     cdef bn_static_resp* r = &HTTP_ERR[err]
-    return conn_emit(w, c, r.head, r.head_len, tail, r.body, 0 if head_only else r.body_len, r.status)
-
+    return conn_emit(w, c, r.head, r.head_len, tail, r.body, 0 if head_only else r.body_len,
+                     r.status, SEG_STATIC, NULL)
 
 
 cdef void conn_close(bn_hworker* w, bn_conn* c) noexcept nogil:
@@ -271,11 +436,8 @@ cdef void conn_close(bn_hworker* w, bn_conn* c) noexcept nogil:
     c.in_len = 0
     c.in_cap = 0
     c.in_scanned = 0
-    free(c.outb)
-    c.outb = NULL
-    c.out_off = 0
-    c.out_len = 0
-    c.out_cap = 0
+    conn_outq_free(w, c)
+    c.sent_bytes = 0
     w.free_slots[w.free_top] = <uint32_t>(c - w.conns)
     w.free_top += 1
 

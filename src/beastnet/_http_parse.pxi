@@ -9,7 +9,8 @@ cdef struct bn_hreq:
     const char* method
     uint32_t method_len
     int method_code                     # METHOD_*
-    const char* target                  # origin-form: path [ "?" query ]
+    const char* target                  # origin-form: path [ "?" query ] (of an absolute-form
+                                        # target, the part after the authority)
     uint32_t target_len
     uint32_t path_len                   # bytes of target before '?'
     const char* apikey                  # X-API-Key, else ?api_key=, else NULL
@@ -99,6 +100,83 @@ cdef inline int http_query_apikey(bn_hreq* req) noexcept nogil:
     return 0
 
 
+cdef const char* HTTP_ROOT = b"/"
+
+
+cdef int http_absolute_target(const char* t, size_t n, bn_hreq* req) noexcept nogil:
+    """absolute-form (RFC 9112 section 3.2.2): "http://" authority path-abempty
+    [ "?" query ], which a server must accept.  The request is served as its
+    origin-form part (the authority names this server; Host is still
+    required of HTTP/1.1).  An empty path is "/"; an empty path with a query
+    has no origin-form without a copy: 0, or -1 (a 400)."""
+    cdef size_t i
+    if n > 7 and ascii_ieq(t, b"http://", 7):
+        i = 7
+    elif n > 8 and ascii_ieq(t, b"https://", 8):
+        i = 8
+    else:
+        return -1
+    if t[i] == 47 or t[i] == 63:                                  # no authority
+        return -1
+    while i < n and t[i] != 47 and t[i] != 63:
+        i += 1
+    if i == n:
+        req.target = HTTP_ROOT
+        req.target_len = 1
+        return 0
+    if t[i] != 47:
+        return -1
+    req.target = t + i
+    req.target_len = <uint32_t>(n - i)
+    return 0
+
+
+cdef int http_head_prefix_bad(const char* p, size_t n, size_t max_target) noexcept nogil:
+    """Whether the first n bytes of an incomplete head can no longer begin a
+    valid request, so the 400 need not wait for the header timeout: junk (a
+    TLS ClientHello, binary) in the request line, or a bare LF anywhere
+    (RFC 9112 section 2.2 lets a server take LF alone as a line end; we
+    answer 400, as the framing looks for CRLF CRLF and a proxy in front may
+    frame such a request differently).  Checks what http_parse_head would
+    refuse, never more: 1 = answer 400 now, 0 = wait for more."""
+    cdef size_t i = 0
+    cdef size_t start
+    cdef const char* lf = <const char*>memchr(p, 10, n)
+    if n == 1 and p[0] == 13:
+        return 0                                                  # maybe an empty line's CR
+    while lf != NULL:
+        if lf == p or (lf - 1)[0] != 13:
+            return 1
+        lf = <const char*>memchr(lf + 1, 10, n - <size_t>(lf + 1 - p))
+    while i < n and HTTP_TCHAR[<uint8_t>p[i]]:                    # method
+        i += 1
+    if i > HTTP_METHOD_MAX_BYTES or (i < n and (i == 0 or p[i] != 32)):
+        return 1
+    if i == n:
+        return 0
+    i += 1
+    start = i
+    while i < n and 0x20 < <uint8_t>p[i] < 0x7f:                  # target
+        i += 1
+    if i == n or i - start > max_target:
+        return 0                                                  # 414 is decided later
+    if i == start or p[i] != 32 or (p[start] != 47 and p[start] != 104 and p[start] != 72):
+        return 1                                                  # origin-form or "http..."
+    i += 1
+    start = i
+    while i < n and i - start < 10:                               # "HTTP/1.x" CRLF
+        if i - start < 7:
+            if p[i] != (<const char*>b"HTTP/1.")[i - start]:
+                return 1
+        elif i - start == 7:
+            if p[i] != 48 and p[i] != 49:
+                return 1
+        elif p[i] != (13 if i - start == 8 else 10):
+            return 1
+        i += 1
+    return 0
+
+
 cdef int http_parse_head(const char* p, size_t n, bn_hreq* req, size_t max_target) noexcept nogil:
     """Parse one complete request head p[0:n] (it ends with CRLF CRLF).
     Returns 0, or the status to answer: 400 (malformed) or 414 (target too long)."""
@@ -137,14 +215,18 @@ cdef int http_parse_head(const char* p, size_t n, bn_hreq* req, size_t max_targe
         i += 1
     if i - start > max_target:
         return 414
-    if i == start or p[start] != 47 or i >= n or p[i] != 32:      # origin-form starts with '/'
+    if i == start or i >= n or p[i] != 32:
         return 400
-    req.target = p + start
-    req.target_len = <uint32_t>(i - start)
+    if p[start] == 47:                                            # origin-form starts with '/'
+        req.target = p + start
+        req.target_len = <uint32_t>(i - start)
+    elif http_absolute_target(p + start, i - start, req) != 0:
+        return 400
+    start = <size_t>(req.target - p) if req.target != HTTP_ROOT else i
     vstart = start
     while vstart < i and p[vstart] != 63:                         # '?'
         vstart += 1
-    req.path_len = <uint32_t>(vstart - start)
+    req.path_len = <uint32_t>(vstart - start) if req.target != HTTP_ROOT else 1
     i += 1
     # HTTP-version = "HTTP/1.0" / "HTTP/1.1", then CRLF
     if i + 10 > n or memcmp(p + i, b"HTTP/1.", 7) != 0 or p[i + 8] != 13 or p[i + 9] != 10:

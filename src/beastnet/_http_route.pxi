@@ -131,7 +131,7 @@ cdef int conn_request(bn_hworker* w, bn_conn* c, bn_hreq* req) noexcept nogil:
         if e != NULL:
             bn_count(&w.counters.hits, 1)
             return conn_step(c, conn_emit(w, c, e.http_head, e.http_head_len, tail, e.body,
-                                          0 if head_only else e.body_len, 200))
+                                          0 if head_only else e.body_len, 200, SEG_ENTRY, e))
         bn_count(&w.counters.misses, 1)
         if not w.misses_to_python or w.missq == NULL:
             return conn_step(c, conn_emit_error(w, c, ERR_404, tail, head_only))

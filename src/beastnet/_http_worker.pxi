@@ -47,6 +47,9 @@ cdef struct bn_hworker:
     size_t max_header_bytes             # request head limit (431 beyond)
     size_t max_target_bytes             # request target limit (414 beyond)
     size_t max_output_bytes             # unsent output past which reading pauses
+    size_t owned_bytes                  # owned output bytes of this worker's connections (gauge)
+    uint64_t* owned_total               # the engine's owned output bytes, all workers (atomic)
+    uint64_t max_owned_total            # cap on *owned_total (max_copied_output_bytes)
     int64_t header_timeout_ns
     int64_t idle_timeout_ns
     int64_t write_timeout_ns
@@ -66,6 +69,8 @@ cdef struct bn_hworker:
     size_t prefix_len
     char* scratch                       # HTTP_SCRATCH_BYTES
     iovec* iov                          # HTTP_IOV_MAX, one connection's pending responses
+    uint8_t* iov_kind                   # HTTP_IOV_MAX: SEG_* of each iovec, if it must wait
+    bn_entry** iov_entry                # HTTP_IOV_MAX: the entry of a SEG_ENTRY iovec
     int niov
     size_t iov_bytes                    # bytes the pending iovecs carry (bounded by max_output_bytes)
     epoll_event* events          # HTTP_EVENTS_MAX
@@ -75,6 +80,8 @@ cdef struct bn_hworker:
     uint32_t nroutes                    # extra exact paths for the control plane
     uint32_t route_lens[HTTP_ROUTES_MAX]
     char routes[HTTP_ROUTES_MAX][HTTP_PREFIX_MAX_BYTES]
+    int linger_fd[HTTP_LINGER_SLOTS]    # refused at max_connections: read until EOF, -1 = free
+    int64_t linger_until_ns[HTTP_LINGER_SLOTS]
 
 
 # epoll data: (generation << 32) | slot for connections; these for the rest.
@@ -82,6 +89,7 @@ cdef uint64_t EV_LISTEN = 0xFFFFFFFF00000001ULL
 cdef uint64_t EV_STOP = 0xFFFFFFFF00000002ULL
 cdef uint64_t EV_REPLY = 0xFFFFFFFF00000003ULL
 cdef uint64_t EV_WS = 0xFFFFFFFF00000004ULL       # the worker's publication ring
+cdef uint64_t EV_LINGER = 0xFFFFFFFE00000000ULL     # | linger slot
 
 
 cdef inline int64_t http_now_ns() noexcept nogil:
@@ -108,15 +116,24 @@ cdef size_t conn_parse_all(bn_hworker* w, bn_conn* c, const char* data, size_t n
     while pos < n:
         if c.flags & (CONN_WAITING | CONN_CLOSE_AFTER | CONN_DEAD):
             break
-        if conn_out_pending(c) and c.out_len - c.out_off >= w.max_output_bytes:
+        if conn_out_full(w, c):
             break                       # the client is not reading: stop answering
+        # RFC 9112 section 2.2: empty lines (CRLF) before a request line are ignored.
+        while n - pos >= 2 and data[pos] == 13 and data[pos + 1] == 10:
+            pos += 2
+            scanned = 0
+        if pos == n:
+            break
         avail = n - pos
         from_ = scanned - 3 if scanned > 3 and pos == 0 else 0
         scanned = 0
         end = <const char*>memmem(data + pos + from_, avail - from_, b"\r\n\r\n", 4)
         if end == NULL:
-            # Incomplete head.  Refuse early when it can no longer fit.
-            if avail > w.max_header_bytes:
+            # Incomplete head.  Refuse early when it can no longer fit, or
+            # can no longer be a request (junk, bare LF: no timeout to wait).
+            if http_head_prefix_bad(data + pos, avail, w.max_target_bytes):
+                status = ERR_400
+            elif avail > w.max_header_bytes:
                 status = ERR_431
                 if memmem(data + pos, avail, b"\r\n", 2) == NULL:
                     status = ERR_414
@@ -160,7 +177,7 @@ cdef void conn_set_events(bn_hworker* w, bn_conn* c) noexcept nogil:
     if conn_out_pending(c):
         want |= EPOLLOUT
     if not (c.flags & (CONN_WAITING | CONN_CLOSE_AFTER | CONN_EOF)):
-        if not conn_out_pending(c) or c.out_len - c.out_off < w.max_output_bytes:
+        if not conn_out_full(w, c):
             want |= EPOLLIN
         elif c.events & EPOLLIN:
             bn_count(&w.counters.read_pauses, 1)
@@ -189,7 +206,7 @@ cdef void conn_finish(bn_hworker* w, bn_conn* c) noexcept nogil:
     if (c.flags & (CONN_CLOSE_AFTER | CONN_EOF)) and not conn_out_pending(c) and not (c.flags & CONN_WAITING):
         conn_close(w, c)
         return
-    if w.draining and not conn_out_pending(c) and not (c.flags & CONN_WAITING) and c.in_len == 0:
+    if w.draining and not conn_out_pending(c) and not (c.flags & CONN_WAITING):
         conn_close(w, c)
         return
     conn_set_events(w, c)
@@ -253,12 +270,12 @@ cdef void conn_on_readable(bn_hworker* w, bn_conn* c) noexcept nogil:
 
 
 cdef void conn_on_writable(bn_hworker* w, bn_conn* c) noexcept nogil:
-    cdef int was_paused = conn_out_pending(c) and c.out_len - c.out_off >= w.max_output_bytes
+    cdef int was_paused = conn_out_full(w, c)
     if conn_send_out(w, c) < 0:
         conn_close(w, c)
         return
     if was_paused and c.in_len > 0 and not (c.flags & (CONN_WAITING | CONN_CLOSE_AFTER)) \
-            and c.out_len - c.out_off < w.max_output_bytes:
+            and not conn_out_full(w, c):
         conn_run(w, c, c.inb, c.in_len)   # answer the requests that waited for room
         return
     conn_finish(w, c)
@@ -297,10 +314,11 @@ cdef void http_worker_on_replies(bn_hworker* w) noexcept nogil:
             tail = TAIL_CLOSE
             c.flags |= CONN_CLOSE_AFTER
         data = <const char*>r + sizeof(bn_hreply)
+        # SEG_COPY: the reply is freed below, so what waits is copied.
         conn_emit(w, c, data, r.head_len, tail, data + r.head_len,
-                  0 if (c.flags & CONN_WAIT_HEAD) else r.body_len, <int>r.status)
+                  0 if (c.flags & CONN_WAIT_HEAD) else r.body_len, <int>r.status, SEG_COPY, NULL)
         c.flags &= ~CONN_WAIT_HEAD
-        # The reply is in the iovecs: flush (copying any rest) before freeing it.
+        # The reply is in the iovecs: flush (queueing a copy of any rest) before freeing it.
         conn_flush_iov(w, c)
         free(r)
         if c.in_len > 0 and not (c.flags & (CONN_CLOSE_AFTER | CONN_DEAD)):
@@ -352,12 +370,12 @@ cdef void http_worker_accept(bn_hworker* w) noexcept nogil:
                 return
             continue                    # ECONNABORTED, EPROTO, EPERM...: that one is gone
         if w.free_top == 0:
-            # Over the limit: a canned 503 with Connection: close, then close.
+            # Over the limit: a canned 503 with Connection: close.
             # Counted first, so a client that sees the close also sees the count.
             bn_count(&w.counters.rejected, 1)
             send(fd, HTTP_ERR[ERR_503_CONNS].head, HTTP_ERR[ERR_503_CONNS].head_len,
                         MSG_NOSIGNAL | MSG_DONTWAIT)
-            close(fd)
+            http_worker_linger(w, fd)
             continue
         # Best effort: a socket without TCP_NODELAY is still served correctly.
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one))
@@ -384,11 +402,73 @@ cdef void http_worker_accept(bn_hworker* w) noexcept nogil:
             conn_close(w, c)
 
 
+cdef void http_worker_linger(bn_hworker* w, int fd) noexcept nogil:
+    """Close a refused socket without losing its 503 (a lingering close).
+    Closing with the client's request unread makes the kernel send a reset,
+    which can destroy the 503 before the client reads it.  So: FIN after the
+    503, then read and discard until the client closes or HTTP_LINGER_MS
+    pass, in one of HTTP_LINGER_SLOTS slots (outside max_connections).
+    With every slot taken, discard what has arrived and close now."""
+    cdef int i
+    cdef epoll_event ev
+    shutdown(fd, SHUT_WR)
+    for i in range(HTTP_LINGER_SLOTS):
+        if w.linger_fd[i] < 0:
+            ev.events = EPOLLIN
+            ev.data.u64 = EV_LINGER | <uint64_t>i
+            if epoll_ctl(w.epfd, EPOLL_CTL_ADD, fd, &ev) < 0:
+                break
+            w.linger_fd[i] = fd
+            w.linger_until_ns[i] = w.now_ns + HTTP_LINGER_MS * 1000000
+            return
+    while recv(fd, w.scratch, HTTP_SCRATCH_BYTES, MSG_DONTWAIT) > 0:
+        pass
+    close(fd)
+
+
+cdef void http_worker_on_linger(bn_hworker* w, uint32_t i) noexcept nogil:
+    # Discard what the refused client sends; its close (or an error) ends it.
+    cdef ssize_t n
+    if i >= HTTP_LINGER_SLOTS or w.linger_fd[i] < 0:
+        return
+    while True:
+        n = recv(w.linger_fd[i], w.scratch, HTTP_SCRATCH_BYTES, MSG_DONTWAIT)
+        if n > 0:
+            continue
+        if n < 0 and (errno == EAGAIN or errno == EINTR):
+            return
+        close(w.linger_fd[i])
+        w.linger_fd[i] = -1
+        return
+
+
+cdef void http_worker_linger_tick(bn_hworker* w) noexcept nogil:
+    cdef int i
+    for i in range(HTTP_LINGER_SLOTS):
+        if w.linger_fd[i] >= 0 and (w.now_ns >= w.linger_until_ns[i] or w.draining):
+            close(w.linger_fd[i])
+            w.linger_fd[i] = -1
+
+
 cdef void http_worker_timeout(bn_hworker* w, bn_conn* c, uint64_t* which) noexcept nogil:
     bn_count(&w.counters.timeouts, 1)
     if which != NULL:
         bn_count(which, 1)
     conn_close(w, c)
+
+
+cdef void http_worker_write_window(bn_hworker* w, bn_conn* c) noexcept nogil:
+    """A write-progress window ended with output still queued.  Progress is
+    what the peer accepted (TCP-acknowledged) in the window, not whether a
+    send() succeeded: a client reading 16 KB/s from a deep socket buffer
+    leaves no room for a send() for many seconds, yet it is reading.
+    Under HTTP_WRITE_MIN_PROGRESS_BYTES in write_timeout_s: stalled, closed."""
+    cdef uint64_t acked = conn_acked_bytes(c)
+    if acked - c.win_acked_bytes < HTTP_WRITE_MIN_PROGRESS_BYTES:
+        http_worker_timeout(w, c, &w.counters.write_timeouts)
+        return
+    c.win_acked_bytes = acked
+    c.win_start_ns = w.now_ns
 
 
 cdef void http_worker_tick(bn_hworker* w) noexcept nogil:
@@ -405,19 +485,22 @@ cdef void http_worker_tick(bn_hworker* w) noexcept nogil:
         if c.fd < 0 or c.ws != NULL:    # WebSocket connections: ws_check_stalls below
             continue
         if conn_out_pending(c):
-            if now - c.last_write_ns > w.write_timeout_ns:
-                http_worker_timeout(w, c, &w.counters.write_timeouts)
+            if now - c.win_start_ns >= w.write_timeout_ns:
+                http_worker_write_window(w, c)
         elif c.flags & CONN_WAITING:
             if now - c.last_active_ns > w.idle_timeout_ns:
                 http_worker_timeout(w, c, NULL)
+        elif w.draining:
+            # No complete request is waiting (one would have been answered):
+            # an idle connection or a half-sent head.  Nothing to finish.
+            conn_close(w, c)
         elif c.in_len > 0 or c.requests == 0:
             # An incomplete head (or nothing yet on a new connection): slowloris.
             if now - c.head_start_ns > w.header_timeout_ns:
                 http_worker_timeout(w, c, &w.counters.header_timeouts)
         elif now - c.last_active_ns > w.idle_timeout_ns:
             http_worker_timeout(w, c, NULL)
-        elif w.draining:
-            conn_close(w, c)            # idle keep-alive connection: nothing to finish
+    http_worker_linger_tick(w)
     if w.ws != NULL:
         ws_check_stalls(w)
 
@@ -447,7 +530,9 @@ cdef void http_worker_begin_drain(bn_hworker* w) noexcept nogil:
         c = &w.conns[i]
         if c.fd >= 0 and c.ws != NULL:
             ws_send_close(w, c.ws, WS_CLOSE_GOING_AWAY)     # closed once it is written
-        elif c.fd >= 0 and not conn_out_pending(c) and not (c.flags & CONN_WAITING) and c.in_len == 0:
+        # No output queued and no request with the control plane: no answer
+        # is in progress (a half-sent head is not a request yet).
+        elif c.fd >= 0 and not conn_out_pending(c) and not (c.flags & CONN_WAITING):
             conn_close(w, c)
     if w.ws != NULL:
         ws_flush_dirty(w)
@@ -470,6 +555,9 @@ cdef void http_worker_on_event(bn_hworker* w, epoll_event* ev) noexcept nogil:
                 http_worker_begin_drain(w)
         elif tag == EV_WS:
             ws_worker_on_publish(w)
+        return
+    if (tag >> 32) == 0xFFFFFFFEU:
+        http_worker_on_linger(w, <uint32_t>(tag & 0xFFFFFFFFU))
         return
     slot = <uint32_t>(tag & 0xFFFFFFFFU)
     c = &w.conns[slot]
@@ -543,6 +631,8 @@ cdef void* http_worker_main(void* arg) noexcept nogil:
     for j in range(w.high_water):
         if w.conns[j].fd >= 0:
             conn_close(w, &w.conns[j])
+    w.draining = 1
+    http_worker_linger_tick(w)
     qsbr_offline(w.qsbr)
     return NULL
 
@@ -552,14 +642,18 @@ cdef void* http_worker_main(void* arg) noexcept nogil:
 cdef void http_worker_free(bn_hworker* w) noexcept nogil:
     cdef bn_hreply* r
     cdef uint32_t i
+    cdef int j
     if w == NULL:
         return
+    for j in range(HTTP_LINGER_SLOTS):
+        if w.linger_fd[j] >= 0:
+            close(w.linger_fd[j])
     if w.conns != NULL:
         for i in range(w.high_water):
             if w.conns[i].fd >= 0:      # a worker that never ran still owns nothing; be safe
                 close(w.conns[i].fd)
             free(w.conns[i].inb)
-            free(w.conns[i].outb)
+            conn_outq_free(w, &w.conns[i])
     r = <bn_hreply*>bn_xchg_ptr(&w.replies, NULL)
     while r != NULL:
         w.replies = r.next
@@ -574,6 +668,8 @@ cdef void http_worker_free(bn_hworker* w) noexcept nogil:
     free(w.free_slots)
     free(w.scratch)
     free(w.iov)
+    free(w.iov_kind)
+    free(w.iov_entry)
     free(w.events)
     free(w)
 
@@ -592,8 +688,13 @@ cdef bn_hworker* http_worker_new(uint32_t max_conns) noexcept nogil:
     w.free_slots = <uint32_t*>malloc(max_conns * sizeof(uint32_t))
     w.scratch = <char*>malloc(HTTP_SCRATCH_BYTES)
     w.iov = <iovec*>calloc(HTTP_IOV_MAX, sizeof(iovec))
+    w.iov_kind = <uint8_t*>calloc(HTTP_IOV_MAX, sizeof(uint8_t))
+    w.iov_entry = <bn_entry**>calloc(HTTP_IOV_MAX, sizeof(bn_entry*))
     w.events = <epoll_event*>calloc(HTTP_EVENTS_MAX, sizeof(epoll_event))
-    if w.conns == NULL or w.free_slots == NULL or w.scratch == NULL or w.iov == NULL or w.events == NULL:
+    for i in range(HTTP_LINGER_SLOTS):
+        w.linger_fd[i] = -1
+    if (w.conns == NULL or w.free_slots == NULL or w.scratch == NULL or w.iov == NULL
+            or w.iov_kind == NULL or w.iov_entry == NULL or w.events == NULL):
         http_worker_free(w)
         return NULL
     for i in range(max_conns):
@@ -630,7 +731,7 @@ cdef class HTTPEngine(NativeEngine):
                   ResponseTable ws_topics=None, unsigned int ws_max_subscriptions=0,
                   size_t ws_max_frame_bytes=65536, size_t ws_max_message_bytes=65536,
                   double ws_stall_timeout_s=10.0, unsigned int ws_max_symbols=1024,
-                  route_paths=()):
+                  route_paths=(), size_t max_copied_output_bytes=268435456):
         cdef int i
         cdef int n = len(fds)
         cdef bytes raw_prefix = prefix.encode("ascii")
@@ -700,6 +801,8 @@ cdef class HTTPEngine(NativeEngine):
             w.max_header_bytes = max_header_bytes
             w.max_target_bytes = max_target_bytes
             w.max_output_bytes = max_output_bytes
+            w.owned_total = &self.owned_output_bytes
+            w.max_owned_total = max_copied_output_bytes
             w.header_timeout_ns = <int64_t>(header_timeout_s * 1e9)
             w.idle_timeout_ns = <int64_t>(idle_timeout_s * 1e9)
             w.write_timeout_ns = <int64_t>(write_timeout_s * 1e9)
@@ -917,6 +1020,7 @@ def http_hit_iovecs(ResponseTable table not None, bytes request not None, str pr
     a list of (address, length), plus the entry's head and body addresses."""
     cdef bn_hworker* w = http_worker_new(1)
     cdef bn_http_counters counters
+    cdef uint64_t owned_total = 0
     cdef bn_conn* c
     cdef bytes raw_prefix = prefix.encode("ascii")
     cdef bn_entry* e
@@ -931,6 +1035,8 @@ def http_hit_iovecs(ResponseTable table not None, bytes request not None, str pr
     w.max_header_bytes = 8192
     w.max_target_bytes = 2048
     w.max_output_bytes = 1 << 20
+    w.owned_total = &owned_total
+    w.max_owned_total = 1 << 20
     memcpy(w.prefix, <const char*>raw_prefix, len(raw_prefix))
     w.prefix_len = len(raw_prefix)
     http_worker_date(w)

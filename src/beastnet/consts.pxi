@@ -56,7 +56,10 @@ cdef enum:
     HTTP_TICK_MS = 100              # timer granularity: timeouts, Date refresh, accept resume
     HTTP_DRAIN_TICK_MS = 10         # timer granularity while stop() drains connections
     HTTP_ACCEPT_PAUSE_MS = 100      # accepting pauses this long after EMFILE/ENFILE
-    HTTP_OUT_FREE_BYTES = 65536     # an emptied output buffer larger than this is freed
+    HTTP_OUTQ_MIN_SEGS = 16         # segments first allocated for a connection's output queue
+    HTTP_WRITE_MIN_PROGRESS_BYTES = 1024    # bytes a peer must accept per write_timeout_s window
+    HTTP_LINGER_SLOTS = 64          # per worker: sockets refused at max_connections, read until closed
+    HTTP_LINGER_MS = 2000           # ... for at most this long
     HTTP_ROUTES_MAX = 16            # extra exact paths a server may route to the control plane
 
 # Response tails: what a worker appends to a pre-built head.
@@ -78,6 +81,12 @@ cdef enum:
     METHOD_GET = 1                  # GET
     METHOD_HEAD = 2                 # HEAD
     METHOD_OTHER = 3                # any other token: 405 under the prefix, passed on for routes
+
+# Where the bytes of a queued response piece live (bn_hworker.iov_kind).
+cdef enum:
+    SEG_STATIC = 0                  # pre-built, lives as long as the process: pointed to
+    SEG_ENTRY = 1                   # in a table entry: a reference is taken if it must wait
+    SEG_COPY = 2                    # rewritten after this step (the Date tail): copied if it must wait
 
 # Pre-built error responses, indexed by these values.
 cdef enum:

@@ -86,10 +86,10 @@ replies_dropped   counter  responses    Control-plane replies whose connection h
 parse_errors      counter  requests     Malformed or oversized request heads (400, 414, 431).
 timeouts          counter  connections  Connections closed by a timeout (any kind).
 header_timeouts   counter  connections  Connections closed because a request head took over header_timeout_s.
-write_timeouts    counter  connections  Connections closed because output made no progress for write_timeout_s.
+write_timeouts    counter  connections  Connections closed because the peer accepted under 1 KiB of queued output in write_timeout_s.
 bytes_in          counter  bytes        Bytes read from connections.
 bytes_out         counter  bytes        Bytes written to connections.
-partial_writes    counter  calls        Gather writes the kernel took only in part (the rest was copied and sent later).
+partial_writes    counter  calls        Gather writes the kernel took only in part (the rest was queued and sent later).
 read_pauses       counter  events       Times a connection stopped being read because its unsent output passed max_output_bytes.
 econnreset        counter  connections  Connections reset by the peer.
 epipe             counter  connections  Writes to a connection the peer had closed.
@@ -98,6 +98,8 @@ accept_errors     counter  calls        accept4 failures.
 accept_emfile     counter  calls        accept4 failures for lack of descriptors or memory (accepting pauses for a while).
 oom_closes        counter  connections  Connections closed for lack of memory.
 epoll_waits       counter  calls        epoll_wait calls.
+output_copied     gauge    bytes        Queued output the connections own: copies of Date tails and handler replies, segment arrays (entry bytes are referenced, not counted).
+output_cap_closes counter  connections  Connections closed because their unsent output would pass max_copied_output_bytes (all connections of the server).
 """) + _TAIL + _table("""
 ws_upgrades              counter  connections  Connections upgraded to WebSocket (101 Switching Protocols).
 ws_upgrade_refused       counter  requests     WebSocket upgrades refused (400 malformed, 426 version, 429 connection limit).

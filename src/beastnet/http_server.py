@@ -85,6 +85,7 @@ class HTTPServer(EngineServer):
         max_header_bytes: int = 8192,
         max_target_bytes: int = 2048,
         max_output_bytes: int = 1 << 20,
+        max_copied_output_bytes: int = 256 << 20,
         header_timeout_s: float = 10.0,
         idle_timeout_s: float = 60.0,
         write_timeout_s: float = 10.0,
@@ -109,6 +110,8 @@ class HTTPServer(EngineServer):
             raise ValueError("max_connections must be at least one per thread")
         if grace_s < 0:
             raise ValueError("grace_s must be >= 0")
+        if max_copied_output_bytes < 0:
+            raise ValueError(f"max_copied_output_bytes must be >= 0, got {max_copied_output_bytes}")
         self.table = table
         self.host = host
         self.port = port
@@ -123,6 +126,7 @@ class HTTPServer(EngineServer):
         self._engine_options: dict[str, Any] = dict(
             prefix=prefix, max_connections=max_connections, max_header_bytes=max_header_bytes,
             max_target_bytes=max_target_bytes, max_output_bytes=max_output_bytes,
+            max_copied_output_bytes=max_copied_output_bytes,
             header_timeout_s=header_timeout_s, idle_timeout_s=idle_timeout_s,
             write_timeout_s=write_timeout_s, require_api_key=require_api_key, api_keys=api_keys)
         self.websocket = websocket

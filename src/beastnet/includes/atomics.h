@@ -112,7 +112,7 @@ typedef struct bn_http_counters {
     uint64_t write_timeouts;                /* ... of which a client not reading its answers */
     uint64_t bytes_in;                      /* bytes read from connections */
     uint64_t bytes_out;                     /* bytes written to connections */
-    uint64_t partial_writes;                /* writes the kernel took in part: the rest copied */
+    uint64_t partial_writes;                /* writes the kernel took in part: the rest queued */
     uint64_t read_pauses;                   /* reads paused: unsent output over the cap */
     uint64_t econnreset;                    /* ECONNRESET on read or write */
     uint64_t epipe;                         /* EPIPE on write */
@@ -121,6 +121,8 @@ typedef struct bn_http_counters {
     uint64_t accept_emfile;                 /* ... of which EMFILE/ENFILE/ENOBUFS/ENOMEM: accepts paused */
     uint64_t oom_closes;                    /* connections closed because a buffer could not grow */
     uint64_t epoll_waits;                   /* epoll_wait calls */
+    uint64_t output_copied;                 /* gauge: owned bytes of queued output (copies, segment arrays) */
+    uint64_t output_cap_closes;             /* connections closed: max_copied_output_bytes reached */
     uint64_t eintr;                         /* syscalls interrupted and retried */
     uint64_t unauthorized;                  /* 401: API key missing, unknown or revoked */
     uint64_t rate_limited;                  /* 429: refused by the key's GCRA limit */

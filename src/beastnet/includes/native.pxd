@@ -94,6 +94,8 @@ cdef extern from "atomics.h" nogil:
         uint64_t accept_emfile
         uint64_t oom_closes
         uint64_t epoll_waits
+        uint64_t output_copied
+        uint64_t output_cap_closes
         uint64_t eintr
         uint64_t unauthorized
         uint64_t rate_limited

@@ -171,3 +171,12 @@ cdef extern from "<time.h>" nogil:
     tm* gmtime_r(const time_t* t, tm* out)
     enum:
         CLOCK_MONOTONIC_COARSE              # Linux: the last tick's time, no vDSO read of the TSC
+
+
+cdef extern from "<sys/ioctl.h>" nogil:
+    int ioctl(int fd, unsigned long request, ...)
+
+
+cdef extern from "<linux/sockios.h>" nogil:
+    enum:
+        SIOCOUTQ                        # bytes in a TCP send queue: unsent or unacknowledged
