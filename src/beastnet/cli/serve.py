@@ -20,7 +20,7 @@ routes:   UDP  [@TAG ]KEY[ APIKEY]            HTTP GET /v1/KEY (X-API-Key or ?ap
           /admin/stats; POST /admin/reset, /admin/profile?name=P
           (the public port serves /healthz only)
 admin:    loopback only unless a token is set; the token comes from
-          --admin-token-file, admin_token in --config, or {token_env}, and
+          --admin-token-file, the --config file or {token_env}, and
           requests send it as Authorization: Bearer TOKEN (never ?token=)
 try it:   beastnet serve --profile dev
           curl http://127.0.0.1:8080/v1/BTC

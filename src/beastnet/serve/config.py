@@ -178,7 +178,8 @@ def _check(cfg: ServeConfig, label: Callable[[str], str] = str) -> None:
          "the admin token must be at least 16 characters")
     need(cfg.admin_token is not None or is_loopback_host(cfg.admin_host) is not False,
          f"{label('admin_host')} {cfg.admin_host} is not a loopback address: the admin routes "
-         f"need a token there ({label('admin_token_file')} or {ADMIN_TOKEN_ENV})")
+         f"need a token there (--admin-token-file, admin_token_file in the config file, "
+         f"or {ADMIN_TOKEN_ENV})")
     for tier, limits in cfg.tiers.items():
         _check_tier(tier, limits)
 
