@@ -22,6 +22,18 @@ SRC = str(Path(__file__).resolve().parent.parent / "src")
 pytestmark = pytest.mark.timeout(90)
 
 
+def request(port: int, method: str, path: str,
+            headers: Optional[dict] = None) -> tuple[int, dict, bytes]:
+    """One HTTP/1.1 request to 127.0.0.1:`port`: (status, headers, body)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request(method, path, headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, dict(resp.getheaders()), resp.read()
+    finally:
+        conn.close()
+
+
 class Serve:
     """A `beastnet serve` subprocess, started and stopped by PID."""
 
@@ -72,21 +84,15 @@ class Serve:
             if own:
                 sock.close()
 
-    def http(self, method: str, path: str, headers: Optional[dict] = None,
-             port: Optional[int] = None) -> tuple[int, dict, bytes]:
-        """One request to the public port (or `port`): (status, headers, body)."""
-        conn = http.client.HTTPConnection("127.0.0.1", port or self.http_port, timeout=5)
-        try:
-            conn.request(method, path, headers=headers or {})
-            resp = conn.getresponse()
-            return resp.status, dict(resp.getheaders()), resp.read()
-        finally:
-            conn.close()
+    def http(self, method: str, path: str,
+             headers: Optional[dict] = None) -> tuple[int, dict, bytes]:
+        """One request to the public port."""
+        return request(self.http_port, method, path, headers)
 
     def admin(self, method: str, path: str,
               headers: Optional[dict] = None) -> tuple[int, dict, bytes]:
         """One request to the admin listener."""
-        return self.http(method, path, headers, port=self.admin_port)
+        return request(self.admin_port, method, path, headers)
 
     def terminate(self, timeout: float = 15.0) -> int:
         self.proc.send_signal(signal.SIGTERM)

@@ -5,7 +5,6 @@ takes, the profile in force after a switch, and room to read /admin/stats
 while the public port is flooded."""
 from __future__ import annotations
 
-import http.client
 import os
 import resource
 import shutil
@@ -20,6 +19,7 @@ import orjson
 import pytest
 
 import test_serve
+from test_serve import request
 from test_cli import beastnet, one_error_line
 
 pytestmark = pytest.mark.timeout(90)
@@ -35,17 +35,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def request(port: int, method: str, path: str, headers: Optional[dict] = None,
-            ) -> tuple[int, dict, bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    try:
-        conn.request(method, path, headers=headers or {})
-        resp = conn.getresponse()
-        return resp.status, dict(resp.getheaders()), resp.read()
-    finally:
-        conn.close()
 
 
 # -- a reverse proxy on the same host -------------------------------------------------
