@@ -12,8 +12,7 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterator
 
 import orjson
 import pytest
