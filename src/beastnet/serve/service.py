@@ -209,8 +209,9 @@ class PriceService:
         and the admin listener keeps room to accept.  Raise the soft limit up
         to the hard one if needed; past that, lower max_connections and say so."""
         cfg = self.cfg
-        threads = ((cfg.udp_sockets or len(os.sched_getaffinity(0)))
-                   + (cfg.http_threads or len(os.sched_getaffinity(0))) + 1)
+        cpus = len(os.sched_getaffinity(0))
+        http_threads = cfg.http_threads or cpus
+        threads = (cfg.udp_sockets or cpus) + http_threads + 1      # + the admin listener's
         reserve = FD_BASE_RESERVE + FD_PER_THREAD * threads + cfg.admin_max_connections
         need = cfg.max_connections + reserve
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -224,8 +225,7 @@ class PriceService:
         if soft == resource.RLIM_INFINITY or soft >= need:
             return
         fit = soft - reserve
-        nthreads = cfg.http_threads or len(os.sched_getaffinity(0))
-        if fit < nthreads:
+        if fit < http_threads:
             raise ServerError(f"the open-file limit ({soft}, ulimit -n) leaves no room for "
                               f"client connections: raise it to at least {need}")
         log.warning("max_connections %d lowered to %d: the open-file limit is %d (ulimit -n) "
