@@ -134,7 +134,8 @@ def test_demo_and_serve_name_the_feed_rate_alike():
     (["serve", "--replay", "/nonexistent.jsonl"], "--replay '/nonexistent.jsonl' is not a file"),
     (["serve", "--http-threads", "999"], "--http-threads must be 1..256, got 999"),
     (["serve", "--recv-buffer-bytes", "1"], "--recv-buffer-bytes must be 4096..1 GiB"),
-    (["serve", "--admin-remote"], "--admin-remote needs an admin_token"),
+    (["serve", "--admin-host", "0.0.0.0"], "--admin-host 0.0.0.0 is not a loopback address"),
+    (["serve", "--admin-token-file", "/nonexistent"], "--admin-token-file /nonexistent: No such"),
     (["demo", "--sockets", "0"], "--sockets must be >= 1, got 0"),
     (["demo", "--feed-rounds-per-s", "0"], "--feed-rounds-per-s must be > 0"),
     (["stats", "--url", "127.0.0.1:8080"], "--url must look like http://HOST:PORT"),
@@ -172,7 +173,7 @@ def test_a_dead_target_is_one_line_and_exit_1():
 
 def test_an_unknown_host_is_one_line_and_exit_1():
     proc = beastnet("serve", "--profile", "dev", "--http-host", "no-such-host.invalid",
-                    "--udp-port", "0", "--http-port", "0")
+                    "--udp-port", "0", "--http-port", "0", "--admin-port", "0")
     assert proc.returncode == 1
     assert "HTTP host 'no-such-host.invalid'" in one_error_line(proc)
 
@@ -189,7 +190,7 @@ def test_docs_say_what_each_profile_sets():
 def test_a_bind_failure_is_one_line_and_exit_1():
     # 192.0.2.1 (TEST-NET-1) is on no interface here: bind fails with EADDRNOTAVAIL.
     proc = beastnet("serve", "--profile", "dev", "--udp-host", "192.0.2.1", "--udp-port", "0",
-                    "--http-port", "0")
+                    "--http-port", "0", "--admin-port", "0")
     assert proc.returncode == 1
     assert "192.0.2.1" in one_error_line(proc)
 
@@ -208,31 +209,33 @@ def test_keys_add_refuses_a_key_too_short_to_be_secret(tmp_path):
 
 # -- the price server as a newcomer meets it (real servers on loopback) ---------------
 
-def test_admin_token_as_a_bearer_token(serve):
+def test_admin_token_as_a_bearer_token(serve, tmp_path):
     token = "t0k3n-long-enough-123"
-    server = serve("--no-keys", "--admin-token", token)
+    (tmp_path / "token").write_text(token + "\n")
+    server = serve("--no-keys", "--admin-token-file", str(tmp_path / "token"))
     try:
-        status = server.http("GET", "/admin/stats", {"Authorization": f"Bearer {token}"})[0]
-        wrong = server.http("GET", "/admin/stats", {"Authorization": "Bearer wrong-token-0123"})[0]
+        status = server.admin("GET", "/admin/stats", {"Authorization": f"Bearer {token}"})[0]
+        wrong = server.admin("GET", "/admin/stats", {"Authorization": "Bearer wrong-token-0123"})[0]
     finally:
         assert server.terminate() == 0
-    assert wrong == 403
+    assert wrong == 401
     assert status == 200
 
 
-@pytest.mark.parametrize("occupied", ["udp", "http"])
-def test_a_second_server_on_an_occupied_port_is_refused(serve, tmp_path, occupied):
+@pytest.mark.parametrize("occupied,what", [("udp", "UDP"), ("http", "HTTP"), ("admin", "admin")])
+def test_a_second_server_on_an_occupied_port_is_refused(serve, tmp_path, occupied, what):
     db = tmp_path / "keys.db"
     add_key(db, "partner", "partner-key-12345")
     first = serve("--keystore", str(db))
-    ports = {"udp": str(first.udp[1]), "http": str(first.http_port)}
-    free = {"udp": "0", "http": "0"}
+    ports = {"udp": str(first.udp[1]), "http": str(first.http_port),
+             "admin": str(first.admin_port)}
+    free = {"udp": "0", "http": "0", "admin": "0"}
     free[occupied] = ports[occupied]
     second = beastnet("serve", "--profile", "dev", "--no-keys", "--udp-port", free["udp"],
-                      "--http-port", free["http"], timeout=20)
+                      "--http-port", free["http"], "--admin-port", free["admin"], timeout=20)
     line = one_error_line(second, "beastnet serve: error:", alone=True)
     assert second.returncode == 1
-    assert f"{occupied.upper()} port {ports[occupied]}" in line and "in use" in line
+    assert f"{what} port {ports[occupied]}" in line and "in use" in line
     assert f"--{occupied}-port" in line and "--share-ports" in line
     # The key-enforcing server still answers every request itself.
     assert b'"asset":"BTC"' in first.udp_ask(b"@1 BTC partner-key-12345")
@@ -306,6 +309,7 @@ def test_bad_tier_limits_stop_the_server_before_it_binds(tmp_path, tier, message
     config = tmp_path / "tiers.toml"
     config.write_text(f"[tiers.public]\n{tier}\n")
     proc = beastnet("serve", "--profile", "dev", "--udp-port", "0", "--http-port", "0",
+                    "--admin-port", "0",
                     "--keystore", str(db), "--config", str(config), timeout=20)
     assert proc.returncode == 2
     assert message in one_error_line(proc, "beastnet serve: error:", alone=True)
@@ -327,7 +331,7 @@ def test_stats_text_shows_refused_requests_and_assets(serve, tmp_path):
     for _ in range(3):
         assert server.udp_unanswered(b"BTC not-a-key-at-all")
     assert server.http("GET", "/v1/BTC")[0] == 401
-    shown = beastnet("stats", "--url", f"http://127.0.0.1:{server.http_port}")
+    shown = beastnet("stats", "--url", f"http://127.0.0.1:{server.admin_port}")
     assert shown.returncode == 0, shown.stderr
     lines = shown.stdout.splitlines()
     assert "assets 150" in lines[0] and "keys_in_table" not in shown.stdout
@@ -341,7 +345,7 @@ def test_stats_text_shows_refused_requests_and_assets(serve, tmp_path):
 def test_stats_watch_into_a_closed_pipe_ends_quietly(serve):
     server = serve("--no-keys")
     watch = subprocess.Popen([sys.executable, "-m", "beastnet", "stats", "--url",
-                              f"http://127.0.0.1:{server.http_port}", "--watch", "0.05"],
+                              f"http://127.0.0.1:{server.admin_port}", "--watch", "0.05"],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
     assert watch.stdout is not None and watch.stderr is not None
     assert watch.stdout.readline().startswith(b"uptime")       # as `| head -1` reads
@@ -368,7 +372,8 @@ def test_sigterm_during_start_up_is_a_clean_drain(tmp_path):
     log_path = tmp_path / "serve.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "beastnet", "serve", "--profile", "dev",
-                                 "--udp-port", "0", "--http-port", "0", "--replay", str(empty),
+                                 "--udp-port", "0", "--http-port", "0", "--admin-port", "0",
+                                 "--replay", str(empty),
                                  "--keystore", str(tmp_path / "k.db")],
                                 stdout=log, stderr=subprocess.STDOUT, env=ENV)
         try:
@@ -393,14 +398,14 @@ def test_one_control_plane_loop_serves_both_protocols(tmp_path):
     from beastnet.serve.config import load_config
     from beastnet.serve.service import PriceService
 
-    cfg = load_config(profile="dev", overrides={"udp_port": 0, "http_port": 0})
+    cfg = load_config(profile="dev", overrides={"udp_port": 0, "http_port": 0, "admin_port": 0})
     before = {t.ident for t in threading.enumerate()}
     with PriceService(cfg) as service:
         new = [t.name for t in threading.enumerate() if t.ident not in before]
         loops = [name for name in new if "control" in name or name == "beastnet-service"]
         assert loops == ["beastnet-service"], new
-        assert service.http is not None
-        conn = http.client.HTTPConnection(*service.http.address[:2], timeout=5)
+        assert service.admin is not None
+        conn = http.client.HTTPConnection(*service.admin.address[:2], timeout=5)
         conn.request("GET", "/admin/stats")
         response = conn.getresponse()
         assert response.status == 200 and orjson.loads(response.read())["assets"] == 150

@@ -33,8 +33,9 @@ def test_precedence_profile_file_flags(tmp_path):
     ('feed = "magic"', "feed must be 'sim' or 'replay'"),
     ('feed = "replay"', "feed 'replay' needs feed_path"),
     ('http_prefix = "v1"', "http_prefix must start and end with '/'"),
-    ("admin_remote = true", "admin_remote needs an admin_token"),
-    ('admin_token = "short"', "admin_token must be at least 16"),
+    ('admin_host = "0.0.0.0"', "admin_host 0.0.0.0 is not a loopback address"),
+    ('admin_token = "short"', "admin token must be at least 16"),
+    ("admin_port = -1", "admin_port must be 0..65535"),
     ("this is not toml", "config file"),
 ])
 def test_bad_values_give_one_clear_error(tmp_path, text, message):

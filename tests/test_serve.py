@@ -22,23 +22,37 @@ from support import gcra_bounds
 pytestmark = pytest.mark.timeout(90)
 
 
+def request(port: int, method: str, path: str,
+            headers: Optional[dict] = None) -> tuple[int, dict, bytes]:
+    """One HTTP/1.1 request to 127.0.0.1:`port`: (status, headers, body)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request(method, path, headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, dict(resp.getheaders()), resp.read()
+    finally:
+        conn.close()
+
+
 class Serve:
     """A `beastnet serve` subprocess, started and stopped by PID."""
 
-    def __init__(self, tmp_path: Path, *args: str, config: Optional[str] = None) -> None:
+    def __init__(self, tmp_path: Path, *args: str, config: Optional[str] = None,
+                 env: Optional[dict] = None) -> None:
         argv = [sys.executable, "-m", "beastnet", "serve", "--profile", "dev",
-                "--udp-port", "0", "--http-port", "0", *args]
+                "--udp-port", "0", "--http-port", "0", "--admin-port", "0", *args]
         if config is not None:
             path = tmp_path / "beastnet.toml"
             path.write_text(config)
             argv += ["--config", str(path)]
+        env = dict(os.environ, **(env or {}))
         self.log_path = tmp_path / f"serve-{time.monotonic_ns()}.log"
         self.log = open(self.log_path, "wb")
         try:
             # the interpreter under test and whatever beastnet it imports:
             # an installed wheel or the in-place build alike
             self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
+                                         env=env, start_new_session=True)
             self.ready = self._wait_ready()
         except BaseException:
             # the caller never gets this object to stop: give back the log
@@ -47,6 +61,7 @@ class Serve:
             raise
         self.udp = ("127.0.0.1", self.ready["udp_port"])
         self.http_port = self.ready["http_port"]
+        self.admin_port = self.ready["admin_port"]
 
     def _wait_ready(self, timeout: float = 20.0) -> dict:
         deadline = time.monotonic() + timeout
@@ -92,14 +107,15 @@ class Serve:
                 return True
             return False
 
-    def http(self, method: str, path: str, headers: Optional[dict] = None) -> tuple[int, dict, bytes]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.http_port, timeout=5)
-        try:
-            conn.request(method, path, headers=headers or {})
-            resp = conn.getresponse()
-            return resp.status, dict(resp.getheaders()), resp.read()
-        finally:
-            conn.close()
+    def http(self, method: str, path: str,
+             headers: Optional[dict] = None) -> tuple[int, dict, bytes]:
+        """One request to the public port."""
+        return request(self.http_port, method, path, headers)
+
+    def admin(self, method: str, path: str,
+              headers: Optional[dict] = None) -> tuple[int, dict, bytes]:
+        """One request to the admin listener."""
+        return request(self.admin_port, method, path, headers)
 
     def terminate(self, timeout: float = 15.0) -> int:
         self.proc.send_signal(signal.SIGTERM)
@@ -250,40 +266,39 @@ def test_admin_routes_metrics_and_profile_switch(serve, tmp_path):
     server = serve("--no-keys")
     for _ in range(20):
         server.udp_ask(b"BTC")
-    status, _, raw = server.http("GET", "/admin/stats")
+    status, _, raw = server.admin("GET", "/admin/stats")
     stats = orjson.loads(raw)
     assert status == 200 and stats["profile"] == "dev"
     assert stats["udp"]["totals"]["hits"] >= 20 and stats["udp"]["cache_hit_pct"] == 100.0
     assert set(stats["feed"]["sources"]) == {"sim-a", "sim-b"}
     assert "rates_per_s" in stats["udp"] and "http" in stats
 
-    status, headers, raw = server.http("GET", "/metrics")
+    status, headers, raw = server.admin("GET", "/metrics")
     assert status == 200 and headers["Content-Type"].startswith("text/plain")
     families = {f.name: f for f in text_string_to_metric_families(raw.decode())}
     assert sum(s.value for s in families["beastnet_udp_hits"].samples) >= 20
     assert "beastnet_feed_source_ticks" in families and "beastnet_http_requests" in families
 
-    assert server.http("GET", "/healthz")[0] == 200
-    assert server.http("POST", "/admin/reset", {"Content-Length": "0"})[0] == 200
-    stats = orjson.loads(server.http("GET", "/admin/stats")[2])
+    assert server.admin("GET", "/healthz")[0] == 200
+    assert server.admin("POST", "/admin/reset", {"Content-Length": "0"})[0] == 200
+    stats = orjson.loads(server.admin("GET", "/admin/stats")[2])
     assert stats["udp"]["totals"]["hits"] == 0
-    status, _, raw = server.http("POST", "/admin/profile?name=stress-udp-direct",
-                                 {"Content-Length": "0"})
+    status, _, raw = server.admin("POST", "/admin/profile?name=stress-udp-direct",
+                                  {"Content-Length": "0"})
     assert status == 200 and orjson.loads(raw)["changed"] == {"feed_rounds_per_s": 1.0,
                                                                "log_level": "info"}
-    assert orjson.loads(server.http("GET", "/admin/profile")[2])["live"]["feed_rounds_per_s"] == 1.0
-    assert server.http("POST", "/admin/profile?name=turbo", {"Content-Length": "0"})[0] == 400
+    assert orjson.loads(server.admin("GET", "/admin/profile")[2])["live"]["feed_rounds_per_s"] == 1.0
+    assert server.admin("POST", "/admin/profile?name=turbo", {"Content-Length": "0"})[0] == 400
     assert server.terminate() == 0
 
 
 def test_admin_token_is_enforced(serve):
     token = "t0k3n-long-enough-123"
-    server = serve("--no-keys", "--admin-token", token)
-    assert server.http("GET", "/admin/stats")[0] == 403
-    assert server.http("GET", "/admin/stats", {"X-API-Key": "wrong-token-xxxxxxx"})[0] == 403
-    assert server.http("GET", "/admin/stats", {"X-API-Key": token})[0] == 200
-    assert server.http("GET", f"/admin/stats?token={token}")[0] == 200
-    assert server.http("GET", "/healthz")[0] == 200          # health stays open for probes
+    server = serve("--no-keys", env={"BEASTNET_ADMIN_TOKEN": token})
+    assert server.admin("GET", "/admin/stats")[0] == 401
+    assert server.admin("GET", "/admin/stats", {"X-API-Key": "wrong-token-xxxxxxx"})[0] == 401
+    assert server.admin("GET", "/admin/stats", {"X-API-Key": token})[0] == 200
+    assert server.admin("GET", "/healthz")[0] == 200          # health stays open for probes
     assert server.terminate() == 0
 
 
@@ -311,7 +326,8 @@ def test_corrupt_keystore_is_reported(tmp_path):
     db = tmp_path / "corrupt.db"
     db.write_bytes(b"this is not sqlite" * 300)
     proc = subprocess.run([sys.executable, "-m", "beastnet", "serve", "--profile", "dev",
-                           "--udp-port", "0", "--http-port", "0", "--keystore", str(db)],
+                           "--udp-port", "0", "--http-port", "0", "--admin-port", "0",
+                           "--keystore", str(db)],
                           capture_output=True, text=True, timeout=30)
     assert proc.returncode == 1
     assert "corrupt.db" in proc.stderr and "not a database" in proc.stderr
@@ -339,7 +355,7 @@ def test_stats_command_reads_a_running_server(serve):
     server = serve("--no-keys")
     for _ in range(10):
         server.udp_ask(b"BTC")
-    url = f"http://127.0.0.1:{server.http_port}"
+    url = f"http://127.0.0.1:{server.admin_port}"
     table = subprocess.run([sys.executable, "-m", "beastnet", "stats", "--url", url],
                            capture_output=True, text=True, timeout=30)
     assert table.returncode == 0, table.stderr

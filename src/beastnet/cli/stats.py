@@ -6,17 +6,23 @@ import sys
 from typing import Any, Optional
 
 from beastnet.cli._common import EXIT_FAIL, EXIT_PASS, EXIT_USAGE
+from beastnet.serve.config import ADMIN_TOKEN_ENV
 
 
 def add_stats_command(sub: Any) -> None:
     p = sub.add_parser("stats", help="show a running server's counters",
-                       description="Reads /admin/stats from a running `beastnet serve`.",
+                       description="Reads /admin/stats from a running `beastnet serve`, on "
+                                   "its admin listener.",
                        epilog="exit status: 0 shown (or --watch ended by Ctrl-C or a closed "
-                              "pipe); 1 the server could not be reached or refused (e.g. 403: "
-                              "wrong --token); 2 bad flag")
-    p.add_argument("--url", default="http://127.0.0.1:8080",
-                   help="the server's HTTP address (default: %(default)s)")
-    p.add_argument("--token", help="the server's --admin-token, when it has one (default: none)")
+                              "pipe); 1 the server could not be reached or refused (e.g. 401: "
+                              "wrong or missing token); 2 bad flag or unreadable --token-file")
+    p.add_argument("--url", default="http://127.0.0.1:8081",
+                   help="the server's admin listener, its --admin-host and --admin-port "
+                        "(default: %(default)s)")
+    p.add_argument("--token", help="the server's admin token, when it has one; --token-file or "
+                                   f"{ADMIN_TOKEN_ENV} keep it out of ps (default: none)")
+    p.add_argument("--token-file", metavar="FILE",
+                   help="file holding the admin token (default: none)")
     p.add_argument("--watch", type=float, nargs="?", const=1.0, metavar="SECONDS",
                    help="refresh every SECONDS (1 when no value is given) until Ctrl-C "
                         "(default: print once)")
@@ -30,8 +36,8 @@ def _fetch_stats(url: str, token: Optional[str]) -> dict:
     import orjson
     req = urllib.request.Request(url.rstrip("/") + "/admin/stats")
     if token:
-        # The header the server reads for the admin token (as for API keys).
-        req.add_header("X-API-Key", token)
+        # A header, never the query string: query strings end up in logs.
+        req.add_header("Authorization", f"Bearer {token}")
     with urllib.request.urlopen(req, timeout=5) as resp:
         return orjson.loads(resp.read())
 
@@ -83,12 +89,25 @@ def _why(exc: BaseException) -> str:
     import urllib.error
 
     if isinstance(exc, urllib.error.HTTPError):
-        hint = " (wrong or missing --token?)" if exc.code == 403 else ""
+        hint = " (wrong or missing token?)" if exc.code in (401, 403) else ""
         return f"HTTP {exc.code} {exc.reason}{hint}"
     reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
     if isinstance(reason, OSError) and reason.strerror:
         return reason.strerror.lower()
     return str(reason)
+
+
+def _token(args: argparse.Namespace) -> Optional[str]:
+    """The admin token from --token, --token-file or the environment, in that
+    order."""
+    import os
+
+    from beastnet.serve.config import read_token_file
+    if args.token:
+        return str(args.token)
+    if args.token_file:
+        return read_token_file(args.token_file, "--token-file")
+    return os.environ.get(ADMIN_TOKEN_ENV, "").strip() or None
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
@@ -97,6 +116,8 @@ def cmd_stats(args: argparse.Namespace) -> int:
     from urllib.parse import urlsplit
 
     import orjson
+
+    from beastnet.serve.config import ConfigError
     url = urlsplit(args.url)
     if url.scheme not in ("http", "https") or not url.netloc:
         print(f"beastnet stats: error: --url must look like http://HOST:PORT, got {args.url!r}",
@@ -106,9 +127,14 @@ def cmd_stats(args: argparse.Namespace) -> int:
         print(f"beastnet stats: error: --watch must be > 0 seconds, got {args.watch:g}",
               file=sys.stderr)
         return EXIT_USAGE
+    try:
+        token = _token(args)
+    except ConfigError as exc:
+        print(f"beastnet stats: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     while True:
         try:
-            stats = _fetch_stats(args.url, args.token)
+            stats = _fetch_stats(args.url, token)
         except (urllib.error.URLError, OSError, ValueError) as exc:
             print(f"beastnet stats: error: {args.url}: {_why(exc)}", file=sys.stderr)
             return EXIT_FAIL

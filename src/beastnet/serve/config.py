@@ -7,7 +7,9 @@ stops the server before it binds anything, with one clear line.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
+import socket
 import sys
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Mapping, Optional
@@ -19,10 +21,14 @@ if sys.version_info >= (3, 11):
 else:                                   # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-__all__ = ["ConfigError", "PROFILES", "PROFILE_PURPOSES", "LIVE_PARAMETERS", "ServeConfig",
-           "describe_profiles", "load_config"]
+__all__ = ["ADMIN_TOKEN_ENV", "ConfigError", "PROFILES", "PROFILE_PURPOSES", "LIVE_PARAMETERS",
+           "ServeConfig", "describe_profiles", "is_loopback_host", "load_config",
+           "read_token_file"]
 
 MIB = 1024 * 1024
+
+#: The environment variable that may carry the admin token (a command line shows in `ps`).
+ADMIN_TOKEN_ENV = "BEASTNET_ADMIN_TOKEN"
 
 
 class ConfigError(BeastnetError, ValueError):
@@ -53,9 +59,12 @@ class ServeConfig:
     max_connections: int = 10_000
     idle_timeout_s: float = 60.0
     header_timeout_s: float = 10.0
-    # admin routes (/admin/*, /metrics, /healthz)
-    admin_token: Optional[str] = None           # required when admin is reachable off loopback
-    admin_remote: bool = False                  # serve admin routes to non-loopback clients
+    # admin listener (/admin/*, /metrics, /healthz), apart from the public HTTP port
+    admin_host: str = "127.0.0.1"
+    admin_port: int = 8081
+    admin_max_connections: int = 64             # its own, so a flood of the public port leaves room
+    admin_token: Optional[str] = None           # required when admin_host is not loopback
+    admin_token_file: Optional[str] = None      # a file holding the token (or BEASTNET_ADMIN_TOKEN)
     # API keys
     keystore: Optional[str] = None              # SQLite path; None: keys not enforced
     usage_flush_interval_s: float = 0.1
@@ -131,7 +140,7 @@ def _check(cfg: ServeConfig, label: Callable[[str], str] = str) -> None:
     def value(name: str) -> Any:
         return getattr(cfg, name)
 
-    for name in ("udp_port", "http_port"):
+    for name in ("udp_port", "http_port", "admin_port"):
         need(0 <= value(name) <= 65535, f"{label(name)} must be 0..65535, got {value(name)}")
     for name in ("udp_sockets", "http_threads"):
         need(value(name) is None or 1 <= value(name) <= 256,
@@ -163,10 +172,14 @@ def _check(cfg: ServeConfig, label: Callable[[str], str] = str) -> None:
     need(cfg.max_inflight >= 1, "max_inflight must be >= 1")
     need(cfg.log_level in _LOG_LEVELS,
          f"{label('log_level')} must be one of {', '.join(_LOG_LEVELS)}")
+    need(1 <= cfg.admin_max_connections <= 65536,
+         f"{label('admin_max_connections')} must be 1..65536, got {cfg.admin_max_connections}")
     need(cfg.admin_token is None or len(cfg.admin_token) >= 16,
-         f"{label('admin_token')} must be at least 16 characters")
-    need(not cfg.admin_remote or cfg.admin_token is not None,
-         f"{label('admin_remote')} needs an {label('admin_token')}")
+         "the admin token must be at least 16 characters")
+    need(cfg.admin_token is not None or is_loopback_host(cfg.admin_host) is not False,
+         f"{label('admin_host')} {cfg.admin_host} is not a loopback address: the admin routes "
+         f"need a token there (--admin-token-file, admin_token_file in the config file, "
+         f"or {ADMIN_TOKEN_ENV})")
     for tier, limits in cfg.tiers.items():
         _check_tier(tier, limits)
 
@@ -189,6 +202,57 @@ def _check_tier(tier: str, limits: Any) -> None:
             raise ConfigError(f"{where}: {name} must be >= {low}, got {got!r}")
 
 
+def is_loopback_host(host: str) -> Optional[bool]:
+    """Whether every address `host` resolves to is a loopback address; None
+    when it does not resolve (the bind reports that).  A wildcard ("0.0.0.0",
+    "::") is not loopback: it listens on every interface."""
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError):
+        return None
+    for info in infos:
+        address = ipaddress.ip_address(str(info[4][0]).split("%")[0])
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        if not address.is_loopback:
+            return False
+    return True
+
+
+def read_token_file(path: str, what: str) -> str:
+    """The token a file holds, without surrounding whitespace (a trailing
+    newline); ConfigError, naming `what` (the flag or setting), when it
+    cannot be read or is empty."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            token = fh.read().strip()
+    except OSError as exc:
+        raise ConfigError(f"{what} {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{what} {path}: not UTF-8 text") from None
+    if not token:
+        raise ConfigError(f"{what} {path}: the file is empty")
+    return token
+
+
+def _admin_token(cfg: ServeConfig, label: Callable[[str], str],
+                 environ: Mapping[str, str]) -> None:
+    """Set cfg.admin_token from the one place that gives it: the config file's
+    `admin_token`, a token file, or the environment.  Two places are an error:
+    which one wins would be a guess."""
+    given = [name for name, value in (("admin_token", cfg.admin_token),
+                                      ("admin_token_file", cfg.admin_token_file),
+                                      (ADMIN_TOKEN_ENV, environ.get(ADMIN_TOKEN_ENV)))
+             if value]
+    if len(given) > 1:
+        raise ConfigError(f"the admin token is given {len(given)} ways "
+                          f"({', '.join(label(name) for name in given)}): give it one way")
+    if cfg.admin_token_file:
+        cfg.admin_token = read_token_file(cfg.admin_token_file, label("admin_token_file"))
+    elif environ.get(ADMIN_TOKEN_ENV):
+        cfg.admin_token = environ[ADMIN_TOKEN_ENV].strip()
+
+
 def _merge(cfg: ServeConfig, values: Mapping[str, Any], origin: str) -> None:
     known = {f.name: f for f in fields(ServeConfig)}
     for name, value in values.items():
@@ -207,11 +271,13 @@ def _merge(cfg: ServeConfig, values: Mapping[str, Any], origin: str) -> None:
 
 def load_config(path: Optional[str] = None, profile: Optional[str] = None,
                 overrides: Optional[Mapping[str, Any]] = None,
-                flags: Optional[Mapping[str, str]] = None) -> ServeConfig:
+                flags: Optional[Mapping[str, str]] = None,
+                environ: Optional[Mapping[str, str]] = None) -> ServeConfig:
     """Build a validated ServeConfig.  A file may name its own `profile`; the
     `profile` argument (a command-line flag) wins over it.  `flags` maps a
     setting to the command-line flag that sets it: an error about a value from
-    `overrides` names that flag (`--sockets`), not the setting (`udp_sockets`)."""
+    `overrides` names that flag (`--sockets`), not the setting (`udp_sockets`).
+    The admin token may also come from `environ` (default: os.environ)."""
     file_values: dict[str, Any] = {}
     if path is not None:
         try:
@@ -235,6 +301,8 @@ def load_config(path: Optional[str] = None, profile: Optional[str] = None,
     given = {k: v for k, v in (overrides or {}).items() if v is not None}
     _merge(cfg, given, "command line")
     typed = {k: v for k, v in (flags or {}).items() if k in given}
+    _admin_token(cfg, lambda name: typed.get(name, name),
+                 os.environ if environ is None else environ)
     _check(cfg, lambda name: typed.get(name, name))
     return cfg
 

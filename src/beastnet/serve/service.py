@@ -2,8 +2,9 @@
 
 One `ResponseTable` of 150 assets, fed by a simulated or replayed feed and
 served over UDP and HTTP by the native engines; API keys and usage from the
-SQLite key store; telemetry, Prometheus metrics and admin routes on the HTTP
-port's control plane.  Built only on the public API.
+SQLite key store; telemetry, Prometheus metrics and admin routes on an admin
+listener of their own (loopback by default), apart from the public HTTP port.
+Built only on the public API.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import asyncio
 import errno
 import logging
 import os
+import resource
 import secrets
 import signal
 import socket
@@ -22,7 +24,7 @@ from urllib.parse import parse_qs
 import orjson
 
 from beastnet import (Answer, APIKeyTable, ControlPlane, HTTPServer, MissRequest, ResponseTable,
-                      ServerError, UDPServer, is_loopback_client)
+                      ServerError, UDPServer)
 from beastnet.metrics import (CONTENT_TYPE as METRICS_CONTENT_TYPE, MetricFamily, http_families,
                               render, udp_families)
 from beastnet.serve.assets import ASSETS
@@ -35,8 +37,29 @@ __all__ = ["PortInUseError", "PriceService", "check_port_free"]
 
 log = logging.getLogger("beastnet.serve.service")
 
-# Routes the control plane answers; any other /admin/ path is a 404 (403 off loopback).
-ROUTES = ("/healthz", "/metrics", "/admin/stats", "/admin/reset", "/admin/profile")
+# The admin listener's routes and the methods each takes; anything else there
+# is a 404.  The public port serves only /healthz of these (load balancers
+# probe it) and answers 404 for the rest: behind a reverse proxy on the same
+# host every client looks local, so the public port cannot tell an operator
+# from the internet.
+ROUTES: dict[str, tuple[str, ...]] = {
+    "/healthz": ("GET", "HEAD"),
+    "/metrics": ("GET", "HEAD"),
+    "/admin/stats": ("GET", "HEAD"),
+    "/admin/reset": ("POST",),
+    "/admin/profile": ("GET", "HEAD", "POST"),
+}
+PUBLIC_ROUTES = ("/healthz",)
+
+# Descriptors the process holds besides client connections: stdio, SQLite,
+# the control loop, and per engine thread a listening socket, an epoll fd and
+# eventfds.  Counted when the open-file limit is checked against the
+# connection caps.
+FD_BASE_RESERVE = 64
+FD_PER_THREAD = 4
+
+NOT_FOUND = Answer({"error": "not_found"}, status=404)
+METHOD_NOT_ALLOWED = Answer({"error": "method_not_allowed"}, status=405)
 
 
 class PortInUseError(ServerError):
@@ -44,7 +67,7 @@ class PortInUseError(ServerError):
 
     def __init__(self, message: str, protocol: str) -> None:
         super().__init__(message)
-        self.protocol = protocol        #: "UDP" or "HTTP"
+        self.protocol = protocol        #: "UDP", "HTTP" or "admin"
 
 
 def check_port_free(host: str, port: int, socktype: int, what: str) -> None:
@@ -114,6 +137,8 @@ class PriceService:
         self.control = ControlPlane("beastnet-service")
         self.udp: Optional[UDPServer] = None
         self.http: Optional[HTTPServer] = None
+        self.admin: Optional[HTTPServer] = None     # the admin listener
+        self.start_profile = cfg.profile
         self.active_keys = 0                    # active keys in the store at start
         self._feed_task: Optional[asyncio.Future] = None
         self._sampler_task: Optional[asyncio.Future] = None
@@ -139,6 +164,8 @@ class PriceService:
             if not cfg.share_ports:
                 check_port_free(cfg.udp_host, cfg.udp_port, socket.SOCK_DGRAM, "UDP")
                 check_port_free(cfg.http_host, cfg.http_port, socket.SOCK_STREAM, "HTTP")
+                check_port_free(cfg.admin_host, cfg.admin_port, socket.SOCK_STREAM, "admin")
+            self._fit_open_files()
             if cfg.keystore:
                 self._open_key_store(cfg.keystore)
             self.control.start()
@@ -152,6 +179,7 @@ class PriceService:
                                  send_buffer_bytes=cfg.send_buffer_bytes,
                                  cpu_steering=cfg.cpu_steering, api_keys=self.api_keys,
                                  control=self.control).start()
+            self.admin = self._start_admin()
             self.http = self._start_http()
         except BaseException:
             self.stop()
@@ -175,9 +203,53 @@ class PriceService:
                         "define [tiers.%s] in the config", path, count, tier, tier,
                         extra={"fields": {"event": "unknown_tier", "tier": tier, "keys": count}})
 
+    def _fit_open_files(self) -> None:
+        """Make the open-file limit hold both connection caps, so a flood of the
+        public port runs into max_connections (and its 503), never into EMFILE,
+        and the admin listener keeps room to accept.  Raise the soft limit up
+        to the hard one if needed; past that, lower max_connections and say so."""
+        cfg = self.cfg
+        cpus = len(os.sched_getaffinity(0))
+        http_threads = cfg.http_threads or cpus
+        threads = (cfg.udp_sockets or cpus) + http_threads + 1      # + the admin listener's
+        reserve = FD_BASE_RESERVE + FD_PER_THREAD * threads + cfg.admin_max_connections
+        need = cfg.max_connections + reserve
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != resource.RLIM_INFINITY and soft < need:
+            target = need if hard == resource.RLIM_INFINITY else min(need, hard)
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+                soft = target
+            except (ValueError, OSError) as exc:
+                log.warning("setrlimit RLIMIT_NOFILE %d: %s", target, exc)
+        if soft == resource.RLIM_INFINITY or soft >= need:
+            return
+        fit = soft - reserve
+        if fit < http_threads:
+            raise ServerError(f"the open-file limit ({soft}, ulimit -n) leaves no room for "
+                              f"client connections: raise it to at least {need}")
+        log.warning("max_connections %d lowered to %d: the open-file limit is %d (ulimit -n) "
+                    "and the admin listener and the engines keep %d descriptors for themselves",
+                    cfg.max_connections, fit, soft, reserve,
+                    extra={"fields": {"event": "max_connections_lowered", "max_connections": fit,
+                                      "nofile": soft}})
+        cfg.max_connections = fit
+
+    def _start_admin(self) -> HTTPServer:
+        """The admin listener: its own address, one thread, its own connection
+        cap, and an empty table of its own (prices are served on the public
+        port only, where API keys are checked)."""
+        cfg = self.cfg
+        routes = {path: self._on_admin_route for path in ROUTES}
+        return HTTPServer(ResponseTable(capacity=16), cfg.admin_host, cfg.admin_port, threads=1,
+                          backlog=min(cfg.backlog, 128), routes=routes,
+                          max_connections=cfg.admin_max_connections,
+                          idle_timeout_s=cfg.idle_timeout_s,
+                          header_timeout_s=cfg.header_timeout_s, control=self.control).start()
+
     def _start_http(self) -> HTTPServer:
         cfg = self.cfg
-        routes = {path: self._on_route for path in ROUTES}
+        routes = {path: self._on_public_route for path in ROUTES}
         return HTTPServer(self.table, cfg.http_host, cfg.http_port, threads=cfg.http_threads,
                           backlog=cfg.backlog, prefix=cfg.http_prefix, routes=routes,
                           miss_queue_size=cfg.miss_queue_size, max_inflight=cfg.max_inflight,
@@ -200,6 +272,8 @@ class PriceService:
             self.http.stop(grace_s)
         if self.udp is not None:
             self.udp.stop()
+        if self.admin is not None:
+            self.admin.stop(0.0)
         for task in (self._feed_task, self._sampler_task):
             if task is not None:
                 self.control.call_soon(task.cancel)
@@ -245,7 +319,8 @@ class PriceService:
     def stats(self) -> dict[str, Any]:
         """Everything /admin/stats shows."""
         out: dict[str, Any] = {"uptime_s": round(time.monotonic() - self.started_at, 3),
-                               "profile": self.cfg.profile, "assets": len(self.table)}
+                               "profile": self.cfg.profile, "profile_at_start": self.start_profile,
+                               "assets": len(self.table)}
         if self.udp is not None:
             udp = self.udp.stats()
             totals = self._since_reset("udp", udp["totals"])
@@ -268,6 +343,11 @@ class PriceService:
                            "totals": self._since_reset("http", http["totals"]),
                            "rates_per_s": self._http_rates.rates,
                            "per_thread": http.get("per_thread", [])}
+        if self.admin is not None:
+            admin = self.admin.stats()["totals"]
+            out["admin"] = {"address": self.admin.address,
+                            "totals": {k: admin.get(k, 0) for k in ("accepted", "active",
+                                                                    "rejected", "requests")}}
         out["feed"] = self.publisher.health()
         if self.api_keys is not None and self.flusher is not None:
             usage = self.api_keys.usage()
@@ -305,6 +385,9 @@ class PriceService:
         changes = apply_live(self.cfg, name)
         for key, value in changes.items():
             setattr(self.cfg, key, value)
+        # What /admin/stats and /admin/profile report from now on: the live
+        # parameters are `name`'s; the rest stay as started (profile_at_start).
+        self.cfg.profile = name
         if "log_level" in changes:
             logging.getLogger("beastnet").setLevel(self.cfg.log_level.upper())
         if "usage_flush_interval_s" in changes and self.flusher is not None:
@@ -322,46 +405,69 @@ class PriceService:
 
     # -- admin routes --------------------------------------------------------------
 
-    def _authorized(self, request: MissRequest) -> bool:
-        """Admin routes: loopback clients only, unless `admin_remote`; with an
-        `admin_token`, the token must come too (X-API-Key header or ?token=)."""
-        loopback = is_loopback_client(request)
+    def _health(self) -> Answer:
+        stale = len(self.publisher.stale_assets)
+        ok = len(self.table) > 0 and stale < len(ASSETS)
+        return Answer({"status": "ok" if ok else "degraded", "assets": len(self.table),
+                       "stale_assets": stale}, status=200 if ok else 503)
+
+    def _on_public_route(self, request: MissRequest) -> Any:
+        """The public port: /healthz for probes; metrics and admin live on the
+        admin listener only."""
+        path = request.path or ""
+        if path not in PUBLIC_ROUTES:
+            return NOT_FOUND
+        if request.method not in ROUTES[path]:
+            return METHOD_NOT_ALLOWED
+        return self._health()
+
+    def _refusal(self, request: MissRequest) -> Optional[Answer]:
+        """Why an admin request is refused, or None.  A credential in the query
+        string is refused whatever it holds: query strings end up in proxy
+        and access logs.  With a token, the request must carry it in
+        `Authorization: Bearer` or `X-API-Key` (the engine hands either over
+        as `api_key`)."""
+        query = parse_qs(request.query or "", keep_blank_values=True)
+        if "token" in query or "api_key" in query:
+            return Answer({"error": "bad_request",
+                           "detail": "send the admin token in a header (Authorization: Bearer "
+                                     "TOKEN, or X-API-Key: TOKEN), not in the URL: query "
+                                     "strings end up in logs"}, status=400)
         token = self.cfg.admin_token
         if token is None:
-            return loopback
-        sent = request.api_key or parse_qs(request.query or "").get("token", [""])[0]
+            return None                 # loopback only: the listener's address is the guard
+        sent = request.api_key or ""
         if not secrets.compare_digest(sent.encode(), token.encode()):
-            return False
-        return loopback or self.cfg.admin_remote
+            return Answer({"error": "unauthorized",
+                           "detail": "the admin routes need the token: "
+                                     "Authorization: Bearer TOKEN"}, status=401)
+        return None
 
-    def _on_route(self, request: MissRequest) -> Any:
+    def _on_admin_route(self, request: MissRequest) -> Any:
         path = request.path or ""
+        allowed = ROUTES.get(path)
+        if allowed is None:
+            return NOT_FOUND
+        if request.method not in allowed:
+            return METHOD_NOT_ALLOWED
         if path == "/healthz":
-            stale = len(self.publisher.stale_assets)
-            ok = len(self.table) > 0 and stale < len(ASSETS)
-            return Answer({"status": "ok" if ok else "degraded", "assets": len(self.table),
-                           "stale_assets": stale}, status=200 if ok else 503)
-        if not self._authorized(request):
-            return Answer({"error": "forbidden"}, status=403)
+            return self._health()       # open to probes, as on the public port
+        refused = self._refusal(request)
+        if refused is not None:
+            return refused
         if path == "/metrics":
             return Answer(self.metrics(), content_type=METRICS_CONTENT_TYPE)
         if path == "/admin/stats":
             return Answer(orjson.dumps(self.stats(), default=str))
         if path == "/admin/reset":
-            if request.method != "POST":
-                return Answer({"error": "method_not_allowed"}, status=405)
             self.reset()
             return Answer({"reset": True})
-        if path == "/admin/profile":
-            name = parse_qs(request.query or "").get("name", [None])[0]
-            if request.method == "GET" or name is None:
-                return Answer({"profile": self.cfg.profile,
-                               "live": {k: getattr(self.cfg, k) for k in sorted(LIVE_PARAMETERS)}})
-            if request.method != "POST":
-                return Answer({"error": "method_not_allowed"}, status=405)
+        name = parse_qs(request.query or "").get("name", [None])[0]
+        if request.method == "POST" and name is not None:
             try:
                 changes = self.switch_profile(name)
             except ValueError as exc:
                 return Answer({"error": "bad_request", "detail": str(exc)}, status=400)
             return Answer({"profile": name, "changed": changes})
-        return Answer({"error": "not_found"}, status=404)
+        return Answer({"profile": self.cfg.profile, "profile_at_start": self.start_profile,
+                       "live": {k: getattr(self.cfg, k) for k in sorted(LIVE_PARAMETERS)}})
