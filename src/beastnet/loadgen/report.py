@@ -48,9 +48,10 @@ class ProgressLine:
     """One self-overwriting status line on a terminal; silent when `stream`
     is not a TTY (logs and pipes get only the final table)."""
 
-    def __init__(self, stream: TextIO = sys.stderr, enabled: Optional[bool] = None,
+    def __init__(self, stream: Optional[TextIO] = None, enabled: Optional[bool] = None,
                  prefix: str = "") -> None:
-        self.stream = stream
+        # sys.stderr at call time, not at import: tests and callers swap it.
+        self.stream = stream = sys.stderr if stream is None else stream
         self.enabled = stream.isatty() if enabled is None else enabled
         self.prefix = prefix
         self._width = 0
@@ -74,30 +75,108 @@ class ProgressLine:
             self._width = 0
 
 
-def format_result(d: dict, extra_percentiles: Sequence[float] = ()) -> str:
-    """A single run's summary (from `LoadResult.to_dict()`)."""
-    lat = d["latency_ns"]
-    lines = [
-        f"{d['mode']} {d['config'].get('loop', '')} load: {d['duration_s']:.2f} s measured"
-        + ("  (interrupted)" if d["interrupted"] else ""),
-        f"  requests  sent {d['sent']}  received {d['received']}  ok {d['ok']}  lost {d['lost']}"
-        f"  unsent {d['unsent']}",
-        f"  replies   late {d['late']}  unmatched {d['unmatched']}  bad {d['bad_replies']}"
-        f"  error bodies/statuses {d['error_replies']}",
-        f"  errors    {d['errors']}  {d['errors_by_kind'] or ''}",
-        f"  rate      {d['rps']:.0f} req/s   success {d['success_rate']:.4%}   "
-        f"loss {d['loss_rate']:.4%}",
-        "  latency   " + "  ".join(f"{k} {_ms(v)} ms" for k, v in lat.items()),
-    ]
-    for q, v in d.get("extra_percentiles", {}).items():
-        lines.append(f"            p{q} {_ms(v)} ms")
-    if d.get("cpu_per_request_us") is not None:
-        lines.append(f"  generator CPU {d['cpu_s']:.3f} s = {d['cpu_per_request_us']:.3f} µs/request")
+def _pct(part: float, whole: float) -> str:
+    return f"{part / whole:.3%}" if whole else "-"
+
+
+def text_table(rows: Sequence[Sequence[str]], head: Optional[Sequence[str]] = None,
+               align: str = "l", indent: str = "  ") -> str:
+    """Rows of strings as aligned columns, column i flush left when
+    ``align[i]`` is "l", else right (columns past `align` follow its last
+    letter but the final column, which is flush left when "l" ends it); a
+    rule under `head`."""
+    allrows = ([list(head)] if head else []) + [list(r) for r in rows]
+    if not allrows:
+        return ""
+    ncol = max(len(r) for r in allrows)
+    allrows = [r + [""] * (ncol - len(r)) for r in allrows]
+    widths = [max(len(r[i]) for r in allrows) for i in range(ncol)]
+    lefts = [(align[i] if i < len(align) - 1 else "r") == "l" for i in range(ncol)]
+    lefts[0] = align[0] == "l"
+    if len(align) > 1:
+        lefts[-1] = align[-1] == "l"
+
+    def line(r: list[str]) -> str:
+        return indent + "  ".join(c.ljust(w) if lefts[i] else c.rjust(w)
+                                  for i, (c, w) in enumerate(zip(r, widths))).rstrip()
+    out = [line(r) for r in allrows]
+    if head:
+        out.insert(1, indent + "  ".join("-" * w for w in widths))
+    return "\n".join(out)
+
+
+def run_title(d: dict) -> str:
+    """"UDP closed-loop load, 127.0.0.1:9000" from a result dict."""
+    cfg = d.get("config", {})
+    loop = str(cfg.get("loop", "")).replace("_", " ")
+    loop = f"{loop}-loop" if loop and "loop" not in loop else loop
+    target = f"{cfg.get('host', '?')}:{cfg.get('port', '?')}"
+    if d.get("mode") == "http":
+        target = f"http://{target}{cfg.get('path_prefix', '')}"
+    return f"{str(d.get('mode', '')).upper()} {loop} load against {target}".replace("  ", " ")
+
+
+def outcome_rows(d: dict) -> list[list[str]]:
+    """What happened to the requests, with shares of the attempted ones."""
+    attempted = d["sent"] + d["unsent"]
+    rows = [["sent", f"{d['sent']:,}", _pct(d["sent"], attempted), ""],
+            ["answered", f"{d['received']:,}", _pct(d["received"], attempted), ""],
+            ["  ok", f"{d['ok']:,}", _pct(d["ok"], attempted), ""]]
+    if d["error_replies"]:
+        detail = d.get("error_bodies") or {
+            f"status {k}": v for k, v in d.get("status_codes", {}).items() if int(k) >= 400}
+        rows.append(["  errors", f"{d['error_replies']:,}", _pct(d["error_replies"], attempted),
+                     ", ".join(f"{k} {v:,}" for k, v in detail.items())])
+    for name, key in (("lost", "lost"), ("failed", "failed"), ("never sent", "unsent")):
+        if d.get(key) or key == "lost":
+            rows.append([name, f"{d[key]:,}", _pct(d[key], attempted), ""])
+    for name, key in (("late replies", "late"), ("unmatched", "unmatched"),
+                      ("bad replies", "bad_replies")):
+        if d.get(key):
+            rows.append([name, f"{d[key]:,}", "", ""])
+    if d["errors"]:
+        rows.append(["transport errors", f"{d['errors']:,}", "",
+                     ", ".join(f"{k} {v:,}" for k, v in d["errors_by_kind"].items())])
     if d.get("status_codes"):
-        lines.append(f"  statuses  {d['status_codes']}")
-    for k in ("connect_ms", "ttfb_ms", "reuse_rate", "reconnects"):
-        if k in d.get("extra", {}):
-            lines.append(f"  {k:9} {d['extra'][k]}")
+        rows.append(["statuses", "", "",
+                     ", ".join(f"{k}: {v:,}" for k, v in sorted(d["status_codes"].items()))])
+    return rows
+
+
+def latency_rows(d: dict) -> list[list[str]]:
+    """Latency percentiles in ms: the total, then (HTTP) connect and time to
+    first byte where they were measured."""
+    lat = d["latency_ns"]
+    names = list(lat)
+    rows = [["total"] + [_ms(lat[k]) for k in names]]
+    extra = d.get("extra", {})
+    for label, key in (("connect", "connect_ms"), ("first byte", "ttfb_ms")):
+        part = extra.get(key)
+        if part and part.get("count"):
+            rows.append([label] + [_ms(None if part.get(k) is None else part[k] * 1e6)
+                                   for k in names])
+    return [["ms"] + names] + rows
+
+
+def format_result(d: dict, extra_percentiles: Sequence[float] = ()) -> str:
+    """A single run's summary (from `LoadResult.to_dict()`): aligned tables,
+    no Python reprs."""
+    lines = [f"{run_title(d)}: {d['duration_s']:.2f} s measured"
+             + ("  (interrupted)" if d["interrupted"] else ""), ""]
+    lines.append(text_table(outcome_rows(d), ["requests", "count", "share", "detail"], "lrrl"))
+    rate = [f"  rate {d['rps']:,.0f} req/s answered"]
+    if d.get("cpu_per_request_us") is not None:
+        rate.append(f"generator CPU {d['cpu_s']:.3f} s ({d['cpu_per_request_us']:.2f} µs/request)")
+    extra = d.get("extra", {})
+    if extra.get("reuse_rate") is not None:
+        rate.append(f"connection reuse {extra['reuse_rate']:.1%}, "
+                    f"{extra.get('reconnects', 0):,} reconnects")
+    lines += ["", "   ".join(rate), ""]
+    lat = latency_rows(d)
+    lines.append(text_table(lat[1:], lat[0]))
+    more = d.get("extra_percentiles") or {}
+    if more:
+        lines.append(text_table([[f"p{q}", _ms(v)] for q, v in more.items()]))
     return "\n".join(lines)
 
 
@@ -128,9 +207,12 @@ def _fmt_ms(v: Optional[float]) -> str:
 
 
 def format_run(body: dict) -> str:
-    """A single run's summary and verdict (from `ramp.judge_run`)."""
-    return format_result(body["result"]) + f"\nverdict: {body['verdict'].upper()}" + "".join(
-        f"\n  {reason}" for reason in body["reasons"])
+    """A single run's summary and verdict (from `ramp.judge_run`): the last
+    line says why a run failed."""
+    from beastnet.loadgen.verdict import summary_line
+    return (format_result(body["result"])
+            + "".join(f"\n  also: {reason}" for reason in body["reasons"][1:])
+            + "\n" + summary_line(body))
 
 
 def format_ramp(body: dict) -> str:
@@ -144,7 +226,8 @@ def format_ramp(body: dict) -> str:
                  f"{_fmt_ms(deg['p99_ms_first'])} -> {_fmt_ms(deg['p99_ms_best'])} ms")
     text += (f"\nbreaking point: level {body['breaking_point']}" if body["breaking_point"]
              else "\nbreaking point: none reached")
-    return text + f"\nverdict: {body['verdict'].upper()}" + (
+    from beastnet.loadgen.verdict import summary_line
+    return text + "\n" + summary_line(body) + (
         "  (interrupted)" if body["interrupted"] else "")
 
 
