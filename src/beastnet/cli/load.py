@@ -119,6 +119,14 @@ def add_load_command(sub: Any) -> None:
     g.add_argument("--json", metavar="PATH", help="write the JSON report here")
     g.add_argument("--html", "--plot", dest="html", metavar="PATH",
                    help="write a self-contained HTML page with SVG charts here")
+    g.add_argument("--hdr", metavar="PATH",
+                   help="write the latency histograms here as an HdrHistogram log "
+                        "(standard compressed encoding; one line per run, level or probe)")
+    g.add_argument("--server-stats", metavar="URL",
+                   help="sample a beastnet server's /admin/stats (http://HOST:PORT) every "
+                        "second, beside the client timeline in the JSON and HTML reports")
+    g.add_argument("--server-stats-token", metavar="TOKEN",
+                   help="the server's admin token (default: $BEASTNET_ADMIN_TOKEN)")
     g.add_argument("-p", "--percentile", type=float, action="append", default=[],
                    help="also report this percentile (repeatable)")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress line, no table")
@@ -207,7 +215,11 @@ def cmd_load(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     progress = report.ProgressLine(enabled=False if args.quiet else True if args.progress else None)
     stop_when = ramp.abort_when(args.abort_loss, args.abort_p99_ms)
+    server = None
     try:
+        if args.server_stats:
+            from beastnet.loadgen.serverstats import ServerStatsSampler
+            server = ServerStatsSampler(args.server_stats, args.server_stats_token).start()
         if args.find_max:
             body, text = _find_max(args, cfg, progress, stop_when)
         elif ramping:
@@ -224,15 +236,25 @@ def cmd_load(args: argparse.Namespace) -> int:
         progress.clear()
         print("beastnet load: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    finally:
+        if server is not None:
+            server.stop()
     progress.clear()
     full = report.build_report(body, cfg.to_dict(), loadgen.machine_info(),
                                argv=sys.argv[1:] if sys.argv else None)
+    if server is not None:
+        full["server_stats"] = server.to_dict()
+        if not server.rows and not args.quiet:
+            print(f"beastnet load: --server-stats {server.url}: no read succeeded "
+                  f"({server.last_error})", file=sys.stderr)
     if not args.quiet:
         print(text)
-    if args.json:
-        report.write_json(args.json, full)
-    if args.html:
-        report.write_html(args.html, full, text)
+    try:
+        report.write_outputs(full, text, json_path=args.json, hdr_path=args.hdr,
+                             html_path=args.html)
+    except OSError as exc:
+        print(f"beastnet load: cannot write {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return EXIT_USAGE
     if body.get("unreachable"):
         return EXIT_UNREACHABLE
     return EXIT_FAIL if body["verdict"] == "fail" else EXIT_PASS

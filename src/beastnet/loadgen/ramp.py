@@ -280,7 +280,7 @@ class KneeReport:
         """Nothing came back from the target in the first probe."""
         return bool(self.results) and unreachable(self.results[0])
 
-    def to_dict(self, histogram: bool = False) -> dict[str, Any]:
+    def to_dict(self, histogram: bool = True) -> dict[str, Any]:
         return {"kind": "find-max", "verdict": self.verdict, "knee_rps": self.knee_rps,
                 "unreachable": self.unreachable,
                 "first_breach_rps": self.first_breach_rps, "slo": asdict(self.slo),

@@ -14,15 +14,23 @@ import orjson
 __all__ = [
     "ProgressLine",
     "build_report",
+    "format_compare",
     "format_knee",
+    "format_report",
     "format_ramp",
     "format_result",
     "format_run",
     "format_table",
     "level_line",
     "probe_line",
+    "read_report",
+    "write_compare_html",
+    "hdr_log",
+    "text_table",
+    "write_hdr",
     "write_html",
     "write_json",
+    "write_outputs",
 ]
 
 PERCENTILE_COLUMNS = ("p50", "p90", "p99", "p99.9", "max")
@@ -265,6 +273,55 @@ def build_report(body: dict, config: dict, machine: dict, argv: Optional[list] =
             "machine": machine, "config": config, **body}
 
 
+def _histogram_entries(report: dict) -> list[tuple[str, dict]]:
+    """(tag, result dict) of each measured histogram in a report."""
+    kind = report.get("kind")
+    if kind == "ramp":
+        return [(f"level-{lv['level']}", lv["result"]) for lv in report["levels"]]
+    if kind == "find-max":
+        return [(f"rate-{p['rate']:.0f}", r) for p, r in zip(report["probes"], report["results"])]
+    return [("", report["result"])]
+
+
+def hdr_log(report: dict) -> str:
+    """The report's latency histograms as an HdrHistogram interval log
+    (format 1.3, values in ns, max in ms): one line per run, ramp level or
+    probe, tagged level-N / rate-R.  HdrHistogram's HistogramLogProcessor and
+    the `hdrhistogram` package read it."""
+    entries = [(tag, r) for tag, r in _histogram_entries(report)
+               if r.get("histogram", {}).get("hdr")]
+    starts = [r.get("started_at") or 0.0 for _, r in entries]
+    base = min(starts) if starts else 0.0
+    lines = ["#[Histogram log format version 1.3]",
+             f"#[StartTime: {base:.3f} (seconds since epoch), "
+             f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(base))}]",
+             "#[beastnet load: latency in ns from the intended send time]",
+             '"StartTimestamp","Interval_Length","Interval_Max","Interval_Compressed_Histogram"']
+    for (tag, r), start in zip(entries, starts):
+        warmup = float(r.get("config", {}).get("warmup_s") or 0.0)
+        max_ms = (r["histogram"].get("max_ns") or 0) / 1e6
+        lines.append(("Tag=" + tag + "," if tag else "")
+                     + f"{start - base + warmup:.3f},{r['duration_s']:.3f},{max_ms:.3f},"
+                     + r["histogram"]["hdr"])
+    return "\n".join(lines) + "\n"
+
+
+def write_hdr(path: str, report: dict) -> None:
+    with open(path, "w", encoding="ascii") as f:
+        f.write(hdr_log(report))
+
+
+def write_outputs(report: dict, text: str = "", json_path: Optional[str] = None,
+                  hdr_path: Optional[str] = None, html_path: Optional[str] = None) -> None:
+    """Write each output asked for; an OSError names the file."""
+    if json_path:
+        write_json(json_path, report)
+    if hdr_path:
+        write_hdr(hdr_path, report)
+    if html_path:
+        write_html(html_path, report, text)
+
+
 def write_json(path: str, report: dict) -> None:
     with open(path, "wb") as f:
         f.write(orjson.dumps(report, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
@@ -339,8 +396,13 @@ def svg_chart(title: str, xlabels: Sequence[str], series: Sequence[tuple[str, Se
                f'text-anchor="middle">{html.escape(y_label)}</text>')
     out.append(f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#888"/>')
     nser = len(series)
-    for k, (name, vs) in enumerate(series):
+    # "max" is drawn first, thin and dashed, so it cannot hide p99.9 when
+    # the two meet.
+    order = sorted(range(nser), key=lambda k: series[k][0] != "max")
+    for k in order:
+        name, vs = series[k]
         color = COLORS[k % len(COLORS)]
+        thin = not bars and name == "max"
         if bars:
             bw = pw / n / (nser + 1)
             for i, v in enumerate(vs):
@@ -361,7 +423,8 @@ def svg_chart(title: str, xlabels: Sequence[str], series: Sequence[tuple[str, Se
                 pen = "L"
                 out.append(f'<circle cx="{xpos(i):.1f}" cy="{ypos(v):.1f}" r="2.5" fill="{color}">'
                            f'<title>{name} {v:.6g}</title></circle>')
-            out.append(f'<path d="{" ".join(path)}" fill="none" stroke="{color}" stroke-width="1.8"/>')
+            style = 'stroke-width="1.2" stroke-dasharray="5,3"' if thin else 'stroke-width="1.8"'
+            out.append(f'<path d="{" ".join(path)}" fill="none" stroke="{color}" {style}/>')
         ly = top + 14 + 16 * k
         out.append(f'<rect x="{left + pw + 10}" y="{ly - 9}" width="12" height="10" fill="{color}"/>'
                    f'<text x="{left + pw + 27}" y="{ly}">{html.escape(name)}</text>')
@@ -407,24 +470,54 @@ def charts(report: dict) -> list[str]:
                       "ms", log_y=True)]
 
 
-def write_html(path: str, report: dict, text_summary: str = "") -> None:
-    """A self-contained page: the charts (inline SVG), the summary table and
-    the machine; nothing is fetched from the network."""
-    title = f"beastnet load report: {report.get('kind', 'run')} ({report.get('verdict', '')})"
-    machine = report.get("machine", {})
-    parts = [
-        "<!doctype html><html><head><meta charset='utf-8'>",
-        f"<title>{html.escape(title)}</title>",
-        "<style>body{font-family:sans-serif;margin:2em;color:#222}"
-        "pre{background:#f6f6f6;padding:1em;overflow-x:auto}svg{margin:0.5em 1em 0.5em 0}</style>",
-        f"</head><body><h1>{html.escape(title)}</h1>",
-        "<div>" + "".join(charts(report)) + "</div>",
-        f"<h2>Summary</h2><pre>{html.escape(text_summary)}</pre>",
-        "<h2>Machine</h2><pre>" + html.escape(orjson.dumps(machine, option=orjson.OPT_INDENT_2)
-                                               .decode()) + "</pre>",
-        "<h2>Configuration</h2><pre>" + html.escape(
-            orjson.dumps(report.get("config", {}), option=orjson.OPT_INDENT_2).decode()) + "</pre>",
-        "</body></html>",
-    ]
+KINDS = {"run": "result", "ramp": "levels", "find-max": "probes"}
+
+
+def read_report(path: str) -> dict:
+    """A JSON report written by `beastnet load --json`; ValueError (one
+    line naming the file) if it cannot be read or is not such a report."""
+    try:
+        with open(path, "rb") as f:
+            report = orjson.loads(f.read())
+    except OSError as exc:
+        raise ValueError(f"{path}: {exc.strerror}") from exc
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not JSON ({exc})") from exc
+    if not isinstance(report, dict) or KINDS.get(report.get("kind", "")) not in report:
+        raise ValueError(f"{path}: not a report of `beastnet load --json`")
+    return report
+
+
+def format_report(report: dict) -> str:
+    """The terminal summary of a saved report, as `beastnet load` printed it."""
+    kind = report["kind"]
+    if kind == "ramp":
+        return format_ramp(report)
+    if kind == "find-max":
+        return format_knee(report)
+    return format_run(report)
+
+
+def format_compare(a: dict, b: dict, names: tuple[str, str] = ("A", "B")) -> str:
+    """Two reports' key numbers side by side with deltas (B - A)."""
+    from beastnet.loadgen.htmlreport import compare_pairs, compare_rows
+    blocks = []
+    for label, x, y in compare_pairs(a, b):
+        rows = [[name, va, vb, delta] for name, va, vb, delta, _ in compare_rows(x, y)]
+        blocks.append((label + "\n" if label else "")
+                      + text_table(rows, ["metric", names[0], names[1], "delta"], "lrrr"))
+    return "\n\n".join(blocks) or "nothing to compare: the reports share no run or level"
+
+
+def write_compare_html(path: str, a: dict, b: dict, names: tuple[str, str] = ("A", "B")) -> None:
+    """The A/B page of two reports (see `htmlreport.compare_page`)."""
+    from beastnet.loadgen.htmlreport import compare_page
     with open(path, "w", encoding="utf-8") as f:
-        f.write("\n".join(parts))
+        f.write(compare_page(a, b, names))
+
+
+def write_html(path: str, report: dict, text_summary: str = "") -> None:
+    """The self-contained HTML page of `report` (see `htmlreport`)."""
+    from beastnet.loadgen.htmlreport import report_page
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(report_page(report, text_summary))
