@@ -57,7 +57,7 @@ td.l,th.l{text-align:left}
 td.better{color:#2e7d32}td.worse{color:#c62828}
 .kv td:first-child{text-align:left;color:#55616d}.kv td{text-align:left}
 .reason{font-family:ui-monospace,monospace;margin:2px 0}
-.grid{display:flex;flex-wrap:wrap;gap:24px}
+.grid{display:flex;flex-wrap:wrap;gap:24px;align-items:flex-start}
 code{font-family:ui-monospace,monospace;font-size:12px}
 g.series{cursor:pointer}g.off{opacity:.12}
 """
@@ -113,12 +113,12 @@ def svg_xy(title: str, series: Sequence[tuple[str, Sequence[tuple[float, Optiona
            x_label: str, y_label: str, *, log_y: bool = False, nines: bool = False,
            shade: Sequence[tuple[float, float, str]] = (),
            marks: Sequence[tuple[float, str]] = (), x_range: Optional[tuple[float, float]] = None,
-           width: int = 620, height: int = 300, step: bool = False) -> str:
+           width: int = 590, height: int = 290, step: bool = False) -> str:
     """A line chart on numeric axes as inline SVG.  `series`: (name, points,
     style) with style keys ``dash`` and ``width``; a None y breaks the line.
     `nines`: x is -log10(1 - q) and labelled 90 %, 99 %, ...  `shade`: x
     ranges drawn grey (the warm-up); `marks`: labelled vertical lines."""
-    left, right, top, bottom = 64, 118, 28, 42
+    left, right, top, bottom = 60, 150, 28, 42
     pw, ph = width - left - right, height - top - bottom
     pts = [(x, y) for _, ps, _ in series for x, y in ps
            if y is not None and (y > 0 or not log_y)]
@@ -160,18 +160,24 @@ def svg_xy(title: str, series: Sequence[tuple[str, Sequence[tuple[float, Optiona
         a, b = max(a, x0), min(b, x1)
         if b > a:
             out.append(f'<rect x="{X(a):.1f}" y="{top}" width="{X(b) - X(a):.1f}" height="{ph}" '
-                       f'fill="#e3e7eb"/><text x="{X(a) + 4:.1f}" y="{top + 12}" fill="#66727f">'
-                       f'{_e(label)}</text>')
+                       f'fill="#e3e7eb"><title>{_e(label)}</title></rect>')
+            if X(b) - X(a) > 40:            # room for the label inside the band
+                out.append(f'<text x="{X(a) + 4:.1f}" y="{top + 12}" fill="#66727f">'
+                           f'{_e(label)}</text>')
     for t in yt:
         if y0 <= t <= y1:
             out.append(f'<line x1="{left}" y1="{Y(t):.1f}" x2="{left + pw}" y2="{Y(t):.1f}" '
                        f'stroke="#e4e4e4"/><text x="{left - 6}" y="{Y(t) + 4:.1f}" '
                        f'text-anchor="end">{_fmt_tick(t)}</text>')
     xt = [float(i) for i in range(int(x1) + 1)] if nines else _ticks(x0, x1)
+    # Long nines labels: label every other tick when they would touch.
+    every = 2 if nines and len(xt) > 1 and pw / (len(xt) - 1) < 62 else 1
     for t in xt:
         if x0 - 1e-9 <= t <= x1 + 1e-9:
             label = (NINES_LABELS[int(t)] if nines and int(t) < len(NINES_LABELS)
                      else _fmt_tick(t))
+            if nines and int(t) % every:
+                label = ""
             out.append(f'<line x1="{X(t):.1f}" y1="{top}" x2="{X(t):.1f}" y2="{top + ph}" '
                        f'stroke="#f0f0f0"/><text x="{X(t):.1f}" y="{top + ph + 15}" '
                        f'text-anchor="middle">{label}</text>')
@@ -270,13 +276,19 @@ def timeline_charts(results: Sequence[dict], server: Optional[dict] = None,
     client), over one run or the runs of a ramp placed on one time axis."""
     base = min((r.get("started_at") or 0.0) for r in results) if results else 0.0
     rows = [xr for r in results for xr in _rows_at(r, base)]
+    span = (0.0, max((x + row["span_s"] / 2 for x, row in rows), default=1.0))
     shade = []
     for r in results:
         warm = float(r.get("config", {}).get("warmup_s") or 0.0)
+        s0 = (r.get("started_at") or base) - base
         if warm > 0:
-            s0 = (r.get("started_at") or base) - base
             shade.append((s0, s0 + warm, "warm-up"))
-    span = (0.0, max((x + row["span_s"] / 2 for x, row in rows), default=1.0))
+        if len(results) == 1 and r.get("config", {}).get("max_requests") is None:
+            # After the measured window: no more sends, the last replies and
+            # timeouts come in.
+            end = s0 + warm + float(r.get("duration_s") or 0.0)
+            if span[1] - end > 0.02:
+                shade.append((end, span[1], "drain"))
 
     def line(name: str, fn: Any, **style: Any) -> tuple[str, list, dict]:
         return name, [(x, fn(row)) for x, row in rows], style
@@ -414,15 +426,20 @@ def _results(report: dict) -> list[dict]:
 
 
 def _verdict_block(report: dict) -> str:
+    """The badge, the one line that says why, then every other reason."""
     from beastnet.loadgen.verdict import summary_line
     v = str(report.get("verdict", "")).lower()
-    reasons = list(report.get("reasons") or [])
-    for lv in report.get("levels", []):
-        reasons += [f"level {lv['level']}: {x}" for x in lv.get("reasons", [])]
     line = summary_line(report)
+    why = line.split(": ", 2)[2] if v == "fail" and line.count(": ") >= 2 else ""
+    if report.get("kind") == "ramp" and why:
+        why = line.split(": ", 2)[2]
+    reasons = [x for x in (report.get("reasons") or []) if x != why]
+    for lv in report.get("levels", []):
+        reasons += [f"level {lv['level']}: {x}" for x in lv.get("reasons", [])
+                    if f"level {lv['level']}: {x}" != why]
     return (f'<section><h2>Verdict</h2><span class="verdict {_e(v)}">{_e(v.upper())}</span>'
-            f'{_e(line.split(": ", 1)[1] if ": " in line and v == "fail" else "")}'
-            + "".join(f'<div class="reason">{_e(x)}</div>' for x in reasons) + "</section>")
+            f'{_e(why)}' + "".join(f'<div class="reason">{_e(x)}</div>' for x in reasons)
+            + "</section>")
 
 
 def _ramp_table(report: dict) -> str:
@@ -483,11 +500,15 @@ def report_page(report: dict, text_summary: str = "") -> str:
         marks = [((lv["result"].get("started_at") or base) - base, f"L{lv['level']}")
                  for lv in report["levels"]]
         body.append(f"<section><h2>Levels</h2>{_ramp_table(report)}</section>")
-    body.append('<section><h2>Latency and throughput</h2><div class="charts">'
-                + "".join(_kind_charts(report)) + "</div></section>")
-    if results:
-        body.append('<section><h2>Timeline</h2><div class="charts">'
-                    + "".join(timeline_charts(results, report.get("server_stats"), marks))
+    timeline = timeline_charts(results, report.get("server_stats"), marks) if results else []
+    if report.get("kind") == "run":
+        # The distribution first, then the seconds: one grid, two a row.
+        body.append('<section><h2>Latency and timeline</h2><div class="charts">'
+                    + "".join(_kind_charts(report) + timeline) + "</div></section>")
+    else:
+        body.append('<section><h2>Latency and throughput</h2><div class="charts">'
+                    + "".join(_kind_charts(report)) + "</div></section>")
+        body.append('<section><h2>Timeline</h2><div class="charts">' + "".join(timeline)
                     + "</div></section>")
     if report.get("kind") == "run" and first:
         lat = latency_rows(first)

@@ -347,7 +347,7 @@ def _nice_ticks(lo: float, hi: float, log: bool) -> list[float]:
 
 def svg_chart(title: str, xlabels: Sequence[str], series: Sequence[tuple[str, Sequence[Optional[float]]]],
               y_label: str, log_y: bool = False, bars: bool = False,
-              width: int = 640, height: int = 320) -> str:
+              width: int = 590, height: int = 290) -> str:
     """A small line (or bar) chart as inline SVG; None values leave gaps."""
     left, right, top, bottom = 70, 130, 30, 45
     pw, ph = width - left - right, height - top - bottom

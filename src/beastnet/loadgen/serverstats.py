@@ -27,7 +27,8 @@ TOKEN_ENV = "BEASTNET_ADMIN_TOKEN"
 #: Per-second rates drawn in the report: (name, [(protocol, counter), ...]).
 SERVER_RATES: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
     ("rx", (("udp", "rx_packets"), ("http", "requests"))),
-    ("tx", (("udp", "tx_packets"), ("http", "replies"))),
+    ("tx", (("udp", "tx_packets"), ("http", "responses_2xx"), ("http", "responses_3xx"),
+            ("http", "responses_4xx"), ("http", "responses_5xx"))),
     ("kernel drops", (("udp", "kernel_drops"),)),
     ("queue drops", (("udp", "queue_drops"), ("http", "queue_drops"))),
     ("rate limited", (("udp", "rate_limited"), ("udp", "over_quota"),
