@@ -14,13 +14,14 @@ import numpy as np
 import orjson
 import pytest
 
-from beastnet import ResponseTable, UDPServer
 from beastnet.cli import main
 from beastnet.cli._common import EXIT_PASS, EXIT_USAGE
 from beastnet.loadgen import _native
 from beastnet.loadgen.histogram import NBUCKETS, Histogram
 from beastnet.loadgen.htmlreport import nines_points, report_page, svg_xy
 from beastnet.loadgen.report import hdr_log, text_table
+
+from _loadgen_servers import beastnet_price_server
 
 hdrh_histogram = pytest.importorskip("hdrh.histogram")
 hdrh_log = pytest.importorskip("hdrh.log")
@@ -39,11 +40,8 @@ def histogram_of(values: np.ndarray) -> Histogram:
 
 @pytest.fixture(scope="module")
 def server_port():
-    table = ResponseTable()
-    table["BTC"] = b'{"p":1}'
-    table["ETH"] = b'{"p":2}'
-    with UDPServer(table, "127.0.0.1", 0, sockets=2) as server:
-        yield server.address[1]
+    with beastnet_price_server() as port:
+        yield port
 
 
 @pytest.fixture(scope="module")

@@ -18,9 +18,15 @@ from _loadgen_servers import ScriptedTCPServer, ScriptedUDPServer, read_requests
 
 pytestmark = pytest.mark.timeout(60)
 
-SHORT = ["-d", "0.4", "--warmup", "0.1", "--timeout-ms", "100"]
+# A generous timeout: the scripted servers are Python threads on a shared
+# box, and a run expected to pass must not lose a request to a slow second.
+SHORT = ["-d", "0.4", "--warmup", "0.1", "--timeout-ms", "1000"]
 UDP_SHORT = SHORT + ["-s", "4", "-w", "4", "-t", "1"]
 HTTP_SHORT = SHORT + ["-c", "4", "-t", "1"]
+# Against a dead target: a short timeout, so measured requests time out
+# within the run and the reason can name them.
+UDP_DEAD = UDP_SHORT + ["--timeout-ms", "100"]
+HTTP_DEAD = HTTP_SHORT + ["--timeout-ms", "100"]
 
 
 def free_port(kind: int = socket.SOCK_DGRAM) -> int:
@@ -50,7 +56,7 @@ def http_answering(status: int, body: bytes):
 
 
 def test_udp_with_nothing_listening_is_unreachable(capsys):
-    code = main(["load", f"127.0.0.1:{free_port()}"] + UDP_SHORT)
+    code = main(["load", f"127.0.0.1:{free_port()}"] + UDP_DEAD)
     line = last_line(capsys)
     assert code == EXIT_UNREACHABLE
     assert line.startswith("verdict: FAIL: nothing was answered") and "refused" in line
@@ -94,19 +100,31 @@ def test_port_that_accepts_and_never_answers_is_unreachable(capsys):
         for _ in read_requests(conn):
             pass
     with ScriptedTCPServer(handle) as server:
-        code = main(["load", f"http://127.0.0.1:{server.port}/"] + HTTP_SHORT)
+        code = main(["load", f"http://127.0.0.1:{server.port}/"] + HTTP_DEAD)
     line = last_line(capsys)
     assert code == EXIT_UNREACHABLE and "nothing was answered" in line and "lost" in line
 
 
 def test_silent_udp_port_is_unreachable(capsys):
     with ScriptedUDPServer(drop_every=1) as server:
-        code = main(["load", f"127.0.0.1:{server.port}"] + UDP_SHORT)
+        code = main(["load", f"127.0.0.1:{server.port}"] + UDP_DEAD)
     assert code == EXIT_UNREACHABLE and "100.000%" in capsys.readouterr().out
 
 
+def test_silent_target_with_a_long_timeout_is_unreachable_too(capsys):
+    # The warm-up fills every slot and none comes free: no measured request
+    # at all.  Before, that read "no request was sent" and said nothing of
+    # the target.
+    with ScriptedUDPServer(drop_every=1) as server:
+        code = main(["load", f"127.0.0.1:{server.port}"] + UDP_SHORT)
+    line = last_line(capsys)
+    assert code == EXIT_UNREACHABLE
+    assert line == "verdict: FAIL: nothing was answered: 16 requests sent in the warm-up, " \
+                   "none answered, none measured"
+
+
 def test_http_connection_refused_is_unreachable(capsys):
-    code = main(["load", f"http://127.0.0.1:{free_port(socket.SOCK_STREAM)}/"] + HTTP_SHORT)
+    code = main(["load", f"http://127.0.0.1:{free_port(socket.SOCK_STREAM)}/"] + HTTP_DEAD)
     line = last_line(capsys)
     assert code == EXIT_UNREACHABLE and "connect_refused" in line
 
@@ -183,7 +201,8 @@ def test_ramp_against_nothing_fails_at_every_level_and_is_unreachable(capsys):
 
 def test_ramp_levels_honour_expect(capsys):
     with ScriptedUDPServer(replies=answering(b'{"error":"rate_limited"}')) as server:
-        base = ["load", f"127.0.0.1:{server.port}", "--levels", "40x4,80x4", "-s", "4"]
+        base = ["load", f"127.0.0.1:{server.port}", "--levels", "40x4,80x4", "-s", "4",
+                "--timeout-ms", "1000"]
         assert main(base) == EXIT_FAIL
         capsys.readouterr()
         assert main(base + ["--expect", "rate_limited"]) == EXIT_PASS, capsys.readouterr().out

@@ -247,8 +247,9 @@ def nines_points(hist: dict) -> list[tuple[float, Optional[float]]]:
     return pts
 
 
-def nines_chart(title: str, curves: Sequence[tuple[str, dict]]) -> str:
-    series = [(name, nines_points(h), {}) for name, h in curves if h]
+def nines_chart(title: str, curves: Sequence[tuple[str, Optional[dict]]]) -> str:
+    series: list[tuple[str, Sequence[tuple[float, Optional[float]]], dict]] = [
+        (name, nines_points(h), {}) for name, h in curves if h]
     return svg_xy(title, series, "percentile", "latency (ms)", log_y=True, nines=True,
                   step=True)
 
@@ -619,16 +620,16 @@ def compare_page(a: dict, b: dict, names: tuple[str, str] = ("A", "B")) -> str:
                          f"<td class='{cls}'>{_e(delta)}</td></tr>")
         body.append(f"<section><h2>{_e(label or 'Summary')}: {_e(names[1])} against "
                     f"{_e(names[0])}</h2>{''.join(table)}</table></section>")
-    curves = []
+    curves: list[tuple[str, Optional[dict]]] = []
     for label, x, y in pairs:
         curves += [(f"{names[0]} {label}".strip(), x.get("histogram")),
                    (f"{names[1]} {label}".strip(), y.get("histogram"))]
     charts = [nines_chart("Latency by percentile", curves)]
     for name, rs in ((names[0], ra), (names[1], rb)):
         base = min((r.get("started_at") or 0.0) for r in rs) if rs else 0.0
-        rows = [xr for r in rs for xr in _rows_at(r, base)]
+        timeline = [xr for r in rs for xr in _rows_at(r, base)]
         charts.append(svg_xy(f"{name}: answered per second", [
-            ("answered/s", [(x, row["rps"]) for x, row in rows], {})], "seconds",
+            ("answered/s", [(x, row["rps"]) for x, row in timeline], {})], "seconds",
             "requests / s"))
     body.append('<section><h2>Charts</h2><div class="charts">' + "".join(charts)
                 + "</div></section>")

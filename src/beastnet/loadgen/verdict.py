@@ -166,7 +166,13 @@ def judge_outcomes(r: LoadResult, min_success: float = DEFAULT_MIN_SUCCESS,
     good, problems = _bad_outcomes(r, expect)
     j = Judgement(good, r.attempted, problems, r.errors)
     fails = []
-    if r.attempted == 0:
+    sent_all, received_all = _whole_run(r)
+    if r.attempted == 0 and sent_all and not received_all:
+        # Closed loop against a silent target: the warm-up filled every slot
+        # and no slot came free again to send a measured request.
+        fails.append(f"nothing was answered: {sent_all:,} requests sent in the warm-up, "
+                     "none answered, none measured")
+    elif r.attempted == 0:
         fails.append("no request was sent" + (f": {j.causes()}" if problems else ""))
     elif r.received == 0:
         fails.append(f"nothing was answered: {j.causes()}")
@@ -179,12 +185,22 @@ def judge_outcomes(r: LoadResult, min_success: float = DEFAULT_MIN_SUCCESS,
     return j, fails
 
 
+def _whole_run(r: LoadResult) -> tuple[int, int]:
+    """(sent, answered) over the whole run, warm-up included, from the
+    timeline."""
+    return (sum(row.get("sent", 0) for row in r.timeline),
+            sum(row.get("received", 0) for row in r.timeline))
+
+
 def unreachable(r: LoadResult) -> bool:
     """True when nothing at all came back from the target: no answer, no
     late, stray or unparsable reply."""
     if r.received or r.late or r.unmatched or r.bad_replies:
         return False
-    if r.attempted == 0 and not r.errors:
+    sent_all, received_all = _whole_run(r)
+    if received_all:
+        return False
+    if r.attempted == 0 and not r.errors and not sent_all:
         return False                    # nothing tried: not the target's fault
     return not any(r.errors_by_kind.get(kind) for kind in _ANSWERING_ERRORS)
 
