@@ -24,10 +24,12 @@ def add_report_command(sub: Any) -> None:
     p.add_argument("run", help="a JSON report written by `beastnet load --json`")
     p.add_argument("other", nargs="?", help="a second report: compare OTHER against RUN")
     p.add_argument("-o", "--html", metavar="PATH",
-                   help="where to write the page (default: RUN.html, or RUN-vs-OTHER.html)")
+                   help="where to write the page (default: RUN.html beside RUN, or "
+                        "RUN-vs-OTHER.html)")
     p.add_argument("--names", metavar="A,B",
                    help="labels of the two runs (default: the file names)")
-    p.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="print nothing but errors (default: the summary and the page's path)")
     p.set_defaults(func=cmd_report)
 
 

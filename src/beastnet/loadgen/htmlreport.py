@@ -557,35 +557,42 @@ def _server_section(report: dict) -> str:
 # -- A/B ------------------------------------------------------------------------------
 
 
-def _delta_cell(a: Optional[float], b: Optional[float], lower_is_better: bool) -> tuple[str, str]:
+def _delta_cell(a: Optional[float], b: Optional[float], lower_is_better: bool,
+                spec: str) -> tuple[str, str]:
+    """The change B - A in the metric's own format, with its relative size."""
     if a is None or b is None:
         return "-", ""
     d = b - a
-    pct = f" ({d / a:+.1%})" if a else ""
+    pct = f" ({d / a:+.1%})" if a and d else ""
     cls = "" if d == 0 else ("better" if (d < 0) == lower_is_better else "worse")
-    return f"{d:+,.3f}{pct}" if abs(d) < 100 else f"{d:+,.0f}{pct}", cls
+    return f"{d:+{spec}}{pct}", cls
 
 
-def _metrics(r: dict) -> list[tuple[str, Optional[float], bool]]:
-    """(name, value, lower is better) compared between two runs."""
+# (name, lower is better, format) of each compared metric.
+_COUNT, _MS, _PCT = ",.0f", ",.3f", ".3f"
+
+
+def _metrics(r: dict) -> list[tuple[str, Optional[float], bool, str]]:
+    """(name, value, lower is better, format) compared between two runs."""
     lat = r["latency_ns"]
-    out: list[tuple[str, Optional[float], bool]] = [
-        ("answered req/s", r["rps"], False), ("success %", 100 * r["success_rate"], False),
-        ("lost", float(r["lost"]), True), ("errors", float(r["errors"]), True)]
+    out: list[tuple[str, Optional[float], bool, str]] = [
+        ("answered req/s", r["rps"], False, _COUNT),
+        ("success %", 100 * r["success_rate"], False, _PCT),
+        ("lost", float(r["lost"]), True, _COUNT), ("errors", float(r["errors"]), True, _COUNT)]
     for k in ("p50", "p90", "p99", "p99.9", "p99.99", "max"):
-        out.append((f"{k} ms", None if lat.get(k) is None else lat[k] / 1e6, True))
+        out.append((f"{k} ms", None if lat.get(k) is None else lat[k] / 1e6, True, _MS))
     if r.get("cpu_per_request_us") is not None:
-        out.append(("generator µs/request", r["cpu_per_request_us"], True))
+        out.append(("generator µs/request", r["cpu_per_request_us"], True, _MS))
     return out
 
 
 def compare_rows(a: dict, b: dict) -> list[tuple[str, str, str, str, str]]:
     """(metric, A, B, delta, css class) of two results."""
     rows = []
-    for (name, va, low), (_, vb, _) in zip(_metrics(a), _metrics(b)):
-        delta, cls = _delta_cell(va, vb, low)
-        rows.append((name, "-" if va is None else f"{va:,.3f}",
-                     "-" if vb is None else f"{vb:,.3f}", delta, cls))
+    for (name, va, low, spec), (_, vb, _, _) in zip(_metrics(a), _metrics(b)):
+        delta, cls = _delta_cell(va, vb, low, spec)
+        rows.append((name, "-" if va is None else f"{va:{spec}}",
+                     "-" if vb is None else f"{vb:{spec}}", delta, cls))
     return rows
 
 
@@ -607,8 +614,8 @@ def compare_page(a: dict, b: dict, names: tuple[str, str] = ("A", "B")) -> str:
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(time.time()))
     ra, rb = _results(a), _results(b)
     body = ['<section><h2>Runs</h2>' + html_table(
-        [[names[0], _title(a)[0], _title(a)[1], str(a.get("verdict", "")).upper()],
-         [names[1], _title(b)[0], _title(b)[1], str(b.get("verdict", "")).upper()]],
+        [[n, _title(r)[0].replace("beastnet load: ", ""), _title(r)[1],
+          str(r.get("verdict", "")).upper()] for n, r in zip(names, (a, b))],
         ["", "target", "when", "verdict"], left=4) + "</section>"]
     pairs = compare_pairs(a, b)
     for label, x, y in pairs:
@@ -624,13 +631,21 @@ def compare_page(a: dict, b: dict, names: tuple[str, str] = ("A", "B")) -> str:
     for label, x, y in pairs:
         curves += [(f"{names[0]} {label}".strip(), x.get("histogram")),
                    (f"{names[1]} {label}".strip(), y.get("histogram"))]
-    charts = [nines_chart("Latency by percentile", curves)]
+    series: list[tuple[str, Sequence[tuple[float, Optional[float]]], dict]] = []
     for name, rs in ((names[0], ra), (names[1], rb)):
         base = min((r.get("started_at") or 0.0) for r in rs) if rs else 0.0
         timeline = [xr for r in rs for xr in _rows_at(r, base)]
-        charts.append(svg_xy(f"{name}: answered per second", [
-            ("answered/s", [(x, row["rps"]) for x, row in timeline], {})], "seconds",
-            "requests / s"))
+        series.append((name, [(x, row["rps"]) for x, row in timeline], {}))
+    charts = [nines_chart("Latency by percentile", curves),
+              svg_xy("Answered per second, from each run's start", series, "seconds",
+                     "requests / s")]
+    ca, cb = dict(_flat(a.get("config", {}))), dict(_flat(b.get("config", {})))
+    changed = [[k, ca.get(k, "-"), cb.get(k, "-")] for k in sorted(set(ca) | set(cb))
+               if ca.get(k) != cb.get(k)]
+    if changed:
+        body.append("<section><h2>Configuration that differs</h2>"
+                    + html_table(changed, ["setting", names[0], names[1]], left=3)
+                    + "</section>")
     body.append('<section><h2>Charts</h2><div class="charts">' + "".join(charts)
                 + "</div></section>")
     body.append("<section><h2>Machines</h2><div class='grid'>"
