@@ -305,3 +305,54 @@ def test_demo_report_carries_the_server_counters(tmp_path, capsys):
     page = h.read_text()
     assert "Server counters" in page and out.strip().splitlines()[-1] in page
     assert not list(tmp_path.glob("beastnet-demo-*"))
+
+
+# -- every kind of page ------------------------------------------------------------------
+
+
+def svgs_of(page: str) -> list[str]:
+    return re.findall(r"<svg .*?</svg>", page, re.S)
+
+
+def test_ramp_knee_and_compare_pages_are_well_formed(saved_run):
+    from beastnet.loadgen.htmlreport import compare_page
+    run = orjson.loads((saved_run / "a.json").read_bytes())
+    result = run["result"]
+    ramp = {"kind": "ramp", "verdict": "fail", "breaking_point": 2, "interrupted": False,
+            "degradation": None, "config": run["config"], "machine": run["machine"],
+            "levels": [{"level": n, "requests": 10, "concurrency": 1, "verdict": v,
+                        "reasons": [] if v == "pass" else ["p99 400.000 ms >= 300 ms"],
+                        "result": result} for n, v in ((1, "pass"), (2, "fail"))]}
+    knee = {"kind": "find-max", "verdict": "pass", "knee_rps": 1000.0, "config": {},
+            "probes": [{"rate": 1000.0, "rps": 990.0, "p50_ms": 0.1, "p99_ms": 0.2,
+                        "loss": 0.0, "ok": True, "breaches": []}], "results": [result]}
+    for page, curves in ((report_page(ramp), ("level 1", "level 2")),
+                         (report_page(knee), ("1.00k/s",)),
+                         (compare_page(ramp, ramp, ("x", "y")), ("x level 1", "y level 2"))):
+        for svg in svgs_of(page):
+            ET.fromstring(svg)
+        for name in curves:
+            assert f'data-legend="{name}"' in page
+    page = report_page(ramp)
+    # The one line that says why, then nothing repeated.
+    assert page.count("level 2: p99 400.000 ms &gt;= 300 ms") == 1
+
+
+def test_http_page_breaks_down_connect_first_byte_and_total(tmp_path, capsys):
+    from _loadgen_servers import ScriptedTCPServer, read_requests
+
+    def handle(conn):
+        for _ in read_requests(conn):
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+    j, h = tmp_path / "h.json", tmp_path / "h.html"
+    with ScriptedTCPServer(handle) as server:
+        code = main(["load", f"http://127.0.0.1:{server.port}/", "-d", "0.6", "--warmup", "0.1",
+                     "-c", "2", "-t", "1", "--conn-mode", "5", "--timeout-ms", "1000",
+                     "--json", str(j), "--html", str(h)])
+    out = capsys.readouterr().out
+    assert code == EXIT_PASS, out
+    extra = orjson.loads(j.read_bytes())["result"]["extra"]
+    assert extra["connect_ms"]["count"] > 0 and extra["connect_ms"]["p99.9"] is not None
+    page = h.read_text()
+    assert "HTTP breakdown" in page and "<td class=\"l\">connect</td>" in page
+    assert "first byte" in out and "connect" in out

@@ -27,6 +27,10 @@ examples:
   beastnet load 127.0.0.1:9000 --quick --json r.json --html r.html   levels 1-6
   beastnet load 127.0.0.1:9000 --find-max --slo-p99-ms 5          knee finder
   beastnet load http://127.0.0.1:8080/v1/ -c 64 --pipeline 4      HTTP
+  beastnet load 127.0.0.1:9000 --expect rate_limited --api-key K   a limit test
+  beastnet load 127.0.0.1:9000 --server-stats http://127.0.0.1:8080 --html r.html
+                                        the server's counters beside the client's
+  beastnet report r.json other.json     re-render a saved report, or A/B two
 the ramp (--ramp; --quick stops after level {quick}):
 {table}
 default criteria:
