@@ -216,8 +216,11 @@ def test_judge_run_rules_on_plain_results():
     assert verdict == "fail" and reasons[0].startswith("success 99.800% < 99.900%: 2 busy")
     assert judge_run(bodies, expect=Expect.parse(["busy"]))[0] == "pass"
     # Transport errors count even when every request was answered in the end.
-    noisy = LoadResult(sent=1000, received=1000, errors=5, errors_by_kind={"nobufs": 5})
-    assert judge_outcomes(noisy)[1] == ["5 transport errors in 1,000 requests: 5 nobufs"]
+    noisy = LoadResult(sent=1000, received=1000, errors=5, errors_by_kind={"send_other": 5})
+    assert judge_outcomes(noisy)[1] == ["5 transport errors in 1,000 requests: 5 send_other"]
+    # A full socket buffer is backpressure: the request went out later.
+    busy = LoadResult(sent=1000, received=1000, errors=500, errors_by_kind={"nobufs": 500})
+    assert judge_outcomes(busy)[1] == []
     assert not unreachable(LoadResult(sent=10, lost=9, received=0, late=1))
     assert unreachable(LoadResult(sent=10, lost=10))
 
