@@ -356,3 +356,14 @@ def test_http_page_breaks_down_connect_first_byte_and_total(tmp_path, capsys):
     page = h.read_text()
     assert "HTTP breakdown" in page and "<td class=\"l\">connect</td>" in page
     assert "first byte" in out and "connect" in out
+
+
+def test_ramp_latency_chart_draws_max_behind_p999(saved_run):
+    from beastnet.loadgen.report import charts
+    result = orjson.loads((saved_run / "a.json").read_bytes())["result"]
+    ramp = {"kind": "ramp", "levels": [{"level": n, "result": result} for n in (1, 2)]}
+    latency = [svg for svg in charts(ramp) if "Latency percentiles per level" in svg][0]
+    # Equal p99.9 and max must leave p99.9 visible: max is drawn first, dashed.
+    first_path = re.search(r"<path [^>]*>", latency).group(0)
+    assert 'stroke-dasharray="5,3"' in first_path
+    assert latency.index("<title>max ") < latency.index("<title>p99.9 ")
