@@ -3,6 +3,7 @@ refusing server, the expected outcomes a user declares, the one-line reason
 and the exit statuses of `beastnet load`."""
 from __future__ import annotations
 
+import re
 import socket
 
 import pytest
@@ -119,8 +120,11 @@ def test_silent_target_with_a_long_timeout_is_unreachable_too(capsys):
         code = main(["load", f"127.0.0.1:{server.port}"] + UDP_SHORT)
     line = last_line(capsys)
     assert code == EXIT_UNREACHABLE
-    assert line == "verdict: FAIL: nothing was answered: 16 requests sent in the warm-up, " \
-                   "none answered, none measured"
+    # Normally all 16 slots fill in the warm-up; on a loaded box the thread
+    # may start late and send its first requests inside the measured window.
+    assert re.fullmatch(r"verdict: FAIL: nothing was answered: (16 requests sent in the "
+                        r"warm-up, none answered, none measured|\d+ lost \(no answer within "
+                        r"--timeout-ms\))", line), line
 
 
 def test_http_connection_refused_is_unreachable(capsys):
