@@ -431,9 +431,8 @@ def _verdict_block(report: dict) -> str:
     from beastnet.loadgen.verdict import summary_line
     v = str(report.get("verdict", "")).lower()
     line = summary_line(report)
+    # "verdict: FAIL: <why>": the why alone, beside the badge.
     why = line.split(": ", 2)[2] if v == "fail" and line.count(": ") >= 2 else ""
-    if report.get("kind") == "ramp" and why:
-        why = line.split(": ", 2)[2]
     reasons = [x for x in (report.get("reasons") or []) if x != why]
     for lv in report.get("levels", []):
         reasons += [f"level {lv['level']}: {x}" for x in lv.get("reasons", [])

@@ -222,9 +222,8 @@ def summary_line(body: dict[str, Any]) -> str:
     reasons = body.get("reasons") or []
     if body.get("kind") == "ramp" and verdict == "FAIL":
         for lv in body.get("levels", []):
-            if lv["verdict"] == FAIL:
-                first = next((x for x in lv["reasons"]), "")
-                return f"verdict: FAIL: level {lv['level']}: {first}"
+            if lv["verdict"] == FAIL and lv["reasons"]:
+                return f"verdict: FAIL: level {lv['level']}: {lv['reasons'][0]}"
     if verdict == "FAIL" and reasons:
         return f"verdict: FAIL: {reasons[0]}"
     return f"verdict: {verdict}"
