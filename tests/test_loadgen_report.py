@@ -203,17 +203,31 @@ def test_unwritable_output_is_one_line(server_port, capsys):
 # -- --server-stats ----------------------------------------------------------------------
 
 
-def test_server_stats_sit_beside_the_client_timeline(tmp_path, capsys):
+ADMIN_TOKEN = "admin-token-for-tests"
+
+
+def test_server_stats_sit_beside_the_client_timeline(tmp_path, capsys, monkeypatch):
     from test_serve import Serve
-    server = Serve(tmp_path, "--no-keys")
+    server = Serve(tmp_path, "--no-keys", "--admin-token", ADMIN_TOKEN)
     try:
         j, h = tmp_path / "s.json", tmp_path / "s.html"
-        code = main(["load", f"127.0.0.1:{server.udp[1]}", "-k", "BTC", "-d", "2", "--warmup",
-                     "0.5", "-s", "2", "-w", "2", "-t", "1", "-q", "--json", str(j), "--html",
-                     str(h), "--server-stats", f"http://127.0.0.1:{server.http_port}"])
+        short = ["load", f"127.0.0.1:{server.udp[1]}", "-k", "BTC", "-s", "2", "-w", "2", "-t",
+                 "1", "-q", "--server-stats", f"http://127.0.0.1:{server.http_port}"]
+        code = main(short + ["-d", "2", "--warmup", "0.5", "--json", str(j), "--html", str(h),
+                             "--server-stats-token", ADMIN_TOKEN])
+        # Without the token every read is refused (and said so); from the
+        # environment it is accepted.
+        denied, from_env = tmp_path / "denied.json", tmp_path / "env.json"
+        assert main(short + ["-d", "0.3", "--warmup", "0", "--json", str(denied)]) == EXIT_PASS
+        assert "HTTP 403 Forbidden (wrong or missing --server-stats-token?)" in \
+            capsys.readouterr().err
+        monkeypatch.setenv("BEASTNET_ADMIN_TOKEN", ADMIN_TOKEN)
+        assert main(short + ["-d", "0.3", "--warmup", "0", "--json", str(from_env)]) == EXIT_PASS
     finally:
         server.kill()
     assert code == EXIT_PASS, capsys.readouterr()
+    assert orjson.loads(denied.read_bytes())["server_stats"]["rows"] == []
+    assert orjson.loads(from_env.read_bytes())["server_stats"]["failures"] == 0
     stats = orjson.loads(j.read_bytes())["server_stats"]
     assert stats["failures"] == 0 and len(stats["rows"]) >= 3
     served = stats["rows"][-1]["udp"]["rx_packets"] - stats["rows"][0]["udp"]["rx_packets"]

@@ -248,7 +248,7 @@ def cmd_load(args: argparse.Namespace) -> int:
                                argv=sys.argv[1:] if sys.argv else None)
     if server is not None:
         full["server_stats"] = server.to_dict()
-        if not server.rows and not args.quiet:
+        if not server.rows:
             print(f"beastnet load: --server-stats {server.url}: no read succeeded "
                   f"({server.last_error})", file=sys.stderr)
     if not args.quiet:

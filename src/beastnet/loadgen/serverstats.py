@@ -78,8 +78,7 @@ class ServerStatsSampler:
             try:
                 self.rows.append(self.read())
             except (urllib.error.URLError, OSError, ValueError) as exc:
-                self.failures += 1
-                self.last_error = str(getattr(exc, "reason", None) or exc)
+                self._failed(exc)
             next_at += self.period_s
             self._stop.wait(max(0.0, next_at - time.monotonic()))
 
@@ -93,8 +92,18 @@ class ServerStatsSampler:
         try:                                # a last read: the counters at the end
             self.rows.append(self.read())
         except (urllib.error.URLError, OSError, ValueError) as exc:
-            self.failures += 1
-            self.last_error = str(getattr(exc, "reason", None) or exc)
+            self._failed(exc)
+
+    def _failed(self, exc: BaseException) -> None:
+        """Count a failed read and keep why, in a few words."""
+        self.failures += 1
+        if isinstance(exc, urllib.error.HTTPError):
+            hint = " (wrong or missing --server-stats-token?)" if exc.code in (401, 403) else ""
+            self.last_error = f"HTTP {exc.code} {exc.reason}{hint}"
+        else:
+            reason = getattr(exc, "reason", None) or exc
+            self.last_error = (reason.strerror.lower() if isinstance(reason, OSError)
+                               and reason.strerror else str(reason))
 
     def __enter__(self) -> "ServerStatsSampler":
         return self.start()
