@@ -7,13 +7,14 @@ a 2 ms delay to whole milliseconds) and is stopped by `close()`.
 from __future__ import annotations
 
 import collections
+import contextlib
 import ctypes
 import select
 import socket
 import struct
 import threading
 import time
-from typing import Callable, Optional, TypeVar
+from typing import Callable, Iterator, Optional, TypeVar
 
 BODY = b'{"v":1}'
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
@@ -281,3 +282,14 @@ def precise_sleep(seconds: float) -> None:
         time.sleep(seconds - SPIN_S)
     while time.perf_counter() < end:
         pass
+
+
+@contextlib.contextmanager
+def beastnet_price_server() -> Iterator[int]:
+    """The real engine answering BTC and ETH on a loopback port (yielded)."""
+    from beastnet import ResponseTable, UDPServer
+    table = ResponseTable()
+    table["BTC"] = b'{"p":1}'
+    table["ETH"] = b'{"p":2}'
+    with UDPServer(table, "127.0.0.1", 0, sockets=2) as server:
+        yield server.address[1]

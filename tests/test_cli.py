@@ -81,11 +81,12 @@ def _flags_without_default(parser: argparse.ArgumentParser, path: str) -> list[s
 def test_every_flag_has_help_with_its_default():
     from beastnet.cli.demo import add_demo_command
     from beastnet.cli.keys import add_keys_command
+    from beastnet.cli.report import add_report_command
     from beastnet.cli.stats import add_stats_command
 
     top = argparse.ArgumentParser(prog="beastnet")
     sub = top.add_subparsers()
-    for add in (add_demo_command, add_keys_command, add_stats_command):
+    for add in (add_demo_command, add_keys_command, add_report_command, add_stats_command):
         add(sub)
     missing = _flags_without_default(serve_parser(), "serve") + _flags_without_default(top, "")
     assert not missing, f"flags without help or default: {missing}"
@@ -111,7 +112,7 @@ def test_serve_help_shows_builtin_defaults_profiles_and_exit_statuses():
 
 
 def test_help_of_every_command_cites_no_design_document():
-    for command in ("demo", "keys", "serve", "stats"):
+    for command in ("demo", "keys", "report", "serve", "stats"):
         proc = beastnet(command, "--help")
         assert proc.returncode == 0, proc.stderr
         assert "DESIGN" not in proc.stdout and "§" not in proc.stdout, command

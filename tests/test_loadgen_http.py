@@ -321,7 +321,7 @@ def test_cli_http(http11, capsys):
     code = main(["load", f"http://127.0.0.1:{http11}/v1/", "-k", "BTC", "-d", "0.5",
                  "--warmup", "0.1", "-c", "4", "-t", "1"])
     out = capsys.readouterr().out
-    assert code == 0 and "http closed load" in out and "ttfb_ms" in out
+    assert code == 0 and "HTTP closed-loop load" in out and "first byte" in out
 
 
 @pytest.mark.parametrize("framing", ["length", "chunked", "close"])

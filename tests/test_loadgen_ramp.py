@@ -21,7 +21,7 @@ from beastnet.loadgen.ramp import (DEFAULT_RAMP, SLO, Criteria, Level, default_l
                            parse_levels, ramp_table, run_ramp)
 from beastnet.loadgen.report import charts, format_table, write_html
 
-from _loadgen_servers import ScriptedUDPServer
+from _loadgen_servers import ScriptedUDPServer, beastnet_price_server
 
 # Source paths, for reading files only: subprocesses run the package under test.
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -148,11 +148,8 @@ def test_svg_charts_are_well_formed(tmp_path):
 
 @pytest.fixture
 def server_port():
-    table = ResponseTable()
-    table["BTC"] = b'{"p":1}'
-    table["ETH"] = b'{"p":2}'
-    with UDPServer(table, "127.0.0.1", 0, sockets=2) as server:
-        yield server.address[1]
+    with beastnet_price_server() as port:
+        yield port
 
 
 def test_cli_single_run_writes_json_and_html(server_port, tmp_path, capsys):

@@ -1,5 +1,5 @@
-"""The `beastnet` command: one module per command group (`load`, `demo`,
-`keys`, `serve`, `stats`), each with an `add_<name>_command` and a `cmd_<name>`.
+"""The `beastnet` command: one module per command group (`load`, `report`,
+`demo`, `keys`, `serve`, `stats`), each with an `add_<name>_command` and a `cmd_<name>`.
 They parse arguments and print; policy lives in the library."""
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from beastnet.cli._common import EXIT_FAIL, EXIT_INTERRUPTED, EXIT_PASS, EXIT_US
 from beastnet.cli.demo import add_demo_command
 from beastnet.cli.keys import add_keys_command
 from beastnet.cli.load import add_load_command
+from beastnet.cli.report import add_report_command
 from beastnet.cli.serve import add_serve_command
 from beastnet.cli.stats import add_stats_command
 
@@ -29,6 +30,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     add_load_command(sub)
+    add_report_command(sub)
     add_demo_command(sub)
     add_keys_command(sub)
     add_serve_command(sub)

@@ -37,13 +37,20 @@ def add_demo_command(sub: Any) -> None:
     p.set_defaults(func=cmd_demo)
 
 
+#: The server's counters the demo's report shows.
+DEMO_SERVER_COUNTERS = ("rx_packets", "tx_packets", "hits", "misses", "bad_requests",
+                        "send_errors", "kernel_drops", "queue_drops", "rx_batches")
+
+
 def table_writes(table: Any) -> int:
     """Writes published so far: the newest entry's version is the write count."""
     return max((entry.version for key in table.keys() if (entry := table.entry(key))), default=0)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    import os
     import sys
+    import tempfile
     import threading
 
     from beastnet.cli._common import EXIT_USAGE
@@ -83,9 +90,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
             load_argv.append("--quick")
         else:
             load_argv.append("--ramp")
-        for flag in ("json", "html"):
-            if getattr(args, flag):
-                load_argv += [f"--{flag}", getattr(args, flag)]
+        # The report is written once the server's counters are in: the load
+        # leaves its JSON in a scratch file, completed below.
+        scratch = None
+        if args.json or args.html:
+            fd, scratch = tempfile.mkstemp(suffix=".json", prefix="beastnet-demo-")
+            os.close(fd)
+            load_argv += ["--json", scratch]
         try:
             from beastnet.cli import main
             status = main(load_argv)
@@ -94,8 +105,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
             feeder.join()
         totals = server.stats()["totals"]
     batches = totals["rx_batches"] or 1
-    print(f"server: {totals['rx_packets']:,} requests, {totals['hits']:,} hits, "
-          f"{totals['bad_requests']} bad, {totals['send_errors']} send errors, "
-          f"{totals['kernel_drops']} kernel drops, {totals['rx_packets'] / batches:.1f} datagrams "
-          f"per recvmmsg; table written {table_writes(table):,} times during the run")
+    writes = table_writes(table)
+    line = (f"server: {totals['rx_packets']:,} requests, {totals['hits']:,} hits, "
+            f"{totals['bad_requests']} bad, {totals['send_errors']} send errors, "
+            f"{totals['kernel_drops']} kernel drops, {totals['rx_packets'] / batches:.1f} datagrams "
+            f"per recvmmsg; table written {writes:,} times during the run")
+    print(line)
+    if scratch is not None:
+        from beastnet.loadgen import report
+        try:
+            full = report.read_report(scratch)
+            full["server_totals"] = {name: totals[name] for name in DEMO_SERVER_COUNTERS}
+            full["server_totals"]["table_writes"] = writes
+            report.write_outputs(full, report.format_report(full) + "\n" + line,
+                                 json_path=args.json, html_path=args.html)
+        except (OSError, ValueError) as exc:
+            print(f"beastnet demo: cannot write the report: "
+                  f"{getattr(exc, 'strerror', None) or exc}", file=sys.stderr)
+            return EXIT_USAGE
+        finally:
+            os.unlink(scratch)
     return status

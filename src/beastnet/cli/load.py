@@ -12,9 +12,10 @@ from typing import Any, Optional, Sequence
 from urllib.parse import urlsplit
 
 from beastnet.errors import BeastnetError, LoadConfigError
-from beastnet.cli._common import EXIT_FAIL, EXIT_INTERRUPTED, EXIT_PASS, EXIT_USAGE
+from beastnet.cli._common import (EXIT_FAIL, EXIT_INTERRUPTED, EXIT_PASS, EXIT_UNREACHABLE,
+                                  EXIT_USAGE)
 # Light: neither NumPy nor the native load generator is imported here.
-from beastnet.loadgen import ramp
+from beastnet.loadgen import ramp, verdict
 
 
 LOAD_EPILOG = """\
@@ -26,11 +27,20 @@ examples:
   beastnet load 127.0.0.1:9000 --quick --json r.json --html r.html   levels 1-6
   beastnet load 127.0.0.1:9000 --find-max --slo-p99-ms 5          knee finder
   beastnet load http://127.0.0.1:8080/v1/ -c 64 --pipeline 4      HTTP
+  beastnet load 127.0.0.1:9000 --expect rate_limited --api-key K   a limit test
+  beastnet load 127.0.0.1:9000 --server-stats http://127.0.0.1:8080 --html r.html
+                                        the server's counters beside the client's
+  beastnet report r.json other.json     re-render a saved report, or A/B two
 the ramp (--ramp; --quick stops after level {quick}):
 {table}
 default criteria:
   {criteria}.
+a single run fails when nothing was answered, when fewer than --min-success
+(default 99.9 %) of the requests succeeded -- lost, failed, error bodies and
+non-2xx statuses count against it unless declared with --expect/--expect-status
+-- or when transport errors exceed that share; the last line says why.
 exit status: 0 pass (or warn), 1 fail, 2 bad usage or a run that could not start,
+3 the target never answered (nothing listening, refused, or silent),
 130 interrupted between runs."""
 
 
@@ -91,7 +101,15 @@ def add_load_command(sub: Any) -> None:
     g.add_argument("--abort-p99-ms", type=float,
                    help="stop a run early once one second's p99 exceeds this")
     g.add_argument("--max-p99-ms", type=float, help="single run: fail above this p99")
-    g.add_argument("--min-success", type=float, help="single run: fail below this success rate")
+    g.add_argument("--min-success", type=float,
+                   help=f"fail below this success rate (single run default "
+                        f"{verdict.DEFAULT_MIN_SUCCESS:g}; ramp default {crit.min_success:g} "
+                        "through --success-through)")
+    g.add_argument("--expect", action="append", default=[], metavar="NAME",
+                   help="count this error body as success, e.g. rate_limited (repeatable; "
+                        "HTTP: its status, e.g. 429)")
+    g.add_argument("--expect-status", action="append", default=[], metavar="STATUS",
+                   help="HTTP: count this status as success, e.g. 429 (repeatable)")
     g = p.add_argument_group("knee finder")
     g.add_argument("--find-max", action="store_true",
                    help="raise the open-loop rate until the SLO breaks, then bisect")
@@ -105,6 +123,14 @@ def add_load_command(sub: Any) -> None:
     g.add_argument("--json", metavar="PATH", help="write the JSON report here")
     g.add_argument("--html", "--plot", dest="html", metavar="PATH",
                    help="write a self-contained HTML page with SVG charts here")
+    g.add_argument("--hdr", metavar="PATH",
+                   help="write the latency histograms here as an HdrHistogram log "
+                        "(standard compressed encoding; one line per run, level or probe)")
+    g.add_argument("--server-stats", metavar="URL",
+                   help="sample a beastnet server's /admin/stats (http://HOST:PORT) every "
+                        "second, beside the client timeline in the JSON and HTML reports")
+    g.add_argument("--server-stats-token", metavar="TOKEN",
+                   help="the server's admin token (default: $BEASTNET_ADMIN_TOKEN)")
     g.add_argument("-p", "--percentile", type=float, action="append", default=[],
                    help="also report this percentile (repeatable)")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress line, no table")
@@ -185,12 +211,19 @@ def cmd_load(args: argparse.Namespace) -> int:
         if args.find_max and ramping:
             raise LoadConfigError("--find-max and a ramp cannot be combined")
         latency_levels = ramp.parse_level_range(args.latency_levels)
+        args.expected = verdict.Expect.parse(args.expect, args.expect_status)
+        if args.min_success is not None and not 0.0 <= args.min_success <= 1.0:
+            raise LoadConfigError(f"--min-success {args.min_success:g}: expected 0..1")
     except (BeastnetError, ValueError) as exc:
         print(f"beastnet load: {exc}", file=sys.stderr)
         return EXIT_USAGE
     progress = report.ProgressLine(enabled=False if args.quiet else True if args.progress else None)
     stop_when = ramp.abort_when(args.abort_loss, args.abort_p99_ms)
+    server = None
     try:
+        if args.server_stats:
+            from beastnet.loadgen.serverstats import ServerStatsSampler
+            server = ServerStatsSampler(args.server_stats, args.server_stats_token).start()
         if args.find_max:
             body, text = _find_max(args, cfg, progress, stop_when)
         elif ramping:
@@ -207,15 +240,27 @@ def cmd_load(args: argparse.Namespace) -> int:
         progress.clear()
         print("beastnet load: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    finally:
+        if server is not None:
+            server.stop()
     progress.clear()
     full = report.build_report(body, cfg.to_dict(), loadgen.machine_info(),
                                argv=sys.argv[1:] if sys.argv else None)
+    if server is not None:
+        full["server_stats"] = server.to_dict()
+        if not server.rows:
+            print(f"beastnet load: --server-stats {server.url}: no read succeeded "
+                  f"({server.last_error})", file=sys.stderr)
     if not args.quiet:
         print(text)
-    if args.json:
-        report.write_json(args.json, full)
-    if args.html:
-        report.write_html(args.html, full, text)
+    try:
+        report.write_outputs(full, text, json_path=args.json, hdr_path=args.hdr,
+                             html_path=args.html)
+    except OSError as exc:
+        print(f"beastnet load: cannot write {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return EXIT_USAGE
+    if body.get("unreachable"):
+        return EXIT_UNREACHABLE
     return EXIT_FAIL if body["verdict"] == "fail" else EXIT_PASS
 
 
@@ -238,8 +283,10 @@ def _single(args: argparse.Namespace, cfg: Any, progress: Any,
     progress.clear()
     d = result.to_dict()
     d["extra_percentiles"] = _extra_percentiles(result, args.percentile)
-    verdict, reasons = ramp.judge_run(result, args.max_p99_ms, args.min_success)
-    body = {"kind": "run", "verdict": verdict, "reasons": reasons, "result": d}
+    outcome, reasons = ramp.judge_run(result, args.max_p99_ms, args.min_success, args.expected)
+    body = {"kind": "run", "verdict": outcome, "reasons": reasons,
+            "unreachable": verdict.unreachable(result), "expect": args.expected.to_dict(),
+            "result": d}
     return body, report.format_run(body)
 
 
@@ -249,7 +296,9 @@ def _ramp(args: argparse.Namespace, cfg: Any, progress: Any, stop_when: Any,
     levels = ramp.select_levels(args.levels, quick=args.quick, max_level=args.max_level)
     criteria = ramp.Criteria(success_through=args.success_through, p50_ms=args.p50_ms,
                              p99_ms=args.p99_ms, latency_from=latency_levels[0],
-                             latency_through=latency_levels[1])
+                             latency_through=latency_levels[1], expect=args.expected)
+    if args.min_success is not None:
+        criteria.min_success = args.min_success
 
     def before_level(level: ramp.Level) -> None:
         progress.prefix = f"level {level.number}: "

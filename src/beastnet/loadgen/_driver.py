@@ -123,23 +123,38 @@ class Sampler:
         self.rows: list[dict] = []
 
     def sample(self) -> dict:
+        """One row: what happened since the last one.  ``t`` is the row's end
+        and ``t_start`` its start (seconds since the run began); counts are
+        per row, ``rps`` and the other ``*_per_s`` are rates over its span,
+        so a partial last second reads as a rate, not a collapse.  A row is
+        ``warmup`` when it began inside the warm-up."""
         now = time.monotonic()
         counts = self.run.counters()
         hist = Histogram.from_native(self.run.histogram(1))
         delta = hist - self.last_hist
         span = max(now - self.last_t, 1e-9)
-        p50, p99 = delta.percentile(50), delta.percentile(99)
+        p50, p99, top = delta.percentile(50), delta.percentile(99), delta.percentile(100)
+        last = self.last_counts
+        errors = sum(v - last[k] for k, v in counts.items() if k.startswith("err_"))
         row = {
             "t": round(now - self.t0, 3),
+            "t_start": round(self.last_t - self.t0, 3),
             "span_s": round(span, 3),
-            "warmup": now - self.t0 <= self.warmup_s,
-            "sent": counts["t_sent"] - self.last_counts["t_sent"],
-            "received": counts["t_received"] - self.last_counts["t_received"],
-            "lost": counts["t_lost"] - self.last_counts["t_lost"],
+            # A few ms of slack: the first row ends at the warm-up's end.
+            "warmup": self.last_t - self.t0 < self.warmup_s - 0.005,
+            "partial": span < 0.95,
+            "sent": counts["t_sent"] - last["t_sent"],
+            "received": counts["t_received"] - last["t_received"],
+            "lost": counts["t_lost"] - last["t_lost"],
+            "error_replies": counts["m_error_replies"] - last["m_error_replies"],
+            "errors": errors,
             "p50_ns": None if math.isnan(p50) else p50,
             "p99_ns": None if math.isnan(p99) else p99,
+            "max_ns": None if math.isnan(top) else top,
         }
         row["rps"] = row["received"] / span
+        for name in ("sent", "lost", "error_replies", "errors"):
+            row[name + "_per_s"] = row[name] / span
         self.rows.append(row)
         self.last_t, self.last_counts, self.last_hist = now, counts, hist
         return row

@@ -301,6 +301,27 @@ cdef inline int lg_parse_tag(const char* data, unsigned int n, uint64_t* seq) no
     return -1
 
 
+cdef inline void lg_count_error_body(bn_lg_counters* c, const char* body,
+                                     unsigned int length) noexcept nogil:
+    """Count an error body by its name, told apart by its first letters
+    (the names are the engine's error vocabulary)."""
+    # {"error":"  is 10 bytes; the name starts at body[10].
+    if length < 12:
+        return
+    if body[10] == b'n':
+        bn_count(&c.m_err_not_found, 1)
+    elif body[10] == b'u':
+        bn_count(&c.m_err_unauthorized, 1)
+    elif body[10] == b'r':
+        bn_count(&c.m_err_rate_limited, 1)
+    elif body[10] == b'o':
+        bn_count(&c.m_err_over_quota, 1)
+    elif body[10] == b'b' and body[11] == b'u':
+        bn_count(&c.m_err_busy, 1)
+    elif body[10] == b'b':
+        bn_count(&c.m_err_bad_request, 1)
+
+
 cdef int lg_recv(bn_lg_thread* t, bn_lg_sock* s, int measuring) noexcept nogil:
     """Read and match what socket `s` has (a few batches at most, to stay fair
     to the other sockets).  Returns replies read, -1 on a fatal error."""
@@ -378,6 +399,7 @@ cdef int lg_recv(bn_lg_thread* t, bn_lg_sock* s, int measuring) noexcept nogil:
                     if (<unsigned int>off + 8 <= length
                             and memcmp(data + off, b'{"error"', 8) == 0):
                         m_error_replies += 1
+                        lg_count_error_body(t.counters, data + off, length - <unsigned int>off)
             elif lg_take_expired(s, seq):
                 late += 1               # counted once: a second copy is unmatched
             else:

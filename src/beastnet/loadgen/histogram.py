@@ -8,14 +8,17 @@ percentiles.
 """
 from __future__ import annotations
 
+import base64
 import math
+import struct
+import zlib
 from typing import Any, Optional
 
 import numpy as np
 
 from beastnet.loadgen import _native
 
-__all__ = ["Histogram", "STANDARD_PERCENTILES"]
+__all__ = ["HDR_HIGHEST_NS", "HDR_SIGNIFICANT_DIGITS", "Histogram", "STANDARD_PERCENTILES"]
 
 _lower, _upper = _native.hist_bucket_bounds()
 BUCKET_LOWER_NS = np.asarray(_lower, dtype=np.float64)
@@ -25,6 +28,34 @@ BUCKET_VALUE_NS = np.where(BUCKET_UPPER_NS - BUCKET_LOWER_NS <= 1, BUCKET_LOWER_
                            (BUCKET_LOWER_NS + BUCKET_UPPER_NS) / 2.0)
 NBUCKETS = len(_lower)
 del _lower, _upper
+
+# HdrHistogram's standard encoding (V2, as its Java, C and Python versions
+# write it): a big-endian header, the counts as ZigZag LEB128 varints with a
+# run of zeros written as one negative count, zlib, then base64.  Our buckets
+# are laid out exactly as an HdrHistogram with lowest value 1 and 2
+# significant digits (256 exact values, then 128 buckets per power of two),
+# so bucket i *is* HdrHistogram's counts index i and no count moves.
+HDR_SIGNIFICANT_DIGITS = 2
+HDR_HIGHEST_NS = (1 << 38) - 1          # our top bucket holds everything above
+_HDR_ENCODING_COOKIE = 0x1C849303 | 0x10
+_HDR_COMPRESSION_COOKIE = 0x1C849304 | 0x10
+
+
+def _zigzag_leb128(values: list[int]) -> bytes:
+    out = bytearray()
+    for v in values:
+        z = (v << 1) ^ (v >> 63)            # ZigZag: small negatives stay short
+        z &= 0xFFFFFFFFFFFFFFFF
+        while True:
+            byte = z & 0x7F
+            z >>= 7
+            if z:
+                out.append(byte | 0x80)
+            else:
+                out.append(byte)
+                break
+    return bytes(out)
+
 
 #: The percentiles every report shows, with their report names.
 STANDARD_PERCENTILES = (("p50", 50.0), ("p90", 90.0), ("p95", 95.0), ("p99", 99.0),
@@ -55,8 +86,11 @@ class Histogram:
     def __sub__(self, older: "Histogram") -> "Histogram":
         """The values recorded between two snapshots of one histogram (min and
         max unknown: percentiles then come from buckets alone)."""
-        return Histogram(self.counts - older.counts, self.total - older.total,
-                         self.sum_ns - older.sum_ns)
+        # The total comes from the counts: the threads keep recording while
+        # a snapshot is read, so a separately read total can run ahead of
+        # the counts, and a rank past the last count would land in the top
+        # bucket (a phantom 275 s maximum).
+        return Histogram(self.counts - older.counts, None, self.sum_ns - older.sum_ns)
 
     def merge(self, other: "Histogram") -> "Histogram":
         """A new histogram holding both."""
@@ -92,6 +126,31 @@ class Histogram:
         out["max"] = float(self.max_ns) if self.total else math.nan
         return out
 
+    def to_hdr(self) -> str:
+        """The histogram in HdrHistogram's standard compressed encoding
+        (base64 text, as `HistogramLogWriter` writes it): values in ns,
+        readable by any HdrHistogram library, mergeable with its tools."""
+        nz = np.nonzero(self.counts)[0]
+        words: list[int] = []
+        if len(nz):
+            zeros = 0
+            for count in self.counts[:int(nz[-1]) + 1].tolist():
+                if count == 0:
+                    zeros += 1
+                    continue
+                if zeros:
+                    words.append(-zeros)
+                    zeros = 0
+                words.append(int(count))
+        payload = _zigzag_leb128(words)
+        # cookie, payload length, normalizing index offset, significant
+        # digits, lowest and highest trackable value, integer-to-double ratio.
+        header = struct.pack(">iiiiqqd", _HDR_ENCODING_COOKIE, len(payload), 0,
+                             HDR_SIGNIFICANT_DIGITS, 1, HDR_HIGHEST_NS, 1.0)
+        compressed = zlib.compress(header + payload)
+        return base64.b64encode(struct.pack(">ii", _HDR_COMPRESSION_COOKIE, len(compressed))
+                                + compressed).decode("ascii")
+
     def to_dict(self) -> dict[str, Any]:
         """Sparse form for the JSON report: the non-empty buckets only."""
         nz = np.nonzero(self.counts)[0]
@@ -103,4 +162,5 @@ class Histogram:
             "bucket_lower_ns": BUCKET_LOWER_NS[nz].astype(np.int64).tolist(),
             "bucket_upper_ns": BUCKET_UPPER_NS[nz].astype(np.int64).tolist(),
             "counts": self.counts[nz].astype(np.int64).tolist(),
+            "hdr": self.to_hdr(),
         }

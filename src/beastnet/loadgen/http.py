@@ -54,9 +54,9 @@ def _http_requests(cfg: HTTPLoadConfig) -> tuple[list[bytes], list[bytes]]:
 
 def _summary_ms(h: Histogram) -> dict[str, Optional[float]]:
     out: dict[str, Optional[float]] = {}
-    for name, value in (("p50", h.percentile(50)), ("p90", h.percentile(90)),
-                        ("p99", h.percentile(99)), ("max", float(h.max_ns) if h.total else math.nan),
-                        ("mean", h.mean_ns)):
+    values = h.summary()                # p50 .. p99.99 and max, as the total shows them
+    values["mean"] = h.mean_ns
+    for name, value in values.items():
         out[name] = None if math.isnan(value) else round(value / 1e6, 6)
     out["count"] = h.total
     return out

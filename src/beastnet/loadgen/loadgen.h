@@ -50,6 +50,15 @@ typedef struct bn_lg_counters {
     uint64_t rx_batches;                    /* recvmmsg calls that returned data */
     uint64_t tx_batches;                    /* sendmmsg calls that sent data */
     uint64_t waits;                         /* times the thread slept in epoll */
+    /* The measured error bodies by name (the rest of m_error_replies is
+     * another name): counted on the error branch only, so an answered
+     * request pays nothing for them. */
+    uint64_t m_err_not_found;               /* {"error":"not_found"} */
+    uint64_t m_err_unauthorized;            /* {"error":"unauthorized"} */
+    uint64_t m_err_rate_limited;            /* {"error":"rate_limited"...} */
+    uint64_t m_err_over_quota;              /* {"error":"over_quota"} */
+    uint64_t m_err_busy;                    /* {"error":"busy"} */
+    uint64_t m_err_bad_request;             /* {"error":"bad_request"} */
 } __attribute__((aligned(BN_CACHE_LINE))) bn_lg_counters;
 
 /* Per HTTP generator thread; same rules as bn_lg_counters.  A measured

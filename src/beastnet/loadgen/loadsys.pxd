@@ -27,6 +27,12 @@ cdef extern from "loadgen.h" nogil:
         uint64_t rx_batches
         uint64_t tx_batches
         uint64_t waits
+        uint64_t m_err_not_found
+        uint64_t m_err_unauthorized
+        uint64_t m_err_rate_limited
+        uint64_t m_err_over_quota
+        uint64_t m_err_busy
+        uint64_t m_err_bad_request
 
     ctypedef struct bn_lg_http_counters:
         uint64_t m_sent

@@ -23,6 +23,8 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 from beastnet.errors import LoadConfigError
+from beastnet.loadgen.verdict import (DEFAULT_MIN_SUCCESS, FAIL, PASS, WARN, Expect,
+                                      judge_outcomes, unreachable, verdict_of)
 
 if TYPE_CHECKING:
     from beastnet.loadgen.config import LoadConfig
@@ -60,7 +62,6 @@ DEFAULT_RAMP: tuple[tuple[int, int], ...] = (
 )
 QUICK_MAX_LEVEL = 6
 
-PASS, WARN, FAIL = "pass", "warn", "fail"
 STOPPED_EARLY = "stopped early: an abort threshold was crossed"
 
 
@@ -102,9 +103,11 @@ def parse_levels(text: str) -> list[Level]:
 @dataclass
 class Criteria:
     """Default: 100 % success through level 9; p50 < 10 ms and p99 < 300 ms in
-    levels 5-8.  Outside its levels a criterion only warns; a latency above
-    `warn_fraction` of its limit warns too.  A level that an abort threshold
-    stopped early (``extra["stopped_early"]``) fails."""
+    levels 5-8.  Success follows the rules of a single run
+    (`verdict.judge_outcomes`, with `expect`); outside its levels a criterion
+    only warns -- except that a level where nothing was answered always
+    fails.  A latency above `warn_fraction` of its limit warns too.  A level
+    that an abort threshold stopped early (``extra["stopped_early"]``) fails."""
 
     success_through: int = 9
     min_success: float = 1.0
@@ -113,22 +116,21 @@ class Criteria:
     p50_ms: float = 10.0
     p99_ms: float = 300.0
     warn_fraction: float = 0.8
+    expect: Expect = field(default_factory=Expect)
 
     def judge(self, level: Level, r: LoadResult) -> tuple[str, list[str]]:
         fails: list[str] = []
         warns: list[str] = []
-        if r.attempted == 0:
-            fails.append("no request was sent")
-        success = r.success_rate
-        if success < self.min_success:
-            msg = (f"success {success:.4%} < {self.min_success:.2%} "
-                   f"({r.lost} lost, {r.error_replies} error replies, {r.errors} errors)")
-            (fails if level.number <= self.success_through else warns).append(msg)
+        judgement, outcome_fails = judge_outcomes(r, self.min_success, self.expect)
+        if level.number <= self.success_through or not r.received:
+            fails += outcome_fails
+        else:
+            warns += outcome_fails
         in_range = self.latency_from <= level.number <= self.latency_through
         for name, q, limit in (("p50", 50.0, self.p50_ms), ("p99", 99.0, self.p99_ms)):
             value = r.percentile(q) / 1e6
             if math.isnan(value):
-                if in_range:
+                if in_range and r.received:
                     fails.append(f"{name}: no reply")
             elif value >= limit:
                 (fails if in_range else warns).append(f"{name} {value:.3f} ms >= {limit:g} ms")
@@ -140,7 +142,12 @@ class Criteria:
             warns.append("interrupted")
         if r.sent + r.unsent < level.requests and not r.interrupted:
             warns.append(f"time cap hit after {r.sent} of {level.requests} requests")
-        return (FAIL if fails else WARN if warns else PASS), fails + warns
+        return verdict_of(fails, warns), fails + warns
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["expect"] = self.expect.to_dict()
+        return d
 
 
 @dataclass
@@ -163,6 +170,11 @@ class RampReport:
     breaking_point: Optional[int] = None        #: first failing level number
     stopped_early: bool = False                 #: at the breaking point or on Ctrl-C
     interrupted: bool = False
+
+    @property
+    def unreachable(self) -> bool:
+        """Nothing came back from the target in the first level."""
+        return bool(self.levels) and unreachable(self.levels[0].result)
 
     @property
     def verdict(self) -> str:
@@ -197,7 +209,7 @@ class RampReport:
     def to_dict(self, histogram: bool = True) -> dict[str, Any]:
         return {"kind": "ramp", "verdict": self.verdict, "breaking_point": self.breaking_point,
                 "stopped_early": self.stopped_early, "interrupted": self.interrupted,
-                "criteria": asdict(self.criteria), "degradation": self.degradation(),
+                "unreachable": self.unreachable, "criteria": self.criteria.to_dict(), "degradation": self.degradation(),
                 "levels": [lr.to_dict(histogram) for lr in self.levels]}
 
 
@@ -263,8 +275,14 @@ class KneeReport:
     def verdict(self) -> str:
         return PASS if self.knee_rps is not None else FAIL
 
-    def to_dict(self, histogram: bool = False) -> dict[str, Any]:
+    @property
+    def unreachable(self) -> bool:
+        """Nothing came back from the target in the first probe."""
+        return bool(self.results) and unreachable(self.results[0])
+
+    def to_dict(self, histogram: bool = True) -> dict[str, Any]:
         return {"kind": "find-max", "verdict": self.verdict, "knee_rps": self.knee_rps,
+                "unreachable": self.unreachable,
                 "first_breach_rps": self.first_breach_rps, "slo": asdict(self.slo),
                 "interrupted": self.interrupted, "probes": self.probes,
                 "results": [r.to_dict(histogram=histogram) for r in self.results]}
@@ -377,22 +395,22 @@ def parse_level_range(text: str) -> tuple[int, int]:
 
 
 def judge_run(r: LoadResult, max_p99_ms: Optional[float] = None,
-              min_success: Optional[float] = None) -> tuple[str, list[str]]:
-    """The verdict of a single run ("pass" or "fail") and why: above
-    `max_p99_ms`, below `min_success`, stopped by an abort threshold, or
-    nothing sent."""
-    fails = []
-    if max_p99_ms is not None:
+              min_success: Optional[float] = None,
+              expect: Optional[Expect] = None) -> tuple[str, list[str]]:
+    """The verdict of a single run ("pass" or "fail") and why, the first
+    reason being the one line to show: nothing sent or answered, success
+    below `min_success` (default 99.9 %) with `expect`ed outcomes counted as
+    successes, too many transport errors, above `max_p99_ms`, or stopped by
+    an abort threshold."""
+    _, fails = judge_outcomes(r, DEFAULT_MIN_SUCCESS if min_success is None else min_success,
+                              expect)
+    if max_p99_ms is not None and r.received:
         p99 = r.percentile(99) / 1e6
         if math.isnan(p99) or p99 > max_p99_ms:
             fails.append(f"p99 {p99:.3f} ms > {max_p99_ms:g} ms")
-    if min_success is not None and r.success_rate < min_success:
-        fails.append(f"success {r.success_rate:.4%} < {min_success:.4%}")
     if r.extra.get("stopped_early"):
         fails.append(STOPPED_EARLY)
-    if r.attempted == 0:
-        fails.append("no request was sent")
-    return (FAIL if fails else PASS), fails
+    return verdict_of(fails), fails
 
 
 def abort_when(max_loss: Optional[float] = None,

@@ -14,15 +14,23 @@ import orjson
 __all__ = [
     "ProgressLine",
     "build_report",
+    "format_compare",
     "format_knee",
+    "format_report",
     "format_ramp",
     "format_result",
     "format_run",
     "format_table",
     "level_line",
     "probe_line",
+    "read_report",
+    "write_compare_html",
+    "hdr_log",
+    "text_table",
+    "write_hdr",
     "write_html",
     "write_json",
+    "write_outputs",
 ]
 
 PERCENTILE_COLUMNS = ("p50", "p90", "p99", "p99.9", "max")
@@ -48,9 +56,10 @@ class ProgressLine:
     """One self-overwriting status line on a terminal; silent when `stream`
     is not a TTY (logs and pipes get only the final table)."""
 
-    def __init__(self, stream: TextIO = sys.stderr, enabled: Optional[bool] = None,
+    def __init__(self, stream: Optional[TextIO] = None, enabled: Optional[bool] = None,
                  prefix: str = "") -> None:
-        self.stream = stream
+        # sys.stderr at call time, not at import: tests and callers swap it.
+        self.stream = stream = sys.stderr if stream is None else stream
         self.enabled = stream.isatty() if enabled is None else enabled
         self.prefix = prefix
         self._width = 0
@@ -74,30 +83,108 @@ class ProgressLine:
             self._width = 0
 
 
-def format_result(d: dict, extra_percentiles: Sequence[float] = ()) -> str:
-    """A single run's summary (from `LoadResult.to_dict()`)."""
-    lat = d["latency_ns"]
-    lines = [
-        f"{d['mode']} {d['config'].get('loop', '')} load: {d['duration_s']:.2f} s measured"
-        + ("  (interrupted)" if d["interrupted"] else ""),
-        f"  requests  sent {d['sent']}  received {d['received']}  ok {d['ok']}  lost {d['lost']}"
-        f"  unsent {d['unsent']}",
-        f"  replies   late {d['late']}  unmatched {d['unmatched']}  bad {d['bad_replies']}"
-        f"  error bodies/statuses {d['error_replies']}",
-        f"  errors    {d['errors']}  {d['errors_by_kind'] or ''}",
-        f"  rate      {d['rps']:.0f} req/s   success {d['success_rate']:.4%}   "
-        f"loss {d['loss_rate']:.4%}",
-        "  latency   " + "  ".join(f"{k} {_ms(v)} ms" for k, v in lat.items()),
-    ]
-    for q, v in d.get("extra_percentiles", {}).items():
-        lines.append(f"            p{q} {_ms(v)} ms")
-    if d.get("cpu_per_request_us") is not None:
-        lines.append(f"  generator CPU {d['cpu_s']:.3f} s = {d['cpu_per_request_us']:.3f} µs/request")
+def _pct(part: float, whole: float) -> str:
+    return f"{part / whole:.3%}" if whole else "-"
+
+
+def text_table(rows: Sequence[Sequence[str]], head: Optional[Sequence[str]] = None,
+               align: str = "l", indent: str = "  ") -> str:
+    """Rows of strings as aligned columns, column i flush left when
+    ``align[i]`` is "l", else right (columns past `align` follow its last
+    letter but the final column, which is flush left when "l" ends it); a
+    rule under `head`."""
+    allrows = ([list(head)] if head else []) + [list(r) for r in rows]
+    if not allrows:
+        return ""
+    ncol = max(len(r) for r in allrows)
+    allrows = [r + [""] * (ncol - len(r)) for r in allrows]
+    widths = [max(len(r[i]) for r in allrows) for i in range(ncol)]
+    lefts = [(align[i] if i < len(align) - 1 else "r") == "l" for i in range(ncol)]
+    lefts[0] = align[0] == "l"
+    if len(align) > 1:
+        lefts[-1] = align[-1] == "l"
+
+    def line(r: list[str]) -> str:
+        return indent + "  ".join(c.ljust(w) if lefts[i] else c.rjust(w)
+                                  for i, (c, w) in enumerate(zip(r, widths))).rstrip()
+    out = [line(r) for r in allrows]
+    if head:
+        out.insert(1, indent + "  ".join("-" * w for w in widths))
+    return "\n".join(out)
+
+
+def run_title(d: dict) -> str:
+    """"UDP closed-loop load, 127.0.0.1:9000" from a result dict."""
+    cfg = d.get("config", {})
+    loop = str(cfg.get("loop", "")).replace("_", " ")
+    loop = f"{loop}-loop" if loop and "loop" not in loop else loop
+    target = f"{cfg.get('host', '?')}:{cfg.get('port', '?')}"
+    if d.get("mode") == "http":
+        target = f"http://{target}{cfg.get('path_prefix', '')}"
+    return f"{str(d.get('mode', '')).upper()} {loop} load against {target}".replace("  ", " ")
+
+
+def outcome_rows(d: dict) -> list[list[str]]:
+    """What happened to the requests, with shares of the attempted ones."""
+    attempted = d["sent"] + d["unsent"]
+    rows = [["sent", f"{d['sent']:,}", _pct(d["sent"], attempted), ""],
+            ["answered", f"{d['received']:,}", _pct(d["received"], attempted), ""],
+            ["  ok", f"{d['ok']:,}", _pct(d["ok"], attempted), ""]]
+    if d["error_replies"]:
+        detail = d.get("error_bodies") or {
+            f"status {k}": v for k, v in d.get("status_codes", {}).items() if int(k) >= 400}
+        rows.append(["  errors", f"{d['error_replies']:,}", _pct(d["error_replies"], attempted),
+                     ", ".join(f"{k} {v:,}" for k, v in detail.items())])
+    for name, key in (("lost", "lost"), ("failed", "failed"), ("never sent", "unsent")):
+        if d.get(key) or key == "lost":
+            rows.append([name, f"{d[key]:,}", _pct(d[key], attempted), ""])
+    for name, key in (("late replies", "late"), ("unmatched", "unmatched"),
+                      ("bad replies", "bad_replies")):
+        if d.get(key):
+            rows.append([name, f"{d[key]:,}", "", ""])
+    if d["errors"]:
+        rows.append(["transport errors", f"{d['errors']:,}", "",
+                     ", ".join(f"{k} {v:,}" for k, v in d["errors_by_kind"].items())])
     if d.get("status_codes"):
-        lines.append(f"  statuses  {d['status_codes']}")
-    for k in ("connect_ms", "ttfb_ms", "reuse_rate", "reconnects"):
-        if k in d.get("extra", {}):
-            lines.append(f"  {k:9} {d['extra'][k]}")
+        rows.append(["statuses", "", "",
+                     ", ".join(f"{k}: {v:,}" for k, v in sorted(d["status_codes"].items()))])
+    return rows
+
+
+def latency_rows(d: dict) -> list[list[str]]:
+    """Latency percentiles in ms: the total, then (HTTP) connect and time to
+    first byte where they were measured."""
+    lat = d["latency_ns"]
+    names = list(lat)
+    rows = [["total"] + [_ms(lat[k]) for k in names]]
+    extra = d.get("extra", {})
+    for label, key in (("connect", "connect_ms"), ("first byte", "ttfb_ms")):
+        part = extra.get(key)
+        if part and part.get("count"):
+            rows.append([label] + [_ms(None if part.get(k) is None else part[k] * 1e6)
+                                   for k in names])
+    return [["ms"] + names] + rows
+
+
+def format_result(d: dict, extra_percentiles: Sequence[float] = ()) -> str:
+    """A single run's summary (from `LoadResult.to_dict()`): aligned tables,
+    no Python reprs."""
+    lines = [f"{run_title(d)}: {d['duration_s']:.2f} s measured"
+             + ("  (interrupted)" if d["interrupted"] else ""), ""]
+    lines.append(text_table(outcome_rows(d), ["requests", "count", "share", "detail"], "lrrl"))
+    rate = [f"  rate {d['rps']:,.0f} req/s answered"]
+    if d.get("cpu_per_request_us") is not None:
+        rate.append(f"generator CPU {d['cpu_s']:.3f} s ({d['cpu_per_request_us']:.2f} µs/request)")
+    extra = d.get("extra", {})
+    if extra.get("reuse_rate") is not None:
+        rate.append(f"connection reuse {extra['reuse_rate']:.1%}, "
+                    f"{extra.get('reconnects', 0):,} reconnects")
+    lines += ["", "   ".join(rate), ""]
+    lat = latency_rows(d)
+    lines.append(text_table(lat[1:], lat[0]))
+    more = d.get("extra_percentiles") or {}
+    if more:
+        lines.append(text_table([[f"p{q}", _ms(v)] for q, v in more.items()]))
     return "\n".join(lines)
 
 
@@ -128,9 +215,12 @@ def _fmt_ms(v: Optional[float]) -> str:
 
 
 def format_run(body: dict) -> str:
-    """A single run's summary and verdict (from `ramp.judge_run`)."""
-    return format_result(body["result"]) + f"\nverdict: {body['verdict'].upper()}" + "".join(
-        f"\n  {reason}" for reason in body["reasons"])
+    """A single run's summary and verdict (from `ramp.judge_run`): the last
+    line says why a run failed."""
+    from beastnet.loadgen.verdict import summary_line
+    return (format_result(body["result"])
+            + "".join(f"\n  also: {reason}" for reason in body["reasons"][1:])
+            + "\n" + summary_line(body))
 
 
 def format_ramp(body: dict) -> str:
@@ -144,7 +234,8 @@ def format_ramp(body: dict) -> str:
                  f"{_fmt_ms(deg['p99_ms_first'])} -> {_fmt_ms(deg['p99_ms_best'])} ms")
     text += (f"\nbreaking point: level {body['breaking_point']}" if body["breaking_point"]
              else "\nbreaking point: none reached")
-    return text + f"\nverdict: {body['verdict'].upper()}" + (
+    from beastnet.loadgen.verdict import summary_line
+    return text + "\n" + summary_line(body) + (
         "  (interrupted)" if body["interrupted"] else "")
 
 
@@ -182,6 +273,55 @@ def build_report(body: dict, config: dict, machine: dict, argv: Optional[list] =
             "machine": machine, "config": config, **body}
 
 
+def _histogram_entries(report: dict) -> list[tuple[str, dict]]:
+    """(tag, result dict) of each measured histogram in a report."""
+    kind = report.get("kind")
+    if kind == "ramp":
+        return [(f"level-{lv['level']}", lv["result"]) for lv in report["levels"]]
+    if kind == "find-max":
+        return [(f"rate-{p['rate']:.0f}", r) for p, r in zip(report["probes"], report["results"])]
+    return [("", report["result"])]
+
+
+def hdr_log(report: dict) -> str:
+    """The report's latency histograms as an HdrHistogram interval log
+    (format 1.3, values in ns, max in ms): one line per run, ramp level or
+    probe, tagged level-N / rate-R.  HdrHistogram's HistogramLogProcessor and
+    the `hdrhistogram` package read it."""
+    entries = [(tag, r) for tag, r in _histogram_entries(report)
+               if r.get("histogram", {}).get("hdr")]
+    starts = [r.get("started_at") or 0.0 for _, r in entries]
+    base = min(starts) if starts else 0.0
+    lines = ["#[Histogram log format version 1.3]",
+             f"#[StartTime: {base:.3f} (seconds since epoch), "
+             f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(base))}]",
+             "#[beastnet load: latency in ns from the intended send time]",
+             '"StartTimestamp","Interval_Length","Interval_Max","Interval_Compressed_Histogram"']
+    for (tag, r), start in zip(entries, starts):
+        warmup = float(r.get("config", {}).get("warmup_s") or 0.0)
+        max_ms = (r["histogram"].get("max_ns") or 0) / 1e6
+        lines.append(("Tag=" + tag + "," if tag else "")
+                     + f"{start - base + warmup:.3f},{r['duration_s']:.3f},{max_ms:.3f},"
+                     + r["histogram"]["hdr"])
+    return "\n".join(lines) + "\n"
+
+
+def write_hdr(path: str, report: dict) -> None:
+    with open(path, "w", encoding="ascii") as f:
+        f.write(hdr_log(report))
+
+
+def write_outputs(report: dict, text: str = "", json_path: Optional[str] = None,
+                  hdr_path: Optional[str] = None, html_path: Optional[str] = None) -> None:
+    """Write each output asked for; an OSError names the file."""
+    if json_path:
+        write_json(json_path, report)
+    if hdr_path:
+        write_hdr(hdr_path, report)
+    if html_path:
+        write_html(html_path, report, text)
+
+
 def write_json(path: str, report: dict) -> None:
     with open(path, "wb") as f:
         f.write(orjson.dumps(report, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
@@ -207,7 +347,7 @@ def _nice_ticks(lo: float, hi: float, log: bool) -> list[float]:
 
 def svg_chart(title: str, xlabels: Sequence[str], series: Sequence[tuple[str, Sequence[Optional[float]]]],
               y_label: str, log_y: bool = False, bars: bool = False,
-              width: int = 640, height: int = 320) -> str:
+              width: int = 590, height: int = 290) -> str:
     """A small line (or bar) chart as inline SVG; None values leave gaps."""
     left, right, top, bottom = 70, 130, 30, 45
     pw, ph = width - left - right, height - top - bottom
@@ -256,8 +396,13 @@ def svg_chart(title: str, xlabels: Sequence[str], series: Sequence[tuple[str, Se
                f'text-anchor="middle">{html.escape(y_label)}</text>')
     out.append(f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#888"/>')
     nser = len(series)
-    for k, (name, vs) in enumerate(series):
+    # "max" is drawn first, thin and dashed, so it cannot hide p99.9 when
+    # the two meet.
+    order = sorted(range(nser), key=lambda k: series[k][0] != "max")
+    for k in order:
+        name, vs = series[k]
         color = COLORS[k % len(COLORS)]
+        thin = not bars and name == "max"
         if bars:
             bw = pw / n / (nser + 1)
             for i, v in enumerate(vs):
@@ -278,7 +423,8 @@ def svg_chart(title: str, xlabels: Sequence[str], series: Sequence[tuple[str, Se
                 pen = "L"
                 out.append(f'<circle cx="{xpos(i):.1f}" cy="{ypos(v):.1f}" r="2.5" fill="{color}">'
                            f'<title>{name} {v:.6g}</title></circle>')
-            out.append(f'<path d="{" ".join(path)}" fill="none" stroke="{color}" stroke-width="1.8"/>')
+            style = 'stroke-width="1.2" stroke-dasharray="5,3"' if thin else 'stroke-width="1.8"'
+            out.append(f'<path d="{" ".join(path)}" fill="none" stroke="{color}" {style}/>')
         ly = top + 14 + 16 * k
         out.append(f'<rect x="{left + pw + 10}" y="{ly - 9}" width="12" height="10" fill="{color}"/>'
                    f'<text x="{left + pw + 27}" y="{ly}">{html.escape(name)}</text>')
@@ -324,24 +470,54 @@ def charts(report: dict) -> list[str]:
                       "ms", log_y=True)]
 
 
-def write_html(path: str, report: dict, text_summary: str = "") -> None:
-    """A self-contained page: the charts (inline SVG), the summary table and
-    the machine; nothing is fetched from the network."""
-    title = f"beastnet load report: {report.get('kind', 'run')} ({report.get('verdict', '')})"
-    machine = report.get("machine", {})
-    parts = [
-        "<!doctype html><html><head><meta charset='utf-8'>",
-        f"<title>{html.escape(title)}</title>",
-        "<style>body{font-family:sans-serif;margin:2em;color:#222}"
-        "pre{background:#f6f6f6;padding:1em;overflow-x:auto}svg{margin:0.5em 1em 0.5em 0}</style>",
-        f"</head><body><h1>{html.escape(title)}</h1>",
-        "<div>" + "".join(charts(report)) + "</div>",
-        f"<h2>Summary</h2><pre>{html.escape(text_summary)}</pre>",
-        "<h2>Machine</h2><pre>" + html.escape(orjson.dumps(machine, option=orjson.OPT_INDENT_2)
-                                               .decode()) + "</pre>",
-        "<h2>Configuration</h2><pre>" + html.escape(
-            orjson.dumps(report.get("config", {}), option=orjson.OPT_INDENT_2).decode()) + "</pre>",
-        "</body></html>",
-    ]
+KINDS = {"run": "result", "ramp": "levels", "find-max": "probes"}
+
+
+def read_report(path: str) -> dict:
+    """A JSON report written by `beastnet load --json`; ValueError (one
+    line naming the file) if it cannot be read or is not such a report."""
+    try:
+        with open(path, "rb") as f:
+            report = orjson.loads(f.read())
+    except OSError as exc:
+        raise ValueError(f"{path}: {exc.strerror}") from exc
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not JSON ({exc})") from exc
+    if not isinstance(report, dict) or KINDS.get(report.get("kind", "")) not in report:
+        raise ValueError(f"{path}: not a report of `beastnet load --json`")
+    return report
+
+
+def format_report(report: dict) -> str:
+    """The terminal summary of a saved report, as `beastnet load` printed it."""
+    kind = report["kind"]
+    if kind == "ramp":
+        return format_ramp(report)
+    if kind == "find-max":
+        return format_knee(report)
+    return format_run(report)
+
+
+def format_compare(a: dict, b: dict, names: tuple[str, str] = ("A", "B")) -> str:
+    """Two reports' key numbers side by side with deltas (B - A)."""
+    from beastnet.loadgen.htmlreport import compare_pairs, compare_rows
+    blocks = []
+    for label, x, y in compare_pairs(a, b):
+        rows = [[name, va, vb, delta] for name, va, vb, delta, _ in compare_rows(x, y)]
+        blocks.append((label + "\n" if label else "")
+                      + text_table(rows, ["metric", names[0], names[1], "delta"], "lrrr"))
+    return "\n\n".join(blocks) or "nothing to compare: the reports share no run or level"
+
+
+def write_compare_html(path: str, a: dict, b: dict, names: tuple[str, str] = ("A", "B")) -> None:
+    """The A/B page of two reports (see `htmlreport.compare_page`)."""
+    from beastnet.loadgen.htmlreport import compare_page
     with open(path, "w", encoding="utf-8") as f:
-        f.write("\n".join(parts))
+        f.write(compare_page(a, b, names))
+
+
+def write_html(path: str, report: dict, text_summary: str = "") -> None:
+    """The self-contained HTML page of `report` (see `htmlreport`)."""
+    from beastnet.loadgen.htmlreport import report_page
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(report_page(report, text_summary))

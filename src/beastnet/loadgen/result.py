@@ -25,7 +25,8 @@ class LoadResult:
     none of these is ever a latency sample.  ``errors`` sums
     ``errors_by_kind`` (send/receive/connect failures, e.g. ECONNREFUSED).
     ``error_replies`` are answers whose body is ``{"error":...}`` or, HTTP,
-    whose status is >= 400 (included in ``received``).  Open loop:
+    whose status is >= 400 (included in ``received``); UDP counts them by
+    name in ``error_bodies`` (HTTP: see ``status_codes``).  Open loop:
     ``unsent`` requests were due but never sent because every slot was busy.
     """
 
@@ -43,6 +44,7 @@ class LoadResult:
     unsent: int = 0
     errors_by_kind: dict = field(default_factory=dict)
     status_codes: dict = field(default_factory=dict)
+    error_bodies: dict = field(default_factory=dict)
     duration_s: float = 0.0
     cpu_s: float = 0.0
     timeline: list = field(default_factory=list)
@@ -109,6 +111,7 @@ class LoadResult:
             "errors": self.errors,
             "errors_by_kind": dict(self.errors_by_kind),
             "status_codes": {str(k): v for k, v in self.status_codes.items()},
+            "error_bodies": dict(self.error_bodies),
             "rps": self.rps,
             "success_rate": self.success_rate,
             "loss_rate": self.loss_rate,

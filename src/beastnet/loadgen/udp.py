@@ -12,6 +12,7 @@ from beastnet.loadgen._driver import (Drive, ProgressCallback, StopWhen, ensure_
                                       native_args, resolve, split)
 from beastnet.loadgen.config import UDPLoadConfig, to_bytes
 from beastnet.loadgen.result import LoadResult
+from beastnet.loadgen.verdict import UDP_COUNTED_NAMES
 
 __all__ = ["run_udp_load"]
 
@@ -140,5 +141,8 @@ def run_udp_load(cfg: UDPLoadConfig, progress: Optional[ProgressCallback] = None
         "eintr": c["eintr"],
         "gso": all(t["gso"] for t in info),
     }
+    bodies = {name: c["m_err_" + name] for name in UDP_COUNTED_NAMES}
+    bodies["other"] = c["m_error_replies"] - sum(bodies.values())
     return drive.result(cfg, c, errors_by_kind, extra, late=c["late"], unmatched=c["unmatched"],
-                        bad_replies=c["bad_replies"])
+                        bad_replies=c["bad_replies"],
+                        error_bodies={k: v for k, v in bodies.items() if v})
