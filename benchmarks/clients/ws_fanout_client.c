@@ -1,7 +1,8 @@
 /* ws_fanout_client: hold N WebSocket feed connections and count what arrives.
  *
- *   ws_fanout_client --port P [--hosts 127.0.0.1,127.0.0.2] [--sources K] --conns N
- *                    --symbols S --universe U --start-ns T0 --end-ns T1 [--path /v1/stream]
+ *   ws_fanout_client --port P [--host 127.0.0.1] [--sources K] --conns N [--conn-offset I]
+ *                    --symbols S [--universe U] [--path /v1/stream] [--connect-timeout-s C]
+ *                    [--start-ns T0 --end-ns T1]
  *
  * Every connection upgrades GET <path>, sends
  *   {"op":"subscribe","symbols":["S000",...]}    (S symbols from a rotating start)
@@ -27,9 +28,14 @@
  * Latency histogram: 64 sub-buckets per power of two of ns (<= 1.6 % error),
  * printed as [bucket floor ns, count] pairs so processes merge exactly.
  *
- * Output: "ready <conns>" once every connection has its subscribe acknowledged
- * (or "ready <n>" at T0 with fewer), then one JSON line at T1.  Exit 0, or 2 on
- * bad arguments / setup failure with one line on stderr.
+ * Without --start-ns, the window comes later as one line "T0 T1" on stdin, so a
+ * harness can start the clock once every client is connected.  Sources: with
+ * K > 1, connections bind 127.0.0.2 .. 127.0.0.(K+1) in turn, each address with
+ * its own ephemeral port range.
+ *
+ * Output: "ready <n>" once every connection has its subscribe acknowledged, or
+ * at T0 / after --connect-timeout-s with fewer; then one JSON line at T1.  Exit
+ * 0, or 2 on bad arguments / setup failure with one line on stderr.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -209,14 +215,16 @@ static int send_text(int fd, const char *msg, size_t n) {
 }
 
 int main(int argc, char **argv) {
-    const char *hosts = "127.0.0.1", *path = "/v1/stream";
+    const char *host = "127.0.0.1", *path = "/v1/stream";
+    double connect_timeout_s = 60.0;
     int port = 0, nconns = 0, nsyms = 10, universe = 150, sources = 1, conn_offset = 0;
     int max_pending = 256;
     int64_t t0 = 0, t1 = 0;
     for (int i = 1; i + 1 < argc; i += 2) {
         const char *k = argv[i], *v = argv[i + 1];
         if (!strcmp(k, "--port")) port = atoi(v);
-        else if (!strcmp(k, "--hosts")) hosts = v;
+        else if (!strcmp(k, "--host")) host = v;
+        else if (!strcmp(k, "--connect-timeout-s")) connect_timeout_s = atof(v);
         else if (!strcmp(k, "--sources")) sources = atoi(v);
         else if (!strcmp(k, "--conns")) nconns = atoi(v);
         else if (!strcmp(k, "--conn-offset")) conn_offset = atoi(v);
@@ -229,18 +237,15 @@ int main(int argc, char **argv) {
         else { fprintf(stderr, "ws_fanout_client: unknown option %s\n", k); return 2; }
     }
     if (port <= 0 || nconns <= 0 || nsyms <= 0 || universe <= 0 || universe > MAX_UNIVERSE
-        || nsyms > universe || t1 <= t0 || sources < 1 || sources > 250 || max_pending < 1) {
-        fprintf(stderr, "ws_fanout_client: need --port, --conns, --start-ns < --end-ns, "
+        || nsyms > universe || (t0 && t1 <= t0) || sources < 1 || sources > 250 || max_pending < 1) {
+        fprintf(stderr, "ws_fanout_client: need --port, --conns, --start-ns < --end-ns (or neither), "
                         "0 < --symbols <= --universe <= %d, 1 <= --sources <= 250\n", MAX_UNIVERSE);
         return 2;
     }
-    /* Server address: the first of --hosts; sources are 127.0.0.(2..sources+1). */
     struct sockaddr_in dst = {0};
     dst.sin_family = AF_INET;
     dst.sin_port = htons((uint16_t)port);
-    char host0[64];
-    snprintf(host0, sizeof host0, "%.*s", (int)strcspn(hosts, ","), hosts);
-    if (inet_pton(AF_INET, host0, &dst.sin_addr) != 1) { fprintf(stderr, "ws_fanout_client: bad host %s\n", host0); return 2; }
+    if (inet_pton(AF_INET, host, &dst.sin_addr) != 1) { fprintf(stderr, "ws_fanout_client: bad host %s\n", host); return 2; }
 
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
@@ -254,7 +259,7 @@ int main(int argc, char **argv) {
     int reqlen = snprintf(req, sizeof req,
         "GET %s HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
         "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-        path, host0, port);
+        path, host, port);
 
     conn_t *conns = calloc((size_t)nconns, sizeof *conns);
     int32_t *rounds = malloc((size_t)nconns * (size_t)universe * sizeof(int32_t));
@@ -268,6 +273,13 @@ int main(int argc, char **argv) {
     char *sub = malloc(16 + (size_t)nsyms * 8);
     if (!sub) die("malloc");
 
+    int window_from_stdin = t0 == 0;
+    if (window_from_stdin) {
+        t0 = t1 = INT64_MAX;
+        struct epoll_event ev = {.events = EPOLLIN, .data.u32 = UINT32_MAX};
+        if (epoll_ctl(epfd, EPOLL_CTL_ADD, 0, &ev) != 0) die("epoll_ctl ADD stdin");
+    }
+    int64_t connect_deadline = now_ns() + (int64_t)(connect_timeout_s * 1e9);
     for (;;) {
         int64_t t = now_ns();
         if (t >= t1) break;
@@ -301,17 +313,28 @@ int main(int argc, char **argv) {
             if (epoll_ctl(epfd, EPOLL_CTL_ADD, c->fd, &ev) != 0) die("epoll_ctl ADD");
             next++; pending++;
         }
-        if (!said_ready && (open_acked == nconns || t >= t0)) {
+        if (!said_ready && (open_acked == nconns || t >= t0 || t >= connect_deadline)) {
             printf("ready %d\n", open_acked);
             fflush(stdout);
             said_ready = 1;
         }
-        int64_t wait_ms = (t1 - t) / 1000000 + 1;
+        int64_t wait_ms = t1 == INT64_MAX ? 100 : (t1 - t) / 1000000 + 1;
         if (!said_ready && (t0 - t) / 1000000 + 1 < wait_ms) wait_ms = (t0 - t) / 1000000 + 1;
         if (wait_ms > 100) wait_ms = 100;
         int n = epoll_wait(epfd, evs, 512, (int)wait_ms);
         if (n < 0) { if (errno == EINTR) continue; die("epoll_wait"); }
         for (int i = 0; i < n; i++) {
+            if (evs[i].data.u32 == UINT32_MAX) {
+                /* The window, "T0 T1\n", from the harness (or EOF: end now). */
+                char line[128];
+                ssize_t r = read(0, line, sizeof line - 1);
+                long long a = 0, b = 0;
+                if (r > 0) { line[r] = 0; sscanf(line, "%lld %lld", &a, &b); }
+                if (r <= 0 || b <= a) { a = now_ns(); b = a; }
+                t0 = a; t1 = b;
+                epoll_ctl(epfd, EPOLL_CTL_DEL, 0, NULL);
+                continue;
+            }
             int idx = (int)evs[i].data.u32;
             conn_t *c = &conns[idx];
             if (c->state == ST_CLOSED) continue;

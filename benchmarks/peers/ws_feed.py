@@ -70,33 +70,34 @@ def raise_nofile() -> int:
 
 
 class Schedule:
-    """When the next round is due: fixed ticks from the start (a late round does
-    not shift the ones after it; rounds more than a tick late are skipped and
-    counted), or back to back."""
+    """When the next round is due: fixed ticks from the start, or back to back.
+    A publisher more than a tick late skips the missed ticks (counted in
+    `skipped`, never a burst) but keeps round numbers contiguous, so the
+    client's gaps count only what the server dropped or conflated."""
 
     def __init__(self, rate: float) -> None:
         self.rate = rate
-        self.round = 0
-        self.skipped = 0
-        self.published = 0
+        self.tick = 0           # ticks elapsed on the schedule
+        self.skipped = 0        # ticks missed because a round ran late
+        self.published = 0      # rounds published = the next round number
         self._t0 = time.monotonic()
 
     def delay_s(self) -> float:
         """Seconds to wait before the next round (0: now)."""
         if self.rate < 0:
             return 0.0
-        due = self._t0 + self.round / self.rate
+        due = self._t0 + self.tick / self.rate
         now = time.monotonic()
-        if now - due > 1.0 / self.rate:            # a whole tick behind: skip, don't burst
+        if now - due > 1.0 / self.rate:
             behind = int((now - due) * self.rate)
-            self.round += behind
+            self.tick += behind
             self.skipped += behind
-            due = self._t0 + self.round / self.rate
+            due = self._t0 + self.tick / self.rate
         return max(0.0, due - now)
 
     def next_round(self) -> int:
-        n = self.round
-        self.round += 1
+        n = self.published + 1          # round 0 is the table's initial content
+        self.tick += 1
         self.published += 1
         return n
 
@@ -171,3 +172,15 @@ def subscribed_ack(symbols: list[str], known: dict) -> bytes:
     unknown = [s for s in symbols if s not in known]
     return json.dumps({"op": "subscribed", "unknown": unknown}, separators=(",", ":")).encode()
 
+
+
+def run_loop(main) -> None:
+    """Run `main()` on uvloop when it is installed (what these libraries
+    recommend for speed), else on asyncio's own loop."""
+    import asyncio
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+        return
+    uvloop.run(main)

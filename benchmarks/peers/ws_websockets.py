@@ -8,12 +8,13 @@ deflate every frame).  One process, uvloop when installed.
 from __future__ import annotations
 
 import asyncio
+import signal
 
 import websockets
 from websockets.asyncio.server import broadcast, serve
 
 from ws_feed import (SYMBOLS, announce_port, parse_args, parse_subscribe, publish_task,
-                     raise_nofile, report, round_bodies, subscribed_ack, Schedule)
+                     raise_nofile, report, round_bodies, run_loop, subscribed_ack, Schedule)
 
 
 async def main() -> None:
@@ -56,7 +57,6 @@ async def main() -> None:
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    import signal
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     sched = Schedule(args.rate)
@@ -72,8 +72,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    try:
-        import uvloop
-        uvloop.run(main())
-    except ImportError:
-        asyncio.run(main())
+    run_loop(main())

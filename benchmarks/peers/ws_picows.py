@@ -1,0 +1,84 @@
+"""The feed on picows (Cython WebSocket frames over asyncio/uvloop
+transports): subscribers kept per symbol, and each published body sent to
+each of them with `transport.send()` (picows has no broadcast; each send
+frames the body and writes it).  One process, uvloop when installed.
+
+    python benchmarks/peers/ws_picows.py [--rate 10|max|0]
+"""
+from __future__ import annotations
+
+import asyncio
+import signal
+
+import picows
+from picows import WSListener, WSMsgType, ws_create_server
+
+from ws_feed import (SYMBOLS, Schedule, announce_port, parse_args, parse_subscribe,
+                     publish_task, raise_nofile, report, round_bodies, run_loop, subscribed_ack)
+
+
+async def main() -> None:
+    args = parse_args(__doc__.splitlines()[0])
+    raise_nofile()
+    _, first = round_bodies(0)
+    current = dict(first)
+    subs: dict[str, set] = {s: set() for s in SYMBOLS}
+    stats = {"connections": 0}
+
+    class Feed(WSListener):
+        def __init__(self) -> None:
+            self.mine: list[str] = []
+
+        def on_ws_connected(self, transport) -> None:
+            stats["connections"] += 1
+
+        def on_ws_frame(self, transport, frame) -> None:
+            if frame.msg_type == WSMsgType.CLOSE:
+                transport.send_close(frame.get_close_code())
+                transport.disconnect()
+                return
+            if frame.msg_type != WSMsgType.TEXT:
+                return
+            symbols = parse_subscribe(frame.get_payload_as_bytes())
+            if symbols is None:
+                transport.send(WSMsgType.TEXT, b'{"op":"error","error":"bad_json"}')
+                return
+            transport.send(WSMsgType.TEXT, subscribed_ack(symbols, current))
+            for s in symbols:
+                if s in subs:
+                    subs[s].add(transport)
+                    self.mine.append(s)
+                    transport.send(WSMsgType.TEXT, current[s])
+
+        def on_ws_disconnected(self, transport) -> None:
+            for s in self.mine:
+                subs[s].discard(transport)
+
+    def factory(request):
+        return Feed() if request.path.decode() == args.path else None
+
+    def publish(n: int, t_ns: int, bodies: list[tuple[str, bytes]]) -> None:
+        text = WSMsgType.TEXT
+        for s, b in bodies:
+            current[s] = b
+            for t in subs[s]:
+                t.send(text, b)
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    sched = Schedule(args.rate)
+    server = await ws_create_server(factory, args.host, args.port, backlog=4096,
+                                    websocket_handshake_timeout=30)
+    announce_port(server.sockets[0].getsockname()[1])
+    pub = asyncio.create_task(publish_task(args.rate, publish, sched))
+    await stop.wait()
+    pub.cancel()
+    server.close()
+    report({"server": "picows", "version": picows.__version__, "rounds": sched.published,
+            "rounds_skipped": sched.skipped, **stats})
+
+
+if __name__ == "__main__":
+    run_loop(main())
