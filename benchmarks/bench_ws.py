@@ -10,8 +10,9 @@ or back to back (`max`), the publish time inside the body.  `clients/ws_fanout_c
 (built here with the system C compiler; several processes) holds C connections each
 subscribed to S symbols and counts what arrives.
 Per server: delivered messages/s, server CPU per delivered message and delivered
-messages per server CPU-second (utime+stime of the server process only, from
-/proc, over the client's window), publish-to-receive p50/p99, gaps (rounds a
+messages per server CPU-second (on-CPU ns of the server process's threads from
+/proc/<pid>/task/*/schedstat over the client's window; utime+stime from
+/proc/<pid>/stat kept as a cross-check), publish-to-receive p50/p99, gaps (rounds a
 connection never saw: conflated or dropped), RSS.  Then: 10,000 idle subscribed
 connections, RSS above the idle server; and UDP and HTTP request/response
 throughput (`beastnet load`) on one beastnet process without and with 10,000
@@ -41,7 +42,8 @@ from typing import Any, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (BENCH_DIR, CLOCK_TICKS_PER_S, REPO_DIR, ServerProcess,  # noqa: E402
-                     child_env, machine_info, proc_status_kb, start_server)
+                     child_env, machine_info, proc_sched_ns, proc_status_kb,
+                     start_server)
 from udp_compare import CpuSampler  # noqa: E402
 
 import orjson  # noqa: E402
@@ -49,6 +51,7 @@ import orjson  # noqa: E402
 CLIENT_SRC = BENCH_DIR / "clients" / "ws_fanout_client.c"
 PEERS = BENCH_DIR / "peers"
 UNIVERSE = 150                       # symbols in the feed (peers/ws_feed.py)
+PUBLISHER_THREAD = "bench-publisher"  # the OS name peers/ws_feed.py gives a publisher thread
 
 
 @dataclass(frozen=True)
@@ -269,8 +272,33 @@ class RSSGuard:
 
 # -- one fan-out measurement --------------------------------------------------------------
 
+def thread_sched_ns(pid: int, comm: str) -> Optional[int]:
+    """On-CPU ns of the threads of `pid` named `comm`; None when none is."""
+    total, found = 0, False
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                if f.read().strip() != comm:
+                    continue
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[0])
+            found = True
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+    return total if found else None
+
+
+def sleep_until_ns(t_ns: int) -> None:
+    time.sleep(max(0.0, (t_ns - time.monotonic_ns()) / 1e9))
+
+
 def start_row(row: Row, python: str, rate: str, extra: Optional[list[str]] = None) -> ServerProcess:
-    argv = [python, str(PEERS / row.script), "--rate", rate] + (extra or [])
+    """A feed server whose publisher waits for `go()` (SIGUSR1)."""
+    argv = [python, str(PEERS / row.script), "--rate", rate, "--wait-go"] + (extra or [])
     return start_server(row.key, argv, timeout_s=30)
 
 
@@ -284,9 +312,15 @@ def fanout(row: Row, python: str, exe: Path, conns: int, symbols: int, rate: str
             clients = Clients(exe, server.port, conns, symbols, args.client_procs,
                               args.sources, args.connect_timeout)
             ready = clients.wait_ready()
+            os.kill(server.pid, signal.SIGUSR1)          # publish from now on
             with CpuSampler(server.pid) as sampler:
                 t0, t1 = clients.start_window(args.warmup, args.duration)
-                time.sleep(max(0.0, (t1 - time.monotonic_ns()) / 1e9))
+                # A publisher on its own thread (beastnet's) is measured apart,
+                # so the engine's own cost per message can be told from it.
+                sleep_until_ns(t0)
+                pub0 = thread_sched_ns(server.pid, PUBLISHER_THREAD)
+                sleep_until_ns(t1)
+                pub1 = thread_sched_ns(server.pid, PUBLISHER_THREAD)
                 try:
                     rss_kb = proc_status_kb(server.pid, "VmRSS")
                 except (FileNotFoundError, ProcessLookupError):
@@ -300,16 +334,23 @@ def fanout(row: Row, python: str, exe: Path, conns: int, symbols: int, rate: str
     cpu_s, sched_s = sampler.between(t0, t1)
     bodies = got.get("bodies", 0)
     gaps = got.get("gaps", 0)
+    pub_s = (pub1 - pub0) / 1e9 if pub0 is not None and pub1 is not None else None
     out = {
         "server": row.key, "label": row.label, "conns": conns, "symbols": symbols,
         "rate": rate, "ready": ready, "window_s": window_s,
         "delivered": bodies,
         "msgs_per_s": bodies / window_s,
         "offered_per_s": conns * symbols * float(rate) if rate != "max" else None,
-        "server_cpu_s": cpu_s, "server_sched_cpu_s": sched_s,
-        "server_cpu_util": cpu_s / window_s,
-        "server_cpu_us_per_msg": cpu_s / bodies * 1e6 if bodies else float("nan"),
-        "msgs_per_server_cpu_s": bodies / cpu_s if cpu_s > 0 else float("nan"),
+        # schedstat (ns) is the figure: at 10 rounds/s a short run costs the
+        # server a few clock ticks, too coarse for /proc/<pid>/stat's 10 ms.
+        "server_cpu_s": sched_s, "server_stat_cpu_s": cpu_s,
+        "server_cpu_util": sched_s / window_s,
+        "server_cpu_us_per_msg": sched_s / bodies * 1e6 if bodies else float("nan"),
+        "msgs_per_server_cpu_s": bodies / sched_s if sched_s > 0 else float("nan"),
+        "publisher_thread_cpu_s": pub_s,
+        "engine_cpu_us_per_msg": (sched_s - pub_s) / bodies * 1e6
+        if pub_s is not None and bodies else None,
+        "publisher_rounds_per_s": (stats or {}).get("rounds_per_s"),
         "p50_ms": hist_percentile(got["hist"], 50) / 1e6,
         "p99_ms": hist_percentile(got["hist"], 99) / 1e6,
         "gaps": gaps, "gap_pct": 100.0 * gaps / (bodies + gaps) if bodies + gaps else 0.0,
@@ -337,7 +378,12 @@ def memory(row: Row, python: str, exe: Path, conns: int, symbols: int,
         clients = Clients(exe, server.port, conns, symbols, args.client_procs, args.sources,
                           args.connect_timeout)
         ready = clients.wait_ready()
-        time.sleep(args.settle)
+        time.sleep(args.settle / 2)
+        # What holding the idle connections costs in CPU (timers, scans), over
+        # the second half of the settle time.
+        c0, w0 = proc_sched_ns(server.pid), time.monotonic_ns()
+        time.sleep(args.settle / 2)
+        idle_cpu = (proc_sched_ns(server.pid) - c0) / max(time.monotonic_ns() - w0, 1)
         held_kb = proc_status_kb(server.pid, "VmRSS")
         hwm_kb = proc_status_kb(server.pid, "VmHWM")
     finally:
@@ -349,6 +395,7 @@ def memory(row: Row, python: str, exe: Path, conns: int, symbols: int,
         "ready": ready, "idle_rss_mb": idle_kb / 1024, "rss_mb": held_kb / 1024,
         "peak_rss_mb": hwm_kb / 1024, "above_idle_mb": (held_kb - idle_kb) / 1024,
         "kib_per_conn": (held_kb - idle_kb) / max(ready, 1),
+        "cpu_util_holding": idle_cpu,
     }
 
 
@@ -363,7 +410,8 @@ def beastnet_load(target: str, keys: str, duration_s: float, warmup_s: float,
     r = subprocess.run(argv, env=child_env(), capture_output=True, text=True,
                        timeout=duration_s + warmup_s + 60)
     if r.returncode not in (0, 1) or not out.exists():
-        return {"error": (r.stderr or r.stdout).strip()[-300:], "rps": float("nan")}
+        return {"error": (r.stderr or r.stdout).strip()[-300:], "rps": float("nan"),
+                "p50_ms": float("nan"), "p99_ms": float("nan")}
     res = orjson.loads(out.read_bytes())["result"]
     lat = res.get("latency_ns", {})
     return {"rps": res["rps"], "p50_ms": lat.get("p50", float("nan")) / 1e6,
@@ -393,18 +441,28 @@ def rr_with_streams(exe: Path, conns: int, symbols: int, args: argparse.Namespac
                                                   1.0, [], Path(tmp))
                 out[f"http_{tag}"] = beastnet_load(f"http://127.0.0.1:{server.port}/v1/", keys,
                                                    args.rr_duration, 1.0, ["-c", "64"], Path(tmp))
-            both("without")
+            # without, with, without again: the ratio is against the mean of the
+            # two runs around it, so a drift of the machine's load cancels out.
+            both("before")
             clients = Clients(exe, server.port, conns, symbols, args.client_procs, args.sources,
                               args.connect_timeout)
             out["ready"] = clients.wait_ready()
+            os.kill(server.pid, signal.SIGUSR1)
             out["rss_with_streams_mb"] = proc_status_kb(server.pid, "VmRSS") / 1024
             both("with")
+            clients.close()
+            clients = None
+            time.sleep(0.5)
+            both("after")
     finally:
         if clients is not None:
             clients.close()
         out["server_stats"] = server.stop()
     for proto in ("udp", "http"):
-        a, b = out[f"{proto}_without"]["rps"], out[f"{proto}_with"]["rps"]
+        a = (out[f"{proto}_before"]["rps"] + out[f"{proto}_after"]["rps"]) / 2
+        b = out[f"{proto}_with"]["rps"]
+        out[f"{proto}_without"] = {"rps": a, "p99_ms": (out[f"{proto}_before"]["p99_ms"]
+                                                        + out[f"{proto}_after"]["p99_ms"]) / 2}
         out[f"{proto}_ratio"] = b / a if a == a and a else float("nan")
     return out
 
@@ -423,18 +481,26 @@ def median_run(runs: list[dict]) -> dict:
 TARGETS = (("websockets", 10.0), ("picows", 3.0), ("socketify", 1.0))
 
 
+def fmt(v: Optional[float], spec: str) -> str:
+    return "-" if v is None else spec.format(v)
+
+
 def fanout_table(results: dict[str, dict[str, dict]]) -> str:
-    lines = ["| workload | server | ready | delivered msg/s | server CPU µs/msg | msgs per "
-             "server CPU-s | beastnet ÷ this | p50 ms | p99 ms | gaps % | server RSS MB |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = ["| workload | server | ready | publisher rounds/s | delivered msg/s | server CPU "
+             "µs/msg | (without the publisher thread) | msgs per server CPU-s | beastnet ÷ this "
+             "| p50 ms | p99 ms | gaps % | server RSS MB |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
+             "| ---: |"]
     for wl, rows in results.items():
         bn = rows.get("beastnet", {}).get("msgs_per_server_cpu_s", float("nan"))
         for key, r in rows.items():
             note = " (killed: RSS limit)" if r["killed_over_rss"] else ""
             ratio = bn / r["msgs_per_server_cpu_s"] if r["msgs_per_server_cpu_s"] else float("nan")
             lines.append(
-                f"| {wl} | {r['label']}{note} | {r['ready']:,} | {r['msgs_per_s']:,.0f} "
-                f"| {r['server_cpu_us_per_msg']:.3f} | {r['msgs_per_server_cpu_s']:,.0f} "
+                f"| {wl} | {r['label']}{note} | {r['ready']:,} "
+                f"| {fmt(r['publisher_rounds_per_s'], '{:,.0f}')} | {r['msgs_per_s']:,.0f} "
+                f"| {r['server_cpu_us_per_msg']:.3f} | {fmt(r['engine_cpu_us_per_msg'], '{:.3f}')} "
+                f"| {r['msgs_per_server_cpu_s']:,.0f} "
                 f"| {ratio:.2f}x | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['gap_pct']:.1f} "
                 f"| {r['server_rss_mb']:.1f} |")
     return "\n".join(lines)
@@ -577,25 +643,28 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     print("\n## WebSocket fan-out (median run of each row)\n")
     print("delivered msg/s: feed bodies the clients received in the window; server CPU: "
-          "utime+stime of the server process over that window; beastnet ÷ this: ratio of "
+          "on-CPU time of the server process's threads (schedstat) over that window; beastnet ÷ this: ratio of "
           "msgs per server CPU-second; latency: publish (CLOCK_MONOTONIC, in the body) to the "
           "client's read(); gaps: rounds a connection never saw (conflated or dropped).\n")
     if results:
         print(fanout_table(results))
     if mem:
         print("\n| idle memory | connections | idle server MB | with connections MB | above idle MB "
-              "| KiB per connection |\n| --- | ---: | ---: | ---: | ---: | ---: |")
+              "| KiB per connection | server CPU while holding them |\n"
+              "| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
         for m in mem.values():
             print(f"| {m['label']} | {m['ready']:,} | {m['idle_rss_mb']:.1f} | {m['rss_mb']:.1f} "
-                  f"| {m['above_idle_mb']:.1f} | {m['kib_per_conn']:.2f} |")
+                  f"| {m['above_idle_mb']:.1f} | {m['kib_per_conn']:.2f} "
+                  f"| {100 * m['cpu_util_holding']:.1f} % |")
     if rr:
-        print(f"\n| request/response, one beastnet process | without streams | with "
-              f"{rr.get('ready', 0):,} streams (publisher {rr['stream_rate']}/s) | ratio |\n"
-              "| --- | ---: | ---: | ---: |")
+        print(f"\n| request/response, one beastnet process, req/s (p99 ms) | without streams, "
+              f"before | with {rr.get('ready', 0):,} streams (publisher {rr['stream_rate']}/s) "
+              "| without, after | with ÷ mean(without) |\n| --- | ---: | ---: | ---: | ---: |")
         for proto in ("udp", "http"):
-            a, b = rr[f"{proto}_without"], rr[f"{proto}_with"]
-            print(f"| {proto.upper()} req/s (p99 ms) | {a['rps']:,.0f} ({a.get('p99_ms', 0):.2f}) "
-                  f"| {b['rps']:,.0f} ({b.get('p99_ms', 0):.2f}) | {rr[f'{proto}_ratio']:.3f} |")
+            a, b, c = rr[f"{proto}_before"], rr[f"{proto}_with"], rr[f"{proto}_after"]
+            print(f"| {proto.upper()} | {a['rps']:,.0f} ({a['p99_ms']:.2f}) "
+                  f"| {b['rps']:,.0f} ({b['p99_ms']:.2f}) | {c['rps']:,.0f} ({c['p99_ms']:.2f}) "
+                  f"| {rr[f'{proto}_ratio']:.3f} |")
     checks = check_targets(results, mem, rr)
     if checks:
         print("\n| target | measured | |\n| --- | --- | :---: |")
@@ -612,8 +681,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         "missing": missing,
         "duration_s": args.duration, "warmup_s": args.warmup, "repeat": args.repeat,
         "client": {"exe": str(exe), "procs": args.client_procs, "sources": args.sources},
-        "cpu_source": f"/proc/<pid>/stat utime+stime of the server process, {CLOCK_TICKS_PER_S} "
-                      "ticks/s; schedstat ns as cross-check",
+        "cpu_source": "/proc/<pid>/task/*/schedstat ns of the server process; /proc/<pid>/stat "
+                      f"utime+stime ({CLOCK_TICKS_PER_S} ticks/s) as server_stat_cpu_s",
         "latency_clock": "CLOCK_MONOTONIC: publisher round start -> client read() return",
         "fanout": results, "fanout_runs": all_runs, "memory": mem, "request_response": rr,
         "targets": [{"target": n, "measured": v, "pass": ok} for n, v, ok in checks],

@@ -73,8 +73,7 @@ async def main() -> None:
     pub = asyncio.create_task(publish_task(args.rate, publish, sched))
     await stop.wait()
     pub.cancel()
-    report({"server": "aiohttp", "version": aiohttp.__version__, "rounds": sched.published,
-            "rounds_skipped": sched.skipped, **stats})
+    report({"server": "aiohttp", "version": aiohttp.__version__, **sched.summary(), **stats})
     await asyncio.wait_for(runner.cleanup(), 3)
 
 

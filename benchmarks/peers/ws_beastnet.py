@@ -47,7 +47,7 @@ def main() -> None:
         if udp is not None:
             udp.stop()
     sched = pub.schedule  # type: ignore[attr-defined]
-    report({"server": "beastnet", "rounds": sched.published, "rounds_skipped": sched.skipped,
+    report({"server": "beastnet", **sched.summary(),
             "totals": json.loads(json.dumps(totals, default=str))})
 
 

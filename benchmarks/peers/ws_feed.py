@@ -28,6 +28,7 @@ import time
 from typing import Callable, Optional
 
 SYMBOLS = [f"S{i:03d}" for i in range(150)]
+GO = threading.Event()          # set when the publisher may start (see --wait-go)
 BODY_BYTES = 90
 
 
@@ -54,10 +55,19 @@ def parse_args(description: str, argv: Optional[list[str]] = None) -> argparse.N
                    help="publisher rounds per second (150 bodies each); 'max' = back to "
                         "back; 0 = never")
     p.add_argument("--threads", type=int, default=None, help="beastnet worker threads")
+    p.add_argument("--wait-go", action="store_true",
+                   help="publish only after SIGUSR1 (the harness sends it once every client "
+                        "has subscribed, so connection set-up is neither measured nor starved)")
     p.add_argument("--udp", action="store_true",
                    help="beastnet: also serve the table over UDP (its port on line 2)")
     args = p.parse_args(argv)
     args.rate = -1.0 if args.rate == "max" else float(args.rate)
+    if args.wait_go:
+        # Installed before the port is announced, so the harness's SIGUSR1
+        # can never meet the default action (terminate).
+        signal.signal(signal.SIGUSR1, lambda *_: GO.set())
+    else:
+        GO.set()
     return args
 
 
@@ -95,11 +105,35 @@ class Schedule:
             due = self._t0 + self.tick / self.rate
         return max(0.0, due - now)
 
+    def restart(self) -> None:
+        """Start the clock now (the publisher waited for its go)."""
+        self._t0 = time.monotonic()
+
+    def summary(self) -> dict:
+        """What the server reports on exit: rounds published and their rate."""
+        elapsed = time.monotonic() - self._t0
+        return {"rounds": self.published, "rounds_skipped": self.skipped,
+                "rounds_per_s": self.published / elapsed if elapsed > 0 else 0.0}
+
     def next_round(self) -> int:
         n = self.published + 1          # round 0 is the table's initial content
         self.tick += 1
         self.published += 1
         return n
+
+
+PUBLISHER_THREAD = "bench-publisher"
+
+
+def name_thread(name: str) -> None:
+    """Name the calling OS thread (prctl PR_SET_NAME), so the harness can tell
+    the publisher's CPU from the engine's in /proc/<pid>/task/*/comm."""
+    import ctypes
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(15, name.encode()[:15], 0, 0, 0)     # 15 = PR_SET_NAME
+    except (OSError, AttributeError):
+        pass
 
 
 def publish_thread(rate: float, publish: Callable[[int, int, list[tuple[str, bytes]]], None],
@@ -108,6 +142,11 @@ def publish_thread(rate: float, publish: Callable[[int, int, list[tuple[str, byt
     sched = Schedule(rate)
 
     def run() -> None:
+        name_thread(PUBLISHER_THREAD)
+        while not GO.wait(0.1):
+            if stop.is_set():
+                return
+        sched.restart()
         while not stop.is_set():
             d = sched.delay_s()
             if d > 0 and stop.wait(d):
@@ -132,6 +171,9 @@ async def publish_task(rate: float, publish: Callable[[int, int, list[tuple[str,
     sched = sched or Schedule(rate)
     if rate == 0:
         return
+    while not GO.is_set():              # a signal handler sets it: poll, loop-agnostic
+        await asyncio.sleep(0.01)
+    sched.restart()
     while True:
         d = sched.delay_s()
         await asyncio.sleep(d)

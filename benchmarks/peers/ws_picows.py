@@ -8,6 +8,7 @@ frames the body and writes it).  One process, uvloop when installed.
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 
 import picows
@@ -20,6 +21,9 @@ from ws_feed import (SYMBOLS, Schedule, announce_port, parse_args, parse_subscri
 async def main() -> None:
     args = parse_args(__doc__.splitlines()[0])
     raise_nofile()
+    # picows' transport (aiofastnet) logs a warning for every write to a
+    # connection the client has reset: thousands at the end of each run.
+    logging.getLogger("aiofastnet").setLevel(logging.ERROR)
     _, first = round_bodies(0)
     current = dict(first)
     subs: dict[str, set] = {s: set() for s in SYMBOLS}
@@ -76,8 +80,7 @@ async def main() -> None:
     await stop.wait()
     pub.cancel()
     server.close()
-    report({"server": "picows", "version": picows.__version__, "rounds": sched.published,
-            "rounds_skipped": sched.skipped, **stats})
+    report({"server": "picows", "version": picows.__version__, **sched.summary(), **stats})
 
 
 if __name__ == "__main__":

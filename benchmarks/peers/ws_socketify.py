@@ -64,7 +64,7 @@ def main() -> None:
 
     def stop(*_: object) -> None:
         report({"server": "socketify", "version": getattr(socketify, "__version__", "?"),
-                "rounds": sched.published, "rounds_skipped": sched.skipped, **stats})
+                **sched.summary(), **stats})
         app.close()
 
     signal.signal(signal.SIGTERM, stop)

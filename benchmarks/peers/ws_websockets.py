@@ -68,7 +68,7 @@ async def main() -> None:
         await stop.wait()
         pub.cancel()
     report({"server": "websockets", "version": websockets.__version__,
-            "rounds": sched.published, "rounds_skipped": sched.skipped, **stats})
+            **sched.summary(), **stats})
 
 
 if __name__ == "__main__":
