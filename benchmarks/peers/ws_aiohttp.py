@@ -8,21 +8,16 @@ compression).  One process, uvloop when installed.
 from __future__ import annotations
 
 import asyncio
-import signal
 
 import aiohttp
 from aiohttp import WSMsgType, web
 
-from ws_feed import (SYMBOLS, Schedule, announce_port, parse_args, parse_subscribe,
-                     publish_task, raise_nofile, report, round_bodies, run_loop, subscribed_ack)
+from ws_feed import Feed, announce_port, parse_subscribe, report, run_loop, subscribed_ack
 
 
 async def main() -> None:
-    args = parse_args(__doc__.splitlines()[0])
-    raise_nofile()
-    _, first = round_bodies(0)
-    current = dict(first)
-    subs: dict[str, set] = {s: set() for s in SYMBOLS}
+    feed = Feed(__doc__.splitlines()[0])
+    args, current, subs = feed.args, feed.current, feed.subs
     stats = {"connections": 0, "send_errors": 0}
 
     async def stream(request: web.Request) -> web.WebSocketResponse:
@@ -64,16 +59,9 @@ async def main() -> None:
     await runner.setup()
     site = web.TCPSite(runner, args.host, args.port, backlog=4096)
     await site.start()
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
-    sched = Schedule(args.rate)
     announce_port(site._server.sockets[0].getsockname()[1])   # type: ignore[union-attr]
-    pub = asyncio.create_task(publish_task(args.rate, publish, sched))
-    await stop.wait()
-    pub.cancel()
-    report({"server": "aiohttp", "version": aiohttp.__version__, **sched.summary(), **stats})
+    await feed.serve_until_stopped(publish)
+    report({"server": "aiohttp", "version": aiohttp.__version__, **feed.schedule.summary(), **stats})
     await asyncio.wait_for(runner.cleanup(), 3)
 
 

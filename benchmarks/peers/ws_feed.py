@@ -226,3 +226,28 @@ def run_loop(main) -> None:
         asyncio.run(main)
         return
     uvloop.run(main)
+
+
+class Feed:
+    """What an asyncio feed server holds: its arguments, each symbol's current
+    body and its subscribers.  Raises the fd limit on the way."""
+
+    def __init__(self, description: str) -> None:
+        self.args = parse_args(description)
+        raise_nofile()
+        _, first = round_bodies(0)
+        self.current: dict[str, bytes] = dict(first)
+        self.subs: dict[str, set] = {s: set() for s in SYMBOLS}
+        self.schedule = Schedule(self.args.rate)
+
+    async def serve_until_stopped(self, publish: Callable[[int, int, list[tuple[str, bytes]]],
+                                                          object]) -> None:
+        """Run the publisher on this loop until SIGTERM or SIGINT."""
+        import asyncio
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+        pub = asyncio.create_task(publish_task(self.args.rate, publish, self.schedule))
+        await stop.wait()
+        pub.cancel()

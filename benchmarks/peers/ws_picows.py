@@ -7,29 +7,23 @@ frames the body and writes it).  One process, uvloop when installed.
 """
 from __future__ import annotations
 
-import asyncio
 import logging
-import signal
 
 import picows
 from picows import WSListener, WSMsgType, ws_create_server
 
-from ws_feed import (SYMBOLS, Schedule, announce_port, parse_args, parse_subscribe,
-                     publish_task, raise_nofile, report, round_bodies, run_loop, subscribed_ack)
+from ws_feed import Feed, announce_port, parse_subscribe, report, run_loop, subscribed_ack
 
 
 async def main() -> None:
-    args = parse_args(__doc__.splitlines()[0])
-    raise_nofile()
+    feed = Feed(__doc__.splitlines()[0])
+    args, current, subs = feed.args, feed.current, feed.subs
     # picows' transport (aiofastnet) logs a warning for every write to a
     # connection the client has reset: thousands at the end of each run.
     logging.getLogger("aiofastnet").setLevel(logging.ERROR)
-    _, first = round_bodies(0)
-    current = dict(first)
-    subs: dict[str, set] = {s: set() for s in SYMBOLS}
     stats = {"connections": 0}
 
-    class Feed(WSListener):
+    class Subscriber(WSListener):
         def __init__(self) -> None:
             self.mine: list[str] = []
 
@@ -59,7 +53,7 @@ async def main() -> None:
                 subs[s].discard(transport)
 
     def factory(request):
-        return Feed() if request.path.decode() == args.path else None
+        return Subscriber() if request.path.decode() == args.path else None
 
     def publish(n: int, t_ns: int, bodies: list[tuple[str, bytes]]) -> None:
         text = WSMsgType.TEXT
@@ -68,19 +62,12 @@ async def main() -> None:
             for t in subs[s]:
                 t.send(text, b)
 
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
-    sched = Schedule(args.rate)
     server = await ws_create_server(factory, args.host, args.port, backlog=4096,
                                     websocket_handshake_timeout=30)
     announce_port(server.sockets[0].getsockname()[1])
-    pub = asyncio.create_task(publish_task(args.rate, publish, sched))
-    await stop.wait()
-    pub.cancel()
+    await feed.serve_until_stopped(publish)
     server.close()
-    report({"server": "picows", "version": picows.__version__, **sched.summary(), **stats})
+    report({"server": "picows", "version": picows.__version__, **feed.schedule.summary(), **stats})
 
 
 if __name__ == "__main__":

@@ -7,22 +7,16 @@ deflate every frame).  One process, uvloop when installed.
 """
 from __future__ import annotations
 
-import asyncio
-import signal
-
 import websockets
 from websockets.asyncio.server import broadcast, serve
 
-from ws_feed import (SYMBOLS, announce_port, parse_args, parse_subscribe, publish_task,
-                     raise_nofile, report, round_bodies, run_loop, subscribed_ack, Schedule)
+from ws_feed import Feed, announce_port, parse_subscribe, report, run_loop, subscribed_ack
 
 
 async def main() -> None:
-    args = parse_args(__doc__.splitlines()[0])
-    raise_nofile()
-    _, first = round_bodies(0)
-    current = {s: b.decode() for s, b in first}
-    subs: dict[str, set] = {s: set() for s in SYMBOLS}
+    feed = Feed(__doc__.splitlines()[0])
+    args, subs = feed.args, feed.subs
+    current = {s: b.decode() for s, b in feed.current.items()}
     stats = {"connections": 0}
 
     async def handler(ws) -> None:
@@ -55,20 +49,13 @@ async def main() -> None:
             current[s] = text
             broadcast(subs[s], text)
 
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
-    sched = Schedule(args.rate)
     async with serve(handler, args.host, args.port, compression=None, max_queue=16,
                      ping_interval=None, backlog=4096) as server:
         port = next(iter(server.sockets)).getsockname()[1]
         announce_port(port)
-        pub = asyncio.create_task(publish_task(args.rate, publish, sched))
-        await stop.wait()
-        pub.cancel()
+        await feed.serve_until_stopped(publish)
     report({"server": "websockets", "version": websockets.__version__,
-            **sched.summary(), **stats})
+            **feed.schedule.summary(), **stats})
 
 
 if __name__ == "__main__":
