@@ -503,6 +503,11 @@ def fanout_table(results: dict[str, dict[str, dict]]) -> str:
                 f"| {r['msgs_per_server_cpu_s']:,.0f} "
                 f"| {ratio:.2f}x | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['gap_pct']:.1f} "
                 f"| {r['server_rss_mb']:.1f} |")
+    short = [f"{wl}: {r['label']} ({r['ready']:,} of {r['conns']:,})"
+             for wl, rows in results.items() for r in rows.values() if r["ready"] < r["conns"]]
+    if short:
+        lines += ["", "WARNING: not every connection subscribed within --connect-timeout, so "
+                  "these rows served fewer clients: " + "; ".join(short)]
     return "\n".join(lines)
 
 
