@@ -23,6 +23,8 @@ runs out of CPU first; CPU per delivered message is the comparable figure.
 Latency is CLOCK_MONOTONIC at the publisher's round start to CLOCK_MONOTONIC after
 the client's read() returned (one clock, shared by all processes; the client's
 scheduling delay is in it for every server alike).  Loopback only.
+Exit status: 0 when the run completed (targets missed included), 2 on bad
+arguments or when the feed client cannot be built.
 """
 from __future__ import annotations
 
@@ -470,6 +472,8 @@ def rr_with_streams(exe: Path, conns: int, symbols: int, args: argparse.Namespac
 # -- report ------------------------------------------------------------------------------------
 
 def median_run(runs: list[dict]) -> dict:
+    """The run with the median msgs per server CPU-second (a real run, so its
+    columns agree)."""
     ordered = sorted(runs, key=lambda r: r["msgs_per_server_cpu_s"]
                      if r["msgs_per_server_cpu_s"] == r["msgs_per_server_cpu_s"] else 0)
     best = dict(ordered[(len(ordered) - 1) // 2])
@@ -536,6 +540,13 @@ def check_targets(results: dict[str, dict[str, dict]], mem: dict[str, dict],
     return out
 
 
+def _positive(text: str) -> bool:
+    try:
+        return float(text) > 0
+    except ValueError:
+        return False
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true",
@@ -572,8 +583,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--json", default=str(REPO_DIR / "reports" / "bench_ws.json"))
     args = p.parse_args(argv)
     quick = args.quick
-    conns_l = [int(x) for x in (args.conns or ("1000" if quick else "1000,10000")).split(",")]
-    syms_l = [int(x) for x in (args.symbols or "10,150").split(",")]
+    try:
+        conns_l = [int(x) for x in (args.conns or ("1000" if quick else "1000,10000")).split(",")]
+        syms_l = [int(x) for x in (args.symbols or "10,150").split(",")]
+    except ValueError:
+        print("bench_ws: --conns and --symbols take comma-separated integers", file=sys.stderr)
+        return 2
     rates_l = (args.rates or "10,max").split(",")
     args.duration = args.duration or (3.0 if quick else 10.0)
     args.warmup = args.warmup if args.warmup is not None else (1.0 if quick else 2.0)
@@ -581,10 +596,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     workloads = [(c, s, r) for c in conns_l for s in syms_l for r in rates_l]
     if quick and not (args.conns or args.symbols or args.rates):
         workloads = [(1000, 10, "10"), (1000, 150, "10"), (1000, 10, "max")]
-    bad = [k for k in args.servers.split(",") if k not in ROWS]
-    if bad or any(s < 1 or s > UNIVERSE for s in syms_l) or args.client_procs < 1:
-        print(f"bench_ws: unknown server(s) {bad} or symbols outside 1..{UNIVERSE}",
-              file=sys.stderr)
+    problems = [f"unknown server {k!r} (from {','.join(ROWS)})"
+                for k in args.servers.split(",") if k not in ROWS]
+    problems += [f"symbols {s} outside 1..{UNIVERSE}" for s in syms_l if not 1 <= s <= UNIVERSE]
+    problems += [f"rate {r!r} is neither 'max' nor a number > 0" for r in rates_l
+                 if r != "max" and not _positive(r)]
+    problems += [f"connections {c} < 1" for c in conns_l if c < 1]
+    if args.client_procs < 1 or not 1 <= args.sources <= 250:
+        problems.append("--client-procs must be >= 1 and --sources 1..250")
+    if problems:
+        print("bench_ws: " + "; ".join(problems), file=sys.stderr)
         return 2
     raise_nofile()
     exe = build_client(REPO_DIR / "reports" / "bin")
