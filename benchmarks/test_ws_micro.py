@@ -82,28 +82,22 @@ def test_frames_websockets(benchmark, per_op):
 
 # -- reading a subscribe request --------------------------------------------------------
 
+def symbols_read(read_one):
+    """A call that reads every request with `read_one` and counts the symbols."""
+    def read(reqs: list[bytes]) -> int:
+        return sum(len(read_one(r) or ()) for r in reqs)
+    return read
+
+
 @pytest.mark.benchmark(group=f"read {FRAMES} subscribe requests per call")
 def test_request_beastnet(benchmark, per_op):
-    def read(reqs: list[bytes]) -> int:
-        n = 0
-        for r in reqs:
-            n += len(_core.ws_read_request(r)[2])
-        return n
-
-    assert benchmark(read, REQUESTS) == 2 * FRAMES
+    assert benchmark(symbols_read(lambda r: _core.ws_read_request(r)[2]), REQUESTS) == 2 * FRAMES
     per_op(benchmark, FRAMES)
 
 
 @pytest.mark.benchmark(group=f"read {FRAMES} subscribe requests per call")
 def test_request_python_json(benchmark, per_op):
-    def read(reqs: list[bytes]) -> int:
-        n = 0
-        for r in reqs:
-            symbols = parse_subscribe(r)
-            n += len(symbols or ())
-        return n
-
-    assert benchmark(read, REQUESTS) == 2 * FRAMES
+    assert benchmark(symbols_read(parse_subscribe), REQUESTS) == 2 * FRAMES
     per_op(benchmark, FRAMES)
 
 

@@ -178,7 +178,7 @@ static void parse_frames(conn_t *c, int epfd, int64_t t_rx, int in_window, int u
         } else if (plen == 127) {
             if (len - off < 10) break;
             plen = 0;
-            for (int i = 0; i < 8; i++) plen = (plen << 8) | b[off + 2 + i];
+            for (size_t i = 0; i < 8; i++) plen = (plen << 8) | b[off + 2 + i];
             head = 10;
         }
         if (plen > RBUF_BYTES - 16) { close_conn(c, epfd, 0); return; }
