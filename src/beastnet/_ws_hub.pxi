@@ -123,6 +123,8 @@ cdef void ws_hubs_publish(bn_ws_hubs* hubs, const char* key, size_t key_len,
 
 cdef struct bn_ws_topic:
     bn_ws_topic* next                   # hash chain
+    bn_ws_topic* next_due               # this drain's topics with a newer entry
+    bn_entry* due                       # the newest entry drained for it (a reference), or NULL
     uint64_t hash
     uint64_t last_version               # newest version offered (per table; 0 = none yet)
     uint32_t key_len
@@ -325,20 +327,37 @@ cdef void ws_worker_on_publish(bn_hworker* w) noexcept nogil:
     cdef uint64_t head
     cdef bn_ws_pub* p
     cdef bn_ws_topic* t
+    cdef bn_ws_topic* due = NULL
     read(r.efd, &value, sizeof(value))
     # Cleared before draining: a publication after this point wakes us again.
     bn_store_int_sc(&r.wake_pending, 0)
     head = bn_load_u64(&r.head)         # acquire: slots up to head are filled
     tail = r.tail
     bn_count(&w.counters.ws_publications, head - tail)
+    # Two passes: first keep only the newest entry of each topic drained, so
+    # a publisher that outruns the sockets costs (topics x subscribers) per
+    # wake-up, not (publications x subscribers).
     while tail != head:
         p = &r.slots[tail & r.mask]
         t = ws_topic_find(w.ws, p.key, p.key_len, key_hash(p.key, p.key_len))
-        if t != NULL:
-            ws_fan_out(w, t, p.entry, p.entry.version == 0)
-        entry_unref(p.entry)
+        if t == NULL:
+            entry_unref(p.entry)        # nobody on this worker follows it
+        elif t.due == NULL:
+            t.due = p.entry             # the slot's reference moves to the topic
+            t.next_due = due
+            due = t
+        else:
+            entry_unref(t.due)
+            t.due = p.entry
+            bn_count(&w.counters.ws_superseded, 1)
         tail += 1
     bn_store_u64(&r.tail, tail)         # release: the writer may reuse the slots
+    while due != NULL:
+        t = due
+        due = t.next_due
+        ws_fan_out(w, t, t.due, 0)
+        entry_unref(t.due)
+        t.due = NULL
     if bn_load_int(&r.overflow):
         bn_store_int(&r.overflow, 0)
         ws_resync(w)
@@ -846,28 +865,41 @@ cdef int ws_on_request(bn_hworker* w, bn_conn* c, const char* msg, size_t n) noe
 
 cdef int ws_conn_input(bn_hworker* w, bn_conn* c) noexcept nogil:
     """Read what the client sent and act on each complete frame.  Returns 0,
-    or -1 when the connection must close now."""
+    or -1 when the connection must close now.
+
+    Reads land in the worker's scratch buffer; only the tail of a frame not
+    yet complete is kept in the connection's own buffer, sized to what it
+    holds and freed once empty.  An idle subscriber owns no input buffer."""
     cdef bn_ws_conn* wc = c.ws
-    cdef bn_ws_event ev
-    cdef size_t used = 0
-    cdef size_t step
     cdef ssize_t n
     cdef int err
+    cdef char* buf
     cdef char* grown
-    cdef uint32_t room
-    cdef uint32_t want = <uint32_t>(wc.reader.max_frame_bytes + WS_CLIENT_HEAD_MAX_BYTES)
+    cdef size_t room
+    cdef size_t cap
+    cdef size_t limit = <size_t>(wc.reader.max_frame_bytes + WS_CLIENT_HEAD_MAX_BYTES)
     if wc.flags & WSC_PEER_CLOSED:
         return ws_conn_discard(w, c)
-    if wc.in_cap < want:
-        grown = <char*>realloc(wc.inb, want)
-        if grown == NULL:
-            bn_count(&w.counters.oom_closes, 1)
-            return -1
-        wc.inb = grown
-        wc.in_cap = want
-    room = wc.in_cap - wc.in_len
+    if wc.in_len == 0:
+        buf = w.scratch
+        room = HTTP_SCRATCH_BYTES
+    else:
+        if wc.in_cap - wc.in_len < HTTP_READ_MIN_BYTES and wc.in_cap < limit:
+            cap = wc.in_cap * 2
+            if cap < wc.in_len + HTTP_READ_MIN_BYTES:
+                cap = wc.in_len + HTTP_READ_MIN_BYTES
+            if cap > limit:
+                cap = limit
+            grown = <char*>realloc(wc.inb, cap)
+            if grown == NULL:
+                bn_count(&w.counters.oom_closes, 1)
+                return -1
+            wc.inb = grown
+            wc.in_cap = <uint32_t>cap
+        buf = wc.inb + wc.in_len
+        room = wc.in_cap - wc.in_len
     while True:
-        n = recv(c.fd, wc.inb + wc.in_len, room, 0)
+        n = recv(c.fd, buf, room, 0)
         if n >= 0:
             break
         err = errno
@@ -884,8 +916,41 @@ cdef int ws_conn_input(bn_hworker* w, bn_conn* c) noexcept nogil:
         return -1
     bn_count(&w.counters.bytes_in, <uint64_t>n)
     c.last_active_ns = w.now_ns
+    if buf == w.scratch:
+        return ws_keep_input(w, c, w.scratch, <size_t>n)
     wc.in_len += <uint32_t>n
-    ws_process(w, c)
+    return ws_keep_input(w, c, wc.inb, wc.in_len)
+
+
+cdef int ws_keep_input(bn_hworker* w, bn_conn* c, char* data, size_t n) noexcept nogil:
+    """Act on the complete frames in data[0:n], then keep the rest (an
+    incomplete frame) in the connection's buffer, or free it when nothing is
+    left.  0, or -1 out of memory."""
+    cdef bn_ws_conn* wc = c.ws
+    cdef size_t used = ws_process(w, c, data, n)
+    cdef size_t left = n - used
+    cdef char* fresh
+    if left == 0 or (wc.flags & WSC_PEER_CLOSED):
+        free(wc.inb)
+        wc.inb = NULL
+        wc.in_len = 0
+        wc.in_cap = 0
+        return 0
+    if data == wc.inb:
+        memmove(wc.inb, wc.inb + used, left)
+        wc.in_len = <uint32_t>left
+        return 0
+    # From the scratch buffer: a copy the size of what is left (a later read
+    # grows it, up to one frame).
+    fresh = <char*>malloc(left + HTTP_READ_MIN_BYTES)
+    if fresh == NULL:
+        bn_count(&w.counters.oom_closes, 1)
+        return -1
+    memcpy(fresh, data + used, left)
+    free(wc.inb)
+    wc.inb = fresh
+    wc.in_len = <uint32_t>left
+    wc.in_cap = <uint32_t>(left + HTTP_READ_MIN_BYTES)
     return 0
 
 
@@ -908,14 +973,14 @@ cdef int ws_conn_discard(bn_hworker* w, bn_conn* c) noexcept nogil:
         return -1
 
 
-cdef void ws_process(bn_hworker* w, bn_conn* c) noexcept nogil:
-    """Act on every complete frame in the connection's input."""
+cdef size_t ws_process(bn_hworker* w, bn_conn* c, char* data, size_t n) noexcept nogil:
+    """Act on every complete frame in data[0:n]; return the bytes used."""
     cdef bn_ws_conn* wc = c.ws
     cdef bn_ws_event ev
     cdef size_t used = 0
     cdef size_t step
     while not (wc.flags & WSC_PEER_CLOSED):
-        step = ws_next(&wc.reader, wc.inb + used, wc.in_len - used, &ev)
+        step = ws_next(&wc.reader, data + used, n - used, &ev)
         if ev.kind == WS_EV_NEED_MORE:
             break
         used += step
@@ -945,9 +1010,7 @@ cdef void ws_process(bn_hworker* w, bn_conn* c) noexcept nogil:
             # Echo the peer's code (section 5.5.1), or 1000 for an empty close.
             wc.flags |= WSC_PEER_CLOSED
             ws_send_close(w, wc, WS_CLOSE_NORMAL if ev.code == WS_CLOSE_NO_STATUS else ev.code)
-    if used:
-        memmove(wc.inb, wc.inb + used, wc.in_len - used)
-        wc.in_len -= <uint32_t>used
+    return used
 
 
 cdef void ws_conn_on_event(bn_hworker* w, bn_conn* c, uint32_t events) noexcept nogil:
@@ -963,26 +1026,21 @@ cdef void ws_adopt_input(bn_hworker* w, bn_conn* c) noexcept nogil:
     """Right after the upgrade: frames the client sent behind its request
     (already read, kept in the HTTP input buffer) become WebSocket input."""
     cdef bn_ws_conn* wc = c.ws
-    cdef uint32_t want = <uint32_t>(wc.reader.max_frame_bytes + WS_CLIENT_HEAD_MAX_BYTES)
+    cdef int rc = 0
     if c.in_len:
-        if c.in_len > want:
+        if c.in_len > wc.reader.max_frame_bytes + WS_CLIENT_HEAD_MAX_BYTES:
             ws_send_close(w, wc, WS_CLOSE_TOO_BIG)
             wc.flags |= WSC_PEER_CLOSED
         else:
-            wc.inb = <char*>malloc(want)
-            if wc.inb == NULL:
-                bn_count(&w.counters.oom_closes, 1)
-                conn_close(w, c)
-                return
-            wc.in_cap = want
-            memcpy(wc.inb, c.inb, c.in_len)
-            wc.in_len = <uint32_t>c.in_len
-            ws_process(w, c)
+            rc = ws_keep_input(w, c, c.inb, c.in_len)
     free(c.inb)
     c.inb = NULL
     c.in_len = 0
     c.in_cap = 0
     c.in_scanned = 0
+    if rc != 0:
+        conn_close(w, c)
+        return
     ws_mark_dirty(w.ws, wc)
 
 

@@ -112,6 +112,7 @@ ws_pings                 counter  frames       Pings answered with a pong.
 ws_publications          counter  updates      Table publications the worker drained from its ring.
 ws_resyncs               counter  events       Ring overflows after which every topic was re-read from the tables.
 ws_frames_out            counter  frames       Update and snapshot frames written whole.
+ws_superseded            counter  updates      Publications replaced by a newer one of the same symbol before the worker fanned them out.
 ws_conflated             counter  frames       Pending frames replaced by a newer one of the same symbol before they were written.
 ws_slow_closes           counter  connections  Connections closed because their output made no progress for stall_timeout_s.
 ws_close_normal          counter  connections  Closes with code 1000.

@@ -138,6 +138,7 @@ typedef struct bn_http_counters {
     uint64_t ws_publications;                 /* table publications drained from the worker's ring */
     uint64_t ws_resyncs;                      /* ring overflows: every topic re-read from the tables */
     uint64_t ws_frames_out;                   /* update frames written whole */
+    uint64_t ws_superseded;                   /* publications replaced by a newer one of the same symbol before fan-out */
     uint64_t ws_conflated;                    /* pending frames replaced by a newer one before written */
     uint64_t ws_slow_closes;                  /* connections closed: no output progress for stall_timeout_s */
     uint64_t ws_close_normal;                 /* closes with 1000 */

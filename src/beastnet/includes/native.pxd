@@ -111,6 +111,7 @@ cdef extern from "atomics.h" nogil:
         uint64_t ws_publications
         uint64_t ws_resyncs
         uint64_t ws_frames_out
+        uint64_t ws_superseded
         uint64_t ws_conflated
         uint64_t ws_slow_closes
         uint64_t ws_close_normal
