@@ -69,6 +69,10 @@ class ServeConfig:
     keystore: Optional[str] = None              # SQLite path; None: keys not enforced
     usage_flush_interval_s: float = 0.1
     tiers: dict[str, dict[str, float]] = field(default_factory=dict)  # overrides of DEFAULT_TIERS
+    # the WebSocket price stream and the live page, on the public HTTP port
+    stream: bool = True
+    stream_path: str = "/v1/stream"
+    dashboard: bool = True                      # GET / and /dashboard: the live page
     # feed
     feed: str = "sim"                           # "sim" or "replay"
     feed_path: Optional[str] = None             # replay file (JSON lines or CSV)
@@ -180,6 +184,9 @@ def _check(cfg: ServeConfig, label: Callable[[str], str] = str) -> None:
          f"{label('admin_host')} {cfg.admin_host} is not a loopback address: the admin routes "
          f"need a token there (--admin-token-file, admin_token_file in the config file, "
          f"or {ADMIN_TOKEN_ENV})")
+    need(cfg.stream_path.startswith("/") and "?" not in cfg.stream_path
+         and len(cfg.stream_path) < 64,
+         f"{label('stream_path')} must be a path of under 64 bytes, got {cfg.stream_path!r}")
     for tier, limits in cfg.tiers.items():
         _check_tier(tier, limits)
 
@@ -188,10 +195,14 @@ def _check_tier(tier: str, limits: Any) -> None:
     """A [tiers.NAME] table: qps >= 0 (0: no rate limit), burst >= 1,
     monthly_cap >= 0 (0: no cap)."""
     where = f"tier {tier!r}"
-    if not isinstance(limits, dict) or not set(limits) <= {"qps", "burst", "monthly_cap"}:
-        raise ConfigError(f"{where}: only qps, burst, monthly_cap may be set")
+    known = {"qps", "burst", "monthly_cap", "stream", "stream_connections", "stream_symbols"}
+    if not isinstance(limits, dict) or not set(limits) <= known:
+        raise ConfigError(f"{where}: only {', '.join(sorted(known))} may be set")
+    if "stream" in limits and not isinstance(limits["stream"], bool):
+        raise ConfigError(f"{where}: stream must be true or false, got {limits['stream']!r}")
     for name, low, kinds in (("qps", 0, (int, float)), ("burst", 1, (int,)),
-                             ("monthly_cap", 0, (int,))):
+                             ("monthly_cap", 0, (int,)), ("stream_connections", 0, (int,)),
+                             ("stream_symbols", 0, (int,))):
         if name not in limits:
             continue
         got = limits[name]

@@ -38,18 +38,24 @@ class KeyStoreError(BeastnetError):
 
 @dataclass(frozen=True)
 class Tier:
-    """Limits shared by every key of a tier.  qps=0: no rate limit; monthly_cap=0: no cap."""
+    """Limits shared by every key of a tier.  qps=0: no rate limit; monthly_cap=0: no cap.
+    The WebSocket feed: `stream` says whether the tier's keys may open it;
+    `stream_connections` caps streams open at once per key (0: no cap) and
+    `stream_symbols` symbols per stream (0: the server's default)."""
 
     name: str
     qps: float
     burst: int
     monthly_cap: int
+    stream: bool = False
+    stream_connections: int = 0
+    stream_symbols: int = 0
 
 
 DEFAULT_TIERS: dict[str, Tier] = {
     "public": Tier("public", qps=100.0, burst=10, monthly_cap=1_000_000),
     "pro": Tier("pro", qps=2_000.0, burst=200, monthly_cap=100_000_000),
-    "partner": Tier("partner", qps=0.0, burst=1, monthly_cap=0),
+    "partner": Tier("partner", qps=0.0, burst=1, monthly_cap=0, stream=True),
 }
 
 def configured_tiers(overrides: Mapping[str, Mapping[str, float]]) -> dict[str, Tier]:
@@ -60,7 +66,10 @@ def configured_tiers(overrides: Mapping[str, Mapping[str, float]]) -> dict[str, 
         base = tiers.get(name, Tier(name, 0.0, 1, 0))
         tiers[name] = Tier(name, float(limits.get("qps", base.qps)),
                            int(limits.get("burst", base.burst)),
-                           int(limits.get("monthly_cap", base.monthly_cap)))
+                           int(limits.get("monthly_cap", base.monthly_cap)),
+                           bool(limits.get("stream", base.stream)),
+                           int(limits.get("stream_connections", base.stream_connections)),
+                           int(limits.get("stream_symbols", base.stream_symbols)))
     return tiers
 
 
@@ -231,7 +240,9 @@ class KeyStore:
                 api_keys.revoke(key)
                 continue
             api_keys.set(key, qps=tier.qps, burst=tier.burst, monthly_cap=tier.monthly_cap,
-                         month_used=month_count)
+                         month_used=month_count, ws_allowed=tier.stream,
+                         ws_max_connections=tier.stream_connections,
+                         ws_max_subscriptions=tier.stream_symbols)
             active += 1
         return active
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import importlib.resources
 import logging
 import os
 import resource
@@ -24,7 +25,7 @@ from urllib.parse import parse_qs
 import orjson
 
 from beastnet import (Answer, APIKeyTable, ControlPlane, HTTPServer, MissRequest, ResponseTable,
-                      ServerError, UDPServer)
+                      ServerError, UDPServer, WebSocketOptions)
 from beastnet.metrics import (CONTENT_TYPE as METRICS_CONTENT_TYPE, MetricFamily, http_families,
                               render, udp_families)
 from beastnet.serve.assets import ASSETS
@@ -50,6 +51,10 @@ ROUTES: dict[str, tuple[str, ...]] = {
     "/admin/profile": ("GET", "HEAD", "POST"),
 }
 PUBLIC_ROUTES = ("/healthz",)
+DASHBOARD_ROUTES = ("/", "/dashboard")
+# The topic the stream publishes feed health on, once a second (the live page
+# shows it); a name no asset has.
+HEALTH_TOPIC = "feed.health"
 
 # Descriptors the process holds besides client connections: stdio, SQLite,
 # the control loop, and per engine thread a listening socket, an epoll fd and
@@ -128,6 +133,7 @@ class PriceService:
     def __init__(self, cfg: ServeConfig, feed: Optional[Feed] = None) -> None:
         self.cfg = cfg
         self.table = ResponseTable(capacity=len(ASSETS) * 2)
+        self._dashboard: Optional[Answer] = None
         self.api_keys: Optional[APIKeyTable] = None
         self.store: Optional[KeyStore] = None
         self.flusher: Optional[UsageFlusher] = None
@@ -181,6 +187,8 @@ class PriceService:
                                  control=self.control).start()
             self.admin = self._start_admin()
             self.http = self._start_http()
+            if self.cfg.stream:      # known from the start: the page subscribes at once
+                self.http.publish(HEALTH_TOPIC, self.publisher.health())
         except BaseException:
             self.stop()
             raise
@@ -250,12 +258,23 @@ class PriceService:
     def _start_http(self) -> HTTPServer:
         cfg = self.cfg
         routes = {path: self._on_public_route for path in ROUTES}
+        if cfg.dashboard:
+            self._dashboard = Answer(dashboard_page(cfg.stream_path if cfg.stream else None),
+                                     content_type="text/html; charset=utf-8")
+            routes.update({path: self._on_dashboard for path in DASHBOARD_ROUTES})
+        stream = WebSocketOptions(path=cfg.stream_path) if cfg.stream else None
         return HTTPServer(self.table, cfg.http_host, cfg.http_port, threads=cfg.http_threads,
                           backlog=cfg.backlog, prefix=cfg.http_prefix, routes=routes,
                           miss_queue_size=cfg.miss_queue_size, max_inflight=cfg.max_inflight,
                           max_connections=cfg.max_connections, idle_timeout_s=cfg.idle_timeout_s,
                           header_timeout_s=cfg.header_timeout_s, api_keys=self.api_keys,
-                          control=self.control).start()
+                          control=self.control, websocket=stream).start()
+
+    def _on_dashboard(self, request: MissRequest) -> Answer:
+        if request.method not in ("GET", "HEAD"):
+            return METHOD_NOT_ALLOWED
+        assert self._dashboard is not None
+        return self._dashboard
 
     def _wait_for_prices(self, timeout_s: float) -> None:
         """Serve only once the feed has published (a replay may start slowly)."""
@@ -310,6 +329,9 @@ class PriceService:
                 self._udp_rates.sample(self.udp.stats()["totals"])
             if self.http is not None:
                 self._http_rates.sample(self.http.stats()["totals"])
+                if self.cfg.stream:
+                    # Stream subscribers of HEALTH_TOPIC (the live page) see the feed's state.
+                    self.http.publish(HEALTH_TOPIC, self.publisher.health())
             await asyncio.sleep(1.0)
 
     def _since_reset(self, name: str, totals: dict[str, int]) -> dict[str, int]:
@@ -471,3 +493,12 @@ class PriceService:
             return Answer({"profile": name, "changed": changes})
         return Answer({"profile": self.cfg.profile, "profile_at_start": self.start_profile,
                        "live": {k: getattr(self.cfg, k) for k in sorted(LIVE_PARAMETERS)}})
+
+
+def dashboard_page(stream_path: Optional[str]) -> bytes:
+    """The live page, with the stream's path and the assets filled in (None:
+    the stream is off, and the page says so)."""
+    page = (importlib.resources.files("beastnet.serve") / "dashboard.html").read_bytes()
+    config = orjson.dumps({"path": stream_path, "assets": list(ASSETS), "health": HEALTH_TOPIC})
+    start, end = page.index(b"/*CONFIG*/"), page.index(b"/*END*/")
+    return page[:start] + config + page[end + len(b"/*END*/"):]
