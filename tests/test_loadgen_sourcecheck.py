@@ -12,7 +12,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SRC = os.path.join(ROOT, "src")
-PIECES = ("_run", "_udp_load", "_http_load", "_hist")
+PIECES = ("_run", "_udp_load", "_http_load", "_hist", "_ws_load")
 
 
 @pytest.mark.timeout(120)
