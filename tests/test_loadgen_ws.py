@@ -221,3 +221,74 @@ def test_subscribe_messages_split_and_templated():
     assert per == [["A", "B", "C", "A", "B"], ["C", "A", "B", "C", "A"]]
     assert cfg.subscribe_messages(per[0]) == [b'["sub",["A","B"]]', b'["sub",["C","A"]]',
                                               b'["sub",["B"]]']
+
+
+@pytest.fixture
+def beastnet_feed():
+    """beastnet's feed over 20 symbols, written every 5 ms with a "ts" stamp."""
+    symbols = [f"S{i:02d}" for i in range(20)]
+    table = ResponseTable({s: orjson.dumps({"s": s, "ts": time.time_ns() // 10**6})
+                           for s in symbols})
+    stop = threading.Event()
+
+    def publish():
+        while not stop.is_set():
+            for s in symbols:
+                table.set(s, orjson.dumps({"s": s, "ts": time.time_ns() // 10**6}))
+            time.sleep(0.005)
+
+    with HTTPServer(table, threads=1, websocket=WebSocketOptions()) as server:
+        writer = threading.Thread(target=publish)
+        writer.start()
+        host, port = server.address[:2]
+        try:
+            yield f"ws://{host}:{port}/v1/stream", symbols
+        finally:
+            stop.set()
+            writer.join()
+
+
+def test_cli_load_ws_writes_a_json_report(beastnet_feed, tmp_path, capsys):
+    from beastnet.cli import main
+    url, symbols = beastnet_feed
+    out = tmp_path / "r.json"
+    rc = main(["load", url, "-c", "4", "--symbols", ",".join(symbols[:5]), "-d", "1",
+               "--warmup", "0.2", "--json", str(out)])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    report = json.loads(out.read_text())
+    assert report["kind"] == "run" and report["result"]["mode"] == "ws"
+    assert report["result"]["received"] > 100 and report["verdict"] == "pass"
+    assert "messages" in text and "CLOCK_REALTIME" in text
+
+
+def test_cli_ws_density_runs_each_tier_and_judges_it(beastnet_feed, tmp_path, capsys):
+    from beastnet.cli import main
+    import os
+    url, symbols = beastnet_feed
+    out = tmp_path / "d.json"
+    rc = main(["ws", "density", url, "--symbols", ",".join(symbols), "--tiers", "5,40",
+               "-c", "2", "-d", "1", "--warmup", "0.2", "--server-pid", str(os.getpid()),
+               "--json", str(out)])
+    text = capsys.readouterr().out
+    report = json.loads(out.read_text())
+    assert report["kind"] == "ws-density"
+    tiers = report["tiers"]
+    assert [t["symbols_per_connection"] for t in tiers] == [5, 40]
+    assert [t["distinct_symbols"] for t in tiers] == [5, 20]     # 40 deals the 20 twice
+    assert all(t["result"]["received"] > 0 for t in tiers)
+    assert all(row["server_rss_mib"] > 0 for t in tiers for row in t["resources"])
+    assert rc == (1 if report["verdict"] == "fail" else 0)
+    assert "verdict:" in text
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["load", "wss://127.0.0.1:1/x"], "TLS"),
+    (["load", "ws://127.0.0.1:1/x", "--ts-key", 'a"b'], "ts_key"),
+    (["ws", "density", "ws://127.0.0.1:1/x", "--tiers", "x"], "--tiers"),
+])
+def test_cli_bad_usage_is_one_line_and_status_2(argv, message, capsys):
+    from beastnet.cli import main
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
