@@ -292,3 +292,33 @@ def test_cli_bad_usage_is_one_line_and_status_2(argv, message, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_cli_ws_knee_stops_at_the_limit_and_skips_what_the_machine_cannot_reach(
+        beastnet_feed, tmp_path, capsys):
+    from beastnet.cli import main
+    import resource
+    url, symbols = beastnet_feed
+    out = tmp_path / "k.json"
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    beyond = (hard if hard != resource.RLIM_INFINITY else 1 << 20) + 1
+    rc = main(["ws", "knee", url, "--symbols", symbols[0], "--steps", f"2,8,{beyond}",
+               "-d", "0.8", "--warmup", "0.2", "--p95-ms", "5000", "--json", str(out)])
+    capsys.readouterr()
+    report = json.loads(out.read_text())
+    steps = report["steps"]
+    assert [s["subscribers"] for s in steps] == [2, 8, beyond]
+    assert [s["verdict"] for s in steps] == ["pass", "pass", "skipped"]
+    assert "RLIMIT_NOFILE" in steps[2]["reasons"][0] or "ephemeral" in steps[2]["reasons"][0]
+    assert report["knee"] == 8 and report["verdict"] == "warn" and rc == 0
+
+
+def test_ws_knee_ends_at_the_first_step_over_the_limit(beastnet_feed):
+    from beastnet.loadgen.ws_knee import run_knee
+    url, symbols = beastnet_feed
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    # Millisecond stamps: no delivery is under 0.0001 ms at p95 on any machine.
+    body = run_knee(WSLoadConfig(port=port, symbols=symbols[:1], duration_s=0.6, warmup_s=0.2),
+                    steps=[2, 4], p95_ms=0.0001)
+    assert [s["verdict"] for s in body["steps"]] == ["fail"]
+    assert body["knee"] is None and body["verdict"] == "fail"

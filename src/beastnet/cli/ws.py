@@ -26,6 +26,16 @@ exit status: 0 pass (or warn), 1 fail, 2 bad usage or a run that could not start
 130 interrupted."""
 
 
+KNEE_EPILOG = """\
+example:
+  beastnet ws knee ws://127.0.0.1:8080/v1/stream --symbols BTC --steps 100,1000,5000 -d 5
+Each step runs once with that many connections, all following --symbols.
+The knee is the last step whose delivery p95 stays within --p95-ms.  A step
+past this machine's file-descriptor limit or ephemeral ports is skipped with
+the reason and never counted as passed.
+exit status: 0 a knee was found (1 if the first step already fails), 2 bad usage."""
+
+
 def add_ws_load_arguments(p: argparse.ArgumentParser) -> None:
     """The WebSocket settings of `beastnet load ws://HOST:PORT/PATH`."""
     g = p.add_argument_group("WebSocket (ws://HOST:PORT/PATH; --connections, --header, "
@@ -74,7 +84,7 @@ def _common_arguments(p: argparse.ArgumentParser) -> None:
 
 def add_ws_command(sub: Any) -> None:
     from beastnet.loadgen import ws_density
-    p = sub.add_parser("ws", help="WebSocket load tests (density)",
+    p = sub.add_parser("ws", help="WebSocket load tests (density, broadcast knee)",
                        description="WebSocket load tests with the native generator.")
     wsub = p.add_subparsers(dest="ws_command", metavar="TEST")
     wsub.required = True
@@ -98,6 +108,18 @@ def add_ws_command(sub: Any) -> None:
     g.add_argument("--max-gaps", type=int, default=crit.max_gaps)
     g.add_argument("--max-stall-ms", type=float, default=crit.max_stall_ms)
     d.set_defaults(func=cmd_ws_density, keys="BTC")
+    k = wsub.add_parser("knee", help="subscribers of the same symbols until p95 breaks",
+                        description="The broadcast knee: more and more subscribers of the "
+                                    "same symbols until the delivery p95 exceeds a limit.",
+                        epilog=KNEE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    k.add_argument("target", help="ws://HOST:PORT/PATH")
+    _common_arguments(k)
+    add_ws_load_arguments(k)
+    k.add_argument("--steps", default="10,100,500,1000,2000,5000,10000",
+                   help="subscribers per step (default %(default)s)")
+    k.add_argument("--p95-ms", type=float, default=50.0,
+                   help="delivery p95 limit (default %(default)g)")
+    k.set_defaults(func=cmd_ws_knee, keys="BTC", duration=5.0, threads=2)
 
 
 def _parse_ws_target(target: str) -> tuple[str, int, str]:
@@ -297,3 +319,48 @@ def cmd_ws_density(args: argparse.Namespace) -> int:
         return EXIT_INTERRUPTED
     progress.clear()
     return _finish(args, body, cfg.to_dict(), format_density(body))
+
+
+def format_knee(body: dict) -> str:
+    lines = [f"{'subscribers':>11}  {'msgs/s':>9}  {'p50 ms':>8}  {'p95 ms':>8}  "
+             f"{'p99 ms':>8}  verdict"]
+    for st in body["steps"]:
+        if st["verdict"] == "skipped":
+            lines.append(f"{st['subscribers']:>11}  {'-':>9}  {'-':>8}  {'-':>8}  {'-':>8}  "
+                         f"SKIPPED: {st['reasons'][0]}")
+            continue
+        lines.append(f"{st['subscribers']:>11}  {st['messages_per_s']:>9.0f}  "
+                     f"{_ms(st['p50_ms'])!s:>8}  {_ms(st['p95_ms'])!s:>8}  "
+                     f"{_ms(st['p99_ms'])!s:>8}  {st['verdict'].upper()}"
+                     + "".join(f"  {r}" for r in st["reasons"]))
+    lines.append(f"knee: {body['knee'] if body['knee'] is not None else 'none'} subscribers "
+                 f"(p95 limit {body['p95_limit_ms']:g} ms)  verdict: {body['verdict'].upper()}")
+    return "\n".join(lines)
+
+
+def cmd_ws_knee(args: argparse.Namespace) -> int:
+    from beastnet.loadgen import ws_knee
+    try:
+        cfg = ws_config(args)
+        try:
+            steps = [int(x) for x in args.steps.split(",") if x]
+        except ValueError:
+            raise LoadConfigError(f"--steps {args.steps!r}: integers expected") from None
+        if not steps or min(steps) < 1:
+            raise LoadConfigError("--steps needs positive subscriber counts")
+    except (BeastnetError, ValueError) as exc:
+        print(f"beastnet ws knee: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    progress = _progress(args)
+    try:
+        body = ws_knee.run_knee(cfg, steps, args.p95_ms, progress=progress)
+    except (BeastnetError, ValueError, OSError) as exc:
+        progress.clear()
+        print(f"beastnet ws knee: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        progress.clear()
+        print("beastnet ws knee: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    progress.clear()
+    return _finish(args, body, cfg.to_dict(), format_knee(body))
