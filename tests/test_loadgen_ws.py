@@ -173,8 +173,10 @@ def test_fragmented_and_oversize_messages_are_counted_once_each():
     assert r.extra["payload_bytes"] > 200_000
 
 
-def test_against_beastnet_feed_with_its_subscribe_message():
-    symbols = [f"S{i:02d}" for i in range(10)]
+@pytest.fixture
+def beastnet_feed():
+    """beastnet's feed over 20 symbols, written every 5 ms with a "ts" stamp."""
+    symbols = [f"S{i:02d}" for i in range(20)]
     table = ResponseTable({s: orjson.dumps({"s": s, "ts": time.time_ns() // 10**6})
                            for s in symbols})
     stop = threading.Event()
@@ -186,16 +188,21 @@ def test_against_beastnet_feed_with_its_subscribe_message():
             time.sleep(0.005)
 
     with HTTPServer(table, threads=1, websocket=WebSocketOptions()) as server:
-        host, port = server.address[:2]
         writer = threading.Thread(target=publish)
         writer.start()
+        host, port = server.address[:2]
         try:
-            r = run_ws_load(WSLoadConfig(host=host, port=port, connections=20, threads=2,
-                                         symbols=symbols, symbols_per_connection=3,
-                                         duration_s=1.0))
+            yield f"ws://{host}:{port}/v1/stream", symbols
         finally:
             stop.set()
             writer.join()
+
+
+def test_against_beastnet_feed_with_its_subscribe_message(beastnet_feed):
+    url, symbols = beastnet_feed
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    r = run_ws_load(WSLoadConfig(port=port, connections=20, threads=2, symbols=symbols,
+                                 symbols_per_connection=3, duration_s=1.0))
     assert r.extra["upgrades"] == 20 and r.sent == 20 and r.errors == 0
     assert r.received > 1000 and r.histogram.total > 0.9 * r.received
     assert r.extra["messages_per_s"] > 0 and r.extra["bytes_per_s"] > 0
@@ -221,31 +228,6 @@ def test_subscribe_messages_split_and_templated():
     assert per == [["A", "B", "C", "A", "B"], ["C", "A", "B", "C", "A"]]
     assert cfg.subscribe_messages(per[0]) == [b'["sub",["A","B"]]', b'["sub",["C","A"]]',
                                               b'["sub",["B"]]']
-
-
-@pytest.fixture
-def beastnet_feed():
-    """beastnet's feed over 20 symbols, written every 5 ms with a "ts" stamp."""
-    symbols = [f"S{i:02d}" for i in range(20)]
-    table = ResponseTable({s: orjson.dumps({"s": s, "ts": time.time_ns() // 10**6})
-                           for s in symbols})
-    stop = threading.Event()
-
-    def publish():
-        while not stop.is_set():
-            for s in symbols:
-                table.set(s, orjson.dumps({"s": s, "ts": time.time_ns() // 10**6}))
-            time.sleep(0.005)
-
-    with HTTPServer(table, threads=1, websocket=WebSocketOptions()) as server:
-        writer = threading.Thread(target=publish)
-        writer.start()
-        host, port = server.address[:2]
-        try:
-            yield f"ws://{host}:{port}/v1/stream", symbols
-        finally:
-            stop.set()
-            writer.join()
 
 
 def test_cli_load_ws_writes_a_json_report(beastnet_feed, tmp_path, capsys):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 from urllib.parse import urlsplit
 
 from beastnet.cli._common import EXIT_FAIL, EXIT_INTERRUPTED, EXIT_PASS, EXIT_USAGE
@@ -82,19 +82,27 @@ def _common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--progress", action="store_true", help="progress line even when not a TTY")
 
 
+def _test_parser(wsub: Any, name: str, help_text: str, description: str,
+                 epilog: str) -> argparse.ArgumentParser:
+    """A `beastnet ws` test's parser with the target and the run settings."""
+    p: argparse.ArgumentParser = wsub.add_parser(
+        name, help=help_text, description=description, epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("target", help="ws://HOST:PORT/PATH")
+    _common_arguments(p)
+    add_ws_load_arguments(p)
+    return p
+
+
 def add_ws_command(sub: Any) -> None:
     from beastnet.loadgen import ws_density
     p = sub.add_parser("ws", help="WebSocket load tests (density, broadcast knee)",
                        description="WebSocket load tests with the native generator.")
     wsub = p.add_subparsers(dest="ws_command", metavar="TEST")
     wsub.required = True
-    d = wsub.add_parser("density", help="symbols per connection, tier by tier",
-                        description="The subscription-density test: a pool of connections "
-                                    "follows more and more symbols each.",
-                        epilog=WS_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    d.add_argument("target", help="ws://HOST:PORT/PATH")
-    _common_arguments(d)
-    add_ws_load_arguments(d)
+    d = _test_parser(wsub, "density", "symbols per connection, tier by tier",
+                     "The subscription-density test: a pool of connections follows more and "
+                     "more symbols each.", WS_EPILOG)
     crit = ws_density.DensityCriteria()
     g = d.add_argument_group("tiers and criteria")
     g.add_argument("--tiers", default=",".join(map(str, ws_density.DEFAULT_TIERS)),
@@ -108,13 +116,9 @@ def add_ws_command(sub: Any) -> None:
     g.add_argument("--max-gaps", type=int, default=crit.max_gaps)
     g.add_argument("--max-stall-ms", type=float, default=crit.max_stall_ms)
     d.set_defaults(func=cmd_ws_density, keys="BTC")
-    k = wsub.add_parser("knee", help="subscribers of the same symbols until p95 breaks",
-                        description="The broadcast knee: more and more subscribers of the "
-                                    "same symbols until the delivery p95 exceeds a limit.",
-                        epilog=KNEE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    k.add_argument("target", help="ws://HOST:PORT/PATH")
-    _common_arguments(k)
-    add_ws_load_arguments(k)
+    k = _test_parser(wsub, "knee", "subscribers of the same symbols until p95 breaks",
+                     "The broadcast knee: more and more subscribers of the same symbols until "
+                     "the delivery p95 exceeds a limit.", KNEE_EPILOG)
     k.add_argument("--steps", default="10,100,500,1000,2000,5000,10000",
                    help="subscribers per step (default %(default)s)")
     k.add_argument("--p95-ms", type=float, default=50.0,
@@ -218,27 +222,46 @@ def _finish(args: argparse.Namespace, body: dict, config: dict, text: str) -> in
     return EXIT_FAIL if body["verdict"] == "fail" else EXIT_PASS
 
 
+def _guarded(name: str, args: argparse.Namespace,
+             work: Callable[[Any], Any]) -> tuple[Any, Optional[int]]:
+    """(what `work(progress)` returned, None), or (None, exit status) after
+    one line on stderr: bad input or a run that could not start is 2,
+    Ctrl-C between runs 130."""
+    progress = _progress(args)
+    try:
+        return work(progress), None
+    except (BeastnetError, ValueError, OSError) as exc:
+        status, message = EXIT_USAGE, str(exc)
+    except KeyboardInterrupt:
+        status, message = EXIT_INTERRUPTED, "interrupted"
+    finally:
+        progress.clear()
+    print(f"{name}: {message}", file=sys.stderr)
+    return None, status
+
+
+def _counts(spec: str, flag: str) -> list[int]:
+    """A comma-separated list of positive integers (`--tiers`, `--steps`)."""
+    try:
+        values = [int(x) for x in spec.split(",") if x]
+    except ValueError:
+        raise LoadConfigError(f"{flag} {spec!r}: integers expected") from None
+    if not values or min(values) < 1:
+        raise LoadConfigError(f"{flag} needs positive counts")
+    return values
+
+
 def cmd_load_ws(args: argparse.Namespace) -> int:
     """`beastnet load ws://...`: one WebSocket run."""
     from beastnet.loadgen.ws import run_ws_load
     from beastnet.loadgen.ws_density import DensityCriteria, judge_tier
-    try:
-        cfg = ws_config(args)
-    except (BeastnetError, ValueError) as exc:
-        print(f"beastnet load: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    progress = _progress(args)
-    try:
-        result = run_ws_load(cfg, progress=progress)
-    except (BeastnetError, ValueError, OSError) as exc:
-        progress.clear()
-        print(f"beastnet load: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        progress.clear()
-        print("beastnet load: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    progress.clear()
+    cfg, status = _guarded("beastnet load", args, lambda progress: ws_config(args))
+    if cfg is None:
+        return int(status or EXIT_USAGE)
+    result, status = _guarded("beastnet load", args,
+                              lambda progress: run_ws_load(cfg, progress=progress))
+    if result is None:
+        return int(status or EXIT_USAGE)
     crit = DensityCriteria(p99_ms=args.max_p99_ms if args.max_p99_ms else math.inf,
                            max_reconnects=1 << 62, max_gaps=1 << 62, max_stall_ms=math.inf,
                            max_rate_cv=math.inf)
@@ -283,41 +306,31 @@ def format_density(body: dict) -> str:
 
 def cmd_ws_density(args: argparse.Namespace) -> int:
     from beastnet.loadgen import ws_density
-    try:
-        cfg = ws_config(args)
-        try:
-            tiers = [int(x) for x in args.tiers.split(",") if x]
-        except ValueError:
-            raise LoadConfigError(f"--tiers {args.tiers!r}: integers expected") from None
-        if not tiers or min(tiers) < 1:
-            raise LoadConfigError("--tiers needs positive symbol counts")
-        crit = ws_density.DensityCriteria(
+    name = "beastnet ws density"
+
+    def setup(progress: Any) -> tuple[Any, list[int], Any]:
+        return ws_config(args), _counts(args.tiers, "--tiers"), ws_density.DensityCriteria(
             p99_ms=args.p99_ms, min_messages_per_s=args.min_rate,
             max_reconnects=args.max_reconnects, max_gaps=args.max_gaps,
             max_stall_ms=args.max_stall_ms)
-    except (BeastnetError, ValueError) as exc:
-        print(f"beastnet ws density: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    progress = _progress(args)
 
-    def on_tier(t: dict) -> None:
-        progress.clear()
-        if not args.quiet and sys.stderr.isatty():
-            print(f"{t['symbols_per_connection']} symbols: {t['messages_per_s']:.0f} msgs/s "
-                  f"{t['verdict'].upper()}", file=sys.stderr)
+    plan, status = _guarded(name, args, setup)
+    if plan is None:
+        return int(status or EXIT_USAGE)
+    cfg, tiers, crit = plan
 
-    try:
-        body = ws_density.run_density(cfg, tiers, crit, server_pid=args.server_pid,
+    def work(progress: Any) -> dict:
+        def on_tier(t: dict) -> None:
+            progress.clear()
+            if not args.quiet and sys.stderr.isatty():
+                print(f"{t['symbols_per_connection']} symbols: {t['messages_per_s']:.0f} "
+                      f"msgs/s {t['verdict'].upper()}", file=sys.stderr)
+        return ws_density.run_density(cfg, tiers, crit, server_pid=args.server_pid,
                                       progress=progress, on_tier=on_tier)
-    except (BeastnetError, ValueError, OSError) as exc:
-        progress.clear()
-        print(f"beastnet ws density: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        progress.clear()
-        print("beastnet ws density: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    progress.clear()
+
+    body, status = _guarded(name, args, work)
+    if body is None:
+        return int(status or EXIT_USAGE)
     return _finish(args, body, cfg.to_dict(), format_density(body))
 
 
@@ -340,27 +353,14 @@ def format_knee(body: dict) -> str:
 
 def cmd_ws_knee(args: argparse.Namespace) -> int:
     from beastnet.loadgen import ws_knee
-    try:
-        cfg = ws_config(args)
-        try:
-            steps = [int(x) for x in args.steps.split(",") if x]
-        except ValueError:
-            raise LoadConfigError(f"--steps {args.steps!r}: integers expected") from None
-        if not steps or min(steps) < 1:
-            raise LoadConfigError("--steps needs positive subscriber counts")
-    except (BeastnetError, ValueError) as exc:
-        print(f"beastnet ws knee: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    progress = _progress(args)
-    try:
-        body = ws_knee.run_knee(cfg, steps, args.p95_ms, progress=progress)
-    except (BeastnetError, ValueError, OSError) as exc:
-        progress.clear()
-        print(f"beastnet ws knee: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        progress.clear()
-        print("beastnet ws knee: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    progress.clear()
+    name = "beastnet ws knee"
+    plan, status = _guarded(name, args,
+                            lambda progress: (ws_config(args), _counts(args.steps, "--steps")))
+    if plan is None:
+        return int(status or EXIT_USAGE)
+    cfg, steps = plan
+    body, status = _guarded(name, args, lambda progress: ws_knee.run_knee(
+        cfg, steps, args.p95_ms, progress=progress))
+    if body is None:
+        return int(status or EXIT_USAGE)
     return _finish(args, body, cfg.to_dict(), format_knee(body))
