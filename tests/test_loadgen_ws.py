@@ -70,6 +70,7 @@ def test_every_20th_sequence_number_dropped_is_counted_exactly():
     # 20, 40, ..., 400 on each of the two connections; 401 reveals the last.
     assert r.received == 2 * (401 - 20)
     assert r.lost == 2 * 20
+    assert r.sent == r.received + r.lost and r.loss_rate == pytest.approx(40 / 802)
     assert r.extra["gap_events"] == 2 * 20
     assert r.extra["seq_backwards"] == 0
 
@@ -203,7 +204,8 @@ def test_against_beastnet_feed_with_its_subscribe_message(beastnet_feed):
     port = int(url.rsplit(":", 1)[1].split("/")[0])
     r = run_ws_load(WSLoadConfig(port=port, connections=20, threads=2, symbols=symbols,
                                  symbols_per_connection=3, duration_s=1.0))
-    assert r.extra["upgrades"] == 20 and r.sent == 20 and r.errors == 0
+    assert r.extra["upgrades"] == 20 and r.extra["subscribe_sent"] == 20 and r.errors == 0
+    assert r.sent == r.received and r.success_rate == 1.0
     assert r.received > 1000 and r.histogram.total > 0.9 * r.received
     assert r.extra["messages_per_s"] > 0 and r.extra["bytes_per_s"] > 0
     assert r.extra["connect_ms"]["count"] == 20 and r.extra["upgrade_ms"]["count"] == 20

@@ -616,6 +616,8 @@ cdef int ws_parse(bn_ws_thread* t, bn_wsconn* c, uint64_t now) noexcept nogil:
             # Larger than the buffer: measure from its prefix, skip the rest.
             if opcode != WS_OP_CONT:
                 ws_message_begin(t, c, <const char*>p + head, avail - head)
+            else:
+                bn_count(&t.counters.m_fragments, 1)
             c.msg_bytes += avail - head
             c.in_off = c.in_len
             c.skip_remaining = plen - (avail - head)

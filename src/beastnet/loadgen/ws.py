@@ -65,8 +65,8 @@ def run_ws_load(cfg: WSLoadConfig, progress: Optional[ProgressCallback] = None,
     Blocking; native threads without the GIL; progress once a second; Ctrl-C
     returns the partial result.  ``received`` counts messages in the measured
     window, ``lost`` the sequence numbers skipped (with a ``seq_key``),
-    ``sent`` the subscribe messages written; the histogram is the timestamp
-    latency.  ``extra`` holds rates, handshake times, stalls and reconnects.
+    ``sent`` their sum (so ``success_rate`` and ``loss_rate`` are delivery
+    rates); the histogram is the timestamp latency.  ``extra`` holds rates, handshake times, stalls and reconnects.
     """
     cfg.validate()
     threads = min(cfg.threads, cfg.connections)
@@ -126,7 +126,11 @@ def run_ws_load(cfg: WSLoadConfig, progress: Optional[ProgressCallback] = None,
         "pongs_received": c["pongs_received"],
         "clock_rule": CLOCK_RULE,
     }
-    result = drive.result(cfg, c, kinds, extra)
+    extra["subscribe_sent"] = c["m_sent"]
+    # What the result's `sent` means here: messages the sequence says were
+    # sent (received + missing), so success_rate and loss_rate read as
+    # delivery rates.
+    result = drive.result(cfg, dict(c, m_sent=c["m_received"] + c["m_lost"]), kinds, extra)
     span = result.duration_s
     extra["messages_per_s"] = result.received / span if span > 0 else 0.0
     extra["bytes_per_s"] = c["m_bytes"] / span if span > 0 else 0.0
