@@ -306,3 +306,39 @@ def test_ws_knee_ends_at_the_first_step_over_the_limit(beastnet_feed):
                     steps=[2, 4], p95_ms=0.0001)
     assert [s["verdict"] for s in body["steps"]] == ["fail"]
     assert body["knee"] is None and body["verdict"] == "fail"
+
+
+def test_cli_ws_stress_judges_levels_and_skips_the_unreachable(beastnet_feed, tmp_path,
+                                                               capsys):
+    from beastnet.cli import main
+    import resource
+    url, symbols = beastnet_feed
+    out = tmp_path / "s.json"
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    beyond = (hard if hard != resource.RLIM_INFINITY else 1 << 20) + 1
+    rc = main(["ws", "stress", url, "--symbols", ",".join(symbols[:3]),
+               "--levels", f"2,6,{beyond}", "-d", "0.8", "--warmup", "0.2",
+               "--delivery-p95-ms", "2000", "5000", "--delivery-p99-ms", "2000", "5000",
+               "--upgrade-p95-ms", "2000", "5000", "--json", str(out)])
+    text = capsys.readouterr().out
+    report = json.loads(out.read_text())
+    levels = report["levels"]
+    assert [lv["verdict"] for lv in levels] == ["pass", "pass", "skipped"]
+    assert report["counts"] == {"pass": 2, "warn": 0, "fail": 0, "skipped": 1}
+    assert report["verdict"] == "warn" and rc == 0           # a skipped level is no pass
+    assert levels[1]["metrics"]["connected"] == 1.0
+    assert levels[1]["metrics"]["delivery_p95_ms"] is not None
+    deg = report["degradation"]
+    assert deg["most_degraded"] in deg["by_dimension"]
+    assert "permission checks" in report["not_measured"] and "not measured" in text
+
+
+def test_ws_stress_fails_a_level_past_its_threshold(beastnet_feed):
+    from beastnet.loadgen.ws_stress import StressThresholds, run_stress
+    url, symbols = beastnet_feed
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    body = run_stress(WSLoadConfig(port=port, symbols=symbols[:1], duration_s=0.6,
+                                   warmup_s=0.2), levels=[3],
+                      thresholds=StressThresholds(delivery_p95_ms=(0.00005, 0.0001)))
+    assert body["levels"][0]["verdict"] == "fail" and body["verdict"] == "fail"
+    assert any("delivery_p95_ms" in r for r in body["levels"][0]["reasons"])

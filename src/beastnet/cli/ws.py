@@ -26,6 +26,19 @@ exit status: 0 pass (or warn), 1 fail, 2 bad usage or a run that could not start
 130 interrupted."""
 
 
+STRESS_EPILOG = """\
+example:
+  beastnet ws stress ws://127.0.0.1:8080/v1/stream --symbols BTC,ETH --quick -d 3
+Levels (connections): {levels}; --quick stops after level {quick}.  Measured:
+connection establishment (share connected, connect and upgrade p95), broadcast
+delivery p95/p99 from the messages' timestamps, messages/s.  Not measured yet:
+message round trip, subscribe/unsubscribe rate, permission checks,
+compression (listed in the report).  A level past this machine's
+file-descriptor limit or ephemeral ports is skipped with the reason, never
+counted as passed.
+exit status: 0 pass (or warn), 1 fail, 2 bad usage, 130 interrupted."""
+
+
 KNEE_EPILOG = """\
 example:
   beastnet ws knee ws://127.0.0.1:8080/v1/stream --symbols BTC --steps 100,1000,5000 -d 5
@@ -96,7 +109,7 @@ def _test_parser(wsub: Any, name: str, help_text: str, description: str,
 
 def add_ws_command(sub: Any) -> None:
     from beastnet.loadgen import ws_density
-    p = sub.add_parser("ws", help="WebSocket load tests (density, broadcast knee)",
+    p = sub.add_parser("ws", help="WebSocket load tests (density, stress, broadcast knee)",
                        description="WebSocket load tests with the native generator.")
     wsub = p.add_subparsers(dest="ws_command", metavar="TEST")
     wsub.required = True
@@ -116,6 +129,22 @@ def add_ws_command(sub: Any) -> None:
     g.add_argument("--max-gaps", type=int, default=crit.max_gaps)
     g.add_argument("--max-stall-ms", type=float, default=crit.max_stall_ms)
     d.set_defaults(func=cmd_ws_density, keys="BTC")
+    from beastnet.loadgen import ws_stress
+    st = _test_parser(wsub, "stress", "the 8-level connection ladder with thresholds",
+                      "The WebSocket stress ladder: 10 to 99,000 connections following the "
+                      "same symbols, each level judged, then a degradation analysis.",
+                      STRESS_EPILOG.format(levels=", ".join(map(str, ws_stress.LEVELS)),
+                                           quick=ws_stress.QUICK_MAX_LEVEL))
+    th = ws_stress.StressThresholds()
+    st.add_argument("--quick", action="store_true",
+                    help=f"levels 1-{ws_stress.QUICK_MAX_LEVEL} only")
+    st.add_argument("--max-level", type=int, help="stop after this level")
+    st.add_argument("--levels", help="custom connections per level, comma-separated")
+    for name, (warn, fail) in th.to_dict().items():
+        st.add_argument(f"--{name.replace('_', '-')}", type=float, nargs=2,
+                        metavar=("WARN", "FAIL"), default=(warn, fail),
+                        help=f"thresholds (default {warn:g} {fail:g})")
+    st.set_defaults(func=cmd_ws_stress, keys="BTC", duration=5.0, threads=2)
     k = _test_parser(wsub, "knee", "subscribers of the same symbols until p95 breaks",
                      "The broadcast knee: more and more subscribers of the same symbols until "
                      "the delivery p95 exceeds a limit.", KNEE_EPILOG)
@@ -364,3 +393,54 @@ def cmd_ws_knee(args: argparse.Namespace) -> int:
     if body is None:
         return int(status or EXIT_USAGE)
     return _finish(args, body, cfg.to_dict(), format_knee(body))
+
+
+def format_stress(body: dict) -> str:
+    lines = [f"{'lvl':>3}  {'conns':>6}  {'connected':>9}  {'upg p95':>8}  {'p95 ms':>8}  "
+             f"{'p99 ms':>8}  {'msgs/s':>9}  verdict"]
+    for lv in body["levels"]:
+        m = lv["metrics"]
+        if lv["verdict"] == "skipped":
+            lines.append(f"{lv['level']:>3}  {lv['connections']:>6}  SKIPPED: {lv['reasons'][0]}")
+            continue
+        lines.append(f"{lv['level']:>3}  {lv['connections']:>6}  {m['connected'] or 0:>9.2%}  "
+                     f"{_ms(m['upgrade_p95_ms']):>8}  {_ms(m['delivery_p95_ms']):>8}  "
+                     f"{_ms(m['delivery_p99_ms']):>8}  {m['messages_per_s']:>9.0f}  "
+                     f"{lv['verdict'].upper()}" + "".join(f"  {r}" for r in lv["reasons"]))
+    d = body["degradation"]
+    dims = "  ".join(f"{k} {'-' if v is None else f'{v:.0%}'}"
+                     for k, v in d["by_dimension"].items())
+    lines.append(f"degradation (1 - best/worst): {dims}")
+    lines.append(f"most degraded: {d['most_degraded'] or '-'}")
+    lines.append(f"not measured: {', '.join(body['not_measured'])}")
+    c = body["counts"]
+    lines.append(f"levels: {c['pass']} pass, {c['warn']} warn, {c['fail']} fail, "
+                 f"{c['skipped']} skipped  verdict: {body['verdict'].upper()}")
+    return "\n".join(lines)
+
+
+def cmd_ws_stress(args: argparse.Namespace) -> int:
+    from beastnet.loadgen import ws_stress
+    name = "beastnet ws stress"
+
+    def setup(progress: Any) -> tuple[Any, list[int], Any]:
+        levels = (_counts(args.levels, "--levels") if args.levels
+                  else list(ws_stress.LEVELS))
+        last = ws_stress.QUICK_MAX_LEVEL if args.quick else len(levels)
+        if args.max_level is not None:
+            if args.max_level < 1:
+                raise LoadConfigError("--max-level must be >= 1")
+            last = min(last, args.max_level)
+        th = ws_stress.StressThresholds(**{
+            k: tuple(getattr(args, k)) for k in ws_stress.StressThresholds().to_dict()})
+        return ws_config(args), levels[:last], th
+
+    plan, status = _guarded(name, args, setup)
+    if plan is None:
+        return int(status or EXIT_USAGE)
+    cfg, levels, th = plan
+    body, status = _guarded(name, args, lambda progress: ws_stress.run_stress(
+        cfg, levels, th, progress=progress))
+    if body is None:
+        return int(status or EXIT_USAGE)
+    return _finish(args, body, cfg.to_dict(), format_stress(body))

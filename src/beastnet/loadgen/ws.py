@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import math
 import os
-from typing import Optional
+from typing import Any, Optional
 
 from beastnet.loadgen import _native
 from beastnet.loadgen._driver import (Drive, ProgressCallback, StopWhen, ensure_fd_limit,
@@ -58,6 +59,15 @@ def _subscriptions(cfg: WSLoadConfig) -> tuple[list[bytes], list[list[int]]]:
     return payloads, per_conn
 
 
+def _summary(run: Any, which: int) -> dict[str, Optional[float]]:
+    """A histogram's summary in ms: p50, p90, p95, p99, max, mean, count."""
+    h = Histogram.from_native(run.histogram(which))
+    out = _summary_ms(h)
+    p95 = h.percentile(95)
+    out["p95"] = None if math.isnan(p95) else round(p95 / 1e6, 6)
+    return out
+
+
 def run_ws_load(cfg: WSLoadConfig, progress: Optional[ProgressCallback] = None,
                 stop_when: Optional[StopWhen] = None) -> LoadResult:
     """Run one WebSocket load test against any server and return what it measured.
@@ -105,11 +115,11 @@ def run_ws_load(cfg: WSLoadConfig, progress: Optional[ProgressCallback] = None,
         "upgrades": c["upgrades"],
         "reconnects": c["reconnects"],
         "close_frames": c["close_frames"],
-        "connect_ms": _summary_ms(Histogram.from_native(run.histogram(HIST_CONNECT))),
-        "upgrade_ms": _summary_ms(Histogram.from_native(run.histogram(HIST_UPGRADE))),
-        "backoff_ms": _summary_ms(Histogram.from_native(run.histogram(HIST_BACKOFF))),
-        "reconnect_ms": _summary_ms(Histogram.from_native(run.histogram(HIST_OUTAGE))),
-        "stall_ms": _summary_ms(Histogram.from_native(run.histogram(HIST_STALL))),
+        "connect_ms": _summary(run, HIST_CONNECT),
+        "upgrade_ms": _summary(run, HIST_UPGRADE),
+        "backoff_ms": _summary(run, HIST_BACKOFF),
+        "reconnect_ms": _summary(run, HIST_OUTAGE),
+        "stall_ms": _summary(run, HIST_STALL),
         "longest_stall_ms": max(stalls) / 1e6 if stalls else None,
         "payload_bytes": c["m_bytes"],
         "bytes_in": c["bytes_in"],
