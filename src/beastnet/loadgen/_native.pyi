@@ -1,6 +1,6 @@
 """Type stubs for the load generator's native module (_native.pyx).
 
-Driven by beastnet.loadgen's udp and http modules; not meant for direct use.
+Driven by beastnet.loadgen's udp, http and ws modules; not meant for direct use.
 """
 from typing import Any, Optional
 
