@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import threading
 import time
@@ -236,19 +237,20 @@ def test_cli_load_ws_writes_a_json_report(beastnet_feed, tmp_path, capsys):
     from beastnet.cli import main
     url, symbols = beastnet_feed
     out = tmp_path / "r.json"
-    rc = main(["load", url, "-c", "4", "--symbols", ",".join(symbols[:5]), "-d", "1",
-               "--warmup", "0.2", "--json", str(out)])
+    rc = main(["load", url, "-c", "4", "--symbols", ",".join(symbols[:5]), "-d", "1.5",
+               "--warmup", "0.2", "--server-pid", str(os.getpid()), "--json", str(out)])
     text = capsys.readouterr().out
     assert rc == 0, text
     report = json.loads(out.read_text())
     assert report["kind"] == "run" and report["result"]["mode"] == "ws"
     assert report["result"]["received"] > 100 and report["verdict"] == "pass"
     assert "messages" in text and "CLOCK_REALTIME" in text
+    rows = report["resources"]
+    assert rows and all(r["server_rss_mib"] > 0 and r["generator_rss_mib"] > 0 for r in rows)
 
 
 def test_cli_ws_density_runs_each_tier_and_judges_it(beastnet_feed, tmp_path, capsys):
     from beastnet.cli import main
-    import os
     url, symbols = beastnet_feed
     out = tmp_path / "d.json"
     rc = main(["ws", "density", url, "--symbols", ",".join(symbols), "--tiers", "5,40",

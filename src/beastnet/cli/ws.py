@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from typing import Any, Callable, Optional
 from urllib.parse import urlsplit
@@ -75,6 +76,8 @@ def add_ws_load_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--backoff-ms", type=float, default=100.0,
                    help="reconnect backoff base: delay uniform in [0, min(cap, base*2^n)]")
     g.add_argument("--backoff-cap-ms", type=float, default=10000.0)
+    g.add_argument("--server-pid", type=int,
+                   help="sample this local process's RSS and CPU every second too")
     g.add_argument("--connect-timeout-ms", type=float, default=2000.0,
                    help="connect, then upgrade, each fail after this (default %(default)g)")
 
@@ -120,7 +123,6 @@ def add_ws_command(sub: Any) -> None:
     g = d.add_argument_group("tiers and criteria")
     g.add_argument("--tiers", default=",".join(map(str, ws_density.DEFAULT_TIERS)),
                    help="symbols per connection, tier by tier (default %(default)s)")
-    g.add_argument("--server-pid", type=int, help="sample this process's RSS and CPU too")
     g.add_argument("--p99-ms", type=float, default=crit.p99_ms,
                    help="latency p99 limit (default %(default)g)")
     g.add_argument("--min-rate", type=float, default=crit.min_messages_per_s,
@@ -283,20 +285,32 @@ def _counts(spec: str, flag: str) -> list[int]:
 def cmd_load_ws(args: argparse.Namespace) -> int:
     """`beastnet load ws://...`: one WebSocket run."""
     from beastnet.loadgen.ws import run_ws_load
-    from beastnet.loadgen.ws_density import DensityCriteria, judge_tier
+    from beastnet.loadgen.ws_density import DensityCriteria, ProcSampler, judge_tier
     cfg, status = _guarded("beastnet load", args, lambda progress: ws_config(args))
     if cfg is None:
         return int(status or EXIT_USAGE)
-    result, status = _guarded("beastnet load", args,
-                              lambda progress: run_ws_load(cfg, progress=progress))
+    pids = {"generator": os.getpid()}
+    if args.server_pid is not None:
+        pids["server"] = args.server_pid
+    sampler = ProcSampler(pids)
+
+    def run(progress: Any) -> Any:
+        def on_second(row: dict) -> None:
+            sampler.sample()
+            progress(row)
+        return run_ws_load(cfg, progress=on_second)
+
+    result, status = _guarded("beastnet load", args, run)
     if result is None:
         return int(status or EXIT_USAGE)
+    sampler.sample()
     crit = DensityCriteria(p99_ms=args.max_p99_ms if args.max_p99_ms else math.inf,
                            max_reconnects=1 << 62, max_gaps=1 << 62, max_stall_ms=math.inf,
                            max_rate_cv=math.inf)
     verdict, reasons = judge_tier(result, crit)
     d = result.to_dict()
-    body = {"kind": "run", "verdict": verdict, "reasons": reasons, "result": d}
+    body = {"kind": "run", "verdict": verdict, "reasons": reasons, "result": d,
+            "resources": sampler.rows}
     text = format_ws_result(d) + f"\nverdict: {verdict.upper()}" + "".join(
         f"\n  {r}" for r in reasons)
     return _finish(args, body, cfg.to_dict(), text)
