@@ -16,6 +16,10 @@ import pytest
 
 from beastnet import HTTPServer, ResponseTable, WebSocketOptions
 from beastnet.errors import LoadConfigError
+# Imported here, outside any capsys: ProgressLine's default stream is the
+# sys.stderr of report's import time, and a capsys stream is closed later
+# (tests/test_loadgen_http.py::test_cli_http then writes to it).
+from beastnet.loadgen import report  # noqa: F401
 from beastnet.loadgen.ws import run_ws_load
 from beastnet.loadgen.ws_config import WSLoadConfig
 from _ws_scripted import ScriptedServer
@@ -52,8 +56,10 @@ def test_latency_from_a_stamp_sent_after_a_fixed_delay_is_within_10_percent():
     truth = sorted(server.record["delays"])[len(server.record["delays"]) // 2]
     assert r.received >= 50 and r.histogram.total == r.received
     assert r.extra["no_timestamp"] == 0 and r.extra["clock_skew"] == 0
+    # The truth is what the server measured between stamping and sending (the
+    # 100 ms sleep plus its overshoot on a busy machine).
+    assert truth >= delay_s * 1e9
     assert abs(r.percentile(50) - truth) <= 0.1 * truth
-    assert abs(r.percentile(50) - delay_s * 1e9) <= 0.1 * delay_s * 1e9
 
 
 def test_every_20th_sequence_number_dropped_is_counted_exactly():
