@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 from beastnet.errors import BeastnetError, LoadConfigError
 from beastnet.cli._common import (EXIT_FAIL, EXIT_INTERRUPTED, EXIT_PASS, EXIT_UNREACHABLE,
                                   EXIT_USAGE)
+from beastnet.cli.ws import add_ws_load_arguments, cmd_load_ws
 # Light: neither NumPy nor the native load generator is imported here.
 from beastnet.loadgen import ramp, verdict
 
@@ -21,6 +22,7 @@ from beastnet.loadgen import ramp, verdict
 LOAD_EPILOG = """\
 targets:  HOST:PORT or udp://HOST:PORT (UDP, `@TAG KEY [APIKEY]`),
           http://HOST:PORT[/PREFIX] (HTTP/1.1 GET PREFIX+KEY, default prefix /v1/)
+          ws://HOST:PORT/PATH (WebSocket clients that subscribe and read; see below)
 examples:
   beastnet load 127.0.0.1:9000 --keys BTC,ETH -d 5              closed loop, 5 s
   beastnet load 127.0.0.1:9000 --rate 200000 --poisson           open loop
@@ -51,7 +53,8 @@ def add_load_command(sub: Any) -> None:
                        epilog=LOAD_EPILOG.format(table=ramp.ramp_table(),
                                                  criteria=ramp.criteria_text(),
                                                  quick=ramp.QUICK_MAX_LEVEL), formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("target", help="HOST:PORT, udp://HOST:PORT or http://HOST:PORT[/PREFIX]")
+    p.add_argument("target", help="HOST:PORT, udp://HOST:PORT, http://HOST:PORT[/PREFIX] "
+                                  "or ws://HOST:PORT/PATH")
     g = p.add_argument_group("requests")
     g.add_argument("-k", "--keys", default="BTC",
                    help="comma-separated keys, or @FILE with one 'KEY [WEIGHT]' a line")
@@ -135,6 +138,7 @@ def add_load_command(sub: Any) -> None:
                    help="also report this percentile (repeatable)")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress line, no table")
     g.add_argument("--progress", action="store_true", help="progress line even when not a TTY")
+    add_ws_load_arguments(p)
     p.set_defaults(func=cmd_load)
 
 
@@ -204,6 +208,8 @@ def _base_config(args: argparse.Namespace, target: dict) -> Any:
 def cmd_load(args: argparse.Namespace) -> int:
     from beastnet import loadgen
     from beastnet.loadgen import report
+    if args.target.startswith(("ws://", "wss://")):
+        return cmd_load_ws(args)
     try:
         target = _parse_target(args.target)
         cfg = _base_config(args, target)

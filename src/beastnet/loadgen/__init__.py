@@ -32,6 +32,8 @@ if TYPE_CHECKING:
     from beastnet.loadgen.http import run_http_load
     from beastnet.loadgen.result import LoadResult, machine_info
     from beastnet.loadgen.udp import run_udp_load
+    from beastnet.loadgen.ws import run_ws_load
+    from beastnet.loadgen.ws_config import WSLoadConfig
 
 _EXPORTS = {
     "HTTPLoadConfig": "config",
@@ -45,6 +47,8 @@ _EXPORTS = {
     "machine_info": "result",
     "run_udp_load": "udp",
     "run_http_load": "http",
+    "run_ws_load": "ws",
+    "WSLoadConfig": "ws_config",
     "alias_table": "_driver",
     "ensure_fd_limit": "_driver",
 }
@@ -55,6 +59,7 @@ __all__ = [
     "LoadConfig",
     "LoadResult",
     "UDPLoadConfig",
+    "WSLoadConfig",
     "alias_table",
     "ensure_fd_limit",
     "http_level_config",
@@ -62,6 +67,7 @@ __all__ = [
     "machine_info",
     "run_http_load",
     "run_udp_load",
+    "run_ws_load",
     "udp_level_config",
 ]
 

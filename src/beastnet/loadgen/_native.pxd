@@ -45,3 +45,7 @@ cdef class UDPLoadRun(LoadRun):
 
 cdef class HTTPLoadRun(LoadRun):
     pass
+
+
+cdef class WSLoadRun(LoadRun):
+    pass

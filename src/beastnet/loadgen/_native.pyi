@@ -1,6 +1,6 @@
 """Type stubs for the load generator's native module (_native.pyx).
 
-Driven by beastnet.loadgen's udp and http modules; not meant for direct use.
+Driven by beastnet.loadgen's udp, http and ws modules; not meant for direct use.
 """
 from typing import Any, Optional
 
@@ -41,3 +41,14 @@ class HTTPLoadRun(LoadRun):
                  duration_ns: int = 1, quotas: Optional[list[int]] = None,
                  cpus: Optional[list[int]] = None, seed: int = ...) -> None: ...
     def status_codes(self) -> dict[int, int]: ...
+
+class WSLoadRun(LoadRun):
+    def __init__(self, sockaddr: bytes, family: int, conn_counts: list[int], upgrade: bytes,
+                 accept: bytes, subscribes: list[bytes], conn_subs: list[list[int]], *,
+                 ts_key: bytes = b"", ts_unit_ns: int = 1, seq_key: bytes = b"",
+                 connect_timeout_ns: int = 1000000000, backoff_base_ns: int = 100000000,
+                 backoff_cap_ns: int = 10000000000, ping_interval_ns: int = 0,
+                 pong_timeout_ns: int = 5000000000, max_pending: int = 256,
+                 read_buffer: int = 65536, warmup_ns: int = 0, duration_ns: int = 1,
+                 cpus: Optional[list[int]] = None, seed: int = ...) -> None: ...
+    def longest_stalls_ns(self) -> list[int]: ...

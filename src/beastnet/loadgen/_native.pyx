@@ -30,6 +30,7 @@ include "_hist.pxi"
 include "_run.pxi"
 include "_udp_load.pxi"
 include "_http_load.pxi"
+include "_ws_load.pxi"
 
 
 PLATFORM_LINUX = bool(PLATFORM_IS_LINUX)

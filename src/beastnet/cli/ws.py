@@ -1,0 +1,460 @@
+"""`beastnet load ws://...` and `beastnet ws density`: WebSocket load.
+
+Parsing and printing only: what a run or a density test does, and how it is
+judged, lives in beastnet.loadgen (ws, ws_config, ws_density).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from typing import Any, Callable, Optional
+from urllib.parse import urlsplit
+
+from beastnet.cli._common import EXIT_FAIL, EXIT_INTERRUPTED, EXIT_PASS, EXIT_USAGE
+from beastnet.errors import BeastnetError, LoadConfigError
+
+WS_EPILOG = """\
+examples:
+  beastnet ws density ws://127.0.0.1:8080/v1/stream --symbols @symbols.txt -d 60
+  beastnet ws density ws://127.0.0.1:8080/v1/stream --symbols BTC,ETH --tiers 10,100 \\
+      --connections 4 --server-pid 1234 --json density.json
+Each tier runs once: every connection follows that many symbols (the list is
+dealt again when it is shorter: repeats).  Latency needs a timestamp field in
+the messages (--ts-key, --ts-unit; CLOCK_REALTIME on both sides).
+exit status: 0 pass (or warn), 1 fail, 2 bad usage or a run that could not start,
+130 interrupted."""
+
+
+STRESS_EPILOG = """\
+example:
+  beastnet ws stress ws://127.0.0.1:8080/v1/stream --symbols BTC,ETH --quick -d 3
+Levels (connections): {levels}; --quick stops after level {quick}.  Measured:
+connection establishment (share connected, connect and upgrade p95), broadcast
+delivery p95/p99 from the messages' timestamps, messages/s.  Not measured yet:
+message round trip, subscribe/unsubscribe rate, permission checks,
+compression (listed in the report).  A level past this machine's
+file-descriptor limit or ephemeral ports is skipped with the reason, never
+counted as passed.
+exit status: 0 pass (or warn), 1 fail, 2 bad usage, 130 interrupted."""
+
+
+KNEE_EPILOG = """\
+example:
+  beastnet ws knee ws://127.0.0.1:8080/v1/stream --symbols BTC --steps 100,1000,5000 -d 5
+Each step runs once with that many connections, all following --symbols.
+The knee is the last step whose delivery p95 stays within --p95-ms.  A step
+past this machine's file-descriptor limit or ephemeral ports is skipped with
+the reason and never counted as passed.
+exit status: 0 a knee was found (1 if the first step already fails), 2 bad usage."""
+
+
+def add_ws_load_arguments(p: argparse.ArgumentParser) -> None:
+    """The WebSocket settings of `beastnet load ws://HOST:PORT/PATH`."""
+    g = p.add_argument_group("WebSocket (ws://HOST:PORT/PATH; --connections, --header, "
+                             "--api-key apply)")
+    g.add_argument("--symbols", help="comma-separated symbols to subscribe, or @FILE with one "
+                                     "a line (default: --keys)")
+    g.add_argument("--symbols-per-conn", type=int,
+                   help="each connection follows this many, dealt from the list in turn "
+                        "(default: every symbol on every connection)")
+    g.add_argument("--subscribe", default=None, metavar="TEMPLATE",
+                   help="subscribe message, {symbols} = a JSON array (default: beastnet's "
+                        "{\"op\":\"subscribe\",\"symbols\":{symbols}}; '' sends none)")
+    g.add_argument("--symbols-per-message", type=int, default=1000,
+                   help="symbols in one subscribe message (default %(default)s)")
+    g.add_argument("--ts-key", default="ts",
+                   help="JSON key of the message's timestamp ('' = none; default %(default)s)")
+    g.add_argument("--ts-unit", default="ms", choices=("ns", "us", "ms", "s"),
+                   help="unit of the timestamp since the epoch (default %(default)s)")
+    g.add_argument("--seq-key", help="JSON key of a per-connection sequence number (gaps)")
+    g.add_argument("--ping-ms", type=float, default=0.0,
+                   help="send a ping this often; no pong within --pong-timeout-ms is a "
+                        "heartbeat failure (default: no pings)")
+    g.add_argument("--pong-timeout-ms", type=float, default=5000.0)
+    g.add_argument("--backoff-ms", type=float, default=100.0,
+                   help="reconnect backoff base: delay uniform in [0, min(cap, base*2^n)]")
+    g.add_argument("--backoff-cap-ms", type=float, default=10000.0)
+    g.add_argument("--server-pid", type=int,
+                   help="sample this local process's RSS and CPU every second too")
+    g.add_argument("--connect-timeout-ms", type=float, default=2000.0,
+                   help="connect, then upgrade, each fail after this (default %(default)g)")
+
+
+def _common_arguments(p: argparse.ArgumentParser) -> None:
+    """What `beastnet load` has and `beastnet ws density` needs too."""
+    p.add_argument("-c", "--connections", type=int, default=1,
+                   help="connections in the pool (default 1)")
+    p.add_argument("-t", "--threads", type=int, default=1, help="generator threads (default 1)")
+    p.add_argument("-d", "--duration", type=float, default=60.0,
+                   help="measured seconds per tier (default 60)")
+    p.add_argument("--warmup", type=float, default=1.0, help="seconds excluded first (default 1)")
+    p.add_argument("--api-key", help="sent as X-API-Key with the upgrade")
+    p.add_argument("--header", action="append", default=[], help="extra 'Name: value' header")
+    p.add_argument("--pin", action="store_true", help="pin generator thread i to CPU i")
+    p.add_argument("--json", metavar="PATH", help="write the JSON report here")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress line, no table")
+    p.add_argument("--progress", action="store_true", help="progress line even when not a TTY")
+
+
+def _test_parser(wsub: Any, name: str, help_text: str, description: str,
+                 epilog: str) -> argparse.ArgumentParser:
+    """A `beastnet ws` test's parser with the target and the run settings."""
+    p: argparse.ArgumentParser = wsub.add_parser(
+        name, help=help_text, description=description, epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("target", help="ws://HOST:PORT/PATH")
+    _common_arguments(p)
+    add_ws_load_arguments(p)
+    return p
+
+
+def add_ws_command(sub: Any) -> None:
+    from beastnet.loadgen import ws_density
+    p = sub.add_parser("ws", help="WebSocket load tests (density, stress, broadcast knee)",
+                       description="WebSocket load tests with the native generator.")
+    wsub = p.add_subparsers(dest="ws_command", metavar="TEST")
+    wsub.required = True
+    d = _test_parser(wsub, "density", "symbols per connection, tier by tier",
+                     "The subscription-density test: a pool of connections follows more and "
+                     "more symbols each.", WS_EPILOG)
+    crit = ws_density.DensityCriteria()
+    g = d.add_argument_group("tiers and criteria")
+    g.add_argument("--tiers", default=",".join(map(str, ws_density.DEFAULT_TIERS)),
+                   help="symbols per connection, tier by tier (default %(default)s)")
+    g.add_argument("--p99-ms", type=float, default=crit.p99_ms,
+                   help="latency p99 limit (default %(default)g)")
+    g.add_argument("--min-rate", type=float, default=crit.min_messages_per_s,
+                   help="messages/s floor (default: none)")
+    g.add_argument("--max-reconnects", type=int, default=crit.max_reconnects)
+    g.add_argument("--max-gaps", type=int, default=crit.max_gaps)
+    g.add_argument("--max-stall-ms", type=float, default=crit.max_stall_ms)
+    d.set_defaults(func=cmd_ws_density, keys="BTC")
+    from beastnet.loadgen import ws_stress
+    st = _test_parser(wsub, "stress", "the 8-level connection ladder with thresholds",
+                      "The WebSocket stress ladder: 10 to 99,000 connections following the "
+                      "same symbols, each level judged, then a degradation analysis.",
+                      STRESS_EPILOG.format(levels=", ".join(map(str, ws_stress.LEVELS)),
+                                           quick=ws_stress.QUICK_MAX_LEVEL))
+    th = ws_stress.StressThresholds()
+    st.add_argument("--quick", action="store_true",
+                    help=f"levels 1-{ws_stress.QUICK_MAX_LEVEL} only")
+    st.add_argument("--max-level", type=int, help="stop after this level")
+    st.add_argument("--levels", help="custom connections per level, comma-separated")
+    for name, (warn, fail) in th.to_dict().items():
+        st.add_argument(f"--{name.replace('_', '-')}", type=float, nargs=2,
+                        metavar=("WARN", "FAIL"), default=(warn, fail),
+                        help=f"thresholds (default {warn:g} {fail:g})")
+    st.set_defaults(func=cmd_ws_stress, keys="BTC", duration=5.0, threads=2)
+    k = _test_parser(wsub, "knee", "subscribers of the same symbols until p95 breaks",
+                     "The broadcast knee: more and more subscribers of the same symbols until "
+                     "the delivery p95 exceeds a limit.", KNEE_EPILOG)
+    k.add_argument("--steps", default="10,100,500,1000,2000,5000,10000",
+                   help="subscribers per step (default %(default)s)")
+    k.add_argument("--p95-ms", type=float, default=50.0,
+                   help="delivery p95 limit (default %(default)g)")
+    k.set_defaults(func=cmd_ws_knee, keys="BTC", duration=5.0, threads=2)
+
+
+def _parse_ws_target(target: str) -> tuple[str, int, str]:
+    u = urlsplit(target)
+    if u.scheme == "wss":
+        raise LoadConfigError("wss:// needs TLS, which the load generator does not have yet")
+    if u.scheme != "ws" or not u.hostname:
+        raise LoadConfigError(f"target {target!r}: expected ws://HOST:PORT/PATH")
+    try:
+        port = u.port or 80
+    except ValueError:
+        raise LoadConfigError(f"target {target!r}: bad port") from None
+    path = (u.path or "/") + (f"?{u.query}" if u.query else "")
+    return u.hostname, port, path
+
+
+def _symbols(spec: str) -> list[str]:
+    if spec.startswith("@"):
+        try:
+            with open(spec[1:], encoding="utf-8") as f:
+                return [line.split()[0] for line in f
+                        if line.strip() and not line.lstrip().startswith("#")]
+        except OSError as exc:
+            raise LoadConfigError(f"symbols file {spec[1:]}: {exc.strerror}") from exc
+    return [s for s in spec.split(",") if s]
+
+
+def ws_config(args: argparse.Namespace) -> Any:
+    """The `WSLoadConfig` the arguments describe (checked)."""
+    from beastnet.loadgen.ws_config import BEASTNET_SUBSCRIBE, WSLoadConfig
+    host, port, path = _parse_ws_target(args.target)
+    cfg = WSLoadConfig(
+        host=host, port=port, path=path, connections=args.connections, threads=args.threads,
+        duration_s=args.duration, warmup_s=args.warmup, pin_threads=args.pin,
+        api_key=args.api_key, headers=list(args.header),
+        symbols=_symbols(args.symbols or args.keys),
+        symbols_per_connection=args.symbols_per_conn,
+        subscribe_template=BEASTNET_SUBSCRIBE if args.subscribe is None else args.subscribe,
+        symbols_per_message=args.symbols_per_message, ts_key=args.ts_key or None,
+        ts_unit=args.ts_unit, seq_key=args.seq_key or None, ping_interval_ms=args.ping_ms,
+        pong_timeout_ms=args.pong_timeout_ms, backoff_base_ms=args.backoff_ms,
+        backoff_cap_ms=args.backoff_cap_ms, connect_timeout_ms=args.connect_timeout_ms)
+    cfg.validate()
+    return cfg
+
+
+def _ms(v: Optional[float]) -> str:
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
+
+
+def format_ws_result(d: dict) -> str:
+    """A WebSocket run's summary (from `LoadResult.to_dict()`)."""
+    e = d["extra"]
+    lat = d["latency_ns"]
+    return "\n".join([
+        f"ws load: {e['connections']} connections, {d['duration_s']:.2f} s measured"
+        + ("  (interrupted)" if d["interrupted"] else ""),
+        f"  messages  {d['received']}  {e['messages_per_s']:.0f}/s  "
+        f"{e['bytes_per_s'] / 1e6:.3f} MB/s payload  error messages {d['error_replies']}",
+        "  latency   " + "  ".join(f"{k} {_ms(None if v is None else v / 1e6)} ms"
+                                   for k, v in lat.items())
+        + f"  (no stamp {e['no_timestamp']}, clock skew {e['clock_skew']})",
+        f"  sequence  missing {d['lost']} in {e['gap_events']} gaps, "
+        f"backwards {e['seq_backwards']}",
+        f"  handshake connect p50 {_ms(e['connect_ms']['p50'])} ms  "
+        f"upgrade p50 {_ms(e['upgrade_ms']['p50'])} ms  p99 {_ms(e['upgrade_ms']['p99'])} ms",
+        f"  stalls    longest {_ms(e['longest_stall_ms'])} ms  "
+        f"p50 of connections {_ms(e['stall_ms']['p50'])} ms",
+        f"  reconnect {e['reconnects']}  backoff max {_ms(e['backoff_ms']['max'])} ms  "
+        f"outage p50 {_ms(e['reconnect_ms']['p50'])} ms  close frames {e['close_frames']}",
+        f"  errors    {d['errors']}  {d['errors_by_kind'] or ''}",
+        f"  generator CPU {d['cpu_s']:.3f} s"
+        + (f" = {d['cpu_s'] / d['received'] * 1e9:.0f} ns/message" if d["received"] else ""),
+        f"  clock     {e['clock_rule']}",
+    ])
+
+
+def _progress(args: argparse.Namespace) -> Any:
+    from beastnet.loadgen import report
+    # The stream is looked up now: sys.stderr may have been replaced since import.
+    return report.ProgressLine(sys.stderr,
+                               enabled=False if args.quiet else True if args.progress else None)
+
+
+def _finish(args: argparse.Namespace, body: dict, config: dict, text: str) -> int:
+    from beastnet import loadgen
+    from beastnet.loadgen import report
+    if not args.quiet:
+        print(text)
+    if args.json:
+        report.write_json(args.json, report.build_report(
+            body, config, loadgen.machine_info(), argv=sys.argv[1:] if sys.argv else None))
+    if getattr(args, "html", None):
+        print("beastnet load: --html is not drawn for WebSocket runs yet; use --json",
+              file=sys.stderr)
+    return EXIT_FAIL if body["verdict"] == "fail" else EXIT_PASS
+
+
+def _guarded(name: str, args: argparse.Namespace,
+             work: Callable[[Any], Any]) -> tuple[Any, Optional[int]]:
+    """(what `work(progress)` returned, None), or (None, exit status) after
+    one line on stderr: bad input or a run that could not start is 2,
+    Ctrl-C between runs 130."""
+    progress = _progress(args)
+    try:
+        return work(progress), None
+    except (BeastnetError, ValueError, OSError) as exc:
+        status, message = EXIT_USAGE, str(exc)
+    except KeyboardInterrupt:
+        status, message = EXIT_INTERRUPTED, "interrupted"
+    finally:
+        progress.clear()
+    print(f"{name}: {message}", file=sys.stderr)
+    return None, status
+
+
+def _counts(spec: str, flag: str) -> list[int]:
+    """A comma-separated list of positive integers (`--tiers`, `--steps`)."""
+    try:
+        values = [int(x) for x in spec.split(",") if x]
+    except ValueError:
+        raise LoadConfigError(f"{flag} {spec!r}: integers expected") from None
+    if not values or min(values) < 1:
+        raise LoadConfigError(f"{flag} needs positive counts")
+    return values
+
+
+def cmd_load_ws(args: argparse.Namespace) -> int:
+    """`beastnet load ws://...`: one WebSocket run."""
+    from beastnet.loadgen.ws import run_ws_load
+    from beastnet.loadgen.ws_density import DensityCriteria, ProcSampler, judge_tier
+    cfg, status = _guarded("beastnet load", args, lambda progress: ws_config(args))
+    if cfg is None:
+        return int(status or EXIT_USAGE)
+    pids = {"generator": os.getpid()}
+    if args.server_pid is not None:
+        pids["server"] = args.server_pid
+    sampler = ProcSampler(pids)
+
+    def run(progress: Any) -> Any:
+        def on_second(row: dict) -> None:
+            sampler.sample()
+            progress(row)
+        return run_ws_load(cfg, progress=on_second)
+
+    result, status = _guarded("beastnet load", args, run)
+    if result is None:
+        return int(status or EXIT_USAGE)
+    sampler.sample()
+    crit = DensityCriteria(p99_ms=args.max_p99_ms if args.max_p99_ms else math.inf,
+                           max_reconnects=1 << 62, max_gaps=1 << 62, max_stall_ms=math.inf,
+                           max_rate_cv=math.inf)
+    verdict, reasons = judge_tier(result, crit)
+    d = result.to_dict()
+    body = {"kind": "run", "verdict": verdict, "reasons": reasons, "result": d,
+            "resources": sampler.rows}
+    text = format_ws_result(d) + f"\nverdict: {verdict.upper()}" + "".join(
+        f"\n  {r}" for r in reasons)
+    return _finish(args, body, cfg.to_dict(), text)
+
+
+def format_density(body: dict) -> str:
+    head = ["symbols", "distinct", "conns", "msgs/s", "p50 ms", "p99 ms", "max ms",
+            "stall ms", "reconn", "errors", "cv", "gen CPU", "srv CPU", "srv RSS MiB", "verdict"]
+    rows = [head]
+    for t in body["tiers"]:
+        r, e = t["result"], t["result"]["extra"]
+        lat = r["latency_ns"]
+        res = t["resources"]
+        srv_cpu = [row["server_cpu"] for row in res if row.get("server_cpu") is not None]
+        gen_cpu = [row["generator_cpu"] for row in res if row.get("generator_cpu") is not None]
+        srv_rss = [row["server_rss_mib"] for row in res if row.get("server_rss_mib") is not None]
+        rows.append([str(t["symbols_per_connection"]), str(t["distinct_symbols"]),
+                     str(t["connections"]), f"{t['messages_per_s']:.0f}",
+                     _ms(None if lat["p50"] is None else lat["p50"] / 1e6),
+                     _ms(None if lat["p99"] is None else lat["p99"] / 1e6),
+                     _ms(None if lat["max"] is None else lat["max"] / 1e6),
+                     _ms(e["longest_stall_ms"]), str(e["reconnects"]), str(r["errors"]),
+                     "-" if t["rate_cv"] is None else f"{t['rate_cv']:.2f}",
+                     f"{max(gen_cpu):.2f}" if gen_cpu else "-",
+                     f"{max(srv_cpu):.2f}" if srv_cpu else "-",
+                     f"{max(srv_rss):.1f}" if srv_rss else "-", t["verdict"].upper()])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
+    out = ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in rows]
+    out.insert(1, "  ".join("-" * w for w in widths))
+    for t in body["tiers"]:
+        for reason in t["reasons"]:
+            out.append(f"  {t['symbols_per_connection']} symbols: {t['verdict']}: {reason}")
+    out.append(f"verdict: {body['verdict'].upper()}  (CPU: peak cores in a second)")
+    return "\n".join(out)
+
+
+def cmd_ws_density(args: argparse.Namespace) -> int:
+    from beastnet.loadgen import ws_density
+    name = "beastnet ws density"
+
+    def setup(progress: Any) -> tuple[Any, list[int], Any]:
+        return ws_config(args), _counts(args.tiers, "--tiers"), ws_density.DensityCriteria(
+            p99_ms=args.p99_ms, min_messages_per_s=args.min_rate,
+            max_reconnects=args.max_reconnects, max_gaps=args.max_gaps,
+            max_stall_ms=args.max_stall_ms)
+
+    plan, status = _guarded(name, args, setup)
+    if plan is None:
+        return int(status or EXIT_USAGE)
+    cfg, tiers, crit = plan
+
+    def work(progress: Any) -> dict:
+        def on_tier(t: dict) -> None:
+            progress.clear()
+            if not args.quiet and sys.stderr.isatty():
+                print(f"{t['symbols_per_connection']} symbols: {t['messages_per_s']:.0f} "
+                      f"msgs/s {t['verdict'].upper()}", file=sys.stderr)
+        return ws_density.run_density(cfg, tiers, crit, server_pid=args.server_pid,
+                                      progress=progress, on_tier=on_tier)
+
+    body, status = _guarded(name, args, work)
+    if body is None:
+        return int(status or EXIT_USAGE)
+    return _finish(args, body, cfg.to_dict(), format_density(body))
+
+
+def format_knee(body: dict) -> str:
+    lines = [f"{'subscribers':>11}  {'msgs/s':>9}  {'p50 ms':>8}  {'p95 ms':>8}  "
+             f"{'p99 ms':>8}  verdict"]
+    for st in body["steps"]:
+        if st["verdict"] == "skipped":
+            lines.append(f"{st['subscribers']:>11}  {'-':>9}  {'-':>8}  {'-':>8}  {'-':>8}  "
+                         f"SKIPPED: {st['reasons'][0]}")
+            continue
+        lines.append(f"{st['subscribers']:>11}  {st['messages_per_s']:>9.0f}  "
+                     f"{_ms(st['p50_ms'])!s:>8}  {_ms(st['p95_ms'])!s:>8}  "
+                     f"{_ms(st['p99_ms'])!s:>8}  {st['verdict'].upper()}"
+                     + "".join(f"  {r}" for r in st["reasons"]))
+    lines.append(f"knee: {body['knee'] if body['knee'] is not None else 'none'} subscribers "
+                 f"(p95 limit {body['p95_limit_ms']:g} ms)  verdict: {body['verdict'].upper()}")
+    return "\n".join(lines)
+
+
+def cmd_ws_knee(args: argparse.Namespace) -> int:
+    from beastnet.loadgen import ws_knee
+    name = "beastnet ws knee"
+    plan, status = _guarded(name, args,
+                            lambda progress: (ws_config(args), _counts(args.steps, "--steps")))
+    if plan is None:
+        return int(status or EXIT_USAGE)
+    cfg, steps = plan
+    body, status = _guarded(name, args, lambda progress: ws_knee.run_knee(
+        cfg, steps, args.p95_ms, progress=progress))
+    if body is None:
+        return int(status or EXIT_USAGE)
+    return _finish(args, body, cfg.to_dict(), format_knee(body))
+
+
+def format_stress(body: dict) -> str:
+    lines = [f"{'lvl':>3}  {'conns':>6}  {'connected':>9}  {'upg p95':>8}  {'p95 ms':>8}  "
+             f"{'p99 ms':>8}  {'msgs/s':>9}  verdict"]
+    for lv in body["levels"]:
+        m = lv["metrics"]
+        if lv["verdict"] == "skipped":
+            lines.append(f"{lv['level']:>3}  {lv['connections']:>6}  SKIPPED: {lv['reasons'][0]}")
+            continue
+        lines.append(f"{lv['level']:>3}  {lv['connections']:>6}  {m['connected'] or 0:>9.2%}  "
+                     f"{_ms(m['upgrade_p95_ms']):>8}  {_ms(m['delivery_p95_ms']):>8}  "
+                     f"{_ms(m['delivery_p99_ms']):>8}  {m['messages_per_s']:>9.0f}  "
+                     f"{lv['verdict'].upper()}" + "".join(f"  {r}" for r in lv["reasons"]))
+    d = body["degradation"]
+    dims = "  ".join(f"{k} {'-' if v is None else f'{v:.0%}'}"
+                     for k, v in d["by_dimension"].items())
+    lines.append(f"degradation (1 - best/worst): {dims}")
+    lines.append(f"most degraded: {d['most_degraded'] or '-'}")
+    lines.append(f"not measured: {', '.join(body['not_measured'])}")
+    c = body["counts"]
+    lines.append(f"levels: {c['pass']} pass, {c['warn']} warn, {c['fail']} fail, "
+                 f"{c['skipped']} skipped  verdict: {body['verdict'].upper()}")
+    return "\n".join(lines)
+
+
+def cmd_ws_stress(args: argparse.Namespace) -> int:
+    from beastnet.loadgen import ws_stress
+    name = "beastnet ws stress"
+
+    def setup(progress: Any) -> tuple[Any, list[int], Any]:
+        levels = (_counts(args.levels, "--levels") if args.levels
+                  else list(ws_stress.LEVELS))
+        last = ws_stress.QUICK_MAX_LEVEL if args.quick else len(levels)
+        if args.max_level is not None:
+            if args.max_level < 1:
+                raise LoadConfigError("--max-level must be >= 1")
+            last = min(last, args.max_level)
+        th = ws_stress.StressThresholds(**{
+            k: tuple(getattr(args, k)) for k in ws_stress.StressThresholds().to_dict()})
+        return ws_config(args), levels[:last], th
+
+    plan, status = _guarded(name, args, setup)
+    if plan is None:
+        return int(status or EXIT_USAGE)
+    cfg, levels, th = plan
+    body, status = _guarded(name, args, lambda progress: ws_stress.run_stress(
+        cfg, levels, th, progress=progress))
+    if body is None:
+        return int(status or EXIT_USAGE)
+    return _finish(args, body, cfg.to_dict(), format_stress(body))

@@ -1,0 +1,917 @@
+# The WebSocket load generator: native threads, each with an epoll over its
+# share of the connections.  A connection is a client of any RFC 6455 server:
+# non-blocking connect, the opening handshake (101 and the accept key
+# checked), then its subscribe messages as masked text frames, and from then
+# on it only reads.  Pings are answered with pongs, a close frame is answered
+# with a close frame, fragmented messages are reassembled logically (counted
+# once, at the FIN frame), and a frame larger than the read buffer is parsed
+# from its prefix and the rest skipped without a copy.
+#
+# What a message measures, from its first bytes (only the first fragment):
+#   - latency: the integer (or decimal) after `"<ts_key>":`, a time since the
+#     epoch in the configured unit, against CLOCK_REALTIME read once per
+#     recv() batch.  Both ends must use CLOCK_REALTIME; across hosts the
+#     clocks' offset is in the number (same host: none).  A stamp from the
+#     future is counted as clock skew, never recorded as a latency.
+#   - sequence: the integer after `"<seq_key>":`, per connection.  A jump
+#     forward by k+1 is k lost messages (one gap event); going back is
+#     counted apart.  A reconnect starts a new stream (the outage is timed,
+#     not guessed as losses).
+# Every byte read counts towards the connection's stall: the longest time an
+# open connection went without data inside the measured window.
+#
+# A connection that ends for any reason (refused, timed out, reset, closed,
+# close frame, missed pong) is retried after a full-jitter exponential
+# backoff: a delay drawn uniformly from [0, min(cap, base * 2^attempt)], the
+# attempt count reset by a successful upgrade.
+
+from posix.time cimport CLOCK_REALTIME, clock_gettime, timespec
+
+cdef enum:
+    WS_TICK_NS = 10000000           # 10 ms: connect, timeout and ping scan over the connections
+    WS_READS_PER_EVENT = 4          # recv calls per readiness event
+    WS_CONTROL_ROOM = 512           # out-buffer room kept for pongs, pings and a close
+    WS_KEY_MAX = 64                 # bytes of a `"key":` pattern
+
+# Connection states.
+cdef enum:
+    WC_IDLE = 0                     # no socket: connect when retry_ns has passed
+    WC_CONNECTING = 1               # non-blocking connect in progress (EPOLLOUT)
+    WC_UPGRADING = 2                # upgrade request written, waiting for the 101
+    WC_OPEN = 3                     # frames flow
+
+# Frame opcodes (RFC 6455 5.2).
+cdef enum:
+    WS_OP_CONT = 0
+    WS_OP_TEXT = 1
+    WS_OP_BINARY = 2
+    WS_OP_CLOSE = 8
+    WS_OP_PING = 9
+    WS_OP_PONG = 10
+
+# How a connection ended (which counter it feeds).
+cdef enum:
+    WE_CLEAN = 0                    # the run ended
+    WE_REFUSED = 1                  # ECONNREFUSED on connect
+    WE_CONNECT_TIMEOUT = 2          # connect not done within connect_timeout
+    WE_CONNECT_OTHER = 3            # other connect failure
+    WE_UPGRADE_REFUSED = 4          # answer not 101 or wrong accept key
+    WE_UPGRADE_TIMEOUT = 5          # no 101 within connect_timeout of the connect
+    WE_RESET = 6                    # ECONNRESET / EPIPE
+    WE_CLOSED = 7                   # the server closed TCP without a close frame
+    WE_CLOSE_FRAME = 8              # the server sent a close frame
+    WE_PROTOCOL = 9                 # masked server frame, bad opcode, bad control frame
+    WE_HEARTBEAT = 10               # our ping got no pong in time
+    WE_IO = 11                      # other read/write errors
+
+# A WebSocket thread's histograms (0 and 1 are the base's latency pair).
+cdef enum:
+    WS_HIST_UPGRADE = 2             # TCP connected to 101 received
+    WS_HIST_CONNECT = 3             # connect() to writable
+    WS_HIST_BACKOFF = 4             # each drawn reconnect delay
+    WS_HIST_OUTAGE = 5              # connection lost to the next 101 (reconnect time)
+    WS_HIST_STALL = 6               # each connection's longest stall in the window
+    WS_NHISTS = 7
+
+
+# Per WebSocket thread; written only by its thread (bn_count), read with
+# relaxed loads.  "m_" counts the measured window (by receive time), "t_" the
+# whole run (the timeline).  WS_COUNTER_NAMES lists the fields in order.
+cdef struct bn_lg_ws_counters:
+    uint64_t m_sent                     # client data frames (subscribe messages) written in the window
+    uint64_t m_received                 # messages received in the window
+    uint64_t m_lost                     # sequence numbers skipped in the window
+    uint64_t m_error_replies            # messages whose first bytes hold `"error"`
+    uint64_t m_unsent                   # always 0 (the mode has no schedule)
+    uint64_t t_sent                     # every client data frame
+    uint64_t t_received                 # every message
+    uint64_t t_lost                     # every skipped sequence number
+    uint64_t m_bytes                    # payload bytes of the window's messages
+    uint64_t bytes_in                   # every byte read, handshakes and headers included
+    uint64_t bytes_out                  # every byte written
+    uint64_t m_no_timestamp             # window messages without a parsable stamp
+    uint64_t m_clock_skew               # ... stamped later than our receive time
+    uint64_t m_gap_events               # forward jumps of the sequence
+    uint64_t m_seq_backwards            # sequence numbers not above the last one
+    uint64_t m_fragments                # continuation frames
+    uint64_t connect_attempts           # connect() calls
+    uint64_t connects                   # TCP connections established
+    uint64_t upgrades                   # 101 answers accepted
+    uint64_t reconnects                 # upgrades of a connection slot after its first
+    uint64_t err_connect_refused
+    uint64_t err_connect_timeout
+    uint64_t err_connect_other
+    uint64_t err_upgrade_refused
+    uint64_t err_upgrade_timeout
+    uint64_t err_reset
+    uint64_t err_closed
+    uint64_t close_frames               # close frames from the server
+    uint64_t err_protocol
+    uint64_t heartbeat_failures
+    uint64_t err_io
+    uint64_t pings_received
+    uint64_t pongs_sent
+    uint64_t pings_sent
+    uint64_t pongs_received
+    uint64_t eintr
+    uint64_t waits
+
+WS_COUNTER_NAMES = (
+    "m_sent", "m_received", "m_lost", "m_error_replies", "m_unsent", "t_sent", "t_received",
+    "t_lost", "m_bytes", "bytes_in", "bytes_out", "m_no_timestamp", "m_clock_skew",
+    "m_gap_events", "m_seq_backwards", "m_fragments", "connect_attempts", "connects",
+    "upgrades", "reconnects", "err_connect_refused", "err_connect_timeout",
+    "err_connect_other", "err_upgrade_refused", "err_upgrade_timeout", "err_reset",
+    "err_closed", "close_frames", "err_protocol", "heartbeat_failures", "err_io",
+    "pings_received", "pongs_sent", "pings_sent", "pongs_received", "eintr", "waits")
+
+
+cdef struct bn_wsconn:
+    int fd                              # -1 when idle
+    int state                           # WC_*
+    uint32_t registered                 # epoll events registered, 0 = not in the epoll
+    uint32_t ever_open                  # an upgrade succeeded on this slot before
+    uint32_t attempt                    # consecutive failures: the backoff exponent
+    uint32_t sub_first                  # first subscribe payload of this connection
+    uint32_t sub_count                  # ... and how many
+    uint32_t in_len                     # bytes in `inb`
+    uint32_t in_off                     # ... of which parsed
+    uint32_t out_len                    # bytes queued in `out`
+    uint32_t out_off                    # ... of which written
+    uint32_t msg_open                   # inside a fragmented message
+    uint32_t skip_fin                   # the frame being skipped ends its message
+    uint32_t msg_has_seq
+    uint32_t msg_error                  # the message being received holds `"error"` near its start
+    uint32_t has_seq                    # last_seq is valid
+    uint64_t skip_remaining             # payload bytes of an oversize frame still to discard
+    uint64_t connect_start_ns
+    uint64_t upgrade_start_ns
+    uint64_t retry_ns                   # no connect before this
+    uint64_t down_ns                    # when the last open connection ended, 0 = never open
+    uint64_t last_data_ns               # last byte read (open connection)
+    uint64_t longest_stall_ns           # in the measured window, over every life of the slot
+    uint64_t ping_sent_ns               # our ping awaiting its pong, 0 = none
+    uint64_t next_ping_ns
+    uint64_t last_seq
+    uint64_t msg_ts_ns                  # stamp of the message being received, 0 = none
+    uint64_t msg_seq
+    uint64_t msg_bytes                  # payload bytes so far of the message being received
+    char* out                           # out_cap bytes
+    char* inb                           # in_cap bytes
+
+cdef struct bn_ws_thread:
+    bn_lg_base b                        # first: what every load loop keeps (see _run.pxi)
+    int family                          # AF_INET / AF_INET6
+    int measuring                       # past the warm-up
+    socklen_t addr_len
+    char addr[LG_ADDR_MAX_BYTES]        # the server's sockaddr
+    uint32_t nconns
+    uint32_t pending                    # connections connecting or upgrading
+    uint32_t max_pending                # at most this many at once (listen backlogs are finite)
+    uint32_t out_cap
+    uint32_t in_cap
+    uint32_t ts_key_len
+    uint32_t seq_key_len
+    uint32_t accept_len
+    char ts_key[WS_KEY_MAX]             # `"t":`
+    char seq_key[WS_KEY_MAX]            # `"seq":`
+    char accept[32]                     # the expected Sec-WebSocket-Accept value
+    uint64_t ts_unit_ns                 # ns per unit of the stamp (1, 1000, 1000000, 1e9)
+    uint64_t connect_timeout_ns         # connect, and then the upgrade, each fail after this
+    uint64_t backoff_base_ns
+    uint64_t backoff_cap_ns
+    uint64_t ping_interval_ns           # 0 = we send no pings
+    uint64_t pong_timeout_ns
+    uint64_t rt_ns                      # CLOCK_REALTIME of the current recv batch
+    const char* upgrade                 # the upgrade request
+    uint32_t upgrade_len
+    const char** sub_data               # every subscribe payload
+    uint32_t* sub_len
+    bn_wsconn* conns
+    bn_lg_ws_counters* counters
+
+
+cdef inline uint64_t ws_realtime_ns() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_REALTIME, &ts)
+    return <uint64_t>ts.tv_sec * 1000000000 + <uint64_t>ts.tv_nsec
+
+
+cdef void ws_update_events(bn_ws_thread* t, bn_wsconn* c) noexcept nogil:
+    cdef uint32_t want = 0
+    cdef epoll_event ev
+    if c.state == WC_CONNECTING:
+        want = EPOLLOUT
+    elif c.state != WC_IDLE:
+        want = EPOLLIN
+        if c.out_off < c.out_len:
+            want |= EPOLLOUT
+    if want == c.registered or c.fd < 0:
+        return
+    memset(&ev, 0, sizeof(ev))
+    ev.events = want
+    ev.data.u32 = <uint32_t>(c - t.conns)
+    if epoll_ctl(t.b.epfd, EPOLL_CTL_MOD if c.registered else EPOLL_CTL_ADD, c.fd, &ev) == 0:
+        c.registered = want
+
+
+cdef void ws_note_gap(bn_ws_thread* t, bn_wsconn* c, uint64_t now) noexcept nogil:
+    """Close the current data gap of an open connection at `now`, clipped to
+    the measured window."""
+    cdef uint64_t start = c.last_data_ns if c.last_data_ns > t.b.measure_ns else t.b.measure_ns
+    cdef uint64_t end = now if now < t.b.end_ns else t.b.end_ns
+    if end > start and end - start > c.longest_stall_ns:
+        c.longest_stall_ns = end - start
+
+
+cdef void ws_close(bn_ws_thread* t, bn_wsconn* c, int how, uint64_t now) noexcept nogil:
+    """End `c`, count why, and draw its reconnect delay (full jitter)."""
+    cdef uint64_t ceiling
+    cdef uint64_t delay
+    cdef uint32_t shift
+    cdef bn_lg_ws_counters* k = t.counters
+    if c.state == WC_CONNECTING or c.state == WC_UPGRADING:
+        t.pending -= 1
+    if c.state == WC_OPEN:
+        ws_note_gap(t, c, now)
+        c.down_ns = now
+    if how == WE_REFUSED:
+        bn_count(&k.err_connect_refused, 1)
+    elif how == WE_CONNECT_TIMEOUT:
+        bn_count(&k.err_connect_timeout, 1)
+    elif how == WE_CONNECT_OTHER:
+        bn_count(&k.err_connect_other, 1)
+    elif how == WE_UPGRADE_REFUSED:
+        bn_count(&k.err_upgrade_refused, 1)
+    elif how == WE_UPGRADE_TIMEOUT:
+        bn_count(&k.err_upgrade_timeout, 1)
+    elif how == WE_RESET:
+        bn_count(&k.err_reset, 1)
+    elif how == WE_CLOSED:
+        bn_count(&k.err_closed, 1)
+    elif how == WE_PROTOCOL:
+        bn_count(&k.err_protocol, 1)
+    elif how == WE_HEARTBEAT:
+        bn_count(&k.heartbeat_failures, 1)
+    elif how == WE_IO:
+        bn_count(&k.err_io, 1)
+    if c.fd >= 0:
+        close(c.fd)                     # also leaves the epoll (the fd is not shared)
+    c.fd = -1
+    c.state = WC_IDLE
+    c.registered = 0
+    c.in_len = 0
+    c.in_off = 0
+    c.out_len = 0
+    c.out_off = 0
+    c.msg_open = 0
+    c.skip_remaining = 0
+    c.has_seq = 0
+    c.ping_sent_ns = 0
+    if how == WE_CLEAN:
+        return
+    shift = c.attempt if c.attempt < 30 else 30
+    ceiling = t.backoff_base_ns << shift
+    if ceiling > t.backoff_cap_ns or ceiling < t.backoff_base_ns:
+        ceiling = t.backoff_cap_ns
+    delay = bn_rand_u64(&t.b.rng) % (ceiling + 1)
+    hist_record(&t.b.hists[WS_HIST_BACKOFF], delay)
+    c.attempt += 1
+    c.retry_ns = now + delay
+
+
+cdef int ws_flush(bn_ws_thread* t, bn_wsconn* c, uint64_t now) noexcept nogil:
+    """Write what `c` has queued; 0, or -1 if the connection broke (closed)."""
+    cdef ssize_t n
+    cdef int err
+    while c.out_off < c.out_len:
+        n = send(c.fd, c.out + c.out_off, c.out_len - c.out_off, MSG_NOSIGNAL | MSG_DONTWAIT)
+        if n > 0:
+            c.out_off += <uint32_t>n
+            bn_count(&t.counters.bytes_out, <uint64_t>n)
+            continue
+        err = errno
+        if n < 0 and err == EINTR:
+            bn_count(&t.counters.eintr, 1)
+            continue
+        if n < 0 and err == EAGAIN:
+            break                       # EPOLLOUT tells us when to go on
+        ws_close(t, c, WE_RESET if (err == EPIPE or err == ECONNRESET) else WE_IO, now)
+        return -1
+    if c.out_off == c.out_len:
+        c.out_off = 0
+        c.out_len = 0
+    ws_update_events(t, c)
+    return 0
+
+
+cdef int ws_queue_frame(bn_ws_thread* t, bn_wsconn* c, int opcode, const char* data,
+                        uint32_t n) noexcept nogil:
+    """Queue one masked client frame (RFC 6455 5.3: every client frame is
+    masked with a fresh key); -1 when `out` has no room (the frame is dropped)."""
+    cdef uint32_t head = 6 if n < 126 else (8 if n < 65536 else 14)
+    cdef uint64_t r = bn_rand_u64(&t.b.rng)
+    cdef unsigned char mask[4]
+    cdef unsigned char* o
+    cdef uint32_t i
+    if c.out_off > 0:                   # keep the unwritten bytes at the front
+        memmove(c.out, c.out + c.out_off, c.out_len - c.out_off)
+        c.out_len -= c.out_off
+        c.out_off = 0
+    if c.out_len + head + n > t.out_cap:
+        return -1
+    o = <unsigned char*>c.out + c.out_len
+    o[0] = <unsigned char>(0x80 | opcode)          # FIN, opcode
+    if n < 126:
+        o[1] = <unsigned char>(0x80 | n)            # MASK, payload length
+        o += 2
+    elif n < 65536:
+        o[1] = 0x80 | 126                           # MASK, 16-bit extended length
+        o[2] = <unsigned char>(n >> 8)
+        o[3] = <unsigned char>n
+        o += 4
+    else:
+        o[1] = 0x80 | 127                           # MASK, 64-bit extended length
+        memset(o + 2, 0, 4)
+        o[6] = <unsigned char>(n >> 24)
+        o[7] = <unsigned char>(n >> 16)
+        o[8] = <unsigned char>(n >> 8)
+        o[9] = <unsigned char>n
+        o += 10
+    mask[0] = <unsigned char>r
+    mask[1] = <unsigned char>(r >> 8)
+    mask[2] = <unsigned char>(r >> 16)
+    mask[3] = <unsigned char>(r >> 24)
+    memcpy(o, mask, 4)                              # Masking-key
+    o += 4
+    for i in range(n):
+        o[i] = (<const unsigned char*>data)[i] ^ mask[i & 3]
+    c.out_len += head + n
+    return 0
+
+
+cdef void ws_connect(bn_ws_thread* t, bn_wsconn* c, uint64_t now) noexcept nogil:
+    cdef int one = 1
+    cdef int fd
+    cdef int err
+    bn_count(&t.counters.connect_attempts, 1)
+    fd = socket(t.family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)
+    if fd < 0:
+        ws_close(t, c, WE_CONNECT_OTHER, now)   # EMFILE, ENFILE, ENOBUFS...
+        return
+    c.fd = fd
+    c.state = WC_CONNECTING
+    c.connect_start_ns = now
+    t.pending += 1
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one))
+    if connect(fd, <sockaddr*>t.addr, t.addr_len) == 0:
+        ws_connected(t, c, bn_now_ns())
+        return
+    err = errno
+    if err == EINPROGRESS or err == EINTR:
+        ws_update_events(t, c)
+        return
+    ws_close(t, c, WE_REFUSED if err == ECONNREFUSED else WE_CONNECT_OTHER, now)
+
+
+cdef void ws_connected(bn_ws_thread* t, bn_wsconn* c, uint64_t now) noexcept nogil:
+    """TCP is up: time it, write the upgrade request."""
+    bn_count(&t.counters.connects, 1)
+    hist_record(&t.b.hists[WS_HIST_CONNECT],
+                now - c.connect_start_ns if now > c.connect_start_ns else 0)
+    c.state = WC_UPGRADING
+    c.upgrade_start_ns = now
+    memcpy(c.out, t.upgrade, t.upgrade_len)
+    c.out_len = t.upgrade_len
+    c.out_off = 0
+    ws_flush(t, c, now)
+
+
+cdef int ws_on_upgrade(bn_ws_thread* t, bn_wsconn* c, uint64_t now) noexcept nogil:
+    """Bytes of the handshake answer are in `inb`: 0 = wait for more, 1 = open
+    (frames may follow in the buffer), -1 = refused and closed."""
+    cdef const char* p = c.inb
+    cdef uint32_t n = c.in_len
+    cdef int end = -1
+    cdef uint32_t i
+    cdef uint32_t k
+    for i in range(3, n):
+        if p[i] == 10 and p[i - 1] == 13 and p[i - 2] == 10 and p[i - 3] == 13:   # CRLF CRLF
+            end = <int>(i + 1)
+            break
+    if end < 0:
+        if n >= t.in_cap:
+            ws_close(t, c, WE_UPGRADE_REFUSED, now)
+            return -1
+        return 0
+    # Status-Line "HTTP/1.1 101", then the accept key somewhere in the head.
+    if (end < 12 or memcmp(p, b"HTTP/1.1 101", 12) != 0
+            or memmem(p, <size_t>end, t.accept, t.accept_len) == NULL):
+        ws_close(t, c, WE_UPGRADE_REFUSED, now)
+        return -1
+    c.in_off = <uint32_t>end
+    t.pending -= 1
+    c.state = WC_OPEN
+    c.attempt = 0
+    c.last_data_ns = now
+    c.next_ping_ns = now + t.ping_interval_ns
+    bn_count(&t.counters.upgrades, 1)
+    hist_record(&t.b.hists[WS_HIST_UPGRADE], now - c.upgrade_start_ns)
+    if c.ever_open:
+        bn_count(&t.counters.reconnects, 1)
+        hist_record(&t.b.hists[WS_HIST_OUTAGE], now - c.down_ns if now > c.down_ns else 0)
+    c.ever_open = 1
+    c.down_ns = 0
+    for k in range(c.sub_first, c.sub_first + c.sub_count):
+        if ws_queue_frame(t, c, WS_OP_TEXT, t.sub_data[k], t.sub_len[k]) == 0:
+            bn_count(&t.counters.t_sent, 1)
+            if t.measuring and now < t.b.end_ns:
+                bn_count(&t.counters.m_sent, 1)
+    if ws_flush(t, c, now) < 0:
+        return -1
+    return 1
+
+
+cdef int ws_find_number(const char* p, uint32_t n, const char* key, uint32_t key_len,
+                        uint64_t unit_ns, uint64_t* out) noexcept nogil:
+    """The number after the first `key` (`"name":`) in p[0:n], spaces
+    allowed, times `unit_ns` (a decimal fraction kept to 9 digits); 1 if
+    found, 0 if not."""
+    cdef const char* q = <const char*>memmem(p, n, key, key_len)
+    cdef const char* end = p + n
+    cdef uint64_t whole = 0
+    cdef uint64_t frac = 0
+    cdef uint64_t scale = 1
+    cdef int digits = 0
+    if q == NULL:
+        return 0
+    q += key_len
+    while q < end and (q[0] == 32 or q[0] == 9):
+        q += 1
+    while q < end and 48 <= q[0] <= 57 and digits < 19:
+        whole = whole * 10 + <uint64_t>(q[0] - 48)
+        digits += 1
+        q += 1
+    if digits == 0:
+        return 0
+    if q < end and q[0] == 46 and unit_ns > 1:        # '.'
+        q += 1
+        while q < end and 48 <= q[0] <= 57 and scale < 1000000000:
+            frac = frac * 10 + <uint64_t>(q[0] - 48)
+            scale *= 10
+            q += 1
+    out[0] = whole * unit_ns + frac * unit_ns / scale
+    return 1
+
+
+cdef void ws_message_begin(bn_ws_thread* t, bn_wsconn* c, const char* p,
+                           uint32_t n) noexcept nogil:
+    """First fragment of a message: its stamp and sequence, from p[0:n]."""
+    c.msg_open = 1
+    c.msg_bytes = 0
+    c.msg_ts_ns = 0
+    c.msg_has_seq = 0
+    if t.ts_key_len and not ws_find_number(p, n, t.ts_key, t.ts_key_len, t.ts_unit_ns,
+                                           &c.msg_ts_ns):
+        c.msg_ts_ns = 0
+    if t.seq_key_len:
+        c.msg_has_seq = ws_find_number(p, n, t.seq_key, t.seq_key_len, 1, &c.msg_seq)
+    c.msg_error = memmem(p, n if n < 64 else 64, b"\"error\"", 7) != NULL
+
+
+cdef void ws_message_end(bn_ws_thread* t, bn_wsconn* c, uint64_t now) noexcept nogil:
+    """FIN frame: one message received."""
+    cdef bn_lg_ws_counters* k = t.counters
+    cdef int measured = now >= t.b.measure_ns and now < t.b.end_ns
+    cdef uint64_t ts = c.msg_ts_ns
+    cdef uint64_t lat
+    cdef uint64_t missing = 0
+    c.msg_open = 0
+    bn_count(&k.t_received, 1)
+    if c.msg_has_seq:
+        if c.has_seq and c.msg_seq > c.last_seq + 1:
+            missing = c.msg_seq - c.last_seq - 1
+            bn_count(&k.t_lost, missing)
+            if measured:
+                bn_count(&k.m_lost, missing)
+                bn_count(&k.m_gap_events, 1)
+        elif c.has_seq and c.msg_seq <= c.last_seq and measured:
+            bn_count(&k.m_seq_backwards, 1)
+        if not c.has_seq or c.msg_seq > c.last_seq:
+            c.last_seq = c.msg_seq
+        c.has_seq = 1
+    if ts:
+        if ts <= t.rt_ns:
+            lat = t.rt_ns - ts
+            hist_record(&t.b.hists[LG_HIST_ALL], lat)
+            if measured:
+                hist_record(&t.b.hists[LG_HIST_MEASURED], lat)
+        elif measured:
+            bn_count(&k.m_clock_skew, 1)
+    elif measured and t.ts_key_len:
+        bn_count(&k.m_no_timestamp, 1)
+    if measured:
+        bn_count(&k.m_received, 1)
+        bn_count(&k.m_bytes, c.msg_bytes)
+        if c.msg_error:
+            bn_count(&k.m_error_replies, 1)
+        t.b.last_reply_ns = now
+
+
+cdef int ws_on_control(bn_ws_thread* t, bn_wsconn* c, int opcode, const char* p,
+                       uint32_t n, uint64_t now) noexcept nogil:
+    """A complete ping, pong or close frame; -1 if the connection ended."""
+    cdef char reply[2]
+    if opcode == WS_OP_PING:
+        bn_count(&t.counters.pings_received, 1)
+        if ws_queue_frame(t, c, WS_OP_PONG, p, n) == 0:
+            bn_count(&t.counters.pongs_sent, 1)
+        return ws_flush(t, c, now)
+    if opcode == WS_OP_PONG:
+        bn_count(&t.counters.pongs_received, 1)
+        c.ping_sent_ns = 0
+        return 0
+    if opcode == WS_OP_CLOSE:
+        # Echo the status code (RFC 6455 5.5.1), then drop the TCP
+        # connection: nothing more will come that we want.
+        if n >= 2:
+            reply[0] = p[0]
+            reply[1] = p[1]
+        bn_count(&t.counters.close_frames, 1)
+        ws_queue_frame(t, c, WS_OP_CLOSE, reply, 2 if n >= 2 else 0)
+        if ws_flush(t, c, now) == 0:    # a failed write has closed it already
+            ws_close(t, c, WE_CLOSE_FRAME, now)
+        return -1
+    ws_close(t, c, WE_PROTOCOL, now)
+    return -1
+
+
+cdef int ws_parse(bn_ws_thread* t, bn_wsconn* c, uint64_t now) noexcept nogil:
+    """Every complete frame in `inb`; -1 if the connection ended."""
+    cdef const unsigned char* p
+    cdef uint32_t avail
+    cdef uint32_t head
+    cdef uint64_t plen
+    cdef uint64_t take
+    cdef int opcode
+    cdef int fin
+    while True:
+        avail = c.in_len - c.in_off
+        p = <const unsigned char*>c.inb + c.in_off
+        if c.skip_remaining:
+            take = c.skip_remaining if c.skip_remaining < avail else avail
+            c.in_off += <uint32_t>take
+            c.skip_remaining -= take
+            c.msg_bytes += take
+            if c.skip_remaining:
+                return 0
+            if c.skip_fin:
+                ws_message_end(t, c, now)
+            continue
+        if avail < 2:
+            return 0
+        fin = p[0] & 0x80
+        opcode = p[0] & 0x0F
+        if p[1] & 0x80:                 # MASK: a server must never mask (RFC 6455 5.1)
+            ws_close(t, c, WE_PROTOCOL, now)
+            return -1
+        plen = p[1] & 0x7F
+        head = 2
+        if plen == 126:
+            if avail < 4:
+                return 0
+            plen = (<uint64_t>p[2] << 8) | p[3]
+            head = 4
+        elif plen == 127:
+            if avail < 10:
+                return 0
+            plen = ((<uint64_t>p[2] << 56) | (<uint64_t>p[3] << 48) | (<uint64_t>p[4] << 40)
+                    | (<uint64_t>p[5] << 32) | (<uint64_t>p[6] << 24) | (<uint64_t>p[7] << 16)
+                    | (<uint64_t>p[8] << 8) | <uint64_t>p[9])
+            head = 10
+        if opcode >= 8:
+            if plen > 125 or not fin:
+                ws_close(t, c, WE_PROTOCOL, now)
+                return -1
+            if avail < head + plen:
+                return 0
+            c.in_off += head + <uint32_t>plen
+            if ws_on_control(t, c, opcode, <const char*>p + head, <uint32_t>plen, now) < 0:
+                return -1
+            continue
+        if opcode > WS_OP_BINARY or (opcode == WS_OP_CONT) != (c.msg_open != 0):
+            ws_close(t, c, WE_PROTOCOL, now)
+            return -1
+        if head + plen <= avail:
+            if opcode != WS_OP_CONT:
+                ws_message_begin(t, c, <const char*>p + head, <uint32_t>plen)
+            else:
+                bn_count(&t.counters.m_fragments, 1)
+            c.msg_bytes += plen
+            c.in_off += head + <uint32_t>plen
+            if fin:
+                ws_message_end(t, c, now)
+            continue
+        if c.in_off == 0 and c.in_len == t.in_cap:
+            # Larger than the buffer: measure from its prefix, skip the rest.
+            if opcode != WS_OP_CONT:
+                ws_message_begin(t, c, <const char*>p + head, avail - head)
+            else:
+                bn_count(&t.counters.m_fragments, 1)
+            c.msg_bytes += avail - head
+            c.in_off = c.in_len
+            c.skip_remaining = plen - (avail - head)
+            c.skip_fin = fin != 0
+            return 0
+        return 0
+
+
+cdef void ws_read(bn_ws_thread* t, bn_wsconn* c, uint64_t now) noexcept nogil:
+    cdef ssize_t n
+    cdef size_t room
+    cdef int err
+    cdef int r
+    for r in range(WS_READS_PER_EVENT):
+        if c.in_off == c.in_len:
+            c.in_off = 0
+            c.in_len = 0
+        elif c.in_off > 0:              # keep the partial frame at the front
+            memmove(c.inb, c.inb + c.in_off, c.in_len - c.in_off)
+            c.in_len -= c.in_off
+            c.in_off = 0
+        room = t.in_cap - c.in_len
+        n = recv(c.fd, c.inb + c.in_len, room, MSG_DONTWAIT)
+        if n > 0:
+            bn_count(&t.counters.bytes_in, <uint64_t>n)
+            t.rt_ns = ws_realtime_ns()
+            c.in_len += <uint32_t>n
+            if c.state == WC_UPGRADING:
+                if ws_on_upgrade(t, c, now) <= 0:
+                    return
+            else:
+                ws_note_gap(t, c, now)
+            c.last_data_ns = now
+            if ws_parse(t, c, now) < 0:
+                return
+            if <size_t>n < room:
+                return                  # the socket is drained
+            continue
+        err = errno
+        if n == 0:
+            ws_close(t, c, WE_CLOSED, now)
+            return
+        if err == EINTR:
+            bn_count(&t.counters.eintr, 1)
+            continue
+        if err == EAGAIN:
+            return
+        ws_close(t, c, WE_RESET if err == ECONNRESET else WE_IO, now)
+        return
+
+
+cdef void ws_on_event(bn_ws_thread* t, bn_wsconn* c, uint32_t events, uint64_t now) noexcept nogil:
+    cdef int err = 0
+    cdef socklen_t optlen = sizeof(err)
+    if c.fd < 0:
+        return                          # closed earlier in this batch
+    if c.state == WC_CONNECTING:
+        if getsockopt(c.fd, SOL_SOCKET, SO_ERROR, &err, &optlen) != 0:
+            err = errno
+        if err != 0:
+            ws_close(t, c, WE_REFUSED if err == ECONNREFUSED else WE_CONNECT_OTHER, now)
+        elif events & (EPOLLOUT | EPOLLERR | EPOLLHUP):
+            ws_connected(t, c, now)
+        return
+    if events & (EPOLLIN | EPOLLERR | EPOLLHUP):
+        ws_read(t, c, now)
+    if c.fd >= 0 and events & EPOLLOUT:
+        ws_flush(t, c, now)
+
+
+cdef void ws_tick(bn_ws_thread* t, uint64_t now) noexcept nogil:
+    """Connect idle slots whose backoff is over, time out handshakes, ping."""
+    cdef uint32_t j
+    cdef bn_wsconn* c
+    for j in range(t.nconns):
+        c = &t.conns[j]
+        if c.state == WC_IDLE:
+            if now >= c.retry_ns and t.pending < t.max_pending:
+                ws_connect(t, c, now)
+        elif c.state == WC_CONNECTING:
+            if now - c.connect_start_ns > t.connect_timeout_ns:
+                ws_close(t, c, WE_CONNECT_TIMEOUT, now)
+        elif c.state == WC_UPGRADING:
+            if now - c.upgrade_start_ns > t.connect_timeout_ns:
+                ws_close(t, c, WE_UPGRADE_TIMEOUT, now)
+        elif t.ping_interval_ns:
+            if c.ping_sent_ns:
+                if now - c.ping_sent_ns > t.pong_timeout_ns:
+                    ws_close(t, c, WE_HEARTBEAT, now)
+            elif now >= c.next_ping_ns:
+                if ws_queue_frame(t, c, WS_OP_PING, b"bn", 2) == 0:
+                    bn_count(&t.counters.pings_sent, 1)
+                    c.ping_sent_ns = now
+                    c.next_ping_ns = now + t.ping_interval_ns
+                    ws_flush(t, c, now)
+
+
+cdef void* ws_thread_main(void* arg) noexcept nogil:
+    cdef bn_ws_thread* t = <bn_ws_thread*>arg
+    cdef uint64_t now
+    cdef uint64_t next_tick
+    cdef uint64_t wake
+    cdef int stop
+    cdef int n
+    cdef int i
+    cdef uint32_t j
+    cdef bn_wsconn* c
+    if t.b.cpu >= 0:
+        t.b.pin_error = bn_pin_self_to_cpu(t.b.cpu)
+    now = bn_now_ns()
+    t.measuring = now >= t.b.measure_ns
+    if t.measuring:
+        t.b.cpu_start_ns = bn_thread_cpu_ns()
+    next_tick = now
+    while True:
+        now = bn_now_ns()
+        if not t.measuring and now >= t.b.measure_ns:
+            t.measuring = 1
+            t.b.cpu_start_ns = bn_thread_cpu_ns()
+        stop = bn_load_int(t.b.stop_flag)
+        if stop != LG_RUN or now >= t.b.end_ns:
+            break
+        if now >= next_tick:
+            ws_tick(t, now)
+            next_tick = now + WS_TICK_NS
+        wake = next_tick if next_tick < t.b.end_ns else t.b.end_ns
+        if not t.measuring and t.b.measure_ns < wake:
+            wake = t.b.measure_ns
+        n = lg_wait(&t.b, wake, &t.counters.waits, &t.counters.eintr)
+        if n < 0:
+            break
+        now = bn_now_ns()
+        for i in range(n):
+            c = &t.conns[t.b.events[i].data.u32]
+            ws_on_event(t, c, t.b.events[i].events, now)
+    now = bn_now_ns()
+    t.b.send_stop_ns = now if now < t.b.end_ns else t.b.end_ns
+    for j in range(t.nconns):
+        c = &t.conns[j]
+        if c.state == WC_OPEN:
+            ws_note_gap(t, c, now)
+        if c.ever_open:
+            hist_record(&t.b.hists[WS_HIST_STALL], c.longest_stall_ns)
+        if c.state == WC_OPEN:
+            # Say goodbye (1000, normal closure) so the server logs no error;
+            # no wait for its answer.
+            ws_queue_frame(t, c, WS_OP_CLOSE, b"\x03\xe8", 2)
+            if ws_flush(t, c, now) < 0:
+                continue
+        ws_close(t, c, WE_CLEAN, now)
+    lg_thread_done(&t.b)
+    return NULL
+
+
+cdef bn_ws_thread* ws_thread_new(uint32_t nconns, uint32_t out_cap, uint32_t in_cap) noexcept nogil:
+    cdef bn_ws_thread* t = <bn_ws_thread*>calloc(1, sizeof(bn_ws_thread))
+    cdef uint32_t i
+    if t == NULL:
+        return NULL
+    t.nconns = nconns
+    t.out_cap = out_cap
+    t.in_cap = in_cap
+    t.conns = <bn_wsconn*>calloc(nconns, sizeof(bn_wsconn))
+    if lg_base_init(&t.b, WS_NHISTS) < 0 or t.conns == NULL:
+        ws_thread_free(&t.b)
+        return NULL
+    for i in range(nconns):
+        t.conns[i].fd = -1
+        t.conns[i].out = <char*>malloc(out_cap)
+        t.conns[i].inb = <char*>malloc(in_cap)
+        if t.conns[i].out == NULL or t.conns[i].inb == NULL:
+            ws_thread_free(&t.b)
+            return NULL
+    return t
+
+
+cdef void ws_thread_free(bn_lg_base* b) noexcept nogil:
+    cdef bn_ws_thread* t = <bn_ws_thread*>b    # b is its first member
+    cdef uint32_t i
+    if t == NULL:
+        return
+    if t.conns != NULL:
+        for i in range(t.nconns):
+            if t.conns[i].fd >= 0:
+                close(t.conns[i].fd)
+            free(t.conns[i].out)
+            free(t.conns[i].inb)
+        free(t.conns)
+    lg_base_free(&t.b)
+    free(t)
+
+
+cdef int ws_copy_key(char* dst, bytes key, uint32_t* length) except -1:
+    if len(key) >= WS_KEY_MAX:
+        raise ValueError(f"key pattern {key!r} longer than {WS_KEY_MAX - 1} bytes")
+    memcpy(dst, <char*>key, len(key))
+    length[0] = <uint32_t>len(key)
+    return 0
+
+
+cdef class WSLoadRun(LoadRun):
+    """Native WebSocket client threads over their own connections.
+
+    Low-level: `beastnet.loadgen.run_ws_load` resolves the address, builds
+    the upgrade request and the subscribe messages, and turns the counters
+    into a `LoadResult`.  `conn_subs[i]` lists the subscribe payloads (indexes
+    into `subscribes`) of connection i, connections dealt to the threads in
+    turn.  One start(), one join().
+    """
+
+    def __cinit__(self, bytes sockaddr not None, int family, list conn_counts not None,
+                  bytes upgrade not None, bytes accept not None, list subscribes not None,
+                  list conn_subs not None, *, bytes ts_key=b"", uint64_t ts_unit_ns=1,
+                  bytes seq_key=b"", uint64_t connect_timeout_ns=1000000000,
+                  uint64_t backoff_base_ns=100000000, uint64_t backoff_cap_ns=10000000000,
+                  uint64_t ping_interval_ns=0, uint64_t pong_timeout_ns=5000000000,
+                  unsigned int max_pending=256, unsigned int read_buffer=65536,
+                  uint64_t warmup_ns=0, uint64_t duration_ns=1, list cpus=None,
+                  uint64_t seed=0x9E3779B97F4A7C15):
+        cdef int i
+        cdef uint32_t j, k, first
+        cdef uint32_t out_cap = 0
+        cdef uint32_t need
+        cdef bn_ws_thread* t
+        cdef list flat = []
+        cdef list firsts = []
+        if len(sockaddr) > LG_ADDR_MAX_BYTES:
+            raise ValueError("sockaddr too long")
+        if sum(conn_counts) != len(conn_subs):
+            raise ValueError("one list of subscribe payloads per connection")
+        if len(accept) >= 32:
+            raise ValueError("accept key too long")
+        if read_buffer < 4096:
+            raise ValueError("read_buffer must be >= 4096 bytes")
+        self.thread_main = ws_thread_main
+        self.thread_free = ws_thread_free
+        # Payloads: the upgrade request, then every connection's subscribe
+        # messages back to back (connection i's start at firsts[i]).
+        for subs in conn_subs:
+            firsts.append(len(flat))
+            need = len(upgrade) + WS_CONTROL_ROOM
+            for s in subs:
+                flat.append(subscribes[s])
+                need += len(<bytes>subscribes[s]) + 14
+            if need > out_cap:
+                out_cap = need
+        self._setup(len(conn_counts), (sizeof(bn_lg_ws_counters) + BN_CACHE_LINE - 1)
+                    // BN_CACHE_LINE * BN_CACHE_LINE, WS_NHISTS, [upgrade] + flat,
+                    1, None, warmup_ns, duration_ns)
+        first = 0
+        for i in range(self.nthreads):
+            t = ws_thread_new(conn_counts[i], out_cap, read_buffer)
+            if t == NULL:
+                raise MemoryError()
+            self._add_thread(i, &t.b, LG_CLOSED, 0.0, connect_timeout_ns, None, cpus, seed)
+            t.family = family
+            t.addr_len = <socklen_t>len(sockaddr)
+            memcpy(t.addr, <char*>sockaddr, len(sockaddr))
+            t.upgrade = self.data[0]
+            t.upgrade_len = self.lens[0]
+            t.sub_data = self.data + 1
+            t.sub_len = self.lens + 1
+            memcpy(t.accept, <char*>accept, len(accept))
+            t.accept_len = <uint32_t>len(accept)
+            ws_copy_key(t.ts_key, ts_key, &t.ts_key_len)
+            ws_copy_key(t.seq_key, seq_key, &t.seq_key_len)
+            t.ts_unit_ns = ts_unit_ns
+            t.connect_timeout_ns = connect_timeout_ns
+            t.backoff_base_ns = backoff_base_ns
+            t.backoff_cap_ns = backoff_cap_ns if backoff_cap_ns >= backoff_base_ns else backoff_base_ns
+            t.ping_interval_ns = ping_interval_ns
+            t.pong_timeout_ns = pong_timeout_ns
+            t.max_pending = max_pending if max_pending else 1
+            t.counters = <bn_lg_ws_counters*>(self.counters_mem + <size_t>i * self.counter_bytes)
+            for j in range(<uint32_t>conn_counts[i]):
+                k = first + j
+                t.conns[j].sub_first = firsts[k]
+                t.conns[j].sub_count = len(conn_subs[k])
+            first += conn_counts[i]
+
+    cdef object _counters_dict(self, const uint64_t* sums):
+        return {name: sums[i] for i, name in enumerate(WS_COUNTER_NAMES)}
+
+    cdef dict _thread_extra(self, bn_lg_base* b):
+        return {"connections": (<bn_ws_thread*>b).nconns}
+
+    def longest_stalls_ns(self):
+        """Each connection's longest stall in the measured window (after the join)."""
+        cdef int i
+        cdef uint32_t j
+        cdef bn_ws_thread* t
+        out = []
+        for i in range(self.nthreads):
+            t = <bn_ws_thread*>self.threads[i]
+            for j in range(t.nconns):
+                out.append(t.conns[j].longest_stall_ns)
+        return out

@@ -1,0 +1,142 @@
+"""What a WebSocket load run does: `WSLoadConfig` and its checks.
+
+A plain dataclass, no native code: the CLI builds and checks it before
+anything heavy is imported.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar, Optional, Sequence
+
+import orjson
+
+from beastnet.errors import LoadConfigError
+from beastnet.loadgen.config import LoadConfig
+
+__all__ = ["TS_UNITS", "WSLoadConfig"]
+
+#: Nanoseconds per unit of a message's timestamp field.
+TS_UNITS = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 1_000_000_000}
+
+#: beastnet's own subscribe message; `{symbols}` becomes a JSON array.
+BEASTNET_SUBSCRIBE = '{"op":"subscribe","symbols":{symbols}}'
+
+#: How latency is measured, as the report states it.
+CLOCK_RULE = ("latency = CLOCK_REALTIME at receipt - the message's timestamp field; the "
+              "server must stamp with CLOCK_REALTIME (time since the epoch); across hosts "
+              "the clocks' offset is included, stamps from the future are counted as "
+              "clock_skew and not recorded")
+
+
+def _bad(msg: str) -> None:
+    raise LoadConfigError(msg)
+
+
+@dataclass
+class WSLoadConfig(LoadConfig):
+    """What a WebSocket load run does: ``connections`` clients of
+    ``ws://host:port{path}``, each sending its subscribe messages after the
+    upgrade and then only reading, for ``duration_s`` after ``warmup_s``.
+
+    ``symbols`` are subscribed on every connection, or, with
+    ``symbols_per_connection=N``, N each, dealt from the list in turn (and
+    repeated when N exceeds it: a server may count repeats once).
+    ``subscribe_template`` is the message text, ``{symbols}`` replaced by a
+    JSON array of at most ``symbols_per_message`` symbols (beastnet's
+    ``{"op":"subscribe","symbols":[...]}`` by default; empty: send nothing).
+    Latency comes from the number after ``"<ts_key>":`` in ``ts_unit``
+    (CLOCK_REALTIME on both sides), gaps from ``"<seq_key>":`` per
+    connection.  A lost connection is retried after a full-jitter delay in
+    [0, min(backoff_cap_ms, backoff_base_ms * 2^attempt)].
+    """
+
+    port: int = 8080
+    threads: int = 1
+    warmup_s: float = 0.0
+    path: str = "/v1/stream"
+    connections: int = 1
+    symbols: Sequence[str] = ("BTC",)
+    symbols_per_connection: Optional[int] = None
+    subscribe_template: str = BEASTNET_SUBSCRIBE
+    symbols_per_message: int = 1000
+    ts_key: Optional[str] = "ts"
+    ts_unit: str = "ms"
+    seq_key: Optional[str] = None
+    connect_timeout_ms: float = 2000
+    backoff_base_ms: float = 100
+    backoff_cap_ms: float = 10000
+    ping_interval_ms: float = 0
+    pong_timeout_ms: float = 5000
+    max_pending: int = 256
+    read_buffer: int = 65536
+    headers: Sequence[str] = ()
+    host_header: Optional[str] = None
+
+    mode: ClassVar[str] = "ws"
+    COUNT_LIMITS: ClassVar[dict[str, Optional[int]]] = {
+        "connections": None, "threads": None, "max_pending": None, "symbols_per_message": None,
+        "read_buffer": 1 << 26}
+
+    def validate(self) -> None:
+        """Raise `LoadConfigError` naming the first bad setting."""
+        super().validate()
+        if not self.path.startswith("/") or any(c in self.path for c in " \r\n"):
+            _bad(f"path must start with '/' and hold no spaces, got {self.path!r}")
+        if not self.symbols or any(not s or any(ord(c) < 32 for c in s) for s in self.symbols):
+            _bad("symbols must be non-empty strings without control characters")
+        if self.symbols_per_connection is not None and (
+                not isinstance(self.symbols_per_connection, int)
+                or self.symbols_per_connection < 1):
+            _bad(f"symbols_per_connection must be a positive integer, "
+                 f"got {self.symbols_per_connection!r}")
+        if self.subscribe_template and "{symbols}" not in self.subscribe_template:
+            _bad("subscribe_template must contain {symbols}")
+        if self.ts_unit not in TS_UNITS:
+            _bad(f"ts_unit must be one of {', '.join(TS_UNITS)}, got {self.ts_unit!r}")
+        for name in ("ts_key", "seq_key"):
+            key = getattr(self, name)
+            if key is not None and (not key or len(key.encode()) > 60 or '"' in key):
+                _bad(f"{name} must be 1-60 bytes without '\"', got {key!r}")
+        for name in ("connect_timeout_ms", "backoff_base_ms", "backoff_cap_ms",
+                     "pong_timeout_ms"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                _bad(f"{name} must be > 0, got {value!r}")
+        if not (math.isfinite(self.ping_interval_ms) and self.ping_interval_ms >= 0):
+            _bad(f"ping_interval_ms must be >= 0, got {self.ping_interval_ms!r}")
+        if self.read_buffer < 4096:
+            _bad(f"read_buffer must be >= 4096 bytes, got {self.read_buffer}")
+        if self.rate is not None or self.max_requests is not None:
+            _bad("a WebSocket run has no request rate or request count: the server pushes")
+        for h in self.headers:
+            if ":" not in h or "\n" in h or "\r" in h:
+                _bad(f"header {h!r}: expected 'Name: value'")
+
+    def connection_symbols(self) -> list[list[str]]:
+        """The symbols of each connection."""
+        if self.symbols_per_connection is None:
+            return [list(self.symbols)] * self.connections
+        n, syms = self.symbols_per_connection, list(self.symbols)
+        return [[syms[(i * n + j) % len(syms)] for j in range(n)]
+                for i in range(self.connections)]
+
+    def subscribe_messages(self, symbols: Sequence[str]) -> list[bytes]:
+        """The subscribe messages of a connection following `symbols`."""
+        if not self.subscribe_template:
+            return []
+        step = self.symbols_per_message
+        return [self.subscribe_template.replace(
+                    "{symbols}", orjson.dumps(list(symbols[i:i + step])).decode()).encode()
+                for i in range(0, len(symbols), step)]
+
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        out["symbols"] = (list(self.symbols) if len(self.symbols) <= 100
+                          else f"{len(self.symbols)} symbols")
+        out["headers"] = list(self.headers)
+        out["clock_rule"] = CLOCK_RULE
+        return out
+
+    def _level_shape(self, concurrency: int) -> dict[str, Any]:
+        return {"connections": concurrency}

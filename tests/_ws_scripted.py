@@ -1,0 +1,60 @@
+"""WebSocket servers of known behaviour for the load generator's truth tests:
+each is a `websockets` asyncio server on its own thread and loop, with a
+`behaviour` coroutine per connection and a record of what it did."""
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any, Awaitable, Callable
+
+import websockets
+
+Behaviour = Callable[[Any, "ScriptedServer"], Awaitable[None]]
+
+
+class ScriptedServer:
+    """`with ScriptedServer(behaviour) as s:` serves ws://127.0.0.1:{s.port}/;
+    `s.record` holds what the behaviours wrote down, `s.accepted` the
+    connections opened."""
+
+    def __init__(self, behaviour: Behaviour) -> None:
+        self.behaviour = behaviour
+        self.record: dict[str, Any] = {}
+        self.accepted = 0
+        self.port = 0
+        self._ready = threading.Event()
+        self._loop: asyncio.AbstractEventLoop = asyncio.new_event_loop()
+        self._stop: asyncio.Future = self._loop.create_future()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    async def _handler(self, ws: Any) -> None:
+        self.accepted += 1
+        try:
+            await self.behaviour(ws, self)
+        except websockets.ConnectionClosed:
+            pass
+
+    async def _main(self) -> None:
+        async with websockets.serve(self._handler, "127.0.0.1", 0, ping_interval=None) as srv:
+            self.port = srv.sockets[0].getsockname()[1]
+            self._ready.set()
+            await self._stop
+
+    def _run(self) -> None:
+        try:
+            self._loop.run_until_complete(self._main())
+        finally:
+            # Connection handlers still sleeping are cancelled with the loop.
+            for task in asyncio.all_tasks(self._loop):
+                task.cancel()
+            self._loop.run_until_complete(asyncio.sleep(0))
+            self._loop.close()
+
+    def __enter__(self) -> "ScriptedServer":
+        self._thread.start()
+        assert self._ready.wait(10), "scripted server did not start"
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._loop.call_soon_threadsafe(self._stop.set_result, None)
+        self._thread.join(10)
