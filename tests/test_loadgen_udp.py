@@ -235,8 +235,8 @@ def test_warmup_is_excluded():
     assert state["warm"] > 0 and state["after"] > 0
     assert r.received > 0 and r.error_replies == 0 and r.ok == r.received
     assert r.histogram.total == r.received              # the same requests as the counts
-    # each timeline row is flagged exactly by whether it falls in the warm-up
-    assert r.timeline and all(row["warmup"] == (row["t"] <= 0.7) for row in r.timeline)
+    # each timeline row (t_start..t) is flagged exactly by whether it overlaps the warm-up
+    assert r.timeline and all(row["warmup"] == (row["t_start"] < 0.7) for row in r.timeline)
 
 
 def test_weighted_keys_follow_the_weights():
