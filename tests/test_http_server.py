@@ -653,3 +653,11 @@ def test_udp_miss_path_after_the_dispatcher_generalisation(table):
                        b'@3 {"error":"internal_error"}', b'@4 {"error":"not_found"}']
     assert table.get("CACHE") == b'{"c":1}'
     assert seen[0] == ("udp", None, None)
+
+
+def test_405_from_a_route_names_the_allowed_methods(server):
+    # RFC 9110 15.5.6: the control plane's 405s carry Allow, as the native ones do.
+    responses = exchange(server, b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+                                 b"PUT /v1/BTC HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n", 2)
+    assert [r.status for r in responses] == [405, 405]
+    assert [r.headers.get("allow") for r in responses] == ["GET, HEAD", "GET, HEAD"]

@@ -199,17 +199,20 @@ def test_stats_defaults_to_the_admin_listener():
 
 # -- methods and profiles -------------------------------------------------------------
 
-@pytest.mark.parametrize("method,path,on", [
-    ("POST", "/healthz", "public"), ("DELETE", "/healthz", "public"),
-    ("POST", "/healthz", "admin"), ("PUT", "/metrics", "admin"),
-    ("POST", "/admin/stats", "admin"), ("DELETE", "/admin/stats", "admin"),
-    ("GET", "/admin/reset", "admin"), ("PUT", "/admin/profile?name=dev", "admin"),
+@pytest.mark.parametrize("method,path,on,allow", [
+    ("POST", "/healthz", "public", "GET, HEAD"), ("DELETE", "/healthz", "public", "GET, HEAD"),
+    ("POST", "/healthz", "admin", "GET, HEAD"), ("PUT", "/metrics", "admin", "GET, HEAD"),
+    ("POST", "/admin/stats", "admin", "GET, HEAD"), ("DELETE", "/admin/stats", "admin", "GET, HEAD"),
+    ("GET", "/admin/reset", "admin", "POST"),
+    ("PUT", "/admin/profile?name=dev", "admin", "GET, HEAD, POST"),
+    ("POST", "/dashboard", "public", "GET, HEAD"),
 ])
-def test_serve_routes_keep_the_method_check(serve, method, path, on):
+def test_serve_routes_keep_the_method_check(serve, method, path, on, allow):
     server = serve("--no-keys")
     port = server.http_port if on == "public" else server.admin_port
-    status, _, body = request(port, method, path, {"Content-Length": "0"})
+    status, headers, body = request(port, method, path, {"Content-Length": "0"})
     assert (status, body) == (405, b'{"error":"method_not_allowed"}')
+    assert headers.get("Allow") == allow          # RFC 9110: a 405 says what the path takes
     assert server.terminate() == 0
 
 

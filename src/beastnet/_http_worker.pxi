@@ -969,13 +969,18 @@ cdef class HTTPEngine(NativeEngine):
 
     def send_reply(self, unsigned int thread, unsigned int conn, unsigned int gen,
                    bytes addr not None, bytes tag_prefix not None, int status,
-                   str content_type not None, bytes body not None):
+                   str content_type not None, bytes body not None, str allow=None):
         """Answer a record of pop_misses(): queue a reply for connection
         (`conn`, `gen`) of worker `thread` and wake it (addr and tag_prefix
         are UDP's).  Returns 0, or 1 when the engine is not running (the
         reply is dropped).  A reply whose connection has gone is dropped by
         the worker (counted)."""
         cdef str extra = "Retry-After: 1\r\n" if status in (429, 503) else ""
+        if status == 405 and allow:
+            # RFC 9110 15.5.6: a 405 names the methods the resource takes.
+            if not all(part.strip().isalpha() and part.strip().isupper() for part in allow.split(",")):
+                raise ValueError(f"invalid Allow value {allow!r}")
+            extra += f"Allow: {allow}\r\n"
         cdef bytes head
         cdef bn_hreply* r
         cdef void* old

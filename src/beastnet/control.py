@@ -128,16 +128,18 @@ class Answer:
     cache: bool = False
     content_type: str = "application/json"
     status: int = 200           #: HTTP status (UDP sends the body only); 429/503 add Retry-After
+    allow: Optional[str] = None     #: with status 405, the methods the path takes ("GET, HEAD")
 
 
 HandlerResult = Union[bytes, str, dict, list, Answer, None]
 MissHandler = Callable[[MissRequest], Union[HandlerResult, Awaitable[HandlerResult]]]
 
 
-def error_answer(name: str) -> Answer:
+def error_answer(name: str, allow: Optional[str] = None) -> Answer:
     """The answer for error `name` of the shared vocabulary (e.g. "forbidden"):
-    its pre-serialized body and HTTP status, as the engines send them."""
-    return Answer(ERROR_BODIES[name], status=ERROR_STATUS[name])
+    its pre-serialized body and HTTP status, as the engines send them.
+    `allow`: the methods a 405 names in its Allow header."""
+    return Answer(ERROR_BODIES[name], status=ERROR_STATUS[name], allow=allow)
 
 
 def _encode(body: Any) -> bytes:
@@ -320,11 +322,11 @@ class MissDispatcher:
         if result is None:
             self._send(request, tag, ERROR_BODIES["not_found"], ERROR_STATUS["not_found"])
             return
-        status, content_type = 200, "application/json"
+        status, content_type, allow = 200, "application/json", None
         try:
             if isinstance(result, Answer):
                 body = _encode(result.body)
-                status, content_type = result.status, result.content_type
+                status, content_type, allow = result.status, result.content_type, result.allow
                 if result.cache and request.key is not None:
                     try:
                         self.table.set(request.key, body, content_type=result.content_type)
@@ -338,14 +340,15 @@ class MissDispatcher:
         except Exception as exc:        # unencodable result: the handler's bug
             self._failed(request, tag, exc)
             return
-        self._send(request, tag, body, status, content_type)
+        self._send(request, tag, body, status, content_type, allow)
 
     def _send(self, request: MissRequest, tag: bytes, body: bytes, status: int = 200,
-              content_type: str = "application/json") -> None:
+              content_type: str = "application/json", allow: Optional[str] = None) -> None:
         conn, gen = request._conn if request._conn is not None else (0, 0)
+        extra = {"allow": allow} if allow and request.protocol == "http" else {}
         try:
             rc = self.engine.send_reply(request._reader, conn, gen, request._addr, tag,
-                                        status, content_type, body)
+                                        status, content_type, body, **extra)
         except ValueError as exc:       # a status or content type the wire cannot carry
             self.errors += 1
             self.last_error = exc

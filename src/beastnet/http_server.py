@@ -227,7 +227,7 @@ class HTTPServer(EngineServer):
                 return error_answer("forbidden")
             builtin = path in ("/healthz", "/metrics", "/admin/stats")
             if builtin and request.method not in ("GET", "HEAD"):
-                return error_answer("method_not_allowed")
+                return error_answer("method_not_allowed", allow="GET, HEAD")
             if path == "/healthz":
                 return Answer(b'{"status":"ok"}')
             if path == "/metrics":

@@ -64,7 +64,9 @@ FD_BASE_RESERVE = 64
 FD_PER_THREAD = 4
 
 NOT_FOUND = Answer({"error": "not_found"}, status=404)
-METHOD_NOT_ALLOWED = Answer({"error": "method_not_allowed"}, status=405)
+def method_not_allowed(methods: tuple[str, ...]) -> Answer:
+    """405 naming the methods the path takes (its Allow header)."""
+    return Answer({"error": "method_not_allowed"}, status=405, allow=", ".join(methods))
 
 
 class PortInUseError(ServerError):
@@ -272,7 +274,7 @@ class PriceService:
 
     def _on_dashboard(self, request: MissRequest) -> Answer:
         if request.method not in ("GET", "HEAD"):
-            return METHOD_NOT_ALLOWED
+            return method_not_allowed(("GET", "HEAD"))
         assert self._dashboard is not None
         return self._dashboard
 
@@ -440,7 +442,7 @@ class PriceService:
         if path not in PUBLIC_ROUTES:
             return NOT_FOUND
         if request.method not in ROUTES[path]:
-            return METHOD_NOT_ALLOWED
+            return method_not_allowed(ROUTES[path])
         return self._health()
 
     def _refusal(self, request: MissRequest) -> Optional[Answer]:
@@ -471,7 +473,7 @@ class PriceService:
         if allowed is None:
             return NOT_FOUND
         if request.method not in allowed:
-            return METHOD_NOT_ALLOWED
+            return method_not_allowed(allowed)
         if path == "/healthz":
             return self._health()       # open to probes, as on the public port
         refused = self._refusal(request)
