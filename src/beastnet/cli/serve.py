@@ -226,10 +226,16 @@ def _serve(service: PriceService, cfg: ServeConfig, log: logging.Logger) -> int:
             keys += f" ({hint})"
             log.warning(hint, extra={"fields": {"event": "no_keys"}})
     admin = "token required" if cfg.admin_token else "loopback, no token"
-    log.info("serving %d assets: udp://%s %s, admin %s (%s), profile %s, keys %s, "
+    http_base = service.http.url.rstrip("/")
+    extras = []
+    if cfg.stream:
+        extras.append("stream ws" + http_base[len("http"):] + cfg.stream_path)
+    if cfg.dashboard:
+        extras.append(f"live page {http_base}/")
+    log.info("serving %d assets: udp://%s %s%s, admin %s (%s), profile %s, keys %s, "
              "CPU steering %s",
              len(service.table), host_port(udp_host, udp_port), service.http.url,
-             service.admin.url, admin, cfg.profile, keys,
+             "".join(", " + e for e in extras), service.admin.url, admin, cfg.profile, keys,
              service.udp.stats()["steering"]["reason"],
              extra={"fields": {"event": "ready", "udp_host": udp_host, "udp_port": udp_port,
                                "http_host": http_host, "http_port": http_port,
