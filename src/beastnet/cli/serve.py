@@ -65,7 +65,8 @@ def add_serve_command(sub: Any) -> None:
         profiles="\n".join(profiles),
         statuses="".join(f"\n  {code}  {what}" for code, what in SERVE_STATUSES.items()),
         token_env=ADMIN_TOKEN_ENV)
-    p = sub.add_parser("serve", help="run the price server for 150 assets (UDP + HTTP)",
+    p = sub.add_parser("serve",
+                       help="run the price server for 150 assets (UDP, HTTP, WebSocket stream)",
                        description="The bundled price server: 150 assets over UDP and HTTP, "
                                    "API keys, usage, metrics and admin routes.",
                        epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)

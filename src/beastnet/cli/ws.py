@@ -12,7 +12,8 @@ import sys
 from typing import Any, Callable, Optional
 from urllib.parse import urlsplit
 
-from beastnet.cli._common import EXIT_FAIL, EXIT_INTERRUPTED, EXIT_PASS, EXIT_USAGE
+from beastnet.cli._common import (EXIT_FAIL, EXIT_INTERRUPTED, EXIT_PASS, EXIT_UNREACHABLE,
+                                  EXIT_USAGE)
 from beastnet.errors import BeastnetError, LoadConfigError
 
 WS_EPILOG = """\
@@ -250,6 +251,8 @@ def _finish(args: argparse.Namespace, body: dict, config: dict, text: str) -> in
     if getattr(args, "html", None):
         print("beastnet load: --html is not drawn for WebSocket runs yet; use --json",
               file=sys.stderr)
+    if body.get("unreachable"):
+        return EXIT_UNREACHABLE
     return EXIT_FAIL if body["verdict"] == "fail" else EXIT_PASS
 
 
@@ -310,7 +313,10 @@ def cmd_load_ws(args: argparse.Namespace) -> int:
     verdict, reasons = judge_tier(result, crit)
     d = result.to_dict()
     body = {"kind": "run", "verdict": verdict, "reasons": reasons, "result": d,
-            "resources": sampler.rows}
+            "resources": sampler.rows,
+            # Nothing came back at all: no message, no upgrade answered.
+            "unreachable": result.received == 0 and result.errors > 0
+            and set(result.errors_by_kind) <= {"connect_refused", "connect_timeout"}}
     text = format_ws_result(d) + f"\nverdict: {verdict.upper()}" + "".join(
         f"\n  {r}" for r in reasons)
     return _finish(args, body, cfg.to_dict(), text)

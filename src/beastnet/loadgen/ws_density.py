@@ -88,6 +88,15 @@ def _rate_cv(timeline: Sequence[dict]) -> Optional[float]:
     return statistics.pstdev(rates) / statistics.fmean(rates)
 
 
+def errors_text(result: Any) -> str:
+    """'374 connect_refused (nothing listening on the port?)': by kind, largest first."""
+    hints = {"connect_refused": "nothing listening on the port?",
+             "connect_timeout": "host down or filtered?",
+             "upgrade_refused": "not a WebSocket endpoint, or the API key was refused?"}
+    parts = sorted(((n, k) for k, n in result.errors_by_kind.items() if n), reverse=True)
+    return ", ".join(f"{n:,} {k}" + (f" ({hints[k]})" if k in hints else "") for n, k in parts)
+
+
 def judge_tier(result: Any, crit: DensityCriteria) -> tuple[str, list[str]]:
     """(verdict, reasons) of one tier's `LoadResult`."""
     fails: list[str] = []
@@ -108,7 +117,7 @@ def judge_tier(result: Any, crit: DensityCriteria) -> tuple[str, list[str]]:
     if e["reconnects"] > crit.max_reconnects:
         fails.append(f"{e['reconnects']} reconnects > {crit.max_reconnects}")
     if result.errors:
-        fails.append(f"{result.errors} connection errors {result.errors_by_kind}")
+        fails.append(f"{result.errors:,} connection errors: {errors_text(result)}")
     if result.lost > crit.max_gaps:
         fails.append(f"{result.lost} sequence numbers missing > {crit.max_gaps}")
     stall = e.get("longest_stall_ms")

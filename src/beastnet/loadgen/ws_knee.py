@@ -12,6 +12,7 @@ import resource
 from typing import Any, Callable, Optional, Sequence
 
 from beastnet.loadgen.ws_config import WSLoadConfig
+from beastnet.loadgen.ws_density import errors_text
 
 __all__ = ["DEFAULT_STEPS", "reach_problem", "run_knee"]
 
@@ -70,7 +71,7 @@ def run_knee(cfg: WSLoadConfig, steps: Sequence[int] = DEFAULT_STEPS, p95_ms: fl
         if result.extra["upgrades"] < n:
             reasons.append(f"only {result.extra['upgrades']} of {n} subscribers connected")
         if result.errors:
-            reasons.append(f"{result.errors} connection errors {result.errors_by_kind}")
+            reasons.append(f"{result.errors:,} connection errors: {errors_text(result)}")
         step = {"subscribers": n, "verdict": "fail" if reasons else "pass", "reasons": reasons,
                 "p50_ms": result.percentile(50) / 1e6, "p95_ms": p95,
                 "p99_ms": result.percentile(99) / 1e6,
