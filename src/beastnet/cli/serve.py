@@ -67,8 +67,9 @@ def add_serve_command(sub: Any) -> None:
         token_env=ADMIN_TOKEN_ENV)
     p = sub.add_parser("serve",
                        help="run the price server for 150 assets (UDP, HTTP, WebSocket stream)",
-                       description="The bundled price server: 150 assets over UDP and HTTP, "
-                                   "API keys, usage, metrics and admin routes.",
+                       description="The bundled price server: 150 assets over UDP, HTTP and a "
+                                   "WebSocket stream with a live page, API keys, usage, "
+                                   "metrics and admin routes.",
                        epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", metavar="FILE", help="TOML config file (default: none)")
     p.add_argument("--profile", metavar="NAME",
