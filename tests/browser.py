@@ -3,6 +3,7 @@ protocol (a WebSocket), started in a temporary profile and stopped by PID.
 Pages count as working only once Chromium has run them."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -35,10 +36,18 @@ class Browser:
         self.profile = tempfile.mkdtemp(prefix="beastnet-chromium-")
         self.proc: Optional[subprocess.Popen] = None
         self.ws: Any = None
+        self._closing = contextlib.ExitStack()
         self.errors: list[str] = []
         self._id = 0
 
     def __enter__(self) -> "Browser":
+        try:
+            return self._start()
+        except BaseException:
+            self.__exit__()             # never leave a Chromium behind
+            raise
+
+    def _start(self) -> "Browser":
         assert CHROMIUM is not None
         self.proc = subprocess.Popen(
             [CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
@@ -59,8 +68,8 @@ class Browser:
             raise RuntimeError("chromium did not open its DevTools port")
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=5) as r:
             pages = [t for t in json.load(r) if t["type"] == "page"]
-        self.ws = connect(pages[0]["webSocketDebuggerUrl"], max_size=None,
-                          open_timeout=self.timeout_s)
+        self.ws = self._closing.enter_context(
+            connect(pages[0]["webSocketDebuggerUrl"], max_size=None, open_timeout=self.timeout_s))
         self.call("Runtime.enable")
         self.call("Page.enable")
         return self
@@ -113,8 +122,7 @@ class Browser:
             f.write(base64.b64decode(data))
 
     def __exit__(self, *exc: object) -> None:
-        if self.ws is not None:
-            self.ws.close()
+        self._closing.close()
         if self.proc is not None:
             self.proc.terminate()
             try:
