@@ -43,7 +43,7 @@ HOT_FUNCTIONS = {
                     "ws_reply_json", "ws_reply_error", "ws_on_request", "ws_conn_input",
                     "ws_conn_discard", "ws_process", "ws_conn_on_event", "ws_adopt_input",
                     "ws_conn_free", "ws_dirty_unlink", "ws_check_stalls", "ws_path_kind",
-                    "ws_route", "ws_upgrade"],
+                    "ws_refuse", "ws_route", "ws_upgrade"],
     "_http_worker.pxi": ["http_now_ns", "conn_parse_all", "conn_set_events", "conn_finish",
                          "conn_run", "conn_on_readable", "conn_on_writable",
                          "http_worker_on_replies", "http_worker_pause_accept",

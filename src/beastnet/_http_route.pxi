@@ -96,6 +96,7 @@ cdef int conn_request(bn_hworker* w, bn_conn* c, bn_hreq* req) noexcept nogil:
     cdef int route = 0
     cdef int admit
     cdef uint64_t retry_ns = 0
+    cdef int ws_kind
     cdef int in_prefix = (req.path_len > w.prefix_len
                           and memcmp(req.target, w.prefix, w.prefix_len) == 0)
     if not req.keepalive or w.draining:
@@ -105,8 +106,10 @@ cdef int conn_request(bn_hworker* w, bn_conn* c, bn_hreq* req) noexcept nogil:
         tail = TAIL_KEEP10
     else:
         tail = TAIL_KEEP
-    if w.ws != NULL and ws_path_kind(w.ws, req.target, req.path_len):
-        return ws_route(w, c, req, ws_path_kind(w.ws, req.target, req.path_len) == 2, tail)
+    if w.ws != NULL:
+        ws_kind = ws_path_kind(w.ws, req.target, req.path_len)
+        if ws_kind:
+            return ws_route(w, c, req, ws_kind == 2)
     if in_prefix and req.method_code == METHOD_OTHER:
         if req.has_body:                # its body is unread: the framing is lost
             c.flags |= CONN_CLOSE_AFTER

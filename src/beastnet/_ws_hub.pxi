@@ -1153,7 +1153,14 @@ cdef int ws_path_kind(bn_ws_worker* ws, const char* path, size_t n) noexcept nog
     return 0
 
 
-cdef int ws_route(bn_hworker* w, bn_conn* c, bn_hreq* req, int echo, int tail) noexcept nogil:
+cdef inline int ws_refuse(bn_hworker* w, bn_conn* c, int err) noexcept nogil:
+    """Refuse an upgrade with pre-built error `err` and close (counted)."""
+    bn_count(&w.counters.ws_upgrade_refused, 1)
+    c.flags |= CONN_CLOSE_AFTER
+    return conn_step(c, conn_emit_error(w, c, err, TAIL_CLOSE, 0))
+
+
+cdef int ws_route(bn_hworker* w, bn_conn* c, bn_hreq* req, int echo) noexcept nogil:
     """A request for the stream's path: check the opening handshake (RFC 6455
     4.2.1) and the API key, then upgrade.  Refusals are HTTP answers that close
     the connection.  Returns as conn_request does."""
@@ -1162,13 +1169,9 @@ cdef int ws_route(bn_hworker* w, bn_conn* c, bn_hreq* req, int echo, int tail) n
     cdef int admit
     if (req.method_code != METHOD_GET or not req.upgrade_ws or req.ws_key == NULL
             or req.ws_key_len != 24 or req.has_body or req.http10):
-        bn_count(&w.counters.ws_upgrade_refused, 1)
-        c.flags |= CONN_CLOSE_AFTER
-        return conn_step(c, conn_emit_error(w, c, ERR_400, TAIL_CLOSE, 0))
+        return ws_refuse(w, c, ERR_400)
     if req.ws_version != 13:
-        bn_count(&w.counters.ws_upgrade_refused, 1)
-        c.flags |= CONN_CLOSE_AFTER
-        return conn_step(c, conn_emit_error(w, c, ERR_426, TAIL_CLOSE, 0))
+        return ws_refuse(w, c, ERR_426)
     if w.keys_ref != NULL:
         admit = apikey_admit(w.keys_ref, req.apikey, req.apikey_len, w.admit_ns, &retry_ns)
         if admit != ADMIT_OK:
@@ -1178,19 +1181,14 @@ cdef int ws_route(bn_hworker* w, bn_conn* c, bn_hreq* req, int echo, int tail) n
         rec = keyindex_lookup(<bn_keyindex*>bn_load_ptr(<void**>w.keys_ref), req.apikey,
                               req.apikey_len)
         if rec != NULL and bn_load_int(&rec.ws_denied):
-            bn_count(&w.counters.ws_upgrade_refused, 1)
-            c.flags |= CONN_CLOSE_AFTER
-            return conn_step(c, conn_emit_error(w, c, ERR_403, TAIL_CLOSE, 0))
+            return ws_refuse(w, c, ERR_403)
         if (rec != NULL and not bn_load_int(&rec.ws_unlimited)
                 and bn_load_u64_relaxed(&rec.ws_max_connections)
                 and bn_load_u64_relaxed(&rec.ws_connections) >= bn_load_u64_relaxed(&rec.ws_max_connections)):
-            bn_count(&w.counters.ws_upgrade_refused, 1)
-            c.flags |= CONN_CLOSE_AFTER
-            return conn_step(c, conn_emit_error(w, c, ERR_429_CONNS, TAIL_CLOSE, 0))
+            return ws_refuse(w, c, ERR_429_CONNS)
     elif w.require_apikey and req.apikey_len == 0:
         bn_count(&w.counters.unauthorized, 1)
-        c.flags |= CONN_CLOSE_AFTER
-        return conn_step(c, conn_emit_error(w, c, ERR_401, TAIL_CLOSE, 0))
+        return ws_refuse(w, c, ERR_401)
     # Answers to requests pipelined before this one go out first.
     if conn_flush_iov(w, c) != 0:
         return -1

@@ -102,7 +102,7 @@ output_copied     gauge    bytes        Queued output the connections own: copie
 output_cap_closes counter  connections  Connections closed because their unsent output would pass max_copied_output_bytes (all connections of the server).
 """) + _TAIL + _table("""
 ws_upgrades              counter  connections  Connections upgraded to WebSocket (101 Switching Protocols).
-ws_upgrade_refused       counter  requests     WebSocket upgrades refused (400 malformed, 426 version, 429 connection limit).
+ws_upgrade_refused       counter  requests     WebSocket upgrades refused (400 malformed, 426 version, 401/403/429 API key).
 ws_active                gauge    connections  WebSocket connections open now.
 ws_subscriptions         gauge    subscriptions  Subscriptions held now.
 ws_subscriptions_refused counter  subscriptions  Subscriptions refused: the connection holds its limit.
