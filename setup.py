@@ -2,12 +2,19 @@
 `beastnet.loadgen._native` (the load generator, which shares no C code with
 the engine); all metadata lives in pyproject.toml.
 
+Both link the system's OpenSSL (libssl, libcrypto), found with pkg-config:
+the engine terminates TLS in its HTTP/WebSocket workers and the load generator
+speaks https:// and wss://.  On Debian/Ubuntu: apt-get install libssl-dev pkg-config.
+
 Environment switches:
   BEASTNET_DEBUG=1     -O0 -g, BEASTNET_DEBUG macro set, Cython bounds checks kept
   BEASTNET_SANITIZE=1  AddressSanitizer + UndefinedBehaviorSanitizer (needs LD_PRELOAD of libasan)
   BEASTNET_ANNOTATE=1  write the cython -a HTML pages next to the sources
 """
 import os
+import shutil
+import subprocess
+import sys
 
 from Cython.Build import cythonize
 from setuptools import Extension, setup
@@ -15,6 +22,36 @@ from setuptools import Extension, setup
 debug = os.environ.get("BEASTNET_DEBUG") == "1"
 sanitize = os.environ.get("BEASTNET_SANITIZE") == "1"
 annotate = os.environ.get("BEASTNET_ANNOTATE") == "1"
+
+
+
+def openssl_flags() -> tuple[list[str], list[str], list[str]]:
+    """(include dirs, library dirs, libraries) of the system's OpenSSL >= 1.1.1.
+
+    pkg-config is asked first; without it, a compiler's default search path
+    that holds openssl/ssl.h is accepted.  Anything else stops the build with
+    one line saying what to install, not a compiler error three screens down.
+    """
+    hint = ("beastnet needs OpenSSL >= 1.1.1 and its headers to build: "
+            "apt-get install libssl-dev pkg-config (Debian/Ubuntu), "
+            "dnf install openssl-devel pkgconf (Fedora/RHEL), "
+            "or set PKG_CONFIG_PATH to the directory holding openssl.pc")
+    if shutil.which("pkg-config"):
+        probe = subprocess.run(["pkg-config", "--atleast-version=1.1.1", "openssl"],
+                               capture_output=True)
+        if probe.returncode == 0:
+            def ask(flag: str) -> list[str]:
+                out = subprocess.run(["pkg-config", flag, "openssl"], check=True,
+                                     capture_output=True, text=True).stdout.split()
+                return [w[2:] for w in out]
+            return ask("--cflags-only-I"), ask("--libs-only-L"), ask("--libs-only-l")
+    for root in ("/usr/include", "/usr/local/include"):
+        if os.path.exists(os.path.join(root, "openssl", "ssl.h")):
+            return [], [], ["ssl", "crypto"]
+    sys.exit(hint)
+
+
+ssl_include, ssl_libdirs, ssl_libs = openssl_flags()
 
 cflags = ["-Wall", "-Wno-unused-function", "-Wsign-compare", "-pthread"]
 ldflags = ["-pthread"]
@@ -31,7 +68,9 @@ if sanitize:
 core = Extension(
     "beastnet._core",
     sources=["src/beastnet/_core.pyx"],
-    include_dirs=["src/beastnet/includes"],
+    include_dirs=["src/beastnet/includes", *ssl_include],
+    library_dirs=ssl_libdirs,
+    libraries=ssl_libs,
     define_macros=macros,
     extra_compile_args=cflags,
     extra_link_args=ldflags,
@@ -39,7 +78,9 @@ core = Extension(
 loadgen = Extension(
     "beastnet.loadgen._native",
     sources=["src/beastnet/loadgen/_native.pyx"],
-    include_dirs=["src/beastnet/includes", "src/beastnet/loadgen"],
+    include_dirs=["src/beastnet/includes", "src/beastnet/loadgen", *ssl_include],
+    library_dirs=ssl_libdirs,
+    libraries=ssl_libs,
     define_macros=macros,
     extra_compile_args=cflags,
     extra_link_args=ldflags,
