@@ -17,6 +17,12 @@
 #   was set), so persisted and in-memory counts add up without a lock.  A
 #   capped key counts `admitted` with a CAS bounded by the cap, so readers
 #   racing for the last unit admit exactly the cap, never one more.
+# - A leased key (many nodes sharing one limit, serve/cluster.py) also needs a
+#   token from `lease`, a count the control plane tops up in bulk from a GCRA
+#   kept in Redis.  A request takes one with a CAS (never below zero); none
+#   left answers rate_limited as the local GCRA does.  When a take leaves
+#   `lease_low` tokens, the table's `hungry` count grows once, so the control
+#   plane renews early instead of waiting for its next round.
 
 cdef struct bn_apikey:
     uint64_t tat                        # GCRA theoretical arrival time, ns (CLOCK_MONOTONIC)
@@ -33,6 +39,10 @@ cdef struct bn_apikey:
     uint64_t ws_max_subscriptions       # per connection; 0 = the server's default
     int ws_unlimited                    # 1 = no WebSocket limits at all (partners)
     int ws_denied                       # 1 = this key may not open the WebSocket feed (403)
+    uint64_t lease                      # tokens left for a leased key (atomic)
+    uint64_t lease_low                  # a take that leaves this many marks the key hungry
+    uint64_t* hungry_ref                # the table's count of low-lease events
+    int leased                          # 1 = every admission also takes a lease token
     uint32_t key_len                    # bytes
     char key[APIKEY_MAX_BYTES]
 
@@ -91,6 +101,19 @@ cdef inline int gcra_take(uint64_t* tat_ref, uint64_t emission_ns, uint64_t tole
             return 1
 
 
+cdef inline int lease_take(bn_apikey* rec) noexcept nogil:
+    """1 = one lease token taken, 0 = none left."""
+    cdef uint64_t left
+    while True:
+        left = bn_load_u64_relaxed(&rec.lease)
+        if left == 0:
+            return 0
+        if bn_cas_u64_relaxed(&rec.lease, left, left - 1):
+            if left - 1 == bn_load_u64_relaxed(&rec.lease_low):
+                bn_add_relaxed(rec.hungry_ref, 1)
+            return 1
+
+
 cdef inline int apikey_admit(bn_keyindex** index_ref, const char* key, size_t n, uint64_t now_ns,
                              uint64_t* retry_after_ns) noexcept nogil:
     """ADMIT_OK, or why not.  On ADMIT_RATE_LIMITED, *retry_after_ns says when
@@ -99,6 +122,7 @@ cdef inline int apikey_admit(bn_keyindex** index_ref, const char* key, size_t n,
     cdef uint64_t cap
     cdef uint64_t emission
     cdef uint64_t used
+    cdef int leased
     if n == 0:
         return ADMIT_UNAUTHORIZED
     rec = keyindex_lookup(<bn_keyindex*>bn_load_ptr(<void**>index_ref), key, n)
@@ -110,9 +134,17 @@ cdef inline int apikey_admit(bn_keyindex** index_ref, const char* key, size_t n,
     if cap != 0 and apikey_over_cap(rec, cap, bn_load_u64_relaxed(&rec.admitted)):
         bn_add_relaxed(&rec.over_quota, 1)
         return ADMIT_OVER_QUOTA
+    leased = bn_load_int(&rec.leased)
+    if leased and not lease_take(rec):
+        # The cluster's share is spent until the next renewal (a few ms to 100 ms).
+        retry_after_ns[0] = LEASE_RETRY_NS
+        bn_add_relaxed(&rec.rate_limited, 1)
+        return ADMIT_RATE_LIMITED
     emission = bn_load_u64_relaxed(&rec.emission_ns)
     if emission != 0 and not gcra_take(&rec.tat, emission, bn_load_u64_relaxed(&rec.tolerance_ns),
                                        now_ns, retry_after_ns):
+        if leased:
+            bn_add_relaxed(&rec.lease, 1)       # not spent: give the token back
         bn_add_relaxed(&rec.rate_limited, 1)
         return ADMIT_RATE_LIMITED
     if cap == 0:
@@ -242,6 +274,7 @@ cdef class APIKeyTable:
                 if rec == NULL:
                     raise MemoryError()
                 rec.key_len = <uint32_t>len(raw)
+                rec.hungry_ref = &self.hungry_events
                 memcpy(rec.key, <const char*>raw, len(raw))
                 h = key_hash(raw, len(raw))
                 i = h & self.index.mask
@@ -273,6 +306,66 @@ cdef class APIKeyTable:
                 raise KeyError(key)
             bn_store_i64_relaxed(&rec.quota_base,
                                  <int64_t>month_used - <int64_t>bn_load_u64_relaxed(&rec.admitted))
+
+    def set_rate(self, key, *, double qps, unsigned int burst=1):
+        """Change only `key`'s local rate limit (qps=0: none), leaving its
+        cap, lease and revocation as they are: the cluster's fallback gives
+        each node a share of the limit this way."""
+        cdef bytes raw = apikey_to_bytes(key)
+        cdef uint64_t emission = 0
+        if qps < 0 or burst < 1 or (qps > 0 and not 1e-6 <= qps <= 1e9):
+            raise ValueError("qps must be 0 or 1e-6..1e9 and burst >= 1")
+        if qps > 0:
+            emission = max(<uint64_t>(1e9 / qps), <uint64_t>1)
+            if <double>emission * <double>(burst - 1) > 1e18:
+                raise ValueError(f"burst {burst} at {qps} req/s allows more than 1e9 s of tolerance")
+        with self._lock:
+            rec = self._find(raw)
+            if rec == NULL:
+                raise KeyError(key)
+            bn_store_u64_relaxed(&rec.emission_ns, emission)
+            bn_store_u64_relaxed(&rec.tolerance_ns, emission * (burst - 1))
+
+    def lease(self, key, *, bint on, uint64_t add=0, uint64_t low=0):
+        """Lease control for `key` (many nodes sharing one limit).  `on`:
+        whether admissions need a lease token; `add` tokens are added (taken
+        from the cluster's GCRA); a take that leaves `low` tokens counts the
+        key as hungry.  Turning leasing off drops the tokens left.  Returns
+        the tokens left after the change."""
+        cdef bytes raw = apikey_to_bytes(key)
+        cdef uint64_t left
+        with self._lock:
+            rec = self._find(raw)
+            if rec == NULL:
+                raise KeyError(key)
+            bn_store_u64_relaxed(&rec.lease_low, low)
+            if not on:
+                bn_store_int(&rec.leased, 0)
+                while True:
+                    left = bn_load_u64_relaxed(&rec.lease)
+                    if bn_cas_u64_relaxed(&rec.lease, left, 0):
+                        return 0
+            if add:
+                bn_add_relaxed(&rec.lease, add)
+            bn_store_int(&rec.leased, 1)
+            return bn_load_u64_relaxed(&rec.lease)
+
+    def leases(self):
+        """{key: tokens left} for every leased key."""
+        cdef bn_apikey* rec
+        out = {}
+        with self._lock:
+            for raw in self.records:
+                rec = self._find(raw)
+                if bn_load_int(&rec.leased):
+                    out[raw.decode("ascii")] = bn_load_u64_relaxed(&rec.lease)
+        return out
+
+    @property
+    def hungry(self):
+        """How many times a leased key's tokens fell to its low mark: the
+        control plane renews when this moves."""
+        return bn_load_u64_relaxed(&self.hungry_events)
 
     def revoke(self, key):
         """Make `key` answer unauthorized; return whether it was known."""

@@ -42,6 +42,7 @@ cdef enum:
     ADMIT_UNAUTHORIZED = 1          # missing, unknown or revoked key
     ADMIT_RATE_LIMITED = 2          # GCRA says too soon
     ADMIT_OVER_QUOTA = 3            # monthly cap reached
+    LEASE_RETRY_NS = 100000000      # Retry-After for a spent cluster lease: one renewal round
 # TCP/HTTP engine (_http.pxi).
 cdef enum:
     HTTP_SCRATCH_BYTES = 65536      # per-worker read buffer; a connection's own buffer only holds leftovers
