@@ -17,7 +17,8 @@ profiles (precedence: built-in defaults < profile < --config file < flags):
 
 routes:   UDP  [@TAG ]KEY[ APIKEY]            HTTP GET /v1/KEY (X-API-Key or ?api_key=)
           admin listener (--admin-host/--admin-port): GET /healthz, /metrics,
-          /admin/stats; POST /admin/reset, /admin/profile?name=P
+          /admin/stats, /admin/cluster-stats (--redis); POST /admin/reset,
+          /admin/profile?name=P[&scope=cluster]
           (the public port serves /healthz only)
 admin:    loopback only unless a token is set; the token comes from
           --admin-token-file, the --config file or {token_env}, and
@@ -48,7 +49,8 @@ def _default(name: str) -> str:
     if value is None:
         return {"udp_sockets": "one per CPU", "http_threads": "one per CPU",
                 "keystore": "none; the production profile uses beastnet-keys.db",
-                "feed_path": "none"}.get(name, "none")
+                "feed_path": "none", "redis": "none: this process alone",
+                "node_id": "HOST:PID"}.get(name, "none")
     if name.endswith("_bytes"):
         return f"{value} = {value >> 20} MiB"
     return str(value).lower() if isinstance(value, bool) else str(value)
@@ -127,6 +129,20 @@ def add_serve_command(sub: Any) -> None:
          f"the command line would show in ps)", metavar="FILE")
     _add(g, "--log-level", "log_level", "JSON log lines on stderr at this level and above",
          choices=("debug", "info", "warning", "error"))
+    g = p.add_argument_group("many nodes on one Redis/Valkey (docs/cluster.md)")
+    _add(g, "--redis", "redis", "share stats, rate limits, monthly caps, key changes and "
+                                "profiles with the other nodes on this Redis or Valkey",
+         metavar="URL")
+    _add(g, "--node-id", "node_id", "this node's name in cluster stats", metavar="ID")
+    _add(g, "--snapshot-interval", "snapshot_interval_s",
+         "seconds between this node's snapshots in Redis", type=float, metavar="S")
+    _add(g, "--snapshot-ttl", "snapshot_ttl_s",
+         "seconds a snapshot lives unless renewed (a node silent this long is missing)",
+         type=float, metavar="S")
+    _add(g, "--redis-fallback", "redis_fallback",
+         "while Redis is unreachable: local-share (each node allows limit/N, N = the nodes "
+         "seen last) or fail-closed (rate-limited keys are refused)",
+         choices=("local-share", "fail-closed"))
     flags = {a.dest: a.option_strings[0] for a in p._actions if a.option_strings}
     p.set_defaults(func=cmd_serve, flag_names=flags)
 
@@ -161,7 +177,8 @@ SERVE_FLAGS = ("udp_host", "udp_port", "udp_sockets", "batch", "recv_buffer_byte
                "send_buffer_bytes", "cpu_steering", "http_host", "http_port", "http_threads",
                "backlog", "max_connections", "share_ports", "keystore", "feed", "feed_path",
                "replay_speed", "feed_rounds_per_s", "admin_host", "admin_port",
-               "admin_token_file", "log_level")
+               "admin_token_file", "log_level", "redis", "node_id", "snapshot_interval_s",
+               "snapshot_ttl_s", "redis_fallback")
 
 
 def host_port(host: str, port: int) -> str:
@@ -202,6 +219,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def _serve(service: PriceService, cfg: ServeConfig, log: logging.Logger) -> int:
     from beastnet import ServerError
+    from beastnet.serve.cluster import ClusterError
     from beastnet.serve.keys import KeyStoreError
     from beastnet.serve.service import PortInUseError
 
@@ -211,7 +229,7 @@ def _serve(service: PriceService, cfg: ServeConfig, log: logging.Logger) -> int:
         print(f"beastnet serve: error: {exc}; stop it, pick another --{exc.protocol.lower()}-port, "
               f"or pass --share-ports to join it and split the traffic", file=sys.stderr)
         return EXIT_FAIL
-    except (KeyStoreError, ServerError, OSError) as exc:
+    except (KeyStoreError, ServerError, OSError, ClusterError) as exc:
         print(f"beastnet serve: error: {exc}", file=sys.stderr)
         return EXIT_FAIL
     assert service.udp is not None and service.http is not None and service.admin is not None

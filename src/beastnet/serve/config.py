@@ -84,6 +84,12 @@ class ServeConfig:
     miss_queue_size: int = 4096
     max_inflight: int = 1024
     log_level: str = "info"
+    # many nodes on one Redis/Valkey (docs/cluster.md); None: this process alone
+    redis: Optional[str] = None                 # redis://HOST:PORT/DB or rediss://
+    node_id: Optional[str] = None               # None: host:pid
+    snapshot_interval_s: float = 3.0            # how often the node writes its snapshot
+    snapshot_ttl_s: float = 30.0                # a snapshot not renewed this long is gone
+    redis_fallback: str = "local-share"         # or "fail-closed", while Redis is unreachable
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -189,6 +195,28 @@ def _check(cfg: ServeConfig, label: Callable[[str], str] = str) -> None:
          f"{label('stream_path')} must be a path of under 64 bytes, got {cfg.stream_path!r}")
     for tier, limits in cfg.tiers.items():
         _check_tier(tier, limits)
+    _check_cluster(cfg, label)
+
+
+def _check_cluster(cfg: ServeConfig, label: Callable[[str], str]) -> None:
+    """The Redis settings: a redis:// URL, a snapshot TTL longer than two
+    intervals (else every node would look stale or missing), a known fallback."""
+    if cfg.redis is None:
+        return
+    if not cfg.redis.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(f"{label('redis')} must be a redis://, rediss:// or unix:// URL, "
+                          f"got {cfg.redis!r}")
+    if not 0.1 <= cfg.snapshot_interval_s <= 3600:
+        raise ConfigError(f"{label('snapshot_interval_s')} must be 0.1..3600 s, "
+                          f"got {cfg.snapshot_interval_s}")
+    if cfg.snapshot_ttl_s <= 2 * cfg.snapshot_interval_s:
+        raise ConfigError(f"{label('snapshot_ttl_s')} ({cfg.snapshot_ttl_s} s) must exceed two "
+                          f"snapshot intervals ({2 * cfg.snapshot_interval_s} s)")
+    if cfg.redis_fallback not in ("local-share", "fail-closed"):
+        raise ConfigError(f"{label('redis_fallback')} must be local-share or fail-closed, "
+                          f"got {cfg.redis_fallback!r}")
+    if cfg.node_id is not None and not 1 <= len(cfg.node_id) <= 128:
+        raise ConfigError(f"{label('node_id')} must be 1..128 characters")
 
 
 def _check_tier(tier: str, limits: Any) -> None:

@@ -49,6 +49,7 @@ ROUTES: dict[str, tuple[str, ...]] = {
     "/admin/stats": ("GET", "HEAD"),
     "/admin/reset": ("POST",),
     "/admin/profile": ("GET", "HEAD", "POST"),
+    "/admin/cluster-stats": ("GET", "HEAD"),
 }
 PUBLIC_ROUTES = ("/healthz",)
 DASHBOARD_ROUTES = ("/", "/dashboard")
@@ -139,6 +140,7 @@ class PriceService:
         self.api_keys: Optional[APIKeyTable] = None
         self.store: Optional[KeyStore] = None
         self.flusher: Optional[UsageFlusher] = None
+        self.cluster: Optional[Any] = None      # a ClusterNode with --redis
         self.publisher = PricePublisher(self.table, ASSETS, stale_after_s=cfg.feed_stale_after_s,
                                         source_priority=cfg.feed_sources)
         self.feed = feed or self._make_feed()
@@ -180,6 +182,8 @@ class PriceService:
             self._feed_task = self.control.run(
                 lambda: asyncio.ensure_future(self.publisher.run(self.feed)))
             self._sampler_task = self.control.run(lambda: asyncio.ensure_future(self._sample()))
+            if cfg.redis:
+                self._join_cluster(cfg.redis)
             self._wait_for_prices(warmup_timeout_s)
             self.udp = UDPServer(self.table, cfg.udp_host, cfg.udp_port, sockets=cfg.udp_sockets,
                                  batch=cfg.batch, max_datagram=cfg.max_datagram,
@@ -212,6 +216,34 @@ class PriceService:
             log.warning("key store %s: %d active key(s) of unknown tier %r are refused; "
                         "define [tiers.%s] in the config", path, count, tier, tier,
                         extra={"fields": {"event": "unknown_tier", "tier": tier, "keys": count}})
+
+    def _join_cluster(self, url: str) -> None:
+        """Register with Redis and lease the shared limits before serving."""
+        from beastnet.serve.cluster import ClusterNode, default_node_id
+        self.cluster = ClusterNode(
+            url, self.cfg.node_id or default_node_id(), snapshot=self._cluster_counters,
+            profile=lambda: self.cfg.profile, switch_profile=self.switch_profile,
+            api_keys=self.api_keys, store=self.store,
+            tiers=self.store.tiers if self.store is not None else None,
+            interval_s=self.cfg.snapshot_interval_s, ttl_s=self.cfg.snapshot_ttl_s,
+            fallback=self.cfg.redis_fallback,
+            usage_interval_s=self.cfg.usage_flush_interval_s)
+        asyncio.run_coroutine_threadsafe(self.cluster.start(), self.control.loop).result(10.0)
+        log.info("cluster node %s on %s: %s", self.cluster.node_id, url, self.cluster.mode,
+                 extra={"fields": {"event": "cluster_joined", "node_id": self.cluster.node_id,
+                                   "mode": self.cluster.mode}})
+
+    def _cluster_counters(self) -> dict[str, dict[str, int]]:
+        """Monotonic totals for the cluster snapshot (rates come from deltas)."""
+        out: dict[str, dict[str, int]] = {}
+        if self.udp is not None:
+            out["udp"] = self.udp.stats()["totals"]
+        if self.http is not None:
+            out["http"] = self.http.stats()["totals"]
+        if self.flusher is not None:
+            out["keys"] = {"flushes": self.flusher.flushes,
+                           "flush_errors": self.flusher.flush_errors}
+        return out
 
     def _fit_open_files(self) -> None:
         """Make the open-file limit hold both connection caps, so a flood of the
@@ -298,6 +330,12 @@ class PriceService:
         for task in (self._feed_task, self._sampler_task):
             if task is not None:
                 self.control.call_soon(task.cancel)
+        if self.cluster is not None and self.control.running:
+            try:        # the last usage push and leaving the nodes hash; Redis may be gone
+                asyncio.run_coroutine_threadsafe(self.cluster.stop(),
+                                                 self.control.loop).result(5.0)
+            except Exception as exc:       # a stop must finish whatever Redis does
+                log.warning("cluster stop: %s", exc)
         self.control.stop()
         if self.flusher is not None:
             self.flusher.stop()                 # the last flush: a clean stop loses no count
@@ -381,6 +419,8 @@ class PriceService:
                                "rate_limited": sum(v[1] for v in usage.values()),
                                "over_quota": sum(v[2] for v in usage.values())}
         out["live_parameters"] = {name: getattr(self.cfg, name) for name in sorted(LIVE_PARAMETERS)}
+        if self.cluster is not None:
+            out["cluster"] = self.cluster.status()
         return out
 
     def metrics(self) -> bytes:
@@ -486,7 +526,12 @@ class PriceService:
         if path == "/admin/reset":
             self.reset()
             return Answer({"reset": True})
-        name = parse_qs(request.query or "").get("name", [None])[0]
+        if path == "/admin/cluster-stats":
+            return self._cluster_stats()
+        query = parse_qs(request.query or "")
+        name = query.get("name", [None])[0]
+        if request.method == "POST" and name is not None and query.get("scope") == ["cluster"]:
+            return self._cluster_profile(name)
         if request.method == "POST" and name is not None:
             try:
                 changes = self.switch_profile(name)
@@ -495,6 +540,27 @@ class PriceService:
             return Answer({"profile": name, "changed": changes})
         return Answer({"profile": self.cfg.profile, "profile_at_start": self.start_profile,
                        "live": {k: getattr(self.cfg, k) for k in sorted(LIVE_PARAMETERS)}})
+
+
+    async def _cluster_stats(self) -> Answer:
+        if self.cluster is None:
+            return Answer({"error": "not_found", "detail": "this server runs alone: start it "
+                                                           "with --redis URL"}, status=404)
+        return Answer(orjson.dumps(await self.cluster.cluster_stats(), default=str))
+
+    async def _cluster_profile(self, name: str) -> Answer:
+        """Publish a profile switch; every node (this one too) applies it on receipt."""
+        if self.cluster is None:
+            return Answer({"error": "bad_request",
+                           "detail": "scope=cluster needs --redis"}, status=400)
+        try:
+            apply_live(self.cfg, name)          # refuse an unknown profile here, not on each node
+        except ValueError as exc:
+            return Answer({"error": "bad_request", "detail": str(exc)}, status=400)
+        nodes = await self.cluster.publish_profile(name)
+        if nodes is None:
+            return Answer({"error": "unavailable", "detail": "redis unreachable"}, status=503)
+        return Answer({"profile": name, "scope": "cluster", "nodes_notified": nodes})
 
 
 def dashboard_page(stream_path: Optional[str]) -> bytes:

@@ -1,0 +1,670 @@
+"""Many `beastnet serve` nodes sharing one Redis or Valkey (`serve --redis URL`).
+
+Redis is the engine; this module only talks to it, on the control plane's
+loop with redis-py's asyncio client (hiredis parses the replies), so nothing
+here blocks a native thread or the loop:
+
+* **snapshots**: every `snapshot_interval_s` a node writes its counters, rates
+  and profile as one JSON string with a TTL, and keeps itself in the nodes
+  hash (one pipeline a write).  `/admin/cluster-stats` reads every node with
+  one script call (`READ_NODES`): totals, rows, stale and missing nodes;
+* **shared limits**: rate-limited keys are *leased* (`APIKeyTable.lease`):
+  the native path takes a local token per request and the control plane tops
+  the tokens up, for all keys at once, from a GCRA kept in Redis
+  (`LEASE_GCRA`, one EVALSHA a renewal) every `lease_interval_s`, sooner when
+  the table reports hungry keys;
+* **usage**: each key's new admitted count goes out as HINCRBY on the
+  month's hash in one pipeline per flush; the cluster's totals come back in
+  the same round trip and set each key's monthly cap base.  While Redis is
+  down the deltas are carried, never dropped;
+* **changes**: key changes and cluster-wide profiles arrive by pub/sub.
+
+When Redis cannot be reached the node keeps serving: `local-share` gives each
+key limit/N locally (N = the nodes seen last), `fail-closed` refuses leased
+keys until Redis is back.  docs/cluster.md has the accuracy bound.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+import orjson
+
+from beastnet import APIKeyTable
+from beastnet.serve.keys import KeyStore, KeyStoreError, Tier, current_month
+
+try:
+    import redis
+    import redis.asyncio as aioredis
+except ImportError:                     # pragma: no cover - the `cluster` extra is not installed
+    redis = None                        # type: ignore[assignment]
+    aioredis = None                     # type: ignore[assignment]
+
+__all__ = ["CLUSTER_FLAGS", "FALLBACK_MODES", "SNAPSHOT_COUNTERS", "ClusterNode", "ClusterError",
+           "KeyChanges", "aggregate", "default_node_id", "red_flags"]
+
+log = logging.getLogger("beastnet.serve.cluster")
+
+# Every key lives in one hash slot ({bn}), so the scripts may touch them all,
+# on a Redis Cluster too.
+PREFIX = "{bn}:"
+NODES = PREFIX + "nodes"                # hash: node id -> registration JSON
+SNAPSHOT = PREFIX + "node:"             # + node id: the node's snapshot JSON, with a TTL
+GCRA = PREFIX + "gcra:"                 # + API key: the shared GCRA's tat, microseconds
+USAGE = PREFIX + "usage:"               # + YYYY-MM: hash API key -> admitted count
+KEY = PREFIX + "key:"                   # + API key: hash tier, label, revoked
+KEYS_CHANNEL = PREFIX + "keys"          # pub/sub: key added, revoked, re-tiered
+CONTROL_CHANNEL = PREFIX + "control"    # pub/sub: cluster-wide profile switches
+
+FALLBACK_MODES = ("local-share", "fail-closed")
+
+# Flags `beastnet serve` takes for the cluster, in its ServeConfig names.
+CLUSTER_FLAGS = ("redis", "node_id", "snapshot_interval_s", "snapshot_ttl_s", "redis_fallback")
+
+# A node's snapshot: UDP, HTTP and WebSocket counters the tuning loop watches,
+# plus usage flushing.  Gauges are summed over nodes but have no rate.
+SNAPSHOT_COUNTERS: tuple[tuple[str, str, str], ...] = tuple(
+    [("udp_" + n, "udp", n) for n in ("rx_packets", "hits", "misses", "kernel_drops",
+                                     "queue_drops", "send_errors", "bad_requests",
+                                     "unauthorized", "rate_limited", "over_quota")]
+    + [("http_" + n, "http", n) for n in ("requests", "hits", "misses", "queue_drops",
+                                         "rejected", "parse_errors", "active",
+                                         "unauthorized", "rate_limited", "over_quota")]
+    + [("ws_active", "http", "ws_active"), ("ws_frames_out", "http", "ws_frames_out"),
+       ("usage_flushes", "keys", "flushes"), ("usage_flush_errors", "keys", "flush_errors")])
+GAUGES = frozenset({"http_active", "ws_active"})
+
+# Red flags of the tuning loop: UDP drop % over 1, background (miss queue) drop
+# % over 5, any usage flush error.
+RED_UDP_DROP_PCT = 1.0
+RED_BACKGROUND_DROP_PCT = 5.0
+
+# One round trip for the whole cluster: the registered ids, and per id its
+# snapshot (nil once its TTL ran out) and the TTL left, from which its age
+# follows without trusting any node's clock.
+READ_NODES = """
+local ids = redis.call('HKEYS', KEYS[1])
+local out = {}
+for _, id in ipairs(ids) do
+  local key = ARGV[1] .. id
+  out[#out + 1] = id
+  out[#out + 1] = redis.call('GET', key) or false
+  out[#out + 1] = redis.call('PTTL', key)
+end
+return out
+"""
+
+# GCRA for many keys in one call.  Per key: ARGV emission T (us), tolerance
+# T*(burst-1) (us), tokens wanted.  Grants as many as the GCRA admits now, up
+# to the want, moving tat by T per token granted; returns the grants.
+LEASE_GCRA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local out = {}
+for i, key in ipairs(KEYS) do
+  local j = (i - 1) * 3
+  local T = tonumber(ARGV[j + 1])
+  local tol = tonumber(ARGV[j + 2])
+  local want = tonumber(ARGV[j + 3])
+  local tat = tonumber(redis.call('GET', key) or '0')
+  if tat < now then tat = now end
+  local grant = 0
+  if want > 0 and tat - now <= tol then
+    grant = math.floor((now + tol - tat) / T) + 1
+    if grant > want then grant = want end
+  end
+  if grant > 0 then
+    tat = tat + grant * T
+    redis.call('SET', key, string.format('%.0f', tat), 'PX',
+               math.floor((tat - now + tol) / 1000) + 1000)
+  end
+  out[i] = grant
+end
+return out
+"""
+
+
+class ClusterError(Exception):
+    """Redis could not be used as asked (a bad URL, the client not installed)."""
+
+
+def default_node_id() -> str:
+    """host:pid, unique among live nodes."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _check_client() -> None:
+    if aioredis is None:
+        raise ClusterError("--redis needs the redis client: pip install 'beastnet[cluster]'")
+
+
+def _pct(part: float, whole: float) -> Optional[float]:
+    return round(100.0 * part / whole, 3) if whole else None
+
+
+def red_flags(counters: dict[str, Any]) -> dict[str, Any]:
+    """The tuning loop's ratios and which of them are red."""
+    udp_drop = _pct(counters.get("udp_kernel_drops", 0),
+                    counters.get("udp_rx_packets", 0) + counters.get("udp_kernel_drops", 0))
+    background = _pct(counters.get("udp_queue_drops", 0) + counters.get("http_queue_drops", 0),
+                      counters.get("udp_misses", 0) + counters.get("http_misses", 0))
+    errors = counters.get("usage_flush_errors", 0)
+    red = [name for name, bad in (("udp_drop_pct", (udp_drop or 0) > RED_UDP_DROP_PCT),
+                                  ("background_drop_pct",
+                                   (background or 0) > RED_BACKGROUND_DROP_PCT),
+                                  ("usage_flush_errors", errors > 0)) if bad]
+    return {"udp_drop_pct": udp_drop, "background_drop_pct": background,
+            "usage_flush_errors": errors, "red": red}
+
+
+def aggregate(raw: list[Any], interval_s: float, ttl_s: float) -> dict[str, Any]:
+    """/admin/cluster-stats from READ_NODES' reply: totals and rates over the
+    live nodes, a row per node, stale (older than two intervals) and missing
+    (registered, TTL run out) nodes flagged."""
+    rows: list[dict[str, Any]] = []
+    totals: dict[str, int] = {name: 0 for name, _, _ in SNAPSHOT_COUNTERS}
+    rates: dict[str, float] = {}
+    for i in range(0, len(raw), 3):
+        node_id = raw[i].decode() if isinstance(raw[i], bytes) else str(raw[i])
+        body, pttl_ms = raw[i + 1], raw[i + 2]
+        if not body:
+            rows.append({"node": node_id, "state": "missing"})
+            continue
+        snap = orjson.loads(body)
+        age_s = max(0.0, (ttl_s * 1000.0 - pttl_ms) / 1000.0) if pttl_ms >= 0 else None
+        stale = age_s is not None and age_s > 2 * snap.get("interval_s", interval_s)
+        row = {"node": node_id, "state": "stale" if stale else "live", "age_s": age_s}
+        row.update({k: v for k, v in snap.items() if k != "interval_s"})
+        row["flags"] = red_flags(snap["counters"])
+        rows.append(row)
+        for name, value in snap["counters"].items():
+            totals[name] = totals.get(name, 0) + value
+        for name, value in snap.get("rates_per_s", {}).items():
+            rates[name] = round(rates.get(name, 0.0) + value, 1)
+    rows.sort(key=lambda r: r["node"])
+    counts = {state: sum(1 for r in rows if r["state"] == state)
+              for state in ("live", "stale", "missing")}
+    return {"nodes": counts, "totals": totals, "rates_per_s": rates, "flags": red_flags(totals),
+            "per_node": rows}
+
+
+@dataclass
+class _Limit:
+    """A leased key's shared limit, from its tier."""
+
+    emission_us: float                  # T = 1e6 / qps
+    tolerance_us: float                 # T * (burst - 1)
+    qps: float
+    burst: int
+    slice: int                          # tokens a node tops up to each round
+
+
+class ClusterNode:
+    """One node's link to Redis, run on the service's control loop.
+
+    `snapshot()` gives the counters to publish; `api_keys` and `store` are
+    the node's native key table and SQLite copy (None when keys are off);
+    `tiers` their limits; `switch_profile(name)` applies a cluster-wide
+    profile switch.
+    """
+
+    def __init__(self, url: str, node_id: str, *, snapshot: Callable[[], dict[str, Any]],
+                 profile: Callable[[], str], switch_profile: Callable[[str], Any],
+                 api_keys: Optional[APIKeyTable] = None, store: Optional[KeyStore] = None,
+                 tiers: Optional[dict[str, Tier]] = None, interval_s: float = 3.0,
+                 ttl_s: float = 30.0, fallback: str = "local-share",
+                 lease_interval_s: float = 0.1, usage_interval_s: float = 0.1) -> None:
+        _check_client()
+        self.url = url
+        self.node_id = node_id
+        self.interval_s = interval_s
+        self.ttl_s = ttl_s
+        self.fallback = fallback
+        self.lease_interval_s = lease_interval_s
+        self.usage_interval_s = usage_interval_s
+        self._snapshot_fn = snapshot
+        self._profile_fn = profile
+        self._switch_profile = switch_profile
+        self.api_keys = api_keys
+        self.store = store
+        self.tiers = dict(tiers or {})
+        self.redis: Any = None
+        self.reachable = False
+        self.mode = "redis"             # or the fallback in force
+        self.last_error: Optional[str] = None
+        self.nodes_seen = 1             # live nodes at the last snapshot: the local share's N
+        self.counts = {"snapshots": 0, "renewals": 0, "tokens_granted": 0, "usage_pushes": 0,
+                       "redis_errors": 0, "key_changes": 0, "profiles_applied": 0}
+        self._limits: dict[str, _Limit] = {}
+        self._caps: frozenset[str] = frozenset()  # keys with a monthly cap, held cluster-wide
+        self._next_probe = 0.0
+        self._pushed: dict[str, int] = {}     # admitted counts already in Redis, per key
+        self._month = current_month()
+        self._previous: Optional[tuple[float, dict[str, int]]] = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._read_sha: Optional[str] = None
+        self._lease_sha: Optional[str] = None
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect, register, take the first leases, then run the loops.  A
+        Redis that is down here is a fallback like any later outage."""
+        self.redis = aioredis.from_url(self.url, socket_timeout=1.0, socket_connect_timeout=1.0,
+                                       health_check_interval=5)
+        if self.api_keys is not None:
+            self._pushed = {k: v[0] for k, v in self.api_keys.usage().items()}
+            await self._reload_limits()
+        try:
+            await self._load_scripts()
+            await self._write_snapshot()
+            await self._renew()
+            self._set_reachable(True)
+        except (redis.RedisError, OSError) as exc:
+            self._set_reachable(False, exc)
+        loop = asyncio.get_running_loop()
+        for loop_fn in (self._snapshot_loop, self._lease_loop, self._usage_loop,
+                        self._listen_loop):
+            self._tasks.append(loop.create_task(loop_fn()))
+
+    async def stop(self) -> None:
+        """Push the last usage, leave the nodes hash, close."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.redis is None:
+            return
+        try:
+            await self._push_usage()
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.hdel(NODES, self.node_id)
+                pipe.delete(SNAPSHOT + self.node_id)
+                await pipe.execute()
+        except (redis.RedisError, OSError) as exc:
+            log.warning("redis at stop: %s (usage stays in the local store)", exc)
+        await self.redis.aclose()
+
+    def status(self) -> dict[str, Any]:
+        """What stats() shows: the mode in force and whether Redis answers."""
+        return {"node_id": self.node_id, "redis_reachable": self.reachable, "mode": self.mode,
+                "fallback": self.fallback, "nodes_seen": self.nodes_seen,
+                "leased_keys": len(self._limits), "last_error": self.last_error,
+                "usage_pending": self._pending_usage(), **self.counts}
+
+    def _set_reachable(self, ok: bool, exc: Optional[BaseException] = None) -> None:
+        if ok and not self.reachable:
+            if self.mode != "redis":
+                log.warning("redis reachable again: shared limits back",
+                            extra={"fields": {"event": "redis_recovered"}})
+            self.reachable, self.mode, self.last_error = True, "redis", None
+            self._apply_mode()
+        elif not ok:
+            self.counts["redis_errors"] += 1
+            self.last_error = str(exc)
+            if self.reachable or self.mode == "redis":
+                log.warning("redis unreachable (%s): %s", exc, self.fallback,
+                            extra={"fields": {"event": "redis_fallback", "mode": self.fallback}})
+                self.reachable, self.mode = False, self.fallback
+                self._apply_mode()
+
+    def _apply_mode(self, only: Optional[set[str]] = None) -> None:
+        """Make the native limits match the mode: leases (redis), a local
+        share of each limit, or leased keys with no tokens (fail-closed).
+        `only`: just these newly leased keys, leaving the others' tokens."""
+        keys = self.api_keys
+        if keys is None:
+            return
+        share = max(1, self.nodes_seen)
+        for key in (only if only is not None else self._limits):
+            limit = self._limits[key]
+            try:
+                if self.mode == "local-share":
+                    keys.lease(key, on=False)
+                    keys.set_rate(key, qps=limit.qps / share, burst=max(1, limit.burst // share))
+                    continue
+                keys.set_rate(key, qps=limit.qps, burst=limit.burst)
+                if only is None:
+                    keys.lease(key, on=False)       # drop tokens granted before the outage
+                keys.lease(key, on=True, low=limit.slice // 2)
+            except KeyError:
+                pass
+
+    async def _load_scripts(self) -> None:
+        self._read_sha = await self.redis.script_load(READ_NODES)
+        self._lease_sha = await self.redis.script_load(LEASE_GCRA)
+
+    async def _call(self, fn: Callable[[], Any]) -> Any:
+        """Run a Redis step; on failure switch to the fallback and return None.
+        A script the server forgot (a restart) is loaded again."""
+        try:
+            try:
+                result = await fn()
+            except redis.exceptions.NoScriptError:
+                await self._load_scripts()
+                result = await fn()
+        except (redis.RedisError, OSError) as exc:
+            self._set_reachable(False, exc)
+            return None
+        self._set_reachable(True)
+        return result
+
+    # -- snapshots -----------------------------------------------------------------
+
+    def _counters(self) -> dict[str, Any]:
+        now = time.monotonic()
+        raw = self._snapshot_fn()
+        counters = {name: int(raw.get(group, {}).get(field, 0))
+                    for name, group, field in SNAPSHOT_COUNTERS}
+        counters["usage_flush_errors"] += self.counts["redis_errors"]
+        rates: dict[str, float] = {}
+        if self._previous is not None:
+            then, old = self._previous
+            dt = max(now - then, 1e-9)
+            rates = {k: round((v - old.get(k, 0)) / dt, 1) for k, v in counters.items()
+                     if k not in GAUGES}
+        self._previous = (now, counters)
+        return {"counters": counters, "rates_per_s": rates, "profile": self._profile_fn(),
+                "mode": self.mode, "interval_s": self.interval_s, "pid": os.getpid()}
+
+    async def _write_snapshot(self) -> None:
+        body = orjson.dumps(self._counters())
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.set(SNAPSHOT + self.node_id, body, px=int(self.ttl_s * 1000))
+            pipe.hset(NODES, self.node_id, orjson.dumps({"interval_s": self.interval_s,
+                                                         "ttl_s": self.ttl_s}))
+            pipe.hlen(NODES)
+            replies = await pipe.execute()
+        self.counts["snapshots"] += 1
+        self.nodes_seen = max(1, int(replies[-1]))
+
+    async def _snapshot_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval_s)
+            await self._call(self._write_snapshot)
+
+    async def cluster_stats(self) -> dict[str, Any]:
+        """Every registered node, read in one round trip."""
+        started = time.perf_counter()
+        raw = await self._call(lambda: self.redis.evalsha(self._read_sha, 1, NODES, SNAPSHOT))
+        if raw is None:
+            return {"error": "redis_unreachable", "detail": self.last_error,
+                    "node": self.status()}
+        out = aggregate(raw, self.interval_s, self.ttl_s)
+        out["read_ms"] = round((time.perf_counter() - started) * 1000.0, 3)
+        out["reader"] = self.node_id
+        return out
+
+    # -- shared limits -------------------------------------------------------------
+
+    async def _reload_limits(self) -> None:
+        """Lease every active rate-limited key of the store; keys that lost
+        their limit (re-tiered to partner, revoked) stop being leased."""
+        if self.store is None or self.api_keys is None:
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            rows = await loop.run_in_executor(None, self.store.list)
+        except KeyStoreError as exc:
+            log.warning("cluster: key store: %s", exc)
+            return
+        wanted: dict[str, _Limit] = {}
+        caps = set()
+        for row in rows:
+            tier = self.tiers.get(row["tier"])
+            if row["revoked"] or tier is None:
+                continue
+            if tier.monthly_cap > 0:
+                caps.add(row["key"])
+            if tier.qps <= 0:
+                continue
+            emission = 1e6 / tier.qps
+            wanted[row["key"]] = _Limit(emission, emission * (tier.burst - 1), tier.qps,
+                                        tier.burst,
+                                        max(1, math.ceil(tier.qps * self.lease_interval_s)))
+        for key in set(self._limits) - set(wanted):
+            try:
+                self.api_keys.lease(key, on=False)
+                tier_row = next((r for r in rows if r["key"] == key), None)
+                tier = self.tiers.get(tier_row["tier"]) if tier_row else None
+                if tier is not None:
+                    self.api_keys.set_rate(key, qps=tier.qps, burst=tier.burst)
+            except KeyError:
+                pass
+        added = set(wanted) - set(self._limits)
+        self._limits = wanted
+        self._caps = frozenset(caps)
+        if added:
+            self._apply_mode(added)
+
+    async def _renew(self) -> None:
+        """Top every leased key up to its slice, one script call for all."""
+        if self.api_keys is None or self.mode == "fail-closed" and not self.reachable:
+            return
+        left = self.api_keys.leases()
+        keys, args = [], []
+        for key, limit in self._limits.items():
+            want = limit.slice - left.get(key, 0)
+            if want > 0:
+                keys.append(GCRA + key)
+                args += [f"{limit.emission_us:.3f}", f"{limit.tolerance_us:.3f}", want]
+        if not keys:
+            return
+        grants = await self.redis.evalsha(self._lease_sha, len(keys), *keys, *args)
+        self.counts["renewals"] += 1
+        for redis_key, grant in zip(keys, grants):
+            if grant:
+                key = redis_key[len(GCRA):]
+                self.counts["tokens_granted"] += int(grant)
+                try:
+                    self.api_keys.lease(key, on=True, add=int(grant),
+                                        low=self._limits[key].slice // 2)
+                except KeyError:
+                    pass
+
+    async def _lease_loop(self) -> None:
+        """Renew every lease_interval_s, or as soon as a key runs low (the
+        native hungry count moved), at most every POLL_S."""
+        poll_s = min(0.01, self.lease_interval_s)
+        next_round = time.monotonic()
+        next_reload = time.monotonic() + 1.0
+        hungry = self.api_keys.hungry if self.api_keys is not None else 0
+        while True:
+            await asyncio.sleep(poll_s)
+            if self.api_keys is None:
+                continue
+            now = time.monotonic()
+            if now >= next_reload:
+                next_reload = now + 1.0
+                await self._reload_limits()
+            seen = self.api_keys.hungry
+            if seen == hungry and now < next_round:
+                continue
+            hungry, next_round = seen, now + self.lease_interval_s
+            if self.reachable:
+                await self._call(self._renew)
+            elif now >= self._next_probe:
+                # Down: probe once a second rather than every round.
+                self._next_probe = now + 1.0
+                if await self._call(self.redis.ping):
+                    await self._call(self._renew)
+
+    # -- usage -----------------------------------------------------------------------
+
+    def _pending_usage(self) -> int:
+        if self.api_keys is None:
+            return 0
+        return sum(v[0] - self._pushed.get(k, 0) for k, v in self.api_keys.usage().items())
+
+    async def _push_usage(self) -> None:
+        """HINCRBY each key's new count on the month's hash; the same round
+        trip reads the cluster's totals of the capped keys back."""
+        if self.api_keys is None:
+            return
+        usage = self.api_keys.usage()
+        deltas = {k: v[0] - self._pushed.get(k, 0) for k, v in usage.items()}
+        month = current_month()
+        hash_key = USAGE + month
+        capped = [k for k in usage if k in self._caps]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for key, delta in deltas.items():
+                if delta:
+                    pipe.hincrby(hash_key, key, delta)
+            if capped:
+                pipe.hmget(hash_key, capped)
+            replies = await pipe.execute()
+        for key, value in usage.items():
+            self._pushed[key] = value[0]
+        if any(deltas.values()):
+            self.counts["usage_pushes"] += 1
+        if capped:
+            for key, total in zip(capped, replies[-1]):
+                # The cluster's count so far: this node's later admissions are
+                # in `admitted` already and not yet in Redis (at most one flush).
+                used = int(total or 0) + (self.api_keys.usage()[key][0] - usage[key][0])
+                self.api_keys.set_month_used(key, used)
+        self._month = month
+
+    async def _usage_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.usage_interval_s)
+            if self.reachable:
+                await self._call(self._push_usage)
+
+    async def publish_profile(self, name: str) -> Optional[int]:
+        """Announce a cluster-wide profile; the subscribers that heard it, or
+        None when Redis is unreachable."""
+        message = orjson.dumps({"op": "profile", "name": name})
+        result = await self._call(lambda: self.redis.publish(CONTROL_CHANNEL, message))
+        return None if result is None else int(result)
+
+    # -- pub/sub -----------------------------------------------------------------------
+
+    async def _listen_loop(self) -> None:
+        """Key changes and profile switches; resubscribes after an outage."""
+        while True:
+            try:
+                pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+                await pubsub.subscribe(KEYS_CHANNEL, CONTROL_CHANNEL)
+                try:
+                    # A reconnect may have missed changes: read the shared store.
+                    await self._load_shared_keys()
+                    while True:
+                        message = await pubsub.get_message(timeout=1.0)
+                        if message is not None:
+                            await self._on_message(message["channel"], message["data"])
+                finally:
+                    await pubsub.aclose()
+            except (redis.RedisError, OSError) as exc:
+                self._set_reachable(False, exc)
+                await asyncio.sleep(1.0)
+
+    async def _on_message(self, channel: bytes, data: bytes) -> None:
+        try:
+            change = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            log.warning("cluster: unreadable message on %s", channel.decode(errors="replace"))
+            return
+        if channel.decode() == CONTROL_CHANNEL:
+            if change.get("op") == "profile":
+                try:
+                    self._switch_profile(str(change["name"]))
+                    self.counts["profiles_applied"] += 1
+                except (KeyError, ValueError) as exc:
+                    log.warning("cluster: profile %r not applied: %s", change.get("name"), exc)
+            return
+        await self._apply_key(change)
+
+    async def _apply_key(self, change: dict[str, Any]) -> None:
+        """One key change into the native table at once (a revocation stops
+        the key before anything else), then into the local SQLite copy."""
+        keys, store = self.api_keys, self.store
+        key, op, tier_name = change.get("key"), change.get("op"), change.get("tier")
+        if keys is None or store is None or not isinstance(key, str):
+            return
+        self.counts["key_changes"] += 1
+        tier = self.tiers.get(tier_name) if isinstance(tier_name, str) else None
+        if op == "revoke":
+            keys.revoke(key)
+        elif op in ("add", "tier") and tier is not None:
+            keys.set(key, qps=tier.qps, burst=tier.burst, monthly_cap=tier.monthly_cap,
+                     ws_allowed=tier.stream, ws_max_connections=tier.stream_connections,
+                     ws_max_subscriptions=tier.stream_symbols)
+        else:
+            log.warning("cluster: key change %r not applied (unknown op or tier)", change)
+            return
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, _store_change, store, op, key, tier_name,
+                                   str(change.get("label", "")))
+        await self._reload_limits()
+
+    async def _load_shared_keys(self) -> None:
+        """Apply every key of the shared store (a hash per key) this node's
+        copy lacks or has otherwise."""
+        if self.store is None or self.api_keys is None:
+            return
+        loop = asyncio.get_running_loop()
+        local = {r["key"]: r for r in await loop.run_in_executor(None, self.store.list)}
+        names = [k async for k in self.redis.scan_iter(match=KEY + "*", count=500)]
+        if not names:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.hgetall(name)
+            records = await pipe.execute()
+        for name, record in zip(names, records):
+            key = name.decode()[len(KEY):]
+            fields = {k.decode(): v.decode() for k, v in record.items()}
+            mine = local.get(key)
+            revoked = fields.get("revoked") == "1"
+            if revoked and mine is not None and not mine["revoked"]:
+                await self._apply_key({"op": "revoke", "key": key})
+            elif not revoked and (mine is None or mine["tier"] != fields.get("tier")):
+                await self._apply_key({"op": "add" if mine is None else "tier", "key": key,
+                                       "tier": fields.get("tier"),
+                                       "label": fields.get("label", "")})
+
+
+def _store_change(store: KeyStore, op: str, key: str, tier: Optional[str], label: str) -> None:
+    """A key change into the local SQLite copy; one already there is fine."""
+    try:
+        if op == "revoke":
+            store.revoke(key)
+        elif op == "add" and tier is not None:
+            store.add(tier, key=key, label=label)
+        elif tier is not None:
+            store.set_tier(key, tier)
+    except KeyStoreError as exc:
+        log.debug("cluster: local copy: %s", exc)
+
+
+class KeyChanges:
+    """Writes key changes to the shared store and announces them (`beastnet
+    keys --redis`, the admin routes): a hash per key, then PUBLISH."""
+
+    def __init__(self, url: str) -> None:
+        if redis is None:
+            raise ClusterError("--redis needs the redis client: pip install 'beastnet[cluster]'")
+        self.client = redis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
+
+    def publish(self, op: str, key: str, tier: Optional[str] = None, label: str = "") -> int:
+        """Record and announce one change; returns the nodes that heard it."""
+        fields: dict[str, Any] = {"revoked": 1 if op == "revoke" else 0}
+        if tier is not None:
+            fields["tier"] = tier
+        if label:
+            fields["label"] = label
+        message = orjson.dumps({"op": op, "key": key, "tier": tier, "label": label})
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.hset(KEY + key, mapping=fields)
+            pipe.publish(KEYS_CHANNEL, message)
+            replies = pipe.execute()
+        return int(replies[-1])
+
+    def close(self) -> None:
+        self.client.close()
