@@ -6,19 +6,24 @@ import os
 import sys
 from typing import Any
 
-from beastnet.cli._common import EXIT_PASS, EXIT_USAGE
+from beastnet.cli._common import EXIT_FAIL, EXIT_PASS, EXIT_USAGE
 
 
 def add_keys_command(sub: Any) -> None:
     p = sub.add_parser("keys", help="manage API keys in the SQLite key store",
                        description="Add, list, revoke and re-tier API keys. A running server "
                                    "picks changes up within a second.",
-                       epilog="exit status: 0 done; 2 bad flag, unknown key or tier, or an "
-                              "unusable key store")
+                       epilog="exit status: 0 done; 1 the change is in the key store but "
+                              "--redis could not be reached (run it again to announce it); 2 "
+                              "bad flag, unknown key or tier, or an unusable key store")
     p.add_argument("--db", help="key store path (default: the config's keystore, "
                                 "else beastnet-keys.db)")
     p.add_argument("--config", help="TOML config file of the server, for its keystore and "
                                     "[tiers.NAME] (default: none)")
+    p.add_argument("--redis", metavar="URL",
+                   help="also record the change in this Redis/Valkey and announce it to every "
+                        "`beastnet serve --redis` node, which applies it within a second "
+                        "(default: none, the local store only)")
     ksub = p.add_subparsers(dest="keys_command", metavar="ACTION")
     ksub.required = True
     a = ksub.add_parser("add", help="create a key and print it")
@@ -56,6 +61,11 @@ def cmd_keys(args: argparse.Namespace) -> int:
     from beastnet.serve.config import ConfigError
     from beastnet.serve.keys import MIN_SECRET_KEY_CHARS, KeyStoreError
 
+    if args.redis and not args.redis.startswith(("redis://", "rediss://", "unix://")):
+        print(f"beastnet keys: error: --redis must be a redis:// URL, got {args.redis!r}",
+              file=sys.stderr)
+        return EXIT_USAGE
+    change = None
     try:
         with _keystore(args) as store:
             if args.keys_command == "add":
@@ -63,11 +73,15 @@ def cmd_keys(args: argparse.Namespace) -> int:
                     raise KeyStoreError(f"--key must be at least {MIN_SECRET_KEY_CHARS} "
                                         f"characters: a shorter key can be guessed (leave "
                                         f"--key out for a random one)")
-                print(store.add(args.tier, key=args.key, label=args.label))
+                key = store.add(args.tier, key=args.key, label=args.label)
+                print(key)
+                change = ("add", key, args.tier, args.label)
             elif args.keys_command == "revoke":
                 store.revoke(args.key)
+                change = ("revoke", args.key, None, "")
             elif args.keys_command == "set-tier":
                 store.set_tier(args.key, args.tier)
+                change = ("tier", args.key, args.tier, "")
             else:
                 rows = store.list()
                 if args.json:
@@ -82,4 +96,22 @@ def cmd_keys(args: argparse.Namespace) -> int:
     except (KeyStoreError, ConfigError) as exc:
         print(f"beastnet keys: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    if args.redis and change is not None:
+        return _announce(args.redis, *change)
+    return EXIT_PASS
+
+
+def _announce(url: str, op: str, key: str, tier: Any, label: str) -> int:
+    """Record the change in Redis and publish it to the nodes."""
+    from beastnet.serve.cluster import ClusterError, KeyChanges, RedisUnavailable
+    try:
+        changes = KeyChanges(url)
+        try:
+            nodes = changes.publish(op, key, tier, label)
+        finally:
+            changes.close()
+    except (ClusterError, RedisUnavailable) as exc:
+        print(f"beastnet keys: error: --redis {url}: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    print(f"beastnet keys: announced to {nodes} node(s)", file=sys.stderr)
     return EXIT_PASS

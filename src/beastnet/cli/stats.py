@@ -27,14 +27,18 @@ def add_stats_command(sub: Any) -> None:
                    help="refresh every SECONDS (1 when no value is given) until Ctrl-C "
                         "(default: print once)")
     p.add_argument("--json", action="store_true", help="print the raw JSON (default: a table)")
+    p.add_argument("--cluster", action="store_true",
+                   help="every node sharing the server's Redis (/admin/cluster-stats; the "
+                        "server runs with --redis): totals, a row per node, red flags "
+                        "(default: this server only)")
     p.set_defaults(func=cmd_stats)
 
 
-def _fetch_stats(url: str, token: Optional[str]) -> dict:
+def _fetch_stats(url: str, token: Optional[str], path: str = "/admin/stats") -> dict:
     import urllib.request
 
     import orjson
-    req = urllib.request.Request(url.rstrip("/") + "/admin/stats")
+    req = urllib.request.Request(url.rstrip("/") + path)
     if token:
         # A header, never the query string: query strings end up in logs.
         req.add_header("Authorization", f"Bearer {token}")
@@ -81,6 +85,56 @@ def format_stats(stats: dict) -> str:
     if keys:
         lines.append(f"keys {keys['keys']:,}  admitted {keys['admitted']:,}  rate limited {keys['rate_limited']:,}  "
                      f"over quota {keys['over_quota']:,}  flushes {keys['flushes']:,} ({keys['flush_errors']} failed)")
+    return "\n".join(lines)
+
+
+# The tuning loop's red flags, as the cluster rows show them.
+_FLAG_LABELS = {"udp_drop_pct": "UDP drop % > 1", "background_drop_pct": "background drop % > 5",
+                "usage_flush_errors": "flush errors"}
+
+
+def _cell(value: Any, red: bool, color: bool) -> str:
+    text = "-" if value is None else f"{value:,}" if isinstance(value, int) else str(value)
+    if not red:
+        return text
+    return f"\x1b[1;31m{text}!\x1b[0m" if color else f"{text}!"
+
+
+def format_cluster(stats: dict, color: bool = False) -> str:
+    """/admin/cluster-stats as a table: totals, then a row per node; values
+    past a red flag end in ! (and are red on a terminal)."""
+    if "error" in stats:
+        return f"cluster: {stats['error']}: {stats.get('detail', '')}"
+    n, t, r, f = stats["nodes"], stats["totals"], stats["rates_per_s"], stats["flags"]
+    lines = [f"cluster: {n['live']} live, {n['stale']} stale, {n['missing']} missing   "
+             f"read in {stats.get('read_ms', 0)} ms by {stats.get('reader')}",
+             f"total  UDP {r.get('udp_rx_packets', 0):>10,.0f} req/s  HTTP "
+             f"{r.get('http_requests', 0):>10,.0f} req/s  rate limited "
+             f"{t.get('udp_rate_limited', 0) + t.get('http_rate_limited', 0):,}  "
+             f"UDP drop % {_cell(f['udp_drop_pct'], 'udp_drop_pct' in f['red'], color)}  "
+             f"background drop % "
+             f"{_cell(f['background_drop_pct'], 'background_drop_pct' in f['red'], color)}  "
+             f"flush errors "
+             f"{_cell(f['usage_flush_errors'], 'usage_flush_errors' in f['red'], color)}",
+             f"{'node':<24} {'state':<8} {'age s':>6} {'profile':<18} {'mode':<12} "
+             f"{'UDP req/s':>10} {'HTTP req/s':>10} {'UDP drop%':>9} {'bg drop%':>9} "
+             f"{'flush err':>9}"]
+    for row in stats["per_node"]:
+        if row["state"] == "missing":
+            lines.append(f"{row['node']:<24} {_cell('MISSING', True, color)}")
+            continue
+        rates, flags = row.get("rates_per_s", {}), row["flags"]
+        state = _cell(row["state"], row["state"] != "live", color)
+        lines.append(
+            f"{row['node']:<24} {state:<8} {row.get('age_s') or 0:>6.1f} "
+            f"{row.get('profile', '-'):<18} {row.get('mode', '-'):<12} "
+            f"{rates.get('udp_rx_packets', 0):>10,.0f} {rates.get('http_requests', 0):>10,.0f} "
+            f"{_cell(flags['udp_drop_pct'], 'udp_drop_pct' in flags['red'], color):>9} "
+            f"{_cell(flags['background_drop_pct'], 'background_drop_pct' in flags['red'], color):>9} "
+            f"{_cell(flags['usage_flush_errors'], 'usage_flush_errors' in flags['red'], color):>9}")
+    red = sorted({flag for row in stats["per_node"] for flag in row.get("flags", {}).get("red", [])}
+                 | set(f["red"]))
+    lines.append("red flags: " + (", ".join(_FLAG_LABELS[x] for x in red) if red else "none"))
     return "\n".join(lines)
 
 
@@ -134,7 +188,8 @@ def cmd_stats(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     while True:
         try:
-            stats = _fetch_stats(args.url, token)
+            stats = _fetch_stats(args.url, token,
+                                 "/admin/cluster-stats" if args.cluster else "/admin/stats")
         except (urllib.error.URLError, OSError, ValueError) as exc:
             print(f"beastnet stats: error: {args.url}: {_why(exc)}", file=sys.stderr)
             return EXIT_FAIL
@@ -143,7 +198,8 @@ def cmd_stats(args: argparse.Namespace) -> int:
         else:
             if args.watch and sys.stdout.isatty():
                 sys.stdout.write("\x1b[H\x1b[2J")
-            print(format_stats(stats), flush=True)
+            print(format_cluster(stats, sys.stdout.isatty()) if args.cluster
+                  else format_stats(stats), flush=True)
         if not args.watch:
             return EXIT_PASS
         try:

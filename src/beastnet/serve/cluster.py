@@ -42,11 +42,13 @@ from beastnet.serve.keys import KeyStore, KeyStoreError, Tier, current_month
 try:
     import redis
     import redis.asyncio as aioredis
+    RedisUnavailable: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
 except ImportError:                     # pragma: no cover - the `cluster` extra is not installed
     redis = None                        # type: ignore[assignment]
     aioredis = None                     # type: ignore[assignment]
+    RedisUnavailable = (OSError,)
 
-__all__ = ["CLUSTER_FLAGS", "FALLBACK_MODES", "SNAPSHOT_COUNTERS", "ClusterNode", "ClusterError",
+__all__ = ["CLUSTER_FLAGS", "FALLBACK_MODES", "RedisUnavailable", "SNAPSHOT_COUNTERS", "ClusterNode", "ClusterError",
            "KeyChanges", "aggregate", "default_node_id", "red_flags"]
 
 log = logging.getLogger("beastnet.serve.cluster")
@@ -266,7 +268,7 @@ class ClusterNode:
             await self._write_snapshot()
             await self._renew()
             self._set_reachable(True)
-        except (redis.RedisError, OSError) as exc:
+        except RedisUnavailable as exc:
             self._set_reachable(False, exc)
         loop = asyncio.get_running_loop()
         for loop_fn in (self._snapshot_loop, self._lease_loop, self._usage_loop,
@@ -286,7 +288,7 @@ class ClusterNode:
                 pipe.hdel(NODES, self.node_id)
                 pipe.delete(SNAPSHOT + self.node_id)
                 await pipe.execute()
-        except (redis.RedisError, OSError) as exc:
+        except RedisUnavailable as exc:
             log.warning("redis at stop: %s (usage stays in the local store)", exc)
         await self.redis.aclose()
 
@@ -348,7 +350,7 @@ class ClusterNode:
             except redis.exceptions.NoScriptError:
                 await self._load_scripts()
                 result = await fn()
-        except (redis.RedisError, OSError) as exc:
+        except RedisUnavailable as exc:
             self._set_reachable(False, exc)
             return None
         self._set_reachable(True)
@@ -560,7 +562,7 @@ class ClusterNode:
                             await self._on_message(message["channel"], message["data"])
                 finally:
                     await pubsub.aclose()
-            except (redis.RedisError, OSError) as exc:
+            except RedisUnavailable as exc:
                 self._set_reachable(False, exc)
                 await asyncio.sleep(1.0)
 
