@@ -110,7 +110,10 @@ def _announce(url: str, op: str, key: str, tier: Any, label: str) -> int:
             nodes = changes.publish(op, key, tier, label)
         finally:
             changes.close()
-    except (ClusterError, RedisUnavailable) as exc:
+    except ClusterError as exc:
+        print(f"beastnet keys: error: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    except RedisUnavailable as exc:
         print(f"beastnet keys: error: --redis {url}: {exc}", file=sys.stderr)
         return EXIT_FAIL
     print(f"beastnet keys: announced to {nodes} node(s)", file=sys.stderr)

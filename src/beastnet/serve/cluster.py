@@ -656,14 +656,14 @@ class KeyChanges:
 
     def publish(self, op: str, key: str, tier: Optional[str] = None, label: str = "") -> int:
         """Record and announce one change; returns the nodes that heard it."""
-        fields: dict[str, Any] = {"revoked": 1 if op == "revoke" else 0}
+        fields: list[str | int] = ["revoked", 1 if op == "revoke" else 0]
         if tier is not None:
-            fields["tier"] = tier
+            fields += ["tier", tier]
         if label:
-            fields["label"] = label
+            fields += ["label", label]
         message = orjson.dumps({"op": op, "key": key, "tier": tier, "label": label})
         with self.client.pipeline(transaction=True) as pipe:
-            pipe.hset(KEY + key, mapping=fields)
+            pipe.hset(KEY + key, items=fields)
             pipe.publish(KEYS_CHANNEL, message)
             replies = pipe.execute()
         return int(replies[-1])
