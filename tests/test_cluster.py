@@ -19,7 +19,7 @@ import redis
 from beastnet import APIKeyTable
 from beastnet.cli.stats import format_cluster
 from beastnet.serve.cluster import USAGE, aggregate, red_flags
-from beastnet.serve.keys import KeyStore, current_month
+from beastnet.serve.keys import KeyStore, Tier, current_month
 from support import wait_for
 from test_serve import month_count, serve  # noqa: F401  (the fixture)
 
@@ -28,7 +28,8 @@ pytestmark = pytest.mark.timeout(120)
 REDIS_SERVER = shutil.which("redis-server")
 needs_redis = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed")
 
-TIERS = '[tiers.public]\nqps = 100\nburst = 10\nmonthly_cap = 1000000\n'
+TIERS = ('[tiers.public]\nqps = 100\nburst = 10\nmonthly_cap = 1000000\n'
+         '[tiers.capped]\nqps = 100\nburst = 10\nmonthly_cap = 120\n')
 INTERVAL = ("--snapshot-interval", "0.3", "--snapshot-ttl", "2")
 PUBLIC = "public-key-0123456789"
 PARTNER = "partner-key-0123456789"
@@ -247,34 +248,29 @@ def test_shared_limit_holds_within_epsilon(serve, redis_server, tmp_path):  # no
     """One public key (100 req/s, burst 10) hammered through three nodes: the
     cluster admits at most limit x W + burst + N x s, s = 100 x 0.1 s."""
     nodes = start_nodes(serve, redis_server, key_stores(tmp_path, 3))
+    served, limited, window = hammer(nodes, f"BTC {PUBLIC}".encode(), 3.0)
+    slice_ = math.ceil(100 * 0.1)
+    most = 100 * window + 10 + 3 * slice_
+    assert limited > served, (served, limited)
+    # each node alone would let the key through at its full limit: ~3x
+    assert 0.8 * 100 * window <= served <= most, (served, most, window)
+    per_node = [admin_json(n, "/admin/stats")["api_keys"]["admitted"] for n in nodes]
+    assert sum(per_node) == served and min(per_node) > 0, per_node
+
+
+def hammer(nodes, payload: bytes, seconds: float) -> tuple[int, int, float]:
+    """Send `payload` to every node as fast as they take it for `seconds`:
+    (served, refused, the window from the first send to the last reply)."""
     socks = []
     for node in nodes:
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         sock.connect(node.udp)
         sock.setblocking(False)
         socks.append(sock)
-    payload = f"BTC {PUBLIC}".encode()
-    served = limited = 0
-    started = time.monotonic()
-    try:
-        while time.monotonic() - started < 3.0:
-            for sock in socks:
-                for _ in range(4):
-                    try:
-                        sock.send(payload)
-                    except BlockingIOError:
-                        pass
-            time.sleep(0.001)
-            for sock in socks:
-                while True:
-                    try:
-                        reply = sock.recv(4096)
-                    except BlockingIOError:
-                        break
-                    served += b'"asset"' in reply
-                    limited += b"rate_limited" in reply
-        window = time.monotonic() - started
-        time.sleep(0.3)                 # the replies still in flight
+    served = refused = 0
+
+    def drain() -> None:
+        nonlocal served, refused
         for sock in socks:
             while True:
                 try:
@@ -282,16 +278,42 @@ def test_shared_limit_holds_within_epsilon(serve, redis_server, tmp_path):  # no
                 except BlockingIOError:
                     break
                 served += b'"asset"' in reply
+                refused += b'"asset"' not in reply
+    started = time.monotonic()
+    try:
+        while time.monotonic() - started < seconds:
+            for sock in socks:
+                for _ in range(4):
+                    try:
+                        sock.send(payload)
+                    except BlockingIOError:
+                        pass
+            time.sleep(0.001)
+            drain()
+        time.sleep(0.3)                 # the replies still in flight
+        drain()
     finally:
         for sock in socks:
             sock.close()
-    slice_ = math.ceil(100 * 0.1)
-    most = 100 * (window + 0.3) + 10 + 3 * slice_
-    assert limited > served, (served, limited)
-    # each node alone would let the key through at its full limit: ~3x
-    assert 0.8 * 100 * window <= served <= most, (served, most, window)
-    per_node = [admin_json(n, "/admin/stats")["api_keys"]["admitted"] for n in nodes]
-    assert sum(per_node) == served and min(per_node) > 0, per_node
+    return served, refused, time.monotonic() - started
+
+
+@needs_redis
+def test_monthly_cap_holds_cluster_wide(serve, redis_server, tmp_path):  # noqa: F811
+    """A cap of 120 through three nodes: each alone would admit 120 (360 in
+    all, rate permitting); together they overshoot by at most what the
+    cluster admits in one usage flush interval (100 ms at 100 req/s)."""
+    dbs = key_stores(tmp_path, 3)
+    for db in dbs:
+        with KeyStore(str(db), {"capped": Tier("capped", 100.0, 10, 120)}) as store:
+            store.add("capped", key="capped-key-0123456789")
+    nodes = start_nodes(serve, redis_server, dbs)
+    served, refused, _ = hammer(nodes, b"BTC capped-key-0123456789", 2.5)
+    assert 120 <= served <= 120 + 100 * 0.1 + 3 * 10, (served, refused)
+    over = sum(admin_json(n, "/admin/stats")["api_keys"]["over_quota"] for n in nodes)
+    assert over > 0
+    wait_for(lambda: redis_server.usage("capped-key-0123456789") == served, timeout=3,
+             message="the cluster's usage in Redis")
 
 
 @needs_redis
@@ -402,3 +424,24 @@ def test_cluster_profile_reaches_every_node(serve, redis_server, tmp_path):  # n
         stats = admin_json(nodes[2], "/admin/cluster-stats")
         return all(r.get("profile") == "production" for r in stats["per_node"])
     wait_for(reported, timeout=3, interval=0.1, message="the profile in every snapshot")
+    # key changes through an admin route: published, applied everywhere
+    status, _, body = nodes[1].admin("POST", f"/admin/keys?op=revoke&key={PUBLIC}")
+    assert status == 200 and orjson.loads(body)["nodes_notified"] == 3, body
+    for node in nodes:
+        wait_for(lambda: node.http("GET", "/v1/BTC", {"X-API-Key": PUBLIC})[0] == 401,
+                 timeout=1, interval=0.02, message="the revocation on every node")
+    assert nodes[0].admin("POST", "/admin/keys?op=add&key=x")[0] == 400
+
+
+def test_admin_key_route_on_a_node_alone(serve, tmp_path):  # noqa: F811
+    db = key_stores(tmp_path, 1)[0]
+    server = serve("--keystore", str(db), config=TIERS)
+    assert server.http("GET", "/v1/BTC", {"X-API-Key": PUBLIC})[0] == 200
+    status, _, body = server.admin("POST", f"/admin/keys?op=tier&key={PUBLIC}&tier=partner")
+    assert status == 200 and orjson.loads(body)["scope"] == "node"
+    assert server.admin("POST", f"/admin/keys?op=revoke&key={PUBLIC}")[0] == 200
+    assert server.http("GET", "/v1/BTC", {"X-API-Key": PUBLIC})[0] == 401
+    assert server.terminate() == 0
+    with KeyStore(str(db)) as store:
+        row = {r["key"]: r for r in store.list()}[PUBLIC]
+    assert row["revoked"] and row["tier"] == "partner"

@@ -48,8 +48,9 @@ except ImportError:                     # pragma: no cover - the `cluster` extra
     aioredis = None                     # type: ignore[assignment]
     RedisUnavailable = (OSError,)
 
-__all__ = ["CLUSTER_FLAGS", "FALLBACK_MODES", "RedisUnavailable", "SNAPSHOT_COUNTERS", "ClusterNode", "ClusterError",
-           "KeyChanges", "aggregate", "default_node_id", "red_flags"]
+__all__ = ["CLUSTER_FLAGS", "FALLBACK_MODES", "RedisUnavailable", "SNAPSHOT_COUNTERS",
+           "ClusterNode", "ClusterError", "KeyChanges", "aggregate", "apply_key_change", "default_node_id", "key_record",
+           "red_flags", "table_change"]
 
 log = logging.getLogger("beastnet.serve.cluster")
 
@@ -586,24 +587,31 @@ class ClusterNode:
         """One key change into the native table at once (a revocation stops
         the key before anything else), then into the local SQLite copy."""
         keys, store = self.api_keys, self.store
-        key, op, tier_name = change.get("key"), change.get("op"), change.get("tier")
+        key, op, tier = change.get("key"), change.get("op"), change.get("tier")
         if keys is None or store is None or not isinstance(key, str):
             return
         self.counts["key_changes"] += 1
-        tier = self.tiers.get(tier_name) if isinstance(tier_name, str) else None
-        if op == "revoke":
-            keys.revoke(key)
-        elif op in ("add", "tier") and tier is not None:
-            keys.set(key, qps=tier.qps, burst=tier.burst, monthly_cap=tier.monthly_cap,
-                     ws_allowed=tier.stream, ws_max_connections=tier.stream_connections,
-                     ws_max_subscriptions=tier.stream_symbols)
-        else:
+        if not table_change(keys, self.tiers, str(op), key, tier):
             log.warning("cluster: key change %r not applied (unknown op or tier)", change)
             return
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, _store_change, store, op, key, tier_name,
+        await loop.run_in_executor(None, _store_change, store, str(op), key, tier,
                                    str(change.get("label", "")))
         await self._reload_limits()
+
+    async def publish_key(self, op: str, key: str, tier: Optional[str],
+                          label: str = "") -> Optional[int]:
+        """Record a key change in the shared store and announce it; the nodes
+        that heard it, or None when Redis is unreachable."""
+        fields, message = key_record(op, key, tier, label)
+
+        async def send() -> Any:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.hset(KEY + key, items=fields)
+                pipe.publish(KEYS_CHANNEL, message)
+                return (await pipe.execute())[-1]
+        result = await self._call(send)
+        return None if result is None else int(result)
 
     async def _load_shared_keys(self) -> None:
         """Apply every key of the shared store (a hash per key) this node's
@@ -632,6 +640,40 @@ class ClusterNode:
                                        "label": fields.get("label", "")})
 
 
+def key_record(op: str, key: str, tier: Optional[str],
+               label: str) -> tuple[list[str | int], bytes]:
+    """A key change as the shared store keeps it (HSET items of the key's
+    hash) and as the nodes hear it (the pub/sub message)."""
+    fields: list[str | int] = ["revoked", 1 if op == "revoke" else 0]
+    if tier is not None:
+        fields += ["tier", tier]
+    if label:
+        fields += ["label", label]
+    return fields, orjson.dumps({"op": op, "key": key, "tier": tier, "label": label})
+
+
+def table_change(keys: APIKeyTable, tiers: dict[str, Tier], op: str, key: str,
+                 tier_name: Any) -> bool:
+    """A key change into the native table; False when it names no known tier."""
+    tier = tiers.get(tier_name) if isinstance(tier_name, str) else None
+    if op == "revoke":
+        keys.revoke(key)
+    elif op in ("add", "tier") and tier is not None:
+        keys.set(key, qps=tier.qps, burst=tier.burst, monthly_cap=tier.monthly_cap,
+                 ws_allowed=tier.stream, ws_max_connections=tier.stream_connections,
+                 ws_max_subscriptions=tier.stream_symbols)
+    else:
+        return False
+    return True
+
+
+def apply_key_change(keys: APIKeyTable, store: KeyStore, op: str, key: str,
+                     tier: Optional[str], label: str = "") -> None:
+    """A node alone: the change into its table, then its store."""
+    if table_change(keys, store.tiers, op, key, tier):
+        _store_change(store, op, key, tier, label)
+
+
 def _store_change(store: KeyStore, op: str, key: str, tier: Optional[str], label: str) -> None:
     """A key change into the local SQLite copy; one already there is fine."""
     try:
@@ -656,12 +698,7 @@ class KeyChanges:
 
     def publish(self, op: str, key: str, tier: Optional[str] = None, label: str = "") -> int:
         """Record and announce one change; returns the nodes that heard it."""
-        fields: list[str | int] = ["revoked", 1 if op == "revoke" else 0]
-        if tier is not None:
-            fields += ["tier", tier]
-        if label:
-            fields += ["label", label]
-        message = orjson.dumps({"op": op, "key": key, "tier": tier, "label": label})
+        fields, message = key_record(op, key, tier, label)
         with self.client.pipeline(transaction=True) as pipe:
             pipe.hset(KEY + key, items=fields)
             pipe.publish(KEYS_CHANNEL, message)

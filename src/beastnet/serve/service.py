@@ -50,6 +50,7 @@ ROUTES: dict[str, tuple[str, ...]] = {
     "/admin/reset": ("POST",),
     "/admin/profile": ("GET", "HEAD", "POST"),
     "/admin/cluster-stats": ("GET", "HEAD"),
+    "/admin/keys": ("POST",),
 }
 PUBLIC_ROUTES = ("/healthz",)
 DASHBOARD_ROUTES = ("/", "/dashboard")
@@ -528,6 +529,8 @@ class PriceService:
             return Answer({"reset": True})
         if path == "/admin/cluster-stats":
             return self._cluster_stats()
+        if path == "/admin/keys":
+            return self._key_change(parse_qs(request.query or ""))
         query = parse_qs(request.query or "")
         name = query.get("name", [None])[0]
         if request.method == "POST" and name is not None and query.get("scope") == ["cluster"]:
@@ -541,6 +544,31 @@ class PriceService:
         return Answer({"profile": self.cfg.profile, "profile_at_start": self.start_profile,
                        "live": {k: getattr(self.cfg, k) for k in sorted(LIVE_PARAMETERS)}})
 
+
+    async def _key_change(self, query: dict[str, list[str]]) -> Answer:
+        """POST /admin/keys?op=add|revoke|tier&key=K[&tier=T]: with --redis the
+        change goes to the shared store and every node (this one included)
+        applies it from pub/sub; alone, to the local store and table."""
+        op, key, tier = (query.get(name, [None])[0] for name in ("op", "key", "tier"))
+        if self.store is None or self.api_keys is None:
+            return Answer({"error": "bad_request", "detail": "keys are off (no --keystore)"},
+                          status=400)
+        if op not in ("add", "revoke", "tier") or not key or (op != "revoke" and not tier):
+            return Answer({"error": "bad_request",
+                           "detail": "op=add|revoke|tier and key=K (and tier=T but for revoke)"},
+                          status=400)
+        if tier is not None and tier not in self.store.tiers:
+            return Answer({"error": "bad_request", "detail": f"unknown tier {tier!r}"},
+                          status=400)
+        if self.cluster is not None:
+            nodes = await self.cluster.publish_key(op, key, tier)
+            if nodes is None:
+                return Answer({"error": "unavailable", "detail": "redis unreachable"},
+                              status=503)
+            return Answer({"op": op, "key": key, "scope": "cluster", "nodes_notified": nodes})
+        from beastnet.serve.cluster import apply_key_change
+        apply_key_change(self.api_keys, self.store, op, key, tier)
+        return Answer({"op": op, "key": key, "scope": "node"})
 
     async def _cluster_stats(self) -> Answer:
         if self.cluster is None:
