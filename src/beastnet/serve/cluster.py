@@ -247,6 +247,7 @@ class ClusterNode:
         self._limits: dict[str, _Limit] = {}
         self._caps: frozenset[str] = frozenset()  # keys with a monthly cap, held cluster-wide
         self._next_probe = 0.0
+        self._renew_now = False
         self._pushed: dict[str, int] = {}     # admitted counts already in Redis, per key
         self._month = current_month()
         self._previous: Optional[tuple[float, dict[str, int]]] = None
@@ -267,8 +268,10 @@ class ClusterNode:
         try:
             await self._load_scripts()
             await self._write_snapshot()
-            await self._renew()
+            # Reachable first: the switch to leases starts every key at zero
+            # tokens, which this first renewal then fills before we serve.
             self._set_reachable(True)
+            await self._renew()
         except RedisUnavailable as exc:
             self._set_reachable(False, exc)
         loop = asyncio.get_running_loop()
@@ -307,6 +310,7 @@ class ClusterNode:
                             extra={"fields": {"event": "redis_recovered"}})
             self.reachable, self.mode, self.last_error = True, "redis", None
             self._apply_mode()
+            self._renew_now = True          # the leases start empty: fill them at once
         elif not ok:
             self.counts["redis_errors"] += 1
             self.last_error = str(exc)
@@ -486,9 +490,10 @@ class ClusterNode:
                 next_reload = now + 1.0
                 await self._reload_limits()
             seen = self.api_keys.hungry
-            if seen == hungry and now < next_round:
+            if seen == hungry and now < next_round and not self._renew_now:
                 continue
             hungry, next_round = seen, now + self.lease_interval_s
+            self._renew_now = False
             if self.reachable:
                 await self._call(self._renew)
             elif now >= self._next_probe:
