@@ -177,7 +177,7 @@ def main() -> int:
                     if name == "cluster":
                         row["redis_ops_per_s"] = (redis_calls(client) - before) / (
                             time.monotonic() - t0)
-                        ops.append({"level": "full", "rps": row["rps"],
+                        ops.append({"level": "full", "key": key, "rps": row["rps"],
                                     "ops_per_s": row["redis_ops_per_s"]})
                     runs[name].append(row)
                     print(f"pass {n + 1} {name:<8} {key:<24} {row['rps']:>10,.0f} req/s  "
@@ -189,7 +189,7 @@ def main() -> int:
         before, t0 = redis_calls(client), time.monotonic()
         tenth = load_pass(cluster.udp_port, "fast-key-0123456789", args.duration, args.warmup,
                           rate=max(1000.0, full / 10))
-        ops.append({"level": "tenth", "rps": tenth["rps"],
+        ops.append({"level": "tenth", "key": "fast-key-0123456789", "rps": tenth["rps"],
                     "ops_per_s": (redis_calls(client) - before) / (time.monotonic() - t0)})
         print(f"open loop  cluster {tenth['rps']:>10,.0f} req/s  redis "
               f"{ops[-1]['ops_per_s']:.1f} ops/s", flush=True)
@@ -205,7 +205,9 @@ def main() -> int:
     local_rps = statistics.median(r["rps"] for r in runs["local"])
     cluster_rps = statistics.median(r["rps"] for r in runs["cluster"])
     ratio = cluster_rps / local_rps
-    full_ops = statistics.median(o["ops_per_s"] for o in ops if o["level"] == "full")
+    # the leased key at both levels: the renewals are what could follow the rate
+    full_ops = statistics.median(o["ops_per_s"] for o in ops
+                                 if o["level"] == "full" and o["key"] == "fast-key-0123456789")
     print()
     print(f"{'figure':<44} {'cluster':>12} {'local':>12} {'ratio':>7}")
     print(f"{'UDP req/s, median of passes (key mix)':<44} {cluster_rps:>12,.0f} "
@@ -215,8 +217,8 @@ def main() -> int:
         loc = statistics.median(r["rps"] for r in runs["local"] if r["key"] == key)
         label = f"  {tier} key ({'leased' if tier != 'partner' else 'not leased'})"
         print(f"{label:<44} {c:>12,.0f} {loc:>12,.0f} {c / loc:>7.3f}")
-    print(f"{'Redis ops/s per node, full load':<44} {full_ops:>12.1f}")
-    print(f"{'Redis ops/s per node, 1/10 load':<44} {ops[-1]['ops_per_s']:>12.1f} "
+    print(f"{'Redis ops/s per node, leased key, full load':<44} {full_ops:>12.1f}")
+    print(f"{'Redis ops/s per node, leased key, 1/10 load':<44} {ops[-1]['ops_per_s']:>12.1f} "
           f"{'':>12} {ops[-1]['ops_per_s'] / full_ops if full_ops else 0:>7.3f}")
     print(f"{'/admin/cluster-stats p50 / p99 ms':<44} {latency['p50_ms']:>12.3f} "
           f"{latency['p99_ms']:>12.3f}   ({latency['nodes']} nodes, Redis read p50 "
