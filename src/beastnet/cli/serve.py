@@ -9,7 +9,8 @@ import textwrap
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from beastnet.cli._common import EXIT_FAIL, EXIT_USAGE
-from beastnet.serve.config import ADMIN_TOKEN_ENV, ServeConfig, describe_profiles
+from beastnet.serve.config import (ADMIN_TOKEN_ENV, REDIS_FALLBACKS, ServeConfig,
+                                   describe_profiles)
 
 SERVE_EPILOG = """\
 profiles (precedence: built-in defaults < profile < --config file < flags):
@@ -142,7 +143,7 @@ def add_serve_command(sub: Any) -> None:
     _add(g, "--redis-fallback", "redis_fallback",
          "while Redis is unreachable: local-share (each node allows limit/N, N = the nodes "
          "seen last) or fail-closed (rate-limited keys are refused)",
-         choices=("local-share", "fail-closed"))
+         choices=REDIS_FALLBACKS)
     flags = {a.dest: a.option_strings[0] for a in p._actions if a.option_strings}
     p.set_defaults(func=cmd_serve, flag_names=flags)
 

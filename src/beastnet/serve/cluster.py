@@ -48,7 +48,7 @@ except ImportError:                     # pragma: no cover - the `cluster` extra
     aioredis = None                     # type: ignore[assignment]
     RedisUnavailable = (OSError,)
 
-__all__ = ["CLUSTER_FLAGS", "FALLBACK_MODES", "RedisUnavailable", "SNAPSHOT_COUNTERS",
+__all__ = ["RedisUnavailable", "SNAPSHOT_COUNTERS",
            "ClusterNode", "ClusterError", "KeyChanges", "aggregate", "apply_key_change", "default_node_id", "key_record",
            "red_flags", "table_change"]
 
@@ -64,11 +64,6 @@ USAGE = PREFIX + "usage:"               # + YYYY-MM: hash API key -> admitted co
 KEY = PREFIX + "key:"                   # + API key: hash tier, label, revoked
 KEYS_CHANNEL = PREFIX + "keys"          # pub/sub: key added, revoked, re-tiered
 CONTROL_CHANNEL = PREFIX + "control"    # pub/sub: cluster-wide profile switches
-
-FALLBACK_MODES = ("local-share", "fail-closed")
-
-# Flags `beastnet serve` takes for the cluster, in its ServeConfig names.
-CLUSTER_FLAGS = ("redis", "node_id", "snapshot_interval_s", "snapshot_ttl_s", "redis_fallback")
 
 # A node's snapshot: UDP, HTTP and WebSocket counters the tuning loop watches,
 # plus usage flushing.  Gauges are summed over nodes but have no rate.

@@ -22,7 +22,7 @@ else:                                   # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 __all__ = ["ADMIN_TOKEN_ENV", "ConfigError", "PROFILES", "PROFILE_PURPOSES", "LIVE_PARAMETERS",
-           "ServeConfig", "describe_profiles", "is_loopback_host", "load_config",
+           "REDIS_FALLBACKS", "ServeConfig", "describe_profiles", "is_loopback_host", "load_config",
            "read_token_file"]
 
 MIB = 1024 * 1024
@@ -138,6 +138,8 @@ def describe_profiles() -> str:
 
 
 _LOG_LEVELS = ("debug", "info", "warning", "error")
+#: What shared limits do while Redis is unreachable (docs/cluster.md).
+REDIS_FALLBACKS = ("local-share", "fail-closed")
 
 
 def _check(cfg: ServeConfig, label: Callable[[str], str] = str) -> None:
@@ -212,7 +214,7 @@ def _check_cluster(cfg: ServeConfig, label: Callable[[str], str]) -> None:
     if cfg.snapshot_ttl_s <= 2 * cfg.snapshot_interval_s:
         raise ConfigError(f"{label('snapshot_ttl_s')} ({cfg.snapshot_ttl_s} s) must exceed two "
                           f"snapshot intervals ({2 * cfg.snapshot_interval_s} s)")
-    if cfg.redis_fallback not in ("local-share", "fail-closed"):
+    if cfg.redis_fallback not in REDIS_FALLBACKS:
         raise ConfigError(f"{label('redis_fallback')} must be local-share or fail-closed, "
                           f"got {cfg.redis_fallback!r}")
     if cfg.node_id is not None and not 1 <= len(cfg.node_id) <= 128:
