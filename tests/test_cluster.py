@@ -380,6 +380,8 @@ def test_redis_outage_falls_back_keeps_serving_and_loses_no_usage(
     during += 3
     status, _, body = nodes[0].admin("GET", "/admin/cluster-stats")
     assert status == 200 and orjson.loads(body)["error"] == "redis_unreachable"
+    assert b'beastnet_cluster_redis_reachable{mode="local-share"} 0' in \
+        nodes[0].admin("GET", "/metrics")[2]
     redis_server.start()                # empty: no persistence in the fixture
     for node in nodes:
         wait_for(lambda: (lambda c: c["redis_reachable"] and c["mode"] == "redis")(

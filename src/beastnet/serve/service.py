@@ -436,6 +436,12 @@ class PriceService:
             families += key_families(self.api_keys.usage(), tiers)
         families.append(MetricFamily("beastnet_uptime_seconds", "gauge", "Seconds since start.")
                         .add(round(time.monotonic() - self.started_at, 3)))
+        if self.cluster is not None:
+            status = self.cluster.status()
+            families.append(MetricFamily(
+                "beastnet_cluster_redis_reachable", "gauge",
+                "1 while Redis answers (shared limits leased), 0 in the fallback.")
+                .add(1 if status["redis_reachable"] else 0, mode=status["mode"]))
         return render(families)
 
     def reset(self) -> None:
