@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -234,6 +235,12 @@ def test_cluster_totals_equal_the_sum_of_the_nodes(serve, redis_server, tmp_path
                            capture_output=True, text=True, timeout=30)
     assert table.returncode == 0, table.stderr
     assert "3 live, 0 stale, 0 missing" in table.stdout and "node2" in table.stdout
+    watch = subprocess.Popen([sys.executable, "-m", "beastnet", "stats", "--url", url,
+                              "--cluster", "--watch", "0.2"], stdout=subprocess.PIPE, text=True)
+    time.sleep(1.5)
+    watch.send_signal(signal.SIGINT)
+    out, _ = watch.communicate(timeout=10)
+    assert watch.returncode == 0 and out.count("3 live") >= 2, out
     # a node that stops cleanly leaves; one killed goes missing once its TTL runs out
     assert nodes[2].terminate() == 0
     nodes[1].kill()

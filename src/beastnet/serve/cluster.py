@@ -475,11 +475,11 @@ class ClusterNode:
         poll_s = min(0.01, self.lease_interval_s)
         next_round = time.monotonic()
         next_reload = time.monotonic() + 1.0
-        hungry = self.api_keys.hungry if self.api_keys is not None else 0
+        if self.api_keys is None:
+            return                      # keys off: nothing to lease (snapshots probe Redis)
+        hungry = self.api_keys.hungry
         while True:
             await asyncio.sleep(poll_s)
-            if self.api_keys is None:
-                continue
             now = time.monotonic()
             if now >= next_reload:
                 next_reload = now + 1.0
