@@ -150,6 +150,7 @@ def test_without_redis_the_server_runs_alone(serve):  # noqa: F811
 
 @pytest.mark.parametrize("args, message", [
     (("--redis", "http://x"), "--redis must be a redis://"),
+    (("--redis", "redis://127.0.0.1:99999"), "Port out of range"),
     (("--redis", "redis://127.0.0.1:1", "--snapshot-interval", "3", "--snapshot-ttl", "5"),
      "--snapshot-ttl (5.0 s) must exceed two snapshot intervals"),
 ])

@@ -61,10 +61,18 @@ def cmd_keys(args: argparse.Namespace) -> int:
     from beastnet.serve.config import ConfigError
     from beastnet.serve.keys import MIN_SECRET_KEY_CHARS, KeyStoreError
 
-    if args.redis and not args.redis.startswith(("redis://", "rediss://", "unix://")):
-        print(f"beastnet keys: error: --redis must be a redis:// URL, got {args.redis!r}",
-              file=sys.stderr)
-        return EXIT_USAGE
+    announcer = None
+    if args.redis:
+        from beastnet.serve.cluster import ClusterError, KeyChanges
+        if not args.redis.startswith(("redis://", "rediss://", "unix://")):
+            print(f"beastnet keys: error: --redis must be a redis:// URL, got {args.redis!r}",
+                  file=sys.stderr)
+            return EXIT_USAGE
+        try:
+            announcer = KeyChanges(args.redis)      # reads the URL; connects on first use
+        except ClusterError as exc:
+            print(f"beastnet keys: error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
     change = None
     try:
         with _keystore(args) as store:
@@ -95,24 +103,22 @@ def cmd_keys(args: argparse.Namespace) -> int:
                               f"{row['month_count']:>12,}  {row['label']}")
     except (KeyStoreError, ConfigError) as exc:
         print(f"beastnet keys: error: {exc}", file=sys.stderr)
+        if announcer is not None:
+            announcer.close()
         return EXIT_USAGE
-    if args.redis and change is not None:
-        return _announce(args.redis, *change)
-    return EXIT_PASS
-
-
-def _announce(url: str, op: str, key: str, tier: Any, label: str) -> int:
-    """Record the change in Redis and publish it to the nodes."""
-    from beastnet.serve.cluster import ClusterError, KeyChanges, RedisUnavailable
+    if announcer is None:
+        return EXIT_PASS
     try:
-        changes = KeyChanges(url)
-        try:
-            nodes = changes.publish(op, key, tier, label)
-        finally:
-            changes.close()
-    except ClusterError as exc:
-        print(f"beastnet keys: error: {exc}", file=sys.stderr)
-        return EXIT_FAIL
+        return _announce(announcer, args.redis, *change) if change else EXIT_PASS
+    finally:
+        announcer.close()
+
+
+def _announce(announcer: Any, url: str, op: str, key: str, tier: Any, label: str) -> int:
+    """Record the change in Redis and publish it to the nodes."""
+    from beastnet.serve.cluster import RedisUnavailable
+    try:
+        nodes = announcer.publish(op, key, tier, label)
     except RedisUnavailable as exc:
         print(f"beastnet keys: error: --redis {url}: {exc}", file=sys.stderr)
         return EXIT_FAIL

@@ -288,7 +288,8 @@ class ClusterNode:
                 pipe.delete(SNAPSHOT + self.node_id)
                 await pipe.execute()
         except RedisUnavailable as exc:
-            log.warning("redis at stop: %s (usage stays in the local store)", exc)
+            log.warning("redis at stop: %s%s", exc, " (the usage not pushed stays in the local "
+                        "store only)" if self._pending_usage() else "")
         await self.redis.aclose()
 
     def status(self) -> dict[str, Any]:
@@ -694,7 +695,11 @@ class KeyChanges:
     def __init__(self, url: str) -> None:
         if redis is None:
             raise ClusterError("--redis needs the redis client: pip install 'beastnet[cluster]'")
-        self.client = redis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
+        try:
+            self.client = redis.Redis.from_url(url, socket_timeout=2.0,
+                                               socket_connect_timeout=2.0)
+        except ValueError as exc:
+            raise ClusterError(f"--redis {url!r}: {exc}") from None
 
     def publish(self, op: str, key: str, tier: Optional[str] = None, label: str = "") -> int:
         """Record and announce one change; returns the nodes that heard it."""

@@ -208,6 +208,15 @@ def _check_cluster(cfg: ServeConfig, label: Callable[[str], str]) -> None:
     if not cfg.redis.startswith(("redis://", "rediss://", "unix://")):
         raise ConfigError(f"{label('redis')} must be a redis://, rediss:// or unix:// URL, "
                           f"got {cfg.redis!r}")
+    try:
+        from redis.connection import parse_url
+    except ImportError:
+        raise ConfigError(f"{label('redis')} needs the redis client: "
+                          f"pip install 'beastnet[cluster]'") from None
+    try:
+        parse_url(cfg.redis)            # the client's own reading of it, as it will connect
+    except ValueError as exc:
+        raise ConfigError(f"{label('redis')} {cfg.redis!r}: {exc}") from None
     if not 0.1 <= cfg.snapshot_interval_s <= 3600:
         raise ConfigError(f"{label('snapshot_interval_s')} must be 0.1..3600 s, "
                           f"got {cfg.snapshot_interval_s}")
