@@ -236,7 +236,7 @@ class ClusterNode:
         self.reachable = False
         self.mode = "redis"             # or the fallback in force
         self.last_error: Optional[str] = None
-        self.nodes_seen = 1             # live nodes at the last snapshot: the local share's N
+        self.nodes_seen = 1             # nodes registered at the last snapshot: the local share's N
         self.counts = {"snapshots": 0, "renewals": 0, "tokens_granted": 0, "usage_pushes": 0,
                        "redis_errors": 0, "key_changes": 0, "profiles_applied": 0}
         self._limits: dict[str, _Limit] = {}
@@ -472,7 +472,7 @@ class ClusterNode:
 
     async def _lease_loop(self) -> None:
         """Renew every lease_interval_s, or as soon as a key runs low (the
-        native hungry count moved), at most every POLL_S."""
+        native hungry count moved), polling that count every 10 ms."""
         poll_s = min(0.01, self.lease_interval_s)
         next_round = time.monotonic()
         next_reload = time.monotonic() + 1.0
