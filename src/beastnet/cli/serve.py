@@ -127,6 +127,16 @@ def add_serve_command(sub: Any) -> None:
          f"the command line would show in ps)", metavar="FILE")
     _add(g, "--log-level", "log_level", "JSON log lines on stderr at this level and above",
          choices=("debug", "info", "warning", "error"))
+    g = p.add_argument_group("webhook push (beastnet webhooks manages the subscriptions)")
+    g.add_argument("--webhooks", dest="webhooks", action="store_const", const=True,
+                   help="push the keystore's webhook subscriptions from this process "
+                        "(default: off)")
+    g.add_argument("--webhooks-allow-private", dest="webhooks_allow_private",
+                   action="store_const", const=True,
+                   help="allow endpoints on loopback and private addresses, for tests and "
+                        "private deployments (default: refused)")
+    _add(g, "--webhook-ca-file", "webhook_ca_file", "CA bundle for HTTPS endpoints "
+                                                    "(the system's when none)", metavar="FILE")
     flags = {a.dest: a.option_strings[0] for a in p._actions if a.option_strings}
     p.set_defaults(func=cmd_serve, flag_names=flags)
 
@@ -164,6 +174,9 @@ SERVE_FLAGS = ("udp_host", "udp_port", "udp_sockets", "batch", "recv_buffer_byte
                "admin_token_file", "log_level")
 
 
+WEBHOOK_FLAGS = ("webhooks", "webhooks_allow_private", "webhook_ca_file")
+
+
 def host_port(host: str, port: int) -> str:
     """`host:port`, with an IPv6 address in brackets as URLs write it."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -174,7 +187,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from beastnet.serve.config import ConfigError, load_config
 
-    overrides = {name: getattr(args, name) for name in SERVE_FLAGS}
+    overrides = {name: getattr(args, name) for name in SERVE_FLAGS + WEBHOOK_FLAGS}
     if args.feed_path and not args.feed:
         overrides["feed"] = "replay"
     try:
@@ -204,6 +217,7 @@ def _serve(service: PriceService, cfg: ServeConfig, log: logging.Logger) -> int:
     from beastnet import ServerError
     from beastnet.serve.keys import KeyStoreError
     from beastnet.serve.service import PortInUseError
+    from beastnet.serve.webhooks import WebhookError
 
     try:
         service.start()
@@ -211,7 +225,7 @@ def _serve(service: PriceService, cfg: ServeConfig, log: logging.Logger) -> int:
         print(f"beastnet serve: error: {exc}; stop it, pick another --{exc.protocol.lower()}-port, "
               f"or pass --share-ports to join it and split the traffic", file=sys.stderr)
         return EXIT_FAIL
-    except (KeyStoreError, ServerError, OSError) as exc:
+    except (KeyStoreError, ServerError, OSError, WebhookError) as exc:
         print(f"beastnet serve: error: {exc}", file=sys.stderr)
         return EXIT_FAIL
     assert service.udp is not None and service.http is not None and service.admin is not None
