@@ -401,9 +401,15 @@ class WebhookPusher:
                        [a for a in row["assets"] if a in self._asset_index], row["secrets"],
                        row["style"], self.phase_s(row["id"], tier.interval_s))
             prev = old.get(sub.id)
-            if prev is not None and prev.interval_s == sub.interval_s:
-                sub.next_due, sub.busy, sub.failing_since = (prev.next_due, prev.busy,
-                                                             prev.failing_since)
+            if prev is not None:
+                # The same object carries on: a delivery under way holds it and
+                # clears `busy` on it when done.
+                if prev.interval_s != sub.interval_s:
+                    prev.next_due = self.next_due(sub.phase_s, sub.interval_s, now)
+                for name in ("method", "url", "host", "port", "interval_s", "assets", "secrets",
+                             "style", "phase_s"):
+                    setattr(prev, name, getattr(sub, name))
+                sub = prev
             else:
                 sub.next_due = self.next_due(sub.phase_s, sub.interval_s, now)
             subs[sub.id] = sub
@@ -418,6 +424,7 @@ class WebhookPusher:
         for sub in self.subs.values():
             if sub.method != "udp":
                 continue
+            sub.target = -1
             cached = self._udp_resolved.get(sub.url)
             if cached is None or now - cached[0] > UDP_RESOLVE_TTL_S:
                 try:
