@@ -160,6 +160,13 @@ def test_phase_and_grid():
     assert due == pytest.approx(1002.25)
     assert WebhookPusher.next_due(0.25, 3.0, due) == pytest.approx(due + 3.0)
     assert WebhookPusher.next_due(0.25, 3.0, due + 7.9) == pytest.approx(due + 9.0)
+    # Each due time, fed back in, gives a later one (rounding never repeats a cycle).
+    for phase, interval in ((0.1, 0.3), (0.2718, 0.3), (1.234, 3.0), (0.05, 0.2)):
+        t = 1_796_090_000.0
+        for _ in range(2000):
+            nxt = WebhookPusher.next_due(phase, interval, t)
+            assert t < nxt <= t + interval + 1e-6
+            t = nxt
 
 
 def run_cli(tmp_path, *args: str) -> subprocess.CompletedProcess:
