@@ -42,7 +42,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
-from typing import Any, Optional
+from typing import Any, List, Optional
 
 from beastnet import ControlPlane, ResponseTable
 from beastnet._core import UDPPusher
@@ -210,33 +210,36 @@ class _MethodStats:
         default_factory=lambda: collections.deque(maxlen=LATENCY_SAMPLES))
 
 
-class _GuardedResolver:
+def _guarded_resolver(allow_private: bool) -> Any:
     """aiohttp's resolver with the SSRF guard on every answer: the
     connection goes only to addresses checked here, so DNS rebinding after
-    the check is not possible."""
+    the check is not possible.  Built on first use: aiohttp is imported only
+    by a process that pushes."""
+    from aiohttp.abc import AbstractResolver, ResolveResult
 
-    def __init__(self, allow_private: bool) -> None:
-        self.allow_private = allow_private
-
-    async def resolve(self, host: str, port: int = 0,
-                      family: int = socket.AF_INET) -> list[dict[str, Any]]:
-        loop = asyncio.get_running_loop()
-        try:
-            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, family=family)
-        except socket.gaierror as exc:
-            raise OSError(exc.errno, f"host {host!r} does not resolve: {exc.strerror}") from None
-        out = []
-        for fam, _, proto, _, sockaddr in infos:
+    class GuardedResolver(AbstractResolver):
+        async def resolve(self, host: str, port: int = 0,
+                          family: socket.AddressFamily = socket.AF_INET) -> List[ResolveResult]:
+            loop = asyncio.get_running_loop()
             try:
-                check_address(str(sockaddr[0]), self.allow_private)
-            except WebhookError as exc:
-                raise OSError(0, f"SSRF guard: {exc}") from None
-            out.append({"hostname": host, "host": str(sockaddr[0]), "port": int(sockaddr[1]),
-                        "family": fam, "proto": proto, "flags": socket.AI_NUMERICHOST})
-        return out
+                infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, family=family)
+            except socket.gaierror as exc:
+                raise OSError(exc.errno, f"host {host!r} does not resolve: {exc.strerror}") \
+                    from None
+            out: List[ResolveResult] = []
+            for fam, _, proto, _, sockaddr in infos:
+                try:
+                    check_address(str(sockaddr[0]), allow_private)
+                except WebhookError as exc:
+                    raise OSError(0, f"SSRF guard: {exc}") from None
+                out.append({"hostname": host, "host": str(sockaddr[0]), "port": int(sockaddr[1]),
+                            "family": fam, "proto": proto, "flags": socket.AI_NUMERICHOST})
+            return out
 
-    async def close(self) -> None:
-        pass
+        async def close(self) -> None:
+            pass
+
+    return GuardedResolver()
 
 
 def _sockaddr(family: int, address: str, port: int, v6_socket: bool) -> bytes:
@@ -292,7 +295,7 @@ class WebhookPusher:
         self.subs: dict[str, _Sub] = {}
         self._heap: list[tuple[float, int, str]] = []
         self._seq = 0
-        self._version: Optional[tuple[int, int]] = None
+        self._version: Optional[tuple] = None
         self._udp_resolved: dict[str, tuple[float, bytes]] = {}
         self._tasks: set[asyncio.Task] = set()
         self._main: Optional[asyncio.Future] = None
@@ -332,7 +335,7 @@ class WebhookPusher:
         async def setup() -> None:
             ctx = ssl.create_default_context(cafile=self.settings.ca_file)
             connector = aiohttp.TCPConnector(
-                ssl=ctx, resolver=_GuardedResolver(self.settings.allow_private),
+                ssl=ctx, resolver=_guarded_resolver(self.settings.allow_private),
                 use_dns_cache=False, limit=0, limit_per_host=8, keepalive_timeout=30.0)
             self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
             self._main = asyncio.ensure_future(self._run())

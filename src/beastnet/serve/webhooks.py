@@ -24,13 +24,13 @@ import json
 import secrets
 import socket
 import sqlite3
-import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Optional
+from typing import Any, Iterable, List, Mapping, Optional
 from urllib.parse import urlsplit
 
 from beastnet import BeastnetError
+from beastnet.serve.keys import KeyStore, KeyStoreError
 
 __all__ = ["DEFAULT_WEBHOOK_TIERS", "MAX_SECRETS", "SECRET_PREFIX", "Endpoint", "WebhookError",
            "WebhookStore", "WebhookTier", "check_address", "new_secret", "parse_endpoint",
@@ -230,24 +230,22 @@ class WebhookStore:
         self.tiers = dict(tiers or DEFAULT_WEBHOOK_TIERS)
         self.assets = frozenset(assets)
         self.allow_private = allow_private
-        self._lock = threading.Lock()
         self._own_changes = 0
+        # The key store's own connection, lock and error handling, on the same
+        # file: subscriptions sit beside the API keys, in tables of their own.
         try:
-            self._db = sqlite3.connect(path, timeout=timeout_s, check_same_thread=False,
-                                       isolation_level=None)
-        except sqlite3.DatabaseError as exc:
-            raise WebhookError(f"key store {path}: {exc}") from exc
+            self._keys = KeyStore(path, timeout_s=timeout_s)
+        except KeyStoreError as exc:
+            raise WebhookError(str(exc)) from None
         try:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(_SCHEMA)
+            with self._keys._lock:
+                self._keys._db.executescript(_SCHEMA)
         except sqlite3.DatabaseError as exc:
-            self._db.close()
+            self._keys.close()
             raise WebhookError(f"key store {path}: {exc}") from exc
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self._keys.close()
 
     def __enter__(self) -> "WebhookStore":
         return self
@@ -255,16 +253,20 @@ class WebhookStore:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _run(self, sql: str, args: Iterable = ()) -> list[tuple]:
-        with self._lock:
-            try:
-                return self._db.execute(sql, tuple(args)).fetchall()
-            except sqlite3.DatabaseError as exc:
-                raise WebhookError(f"key store {self.path}: {exc}") from exc
+    def _run(self, sql: str, args: Iterable = ()) -> List[tuple]:
+        try:
+            return self._keys._run(sql, args)
+        except KeyStoreError as exc:
+            raise WebhookError(str(exc)) from None
 
-    def version(self) -> tuple[int, int]:
-        """Changes whenever subscriptions change, here or in another process."""
-        return (self._run("PRAGMA data_version")[0][0], self._own_changes)
+    def version(self) -> tuple:
+        """Changes whenever subscriptions change, here or in another process.
+        Not PRAGMA data_version: usage flushes to the same file would change
+        it ten times a second."""
+        row = self._run("SELECT count(*), COALESCE(max(changed_at), 0), "
+                        "COALESCE(sum(length(state) + length(secrets)), 0) "
+                        "FROM webhook_subscriptions")[0]
+        return (*row, self._own_changes)
 
     # -- subscriptions -------------------------------------------------------------
 
@@ -370,13 +372,14 @@ class WebhookStore:
 
     # -- delivery log --------------------------------------------------------------
 
-    def write_log(self, rows: list[tuple]) -> None:
+    def write_log(self, rows: List[tuple]) -> None:
         """Append delivery-log rows in one transaction (all or nothing)."""
-        with self._lock:
+        db = self._keys._db
+        with self._keys._lock:
             try:
-                with self._db:
-                    self._db.execute("BEGIN IMMEDIATE")
-                    self._db.executemany(
+                with db:
+                    db.execute("BEGIN IMMEDIATE")
+                    db.executemany(
                         "INSERT INTO webhook_log (ts, subscription, msg_id, method, assets, "
                         "attempt, status, delivered, latency_ms, error) "
                         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
@@ -388,11 +391,11 @@ class WebhookStore:
                          (time.time() - older_than_s,))
         return len(rows)
 
-    def read_log(self, sub_id: Optional[str] = None, limit: int = 100) -> list[dict[str, Any]]:
+    def read_log(self, sub_id: Optional[str] = None, limit: int = 100) -> List[dict[str, Any]]:
         cols = ("ts", "subscription", "msg_id", "method", "assets", "attempt", "status",
                 "delivered", "latency_ms", "error")
         sql = f"SELECT {', '.join(cols)} FROM webhook_log"
-        args: list[Any] = []
+        args: List[Any] = []
         if sub_id:
             sql += " WHERE subscription = ?"
             args.append(sub_id)
