@@ -271,7 +271,20 @@ def test_serve_sigterm_loses_no_log_row(tmp_path):
                 serve.admin_port, "POST",
                 f"/admin/webhooks?endpoint=udp://127.0.0.1:{rx.port}&assets=SOL&tier=fast")
             assert status == 200, answer
+            added = json.loads(answer)
+            assert added["secret"].startswith("whsec_")
             wait_for(lambda: len(rx.datagrams) >= 30, timeout=10)
+            status, _, listed = request(serve.admin_port, "GET", "/admin/webhooks")
+            assert status == 200 and added["id"] in [s["id"] for s in json.loads(listed)]
+            assert b"whsec_" not in listed, "secrets are never listed"
+            for action in ("pause", "resume", "rotate-secret"):
+                status, _, answer = request(serve.admin_port, "POST",
+                                            f"/admin/webhooks/{action}?id={added['id']}")
+                assert status == 200, (action, answer)
+            status, _, answer = request(serve.admin_port, "POST", "/admin/webhooks/pause?id=nope")
+            assert status == 400 and b"no subscription" in answer
+            status, _, answer = request(serve.admin_port, "GET", "/admin/webhooks/remove?id=x")
+            assert status == 405
             status, _, stats = request(serve.admin_port, "GET", "/admin/stats")
             assert json.loads(stats)["webhooks"]["methods"]["udp"]["deliveries"] > 0
             status, _, metrics = request(serve.admin_port, "GET", "/metrics")

@@ -194,6 +194,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         cfg = load_config(args.config, args.profile, overrides, flags=args.flag_names)
         if args.no_keys:
             cfg.keystore = None
+            if cfg.webhooks:
+                raise ConfigError("--webhooks needs the key store (the subscriptions live "
+                                  "there): drop --no-keys")
     except ConfigError as exc:
         print(f"beastnet serve: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

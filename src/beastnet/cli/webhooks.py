@@ -72,18 +72,11 @@ def open_store(args: argparse.Namespace) -> Any:
                         allow_private=allow)
 
 
-def public_view(sub: dict[str, Any]) -> dict[str, Any]:
-    """A subscription without its secrets (their count stays)."""
-    out = {k: v for k, v in sub.items() if k != "secrets"}
-    out["secrets"] = len(sub["secrets"])
-    return out
-
-
 def cmd_webhooks(args: argparse.Namespace) -> int:
     import orjson
 
     from beastnet.serve.config import ConfigError
-    from beastnet.serve.webhooks import WebhookError
+    from beastnet.serve.webhooks import WebhookError, public_view
 
     try:
         with open_store(args) as store:

@@ -44,8 +44,7 @@ from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import Any, List, Optional
 
-from beastnet import ControlPlane, ResponseTable
-from beastnet._core import UDPPusher
+from beastnet import ControlPlane, ResponseTable, UDPPusher
 from beastnet.metrics import MetricFamily
 from beastnet.serve.webhooks import (WebhookError, WebhookStore, check_address, parse_endpoint,
                                      resolve_endpoint, sign_headers)

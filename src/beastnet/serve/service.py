@@ -536,8 +536,7 @@ class PriceService:
 
     def _on_webhooks_route(self, path: str, request: MissRequest) -> Answer:
         """The `beastnet webhooks` actions over the admin listener."""
-        from beastnet.cli.webhooks import public_view
-        from beastnet.serve.webhooks import WebhookError
+        from beastnet.serve.webhooks import WebhookError, public_view
 
         if self.webhooks is None:
             return Answer({"error": "not_found", "detail": "webhooks are off (--webhooks)"},

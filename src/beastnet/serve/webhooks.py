@@ -23,7 +23,6 @@ import ipaddress
 import json
 import secrets
 import socket
-import sqlite3
 import time
 from dataclasses import dataclass
 from typing import Any, Iterable, List, Mapping, Optional
@@ -33,7 +32,7 @@ from beastnet import BeastnetError
 from beastnet.serve.keys import KeyStore, KeyStoreError
 
 __all__ = ["DEFAULT_WEBHOOK_TIERS", "MAX_SECRETS", "SECRET_PREFIX", "Endpoint", "WebhookError",
-           "WebhookStore", "WebhookTier", "check_address", "new_secret", "parse_endpoint",
+           "WebhookStore", "WebhookTier", "check_address", "new_secret", "parse_endpoint", "public_view",
            "resolve_endpoint", "sign_headers", "webhook_tiers"]
 
 SECRET_PREFIX = "whsec_"
@@ -117,6 +116,13 @@ def parse_endpoint(endpoint: str) -> Endpoint:
     if parts.fragment:
         raise WebhookError(f"endpoint {endpoint!r}: a fragment is never sent; leave it out")
     return Endpoint("https", host, port or 443, text)
+
+
+def public_view(sub: dict[str, Any]) -> dict[str, Any]:
+    """A subscription without its secrets (their count stays): what lists show."""
+    out = {k: v for k, v in sub.items() if k != "secrets"}
+    out["secrets"] = len(sub["secrets"])
+    return out
 
 
 def _host_port(host: str, port: int) -> str:
@@ -238,11 +244,10 @@ class WebhookStore:
         except KeyStoreError as exc:
             raise WebhookError(str(exc)) from None
         try:
-            with self._keys._lock:
-                self._keys._db.executescript(_SCHEMA)
-        except sqlite3.DatabaseError as exc:
+            self._keys.script(_SCHEMA)
+        except KeyStoreError as exc:
             self._keys.close()
-            raise WebhookError(f"key store {path}: {exc}") from exc
+            raise WebhookError(str(exc)) from None
 
     def close(self) -> None:
         self._keys.close()
@@ -255,7 +260,7 @@ class WebhookStore:
 
     def _run(self, sql: str, args: Iterable = ()) -> List[tuple]:
         try:
-            return self._keys._run(sql, args)
+            return self._keys.query(sql, args)
         except KeyStoreError as exc:
             raise WebhookError(str(exc)) from None
 
@@ -374,17 +379,12 @@ class WebhookStore:
 
     def write_log(self, rows: List[tuple]) -> None:
         """Append delivery-log rows in one transaction (all or nothing)."""
-        db = self._keys._db
-        with self._keys._lock:
-            try:
-                with db:
-                    db.execute("BEGIN IMMEDIATE")
-                    db.executemany(
-                        "INSERT INTO webhook_log (ts, subscription, msg_id, method, assets, "
-                        "attempt, status, delivered, latency_ms, error) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
-            except sqlite3.DatabaseError as exc:
-                raise WebhookError(f"key store {self.path}: log write failed: {exc}") from exc
+        try:
+            self._keys.insert_many(
+                "INSERT INTO webhook_log (ts, subscription, msg_id, method, assets, attempt, "
+                "status, delivered, latency_ms, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        except KeyStoreError as exc:
+            raise WebhookError(f"log write failed: {exc}") from None
 
     def prune_log(self, older_than_s: float) -> int:
         rows = self._run("DELETE FROM webhook_log WHERE ts < ? RETURNING ts",
