@@ -33,7 +33,7 @@ def store(tmp_path_factory):
         yield s
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(endpoint=endpoints, tier=tiers, chosen=assets, label=st.text(max_size=20))
 def test_add_accepts_valid_or_refuses_with_one_error(store, endpoint, tier, chosen, label):
     before = len(store.list())
