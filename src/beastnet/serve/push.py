@@ -471,13 +471,15 @@ class WebhookPusher:
         loop = asyncio.get_running_loop()
         self._reload()
         next_check = time.monotonic() + RELOAD_S
+        next_resolve = time.monotonic() + UDP_RESOLVE_TTL_S
         while True:
             if self._wake or time.monotonic() >= next_check:
                 self._wake = False
                 next_check = time.monotonic() + RELOAD_S
                 try:
-                    if self.store.version() != self._version:
-                        self._reload()
+                    if self.store.version() != self._version or time.monotonic() >= next_resolve:
+                        next_resolve = time.monotonic() + UDP_RESOLVE_TTL_S
+                        self._reload()          # UDP names resolved (and checked) again
                 except WebhookError as exc:
                     log.warning("webhook reload: %s", exc)
             now = time.time()
