@@ -93,7 +93,8 @@ def intervals(stamps: list[float]) -> list[float]:
 def test_https_deliveries_signed_on_schedule(table, store, receiver, tls_certs):  # noqa: F811
     sub = store.add(f"https://localhost:{receiver.port}/ok", "fast", ["BTC", "ETH", "SOL"])
     receiver.secrets = sub["secrets"]
-    with WebhookPusher(table, store, ASSETS, settings(tls_certs)) as pusher:
+    # A generous timeout: a handshake slowed by a busy machine is not what this measures.
+    with WebhookPusher(table, store, ASSETS, settings(tls_certs, timeout_s=2.0)) as pusher:
         wait_for(lambda: receiver.count("/ok") >= 9, timeout=10)
         # Rotation: deliveries carry the new and the old secret's signatures.
         new = store.rotate_secret(sub["id"])
@@ -107,12 +108,16 @@ def test_https_deliveries_signed_on_schedule(table, store, receiver, tls_certs):
     assert rotated, "deliveries after the rotation verify with the new secret too"
     assert all(len(r.headers["webhook-signature"].split(" ")) == 2 for r in rotated)
     assert json.loads(got[0].body) == [json.loads(body(a)) for a in ("BTC", "ETH", "SOL")]
-    on_schedule([r.at for r in got[1:]], INTERVAL_S)   # the first pays the TLS handshake
+    first = {}
+    for r in got:
+        first.setdefault(r.msg_id, r.at)
+    on_schedule(sorted(first.values())[1:], INTERVAL_S)    # the first pays the TLS handshake
     rows = delivered_rows(store, sub["id"])
-    assert {r["msg_id"] for r in rows} <= {r.msg_id for r in got}
-    assert len(rows) == len(got), "every delivery the receiver got is logged, and no other"
+    assert {r["msg_id"] for r in rows} == set(first), \
+        "every message the receiver answered 200 is logged delivered, and no other"
     stats = pusher.stats()["methods"]["https"]
-    assert stats["deliveries"] == len(got) and stats["failures"] == 0
+    assert stats["deliveries"] == len(first)
+    assert stats["attempts"] == len(got), "every attempt the receiver saw is counted"
     assert "p99" in stats["latency_ms"]
 
 
