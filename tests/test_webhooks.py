@@ -240,3 +240,31 @@ def test_udp_pusher_batches_and_counts_refusals():
     finally:
         tx.close()
         rx.close()
+
+
+def test_push_counters_name_every_field_of_bn_push_counters():
+    """beastnet.counters.PUSH_COUNTERS names the fields of the native struct,
+    in order; stats() reports exactly them; /metrics takes names and help
+    from the list."""
+    import re
+    from pathlib import Path
+
+    from beastnet.counters import PUSH_COUNTERS
+    from beastnet.metrics import render
+    from beastnet.serve.push import push_families
+
+    pxi = (Path(__file__).resolve().parent.parent / "src" / "beastnet" / "_push.pxi").read_text()
+    body = re.search(r"cdef struct bn_push_counters:\n((?:    .*\n)+)", pxi)
+    assert body is not None
+    fields = re.findall(r"^    uint64_t (\w+)", body.group(1), re.M)
+    names = [c.name for c in PUSH_COUNTERS]
+    assert fields == names
+    sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    try:
+        stats = UDPPusher(ResponseTable(), [], sock).stats()
+    finally:
+        sock.close()
+    assert list(stats) == names
+    text = render(push_families(stats, "beastnet_webhook_udp")).decode()
+    for c in PUSH_COUNTERS:
+        assert f"# HELP beastnet_webhook_udp_{c.name}_total {c.help}\n" in text

@@ -45,6 +45,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any, List, Optional
 
 from beastnet import ControlPlane, ResponseTable, UDPPusher
+from beastnet.counters import PUSH_COUNTERS
 from beastnet.metrics import MetricFamily
 from beastnet.serve.webhooks import (WebhookError, WebhookStore, check_address, parse_endpoint,
                                      resolve_endpoint, sign_headers)
@@ -91,6 +92,12 @@ class PushSettings:
                    log_batch_rows=cfg.webhook_log_batch_rows,
                    log_interval_s=cfg.webhook_log_interval_s,
                    log_retention_s=cfg.webhook_log_retention_s)
+
+
+def push_families(stats: dict[str, int], prefix: str) -> list[MetricFamily]:
+    """The UDP pusher's counters, named and described by beastnet.counters."""
+    return [MetricFamily(f"{prefix}_{c.name}", c.kind, c.help).add(stats[c.name])
+            for c in PUSH_COUNTERS]
 
 
 def percentiles(samples: Any, points: tuple[float, ...] = (50, 90, 99)) -> dict[str, float]:
@@ -696,7 +703,6 @@ class WebhookPusher:
                 fam.add(getattr(m, name), method=method)
             for q, v in percentiles(list(m.latency_ms)).items():
                 latency.add(round(v, 3), method=method, quantile=q)
-        udp = self.udp.stats()
         return list(fams.values()) + [
             latency,
             MetricFamily(f"{prefix}_subscriptions_disabled", "counter",
@@ -710,12 +716,4 @@ class WebhookPusher:
                                                               reason="busy"),
             MetricFamily(f"{prefix}_subscriptions_active", "gauge", "Active subscriptions pushed.")
             .add(len(self.subs)),
-            MetricFamily(f"{prefix}_udp_datagrams", "counter", "UDP datagrams sent.")
-            .add(udp["datagrams"]),
-            MetricFamily(f"{prefix}_udp_dropped", "counter",
-                         "UDP datagrams the kernel refused, by reason.")
-            .add(udp["eagain"], reason="eagain").add(udp["enobufs"], reason="enobufs")
-            .add(udp["send_errors"], reason="error"),
-            MetricFamily(f"{prefix}_udp_sendmmsg_calls", "counter", "sendmmsg calls.")
-            .add(udp["syscalls"]),
-        ]
+        ] + push_families(self.udp.stats(), f"{prefix}_udp")
