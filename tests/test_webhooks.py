@@ -268,3 +268,50 @@ def test_push_counters_name_every_field_of_bn_push_counters():
     text = render(push_families(stats, "beastnet_webhook_udp")).decode()
     for c in PUSH_COUNTERS:
         assert f"# HELP beastnet_webhook_udp_{c.name}_total {c.help}\n" in text
+
+
+def _row(i: int, ts: float = 0.0) -> tuple:
+    return (ts or time.time(), "sub_x", f"msg_{i}", "https", 1, 1, 200, 1, 1.0, "")
+
+
+def test_delivery_log_micro_batches(store):
+    """300 rows or 100 ms, whichever first; stop() writes what is queued."""
+    from beastnet.serve.push import DeliveryLog
+
+    log = DeliveryLog(store, batch_rows=300, interval_s=0.1).start()
+    try:
+        for i in range(1000):
+            log.add(_row(i))
+        wait_for_rows = time.monotonic() + 5
+        while log.written < 1000 and time.monotonic() < wait_for_rows:
+            time.sleep(0.01)
+        assert log.written == 1000
+        assert log.writes <= 5, "a thousand rows go out in a few batches, not row by row"
+        log.add(_row(1000))
+        t0 = time.monotonic()
+        while log.written < 1001 and time.monotonic() < t0 + 2:
+            time.sleep(0.005)
+        assert 0.0 < time.monotonic() - t0 < 0.5, "a lone row waits at most about one interval"
+    finally:
+        log.stop()
+    slow = DeliveryLog(store, batch_rows=300, interval_s=60.0).start()
+    for i in range(7):
+        slow.add(_row(2000 + i))
+    slow.stop()
+    assert slow.written == 7 and len(store.read_log(limit=10_000)) == 1008
+
+
+def test_delivery_log_keeps_rows_a_failed_write_refused(tmp_path):
+    from beastnet.serve.push import DeliveryLog
+
+    store = WebhookStore(str(tmp_path / "k.db"), assets=ASSETS)
+    log = DeliveryLog(store, interval_s=60.0)
+    log.add(_row(1))
+    store.close()                       # every write fails from now on
+    assert log.flush() == 0 and log.write_errors == 1 and log.pending == 1
+
+
+def test_log_retention(store):
+    store.write_log([_row(1, ts=time.time() - 100), _row(2)])
+    assert store.prune_log(older_than_s=50) == 1
+    assert [r["msg_id"] for r in store.read_log()] == ["msg_2"]
