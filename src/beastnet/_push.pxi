@@ -12,8 +12,8 @@
 #   the next batch, and a retired entry is never read after it may be freed.
 # - One socket: AF_INET6 with IPV6_V6ONLY off, so IPv4 targets (as v4-mapped
 #   addresses) and IPv6 targets share one batch.  Non-blocking:
-#   fire-and-forget never waits; a datagram refused with EAGAIN or ENOBUFS is
-#   dropped and counted.
+#   fire-and-forget never waits; on EAGAIN or ENOBUFS the rest of the batch
+#   is dropped and counted.
 
 cdef struct bn_push_target:
     uint8_t addr[ADDR_MAX_BYTES]        # sockaddr_in6 (or sockaddr_in on a v4-only socket)
@@ -215,7 +215,8 @@ cdef uint64_t push_run(bn_pusher* p, const uint32_t* due, uint32_t* sent, uint32
 
 cdef uint64_t push_send(bn_pusher* p, uint32_t nmsg, uint32_t* sent) noexcept nogil:
     """sendmmsg the batch; after a partial send, go on from the first unsent
-    datagram; a refused datagram is counted and skipped."""
+    datagram.  A datagram refused on its own is counted and skipped; a full
+    buffer drops (and counts) what is left of the batch."""
     cdef uint32_t done = 0
     cdef uint32_t i
     cdef int r
@@ -236,12 +237,14 @@ cdef uint64_t push_send(bn_pusher* p, uint32_t nmsg, uint32_t* sent) noexcept no
         if r < 0 and err == EINTR:
             bn_count(&p.counters.eintr, 1)
             continue
-        if err == EAGAIN:
-            bn_count(&p.counters.eagain, 1)
-        elif err == ENOBUFS:
-            bn_count(&p.counters.enobufs, 1)
-        else:
-            bn_count(&p.counters.send_errors, 1)
+        if err == EAGAIN or err == ENOBUFS:
+            # The socket's buffer (or the device queue) is full: the rest of
+            # the batch would fail the same way, one syscall each.  Drop it.
+            bn_count(&p.counters.eagain if err == EAGAIN else &p.counters.enobufs, nmsg - done)
+            break
+        # This datagram alone is refused (EMSGSIZE, no route to its address):
+        # skip it, send the rest.
+        bn_count(&p.counters.send_errors, 1)
         done += 1
     bn_count(&p.counters.datagrams, delivered)
     bn_count(&p.counters.bytes, nbytes)
