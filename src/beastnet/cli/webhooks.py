@@ -96,10 +96,9 @@ def cmd_webhooks(args: argparse.Namespace) -> int:
                     print(f"{'id':<22} {'method':<6} {'tier':<12} {'assets':>6} {'state':<9} "
                           f"endpoint")
                     for s in rows:
-                        state = s["state"] + (f" ({s['reason']})" if s["reason"] else "")
                         print(f"{s['id']:<22} {s['method']:<6} {s['tier']:<12} "
                               f"{len(s['assets']):>6} {s['state']:<9} {s['endpoint']}"
-                              + (f"  # {state}" if s["reason"] else ""))
+                              + (f"  ({s['reason']})" if s["reason"] else ""))
             elif action == "pause":
                 store.set_state(args.id, "paused", only_from=("active",))
             elif action == "resume":
