@@ -250,8 +250,7 @@ def test_push_counters_name_every_field_of_bn_push_counters():
     from pathlib import Path
 
     from beastnet.counters import PUSH_COUNTERS
-    from beastnet.metrics import render
-    from beastnet.serve.push import push_families
+    from beastnet.metrics import push_families, render
 
     pxi = (Path(__file__).resolve().parent.parent / "src" / "beastnet" / "_push.pxi").read_text()
     body = re.search(r"cdef struct bn_push_counters:\n((?:    .*\n)+)", pxi)

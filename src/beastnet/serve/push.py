@@ -45,8 +45,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any, List, Optional
 
 from beastnet import ControlPlane, ResponseTable, UDPPusher
-from beastnet.counters import PUSH_COUNTERS
-from beastnet.metrics import MetricFamily
+from beastnet.metrics import MetricFamily, push_families
 from beastnet.serve.webhooks import (WebhookError, WebhookStore, check_address, parse_endpoint,
                                      resolve_endpoint, sign_headers)
 
@@ -92,12 +91,6 @@ class PushSettings:
                    log_batch_rows=cfg.webhook_log_batch_rows,
                    log_interval_s=cfg.webhook_log_interval_s,
                    log_retention_s=cfg.webhook_log_retention_s)
-
-
-def push_families(stats: dict[str, int], prefix: str) -> list[MetricFamily]:
-    """The UDP pusher's counters, named and described by beastnet.counters."""
-    return [MetricFamily(f"{prefix}_{c.name}", c.kind, c.help).add(stats[c.name])
-            for c in PUSH_COUNTERS]
 
 
 def percentiles(samples: Any, points: tuple[float, ...] = (50, 90, 99)) -> dict[str, float]:
