@@ -305,3 +305,14 @@ def test_serve_sigterm_loses_no_log_row(tmp_path):
     with WebhookStore(str(db), TIERS) as s:
         logged = sum(r["assets"] for r in s.read_log(limit=10_000) if r["delivered"])
     assert logged == received
+
+
+def test_stop_logs_the_attempt_under_way(table, store, receiver, tls_certs):  # noqa: F811
+    """An attempt still waiting for its answer when the pusher stops is
+    logged as cancelled, not lost and not counted delivered."""
+    sub = store.add(f"https://127.0.0.1:{receiver.port}/hang", "slow", ["BTC"])
+    with WebhookPusher(table, store, ASSETS, settings(tls_certs, timeout_s=30.0)):
+        wait_for(lambda: receiver.count("/hang") == 1, timeout=10)
+    rows = store.read_log(sub["id"])
+    assert [(r["attempt"], r["delivered"], r["error"]) for r in rows] == \
+        [(1, 0, "cancelled: stopping")]
