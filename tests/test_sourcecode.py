@@ -52,6 +52,7 @@ HOT_FUNCTIONS = {
                          "http_worker_write_window", "http_worker_tick",
                          "http_worker_resume_accept", "http_worker_begin_drain",
                          "http_worker_on_event", "http_worker_main"],
+    "_push.pxi": ["push_run", "push_send"],
 }
 
 

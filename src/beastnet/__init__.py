@@ -5,9 +5,10 @@ serve them; `APIKeyTable` holds API keys and their limits; `Answer` and
 `MissRequest` are what a miss handler returns and receives (`is_loopback_client`
 tells whether one came from this host); `ControlPlane` is the event loop
 handlers run on, which several servers may share; `run_udp_load` /
-`run_http_load` (with `UDPLoadConfig` / `HTTPLoadConfig`) measure a server.
+`run_http_load` (with `UDPLoadConfig` / `HTTPLoadConfig`) measure a server;
+`UDPPusher` sends a table's entries to many UDP addresses in sendmmsg batches.
 """
-from beastnet._core import APIKeyTable, Entry, ResponseTable
+from beastnet._core import APIKeyTable, Entry, ResponseTable, UDPPusher
 from beastnet.control import Answer, ControlPlane, MissRequest, is_loopback_client
 from beastnet.errors import (BeastnetError, HandlerError, InvalidKeyError, ServerError,
                              TableFullError)
@@ -49,6 +50,7 @@ __all__ = [
     "TableFullError",
     "UDPLoadConfig",
     "UDPServer",
+    "UDPPusher",
     "WebSocketOptions",
     "__version__",
     "is_loopback_client",

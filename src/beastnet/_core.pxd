@@ -32,6 +32,7 @@ cdef struct bn_ws_hubs
 cdef struct bn_ws_hub
 cdef struct bn_ws_conn
 cdef struct bn_ws_worker
+cdef struct bn_pusher
 
 
 cdef class ResponseTable:
@@ -116,3 +117,11 @@ cdef class HTTPEngine(NativeEngine):
     cdef void _ws_release(self) noexcept
 
     cdef void _join(self, int64_t grace_ns) noexcept
+
+
+cdef class UDPPusher:
+    cdef ResponseTable table            # kept alive while push() reads it
+    cdef object sock                    # the Python socket owning p.fd
+    cdef int qsbr_slot                  # -1 = none
+    cdef list key_objs                  # bytes, kept alive: p.key_ptrs point into them
+    cdef bn_pusher* p                   # what push() reads and writes without the GIL, owned

@@ -42,6 +42,7 @@ include "_http_route.pxi"
 include "_http_worker.pxi"
 include "_ws_msg.pxi"
 include "_ws_hub.pxi"
+include "_push.pxi"
 
 
 def _module_init():

@@ -171,3 +171,7 @@ cdef enum:
     WSC_PEER_CLOSED = 4             # the peer's close (or an error): read nothing more
     WSC_SHUT = 8                    # our side shut down after a normal close
     WSC_ECHO = 16                   # the echo endpoint: messages come back as they are
+
+# Webhook push over UDP (_push.pxi).
+cdef enum:
+    PUSH_BATCH_MAX = 1024           # datagrams per sendmmsg (the kernel's UIO_MAXIOV)

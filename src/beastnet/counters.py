@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 __all__ = ["Counter", "UDP_COUNTERS", "HTTP_COUNTERS", "MISS_PATH_COUNTERS", "UDP_SERVER_GAUGES",
-           "HTTP_SERVER_GAUGES", "markdown"]
+           "HTTP_SERVER_GAUGES", "PUSH_COUNTERS", "markdown"]
 
 
 class Counter(NamedTuple):
@@ -145,6 +145,19 @@ HTTP_SERVER_GAUGES: tuple[Counter, ...] = _table("""
 threads           gauge    threads      HTTP worker threads.
 """)
 
+#: `UDPPusher` (webhook push over UDP): the fields of `bn_push_counters`, in order.
+PUSH_COUNTERS: tuple[Counter, ...] = _table("""
+datagrams         counter  datagrams    Datagrams handed to the kernel.
+bytes             counter  bytes        Payload bytes handed to the kernel.
+syscalls          counter  calls        sendmmsg calls that sent at least one datagram.
+eagain            counter  datagrams    Datagrams dropped: the socket's send buffer was full (EAGAIN).
+enobufs           counter  datagrams    Datagrams dropped: ENOBUFS.
+send_errors       counter  datagrams    Datagrams dropped for any other error (EMSGSIZE, no route, ...).
+eintr             counter  calls        sendmmsg calls interrupted by a signal and retried.
+missing           counter  datagrams    Datagrams not built: the asset had no entry in the table.
+ticks             counter  calls        push() calls (one per scheduler tick with UDP work).
+""")
+
 
 def markdown() -> str:
     """docs/counters.md: every counter, generated from the lists above."""
@@ -159,6 +172,9 @@ def markdown() -> str:
          "From `UDPServer.stats()`: `sockets`, `steering['enabled']`, `avg_batch_fill`."),
         ("HTTP server set-up", "beastnet_http", HTTP_SERVER_GAUGES,
          "From `HTTPServer.stats()['threads']`."),
+        ("Webhook UDP pusher", "beastnet_webhook_udp", PUSH_COUNTERS,
+         "From `UDPPusher.stats()`; `beastnet serve --webhooks` shows them in `/admin/stats` "
+         "under `webhooks.udp` ([webhooks.md](webhooks.md))."),
     )
     out = [
         "# Counters",

@@ -11,10 +11,11 @@ from __future__ import annotations
 import math
 from typing import Any, Iterable, Mapping, Sequence
 
+from beastnet.counters import PUSH_COUNTERS
 from beastnet.counters import (HTTP_COUNTERS, HTTP_SERVER_GAUGES, MISS_PATH_COUNTERS, UDP_COUNTERS,
                                UDP_SERVER_GAUGES, Counter)
 
-__all__ = ["MetricFamily", "render", "udp_families", "http_families"]
+__all__ = ["MetricFamily", "render", "udp_families", "http_families", "push_families"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -104,3 +105,11 @@ def http_families(stats: Mapping[str, Any], prefix: str = "beastnet_http") -> li
     labelled by worker thread, plus the control plane's totals."""
     out = _engine_families(stats, stats.get("per_thread", []), HTTP_COUNTERS, prefix)
     return out + _gauges(HTTP_SERVER_GAUGES, {"threads": stats.get("threads", 0)}, prefix)
+
+
+def push_families(stats: Mapping[str, int],
+                  prefix: str = "beastnet_webhook_udp") -> list[MetricFamily]:
+    """Families for a `UDPPusher.stats()` snapshot, named and described by
+    `beastnet.counters.PUSH_COUNTERS`."""
+    return [MetricFamily(f"{prefix}_{c.name}", c.kind, c.help).add(stats[c.name])
+            for c in PUSH_COUNTERS]

@@ -1,5 +1,5 @@
 """The `beastnet` command: one module per command group (`load`, `report`,
-`demo`, `keys`, `serve`, `stats`, `ws`), each with an `add_<name>_command` and a `cmd_<name>`.
+`demo`, `keys`, `serve`, `stats`, `ws`, `webhooks`), each with an `add_<name>_command` and a `cmd_<name>`.
 They parse arguments and print; policy lives in the library."""
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from beastnet.cli.report import add_report_command
 from beastnet.cli.serve import add_serve_command
 from beastnet.cli.stats import add_stats_command
 from beastnet.cli.ws import add_ws_command
+from beastnet.cli.webhooks import add_webhooks_command
 
 __all__ = ["main", "EXIT_PASS", "EXIT_FAIL", "EXIT_USAGE", "EXIT_INTERRUPTED"]
 
@@ -37,6 +38,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     add_serve_command(sub)
     add_stats_command(sub)
     add_ws_command(sub)
+    add_webhooks_command(sub)
     args, unknown = parser.parse_known_args(argv)
     if unknown:
         # Reported by the command's own parser, so the usage line shown is the

@@ -144,6 +144,16 @@ def add_serve_command(sub: Any) -> None:
          "while Redis is unreachable: local-share (each node allows limit/N, N = the nodes "
          "seen last) or fail-closed (rate-limited keys are refused)",
          choices=REDIS_FALLBACKS)
+    g = p.add_argument_group("webhook push (beastnet webhooks manages the subscriptions)")
+    g.add_argument("--webhooks", dest="webhooks", action="store_const", const=True,
+                   help="push the keystore's webhook subscriptions from this process "
+                        "(default: off)")
+    g.add_argument("--webhooks-allow-private", dest="webhooks_allow_private",
+                   action="store_const", const=True,
+                   help="allow endpoints on loopback and private addresses, for tests and "
+                        "private deployments (default: refused)")
+    _add(g, "--webhook-ca-file", "webhook_ca_file", "CA bundle for HTTPS endpoints "
+                                                    "(the system's when none)", metavar="FILE")
     flags = {a.dest: a.option_strings[0] for a in p._actions if a.option_strings}
     p.set_defaults(func=cmd_serve, flag_names=flags)
 
@@ -182,6 +192,9 @@ SERVE_FLAGS = ("udp_host", "udp_port", "udp_sockets", "batch", "recv_buffer_byte
                "snapshot_ttl_s", "redis_fallback")
 
 
+WEBHOOK_FLAGS = ("webhooks", "webhooks_allow_private", "webhook_ca_file")
+
+
 def host_port(host: str, port: int) -> str:
     """`host:port`, with an IPv6 address in brackets as URLs write it."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -192,13 +205,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from beastnet.serve.config import ConfigError, load_config
 
-    overrides = {name: getattr(args, name) for name in SERVE_FLAGS}
+    overrides = {name: getattr(args, name) for name in SERVE_FLAGS + WEBHOOK_FLAGS}
     if args.feed_path and not args.feed:
         overrides["feed"] = "replay"
     try:
         cfg = load_config(args.config, args.profile, overrides, flags=args.flag_names)
         if args.no_keys:
             cfg.keystore = None
+            if cfg.webhooks:
+                raise ConfigError("--webhooks needs the key store (the subscriptions live "
+                                  "there): drop --no-keys")
     except ConfigError as exc:
         print(f"beastnet serve: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -223,6 +239,7 @@ def _serve(service: PriceService, cfg: ServeConfig, log: logging.Logger) -> int:
     from beastnet.serve.cluster import ClusterError
     from beastnet.serve.keys import KeyStoreError
     from beastnet.serve.service import PortInUseError
+    from beastnet.serve.webhooks import WebhookError
 
     try:
         service.start()
@@ -230,7 +247,7 @@ def _serve(service: PriceService, cfg: ServeConfig, log: logging.Logger) -> int:
         print(f"beastnet serve: error: {exc}; stop it, pick another --{exc.protocol.lower()}-port, "
               f"or pass --share-ports to join it and split the traffic", file=sys.stderr)
         return EXIT_FAIL
-    except (KeyStoreError, ServerError, OSError, ClusterError) as exc:
+    except (KeyStoreError, ServerError, OSError, ClusterError, WebhookError) as exc:
         print(f"beastnet serve: error: {exc}", file=sys.stderr)
         return EXIT_FAIL
     assert service.udp is not None and service.http is not None and service.admin is not None

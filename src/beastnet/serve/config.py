@@ -90,6 +90,19 @@ class ServeConfig:
     snapshot_interval_s: float = 3.0            # how often the node writes its snapshot
     snapshot_ttl_s: float = 30.0                # a snapshot not renewed this long is gone
     redis_fallback: str = "local-share"         # or "fail-closed", while Redis is unreachable
+    # webhook push to associates (docs/webhooks.md); subscriptions live in the keystore
+    webhooks: bool = False                      # push from this process
+    webhooks_allow_private: bool = False        # allow loopback/private endpoints (tests, LANs)
+    webhook_tiers: dict[str, dict[str, float]] = field(default_factory=dict)
+    webhook_timeout_s: float = 5.0              # per HTTPS attempt
+    webhook_max_attempts: int = 3
+    webhook_backoff_base_ms: float = 1000.0     # full jitter: uniform(0, base * 2**(attempt-1))
+    webhook_retry_after_max_s: float = 60.0     # a longer Retry-After is cut to this
+    webhook_disable_after_s: float = 3600.0     # an endpoint failing this long is disabled
+    webhook_ca_file: Optional[str] = None       # CA bundle for HTTPS endpoints; None: the system's
+    webhook_log_batch_rows: int = 300
+    webhook_log_interval_s: float = 0.1
+    webhook_log_retention_s: float = 7 * 86400.0
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -198,6 +211,7 @@ def _check(cfg: ServeConfig, label: Callable[[str], str] = str) -> None:
     for tier, limits in cfg.tiers.items():
         _check_tier(tier, limits)
     _check_cluster(cfg, label)
+    _check_webhooks(cfg, label)
 
 
 def _check_cluster(cfg: ServeConfig, label: Callable[[str], str]) -> None:
@@ -250,6 +264,35 @@ def _check_tier(tier: str, limits: Any) -> None:
             raise ConfigError(f"{where}: {name} must be {kind}, got {got!r}")
         if got < low or (isinstance(got, float) and got != got):
             raise ConfigError(f"{where}: {name} must be >= {low}, got {got!r}")
+
+
+def _check_webhooks(cfg: ServeConfig, label: Callable[[str], str]) -> None:
+    """The webhook settings and `[webhook_tiers.NAME]` tables."""
+    for name in ("webhook_timeout_s", "webhook_backoff_base_ms", "webhook_retry_after_max_s",
+                 "webhook_disable_after_s", "webhook_log_interval_s", "webhook_log_retention_s"):
+        if not getattr(cfg, name) > 0:
+            raise ConfigError(f"{label(name)} must be > 0, got {getattr(cfg, name)}")
+    if not 1 <= cfg.webhook_max_attempts <= 20:
+        raise ConfigError(f"{label('webhook_max_attempts')} must be 1..20, "
+                          f"got {cfg.webhook_max_attempts}")
+    if not 1 <= cfg.webhook_log_batch_rows <= 100_000:
+        raise ConfigError(f"{label('webhook_log_batch_rows')} must be 1..100000, "
+                          f"got {cfg.webhook_log_batch_rows}")
+    if cfg.webhook_ca_file is not None and not os.path.isfile(cfg.webhook_ca_file):
+        raise ConfigError(f"{label('webhook_ca_file')} {cfg.webhook_ca_file!r} is not a file")
+    if cfg.webhooks and not cfg.keystore:
+        raise ConfigError("webhooks need a keystore (the subscriptions live there)")
+    for tier, values in cfg.webhook_tiers.items():
+        where = f"webhook tier {tier!r}"
+        if not isinstance(values, dict) or not set(values) <= {"interval_s", "max_assets"}:
+            raise ConfigError(f"{where}: only interval_s and max_assets may be set")
+        interval = values.get("interval_s", 1.0)
+        assets = values.get("max_assets", 1)
+        if isinstance(interval, bool) or not isinstance(interval, (int, float)) \
+                or not 0.05 <= interval <= 86400:
+            raise ConfigError(f"{where}: interval_s must be a number 0.05..86400, got {interval!r}")
+        if isinstance(assets, bool) or not isinstance(assets, int) or not 1 <= assets <= 10_000:
+            raise ConfigError(f"{where}: max_assets must be an integer 1..10000, got {assets!r}")
 
 
 def is_loopback_host(host: str) -> Optional[bool]:

@@ -151,6 +151,30 @@ class KeyStore:
             raise KeyStoreError(f"unknown tier {name!r} (known: {', '.join(self.tiers)}; define "
                                 f"others under [tiers.NAME] in a --config file)") from None
 
+    # -- tables kept beside the keys (webhook subscriptions) ----------------------
+
+    def query(self, sql: str, args: Iterable = ()) -> list[tuple]:
+        """Run one statement on this store's connection; KeyStoreError on failure."""
+        return self._run(sql, args)
+
+    def script(self, sql: str) -> None:
+        """Run several statements (a schema) on this store's connection."""
+        with self._lock:
+            try:
+                self._db.executescript(sql)
+            except sqlite3.DatabaseError as exc:
+                raise KeyStoreError(f"key store {self.path}: {exc}") from exc
+
+    def insert_many(self, sql: str, rows: list[tuple]) -> None:
+        """One statement for each row, all in one transaction: all or nothing."""
+        with self._lock:
+            try:
+                with self._db:
+                    self._db.execute("BEGIN IMMEDIATE")
+                    self._db.executemany(sql, rows)
+            except sqlite3.DatabaseError as exc:
+                raise KeyStoreError(f"key store {self.path}: {exc}") from exc
+
     # -- keys --------------------------------------------------------------------
 
     def add(self, tier: str = "public", key: Optional[str] = None, label: str = "") -> str:

@@ -52,6 +52,16 @@ ROUTES: dict[str, tuple[str, ...]] = {
     "/admin/cluster-stats": ("GET", "HEAD"),
     "/admin/keys": ("POST",),
 }
+# Webhook subscriptions (served when `webhooks` is on); parameters in the query string.
+WEBHOOK_ROUTES: dict[str, tuple[str, ...]] = {
+    "/admin/webhooks": ("GET", "HEAD", "POST"),
+    "/admin/webhooks/pause": ("POST",),
+    "/admin/webhooks/resume": ("POST",),
+    "/admin/webhooks/remove": ("POST",),
+    "/admin/webhooks/rotate-secret": ("POST",),
+    "/admin/webhooks/log": ("GET", "HEAD"),
+}
+ROUTES.update(WEBHOOK_ROUTES)
 PUBLIC_ROUTES = ("/healthz",)
 DASHBOARD_ROUTES = ("/", "/dashboard")
 # The topic the stream publishes feed health on, once a second (the live page
@@ -158,6 +168,7 @@ class PriceService:
         self._baseline: dict[str, dict[str, int]] = {}
         self._stopped = threading.Event()
         self.started_at = 0.0
+        self.webhooks: Any = None               # a WebhookPusher when cfg.webhooks
 
     def _make_feed(self) -> Feed:
         cfg = self.cfg
@@ -186,6 +197,8 @@ class PriceService:
             if cfg.redis:
                 self._join_cluster(cfg.redis)
             self._wait_for_prices(warmup_timeout_s)
+            if cfg.webhooks:
+                self._start_webhooks()
             self.udp = UDPServer(self.table, cfg.udp_host, cfg.udp_port, sockets=cfg.udp_sockets,
                                  batch=cfg.batch, max_datagram=cfg.max_datagram,
                                  recv_buffer_bytes=cfg.recv_buffer_bytes,
@@ -245,6 +258,20 @@ class PriceService:
             out["keys"] = {"flushes": self.flusher.flushes,
                            "flush_errors": self.flusher.flush_errors}
         return out
+    def _start_webhooks(self) -> None:
+        """Push to the store's subscriptions from this process, off the same
+        table the engines serve (serve/push.py)."""
+        from beastnet.serve.push import PushSettings, WebhookPusher
+        from beastnet.serve.webhooks import WebhookStore, webhook_tiers
+
+        if not self.cfg.keystore:
+            raise ServerError("webhooks need a keystore (the subscriptions live there); "
+                              "drop --no-keys or give --keystore")
+        store = WebhookStore(self.cfg.keystore, webhook_tiers(self.cfg.webhook_tiers), ASSETS,
+                             allow_private=self.cfg.webhooks_allow_private)
+        self.webhooks = WebhookPusher(self.table, store, list(ASSETS),
+                                      PushSettings.from_config(self.cfg)).start()
+        log.info("webhook push: %d active subscriptions", len(store.list("active")))
 
     def _fit_open_files(self) -> None:
         """Make the open-file limit hold both connection caps, so a flood of the
@@ -338,6 +365,10 @@ class PriceService:
             except Exception as exc:       # a stop must finish whatever Redis does
                 log.warning("cluster stop: %s", exc)
         self.control.stop()
+        if self.webhooks is not None:
+            self.webhooks.stop()                # the log written out: a clean stop loses no row
+            self.webhooks.store.close()
+            self.webhooks = None
         if self.flusher is not None:
             self.flusher.stop()                 # the last flush: a clean stop loses no count
         if self.store is not None:
@@ -419,6 +450,8 @@ class PriceService:
                                "admitted": sum(v[0] for v in usage.values()),
                                "rate_limited": sum(v[1] for v in usage.values()),
                                "over_quota": sum(v[2] for v in usage.values())}
+        if self.webhooks is not None:
+            out["webhooks"] = self.webhooks.stats()
         out["live_parameters"] = {name: getattr(self.cfg, name) for name in sorted(LIVE_PARAMETERS)}
         if self.cluster is not None:
             out["cluster"] = self.cluster.status()
@@ -434,6 +467,8 @@ class PriceService:
         if self.api_keys is not None and self.store is not None:
             tiers = {row["key"]: row["tier"] for row in self.store.list()}
             families += key_families(self.api_keys.usage(), tiers)
+        if self.webhooks is not None:
+            families += self.webhooks.families()
         families.append(MetricFamily("beastnet_uptime_seconds", "gauge", "Seconds since start.")
                         .add(round(time.monotonic() - self.started_at, 3)))
         if self.cluster is not None:
@@ -530,6 +565,8 @@ class PriceService:
             return Answer(self.metrics(), content_type=METRICS_CONTENT_TYPE)
         if path == "/admin/stats":
             return Answer(orjson.dumps(self.stats(), default=str))
+        if path in WEBHOOK_ROUTES:
+            return self._on_webhooks_route(path, request)
         if path == "/admin/reset":
             self.reset()
             return Answer({"reset": True})
@@ -549,6 +586,49 @@ class PriceService:
             return Answer({"profile": name, "changed": changes})
         return Answer({"profile": self.cfg.profile, "profile_at_start": self.start_profile,
                        "live": {k: getattr(self.cfg, k) for k in sorted(LIVE_PARAMETERS)}})
+
+    def _on_webhooks_route(self, path: str, request: MissRequest) -> Answer:
+        """The `beastnet webhooks` actions over the admin listener."""
+        from beastnet.serve.webhooks import WebhookError, public_view
+
+        if self.webhooks is None:
+            return Answer({"error": "not_found", "detail": "webhooks are off (--webhooks)"},
+                          status=404)
+        store = self.webhooks.store
+        query = {k: v[-1] for k, v in parse_qs(request.query or "").items()}
+        try:
+            if path == "/admin/webhooks/log":
+                limit = int(query.get("limit", "100"))
+                if not 1 <= limit <= 10_000:
+                    raise WebhookError("limit must be 1..10000")
+                return Answer(orjson.dumps(store.read_log(query.get("id"), limit)))
+            if path == "/admin/webhooks" and request.method != "POST":
+                return Answer(orjson.dumps([public_view(s) for s in store.list()]))
+            if path == "/admin/webhooks":
+                for name in ("endpoint", "assets"):
+                    if not query.get(name):
+                        raise WebhookError(f"{name} is required")
+                sub = store.add(query["endpoint"], query.get("tier", "starter"),
+                                query["assets"].split(","), style=query.get("style", "standard"),
+                                label=query.get("label", ""))
+                answer = {"id": sub["id"], "secret": sub["secrets"][0]}
+            else:
+                sub_id = query.get("id")
+                if not sub_id:
+                    raise WebhookError("id is required")
+                answer = {"id": sub_id}
+                if path.endswith("/pause"):
+                    store.set_state(sub_id, "paused", only_from=("active",))
+                elif path.endswith("/resume"):
+                    store.set_state(sub_id, "active", only_from=("paused", "disabled"))
+                elif path.endswith("/remove"):
+                    store.remove(sub_id)
+                else:
+                    answer["secret"] = store.rotate_secret(sub_id)
+        except (WebhookError, ValueError) as exc:
+            return Answer({"error": "bad_request", "detail": str(exc)}, status=400)
+        self.webhooks.reload_now()
+        return Answer(answer)
 
 
     async def _key_change(self, query: dict[str, list[str]]) -> Answer:

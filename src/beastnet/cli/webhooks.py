@@ -1,0 +1,132 @@
+"""`beastnet webhooks`: manage associates' webhook subscriptions in the key store."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Any
+
+from beastnet.cli._common import EXIT_PASS, EXIT_USAGE
+
+
+def add_webhooks_command(sub: Any) -> None:
+    p = sub.add_parser("webhooks", help="manage webhook subscriptions (UDP and signed HTTPS push)",
+                       description="Add, list, pause, resume, remove webhook subscriptions, rotate "
+                                   "their secrets and read the delivery log. A server running "
+                                   "with --webhooks picks changes up within a second.",
+                       epilog="tiers (interval, max assets): starter 60 s/9, standard 15 s/30, "
+                              "professional 6 s/75, enterprise 3 s/150; [webhook_tiers.NAME] in "
+                              "the config file changes or adds tiers. Endpoints on loopback or "
+                              "private addresses are refused unless --allow-private (or "
+                              "webhooks_allow_private in the config). exit status: 0 done; 2 bad "
+                              "flag or input, unknown subscription, tier or asset, a refused "
+                              "endpoint, or an unusable key store")
+    p.add_argument("--db", help="key store path (default: the config's keystore, "
+                                "else beastnet-keys.db)")
+    p.add_argument("--config", help="TOML config file of the server, for its keystore and "
+                                    "[webhook_tiers.NAME] (default: none)")
+    p.add_argument("--allow-private", action="store_true", default=None,
+                   help="accept endpoints on loopback and private addresses (default: refuse)")
+    wsub = p.add_subparsers(dest="webhooks_command", metavar="ACTION")
+    wsub.required = True
+    a = wsub.add_parser("add", help="add a subscription; prints its id and secret")
+    a.add_argument("endpoint", help="https://host[:port]/path, or udp://host:port")
+    a.add_argument("--tier", default="starter",
+                   help="starter, standard, professional, enterprise, or a configured tier "
+                        "(default: starter)")
+    a.add_argument("--assets", required=True,
+                   help="comma-separated asset keys, at most the tier's maximum (required)")
+    a.add_argument("--style", default="standard", choices=("standard", "compat"),
+                   help="signature headers: standard (webhook-signature) or compat (also the "
+                        "seeds' X-Webhook-Signature) (default: standard)")
+    a.add_argument("--label", default="", help="a note kept with it (default: empty)")
+    ls = wsub.add_parser("list", help="list subscriptions (secrets are not shown)")
+    ls.add_argument("--json", action="store_true", help="JSON instead of a table (default: a table)")
+    for name, text in (("pause", "stop pushing to a subscription"),
+                       ("resume", "push again to a paused or disabled subscription"),
+                       ("remove", "delete a subscription")):
+        s = wsub.add_parser(name, help=text)
+        s.add_argument("id")
+    r = wsub.add_parser("rotate-secret", help="add a new secret; deliveries are signed with it "
+                                              "and the previous ones until --drop-old")
+    r.add_argument("id")
+    r.add_argument("--drop-old", action="store_true",
+                   help="end the rotation instead: keep only the newest secret (default: off)")
+    lg = wsub.add_parser("log", help="the latest delivery attempts, newest first")
+    lg.add_argument("--id", help="only this subscription (default: all)")
+    lg.add_argument("--limit", type=int, default=50, help="rows to show, 1..10000 (default: 50)")
+    lg.add_argument("--json", action="store_true", help="JSON instead of a table (default: a table)")
+    p.set_defaults(func=cmd_webhooks)
+
+
+def open_store(args: argparse.Namespace) -> Any:
+    from beastnet.serve.assets import ASSETS
+    from beastnet.serve.config import load_config
+    from beastnet.serve.webhooks import WebhookStore, webhook_tiers
+
+    cfg = load_config(args.config) if args.config else None
+    path = args.db or (cfg.keystore if cfg and cfg.keystore else "beastnet-keys.db")
+    allow = args.allow_private if args.allow_private is not None else \
+        bool(cfg and cfg.webhooks_allow_private)
+    return WebhookStore(path, webhook_tiers(cfg.webhook_tiers if cfg else {}), ASSETS,
+                        allow_private=allow)
+
+
+def cmd_webhooks(args: argparse.Namespace) -> int:
+    import orjson
+
+    from beastnet.serve.config import ConfigError
+    from beastnet.serve.webhooks import WebhookError, public_view
+
+    try:
+        with open_store(args) as store:
+            action = args.webhooks_command
+            if action == "add":
+                assets = [a.strip() for a in args.assets.split(",")]
+                if any(not a for a in assets):
+                    raise WebhookError("--assets: an empty asset name (a stray comma?)")
+                sub = store.add(args.endpoint, args.tier, assets, style=args.style,
+                                label=args.label)
+                print(f"{sub['id']} {sub['secrets'][0]}")
+            elif action == "list":
+                rows = [public_view(s) for s in store.list()]
+                if args.json:
+                    sys.stdout.write(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode() + "\n")
+                else:
+                    print(f"{'id':<22} {'method':<6} {'tier':<12} {'assets':>6} {'state':<9} "
+                          f"endpoint")
+                    for s in rows:
+                        print(f"{s['id']:<22} {s['method']:<6} {s['tier']:<12} "
+                              f"{len(s['assets']):>6} {s['state']:<9} {s['endpoint']}"
+                              + (f"  ({s['reason']})" if s["reason"] else ""))
+            elif action == "pause":
+                store.set_state(args.id, "paused", only_from=("active",))
+            elif action == "resume":
+                store.set_state(args.id, "active", only_from=("paused", "disabled"))
+            elif action == "remove":
+                store.remove(args.id)
+            elif action == "rotate-secret":
+                if args.drop_old:
+                    store.drop_old_secrets(args.id)
+                else:
+                    print(store.rotate_secret(args.id))
+            else:
+                if not 1 <= args.limit <= 10_000:
+                    raise WebhookError(f"--limit must be 1..10000, got {args.limit}")
+                log_rows = store.read_log(args.id, args.limit)
+                if args.json:
+                    sys.stdout.write(orjson.dumps(log_rows).decode() + "\n")
+                else:
+                    print(f"{'time (UTC)':<23} {'subscription':<22} {'method':<6} {'try':>3} "
+                          f"{'status':>6} {'ok':<3} {'ms':>8} {'assets':>6}  error")
+                    for r in log_rows:
+                        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r["ts"]))
+                        when += f".{int(r['ts'] * 1000) % 1000:03d}"
+                        print(f"{when:<23} {r['subscription']:<22} {r['method']:<6} "
+                              f"{r['attempt']:>3} {r['status']:>6} "
+                              f"{'yes' if r['delivered'] else 'no':<3} {r['latency_ms']:>8.1f} "
+                              f"{r['assets']:>6}  {r['error']}")
+    except (WebhookError, ConfigError) as exc:
+        print(f"beastnet webhooks: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return EXIT_PASS
