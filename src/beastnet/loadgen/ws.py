@@ -24,6 +24,7 @@ _WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 # Histograms of a WebSocket run, as _ws_load.pxi numbers them.
 HIST_UPGRADE, HIST_CONNECT, HIST_BACKOFF, HIST_OUTAGE, HIST_STALL = 2, 3, 4, 5, 6
+HIST_PROBE, HIST_REFUSED = 7, 8
 
 
 def _upgrade_request(cfg: WSLoadConfig) -> tuple[bytes, bytes]:
@@ -39,6 +40,8 @@ def _upgrade_request(cfg: WSLoadConfig) -> tuple[bytes, bytes]:
             "Sec-WebSocket-Version: 13"]
     if cfg.api_key is not None:
         head.append(f"X-API-Key: {cfg.api_key}")
+    if cfg.deflate:
+        head.append("Sec-WebSocket-Extensions: permessage-deflate")
     head += [h.strip() for h in cfg.headers]
     return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1"), accept
 
@@ -99,7 +102,11 @@ def run_ws_load(cfg: WSLoadConfig, progress: Optional[ProgressCallback] = None,
         ping_interval_ns=int(cfg.ping_interval_ms * 1e6),
         pong_timeout_ns=int(cfg.pong_timeout_ms * 1e6), max_pending=cfg.max_pending,
         read_buffer=cfg.read_buffer, warmup_ns=args["warmup_ns"],
-        duration_ns=args["duration_ns"], cpus=args["cpus"], seed=args["seed"])
+        duration_ns=args["duration_ns"], cpus=args["cpus"], seed=args["seed"],
+        probes=[m.encode() for m in cfg.probe_messages],
+        matches=[a.encode() for a in cfg.probe_answers] or None,
+        refusal=cfg.refusal_pattern.encode(),
+        probe_timeout_ns=int(cfg.probe_timeout_ms * 1e6), deflate=cfg.deflate)
     drive = Drive(run, cfg, progress, stop_when)
     c = run.counters()
     kinds = {k[4:]: v for k, v in c.items() if k.startswith("err_")}
@@ -135,6 +142,21 @@ def run_ws_load(cfg: WSLoadConfig, progress: Optional[ProgressCallback] = None,
         "pings_sent": c["pings_sent"],
         "pongs_received": c["pongs_received"],
         "clock_rule": CLOCK_RULE,
+        "probes_sent": c["m_probes_sent"],
+        "probe_answers": c["m_probe_answers"],
+        "probe_refused": c["m_probe_refused"],
+        "probe_timeouts": c["m_probe_timeouts"],
+        "probe_ms": _summary(run, HIST_PROBE),
+        "upgrades_refused": c["m_upgrades_refused_timed"],
+        "upgrade_forbidden": c["m_upgrade_forbidden"],
+        "refusal_ms": _summary(run, HIST_REFUSED),
+        "deflate_negotiated": c["deflate_negotiated"],
+        "deflate_missing": c["deflate_missing"],
+        "compressed_messages": c["m_compressed"],
+        "deflated_bytes": c["m_deflated_bytes"],
+        "inflated_bytes": c["m_inflated_bytes"],
+        "inflate_ns": c["m_inflate_ns"],
+        "inflate_errors": c["inflate_errors"],
     }
     extra["subscribe_sent"] = c["m_sent"]
     # What the result's `sent` means here: messages the sequence says were
@@ -144,4 +166,5 @@ def run_ws_load(cfg: WSLoadConfig, progress: Optional[ProgressCallback] = None,
     span = result.duration_s
     extra["messages_per_s"] = result.received / span if span > 0 else 0.0
     extra["bytes_per_s"] = c["m_bytes"] / span if span > 0 else 0.0
+    extra["probe_answers_per_s"] = c["m_probe_answers"] / span if span > 0 else 0.0
     return result

@@ -49,6 +49,13 @@ class WSLoadConfig(LoadConfig):
     (CLOCK_REALTIME on both sides), gaps from ``"<seq_key>":`` per
     connection.  A lost connection is retried after a full-jitter delay in
     [0, min(backoff_cap_ms, backoff_base_ms * 2^attempt)].
+
+    Probes: with ``probe_messages``, each connection sends them in turn after
+    the upgrade, one in flight, the next as soon as the answer (the first
+    message holding ``probe_answers[i]``, any message if empty) arrives or
+    ``probe_timeout_ms`` passes; answers holding ``refusal_pattern`` count as
+    refused.  ``deflate`` offers permessage-deflate (RFC 7692) and inflates
+    what the server compresses.
     """
 
     port: int = 8080
@@ -72,6 +79,11 @@ class WSLoadConfig(LoadConfig):
     read_buffer: int = 65536
     headers: Sequence[str] = ()
     host_header: Optional[str] = None
+    probe_messages: Sequence[str] = ()
+    probe_answers: Sequence[str] = ()
+    refusal_pattern: str = ""
+    probe_timeout_ms: float = 1000
+    deflate: bool = False
 
     mode: ClassVar[str] = "ws"
     COUNT_LIMITS: ClassVar[dict[str, Optional[int]]] = {
@@ -98,8 +110,12 @@ class WSLoadConfig(LoadConfig):
             key = getattr(self, name)
             if key is not None and (not key or len(key.encode()) > 60 or '"' in key):
                 _bad(f"{name} must be 1-60 bytes without '\"', got {key!r}")
+        if self.probe_answers and len(self.probe_answers) != len(self.probe_messages):
+            _bad("probe_answers needs one pattern per probe message")
+        if any(not m for m in self.probe_messages):
+            _bad("probe messages must not be empty")
         for name in ("connect_timeout_ms", "backoff_base_ms", "backoff_cap_ms",
-                     "pong_timeout_ms"):
+                     "pong_timeout_ms", "probe_timeout_ms"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 _bad(f"{name} must be > 0, got {value!r}")
