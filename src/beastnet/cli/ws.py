@@ -85,6 +85,9 @@ def add_ws_load_arguments(p: argparse.ArgumentParser) -> None:
                    help="sample this local process's RSS and CPU every second too")
     g.add_argument("--connect-timeout-ms", type=float, default=2000.0,
                    help="connect, then upgrade, each fail after this (default %(default)g)")
+    g.add_argument("--deflate", action="store_true",
+                   help="offer permessage-deflate (RFC 7692); what the server compresses is "
+                        "inflated and the savings and inflate time reported")
 
 
 def _common_arguments(p: argparse.ArgumentParser) -> None:
@@ -226,13 +229,28 @@ def ws_config(args: argparse.Namespace) -> Any:
         symbols_per_message=args.symbols_per_message, ts_key=args.ts_key or None,
         ts_unit=args.ts_unit, seq_key=args.seq_key or None, ping_interval_ms=args.ping_ms,
         pong_timeout_ms=args.pong_timeout_ms, backoff_base_ms=args.backoff_ms,
-        backoff_cap_ms=args.backoff_cap_ms, connect_timeout_ms=args.connect_timeout_ms)
+        backoff_cap_ms=args.backoff_cap_ms, connect_timeout_ms=args.connect_timeout_ms,
+        deflate=args.deflate)
     cfg.validate()
     return cfg
 
 
 def _ms(v: Optional[float]) -> str:
     return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
+
+
+def _deflate_lines(e: dict) -> list[str]:
+    """The compression line, when permessage-deflate was offered."""
+    if not (e["deflate_negotiated"] or e["deflate_missing"]):
+        return []
+    if not e["deflate_negotiated"]:
+        return ["  deflate   offered; the server did not negotiate permessage-deflate"]
+    inflated = e["inflated_bytes"]
+    saved = f"{1 - e['deflated_bytes'] / inflated:.1%}" if inflated else "-"
+    cost = f"{e['inflate_ns'] / 1e3 / (inflated / 1024):.2f}" if inflated else "-"
+    return [f"  deflate   {e['compressed_messages']} compressed messages, "
+            f"{e['deflated_bytes']} bytes on the wire for {inflated} ({saved} saved), "
+            f"inflate {cost} us/KiB"]
 
 
 def format_ws_result(d: dict) -> str:
@@ -256,6 +274,7 @@ def format_ws_result(d: dict) -> str:
         f"  reconnect {e['reconnects']}  backoff max {_ms(e['backoff_ms']['max'])} ms  "
         f"outage p50 {_ms(e['reconnect_ms']['p50'])} ms  close frames {e['close_frames']}",
         f"  errors    {d['errors']}  {d['errors_by_kind'] or ''}",
+        *_deflate_lines(e),
         f"  generator CPU {d['cpu_s']:.3f} s"
         + (f" = {d['cpu_s'] / d['received'] * 1e9:.0f} ns/message" if d["received"] else ""),
         f"  clock     {e['clock_rule']}",
