@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 
 import orjson
@@ -19,6 +20,7 @@ from beastnet.loadgen.ws import run_ws_load
 from beastnet.loadgen.ws_config import WSLoadConfig
 from beastnet.loadgen.ws_stress import StressProbes, StressThresholds, run_stress
 from _ws_scripted import ScriptedServer, feed_server
+from browser import Browser, needs_chromium
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -168,8 +170,10 @@ def test_stress_probes_against_beastnet(keyed_feed):
         assert d["permission"]["verdict"] == "pass"
         assert m["refusals"] > 0 and m["wrongly_granted"] == 0 and m["other_refusals"] == 0
         # beastnet's engine does not negotiate permessage-deflate: skipped, never passed.
-        assert d["compression"] == {"verdict": "skipped", "metrics": {},
+        assert d["compression"] == {"verdict": "skipped", "metrics": {}, "histogram": None,
                                     "reasons": ["server did not negotiate permessage-deflate"]}
+        assert d["round_trip"]["histogram"]["total"] > 0
+        assert d["permission"]["histogram"]["total"] == m["refusals"]
         assert lv["verdict"] == "warn"
     assert body["verdict"] == "warn"
     assert body["not_measured"] == ["compression (server did not negotiate permessage-deflate)"]
@@ -268,3 +272,52 @@ def test_cli_ws_stress_bad_probe_flags_are_one_line(argv, message, capsys):
     assert main(["ws", "stress", "ws://127.0.0.1:1/x", *argv]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+# -- the HTML report of WebSocket runs, rendered in a real browser --------------------
+
+
+def check_page_in_chromium(page, expect_texts, min_charts):
+    """Open `page` in headless Chromium: no script error, the page's script
+    counted its charts, each chart drew, and the texts are on the page."""
+    text = page.read_text()
+    assert "http://" not in text.replace("http://www.w3.org/2000/svg", "")
+    charts = text.count("<svg ")
+    assert charts >= min_charts, charts
+    with Browser() as browser:
+        browser.open(page.as_uri())
+        assert browser.wait_for("document.body.getAttribute('data-charts')") == str(charts)
+        drawn = browser.eval("Array.from(document.querySelectorAll('svg')).filter("
+                             "s => s.querySelectorAll('path,rect,polyline').length > 0).length")
+        assert drawn == charts
+        body = browser.eval("document.body.innerText")
+        for t in expect_texts:
+            assert t in body, t
+        assert browser.errors == []
+
+
+@needs_chromium()
+@pytest.mark.timeout(180)
+def test_html_reports_of_ws_run_and_stress_render_in_chromium(keyed_feed, tmp_path, capsys):
+    from beastnet.cli import main
+    port, symbols = keyed_feed
+    url = f"ws://127.0.0.1:{port}/v1/stream"
+    run_html, stress_html, density_html = (tmp_path / "run.html", tmp_path / "stress.html",
+                                           tmp_path / "density.html")
+    assert main(["load", url, "-c", "3", "--symbols", ",".join(symbols[:3]), "-d", "1",
+                 "--warmup", "0.2", "--api-key", ALLOWED, "--html", str(run_html)]) == 0
+    rc = main(["ws", "stress", url, "--symbols", symbols[0], "--levels", "2,4", "-d", "0.5",
+               "--warmup", "0.1", "--api-key", ALLOWED, "--denied-key", DENIED,
+               "--html", str(stress_html)])
+    assert rc in (0, 1)
+    assert main(["ws", "density", url, "--symbols", ",".join(symbols), "--tiers", "2,8",
+                 "-d", "0.6", "--warmup", "0.1", "--api-key", ALLOWED, "--server-pid",
+                 str(os.getpid()), "--html", str(density_html)]) in (0, 1)
+    capsys.readouterr()
+    assert "not drawn" not in capsys.readouterr().err
+    check_page_in_chromium(run_html, ["WS load against ws://127.0.0.1", "messages/s",
+                                      "WebSocket breakdown", "CLOCK_REALTIME"], 5)
+    check_page_in_chromium(stress_html, ["stress ladder", "Message round trip by percentile",
+                                         "Refusal (permission check) by percentile",
+                                         "Most degraded", "server did not negotiate"], 7)
+    check_page_in_chromium(density_html, ["subscription density", "Resident memory"], 6)

@@ -102,6 +102,7 @@ def _common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--header", action="append", default=[], help="extra 'Name: value' header")
     p.add_argument("--pin", action="store_true", help="pin generator thread i to CPU i")
     p.add_argument("--json", metavar="PATH", help="write the JSON report here")
+    p.add_argument("--html", metavar="PATH", help="write the HTML report here (charts)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress line, no table")
     p.add_argument("--progress", action="store_true", help="progress line even when not a TTY")
 
@@ -293,12 +294,15 @@ def _finish(args: argparse.Namespace, body: dict, config: dict, text: str) -> in
     from beastnet.loadgen import report
     if not args.quiet:
         print(text)
-    if args.json:
-        report.write_json(args.json, report.build_report(
-            body, config, loadgen.machine_info(), argv=sys.argv[1:] if sys.argv else None))
-    if getattr(args, "html", None):
-        print("beastnet load: --html is not drawn for WebSocket runs yet; use --json",
-              file=sys.stderr)
+    full = report.build_report(body, config, loadgen.machine_info(),
+                               argv=sys.argv[1:] if sys.argv else None)
+    try:
+        report.write_outputs(full, text, json_path=args.json,
+                             hdr_path=getattr(args, "hdr", None),
+                             html_path=getattr(args, "html", None))
+    except OSError as exc:
+        print(f"beastnet {args.command}: cannot write {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return EXIT_USAGE
     if body.get("unreachable"):
         return EXIT_UNREACHABLE
     return EXIT_FAIL if body["verdict"] == "fail" else EXIT_PASS

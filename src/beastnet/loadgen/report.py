@@ -121,6 +121,9 @@ def run_title(d: dict) -> str:
     target = f"{cfg.get('host', '?')}:{cfg.get('port', '?')}"
     if d.get("mode") == "http":
         target = f"http://{target}{cfg.get('path_prefix', '')}"
+    elif d.get("mode") == "ws":
+        target = f"ws://{target}{cfg.get('path', '')}"
+        loop = ""                       # the server pushes: no loop of requests
     return f"{str(d.get('mode', '')).upper()} {loop} load against {target}".replace("  ", " ")
 
 

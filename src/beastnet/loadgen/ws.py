@@ -159,6 +159,12 @@ def run_ws_load(cfg: WSLoadConfig, progress: Optional[ProgressCallback] = None,
         "inflate_errors": c["inflate_errors"],
     }
     extra["subscribe_sent"] = c["m_sent"]
+    # The distributions the HTML report draws on the nines axis.
+    if cfg.probe_messages:
+        extra["probe_histogram"] = Histogram.from_native(run.histogram(HIST_PROBE)).to_dict()
+    if c["m_upgrades_refused_timed"]:
+        extra["refusal_histogram"] = Histogram.from_native(
+            run.histogram(HIST_REFUSED)).to_dict()
     # What the result's `sent` means here: messages the sequence says were
     # sent (received + missing), so success_rate and loss_rate read as
     # delivery rates.

@@ -169,7 +169,8 @@ def _no_answers(e: dict, what: str) -> list[str]:
                                           f"{e['probe_timeouts']} timed out)"]
 
 
-Dimension = tuple[str, list[str], dict[str, Any]]
+#: (verdict, reasons, metrics, the distribution drawn in the HTML report).
+Dimension = tuple[str, list[str], dict[str, Any], Optional[dict]]
 
 
 def _round_trip(run: Callable, cfg: WSLoadConfig, n: int, pr: StressProbes,
@@ -183,7 +184,7 @@ def _round_trip(run: Callable, cfg: WSLoadConfig, n: int, pr: StressProbes,
          "round_trip_timeouts": e["probe_timeouts"]}
     verdict, reasons = _judge(m, th, ("round_trip_p95_ms", "round_trip_p99_ms"), ())
     missing = _no_answers(e, "round trip")
-    return ("fail" if missing else verdict), missing + reasons, m
+    return ("fail" if missing else verdict), missing + reasons, m, e["probe_histogram"]
 
 
 def _subscribe(run: Callable, cfg: WSLoadConfig, n: int, pr: StressProbes,
@@ -199,7 +200,7 @@ def _subscribe(run: Callable, cfg: WSLoadConfig, n: int, pr: StressProbes,
          "subscribe_timeouts": e["probe_timeouts"]}
     verdict, reasons = _judge(m, th, ("subscribe_p95_ms",), ())
     missing = _no_answers(e, "subscribe/unsubscribe")
-    return ("fail" if missing else verdict), missing + reasons, m
+    return ("fail" if missing else verdict), missing + reasons, m, e["probe_histogram"]
 
 
 def _permission(run: Callable, cfg: WSLoadConfig, n: int, pr: StressProbes,
@@ -212,7 +213,7 @@ def _permission(run: Callable, cfg: WSLoadConfig, n: int, pr: StressProbes,
         e = r.extra
         refusals, granted = e["upgrade_forbidden"], e["upgrades"]
         other, p95 = e["upgrades_refused"] - refusals, e["refusal_ms"]["p95"]
-        how = "upgrade refused 403"
+        how, hist = "upgrade refused 403", e.get("refusal_histogram")
     else:
         r = run(_probe_config(cfg, n, probe_messages=[
             (pr.denied_subscribe or "").replace("{symbols}", sym)], probe_answers=[""],
@@ -220,7 +221,7 @@ def _permission(run: Callable, cfg: WSLoadConfig, n: int, pr: StressProbes,
         e = r.extra
         refusals, granted = e["probe_refused"], e["probe_answers"] - e["probe_refused"]
         other, p95 = 0, e["probe_ms"]["p95"]
-        how = f"answer holding {pr.refusal}"
+        how, hist = f"answer holding {pr.refusal}", e["probe_histogram"]
     span = r.duration_s
     m = {"refusals": refusals, "refusals_per_s": refusals / span if span > 0 else 0.0,
          "refusal_p95_ms": p95, "wrongly_granted": granted, "other_refusals": other,
@@ -235,7 +236,7 @@ def _permission(run: Callable, cfg: WSLoadConfig, n: int, pr: StressProbes,
     if other:
         verdict = _worse(verdict, "warn")
         reasons.append(f"{other} upgrades refused with another status than 403")
-    return verdict, reasons, m
+    return verdict, reasons, m, hist
 
 
 def _compression(run: Callable, cfg: WSLoadConfig, n: int, pr: StressProbes,
@@ -244,16 +245,17 @@ def _compression(run: Callable, cfg: WSLoadConfig, n: int, pr: StressProbes,
     r = run(dataclasses.replace(cfg, connections=conns, deflate=True))
     e = r.extra
     if not e["deflate_negotiated"]:
-        return "skipped", ["server did not negotiate permessage-deflate"], {}
+        return "skipped", ["server did not negotiate permessage-deflate"], {}, None
     inflated = e["inflated_bytes"]
     m = {"compression_connections": conns, "compressed_messages": e["compressed_messages"],
          "deflated_bytes": e["deflated_bytes"], "inflated_bytes": inflated,
          "compression_saved": 1.0 - e["deflated_bytes"] / inflated if inflated else None,
          "inflate_us_per_kib": e["inflate_ns"] / 1e3 / (inflated / 1024) if inflated else None,
          "client_cpu_ns_per_message": r.cpu_s * 1e9 / r.received if r.received else None}
+    hist = r.histogram.to_dict()
     if not inflated:
-        return "fail", ["permessage-deflate negotiated but no compressed message came"], m
-    return (*_judge(m, th, ("inflate_us_per_kib",), ("compression_saved",)), m)
+        return "fail", ["permessage-deflate negotiated but no compressed message came"], m, hist
+    return (*_judge(m, th, ("inflate_us_per_kib",), ("compression_saved",)), m, hist)
 
 
 _RUNNERS: dict[str, Callable[..., Dimension]] = {
@@ -320,8 +322,9 @@ def run_stress(cfg: WSLoadConfig, levels: Sequence[int] = LEVELS,
         interrupted = r.interrupted
         per_dim: dict[str, Any] = {}
         for name in dims if not interrupted else ():
-            d_verdict, d_reasons, d_metrics = _RUNNERS[name](run, cfg, n, pr, th, sym)
-            per_dim[name] = {"verdict": d_verdict, "reasons": d_reasons, "metrics": d_metrics}
+            d_verdict, d_reasons, d_metrics, d_hist = _RUNNERS[name](run, cfg, n, pr, th, sym)
+            per_dim[name] = {"verdict": d_verdict, "reasons": d_reasons, "metrics": d_metrics,
+                             "histogram": d_hist}
             metrics.update(d_metrics)
             # A dimension skipped (the server lacks the feature) is no pass.
             verdict = _worse(verdict, "warn" if d_verdict == "skipped" else d_verdict)
@@ -329,7 +332,7 @@ def run_stress(cfg: WSLoadConfig, levels: Sequence[int] = LEVELS,
                         for x in d_reasons]
         level = {"level": number, "connections": n, "verdict": verdict, "reasons": reasons,
                  "metrics": metrics, "dimensions": per_dim,
-                 "result": r.to_dict(histogram=False)}
+                 "result": r.to_dict()}
         out.append(level)
         if on_level is not None:
             on_level(level)
