@@ -321,3 +321,67 @@ def test_html_reports_of_ws_run_and_stress_render_in_chromium(keyed_feed, tmp_pa
                                          "Refusal (permission check) by percentile",
                                          "Most degraded", "server did not negotiate"], 7)
     check_page_in_chromium(density_html, ["subscription density", "Resident memory"], 6)
+
+
+# -- the stamp and the sequence found by a JSON path ------------------------------------
+
+
+def test_a_nested_stamp_and_sequence_are_read_at_their_json_path():
+    delay_s = 0.05
+
+    async def nested(ws, server):
+        await ws.recv()
+        delays = server.record.setdefault("delays", [])
+
+        async def one(seq):
+            stamp = time.time_ns()
+            await asyncio.sleep(delay_s)
+            delays.append(time.time_ns() - stamp)
+            # Decoys: a top-level "ts" and "seq", brackets and an escaped
+            # quote inside a string, the same key at other depths and indexes.
+            await ws.send(orjson.dumps({
+                "note": 'a "}]{[" b', "ts": 1, "seq": 0,
+                "data": [{"ts": 3}, {"x": {"ts": 4}, "seq": 5},
+                         {"px": [1, {"ts": 6}], "ts": stamp, "seq": seq}]}).decode())
+        tasks = []
+        for seq in range(1, 61):
+            if seq % 10:                                # every 10th is never sent
+                tasks.append(asyncio.create_task(one(seq)))
+            await asyncio.sleep(0.015)
+        await asyncio.gather(*tasks)
+        await asyncio.sleep(10)
+
+    with ScriptedServer(nested) as server:
+        r = run_ws_load(WSLoadConfig(port=server.port, path="/", ts_key="$.data[2].ts",
+                                     ts_unit="ns", seq_key="data[2].seq", duration_s=1.8))
+    delays = sorted(server.record["delays"])
+    truth = delays[len(delays) // 2]
+    assert r.received == 54 and r.extra["no_timestamp"] == 0 and r.extra["clock_skew"] == 0
+    assert r.histogram.total == 54
+    assert abs(r.percentile(50) - truth) <= 0.1 * truth
+    # 10, 20, 30, 40, 50 missing; 60 was not sent either and nothing after it shows it.
+    assert r.lost == 5 and r.extra["gap_events"] == 5 and r.extra["seq_backwards"] == 0
+
+
+def test_a_path_that_misses_finds_nothing_and_a_plain_key_still_searches_anywhere():
+    async def push(ws, server):
+        await ws.recv()
+        for _ in range(20):
+            await ws.send('{"data":{"inner":{"ts":1}},"list":[{"ts":2}]}')
+        await asyncio.sleep(10)
+
+    with ScriptedServer(push) as server:
+        miss = run_ws_load(WSLoadConfig(port=server.port, path="/", ts_key="data.ts",
+                                        duration_s=0.6))
+    assert miss.received == 20 and miss.extra["no_timestamp"] == 20
+    with ScriptedServer(push) as server:
+        plain = run_ws_load(WSLoadConfig(port=server.port, path="/", ts_key="ts", ts_unit="s",
+                                         duration_s=0.6))
+    assert plain.extra["no_timestamp"] == 0 and plain.histogram.total == 20
+
+
+@pytest.mark.parametrize("spec", ["a..b", "$", "a[x]", "$." + ".".join("k" * 9)])
+def test_bad_json_paths_are_refused_with_the_setting_named(spec):
+    from beastnet.errors import LoadConfigError
+    with pytest.raises(LoadConfigError, match="ts_key"):
+        WSLoadConfig(ts_key=spec).validate()

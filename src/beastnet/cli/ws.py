@@ -70,10 +70,12 @@ def add_ws_load_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--symbols-per-message", type=int, default=1000,
                    help="symbols in one subscribe message (default %(default)s)")
     g.add_argument("--ts-key", default="ts",
-                   help="JSON key of the message's timestamp ('' = none; default %(default)s)")
+                   help="JSON key of the message's timestamp, found anywhere, or a JSON path "
+                        "from the root (data.ts, $.data[0].ts); '' = none (default %(default)s)")
     g.add_argument("--ts-unit", default="ms", choices=("ns", "us", "ms", "s"),
                    help="unit of the timestamp since the epoch (default %(default)s)")
-    g.add_argument("--seq-key", help="JSON key of a per-connection sequence number (gaps)")
+    g.add_argument("--seq-key", help="JSON key (or path) of a per-connection sequence number "
+                                     "(gaps)")
     g.add_argument("--ping-ms", type=float, default=0.0,
                    help="send a ping this often; no pong within --pong-timeout-ms is a "
                         "heartbeat failure (default: no pings)")

@@ -13,7 +13,11 @@
 #     recv() batch.  Both ends must use CLOCK_REALTIME; across hosts the
 #     clocks' offset is in the number (same host: none).  A stamp from the
 #     future is counted as clock skew, never recorded as a latency.
-#   - sequence: the integer after `"<seq_key>":`, per connection.  A jump
+#     With a JSON path (`data.ts`, `$.data[0].ts`) instead of a key, the
+#     number is the one at that path: a scanner walks the bytes once,
+#     tracking the nesting depth, string bounds and, along the path only,
+#     key names and array indexes (no parse tree, no allocation).
+#   - sequence: the integer after `"<seq_key>":` (or at its path), per connection.  A jump
 #     forward by k+1 is k lost messages (one gap event); going back is
 #     counted apart.  A reconnect starts a new stream (the outage is timed,
 #     not guessed as losses).
@@ -51,6 +55,7 @@ cdef enum:
     WS_READS_PER_EVENT = 4          # recv calls per readiness event
     WS_CONTROL_ROOM = 512           # out-buffer room kept for pongs, pings and a close
     WS_KEY_MAX = 64                 # bytes of a `"key":` pattern
+    WS_PATH_MAX = 8                 # segments of a JSON path
 
 # Connection states.
 cdef enum:
@@ -163,6 +168,17 @@ WS_COUNTER_NAMES = (
     "m_compressed", "m_deflated_bytes", "m_inflated_bytes", "m_inflate_ns", "inflate_errors")
 
 
+# A JSON path: key names (raw bytes, compared without unescaping) and array
+# indexes, from the root.
+cdef struct bn_json_path:
+    uint32_t n                          # segments, 0 = no path
+    uint32_t is_index[WS_PATH_MAX]      # 1: an array index, 0: an object key
+    uint32_t index[WS_PATH_MAX]
+    uint32_t key_off[WS_PATH_MAX]       # the key's bytes in `keys`
+    uint32_t key_len[WS_PATH_MAX]
+    char keys[WS_KEY_MAX]
+
+
 cdef struct bn_wsconn:
     int fd                              # -1 when idle
     int state                           # WC_*
@@ -221,6 +237,8 @@ cdef struct bn_ws_thread:
     uint32_t accept_len
     char ts_key[WS_KEY_MAX]             # `"t":`
     char seq_key[WS_KEY_MAX]            # `"seq":`
+    bn_json_path ts_path                # instead of ts_key when n > 0
+    bn_json_path seq_path               # instead of seq_key when n > 0
     char accept[32]                     # the expected Sec-WebSocket-Accept value
     uint64_t ts_unit_ns                 # ns per unit of the stamp (1, 1000, 1000000, 1e9)
     uint64_t connect_timeout_ns         # connect, and then the upgrade, each fail after this
@@ -552,14 +570,92 @@ cdef int ws_find_number(const char* p, uint32_t n, const char* key, uint32_t key
     allowed, times `unit_ns` (a decimal fraction kept to 9 digits); 1 if
     found, 0 if not."""
     cdef const char* q = <const char*>memmem(p, n, key, key_len)
-    cdef const char* end = p + n
+    if q == NULL:
+        return 0
+    return ws_read_number(q + key_len, p + n, unit_ns, out)
+
+
+cdef int ws_path_number(const char* p, uint32_t n, bn_json_path* jp, uint64_t unit_ns,
+                        uint64_t* out) noexcept nogil:
+    """The number at path `jp` in the JSON text p[0:n] (its first n bytes:
+    a truncated text is read as far as it goes); 1 if found, 0 if not."""
+    cdef uint32_t i = 0
+    cdef uint32_t j
+    cdef uint32_t depth = 0             # containers open
+    cdef uint32_t on = 0                # of which, from the root, on the path
+    cdef int selected = 0               # the next value at depth `on` is the path's next step
+    cdef uint32_t seg
+    cdef char ch
+    cdef uint32_t is_obj[WS_PATH_MAX + 1]
+    cdef uint32_t want_key[WS_PATH_MAX + 1]
+    cdef uint32_t idx[WS_PATH_MAX + 1]
+    while i < n:
+        ch = p[i]
+        if ch == 34:                                    # '"': a string, escapes skipped
+            j = i + 1
+            while j < n and p[j] != 34:
+                j += 2 if p[j] == 92 else 1
+            if j >= n:
+                return 0
+            if depth == on and depth > 0 and is_obj[depth] and want_key[depth]:
+                seg = depth - 1                         # a key of an object on the path
+                selected = (not jp.is_index[seg] and j - i - 1 == jp.key_len[seg]
+                            and memcmp(p + i + 1, jp.keys + jp.key_off[seg],
+                                       jp.key_len[seg]) == 0)
+                want_key[depth] = 0
+            i = j + 1
+        elif ch == 123 or ch == 91:                     # '{' '[': a container opens
+            if depth == on and (depth == 0 or selected):
+                if depth == jp.n:
+                    return 0                            # the path ends on a container
+                on = depth + 1
+                is_obj[on] = ch == 123
+                want_key[on] = 1
+                idx[on] = 0
+                selected = (not is_obj[on] and jp.is_index[depth] and jp.index[depth] == 0)
+            else:
+                selected = 0
+            depth += 1
+            i += 1
+        elif ch == 125 or ch == 93:                     # '}' ']': it closes
+            if depth == 0:
+                return 0
+            if on == depth:
+                on -= 1
+            depth -= 1
+            selected = 0
+            i += 1
+        elif ch == 44:                                  # ',': the next member or element
+            if depth == on and depth > 0:
+                if is_obj[depth]:
+                    want_key[depth] = 1
+                    selected = 0
+                else:
+                    idx[depth] += 1
+                    selected = jp.is_index[depth - 1] and jp.index[depth - 1] == idx[depth]
+            i += 1
+        elif selected and depth == on and depth == jp.n and 48 <= ch <= 57:
+            return ws_read_number(p + i, p + n, unit_ns, out)
+        else:
+            i += 1                                      # ':', spaces, other scalars
+    return 0
+
+
+cdef int ws_read_field(const char* p, uint32_t n, const char* key, uint32_t key_len,
+                       bn_json_path* jp, uint64_t unit_ns, uint64_t* out) noexcept nogil:
+    """A message's stamp or sequence: at its path if it has one, else after its key."""
+    if jp.n:
+        return ws_path_number(p, n, jp, unit_ns, out)
+    return ws_find_number(p, n, key, key_len, unit_ns, out)
+
+
+cdef int ws_read_number(const char* q, const char* end, uint64_t unit_ns,
+                        uint64_t* out) noexcept nogil:
+    """The number at q (spaces before it allowed), times `unit_ns`."""
     cdef uint64_t whole = 0
     cdef uint64_t frac = 0
     cdef uint64_t scale = 1
     cdef int digits = 0
-    if q == NULL:
-        return 0
-    q += key_len
     while q < end and (q[0] == 32 or q[0] == 9):
         q += 1
     while q < end and 48 <= q[0] <= 57 and digits < 19:
@@ -604,11 +700,13 @@ cdef void ws_message_scan(bn_ws_thread* t, bn_wsconn* c, const char* p,
         c.msg_probe = 1
         if t.refusal_len and memmem(p, n, t.refusal, t.refusal_len) != NULL:
             c.msg_probe = 2
-    if t.ts_key_len and not ws_find_number(p, n, t.ts_key, t.ts_key_len, t.ts_unit_ns,
+    if (t.ts_key_len or t.ts_path.n) and not ws_read_field(p, n, t.ts_key, t.ts_key_len,
+                                                           &t.ts_path, t.ts_unit_ns,
                                            &c.msg_ts_ns):
         c.msg_ts_ns = 0
-    if t.seq_key_len:
-        c.msg_has_seq = ws_find_number(p, n, t.seq_key, t.seq_key_len, 1, &c.msg_seq)
+    if t.seq_key_len or t.seq_path.n:
+        c.msg_has_seq = ws_read_field(p, n, t.seq_key, t.seq_key_len, &t.seq_path, 1,
+                                      &c.msg_seq)
     c.msg_error = memmem(p, n if n < 64 else 64, b"\"error\"", 7) != NULL
 
 
@@ -642,7 +740,7 @@ cdef int ws_message_end(bn_ws_thread* t, bn_wsconn* c, uint64_t now) noexcept no
                 hist_record(&t.b.hists[LG_HIST_MEASURED], lat)
         elif measured:
             bn_count(&k.m_clock_skew, 1)
-    elif measured and t.ts_key_len:
+    elif measured and (t.ts_key_len or t.ts_path.n):
         bn_count(&k.m_no_timestamp, 1)
     if measured:
         bn_count(&k.m_received, 1)
@@ -1039,6 +1137,28 @@ cdef void ws_thread_free(bn_lg_base* b) noexcept nogil:
     free(t)
 
 
+cdef int ws_copy_path(bn_json_path* jp, list path) except -1:
+    """`path`: key names (str) and indexes (int), from the root."""
+    cdef uint32_t off = 0
+    cdef bytes raw
+    if len(path) > WS_PATH_MAX:
+        raise ValueError(f"a JSON path has at most {WS_PATH_MAX} steps")
+    jp.n = <uint32_t>len(path)
+    for i, step in enumerate(path):
+        if isinstance(step, int):
+            jp.is_index[i] = 1
+            jp.index[i] = <uint32_t>step
+            continue
+        raw = step.encode()
+        if off + len(raw) > WS_KEY_MAX:
+            raise ValueError(f"the keys of a JSON path hold at most {WS_KEY_MAX} bytes")
+        memcpy(jp.keys + off, <char*>raw, len(raw))
+        jp.key_off[i] = off
+        jp.key_len[i] = <uint32_t>len(raw)
+        off += <uint32_t>len(raw)
+    return 0
+
+
 cdef int ws_copy_key(char* dst, bytes key, uint32_t* length) except -1:
     if len(key) >= WS_KEY_MAX:
         raise ValueError(f"key pattern {key!r} longer than {WS_KEY_MAX - 1} bytes")
@@ -1057,6 +1177,8 @@ cdef class WSLoadRun(LoadRun):
     turn.  `probes[i]` is probe step i's request and `matches[i]` the
     pattern of its answer (b"" = the next message); `refusal` marks a
     refusing answer.  `deflate`: the upgrade offers permessage-deflate.
+    `ts_path` / `seq_path` (key names and indexes) replace `ts_key` /
+    `seq_key` when given.
     One start(), one join().
     """
 
@@ -1069,7 +1191,8 @@ cdef class WSLoadRun(LoadRun):
                   unsigned int max_pending=256, unsigned int read_buffer=65536,
                   uint64_t warmup_ns=0, uint64_t duration_ns=1, list cpus=None,
                   uint64_t seed=0x9E3779B97F4A7C15, list probes=None, list matches=None,
-                  bytes refusal=b"", uint64_t probe_timeout_ns=1000000000, bint deflate=False):
+                  bytes refusal=b"", uint64_t probe_timeout_ns=1000000000, bint deflate=False,
+                  list ts_path=None, list seq_path=None):
         cdef int i
         cdef uint32_t j, k, first
         cdef uint32_t out_cap = 0
@@ -1133,6 +1256,8 @@ cdef class WSLoadRun(LoadRun):
             t.accept_len = <uint32_t>len(accept)
             ws_copy_key(t.ts_key, ts_key, &t.ts_key_len)
             ws_copy_key(t.seq_key, seq_key, &t.seq_key_len)
+            ws_copy_path(&t.ts_path, ts_path or [])
+            ws_copy_path(&t.seq_path, seq_path or [])
             t.ts_unit_ns = ts_unit_ns
             t.connect_timeout_ns = connect_timeout_ns
             t.backoff_base_ns = backoff_base_ns

@@ -16,7 +16,7 @@ from beastnet.loadgen._driver import (Drive, ProgressCallback, StopWhen, ensure_
 from beastnet.loadgen.histogram import Histogram
 from beastnet.loadgen.http import _http_sockaddr, _summary_ms
 from beastnet.loadgen.result import LoadResult
-from beastnet.loadgen.ws_config import CLOCK_RULE, TS_UNITS, WSLoadConfig
+from beastnet.loadgen.ws_config import CLOCK_RULE, TS_UNITS, WSLoadConfig, json_path
 
 __all__ = ["run_ws_load"]
 
@@ -91,11 +91,13 @@ def run_ws_load(cfg: WSLoadConfig, progress: Optional[ProgressCallback] = None,
     # Connections are dealt to threads in turn; the run wants them grouped by thread.
     grouped = [per_conn[c] for i in range(threads) for c in range(i, cfg.connections, threads)]
     args = native_args(cfg, threads)
+    ts_path = json_path(cfg.ts_key) if cfg.ts_key is not None else None
+    seq_path = json_path(cfg.seq_key) if cfg.seq_key is not None else None
     run = _native.WSLoadRun(
         sockaddr, family, counts, upgrade, accept, payloads, grouped,
-        ts_key=b"" if cfg.ts_key is None else f'"{cfg.ts_key}":'.encode(),
+        ts_key=b"" if cfg.ts_key is None or ts_path else f'"{cfg.ts_key}":'.encode(),
         ts_unit_ns=TS_UNITS[cfg.ts_unit],
-        seq_key=b"" if cfg.seq_key is None else f'"{cfg.seq_key}":'.encode(),
+        seq_key=b"" if cfg.seq_key is None or seq_path else f'"{cfg.seq_key}":'.encode(),
         connect_timeout_ns=int(cfg.connect_timeout_ms * 1e6),
         backoff_base_ns=int(cfg.backoff_base_ms * 1e6),
         backoff_cap_ns=int(cfg.backoff_cap_ms * 1e6),
@@ -106,7 +108,8 @@ def run_ws_load(cfg: WSLoadConfig, progress: Optional[ProgressCallback] = None,
         probes=[m.encode() for m in cfg.probe_messages],
         matches=[a.encode() for a in cfg.probe_answers] or None,
         refusal=cfg.refusal_pattern.encode(),
-        probe_timeout_ns=int(cfg.probe_timeout_ms * 1e6), deflate=cfg.deflate)
+        probe_timeout_ns=int(cfg.probe_timeout_ms * 1e6), deflate=cfg.deflate,
+        ts_path=ts_path, seq_path=seq_path)
     drive = Drive(run, cfg, progress, stop_when)
     c = run.counters()
     kinds = {k[4:]: v for k, v in c.items() if k.startswith("err_")}
