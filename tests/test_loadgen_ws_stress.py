@@ -260,6 +260,12 @@ def test_cli_ws_stress_with_probes_writes_them_to_the_report(keyed_feed, tmp_pat
     assert report["not_measured"] == ["compression (not selected)"]
     m = report["levels"][0]["metrics"]
     assert m["refusals"] > 0 and m["round_trips_per_s"] > 0 and "rt p95" in text
+    # The saved report renders later, one at a time.
+    page = tmp_path / "later.html"
+    assert main(["report", str(out), "-o", str(page), "-q"]) == 0
+    assert "Probe dimensions" in page.read_text()
+    assert main(["report", str(out), str(out), "-q"]) == 2
+    assert "one at a time" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv,message", [

@@ -473,7 +473,9 @@ def charts(report: dict) -> list[str]:
                       "ms", log_y=True)]
 
 
-KINDS = {"run": "result", "ramp": "levels", "find-max": "probes"}
+KINDS = {"run": "result", "ramp": "levels", "find-max": "probes",
+         # `beastnet ws density / stress / knee --json`
+         "ws-density": "tiers", "ws-stress": "levels", "ws-knee": "steps"}
 
 
 def read_report(path: str) -> dict:
