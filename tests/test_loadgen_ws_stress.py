@@ -219,6 +219,7 @@ def test_permission_by_message_counts_each_wrong_grant():
                           probes=StressProbes(denied_subscribe='{"op":"subscribe","symbols":'
                                                                '{symbols}}',
                                               dimensions=["permission"]))
+    assert "subscribe/unsubscribe rate (not selected)" in body["not_measured"]
     m = body["levels"][0]["metrics"]
     assert m["refusals"] > 0 and m["wrongly_granted"] > 0
     # One in three answers is a grant (the count per connection runs on).
@@ -239,6 +240,7 @@ def test_stress_compression_measured_against_a_deflating_server():
                           probes=StressProbes(dimensions=["compression"]))
     lv = body["levels"][0]
     m = lv["metrics"]
+    assert list(lv["dimensions"]) == ["compression"]
     assert lv["dimensions"]["compression"]["verdict"] == "pass", lv["reasons"]
     assert m["compression_saved"] > 0.5 and m["inflate_us_per_kib"] > 0
     assert m["compressed_messages"] > 100
@@ -391,3 +393,18 @@ def test_bad_json_paths_are_refused_with_the_setting_named(spec):
     from beastnet.errors import LoadConfigError
     with pytest.raises(LoadConfigError, match="ts_key"):
         WSLoadConfig(ts_key=spec).validate()
+
+
+def test_a_feed_without_subscribe_messages_has_no_subscribe_dimension():
+    async def push(ws, server):
+        while True:
+            await ws.send(orjson.dumps({"ts": time.time_ns() // 10**6}).decode())
+            await asyncio.sleep(0.005)
+
+    with ScriptedServer(push) as server:
+        body = run_stress(WSLoadConfig(port=server.port, path="/", duration_s=0.4,
+                                       warmup_s=0.1, subscribe_template=""), levels=[2],
+                          thresholds=LAX, probes=StressProbes(dimensions=["subscribe"]))
+    assert body["levels"][0]["dimensions"] == {} and body["levels"][0]["verdict"] == "pass"
+    assert "subscribe/unsubscribe rate (no subscribe or unsubscribe message)" in (
+        body["not_measured"])

@@ -263,12 +263,15 @@ _RUNNERS: dict[str, Callable[..., Dimension]] = {
     "compression": _compression}
 
 
-def _plan(probes: StressProbes) -> tuple[list[str], list[str]]:
+def _plan(cfg: WSLoadConfig, probes: StressProbes) -> tuple[list[str], list[str]]:
     """The dimensions to run, and what is not measured (with why)."""
     dims, missing = [], []
     for name in DIMENSIONS:
         if name not in probes.dimensions:
             missing.append(f"{_TITLES[name]} (not selected)")
+        elif name == "subscribe" and not (cfg.subscribe_template and
+                                          probes.unsubscribe_template):
+            missing.append(f"{_TITLES[name]} (no subscribe or unsubscribe message)")
         elif name == "permission" and probes.denied_key is None \
                 and probes.denied_subscribe is None:
             missing.append(f"{_TITLES[name]} (no denied key or denied subscribe message given)")
@@ -291,7 +294,7 @@ def run_stress(cfg: WSLoadConfig, levels: Sequence[int] = LEVELS,
     from beastnet.loadgen.ws import run_ws_load
     th = thresholds or StressThresholds()
     pr = probes or StressProbes()
-    dims, not_measured = _plan(pr)
+    dims, not_measured = _plan(cfg, pr)
     sym = orjson.dumps(list(cfg.symbols)[:1]).decode()
 
     def run(c: WSLoadConfig) -> Any:
