@@ -4,10 +4,15 @@ each is a `websockets` asyncio server on its own thread and loop, with a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
-from typing import Any, Awaitable, Callable
+import time
+from typing import Any, Awaitable, Callable, Iterator
 
+import orjson
 import websockets
+
+from beastnet import HTTPServer, ResponseTable, WebSocketOptions
 
 Behaviour = Callable[[Any, "ScriptedServer"], Awaitable[None]]
 
@@ -58,3 +63,29 @@ class ScriptedServer:
     def __exit__(self, *exc: Any) -> None:
         self._loop.call_soon_threadsafe(self._stop.set_result, None)
         self._thread.join(10)
+
+
+@contextlib.contextmanager
+def feed_server(**server_kw: Any) -> Iterator[tuple[HTTPServer, list[str]]]:
+    """beastnet's feed over 20 symbols, written every 5 ms with a "ts" stamp
+    (milliseconds): (the running HTTPServer, the symbols)."""
+    symbols = [f"S{i:02d}" for i in range(20)]
+    table = ResponseTable({s: orjson.dumps({"s": s, "ts": time.time_ns() // 10**6})
+                           for s in symbols})
+    stop = threading.Event()
+
+    def publish() -> None:
+        while not stop.is_set():
+            for s in symbols:
+                table.set(s, orjson.dumps({"s": s, "ts": time.time_ns() // 10**6}))
+            time.sleep(0.005)
+
+    server_kw.setdefault("websocket", WebSocketOptions())
+    with HTTPServer(table, threads=1, **server_kw) as server:
+        writer = threading.Thread(target=publish)
+        writer.start()
+        try:
+            yield server, symbols
+        finally:
+            stop.set()
+            writer.join()

@@ -38,6 +38,17 @@ def _stem(path: str) -> str:
     return base[:-5] if base.endswith(".json") else base
 
 
+def _ws_text(body: dict) -> str:
+    """The terminal summary of a WebSocket report, as `beastnet load ws://`
+    or `beastnet ws ...` printed it."""
+    from beastnet.cli import ws
+    formats = {"ws-density": ws.format_density, "ws-stress": ws.format_stress,
+               "ws-knee": ws.format_knee}
+    if body["kind"] in formats:
+        return str(formats[body["kind"]](body))
+    return ws.format_ws_result(body["result"]) + f"\nverdict: {body['verdict'].upper()}"
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from beastnet.loadgen import report
     try:
@@ -58,9 +69,14 @@ def cmd_report(args: argparse.Namespace) -> int:
             print(f"beastnet report: --names {args.names!r}: expected A,B", file=sys.stderr)
             return EXIT_USAGE
         names = (parts[0], parts[1])
+    from beastnet.loadgen.wshtml import is_ws_report
+    if second is not None and (first["kind"].startswith("ws-") or second["kind"].startswith("ws-")):
+        print("beastnet report: WebSocket density, stress and knee reports are rendered one at "
+              "a time (no A/B page)", file=sys.stderr)
+        return EXIT_USAGE
     try:
         if second is None:
-            text = report.format_report(first)
+            text = _ws_text(first) if is_ws_report(first) else report.format_report(first)
             report.write_html(out, first, text)
         else:
             text = report.format_compare(first, second, names)

@@ -31,13 +31,17 @@ exit status: 0 pass (or warn), 1 fail, 2 bad usage or a run that could not start
 STRESS_EPILOG = """\
 example:
   beastnet ws stress ws://127.0.0.1:8080/v1/stream --symbols BTC,ETH --quick -d 3
-Levels (connections): {levels}; --quick stops after level {quick}.  Measured:
-connection establishment (share connected, connect and upgrade p95), broadcast
-delivery p95/p99 from the messages' timestamps, messages/s.  Not measured yet:
-message round trip, subscribe/unsubscribe rate, permission checks,
-compression (listed in the report).  A level past this machine's
-file-descriptor limit or ephemeral ports is skipped with the reason, never
-counted as passed.
+Levels (connections): {levels}; --quick stops after level {quick}.  Each level
+runs the broadcast (share connected, connect and upgrade p95, delivery p95/p99
+from the messages' timestamps, messages/s), then one run per dimension with
+the level's connections: message round trip (--rt-message, by default a
+snapshot of the first symbol), subscribe/unsubscribe acknowledged ops/s,
+permission checks (--denied-key: every upgrade must be refused 403; or
+--denied-subscribe: every answer must hold --refusal), compression
+(permessage-deflate offered; a server that does not negotiate it makes the
+dimension SKIPPED, never passed).  --dimensions picks some.  A level past this
+machine's file-descriptor limit or ephemeral ports is skipped with the
+reason, never counted as passed.
 exit status: 0 pass (or warn), 1 fail, 2 bad usage, 130 interrupted."""
 
 
@@ -66,10 +70,12 @@ def add_ws_load_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--symbols-per-message", type=int, default=1000,
                    help="symbols in one subscribe message (default %(default)s)")
     g.add_argument("--ts-key", default="ts",
-                   help="JSON key of the message's timestamp ('' = none; default %(default)s)")
+                   help="JSON key of the message's timestamp, found anywhere, or a JSON path "
+                        "from the root (data.ts, $.data[0].ts); '' = none (default %(default)s)")
     g.add_argument("--ts-unit", default="ms", choices=("ns", "us", "ms", "s"),
                    help="unit of the timestamp since the epoch (default %(default)s)")
-    g.add_argument("--seq-key", help="JSON key of a per-connection sequence number (gaps)")
+    g.add_argument("--seq-key", help="JSON key (or path) of a per-connection sequence number "
+                                     "(gaps)")
     g.add_argument("--ping-ms", type=float, default=0.0,
                    help="send a ping this often; no pong within --pong-timeout-ms is a "
                         "heartbeat failure (default: no pings)")
@@ -81,6 +87,9 @@ def add_ws_load_arguments(p: argparse.ArgumentParser) -> None:
                    help="sample this local process's RSS and CPU every second too")
     g.add_argument("--connect-timeout-ms", type=float, default=2000.0,
                    help="connect, then upgrade, each fail after this (default %(default)g)")
+    g.add_argument("--deflate", action="store_true",
+                   help="offer permessage-deflate (RFC 7692); what the server compresses is "
+                        "inflated and the savings and inflate time reported")
 
 
 def _common_arguments(p: argparse.ArgumentParser) -> None:
@@ -95,6 +104,7 @@ def _common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--header", action="append", default=[], help="extra 'Name: value' header")
     p.add_argument("--pin", action="store_true", help="pin generator thread i to CPU i")
     p.add_argument("--json", metavar="PATH", help="write the JSON report here")
+    p.add_argument("--html", metavar="PATH", help="write the HTML report here (charts)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress line, no table")
     p.add_argument("--progress", action="store_true", help="progress line even when not a TTY")
 
@@ -147,6 +157,31 @@ def add_ws_command(sub: Any) -> None:
         st.add_argument(f"--{name.replace('_', '-')}", type=float, nargs=2,
                         metavar=("WARN", "FAIL"), default=(warn, fail),
                         help=f"thresholds (default {warn:g} {fail:g})")
+    pr = ws_stress.StressProbes()
+    g = st.add_argument_group("probe dimensions ({symbols}: the first symbol as a JSON array)")
+    g.add_argument("--dimensions", default=",".join(ws_stress.DIMENSIONS),
+                   help="dimensions to run besides the broadcast (default %(default)s)")
+    g.add_argument("--rt-message", default=pr.round_trip_message,
+                   help="round-trip request (default %(default)s)")
+    g.add_argument("--rt-answer", default=pr.round_trip_answer,
+                   help="pattern of its answer ('' = the next message)")
+    g.add_argument("--rt-path", help="path of the round trip (an echo endpoint; default: the "
+                                     "target's)")
+    g.add_argument("--unsubscribe", default=pr.unsubscribe_template, metavar="TEMPLATE",
+                   help="unsubscribe message (default %(default)s)")
+    g.add_argument("--subscribe-ack", default=pr.subscribe_ack,
+                   help="pattern of the subscribe's acknowledgement (default %(default)s)")
+    g.add_argument("--unsubscribe-ack", default=pr.unsubscribe_ack,
+                   help="pattern of the unsubscribe's (default %(default)s)")
+    g.add_argument("--denied-key", help="an API key not allowed the feed: every upgrade with "
+                                        "it must be refused 403")
+    g.add_argument("--denied-subscribe", metavar="TEMPLATE",
+                   help="a subscribe the server must refuse: each answer must hold --refusal")
+    g.add_argument("--refusal", default=pr.refusal,
+                   help="pattern of a refusing answer (default %(default)s)")
+    g.add_argument("--compression-connections", type=int, default=pr.compression_connections,
+                   help="at most this many connections in the compression run "
+                        "(default %(default)s)")
     st.set_defaults(func=cmd_ws_stress, keys="BTC", duration=5.0, threads=2)
     k = _test_parser(wsub, "knee", "subscribers of the same symbols until p95 breaks",
                      "The broadcast knee: more and more subscribers of the same symbols until "
@@ -197,13 +232,28 @@ def ws_config(args: argparse.Namespace) -> Any:
         symbols_per_message=args.symbols_per_message, ts_key=args.ts_key or None,
         ts_unit=args.ts_unit, seq_key=args.seq_key or None, ping_interval_ms=args.ping_ms,
         pong_timeout_ms=args.pong_timeout_ms, backoff_base_ms=args.backoff_ms,
-        backoff_cap_ms=args.backoff_cap_ms, connect_timeout_ms=args.connect_timeout_ms)
+        backoff_cap_ms=args.backoff_cap_ms, connect_timeout_ms=args.connect_timeout_ms,
+        deflate=args.deflate)
     cfg.validate()
     return cfg
 
 
 def _ms(v: Optional[float]) -> str:
     return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
+
+
+def _deflate_lines(e: dict) -> list[str]:
+    """The compression line, when permessage-deflate was offered."""
+    if not (e["deflate_negotiated"] or e["deflate_missing"]):
+        return []
+    if not e["deflate_negotiated"]:
+        return ["  deflate   offered; the server did not negotiate permessage-deflate"]
+    inflated = e["inflated_bytes"]
+    saved = f"{1 - e['deflated_bytes'] / inflated:.1%}" if inflated else "-"
+    cost = f"{e['inflate_ns'] / 1e3 / (inflated / 1024):.2f}" if inflated else "-"
+    return [f"  deflate   {e['compressed_messages']} compressed messages, "
+            f"{e['deflated_bytes']} bytes on the wire for {inflated} ({saved} saved), "
+            f"inflate {cost} us/KiB"]
 
 
 def format_ws_result(d: dict) -> str:
@@ -227,6 +277,7 @@ def format_ws_result(d: dict) -> str:
         f"  reconnect {e['reconnects']}  backoff max {_ms(e['backoff_ms']['max'])} ms  "
         f"outage p50 {_ms(e['reconnect_ms']['p50'])} ms  close frames {e['close_frames']}",
         f"  errors    {d['errors']}  {d['errors_by_kind'] or ''}",
+        *_deflate_lines(e),
         f"  generator CPU {d['cpu_s']:.3f} s"
         + (f" = {d['cpu_s'] / d['received'] * 1e9:.0f} ns/message" if d["received"] else ""),
         f"  clock     {e['clock_rule']}",
@@ -245,12 +296,15 @@ def _finish(args: argparse.Namespace, body: dict, config: dict, text: str) -> in
     from beastnet.loadgen import report
     if not args.quiet:
         print(text)
-    if args.json:
-        report.write_json(args.json, report.build_report(
-            body, config, loadgen.machine_info(), argv=sys.argv[1:] if sys.argv else None))
-    if getattr(args, "html", None):
-        print("beastnet load: --html is not drawn for WebSocket runs yet; use --json",
-              file=sys.stderr)
+    full = report.build_report(body, config, loadgen.machine_info(),
+                               argv=sys.argv[1:] if sys.argv else None)
+    try:
+        report.write_outputs(full, text, json_path=args.json,
+                             hdr_path=getattr(args, "hdr", None),
+                             html_path=getattr(args, "html", None))
+    except OSError as exc:
+        print(f"beastnet {args.command}: cannot write {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return EXIT_USAGE
     if body.get("unreachable"):
         return EXIT_UNREACHABLE
     return EXIT_FAIL if body["verdict"] == "fail" else EXIT_PASS
@@ -415,9 +469,19 @@ def cmd_ws_knee(args: argparse.Namespace) -> int:
     return _finish(args, body, cfg.to_dict(), format_knee(body))
 
 
+def _rate(v: Optional[float]) -> str:
+    return "-" if v is None else f"{v:.0f}"
+
+
+def _share(v: Optional[float]) -> str:
+    return "-" if v is None else f"{v:.0%}"
+
+
 def format_stress(body: dict) -> str:
     lines = [f"{'lvl':>3}  {'conns':>6}  {'connected':>9}  {'upg p95':>8}  {'p95 ms':>8}  "
-             f"{'p99 ms':>8}  {'msgs/s':>9}  verdict"]
+             f"{'p99 ms':>8}  {'msgs/s':>9}  {'rt p95':>8}  {'rt/s':>8}  {'sub/s':>8}  "
+             f"{'sub p95':>8}  {'refused':>7}  {'ref p95':>8}  {'granted':>7}  {'saved':>5}  "
+             f"{'us/KiB':>6}  verdict"]
     for lv in body["levels"]:
         m = lv["metrics"]
         if lv["verdict"] == "skipped":
@@ -426,13 +490,20 @@ def format_stress(body: dict) -> str:
         lines.append(f"{lv['level']:>3}  {lv['connections']:>6}  {m['connected'] or 0:>9.2%}  "
                      f"{_ms(m['upgrade_p95_ms']):>8}  {_ms(m['delivery_p95_ms']):>8}  "
                      f"{_ms(m['delivery_p99_ms']):>8}  {m['messages_per_s']:>9.0f}  "
+                     f"{_ms(m.get('round_trip_p95_ms')):>8}  "
+                     f"{_rate(m.get('round_trips_per_s')):>8}  "
+                     f"{_rate(m.get('subscribe_ops_per_s')):>8}  "
+                     f"{_ms(m.get('subscribe_p95_ms')):>8}  {_rate(m.get('refusals')):>7}  "
+                     f"{_ms(m.get('refusal_p95_ms')):>8}  {_rate(m.get('wrongly_granted')):>7}  "
+                     f"{_share(m.get('compression_saved')):>5}  "
+                     f"{_ms(m.get('inflate_us_per_kib')):>6}  "
                      f"{lv['verdict'].upper()}" + "".join(f"  {r}" for r in lv["reasons"]))
     d = body["degradation"]
     dims = "  ".join(f"{k} {'-' if v is None else f'{v:.0%}'}"
                      for k, v in d["by_dimension"].items())
     lines.append(f"degradation (1 - best/worst): {dims}")
     lines.append(f"most degraded: {d['most_degraded'] or '-'}")
-    lines.append(f"not measured: {', '.join(body['not_measured'])}")
+    lines.append(f"not measured: {', '.join(body['not_measured']) or '-'}")
     c = body["counts"]
     lines.append(f"levels: {c['pass']} pass, {c['warn']} warn, {c['fail']} fail, "
                  f"{c['skipped']} skipped  verdict: {body['verdict'].upper()}")
@@ -443,7 +514,7 @@ def cmd_ws_stress(args: argparse.Namespace) -> int:
     from beastnet.loadgen import ws_stress
     name = "beastnet ws stress"
 
-    def setup(progress: Any) -> tuple[Any, list[int], Any]:
+    def setup(progress: Any) -> tuple[Any, list[int], Any, Any]:
         levels = (_counts(args.levels, "--levels") if args.levels
                   else list(ws_stress.LEVELS))
         last = ws_stress.QUICK_MAX_LEVEL if args.quick else len(levels)
@@ -453,14 +524,30 @@ def cmd_ws_stress(args: argparse.Namespace) -> int:
             last = min(last, args.max_level)
         th = ws_stress.StressThresholds(**{
             k: tuple(getattr(args, k)) for k in ws_stress.StressThresholds().to_dict()})
-        return ws_config(args), levels[:last], th
+        dims = [d for d in args.dimensions.replace("-", "_").split(",") if d]
+        unknown = sorted(set(dims) - set(ws_stress.DIMENSIONS))
+        if unknown:
+            raise LoadConfigError(f"--dimensions: unknown {', '.join(unknown)} (known: "
+                                  f"{', '.join(ws_stress.DIMENSIONS)})")
+        if args.compression_connections < 1:
+            raise LoadConfigError("--compression-connections must be >= 1")
+        if args.rt_path is not None and not args.rt_path.startswith("/"):
+            raise LoadConfigError(f"--rt-path must start with '/', got {args.rt_path!r}")
+        pr = ws_stress.StressProbes(
+            round_trip_message=args.rt_message, round_trip_answer=args.rt_answer,
+            round_trip_path=args.rt_path, unsubscribe_template=args.unsubscribe,
+            subscribe_ack=args.subscribe_ack, unsubscribe_ack=args.unsubscribe_ack,
+            denied_key=args.denied_key, denied_subscribe=args.denied_subscribe,
+            refusal=args.refusal, compression_connections=args.compression_connections,
+            dimensions=dims)
+        return ws_config(args), levels[:last], th, pr
 
     plan, status = _guarded(name, args, setup)
     if plan is None:
         return int(status or EXIT_USAGE)
-    cfg, levels, th = plan
+    cfg, levels, th, pr = plan
     body, status = _guarded(name, args, lambda progress: ws_stress.run_stress(
-        cfg, levels, th, progress=progress))
+        cfg, levels, th, progress=progress, probes=pr))
     if body is None:
         return int(status or EXIT_USAGE)
     return _finish(args, body, cfg.to_dict(), format_stress(body))

@@ -50,5 +50,9 @@ class WSLoadRun(LoadRun):
                  backoff_cap_ns: int = 10000000000, ping_interval_ns: int = 0,
                  pong_timeout_ns: int = 5000000000, max_pending: int = 256,
                  read_buffer: int = 65536, warmup_ns: int = 0, duration_ns: int = 1,
-                 cpus: Optional[list[int]] = None, seed: int = ...) -> None: ...
+                 cpus: Optional[list[int]] = None, seed: int = ...,
+                 probes: Optional[list[bytes]] = None, matches: Optional[list[bytes]] = None,
+                 refusal: bytes = b"", probe_timeout_ns: int = 1000000000,
+                 deflate: bool = False, ts_path: Optional[list[Any]] = None,
+                 seq_path: Optional[list[Any]] = None) -> None: ...
     def longest_stalls_ns(self) -> list[int]: ...

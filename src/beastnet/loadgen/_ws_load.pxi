@@ -13,12 +13,35 @@
 #     recv() batch.  Both ends must use CLOCK_REALTIME; across hosts the
 #     clocks' offset is in the number (same host: none).  A stamp from the
 #     future is counted as clock skew, never recorded as a latency.
-#   - sequence: the integer after `"<seq_key>":`, per connection.  A jump
+#     With a JSON path (`data.ts`, `$.data[0].ts`) instead of a key, the
+#     number is the one at that path: a scanner walks the bytes once,
+#     tracking the nesting depth, string bounds and, along the path only,
+#     key names and array indexes (no parse tree, no allocation).
+#   - sequence: the integer after `"<seq_key>":` (or at its path), per connection.  A jump
 #     forward by k+1 is k lost messages (one gap event); going back is
 #     counted apart.  A reconnect starts a new stream (the outage is timed,
 #     not guessed as losses).
 # Every byte read counts towards the connection's stall: the longest time an
 # open connection went without data inside the measured window.
+#
+# Probes (request/answer round trips), when the run has probe steps: after
+# the upgrade a connection sends step 0's message, and the first message
+# whose first bytes hold that step's match pattern (any message if the
+# pattern is empty) is its answer: CLOCK_REALTIME at the answer's recv()
+# minus CLOCK_REALTIME just before the request was queued is the round trip.
+# Then the next step goes out (the steps cycle: subscribe, unsubscribe, ...).
+# One request in flight per connection; no answer within probe_timeout is
+# counted and the next step sent (a late answer then matches the next step).
+# An answer holding the refusal pattern counts as refused.  An upgrade
+# answered 403 counts as forbidden, and every refused upgrade whose answer
+# arrived is timed (upgrade request to answer).
+#
+# permessage-deflate (RFC 7692), when the upgrade offered it and the 101
+# names it: messages with RSV1 are inflated with zlib, one stream per
+# connection kept across messages (context takeover; keeping the window
+# is harmless when the server resets its own), and the stamp and sequence
+# are read from the inflated bytes.  The wall time around each inflate()
+# call is added up: the client's cost of the compression.
 #
 # A connection that ends for any reason (refused, timed out, reset, closed,
 # close frame, missed pong) is retried after a full-jitter exponential
@@ -32,6 +55,7 @@ cdef enum:
     WS_READS_PER_EVENT = 4          # recv calls per readiness event
     WS_CONTROL_ROOM = 512           # out-buffer room kept for pongs, pings and a close
     WS_KEY_MAX = 64                 # bytes of a `"key":` pattern
+    WS_PATH_MAX = 8                 # segments of a JSON path
 
 # Connection states.
 cdef enum:
@@ -71,7 +95,9 @@ cdef enum:
     WS_HIST_BACKOFF = 4             # each drawn reconnect delay
     WS_HIST_OUTAGE = 5              # connection lost to the next 101 (reconnect time)
     WS_HIST_STALL = 6               # each connection's longest stall in the window
-    WS_NHISTS = 7
+    WS_HIST_PROBE = 7               # request queued to its answer received (probes)
+    WS_HIST_REFUSED = 8             # upgrade request to a refusing answer (not 101)
+    WS_NHISTS = 9
 
 
 # Per WebSocket thread; written only by its thread (bn_count), read with
@@ -115,6 +141,19 @@ cdef struct bn_lg_ws_counters:
     uint64_t pongs_received
     uint64_t eintr
     uint64_t waits
+    uint64_t m_probes_sent              # probe requests queued in the window
+    uint64_t m_probe_answers            # ... answers matched in the window
+    uint64_t m_probe_refused            # ... of which hold the refusal pattern
+    uint64_t m_probe_timeouts           # probes without an answer within probe_timeout
+    uint64_t m_upgrades_refused_timed   # refusing upgrade answers received (timed)
+    uint64_t m_upgrade_forbidden        # ... of which 403
+    uint64_t deflate_negotiated         # 101 answers naming permessage-deflate (when offered)
+    uint64_t deflate_missing            # 101 answers without it (when offered)
+    uint64_t m_compressed               # window messages with RSV1 (inflated)
+    uint64_t m_deflated_bytes           # ... their payload bytes on the wire
+    uint64_t m_inflated_bytes           # ... their bytes once inflated
+    uint64_t m_inflate_ns               # ... wall time in inflate()
+    uint64_t inflate_errors             # corrupt compressed data (the connection is closed)
 
 WS_COUNTER_NAMES = (
     "m_sent", "m_received", "m_lost", "m_error_replies", "m_unsent", "t_sent", "t_received",
@@ -123,7 +162,21 @@ WS_COUNTER_NAMES = (
     "upgrades", "reconnects", "err_connect_refused", "err_connect_timeout",
     "err_connect_other", "err_upgrade_refused", "err_upgrade_timeout", "err_reset",
     "err_closed", "close_frames", "err_protocol", "heartbeat_failures", "err_io",
-    "pings_received", "pongs_sent", "pings_sent", "pongs_received", "eintr", "waits")
+    "pings_received", "pongs_sent", "pings_sent", "pongs_received", "eintr", "waits",
+    "m_probes_sent", "m_probe_answers", "m_probe_refused", "m_probe_timeouts",
+    "m_upgrades_refused_timed", "m_upgrade_forbidden", "deflate_negotiated", "deflate_missing",
+    "m_compressed", "m_deflated_bytes", "m_inflated_bytes", "m_inflate_ns", "inflate_errors")
+
+
+# A JSON path: key names (raw bytes, compared without unescaping) and array
+# indexes, from the root.
+cdef struct bn_json_path:
+    uint32_t n                          # segments, 0 = no path
+    uint32_t is_index[WS_PATH_MAX]      # 1: an array index, 0: an object key
+    uint32_t index[WS_PATH_MAX]
+    uint32_t key_off[WS_PATH_MAX]       # the key's bytes in `keys`
+    uint32_t key_len[WS_PATH_MAX]
+    char keys[WS_KEY_MAX]
 
 
 cdef struct bn_wsconn:
@@ -143,6 +196,11 @@ cdef struct bn_wsconn:
     uint32_t msg_has_seq
     uint32_t msg_error                  # the message being received holds `"error"` near its start
     uint32_t has_seq                    # last_seq is valid
+    uint32_t probe_step                 # the probe step in flight (or next)
+    uint32_t msg_probe                  # the message being received: 0, 1 answer, 2 refusing answer
+    uint32_t deflate                    # permessage-deflate negotiated on this connection
+    uint32_t msg_compressed             # the message being received has RSV1
+    uint32_t msg_scan                   # its first inflated bytes are still to be read
     uint64_t skip_remaining             # payload bytes of an oversize frame still to discard
     uint64_t connect_start_ns
     uint64_t upgrade_start_ns
@@ -156,6 +214,10 @@ cdef struct bn_wsconn:
     uint64_t msg_ts_ns                  # stamp of the message being received, 0 = none
     uint64_t msg_seq
     uint64_t msg_bytes                  # payload bytes so far of the message being received
+    uint64_t msg_inflated               # ... once inflated (compressed messages)
+    uint64_t msg_inflate_ns             # ... wall time spent inflating it
+    uint64_t probe_sent_ns              # CLOCK_REALTIME the probe was queued, 0 = none in flight
+    z_stream* z                         # inflate state, allocated at the first negotiation
     char* out                           # out_cap bytes
     char* inb                           # in_cap bytes
 
@@ -175,6 +237,8 @@ cdef struct bn_ws_thread:
     uint32_t accept_len
     char ts_key[WS_KEY_MAX]             # `"t":`
     char seq_key[WS_KEY_MAX]            # `"seq":`
+    bn_json_path ts_path                # instead of ts_key when n > 0
+    bn_json_path seq_path               # instead of seq_key when n > 0
     char accept[32]                     # the expected Sec-WebSocket-Accept value
     uint64_t ts_unit_ns                 # ns per unit of the stamp (1, 1000, 1000000, 1e9)
     uint64_t connect_timeout_ns         # connect, and then the upgrade, each fail after this
@@ -189,6 +253,17 @@ cdef struct bn_ws_thread:
     uint32_t* sub_len
     bn_wsconn* conns
     bn_lg_ws_counters* counters
+    uint32_t nprobes                    # probe steps, 0 = no probes
+    uint32_t refusal_len
+    const char** probe_data             # each step's request
+    uint32_t* probe_len
+    const char** match_data             # each step's answer pattern ("" = any message)
+    uint32_t* match_len
+    const char* refusal                 # an answer holding this is a refusal ("" = none)
+    uint64_t probe_timeout_ns
+    int deflate_offered                 # the upgrade offers permessage-deflate
+    uint32_t zcap
+    char* zbuf                          # zcap bytes: inflate output (scratch)
 
 
 cdef inline uint64_t ws_realtime_ns() noexcept nogil:
@@ -268,6 +343,9 @@ cdef void ws_close(bn_ws_thread* t, bn_wsconn* c, int how, uint64_t now) noexcep
     c.skip_remaining = 0
     c.has_seq = 0
     c.ping_sent_ns = 0
+    c.probe_sent_ns = 0
+    c.msg_probe = 0
+    c.deflate = 0
     if how == WE_CLEAN:
         return
     shift = c.attempt if c.attempt < 30 else 30
@@ -405,9 +483,20 @@ cdef int ws_on_upgrade(bn_ws_thread* t, bn_wsconn* c, uint64_t now) noexcept nog
             return -1
         return 0
     # Status-Line "HTTP/1.1 101", then the accept key somewhere in the head.
-    if (end < 12 or memcmp(p, b"HTTP/1.1 101", 12) != 0
-            or memmem(p, <size_t>end, t.accept, t.accept_len) == NULL):
+    if end < 12 or memcmp(p, b"HTTP/1.1 101", 12) != 0:
+        if t.measuring and now < t.b.end_ns:
+            # A refusal answered (an API key not allowed the feed: 403).
+            bn_count(&t.counters.m_upgrades_refused_timed, 1)
+            hist_record(&t.b.hists[WS_HIST_REFUSED], now - c.upgrade_start_ns)
+            if end >= 12 and memcmp(p + 8, b" 403", 4) == 0:
+                bn_count(&t.counters.m_upgrade_forbidden, 1)
         ws_close(t, c, WE_UPGRADE_REFUSED, now)
+        return -1
+    if memmem(p, <size_t>end, t.accept, t.accept_len) == NULL:
+        ws_close(t, c, WE_UPGRADE_REFUSED, now)
+        return -1
+    if t.deflate_offered and ws_deflate_start(t, c, p, <uint32_t>end) < 0:
+        ws_close(t, c, WE_IO, now)
         return -1
     c.in_off = <uint32_t>end
     t.pending -= 1
@@ -427,9 +516,52 @@ cdef int ws_on_upgrade(bn_ws_thread* t, bn_wsconn* c, uint64_t now) noexcept nog
             bn_count(&t.counters.t_sent, 1)
             if t.measuring and now < t.b.end_ns:
                 bn_count(&t.counters.m_sent, 1)
+    if t.nprobes:
+        c.probe_step = 0
+        return -1 if ws_probe_send(t, c, now) < 0 else 1
     if ws_flush(t, c, now) < 0:
         return -1
     return 1
+
+
+cdef int ws_deflate_start(bn_ws_thread* t, bn_wsconn* c, const char* head,
+                          uint32_t n) noexcept nogil:
+    """The 101 to an offer of permessage-deflate: inflate from now on if it
+    names the extension; -1 only when zlib has no memory."""
+    if memmem(head, n, b"permessage-deflate", 18) == NULL:
+        bn_count(&t.counters.deflate_missing, 1)
+        return 0
+    bn_count(&t.counters.deflate_negotiated, 1)
+    if c.z == NULL:
+        c.z = <z_stream*>calloc(1, sizeof(z_stream))
+        if c.z == NULL:
+            return -1
+        # Raw deflate (no zlib header), the largest window: RFC 7692 7.2.2.
+        if inflateInit2(c.z, -15) != Z_OK:
+            free(c.z)
+            c.z = NULL
+            return -1
+    elif inflateReset(c.z) != Z_OK:
+        return -1
+    c.deflate = 1
+    return 0
+
+
+cdef int ws_probe_send(bn_ws_thread* t, bn_wsconn* c, uint64_t now) noexcept nogil:
+    """Queue probe step c.probe_step and write; -1 if the connection broke."""
+    c.probe_sent_ns = ws_realtime_ns()
+    if ws_queue_frame(t, c, WS_OP_TEXT, t.probe_data[c.probe_step],
+                      t.probe_len[c.probe_step]) == 0:
+        bn_count(&t.counters.t_sent, 1)
+        if t.measuring and now < t.b.end_ns:
+            bn_count(&t.counters.m_probes_sent, 1)
+    return ws_flush(t, c, now)
+
+
+cdef int ws_probe_next(bn_ws_thread* t, bn_wsconn* c, uint64_t now) noexcept nogil:
+    """The step in flight is done (answered or timed out): send the next."""
+    c.probe_step = (c.probe_step + 1) % t.nprobes
+    return ws_probe_send(t, c, now)
 
 
 cdef int ws_find_number(const char* p, uint32_t n, const char* key, uint32_t key_len,
@@ -438,14 +570,92 @@ cdef int ws_find_number(const char* p, uint32_t n, const char* key, uint32_t key
     allowed, times `unit_ns` (a decimal fraction kept to 9 digits); 1 if
     found, 0 if not."""
     cdef const char* q = <const char*>memmem(p, n, key, key_len)
-    cdef const char* end = p + n
+    if q == NULL:
+        return 0
+    return ws_read_number(q + key_len, p + n, unit_ns, out)
+
+
+cdef int ws_path_number(const char* p, uint32_t n, bn_json_path* jp, uint64_t unit_ns,
+                        uint64_t* out) noexcept nogil:
+    """The number at path `jp` in the JSON text p[0:n] (its first n bytes:
+    a truncated text is read as far as it goes); 1 if found, 0 if not."""
+    cdef uint32_t i = 0
+    cdef uint32_t j
+    cdef uint32_t depth = 0             # containers open
+    cdef uint32_t on = 0                # of which, from the root, on the path
+    cdef int selected = 0               # the next value at depth `on` is the path's next step
+    cdef uint32_t seg
+    cdef char ch
+    cdef uint32_t is_obj[WS_PATH_MAX + 1]
+    cdef uint32_t want_key[WS_PATH_MAX + 1]
+    cdef uint32_t idx[WS_PATH_MAX + 1]
+    while i < n:
+        ch = p[i]
+        if ch == 34:                                    # '"': a string, escapes skipped
+            j = i + 1
+            while j < n and p[j] != 34:
+                j += 2 if p[j] == 92 else 1
+            if j >= n:
+                return 0
+            if depth == on and depth > 0 and is_obj[depth] and want_key[depth]:
+                seg = depth - 1                         # a key of an object on the path
+                selected = (not jp.is_index[seg] and j - i - 1 == jp.key_len[seg]
+                            and memcmp(p + i + 1, jp.keys + jp.key_off[seg],
+                                       jp.key_len[seg]) == 0)
+                want_key[depth] = 0
+            i = j + 1
+        elif ch == 123 or ch == 91:                     # '{' '[': a container opens
+            if depth == on and (depth == 0 or selected):
+                if depth == jp.n:
+                    return 0                            # the path ends on a container
+                on = depth + 1
+                is_obj[on] = ch == 123
+                want_key[on] = 1
+                idx[on] = 0
+                selected = (not is_obj[on] and jp.is_index[depth] and jp.index[depth] == 0)
+            else:
+                selected = 0
+            depth += 1
+            i += 1
+        elif ch == 125 or ch == 93:                     # '}' ']': it closes
+            if depth == 0:
+                return 0
+            if on == depth:
+                on -= 1
+            depth -= 1
+            selected = 0
+            i += 1
+        elif ch == 44:                                  # ',': the next member or element
+            if depth == on and depth > 0:
+                if is_obj[depth]:
+                    want_key[depth] = 1
+                    selected = 0
+                else:
+                    idx[depth] += 1
+                    selected = jp.is_index[depth - 1] and jp.index[depth - 1] == idx[depth]
+            i += 1
+        elif selected and depth == on and depth == jp.n and 48 <= ch <= 57:
+            return ws_read_number(p + i, p + n, unit_ns, out)
+        else:
+            i += 1                                      # ':', spaces, other scalars
+    return 0
+
+
+cdef int ws_read_field(const char* p, uint32_t n, const char* key, uint32_t key_len,
+                       bn_json_path* jp, uint64_t unit_ns, uint64_t* out) noexcept nogil:
+    """A message's stamp or sequence: at its path if it has one, else after its key."""
+    if jp.n:
+        return ws_path_number(p, n, jp, unit_ns, out)
+    return ws_find_number(p, n, key, key_len, unit_ns, out)
+
+
+cdef int ws_read_number(const char* q, const char* end, uint64_t unit_ns,
+                        uint64_t* out) noexcept nogil:
+    """The number at q (spaces before it allowed), times `unit_ns`."""
     cdef uint64_t whole = 0
     cdef uint64_t frac = 0
     cdef uint64_t scale = 1
     cdef int digits = 0
-    if q == NULL:
-        return 0
-    q += key_len
     while q < end and (q[0] == 32 or q[0] == 9):
         q += 1
     while q < end and 48 <= q[0] <= 57 and digits < 19:
@@ -466,21 +676,43 @@ cdef int ws_find_number(const char* p, uint32_t n, const char* key, uint32_t key
 
 cdef void ws_message_begin(bn_ws_thread* t, bn_wsconn* c, const char* p,
                            uint32_t n) noexcept nogil:
-    """First fragment of a message: its stamp and sequence, from p[0:n]."""
+    """First fragment of a message: its stamp and sequence, from p[0:n]
+    (for a compressed message, from its first inflated bytes later)."""
     c.msg_open = 1
     c.msg_bytes = 0
+    c.msg_inflated = 0
+    c.msg_inflate_ns = 0
     c.msg_ts_ns = 0
     c.msg_has_seq = 0
-    if t.ts_key_len and not ws_find_number(p, n, t.ts_key, t.ts_key_len, t.ts_unit_ns,
+    c.msg_probe = 0
+    c.msg_error = 0
+    c.msg_scan = c.msg_compressed
+    if not c.msg_compressed:
+        ws_message_scan(t, c, p, n)
+
+
+cdef void ws_message_scan(bn_ws_thread* t, bn_wsconn* c, const char* p,
+                          uint32_t n) noexcept nogil:
+    """What a message's first bytes say: stamp, sequence, error, probe answer."""
+    cdef uint32_t step = c.probe_step
+    if c.probe_sent_ns and (t.match_len[step] == 0 or memmem(
+            p, n, t.match_data[step], t.match_len[step]) != NULL):
+        c.msg_probe = 1
+        if t.refusal_len and memmem(p, n, t.refusal, t.refusal_len) != NULL:
+            c.msg_probe = 2
+    if (t.ts_key_len or t.ts_path.n) and not ws_read_field(p, n, t.ts_key, t.ts_key_len,
+                                                           &t.ts_path, t.ts_unit_ns,
                                            &c.msg_ts_ns):
         c.msg_ts_ns = 0
-    if t.seq_key_len:
-        c.msg_has_seq = ws_find_number(p, n, t.seq_key, t.seq_key_len, 1, &c.msg_seq)
+    if t.seq_key_len or t.seq_path.n:
+        c.msg_has_seq = ws_read_field(p, n, t.seq_key, t.seq_key_len, &t.seq_path, 1,
+                                      &c.msg_seq)
     c.msg_error = memmem(p, n if n < 64 else 64, b"\"error\"", 7) != NULL
 
 
-cdef void ws_message_end(bn_ws_thread* t, bn_wsconn* c, uint64_t now) noexcept nogil:
-    """FIN frame: one message received."""
+cdef int ws_message_end(bn_ws_thread* t, bn_wsconn* c, uint64_t now) noexcept nogil:
+    """FIN frame: one message received; -1 if the connection ended (a probe
+    answered, the next one failed to go out)."""
     cdef bn_lg_ws_counters* k = t.counters
     cdef int measured = now >= t.b.measure_ns and now < t.b.end_ns
     cdef uint64_t ts = c.msg_ts_ns
@@ -508,14 +740,78 @@ cdef void ws_message_end(bn_ws_thread* t, bn_wsconn* c, uint64_t now) noexcept n
                 hist_record(&t.b.hists[LG_HIST_MEASURED], lat)
         elif measured:
             bn_count(&k.m_clock_skew, 1)
-    elif measured and t.ts_key_len:
+    elif measured and (t.ts_key_len or t.ts_path.n):
         bn_count(&k.m_no_timestamp, 1)
     if measured:
         bn_count(&k.m_received, 1)
         bn_count(&k.m_bytes, c.msg_bytes)
         if c.msg_error:
             bn_count(&k.m_error_replies, 1)
+        if c.msg_compressed:
+            bn_count(&k.m_compressed, 1)
+            bn_count(&k.m_deflated_bytes, c.msg_bytes)
+            bn_count(&k.m_inflated_bytes, c.msg_inflated)
+            bn_count(&k.m_inflate_ns, c.msg_inflate_ns)
         t.b.last_reply_ns = now
+    if c.msg_probe:
+        if measured:
+            hist_record(&t.b.hists[WS_HIST_PROBE],
+                        t.rt_ns - c.probe_sent_ns if t.rt_ns > c.probe_sent_ns else 0)
+            bn_count(&k.m_probe_answers, 1)
+            if c.msg_probe == 2:
+                bn_count(&k.m_probe_refused, 1)
+        c.msg_probe = 0
+        c.probe_sent_ns = 0
+        return ws_probe_next(t, c, now)
+    return 0
+
+
+cdef int ws_inflate(bn_ws_thread* t, bn_wsconn* c, const char* p, uint32_t n,
+                    int fin) noexcept nogil:
+    """Inflate p[0:n] of a compressed message (then, at its FIN, the
+    0x00 0x00 0xff 0xff tail RFC 7692 7.2.2 has the sender strip); the first
+    output is scanned.  -1 on corrupt data."""
+    cdef z_stream* z = c.z
+    cdef uint64_t start = bn_now_ns()
+    cdef unsigned char tail[4]
+    cdef uint32_t made
+    cdef int r
+    cdef int part
+    tail[0] = 0
+    tail[1] = 0
+    tail[2] = 0xFF
+    tail[3] = 0xFF
+    for part in range(2 if fin else 1):
+        if part == 0:
+            z.next_in = <unsigned char*>p
+            z.avail_in = n
+        else:
+            z.next_in = tail
+            z.avail_in = 4
+        while True:
+            z.next_out = <unsigned char*>t.zbuf
+            z.avail_out = t.zcap
+            r = inflate(z, Z_SYNC_FLUSH)
+            made = t.zcap - z.avail_out
+            if r != Z_OK and r != Z_BUF_ERROR and r != Z_STREAM_END:
+                bn_count(&t.counters.inflate_errors, 1)
+                return -1
+            if made:
+                c.msg_inflated += made
+                if c.msg_scan:
+                    c.msg_scan = 0
+                    ws_message_scan(t, c, t.zbuf, made)
+            if r == Z_STREAM_END:
+                # A final block (allowed, unusual): the next message starts a new stream.
+                if inflateReset(z) != Z_OK:
+                    return -1
+                if z.avail_in == 0:
+                    break
+                continue
+            if z.avail_out != 0 or made == 0:
+                break                   # all input taken and the output drained
+    c.msg_inflate_ns += bn_now_ns() - start
+    return 0
 
 
 cdef int ws_on_control(bn_ws_thread* t, bn_wsconn* c, int opcode, const char* p,
@@ -563,10 +859,14 @@ cdef int ws_parse(bn_ws_thread* t, bn_wsconn* c, uint64_t now) noexcept nogil:
             c.in_off += <uint32_t>take
             c.skip_remaining -= take
             c.msg_bytes += take
+            if c.msg_compressed and ws_inflate(t, c, <const char*>p, <uint32_t>take,
+                                               c.skip_remaining == 0 and c.skip_fin) < 0:
+                ws_close(t, c, WE_PROTOCOL, now)
+                return -1
             if c.skip_remaining:
                 return 0
-            if c.skip_fin:
-                ws_message_end(t, c, now)
+            if c.skip_fin and ws_message_end(t, c, now) < 0:
+                return -1
             continue
         if avail < 2:
             return 0
@@ -602,19 +902,30 @@ cdef int ws_parse(bn_ws_thread* t, bn_wsconn* c, uint64_t now) noexcept nogil:
         if opcode > WS_OP_BINARY or (opcode == WS_OP_CONT) != (c.msg_open != 0):
             ws_close(t, c, WE_PROTOCOL, now)
             return -1
+        # RSV1 marks a compressed message, on its first frame only, and only
+        # once permessage-deflate was negotiated (RFC 7692 6.1).
+        if p[0] & 0x40 and (opcode == WS_OP_CONT or not c.deflate):
+            ws_close(t, c, WE_PROTOCOL, now)
+            return -1
         if head + plen <= avail:
             if opcode != WS_OP_CONT:
+                c.msg_compressed = (p[0] & 0x40) != 0
                 ws_message_begin(t, c, <const char*>p + head, <uint32_t>plen)
             else:
                 bn_count(&t.counters.m_fragments, 1)
             c.msg_bytes += plen
             c.in_off += head + <uint32_t>plen
-            if fin:
-                ws_message_end(t, c, now)
+            if c.msg_compressed and ws_inflate(t, c, <const char*>p + head, <uint32_t>plen,
+                                               fin) < 0:
+                ws_close(t, c, WE_PROTOCOL, now)
+                return -1
+            if fin and ws_message_end(t, c, now) < 0:
+                return -1
             continue
         if c.in_off == 0 and c.in_len == t.in_cap:
             # Larger than the buffer: measure from its prefix, skip the rest.
             if opcode != WS_OP_CONT:
+                c.msg_compressed = (p[0] & 0x40) != 0
                 ws_message_begin(t, c, <const char*>p + head, avail - head)
             else:
                 bn_count(&t.counters.m_fragments, 1)
@@ -622,6 +933,10 @@ cdef int ws_parse(bn_ws_thread* t, bn_wsconn* c, uint64_t now) noexcept nogil:
             c.in_off = c.in_len
             c.skip_remaining = plen - (avail - head)
             c.skip_fin = fin != 0
+            if c.msg_compressed and ws_inflate(t, c, <const char*>p + head, avail - head,
+                                               0) < 0:
+                ws_close(t, c, WE_PROTOCOL, now)
+                return -1
             return 0
         return 0
 
@@ -689,9 +1004,11 @@ cdef void ws_on_event(bn_ws_thread* t, bn_wsconn* c, uint32_t events, uint64_t n
 
 
 cdef void ws_tick(bn_ws_thread* t, uint64_t now) noexcept nogil:
-    """Connect idle slots whose backoff is over, time out handshakes, ping."""
+    """Connect idle slots whose backoff is over, time out handshakes and
+    probes, ping."""
     cdef uint32_t j
     cdef bn_wsconn* c
+    cdef uint64_t rt = ws_realtime_ns() if t.nprobes else 0
     for j in range(t.nconns):
         c = &t.conns[j]
         if c.state == WC_IDLE:
@@ -703,6 +1020,10 @@ cdef void ws_tick(bn_ws_thread* t, uint64_t now) noexcept nogil:
         elif c.state == WC_UPGRADING:
             if now - c.upgrade_start_ns > t.connect_timeout_ns:
                 ws_close(t, c, WE_UPGRADE_TIMEOUT, now)
+        elif c.probe_sent_ns and rt > c.probe_sent_ns + t.probe_timeout_ns:
+            if t.measuring:
+                bn_count(&t.counters.m_probe_timeouts, 1)
+            ws_probe_next(t, c, now)
         elif t.ping_interval_ns:
             if c.ping_sent_ns:
                 if now - c.ping_sent_ns > t.pong_timeout_ns:
@@ -781,7 +1102,9 @@ cdef bn_ws_thread* ws_thread_new(uint32_t nconns, uint32_t out_cap, uint32_t in_
     t.out_cap = out_cap
     t.in_cap = in_cap
     t.conns = <bn_wsconn*>calloc(nconns, sizeof(bn_wsconn))
-    if lg_base_init(&t.b, WS_NHISTS) < 0 or t.conns == NULL:
+    t.zcap = in_cap
+    t.zbuf = <char*>malloc(in_cap)
+    if lg_base_init(&t.b, WS_NHISTS) < 0 or t.conns == NULL or t.zbuf == NULL:
         ws_thread_free(&t.b)
         return NULL
     for i in range(nconns):
@@ -805,9 +1128,35 @@ cdef void ws_thread_free(bn_lg_base* b) noexcept nogil:
                 close(t.conns[i].fd)
             free(t.conns[i].out)
             free(t.conns[i].inb)
+            if t.conns[i].z != NULL:
+                inflateEnd(t.conns[i].z)
+                free(t.conns[i].z)
         free(t.conns)
+    free(t.zbuf)
     lg_base_free(&t.b)
     free(t)
+
+
+cdef int ws_copy_path(bn_json_path* jp, list path) except -1:
+    """`path`: key names (str) and indexes (int), from the root."""
+    cdef uint32_t off = 0
+    cdef bytes raw
+    if len(path) > WS_PATH_MAX:
+        raise ValueError(f"a JSON path has at most {WS_PATH_MAX} steps")
+    jp.n = <uint32_t>len(path)
+    for i, step in enumerate(path):
+        if isinstance(step, int):
+            jp.is_index[i] = 1
+            jp.index[i] = <uint32_t>step
+            continue
+        raw = step.encode()
+        if off + len(raw) > WS_KEY_MAX:
+            raise ValueError(f"the keys of a JSON path hold at most {WS_KEY_MAX} bytes")
+        memcpy(jp.keys + off, <char*>raw, len(raw))
+        jp.key_off[i] = off
+        jp.key_len[i] = <uint32_t>len(raw)
+        off += <uint32_t>len(raw)
+    return 0
 
 
 cdef int ws_copy_key(char* dst, bytes key, uint32_t* length) except -1:
@@ -825,7 +1174,12 @@ cdef class WSLoadRun(LoadRun):
     the upgrade request and the subscribe messages, and turns the counters
     into a `LoadResult`.  `conn_subs[i]` lists the subscribe payloads (indexes
     into `subscribes`) of connection i, connections dealt to the threads in
-    turn.  One start(), one join().
+    turn.  `probes[i]` is probe step i's request and `matches[i]` the
+    pattern of its answer (b"" = the next message); `refusal` marks a
+    refusing answer.  `deflate`: the upgrade offers permessage-deflate.
+    `ts_path` / `seq_path` (key names and indexes) replace `ts_key` /
+    `seq_key` when given.
+    One start(), one join().
     """
 
     def __cinit__(self, bytes sockaddr not None, int family, list conn_counts not None,
@@ -836,7 +1190,9 @@ cdef class WSLoadRun(LoadRun):
                   uint64_t ping_interval_ns=0, uint64_t pong_timeout_ns=5000000000,
                   unsigned int max_pending=256, unsigned int read_buffer=65536,
                   uint64_t warmup_ns=0, uint64_t duration_ns=1, list cpus=None,
-                  uint64_t seed=0x9E3779B97F4A7C15):
+                  uint64_t seed=0x9E3779B97F4A7C15, list probes=None, list matches=None,
+                  bytes refusal=b"", uint64_t probe_timeout_ns=1000000000, bint deflate=False,
+                  list ts_path=None, list seq_path=None):
         cdef int i
         cdef uint32_t j, k, first
         cdef uint32_t out_cap = 0
@@ -852,6 +1208,10 @@ cdef class WSLoadRun(LoadRun):
             raise ValueError("accept key too long")
         if read_buffer < 4096:
             raise ValueError("read_buffer must be >= 4096 bytes")
+        probes = probes or []
+        matches = matches if matches is not None else [b""] * len(probes)
+        if len(matches) != len(probes):
+            raise ValueError("one answer pattern per probe step")
         self.thread_main = ws_thread_main
         self.thread_free = ws_thread_free
         # Payloads: the upgrade request, then every connection's subscribe
@@ -862,11 +1222,14 @@ cdef class WSLoadRun(LoadRun):
             for s in subs:
                 flat.append(subscribes[s])
                 need += len(<bytes>subscribes[s]) + 14
+            need += max([len(<bytes>q) for q in probes], default=0) + 14
             if need > out_cap:
                 out_cap = need
+        # ... then the probe steps, their answer patterns, the refusal pattern.
         self._setup(len(conn_counts), (sizeof(bn_lg_ws_counters) + BN_CACHE_LINE - 1)
-                    // BN_CACHE_LINE * BN_CACHE_LINE, WS_NHISTS, [upgrade] + flat,
-                    1, None, warmup_ns, duration_ns)
+                    // BN_CACHE_LINE * BN_CACHE_LINE, WS_NHISTS,
+                    [upgrade] + flat + probes + matches + [refusal], 1, None, warmup_ns,
+                    duration_ns)
         first = 0
         for i in range(self.nthreads):
             t = ws_thread_new(conn_counts[i], out_cap, read_buffer)
@@ -880,10 +1243,21 @@ cdef class WSLoadRun(LoadRun):
             t.upgrade_len = self.lens[0]
             t.sub_data = self.data + 1
             t.sub_len = self.lens + 1
+            t.nprobes = <uint32_t>len(probes)
+            t.probe_data = self.data + 1 + len(flat)
+            t.probe_len = self.lens + 1 + len(flat)
+            t.match_data = t.probe_data + t.nprobes
+            t.match_len = t.probe_len + t.nprobes
+            t.refusal = self.data[1 + len(flat) + 2 * t.nprobes]
+            t.refusal_len = self.lens[1 + len(flat) + 2 * t.nprobes]
+            t.probe_timeout_ns = probe_timeout_ns
+            t.deflate_offered = deflate
             memcpy(t.accept, <char*>accept, len(accept))
             t.accept_len = <uint32_t>len(accept)
             ws_copy_key(t.ts_key, ts_key, &t.ts_key_len)
             ws_copy_key(t.seq_key, seq_key, &t.seq_key_len)
+            ws_copy_path(&t.ts_path, ts_path or [])
+            ws_copy_path(&t.seq_path, seq_path or [])
             t.ts_unit_ns = ts_unit_ns
             t.connect_timeout_ns = connect_timeout_ns
             t.backoff_base_ns = backoff_base_ns

@@ -272,7 +272,9 @@ def _rate(row: dict, name: str) -> float:
 
 
 def timeline_charts(results: Sequence[dict], server: Optional[dict] = None,
-                    marks: Sequence[tuple[float, str]] = ()) -> list[str]:
+                    marks: Sequence[tuple[float, str]] = (), *,
+                    received_label: str = "answered/s", sent_label: Optional[str] = "sent/s",
+                    rate_unit: str = "requests / s") -> list[str]:
     """Throughput, latency, loss/errors per second (and the server beside the
     client), over one run or the runs of a ramp placed on one time axis."""
     base = min((r.get("started_at") or 0.0) for r in results) if results else 0.0
@@ -297,9 +299,10 @@ def timeline_charts(results: Sequence[dict], server: Optional[dict] = None,
     def ms(key: str) -> Any:
         return lambda row: None if row.get(key) is None else row[key] / 1e6
     charts = [
-        svg_xy("Throughput per second", [line("answered/s", lambda r: r["rps"]),
-                                         line("sent/s", lambda r: _rate(r, "sent"), dash="5,3")],
-               "seconds", "requests / s", shade=shade, marks=marks, x_range=span),
+        svg_xy("Throughput per second",
+               [line(received_label, lambda r: r["rps"])]
+               + ([line(sent_label, lambda r: _rate(r, "sent"), dash="5,3")] if sent_label else []),
+               "seconds", rate_unit, shade=shade, marks=marks, x_range=span),
         svg_xy("Latency per second", [line("p50", ms("p50_ns")), line("p99", ms("p99_ns")),
                                       line("max", ms("max_ns"), dash="4,3", width=1.2)],
                "seconds", "ms", log_y=True, shade=shade, marks=marks, x_range=span),
@@ -487,7 +490,11 @@ def _page(title: str, subtitle: str, body: Sequence[str]) -> str:
 
 
 def report_page(report: dict, text_summary: str = "") -> str:
-    """The page of one report (a run, a ramp or a knee finder)."""
+    """The page of one report (a run, a ramp or a knee finder, or any
+    WebSocket report: see `wshtml`)."""
+    from beastnet.loadgen.wshtml import is_ws_report, ws_report_page
+    if is_ws_report(report):
+        return ws_report_page(report, text_summary)
     title, subtitle = _title(report)
     results = _results(report)
     first = _first_result(report)

@@ -121,6 +121,9 @@ def run_title(d: dict) -> str:
     target = f"{cfg.get('host', '?')}:{cfg.get('port', '?')}"
     if d.get("mode") == "http":
         target = f"http://{target}{cfg.get('path_prefix', '')}"
+    elif d.get("mode") == "ws":
+        target = f"ws://{target}{cfg.get('path', '')}"
+        loop = ""                       # the server pushes: no loop of requests
     return f"{str(d.get('mode', '')).upper()} {loop} load against {target}".replace("  ", " ")
 
 
@@ -470,7 +473,9 @@ def charts(report: dict) -> list[str]:
                       "ms", log_y=True)]
 
 
-KINDS = {"run": "result", "ramp": "levels", "find-max": "probes"}
+KINDS = {"run": "result", "ramp": "levels", "find-max": "probes",
+         # `beastnet ws density / stress / knee --json`
+         "ws-density": "tiers", "ws-stress": "levels", "ws-knee": "steps"}
 
 
 def read_report(path: str) -> dict:

@@ -16,7 +16,7 @@ from beastnet.loadgen._driver import (Drive, ProgressCallback, StopWhen, ensure_
 from beastnet.loadgen.histogram import Histogram
 from beastnet.loadgen.http import _http_sockaddr, _summary_ms
 from beastnet.loadgen.result import LoadResult
-from beastnet.loadgen.ws_config import CLOCK_RULE, TS_UNITS, WSLoadConfig
+from beastnet.loadgen.ws_config import CLOCK_RULE, TS_UNITS, WSLoadConfig, json_path
 
 __all__ = ["run_ws_load"]
 
@@ -24,6 +24,7 @@ _WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 # Histograms of a WebSocket run, as _ws_load.pxi numbers them.
 HIST_UPGRADE, HIST_CONNECT, HIST_BACKOFF, HIST_OUTAGE, HIST_STALL = 2, 3, 4, 5, 6
+HIST_PROBE, HIST_REFUSED = 7, 8
 
 
 def _upgrade_request(cfg: WSLoadConfig) -> tuple[bytes, bytes]:
@@ -39,6 +40,8 @@ def _upgrade_request(cfg: WSLoadConfig) -> tuple[bytes, bytes]:
             "Sec-WebSocket-Version: 13"]
     if cfg.api_key is not None:
         head.append(f"X-API-Key: {cfg.api_key}")
+    if cfg.deflate:
+        head.append("Sec-WebSocket-Extensions: permessage-deflate")
     head += [h.strip() for h in cfg.headers]
     return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1"), accept
 
@@ -88,18 +91,25 @@ def run_ws_load(cfg: WSLoadConfig, progress: Optional[ProgressCallback] = None,
     # Connections are dealt to threads in turn; the run wants them grouped by thread.
     grouped = [per_conn[c] for i in range(threads) for c in range(i, cfg.connections, threads)]
     args = native_args(cfg, threads)
+    ts_path = json_path(cfg.ts_key) if cfg.ts_key is not None else None
+    seq_path = json_path(cfg.seq_key) if cfg.seq_key is not None else None
     run = _native.WSLoadRun(
         sockaddr, family, counts, upgrade, accept, payloads, grouped,
-        ts_key=b"" if cfg.ts_key is None else f'"{cfg.ts_key}":'.encode(),
+        ts_key=b"" if cfg.ts_key is None or ts_path else f'"{cfg.ts_key}":'.encode(),
         ts_unit_ns=TS_UNITS[cfg.ts_unit],
-        seq_key=b"" if cfg.seq_key is None else f'"{cfg.seq_key}":'.encode(),
+        seq_key=b"" if cfg.seq_key is None or seq_path else f'"{cfg.seq_key}":'.encode(),
         connect_timeout_ns=int(cfg.connect_timeout_ms * 1e6),
         backoff_base_ns=int(cfg.backoff_base_ms * 1e6),
         backoff_cap_ns=int(cfg.backoff_cap_ms * 1e6),
         ping_interval_ns=int(cfg.ping_interval_ms * 1e6),
         pong_timeout_ns=int(cfg.pong_timeout_ms * 1e6), max_pending=cfg.max_pending,
         read_buffer=cfg.read_buffer, warmup_ns=args["warmup_ns"],
-        duration_ns=args["duration_ns"], cpus=args["cpus"], seed=args["seed"])
+        duration_ns=args["duration_ns"], cpus=args["cpus"], seed=args["seed"],
+        probes=[m.encode() for m in cfg.probe_messages],
+        matches=[a.encode() for a in cfg.probe_answers] or None,
+        refusal=cfg.refusal_pattern.encode(),
+        probe_timeout_ns=int(cfg.probe_timeout_ms * 1e6), deflate=cfg.deflate,
+        ts_path=ts_path, seq_path=seq_path)
     drive = Drive(run, cfg, progress, stop_when)
     c = run.counters()
     kinds = {k[4:]: v for k, v in c.items() if k.startswith("err_")}
@@ -135,8 +145,29 @@ def run_ws_load(cfg: WSLoadConfig, progress: Optional[ProgressCallback] = None,
         "pings_sent": c["pings_sent"],
         "pongs_received": c["pongs_received"],
         "clock_rule": CLOCK_RULE,
+        "probes_sent": c["m_probes_sent"],
+        "probe_answers": c["m_probe_answers"],
+        "probe_refused": c["m_probe_refused"],
+        "probe_timeouts": c["m_probe_timeouts"],
+        "probe_ms": _summary(run, HIST_PROBE),
+        "upgrades_refused": c["m_upgrades_refused_timed"],
+        "upgrade_forbidden": c["m_upgrade_forbidden"],
+        "refusal_ms": _summary(run, HIST_REFUSED),
+        "deflate_negotiated": c["deflate_negotiated"],
+        "deflate_missing": c["deflate_missing"],
+        "compressed_messages": c["m_compressed"],
+        "deflated_bytes": c["m_deflated_bytes"],
+        "inflated_bytes": c["m_inflated_bytes"],
+        "inflate_ns": c["m_inflate_ns"],
+        "inflate_errors": c["inflate_errors"],
     }
     extra["subscribe_sent"] = c["m_sent"]
+    # The distributions the HTML report draws on the nines axis.
+    if cfg.probe_messages:
+        extra["probe_histogram"] = Histogram.from_native(run.histogram(HIST_PROBE)).to_dict()
+    if c["m_upgrades_refused_timed"]:
+        extra["refusal_histogram"] = Histogram.from_native(
+            run.histogram(HIST_REFUSED)).to_dict()
     # What the result's `sent` means here: messages the sequence says were
     # sent (received + missing), so success_rate and loss_rate read as
     # delivery rates.
@@ -144,4 +175,5 @@ def run_ws_load(cfg: WSLoadConfig, progress: Optional[ProgressCallback] = None,
     span = result.duration_s
     extra["messages_per_s"] = result.received / span if span > 0 else 0.0
     extra["bytes_per_s"] = c["m_bytes"] / span if span > 0 else 0.0
+    extra["probe_answers_per_s"] = c["m_probe_answers"] / span if span > 0 else 0.0
     return result

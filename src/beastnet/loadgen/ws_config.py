@@ -6,6 +6,7 @@ anything heavy is imported.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Any, ClassVar, Optional, Sequence
 
@@ -14,7 +15,7 @@ import orjson
 from beastnet.errors import LoadConfigError
 from beastnet.loadgen.config import LoadConfig
 
-__all__ = ["TS_UNITS", "WSLoadConfig"]
+__all__ = ["TS_UNITS", "WSLoadConfig", "json_path"]
 
 #: Nanoseconds per unit of a message's timestamp field.
 TS_UNITS = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 1_000_000_000}
@@ -33,6 +34,31 @@ def _bad(msg: str) -> None:
     raise LoadConfigError(msg)
 
 
+_STEP = re.compile(r'\.?([^.\[\]"]+)|\[(\d+)\]')
+
+
+def json_path(spec: str) -> Optional[list[Any]]:
+    """The steps of a JSON path (`data.ts`, `$.data[0].ts`, `[2].seq`): key
+    names and array indexes from the root.  None for a plain key (no `.`,
+    `[` or leading `$`: found anywhere, as the first `"key":`).  Raises
+    ValueError on a malformed path."""
+    if not (spec.startswith("$") or "." in spec or "[" in spec):
+        return None
+    rest = spec[1:] if spec.startswith("$") else spec
+    steps: list[Any] = []
+    pos = 0
+    while pos < len(rest):
+        m = _STEP.match(rest, pos)
+        if m is None or (m.group(1) is not None and pos == 0 and rest[0] == "." and not
+                         spec.startswith("$")):
+            raise ValueError(f"bad JSON path {spec!r} at {rest[pos:]!r}")
+        steps.append(m.group(1) if m.group(1) is not None else int(m.group(2)))
+        pos = m.end()
+    if not steps:
+        raise ValueError(f"bad JSON path {spec!r}: no step")
+    return steps
+
+
 @dataclass
 class WSLoadConfig(LoadConfig):
     """What a WebSocket load run does: ``connections`` clients of
@@ -47,8 +73,16 @@ class WSLoadConfig(LoadConfig):
     ``{"op":"subscribe","symbols":[...]}`` by default; empty: send nothing).
     Latency comes from the number after ``"<ts_key>":`` in ``ts_unit``
     (CLOCK_REALTIME on both sides), gaps from ``"<seq_key>":`` per
-    connection.  A lost connection is retried after a full-jitter delay in
+    connection; either may be a JSON path instead (``data.ts``,
+    ``$.data[0].ts``: see `json_path`).  A lost connection is retried after a full-jitter delay in
     [0, min(backoff_cap_ms, backoff_base_ms * 2^attempt)].
+
+    Probes: with ``probe_messages``, each connection sends them in turn after
+    the upgrade, one in flight, the next as soon as the answer (the first
+    message holding ``probe_answers[i]``, any message if empty) arrives or
+    ``probe_timeout_ms`` passes; answers holding ``refusal_pattern`` count as
+    refused.  ``deflate`` offers permessage-deflate (RFC 7692) and inflates
+    what the server compresses.
     """
 
     port: int = 8080
@@ -72,6 +106,11 @@ class WSLoadConfig(LoadConfig):
     read_buffer: int = 65536
     headers: Sequence[str] = ()
     host_header: Optional[str] = None
+    probe_messages: Sequence[str] = ()
+    probe_answers: Sequence[str] = ()
+    refusal_pattern: str = ""
+    probe_timeout_ms: float = 1000
+    deflate: bool = False
 
     mode: ClassVar[str] = "ws"
     COUNT_LIMITS: ClassVar[dict[str, Optional[int]]] = {
@@ -98,8 +137,18 @@ class WSLoadConfig(LoadConfig):
             key = getattr(self, name)
             if key is not None and (not key or len(key.encode()) > 60 or '"' in key):
                 _bad(f"{name} must be 1-60 bytes without '\"', got {key!r}")
+            try:
+                steps = json_path(key) if key is not None else None
+            except ValueError as exc:
+                _bad(f"{name}: {exc}")
+            if steps is not None and len(steps) > 8:
+                _bad(f"{name}: a JSON path has at most 8 steps, got {len(steps)}")
+        if self.probe_answers and len(self.probe_answers) != len(self.probe_messages):
+            _bad("probe_answers needs one pattern per probe message")
+        if any(not m for m in self.probe_messages):
+            _bad("probe messages must not be empty")
         for name in ("connect_timeout_ms", "backoff_base_ms", "backoff_cap_ms",
-                     "pong_timeout_ms"):
+                     "pong_timeout_ms", "probe_timeout_ms"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 _bad(f"{name} must be > 0, got {value!r}")

@@ -76,7 +76,7 @@ def run_knee(cfg: WSLoadConfig, steps: Sequence[int] = DEFAULT_STEPS, p95_ms: fl
                 "p50_ms": result.percentile(50) / 1e6, "p95_ms": p95,
                 "p99_ms": result.percentile(99) / 1e6,
                 "messages_per_s": result.extra["messages_per_s"],
-                "result": result.to_dict(histogram=False)}
+                "result": result.to_dict()}
         out.append(step)
         if on_step is not None:
             on_step(step)
