@@ -114,8 +114,9 @@ def run_http_load(cfg: HTTPLoadConfig, progress: Optional[ProgressCallback] = No
     result = drive.result(cfg, c, kinds, extra, failed=c["m_failed"],
                           status_codes=run.status_codes())
     if cfg.tls:
-        extra["tls"] = tls_summary(run, c, result.duration_s)
-        check_tls_failure(cfg, "https", result.received, extra["tls"])
+        tls = tls_summary(run, c, result.duration_s)
+        extra["tls"] = tls
+        check_tls_failure(cfg, "https", result.received, tls)
     return result
 
 
@@ -142,8 +143,9 @@ def tls_summary(run: Any, c: dict, duration_s: float) -> dict[str, Any]:
     """What the report shows of TLS: version and cipher, handshakes (and
     per second), resumed sessions, handshake time, the first failure."""
     info = run.thread_info()
-    first = next((t for t in info if t.get("tls_version")), {})
-    failed = next((t for t in info if t.get("tls_fail_kind")), {})
+    none: dict[str, Any] = {}
+    first = next((t for t in info if t.get("tls_version")), none)
+    failed = next((t for t in info if t.get("tls_fail_kind")), none)
     return {
         "version": first.get("tls_version"),
         "cipher": first.get("tls_cipher"),
