@@ -57,6 +57,8 @@ cdef extern from "openssl/ssl.h" nogil:
     int SSL_read(SSL* ssl, void* buf, int num)
     int SSL_write(SSL* ssl, const void* buf, int num)
     int SSL_pending(const SSL* ssl)
+    int SSL_has_pending(const SSL* ssl)
+    void SSL_CTX_set_read_ahead(SSL_CTX* ctx, int yes)
     int SSL_get_error(const SSL* ssl, int ret)
     void SSL_set_shutdown(SSL* ssl, int mode)
     long SSL_get_verify_result(const SSL* ssl)

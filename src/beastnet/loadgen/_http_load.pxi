@@ -637,8 +637,8 @@ cdef int hc_read(bn_http_thread* t, bn_hconn* c) noexcept nogil:
     cdef int err
     cdef int reads = 0
     cdef uint64_t now
-    # Plaintext OpenSSL already decrypted is invisible to epoll: drain it too.
-    while reads < HTTP_READS_PER_EVENT or (c.ssl != NULL and SSL_pending(c.ssl) > 0):
+    # Bytes OpenSSL already read (read-ahead) are invisible to epoll: drain them too.
+    while reads < HTTP_READS_PER_EVENT or (c.ssl != NULL and SSL_has_pending(c.ssl)):
         if c.in_off == c.in_len:
             c.in_off = 0
             c.in_len = 0
@@ -659,7 +659,7 @@ cdef int hc_read(bn_http_thread* t, bn_hconn* c) noexcept nogil:
             if hc_parse(t, c, now) < 0:
                 return -1
             reads += 1
-            if c.in_len < HTTP_IN_BUF_BYTES and (c.ssl == NULL or SSL_pending(c.ssl) == 0):
+            if c.in_len < HTTP_IN_BUF_BYTES and (c.ssl == NULL or not SSL_has_pending(c.ssl)):
                 return 0                # a short read: the socket is drained
             continue
         if n == 0:                      # the server closed

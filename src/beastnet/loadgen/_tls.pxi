@@ -198,6 +198,10 @@ cdef class TLSClientContext:
         # HTTP frames its own bodies: a TCP close without close_notify is an
         # ordinary end of stream, as wrk and curl treat it.
         SSL_CTX_set_options(self.ctx, SSL_OP_IGNORE_UNEXPECTED_EOF)
+        # Read whole socket buffers, not a record header then its body: half
+        # the read() calls.  The loops then ask SSL_has_pending, since bytes
+        # OpenSSL holds are invisible to epoll.
+        SSL_CTX_set_read_ahead(self.ctx, 1)
         if alpn and SSL_CTX_set_alpn_protos(self.ctx, TLS_ALPN_HTTP11, 9) != 0:
             raise MemoryError("SSL_CTX_set_alpn_protos failed")
         if insecure:
