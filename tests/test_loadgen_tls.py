@@ -1,17 +1,26 @@
 """The load generator over TLS: https:// against a real nginx with TLS, the
-certificate checks and their one-line errors, session resumption and SNI."""
+certificate checks and their one-line errors, session resumption and SNI;
+wss:// against a `websockets` server with an ssl context."""
 from __future__ import annotations
 
+import asyncio
+import ssl
 import subprocess
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import orjson
 import pytest
+import websockets
 
 from beastnet.errors import LoadConfigError, LoadTLSError
 from beastnet.loadgen import HTTPLoadConfig, run_http_load
+from beastnet.loadgen.ws import run_ws_load
+from beastnet.loadgen.ws_config import WSLoadConfig
 
+from _ws_scripted import ScriptedServer
 from tls_support import NginxTLS, tls_certs  # noqa: F401  (the fixture)
 
 pytestmark = pytest.mark.timeout(120)
@@ -171,3 +180,60 @@ def test_runs_free_their_tls_state(nginx, tls_certs):
         assert run_http_load(cfg).received == 600
     # 2400 leaked SSL objects would hold tens of MB.
     assert rss_kb() - before < 16 * 1024
+
+
+# -- wss:// ------------------------------------------------------------------------------
+
+class TLSScriptedServer(ScriptedServer):
+    """The scripted `websockets` server, over TLS with `pair`."""
+
+    def __init__(self, behaviour, pair) -> None:
+        super().__init__(behaviour)
+        self.ssl = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.ssl.load_cert_chain(pair.cert, pair.key)
+
+    async def _main(self) -> None:
+        async with websockets.serve(self._handler, "127.0.0.1", 0, ping_interval=None,
+                                    ssl=self.ssl) as srv:
+            self.port = srv.sockets[0].getsockname()[1]
+            self._ready.set()
+            await self._stop
+
+
+async def numbered(ws, server) -> None:
+    """After the subscribe message, 200 stamped, numbered messages."""
+    server.record.setdefault("subscribes", []).append(await ws.recv())
+    for seq in range(1, 201):
+        await ws.send(orjson.dumps({"seq": seq, "ts": time.time_ns() // 10**6}))
+        await asyncio.sleep(0.002)
+    await asyncio.sleep(10)
+
+
+def wss_cfg(port: int, ca, **kw) -> WSLoadConfig:
+    base = dict(host="127.0.0.1", port=port, path="/", connections=3, threads=1,
+                duration_s=1.5, warmup_s=0.0, tls=True, cacert=str(ca), seq_key="seq")
+    base.update(kw)
+    return WSLoadConfig(**base)
+
+
+def test_wss_gets_every_message_and_splits_the_handshake(tls_certs):
+    with TLSScriptedServer(numbered, tls_certs.server) as server:
+        r = run_ws_load(wss_cfg(server.port, tls_certs.ca))
+    tls = r.extra["tls"]
+    assert r.received == 3 * 200 and r.lost == 0 and r.errors == 0
+    assert len(server.record["subscribes"]) == 3
+    assert tls["version"] in ("TLSv1.2", "TLSv1.3") and tls["handshakes"] == 3
+    assert tls["handshake_ms"]["count"] == r.extra["connect_ms"]["count"] == 3
+    assert r.extra["upgrade_ms"]["count"] == 3 and tls["handshake_ms"]["mean"] > 0
+
+
+def test_wss_with_an_untrusted_certificate_fails_in_one_line(tls_certs):
+    with TLSScriptedServer(numbered, tls_certs.self_signed) as server:
+        with pytest.raises(LoadTLSError, match="wss://127.0.0.1:.*self-signed certificate"):
+            run_ws_load(wss_cfg(server.port, tls_certs.ca, duration_s=0.5))
+        done = subprocess.run([sys.executable, "-m", "beastnet", "load",
+                               f"wss://127.0.0.1:{server.port}/", "-d", "0.5", "--warmup", "0",
+                               "--cacert", str(tls_certs.ca), "-q"],
+                              capture_output=True, text=True, timeout=60)
+    assert done.returncode == 3 and done.stderr.count("\n") == 1
+    assert "TLS certificate verification failed for wss://" in done.stderr

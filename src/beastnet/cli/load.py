@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 from beastnet.errors import BeastnetError, LoadConfigError, LoadTLSError
 from beastnet.cli._common import (EXIT_FAIL, EXIT_INTERRUPTED, EXIT_PASS, EXIT_UNREACHABLE,
-                                  EXIT_USAGE)
+                                  EXIT_USAGE, add_tls_arguments)
 from beastnet.cli.ws import add_ws_load_arguments, cmd_load_ws
 # Light: neither NumPy nor the native load generator is imported here.
 from beastnet.loadgen import ramp, verdict
@@ -144,19 +144,6 @@ def add_load_command(sub: Any) -> None:
     g.add_argument("--progress", action="store_true", help="progress line even when not a TTY")
     add_ws_load_arguments(p)
     p.set_defaults(func=cmd_load)
-
-
-def add_tls_arguments(p: Any) -> None:
-    """--insecure, --cacert and --tls-resume: https:// and wss:// alike."""
-    g = p.add_argument_group("TLS (https://, wss://)")
-    g.add_argument("--cacert", metavar="FILE",
-                   help="verify the server's certificate against this PEM CA file "
-                        "(default: the system's trust store)")
-    g.add_argument("--insecure", action="store_true",
-                   help="do not verify the server's certificate (default: verify)")
-    g.add_argument("--tls-resume", action="store_true",
-                   help="resume the last TLS session on each new connection "
-                        "(default: a full handshake every time)")
 
 
 def _parse_target(target: str) -> dict[str, Any]:

@@ -24,6 +24,10 @@
 # close frame, missed pong) is retried after a full-jitter exponential
 # backoff: a delay drawn uniformly from [0, min(cap, base * 2^attempt)], the
 # attempt count reset by a successful upgrade.
+#
+# wss://: after TCP connects, a non-blocking TLS handshake (state
+# WC_HANDSHAKE, timed apart), then the upgrade as over ws://.  Only the byte
+# transport changes: ws_send / ws_recv go through OpenSSL (see _tls.pxi).
 
 from posix.time cimport CLOCK_REALTIME, clock_gettime, timespec
 
@@ -39,6 +43,7 @@ cdef enum:
     WC_CONNECTING = 1               # non-blocking connect in progress (EPOLLOUT)
     WC_UPGRADING = 2                # upgrade request written, waiting for the 101
     WC_OPEN = 3                     # frames flow
+    WC_HANDSHAKE = 4                # wss://: TCP up, TLS handshake in progress
 
 # Frame opcodes (RFC 6455 5.2).
 cdef enum:
@@ -63,6 +68,11 @@ cdef enum:
     WE_PROTOCOL = 9                 # masked server frame, bad opcode, bad control frame
     WE_HEARTBEAT = 10               # our ping got no pong in time
     WE_IO = 11                      # other read/write errors
+    WE_TLS_VERIFY = 12              # wss://: the certificate did not verify
+    WE_TLS_NOT_TLS = 13             # ... the server answered in something not TLS
+    WE_TLS_HANDSHAKE = 14           # ... alert, protocol error or close in the handshake
+    WE_TLS_TIMEOUT = 15             # ... handshake longer than connect_timeout
+    WE_TLS_PROTOCOL = 16            # ... TLS error after the handshake
 
 # A WebSocket thread's histograms (0 and 1 are the base's latency pair).
 cdef enum:
@@ -71,7 +81,8 @@ cdef enum:
     WS_HIST_BACKOFF = 4             # each drawn reconnect delay
     WS_HIST_OUTAGE = 5              # connection lost to the next 101 (reconnect time)
     WS_HIST_STALL = 6               # each connection's longest stall in the window
-    WS_NHISTS = 7
+    WS_HIST_TLS = 7                 # wss://: TCP connected to TLS handshake done
+    WS_NHISTS = 8
 
 
 # Per WebSocket thread; written only by its thread (bn_count), read with
@@ -115,6 +126,13 @@ cdef struct bn_lg_ws_counters:
     uint64_t pongs_received
     uint64_t eintr
     uint64_t waits
+    uint64_t tls_handshakes             # wss://: handshakes completed
+    uint64_t tls_resumed                # ... that resumed a session
+    uint64_t err_tls_verify
+    uint64_t err_tls_not_tls
+    uint64_t err_tls_handshake
+    uint64_t err_tls_timeout
+    uint64_t err_tls_protocol
 
 WS_COUNTER_NAMES = (
     "m_sent", "m_received", "m_lost", "m_error_replies", "m_unsent", "t_sent", "t_received",
@@ -123,7 +141,9 @@ WS_COUNTER_NAMES = (
     "upgrades", "reconnects", "err_connect_refused", "err_connect_timeout",
     "err_connect_other", "err_upgrade_refused", "err_upgrade_timeout", "err_reset",
     "err_closed", "close_frames", "err_protocol", "heartbeat_failures", "err_io",
-    "pings_received", "pongs_sent", "pings_sent", "pongs_received", "eintr", "waits")
+    "pings_received", "pongs_sent", "pings_sent", "pongs_received", "eintr", "waits",
+    "tls_handshakes", "tls_resumed", "err_tls_verify", "err_tls_not_tls", "err_tls_handshake",
+    "err_tls_timeout", "err_tls_protocol")
 
 
 cdef struct bn_wsconn:
@@ -158,6 +178,9 @@ cdef struct bn_wsconn:
     uint64_t msg_bytes                  # payload bytes so far of the message being received
     char* out                           # out_cap bytes
     char* inb                           # in_cap bytes
+    SSL* ssl                            # wss://: the TLS connection, NULL = plain or not yet
+    uint32_t tls_want                   # epoll event OpenSSL waits for
+    uint64_t tls_start_ns               # TCP connected: the handshake began
 
 cdef struct bn_ws_thread:
     bn_lg_base b                        # first: what every load loop keeps (see _run.pxi)
@@ -189,6 +212,7 @@ cdef struct bn_ws_thread:
     uint32_t* sub_len
     bn_wsconn* conns
     bn_lg_ws_counters* counters
+    bn_tls_client tls                   # wss://: the run's SSL_CTX and this thread's session
 
 
 cdef inline uint64_t ws_realtime_ns() noexcept nogil:
@@ -202,8 +226,10 @@ cdef void ws_update_events(bn_ws_thread* t, bn_wsconn* c) noexcept nogil:
     cdef epoll_event ev
     if c.state == WC_CONNECTING:
         want = EPOLLOUT
+    elif c.state == WC_HANDSHAKE:
+        want = c.tls_want
     elif c.state != WC_IDLE:
-        want = EPOLLIN
+        want = EPOLLIN | c.tls_want
         if c.out_off < c.out_len:
             want |= EPOLLOUT
     if want == c.registered or c.fd < 0:
@@ -230,7 +256,7 @@ cdef void ws_close(bn_ws_thread* t, bn_wsconn* c, int how, uint64_t now) noexcep
     cdef uint64_t delay
     cdef uint32_t shift
     cdef bn_lg_ws_counters* k = t.counters
-    if c.state == WC_CONNECTING or c.state == WC_UPGRADING:
+    if c.state == WC_CONNECTING or c.state == WC_UPGRADING or c.state == WC_HANDSHAKE:
         t.pending -= 1
     if c.state == WC_OPEN:
         ws_note_gap(t, c, now)
@@ -255,6 +281,12 @@ cdef void ws_close(bn_ws_thread* t, bn_wsconn* c, int how, uint64_t now) noexcep
         bn_count(&k.heartbeat_failures, 1)
     elif how == WE_IO:
         bn_count(&k.err_io, 1)
+    elif how >= WE_TLS_VERIFY:
+        ws_count_tls_error(k, how)
+    if c.ssl != NULL:
+        tls_free(c.ssl, how == WE_CLEAN)
+        c.ssl = NULL
+    c.tls_want = 0
     if c.fd >= 0:
         close(c.fd)                     # also leaves the epoll (the fd is not shared)
     c.fd = -1
@@ -280,12 +312,46 @@ cdef void ws_close(bn_ws_thread* t, bn_wsconn* c, int how, uint64_t now) noexcep
     c.retry_ns = now + delay
 
 
+cdef void ws_count_tls_error(bn_lg_ws_counters* k, int how) noexcept nogil:
+    if how == WE_TLS_VERIFY:
+        bn_count(&k.err_tls_verify, 1)
+    elif how == WE_TLS_NOT_TLS:
+        bn_count(&k.err_tls_not_tls, 1)
+    elif how == WE_TLS_TIMEOUT:
+        bn_count(&k.err_tls_timeout, 1)
+    elif how == WE_TLS_PROTOCOL:
+        bn_count(&k.err_tls_protocol, 1)
+    else:
+        bn_count(&k.err_tls_handshake, 1)
+
+
+cdef inline ssize_t ws_send(bn_wsconn* c, const char* p, size_t n) noexcept nogil:
+    """send(), or SSL_write on wss:// (same contract)."""
+    if c.ssl != NULL:
+        return tls_send(c.ssl, p, n)
+    return send(c.fd, p, n, MSG_NOSIGNAL | MSG_DONTWAIT)
+
+
+cdef inline ssize_t ws_recv(bn_wsconn* c, char* p, size_t n) noexcept nogil:
+    """recv(), or SSL_read on wss:// (same contract)."""
+    if c.ssl != NULL:
+        return tls_recv(c.ssl, p, n, &c.tls_want)
+    return recv(c.fd, p, n, MSG_DONTWAIT)
+
+
+cdef int ws_io_end(int err) noexcept nogil:
+    """How a connection ends after a failed read or write with `err`."""
+    if err == EPIPE or err == ECONNRESET:
+        return WE_RESET
+    return WE_TLS_PROTOCOL if err == EPROTO else WE_IO
+
+
 cdef int ws_flush(bn_ws_thread* t, bn_wsconn* c, uint64_t now) noexcept nogil:
     """Write what `c` has queued; 0, or -1 if the connection broke (closed)."""
     cdef ssize_t n
     cdef int err
     while c.out_off < c.out_len:
-        n = send(c.fd, c.out + c.out_off, c.out_len - c.out_off, MSG_NOSIGNAL | MSG_DONTWAIT)
+        n = ws_send(c, c.out + c.out_off, c.out_len - c.out_off)
         if n > 0:
             c.out_off += <uint32_t>n
             bn_count(&t.counters.bytes_out, <uint64_t>n)
@@ -296,7 +362,7 @@ cdef int ws_flush(bn_ws_thread* t, bn_wsconn* c, uint64_t now) noexcept nogil:
             continue
         if n < 0 and err == EAGAIN:
             break                       # EPOLLOUT tells us when to go on
-        ws_close(t, c, WE_RESET if (err == EPIPE or err == ECONNRESET) else WE_IO, now)
+        ws_close(t, c, ws_io_end(err), now)
         return -1
     if c.out_off == c.out_len:
         c.out_off = 0
@@ -375,10 +441,42 @@ cdef void ws_connect(bn_ws_thread* t, bn_wsconn* c, uint64_t now) noexcept nogil
 
 
 cdef void ws_connected(bn_ws_thread* t, bn_wsconn* c, uint64_t now) noexcept nogil:
-    """TCP is up: time it, write the upgrade request."""
+    """TCP is up: time it, then the TLS handshake (wss://) or the upgrade."""
     bn_count(&t.counters.connects, 1)
     hist_record(&t.b.hists[WS_HIST_CONNECT],
                 now - c.connect_start_ns if now > c.connect_start_ns else 0)
+    if t.tls.ctx == NULL:
+        ws_upgrade(t, c, now)
+        return
+    c.ssl = tls_new(&t.tls, c.fd)
+    if c.ssl == NULL:
+        ws_close(t, c, WE_TLS_HANDSHAKE, now)
+        return
+    c.state = WC_HANDSHAKE
+    c.tls_start_ns = now
+    ws_handshake(t, c)
+
+
+cdef void ws_handshake(bn_ws_thread* t, bn_wsconn* c) noexcept nogil:
+    """Advance the TLS handshake; once done, the upgrade follows."""
+    cdef int rc = tls_handshake(&t.tls, c.ssl, &c.tls_want)
+    cdef uint64_t now = bn_now_ns()
+    if rc == 0:
+        ws_update_events(t, c)
+        return
+    if rc < 0:
+        ws_close(t, c, WE_TLS_VERIFY if rc == -TLSF_VERIFY else
+                 WE_TLS_NOT_TLS if rc == -TLSF_NOT_TLS else WE_TLS_HANDSHAKE, now)
+        return
+    bn_count(&t.counters.tls_handshakes, 1)
+    if SSL_session_reused(c.ssl):
+        bn_count(&t.counters.tls_resumed, 1)
+    hist_record(&t.b.hists[WS_HIST_TLS], now - c.tls_start_ns if now > c.tls_start_ns else 0)
+    ws_upgrade(t, c, now)
+
+
+cdef void ws_upgrade(bn_ws_thread* t, bn_wsconn* c, uint64_t now) noexcept nogil:
+    """Write the upgrade request."""
     c.state = WC_UPGRADING
     c.upgrade_start_ns = now
     memcpy(c.out, t.upgrade, t.upgrade_len)
@@ -640,7 +738,7 @@ cdef void ws_read(bn_ws_thread* t, bn_wsconn* c, uint64_t now) noexcept nogil:
             c.in_len -= c.in_off
             c.in_off = 0
         room = t.in_cap - c.in_len
-        n = recv(c.fd, c.inb + c.in_len, room, MSG_DONTWAIT)
+        n = ws_recv(c, c.inb + c.in_len, room)
         if n > 0:
             bn_count(&t.counters.bytes_in, <uint64_t>n)
             t.rt_ns = ws_realtime_ns()
@@ -653,7 +751,7 @@ cdef void ws_read(bn_ws_thread* t, bn_wsconn* c, uint64_t now) noexcept nogil:
             c.last_data_ns = now
             if ws_parse(t, c, now) < 0:
                 return
-            if <size_t>n < room:
+            if <size_t>n < room and (c.ssl == NULL or not SSL_has_pending(c.ssl)):
                 return                  # the socket is drained
             continue
         err = errno
@@ -664,8 +762,10 @@ cdef void ws_read(bn_ws_thread* t, bn_wsconn* c, uint64_t now) noexcept nogil:
             bn_count(&t.counters.eintr, 1)
             continue
         if err == EAGAIN:
+            if c.tls_want:
+                ws_update_events(t, c)
             return
-        ws_close(t, c, WE_RESET if err == ECONNRESET else WE_IO, now)
+        ws_close(t, c, ws_io_end(err), now)
         return
 
 
@@ -682,7 +782,10 @@ cdef void ws_on_event(bn_ws_thread* t, bn_wsconn* c, uint32_t events, uint64_t n
         elif events & (EPOLLOUT | EPOLLERR | EPOLLHUP):
             ws_connected(t, c, now)
         return
-    if events & (EPOLLIN | EPOLLERR | EPOLLHUP):
+    if c.state == WC_HANDSHAKE:
+        ws_handshake(t, c)              # an error or hang-up surfaces in SSL_connect
+        return
+    if events & (EPOLLIN | EPOLLERR | EPOLLHUP) or (c.tls_want and events & EPOLLOUT):
         ws_read(t, c, now)
     if c.fd >= 0 and events & EPOLLOUT:
         ws_flush(t, c, now)
@@ -703,6 +806,10 @@ cdef void ws_tick(bn_ws_thread* t, uint64_t now) noexcept nogil:
         elif c.state == WC_UPGRADING:
             if now - c.upgrade_start_ns > t.connect_timeout_ns:
                 ws_close(t, c, WE_UPGRADE_TIMEOUT, now)
+        elif c.state == WC_HANDSHAKE:
+            if now - c.tls_start_ns > t.connect_timeout_ns:
+                tls_note_failure(&t.tls, TLSF_TIMEOUT, 0, 0)
+                ws_close(t, c, WE_TLS_TIMEOUT, now)
         elif t.ping_interval_ns:
             if c.ping_sent_ns:
                 if now - c.ping_sent_ns > t.pong_timeout_ns:
@@ -801,11 +908,13 @@ cdef void ws_thread_free(bn_lg_base* b) noexcept nogil:
         return
     if t.conns != NULL:
         for i in range(t.nconns):
+            tls_free(t.conns[i].ssl, 0)
             if t.conns[i].fd >= 0:
                 close(t.conns[i].fd)
             free(t.conns[i].out)
             free(t.conns[i].inb)
         free(t.conns)
+    tls_client_free(&t.tls)
     lg_base_free(&t.b)
     free(t)
 
@@ -836,7 +945,7 @@ cdef class WSLoadRun(LoadRun):
                   uint64_t ping_interval_ns=0, uint64_t pong_timeout_ns=5000000000,
                   unsigned int max_pending=256, unsigned int read_buffer=65536,
                   uint64_t warmup_ns=0, uint64_t duration_ns=1, list cpus=None,
-                  uint64_t seed=0x9E3779B97F4A7C15):
+                  uint64_t seed=0x9E3779B97F4A7C15, TLSClientContext tls=None):
         cdef int i
         cdef uint32_t j, k, first
         cdef uint32_t out_cap = 0
@@ -854,6 +963,7 @@ cdef class WSLoadRun(LoadRun):
             raise ValueError("read_buffer must be >= 4096 bytes")
         self.thread_main = ws_thread_main
         self.thread_free = ws_thread_free
+        self.tls = tls                  # the SSL_CTX outlives the threads' SSL objects
         # Payloads: the upgrade request, then every connection's subscribe
         # messages back to back (connection i's start at firsts[i]).
         for subs in conn_subs:
@@ -892,6 +1002,8 @@ cdef class WSLoadRun(LoadRun):
             t.pong_timeout_ns = pong_timeout_ns
             t.max_pending = max_pending if max_pending else 1
             t.counters = <bn_lg_ws_counters*>(self.counters_mem + <size_t>i * self.counter_bytes)
+            if tls is not None:
+                tls.attach(&t.tls)
             for j in range(<uint32_t>conn_counts[i]):
                 k = first + j
                 t.conns[j].sub_first = firsts[k]
@@ -902,7 +1014,8 @@ cdef class WSLoadRun(LoadRun):
         return {name: sums[i] for i, name in enumerate(WS_COUNTER_NAMES)}
 
     cdef dict _thread_extra(self, bn_lg_base* b):
-        return {"connections": (<bn_ws_thread*>b).nconns}
+        cdef bn_ws_thread* t = <bn_ws_thread*>b
+        return {"connections": t.nconns, **tls_thread_info(&t.tls)}
 
     def longest_stalls_ns(self):
         """Each connection's longest stall in the measured window (after the join)."""

@@ -17,6 +17,9 @@ from beastnet.loadgen.result import LoadResult
 
 __all__ = ["run_http_load"]
 
+# The handshake-time histogram of an HTTP run (LG_HIST_TLS in _run.pxi).
+HIST_TLS = 4
+
 
 def _http_sockaddr(host: str, port: int) -> tuple[int, bytes, str]:
     """(family, packed struct sockaddr, printable address) of the server."""
@@ -114,7 +117,7 @@ def run_http_load(cfg: HTTPLoadConfig, progress: Optional[ProgressCallback] = No
     result = drive.result(cfg, c, kinds, extra, failed=c["m_failed"],
                           status_codes=run.status_codes())
     if cfg.tls:
-        tls = tls_summary(run, c, result.duration_s)
+        tls = tls_summary(run, c, result.duration_s, HIST_TLS)
         extra["tls"] = tls
         check_tls_failure(cfg, "https", result.received, tls)
     return result
@@ -139,7 +142,7 @@ def tls_error_kinds(c: dict) -> dict[str, int]:
             "tls_protocol": c["err_tls_protocol"]}
 
 
-def tls_summary(run: Any, c: dict, duration_s: float) -> dict[str, Any]:
+def tls_summary(run: Any, c: dict, duration_s: float, hist: int) -> dict[str, Any]:
     """What the report shows of TLS: version and cipher, handshakes (and
     per second), resumed sessions, handshake time, the first failure."""
     info = run.thread_info()
@@ -152,7 +155,7 @@ def tls_summary(run: Any, c: dict, duration_s: float) -> dict[str, Any]:
         "handshakes": c["tls_handshakes"],
         "resumed": c["tls_resumed"],
         "handshakes_per_s": c["tls_handshakes"] / duration_s if duration_s > 0 else 0.0,
-        "handshake_ms": _summary_ms(Histogram.from_native(run.histogram(4))),
+        "handshake_ms": _summary_ms(Histogram.from_native(run.histogram(hist))),
         "first_failure": failed.get("tls_failure") or None,
         "first_failure_kind": failed.get("tls_fail_kind", 0),
     }

@@ -12,7 +12,7 @@ from typing import Any, ClassVar, Optional, Sequence
 import orjson
 
 from beastnet.errors import LoadConfigError
-from beastnet.loadgen.config import LoadConfig
+from beastnet.loadgen.config import LoadConfig, check_tls_settings
 
 __all__ = ["TS_UNITS", "WSLoadConfig"]
 
@@ -47,7 +47,8 @@ class WSLoadConfig(LoadConfig):
     ``{"op":"subscribe","symbols":[...]}`` by default; empty: send nothing).
     Latency comes from the number after ``"<ts_key>":`` in ``ts_unit``
     (CLOCK_REALTIME on both sides), gaps from ``"<seq_key>":`` per
-    connection.  A lost connection is retried after a full-jitter delay in
+    connection.  ``tls``: ``wss://``, with the settings `HTTPLoadConfig`
+    describes.  A lost connection is retried after a full-jitter delay in
     [0, min(backoff_cap_ms, backoff_base_ms * 2^attempt)].
     """
 
@@ -72,6 +73,10 @@ class WSLoadConfig(LoadConfig):
     read_buffer: int = 65536
     headers: Sequence[str] = ()
     host_header: Optional[str] = None
+    tls: bool = False
+    insecure: bool = False
+    cacert: Optional[str] = None
+    tls_resume: bool = False
 
     mode: ClassVar[str] = "ws"
     COUNT_LIMITS: ClassVar[dict[str, Optional[int]]] = {
@@ -112,6 +117,7 @@ class WSLoadConfig(LoadConfig):
         for h in self.headers:
             if ":" not in h or "\n" in h or "\r" in h:
                 _bad(f"header {h!r}: expected 'Name: value'")
+        check_tls_settings(self)
 
     def connection_symbols(self) -> list[list[str]]:
         """The symbols of each connection."""
