@@ -267,10 +267,15 @@ def main() -> None:
     if "http-beastnet" in by and "http-wrk" in by:
         print(f"HTTP: beastnet generator / wrk rate = "
               f"{by['http-beastnet']['rps'] / by['http-wrk']['rps']:.2f}x")
+    commands_and_json(rows, args.json)
+
+
+def commands_and_json(rows: list[dict], path) -> None:
+    """Print each row's command line; write the rows to `path` if given."""
     for r in rows:
         print(f"  {r['workload']}: {r['command']}")
-    if args.json:
-        with open(args.json, "w") as f:
+    if path:
+        with open(path, "w") as f:
             json.dump({"rows": rows, "loadavg": os.getloadavg()}, f, indent=2)
 
 

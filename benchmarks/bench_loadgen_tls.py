@@ -35,7 +35,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 
 from _common import proc_cpu_s  # noqa: E402
-from bench_loadgen import _fmt, _wrk_ms, run_child  # noqa: E402
+from bench_loadgen import _fmt, _wrk_ms, commands_and_json, run_child  # noqa: E402
 from tls_support import NginxTLS, make_certs  # noqa: E402
 
 CONNECTIONS, THREADS = 64, 2
@@ -130,11 +130,7 @@ def main() -> None:
     print(f"\nclose with --tls-resume: {by['close-beastnet-resume']['resumed']:,} resumed handshakes")
     print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())} "
           f"on {os.cpu_count()} CPUs (busy when above ~1)")
-    for r in rows:
-        print(f"  {r['workload']}: {r['command']}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"rows": rows, "loadavg": os.getloadavg()}, f, indent=2)
+    commands_and_json(rows, args.json)
 
 
 if __name__ == "__main__":
