@@ -20,6 +20,7 @@ from beastnet.loadgen import HTTPLoadConfig, run_http_load
 from beastnet.loadgen.ws import run_ws_load
 from beastnet.loadgen.ws_config import WSLoadConfig
 
+from _loadgen_servers import ScriptedTCPServer
 from _ws_scripted import ScriptedServer
 from tls_support import NginxTLS, tls_certs  # noqa: F401  (the fixture)
 
@@ -155,6 +156,25 @@ def test_plain_http_server_on_an_https_url_gives_one_line(tls_certs):
         thread.join()
     assert done.returncode == 3
     assert done.stderr.count("\n") == 1 and "did not answer in TLS" in done.stderr
+
+
+def test_a_handshake_that_never_finishes_times_out_and_is_retried(tls_certs):
+    """The server accepts and reads the ClientHello but never answers."""
+    stop = threading.Event()
+
+    def silent(conn) -> None:
+        conn.recv(4096)
+        stop.wait(5)
+
+    with ScriptedTCPServer(silent) as server:
+        cfg = https_cfg(server.port, tls_certs.ca, connections=2, duration_s=0.6,
+                        connect_timeout_ms=200)
+        try:
+            with pytest.raises(LoadTLSError, match="did not finish within the connect timeout"):
+                run_http_load(cfg)
+        finally:
+            stop.set()
+        assert server.accepted >= 4             # each slot retried after its timeout
 
 
 def test_tls_flags_are_checked_before_anything_runs(tls_certs, tmp_path):
