@@ -54,6 +54,20 @@ def test_keepalive_pipelined_requests_all_answered_and_one_handshake_per_connect
     assert r.extra["bytes_in"] % 4000 == 0
 
 
+def test_nginx_logs_exactly_the_requests_the_generator_counts(tls_certs, tmp_path, monkeypatch):
+    import tls_support
+    log = tmp_path / "access.log"
+    monkeypatch.setattr(tls_support, "_NGINX_TLS_CONF", tls_support._NGINX_TLS_CONF.replace(
+        "access_log off;", f"access_log {log};"))
+    with NginxTLS(tmp_path / "nginx", tls_certs.server) as n:
+        r = run_http_load(https_cfg(n.port, tls_certs.ca, connections=3, pipeline=2,
+                                    conn_mode=5, max_requests=900, duration_s=20))
+    assert r.sent == r.received == 900
+    # 5 requests a connection; one more may open as the quota runs out.
+    assert r.extra["connects"] >= r.extra["tls"]["handshakes"] >= 900 // 5
+    assert len(log.read_text().splitlines()) == 900
+
+
 def test_close_mode_splits_tcp_connect_and_handshake_within_the_latency(nginx, tls_certs):
     r = run_http_load(https_cfg(nginx.port, tls_certs.ca, connections=2, conn_mode="close",
                                 max_requests=200, duration_s=20))
