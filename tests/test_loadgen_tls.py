@@ -271,3 +271,24 @@ def test_wss_with_an_untrusted_certificate_fails_in_one_line(tls_certs):
                               capture_output=True, text=True, timeout=60)
     assert done.returncode == 3 and done.stderr.count("\n") == 1
     assert "TLS certificate verification failed for wss://" in done.stderr
+
+
+async def short_lived(ws, server) -> None:
+    """Three messages, then the server closes: the client reconnects."""
+    await ws.recv()
+    for seq in range(1, 4):
+        await ws.send(orjson.dumps({"seq": seq, "ts": time.time_ns() // 10**6}))
+    await ws.close()
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_wss_reconnects_resume_the_session_only_when_asked(tls_certs, resume):
+    with TLSScriptedServer(short_lived, tls_certs.server) as server:
+        r = run_ws_load(wss_cfg(server.port, tls_certs.ca, connections=2, duration_s=1.0,
+                                backoff_base_ms=5, backoff_cap_ms=20, tls_resume=resume))
+    tls = r.extra["tls"]
+    assert r.extra["reconnects"] >= 4 and tls["handshakes"] >= 6
+    if resume:
+        assert tls["resumed"] >= tls["handshakes"] - 2      # all but each slot's first
+    else:
+        assert tls["resumed"] == 0

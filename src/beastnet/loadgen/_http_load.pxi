@@ -197,7 +197,7 @@ cdef void hc_close(bn_http_thread* t, bn_hconn* c, int how, uint64_t now) noexce
     bn_count(&t.counters.m_lost, m_lost)
     bn_count(&t.counters.m_failed, m_failed)
     t.b.outstanding -= c.q_len
-    hc_drop(c, how == END_CLEAN)
+    hc_drop(c, how != END_TLS)
     hc_reset(c)
     # No back-off: reconnect at once.  (`now` may be later than the clock
     # the event loop compares with, which would defer it to the next tick.)

@@ -66,8 +66,10 @@ cdef SSL* tls_new(bn_tls_client* tc, int fd) noexcept nogil:
 
 
 cdef void tls_free(SSL* ssl, int clean) noexcept nogil:
-    """Free `ssl` without a close_notify round trip.  A clean end is marked
-    shut down, else OpenSSL would mark the session not resumable."""
+    """Free `ssl` without a close_notify round trip.  `clean`: no TLS error
+    ended it (a reset or a close without close_notify is not one, RFC 5246
+    7.2.1), so it is marked shut down; else OpenSSL would mark its session
+    not resumable."""
     if ssl == NULL:
         return
     if clean:

@@ -284,7 +284,7 @@ cdef void ws_close(bn_ws_thread* t, bn_wsconn* c, int how, uint64_t now) noexcep
     elif how >= WE_TLS_VERIFY:
         ws_count_tls_error(k, how)
     if c.ssl != NULL:
-        tls_free(c.ssl, how == WE_CLEAN)
+        tls_free(c.ssl, how < WE_TLS_VERIFY)
         c.ssl = NULL
     c.tls_want = 0
     if c.fd >= 0:
