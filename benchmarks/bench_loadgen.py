@@ -249,14 +249,10 @@ def main() -> None:
     rows = bench_udp(args)
     if not args.skip_http:
         rows += bench_http(args)
-    head = ["workload", "req/s", "p50 ms", "p99 ms", "client µs/req (process)",
-            "client µs/req (window)", "server µs/req"]
-    print("| " + " | ".join(head) + " |")
-    print("|" + "---|" * len(head))
-    for r in rows:
-        print(f"| {r['workload']} | {_fmt(r['rps'])} | {_fmt(r['p50_ms'])} | {_fmt(r['p99_ms'])} | "
-              f"{_fmt(r['client_cpu_us_per_req'])} | {_fmt(r['client_window_cpu_us_per_req'])} | "
-              f"{_fmt(r['server_cpu_us_per_req'])} |")
+    print_table(rows, {"req/s": "rps", "p50 ms": "p50_ms", "p99 ms": "p99_ms",
+                       "client µs/req (process)": "client_cpu_us_per_req",
+                       "client µs/req (window)": "client_window_cpu_us_per_req",
+                       "server µs/req": "server_cpu_us_per_req"})
     by = {r["workload"]: r for r in rows}
     if "udp-beastnet" in by and "udp-asyncio" in by:
         print(f"\nUDP: beastnet generator / asyncio+uvloop client rate = "
@@ -267,10 +263,23 @@ def main() -> None:
     if "http-beastnet" in by and "http-wrk" in by:
         print(f"HTTP: beastnet generator / wrk rate = "
               f"{by['http-beastnet']['rps'] / by['http-wrk']['rps']:.2f}x")
+    commands_and_json(rows, args.json)
+
+
+def print_table(rows: list[dict], columns: dict[str, str]) -> None:
+    """A markdown table: the workload, then each column header's row field."""
+    print("| workload | " + " | ".join(columns) + " |")
+    print("|" + "---|" * (len(columns) + 1))
+    for r in rows:
+        print(f"| {r['workload']} | " + " | ".join(_fmt(r[k]) for k in columns.values()) + " |")
+
+
+def commands_and_json(rows: list[dict], path) -> None:
+    """Print each row's command line; write the rows to `path` if given."""
     for r in rows:
         print(f"  {r['workload']}: {r['command']}")
-    if args.json:
-        with open(args.json, "w") as f:
+    if path:
+        with open(path, "w") as f:
             json.dump({"rows": rows, "loadavg": os.getloadavg()}, f, indent=2)
 
 

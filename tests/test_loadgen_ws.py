@@ -256,7 +256,7 @@ def test_cli_ws_density_runs_each_tier_and_judges_it(beastnet_feed, tmp_path, ca
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["load", "wss://127.0.0.1:1/x"], "TLS"),
+    (["load", "wss://127.0.0.1:1/x", "--cacert", "/nonexistent/ca.pem"], "--cacert"),
     (["load", "ws://127.0.0.1:1/x", "--ts-key", 'a"b'], "ts_key"),
     (["ws", "density", "ws://127.0.0.1:1/x", "--tiers", "x"], "--tiers"),
 ])

@@ -28,3 +28,9 @@ class LoadConfigError(BeastnetError, ValueError):
 class LoadError(BeastnetError, RuntimeError):
     """A load run could not start (file-descriptor limit, unresolvable host)
     or a generator thread stopped on a fatal error."""
+
+
+class LoadTLSError(LoadError):
+    """No TLS connection to the target succeeded: its certificate did not
+    verify, it does not speak TLS, or every handshake failed.  The CLI
+    treats the target as unreachable (exit status 3)."""

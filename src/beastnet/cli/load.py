@@ -11,9 +11,9 @@ import sys
 from typing import Any, Optional, Sequence
 from urllib.parse import urlsplit
 
-from beastnet.errors import BeastnetError, LoadConfigError
+from beastnet.errors import BeastnetError, LoadConfigError, LoadTLSError
 from beastnet.cli._common import (EXIT_FAIL, EXIT_INTERRUPTED, EXIT_PASS, EXIT_UNREACHABLE,
-                                  EXIT_USAGE)
+                                  EXIT_USAGE, add_tls_arguments)
 from beastnet.cli.ws import add_ws_load_arguments, cmd_load_ws
 # Light: neither NumPy nor the native load generator is imported here.
 from beastnet.loadgen import ramp, verdict
@@ -22,6 +22,7 @@ from beastnet.loadgen import ramp, verdict
 LOAD_EPILOG = """\
 targets:  HOST:PORT or udp://HOST:PORT (UDP, `@TAG KEY [APIKEY]`),
           http://HOST:PORT[/PREFIX] (HTTP/1.1 GET PREFIX+KEY, default prefix /v1/)
+          https://HOST:PORT[/PREFIX] (the same over TLS; the certificate is verified)
           ws://HOST:PORT/PATH (WebSocket clients that subscribe and read; see below)
 examples:
   beastnet load 127.0.0.1:9000 --keys BTC,ETH -d 5              closed loop, 5 s
@@ -29,6 +30,7 @@ examples:
   beastnet load 127.0.0.1:9000 --quick --json r.json --html r.html   levels 1-6
   beastnet load 127.0.0.1:9000 --find-max --slo-p99-ms 5          knee finder
   beastnet load http://127.0.0.1:8080/v1/ -c 64 --pipeline 4      HTTP
+  beastnet load https://localhost:8443/v1/ --cacert ca.pem --conn-mode close --tls-resume
   beastnet load 127.0.0.1:9000 --expect rate_limited --api-key K   a limit test
   beastnet load 127.0.0.1:9000 --server-stats http://127.0.0.1:8080 --html r.html
                                         the server's counters beside the client's
@@ -42,7 +44,8 @@ a single run fails when nothing was answered, when fewer than --min-success
 non-2xx statuses count against it unless declared with --expect/--expect-status
 -- or when transport errors exceed that share; the last line says why.
 exit status: 0 pass (or warn), 1 fail, 2 bad usage or a run that could not start,
-3 the target never answered (nothing listening, refused, or silent),
+3 the target never answered (nothing listening, refused, or silent; or no TLS
+handshake succeeded: a certificate that did not verify, a server without TLS),
 130 interrupted between runs."""
 
 
@@ -53,8 +56,8 @@ def add_load_command(sub: Any) -> None:
                        epilog=LOAD_EPILOG.format(table=ramp.ramp_table(),
                                                  criteria=ramp.criteria_text(),
                                                  quick=ramp.QUICK_MAX_LEVEL), formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("target", help="HOST:PORT, udp://HOST:PORT, http://HOST:PORT[/PREFIX] "
-                                  "or ws://HOST:PORT/PATH")
+    p.add_argument("target", help="HOST:PORT, udp://HOST:PORT, http(s)://HOST:PORT[/PREFIX] "
+                                  "or ws(s)://HOST:PORT/PATH")
     g = p.add_argument_group("requests")
     g.add_argument("-k", "--keys", default="BTC",
                    help="comma-separated keys, or @FILE with one 'KEY [WEIGHT]' a line")
@@ -81,6 +84,7 @@ def add_load_command(sub: Any) -> None:
                    help="keepalive (default), close (new connection per request), or N "
                         "(N requests per connection)")
     g.add_argument("--header", action="append", default=[], help="extra 'Name: value' header")
+    add_tls_arguments(p)
     g = p.add_argument_group("ramp and criteria")
     g.add_argument("--ramp", action="store_true", help="run the 13-level ramp (table below)")
     g.add_argument("--quick", action="store_true",
@@ -146,18 +150,19 @@ def _parse_target(target: str) -> dict[str, Any]:
     if "://" not in target:
         target = "udp://" + target
     u = urlsplit(target)
-    if u.scheme not in ("udp", "http") or not u.hostname:
+    if u.scheme not in ("udp", "http", "https") or not u.hostname:
         raise LoadConfigError(f"target {target!r}: expected HOST:PORT, udp://HOST:PORT or "
-                              "http://HOST:PORT[/PREFIX]")
+                              "http(s)://HOST:PORT[/PREFIX]")
     try:
         port = u.port
     except ValueError:
         raise LoadConfigError(f"target {target!r}: bad port") from None
     if port is None:
-        if u.scheme != "http":
+        if u.scheme == "udp":
             raise LoadConfigError(f"target {target!r}: a UDP target needs a port")
-        port = 80
-    return {"mode": u.scheme, "host": u.hostname, "port": port, "prefix": u.path or "/v1/"}
+        port = 443 if u.scheme == "https" else 80
+    return {"mode": "udp" if u.scheme == "udp" else "http", "tls": u.scheme == "https",
+            "host": u.hostname, "port": port, "prefix": u.path or "/v1/"}
 
 
 def _parse_keys(args: argparse.Namespace) -> tuple[list[str], Optional[list[float]]]:
@@ -195,12 +200,17 @@ def _base_config(args: argparse.Namespace, target: dict) -> Any:
                   pin_threads=args.pin, api_key=args.api_key, max_requests=args.requests)
     cfg: Any
     if target["mode"] == "udp":
+        if args.insecure or args.cacert or args.tls_resume:
+            raise LoadConfigError("--insecure, --cacert and --tls-resume need an https:// "
+                                  "or wss:// target")
         cfg = loadgen.UDPLoadConfig(sockets=args.sockets, window=args.window, batch=args.batch,
                                     **common)
     else:
         cfg = loadgen.HTTPLoadConfig(connections=args.connections, pipeline=args.pipeline,
                                      conn_mode=args.conn_mode, path_prefix=target["prefix"],
-                                     headers=list(args.header), **common)
+                                     headers=list(args.header), tls=target["tls"],
+                                     insecure=args.insecure, cacert=args.cacert,
+                                     tls_resume=args.tls_resume, **common)
     cfg.validate()
     return cfg
 
@@ -236,6 +246,10 @@ def cmd_load(args: argparse.Namespace) -> int:
             body, text = _ramp(args, cfg, progress, stop_when, latency_levels)
         else:
             body, text = _single(args, cfg, progress, stop_when)
+    except LoadTLSError as exc:
+        progress.clear()
+        print(f"beastnet load: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
     except (BeastnetError, ValueError, OSError) as exc:
         progress.clear()
         print(f"beastnet load: {exc}", file=sys.stderr)

@@ -13,8 +13,8 @@ from typing import Any, Callable, Optional
 from urllib.parse import urlsplit
 
 from beastnet.cli._common import (EXIT_FAIL, EXIT_INTERRUPTED, EXIT_PASS, EXIT_UNREACHABLE,
-                                  EXIT_USAGE)
-from beastnet.errors import BeastnetError, LoadConfigError
+                                  EXIT_USAGE, add_tls_arguments)
+from beastnet.errors import BeastnetError, LoadConfigError, LoadTLSError
 
 WS_EPILOG = """\
 examples:
@@ -115,9 +115,10 @@ def _test_parser(wsub: Any, name: str, help_text: str, description: str,
     p: argparse.ArgumentParser = wsub.add_parser(
         name, help=help_text, description=description, epilog=epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("target", help="ws://HOST:PORT/PATH")
+    p.add_argument("target", help="ws://HOST:PORT/PATH or wss://HOST:PORT/PATH")
     _common_arguments(p)
     add_ws_load_arguments(p)
+    add_tls_arguments(p)
     return p
 
 
@@ -193,18 +194,18 @@ def add_ws_command(sub: Any) -> None:
     k.set_defaults(func=cmd_ws_knee, keys="BTC", duration=5.0, threads=2)
 
 
-def _parse_ws_target(target: str) -> tuple[str, int, str]:
+def _parse_ws_target(target: str) -> tuple[str, int, str, bool]:
+    """(host, port, path, TLS) of a ws:// or wss:// target."""
     u = urlsplit(target)
-    if u.scheme == "wss":
-        raise LoadConfigError("wss:// needs TLS, which the load generator does not have yet")
-    if u.scheme != "ws" or not u.hostname:
-        raise LoadConfigError(f"target {target!r}: expected ws://HOST:PORT/PATH")
+    if u.scheme not in ("ws", "wss") or not u.hostname:
+        raise LoadConfigError(f"target {target!r}: expected ws://HOST:PORT/PATH or "
+                              "wss://HOST:PORT/PATH")
     try:
-        port = u.port or 80
+        port = u.port or (443 if u.scheme == "wss" else 80)
     except ValueError:
         raise LoadConfigError(f"target {target!r}: bad port") from None
     path = (u.path or "/") + (f"?{u.query}" if u.query else "")
-    return u.hostname, port, path
+    return u.hostname, port, path, u.scheme == "wss"
 
 
 def _symbols(spec: str) -> list[str]:
@@ -221,9 +222,10 @@ def _symbols(spec: str) -> list[str]:
 def ws_config(args: argparse.Namespace) -> Any:
     """The `WSLoadConfig` the arguments describe (checked)."""
     from beastnet.loadgen.ws_config import BEASTNET_SUBSCRIBE, WSLoadConfig
-    host, port, path = _parse_ws_target(args.target)
+    host, port, path, tls = _parse_ws_target(args.target)
     cfg = WSLoadConfig(
-        host=host, port=port, path=path, connections=args.connections, threads=args.threads,
+        host=host, port=port, path=path, tls=tls, insecure=args.insecure, cacert=args.cacert,
+        tls_resume=args.tls_resume, connections=args.connections, threads=args.threads,
         duration_s=args.duration, warmup_s=args.warmup, pin_threads=args.pin,
         api_key=args.api_key, headers=list(args.header),
         symbols=_symbols(args.symbols or args.keys),
@@ -258,6 +260,7 @@ def _deflate_lines(e: dict) -> list[str]:
 
 def format_ws_result(d: dict) -> str:
     """A WebSocket run's summary (from `LoadResult.to_dict()`)."""
+    from beastnet.loadgen.report import tls_line
     e = d["extra"]
     lat = d["latency_ns"]
     return "\n".join([
@@ -271,7 +274,9 @@ def format_ws_result(d: dict) -> str:
         f"  sequence  missing {d['lost']} in {e['gap_events']} gaps, "
         f"backwards {e['seq_backwards']}",
         f"  handshake connect p50 {_ms(e['connect_ms']['p50'])} ms  "
-        f"upgrade p50 {_ms(e['upgrade_ms']['p50'])} ms  p99 {_ms(e['upgrade_ms']['p99'])} ms",
+        + (f"TLS p50 {_ms(e['tls']['handshake_ms']['p50'])} ms  " if e.get("tls") else "")
+        + f"upgrade p50 {_ms(e['upgrade_ms']['p50'])} ms  p99 {_ms(e['upgrade_ms']['p99'])} ms",
+        *filter(None, [tls_line(e)]),
         f"  stalls    longest {_ms(e['longest_stall_ms'])} ms  "
         f"p50 of connections {_ms(e['stall_ms']['p50'])} ms",
         f"  reconnect {e['reconnects']}  backoff max {_ms(e['backoff_ms']['max'])} ms  "
@@ -318,6 +323,8 @@ def _guarded(name: str, args: argparse.Namespace,
     progress = _progress(args)
     try:
         return work(progress), None
+    except LoadTLSError as exc:
+        status, message = EXIT_UNREACHABLE, str(exc)
     except (BeastnetError, ValueError, OSError) as exc:
         status, message = EXIT_USAGE, str(exc)
     except KeyboardInterrupt:

@@ -15,7 +15,13 @@
 # request was queued; one-request-per-connection closed loop: when its
 # connect began, so set-up cost is in the number; open loop: its schedule
 # slot).  Time to first byte runs from the write to the first byte of that
-# request's response.  Connect time runs from connect() to writability.
+# request's response.  Connect time runs from connect() to writability; over
+# TLS (https://) the handshake follows it, timed apart from the first
+# ClientHello write to SSL_connect's success, and requests start only after.
+#
+# TLS changes only the byte transport: hc_flush writes the whole queued
+# window with one SSL_write (one or more records), hc_read takes SSL_read's
+# plaintext into the same buffer and the same parser (see _tls.pxi).
 
 cdef enum:
     HTTP_IN_BUF_BYTES = 65536       # read buffer per connection; a response head must fit
@@ -24,12 +30,14 @@ cdef enum:
     HTTP_STATUS_MAX = 600           # status codes counted exactly below this
     HTTP_CHUNK_LINE_MAX = 1024      # longest chunk-size line we accept
     HTTP_READS_PER_EVENT = 4        # recv calls per readiness event
+    HTTP_NHISTS = 5                 # LG_HIST_MEASURED .. LG_HIST_TLS
 
 # Connection states.
 cdef enum:
     HC_IDLE = 0                     # no socket: connect when allowed
     HC_CONNECTING = 1               # non-blocking connect in progress (EPOLLOUT)
-    HC_OPEN = 2                     # established
+    HC_OPEN = 2                     # established (TLS: handshake done)
+    HC_HANDSHAKE = 3                # TCP established, TLS handshake in progress
 
 # Response parser states.
 cdef enum:
@@ -55,6 +63,7 @@ cdef enum:
     END_TOO_LARGE = 5               # response head larger than the read buffer
     END_IO = 6                      # other read/write error
     END_TIMEOUT = 7                 # oldest request timed out: the rest are lost too
+    END_TLS = 8                     # a TLS error after the handshake (bad record, alert)
 
 
 cdef struct lg_hreq:
@@ -67,6 +76,9 @@ cdef struct bn_hconn:
     int fd                              # -1 when idle
     int state                           # HC_*
     uint64_t connect_start_ns
+    uint64_t tls_start_ns               # TCP established: the handshake began
+    SSL* ssl                            # https://: the TLS connection, NULL = plain TCP or not yet
+    uint32_t tls_want                   # epoll event OpenSSL waits for (handshake; a read that must write)
     uint64_t retry_ns                   # no connect before this
     uint32_t written                    # requests queued on this connection
     uint32_t closing                    # its last request (Connection: close) is queued
@@ -109,6 +121,7 @@ cdef struct bn_http_thread:
     uint32_t* close_len
     bn_lg_http_counters* counters
     uint64_t* status                    # HTTP_STATUS_MAX counters of measured responses
+    bn_tls_client tls                   # https://: the run's SSL_CTX and this thread's session
 
 
 cdef void hc_update_events(bn_http_thread* t, bn_hconn* c) noexcept nogil:
@@ -116,8 +129,10 @@ cdef void hc_update_events(bn_http_thread* t, bn_hconn* c) noexcept nogil:
     cdef epoll_event ev
     if c.state == HC_CONNECTING:
         want = EPOLLOUT
+    elif c.state == HC_HANDSHAKE:
+        want = c.tls_want
     elif c.state == HC_OPEN:
-        want = EPOLLIN
+        want = EPOLLIN | c.tls_want
         if c.out_off < c.out_len:
             want |= EPOLLOUT
     if want == c.registered or c.fd < 0:
@@ -143,6 +158,8 @@ cdef void hc_reset(bn_hconn* c) noexcept nogil:
     c.in_off = 0
     c.rsp_state = RS_HEAD
     c.rsp_first_ns = 0
+    c.ssl = NULL                        # the callers freed it (hc_drop)
+    c.tls_want = 0
 
 
 cdef void hc_close(bn_http_thread* t, bn_hconn* c, int how, uint64_t now) noexcept nogil:
@@ -174,16 +191,30 @@ cdef void hc_close(bn_http_thread* t, bn_hconn* c, int how, uint64_t now) noexce
             bn_count(&t.counters.err_too_large, 1)
         elif how == END_IO:
             bn_count(&t.counters.err_io, 1)
+        elif how == END_TLS:
+            bn_count(&t.counters.err_tls_protocol, 1)
     bn_count(&t.counters.t_lost, lost)
     bn_count(&t.counters.m_lost, m_lost)
     bn_count(&t.counters.m_failed, m_failed)
     t.b.outstanding -= c.q_len
-    if c.fd >= 0:
-        close(c.fd)                     # also leaves the epoll (the fd is not shared)
+    hc_drop(c, how != END_TLS)
     hc_reset(c)
-    c.retry_ns = now
+    # No back-off: reconnect at once.  (`now` may be later than the clock
+    # the event loop compares with, which would defer it to the next tick.)
+    c.retry_ns = 0
     if c.q_len == 0:
         t.blocked = 0
+
+
+cdef void hc_drop(bn_hconn* c, int clean) noexcept nogil:
+    """Free the connection's TLS state and close its socket (which also
+    leaves the epoll: the fd is not shared)."""
+    if c.ssl != NULL:
+        tls_free(c.ssl, clean)
+        c.ssl = NULL
+    if c.fd >= 0:
+        close(c.fd)
+        c.fd = -1
 
 
 cdef void hc_connect_failed(bn_http_thread* t, bn_hconn* c, int err, uint64_t now) noexcept nogil:
@@ -194,23 +225,72 @@ cdef void hc_connect_failed(bn_http_thread* t, bn_hconn* c, int err, uint64_t no
             bn_count(&t.counters.err_connect_timeout, 1)
         else:
             bn_count(&t.counters.err_connect_other, 1)
-    if c.fd >= 0:
-        close(c.fd)
+    hc_drop(c, 0)
     hc_reset(c)
     # Back off: a refusing or overloaded server must not turn us into a
     # connect() spin loop.
     c.retry_ns = now + HTTP_RETRY_NS
 
 
-cdef void hc_connected(bn_http_thread* t, bn_hconn* c, uint64_t now) noexcept nogil:
+cdef void hc_tls_failed(bn_http_thread* t, bn_hconn* c, int kind, uint64_t now) noexcept nogil:
+    """The handshake failed (`kind`: TLSF_*): count it, back off, retry later.
+    No request was queued yet: requests wait for HC_OPEN."""
+    if t.measuring:
+        if kind == TLSF_VERIFY:
+            bn_count(&t.counters.err_tls_verify, 1)
+        elif kind == TLSF_NOT_TLS:
+            bn_count(&t.counters.err_tls_not_tls, 1)
+        elif kind == TLSF_TIMEOUT:
+            bn_count(&t.counters.err_tls_timeout, 1)
+        else:
+            bn_count(&t.counters.err_tls_handshake, 1)
+    hc_drop(c, 0)
+    hc_reset(c)
+    c.retry_ns = now + HTTP_RETRY_NS
+
+
+cdef void hc_handshake(bn_http_thread* t, bn_hconn* c) noexcept nogil:
+    """Advance the TLS handshake; on success the connection opens."""
+    cdef int rc = tls_handshake(&t.tls, c.ssl, &c.tls_want)
+    cdef uint64_t now = bn_now_ns()
+    if rc == 0:
+        hc_update_events(t, c)
+        return
+    if rc < 0:
+        hc_tls_failed(t, c, -rc, now)
+        return
+    if t.measuring:
+        bn_count(&t.counters.tls_handshakes, 1)
+        if SSL_session_reused(c.ssl):
+            bn_count(&t.counters.tls_resumed, 1)
+        hist_record(&t.b.hists[LG_HIST_TLS],
+                    now - c.tls_start_ns if now > c.tls_start_ns else 0)
+    hc_open(t, c)
+
+
+cdef void hc_open(bn_http_thread* t, bn_hconn* c) noexcept nogil:
     c.state = HC_OPEN
+    hc_update_events(t, c)
+    t.blocked = 0
+
+
+cdef void hc_connected(bn_http_thread* t, bn_hconn* c, uint64_t now) noexcept nogil:
+    """TCP is established: open, or begin the TLS handshake."""
     bn_count(&t.counters.connects, 1)
     if t.measuring:
         bn_count(&t.counters.m_connects, 1)
         hist_record(&t.b.hists[LG_HIST_CONNECT],
                     now - c.connect_start_ns if now > c.connect_start_ns else 0)
-    hc_update_events(t, c)
-    t.blocked = 0
+    if t.tls.ctx == NULL:
+        hc_open(t, c)
+        return
+    c.ssl = tls_new(&t.tls, c.fd)
+    if c.ssl == NULL:
+        hc_tls_failed(t, c, TLSF_SETUP, now)
+        return
+    c.state = HC_HANDSHAKE
+    c.tls_start_ns = now
+    hc_handshake(t, c)
 
 
 cdef void hc_connect(bn_http_thread* t, bn_hconn* c, uint64_t now) noexcept nogil:
@@ -242,7 +322,10 @@ cdef int hc_flush(bn_http_thread* t, bn_hconn* c, uint64_t now) noexcept nogil:
     cdef ssize_t n
     cdef int err
     while c.out_off < c.out_len:
-        n = send(c.fd, c.out + c.out_off, c.out_len - c.out_off, MSG_NOSIGNAL | MSG_DONTWAIT)
+        if c.ssl != NULL:               # the whole window in one SSL_write
+            n = tls_send(c.ssl, c.out + c.out_off, c.out_len - c.out_off)
+        else:
+            n = send(c.fd, c.out + c.out_off, c.out_len - c.out_off, MSG_NOSIGNAL | MSG_DONTWAIT)
         if n > 0:
             c.out_off += <uint32_t>n
             bn_count(&t.counters.bytes_out, <uint64_t>n)
@@ -253,7 +336,8 @@ cdef int hc_flush(bn_http_thread* t, bn_hconn* c, uint64_t now) noexcept nogil:
             continue
         if n < 0 and err == EAGAIN:
             break                       # EPOLLOUT tells us when to go on
-        hc_close(t, c, END_RESET if (err == EPIPE or err == ECONNRESET) else END_IO, now)
+        hc_close(t, c, END_RESET if (err == EPIPE or err == ECONNRESET)
+                 else END_TLS if err == EPROTO else END_IO, now)
         return -1
     if c.out_off == c.out_len:
         c.out_off = 0
@@ -553,7 +637,8 @@ cdef int hc_read(bn_http_thread* t, bn_hconn* c) noexcept nogil:
     cdef int err
     cdef int reads = 0
     cdef uint64_t now
-    while reads < HTTP_READS_PER_EVENT:
+    # Bytes OpenSSL already read (read-ahead) are invisible to epoll: drain them too.
+    while reads < HTTP_READS_PER_EVENT or (c.ssl != NULL and SSL_has_pending(c.ssl)):
         if c.in_off == c.in_len:
             c.in_off = 0
             c.in_len = 0
@@ -561,7 +646,10 @@ cdef int hc_read(bn_http_thread* t, bn_hconn* c) noexcept nogil:
             memmove(c.inb, c.inb + c.in_off, c.in_len - c.in_off)
             c.in_len -= c.in_off
             c.in_off = 0
-        n = recv(c.fd, c.inb + c.in_len, HTTP_IN_BUF_BYTES - c.in_len, MSG_DONTWAIT)
+        if c.ssl != NULL:
+            n = tls_recv(c.ssl, c.inb + c.in_len, HTTP_IN_BUF_BYTES - c.in_len, &c.tls_want)
+        else:
+            n = recv(c.fd, c.inb + c.in_len, HTTP_IN_BUF_BYTES - c.in_len, MSG_DONTWAIT)
         now = bn_now_ns()
         if n > 0:
             if c.rsp_state == RS_HEAD and c.in_off == c.in_len and c.rsp_first_ns == 0:
@@ -571,7 +659,7 @@ cdef int hc_read(bn_http_thread* t, bn_hconn* c) noexcept nogil:
             if hc_parse(t, c, now) < 0:
                 return -1
             reads += 1
-            if c.in_len < HTTP_IN_BUF_BYTES:
+            if c.in_len < HTTP_IN_BUF_BYTES and (c.ssl == NULL or not SSL_has_pending(c.ssl)):
                 return 0                # a short read: the socket is drained
             continue
         if n == 0:                      # the server closed
@@ -592,12 +680,15 @@ cdef int hc_read(bn_http_thread* t, bn_hconn* c) noexcept nogil:
             bn_count(&t.counters.eintr, 1)
             continue
         if err == EAGAIN:
+            if c.tls_want:
+                hc_update_events(t, c)
             return 0
         if err == ECONNRESET and c.q_len == 0 and c.rsp_state == RS_HEAD:
             bn_count(&t.counters.server_closes, 1)
             hc_close(t, c, END_CLEAN, now)
         else:
-            hc_close(t, c, END_RESET if err == ECONNRESET else END_IO, now)
+            hc_close(t, c, END_RESET if err == ECONNRESET
+                     else END_TLS if err == EPROTO else END_IO, now)
         return -1
     return 0
 
@@ -615,12 +706,15 @@ cdef void http_on_event(bn_http_thread* t, bn_hconn* c, uint32_t events, uint64_
         else:
             hc_connect_failed(t, c, ECONNREFUSED, now)
         return
+    if c.state == HC_HANDSHAKE:
+        hc_handshake(t, c)              # an error or hang-up surfaces in SSL_connect
+        return
     if c.state != HC_OPEN:
         return
-    if events & (EPOLLIN | EPOLLERR | EPOLLHUP):
+    if events & (EPOLLIN | EPOLLERR | EPOLLHUP) or (c.tls_want and events & EPOLLOUT):
         if hc_read(t, c) < 0:
             return
-    if events & EPOLLOUT:
+    if events & EPOLLOUT or (c.ssl != NULL and c.out_off < c.out_len):
         hc_flush(t, c, now)
 
 
@@ -633,6 +727,10 @@ cdef void http_scan(bn_http_thread* t, uint64_t now) noexcept nogil:
         if c.state == HC_CONNECTING:
             if c.connect_start_ns + t.connect_timeout_ns <= now:
                 hc_connect_failed(t, c, ETIMEDOUT, now)
+        elif c.state == HC_HANDSHAKE:
+            if c.tls_start_ns + t.connect_timeout_ns <= now:
+                tls_note_failure(&t.tls, TLSF_TIMEOUT, 0, 0)
+                hc_tls_failed(t, c, TLSF_TIMEOUT, now)
         elif c.state == HC_OPEN:
             if c.q_len and c.q[c.q_head].sent_ns + t.b.timeout_ns <= now:
                 hc_close(t, c, END_TIMEOUT, now)
@@ -757,8 +855,9 @@ cdef bn_http_thread* http_thread_new(uint32_t nconns, uint32_t pipeline,
     t.out_cap = out_cap
     t.conns = <bn_hconn*>calloc(nconns, sizeof(bn_hconn))
     t.status = <uint64_t*>calloc(HTTP_STATUS_MAX, sizeof(uint64_t))
-    # Four histograms: latency (measured, all), time to first byte, connect time.
-    if lg_base_init(&t.b, 4) < 0 or t.conns == NULL or t.status == NULL:
+    # Five histograms: latency (measured, all), time to first byte, connect
+    # time, TLS handshake time.
+    if lg_base_init(&t.b, HTTP_NHISTS) < 0 or t.conns == NULL or t.status == NULL:
         http_thread_free(&t.b)
         return NULL
     for i in range(nconns):
@@ -779,13 +878,13 @@ cdef void http_thread_free(bn_lg_base* b) noexcept nogil:
         return
     if t.conns != NULL:
         for i in range(t.nconns):
-            if t.conns[i].fd >= 0:
-                close(t.conns[i].fd)
+            hc_drop(&t.conns[i], 0)
             free(t.conns[i].q)
             free(t.conns[i].out)
             free(t.conns[i].inb)
         free(t.conns)
     free(t.status)
+    tls_client_free(&t.tls)
     lg_base_free(&t.b)
     free(t)
 cdef class HTTPLoadRun(LoadRun):
@@ -803,7 +902,7 @@ cdef class HTTPLoadRun(LoadRun):
                   double interval_ns=0.0, uint64_t timeout_ns=200000000,
                   uint64_t connect_timeout_ns=1000000000, uint64_t warmup_ns=0,
                   uint64_t duration_ns=1, list quotas=None, list cpus=None,
-                  uint64_t seed=0x9E3779B97F4A7C15):
+                  uint64_t seed=0x9E3779B97F4A7C15, TLSClientContext tls=None):
         cdef int i
         cdef bn_http_thread* t
         if len(requests) != len(close_requests):
@@ -817,7 +916,8 @@ cdef class HTTPLoadRun(LoadRun):
         self.thread_main = http_thread_main
         self.thread_free = http_thread_free
         # Payloads: every key's keep-alive request, then its closing variant.
-        self._setup(len(conn_counts), sizeof(bn_lg_http_counters), 4,
+        self.tls = tls                  # the SSL_CTX outlives the threads' SSL objects
+        self._setup(len(conn_counts), sizeof(bn_lg_http_counters), HTTP_NHISTS,
                     requests + close_requests, len(requests), alias, warmup_ns, duration_ns)
         for i in range(self.nthreads):
             t = http_thread_new(conn_counts[i], pipeline, pipeline * self.longest)
@@ -837,6 +937,8 @@ cdef class HTTPLoadRun(LoadRun):
             t.close_data = self.data + self.nkeys
             t.close_len = self.lens + self.nkeys
             t.counters = <bn_lg_http_counters*>(self.counters_mem + <size_t>i * self.counter_bytes)
+            if tls is not None:
+                tls.attach(&t.tls)
 
     cdef object _counters_dict(self, const uint64_t* sums):
         cdef bn_lg_http_counters total
@@ -844,7 +946,8 @@ cdef class HTTPLoadRun(LoadRun):
         return total
 
     cdef dict _thread_extra(self, bn_lg_base* b):
-        return {"connections": (<bn_http_thread*>b).nconns}
+        cdef bn_http_thread* t = <bn_http_thread*>b
+        return {"connections": t.nconns, **tls_thread_info(&t.tls)}
 
     def status_codes(self):
         """{status: count} of measured responses."""

@@ -1,9 +1,19 @@
 # The table of contents of beastnet.loadgen._native: every cdef class and its fields.
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from beastnet.includes.native cimport bn_threads
+from beastnet.includes.openssl_client cimport SSL_CTX
 
 
 cdef struct bn_lg_base
+cdef struct bn_tls_client
+
+
+cdef class TLSClientContext:
+    cdef SSL_CTX* ctx                   # owned; the threads' SSL objects hold references too
+    cdef bytes sni                      # server name for SNI, b"" = none (IP literal)
+    cdef readonly bint resume           # threads keep and offer the last session
+
+    cdef void attach(self, bn_tls_client* tc) noexcept
 
 
 cdef class LoadRun:
@@ -27,6 +37,7 @@ cdef class LoadRun:
     cdef uint64_t start_ns              # CLOCK_MONOTONIC at start()
     cdef uint64_t warmup_ns
     cdef uint64_t duration_ns
+    cdef TLSClientContext tls           # https:// / wss://: the run's SSL_CTX, None = plain TCP
 
     cdef int _setup(self, int nthreads, size_t counter_bytes, int nhists, list payloads,
                     uint32_t nkeys, alias, uint64_t warmup_ns, uint64_t duration_ns) except -1

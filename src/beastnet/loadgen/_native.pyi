@@ -13,6 +13,14 @@ _Snapshot = tuple[bytes, int, int, int, int]
 def hist_bucket_bounds() -> tuple[list[int], list[int]]: ...
 def hist_index_of(value_ns: int) -> int: ...
 
+class TLSClientContext:
+    resume: bool
+    def __init__(self, host: str, *, cafile: Optional[str] = None, insecure: bool = False,
+                 resume: bool = False, alpn: bool = True,
+                 server_name: Optional[str] = None) -> None: ...
+
+def tls_failure_text(kind: int, verify_result: int, error: int) -> str: ...
+
 class LoadRun:
     def start(self) -> None: ...
     def stop(self, abort: bool = False) -> None: ...
@@ -39,7 +47,8 @@ class HTTPLoadRun(LoadRun):
                  interval_ns: float = 0.0, timeout_ns: int = 200000000,
                  connect_timeout_ns: int = 1000000000, warmup_ns: int = 0,
                  duration_ns: int = 1, quotas: Optional[list[int]] = None,
-                 cpus: Optional[list[int]] = None, seed: int = ...) -> None: ...
+                 cpus: Optional[list[int]] = None, seed: int = ...,
+                 tls: Optional[TLSClientContext] = None) -> None: ...
     def status_codes(self) -> dict[int, int]: ...
 
 class WSLoadRun(LoadRun):
@@ -51,6 +60,7 @@ class WSLoadRun(LoadRun):
                  pong_timeout_ns: int = 5000000000, max_pending: int = 256,
                  read_buffer: int = 65536, warmup_ns: int = 0, duration_ns: int = 1,
                  cpus: Optional[list[int]] = None, seed: int = ...,
+                 tls: Optional[TLSClientContext] = None,
                  probes: Optional[list[bytes]] = None, matches: Optional[list[bytes]] = None,
                  refusal: bytes = b"", probe_timeout_ns: int = 1000000000,
                  deflate: bool = False, ts_path: Optional[list[Any]] = None,

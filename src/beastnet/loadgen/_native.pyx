@@ -9,7 +9,7 @@ import os
 
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from libc.errno cimport (EAGAIN, EBADF, ECONNREFUSED, ECONNRESET, EFAULT, EINPROGRESS, EINTR,
-                         EINVAL, EIO, ENOBUFS, ENOPROTOOPT, ENOTSOCK, EOPNOTSUPP, EPIPE,
+                         EINVAL, EIO, ENOBUFS, ENOPROTOOPT, ENOTSOCK, EOPNOTSUPP, EPIPE, EPROTO,
                          ETIMEDOUT, errno)
 from libc.math cimport log
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
@@ -24,10 +24,12 @@ from beastnet.includes.native cimport (BEASTNET_DEBUG, BN_CACHE_LINE, PLATFORM_I
                                        bn_threads_join, bn_threads_start)
 from beastnet.includes.system cimport *
 from beastnet.loadgen.loadsys cimport *
+from beastnet.includes.openssl_client cimport *
 
 
 include "_hist.pxi"
 include "_run.pxi"
+include "_tls.pxi"
 include "_udp_load.pxi"
 include "_http_load.pxi"
 include "_ws_load.pxi"

@@ -31,6 +31,7 @@ cdef enum:
     LG_HIST_ALL = 1                 # latency of every reply, warm-up included (timeline)
     LG_HIST_TTFB = 2                # HTTP: time to first byte of measured requests
     LG_HIST_CONNECT = 3             # HTTP: connect times after the warm-up
+    LG_HIST_TLS = 4                 # HTTP over TLS: handshake times after the warm-up
 
 
 cdef struct bn_lg_base:

@@ -47,6 +47,10 @@
 # close frame, missed pong) is retried after a full-jitter exponential
 # backoff: a delay drawn uniformly from [0, min(cap, base * 2^attempt)], the
 # attempt count reset by a successful upgrade.
+#
+# wss://: after TCP connects, a non-blocking TLS handshake (state
+# WC_HANDSHAKE, timed apart), then the upgrade as over ws://.  Only the byte
+# transport changes: ws_send / ws_recv go through OpenSSL (see _tls.pxi).
 
 from posix.time cimport CLOCK_REALTIME, clock_gettime, timespec
 
@@ -63,6 +67,7 @@ cdef enum:
     WC_CONNECTING = 1               # non-blocking connect in progress (EPOLLOUT)
     WC_UPGRADING = 2                # upgrade request written, waiting for the 101
     WC_OPEN = 3                     # frames flow
+    WC_HANDSHAKE = 4                # wss://: TCP up, TLS handshake in progress
 
 # Frame opcodes (RFC 6455 5.2).
 cdef enum:
@@ -87,6 +92,11 @@ cdef enum:
     WE_PROTOCOL = 9                 # masked server frame, bad opcode, bad control frame
     WE_HEARTBEAT = 10               # our ping got no pong in time
     WE_IO = 11                      # other read/write errors
+    WE_TLS_VERIFY = 12              # wss://: the certificate did not verify
+    WE_TLS_NOT_TLS = 13             # ... the server answered in something not TLS
+    WE_TLS_HANDSHAKE = 14           # ... alert, protocol error or close in the handshake
+    WE_TLS_TIMEOUT = 15             # ... handshake longer than connect_timeout
+    WE_TLS_PROTOCOL = 16            # ... TLS error after the handshake
 
 # A WebSocket thread's histograms (0 and 1 are the base's latency pair).
 cdef enum:
@@ -95,9 +105,10 @@ cdef enum:
     WS_HIST_BACKOFF = 4             # each drawn reconnect delay
     WS_HIST_OUTAGE = 5              # connection lost to the next 101 (reconnect time)
     WS_HIST_STALL = 6               # each connection's longest stall in the window
-    WS_HIST_PROBE = 7               # request queued to its answer received (probes)
-    WS_HIST_REFUSED = 8             # upgrade request to a refusing answer (not 101)
-    WS_NHISTS = 9
+    WS_HIST_TLS = 7                 # wss://: TCP connected to TLS handshake done
+    WS_HIST_PROBE = 8               # request queued to its answer received (probes)
+    WS_HIST_REFUSED = 9             # upgrade request to a refusing answer (not 101)
+    WS_NHISTS = 10
 
 
 # Per WebSocket thread; written only by its thread (bn_count), read with
@@ -141,6 +152,13 @@ cdef struct bn_lg_ws_counters:
     uint64_t pongs_received
     uint64_t eintr
     uint64_t waits
+    uint64_t tls_handshakes             # wss://: handshakes completed
+    uint64_t tls_resumed                # ... that resumed a session
+    uint64_t err_tls_verify
+    uint64_t err_tls_not_tls
+    uint64_t err_tls_handshake
+    uint64_t err_tls_timeout
+    uint64_t err_tls_protocol
     uint64_t m_probes_sent              # probe requests queued in the window
     uint64_t m_probe_answers            # ... answers matched in the window
     uint64_t m_probe_refused            # ... of which hold the refusal pattern
@@ -163,6 +181,8 @@ WS_COUNTER_NAMES = (
     "err_connect_other", "err_upgrade_refused", "err_upgrade_timeout", "err_reset",
     "err_closed", "close_frames", "err_protocol", "heartbeat_failures", "err_io",
     "pings_received", "pongs_sent", "pings_sent", "pongs_received", "eintr", "waits",
+    "tls_handshakes", "tls_resumed", "err_tls_verify", "err_tls_not_tls", "err_tls_handshake",
+    "err_tls_timeout", "err_tls_protocol",
     "m_probes_sent", "m_probe_answers", "m_probe_refused", "m_probe_timeouts",
     "m_upgrades_refused_timed", "m_upgrade_forbidden", "deflate_negotiated", "deflate_missing",
     "m_compressed", "m_deflated_bytes", "m_inflated_bytes", "m_inflate_ns", "inflate_errors")
@@ -220,6 +240,9 @@ cdef struct bn_wsconn:
     z_stream* z                         # inflate state, allocated at the first negotiation
     char* out                           # out_cap bytes
     char* inb                           # in_cap bytes
+    SSL* ssl                            # wss://: the TLS connection, NULL = plain or not yet
+    uint32_t tls_want                   # epoll event OpenSSL waits for
+    uint64_t tls_start_ns               # TCP connected: the handshake began
 
 cdef struct bn_ws_thread:
     bn_lg_base b                        # first: what every load loop keeps (see _run.pxi)
@@ -264,6 +287,7 @@ cdef struct bn_ws_thread:
     int deflate_offered                 # the upgrade offers permessage-deflate
     uint32_t zcap
     char* zbuf                          # zcap bytes: inflate output (scratch)
+    bn_tls_client tls                   # wss://: the run's SSL_CTX and this thread's session
 
 
 cdef inline uint64_t ws_realtime_ns() noexcept nogil:
@@ -277,8 +301,10 @@ cdef void ws_update_events(bn_ws_thread* t, bn_wsconn* c) noexcept nogil:
     cdef epoll_event ev
     if c.state == WC_CONNECTING:
         want = EPOLLOUT
+    elif c.state == WC_HANDSHAKE:
+        want = c.tls_want
     elif c.state != WC_IDLE:
-        want = EPOLLIN
+        want = EPOLLIN | c.tls_want
         if c.out_off < c.out_len:
             want |= EPOLLOUT
     if want == c.registered or c.fd < 0:
@@ -305,7 +331,7 @@ cdef void ws_close(bn_ws_thread* t, bn_wsconn* c, int how, uint64_t now) noexcep
     cdef uint64_t delay
     cdef uint32_t shift
     cdef bn_lg_ws_counters* k = t.counters
-    if c.state == WC_CONNECTING or c.state == WC_UPGRADING:
+    if c.state == WC_CONNECTING or c.state == WC_UPGRADING or c.state == WC_HANDSHAKE:
         t.pending -= 1
     if c.state == WC_OPEN:
         ws_note_gap(t, c, now)
@@ -330,6 +356,12 @@ cdef void ws_close(bn_ws_thread* t, bn_wsconn* c, int how, uint64_t now) noexcep
         bn_count(&k.heartbeat_failures, 1)
     elif how == WE_IO:
         bn_count(&k.err_io, 1)
+    elif how >= WE_TLS_VERIFY:
+        ws_count_tls_error(k, how)
+    if c.ssl != NULL:
+        tls_free(c.ssl, how < WE_TLS_VERIFY)
+        c.ssl = NULL
+    c.tls_want = 0
     if c.fd >= 0:
         close(c.fd)                     # also leaves the epoll (the fd is not shared)
     c.fd = -1
@@ -358,12 +390,46 @@ cdef void ws_close(bn_ws_thread* t, bn_wsconn* c, int how, uint64_t now) noexcep
     c.retry_ns = now + delay
 
 
+cdef void ws_count_tls_error(bn_lg_ws_counters* k, int how) noexcept nogil:
+    if how == WE_TLS_VERIFY:
+        bn_count(&k.err_tls_verify, 1)
+    elif how == WE_TLS_NOT_TLS:
+        bn_count(&k.err_tls_not_tls, 1)
+    elif how == WE_TLS_TIMEOUT:
+        bn_count(&k.err_tls_timeout, 1)
+    elif how == WE_TLS_PROTOCOL:
+        bn_count(&k.err_tls_protocol, 1)
+    else:
+        bn_count(&k.err_tls_handshake, 1)
+
+
+cdef inline ssize_t ws_send(bn_wsconn* c, const char* p, size_t n) noexcept nogil:
+    """send(), or SSL_write on wss:// (same contract)."""
+    if c.ssl != NULL:
+        return tls_send(c.ssl, p, n)
+    return send(c.fd, p, n, MSG_NOSIGNAL | MSG_DONTWAIT)
+
+
+cdef inline ssize_t ws_recv(bn_wsconn* c, char* p, size_t n) noexcept nogil:
+    """recv(), or SSL_read on wss:// (same contract)."""
+    if c.ssl != NULL:
+        return tls_recv(c.ssl, p, n, &c.tls_want)
+    return recv(c.fd, p, n, MSG_DONTWAIT)
+
+
+cdef int ws_io_end(int err) noexcept nogil:
+    """How a connection ends after a failed read or write with `err`."""
+    if err == EPIPE or err == ECONNRESET:
+        return WE_RESET
+    return WE_TLS_PROTOCOL if err == EPROTO else WE_IO
+
+
 cdef int ws_flush(bn_ws_thread* t, bn_wsconn* c, uint64_t now) noexcept nogil:
     """Write what `c` has queued; 0, or -1 if the connection broke (closed)."""
     cdef ssize_t n
     cdef int err
     while c.out_off < c.out_len:
-        n = send(c.fd, c.out + c.out_off, c.out_len - c.out_off, MSG_NOSIGNAL | MSG_DONTWAIT)
+        n = ws_send(c, c.out + c.out_off, c.out_len - c.out_off)
         if n > 0:
             c.out_off += <uint32_t>n
             bn_count(&t.counters.bytes_out, <uint64_t>n)
@@ -374,7 +440,7 @@ cdef int ws_flush(bn_ws_thread* t, bn_wsconn* c, uint64_t now) noexcept nogil:
             continue
         if n < 0 and err == EAGAIN:
             break                       # EPOLLOUT tells us when to go on
-        ws_close(t, c, WE_RESET if (err == EPIPE or err == ECONNRESET) else WE_IO, now)
+        ws_close(t, c, ws_io_end(err), now)
         return -1
     if c.out_off == c.out_len:
         c.out_off = 0
@@ -453,10 +519,42 @@ cdef void ws_connect(bn_ws_thread* t, bn_wsconn* c, uint64_t now) noexcept nogil
 
 
 cdef void ws_connected(bn_ws_thread* t, bn_wsconn* c, uint64_t now) noexcept nogil:
-    """TCP is up: time it, write the upgrade request."""
+    """TCP is up: time it, then the TLS handshake (wss://) or the upgrade."""
     bn_count(&t.counters.connects, 1)
     hist_record(&t.b.hists[WS_HIST_CONNECT],
                 now - c.connect_start_ns if now > c.connect_start_ns else 0)
+    if t.tls.ctx == NULL:
+        ws_upgrade(t, c, now)
+        return
+    c.ssl = tls_new(&t.tls, c.fd)
+    if c.ssl == NULL:
+        ws_close(t, c, WE_TLS_HANDSHAKE, now)
+        return
+    c.state = WC_HANDSHAKE
+    c.tls_start_ns = now
+    ws_handshake(t, c)
+
+
+cdef void ws_handshake(bn_ws_thread* t, bn_wsconn* c) noexcept nogil:
+    """Advance the TLS handshake; once done, the upgrade follows."""
+    cdef int rc = tls_handshake(&t.tls, c.ssl, &c.tls_want)
+    cdef uint64_t now = bn_now_ns()
+    if rc == 0:
+        ws_update_events(t, c)
+        return
+    if rc < 0:
+        ws_close(t, c, WE_TLS_VERIFY if rc == -TLSF_VERIFY else
+                 WE_TLS_NOT_TLS if rc == -TLSF_NOT_TLS else WE_TLS_HANDSHAKE, now)
+        return
+    bn_count(&t.counters.tls_handshakes, 1)
+    if SSL_session_reused(c.ssl):
+        bn_count(&t.counters.tls_resumed, 1)
+    hist_record(&t.b.hists[WS_HIST_TLS], now - c.tls_start_ns if now > c.tls_start_ns else 0)
+    ws_upgrade(t, c, now)
+
+
+cdef void ws_upgrade(bn_ws_thread* t, bn_wsconn* c, uint64_t now) noexcept nogil:
+    """Write the upgrade request."""
     c.state = WC_UPGRADING
     c.upgrade_start_ns = now
     memcpy(c.out, t.upgrade, t.upgrade_len)
@@ -955,7 +1053,7 @@ cdef void ws_read(bn_ws_thread* t, bn_wsconn* c, uint64_t now) noexcept nogil:
             c.in_len -= c.in_off
             c.in_off = 0
         room = t.in_cap - c.in_len
-        n = recv(c.fd, c.inb + c.in_len, room, MSG_DONTWAIT)
+        n = ws_recv(c, c.inb + c.in_len, room)
         if n > 0:
             bn_count(&t.counters.bytes_in, <uint64_t>n)
             t.rt_ns = ws_realtime_ns()
@@ -968,7 +1066,7 @@ cdef void ws_read(bn_ws_thread* t, bn_wsconn* c, uint64_t now) noexcept nogil:
             c.last_data_ns = now
             if ws_parse(t, c, now) < 0:
                 return
-            if <size_t>n < room:
+            if <size_t>n < room and (c.ssl == NULL or not SSL_has_pending(c.ssl)):
                 return                  # the socket is drained
             continue
         err = errno
@@ -979,8 +1077,10 @@ cdef void ws_read(bn_ws_thread* t, bn_wsconn* c, uint64_t now) noexcept nogil:
             bn_count(&t.counters.eintr, 1)
             continue
         if err == EAGAIN:
+            if c.tls_want:
+                ws_update_events(t, c)
             return
-        ws_close(t, c, WE_RESET if err == ECONNRESET else WE_IO, now)
+        ws_close(t, c, ws_io_end(err), now)
         return
 
 
@@ -997,7 +1097,10 @@ cdef void ws_on_event(bn_ws_thread* t, bn_wsconn* c, uint32_t events, uint64_t n
         elif events & (EPOLLOUT | EPOLLERR | EPOLLHUP):
             ws_connected(t, c, now)
         return
-    if events & (EPOLLIN | EPOLLERR | EPOLLHUP):
+    if c.state == WC_HANDSHAKE:
+        ws_handshake(t, c)              # an error or hang-up surfaces in SSL_connect
+        return
+    if events & (EPOLLIN | EPOLLERR | EPOLLHUP) or (c.tls_want and events & EPOLLOUT):
         ws_read(t, c, now)
     if c.fd >= 0 and events & EPOLLOUT:
         ws_flush(t, c, now)
@@ -1020,6 +1123,10 @@ cdef void ws_tick(bn_ws_thread* t, uint64_t now) noexcept nogil:
         elif c.state == WC_UPGRADING:
             if now - c.upgrade_start_ns > t.connect_timeout_ns:
                 ws_close(t, c, WE_UPGRADE_TIMEOUT, now)
+        elif c.state == WC_HANDSHAKE:
+            if now - c.tls_start_ns > t.connect_timeout_ns:
+                tls_note_failure(&t.tls, TLSF_TIMEOUT, 0, 0)
+                ws_close(t, c, WE_TLS_TIMEOUT, now)
         elif c.probe_sent_ns and rt > c.probe_sent_ns + t.probe_timeout_ns:
             if t.measuring:
                 bn_count(&t.counters.m_probe_timeouts, 1)
@@ -1124,6 +1231,7 @@ cdef void ws_thread_free(bn_lg_base* b) noexcept nogil:
         return
     if t.conns != NULL:
         for i in range(t.nconns):
+            tls_free(t.conns[i].ssl, 0)
             if t.conns[i].fd >= 0:
                 close(t.conns[i].fd)
             free(t.conns[i].out)
@@ -1133,6 +1241,7 @@ cdef void ws_thread_free(bn_lg_base* b) noexcept nogil:
                 free(t.conns[i].z)
         free(t.conns)
     free(t.zbuf)
+    tls_client_free(&t.tls)
     lg_base_free(&t.b)
     free(t)
 
@@ -1190,7 +1299,8 @@ cdef class WSLoadRun(LoadRun):
                   uint64_t ping_interval_ns=0, uint64_t pong_timeout_ns=5000000000,
                   unsigned int max_pending=256, unsigned int read_buffer=65536,
                   uint64_t warmup_ns=0, uint64_t duration_ns=1, list cpus=None,
-                  uint64_t seed=0x9E3779B97F4A7C15, list probes=None, list matches=None,
+                  uint64_t seed=0x9E3779B97F4A7C15, TLSClientContext tls=None,
+                  list probes=None, list matches=None,
                   bytes refusal=b"", uint64_t probe_timeout_ns=1000000000, bint deflate=False,
                   list ts_path=None, list seq_path=None):
         cdef int i
@@ -1214,6 +1324,7 @@ cdef class WSLoadRun(LoadRun):
             raise ValueError("one answer pattern per probe step")
         self.thread_main = ws_thread_main
         self.thread_free = ws_thread_free
+        self.tls = tls                  # the SSL_CTX outlives the threads' SSL objects
         # Payloads: the upgrade request, then every connection's subscribe
         # messages back to back (connection i's start at firsts[i]).
         for subs in conn_subs:
@@ -1266,6 +1377,8 @@ cdef class WSLoadRun(LoadRun):
             t.pong_timeout_ns = pong_timeout_ns
             t.max_pending = max_pending if max_pending else 1
             t.counters = <bn_lg_ws_counters*>(self.counters_mem + <size_t>i * self.counter_bytes)
+            if tls is not None:
+                tls.attach(&t.tls)
             for j in range(<uint32_t>conn_counts[i]):
                 k = first + j
                 t.conns[j].sub_first = firsts[k]
@@ -1276,7 +1389,8 @@ cdef class WSLoadRun(LoadRun):
         return {name: sums[i] for i, name in enumerate(WS_COUNTER_NAMES)}
 
     cdef dict _thread_extra(self, bn_lg_base* b):
-        return {"connections": (<bn_ws_thread*>b).nconns}
+        cdef bn_ws_thread* t = <bn_ws_thread*>b
+        return {"connections": t.nconns, **tls_thread_info(&t.tls)}
 
     def longest_stalls_ns(self):
         """Each connection's longest stall in the measured window (after the join)."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar, Optional, Sequence, TypeVar
@@ -190,6 +191,12 @@ class HTTPLoadConfig(LoadConfig):
     the server keeps them; ``"close"`` opens a new connection per request (the
     latency then includes the connect); an integer N sends N requests per
     connection, the last with ``Connection: close``.
+
+    ``tls`` (an ``https://`` target): every connection speaks TLS, with SNI
+    and ALPN ``http/1.1``.  The certificate is verified against the system's
+    trust store (or ``cacert``, a PEM file) for ``host`` unless ``insecure``;
+    ``tls_resume`` offers the last session the server issued on each new
+    connection.
     """
 
     port: int = 8080
@@ -201,6 +208,10 @@ class HTTPLoadConfig(LoadConfig):
     headers: Sequence[str] = ()
     host_header: Optional[str] = None
     connect_timeout_ms: float = 1000
+    tls: bool = False
+    insecure: bool = False
+    cacert: Optional[str] = None
+    tls_resume: bool = False
 
     mode: ClassVar[str] = "http"
     COUNT_LIMITS: ClassVar[dict[str, Optional[int]]] = {
@@ -217,6 +228,7 @@ class HTTPLoadConfig(LoadConfig):
                 _bad(f"header {h!r}: expected 'Name: value'")
         if not _positive(self.connect_timeout_ms):
             _bad(f"connect_timeout_ms must be > 0, got {self.connect_timeout_ms!r}")
+        check_tls_settings(self)
 
     def requests_per_connection(self) -> int:
         """0 = keep-alive, 1 = a new connection per request, N = N per connection."""
@@ -247,6 +259,18 @@ class HTTPLoadConfig(LoadConfig):
             conns = _largest_divisor(concurrency, self.connections)
             return {"connections": conns, "pipeline": concurrency // conns}
         return {"connections": concurrency, "pipeline": 1}
+
+
+def check_tls_settings(cfg: Any) -> None:
+    """The TLS settings an HTTP or WebSocket config shares: the CA file
+    exists, and no TLS option without TLS."""
+    if cfg.cacert is not None:
+        if cfg.insecure:
+            _bad("--cacert and --insecure contradict each other")
+        if not os.path.isfile(cfg.cacert) or not os.access(cfg.cacert, os.R_OK):
+            _bad(f"--cacert {cfg.cacert}: no such readable file")
+    if not cfg.tls and (cfg.insecure or cfg.cacert is not None or cfg.tls_resume):
+        _bad("--insecure, --cacert and --tls-resume need an https:// or wss:// target")
 
 
 def udp_level_config(base: UDPLoadConfig, requests: int, concurrency: int,

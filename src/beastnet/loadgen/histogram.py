@@ -10,11 +10,17 @@ from __future__ import annotations
 
 import base64
 import math
+import os
 import struct
 import zlib
 from typing import Any, Optional
 
-import numpy as np
+# NumPy's OpenBLAS starts a thread per CPU whose idle spinning shows in the
+# generator's own CPU figures; the histograms need no BLAS.  Unless the user
+# chose otherwise, one thread (none extra).
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402  (after the line above)
 
 from beastnet.loadgen import _native
 

@@ -25,7 +25,7 @@ import time
 from typing import Any, Optional, Sequence
 
 from beastnet.loadgen.report import (_count, _ms, latency_rows, outcome_rows, run_title,
-                                     svg_chart)
+                                     setup_parts, svg_chart, tls_line)
 
 __all__ = ["compare_page", "compare_pairs", "compare_rows", "nines_points", "report_page",
            "svg_xy"]
@@ -386,15 +386,17 @@ def http_breakdown(r: dict) -> str:
     names = ["p50", "p90", "p99", "max"]
     lat = r["latency_ns"]
     parts = [("total", {k: None if lat.get(k) is None else lat[k] / 1e6 for k in names})]
-    for label, key in (("connect", "connect_ms"), ("first byte", "ttfb_ms")):
-        part = extra.get(key) or {}
-        if part.get("count"):
-            parts.append((label, {k: part.get(k) for k in names}))
-    chart = svg_chart("HTTP: connect, first byte, total", names,
+    for label, part in setup_parts(extra):
+        parts.append((label, {k: part.get(k) for k in names}))
+    chart = svg_chart("HTTP: connect, TLS, first byte, total" if extra.get("tls")
+                      else "HTTP: connect, first byte, total", names,
                       [(label, [vals.get(k) for k in names]) for label, vals in parts],
                       "ms", log_y=True, bars=True)
     note = ("" if len(parts) > 2 else
             "<p>Connect time is shown only where it was measured (after the warm-up).</p>")
+    tls = tls_line(extra)
+    if tls:
+        note += f"<p>{_e(tls.strip())}</p>"
     return (f"<section><h2>HTTP breakdown</h2>{html_table(rows[1:], rows[0])}{note}"
             f'<div class="charts">{chart}</div></section>')
 

@@ -7,7 +7,7 @@ import socket
 import struct
 from typing import Any, Optional
 
-from beastnet.errors import LoadError
+from beastnet.errors import LoadError, LoadTLSError
 from beastnet.loadgen import _native
 from beastnet.loadgen._driver import (Drive, ProgressCallback, StopWhen, ensure_fd_limit,
                                       native_args, resolve, split)
@@ -16,6 +16,9 @@ from beastnet.loadgen.histogram import Histogram
 from beastnet.loadgen.result import LoadResult
 
 __all__ = ["run_http_load"]
+
+# The handshake-time histogram of an HTTP run (LG_HIST_TLS in _run.pxi).
+HIST_TLS = 4
 
 
 def _http_sockaddr(host: str, port: int) -> tuple[int, bytes, str]:
@@ -37,7 +40,7 @@ def _http_sockaddr(host: str, port: int) -> tuple[int, bytes, str]:
 def _http_requests(cfg: HTTPLoadConfig) -> tuple[list[bytes], list[bytes]]:
     """Every key's request, pre-built once: keep-alive and closing variants."""
     host = cfg.host_header or (f"[{cfg.host}]" if ":" in cfg.host else cfg.host)
-    if cfg.host_header is None and cfg.port != 80:
+    if cfg.host_header is None and cfg.port != (443 if cfg.tls else 80):
         host = f"{host}:{cfg.port}"
     head = [f"Host: {host}"]
     if cfg.api_key is not None:
@@ -87,14 +90,15 @@ def run_http_load(cfg: HTTPLoadConfig, progress: Optional[ProgressCallback] = No
     run = _native.HTTPLoadRun(
         sockaddr, family, counts, keep, close, pipeline=cfg.pipeline, per_conn=per_conn,
         connect_timeout_ns=int(cfg.connect_timeout_ms * 1e6), quotas=quotas,
-        **native_args(cfg, threads))
+        tls=tls_context(cfg), **native_args(cfg, threads))
     drive = Drive(run, cfg, progress, stop_when)
     c = run.counters()
     kinds = {"connect_refused": c["err_connect_refused"],
              "connect_timeout": c["err_connect_timeout"],
              "connect_other": c["err_connect_other"], "reset": c["err_reset"],
              "closed": c["err_closed"], "closed_mid_response": c["err_closed_mid_response"],
-             "parse": c["err_parse"], "too_large": c["err_too_large"], "io": c["err_io"]}
+             "parse": c["err_parse"], "too_large": c["err_too_large"], "io": c["err_io"],
+             **tls_error_kinds(c)}
     sent = c["m_sent"]
     extra = {
         "threads": threads,
@@ -110,5 +114,65 @@ def run_http_load(cfg: HTTPLoadConfig, progress: Optional[ProgressCallback] = No
         "bytes_out": c["bytes_out"],
         "bytes_in": c["bytes_in"],
     }
-    return drive.result(cfg, c, kinds, extra, failed=c["m_failed"],
-                        status_codes=run.status_codes())
+    result = drive.result(cfg, c, kinds, extra, failed=c["m_failed"],
+                          status_codes=run.status_codes())
+    if cfg.tls:
+        tls = tls_summary(run, c, result.duration_s, HIST_TLS)
+        extra["tls"] = tls
+        check_tls_failure(cfg, "https", result.received, tls)
+    return result
+
+
+def tls_context(cfg: Any) -> Optional[_native.TLSClientContext]:
+    """The run's TLS client context (None over plain TCP); a bad --cacert
+    is a `LoadError`."""
+    if not cfg.tls:
+        return None
+    try:
+        return _native.TLSClientContext(cfg.host, cafile=cfg.cacert, insecure=cfg.insecure,
+                                        resume=cfg.tls_resume)
+    except ValueError as exc:
+        raise LoadError(str(exc)) from None
+
+
+def tls_error_kinds(c: dict) -> dict[str, int]:
+    """The TLS error counters by kind, as ``errors_by_kind`` names them."""
+    return {"tls_verify": c["err_tls_verify"], "tls_not_tls": c["err_tls_not_tls"],
+            "tls_handshake": c["err_tls_handshake"], "tls_timeout": c["err_tls_timeout"],
+            "tls_protocol": c["err_tls_protocol"]}
+
+
+def tls_summary(run: Any, c: dict, duration_s: float, hist: int) -> dict[str, Any]:
+    """What the report shows of TLS: version and cipher, handshakes (and
+    per second), resumed sessions, handshake time, the first failure."""
+    info = run.thread_info()
+    none: dict[str, Any] = {}
+    first = next((t for t in info if t.get("tls_version")), none)
+    failed = next((t for t in info if t.get("tls_fail_kind")), none)
+    return {
+        "version": first.get("tls_version"),
+        "cipher": first.get("tls_cipher"),
+        "handshakes": c["tls_handshakes"],
+        "resumed": c["tls_resumed"],
+        "handshakes_per_s": c["tls_handshakes"] / duration_s if duration_s > 0 else 0.0,
+        "handshake_ms": _summary_ms(Histogram.from_native(run.histogram(hist))),
+        "first_failure": failed.get("tls_failure") or None,
+        "first_failure_kind": failed.get("tls_fail_kind", 0),
+    }
+
+
+# TLSF_VERIFY in _tls.pxi: the failure a --cacert or --insecure answers.
+_TLSF_VERIFY = 1
+
+
+def check_tls_failure(cfg: Any, scheme: str, answered: int, tls: dict[str, Any]) -> None:
+    """Raise `LoadTLSError` with one line when no TLS connection ever
+    worked (nothing answered and a handshake failed)."""
+    if answered or not tls["first_failure"]:
+        return
+    host = f"[{cfg.host}]" if ":" in cfg.host else cfg.host
+    target = f"{scheme}://{host}:{cfg.port}"
+    if tls["first_failure_kind"] == _TLSF_VERIFY:
+        raise LoadTLSError(f"TLS certificate verification failed for {target}: "
+                           f"{tls['first_failure']} (use --cacert FILE or --insecure)")
+    raise LoadTLSError(f"TLS failed for {target}: {tls['first_failure']}")

@@ -92,6 +92,15 @@ typedef struct bn_lg_http_counters {
     uint64_t bytes_in;                      /* response bytes read */
     uint64_t eintr;                         /* syscalls interrupted and retried */
     uint64_t waits;                         /* times the thread slept in epoll */
+    /* https:// only.  A failed handshake is one incident; the connection
+     * is retried after the connect back-off. */
+    uint64_t tls_handshakes;                /* handshakes completed after the warm-up */
+    uint64_t tls_resumed;                   /* ... that resumed a session (--tls-resume) */
+    uint64_t err_tls_verify;                /* the server's certificate did not verify */
+    uint64_t err_tls_not_tls;               /* the server answered the ClientHello in something not TLS */
+    uint64_t err_tls_handshake;             /* alerts, protocol errors, closes during the handshake */
+    uint64_t err_tls_timeout;               /* handshake longer than connect_timeout */
+    uint64_t err_tls_protocol;              /* TLS errors after the handshake (bad record, alert) */
 } __attribute__((aligned(BN_CACHE_LINE))) bn_lg_http_counters;
 
 static inline uint64_t bn_now_ns(void)
@@ -176,6 +185,9 @@ static inline ssize_t bn_send_gso(int fd, struct iovec *iov, size_t iovcnt, uint
     memcpy(CMSG_DATA(cm), &seg_bytes, sizeof(uint16_t));
     return sendmsg(fd, &msg, MSG_DONTWAIT);
 }
+
+/* Set errno: the TLS shims report failures the way send/recv do. */
+static inline void bn_set_errno(int e) { errno = e; }
 
 /* xorshift64*: a fast per-thread generator for key choice and Poisson gaps. */
 static inline uint64_t bn_rand_u64(uint64_t *state)

@@ -62,6 +62,13 @@ cdef extern from "loadgen.h" nogil:
         uint64_t bytes_in
         uint64_t eintr
         uint64_t waits
+        uint64_t tls_handshakes
+        uint64_t tls_resumed
+        uint64_t err_tls_verify
+        uint64_t err_tls_not_tls
+        uint64_t err_tls_handshake
+        uint64_t err_tls_timeout
+        uint64_t err_tls_protocol
 
     uint64_t bn_now_ns()
     uint64_t bn_thread_cpu_ns()
@@ -69,6 +76,7 @@ cdef extern from "loadgen.h" nogil:
     int bn_epoll_wait_ns(int epfd, epoll_event* events, int maxevents, uint64_t timeout_ns)
     int bn_hex_u64(char* out, uint64_t v)
     uint64_t bn_rand_u64(uint64_t* state)
+    void bn_set_errno(int e)
     void bn_hex_u64_width(char* out, uint64_t v, int width)
     ssize_t bn_send_gso(int fd, iovec* iov, size_t iovcnt, uint16_t seg_bytes)
     enum:

@@ -120,9 +120,11 @@ def run_title(d: dict) -> str:
     loop = f"{loop}-loop" if loop and "loop" not in loop else loop
     target = f"{cfg.get('host', '?')}:{cfg.get('port', '?')}"
     if d.get("mode") == "http":
-        target = f"http://{target}{cfg.get('path_prefix', '')}"
+        scheme = "https" if cfg.get("tls") else "http"
+        target = f"{scheme}://{target}{cfg.get('path_prefix', '')}"
     elif d.get("mode") == "ws":
-        target = f"ws://{target}{cfg.get('path', '')}"
+        scheme = "wss" if cfg.get("tls") else "ws"
+        target = f"{scheme}://{target}{cfg.get('path', '')}"
         loop = ""                       # the server pushes: no loop of requests
     return f"{str(d.get('mode', '')).upper()} {loop} load against {target}".replace("  ", " ")
 
@@ -160,13 +162,32 @@ def latency_rows(d: dict) -> list[list[str]]:
     lat = d["latency_ns"]
     names = list(lat)
     rows = [["total"] + [_ms(lat[k]) for k in names]]
-    extra = d.get("extra", {})
-    for label, key in (("connect", "connect_ms"), ("first byte", "ttfb_ms")):
-        part = extra.get(key)
-        if part and part.get("count"):
-            rows.append([label] + [_ms(None if part.get(k) is None else part[k] * 1e6)
-                                   for k in names])
+    for label, part in setup_parts(d.get("extra", {})):
+        rows.append([label] + [_ms(None if part.get(k) is None else part[k] * 1e6)
+                               for k in names])
     return [["ms"] + names] + rows
+
+
+def setup_parts(extra: dict) -> list[tuple[str, dict]]:
+    """(label, summary in ms) of the HTTP set-up figures that were measured:
+    TCP connect, TLS handshake (https://), time to first byte."""
+    parts = [("connect", extra.get("connect_ms")),
+             ("TLS handshake", (extra.get("tls") or {}).get("handshake_ms")),
+             ("first byte", extra.get("ttfb_ms"))]
+    return [(label, part) for label, part in parts if part and part.get("count")]
+
+
+def tls_line(extra: dict) -> Optional[str]:
+    """One line of what TLS negotiated and how often (None over plain TCP)."""
+    tls = extra.get("tls")
+    if not tls:
+        return None
+    line = (f"  TLS {tls.get('version') or '-'} {tls.get('cipher') or '-'}   "
+            f"{tls['handshakes']:,} handshakes ({tls['handshakes_per_s']:,.0f}/s), "
+            f"{tls['resumed']:,} resumed")
+    if tls.get("first_failure"):
+        line += f"   first failure: {tls['first_failure']}"
+    return line
 
 
 def format_result(d: dict, extra_percentiles: Sequence[float] = ()) -> str:
@@ -182,7 +203,11 @@ def format_result(d: dict, extra_percentiles: Sequence[float] = ()) -> str:
     if extra.get("reuse_rate") is not None:
         rate.append(f"connection reuse {extra['reuse_rate']:.1%}, "
                     f"{extra.get('reconnects', 0):,} reconnects")
-    lines += ["", "   ".join(rate), ""]
+    lines += ["", "   ".join(rate)]
+    tls = tls_line(extra)
+    if tls:
+        lines.append(tls)
+    lines.append("")
     lat = latency_rows(d)
     lines.append(text_table(lat[1:], lat[0]))
     more = d.get("extra_percentiles") or {}

@@ -14,7 +14,8 @@ from beastnet.loadgen import _native
 from beastnet.loadgen._driver import (Drive, ProgressCallback, StopWhen, ensure_fd_limit,
                                       native_args)
 from beastnet.loadgen.histogram import Histogram
-from beastnet.loadgen.http import _http_sockaddr, _summary_ms
+from beastnet.loadgen.http import (_http_sockaddr, _summary_ms, check_tls_failure, tls_context,
+                                   tls_summary)
 from beastnet.loadgen.result import LoadResult
 from beastnet.loadgen.ws_config import CLOCK_RULE, TS_UNITS, WSLoadConfig, json_path
 
@@ -23,8 +24,8 @@ __all__ = ["run_ws_load"]
 _WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 # Histograms of a WebSocket run, as _ws_load.pxi numbers them.
-HIST_UPGRADE, HIST_CONNECT, HIST_BACKOFF, HIST_OUTAGE, HIST_STALL = 2, 3, 4, 5, 6
-HIST_PROBE, HIST_REFUSED = 7, 8
+HIST_UPGRADE, HIST_CONNECT, HIST_BACKOFF, HIST_OUTAGE, HIST_STALL, HIST_TLS = 2, 3, 4, 5, 6, 7
+HIST_PROBE, HIST_REFUSED = 8, 9
 
 
 def _upgrade_request(cfg: WSLoadConfig) -> tuple[bytes, bytes]:
@@ -33,7 +34,7 @@ def _upgrade_request(cfg: WSLoadConfig) -> tuple[bytes, bytes]:
     key = base64.b64encode(os.urandom(16))
     accept = base64.b64encode(hashlib.sha1(key + _WS_GUID).digest())
     host = cfg.host_header or (f"[{cfg.host}]" if ":" in cfg.host else cfg.host)
-    if cfg.host_header is None and cfg.port != 80:
+    if cfg.host_header is None and cfg.port != (443 if cfg.tls else 80):
         host = f"{host}:{cfg.port}"
     head = [f"GET {cfg.path} HTTP/1.1", f"Host: {host}", "Upgrade: websocket",
             "Connection: Upgrade", f"Sec-WebSocket-Key: {key.decode()}",
@@ -105,6 +106,7 @@ def run_ws_load(cfg: WSLoadConfig, progress: Optional[ProgressCallback] = None,
         pong_timeout_ns=int(cfg.pong_timeout_ms * 1e6), max_pending=cfg.max_pending,
         read_buffer=cfg.read_buffer, warmup_ns=args["warmup_ns"],
         duration_ns=args["duration_ns"], cpus=args["cpus"], seed=args["seed"],
+        tls=tls_context(cfg),
         probes=[m.encode() for m in cfg.probe_messages],
         matches=[a.encode() for a in cfg.probe_answers] or None,
         refusal=cfg.refusal_pattern.encode(),
@@ -176,4 +178,8 @@ def run_ws_load(cfg: WSLoadConfig, progress: Optional[ProgressCallback] = None,
     extra["messages_per_s"] = result.received / span if span > 0 else 0.0
     extra["bytes_per_s"] = c["m_bytes"] / span if span > 0 else 0.0
     extra["probe_answers_per_s"] = c["m_probe_answers"] / span if span > 0 else 0.0
+    if cfg.tls:
+        tls = tls_summary(run, c, span, HIST_TLS)
+        extra["tls"] = tls
+        check_tls_failure(cfg, "wss", c["upgrades"], tls)
     return result

@@ -13,7 +13,7 @@ from typing import Any, ClassVar, Optional, Sequence
 import orjson
 
 from beastnet.errors import LoadConfigError
-from beastnet.loadgen.config import LoadConfig
+from beastnet.loadgen.config import LoadConfig, check_tls_settings
 
 __all__ = ["TS_UNITS", "WSLoadConfig", "json_path"]
 
@@ -74,7 +74,8 @@ class WSLoadConfig(LoadConfig):
     Latency comes from the number after ``"<ts_key>":`` in ``ts_unit``
     (CLOCK_REALTIME on both sides), gaps from ``"<seq_key>":`` per
     connection; either may be a JSON path instead (``data.ts``,
-    ``$.data[0].ts``: see `json_path`).  A lost connection is retried after a full-jitter delay in
+    ``$.data[0].ts``: see `json_path`).  ``tls``: ``wss://``, with the settings
+    `HTTPLoadConfig` describes.  A lost connection is retried after a full-jitter delay in
     [0, min(backoff_cap_ms, backoff_base_ms * 2^attempt)].
 
     Probes: with ``probe_messages``, each connection sends them in turn after
@@ -111,6 +112,10 @@ class WSLoadConfig(LoadConfig):
     refusal_pattern: str = ""
     probe_timeout_ms: float = 1000
     deflate: bool = False
+    tls: bool = False
+    insecure: bool = False
+    cacert: Optional[str] = None
+    tls_resume: bool = False
 
     mode: ClassVar[str] = "ws"
     COUNT_LIMITS: ClassVar[dict[str, Optional[int]]] = {
@@ -161,6 +166,7 @@ class WSLoadConfig(LoadConfig):
         for h in self.headers:
             if ":" not in h or "\n" in h or "\r" in h:
                 _bad(f"header {h!r}: expected 'Name: value'")
+        check_tls_settings(self)
 
     def connection_symbols(self) -> list[list[str]]:
         """The symbols of each connection."""
