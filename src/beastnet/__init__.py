@@ -10,9 +10,9 @@ handlers run on, which several servers may share; `run_udp_load` /
 from beastnet._core import APIKeyTable, Entry, ResponseTable
 from beastnet.control import Answer, ControlPlane, MissRequest, is_loopback_client
 from beastnet.errors import (BeastnetError, HandlerError, InvalidKeyError, ServerError,
-                             TableFullError)
+                             TableFullError, TLSConfigError)
 from beastnet.server import UDPServer
-from beastnet.http_server import HTTPServer, WebSocketOptions
+from beastnet.http_server import HTTPServer, TLSConfig, WebSocketOptions
 
 __version__ = "0.1.0"
 
@@ -47,6 +47,8 @@ __all__ = [
     "ResponseTable",
     "ServerError",
     "TableFullError",
+    "TLSConfig",
+    "TLSConfigError",
     "UDPLoadConfig",
     "UDPServer",
     "WebSocketOptions",

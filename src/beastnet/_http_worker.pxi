@@ -81,6 +81,9 @@ cdef struct bn_hworker:
     uint32_t route_lens[HTTP_ROUTES_MAX]
     char routes[HTTP_ROUTES_MAX][HTTP_PREFIX_MAX_BYTES]
     int linger_fd[HTTP_LINGER_SLOTS]    # refused at max_connections: read until EOF, -1 = free
+    void** tls_ctx_ref                  # &engine.tls_ctx (an SSL_CTX*, loaded at accept), NULL = plain TCP
+    int64_t tls_handshake_timeout_ns    # a TLS handshake must finish within this
+    char* tls_stage                     # TLS_RECORD_BYTES: a flush's pieces coalesced into one record
     int64_t linger_until_ns[HTTP_LINGER_SLOTS]
 
 
@@ -174,7 +177,7 @@ cdef void conn_set_events(bn_hworker* w, bn_conn* c) noexcept nogil:
     while output is pending.  epoll_ctl only when the interest changes."""
     cdef uint32_t want = 0
     cdef epoll_event ev
-    if conn_out_pending(c):
+    if conn_out_pending(c) or (c.flags & CONN_TLS_READ_WANTS_WRITE):
         want |= EPOLLOUT
     if not (c.flags & (CONN_WAITING | CONN_CLOSE_AFTER | CONN_EOF)):
         if not conn_out_full(w, c):
@@ -226,32 +229,28 @@ cdef void conn_on_readable(bn_hworker* w, bn_conn* c) noexcept nogil:
     cdef char* grown
     cdef size_t room
     cdef ssize_t n
-    cdef int err
+    # Under TLS a read offers room for a whole record (see _tls.pxi).
+    cdef size_t least = HTTP_READ_MIN_BYTES if c.ssl == NULL else TLS_RECORD_BYTES
     if c.inb == NULL:
         buf = w.scratch
         room = HTTP_SCRATCH_BYTES
     else:
-        if c.in_cap - c.in_len < HTTP_READ_MIN_BYTES:
-            grown = <char*>realloc(c.inb, c.in_len + HTTP_READ_MIN_BYTES)
+        if c.in_cap - c.in_len < least:
+            grown = <char*>realloc(c.inb, c.in_len + least)
             if grown == NULL:
                 bn_count(&w.counters.oom_closes, 1)
                 conn_close(w, c)
                 return
             c.inb = grown
-            c.in_cap = c.in_len + HTTP_READ_MIN_BYTES
+            c.in_cap = c.in_len + least
         buf = c.inb + c.in_len
         room = c.in_cap - c.in_len
-    while True:
-        n = recv(c.fd, buf, room, 0)
-        if n >= 0:
-            break
-        err = errno
-        if err == EINTR:
-            bn_count(&w.counters.eintr, 1)
-            continue
-        if err == EAGAIN:
-            return
-        conn_io_error(w, c, err)
+    n = conn_recv(w, c, buf, room)
+    if n == -2:
+        if c.flags & CONN_TLS_READ_WANTS_WRITE:
+            conn_set_events(w, c)
+        return
+    if n < 0:
         conn_close(w, c)
         return
     if n == 0:
@@ -271,6 +270,10 @@ cdef void conn_on_readable(bn_hworker* w, bn_conn* c) noexcept nogil:
 
 cdef void conn_on_writable(bn_hworker* w, bn_conn* c) noexcept nogil:
     cdef int was_paused = conn_out_full(w, c)
+    if c.flags & CONN_TLS_READ_WANTS_WRITE:
+        c.flags &= ~CONN_TLS_READ_WANTS_WRITE
+        conn_on_readable(w, c)          # the read that waited for the socket to drain
+        return
     if conn_send_out(w, c) < 0:
         conn_close(w, c)
         return
@@ -397,6 +400,9 @@ cdef void http_worker_accept(bn_hworker* w) noexcept nogil:
         w.active += 1
         bn_count(&w.counters.accepted, 1)
         bn_store_u64(&w.counters.active, w.active)
+        if w.tls_ctx_ref != NULL and tls_conn_new(w, c) < 0:
+            conn_close(w, c)
+            continue
         if epoll_ctl(w.epfd, EPOLL_CTL_ADD, fd, &ev) < 0:
             bn_count(&w.counters.io_errors, 1)
             conn_close(w, c)
@@ -484,6 +490,12 @@ cdef void http_worker_tick(bn_hworker* w) noexcept nogil:
         c = &w.conns[i]
         if c.fd < 0 or c.ws != NULL:    # WebSocket connections: ws_check_stalls below
             continue
+        if c.flags & CONN_TLS_HANDSHAKE:
+            if w.draining:
+                conn_close(w, c)
+            elif now - c.head_start_ns > w.tls_handshake_timeout_ns:
+                http_worker_timeout(w, c, &w.counters.tls_handshake_timeouts)
+            continue
         if conn_out_pending(c):
             if now - c.win_start_ns >= w.write_timeout_ns:
                 http_worker_write_window(w, c)
@@ -565,6 +577,9 @@ cdef void http_worker_on_event(bn_hworker* w, epoll_event* ev) noexcept nogil:
         return                          # closed earlier in this batch
     if c.ws != NULL:
         ws_conn_on_event(w, c, events)
+        return
+    if c.flags & CONN_TLS_HANDSHAKE:
+        tls_on_handshake_event(w, c)
         return
     if events & EPOLLOUT:
         conn_on_writable(w, c)
@@ -652,6 +667,11 @@ cdef void http_worker_free(bn_hworker* w) noexcept nogil:
         for i in range(w.high_water):
             if w.conns[i].fd >= 0:      # a worker that never ran still owns nothing; be safe
                 close(w.conns[i].fd)
+            if w.conns[i].ssl != NULL:
+                openssl.SSL_free(w.conns[i].ssl)
+                w.conns[i].ssl = NULL
+            free(w.conns[i].tls_pend)
+            w.conns[i].tls_pend = NULL
             free(w.conns[i].inb)
             conn_outq_free(w, &w.conns[i])
     r = <bn_hreply*>bn_xchg_ptr(&w.replies, NULL)
@@ -671,6 +691,7 @@ cdef void http_worker_free(bn_hworker* w) noexcept nogil:
     free(w.iov_kind)
     free(w.iov_entry)
     free(w.events)
+    free(w.tls_stage)
     free(w)
 
 
@@ -731,7 +752,8 @@ cdef class HTTPEngine(NativeEngine):
                   ResponseTable ws_topics=None, unsigned int ws_max_subscriptions=0,
                   size_t ws_max_frame_bytes=65536, size_t ws_max_message_bytes=65536,
                   double ws_stall_timeout_s=10.0, unsigned int ws_max_symbols=1024,
-                  route_paths=(), size_t max_copied_output_bytes=268435456):
+                  route_paths=(), size_t max_copied_output_bytes=268435456,
+                  TLSContext tls=None, double tls_handshake_timeout_s=10.0):
         cdef int i
         cdef int n = len(fds)
         cdef bytes raw_prefix = prefix.encode("ascii")
@@ -750,7 +772,8 @@ cdef class HTTPEngine(NativeEngine):
             raise ValueError("max_target_bytes must be 16..max_header_bytes")
         if max_connections < <unsigned int>n:
             raise ValueError("max_connections must be at least one per worker")
-        if header_timeout_s <= 0 or idle_timeout_s <= 0 or write_timeout_s <= 0:
+        if (header_timeout_s <= 0 or idle_timeout_s <= 0 or write_timeout_s <= 0
+                or tls_handshake_timeout_s <= 0):
             raise ValueError("timeouts must be positive")
         cdef bytes raw_ws_path = ws_path.encode("ascii") if ws_path is not None else b""
         cdef bytes raw_echo = ws_echo_path.encode("ascii") if ws_echo_path is not None else b""
@@ -774,6 +797,10 @@ cdef class HTTPEngine(NativeEngine):
                 raise ValueError(f"route paths start with '/', have no query and are shorter"
                                  f" than {HTTP_PREFIX_MAX_BYTES} bytes: {raw!r}")
         self._setup(table, api_keys, n, sizeof(bn_http_counters), miss_capacity)
+        if tls is not None:
+            openssl.SSL_CTX_up_ref(tls.ctx)
+            self.tls_ctx = tls.ctx
+            self.tls_context = tls
         self.stop_efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
         if self.stop_efd < 0:
             raise_errno("eventfd")
@@ -806,6 +833,12 @@ cdef class HTTPEngine(NativeEngine):
             w.header_timeout_ns = <int64_t>(header_timeout_s * 1e9)
             w.idle_timeout_ns = <int64_t>(idle_timeout_s * 1e9)
             w.write_timeout_ns = <int64_t>(write_timeout_s * 1e9)
+            if tls is not None:
+                w.tls_ctx_ref = &self.tls_ctx
+                w.tls_handshake_timeout_ns = <int64_t>(tls_handshake_timeout_s * 1e9)
+                w.tls_stage = <char*>malloc(TLS_RECORD_BYTES)
+                if w.tls_stage == NULL:
+                    raise MemoryError()
             memcpy(w.prefix, <const char*>raw_prefix, len(raw_prefix))
             w.prefix_len = len(raw_prefix)
             for raw in raw_routes:
@@ -890,6 +923,10 @@ cdef class HTTPEngine(NativeEngine):
         if self.group.running:
             self._join(0)
         self._ws_release()
+        retire_free_all(&self.tls_retired)
+        if self.tls_ctx != NULL:
+            openssl.SSL_CTX_free(<openssl.SSL_CTX*>self.tls_ctx)
+            self.tls_ctx = NULL
         if self.workers != NULL:
             for i in range(self.nthreads):
                 http_worker_free(self.workers[i])
@@ -938,6 +975,7 @@ cdef class HTTPEngine(NativeEngine):
         self.stopped = 1
         self._ws_detach()
         self.table.reclaim()
+        retire_free_all(&self.tls_retired)   # no worker is left to hold a retired context
 
     def close(self):
         """Release the engine's descriptors (epoll instances, eventfds) after
@@ -961,6 +999,30 @@ cdef class HTTPEngine(NativeEngine):
         if self.miss_efd >= 0:
             close(self.miss_efd)
             self.miss_efd = -1
+
+    def set_tls(self, TLSContext tls not None):
+        """Serve new TLS connections from `tls` (a certificate reload).
+        Connections already open keep the context they were made from."""
+        cdef void* old
+        if self.tls_ctx == NULL:
+            raise ValueError("this engine was built without TLS")
+        openssl.SSL_CTX_up_ref(tls.ctx)
+        old = bn_xchg_ptr(&self.tls_ctx, tls.ctx)
+        self.tls_context = tls
+        # A worker may have loaded `old` and not yet called SSL_new() on it:
+        # it is freed once every worker has passed a quiescent point.
+        if retire_push_release(&self.tls_retired, old, 0, tls_ctx_release) < 0:
+            openssl.SSL_CTX_free(<openssl.SSL_CTX*>tls.ctx)
+            bn_store_ptr(&self.tls_ctx, old)
+            raise MemoryError()
+        retire_reclaim(&self.tls_retired)
+
+    @property
+    def tls_files(self):
+        """(certificate file, key file) of the context new connections use, or None."""
+        if self.tls_context is None:
+            return None
+        return ((<TLSContext>self.tls_context).cert_file, (<TLSContext>self.tls_context).key_file)
 
     def worker_status(self):
         """Per worker: the pinning errno (0 = fine) and the errno that made it quit (0 = none)."""

@@ -28,3 +28,8 @@ class LoadConfigError(BeastnetError, ValueError):
 class LoadError(BeastnetError, RuntimeError):
     """A load run could not start (file-descriptor limit, unresolvable host)
     or a generator thread stopped on a fatal error."""
+
+
+class TLSConfigError(BeastnetError, ValueError):
+    """A TLS certificate or key could not be loaded (missing, unreadable, not
+    PEM, not matching), or a `TLSConfig` setting is out of range."""
