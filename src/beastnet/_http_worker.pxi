@@ -136,6 +136,10 @@ cdef size_t conn_parse_all(bn_hworker* w, bn_conn* c, const char* data, size_t n
             # can no longer be a request (junk, bare LF: no timeout to wait).
             if http_head_prefix_bad(data + pos, avail, w.max_target_bytes):
                 status = ERR_400
+                if c.requests == 0 and pos == 0 and tls_is_client_hello(data, avail):
+                    # A TLS client on the plain port: the 400 goes out now
+                    # (its client reports "wrong version number").
+                    bn_count(&w.counters.tls_on_plain_port, 1)
             elif avail > w.max_header_bytes:
                 status = ERR_431
                 if memmem(data + pos, avail, b"\r\n", 2) == NULL:

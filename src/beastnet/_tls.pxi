@@ -273,8 +273,12 @@ cdef int tls_write(bn_hworker* w, bn_conn* c, const char* data, size_t n) noexce
         if err != openssl.SSL_ERROR_WANT_WRITE and err != openssl.SSL_ERROR_WANT_READ:
             tls_fail(w, c, err)
             return -1
+        if conn_owned_claim(w, n) < 0:
+            c.flags |= CONN_DEAD
+            return -1
         c.tls_pend = <char*>malloc(n)
         if c.tls_pend == NULL:
+            bn_add_u64(w.owned_total, <uint64_t>0 - <uint64_t>n)
             bn_count(&w.counters.oom_closes, 1)
             c.flags |= CONN_DEAD
             return -1
