@@ -1,7 +1,7 @@
 """beastnet: pre-serialized answers served at C speed by native threads.
 
 The public API: `ResponseTable` holds answers; `UDPServer` and `HTTPServer`
-serve them; `APIKeyTable` holds API keys and their limits; `Answer` and
+serve them (`TLSConfig` puts HTTPS/WSS on an `HTTPServer`); `APIKeyTable` holds API keys and their limits; `Answer` and
 `MissRequest` are what a miss handler returns and receives (`is_loopback_client`
 tells whether one came from this host); `ControlPlane` is the event loop
 handlers run on, which several servers may share; `run_udp_load` /
