@@ -355,3 +355,24 @@ def test_reload_without_tls_is_an_error(table):
         with pytest.raises(ServerError, match="reload_tls"):
             server.reload_tls()
         assert server.stats()["tls"] is None
+
+
+def test_sessions_are_freed_on_close_and_on_stop(table, tls_certs):  # noqa: F811
+    server = HTTPServer(table, threads=1, tls=TLSConfig(str(tls_certs.server.cert),
+                                                         str(tls_certs.server.key)))
+    with server:
+        done = [tls_connect(server, tls_certs) for _ in range(4)]
+        half = socket.create_connection(server.address[:2], timeout=5)   # mid-handshake
+        half.sendall(b"\x16\x03\x01\x02\x00\x01")
+        try:
+            wait_for(lambda: totals(server)["tls_active"] == 5)
+            for s in done[:2]:
+                s.close()
+            wait_for(lambda: totals(server)["tls_active"] == 3)
+            # stop() with sessions open: each is freed on the way out.
+        finally:
+            server.stop(grace_s=0.0)
+            for s in done[2:]:
+                s.close()
+            half.close()
+    assert totals(server)["tls_active"] == 0 and totals(server)["active"] == 0

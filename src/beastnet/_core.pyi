@@ -94,6 +94,7 @@ def lookup_many(table: ResponseTable, keys: list[_Key], rounds: int = 1) -> int:
 class TLSContext:
     cert_file: str
     key_file: str
+    ktls_requested: bool
     def __init__(self, cert_file: str, key_file: str, *, ciphers: Optional[str] = None,
                  ciphersuites: Optional[str] = None, min_version: str = "TLSv1.2",
                  session_tickets: bool = True) -> None: ...

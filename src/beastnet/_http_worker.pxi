@@ -84,6 +84,7 @@ cdef struct bn_hworker:
     void** tls_ctx_ref                  # &engine.tls_ctx (an SSL_CTX*, loaded at accept), NULL = plain TCP
     int64_t tls_handshake_timeout_ns    # a TLS handshake must finish within this
     char* tls_stage                     # TLS_RECORD_BYTES: a flush's pieces coalesced into one record
+    uint64_t tls_active                 # connections holding an SSL now (gauge)
     int64_t linger_until_ns[HTTP_LINGER_SLOTS]
 
 
@@ -674,6 +675,7 @@ cdef void http_worker_free(bn_hworker* w) noexcept nogil:
             if w.conns[i].ssl != NULL:
                 openssl.SSL_free(w.conns[i].ssl)
                 w.conns[i].ssl = NULL
+                w.tls_active -= 1
             free(w.conns[i].tls_pend)
             w.conns[i].tls_pend = NULL
             free(w.conns[i].inb)

@@ -29,8 +29,8 @@
 # room, so OpenSSL never holds decrypted bytes the socket no longer signals
 # (epoll is level-triggered on the socket, not on OpenSSL's buffers).
 #
-# kTLS.  SSL_OP_ENABLE_KTLS asks OpenSSL to hand the record layer to the
-# kernel when the kernel has the "tls" ULP; whether it did is read after the
+# kTLS.  SSL_OP_ENABLE_KTLS (set when the kernel lists the "tls" ULP) asks
+# OpenSSL to hand the record layer to the kernel; whether it did is read after the
 # handshake (BIO_get_ktls_send) and counted.  With kTLS, SSL_write is a
 # plain write the kernel encrypts; the writev-of-entry-buffers path for kTLS
 # is not built (it cannot be tested on a kernel without the ULP).
@@ -99,6 +99,7 @@ cdef class TLSContext:
     cdef openssl.SSL_CTX* ctx
     cdef readonly str cert_file
     cdef readonly str key_file
+    cdef readonly bint ktls_requested   # SSL_OP_ENABLE_KTLS set (the kernel offers the tls ULP)
 
     def __cinit__(self, str cert_file not None, str key_file not None, *, str ciphers=None,
                   str ciphersuites=None, str min_version="TLSv1.2", bint session_tickets=True):
@@ -140,7 +141,12 @@ cdef class TLSContext:
             raise TLSConfigError(f"TLS 1.3 ciphersuites {ciphersuites!r}: {tls_error_text()}")
         openssl.SSL_CTX_set_options(self.ctx, openssl.SSL_OP_NO_RENEGOTIATION | openssl.SSL_OP_NO_COMPRESSION
                                 | openssl.SSL_OP_CIPHER_SERVER_PREFERENCE
-                                | openssl.SSL_OP_IGNORE_UNEXPECTED_EOF | openssl.SSL_OP_ENABLE_KTLS)
+                                | openssl.SSL_OP_IGNORE_UNEXPECTED_EOF)
+        # kTLS only where the kernel has the ULP: elsewhere OpenSSL would try
+        # (and fail) four setsockopt calls on every connection.
+        self.ktls_requested = ktls_available()
+        if self.ktls_requested:
+            openssl.SSL_CTX_set_options(self.ctx, openssl.SSL_OP_ENABLE_KTLS)
         # Partial writes: a multi-record write returns what went out; moving
         # buffer: a retry may come from tls_pend; release buffers: an idle
         # connection does not keep OpenSSL's 16 KiB read and write buffers.
@@ -195,6 +201,8 @@ cdef int tls_conn_new(bn_hworker* w, bn_conn* c) noexcept nogil:
     openssl.SSL_set_accept_state(s)
     openssl.SSL_set_app_data(s, c)
     c.ssl = s
+    w.tls_active += 1
+    bn_store_u64(&w.counters.tls_active, w.tls_active)
     c.flags |= CONN_TLS_HANDSHAKE
     return 0
 
@@ -209,6 +217,8 @@ cdef void tls_conn_free(bn_hworker* w, bn_conn* c) noexcept nogil:
     openssl.ERR_clear_error()
     openssl.SSL_free(c.ssl)
     c.ssl = NULL
+    w.tls_active -= 1
+    bn_store_u64(&w.counters.tls_active, w.tls_active)
     if c.tls_pend != NULL:
         free(c.tls_pend)
         conn_owned_sub(w, c, c.tls_pend_cap)

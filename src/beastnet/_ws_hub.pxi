@@ -671,6 +671,10 @@ cdef void ws_conn_settle(bn_hworker* w, bn_conn* c) noexcept nogil:
         # (and drop) what the peer still sends until its FIN, for at most
         # WS_CLOSE_WAIT_NS.  Closing with unread input would send a reset,
         # which can destroy the close frame before the peer reads it.
+        # TLS says close_notify before the TCP half-close (best effort).
+        if c.ssl != NULL:
+            openssl.SSL_shutdown(c.ssl)
+            openssl.ERR_clear_error()
         shutdown(c.fd, SHUT_WR)
         wc.flags |= WSC_SHUT | WSC_PEER_CLOSED
         wc.close_deadline_ns = w.now_ns + WS_CLOSE_WAIT_NS

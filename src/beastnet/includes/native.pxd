@@ -134,6 +134,7 @@ cdef extern from "atomics.h" nogil:
         uint64_t tls_write_blocked
         uint64_t tls_ktls_send_on
         uint64_t tls_ktls_send_off
+        uint64_t tls_active
 
 
 cdef extern from "compat.h" nogil:
