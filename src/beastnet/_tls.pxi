@@ -1,10 +1,10 @@
 # TLS in the HTTP workers: OpenSSL over the connection's own socket.
 #
-# A TLS connection starts in CONN_TLS_HANDSHAKE.  Its first bytes are peeked
-# once: a letter is plain HTTP sent to the TLS port (answered 400 at once, as
-# nginx does), anything else goes to SSL_do_handshake, driven by epoll like
-# the rest (WANT_READ -> EPOLLIN, WANT_WRITE -> EPOLLOUT) and bounded by the
-# handshake timeout.  After it, conn_recv and conn_sendmsg are the only two
+# A TLS connection starts in CONN_TLS_HANDSHAKE: SSL_do_handshake, driven by
+# epoll like the rest (WANT_READ -> EPOLLIN, WANT_WRITE -> EPOLLOUT) and
+# bounded by the handshake timeout.  Plain HTTP sent to the TLS port is
+# recognised by OpenSSL (SSL_R_HTTP_REQUEST) and answered 400 at once, as
+# nginx does.  After it, conn_recv and conn_sendmsg are the only two
 # I/O calls the HTTP and WebSocket paths make, and they go through SSL here.
 #
 # The write path.  A flush hands conn_sendmsg the same iovecs a plain
@@ -401,41 +401,15 @@ cdef int tls_handshake_done(bn_hworker* w, bn_conn* c) noexcept nogil:
     return 0
 
 
-cdef int tls_peek_first(bn_hworker* w, bn_conn* c) noexcept nogil:
-    """Look at the first bytes before OpenSSL reads them.  0 = a TLS record
-    (or junk for OpenSSL to refuse): go on; 1 = nothing yet; -1 = answered
-    or gone: close."""
-    cdef char first[1]
-    cdef ssize_t n
-    cdef int err
-    while True:
-        n = recv(c.fd, first, 1, MSG_PEEK)
-        if n >= 0:
-            break
-        err = errno
-        if err == EINTR:
-            bn_count(&w.counters.eintr, 1)
-            continue
-        if err == EAGAIN:
-            return 1
-        conn_io_error(w, c, err)
-        bn_count(&w.counters.tls_handshake_aborted, 1)
-        return -1
-    if n == 0:
-        bn_count(&w.counters.tls_handshake_aborted, 1)
-        return -1
-    c.flags |= CONN_TLS_PEEKED
-    if 65 <= first[0] <= 90:
-        # "GET ", "POST", "HEAD"...: a plain HTTP client.  Answer as nginx
-        # does, read what it sent (a close with unread input would reset the
-        # answer away), and close.
-        bn_count(&w.counters.tls_plain_http, 1)
-        send(c.fd, TLS_PLAIN_HTTP_REPLY, strlen(TLS_PLAIN_HTTP_REPLY), MSG_NOSIGNAL | MSG_DONTWAIT)
-        shutdown(c.fd, SHUT_WR)
-        while recv(c.fd, w.scratch, HTTP_SCRATCH_BYTES, MSG_DONTWAIT) > 0:
-            pass
-        return -1
-    return 0
+cdef void tls_answer_plain_http(bn_hworker* w, bn_conn* c) noexcept nogil:
+    # OpenSSL saw "GET ", "POST", "HEAD", "PUT " or "CONNE" where a TLS record
+    # belongs (and sent no alert).  Answer as nginx does, read what the client
+    # sent (a close with unread input would reset the answer away), close.
+    bn_count(&w.counters.tls_plain_http, 1)
+    send(c.fd, TLS_PLAIN_HTTP_REPLY, strlen(TLS_PLAIN_HTTP_REPLY), MSG_NOSIGNAL | MSG_DONTWAIT)
+    shutdown(c.fd, SHUT_WR)
+    while recv(c.fd, w.scratch, HTTP_SCRATCH_BYTES, MSG_DONTWAIT) > 0:
+        pass
 
 
 cdef void tls_on_handshake_event(bn_hworker* w, bn_conn* c) noexcept nogil:
@@ -445,13 +419,7 @@ cdef void tls_on_handshake_event(bn_hworker* w, bn_conn* c) noexcept nogil:
     cdef uint32_t want
     cdef unsigned long e
     cdef epoll_event ev
-    if not (c.flags & CONN_TLS_PEEKED):
-        rc = tls_peek_first(w, c)
-        if rc > 0:
-            return
-        if rc < 0:
-            conn_close(w, c)
-            return
+    cdef int reason
     rc = openssl.SSL_do_handshake(c.ssl)
     if rc == 1:
         if tls_handshake_done(w, c) < 0:
@@ -471,8 +439,11 @@ cdef void tls_on_handshake_event(bn_hworker* w, bn_conn* c) noexcept nogil:
         return
     # A client that goes away mid-handshake is not a protocol error.
     e = openssl.ERR_peek_error()
-    if (err == openssl.SSL_ERROR_SYSCALL or err == openssl.SSL_ERROR_ZERO_RETURN
-            or openssl.ERR_GET_REASON(e) == openssl.SSL_R_UNEXPECTED_EOF_WHILE_READING):
+    reason = openssl.ERR_GET_REASON(e) if e != 0 else 0
+    if reason == openssl.SSL_R_HTTP_REQUEST or reason == openssl.SSL_R_HTTPS_PROXY_REQUEST:
+        tls_answer_plain_http(w, c)
+    elif (err == openssl.SSL_ERROR_SYSCALL or err == openssl.SSL_ERROR_ZERO_RETURN
+            or reason == openssl.SSL_R_UNEXPECTED_EOF_WHILE_READING):
         bn_count(&w.counters.tls_handshake_aborted, 1)
     else:
         bn_count(&w.counters.tls_handshake_errors, 1)

@@ -77,7 +77,6 @@ cdef enum:
     CONN_DEAD = 8                   # an I/O error or OOM: close at the end of this step
     CONN_WAIT_HEAD = 16             # the waiting request was HEAD: reply without a body
     CONN_TLS_HANDSHAKE = 32         # TLS: the handshake is not finished
-    CONN_TLS_PEEKED = 64            # TLS: the first bytes were looked at (TLS, not plain HTTP)
     CONN_TLS_RENEG = 128            # TLS: the client asked to renegotiate (refused; counted once read returns)
     CONN_TLS_READ_WANTS_WRITE = 256 # TLS: SSL_read needs the socket writable before it can go on
 

@@ -27,6 +27,8 @@ cdef extern from "<openssl/ssl.h>" nogil:
         SSL_SESS_CACHE_OFF
         SSL_SESS_CACHE_SERVER
         SSL_R_UNEXPECTED_EOF_WHILE_READING
+        SSL_R_HTTP_REQUEST
+        SSL_R_HTTPS_PROXY_REQUEST
 
     # Options and modes (unsigned long / uint64_t masks depending on the version).
     unsigned long SSL_OP_NO_RENEGOTIATION
