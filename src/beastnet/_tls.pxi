@@ -424,6 +424,10 @@ cdef void tls_on_handshake_event(bn_hworker* w, bn_conn* c) noexcept nogil:
     if rc == 1:
         if tls_handshake_done(w, c) < 0:
             conn_close(w, c)
+            return
+        # The client's first request usually travels with its Finished: read
+        # it now rather than after another epoll_wait.
+        conn_on_readable(w, c)
         return
     err = openssl.SSL_get_error(c.ssl, rc)
     if err == openssl.SSL_ERROR_WANT_READ or err == openssl.SSL_ERROR_WANT_WRITE:
