@@ -30,7 +30,7 @@ HOT_FUNCTIONS = {
                        "conn_keep_input", "conn_recv"],
     "_tls.pxi": ["tls_on_alpn", "tls_on_info", "tls_conn_new", "tls_conn_free", "tls_fail",
                  "tls_write_pending", "tls_write", "tls_sendv", "tls_recv", "tls_handshake_done",
-                 "tls_answer_plain_http", "tls_on_handshake_event", "tls_is_client_hello",
+                 "tls_answer_plain_http", "tls_note_pending", "tls_drain_ready", "tls_on_handshake_event", "tls_is_client_hello",
                  "tls_ctx_release"],
     "_http_route.pxi": ["http_key_valid", "http_is_route", "conn_queue", "conn_step",
                         "conn_refuse", "conn_request"],

@@ -469,7 +469,7 @@ cdef void conn_close(bn_hworker* w, bn_conn* c) noexcept nogil:
     close(c.fd)
     c.fd = -1
     c.gen = (c.gen + 1) & 0x7FFFFFFF
-    c.flags = 0
+    c.flags &= CONN_TLS_QUEUED          # the slot may still be on tls_ready: listed once
     c.events = 0
     free(c.inb)
     c.inb = NULL

@@ -85,6 +85,8 @@ cdef struct bn_hworker:
     int64_t tls_handshake_timeout_ns    # a TLS handshake must finish within this
     char* tls_stage                     # TLS_RECORD_BYTES: a flush's pieces coalesced into one record
     uint64_t tls_active                 # connections holding an SSL now (gauge)
+    uint32_t* tls_ready                 # max_conns slots whose SSL holds records read ahead
+    uint32_t tls_nready                 # entries in tls_ready
     int64_t linger_until_ns[HTTP_LINGER_SLOTS]
 
 
@@ -187,6 +189,8 @@ cdef void conn_set_events(bn_hworker* w, bn_conn* c) noexcept nogil:
     if not (c.flags & (CONN_WAITING | CONN_CLOSE_AFTER | CONN_EOF)):
         if not conn_out_full(w, c):
             want |= EPOLLIN
+            if c.ssl != NULL:
+                tls_note_pending(w, c)  # reading again: what OpenSSL holds has no event
         elif c.events & EPOLLIN:
             bn_count(&w.counters.read_pauses, 1)
     if want == c.events:
@@ -216,6 +220,14 @@ cdef void conn_finish(bn_hworker* w, bn_conn* c) noexcept nogil:
         return
     if w.draining and not conn_out_pending(c) and not (c.flags & CONN_WAITING):
         conn_close(w, c)
+        return
+    if (c.in_len > c.in_scanned and not conn_out_full(w, c)
+            and not (c.flags & (CONN_WAITING | CONN_CLOSE_AFTER | CONN_EOF))):
+        # Requests were left unparsed while the output was full, and the
+        # output drained within this step (under TLS a blocked record can
+        # finish here): answer them now, no read will come for them.  Each
+        # round answers some or stops on a flag, a full output or a head.
+        conn_run(w, c, c.inb, c.in_len)
         return
     conn_set_events(w, c)
 
@@ -393,7 +405,7 @@ cdef void http_worker_accept(bn_hworker* w) noexcept nogil:
         c.fd = fd
         c.peer_len = peer_len if peer_len <= ADDR_MAX_BYTES else 0
         memcpy(c.peer, peer, c.peer_len)
-        c.flags = 0
+        c.flags &= CONN_TLS_QUEUED
         c.events = EPOLLIN
         c.requests = 0
         c.last_active_ns = w.now_ns
@@ -635,6 +647,8 @@ cdef void* http_worker_main(void* arg) noexcept nogil:
             break
         for i in range(n):
             http_worker_on_event(w, &w.events[i])
+        if w.tls_nready:
+            tls_drain_ready(w)
         if w.ws != NULL and w.ws.dirty != NULL:
             # One sendmsg per WebSocket connection per wake-up, whatever this
             # batch queued on it (uWebSockets calls this corking).
@@ -698,6 +712,7 @@ cdef void http_worker_free(bn_hworker* w) noexcept nogil:
     free(w.iov_entry)
     free(w.events)
     free(w.tls_stage)
+    free(w.tls_ready)
     free(w)
 
 
@@ -843,7 +858,8 @@ cdef class HTTPEngine(NativeEngine):
                 w.tls_ctx_ref = &self.tls_ctx
                 w.tls_handshake_timeout_ns = <int64_t>(tls_handshake_timeout_s * 1e9)
                 w.tls_stage = <char*>malloc(TLS_RECORD_BYTES)
-                if w.tls_stage == NULL:
+                w.tls_ready = <uint32_t*>malloc(per_worker * sizeof(uint32_t))
+                if w.tls_stage == NULL or w.tls_ready == NULL:
                     raise MemoryError()
             memcpy(w.prefix, <const char*>raw_prefix, len(raw_prefix))
             w.prefix_len = len(raw_prefix)

@@ -24,10 +24,12 @@
 # WebSocket frame conflating an older one) can change bytes OpenSSL has
 # already committed to.  A connection with `tls_pend` has output pending.
 #
-# The read path.  SSL_read returns at most one record per call, and a
-# record's plaintext is at most 16 KiB; every read offers at least that much
-# room, so OpenSSL never holds decrypted bytes the socket no longer signals
-# (epoll is level-triggered on the socket, not on OpenSSL's buffers).
+# The read path.  OpenSSL reads ahead (one read() for a record's header and
+# body, and whatever follows), so it may hold whole records the socket will
+# never signal again (epoll is level-triggered on the socket, not on
+# OpenSSL's buffers).  A session left holding some goes on the worker's
+# tls_ready list and is read after the batch, or when its reading resumes
+# (conn_set_events).  Every read offers at least a record's room (16 KiB).
 #
 # kTLS.  SSL_OP_ENABLE_KTLS (set when the kernel lists the "tls" ULP) asks
 # OpenSSL to hand the record layer to the kernel; whether it did is read after the
@@ -161,6 +163,9 @@ cdef class TLSContext:
             openssl.SSL_CTX_set_options(self.ctx, openssl.SSL_OP_NO_TICKET)
             openssl.SSL_CTX_set_num_tickets(self.ctx, 0)
             openssl.SSL_CTX_set_session_cache_mode(self.ctx, openssl.SSL_SESS_CACHE_OFF)
+        # Read ahead: one read() takes a record's header and body (and what
+        # follows) instead of two per record; see tls_note_pending.
+        openssl.SSL_CTX_set_read_ahead(self.ctx, 1)
         openssl.SSL_CTX_set_alpn_select_cb(self.ctx, tls_on_alpn, NULL)
         openssl.SSL_CTX_set_info_callback(self.ctx, tls_on_info)
 
@@ -361,6 +366,7 @@ cdef ssize_t tls_recv(bn_hworker* w, bn_conn* c, char* buf, size_t room) noexcep
         c.flags &= ~CONN_TLS_RENEG
         bn_count(&w.counters.tls_renegotiations, 1)
     if rc == 1:
+        tls_note_pending(w, c)
         return <ssize_t>got
     err = openssl.SSL_get_error(c.ssl, rc)
     if err == openssl.SSL_ERROR_WANT_READ:
@@ -454,6 +460,38 @@ cdef void tls_on_handshake_event(bn_hworker* w, bn_conn* c) noexcept nogil:
     openssl.ERR_clear_error()
     c.flags |= CONN_DEAD
     conn_close(w, c)
+
+
+cdef inline void tls_note_pending(bn_hworker* w, bn_conn* c) noexcept nogil:
+    # Records OpenSSL read ahead and has not handed over yet: the socket will
+    # not signal them, so the worker reads them after this batch.  A slot is
+    # listed at most once: CONN_TLS_QUEUED survives a close until the drain.
+    if (c.ssl != NULL and not (c.flags & CONN_TLS_QUEUED)
+            and openssl.SSL_has_pending(c.ssl) and w.tls_nready < w.max_conns):
+        c.flags |= CONN_TLS_QUEUED
+        w.tls_ready[w.tls_nready] = <uint32_t>(c - w.conns)
+        w.tls_nready += 1
+
+
+cdef void tls_drain_ready(bn_hworker* w) noexcept nogil:
+    """After a batch: read what OpenSSL holds for the listed sessions, as
+    if their sockets had been readable.  Each pass takes at least one record,
+    so sessions listed again while draining end with their buffers."""
+    cdef uint32_t i = 0
+    cdef bn_conn* c
+    while i < w.tls_nready:
+        c = &w.conns[w.tls_ready[i]]
+        i += 1
+        if not (c.flags & CONN_TLS_QUEUED):
+            continue
+        c.flags &= ~CONN_TLS_QUEUED
+        if c.fd < 0 or c.ssl == NULL or (c.flags & CONN_TLS_HANDSHAKE):
+            continue
+        if c.ws != NULL:
+            ws_conn_on_event(w, c, EPOLLIN)
+        elif c.events & EPOLLIN:
+            conn_on_readable(w, c)
+    w.tls_nready = 0
 
 
 cdef inline int tls_is_client_hello(const char* data, size_t n) noexcept nogil:

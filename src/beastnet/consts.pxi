@@ -77,6 +77,7 @@ cdef enum:
     CONN_DEAD = 8                   # an I/O error or OOM: close at the end of this step
     CONN_WAIT_HEAD = 16             # the waiting request was HEAD: reply without a body
     CONN_TLS_HANDSHAKE = 32         # TLS: the handshake is not finished
+    CONN_TLS_QUEUED = 64            # TLS: on the worker's list of sessions with records read ahead (kept across close)
     CONN_TLS_RENEG = 128            # TLS: the client asked to renegotiate (refused; counted once read returns)
     CONN_TLS_READ_WANTS_WRITE = 256 # TLS: SSL_read needs the socket writable before it can go on
 

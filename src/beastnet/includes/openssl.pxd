@@ -80,6 +80,8 @@ cdef extern from "<openssl/ssl.h>" nogil:
     int SSL_version(const SSL* ssl)
     int SSL_session_reused(const SSL* ssl)
     int SSL_is_init_finished(const SSL* ssl)
+    int SSL_has_pending(const SSL* ssl)
+    void SSL_CTX_set_read_ahead(SSL_CTX* ctx, int yes)
     BIO* SSL_get_wbio(const SSL* ssl)
     const char* SSL_get_version(const SSL* ssl)
 
