@@ -140,6 +140,17 @@ def test_pipelined_requests_share_records(tls_server, tls_certs, version):  # no
     assert [b for _, b in out] == [b'{"s":"BTC","p":1}'] * 40 + [BIG] + [b'{"s":"BTC","p":1}'] * 40
 
 
+def test_a_flush_of_pipelined_answers_is_coalesced_into_records(tls_server, tls_certs):  # noqa: F811
+    with tls_connect(tls_server, tls_certs) as s:
+        before = totals(tls_server)["tls_writes"]
+        s.sendall(b"GET /v1/BTC HTTP/1.1\r\nHost: t\r\n\r\n" * 60)     # one read, one flush
+        out = read_responses(s, 60)
+    assert len(out) == 60
+    # 60 answers of ~150 bytes (~9 KB) fit one 16 KiB record; the client's
+    # bytes may arrive in two reads, so allow a few writes, never one each.
+    assert 1 <= totals(tls_server)["tls_writes"] - before <= 4
+
+
 def test_unread_big_answers_wait_and_arrive_whole(tls_server, tls_certs):  # noqa: F811
     # 40 x 256 KB pipelined and not read for a while: SSL_write meets a full
     # socket (WANT_WRITE), the committed bytes wait, and every byte arrives.

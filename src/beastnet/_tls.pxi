@@ -281,6 +281,7 @@ cdef int tls_write(bn_hworker* w, bn_conn* c, const char* data, size_t n) noexce
     while n > 0:
         rc = openssl.SSL_write_ex(c.ssl, data, n, &done)
         if rc == 1:
+            bn_count(&w.counters.tls_writes, 1)
             data += done
             n -= done
             continue

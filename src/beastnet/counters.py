@@ -137,6 +137,7 @@ tls_write_blocked        counter  calls        SSL_write calls the socket could 
 tls_ktls_send_on         counter  connections  TLS connections whose sending the kernel encrypts (kTLS).
 tls_ktls_send_off        counter  connections  TLS connections encrypted in user space (no kTLS: the kernel lacks the tls ULP, or the cipher is not offloadable).
 tls_active               gauge    connections  TLS connections open now, each holding an OpenSSL session (0 once all are closed).
+tls_writes               counter  calls        SSL_write calls that completed at once, a TLS record each at most: a flush's pipelined responses share records, not one each.
 """)
 
 #: The control plane's miss dispatcher (one per server), in both servers' totals.

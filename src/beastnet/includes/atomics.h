@@ -162,6 +162,7 @@ typedef struct bn_http_counters {
     uint64_t tls_ktls_send_on;                /* connections the kernel encrypts (kTLS) */
     uint64_t tls_ktls_send_off;               /* connections encrypted in user space */
     uint64_t tls_active;                      /* connections holding an SSL now (gauge) */
+    uint64_t tls_writes;                      /* SSL_write calls that completed at once */
 } __attribute__((aligned(BN_CACHE_LINE))) bn_http_counters;
 
 #endif /* BEASTNET_ATOMICS_H */

@@ -135,6 +135,7 @@ cdef extern from "atomics.h" nogil:
         uint64_t tls_ktls_send_on
         uint64_t tls_ktls_send_off
         uint64_t tls_active
+        uint64_t tls_writes
 
 
 cdef extern from "compat.h" nogil:
