@@ -194,6 +194,36 @@ def test_websocket_feed_over_wss(tls_server, tls_certs, table):  # noqa: F811
     assert got[2] == {"s": "BTC", "p": 2}
 
 
+def test_wss_slow_subscriber_gets_whole_frames_and_the_newest(tls_server, tls_certs, table):  # noqa: F811
+    # A subscriber that stops reading while 200 KB updates are published:
+    # records block (WANT_WRITE), pending frames are conflated behind them,
+    # and once it reads again every frame is whole and the last is the newest.
+    port = tls_server.address[1]
+
+    def update(v: int) -> bytes:
+        return orjson.dumps({"s": "W", "v": v, "pad": "x" * 200_000})
+
+    table.set("W", update(0))
+
+    async def run() -> list:
+        async with websockets.connect(f"wss://localhost:{port}/v1/stream", max_size=None,
+                                      max_queue=1, ssl=client_context(tls_certs)) as ws:
+            await ws.send(orjson.dumps({"op": "subscribe", "symbols": ["W"]}).decode())
+            assert orjson.loads(await asyncio.wait_for(ws.recv(), 5))["op"] == "subscribed"
+            for v in range(1, 41):
+                table.set("W", update(v))
+                await asyncio.sleep(0.002)
+            await asyncio.sleep(0.3)
+            seen = []
+            while not seen or seen[-1] != 40:
+                seen.append(orjson.loads(await asyncio.wait_for(ws.recv(), 5))["v"])
+            return seen
+
+    seen = asyncio.run(run())
+    assert seen == sorted(seen) and seen[-1] == 40 and len(seen) < 41     # conflated
+    assert totals(tls_server)["tls_write_blocked"] > 0
+
+
 def test_stats_report_ktls_as_detected(tls_server, tls_certs):  # noqa: F811
     still_serves(tls_server, tls_certs)
     info = tls_server.stats()["tls"]

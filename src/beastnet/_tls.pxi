@@ -214,7 +214,9 @@ cdef int tls_conn_new(bn_hworker* w, bn_conn* c) noexcept nogil:
 
 cdef void tls_conn_free(bn_hworker* w, bn_conn* c) noexcept nogil:
     # A finished, healthy session says close_notify first (one small record,
-    # best effort: a full socket simply drops it).
+    # best effort: a full socket simply drops it).  OpenSSL writes with
+    # write(), not send(MSG_NOSIGNAL): the SIGPIPE a reset peer raises stays
+    # pending on the worker, which blocks every signal (threads.h).
     if c.ssl == NULL:
         return
     if not (c.flags & (CONN_DEAD | CONN_TLS_HANDSHAKE)):
