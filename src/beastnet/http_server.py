@@ -98,8 +98,9 @@ class HTTPServer(EngineServer):
     its limits (401, or 429 with ``Retry-After``), checked natively.
     ``control``: a running `ControlPlane` to serve routes and misses on,
     shared with other servers (its owner starts and stops it); by default the
-    server starts its own.  Use as a context manager, or call ``start()`` and
-    ``stop()``.
+    server starts its own.  ``tls``: a `TLSConfig` serves HTTPS (and WSS) on
+    the port, terminated by OpenSSL in the workers (docs/tls.md).  Use as a
+    context manager, or call ``start()`` and ``stop()``.
     """
 
     def __init__(
