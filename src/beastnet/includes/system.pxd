@@ -62,7 +62,6 @@ cdef extern from "<sys/socket.h>" nogil:
         MSG_TRUNC
         MSG_WAITFORONE
         MSG_NOSIGNAL
-        MSG_PEEK
         SHUT_RD
         SHUT_WR
         SOCK_STREAM
