@@ -1,7 +1,7 @@
 """beastnet: pre-serialized answers served at C speed by native threads.
 
 The public API: `ResponseTable` holds answers; `UDPServer` and `HTTPServer`
-serve them; `APIKeyTable` holds API keys and their limits; `Answer` and
+serve them (`TLSConfig` puts HTTPS/WSS on an `HTTPServer`); `APIKeyTable` holds API keys and their limits; `Answer` and
 `MissRequest` are what a miss handler returns and receives (`is_loopback_client`
 tells whether one came from this host); `ControlPlane` is the event loop
 handlers run on, which several servers may share; `run_udp_load` /
@@ -11,9 +11,9 @@ handlers run on, which several servers may share; `run_udp_load` /
 from beastnet._core import APIKeyTable, Entry, ResponseTable, UDPPusher
 from beastnet.control import Answer, ControlPlane, MissRequest, is_loopback_client
 from beastnet.errors import (BeastnetError, HandlerError, InvalidKeyError, ServerError,
-                             TableFullError)
+                             TableFullError, TLSConfigError)
 from beastnet.server import UDPServer
-from beastnet.http_server import HTTPServer, WebSocketOptions
+from beastnet.http_server import HTTPServer, TLSConfig, WebSocketOptions
 
 __version__ = "0.1.0"
 
@@ -48,6 +48,8 @@ __all__ = [
     "ResponseTable",
     "ServerError",
     "TableFullError",
+    "TLSConfig",
+    "TLSConfigError",
     "UDPLoadConfig",
     "UDPServer",
     "UDPPusher",

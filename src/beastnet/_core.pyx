@@ -18,10 +18,11 @@ from libc.string cimport memchr, memcmp, memcpy, memmove, memset, strlen
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, time_t, timespec
 from posix.uio cimport iovec
 
+from beastnet.includes cimport openssl
 from beastnet.includes.native cimport *
 from beastnet.includes.system cimport *
 
-from beastnet.errors import InvalidKeyError, TableFullError
+from beastnet.errors import InvalidKeyError, TableFullError, TLSConfigError
 
 
 include "consts.pxi"
@@ -38,6 +39,7 @@ include "_engine.pxi"
 include "_udp.pxi"
 include "_http_parse.pxi"
 include "_http_conn.pxi"
+include "_tls.pxi"
 include "_http_route.pxi"
 include "_http_worker.pxi"
 include "_ws_msg.pxi"

@@ -60,6 +60,11 @@ cdef struct bn_conn:
     int64_t head_start_ns               # when the incomplete head in inb began arriving
     uint64_t requests                   # requests answered on this connection
     bn_ws_conn* ws                      # after a WebSocket upgrade, else NULL
+    openssl.SSL* ssl                    # TLS session (_tls.pxi), NULL = plain TCP
+    char* tls_pend                      # plaintext an SSL_write committed to but did not finish, or NULL
+    uint32_t tls_pend_off               # bytes of tls_pend written
+    uint32_t tls_pend_len               # bytes of tls_pend
+    uint32_t tls_pend_cap               # bytes allocated at tls_pend (counted in out_owned_bytes)
 
 
 cdef const char* HTTP_DAYS = b"SunMonTueWedThuFriSat"
@@ -117,7 +122,7 @@ cdef void http_worker_date(bn_hworker* w) noexcept nogil:
 
 
 cdef inline int conn_out_pending(bn_conn* c) noexcept nogil:
-    return c.out_bytes > 0
+    return c.out_bytes > 0 or c.tls_pend != NULL
 
 
 cdef inline int conn_out_full(bn_hworker* w, bn_conn* c) noexcept nogil:
@@ -272,6 +277,12 @@ cdef ssize_t conn_sendmsg(bn_hworker* w, bn_conn* c, iovec* iov, int niov) noexc
     cdef msghdr msg
     cdef ssize_t n
     cdef int err
+    if c.ssl != NULL:
+        n = tls_sendv(w, c, iov, niov)
+        if n > 0:
+            bn_count(&w.counters.bytes_out, <uint64_t>n)
+            c.sent_bytes += <uint64_t>n
+        return n
     memset(&msg, 0, sizeof(msg))
     msg.msg_iov = iov
     msg.msg_iovlen = <size_t>niov
@@ -302,6 +313,11 @@ cdef int conn_send_out(bn_hworker* w, bn_conn* c) noexcept nogil:
     cdef size_t sent
     cdef size_t total
     cdef bn_seg* s
+    cdef int rc
+    if c.tls_pend != NULL:
+        rc = tls_write_pending(w, c)
+        if rc != 0:
+            return -1 if rc < 0 else 0
     while c.outq_head < c.outq_tail:
         niov = 0
         total = 0
@@ -418,9 +434,33 @@ cdef inline int conn_emit_error(bn_hworker* w, bn_conn* c, int err, int tail, in
                      r.status, SEG_STATIC, NULL)
 
 
+cdef ssize_t conn_recv(bn_hworker* w, bn_conn* c, char* buf, size_t room) noexcept nogil:
+    """One read, through TLS when the connection has it: the bytes read, 0
+    at the peer's close, -2 when nothing is readable yet, -1 = failed
+    (flagged CONN_DEAD, counted).  Under TLS `room` is at least a record."""
+    cdef ssize_t n
+    cdef int err
+    if c.ssl != NULL:
+        return tls_recv(w, c, buf, room)
+    while True:
+        n = recv(c.fd, buf, room, 0)
+        if n >= 0:
+            return n
+        err = errno
+        if err == EINTR:
+            bn_count(&w.counters.eintr, 1)
+            continue
+        if err == EAGAIN:
+            return -2
+        conn_io_error(w, c, err)
+        return -1
+
+
 cdef void conn_close(bn_hworker* w, bn_conn* c) noexcept nogil:
     if c.ws != NULL:
         ws_conn_free(w, c)
+    if c.ssl != NULL:
+        tls_conn_free(w, c)
     # Counted before close(): a client that sees the close also sees the count.
     w.active -= 1
     bn_count(&w.counters.closed, 1)
@@ -429,7 +469,7 @@ cdef void conn_close(bn_hworker* w, bn_conn* c) noexcept nogil:
     close(c.fd)
     c.fd = -1
     c.gen = (c.gen + 1) & 0x7FFFFFFF
-    c.flags = 0
+    c.flags &= CONN_TLS_QUEUED          # the slot may still be on tls_ready: listed once
     c.events = 0
     free(c.inb)
     c.inb = NULL

@@ -81,6 +81,12 @@ cdef struct bn_hworker:
     uint32_t route_lens[HTTP_ROUTES_MAX]
     char routes[HTTP_ROUTES_MAX][HTTP_PREFIX_MAX_BYTES]
     int linger_fd[HTTP_LINGER_SLOTS]    # refused at max_connections: read until EOF, -1 = free
+    void** tls_ctx_ref                  # &engine.tls_ctx (an SSL_CTX*, loaded at accept), NULL = plain TCP
+    int64_t tls_handshake_timeout_ns    # a TLS handshake must finish within this
+    char* tls_stage                     # TLS_RECORD_BYTES: a flush's pieces coalesced into one record
+    uint64_t tls_active                 # connections holding an SSL now (gauge)
+    uint32_t* tls_ready                 # max_conns slots whose SSL holds records read ahead
+    uint32_t tls_nready                 # entries in tls_ready
     int64_t linger_until_ns[HTTP_LINGER_SLOTS]
 
 
@@ -133,6 +139,10 @@ cdef size_t conn_parse_all(bn_hworker* w, bn_conn* c, const char* data, size_t n
             # can no longer be a request (junk, bare LF: no timeout to wait).
             if http_head_prefix_bad(data + pos, avail, w.max_target_bytes):
                 status = ERR_400
+                if c.requests == 0 and pos == 0 and tls_is_client_hello(data, avail):
+                    # A TLS client on the plain port: the 400 goes out now
+                    # (its client reports "wrong version number").
+                    bn_count(&w.counters.tls_on_plain_port, 1)
             elif avail > w.max_header_bytes:
                 status = ERR_431
                 if memmem(data + pos, avail, b"\r\n", 2) == NULL:
@@ -174,11 +184,13 @@ cdef void conn_set_events(bn_hworker* w, bn_conn* c) noexcept nogil:
     while output is pending.  epoll_ctl only when the interest changes."""
     cdef uint32_t want = 0
     cdef epoll_event ev
-    if conn_out_pending(c):
+    if conn_out_pending(c) or (c.flags & CONN_TLS_READ_WANTS_WRITE):
         want |= EPOLLOUT
     if not (c.flags & (CONN_WAITING | CONN_CLOSE_AFTER | CONN_EOF)):
         if not conn_out_full(w, c):
             want |= EPOLLIN
+            if c.ssl != NULL:
+                tls_note_pending(w, c)  # reading again: what OpenSSL holds has no event
         elif c.events & EPOLLIN:
             bn_count(&w.counters.read_pauses, 1)
     if want == c.events:
@@ -209,6 +221,14 @@ cdef void conn_finish(bn_hworker* w, bn_conn* c) noexcept nogil:
     if w.draining and not conn_out_pending(c) and not (c.flags & CONN_WAITING):
         conn_close(w, c)
         return
+    if (c.in_len > c.in_scanned and not conn_out_full(w, c)
+            and not (c.flags & (CONN_WAITING | CONN_CLOSE_AFTER | CONN_EOF))):
+        # Requests were left unparsed while the output was full, and the
+        # output drained within this step (under TLS a blocked record can
+        # finish here): answer them now, no read will come for them.  Each
+        # round answers some or stops on a flag, a full output or a head.
+        conn_run(w, c, c.inb, c.in_len)
+        return
     conn_set_events(w, c)
 
 
@@ -226,32 +246,28 @@ cdef void conn_on_readable(bn_hworker* w, bn_conn* c) noexcept nogil:
     cdef char* grown
     cdef size_t room
     cdef ssize_t n
-    cdef int err
+    # Under TLS a read offers room for a whole record (see _tls.pxi).
+    cdef size_t least = HTTP_READ_MIN_BYTES if c.ssl == NULL else TLS_RECORD_BYTES
     if c.inb == NULL:
         buf = w.scratch
         room = HTTP_SCRATCH_BYTES
     else:
-        if c.in_cap - c.in_len < HTTP_READ_MIN_BYTES:
-            grown = <char*>realloc(c.inb, c.in_len + HTTP_READ_MIN_BYTES)
+        if c.in_cap - c.in_len < least:
+            grown = <char*>realloc(c.inb, c.in_len + least)
             if grown == NULL:
                 bn_count(&w.counters.oom_closes, 1)
                 conn_close(w, c)
                 return
             c.inb = grown
-            c.in_cap = c.in_len + HTTP_READ_MIN_BYTES
+            c.in_cap = c.in_len + least
         buf = c.inb + c.in_len
         room = c.in_cap - c.in_len
-    while True:
-        n = recv(c.fd, buf, room, 0)
-        if n >= 0:
-            break
-        err = errno
-        if err == EINTR:
-            bn_count(&w.counters.eintr, 1)
-            continue
-        if err == EAGAIN:
-            return
-        conn_io_error(w, c, err)
+    n = conn_recv(w, c, buf, room)
+    if n == -2:
+        if c.flags & CONN_TLS_READ_WANTS_WRITE:
+            conn_set_events(w, c)
+        return
+    if n < 0:
         conn_close(w, c)
         return
     if n == 0:
@@ -271,6 +287,10 @@ cdef void conn_on_readable(bn_hworker* w, bn_conn* c) noexcept nogil:
 
 cdef void conn_on_writable(bn_hworker* w, bn_conn* c) noexcept nogil:
     cdef int was_paused = conn_out_full(w, c)
+    if c.flags & CONN_TLS_READ_WANTS_WRITE:
+        c.flags &= ~CONN_TLS_READ_WANTS_WRITE
+        conn_on_readable(w, c)          # the read that waited for the socket to drain
+        return
     if conn_send_out(w, c) < 0:
         conn_close(w, c)
         return
@@ -385,7 +405,7 @@ cdef void http_worker_accept(bn_hworker* w) noexcept nogil:
         c.fd = fd
         c.peer_len = peer_len if peer_len <= ADDR_MAX_BYTES else 0
         memcpy(c.peer, peer, c.peer_len)
-        c.flags = 0
+        c.flags &= CONN_TLS_QUEUED
         c.events = EPOLLIN
         c.requests = 0
         c.last_active_ns = w.now_ns
@@ -397,6 +417,9 @@ cdef void http_worker_accept(bn_hworker* w) noexcept nogil:
         w.active += 1
         bn_count(&w.counters.accepted, 1)
         bn_store_u64(&w.counters.active, w.active)
+        if w.tls_ctx_ref != NULL and tls_conn_new(w, c) < 0:
+            conn_close(w, c)
+            continue
         if epoll_ctl(w.epfd, EPOLL_CTL_ADD, fd, &ev) < 0:
             bn_count(&w.counters.io_errors, 1)
             conn_close(w, c)
@@ -484,6 +507,12 @@ cdef void http_worker_tick(bn_hworker* w) noexcept nogil:
         c = &w.conns[i]
         if c.fd < 0 or c.ws != NULL:    # WebSocket connections: ws_check_stalls below
             continue
+        if c.flags & CONN_TLS_HANDSHAKE:
+            if w.draining:
+                conn_close(w, c)
+            elif now - c.head_start_ns > w.tls_handshake_timeout_ns:
+                http_worker_timeout(w, c, &w.counters.tls_handshake_timeouts)
+            continue
         if conn_out_pending(c):
             if now - c.win_start_ns >= w.write_timeout_ns:
                 http_worker_write_window(w, c)
@@ -566,6 +595,9 @@ cdef void http_worker_on_event(bn_hworker* w, epoll_event* ev) noexcept nogil:
     if c.ws != NULL:
         ws_conn_on_event(w, c, events)
         return
+    if c.flags & CONN_TLS_HANDSHAKE:
+        tls_on_handshake_event(w, c)
+        return
     if events & EPOLLOUT:
         conn_on_writable(w, c)
         if c.fd < 0 or c.gen != <uint32_t>(tag >> 32):
@@ -615,6 +647,8 @@ cdef void* http_worker_main(void* arg) noexcept nogil:
             break
         for i in range(n):
             http_worker_on_event(w, &w.events[i])
+        if w.tls_nready:
+            tls_drain_ready(w)
         if w.ws != NULL and w.ws.dirty != NULL:
             # One sendmsg per WebSocket connection per wake-up, whatever this
             # batch queued on it (uWebSockets calls this corking).
@@ -652,6 +686,12 @@ cdef void http_worker_free(bn_hworker* w) noexcept nogil:
         for i in range(w.high_water):
             if w.conns[i].fd >= 0:      # a worker that never ran still owns nothing; be safe
                 close(w.conns[i].fd)
+            if w.conns[i].ssl != NULL:
+                openssl.SSL_free(w.conns[i].ssl)
+                w.conns[i].ssl = NULL
+                w.tls_active -= 1
+            free(w.conns[i].tls_pend)
+            w.conns[i].tls_pend = NULL
             free(w.conns[i].inb)
             conn_outq_free(w, &w.conns[i])
     r = <bn_hreply*>bn_xchg_ptr(&w.replies, NULL)
@@ -671,6 +711,8 @@ cdef void http_worker_free(bn_hworker* w) noexcept nogil:
     free(w.iov_kind)
     free(w.iov_entry)
     free(w.events)
+    free(w.tls_stage)
+    free(w.tls_ready)
     free(w)
 
 
@@ -731,7 +773,8 @@ cdef class HTTPEngine(NativeEngine):
                   ResponseTable ws_topics=None, unsigned int ws_max_subscriptions=0,
                   size_t ws_max_frame_bytes=65536, size_t ws_max_message_bytes=65536,
                   double ws_stall_timeout_s=10.0, unsigned int ws_max_symbols=1024,
-                  route_paths=(), size_t max_copied_output_bytes=268435456):
+                  route_paths=(), size_t max_copied_output_bytes=268435456,
+                  TLSContext tls=None, double tls_handshake_timeout_s=10.0):
         cdef int i
         cdef int n = len(fds)
         cdef bytes raw_prefix = prefix.encode("ascii")
@@ -750,7 +793,8 @@ cdef class HTTPEngine(NativeEngine):
             raise ValueError("max_target_bytes must be 16..max_header_bytes")
         if max_connections < <unsigned int>n:
             raise ValueError("max_connections must be at least one per worker")
-        if header_timeout_s <= 0 or idle_timeout_s <= 0 or write_timeout_s <= 0:
+        if (header_timeout_s <= 0 or idle_timeout_s <= 0 or write_timeout_s <= 0
+                or tls_handshake_timeout_s <= 0):
             raise ValueError("timeouts must be positive")
         cdef bytes raw_ws_path = ws_path.encode("ascii") if ws_path is not None else b""
         cdef bytes raw_echo = ws_echo_path.encode("ascii") if ws_echo_path is not None else b""
@@ -774,6 +818,10 @@ cdef class HTTPEngine(NativeEngine):
                 raise ValueError(f"route paths start with '/', have no query and are shorter"
                                  f" than {HTTP_PREFIX_MAX_BYTES} bytes: {raw!r}")
         self._setup(table, api_keys, n, sizeof(bn_http_counters), miss_capacity)
+        if tls is not None:
+            openssl.SSL_CTX_up_ref(tls.ctx)
+            self.tls_ctx = tls.ctx
+            self.tls_context = tls
         self.stop_efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
         if self.stop_efd < 0:
             raise_errno("eventfd")
@@ -806,6 +854,13 @@ cdef class HTTPEngine(NativeEngine):
             w.header_timeout_ns = <int64_t>(header_timeout_s * 1e9)
             w.idle_timeout_ns = <int64_t>(idle_timeout_s * 1e9)
             w.write_timeout_ns = <int64_t>(write_timeout_s * 1e9)
+            if tls is not None:
+                w.tls_ctx_ref = &self.tls_ctx
+                w.tls_handshake_timeout_ns = <int64_t>(tls_handshake_timeout_s * 1e9)
+                w.tls_stage = <char*>malloc(TLS_RECORD_BYTES)
+                w.tls_ready = <uint32_t*>malloc(per_worker * sizeof(uint32_t))
+                if w.tls_stage == NULL or w.tls_ready == NULL:
+                    raise MemoryError()
             memcpy(w.prefix, <const char*>raw_prefix, len(raw_prefix))
             w.prefix_len = len(raw_prefix)
             for raw in raw_routes:
@@ -890,6 +945,10 @@ cdef class HTTPEngine(NativeEngine):
         if self.group.running:
             self._join(0)
         self._ws_release()
+        retire_free_all(&self.tls_retired)
+        if self.tls_ctx != NULL:
+            openssl.SSL_CTX_free(<openssl.SSL_CTX*>self.tls_ctx)
+            self.tls_ctx = NULL
         if self.workers != NULL:
             for i in range(self.nthreads):
                 http_worker_free(self.workers[i])
@@ -938,6 +997,7 @@ cdef class HTTPEngine(NativeEngine):
         self.stopped = 1
         self._ws_detach()
         self.table.reclaim()
+        retire_free_all(&self.tls_retired)   # no worker is left to hold a retired context
 
     def close(self):
         """Release the engine's descriptors (epoll instances, eventfds) after
@@ -961,6 +1021,30 @@ cdef class HTTPEngine(NativeEngine):
         if self.miss_efd >= 0:
             close(self.miss_efd)
             self.miss_efd = -1
+
+    def set_tls(self, TLSContext tls not None):
+        """Serve new TLS connections from `tls` (a certificate reload).
+        Connections already open keep the context they were made from."""
+        cdef void* old
+        if self.tls_ctx == NULL:
+            raise ValueError("this engine was built without TLS")
+        openssl.SSL_CTX_up_ref(tls.ctx)
+        old = bn_xchg_ptr(&self.tls_ctx, tls.ctx)
+        self.tls_context = tls
+        # A worker may have loaded `old` and not yet called SSL_new() on it:
+        # it is freed once every worker has passed a quiescent point.
+        if retire_push_release(&self.tls_retired, old, 0, tls_ctx_release) < 0:
+            openssl.SSL_CTX_free(<openssl.SSL_CTX*>tls.ctx)
+            bn_store_ptr(&self.tls_ctx, old)
+            raise MemoryError()
+        retire_reclaim(&self.tls_retired)
+
+    @property
+    def tls_files(self):
+        """(certificate file, key file) of the context new connections use, or None."""
+        if self.tls_context is None:
+            return None
+        return ((<TLSContext>self.tls_context).cert_file, (<TLSContext>self.tls_context).key_file)
 
     def worker_status(self):
         """Per worker: the pinning errno (0 = fine) and the errno that made it quit (0 = none)."""

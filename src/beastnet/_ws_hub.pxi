@@ -548,9 +548,16 @@ cdef int ws_conn_flush(bn_hworker* w, bn_conn* c) noexcept nogil:
     cdef size_t left
     cdef size_t n
     cdef ssize_t sent
-    cdef msghdr msg
-    cdef int err
     cdef uint32_t off
+    cdef int rc
+    if c.tls_pend != NULL:
+        rc = tls_write_pending(w, c)
+        if rc < 0:
+            return -1
+        if rc > 0:
+            if wc.stalled_since_ns == 0:
+                wc.stalled_since_ns = w.now_ns
+            return 0
     while True:
         niov = 0
         total = 0
@@ -588,21 +595,11 @@ cdef int ws_conn_flush(bn_hworker* w, bn_conn* c) noexcept nogil:
         if niov == 0:
             wc.stalled_since_ns = 0
             return 0
-        memset(&msg, 0, sizeof(msg))
-        msg.msg_iov = iov
-        msg.msg_iovlen = <size_t>niov
-        sent = sendmsg(c.fd, &msg, MSG_NOSIGNAL)
+        # Plain: one sendmsg.  TLS: the frames coalesced into records; each
+        # subscriber's session encrypts its own copy (see _tls.pxi).
+        sent = conn_sendmsg(w, c, iov, niov)
         if sent < 0:
-            err = errno
-            if err == EINTR:
-                bn_count(&w.counters.eintr, 1)
-                continue
-            if err == EAGAIN:
-                sent = 0
-            else:
-                conn_io_error(w, c, err)
-                return -1
-        bn_count(&w.counters.bytes_out, <uint64_t>sent)
+            return -1
         left = <size_t>sent
         # Account for what went out, in the order it was queued.
         if wc.inflight != NULL:
@@ -668,16 +665,21 @@ cdef void ws_conn_settle(bn_hworker* w, bn_conn* c) noexcept nogil:
     cdef bn_ws_conn* wc = c.ws
     cdef uint32_t want
     cdef epoll_event ev
-    if (wc.flags & WSC_CLOSING) and not ws_output_pending(wc) and not (wc.flags & WSC_SHUT):
+    if ((wc.flags & WSC_CLOSING) and not ws_output_pending(wc) and c.tls_pend == NULL
+            and not (wc.flags & WSC_SHUT)):
         # Our close frame is out.  A lingering close: shut our side, then read
         # (and drop) what the peer still sends until its FIN, for at most
         # WS_CLOSE_WAIT_NS.  Closing with unread input would send a reset,
         # which can destroy the close frame before the peer reads it.
+        # TLS says close_notify before the TCP half-close (best effort).
+        if c.ssl != NULL:
+            openssl.SSL_shutdown(c.ssl)
+            openssl.ERR_clear_error()
         shutdown(c.fd, SHUT_WR)
         wc.flags |= WSC_SHUT | WSC_PEER_CLOSED
         wc.close_deadline_ns = w.now_ns + WS_CLOSE_WAIT_NS
     want = EPOLLIN
-    if ws_output_pending(wc):
+    if ws_output_pending(wc) or c.tls_pend != NULL or (c.flags & CONN_TLS_READ_WANTS_WRITE):
         want |= EPOLLOUT
     if want == c.events:
         return
@@ -877,17 +879,22 @@ cdef int ws_conn_input(bn_hworker* w, bn_conn* c) noexcept nogil:
     cdef char* grown
     cdef size_t room
     cdef size_t cap
+    # Under TLS a read offers room for a whole record (see _tls.pxi): the
+    # buffer may pass one frame's size by a record.
+    cdef size_t least = HTTP_READ_MIN_BYTES if c.ssl == NULL else TLS_RECORD_BYTES
     cdef size_t limit = <size_t>(wc.reader.max_frame_bytes + WS_CLIENT_HEAD_MAX_BYTES)
+    if c.ssl != NULL:
+        limit += TLS_RECORD_BYTES
     if wc.flags & WSC_PEER_CLOSED:
         return ws_conn_discard(w, c)
     if wc.in_len == 0:
         buf = w.scratch
         room = HTTP_SCRATCH_BYTES
     else:
-        if wc.in_cap - wc.in_len < HTTP_READ_MIN_BYTES and wc.in_cap < limit:
+        if wc.in_cap - wc.in_len < least and wc.in_cap < limit:
             cap = wc.in_cap * 2
-            if cap < wc.in_len + HTTP_READ_MIN_BYTES:
-                cap = wc.in_len + HTTP_READ_MIN_BYTES
+            if cap < wc.in_len + least:
+                cap = wc.in_len + least
             if cap > limit:
                 cap = limit
             grown = <char*>realloc(wc.inb, cap)
@@ -898,17 +905,10 @@ cdef int ws_conn_input(bn_hworker* w, bn_conn* c) noexcept nogil:
             wc.in_cap = <uint32_t>cap
         buf = wc.inb + wc.in_len
         room = wc.in_cap - wc.in_len
-    while True:
-        n = recv(c.fd, buf, room, 0)
-        if n >= 0:
-            break
-        err = errno
-        if err == EINTR:
-            bn_count(&w.counters.eintr, 1)
-            continue
-        if err == EAGAIN:
-            return 0
-        conn_io_error(w, c, err)
+    n = conn_recv(w, c, buf, room)
+    if n == -2:
+        return 0
+    if n < 0:
         return -1
     if n == 0:
         # The peer is gone without a close frame (1006 on its side).
@@ -957,18 +957,12 @@ cdef int ws_keep_input(bn_hworker* w, bn_conn* c, char* data, size_t n) noexcept
 cdef int ws_conn_discard(bn_hworker* w, bn_conn* c) noexcept nogil:
     """After a close: read and drop input; -1 at the peer's FIN (close now)."""
     cdef ssize_t n
-    cdef int err
     while True:
-        n = recv(c.fd, w.scratch, HTTP_SCRATCH_BYTES, 0)
+        n = conn_recv(w, c, w.scratch, HTTP_SCRATCH_BYTES)
         if n > 0:
             bn_count(&w.counters.bytes_in, <uint64_t>n)
             continue
-        if n == 0:
-            return -1
-        err = errno
-        if err == EINTR:
-            continue
-        if err == EAGAIN:
+        if n == -2:
             return 0
         return -1
 
@@ -1015,6 +1009,9 @@ cdef size_t ws_process(bn_hworker* w, bn_conn* c, char* data, size_t n) noexcept
 
 cdef void ws_conn_on_event(bn_hworker* w, bn_conn* c, uint32_t events) noexcept nogil:
     # Input is acted on now; output waits for the batch's one flush.
+    if c.flags & CONN_TLS_READ_WANTS_WRITE:
+        c.flags &= ~CONN_TLS_READ_WANTS_WRITE
+        events |= EPOLLIN               # the read that waited for the socket to drain
     if events & (EPOLLIN | EPOLLERR | EPOLLHUP):
         if ws_conn_input(w, c) != 0:
             conn_close(w, c)

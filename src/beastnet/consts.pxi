@@ -62,6 +62,7 @@ cdef enum:
     HTTP_LINGER_SLOTS = 64          # per worker: sockets refused at max_connections, read until closed
     HTTP_LINGER_MS = 2000           # ... for at most this long
     HTTP_ROUTES_MAX = 16            # extra exact paths a server may route to the control plane
+    TLS_RECORD_BYTES = 16384        # largest TLS record plaintext: one staged SSL_write, least read room
 
 # Response tails: what a worker appends to a pre-built head.
 cdef enum:
@@ -76,6 +77,10 @@ cdef enum:
     CONN_EOF = 4                    # the peer shut its side; finish, then close
     CONN_DEAD = 8                   # an I/O error or OOM: close at the end of this step
     CONN_WAIT_HEAD = 16             # the waiting request was HEAD: reply without a body
+    CONN_TLS_HANDSHAKE = 32         # TLS: the handshake is not finished
+    CONN_TLS_QUEUED = 64            # TLS: on the worker's list of sessions with records read ahead (kept across close)
+    CONN_TLS_RENEG = 128            # TLS: the client asked to renegotiate (refused; counted once read returns)
+    CONN_TLS_READ_WANTS_WRITE = 256 # TLS: SSL_read needs the socket writable before it can go on
 
 # Methods the engine tells apart.
 cdef enum:

@@ -122,6 +122,22 @@ ws_close_invalid_data    counter  connections  Closes with code 1007 (invalid UT
 ws_close_policy          counter  connections  Closes with code 1008 (slow consumers included).
 ws_close_too_big         counter  connections  Closes with code 1009 (a frame or message over the limit).
 ws_close_other           counter  connections  Closes with any other code (1003, 1011, 1013, a peer's own).
+""") + _table("""
+tls_handshakes           counter  connections  TLS handshakes completed.
+tls_resumed              counter  connections  TLS handshakes that resumed a session (a ticket): no certificate, no key exchange signature.
+tls_v13                  counter  connections  TLS handshakes that negotiated TLS 1.3 (the rest are TLS 1.2).
+tls_handshake_timeouts   counter  connections  TLS connections closed because the handshake took over handshake_timeout_s (also in timeouts).
+tls_handshake_errors     counter  connections  TLS handshakes refused by OpenSSL: junk, no shared version or cipher, a bad record.
+tls_handshake_aborted    counter  connections  TLS connections the client closed or reset before the handshake finished.
+tls_plain_http           counter  connections  Plain HTTP sent to the TLS port (answered 400 and closed, as nginx does).
+tls_on_plain_port        counter  connections  TLS ClientHellos sent to a plain HTTP port (answered 400 and closed at once).
+tls_renegotiations       counter  events       TLS 1.2 renegotiation attempts (refused with a no_renegotiation alert).
+tls_errors               counter  connections  TLS connections closed by an OpenSSL error after the handshake (bad record, bad MAC).
+tls_write_blocked        counter  calls        SSL_write calls the socket could not take whole (the rest waits for EPOLLOUT).
+tls_ktls_send_on         counter  connections  TLS connections whose sending the kernel encrypts (kTLS).
+tls_ktls_send_off        counter  connections  TLS connections encrypted in user space (no kTLS: the kernel lacks the tls ULP, or the cipher is not offloadable).
+tls_active               gauge    connections  TLS connections open now, each holding an OpenSSL session (0 once all are closed).
+tls_writes               counter  calls        SSL_write calls that completed at once, a TLS record each at most: a flush's pipelined responses share records, not one each.
 """)
 
 #: The control plane's miss dispatcher (one per server), in both servers' totals.

@@ -34,3 +34,8 @@ class LoadTLSError(LoadError):
     """No TLS connection to the target succeeded: its certificate did not
     verify, it does not speak TLS, or every handshake failed.  The CLI
     treats the target as unreachable (exit status 3)."""
+
+
+class TLSConfigError(BeastnetError, ValueError):
+    """A TLS certificate or key could not be loaded (missing, unreadable, not
+    PEM, not matching), or a `TLSConfig` setting is out of range."""

@@ -16,10 +16,43 @@ from beastnet.control import (Answer, ControlPlane, MissDispatcher, MissHandler,
                               error_answer, is_loopback_client, start_control_plane,
                               stop_control_plane,
                               sum_counters)
-from beastnet.errors import ServerError
+from beastnet.errors import ServerError, TLSConfigError
 from beastnet.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE, http_families, render
 
-__all__ = ["HTTPServer", "WebSocketOptions"]
+__all__ = ["HTTPServer", "TLSConfig", "WebSocketOptions"]
+
+
+@dataclass(frozen=True)
+class TLSConfig:
+    """TLS on an HTTPServer's port (HTTPS, and WSS for its WebSocket feed).
+
+    OpenSSL runs in the native workers: the handshake is non-blocking inside
+    their epoll loops, bounded by ``handshake_timeout_s``.  TLS 1.2 and 1.3
+    (``min_version`` may raise it to ``"TLSv1.3"``), ALPN ``http/1.1``,
+    session tickets (resumption without a shared cache) unless
+    ``session_tickets`` is False, renegotiation refused.  ``cert_file`` is a
+    PEM chain (leaf first), ``key_file`` its PEM private key; both are read
+    again by `HTTPServer.reload_tls()`.  ``ciphers`` (TLS 1.2, OpenSSL's
+    cipher-list syntax) and ``ciphersuites`` (TLS 1.3) default to OpenSSL's.
+    See docs/tls.md.
+    """
+
+    cert_file: str                      #: PEM certificate chain, leaf first
+    key_file: str                       #: PEM private key (unencrypted)
+    ciphers: Optional[str] = None       #: TLS 1.2 cipher list, e.g. "ECDHE+AESGCM"
+    ciphersuites: Optional[str] = None  #: TLS 1.3 suites, e.g. "TLS_AES_128_GCM_SHA256"
+    min_version: str = "TLSv1.2"        #: "TLSv1.2" or "TLSv1.3"
+    session_tickets: bool = True        #: resumption by session ticket
+    handshake_timeout_s: float = 10.0   #: a handshake unfinished after this is closed (counted)
+
+    def context(self) -> _core.TLSContext:
+        """Build the OpenSSL context from the files (TLSConfigError when they cannot be used)."""
+        if not self.handshake_timeout_s > 0:
+            raise TLSConfigError("handshake_timeout_s must be positive")
+        return _core.TLSContext(os.fspath(self.cert_file), os.fspath(self.key_file),
+                                ciphers=self.ciphers, ciphersuites=self.ciphersuites,
+                                min_version=self.min_version,
+                                session_tickets=self.session_tickets)
 
 
 @dataclass(frozen=True)
@@ -65,8 +98,9 @@ class HTTPServer(EngineServer):
     its limits (401, or 429 with ``Retry-After``), checked natively.
     ``control``: a running `ControlPlane` to serve routes and misses on,
     shared with other servers (its owner starts and stops it); by default the
-    server starts its own.  Use as a context manager, or call ``start()`` and
-    ``stop()``.
+    server starts its own.  ``tls``: a `TLSConfig` serves HTTPS (and WSS) on
+    the port, terminated by OpenSSL in the workers (docs/tls.md).  Use as a
+    context manager, or call ``start()`` and ``stop()``.
     """
 
     def __init__(
@@ -96,6 +130,7 @@ class HTTPServer(EngineServer):
         cpus: Optional[list[int]] = None,
         control: Optional[ControlPlane] = None,
         websocket: Optional[WebSocketOptions] = None,
+        tls: Optional[TLSConfig] = None,
     ) -> None:
         if not isinstance(table, ResponseTable):
             raise TypeError("table must be a beastnet.ResponseTable")
@@ -143,6 +178,10 @@ class HTTPServer(EngineServer):
                 ws_max_message_bytes=websocket.max_message_bytes,
                 ws_stall_timeout_s=websocket.stall_timeout_s,
                 ws_max_symbols=websocket.max_symbols)
+        if tls is not None and not isinstance(tls, TLSConfig):
+            raise TypeError("tls must be a beastnet.TLSConfig")
+        #: TLS on the port (None = plain HTTP); `reload_tls()` rereads its files.
+        self.tls = tls
         self.api_keys = api_keys
         self.routes = dict(routes or {})
         self._shared_control = control
@@ -161,11 +200,15 @@ class HTTPServer(EngineServer):
         if self._running:
             raise ServerError("server already started")
         try:
+            tls_options: dict[str, Any] = {}
+            if self.tls is not None:     # before binding: a bad file fails fast
+                tls_options = dict(tls=self.tls.context(),
+                                   tls_handshake_timeout_s=self.tls.handshake_timeout_s)
             self._open_sockets()
             self._engine = _core.HTTPEngine(
                 self.table, [s.fileno() for s in self._socks], cpus=self.cpus,
                 miss_capacity=self.miss_queue_size, misses_to_python=self.handler is not None,
-                route_paths=tuple(self.routes), **self._engine_options)
+                route_paths=tuple(self.routes), **self._engine_options, **tls_options)
             # The control plane always runs: it serves /healthz, /metrics, /admin/.
             self._control = start_control_plane(self._shared_control, "beastnet-http-control")
             self._dispatcher = MissDispatcher(self._engine, self.table, self._on_request, "http",
@@ -252,6 +295,16 @@ class HTTPServer(EngineServer):
         else:
             self.topics.set(topic, data)
 
+    def reload_tls(self) -> None:
+        """Read the TLS certificate and key files again and serve new
+        connections with them; open connections keep the old ones.  On a
+        bad file, raises TLSConfigError and keeps serving the old ones."""
+        if self.tls is None:
+            raise ServerError("reload_tls() needs HTTPServer(tls=TLSConfig(...))")
+        context = self.tls.context()
+        if self._engine is not None:
+            self._engine.set_tls(context)
+
     def set_max_inflight(self, n: int) -> None:
         """Change how many handler calls may run at once (live)."""
         if n < 1:
@@ -264,9 +317,10 @@ class HTTPServer(EngineServer):
 
     @property
     def url(self) -> str:
-        """``http://host:port`` of the first listening socket."""
+        """``http://host:port`` (``https://`` with TLS) of the first listening socket."""
         host, port = self.address[0], self.address[1]
-        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+        scheme = "https" if self.tls is not None else "http"
+        return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
     def stats(self) -> dict[str, Any]:
         """Counters summed over workers (``totals``), per worker, and the set-up."""
@@ -283,6 +337,19 @@ class HTTPServer(EngineServer):
             "totals": totals,
             "per_thread": per_thread,
             "worker_errors": [os.strerror(e) for _, e in status if e],
+            "tls": self._tls_stats(totals),
+        }
+
+    def _tls_stats(self, totals: Mapping[str, int]) -> Optional[dict[str, Any]]:
+        if self.tls is None:
+            return None
+        return {
+            "cert_file": os.fspath(self.tls.cert_file),
+            "key_file": os.fspath(self.tls.key_file),
+            # kTLS is detected per connection after its handshake, never assumed.
+            "ktls_available": _core.ktls_available(),
+            "ktls_send": {"on": totals.get("tls_ktls_send_on", 0),
+                          "off": totals.get("tls_ktls_send_off", 0)},
         }
 
     def metrics_text(self) -> bytes:

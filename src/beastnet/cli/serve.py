@@ -27,7 +27,8 @@ admin:    loopback only unless a token is set; the token comes from
 try it:   beastnet serve --profile dev
           curl http://127.0.0.1:8080/v1/BTC
           beastnet stats
-signals:  SIGTERM or SIGINT drain (finish in-flight HTTP, flush usage) and exit 0.
+signals:  SIGTERM or SIGINT drain (finish in-flight HTTP, flush usage) and exit 0;
+          SIGHUP reloads --tls-cert/--tls-key (open connections keep the old ones).
 exit status:{statuses}"""
 
 SERVE_STATUSES = {
@@ -101,6 +102,9 @@ def add_serve_command(sub: Any) -> None:
          metavar="N")
     _add(g, "--max-connections", "max_connections", "open connections accepted at once",
          type=int, metavar="N")
+    _add(g, "--tls-cert", "tls_cert", "PEM certificate chain: TLS (https://, wss://) on the HTTP "
+                                      "port; needs --tls-key", metavar="PATH")
+    _add(g, "--tls-key", "tls_key", "PEM private key of --tls-cert", metavar="PATH")
     g = p.add_argument_group("both")
     g.add_argument("--share-ports", dest="share_ports", action="store_const", const=True,
                    help="join the SO_REUSEPORT group of a server already bound to these ports "
@@ -189,7 +193,7 @@ SERVE_FLAGS = ("udp_host", "udp_port", "udp_sockets", "batch", "recv_buffer_byte
                "backlog", "max_connections", "share_ports", "keystore", "feed", "feed_path",
                "replay_speed", "feed_rounds_per_s", "admin_host", "admin_port",
                "admin_token_file", "log_level", "redis", "node_id", "snapshot_interval_s",
-               "snapshot_ttl_s", "redis_fallback")
+               "snapshot_ttl_s", "redis_fallback", "tls_cert", "tls_key")
 
 
 WEBHOOK_FLAGS = ("webhooks", "webhooks_allow_private", "webhook_ca_file")
@@ -226,7 +230,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # thread the service starts (they inherit the mask), until serve_forever()
     # waits for them: one that arrives during start-up or just after the ready
     # line is then a clean drain, never the default action killing the process.
-    drain_signals = (signal.SIGTERM, signal.SIGINT)
+    # SIGHUP too: its default action would kill the server it asks to reload.
+    drain_signals = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, drain_signals)
     try:
         return _serve(PriceService(cfg), cfg, log)
@@ -235,7 +240,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _serve(service: PriceService, cfg: ServeConfig, log: logging.Logger) -> int:
-    from beastnet import ServerError
+    from beastnet import ServerError, TLSConfigError
     from beastnet.serve.cluster import ClusterError
     from beastnet.serve.keys import KeyStoreError
     from beastnet.serve.service import PortInUseError
@@ -250,6 +255,9 @@ def _serve(service: PriceService, cfg: ServeConfig, log: logging.Logger) -> int:
     except (KeyStoreError, ServerError, OSError, ClusterError, WebhookError) as exc:
         print(f"beastnet serve: error: {exc}", file=sys.stderr)
         return EXIT_FAIL
+    except TLSConfigError as exc:       # a certificate or key OpenSSL cannot use
+        print(f"beastnet serve: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     assert service.udp is not None and service.http is not None and service.admin is not None
     udp_host, udp_port = service.udp.address[:2]
     http_host, http_port = service.http.address[:2]

@@ -148,6 +148,21 @@ typedef struct bn_http_counters {
     uint64_t ws_close_policy;                 /* closes with 1008 (slow consumers included) */
     uint64_t ws_close_too_big;                /* closes with 1009 */
     uint64_t ws_close_other;                  /* closes with another code (1003, 1011, 1013, peer's codes) */
+    uint64_t tls_handshakes;                  /* TLS handshakes completed */
+    uint64_t tls_resumed;                     /* ... that resumed a session (ticket) */
+    uint64_t tls_v13;                         /* ... that negotiated TLS 1.3 */
+    uint64_t tls_handshake_timeouts;          /* handshakes over handshake_timeout_s */
+    uint64_t tls_handshake_errors;            /* handshakes OpenSSL refused (junk, no shared cipher) */
+    uint64_t tls_handshake_aborted;           /* clients gone before the handshake finished */
+    uint64_t tls_plain_http;                  /* plain HTTP on the TLS port (400) */
+    uint64_t tls_on_plain_port;               /* TLS ClientHellos on a plain port (400) */
+    uint64_t tls_renegotiations;              /* TLS 1.2 renegotiations refused */
+    uint64_t tls_errors;                      /* connections closed by an OpenSSL error */
+    uint64_t tls_write_blocked;               /* SSL_write calls that waited for EPOLLOUT */
+    uint64_t tls_ktls_send_on;                /* connections the kernel encrypts (kTLS) */
+    uint64_t tls_ktls_send_off;               /* connections encrypted in user space */
+    uint64_t tls_active;                      /* connections holding an SSL now (gauge) */
+    uint64_t tls_writes;                      /* SSL_write calls that completed at once */
 } __attribute__((aligned(BN_CACHE_LINE))) bn_http_counters;
 
 #endif /* BEASTNET_ATOMICS_H */

@@ -121,6 +121,21 @@ cdef extern from "atomics.h" nogil:
         uint64_t ws_close_policy
         uint64_t ws_close_too_big
         uint64_t ws_close_other
+        uint64_t tls_handshakes
+        uint64_t tls_resumed
+        uint64_t tls_v13
+        uint64_t tls_handshake_timeouts
+        uint64_t tls_handshake_errors
+        uint64_t tls_handshake_aborted
+        uint64_t tls_plain_http
+        uint64_t tls_on_plain_port
+        uint64_t tls_renegotiations
+        uint64_t tls_errors
+        uint64_t tls_write_blocked
+        uint64_t tls_ktls_send_on
+        uint64_t tls_ktls_send_off
+        uint64_t tls_active
+        uint64_t tls_writes
 
 
 cdef extern from "compat.h" nogil:

@@ -59,6 +59,8 @@ class ServeConfig:
     max_connections: int = 10_000
     idle_timeout_s: float = 60.0
     header_timeout_s: float = 10.0
+    tls_cert: Optional[str] = None              # PEM chain: TLS (https://, wss://) on the HTTP port
+    tls_key: Optional[str] = None               # its PEM private key; both or neither
     # admin listener (/admin/*, /metrics, /healthz), apart from the public HTTP port
     admin_host: str = "127.0.0.1"
     admin_port: int = 8081
@@ -210,6 +212,16 @@ def _check(cfg: ServeConfig, label: Callable[[str], str] = str) -> None:
          f"{label('stream_path')} must be a path of under 64 bytes, got {cfg.stream_path!r}")
     for tier, limits in cfg.tiers.items():
         _check_tier(tier, limits)
+    need((cfg.tls_cert is None) == (cfg.tls_key is None),
+         "TLS needs both --tls-cert and --tls-key (tls_cert and tls_key in a config file), "
+         "or neither")
+    for name in ("tls_cert", "tls_key"):
+        if value(name) is not None:
+            try:
+                with open(value(name), "rb"):
+                    pass
+            except OSError as exc:
+                raise ConfigError(f"{label(name)} {value(name)}: {exc.strerror}") from None
     _check_cluster(cfg, label)
     _check_webhooks(cfg, label)
 

@@ -25,7 +25,7 @@ from urllib.parse import parse_qs
 import orjson
 
 from beastnet import (Answer, APIKeyTable, ControlPlane, HTTPServer, MissRequest, ResponseTable,
-                      ServerError, UDPServer, WebSocketOptions)
+                      ServerError, TLSConfig, TLSConfigError, UDPServer, WebSocketOptions)
 from beastnet.metrics import (CONTENT_TYPE as METRICS_CONTENT_TYPE, MetricFamily, http_families,
                               render, udp_families)
 from beastnet.serve.assets import ASSETS
@@ -325,12 +325,30 @@ class PriceService:
                                      content_type="text/html; charset=utf-8")
             routes.update({path: self._on_dashboard for path in DASHBOARD_ROUTES})
         stream = WebSocketOptions(path=cfg.stream_path) if cfg.stream else None
+        tls = TLSConfig(cfg.tls_cert, cfg.tls_key) if cfg.tls_cert and cfg.tls_key else None
         return HTTPServer(self.table, cfg.http_host, cfg.http_port, threads=cfg.http_threads,
                           backlog=cfg.backlog, prefix=cfg.http_prefix, routes=routes,
                           miss_queue_size=cfg.miss_queue_size, max_inflight=cfg.max_inflight,
                           max_connections=cfg.max_connections, idle_timeout_s=cfg.idle_timeout_s,
                           header_timeout_s=cfg.header_timeout_s, api_keys=self.api_keys,
-                          control=self.control, websocket=stream).start()
+                          control=self.control, websocket=stream, tls=tls).start()
+
+    def reload_tls(self) -> bool:
+        """SIGHUP: read the public port's certificate and key again.  New
+        connections get them; open ones keep theirs; a bad file is logged and
+        the old certificate stays.  True when reloaded."""
+        if self.http is None or self.http.tls is None:
+            log.info("SIGHUP: no TLS certificate to reload", extra={"fields": {"event": "sighup"}})
+            return False
+        try:
+            self.http.reload_tls()
+        except TLSConfigError as exc:
+            log.error("SIGHUP: TLS reload failed, still serving the previous certificate: %s", exc,
+                      extra={"fields": {"event": "tls_reload_failed"}})
+            return False
+        log.info("SIGHUP: TLS certificate reloaded from %s", self.http.tls.cert_file,
+                 extra={"fields": {"event": "tls_reloaded", "cert": self.http.tls.cert_file}})
+        return True
 
     def _on_dashboard(self, request: MissRequest) -> Answer:
         if request.method not in ("GET", "HEAD"):
@@ -382,11 +400,13 @@ class PriceService:
         self.stop()
 
     def serve_forever(self) -> int:
-        """Run until SIGTERM or SIGINT, then drain and return 0."""
-        signals = (signal.SIGTERM, signal.SIGINT)
+        """Run until SIGTERM or SIGINT, then drain and return 0.  SIGHUP
+        reloads the TLS certificate and goes on."""
+        signals = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
         previous = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
         try:
-            signum = signal.sigwait(signals)
+            while (signum := signal.sigwait(signals)) == signal.SIGHUP:
+                self.reload_tls()
             log.info("%s: draining", signal.Signals(signum).name)
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, previous)
