@@ -1,12 +1,18 @@
 # cdef extern declarations of the system's OpenSSL (libssl, libcrypto >= 1.1.1;
-# kTLS needs 3.0) for the engine's TLS (_tls.pxi).  Only what we call is
-# declared.  Several of these are macros over SSL_ctrl/BIO_ctrl in the
-# headers; Cython calls them like functions.
+# kTLS needs 3.0), one list for both extensions: the engine's TLS server
+# (_tls.pxi) and the load generator's TLS client (loadgen/_tls.pxi).  Only
+# what one of them calls is declared.  Several of these are macros over
+# SSL_ctrl/BIO_ctrl in the headers; Cython calls them like functions.
+from libc.stdint cimport uint64_t
+
 cdef extern from "<openssl/ssl.h>" nogil:
     ctypedef struct SSL_CTX
     ctypedef struct SSL
     ctypedef struct SSL_METHOD
     ctypedef struct BIO
+    ctypedef struct SSL_SESSION
+    ctypedef struct SSL_CIPHER
+    ctypedef struct X509_VERIFY_PARAM
 
     enum:
         SSL_ERROR_NONE
@@ -29,6 +35,15 @@ cdef extern from "<openssl/ssl.h>" nogil:
         SSL_R_UNEXPECTED_EOF_WHILE_READING
         SSL_R_HTTP_REQUEST
         SSL_R_HTTPS_PROXY_REQUEST
+        SSL_VERIFY_NONE
+        SSL_VERIFY_PEER
+        SSL_SENT_SHUTDOWN
+        SSL_RECEIVED_SHUTDOWN
+        SSL_SESS_CACHE_CLIENT
+        SSL_SESS_CACHE_NO_INTERNAL_STORE
+        SSL_R_WRONG_VERSION_NUMBER
+        SSL_R_PACKET_LENGTH_TOO_LONG
+        X509_V_OK
 
     # Options and modes (unsigned long / uint64_t masks depending on the version).
     unsigned long SSL_OP_NO_RENEGOTIATION
@@ -42,10 +57,11 @@ cdef extern from "<openssl/ssl.h>" nogil:
     long SSL_MODE_RELEASE_BUFFERS
 
     const SSL_METHOD* TLS_server_method()
+    const SSL_METHOD* TLS_client_method()
     SSL_CTX* SSL_CTX_new(const SSL_METHOD* method)
     void SSL_CTX_free(SSL_CTX* ctx)
     int SSL_CTX_up_ref(SSL_CTX* ctx)
-    unsigned long SSL_CTX_set_options(SSL_CTX* ctx, unsigned long op)
+    uint64_t SSL_CTX_set_options(SSL_CTX* ctx, uint64_t op)     # unsigned long before 3.0: the same 64 bits here
     long SSL_CTX_set_mode(SSL_CTX* ctx, long mode)
     int SSL_CTX_set_min_proto_version(SSL_CTX* ctx, int version)
     long SSL_CTX_set_session_cache_mode(SSL_CTX* ctx, long mode)
@@ -62,6 +78,12 @@ cdef extern from "<openssl/ssl.h>" nogil:
                                               unsigned char* outlen, const unsigned char* inp,
                                               unsigned int inlen, void* arg) noexcept nogil,
                                     void* arg)
+    void SSL_CTX_set_verify(SSL_CTX* ctx, int mode, void* callback)
+    int SSL_CTX_set_default_verify_paths(SSL_CTX* ctx)
+    int SSL_CTX_load_verify_locations(SSL_CTX* ctx, const char* cafile, const char* capath)
+    int SSL_CTX_set_alpn_protos(SSL_CTX* ctx, const unsigned char* protos, unsigned int len)
+    void SSL_CTX_sess_set_new_cb(SSL_CTX* ctx, int (*new_session_cb)(SSL*, SSL_SESSION*) noexcept nogil)
+    X509_VERIFY_PARAM* SSL_CTX_get0_param(SSL_CTX* ctx)
     int SSL_select_next_proto(unsigned char** out, unsigned char* outlen,
                               const unsigned char* server, unsigned int server_len,
                               const unsigned char* client, unsigned int client_len)
@@ -84,8 +106,26 @@ cdef extern from "<openssl/ssl.h>" nogil:
     void SSL_CTX_set_read_ahead(SSL_CTX* ctx, int yes)
     BIO* SSL_get_wbio(const SSL* ssl)
     const char* SSL_get_version(const SSL* ssl)
+    long SSL_set_tlsext_host_name(SSL* ssl, const char* name)
+    int SSL_set_session(SSL* ssl, SSL_SESSION* session)
+    int SSL_connect(SSL* ssl)
+    int SSL_read(SSL* ssl, void* buf, int num)
+    int SSL_write(SSL* ssl, const void* buf, int num)
+    int SSL_pending(const SSL* ssl)
+    void SSL_set_shutdown(SSL* ssl, int mode)
+    long SSL_get_verify_result(const SSL* ssl)
+    const SSL_CIPHER* SSL_get_current_cipher(const SSL* ssl)
+    const char* SSL_CIPHER_get_name(const SSL_CIPHER* cipher)
+    void SSL_get0_alpn_selected(const SSL* ssl, const unsigned char** data, unsigned int* len)
+    void SSL_SESSION_free(SSL_SESSION* session)
 
     long BIO_get_ktls_send(BIO* b)
+
+
+cdef extern from "<openssl/x509_vfy.h>" nogil:
+    int X509_VERIFY_PARAM_set1_host(X509_VERIFY_PARAM* param, const char* name, size_t namelen)
+    int X509_VERIFY_PARAM_set1_ip_asc(X509_VERIFY_PARAM* param, const char* ipasc)
+    const char* X509_verify_cert_error_string(long n)
 
 
 cdef extern from "<openssl/err.h>" nogil:
@@ -94,3 +134,4 @@ cdef extern from "<openssl/err.h>" nogil:
     void ERR_clear_error()
     void ERR_error_string_n(unsigned long e, char* buf, size_t len)
     int ERR_GET_REASON(unsigned long e)
+    const char* ERR_reason_error_string(unsigned long e)

@@ -1,7 +1,7 @@
 # The table of contents of beastnet.loadgen._native: every cdef class and its fields.
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from beastnet.includes.native cimport bn_threads
-from beastnet.includes.openssl_client cimport SSL_CTX
+from beastnet.includes.openssl cimport SSL_CTX
 
 
 cdef struct bn_lg_base

@@ -24,7 +24,7 @@ from beastnet.includes.native cimport (BEASTNET_DEBUG, BN_CACHE_LINE, PLATFORM_I
                                        bn_threads_join, bn_threads_start)
 from beastnet.includes.system cimport *
 from beastnet.loadgen.loadsys cimport *
-from beastnet.includes.openssl_client cimport *
+from beastnet.includes.openssl cimport *
 
 
 include "_hist.pxi"
