@@ -72,6 +72,18 @@ def open_store(args: argparse.Namespace) -> Any:
                         allow_private=allow)
 
 
+def delivered_text(row: dict[str, Any], width: int = 48) -> str:
+    """A log row's assets as `BTC=0.0743@sim-a ETH=...` (UDP rows: names
+    only, their prices are not recorded), cut to `width` with an ellipsis."""
+    names = row.get("asset_list") or []
+    prices = row.get("prices") or [None] * len(names)
+    sources = row.get("sources") or [None] * len(names)
+    text = " ".join(name + (f"={price:g}" if isinstance(price, (int, float)) else "")
+                    + (f"@{source}" if source else "")
+                    for name, price, source in zip(names, prices, sources))
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
 def cmd_webhooks(args: argparse.Namespace) -> int:
     import orjson
 
@@ -118,14 +130,15 @@ def cmd_webhooks(args: argparse.Namespace) -> int:
                     sys.stdout.write(orjson.dumps(log_rows).decode() + "\n")
                 else:
                     print(f"{'time (UTC)':<23} {'subscription':<22} {'method':<6} {'try':>3} "
-                          f"{'status':>6} {'ok':<3} {'ms':>8} {'assets':>6}  error")
+                          f"{'status':>6} {'ok':<3} {'ms':>8} {'assets':>6}  "
+                          f"{'asset=price@source':<48}  error")
                     for r in log_rows:
                         when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r["ts"]))
                         when += f".{int(r['ts'] * 1000) % 1000:03d}"
                         print(f"{when:<23} {r['subscription']:<22} {r['method']:<6} "
                               f"{r['attempt']:>3} {r['status']:>6} "
                               f"{'yes' if r['delivered'] else 'no':<3} {r['latency_ms']:>8.1f} "
-                              f"{r['assets']:>6}  {r['error']}")
+                              f"{r['assets']:>6}  {delivered_text(r):<48}  {r['error']}")
     except (WebhookError, ConfigError) as exc:
         print(f"beastnet webhooks: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -44,6 +44,8 @@ from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import Any, List, Optional
 
+import orjson
+
 from beastnet import ControlPlane, ResponseTable, UDPPusher
 from beastnet.metrics import MetricFamily, push_families
 from beastnet.serve.webhooks import (WebhookError, WebhookStore, check_address, parse_endpoint,
@@ -197,6 +199,7 @@ class _Sub:
     failing_since: Optional[float] = None
     target: int = -1                    # UDP: its index in the pusher's targets, -1 = unresolved
     last_fired: float = 0.0             # wall clock of its last cycle, 0 = none yet
+    assets_json: str = "[]"             # its assets as the log's asset_list, built at reload
 
 
 @dataclass
@@ -422,6 +425,7 @@ class WebhookPusher:
             sub = _Sub(row["id"], ep.method, ep.url, ep.host, ep.port, tier.interval_s,
                        [a for a in row["assets"] if a in self._asset_index], row["secrets"],
                        row["style"], self.phase_s(row["id"], tier.interval_s))
+            sub.assets_json = orjson.dumps(sub.assets).decode()
             prev = old.get(sub.id)
             if prev is not None:
                 # The same object carries on: a delivery under way holds it and
@@ -429,7 +433,7 @@ class WebhookPusher:
                 if prev.interval_s != sub.interval_s:
                     prev.next_due = self.next_due(sub.phase_s, sub.interval_s, now)
                 for name in ("method", "url", "host", "port", "interval_s", "assets", "secrets",
-                             "style", "phase_s"):
+                             "style", "phase_s", "assets_json"):
                     setattr(prev, name, getattr(sub, name))
                 sub = prev
             else:
@@ -548,20 +552,45 @@ class WebhookPusher:
                 stats.deliveries += 1
             else:
                 stats.failures += 1
+            # The subscription's asset list, built at reload: no per-datagram
+            # work here, and no prices (reading them back would be).
             self.log.add((now, sub.id, "", "udp", n, 1, 0, int(ok), ms,
-                          "" if ok else f"{len(sub.assets) - n} of {len(sub.assets)} not sent"))
+                          "" if ok else f"{len(sub.assets) - n} of {len(sub.assets)} not sent",
+                          sub.assets_json, None, None))
         for sub in due:
             if sub.target < 0:
                 stats.attempts += 1
                 stats.failures += 1
                 self.log.add((now, sub.id, "", "udp", 0, 1, 0, 0, 0.0,
-                              "endpoint unresolved or refused"))
+                              "endpoint unresolved or refused", sub.assets_json, None, None))
 
     # -- HTTPS ---------------------------------------------------------------------
 
-    def _payload(self, sub: _Sub) -> bytes:
-        bodies = [b for b in (self.table.get(a) for a in sub.assets) if b is not None]
-        return b"[" + b",".join(bodies) + b"]"
+    def _payload(self, sub: _Sub) -> tuple[bytes, tuple[int, str, Optional[str], Optional[str]]]:
+        """The POST body, and what the log records of it: the count, the
+        assets carried, and each body's price and source.  The bodies are in
+        hand and small: one orjson parse each, once per cycle (not per attempt)."""
+        assets: list[str] = []
+        bodies: list[bytes] = []
+        prices: list[Any] = []
+        sources: list[Any] = []
+        for asset in sub.assets:
+            b = self.table.get(asset)
+            if b is None:
+                continue
+            assets.append(asset)
+            bodies.append(b)
+            try:
+                doc = orjson.loads(b)
+            except orjson.JSONDecodeError:
+                doc = None
+            if not isinstance(doc, dict):
+                doc = {}
+            prices.append(doc.get("price"))
+            sources.append(doc.get("source"))
+        meta = (len(assets), orjson.dumps(assets).decode(), orjson.dumps(prices).decode(),
+                orjson.dumps(sources).decode())
+        return b"[" + b",".join(bodies) + b"]", meta
 
     async def _deliver_https(self, sub: _Sub) -> None:
         """One cycle's delivery: attempts until a 2xx, a 410 or the last attempt."""
@@ -569,7 +598,7 @@ class WebhookPusher:
 
         s = self.settings
         stats = self.stats_by_method["https"]
-        body = self._payload(sub)
+        body, meta = self._payload(sub)
         msg_id = "msg_" + secrets.token_urlsafe(16)
         timeout = aiohttp.ClientTimeout(total=s.timeout_s)
         attempt = 0
@@ -593,7 +622,7 @@ class WebhookPusher:
                 except asyncio.TimeoutError:
                     error = f"timeout after {s.timeout_s:g} s"
                 except asyncio.CancelledError:
-                    self._log_https(sub, msg_id, attempt, status, t0, "cancelled: stopping")
+                    self._log_https(sub, msg_id, attempt, status, t0, "cancelled: stopping", meta)
                     raise
                 except (aiohttp.ClientError, OSError, WebhookError) as exc:
                     error = f"{type(exc).__name__}: {exc}"[:300]
@@ -603,7 +632,7 @@ class WebhookPusher:
                 if not error and not ok:
                     error = f"HTTP {status}" + (" (redirects are not followed)"
                                                 if 300 <= status < 400 else "")
-                ms = self._log_https(sub, msg_id, attempt, status, t0, error, ok)
+                ms = self._log_https(sub, msg_id, attempt, status, t0, error, meta, ok)
                 stats.latency_ms.append(ms)
                 if ok:
                     stats.deliveries += 1
@@ -636,10 +665,12 @@ class WebhookPusher:
         check_address(host, self.settings.allow_private)
 
     def _log_https(self, sub: _Sub, msg_id: str, attempt: int, status: int, t0: float,
-                   error: str, ok: bool = False) -> float:
+                   error: str, meta: tuple[int, str, Optional[str], Optional[str]],
+                   ok: bool = False) -> float:
         ms = (time.perf_counter() - t0) * 1000.0
-        self.log.add((time.time(), sub.id, msg_id, "https", len(sub.assets), attempt, status,
-                      int(ok), ms, error))
+        count, asset_list, prices, sources = meta
+        self.log.add((time.time(), sub.id, msg_id, "https", count, attempt, status,
+                      int(ok), ms, error, asset_list, prices, sources))
         return ms
 
     def _note_failure(self, sub: _Sub) -> None:

@@ -221,6 +221,17 @@ CREATE INDEX IF NOT EXISTS webhook_log_ts ON webhook_log (ts);
 CREATE INDEX IF NOT EXISTS webhook_log_sub ON webhook_log (subscription, ts);
 """
 
+# Delivery-log columns added after the first release, each added by ALTER
+# TABLE when an older file lacks it (additive: old rows read as the default).
+_LOG_COLUMNS_ADDED = (
+    ("asset_list", "TEXT NOT NULL DEFAULT '[]'"),    # JSON array of the assets delivered
+    ("prices", "TEXT"),                 # JSON array beside asset_list; NULL = not recorded (UDP)
+    ("sources", "TEXT"),                # JSON array of each body's feed source; NULL likewise
+)
+_LOG_COLUMNS = ("ts", "subscription", "msg_id", "method", "assets", "attempt", "status",
+                "delivered", "latency_ms", "error") + tuple(c for c, _ in _LOG_COLUMNS_ADDED)
+_LOG_JSON = frozenset(c for c, _ in _LOG_COLUMNS_ADDED)
+
 _COLUMNS = ("id", "endpoint", "method", "tier", "assets", "secrets", "style", "state", "reason",
             "label", "created_at", "changed_at")
 
@@ -245,9 +256,24 @@ class WebhookStore:
             raise WebhookError(str(exc)) from None
         try:
             self._keys.script(_SCHEMA)
+            self._add_log_columns()
         except KeyStoreError as exc:
             self._keys.close()
             raise WebhookError(str(exc)) from None
+
+    def _add_log_columns(self) -> None:
+        """The additive migration of an older file's delivery log."""
+        for name, decl in _LOG_COLUMNS_ADDED:
+            have = {row[1] for row in self._keys.query("PRAGMA table_info(webhook_log)")}
+            if name in have:
+                continue
+            try:
+                self._keys.script(f"ALTER TABLE webhook_log ADD COLUMN {name} {decl}")
+            except KeyStoreError:
+                # Another process starting at the same time may have added it first.
+                have = {row[1] for row in self._keys.query("PRAGMA table_info(webhook_log)")}
+                if name not in have:
+                    raise
 
     def close(self) -> None:
         self._keys.close()
@@ -378,11 +404,12 @@ class WebhookStore:
     # -- delivery log --------------------------------------------------------------
 
     def write_log(self, rows: List[tuple]) -> None:
-        """Append delivery-log rows in one transaction (all or nothing)."""
+        """Append delivery-log rows (tuples in _LOG_COLUMNS order) in one
+        transaction (all or nothing)."""
         try:
             self._keys.insert_many(
-                "INSERT INTO webhook_log (ts, subscription, msg_id, method, assets, attempt, "
-                "status, delivered, latency_ms, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                f"INSERT INTO webhook_log ({', '.join(_LOG_COLUMNS)}) "
+                f"VALUES ({', '.join('?' * len(_LOG_COLUMNS))})", rows)
         except KeyStoreError as exc:
             raise WebhookError(f"log write failed: {exc}") from None
 
@@ -392,12 +419,19 @@ class WebhookStore:
         return len(rows)
 
     def read_log(self, sub_id: Optional[str] = None, limit: int = 100) -> List[dict[str, Any]]:
-        cols = ("ts", "subscription", "msg_id", "method", "assets", "attempt", "status",
-                "delivered", "latency_ms", "error")
-        sql = f"SELECT {', '.join(cols)} FROM webhook_log"
+        """The newest rows first; asset_list, prices and sources as lists
+        (prices and sources None where not recorded)."""
+        sql = f"SELECT {', '.join(_LOG_COLUMNS)} FROM webhook_log"
         args: List[Any] = []
         if sub_id:
             sql += " WHERE subscription = ?"
             args.append(sub_id)
         rows = self._run(sql + " ORDER BY ts DESC, rowid DESC LIMIT ?", args + [limit])
-        return [dict(zip(cols, r)) for r in rows]
+        out = []
+        for r in rows:
+            row = dict(zip(_LOG_COLUMNS, r))
+            for name in _LOG_JSON:
+                if row[name] is not None:
+                    row[name] = json.loads(row[name])
+            out.append(row)
+        return out
