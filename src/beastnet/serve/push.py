@@ -276,9 +276,13 @@ class WebhookPusher:
     """Pushes `table`'s bodies to the active subscriptions of `store`."""
 
     def __init__(self, table: ResponseTable, store: WebhookStore, assets: list[str],
-                 settings: Optional[PushSettings] = None) -> None:
+                 settings: Optional[PushSettings] = None, node_id: Optional[str] = None) -> None:
         self.table = table
-        self.store = store
+        # A WebhookStore, or with `node_id` a RedisWebhookStore shared by the
+        # cluster: then this node pushes only the subscriptions it owns.
+        self.store: Any = store
+        self.node_id = node_id
+        self.live_nodes: list[str] = []     # the cluster's live nodes at the last check
         self.settings = settings or PushSettings()
         self.assets = list(assets)
         self._asset_index = {a: i for i, a in enumerate(self.assets)}
@@ -407,6 +411,24 @@ class WebhookPusher:
             k += 1
         return phase_s + k * interval_s
 
+    def _check_nodes(self) -> bool:
+        """Read the cluster's live nodes; True if the set changed (ownership
+        moves).  This node always counts itself: it is pushing, and a
+        snapshot lost in a Redis restart is rewritten within an interval."""
+        live = sorted(set(self.store.live_nodes()) | {self.node_id})
+        if live == self.live_nodes:
+            return False
+        log.info("webhook push: live nodes %s", ", ".join(live),
+                 extra={"fields": {"event": "webhook_nodes", "nodes": live}})
+        self.live_nodes = live
+        return True
+
+    def owns(self, sub_id: str) -> bool:
+        """Whether this node pushes `sub_id` (alone: always)."""
+        from beastnet.serve.webhooks_cluster import owner
+        return self.node_id is None or owner(sub_id, self.live_nodes or [self.node_id]) \
+            == self.node_id
+
     def _reload(self) -> None:
         """Rebuild the subscriptions from the store; the schedule of one whose
         interval is unchanged carries on where it was."""
@@ -415,6 +437,8 @@ class WebhookPusher:
         old = self.subs
         subs: dict[str, _Sub] = {}
         for row in self.store.list("active"):
+            if not self.owns(row["id"]):
+                continue                    # another live node pushes it
             tier = self.store.tiers.get(row["tier"])
             if tier is None:
                 continue                    # tier removed from config: not pushed
@@ -473,7 +497,13 @@ class WebhookPusher:
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
-        self._reload()
+        try:
+            if self.node_id is not None:
+                self._check_nodes()
+            self._reload()
+        except WebhookError as exc:         # the store unreachable: the next check retries
+            log.warning("webhook reload: %s", exc)
+            self._version = None
         next_check = time.monotonic() + RELOAD_S
         next_resolve = time.monotonic() + UDP_RESOLVE_TTL_S
         while True:
@@ -481,11 +511,14 @@ class WebhookPusher:
                 self._wake = False
                 next_check = time.monotonic() + RELOAD_S
                 try:
-                    if self.store.version() != self._version or time.monotonic() >= next_resolve:
+                    moved = self.node_id is not None and self._check_nodes()
+                    if moved or self.store.version() != self._version \
+                            or time.monotonic() >= next_resolve:
                         next_resolve = time.monotonic() + UDP_RESOLVE_TTL_S
                         self._reload()          # UDP names resolved (and checked) again
                 except WebhookError as exc:
                     log.warning("webhook reload: %s", exc)
+                    self._version = None        # reload once the store answers again
             now = time.time()
             if not self._heap or self._heap[0][0] > now + TICK_SLACK_S:
                 wait = RELOAD_S if not self._heap else min(self._heap[0][0] - now, RELOAD_S)
@@ -701,7 +734,9 @@ class WebhookPusher:
                              "attempts": m.attempts, "retries": m.retries,
                              "latency_ms": {k: round(v, 3) for k, v in
                                             percentiles(list(m.latency_ms)).items()}}
-        return {"subscriptions": len(self.subs), "cycles": self.cycles,
+        cluster = {} if self.node_id is None else {
+            "cluster": {"node_id": self.node_id, "live_nodes": self.live_nodes}}
+        return {**cluster, "subscriptions": len(self.subs), "cycles": self.cycles,
                 "cycles_skipped_late": self.cycles_skipped_late,
                 "cycles_skipped_busy": self.cycles_skipped_busy, "disabled": self.disabled,
                 "ssrf_refused": self.ssrf_refused,
