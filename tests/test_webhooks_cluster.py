@@ -112,7 +112,8 @@ def test_each_subscription_pushed_by_one_live_node(serve, redis_server, tmp_path
         endpoint = f"udp://127.0.0.1:{rx.port}"
         with RedisWebhookStore(url, TIERS, ASSETS, allow_private=True) as store:
             subs = [store.add(endpoint, "fast", [a]) for a in ASSETS[:4]]
-        added = webhooks_cli(url, cli_config, "add", endpoint, "--tier", "fast", "--assets", ASSETS[4])
+        added = webhooks_cli(url, cli_config, "add", endpoint, "--tier", "fast",
+                             "--assets", ASSETS[4])
         assert added.returncode == 0, added.stderr
         subs.append({"id": added.stdout.split()[0], "assets": [ASSETS[4]]})
         nodes = [serve("--keystore", str(tmp_path / f"keys-{i}.db"), "--redis", url,

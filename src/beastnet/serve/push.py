@@ -415,7 +415,8 @@ class WebhookPusher:
         """Read the cluster's live nodes; True if the set changed (ownership
         moves).  This node always counts itself: it is pushing, and a
         snapshot lost in a Redis restart is rewritten within an interval."""
-        live = sorted(set(self.store.live_nodes()) | {self.node_id})
+        assert self.node_id is not None
+        live: list[str] = sorted(set(self.store.live_nodes()) | {self.node_id})
         if live == self.live_nodes:
             return False
         log.info("webhook push: live nodes %s", ", ".join(live),

@@ -270,7 +270,7 @@ class PriceService:
         store: Any = WebhookStore(self.cfg.keystore, webhook_tiers(self.cfg.webhook_tiers),
                                   ASSETS, allow_private=self.cfg.webhooks_allow_private)
         node_id = None
-        if self.cluster is not None:
+        if self.cluster is not None and self.cfg.redis:
             # Subscriptions shared in Redis; this node's log stays in its key store.
             from beastnet.serve.webhooks_cluster import RedisWebhookStore
             store = RedisWebhookStore(self.cfg.redis, store.tiers, ASSETS,

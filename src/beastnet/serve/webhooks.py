@@ -31,9 +31,10 @@ from urllib.parse import urlsplit
 from beastnet import BeastnetError
 from beastnet.serve.keys import KeyStore, KeyStoreError
 
-__all__ = ["DEFAULT_WEBHOOK_TIERS", "MAX_SECRETS", "SECRET_PREFIX", "Endpoint", "SubscriptionRules",
-           "WebhookError", "WebhookStore", "WebhookTier", "check_address", "new_secret", "parse_endpoint", "public_view",
-           "resolve_endpoint", "sign_headers", "webhook_tiers"]
+__all__ = ["DEFAULT_WEBHOOK_TIERS", "MAX_SECRETS", "SECRET_PREFIX", "Endpoint",
+           "SubscriptionRules", "WebhookError", "WebhookStore", "WebhookTier", "check_address",
+           "new_secret", "parse_endpoint", "public_view", "resolve_endpoint", "sign_headers",
+           "webhook_tiers"]
 
 SECRET_PREFIX = "whsec_"
 #: Secrets kept during a rotation: the newest and the ones before it.

@@ -167,8 +167,9 @@ class RedisWebhookStore(SubscriptionRules):
             label: str = "", resolve: bool = True) -> dict[str, Any]:
         """Validate and store a subscription; return it (with its first secret)."""
         rec = self.new_record(endpoint, tier, assets, style, label, resolve)
-        fields = {k: orjson.dumps(v) if k in _JSON_FIELDS else repr(v) if k in _FLOAT_FIELDS
-                  else v for k, v in rec.items()}
+        fields: dict[Any, Any] = {
+            k: orjson.dumps(v) if k in _JSON_FIELDS else repr(v) if k in _FLOAT_FIELDS else v
+            for k, v in rec.items()}
 
         def write() -> None:
             with self.client.pipeline(transaction=True) as pipe:
@@ -199,7 +200,7 @@ class RedisWebhookStore(SubscriptionRules):
             ids = sorted(self.client.smembers(SUBS))
             with self.client.pipeline(transaction=False) as pipe:
                 for sub_id in ids:
-                    pipe.hgetall(SUB + sub_id.decode())
+                    pipe.hgetall(SUB + (sub_id.decode() if isinstance(sub_id, bytes) else sub_id))
                 return pipe.execute() if ids else []
         rows = [self._row(raw) for raw in self._call(read) if raw]
         rows.sort(key=lambda r: r["created_at"])
@@ -227,7 +228,7 @@ class RedisWebhookStore(SubscriptionRules):
         if not self._call(delete):
             raise WebhookError(f"no subscription {sub_id!r}")
 
-    def _set_secrets(self, sub_id: str, kept: list[str]) -> None:
+    def _set_secrets(self, sub_id: str, kept: List[str]) -> None:
         def write() -> None:
             with self.client.pipeline(transaction=True) as pipe:
                 pipe.hset(SUB + sub_id, mapping={"secrets": orjson.dumps(kept),
