@@ -68,6 +68,25 @@ def test_shared_store_round_trip(redis_server):  # noqa: F811
         assert store.list() == []
 
 
+def test_changes_are_heard_by_pub_sub(redis_server):  # noqa: F811
+    """A change made through one client reaches a listener at once, well
+    before the once-a-second version check would see it."""
+    import threading
+
+    heard = threading.Event()
+    with RedisWebhookStore(redis_server.url, TIERS, ASSETS, allow_private=True) as listener, \
+            RedisWebhookStore(redis_server.url, TIERS, ASSETS, allow_private=True) as writer:
+        listener.listen(heard.set)
+        time.sleep(0.1)                     # the subscription is in place
+        for change in (lambda: writer.add("udp://127.0.0.1:9", "fast", ["BTC"]),
+                       lambda: writer.set_state(writer.list()[0]["id"], "paused"),
+                       lambda: writer.remove(writer.list()[0]["id"])):
+            heard.clear()
+            t0 = time.monotonic()
+            change()
+            assert heard.wait(2.0) and time.monotonic() - t0 < 0.5
+
+
 def webhooks_cli(url: str, config, *args: str) -> subprocess.CompletedProcess:
     """`beastnet webhooks --redis URL`, with the nodes' config for its tiers."""
     config.write_text(CONFIG)

@@ -283,6 +283,7 @@ class WebhookPusher:
         self.store: Any = store
         self.node_id = node_id
         self.live_nodes: list[str] = []     # the cluster's live nodes at the last check
+        self._store_error: Optional[str] = None     # the last reload error, until one works
         self.settings = settings or PushSettings()
         self.assets = list(assets)
         self._asset_index = {a: i for i, a in enumerate(self.assets)}
@@ -496,30 +497,37 @@ class WebhookPusher:
             targets.append((cached[1], [self._asset_index[a] for a in sub.assets]))
         self.udp.set_targets(targets)
 
+    def _refresh(self, force: bool) -> bool:
+        """Reload if the store changed, the cluster's live nodes changed
+        (ownership moves), or `force`; True if it reloaded.  A store that
+        does not answer is reported once per outage, and the subscriptions
+        loaded last keep being pushed until it answers."""
+        try:
+            moved = self.node_id is not None and self._check_nodes()
+            if not (force or moved or self.store.version() != self._version):
+                return False
+            self._reload()
+        except WebhookError as exc:
+            if str(exc) != self._store_error:
+                log.warning("webhook reload: %s", exc)
+            self._store_error = str(exc)
+            self._version = None            # reload once the store answers again
+            return False
+        self._store_error = None
+        return True
+
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
-        try:
-            if self.node_id is not None:
-                self._check_nodes()
-            self._reload()
-        except WebhookError as exc:         # the store unreachable: the next check retries
-            log.warning("webhook reload: %s", exc)
-            self._version = None
+        self._refresh(force=True)
         next_check = time.monotonic() + RELOAD_S
         next_resolve = time.monotonic() + UDP_RESOLVE_TTL_S
         while True:
             if self._wake or time.monotonic() >= next_check:
                 self._wake = False
                 next_check = time.monotonic() + RELOAD_S
-                try:
-                    moved = self.node_id is not None and self._check_nodes()
-                    if moved or self.store.version() != self._version \
-                            or time.monotonic() >= next_resolve:
-                        next_resolve = time.monotonic() + UDP_RESOLVE_TTL_S
-                        self._reload()          # UDP names resolved (and checked) again
-                except WebhookError as exc:
-                    log.warning("webhook reload: %s", exc)
-                    self._version = None        # reload once the store answers again
+                # A reload resolves (and checks) the UDP names again.
+                if self._refresh(force=time.monotonic() >= next_resolve):
+                    next_resolve = time.monotonic() + UDP_RESOLVE_TTL_S
             now = time.time()
             if not self._heap or self._heap[0][0] > now + TICK_SLACK_S:
                 wait = RELOAD_S if not self._heap else min(self._heap[0][0] - now, RELOAD_S)
