@@ -187,7 +187,11 @@ def test_cli_round_trip(tmp_path):
     assert run_cli(tmp_path, "resume", sub_id).returncode == 0
     new = run_cli(tmp_path, "rotate-secret", sub_id).stdout.strip()
     assert new.startswith("whsec_") and new != secret
-    assert run_cli(tmp_path, "log", "--id", sub_id).returncode == 0
+    with WebhookStore(str(tmp_path / "k.db"), assets=ASSETS) as s:
+        s.write_log([(time.time(), sub_id, "msg_1", "https", 2, 1, 200, 1, 3.0, "",
+                      '["BTC","ETH"]', "[61234.5,3012.25]", '["sim-a","sim-b"]')])
+    log = run_cli(tmp_path, "log", "--id", sub_id)
+    assert log.returncode == 0 and "BTC=61234.5@sim-a ETH=3012.25@sim-b" in log.stdout
     assert run_cli(tmp_path, "remove", sub_id).returncode == 0
 
 
@@ -270,7 +274,8 @@ def test_push_counters_name_every_field_of_bn_push_counters():
 
 
 def _row(i: int, ts: float = 0.0) -> tuple:
-    return (ts or time.time(), "sub_x", f"msg_{i}", "https", 1, 1, 200, 1, 1.0, "")
+    return (ts or time.time(), "sub_x", f"msg_{i}", "https", 1, 1, 200, 1, 1.0, "", '["BTC"]',
+            "[1.5]", '["sim-a"]')
 
 
 def test_delivery_log_micro_batches(store):
@@ -308,6 +313,29 @@ def test_delivery_log_keeps_rows_a_failed_write_refused(tmp_path):
     log.add(_row(1))
     store.close()                       # every write fails from now on
     assert log.flush() == 0 and log.write_errors == 1 and log.pending == 1
+
+
+def test_log_columns_added_to_an_older_file(tmp_path):
+    """A key store whose delivery log predates asset_list, prices and sources
+    gains them when opened; its old rows read with the defaults."""
+    import sqlite3
+
+    path = str(tmp_path / "old.db")
+    db = sqlite3.connect(path)
+    db.executescript("""CREATE TABLE webhook_log (ts REAL NOT NULL, subscription TEXT NOT NULL,
+        msg_id TEXT NOT NULL, method TEXT NOT NULL, assets INTEGER NOT NULL,
+        attempt INTEGER NOT NULL, status INTEGER NOT NULL, delivered INTEGER NOT NULL,
+        latency_ms REAL NOT NULL, error TEXT NOT NULL DEFAULT '');
+        INSERT INTO webhook_log VALUES (1.0, 'sub_old', 'msg_0', 'udp', 3, 1, 0, 1, 0.1, '');""")
+    db.close()
+    with WebhookStore(path, assets=ASSETS) as s:
+        s.write_log([_row(1)])
+        new, old = s.read_log(limit=10)
+    assert (old["subscription"], old["assets"], old["asset_list"], old["prices"]) == \
+        ("sub_old", 3, [], None)
+    assert (new["asset_list"], new["prices"], new["sources"]) == (["BTC"], [1.5], ["sim-a"])
+    with WebhookStore(path, assets=ASSETS) as s:      # a second open adds nothing twice
+        assert len(s.read_log(limit=10)) == 2
 
 
 def test_log_retention(store):

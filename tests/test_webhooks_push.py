@@ -27,7 +27,9 @@ TIERS = {"fast": WebhookTier("fast", INTERVAL_S, 4), "slow": WebhookTier("slow",
 
 
 def body(asset: str) -> bytes:
-    return json.dumps({"asset": asset, "price": 1.5}).encode()
+    """The feed's body shape, a price and a source that differ per asset."""
+    return json.dumps({"asset": asset, "price": 1.5 + ASSETS.index(asset),
+                       "source": "src-" + asset.lower()}).encode()
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -115,6 +117,13 @@ def test_https_deliveries_signed_on_schedule(table, store, receiver, tls_certs):
     rows = delivered_rows(store, sub["id"])
     assert {r["msg_id"] for r in rows} == set(first), \
         "every message the receiver answered 200 is logged delivered, and no other"
+    by_id = {r.msg_id: json.loads(r.body) for r in got}
+    for row in rows:
+        sent = by_id[row["msg_id"]]
+        assert row["asset_list"] == [d["asset"] for d in sent] == ["BTC", "ETH", "SOL"]
+        assert row["prices"] == [d["price"] for d in sent] == [1.5, 2.5, 3.5]
+        assert row["sources"] == [d["source"] for d in sent]
+        assert row["assets"] == 3
     stats = pusher.stats()["methods"]["https"]
     assert stats["deliveries"] == len(first)
     assert stats["attempts"] == len(got), "every attempt the receiver saw is counted"
@@ -130,6 +139,14 @@ def test_udp_datagrams_per_cycle_and_interval(table, store):
         received = list(rx.datagrams)
     logged = sum(r["assets"] for s in subs for r in delivered_rows(store, s["id"]))
     assert logged == len(received), "datagrams logged as sent == datagrams received"
+    for s in subs:
+        rows = delivered_rows(store, s["id"])
+        assert rows and all(r["asset_list"] == s["assets"] for r in rows), \
+            "a UDP row lists the subscription's assets of that cycle"
+        assert all(r["prices"] is None and r["sources"] is None for r in rows), \
+            "UDP rows record no prices (no per-datagram work)"
+    names = {json.loads(d)["asset"] for _, d in received}
+    assert names == {a for s in subs for a in s["assets"]}
     assert {d for _, d in received} == {body(a) for a in ASSETS[:3]}
     # The one-asset subscription's datagrams: one per cycle, at the tier's interval.
     eth = [t for t, d in received if d == body("ETH")]     # the 3-asset subscription only

@@ -18,13 +18,19 @@ def add_webhooks_command(sub: Any) -> None:
                               "professional 6 s/75, enterprise 3 s/150; [webhook_tiers.NAME] in "
                               "the config file changes or adds tiers. Endpoints on loopback or "
                               "private addresses are refused unless --allow-private (or "
-                              "webhooks_allow_private in the config). exit status: 0 done; 2 bad "
-                              "flag or input, unknown subscription, tier or asset, a refused "
-                              "endpoint, or an unusable key store")
+                              "webhooks_allow_private in the config). With --redis (or the "
+                              "config's redis) the subscriptions are the cluster's, in Redis. "
+                              "exit status: 0 done; 2 bad flag or input, unknown subscription, "
+                              "tier or asset, a refused endpoint, an unusable key store, or "
+                              "Redis unreachable")
     p.add_argument("--db", help="key store path (default: the config's keystore, "
                                 "else beastnet-keys.db)")
     p.add_argument("--config", help="TOML config file of the server, for its keystore and "
                                     "[webhook_tiers.NAME] (default: none)")
+    p.add_argument("--redis", metavar="URL",
+                   help="manage the subscriptions a cluster shares in Redis (serve --redis "
+                        "--webhooks); `log` still reads this node's key store (--db) "
+                        "(default: the config's redis, else the key store alone)")
     p.add_argument("--allow-private", action="store_true", default=None,
                    help="accept endpoints on loopback and private addresses (default: refuse)")
     wsub = p.add_subparsers(dest="webhooks_command", metavar="ACTION")
@@ -68,13 +74,32 @@ def open_store(args: argparse.Namespace) -> Any:
     path = args.db or (cfg.keystore if cfg and cfg.keystore else "beastnet-keys.db")
     allow = args.allow_private if args.allow_private is not None else \
         bool(cfg and cfg.webhooks_allow_private)
-    return WebhookStore(path, webhook_tiers(cfg.webhook_tiers if cfg else {}), ASSETS,
-                        allow_private=allow)
+    tiers = webhook_tiers(cfg.webhook_tiers if cfg else {})
+    url = args.redis or (cfg.redis if cfg else None)
+    if not url:
+        return WebhookStore(path, tiers, ASSETS, allow_private=allow)
+    from beastnet.serve.webhooks_cluster import RedisWebhookStore
+    # The log is each node's own: only `log` opens the key store.
+    local = WebhookStore(path, tiers, ASSETS) if args.webhooks_command == "log" else None
+    return RedisWebhookStore(url, tiers, ASSETS, allow_private=allow, log_store=local)
+
+
+def delivered_text(row: dict[str, Any], width: int = 48) -> str:
+    """A log row's assets as `BTC=0.0743@sim-a ETH=...` (UDP rows: names
+    only, their prices are not recorded), cut to `width` with an ellipsis."""
+    names = row.get("asset_list") or []
+    prices = row.get("prices") or [None] * len(names)
+    sources = row.get("sources") or [None] * len(names)
+    text = " ".join(name + (f"={price:g}" if isinstance(price, (int, float)) else "")
+                    + (f"@{source}" if source else "")
+                    for name, price, source in zip(names, prices, sources))
+    return text if len(text) <= width else text[:width - 1] + "…"
 
 
 def cmd_webhooks(args: argparse.Namespace) -> int:
     import orjson
 
+    from beastnet.serve.cluster import ClusterError
     from beastnet.serve.config import ConfigError
     from beastnet.serve.webhooks import WebhookError, public_view
 
@@ -118,15 +143,16 @@ def cmd_webhooks(args: argparse.Namespace) -> int:
                     sys.stdout.write(orjson.dumps(log_rows).decode() + "\n")
                 else:
                     print(f"{'time (UTC)':<23} {'subscription':<22} {'method':<6} {'try':>3} "
-                          f"{'status':>6} {'ok':<3} {'ms':>8} {'assets':>6}  error")
+                          f"{'status':>6} {'ok':<3} {'ms':>8} {'assets':>6}  "
+                          f"{'asset=price@source':<48}  error")
                     for r in log_rows:
                         when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r["ts"]))
                         when += f".{int(r['ts'] * 1000) % 1000:03d}"
                         print(f"{when:<23} {r['subscription']:<22} {r['method']:<6} "
                               f"{r['attempt']:>3} {r['status']:>6} "
                               f"{'yes' if r['delivered'] else 'no':<3} {r['latency_ms']:>8.1f} "
-                              f"{r['assets']:>6}  {r['error']}")
-    except (WebhookError, ConfigError) as exc:
+                              f"{r['assets']:>6}  {delivered_text(r):<48}  {r['error']}")
+    except (WebhookError, ConfigError, ClusterError) as exc:
         print(f"beastnet webhooks: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     return EXIT_PASS

@@ -44,6 +44,8 @@ from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import Any, List, Optional
 
+import orjson
+
 from beastnet import ControlPlane, ResponseTable, UDPPusher
 from beastnet.metrics import MetricFamily, push_families
 from beastnet.serve.webhooks import (WebhookError, WebhookStore, check_address, parse_endpoint,
@@ -197,6 +199,7 @@ class _Sub:
     failing_since: Optional[float] = None
     target: int = -1                    # UDP: its index in the pusher's targets, -1 = unresolved
     last_fired: float = 0.0             # wall clock of its last cycle, 0 = none yet
+    assets_json: str = "[]"             # its assets as the log's asset_list, built at reload
 
 
 @dataclass
@@ -273,9 +276,14 @@ class WebhookPusher:
     """Pushes `table`'s bodies to the active subscriptions of `store`."""
 
     def __init__(self, table: ResponseTable, store: WebhookStore, assets: list[str],
-                 settings: Optional[PushSettings] = None) -> None:
+                 settings: Optional[PushSettings] = None, node_id: Optional[str] = None) -> None:
         self.table = table
-        self.store = store
+        # A WebhookStore, or with `node_id` a RedisWebhookStore shared by the
+        # cluster: then this node pushes only the subscriptions it owns.
+        self.store: Any = store
+        self.node_id = node_id
+        self.live_nodes: list[str] = []     # the cluster's live nodes at the last check
+        self._store_error: Optional[str] = None     # the last reload error, until one works
         self.settings = settings or PushSettings()
         self.assets = list(assets)
         self._asset_index = {a: i for i, a in enumerate(self.assets)}
@@ -404,6 +412,25 @@ class WebhookPusher:
             k += 1
         return phase_s + k * interval_s
 
+    def _check_nodes(self) -> bool:
+        """Read the cluster's live nodes; True if the set changed (ownership
+        moves).  This node always counts itself: it is pushing, and a
+        snapshot lost in a Redis restart is rewritten within an interval."""
+        assert self.node_id is not None
+        live: list[str] = sorted(set(self.store.live_nodes()) | {self.node_id})
+        if live == self.live_nodes:
+            return False
+        log.info("webhook push: live nodes %s", ", ".join(live),
+                 extra={"fields": {"event": "webhook_nodes", "nodes": live}})
+        self.live_nodes = live
+        return True
+
+    def owns(self, sub_id: str) -> bool:
+        """Whether this node pushes `sub_id` (alone: always)."""
+        from beastnet.serve.webhooks_cluster import owner
+        return self.node_id is None or owner(sub_id, self.live_nodes or [self.node_id]) \
+            == self.node_id
+
     def _reload(self) -> None:
         """Rebuild the subscriptions from the store; the schedule of one whose
         interval is unchanged carries on where it was."""
@@ -412,6 +439,8 @@ class WebhookPusher:
         old = self.subs
         subs: dict[str, _Sub] = {}
         for row in self.store.list("active"):
+            if not self.owns(row["id"]):
+                continue                    # another live node pushes it
             tier = self.store.tiers.get(row["tier"])
             if tier is None:
                 continue                    # tier removed from config: not pushed
@@ -422,6 +451,7 @@ class WebhookPusher:
             sub = _Sub(row["id"], ep.method, ep.url, ep.host, ep.port, tier.interval_s,
                        [a for a in row["assets"] if a in self._asset_index], row["secrets"],
                        row["style"], self.phase_s(row["id"], tier.interval_s))
+            sub.assets_json = orjson.dumps(sub.assets).decode()
             prev = old.get(sub.id)
             if prev is not None:
                 # The same object carries on: a delivery under way holds it and
@@ -429,7 +459,7 @@ class WebhookPusher:
                 if prev.interval_s != sub.interval_s:
                     prev.next_due = self.next_due(sub.phase_s, sub.interval_s, now)
                 for name in ("method", "url", "host", "port", "interval_s", "assets", "secrets",
-                             "style", "phase_s"):
+                             "style", "phase_s", "assets_json"):
                     setattr(prev, name, getattr(sub, name))
                 sub = prev
             else:
@@ -467,21 +497,37 @@ class WebhookPusher:
             targets.append((cached[1], [self._asset_index[a] for a in sub.assets]))
         self.udp.set_targets(targets)
 
+    def _refresh(self, force: bool) -> bool:
+        """Reload if the store changed, the cluster's live nodes changed
+        (ownership moves), or `force`; True if it reloaded.  A store that
+        does not answer is reported once per outage, and the subscriptions
+        loaded last keep being pushed until it answers."""
+        try:
+            moved = self.node_id is not None and self._check_nodes()
+            if not (force or moved or self.store.version() != self._version):
+                return False
+            self._reload()
+        except WebhookError as exc:
+            if str(exc) != self._store_error:
+                log.warning("webhook reload: %s", exc)
+            self._store_error = str(exc)
+            self._version = None            # reload once the store answers again
+            return False
+        self._store_error = None
+        return True
+
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
-        self._reload()
+        self._refresh(force=True)
         next_check = time.monotonic() + RELOAD_S
         next_resolve = time.monotonic() + UDP_RESOLVE_TTL_S
         while True:
             if self._wake or time.monotonic() >= next_check:
                 self._wake = False
                 next_check = time.monotonic() + RELOAD_S
-                try:
-                    if self.store.version() != self._version or time.monotonic() >= next_resolve:
-                        next_resolve = time.monotonic() + UDP_RESOLVE_TTL_S
-                        self._reload()          # UDP names resolved (and checked) again
-                except WebhookError as exc:
-                    log.warning("webhook reload: %s", exc)
+                # A reload resolves (and checks) the UDP names again.
+                if self._refresh(force=time.monotonic() >= next_resolve):
+                    next_resolve = time.monotonic() + UDP_RESOLVE_TTL_S
             now = time.time()
             if not self._heap or self._heap[0][0] > now + TICK_SLACK_S:
                 wait = RELOAD_S if not self._heap else min(self._heap[0][0] - now, RELOAD_S)
@@ -548,20 +594,45 @@ class WebhookPusher:
                 stats.deliveries += 1
             else:
                 stats.failures += 1
+            # The subscription's asset list, built at reload: no per-datagram
+            # work here, and no prices (reading them back would be).
             self.log.add((now, sub.id, "", "udp", n, 1, 0, int(ok), ms,
-                          "" if ok else f"{len(sub.assets) - n} of {len(sub.assets)} not sent"))
+                          "" if ok else f"{len(sub.assets) - n} of {len(sub.assets)} not sent",
+                          sub.assets_json, None, None))
         for sub in due:
             if sub.target < 0:
                 stats.attempts += 1
                 stats.failures += 1
                 self.log.add((now, sub.id, "", "udp", 0, 1, 0, 0, 0.0,
-                              "endpoint unresolved or refused"))
+                              "endpoint unresolved or refused", sub.assets_json, None, None))
 
     # -- HTTPS ---------------------------------------------------------------------
 
-    def _payload(self, sub: _Sub) -> bytes:
-        bodies = [b for b in (self.table.get(a) for a in sub.assets) if b is not None]
-        return b"[" + b",".join(bodies) + b"]"
+    def _payload(self, sub: _Sub) -> tuple[bytes, tuple[int, str, Optional[str], Optional[str]]]:
+        """The POST body, and what the log records of it: the count, the
+        assets carried, and each body's price and source.  The bodies are in
+        hand and small: one orjson parse each, once per cycle (not per attempt)."""
+        assets: list[str] = []
+        bodies: list[bytes] = []
+        prices: list[Any] = []
+        sources: list[Any] = []
+        for asset in sub.assets:
+            b = self.table.get(asset)
+            if b is None:
+                continue
+            assets.append(asset)
+            bodies.append(b)
+            try:
+                doc = orjson.loads(b)
+            except orjson.JSONDecodeError:
+                doc = None
+            if not isinstance(doc, dict):
+                doc = {}
+            prices.append(doc.get("price"))
+            sources.append(doc.get("source"))
+        meta = (len(assets), orjson.dumps(assets).decode(), orjson.dumps(prices).decode(),
+                orjson.dumps(sources).decode())
+        return b"[" + b",".join(bodies) + b"]", meta
 
     async def _deliver_https(self, sub: _Sub) -> None:
         """One cycle's delivery: attempts until a 2xx, a 410 or the last attempt."""
@@ -569,7 +640,7 @@ class WebhookPusher:
 
         s = self.settings
         stats = self.stats_by_method["https"]
-        body = self._payload(sub)
+        body, meta = self._payload(sub)
         msg_id = "msg_" + secrets.token_urlsafe(16)
         timeout = aiohttp.ClientTimeout(total=s.timeout_s)
         attempt = 0
@@ -593,7 +664,7 @@ class WebhookPusher:
                 except asyncio.TimeoutError:
                     error = f"timeout after {s.timeout_s:g} s"
                 except asyncio.CancelledError:
-                    self._log_https(sub, msg_id, attempt, status, t0, "cancelled: stopping")
+                    self._log_https(sub, msg_id, attempt, status, t0, "cancelled: stopping", meta)
                     raise
                 except (aiohttp.ClientError, OSError, WebhookError) as exc:
                     error = f"{type(exc).__name__}: {exc}"[:300]
@@ -603,7 +674,7 @@ class WebhookPusher:
                 if not error and not ok:
                     error = f"HTTP {status}" + (" (redirects are not followed)"
                                                 if 300 <= status < 400 else "")
-                ms = self._log_https(sub, msg_id, attempt, status, t0, error, ok)
+                ms = self._log_https(sub, msg_id, attempt, status, t0, error, meta, ok)
                 stats.latency_ms.append(ms)
                 if ok:
                     stats.deliveries += 1
@@ -636,10 +707,12 @@ class WebhookPusher:
         check_address(host, self.settings.allow_private)
 
     def _log_https(self, sub: _Sub, msg_id: str, attempt: int, status: int, t0: float,
-                   error: str, ok: bool = False) -> float:
+                   error: str, meta: tuple[int, str, Optional[str], Optional[str]],
+                   ok: bool = False) -> float:
         ms = (time.perf_counter() - t0) * 1000.0
-        self.log.add((time.time(), sub.id, msg_id, "https", len(sub.assets), attempt, status,
-                      int(ok), ms, error))
+        count, asset_list, prices, sources = meta
+        self.log.add((time.time(), sub.id, msg_id, "https", count, attempt, status,
+                      int(ok), ms, error, asset_list, prices, sources))
         return ms
 
     def _note_failure(self, sub: _Sub) -> None:
@@ -670,7 +743,9 @@ class WebhookPusher:
                              "attempts": m.attempts, "retries": m.retries,
                              "latency_ms": {k: round(v, 3) for k, v in
                                             percentiles(list(m.latency_ms)).items()}}
-        return {"subscriptions": len(self.subs), "cycles": self.cycles,
+        cluster = {} if self.node_id is None else {
+            "cluster": {"node_id": self.node_id, "live_nodes": self.live_nodes}}
+        return {**cluster, "subscriptions": len(self.subs), "cycles": self.cycles,
                 "cycles_skipped_late": self.cycles_skipped_late,
                 "cycles_skipped_busy": self.cycles_skipped_busy, "disabled": self.disabled,
                 "ssrf_refused": self.ssrf_refused,

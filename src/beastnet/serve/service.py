@@ -267,11 +267,25 @@ class PriceService:
         if not self.cfg.keystore:
             raise ServerError("webhooks need a keystore (the subscriptions live there); "
                               "drop --no-keys or give --keystore")
-        store = WebhookStore(self.cfg.keystore, webhook_tiers(self.cfg.webhook_tiers), ASSETS,
-                             allow_private=self.cfg.webhooks_allow_private)
+        store: Any = WebhookStore(self.cfg.keystore, webhook_tiers(self.cfg.webhook_tiers),
+                                  ASSETS, allow_private=self.cfg.webhooks_allow_private)
+        node_id = None
+        if self.cluster is not None and self.cfg.redis:
+            # Subscriptions shared in Redis; this node's log stays in its key store.
+            from beastnet.serve.webhooks_cluster import RedisWebhookStore
+            store = RedisWebhookStore(self.cfg.redis, store.tiers, ASSETS,
+                                      allow_private=store.allow_private, log_store=store)
+            node_id = self.cluster.node_id
         self.webhooks = WebhookPusher(self.table, store, list(ASSETS),
-                                      PushSettings.from_config(self.cfg)).start()
-        log.info("webhook push: %d active subscriptions", len(store.list("active")))
+                                      PushSettings.from_config(self.cfg), node_id=node_id).start()
+        if node_id is not None:
+            from beastnet.serve.webhooks import WebhookError
+            try:
+                store.listen(self.webhooks.reload_now)
+            except WebhookError as exc:     # the once-a-second version check still sees changes
+                log.warning("webhook changes not heard by pub/sub: %s", exc)
+        else:
+            log.info("webhook push: %d active subscriptions", len(store.list("active")))
 
     def _fit_open_files(self) -> None:
         """Make the open-file limit hold both connection caps, so a flood of the

@@ -31,9 +31,10 @@ from urllib.parse import urlsplit
 from beastnet import BeastnetError
 from beastnet.serve.keys import KeyStore, KeyStoreError
 
-__all__ = ["DEFAULT_WEBHOOK_TIERS", "MAX_SECRETS", "SECRET_PREFIX", "Endpoint", "WebhookError",
-           "WebhookStore", "WebhookTier", "check_address", "new_secret", "parse_endpoint", "public_view",
-           "resolve_endpoint", "sign_headers", "webhook_tiers"]
+__all__ = ["DEFAULT_WEBHOOK_TIERS", "MAX_SECRETS", "SECRET_PREFIX", "Endpoint",
+           "SubscriptionRules", "WebhookError", "WebhookStore", "WebhookTier", "check_address",
+           "new_secret", "parse_endpoint", "public_view", "resolve_endpoint", "sign_headers",
+           "webhook_tiers"]
 
 SECRET_PREFIX = "whsec_"
 #: Secrets kept during a rotation: the newest and the ones before it.
@@ -221,21 +222,93 @@ CREATE INDEX IF NOT EXISTS webhook_log_ts ON webhook_log (ts);
 CREATE INDEX IF NOT EXISTS webhook_log_sub ON webhook_log (subscription, ts);
 """
 
+# Delivery-log columns added after the first release, each added by ALTER
+# TABLE when an older file lacks it (additive: old rows read as the default).
+_LOG_COLUMNS_ADDED = (
+    ("asset_list", "TEXT NOT NULL DEFAULT '[]'"),    # JSON array of the assets delivered
+    ("prices", "TEXT"),                 # JSON array beside asset_list; NULL = not recorded (UDP)
+    ("sources", "TEXT"),                # JSON array of each body's feed source; NULL likewise
+)
+_LOG_COLUMNS = ("ts", "subscription", "msg_id", "method", "assets", "attempt", "status",
+                "delivered", "latency_ms", "error") + tuple(c for c, _ in _LOG_COLUMNS_ADDED)
+_LOG_JSON = frozenset(c for c, _ in _LOG_COLUMNS_ADDED)
+
 _COLUMNS = ("id", "endpoint", "method", "tier", "assets", "secrets", "style", "state", "reason",
             "label", "created_at", "changed_at")
 
 
-class WebhookStore:
+class SubscriptionRules:
+    """What every subscription store checks, whatever holds the rows: the
+    tiers, the assets, the SSRF guard; and the record a new one starts as."""
+
+    def __init__(self, tiers: Optional[Mapping[str, WebhookTier]] = None,
+                 assets: Iterable[str] = (), allow_private: bool = False) -> None:
+        self.tiers = dict(tiers or DEFAULT_WEBHOOK_TIERS)
+        self.assets = frozenset(assets)
+        self.allow_private = allow_private
+
+    def tier(self, name: str) -> WebhookTier:
+        try:
+            return self.tiers[name]
+        except KeyError:
+            raise WebhookError(f"unknown tier {name!r} (known: {', '.join(self.tiers)})") from None
+
+    def check_assets(self, tier: WebhookTier, assets: list[str]) -> list[str]:
+        if not assets:
+            raise WebhookError("give at least one asset")
+        unique = list(dict.fromkeys(assets))
+        if len(unique) != len(assets):
+            raise WebhookError("an asset is listed twice")
+        if self.assets:
+            unknown = [a for a in assets if a not in self.assets]
+            if unknown:
+                raise WebhookError(f"unknown asset {unknown[0]!r}")
+        if len(assets) > tier.max_assets:
+            raise WebhookError(f"tier {tier.name} allows {tier.max_assets} assets, "
+                               f"{len(assets)} given")
+        return unique
+
+    def new_record(self, endpoint: str, tier: str, assets: list[str], style: str = "standard",
+                   label: str = "", resolve: bool = True) -> dict[str, Any]:
+        """Validate a subscription request; the full record (a new id and
+        first secret, state active) for the store to keep."""
+        ep = parse_endpoint(endpoint)
+        t = self.tier(tier)
+        assets = self.check_assets(t, assets)
+        if style not in SIGNATURE_STYLES:
+            raise WebhookError(f"signature style must be one of {', '.join(SIGNATURE_STYLES)}")
+        if len(label) > 200 or not label.isprintable():
+            raise WebhookError("a label is at most 200 printable characters")
+        if resolve:
+            resolve_endpoint(ep.host, ep.port, self.allow_private,
+                             socket.SOCK_DGRAM if ep.method == "udp" else socket.SOCK_STREAM)
+        now = time.time()
+        return {"id": "sub_" + secrets.token_urlsafe(12), "endpoint": ep.url,
+                "method": ep.method, "tier": t.name, "assets": assets, "secrets": [new_secret()],
+                "style": style, "state": "active", "reason": "", "label": label,
+                "created_at": now, "changed_at": now}
+
+    @staticmethod
+    def check_state(state: str) -> None:
+        if state not in STATES:
+            raise WebhookError(f"state must be one of {', '.join(STATES)}")
+
+    @staticmethod
+    def rotated(current: list[str]) -> tuple[str, list[str]]:
+        """A new secret, and the list it heads: the newest MAX_SECRETS."""
+        secret = new_secret()
+        return secret, [secret] + current[:MAX_SECRETS - 1]
+
+
+class WebhookStore(SubscriptionRules):
     """Subscriptions and the delivery log in the key store's SQLite file.
     One connection; calls are serialised by a lock, so threads may share it."""
 
     def __init__(self, path: str, tiers: Optional[Mapping[str, WebhookTier]] = None,
                  assets: Iterable[str] = (), allow_private: bool = False,
                  timeout_s: float = 5.0) -> None:
+        super().__init__(tiers, assets, allow_private)
         self.path = path
-        self.tiers = dict(tiers or DEFAULT_WEBHOOK_TIERS)
-        self.assets = frozenset(assets)
-        self.allow_private = allow_private
         self._own_changes = 0
         # The key store's own connection, lock and error handling, on the same
         # file: subscriptions sit beside the API keys, in tables of their own.
@@ -245,9 +318,24 @@ class WebhookStore:
             raise WebhookError(str(exc)) from None
         try:
             self._keys.script(_SCHEMA)
+            self._add_log_columns()
         except KeyStoreError as exc:
             self._keys.close()
             raise WebhookError(str(exc)) from None
+
+    def _add_log_columns(self) -> None:
+        """The additive migration of an older file's delivery log."""
+        for name, decl in _LOG_COLUMNS_ADDED:
+            have = {row[1] for row in self._keys.query("PRAGMA table_info(webhook_log)")}
+            if name in have:
+                continue
+            try:
+                self._keys.script(f"ALTER TABLE webhook_log ADD COLUMN {name} {decl}")
+            except KeyStoreError:
+                # Another process starting at the same time may have added it first.
+                have = {row[1] for row in self._keys.query("PRAGMA table_info(webhook_log)")}
+                if name not in have:
+                    raise
 
     def close(self) -> None:
         self._keys.close()
@@ -275,48 +363,17 @@ class WebhookStore:
 
     # -- subscriptions -------------------------------------------------------------
 
-    def tier(self, name: str) -> WebhookTier:
-        try:
-            return self.tiers[name]
-        except KeyError:
-            raise WebhookError(f"unknown tier {name!r} (known: {', '.join(self.tiers)})") from None
-
-    def check_assets(self, tier: WebhookTier, assets: list[str]) -> list[str]:
-        if not assets:
-            raise WebhookError("give at least one asset")
-        unique = list(dict.fromkeys(assets))
-        if len(unique) != len(assets):
-            raise WebhookError("an asset is listed twice")
-        if self.assets:
-            unknown = [a for a in assets if a not in self.assets]
-            if unknown:
-                raise WebhookError(f"unknown asset {unknown[0]!r}")
-        if len(assets) > tier.max_assets:
-            raise WebhookError(f"tier {tier.name} allows {tier.max_assets} assets, "
-                               f"{len(assets)} given")
-        return unique
-
     def add(self, endpoint: str, tier: str, assets: list[str], style: str = "standard",
             label: str = "", resolve: bool = True) -> dict[str, Any]:
         """Validate and store a subscription; return it (with its first secret)."""
-        ep = parse_endpoint(endpoint)
-        t = self.tier(tier)
-        assets = self.check_assets(t, assets)
-        if style not in SIGNATURE_STYLES:
-            raise WebhookError(f"signature style must be one of {', '.join(SIGNATURE_STYLES)}")
-        if len(label) > 200 or not label.isprintable():
-            raise WebhookError("a label is at most 200 printable characters")
-        if resolve:
-            resolve_endpoint(ep.host, ep.port, self.allow_private,
-                             socket.SOCK_DGRAM if ep.method == "udp" else socket.SOCK_STREAM)
-        sub_id = "sub_" + secrets.token_urlsafe(12)
-        now = time.time()
+        rec = self.new_record(endpoint, tier, assets, style, label, resolve)
         self._run("INSERT INTO webhook_subscriptions (id, endpoint, method, tier, assets, secrets, "
                   "style, label, created_at, changed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                  (sub_id, ep.url, ep.method, t.name, json.dumps(assets),
-                   json.dumps([new_secret()]), style, label, now, now))
+                  (rec["id"], rec["endpoint"], rec["method"], rec["tier"],
+                   json.dumps(rec["assets"]), json.dumps(rec["secrets"]), rec["style"],
+                   rec["label"], rec["created_at"], rec["changed_at"]))
         self._own_changes += 1
-        return self.get(sub_id)
+        return self.get(rec["id"])
 
     def get(self, sub_id: str) -> dict[str, Any]:
         rows = self._run(f"SELECT {', '.join(_COLUMNS)} FROM webhook_subscriptions WHERE id = ?",
@@ -341,8 +398,7 @@ class WebhookStore:
     def set_state(self, sub_id: str, state: str, reason: str = "",
                   only_from: Optional[tuple[str, ...]] = None) -> None:
         """Move a subscription to `state`; `only_from` limits the states it may leave."""
-        if state not in STATES:
-            raise WebhookError(f"state must be one of {', '.join(STATES)}")
+        self.check_state(state)
         sql = "UPDATE webhook_subscriptions SET state = ?, reason = ?, changed_at = ? WHERE id = ?"
         args: list[Any] = [state, reason, time.time(), sub_id]
         if only_from:
@@ -361,10 +417,9 @@ class WebhookStore:
     def rotate_secret(self, sub_id: str) -> str:
         """Add a new secret in front; the newest MAX_SECRETS stay active (each
         delivery is signed with all of them); return the new one."""
-        current = self.get(sub_id)["secrets"]
-        secret = new_secret()
+        secret, kept = self.rotated(self.get(sub_id)["secrets"])
         self._run("UPDATE webhook_subscriptions SET secrets = ?, changed_at = ? WHERE id = ?",
-                  (json.dumps([secret] + current[:MAX_SECRETS - 1]), time.time(), sub_id))
+                  (json.dumps(kept), time.time(), sub_id))
         self._own_changes += 1
         return secret
 
@@ -378,11 +433,12 @@ class WebhookStore:
     # -- delivery log --------------------------------------------------------------
 
     def write_log(self, rows: List[tuple]) -> None:
-        """Append delivery-log rows in one transaction (all or nothing)."""
+        """Append delivery-log rows (tuples in _LOG_COLUMNS order) in one
+        transaction (all or nothing)."""
         try:
             self._keys.insert_many(
-                "INSERT INTO webhook_log (ts, subscription, msg_id, method, assets, attempt, "
-                "status, delivered, latency_ms, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                f"INSERT INTO webhook_log ({', '.join(_LOG_COLUMNS)}) "
+                f"VALUES ({', '.join('?' * len(_LOG_COLUMNS))})", rows)
         except KeyStoreError as exc:
             raise WebhookError(f"log write failed: {exc}") from None
 
@@ -392,12 +448,19 @@ class WebhookStore:
         return len(rows)
 
     def read_log(self, sub_id: Optional[str] = None, limit: int = 100) -> List[dict[str, Any]]:
-        cols = ("ts", "subscription", "msg_id", "method", "assets", "attempt", "status",
-                "delivered", "latency_ms", "error")
-        sql = f"SELECT {', '.join(cols)} FROM webhook_log"
+        """The newest rows first; asset_list, prices and sources as lists
+        (prices and sources None where not recorded)."""
+        sql = f"SELECT {', '.join(_LOG_COLUMNS)} FROM webhook_log"
         args: List[Any] = []
         if sub_id:
             sql += " WHERE subscription = ?"
             args.append(sub_id)
         rows = self._run(sql + " ORDER BY ts DESC, rowid DESC LIMIT ?", args + [limit])
-        return [dict(zip(cols, r)) for r in rows]
+        out = []
+        for r in rows:
+            row = dict(zip(_LOG_COLUMNS, r))
+            for name in _LOG_JSON:
+                if row[name] is not None:
+                    row[name] = json.loads(row[name])
+            out.append(row)
+        return out

@@ -1,0 +1,219 @@
+"""Webhook subscriptions shared by several `beastnet serve --webhooks --redis`
+nodes on one real redis-server: the shared store, rendezvous ownership
+(each subscription pushed by exactly one live node), changes heard within
+a second, and a killed node's subscriptions moving to the others."""
+from __future__ import annotations
+
+import collections
+import json
+import subprocess
+import sys
+import time
+
+import orjson
+import pytest
+
+from beastnet.serve.assets import ASSETS
+from beastnet.serve.webhooks import WebhookError, WebhookTier
+from beastnet.serve.webhooks_cluster import RedisWebhookStore, owner
+from support import wait_for
+from test_cluster import needs_redis, redis_server  # noqa: F401  (a fixture)
+from test_serve import serve  # noqa: F401  (a fixture)
+from webhook_receivers import UDPReceiver
+
+pytestmark = [pytest.mark.timeout(120), needs_redis]
+
+INTERVAL_S = 0.3
+TIERS = {"fast": WebhookTier("fast", INTERVAL_S, 10)}
+CONFIG = (f'webhooks = true\nwebhooks_allow_private = true\n'
+          f'[webhook_tiers.fast]\ninterval_s = {INTERVAL_S}\nmax_assets = 10\n')
+SNAPSHOTS = ("--snapshot-interval", "0.3", "--snapshot-ttl", "2")
+
+
+def test_rendezvous_owner_is_stable_and_moves_little():
+    nodes = ["node0", "node1", "node2"]
+    subs = [f"sub_{i}" for i in range(300)]
+    before = {s: owner(s, nodes) for s in subs}
+    assert before == {s: owner(s, list(reversed(nodes))) for s in subs}, "order does not matter"
+    counts = collections.Counter(before.values())
+    assert set(counts) == set(nodes) and min(counts.values()) > 60, counts
+    after = {s: owner(s, ["node0", "node2"]) for s in subs}
+    moved = [s for s in subs if before[s] != after[s]]
+    assert moved and all(before[s] == "node1" for s in moved), \
+        "only the leaving node's subscriptions move"
+    assert owner("sub_x", []) is None
+
+
+def test_shared_store_round_trip(redis_server):  # noqa: F811
+    with RedisWebhookStore(redis_server.url, TIERS, ASSETS, allow_private=True) as store:
+        v0 = store.version()
+        sub = store.add("udp://127.0.0.1:9", "fast", ["BTC", "ETH"], label="one")
+        assert store.get(sub["id"]) == sub
+        assert store.version() != v0
+        store.set_state(sub["id"], "paused", only_from=("active",))
+        with pytest.raises(WebhookError, match="is not active"):
+            store.set_state(sub["id"], "paused", only_from=("active",))
+        assert store.list("active") == [] and store.list("paused")[0]["id"] == sub["id"]
+        new = store.rotate_secret(sub["id"])
+        assert store.get(sub["id"])["secrets"] == [new] + sub["secrets"]
+        store.drop_old_secrets(sub["id"])
+        assert store.get(sub["id"])["secrets"] == [new]
+        with pytest.raises(WebhookError, match="allows 10 assets"):
+            store.add("udp://127.0.0.1:9", "fast", ASSETS[:11])
+        with pytest.raises(WebhookError, match="own key store"):
+            store.read_log()
+        store.remove(sub["id"])
+        with pytest.raises(WebhookError, match="no subscription"):
+            store.remove(sub["id"])
+        assert store.list() == []
+
+
+def test_changes_are_heard_by_pub_sub(redis_server):  # noqa: F811
+    """A change made through one client reaches a listener at once, well
+    before the once-a-second version check would see it."""
+    import threading
+
+    heard = threading.Event()
+    with RedisWebhookStore(redis_server.url, TIERS, ASSETS, allow_private=True) as listener, \
+            RedisWebhookStore(redis_server.url, TIERS, ASSETS, allow_private=True) as writer:
+        listener.listen(heard.set)
+        time.sleep(0.1)                     # the subscription is in place
+        for change in (lambda: writer.add("udp://127.0.0.1:9", "fast", ["BTC"]),
+                       lambda: writer.set_state(writer.list()[0]["id"], "paused"),
+                       lambda: writer.remove(writer.list()[0]["id"])):
+            heard.clear()
+            t0 = time.monotonic()
+            change()
+            assert heard.wait(2.0) and time.monotonic() - t0 < 0.5
+
+
+def webhooks_cli(url: str, config, *args: str) -> subprocess.CompletedProcess:
+    """`beastnet webhooks --redis URL`, with the nodes' config for its tiers."""
+    config.write_text(CONFIG)
+    return subprocess.run([sys.executable, "-m", "beastnet", "webhooks", "--redis", url,
+                           "--config", str(config), *args], capture_output=True, text=True,
+                          timeout=30)
+
+
+def arrivals(rx: UDPReceiver, since: float = 0.0) -> dict[str, list[float]]:
+    out: dict[str, list[float]] = collections.defaultdict(list)
+    for at, data in list(rx.datagrams):
+        if at >= since:
+            out[orjson.loads(data)["asset"]].append(at)
+    return out
+
+
+def once_per_cycle(stamps: list[float], window_s: float) -> None:
+    """One datagram per cycle: no two within half an interval (two owners
+    fire at the same phase, so a duplicate lands next to the original), and
+    about window/interval of them."""
+    gaps = [b - a for a, b in zip(stamps, stamps[1:])]
+    assert gaps and min(gaps) > 0.5 * INTERVAL_S, gaps
+    assert abs(len(stamps) - window_s / INTERVAL_S) <= 2, (len(stamps), gaps)
+
+
+def webhook_stats(node) -> dict:
+    status, _, body = node.admin("GET", "/admin/stats")
+    assert status == 200, body
+    return orjson.loads(body)["webhooks"]
+
+
+def agreed(nodes, live: int, owned: int) -> bool:
+    stats = [webhook_stats(n) for n in nodes]
+    return all(len(s["cluster"]["live_nodes"]) == live for s in stats) and \
+        sum(s["subscriptions"] for s in stats) == owned
+
+
+def test_each_subscription_pushed_by_one_live_node(serve, redis_server, tmp_path):  # noqa: F811
+    url = redis_server.url
+    cli_config = tmp_path / "cli.toml"
+    with UDPReceiver() as rx:
+        endpoint = f"udp://127.0.0.1:{rx.port}"
+        with RedisWebhookStore(url, TIERS, ASSETS, allow_private=True) as store:
+            subs = [store.add(endpoint, "fast", [a]) for a in ASSETS[:4]]
+        added = webhooks_cli(url, cli_config, "add", endpoint, "--tier", "fast",
+                             "--assets", ASSETS[4])
+        assert added.returncode == 0, added.stderr
+        subs.append({"id": added.stdout.split()[0], "assets": [ASSETS[4]]})
+        nodes = [serve("--keystore", str(tmp_path / f"keys-{i}.db"), "--redis", url,
+                       "--node-id", f"node{i}", *SNAPSHOTS, config=CONFIG) for i in range(3)]
+        wait_for(lambda: agreed(nodes, 3, 5), timeout=10, interval=0.1,
+                 message="3 nodes own 5 subscriptions")
+        listed = webhooks_cli(url, cli_config, "list")
+        assert all(s["id"] in listed.stdout for s in subs)
+
+        # Steady state: every subscription's datagrams come once a cycle.
+        t0 = time.time()
+        time.sleep(3.0)
+        got = arrivals(rx, t0)
+        for sub in subs:
+            once_per_cycle(got[sub["assets"][0]], 3.0)
+        owners = {s["id"]: owner(s["id"], ["node0", "node1", "node2"]) for s in subs}
+        for i, node in enumerate(nodes):
+            assert webhook_stats(node)["subscriptions"] == \
+                sum(1 for o in owners.values() if o == f"node{i}")
+
+        # Added on node0 (admin route): pushed by its owner within ~1 s + one interval.
+        asset = ASSETS[5]
+        t_add = time.time()
+        status, _, answer = nodes[0].admin(
+            "POST", f"/admin/webhooks?endpoint={endpoint}&assets={asset}&tier=fast")
+        assert status == 200, answer
+        new_id = json.loads(answer)["id"]
+        wait_for(lambda: asset in arrivals(rx, t_add), timeout=5, interval=0.02)
+        first = arrivals(rx, t_add)[asset][0]
+        assert first - t_add <= 1.0 + INTERVAL_S + 0.5, first - t_add
+        subs.append({"id": new_id, "assets": [asset]})
+
+        # Paused by the CLI: every node stops it within about a second.
+        paused = subs[0]
+        assert webhooks_cli(url, cli_config, "pause", paused["id"]).returncode == 0
+        time.sleep(1.0 + INTERVAL_S)
+        t_paused = time.time()
+        time.sleep(1.0)
+        assert paused["assets"][0] not in arrivals(rx, t_paused)
+
+        # Kill the node owning the most subscriptions: they move within a snapshot TTL.
+        active = subs[1:]
+        live = ["node0", "node1", "node2"]
+        held = collections.Counter(owner(s["id"], live) for s in active)
+        victim = held.most_common(1)[0][0]
+        moved = [s for s in active if owner(s["id"], live) == victim]
+        rest = [n for i, n in enumerate(nodes) if f"node{i}" != victim]
+        nodes[live.index(victim)].kill()
+        t_kill = time.time()
+        wait_for(lambda: agreed(rest, 2, len(active)), timeout=10, interval=0.1,
+                 message="two nodes own every active subscription")
+        took = time.time() - t_kill
+        assert took <= 2.0 + 1.0 + 1.5, f"moved after {took:.1f} s (TTL 2 s)"
+        t1 = time.time() + 2 * INTERVAL_S          # a cycle for the new owners to start
+        time.sleep(3.0 + 2 * INTERVAL_S)
+        got = arrivals(rx, t1)
+        for sub in active:
+            once_per_cycle(got[sub["assets"][0]], 3.0)
+        assert moved, "the victim held subscriptions"
+
+
+def test_redis_down_nodes_keep_pushing_what_they_own(serve, redis_server, tmp_path):  # noqa: F811
+    """Redis killed: each node keeps pushing the subscriptions it owned, once
+    a cycle, none dropped and none doubled, and says so in its log once, not
+    at every one-second check."""
+    with UDPReceiver() as rx:
+        with RedisWebhookStore(redis_server.url, TIERS, ASSETS, allow_private=True) as store:
+            subs = [store.add(f"udp://127.0.0.1:{rx.port}", "fast", [a]) for a in ASSETS[:4]]
+        nodes = [serve("--keystore", str(tmp_path / f"keys-{i}.db"), "--redis", redis_server.url,
+                       "--node-id", f"node{i}", *SNAPSHOTS, config=CONFIG) for i in range(2)]
+        wait_for(lambda: agreed(nodes, 2, 4), timeout=10, interval=0.1,
+                 message="2 nodes own 4 subscriptions")
+        redis_server.stop()
+        time.sleep(1.0 + INTERVAL_S)            # every node has met the outage
+        t0 = time.time()
+        time.sleep(3.0)
+        got = arrivals(rx, t0)
+        for sub in subs:
+            once_per_cycle(got[sub["assets"][0]], 3.0)
+        assert sum(webhook_stats(n)["subscriptions"] for n in nodes) == 4
+    for node in nodes:
+        warned = [e for e in node.log_entries() if "webhook reload" in e.get("msg", "")]
+        # Reported once (twice if the error's wording changes), not at every check.
+        assert 1 <= len(warned) <= 2, warned
