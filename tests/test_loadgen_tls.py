@@ -292,3 +292,15 @@ def test_wss_reconnects_resume_the_session_only_when_asked(tls_certs, resume):
         assert tls["resumed"] >= tls["handshakes"] - 2      # all but each slot's first
     else:
         assert tls["resumed"] == 0
+
+
+def test_the_tls_line_says_when_every_handshake_happened_in_the_warm_up():
+    from beastnet.loadgen.report import tls_line
+    base = {"version": "TLSv1.3", "cipher": "TLS_AES_256_GCM_SHA384", "resumed": 0,
+            "first_failure": None}
+    kept = tls_line({"tls": {**base, "handshakes": 0, "handshakes_per_s": 0.0}})
+    assert kept is not None and "no handshake in the measured window" in kept
+    assert "0 handshakes" not in kept
+    churn = tls_line({"tls": {**base, "handshakes": 1200, "handshakes_per_s": 400.0, "resumed": 7}})
+    assert churn is not None and "1,200 handshakes (400/s), 7 resumed" in churn
+    assert tls_line({}) is None

@@ -182,9 +182,14 @@ def tls_line(extra: dict) -> Optional[str]:
     tls = extra.get("tls")
     if not tls:
         return None
-    line = (f"  TLS {tls.get('version') or '-'} {tls.get('cipher') or '-'}   "
-            f"{tls['handshakes']:,} handshakes ({tls['handshakes_per_s']:,.0f}/s), "
-            f"{tls['resumed']:,} resumed")
+    line = f"  TLS {tls.get('version') or '-'} {tls.get('cipher') or '-'}   "
+    if tls["handshakes"] == 0 and tls.get("version"):
+        # Kept-alive connections all shook hands in the warm-up: "0/s" alone
+        # reads as if TLS never happened.
+        line += "no handshake in the measured window (connections set up in the warm-up)"
+    else:
+        line += (f"{tls['handshakes']:,} handshakes ({tls['handshakes_per_s']:,.0f}/s), "
+                 f"{tls['resumed']:,} resumed")
     if tls.get("first_failure"):
         line += f"   first failure: {tls['first_failure']}"
     return line
