@@ -10,6 +10,7 @@ import hashlib
 import os
 import select
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -184,6 +185,13 @@ def start_server(name: str, argv: list[str], timeout_s: float = 15.0) -> ServerP
         proc.wait(timeout=5)
         raise RuntimeError(f"{name}: no port on stdout (got {line!r}, exit {proc.returncode})")
     return ServerProcess(name, proc, port)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on `host` now."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
 
 
 def udp_probe(port: int, request: bytes, host: str = "127.0.0.1", timeout_s: float = 2.0) -> bytes:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import http.client
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -28,7 +27,7 @@ from typing import Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import orjson  # noqa: E402
-from _common import BENCH_DIR, child_env, machine_info  # noqa: E402
+from _common import BENCH_DIR, child_env, free_port, machine_info  # noqa: E402
 
 from beastnet.loadgen import UDPLoadConfig, run_udp_load  # noqa: E402
 from beastnet.serve.assets import ASSETS  # noqa: E402
@@ -36,12 +35,6 @@ from beastnet.serve.assets import ASSETS  # noqa: E402
 TIERS = "[tiers.fast]\nqps = 5000000\nburst = 100000\nmonthly_cap = 0\n"
 KEYS = {"fast-key-0123456789": "fast", "partner-key-0123456789": "partner"}
 SNAPSHOT_NODES = 10
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Serve:

@@ -29,6 +29,8 @@ import sys
 import tempfile
 import time
 
+from _common import free_port
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 SRC = os.path.join(os.path.dirname(HERE), "src")
 ENV = dict(os.environ, PYTHONPATH=SRC)
@@ -144,14 +146,6 @@ http {{
     }}
 }}
 """
-
-
-def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def nginx_workers_cpu(master: int) -> float:

@@ -170,6 +170,13 @@ class UDPClient:
 
 # -- polling and introspection ------------------------------------------------------
 
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on `host` now (IPv4 or IPv6 loopback)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
 def wait_for(predicate: Callable[[], T], timeout: float = 5.0, interval: float = 0.005,
              message: str = "condition") -> T:
     """Poll `predicate` until it returns a truthy value; fail after `timeout` s."""

@@ -21,7 +21,7 @@ from beastnet import APIKeyTable
 from beastnet.cli.stats import format_cluster
 from beastnet.serve.cluster import USAGE, aggregate, red_flags
 from beastnet.serve.keys import KeyStore, Tier, current_month
-from support import wait_for
+from support import free_port, wait_for
 from test_serve import month_count, serve  # noqa: F401  (the fixture)
 
 pytestmark = pytest.mark.timeout(120)
@@ -34,12 +34,6 @@ TIERS = ('[tiers.public]\nqps = 100\nburst = 10\nmonthly_cap = 1000000\n'
 INTERVAL = ("--snapshot-interval", "0.3", "--snapshot-ttl", "2")
 PUBLIC = "public-key-0123456789"
 PARTNER = "partner-key-0123456789"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class RedisServer:

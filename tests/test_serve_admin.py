@@ -19,6 +19,7 @@ import pytest
 
 import test_serve
 from test_serve import request
+from support import free_port
 from test_cli import beastnet, one_error_line
 
 pytestmark = pytest.mark.timeout(90)
@@ -28,12 +29,6 @@ serve = test_serve.serve       # the fixture: `beastnet serve` processes, killed
 TOKEN = "admin-token-0123456789"
 # Debian puts nginx in /usr/sbin, which a non-root PATH may lack.
 NGINX = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # -- a reverse proxy on the same host -------------------------------------------------

@@ -23,6 +23,8 @@ from typing import Optional
 
 import pytest
 
+from support import free_port
+
 OPENSSL = shutil.which("openssl")
 # Debian puts nginx in /usr/sbin, which a non-root PATH may lack.
 NGINX = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin")
@@ -145,12 +147,6 @@ http {{
     }}
 }}
 """
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 class NginxTLS:
