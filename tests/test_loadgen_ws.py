@@ -18,8 +18,8 @@ from beastnet.errors import LoadConfigError
 # sys.stderr of report's import time, and a capsys stream is closed later
 # (tests/test_loadgen_http.py::test_cli_http then writes to it).
 from beastnet.loadgen import report  # noqa: F401
-from beastnet.loadgen.ws import run_ws_load
-from beastnet.loadgen.ws_config import WSLoadConfig
+from beastnet.loadgen.ws.run import run_ws_load
+from beastnet.loadgen.ws.config import WSLoadConfig
 from _ws_scripted import ScriptedServer, feed_server
 
 pytestmark = pytest.mark.timeout(60)
@@ -287,7 +287,7 @@ def test_cli_ws_knee_stops_at_the_limit_and_skips_what_the_machine_cannot_reach(
 
 
 def test_ws_knee_ends_at_the_first_step_over_the_limit(beastnet_feed):
-    from beastnet.loadgen.ws_knee import run_knee
+    from beastnet.loadgen.ws.knee import run_knee
     url, symbols = beastnet_feed
     port = int(url.rsplit(":", 1)[1].split("/")[0])
     # Millisecond stamps: no delivery is under 0.0001 ms at p95 on any machine.
@@ -330,7 +330,7 @@ def test_cli_ws_stress_judges_levels_and_skips_the_unreachable(beastnet_feed, tm
 
 
 def test_ws_stress_fails_a_level_past_its_threshold(beastnet_feed):
-    from beastnet.loadgen.ws_stress import StressThresholds, run_stress
+    from beastnet.loadgen.ws.stress import StressThresholds, run_stress
     url, symbols = beastnet_feed
     port = int(url.rsplit(":", 1)[1].split("/")[0])
     body = run_stress(WSLoadConfig(port=port, symbols=symbols[:1], duration_s=0.6,

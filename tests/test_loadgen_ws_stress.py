@@ -16,9 +16,9 @@ import pytest
 from beastnet import APIKeyTable, WebSocketOptions
 # Imported outside any capsys (see tests/test_loadgen_ws.py).
 from beastnet.loadgen import report  # noqa: F401
-from beastnet.loadgen.ws import run_ws_load
-from beastnet.loadgen.ws_config import WSLoadConfig
-from beastnet.loadgen.ws_stress import StressProbes, StressThresholds, run_stress
+from beastnet.loadgen.ws.run import run_ws_load
+from beastnet.loadgen.ws.config import WSLoadConfig
+from beastnet.loadgen.ws.stress import StressProbes, StressThresholds, run_stress
 from _ws_scripted import ScriptedServer, feed_server
 from browser import Browser, needs_chromium
 
