@@ -130,13 +130,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
         full = report.read_report(scratch)
     except (OSError, ValueError):
         full = None                     # the load stopped before writing (it said why)
-    if full is not None:
-        print(machine_note(full))
+    note = machine_note(full) if full is not None else ""
+    if note:
+        print(note)
     if full is not None and (args.json or args.html):
         try:
             full["server_totals"] = {name: totals[name] for name in DEMO_SERVER_COUNTERS}
             full["server_totals"]["table_writes"] = writes
-            outputs.write_outputs(full, report.format_report(full) + "\n" + line,
+            outputs.write_outputs(full, "\n".join([report.format_report(full), line, note]),
                                   json_path=args.json, html_path=args.html)
         except OSError as exc:
             print(f"beastnet demo: cannot write the report: {exc.strerror or exc}",
