@@ -157,16 +157,16 @@ def machine_note(report: dict) -> str:
     from beastnet.loadgen.ramp import NOT_MET_ON_THIS_MACHINE
     verdict = str(report.get("verdict", ""))
     if verdict == "pass":
-        return "demo: every level met the ramp's criteria on this machine."
+        return "demo: every level met the ramp criteria on this machine."
     if verdict == "fail":
-        return ("demo: a level failed a criterion this machine's throughput does not explain "
+        return ("demo: a level failed a criterion that the throughput of this machine does not explain "
                 "(lost requests or a slow tail: see the verdict line); on a busy machine, "
                 "run it again when it is quieter.")
     bars = [f"level {lv['level']}: {reason}" for lv in report.get("levels", [])
             for reason in lv.get("reasons", []) if NOT_MET_ON_THIS_MACHINE in reason]
     if not bars:
         return "demo: every criterion met; the warnings above are near-misses."
-    return "\n".join(["demo: the ramp's absolute latency criteria were NOT MET on this machine "
+    return "\n".join(["demo: the absolute latency criteria of the ramp were NOT MET on this machine "
                       "-- its throughput is under the bar they set:"]
                      + [f"  {bar}" for bar in bars]
                      + ["demo: nothing failed (no lost or failed request, no slow tail "
