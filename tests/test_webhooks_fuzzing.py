@@ -8,8 +8,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from beastnet.serve.assets import ASSETS
-from beastnet.serve.webhooks import (DEFAULT_WEBHOOK_TIERS, WebhookError, WebhookStore,
-                                     parse_endpoint)
+from beastnet.serve.stores.sqlite import WebhookStore
+from beastnet.serve.webhooks import DEFAULT_WEBHOOK_TIERS, WebhookError, parse_endpoint
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -22,7 +22,7 @@ import logging
 import random
 import time
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Iterable, Optional, Sequence
+from typing import Any, AsyncIterator, Iterable, Optional, Sequence
 
 import orjson
 
@@ -279,3 +279,11 @@ class PricePublisher:
             "published": self.published,
             "unknown_assets": self.unknown_assets,
         }
+
+
+def open_feed(cfg: Any, assets: Sequence[str] = ASSETS) -> Feed:
+    """The feed `cfg.feed` names ("sim" or "replay"), built from the config."""
+    if cfg.feed == "replay":
+        assert cfg.feed_path is not None
+        return ReplayFeed(cfg.feed_path, speed=cfg.replay_speed)
+    return SimulatedFeed(assets, sources=cfg.feed_sources, rounds_per_s=cfg.feed_rounds_per_s)
