@@ -110,3 +110,28 @@ def test_replay_csv_as_fast_as_possible(tmp_path):
 def test_simulated_feed_rejects_bad_config(kwargs):
     with pytest.raises(ValueError):
         SimulatedFeed(**kwargs)
+
+
+def test_feeds_are_opened_by_registered_name(tmp_path):
+    from beastnet.serve.config import ServeConfig
+    from beastnet.serve.feeds import FEEDS, open_feed, register_feed
+    assert {"sim", "replay"} <= set(FEEDS)
+    assert isinstance(open_feed(ServeConfig(feed="sim")), SimulatedFeed)
+    path = tmp_path / "t.jsonl"
+    path.write_text('{"asset":"BTC","price":"1.5","ts":1}\n')
+    assert isinstance(open_feed(ServeConfig(feed="replay", feed_path=str(path))), ReplayFeed)
+    with pytest.raises(ValueError, match="unknown feed 'nope'"):
+        open_feed(ServeConfig(feed="nope"))
+    with pytest.raises(ValueError, match="registered twice"):
+        register_feed("sim")(lambda cfg: SimulatedFeed())
+
+
+def test_body_keeps_the_sources_decimal_digits():
+    table = ResponseTable()
+    publisher = PricePublisher(table)
+    publisher.on_tick(Tick("BTC", "97123.450", "x", 1.0, "USDT"))
+    assert b'"price":97123.450,' in table["BTC"]
+    assert body(table, "BTC")["quote"] == "USDT"
+    for bad in ("0", "-1", "nan", "1e400", "abc", float("inf"), 0.0):
+        publisher.on_tick(Tick("ETH", bad, "x", 1.0))
+    assert "ETH" not in table and publisher.refused == 7
