@@ -58,16 +58,41 @@ class PricePublisher:
         self.fallbacks = 0
         self.unknown_assets = 0
         self.refused = 0                          # ticks with a price that is not one
+        self.feed_state = "running"               # running, ended, failed
+        self._unknown_logged: set[str] = set()
+        self._stale_published: dict[str, float] = {}  # asset -> monotonic time of last body
         self._seq = 0
 
     async def run(self, feed: Feed) -> None:
-        """Consume `feed` until it ends or the task is cancelled."""
+        """Consume `feed`, then keep marking stale prices until cancelled.
+
+        The stale checker belongs to the publisher, not to the feed: a feed
+        that ends or raises leaves its last prices behind, and they must turn
+        `"stale": true` (and /healthz degraded) when their age says so."""
         checker = asyncio.ensure_future(self._check_forever())
+        try:
+            await self.consume(feed)
+            await checker                       # until the service stops
+        finally:
+            checker.cancel()
+
+    async def consume(self, feed: Feed) -> None:
+        """Publish `feed`'s ticks until it ends; log how it ended (no stale
+        checking: `run` adds that)."""
+        name = getattr(feed, "name", type(feed).__name__)
         try:
             async for tick in feed:
                 self.on_tick(tick)
-        finally:
-            checker.cancel()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.feed_state = "failed"
+            log.error("feed %s failed: %s: %s; its prices will turn stale after %.1f s",
+                      name, type(exc).__name__, exc, self.stale_after_s)
+        else:
+            self.feed_state = "ended"
+            log.warning("feed %s ended after %d ticks; its prices will turn stale after %.1f s",
+                        name, sum(st.ticks for st in self.sources.values()), self.stale_after_s)
 
     def on_tick(self, tick: Union[Tick, SourceAlive]) -> None:
         """Take one tick (or a source's sign of life)."""
@@ -76,6 +101,10 @@ class PricePublisher:
             return
         if tick.asset not in self.assets:
             self.unknown_assets += 1
+            if tick.asset not in self._unknown_logged and len(self._unknown_logged) < 1000:
+                self._unknown_logged.add(tick.asset)      # once per asset, bounded
+                log.warning("source %s sent unknown asset %r: not served (counted in "
+                            "unknown_assets)", tick.source, tick.asset[:64])
             return
         price = price_text(tick.price)
         if price is None:
@@ -111,25 +140,32 @@ class PricePublisher:
         self.published += 1
 
     def check(self) -> None:
-        """Fall back from stale sources; flag assets no fresh source quotes."""
+        """Fall back from stale sources; flag assets no fresh source quotes.
+
+        A stale asset's answer carries ``"stale": true`` and ``age_s``, the
+        seconds since its source last spoke; it is republished about once a
+        second so the age stays true."""
         now = time.monotonic()
         fresh = [s for s in self.sources if not self._is_stale(s, now)]
         ranked = [s for s in self.source_priority if s in fresh] + \
             sorted((s for s in fresh if s not in self.source_priority),
                    key=lambda s: -self.sources[s].last_seen)
         for asset, source in list(self.active.items()):
-            if not self._is_stale(source, now) or asset in self.stale_assets:
+            if not self._is_stale(source, now):
                 continue
             replacement = next((s for s in ranked if asset in self.sources[s].last_price), None)
             if replacement is not None:
                 price, ts, quote = self.sources[replacement].last_price[asset]
                 self.active[asset] = replacement
                 self.fallbacks += 1
+                self.stale_assets.discard(asset)
                 self._publish(asset, price, ts, replacement, quote, stale=False)
-            else:
+            elif asset not in self.stale_assets or now - self._stale_published[asset] >= 1.0:
                 price, ts, quote = self.sources[source].last_price[asset]
                 self.stale_assets.add(asset)
-                self._publish(asset, price, ts, source, quote, stale=True)
+                self._stale_published[asset] = now
+                self._publish(asset, price, ts, source, quote, stale=True,
+                              age_s=now - self.sources[source].last_seen)
 
     async def _check_forever(self) -> None:
         while True:
@@ -151,5 +187,7 @@ class PricePublisher:
             "fallbacks": self.fallbacks,
             "published": self.published,
             "unknown_assets": self.unknown_assets,
+            "unknown_asset_names": sorted(self._unknown_logged),
+            "feed_state": self.feed_state,
             "refused": self.refused,
         }
