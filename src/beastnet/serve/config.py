@@ -188,8 +188,9 @@ def _check(cfg: ServeConfig, label: Callable[[str], str] = str) -> None:
         need(value(name) > 0, f"{label(name)} must be > 0, got {value(name)}")
     need(cfg.replay_speed >= 0,
          f"{label('replay_speed')} must be >= 0 (0 = as fast as possible), got {cfg.replay_speed}")
-    need(cfg.feed in ("sim", "replay"),
-         f"{label('feed')} must be 'sim' or 'replay', got {cfg.feed!r}")
+    from beastnet.serve.feeds import feed_names     # the feeds import this module's type
+    need(cfg.feed in feed_names(),
+         f"{label('feed')} must be one of {', '.join(feed_names())}, got {cfg.feed!r}")
     need(cfg.feed != "replay" or bool(cfg.feed_path),
          f"feed 'replay' needs {label('feed_path')}")
     need(cfg.feed_path is None or os.path.isfile(cfg.feed_path),
