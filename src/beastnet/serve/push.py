@@ -48,6 +48,7 @@ import orjson
 
 from beastnet import ControlPlane, ResponseTable, UDPPusher
 from beastnet.metrics import MetricFamily, push_families
+from beastnet.serve.upstream import DEFAULT_MAX_BYTES, read_capped
 from beastnet.serve.webhooks import (WebhookError, WebhookStore, check_address, parse_endpoint,
                                      resolve_endpoint, sign_headers)
 
@@ -82,6 +83,8 @@ class PushSettings:
     log_batch_rows: int = 300
     log_interval_s: float = 0.1
     log_retention_s: float = 7 * 86400.0
+    response_max_bytes: int = DEFAULT_MAX_BYTES     # of a receiver's answer; the rest is cut
+    warn_after_failures: int = 5        # failed cycles in a row before one warning
 
     @classmethod
     def from_config(cls, cfg: Any) -> "PushSettings":
@@ -92,7 +95,9 @@ class PushSettings:
                    disable_after_s=cfg.webhook_disable_after_s, ca_file=cfg.webhook_ca_file,
                    log_batch_rows=cfg.webhook_log_batch_rows,
                    log_interval_s=cfg.webhook_log_interval_s,
-                   log_retention_s=cfg.webhook_log_retention_s)
+                   log_retention_s=cfg.webhook_log_retention_s,
+                   response_max_bytes=cfg.webhook_response_max_bytes,
+                   warn_after_failures=cfg.webhook_warn_after_failures)
 
 
 def percentiles(samples: Any, points: tuple[float, ...] = (50, 90, 99)) -> dict[str, float]:
@@ -660,7 +665,10 @@ class WebhookPusher:
                                                   timeout=timeout) as resp:
                         status = resp.status
                         retry_after = resp.headers.get("Retry-After")
-                        await resp.read()   # the whole answer: a cut one is a failure
+                        # The status is the answer; of the body only a bounded
+                        # head is read (a receiver must not fill our memory).
+                        # One cut short by the peer still fails the attempt.
+                        await read_capped(resp, s.response_max_bytes)
                 except asyncio.TimeoutError:
                     error = f"timeout after {s.timeout_s:g} s"
                 except asyncio.CancelledError:
