@@ -295,6 +295,37 @@ def test_failing_too_long_disables(table, store, receiver, tls_certs):  # noqa: 
     assert stamps[-1] - stamps[0] >= 0.5 > stamps[-2] - stamps[0]
 
 
+def test_failing_receiver_warns_once_per_streak(table, store, receiver, tls_certs,
+                                                caplog):  # noqa: F811
+    """A receiver failing cycle after cycle is on stderr after
+    webhook_warn_after_failures cycles, once per streak (not an hour later
+    when it is disabled); delivering again ends the streak."""
+    import logging
+    caplog.set_level(logging.WARNING, logger="beastnet.serve.push")
+    store.add(f"https://127.0.0.1:{receiver.port}/switch", "fast", ["BTC"])
+    s = settings(tls_certs, max_attempts=1, warn_after_failures=3, timeout_s=2.0)
+
+    def warnings(word: str) -> int:
+        return sum(word in r.getMessage() for r in caplog.records)
+
+    with WebhookPusher(table, store, ASSETS, s) as pusher:
+        https = lambda: pusher.stats()["methods"]["https"]  # noqa: E731
+        wait_for(lambda: https()["failures"] >= 2, timeout=10)
+        assert warnings("in a row undelivered") == 0, "not before the third failure"
+        wait_for(lambda: https()["failures"] >= 7, timeout=10)
+        assert warnings("in a row undelivered") == 1, "one warning for the streak"
+        receiver.failing = False
+        wait_for(lambda: https()["deliveries"] >= 1, timeout=10)
+        assert warnings("delivering again after") == 1
+        receiver.failing = True
+        failures = https()["failures"]
+        wait_for(lambda: https()["failures"] >= failures + 3, timeout=10)
+        wait_for(lambda: warnings("in a row undelivered") == 2, timeout=2,
+                 message="a new streak warns again")
+    got = [r for r in caplog.records if "in a row undelivered" in r.getMessage()]
+    assert "/switch" in got[0].getMessage() and "HTTP 500" in got[0].getMessage()
+
+
 def test_paused_and_removed_subscriptions_stop(table, store):
     with UDPReceiver() as rx:
         sub = store.add(f"udp://127.0.0.1:{rx.port}", "fast", ["BTC"])

@@ -33,7 +33,7 @@ class HTTPSReceiver:
     bytes and closes after 10; /redirect 302 to /ok; /limited 429 with
     Retry-After: 1 on a message's first attempt, then 200; /huge 200 with a
     body of `huge_bytes` (200 MB), generated as it is written, so only the
-    client that reads it can hold it."""
+    client that reads it can hold it; /switch 500 while `failing`, else 200."""
 
     def __init__(self, cert: str, key: str, secrets: Optional[list[str]] = None) -> None:
         self.secrets = list(secrets or [])
@@ -48,6 +48,7 @@ class HTTPSReceiver:
         self.port = 0
         self.huge_bytes = 200 * 1024 * 1024
         self.huge_written: list[int] = []     # per /huge answer, bytes the client took
+        self.failing = True                     # /switch answers 500 while set
 
     def count(self, path: str) -> int:
         return sum(1 for r in self.received if r.path == path)
@@ -79,6 +80,8 @@ class HTTPSReceiver:
             return web.Response(status=302, headers={"Location": "/ok"})
         if path == "/limited" and nth == 1:
             return web.Response(status=429, headers={"Retry-After": "1"})
+        if path == "/switch":
+            return web.Response(status=500 if self.failing else 200)
         if path == "/huge":
             return await self._huge(request)
         if path == "/cut":

@@ -202,6 +202,7 @@ class _Sub:
     next_due: float = 0.0
     busy: bool = False                  # an HTTPS delivery (with its retries) is under way
     failing_since: Optional[float] = None
+    failures_in_row: int = 0            # HTTPS cycles that ended undelivered, since the last 2xx
     target: int = -1                    # UDP: its index in the pusher's targets, -1 = unresolved
     last_fired: float = 0.0             # wall clock of its last cycle, 0 = none yet
     assets_json: str = "[]"             # its assets as the log's asset_list, built at reload
@@ -686,7 +687,13 @@ class WebhookPusher:
                 stats.latency_ms.append(ms)
                 if ok:
                     stats.deliveries += 1
+                    if sub.failures_in_row >= s.warn_after_failures:
+                        log.warning("webhook %s delivering again after %d failed cycles",
+                                    sub.id, sub.failures_in_row,
+                                    extra={"fields": {"event": "webhook_recovered",
+                                                      "id": sub.id}})
                     sub.failing_since = None
+                    sub.failures_in_row = 0
                     return
                 if status == 410:
                     stats.failures += 1
@@ -694,7 +701,7 @@ class WebhookPusher:
                     return
                 if attempt >= s.max_attempts:
                     stats.failures += 1
-                    self._note_failure(sub)
+                    self._note_failure(sub, error)
                     return
                 stats.retries += 1
                 delay = random.uniform(0.0, s.backoff_base_ms * 2 ** (attempt - 1) / 1000.0)
@@ -723,8 +730,18 @@ class WebhookPusher:
                       int(ok), ms, error, asset_list, prices, sources))
         return ms
 
-    def _note_failure(self, sub: _Sub) -> None:
+    def _note_failure(self, sub: _Sub, error: str) -> None:
+        """A cycle ended undelivered: one warning when a streak reaches
+        warn_after_failures (an operator hears of a dead receiver long before
+        it is disabled), then disabled once failing for disable_after_s."""
         now = time.time()
+        sub.failures_in_row += 1
+        if sub.failures_in_row == self.settings.warn_after_failures:
+            log.warning("webhook %s: %d cycles in a row undelivered to %s (last: %s); "
+                        "disabled if still failing after %g s", sub.id, sub.failures_in_row,
+                        sub.url, error, self.settings.disable_after_s,
+                        extra={"fields": {"event": "webhook_failing", "id": sub.id,
+                                          "failures": sub.failures_in_row}})
         if sub.failing_since is None:
             sub.failing_since = now
         elif now - sub.failing_since >= self.settings.disable_after_s:
