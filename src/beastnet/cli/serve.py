@@ -240,8 +240,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _serve(service: PriceService, cfg: ServeConfig, log: logging.Logger) -> int:
-    from beastnet import ServerError, TLSConfigError
-    from beastnet.serve.cluster import ClusterError
+    from beastnet import ClusterError, ServerError, TLSConfigError
     from beastnet.serve.keys import KeyStoreError
     from beastnet.serve.service import PortInUseError
     from beastnet.serve.webhooks import WebhookError
@@ -249,7 +248,9 @@ def _serve(service: PriceService, cfg: ServeConfig, log: logging.Logger) -> int:
     try:
         service.start()
     except PortInUseError as exc:
-        print(f"beastnet serve: error: {exc}; stop it, pick another --{exc.protocol.lower()}-port, "
+        flags = " and ".join(f"--{what.lower()}-port" for what in exc.protocols)
+        print(f"beastnet serve: error: {exc}; stop what holds them, change {flags} "
+              f"(a second server on this host needs ports of its own: docs/cluster.md), "
               f"or pass --share-ports to join it and split the traffic", file=sys.stderr)
         return EXIT_FAIL
     except (KeyStoreError, ServerError, OSError, ClusterError, WebhookError) as exc:
