@@ -153,7 +153,8 @@ class PriceService:
         self.flusher: Optional[UsageFlusher] = None
         self.cluster: Optional[Any] = None      # a ClusterNode with --redis
         self.publisher = PricePublisher(self.table, ASSETS, stale_after_s=cfg.feed_stale_after_s,
-                                        source_priority=cfg.feed_sources)
+                                        source_priority=cfg.feed_sources,
+                                        max_jump=cfg.feed_max_jump)
         self.feed = feed or open_feed(cfg)
         self.control = ControlPlane("beastnet-service")
         self.udp: Optional[UDPServer] = None

@@ -1,0 +1,221 @@
+"""The six exchange adapters on their one connection loop, against the fake
+exchanges of tests/fake_exchange.py (each exchange's documented formats).
+
+Every wait below waits on the loop's or the fake's state (a counter, a state
+name, a published body); the assertions after it decide the result.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from typing import Any, Callable
+
+import orjson
+import pytest
+
+from beastnet import ResponseTable
+from beastnet.serve.feeds import PricePublisher
+from beastnet.serve.feeds.exchanges import EXCHANGES, ExchangeConnection, ExchangeFeed
+from fake_exchange import FakeExchange
+
+pytestmark = pytest.mark.timeout(60)
+
+# One asset per exchange, with a price written with the exchange's own digits
+# (Kraken sends JSON numbers: its digits are the float's shortest form).
+CASES = {
+    "coinbase": ("BTC", "97123.4500", "97001.25"),
+    "kraken": ("ALGO", "0.10035", "0.1001"),
+    "gemini": ("AAVE", "321.07000000", "320.5"),
+    "gateio": ("BNB", "701.3300", "700.1"),
+    "cryptocom": ("TON", "5.218000", "5.1"),
+    "okx": ("TIA", "4.5120", "4.4"),
+}
+STALE_AFTER_S = 0.5
+
+
+async def until(predicate: Callable[[], Any], timeout_s: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.005)
+    return True
+
+
+def fast(fake: FakeExchange, **extra: Any) -> dict[str, Any]:
+    """Connection settings for a test: the fake's URLs, short bounds."""
+    settings = dict(ws_url=fake.ws_url, rest_url=fake.rest_url, stale_after_s=STALE_AFTER_S,
+                    rest_interval_s=0.1, rest_gap_s=0.01, backoff_base_s=0.05,
+                    backoff_max_s=0.2, ping_interval_s=0.1, connect_delay_s=0.0)
+    settings.update(extra)
+    return settings
+
+
+def body(table: ResponseTable, asset: str) -> dict:
+    return orjson.loads(table[asset]) if asset in table else {}
+
+
+class Rig:
+    """One fake exchange, one connection, a publisher and its table."""
+
+    def __init__(self, name: str, exchange=None, **settings: Any) -> None:
+        self.name = name
+        self.asset, self.ws_price, self.rest_price = CASES[name]
+        self.exchange = exchange or EXCHANGES[name]
+        self.symbol = self.exchange.symbol_of(self.asset)
+        self.settings = settings
+
+    async def __aenter__(self) -> "Rig":
+        self.fake = await FakeExchange(self.name).start()
+        self.fake.ws_prices[self.symbol] = self.ws_price
+        self.fake.rest_prices[self.symbol] = self.rest_price
+        self.table = ResponseTable()
+        self.publisher = PricePublisher(self.table, stale_after_s=5.0)
+        self.conn = ExchangeConnection(self.exchange, [self.asset], self.publisher.on_tick,
+                                       **fast(self.fake, **self.settings))
+        self.publisher.source_stale_after_s[self.name] = self.conn.fresh_for_s
+        self.task = asyncio.ensure_future(self.conn.run())
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
+        await self.fake.stop()
+
+    def price_is(self, price: str) -> bool:
+        return orjson.loads(orjson.dumps(body(self.table, self.asset).get("price"))) == \
+            float(price) and body(self.table, self.asset).get("source") == self.name
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_prices_flow_exactly_and_the_liveness_rule_is_kept(name):
+    async def scenario():
+        async with Rig(name) as rig:
+            assert await until(lambda: rig.conn.state == "connected" and
+                               rig.price_is(rig.ws_price)), rig.conn.health()
+            raw = rig.table[rig.asset]
+            # Three heartbeat periods of the fake (0.1 s each) on one connection.
+            hb0 = rig.conn.messages
+            assert await until(lambda: rig.fake.pings + rig.fake.heartbeat_replies >= 3
+                               if name in ("okx", "gateio", "cryptocom")
+                               else rig.conn.messages - hb0 >= 6)
+            # Malformed and out-of-order messages are counted, never published.
+            await rig.fake.send_raw('{"not": json')
+            if name != "kraken":              # Kraken's ticker carries no time to order by
+                await rig.fake.send_ticker(rig.symbol, "1.5", time.time() - 3600)
+            assert await until(lambda: rig.conn.bad_messages >= 1 and
+                               (name == "kraken" or rig.conn.out_of_order >= 1))
+            health = rig.conn.health()
+            return raw, health, rig.fake.connections, rig.fake.closed_for_heartbeat, \
+                body(rig.table, rig.asset)
+
+    raw, health, connections, closed, last = asyncio.run(scenario())
+    asset, ws_price, _ = CASES[name]
+    assert f'"price":{ws_price},'.encode() in raw          # the exchange's digits, verbatim
+    assert last["quote"] == EXCHANGES[name].quote and last["stale"] is False
+    assert last["price"] == float(ws_price)                # the out-of-order 1.5 was refused
+    assert (connections, closed, health["reconnects"]) == (1, 0, 0), health
+    assert health["state"] == "connected" and health["symbols_seen"] == 1
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_silent_stream_goes_stale_in_its_bound_rest_serves_then_the_stream_returns(name):
+    async def scenario():
+        async with Rig(name) as rig:
+            assert await until(lambda: rig.conn.state == "connected" and
+                               rig.price_is(rig.ws_price))
+            rig.fake.silent = True                # open, but nothing sent
+            silenced = time.monotonic()
+            assert await until(lambda: rig.conn.stale_events >= 1)
+            detected_s = time.monotonic() - silenced
+            assert await until(lambda: rig.conn.state == "fallback" and
+                               rig.price_is(rig.rest_price)), rig.conn.health()
+            served_by_rest = body(rig.table, rig.asset)
+            # REST failing too: down, counted; 429 counted apart.
+            rig.fake.rest_status = 500
+            assert await until(lambda: rig.conn.state == "down")
+            rig.fake.rest_status = 429
+            assert await until(lambda: rig.conn.rest_rate_limited >= 1)
+            rig.fake.rest_status = 200
+            # The stream returns with a new price.
+            new_price = rig.ws_price[:-1] + "9"
+            rig.fake.ws_prices[rig.symbol] = new_price
+            rig.fake.silent = False
+            assert await until(lambda: rig.conn.state == "connected" and
+                               rig.price_is(new_price)), rig.conn.health()
+            return detected_s, served_by_rest, rig.conn.health()
+
+    detected_s, served_by_rest, health = asyncio.run(scenario())
+    # The bound is STALE_AFTER_S; the watchdog looks every bound/8.
+    assert detected_s <= STALE_AFTER_S * 1.5, detected_s
+    assert served_by_rest["stale"] is False and served_by_rest["source"] == name
+    assert health["rest_errors"] >= 2 and health["rest_polls"] >= 2
+    assert health["reconnects"] >= 1
+
+
+@pytest.mark.parametrize("name", ["okx", "cryptocom"])
+def test_the_fake_closes_a_client_that_breaks_the_liveness_rule(name):
+    """The control for the liveness test above: without pings (OKX) or
+    respond-heartbeat (Crypto.com) the fake closes the connection."""
+    exchange = EXCHANGES[name]
+    if name == "cryptocom":
+        exchange = dataclasses.replace(exchange, parse=lambda m: (EXCHANGES[name].parse(m)[0],
+                                                                  None))
+
+    async def scenario():
+        async with Rig(name, exchange=exchange, ping_interval_s=0.0) as rig:
+            assert await until(lambda: rig.fake.closed_for_heartbeat >= 1)
+            assert await until(lambda: rig.conn.reconnects >= 1)
+            return rig.fake.closed_for_heartbeat
+
+    assert asyncio.run(scenario()) >= 1
+
+
+def test_one_exchanges_trouble_leaves_the_others_alone():
+    async def scenario():
+        fakes = {n: await FakeExchange(n).start() for n in ("coinbase", "okx")}
+        for n, fake in fakes.items():
+            asset, price, _ = CASES[n]
+            fake.ws_prices[EXCHANGES[n].symbol_of(asset)] = price
+            fake.rest_prices[EXCHANGES[n].symbol_of(asset)] = CASES[n][2]
+        routes = {CASES[n][0]: [n] for n in fakes}
+        feed = ExchangeFeed(routes=routes, assets=list(routes),
+                            settings={n: fast(f) for n, f in fakes.items()})
+        table = ResponseTable()
+        publisher = PricePublisher(table, stale_after_s=5.0)
+        task = asyncio.ensure_future(publisher.run(feed))
+        try:
+            conns = feed.connections
+            assert await until(lambda: all(c.state == "connected" for c in conns.values()))
+            fakes["coinbase"].silent = True
+            fakes["coinbase"].refuse = True
+            assert await until(lambda: conns["coinbase"].state in ("fallback", "down"))
+            okx_before = body(table, "TIA")["seq"]
+            assert await until(lambda: body(table, "TIA")["seq"] > okx_before + 5)
+            return {n: c.health() for n, c in conns.items()}, publisher.health()
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            for fake in fakes.values():
+                await fake.stop()
+
+    health, published = asyncio.run(scenario())
+    assert health["okx"]["state"] == "connected"
+    assert health["okx"]["reconnects"] == 0 and health["okx"]["stale_events"] == 0
+    assert health["coinbase"]["stale_events"] == 1
+    assert set(published["exchanges"]) == {"coinbase", "okx"}
+
+
+def test_a_jump_past_the_bound_is_refused_counted_and_logged(caplog):
+    table = ResponseTable()
+    publisher = PricePublisher(table, max_jump=0.2)
+    from beastnet.serve.feeds import Tick
+    publisher.on_tick(Tick("BTC", "97000", "coinbase", 1.0))
+    publisher.on_tick(Tick("BTC", "97100", "kraken", 1.0))
+    with caplog.at_level("WARNING", logger="beastnet.serve.feeds"):
+        publisher.on_tick(Tick("BTC", "9.7", "kraken", 2.0))      # a misplaced decimal point
+        publisher.on_tick(Tick("BTC", "970000", "coinbase", 2.0))
+    assert publisher.refused_jumps == 2
+    assert orjson.loads(table["BTC"])["price"] in (97000, 97100)
+    assert any("refused BTC 9.7 from kraken" in r.getMessage() for r in caplog.records)
