@@ -219,3 +219,71 @@ def test_a_jump_past_the_bound_is_refused_counted_and_logged(caplog):
     assert publisher.refused_jumps == 2
     assert orjson.loads(table["BTC"])["price"] in (97000, 97100)
     assert any("refused BTC 9.7 from kraken" in r.getMessage() for r in caplog.records)
+
+
+def test_all_six_reach_the_http_api_and_stream_subscribers(tmp_path):
+    import http.client
+
+    import websockets
+
+    from beastnet.serve.config import load_config
+    from beastnet.serve.service import PriceService
+    from fake_exchange import FakeExchangesThread
+
+    fakes = FakeExchangesThread(list(CASES))
+    try:
+        for name, fake in fakes.fakes.items():
+            asset, price, rest_price = CASES[name]
+            symbol = EXCHANGES[name].symbol_of(asset)
+            fake.ws_prices[symbol] = price
+            fake.rest_prices[symbol] = rest_price
+        settings = {n: {k: v for k, v in fast(f).items()} for n, f in fakes.fakes.items()}
+        cfg = load_config(profile="dev", overrides={
+            "udp_port": 0, "http_port": 0, "admin_port": 0, "feed": "exchanges",
+            "feed_exchanges": settings,
+            "feed_assets": {CASES[n][0]: [n] for n in CASES}})
+        with PriceService(cfg) as service:
+            assert service.http is not None and service.admin is not None
+
+            def get(address, path):
+                conn = http.client.HTTPConnection(*address[:2], timeout=5)
+                try:
+                    conn.request("GET", path)
+                    resp = conn.getresponse()
+                    return resp.status, resp.read()
+                finally:
+                    conn.close()
+
+            want = {CASES[n][0]: (n, CASES[n][1]) for n in CASES}
+            deadline = time.monotonic() + 15
+            bodies: dict[str, bytes] = {}
+            while time.monotonic() < deadline and len(bodies) < len(want):
+                for asset, (name, price) in want.items():
+                    status, raw = get(service.http.address, f"/v1/{asset}")
+                    if status == 200 and f'"price":{price},'.encode() in raw:
+                        bodies[asset] = raw
+                time.sleep(0.02)
+            _, stats = get(service.admin.address, "/admin/stats")
+            _, metrics = get(service.admin.address, "/metrics")
+
+            async def first_frame(asset):
+                url = f"ws://127.0.0.1:{service.http.address[1]}/v1/stream"
+                async with websockets.connect(url) as ws:
+                    await ws.send(orjson.dumps({"op": "subscribe", "symbols": [asset]}).decode())
+                    assert orjson.loads(await asyncio.wait_for(ws.recv(), 5))["op"] == \
+                        "subscribed"
+                    return orjson.loads(await asyncio.wait_for(ws.recv(), 5))
+
+            frames = {a: asyncio.run(first_frame(a)) for a in ("BTC", "TIA")}
+    finally:
+        fakes.close()
+    assert set(bodies) == set(want), sorted(set(want) - set(bodies))
+    for asset, raw in bodies.items():
+        name = want[asset][0]
+        answer = orjson.loads(raw)
+        assert (answer["source"], answer["quote"]) == (name, EXCHANGES[name].quote)
+    exchanges = orjson.loads(stats)["feed"]["exchanges"]
+    assert set(exchanges) == set(CASES)
+    assert all(e["state"] == "connected" for e in exchanges.values()), exchanges
+    assert b'beastnet_feed_exchange_state{exchange="okx",state="connected"} 1' in metrics
+    assert frames["BTC"]["asset"] == "BTC" and frames["TIA"]["quote"] == "USDT"

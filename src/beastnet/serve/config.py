@@ -289,7 +289,8 @@ def _check_feeds(cfg: ServeConfig) -> None:
                 if not isinstance(value, str) or not value.startswith(
                         ("wss://", "ws://") if key == "ws_url" else ("https://", "http://")):
                     raise ConfigError(f"[feeds.exchanges.{name}] {key}: not a URL: {value!r}")
-            elif not isinstance(value, (int, float)) or value <= 0:
+            elif not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0 \
+                    or (value == 0 and key not in ("ping_interval_s", "connect_delay_s")):
                 raise ConfigError(f"[feeds.exchanges.{name}] {key} must be > 0, got {value!r}")
     for asset, names in cfg.feed_assets.items():
         if asset not in ASSETS:

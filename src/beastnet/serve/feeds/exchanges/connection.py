@@ -203,7 +203,12 @@ class ExchangeConnection:
                                    ping_interval=None, close_timeout=1.0, compression=None,
                                    max_size=4 << 20, proxy=None) as ws:
                     self._ws = ws
-                    heard = await self._session(ws)
+                    try:
+                        heard = await self._session(ws)
+                    except asyncio.CancelledError:
+                        # Stopping: no close handshake with a peer that may be hung.
+                        ws.transport.abort()
+                        raise
                 if heard:
                     attempt = 0
                 self._gone("closed by the exchange")
