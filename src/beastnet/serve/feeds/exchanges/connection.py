@@ -24,6 +24,7 @@ import orjson
 
 from beastnet.serve.feeds.base import SourceAlive, Tick
 from beastnet.serve.feeds.exchanges.spec import Exchange, RawTick
+from beastnet.serve.upstream import read_capped
 
 __all__ = ["ExchangeConnection", "Recorder"]
 
@@ -328,9 +329,10 @@ class ExchangeConnection:
             self.rest_polls += 1
             try:
                 async with session.get(self.rest_url + path) as resp:
-                    body = await resp.content.read(self.rest_max_bytes + 1)
-                    if len(body) > self.rest_max_bytes:
-                        raise ValueError(f"body over {self.rest_max_bytes} bytes")
+                    capped = await read_capped(resp, self.rest_max_bytes)
+                    if not capped.complete:
+                        raise ValueError(f"body over {self.rest_max_bytes} bytes: cut")
+                    body = capped.data
                     if resp.status == 429:
                         self.rest_rate_limited += 1
                         retry = _retry_after(resp.headers.get("Retry-After"))
