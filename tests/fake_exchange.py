@@ -217,7 +217,8 @@ class FakeExchange:
         self.rest_requests = 0
         self.port = 0
         self._last_heard: dict[web.WebSocketResponse, float] = {}  # monotonic
-        self._pending: dict[web.WebSocketResponse, int] = {}  # unanswered heartbeat ids
+        # unanswered heartbeat: (id, monotonic time sent)
+        self._pending: dict[web.WebSocketResponse, tuple[int, float]] = {}
         self._runner: Optional[web.AppRunner] = None
         self._tasks: list[asyncio.Task] = []
         self.changed = asyncio.Event()
@@ -306,7 +307,7 @@ class FakeExchange:
                 await ws.send_str(orjson.dumps(FIXTURES["gateio"]["pong"]).decode())
             return
         if self.name == "cryptocom" and data.get("method") == "public/respond-heartbeat":
-            if data.get("id") == self._pending.get(ws):
+            if data.get("id") == self._pending.get(ws, (None,))[0]:
                 self._pending.pop(ws, None)
                 self.heartbeat_replies += 1
             return
@@ -338,12 +339,15 @@ class FakeExchange:
             seq += 1
             hb = FIXTURES[self.name].get("heartbeat")
             if self.name == "cryptocom":
-                if ws in self._pending:       # the last one was never answered
-                    self.closed_for_heartbeat += 1
-                    await ws.close(code=4001, message=b"missed respond-heartbeat")
-                    return
-                self._pending[ws] = int(time.time() * 1000) + seq
-                hb = dict(hb, id=self._pending[ws])
+                pending = self._pending.get(ws)
+                if pending is not None:
+                    if time.monotonic() - pending[1] > self.reply_deadline_s:
+                        self.closed_for_heartbeat += 1
+                        await ws.close(code=4001, message=b"missed respond-heartbeat")
+                        return
+                    continue                  # one heartbeat in flight at a time
+                self._pending[ws] = (int(time.time() * 1000) + seq, time.monotonic())
+                hb = dict(hb, id=self._pending[ws][0])
             if hb is not None:
                 try:
                     await ws.send_str(orjson.dumps(hb).decode())

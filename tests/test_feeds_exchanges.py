@@ -287,3 +287,129 @@ def test_all_six_reach_the_http_api_and_stream_subscribers(tmp_path):
     assert all(e["state"] == "connected" for e in exchanges.values()), exchanges
     assert b'beastnet_feed_exchange_state{exchange="okx",state="connected"} 1' in metrics
     assert frames["BTC"]["asset"] == "BTC" and frames["TIA"]["quote"] == "USDT"
+
+
+def dead_port() -> int:
+    from support import free_port
+    return free_port()
+
+
+def test_no_network_says_so_once_per_exchange_and_keeps_retrying(caplog):
+    port = dead_port()                        # nothing listens: refused at once
+    settings = {n: dict(ws_url=f"ws://127.0.0.1:{port}/ws", rest_url=f"http://127.0.0.1:{port}",
+                        backoff_base_s=0.01, backoff_max_s=0.05, rest_interval_s=0.05,
+                        rest_gap_s=0.0, connect_delay_s=0.0) for n in CASES}
+    feed = ExchangeFeed(routes={CASES[n][0]: [n] for n in CASES}, settings=settings)
+
+    async def scenario():
+        task = asyncio.ensure_future(PricePublisher(ResponseTable()).consume(feed))
+        try:
+            return await until(lambda: all(c.reconnects >= 5 and c.rest_errors >= 3
+                                           for c in feed.connections.values()))
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    with caplog.at_level("INFO", logger="beastnet.serve.feeds.exchanges"):
+        retried = asyncio.run(scenario())
+    assert retried
+    lines = [r.getMessage() for r in caplog.records if r.levelname != "DEBUG"]
+    for name in CASES:
+        mine = [line for line in lines if line.startswith(f"exchange {name}:")]
+        assert len(mine) == 1 and ": down: " in mine[0], mine
+    assert all(c.state == "down" for c in feed.connections.values())
+
+
+def test_record_then_replay_publishes_the_same_prices_in_the_same_order(tmp_path):
+    from beastnet.serve.feeds.exchanges import ExchangeReplayFeed, JSONLRecorder
+
+    path = tmp_path / "recording.jsonl"
+    routes = {CASES[n][0]: [n] for n in CASES}
+
+    def capture(publisher: PricePublisher) -> list:
+        seen: list = []
+        publish = publisher._publish
+
+        def spy(asset, price, ts, source, quote, stale, age_s=None):
+            seen.append((asset, price, source, quote))
+            publish(asset, price, ts, source, quote, stale, age_s)
+        publisher._publish = spy              # type: ignore[method-assign]
+        return seen
+
+    async def record() -> list:
+        fakes = {n: await FakeExchange(n).start() for n in CASES}
+        for n, fake in fakes.items():
+            symbol = EXCHANGES[n].symbol_of(CASES[n][0])
+            fake.ws_prices[symbol] = CASES[n][1]
+            fake.rest_prices[symbol] = CASES[n][2]
+        with open(path, "wb") as fh:
+            feed = ExchangeFeed(routes=routes, assets=list(routes), recorder=JSONLRecorder(fh),
+                                settings={n: fast(f) for n, f in fakes.items()})
+            publisher = PricePublisher(ResponseTable())
+            seen = capture(publisher)
+            task = asyncio.ensure_future(publisher.consume(feed))
+            try:
+                for step in range(3):             # three prices each, a bad message between
+                    assert await until(lambda: all(c.ticks >= 4 * (step + 1)
+                                                   for c in feed.connections.values()))
+                    for n, fake in fakes.items():
+                        symbol = EXCHANGES[n].symbol_of(CASES[n][0])
+                        fake.ws_prices[symbol] = f"{step + 2}.25"
+                        await fake.send_raw("{garbage")
+                assert await until(lambda: all(c.ticks >= 16 for c in feed.connections.values()))
+            finally:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+                for fake in fakes.values():
+                    await fake.stop()
+        return seen
+
+    async def replay() -> list:
+        publisher = PricePublisher(ResponseTable())
+        seen = capture(publisher)
+        await publisher.consume(ExchangeReplayFeed(str(path), speed=0, routes=routes,
+                                                   assets=list(routes)))
+        return seen
+
+    recorded = asyncio.run(record())
+    replayed = asyncio.run(replay())
+    assert len(recorded) >= 6 * 16
+    assert replayed[:len(recorded)] == recorded
+    # Everything the recording holds was published then or after the stop.
+    assert {p for _, p, _, _ in recorded} >= {"2.25", "3.25", "4.25"}
+
+
+def test_beastnet_feeds_check_against_the_fake_and_a_dead_host(tmp_path):
+    import subprocess
+    import sys
+
+    from fake_exchange import FakeExchangesThread
+
+    fakes = FakeExchangesThread(list(CASES))
+    try:
+        for name, fake in fakes.fakes.items():
+            fake.ws_prices[EXCHANGES[name].symbol_of(CASES[name][0])] = CASES[name][1]
+        live = tmp_path / "live.toml"
+        dead = tmp_path / "dead.toml"
+        port = dead_port()
+        live.write_text("".join(
+            f'[feeds.exchanges.{n}]\nws_url = "{f.ws_url}"\nrest_url = "{f.rest_url}"\n'
+            f'connect_delay_s = 0\n' for n, f in fakes.fakes.items()))
+        dead.write_text("".join(
+            f'[feeds.exchanges.{n}]\nws_url = "ws://127.0.0.1:{port}/ws"\n' for n in CASES))
+
+        def check(config):
+            return subprocess.run([sys.executable, "-m", "beastnet", "feeds", "check",
+                                   "--config", str(config), "--timeout", "2s"],
+                                  capture_output=True, text=True, timeout=60)
+        good, bad = check(live), check(dead)
+    finally:
+        fakes.close()
+    lines = dict(line.split(None, 1) for line in good.stdout.splitlines())
+    assert set(lines) == set(CASES), good.stdout + good.stderr
+    for name in CASES:
+        assert lines[name].startswith("ok    connect "), lines[name]
+        assert EXCHANGES[name].symbol_of(CASES[name][0]) not in lines[name].split("missing:")[-1]
+    assert bad.returncode == 1 and "Traceback" not in bad.stdout + bad.stderr
+    dead_lines = bad.stdout.splitlines()
+    assert len(dead_lines) == 6 and all(" DOWN  ws://127.0.0.1:" in d for d in dead_lines)

@@ -76,7 +76,7 @@ class ServeConfig:
     stream_path: str = "/v1/stream"
     dashboard: bool = True                      # GET / and /dashboard: the live page
     # feed
-    feed: str = "sim"                           # "sim" or "replay"
+    feed: str = "sim"                           # a registered feed: exchanges, sim, replay
     feed_path: Optional[str] = None             # replay file (JSON lines or CSV)
     feed_rounds_per_s: float = 10.0
     feed_sources: list[str] = field(default_factory=lambda: ["sim-a", "sim-b"])
@@ -129,7 +129,7 @@ LIVE_PARAMETERS = frozenset({
 })
 
 PROFILES: dict[str, dict[str, Any]] = {
-    "production": {"keystore": "beastnet-keys.db"},
+    "production": {"keystore": "beastnet-keys.db", "feed": "exchanges"},
     "stress-udp-direct": {"batch": 64, "recv_buffer_bytes": 64 * MIB, "send_buffer_bytes": 64 * MIB,
                           "feed_rounds_per_s": 1.0, "http_threads": 1},
     "stress-tcp-direct": {"udp_sockets": 1, "cpu_steering": False, "backlog": 4096,
@@ -140,7 +140,8 @@ PROFILES: dict[str, dict[str, Any]] = {
 
 # What each profile is for; `beastnet serve --help` shows these with the settings above.
 PROFILE_PURPOSES: dict[str, str] = {
-    "production": "everything on: API keys enforced, usage persisted, both protocols on every CPU",
+    "production": "everything on: API keys enforced, usage persisted, both protocols on every "
+                  "CPU, prices from the six exchanges",
     "stress-udp-direct": "maximum UDP throughput: bigger batches and buffers, a quiet feed, "
                          "one HTTP thread, no API keys",
     "stress-tcp-direct": "maximum HTTP throughput: one UDP socket, deep backlog, many "

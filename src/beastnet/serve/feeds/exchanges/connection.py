@@ -235,13 +235,10 @@ class ExchangeConnection:
         pinger = None
         if self.exchange.ping_text is not None and self.ping_interval_s > 0:
             pinger = asyncio.ensure_future(self._ping(ws))
+        # Subscribing at the exchange's pace takes seconds (Coinbase: 10 a
+        # second): read the first answers meanwhile.
+        subscriber = asyncio.ensure_future(self.subscribe(ws))
         try:
-            batch = max(1, self.exchange.subscribe_batch)
-            for i in range(0, len(self.symbols), batch):
-                for text in self.exchange.subscribe(self.symbols[i:i + batch]):
-                    await ws.send(text)
-                if self.exchange.subscribe_gap_s:
-                    await asyncio.sleep(self.exchange.subscribe_gap_s)
             heard = False
             async for raw in ws:
                 reply = self.on_message(raw)
@@ -252,8 +249,18 @@ class ExchangeConnection:
                     await ws.send(reply)
             return heard
         finally:
+            subscriber.cancel()
             if pinger is not None:
                 pinger.cancel()
+
+    async def subscribe(self, ws: Any) -> None:
+        """Send the subscribe messages, in the adapter's batches and pace."""
+        batch = max(1, self.exchange.subscribe_batch)
+        for i in range(0, len(self.symbols), batch):
+            for text in self.exchange.subscribe(self.symbols[i:i + batch]):
+                await ws.send(text)
+            if self.exchange.subscribe_gap_s:
+                await asyncio.sleep(self.exchange.subscribe_gap_s)
 
     async def _ping(self, ws: Any) -> None:
         assert self.exchange.ping_text is not None

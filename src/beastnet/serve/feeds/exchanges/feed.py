@@ -111,7 +111,7 @@ class ExchangeReplayFeed(ExchangeFeed):
     """Plays a `JSONLRecorder` file back through the same adapters, at the
     recorded pace times `speed` (0: as fast as possible)."""
 
-    name = "exchange-replay"
+    name = "replay"
 
     def __init__(self, path: str, speed: float = 1.0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -167,10 +167,3 @@ def settings_from(cfg: "ServeConfig") -> dict[str, Any]:
 @register_feed("exchanges")
 def _open_exchanges(cfg: "ServeConfig") -> Feed:
     return ExchangeFeed(**settings_from(cfg))
-
-
-@register_feed("exchange-replay")
-def _open_exchange_replay(cfg: "ServeConfig") -> Feed:
-    if not cfg.feed_path:
-        raise ValueError("feed 'exchange-replay' needs feed_path (a `beastnet feeds record` file)")
-    return ExchangeReplayFeed(cfg.feed_path, speed=cfg.replay_speed, **settings_from(cfg))
