@@ -115,10 +115,13 @@ def add_serve_command(sub: Any) -> None:
                                       "if missing)", metavar="PATH")
     g.add_argument("--no-keys", action="store_true",
                    help="serve without API keys, whatever the profile says (default: off)")
-    _add(g, "--feed", "feed", "price feed: sim (a random walk) or replay (a file)",
-         choices=("sim", "replay"))
-    _add(g, "--replay", "feed_path", "replay this JSON-lines or CSV tick file (implies "
-                                     "--feed replay)", metavar="FILE")
+    _add(g, "--feed", "feed", "price feed: exchanges (the six exchanges' public streams; "
+                              "the production profile's), sim (a random walk from real "
+                              "prices) or replay (a file)",
+         choices=("exchanges", "sim", "replay"))
+    _add(g, "--replay", "feed_path", "replay this JSON-lines or CSV tick file, or a `beastnet "
+                                     "feeds record` file through the exchange adapters "
+                                     "(implies --feed replay)", metavar="FILE")
     _add(g, "--replay-speed", "replay_speed", "1 = recorded pace, 0 = as fast as possible",
          type=float, metavar="X")
     _add(g, "--feed-rounds-per-s", "feed_rounds_per_s",

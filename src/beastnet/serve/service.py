@@ -81,7 +81,8 @@ class PriceService:
         self.feed = feed                                 # None: the one the config names
         self.publisher = PricePublisher(self.table, ASSETS,
                                         stale_after_s=cfg.feed_stale_after_s,
-                                        source_priority=cfg.feed_sources)
+                                        source_priority=cfg.feed_sources,
+                                        max_jump=cfg.feed_max_jump)
         self.components: list[Component] = []           # the started ones, in order
         self.routes = AdminRoutes([], cfg.admin_token)
         self.start_profile = cfg.profile
