@@ -33,6 +33,7 @@ from beastnet.serve.config import LIVE_PARAMETERS, ServeConfig, apply_live
 from beastnet.serve.feeds import Feed, PricePublisher, ReplayFeed, SimulatedFeed
 from beastnet.serve.keys import KeyStore, UsageFlusher, configured_tiers
 from beastnet.serve.metrics import feed_families, key_families
+from beastnet.serve.systemd import notify
 
 __all__ = ["PortInUseError", "PriceService", "check_port_free"]
 
@@ -420,8 +421,11 @@ class PriceService:
         previous = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
         try:
             while (signum := signal.sigwait(signals)) == signal.SIGHUP:
+                notify("RELOADING=1", "STATUS=reloading the TLS certificate")
                 self.reload_tls()
+                notify("READY=1", "STATUS=serving")
             log.info("%s: draining", signal.Signals(signum).name)
+            notify("STOPPING=1", f"STATUS=draining after {signal.Signals(signum).name}")
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, previous)
         self.stop()
