@@ -21,8 +21,9 @@ def add_webhooks_command(sub: Any) -> None:
                               "pro, partner): a subscription needs no API key, and its "
                               "deliveries count against no key's limits or usage. Endpoints "
                               "on loopback or private addresses are refused unless "
-                              "--allow-private (or webhooks_allow_private in the config). With --redis (or the "
-                              "config's redis) the subscriptions are the cluster's, in Redis. "
+                              "--allow-private (or webhooks_allow_private in the config). "
+                              "With --redis (or the config's redis) the subscriptions are the "
+                              "cluster's, in Redis. "
                               "exit status: 0 done; 2 bad flag or input, unknown subscription, "
                               "tier or asset, a refused endpoint, an unusable key store, or "
                               "Redis unreachable")
