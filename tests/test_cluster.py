@@ -21,13 +21,13 @@ from beastnet import APIKeyTable
 from beastnet.cli.stats import format_cluster
 from beastnet.serve.cluster import USAGE, aggregate, red_flags
 from beastnet.serve.keys import KeyStore, Tier, current_month
-from support import free_port, wait_for
+from support import find_tool, free_port, requires, wait_for
 from test_serve import month_count, serve  # noqa: F401  (the fixture)
 
 pytestmark = pytest.mark.timeout(120)
 
-REDIS_SERVER = shutil.which("redis-server")
-needs_redis = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed")
+REDIS_SERVER = find_tool("redis-server")
+needs_redis = requires("redis-server")
 
 TIERS = ('[tiers.public]\nqps = 100\nburst = 10\nmonthly_cap = 1000000\n'
          '[tiers.capped]\nqps = 100\nburst = 10\nmonthly_cap = 120\n')

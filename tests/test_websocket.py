@@ -125,6 +125,12 @@ class RawClient:
     def close(self) -> None:
         self.sock.close()
 
+    def __enter__(self) -> "RawClient":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
 
 # -- the opening handshake --------------------------------------------------------------
 
@@ -344,6 +350,58 @@ def test_a_client_that_does_not_read_is_conflated_then_closed(table):
         assert orjson.loads(fast.frame()[1])["v"] == 10**6        # the neighbour is still served
         slow.close()
         fast.close()
+
+
+def test_a_blocked_subscriber_gets_its_frames_in_flight_then_only_the_newest(table):
+    """Deterministic conflation: the subscriber's socket is full with a frame
+    in flight; v1..vN published then (each fanned out before the next, as
+    the fast neighbour's reads prove) leave exactly one pending frame, vN,
+    and count N - 1 conflations.  A frame of another symbol published after
+    them marks the end of what the subscriber is owed."""
+    n, mark = 12, 1_000_000
+    subscribe = build_frame(TEXT, b'{"op":"subscribe","symbols":["S001","S002"]}')
+    with HTTPServer(table, threads=1, websocket=WebSocketOptions()) as server:
+        with RawClient(server, rcvbuf=4096) as slow, RawClient(server) as fast:
+            slow.handshake()
+            slow.send(subscribe)
+            fast.handshake()
+            fast.send(subscribe)
+            assert fast.frame()[1].startswith(b'{"op":"subscribed"')
+            fast.frame(), fast.frame()
+            v = 0
+
+            def publish(symbol: str, version: int) -> None:
+                table.set(symbol, body(symbol, version, pad=30_000))
+                # The neighbour has it: the worker has offered it to both.
+                assert orjson.loads(fast.frame()[1]) == {"s": symbol, "v": version,
+                                                         "pad": "x" * 30_000}
+
+            # Fill the slow client's socket until the kernel takes a frame in
+            # part, then a while longer so the window is surely shut.
+            while totals(server)["partial_writes"] == 0 or v % 50:
+                v += 1
+                assert v < 5000, "the server never found the slow client's socket full"
+                publish("S001", v)
+            publish("S001", mark + 1)          # now a frame is pending behind the one in flight
+            conflated = totals(server)["ws_conflated"]
+            for i in range(2, n + 1):
+                publish("S001", mark + i)
+            assert totals(server)["ws_conflated"] - conflated == n - 1
+            publish("S002", mark)               # queued after S001's pending frame
+            assert slow.frame()[1].startswith(b'{"op":"subscribed"')
+            versions = []
+            while True:
+                op, payload = slow.frame()
+                assert op == TEXT, (op, versions[-5:])
+                update = orjson.loads(payload)
+                if update["s"] == "S002" and update["v"] == mark:
+                    break
+                if update["s"] == "S001":
+                    versions.append(update["v"])
+            # Everything the kernel and the in-flight frame held, in order,
+            # then the newest version alone: none of v1..vN-1, nothing older.
+            assert versions[-1] == mark + n, versions[-5:]
+            assert versions[:-1] == sorted(set(versions[:-1])) and versions[-2] <= v
 
 
 def test_a_slow_reader_that_catches_up_gets_the_newest_value(table):

@@ -10,8 +10,8 @@ handlers run on, which several servers may share; `run_udp_load` /
 """
 from beastnet._core import APIKeyTable, Entry, ResponseTable, UDPPusher
 from beastnet.control import Answer, ControlPlane, MissRequest, is_loopback_client
-from beastnet.errors import (BeastnetError, HandlerError, InvalidKeyError, ServerError,
-                             TableFullError, TLSConfigError)
+from beastnet.errors import (BeastnetError, InvalidKeyError, ServerError, TableFullError,
+                             TLSConfigError)
 from beastnet.server import UDPServer
 from beastnet.http_server import HTTPServer, TLSConfig, WebSocketOptions
 
@@ -39,7 +39,6 @@ __all__ = [
     "BeastnetError",
     "ControlPlane",
     "Entry",
-    "HandlerError",
     "HTTPLoadConfig",
     "HTTPServer",
     "InvalidKeyError",

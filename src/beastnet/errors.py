@@ -17,10 +17,6 @@ class ServerError(BeastnetError, RuntimeError):
     """A server could not start, or a native thread reported a fatal error."""
 
 
-class HandlerError(BeastnetError):
-    """A miss handler raised; the original exception is chained as __cause__."""
-
-
 class LoadConfigError(BeastnetError, ValueError):
     """A load-generator setting is out of range (zero duration, no keys, ...)."""
 

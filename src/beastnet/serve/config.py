@@ -105,6 +105,8 @@ class ServeConfig:
     webhook_log_batch_rows: int = 300
     webhook_log_interval_s: float = 0.1
     webhook_log_retention_s: float = 7 * 86400.0
+    webhook_response_max_bytes: int = 4096     # of a receiver's answer read; the rest is cut
+    webhook_warn_after_failures: int = 5        # failed cycles in a row before one warning
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -188,8 +190,9 @@ def _check(cfg: ServeConfig, label: Callable[[str], str] = str) -> None:
         need(value(name) > 0, f"{label(name)} must be > 0, got {value(name)}")
     need(cfg.replay_speed >= 0,
          f"{label('replay_speed')} must be >= 0 (0 = as fast as possible), got {cfg.replay_speed}")
-    need(cfg.feed in ("sim", "replay"),
-         f"{label('feed')} must be 'sim' or 'replay', got {cfg.feed!r}")
+    from beastnet.serve.feeds import feed_names     # the feeds import this module's type
+    need(cfg.feed in feed_names(),
+         f"{label('feed')} must be one of {', '.join(feed_names())}, got {cfg.feed!r}")
     need(cfg.feed != "replay" or bool(cfg.feed_path),
          f"feed 'replay' needs {label('feed_path')}")
     need(cfg.feed_path is None or os.path.isfile(cfg.feed_path),
@@ -287,6 +290,12 @@ def _check_webhooks(cfg: ServeConfig, label: Callable[[str], str]) -> None:
     if not 1 <= cfg.webhook_max_attempts <= 20:
         raise ConfigError(f"{label('webhook_max_attempts')} must be 1..20, "
                           f"got {cfg.webhook_max_attempts}")
+    if not 0 <= cfg.webhook_response_max_bytes <= 1 << 20:
+        raise ConfigError(f"{label('webhook_response_max_bytes')} must be 0..1048576, "
+                          f"got {cfg.webhook_response_max_bytes}")
+    if not 1 <= cfg.webhook_warn_after_failures <= 1_000_000:
+        raise ConfigError(f"{label('webhook_warn_after_failures')} must be 1..1000000, "
+                          f"got {cfg.webhook_warn_after_failures}")
     if not 1 <= cfg.webhook_log_batch_rows <= 100_000:
         raise ConfigError(f"{label('webhook_log_batch_rows')} must be 1..100000, "
                           f"got {cfg.webhook_log_batch_rows}")

@@ -30,7 +30,7 @@ from beastnet.metrics import (CONTENT_TYPE as METRICS_CONTENT_TYPE, MetricFamily
                               render, udp_families)
 from beastnet.serve.assets import ASSETS
 from beastnet.serve.config import LIVE_PARAMETERS, ServeConfig, apply_live
-from beastnet.serve.feeds import Feed, PricePublisher, ReplayFeed, SimulatedFeed
+from beastnet.serve.feeds import Feed, PricePublisher, ReplayFeed, SimulatedFeed, open_feed
 from beastnet.serve.keys import KeyStore, UsageFlusher, configured_tiers
 from beastnet.serve.metrics import feed_families, key_families
 from beastnet.serve.systemd import notify
@@ -155,7 +155,7 @@ class PriceService:
         self.cluster: Optional[Any] = None      # a ClusterNode with --redis
         self.publisher = PricePublisher(self.table, ASSETS, stale_after_s=cfg.feed_stale_after_s,
                                         source_priority=cfg.feed_sources)
-        self.feed = feed or self._make_feed()
+        self.feed = feed or open_feed(cfg)
         self.control = ControlPlane("beastnet-service")
         self.udp: Optional[UDPServer] = None
         self.http: Optional[HTTPServer] = None
@@ -170,13 +170,6 @@ class PriceService:
         self._stopped = threading.Event()
         self.started_at = 0.0
         self.webhooks: Any = None               # a WebhookPusher when cfg.webhooks
-
-    def _make_feed(self) -> Feed:
-        cfg = self.cfg
-        if cfg.feed == "replay":
-            assert cfg.feed_path is not None
-            return ReplayFeed(cfg.feed_path, speed=cfg.replay_speed)
-        return SimulatedFeed(ASSETS, sources=cfg.feed_sources, rounds_per_s=cfg.feed_rounds_per_s)
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -550,8 +543,10 @@ class PriceService:
     # -- admin routes --------------------------------------------------------------
 
     def _health(self) -> Answer:
+        # Degraded as soon as any served price is stale: a client reading a
+        # stale BTC is not helped by 149 fresh others (docs/serve.md).
         stale = len(self.publisher.stale_assets)
-        ok = len(self.table) > 0 and stale < len(ASSETS)
+        ok = len(self.table) > 0 and stale == 0
         return Answer({"status": "ok" if ok else "degraded", "assets": len(self.table),
                        "stale_assets": stale}, status=200 if ok else 503)
 

@@ -130,13 +130,34 @@ def _host_port(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+# NAT64 (RFC 6052): the well-known prefix carries an IPv4 address in its
+# last 32 bits; the local-use prefix (RFC 8215) is never global.
+NAT64_WELL_KNOWN = ipaddress.IPv6Network("64:ff9b::/96")
+
+
+def _reached_ipv4(ip: ipaddress.IPv6Address) -> Optional[ipaddress.IPv4Address]:
+    """The IPv4 address an IPv6 address delivers to, where it embeds one a
+    router or the kernel unwraps: IPv4-mapped (::ffff:a.b.c.d), 6to4
+    (2002:AABB:CCDD::/48, RFC 3056) and NAT64's well-known prefix."""
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if ip in NAT64_WELL_KNOWN:
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
+
+
 def check_address(address: str, allow_private: bool) -> None:
     """Refuse (WebhookError) an address a webhook must not reach: loopback,
     private, link-local, multicast, reserved or unspecified, unless
-    `allow_private`.  An IPv4-mapped IPv6 address is judged as IPv4."""
-    ip = ipaddress.ip_address(address.split("%")[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    `allow_private`.  An IPv6 address embedding an IPv4 one (IPv4-mapped,
+    6to4, NAT64) is judged by that IPv4 address: 2002:7f00:1:: reaches
+    127.0.0.1 through a 6to4 relay and is refused as loopback."""
+    ip: ipaddress.IPv4Address | ipaddress.IPv6Address = \
+        ipaddress.ip_address(address.split("%")[0])
+    if isinstance(ip, ipaddress.IPv6Address):
+        ip = _reached_ipv4(ip) or ip
     if allow_private:
         return
     if (ip.is_loopback or ip.is_private or ip.is_link_local or ip.is_multicast
