@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 import test_serve
+from support import require
 from beastnet.serve.config import ServeConfig, load_config
 from beastnet.serve.systemd import notify
 
@@ -125,11 +126,7 @@ def test_the_example_unit_is_type_notify_and_reloads_with_sighup():
 
 
 def test_systemd_analyze_verifies_the_example_unit(tmp_path):
-    analyze = shutil.which("systemd-analyze")
-    if analyze is None:
-        if os.environ.get("CI"):
-            pytest.fail("systemd-analyze is not installed (apt-get install systemd)")
-        pytest.skip("no systemd-analyze on this machine")
+    analyze = require("systemd-analyze")
     # the unit names /usr/local/bin/beastnet; verify checks that ExecStart exists
     unit = (EXAMPLES / "beastnet.service").read_text()
     unit = unit.replace("/usr/local/bin/beastnet", shutil.which("beastnet") or sys.executable)
@@ -171,11 +168,7 @@ def _backup_with_python(source: Path, target: Path) -> None:
 
 
 def _backup_with_cli(source: Path, target: Path) -> None:
-    cli = shutil.which("sqlite3")
-    if cli is None:
-        if os.environ.get("CI"):
-            pytest.fail("sqlite3 (the command-line shell) is not installed")
-        pytest.skip("no sqlite3 shell on this machine")
+    cli = require("sqlite3")
     subprocess.run([cli, str(source), f".backup '{target}'"], check=True, timeout=30)
 
 
