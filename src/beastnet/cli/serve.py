@@ -291,6 +291,11 @@ def _serve(service: PriceService, cfg: ServeConfig, log: logging.Logger) -> int:
                                "http_host": http_host, "http_port": http_port,
                                "admin_host": admin_host, "admin_port": admin_port,
                                "pid": os.getpid()}})
+    from beastnet.serve.systemd import notify
+
+    # Type=notify: systemd starts what depends on us only now, with prices in the table.
+    notify("READY=1", f"STATUS=serving {len(service.table)} assets, profile {cfg.profile}, "
+                      f"keys {'on' if cfg.keystore else 'off'}", f"MAINPID={os.getpid()}")
     status = service.serve_forever()
     log.info("stopped cleanly")
     _exit_now(status)
