@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -24,6 +23,7 @@ from beastnet.loadgen.report import hdr_log, text_table
 
 from _loadgen_servers import beastnet_price_server
 from browser import needs_chromium
+from support import require
 
 hdrh_histogram = pytest.importorskip("hdrh.histogram")
 hdrh_log = pytest.importorskip("hdrh.log")
@@ -274,12 +274,7 @@ ERROR_HOOK = ("<script>window.onerror=function(m){document.documentElement.setAt
 
 
 def chromium() -> str:
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        path = shutil.which(name)
-        if path:
-            return path
-    pytest.skip("no chromium (.ci/run installs Debian's chromium)")
-    return ""
+    return require("chromium")
 
 
 def script_error(dom: str) -> str:

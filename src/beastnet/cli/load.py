@@ -26,7 +26,7 @@ examples:
   beastnet load 127.0.0.1:9000 --quick --json r.json --html r.html   levels 1-6
   beastnet load 127.0.0.1:9000 --find-max --slo-p99-ms 5          knee finder
   beastnet load http://127.0.0.1:8080/v1/ -c 64 --pipeline 4      HTTP
-  beastnet load https://localhost:8443/v1/ --cacert ca.pem --conn-mode close --tls-resume
+  beastnet load https://localhost:8080/v1/ --cacert ca.pem --conn-mode close --tls-resume
   beastnet load 127.0.0.1:9000 --expect rate_limited --api-key K   a limit test
   beastnet load 127.0.0.1:9000 --server-stats http://127.0.0.1:8080 --html r.html
                                         the server's counters beside the client's
