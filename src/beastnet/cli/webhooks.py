@@ -16,10 +16,14 @@ def add_webhooks_command(sub: Any) -> None:
                                    "with --webhooks picks changes up within a second.",
                        epilog="tiers (interval, max assets): starter 60 s/9, standard 15 s/30, "
                               "professional 6 s/75, enterprise 3 s/150; [webhook_tiers.NAME] in "
-                              "the config file changes or adds tiers. Endpoints on loopback or "
-                              "private addresses are refused unless --allow-private (or "
-                              "webhooks_allow_private in the config). With --redis (or the "
-                              "config's redis) the subscriptions are the cluster's, in Redis. "
+                              "the config file changes or adds tiers. Webhook tiers belong to "
+                              "the subscription and are separate from API-key tiers (public, "
+                              "pro, partner): a subscription needs no API key, and its "
+                              "deliveries count against no key's limits or usage. Endpoints "
+                              "on loopback or private addresses are refused unless "
+                              "--allow-private (or webhooks_allow_private in the config). "
+                              "With --redis (or the config's redis) the subscriptions are the "
+                              "cluster's, in Redis. "
                               "exit status: 0 done; 2 bad flag or input, unknown subscription, "
                               "tier or asset, a refused endpoint, an unusable key store, or "
                               "Redis unreachable")
@@ -38,13 +42,15 @@ def add_webhooks_command(sub: Any) -> None:
     a = wsub.add_parser("add", help="add a subscription; prints its id and secret")
     a.add_argument("endpoint", help="https://host[:port]/path, or udp://host:port")
     a.add_argument("--tier", default="starter",
-                   help="starter, standard, professional, enterprise, or a configured tier "
-                        "(default: starter)")
+                   help="a webhook tier (not an API-key tier): starter, standard, "
+                        "professional, enterprise, or one the config adds (default: starter)")
     a.add_argument("--assets", required=True,
                    help="comma-separated asset keys, at most the tier's maximum (required)")
     a.add_argument("--style", default="standard", choices=("standard", "compat"),
-                   help="signature headers: standard (webhook-signature) or compat (also the "
-                        "seeds' X-Webhook-Signature) (default: standard)")
+                   help="signature headers: standard (webhook-id, webhook-timestamp, "
+                        "webhook-signature, the Standard Webhooks specification) or compat "
+                        "(those plus X-Webhook-Signature: sha256=<hex HMAC of the body>, for "
+                        "receivers that check only that older header) (default: standard)")
     a.add_argument("--label", default="", help="a note kept with it (default: empty)")
     ls = wsub.add_parser("list", help="list subscriptions (secrets are not shown)")
     ls.add_argument("--json", action="store_true", help="JSON instead of a table (default: a table)")

@@ -32,6 +32,7 @@ from beastnet.serve.config import LIVE_PARAMETERS, ServeConfig, apply_live
 from beastnet.serve.engines import PortInUseError, check_ports
 from beastnet.serve.feeds import Feed, PricePublisher
 from beastnet.serve.stores import Stores, open_stores
+from beastnet.serve.systemd import notify
 
 __all__ = ["COMPONENTS", "PortInUseError", "PriceService"]
 
@@ -81,7 +82,8 @@ class PriceService:
         self.feed = feed                                 # None: the one the config names
         self.publisher = PricePublisher(self.table, ASSETS,
                                         stale_after_s=cfg.feed_stale_after_s,
-                                        source_priority=cfg.feed_sources)
+                                        source_priority=cfg.feed_sources,
+                                        max_jump=cfg.feed_max_jump)
         self.components: list[Component] = []           # the started ones, in order
         self.routes = AdminRoutes([], cfg.admin_token)
         self.start_profile = cfg.profile
@@ -170,8 +172,11 @@ class PriceService:
         previous = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
         try:
             while (signum := signal.sigwait(signals)) == signal.SIGHUP:
+                notify("RELOADING=1", "STATUS=reloading the TLS certificate")
                 self.reload_tls()
+                notify("READY=1", "STATUS=serving")
             log.info("%s: draining", signal.Signals(signum).name)
+            notify("STOPPING=1", f"STATUS=draining after {signal.Signals(signum).name}")
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, previous)
         self.stop()
