@@ -155,6 +155,24 @@ def test_bad_cluster_flags_are_one_line_and_exit_2(args, message):
     assert run.returncode == 2 and run.stderr.count("\n") == 1 and message in run.stderr
 
 
+def test_keys_change_kept_locally_when_redis_is_unreachable(tmp_path):
+    """`keys --redis` to a port nothing listens on: exit 1, one line saying
+    the change is in the local store; a bad URL is exit 2 and changes nothing."""
+    db = tmp_path / "k.db"
+    base = [sys.executable, "-m", "beastnet", "keys", "--db", str(db)]
+    run = subprocess.run([*base, "--redis", f"redis://127.0.0.1:{free_port()}/0", "add",
+                          "--key", "kept-locally-0123456789"],
+                         capture_output=True, text=True, timeout=30)
+    assert run.returncode == 1 and "local store" in run.stderr.splitlines()[-1], run.stderr
+    with KeyStore(str(db)) as store:
+        assert [r["key"] for r in store.list()] == ["kept-locally-0123456789"]
+    run = subprocess.run([*base, "--redis", "redis://127.0.0.1:99999", "add"],
+                         capture_output=True, text=True, timeout=30)
+    assert run.returncode == 2 and "Port out of range" in run.stderr
+    with KeyStore(str(db)) as store:
+        assert len(store.list()) == 1
+
+
 # -- the native lease ---------------------------------------------------------------
 
 def test_lease_tokens_bound_admissions_and_report_hunger():

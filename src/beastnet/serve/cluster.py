@@ -56,7 +56,7 @@ except ImportError:                     # pragma: no cover - the `cluster` extra
     aioredis = None                     # type: ignore[assignment]
     RedisUnavailable = (OSError,)
 
-__all__ = ["RedisUnavailable", "SNAPSHOT_COUNTERS", "Cluster", "ClusterNode", "KeyChanges",
+__all__ = ["RedisUnavailable", "SNAPSHOT_COUNTERS", "Cluster", "ClusterNode",
            "aggregate", "apply_key_change", "default_node_id", "key_record", "red_flags",
            "table_change"]
 
@@ -695,32 +695,6 @@ def _store_change(store: "Keys", op: str, key: str, tier: Optional[str], label: 
             store.set_tier(key, tier)
     except KeyStoreError as exc:
         log.debug("cluster: local copy: %s", exc)
-
-
-class KeyChanges:
-    """Writes key changes to the shared store and announces them (`beastnet
-    keys --redis`, the admin routes): a hash per key, then PUBLISH."""
-
-    def __init__(self, url: str) -> None:
-        if redis is None:
-            raise ClusterError("--redis needs the redis client: pip install 'beastnet[cluster]'")
-        try:
-            self.client = redis.Redis.from_url(url, socket_timeout=2.0,
-                                               socket_connect_timeout=2.0)
-        except ValueError as exc:
-            raise ClusterError(f"--redis {url!r}: {exc}") from None
-
-    def publish(self, op: str, key: str, tier: Optional[str] = None, label: str = "") -> int:
-        """Record and announce one change; returns the nodes that heard it."""
-        fields, message = key_record(op, key, tier, label)
-        with self.client.pipeline(transaction=True) as pipe:
-            pipe.hset(KEY + key, items=fields)
-            pipe.publish(KEYS_CHANNEL, message)
-            replies = pipe.execute()
-        return int(replies[-1])
-
-    def close(self) -> None:
-        self.client.close()
 
 
 class Cluster(Component):
