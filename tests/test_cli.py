@@ -245,6 +245,23 @@ def test_a_second_server_on_an_occupied_port_is_refused(serve, tmp_path, occupie
     assert first.terminate() == 0
 
 
+def test_every_occupied_port_is_named_at_once(serve):
+    """A second server started with the first's ports hears of all three in
+    one error, and that it needs ports of its own (one retry is enough)."""
+    first = serve("--no-keys")
+    second = beastnet("serve", "--profile", "dev", "--no-keys", "--udp-port", str(first.udp[1]),
+                      "--http-port", str(first.http_port), "--admin-port", str(first.admin_port),
+                      timeout=20)
+    line = one_error_line(second, "beastnet serve: error:", alone=True)
+    assert second.returncode == 1
+    for what, port, flag in (("UDP", first.udp[1], "--udp-port"),
+                             ("HTTP", first.http_port, "--http-port"),
+                             ("admin", first.admin_port, "--admin-port")):
+        assert f"{what} port {port}" in line and flag in line
+    assert "docs/cluster.md" in line
+    assert first.terminate() == 0
+
+
 def test_share_ports_joins_the_group_of_a_running_server(serve):
     first = serve("--no-keys")
     second = serve("--no-keys", "--share-ports", "--udp-port", str(first.udp[1]),
@@ -421,7 +438,7 @@ def test_the_service_uses_only_the_public_api():
 
     import beastnet.metrics
 
-    allowed = {"beastnet", "beastnet.metrics"}
+    allowed = {"beastnet", "beastnet.metrics", "beastnet.counters"}     # public: docs/api.md
     serve_dir = Path(__file__).resolve().parent.parent / "src" / "beastnet" / "serve"
     problems = []
     for path in sorted(serve_dir.glob("*.py")):
