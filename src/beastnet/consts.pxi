@@ -125,6 +125,7 @@ cdef enum:
     WS_CLIENT_HEAD_MAX_BYTES = 14   # 2 + 8 (64-bit length) + 4 (mask)
     WS_SERVER_HEAD_MAX_BYTES = 10   # 2 + 8: server frames are never masked
     WS_ACCEPT_BYTES = 28            # base64 of a SHA-1 digest
+    WS_RSV1 = 0x40                  # frame head bit: "Per-Message Compressed" (RFC 7692)
 
 cdef enum:
     WS_CLOSE_NORMAL = 1000          # normal closure
@@ -176,6 +177,7 @@ cdef enum:
     WSC_PEER_CLOSED = 4             # the peer's close (or an error): read nothing more
     WSC_SHUT = 8                    # our side shut down after a normal close
     WSC_ECHO = 16                   # the echo endpoint: messages come back as they are
+    WSC_DEFLATE = 32                # permessage-deflate negotiated (_ws_deflate.pxi)
 
 # Webhook push over UDP (_push.pxi).
 cdef enum:

@@ -75,6 +75,9 @@ class WebSocketOptions:
     max_symbols: int = 1024             #: symbols in one request
     stall_timeout_s: float = 10.0       #: output without progress this long closes the connection (1008)
     echo_path: Optional[str] = None     #: an echo endpoint (conformance suites, round-trip probes)
+    #: permessage-deflate (RFC 7692), negotiated when a client offers it: bodies this
+    #: long or longer are deflated once per publication (0 = never negotiated)
+    compress_min_bytes: int = 1024
 
 
 class HTTPServer(EngineServer):
@@ -177,7 +180,8 @@ class HTTPServer(EngineServer):
                 ws_max_frame_bytes=websocket.max_frame_bytes,
                 ws_max_message_bytes=websocket.max_message_bytes,
                 ws_stall_timeout_s=websocket.stall_timeout_s,
-                ws_max_symbols=websocket.max_symbols)
+                ws_max_symbols=websocket.max_symbols,
+                ws_compress_min_bytes=websocket.compress_min_bytes)
         if tls is not None and not isinstance(tls, TLSConfig):
             raise TypeError("tls must be a beastnet.TLSConfig")
         #: TLS on the port (None = plain HTTP); `reload_tls()` rereads its files.
@@ -328,6 +332,8 @@ class HTTPServer(EngineServer):
         totals = sum_counters(per_thread)
         if self._dispatcher is not None:
             totals.update(self._dispatcher.counters())
+        if self._engine is not None:
+            totals.update(self._engine.ws_deflate_counters())
         status = self._engine.worker_status() if self._engine is not None else []
         return {
             "address": self._address,
