@@ -204,7 +204,7 @@ class PriceService:
                                  recv_buffer_bytes=cfg.recv_buffer_bytes,
                                  send_buffer_bytes=cfg.send_buffer_bytes,
                                  cpu_steering=cfg.cpu_steering, api_keys=self.api_keys,
-                                 control=self.control).start()
+                                 control=self.control, reuse_port=cfg.share_ports).start()
             self.admin = self._start_admin()
             self.http = self._start_http()
             if self.cfg.stream:      # known from the start: the page subscribes at once
@@ -329,7 +329,8 @@ class PriceService:
                           backlog=min(cfg.backlog, 128), routes=routes,
                           max_connections=cfg.admin_max_connections,
                           idle_timeout_s=cfg.idle_timeout_s,
-                          header_timeout_s=cfg.header_timeout_s, control=self.control).start()
+                          header_timeout_s=cfg.header_timeout_s, control=self.control,
+                          reuse_port=cfg.share_ports).start()
 
     def _start_http(self) -> HTTPServer:
         cfg = self.cfg
@@ -345,7 +346,8 @@ class PriceService:
                           miss_queue_size=cfg.miss_queue_size, max_inflight=cfg.max_inflight,
                           max_connections=cfg.max_connections, idle_timeout_s=cfg.idle_timeout_s,
                           header_timeout_s=cfg.header_timeout_s, api_keys=self.api_keys,
-                          control=self.control, websocket=stream, tls=tls).start()
+                          control=self.control, websocket=stream, tls=tls,
+                          reuse_port=cfg.share_ports).start()
 
     def reload_tls(self) -> bool:
         """SIGHUP: read the public port's certificate and key again.  New
