@@ -5,7 +5,7 @@ import os
 import socket
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Optional, Union
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import orjson
 
@@ -101,7 +101,11 @@ class HTTPServer(EngineServer):
     server starts its own.  ``tls``: a `TLSConfig` serves HTTPS (and WSS) on
     the port, terminated by OpenSSL in the workers (docs/tls.md).  A port
     another socket holds is refused (`ServerError`) unless ``reuse_port=True``
-    asks to share it (SO_REUSEPORT; the kernel splits the connections).  Use
+    asks to share it (SO_REUSEPORT; the kernel splits the connections).
+    ``cors_origins`` lets browsers on other origins read ``GET <prefix><KEY>``
+    answers: ``["*"]`` any origin, or a list of up to 16 origins such as
+    ``"https://app.example"`` (echoed with ``Vary: Origin``); ``OPTIONS``
+    preflights under the prefix are answered 204 natively (docs/http.md).  Use
     as a context manager, call ``start()`` and ``stop()``, or
     ``serve_forever()`` to block until ``stop()`` or Ctrl-C.
     """
@@ -135,6 +139,7 @@ class HTTPServer(EngineServer):
         websocket: Optional[WebSocketOptions] = None,
         tls: Optional[TLSConfig] = None,
         reuse_port: bool = False,
+        cors_origins: Sequence[str] = (),
     ) -> None:
         if not isinstance(table, ResponseTable):
             raise TypeError("table must be a beastnet.ResponseTable")
@@ -169,7 +174,8 @@ class HTTPServer(EngineServer):
             max_target_bytes=max_target_bytes, max_output_bytes=max_output_bytes,
             max_copied_output_bytes=max_copied_output_bytes,
             header_timeout_s=header_timeout_s, idle_timeout_s=idle_timeout_s,
-            write_timeout_s=write_timeout_s, require_api_key=require_api_key, api_keys=api_keys)
+            write_timeout_s=write_timeout_s, require_api_key=require_api_key, api_keys=api_keys,
+            cors_origins=tuple(cors_origins))
         self.websocket = websocket
         #: Topics `publish()` pushes that are not table keys (their last message is kept).
         self.topics: Optional[ResponseTable] = None
@@ -184,6 +190,8 @@ class HTTPServer(EngineServer):
                 ws_max_message_bytes=websocket.max_message_bytes,
                 ws_stall_timeout_s=websocket.stall_timeout_s,
                 ws_max_symbols=websocket.max_symbols)
+        if isinstance(cors_origins, str):
+            raise TypeError('cors_origins is a list of origins, e.g. ["*"]')
         if tls is not None and not isinstance(tls, TLSConfig):
             raise TypeError("tls must be a beastnet.TLSConfig")
         #: TLS on the port (None = plain HTTP); `reload_tls()` rereads its files.

@@ -347,7 +347,7 @@ class PriceService:
                           max_connections=cfg.max_connections, idle_timeout_s=cfg.idle_timeout_s,
                           header_timeout_s=cfg.header_timeout_s, api_keys=self.api_keys,
                           control=self.control, websocket=stream, tls=tls,
-                          reuse_port=cfg.share_ports).start()
+                          reuse_port=cfg.share_ports, cors_origins=cfg.cors_origins).start()
 
     def reload_tls(self) -> bool:
         """SIGHUP: read the public port's certificate and key again.  New
