@@ -17,8 +17,8 @@ import websockets
 
 from beastnet.errors import LoadConfigError, LoadTLSError
 from beastnet.loadgen import HTTPLoadConfig, run_http_load
-from beastnet.loadgen.ws import run_ws_load
-from beastnet.loadgen.ws_config import WSLoadConfig
+from beastnet.loadgen.ws.run import run_ws_load
+from beastnet.loadgen.ws.config import WSLoadConfig
 
 from _loadgen_servers import ScriptedTCPServer
 from _ws_scripted import ScriptedServer

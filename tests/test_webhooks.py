@@ -17,9 +17,9 @@ from beastnet._core import UDPPusher
 from beastnet.serve.assets import ASSETS
 from beastnet.serve.config import ConfigError, load_config
 from beastnet.serve.push import WebhookPusher, _sockaddr
-from beastnet.serve.webhooks import (DEFAULT_WEBHOOK_TIERS, WebhookError, WebhookStore,
-                                     check_address, new_secret, parse_endpoint, sign_headers,
-                                     webhook_tiers)
+from beastnet.serve.stores.sqlite import WebhookStore
+from beastnet.serve.webhooks import (DEFAULT_WEBHOOK_TIERS, WebhookError, check_address,
+                                     new_secret, parse_endpoint, sign_headers, webhook_tiers)
 
 pytestmark = pytest.mark.timeout(60)
 

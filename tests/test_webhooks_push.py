@@ -14,7 +14,8 @@ import pytest
 
 from beastnet import ResponseTable
 from beastnet.serve.push import PushSettings, WebhookPusher
-from beastnet.serve.webhooks import WebhookStore, WebhookTier
+from beastnet.serve.stores.sqlite import WebhookStore
+from beastnet.serve.webhooks import WebhookTier
 from support import wait_for
 from tls_support import tls_certs  # noqa: F401  (a fixture)
 from webhook_receivers import HTTPSReceiver, UDPReceiver
@@ -218,6 +219,41 @@ def test_cut_response_is_a_failure(table, store, receiver, tls_certs):  # noqa: 
     assert receiver.count("/cut") == 3
 
 
+def peak_rss_reset() -> None:
+    """Start VmHWM (peak resident set) afresh: `5` into clear_refs (Linux 4.0+)."""
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")
+
+
+def proc_status_kib(field: str) -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise AssertionError(f"no {field} in /proc/self/status")
+
+
+def test_huge_answer_is_cut_and_memory_stays_bounded(table, store, receiver,
+                                                     tls_certs):  # noqa: F811
+    """A receiver answering 200 with a 200 MB body: the delivery counts, at
+    most webhook_response_max_bytes of the answer is read, and this process's
+    peak RSS (pusher and receiver together) grows by far less than the body."""
+    sub = store.add(f"https://127.0.0.1:{receiver.port}/huge", "slow", ["BTC"])
+    peak_rss_reset()
+    before = proc_status_kib("VmHWM")
+    with WebhookPusher(table, store, ASSETS, settings(tls_certs, timeout_s=30.0)) as pusher:
+        wait_for(lambda: pusher.stats()["methods"]["https"]["attempts"] >= 1
+                 and not pusher.stats()["log"]["pending"]
+                 and len(store.read_log(sub["id"])) >= 1, timeout=40)
+        wait_for(lambda: receiver.huge_written, timeout=10, message="the receiver to stop")
+    grown_mib = (proc_status_kib("VmHWM") - before) / 1024
+    rows = store.read_log(sub["id"])
+    assert rows[0]["status"] == 200 and rows[0]["delivered"] == 1, rows[0]
+    assert pusher.stats()["methods"]["https"]["deliveries"] == 1
+    assert grown_mib < 40, f"peak RSS grew {grown_mib:.0f} MiB reading a 200 MB answer"
+    assert receiver.huge_written[0] < receiver.huge_bytes, "the pusher cut the answer short"
+
+
 def test_redirect_is_a_failure_never_followed(table, store, receiver, tls_certs):  # noqa: F811
     sub = store.add(f"https://127.0.0.1:{receiver.port}/redirect", "slow", ["BTC"])
     with WebhookPusher(table, store, ASSETS, settings(tls_certs)) as pusher:
@@ -267,6 +303,37 @@ def test_failing_too_long_disables(table, store, receiver, tls_certs):  # noqa: 
     stamps = sorted(r["ts"] for r in store.read_log(sub["id"]))
     assert len(stamps) == receiver.count("/fail") >= 2
     assert stamps[-1] - stamps[0] >= 0.5 > stamps[-2] - stamps[0]
+
+
+def test_failing_receiver_warns_once_per_streak(table, store, receiver, tls_certs,
+                                                caplog):  # noqa: F811
+    """A receiver failing cycle after cycle is on stderr after
+    webhook_warn_after_failures cycles, once per streak (not an hour later
+    when it is disabled); delivering again ends the streak."""
+    import logging
+    caplog.set_level(logging.WARNING, logger="beastnet.serve.push")
+    store.add(f"https://127.0.0.1:{receiver.port}/switch", "fast", ["BTC"])
+    s = settings(tls_certs, max_attempts=1, warn_after_failures=3, timeout_s=2.0)
+
+    def warnings(word: str) -> int:
+        return sum(word in r.getMessage() for r in caplog.records)
+
+    with WebhookPusher(table, store, ASSETS, s) as pusher:
+        https = lambda: pusher.stats()["methods"]["https"]  # noqa: E731
+        wait_for(lambda: https()["failures"] >= 2, timeout=10)
+        assert warnings("in a row undelivered") == 0, "not before the third failure"
+        wait_for(lambda: https()["failures"] >= 7, timeout=10)
+        assert warnings("in a row undelivered") == 1, "one warning for the streak"
+        receiver.failing = False
+        wait_for(lambda: https()["deliveries"] >= 1, timeout=10)
+        assert warnings("delivering again after") == 1
+        receiver.failing = True
+        failures = https()["failures"]
+        wait_for(lambda: https()["failures"] >= failures + 3, timeout=10)
+        wait_for(lambda: warnings("in a row undelivered") == 2, timeout=2,
+                 message="a new streak warns again")
+    got = [r for r in caplog.records if "in a row undelivered" in r.getMessage()]
+    assert "/switch" in got[0].getMessage() and "HTTP 500" in got[0].getMessage()
 
 
 def test_paused_and_removed_subscriptions_stop(table, store):

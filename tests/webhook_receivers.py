@@ -31,7 +31,9 @@ class HTTPSReceiver:
     """Paths: /ok 200; /flaky 500 on a message's first attempt, then 200;
     /fail 500 always; /gone 410; /hang never answers; /cut announces 100
     bytes and closes after 10; /redirect 302 to /ok; /limited 429 with
-    Retry-After: 1 on a message's first attempt, then 200."""
+    Retry-After: 1 on a message's first attempt, then 200; /huge 200 with a
+    body of `huge_bytes` (200 MB), generated as it is written, so only the
+    client that reads it can hold it; /switch 500 while `failing`, else 200."""
 
     def __init__(self, cert: str, key: str, secrets: Optional[list[str]] = None) -> None:
         self.secrets = list(secrets or [])
@@ -44,6 +46,9 @@ class HTTPSReceiver:
         self._runner: Optional[web.AppRunner] = None
         self._hang = asyncio.Event()
         self.port = 0
+        self.huge_bytes = 200 * 1024 * 1024
+        self.huge_written: list[int] = []     # per /huge answer, bytes the client took
+        self.failing = True                     # /switch answers 500 while set
 
     def count(self, path: str) -> int:
         return sum(1 for r in self.received if r.path == path)
@@ -75,6 +80,10 @@ class HTTPSReceiver:
             return web.Response(status=302, headers={"Location": "/ok"})
         if path == "/limited" and nth == 1:
             return web.Response(status=429, headers={"Retry-After": "1"})
+        if path == "/switch":
+            return web.Response(status=500 if self.failing else 200)
+        if path == "/huge":
+            return await self._huge(request)
         if path == "/cut":
             resp = web.StreamResponse(status=200, headers={"Content-Length": "100"})
             await resp.prepare(request)
@@ -83,6 +92,21 @@ class HTTPSReceiver:
             request.transport.abort()
             return resp
         return web.Response(status=200, text="ok")
+
+    async def _huge(self, request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(status=200, headers={"Content-Length": str(self.huge_bytes)})
+        await resp.prepare(request)
+        chunk = b"x" * 65536
+        written = 0
+        try:
+            while written < self.huge_bytes:
+                n = min(len(chunk), self.huge_bytes - written)
+                await resp.write(chunk[:n])
+                written += n
+        except (ConnectionError, RuntimeError):
+            pass                            # the client closed: what it read is counted
+        self.huge_written.append(written)
+        return resp
 
     async def _start(self) -> None:
         app = web.Application()

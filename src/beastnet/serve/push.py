@@ -42,14 +42,18 @@ import threading
 import time
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
-from typing import Any, List, Optional
+from typing import TYPE_CHECKING, Any, List, Optional
 
 import orjson
 
 from beastnet import ControlPlane, ResponseTable, UDPPusher
 from beastnet.metrics import MetricFamily, push_families
-from beastnet.serve.webhooks import (WebhookError, WebhookStore, check_address, parse_endpoint,
+from beastnet.serve.upstream import DEFAULT_MAX_BYTES, read_capped
+from beastnet.serve.webhooks import (WebhookError, check_address, parse_endpoint,
                                      resolve_endpoint, sign_headers)
+
+if TYPE_CHECKING:
+    from beastnet.serve.stores import Subscriptions
 
 __all__ = ["DeliveryLog", "PushSettings", "WebhookPusher", "percentiles"]
 
@@ -82,6 +86,8 @@ class PushSettings:
     log_batch_rows: int = 300
     log_interval_s: float = 0.1
     log_retention_s: float = 7 * 86400.0
+    response_max_bytes: int = DEFAULT_MAX_BYTES     # of a receiver's answer; the rest is cut
+    warn_after_failures: int = 5        # failed cycles in a row before one warning
 
     @classmethod
     def from_config(cls, cfg: Any) -> "PushSettings":
@@ -92,7 +98,9 @@ class PushSettings:
                    disable_after_s=cfg.webhook_disable_after_s, ca_file=cfg.webhook_ca_file,
                    log_batch_rows=cfg.webhook_log_batch_rows,
                    log_interval_s=cfg.webhook_log_interval_s,
-                   log_retention_s=cfg.webhook_log_retention_s)
+                   log_retention_s=cfg.webhook_log_retention_s,
+                   response_max_bytes=cfg.webhook_response_max_bytes,
+                   warn_after_failures=cfg.webhook_warn_after_failures)
 
 
 def percentiles(samples: Any, points: tuple[float, ...] = (50, 90, 99)) -> dict[str, float]:
@@ -109,7 +117,7 @@ class DeliveryLog:
     first, on a thread of its own (SQLite calls block).  stop() writes every
     queued row; a failed write keeps its rows for the next one."""
 
-    def __init__(self, store: WebhookStore, batch_rows: int = 300, interval_s: float = 0.1,
+    def __init__(self, store: "Subscriptions", batch_rows: int = 300, interval_s: float = 0.1,
                  retention_s: float = 7 * 86400.0) -> None:
         self.store = store
         self.batch_rows = batch_rows
@@ -197,6 +205,7 @@ class _Sub:
     next_due: float = 0.0
     busy: bool = False                  # an HTTPS delivery (with its retries) is under way
     failing_since: Optional[float] = None
+    failures_in_row: int = 0            # HTTPS cycles that ended undelivered, since the last 2xx
     target: int = -1                    # UDP: its index in the pusher's targets, -1 = unresolved
     last_fired: float = 0.0             # wall clock of its last cycle, 0 = none yet
     assets_json: str = "[]"             # its assets as the log's asset_list, built at reload
@@ -275,7 +284,7 @@ def _retry_after_s(value: Optional[str]) -> Optional[float]:
 class WebhookPusher:
     """Pushes `table`'s bodies to the active subscriptions of `store`."""
 
-    def __init__(self, table: ResponseTable, store: WebhookStore, assets: list[str],
+    def __init__(self, table: ResponseTable, store: "Subscriptions", assets: list[str],
                  settings: Optional[PushSettings] = None, node_id: Optional[str] = None) -> None:
         self.table = table
         # A WebhookStore, or with `node_id` a RedisWebhookStore shared by the
@@ -660,7 +669,10 @@ class WebhookPusher:
                                                   timeout=timeout) as resp:
                         status = resp.status
                         retry_after = resp.headers.get("Retry-After")
-                        await resp.read()   # the whole answer: a cut one is a failure
+                        # The status is the answer; of the body only a bounded
+                        # head is read (a receiver must not fill our memory).
+                        # One cut short by the peer still fails the attempt.
+                        await read_capped(resp, s.response_max_bytes)
                 except asyncio.TimeoutError:
                     error = f"timeout after {s.timeout_s:g} s"
                 except asyncio.CancelledError:
@@ -678,7 +690,13 @@ class WebhookPusher:
                 stats.latency_ms.append(ms)
                 if ok:
                     stats.deliveries += 1
+                    if sub.failures_in_row >= s.warn_after_failures:
+                        log.warning("webhook %s delivering again after %d failed cycles",
+                                    sub.id, sub.failures_in_row,
+                                    extra={"fields": {"event": "webhook_recovered",
+                                                      "id": sub.id}})
                     sub.failing_since = None
+                    sub.failures_in_row = 0
                     return
                 if status == 410:
                     stats.failures += 1
@@ -686,7 +704,7 @@ class WebhookPusher:
                     return
                 if attempt >= s.max_attempts:
                     stats.failures += 1
-                    self._note_failure(sub)
+                    self._note_failure(sub, error)
                     return
                 stats.retries += 1
                 delay = random.uniform(0.0, s.backoff_base_ms * 2 ** (attempt - 1) / 1000.0)
@@ -715,8 +733,18 @@ class WebhookPusher:
                       int(ok), ms, error, asset_list, prices, sources))
         return ms
 
-    def _note_failure(self, sub: _Sub) -> None:
+    def _note_failure(self, sub: _Sub, error: str) -> None:
+        """A cycle ended undelivered: one warning when a streak reaches
+        warn_after_failures (an operator hears of a dead receiver long before
+        it is disabled), then disabled once failing for disable_after_s."""
         now = time.time()
+        sub.failures_in_row += 1
+        if sub.failures_in_row == self.settings.warn_after_failures:
+            log.warning("webhook %s: %d cycles in a row undelivered to %s (last: %s); "
+                        "disabled if still failing after %g s", sub.id, sub.failures_in_row,
+                        sub.url, error, self.settings.disable_after_s,
+                        extra={"fields": {"event": "webhook_failing", "id": sub.id,
+                                          "failures": sub.failures_in_row}})
         if sub.failing_since is None:
             sub.failing_since = now
         elif now - sub.failing_since >= self.settings.disable_after_s:
