@@ -5,6 +5,7 @@ native lease the shared limit rests on."""
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import signal
 import socket
@@ -231,12 +232,21 @@ def test_cluster_totals_equal_the_sum_of_the_nodes(serve, redis_server, tmp_path
                            capture_output=True, text=True, timeout=30)
     assert table.returncode == 0, table.stderr
     assert "3 live, 0 stale, 0 missing" in table.stdout and "node2" in table.stdout
+    # Unbuffered, so each frame is read as it is printed: stopped after the
+    # second, not after a sleep that hopes for two.
     watch = subprocess.Popen([sys.executable, "-m", "beastnet", "stats", "--url", url,
-                              "--cluster", "--watch", "0.2"], stdout=subprocess.PIPE, text=True)
-    time.sleep(1.5)
+                              "--cluster", "--watch", "0.2"], stdout=subprocess.PIPE, text=True,
+                             env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    assert watch.stdout is not None
+    shown = ""
+    while shown.count("3 live") < 2:
+        line = watch.stdout.readline()
+        if not line:
+            break
+        shown += line
     watch.send_signal(signal.SIGINT)
     out, _ = watch.communicate(timeout=10)
-    assert watch.returncode == 0 and out.count("3 live") >= 2, out
+    assert watch.returncode == 0 and (shown + out).count("3 live") >= 2, shown + out
     # a node that stops cleanly leaves; one killed goes missing once its TTL runs out
     assert nodes[2].terminate() == 0
     nodes[1].kill()
