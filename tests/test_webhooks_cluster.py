@@ -122,9 +122,12 @@ def webhook_stats(node) -> dict:
 
 
 def agreed(nodes, live: int, owned: int) -> bool:
+    """Every node sees `live` nodes and together they push at least `owned`
+    subscriptions: at least, so a node pushing what it does not own shows
+    in the exact per-node checks that follow, not as a wait that never ends."""
     stats = [webhook_stats(n) for n in nodes]
     return all(len(s["cluster"]["live_nodes"]) == live for s in stats) and \
-        sum(s["subscriptions"] for s in stats) == owned
+        sum(s["subscriptions"] for s in stats) >= owned
 
 
 def test_each_subscription_pushed_by_one_live_node(serve, redis_server, tmp_path):  # noqa: F811
