@@ -413,3 +413,16 @@ def test_beastnet_feeds_check_against_the_fake_and_a_dead_host(tmp_path):
     assert bad.returncode == 1 and "Traceback" not in bad.stdout + bad.stderr
     dead_lines = bad.stdout.splitlines()
     assert len(dead_lines) == 6 and all(" DOWN  ws://127.0.0.1:" in d for d in dead_lines)
+
+
+def test_beastnet_stats_shows_a_row_per_exchange():
+    from beastnet.cli.stats import format_stats
+    health = {"state": "fallback", "quote": "USDT", "message_age_s": 4.25, "msgs_per_s": 12.5,
+              "reconnects": 3, "rest_polls": 40, "rest_errors": 2, "symbols_seen": 30,
+              "symbols": 31}
+    text = format_stats({"uptime_s": 1, "profile": "production", "assets": 150,
+                         "feed": {"sources": {}, "exchanges": {"okx": health},
+                                  "refused_jumps": 4}})
+    assert "exchange okx        fallback   USDT msg age 4.2 s  12.5 msg/s  reconnects 3  " \
+           "REST polls 40 (2 failed)  symbols 30/31" in text
+    assert "refused 4" in text
