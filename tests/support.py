@@ -186,6 +186,8 @@ REAL_PARTS: dict[str, tuple[str, ...]] = {
     "chromium": ("chromium", "chromium-browser", "google-chrome"),
     "initdb": ("initdb",),
     "pg_ctl": ("pg_ctl",),
+    "sqlite3": ("sqlite3",),                    # the shell: the key store's documented backup
+    "systemd-analyze": ("systemd-analyze",),    # verifies examples/beastnet.service
 }
 _EXTRA_DIRS = ["/usr/sbin", "/usr/local/sbin"]
 

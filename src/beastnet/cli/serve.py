@@ -243,8 +243,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _serve(service: PriceService, cfg: ServeConfig, log: logging.Logger) -> int:
-    from beastnet import ServerError, TLSConfigError
-    from beastnet.serve.cluster import ClusterError
+    from beastnet import ClusterError, ServerError, TLSConfigError
     from beastnet.serve.keys import KeyStoreError
     from beastnet.serve.service import PortInUseError
     from beastnet.serve.webhooks import WebhookError
@@ -252,7 +251,9 @@ def _serve(service: PriceService, cfg: ServeConfig, log: logging.Logger) -> int:
     try:
         service.start()
     except PortInUseError as exc:
-        print(f"beastnet serve: error: {exc}; stop it, pick another --{exc.protocol.lower()}-port, "
+        flags = " and ".join(f"--{what.lower()}-port" for what in exc.protocols)
+        print(f"beastnet serve: error: {exc}; stop what holds them, change {flags} "
+              f"(a second server on this host needs ports of its own: docs/cluster.md), "
               f"or pass --share-ports to join it and split the traffic", file=sys.stderr)
         return EXIT_FAIL
     except (KeyStoreError, ServerError, OSError, ClusterError, WebhookError) as exc:
@@ -290,6 +291,11 @@ def _serve(service: PriceService, cfg: ServeConfig, log: logging.Logger) -> int:
                                "http_host": http_host, "http_port": http_port,
                                "admin_host": admin_host, "admin_port": admin_port,
                                "pid": os.getpid()}})
+    from beastnet.serve.systemd import notify
+
+    # Type=notify: systemd starts what depends on us only now, with prices in the table.
+    notify("READY=1", f"STATUS=serving {len(service.table)} assets, profile {cfg.profile}, "
+                      f"keys {'on' if cfg.keystore else 'off'}", f"MAINPID={os.getpid()}")
     status = service.serve_forever()
     log.info("stopped cleanly")
     _exit_now(status)
