@@ -52,6 +52,14 @@ def fast(fake: FakeExchange, **extra: Any) -> dict[str, Any]:
     return settings
 
 
+async def stop_all(task: "asyncio.Future[Any]", fakes: dict[str, FakeExchange]) -> None:
+    """Cancel a publisher's task, then stop the fakes it read."""
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    for fake in fakes.values():
+        await fake.stop()
+
+
 def body(table: ResponseTable, asset: str) -> dict:
     return orjson.loads(table[asset]) if asset in table else {}
 
@@ -195,10 +203,7 @@ def test_one_exchanges_trouble_leaves_the_others_alone():
             assert await until(lambda: body(table, "TIA")["seq"] > okx_before + 5)
             return {n: c.health() for n, c in conns.items()}, publisher.health()
         finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-            for fake in fakes.values():
-                await fake.stop()
+            await stop_all(task, fakes)
 
     health, published = asyncio.run(scenario())
     assert health["okx"]["state"] == "connected"
@@ -357,11 +362,9 @@ def test_record_then_replay_publishes_the_same_prices_in_the_same_order(tmp_path
                         fake.ws_prices[symbol] = f"{step + 2}.25"
                         await fake.send_raw("{garbage")
                 assert await until(lambda: all(c.ticks >= 16 for c in feed.connections.values()))
+                assert await until(feed.queue.empty)       # the publisher caught up
             finally:
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
-                for fake in fakes.values():
-                    await fake.stop()
+                await stop_all(task, fakes)
         return seen
 
     async def replay() -> list:
@@ -461,10 +464,7 @@ def test_an_asset_falls_back_to_its_second_exchange_then_says_stale():
             seen.append(body(table, "BTC"))
             return seen, publisher.health()
         finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-            for fake in fakes.values():
-                await fake.stop()
+            await stop_all(task, fakes)
 
     seen, health = asyncio.run(scenario())
     assert [s["source"] for s in seen[:3]] == ["coinbase", "coinbase", "kraken"]
