@@ -329,8 +329,10 @@ class PriceService:
         cfg = self.cfg
         routes = {path: self._on_public_route for path in ROUTES}
         if cfg.dashboard:
-            self._dashboard = Answer(dashboard_page(cfg.stream_path if cfg.stream else None),
-                                     content_type="text/html; charset=utf-8")
+            tiers = configured_tiers(cfg.tiers).values() if cfg.keystore else None
+            page = dashboard_page(cfg.stream_path if cfg.stream else None, cfg.http_prefix,
+                                  None if tiers is None else [t.name for t in tiers if t.stream])
+            self._dashboard = Answer(page, content_type="text/html; charset=utf-8")
             routes.update({path: self._on_dashboard for path in DASHBOARD_ROUTES})
         stream = WebSocketOptions(path=cfg.stream_path) if cfg.stream else None
         tls = TLSConfig(cfg.tls_cert, cfg.tls_key) if cfg.tls_cert and cfg.tls_key else None
@@ -710,10 +712,14 @@ class PriceService:
         return Answer({"profile": name, "scope": "cluster", "nodes_notified": nodes})
 
 
-def dashboard_page(stream_path: Optional[str]) -> bytes:
+def dashboard_page(stream_path: Optional[str], prefix: str = "/v1/",
+                   stream_tiers: Optional[list[str]] = None) -> bytes:
     """The live page, with the stream's path and the assets filled in (None:
-    the stream is off, and the page says so)."""
+    the stream is off, and the page says so).  `stream_tiers`: the API-key
+    tiers that may stream, None when keys are not enforced; with `prefix`
+    the page tells a person why the stream refused them."""
     page = (importlib.resources.files("beastnet.serve") / "dashboard.html").read_bytes()
-    config = orjson.dumps({"path": stream_path, "assets": list(ASSETS), "health": HEALTH_TOPIC})
+    config = orjson.dumps({"path": stream_path, "assets": list(ASSETS), "health": HEALTH_TOPIC,
+                           "prefix": prefix, "stream_tiers": stream_tiers})
     start, end = page.index(b"/*CONFIG*/"), page.index(b"/*END*/")
     return page[:start] + config + page[end + len(b"/*END*/"):]
