@@ -64,6 +64,12 @@ def _warm_process():
     async def handler(req):
         return None
     table = ResponseTable({"warm": b"1"})
+    # libuv's worker pool (getaddrinfo runs there) starts on first use and
+    # lives as long as the process: the exchange feeds' clients resolve.
+    import uvloop
+    resolver_loop = uvloop.new_event_loop()
+    resolver_loop.run_until_complete(resolver_loop.getaddrinfo("127.0.0.1", 80))
+    resolver_loop.close()
     for host in ["127.0.0.1"] + (["::1"] if HAS_IPV6 else []):
         with UDPServer(table, host, sockets=1, handler=handler) as srv:
             with UDPClient(srv.address) as c:

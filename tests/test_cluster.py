@@ -20,7 +20,8 @@ import redis
 from beastnet import APIKeyTable
 from beastnet.cli.stats import format_cluster
 from beastnet.serve.cluster import USAGE, aggregate, red_flags
-from beastnet.serve.keys import KeyStore, Tier, current_month
+from beastnet.serve.keys import Tier, current_month
+from beastnet.serve.stores.sqlite import KeyStore
 from support import find_tool, free_port, requires, wait_for
 from test_serve import month_count, serve  # noqa: F401  (the fixture)
 
@@ -381,7 +382,7 @@ def test_redis_outage_falls_back_keeps_serving_and_loses_no_usage(
     assert all(b'"asset"' in n.udp_ask(f"BTC {PUBLIC}".encode()) for n in nodes)
     during += 3
     status, _, body = nodes[0].admin("GET", "/admin/cluster-stats")
-    assert status == 200 and orjson.loads(body)["error"] == "redis_unreachable"
+    assert status == 503 and orjson.loads(body)["error"] == "unavailable"
     assert b'beastnet_cluster_redis_reachable{mode="local-share"} 0' in \
         nodes[0].admin("GET", "/metrics")[2]
     redis_server.start()                # empty: no persistence in the fixture

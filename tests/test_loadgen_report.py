@@ -17,7 +17,8 @@ from beastnet.cli import main
 from beastnet.cli._common import EXIT_PASS, EXIT_USAGE
 from beastnet.loadgen import _native
 from beastnet.loadgen.histogram import NBUCKETS, Histogram
-from beastnet.loadgen.htmlreport import nines_points, report_page, svg_xy
+from beastnet.loadgen.htmlkit import nines_points, svg_xy
+from beastnet.loadgen.htmlreport import report_page
 from beastnet.loadgen.report import hdr_log, text_table
 
 from _loadgen_servers import beastnet_price_server

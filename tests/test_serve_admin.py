@@ -219,7 +219,7 @@ def test_a_get_never_resets_the_counters(serve):
 
 
 def test_a_profile_switch_is_reported(serve):
-    server = serve("--no-keys", "--profile", "production")
+    server = serve("--no-keys", "--profile", "production", "--feed", "sim")
     before = orjson.loads(server.admin("GET", "/admin/stats")[2])
     assert before["profile"] == "production"
     status, _, body = server.admin("POST", "/admin/profile?name=dev", {"Content-Length": "0"})

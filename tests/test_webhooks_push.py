@@ -14,7 +14,8 @@ import pytest
 
 from beastnet import ResponseTable
 from beastnet.serve.push import PushSettings, WebhookPusher
-from beastnet.serve.webhooks import WebhookStore, WebhookTier
+from beastnet.serve.stores.sqlite import WebhookStore
+from beastnet.serve.webhooks import WebhookTier
 from support import wait_for
 from tls_support import tls_certs  # noqa: F401  (a fixture)
 from webhook_receivers import HTTPSReceiver, UDPReceiver

@@ -35,3 +35,7 @@ class LoadTLSError(LoadError):
 class TLSConfigError(BeastnetError, ValueError):
     """A TLS certificate or key could not be loaded (missing, unreadable, not
     PEM, not matching), or a `TLSConfig` setting is out of range."""
+
+
+class ClusterError(BeastnetError, RuntimeError):
+    """Redis could not be used as asked (a bad URL, the client not installed)."""

@@ -74,20 +74,19 @@ def add_webhooks_command(sub: Any) -> None:
 def open_store(args: argparse.Namespace) -> Any:
     from beastnet.serve.assets import ASSETS
     from beastnet.serve.config import load_config
-    from beastnet.serve.webhooks import WebhookStore, webhook_tiers
+    from beastnet.serve.stores import open_stores
+    from beastnet.serve.webhooks import webhook_tiers
 
     cfg = load_config(args.config) if args.config else None
     path = args.db or (cfg.keystore if cfg and cfg.keystore else "beastnet-keys.db")
     allow = args.allow_private if args.allow_private is not None else \
         bool(cfg and cfg.webhooks_allow_private)
-    tiers = webhook_tiers(cfg.webhook_tiers if cfg else {})
-    url = args.redis or (cfg.redis if cfg else None)
-    if not url:
-        return WebhookStore(path, tiers, ASSETS, allow_private=allow)
-    from beastnet.serve.webhooks_cluster import RedisWebhookStore
-    # The log is each node's own: only `log` opens the key store.
-    local = WebhookStore(path, tiers, ASSETS) if args.webhooks_command == "log" else None
-    return RedisWebhookStore(url, tiers, ASSETS, allow_private=allow, log_store=local)
+    # With Redis the log is each node's own: only `log` opens the key store.
+    return open_stores(path, keys=False, webhooks=True,
+                       webhook_tiers=webhook_tiers(cfg.webhook_tiers if cfg else {}),
+                       assets=ASSETS, allow_private=allow,
+                       redis=args.redis or (cfg.redis if cfg else None),
+                       webhook_log=args.webhooks_command == "log")
 
 
 def delivered_text(row: dict[str, Any], width: int = 48) -> str:
@@ -105,12 +104,14 @@ def delivered_text(row: dict[str, Any], width: int = 48) -> str:
 def cmd_webhooks(args: argparse.Namespace) -> int:
     import orjson
 
-    from beastnet.serve.cluster import ClusterError
+    from beastnet import ClusterError
     from beastnet.serve.config import ConfigError
+    from beastnet.serve.keys import KeyStoreError
     from beastnet.serve.webhooks import WebhookError, public_view
 
     try:
-        with open_store(args) as store:
+        with open_store(args) as stores:
+            store = stores.webhooks
             action = args.webhooks_command
             if action == "add":
                 assets = [a.strip() for a in args.assets.split(",")]
@@ -158,7 +159,7 @@ def cmd_webhooks(args: argparse.Namespace) -> int:
                               f"{r['attempt']:>3} {r['status']:>6} "
                               f"{'yes' if r['delivered'] else 'no':<3} {r['latency_ms']:>8.1f} "
                               f"{r['assets']:>6}  {delivered_text(r):<48}  {r['error']}")
-    except (WebhookError, ConfigError, ClusterError) as exc:
+    except (WebhookError, ConfigError, ClusterError, KeyStoreError) as exc:
         print(f"beastnet webhooks: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     return EXIT_PASS

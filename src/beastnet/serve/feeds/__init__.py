@@ -14,6 +14,7 @@ from beastnet.serve.feeds.publisher import PricePublisher
 from beastnet.serve.feeds.registry import FEEDS, feed_names, open_feed, register_feed
 from beastnet.serve.feeds.replay import ReplayFeed
 from beastnet.serve.feeds.simulated import SimulatedFeed
+from beastnet.serve.feeds import exchanges  # noqa: E402,F401  (registers its feeds)
 
 __all__ = ["FEEDS", "Feed", "PricePublisher", "ReplayFeed", "SimulatedFeed", "SourceAlive",
            "Tick", "feed_names", "open_feed", "price_text", "register_feed"]

@@ -35,18 +35,32 @@ class _SourceState:
 class PricePublisher:
     """Turns ticks into published answers, with per-source health and fallback.
 
-    A source is *stale* once it has sent nothing for ``stale_after_s``.  Each
+    A source is *stale* once it has sent nothing for ``stale_after_s`` (or
+    its own bound in ``source_stale_after_s``, which an exchange feed sets
+    from the exchange's heartbeat).  Each
     asset is served from its active source; ticks from other sources are
     remembered but not published.  Every ``check_interval_s`` assets whose
     active source went stale switch to the first fresh source in
-    ``source_priority`` (or the freshest), republishing its last price; an
-    asset with no fresh source is republished with ``"stale": true``.
+    ``source_priority`` (``asset_priority[asset]`` first, when the feed gives
+    one), republishing its last price; an asset with no fresh source is
+    republished with ``"stale": true``.  A price more than ``max_jump`` (a
+    fraction) away from the asset's other fresh sources, or else from its own
+    price of the last minute, is refused, counted and logged.
     """
 
     def __init__(self, table: ResponseTable, assets: Sequence[str] = ASSETS,
                  stale_after_s: float = 2.0, source_priority: Sequence[str] = (),
-                 check_interval_s: float = 0.25) -> None:
+                 check_interval_s: float = 0.25, max_jump: Optional[float] = None,
+                 source_stale_after_s: Optional[dict[str, float]] = None,
+                 asset_priority: Optional[dict[str, list[str]]] = None) -> None:
         self.table = table
+        self.max_jump = max_jump
+        self.source_stale_after_s = dict(source_stale_after_s or {})
+        self.asset_priority = dict(asset_priority or {})
+        self.refused_jumps = 0
+        self.feed: Optional[Feed] = None
+        self._accepted: dict[str, tuple[float, float]] = {}  # asset -> (price, monotonic)
+        self._jump_logged: dict[str, float] = {}
         self.assets = set(assets)
         self.stale_after_s = stale_after_s
         self.source_priority = list(source_priority)
@@ -80,6 +94,9 @@ class PricePublisher:
         """Publish `feed`'s ticks until it ends; log how it ended (no stale
         checking: `run` adds that)."""
         name = getattr(feed, "name", type(feed).__name__)
+        self.feed = feed
+        self.source_stale_after_s.update(getattr(feed, "source_stale_after_s", {}))
+        self.asset_priority.update(getattr(feed, "asset_priority", {}))
         try:
             async for tick in feed:
                 self.on_tick(tick)
@@ -110,27 +127,57 @@ class PricePublisher:
         if price is None:
             self.refused += 1
             return
+        now = time.monotonic()
+        if self.max_jump is not None and self._jumps(tick, float(price), now):
+            return
         state = self.sources.setdefault(tick.source, _SourceState())
         state.ticks += 1
-        state.last_seen = time.monotonic()
+        state.last_seen = now
         state.last_price[tick.asset] = (price, tick.ts, tick.quote)
         active = self.active.get(tick.asset)
         if active is None or active == tick.source or tick.asset in self.stale_assets \
-                or self._is_stale(active) or self._preferred(tick.source, active):
+                or self._is_stale(active, now) or self._preferred(tick.source, active, tick.asset):
             if active is not None and active != tick.source:
                 self.fallbacks += 1
             self.active[tick.asset] = tick.source
             self.stale_assets.discard(tick.asset)
             self._publish(tick.asset, price, tick.ts, tick.source, tick.quote, stale=False)
 
-    def _preferred(self, source: str, active: str) -> bool:
-        prio = self.source_priority
+    def _jumps(self, tick: Tick, value: float, now: float) -> bool:
+        """True (and counted, logged once a minute per asset) when `value`
+        is past `max_jump` from the reference: another fresh source's price,
+        else the asset's own accepted price of the last minute."""
+        reference: Optional[float] = None
+        for name, state in self.sources.items():
+            if name != tick.source and tick.asset in state.last_price \
+                    and not self._is_stale(name, now):
+                reference = float(state.last_price[tick.asset][0])
+                break
+        if reference is None:
+            last = self._accepted.get(tick.asset)
+            if last is not None and now - last[1] <= 60.0:
+                reference = last[0]
+        assert self.max_jump is not None
+        if reference is not None and abs(value - reference) > self.max_jump * reference:
+            self.refused_jumps += 1
+            if now - self._jump_logged.get(tick.asset, -1e9) >= 60.0:
+                self._jump_logged[tick.asset] = now
+                log.warning("refused %s %s from %s: more than %g %% off %s (%d refused so far)",
+                            tick.asset, tick.price, tick.source, self.max_jump * 100,
+                            reference, self.refused_jumps)
+            return True
+        self._accepted[tick.asset] = (value, now)
+        return False
+
+    def _preferred(self, source: str, active: str, asset: str = "") -> bool:
+        prio = self.asset_priority.get(asset) or self.source_priority
         return source in prio and (active not in prio or prio.index(source) < prio.index(active))
 
     def _is_stale(self, source: str, now: Optional[float] = None) -> bool:
         state = self.sources.get(source)
         now = time.monotonic() if now is None else now
-        return state is None or now - state.last_seen > self.stale_after_s
+        return state is None or \
+            now - state.last_seen > self.source_stale_after_s.get(source, self.stale_after_s)
 
     def _publish(self, asset: str, price: str, ts: float, source: str, quote: str,
                  stale: bool, age_s: Optional[float] = None) -> None:
@@ -153,7 +200,10 @@ class PricePublisher:
         for asset, source in list(self.active.items()):
             if not self._is_stale(source, now):
                 continue
-            replacement = next((s for s in ranked if asset in self.sources[s].last_price), None)
+            prio = self.asset_priority.get(asset, ())
+            candidates = [s for s in prio if s in fresh] + [s for s in ranked if s not in prio]
+            replacement = next((s for s in candidates if asset in self.sources[s].last_price),
+                               None)
             if replacement is not None:
                 price, ts, quote = self.sources[replacement].last_price[asset]
                 self.active[asset] = replacement
@@ -173,9 +223,10 @@ class PricePublisher:
             self.check()
 
     def health(self) -> dict:
-        """Per-source and per-asset health, for stats and /admin/stats."""
+        """Per-source and per-asset health, for stats and /admin/stats (with
+        the feed's own, per exchange, when it keeps one)."""
         now = time.monotonic()
-        return {
+        out = {
             "sources": {
                 name: {"ticks": st.ticks,
                        "last_tick_age_s": round(now - st.last_seen, 3),
@@ -190,4 +241,9 @@ class PricePublisher:
             "unknown_asset_names": sorted(self._unknown_logged),
             "feed_state": self.feed_state,
             "refused": self.refused,
+            "refused_jumps": self.refused_jumps,
         }
+        feed_health = getattr(self.feed, "health", None)
+        if callable(feed_health):
+            out["exchanges"] = feed_health()
+        return out

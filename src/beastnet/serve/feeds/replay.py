@@ -88,8 +88,27 @@ class ReplayFeed(Feed):
             yield tick
 
 
+def is_exchange_recording(path: str) -> bool:
+    """Whether `path` is a `beastnet feeds record` file (raw exchange
+    messages) rather than a file of ticks."""
+    with open(path, "rb") as fh:
+        for line in fh:
+            if line.strip():
+                try:
+                    first = orjson.loads(line)
+                except orjson.JSONDecodeError:
+                    return False
+                return isinstance(first, dict) and "x" in first and "m" in first
+    return False
+
+
 @register_feed("replay")
 def _open_replay(cfg: "ServeConfig") -> Feed:
+    """A file of ticks, or a recording of the exchanges played back through
+    the same adapters (`beastnet feeds record`)."""
     if not cfg.feed_path:
         raise ValueError("feed 'replay' needs feed_path")
+    if is_exchange_recording(cfg.feed_path):
+        from beastnet.serve.feeds.exchanges.feed import ExchangeReplayFeed, settings_from
+        return ExchangeReplayFeed(cfg.feed_path, speed=cfg.replay_speed, **settings_from(cfg))
     return ReplayFeed(cfg.feed_path, speed=cfg.replay_speed)
