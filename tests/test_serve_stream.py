@@ -143,3 +143,24 @@ def test_the_live_page_says_why_a_keyed_stream_is_refused_and_takes_a_key(serve,
     finally:
         assert server.terminate() == 0
     assert (tmp_path / "no-key.png").stat().st_size > 10_000
+
+
+@needs_chromium()
+def test_the_live_page_says_when_the_server_goes_away(serve):
+    server = serve("--no-keys")
+    problem = "document.getElementById('problem')"
+    try:
+        with Browser() as browser:
+            browser.open(f"http://127.0.0.1:{server.http_port}/")
+            browser.wait_for("document.getElementById('status').textContent === 'open'")
+            assert browser.eval(f"{problem}.hidden")
+            assert server.terminate() == 0                  # a drain: the stream ends
+            text = browser.wait_for(f"!{problem}.hidden && {problem}.textContent")
+            assert text.startswith(("The stream closed.", "Cannot reach the stream.")), text
+            browser.wait_for(f"{problem}.textContent.startsWith('Cannot reach the stream.')")
+            # it keeps trying (status "connecting" between tries), the banner stays up
+            browser.wait_for("document.getElementById('status').textContent === "
+                             "'closed, retrying'")
+            assert not browser.eval(f"{problem}.hidden")
+    finally:
+        server.kill()
