@@ -5,6 +5,7 @@ native lease the shared limit rests on."""
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import signal
 import socket
@@ -27,6 +28,8 @@ from test_serve import month_count, serve  # noqa: F401  (the fixture)
 pytestmark = pytest.mark.timeout(120)
 
 REDIS_SERVER = shutil.which("redis-server")
+if REDIS_SERVER is None and os.environ.get("CI"):
+    raise RuntimeError("redis-server is not installed (scripts/system-deps installs it)")
 needs_redis = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed")
 
 TIERS = ('[tiers.public]\nqps = 100\nburst = 10\nmonthly_cap = 1000000\n'
@@ -37,13 +40,17 @@ PARTNER = "partner-key-0123456789"
 
 
 class RedisServer:
-    """A redis-server on a free loopback port in a temp dir, stopped by PID."""
+    """A redis-server on a free loopback port in a temp dir, stopped by PID;
+    `args` are added to its command line (`--requirepass` and the like; then
+    `password` is what the fixture's own clients authenticate with)."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, *args: str, password: str | None = None) -> None:
         self.dir = tmp / "redis"
         self.dir.mkdir()
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.args = args
+        self.password = password
         self.proc: subprocess.Popen | None = None
         self.start()
 
@@ -51,7 +58,7 @@ class RedisServer:
         assert REDIS_SERVER is not None
         self.proc = subprocess.Popen(
             [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.dir)],
+             "--appendonly", "no", "--dir", str(self.dir), *self.args],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         client = self.client()
         try:
@@ -68,7 +75,8 @@ class RedisServer:
             return False
 
     def client(self) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2)
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2,
+                           password=self.password)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
