@@ -130,7 +130,8 @@ def main() -> int:
         return 2
     import redis
 
-    from beastnet.serve.keys import KeyStore, configured_tiers
+    from beastnet.serve.keys import configured_tiers
+    from beastnet.serve.stores.sqlite import KeyStore
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-cluster-"))
     (tmp / "tiers.toml").write_text(TIERS)

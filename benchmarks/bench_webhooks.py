@@ -36,7 +36,8 @@ sys.path.insert(0, str(REPO_DIR / "tests"))
 from beastnet import ResponseTable  # noqa: E402
 from beastnet._core import UDPPusher  # noqa: E402
 from beastnet.serve.push import PushSettings, WebhookPusher, _sockaddr  # noqa: E402
-from beastnet.serve.webhooks import WebhookStore, WebhookTier  # noqa: E402
+from beastnet.serve.stores.sqlite import WebhookStore  # noqa: E402
+from beastnet.serve.webhooks import WebhookTier  # noqa: E402
 
 SINKS = 8
 

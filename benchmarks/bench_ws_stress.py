@@ -69,8 +69,8 @@ asyncio.run(main())
 
 BEASTNET_CLIENT = r"""
 import json, sys
-from beastnet.loadgen.ws import run_ws_load
-from beastnet.loadgen.ws_config import WSLoadConfig
+from beastnet.loadgen.ws.run import run_ws_load
+from beastnet.loadgen.ws.config import WSLoadConfig
 port, conns, dur, work = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
 sym = '["S000"]'
 kw = dict(port=port, connections=conns, duration_s=dur, warmup_s=0.5, api_key="bench-allowed-01",

@@ -31,13 +31,21 @@ class ScriptedServer:
         self._loop: asyncio.AbstractEventLoop = asyncio.new_event_loop()
         self._stop: asyncio.Future = self._loop.create_future()
         self._thread = threading.Thread(target=self._run, daemon=True)
+        self._handlers: set[asyncio.Task] = set()
 
     async def _handler(self, ws: Any) -> None:
         self.accepted += 1
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.add(task)
         try:
             await self.behaviour(ws, self)
         except websockets.ConnectionClosed:
             pass
+        except asyncio.CancelledError:
+            pass                        # the server stopping (_shutdown): the script ends here
+        finally:
+            self._handlers.discard(task)
 
     async def _main(self) -> None:
         async with websockets.serve(self._handler, "127.0.0.1", 0, ping_interval=None) as srv:
@@ -60,9 +68,17 @@ class ScriptedServer:
         assert self._ready.wait(10), "scripted server did not start"
         return self
 
+    def _shutdown(self) -> None:
+        # Behaviours end by holding their connection open (asyncio.sleep):
+        # end them, or closing the server would wait for them to finish.
+        for task in self._handlers:
+            task.cancel()
+        self._stop.set_result(None)
+
     def __exit__(self, *exc: Any) -> None:
-        self._loop.call_soon_threadsafe(self._stop.set_result, None)
+        self._loop.call_soon_threadsafe(self._shutdown)
         self._thread.join(10)
+        assert not self._thread.is_alive(), "scripted server did not stop within 10 s"
 
 
 @contextlib.contextmanager

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -17,15 +16,14 @@ from typing import Any, Optional
 import pytest
 from websockets.sync.client import connect
 
-CHROMIUM = next((p for p in (shutil.which(n) for n in ("chromium", "chromium-browser",
-                                                        "google-chrome")) if p), None)
+from support import find_tool, requires
+
+CHROMIUM = find_tool("chromium")
 
 
-def needs_chromium():
+def needs_chromium() -> pytest.MarkDecorator:
     """Skip where no Chromium is installed; under CI (.ci/run installs it) fail instead."""
-    if CHROMIUM is None and os.environ.get("CI"):
-        pytest.fail("chromium is not installed (.ci/run installs Debian's chromium)")
-    return pytest.mark.skipif(CHROMIUM is None, reason="no chromium on this machine")
+    return requires("chromium")
 
 
 class Browser:

@@ -22,7 +22,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from beastnet import ResponseTable, UDPServer
-from support import UDPClient, native_thread_count, open_fds, thread_names
+from support import UDPClient, native_thread_count, open_fds, require, thread_names
 
 # -- hypothesis profiles ----------------------------------------------------------
 
@@ -64,6 +64,12 @@ def _warm_process():
     async def handler(req):
         return None
     table = ResponseTable({"warm": b"1"})
+    # libuv's worker pool (getaddrinfo runs there) starts on first use and
+    # lives as long as the process: the exchange feeds' clients resolve.
+    import uvloop
+    resolver_loop = uvloop.new_event_loop()
+    resolver_loop.run_until_complete(resolver_loop.getaddrinfo("127.0.0.1", 80))
+    resolver_loop.close()
     for host in ["127.0.0.1"] + (["::1"] if HAS_IPV6 else []):
         with UDPServer(table, host, sockets=1, handler=handler) as srv:
             with UDPClient(srv.address) as c:
@@ -127,6 +133,54 @@ def leak_check(request):
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "no_leak_check: skip the fd/thread leak check")
+    config.addinivalue_line("markers", "requires(*names): real parts the test drives "
+                            "(support.REAL_PARTS); missing, skip, or fail under CI")
+
+
+# -- real parts, and no skip under CI ------------------------------------------------
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    """support.require() for each real part a test is marked with, before
+    its fixtures start anything."""
+    for mark in item.iter_markers("requires"):
+        for name in mark.args:
+            require(name)
+
+
+_CI_SKIPS: list[str] = []
+
+
+def _note_skip(report) -> None:
+    if not os.environ.get("CI") or not report.skipped or hasattr(report, "wasxfail"):
+        return
+    if "slow" in getattr(report, "keywords", {}):
+        return                          # the one skip CI allows: --run-slow's variants
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    _CI_SKIPS.append(f"{report.nodeid}: {reason.removeprefix('Skipped: ')}")
+
+
+def pytest_runtest_logreport(report):
+    _note_skip(report)
+
+
+def pytest_collectreport(report):
+    _note_skip(report)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Under CI a skip is a failure (apart from `slow` tests): CI installs
+    every real part, so a skip there means a check that never ran."""
+    if _CI_SKIPS and exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _CI_SKIPS:
+        terminalreporter.write_line(f"CI: {len(_CI_SKIPS)} test(s) skipped, and CI allows "
+                                    f"no skip but the slow ones:", red=True)
+        for line in _CI_SKIPS:
+            terminalreporter.write_line(f"  {line}", red=True)
 
 
 # -- tables, servers, clients ------------------------------------------------------

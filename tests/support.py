@@ -3,13 +3,16 @@ reference of the request grammar (docs/protocol.md), the fixed error bodies and
 polling with a deadline."""
 from __future__ import annotations
 
+import glob
 import os
 import re
+import shutil
 import socket
 import threading
 import time
 from typing import Callable, Optional, TypeVar
 
+import pytest
 from hypothesis import strategies as st
 
 BAD_REQUEST = b'{"error":"bad_request"}'
@@ -166,6 +169,62 @@ class UDPClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# -- real parts ---------------------------------------------------------------------
+
+# The programs the tests drive, by the name a missing one is reported under,
+# with the executables that may stand for it.  Debian keeps nginx in /usr/sbin
+# (not on a non-root PATH) and PostgreSQL's server programs in
+# /usr/lib/postgresql/<version>/bin (never on PATH).
+REAL_PARTS: dict[str, tuple[str, ...]] = {
+    "redis-server": ("redis-server",),
+    "openssl": ("openssl",),
+    "nginx": ("nginx",),
+    "curl": ("curl",),
+    "wrk": ("wrk",),
+    "chromium": ("chromium", "chromium-browser", "google-chrome"),
+    "initdb": ("initdb",),
+    "pg_ctl": ("pg_ctl",),
+    "sqlite3": ("sqlite3",),                    # the shell: the key store's documented backup
+    "systemd-analyze": ("systemd-analyze",),    # verifies examples/beastnet.service
+}
+_EXTRA_DIRS = ["/usr/sbin", "/usr/local/sbin"]
+
+
+def find_tool(name: str) -> Optional[str]:
+    """The path of real part `name` (a key of REAL_PARTS) on PATH or where
+    Debian installs it off PATH, else None."""
+    extra = os.pathsep.join(_EXTRA_DIRS + sorted(glob.glob("/usr/lib/postgresql/*/bin"),
+                                                 reverse=True))
+    for exe in REAL_PARTS[name]:
+        path = shutil.which(exe) or shutil.which(exe, path=extra)
+        if path:
+            return path
+    return None
+
+
+def require(name: str) -> str:
+    """The path of real part `name`.  Missing, the test skips on a developer's
+    machine, and fails with one line naming it under CI (`CI` set, as
+    .ci/run sets it, which installs every real part): a real part is never
+    mocked, and a CI run that skipped it would pass without testing it."""
+    path = find_tool(name)
+    if path is not None:
+        return path
+    what = f"{name} is not installed (.ci/run installs it with scripts/system-deps)"
+    if os.environ.get("CI"):
+        pytest.fail(what, pytrace=False)
+    pytest.skip(what)
+
+
+def requires(*names: str) -> pytest.MarkDecorator:
+    """Mark: the test calls require(name) for each of `names` before it runs
+    (conftest's pytest_runtest_setup)."""
+    unknown = [n for n in names if n not in REAL_PARTS]
+    if unknown:
+        raise ValueError(f"unknown real part(s) {unknown}: add them to REAL_PARTS")
+    return pytest.mark.requires(*names)
 
 
 # -- polling and introspection ------------------------------------------------------

@@ -258,7 +258,7 @@ def test_share_ports_joins_the_group_of_a_running_server(serve):
 def test_an_empty_production_key_store_says_what_to_do(serve, tmp_path):
     db = tmp_path / "beastnet-keys.db"
     server = serve("--profile", "production", "--sockets", "1", "--http-threads", "1",
-                   "--keystore", str(db))
+                   "--keystore", str(db), "--feed", "sim")
     output = server.output()
     assert db.exists() and f"created key store {db}" in output
     ready = server.ready["msg"]

@@ -19,7 +19,8 @@ import redis
 
 from beastnet import APIKeyTable, ControlPlane
 from beastnet.serve.cluster import ClusterConfigError, ClusterNode
-from beastnet.serve.keys import KeyStore, Tier
+from beastnet.serve.keys import Tier
+from beastnet.serve.stores.sqlite import KeyStore
 from support import wait_for
 from test_cluster import RedisServer, needs_redis
 

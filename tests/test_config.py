@@ -30,7 +30,7 @@ def test_precedence_profile_file_flags(tmp_path):
     ("udp_port = 70000", "udp_port must be 0..65535"),
     ('batch = "big"', "batch must be int"),
     ("nonsense = 1", "unknown setting 'nonsense'"),
-    ('feed = "magic"', "feed must be 'sim' or 'replay'"),
+    ('feed = "magic"', "feed must be one of exchanges, replay, sim"),
     ('feed = "replay"', "feed 'replay' needs feed_path"),
     ('http_prefix = "v1"', "http_prefix must start and end with '/'"),
     ('admin_host = "0.0.0.0"', "admin_host 0.0.0.0 is not a loopback address"),

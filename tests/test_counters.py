@@ -12,14 +12,14 @@ from beastnet.counters import (HTTP_COUNTERS, HTTP_SERVER_GAUGES, MISS_PATH_COUN
 from beastnet.metrics import http_families, render, udp_families
 
 ROOT = Path(__file__).resolve().parent.parent
-ATOMICS_H = ROOT / "src" / "beastnet" / "includes" / "atomics.h"
+COUNTERS_H = ROOT / "src" / "beastnet" / "includes" / "counters.h"
 
 
 def c_struct_fields(name: str) -> list[str]:
-    """Field names of `typedef struct name { ... } name;` in atomics.h, in order."""
-    text = ATOMICS_H.read_text()
+    """Field names of `typedef struct name { ... } name;` in counters.h, in order."""
+    text = COUNTERS_H.read_text()
     body = re.search(r"typedef struct %s \{(.*?)\}" % name, text, re.S)
-    assert body is not None, f"struct {name} not found in atomics.h"
+    assert body is not None, f"struct {name} not found in counters.h"
     return re.findall(r"^\s*uint64_t (\w+);", body.group(1), re.M)
 
 

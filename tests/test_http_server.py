@@ -6,7 +6,6 @@ import asyncio
 import gc
 import http.client
 import re
-import shutil
 import socket
 import subprocess
 import threading
@@ -20,7 +19,7 @@ import pytest
 from beastnet import Answer, HTTPServer, MissRequest, ResponseTable, UDPServer, _core
 from http_helpers import (BODIES, connect, exchange, get, open_fds, read_until_close,
                           split_responses)
-from support import wait_for
+from support import requires, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -128,7 +127,7 @@ def test_urllib(server):
     assert orjson.loads(info.value.read()) == {"error": "not_found"}
 
 
-@pytest.mark.skipif(shutil.which("curl") is None, reason="curl not installed")
+@requires("curl")
 def test_curl_keepalive_and_http10(server):
     url = server.url + "/v1/BTC"
     out = subprocess.run(["curl", "-s", "-v", url, url], capture_output=True, timeout=10)
@@ -558,7 +557,7 @@ def test_server_leaves_no_fds_or_threads(table):
     assert threading.active_count() == before_threads
 
 
-@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk not installed")
+@requires("wrk")
 def test_wrk_short_run(table):
     with HTTPServer(table, threads=2) as srv:
         out = subprocess.run(["wrk", "-t1", "-c20", "-d1s", srv.url + "/v1/BTC"],

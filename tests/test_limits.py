@@ -13,7 +13,8 @@ import pytest
 
 from beastnet import APIKeyTable, ResponseTable, UDPServer
 from beastnet._core import admit_race
-from beastnet.serve.keys import KeyStore, KeyStoreError, Tier, UsageFlusher
+from beastnet.serve.keys import KeyStoreError, Tier, UsageFlusher
+from beastnet.serve.stores.sqlite import KeyStore
 from support import gcra_bounds, wait_for
 
 SECOND_NS = 1_000_000_000
@@ -317,14 +318,22 @@ def test_keys_command_round_trip(tmp_path, capsys):
     assert main(["keys", "--db", db, "add", "--tier", "pro", "--label", "acme"]) == 0
     generated = capsys.readouterr().out.strip()
     assert main(["keys", "--db", db, "add", "--key", "partner-key-0001", "--tier", "partner"]) == 0
-    assert main(["keys", "--db", db, "revoke", "partner-key-0001"]) == 0
-    assert main(["keys", "--db", db, "set-tier", generated, "public"]) == 0
     capsys.readouterr()
+    # every change is confirmed in one line, naming the key by its prefix only
+    assert main(["keys", "--db", db, "revoke", "partner-key-0001"]) == 0
+    assert capsys.readouterr().err == "beastnet keys: revoked partner-ke…\n"
+    assert main(["keys", "--db", db, "set-tier", generated, "public"]) == 0
+    assert capsys.readouterr().err == f"beastnet keys: {generated[:10]}… is now public\n"
+    for form in (["list", "--json"], ["list"]):
+        assert main(["keys", "--db", db, *form]) == 0
+        listed = capsys.readouterr().out
+        assert generated not in listed and "partner-key-0001" not in listed
     assert main(["keys", "--db", db, "list", "--json"]) == 0
     import orjson
     rows = {r["key"]: r for r in orjson.loads(capsys.readouterr().out)}
-    assert rows[generated]["tier"] == "public" and rows[generated]["label"] == "acme"
-    assert rows["partner-key-0001"]["revoked"]
+    mine = rows[generated[:10] + "…"]
+    assert mine["tier"] == "public" and mine["label"] == "acme"
+    assert rows["partner-ke…"]["revoked"]
     assert main(["keys", "--db", db, "set-tier", "partner-key-0001", "gold"]) == 2
     assert "unknown tier 'gold'" in capsys.readouterr().err
 

@@ -19,7 +19,8 @@ from beastnet.loadgen.histogram import NBUCKETS, Histogram
 from beastnet.loadgen import LoadResult, UDPLoadConfig, level_config
 from beastnet.loadgen.ramp import (DEFAULT_RAMP, SLO, Criteria, Level, default_levels, find_max,
                            parse_levels, ramp_table, run_ramp)
-from beastnet.loadgen.report import charts, format_table, write_html
+from beastnet.loadgen.outputs import write_html
+from beastnet.loadgen.report import charts, format_table
 
 from _loadgen_servers import ScriptedUDPServer, beastnet_price_server
 

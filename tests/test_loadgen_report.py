@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -18,10 +17,12 @@ from beastnet.cli import main
 from beastnet.cli._common import EXIT_PASS, EXIT_USAGE
 from beastnet.loadgen import _native
 from beastnet.loadgen.histogram import NBUCKETS, Histogram
-from beastnet.loadgen.htmlreport import nines_points, report_page, svg_xy
+from beastnet.loadgen.htmlkit import nines_points, svg_xy
+from beastnet.loadgen.htmlreport import report_page
 from beastnet.loadgen.report import hdr_log, text_table
 
 from _loadgen_servers import beastnet_price_server
+from support import require
 
 hdrh_histogram = pytest.importorskip("hdrh.histogram")
 hdrh_log = pytest.importorskip("hdrh.log")
@@ -254,12 +255,7 @@ ERROR_HOOK = ("<script>window.onerror=function(m){document.documentElement.setAt
 
 
 def chromium() -> str:
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        path = shutil.which(name)
-        if path:
-            return path
-    pytest.skip("no chromium (.ci/run installs Debian's chromium)")
-    return ""
+    return require("chromium")
 
 
 def script_error(dom: str) -> str:

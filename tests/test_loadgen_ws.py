@@ -18,8 +18,8 @@ from beastnet.errors import LoadConfigError
 # sys.stderr of report's import time, and a capsys stream is closed later
 # (tests/test_loadgen_http.py::test_cli_http then writes to it).
 from beastnet.loadgen import report  # noqa: F401
-from beastnet.loadgen.ws import run_ws_load
-from beastnet.loadgen.ws_config import WSLoadConfig
+from beastnet.loadgen.ws.run import run_ws_load
+from beastnet.loadgen.ws.config import WSLoadConfig
 from _ws_scripted import ScriptedServer, feed_server
 
 pytestmark = pytest.mark.timeout(60)
@@ -100,8 +100,10 @@ def test_random_closes_are_reconnected_with_backoff_within_the_jitter_bound():
     assert e["reconnects"] >= 20
     # Each close is answered by one drawn delay, and an upgrade resets the
     # attempt count, so every delay lies in [0, base].
-    assert e["close_frames"] + e["errors_by_kind"].get("closed", 0) if "errors_by_kind" in e \
-        else True
+    # The server closes with a close frame every time: no close is seen as a
+    # bare TCP close, and no frame is counted that the server did not send.
+    assert r.errors_by_kind.get("closed", 0) == 0
+    assert e["close_frames"] <= server.record["closes"]
     assert e["backoff_ms"]["count"] >= e["reconnects"]
     assert e["backoff_ms"]["max"] <= base_ms
     assert e["close_frames"] >= e["reconnects"]
@@ -242,6 +244,7 @@ def test_cli_ws_density_runs_each_tier_and_judges_it(beastnet_feed, tmp_path, ca
     out = tmp_path / "d.json"
     rc = main(["ws", "density", url, "--symbols", ",".join(symbols), "--tiers", "5,40",
                "-c", "2", "-d", "1", "--warmup", "0.2", "--server-pid", str(os.getpid()),
+               "--p99-ms", "5000",
                "--json", str(out)])
     text = capsys.readouterr().out
     report = json.loads(out.read_text())
@@ -251,8 +254,11 @@ def test_cli_ws_density_runs_each_tier_and_judges_it(beastnet_feed, tmp_path, ca
     assert [t["distinct_symbols"] for t in tiers] == [5, 20]     # 40 deals the 20 twice
     assert all(t["result"]["received"] > 0 for t in tiers)
     assert all(row["server_rss_mib"] > 0 for t in tiers for row in t["resources"])
-    assert rc == (1 if report["verdict"] == "fail" else 0)
-    assert "verdict:" in text
+    # A healthy feed (a stamp every 5 ms, no sequence, no close) passes every
+    # tier's rules (the latency limit is raised: a busy machine is no fault).
+    assert all(t["verdict"] in ("pass", "warn") for t in tiers), [t["reasons"] for t in tiers]
+    assert report["verdict"] in ("pass", "warn") and rc == 0
+    assert f"verdict: {report['verdict'].upper()}" in text
 
 
 @pytest.mark.parametrize("argv,message", [
@@ -287,7 +293,7 @@ def test_cli_ws_knee_stops_at_the_limit_and_skips_what_the_machine_cannot_reach(
 
 
 def test_ws_knee_ends_at_the_first_step_over_the_limit(beastnet_feed):
-    from beastnet.loadgen.ws_knee import run_knee
+    from beastnet.loadgen.ws.knee import run_knee
     url, symbols = beastnet_feed
     port = int(url.rsplit(":", 1)[1].split("/")[0])
     # Millisecond stamps: no delivery is under 0.0001 ms at p95 on any machine.
@@ -330,7 +336,7 @@ def test_cli_ws_stress_judges_levels_and_skips_the_unreachable(beastnet_feed, tm
 
 
 def test_ws_stress_fails_a_level_past_its_threshold(beastnet_feed):
-    from beastnet.loadgen.ws_stress import StressThresholds, run_stress
+    from beastnet.loadgen.ws.stress import StressThresholds, run_stress
     url, symbols = beastnet_feed
     port = int(url.rsplit(":", 1)[1].split("/")[0])
     body = run_stress(WSLoadConfig(port=port, symbols=symbols[:1], duration_s=0.6,

@@ -16,9 +16,9 @@ import pytest
 from beastnet import APIKeyTable, WebSocketOptions
 # Imported outside any capsys (see tests/test_loadgen_ws.py).
 from beastnet.loadgen import report  # noqa: F401
-from beastnet.loadgen.ws import run_ws_load
-from beastnet.loadgen.ws_config import WSLoadConfig
-from beastnet.loadgen.ws_stress import StressProbes, StressThresholds, run_stress
+from beastnet.loadgen.ws.run import run_ws_load
+from beastnet.loadgen.ws.config import WSLoadConfig
+from beastnet.loadgen.ws.stress import StressProbes, StressThresholds, run_stress
 from _ws_scripted import ScriptedServer, feed_server
 from browser import Browser, needs_chromium
 
@@ -314,13 +314,17 @@ def test_html_reports_of_ws_run_and_stress_render_in_chromium(keyed_feed, tmp_pa
                                            tmp_path / "density.html")
     assert main(["load", url, "-c", "3", "--symbols", ",".join(symbols[:3]), "-d", "1",
                  "--warmup", "0.2", "--api-key", ALLOWED, "--html", str(run_html)]) == 0
-    rc = main(["ws", "stress", url, "--symbols", symbols[0], "--levels", "2,4", "-d", "0.5",
-               "--warmup", "0.1", "--api-key", ALLOWED, "--denied-key", DENIED,
-               "--html", str(stress_html)])
-    assert rc in (0, 1)
+    # Limits a busy machine cannot break: these pages are drawn from runs of
+    # a healthy feed, which must not fail (compression skipped: at best warn).
+    loose = [a for name in ("delivery-p95-ms", "delivery-p99-ms", "upgrade-p95-ms",
+                            "round-trip-p95-ms", "round-trip-p99-ms", "subscribe-p95-ms",
+                            "refusal-p95-ms") for a in (f"--{name}", "2000", "5000")]
+    assert main(["ws", "stress", url, "--symbols", symbols[0], "--levels", "2,4", "-d", "0.5",
+                 "--warmup", "0.1", "--api-key", ALLOWED, "--denied-key", DENIED, *loose,
+                 "--html", str(stress_html)]) == 0
     assert main(["ws", "density", url, "--symbols", ",".join(symbols), "--tiers", "2,8",
                  "-d", "0.6", "--warmup", "0.1", "--api-key", ALLOWED, "--server-pid",
-                 str(os.getpid()), "--html", str(density_html)]) in (0, 1)
+                 str(os.getpid()), "--p99-ms", "5000", "--html", str(density_html)]) == 0
     capsys.readouterr()
     assert "not drawn" not in capsys.readouterr().err
     check_page_in_chromium(run_html, ["WS load against ws://127.0.0.1", "messages/s",

@@ -39,7 +39,7 @@ def test_udp_server_metrics_parse_and_match_stats():
 def test_feed_and_key_metrics_parse():
     table = ResponseTable()
     publisher = PricePublisher(table)
-    asyncio.run(publisher.run(SimulatedFeed(sources=("a", "b"), rounds_per_s=1000, max_rounds=2)))
+    asyncio.run(publisher.consume(SimulatedFeed(sources=("a", "b"), rounds_per_s=1000, max_rounds=2)))
     keys = APIKeyTable()
     keys.set("k1", qps=1)
     keys.set("k2")

@@ -147,7 +147,7 @@ def serve(tmp_path):
 
 def add_key(db: Path, tier: str, key: str) -> None:
     # Through the library: `beastnet keys add --key` refuses keys this short.
-    from beastnet.serve.keys import KeyStore
+    from beastnet.serve.stores.sqlite import KeyStore
     with KeyStore(str(db)) as store:
         store.add(tier, key=key)
 

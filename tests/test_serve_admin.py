@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import resource
-import shutil
 import socket
 import subprocess
 import sys
@@ -19,7 +18,7 @@ import pytest
 
 import test_serve
 from test_serve import request
-from support import free_port
+from support import free_port, require
 from test_cli import beastnet, one_error_line
 
 pytestmark = pytest.mark.timeout(90)
@@ -28,7 +27,6 @@ serve = test_serve.serve       # the fixture: `beastnet serve` processes, killed
 
 TOKEN = "admin-token-0123456789"
 # Debian puts nginx in /usr/sbin, which a non-root PATH may lack.
-NGINX = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin")
 
 
 # -- a reverse proxy on the same host -------------------------------------------------
@@ -63,8 +61,7 @@ def nginx(tmp_path) -> Iterator:
     """`start(upstream_port)` runs nginx on a free loopback port, proxying
     everything to `upstream_port` as the docs' TLS set-up does, and returns
     its port; stopped by PID after the test."""
-    if NGINX is None:
-        pytest.skip("nginx not installed (.ci/run installs it)")
+    nginx_path = require("nginx")
     procs: list[subprocess.Popen] = []
 
     def start(upstream: int) -> int:
@@ -73,7 +70,7 @@ def nginx(tmp_path) -> Iterator:
         port = free_port()
         conf = d / "nginx.conf"
         conf.write_text(NGINX_CONF.format(d=d, port=port, upstream=upstream))
-        proc = subprocess.Popen([NGINX, "-p", str(d), "-c", str(conf), "-e", str(d / "error.log")],
+        proc = subprocess.Popen([nginx_path, "-p", str(d), "-c", str(conf), "-e", str(d / "error.log")],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         procs.append(proc)
         deadline = time.monotonic() + 10
@@ -222,7 +219,7 @@ def test_a_get_never_resets_the_counters(serve):
 
 
 def test_a_profile_switch_is_reported(serve):
-    server = serve("--no-keys", "--profile", "production")
+    server = serve("--no-keys", "--profile", "production", "--feed", "sim")
     before = orjson.loads(server.admin("GET", "/admin/stats")[2])
     assert before["profile"] == "production"
     status, _, body = server.admin("POST", "/admin/profile?name=dev", {"Content-Length": "0"})

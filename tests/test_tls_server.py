@@ -21,13 +21,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from beastnet import HTTPServer, ResponseTable, TLSConfig, TLSConfigError, WebSocketOptions
-from support import wait_for
+from support import find_tool, requires, wait_for
 from tls_support import Certs, tls_certs  # noqa: F401  (the session fixture)
 
 pytestmark = pytest.mark.timeout(90)
 
-CURL = shutil.which("curl")
-OPENSSL = shutil.which("openssl")
+CURL = find_tool("curl")
+OPENSSL = find_tool("openssl")
 BIG = bytes(range(256)) * 1000          # 256 000 bytes: many records, a full socket
 
 
@@ -95,7 +95,7 @@ def still_serves(server, certs: Certs) -> None:
 
 # -- real clients ------------------------------------------------------------------------
 
-@pytest.mark.skipif(CURL is None, reason="curl not installed")
+@requires("curl")
 def test_curl_verifies_and_gets_http11_over_alpn(tls_server, tls_certs):  # noqa: F811
     port = tls_server.address[1]
     for version in ("--tlsv1.2 --tls-max 1.2", "--tlsv1.3"):
@@ -237,7 +237,7 @@ def test_stats_report_ktls_as_detected(tls_server, tls_certs):  # noqa: F811
 
 # -- bad input -----------------------------------------------------------------------------
 
-@pytest.mark.skipif(CURL is None, reason="curl not installed")
+@requires("curl")
 def test_client_hello_on_the_plain_port_is_answered_at_once(table):
     with HTTPServer(table, threads=1, header_timeout_s=10.0) as server:
         started = time.monotonic()
@@ -295,7 +295,7 @@ def test_disconnect_mid_handshake(tls_server, tls_certs):  # noqa: F811
     still_serves(tls_server, tls_certs)
 
 
-@pytest.mark.skipif(OPENSSL is None, reason="openssl not installed")
+@requires("openssl")
 def test_renegotiation_is_refused_and_counted(tls_server, tls_certs):  # noqa: F811
     port = tls_server.address[1]
     # s_client reads "R" at the start of a line as "renegotiate".

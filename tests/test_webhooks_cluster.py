@@ -15,7 +15,8 @@ import pytest
 
 from beastnet.serve.assets import ASSETS
 from beastnet.serve.webhooks import WebhookError, WebhookTier
-from beastnet.serve.webhooks_cluster import RedisWebhookStore, owner
+from beastnet.serve.stores.redis import RedisWebhookStore
+from beastnet.serve.webhooks_cluster import owner
 from support import wait_for
 from test_cluster import needs_redis, redis_server  # noqa: F401  (a fixture)
 from test_serve import serve  # noqa: F401  (a fixture)

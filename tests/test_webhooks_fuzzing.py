@@ -10,8 +10,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from beastnet.serve.assets import ASSETS
-from beastnet.serve.webhooks import (DEFAULT_WEBHOOK_TIERS, WebhookError, WebhookStore,
-                                     check_address, parse_endpoint)
+from beastnet.serve.stores.sqlite import WebhookStore
+from beastnet.serve.webhooks import (DEFAULT_WEBHOOK_TIERS, WebhookError, check_address,
+                                     parse_endpoint)
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -125,6 +125,12 @@ class RawClient:
     def close(self) -> None:
         self.sock.close()
 
+    def __enter__(self) -> "RawClient":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
 
 # -- the opening handshake --------------------------------------------------------------
 
@@ -164,22 +170,25 @@ def test_bad_upgrades_are_refused_and_closed(feed, request_bytes, status):
 
 
 def test_upgrade_split_at_every_byte_then_subscribe(feed):
+    """The upgrade request and a subscribe frame cut at every byte, the
+    server having read the first part (its bytes_in says so) before the
+    rest is sent."""
     request = upgrade_request()
     subscribe = build_frame(TEXT, b'{"op":"subscribe","symbols":["S001"]}')
     stream = request + subscribe
-    for cut in range(0, len(stream), 7):
-        client = RawClient(feed)
-        client.request = stream[:cut]
-        client.sock.sendall(stream[:cut])
-        time.sleep(0.001)
-        client.sock.sendall(stream[cut:])
-        client.buf = b""
-        while b"\r\n\r\n" not in client.buf:
-            client.buf += client.sock.recv(65536)
-        client.buf = client.buf.partition(b"\r\n\r\n")[2]
-        assert client.frame()[1] == b'{"op":"subscribed","unknown":[]}'
-        assert client.frame()[1] == body("S001", 0)
-        client.close()
+    for cut in range(1, len(stream)):
+        read = totals(feed)["bytes_in"]
+        with RawClient(feed) as client:
+            client.sock.sendall(stream[:cut])
+            wait_for(lambda: totals(feed)["bytes_in"] == read + cut,
+                     message=f"the server to read the first {cut} bytes")
+            client.sock.sendall(stream[cut:])
+            while b"\r\n\r\n" not in client.buf:
+                client.buf += client.sock.recv(65536)
+            head, _, client.buf = client.buf.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 101 "), (cut, head)
+            assert client.frame()[1] == b'{"op":"subscribed","unknown":[]}', cut
+            assert client.frame()[1] == body("S001", 0), cut
 
 
 # -- the feed's requests -------------------------------------------------------------------
@@ -228,38 +237,70 @@ def test_request_mistakes_get_an_error_message_not_a_close(feed, message, error)
 
 
 def test_subscription_limit_per_connection_and_per_key(table):
+    """A key's limit (2) and the server's (5): a request that would pass the
+    limit is refused whole; up to it, each symbol is followed (acknowledged,
+    snapshot sent, updates pushed), and the refused one is never pushed."""
     keys = APIKeyTable()
     keys.set("basic-key-0001", ws_max_connections=1, ws_max_subscriptions=2)
+    keys.set("plain-key-0001")
     keys.set("partner-key-01", ws_unlimited=True)
     options = WebSocketOptions(max_subscriptions=5)
     with HTTPServer(table, threads=1, api_keys=keys, websocket=options) as server:
+        async def subscribe(ws, symbols: list[str]) -> dict:
+            await ws.send(orjson.dumps({"op": "subscribe", "symbols": symbols}).decode())
+            return await recv_json(ws)
+
+        async def follows(ws, limit: int) -> None:
+            """`limit` symbols followed, the next refused (docs/protocol.md:
+            the error, then the acknowledgement of those before the limit),
+            and only the followed ones pushed afterwards."""
+            assert await subscribe(ws, SYMBOLS[:limit + 2]) == {
+                "op": "error", "error": "subscription_limit"}
+            assert await recv_json(ws) == {"op": "subscribed", "unknown": []}
+            assert [(await recv_json(ws))["s"] for _ in range(limit)] == SYMBOLS[:limit]
+            assert await subscribe(ws, [SYMBOLS[limit]]) == {
+                "op": "error", "error": "subscription_limit"}
+            assert await recv_json(ws) == {"op": "subscribed", "unknown": []}   # nothing new
+            table.set(SYMBOLS[limit], body(SYMBOLS[limit], 7))      # refused: never pushed
+            for s in SYMBOLS[:limit]:
+                table.set(s, body(s, 7))
+            pushed = [await recv_json(ws) for _ in range(limit)]
+            assert sorted(pushed, key=lambda m: m["s"]) == [
+                {"s": s, "v": 7, "pad": ""} for s in SYMBOLS[:limit]]
+            # Answered after those pushes were flushed: a push of the refused
+            # symbol would come first.
+            await ws.send(orjson.dumps({"op": "snapshot", "symbols": [SYMBOLS[0]]}).decode())
+            assert await recv_json(ws) == {"s": SYMBOLS[0], "v": 7, "pad": ""}
+
         async def run():
             headers = {"X-API-Key": "basic-key-0001"}
             async with websockets.connect(url(server), additional_headers=headers) as ws:
-                await ws.send(orjson.dumps({"op": "subscribe", "symbols": SYMBOLS[:4]}).decode())
-                assert await recv_json(ws) == {"op": "error", "error": "subscription_limit"}
+                await follows(ws, 2)
                 # A second stream under the same key is refused at the upgrade.
                 with pytest.raises(websockets.InvalidStatus) as refused:
                     async with websockets.connect(url(server), additional_headers=headers):
                         pass
                 assert refused.value.response.status_code == 429
             async with websockets.connect(url(server),
+                                          additional_headers={"X-API-Key": "plain-key-0001"}) as ws:
+                await follows(ws, 5)
+            async with websockets.connect(url(server),
                                           additional_headers={"Authorization": "Bearer partner-key-01"}) as ws:
-                await ws.send(orjson.dumps({"op": "subscribe", "symbols": SYMBOLS}).decode())
-                assert await recv_json(ws) == {"op": "subscribed", "unknown": []}
+                assert await subscribe(ws, SYMBOLS) == {"op": "subscribed", "unknown": []}
+                assert {(await recv_json(ws))["s"] for _ in SYMBOLS} == set(SYMBOLS)
             with pytest.raises(websockets.InvalidStatus) as unknown:
                 async with websockets.connect(url(server), additional_headers={"X-API-Key": "who"}):
                     pass
             assert unknown.value.response.status_code == 401
         asyncio.run(run())
         t = totals(server)
-    assert t["ws_subscriptions_refused"] == 1 and t["ws_upgrade_refused"] == 2
+    assert t["ws_subscriptions_refused"] == 4 and t["ws_upgrade_refused"] == 2
 
 
 def test_aiohttp_client_and_publish_topics(feed):
     async def run():
         async with aiohttp.ClientSession() as session:
-            async with session.ws_connect(url(feed)) as ws:
+            async with session.ws_connect(url(feed), autoping=False) as ws:
                 await ws.send_str('{"op":"subscribe","symbols":["news"]}')
                 assert (await ws.receive_json(timeout=5)) == {"op": "subscribed", "unknown": ["news"]}
                 feed.publish("news", {"headline": "first"})
@@ -269,6 +310,8 @@ def test_aiohttp_client_and_publish_topics(feed):
                 feed.publish("news", b'{"headline":"second"}')
                 assert (await ws.receive_json(timeout=5)) == {"headline": "second"}
                 await ws.ping(b"hi")
+                pong = await ws.receive(timeout=5)
+                assert (pong.type, pong.data) == (aiohttp.WSMsgType.PONG, b"hi")
                 await ws.close()
                 assert ws.close_code == 1000
     asyncio.run(run())
@@ -344,6 +387,58 @@ def test_a_client_that_does_not_read_is_conflated_then_closed(table):
         assert orjson.loads(fast.frame()[1])["v"] == 10**6        # the neighbour is still served
         slow.close()
         fast.close()
+
+
+def test_a_blocked_subscriber_gets_its_frames_in_flight_then_only_the_newest(table):
+    """Deterministic conflation: the subscriber's socket is full with a frame
+    in flight; v1..vN published then (each fanned out before the next, as
+    the fast neighbour's reads prove) leave exactly one pending frame, vN,
+    and count N - 1 conflations.  A frame of another symbol published after
+    them marks the end of what the subscriber is owed."""
+    n, mark = 12, 1_000_000
+    subscribe = build_frame(TEXT, b'{"op":"subscribe","symbols":["S001","S002"]}')
+    with HTTPServer(table, threads=1, websocket=WebSocketOptions()) as server:
+        with RawClient(server, rcvbuf=4096) as slow, RawClient(server) as fast:
+            slow.handshake()
+            slow.send(subscribe)
+            fast.handshake()
+            fast.send(subscribe)
+            assert fast.frame()[1].startswith(b'{"op":"subscribed"')
+            fast.frame(), fast.frame()
+            v = 0
+
+            def publish(symbol: str, version: int) -> None:
+                table.set(symbol, body(symbol, version, pad=30_000))
+                # The neighbour has it: the worker has offered it to both.
+                assert orjson.loads(fast.frame()[1]) == {"s": symbol, "v": version,
+                                                         "pad": "x" * 30_000}
+
+            # Fill the slow client's socket until the kernel takes a frame in
+            # part, then a while longer so the window is surely shut.
+            while totals(server)["partial_writes"] == 0 or v % 50:
+                v += 1
+                assert v < 5000, "the server never found the slow client's socket full"
+                publish("S001", v)
+            publish("S001", mark + 1)          # now a frame is pending behind the one in flight
+            conflated = totals(server)["ws_conflated"]
+            for i in range(2, n + 1):
+                publish("S001", mark + i)
+            assert totals(server)["ws_conflated"] - conflated == n - 1
+            publish("S002", mark)               # queued after S001's pending frame
+            assert slow.frame()[1].startswith(b'{"op":"subscribed"')
+            versions = []
+            while True:
+                op, payload = slow.frame()
+                assert op == TEXT, (op, versions[-5:])
+                update = orjson.loads(payload)
+                if update["s"] == "S002" and update["v"] == mark:
+                    break
+                if update["s"] == "S001":
+                    versions.append(update["v"])
+            # Everything the kernel and the in-flight frame held, in order,
+            # then the newest version alone: none of v1..vN-1, nothing older.
+            assert versions[-1] == mark + n, versions[-5:]
+            assert versions[:-1] == sorted(set(versions[:-1])) and versions[-2] <= v
 
 
 def test_a_slow_reader_that_catches_up_gets_the_newest_value(table):
@@ -429,19 +524,26 @@ def test_a_subscribe_storm_is_refused_and_the_worker_serves_on(feed):
     client.send(build_frame(TEXT, storm))        # ~800 KB in one message: over max_message_bytes
     assert client.close_code() == 1009
     client.close()
+    assert totals(feed)["ws_subscriptions"] == 0
     many = RawClient(feed)
     many.handshake()
-    for start in range(0, 5000, 1000):           # the same symbols in many requests: each answered
+    # The same unknown symbols in many requests, each with four of the
+    # table's: each answered, its unknown listed, the known ones followed.
+    for j, start in enumerate(range(0, 5000, 1000)):
         many.send(build_frame(TEXT, orjson.dumps(
-            {"op": "subscribe", "symbols": [f"K{i}" for i in range(start, start + 1000)]})))
-    for _ in range(5):
+            {"op": "subscribe",
+             "symbols": [f"K{i}" for i in range(start, start + 1000)] + SYMBOLS[4 * j:4 * j + 4]})))
+    for j, start in enumerate(range(0, 5000, 1000)):
         op, payload = many.frame()
-        assert orjson.loads(payload)["op"] == "subscribed"
+        assert orjson.loads(payload) == {"op": "subscribed",
+                                         "unknown": [f"K{i}" for i in range(start, start + 1000)]}
+        assert [orjson.loads(many.frame()[1])["s"] for _ in range(4)] == SYMBOLS[4 * j:4 * j + 4]
     many.send(build_frame(PING, b"alive"))
     assert many.frame() == (0xA, b"alive")
+    assert totals(feed)["ws_subscriptions"] == len(SYMBOLS)
     many.close()
-    t = totals(feed)
-    assert t["ws_close_too_big"] == 1 and t["ws_subscriptions"] == 0
+    wait_for(lambda: totals(feed)["ws_subscriptions"] == 0, message="the closed stream's 20 to go")
+    assert totals(feed)["ws_close_too_big"] == 1
 
 
 def test_a_key_not_allowed_the_stream_gets_403(table):

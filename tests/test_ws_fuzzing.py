@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from beastnet._core import WSFrameReader, utf8_valid, ws_accept_key, ws_frame, ws_parse
 import ws_reference as ref
+from support import wait_for
 from ws_reference import BINARY, CLOSE, CONT, PING, PONG, TEXT, build_frame
 
 pytestmark = pytest.mark.timeout(120)
@@ -132,8 +133,40 @@ payloads = st.one_of(st.binary(max_size=300), st.text(max_size=100).map(lambda s
 
 
 @st.composite
+def violations(draw):
+    """A frame that is valid but for exactly one rule: unmasked, an RSV bit,
+    a reserved opcode, a length (control over 125, a 64-bit length with the
+    top bit set, a frame over the live server's 256-byte limit) or invalid
+    UTF-8 in a text frame.  Weird frames break several rules at once, and
+    the reader stops at the first (RSV, opcode), so they never reach a check
+    that comes later in the reader."""
+    text = draw(st.text(max_size=60)).encode()
+    rule = draw(st.sampled_from(["mask", "rsv", "opcode", "control-length", "length-top-bit",
+                                 "too-big", "utf8"]))
+    if rule == "mask":
+        return build_frame(draw(st.sampled_from([TEXT, PING])), text, mask=None)
+    if rule == "rsv":
+        return build_frame(TEXT, text, rsv=draw(st.integers(1, 7)))
+    if rule == "opcode":
+        return build_frame(draw(st.sampled_from([3, 4, 5, 6, 7, 11, 12, 13, 14, 15])), text)
+    if rule == "control-length":
+        return build_frame(draw(st.sampled_from([PING, PONG, CLOSE])),
+                           b"x" * draw(st.integers(126, 300)))
+    if rule == "length-top-bit":
+        return (bytes([0x80 | TEXT, 0x80 | 127]) + struct.pack("!Q", (1 << 63) | len(text))
+                + b"\x00\x00\x00\x00" + text)
+    if rule == "too-big":
+        return build_frame(TEXT, b"x" * draw(st.integers(257, 600)))
+    cut = draw(st.integers(0, len(text)))
+    bad = draw(st.sampled_from([b"\xff", b"\xc0\xaf", b"\xed\xa0\x80", b"\x80"]))
+    return build_frame(TEXT, text[:cut] + bad + text[cut:])
+
+
+@st.composite
 def frames(draw):
-    kind = draw(st.sampled_from(["data", "data", "control", "weird"]))
+    kind = draw(st.sampled_from(["data", "data", "control", "weird", "violation"]))
+    if kind == "violation":
+        return draw(violations())
     payload = draw(payloads)
     if kind == "data":
         op = draw(st.sampled_from([TEXT, BINARY, CONT]))
@@ -280,26 +313,67 @@ def echo_server():
         yield server
 
 
+def read_or_closed(server, base: dict, n: int) -> bool:
+    t = server.stats()["totals"]
+    return bool(t["bytes_in"] - base["bytes_in"] >= n or t["closed"] > base["closed"])
+
+
+def echo_connection(server):
+    import socket
+    key = base64.b64encode(b"0123456789abcdef").decode()
+    sock = socket.create_connection(server.address[:2], timeout=5)
+    sock.sendall(f"GET /echo HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                 f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += sock.recv(1)
+    assert head.startswith(b"HTTP/1.1 101 ")
+    return sock
+
+
+SINGLE_RULE = {
+    "mask": (build_frame(TEXT, b"hi", mask=None), 1002),
+    "mask-ping": (build_frame(PING, b"hi", mask=None), 1002),
+    "rsv": (build_frame(TEXT, b"hi", rsv=1), 1002),
+    "opcode": (build_frame(0xB, b"hi"), 1002),
+    "control-length": (build_frame(PING, b"x" * 126), 1002),
+    "length-top-bit": (bytes([0x80 | TEXT, 0x80 | 127]) + struct.pack("!Q", (1 << 63) | 2)
+                       + b"\x00\x00\x00\x00hi", 1002),
+    "too-big": (build_frame(TEXT, b"x" * 257), 1009),
+    "utf8": (build_frame(TEXT, "prix €".encode()[:-1]), 1007),
+}
+
+
+@pytest.mark.parametrize("rule", SINGLE_RULE)
+def test_live_server_closes_each_single_rule_violation(echo_server, rule):
+    """One rule broken, after a good message: the echo, then the close code
+    the reference owes."""
+    frame, code = SINGLE_RULE[rule]
+    stream = build_frame(TEXT, b"good") + frame
+    expected = _expected_output(ref.parse(stream, max_frame=256, max_message=600))
+    assert expected == [(TEXT, b"good"), (CLOSE, struct.pack("!H", code))]
+    with echo_connection(echo_server) as sock:
+        sock.sendall(stream)
+        assert _read_frames(sock, len(expected)) == expected
+
+
 @settings(max_examples=150, deadline=None)
 @given(st.lists(frames(), min_size=1, max_size=6), st.data())
 def test_live_server_answers_as_the_reference_says(echo_server, seq, data):
-    import socket
     stream = b"".join(seq)
     expected = _expected_output(ref.parse(stream, max_frame=256, max_message=600))
     cuts = sorted(set(data.draw(st.lists(st.integers(1, max(1, len(stream) - 1)), max_size=4))))
-    key = base64.b64encode(b"0123456789abcdef").decode()
-    with socket.create_connection(echo_server.address[:2], timeout=5) as sock:
-        sock.sendall(f"GET /echo HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                     f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
-        head = b""
-        while b"\r\n\r\n" not in head:
-            head += sock.recv(1)
-        assert head.startswith(b"HTTP/1.1 101 ")
+    with echo_connection(echo_server) as sock:
         last = 0
+        base = echo_server.stats()["totals"]
         try:
             for cut in cuts + [len(stream)]:
                 sock.sendall(stream[last:cut])
                 last = cut
+                # Each piece read on its own (or the connection closed on an
+                # error): the pieces never merge into one read.
+                wait_for(lambda: read_or_closed(echo_server, base, cut),
+                         message=f"the server to read {cut} bytes or close")
         except (BrokenPipeError, ConnectionResetError):
             pass                    # it answered an error and closed: what it sent is checked below
         if not expected or expected[-1][0] != CLOSE:

@@ -13,7 +13,6 @@ free loopback port, serving a fixed body on every path, stopped by PID.
 """
 from __future__ import annotations
 
-import shutil
 import socket
 import subprocess
 import time
@@ -23,11 +22,8 @@ from typing import Optional
 
 import pytest
 
-from support import free_port
+from support import free_port, require
 
-OPENSSL = shutil.which("openssl")
-# Debian puts nginx in /usr/sbin, which a non-root PATH may lack.
-NGINX = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin")
 
 
 @dataclass(frozen=True)
@@ -70,9 +66,7 @@ _LOCAL_SAN = "DNS:localhost,IP:127.0.0.1,IP:::1"
 
 
 def _openssl(*args: str, cwd: Path) -> None:
-    if OPENSSL is None:
-        pytest.skip("openssl not installed (.ci/run installs it)")
-    done = subprocess.run([OPENSSL, *args], cwd=cwd, capture_output=True, text=True)
+    done = subprocess.run([require("openssl"), *args], cwd=cwd, capture_output=True, text=True)
     if done.returncode != 0:
         raise AssertionError(f"openssl {' '.join(args)} failed: {done.stderr.strip()}")
 
@@ -157,8 +151,7 @@ class NginxTLS:
 
     def __init__(self, directory: Path, pair: CertPair, body: str = '{"ok":true}',
                  host: str = "127.0.0.1") -> None:
-        if NGINX is None:
-            pytest.skip("nginx not installed (.ci/run installs it)")
+        self.nginx = require("nginx")
         self.directory = Path(directory)
         self.pair = pair
         self.body = body
@@ -174,7 +167,7 @@ class NginxTLS:
         conf.write_text(_NGINX_TLS_CONF.format(
             d=d, host=f"[{self.host}]" if ":" in self.host else self.host, port=self.port,
             cert=self.pair.cert, key=self.pair.key, body=self.body.replace("'", "\\'")))
-        self.proc = subprocess.Popen([NGINX, "-p", str(d), "-c", str(conf), "-e", str(d / "error.log")],
+        self.proc = subprocess.Popen([self.nginx, "-p", str(d), "-c", str(conf), "-e", str(d / "error.log")],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 10
         while True:

@@ -3,14 +3,17 @@
 The public API: `ResponseTable` holds answers; `UDPServer` and `HTTPServer`
 serve them (`TLSConfig` puts HTTPS/WSS on an `HTTPServer`); `APIKeyTable` holds API keys and their limits; `Answer` and
 `MissRequest` are what a miss handler returns and receives (`is_loopback_client`
-tells whether one came from this host); `ControlPlane` is the event loop
+tells whether one came from this host; `error_answer(name)` is the answer for
+one error of the engines' vocabulary, whose names and statuses are
+`ERROR_STATUS`); `ControlPlane` is the event loop
 handlers run on, which several servers may share; `run_udp_load` /
 `run_http_load` (with `UDPLoadConfig` / `HTTPLoadConfig`) measure a server;
 `UDPPusher` sends a table's entries to many UDP addresses in sendmmsg batches.
 """
 from beastnet._core import APIKeyTable, Entry, ResponseTable, UDPPusher
-from beastnet.control import Answer, ControlPlane, MissRequest, is_loopback_client
-from beastnet.errors import (BeastnetError, HandlerError, InvalidKeyError, ServerError,
+from beastnet._core import ERROR_STATUS
+from beastnet.control import Answer, ControlPlane, MissRequest, error_answer, is_loopback_client
+from beastnet.errors import (BeastnetError, ClusterError, InvalidKeyError, ServerError,
                              TableFullError, TLSConfigError)
 from beastnet.server import UDPServer
 from beastnet.http_server import HTTPServer, TLSConfig, WebSocketOptions
@@ -39,7 +42,8 @@ __all__ = [
     "BeastnetError",
     "ControlPlane",
     "Entry",
-    "HandlerError",
+    "ClusterError",
+    "ERROR_STATUS",
     "HTTPLoadConfig",
     "HTTPServer",
     "InvalidKeyError",
@@ -55,6 +59,7 @@ __all__ = [
     "UDPPusher",
     "WebSocketOptions",
     "__version__",
+    "error_answer",
     "is_loopback_client",
     "run_http_load",
     "run_udp_load",

@@ -43,7 +43,9 @@ include "_tls.pxi"
 include "_http_route.pxi"
 include "_http_worker.pxi"
 include "_ws_msg.pxi"
-include "_ws_hub.pxi"
+include "_ws_ring.pxi"
+include "_ws_topics.pxi"
+include "_ws_conn.pxi"
 include "_push.pxi"
 
 

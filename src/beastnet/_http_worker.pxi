@@ -1039,13 +1039,6 @@ cdef class HTTPEngine(NativeEngine):
             raise MemoryError()
         retire_reclaim(&self.tls_retired)
 
-    @property
-    def tls_files(self):
-        """(certificate file, key file) of the context new connections use, or None."""
-        if self.tls_context is None:
-            return None
-        return ((<TLSContext>self.tls_context).cert_file, (<TLSContext>self.tls_context).key_file)
-
     def worker_status(self):
         """Per worker: the pinning errno (0 = fine) and the errno that made it quit (0 = none)."""
         cdef int i

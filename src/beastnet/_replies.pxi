@@ -25,6 +25,7 @@ ERRORS = (
     ("internal_error", 500, "the miss handler raised or answered something unsendable"),
     ("too_large", 500, "UDP only: the answer does not fit in one datagram"),
     ("busy", 503, "the miss queue (or the connection table) is full"),
+    ("unavailable", 503, "a store the control plane needs (Redis) cannot be reached"),
     ("upgrade_required", 426, "a WebSocket upgrade for a version other than 13"),
     ("connection_limit", 429, "the API key holds its maximum of WebSocket connections"),
 )

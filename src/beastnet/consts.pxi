@@ -161,7 +161,7 @@ cdef enum:
     WS_REQERR_SYMBOLS = 3           # subscribe/unsubscribe without "symbols"
     WS_REQERR_TOO_MANY = 4          # more symbols than one request may carry
 
-# WebSocket push (_ws_hub.pxi).
+# WebSocket push (_ws_ring.pxi, _ws_topics.pxi, _ws_conn.pxi).
 cdef enum:
     WS_HUBS_MAX = 8                 # engines one table can publish to at once
     WS_CTL_MAX_BYTES = 1048576      # a connection's own unsent bytes (acks, pongs) before 1013

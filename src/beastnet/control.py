@@ -135,11 +135,21 @@ HandlerResult = Union[bytes, str, dict, list, Answer, None]
 MissHandler = Callable[[MissRequest], Union[HandlerResult, Awaitable[HandlerResult]]]
 
 
-def error_answer(name: str, allow: Optional[str] = None) -> Answer:
-    """The answer for error `name` of the shared vocabulary (e.g. "forbidden"):
-    its pre-serialized body and HTTP status, as the engines send them.
-    `allow`: the methods a 405 names in its Allow header."""
-    return Answer(ERROR_BODIES[name], status=ERROR_STATUS[name], allow=allow)
+def error_answer(name: str, detail: Optional[str] = None, *, allow: Optional[str] = None,
+                 **fields: Any) -> Answer:
+    """The answer for error `name` of the shared vocabulary (`ERROR_STATUS`
+    lists the names): its HTTP status and, without `detail` or `fields`, the
+    very bytes the engines send.  `detail`: one sentence saying why, sent as
+    {"error": name, "detail": ...} (with any `fields` beside).  `allow`: the
+    methods a 405 names in its Allow header.  An unknown name is a KeyError."""
+    status = ERROR_STATUS[name]
+    if detail is None and not fields:
+        return Answer(ERROR_BODIES[name], status=status, allow=allow)
+    body: dict[str, Any] = {"error": name}
+    if detail is not None:
+        body["detail"] = detail
+    body.update(fields)
+    return Answer(body, status=status, allow=allow)
 
 
 def _encode(body: Any) -> bytes:

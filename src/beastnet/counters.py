@@ -39,7 +39,7 @@ rate_limited      counter  requests     Requests refused by a key's rate limit (
 over_quota        counter  requests     Requests refused by a key's monthly cap (HTTP 429).
 """)
 
-#: Fields of bn_counters (includes/atomics.h), one struct per UDP reader thread.
+#: Fields of bn_counters (includes/counters.h), one struct per UDP reader thread.
 UDP_COUNTERS: tuple[Counter, ...] = _table("""
 rx_packets        counter  datagrams    Datagrams received.
 rx_bytes          counter  bytes        Payload bytes received.
@@ -65,7 +65,7 @@ rrl_dropped       counter  replies      Error replies withheld by response-rate 
 rrl_slipped       counter  replies      Error replies response-rate limiting sent as the bare tag, without a body (the slip).
 """) + _TAIL
 
-#: Fields of bn_http_counters (includes/atomics.h), one struct per HTTP worker thread.
+#: Fields of bn_http_counters (includes/counters.h), one struct per HTTP worker thread.
 HTTP_COUNTERS: tuple[Counter, ...] = _table("""
 accepted          counter  connections  Connections accepted.
 active            gauge    connections  Connections open now.

@@ -17,10 +17,6 @@ class ServerError(BeastnetError, RuntimeError):
     """A server could not start, or a native thread reported a fatal error."""
 
 
-class HandlerError(BeastnetError):
-    """A miss handler raised; the original exception is chained as __cause__."""
-
-
 class LoadConfigError(BeastnetError, ValueError):
     """A load-generator setting is out of range (zero duration, no keys, ...)."""
 
@@ -39,3 +35,7 @@ class LoadTLSError(LoadError):
 class TLSConfigError(BeastnetError, ValueError):
     """A TLS certificate or key could not be loaded (missing, unreadable, not
     PEM, not matching), or a `TLSConfig` setting is out of range."""
+
+
+class ClusterError(BeastnetError, RuntimeError):
+    """Redis could not be used as asked (a bad URL, the client not installed)."""

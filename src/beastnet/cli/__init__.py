@@ -1,5 +1,5 @@
 """The `beastnet` command: one module per command group (`load`, `report`,
-`demo`, `keys`, `serve`, `stats`, `ws`, `webhooks`), each with an `add_<name>_command` and a `cmd_<name>`.
+`demo`, `feeds`, `keys`, `serve`, `stats`, `ws`, `webhooks`), each with an `add_<name>_command` and a `cmd_<name>`.
 They parse arguments and print; policy lives in the library."""
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Optional, Sequence
 
 from beastnet.cli._common import EXIT_FAIL, EXIT_INTERRUPTED, EXIT_PASS, EXIT_USAGE
 from beastnet.cli.demo import add_demo_command
+from beastnet.cli.feeds import add_feeds_command
 from beastnet.cli.keys import add_keys_command
 from beastnet.cli.load import add_load_command
 from beastnet.cli.report import add_report_command
@@ -34,6 +35,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     add_load_command(sub)
     add_report_command(sub)
     add_demo_command(sub)
+    add_feeds_command(sub)
     add_keys_command(sub)
     add_serve_command(sub)
     add_stats_command(sub)

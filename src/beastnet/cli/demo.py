@@ -112,12 +112,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
             f"per recvmmsg; table written {writes:,} times during the run")
     print(line)
     if scratch is not None:
-        from beastnet.loadgen import report
+        from beastnet.loadgen import outputs, report
         try:
             full = report.read_report(scratch)
             full["server_totals"] = {name: totals[name] for name in DEMO_SERVER_COUNTERS}
             full["server_totals"]["table_writes"] = writes
-            report.write_outputs(full, report.format_report(full) + "\n" + line,
+            outputs.write_outputs(full, report.format_report(full) + "\n" + line,
                                  json_path=args.json, html_path=args.html)
         except (OSError, ValueError) as exc:
             print(f"beastnet demo: cannot write the report: "

@@ -8,6 +8,10 @@ from typing import Any
 
 from beastnet.cli._common import EXIT_FAIL, EXIT_PASS, EXIT_USAGE
 
+#: Characters of a key that `keys list` and the confirmations show: "bk_" and
+#: 7 random characters.
+KEY_PREFIX_CHARS = 10
+
 
 def add_keys_command(sub: Any) -> None:
     p = sub.add_parser("keys", help="manage API keys in the SQLite key store",
@@ -46,15 +50,15 @@ def add_keys_command(sub: Any) -> None:
 
 def _keystore(args: argparse.Namespace) -> Any:
     from beastnet.serve.config import load_config
-    from beastnet.serve.keys import KeyStore, configured_tiers
+    from beastnet.serve.keys import configured_tiers
+    from beastnet.serve.stores import open_stores
 
     cfg = load_config(args.config) if args.config else None
     path = args.db or (cfg.keystore if cfg and cfg.keystore else "beastnet-keys.db")
-    created = not os.path.exists(path)
-    store = KeyStore(path, configured_tiers(cfg.tiers if cfg else {}))
-    if created:
+    stores = open_stores(path, tiers=configured_tiers(cfg.tiers if cfg else {}))
+    if stores.created:
         print(f"beastnet keys: created key store {os.path.abspath(path)}", file=sys.stderr)
-    return store
+    return stores
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
@@ -63,7 +67,8 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
     announcer = None
     if args.redis:
-        from beastnet.serve.cluster import ClusterError, KeyChanges
+        from beastnet import ClusterError
+        from beastnet.serve.cluster import KeyChanges
         if not args.redis.startswith(("redis://", "rediss://", "unix://")):
             print(f"beastnet keys: error: --redis must be a redis:// URL, got {args.redis!r}",
                   file=sys.stderr)
@@ -75,7 +80,8 @@ def cmd_keys(args: argparse.Namespace) -> int:
             return EXIT_USAGE
     change = None
     try:
-        with _keystore(args) as store:
+        with _keystore(args) as stores:
+            store = stores.keys
             if args.keys_command == "add":
                 if args.key is not None and len(args.key) < MIN_SECRET_KEY_CHARS:
                     raise KeyStoreError(f"--key must be at least {MIN_SECRET_KEY_CHARS} "
@@ -83,23 +89,30 @@ def cmd_keys(args: argparse.Namespace) -> int:
                                         f"--key out for a random one)")
                 key = store.add(args.tier, key=args.key, label=args.label)
                 print(key)
+                print(f"beastnet keys: added a {args.tier} key; it is shown this once, keep it",
+                      file=sys.stderr)
                 change = ("add", key, args.tier, args.label)
             elif args.keys_command == "revoke":
                 store.revoke(args.key)
+                print(f"beastnet keys: revoked {key_prefix(args.key)}", file=sys.stderr)
                 change = ("revoke", args.key, None, "")
             elif args.keys_command == "set-tier":
                 store.set_tier(args.key, args.tier)
+                print(f"beastnet keys: {key_prefix(args.key)} is now {args.tier}",
+                      file=sys.stderr)
                 change = ("tier", args.key, args.tier, "")
             else:
                 rows = store.list()
+                for row in rows:        # a listing shows which key, never the key itself
+                    row["key"] = key_prefix(row["key"])
                 if args.json:
                     import orjson
                     sys.stdout.write(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode() + "\n")
                 else:
-                    print(f"{'key':<40} {'tier':<10} {'state':<8} {'this month':>12}  label")
+                    print(f"{'key':<14} {'tier':<10} {'state':<8} {'this month':>12}  label")
                     for row in rows:
                         state = "revoked" if row["revoked"] else "active"
-                        print(f"{row['key']:<40} {row['tier']:<10} {state:<8} "
+                        print(f"{row['key']:<14} {row['tier']:<10} {state:<8} "
                               f"{row['month_count']:>12,}  {row['label']}")
     except (KeyStoreError, ConfigError) as exc:
         print(f"beastnet keys: error: {exc}", file=sys.stderr)
@@ -112,6 +125,12 @@ def cmd_keys(args: argparse.Namespace) -> int:
         return _announce(announcer, args.redis, *change) if change else EXIT_PASS
     finally:
         announcer.close()
+
+
+def key_prefix(key: str) -> str:
+    """What listings and confirmations show of a key: its first characters
+    (enough to tell keys apart, too few to use one)."""
+    return key[:KEY_PREFIX_CHARS] + "…"
 
 
 def _announce(announcer: Any, url: str, op: str, key: str, tier: Any, label: str) -> int:

@@ -9,28 +9,24 @@ import argparse
 import math
 import sys
 from typing import Any, Optional, Sequence
-from urllib.parse import urlsplit
 
 from beastnet.errors import BeastnetError, LoadConfigError, LoadTLSError
 from beastnet.cli._common import (EXIT_FAIL, EXIT_INTERRUPTED, EXIT_PASS, EXIT_UNREACHABLE,
                                   EXIT_USAGE, add_tls_arguments)
 from beastnet.cli.ws import add_ws_load_arguments, cmd_load_ws
 # Light: neither NumPy nor the native load generator is imported here.
-from beastnet.loadgen import ramp, verdict
+from beastnet.loadgen import ramp, targets, verdict
 
 
 LOAD_EPILOG = """\
-targets:  HOST:PORT or udp://HOST:PORT (UDP, `@TAG KEY [APIKEY]`),
-          http://HOST:PORT[/PREFIX] (HTTP/1.1 GET PREFIX+KEY, default prefix /v1/)
-          https://HOST:PORT[/PREFIX] (the same over TLS; the certificate is verified)
-          ws://HOST:PORT/PATH (WebSocket clients that subscribe and read; see below)
+targets:  {targets}
 examples:
   beastnet load 127.0.0.1:9000 --keys BTC,ETH -d 5              closed loop, 5 s
   beastnet load 127.0.0.1:9000 --rate 200000 --poisson           open loop
   beastnet load 127.0.0.1:9000 --quick --json r.json --html r.html   levels 1-6
   beastnet load 127.0.0.1:9000 --find-max --slo-p99-ms 5          knee finder
   beastnet load http://127.0.0.1:8080/v1/ -c 64 --pipeline 4      HTTP
-  beastnet load https://localhost:8443/v1/ --cacert ca.pem --conn-mode close --tls-resume
+  beastnet load https://localhost:8080/v1/ --cacert ca.pem --conn-mode close --tls-resume
   beastnet load 127.0.0.1:9000 --expect rate_limited --api-key K   a limit test
   beastnet load 127.0.0.1:9000 --server-stats http://127.0.0.1:8080 --html r.html
                                         the server's counters beside the client's
@@ -43,6 +39,10 @@ a single run fails when nothing was answered, when fewer than --min-success
 (default 99.9 %) of the requests succeeded -- lost, failed, error bodies and
 non-2xx statuses count against it unless declared with --expect/--expect-status
 -- or when transport errors exceed that share; the last line says why.
+a ws:// run fails when nothing arrives, on connection errors, past --max-gaps
+missing sequence numbers (lost messages, with --seq-key; default 0), a stall
+past --max-stall-ms (default 1000) or reconnects past --max-reconnects
+(default 0) -- the rules of every `beastnet ws` tier and level.
 exit status: 0 pass (or warn), 1 fail, 2 bad usage or a run that could not start,
 3 the target never answered (nothing listening, refused, or silent; or no TLS
 handshake succeeded: a certificate that did not verify, a server without TLS),
@@ -53,7 +53,8 @@ def add_load_command(sub: Any) -> None:
     p = sub.add_parser("load", help="drive a server and report honest numbers",
                        description="Load generator: native threads, closed or open loop, "
                                    "ramps and a knee finder.",
-                       epilog=LOAD_EPILOG.format(table=ramp.ramp_table(),
+                       epilog=LOAD_EPILOG.format(targets=targets.usage_lines(),
+                                                 table=ramp.ramp_table(),
                                                  criteria=ramp.criteria_text(),
                                                  quick=ramp.QUICK_MAX_LEVEL), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("target", help="HOST:PORT, udp://HOST:PORT, http(s)://HOST:PORT[/PREFIX] "
@@ -146,25 +147,6 @@ def add_load_command(sub: Any) -> None:
     p.set_defaults(func=cmd_load)
 
 
-def _parse_target(target: str) -> dict[str, Any]:
-    if "://" not in target:
-        target = "udp://" + target
-    u = urlsplit(target)
-    if u.scheme not in ("udp", "http", "https") or not u.hostname:
-        raise LoadConfigError(f"target {target!r}: expected HOST:PORT, udp://HOST:PORT or "
-                              "http(s)://HOST:PORT[/PREFIX]")
-    try:
-        port = u.port
-    except ValueError:
-        raise LoadConfigError(f"target {target!r}: bad port") from None
-    if port is None:
-        if u.scheme == "udp":
-            raise LoadConfigError(f"target {target!r}: a UDP target needs a port")
-        port = 443 if u.scheme == "https" else 80
-    return {"mode": "udp" if u.scheme == "udp" else "http", "tls": u.scheme == "https",
-            "host": u.hostname, "port": port, "prefix": u.path or "/v1/"}
-
-
 def _parse_keys(args: argparse.Namespace) -> tuple[list[str], Optional[list[float]]]:
     keys: list[str] = []
     weights: list[float] = []
@@ -191,37 +173,42 @@ def _parse_keys(args: argparse.Namespace) -> tuple[list[str], Optional[list[floa
     return keys, (weights if weights and len(set(weights)) > 1 or args.weights else None)
 
 
-def _base_config(args: argparse.Namespace, target: dict) -> Any:
-    from beastnet.loadgen import config as loadgen
+def _base_config(args: argparse.Namespace, target: targets.Target) -> Any:
+    """The checked config of a request target (UDP, HTTP, HTTPS) from its
+    registry entry: the common settings, then the kind's own options."""
     keys, weights = _parse_keys(args)
-    common = dict(host=target["host"], port=target["port"], keys=keys, weights=weights,
-                  threads=args.threads, rate=args.rate, poisson=args.poisson,
-                  duration_s=args.duration, warmup_s=args.warmup, timeout_ms=args.timeout_ms,
-                  pin_threads=args.pin, api_key=args.api_key, max_requests=args.requests)
-    cfg: Any
-    if target["mode"] == "udp":
-        if args.insecure or args.cacert or args.tls_resume:
-            raise LoadConfigError("--insecure, --cacert and --tls-resume need an https:// "
-                                  "or wss:// target")
-        cfg = loadgen.UDPLoadConfig(sockets=args.sockets, window=args.window, batch=args.batch,
-                                    **common)
-    else:
-        cfg = loadgen.HTTPLoadConfig(connections=args.connections, pipeline=args.pipeline,
-                                     conn_mode=args.conn_mode, path_prefix=target["prefix"],
-                                     headers=list(args.header), tls=target["tls"],
-                                     insecure=args.insecure, cacert=args.cacert,
-                                     tls_resume=args.tls_resume, **common)
+    kind = target.kind
+    fields = dict(keys=keys, weights=weights, threads=args.threads, rate=args.rate,
+                  poisson=args.poisson, duration_s=args.duration, warmup_s=args.warmup,
+                  timeout_ms=args.timeout_ms, pin_threads=args.pin, api_key=args.api_key,
+                  max_requests=args.requests, **target.config_fields())
+    if "insecure" not in dict(kind.options) and (args.insecure or args.cacert
+                                                 or args.tls_resume):
+        raise LoadConfigError("--insecure, --cacert and --tls-resume need an https:// "
+                              "or wss:// target")
+    for name, attr in kind.options:
+        value = getattr(args, attr)
+        fields[name] = list(value) if isinstance(value, list) else value
+    cfg = kind.config_class()(**fields)
     cfg.validate()
     return cfg
 
 
 def cmd_load(args: argparse.Namespace) -> int:
     from beastnet import loadgen
-    from beastnet.loadgen import report
-    if args.target.startswith(("ws://", "wss://")):
+    from beastnet.loadgen import outputs, report
+    try:
+        target = targets.parse_target(args.target)
+    except LoadConfigError as exc:
+        print(f"beastnet load: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if not target.kind.requests:
+        if args.ramp or args.quick or args.max_level or args.levels or args.find_max:
+            print(f"beastnet load: a {target.kind.scheme}:// target has no request loop to "
+                  "ramp: use `beastnet ws stress` or `beastnet ws knee`", file=sys.stderr)
+            return EXIT_USAGE
         return cmd_load_ws(args)
     try:
-        target = _parse_target(args.target)
         cfg = _base_config(args, target)
         ramping = bool(args.ramp or args.quick or args.max_level or args.levels)
         if args.find_max and ramping:
@@ -274,7 +261,7 @@ def cmd_load(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(text)
     try:
-        report.write_outputs(full, text, json_path=args.json, hdr_path=args.hdr,
+        outputs.write_outputs(full, text, json_path=args.json, hdr_path=args.hdr,
                              html_path=args.html)
     except OSError as exc:
         print(f"beastnet load: cannot write {exc.filename}: {exc.strerror}", file=sys.stderr)
@@ -299,11 +286,13 @@ def _live(args: argparse.Namespace, line: str, progress: Any) -> None:
 def _single(args: argparse.Namespace, cfg: Any, progress: Any,
             stop_when: Any) -> tuple[dict, str]:
     from beastnet.loadgen import report
-    result = ramp.runner_for(cfg)(cfg, progress=progress, stop_when=stop_when)
+    kind = targets.kind_of_mode(cfg.mode)
+    result = kind.run_function()(cfg, progress=progress, stop_when=stop_when)
     progress.clear()
     d = result.to_dict()
     d["extra_percentiles"] = _extra_percentiles(result, args.percentile)
-    outcome, reasons = ramp.judge_run(result, args.max_p99_ms, args.min_success, args.expected)
+    judge = kind.judge_function()
+    outcome, reasons = judge(result, args.max_p99_ms, args.min_success, args.expected)
     body = {"kind": "run", "verdict": outcome, "reasons": reasons,
             "unreachable": verdict.unreachable(result), "expect": args.expected.to_dict(),
             "result": d}

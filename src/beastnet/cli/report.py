@@ -50,7 +50,7 @@ def _ws_text(body: dict) -> str:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from beastnet.loadgen import report
+    from beastnet.loadgen import compare, outputs, report
     try:
         first = report.read_report(args.run)
         second = report.read_report(args.other) if args.other else None
@@ -69,7 +69,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             print(f"beastnet report: --names {args.names!r}: expected A,B", file=sys.stderr)
             return EXIT_USAGE
         names = (parts[0], parts[1])
-    from beastnet.loadgen.wshtml import is_ws_report
+    from beastnet.loadgen.ws.htmlpage import is_ws_report
     if second is not None and (first["kind"].startswith("ws-") or second["kind"].startswith("ws-")):
         print("beastnet report: WebSocket density, stress and knee reports are rendered one at "
               "a time (no A/B page)", file=sys.stderr)
@@ -77,10 +77,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     try:
         if second is None:
             text = _ws_text(first) if is_ws_report(first) else report.format_report(first)
-            report.write_html(out, first, text)
+            outputs.write_html(out, first, text)
         else:
-            text = report.format_compare(first, second, names)
-            report.write_compare_html(out, first, second, names)
+            text = compare.format_compare(first, second, names)
+            outputs.write_compare_html(out, first, second, names)
     except OSError as exc:
         print(f"beastnet report: cannot write {exc.filename}: {exc.strerror}", file=sys.stderr)
         return EXIT_USAGE

@@ -115,10 +115,13 @@ def add_serve_command(sub: Any) -> None:
                                       "if missing)", metavar="PATH")
     g.add_argument("--no-keys", action="store_true",
                    help="serve without API keys, whatever the profile says (default: off)")
-    _add(g, "--feed", "feed", "price feed: sim (a random walk) or replay (a file)",
-         choices=("sim", "replay"))
-    _add(g, "--replay", "feed_path", "replay this JSON-lines or CSV tick file (implies "
-                                     "--feed replay)", metavar="FILE")
+    _add(g, "--feed", "feed", "price feed: exchanges (the six exchanges' public streams; "
+                              "the production profile's), sim (a random walk from real "
+                              "prices) or replay (a file)",
+         choices=("exchanges", "sim", "replay"))
+    _add(g, "--replay", "feed_path", "replay this JSON-lines or CSV tick file, or a `beastnet "
+                                     "feeds record` file through the exchange adapters "
+                                     "(implies --feed replay)", metavar="FILE")
     _add(g, "--replay-speed", "replay_speed", "1 = recorded pace, 0 = as fast as possible",
          type=float, metavar="X")
     _add(g, "--feed-rounds-per-s", "feed_rounds_per_s",
@@ -240,8 +243,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _serve(service: PriceService, cfg: ServeConfig, log: logging.Logger) -> int:
-    from beastnet import ServerError, TLSConfigError
-    from beastnet.serve.cluster import ClusterConfigError, ClusterError
+    from beastnet import ClusterError, ServerError, TLSConfigError
+    from beastnet.serve.cluster import ClusterConfigError
     from beastnet.serve.keys import KeyStoreError
     from beastnet.serve.service import PortInUseError
     from beastnet.serve.webhooks import WebhookError
@@ -249,7 +252,9 @@ def _serve(service: PriceService, cfg: ServeConfig, log: logging.Logger) -> int:
     try:
         service.start()
     except PortInUseError as exc:
-        print(f"beastnet serve: error: {exc}; stop it, pick another --{exc.protocol.lower()}-port, "
+        flags = " and ".join(f"--{what.lower()}-port" for what in exc.protocols)
+        print(f"beastnet serve: error: {exc}; stop what holds them, change {flags} "
+              f"(a second server on this host needs ports of its own: docs/cluster.md), "
               f"or pass --share-ports to join it and split the traffic", file=sys.stderr)
         return EXIT_FAIL
     except ClusterConfigError as exc:   # Redis refused our password or a command
@@ -290,6 +295,11 @@ def _serve(service: PriceService, cfg: ServeConfig, log: logging.Logger) -> int:
                                "http_host": http_host, "http_port": http_port,
                                "admin_host": admin_host, "admin_port": admin_port,
                                "pid": os.getpid()}})
+    from beastnet.serve.systemd import notify
+
+    # Type=notify: systemd starts what depends on us only now, with prices in the table.
+    notify("READY=1", f"STATUS=serving {len(service.table)} assets, profile {cfg.profile}, "
+                      f"keys {'on' if cfg.keystore else 'off'}", f"MAINPID={os.getpid()}")
     status = service.serve_forever()
     log.info("stopped cleanly")
     _exit_now(status)

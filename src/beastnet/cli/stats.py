@@ -79,8 +79,16 @@ def format_stats(stats: dict) -> str:
         state = "STALE" if src["stale"] else "ok"
         lines.append(f"feed {name:<12} {state:<5} ticks {src['ticks']:,}  last {src['last_tick_age_s']} s ago  "
                      f"serving {src['assets_active']} assets")
+    for name, ex in sorted(feed.get("exchanges", {}).items()):
+        age = ex.get("message_age_s")
+        lines.append(f"exchange {name:<10} {ex['state']:<10} {ex['quote']:<4} "
+                     f"msg age {'-' if age is None else f'{age:.1f} s'}  "
+                     f"{ex['msgs_per_s']:,.1f} msg/s  reconnects {ex['reconnects']:,}  "
+                     f"REST polls {ex['rest_polls']:,} ({ex['rest_errors']:,} failed)  "
+                     f"symbols {ex['symbols_seen']}/{ex['symbols']}")
     if feed:
-        lines.append(f"feed fallbacks {feed.get('fallbacks', 0):,}  stale assets {len(feed.get('assets_stale', []))}")
+        lines.append(f"feed fallbacks {feed.get('fallbacks', 0):,}  stale assets {len(feed.get('assets_stale', []))}"
+                     f"  refused {feed.get('refused', 0) + feed.get('refused_jumps', 0):,}")
     keys = stats.get("api_keys")
     if keys:
         lines.append(f"keys {keys['keys']:,}  admitted {keys['admitted']:,}  rate limited {keys['rate_limited']:,}  "

@@ -16,10 +16,14 @@ def add_webhooks_command(sub: Any) -> None:
                                    "with --webhooks picks changes up within a second.",
                        epilog="tiers (interval, max assets): starter 60 s/9, standard 15 s/30, "
                               "professional 6 s/75, enterprise 3 s/150; [webhook_tiers.NAME] in "
-                              "the config file changes or adds tiers. Endpoints on loopback or "
-                              "private addresses are refused unless --allow-private (or "
-                              "webhooks_allow_private in the config). With --redis (or the "
-                              "config's redis) the subscriptions are the cluster's, in Redis. "
+                              "the config file changes or adds tiers. Webhook tiers belong to "
+                              "the subscription and are separate from API-key tiers (public, "
+                              "pro, partner): a subscription needs no API key, and its "
+                              "deliveries count against no key's limits or usage. Endpoints "
+                              "on loopback or private addresses are refused unless "
+                              "--allow-private (or webhooks_allow_private in the config). "
+                              "With --redis (or the config's redis) the subscriptions are the "
+                              "cluster's, in Redis. "
                               "exit status: 0 done; 2 bad flag or input, unknown subscription, "
                               "tier or asset, a refused endpoint, an unusable key store, or "
                               "Redis unreachable")
@@ -38,13 +42,15 @@ def add_webhooks_command(sub: Any) -> None:
     a = wsub.add_parser("add", help="add a subscription; prints its id and secret")
     a.add_argument("endpoint", help="https://host[:port]/path, or udp://host:port")
     a.add_argument("--tier", default="starter",
-                   help="starter, standard, professional, enterprise, or a configured tier "
-                        "(default: starter)")
+                   help="a webhook tier (not an API-key tier): starter, standard, "
+                        "professional, enterprise, or one the config adds (default: starter)")
     a.add_argument("--assets", required=True,
                    help="comma-separated asset keys, at most the tier's maximum (required)")
     a.add_argument("--style", default="standard", choices=("standard", "compat"),
-                   help="signature headers: standard (webhook-signature) or compat (also the "
-                        "seeds' X-Webhook-Signature) (default: standard)")
+                   help="signature headers: standard (webhook-id, webhook-timestamp, "
+                        "webhook-signature, the Standard Webhooks specification) or compat "
+                        "(those plus X-Webhook-Signature: sha256=<hex HMAC of the body>, for "
+                        "receivers that check only that older header) (default: standard)")
     a.add_argument("--label", default="", help="a note kept with it (default: empty)")
     ls = wsub.add_parser("list", help="list subscriptions (secrets are not shown)")
     ls.add_argument("--json", action="store_true", help="JSON instead of a table (default: a table)")
@@ -68,20 +74,19 @@ def add_webhooks_command(sub: Any) -> None:
 def open_store(args: argparse.Namespace) -> Any:
     from beastnet.serve.assets import ASSETS
     from beastnet.serve.config import load_config
-    from beastnet.serve.webhooks import WebhookStore, webhook_tiers
+    from beastnet.serve.stores import open_stores
+    from beastnet.serve.webhooks import webhook_tiers
 
     cfg = load_config(args.config) if args.config else None
     path = args.db or (cfg.keystore if cfg and cfg.keystore else "beastnet-keys.db")
     allow = args.allow_private if args.allow_private is not None else \
         bool(cfg and cfg.webhooks_allow_private)
-    tiers = webhook_tiers(cfg.webhook_tiers if cfg else {})
-    url = args.redis or (cfg.redis if cfg else None)
-    if not url:
-        return WebhookStore(path, tiers, ASSETS, allow_private=allow)
-    from beastnet.serve.webhooks_cluster import RedisWebhookStore
-    # The log is each node's own: only `log` opens the key store.
-    local = WebhookStore(path, tiers, ASSETS) if args.webhooks_command == "log" else None
-    return RedisWebhookStore(url, tiers, ASSETS, allow_private=allow, log_store=local)
+    # With Redis the log is each node's own: only `log` opens the key store.
+    return open_stores(path, keys=False, webhooks=True,
+                       webhook_tiers=webhook_tiers(cfg.webhook_tiers if cfg else {}),
+                       assets=ASSETS, allow_private=allow,
+                       redis=args.redis or (cfg.redis if cfg else None),
+                       webhook_log=args.webhooks_command == "log")
 
 
 def delivered_text(row: dict[str, Any], width: int = 48) -> str:
@@ -99,12 +104,14 @@ def delivered_text(row: dict[str, Any], width: int = 48) -> str:
 def cmd_webhooks(args: argparse.Namespace) -> int:
     import orjson
 
-    from beastnet.serve.cluster import ClusterError
+    from beastnet import ClusterError
     from beastnet.serve.config import ConfigError
+    from beastnet.serve.keys import KeyStoreError
     from beastnet.serve.webhooks import WebhookError, public_view
 
     try:
-        with open_store(args) as store:
+        with open_store(args) as stores:
+            store = stores.webhooks
             action = args.webhooks_command
             if action == "add":
                 assets = [a.strip() for a in args.assets.split(",")]
@@ -152,7 +159,7 @@ def cmd_webhooks(args: argparse.Namespace) -> int:
                               f"{r['attempt']:>3} {r['status']:>6} "
                               f"{'yes' if r['delivered'] else 'no':<3} {r['latency_ms']:>8.1f} "
                               f"{r['assets']:>6}  {delivered_text(r):<48}  {r['error']}")
-    except (WebhookError, ConfigError, ClusterError) as exc:
+    except (WebhookError, ConfigError, ClusterError, KeyStoreError) as exc:
         print(f"beastnet webhooks: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     return EXIT_PASS

@@ -10,11 +10,13 @@ import math
 import os
 import sys
 from typing import Any, Callable, Optional
-from urllib.parse import urlsplit
 
 from beastnet.cli._common import (EXIT_FAIL, EXIT_INTERRUPTED, EXIT_PASS, EXIT_UNREACHABLE,
                                   EXIT_USAGE, add_tls_arguments)
 from beastnet.errors import BeastnetError, LoadConfigError, LoadTLSError
+# Light: neither NumPy nor the native load generator.
+from beastnet.loadgen.verdict import summary_line
+from beastnet.loadgen.ws.verdict import WSCriteria
 
 WS_EPILOG = """\
 examples:
@@ -24,6 +26,10 @@ examples:
 Each tier runs once: every connection follows that many symbols (the list is
 dealt again when it is shorter: repeats).  Latency needs a timestamp field in
 the messages (--ts-key, --ts-unit; CLOCK_REALTIME on both sides).
+Every tier (and every stress level's broadcast, and `load ws://`) is judged by
+the same rules: a tier fails when nothing arrives, on connection errors, past
+--max-gaps missing sequence numbers (with --seq-key), a stall past
+--max-stall-ms, reconnects past --max-reconnects; the line names the rule.
 exit status: 0 pass (or warn), 1 fail, 2 bad usage or a run that could not start,
 130 interrupted."""
 
@@ -87,6 +93,15 @@ def add_ws_load_arguments(p: argparse.ArgumentParser) -> None:
                    help="sample this local process's RSS and CPU every second too")
     g.add_argument("--connect-timeout-ms", type=float, default=2000.0,
                    help="connect, then upgrade, each fail after this (default %(default)g)")
+    crit = WSCriteria()
+    g.add_argument("--max-gaps", type=int, default=crit.max_gaps,
+                   help="fail past this many missing sequence numbers (lost messages, "
+                        "with --seq-key; default %(default)s)")
+    g.add_argument("--max-stall-ms", type=float, default=crit.max_stall_ms,
+                   help="fail when a connection gets nothing for longer than this "
+                        "(default %(default)g)")
+    g.add_argument("--max-reconnects", type=int, default=crit.max_reconnects,
+                   help="fail past this many reconnects (default %(default)s)")
     g.add_argument("--deflate", action="store_true",
                    help="offer permessage-deflate (RFC 7692); what the server compresses is "
                         "inflated and the savings and inflate time reported")
@@ -123,7 +138,7 @@ def _test_parser(wsub: Any, name: str, help_text: str, description: str,
 
 
 def add_ws_command(sub: Any) -> None:
-    from beastnet.loadgen import ws_density
+    from beastnet.loadgen.ws import density as ws_density
     p = sub.add_parser("ws", help="WebSocket load tests (density, stress, broadcast knee)",
                        description="WebSocket load tests with the native generator.")
     wsub = p.add_subparsers(dest="ws_command", metavar="TEST")
@@ -131,7 +146,7 @@ def add_ws_command(sub: Any) -> None:
     d = _test_parser(wsub, "density", "symbols per connection, tier by tier",
                      "The subscription-density test: a pool of connections follows more and "
                      "more symbols each.", WS_EPILOG)
-    crit = ws_density.DensityCriteria()
+    crit = WSCriteria()
     g = d.add_argument_group("tiers and criteria")
     g.add_argument("--tiers", default=",".join(map(str, ws_density.DEFAULT_TIERS)),
                    help="symbols per connection, tier by tier (default %(default)s)")
@@ -139,11 +154,8 @@ def add_ws_command(sub: Any) -> None:
                    help="latency p99 limit (default %(default)g)")
     g.add_argument("--min-rate", type=float, default=crit.min_messages_per_s,
                    help="messages/s floor (default: none)")
-    g.add_argument("--max-reconnects", type=int, default=crit.max_reconnects)
-    g.add_argument("--max-gaps", type=int, default=crit.max_gaps)
-    g.add_argument("--max-stall-ms", type=float, default=crit.max_stall_ms)
     d.set_defaults(func=cmd_ws_density, keys="BTC")
-    from beastnet.loadgen import ws_stress
+    from beastnet.loadgen.ws import stress as ws_stress
     st = _test_parser(wsub, "stress", "the 8-level connection ladder with thresholds",
                       "The WebSocket stress ladder: 10 to 99,000 connections following the "
                       "same symbols, each level judged, then a degradation analysis.",
@@ -194,18 +206,14 @@ def add_ws_command(sub: Any) -> None:
     k.set_defaults(func=cmd_ws_knee, keys="BTC", duration=5.0, threads=2)
 
 
-def _parse_ws_target(target: str) -> tuple[str, int, str, bool]:
-    """(host, port, path, TLS) of a ws:// or wss:// target."""
-    u = urlsplit(target)
-    if u.scheme not in ("ws", "wss") or not u.hostname:
-        raise LoadConfigError(f"target {target!r}: expected ws://HOST:PORT/PATH or "
+def _ws_target(text: str) -> Any:
+    """The `targets.Target` of a ws:// or wss:// target."""
+    from beastnet.loadgen.targets import parse_target
+    target = parse_target(text) if "://" in text else None
+    if target is None or target.kind.mode != "ws":
+        raise LoadConfigError(f"target {text!r}: expected ws://HOST:PORT/PATH or "
                               "wss://HOST:PORT/PATH")
-    try:
-        port = u.port or (443 if u.scheme == "wss" else 80)
-    except ValueError:
-        raise LoadConfigError(f"target {target!r}: bad port") from None
-    path = (u.path or "/") + (f"?{u.query}" if u.query else "")
-    return u.hostname, port, path, u.scheme == "wss"
+    return target
 
 
 def _symbols(spec: str) -> list[str]:
@@ -221,10 +229,9 @@ def _symbols(spec: str) -> list[str]:
 
 def ws_config(args: argparse.Namespace) -> Any:
     """The `WSLoadConfig` the arguments describe (checked)."""
-    from beastnet.loadgen.ws_config import BEASTNET_SUBSCRIBE, WSLoadConfig
-    host, port, path, tls = _parse_ws_target(args.target)
+    from beastnet.loadgen.ws.config import BEASTNET_SUBSCRIBE, WSLoadConfig
     cfg = WSLoadConfig(
-        host=host, port=port, path=path, tls=tls, insecure=args.insecure, cacert=args.cacert,
+        **_ws_target(args.target).config_fields(), insecure=args.insecure, cacert=args.cacert,
         tls_resume=args.tls_resume, connections=args.connections, threads=args.threads,
         duration_s=args.duration, warmup_s=args.warmup, pin_threads=args.pin,
         api_key=args.api_key, headers=list(args.header),
@@ -238,6 +245,13 @@ def ws_config(args: argparse.Namespace) -> Any:
         deflate=args.deflate)
     cfg.validate()
     return cfg
+
+
+def _criteria(args: argparse.Namespace, **limits: Any) -> Any:
+    """The `WSCriteria` of a run, tier or level: the shared limits from
+    --max-gaps, --max-stall-ms and --max-reconnects, then `limits`."""
+    return WSCriteria(max_gaps=args.max_gaps, max_stall_ms=args.max_stall_ms,
+                      max_reconnects=args.max_reconnects, **limits)
 
 
 def _ms(v: Optional[float]) -> str:
@@ -298,13 +312,13 @@ def _progress(args: argparse.Namespace) -> Any:
 
 def _finish(args: argparse.Namespace, body: dict, config: dict, text: str) -> int:
     from beastnet import loadgen
-    from beastnet.loadgen import report
+    from beastnet.loadgen import outputs, report
     if not args.quiet:
         print(text)
     full = report.build_report(body, config, loadgen.machine_info(),
                                argv=sys.argv[1:] if sys.argv else None)
     try:
-        report.write_outputs(full, text, json_path=args.json,
+        outputs.write_outputs(full, text, json_path=args.json,
                              hdr_path=getattr(args, "hdr", None),
                              html_path=getattr(args, "html", None))
     except OSError as exc:
@@ -348,8 +362,9 @@ def _counts(spec: str, flag: str) -> list[int]:
 
 def cmd_load_ws(args: argparse.Namespace) -> int:
     """`beastnet load ws://...`: one WebSocket run."""
-    from beastnet.loadgen.ws import run_ws_load
-    from beastnet.loadgen.ws_density import DensityCriteria, ProcSampler, judge_tier
+    from beastnet.loadgen.ws.run import run_ws_load
+    from beastnet.loadgen.ws.density import ProcSampler
+    from beastnet.loadgen.ws.verdict import judge_ws
     cfg, status = _guarded("beastnet load", args, lambda progress: ws_config(args))
     if cfg is None:
         return int(status or EXIT_USAGE)
@@ -368,18 +383,18 @@ def cmd_load_ws(args: argparse.Namespace) -> int:
     if result is None:
         return int(status or EXIT_USAGE)
     sampler.sample()
-    crit = DensityCriteria(p99_ms=args.max_p99_ms if args.max_p99_ms else math.inf,
-                           max_reconnects=1 << 62, max_gaps=1 << 62, max_stall_ms=math.inf,
-                           max_rate_cv=math.inf)
-    verdict, reasons = judge_tier(result, crit)
+    crit = _criteria(args, p99_ms=args.max_p99_ms if args.max_p99_ms else math.inf,
+                     max_rate_cv=math.inf)
+    verdict, reasons = judge_ws(result, crit)
     d = result.to_dict()
     body = {"kind": "run", "verdict": verdict, "reasons": reasons, "result": d,
             "resources": sampler.rows,
             # Nothing came back at all: no message, no upgrade answered.
             "unreachable": result.received == 0 and result.errors > 0
             and set(result.errors_by_kind) <= {"connect_refused", "connect_timeout"}}
-    text = format_ws_result(d) + f"\nverdict: {verdict.upper()}" + "".join(
-        f"\n  {r}" for r in reasons)
+    # The verdict line names the first rule that failed; the others follow.
+    text = format_ws_result(d) + "\n" + summary_line(body) + "".join(
+        f"\n  {r}" for r in reasons[1 if verdict == "fail" else 0:])
     return _finish(args, body, cfg.to_dict(), text)
 
 
@@ -415,14 +430,12 @@ def format_density(body: dict) -> str:
 
 
 def cmd_ws_density(args: argparse.Namespace) -> int:
-    from beastnet.loadgen import ws_density
+    from beastnet.loadgen.ws import density as ws_density
     name = "beastnet ws density"
 
     def setup(progress: Any) -> tuple[Any, list[int], Any]:
-        return ws_config(args), _counts(args.tiers, "--tiers"), ws_density.DensityCriteria(
-            p99_ms=args.p99_ms, min_messages_per_s=args.min_rate,
-            max_reconnects=args.max_reconnects, max_gaps=args.max_gaps,
-            max_stall_ms=args.max_stall_ms)
+        return ws_config(args), _counts(args.tiers, "--tiers"), _criteria(
+            args, p99_ms=args.p99_ms, min_messages_per_s=args.min_rate)
 
     plan, status = _guarded(name, args, setup)
     if plan is None:
@@ -462,7 +475,7 @@ def format_knee(body: dict) -> str:
 
 
 def cmd_ws_knee(args: argparse.Namespace) -> int:
-    from beastnet.loadgen import ws_knee
+    from beastnet.loadgen.ws import knee as ws_knee
     name = "beastnet ws knee"
     plan, status = _guarded(name, args,
                             lambda progress: (ws_config(args), _counts(args.steps, "--steps")))
@@ -518,7 +531,7 @@ def format_stress(body: dict) -> str:
 
 
 def cmd_ws_stress(args: argparse.Namespace) -> int:
-    from beastnet.loadgen import ws_stress
+    from beastnet.loadgen.ws import stress as ws_stress
     name = "beastnet ws stress"
 
     def setup(progress: Any) -> tuple[Any, list[int], Any, Any]:
@@ -554,7 +567,8 @@ def cmd_ws_stress(args: argparse.Namespace) -> int:
         return int(status or EXIT_USAGE)
     cfg, levels, th, pr = plan
     body, status = _guarded(name, args, lambda progress: ws_stress.run_stress(
-        cfg, levels, th, progress=progress, probes=pr))
+        cfg, levels, th, progress=progress, probes=pr,
+        criteria=_criteria(args, p99_ms=math.inf)))
     if body is None:
         return int(status or EXIT_USAGE)
     return _finish(args, body, cfg.to_dict(), format_stress(body))

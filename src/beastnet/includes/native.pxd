@@ -1,4 +1,4 @@
-# Declarations of beastnet's own C headers (atomics.h, compat.h).
+# Declarations of beastnet's own C headers (atomics.h, counters.h, compat.h, ...).
 from libc.stdint cimport int64_t, uint32_t, uint64_t
 
 
@@ -34,6 +34,8 @@ cdef extern from "atomics.h" nogil:
         uint64_t epoch
         uint64_t in_use
 
+
+cdef extern from "counters.h" nogil:
     ctypedef struct bn_counters:
         uint64_t rx_packets
         uint64_t rx_bytes

@@ -32,8 +32,8 @@ if TYPE_CHECKING:
     from beastnet.loadgen.http import run_http_load
     from beastnet.loadgen.result import LoadResult, machine_info
     from beastnet.loadgen.udp import run_udp_load
-    from beastnet.loadgen.ws import run_ws_load
-    from beastnet.loadgen.ws_config import WSLoadConfig
+    from beastnet.loadgen.ws.run import run_ws_load
+    from beastnet.loadgen.ws.config import WSLoadConfig
 
 _EXPORTS = {
     "HTTPLoadConfig": "config",
@@ -47,8 +47,8 @@ _EXPORTS = {
     "machine_info": "result",
     "run_udp_load": "udp",
     "run_http_load": "http",
-    "run_ws_load": "ws",
-    "WSLoadConfig": "ws_config",
+    "run_ws_load": "ws.run",
+    "WSLoadConfig": "ws.config",
     "alias_table": "_driver",
     "ensure_fd_limit": "_driver",
 }

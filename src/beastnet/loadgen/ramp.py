@@ -6,8 +6,8 @@ each against `Criteria`, and stops at the breaking point (the first level that
 fails) unless told to go on.  `find_max` ramps an open-loop rate until the SLO
 breaks, then bisects to the highest rate the server sustains.  Both are
 independent of the protocol: they call a function that runs one level.
-`ramp_load` and `find_max_load` wire them to `run_udp_load` /
-`run_http_load`; `judge_run` and `abort_when` are the verdict of a single run
+`ramp_load` and `find_max_load` wire them to the runner of the config's
+kind of target (`targets`); `judge_run` and `abort_when` are the verdict of a single run
 and its early-stop thresholds.
 
 `DEFAULT_RAMP` is the one table of the 13 default levels: `beastnet load
@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 from beastnet.errors import LoadConfigError
+from beastnet.loadgen.targets import kind_of_mode
 from beastnet.loadgen.verdict import (DEFAULT_MIN_SUCCESS, FAIL, PASS, WARN, Expect,
                                       judge_outcomes, unreachable, verdict_of)
 
@@ -433,12 +434,8 @@ def abort_when(max_loss: Optional[float] = None,
 
 
 def runner_for(cfg: LoadConfig) -> Callable[..., LoadResult]:
-    """`run_udp_load` or `run_http_load`, as the config's protocol says."""
-    if cfg.mode == "udp":
-        from beastnet.loadgen.udp import run_udp_load
-        return run_udp_load
-    from beastnet.loadgen.http import run_http_load
-    return run_http_load
+    """The runner of the config's kind of target (`targets.KINDS`)."""
+    return kind_of_mode(cfg.mode).run_function()
 
 
 def ramp_load(base: LoadConfig, levels: Sequence[Level], criteria: Optional[Criteria] = None,

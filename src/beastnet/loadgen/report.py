@@ -11,10 +11,11 @@ from typing import Iterable, Optional, Sequence, TextIO
 
 import orjson
 
+from beastnet.loadgen.targets import describe
+
 __all__ = [
     "ProgressLine",
     "build_report",
-    "format_compare",
     "format_knee",
     "format_report",
     "format_ramp",
@@ -24,13 +25,10 @@ __all__ = [
     "level_line",
     "probe_line",
     "read_report",
-    "write_compare_html",
     "hdr_log",
     "text_table",
     "write_hdr",
-    "write_html",
     "write_json",
-    "write_outputs",
 ]
 
 PERCENTILE_COLUMNS = ("p50", "p90", "p99", "p99.9", "max")
@@ -115,18 +113,7 @@ def text_table(rows: Sequence[Sequence[str]], head: Optional[Sequence[str]] = No
 
 def run_title(d: dict) -> str:
     """"UDP closed-loop load, 127.0.0.1:9000" from a result dict."""
-    cfg = d.get("config", {})
-    loop = str(cfg.get("loop", "")).replace("_", " ")
-    loop = f"{loop}-loop" if loop and "loop" not in loop else loop
-    target = f"{cfg.get('host', '?')}:{cfg.get('port', '?')}"
-    if d.get("mode") == "http":
-        scheme = "https" if cfg.get("tls") else "http"
-        target = f"{scheme}://{target}{cfg.get('path_prefix', '')}"
-    elif d.get("mode") == "ws":
-        scheme = "wss" if cfg.get("tls") else "ws"
-        target = f"{scheme}://{target}{cfg.get('path', '')}"
-        loop = ""                       # the server pushes: no loop of requests
-    return f"{str(d.get('mode', '')).upper()} {loop} load against {target}".replace("  ", " ")
+    return describe(d)
 
 
 def outcome_rows(d: dict) -> list[list[str]]:
@@ -242,7 +229,6 @@ def format_table(levels: Iterable[dict]) -> str:
     return "\n".join(out)
 
 
-
 def _fmt_ms(v: Optional[float]) -> str:
     return "-" if v is None else f"{v:.3f}"
 
@@ -342,17 +328,6 @@ def hdr_log(report: dict) -> str:
 def write_hdr(path: str, report: dict) -> None:
     with open(path, "w", encoding="ascii") as f:
         f.write(hdr_log(report))
-
-
-def write_outputs(report: dict, text: str = "", json_path: Optional[str] = None,
-                  hdr_path: Optional[str] = None, html_path: Optional[str] = None) -> None:
-    """Write each output asked for; an OSError names the file."""
-    if json_path:
-        write_json(json_path, report)
-    if hdr_path:
-        write_hdr(hdr_path, report)
-    if html_path:
-        write_html(html_path, report, text)
 
 
 def write_json(path: str, report: dict) -> None:
@@ -533,26 +508,17 @@ def format_report(report: dict) -> str:
     return format_run(report)
 
 
-def format_compare(a: dict, b: dict, names: tuple[str, str] = ("A", "B")) -> str:
-    """Two reports' key numbers side by side with deltas (B - A)."""
-    from beastnet.loadgen.htmlreport import compare_pairs, compare_rows
-    blocks = []
-    for label, x, y in compare_pairs(a, b):
-        rows = [[name, va, vb, delta] for name, va, vb, delta, _ in compare_rows(x, y)]
-        blocks.append((label + "\n" if label else "")
-                      + text_table(rows, ["metric", names[0], names[1], "delta"], "lrrr"))
-    return "\n\n".join(blocks) or "nothing to compare: the reports share no run or level"
+def first_result(report: dict) -> Optional[dict]:
+    if report.get("kind") == "ramp":
+        return report["levels"][0]["result"] if report.get("levels") else None
+    if report.get("kind") == "find-max":
+        return report["results"][0] if report.get("results") else None
+    return report.get("result")
 
 
-def write_compare_html(path: str, a: dict, b: dict, names: tuple[str, str] = ("A", "B")) -> None:
-    """The A/B page of two reports (see `htmlreport.compare_page`)."""
-    from beastnet.loadgen.htmlreport import compare_page
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(compare_page(a, b, names))
-
-
-def write_html(path: str, report: dict, text_summary: str = "") -> None:
-    """The self-contained HTML page of `report` (see `htmlreport`)."""
-    from beastnet.loadgen.htmlreport import report_page
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(report_page(report, text_summary))
+def report_results(report: dict) -> list[dict]:
+    if report.get("kind") == "ramp":
+        return [lv["result"] for lv in report.get("levels", [])]
+    if report.get("kind") == "find-max":
+        return list(report.get("results", []))
+    return [report["result"]] if report.get("result") else []

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Optional
 
 from beastnet._core import ERROR_STATUS
 from beastnet.errors import LoadConfigError
+from beastnet.loadgen.targets import kind_of_mode
 
 if TYPE_CHECKING:
     from beastnet.loadgen.result import LoadResult
@@ -139,7 +140,7 @@ class Judgement:
 def _bad_outcomes(r: LoadResult, expect: Expect) -> tuple[int, list[tuple[int, str]]]:
     """(good requests, [(count, label) of every bad outcome]) of `r`."""
     problems: list[tuple[int, str]] = []
-    if r.mode == "http":
+    if kind_of_mode(r.mode).statuses:
         ok_statuses = expect.http_statuses()
         good = 0
         for status, count in r.status_codes.items():

@@ -32,12 +32,19 @@ import os
 import socket
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import orjson
 
-from beastnet import APIKeyTable
-from beastnet.serve.keys import KeyStore, KeyStoreError, Tier, current_month
+from beastnet import Answer, APIKeyTable, ClusterError, MissRequest, error_answer
+from beastnet.metrics import MetricFamily
+from beastnet.serve.admin import AdminRoute
+from beastnet.serve.component import Component
+from beastnet.serve.keys import KeyStoreError, Tier, current_month
+
+if TYPE_CHECKING:
+    from beastnet.serve.service import PriceService
+    from beastnet.serve.stores import Keys
 
 try:
     import redis
@@ -55,6 +62,7 @@ except ImportError:                     # pragma: no cover - the `cluster` extra
     RedisMisconfigured = ()
 
 
+
 def misconfiguration(exc: BaseException) -> bool:
     """Whether `exc` says Redis refuses this user something (RedisMisconfigured,
     or a command a script called that the ACL denies, which Redis reports as
@@ -63,8 +71,9 @@ def misconfiguration(exc: BaseException) -> bool:
         redis is not None and isinstance(exc, redis.ResponseError)
         and "can't run this command" in str(exc))
 
-__all__ = ["RedisMisconfigured", "RedisUnavailable", "SNAPSHOT_COUNTERS", "ClusterConfigError",
-           "ClusterNode", "ClusterError", "KeyChanges", "aggregate", "apply_key_change",
+
+__all__ = ["RedisMisconfigured", "RedisUnavailable", "SNAPSHOT_COUNTERS", "Cluster",
+           "ClusterConfigError", "ClusterNode", "KeyChanges", "aggregate", "apply_key_change",
            "default_node_id", "key_record", "misconfiguration", "red_flags", "redacted_url",
            "table_change"]
 
@@ -159,10 +168,6 @@ return out
 # slice, which lasts 50 ms at the full rate) degrades before the tokens run
 # out; an idle node waits degrade_after_s.  Loopback answers in ~0.2 ms.
 DRAINING_AFTER_S = 0.05
-
-
-class ClusterError(Exception):
-    """Redis could not be used as asked (a bad URL, the client not installed)."""
 
 
 class ClusterConfigError(ClusterError):
@@ -261,7 +266,7 @@ class ClusterNode:
 
     def __init__(self, url: str, node_id: str, *, snapshot: Callable[[], dict[str, Any]],
                  profile: Callable[[], str], switch_profile: Callable[[str], Any],
-                 api_keys: Optional[APIKeyTable] = None, store: Optional[KeyStore] = None,
+                 api_keys: Optional[APIKeyTable] = None, store: Optional["Keys"] = None,
                  tiers: Optional[dict[str, Tier]] = None, interval_s: float = 3.0,
                  ttl_s: float = 30.0, fallback: str = "local-share",
                  lease_interval_s: float = 0.1, usage_interval_s: float = 0.1,
@@ -529,13 +534,13 @@ class ClusterNode:
             await asyncio.sleep(self.interval_s)
             await self._call(self._write_snapshot)
 
-    async def cluster_stats(self) -> dict[str, Any]:
-        """Every registered node, read in one round trip."""
+    async def cluster_stats(self) -> Optional[dict[str, Any]]:
+        """Every registered node, read in one round trip; None when Redis is
+        unreachable."""
         started = time.perf_counter()
         raw = await self._call(lambda: self.redis.evalsha(self._read_sha, 1, NODES, SNAPSHOT))
         if raw is None:
-            return {"error": "redis_unreachable", "detail": self.last_error,
-                    "node": self.status()}
+            return None
         out = aggregate(raw, self.interval_s, self.ttl_s)
         out["read_ms"] = round((time.perf_counter() - started) * 1000.0, 3)
         out["reader"] = self.node_id
@@ -816,6 +821,11 @@ class ClusterNode:
                                    str(change.get("label", "")))
         await self._reload_limits()
 
+    async def sync_keys(self) -> None:
+        """Apply the shared store's keys this node lacks or has otherwise (as
+        after a reconnect); an unreachable Redis is the fallback."""
+        await self._call(self._load_shared_keys)
+
     async def publish_key(self, op: str, key: str, tier: Optional[str],
                           label: str = "") -> Optional[int]:
         """Record a key change in the shared store and announce it; the nodes
@@ -884,14 +894,14 @@ def table_change(keys: APIKeyTable, tiers: dict[str, Tier], op: str, key: str,
     return True
 
 
-def apply_key_change(keys: APIKeyTable, store: KeyStore, op: str, key: str,
+def apply_key_change(keys: APIKeyTable, store: "Keys", op: str, key: str,
                      tier: Optional[str], label: str = "") -> None:
     """A node alone: the change into its table, then its store."""
     if table_change(keys, store.tiers, op, key, tier):
         _store_change(store, op, key, tier, label)
 
 
-def _store_change(store: KeyStore, op: str, key: str, tier: Optional[str], label: str) -> None:
+def _store_change(store: "Keys", op: str, key: str, tier: Optional[str], label: str) -> None:
     """A key change into the local SQLite copy; one already there is fine."""
     try:
         if op == "revoke":
@@ -928,3 +938,75 @@ class KeyChanges:
 
     def close(self) -> None:
         self.client.close()
+
+
+class Cluster(Component):
+    """The node's link to the cluster's Redis (`serve --redis`), registered
+    after the API keys (it leases their limits) and before the engines."""
+
+    name = "cluster"
+    off_paths = ("/admin/cluster-stats",)
+    off_hint = "this server runs alone: start it with --redis URL"
+
+    @classmethod
+    def build(cls, host: "PriceService") -> Optional["Cluster"]:
+        return cls(host, host.cfg.redis) if host.cfg.redis else None
+
+    def __init__(self, host: "PriceService", url: str) -> None:
+        cfg = host.cfg
+        keys: Any = host.component("api_keys")
+        store = keys.store if keys is not None else None
+        self.node = ClusterNode(
+            url, cfg.node_id or default_node_id(), snapshot=host.counters,
+            profile=lambda: cfg.profile, switch_profile=host.switch_profile,
+            api_keys=keys.api_keys if keys is not None else None, store=store,
+            tiers=store.tiers if store is not None else None,
+            interval_s=cfg.snapshot_interval_s, ttl_s=cfg.snapshot_ttl_s,
+            fallback=cfg.redis_fallback, usage_interval_s=cfg.usage_flush_interval_s)
+
+    async def start(self) -> None:
+        node = self.node
+        await node.start()
+        if node.reachable:
+            # The shared keys before serving: a node joining a cluster serves
+            # (and reports) the keys the others hold from its first request.
+            await node.sync_keys()
+        log.info("cluster node %s on %s: %s", node.node_id, node.url, node.mode,
+                 extra={"fields": {"event": "cluster_joined", "node_id": node.node_id,
+                                   "mode": node.mode}})
+
+    async def stop(self) -> None:
+        try:        # the last usage push and leaving the nodes hash; Redis may be gone
+            await asyncio.wait_for(self.node.stop(), 5.0)
+        except Exception as exc:       # a stop must finish whatever Redis does
+            log.warning("cluster stop: %s", exc)
+
+    def stats(self) -> dict[str, Any]:
+        return {"cluster": self.node.status()}
+
+    def families(self) -> list[MetricFamily]:
+        status = self.node.status()
+        return [MetricFamily("beastnet_cluster_redis_reachable", "gauge",
+                             "1 while Redis answers (shared limits leased), 0 in the fallback.")
+                .add(1 if status["redis_reachable"] else 0, mode=status["mode"])]
+
+    def routes(self) -> list[AdminRoute]:
+        return [AdminRoute("/admin/cluster-stats", ("GET", "HEAD"), self._cluster_stats)]
+
+    def unavailable(self) -> Answer:
+        """The answer while Redis cannot be reached (503)."""
+        return error_answer("unavailable", f"redis unreachable: {self.node.last_error}",
+                            node=self.node.status())
+
+    async def _cluster_stats(self, request: MissRequest) -> Answer:
+        stats = await self.node.cluster_stats()
+        if stats is None:
+            return self.unavailable()
+        return Answer(orjson.dumps(stats, default=str))
+
+    async def publish_profile(self, name: str) -> Answer:
+        """Publish a profile switch; every node (this one too) applies it on receipt."""
+        nodes = await self.node.publish_profile(name)
+        if nodes is None:
+            return self.unavailable()
+        return Answer({"profile": name, "scope": "cluster", "nodes_notified": nodes})

@@ -76,12 +76,18 @@ class ServeConfig:
     stream_path: str = "/v1/stream"
     dashboard: bool = True                      # GET / and /dashboard: the live page
     # feed
-    feed: str = "sim"                           # "sim" or "replay"
+    feed: str = "sim"                           # a registered feed: exchanges, sim, replay
     feed_path: Optional[str] = None             # replay file (JSON lines or CSV)
     feed_rounds_per_s: float = 10.0
     feed_sources: list[str] = field(default_factory=lambda: ["sim-a", "sim-b"])
     feed_stale_after_s: float = 2.0
     replay_speed: float = 1.0
+    feed_max_jump: float = 0.2                  # refuse a price this far (fraction) off its
+                                                # other sources or its own last minute
+    # the exchanges feed ([feeds] in a config file: docs/feeds.md)
+    feed_assets: dict[str, list[str]] = field(default_factory=dict)  # asset -> exchanges
+    feed_exchanges: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> overrides
+    feed_exchange_names: list[str] = field(default_factory=list)  # only these ([]: all mapped)
     # miss path and logs
     miss_queue_size: int = 4096
     max_inflight: int = 1024
@@ -112,6 +118,10 @@ class ServeConfig:
         return dataclasses.asdict(self)
 
 
+# [feeds] keys -> settings (others map to feed_<key>).
+FEEDS_TABLE = {"exchanges": "feed_exchanges", "assets": "feed_assets", "only": "feed_exchange_names",
+               "feed": "feed", "path": "feed_path"}
+
 # Parameters /admin/profile may change on a running server.
 LIVE_PARAMETERS = frozenset({
     "feed_rounds_per_s", "feed_stale_after_s", "usage_flush_interval_s", "max_inflight",
@@ -119,7 +129,7 @@ LIVE_PARAMETERS = frozenset({
 })
 
 PROFILES: dict[str, dict[str, Any]] = {
-    "production": {"keystore": "beastnet-keys.db"},
+    "production": {"keystore": "beastnet-keys.db", "feed": "exchanges"},
     "stress-udp-direct": {"batch": 64, "recv_buffer_bytes": 64 * MIB, "send_buffer_bytes": 64 * MIB,
                           "feed_rounds_per_s": 1.0, "http_threads": 1},
     "stress-tcp-direct": {"udp_sockets": 1, "cpu_steering": False, "backlog": 4096,
@@ -130,7 +140,8 @@ PROFILES: dict[str, dict[str, Any]] = {
 
 # What each profile is for; `beastnet serve --help` shows these with the settings above.
 PROFILE_PURPOSES: dict[str, str] = {
-    "production": "everything on: API keys enforced, usage persisted, both protocols on every CPU",
+    "production": "everything on: API keys enforced, usage persisted, both protocols on every "
+                  "CPU, prices from the six exchanges",
     "stress-udp-direct": "maximum UDP throughput: bigger batches and buffers, a quiet feed, "
                          "one HTTP thread, no API keys",
     "stress-tcp-direct": "maximum HTTP throughput: one UDP socket, deep backlog, many "
@@ -190,13 +201,15 @@ def _check(cfg: ServeConfig, label: Callable[[str], str] = str) -> None:
         need(value(name) > 0, f"{label(name)} must be > 0, got {value(name)}")
     need(cfg.replay_speed >= 0,
          f"{label('replay_speed')} must be >= 0 (0 = as fast as possible), got {cfg.replay_speed}")
-    need(cfg.feed in ("sim", "replay"),
-         f"{label('feed')} must be 'sim' or 'replay', got {cfg.feed!r}")
+    from beastnet.serve.feeds import feed_names     # the feeds import this module's type
+    need(cfg.feed in feed_names(),
+         f"{label('feed')} must be one of {', '.join(feed_names())}, got {cfg.feed!r}")
     need(cfg.feed != "replay" or bool(cfg.feed_path),
          f"feed 'replay' needs {label('feed_path')}")
     need(cfg.feed_path is None or os.path.isfile(cfg.feed_path),
          f"{label('feed_path')} {cfg.feed_path!r} is not a file")
     need(len(cfg.feed_sources) >= 1, "feed_sources needs at least one source")
+    _check_feeds(cfg)
     need(1 <= cfg.miss_queue_size <= 1 << 20, "miss_queue_size must be 1..1048576")
     need(cfg.max_inflight >= 1, "max_inflight must be >= 1")
     need(cfg.log_level in _LOG_LEVELS,
@@ -256,6 +269,41 @@ def _check_cluster(cfg: ServeConfig, label: Callable[[str], str]) -> None:
                           f"got {cfg.redis_fallback!r}")
     if cfg.node_id is not None and not 1 <= len(cfg.node_id) <= 128:
         raise ConfigError(f"{label('node_id')} must be 1..128 characters")
+
+
+def _check_feeds(cfg: ServeConfig) -> None:
+    """[feeds]: known exchanges and settings, assets mapped to known exchanges."""
+    from beastnet.serve.assets import ASSETS
+    from beastnet.serve.feeds.exchanges import EXCHANGES
+    from beastnet.serve.feeds.exchanges.feed import CONNECTION_SETTINGS
+    known = ", ".join(EXCHANGES)
+    if not 0 < cfg.feed_max_jump <= 100:
+        raise ConfigError(f"feeds.max_jump must be in (0, 100], got {cfg.feed_max_jump}")
+    for name, table in cfg.feed_exchanges.items():
+        if name not in EXCHANGES:
+            raise ConfigError(f"[feeds.exchanges.{name}]: unknown exchange (known: {known})")
+        if not isinstance(table, dict):
+            raise ConfigError(f"[feeds.exchanges.{name}] must be a table")
+        for key, value in table.items():
+            if key not in CONNECTION_SETTINGS:
+                raise ConfigError(f"[feeds.exchanges.{name}] {key}: unknown setting (known: "
+                                  f"{', '.join(CONNECTION_SETTINGS)})")
+            if key.endswith("_url"):
+                if not isinstance(value, str) or not value.startswith(
+                        ("wss://", "ws://") if key == "ws_url" else ("https://", "http://")):
+                    raise ConfigError(f"[feeds.exchanges.{name}] {key}: not a URL: {value!r}")
+            elif not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0 \
+                    or (value == 0 and key not in ("ping_interval_s", "connect_delay_s")):
+                raise ConfigError(f"[feeds.exchanges.{name}] {key} must be > 0, got {value!r}")
+    for asset, names in cfg.feed_assets.items():
+        if asset not in ASSETS:
+            raise ConfigError(f"[feeds.assets] {asset}: not one of the served assets")
+        if not isinstance(names, list) or not names or any(n not in EXCHANGES for n in names):
+            raise ConfigError(f"[feeds.assets] {asset}: a list of exchanges ({known}), "
+                              f"got {names!r}")
+    for name in cfg.feed_exchange_names:
+        if name not in EXCHANGES:
+            raise ConfigError(f"feeds.only: unknown exchange {name!r} (known: {known})")
 
 
 def _check_tier(tier: str, limits: Any) -> None:
@@ -404,6 +452,10 @@ def load_config(path: Optional[str] = None, profile: Optional[str] = None,
         if isinstance(file_values.get("server"), dict):
             server_table = file_values.pop("server")
             file_values.update(server_table)
+        # [feeds] holds the exchanges feed: exchanges, assets, max_jump, ...
+        if isinstance(file_values.get("feeds"), dict):
+            for key, value in file_values.pop("feeds").items():
+                file_values[FEEDS_TABLE.get(key, f"feed_{key}")] = value
     name = profile or file_values.pop("profile", None) or "production"
     file_values.pop("profile", None)
     if name not in PROFILES:

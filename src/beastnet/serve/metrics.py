@@ -6,7 +6,7 @@ from typing import Any, Mapping, Optional
 
 from beastnet.metrics import MetricFamily
 
-__all__ = ["feed_families", "key_families"]
+__all__ = ["exchange_families", "feed_families", "key_families"]
 
 
 def feed_families(health: Mapping[str, Any], prefix: str = "beastnet_feed") -> list[MetricFamily]:
@@ -21,7 +21,7 @@ def feed_families(health: Mapping[str, Any], prefix: str = "beastnet_feed") -> l
         age.add(float(src["last_tick_age_s"]), source=name)
         active.add(src["assets_active"], source=name)
     return [
-        ticks, stale, age, active,
+        ticks, stale, age, active, *exchange_families(health.get("exchanges", {}), prefix),
         MetricFamily(f"{prefix}_published", "counter", "Answers published to the table.")
         .add(health.get("published", 0)),
         MetricFamily(f"{prefix}_fallbacks", "counter", "Switches of an asset to another source.")
@@ -29,6 +29,42 @@ def feed_families(health: Mapping[str, Any], prefix: str = "beastnet_feed") -> l
         MetricFamily(f"{prefix}_assets_stale", "gauge", "Assets no fresh source quotes.")
         .add(len(health.get("assets_stale", []))),
     ]
+
+
+EXCHANGE_STATES = ("connecting", "connected", "stale", "fallback", "down")
+# health key -> (family suffix, type, help)
+_EXCHANGE_COUNTERS = {
+    "messages": ("messages", "counter", "WebSocket messages received."),
+    "ticks": ("ticks", "counter", "Prices taken from the exchange."),
+    "reconnects": ("reconnects", "counter", "WebSocket reconnects."),
+    "stale_events": ("stale_events", "counter", "Times the stream went silent past its bound."),
+    "rest_polls": ("rest_polls", "counter", "REST ticker requests (prewarm and fallback)."),
+    "rest_errors": ("rest_errors", "counter", "REST ticker requests that failed."),
+    "bad_messages": ("bad_messages", "counter", "Messages refused as malformed or errors."),
+    "out_of_order": ("out_of_order", "counter", "Ticks older than the symbol's last one."),
+    "msgs_per_s": ("messages_per_second", "gauge", "WebSocket messages per second."),
+}
+
+
+def exchange_families(exchanges: Mapping[str, Any],
+                      prefix: str = "beastnet_feed") -> list[MetricFamily]:
+    """Per-exchange families for the `exchanges` part of a publisher's health."""
+    if not exchanges:
+        return []
+    state = MetricFamily(f"{prefix}_exchange_state", "gauge",
+                         "1 for the state each exchange's feed is in.")
+    age = MetricFamily(f"{prefix}_exchange_message_age_seconds", "gauge",
+                       "Seconds since the exchange's last WebSocket message.")
+    fams = {key: MetricFamily(f"{prefix}_exchange_{suffix}", kind, text)
+            for key, (suffix, kind, text) in _EXCHANGE_COUNTERS.items()}
+    for name, health in sorted(exchanges.items()):
+        for value in EXCHANGE_STATES:
+            state.add(int(health.get("state") == value), exchange=name, state=value)
+        if health.get("message_age_s") is not None:
+            age.add(float(health["message_age_s"]), exchange=name)
+        for key, fam in fams.items():
+            fam.add(health.get(key, 0), exchange=name)
+    return [state, age, *fams.values()]
 
 
 def key_families(usage: Mapping[str, tuple], tiers: Optional[Mapping[str, str]] = None,

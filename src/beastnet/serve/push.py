@@ -42,15 +42,18 @@ import threading
 import time
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
-from typing import Any, List, Optional
+from typing import TYPE_CHECKING, Any, List, Optional
 
 import orjson
 
 from beastnet import ControlPlane, ResponseTable, UDPPusher
 from beastnet.metrics import MetricFamily, push_families
 from beastnet.serve.upstream import DEFAULT_MAX_BYTES, read_capped
-from beastnet.serve.webhooks import (WebhookError, WebhookStore, check_address, parse_endpoint,
+from beastnet.serve.webhooks import (WebhookError, check_address, parse_endpoint,
                                      resolve_endpoint, sign_headers)
+
+if TYPE_CHECKING:
+    from beastnet.serve.stores import Subscriptions
 
 __all__ = ["DeliveryLog", "PushSettings", "WebhookPusher", "percentiles"]
 
@@ -114,7 +117,7 @@ class DeliveryLog:
     first, on a thread of its own (SQLite calls block).  stop() writes every
     queued row; a failed write keeps its rows for the next one."""
 
-    def __init__(self, store: WebhookStore, batch_rows: int = 300, interval_s: float = 0.1,
+    def __init__(self, store: "Subscriptions", batch_rows: int = 300, interval_s: float = 0.1,
                  retention_s: float = 7 * 86400.0) -> None:
         self.store = store
         self.batch_rows = batch_rows
@@ -281,7 +284,7 @@ def _retry_after_s(value: Optional[str]) -> Optional[float]:
 class WebhookPusher:
     """Pushes `table`'s bodies to the active subscriptions of `store`."""
 
-    def __init__(self, table: ResponseTable, store: WebhookStore, assets: list[str],
+    def __init__(self, table: ResponseTable, store: "Subscriptions", assets: list[str],
                  settings: Optional[PushSettings] = None, node_id: Optional[str] = None) -> None:
         self.table = table
         # A WebhookStore, or with `node_id` a RedisWebhookStore shared by the

@@ -3,9 +3,9 @@ guard and the signatures.
 
 A subscription names an endpoint (an `https://` URL or a UDP `host:port`), a
 tier (interval and maximum assets), the assets it receives, its secrets and
-its state.  Subscriptions live in the key store's SQLite file, in tables of
-their own (`webhook_subscriptions`, `webhook_log`), created when missing, so
-an older key store gains them without a migration step.
+its state.  Subscriptions live in a store (`serve/stores/`: the key store's
+SQLite file, or the cluster's Redis); every store checks them with
+`SubscriptionRules`.
 
 Signatures follow the Standard Webhooks specification: the secret is
 `whsec_` + base64 of random bytes; `webhook-signature` carries one
@@ -29,10 +29,9 @@ from typing import Any, Iterable, List, Mapping, Optional
 from urllib.parse import urlsplit
 
 from beastnet import BeastnetError
-from beastnet.serve.keys import KeyStore, KeyStoreError
 
 __all__ = ["DEFAULT_WEBHOOK_TIERS", "MAX_SECRETS", "SECRET_PREFIX", "Endpoint",
-           "SubscriptionRules", "WebhookError", "WebhookStore", "WebhookTier", "check_address",
+           "SubscriptionRules", "WebhookError", "WebhookTier", "check_address",
            "new_secret", "parse_endpoint", "public_view", "resolve_endpoint", "sign_headers",
            "webhook_tiers"]
 
@@ -212,52 +211,6 @@ def sign_headers(secrets_: Iterable[str], msg_id: str, timestamp: int, body: byt
     return headers
 
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS webhook_subscriptions (
-    id           TEXT PRIMARY KEY,
-    endpoint     TEXT NOT NULL,
-    method       TEXT NOT NULL,          -- 'https' or 'udp'
-    tier         TEXT NOT NULL,
-    assets       TEXT NOT NULL,          -- JSON array of asset keys
-    secrets      TEXT NOT NULL,          -- JSON array of whsec_ secrets, newest first
-    style        TEXT NOT NULL DEFAULT 'standard',
-    state        TEXT NOT NULL DEFAULT 'active',
-    reason       TEXT NOT NULL DEFAULT '',
-    label        TEXT NOT NULL DEFAULT '',
-    created_at   REAL NOT NULL,
-    changed_at   REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS webhook_log (
-    ts           REAL NOT NULL,          -- UTC seconds, when the attempt ended
-    subscription TEXT NOT NULL,
-    msg_id       TEXT NOT NULL,
-    method       TEXT NOT NULL,
-    assets       INTEGER NOT NULL,       -- assets carried (UDP: datagrams sent)
-    attempt      INTEGER NOT NULL,       -- 1 = first try
-    status       INTEGER NOT NULL,       -- HTTP status; 0 = none (UDP, or no answer)
-    delivered    INTEGER NOT NULL,       -- 1 = 2xx (UDP: handed to the kernel)
-    latency_ms   REAL NOT NULL,
-    error        TEXT NOT NULL DEFAULT ''
-);
-CREATE INDEX IF NOT EXISTS webhook_log_ts ON webhook_log (ts);
-CREATE INDEX IF NOT EXISTS webhook_log_sub ON webhook_log (subscription, ts);
-"""
-
-# Delivery-log columns added after the first release, each added by ALTER
-# TABLE when an older file lacks it (additive: old rows read as the default).
-_LOG_COLUMNS_ADDED = (
-    ("asset_list", "TEXT NOT NULL DEFAULT '[]'"),    # JSON array of the assets delivered
-    ("prices", "TEXT"),                 # JSON array beside asset_list; NULL = not recorded (UDP)
-    ("sources", "TEXT"),                # JSON array of each body's feed source; NULL likewise
-)
-_LOG_COLUMNS = ("ts", "subscription", "msg_id", "method", "assets", "attempt", "status",
-                "delivered", "latency_ms", "error") + tuple(c for c, _ in _LOG_COLUMNS_ADDED)
-_LOG_JSON = frozenset(c for c, _ in _LOG_COLUMNS_ADDED)
-
-_COLUMNS = ("id", "endpoint", "method", "tier", "assets", "secrets", "style", "state", "reason",
-            "label", "created_at", "changed_at")
-
-
 class SubscriptionRules:
     """What every subscription store checks, whatever holds the rows: the
     tiers, the assets, the SSRF guard; and the record a new one starts as."""
@@ -321,167 +274,3 @@ class SubscriptionRules:
         return secret, [secret] + current[:MAX_SECRETS - 1]
 
 
-class WebhookStore(SubscriptionRules):
-    """Subscriptions and the delivery log in the key store's SQLite file.
-    One connection; calls are serialised by a lock, so threads may share it."""
-
-    def __init__(self, path: str, tiers: Optional[Mapping[str, WebhookTier]] = None,
-                 assets: Iterable[str] = (), allow_private: bool = False,
-                 timeout_s: float = 5.0) -> None:
-        super().__init__(tiers, assets, allow_private)
-        self.path = path
-        self._own_changes = 0
-        # The key store's own connection, lock and error handling, on the same
-        # file: subscriptions sit beside the API keys, in tables of their own.
-        try:
-            self._keys = KeyStore(path, timeout_s=timeout_s)
-        except KeyStoreError as exc:
-            raise WebhookError(str(exc)) from None
-        try:
-            self._keys.script(_SCHEMA)
-            self._add_log_columns()
-        except KeyStoreError as exc:
-            self._keys.close()
-            raise WebhookError(str(exc)) from None
-
-    def _add_log_columns(self) -> None:
-        """The additive migration of an older file's delivery log."""
-        for name, decl in _LOG_COLUMNS_ADDED:
-            have = {row[1] for row in self._keys.query("PRAGMA table_info(webhook_log)")}
-            if name in have:
-                continue
-            try:
-                self._keys.script(f"ALTER TABLE webhook_log ADD COLUMN {name} {decl}")
-            except KeyStoreError:
-                # Another process starting at the same time may have added it first.
-                have = {row[1] for row in self._keys.query("PRAGMA table_info(webhook_log)")}
-                if name not in have:
-                    raise
-
-    def close(self) -> None:
-        self._keys.close()
-
-    def __enter__(self) -> "WebhookStore":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def _run(self, sql: str, args: Iterable = ()) -> List[tuple]:
-        try:
-            return self._keys.query(sql, args)
-        except KeyStoreError as exc:
-            raise WebhookError(str(exc)) from None
-
-    def version(self) -> tuple:
-        """Changes whenever subscriptions change, here or in another process.
-        Not PRAGMA data_version: usage flushes to the same file would change
-        it ten times a second."""
-        row = self._run("SELECT count(*), COALESCE(max(changed_at), 0), "
-                        "COALESCE(sum(length(state) + length(secrets)), 0) "
-                        "FROM webhook_subscriptions")[0]
-        return (*row, self._own_changes)
-
-    # -- subscriptions -------------------------------------------------------------
-
-    def add(self, endpoint: str, tier: str, assets: list[str], style: str = "standard",
-            label: str = "", resolve: bool = True) -> dict[str, Any]:
-        """Validate and store a subscription; return it (with its first secret)."""
-        rec = self.new_record(endpoint, tier, assets, style, label, resolve)
-        self._run("INSERT INTO webhook_subscriptions (id, endpoint, method, tier, assets, secrets, "
-                  "style, label, created_at, changed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                  (rec["id"], rec["endpoint"], rec["method"], rec["tier"],
-                   json.dumps(rec["assets"]), json.dumps(rec["secrets"]), rec["style"],
-                   rec["label"], rec["created_at"], rec["changed_at"]))
-        self._own_changes += 1
-        return self.get(rec["id"])
-
-    def get(self, sub_id: str) -> dict[str, Any]:
-        rows = self._run(f"SELECT {', '.join(_COLUMNS)} FROM webhook_subscriptions WHERE id = ?",
-                         (sub_id,))
-        if not rows:
-            raise WebhookError(f"no subscription {sub_id!r}")
-        return self._row(rows[0])
-
-    @staticmethod
-    def _row(row: tuple) -> dict[str, Any]:
-        out = dict(zip(_COLUMNS, row))
-        out["assets"] = json.loads(out["assets"])
-        out["secrets"] = json.loads(out["secrets"])
-        return out
-
-    def list(self, state: Optional[str] = None) -> list[dict[str, Any]]:
-        sql = f"SELECT {', '.join(_COLUMNS)} FROM webhook_subscriptions"
-        rows = self._run(sql + " WHERE state = ? ORDER BY created_at" if state else
-                         sql + " ORDER BY created_at", (state,) if state else ())
-        return [self._row(r) for r in rows]
-
-    def set_state(self, sub_id: str, state: str, reason: str = "",
-                  only_from: Optional[tuple[str, ...]] = None) -> None:
-        """Move a subscription to `state`; `only_from` limits the states it may leave."""
-        self.check_state(state)
-        sql = "UPDATE webhook_subscriptions SET state = ?, reason = ?, changed_at = ? WHERE id = ?"
-        args: list[Any] = [state, reason, time.time(), sub_id]
-        if only_from:
-            sql += f" AND state IN ({', '.join('?' * len(only_from))})"
-            args += list(only_from)
-        if not self._run(sql + " RETURNING id", args):
-            self.get(sub_id)                # raises when there is no such subscription
-            raise WebhookError(f"subscription {sub_id} is not {' or '.join(only_from or ())}")
-        self._own_changes += 1
-
-    def remove(self, sub_id: str) -> None:
-        if not self._run("DELETE FROM webhook_subscriptions WHERE id = ? RETURNING id", (sub_id,)):
-            raise WebhookError(f"no subscription {sub_id!r}")
-        self._own_changes += 1
-
-    def rotate_secret(self, sub_id: str) -> str:
-        """Add a new secret in front; the newest MAX_SECRETS stay active (each
-        delivery is signed with all of them); return the new one."""
-        secret, kept = self.rotated(self.get(sub_id)["secrets"])
-        self._run("UPDATE webhook_subscriptions SET secrets = ?, changed_at = ? WHERE id = ?",
-                  (json.dumps(kept), time.time(), sub_id))
-        self._own_changes += 1
-        return secret
-
-    def drop_old_secrets(self, sub_id: str) -> None:
-        """End a rotation: keep only the newest secret."""
-        current = self.get(sub_id)["secrets"]
-        self._run("UPDATE webhook_subscriptions SET secrets = ?, changed_at = ? WHERE id = ?",
-                  (json.dumps(current[:1]), time.time(), sub_id))
-        self._own_changes += 1
-
-    # -- delivery log --------------------------------------------------------------
-
-    def write_log(self, rows: List[tuple]) -> None:
-        """Append delivery-log rows (tuples in _LOG_COLUMNS order) in one
-        transaction (all or nothing)."""
-        try:
-            self._keys.insert_many(
-                f"INSERT INTO webhook_log ({', '.join(_LOG_COLUMNS)}) "
-                f"VALUES ({', '.join('?' * len(_LOG_COLUMNS))})", rows)
-        except KeyStoreError as exc:
-            raise WebhookError(f"log write failed: {exc}") from None
-
-    def prune_log(self, older_than_s: float) -> int:
-        rows = self._run("DELETE FROM webhook_log WHERE ts < ? RETURNING ts",
-                         (time.time() - older_than_s,))
-        return len(rows)
-
-    def read_log(self, sub_id: Optional[str] = None, limit: int = 100) -> List[dict[str, Any]]:
-        """The newest rows first; asset_list, prices and sources as lists
-        (prices and sources None where not recorded)."""
-        sql = f"SELECT {', '.join(_LOG_COLUMNS)} FROM webhook_log"
-        args: List[Any] = []
-        if sub_id:
-            sql += " WHERE subscription = ?"
-            args.append(sub_id)
-        rows = self._run(sql + " ORDER BY ts DESC, rowid DESC LIMIT ?", args + [limit])
-        out = []
-        for r in rows:
-            row = dict(zip(_LOG_COLUMNS, r))
-            for name in _LOG_JSON:
-                if row[name] is not None:
-                    row[name] = json.loads(row[name])
-            out.append(row)
-        return out

@@ -17,7 +17,7 @@ from beastnet.loadgen.histogram import Histogram
 from beastnet.loadgen.http import (_http_sockaddr, _summary_ms, check_tls_failure, tls_context,
                                    tls_summary)
 from beastnet.loadgen.result import LoadResult
-from beastnet.loadgen.ws_config import CLOCK_RULE, TS_UNITS, WSLoadConfig, json_path
+from beastnet.loadgen.ws.config import CLOCK_RULE, TS_UNITS, WSLoadConfig, json_path
 
 __all__ = ["run_ws_load"]
 

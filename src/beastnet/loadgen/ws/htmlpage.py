@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-from beastnet.loadgen.htmlreport import (_e, _page, _server_section, _verdict_block, html_table,
-                                         kv_table, nines_chart, svg_xy, timeline_charts)
+from beastnet.loadgen.htmlkit import (_e, _page, _server_section, _verdict_block, html_table,
+                                     kv_table, nines_chart, svg_xy, timeline_charts)
 from beastnet.loadgen.report import _ms, latency_rows, run_title, svg_chart
 
 __all__ = ["is_ws_report", "ws_report_page"]

@@ -11,8 +11,8 @@ import os
 import resource
 from typing import Any, Callable, Optional, Sequence
 
-from beastnet.loadgen.ws_config import WSLoadConfig
-from beastnet.loadgen.ws_density import errors_text
+from beastnet.loadgen.ws.config import WSLoadConfig
+from beastnet.loadgen.ws.verdict import errors_text
 
 __all__ = ["DEFAULT_STEPS", "reach_problem", "run_knee"]
 
@@ -53,7 +53,7 @@ def run_knee(cfg: WSLoadConfig, steps: Sequence[int] = DEFAULT_STEPS, p95_ms: fl
     p95 over the limit or a broken step, ``skipped``: out of reach, with the
     reason), and ``knee``, the largest passing step before the first that is
     not (None if the first fails)."""
-    from beastnet.loadgen.ws import run_ws_load
+    from beastnet.loadgen.ws.run import run_ws_load
     out: list[dict[str, Any]] = []
     knee: Optional[int] = None
     for n in steps:

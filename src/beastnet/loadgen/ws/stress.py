@@ -1,7 +1,8 @@
 """The WebSocket stress ladder: eight levels of connections (10 to 99,000),
 every connection following the same symbols, one `run_ws_load` per level.
 Each level is judged per metric against pass / warn / fail thresholds
-(`StressThresholds`), and the ladder gets a degradation analysis: for each
+(`StressThresholds`), its broadcast run also by the rules of every WebSocket
+run (`verdict.judge_ws`: gaps, stalls, reconnects, errors), and the ladder gets a degradation analysis: for each
 dimension, 1 - best/worst across the levels that ran, and the dimension
 that degraded most is named.
 
@@ -27,11 +28,13 @@ A dimension that cannot run (no denied key given) is listed under
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
-from beastnet.loadgen.ws_config import WSLoadConfig
-from beastnet.loadgen.ws_knee import reach_problem
+from beastnet.loadgen.ws.config import WSLoadConfig
+from beastnet.loadgen.ws.knee import reach_problem
+from beastnet.loadgen.ws.verdict import WSCriteria, judge_ws
 
 __all__ = ["DIMENSIONS", "LEVELS", "QUICK_MAX_LEVEL", "StressProbes", "StressThresholds",
            "run_stress"]
@@ -284,16 +287,20 @@ def run_stress(cfg: WSLoadConfig, levels: Sequence[int] = LEVELS,
                thresholds: Optional[StressThresholds] = None,
                progress: Optional[Callable[[dict], None]] = None,
                on_level: Optional[Callable[[dict], None]] = None,
-               probes: Optional[StressProbes] = None) -> dict[str, Any]:
+               probes: Optional[StressProbes] = None,
+               criteria: Optional[WSCriteria] = None) -> dict[str, Any]:
     """Report body (kind ``ws-stress``): per level its connections, metrics,
     verdict and reasons (``skipped`` with the reason when out of reach), each
     probe dimension's verdict, reasons and metrics, the degradation analysis,
     ``not_measured``, and the overall verdict."""
     import orjson
 
-    from beastnet.loadgen.ws import run_ws_load
+    from beastnet.loadgen.ws.run import run_ws_load
     th = thresholds or StressThresholds()
     pr = probes or StressProbes()
+    # The broadcast run of each level is judged as every WebSocket run is
+    # (gaps, stalls, reconnects, errors); its latency by the thresholds.
+    crit = criteria or WSCriteria(p99_ms=math.inf)
     dims, not_measured = _plan(cfg, pr)
     sym = orjson.dumps(list(cfg.symbols)[:1]).decode()
 
@@ -322,6 +329,8 @@ def run_stress(cfg: WSLoadConfig, levels: Sequence[int] = LEVELS,
             "errors": r.errors,
         }
         verdict, reasons = _judge(metrics, th)
+        run_verdict, run_reasons = judge_ws(r, crit)
+        verdict, reasons = _worse(verdict, run_verdict), run_reasons + reasons
         interrupted = r.interrupted
         per_dim: dict[str, Any] = {}
         for name in dims if not interrupted else ():
@@ -352,5 +361,6 @@ def run_stress(cfg: WSLoadConfig, levels: Sequence[int] = LEVELS,
     counts = {v: sum(lv["verdict"] == v for lv in out) for v in ("pass", "warn", "fail",
                                                                 "skipped")}
     return {"kind": "ws-stress", "verdict": verdict, "thresholds": th.to_dict(),
+            "criteria": crit.to_dict(),
             "probes": pr.to_dict(), "levels": out, "counts": counts,
             "degradation": degradation(out), "not_measured": not_measured}

@@ -1,0 +1,378 @@
+"""The one connection loop every exchange adapter runs on.
+
+Per exchange: connect, subscribe (in the adapter's batches and pace), read
+messages forever; a silent stream is *stale* after twice the exchange's
+heartbeat interval and is dropped and redialled; reconnects back off with
+full jitter up to a cap and never give up.  While the stream is not live the
+exchange's REST ticker is polled at a polite, configurable pace (and once at
+start, to prewarm the table), so one exchange's trouble is answered by that
+exchange's REST, never by a cascade across the others.
+
+Parsing is the adapter's; this loop only maps symbols to assets, refuses
+ticks older than the last one seen for a symbol (out of order), counts every
+bad message, and hands `Tick`s to `emit`.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from typing import Any, Callable, Optional, Sequence, Union
+
+import orjson
+
+from beastnet.serve.feeds.base import SourceAlive, Tick
+from beastnet.serve.feeds.exchanges.spec import Exchange, RawTick
+from beastnet.serve.upstream import read_capped
+
+__all__ = ["ExchangeConnection", "Recorder"]
+
+log = logging.getLogger("beastnet.serve.feeds.exchanges")
+
+Emit = Callable[[Union[Tick, SourceAlive]], None]
+# recorder(exchange, kind "ws"|"rest", REST symbol or None, raw text, receive time s)
+Recorder = Callable[[str, str, Optional[str], str, float], None]
+
+_PARSE_ERRORS = (ValueError, KeyError, TypeError, IndexError, AttributeError)
+
+
+class ExchangeConnection:
+    """One exchange's stream for some assets, kept alive until cancelled."""
+
+    def __init__(self, exchange: Exchange, assets: Sequence[str], emit: Emit, *,
+                 ws_url: Optional[str] = None, rest_url: Optional[str] = None,
+                 stale_after_s: Optional[float] = None, rest_interval_s: float = 5.0,
+                 rest_gap_s: float = 0.2, rest_timeout_s: float = 5.0,
+                 rest_max_bytes: int = 1 << 20, backoff_base_s: float = 0.5,
+                 backoff_max_s: float = 30.0, open_timeout_s: float = 10.0,
+                 ping_interval_s: Optional[float] = None, connect_delay_s: Optional[float] = None,
+                 recorder: Optional[Recorder] = None) -> None:
+        self.exchange = exchange
+        self.name = exchange.name
+        self.emit = emit
+        self.ws_url = ws_url or exchange.ws_url
+        self.rest_url = (rest_url or exchange.rest_url).rstrip("/")
+        # Never looser than the exchange's own rule: twice its heartbeat.
+        self.stale_after_s = min(stale_after_s or exchange.stale_after_s, exchange.stale_after_s)
+        self.rest_interval_s = rest_interval_s
+        self.rest_gap_s = rest_gap_s
+        self.rest_timeout_s = rest_timeout_s
+        self.rest_max_bytes = rest_max_bytes
+        self.backoff_base_s = backoff_base_s
+        self.backoff_max_s = backoff_max_s
+        self.open_timeout_s = open_timeout_s
+        self.ping_interval_s = exchange.ping_interval_s if ping_interval_s is None \
+            else ping_interval_s
+        self.connect_delay_s = exchange.connect_delay_s if connect_delay_s is None \
+            else connect_delay_s
+        self.recorder = recorder
+        self.asset_of = {exchange.symbol_of(a): a for a in assets}   # symbol -> asset
+        self.symbols = list(self.asset_of)
+        # state
+        self.state = "connecting"             # connecting, connected, stale, fallback, down
+        self.connected = False
+        self.last_message = 0.0               # monotonic s of the last WebSocket message
+        self.last_ts: dict[str, float] = {}   # symbol -> the exchange time of its last tick
+        self.symbols_seen: set[str] = set()
+        # counters
+        self.messages = 0
+        self.ticks = 0
+        self.bad_messages = 0                 # not JSON, not the documented shape, errors
+        self.out_of_order = 0                 # older than the symbol's last tick
+        self.unknown_symbols = 0              # a symbol we did not ask for
+        self.reconnects = 0
+        self.stale_events = 0
+        self.rest_polls = 0
+        self.rest_errors = 0
+        self.rest_rate_limited = 0            # 429s
+        self.replies = 0                      # heartbeat answers sent
+        self._ws: Any = None
+        self._rate_mark = (time.monotonic(), 0)
+        self._rest_wake = asyncio.Event()
+        self._last_error = ""
+        self._rest_error = ""
+        self._bad_logged = 0.0
+
+    # -- what the feed reads --------------------------------------------------------
+
+    @property
+    def fresh_for_s(self) -> float:
+        """How long the publisher may take this exchange's last price as
+        fresh: the stream's bound, or a REST round's while polling."""
+        rounds = len(self.exchange.rest_paths(self.symbols)) if self.symbols else 1
+        return max(self.stale_after_s, 2.0 * (self.rest_interval_s + rounds * self.rest_gap_s))
+
+    def health(self) -> dict[str, Any]:
+        """State and counters, for /admin/stats, /metrics and `beastnet stats`."""
+        now = time.monotonic()
+        mark_t, mark_n = self._rate_mark
+        if now - mark_t >= 1.0:
+            self._rate_mark = (now, self.messages)
+        span = max(now - mark_t, 1e-9)
+        return {
+            "state": self.state, "quote": self.exchange.quote,
+            "message_age_s": round(now - self.last_message, 3) if self.last_message else None,
+            "msgs_per_s": round((self.messages - mark_n) / span, 1), "messages": self.messages,
+            "ticks": self.ticks, "reconnects": self.reconnects, "stale_events": self.stale_events,
+            "rest_polls": self.rest_polls, "rest_errors": self.rest_errors,
+            "rest_rate_limited": self.rest_rate_limited, "bad_messages": self.bad_messages,
+            "out_of_order": self.out_of_order, "unknown_symbols": self.unknown_symbols,
+            "symbols": len(self.symbols), "symbols_seen": len(self.symbols_seen),
+            "stale_after_s": self.stale_after_s, "last_error": self._last_error,
+        }
+
+    # -- the parse path (also replay's) ---------------------------------------------
+
+    def on_message(self, raw: Union[str, bytes], received: Optional[float] = None) -> Optional[str]:
+        """Take one WebSocket message; return a text to send back, if any."""
+        now = time.time() if received is None else received
+        self.messages += 1
+        self.last_message = time.monotonic()
+        if self.recorder is not None:
+            self.recorder(self.name, "ws", None,
+                          raw if isinstance(raw, str) else raw.decode("utf-8", "replace"), now)
+        if self.exchange.pong_text is not None and raw == self.exchange.pong_text:
+            self.emit(SourceAlive(self.name))
+            return None
+        try:
+            ticks, reply = self.exchange.parse(orjson.loads(raw))
+        except _PARSE_ERRORS as exc:      # orjson.JSONDecodeError is a ValueError
+            self._bad(exc, raw)
+            return None
+        if ticks:
+            self._take(ticks, now)
+        else:
+            self.emit(SourceAlive(self.name))
+        if reply is not None:
+            self.replies += 1
+        return reply
+
+    def on_rest_body(self, body: bytes, symbol: Optional[str],
+                     received: Optional[float] = None) -> int:
+        """Take one REST ticker body; the number of ticks it gave."""
+        now = time.time() if received is None else received
+        if self.recorder is not None:
+            self.recorder(self.name, "rest", symbol, body.decode("utf-8", "replace"), now)
+        ticks = self.exchange.parse_rest(orjson.loads(body), symbol)
+        self._take(ticks, now)
+        return len(ticks)
+
+    def _take(self, ticks: list[RawTick], now: float) -> None:
+        quote = self.exchange.quote
+        for symbol, price, ts in ticks:
+            asset = self.asset_of.get(symbol)
+            if asset is None:
+                self.unknown_symbols += 1
+                continue
+            if ts:
+                if ts < self.last_ts.get(symbol, 0.0):
+                    self.out_of_order += 1
+                    continue
+                self.last_ts[symbol] = ts
+            self.symbols_seen.add(symbol)
+            self.ticks += 1
+            self.emit(Tick(asset, price, self.name, ts or now, quote))
+
+    def _bad(self, exc: BaseException, raw: Union[str, bytes]) -> None:
+        self.bad_messages += 1
+        now = time.monotonic()
+        if now - self._bad_logged >= 10.0:    # one line per 10 s, the count says the rest
+            self._bad_logged = now
+            log.warning("exchange %s: bad message (%d so far): %s: %r", self.name,
+                        self.bad_messages, type(exc).__name__, raw[:120])
+
+    # -- the loops --------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Stream forever (until cancelled): WebSocket, watchdog, REST."""
+        tasks = [asyncio.ensure_future(self._stream()), asyncio.ensure_future(self._watchdog()),
+                 asyncio.ensure_future(self._rest_loop())]
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _stream(self) -> None:
+        from websockets.asyncio.client import connect
+        attempt = 0
+        while True:
+            try:
+                async with connect(self.ws_url, open_timeout=self.open_timeout_s,
+                                   ping_interval=None, close_timeout=1.0, compression=None,
+                                   max_size=4 << 20, proxy=None) as ws:
+                    self._ws = ws
+                    try:
+                        heard = await self._session(ws)
+                    except asyncio.CancelledError:
+                        # Stopping: no close handshake with a peer that may be hung.
+                        ws.transport.abort()
+                        raise
+                if heard:
+                    attempt = 0
+                self._gone("closed by the exchange")
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:          # DNS, refused, TLS, handshake, 1006: all retried
+                self._gone(f"{type(exc).__name__}: {exc}".strip(": "))
+            finally:
+                self._ws = None
+            # Full jitter (AWS architecture blog, "Exponential Backoff And Jitter"),
+            # capped: a fleet of servers does not redial an exchange in step.
+            delay = random.uniform(0.5, 1.0) * min(self.backoff_max_s,
+                                                   self.backoff_base_s * 2 ** min(attempt, 16))
+            attempt += 1
+            self.reconnects += 1
+            await asyncio.sleep(delay)
+
+    async def _session(self, ws: Any) -> bool:
+        """Subscribe, then read until the stream ends; True if it delivered."""
+        self.last_message = time.monotonic()  # the stale timer counts from the connect
+        if self.connect_delay_s:
+            await asyncio.sleep(self.connect_delay_s)
+        pinger = None
+        if self.exchange.ping_text is not None and self.ping_interval_s > 0:
+            pinger = asyncio.ensure_future(self._ping(ws))
+        # Subscribing at the exchange's pace takes seconds (Coinbase: 10 a
+        # second): read the first answers meanwhile.
+        subscriber = asyncio.ensure_future(self.subscribe(ws))
+        try:
+            heard = False
+            async for raw in ws:
+                reply = self.on_message(raw)
+                if not heard:
+                    heard = True
+                    self._live()
+                if reply is not None:
+                    await ws.send(reply)
+            return heard
+        finally:
+            subscriber.cancel()
+            if pinger is not None:
+                pinger.cancel()
+
+    async def subscribe(self, ws: Any) -> None:
+        """Send the subscribe messages, in the adapter's batches and pace."""
+        batch = max(1, self.exchange.subscribe_batch)
+        for i in range(0, len(self.symbols), batch):
+            for text in self.exchange.subscribe(self.symbols[i:i + batch]):
+                await ws.send(text)
+            if self.exchange.subscribe_gap_s:
+                await asyncio.sleep(self.exchange.subscribe_gap_s)
+
+    async def _ping(self, ws: Any) -> None:
+        assert self.exchange.ping_text is not None
+        while True:
+            await asyncio.sleep(self.ping_interval_s)
+            await ws.send(self.exchange.ping_text())
+
+    def _live(self) -> None:
+        self.connected = True
+        self._set_state("connected", f"stream live ({self.ws_url})")
+
+    def _gone(self, why: str) -> None:
+        self.connected = False
+        self._last_error = why
+        if self.state == "connected":
+            self._set_state("stale", f"stream lost: {why}; REST fallback meanwhile")
+        self._rest_wake.set()
+
+    def _set_state(self, state: str, detail: str) -> None:
+        """One log line per change of state, never one per retry."""
+        if state == self.state:
+            return
+        quiet = state == "connected" and self.state == "connecting"
+        self.state = state
+        (log.debug if quiet else log.warning if state == "down" else log.info)(
+            "exchange %s: %s: %s", self.name, state, detail)
+
+    async def _watchdog(self) -> None:
+        period = min(1.0, max(0.01, self.stale_after_s / 8))
+        while True:
+            await asyncio.sleep(period)
+            silent = time.monotonic() - self.last_message
+            if self.connected and silent > self.stale_after_s:
+                self.stale_events += 1
+                self.connected = False
+                self._last_error = f"silent for {silent:.1f} s"
+                self._set_state("stale", f"no message for {silent:.1f} s (bound "
+                                f"{self.stale_after_s:g} s); redialling, REST fallback meanwhile")
+                self._rest_wake.set()
+                ws = self._ws
+                if ws is not None:            # a silent peer may never finish a close
+                    ws.transport.abort()
+
+    async def _rest_loop(self) -> None:
+        """Prewarm once, then poll only while the stream is not live."""
+        import aiohttp
+        timeout = aiohttp.ClientTimeout(total=self.rest_timeout_s)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            await self._rest_round(session, prewarm=True)
+            while True:
+                if self.connected:
+                    self._rest_wake.clear()
+                    await self._rest_wake.wait()
+                    continue
+                ok = await self._rest_round(session)
+                if not self.connected:
+                    if ok:
+                        self._set_state("fallback", f"serving from REST {self.rest_url} "
+                                        f"(stream: {self._last_error})")
+                    else:
+                        self._set_state("down", f"stream: {self._last_error}; REST: "
+                                        f"{self._rest_error}; retrying both")
+                await asyncio.sleep(self.rest_interval_s)
+
+    async def _rest_round(self, session: Any, prewarm: bool = False) -> bool:
+        """One GET per REST path, `rest_gap_s` apart; True if any answered.
+        A fallback round stops when the stream comes back; the prewarm runs
+        through (a quiet symbol may not tick on the stream for a while)."""
+        ok = False
+        for path, symbol in self.exchange.rest_paths(self.symbols) if self.symbols else ():
+            if self.connected and not prewarm:
+                return True
+            self.rest_polls += 1
+            try:
+                async with session.get(self.rest_url + path) as resp:
+                    capped = await read_capped(resp, self.rest_max_bytes)
+                    if not capped.complete:
+                        raise ValueError(f"body over {self.rest_max_bytes} bytes: cut")
+                    body = capped.data
+                    if resp.status == 429:
+                        self.rest_rate_limited += 1
+                        retry = _retry_after(resp.headers.get("Retry-After"))
+                        raise _RateLimited(f"HTTP 429, retry after {retry:.0f} s", retry)
+                    if resp.status != 200:
+                        raise ValueError(f"HTTP {resp.status}")
+                self.on_rest_body(body, symbol)
+                ok = True
+            except asyncio.CancelledError:
+                raise
+            except _RateLimited as exc:
+                self._rest_failed(path, exc)
+                await asyncio.sleep(exc.retry_s)
+            except Exception as exc:          # timeouts, resets, bad bodies: counted, retried
+                self._rest_failed(path, exc)
+            await asyncio.sleep(self.rest_gap_s)
+        return ok
+
+    def _rest_failed(self, path: str, exc: BaseException) -> None:
+        self.rest_errors += 1
+        self._rest_error = f"{type(exc).__name__}: {exc}".strip(": ")
+        log.debug("exchange %s: REST %s%s: %s", self.name, self.rest_url, path, self._rest_error)
+
+
+class _RateLimited(Exception):
+    def __init__(self, message: str, retry_s: float) -> None:
+        super().__init__(message)
+        self.retry_s = retry_s
+
+
+def _retry_after(value: Optional[str]) -> float:
+    """Seconds to wait after a 429: the header's, between 1 s and 60 s."""
+    try:
+        return min(60.0, max(1.0, float(value or 1)))
+    except ValueError:
+        return 5.0

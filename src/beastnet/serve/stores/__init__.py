@@ -1,0 +1,72 @@
+"""Where `beastnet serve` and every CLI command get their stores: one
+`open_stores(...)`, which picks the implementations from the settings.
+
+`serve/stores/base.py` has the interfaces, `sqlite.py` and `redis.py` the
+implementations.  A new backend is one file here and one branch below.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional
+
+from beastnet.serve.stores.base import Keys, Subscriptions, Usage
+
+__all__ = ["Keys", "Stores", "Subscriptions", "Usage", "open_stores"]
+
+
+@dataclass
+class Stores:
+    """What `open_stores` opened; None where not asked for.  close() closes
+    them all (the shared database last)."""
+
+    keys: Optional[Keys] = None
+    webhooks: Optional[Subscriptions] = None
+    created: bool = False               #: the key store file did not exist before
+    _db: Any = None
+
+    def close(self) -> None:
+        for store in (self.webhooks, self.keys, self._db):
+            if store is not None:
+                store.close()
+        self.keys = self.webhooks = self._db = None
+
+    def __enter__(self) -> "Stores":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_stores(path: Optional[str], *, tiers: Optional[Mapping[str, Any]] = None,
+                keys: bool = True, webhooks: bool = False,
+                webhook_tiers: Optional[Mapping[str, Any]] = None, assets: Any = (),
+                allow_private: bool = False, redis: Optional[str] = None,
+                webhook_log: bool = True) -> Stores:
+    """Open the stores asked for.  `path`: the SQLite key store file (None:
+    no local file; then only Redis subscriptions, without a log).  `redis`:
+    subscriptions shared in that Redis, the delivery log still in `path`
+    (`webhook_log=False`: not even that).  On failure what was opened is
+    closed and the error (KeyStoreError, WebhookError, ClusterError) raised."""
+    from beastnet.serve.stores.sqlite import Database, KeyStore, WebhookStore
+    out = Stores(created=path is not None and not os.path.exists(path))
+    try:
+        local_hooks = webhooks and path is not None and (redis is None or webhook_log)
+        if path is not None and (keys or local_hooks):
+            out._db = Database(path)
+        if keys and out._db is not None:
+            out.keys = KeyStore(out._db, tiers)
+        if not webhooks:
+            return out
+        local = WebhookStore(out._db, webhook_tiers, assets, allow_private) \
+            if local_hooks else None
+        if redis is None:
+            out.webhooks = local
+        else:
+            from beastnet.serve.stores.redis import RedisWebhookStore
+            out.webhooks = RedisWebhookStore(redis, webhook_tiers, assets, allow_private,
+                                             log_store=local)
+    except BaseException:
+        out.close()
+        raise
+    return out

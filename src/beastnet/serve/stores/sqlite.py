@@ -1,0 +1,460 @@
+"""The SQLite stores, the embedded default: one `Database` (one file, one
+connection, one lock) that the key store and the webhook store share.
+
+The file holds the API keys and their usage per month (`KeyStore`), and the
+webhook subscriptions and delivery log (`WebhookStore`), each in tables of
+its own, created when missing, so an older file gains new tables without a
+migration step.  Calls block: the service makes them from threads of its own
+(the usage flusher, the delivery log) or at start and stop, never per request.
+"""
+from __future__ import annotations
+
+import json
+import secrets
+import sqlite3
+import threading
+import time
+from typing import Any, Iterable, List, Mapping, Optional
+
+from beastnet import APIKeyTable
+from beastnet.serve.keys import DEFAULT_TIERS, KeyStoreError, Tier, current_month
+from beastnet.serve.webhooks import SubscriptionRules, WebhookError, WebhookTier
+
+__all__ = ["Database", "KeyStore", "WebhookStore"]
+
+
+class Database:
+    """One SQLite file in WAL mode, one connection, calls serialised by a
+    lock (threads may share it).  Every failure is a KeyStoreError naming
+    the file."""
+
+    def __init__(self, path: str, timeout_s: float = 5.0) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        try:
+            self._conn = sqlite3.connect(path, timeout=timeout_s, check_same_thread=False,
+                                         isolation_level=None)
+        except sqlite3.DatabaseError as exc:
+            raise KeyStoreError(f"key store {path}: {exc}") from exc
+        try:
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+            check = self._conn.execute("PRAGMA quick_check").fetchone()[0]
+            if check != "ok":
+                raise KeyStoreError(f"key store {path}: integrity check failed: {check}")
+        except sqlite3.DatabaseError as exc:
+            self._conn.close()
+            raise KeyStoreError(f"key store {path}: {exc}") from exc
+        except KeyStoreError:
+            self._conn.close()
+            raise
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> "Database":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _failed(self, exc: sqlite3.DatabaseError, what: str = "") -> KeyStoreError:
+        return KeyStoreError(f"key store {self.path}: {what + ': ' if what else ''}{exc}")
+
+    def run(self, sql: str, args: Iterable = ()) -> list[tuple]:
+        """One statement; its rows."""
+        with self._lock:
+            try:
+                return self._conn.execute(sql, tuple(args)).fetchall()
+            except sqlite3.DatabaseError as exc:
+                raise self._failed(exc) from exc
+
+    def script(self, sql: str) -> None:
+        """Several statements (a schema)."""
+        with self._lock:
+            try:
+                self._conn.executescript(sql)
+            except sqlite3.DatabaseError as exc:
+                raise self._failed(exc) from exc
+
+    def run_many(self, sql: str, rows: list[tuple], what: str = "") -> None:
+        """One statement for each row, all in one transaction: all or nothing."""
+        with self._lock:
+            try:
+                with self._conn:
+                    self._conn.execute("BEGIN IMMEDIATE")
+                    self._conn.executemany(sql, rows)
+            except sqlite3.DatabaseError as exc:
+                raise self._failed(exc, what) from exc
+
+
+_KEYS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS api_keys (
+    key        TEXT PRIMARY KEY,
+    tier       TEXT NOT NULL,
+    label      TEXT NOT NULL DEFAULT '',
+    created_at REAL NOT NULL,
+    revoked_at REAL
+);
+CREATE TABLE IF NOT EXISTS usage (
+    key    TEXT NOT NULL,
+    month  TEXT NOT NULL,           -- 'YYYY-MM', UTC
+    count  INTEGER NOT NULL,
+    PRIMARY KEY (key, month)
+);
+CREATE TABLE IF NOT EXISTS meta (
+    name  TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+-- Bumped by every change to api_keys, whichever connection makes it: what a
+-- server polls to pick up keys changed by the CLI (KeyStore.version).
+INSERT OR IGNORE INTO meta (name, value) VALUES ('keys_version', '0');
+CREATE TRIGGER IF NOT EXISTS api_keys_inserted AFTER INSERT ON api_keys BEGIN
+    UPDATE meta SET value = value + 1 WHERE name = 'keys_version'; END;
+CREATE TRIGGER IF NOT EXISTS api_keys_updated AFTER UPDATE ON api_keys BEGIN
+    UPDATE meta SET value = value + 1 WHERE name = 'keys_version'; END;
+CREATE TRIGGER IF NOT EXISTS api_keys_deleted AFTER DELETE ON api_keys BEGIN
+    UPDATE meta SET value = value + 1 WHERE name = 'keys_version'; END;
+"""
+
+
+
+class KeyStore:
+    """API keys and their usage per month in SQLite (the `Keys` and `Usage`
+    interfaces).  Given a path it opens a `Database` of its own; given a
+    `Database` it shares it (and leaves closing it to its owner)."""
+
+    def __init__(self, db: "Database | str", tiers: Optional[Mapping[str, Tier]] = None,
+                 timeout_s: float = 5.0) -> None:
+        self._owns_db = isinstance(db, str)
+        self.db = Database(db, timeout_s) if isinstance(db, str) else db
+        self.path = self.db.path
+        self.tiers = dict(tiers or DEFAULT_TIERS)
+        try:
+            self.db.script(_KEYS_SCHEMA)
+        except KeyStoreError:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self._owns_db:
+            self.db.close()
+
+    def __enter__(self) -> "KeyStore":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _run(self, sql: str, args: Iterable = ()) -> list[tuple]:
+        return self.db.run(sql, args)
+
+    def _tier(self, name: str) -> Tier:
+        try:
+            return self.tiers[name]
+        except KeyError:
+            raise KeyStoreError(f"unknown tier {name!r} (known: {', '.join(self.tiers)}; define "
+                                f"others under [tiers.NAME] in a --config file)") from None
+
+    # -- keys --------------------------------------------------------------------
+
+    def add(self, tier: str = "public", key: Optional[str] = None, label: str = "") -> str:
+        """Create a key (a random one unless given) and return it."""
+        self._tier(tier)
+        key = key or "bk_" + secrets.token_urlsafe(24)
+        if not (1 <= len(key) <= 64 and key.isascii() and key.isprintable() and " " not in key):
+            raise KeyStoreError("a key is 1-64 printable ASCII characters without spaces")
+        try:
+            self._run("INSERT INTO api_keys (key, tier, label, created_at) VALUES (?, ?, ?, ?)",
+                      (key, tier, label, time.time()))
+        except KeyStoreError as exc:
+            raise KeyStoreError(f"key {key!r} exists already") if "UNIQUE" in str(exc) else exc
+        return key
+
+    def revoke(self, key: str) -> None:
+        if not self._run("UPDATE api_keys SET revoked_at = ? WHERE key = ? AND revoked_at IS NULL "
+                         "RETURNING key", (time.time(), key)):
+            raise KeyStoreError(f"no active key {key!r}")
+
+    def set_tier(self, key: str, tier: str) -> None:
+        self._tier(tier)
+        if not self._run("UPDATE api_keys SET tier = ? WHERE key = ? RETURNING key", (tier, key)):
+            raise KeyStoreError(f"no key {key!r}")
+
+    def list(self, month: Optional[str] = None) -> list[dict]:
+        """Every key with its tier, state and usage this month."""
+        rows = self._run(
+            "SELECT k.key, k.tier, k.label, k.created_at, k.revoked_at, COALESCE(u.count, 0) "
+            "FROM api_keys k LEFT JOIN usage u ON u.key = k.key AND u.month = ? ORDER BY k.created_at",
+            (month or current_month(),))
+        return [{"key": r[0], "tier": r[1], "label": r[2], "created_at": r[3],
+                 "revoked": r[4] is not None, "month_count": r[5]} for r in rows]
+
+    def unknown_tiers(self) -> dict[str, int]:
+        """Active keys whose tier this store does not know, counted by tier.
+        Such keys are refused (fail closed) until their tier is configured."""
+        counts: dict[str, int] = {}
+        for (tier,) in self._run("SELECT tier FROM api_keys WHERE revoked_at IS NULL"):
+            if tier not in self.tiers:
+                counts[tier] = counts.get(tier, 0) + 1
+        return counts
+
+    def usage(self, key: str, month: Optional[str] = None) -> int:
+        rows = self._run("SELECT count FROM usage WHERE key = ? AND month = ?",
+                         (key, month or current_month()))
+        return rows[0][0] if rows else 0
+
+    def add_usage(self, deltas: Mapping[str, int], month: str) -> None:
+        """Add request counts for `month`, all in one transaction."""
+        rows = [(k, month, n) for k, n in deltas.items() if n]
+        if rows:
+            self.db.run_many(
+                "INSERT INTO usage (key, month, count) VALUES (?, ?, ?) "
+                "ON CONFLICT (key, month) DO UPDATE SET count = count + excluded.count", rows,
+                what="usage flush failed")
+
+    def version(self) -> tuple[int, ...]:
+        """Changes whenever a key is added, re-tiered or revoked, by any
+        connection: a counter the api_keys table's triggers bump.  Not PRAGMA
+        data_version, which every other write to the file (usage flushes of
+        another process, the webhook delivery log) changes too."""
+        return (int(self._run("SELECT value FROM meta WHERE name = 'keys_version'")[0][0]),)
+
+    def sync_into(self, api_keys: APIKeyTable, month: Optional[str] = None) -> int:
+        """Make `api_keys` match the store: limits per tier, revocations, and
+        each key's count for the month.  Returns the number of active keys."""
+        month = month or current_month()
+        rows = self._run(
+            "SELECT k.key, k.tier, k.revoked_at, COALESCE(u.count, 0) FROM api_keys k "
+            "LEFT JOIN usage u ON u.key = k.key AND u.month = ?", (month,))
+        active = 0
+        for key, tier_name, revoked_at, month_count in rows:
+            if revoked_at is not None:
+                api_keys.revoke(key)
+                continue
+            tier = self.tiers.get(tier_name)
+            if tier is None:                         # tier removed from config: fail closed
+                api_keys.revoke(key)
+                continue
+            api_keys.set(key, qps=tier.qps, burst=tier.burst, monthly_cap=tier.monthly_cap,
+                         month_used=month_count, ws_allowed=tier.stream,
+                         ws_max_connections=tier.stream_connections,
+                         ws_max_subscriptions=tier.stream_symbols)
+            active += 1
+        return active
+
+
+
+_WEBHOOKS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS webhook_subscriptions (
+    id           TEXT PRIMARY KEY,
+    endpoint     TEXT NOT NULL,
+    method       TEXT NOT NULL,          -- 'https' or 'udp'
+    tier         TEXT NOT NULL,
+    assets       TEXT NOT NULL,          -- JSON array of asset keys
+    secrets      TEXT NOT NULL,          -- JSON array of whsec_ secrets, newest first
+    style        TEXT NOT NULL DEFAULT 'standard',
+    state        TEXT NOT NULL DEFAULT 'active',
+    reason       TEXT NOT NULL DEFAULT '',
+    label        TEXT NOT NULL DEFAULT '',
+    created_at   REAL NOT NULL,
+    changed_at   REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS webhook_log (
+    ts           REAL NOT NULL,          -- UTC seconds, when the attempt ended
+    subscription TEXT NOT NULL,
+    msg_id       TEXT NOT NULL,
+    method       TEXT NOT NULL,
+    assets       INTEGER NOT NULL,       -- assets carried (UDP: datagrams sent)
+    attempt      INTEGER NOT NULL,       -- 1 = first try
+    status       INTEGER NOT NULL,       -- HTTP status; 0 = none (UDP, or no answer)
+    delivered    INTEGER NOT NULL,       -- 1 = 2xx (UDP: handed to the kernel)
+    latency_ms   REAL NOT NULL,
+    error        TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS webhook_log_ts ON webhook_log (ts);
+CREATE INDEX IF NOT EXISTS webhook_log_sub ON webhook_log (subscription, ts);
+"""
+
+# Delivery-log columns added after the first release, each added by ALTER
+# TABLE when an older file lacks it (additive: old rows read as the default).
+_LOG_COLUMNS_ADDED = (
+    ("asset_list", "TEXT NOT NULL DEFAULT '[]'"),    # JSON array of the assets delivered
+    ("prices", "TEXT"),                 # JSON array beside asset_list; NULL = not recorded (UDP)
+    ("sources", "TEXT"),                # JSON array of each body's feed source; NULL likewise
+)
+_LOG_COLUMNS = ("ts", "subscription", "msg_id", "method", "assets", "attempt", "status",
+                "delivered", "latency_ms", "error") + tuple(c for c, _ in _LOG_COLUMNS_ADDED)
+_LOG_JSON = frozenset(c for c, _ in _LOG_COLUMNS_ADDED)
+
+_COLUMNS = ("id", "endpoint", "method", "tier", "assets", "secrets", "style", "state", "reason",
+            "label", "created_at", "changed_at")
+
+
+
+class WebhookStore(SubscriptionRules):
+    """Subscriptions and the delivery log in the key store's SQLite file, in
+    tables of their own (the `Subscriptions` interface).  Given a path it
+    opens a `Database` of its own; given a `Database` it shares it."""
+
+    def __init__(self, db: "Database | str", tiers: Optional[Mapping[str, WebhookTier]] = None,
+                 assets: Iterable[str] = (), allow_private: bool = False,
+                 timeout_s: float = 5.0) -> None:
+        super().__init__(tiers, assets, allow_private)
+        self._own_changes = 0
+        self._owns_db = isinstance(db, str)
+        try:
+            self.db = Database(db, timeout_s) if isinstance(db, str) else db
+        except KeyStoreError as exc:
+            raise WebhookError(str(exc)) from None
+        self.path = self.db.path
+        try:
+            self.db.script(_WEBHOOKS_SCHEMA)
+            self._add_log_columns()
+        except KeyStoreError as exc:
+            self.close()
+            raise WebhookError(str(exc)) from None
+
+    def _add_log_columns(self) -> None:
+        """The additive migration of an older file's delivery log."""
+        for name, decl in _LOG_COLUMNS_ADDED:
+            have = {row[1] for row in self.db.run("PRAGMA table_info(webhook_log)")}
+            if name in have:
+                continue
+            try:
+                self.db.script(f"ALTER TABLE webhook_log ADD COLUMN {name} {decl}")
+            except KeyStoreError:
+                # Another process starting at the same time may have added it first.
+                have = {row[1] for row in self.db.run("PRAGMA table_info(webhook_log)")}
+                if name not in have:
+                    raise
+
+    def close(self) -> None:
+        if self._owns_db:
+            self.db.close()
+
+    def __enter__(self) -> "WebhookStore":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _run(self, sql: str, args: Iterable = ()) -> List[tuple]:
+        try:
+            return self.db.run(sql, args)
+        except KeyStoreError as exc:
+            raise WebhookError(str(exc)) from None
+
+    def version(self) -> tuple:
+        """Changes whenever subscriptions change, here or in another process.
+        Not PRAGMA data_version: usage flushes to the same file would change
+        it ten times a second."""
+        row = self._run("SELECT count(*), COALESCE(max(changed_at), 0), "
+                        "COALESCE(sum(length(state) + length(secrets)), 0) "
+                        "FROM webhook_subscriptions")[0]
+        return (*row, self._own_changes)
+
+    # -- subscriptions -------------------------------------------------------------
+
+    def add(self, endpoint: str, tier: str, assets: list[str], style: str = "standard",
+            label: str = "", resolve: bool = True) -> dict[str, Any]:
+        """Validate and store a subscription; return it (with its first secret)."""
+        rec = self.new_record(endpoint, tier, assets, style, label, resolve)
+        self._run("INSERT INTO webhook_subscriptions (id, endpoint, method, tier, assets, secrets, "
+                  "style, label, created_at, changed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                  (rec["id"], rec["endpoint"], rec["method"], rec["tier"],
+                   json.dumps(rec["assets"]), json.dumps(rec["secrets"]), rec["style"],
+                   rec["label"], rec["created_at"], rec["changed_at"]))
+        self._own_changes += 1
+        return self.get(rec["id"])
+
+    def get(self, sub_id: str) -> dict[str, Any]:
+        rows = self._run(f"SELECT {', '.join(_COLUMNS)} FROM webhook_subscriptions WHERE id = ?",
+                         (sub_id,))
+        if not rows:
+            raise WebhookError(f"no subscription {sub_id!r}")
+        return self._row(rows[0])
+
+    @staticmethod
+    def _row(row: tuple) -> dict[str, Any]:
+        out = dict(zip(_COLUMNS, row))
+        out["assets"] = json.loads(out["assets"])
+        out["secrets"] = json.loads(out["secrets"])
+        return out
+
+    def list(self, state: Optional[str] = None) -> list[dict[str, Any]]:
+        sql = f"SELECT {', '.join(_COLUMNS)} FROM webhook_subscriptions"
+        rows = self._run(sql + " WHERE state = ? ORDER BY created_at" if state else
+                         sql + " ORDER BY created_at", (state,) if state else ())
+        return [self._row(r) for r in rows]
+
+    def set_state(self, sub_id: str, state: str, reason: str = "",
+                  only_from: Optional[tuple[str, ...]] = None) -> None:
+        """Move a subscription to `state`; `only_from` limits the states it may leave."""
+        self.check_state(state)
+        sql = "UPDATE webhook_subscriptions SET state = ?, reason = ?, changed_at = ? WHERE id = ?"
+        args: list[Any] = [state, reason, time.time(), sub_id]
+        if only_from:
+            sql += f" AND state IN ({', '.join('?' * len(only_from))})"
+            args += list(only_from)
+        if not self._run(sql + " RETURNING id", args):
+            self.get(sub_id)                # raises when there is no such subscription
+            raise WebhookError(f"subscription {sub_id} is not {' or '.join(only_from or ())}")
+        self._own_changes += 1
+
+    def remove(self, sub_id: str) -> None:
+        if not self._run("DELETE FROM webhook_subscriptions WHERE id = ? RETURNING id", (sub_id,)):
+            raise WebhookError(f"no subscription {sub_id!r}")
+        self._own_changes += 1
+
+    def rotate_secret(self, sub_id: str) -> str:
+        """Add a new secret in front; the newest MAX_SECRETS stay active (each
+        delivery is signed with all of them); return the new one."""
+        secret, kept = self.rotated(self.get(sub_id)["secrets"])
+        self._run("UPDATE webhook_subscriptions SET secrets = ?, changed_at = ? WHERE id = ?",
+                  (json.dumps(kept), time.time(), sub_id))
+        self._own_changes += 1
+        return secret
+
+    def drop_old_secrets(self, sub_id: str) -> None:
+        """End a rotation: keep only the newest secret."""
+        current = self.get(sub_id)["secrets"]
+        self._run("UPDATE webhook_subscriptions SET secrets = ?, changed_at = ? WHERE id = ?",
+                  (json.dumps(current[:1]), time.time(), sub_id))
+        self._own_changes += 1
+
+    # -- delivery log --------------------------------------------------------------
+
+    def write_log(self, rows: List[tuple]) -> None:
+        """Append delivery-log rows (tuples in _LOG_COLUMNS order) in one
+        transaction (all or nothing)."""
+        try:
+            self.db.run_many(
+                f"INSERT INTO webhook_log ({', '.join(_LOG_COLUMNS)}) "
+                f"VALUES ({', '.join('?' * len(_LOG_COLUMNS))})", rows)
+        except KeyStoreError as exc:
+            raise WebhookError(f"log write failed: {exc}") from None
+
+    def prune_log(self, older_than_s: float) -> int:
+        rows = self._run("DELETE FROM webhook_log WHERE ts < ? RETURNING ts",
+                         (time.time() - older_than_s,))
+        return len(rows)
+
+    def read_log(self, sub_id: Optional[str] = None, limit: int = 100) -> List[dict[str, Any]]:
+        """The newest rows first; asset_list, prices and sources as lists
+        (prices and sources None where not recorded)."""
+        sql = f"SELECT {', '.join(_LOG_COLUMNS)} FROM webhook_log"
+        args: List[Any] = []
+        if sub_id:
+            sql += " WHERE subscription = ?"
+            args.append(sub_id)
+        rows = self._run(sql + " ORDER BY ts DESC, rowid DESC LIMIT ?", args + [limit])
+        out = []
+        for r in rows:
+            row = dict(zip(_LOG_COLUMNS, r))
+            for name in _LOG_JSON:
+                if row[name] is not None:
+                    row[name] = json.loads(row[name])
+            out.append(row)
+        return out

@@ -1,0 +1,415 @@
+"""The six exchange adapters on their one connection loop, against the fake
+exchanges of tests/fake_exchange.py (each exchange's documented formats).
+
+Every wait below waits on the loop's or the fake's state (a counter, a state
+name, a published body); the assertions after it decide the result.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from typing import Any, Callable
+
+import orjson
+import pytest
+
+from beastnet import ResponseTable
+from beastnet.serve.feeds import PricePublisher
+from beastnet.serve.feeds.exchanges import EXCHANGES, ExchangeConnection, ExchangeFeed
+from fake_exchange import FakeExchange
+
+pytestmark = pytest.mark.timeout(60)
+
+# One asset per exchange, with a price written with the exchange's own digits
+# (Kraken sends JSON numbers: its digits are the float's shortest form).
+CASES = {
+    "coinbase": ("BTC", "97123.4500", "97001.25"),
+    "kraken": ("ALGO", "0.10035", "0.1001"),
+    "gemini": ("AAVE", "321.07000000", "320.5"),
+    "gateio": ("BNB", "701.3300", "700.1"),
+    "cryptocom": ("TON", "5.218000", "5.1"),
+    "okx": ("TIA", "4.5120", "4.4"),
+}
+STALE_AFTER_S = 0.5
+
+
+async def until(predicate: Callable[[], Any], timeout_s: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.005)
+    return True
+
+
+def fast(fake: FakeExchange, **extra: Any) -> dict[str, Any]:
+    """Connection settings for a test: the fake's URLs, short bounds."""
+    settings = dict(ws_url=fake.ws_url, rest_url=fake.rest_url, stale_after_s=STALE_AFTER_S,
+                    rest_interval_s=0.1, rest_gap_s=0.01, backoff_base_s=0.05,
+                    backoff_max_s=0.2, ping_interval_s=0.1, connect_delay_s=0.0)
+    settings.update(extra)
+    return settings
+
+
+def body(table: ResponseTable, asset: str) -> dict:
+    return orjson.loads(table[asset]) if asset in table else {}
+
+
+class Rig:
+    """One fake exchange, one connection, a publisher and its table."""
+
+    def __init__(self, name: str, exchange=None, **settings: Any) -> None:
+        self.name = name
+        self.asset, self.ws_price, self.rest_price = CASES[name]
+        self.exchange = exchange or EXCHANGES[name]
+        self.symbol = self.exchange.symbol_of(self.asset)
+        self.settings = settings
+
+    async def __aenter__(self) -> "Rig":
+        self.fake = await FakeExchange(self.name).start()
+        self.fake.ws_prices[self.symbol] = self.ws_price
+        self.fake.rest_prices[self.symbol] = self.rest_price
+        self.table = ResponseTable()
+        self.publisher = PricePublisher(self.table, stale_after_s=5.0)
+        self.conn = ExchangeConnection(self.exchange, [self.asset], self.publisher.on_tick,
+                                       **fast(self.fake, **self.settings))
+        self.publisher.source_stale_after_s[self.name] = self.conn.fresh_for_s
+        self.task = asyncio.ensure_future(self.conn.run())
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
+        await self.fake.stop()
+
+    def price_is(self, price: str) -> bool:
+        return orjson.loads(orjson.dumps(body(self.table, self.asset).get("price"))) == \
+            float(price) and body(self.table, self.asset).get("source") == self.name
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_prices_flow_exactly_and_the_liveness_rule_is_kept(name):
+    async def scenario():
+        async with Rig(name) as rig:
+            assert await until(lambda: rig.conn.state == "connected" and
+                               rig.price_is(rig.ws_price)), rig.conn.health()
+            raw = rig.table[rig.asset]
+            # Three heartbeat periods of the fake (0.1 s each) on one connection.
+            hb0 = rig.conn.messages
+            assert await until(lambda: rig.fake.pings + rig.fake.heartbeat_replies >= 3
+                               if name in ("okx", "gateio", "cryptocom")
+                               else rig.conn.messages - hb0 >= 6)
+            # Malformed and out-of-order messages are counted, never published.
+            await rig.fake.send_raw('{"not": json')
+            if name != "kraken":              # Kraken's ticker carries no time to order by
+                await rig.fake.send_ticker(rig.symbol, "1.5", time.time() - 3600)
+            assert await until(lambda: rig.conn.bad_messages >= 1 and
+                               (name == "kraken" or rig.conn.out_of_order >= 1))
+            health = rig.conn.health()
+            return raw, health, rig.fake.connections, rig.fake.closed_for_heartbeat, \
+                body(rig.table, rig.asset)
+
+    raw, health, connections, closed, last = asyncio.run(scenario())
+    asset, ws_price, _ = CASES[name]
+    assert f'"price":{ws_price},'.encode() in raw          # the exchange's digits, verbatim
+    assert last["quote"] == EXCHANGES[name].quote and last["stale"] is False
+    assert last["price"] == float(ws_price)                # the out-of-order 1.5 was refused
+    assert (connections, closed, health["reconnects"]) == (1, 0, 0), health
+    assert health["state"] == "connected" and health["symbols_seen"] == 1
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_silent_stream_goes_stale_in_its_bound_rest_serves_then_the_stream_returns(name):
+    async def scenario():
+        async with Rig(name) as rig:
+            assert await until(lambda: rig.conn.state == "connected" and
+                               rig.price_is(rig.ws_price))
+            rig.fake.silent = True                # open, but nothing sent
+            silenced = time.monotonic()
+            assert await until(lambda: rig.conn.stale_events >= 1)
+            detected_s = time.monotonic() - silenced
+            assert await until(lambda: rig.conn.state == "fallback" and
+                               rig.price_is(rig.rest_price)), rig.conn.health()
+            served_by_rest = body(rig.table, rig.asset)
+            # REST failing too: down, counted; 429 counted apart.
+            rig.fake.rest_status = 500
+            assert await until(lambda: rig.conn.state == "down")
+            rig.fake.rest_status = 429
+            assert await until(lambda: rig.conn.rest_rate_limited >= 1)
+            rig.fake.rest_status = 200
+            # The stream returns with a new price.
+            new_price = rig.ws_price[:-1] + "9"
+            rig.fake.ws_prices[rig.symbol] = new_price
+            rig.fake.silent = False
+            assert await until(lambda: rig.conn.state == "connected" and
+                               rig.price_is(new_price)), rig.conn.health()
+            return detected_s, served_by_rest, rig.conn.health()
+
+    detected_s, served_by_rest, health = asyncio.run(scenario())
+    # The bound is STALE_AFTER_S; the watchdog looks every bound/8.
+    assert detected_s <= STALE_AFTER_S * 1.5, detected_s
+    assert served_by_rest["stale"] is False and served_by_rest["source"] == name
+    assert health["rest_errors"] >= 2 and health["rest_polls"] >= 2
+    assert health["reconnects"] >= 1
+
+
+@pytest.mark.parametrize("name", ["okx", "cryptocom"])
+def test_the_fake_closes_a_client_that_breaks_the_liveness_rule(name):
+    """The control for the liveness test above: without pings (OKX) or
+    respond-heartbeat (Crypto.com) the fake closes the connection."""
+    exchange = EXCHANGES[name]
+    if name == "cryptocom":
+        exchange = dataclasses.replace(exchange, parse=lambda m: (EXCHANGES[name].parse(m)[0],
+                                                                  None))
+
+    async def scenario():
+        async with Rig(name, exchange=exchange, ping_interval_s=0.0) as rig:
+            assert await until(lambda: rig.fake.closed_for_heartbeat >= 1)
+            assert await until(lambda: rig.conn.reconnects >= 1)
+            return rig.fake.closed_for_heartbeat
+
+    assert asyncio.run(scenario()) >= 1
+
+
+def test_one_exchanges_trouble_leaves_the_others_alone():
+    async def scenario():
+        fakes = {n: await FakeExchange(n).start() for n in ("coinbase", "okx")}
+        for n, fake in fakes.items():
+            asset, price, _ = CASES[n]
+            fake.ws_prices[EXCHANGES[n].symbol_of(asset)] = price
+            fake.rest_prices[EXCHANGES[n].symbol_of(asset)] = CASES[n][2]
+        routes = {CASES[n][0]: [n] for n in fakes}
+        feed = ExchangeFeed(routes=routes, assets=list(routes),
+                            settings={n: fast(f) for n, f in fakes.items()})
+        table = ResponseTable()
+        publisher = PricePublisher(table, stale_after_s=5.0)
+        task = asyncio.ensure_future(publisher.run(feed))
+        try:
+            conns = feed.connections
+            assert await until(lambda: all(c.state == "connected" for c in conns.values()))
+            fakes["coinbase"].silent = True
+            fakes["coinbase"].refuse = True
+            assert await until(lambda: conns["coinbase"].state in ("fallback", "down"))
+            okx_before = body(table, "TIA")["seq"]
+            assert await until(lambda: body(table, "TIA")["seq"] > okx_before + 5)
+            return {n: c.health() for n, c in conns.items()}, publisher.health()
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            for fake in fakes.values():
+                await fake.stop()
+
+    health, published = asyncio.run(scenario())
+    assert health["okx"]["state"] == "connected"
+    assert health["okx"]["reconnects"] == 0 and health["okx"]["stale_events"] == 0
+    assert health["coinbase"]["stale_events"] == 1
+    assert set(published["exchanges"]) == {"coinbase", "okx"}
+
+
+def test_a_jump_past_the_bound_is_refused_counted_and_logged(caplog):
+    table = ResponseTable()
+    publisher = PricePublisher(table, max_jump=0.2)
+    from beastnet.serve.feeds import Tick
+    publisher.on_tick(Tick("BTC", "97000", "coinbase", 1.0))
+    publisher.on_tick(Tick("BTC", "97100", "kraken", 1.0))
+    with caplog.at_level("WARNING", logger="beastnet.serve.feeds"):
+        publisher.on_tick(Tick("BTC", "9.7", "kraken", 2.0))      # a misplaced decimal point
+        publisher.on_tick(Tick("BTC", "970000", "coinbase", 2.0))
+    assert publisher.refused_jumps == 2
+    assert orjson.loads(table["BTC"])["price"] in (97000, 97100)
+    assert any("refused BTC 9.7 from kraken" in r.getMessage() for r in caplog.records)
+
+
+def test_all_six_reach_the_http_api_and_stream_subscribers(tmp_path):
+    import http.client
+
+    import websockets
+
+    from beastnet.serve.config import load_config
+    from beastnet.serve.service import PriceService
+    from fake_exchange import FakeExchangesThread
+
+    fakes = FakeExchangesThread(list(CASES))
+    try:
+        for name, fake in fakes.fakes.items():
+            asset, price, rest_price = CASES[name]
+            symbol = EXCHANGES[name].symbol_of(asset)
+            fake.ws_prices[symbol] = price
+            fake.rest_prices[symbol] = rest_price
+        settings = {n: {k: v for k, v in fast(f).items()} for n, f in fakes.fakes.items()}
+        cfg = load_config(profile="dev", overrides={
+            "udp_port": 0, "http_port": 0, "admin_port": 0, "feed": "exchanges",
+            "feed_exchanges": settings,
+            "feed_assets": {CASES[n][0]: [n] for n in CASES}})
+        with PriceService(cfg) as service:
+            assert service.http is not None and service.admin is not None
+
+            def get(address, path):
+                conn = http.client.HTTPConnection(*address[:2], timeout=5)
+                try:
+                    conn.request("GET", path)
+                    resp = conn.getresponse()
+                    return resp.status, resp.read()
+                finally:
+                    conn.close()
+
+            want = {CASES[n][0]: (n, CASES[n][1]) for n in CASES}
+            deadline = time.monotonic() + 15
+            bodies: dict[str, bytes] = {}
+            while time.monotonic() < deadline and len(bodies) < len(want):
+                for asset, (name, price) in want.items():
+                    status, raw = get(service.http.address, f"/v1/{asset}")
+                    if status == 200 and f'"price":{price},'.encode() in raw:
+                        bodies[asset] = raw
+                time.sleep(0.02)
+            _, stats = get(service.admin.address, "/admin/stats")
+            _, metrics = get(service.admin.address, "/metrics")
+
+            async def first_frame(asset):
+                url = f"ws://127.0.0.1:{service.http.address[1]}/v1/stream"
+                async with websockets.connect(url) as ws:
+                    await ws.send(orjson.dumps({"op": "subscribe", "symbols": [asset]}).decode())
+                    assert orjson.loads(await asyncio.wait_for(ws.recv(), 5))["op"] == \
+                        "subscribed"
+                    return orjson.loads(await asyncio.wait_for(ws.recv(), 5))
+
+            frames = {a: asyncio.run(first_frame(a)) for a in ("BTC", "TIA")}
+    finally:
+        fakes.close()
+    assert set(bodies) == set(want), sorted(set(want) - set(bodies))
+    for asset, raw in bodies.items():
+        name = want[asset][0]
+        answer = orjson.loads(raw)
+        assert (answer["source"], answer["quote"]) == (name, EXCHANGES[name].quote)
+    exchanges = orjson.loads(stats)["feed"]["exchanges"]
+    assert set(exchanges) == set(CASES)
+    assert all(e["state"] == "connected" for e in exchanges.values()), exchanges
+    assert b'beastnet_feed_exchange_state{exchange="okx",state="connected"} 1' in metrics
+    assert frames["BTC"]["asset"] == "BTC" and frames["TIA"]["quote"] == "USDT"
+
+
+def dead_port() -> int:
+    from support import free_port
+    return free_port()
+
+
+def test_no_network_says_so_once_per_exchange_and_keeps_retrying(caplog):
+    port = dead_port()                        # nothing listens: refused at once
+    settings = {n: dict(ws_url=f"ws://127.0.0.1:{port}/ws", rest_url=f"http://127.0.0.1:{port}",
+                        backoff_base_s=0.01, backoff_max_s=0.05, rest_interval_s=0.05,
+                        rest_gap_s=0.0, connect_delay_s=0.0) for n in CASES}
+    feed = ExchangeFeed(routes={CASES[n][0]: [n] for n in CASES}, settings=settings)
+
+    async def scenario():
+        task = asyncio.ensure_future(PricePublisher(ResponseTable()).consume(feed))
+        try:
+            return await until(lambda: all(c.reconnects >= 5 and c.rest_errors >= 3
+                                           for c in feed.connections.values()))
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    with caplog.at_level("INFO", logger="beastnet.serve.feeds.exchanges"):
+        retried = asyncio.run(scenario())
+    assert retried
+    lines = [r.getMessage() for r in caplog.records if r.levelname != "DEBUG"]
+    for name in CASES:
+        mine = [line for line in lines if line.startswith(f"exchange {name}:")]
+        assert len(mine) == 1 and ": down: " in mine[0], mine
+    assert all(c.state == "down" for c in feed.connections.values())
+
+
+def test_record_then_replay_publishes_the_same_prices_in_the_same_order(tmp_path):
+    from beastnet.serve.feeds.exchanges import ExchangeReplayFeed, JSONLRecorder
+
+    path = tmp_path / "recording.jsonl"
+    routes = {CASES[n][0]: [n] for n in CASES}
+
+    def capture(publisher: PricePublisher) -> list:
+        seen: list = []
+        publish = publisher._publish
+
+        def spy(asset, price, ts, source, quote, stale, age_s=None):
+            seen.append((asset, price, source, quote))
+            publish(asset, price, ts, source, quote, stale, age_s)
+        publisher._publish = spy              # type: ignore[method-assign]
+        return seen
+
+    async def record() -> list:
+        fakes = {n: await FakeExchange(n).start() for n in CASES}
+        for n, fake in fakes.items():
+            symbol = EXCHANGES[n].symbol_of(CASES[n][0])
+            fake.ws_prices[symbol] = CASES[n][1]
+            fake.rest_prices[symbol] = CASES[n][2]
+        with open(path, "wb") as fh:
+            feed = ExchangeFeed(routes=routes, assets=list(routes), recorder=JSONLRecorder(fh),
+                                settings={n: fast(f) for n, f in fakes.items()})
+            publisher = PricePublisher(ResponseTable())
+            seen = capture(publisher)
+            task = asyncio.ensure_future(publisher.consume(feed))
+            try:
+                for step in range(3):             # three prices each, a bad message between
+                    assert await until(lambda: all(c.ticks >= 4 * (step + 1)
+                                                   for c in feed.connections.values()))
+                    for n, fake in fakes.items():
+                        symbol = EXCHANGES[n].symbol_of(CASES[n][0])
+                        fake.ws_prices[symbol] = f"{step + 2}.25"
+                        await fake.send_raw("{garbage")
+                assert await until(lambda: all(c.ticks >= 16 for c in feed.connections.values()))
+            finally:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+                for fake in fakes.values():
+                    await fake.stop()
+        return seen
+
+    async def replay() -> list:
+        publisher = PricePublisher(ResponseTable())
+        seen = capture(publisher)
+        await publisher.consume(ExchangeReplayFeed(str(path), speed=0, routes=routes,
+                                                   assets=list(routes)))
+        return seen
+
+    recorded = asyncio.run(record())
+    replayed = asyncio.run(replay())
+    assert len(recorded) >= 6 * 16
+    assert replayed[:len(recorded)] == recorded
+    # Everything the recording holds was published then or after the stop.
+    assert {p for _, p, _, _ in recorded} >= {"2.25", "3.25", "4.25"}
+
+
+def test_beastnet_feeds_check_against_the_fake_and_a_dead_host(tmp_path):
+    import subprocess
+    import sys
+
+    from fake_exchange import FakeExchangesThread
+
+    fakes = FakeExchangesThread(list(CASES))
+    try:
+        for name, fake in fakes.fakes.items():
+            fake.ws_prices[EXCHANGES[name].symbol_of(CASES[name][0])] = CASES[name][1]
+        live = tmp_path / "live.toml"
+        dead = tmp_path / "dead.toml"
+        port = dead_port()
+        live.write_text("".join(
+            f'[feeds.exchanges.{n}]\nws_url = "{f.ws_url}"\nrest_url = "{f.rest_url}"\n'
+            f'connect_delay_s = 0\n' for n, f in fakes.fakes.items()))
+        dead.write_text("".join(
+            f'[feeds.exchanges.{n}]\nws_url = "ws://127.0.0.1:{port}/ws"\n' for n in CASES))
+
+        def check(config):
+            return subprocess.run([sys.executable, "-m", "beastnet", "feeds", "check",
+                                   "--config", str(config), "--timeout", "2s"],
+                                  capture_output=True, text=True, timeout=60)
+        good, bad = check(live), check(dead)
+    finally:
+        fakes.close()
+    lines = dict(line.split(None, 1) for line in good.stdout.splitlines())
+    assert set(lines) == set(CASES), good.stdout + good.stderr
+    for name in CASES:
+        assert lines[name].startswith("ok    connect "), lines[name]
+        assert EXCHANGES[name].symbol_of(CASES[name][0]) not in lines[name].split("missing:")[-1]
+    assert bad.returncode == 1 and "Traceback" not in bad.stdout + bad.stderr
+    dead_lines = bad.stdout.splitlines()
+    assert len(dead_lines) == 6 and all(" DOWN  ws://127.0.0.1:" in d for d in dead_lines)
