@@ -39,13 +39,17 @@ PARTNER = "partner-key-0123456789"
 
 
 class RedisServer:
-    """A redis-server on a free loopback port in a temp dir, stopped by PID."""
+    """A redis-server on a free loopback port in a temp dir, stopped by PID;
+    `args` are added to its command line (`--requirepass` and the like; then
+    `password` is what the fixture's own clients authenticate with)."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, *args: str, password: str | None = None) -> None:
         self.dir = tmp / "redis"
         self.dir.mkdir()
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.args = args
+        self.password = password
         self.proc: subprocess.Popen | None = None
         self.start()
 
@@ -53,7 +57,7 @@ class RedisServer:
         assert REDIS_SERVER is not None
         self.proc = subprocess.Popen(
             [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.dir)],
+             "--appendonly", "no", "--dir", str(self.dir), *self.args],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         client = self.client()
         try:
@@ -70,7 +74,8 @@ class RedisServer:
             return False
 
     def client(self) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2)
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2,
+                           password=self.password)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -9,6 +9,7 @@ import sys
 from typing import Optional, Sequence
 
 from beastnet.cli._common import EXIT_FAIL, EXIT_INTERRUPTED, EXIT_PASS, EXIT_USAGE
+from beastnet.cli.db import add_db_command
 from beastnet.cli.demo import add_demo_command
 from beastnet.cli.feeds import add_feeds_command
 from beastnet.cli.keys import add_keys_command
@@ -35,6 +36,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     add_load_command(sub)
     add_report_command(sub)
     add_demo_command(sub)
+    add_db_command(sub)
     add_feeds_command(sub)
     add_keys_command(sub)
     add_serve_command(sub)

@@ -247,6 +247,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def _serve(service: PriceService, cfg: ServeConfig, log: logging.Logger) -> int:
     from beastnet import ClusterError, ServerError, TLSConfigError
+    from beastnet.serve.cluster import ClusterConfigError
     from beastnet.serve.keys import KeyStoreError
     from beastnet.serve.service import PortInUseError
     from beastnet.serve.webhooks import WebhookError
@@ -259,6 +260,9 @@ def _serve(service: PriceService, cfg: ServeConfig, log: logging.Logger) -> int:
               f"(a second server on this host needs ports of its own: docs/cluster.md), "
               f"or pass --share-ports to join it and split the traffic", file=sys.stderr)
         return EXIT_FAIL
+    except ClusterConfigError as exc:   # Redis refused our password or a command
+        print(f"beastnet serve: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except (KeyStoreError, ServerError, OSError, ClusterError, WebhookError) as exc:
         print(f"beastnet serve: error: {exc}", file=sys.stderr)
         return EXIT_FAIL
