@@ -33,7 +33,7 @@ HOT_FUNCTIONS = {
                  "tls_answer_plain_http", "tls_note_pending", "tls_drain_ready", "tls_on_handshake_event", "tls_is_client_hello",
                  "tls_ctx_release"],
     "_http_route.pxi": ["http_key_valid", "http_is_route", "conn_queue", "conn_step",
-                        "conn_refuse", "conn_request"],
+                        "conn_refuse", "cors_pick", "conn_request"],
     "_ws.pxi": ["ws_reader_init", "ws_reader_free", "ws_load_u64", "utf8_check", "ws_unmask",
                 "ws_close_code_valid", "ws_fail", "ws_msg_append", "ws_next", "ws_server_head"],
     "_ws_msg.pxi": ["json_ws", "json_hex4", "json_string", "json_skip", "json_skip_number",

@@ -76,6 +76,12 @@ cdef struct bn_hworker:
     epoll_event* events          # HTTP_EVENTS_MAX
     char tails[3][HTTP_TAIL_MAX_BYTES]  # TAIL_*: Date [+ Connection] + blank line
     size_t tail_len[3]
+    int cors_any                        # CORS: 1 = any origin ("*"), 0 = the listed ones
+    uint32_t cors_n                     # allowed origins listed; 0 and not cors_any = CORS off
+    uint32_t cors_origin_lens[CORS_ORIGINS_MAX]
+    char cors_origins[CORS_ORIGINS_MAX][CORS_ORIGIN_MAX_BYTES]
+    size_t cors_seg_lens[CORS_SEG_ORIGIN0 + CORS_ORIGINS_MAX]
+    char cors_segs[CORS_SEG_ORIGIN0 + CORS_ORIGINS_MAX][CORS_SEG_MAX_BYTES]   # CORS_SEG_*
     bn_ws_worker* ws                    # WebSocket state, NULL = no WebSocket on this engine
     uint32_t nroutes                    # extra exact paths for the control plane
     uint32_t route_lens[HTTP_ROUTES_MAX]
@@ -408,6 +414,7 @@ cdef void http_worker_accept(bn_hworker* w) noexcept nogil:
         c.flags &= CONN_TLS_QUEUED
         c.events = EPOLLIN
         c.requests = 0
+        c.cors = 0
         c.last_active_ns = w.now_ns
         c.head_start_ns = w.now_ns
         ev.events = EPOLLIN
@@ -776,7 +783,7 @@ cdef class HTTPEngine(NativeEngine):
                   size_t ws_compress_min_bytes=0, double ws_auth_timeout_s=5.0,
                   route_paths=(),
                   size_t max_copied_output_bytes=268435456,
-                  TLSContext tls=None, double tls_handshake_timeout_s=10.0):
+                  TLSContext tls=None, double tls_handshake_timeout_s=10.0, cors_origins=()):
         cdef int i
         cdef int n = len(fds)
         cdef bytes raw_prefix = prefix.encode("ascii")
@@ -823,6 +830,20 @@ cdef class HTTPEngine(NativeEngine):
             if not raw.startswith(b"/") or len(raw) >= HTTP_PREFIX_MAX_BYTES or b"?" in raw:
                 raise ValueError(f"route paths start with '/', have no query and are shorter"
                                  f" than {HTTP_PREFIX_MAX_BYTES} bytes: {raw!r}")
+        cdef list raw_origins = [o.encode("ascii") for o in cors_origins]
+        cdef int cors_any = b"*" in raw_origins
+        if cors_any and len(raw_origins) > 1:
+            raise ValueError('cors_origins: "*" allows every origin: list it alone')
+        if len(raw_origins) > CORS_ORIGINS_MAX:
+            raise ValueError(f'cors_origins: at most {CORS_ORIGINS_MAX} origins (or "*")')
+        for raw in raw_origins:
+            if raw != b"*" and (not 0 < len(raw) <= CORS_ORIGIN_MAX_BYTES or b"://" not in raw
+                                or any(ch <= 32 or ch >= 127 for ch in raw)):
+                raise ValueError(f"cors_origins: {raw.decode()!r} is not an origin like"
+                                 f" https://example.com (at most {CORS_ORIGIN_MAX_BYTES} bytes)")
+        cdef list cors_segs = [b"Vary: Origin\r\n", b"Access-Control-Allow-Origin: *\r\n"]
+        cors_segs += [b"Access-Control-Allow-Origin: " + raw + b"\r\nVary: Origin\r\n"
+                      for raw in raw_origins if raw != b"*"]
         self._setup(table, api_keys, n, sizeof(bn_http_counters), miss_capacity)
         if tls is not None:
             openssl.SSL_CTX_up_ref(tls.ctx)
@@ -873,6 +894,15 @@ cdef class HTTPEngine(NativeEngine):
                 memcpy(w.routes[w.nroutes], <const char*>raw, len(raw))
                 w.route_lens[w.nroutes] = len(raw)
                 w.nroutes += 1
+            w.cors_any = cors_any
+            for raw in raw_origins:
+                if raw != b"*":
+                    memcpy(w.cors_origins[w.cors_n], <const char*>raw, len(raw))
+                    w.cors_origin_lens[w.cors_n] = len(raw)
+                    w.cors_n += 1
+            for j, seg in enumerate(cors_segs):
+                memcpy(w.cors_segs[j], <const char*>seg, len(seg))
+                w.cors_seg_lens[j] = len(seg)
             w.epfd = epoll_create1(EPOLL_CLOEXEC)
             if w.epfd < 0:
                 raise_errno("epoll_create1")
