@@ -78,6 +78,9 @@ class WebSocketOptions:
     #: permessage-deflate (RFC 7692), negotiated when a client offers it: bodies this
     #: long or longer are deflated once per publication (0 = never negotiated)
     compress_min_bytes: int = 1024
+    #: where API keys are enforced, an upgrade without a key must send
+    #: ``{"op":"auth","api_key":...}`` first, within this (0 = refuse it 401 instead)
+    auth_timeout_s: float = 5.0
 
 
 class HTTPServer(EngineServer):
@@ -193,7 +196,8 @@ class HTTPServer(EngineServer):
                 ws_max_message_bytes=websocket.max_message_bytes,
                 ws_stall_timeout_s=websocket.stall_timeout_s,
                 ws_max_symbols=websocket.max_symbols,
-                ws_compress_min_bytes=websocket.compress_min_bytes)
+                ws_compress_min_bytes=websocket.compress_min_bytes,
+                ws_auth_timeout_s=websocket.auth_timeout_s)
         if isinstance(cors_origins, str):
             raise TypeError('cors_origins is a list of origins, e.g. ["*"]')
         if tls is not None and not isinstance(tls, TLSConfig):
