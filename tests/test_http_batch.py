@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import orjson
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from beastnet import HTTPServer, ResponseTable
 from http_helpers import BODIES, exchange, get
@@ -82,3 +84,24 @@ def test_the_docs_list_every_asset_serve_publishes():
     doc = (Path(__file__).resolve().parent.parent / "docs" / "serve.md").read_text()
     missing = [a for a in ASSETS if f"`{a}`" not in doc]
     assert not missing and "/v1/assets" in doc
+
+
+SYMBOL = st.text(alphabet="BTCEHSOLbtcx,%._-/ ", min_size=0, max_size=12)
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])   # one server, reused
+@given(st.lists(SYMBOL, min_size=0, max_size=70))
+def test_any_symbol_list_is_answered_whole(server, symbols):
+    """Whatever the list, one well-formed answer: 200 with a JSON array of the
+    known symbols in order, 404 naming the unknown, or 400; and the
+    connection keeps serving."""
+    q = "symbols=" + ",".join(symbols)
+    (r, after) = exchange(server, query(q.replace(" ", "%20")) + get("BTC"), 2)
+    assert after.status == 200 and after.body == BODIES["BTC"]
+    assert r.status in (200, 400, 404)
+    if r.status == 200:
+        assert [a["asset"] for a in r.json()] == [s.upper() for s in symbols]
+    elif r.status == 404:
+        unknown = r.json()["unknown"]
+        assert unknown and all(s.upper() not in BODIES for s in unknown)
