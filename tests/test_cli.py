@@ -163,6 +163,13 @@ def test_a_wrong_flag_gets_the_command_s_usage_and_exit_2():
     assert "unrecognized arguments: --nope" in one_error_line(proc)
 
 
+def test_an_option_before_the_command_is_named_not_called_a_missing_command():
+    proc = beastnet("--nope", "serve")
+    assert proc.returncode == 2
+    line = one_error_line(proc)
+    assert "unrecognized option '--nope'" in line and "required" not in line
+
+
 def test_a_dead_target_is_one_line_and_exit_1():
     with socket.socket() as s:                  # a port nobody listens on
         s.bind(("127.0.0.1", 0))

@@ -5,6 +5,7 @@ native lease the shared limit rests on."""
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import signal
 import socket
@@ -38,13 +39,17 @@ PARTNER = "partner-key-0123456789"
 
 
 class RedisServer:
-    """A redis-server on a free loopback port in a temp dir, stopped by PID."""
+    """A redis-server on a free loopback port in a temp dir, stopped by PID;
+    `args` are added to its command line (`--requirepass` and the like; then
+    `password` is what the fixture's own clients authenticate with)."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, *args: str, password: str | None = None) -> None:
         self.dir = tmp / "redis"
         self.dir.mkdir()
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.args = args
+        self.password = password
         self.proc: subprocess.Popen | None = None
         self.start()
 
@@ -52,7 +57,7 @@ class RedisServer:
         assert REDIS_SERVER is not None
         self.proc = subprocess.Popen(
             [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.dir)],
+             "--appendonly", "no", "--dir", str(self.dir), *self.args],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         client = self.client()
         try:
@@ -69,7 +74,8 @@ class RedisServer:
             return False
 
     def client(self) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2)
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2,
+                           password=self.password)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -235,12 +241,16 @@ def test_cluster_totals_equal_the_sum_of_the_nodes(serve, redis_server, tmp_path
     assert own == [10, 20, 30]
 
     def settled():
+        # Every node's own snapshot carries its hits: what the aggregate is
+        # made of, whether or not it sums them right.
         stats = admin_json(nodes[1], "/admin/cluster-stats")
-        return stats if stats["totals"]["udp_hits"] == 60 else None
+        rows = {row["node"]: row for row in stats["per_node"]}
+        return stats if [rows.get(f"node{i}", {}).get("counters", {}).get("udp_hits")
+                         for i in range(3)] == own else None
     stats = wait_for(settled, timeout=5, interval=0.1, message="snapshots with every hit")
     assert stats["nodes"] == {"live": 3, "stale": 0, "missing": 0}
     rows = {row["node"]: row for row in stats["per_node"]}
-    assert [rows[f"node{i}"]["counters"]["udp_hits"] for i in range(3)] == own
+    assert stats["totals"]["udp_hits"] == 60
     for name, total in stats["totals"].items():
         assert total == sum(row["counters"][name] for row in rows.values()), name
     assert all(row["profile"] == "dev" and row["mode"] == "redis" for row in rows.values())
@@ -249,12 +259,21 @@ def test_cluster_totals_equal_the_sum_of_the_nodes(serve, redis_server, tmp_path
                            capture_output=True, text=True, timeout=30)
     assert table.returncode == 0, table.stderr
     assert "3 live, 0 stale, 0 missing" in table.stdout and "node2" in table.stdout
+    # Unbuffered, so each frame is read as it is printed: stopped after the
+    # second, not after a sleep that hopes for two.
     watch = subprocess.Popen([sys.executable, "-m", "beastnet", "stats", "--url", url,
-                              "--cluster", "--watch", "0.2"], stdout=subprocess.PIPE, text=True)
-    time.sleep(1.5)
+                              "--cluster", "--watch", "0.2"], stdout=subprocess.PIPE, text=True,
+                             env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    assert watch.stdout is not None
+    shown = ""
+    while shown.count("3 live") < 2:
+        line = watch.stdout.readline()
+        if not line:
+            break
+        shown += line
     watch.send_signal(signal.SIGINT)
     out, _ = watch.communicate(timeout=10)
-    assert watch.returncode == 0 and out.count("3 live") >= 2, out
+    assert watch.returncode == 0 and (shown + out).count("3 live") >= 2, shown + out
     # a node that stops cleanly leaves; one killed goes missing once its TTL runs out
     assert nodes[2].terminate() == 0
     nodes[1].kill()

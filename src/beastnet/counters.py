@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-__all__ = ["Counter", "tagged", "UDP_COUNTERS", "HTTP_COUNTERS", "MISS_PATH_COUNTERS", "UDP_SERVER_GAUGES",
-           "HTTP_SERVER_GAUGES", "PUSH_COUNTERS", "markdown"]
+__all__ = ["Counter", "tagged", "UDP_COUNTERS", "HTTP_COUNTERS", "MISS_PATH_COUNTERS",
+           "WS_DEFLATE_COUNTERS", "UDP_SERVER_GAUGES", "HTTP_SERVER_GAUGES", "PUSH_COUNTERS",
+           "markdown"]
 
 
 class Counter(NamedTuple):
@@ -132,6 +133,9 @@ ws_frames_out            counter  frames       Update and snapshot frames writte
 ws_superseded            counter  updates      Publications replaced by a newer one of the same symbol before the worker fanned them out.
 ws_conflated             counter  frames       Pending frames replaced by a newer one of the same symbol before they were written.
 ws_slow_closes           counter  connections  Connections closed because their output made no progress for stall_timeout_s.
+ws_frames_compressed     counter  frames       Of ws_frames_out, the compressed (permessage-deflate) frames.
+ws_bytes_saved           counter  bytes        Bytes those compressed frames were shorter than the plain ones.
+ws_messages_inflated     counter  messages     Compressed client messages inflated (permessage-deflate).
 ws_close_normal          counter  connections  Closes with code 1000.
 ws_close_going_away      counter  connections  Closes with code 1001 (the server stopping).
 ws_close_protocol_error  counter  connections  Closes with code 1002 (a framing rule broken).
@@ -168,6 +172,16 @@ miss_cache_refused counter answers      Handler answers not cached: the table wa
 miss_send_errors  counter  responses    Control-plane replies the engine could not send.
 """)
 
+#: permessage-deflate on the publishing side: a table's writer deflates each
+#: publication once (one value per server, from its engine's hub).
+WS_DEFLATE_COUNTERS: tuple[Counter, ...] = _table("""
+ws_deflated              counter  updates      Publications deflated once for the WebSocket feed (a compressed frame built beside the plain one).
+ws_deflate_no_gain       counter  updates      Publications past compress_min_bytes that deflate did not shorten: sent plain.
+ws_deflate_bytes_in      counter  bytes        Bodies of the deflated publications.
+ws_deflate_bytes_out     counter  bytes        The same publications once deflated.
+ws_deflate_cpu_ns        counter  nanoseconds  CPU time the table writers spent deflating (thread CPU clock), once per publication.
+""")
+
 #: Levels of a server's set-up, one value per server (from stats(), not from a struct).
 UDP_SERVER_GAUGES: tuple[Counter, ...] = _table("""
 sockets           gauge    sockets      Reader sockets.
@@ -201,6 +215,9 @@ def markdown() -> str:
          "Per worker thread in `HTTPServer.stats()['per_thread']`, summed in `['totals']`."),
         ("Miss path (control plane)", "beastnet_udp / beastnet_http", MISS_PATH_COUNTERS,
          "In both servers' `['totals']`; absent from a UDP server without a handler."),
+        ("WebSocket compression (publishing side)", "beastnet_http", WS_DEFLATE_COUNTERS,
+         "In `HTTPServer.stats()['totals']` of a server with a WebSocket feed that "
+         "compresses ([websocket.md](websocket.md#compression))."),
         ("UDP server set-up", "beastnet_udp", UDP_SERVER_GAUGES,
          "From `UDPServer.stats()`: `sockets`, `steering['enabled']`, `avg_batch_fill`."),
         ("HTTP server set-up", "beastnet_http", HTTP_SERVER_GAUGES,

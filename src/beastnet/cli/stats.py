@@ -89,8 +89,9 @@ def format_stats(stats: dict) -> str:
                      f"REST polls {ex['rest_polls']:,} ({ex['rest_errors']:,} failed)  "
                      f"symbols {ex['symbols_seen']}/{ex['symbols']}")
     if feed:
-        lines.append(f"feed fallbacks {feed.get('fallbacks', 0):,}  stale assets {len(feed.get('assets_stale', []))}"
-                     f"  refused {feed.get('refused', 0) + feed.get('refused_jumps', 0):,}")
+        refused = feed.get("refused", 0) + feed.get("refused_jumps", 0)
+        lines.append(f"feed fallbacks {feed.get('fallbacks', 0):,}  "
+                     f"stale assets {len(feed.get('assets_stale', []))}  refused {refused:,}")
     keys = stats.get("api_keys")
     if keys:
         lines.append(f"keys {keys['keys']:,}  admitted {keys['admitted']:,}  rate limited {keys['rate_limited']:,}  "

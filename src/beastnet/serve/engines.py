@@ -162,7 +162,7 @@ class Engines(Component):
                              recv_buffer_bytes=cfg.recv_buffer_bytes,
                              send_buffer_bytes=cfg.send_buffer_bytes,
                              cpu_steering=cfg.cpu_steering, api_keys=host.api_keys,
-                             control=host.control).start()
+                             control=host.control, reuse_port=cfg.share_ports).start()
         host.admin = self._start_admin()
         host.http = self._start_http()
 
@@ -224,7 +224,7 @@ class Engines(Component):
                           max_connections=cfg.admin_max_connections,
                           idle_timeout_s=cfg.idle_timeout_s,
                           header_timeout_s=cfg.header_timeout_s,
-                          control=self.host.control).start()
+                          control=self.host.control, reuse_port=cfg.share_ports).start()
 
     def _start_http(self) -> HTTPServer:
         cfg, host = self.cfg, self.host
@@ -244,7 +244,8 @@ class Engines(Component):
                           miss_queue_size=cfg.miss_queue_size, max_inflight=cfg.max_inflight,
                           max_connections=cfg.max_connections, idle_timeout_s=cfg.idle_timeout_s,
                           header_timeout_s=cfg.header_timeout_s, api_keys=host.api_keys,
-                          control=host.control, websocket=stream, tls=tls).start()
+                          control=host.control, websocket=stream, tls=tls,
+                          reuse_port=cfg.share_ports, cors_origins=cfg.cors_origins).start()
 
     def _on_dashboard(self, request: MissRequest) -> Answer:
         if request.method not in ("GET", "HEAD"):
