@@ -279,7 +279,7 @@ def test_all_six_reach_the_http_api_and_stream_subscribers(tmp_path):
                         "subscribed"
                     return orjson.loads(await asyncio.wait_for(ws.recv(), 5))
 
-            frames = {a: asyncio.run(first_frame(a)) for a in ("BTC", "TIA")}
+            frames = {a: asyncio.run(first_frame(a)) for a in want}
     finally:
         fakes.close()
     assert set(bodies) == set(want), sorted(set(want) - set(bodies))
@@ -291,7 +291,9 @@ def test_all_six_reach_the_http_api_and_stream_subscribers(tmp_path):
     assert set(exchanges) == set(CASES)
     assert all(e["state"] == "connected" for e in exchanges.values()), exchanges
     assert b'beastnet_feed_exchange_state{exchange="okx",state="connected"} 1' in metrics
-    assert frames["BTC"]["asset"] == "BTC" and frames["TIA"]["quote"] == "USDT"
+    for asset, (name, _) in want.items():     # every exchange's price reaches a subscriber
+        assert (frames[asset]["asset"], frames[asset]["source"], frames[asset]["quote"]) == \
+            (asset, name, EXCHANGES[name].quote)
 
 
 def dead_port() -> int:

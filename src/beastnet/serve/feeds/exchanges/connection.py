@@ -309,7 +309,9 @@ class ExchangeConnection:
         import aiohttp
         timeout = aiohttp.ClientTimeout(total=self.rest_timeout_s)
         async with aiohttp.ClientSession(timeout=timeout) as session:
-            await self._rest_round(session, prewarm=True)
+            ok = await self._rest_round(session, prewarm=True)
+            if not self.connected and self._last_error:   # the stream failed meanwhile
+                self._say_rest(ok)
             while True:
                 if self.connected:
                     self._rest_wake.clear()
@@ -317,13 +319,16 @@ class ExchangeConnection:
                     continue
                 ok = await self._rest_round(session)
                 if not self.connected:
-                    if ok:
-                        self._set_state("fallback", f"serving from REST {self.rest_url} "
-                                        f"(stream: {self._last_error})")
-                    else:
-                        self._set_state("down", f"stream: {self._last_error}; REST: "
-                                        f"{self._rest_error}; retrying both")
+                    self._say_rest(ok)
                 await asyncio.sleep(self.rest_interval_s)
+
+    def _say_rest(self, ok: bool) -> None:
+        if ok:
+            self._set_state("fallback", f"serving from REST {self.rest_url} "
+                            f"(stream: {self._last_error})")
+        else:
+            self._set_state("down", f"stream: {self._last_error}; REST: {self._rest_error}; "
+                            "retrying both")
 
     async def _rest_round(self, session: Any, prewarm: bool = False) -> bool:
         """One GET per REST path, `rest_gap_s` apart; True if any answered.
@@ -353,7 +358,13 @@ class ExchangeConnection:
             except _RateLimited as exc:
                 self._rest_failed(path, exc)
                 await asyncio.sleep(exc.retry_s)
-            except Exception as exc:          # timeouts, resets, bad bodies: counted, retried
+            except (OSError, asyncio.TimeoutError) as exc:
+                # The host is unreachable (DNS, refused, timeout; aiohttp's
+                # connection errors are OSErrors): the rest of the round
+                # would fail the same way.
+                self._rest_failed(path, exc)
+                return ok
+            except Exception as exc:          # HTTP errors, bad bodies: counted, retried
                 self._rest_failed(path, exc)
             await asyncio.sleep(self.rest_gap_s)
         return ok
