@@ -493,3 +493,15 @@ def test_replay_recognises_an_exchange_recording(tmp_path):
     path.write_text('{"t":1.0,"x":"okx","k":"ws","s":null,"m":"pong"}\n')
     assert isinstance(open_feed(ServeConfig(feed="replay", feed_path=str(path))),
                       ExchangeReplayFeed)
+
+
+def test_a_stream_that_never_speaks_is_stale_too():
+    async def scenario():
+        async with Rig("kraken") as rig:
+            rig.fake.silent = True            # from the first byte: subscribed, then nothing
+            assert await until(lambda: rig.conn.stale_events >= 2)
+            assert await until(lambda: rig.price_is(rig.rest_price))
+            return rig.conn.health(), rig.fake.connections
+
+    health, connections = asyncio.run(scenario())
+    assert health["state"] == "fallback" and connections >= 2

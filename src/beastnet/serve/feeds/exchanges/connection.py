@@ -249,9 +249,11 @@ class ExchangeConnection:
                     await ws.send(reply)
             return heard
         finally:
-            subscriber.cancel()
-            if pinger is not None:
-                pinger.cancel()
+            for task in (subscriber, pinger):
+                if task is not None:
+                    task.cancel()
+                    # A send on a closed stream fails there: the reader saw why.
+                    task.add_done_callback(_reap)
 
     async def subscribe(self, ws: Any) -> None:
         """Send the subscribe messages, in the adapter's batches and pace."""
@@ -293,16 +295,19 @@ class ExchangeConnection:
         while True:
             await asyncio.sleep(period)
             silent = time.monotonic() - self.last_message
-            if self.connected and silent > self.stale_after_s:
+            ws = self._ws
+            # An open stream, live or not yet: one that never speaks is as dead.
+            if ws is not None and silent > self.stale_after_s:
                 self.stale_events += 1
-                self.connected = False
+                was_live, self.connected = self.connected, False
                 self._last_error = f"silent for {silent:.1f} s"
-                self._set_state("stale", f"no message for {silent:.1f} s (bound "
-                                f"{self.stale_after_s:g} s); redialling, REST fallback meanwhile")
+                if was_live:
+                    self._set_state("stale", f"no message for {silent:.1f} s (bound "
+                                    f"{self.stale_after_s:g} s); redialling, REST fallback "
+                                    "meanwhile")
                 self._rest_wake.set()
-                ws = self._ws
-                if ws is not None:            # a silent peer may never finish a close
-                    ws.transport.abort()
+                self._ws = None
+                ws.transport.abort()          # a silent peer may never finish a close
 
     async def _rest_loop(self) -> None:
         """Prewarm once, then poll only while the stream is not live."""
@@ -373,6 +378,11 @@ class ExchangeConnection:
         self.rest_errors += 1
         self._rest_error = f"{type(exc).__name__}: {exc}".strip(": ")
         log.debug("exchange %s: REST %s%s: %s", self.name, self.rest_url, path, self._rest_error)
+
+
+def _reap(task: "asyncio.Future[Any]") -> None:
+    if not task.cancelled():
+        task.exception()                      # retrieved: not "never retrieved"
 
 
 class _RateLimited(Exception):
