@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
+from beastnet.serve.keys import KeyStoreError
 from beastnet.serve.stores.base import Keys, Subscriptions, Usage
 
 __all__ = ["Keys", "Stores", "Subscriptions", "Usage", "open_stores"]
@@ -42,13 +43,21 @@ def open_stores(path: Optional[str], *, tiers: Optional[Mapping[str, Any]] = Non
                 keys: bool = True, webhooks: bool = False,
                 webhook_tiers: Optional[Mapping[str, Any]] = None, assets: Any = (),
                 allow_private: bool = False, redis: Optional[str] = None,
-                webhook_log: bool = True) -> Stores:
+                webhook_log: bool = True, database: Optional[str] = None) -> Stores:
     """Open the stores asked for.  `path`: the SQLite key store file (None:
     no local file; then only Redis subscriptions, without a log).  `redis`:
     subscriptions shared in that Redis, the delivery log still in `path`
     (`webhook_log=False`: not even that).  On failure what was opened is
-    closed and the error (KeyStoreError, WebhookError, ClusterError) raised."""
+    closed and the error (KeyStoreError, WebhookError, ClusterError) raised.
+    `database`: a postgresql:// URL; the keys live there instead of `path`
+    (webhook subscriptions are not in PostgreSQL yet: docs/postgres.md)."""
     from beastnet.serve.stores.sqlite import Database, KeyStore, WebhookStore
+    if database is not None:
+        if webhooks:
+            raise KeyStoreError("webhook subscriptions are not in PostgreSQL yet: "
+                                "keep them in a --keystore file (docs/postgres.md)")
+        from beastnet.serve.stores.postgres import PostgresKeyStore
+        return Stores(keys=PostgresKeyStore(database, tiers) if keys else None)
     out = Stores(created=path is not None and not os.path.exists(path))
     try:
         local_hooks = webhooks and path is not None and (redis is None or webhook_log)
