@@ -70,22 +70,24 @@ def test_shared_store_round_trip(redis_server):  # noqa: F811
 
 
 def test_changes_are_heard_by_pub_sub(redis_server):  # noqa: F811
-    """A change made through one client reaches a listener at once, well
-    before the once-a-second version check would see it."""
+    """A change made through one client reaches a listener by pub/sub: a bare
+    store has no version poll, so nothing else can call it back."""
     import threading
+
+    from beastnet.serve.stores.redis import CHANGES_CHANNEL
 
     heard = threading.Event()
     with RedisWebhookStore(redis_server.url, TIERS, ASSETS, allow_private=True) as listener, \
             RedisWebhookStore(redis_server.url, TIERS, ASSETS, allow_private=True) as writer:
         listener.listen(heard.set)
-        time.sleep(0.1)                     # the subscription is in place
+        wait_for(lambda: writer.client.pubsub_numsub(CHANGES_CHANNEL)[0][1] == 1,
+                 message="redis to hold the listener's subscription")
         for change in (lambda: writer.add("udp://127.0.0.1:9", "fast", ["BTC"]),
                        lambda: writer.set_state(writer.list()[0]["id"], "paused"),
                        lambda: writer.remove(writer.list()[0]["id"])):
             heard.clear()
-            t0 = time.monotonic()
             change()
-            assert heard.wait(2.0) and time.monotonic() - t0 < 0.5
+            assert heard.wait(5.0), "the change was not heard"
 
 
 def webhooks_cli(url: str, config, *args: str) -> subprocess.CompletedProcess:
@@ -120,9 +122,12 @@ def webhook_stats(node) -> dict:
 
 
 def agreed(nodes, live: int, owned: int) -> bool:
+    """Every node sees `live` nodes and together they push at least `owned`
+    subscriptions: at least, so a node pushing what it does not own shows
+    in the exact per-node checks that follow, not as a wait that never ends."""
     stats = [webhook_stats(n) for n in nodes]
     return all(len(s["cluster"]["live_nodes"]) == live for s in stats) and \
-        sum(s["subscriptions"] for s in stats) == owned
+        sum(s["subscriptions"] for s in stats) >= owned
 
 
 def test_each_subscription_pushed_by_one_live_node(serve, redis_server, tmp_path):  # noqa: F811

@@ -85,6 +85,23 @@ cdef int conn_refuse(bn_hworker* w, bn_conn* c, int admit, uint64_t retry_ns, in
     return conn_step(c, conn_emit_error(w, c, ERR_429_1S + <int>retry_s - 1, tail, head_only))
 
 
+cdef inline uint8_t cors_pick(bn_hworker* w, bn_hreq* req) noexcept nogil:
+    # The CORS segment (CORS_SEG_* + 1) for an answer under the prefix, 0 =
+    # none.  "*" needs no Vary and nothing for a request without Origin (not
+    # a browser's cross-origin one); listed origins vary by Origin, so every
+    # answer says so, and a listed one is echoed.  Exact bytes: browsers send
+    # the serialized origin (lower-case scheme and host, no path).
+    cdef uint32_t i
+    if w.cors_any:
+        return CORS_SEG_ANY + 1 if req.origin != NULL else 0
+    if req.origin != NULL:
+        for i in range(w.cors_n):
+            if (req.origin_len == w.cors_origin_lens[i]
+                    and memcmp(req.origin, w.cors_origins[i], req.origin_len) == 0):
+                return <uint8_t>(CORS_SEG_ORIGIN0 + i + 1)
+    return CORS_SEG_VARY + 1
+
+
 cdef int conn_request(bn_hworker* w, bn_conn* c, bn_hreq* req) noexcept nogil:
     """Answer one parsed request (or queue it).  Returns 0 to go on parsing,
     1 to stop (waiting on the control plane, or closing), -1 dead."""
@@ -110,7 +127,12 @@ cdef int conn_request(bn_hworker* w, bn_conn* c, bn_hreq* req) noexcept nogil:
         ws_kind = ws_path_kind(w.ws, req.target, req.path_len)
         if ws_kind:
             return ws_route(w, c, req, ws_kind == 2)
-    if in_prefix and req.method_code == METHOD_OTHER:
+    if in_prefix and (w.cors_any or w.cors_n):
+        c.cors = cors_pick(w, req)
+        if req.method_code == METHOD_OPTIONS and not req.has_body:     # a CORS preflight
+            return conn_step(c, conn_emit(w, c, HTTP_PREFLIGHT.head, HTTP_PREFLIGHT.head_len,
+                                          tail, HTTP_PREFLIGHT.body, 0, 204, SEG_STATIC, NULL))
+    if in_prefix and (req.method_code == METHOD_OTHER or req.method_code == METHOD_OPTIONS):
         if req.has_body:                # its body is unread: the framing is lost
             c.flags |= CONN_CLOSE_AFTER
             tail = TAIL_CLOSE

@@ -28,6 +28,8 @@ cdef struct bn_ws_conn:
     int close_code                      # close frame sent with this code (0 = none yet)
     int64_t close_deadline_ns           # after our close: the peer's FIN is awaited until then
     uint32_t ctl_max                    # bytes ctl may hold: 1 MiB, plus room for one echoed message
+    uint32_t zmax                       # permessage-deflate: largest body sent compressed
+                                        # (its server_max_window_bits), 0 = not negotiated
 
 
 # -- a connection's own output (handshake, acks, errors, control frames) -------------------
@@ -100,6 +102,46 @@ cdef void ws_count_close(bn_hworker* w, int code) noexcept nogil:
 
 # -- writing ------------------------------------------------------------------------------
 
+cdef inline bint ws_sends_z(bn_ws_worker* ws, bn_ws_conn* wc, bn_entry* e) noexcept nogil:
+    """Whether `wc` gets `e`'s compressed frame: it negotiated permessage-
+    deflate, the entry has one, the body is past this engine's threshold and
+    within the window the client allows (server_max_window_bits: with no
+    context takeover no distance reaches past the message itself)."""
+    return e.zws_head_len != 0 and e.body_len >= ws.compress_min and e.body_len <= wc.zmax
+
+
+cdef inline size_t ws_frame_iov(bn_ws_worker* ws, bn_ws_conn* wc, bn_entry* e,
+                                iovec* iov) noexcept nogil:
+    """The two iovecs [head, body] of `e`'s frame for `wc`; its length."""
+    if ws_sends_z(ws, wc, e):
+        iov[0].iov_base = <void*>e.zws_head
+        iov[0].iov_len = e.zws_head_len
+        iov[1].iov_base = <void*>e.zbody
+        iov[1].iov_len = e.zbody_len
+    else:
+        iov[0].iov_base = <void*>e.ws_head
+        iov[0].iov_len = e.ws_head_len
+        iov[1].iov_base = <void*>e.body
+        iov[1].iov_len = e.body_len
+    return iov[0].iov_len + iov[1].iov_len
+
+
+cdef inline size_t ws_frame_bytes(bn_ws_worker* ws, bn_ws_conn* wc, bn_entry* e) noexcept nogil:
+    if ws_sends_z(ws, wc, e):
+        return e.zws_head_len + e.zbody_len
+    return e.ws_head_len + e.body_len
+
+
+cdef inline void ws_frame_written(bn_hworker* w, bn_ws_conn* wc, bn_entry* e) noexcept nogil:
+    """`e`'s frame went out whole: count it and drop the connection's reference."""
+    bn_count(&w.counters.ws_frames_out, 1)
+    if ws_sends_z(w.ws, wc, e):
+        bn_count(&w.counters.ws_frames_compressed, 1)
+        bn_count(&w.counters.ws_bytes_saved,
+                 (e.ws_head_len + e.body_len) - (e.zws_head_len + e.zbody_len))
+    entry_unref(e)
+
+
 cdef int ws_conn_flush(bn_hworker* w, bn_conn* c) noexcept nogil:
     """Write what `c` has queued with one sendmsg per call: the rest of a
     frame in flight, its own control bytes, then pending frames in order.
@@ -109,12 +151,11 @@ cdef int ws_conn_flush(bn_hworker* w, bn_conn* c) noexcept nogil:
     cdef int niov
     cdef bn_ws_sub* s
     cdef bn_entry* e
-    cdef size_t head_len
     cdef size_t total
     cdef size_t left
     cdef size_t n
     cdef ssize_t sent
-    cdef uint32_t off
+    cdef size_t off
     cdef int rc
     if c.tls_pend != NULL:
         rc = tls_write_pending(w, c)
@@ -129,19 +170,16 @@ cdef int ws_conn_flush(bn_hworker* w, bn_conn* c) noexcept nogil:
         total = 0
         # A frame in flight goes first: frames must never interleave.
         if wc.inflight != NULL:
-            e = wc.inflight
+            total += ws_frame_iov(w.ws, wc, wc.inflight, iov) - wc.inflight_off
             off = wc.inflight_off
-            head_len = e.ws_head_len
-            if off < head_len:
-                iov[niov].iov_base = <void*>(e.ws_head + off)
-                iov[niov].iov_len = head_len - off
-                total += head_len - off
-                niov += 1
-                off = <uint32_t>head_len
-            iov[niov].iov_base = <void*>(e.body + (off - head_len))
-            iov[niov].iov_len = e.body_len - (off - head_len)
-            total += iov[niov].iov_len
-            niov += 1
+            if off >= iov[0].iov_len:   # the head is out: only the body's rest
+                off -= iov[0].iov_len
+                iov[0] = iov[1]
+                niov = 1
+            else:
+                niov = 2
+            iov[0].iov_base = <void*>(<char*>iov[0].iov_base + off)
+            iov[0].iov_len -= off
         if wc.ctl_len > wc.ctl_off:
             iov[niov].iov_base = <void*>(wc.ctl + wc.ctl_off)
             iov[niov].iov_len = wc.ctl_len - wc.ctl_off
@@ -150,12 +188,7 @@ cdef int ws_conn_flush(bn_hworker* w, bn_conn* c) noexcept nogil:
         if not (wc.flags & WSC_CLOSING):
             s = wc.pend_head
             while s != NULL and niov + 2 <= HTTP_IOV_MAX:
-                e = s.pending
-                iov[niov].iov_base = <void*>e.ws_head
-                iov[niov].iov_len = e.ws_head_len
-                iov[niov + 1].iov_base = <void*>e.body
-                iov[niov + 1].iov_len = e.body_len
-                total += e.ws_head_len + e.body_len
+                total += ws_frame_iov(w.ws, wc, s.pending, iov + niov)
                 niov += 2
                 s = s.next_pending
         if niov == 0:
@@ -170,13 +203,12 @@ cdef int ws_conn_flush(bn_hworker* w, bn_conn* c) noexcept nogil:
         # Account for what went out, in the order it was queued.
         if wc.inflight != NULL:
             e = wc.inflight
-            n = e.ws_head_len + e.body_len - wc.inflight_off
+            n = ws_frame_bytes(w.ws, wc, e) - wc.inflight_off
             if left >= n:
                 left -= n
-                entry_unref(e)
                 wc.inflight = NULL
                 wc.inflight_off = 0
-                bn_count(&w.counters.ws_frames_out, 1)
+                ws_frame_written(w, wc, e)
             else:
                 wc.inflight_off += <uint32_t>left
                 left = 0
@@ -192,7 +224,7 @@ cdef int ws_conn_flush(bn_hworker* w, bn_conn* c) noexcept nogil:
         while left and wc.pend_head != NULL and wc.inflight == NULL:
             s = wc.pend_head
             e = s.pending
-            n = e.ws_head_len + e.body_len
+            n = ws_frame_bytes(w.ws, wc, e)
             wc.pend_head = s.next_pending
             if wc.pend_head == NULL:
                 wc.pend_tail = NULL
@@ -200,8 +232,7 @@ cdef int ws_conn_flush(bn_hworker* w, bn_conn* c) noexcept nogil:
             s.next_pending = NULL
             if left >= n:
                 left -= n
-                entry_unref(e)
-                bn_count(&w.counters.ws_frames_out, 1)
+                ws_frame_written(w, wc, e)
             else:
                 # The subscription is free for newer frames; this one finishes first.
                 wc.inflight = e
@@ -539,6 +570,8 @@ cdef size_t ws_process(bn_hworker* w, bn_conn* c, char* data, size_t n) noexcept
     cdef bn_ws_event ev
     cdef size_t used = 0
     cdef size_t step
+    cdef int code
+    cdef int rc
     while not (wc.flags & WSC_PEER_CLOSED):
         step = ws_next(&wc.reader, data + used, n - used, &ev)
         if ev.kind == WS_EV_NEED_MORE:
@@ -548,10 +581,21 @@ cdef size_t ws_process(bn_hworker* w, bn_conn* c, char* data, size_t n) noexcept
             ws_send_close(w, wc, ev.code)
             wc.flags |= WSC_PEER_CLOSED          # read nothing more from it
             break
+        if ev.kind == WS_EV_MESSAGE and ev.compressed:
+            bn_count(&w.counters.ws_messages_inflated, 1)
+            code = ws_message_inflate(w.ws, &ev)
+            if code:
+                ws_send_close(w, wc, code)
+                wc.flags |= WSC_PEER_CLOSED
+                break
         if ev.kind == WS_EV_MESSAGE:
             if wc.flags & WSC_ECHO:
                 bn_count(&w.counters.ws_messages_in, 1)
-                if ws_ctl_frame(wc, ev.opcode, ev.data, ev.len) != 0:
+                if ev.compressed:
+                    rc = ws_echo_compressed(w.ws, wc, &ev)
+                else:
+                    rc = ws_ctl_frame(wc, ev.opcode, ev.data, ev.len)
+                if rc != 0:
                     ws_send_close(w, wc, WS_CLOSE_TRY_AGAIN)
                 ws_mark_dirty(w.ws, wc)
             elif ev.opcode == WS_OP_TEXT and not (wc.flags & WSC_CLOSING):
@@ -674,6 +718,8 @@ cdef int ws_upgrade(bn_hworker* w, bn_conn* c, bn_hreq* req, bn_apikey* key,
     Returns 0, or -1 out of memory (the caller closes)."""
     cdef bn_ws_conn* wc = <bn_ws_conn*>calloc(1, sizeof(bn_ws_conn))
     cdef char accept[WS_ACCEPT_BYTES]
+    cdef char ext[160]                  # the Sec-WebSocket-Extensions line (130 bytes at most)
+    cdef size_t ext_len
     if wc == NULL:
         return -1
     ws_reader_init(&wc.reader, w.ws.max_frame_bytes, w.ws.max_message_bytes)
@@ -692,8 +738,29 @@ cdef int ws_upgrade(bn_hworker* w, bn_conn* c, bn_hreq* req, bn_apikey* key,
     if echo:
         wc.flags |= WSC_ECHO
     bn_ws_accept(req.ws_key, req.ws_key_len, accept)
+    ext_len = 0
+    if req.ws_deflate and w.ws.compress_min:
+        # RFC 7692: no context takeover either way (one frame for every
+        # subscriber; one inflate state per worker); a window the client
+        # asks is echoed, and bodies past it go out plain.
+        wc.flags |= WSC_DEFLATE
+        wc.reader.deflate = 1
+        wc.zmax = 0xFFFFFFFF
+        ext_len = 102
+        memcpy(ext, b"\r\nSec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover;"
+               b" client_no_context_takeover", ext_len)
+        if req.ws_deflate_bits:
+            wc.zmax = <uint32_t>1 << req.ws_deflate_bits
+            memcpy(ext + ext_len, b"; server_max_window_bits=", 25)
+            ext_len += 25
+            if req.ws_deflate_bits >= 10:
+                ext[ext_len] = 49
+                ext_len += 1
+            ext[ext_len] = <char>(48 + req.ws_deflate_bits % 10)
+            ext_len += 1
     if ws_ctl_append(wc, WS_101_HEAD, strlen(WS_101_HEAD)) != 0 or \
             ws_ctl_append(wc, accept, WS_ACCEPT_BYTES) != 0 or \
+            ws_ctl_append(wc, ext, ext_len) != 0 or \
             ws_ctl_append(wc, b"\r\n\r\n", 4) != 0:
         ws_reader_free(&wc.reader)
         free(wc.ctl)

@@ -43,6 +43,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     add_stats_command(sub)
     add_ws_command(sub)
     add_webhooks_command(sub)
+    given = list(sys.argv[1:] if argv is None else argv)
+    if given and given[0].startswith("-") and given[0] not in ("-h", "--help", "--version"):
+        # argparse would only say COMMAND is missing: name the option it does not know
+        parser.error(f"unrecognized option {given[0]!r}: options go after the COMMAND "
+                     f"(beastnet COMMAND {given[0]} ...)")
     args, unknown = parser.parse_known_args(argv)
     if unknown:
         # Reported by the command's own parser, so the usage line shown is the

@@ -62,9 +62,10 @@ def _keystore(args: argparse.Namespace) -> Any:
     if args.database:
         if args.db:
             raise KeyStoreError("--db and --database name two key stores: give one")
-        return open_stores(None, tiers=tiers, database=args.database)
+        return open_stores(None, tiers=tiers, database=args.database, redis=args.redis,
+                           key_changes=bool(args.redis))
     path = args.db or (cfg.keystore if cfg and cfg.keystore else "beastnet-keys.db")
-    stores = open_stores(path, tiers=tiers)
+    stores = open_stores(path, tiers=tiers, redis=args.redis, key_changes=bool(args.redis))
     if stores.created:
         print(f"beastnet keys: created key store {os.path.abspath(path)}", file=sys.stderr)
     return stores
@@ -74,23 +75,17 @@ def cmd_keys(args: argparse.Namespace) -> int:
     from beastnet.serve.config import ConfigError
     from beastnet.serve.keys import MIN_SECRET_KEY_CHARS, KeyStoreError
 
-    announcer = None
-    if args.redis:
-        from beastnet import ClusterError
-        from beastnet.serve.cluster import KeyChanges
-        if not args.redis.startswith(("redis://", "rediss://", "unix://")):
-            print(f"beastnet keys: error: --redis must be a redis:// URL, got {args.redis!r}",
-                  file=sys.stderr)
-            return EXIT_USAGE
-        try:
-            announcer = KeyChanges(args.redis)      # reads the URL; connects on first use
-        except ClusterError as exc:
-            print(f"beastnet keys: error: {exc}", file=sys.stderr)
-            return EXIT_USAGE
+    from beastnet import ClusterError
+
+    if args.redis and not args.redis.startswith(("redis://", "rediss://", "unix://")):
+        print(f"beastnet keys: error: --redis must be a redis:// URL, got {args.redis!r}",
+              file=sys.stderr)
+        return EXIT_USAGE
     change = None
     try:
         with _keystore(args) as stores:
             store = stores.keys
+            assert store is not None
             if args.keys_command == "add":
                 if args.key is not None and len(args.key) < MIN_SECRET_KEY_CHARS:
                     raise KeyStoreError(f"--key must be at least {MIN_SECRET_KEY_CHARS} "
@@ -123,17 +118,12 @@ def cmd_keys(args: argparse.Namespace) -> int:
                         state = "revoked" if row["revoked"] else "active"
                         print(f"{row['key']:<14} {row['tier']:<10} {state:<8} "
                               f"{row['month_count']:>12,}  {row['label']}")
-    except (KeyStoreError, ConfigError) as exc:
+            if change and stores.key_changes is not None:
+                return _announce(stores.key_changes, *change)
+    except (KeyStoreError, ConfigError, ClusterError) as exc:
         print(f"beastnet keys: error: {exc}", file=sys.stderr)
-        if announcer is not None:
-            announcer.close()
         return EXIT_USAGE
-    if announcer is None:
-        return EXIT_PASS
-    try:
-        return _announce(announcer, args.redis, *change) if change else EXIT_PASS
-    finally:
-        announcer.close()
+    return EXIT_PASS
 
 
 def key_prefix(key: str) -> str:
@@ -142,13 +132,15 @@ def key_prefix(key: str) -> str:
     return key[:KEY_PREFIX_CHARS] + "…"
 
 
-def _announce(announcer: Any, url: str, op: str, key: str, tier: Any, label: str) -> int:
-    """Record the change in Redis and publish it to the nodes."""
-    from beastnet.serve.cluster import RedisUnavailable
+def _announce(announcer: Any, op: str, key: str, tier: Any, label: str) -> int:
+    """Record the change in Redis and publish it to the nodes; the change is
+    in the local store already, so an unreachable Redis is exit 1."""
+    from beastnet import ClusterError
     try:
         nodes = announcer.publish(op, key, tier, label)
-    except RedisUnavailable as exc:
-        print(f"beastnet keys: error: --redis {url}: {exc}", file=sys.stderr)
+    except ClusterError as exc:
+        print(f"beastnet keys: error: {exc} (the change is in the local store; run it again "
+              f"to announce it)", file=sys.stderr)
         return EXIT_FAIL
     print(f"beastnet keys: announced to {nodes} node(s)", file=sys.stderr)
     return EXIT_PASS

@@ -17,6 +17,7 @@ profiles (precedence: built-in defaults < profile < --config file < flags):
 {profiles}
 
 routes:   UDP  [@TAG ]KEY[ APIKEY]            HTTP GET /v1/KEY (X-API-Key or ?api_key=)
+          WebSocket stream /v1/stream, live page GET / (the HTTP port)
           admin listener (--admin-host/--admin-port): GET /healthz, /metrics,
           /admin/stats, /admin/cluster-stats (--redis); POST /admin/reset,
           /admin/profile?name=P[&scope=cluster]
@@ -29,6 +30,8 @@ try it:   beastnet serve --profile dev
           beastnet stats
 signals:  SIGTERM or SIGINT drain (finish in-flight HTTP, flush usage) and exit 0;
           SIGHUP reloads --tls-cert/--tls-key (open connections keep the old ones).
+config:   every setting, flags or not, with its default: examples/beastnet.toml
+          in the source tree; a systemd unit, backups and sizing: docs/deploy.md
 exit status:{statuses}"""
 
 SERVE_STATUSES = {

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 import orjson
 
 from beastnet import Answer, APIKeyTable, ClusterError, MissRequest, error_answer
+from beastnet.counters import HTTP_COUNTERS, UDP_COUNTERS
 from beastnet.metrics import MetricFamily
 from beastnet.serve.admin import AdminRoute
 from beastnet.serve.component import Component
@@ -62,7 +63,6 @@ except ImportError:                     # pragma: no cover - the `cluster` extra
     RedisMisconfigured = ()
 
 
-
 def misconfiguration(exc: BaseException) -> bool:
     """Whether `exc` says Redis refuses this user something (RedisMisconfigured,
     or a command a script called that the ACL denies, which Redis reports as
@@ -73,7 +73,7 @@ def misconfiguration(exc: BaseException) -> bool:
 
 
 __all__ = ["RedisMisconfigured", "RedisUnavailable", "SNAPSHOT_COUNTERS", "Cluster",
-           "ClusterConfigError", "ClusterNode", "KeyChanges", "aggregate", "apply_key_change",
+           "ClusterConfigError", "ClusterNode", "aggregate", "apply_key_change",
            "default_node_id", "key_record", "misconfiguration", "red_flags", "redacted_url",
            "table_change"]
 
@@ -90,18 +90,18 @@ KEY = PREFIX + "key:"                   # + API key: hash tier, label, revoked
 KEYS_CHANNEL = PREFIX + "keys"          # pub/sub: key added, revoked, re-tiered
 CONTROL_CHANNEL = PREFIX + "control"    # pub/sub: cluster-wide profile switches
 
-# A node's snapshot: UDP, HTTP and WebSocket counters the tuning loop watches,
-# plus usage flushing.  Gauges are summed over nodes but have no rate.
+# A node's snapshot, (name, group, counter): the UDP, HTTP and WebSocket
+# counters tagged "snapshot" in beastnet.counters (named group_counter, the
+# ws_ ones as they are), plus usage flushing.  Gauges are summed over nodes
+# but have no rate.
+_ENGINE_GROUPS = (("udp", UDP_COUNTERS), ("http", HTTP_COUNTERS))
 SNAPSHOT_COUNTERS: tuple[tuple[str, str, str], ...] = tuple(
-    [("udp_" + n, "udp", n) for n in ("rx_packets", "hits", "misses", "kernel_drops",
-                                     "queue_drops", "send_errors", "bad_requests",
-                                     "unauthorized", "rate_limited", "over_quota")]
-    + [("http_" + n, "http", n) for n in ("requests", "hits", "misses", "queue_drops",
-                                         "rejected", "parse_errors", "active",
-                                         "unauthorized", "rate_limited", "over_quota")]
-    + [("ws_active", "http", "ws_active"), ("ws_frames_out", "http", "ws_frames_out"),
-       ("usage_flushes", "keys", "flushes"), ("usage_flush_errors", "keys", "flush_errors")])
-GAUGES = frozenset({"http_active", "ws_active"})
+    [(c.name if c.name.startswith("ws_") else f"{group}_{c.name}", group, c.name)
+     for group, counters in _ENGINE_GROUPS for c in counters if "snapshot" in c.tags]
+    + [("usage_flushes", "keys", "flushes"), ("usage_flush_errors", "keys", "flush_errors")])
+GAUGES = frozenset(name for name, group, field in SNAPSHOT_COUNTERS
+                   for g, counters in _ENGINE_GROUPS if g == group
+                   for c in counters if c.name == field and c.kind == "gauge")
 
 # Red flags of the tuning loop: UDP drop % over 1, background (miss queue) drop
 # % over 5, any usage flush error.
@@ -912,32 +912,6 @@ def _store_change(store: "Keys", op: str, key: str, tier: Optional[str], label: 
             store.set_tier(key, tier)
     except KeyStoreError as exc:
         log.debug("cluster: local copy: %s", exc)
-
-
-class KeyChanges:
-    """Writes key changes to the shared store and announces them (`beastnet
-    keys --redis`, the admin routes): a hash per key, then PUBLISH."""
-
-    def __init__(self, url: str) -> None:
-        if redis is None:
-            raise ClusterError("--redis needs the redis client: pip install 'beastnet[cluster]'")
-        try:
-            self.client = redis.Redis.from_url(url, socket_timeout=2.0,
-                                               socket_connect_timeout=2.0)
-        except ValueError as exc:
-            raise ClusterError(f"--redis {url!r}: {exc}") from None
-
-    def publish(self, op: str, key: str, tier: Optional[str] = None, label: str = "") -> int:
-        """Record and announce one change; returns the nodes that heard it."""
-        fields, message = key_record(op, key, tier, label)
-        with self.client.pipeline(transaction=True) as pipe:
-            pipe.hset(KEY + key, items=fields)
-            pipe.publish(KEYS_CHANNEL, message)
-            replies = pipe.execute()
-        return int(replies[-1])
-
-    def close(self) -> None:
-        self.client.close()
 
 
 class Cluster(Component):

@@ -43,7 +43,7 @@ class ExchangeConnection:
     def __init__(self, exchange: Exchange, assets: Sequence[str], emit: Emit, *,
                  ws_url: Optional[str] = None, rest_url: Optional[str] = None,
                  stale_after_s: Optional[float] = None, rest_interval_s: float = 5.0,
-                 rest_gap_s: float = 0.2, rest_timeout_s: float = 5.0,
+                 rest_gap_s: Optional[float] = None, rest_timeout_s: float = 5.0,
                  rest_max_bytes: int = 1 << 20, backoff_base_s: float = 0.5,
                  backoff_max_s: float = 30.0, open_timeout_s: float = 10.0,
                  ping_interval_s: Optional[float] = None, connect_delay_s: Optional[float] = None,
@@ -56,7 +56,7 @@ class ExchangeConnection:
         # Never looser than the exchange's own rule: twice its heartbeat.
         self.stale_after_s = min(stale_after_s or exchange.stale_after_s, exchange.stale_after_s)
         self.rest_interval_s = rest_interval_s
-        self.rest_gap_s = rest_gap_s
+        self.rest_gap_s = exchange.rest_gap_s if rest_gap_s is None else rest_gap_s
         self.rest_timeout_s = rest_timeout_s
         self.rest_max_bytes = rest_max_bytes
         self.backoff_base_s = backoff_base_s
