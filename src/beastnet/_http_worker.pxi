@@ -76,6 +76,9 @@ cdef struct bn_hworker:
     epoll_event* events          # HTTP_EVENTS_MAX
     char tails[3][HTTP_TAIL_MAX_BYTES]  # TAIL_*: Date [+ Connection] + blank line
     size_t tail_len[3]
+    char batch_key[KEY_MAX_BYTES]       # "<prefix><batch_key>?symbols=A,B": the batch query
+    size_t batch_key_len                # 0 = no batch query
+    char* batch_out                     # BATCH_OUT_BYTES: a batch answer's formatted head or 404
     int cors_any                        # CORS: 1 = any origin ("*"), 0 = the listed ones
     uint32_t cors_n                     # allowed origins listed; 0 and not cors_any = CORS off
     uint32_t cors_origin_lens[CORS_ORIGINS_MAX]
@@ -714,6 +717,7 @@ cdef void http_worker_free(bn_hworker* w) noexcept nogil:
     free(w.conns)
     free(w.free_slots)
     free(w.scratch)
+    free(w.batch_out)
     free(w.iov)
     free(w.iov_kind)
     free(w.iov_entry)
@@ -783,7 +787,8 @@ cdef class HTTPEngine(NativeEngine):
                   size_t ws_compress_min_bytes=0, double ws_auth_timeout_s=5.0,
                   route_paths=(),
                   size_t max_copied_output_bytes=268435456,
-                  TLSContext tls=None, double tls_handshake_timeout_s=10.0, cors_origins=()):
+                  TLSContext tls=None, double tls_handshake_timeout_s=10.0, cors_origins=(),
+                  str batch_key=None):
         cdef int i
         cdef int n = len(fds)
         cdef bytes raw_prefix = prefix.encode("ascii")
@@ -844,6 +849,9 @@ cdef class HTTPEngine(NativeEngine):
         cdef list cors_segs = [b"Vary: Origin\r\n", b"Access-Control-Allow-Origin: *\r\n"]
         cors_segs += [b"Access-Control-Allow-Origin: " + raw + b"\r\nVary: Origin\r\n"
                       for raw in raw_origins if raw != b"*"]
+        cdef bytes raw_batch = batch_key.encode("ascii") if batch_key else b""
+        if raw_batch and not http_key_valid(raw_batch, len(raw_batch)):
+            raise ValueError(f"batch_key {batch_key!r} is not a valid key")
         self._setup(table, api_keys, n, sizeof(bn_http_counters), miss_capacity)
         if tls is not None:
             openssl.SSL_CTX_up_ref(tls.ctx)
@@ -894,6 +902,12 @@ cdef class HTTPEngine(NativeEngine):
                 memcpy(w.routes[w.nroutes], <const char*>raw, len(raw))
                 w.route_lens[w.nroutes] = len(raw)
                 w.nroutes += 1
+            if raw_batch:
+                memcpy(w.batch_key, <const char*>raw_batch, len(raw_batch))
+                w.batch_key_len = len(raw_batch)
+                w.batch_out = <char*>malloc(BATCH_OUT_BYTES)
+                if w.batch_out == NULL:
+                    raise MemoryError()
             w.cors_any = cors_any
             for raw in raw_origins:
                 if raw != b"*":

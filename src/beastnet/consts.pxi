@@ -66,6 +66,8 @@ cdef enum:
     CORS_ORIGINS_MAX = 16           # allowed origins a server may list (beyond: use "*")
     CORS_ORIGIN_MAX_BYTES = 128     # longest allowed origin, "https://host:port"
     CORS_SEG_MAX_BYTES = 192        # one pre-built CORS header segment
+    BATCH_SYMBOLS_MAX = 64          # symbols one batch query may ask for (beyond: 400)
+    BATCH_OUT_BYTES = 5120          # a batch answer's formatted head, or its 404 naming the unknown
 
 # CORS header segments a worker pre-builds (bn_hworker.cors_segs); a
 # connection's `cors` is one of these plus 1, 0 = no CORS header.

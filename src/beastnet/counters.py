@@ -241,6 +241,11 @@ def markdown() -> str:
         "per-thread counters carry a `thread` label (the reader or worker index).",
         "Native threads count with relaxed atomic adds on their own cache lines; a",
         "snapshot reads each 64-bit field whole, so no value is torn.",
+        "",
+        "A counter's tags in `counters.py` (`snapshot`, `demo`, `admin`, `rate:NAME`) pick",
+        "the subsets shown beside `/metrics`: the cluster snapshot ([cluster.md](cluster.md)),",
+        "`beastnet demo`'s report, the admin listener's totals in `/admin/stats`, and the",
+        "load report's server rates.",
     ]
     for title, prefix, counters, where in sections:
         out += ["", f"## {title}", "", f"Prefix `{prefix}`. {where}", "",
