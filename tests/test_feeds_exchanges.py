@@ -291,7 +291,8 @@ def test_all_six_reach_the_http_api_and_stream_subscribers(tmp_path):
     assert set(exchanges) == set(CASES)
     assert all(e["state"] == "connected" for e in exchanges.values()), exchanges
     assert b'beastnet_feed_exchange_state{exchange="okx",state="connected"} 1' in metrics
-    assert b"\nbeastnet_feed_dropped 0\n" in metrics and b"\nbeastnet_feed_refused " in metrics
+    assert b"\nbeastnet_feed_dropped_total 0\n" in metrics
+    assert b"\nbeastnet_feed_exchange_messages_total{exchange=\"okx\"} " in metrics
     for asset, (name, _) in want.items():     # every exchange's price reaches a subscriber
         assert (frames[asset]["asset"], frames[asset]["source"], frames[asset]["quote"]) == \
             (asset, name, EXCHANGES[name].quote)
