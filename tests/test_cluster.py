@@ -319,6 +319,20 @@ def hammer(nodes, payload: bytes, seconds: float) -> tuple[int, int, float]:
                     break
                 served += b'"asset"' in reply
                 refused += b'"asset"' not in reply
+    def udp_totals() -> tuple[int, int]:
+        """(requests the nodes took in or the kernel dropped, replies sent)."""
+        t = [admin_json(n, "/admin/stats")["udp"]["totals"] for n in nodes]
+        return (sum(x["rx_packets"] + x["kernel_drops"] for x in t),
+                sum(x["tx_packets"] for x in t))
+
+    def all_answered() -> bool:
+        # Counters are bumped after the replies leave: read them, then drain.
+        rx, tx = udp_totals()
+        drain()
+        return rx - before[0] >= sent and tx - before[1] == served + refused
+
+    before = udp_totals()
+    sent = 0
     started = time.monotonic()
     try:
         while time.monotonic() - started < seconds:
@@ -326,12 +340,13 @@ def hammer(nodes, payload: bytes, seconds: float) -> tuple[int, int, float]:
                 for _ in range(4):
                     try:
                         sock.send(payload)
+                        sent += 1
                     except BlockingIOError:
                         pass
             time.sleep(0.001)
             drain()
-        time.sleep(0.3)                 # the replies still in flight
-        drain()
+        # The replies still in flight: until every one the nodes sent is in.
+        wait_for(all_answered, timeout=5, interval=0.01, message="every reply the nodes sent")
     finally:
         for sock in socks:
             sock.close()

@@ -13,7 +13,6 @@ import os
 import socket
 import struct
 import threading
-import time
 
 import aiohttp
 import orjson

@@ -6,7 +6,7 @@ import os
 import sys
 from typing import Any
 
-from beastnet.cli._common import EXIT_FAIL, EXIT_PASS, EXIT_USAGE
+from beastnet.cli._common import EXIT_FAIL, EXIT_PASS, EXIT_USAGE, add_store_arguments
 
 #: Characters of a key that `keys list` and the confirmations show: "bk_" and
 #: 7 random characters.
@@ -21,17 +21,13 @@ def add_keys_command(sub: Any) -> None:
                        epilog="exit status: 0 done; 1 the change is in the key store but "
                               "--redis could not be reached (run it again to announce it); 2 "
                               "bad flag, unknown key or tier, or an unusable key store")
-    p.add_argument("--db", help="key store path (default: the config's keystore, "
-                                "else beastnet-keys.db)")
+    add_store_arguments(p, "tiers",
+                        "also record the change in this Redis/Valkey and announce it to every "
+                        "`beastnet serve --redis` node, which applies it within a second "
+                        "(default: none, the local store only)")
     p.add_argument("--database", metavar="URL",
                    help="keep the keys in this PostgreSQL database instead (postgresql://...; "
                         "its schema made by `beastnet db migrate`) (default: none, SQLite)")
-    p.add_argument("--config", help="TOML config file of the server, for its keystore and "
-                                    "[tiers.NAME] (default: none)")
-    p.add_argument("--redis", metavar="URL",
-                   help="also record the change in this Redis/Valkey and announce it to every "
-                        "`beastnet serve --redis` node, which applies it within a second "
-                        "(default: none, the local store only)")
     ksub = p.add_subparsers(dest="keys_command", metavar="ACTION")
     ksub.required = True
     a = ksub.add_parser("add", help="create a key and print it")
