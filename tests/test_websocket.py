@@ -576,3 +576,71 @@ def test_extra_routes_reach_the_control_plane(table):
         with socket.create_connection(server.address[:2], timeout=5) as sock:
             sock.sendall(b"GET /other HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
             assert sock.recv(65536).startswith(b"HTTP/1.1 404 ")
+
+
+# -- the kernel's share (issue 23) ---------------------------------------------------------
+
+def server_send_queues(port: int) -> list[int]:
+    """tx_queue (SIOCOUTQ: unsent + unacknowledged bytes) of every socket whose
+    local port is `port`, from /proc/net/tcp and tcp6, listening ones aside."""
+    queues = []
+    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(name) as table_file:
+            next(table_file)
+            for line in table_file:
+                fields = line.split()
+                local, state, queues_hex = fields[1], fields[3], fields[4]
+                if int(local.rsplit(":", 1)[1], 16) == port and state != "0A":   # 0A: LISTEN
+                    queues.append(int(queues_hex.split(":")[0], 16))
+    return queues
+
+
+def tcp_mem_pages() -> int:
+    with open("/proc/net/sockstat") as sockstat:
+        for line in sockstat:
+            if line.startswith("TCP:"):
+                fields = line.split()
+                return int(fields[fields.index("mem") + 1])
+    raise AssertionError("no TCP line in /proc/net/sockstat")
+
+
+NONREADERS = 50                     # the issue's 500, scaled to a busy 2-core test machine
+PER_CONN_BOUND = 512 * 1024         # 128 KiB not-sent low-water mark + in flight + one skb
+
+
+def test_non_readers_hold_a_bounded_kernel_queue_and_are_reset(table):
+    """Issue 23: no TCP_NOTSENT_LOWAT/SO_SNDBUF let each non-reader pin ~2.2 MiB
+    of kernel memory, and the 1008 close left it in FIN-WAIT-1 for 30 s+."""
+    options = WebSocketOptions(stall_timeout_s=2.0)
+    mem_before = tcp_mem_pages()
+    with HTTPServer(table, threads=1, websocket=options) as server:
+        port = server.address[1]
+        clients = [RawClient(server, rcvbuf=4096) for _ in range(NONREADERS)]
+        try:
+            for c in clients:
+                c.handshake()
+                c.send(build_frame(TEXT, b'{"op":"subscribe","symbols":["S001","S002"]}'))
+            v = 0
+            while totals(server)["ws_conflated"] < NONREADERS * 4:
+                v += 1
+                assert v < 3000, "the subscribers' sockets never filled"
+                table.update({"S001": body("S001", v, pad=60000),
+                              "S002": body("S002", v, pad=60000)})
+                time.sleep(0.002)           # let the worker write between rounds
+            queues = server_send_queues(port)
+            mem_full = tcp_mem_pages()
+            assert len(queues) >= NONREADERS
+            assert max(queues) <= PER_CONN_BOUND, (
+                f"kernel send queues: max {max(queues)} B, total {sum(queues)} B "
+                f"(sockstat TCP mem {mem_before} -> {mem_full} pages)")
+            sampled = wait_for(lambda: totals(server)["kernel_queued"], timeout=5.0,
+                               message="a kernel_queued sample")
+            assert sampled <= NONREADERS * PER_CONN_BOUND
+            # Stalled: closed with a reset, so nothing stays queued in FIN-WAIT-1.
+            wait_for(lambda: totals(server)["ws_slow_closes"] == NONREADERS, timeout=15.0,
+                     message="every non-reader closed")
+            assert totals(server)["stall_resets"] == NONREADERS
+            assert sum(server_send_queues(port)) == 0
+        finally:
+            for c in clients:
+                c.close()

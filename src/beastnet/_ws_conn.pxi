@@ -656,7 +656,8 @@ cdef void ws_check_stalls(bn_hworker* w) noexcept nogil:
         if wc.stalled_since_ns and w.now_ns - wc.stalled_since_ns > w.ws.stall_timeout_ns:
             bn_count(&w.counters.ws_slow_closes, 1)
             ws_count_close(w, WS_CLOSE_POLICY)
-            conn_close(w, c)            # its buffer is full: a close frame could not get through
+            conn_reset(w, c)            # its buffer is full: a close frame could not get through,
+            conn_close(w, c)            # and its queue would linger in FIN-WAIT-1
         elif (wc.flags & WSC_SHUT) and w.now_ns > wc.close_deadline_ns:
             conn_close(w, c)            # the peer never finished the closing handshake
 
