@@ -81,6 +81,38 @@ def test_criteria(number, p50, p99, lost, verdict):
     assert got == verdict, reasons
 
 
+@pytest.mark.parametrize("rps,lost,p99,verdict", [
+    (120_000, 0, 20, "warn"),      # 1,500 in flight under 150k req/s: a p50 of 12 ms follows
+    (160_000, 0, 20, "fail"),      # over the bar: the throughput does not explain it
+    (120_000, 1, 20, "fail"),      # a lost request fails whatever the throughput
+    (120_000, 0, 350, "fail"),     # ... and so does a p99 over its limit
+])
+def test_machine_relative_criteria_excuse_only_the_latency_the_throughput_implies(
+        rps, lost, p99, verdict):
+    # 90,000 requests at 1,500 in flight answered at `rps`, p50 12 ms >= 10 ms.
+    sent = 90_000
+    r = fake_result(12, p99, sent=sent, lost=lost, duration_s=(sent - lost) / rps)
+    level = Level(6, sent, 1500)
+    assert Criteria().judge(level, r)[0] == "fail"             # strict: the design table
+    got, reasons = Criteria(machine_relative=True).judge(level, r)
+    assert got == verdict, reasons
+    p50_reason = next(x for x in reasons if x.startswith("p50"))
+    if rps < 150_000:
+        assert "not met on this machine" in p50_reason and ">= 150,000 req/s" in p50_reason
+    else:
+        assert "not met on this machine" not in p50_reason
+
+
+def test_demo_note_never_calls_a_level_with_an_unmet_bar_a_pass():
+    from beastnet.cli.demo import machine_note
+    bar = ("p50 12.000 ms >= 10 ms: not met on this machine (at 1,500 in flight the limit "
+           "asks for >= 150,000 req/s by Little's law; answered 120,000 req/s)")
+    note = machine_note({"verdict": "warn", "levels": [{"level": 6, "reasons": [bar]}]})
+    assert "NOT MET on this machine" in note and f"level 6: {bar}" in note
+    assert "every level met" in machine_note({"verdict": "pass", "levels": []})
+    assert "failed" in machine_note({"verdict": "fail", "levels": []})
+
+
 def test_ramp_stops_at_the_breaking_point_and_reports_degradation():
     seen = []
 

@@ -22,6 +22,7 @@ from beastnet.loadgen.htmlreport import report_page
 from beastnet.loadgen.report import hdr_log, text_table
 
 from _loadgen_servers import beastnet_price_server
+from browser import needs_chromium
 from support import require
 
 hdrh_histogram = pytest.importorskip("hdrh.histogram")
@@ -182,6 +183,24 @@ def test_report_command_compares_two_runs(saved_run, server_port, capsys):
     assert "before vs after" in page and "Latency by percentile" in page
 
 
+def test_report_command_says_when_two_protocols_are_compared(saved_run, tmp_path, capsys):
+    udp = orjson.loads((saved_run / "a.json").read_bytes())
+    # The same numbers under an HTTPS target: another protocol, not a change.
+    https = orjson.loads((saved_run / "a.json").read_bytes())
+    https["result"]["mode"] = "http"
+    https["result"]["config"].update(tls=True, path_prefix="/v1/")
+    a, b, page = tmp_path / "udp.json", tmp_path / "https.json", tmp_path / "ab.html"
+    a.write_bytes(orjson.dumps(udp))
+    b.write_bytes(orjson.dumps(https))
+    assert main(["report", str(a), str(b), "-o", str(page)]) == EXIT_PASS
+    out = capsys.readouterr().out
+    assert out.startswith("note: these reports compare two protocols: udp is UDP, https is HTTPS")
+    assert "Note: these reports compare two protocols" in page.read_text()
+    # A like-for-like A/B carries no note.
+    assert main(["report", str(a), str(a), "-o", str(page)]) == EXIT_PASS
+    assert "note:" not in capsys.readouterr().out and "Note:" not in page.read_text()
+
+
 @pytest.mark.parametrize("content,why", [(b"{", "not JSON"), (b'{"kind":"x"}', "not a report"),
                                          (None, "No such file")])
 def test_report_command_rejects_bad_input_in_one_line(content, why, tmp_path, capsys):
@@ -303,6 +322,27 @@ def test_a_script_error_would_be_seen(saved_run):
     report = orjson.loads((saved_run / "a.json").read_bytes())
     page.write_text(report_page(report).replace("document.body", "document.nobody"))
     assert "setAttribute" in script_error(render_dom(page))
+
+
+@needs_chromium()
+@pytest.mark.timeout(120)
+def test_charts_share_the_page_width(saved_run):
+    from browser import Browser
+    with Browser() as browser:
+        browser.call("Emulation.setDeviceMetricsOverride", width=1600, height=1200,
+                     deviceScaleFactor=1, mobile=False)
+        browser.open((saved_run / "a.html").as_uri())
+        browser.wait_for("document.body && document.body.getAttribute('data-charts')")
+        rows = browser.eval(
+            "JSON.stringify([...document.querySelectorAll('.charts')].map(c => "
+            "[c.getBoundingClientRect().width, [...c.querySelectorAll('svg')].map("
+            "s => s.getBoundingClientRect().width)]))")
+    widths = orjson.loads(rows)
+    assert widths and all(svgs for _, svgs in widths)
+    # Two charts a row on a 1600 px window: each takes about half the row (a
+    # fixed 590 px chart took 40 %, leaving a third of the page empty).
+    for row, svgs in widths:
+        assert all(w >= 0.45 * row for w in svgs), (row, svgs)
 
 
 def test_demo_report_carries_the_server_counters(tmp_path, capsys):

@@ -13,7 +13,6 @@ import os
 import socket
 import struct
 import threading
-import time
 
 import aiohttp
 import orjson
@@ -132,10 +131,26 @@ class RawClient:
         self.close()
 
 
+@pytest.fixture
+def raw_client():
+    """Factory: raw_client(server, ...) -> a RawClient closed at teardown, so
+    a failing test leaks no socket into another test's warnings."""
+    clients: list[RawClient] = []
+
+    def make(server, **kw) -> RawClient:
+        client = RawClient(server, **kw)
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.close()
+
+
 # -- the opening handshake --------------------------------------------------------------
 
-def test_handshake_answers_101_with_the_accept_key(feed):
-    client = RawClient(feed)
+def test_handshake_answers_101_with_the_accept_key(feed, raw_client):
+    client = raw_client(feed)
     head = client.handshake().decode()
     key = client.request.split(b"Sec-WebSocket-Key: ")[1].split(b"\r\n")[0]
     import hashlib
@@ -355,13 +370,13 @@ def test_every_subscriber_sees_updates_in_order_and_ends_on_the_newest(feed, tab
     assert t["ws_publications"] >= rounds * len(symbols)
 
 
-def test_a_client_that_does_not_read_is_conflated_then_closed(table):
+def test_a_client_that_does_not_read_is_conflated_then_closed(table, raw_client):
     options = WebSocketOptions(stall_timeout_s=0.5)
     with HTTPServer(table, threads=1, websocket=options) as server:
-        slow = RawClient(server, rcvbuf=4096)
+        slow = raw_client(server, rcvbuf=4096)
         slow.handshake()
         slow.send(build_frame(TEXT, b'{"op":"subscribe","symbols":["S001","S002"]}'))
-        fast = RawClient(server)
+        fast = raw_client(server)
         fast.handshake()
         fast.send(build_frame(TEXT, b'{"op":"subscribe","symbols":["S001"]}'))
         assert fast.frame()[1].startswith(b'{"op":"subscribed"')
@@ -441,9 +456,9 @@ def test_a_blocked_subscriber_gets_its_frames_in_flight_then_only_the_newest(tab
             assert versions[:-1] == sorted(set(versions[:-1])) and versions[-2] <= v
 
 
-def test_a_slow_reader_that_catches_up_gets_the_newest_value(table):
+def test_a_slow_reader_that_catches_up_gets_the_newest_value(table, raw_client):
     with HTTPServer(table, threads=1, websocket=WebSocketOptions()) as server:
-        client = RawClient(server, rcvbuf=4096)
+        client = raw_client(server, rcvbuf=4096)
         client.handshake()
         client.send(build_frame(TEXT, b'{"op":"subscribe","symbols":["S001"]}'))
         # Publish until the kernel holds all it will for this client, then more.
@@ -480,13 +495,13 @@ def test_a_slow_reader_that_catches_up_gets_the_newest_value(table):
     (build_frame(TEXT, b"a", fin=False) + build_frame(TEXT, b"b"), 1002),
 ], ids=["unmasked", "rsv", "opcode", "big-ping", "fragmented-ping", "orphan-continuation",
         "bad-utf8", "close-1005", "close-reason-utf8", "binary", "too-big", "nested-message"])
-def test_framing_errors_close_with_their_code(feed, frame, code):
-    neighbour = RawClient(feed)
+def test_framing_errors_close_with_their_code(feed, frame, code, raw_client):
+    neighbour = raw_client(feed)
     neighbour.handshake()
     neighbour.send(build_frame(TEXT, b'{"op":"subscribe","symbols":["S005"]}'))
     assert neighbour.frame()[0] == TEXT
     neighbour.frame()
-    bad = RawClient(feed)
+    bad = raw_client(feed)
     bad.handshake()
     bad.send(frame)
     assert bad.close_code() == code
@@ -496,8 +511,8 @@ def test_framing_errors_close_with_their_code(feed, frame, code):
     neighbour.close()
 
 
-def test_close_handshake_echoes_the_code(feed):
-    client = RawClient(feed)
+def test_close_handshake_echoes_the_code(feed, raw_client):
+    client = raw_client(feed)
     client.handshake()
     client.send(build_frame(CLOSE, struct.pack("!H", 4001) + b"bye"))
     assert client.close_code() == 4001
@@ -505,9 +520,9 @@ def test_close_handshake_echoes_the_code(feed):
     client.close()
 
 
-def test_stop_sends_going_away_to_open_streams(table):
+def test_stop_sends_going_away_to_open_streams(table, raw_client):
     server = HTTPServer(table, threads=1, websocket=WebSocketOptions()).start()
-    client = RawClient(server)
+    client = raw_client(server)
     client.handshake()
     stopper = threading.Thread(target=server.stop, kwargs={"grace_s": 2.0})
     stopper.start()
@@ -517,15 +532,15 @@ def test_stop_sends_going_away_to_open_streams(table):
     assert server.stats()["totals"]["ws_close_going_away"] == 1
 
 
-def test_a_subscribe_storm_is_refused_and_the_worker_serves_on(feed):
+def test_a_subscribe_storm_is_refused_and_the_worker_serves_on(feed, raw_client):
     storm = orjson.dumps({"op": "subscribe", "symbols": [f"K{i}" for i in range(100_000)]})
-    client = RawClient(feed)
+    client = raw_client(feed)
     client.handshake()
     client.send(build_frame(TEXT, storm))        # ~800 KB in one message: over max_message_bytes
     assert client.close_code() == 1009
     client.close()
     assert totals(feed)["ws_subscriptions"] == 0
-    many = RawClient(feed)
+    many = raw_client(feed)
     many.handshake()
     # The same unknown symbols in many requests, each with four of the
     # table's: each answered, its unknown listed, the known ones followed.

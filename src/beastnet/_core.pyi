@@ -118,7 +118,9 @@ class HTTPEngine(NativeEngine):
                  ws_echo_path: Optional[str] = None, ws_topics: Optional[ResponseTable] = None,
                  ws_max_subscriptions: int = 0, ws_max_frame_bytes: int = 65536,
                  ws_max_message_bytes: int = 65536, ws_stall_timeout_s: float = 10.0,
-                 ws_max_symbols: int = 1024, route_paths: Iterable[str] = (),
+                 ws_max_symbols: int = 1024, ws_compress_min_bytes: int = 0,
+                 ws_auth_timeout_s: float = 5.0,
+                 route_paths: Iterable[str] = (),
                  max_copied_output_bytes: int = 268435456, tls: Optional[TLSContext] = None,
                  tls_handshake_timeout_s: float = 10.0,
                  cors_origins: Iterable[str] = (),
@@ -128,6 +130,7 @@ class HTTPEngine(NativeEngine):
     def stop(self, grace_s: float = 0.0) -> None: ...
     def set_tls(self, tls: TLSContext) -> None: ...
     def close(self) -> None: ...
+    def ws_deflate_counters(self) -> dict[str, int]: ...
     def worker_status(self) -> list[tuple[int, int]]: ...
     def send_reply(self, thread: int, conn: int, gen: int, addr: bytes, tag_prefix: bytes,
                    status: int, content_type: str, body: bytes,

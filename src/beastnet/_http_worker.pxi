@@ -825,7 +825,9 @@ cdef class HTTPEngine(NativeEngine):
                   ResponseTable ws_topics=None, unsigned int ws_max_subscriptions=0,
                   size_t ws_max_frame_bytes=65536, size_t ws_max_message_bytes=65536,
                   double ws_stall_timeout_s=10.0, unsigned int ws_max_symbols=1024,
-                  route_paths=(), size_t max_copied_output_bytes=268435456,
+                  size_t ws_compress_min_bytes=0, double ws_auth_timeout_s=5.0,
+                  route_paths=(),
+                  size_t max_copied_output_bytes=268435456,
                   TLSContext tls=None, double tls_handshake_timeout_s=10.0, cors_origins=(),
                   str batch_key=None, int notsent_lowat_bytes=131072,
                   int send_buffer_bytes=0):
@@ -863,6 +865,10 @@ cdef class HTTPEngine(NativeEngine):
                 raise ValueError("need 125 <= ws_max_frame_bytes <= ws_max_message_bytes <= 16 MiB")
             if not 1 <= ws_max_symbols <= 100000 or ws_stall_timeout_s <= 0:
                 raise ValueError("ws_max_symbols must be 1..100000 and ws_stall_timeout_s positive")
+            if ws_auth_timeout_s < 0:
+                raise ValueError("ws_auth_timeout_s must be 0 (no first-message auth) or positive")
+            if ws_compress_min_bytes > BODY_MAX_BYTES:
+                raise ValueError(f"ws_compress_min_bytes must be 0 (off)..{BODY_MAX_BYTES}")
         cdef list raw_routes = [p.encode("ascii") for p in route_paths
                                 if not p.startswith(("/admin/", "/metrics", "/healthz"))]
         if len(raw_routes) > HTTP_ROUTES_MAX:
@@ -969,11 +975,13 @@ cdef class HTTPEngine(NativeEngine):
         if ws_path is not None:
             self._ws_setup(raw_ws_path, raw_echo, ws_topics, ws_max_subscriptions,
                            ws_max_frame_bytes, ws_max_message_bytes, ws_stall_timeout_s,
-                           ws_max_symbols)
+                           ws_max_symbols, ws_compress_min_bytes)
+            for i in range(n):
+                self.workers[i].ws.auth_timeout_ns = <int64_t>(ws_auth_timeout_s * 1e9)
 
     cdef int _ws_setup(self, bytes path, bytes echo, ResponseTable topics, unsigned int max_subs,
                        size_t max_frame, size_t max_message, double stall_s,
-                       unsigned int max_symbols) except -1:
+                       unsigned int max_symbols, size_t compress_min) except -1:
         """One publication ring and one WebSocket state per worker."""
         cdef int i
         cdef bn_hworker* w
@@ -984,6 +992,7 @@ cdef class HTTPEngine(NativeEngine):
         self.hub.rings = <bn_ws_ring**>calloc(self.nthreads, sizeof(bn_ws_ring*))
         if self.hub.rings == NULL:
             raise MemoryError()
+        self.hub.compress_min = <uint32_t>compress_min
         self.ws_topics = topics
         for i in range(self.nthreads):
             ring = ws_ring_new(WS_RING_SLOTS)
@@ -1004,6 +1013,7 @@ cdef class HTTPEngine(NativeEngine):
             w.ws.max_frame_bytes = max_frame
             w.ws.max_message_bytes = max_message
             w.ws.stall_timeout_ns = <int64_t>(stall_s * 1e9)
+            w.ws.compress_min = <uint32_t>compress_min
             http_epoll_add(w.epfd, ring.efd, EV_WS)
         return 0
 
@@ -1128,6 +1138,17 @@ cdef class HTTPEngine(NativeEngine):
             bn_store_ptr(&self.tls_ctx, old)
             raise MemoryError()
         retire_reclaim(&self.tls_retired)
+
+    def ws_deflate_counters(self):
+        """The publishing side of permessage-deflate (counters.WS_DEFLATE_COUNTERS):
+        {} without a WebSocket feed that compresses."""
+        if self.hub == NULL or self.hub.compress_min == 0:
+            return {}
+        return {"ws_deflated": bn_load_u64_relaxed(&self.hub.deflated),
+                "ws_deflate_no_gain": bn_load_u64_relaxed(&self.hub.deflate_no_gain),
+                "ws_deflate_bytes_in": bn_load_u64_relaxed(&self.hub.deflate_bytes_in),
+                "ws_deflate_bytes_out": bn_load_u64_relaxed(&self.hub.deflate_bytes_out),
+                "ws_deflate_cpu_ns": bn_load_u64_relaxed(&self.hub.deflate_cpu_ns)}
 
     def worker_status(self):
         """Per worker: the pinning errno (0 = fine) and the errno that made it quit (0 = none)."""

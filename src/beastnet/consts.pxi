@@ -139,6 +139,7 @@ cdef enum:
     WS_CLIENT_HEAD_MAX_BYTES = 14   # 2 + 8 (64-bit length) + 4 (mask)
     WS_SERVER_HEAD_MAX_BYTES = 10   # 2 + 8: server frames are never masked
     WS_ACCEPT_BYTES = 28            # base64 of a SHA-1 digest
+    WS_RSV1 = 0x40                  # frame head bit: "Per-Message Compressed" (RFC 7692)
 
 cdef enum:
     WS_CLOSE_NORMAL = 1000          # normal closure
@@ -168,12 +169,19 @@ cdef enum:
     WS_REQ_SUBSCRIBE = 1            # {"op":"subscribe","symbols":[...]}
     WS_REQ_UNSUBSCRIBE = 2          # {"op":"unsubscribe","symbols":[...]}
     WS_REQ_SNAPSHOT = 3             # {"op":"snapshot"[,"symbols":[...]]}: current bodies now
+    WS_REQ_AUTH = 4                 # {"op":"auth","api_key":"..."}: first-message auth
 
 cdef enum:
     WS_REQERR_JSON = 1              # not one JSON object (or "symbols" not an array)
     WS_REQERR_OP = 2                # "op" missing, not a string, or not one we know
     WS_REQERR_SYMBOLS = 3           # subscribe/unsubscribe without "symbols"
     WS_REQERR_TOO_MANY = 4          # more symbols than one request may carry
+    WS_REQERR_NO_KEY = 5            # auth without a string "api_key"
+
+# A stream's API key, beyond the ADMIT_* verdicts (_ws_conn.pxi ws_key_check).
+cdef enum:
+    WS_KEY_FORBIDDEN = 10           # the key may not open streams (ws_denied)
+    WS_KEY_CONNS = 11               # the key holds its ws_max_connections
 
 # WebSocket push (_ws_ring.pxi, _ws_topics.pxi, _ws_conn.pxi).
 cdef enum:
@@ -190,6 +198,8 @@ cdef enum:
     WSC_PEER_CLOSED = 4             # the peer's close (or an error): read nothing more
     WSC_SHUT = 8                    # our side shut down after a normal close
     WSC_ECHO = 16                   # the echo endpoint: messages come back as they are
+    WSC_DEFLATE = 32                # permessage-deflate negotiated (_ws_deflate.pxi)
+    WSC_AUTH_WAIT = 64              # upgraded without a key: only {"op":"auth"} is taken
 
 # Webhook push over UDP (_push.pxi).
 cdef enum:

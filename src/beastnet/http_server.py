@@ -75,6 +75,12 @@ class WebSocketOptions:
     max_symbols: int = 1024             #: symbols in one request
     stall_timeout_s: float = 10.0       #: output without progress this long closes the connection (1008)
     echo_path: Optional[str] = None     #: an echo endpoint (conformance suites, round-trip probes)
+    #: permessage-deflate (RFC 7692), negotiated when a client offers it: bodies this
+    #: long or longer are deflated once per publication (0 = never negotiated)
+    compress_min_bytes: int = 1024
+    #: where API keys are enforced, an upgrade without a key must send
+    #: ``{"op":"auth","api_key":...}`` first, within this (0 = refuse it 401 instead)
+    auth_timeout_s: float = 5.0
 
 
 class HTTPServer(EngineServer):
@@ -201,7 +207,9 @@ class HTTPServer(EngineServer):
                 ws_max_frame_bytes=websocket.max_frame_bytes,
                 ws_max_message_bytes=websocket.max_message_bytes,
                 ws_stall_timeout_s=websocket.stall_timeout_s,
-                ws_max_symbols=websocket.max_symbols)
+                ws_max_symbols=websocket.max_symbols,
+                ws_compress_min_bytes=websocket.compress_min_bytes,
+                ws_auth_timeout_s=websocket.auth_timeout_s)
         if isinstance(cors_origins, str):
             raise TypeError('cors_origins is a list of origins, e.g. ["*"]')
         if tls is not None and not isinstance(tls, TLSConfig):
@@ -354,6 +362,8 @@ class HTTPServer(EngineServer):
         totals = sum_counters(per_thread)
         if self._dispatcher is not None:
             totals.update(self._dispatcher.counters())
+        if self._engine is not None:
+            totals.update(self._engine.ws_deflate_counters())
         status = self._engine.worker_status() if self._engine is not None else []
         return {
             "address": self._address,

@@ -4,15 +4,25 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from beastnet.counters import UDP_COUNTERS, tagged
+
 DEMO_EPILOG = """\
 Starts the UDP price server for 150 assets on 127.0.0.1 (a simulated feed
 re-publishing every price 10 times a second), runs the quick ramp (levels 1-6
 of the 13-level ramp that `beastnet load --help` lists) against it with the
 native load generator, prints the per-level table and the server's counters.
 
+The criteria are the ramp's (`beastnet load --help`), applied relative to
+this machine: a latency limit is also a throughput bar (at 1,500 requests in
+flight, a 10 ms p50 needs >= 150,000 req/s by Little's law), so a level whose
+answered rate is under that bar is shown "not met on this machine" (a WARN,
+with the bar and the rate) rather than failed; a PASS is printed only when
+every criterion was met.  An answer is awaited 1 s (not 200 ms): a late answer
+is slow, judged by the p99 limit, not lost.  `beastnet load --quick` applies them strictly.
+
 exit status:
-  0  every level passed
-  1  a level failed its criteria
+  0  every level passed, or met every criterion this machine's throughput allows
+  1  a level failed its criteria (lost or failed requests, a slow tail)
   2  bad flag
   130  interrupted (Ctrl-C)"""
 
@@ -37,9 +47,12 @@ def add_demo_command(sub: Any) -> None:
     p.set_defaults(func=cmd_demo)
 
 
-#: The server's counters the demo's report shows.
-DEMO_SERVER_COUNTERS = ("rx_packets", "tx_packets", "hits", "misses", "bad_requests",
-                        "send_errors", "kernel_drops", "queue_drops", "rx_batches")
+#: How long the demo waits for an answer before counting it lost: past the
+#: ramp's p99 limit, so a slow answer on a busy machine is judged as latency.
+DEMO_TIMEOUT_MS = 1000
+
+#: The server's counters the demo's report shows: those tagged "demo".
+DEMO_SERVER_COUNTERS = tagged(UDP_COUNTERS, "demo")
 
 
 def table_writes(table: Any) -> int:
@@ -85,18 +98,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
               f"{info['sockets']} reader thread(s), CPU steering: {info['steering']['reason']}, "
               f"feed: {args.feed_rounds_per_s:g} rounds/s", flush=True)
         load_argv = ["load", f"{host}:{port}", "--keys", ",".join(ASSETS),
-                     "--max-level", str(args.max_level)]
+                     "--max-level", str(args.max_level), "--machine-relative",
+                     # An answer later than the default 200 ms is slow, not lost:
+                     # the p99 limit (300 ms) judges it, so wait past that limit.
+                     "--timeout-ms", str(DEMO_TIMEOUT_MS)]
         if args.max_level <= 6:
             load_argv.append("--quick")
         else:
             load_argv.append("--ramp")
-        # The report is written once the server's counters are in: the load
-        # leaves its JSON in a scratch file, completed below.
-        scratch = None
-        if args.json or args.html:
-            fd, scratch = tempfile.mkstemp(suffix=".json", prefix="beastnet-demo-")
-            os.close(fd)
-            load_argv += ["--json", scratch]
+        # The load leaves its JSON in a scratch file: the demo reads the
+        # verdict's reasons from it, and writes the report once the server's
+        # counters are in.
+        fd, scratch = tempfile.mkstemp(suffix=".json", prefix="beastnet-demo-")
+        os.close(fd)
+        load_argv += ["--json", scratch]
         try:
             from beastnet.cli import main
             status = main(load_argv)
@@ -111,18 +126,50 @@ def cmd_demo(args: argparse.Namespace) -> int:
             f"{totals['kernel_drops']} kernel drops, {totals['rx_packets'] / batches:.1f} datagrams "
             f"per recvmmsg; table written {writes:,} times during the run")
     print(line)
-    if scratch is not None:
-        from beastnet.loadgen import outputs, report
+    from beastnet.loadgen import outputs, report
+    try:
+        full = report.read_report(scratch)
+    except (OSError, ValueError):
+        full = None                     # the load stopped before writing (it said why)
+    note = machine_note(full) if full is not None else ""
+    if note:
+        print(note)
+    if full is not None and (args.json or args.html):
         try:
-            full = report.read_report(scratch)
             full["server_totals"] = {name: totals[name] for name in DEMO_SERVER_COUNTERS}
             full["server_totals"]["table_writes"] = writes
-            outputs.write_outputs(full, report.format_report(full) + "\n" + line,
-                                 json_path=args.json, html_path=args.html)
-        except (OSError, ValueError) as exc:
-            print(f"beastnet demo: cannot write the report: "
-                  f"{getattr(exc, 'strerror', None) or exc}", file=sys.stderr)
+            outputs.write_outputs(full, "\n".join([report.format_report(full), line, note]),
+                                  json_path=args.json, html_path=args.html)
+        except OSError as exc:
+            print(f"beastnet demo: cannot write the report: {exc.strerror or exc}",
+                  file=sys.stderr)
             return EXIT_USAGE
         finally:
             os.unlink(scratch)
+    elif os.path.exists(scratch):
+        os.unlink(scratch)
     return status
+
+
+def machine_note(report: dict) -> str:
+    """What the demo's verdict means on this machine: every criterion met,
+    or which latency limits were throughput bars this machine did not reach
+    (and that the demo still passes), or that a level failed."""
+    from beastnet.loadgen.ramp import NOT_MET_ON_THIS_MACHINE
+    verdict = str(report.get("verdict", ""))
+    if verdict == "pass":
+        return "demo: every level met the ramp criteria on this machine."
+    if verdict == "fail":
+        return ("demo: a level failed a criterion that the throughput of this machine does not explain "
+                "(lost requests or a slow tail: see the verdict line); on a busy machine, "
+                "run it again when it is quieter.")
+    bars = [f"level {lv['level']}: {reason}" for lv in report.get("levels", [])
+            for reason in lv.get("reasons", []) if NOT_MET_ON_THIS_MACHINE in reason]
+    if not bars:
+        return "demo: every criterion met; the warnings above are near-misses."
+    return "\n".join(["demo: the absolute latency criteria of the ramp were NOT MET on this machine "
+                      "-- its throughput is under the bar they set:"]
+                     + [f"  {bar}" for bar in bars]
+                     + ["demo: nothing failed (no lost or failed request, no slow tail "
+                        "beyond what the throughput implies), so the demo exits 0; "
+                        "`beastnet load --quick` applies the criteria strictly."])

@@ -104,6 +104,10 @@ def add_load_command(sub: Any) -> None:
                    help=f"p99 limit in levels {latency} (default %(default)g)")
     g.add_argument("--latency-levels", default=latency,
                    help="levels the latency limits apply to (default %(default)s)")
+    g.add_argument("--machine-relative", action="store_true",
+                   help="a latency limit that is a throughput bar this machine does not reach "
+                        "(Little's law: concurrency / limit > answered req/s) warns, naming "
+                        "the bar, instead of failing (`beastnet demo` uses this)")
     g.add_argument("--abort-loss", type=float,
                    help="stop a run early once one second loses more than this fraction")
     g.add_argument("--abort-p99-ms", type=float,
@@ -305,7 +309,8 @@ def _ramp(args: argparse.Namespace, cfg: Any, progress: Any, stop_when: Any,
     levels = ramp.select_levels(args.levels, quick=args.quick, max_level=args.max_level)
     criteria = ramp.Criteria(success_through=args.success_through, p50_ms=args.p50_ms,
                              p99_ms=args.p99_ms, latency_from=latency_levels[0],
-                             latency_through=latency_levels[1], expect=args.expected)
+                             latency_through=latency_levels[1], expect=args.expected,
+                             machine_relative=args.machine_relative)
     if args.min_success is not None:
         criteria.min_success = args.min_success
 

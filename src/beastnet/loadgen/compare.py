@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from typing import Optional
 
-from beastnet.loadgen.report import report_results, text_table
+from beastnet.loadgen.report import first_result, report_results, text_table
+from beastnet.loadgen.targets import describe
 
-__all__ = ["compare_pairs", "compare_rows", "format_compare"]
+__all__ = ["compare_pairs", "compare_rows", "format_compare", "unlike"]
 
 # (name, lower is better, format) of each compared metric.
 _COUNT, _MS, _PCT = ",.0f", ",.3f", ".3f"
@@ -63,11 +64,43 @@ def compare_pairs(a: dict, b: dict) -> list[tuple[str, dict, dict]]:
     return [("", ra[0], rb[0])] if ra and rb else []
 
 
+def _protocol(result: dict) -> str:
+    """"UDP", "HTTP", "HTTPS", "WS" or "WSS" of a result dict."""
+    tls = bool(result.get("config", {}).get("tls"))
+    return str(result.get("mode", "?")).upper() + ("S" if tls else "")
+
+
+def unlike(a: dict, b: dict, names: tuple[str, str] = ("A", "B")) -> list[str]:
+    """Why two reports are not a like-for-like A/B (empty: they are):
+    another protocol, another target, another kind of report.  The deltas
+    are still shown; these lines say what they compare."""
+    ra, rb = first_result(a), first_result(b)
+    notes: list[str] = []
+    if ra is None or rb is None:
+        return notes
+    pa, pb = _protocol(ra), _protocol(rb)
+    if pa != pb:
+        notes.append(f"these reports compare two protocols: {names[0]} is {pa}, {names[1]} is "
+                     f"{pb} -- the deltas measure the protocols (and their servers), not a "
+                     "change to one of them")
+    else:
+        ta, tb = describe(ra), describe(rb)
+        if ta != tb:
+            notes.append(f"the targets differ: {names[0]} {ta}; {names[1]} {tb}")
+    if a.get("kind") != b.get("kind"):
+        notes.append(f"the reports are of different kinds ({names[0]} {a.get('kind')}, "
+                     f"{names[1]} {b.get('kind')}): only the first result of each is compared")
+    return notes
+
+
 def format_compare(a: dict, b: dict, names: tuple[str, str] = ("A", "B")) -> str:
-    """Two reports' key numbers side by side with deltas (B - A)."""
-    blocks = []
+    """Two reports' key numbers side by side with deltas (B - A), after
+    what makes them unlike (`unlike`), if anything."""
+    blocks = ["\n".join(f"note: {n}" for n in unlike(a, b, names))]
     for label, x, y in compare_pairs(a, b):
         rows = [[name, va, vb, delta] for name, va, vb, delta, _ in compare_rows(x, y)]
         blocks.append((label + "\n" if label else "")
                       + text_table(rows, ["metric", names[0], names[1], "delta"], "lrrr"))
-    return "\n\n".join(blocks) or "nothing to compare: the reports share no run or level"
+    if len(blocks) == 1:
+        blocks.append("nothing to compare: the reports share no run or level")
+    return "\n\n".join(b for b in blocks if b)

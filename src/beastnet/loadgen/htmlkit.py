@@ -34,8 +34,11 @@ h2{font-size:16px;margin:6px 0 10px;color:#33414f}
 .tiles{display:flex;flex-wrap:wrap;gap:10px}
 .tile{border:1px solid #dde3e9;border-radius:6px;padding:8px 14px;min-width:110px}
 .tile .v{font-size:20px;font-weight:600}.tile .k{color:#66727f;font-size:12px}
-.charts{display:flex;flex-wrap:wrap;gap:8px}
-.charts svg{background:#fff}
+/* Charts share the page width: columns of at least 560 px, each SVG scaled to its
+column through its viewBox. */
+.charts{display:grid;grid-template-columns:repeat(auto-fill,minmax(min(100%,560px),1fr));
+gap:8px}
+.charts svg{background:#fff;width:100%;height:auto}
 table{border-collapse:collapse;margin:4px 0 8px;font-variant-numeric:tabular-nums}
 th,td{padding:3px 10px;border-bottom:1px solid #e6eaee;text-align:right;white-space:nowrap}
 th{background:#f0f3f6;color:#33414f}

@@ -22,7 +22,7 @@ from __future__ import annotations
 import time
 from typing import Optional, Sequence
 
-from beastnet.loadgen.compare import compare_pairs, compare_rows
+from beastnet.loadgen.compare import compare_pairs, compare_rows, unlike
 from beastnet.loadgen.htmlkit import (_e, _flat, _page, _rows_at, _server_section,
                                       _verdict_block, html_table, kv_table, nines_chart, svg_xy,
                                       timeline_charts)
@@ -179,7 +179,9 @@ def compare_page(a: dict, b: dict, names: tuple[str, str] = ("A", "B")) -> str:
     body = ['<section><h2>Runs</h2>' + html_table(
         [[n, _title(r)[0].replace("beastnet load: ", ""), _title(r)[1],
           str(r.get("verdict", "")).upper()] for n, r in zip(names, (a, b))],
-        ["", "target", "when", "verdict"], left=4) + "</section>"]
+        ["", "target", "when", "verdict"], left=4)
+        + "".join(f'<div class="reason">Note: {_e(n)}</div>' for n in unlike(a, b, names))
+        + "</section>"]
     pairs = compare_pairs(a, b)
     for label, x, y in pairs:
         rows = compare_rows(x, y)

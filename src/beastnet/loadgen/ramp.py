@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_RAMP",
     "Criteria",
+    "NOT_MET_ON_THIS_MACHINE",
     "KneeReport",
     "Level",
     "LevelResult",
@@ -101,6 +102,10 @@ def parse_levels(text: str) -> list[Level]:
     return levels
 
 
+#: How a latency limit the machine's throughput cannot meet is named (`Criteria`).
+NOT_MET_ON_THIS_MACHINE = "not met on this machine"
+
+
 @dataclass
 class Criteria:
     """Default: 100 % success through level 9; p50 < 10 ms and p99 < 300 ms in
@@ -108,7 +113,15 @@ class Criteria:
     (`verdict.judge_outcomes`, with `expect`); outside its levels a criterion
     only warns -- except that a level where nothing was answered always
     fails.  A latency above `warn_fraction` of its limit warns too.  A level
-    that an abort threshold stopped early (``extra["stopped_early"]``) fails."""
+    that an abort threshold stopped early (``extra["stopped_early"]``) fails.
+
+    ``machine_relative``: a latency limit this machine's throughput cannot
+    meet warns instead of failing, saying so.  In a closed loop of C requests
+    in flight answered at X req/s, Little's law puts the mean latency at C / X,
+    so a limit L asks for at least C / L req/s: when the level answered fewer,
+    its latency failure follows from the machine's throughput alone ("not met
+    on this machine").  A latency failure at a throughput that meets the bar
+    (a slow tail, a stall) still fails, and so does every success failure."""
 
     success_through: int = 9
     min_success: float = 1.0
@@ -118,6 +131,7 @@ class Criteria:
     p99_ms: float = 300.0
     warn_fraction: float = 0.8
     expect: Expect = field(default_factory=Expect)
+    machine_relative: bool = False
 
     def judge(self, level: Level, r: LoadResult) -> tuple[str, list[str]]:
         fails: list[str] = []
@@ -134,7 +148,14 @@ class Criteria:
                 if in_range and r.received:
                     fails.append(f"{name}: no reply")
             elif value >= limit:
-                (fails if in_range else warns).append(f"{name} {value:.3f} ms >= {limit:g} ms")
+                reason = f"{name} {value:.3f} ms >= {limit:g} ms"
+                bar = self.throughput_bar(level, limit)
+                if in_range and self.machine_relative and r.rps < bar:
+                    warns.append(f"{reason}: {NOT_MET_ON_THIS_MACHINE} (at {level.concurrency:,} "
+                                 f"in flight the limit asks for >= {bar:,.0f} req/s by Little's "
+                                 f"law; answered {r.rps:,.0f} req/s)")
+                else:
+                    (fails if in_range else warns).append(reason)
             elif in_range and value >= self.warn_fraction * limit:
                 warns.append(f"{name} {value:.3f} ms near the {limit:g} ms limit")
         if r.extra.get("stopped_early"):
@@ -144,6 +165,12 @@ class Criteria:
         if r.sent + r.unsent < level.requests and not r.interrupted:
             warns.append(f"time cap hit after {r.sent} of {level.requests} requests")
         return verdict_of(fails, warns), fails + warns
+
+    @staticmethod
+    def throughput_bar(level: Level, limit_ms: float) -> float:
+        """req/s a closed loop of ``level.concurrency`` needs for a mean
+        latency under `limit_ms` (Little's law)."""
+        return level.concurrency / (limit_ms / 1e3)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

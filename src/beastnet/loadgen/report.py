@@ -361,8 +361,9 @@ def svg_chart(title: str, xlabels: Sequence[str], series: Sequence[tuple[str, Se
     pw, ph = width - left - right, height - top - bottom
     values = [v for _, vs in series for v in vs if v is not None and (v > 0 or not log_y)]
     n = len(xlabels)
+    # The viewBox lets a page scale the chart to its column (htmlkit CSS).
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-           f'font-family="sans-serif" font-size="11">',
+           f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="11">',
            f'<text x="{width / 2}" y="16" text-anchor="middle" font-size="13" '
            f'font-weight="bold">{html.escape(title)}</text>']
     if not values or n == 0:

@@ -17,6 +17,7 @@ import orjson
 
 from beastnet import (Answer, HTTPServer, MissRequest, ResponseTable, ServerError, TLSConfig,
                       TLSConfigError, UDPServer, WebSocketOptions, error_answer)
+from beastnet.counters import HTTP_COUNTERS, tagged
 from beastnet.metrics import MetricFamily, http_families, udp_families
 from beastnet.serve.admin import AdminRoute
 from beastnet.serve.assets import ASSET_LIST_KEY, ASSETS, BATCH_KEY
@@ -43,6 +44,10 @@ HEALTH_TOPIC = "feed.health"
 # connection caps.
 FD_BASE_RESERVE = 64
 FD_PER_THREAD = 4
+
+
+# The admin listener's counters /admin/stats shows (its own requests).
+ADMIN_TOTALS = tagged(HTTP_COUNTERS, "admin")
 
 
 class PortInUseError(ServerError):
@@ -308,8 +313,7 @@ class Engines(Component):
         if host.admin is not None:
             admin = host.admin.stats()["totals"]
             out["admin"] = {"address": host.admin.address,
-                            "totals": {k: admin.get(k, 0) for k in ("accepted", "active",
-                                                                    "rejected", "requests")}}
+                            "totals": {k: admin.get(k, 0) for k in ADMIN_TOTALS}}
         return out
 
     def families(self) -> list[MetricFamily]:

@@ -22,14 +22,15 @@ class Stores:
 
     keys: Optional[Keys] = None
     webhooks: Optional[Subscriptions] = None
+    key_changes: Any = None             #: a RedisKeyChanges: keys' changes told to a cluster
     created: bool = False               #: the key store file did not exist before
     _db: Any = None
 
     def close(self) -> None:
-        for store in (self.webhooks, self.keys, self._db):
+        for store in (self.key_changes, self.webhooks, self.keys, self._db):
             if store is not None:
                 store.close()
-        self.keys = self.webhooks = self._db = None
+        self.key_changes = self.keys = self.webhooks = self._db = None
 
     def __enter__(self) -> "Stores":
         return self
@@ -42,15 +43,19 @@ def open_stores(path: Optional[str], *, tiers: Optional[Mapping[str, Any]] = Non
                 keys: bool = True, webhooks: bool = False,
                 webhook_tiers: Optional[Mapping[str, Any]] = None, assets: Any = (),
                 allow_private: bool = False, redis: Optional[str] = None,
-                webhook_log: bool = True) -> Stores:
+                webhook_log: bool = True, key_changes: bool = False) -> Stores:
     """Open the stores asked for.  `path`: the SQLite key store file (None:
     no local file; then only Redis subscriptions, without a log).  `redis`:
     subscriptions shared in that Redis, the delivery log still in `path`
-    (`webhook_log=False`: not even that).  On failure what was opened is
+    (`webhook_log=False`: not even that); with `key_changes` also the
+    writer of the cluster's shared key records.  On failure what was opened is
     closed and the error (KeyStoreError, WebhookError, ClusterError) raised."""
     from beastnet.serve.stores.sqlite import Database, KeyStore, WebhookStore
     out = Stores(created=path is not None and not os.path.exists(path))
     try:
+        if key_changes and redis is not None:
+            from beastnet.serve.stores.redis import RedisKeyChanges
+            out.key_changes = RedisKeyChanges(redis)    # reads the URL; connects on first use
         local_hooks = webhooks and path is not None and (redis is None or webhook_log)
         if path is not None and (keys or local_hooks):
             out._db = Database(path)
