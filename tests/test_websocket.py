@@ -13,6 +13,7 @@ import os
 import socket
 import struct
 import threading
+import time
 
 import aiohttp
 import orjson
