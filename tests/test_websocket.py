@@ -168,7 +168,7 @@ def test_handshake_answers_101_with_the_accept_key(feed, raw_client):
     (b"GET /v1/stream HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
      b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 8\r\n\r\n", 426),
     (b"POST /v1/stream HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-     b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n", 400),
+     b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n", 405),
 ])
 def test_bad_upgrades_are_refused_and_closed(feed, request_bytes, status):
     with socket.create_connection(feed.address[:2], timeout=5) as sock:
@@ -660,3 +660,33 @@ def test_non_readers_hold_a_bounded_kernel_queue_and_are_reset(table):
         finally:
             for c in clients:
                 c.close()
+
+
+def test_post_to_the_stream_is_405_like_other_prefix_paths(feed):
+    with socket.create_connection(feed.address[:2], timeout=5) as sock:
+        sock.sendall(b"POST /v1/stream HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+        assert sock.recv(4096).startswith(b"HTTP/1.1 405 ")
+
+
+@pytest.mark.parametrize("unfinished", ["frame", "message"])
+def test_an_unfinished_frame_or_message_times_out(table, unfinished):
+    """Issue 23: a frame sent but for its last byte (or a fragmented message
+    never finished) held the connection and its buffers forever."""
+    options = WebSocketOptions(echo_path="/echo", message_timeout_s=0.5)
+    with HTTPServer(table, threads=1, websocket=options) as server:
+        client = RawClient(server, path="/echo")
+        client.handshake()
+        # One whole fragmented 64 KiB message first: echoed, then its buffer is freed.
+        whole = b"x" * 65536
+        client.send(build_frame(TEXT, whole[:40000], fin=False) + build_frame(CONT, whole[40000:]))
+        assert client.frame() == (TEXT, whole)
+        if unfinished == "frame":
+            client.send(build_frame(BINARY, b"y" * 65536)[:-1])
+        else:
+            client.send(build_frame(TEXT, b"z" * 1000, fin=False))
+        before = totals(server)["timeouts"]
+        wait_for(lambda: totals(server)["timeouts"] == before + 1, timeout=5.0,
+                 message="the message timeout")
+        assert client.frame(timeout=5.0)[0] == -1           # closed
+        assert totals(server)["ws_active"] == 0
+        client.close()

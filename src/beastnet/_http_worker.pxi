@@ -826,6 +826,7 @@ cdef class HTTPEngine(NativeEngine):
                   size_t ws_max_frame_bytes=65536, size_t ws_max_message_bytes=65536,
                   double ws_stall_timeout_s=10.0, unsigned int ws_max_symbols=1024,
                   size_t ws_compress_min_bytes=0, double ws_auth_timeout_s=5.0,
+                  double ws_message_timeout_s=10.0,
                   route_paths=(),
                   size_t max_copied_output_bytes=268435456,
                   TLSContext tls=None, double tls_handshake_timeout_s=10.0, cors_origins=(),
@@ -865,6 +866,8 @@ cdef class HTTPEngine(NativeEngine):
                 raise ValueError("need 125 <= ws_max_frame_bytes <= ws_max_message_bytes <= 16 MiB")
             if not 1 <= ws_max_symbols <= 100000 or ws_stall_timeout_s <= 0:
                 raise ValueError("ws_max_symbols must be 1..100000 and ws_stall_timeout_s positive")
+            if ws_message_timeout_s <= 0:
+                raise ValueError("ws_message_timeout_s must be positive")
             if ws_auth_timeout_s < 0:
                 raise ValueError("ws_auth_timeout_s must be 0 (no first-message auth) or positive")
             if ws_compress_min_bytes > BODY_MAX_BYTES:
@@ -978,6 +981,7 @@ cdef class HTTPEngine(NativeEngine):
                            ws_max_symbols, ws_compress_min_bytes)
             for i in range(n):
                 self.workers[i].ws.auth_timeout_ns = <int64_t>(ws_auth_timeout_s * 1e9)
+                self.workers[i].ws.message_timeout_ns = <int64_t>(ws_message_timeout_s * 1e9)
 
     cdef int _ws_setup(self, bytes path, bytes echo, ResponseTable topics, unsigned int max_subs,
                        size_t max_frame, size_t max_message, double stall_s,

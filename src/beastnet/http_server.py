@@ -74,6 +74,8 @@ class WebSocketOptions:
     max_message_bytes: int = 65536      #: largest client message (all fragments); larger closes 1009
     max_symbols: int = 1024             #: symbols in one request
     stall_timeout_s: float = 10.0       #: output without progress this long closes the connection (1008)
+    #: a client frame or fragmented message unfinished this long closes the connection
+    message_timeout_s: float = 10.0
     echo_path: Optional[str] = None     #: an echo endpoint (conformance suites, round-trip probes)
     #: permessage-deflate (RFC 7692), negotiated when a client offers it: bodies this
     #: long or longer are deflated once per publication (0 = never negotiated)
@@ -209,7 +211,8 @@ class HTTPServer(EngineServer):
                 ws_stall_timeout_s=websocket.stall_timeout_s,
                 ws_max_symbols=websocket.max_symbols,
                 ws_compress_min_bytes=websocket.compress_min_bytes,
-                ws_auth_timeout_s=websocket.auth_timeout_s)
+                ws_auth_timeout_s=websocket.auth_timeout_s,
+                ws_message_timeout_s=websocket.message_timeout_s)
         if isinstance(cors_origins, str):
             raise TypeError('cors_origins is a list of origins, e.g. ["*"]')
         if tls is not None and not isinstance(tls, TLSConfig):
