@@ -14,7 +14,8 @@ KEY_PREFIX_CHARS = 10
 
 
 def add_keys_command(sub: Any) -> None:
-    p = sub.add_parser("keys", help="manage API keys in the SQLite key store",
+    p = sub.add_parser("keys", help="manage API keys in the key store (SQLite; PostgreSQL "
+                                    "with --database)",
                        description="Add, list, revoke and re-tier API keys. A running server "
                                    "picks changes up within a second.",
                        epilog="exit status: 0 done; 1 the change is in the key store but "
@@ -24,6 +25,9 @@ def add_keys_command(sub: Any) -> None:
                         "also record the change in this Redis/Valkey and announce it to every "
                         "`beastnet serve --redis` node, which applies it within a second "
                         "(default: none, the local store only)")
+    p.add_argument("--database", metavar="URL",
+                   help="keep the keys in this PostgreSQL database instead (postgresql://...; "
+                        "its schema made by `beastnet db migrate`) (default: none, SQLite)")
     ksub = p.add_subparsers(dest="keys_command", metavar="ACTION")
     ksub.required = True
     a = ksub.add_parser("add", help="create a key and print it")
@@ -46,13 +50,18 @@ def add_keys_command(sub: Any) -> None:
 
 def _keystore(args: argparse.Namespace) -> Any:
     from beastnet.serve.config import load_config
-    from beastnet.serve.keys import configured_tiers
+    from beastnet.serve.keys import KeyStoreError, configured_tiers
     from beastnet.serve.stores import open_stores
 
     cfg = load_config(args.config) if args.config else None
+    tiers = configured_tiers(cfg.tiers if cfg else {})
+    if args.database:
+        if args.db:
+            raise KeyStoreError("--db and --database name two key stores: give one")
+        return open_stores(None, tiers=tiers, database=args.database, redis=args.redis,
+                           key_changes=bool(args.redis))
     path = args.db or (cfg.keystore if cfg and cfg.keystore else "beastnet-keys.db")
-    stores = open_stores(path, tiers=configured_tiers(cfg.tiers if cfg else {}),
-                         redis=args.redis, key_changes=bool(args.redis))
+    stores = open_stores(path, tiers=tiers, redis=args.redis, key_changes=bool(args.redis))
     if stores.created:
         print(f"beastnet keys: created key store {os.path.abspath(path)}", file=sys.stderr)
     return stores
