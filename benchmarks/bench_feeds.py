@@ -14,6 +14,10 @@ up to 30 symbols per exchange (its primary assets), interleaved across the six, 
 every message publishes one answer.  Compare rows of one run: the machine is
 shared and absolute figures move with it.
 
+Latency row: arrival -> table through the feed's queue at --rate messages a
+second in 1 ms batches (the stream subscriber's leg, table -> socket, is the
+engine's push path and is measured by bench_ws.py).
+
 Stale rows: a fake per exchange goes silent (open connection, nothing
 sent); "stale after" is the time until the loop marks the stream stale
 (bound: --stale-after), "REST serves after" until the REST price is published.
@@ -25,6 +29,7 @@ import asyncio
 import os
 import sys
 import time
+from collections import deque
 
 import orjson
 from _common import REPO_DIR
@@ -114,6 +119,40 @@ async def _drain(feed: ExchangeFeed, publisher: PricePublisher, total: int) -> N
         n += 1
 
 
+async def bench_latency(rate: int, seconds: float) -> None:
+    """Arrival -> table through the feed's queue at `rate` messages a second:
+    messages arrive in 1 ms batches (as a socket read delivers them), each
+    stamped on arrival; the consumer stamps after the table write."""
+    total = int(rate * seconds)
+    per, raw = messages(total)
+    feed = ExchangeFeed(routes={a: [n] for n in NAMES for a in per[n]}, queue_size=total + 1)
+    publisher = PricePublisher(ResponseTable(capacity=512), max_jump=0.5)
+    arrivals: deque[int] = deque()
+    lat_ns: list[int] = []
+
+    async def consume() -> None:
+        while len(lat_ns) < total:
+            publisher.on_tick(await feed.queue.get())
+            lat_ns.append(time.perf_counter_ns() - arrivals.popleft())
+
+    consumer = asyncio.ensure_future(consume())
+    start = time.perf_counter()
+    sent = 0
+    while sent < total:
+        due = min(total, int((time.perf_counter() - start) * rate) + 1)
+        while sent < due:
+            name, data = raw[sent]
+            arrivals.append(time.perf_counter_ns())
+            feed.connections[name].on_message(data)
+            sent += 1
+        await asyncio.sleep(0.001)
+    await consumer
+    lat_ns.sort()
+    pick = lambda q: lat_ns[min(len(lat_ns) - 1, int(q * len(lat_ns)))] / 1e3  # noqa: E731
+    print(f"\narrival -> table at {rate:,} msg/s for {seconds:g} s ({total:,} messages): "
+          f"p50 {pick(0.5):.0f} us  p99 {pick(0.99):.0f} us  max {lat_ns[-1] / 1e3:.0f} us")
+
+
 async def bench_stale(stale_after_s: float) -> None:
     print(f"\nstale detection, bound {stale_after_s:g} s (REST round every 0.1 s)")
     for name in NAMES:
@@ -153,11 +192,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--messages", type=int, default=300_000)
     ap.add_argument("--stale-after", type=float, default=1.0)
+    ap.add_argument("--rate", type=int, default=10_000, help="latency run: messages a second")
+    ap.add_argument("--seconds", type=float, default=3.0, help="latency run: how long")
     args = ap.parse_args()
     load = os.getloadavg()
     print(f"# bench_feeds: {os.cpu_count()} CPUs, load average {load[0]:.2f} {load[1]:.2f} "
           f"{load[2]:.2f} at start (a busy machine moves absolute figures)")
     bench_ingest(args.messages)
+    asyncio.run(bench_latency(args.rate, args.seconds))
     asyncio.run(bench_stale(args.stale_after))
 
 

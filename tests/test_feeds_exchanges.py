@@ -279,7 +279,7 @@ def test_all_six_reach_the_http_api_and_stream_subscribers(tmp_path):
                         "subscribed"
                     return orjson.loads(await asyncio.wait_for(ws.recv(), 5))
 
-            frames = {a: asyncio.run(first_frame(a)) for a in ("BTC", "TIA")}
+            frames = {a: asyncio.run(first_frame(a)) for a in want}
     finally:
         fakes.close()
     assert set(bodies) == set(want), sorted(set(want) - set(bodies))
@@ -291,7 +291,9 @@ def test_all_six_reach_the_http_api_and_stream_subscribers(tmp_path):
     assert set(exchanges) == set(CASES)
     assert all(e["state"] == "connected" for e in exchanges.values()), exchanges
     assert b'beastnet_feed_exchange_state{exchange="okx",state="connected"} 1' in metrics
-    assert frames["BTC"]["asset"] == "BTC" and frames["TIA"]["quote"] == "USDT"
+    for asset, (name, _) in want.items():     # every exchange's price reaches a subscriber
+        assert (frames[asset]["asset"], frames[asset]["source"], frames[asset]["quote"]) == \
+            (asset, name, EXCHANGES[name].quote)
 
 
 def dead_port() -> int:
@@ -491,3 +493,15 @@ def test_replay_recognises_an_exchange_recording(tmp_path):
     path.write_text('{"t":1.0,"x":"okx","k":"ws","s":null,"m":"pong"}\n')
     assert isinstance(open_feed(ServeConfig(feed="replay", feed_path=str(path))),
                       ExchangeReplayFeed)
+
+
+def test_a_stream_that_never_speaks_is_stale_too():
+    async def scenario():
+        async with Rig("kraken") as rig:
+            rig.fake.silent = True            # from the first byte: subscribed, then nothing
+            assert await until(lambda: rig.conn.stale_events >= 2)
+            assert await until(lambda: rig.price_is(rig.rest_price))
+            return rig.conn.health(), rig.fake.connections
+
+    health, connections = asyncio.run(scenario())
+    assert health["state"] == "fallback" and connections >= 2

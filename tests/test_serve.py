@@ -187,6 +187,21 @@ def test_cors_origins_setting_answers_browsers_natively(serve):
     assert server.terminate() == 0
 
 
+def test_asset_list_batch_and_lower_case_symbols(serve):
+    """Issue 21: /v1/assets, /v1/btc and a batch query all answered not_found."""
+    server = serve("--no-keys")
+    status, _, raw = server.http("GET", "/v1/assets")
+    assert status == 200 and len(orjson.loads(raw)["assets"]) == 150
+    status, _, raw = server.http("GET", "/v1/btc")
+    assert status == 200 and orjson.loads(raw)["asset"] == "BTC"
+    status, _, raw = server.http("GET", "/v1/prices?symbols=BTC,ETH")
+    assert status == 200 and [a["asset"] for a in orjson.loads(raw)] == ["BTC", "ETH"]
+    status, _, raw = server.http("GET", "/v1/prices?symbols=BTC,NOPE")
+    assert status == 404 and orjson.loads(raw)["unknown"] == ["NOPE"]
+    assert orjson.loads(server.admin("GET", "/healthz")[2])["assets"] == 150
+    assert server.terminate() == 0
+
+
 def test_keys_and_limits_enforced_on_both_protocols(serve, tmp_path):
     db = tmp_path / "keys.db"
     add_key(db, "public", "pub-key")

@@ -54,10 +54,17 @@ def test_partners_stream_by_default_other_tiers_per_config(serve, tmp_path):
 
     async def run():
         assert len(await first_prices(stream_url(server, "partner-key-00001"), ["BTC"], 1)) == 1
-        for key, status in (("public-key-000001", 403), ("nobody-000000000", 401), ("", 401)):
+        for key, status in (("public-key-000001", 403), ("nobody-000000000", 401)):
             with pytest.raises(websockets.InvalidStatus) as refused:
                 await first_prices(stream_url(server, key), ["BTC"], 1)
             assert refused.value.response.status_code == status, key
+        # No key at the upgrade: the stream opens, and its first message must be the auth.
+        async with websockets.connect(stream_url(server, "")) as ws:
+            await ws.send('{"op":"subscribe","symbols":["BTC"]}')
+            assert orjson.loads(await ws.recv()) == {"op": "error", "error": "auth_required"}
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await ws.recv()
+            assert closed.value.rcvd.code == 1008
         async with websockets.connect(stream_url(server, "pro-key-000000001")) as ws:
             await ws.send('{"op":"subscribe","symbols":["BTC","ETH","SOL"]}')
             assert orjson.loads(await ws.recv()) == {"op": "error", "error": "subscription_limit"}

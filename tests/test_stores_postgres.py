@@ -3,6 +3,7 @@ same contract as the SQLite store, run against both; the schema migration
 (versioned, idempotent, all or nothing) and `beastnet db`."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import threading
@@ -140,3 +141,18 @@ def test_db_migrate_command(postgres):  # noqa: F811
     down = beastnet("db", "migrate", "--database", f"postgresql://x:pw@127.0.0.1:{free_port()}/x")
     assert down.returncode == 1 and len(down.stderr.strip().splitlines()) == 1, down.stderr
     assert "cannot connect" in down.stderr and ":pw@" not in down.stderr
+
+
+def test_keys_command_on_postgres(postgres):  # noqa: F811
+    """`beastnet keys --database URL`: the same actions on PostgreSQL."""
+    migrate(postgres.dsn)
+    db = ("--database", postgres.dsn)
+    added = beastnet("keys", *db, "add", "--tier", "pro", "--key", "pro-key-0123456789abc")
+    assert added.returncode == 0 and added.stdout.strip() == "pro-key-0123456789abc", added.stderr
+    listed = json.loads(beastnet("keys", *db, "list", "--json").stdout)
+    assert [(r["tier"], r["revoked"]) for r in listed] == [("pro", False)]
+    assert beastnet("keys", *db, "revoke", "pro-key-0123456789abc").returncode == 0
+    with PostgresKeyStore(postgres.dsn) as store:
+        assert store.list()[0]["revoked"]
+    both = beastnet("keys", "--db", "x.db", *db, "list")
+    assert both.returncode == 2 and "give one" in both.stderr

@@ -435,6 +435,19 @@ cdef inline int conn_emit(bn_hworker* w, bn_conn* c, const char* head, size_t he
     return 0
 
 
+cdef inline int conn_emit_piece(bn_hworker* w, bn_conn* c, const char* data, size_t n, int kind,
+                                bn_entry* e) noexcept nogil:
+    """One more piece of the response conn_emit began (a batch answer's
+    bodies and separators), queued as conn_emit queues: 0 or -1."""
+    if w.niov + 1 > HTTP_IOV_MAX or w.iov_bytes >= w.max_output_bytes:
+        if conn_flush_iov(w, c) < 0:
+            return -1
+    if conn_out_pending(c):
+        return -1 if conn_outq_push(w, c, data, n, kind, e) < 0 else 0
+    conn_iov_add(w, data, n, kind, e)
+    return 0
+
+
 cdef inline int conn_emit_error(bn_hworker* w, bn_conn* c, int err, int tail, int head_only) noexcept nogil:
     cdef bn_static_resp* r = &HTTP_ERR[err]
     return conn_emit(w, c, r.head, r.head_len, tail, r.body, 0 if head_only else r.body_len,

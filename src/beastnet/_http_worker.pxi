@@ -76,6 +76,9 @@ cdef struct bn_hworker:
     epoll_event* events          # HTTP_EVENTS_MAX
     char tails[3][HTTP_TAIL_MAX_BYTES]  # TAIL_*: Date [+ Connection] + blank line
     size_t tail_len[3]
+    char batch_key[KEY_MAX_BYTES]       # "<prefix><batch_key>?symbols=A,B": the batch query
+    size_t batch_key_len                # 0 = no batch query
+    char* batch_out                     # BATCH_OUT_BYTES: a batch answer's formatted head or 404
     int cors_any                        # CORS: 1 = any origin ("*"), 0 = the listed ones
     uint32_t cors_n                     # allowed origins listed; 0 and not cors_any = CORS off
     uint32_t cors_origin_lens[CORS_ORIGINS_MAX]
@@ -714,6 +717,7 @@ cdef void http_worker_free(bn_hworker* w) noexcept nogil:
     free(w.conns)
     free(w.free_slots)
     free(w.scratch)
+    free(w.batch_out)
     free(w.iov)
     free(w.iov_kind)
     free(w.iov_entry)
@@ -780,9 +784,11 @@ cdef class HTTPEngine(NativeEngine):
                   ResponseTable ws_topics=None, unsigned int ws_max_subscriptions=0,
                   size_t ws_max_frame_bytes=65536, size_t ws_max_message_bytes=65536,
                   double ws_stall_timeout_s=10.0, unsigned int ws_max_symbols=1024,
-                  size_t ws_compress_min_bytes=0, route_paths=(),
+                  size_t ws_compress_min_bytes=0, double ws_auth_timeout_s=5.0,
+                  route_paths=(),
                   size_t max_copied_output_bytes=268435456,
-                  TLSContext tls=None, double tls_handshake_timeout_s=10.0, cors_origins=()):
+                  TLSContext tls=None, double tls_handshake_timeout_s=10.0, cors_origins=(),
+                  str batch_key=None):
         cdef int i
         cdef int n = len(fds)
         cdef bytes raw_prefix = prefix.encode("ascii")
@@ -817,6 +823,8 @@ cdef class HTTPEngine(NativeEngine):
                 raise ValueError("need 125 <= ws_max_frame_bytes <= ws_max_message_bytes <= 16 MiB")
             if not 1 <= ws_max_symbols <= 100000 or ws_stall_timeout_s <= 0:
                 raise ValueError("ws_max_symbols must be 1..100000 and ws_stall_timeout_s positive")
+            if ws_auth_timeout_s < 0:
+                raise ValueError("ws_auth_timeout_s must be 0 (no first-message auth) or positive")
             if ws_compress_min_bytes > BODY_MAX_BYTES:
                 raise ValueError(f"ws_compress_min_bytes must be 0 (off)..{BODY_MAX_BYTES}")
         cdef list raw_routes = [p.encode("ascii") for p in route_paths
@@ -841,6 +849,9 @@ cdef class HTTPEngine(NativeEngine):
         cdef list cors_segs = [b"Vary: Origin\r\n", b"Access-Control-Allow-Origin: *\r\n"]
         cors_segs += [b"Access-Control-Allow-Origin: " + raw + b"\r\nVary: Origin\r\n"
                       for raw in raw_origins if raw != b"*"]
+        cdef bytes raw_batch = batch_key.encode("ascii") if batch_key else b""
+        if raw_batch and not http_key_valid(raw_batch, len(raw_batch)):
+            raise ValueError(f"batch_key {batch_key!r} is not a valid key")
         self._setup(table, api_keys, n, sizeof(bn_http_counters), miss_capacity)
         if tls is not None:
             openssl.SSL_CTX_up_ref(tls.ctx)
@@ -891,6 +902,12 @@ cdef class HTTPEngine(NativeEngine):
                 memcpy(w.routes[w.nroutes], <const char*>raw, len(raw))
                 w.route_lens[w.nroutes] = len(raw)
                 w.nroutes += 1
+            if raw_batch:
+                memcpy(w.batch_key, <const char*>raw_batch, len(raw_batch))
+                w.batch_key_len = len(raw_batch)
+                w.batch_out = <char*>malloc(BATCH_OUT_BYTES)
+                if w.batch_out == NULL:
+                    raise MemoryError()
             w.cors_any = cors_any
             for raw in raw_origins:
                 if raw != b"*":
@@ -913,6 +930,8 @@ cdef class HTTPEngine(NativeEngine):
             self._ws_setup(raw_ws_path, raw_echo, ws_topics, ws_max_subscriptions,
                            ws_max_frame_bytes, ws_max_message_bytes, ws_stall_timeout_s,
                            ws_max_symbols, ws_compress_min_bytes)
+            for i in range(n):
+                self.workers[i].ws.auth_timeout_ns = <int64_t>(ws_auth_timeout_s * 1e9)
 
     cdef int _ws_setup(self, bytes path, bytes echo, ResponseTable topics, unsigned int max_subs,
                        size_t max_frame, size_t max_message, double stall_s,

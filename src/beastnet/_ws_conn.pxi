@@ -28,6 +28,7 @@ cdef struct bn_ws_conn:
     int close_code                      # close frame sent with this code (0 = none yet)
     int64_t close_deadline_ns           # after our close: the peer's FIN is awaited until then
     uint32_t ctl_max                    # bytes ctl may hold: 1 MiB, plus room for one echoed message
+    int64_t auth_deadline_ns            # WSC_AUTH_WAIT: {"op":"auth"} is due by then
     uint32_t zmax                       # permessage-deflate: largest body sent compressed
                                         # (its server_max_window_bits), 0 = not negotiated
 
@@ -363,6 +364,61 @@ cdef int ws_reply_error(bn_hworker* w, bn_ws_conn* wc, const char* error) noexce
     return ws_ctl_frame(wc, WS_OP_TEXT, buf, 25 + n)
 
 
+cdef void ws_auth_refuse(bn_hworker* w, bn_ws_conn* wc, const char* error) noexcept nogil:
+    """First-message auth failed: say why, then close 1008 (policy)."""
+    bn_count(&w.counters.ws_auth_refused, 1)
+    ws_reply_error(w, wc, error)
+    ws_send_close(w, wc, WS_CLOSE_POLICY)
+    wc.flags |= WSC_PEER_CLOSED         # read nothing more from it
+
+
+cdef void ws_on_auth(bn_hworker* w, bn_conn* c, const char* msg, size_t n) noexcept nogil:
+    """A message on a stream still waiting for {"op":"auth","api_key":K}:
+    K is admitted exactly as an upgrade's X-API-Key (ws_key_check); anything
+    else, a refused key, or a message past the deadline closes 1008."""
+    cdef bn_ws_worker* ws = w.ws
+    cdef bn_ws_conn* wc = c.ws
+    cdef bn_ws_request req
+    cdef bn_apikey* rec = NULL
+    cdef uint64_t retry_ns = 0
+    cdef int verdict
+    bn_count(&w.counters.ws_messages_in, 1)
+    ws_parse_request(msg, n, &req, ws.keys, ws.max_symbols * KEY_MAX_BYTES, ws.key_lens,
+                     ws.max_symbols)
+    if w.now_ns > wc.auth_deadline_ns:
+        ws_auth_refuse(w, wc, b"auth_timeout")
+        return
+    if req.op != WS_REQ_AUTH:
+        ws_auth_refuse(w, wc, b"auth_required")
+        return
+    verdict = ws_key_check(w, req.apikey,
+                           req.apikey_len if req.apikey_len <= APIKEY_MAX_BYTES else 0,
+                           &rec, &retry_ns)
+    if verdict == ADMIT_UNAUTHORIZED:
+        bn_count(&w.counters.unauthorized, 1)
+        ws_auth_refuse(w, wc, b"unauthorized")
+        return
+    if verdict == ADMIT_RATE_LIMITED:
+        bn_count(&w.counters.rate_limited, 1)
+        ws_auth_refuse(w, wc, b"rate_limited")
+        return
+    if verdict == ADMIT_OVER_QUOTA:
+        bn_count(&w.counters.over_quota, 1)
+        ws_auth_refuse(w, wc, b"over_quota")
+        return
+    if verdict == WS_KEY_FORBIDDEN:
+        ws_auth_refuse(w, wc, b"forbidden")
+        return
+    if verdict == WS_KEY_CONNS:
+        ws_auth_refuse(w, wc, b"connection_limit")
+        return
+    ws_conn_take_key(w, wc, rec)
+    wc.flags &= ~WSC_AUTH_WAIT
+    bn_count(&w.counters.ws_auths, 1)
+    ws_ctl_frame(wc, WS_OP_TEXT, b'{"op":"authenticated"}', 22)
+    ws_mark_dirty(ws, wc)
+
+
 cdef int ws_on_request(bn_hworker* w, bn_conn* c, const char* msg, size_t n) noexcept nogil:
     """A client's text message: subscribe, unsubscribe or snapshot.  Mistakes
     get an error message, never a close.  -1 = out of memory."""
@@ -383,9 +439,14 @@ cdef int ws_on_request(bn_hworker* w, bn_conn* c, const char* msg, size_t n) noe
     bn_count(&w.counters.ws_messages_in, 1)
     ws_parse_request(msg, n, &req, ws.keys, ws.max_symbols * KEY_MAX_BYTES, ws.key_lens,
                      ws.max_symbols)
+    if req.op == WS_REQ_AUTH:
+        # Admitted already (by the upgrade's key or a first auth): one key a stream.
+        return ws_reply_error(w, wc, b"already_authenticated")
     if req.op == WS_REQ_BAD:
         if req.error == WS_REQERR_JSON:
             return ws_reply_error(w, wc, b"bad_json")
+        if req.error == WS_REQERR_NO_KEY:
+            return ws_reply_error(w, wc, b"no_api_key")
         if req.error == WS_REQERR_OP:
             return ws_reply_error(w, wc, b"unknown_op")
         if req.error == WS_REQERR_SYMBOLS:
@@ -588,7 +649,10 @@ cdef size_t ws_process(bn_hworker* w, bn_conn* c, char* data, size_t n) noexcept
                 ws_send_close(w, wc, code)
                 wc.flags |= WSC_PEER_CLOSED
                 break
-        if ev.kind == WS_EV_MESSAGE:
+        if ev.kind == WS_EV_MESSAGE and (wc.flags & WSC_AUTH_WAIT):
+            if not (wc.flags & WSC_CLOSING):
+                ws_on_auth(w, c, ev.data, ev.len)
+        elif ev.kind == WS_EV_MESSAGE:
             if wc.flags & WSC_ECHO:
                 bn_count(&w.counters.ws_messages_in, 1)
                 if ev.compressed:
@@ -687,8 +751,8 @@ cdef void ws_dirty_unlink(bn_ws_worker* ws, bn_ws_conn* wc) noexcept nogil:
 
 cdef void ws_check_stalls(bn_hworker* w) noexcept nogil:
     """On the worker's tick: close connections whose output made no progress
-    for stall_timeout (1008, counted), and half-closed ones that never sent
-    their close frame back."""
+    for stall_timeout (1008, counted), half-closed ones that never sent
+    their close frame back, and those that did not authenticate in time."""
     cdef uint32_t j
     cdef bn_conn* c
     cdef bn_ws_conn* wc
@@ -703,6 +767,11 @@ cdef void ws_check_stalls(bn_hworker* w) noexcept nogil:
             conn_close(w, c)            # its buffer is full: a close frame could not get through
         elif (wc.flags & WSC_SHUT) and w.now_ns > wc.close_deadline_ns:
             conn_close(w, c)            # the peer never finished the closing handshake
+        elif ((wc.flags & WSC_AUTH_WAIT) and not (wc.flags & WSC_CLOSING)
+                and w.now_ns > wc.auth_deadline_ns):
+            ws_auth_refuse(w, wc, b"auth_timeout")
+    if w.ws.dirty != NULL:
+        ws_flush_dirty(w)               # the refusals above go out now, not a tick later
 
 
 # -- the opening handshake -------------------------------------------------------------------
@@ -712,9 +781,22 @@ cdef const char* WS_101_HEAD = (b"HTTP/1.1 101 Switching Protocols\r\nServer: be
                                 b"Sec-WebSocket-Accept: ")
 
 
+cdef void ws_conn_take_key(bn_hworker* w, bn_ws_conn* wc, bn_apikey* key) noexcept nogil:
+    """The stream runs under `key` (NULL = none): its stream count and limits."""
+    if key == NULL:
+        return
+    wc.key = key
+    bn_add_relaxed(&key.ws_connections, 1)
+    if key.ws_max_subscriptions:
+        wc.max_subs = <uint32_t>key.ws_max_subscriptions
+    elif key.ws_unlimited:
+        wc.max_subs = 0
+
+
 cdef int ws_upgrade(bn_hworker* w, bn_conn* c, bn_hreq* req, bn_apikey* key,
-                    int echo) noexcept nogil:
-    """Answer 101 Switching Protocols and make `c` a WebSocket connection.
+                    int echo, int auth_wait) noexcept nogil:
+    """Answer 101 Switching Protocols and make `c` a WebSocket connection
+    (with `auth_wait`, one that must authenticate by its first message).
     Returns 0, or -1 out of memory (the caller closes)."""
     cdef bn_ws_conn* wc = <bn_ws_conn*>calloc(1, sizeof(bn_ws_conn))
     cdef char accept[WS_ACCEPT_BYTES]
@@ -728,13 +810,10 @@ cdef int ws_upgrade(bn_hworker* w, bn_conn* c, bn_hreq* req, bn_apikey* key,
     wc.ctl_max = WS_CTL_MAX_BYTES
     if echo:
         wc.ctl_max += <uint32_t>(2 * w.ws.max_message_bytes)
-    if key != NULL:
-        wc.key = key
-        bn_add_relaxed(&key.ws_connections, 1)
-        if key.ws_max_subscriptions:
-            wc.max_subs = <uint32_t>key.ws_max_subscriptions
-        elif key.ws_unlimited:
-            wc.max_subs = 0
+    ws_conn_take_key(w, wc, key)
+    if auth_wait:
+        wc.flags |= WSC_AUTH_WAIT
+        wc.auth_deadline_ns = w.now_ns + w.ws.auth_timeout_ns
     if echo:
         wc.flags |= WSC_ECHO
     bn_ws_accept(req.ws_key, req.ws_key_len, accept)
@@ -790,42 +869,65 @@ cdef inline int ws_refuse(bn_hworker* w, bn_conn* c, int err) noexcept nogil:
     return conn_step(c, conn_emit_error(w, c, err, TAIL_CLOSE, 0))
 
 
+cdef int ws_key_check(bn_hworker* w, const char* key, size_t n, bn_apikey** rec,
+                      uint64_t* retry_ns) noexcept nogil:
+    """Admit `key` for a stream, whether it came with the upgrade or in a
+    first-message auth: as a GET (rate limit, monthly cap, usage), then the
+    key's stream rules.  ADMIT_OK (rec[0] = its record, or NULL without a key
+    table), an ADMIT_* refusal, WS_KEY_FORBIDDEN or WS_KEY_CONNS."""
+    cdef int admit
+    rec[0] = NULL
+    if w.keys_ref != NULL:
+        admit = apikey_admit(w.keys_ref, key, n, w.admit_ns, retry_ns)
+        if admit != ADMIT_OK:
+            return admit
+        rec[0] = keyindex_lookup(<bn_keyindex*>bn_load_ptr(<void**>w.keys_ref), key, n)
+        if rec[0] != NULL and bn_load_int(&rec[0].ws_denied):
+            return WS_KEY_FORBIDDEN
+        if (rec[0] != NULL and not bn_load_int(&rec[0].ws_unlimited)
+                and bn_load_u64_relaxed(&rec[0].ws_max_connections)
+                and bn_load_u64_relaxed(&rec[0].ws_connections)
+                >= bn_load_u64_relaxed(&rec[0].ws_max_connections)):
+            return WS_KEY_CONNS
+    elif w.require_apikey and n == 0:
+        return ADMIT_UNAUTHORIZED
+    return ADMIT_OK
+
+
 cdef int ws_route(bn_hworker* w, bn_conn* c, bn_hreq* req, int echo) noexcept nogil:
     """A request for the stream's path: check the opening handshake (RFC 6455
     4.2.1) and the API key, then upgrade.  Refusals are HTTP answers that close
-    the connection.  Returns as conn_request does."""
+    the connection.  Without a key where keys are enforced, the upgrade is
+    answered and the key is due in the first message (ws_on_auth).  Returns as
+    conn_request does."""
     cdef bn_apikey* rec = NULL
     cdef uint64_t retry_ns = 0
-    cdef int admit
+    cdef int verdict
+    cdef int auth_wait = 0
     if (req.method_code != METHOD_GET or not req.upgrade_ws or req.ws_key == NULL
             or req.ws_key_len != 24 or req.has_body or req.http10):
         return ws_refuse(w, c, ERR_400)
     if req.ws_version != 13:
         return ws_refuse(w, c, ERR_426)
-    if w.keys_ref != NULL:
-        admit = apikey_admit(w.keys_ref, req.apikey, req.apikey_len, w.admit_ns, &retry_ns)
-        if admit != ADMIT_OK:
+    if req.apikey_len == 0 and (w.keys_ref != NULL or w.require_apikey) and w.ws.auth_timeout_ns:
+        auth_wait = 1
+    else:
+        verdict = ws_key_check(w, req.apikey, req.apikey_len, &rec, &retry_ns)
+        if verdict == WS_KEY_FORBIDDEN:
+            return ws_refuse(w, c, ERR_403)
+        if verdict == WS_KEY_CONNS:
+            return ws_refuse(w, c, ERR_429_CONNS)
+        if verdict != ADMIT_OK:
             bn_count(&w.counters.ws_upgrade_refused, 1)
             c.flags |= CONN_CLOSE_AFTER
-            return conn_refuse(w, c, admit, retry_ns, TAIL_CLOSE, 0)
-        rec = keyindex_lookup(<bn_keyindex*>bn_load_ptr(<void**>w.keys_ref), req.apikey,
-                              req.apikey_len)
-        if rec != NULL and bn_load_int(&rec.ws_denied):
-            return ws_refuse(w, c, ERR_403)
-        if (rec != NULL and not bn_load_int(&rec.ws_unlimited)
-                and bn_load_u64_relaxed(&rec.ws_max_connections)
-                and bn_load_u64_relaxed(&rec.ws_connections) >= bn_load_u64_relaxed(&rec.ws_max_connections)):
-            return ws_refuse(w, c, ERR_429_CONNS)
-    elif w.require_apikey and req.apikey_len == 0:
-        bn_count(&w.counters.unauthorized, 1)
-        return ws_refuse(w, c, ERR_401)
+            return conn_refuse(w, c, verdict, retry_ns, TAIL_CLOSE, 0)
     # Answers to requests pipelined before this one go out first.
     if conn_flush_iov(w, c) != 0:
         return -1
     if conn_out_pending(c) and (conn_send_out(w, c) != 0 or conn_out_pending(c)):
         c.flags |= CONN_CLOSE_AFTER
         return 1
-    if ws_upgrade(w, c, req, rec, echo) != 0:
+    if ws_upgrade(w, c, req, rec, echo, auth_wait) != 0:
         bn_count(&w.counters.oom_closes, 1)
         c.flags |= CONN_DEAD
         return -1

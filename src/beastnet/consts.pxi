@@ -66,6 +66,8 @@ cdef enum:
     CORS_ORIGINS_MAX = 16           # allowed origins a server may list (beyond: use "*")
     CORS_ORIGIN_MAX_BYTES = 128     # longest allowed origin, "https://host:port"
     CORS_SEG_MAX_BYTES = 192        # one pre-built CORS header segment
+    BATCH_SYMBOLS_MAX = 64          # symbols one batch query may ask for (beyond: 400)
+    BATCH_OUT_BYTES = 5120          # a batch answer's formatted head, or its 404 naming the unknown
 
 # CORS header segments a worker pre-builds (bn_hworker.cors_segs); a
 # connection's `cors` is one of these plus 1, 0 = no CORS header.
@@ -166,12 +168,19 @@ cdef enum:
     WS_REQ_SUBSCRIBE = 1            # {"op":"subscribe","symbols":[...]}
     WS_REQ_UNSUBSCRIBE = 2          # {"op":"unsubscribe","symbols":[...]}
     WS_REQ_SNAPSHOT = 3             # {"op":"snapshot"[,"symbols":[...]]}: current bodies now
+    WS_REQ_AUTH = 4                 # {"op":"auth","api_key":"..."}: first-message auth
 
 cdef enum:
     WS_REQERR_JSON = 1              # not one JSON object (or "symbols" not an array)
     WS_REQERR_OP = 2                # "op" missing, not a string, or not one we know
     WS_REQERR_SYMBOLS = 3           # subscribe/unsubscribe without "symbols"
     WS_REQERR_TOO_MANY = 4          # more symbols than one request may carry
+    WS_REQERR_NO_KEY = 5            # auth without a string "api_key"
+
+# A stream's API key, beyond the ADMIT_* verdicts (_ws_conn.pxi ws_key_check).
+cdef enum:
+    WS_KEY_FORBIDDEN = 10           # the key may not open streams (ws_denied)
+    WS_KEY_CONNS = 11               # the key holds its ws_max_connections
 
 # WebSocket push (_ws_ring.pxi, _ws_topics.pxi, _ws_conn.pxi).
 cdef enum:
@@ -189,6 +198,7 @@ cdef enum:
     WSC_SHUT = 8                    # our side shut down after a normal close
     WSC_ECHO = 16                   # the echo endpoint: messages come back as they are
     WSC_DEFLATE = 32                # permessage-deflate negotiated (_ws_deflate.pxi)
+    WSC_AUTH_WAIT = 64              # upgraded without a key: only {"op":"auth"} is taken
 
 # Webhook push over UDP (_push.pxi).
 cdef enum:

@@ -136,6 +136,8 @@ ws_slow_closes           counter  connections  Connections closed because their 
 ws_frames_compressed     counter  frames       Of ws_frames_out, the compressed (permessage-deflate) frames.
 ws_bytes_saved           counter  bytes        Bytes those compressed frames were shorter than the plain ones.
 ws_messages_inflated     counter  messages     Compressed client messages inflated (permessage-deflate).
+ws_auths                 counter  connections  Streams opened without a key and admitted by a first-message {"op":"auth"}.
+ws_auth_refused          counter  connections  Streams closed 1008 at first-message auth: a refused key, another message first, or past auth_timeout_s.
 ws_close_normal          counter  connections  Closes with code 1000.
 ws_close_going_away      counter  connections  Closes with code 1001 (the server stopping).
 ws_close_protocol_error  counter  connections  Closes with code 1002 (a framing rule broken).
@@ -239,6 +241,11 @@ def markdown() -> str:
         "per-thread counters carry a `thread` label (the reader or worker index).",
         "Native threads count with relaxed atomic adds on their own cache lines; a",
         "snapshot reads each 64-bit field whole, so no value is torn.",
+        "",
+        "A counter's tags in `counters.py` (`snapshot`, `demo`, `admin`, `rate:NAME`) pick",
+        "the subsets shown beside `/metrics`: the cluster snapshot ([cluster.md](cluster.md)),",
+        "`beastnet demo`'s report, the admin listener's totals in `/admin/stats`, and the",
+        "load report's server rates.",
     ]
     for title, prefix, counters, where in sections:
         out += ["", f"## {title}", "", f"Prefix `{prefix}`. {where}", "",

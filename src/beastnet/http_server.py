@@ -78,6 +78,9 @@ class WebSocketOptions:
     #: permessage-deflate (RFC 7692), negotiated when a client offers it: bodies this
     #: long or longer are deflated once per publication (0 = never negotiated)
     compress_min_bytes: int = 1024
+    #: where API keys are enforced, an upgrade without a key must send
+    #: ``{"op":"auth","api_key":...}`` first, within this (0 = refuse it 401 instead)
+    auth_timeout_s: float = 5.0
 
 
 class HTTPServer(EngineServer):
@@ -108,7 +111,11 @@ class HTTPServer(EngineServer):
     ``cors_origins`` lets browsers on other origins read ``GET <prefix><KEY>``
     answers: ``["*"]`` any origin, or a list of up to 16 origins such as
     ``"https://app.example"`` (echoed with ``Vary: Origin``); ``OPTIONS``
-    preflights under the prefix are answered 204 natively (docs/http.md).  Use
+    preflights under the prefix are answered 204 natively (docs/http.md).
+    ``batch_key`` (e.g. ``"prices"``) turns on the batch query
+    ``GET <prefix>prices?symbols=BTC,ETH``: a JSON array of those entries'
+    bodies, assembled natively (at most 64 symbols; a 404 names the unknown
+    ones).  Keys are looked up as asked, then upper-cased.  Use
     as a context manager, call ``start()`` and ``stop()``, or
     ``serve_forever()`` to block until ``stop()`` or Ctrl-C.
     """
@@ -143,6 +150,7 @@ class HTTPServer(EngineServer):
         tls: Optional[TLSConfig] = None,
         reuse_port: bool = False,
         cors_origins: Sequence[str] = (),
+        batch_key: Optional[str] = None,
     ) -> None:
         if not isinstance(table, ResponseTable):
             raise TypeError("table must be a beastnet.ResponseTable")
@@ -178,7 +186,7 @@ class HTTPServer(EngineServer):
             max_copied_output_bytes=max_copied_output_bytes,
             header_timeout_s=header_timeout_s, idle_timeout_s=idle_timeout_s,
             write_timeout_s=write_timeout_s, require_api_key=require_api_key, api_keys=api_keys,
-            cors_origins=tuple(cors_origins))
+            cors_origins=tuple(cors_origins), batch_key=batch_key)
         self.websocket = websocket
         #: Topics `publish()` pushes that are not table keys (their last message is kept).
         self.topics: Optional[ResponseTable] = None
@@ -193,7 +201,8 @@ class HTTPServer(EngineServer):
                 ws_max_message_bytes=websocket.max_message_bytes,
                 ws_stall_timeout_s=websocket.stall_timeout_s,
                 ws_max_symbols=websocket.max_symbols,
-                ws_compress_min_bytes=websocket.compress_min_bytes)
+                ws_compress_min_bytes=websocket.compress_min_bytes,
+                ws_auth_timeout_s=websocket.auth_timeout_s)
         if isinstance(cors_origins, str):
             raise TypeError('cors_origins is a list of origins, e.g. ["*"]')
         if tls is not None and not isinstance(tls, TLSConfig):

@@ -6,7 +6,7 @@ import os
 import sys
 from typing import Any
 
-from beastnet.cli._common import EXIT_FAIL, EXIT_PASS, EXIT_USAGE
+from beastnet.cli._common import EXIT_FAIL, EXIT_PASS, EXIT_USAGE, add_store_arguments
 
 #: Characters of a key that `keys list` and the confirmations show: "bk_" and
 #: 7 random characters.
@@ -14,20 +14,20 @@ KEY_PREFIX_CHARS = 10
 
 
 def add_keys_command(sub: Any) -> None:
-    p = sub.add_parser("keys", help="manage API keys in the SQLite key store",
+    p = sub.add_parser("keys", help="manage API keys in the key store (SQLite; PostgreSQL "
+                                    "with --database)",
                        description="Add, list, revoke and re-tier API keys. A running server "
                                    "picks changes up within a second.",
                        epilog="exit status: 0 done; 1 the change is in the key store but "
                               "--redis could not be reached (run it again to announce it); 2 "
                               "bad flag, unknown key or tier, or an unusable key store")
-    p.add_argument("--db", help="key store path (default: the config's keystore, "
-                                "else beastnet-keys.db)")
-    p.add_argument("--config", help="TOML config file of the server, for its keystore and "
-                                    "[tiers.NAME] (default: none)")
-    p.add_argument("--redis", metavar="URL",
-                   help="also record the change in this Redis/Valkey and announce it to every "
+    add_store_arguments(p, "tiers",
+                        "also record the change in this Redis/Valkey and announce it to every "
                         "`beastnet serve --redis` node, which applies it within a second "
                         "(default: none, the local store only)")
+    p.add_argument("--database", metavar="URL",
+                   help="keep the keys in this PostgreSQL database instead (postgresql://...; "
+                        "its schema made by `beastnet db migrate`) (default: none, SQLite)")
     ksub = p.add_subparsers(dest="keys_command", metavar="ACTION")
     ksub.required = True
     a = ksub.add_parser("add", help="create a key and print it")
@@ -50,13 +50,18 @@ def add_keys_command(sub: Any) -> None:
 
 def _keystore(args: argparse.Namespace) -> Any:
     from beastnet.serve.config import load_config
-    from beastnet.serve.keys import configured_tiers
+    from beastnet.serve.keys import KeyStoreError, configured_tiers
     from beastnet.serve.stores import open_stores
 
     cfg = load_config(args.config) if args.config else None
+    tiers = configured_tiers(cfg.tiers if cfg else {})
+    if args.database:
+        if args.db:
+            raise KeyStoreError("--db and --database name two key stores: give one")
+        return open_stores(None, tiers=tiers, database=args.database, redis=args.redis,
+                           key_changes=bool(args.redis))
     path = args.db or (cfg.keystore if cfg and cfg.keystore else "beastnet-keys.db")
-    stores = open_stores(path, tiers=configured_tiers(cfg.tiers if cfg else {}),
-                         redis=args.redis, key_changes=bool(args.redis))
+    stores = open_stores(path, tiers=tiers, redis=args.redis, key_changes=bool(args.redis))
     if stores.created:
         print(f"beastnet keys: created key store {os.path.abspath(path)}", file=sys.stderr)
     return stores

@@ -98,6 +98,8 @@ typedef struct bn_http_counters {
     uint64_t ws_frames_compressed;            /* ... of ws_frames_out: permessage-deflate frames */
     uint64_t ws_bytes_saved;                  /* bytes those frames were shorter than the plain ones */
     uint64_t ws_messages_inflated;            /* compressed client messages (inflated) */
+    uint64_t ws_auths;                        /* streams admitted by a first-message auth */
+    uint64_t ws_auth_refused;                 /* ... refused: wrong key, limits, late, not auth */
     uint64_t ws_close_normal;                 /* closes with 1000 */
     uint64_t ws_close_going_away;             /* closes with 1001 (server stopping) */
     uint64_t ws_close_protocol_error;         /* closes with 1002 */

@@ -119,6 +119,8 @@ cdef extern from "counters.h" nogil:
         uint64_t ws_frames_compressed
         uint64_t ws_bytes_saved
         uint64_t ws_messages_inflated
+        uint64_t ws_auths
+        uint64_t ws_auth_refused
         uint64_t ws_close_normal
         uint64_t ws_close_going_away
         uint64_t ws_close_protocol_error

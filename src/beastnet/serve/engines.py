@@ -20,7 +20,7 @@ from beastnet import (Answer, HTTPServer, MissRequest, ResponseTable, ServerErro
 from beastnet.counters import HTTP_COUNTERS, tagged
 from beastnet.metrics import MetricFamily, http_families, udp_families
 from beastnet.serve.admin import AdminRoute
-from beastnet.serve.assets import ASSETS
+from beastnet.serve.assets import ASSET_LIST_KEY, ASSETS, BATCH_KEY
 from beastnet.serve.component import Component
 from beastnet.serve.keys import configured_tiers
 
@@ -163,6 +163,7 @@ class Engines(Component):
                              send_buffer_bytes=cfg.send_buffer_bytes,
                              cpu_steering=cfg.cpu_steering, api_keys=host.api_keys,
                              control=host.control, reuse_port=cfg.share_ports).start()
+        host.table.set_json(ASSET_LIST_KEY, {"assets": list(ASSETS)})     # GET /v1/assets
         host.admin = self._start_admin()
         host.http = self._start_http()
 
@@ -245,7 +246,8 @@ class Engines(Component):
                           max_connections=cfg.max_connections, idle_timeout_s=cfg.idle_timeout_s,
                           header_timeout_s=cfg.header_timeout_s, api_keys=host.api_keys,
                           control=host.control, websocket=stream, tls=tls,
-                          reuse_port=cfg.share_ports, cors_origins=cfg.cors_origins).start()
+                          reuse_port=cfg.share_ports, cors_origins=cfg.cors_origins,
+                          batch_key=BATCH_KEY).start()
 
     def _on_dashboard(self, request: MissRequest) -> Answer:
         if request.method not in ("GET", "HEAD"):

@@ -4,7 +4,7 @@ interfaces), and the versioned schema `beastnet db migrate` applies.
 The driver is asyncpg (the `postgres` extra): the control plane is asyncio,
 asyncpg speaks PostgreSQL's binary protocol from Cython without libpq, and
 its prepared-statement cache makes the short key queries cheap; measured
-here against psycopg 3 in docs/stores.md.  The store's callers are blocking
+here against psycopg 3 in docs/postgres.md.  The store's callers are blocking
 (base.py says why), so the store runs a loop of its own on a daemon thread
 and each call waits for its coroutine there: no caller's loop is blocked,
 and a slow database holds up only the thread that asked.

@@ -249,9 +249,11 @@ class ExchangeConnection:
                     await ws.send(reply)
             return heard
         finally:
-            subscriber.cancel()
-            if pinger is not None:
-                pinger.cancel()
+            for task in (subscriber, pinger):
+                if task is not None:
+                    task.cancel()
+                    # A send on a closed stream fails there: the reader saw why.
+                    task.add_done_callback(_reap)
 
     async def subscribe(self, ws: Any) -> None:
         """Send the subscribe messages, in the adapter's batches and pace."""
@@ -293,23 +295,28 @@ class ExchangeConnection:
         while True:
             await asyncio.sleep(period)
             silent = time.monotonic() - self.last_message
-            if self.connected and silent > self.stale_after_s:
+            ws = self._ws
+            # An open stream, live or not yet: one that never speaks is as dead.
+            if ws is not None and silent > self.stale_after_s:
                 self.stale_events += 1
-                self.connected = False
+                was_live, self.connected = self.connected, False
                 self._last_error = f"silent for {silent:.1f} s"
-                self._set_state("stale", f"no message for {silent:.1f} s (bound "
-                                f"{self.stale_after_s:g} s); redialling, REST fallback meanwhile")
+                if was_live:
+                    self._set_state("stale", f"no message for {silent:.1f} s (bound "
+                                    f"{self.stale_after_s:g} s); redialling, REST fallback "
+                                    "meanwhile")
                 self._rest_wake.set()
-                ws = self._ws
-                if ws is not None:            # a silent peer may never finish a close
-                    ws.transport.abort()
+                self._ws = None
+                ws.transport.abort()          # a silent peer may never finish a close
 
     async def _rest_loop(self) -> None:
         """Prewarm once, then poll only while the stream is not live."""
         import aiohttp
         timeout = aiohttp.ClientTimeout(total=self.rest_timeout_s)
         async with aiohttp.ClientSession(timeout=timeout) as session:
-            await self._rest_round(session, prewarm=True)
+            ok = await self._rest_round(session, prewarm=True)
+            if not self.connected and self._last_error:   # the stream failed meanwhile
+                self._say_rest(ok)
             while True:
                 if self.connected:
                     self._rest_wake.clear()
@@ -317,13 +324,16 @@ class ExchangeConnection:
                     continue
                 ok = await self._rest_round(session)
                 if not self.connected:
-                    if ok:
-                        self._set_state("fallback", f"serving from REST {self.rest_url} "
-                                        f"(stream: {self._last_error})")
-                    else:
-                        self._set_state("down", f"stream: {self._last_error}; REST: "
-                                        f"{self._rest_error}; retrying both")
+                    self._say_rest(ok)
                 await asyncio.sleep(self.rest_interval_s)
+
+    def _say_rest(self, ok: bool) -> None:
+        if ok:
+            self._set_state("fallback", f"serving from REST {self.rest_url} "
+                            f"(stream: {self._last_error})")
+        else:
+            self._set_state("down", f"stream: {self._last_error}; REST: {self._rest_error}; "
+                            "retrying both")
 
     async def _rest_round(self, session: Any, prewarm: bool = False) -> bool:
         """One GET per REST path, `rest_gap_s` apart; True if any answered.
@@ -353,7 +363,13 @@ class ExchangeConnection:
             except _RateLimited as exc:
                 self._rest_failed(path, exc)
                 await asyncio.sleep(exc.retry_s)
-            except Exception as exc:          # timeouts, resets, bad bodies: counted, retried
+            except (OSError, asyncio.TimeoutError) as exc:
+                # The host is unreachable (DNS, refused, timeout; aiohttp's
+                # connection errors are OSErrors): the rest of the round
+                # would fail the same way.
+                self._rest_failed(path, exc)
+                return ok
+            except Exception as exc:          # HTTP errors, bad bodies: counted, retried
                 self._rest_failed(path, exc)
             await asyncio.sleep(self.rest_gap_s)
         return ok
@@ -362,6 +378,11 @@ class ExchangeConnection:
         self.rest_errors += 1
         self._rest_error = f"{type(exc).__name__}: {exc}".strip(": ")
         log.debug("exchange %s: REST %s%s: %s", self.name, self.rest_url, path, self._rest_error)
+
+
+def _reap(task: "asyncio.Future[Any]") -> None:
+    if not task.cancelled():
+        task.exception()                      # retrieved: not "never retrieved"
 
 
 class _RateLimited(Exception):
