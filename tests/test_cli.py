@@ -163,6 +163,13 @@ def test_a_wrong_flag_gets_the_command_s_usage_and_exit_2():
     assert "unrecognized arguments: --nope" in one_error_line(proc)
 
 
+def test_an_option_before_the_command_is_named_not_called_a_missing_command():
+    proc = beastnet("--nope", "serve")
+    assert proc.returncode == 2
+    line = one_error_line(proc)
+    assert "unrecognized option '--nope'" in line and "required" not in line
+
+
 def test_a_dead_target_is_one_line_and_exit_1():
     with socket.socket() as s:                  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
@@ -242,6 +249,23 @@ def test_a_second_server_on_an_occupied_port_is_refused(serve, tmp_path, occupie
     assert b'"asset":"BTC"' in first.udp_ask(b"@1 BTC partner-key-12345")
     assert first.udp_unanswered(b"@2 BTC")
     assert first.http("GET", "/v1/BTC")[0] == 401
+    assert first.terminate() == 0
+
+
+def test_every_occupied_port_is_named_at_once(serve):
+    """A second server started with the first's ports hears of all three in
+    one error, and that it needs ports of its own (one retry is enough)."""
+    first = serve("--no-keys")
+    second = beastnet("serve", "--profile", "dev", "--no-keys", "--udp-port", str(first.udp[1]),
+                      "--http-port", str(first.http_port), "--admin-port", str(first.admin_port),
+                      timeout=20)
+    line = one_error_line(second, "beastnet serve: error:", alone=True)
+    assert second.returncode == 1
+    for what, port, flag in (("UDP", first.udp[1], "--udp-port"),
+                             ("HTTP", first.http_port, "--http-port"),
+                             ("admin", first.admin_port, "--admin-port")):
+        assert f"{what} port {port}" in line and flag in line
+    assert "docs/cluster.md" in line
     assert first.terminate() == 0
 
 
@@ -421,7 +445,7 @@ def test_the_service_uses_only_the_public_api():
 
     import beastnet.metrics
 
-    allowed = {"beastnet", "beastnet.metrics"}
+    allowed = {"beastnet", "beastnet.metrics", "beastnet.counters"}     # public: docs/api.md
     serve_dir = Path(__file__).resolve().parent.parent / "src" / "beastnet" / "serve"
     problems = []
     for path in sorted(serve_dir.glob("*.py")):

@@ -5,6 +5,7 @@ native lease the shared limit rests on."""
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import signal
 import socket
@@ -38,13 +39,17 @@ PARTNER = "partner-key-0123456789"
 
 
 class RedisServer:
-    """A redis-server on a free loopback port in a temp dir, stopped by PID."""
+    """A redis-server on a free loopback port in a temp dir, stopped by PID;
+    `args` are added to its command line (`--requirepass` and the like; then
+    `password` is what the fixture's own clients authenticate with)."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, *args: str, password: str | None = None) -> None:
         self.dir = tmp / "redis"
         self.dir.mkdir()
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.args = args
+        self.password = password
         self.proc: subprocess.Popen | None = None
         self.start()
 
@@ -52,7 +57,7 @@ class RedisServer:
         assert REDIS_SERVER is not None
         self.proc = subprocess.Popen(
             [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.dir)],
+             "--appendonly", "no", "--dir", str(self.dir), *self.args],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         client = self.client()
         try:
@@ -69,7 +74,8 @@ class RedisServer:
             return False
 
     def client(self) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2)
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2,
+                           password=self.password)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -139,7 +145,7 @@ def test_without_redis_the_server_runs_alone(serve):  # noqa: F811
     url = f"http://127.0.0.1:{server.admin_port}"
     run = subprocess.run([sys.executable, "-m", "beastnet", "stats", "--url", url, "--cluster"],
                          capture_output=True, text=True, timeout=30)
-    assert run.returncode == 1 and "404" in run.stderr
+    assert run.returncode == 1 and "404" in run.stderr and "--redis" in run.stderr
     assert server.terminate() == 0
 
 
@@ -153,6 +159,24 @@ def test_bad_cluster_flags_are_one_line_and_exit_2(args, message):
     run = subprocess.run([sys.executable, "-m", "beastnet", "serve", "--profile", "dev", *args],
                          capture_output=True, text=True, timeout=30)
     assert run.returncode == 2 and run.stderr.count("\n") == 1 and message in run.stderr
+
+
+def test_keys_change_kept_locally_when_redis_is_unreachable(tmp_path):
+    """`keys --redis` to a port nothing listens on: exit 1, one line saying
+    the change is in the local store; a bad URL is exit 2 and changes nothing."""
+    db = tmp_path / "k.db"
+    base = [sys.executable, "-m", "beastnet", "keys", "--db", str(db)]
+    run = subprocess.run([*base, "--redis", f"redis://127.0.0.1:{free_port()}/0", "add",
+                          "--key", "kept-locally-0123456789"],
+                         capture_output=True, text=True, timeout=30)
+    assert run.returncode == 1 and "local store" in run.stderr.splitlines()[-1], run.stderr
+    with KeyStore(str(db)) as store:
+        assert [r["key"] for r in store.list()] == ["kept-locally-0123456789"]
+    run = subprocess.run([*base, "--redis", "redis://127.0.0.1:99999", "add"],
+                         capture_output=True, text=True, timeout=30)
+    assert run.returncode == 2 and "Port out of range" in run.stderr
+    with KeyStore(str(db)) as store:
+        assert len(store.list()) == 1
 
 
 # -- the native lease ---------------------------------------------------------------
@@ -217,12 +241,16 @@ def test_cluster_totals_equal_the_sum_of_the_nodes(serve, redis_server, tmp_path
     assert own == [10, 20, 30]
 
     def settled():
+        # Every node's own snapshot carries its hits: what the aggregate is
+        # made of, whether or not it sums them right.
         stats = admin_json(nodes[1], "/admin/cluster-stats")
-        return stats if stats["totals"]["udp_hits"] == 60 else None
+        rows = {row["node"]: row for row in stats["per_node"]}
+        return stats if [rows.get(f"node{i}", {}).get("counters", {}).get("udp_hits")
+                         for i in range(3)] == own else None
     stats = wait_for(settled, timeout=5, interval=0.1, message="snapshots with every hit")
     assert stats["nodes"] == {"live": 3, "stale": 0, "missing": 0}
     rows = {row["node"]: row for row in stats["per_node"]}
-    assert [rows[f"node{i}"]["counters"]["udp_hits"] for i in range(3)] == own
+    assert stats["totals"]["udp_hits"] == 60
     for name, total in stats["totals"].items():
         assert total == sum(row["counters"][name] for row in rows.values()), name
     assert all(row["profile"] == "dev" and row["mode"] == "redis" for row in rows.values())
@@ -231,12 +259,21 @@ def test_cluster_totals_equal_the_sum_of_the_nodes(serve, redis_server, tmp_path
                            capture_output=True, text=True, timeout=30)
     assert table.returncode == 0, table.stderr
     assert "3 live, 0 stale, 0 missing" in table.stdout and "node2" in table.stdout
+    # Unbuffered, so each frame is read as it is printed: stopped after the
+    # second, not after a sleep that hopes for two.
     watch = subprocess.Popen([sys.executable, "-m", "beastnet", "stats", "--url", url,
-                              "--cluster", "--watch", "0.2"], stdout=subprocess.PIPE, text=True)
-    time.sleep(1.5)
+                              "--cluster", "--watch", "0.2"], stdout=subprocess.PIPE, text=True,
+                             env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    assert watch.stdout is not None
+    shown = ""
+    while shown.count("3 live") < 2:
+        line = watch.stdout.readline()
+        if not line:
+            break
+        shown += line
     watch.send_signal(signal.SIGINT)
     out, _ = watch.communicate(timeout=10)
-    assert watch.returncode == 0 and out.count("3 live") >= 2, out
+    assert watch.returncode == 0 and (shown + out).count("3 live") >= 2, shown + out
     # a node that stops cleanly leaves; one killed goes missing once its TTL runs out
     assert nodes[2].terminate() == 0
     nodes[1].kill()
@@ -282,6 +319,20 @@ def hammer(nodes, payload: bytes, seconds: float) -> tuple[int, int, float]:
                     break
                 served += b'"asset"' in reply
                 refused += b'"asset"' not in reply
+    def udp_totals() -> tuple[int, int]:
+        """(requests the nodes took in or the kernel dropped, replies sent)."""
+        t = [admin_json(n, "/admin/stats")["udp"]["totals"] for n in nodes]
+        return (sum(x["rx_packets"] + x["kernel_drops"] for x in t),
+                sum(x["tx_packets"] for x in t))
+
+    def all_answered() -> bool:
+        # Counters are bumped after the replies leave: read them, then drain.
+        rx, tx = udp_totals()
+        drain()
+        return rx - before[0] >= sent and tx - before[1] == served + refused
+
+    before = udp_totals()
+    sent = 0
     started = time.monotonic()
     try:
         while time.monotonic() - started < seconds:
@@ -289,12 +340,13 @@ def hammer(nodes, payload: bytes, seconds: float) -> tuple[int, int, float]:
                 for _ in range(4):
                     try:
                         sock.send(payload)
+                        sent += 1
                     except BlockingIOError:
                         pass
             time.sleep(0.001)
             drain()
-        time.sleep(0.3)                 # the replies still in flight
-        drain()
+        # The replies still in flight: until every one the nodes sent is in.
+        wait_for(all_answered, timeout=5, interval=0.01, message="every reply the nodes sent")
     finally:
         for sock in socks:
             sock.close()
@@ -363,6 +415,26 @@ def test_key_changes_reach_every_node_within_a_second(serve, redis_server, tmp_p
 
 
 @needs_redis
+def test_a_node_joining_with_an_empty_store_serves_the_cluster_keys_at_once(
+        serve, redis_server, tmp_path):  # noqa: F811
+    """The shared keys are read before the node serves: its ready line counts
+    them, no "no API keys yet" warning, and its first request is admitted."""
+    first = start_nodes(serve, redis_server, key_stores(tmp_path, 1))[0]
+    run = subprocess.run([sys.executable, "-m", "beastnet", "keys", "--db",
+                          str(tmp_path / "keys-0.db"), "--redis", redis_server.url, "add",
+                          "--tier", "partner", "--key", "shared-key-0123456789"],
+                         capture_output=True, text=True, timeout=30)
+    assert run.returncode == 0, run.stderr
+    empty = tmp_path / "empty.db"
+    second = serve("--keystore", str(empty), "--redis", redis_server.url, "--node-id", "late",
+                   *INTERVAL, config=TIERS)
+    assert second.http("GET", "/v1/BTC", {"X-API-Key": "shared-key-0123456789"})[0] == 200
+    assert not [e for e in second.log_entries() if e.get("event") == "no_keys"]
+    assert "no API keys yet" not in second.output()
+    assert second.terminate() == 0 and first.terminate() == 0
+
+
+@needs_redis
 def test_redis_outage_falls_back_keeps_serving_and_loses_no_usage(
         serve, redis_server, tmp_path):  # noqa: F811
     dbs = key_stores(tmp_path, 3)
@@ -383,6 +455,10 @@ def test_redis_outage_falls_back_keeps_serving_and_loses_no_usage(
     during += 3
     status, _, body = nodes[0].admin("GET", "/admin/cluster-stats")
     assert status == 503 and orjson.loads(body)["error"] == "unavailable"
+    shown = subprocess.run([sys.executable, "-m", "beastnet", "stats", "--cluster", "--url",
+                            f"http://127.0.0.1:{nodes[0].admin_port}"],
+                           capture_output=True, text=True, timeout=30)
+    assert shown.returncode == 1 and "503" in shown.stderr and "redis unreachable" in shown.stderr
     assert b'beastnet_cluster_redis_reachable{mode="local-share"} 0' in \
         nodes[0].admin("GET", "/metrics")[2]
     redis_server.start()                # empty: no persistence in the fixture

@@ -37,6 +37,7 @@ def test_precedence_profile_file_flags(tmp_path):
     ('admin_token = "short"', "admin token must be at least 16"),
     ("admin_port = -1", "admin_port must be 0..65535"),
     ("this is not toml", "config file"),
+    ('cors_origins = ["app.example"]', "cors_origins"),
 ])
 def test_bad_values_give_one_clear_error(tmp_path, text, message):
     path = tmp_path / "bad.toml"

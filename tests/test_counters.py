@@ -91,3 +91,26 @@ def test_every_family_on_metrics_is_in_the_list(udp_engine, http_engine):
 def test_docs_table_is_generated_from_the_list():
     assert (ROOT / "docs" / "counters.md").read_text() == markdown(), \
         "regenerate docs/counters.md as its first lines say"
+
+
+def test_every_tag_names_a_consumer():
+    """Tags pick the subsets other modules show (cluster snapshot, demo,
+    admin totals, the load report's rates): a misspelt tag would drop a
+    counter from them silently."""
+    from beastnet.cli.demo import DEMO_SERVER_COUNTERS
+    from beastnet.counters import tagged
+    from beastnet.loadgen.serverstats import SERVER_RATES
+    from beastnet.serve.cluster import SNAPSHOT_COUNTERS
+
+    rates = {name.replace(" ", "_") for name, _ in SERVER_RATES}
+    every = UDP_COUNTERS + HTTP_COUNTERS + MISS_PATH_COUNTERS
+    for c in every:
+        for tag in c.tags:
+            assert tag in ("snapshot", "demo", "admin") or \
+                tag.startswith("rate:") and tag[5:] in rates, (c.name, tag)
+        assert "[" not in c.help and "]" not in c.help, c.name
+    assert DEMO_SERVER_COUNTERS == tagged(UDP_COUNTERS, "demo")
+    snapshot = {(group, field) for _, group, field in SNAPSHOT_COUNTERS}
+    for group, counters in (("udp", UDP_COUNTERS), ("http", HTTP_COUNTERS)):
+        assert {(group, n) for n in tagged(counters, "snapshot")} <= snapshot
+    assert all(parts for _, parts in SERVER_RATES)

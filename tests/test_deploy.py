@@ -20,7 +20,7 @@ import pytest
 
 import test_serve
 from support import require
-from beastnet.serve.config import ServeConfig, load_config
+from beastnet.serve.config import FEEDS_TABLE, ServeConfig, load_config
 from beastnet.serve.systemd import notify
 
 pytestmark = pytest.mark.timeout(90)
@@ -97,8 +97,20 @@ def test_the_example_config_loads_and_names_every_setting():
     assert cfg.profile == "production"
     text = path.read_text()
     # every setting appears as a line of its own, set or commented out with its default
-    named = set(re.findall(r"^#?\s*([a-z_]+)\s*=", text, re.M))
-    named |= set(re.findall(r"^#?\s*\[([a-z_]+)\.", text, re.M))     # [tiers.NAME] tables
+    named, table = set(), ""
+    for line in text.splitlines():
+        header = re.match(r"^#?\s*\[([a-z_.]+)\]\s*$", line)
+        if header:                                  # [tiers.NAME], [feeds], [feeds.assets]
+            table = header.group(1)
+            parts = table.split(".")
+            named.add(FEEDS_TABLE.get(parts[1], f"feed_{parts[1]}") if table.startswith("feeds.")
+                      else parts[0])
+        elif (setting := re.match(r"^#?\s*([a-z_]+)\s*=", line)):
+            name = setting.group(1)
+            # [feeds] keys are settings by another name (FEEDS_TABLE); in other tables a
+            # key is the table's own (a tier's qps), not a setting
+            named.add(FEEDS_TABLE.get(name, f"feed_{name}") if table == "feeds"
+                      else name if not table else table)
     missing = {f.name for f in fields(ServeConfig)} - named
     assert not missing, f"examples/beastnet.toml does not describe {sorted(missing)}"
     # a commented-out default is the real default: uncommenting it changes nothing
@@ -112,6 +124,22 @@ def test_the_example_config_loads_and_names_every_setting():
                 assert value == str(shown).lower(), name
             elif isinstance(shown, (int, float)) and not isinstance(shown, bool):
                 assert float(value.replace("_", "")) == shown, name
+
+
+def test_the_example_config_s_tables_load_when_uncommented(tmp_path):
+    """Tables come last (TOML puts every key after a [table] line into it): each
+    commented table, uncommented as a reader would, is valid as written."""
+    text = (EXAMPLES / "beastnet.toml").read_text()
+    settings, tables = text.split("# == Tables", 1)
+    opened = [re.sub(r"^# (\[[a-z_.]+\]|[A-Za-z_]+ = .*)$", r"\1", line)
+              for line in tables.splitlines()[1:]]
+    assert sum(line.startswith("[") for line in opened) >= 6
+    path = tmp_path / "tables.toml"
+    path.write_text(settings + "\n".join(opened) + "\n")
+    cfg = load_config(str(path), environ={})
+    assert cfg.tiers["pro"]["stream"] is True and cfg.webhook_tiers["standard"]["max_assets"] == 30
+    assert cfg.feed == "exchanges" and cfg.feed_assets["BTC"][0] == "coinbase"
+    assert cfg.feed_exchanges["kraken"]["stale_after_s"] == 10.0
 
 
 # -- examples/beastnet.service ---------------------------------------------------------------

@@ -52,6 +52,14 @@ def fast(fake: FakeExchange, **extra: Any) -> dict[str, Any]:
     return settings
 
 
+async def stop_all(task: "asyncio.Future[Any]", fakes: dict[str, FakeExchange]) -> None:
+    """Cancel a publisher's task, then stop the fakes it read."""
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    for fake in fakes.values():
+        await fake.stop()
+
+
 def body(table: ResponseTable, asset: str) -> dict:
     return orjson.loads(table[asset]) if asset in table else {}
 
@@ -195,10 +203,7 @@ def test_one_exchanges_trouble_leaves_the_others_alone():
             assert await until(lambda: body(table, "TIA")["seq"] > okx_before + 5)
             return {n: c.health() for n, c in conns.items()}, publisher.health()
         finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-            for fake in fakes.values():
-                await fake.stop()
+            await stop_all(task, fakes)
 
     health, published = asyncio.run(scenario())
     assert health["okx"]["state"] == "connected"
@@ -274,7 +279,7 @@ def test_all_six_reach_the_http_api_and_stream_subscribers(tmp_path):
                         "subscribed"
                     return orjson.loads(await asyncio.wait_for(ws.recv(), 5))
 
-            frames = {a: asyncio.run(first_frame(a)) for a in ("BTC", "TIA")}
+            frames = {a: asyncio.run(first_frame(a)) for a in want}
     finally:
         fakes.close()
     assert set(bodies) == set(want), sorted(set(want) - set(bodies))
@@ -286,7 +291,11 @@ def test_all_six_reach_the_http_api_and_stream_subscribers(tmp_path):
     assert set(exchanges) == set(CASES)
     assert all(e["state"] == "connected" for e in exchanges.values()), exchanges
     assert b'beastnet_feed_exchange_state{exchange="okx",state="connected"} 1' in metrics
-    assert frames["BTC"]["asset"] == "BTC" and frames["TIA"]["quote"] == "USDT"
+    assert b"\nbeastnet_feed_dropped_total 0\n" in metrics
+    assert b"\nbeastnet_feed_exchange_messages_total{exchange=\"okx\"} " in metrics
+    for asset, (name, _) in want.items():     # every exchange's price reaches a subscriber
+        assert (frames[asset]["asset"], frames[asset]["source"], frames[asset]["quote"]) == \
+            (asset, name, EXCHANGES[name].quote)
 
 
 def dead_port() -> int:
@@ -357,11 +366,9 @@ def test_record_then_replay_publishes_the_same_prices_in_the_same_order(tmp_path
                         fake.ws_prices[symbol] = f"{step + 2}.25"
                         await fake.send_raw("{garbage")
                 assert await until(lambda: all(c.ticks >= 16 for c in feed.connections.values()))
+                assert await until(feed.queue.empty)       # the publisher caught up
             finally:
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
-                for fake in fakes.values():
-                    await fake.stop()
+                await stop_all(task, fakes)
         return seen
 
     async def replay() -> list:
@@ -389,12 +396,13 @@ def test_beastnet_feeds_check_against_the_fake_and_a_dead_host(tmp_path):
     try:
         for name, fake in fakes.fakes.items():
             fake.ws_prices[EXCHANGES[name].symbol_of(CASES[name][0])] = CASES[name][1]
+            fake.rest_prices[EXCHANGES[name].symbol_of(CASES[name][0])] = CASES[name][2]
         live = tmp_path / "live.toml"
         dead = tmp_path / "dead.toml"
         port = dead_port()
         live.write_text("".join(
             f'[feeds.exchanges.{n}]\nws_url = "{f.ws_url}"\nrest_url = "{f.rest_url}"\n'
-            f'connect_delay_s = 0\n' for n, f in fakes.fakes.items()))
+            f'connect_delay_s = 0\nping_interval_s = 0.1\n' for n, f in fakes.fakes.items()))
         dead.write_text("".join(
             f'[feeds.exchanges.{n}]\nws_url = "ws://127.0.0.1:{port}/ws"\n' for n in CASES))
 
@@ -403,8 +411,20 @@ def test_beastnet_feeds_check_against_the_fake_and_a_dead_host(tmp_path):
                                    "--config", str(config), "--timeout", "2s"],
                                   capture_output=True, text=True, timeout=60)
         good, bad = check(live), check(dead)
+        recording = tmp_path / "rec.jsonl"
+        rec = subprocess.run([sys.executable, "-m", "beastnet", "feeds", "record", "--config",
+                              str(live), "--exchange", "okx", "--exchange", "gateio",
+                              "--duration", "1500ms", str(recording)],
+                             capture_output=True, text=True, timeout=60)
     finally:
         fakes.close()
+    assert rec.returncode == 0, rec.stdout + rec.stderr
+    assert f"messages to {recording}" in rec.stdout
+    lines = [orjson.loads(line) for line in recording.read_bytes().splitlines()]
+    assert {r["x"] for r in lines} == {"okx", "gateio"}, rec.stdout
+    assert {r["k"] for r in lines} == \
+        {"ws", "rest"}
+    assert any(CASES["okx"][1] in r["m"] for r in lines if r["k"] == "ws")
     lines = dict(line.split(None, 1) for line in good.stdout.splitlines())
     assert set(lines) == set(CASES), good.stdout + good.stderr
     for name in CASES:
@@ -413,3 +433,90 @@ def test_beastnet_feeds_check_against_the_fake_and_a_dead_host(tmp_path):
     assert bad.returncode == 1 and "Traceback" not in bad.stdout + bad.stderr
     dead_lines = bad.stdout.splitlines()
     assert len(dead_lines) == 6 and all(" DOWN  ws://127.0.0.1:" in d for d in dead_lines)
+
+
+def test_beastnet_stats_shows_a_row_per_exchange():
+    from beastnet.cli.stats import format_stats
+    health = {"state": "fallback", "quote": "USDT", "message_age_s": 4.25, "msgs_per_s": 12.5,
+              "reconnects": 3, "rest_polls": 40, "rest_errors": 2, "symbols_seen": 30,
+              "symbols": 31}
+    text = format_stats({"uptime_s": 1, "profile": "production", "assets": 150,
+                         "feed": {"sources": {}, "exchanges": {"okx": health},
+                                  "refused_jumps": 4}})
+    assert "exchange okx        fallback   USDT msg age 4.2 s  12.5 msg/s  reconnects 3  " \
+           "REST polls 40 (2 failed)  symbols 30/31" in text
+    assert "refused 4" in text
+
+
+def test_an_asset_falls_back_to_its_second_exchange_then_says_stale():
+    """Stream stale -> that exchange's REST -> both down -> the asset's next
+    exchange -> nothing fresh -> the last price, "stale": true with its age."""
+    async def scenario():
+        fakes = {n: await FakeExchange(n).start() for n in ("coinbase", "kraken")}
+        for n, fake in fakes.items():
+            fake.ws_prices[EXCHANGES[n].symbol_of("BTC")] = {"coinbase": "97000.5",
+                                                             "kraken": "97010.5"}[n]
+            fake.rest_prices[EXCHANGES[n].symbol_of("BTC")] = "96990.5"
+        feed = ExchangeFeed(routes={"BTC": ["coinbase", "kraken"]}, assets=["BTC"],
+                            settings={n: fast(f) for n, f in fakes.items()})
+        table = ResponseTable()
+        publisher = PricePublisher(table, stale_after_s=5.0, check_interval_s=0.02)
+        task = asyncio.ensure_future(publisher.run(feed))
+        seen = []
+        try:
+            assert await until(lambda: body(table, "BTC").get("source") == "coinbase" and
+                               body(table, "BTC")["price"] == 97000.5)
+            seen.append(body(table, "BTC"))
+            cb = fakes["coinbase"]
+            cb.silent, cb.refuse = True, True                 # stream gone
+            assert await until(lambda: feed.connections["coinbase"].state == "fallback" and
+                               body(table, "BTC")["price"] == 96990.5)
+            seen.append(body(table, "BTC"))                    # coinbase's REST
+            cb.rest_status = 500                               # and its REST too
+            assert await until(lambda: body(table, "BTC").get("source") == "kraken")
+            seen.append(body(table, "BTC"))
+            for fake in fakes.values():
+                fake.silent, fake.refuse, fake.rest_status = True, True, 500
+            assert await until(lambda: body(table, "BTC").get("stale") is True, 30)
+            seen.append(body(table, "BTC"))
+            return seen, publisher.health()
+        finally:
+            await stop_all(task, fakes)
+
+    seen, health = asyncio.run(scenario())
+    assert [s["source"] for s in seen[:3]] == ["coinbase", "coinbase", "kraken"]
+    assert seen[2]["stale"] is False and seen[3]["stale"] is True and seen[3]["age_s"] > 0
+    assert health["assets_stale"] == ["BTC"] and health["fallbacks"] >= 1
+
+
+def test_rest_bodies_are_read_within_the_cap():
+    async def scenario():
+        async with Rig("gateio", rest_max_bytes=64) as rig:   # a documented body is longer
+            rig.fake.refuse = True
+            assert await until(lambda: rig.conn.rest_errors >= 2)
+            return rig.conn, body(rig.table, rig.asset)
+
+    conn, published = asyncio.run(scenario())
+    assert conn.ticks == 0 and published == {} and "over 64 bytes" in conn._rest_error
+
+
+def test_replay_recognises_an_exchange_recording(tmp_path):
+    from beastnet.serve.config import ServeConfig
+    from beastnet.serve.feeds import open_feed
+    from beastnet.serve.feeds.exchanges import ExchangeReplayFeed
+    path = tmp_path / "rec.jsonl"
+    path.write_text('{"t":1.0,"x":"okx","k":"ws","s":null,"m":"pong"}\n')
+    assert isinstance(open_feed(ServeConfig(feed="replay", feed_path=str(path))),
+                      ExchangeReplayFeed)
+
+
+def test_a_stream_that_never_speaks_is_stale_too():
+    async def scenario():
+        async with Rig("kraken") as rig:
+            rig.fake.silent = True            # from the first byte: subscribed, then nothing
+            assert await until(lambda: rig.conn.stale_events >= 2)
+            assert await until(lambda: rig.price_is(rig.rest_price))
+            return rig.conn.health(), rig.fake.connections
+
+    health, connections = asyncio.run(scenario())
+    assert health["state"] == "fallback" and connections >= 2

@@ -16,7 +16,8 @@ import urllib.request
 import orjson
 import pytest
 
-from beastnet import Answer, HTTPServer, MissRequest, ResponseTable, UDPServer, _core
+from beastnet import (Answer, HTTPServer, MissRequest, ResponseTable, ServerError,
+                      UDPServer, _core)
 from http_helpers import (BODIES, connect, exchange, get, open_fds, read_until_close,
                           split_responses)
 from support import requires, wait_for
@@ -660,3 +661,20 @@ def test_405_from_a_route_names_the_allowed_methods(server):
                                  b"PUT /v1/BTC HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n", 2)
     assert [r.status for r in responses] == [405, 405]
     assert [r.headers.get("allow") for r in responses] == ["GET, HEAD", "GET, HEAD"]
+
+
+# -- sharing a port ------------------------------------------------------------------
+
+def test_port_held_by_another_server_is_refused_unless_shared(table):
+    """Issue 21: a second HTTPServer on an occupied port used to join the
+    first one's SO_REUSEPORT group silently and take part of its clients."""
+    with HTTPServer(table, threads=2) as first:
+        port = first.address[1]
+        with pytest.raises(ServerError, match=r"in use by another socket.*reuse_port=True"):
+            HTTPServer(table, "127.0.0.1", port, threads=1).start()
+        with HTTPServer(table, "127.0.0.1", port, threads=1, reuse_port=True) as second:
+            for _ in range(40):             # 40 connections: 40 source ports to hash
+                assert [r.status for r in exchange(first, get("BTC"), 1)] == [200]
+            wait_for(lambda: first.stats()["totals"]["requests"]
+                     + second.stats()["totals"]["requests"] == 40)
+            assert second.stats()["totals"]["requests"] > 0

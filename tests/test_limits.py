@@ -13,7 +13,7 @@ import pytest
 
 from beastnet import APIKeyTable, ResponseTable, UDPServer
 from beastnet._core import admit_race
-from beastnet.serve.keys import KeyStoreError, Tier, UsageFlusher
+from beastnet.serve.keys import KeyStoreError, Tier, UsageFlusher, current_month
 from beastnet.serve.stores.sqlite import KeyStore
 from support import gcra_bounds, wait_for
 
@@ -382,3 +382,26 @@ def test_monthly_cap_is_exact_with_four_readers_and_client_processes(tmp_path):
     refused = sum(o.get('{"error":"over_quota"}', 0) for o in outputs)
     assert ok == 5000
     assert sum(sum(o.values()) for o in outputs) == ok + refused
+
+
+def test_only_key_changes_reload_the_keys(tmp_path):
+    """The webhook delivery log and usage flushes share the key store's file:
+    their writes (from another connection, as the CLI or a second process
+    makes them) must not count as key changes; a key change must."""
+    from beastnet.serve.stores.sqlite import WebhookStore
+
+    path = str(tmp_path / "k.db")
+    with KeyStore(path) as server_side, KeyStore(path) as cli_side, \
+            WebhookStore(path) as hooks:
+        server_side.add("public", key="first-key-000001")
+        keys = APIKeyTable()
+        server_side.sync_into(keys)
+        flusher = UsageFlusher(server_side, keys, interval_s=10)    # resync called by hand
+        row = (time.time(), "sub_x", "msg_1", "udp", 1, 1, 0, 1, 0.1, "", "[]", None, None)
+        for _ in range(3):
+            hooks.write_log([row])
+            cli_side.add_usage({"first-key-000001": 5}, current_month())
+            assert not flusher.resync()
+        cli_side.revoke("first-key-000001")
+        assert flusher.resync() and "first-key-000001" not in keys
+        assert flusher.reloads == 1

@@ -176,6 +176,32 @@ def test_serves_prices_over_udp_and_http_without_keys(serve):
     assert any(entry.get("msg") == "stopped cleanly" for entry in server.log_entries())
 
 
+def test_cors_origins_setting_answers_browsers_natively(serve):
+    """Issue 21: no Access-Control-Allow-Origin, and OPTIONS answered 405."""
+    server = serve("--no-keys", config='cors_origins = ["https://app.example"]\n')
+    origin = {"Origin": "https://app.example"}
+    status, headers, _ = server.http("GET", "/v1/BTC", origin)
+    assert status == 200 and headers["Access-Control-Allow-Origin"] == "https://app.example"
+    status, headers, _ = server.http("OPTIONS", "/v1/BTC", origin)
+    assert status == 204 and "X-API-Key" in headers["Access-Control-Allow-Headers"]
+    assert server.terminate() == 0
+
+
+def test_asset_list_batch_and_lower_case_symbols(serve):
+    """Issue 21: /v1/assets, /v1/btc and a batch query all answered not_found."""
+    server = serve("--no-keys")
+    status, _, raw = server.http("GET", "/v1/assets")
+    assert status == 200 and len(orjson.loads(raw)["assets"]) == 150
+    status, _, raw = server.http("GET", "/v1/btc")
+    assert status == 200 and orjson.loads(raw)["asset"] == "BTC"
+    status, _, raw = server.http("GET", "/v1/prices?symbols=BTC,ETH")
+    assert status == 200 and [a["asset"] for a in orjson.loads(raw)] == ["BTC", "ETH"]
+    status, _, raw = server.http("GET", "/v1/prices?symbols=BTC,NOPE")
+    assert status == 404 and orjson.loads(raw)["unknown"] == ["NOPE"]
+    assert orjson.loads(server.admin("GET", "/healthz")[2])["assets"] == 150
+    assert server.terminate() == 0
+
+
 def test_keys_and_limits_enforced_on_both_protocols(serve, tmp_path):
     db = tmp_path / "keys.db"
     add_key(db, "public", "pub-key")

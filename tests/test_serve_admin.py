@@ -17,6 +17,10 @@ import orjson
 import pytest
 
 import test_serve
+from beastnet import Answer
+from beastnet.metrics import MetricFamily
+from beastnet.serve.admin import AdminRoute
+from beastnet.serve.component import Component
 from test_serve import request
 from support import free_port, require
 from test_cli import beastnet, one_error_line
@@ -313,3 +317,56 @@ def test_a_low_open_file_limit_keeps_room_for_admin(tmp_path):
             status = proc.wait(30)
     assert status == 0, log_path.read_text()
     assert "max_connections 10000 lowered to" in log_path.read_text()
+
+
+# -- a component: its own file and one registration line ---------------------------------
+
+class Probe(Component):
+    """A part registered in COMPONENTS the way a new one would be (this module
+    is its file): its stats, metrics, admin route and lifecycle reach the
+    service without any other change."""
+
+    name = "probe"
+    calls: list[str] = []
+
+    async def start(self) -> None:
+        self.calls.append("start")
+
+    async def stop(self) -> None:
+        self.calls.append("stop")
+
+    def stats(self) -> dict:
+        return {"probe": {"seen": True}}
+
+    def families(self) -> list:
+        return [MetricFamily("beastnet_probe_up", "gauge", "The probe.").add(1)]
+
+    def routes(self) -> list:
+        return [AdminRoute("/admin/probe", ("GET",), lambda request: Answer({"probe": 1}))]
+
+
+def test_a_registered_component_is_started_stopped_and_served(monkeypatch):
+    import http.client
+
+    from beastnet.serve import service as service_module
+    from beastnet.serve.config import load_config
+
+    monkeypatch.setattr(service_module, "COMPONENTS",
+                        service_module.COMPONENTS + ("test_serve_admin:Probe",))
+    Probe.calls.clear()
+    cfg = load_config(profile="dev", overrides={"udp_port": 0, "http_port": 0, "admin_port": 0})
+    with service_module.PriceService(cfg) as svc:
+        assert Probe.calls == ["start"]
+        assert svc.admin is not None
+        answers = {}
+        for path in ("/admin/probe", "/admin/stats", "/metrics", "/admin/nothing"):
+            conn = http.client.HTTPConnection(*svc.admin.address[:2], timeout=5)
+            conn.request("GET", path)
+            resp = conn.getresponse()
+            answers[path] = (resp.status, resp.read())
+            conn.close()
+    assert Probe.calls == ["start", "stop"]
+    assert answers["/admin/probe"] == (200, b'{"probe":1}')
+    assert orjson.loads(answers["/admin/stats"][1])["probe"] == {"seen": True}
+    assert b"beastnet_probe_up 1" in answers["/metrics"][1]
+    assert answers["/admin/nothing"][0] == 404

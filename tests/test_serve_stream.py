@@ -54,10 +54,17 @@ def test_partners_stream_by_default_other_tiers_per_config(serve, tmp_path):
 
     async def run():
         assert len(await first_prices(stream_url(server, "partner-key-00001"), ["BTC"], 1)) == 1
-        for key, status in (("public-key-000001", 403), ("nobody-000000000", 401), ("", 401)):
+        for key, status in (("public-key-000001", 403), ("nobody-000000000", 401)):
             with pytest.raises(websockets.InvalidStatus) as refused:
                 await first_prices(stream_url(server, key), ["BTC"], 1)
             assert refused.value.response.status_code == status, key
+        # No key at the upgrade: the stream opens, and its first message must be the auth.
+        async with websockets.connect(stream_url(server, "")) as ws:
+            await ws.send('{"op":"subscribe","symbols":["BTC"]}')
+            assert orjson.loads(await ws.recv()) == {"op": "error", "error": "auth_required"}
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await ws.recv()
+            assert closed.value.rcvd.code == 1008
         async with websockets.connect(stream_url(server, "pro-key-000000001")) as ws:
             await ws.send('{"op":"subscribe","symbols":["BTC","ETH","SOL"]}')
             assert orjson.loads(await ws.recv()) == {"op": "error", "error": "subscription_limit"}
@@ -104,3 +111,63 @@ def test_the_live_page_connects_and_its_numbers_change(serve, tmp_path):
         assert (tmp_path / "dashboard.png").stat().st_size > 10_000
     finally:
         assert server.terminate() == 0
+
+
+@needs_chromium()
+def test_the_live_page_says_why_a_keyed_stream_is_refused_and_takes_a_key(serve, tmp_path):
+    """Under keys the browser only sees close code 1006 for a refused
+    handshake; the page must say why in words and take a key that works."""
+    db = tmp_path / "keys.db"
+    add_key(db, "partner", "partner-key-00001")
+    add_key(db, "public", "public-key-000001")
+    server = serve("--keystore", str(db))
+    problem = "document.getElementById('problem')"
+    shown = f"!{problem}.hidden && {problem}.textContent"
+
+    def enter(browser, key: str) -> None:
+        browser.eval(f"document.getElementById('key').value = {key!r}; "
+                     "document.querySelector('#keyform button').click()")
+
+    try:
+        with Browser() as browser:
+            browser.open(f"http://127.0.0.1:{server.http_port}/")
+            assert browser.eval(f"!!{problem} && !!document.getElementById('key')")
+            text = browser.wait_for(f"{shown}.includes('needs an API key') && {shown}")
+            assert "(partner)" in text                      # the tiers that may stream
+            assert browser.eval("document.activeElement.id") == "key"
+            assert browser.eval("document.getElementById('status').textContent") == "closed"
+            browser.screenshot(str(tmp_path / "no-key.png"))
+            enter(browser, "public-key-000001")
+            browser.wait_for(f"{shown}.includes('may not open the stream')")
+            enter(browser, "nobody-000000000")
+            browser.wait_for(f"{shown}.includes('does not know this API key')")
+            enter(browser, "partner-key-00001")
+            browser.wait_for("document.getElementById('status').textContent === 'open'")
+            assert browser.eval(f"{problem}.hidden")
+            price = "document.querySelector('[data-asset=BTC] .price').textContent"
+            browser.wait_for(f"{price} !== '–'")
+            assert browser.errors == []
+    finally:
+        assert server.terminate() == 0
+    assert (tmp_path / "no-key.png").stat().st_size > 10_000
+
+
+@needs_chromium()
+def test_the_live_page_says_when_the_server_goes_away(serve):
+    server = serve("--no-keys")
+    problem = "document.getElementById('problem')"
+    try:
+        with Browser() as browser:
+            browser.open(f"http://127.0.0.1:{server.http_port}/")
+            browser.wait_for("document.getElementById('status').textContent === 'open'")
+            assert browser.eval(f"{problem}.hidden")
+            assert server.terminate() == 0                  # a drain: the stream ends
+            text = browser.wait_for(f"!{problem}.hidden && {problem}.textContent")
+            assert text.startswith(("The stream closed.", "Cannot reach the stream.")), text
+            browser.wait_for(f"{problem}.textContent.startsWith('Cannot reach the stream.')")
+            # it keeps trying (status "connecting" between tries), the banner stays up
+            browser.wait_for("document.getElementById('status').textContent === "
+                             "'closed, retrying'")
+            assert not browser.eval(f"{problem}.hidden")
+    finally:
+        server.kill()

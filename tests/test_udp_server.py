@@ -208,6 +208,69 @@ def test_failed_bind_cleans_up(small_table):
     # the leak check verifies no socket or thread survived the failed start
 
 
+def test_port_held_by_a_reuseport_socket_is_refused_unless_shared(small_table):
+    """Issue 21: a foreign SO_REUSEPORT holder (another beastnet server) must
+    not be joined silently; reuse_port=True joins it on purpose."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as holder:
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        holder.bind(("127.0.0.1", 0))
+        port = holder.getsockname()[1]
+        srv = UDPServer(small_table, "127.0.0.1", port, sockets=2)
+        with pytest.raises(ServerError, match=r"in use by another socket.*reuse_port=True"):
+            srv.start()
+        srv.stop()
+        with UDPServer(small_table, "127.0.0.1", port, sockets=2, cpu_steering=False,
+                       reuse_port=True) as shared:
+            assert shared.address[1] == port
+
+
+def test_exclusive_server_is_joined_only_on_purpose(small_table):
+    """The first server binds exclusively, yet a second one asking for
+    reuse_port=True joins its group and the kernel splits the traffic."""
+    with UDPServer(small_table, "127.0.0.1", 0, sockets=2, cpu_steering=False) as first:
+        port = first.address[1]
+        with pytest.raises(ServerError, match="reuse_port=True"):
+            UDPServer(small_table, "127.0.0.1", port, sockets=1).start()
+        with UDPServer(small_table, "127.0.0.1", port, sockets=1, reuse_port=True) as second:
+            clients = [UDPClient(first.address) for _ in range(48)]
+            try:
+                for i, c in enumerate(clients):
+                    assert c.request(b"@%d k1" % i) == b"@%d " % i + SMALL_KEYS["k1"]
+            finally:
+                for c in clients:
+                    c.close()
+            wait_for(lambda: first.stats()["totals"]["rx_packets"]
+                     + second.stats()["totals"]["rx_packets"] == 48)
+            assert second.stats()["totals"]["rx_packets"] > 0
+
+
+def test_serve_forever_returns_when_stopped(small_table):
+    srv = UDPServer(small_table, sockets=1)
+    done = threading.Event()
+    runner = threading.Thread(target=lambda: (srv.serve_forever(), done.set()))
+    runner.start()
+    wait_for(lambda: srv._running)
+    with UDPClient(srv.address) as c:
+        assert c.request(b"@1 k1") == b"@1 " + SMALL_KEYS["k1"]
+    assert not done.is_set()
+    srv.stop()
+    runner.join(5.0)
+    assert done.is_set() and not srv._running
+
+
+def test_concurrent_stops_join_the_readers_once(small_table):
+    """stop() from a timer while serve_forever() returns used to join the
+    reader threads twice at once and hang."""
+    srv = UDPServer(small_table, sockets=2).start()
+    stoppers = [threading.Thread(target=srv.stop) for _ in range(4)]
+    for t in stoppers:
+        t.start()
+    for t in stoppers:
+        t.join(5.0)
+    assert not any(t.is_alive() for t in stoppers)
+    assert port_is_free(srv.address)
+
+
 @pytest.mark.parametrize("kwargs,exc", [
     ({"sockets": 0}, ValueError),
     ({"batch": 0}, ValueError),

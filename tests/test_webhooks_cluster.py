@@ -70,22 +70,24 @@ def test_shared_store_round_trip(redis_server):  # noqa: F811
 
 
 def test_changes_are_heard_by_pub_sub(redis_server):  # noqa: F811
-    """A change made through one client reaches a listener at once, well
-    before the once-a-second version check would see it."""
+    """A change made through one client reaches a listener by pub/sub: a bare
+    store has no version poll, so nothing else can call it back."""
     import threading
+
+    from beastnet.serve.stores.redis import CHANGES_CHANNEL
 
     heard = threading.Event()
     with RedisWebhookStore(redis_server.url, TIERS, ASSETS, allow_private=True) as listener, \
             RedisWebhookStore(redis_server.url, TIERS, ASSETS, allow_private=True) as writer:
         listener.listen(heard.set)
-        time.sleep(0.1)                     # the subscription is in place
+        wait_for(lambda: writer.client.pubsub_numsub(CHANGES_CHANNEL)[0][1] == 1,
+                 message="redis to hold the listener's subscription")
         for change in (lambda: writer.add("udp://127.0.0.1:9", "fast", ["BTC"]),
                        lambda: writer.set_state(writer.list()[0]["id"], "paused"),
                        lambda: writer.remove(writer.list()[0]["id"])):
             heard.clear()
-            t0 = time.monotonic()
             change()
-            assert heard.wait(2.0) and time.monotonic() - t0 < 0.5
+            assert heard.wait(5.0), "the change was not heard"
 
 
 def webhooks_cli(url: str, config, *args: str) -> subprocess.CompletedProcess:
@@ -104,13 +106,23 @@ def arrivals(rx: UDPReceiver, since: float = 0.0) -> dict[str, list[float]]:
     return out
 
 
-def once_per_cycle(stamps: list[float], window_s: float) -> None:
+def once_per_cycle(stamps: list[float]) -> None:
     """One datagram per cycle: no two within half an interval (two owners
     fire at the same phase, so a duplicate lands next to the original), and
-    about window/interval of them."""
+    as many as the arrivals' own span holds intervals, ±1 (none missed)."""
     gaps = [b - a for a, b in zip(stamps, stamps[1:])]
     assert gaps and min(gaps) > 0.5 * INTERVAL_S, gaps
-    assert abs(len(stamps) - window_s / INTERVAL_S) <= 2, (len(stamps), gaps)
+    assert abs(len(gaps) - (stamps[-1] - stamps[0]) / INTERVAL_S) <= 1, (len(stamps), gaps)
+
+
+def steady(rx: UDPReceiver, since: float, subs: list[dict], cycles: int = 10) -> dict:
+    """The arrivals since `since` once every subscription has `cycles` of
+    them: the pushers' own datagrams close the window, not a sleep."""
+    def enough():
+        got = arrivals(rx, since)
+        return got if all(len(got[s["assets"][0]]) >= cycles for s in subs) else None
+    return wait_for(enough, timeout=10, interval=0.05,
+                    message=f"{cycles} datagrams of each subscription")
 
 
 def webhook_stats(node) -> dict:
@@ -120,9 +132,12 @@ def webhook_stats(node) -> dict:
 
 
 def agreed(nodes, live: int, owned: int) -> bool:
+    """Every node sees `live` nodes and together they push at least `owned`
+    subscriptions: at least, so a node pushing what it does not own shows
+    in the exact per-node checks that follow, not as a wait that never ends."""
     stats = [webhook_stats(n) for n in nodes]
     return all(len(s["cluster"]["live_nodes"]) == live for s in stats) and \
-        sum(s["subscriptions"] for s in stats) == owned
+        sum(s["subscriptions"] for s in stats) >= owned
 
 
 def test_each_subscription_pushed_by_one_live_node(serve, redis_server, tmp_path):  # noqa: F811
@@ -144,11 +159,9 @@ def test_each_subscription_pushed_by_one_live_node(serve, redis_server, tmp_path
         assert all(s["id"] in listed.stdout for s in subs)
 
         # Steady state: every subscription's datagrams come once a cycle.
-        t0 = time.time()
-        time.sleep(3.0)
-        got = arrivals(rx, t0)
+        got = steady(rx, time.time(), subs)
         for sub in subs:
-            once_per_cycle(got[sub["assets"][0]], 3.0)
+            once_per_cycle(got[sub["assets"][0]])
         owners = {s["id"]: owner(s["id"], ["node0", "node1", "node2"]) for s in subs}
         for i, node in enumerate(nodes):
             assert webhook_stats(node)["subscriptions"] == \
@@ -169,9 +182,11 @@ def test_each_subscription_pushed_by_one_live_node(serve, redis_server, tmp_path
         # Paused by the CLI: every node stops it within about a second.
         paused = subs[0]
         assert webhooks_cli(url, cli_config, "pause", paused["id"]).returncode == 0
-        time.sleep(1.0 + INTERVAL_S)
+        wait_for(lambda: sum(webhook_stats(n)["subscriptions"] for n in nodes) == len(subs) - 1,
+                 timeout=5, interval=0.05, message="the owner to drop the paused subscription")
+        steady(rx, time.time(), subs[1:], cycles=1)      # a cycle since, for what was in flight
         t_paused = time.time()
-        time.sleep(1.0)
+        steady(rx, t_paused, subs[1:], cycles=3)
         assert paused["assets"][0] not in arrivals(rx, t_paused)
 
         # Kill the node owning the most subscriptions: they move within a snapshot TTL.
@@ -188,10 +203,9 @@ def test_each_subscription_pushed_by_one_live_node(serve, redis_server, tmp_path
         took = time.time() - t_kill
         assert took <= 2.0 + 1.0 + 1.5, f"moved after {took:.1f} s (TTL 2 s)"
         t1 = time.time() + 2 * INTERVAL_S          # a cycle for the new owners to start
-        time.sleep(3.0 + 2 * INTERVAL_S)
-        got = arrivals(rx, t1)
+        got = steady(rx, t1, active)
         for sub in active:
-            once_per_cycle(got[sub["assets"][0]], 3.0)
+            once_per_cycle(got[sub["assets"][0]])
         assert moved, "the victim held subscriptions"
 
 
@@ -207,12 +221,11 @@ def test_redis_down_nodes_keep_pushing_what_they_own(serve, redis_server, tmp_pa
         wait_for(lambda: agreed(nodes, 2, 4), timeout=10, interval=0.1,
                  message="2 nodes own 4 subscriptions")
         redis_server.stop()
-        time.sleep(1.0 + INTERVAL_S)            # every node has met the outage
-        t0 = time.time()
-        time.sleep(3.0)
-        got = arrivals(rx, t0)
+        wait_for(lambda: all(any("webhook reload" in e.get("msg", "") for e in n.log_entries())
+                             for n in nodes), timeout=10, message="every node to meet the outage")
+        got = steady(rx, time.time(), subs)
         for sub in subs:
-            once_per_cycle(got[sub["assets"][0]], 3.0)
+            once_per_cycle(got[sub["assets"][0]])
         assert sum(webhook_stats(n)["subscriptions"] for n in nodes) == 4
     for node in nodes:
         warned = [e for e in node.log_entries() if "webhook reload" in e.get("msg", "")]

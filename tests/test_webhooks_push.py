@@ -190,11 +190,21 @@ def test_retry_after_is_honoured(table, store, receiver, tls_certs):  # noqa: F8
     assert got[1].at - got[0].at >= 0.95, "Retry-After: 1 beats a backoff of at most 0.1 s"
 
 
+def witness_cycles(rx: UDPReceiver, asset: str) -> int:
+    """Datagrams of `asset` received: a witness subscription on the fast tier
+    counts the pusher's own cycles, so no test has to sleep through them."""
+    return sum(1 for _, d in list(rx.datagrams) if d == body(asset))
+
+
 def test_410_disables_the_subscription(table, store, receiver, tls_certs):  # noqa: F811
     sub = store.add(f"https://127.0.0.1:{receiver.port}/gone", "fast", ["BTC"])
-    with WebhookPusher(table, store, ASSETS, settings(tls_certs)) as pusher:
-        wait_for(lambda: store.get(sub["id"])["state"] == "disabled", timeout=10)
-        time.sleep(3 * INTERVAL_S)
+    with UDPReceiver() as rx:
+        store.add(f"udp://127.0.0.1:{rx.port}", "fast", ["ETH"])
+        with WebhookPusher(table, store, ASSETS, settings(tls_certs)) as pusher:
+            wait_for(lambda: store.get(sub["id"])["state"] == "disabled", timeout=10)
+            seen = witness_cycles(rx, "ETH")
+            wait_for(lambda: witness_cycles(rx, "ETH") >= seen + 3, timeout=10,
+                     message="three more cycles")
     assert receiver.count("/gone") == 1, "no retry and no further cycle after a 410"
     assert "410" in store.get(sub["id"])["reason"]
     assert pusher.stats()["disabled"] == 1
@@ -339,15 +349,19 @@ def test_failing_receiver_warns_once_per_streak(table, store, receiver, tls_cert
 def test_paused_and_removed_subscriptions_stop(table, store):
     with UDPReceiver() as rx:
         sub = store.add(f"udp://127.0.0.1:{rx.port}", "fast", ["BTC"])
+        store.add(f"udp://127.0.0.1:{rx.port}", "fast", ["ETH"])           # the witness
         with WebhookPusher(table, store, ASSETS, PushSettings(allow_private=True)) as pusher:
-            wait_for(lambda: len(rx.datagrams) >= 2, timeout=5)
+            wait_for(lambda: witness_cycles(rx, "BTC") >= 2, timeout=5)
             store.set_state(sub["id"], "paused")
             pusher.reload_now()
-            time.sleep(0.1)
-            n = len(rx.datagrams)
-            time.sleep(3 * INTERVAL_S)
-            assert len(rx.datagrams) == n
-            assert pusher.stats()["subscriptions"] == 0
+            wait_for(lambda: pusher.stats()["subscriptions"] == 1, message="the reload")
+            # A cycle after the reload, then three more: BTC in none of them.
+            seen = witness_cycles(rx, "ETH")
+            wait_for(lambda: witness_cycles(rx, "ETH") >= seen + 1, timeout=5)
+            n = witness_cycles(rx, "BTC")
+            wait_for(lambda: witness_cycles(rx, "ETH") >= seen + 4, timeout=5,
+                     message="three more cycles")
+            assert witness_cycles(rx, "BTC") == n
 
 
 def test_serve_sigterm_loses_no_log_row(tmp_path):

@@ -1,9 +1,12 @@
-"""What UDPServer and HTTPServer share: address resolution, the bound
-address, socket clean-up and the context-manager protocol."""
+"""What UDPServer and HTTPServer share: address resolution, binding the
+SO_REUSEPORT group, the bound address, socket clean-up, the context-manager
+protocol and serve_forever()."""
 from __future__ import annotations
 
+import errno
 import socket
-from typing import Any, Optional, TypeVar
+import threading
+from typing import Any, Callable, Optional, TypeVar
 
 from beastnet.errors import ServerError
 
@@ -17,12 +20,52 @@ def resolve(host: str, port: int, socktype: int) -> tuple[int, tuple]:
     return family, sockaddr
 
 
+def bind_member(sock: socket.socket, sockaddr: tuple, host: str, *, first: bool,
+                reuse_port: bool) -> None:
+    """Bind one socket of a server's SO_REUSEPORT group to `sockaddr`.
+
+    The engines bind several SO_REUSEPORT sockets themselves, and the kernel
+    lets any socket of the same user with SO_REUSEPORT join such a port, so a
+    second server on an occupied port would bind without error and silently
+    take part of the traffic.  Unless `reuse_port` asks for sharing, the first
+    socket is bound *without* SO_REUSEPORT: that bind fails with EADDRINUSE
+    exactly when another socket holds the port (a reuseport group included;
+    TCP sets SO_REUSEADDR beforehand, so connections in TIME_WAIT do not
+    count).  Only then is SO_REUSEPORT turned on, for the group's other
+    sockets to join (Linux forms the group as they bind, or as TCP listens).
+    Unlike a probe, there is no window between the check and the bind.
+    """
+    exclusive = first and not reuse_port
+    if not exclusive:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind(sockaddr)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE and exclusive:
+            raise ServerError(f"bind {host}:{sockaddr[1]}: address already in use by another "
+                              "socket; pick another port, or pass reuse_port=True to share it "
+                              "(SO_REUSEPORT: the kernel splits the traffic)") from None
+        raise ServerError(f"bind {host}:{sockaddr[1]}: {exc.strerror}") from None
+    if exclusive:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+
+
 class EngineServer:
     """Base of the servers: subclasses implement start() and stop(), bind
     `_socks` and set `_address`."""
 
     _address: Optional[tuple] = None
     _socks: list[socket.socket]
+
+    def __init__(self) -> None:
+        # Set while the server is not serving; serve_forever() waits on it.
+        self._stopped: Optional[threading.Event] = None
+        # stop() may come from several threads at once (a timer, a signal
+        # handler, serve_forever's exit): joining native threads twice at once
+        # is undefined, so stops run one at a time.  Reentrant, because a
+        # signal handler may call stop() on the thread already inside it.
+        self._stop_lock = threading.RLock()
+        self._stopping = False
 
     def start(self: _S) -> _S:
         raise NotImplementedError
@@ -35,6 +78,41 @@ class EngineServer:
 
     def __exit__(self, *exc_info: Any) -> None:
         self.stop()
+
+    def serve_forever(self) -> None:
+        """Start the server unless it runs, then block until `stop()` is
+        called (from another thread or a signal handler) or Ctrl-C; the
+        server is stopped on the way out, so a KeyboardInterrupt ends it
+        cleanly instead of propagating."""
+        if self._stopped is None or self._stopped.is_set():
+            self.start()
+        stopped = self._stopped
+        assert stopped is not None
+        try:
+            # Event.wait() is interrupted by SIGINT's KeyboardInterrupt on the main thread.
+            stopped.wait()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            self.stop()
+
+    def _mark_started(self) -> None:
+        self._stopped = threading.Event()
+
+    def _stop_serialized(self, stop: Callable[[], None]) -> None:
+        """Run a subclass's `stop` once at a time; a stop() nested in it (a
+        signal handler on the same thread) returns at once: the outer one
+        finishes the job.  A concurrent one waits, then finds nothing to do."""
+        with self._stop_lock:
+            if self._stopping:
+                return
+            self._stopping = True
+            try:
+                if self._stopped is not None:
+                    self._stopped.set()
+                stop()
+            finally:
+                self._stopping = False
 
     @property
     def address(self) -> tuple:

@@ -32,6 +32,7 @@ cdef struct bn_ws_hubs
 cdef struct bn_ws_hub
 cdef struct bn_ws_conn
 cdef struct bn_ws_worker
+cdef struct bn_deflater
 cdef struct bn_pusher
 
 
@@ -45,12 +46,16 @@ cdef class ResponseTable:
     cdef size_t key_cap                 # 0 = no cap; set() of a new key past it raises
     cdef bn_ws_hubs* ws_hubs            # WebSocket engines to tell of each write, NULL = none
     cdef size_t udp_oversize            # live entries past UDP_BODY_FITS_BYTES (flagged for UDP)
+    cdef size_t ws_compress_min         # bodies deflated for the WebSocket feeds: this long or
+                                        # longer (the least of the hubs' thresholds); 0 = none
+    cdef bn_deflater* deflater          # permessage-deflate, once per publication, or NULL
     cdef object _lock                   # serialises Python writers
 
     cdef int _retire(self, void* mem, size_t nbytes) except -1
     cdef int _retire_entry(self, bn_entry* e) except -1
     cdef int _attach_hub(self, void* hub) except -1
     cdef void _detach_hub(self, void* hub) noexcept
+    cdef void _compress_min_update(self) noexcept
     cdef size_t _reclaim(self) noexcept
     cdef int _reserve(self, size_t extra_keys) except -1
     cdef int _shrink(self) except -1
@@ -115,7 +120,7 @@ cdef class HTTPEngine(NativeEngine):
 
     cdef int _ws_setup(self, bytes path, bytes echo, ResponseTable topics, unsigned int max_subs,
                        size_t max_frame, size_t max_message, double stall_s,
-                       unsigned int max_symbols) except -1
+                       unsigned int max_symbols, size_t compress_min) except -1
     cdef void _ws_detach(self) noexcept
     cdef void _ws_release(self) noexcept
 

@@ -4,6 +4,7 @@
 
 import collections as _collections
 import os
+import stat as _stat
 import threading as _threading
 
 import orjson as _orjson
@@ -19,6 +20,7 @@ from posix.time cimport CLOCK_MONOTONIC, clock_gettime, time_t, timespec
 from posix.uio cimport iovec
 
 from beastnet.includes cimport openssl
+from beastnet.includes.zlib cimport *
 from beastnet.includes.native cimport *
 from beastnet.includes.system cimport *
 
@@ -30,6 +32,7 @@ include "_errors.pxi"
 include "_qsbr.pxi"
 include "_stats.pxi"
 include "_ws.pxi"
+include "_ws_deflate.pxi"
 include "_table.pxi"
 include "_missq.pxi"
 include "_limits.pxi"

@@ -41,6 +41,7 @@ cdef struct bn_conn:
     uint32_t flags                      # CONN_*
     uint32_t events                     # current epoll interest
     uint8_t wait_tail                   # TAIL_* for the reply to the waiting request
+    uint8_t cors                        # CORS_SEG_* + 1 for the current request's answer, 0 = none
     char* inb                           # unparsed input, NULL when none (most of the time)
     size_t in_len                       # bytes
     size_t in_cap                       # bytes
@@ -405,26 +406,45 @@ cdef inline void conn_iov_add(bn_hworker* w, const char* data, size_t n, int kin
 cdef inline int conn_emit(bn_hworker* w, bn_conn* c, const char* head, size_t head_len, int tail,
                           const char* body, size_t body_len, int status, int kind,
                           bn_entry* e) noexcept nogil:
-    """Queue one response: head + tail + body, both in entry `e` (SEG_ENTRY),
-    static (SEG_STATIC) or gone after this step (SEG_COPY).  Zero-copy into
-    the iovecs unless output is already backlogged (then queued behind it,
-    to keep the order).  0 or -1."""
+    """Queue one response: head [+ CORS segment] + tail + body, both in entry
+    `e` (SEG_ENTRY), static (SEG_STATIC) or gone after this step (SEG_COPY).
+    Zero-copy into the iovecs unless output is already backlogged (then
+    queued behind it, to keep the order).  0 or -1."""
+    cdef int cors = c.cors
     conn_count_status(w, status)
     c.requests += 1
+    c.cors = 0                          # one answer per request: the next one picks again
     # Flush by count and by bytes: pipelined hits on a big entry must not
     # pile up without bound.
-    if w.niov + 3 > HTTP_IOV_MAX or w.iov_bytes >= w.max_output_bytes:
+    if w.niov + 4 > HTTP_IOV_MAX or w.iov_bytes >= w.max_output_bytes:
         if conn_flush_iov(w, c) < 0:
             return -1
     if conn_out_pending(c):
         if (conn_outq_push(w, c, head, head_len, kind, e) < 0
+                or (cors and conn_outq_push(w, c, w.cors_segs[cors - 1], w.cors_seg_lens[cors - 1],
+                                            SEG_COPY, NULL) < 0)
                 or conn_outq_push(w, c, w.tails[tail], w.tail_len[tail], SEG_COPY, NULL) < 0
                 or conn_outq_push(w, c, body, body_len, kind, e) < 0):
             return -1
         return 0
     conn_iov_add(w, head, head_len, kind, e)
+    if cors:                            # a pre-built header line: no formatting per request
+        conn_iov_add(w, w.cors_segs[cors - 1], w.cors_seg_lens[cors - 1], SEG_COPY, NULL)
     conn_iov_add(w, w.tails[tail], w.tail_len[tail], SEG_COPY, NULL)
     conn_iov_add(w, body, body_len, kind, e)    # into the entry: never copied
+    return 0
+
+
+cdef inline int conn_emit_piece(bn_hworker* w, bn_conn* c, const char* data, size_t n, int kind,
+                                bn_entry* e) noexcept nogil:
+    """One more piece of the response conn_emit began (a batch answer's
+    bodies and separators), queued as conn_emit queues: 0 or -1."""
+    if w.niov + 1 > HTTP_IOV_MAX or w.iov_bytes >= w.max_output_bytes:
+        if conn_flush_iov(w, c) < 0:
+            return -1
+    if conn_out_pending(c):
+        return -1 if conn_outq_push(w, c, data, n, kind, e) < 0 else 0
+    conn_iov_add(w, data, n, kind, e)
     return 0
 
 

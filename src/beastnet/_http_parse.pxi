@@ -22,6 +22,10 @@ cdef struct bn_hreq:
     const char* ws_key                  # Sec-WebSocket-Key, or NULL
     uint32_t ws_key_len
     int ws_version                      # Sec-WebSocket-Version, -1 = absent or not a number
+    int ws_deflate                      # 1 = an acceptable permessage-deflate offer came
+    int ws_deflate_bits                 # ... asking this server_max_window_bits (0 = none)
+    const char* origin                  # Origin (a browser's cross-origin request), or NULL
+    uint32_t origin_len
 
 
 cdef uint8_t HTTP_TCHAR[256]            # RFC 9110 token characters
@@ -193,6 +197,7 @@ cdef int http_parse_head(const char* p, size_t n, bn_hreq* req, size_t max_targe
     cdef int has_te = 0
     cdef int conn_upgrade = 0
     cdef int upgrade_ws = 0
+    cdef int bits
     cdef uint64_t content_length = 0
     memset(req, 0, sizeof(bn_hreq))
     req.ws_version = -1
@@ -207,6 +212,8 @@ cdef int http_parse_head(const char* p, size_t n, bn_hreq* req, size_t max_targe
         req.method_code = METHOD_GET
     elif i == 4 and memcmp(p, b"HEAD", 4) == 0:
         req.method_code = METHOD_HEAD
+    elif i == 7 and memcmp(p, b"OPTIONS", 7) == 0:
+        req.method_code = METHOD_OPTIONS
     else:
         req.method_code = METHOD_OTHER
     i += 1
@@ -294,12 +301,22 @@ cdef int http_parse_head(const char* p, size_t n, bn_hreq* req, size_t max_targe
         elif name_len == 17 and ascii_ieq(p + start, b"sec-websocket-key", 17):
             req.ws_key = p + vstart
             req.ws_key_len = <uint32_t>(vend - vstart)
+        elif name_len == 24 and ascii_ieq(p + start, b"sec-websocket-extensions", 24):
+            # The first acceptable offer wins, over all lines of the header.
+            if not req.ws_deflate:
+                bits = ws_deflate_offers(p + vstart, vend - vstart)
+                if bits >= 0:
+                    req.ws_deflate = 1
+                    req.ws_deflate_bits = bits
         elif name_len == 21 and ascii_ieq(p + start, b"sec-websocket-version", 21):
             req.ws_version = 0
             while vstart < vend and req.ws_version >= 0:
                 c = <uint8_t>p[vstart]
                 req.ws_version = req.ws_version * 10 + (c - 48) if 48 <= c <= 57 and req.ws_version < 1000 else -1
                 vstart += 1
+        elif name_len == 6 and ascii_ieq(p + start, b"origin", 6):
+            req.origin = p + vstart
+            req.origin_len = <uint32_t>(vend - vstart)
         elif name_len == 9 and ascii_ieq(p + start, b"x-api-key", 9):
             if vend == vstart or vend - vstart > APIKEY_MAX_BYTES or req.apikey != NULL:
                 return 400                                        # empty, too long, or a second key

@@ -32,6 +32,140 @@ cdef inline int http_is_route(bn_hworker* w, const char* path, size_t n) noexcep
     return 0
 
 
+cdef inline bn_entry* http_lookup(bn_hworker* w, const char* key, size_t n) noexcept nogil:
+    # The key as asked, else its upper-case spelling (/v1/btc answers as
+    # /v1/BTC); the second lookup is paid by misses only.
+    cdef char upper[KEY_MAX_BYTES]
+    cdef size_t i
+    cdef int changed = 0
+    cdef bn_entry* e = table_lookup(w.index_ref, key, n)
+    if e != NULL or n > KEY_MAX_BYTES:
+        return e
+    for i in range(n):
+        upper[i] = key[i]
+        if 97 <= <uint8_t>key[i] <= 122:
+            upper[i] = <char>(<uint8_t>key[i] - 32)
+            changed = 1
+    return table_lookup(w.index_ref, upper, n) if changed else NULL
+
+
+cdef inline size_t batch_put(char* out, size_t at, const char* s, size_t n) noexcept nogil:
+    # Append to a batch_out buffer; the callers bound what they write.
+    memcpy(out + at, s, n)
+    return at + n
+
+
+cdef size_t batch_put_uint(char* out, size_t at, size_t v) noexcept nogil:
+    cdef char digits[20]
+    cdef int nd = 0
+    while True:
+        digits[nd] = <char>(48 + v % 10)
+        nd += 1
+        v //= 10
+        if v == 0:
+            break
+    while nd > 0:
+        nd -= 1
+        out[at] = digits[nd]
+        at += 1
+    return at
+
+
+cdef int conn_batch(bn_hworker* w, bn_conn* c, bn_hreq* req, int tail,
+                    int head_only) noexcept nogil:
+    """GET <prefix><batch_key>?symbols=A,B,...: a JSON array of the entries'
+    bodies in the order asked, written as iovecs of the bodies themselves and
+    static separators; only the head (its Content-Length) is formatted.  An
+    unknown symbol makes it a 404 naming every unknown one; more than
+    BATCH_SYMBOLS_MAX, an empty or malformed list, a 400.  Returns as
+    conn_request."""
+    cdef bn_entry* found[BATCH_SYMBOLS_MAX]
+    cdef const char* q = req.target + req.path_len + 1
+    cdef const char* end = req.target + req.target_len
+    cdef const char* v = NULL
+    cdef const char* s
+    cdef const char* p
+    cdef size_t vlen = 0
+    cdef size_t n
+    cdef size_t at
+    cdef size_t total = 2                       # "[" and "]"
+    cdef int nsym = 0
+    cdef int nunknown = 0
+    cdef int i
+    cdef int rc
+    # symbols=<list>, the first such parameter of the query
+    p = q
+    while p < end:
+        s = p
+        while p < end and p[0] != 38:           # '&'
+            p += 1
+        if p - s > 8 and memcmp(s, b"symbols=", 8) == 0:
+            v = s + 8
+            vlen = <size_t>(p - v)
+            break
+        p += 1
+    if v == NULL or vlen == 0:
+        bn_count(&w.counters.misses, 1)
+        return conn_step(c, conn_emit_error(w, c, ERR_400, tail, head_only))
+    # Look every symbol up; remember the unknown ones in batch_out's tail.
+    at = 0
+    p = v
+    while p <= v + vlen:
+        s = p
+        while p < v + vlen and p[0] != 44:      # ','
+            p += 1
+        n = <size_t>(p - s)
+        if nsym == BATCH_SYMBOLS_MAX or not http_key_valid(s, n):
+            bn_count(&w.counters.misses, 1)
+            return conn_step(c, conn_emit_error(w, c, ERR_400, tail, head_only))
+        found[nsym] = http_lookup(w, s, n)
+        if found[nsym] == NULL:
+            # {"error":"not_found","unknown":["A","B"]}: 64 names of 64 bytes fit.
+            if nunknown == 0:
+                at = batch_put(w.batch_out, 0, b'{"error":"not_found","unknown":[', 32)
+            else:
+                at = batch_put(w.batch_out, at, b",", 1)
+            at = batch_put(w.batch_out, at, b'"', 1)
+            at = batch_put(w.batch_out, at, s, n)
+            at = batch_put(w.batch_out, at, b'"', 1)
+            nunknown += 1
+        else:
+            total += found[nsym].body_len + (1 if nsym else 0)
+        nsym += 1
+        p += 1
+    if nunknown:
+        bn_count(&w.counters.misses, 1)
+        n = batch_put(w.batch_out, at, b"]}", 2)          # the body: batch_out[0:n]
+        at = batch_put(w.batch_out, n, b"HTTP/1.1 404 Not Found\r\nServer: beastnet\r\n"
+                       b"Content-Type: application/json\r\nContent-Length: ", 90)
+        at = batch_put_uint(w.batch_out, at, n)
+        at = batch_put(w.batch_out, at, b"\r\n", 2)
+        rc = conn_emit(w, c, w.batch_out + n, at - n, tail, w.batch_out,
+                       0 if head_only else n, 404, SEG_COPY, NULL)
+        if rc == 0:
+            rc = conn_flush_iov(w, c)   # batch_out is reused by the next batch request
+        return conn_step(c, rc)
+    bn_count(&w.counters.hits, 1)
+    at = batch_put(w.batch_out, 0, b"HTTP/1.1 200 OK\r\nServer: beastnet\r\n"
+                   b"Content-Type: application/json\r\nContent-Length: ", 83)
+    at = batch_put_uint(w.batch_out, at, total)
+    at = batch_put(w.batch_out, at, b"\r\n", 2)
+    rc = conn_emit(w, c, w.batch_out, at, tail, b"[", 0 if head_only else 1, 200,
+                   SEG_COPY, NULL)
+    i = 0
+    while rc == 0 and not head_only and i < nsym:
+        if i:
+            rc = conn_emit_piece(w, c, b",", 1, SEG_STATIC, NULL)
+        if rc == 0:
+            rc = conn_emit_piece(w, c, found[i].body, found[i].body_len, SEG_ENTRY, found[i])
+        i += 1
+    if rc == 0 and not head_only:
+        rc = conn_emit_piece(w, c, b"]", 1, SEG_STATIC, NULL)
+    if rc == 0:
+        rc = conn_flush_iov(w, c)       # batch_out is reused by the next batch request
+    return conn_step(c, rc)
+
+
 cdef int conn_queue(bn_hworker* w, bn_conn* c, bn_hreq* req, const char* key, size_t key_len,
                     int route) noexcept nogil:
     """Hand a miss or route to the control plane; 0 when the queue is full."""
@@ -85,6 +219,23 @@ cdef int conn_refuse(bn_hworker* w, bn_conn* c, int admit, uint64_t retry_ns, in
     return conn_step(c, conn_emit_error(w, c, ERR_429_1S + <int>retry_s - 1, tail, head_only))
 
 
+cdef inline uint8_t cors_pick(bn_hworker* w, bn_hreq* req) noexcept nogil:
+    # The CORS segment (CORS_SEG_* + 1) for an answer under the prefix, 0 =
+    # none.  "*" needs no Vary and nothing for a request without Origin (not
+    # a browser's cross-origin one); listed origins vary by Origin, so every
+    # answer says so, and a listed one is echoed.  Exact bytes: browsers send
+    # the serialized origin (lower-case scheme and host, no path).
+    cdef uint32_t i
+    if w.cors_any:
+        return CORS_SEG_ANY + 1 if req.origin != NULL else 0
+    if req.origin != NULL:
+        for i in range(w.cors_n):
+            if (req.origin_len == w.cors_origin_lens[i]
+                    and memcmp(req.origin, w.cors_origins[i], req.origin_len) == 0):
+                return <uint8_t>(CORS_SEG_ORIGIN0 + i + 1)
+    return CORS_SEG_VARY + 1
+
+
 cdef int conn_request(bn_hworker* w, bn_conn* c, bn_hreq* req) noexcept nogil:
     """Answer one parsed request (or queue it).  Returns 0 to go on parsing,
     1 to stop (waiting on the control plane, or closing), -1 dead."""
@@ -110,7 +261,12 @@ cdef int conn_request(bn_hworker* w, bn_conn* c, bn_hreq* req) noexcept nogil:
         ws_kind = ws_path_kind(w.ws, req.target, req.path_len)
         if ws_kind:
             return ws_route(w, c, req, ws_kind == 2)
-    if in_prefix and req.method_code == METHOD_OTHER:
+    if in_prefix and (w.cors_any or w.cors_n):
+        c.cors = cors_pick(w, req)
+        if req.method_code == METHOD_OPTIONS and not req.has_body:     # a CORS preflight
+            return conn_step(c, conn_emit(w, c, HTTP_PREFLIGHT.head, HTTP_PREFLIGHT.head_len,
+                                          tail, HTTP_PREFLIGHT.body, 0, 204, SEG_STATIC, NULL))
+    if in_prefix and (req.method_code == METHOD_OTHER or req.method_code == METHOD_OPTIONS):
         if req.has_body:                # its body is unread: the framing is lost
             c.flags |= CONN_CLOSE_AFTER
             tail = TAIL_CLOSE
@@ -127,10 +283,13 @@ cdef int conn_request(bn_hworker* w, bn_conn* c, bn_hreq* req) noexcept nogil:
             return conn_step(c, conn_emit_error(w, c, ERR_401, tail, head_only))
         key = req.target + w.prefix_len
         key_len = req.path_len - w.prefix_len
+        if (w.batch_key_len and key_len == w.batch_key_len and req.target_len > req.path_len
+                and memcmp(key, w.batch_key, key_len) == 0):
+            return conn_batch(w, c, req, tail, head_only)
         if not http_key_valid(key, key_len):
             bn_count(&w.counters.misses, 1)
             return conn_step(c, conn_emit_error(w, c, ERR_404, tail, head_only))
-        e = table_lookup(w.index_ref, key, key_len)
+        e = http_lookup(w, key, key_len)
         if e != NULL:
             bn_count(&w.counters.hits, 1)
             return conn_step(c, conn_emit(w, c, e.http_head, e.http_head_len, tail, e.body,

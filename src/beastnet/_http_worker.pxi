@@ -76,6 +76,18 @@ cdef struct bn_hworker:
     epoll_event* events          # HTTP_EVENTS_MAX
     char tails[3][HTTP_TAIL_MAX_BYTES]  # TAIL_*: Date [+ Connection] + blank line
     size_t tail_len[3]
+    int notsent_lowat                   # TCP_NOTSENT_LOWAT of accepted sockets (bytes), 0 = the kernel's
+    int sndbuf                          # SO_SNDBUF of accepted sockets (bytes), 0 = autotuned
+    int64_t next_kq_ns                  # next kernel_queued sample
+    char batch_key[KEY_MAX_BYTES]       # "<prefix><batch_key>?symbols=A,B": the batch query
+    size_t batch_key_len                # 0 = no batch query
+    char* batch_out                     # BATCH_OUT_BYTES: a batch answer's formatted head or 404
+    int cors_any                        # CORS: 1 = any origin ("*"), 0 = the listed ones
+    uint32_t cors_n                     # allowed origins listed; 0 and not cors_any = CORS off
+    uint32_t cors_origin_lens[CORS_ORIGINS_MAX]
+    char cors_origins[CORS_ORIGINS_MAX][CORS_ORIGIN_MAX_BYTES]
+    size_t cors_seg_lens[CORS_SEG_ORIGIN0 + CORS_ORIGINS_MAX]
+    char cors_segs[CORS_SEG_ORIGIN0 + CORS_ORIGINS_MAX][CORS_SEG_MAX_BYTES]   # CORS_SEG_*
     bn_ws_worker* ws                    # WebSocket state, NULL = no WebSocket on this engine
     uint32_t nroutes                    # extra exact paths for the control plane
     uint32_t route_lens[HTTP_ROUTES_MAX]
@@ -399,6 +411,15 @@ cdef void http_worker_accept(bn_hworker* w) noexcept nogil:
             continue
         # Best effort: a socket without TCP_NODELAY is still served correctly.
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one))
+        # Bound what the kernel holds for a client that does not read: past
+        # notsent_lowat unsent bytes the socket reads as full (EAGAIN), so the
+        # engine's own bounds (conflation, write timeouts) take over early.
+        # Refused (an old kernel): counted, and served with the kernel's default.
+        if w.notsent_lowat and setsockopt(fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, &w.notsent_lowat,
+                                          sizeof(int)) < 0:
+            bn_count(&w.counters.io_errors, 1)
+        if w.sndbuf and setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &w.sndbuf, sizeof(int)) < 0:
+            bn_count(&w.counters.io_errors, 1)
         w.free_top -= 1
         slot = w.free_slots[w.free_top]
         c = &w.conns[slot]
@@ -408,6 +429,7 @@ cdef void http_worker_accept(bn_hworker* w) noexcept nogil:
         c.flags &= CONN_TLS_QUEUED
         c.events = EPOLLIN
         c.requests = 0
+        c.cors = 0
         c.last_active_ns = w.now_ns
         c.head_start_ns = w.now_ns
         ev.events = EPOLLIN
@@ -477,7 +499,33 @@ cdef void http_worker_timeout(bn_hworker* w, bn_conn* c, uint64_t* which) noexce
     bn_count(&w.counters.timeouts, 1)
     if which != NULL:
         bn_count(which, 1)
+    if which == &w.counters.write_timeouts:
+        conn_reset(w, c)
     conn_close(w, c)
+
+
+cdef void conn_reset(bn_hworker* w, bn_conn* c) noexcept nogil:
+    """Make the coming close a reset (SO_LINGER 0): a stalled peer's unsent
+    data is dropped at once instead of sitting in the kernel through
+    FIN-WAIT-1 for as long as the peer keeps its window shut."""
+    cdef linger lg
+    lg.l_onoff = 1
+    lg.l_linger = 0
+    if setsockopt(c.fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg)) < 0:
+        bn_count(&w.counters.io_errors, 1)
+        return
+    bn_count(&w.counters.stall_resets, 1)
+
+
+cdef void http_worker_sample_kernel_queues(bn_hworker* w) noexcept nogil:
+    # kernel_queued: one ioctl per open connection, once a second.
+    cdef uint32_t i
+    cdef int queued
+    cdef uint64_t total = 0
+    for i in range(w.high_water):
+        if w.conns[i].fd >= 0 and ioctl(w.conns[i].fd, SIOCOUTQ, &queued) == 0 and queued > 0:
+            total += <uint64_t>queued
+    bn_store_u64(&w.counters.kernel_queued, total)
 
 
 cdef void http_worker_write_window(bn_hworker* w, bn_conn* c) noexcept nogil:
@@ -532,6 +580,9 @@ cdef void http_worker_tick(bn_hworker* w) noexcept nogil:
     http_worker_linger_tick(w)
     if w.ws != NULL:
         ws_check_stalls(w)
+    if now >= w.next_kq_ns:
+        w.next_kq_ns = now + <int64_t>HTTP_KQ_SAMPLE_MS * 1000000
+        http_worker_sample_kernel_queues(w)
 
 
 cdef void http_worker_resume_accept(bn_hworker* w) noexcept nogil:
@@ -707,6 +758,7 @@ cdef void http_worker_free(bn_hworker* w) noexcept nogil:
     free(w.conns)
     free(w.free_slots)
     free(w.scratch)
+    free(w.batch_out)
     free(w.iov)
     free(w.iov_kind)
     free(w.iov_entry)
@@ -773,8 +825,13 @@ cdef class HTTPEngine(NativeEngine):
                   ResponseTable ws_topics=None, unsigned int ws_max_subscriptions=0,
                   size_t ws_max_frame_bytes=65536, size_t ws_max_message_bytes=65536,
                   double ws_stall_timeout_s=10.0, unsigned int ws_max_symbols=1024,
-                  route_paths=(), size_t max_copied_output_bytes=268435456,
-                  TLSContext tls=None, double tls_handshake_timeout_s=10.0):
+                  size_t ws_compress_min_bytes=0, double ws_auth_timeout_s=5.0,
+                  double ws_message_timeout_s=10.0,
+                  route_paths=(),
+                  size_t max_copied_output_bytes=268435456,
+                  TLSContext tls=None, double tls_handshake_timeout_s=10.0, cors_origins=(),
+                  str batch_key=None, int notsent_lowat_bytes=131072,
+                  int send_buffer_bytes=0):
         cdef int i
         cdef int n = len(fds)
         cdef bytes raw_prefix = prefix.encode("ascii")
@@ -809,6 +866,12 @@ cdef class HTTPEngine(NativeEngine):
                 raise ValueError("need 125 <= ws_max_frame_bytes <= ws_max_message_bytes <= 16 MiB")
             if not 1 <= ws_max_symbols <= 100000 or ws_stall_timeout_s <= 0:
                 raise ValueError("ws_max_symbols must be 1..100000 and ws_stall_timeout_s positive")
+            if ws_message_timeout_s <= 0:
+                raise ValueError("ws_message_timeout_s must be positive")
+            if ws_auth_timeout_s < 0:
+                raise ValueError("ws_auth_timeout_s must be 0 (no first-message auth) or positive")
+            if ws_compress_min_bytes > BODY_MAX_BYTES:
+                raise ValueError(f"ws_compress_min_bytes must be 0 (off)..{BODY_MAX_BYTES}")
         cdef list raw_routes = [p.encode("ascii") for p in route_paths
                                 if not p.startswith(("/admin/", "/metrics", "/healthz"))]
         if len(raw_routes) > HTTP_ROUTES_MAX:
@@ -817,6 +880,25 @@ cdef class HTTPEngine(NativeEngine):
             if not raw.startswith(b"/") or len(raw) >= HTTP_PREFIX_MAX_BYTES or b"?" in raw:
                 raise ValueError(f"route paths start with '/', have no query and are shorter"
                                  f" than {HTTP_PREFIX_MAX_BYTES} bytes: {raw!r}")
+        cdef list raw_origins = [o.encode("ascii") for o in cors_origins]
+        cdef int cors_any = b"*" in raw_origins
+        if cors_any and len(raw_origins) > 1:
+            raise ValueError('cors_origins: "*" allows every origin: list it alone')
+        if len(raw_origins) > CORS_ORIGINS_MAX:
+            raise ValueError(f'cors_origins: at most {CORS_ORIGINS_MAX} origins (or "*")')
+        for raw in raw_origins:
+            if raw != b"*" and (not 0 < len(raw) <= CORS_ORIGIN_MAX_BYTES or b"://" not in raw
+                                or any(ch <= 32 or ch >= 127 for ch in raw)):
+                raise ValueError(f"cors_origins: {raw.decode()!r} is not an origin like"
+                                 f" https://example.com (at most {CORS_ORIGIN_MAX_BYTES} bytes)")
+        cdef list cors_segs = [b"Vary: Origin\r\n", b"Access-Control-Allow-Origin: *\r\n"]
+        cors_segs += [b"Access-Control-Allow-Origin: " + raw + b"\r\nVary: Origin\r\n"
+                      for raw in raw_origins if raw != b"*"]
+        if notsent_lowat_bytes < 0 or send_buffer_bytes < 0:
+            raise ValueError("notsent_lowat_bytes and send_buffer_bytes must be >= 0 (0: the kernel's)")
+        cdef bytes raw_batch = batch_key.encode("ascii") if batch_key else b""
+        if raw_batch and not http_key_valid(raw_batch, len(raw_batch)):
+            raise ValueError(f"batch_key {batch_key!r} is not a valid key")
         self._setup(table, api_keys, n, sizeof(bn_http_counters), miss_capacity)
         if tls is not None:
             openssl.SSL_CTX_up_ref(tls.ctx)
@@ -867,6 +949,23 @@ cdef class HTTPEngine(NativeEngine):
                 memcpy(w.routes[w.nroutes], <const char*>raw, len(raw))
                 w.route_lens[w.nroutes] = len(raw)
                 w.nroutes += 1
+            if raw_batch:
+                memcpy(w.batch_key, <const char*>raw_batch, len(raw_batch))
+                w.batch_key_len = len(raw_batch)
+                w.batch_out = <char*>malloc(BATCH_OUT_BYTES)
+                if w.batch_out == NULL:
+                    raise MemoryError()
+            w.notsent_lowat = notsent_lowat_bytes
+            w.sndbuf = send_buffer_bytes
+            w.cors_any = cors_any
+            for raw in raw_origins:
+                if raw != b"*":
+                    memcpy(w.cors_origins[w.cors_n], <const char*>raw, len(raw))
+                    w.cors_origin_lens[w.cors_n] = len(raw)
+                    w.cors_n += 1
+            for j, seg in enumerate(cors_segs):
+                memcpy(w.cors_segs[j], <const char*>seg, len(seg))
+                w.cors_seg_lens[j] = len(seg)
             w.epfd = epoll_create1(EPOLL_CLOEXEC)
             if w.epfd < 0:
                 raise_errno("epoll_create1")
@@ -879,11 +978,14 @@ cdef class HTTPEngine(NativeEngine):
         if ws_path is not None:
             self._ws_setup(raw_ws_path, raw_echo, ws_topics, ws_max_subscriptions,
                            ws_max_frame_bytes, ws_max_message_bytes, ws_stall_timeout_s,
-                           ws_max_symbols)
+                           ws_max_symbols, ws_compress_min_bytes)
+            for i in range(n):
+                self.workers[i].ws.auth_timeout_ns = <int64_t>(ws_auth_timeout_s * 1e9)
+                self.workers[i].ws.message_timeout_ns = <int64_t>(ws_message_timeout_s * 1e9)
 
     cdef int _ws_setup(self, bytes path, bytes echo, ResponseTable topics, unsigned int max_subs,
                        size_t max_frame, size_t max_message, double stall_s,
-                       unsigned int max_symbols) except -1:
+                       unsigned int max_symbols, size_t compress_min) except -1:
         """One publication ring and one WebSocket state per worker."""
         cdef int i
         cdef bn_hworker* w
@@ -894,6 +996,7 @@ cdef class HTTPEngine(NativeEngine):
         self.hub.rings = <bn_ws_ring**>calloc(self.nthreads, sizeof(bn_ws_ring*))
         if self.hub.rings == NULL:
             raise MemoryError()
+        self.hub.compress_min = <uint32_t>compress_min
         self.ws_topics = topics
         for i in range(self.nthreads):
             ring = ws_ring_new(WS_RING_SLOTS)
@@ -914,6 +1017,7 @@ cdef class HTTPEngine(NativeEngine):
             w.ws.max_frame_bytes = max_frame
             w.ws.max_message_bytes = max_message
             w.ws.stall_timeout_ns = <int64_t>(stall_s * 1e9)
+            w.ws.compress_min = <uint32_t>compress_min
             http_epoll_add(w.epfd, ring.efd, EV_WS)
         return 0
 
@@ -1038,6 +1142,17 @@ cdef class HTTPEngine(NativeEngine):
             bn_store_ptr(&self.tls_ctx, old)
             raise MemoryError()
         retire_reclaim(&self.tls_retired)
+
+    def ws_deflate_counters(self):
+        """The publishing side of permessage-deflate (counters.WS_DEFLATE_COUNTERS):
+        {} without a WebSocket feed that compresses."""
+        if self.hub == NULL or self.hub.compress_min == 0:
+            return {}
+        return {"ws_deflated": bn_load_u64_relaxed(&self.hub.deflated),
+                "ws_deflate_no_gain": bn_load_u64_relaxed(&self.hub.deflate_no_gain),
+                "ws_deflate_bytes_in": bn_load_u64_relaxed(&self.hub.deflate_bytes_in),
+                "ws_deflate_bytes_out": bn_load_u64_relaxed(&self.hub.deflate_bytes_out),
+                "ws_deflate_cpu_ns": bn_load_u64_relaxed(&self.hub.deflate_cpu_ns)}
 
     def worker_status(self):
         """Per worker: the pinning errno (0 = fine) and the errno that made it quit (0 = none)."""

@@ -59,6 +59,10 @@ cdef bn_static_body BODY_RATE_LIMITED_MS   # {"error":"rate_limited","retry_afte
 
 # HTTP: whole responses, indexed by ERR_*.
 cdef bn_static_resp HTTP_ERR[ERR_COUNT]
+# The answer to a CORS preflight (OPTIONS under the prefix on a server with
+# cors_origins): 204, no body; the worker adds the origin's CORS segment.
+# Max-Age 7200 s: Chromium's cap (Firefox allows a day).
+cdef bn_static_resp HTTP_PREFLIGHT
 cdef list http_static_keep = []         # owns the heads HTTP_ERR points into
 
 HTTP_REASONS = {
@@ -90,7 +94,7 @@ cdef bn_static_body static_body(bytes body):
 
 cdef void replies_init() except *:
     global BODY_BAD_REQUEST, BODY_NOT_FOUND, BODY_BUSY, BODY_UNAUTHORIZED, BODY_OVER_QUOTA
-    global BODY_RATE_LIMITED_MS, BODY_TOO_LARGE
+    global BODY_RATE_LIMITED_MS, BODY_TOO_LARGE, HTTP_PREFLIGHT
     BODY_BAD_REQUEST = static_body(_error_bodies["bad_request"])
     BODY_NOT_FOUND = static_body(_error_bodies["not_found"])
     BODY_BUSY = static_body(_error_bodies["busy"])
@@ -123,6 +127,17 @@ cdef void replies_init() except *:
     cdef bytes head
     cdef bytes body
     cdef int status
+    # RFC 9110 section 8.6: no Content-Length in a 204.
+    head = (b"HTTP/1.1 204 No Content\r\nServer: beastnet\r\nAllow: GET, HEAD, OPTIONS\r\n"
+            b"Access-Control-Allow-Methods: GET, HEAD\r\n"
+            b"Access-Control-Allow-Headers: X-API-Key, Authorization\r\n"
+            b"Access-Control-Max-Age: 7200\r\n")
+    http_static_keep.append(head)
+    HTTP_PREFLIGHT.head = head
+    HTTP_PREFLIGHT.head_len = len(head)
+    HTTP_PREFLIGHT.body = b""
+    HTTP_PREFLIGHT.body_len = 0
+    HTTP_PREFLIGHT.status = 204
     for idx, name, extra in specs:
         body = _error_bodies[name]
         status = ERROR_STATUS[name]

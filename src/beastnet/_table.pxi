@@ -27,6 +27,11 @@ cdef struct bn_entry:
     uint8_t ws_head[WS_SERVER_HEAD_MAX_BYTES]   # the body's WebSocket frame head: text when the
                                                 # body is UTF-8, else binary; the same for every subscriber
     uint8_t ws_head_len                 # bytes
+    uint8_t zws_head_len                # bytes of zws_head; 0 = no compressed frame
+    uint8_t zws_head[WS_SERVER_HEAD_MAX_BYTES]  # the compressed frame's head (RSV1 set)
+    uint32_t zbody_len                  # bytes
+    char* zbody                         # the body deflated once (permessage-deflate,
+                                        # _ws_deflate.pxi), just past http_head; NULL = none
 
 cdef struct bn_slot:
     uint64_t hash                       # 0 = empty; stored last (release) on insert
@@ -161,11 +166,13 @@ cdef size_t http_head_write(char* out, int status, const char* reason, size_t re
 
 
 cdef bn_entry* entry_new(const char* body, size_t body_len, const char* ctype, size_t ctype_len,
-                         uint64_t version) noexcept nogil:
+                         uint64_t version, const char* zbody, size_t zbody_len) noexcept nogil:
     # One block: struct, body, content type + NUL, then the HTTP response head,
-    # pre-built here once per write so an HTTP hit costs no formatting.
+    # pre-built here once per write so an HTTP hit costs no formatting, then
+    # the deflated body when there is one (zbody_len > 0).
     cdef size_t head_len = http_head_bytes(body_len, ctype_len)
-    cdef bn_entry* e = <bn_entry*>malloc(sizeof(bn_entry) + body_len + ctype_len + 1 + head_len)
+    cdef bn_entry* e = <bn_entry*>malloc(sizeof(bn_entry) + body_len + ctype_len + 1 + head_len
+                                         + zbody_len)
     if e == NULL:
         return NULL
     e.version = version
@@ -186,6 +193,14 @@ cdef bn_entry* entry_new(const char* body, size_t body_len, const char* ctype, s
     if utf8_check(&utf8, <const uint8_t*>body, body_len) != 0 or (utf8 >> 16):
         opcode = WS_OP_BINARY
     e.ws_head_len = <uint8_t>ws_server_head(e.ws_head, opcode, body_len)
+    e.zbody = NULL
+    e.zbody_len = <uint32_t>zbody_len
+    e.zws_head_len = 0
+    if zbody_len:
+        e.zbody = e.http_head + e.http_head_len
+        memcpy(e.zbody, zbody, zbody_len)
+        e.zws_head_len = <uint8_t>ws_server_head(e.zws_head, opcode, zbody_len)
+        e.zws_head[0] |= WS_RSV1        # "Per-Message Compressed" (RFC 7692 6)
     return e
 
 
@@ -202,7 +217,7 @@ cdef void entry_unref(void* mem) noexcept nogil:
 
 
 cdef inline size_t entry_bytes(bn_entry* e) noexcept nogil:
-    return sizeof(bn_entry) + e.body_len + e.content_type_len + 1 + e.http_head_len
+    return sizeof(bn_entry) + e.body_len + e.content_type_len + 1 + e.http_head_len + e.zbody_len
 
 
 cdef bytes key_to_bytes(object key):
@@ -319,6 +334,7 @@ cdef class ResponseTable:
             self.index = NULL
         retire_free_all(&self.retired)
         free(self.ws_hubs)
+        deflater_free(self.deflater)
 
     # -- writer internals (GIL held, self._lock held) ------------------------
 
@@ -396,7 +412,12 @@ cdef class ResponseTable:
             self._reserve(1)
             slot = index_find_slot(self.index, k, n, h)
         self.version += 1
-        cdef bn_entry* e = entry_new(body, body_len, ctype, ctype_len, self.version)
+        cdef size_t zlen = 0
+        if self.ws_compress_min and body_len >= self.ws_compress_min and self.deflater != NULL:
+            with nogil:                 # the writer's deflate: once per publication
+                zlen = ws_deflate_publication(self.deflater, self.ws_hubs, body, body_len)
+        cdef bn_entry* e = entry_new(body, body_len, ctype, ctype_len, self.version,
+                                     self.deflater.out if zlen else NULL, zlen)
         if e == NULL:
             raise MemoryError()
         self.entry_memory += entry_bytes(e)
@@ -497,9 +518,25 @@ cdef class ResponseTable:
                     raise MemoryError()
             if self.ws_hubs.n >= WS_HUBS_MAX:
                 raise RuntimeError(f"a table serves at most {WS_HUBS_MAX} WebSocket engines at once")
+            if (<bn_ws_hub*>hub).compress_min and self.deflater == NULL:
+                self.deflater = deflater_new()
+                if self.deflater == NULL:
+                    raise MemoryError()
             self.ws_hubs.hubs[self.ws_hubs.n] = <bn_ws_hub*>hub
             self.ws_hubs.n += 1
+            self._compress_min_update()
         return 0
+
+    cdef void _compress_min_update(self) noexcept:
+        # The least threshold of the hubs that compress: each worker still
+        # sends the compressed frame only past its own engine's threshold.
+        cdef int i
+        cdef size_t least = 0
+        for i in range(self.ws_hubs.n):
+            if self.ws_hubs.hubs[i].compress_min and (
+                    least == 0 or self.ws_hubs.hubs[i].compress_min < least):
+                least = self.ws_hubs.hubs[i].compress_min
+        self.ws_compress_min = least
 
     cdef void _detach_hub(self, void* hub) noexcept:
         cdef int i
@@ -511,6 +548,7 @@ cdef class ResponseTable:
                     self.ws_hubs.n -= 1
                     self.ws_hubs.hubs[i] = self.ws_hubs.hubs[self.ws_hubs.n]
                     break
+            self._compress_min_update()
 
     cdef bn_entry* _find(self, bytes raw) noexcept:
         # Caller holds self._lock, so no writer can retire (and free) the entry.

@@ -16,6 +16,8 @@ cdef struct bn_ws_reader:
     uint64_t msg_cap                    # bytes allocated at msg
     uint32_t utf8_state                 # streaming UTF-8 check of the open text message
     uint8_t msg_opcode                  # TEXT or BINARY while a fragmented message is open, else 0
+    uint8_t deflate                     # permessage-deflate negotiated: RSV1 may mark a message
+    uint8_t msg_compressed              # the open fragmented message has RSV1
 
 cdef struct bn_ws_event:
     const char* data                    # payload: in the caller's buffer or in reader.msg; valid
@@ -25,6 +27,7 @@ cdef struct bn_ws_event:
     int opcode                          # WS_OP_TEXT / WS_OP_BINARY for a message
     int code                            # WS_EV_CLOSE: the peer's code (1005 = none);
                                         # WS_EV_ERROR: the code to close with
+    int compressed                      # WS_EV_MESSAGE: RSV1, to inflate (not UTF-8 checked yet)
 
 
 cdef void ws_reader_init(bn_ws_reader* r, uint64_t max_frame_bytes,
@@ -168,6 +171,7 @@ cdef size_t ws_next(bn_ws_reader* r, char* buf, size_t n, bn_ws_event* ev) noexc
     cdef bint fin
     cdef bint control
     cdef bint text
+    cdef bint compressed
     cdef uint64_t plen
     cdef size_t head
     cdef uint8_t* payload
@@ -179,6 +183,7 @@ cdef size_t ws_next(bn_ws_reader* r, char* buf, size_t n, bn_ws_event* ev) noexc
     ev.len = 0
     ev.opcode = 0
     ev.code = 0
+    ev.compressed = 0
     if n < 2:
         return 0
     b0 = p[0]                           # FIN, RSV1-3, opcode
@@ -187,7 +192,12 @@ cdef size_t ws_next(bn_ws_reader* r, char* buf, size_t n, bn_ws_event* ev) noexc
     opcode = b0 & 0x0F
     control = (opcode & 0x08) != 0
     # What the first two bytes decide is refused before the payload arrives.
-    if b0 & 0x70:                       # RSV bits: no extension was negotiated
+    # RSV1 marks a compressed message, on its first frame only, and only
+    # once permessage-deflate was negotiated (RFC 7692 6); RSV2/3: never.
+    compressed = (b0 & WS_RSV1) != 0
+    if b0 & 0x30:
+        return ws_fail(ev, WS_CLOSE_PROTOCOL_ERROR)
+    if compressed and (not r.deflate or control or opcode == WS_OP_CONTINUATION):
         return ws_fail(ev, WS_CLOSE_PROTOCOL_ERROR)
     if (3 <= opcode <= 7) or opcode >= 0xB:
         return ws_fail(ev, WS_CLOSE_PROTOCOL_ERROR)
@@ -248,8 +258,11 @@ cdef size_t ws_next(bn_ws_reader* r, char* buf, size_t n, bn_ws_event* ev) noexc
         ev.data = <const char*>payload
         ev.len = plen
         return head + <size_t>(payload - (p + head)) + plen
+    if opcode == WS_OP_CONTINUATION:
+        compressed = r.msg_compressed
     text = opcode == WS_OP_TEXT or (opcode == WS_OP_CONTINUATION and r.msg_opcode == WS_OP_TEXT)
-    if text:
+    # A compressed message is checked as UTF-8 once inflated (_ws_deflate.pxi).
+    if text and not compressed:
         if utf8_check(&r.utf8_state, payload, plen) != 0:
             return ws_fail(ev, WS_CLOSE_INVALID_DATA)
         if fin and (r.utf8_state >> 16):    # the message ends inside a character
@@ -257,6 +270,7 @@ cdef size_t ws_next(bn_ws_reader* r, char* buf, size_t n, bn_ws_event* ev) noexc
     if fin and opcode != WS_OP_CONTINUATION:
         ev.kind = WS_EV_MESSAGE
         ev.opcode = opcode
+        ev.compressed = compressed
         ev.data = <const char*>payload
         ev.len = plen
         r.utf8_state = 0
@@ -265,15 +279,18 @@ cdef size_t ws_next(bn_ws_reader* r, char* buf, size_t n, bn_ws_event* ev) noexc
         return ws_fail(ev, WS_CLOSE_INTERNAL)
     if opcode != WS_OP_CONTINUATION:
         r.msg_opcode = <uint8_t>opcode
+        r.msg_compressed = compressed
     if not fin:
         ev.kind = WS_EV_FRAGMENT
         return head + plen
     ev.kind = WS_EV_MESSAGE
     ev.opcode = r.msg_opcode
+    ev.compressed = r.msg_compressed
     ev.data = r.msg
     ev.len = r.msg_len
     # The message stays readable at r.msg until the next fragment arrives.
     r.msg_opcode = 0
+    r.msg_compressed = 0
     r.msg_len = 0
     r.utf8_state = 0
     return head + plen

@@ -24,10 +24,14 @@ cdef struct bn_ws_conn:
     uint32_t in_len
     uint32_t in_cap
     int64_t stalled_since_ns            # first moment output was left unwritten; 0 = flowing
+    int64_t partial_since_ns            # since when a client frame or message is unfinished; 0 = none
     bn_ws_conn* next_dirty              # on the worker's list of connections to flush
     int close_code                      # close frame sent with this code (0 = none yet)
     int64_t close_deadline_ns           # after our close: the peer's FIN is awaited until then
     uint32_t ctl_max                    # bytes ctl may hold: 1 MiB, plus room for one echoed message
+    int64_t auth_deadline_ns            # WSC_AUTH_WAIT: {"op":"auth"} is due by then
+    uint32_t zmax                       # permessage-deflate: largest body sent compressed
+                                        # (its server_max_window_bits), 0 = not negotiated
 
 
 # -- a connection's own output (handshake, acks, errors, control frames) -------------------
@@ -100,6 +104,46 @@ cdef void ws_count_close(bn_hworker* w, int code) noexcept nogil:
 
 # -- writing ------------------------------------------------------------------------------
 
+cdef inline bint ws_sends_z(bn_ws_worker* ws, bn_ws_conn* wc, bn_entry* e) noexcept nogil:
+    """Whether `wc` gets `e`'s compressed frame: it negotiated permessage-
+    deflate, the entry has one, the body is past this engine's threshold and
+    within the window the client allows (server_max_window_bits: with no
+    context takeover no distance reaches past the message itself)."""
+    return e.zws_head_len != 0 and e.body_len >= ws.compress_min and e.body_len <= wc.zmax
+
+
+cdef inline size_t ws_frame_iov(bn_ws_worker* ws, bn_ws_conn* wc, bn_entry* e,
+                                iovec* iov) noexcept nogil:
+    """The two iovecs [head, body] of `e`'s frame for `wc`; its length."""
+    if ws_sends_z(ws, wc, e):
+        iov[0].iov_base = <void*>e.zws_head
+        iov[0].iov_len = e.zws_head_len
+        iov[1].iov_base = <void*>e.zbody
+        iov[1].iov_len = e.zbody_len
+    else:
+        iov[0].iov_base = <void*>e.ws_head
+        iov[0].iov_len = e.ws_head_len
+        iov[1].iov_base = <void*>e.body
+        iov[1].iov_len = e.body_len
+    return iov[0].iov_len + iov[1].iov_len
+
+
+cdef inline size_t ws_frame_bytes(bn_ws_worker* ws, bn_ws_conn* wc, bn_entry* e) noexcept nogil:
+    if ws_sends_z(ws, wc, e):
+        return e.zws_head_len + e.zbody_len
+    return e.ws_head_len + e.body_len
+
+
+cdef inline void ws_frame_written(bn_hworker* w, bn_ws_conn* wc, bn_entry* e) noexcept nogil:
+    """`e`'s frame went out whole: count it and drop the connection's reference."""
+    bn_count(&w.counters.ws_frames_out, 1)
+    if ws_sends_z(w.ws, wc, e):
+        bn_count(&w.counters.ws_frames_compressed, 1)
+        bn_count(&w.counters.ws_bytes_saved,
+                 (e.ws_head_len + e.body_len) - (e.zws_head_len + e.zbody_len))
+    entry_unref(e)
+
+
 cdef int ws_conn_flush(bn_hworker* w, bn_conn* c) noexcept nogil:
     """Write what `c` has queued with one sendmsg per call: the rest of a
     frame in flight, its own control bytes, then pending frames in order.
@@ -109,12 +153,11 @@ cdef int ws_conn_flush(bn_hworker* w, bn_conn* c) noexcept nogil:
     cdef int niov
     cdef bn_ws_sub* s
     cdef bn_entry* e
-    cdef size_t head_len
     cdef size_t total
     cdef size_t left
     cdef size_t n
     cdef ssize_t sent
-    cdef uint32_t off
+    cdef size_t off
     cdef int rc
     if c.tls_pend != NULL:
         rc = tls_write_pending(w, c)
@@ -129,19 +172,16 @@ cdef int ws_conn_flush(bn_hworker* w, bn_conn* c) noexcept nogil:
         total = 0
         # A frame in flight goes first: frames must never interleave.
         if wc.inflight != NULL:
-            e = wc.inflight
+            total += ws_frame_iov(w.ws, wc, wc.inflight, iov) - wc.inflight_off
             off = wc.inflight_off
-            head_len = e.ws_head_len
-            if off < head_len:
-                iov[niov].iov_base = <void*>(e.ws_head + off)
-                iov[niov].iov_len = head_len - off
-                total += head_len - off
-                niov += 1
-                off = <uint32_t>head_len
-            iov[niov].iov_base = <void*>(e.body + (off - head_len))
-            iov[niov].iov_len = e.body_len - (off - head_len)
-            total += iov[niov].iov_len
-            niov += 1
+            if off >= iov[0].iov_len:   # the head is out: only the body's rest
+                off -= iov[0].iov_len
+                iov[0] = iov[1]
+                niov = 1
+            else:
+                niov = 2
+            iov[0].iov_base = <void*>(<char*>iov[0].iov_base + off)
+            iov[0].iov_len -= off
         if wc.ctl_len > wc.ctl_off:
             iov[niov].iov_base = <void*>(wc.ctl + wc.ctl_off)
             iov[niov].iov_len = wc.ctl_len - wc.ctl_off
@@ -150,12 +190,7 @@ cdef int ws_conn_flush(bn_hworker* w, bn_conn* c) noexcept nogil:
         if not (wc.flags & WSC_CLOSING):
             s = wc.pend_head
             while s != NULL and niov + 2 <= HTTP_IOV_MAX:
-                e = s.pending
-                iov[niov].iov_base = <void*>e.ws_head
-                iov[niov].iov_len = e.ws_head_len
-                iov[niov + 1].iov_base = <void*>e.body
-                iov[niov + 1].iov_len = e.body_len
-                total += e.ws_head_len + e.body_len
+                total += ws_frame_iov(w.ws, wc, s.pending, iov + niov)
                 niov += 2
                 s = s.next_pending
         if niov == 0:
@@ -170,13 +205,12 @@ cdef int ws_conn_flush(bn_hworker* w, bn_conn* c) noexcept nogil:
         # Account for what went out, in the order it was queued.
         if wc.inflight != NULL:
             e = wc.inflight
-            n = e.ws_head_len + e.body_len - wc.inflight_off
+            n = ws_frame_bytes(w.ws, wc, e) - wc.inflight_off
             if left >= n:
                 left -= n
-                entry_unref(e)
                 wc.inflight = NULL
                 wc.inflight_off = 0
-                bn_count(&w.counters.ws_frames_out, 1)
+                ws_frame_written(w, wc, e)
             else:
                 wc.inflight_off += <uint32_t>left
                 left = 0
@@ -192,7 +226,7 @@ cdef int ws_conn_flush(bn_hworker* w, bn_conn* c) noexcept nogil:
         while left and wc.pend_head != NULL and wc.inflight == NULL:
             s = wc.pend_head
             e = s.pending
-            n = e.ws_head_len + e.body_len
+            n = ws_frame_bytes(w.ws, wc, e)
             wc.pend_head = s.next_pending
             if wc.pend_head == NULL:
                 wc.pend_tail = NULL
@@ -200,8 +234,7 @@ cdef int ws_conn_flush(bn_hworker* w, bn_conn* c) noexcept nogil:
             s.next_pending = NULL
             if left >= n:
                 left -= n
-                entry_unref(e)
-                bn_count(&w.counters.ws_frames_out, 1)
+                ws_frame_written(w, wc, e)
             else:
                 # The subscription is free for newer frames; this one finishes first.
                 wc.inflight = e
@@ -332,6 +365,61 @@ cdef int ws_reply_error(bn_hworker* w, bn_ws_conn* wc, const char* error) noexce
     return ws_ctl_frame(wc, WS_OP_TEXT, buf, 25 + n)
 
 
+cdef void ws_auth_refuse(bn_hworker* w, bn_ws_conn* wc, const char* error) noexcept nogil:
+    """First-message auth failed: say why, then close 1008 (policy)."""
+    bn_count(&w.counters.ws_auth_refused, 1)
+    ws_reply_error(w, wc, error)
+    ws_send_close(w, wc, WS_CLOSE_POLICY)
+    wc.flags |= WSC_PEER_CLOSED         # read nothing more from it
+
+
+cdef void ws_on_auth(bn_hworker* w, bn_conn* c, const char* msg, size_t n) noexcept nogil:
+    """A message on a stream still waiting for {"op":"auth","api_key":K}:
+    K is admitted exactly as an upgrade's X-API-Key (ws_key_check); anything
+    else, a refused key, or a message past the deadline closes 1008."""
+    cdef bn_ws_worker* ws = w.ws
+    cdef bn_ws_conn* wc = c.ws
+    cdef bn_ws_request req
+    cdef bn_apikey* rec = NULL
+    cdef uint64_t retry_ns = 0
+    cdef int verdict
+    bn_count(&w.counters.ws_messages_in, 1)
+    ws_parse_request(msg, n, &req, ws.keys, ws.max_symbols * KEY_MAX_BYTES, ws.key_lens,
+                     ws.max_symbols)
+    if w.now_ns > wc.auth_deadline_ns:
+        ws_auth_refuse(w, wc, b"auth_timeout")
+        return
+    if req.op != WS_REQ_AUTH:
+        ws_auth_refuse(w, wc, b"auth_required")
+        return
+    verdict = ws_key_check(w, req.apikey,
+                           req.apikey_len if req.apikey_len <= APIKEY_MAX_BYTES else 0,
+                           &rec, &retry_ns)
+    if verdict == ADMIT_UNAUTHORIZED:
+        bn_count(&w.counters.unauthorized, 1)
+        ws_auth_refuse(w, wc, b"unauthorized")
+        return
+    if verdict == ADMIT_RATE_LIMITED:
+        bn_count(&w.counters.rate_limited, 1)
+        ws_auth_refuse(w, wc, b"rate_limited")
+        return
+    if verdict == ADMIT_OVER_QUOTA:
+        bn_count(&w.counters.over_quota, 1)
+        ws_auth_refuse(w, wc, b"over_quota")
+        return
+    if verdict == WS_KEY_FORBIDDEN:
+        ws_auth_refuse(w, wc, b"forbidden")
+        return
+    if verdict == WS_KEY_CONNS:
+        ws_auth_refuse(w, wc, b"connection_limit")
+        return
+    ws_conn_take_key(w, wc, rec)
+    wc.flags &= ~WSC_AUTH_WAIT
+    bn_count(&w.counters.ws_auths, 1)
+    ws_ctl_frame(wc, WS_OP_TEXT, b'{"op":"authenticated"}', 22)
+    ws_mark_dirty(ws, wc)
+
+
 cdef int ws_on_request(bn_hworker* w, bn_conn* c, const char* msg, size_t n) noexcept nogil:
     """A client's text message: subscribe, unsubscribe or snapshot.  Mistakes
     get an error message, never a close.  -1 = out of memory."""
@@ -352,9 +440,14 @@ cdef int ws_on_request(bn_hworker* w, bn_conn* c, const char* msg, size_t n) noe
     bn_count(&w.counters.ws_messages_in, 1)
     ws_parse_request(msg, n, &req, ws.keys, ws.max_symbols * KEY_MAX_BYTES, ws.key_lens,
                      ws.max_symbols)
+    if req.op == WS_REQ_AUTH:
+        # Admitted already (by the upgrade's key or a first auth): one key a stream.
+        return ws_reply_error(w, wc, b"already_authenticated")
     if req.op == WS_REQ_BAD:
         if req.error == WS_REQERR_JSON:
             return ws_reply_error(w, wc, b"bad_json")
+        if req.error == WS_REQERR_NO_KEY:
+            return ws_reply_error(w, wc, b"no_api_key")
         if req.error == WS_REQERR_OP:
             return ws_reply_error(w, wc, b"unknown_op")
         if req.error == WS_REQERR_SYMBOLS:
@@ -496,6 +589,17 @@ cdef int ws_keep_input(bn_hworker* w, bn_conn* c, char* data, size_t n) noexcept
     cdef size_t used = ws_process(w, c, data, n)
     cdef size_t left = n - used
     cdef char* fresh
+    if wc.reader.msg_opcode == 0 and wc.reader.msg != NULL:
+        # A fragmented message was delivered: its reassembly buffer (up to
+        # max_message_bytes) is not kept for a next one that may never come.
+        free(wc.reader.msg)
+        wc.reader.msg = NULL
+        wc.reader.msg_cap = 0
+    # The message timeout runs while a frame or a fragmented message is unfinished.
+    if left == 0 and wc.reader.msg_opcode == 0:
+        wc.partial_since_ns = 0
+    elif wc.partial_since_ns == 0:
+        wc.partial_since_ns = w.now_ns
     if left == 0 or (wc.flags & WSC_PEER_CLOSED):
         free(wc.inb)
         wc.inb = NULL
@@ -539,6 +643,8 @@ cdef size_t ws_process(bn_hworker* w, bn_conn* c, char* data, size_t n) noexcept
     cdef bn_ws_event ev
     cdef size_t used = 0
     cdef size_t step
+    cdef int code
+    cdef int rc
     while not (wc.flags & WSC_PEER_CLOSED):
         step = ws_next(&wc.reader, data + used, n - used, &ev)
         if ev.kind == WS_EV_NEED_MORE:
@@ -548,10 +654,24 @@ cdef size_t ws_process(bn_hworker* w, bn_conn* c, char* data, size_t n) noexcept
             ws_send_close(w, wc, ev.code)
             wc.flags |= WSC_PEER_CLOSED          # read nothing more from it
             break
-        if ev.kind == WS_EV_MESSAGE:
+        if ev.kind == WS_EV_MESSAGE and ev.compressed:
+            bn_count(&w.counters.ws_messages_inflated, 1)
+            code = ws_message_inflate(w.ws, &ev)
+            if code:
+                ws_send_close(w, wc, code)
+                wc.flags |= WSC_PEER_CLOSED
+                break
+        if ev.kind == WS_EV_MESSAGE and (wc.flags & WSC_AUTH_WAIT):
+            if not (wc.flags & WSC_CLOSING):
+                ws_on_auth(w, c, ev.data, ev.len)
+        elif ev.kind == WS_EV_MESSAGE:
             if wc.flags & WSC_ECHO:
                 bn_count(&w.counters.ws_messages_in, 1)
-                if ws_ctl_frame(wc, ev.opcode, ev.data, ev.len) != 0:
+                if ev.compressed:
+                    rc = ws_echo_compressed(w.ws, wc, &ev)
+                else:
+                    rc = ws_ctl_frame(wc, ev.opcode, ev.data, ev.len)
+                if rc != 0:
                     ws_send_close(w, wc, WS_CLOSE_TRY_AGAIN)
                 ws_mark_dirty(w.ws, wc)
             elif ev.opcode == WS_OP_TEXT and not (wc.flags & WSC_CLOSING):
@@ -643,8 +763,8 @@ cdef void ws_dirty_unlink(bn_ws_worker* ws, bn_ws_conn* wc) noexcept nogil:
 
 cdef void ws_check_stalls(bn_hworker* w) noexcept nogil:
     """On the worker's tick: close connections whose output made no progress
-    for stall_timeout (1008, counted), and half-closed ones that never sent
-    their close frame back."""
+    for stall_timeout (1008, counted), half-closed ones that never sent
+    their close frame back, and those that did not authenticate in time."""
     cdef uint32_t j
     cdef bn_conn* c
     cdef bn_ws_conn* wc
@@ -656,9 +776,21 @@ cdef void ws_check_stalls(bn_hworker* w) noexcept nogil:
         if wc.stalled_since_ns and w.now_ns - wc.stalled_since_ns > w.ws.stall_timeout_ns:
             bn_count(&w.counters.ws_slow_closes, 1)
             ws_count_close(w, WS_CLOSE_POLICY)
-            conn_close(w, c)            # its buffer is full: a close frame could not get through
+            conn_reset(w, c)            # its buffer is full: a close frame could not get through,
+            conn_close(w, c)            # and its queue would linger in FIN-WAIT-1
         elif (wc.flags & WSC_SHUT) and w.now_ns > wc.close_deadline_ns:
             conn_close(w, c)            # the peer never finished the closing handshake
+        elif (wc.partial_since_ns and not (wc.flags & WSC_CLOSING)
+                and w.now_ns - wc.partial_since_ns > w.ws.message_timeout_ns):
+            # A frame or fragmented message left unfinished (slowloris on
+            # frames): closed, and its buffers freed with it.
+            bn_count(&w.counters.timeouts, 1)
+            conn_close(w, c)
+        elif ((wc.flags & WSC_AUTH_WAIT) and not (wc.flags & WSC_CLOSING)
+                and w.now_ns > wc.auth_deadline_ns):
+            ws_auth_refuse(w, wc, b"auth_timeout")
+    if w.ws.dirty != NULL:
+        ws_flush_dirty(w)               # the refusals above go out now, not a tick later
 
 
 # -- the opening handshake -------------------------------------------------------------------
@@ -668,12 +800,27 @@ cdef const char* WS_101_HEAD = (b"HTTP/1.1 101 Switching Protocols\r\nServer: be
                                 b"Sec-WebSocket-Accept: ")
 
 
+cdef void ws_conn_take_key(bn_hworker* w, bn_ws_conn* wc, bn_apikey* key) noexcept nogil:
+    """The stream runs under `key` (NULL = none): its stream count and limits."""
+    if key == NULL:
+        return
+    wc.key = key
+    bn_add_relaxed(&key.ws_connections, 1)
+    if key.ws_max_subscriptions:
+        wc.max_subs = <uint32_t>key.ws_max_subscriptions
+    elif key.ws_unlimited:
+        wc.max_subs = 0
+
+
 cdef int ws_upgrade(bn_hworker* w, bn_conn* c, bn_hreq* req, bn_apikey* key,
-                    int echo) noexcept nogil:
-    """Answer 101 Switching Protocols and make `c` a WebSocket connection.
+                    int echo, int auth_wait) noexcept nogil:
+    """Answer 101 Switching Protocols and make `c` a WebSocket connection
+    (with `auth_wait`, one that must authenticate by its first message).
     Returns 0, or -1 out of memory (the caller closes)."""
     cdef bn_ws_conn* wc = <bn_ws_conn*>calloc(1, sizeof(bn_ws_conn))
     cdef char accept[WS_ACCEPT_BYTES]
+    cdef char ext[160]                  # the Sec-WebSocket-Extensions line (130 bytes at most)
+    cdef size_t ext_len
     if wc == NULL:
         return -1
     ws_reader_init(&wc.reader, w.ws.max_frame_bytes, w.ws.max_message_bytes)
@@ -682,18 +829,36 @@ cdef int ws_upgrade(bn_hworker* w, bn_conn* c, bn_hreq* req, bn_apikey* key,
     wc.ctl_max = WS_CTL_MAX_BYTES
     if echo:
         wc.ctl_max += <uint32_t>(2 * w.ws.max_message_bytes)
-    if key != NULL:
-        wc.key = key
-        bn_add_relaxed(&key.ws_connections, 1)
-        if key.ws_max_subscriptions:
-            wc.max_subs = <uint32_t>key.ws_max_subscriptions
-        elif key.ws_unlimited:
-            wc.max_subs = 0
+    ws_conn_take_key(w, wc, key)
+    if auth_wait:
+        wc.flags |= WSC_AUTH_WAIT
+        wc.auth_deadline_ns = w.now_ns + w.ws.auth_timeout_ns
     if echo:
         wc.flags |= WSC_ECHO
     bn_ws_accept(req.ws_key, req.ws_key_len, accept)
+    ext_len = 0
+    if req.ws_deflate and w.ws.compress_min:
+        # RFC 7692: no context takeover either way (one frame for every
+        # subscriber; one inflate state per worker); a window the client
+        # asks is echoed, and bodies past it go out plain.
+        wc.flags |= WSC_DEFLATE
+        wc.reader.deflate = 1
+        wc.zmax = 0xFFFFFFFF
+        ext_len = 102
+        memcpy(ext, b"\r\nSec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover;"
+               b" client_no_context_takeover", ext_len)
+        if req.ws_deflate_bits:
+            wc.zmax = <uint32_t>1 << req.ws_deflate_bits
+            memcpy(ext + ext_len, b"; server_max_window_bits=", 25)
+            ext_len += 25
+            if req.ws_deflate_bits >= 10:
+                ext[ext_len] = 49
+                ext_len += 1
+            ext[ext_len] = <char>(48 + req.ws_deflate_bits % 10)
+            ext_len += 1
     if ws_ctl_append(wc, WS_101_HEAD, strlen(WS_101_HEAD)) != 0 or \
             ws_ctl_append(wc, accept, WS_ACCEPT_BYTES) != 0 or \
+            ws_ctl_append(wc, ext, ext_len) != 0 or \
             ws_ctl_append(wc, b"\r\n\r\n", 4) != 0:
         ws_reader_free(&wc.reader)
         free(wc.ctl)
@@ -723,42 +888,67 @@ cdef inline int ws_refuse(bn_hworker* w, bn_conn* c, int err) noexcept nogil:
     return conn_step(c, conn_emit_error(w, c, err, TAIL_CLOSE, 0))
 
 
+cdef int ws_key_check(bn_hworker* w, const char* key, size_t n, bn_apikey** rec,
+                      uint64_t* retry_ns) noexcept nogil:
+    """Admit `key` for a stream, whether it came with the upgrade or in a
+    first-message auth: as a GET (rate limit, monthly cap, usage), then the
+    key's stream rules.  ADMIT_OK (rec[0] = its record, or NULL without a key
+    table), an ADMIT_* refusal, WS_KEY_FORBIDDEN or WS_KEY_CONNS."""
+    cdef int admit
+    rec[0] = NULL
+    if w.keys_ref != NULL:
+        admit = apikey_admit(w.keys_ref, key, n, w.admit_ns, retry_ns)
+        if admit != ADMIT_OK:
+            return admit
+        rec[0] = keyindex_lookup(<bn_keyindex*>bn_load_ptr(<void**>w.keys_ref), key, n)
+        if rec[0] != NULL and bn_load_int(&rec[0].ws_denied):
+            return WS_KEY_FORBIDDEN
+        if (rec[0] != NULL and not bn_load_int(&rec[0].ws_unlimited)
+                and bn_load_u64_relaxed(&rec[0].ws_max_connections)
+                and bn_load_u64_relaxed(&rec[0].ws_connections)
+                >= bn_load_u64_relaxed(&rec[0].ws_max_connections)):
+            return WS_KEY_CONNS
+    elif w.require_apikey and n == 0:
+        return ADMIT_UNAUTHORIZED
+    return ADMIT_OK
+
+
 cdef int ws_route(bn_hworker* w, bn_conn* c, bn_hreq* req, int echo) noexcept nogil:
     """A request for the stream's path: check the opening handshake (RFC 6455
     4.2.1) and the API key, then upgrade.  Refusals are HTTP answers that close
-    the connection.  Returns as conn_request does."""
+    the connection.  Without a key where keys are enforced, the upgrade is
+    answered and the key is due in the first message (ws_on_auth).  Returns as
+    conn_request does."""
     cdef bn_apikey* rec = NULL
     cdef uint64_t retry_ns = 0
-    cdef int admit
+    cdef int verdict
+    cdef int auth_wait = 0
+    if req.method_code != METHOD_GET and req.method_code != METHOD_HEAD:
+        return ws_refuse(w, c, ERR_405)     # as every other path under the prefix answers
     if (req.method_code != METHOD_GET or not req.upgrade_ws or req.ws_key == NULL
             or req.ws_key_len != 24 or req.has_body or req.http10):
         return ws_refuse(w, c, ERR_400)
     if req.ws_version != 13:
         return ws_refuse(w, c, ERR_426)
-    if w.keys_ref != NULL:
-        admit = apikey_admit(w.keys_ref, req.apikey, req.apikey_len, w.admit_ns, &retry_ns)
-        if admit != ADMIT_OK:
+    if req.apikey_len == 0 and (w.keys_ref != NULL or w.require_apikey) and w.ws.auth_timeout_ns:
+        auth_wait = 1
+    else:
+        verdict = ws_key_check(w, req.apikey, req.apikey_len, &rec, &retry_ns)
+        if verdict == WS_KEY_FORBIDDEN:
+            return ws_refuse(w, c, ERR_403)
+        if verdict == WS_KEY_CONNS:
+            return ws_refuse(w, c, ERR_429_CONNS)
+        if verdict != ADMIT_OK:
             bn_count(&w.counters.ws_upgrade_refused, 1)
             c.flags |= CONN_CLOSE_AFTER
-            return conn_refuse(w, c, admit, retry_ns, TAIL_CLOSE, 0)
-        rec = keyindex_lookup(<bn_keyindex*>bn_load_ptr(<void**>w.keys_ref), req.apikey,
-                              req.apikey_len)
-        if rec != NULL and bn_load_int(&rec.ws_denied):
-            return ws_refuse(w, c, ERR_403)
-        if (rec != NULL and not bn_load_int(&rec.ws_unlimited)
-                and bn_load_u64_relaxed(&rec.ws_max_connections)
-                and bn_load_u64_relaxed(&rec.ws_connections) >= bn_load_u64_relaxed(&rec.ws_max_connections)):
-            return ws_refuse(w, c, ERR_429_CONNS)
-    elif w.require_apikey and req.apikey_len == 0:
-        bn_count(&w.counters.unauthorized, 1)
-        return ws_refuse(w, c, ERR_401)
+            return conn_refuse(w, c, verdict, retry_ns, TAIL_CLOSE, 0)
     # Answers to requests pipelined before this one go out first.
     if conn_flush_iov(w, c) != 0:
         return -1
     if conn_out_pending(c) and (conn_send_out(w, c) != 0 or conn_out_pending(c)):
         c.flags |= CONN_CLOSE_AFTER
         return 1
-    if ws_upgrade(w, c, req, rec, echo) != 0:
+    if ws_upgrade(w, c, req, rec, echo, auth_wait) != 0:
         bn_count(&w.counters.oom_closes, 1)
         c.flags |= CONN_DEAD
         return -1

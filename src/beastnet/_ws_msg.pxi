@@ -1,7 +1,8 @@
 # The WebSocket feed's client requests, read natively:
 #     {"op": "subscribe" | "unsubscribe" | "snapshot", "symbols": ["BTC", ...]}
-# Strict JSON (RFC 8259) for the whole message; fields other than "op" and
-# "symbols" are skipped whatever their value.  Symbols land back to back in
+#     {"op": "auth", "api_key": "..."}
+# Strict JSON (RFC 8259) for the whole message; fields other than "op",
+# "symbols" and "api_key" are skipped whatever their value.  Symbols land back to back in
 # a caller's buffer, unescaped, so the worker never builds a Python object.
 
 cdef struct bn_ws_request:
@@ -10,6 +11,8 @@ cdef struct bn_ws_request:
     uint32_t nsymbols                   # symbols kept (valid keys), in order
     uint32_t invalid_symbols            # strings that can never be keys (length, characters)
     uint32_t keys_len                   # bytes used at the caller's keys buffer
+    char apikey[APIKEY_MAX_BYTES]       # auth: the key (apikey_len bytes of it)
+    uint32_t apikey_len                 # 0 = none; past APIKEY_MAX_BYTES = too long (no key is)
 
 cdef struct bn_json_cursor:
     const uint8_t* p                    # next byte
@@ -234,6 +237,8 @@ cdef int ws_parse_request(const char* msg, size_t n, bn_ws_request* req, char* k
     cdef bint first = True
     cdef bint have_op = False
     cdef bint have_symbols = False
+    cdef bint have_key = False
+    cdef size_t key_len = 0
     memset(req, 0, sizeof(bn_ws_request))
     req.op = WS_REQ_BAD
     c.p = <const uint8_t*>msg
@@ -277,6 +282,14 @@ cdef int ws_parse_request(const char* msg, size_t n, bn_ws_request* req, char* k
                 req.error = WS_REQERR_JSON
                 return req.op
             have_symbols = True
+        elif (name_len == 7 and memcmp(name, b"api_key", 7) == 0 and not have_key
+                and c.p < c.end and c.p[0] == 34):
+            if json_string(&c, req.apikey, APIKEY_MAX_BYTES, &key_len) != 0:
+                req.error = WS_REQERR_JSON
+                return req.op
+            req.apikey_len = <uint32_t>(key_len if key_len <= APIKEY_MAX_BYTES
+                                        else APIKEY_MAX_BYTES + 1)
+            have_key = True
         elif json_skip(&c, 1) != 0:
             req.error = WS_REQERR_JSON
             return req.op
@@ -295,6 +308,12 @@ cdef int ws_parse_request(const char* msg, size_t n, bn_ws_request* req, char* k
         req.op = WS_REQ_UNSUBSCRIBE
     elif op_len == 8 and memcmp(opname, b"snapshot", 8) == 0:
         req.op = WS_REQ_SNAPSHOT
+    elif op_len == 4 and memcmp(opname, b"auth", 4) == 0:
+        req.op = WS_REQ_AUTH
+        if not have_key:
+            req.error = WS_REQERR_NO_KEY
+            req.op = WS_REQ_BAD
+        return req.op
     else:
         req.error = WS_REQERR_OP
         return req.op
@@ -305,9 +324,11 @@ cdef int ws_parse_request(const char* msg, size_t n, bn_ws_request* req, char* k
 
 
 WS_REQUEST_OPS = {WS_REQ_BAD: "bad", WS_REQ_SUBSCRIBE: "subscribe",
-                  WS_REQ_UNSUBSCRIBE: "unsubscribe", WS_REQ_SNAPSHOT: "snapshot"}
+                  WS_REQ_UNSUBSCRIBE: "unsubscribe", WS_REQ_SNAPSHOT: "snapshot",
+                  WS_REQ_AUTH: "auth"}
 WS_REQUEST_ERRORS = {0: None, WS_REQERR_JSON: "bad_json", WS_REQERR_OP: "unknown_op",
-                     WS_REQERR_SYMBOLS: "no_symbols", WS_REQERR_TOO_MANY: "too_many_symbols"}
+                     WS_REQERR_SYMBOLS: "no_symbols", WS_REQERR_TOO_MANY: "too_many_symbols",
+                     WS_REQERR_NO_KEY: "no_api_key"}
 
 
 def ws_read_request(bytes message not None, uint32_t max_symbols=1024):

@@ -31,6 +31,14 @@ cdef struct bn_ws_ring:                 # table writer -> one worker
 cdef struct bn_ws_hub:                  # one per engine with WebSocket on
     int nrings                          # one per worker
     bn_ws_ring** rings
+    uint32_t compress_min               # bodies this long or longer are deflated; 0 = off
+    # permessage-deflate on the publishing side (_ws_deflate.pxi), added to
+    # by the writers of every table the engine serves (atomic adds):
+    uint64_t deflated                   # publications deflated (a compressed frame built)
+    uint64_t deflate_no_gain            # ... tried, not smaller: sent plain
+    uint64_t deflate_bytes_in           # bodies of the deflated publications
+    uint64_t deflate_bytes_out          # ... once deflated
+    uint64_t deflate_cpu_ns             # writer CPU time in deflate (CLOCK_THREAD_CPUTIME_ID)
 
 
 cdef bn_ws_ring* ws_ring_new(uint32_t capacity) noexcept nogil:

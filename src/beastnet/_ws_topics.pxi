@@ -56,8 +56,17 @@ cdef struct bn_ws_worker:               # a worker's WebSocket state
     uint64_t max_frame_bytes
     uint64_t max_message_bytes
     int64_t stall_timeout_ns            # output without progress this long: close 1008
+    int64_t auth_timeout_ns             # first-message auth due within this; 0 = no such auth
+    int64_t message_timeout_ns          # an unfinished client frame or message: closed after this
     uint32_t active                     # WebSocket connections open on this worker
     uint32_t subscriptions              # live subscriptions on this worker
+    uint32_t compress_min               # permessage-deflate: negotiated when > 0; bodies this
+                                        # long or longer go out compressed
+    z_stream* inflater                  # client messages: one stream for all connections (they
+                                        # reset per message), allocated at the first one
+    char* zin                           # zin_cap bytes: the last message inflated
+    size_t zin_cap
+    bn_deflater* deflater               # the echo endpoint's replies to compressed messages
 
 
 cdef inline uint32_t ws_bucket(bn_ws_worker* ws, uint64_t h) noexcept nogil:
@@ -361,4 +370,9 @@ cdef void ws_worker_free(bn_ws_worker* ws) noexcept nogil:
     free(ws.buckets)
     free(ws.keys)
     free(ws.key_lens)
+    if ws.inflater != NULL:
+        inflateEnd(ws.inflater)
+        free(ws.inflater)
+    free(ws.zin)
+    deflater_free(ws.deflater)
     free(ws)

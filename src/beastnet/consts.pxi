@@ -47,7 +47,7 @@ cdef enum:
 cdef enum:
     HTTP_SCRATCH_BYTES = 65536      # per-worker read buffer; a connection's own buffer only holds leftovers
     HTTP_READ_MIN_BYTES = 4096      # least room offered to a read into a connection's own buffer
-    HTTP_IOV_MAX = 510              # iovecs per gather write (3 per response; Linux allows 1024)
+    HTTP_IOV_MAX = 510              # iovecs per gather write (3-4 a response; Linux allows 1024)
     HTTP_EVENTS_MAX = 256           # epoll events per epoll_wait
     HTTP_ACCEPT_BATCH = 64          # accept4 calls per readable listening socket
     HTTP_METHOD_MAX_BYTES = 15      # longest method token; longer is a 400
@@ -63,6 +63,19 @@ cdef enum:
     HTTP_LINGER_MS = 2000           # ... for at most this long
     HTTP_ROUTES_MAX = 16            # extra exact paths a server may route to the control plane
     TLS_RECORD_BYTES = 16384        # largest TLS record plaintext: one staged SSL_write, least read room
+    CORS_ORIGINS_MAX = 16           # allowed origins a server may list (beyond: use "*")
+    CORS_ORIGIN_MAX_BYTES = 128     # longest allowed origin, "https://host:port"
+    CORS_SEG_MAX_BYTES = 192        # one pre-built CORS header segment
+    HTTP_KQ_SAMPLE_MS = 1000        # how often a worker sums its connections' kernel send queues
+    BATCH_SYMBOLS_MAX = 64          # symbols one batch query may ask for (beyond: 400)
+    BATCH_OUT_BYTES = 5120          # a batch answer's formatted head, or its 404 naming the unknown
+
+# CORS header segments a worker pre-builds (bn_hworker.cors_segs); a
+# connection's `cors` is one of these plus 1, 0 = no CORS header.
+cdef enum:
+    CORS_SEG_VARY = 0               # "Vary: Origin" alone: a listed-origins server, origin not listed
+    CORS_SEG_ANY = 1                # "Access-Control-Allow-Origin: *"
+    CORS_SEG_ORIGIN0 = 2            # + i: allowed origin i echoed, with "Vary: Origin"
 
 # Response tails: what a worker appends to a pre-built head.
 cdef enum:
@@ -87,6 +100,7 @@ cdef enum:
     METHOD_GET = 1                  # GET
     METHOD_HEAD = 2                 # HEAD
     METHOD_OTHER = 3                # any other token: 405 under the prefix, passed on for routes
+    METHOD_OPTIONS = 4              # OPTIONS: a CORS preflight under the prefix (else as OTHER)
 
 # Where the bytes of a queued response piece live (bn_hworker.iov_kind).
 cdef enum:
@@ -125,6 +139,7 @@ cdef enum:
     WS_CLIENT_HEAD_MAX_BYTES = 14   # 2 + 8 (64-bit length) + 4 (mask)
     WS_SERVER_HEAD_MAX_BYTES = 10   # 2 + 8: server frames are never masked
     WS_ACCEPT_BYTES = 28            # base64 of a SHA-1 digest
+    WS_RSV1 = 0x40                  # frame head bit: "Per-Message Compressed" (RFC 7692)
 
 cdef enum:
     WS_CLOSE_NORMAL = 1000          # normal closure
@@ -154,12 +169,19 @@ cdef enum:
     WS_REQ_SUBSCRIBE = 1            # {"op":"subscribe","symbols":[...]}
     WS_REQ_UNSUBSCRIBE = 2          # {"op":"unsubscribe","symbols":[...]}
     WS_REQ_SNAPSHOT = 3             # {"op":"snapshot"[,"symbols":[...]]}: current bodies now
+    WS_REQ_AUTH = 4                 # {"op":"auth","api_key":"..."}: first-message auth
 
 cdef enum:
     WS_REQERR_JSON = 1              # not one JSON object (or "symbols" not an array)
     WS_REQERR_OP = 2                # "op" missing, not a string, or not one we know
     WS_REQERR_SYMBOLS = 3           # subscribe/unsubscribe without "symbols"
     WS_REQERR_TOO_MANY = 4          # more symbols than one request may carry
+    WS_REQERR_NO_KEY = 5            # auth without a string "api_key"
+
+# A stream's API key, beyond the ADMIT_* verdicts (_ws_conn.pxi ws_key_check).
+cdef enum:
+    WS_KEY_FORBIDDEN = 10           # the key may not open streams (ws_denied)
+    WS_KEY_CONNS = 11               # the key holds its ws_max_connections
 
 # WebSocket push (_ws_ring.pxi, _ws_topics.pxi, _ws_conn.pxi).
 cdef enum:
@@ -176,6 +198,8 @@ cdef enum:
     WSC_PEER_CLOSED = 4             # the peer's close (or an error): read nothing more
     WSC_SHUT = 8                    # our side shut down after a normal close
     WSC_ECHO = 16                   # the echo endpoint: messages come back as they are
+    WSC_DEFLATE = 32                # permessage-deflate negotiated (_ws_deflate.pxi)
+    WSC_AUTH_WAIT = 64              # upgraded without a key: only {"op":"auth"} is taken
 
 # Webhook push over UDP (_push.pxi).
 cdef enum:

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-__all__ = ["Counter", "UDP_COUNTERS", "HTTP_COUNTERS", "MISS_PATH_COUNTERS", "UDP_SERVER_GAUGES",
-           "HTTP_SERVER_GAUGES", "PUSH_COUNTERS", "markdown"]
+__all__ = ["Counter", "tagged", "UDP_COUNTERS", "HTTP_COUNTERS", "MISS_PATH_COUNTERS",
+           "WS_DEFLATE_COUNTERS", "UDP_SERVER_GAUGES", "HTTP_SERVER_GAUGES", "PUSH_COUNTERS",
+           "markdown"]
 
 
 class Counter(NamedTuple):
@@ -22,43 +23,60 @@ class Counter(NamedTuple):
     kind: str       #: "counter" (a running total) or "gauge" (a level)
     unit: str       #: what one step counts
     help: str       #: one sentence, for /metrics HELP and the docs
+    #: Who shows it beside /metrics: "snapshot" (the cluster snapshot),
+    #: "demo" (`beastnet demo`'s report), "admin" (the admin listener's
+    #: /admin/stats totals), "rate:NAME" (the load report's server rate NAME).
+    tags: frozenset[str] = frozenset()
 
 
 def _table(text: str) -> tuple[Counter, ...]:
-    # One counter a line: name, kind, unit, then the help text.
-    rows = (line.split(None, 3) for line in text.strip().splitlines())
-    return tuple(Counter(name, kind, unit, help_text) for name, kind, unit, help_text in rows)
+    # One counter a line: name, kind, unit, the help text, then its tags in
+    # brackets, if any ("[snapshot demo]").
+    out = []
+    for line in text.strip().splitlines():
+        name, kind, unit, help_text = line.split(None, 3)
+        tags: frozenset[str] = frozenset()
+        if help_text.endswith("]"):
+            help_text, _, listed = help_text[:-1].rpartition(" [")
+            tags = frozenset(listed.split())
+        out.append(Counter(name, kind, unit, help_text, tags))
+    return tuple(out)
+
+
+def tagged(counters: tuple[Counter, ...], tag: str) -> tuple[str, ...]:
+    """The names of `counters` that carry `tag`, in their order."""
+    return tuple(c.name for c in counters if tag in c.tags)
 
 
 # Both structs end alike: interrupted syscalls, then the API-key refusals
 # (the same admission code runs in both engines).
 _TAIL: tuple[Counter, ...] = _table("""
 eintr             counter  calls        Syscalls interrupted by a signal and retried.
-unauthorized      counter  requests     Requests refused for a missing, unknown or revoked API key (HTTP 401).
-rate_limited      counter  requests     Requests refused by a key's rate limit (HTTP 429).
-over_quota        counter  requests     Requests refused by a key's monthly cap (HTTP 429).
+unauthorized      counter  requests     Requests refused for a missing, unknown or revoked API key (HTTP 401). [snapshot]
+rate_limited      counter  requests     Requests refused by a key's rate limit (HTTP 429). [snapshot rate:rate_limited]
+over_quota        counter  requests     Requests refused by a key's monthly cap (HTTP 429). [snapshot rate:rate_limited]
 """)
 
 #: Fields of bn_counters (includes/counters.h), one struct per UDP reader thread.
 UDP_COUNTERS: tuple[Counter, ...] = _table("""
-rx_packets        counter  datagrams    Datagrams received.
+rx_packets        counter  datagrams    Datagrams received. [snapshot demo rate:rx]
 rx_bytes          counter  bytes        Payload bytes received.
-rx_batches        counter  calls        recvmmsg calls that returned datagrams.
-tx_packets        counter  datagrams    Datagrams sent.
+rx_batches        counter  calls        recvmmsg calls that returned datagrams. [demo]
+tx_packets        counter  datagrams    Datagrams sent. [demo rate:tx]
 tx_bytes          counter  bytes        Payload bytes sent.
 tx_batches        counter  calls        sendmmsg calls that sent datagrams.
-hits              counter  requests     Requests answered from the response table.
-misses            counter  requests     Requests for keys the table does not hold.
+hits              counter  requests     Requests answered from the response table. [snapshot demo]
+misses            counter  requests     Requests for keys the table does not hold. [snapshot demo]
 not_found         counter  requests     Misses answered not_found without a handler.
-bad_requests      counter  requests     Requests answered bad_request.
+bad_requests      counter  requests     Requests answered bad_request. [snapshot demo]
 truncated         counter  datagrams    Datagrams longer than the read slot (answered bad_request).
 empty             counter  datagrams    Empty datagrams (answered bad_request).
 queued            counter  requests     Misses handed to the miss queue.
-queue_drops       counter  requests     Misses answered busy because the miss queue was full.
-send_errors       counter  datagrams    Replies the kernel refused.
+queue_drops       counter  requests     Misses answered busy because the miss queue was full. [snapshot demo rate:queue_drops]
+send_errors       counter  datagrams    Replies the kernel refused. [snapshot demo]
 send_enobufs      counter  datagrams    Replies refused for lack of buffer space (ENOBUFS, EAGAIN).
 recv_errors       counter  calls        recvmmsg failures other than EAGAIN and EINTR.
-kernel_drops      counter  datagrams    Datagrams the kernel dropped before the reader read them (SO_RXQ_OVFL).
+kernel_drops      counter  datagrams    Datagrams the kernel dropped before the reader read them (SO_RXQ_OVFL). [snapshot demo rate:kernel_drops]
 too_large         counter  requests     Hits whose answer does not fit in one datagram (answered too_large; also counted in hits).
 unanswered        counter  requests     Unauthorized or malformed requests left without a reply (silent_refusals, the default with API keys).
 rrl_dropped       counter  replies      Error replies withheld by response-rate limiting (nothing sent).
@@ -67,23 +85,23 @@ rrl_slipped       counter  replies      Error replies response-rate limiting sen
 
 #: Fields of bn_http_counters (includes/counters.h), one struct per HTTP worker thread.
 HTTP_COUNTERS: tuple[Counter, ...] = _table("""
-accepted          counter  connections  Connections accepted.
-active            gauge    connections  Connections open now.
+accepted          counter  connections  Connections accepted. [admin]
+active            gauge    connections  Connections open now. [snapshot admin]
 closed            counter  connections  Connections closed.
-rejected          counter  connections  Connections refused with 503 busy over max_connections.
-requests          counter  requests     Request heads received, malformed ones included.
-responses_2xx     counter  responses    Responses sent with a 2xx status.
-responses_3xx     counter  responses    Responses sent with a 3xx status.
-responses_4xx     counter  responses    Responses sent with a 4xx status.
-responses_5xx     counter  responses    Responses sent with a 5xx status.
-hits              counter  requests     Requests answered from the response table.
-misses            counter  requests     Requests under the prefix for a key the table does not hold.
+rejected          counter  connections  Connections refused with 503 busy over max_connections. [snapshot admin]
+requests          counter  requests     Request heads received, malformed ones included. [snapshot admin rate:rx]
+responses_2xx     counter  responses    Responses sent with a 2xx status. [rate:tx]
+responses_3xx     counter  responses    Responses sent with a 3xx status. [rate:tx]
+responses_4xx     counter  responses    Responses sent with a 4xx status. [rate:tx]
+responses_5xx     counter  responses    Responses sent with a 5xx status. [rate:tx]
+hits              counter  requests     Requests answered from the response table. [snapshot]
+misses            counter  requests     Requests under the prefix for a key the table does not hold. [snapshot]
 routed            counter  requests     Requests for /admin/, /metrics or /healthz.
 queued            counter  requests     Misses and routes handed to the control plane.
-queue_drops       counter  requests     Requests answered 503 busy because the miss queue was full.
+queue_drops       counter  requests     Requests answered 503 busy because the miss queue was full. [snapshot rate:queue_drops]
 replies           counter  responses    Control-plane replies written to their connection.
 replies_dropped   counter  responses    Control-plane replies whose connection had gone.
-parse_errors      counter  requests     Malformed or oversized request heads (400, 414, 431).
+parse_errors      counter  requests     Malformed or oversized request heads (400, 414, 431). [snapshot]
 timeouts          counter  connections  Connections closed by a timeout (any kind).
 header_timeouts   counter  connections  Connections closed because a request head took over header_timeout_s.
 write_timeouts    counter  connections  Connections closed because the peer accepted under 1 KiB of queued output in write_timeout_s.
@@ -103,7 +121,7 @@ output_cap_closes counter  connections  Connections closed because their unsent 
 """) + _TAIL + _table("""
 ws_upgrades              counter  connections  Connections upgraded to WebSocket (101 Switching Protocols).
 ws_upgrade_refused       counter  requests     WebSocket upgrades refused (400 malformed, 426 version, 401/403/429 API key).
-ws_active                gauge    connections  WebSocket connections open now.
+ws_active                gauge    connections  WebSocket connections open now. [snapshot]
 ws_subscriptions         gauge    subscriptions  Subscriptions held now.
 ws_subscriptions_refused counter  subscriptions  Subscriptions refused: the connection holds its limit.
 ws_messages_in           counter  messages     Client messages read (feed requests, echo).
@@ -111,10 +129,15 @@ ws_request_errors        counter  messages     Client requests answered with an 
 ws_pings                 counter  frames       Pings answered with a pong.
 ws_publications          counter  updates      Table publications the worker drained from its ring.
 ws_resyncs               counter  events       Ring overflows after which every topic was re-read from the tables.
-ws_frames_out            counter  frames       Update and snapshot frames written whole.
+ws_frames_out            counter  frames       Update and snapshot frames written whole. [snapshot]
 ws_superseded            counter  updates      Publications replaced by a newer one of the same symbol before the worker fanned them out.
 ws_conflated             counter  frames       Pending frames replaced by a newer one of the same symbol before they were written.
 ws_slow_closes           counter  connections  Connections closed because their output made no progress for stall_timeout_s.
+ws_frames_compressed     counter  frames       Of ws_frames_out, the compressed (permessage-deflate) frames.
+ws_bytes_saved           counter  bytes        Bytes those compressed frames were shorter than the plain ones.
+ws_messages_inflated     counter  messages     Compressed client messages inflated (permessage-deflate).
+ws_auths                 counter  connections  Streams opened without a key and admitted by a first-message {"op":"auth"}.
+ws_auth_refused          counter  connections  Streams closed 1008 at first-message auth: a refused key, another message first, or past auth_timeout_s.
 ws_close_normal          counter  connections  Closes with code 1000.
 ws_close_going_away      counter  connections  Closes with code 1001 (the server stopping).
 ws_close_protocol_error  counter  connections  Closes with code 1002 (a framing rule broken).
@@ -138,6 +161,9 @@ tls_ktls_send_on         counter  connections  TLS connections whose sending the
 tls_ktls_send_off        counter  connections  TLS connections encrypted in user space (no kTLS: the kernel lacks the tls ULP, or the cipher is not offloadable).
 tls_active               gauge    connections  TLS connections open now, each holding an OpenSSL session (0 once all are closed).
 tls_writes               counter  calls        SSL_write calls that completed at once, a TLS record each at most: a flush's pipelined responses share records, not one each.
+""") + _table("""
+kernel_queued            gauge    bytes        Bytes the kernel holds in the send queues of the open connections (SIOCOUTQ: unsent or unacknowledged), summed once a second; bounded per connection by notsent_lowat_bytes (and send_buffer_bytes).
+stall_resets             counter  connections  Stalled connections (write_timeout_s, a WebSocket's stall_timeout_s) closed with a reset (SO_LINGER 0): their kernel queue is dropped at once, not kept through FIN-WAIT.
 """)
 
 #: The control plane's miss dispatcher (one per server), in both servers' totals.
@@ -149,6 +175,16 @@ miss_replies      counter  responses    Replies sent by the control plane.
 miss_cached       counter  answers      Handler answers published to the table (Answer(cache=True)).
 miss_cache_refused counter answers      Handler answers not cached: the table was at its max_keys.
 miss_send_errors  counter  responses    Control-plane replies the engine could not send.
+""")
+
+#: permessage-deflate on the publishing side: a table's writer deflates each
+#: publication once (one value per server, from its engine's hub).
+WS_DEFLATE_COUNTERS: tuple[Counter, ...] = _table("""
+ws_deflated              counter  updates      Publications deflated once for the WebSocket feed (a compressed frame built beside the plain one).
+ws_deflate_no_gain       counter  updates      Publications past compress_min_bytes that deflate did not shorten: sent plain.
+ws_deflate_bytes_in      counter  bytes        Bodies of the deflated publications.
+ws_deflate_bytes_out     counter  bytes        The same publications once deflated.
+ws_deflate_cpu_ns        counter  nanoseconds  CPU time the table writers spent deflating (thread CPU clock), once per publication.
 """)
 
 #: Levels of a server's set-up, one value per server (from stats(), not from a struct).
@@ -184,6 +220,9 @@ def markdown() -> str:
          "Per worker thread in `HTTPServer.stats()['per_thread']`, summed in `['totals']`."),
         ("Miss path (control plane)", "beastnet_udp / beastnet_http", MISS_PATH_COUNTERS,
          "In both servers' `['totals']`; absent from a UDP server without a handler."),
+        ("WebSocket compression (publishing side)", "beastnet_http", WS_DEFLATE_COUNTERS,
+         "In `HTTPServer.stats()['totals']` of a server with a WebSocket feed that "
+         "compresses ([websocket.md](websocket.md#compression))."),
         ("UDP server set-up", "beastnet_udp", UDP_SERVER_GAUGES,
          "From `UDPServer.stats()`: `sockets`, `steering['enabled']`, `avg_batch_fill`."),
         ("HTTP server set-up", "beastnet_http", HTTP_SERVER_GAUGES,
@@ -205,6 +244,11 @@ def markdown() -> str:
         "per-thread counters carry a `thread` label (the reader or worker index).",
         "Native threads count with relaxed atomic adds on their own cache lines; a",
         "snapshot reads each 64-bit field whole, so no value is torn.",
+        "",
+        "A counter's tags in `counters.py` (`snapshot`, `demo`, `admin`, `rate:NAME`) pick",
+        "the subsets shown beside `/metrics`: the cluster snapshot ([cluster.md](cluster.md)),",
+        "`beastnet demo`'s report, the admin listener's totals in `/admin/stats`, and the",
+        "load report's server rates.",
     ]
     for title, prefix, counters, where in sections:
         out += ["", f"## {title}", "", f"Prefix `{prefix}`. {where}", "",

@@ -5,12 +5,12 @@ import os
 import socket
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Optional, Union
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import orjson
 
 from beastnet import _core
-from beastnet._base import EngineServer, resolve
+from beastnet._base import EngineServer, bind_member, resolve
 from beastnet._core import APIKeyTable, ResponseTable
 from beastnet.control import (Answer, ControlPlane, MissDispatcher, MissHandler, MissRequest,
                               error_answer, is_loopback_client, start_control_plane,
@@ -74,7 +74,15 @@ class WebSocketOptions:
     max_message_bytes: int = 65536      #: largest client message (all fragments); larger closes 1009
     max_symbols: int = 1024             #: symbols in one request
     stall_timeout_s: float = 10.0       #: output without progress this long closes the connection (1008)
+    #: a client frame or fragmented message unfinished this long closes the connection
+    message_timeout_s: float = 10.0
     echo_path: Optional[str] = None     #: an echo endpoint (conformance suites, round-trip probes)
+    #: permessage-deflate (RFC 7692), negotiated when a client offers it: bodies this
+    #: long or longer are deflated once per publication (0 = never negotiated)
+    compress_min_bytes: int = 1024
+    #: where API keys are enforced, an upgrade without a key must send
+    #: ``{"op":"auth","api_key":...}`` first, within this (0 = refuse it 401 instead)
+    auth_timeout_s: float = 5.0
 
 
 class HTTPServer(EngineServer):
@@ -99,8 +107,23 @@ class HTTPServer(EngineServer):
     ``control``: a running `ControlPlane` to serve routes and misses on,
     shared with other servers (its owner starts and stops it); by default the
     server starts its own.  ``tls``: a `TLSConfig` serves HTTPS (and WSS) on
-    the port, terminated by OpenSSL in the workers (docs/tls.md).  Use as a
-    context manager, or call ``start()`` and ``stop()``.
+    the port, terminated by OpenSSL in the workers (docs/tls.md).  A port
+    another socket holds is refused (`ServerError`) unless ``reuse_port=True``
+    asks to share it (SO_REUSEPORT; the kernel splits the connections).
+    ``cors_origins`` lets browsers on other origins read ``GET <prefix><KEY>``
+    answers: ``["*"]`` any origin, or a list of up to 16 origins such as
+    ``"https://app.example"`` (echoed with ``Vary: Origin``); ``OPTIONS``
+    preflights under the prefix are answered 204 natively (docs/http.md).
+    ``batch_key`` (e.g. ``"prices"``) turns on the batch query
+    ``GET <prefix>prices?symbols=BTC,ETH``: a JSON array of those entries'
+    bodies, assembled natively (at most 64 symbols; a 404 names the unknown
+    ones).  Keys are looked up as asked, then upper-cased.
+    ``notsent_lowat_bytes`` (TCP_NOTSENT_LOWAT, default 128 KiB) bounds the
+    unsent bytes the kernel holds per connection, ``send_buffer_bytes``
+    (SO_SNDBUF, 0 = autotuned) its whole send buffer; stalled connections
+    are closed with a reset (docs/http.md).  Use
+    as a context manager, call ``start()`` and ``stop()``, or
+    ``serve_forever()`` to block until ``stop()`` or Ctrl-C.
     """
 
     def __init__(
@@ -131,9 +154,15 @@ class HTTPServer(EngineServer):
         control: Optional[ControlPlane] = None,
         websocket: Optional[WebSocketOptions] = None,
         tls: Optional[TLSConfig] = None,
+        reuse_port: bool = False,
+        cors_origins: Sequence[str] = (),
+        batch_key: Optional[str] = None,
+        notsent_lowat_bytes: int = 128 * 1024,
+        send_buffer_bytes: int = 0,
     ) -> None:
         if not isinstance(table, ResponseTable):
             raise TypeError("table must be a beastnet.ResponseTable")
+        super().__init__()
         nthreads = threads if threads is not None else len(os.sched_getaffinity(0))
         if nthreads < 1:
             raise ValueError(f"threads must be >= 1, got {nthreads}")
@@ -158,12 +187,15 @@ class HTTPServer(EngineServer):
         self.max_inflight = max_inflight if max_inflight is not None else miss_queue_size
         self.grace_s = grace_s
         self.cpus = cpus
+        self.reuse_port = reuse_port
         self._engine_options: dict[str, Any] = dict(
             prefix=prefix, max_connections=max_connections, max_header_bytes=max_header_bytes,
             max_target_bytes=max_target_bytes, max_output_bytes=max_output_bytes,
             max_copied_output_bytes=max_copied_output_bytes,
             header_timeout_s=header_timeout_s, idle_timeout_s=idle_timeout_s,
-            write_timeout_s=write_timeout_s, require_api_key=require_api_key, api_keys=api_keys)
+            write_timeout_s=write_timeout_s, require_api_key=require_api_key, api_keys=api_keys,
+            cors_origins=tuple(cors_origins), batch_key=batch_key,
+            notsent_lowat_bytes=notsent_lowat_bytes, send_buffer_bytes=send_buffer_bytes)
         self.websocket = websocket
         #: Topics `publish()` pushes that are not table keys (their last message is kept).
         self.topics: Optional[ResponseTable] = None
@@ -177,7 +209,12 @@ class HTTPServer(EngineServer):
                 ws_max_frame_bytes=websocket.max_frame_bytes,
                 ws_max_message_bytes=websocket.max_message_bytes,
                 ws_stall_timeout_s=websocket.stall_timeout_s,
-                ws_max_symbols=websocket.max_symbols)
+                ws_max_symbols=websocket.max_symbols,
+                ws_compress_min_bytes=websocket.compress_min_bytes,
+                ws_auth_timeout_s=websocket.auth_timeout_s,
+                ws_message_timeout_s=websocket.message_timeout_s)
+        if isinstance(cors_origins, str):
+            raise TypeError('cors_origins is a list of origins, e.g. ["*"]')
         if tls is not None and not isinstance(tls, TLSConfig):
             raise TypeError("tls must be a beastnet.TLSConfig")
         #: TLS on the port (None = plain HTTP); `reload_tls()` rereads its files.
@@ -220,21 +257,18 @@ class HTTPServer(EngineServer):
             raise
         self._started_at = time.monotonic()
         self._running = True
+        self._mark_started()
         return self
 
     def _open_sockets(self) -> None:
         family, sockaddr = resolve(self.host, self.port, socket.SOCK_STREAM)
-        for _ in range(self.nthreads):
+        for i in range(self.nthreads):
             sock = socket.socket(family, socket.SOCK_STREAM)
             self._socks.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.setblocking(False)
-            try:
-                sock.bind(sockaddr)
-            except OSError as exc:
-                raise ServerError(f"bind {self.host}:{sockaddr[1]}: {exc.strerror}") from exc
+            bind_member(sock, sockaddr, self.host, first=i == 0, reuse_port=self.reuse_port)
             sock.listen(self.backlog)
             if sockaddr[1] == 0:        # later sockets join the port the first one got
                 sockaddr = sock.getsockname()
@@ -245,8 +279,11 @@ class HTTPServer(EngineServer):
         constructor's) to finish the answer in progress, sent with
         ``Connection: close``; close the rest; stop the control plane.
         Idempotent.  Final counters stay readable through stats()."""
-        self._running = False
         grace = self.grace_s if grace_s is None else grace_s
+        self._stop_serialized(lambda: self._stop_now(grace))
+
+    def _stop_now(self, grace: float) -> None:
+        self._running = False
         if self._engine is not None:
             # Workers drain while the control plane still answers their misses.
             self._engine.stop(grace)
@@ -328,6 +365,8 @@ class HTTPServer(EngineServer):
         totals = sum_counters(per_thread)
         if self._dispatcher is not None:
             totals.update(self._dispatcher.counters())
+        if self._engine is not None:
+            totals.update(self._engine.ws_deflate_counters())
         status = self._engine.worker_status() if self._engine is not None else []
         return {
             "address": self._address,

@@ -13,7 +13,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from beastnet.counters import PUSH_COUNTERS
 from beastnet.counters import (HTTP_COUNTERS, HTTP_SERVER_GAUGES, MISS_PATH_COUNTERS, UDP_COUNTERS,
-                               UDP_SERVER_GAUGES, Counter)
+                               UDP_SERVER_GAUGES, WS_DEFLATE_COUNTERS, Counter)
 
 __all__ = ["MetricFamily", "render", "udp_families", "http_families", "push_families"]
 
@@ -104,6 +104,9 @@ def http_families(stats: Mapping[str, Any], prefix: str = "beastnet_http") -> li
     """Families for an `HTTPServer.stats()` snapshot: every worker counter,
     labelled by worker thread, plus the control plane's totals."""
     out = _engine_families(stats, stats.get("per_thread", []), HTTP_COUNTERS, prefix)
+    totals = stats.get("totals", {})
+    out += [MetricFamily(f"{prefix}_{c.name}", c.kind, c.help).add(totals[c.name])
+            for c in WS_DEFLATE_COUNTERS if c.name in totals]
     return out + _gauges(HTTP_SERVER_GAUGES, {"threads": stats.get("threads", 0)}, prefix)
 
 

@@ -9,7 +9,7 @@ import time
 from typing import Any, Optional
 
 from beastnet import _core
-from beastnet._base import EngineServer, resolve
+from beastnet._base import EngineServer, bind_member, resolve
 from beastnet._core import APIKeyTable, ResponseTable
 from beastnet.control import (ControlPlane, MissDispatcher, MissHandler, start_control_plane,
                               stop_control_plane, sum_counters)
@@ -79,7 +79,13 @@ class UDPServer(EngineServer):
     other servers (its owner starts and stops it); by default the server
     starts its own when it has a handler.
 
-    Use as a context manager, or call ``start()`` and ``stop()``.
+    A port another socket holds is refused (`ServerError`) unless
+    ``reuse_port=True`` asks to share it: then the sockets join the other
+    server's SO_REUSEPORT group and the kernel splits the traffic (a rolling
+    restart, several processes on one host).
+
+    Use as a context manager, call ``start()`` and ``stop()``, or
+    ``serve_forever()`` to block until ``stop()`` or Ctrl-C.
     """
 
     def __init__(
@@ -104,9 +110,11 @@ class UDPServer(EngineServer):
         rrl_burst: int = DEFAULT_RRL_BURST,
         rrl_slip: int = DEFAULT_RRL_SLIP,
         rrl_exempt_loopback: bool = True,
+        reuse_port: bool = False,
     ) -> None:
         if not isinstance(table, ResponseTable):
             raise TypeError("table must be a beastnet.ResponseTable")
+        super().__init__()
         nsockets = sockets if sockets is not None else len(os.sched_getaffinity(0))
         if nsockets < 1:
             raise ValueError(f"sockets must be >= 1, got {nsockets}")
@@ -138,6 +146,7 @@ class UDPServer(EngineServer):
         self.rrl_burst = rrl_burst
         self.rrl_slip = rrl_slip
         self.rrl_exempt_loopback = rrl_exempt_loopback
+        self.reuse_port = reuse_port
         self._shared_control = control
         self._socks: list[socket.socket] = []
         self._engine: Optional[_core.UDPEngine] = None
@@ -177,6 +186,7 @@ class UDPServer(EngineServer):
             raise
         self._started_at = time.monotonic()
         self._running = True
+        self._mark_started()
         oversize = self.table.memory_stats()["udp_oversize_keys"]
         if oversize:
             # Said once at start; entries set later show in stats()["abuse"].
@@ -187,10 +197,9 @@ class UDPServer(EngineServer):
     def _open_sockets(self) -> None:
         family, sockaddr = resolve(self.host, self.port, socket.SOCK_DGRAM)
         recv_granted, send_granted = [], []
-        for _ in range(self.nsockets):
+        for i in range(self.nsockets):
             sock = socket.socket(family, socket.SOCK_DGRAM)
             self._socks.append(sock)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             recv_granted.append(_set_buffer(sock, SO_RCVBUFFORCE, socket.SO_RCVBUF,
                                             self.recv_buffer_bytes))
             send_granted.append(_set_buffer(sock, SO_SNDBUFFORCE, socket.SO_SNDBUF,
@@ -199,10 +208,7 @@ class UDPServer(EngineServer):
             # Bounds a reader blocked on a full send buffer, hence stop() latency.
             usec = int(SEND_TIMEOUT_S * 1e6)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", 0, usec))
-            try:
-                sock.bind(sockaddr)
-            except OSError as exc:
-                raise ServerError(f"bind {self.host}:{sockaddr[1]}: {exc.strerror}") from exc
+            bind_member(sock, sockaddr, self.host, first=i == 0, reuse_port=self.reuse_port)
             if sockaddr[1] == 0:        # later sockets join the port the first one got
                 sockaddr = sock.getsockname()
         self._address = self._socks[0].getsockname()
@@ -229,6 +235,9 @@ class UDPServer(EngineServer):
         """Stop the readers, the control plane, and close the sockets.
         Idempotent; returns within a few tens of milliseconds.  The final
         counters stay readable through stats(); start() may be called again."""
+        self._stop_serialized(self._stop_now)
+
+    def _stop_now(self) -> None:
         self._running = False
         # The control plane goes first: the dispatcher must stop watching the
         # engine's miss eventfd before engine.stop() closes it.

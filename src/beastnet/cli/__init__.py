@@ -9,6 +9,7 @@ import sys
 from typing import Optional, Sequence
 
 from beastnet.cli._common import EXIT_FAIL, EXIT_INTERRUPTED, EXIT_PASS, EXIT_USAGE
+from beastnet.cli.db import add_db_command
 from beastnet.cli.demo import add_demo_command
 from beastnet.cli.feeds import add_feeds_command
 from beastnet.cli.keys import add_keys_command
@@ -35,12 +36,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     add_load_command(sub)
     add_report_command(sub)
     add_demo_command(sub)
+    add_db_command(sub)
     add_feeds_command(sub)
     add_keys_command(sub)
     add_serve_command(sub)
     add_stats_command(sub)
     add_ws_command(sub)
     add_webhooks_command(sub)
+    given = list(sys.argv[1:] if argv is None else argv)
+    if given and given[0].startswith("-") and given[0] not in ("-h", "--help", "--version"):
+        # argparse would only say COMMAND is missing: name the option it does not know
+        parser.error(f"unrecognized option {given[0]!r}: options go after the COMMAND "
+                     f"(beastnet COMMAND {given[0]} ...)")
     args, unknown = parser.parse_known_args(argv)
     if unknown:
         # Reported by the command's own parser, so the usage line shown is the

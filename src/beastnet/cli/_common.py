@@ -1,9 +1,20 @@
-"""What every command module shares: the exit statuses, the TLS client flags."""
+"""What every command module shares: the exit statuses, the TLS client
+flags, the store flags."""
 from typing import Any
 
 EXIT_PASS, EXIT_FAIL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 #: `beastnet load`: nothing at all came back from the target.
 EXIT_UNREACHABLE = 3
+
+
+def add_store_arguments(p: Any, tiers: str, redis_help: str) -> None:
+    """--db, --config and --redis: where a command's stores are (the server's
+    key store file, its config, a cluster's Redis), as `open_stores` takes them."""
+    p.add_argument("--db", help="key store path (default: the config's keystore, "
+                                "else beastnet-keys.db)")
+    p.add_argument("--config", help=f"TOML config file of the server, for its keystore and "
+                                    f"[{tiers}.NAME] (default: none)")
+    p.add_argument("--redis", metavar="URL", help=redis_help)
 
 
 def add_tls_arguments(p: Any) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from beastnet.counters import UDP_COUNTERS, tagged
+
 DEMO_EPILOG = """\
 Starts the UDP price server for 150 assets on 127.0.0.1 (a simulated feed
 re-publishing every price 10 times a second), runs the quick ramp (levels 1-6
@@ -49,9 +51,8 @@ def add_demo_command(sub: Any) -> None:
 #: ramp's p99 limit, so a slow answer on a busy machine is judged as latency.
 DEMO_TIMEOUT_MS = 1000
 
-#: The server's counters the demo's report shows.
-DEMO_SERVER_COUNTERS = ("rx_packets", "tx_packets", "hits", "misses", "bad_requests",
-                        "send_errors", "kernel_drops", "queue_drops", "rx_batches")
+#: The server's counters the demo's report shows: those tagged "demo".
+DEMO_SERVER_COUNTERS = tagged(UDP_COUNTERS, "demo")
 
 
 def table_writes(table: Any) -> int:

@@ -6,7 +6,7 @@ import os
 import sys
 from typing import Any
 
-from beastnet.cli._common import EXIT_FAIL, EXIT_PASS, EXIT_USAGE
+from beastnet.cli._common import EXIT_FAIL, EXIT_PASS, EXIT_USAGE, add_store_arguments
 
 #: Characters of a key that `keys list` and the confirmations show: "bk_" and
 #: 7 random characters.
@@ -14,20 +14,20 @@ KEY_PREFIX_CHARS = 10
 
 
 def add_keys_command(sub: Any) -> None:
-    p = sub.add_parser("keys", help="manage API keys in the SQLite key store",
+    p = sub.add_parser("keys", help="manage API keys in the key store (SQLite; PostgreSQL "
+                                    "with --database)",
                        description="Add, list, revoke and re-tier API keys. A running server "
                                    "picks changes up within a second.",
                        epilog="exit status: 0 done; 1 the change is in the key store but "
                               "--redis could not be reached (run it again to announce it); 2 "
                               "bad flag, unknown key or tier, or an unusable key store")
-    p.add_argument("--db", help="key store path (default: the config's keystore, "
-                                "else beastnet-keys.db)")
-    p.add_argument("--config", help="TOML config file of the server, for its keystore and "
-                                    "[tiers.NAME] (default: none)")
-    p.add_argument("--redis", metavar="URL",
-                   help="also record the change in this Redis/Valkey and announce it to every "
+    add_store_arguments(p, "tiers",
+                        "also record the change in this Redis/Valkey and announce it to every "
                         "`beastnet serve --redis` node, which applies it within a second "
                         "(default: none, the local store only)")
+    p.add_argument("--database", metavar="URL",
+                   help="keep the keys in this PostgreSQL database instead (postgresql://...; "
+                        "its schema made by `beastnet db migrate`) (default: none, SQLite)")
     ksub = p.add_subparsers(dest="keys_command", metavar="ACTION")
     ksub.required = True
     a = ksub.add_parser("add", help="create a key and print it")
@@ -50,12 +50,18 @@ def add_keys_command(sub: Any) -> None:
 
 def _keystore(args: argparse.Namespace) -> Any:
     from beastnet.serve.config import load_config
-    from beastnet.serve.keys import configured_tiers
+    from beastnet.serve.keys import KeyStoreError, configured_tiers
     from beastnet.serve.stores import open_stores
 
     cfg = load_config(args.config) if args.config else None
+    tiers = configured_tiers(cfg.tiers if cfg else {})
+    if args.database:
+        if args.db:
+            raise KeyStoreError("--db and --database name two key stores: give one")
+        return open_stores(None, tiers=tiers, database=args.database, redis=args.redis,
+                           key_changes=bool(args.redis))
     path = args.db or (cfg.keystore if cfg and cfg.keystore else "beastnet-keys.db")
-    stores = open_stores(path, tiers=configured_tiers(cfg.tiers if cfg else {}))
+    stores = open_stores(path, tiers=tiers, redis=args.redis, key_changes=bool(args.redis))
     if stores.created:
         print(f"beastnet keys: created key store {os.path.abspath(path)}", file=sys.stderr)
     return stores
@@ -65,23 +71,17 @@ def cmd_keys(args: argparse.Namespace) -> int:
     from beastnet.serve.config import ConfigError
     from beastnet.serve.keys import MIN_SECRET_KEY_CHARS, KeyStoreError
 
-    announcer = None
-    if args.redis:
-        from beastnet import ClusterError
-        from beastnet.serve.cluster import KeyChanges
-        if not args.redis.startswith(("redis://", "rediss://", "unix://")):
-            print(f"beastnet keys: error: --redis must be a redis:// URL, got {args.redis!r}",
-                  file=sys.stderr)
-            return EXIT_USAGE
-        try:
-            announcer = KeyChanges(args.redis)      # reads the URL; connects on first use
-        except ClusterError as exc:
-            print(f"beastnet keys: error: {exc}", file=sys.stderr)
-            return EXIT_USAGE
+    from beastnet import ClusterError
+
+    if args.redis and not args.redis.startswith(("redis://", "rediss://", "unix://")):
+        print(f"beastnet keys: error: --redis must be a redis:// URL, got {args.redis!r}",
+              file=sys.stderr)
+        return EXIT_USAGE
     change = None
     try:
         with _keystore(args) as stores:
             store = stores.keys
+            assert store is not None
             if args.keys_command == "add":
                 if args.key is not None and len(args.key) < MIN_SECRET_KEY_CHARS:
                     raise KeyStoreError(f"--key must be at least {MIN_SECRET_KEY_CHARS} "
@@ -114,17 +114,12 @@ def cmd_keys(args: argparse.Namespace) -> int:
                         state = "revoked" if row["revoked"] else "active"
                         print(f"{row['key']:<14} {row['tier']:<10} {state:<8} "
                               f"{row['month_count']:>12,}  {row['label']}")
-    except (KeyStoreError, ConfigError) as exc:
+            if change and stores.key_changes is not None:
+                return _announce(stores.key_changes, *change)
+    except (KeyStoreError, ConfigError, ClusterError) as exc:
         print(f"beastnet keys: error: {exc}", file=sys.stderr)
-        if announcer is not None:
-            announcer.close()
         return EXIT_USAGE
-    if announcer is None:
-        return EXIT_PASS
-    try:
-        return _announce(announcer, args.redis, *change) if change else EXIT_PASS
-    finally:
-        announcer.close()
+    return EXIT_PASS
 
 
 def key_prefix(key: str) -> str:
@@ -133,13 +128,15 @@ def key_prefix(key: str) -> str:
     return key[:KEY_PREFIX_CHARS] + "…"
 
 
-def _announce(announcer: Any, url: str, op: str, key: str, tier: Any, label: str) -> int:
-    """Record the change in Redis and publish it to the nodes."""
-    from beastnet.serve.cluster import RedisUnavailable
+def _announce(announcer: Any, op: str, key: str, tier: Any, label: str) -> int:
+    """Record the change in Redis and publish it to the nodes; the change is
+    in the local store already, so an unreachable Redis is exit 1."""
+    from beastnet import ClusterError
     try:
         nodes = announcer.publish(op, key, tier, label)
-    except RedisUnavailable as exc:
-        print(f"beastnet keys: error: --redis {url}: {exc}", file=sys.stderr)
+    except ClusterError as exc:
+        print(f"beastnet keys: error: {exc} (the change is in the local store; run it again "
+              f"to announce it)", file=sys.stderr)
         return EXIT_FAIL
     print(f"beastnet keys: announced to {nodes} node(s)", file=sys.stderr)
     return EXIT_PASS

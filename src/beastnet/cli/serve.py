@@ -17,6 +17,7 @@ profiles (precedence: built-in defaults < profile < --config file < flags):
 {profiles}
 
 routes:   UDP  [@TAG ]KEY[ APIKEY]            HTTP GET /v1/KEY (X-API-Key or ?api_key=)
+          WebSocket stream /v1/stream, live page GET / (the HTTP port)
           admin listener (--admin-host/--admin-port): GET /healthz, /metrics,
           /admin/stats, /admin/cluster-stats (--redis); POST /admin/reset,
           /admin/profile?name=P[&scope=cluster]
@@ -29,6 +30,8 @@ try it:   beastnet serve --profile dev
           beastnet stats
 signals:  SIGTERM or SIGINT drain (finish in-flight HTTP, flush usage) and exit 0;
           SIGHUP reloads --tls-cert/--tls-key (open connections keep the old ones).
+config:   every setting, flags or not, with its default: examples/beastnet.toml
+          in the source tree; a systemd unit, backups and sizing: docs/deploy.md
 exit status:{statuses}"""
 
 SERVE_STATUSES = {
@@ -244,6 +247,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def _serve(service: PriceService, cfg: ServeConfig, log: logging.Logger) -> int:
     from beastnet import ClusterError, ServerError, TLSConfigError
+    from beastnet.serve.cluster import ClusterConfigError
     from beastnet.serve.keys import KeyStoreError
     from beastnet.serve.service import PortInUseError
     from beastnet.serve.webhooks import WebhookError
@@ -256,6 +260,9 @@ def _serve(service: PriceService, cfg: ServeConfig, log: logging.Logger) -> int:
               f"(a second server on this host needs ports of its own: docs/cluster.md), "
               f"or pass --share-ports to join it and split the traffic", file=sys.stderr)
         return EXIT_FAIL
+    except ClusterConfigError as exc:   # Redis refused our password or a command
+        print(f"beastnet serve: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except (KeyStoreError, ServerError, OSError, ClusterError, WebhookError) as exc:
         print(f"beastnet serve: error: {exc}", file=sys.stderr)
         return EXIT_FAIL
@@ -284,7 +291,7 @@ def _serve(service: PriceService, cfg: ServeConfig, log: logging.Logger) -> int:
         extras.append(f"live page {http_base}/")
     log.info("serving %d assets: udp://%s %s%s, admin %s (%s), profile %s, keys %s, "
              "CPU steering %s",
-             len(service.table), host_port(udp_host, udp_port), service.http.url,
+             len(service.publisher.assets), host_port(udp_host, udp_port), service.http.url,
              "".join(", " + e for e in extras), service.admin.url, admin, cfg.profile, keys,
              service.udp.stats()["steering"]["reason"],
              extra={"fields": {"event": "ready", "udp_host": udp_host, "udp_port": udp_port,
@@ -294,8 +301,8 @@ def _serve(service: PriceService, cfg: ServeConfig, log: logging.Logger) -> int:
     from beastnet.serve.systemd import notify
 
     # Type=notify: systemd starts what depends on us only now, with prices in the table.
-    notify("READY=1", f"STATUS=serving {len(service.table)} assets, profile {cfg.profile}, "
-                      f"keys {'on' if cfg.keystore else 'off'}", f"MAINPID={os.getpid()}")
+    notify("READY=1", f"STATUS=serving {len(service.publisher.assets)} assets, "
+                      f"profile {cfg.profile}, keys {'on' if cfg.keystore else 'off'}", f"MAINPID={os.getpid()}")
     status = service.serve_forever()
     log.info("stopped cleanly")
     _exit_now(status)

@@ -15,7 +15,9 @@ def add_stats_command(sub: Any) -> None:
                                    "its admin listener.",
                        epilog="exit status: 0 shown (or --watch ended by Ctrl-C or a closed "
                               "pipe); 1 the server could not be reached or refused (e.g. 401: "
-                              "wrong or missing token); 2 bad flag or unreadable --token-file")
+                              "wrong or missing token), or with --cluster the server cannot "
+                              "reach Redis (503 unavailable); 2 bad flag or unreadable "
+                              "--token-file")
     p.add_argument("--url", default="http://127.0.0.1:8081",
                    help="the server's admin listener, its --admin-host and --admin-port "
                         "(default: %(default)s)")
@@ -87,8 +89,9 @@ def format_stats(stats: dict) -> str:
                      f"REST polls {ex['rest_polls']:,} ({ex['rest_errors']:,} failed)  "
                      f"symbols {ex['symbols_seen']}/{ex['symbols']}")
     if feed:
-        lines.append(f"feed fallbacks {feed.get('fallbacks', 0):,}  stale assets {len(feed.get('assets_stale', []))}"
-                     f"  refused {feed.get('refused', 0) + feed.get('refused_jumps', 0):,}")
+        refused = feed.get("refused", 0) + feed.get("refused_jumps", 0)
+        lines.append(f"feed fallbacks {feed.get('fallbacks', 0):,}  "
+                     f"stale assets {len(feed.get('assets_stale', []))}  refused {refused:,}")
     keys = stats.get("api_keys")
     if keys:
         lines.append(f"keys {keys['keys']:,}  admitted {keys['admitted']:,}  rate limited {keys['rate_limited']:,}  "
@@ -152,11 +155,21 @@ def _why(exc: BaseException) -> str:
 
     if isinstance(exc, urllib.error.HTTPError):
         hint = " (wrong or missing token?)" if exc.code in (401, 403) else ""
-        return f"HTTP {exc.code} {exc.reason}{hint}"
+        return f"HTTP {exc.code} {exc.reason}{hint}{_detail(exc)}"
     reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
     if isinstance(reason, OSError) and reason.strerror:
         return reason.strerror.lower()
     return str(reason)
+
+
+def _detail(exc: Any) -> str:
+    """The error body's detail sentence (`error_answer`), as ": detail"."""
+    import orjson
+    try:
+        detail = orjson.loads(exc.read()).get("detail")
+    except (OSError, ValueError, AttributeError):
+        return ""
+    return f": {detail}" if isinstance(detail, str) else ""
 
 
 def _token(args: argparse.Namespace) -> Optional[str]:

@@ -6,7 +6,7 @@ import sys
 import time
 from typing import Any
 
-from beastnet.cli._common import EXIT_PASS, EXIT_USAGE
+from beastnet.cli._common import EXIT_PASS, EXIT_USAGE, add_store_arguments
 
 
 def add_webhooks_command(sub: Any) -> None:
@@ -27,12 +27,8 @@ def add_webhooks_command(sub: Any) -> None:
                               "exit status: 0 done; 2 bad flag or input, unknown subscription, "
                               "tier or asset, a refused endpoint, an unusable key store, or "
                               "Redis unreachable")
-    p.add_argument("--db", help="key store path (default: the config's keystore, "
-                                "else beastnet-keys.db)")
-    p.add_argument("--config", help="TOML config file of the server, for its keystore and "
-                                    "[webhook_tiers.NAME] (default: none)")
-    p.add_argument("--redis", metavar="URL",
-                   help="manage the subscriptions a cluster shares in Redis (serve --redis "
+    add_store_arguments(p, "webhook_tiers",
+                        "manage the subscriptions a cluster shares in Redis (serve --redis "
                         "--webhooks); `log` still reads this node's key store (--db) "
                         "(default: the config's redis, else the key store alone)")
     p.add_argument("--allow-private", action="store_true", default=None,

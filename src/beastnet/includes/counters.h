@@ -95,6 +95,11 @@ typedef struct bn_http_counters {
     uint64_t ws_superseded;                   /* publications replaced by a newer one of the same symbol before fan-out */
     uint64_t ws_conflated;                    /* pending frames replaced by a newer one before written */
     uint64_t ws_slow_closes;                  /* connections closed: no output progress for stall_timeout_s */
+    uint64_t ws_frames_compressed;            /* ... of ws_frames_out: permessage-deflate frames */
+    uint64_t ws_bytes_saved;                  /* bytes those frames were shorter than the plain ones */
+    uint64_t ws_messages_inflated;            /* compressed client messages (inflated) */
+    uint64_t ws_auths;                        /* streams admitted by a first-message auth */
+    uint64_t ws_auth_refused;                 /* ... refused: wrong key, limits, late, not auth */
     uint64_t ws_close_normal;                 /* closes with 1000 */
     uint64_t ws_close_going_away;             /* closes with 1001 (server stopping) */
     uint64_t ws_close_protocol_error;         /* closes with 1002 */
@@ -117,6 +122,8 @@ typedef struct bn_http_counters {
     uint64_t tls_ktls_send_off;               /* connections encrypted in user space */
     uint64_t tls_active;                      /* connections holding an SSL now (gauge) */
     uint64_t tls_writes;                      /* SSL_write calls that completed at once */
+    uint64_t kernel_queued;                   /* gauge: bytes in the kernel send queues (SIOCOUTQ), sampled */
+    uint64_t stall_resets;                    /* stalled connections closed with a reset (SO_LINGER 0) */
 } __attribute__((aligned(BN_CACHE_LINE))) bn_http_counters;
 
 #endif /* BEASTNET_COUNTERS_H */

@@ -116,6 +116,11 @@ cdef extern from "counters.h" nogil:
         uint64_t ws_superseded
         uint64_t ws_conflated
         uint64_t ws_slow_closes
+        uint64_t ws_frames_compressed
+        uint64_t ws_bytes_saved
+        uint64_t ws_messages_inflated
+        uint64_t ws_auths
+        uint64_t ws_auth_refused
         uint64_t ws_close_normal
         uint64_t ws_close_going_away
         uint64_t ws_close_protocol_error
@@ -138,6 +143,8 @@ cdef extern from "counters.h" nogil:
         uint64_t tls_ktls_send_off
         uint64_t tls_active
         uint64_t tls_writes
+        uint64_t kernel_queued
+        uint64_t stall_resets
 
 
 cdef extern from "compat.h" nogil:

@@ -17,6 +17,7 @@ from typing import Any, Optional
 
 import orjson
 
+from beastnet.counters import HTTP_COUNTERS, UDP_COUNTERS, tagged
 from beastnet.errors import LoadConfigError
 
 __all__ = ["SERVER_RATES", "TOKEN_ENV", "ServerStatsSampler", "rate_rows"]
@@ -24,16 +25,14 @@ __all__ = ["SERVER_RATES", "TOKEN_ENV", "ServerStatsSampler", "rate_rows"]
 #: The environment variable `--server-stats-token` falls back to.
 TOKEN_ENV = "BEASTNET_ADMIN_TOKEN"
 
-#: Per-second rates drawn in the report: (name, [(protocol, counter), ...]).
-SERVER_RATES: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
-    ("rx", (("udp", "rx_packets"), ("http", "requests"))),
-    ("tx", (("udp", "tx_packets"), ("http", "responses_2xx"), ("http", "responses_3xx"),
-            ("http", "responses_4xx"), ("http", "responses_5xx"))),
-    ("kernel drops", (("udp", "kernel_drops"),)),
-    ("queue drops", (("udp", "queue_drops"), ("http", "queue_drops"))),
-    ("rate limited", (("udp", "rate_limited"), ("udp", "over_quota"),
-                      ("http", "rate_limited"), ("http", "over_quota"))),
-)
+#: Per-second rates drawn in the report: (name, [(protocol, counter), ...]),
+#: each the counters tagged "rate:NAME" in beastnet.counters (spaces for _).
+_RATE_NAMES = ("rx", "tx", "kernel_drops", "queue_drops", "rate_limited")
+SERVER_RATES: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = tuple(
+    (name.replace("_", " "), tuple((proto, counter) for proto, counters in
+                                   (("udp", UDP_COUNTERS), ("http", HTTP_COUNTERS))
+                                   for counter in tagged(counters, "rate:" + name)))
+    for name in _RATE_NAMES)
 
 TIMEOUT_S = 0.8                 # a read slower than this is skipped, not waited for
 

@@ -13,6 +13,11 @@ import orjson
 
 __all__ = ["ASSETS", "SNAPSHOT_DATE", "price_body", "random_walk", "snapshot_prices"]
 
+#: The table key of the asset list (GET /v1/assets, a native hit); not an asset.
+ASSET_LIST_KEY = "assets"
+#: The table key of the batch query, GET /v1/prices?symbols=BTC,ETH (served natively).
+BATCH_KEY = "prices"
+
 ASSETS: tuple[str, ...] = tuple("""
 BTC ETH USDT BNB SOL XRP USDC ADA DOGE TRX TON AVAX SHIB DOT LINK BCH NEAR MATIC LTC ICP
 UNI DAI LEO ETC APT XLM OKB STX FIL CRO ATOM HBAR IMX ARB MNT VET INJ OP RNDR GRT

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 import orjson
 
 from beastnet import Answer, APIKeyTable, ClusterError, MissRequest, error_answer
+from beastnet.counters import HTTP_COUNTERS, UDP_COUNTERS
 from beastnet.metrics import MetricFamily
 from beastnet.serve.admin import AdminRoute
 from beastnet.serve.component import Component
@@ -50,13 +51,30 @@ try:
     import redis
     import redis.asyncio as aioredis
     RedisUnavailable: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
+    # Redis answers, but not to us: a wrong password, an ACL user lacking a
+    # command or channel.  Waiting does not mend these, so they never count
+    # as an outage (which would flip the mode every probe).
+    RedisMisconfigured: tuple[type[BaseException], ...] = (
+        redis.AuthenticationError, redis.exceptions.NoPermissionError)
 except ImportError:                     # pragma: no cover - the `cluster` extra is not installed
     redis = None                        # type: ignore[assignment]
     aioredis = None                     # type: ignore[assignment]
     RedisUnavailable = (OSError,)
+    RedisMisconfigured = ()
 
-__all__ = ["RedisUnavailable", "SNAPSHOT_COUNTERS", "Cluster", "ClusterNode", "KeyChanges",
-           "aggregate", "apply_key_change", "default_node_id", "key_record", "red_flags",
+
+def misconfiguration(exc: BaseException) -> bool:
+    """Whether `exc` says Redis refuses this user something (RedisMisconfigured,
+    or a command a script called that the ACL denies, which Redis reports as
+    a plain error) rather than that Redis is down."""
+    return isinstance(exc, RedisMisconfigured) or (
+        redis is not None and isinstance(exc, redis.ResponseError)
+        and "can't run this command" in str(exc))
+
+
+__all__ = ["RedisMisconfigured", "RedisUnavailable", "SNAPSHOT_COUNTERS", "Cluster",
+           "ClusterConfigError", "ClusterNode", "aggregate", "apply_key_change",
+           "default_node_id", "key_record", "misconfiguration", "red_flags", "redacted_url",
            "table_change"]
 
 log = logging.getLogger("beastnet.serve.cluster")
@@ -72,18 +90,18 @@ KEY = PREFIX + "key:"                   # + API key: hash tier, label, revoked
 KEYS_CHANNEL = PREFIX + "keys"          # pub/sub: key added, revoked, re-tiered
 CONTROL_CHANNEL = PREFIX + "control"    # pub/sub: cluster-wide profile switches
 
-# A node's snapshot: UDP, HTTP and WebSocket counters the tuning loop watches,
-# plus usage flushing.  Gauges are summed over nodes but have no rate.
+# A node's snapshot, (name, group, counter): the UDP, HTTP and WebSocket
+# counters tagged "snapshot" in beastnet.counters (named group_counter, the
+# ws_ ones as they are), plus usage flushing.  Gauges are summed over nodes
+# but have no rate.
+_ENGINE_GROUPS = (("udp", UDP_COUNTERS), ("http", HTTP_COUNTERS))
 SNAPSHOT_COUNTERS: tuple[tuple[str, str, str], ...] = tuple(
-    [("udp_" + n, "udp", n) for n in ("rx_packets", "hits", "misses", "kernel_drops",
-                                     "queue_drops", "send_errors", "bad_requests",
-                                     "unauthorized", "rate_limited", "over_quota")]
-    + [("http_" + n, "http", n) for n in ("requests", "hits", "misses", "queue_drops",
-                                         "rejected", "parse_errors", "active",
-                                         "unauthorized", "rate_limited", "over_quota")]
-    + [("ws_active", "http", "ws_active"), ("ws_frames_out", "http", "ws_frames_out"),
-       ("usage_flushes", "keys", "flushes"), ("usage_flush_errors", "keys", "flush_errors")])
-GAUGES = frozenset({"http_active", "ws_active"})
+    [(c.name if c.name.startswith("ws_") else f"{group}_{c.name}", group, c.name)
+     for group, counters in _ENGINE_GROUPS for c in counters if "snapshot" in c.tags]
+    + [("usage_flushes", "keys", "flushes"), ("usage_flush_errors", "keys", "flush_errors")])
+GAUGES = frozenset(name for name, group, field in SNAPSHOT_COUNTERS
+                   for g, counters in _ENGINE_GROUPS if g == group
+                   for c in counters if c.name == field and c.kind == "gauge")
 
 # Red flags of the tuning loop: UDP drop % over 1, background (miss queue) drop
 # % over 5, any usage flush error.
@@ -105,15 +123,25 @@ end
 return out
 """
 
-# GCRA for many keys in one call.  Per key: ARGV emission T (us), tolerance
-# T*(burst-1) (us), tokens wanted.  Grants as many as the GCRA admits now, up
-# to the want, moving tat by T per token granted; returns the grants.
+# GCRA for many keys in one call.  ARGV[1]: a deadline on Redis's clock (us,
+# 0: none); then per key: emission T (us), tolerance T*(burst-1) (us), tokens
+# wanted.  Grants as many as the GCRA admits now, up to the want, moving tat
+# by T per token granted; returns the grants, then Redis's time (us).  Run
+# past its deadline (a stalled Redis working off its backlog), it grants
+# nothing: the node gave up on that answer, and tokens taken for it would
+# hold the key back after the stall for requests no node admitted.
 LEASE_GCRA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local deadline = tonumber(ARGV[1])
 local out = {}
+if deadline > 0 and now > deadline then
+  for i = 1, #KEYS do out[i] = 0 end
+  out[#KEYS + 1] = now
+  return out
+end
 for i, key in ipairs(KEYS) do
-  local j = (i - 1) * 3
+  local j = (i - 1) * 3 + 1
   local T = tonumber(ARGV[j + 1])
   local tol = tonumber(ARGV[j + 2])
   local want = tonumber(ARGV[j + 3])
@@ -131,8 +159,29 @@ for i, key in ipairs(KEYS) do
   end
   out[i] = grant
 end
+out[#KEYS + 1] = now
 return out
 """
+
+
+# A renewal pending this long while a key is below its low mark (half its
+# slice, which lasts 50 ms at the full rate) degrades before the tokens run
+# out; an idle node waits degrade_after_s.  Loopback answers in ~0.2 ms.
+DRAINING_AFTER_S = 0.05
+
+
+class ClusterConfigError(ClusterError):
+    """Redis refused this node at start: a wrong password, or an ACL user
+    lacking a command or channel the cluster needs (`serve` exits 2)."""
+
+
+def redacted_url(url: str) -> str:
+    """`url` with its password, if any, replaced by `***` (for messages)."""
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    if not sep or not at or ":" not in userinfo:
+        return url
+    return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{host}"
 
 
 def default_node_id() -> str:
@@ -220,7 +269,8 @@ class ClusterNode:
                  api_keys: Optional[APIKeyTable] = None, store: Optional["Keys"] = None,
                  tiers: Optional[dict[str, Tier]] = None, interval_s: float = 3.0,
                  ttl_s: float = 30.0, fallback: str = "local-share",
-                 lease_interval_s: float = 0.1, usage_interval_s: float = 0.1) -> None:
+                 lease_interval_s: float = 0.1, usage_interval_s: float = 0.1,
+                 degrade_after_s: float = 0.15) -> None:
         _check_client()
         self.url = url
         self.node_id = node_id
@@ -229,6 +279,11 @@ class ClusterNode:
         self.fallback = fallback
         self.lease_interval_s = lease_interval_s
         self.usage_interval_s = usage_interval_s
+        # A lease renewal still unanswered after this long puts the node on
+        # its fallback at once: a slice lasts one lease interval at the full
+        # rate, so waiting for the socket timeout (1 s) would refuse requests
+        # the limit allows.
+        self.degrade_after_s = degrade_after_s
         self._snapshot_fn = snapshot
         self._profile_fn = profile
         self._switch_profile = switch_profile
@@ -241,9 +296,15 @@ class ClusterNode:
         self.last_error: Optional[str] = None
         self.nodes_seen = 1             # nodes registered at the last snapshot: the local share's N
         self.counts = {"snapshots": 0, "renewals": 0, "tokens_granted": 0, "usage_pushes": 0,
-                       "redis_errors": 0, "key_changes": 0, "profiles_applied": 0}
+                       "redis_errors": 0, "key_changes": 0, "profiles_applied": 0,
+                       "slow_renewals": 0, "tokens_discarded": 0, "config_errors": 0}
+        self._config_errors_seen: set[str] = set()     # each logged once
+        self._step: Optional[str] = None    # the access check's step under way
         self._limits: dict[str, _Limit] = {}
         self._caps: frozenset[str] = frozenset()  # keys with a monthly cap, held cluster-wide
+        # Leased keys still on their local share after Redis came back: each
+        # returns to leases with its first renewal that grants enough (_renew).
+        self._sharing: set[str] = set()
         self._next_probe = 0.0
         self._renew_now = False
         self._pushed: dict[str, int] = {}     # admitted counts already in Redis, per key
@@ -252,6 +313,7 @@ class ClusterNode:
         self._tasks: list[asyncio.Task[Any]] = []
         self._read_sha: Optional[str] = None
         self._lease_sha: Optional[str] = None
+        self._redis_offset_us: Optional[float] = None  # Redis TIME - our monotonic clock
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -264,14 +326,19 @@ class ClusterNode:
             self._pushed = {k: v[0] for k, v in self.api_keys.usage().items()}
             await self._reload_limits()
         try:
-            await self._load_scripts()
+            await self._check_access()
             await self._write_snapshot()
             # Reachable first: the switch to leases starts every key at zero
             # tokens, which this first renewal then fills before we serve.
             self._set_reachable(True)
             await self._renew()
         except RedisUnavailable as exc:
-            self._set_reachable(False, exc)
+            if not misconfiguration(exc):
+                self._set_reachable(False, exc)
+            else:
+                await self.redis.aclose()
+                self.redis = None
+                raise ClusterConfigError(self._config_message(exc)) from None
         loop = asyncio.get_running_loop()
         for loop_fn in (self._snapshot_loop, self._lease_loop, self._usage_loop,
                         self._listen_loop):
@@ -295,21 +362,71 @@ class ClusterNode:
                         "store only)" if self._pending_usage() else "")
         await self.redis.aclose()
 
+    async def _check_access(self) -> None:
+        """Use once every kind of command the node needs, so a password or an
+        ACL that refuses one stops the node at start (one line, exit 2) rather
+        than after it has served on a half-working link.  Each step is named,
+        and the name is what the error reports as missing."""
+        steps: list[tuple[str, Callable[[], Any]]] = [
+            ("AUTH / PING", self.redis.ping),
+            ("SCRIPT LOAD", self._load_scripts),
+            ("EVALSHA (cluster stats: HKEYS, GET, PTTL)",
+             lambda: self.redis.evalsha(self._read_sha, 1, NODES, SNAPSHOT)),
+            # A grant of one token on the key of the empty API key (no key
+            # is empty), expiring within a second and a half: GET, SET, TIME.
+            ("EVALSHA (leases: TIME, GET, SET)",
+             lambda: self.redis.evalsha(self._lease_sha, 1, GCRA, 0, 1, 0, 1)),
+            ("SCAN", lambda: self.redis.scan(0, match=KEY + "*", count=1)),
+            ("HMGET (usage)", lambda: self.redis.hmget(USAGE + current_month(), ["-"])),
+            (f"PUBLISH / SUBSCRIBE on channel {CONTROL_CHANNEL}",
+             lambda: self.redis.publish(CONTROL_CHANNEL, orjson.dumps(
+                 {"op": "hello", "node": self.node_id}))),
+        ]
+        for name, step in steps:
+            self._step = name
+            await step()
+        self._step = None
+
+    def _config_message(self, exc: BaseException) -> str:
+        """One line for a password or permission Redis refused."""
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        where = f"redis {redacted_url(self.url)}"
+        if isinstance(exc, redis.AuthenticationError):
+            return f"{where}: authentication refused ({detail}); check the user and password"
+        if self._step is None:
+            return (f"{where}: a command was refused ({detail}); grant it "
+                    f"(docs/cluster.md lists what a node needs)")
+        return (f"{where}: the user may not run {self._step} ({detail}); "
+                f"grant it (docs/cluster.md lists what a node needs)")
+
+    def _misconfigured(self, exc: BaseException) -> None:
+        """A password or permission refused after start (an ACL changed):
+        counted, each distinct error logged once; the mode is left to the
+        lease renewal, so it does not flap with each probe."""
+        self.counts["config_errors"] += 1
+        message = self._config_message(exc)
+        self.last_error = message
+        if message not in self._config_errors_seen:
+            self._config_errors_seen.add(message)
+            log.error("%s", message, extra={"fields": {"event": "redis_misconfigured"}})
+
     def status(self) -> dict[str, Any]:
         """What stats() shows: the mode in force and whether Redis answers."""
         return {"node_id": self.node_id, "redis_reachable": self.reachable, "mode": self.mode,
                 "fallback": self.fallback, "nodes_seen": self.nodes_seen,
-                "leased_keys": len(self._limits), "last_error": self.last_error,
+                "leased_keys": len(self._limits), "keys_on_share": len(self._sharing),
+                "last_error": self.last_error,
                 "usage_pending": self._pending_usage(), **self.counts}
 
     def _set_reachable(self, ok: bool, exc: Optional[BaseException] = None) -> None:
         if ok and not self.reachable:
-            if self.mode != "redis":
-                log.warning("redis reachable again: shared limits back",
-                            extra={"fields": {"event": "redis_recovered"}})
-            self.reachable, self.mode, self.last_error = True, "redis", None
-            self._apply_mode()
-            self._renew_now = True          # the leases start empty: fill them at once
+            self.reachable, self.last_error = True, None
+            self._renew_now = True
+            if self.mode != "redis" and not self._limits:
+                self._leave_fallback()      # nothing leased: nothing to wait for
+            # Otherwise the fallback stays in force until a renewal answers in
+            # time: switching to leases now would start every key at zero
+            # tokens and refuse until the renewal lands.
         elif not ok:
             self.counts["redis_errors"] += 1
             self.last_error = str(exc)
@@ -318,6 +435,26 @@ class ClusterNode:
                             extra={"fields": {"event": "redis_fallback", "mode": self.fallback}})
                 self.reachable, self.mode = False, self.fallback
                 self._apply_mode()
+
+    def _degrade(self, reason: str, error: Optional[str] = None) -> None:
+        """Redis answers too slowly (or refuses the renewal): the fallback at
+        once, without waiting for the socket timeout."""
+        self.last_error = error or reason
+        if self.mode != "redis":
+            return
+        log.warning("redis degraded (%s): %s", reason, self.fallback,
+                    extra={"fields": {"event": "redis_fallback", "mode": self.fallback}})
+        self.mode = self.fallback
+        self._apply_mode()
+
+    def _leave_fallback(self) -> None:
+        """Back to leases, key by key: each stays on its local share until a
+        renewal grants it tokens to start on (_renew), so recovery never
+        opens a window in which a key has no tokens and no share."""
+        log.warning("redis answering in time again: shared limits back",
+                    extra={"fields": {"event": "redis_recovered"}})
+        self.mode = "redis"
+        self._sharing = set(self._limits) if self.fallback == "local-share" else set()
 
     def _apply_mode(self, only: Optional[set[str]] = None) -> None:
         """Make the native limits match the mode: leases (redis), a local
@@ -355,7 +492,10 @@ class ClusterNode:
                 await self._load_scripts()
                 result = await fn()
         except RedisUnavailable as exc:
-            self._set_reachable(False, exc)
+            if misconfiguration(exc):
+                self._misconfigured(exc)
+            else:
+                self._set_reachable(False, exc)
             return None
         self._set_reachable(True)
         return result
@@ -444,34 +584,107 @@ class ClusterNode:
                 pass
         added = set(wanted) - set(self._limits)
         self._limits = wanted
+        self._sharing &= set(wanted)
         self._caps = frozenset(caps)
         if added:
             self._apply_mode(added)
 
-    async def _renew(self) -> None:
-        """Top every leased key up to its slice, one script call for all."""
+    async def _renew(self) -> bool:
+        """Top every leased key up to its slice, one script call for all;
+        True when done.  On the fallback, a renewal answered within
+        degrade_after_s brings the leases back with its grants; a slower one
+        leaves the fallback in force and its grants unused (counted)."""
         if self.api_keys is None or self.mode == "fail-closed" and not self.reachable:
-            return
-        left = self.api_keys.leases()
+            return True
+        left = self.api_keys.leases() if self.mode == "redis" else {}
         keys, args = [], []
         for key, limit in self._limits.items():
-            want = limit.slice - left.get(key, 0)
+            want = limit.slice - (0 if key in self._sharing else left.get(key, 0))
             if want > 0:
                 keys.append(GCRA + key)
                 args += [f"{limit.emission_us:.3f}", f"{limit.tolerance_us:.3f}", want]
         if not keys:
-            return
-        grants = await self.redis.evalsha(self._lease_sha, len(keys), *keys, *args)
+            return True
+        started = time.monotonic()
+        deadline_us = 0 if self._redis_offset_us is None else \
+            int((started + self.degrade_after_s) * 1e6 + self._redis_offset_us)
+        reply = await self.redis.evalsha(self._lease_sha, len(keys), *keys, deadline_us, *args)
+        answered = time.monotonic()
+        grants, redis_now_us = reply[:-1], int(reply[-1])
         self.counts["renewals"] += 1
+        if answered - started <= self.degrade_after_s:
+            # Redis's clock against ours, to within half this round trip.
+            self._redis_offset_us = redis_now_us - (started + answered) / 2 * 1e6
+        if self.mode != "redis":
+            if answered - started > self.degrade_after_s:
+                self.counts["tokens_discarded"] += sum(int(g or 0) for g in grants)
+                return True
+            self._leave_fallback()
         for redis_key, grant in zip(keys, grants):
-            if grant:
-                key = redis_key[len(GCRA):]
-                self.counts["tokens_granted"] += int(grant)
+            key, grant = redis_key[len(GCRA):], int(grant or 0)
+            held = self._limits.get(key)
+            if held is None:
+                continue
+            limit = held
+            if key in self._sharing:
+                # Still on its local share: leased again only with tokens to
+                # start on.  The shared GCRA may be ahead by tokens a renewal
+                # took after its caller gave up on it (a stall), tokens no
+                # node ever used; until they pass, the share is the limit.
+                if grant < max(1, limit.slice // 2):
+                    self.counts["tokens_discarded"] += grant
+                    continue
+                self._sharing.discard(key)
+                self._lease_from_share(key, limit, grant)
+            elif grant:
                 try:
-                    self.api_keys.lease(key, on=True, add=int(grant),
-                                        low=self._limits[key].slice // 2)
+                    self.api_keys.lease(key, on=True, add=grant, low=limit.slice // 2)
                 except KeyError:
-                    pass
+                    continue
+            self.counts["tokens_granted"] += grant
+        return True
+
+    def _lease_from_share(self, key: str, limit: _Limit, grant: int) -> None:
+        """One key from its local share back to leases, starting with `grant` tokens."""
+        assert self.api_keys is not None
+        try:
+            self.api_keys.lease(key, on=False)       # tokens from before the fallback
+            self.api_keys.lease(key, on=True, add=grant, low=limit.slice // 2)
+            self.api_keys.set_rate(key, qps=limit.qps, burst=limit.burst)
+        except KeyError:
+            pass
+
+    async def _renew_watched(self) -> None:
+        """One renewal, watched: pending past degrade_after_s, the node goes
+        to its fallback at once (and comes back when one answers in time);
+        refused (a permission), it goes there and stays until one works."""
+        task = asyncio.ensure_future(self._call(self._renew))
+        started = time.monotonic()
+        try:
+            while not task.done():
+                await asyncio.wait({task}, timeout=0.01)
+                waited = time.monotonic() - started
+                if task.done() or not (
+                        waited >= self.degrade_after_s
+                        or waited >= min(DRAINING_AFTER_S, self.degrade_after_s)
+                        and self._draining()):
+                    continue
+                self.counts["slow_renewals"] += 1
+                self._degrade(f"lease renewal unanswered after {waited * 1000:.0f} ms")
+                break
+            ok = await task
+        finally:
+            if not task.done():
+                task.cancel()
+        if ok is None and self.reachable:
+            self._degrade("lease renewal refused", self.last_error)
+
+    def _draining(self) -> bool:
+        """Whether a leased key is below its low mark: in use, and its tokens
+        last less than the renewal has been pending."""
+        assert self.api_keys is not None
+        left = self.api_keys.leases()
+        return any(left.get(key, 0) < limit.slice // 2 for key, limit in self._limits.items())
 
     async def _lease_loop(self) -> None:
         """Renew every lease_interval_s, or as soon as a key runs low (the
@@ -494,12 +707,14 @@ class ClusterNode:
             hungry, next_round = seen, now + self.lease_interval_s
             self._renew_now = False
             if self.reachable:
-                await self._call(self._renew)
+                # On the fallback too: the renewal is the probe that brings
+                # the leases back once Redis answers in time.
+                await self._renew_watched()
             elif now >= self._next_probe:
                 # Down: probe once a second rather than every round.
                 self._next_probe = now + 1.0
                 if await self._call(self.redis.ping):
-                    await self._call(self._renew)
+                    await self._renew_watched()
 
     # -- usage -----------------------------------------------------------------------
 
@@ -568,7 +783,10 @@ class ClusterNode:
                 finally:
                     await pubsub.aclose()
             except RedisUnavailable as exc:
-                self._set_reachable(False, exc)
+                if misconfiguration(exc):
+                    self._misconfigured(exc)
+                else:
+                    self._set_reachable(False, exc)
                 await asyncio.sleep(1.0)
 
     async def _on_message(self, channel: bytes, data: bytes) -> None:
@@ -694,32 +912,6 @@ def _store_change(store: "Keys", op: str, key: str, tier: Optional[str], label: 
             store.set_tier(key, tier)
     except KeyStoreError as exc:
         log.debug("cluster: local copy: %s", exc)
-
-
-class KeyChanges:
-    """Writes key changes to the shared store and announces them (`beastnet
-    keys --redis`, the admin routes): a hash per key, then PUBLISH."""
-
-    def __init__(self, url: str) -> None:
-        if redis is None:
-            raise ClusterError("--redis needs the redis client: pip install 'beastnet[cluster]'")
-        try:
-            self.client = redis.Redis.from_url(url, socket_timeout=2.0,
-                                               socket_connect_timeout=2.0)
-        except ValueError as exc:
-            raise ClusterError(f"--redis {url!r}: {exc}") from None
-
-    def publish(self, op: str, key: str, tier: Optional[str] = None, label: str = "") -> int:
-        """Record and announce one change; returns the nodes that heard it."""
-        fields, message = key_record(op, key, tier, label)
-        with self.client.pipeline(transaction=True) as pipe:
-            pipe.hset(KEY + key, items=fields)
-            pipe.publish(KEYS_CHANNEL, message)
-            replies = pipe.execute()
-        return int(replies[-1])
-
-    def close(self) -> None:
-        self.client.close()
 
 
 class Cluster(Component):

@@ -37,7 +37,10 @@ class Component:
     @classmethod
     def build(cls, host: "PriceService") -> Optional["Component"]:
         """The part for this service, or None when its config leaves it out."""
-        return cls(host)        # type: ignore[call-arg]
+        return cls(host)
+
+    def __init__(self, host: "PriceService") -> None:
+        self.host = host        #: the service: its config, table, control loop, other parts
 
     async def start(self) -> None:
         """Bring the part up; raising stops the service's start (already

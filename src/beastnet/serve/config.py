@@ -59,6 +59,7 @@ class ServeConfig:
     max_connections: int = 10_000
     idle_timeout_s: float = 60.0
     header_timeout_s: float = 10.0
+    cors_origins: list[str] = field(default_factory=list)  # ["*"] or origins browsers may read from
     tls_cert: Optional[str] = None              # PEM chain: TLS (https://, wss://) on the HTTP port
     tls_key: Optional[str] = None               # its PEM private key; both or neither
     # admin listener (/admin/*, /metrics, /healthz), apart from the public HTTP port
@@ -210,6 +211,8 @@ def _check(cfg: ServeConfig, label: Callable[[str], str] = str) -> None:
          f"{label('feed_path')} {cfg.feed_path!r} is not a file")
     need(len(cfg.feed_sources) >= 1, "feed_sources needs at least one source")
     _check_feeds(cfg)
+    need(all(o == "*" or "://" in o for o in cfg.cors_origins) and len(cfg.cors_origins) <= 16,
+         'cors_origins: "*" or up to 16 origins like "https://app.example"')
     need(1 <= cfg.miss_queue_size <= 1 << 20, "miss_queue_size must be 1..1048576")
     need(cfg.max_inflight >= 1, "max_inflight must be >= 1")
     need(cfg.log_level in _LOG_LEVELS,

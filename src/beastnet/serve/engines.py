@@ -17,9 +17,10 @@ import orjson
 
 from beastnet import (Answer, HTTPServer, MissRequest, ResponseTable, ServerError, TLSConfig,
                       TLSConfigError, UDPServer, WebSocketOptions, error_answer)
+from beastnet.counters import HTTP_COUNTERS, tagged
 from beastnet.metrics import MetricFamily, http_families, udp_families
 from beastnet.serve.admin import AdminRoute
-from beastnet.serve.assets import ASSETS
+from beastnet.serve.assets import ASSET_LIST_KEY, ASSETS, BATCH_KEY
 from beastnet.serve.component import Component
 from beastnet.serve.keys import configured_tiers
 
@@ -43,6 +44,10 @@ HEALTH_TOPIC = "feed.health"
 # connection caps.
 FD_BASE_RESERVE = 64
 FD_PER_THREAD = 4
+
+
+# The admin listener's counters /admin/stats shows (its own requests).
+ADMIN_TOTALS = tagged(HTTP_COUNTERS, "admin")
 
 
 class PortInUseError(ServerError):
@@ -157,7 +162,8 @@ class Engines(Component):
                              recv_buffer_bytes=cfg.recv_buffer_bytes,
                              send_buffer_bytes=cfg.send_buffer_bytes,
                              cpu_steering=cfg.cpu_steering, api_keys=host.api_keys,
-                             control=host.control).start()
+                             control=host.control, reuse_port=cfg.share_ports).start()
+        host.table.set_json(ASSET_LIST_KEY, {"assets": list(ASSETS)})     # GET /v1/assets
         host.admin = self._start_admin()
         host.http = self._start_http()
 
@@ -219,7 +225,7 @@ class Engines(Component):
                           max_connections=cfg.admin_max_connections,
                           idle_timeout_s=cfg.idle_timeout_s,
                           header_timeout_s=cfg.header_timeout_s,
-                          control=self.host.control).start()
+                          control=self.host.control, reuse_port=cfg.share_ports).start()
 
     def _start_http(self) -> HTTPServer:
         cfg, host = self.cfg, self.host
@@ -239,7 +245,9 @@ class Engines(Component):
                           miss_queue_size=cfg.miss_queue_size, max_inflight=cfg.max_inflight,
                           max_connections=cfg.max_connections, idle_timeout_s=cfg.idle_timeout_s,
                           header_timeout_s=cfg.header_timeout_s, api_keys=host.api_keys,
-                          control=host.control, websocket=stream, tls=tls).start()
+                          control=host.control, websocket=stream, tls=tls,
+                          reuse_port=cfg.share_ports, cors_origins=cfg.cors_origins,
+                          batch_key=BATCH_KEY).start()
 
     def _on_dashboard(self, request: MissRequest) -> Answer:
         if request.method not in ("GET", "HEAD"):
@@ -305,8 +313,7 @@ class Engines(Component):
         if host.admin is not None:
             admin = host.admin.stats()["totals"]
             out["admin"] = {"address": host.admin.address,
-                            "totals": {k: admin.get(k, 0) for k in ("accepted", "active",
-                                                                    "rejected", "requests")}}
+                            "totals": {k: admin.get(k, 0) for k in ADMIN_TOTALS}}
         return out
 
     def families(self) -> list[MetricFamily]:

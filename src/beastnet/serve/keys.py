@@ -94,6 +94,7 @@ class UsageFlusher:
         self.resync_s = resync_s
         self.flushes = 0
         self.flush_errors = 0
+        self.reloads = 0                        # key changes picked up from the store
         self.last_error: Optional[BaseException] = None
         self._flushed: dict[str, int] = {k: v[0] for k, v in api_keys.usage().items()}
         self._month = current_month()
@@ -137,18 +138,23 @@ class UsageFlusher:
             self.flush()
             if time.monotonic() >= next_sync:
                 next_sync = time.monotonic() + self.resync_s
-                self._resync()
+                self.resync()
 
-    def _resync(self) -> None:
-        """Pick up keys added, re-tiered or revoked by another process."""
+    def resync(self) -> bool:
+        """Pick up keys added, re-tiered or revoked by another process; True
+        when the store's keys had changed (and were reloaded)."""
         try:
             version = self.store.version()
-            if version != self._version:
-                self._version = version
-                self.flush()                          # persist first: sync reads the month's count
-                active = self.store.sync_into(self.api_keys, self._month)
-                log.info("key store %s changed: %d active keys", self.store.path, active,
-                         extra={"fields": {"event": "keys_reloaded", "active_keys": active}})
+            if version == self._version:
+                return False
+            self._version = version
+            self.flush()                          # persist first: sync reads the month's count
+            active = self.store.sync_into(self.api_keys, self._month)
         except KeyStoreError as exc:
             self.flush_errors += 1
             self.last_error = exc
+            return False
+        self.reloads += 1
+        log.info("key store %s changed: %d active keys", self.store.path, active,
+                 extra={"fields": {"event": "keys_reloaded", "active_keys": active}})
+        return True

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Optional
 from beastnet import Answer, MissRequest
 from beastnet.metrics import MetricFamily
 from beastnet.serve.admin import AdminRoute
-from beastnet.serve.assets import ASSETS
+from beastnet.serve.assets import ASSET_LIST_KEY, ASSETS
 from beastnet.serve.component import Component
 from beastnet.serve.feeds import ReplayFeed, SimulatedFeed, open_feed
 from beastnet.serve.metrics import feed_families
@@ -64,10 +64,10 @@ class Prices(Component):
     def _health(self, request: MissRequest) -> Answer:
         # Degraded as soon as any served price is stale: a client reading a
         # stale BTC is not helped by 149 fresh others (docs/serve.md).
-        table = self.host.table
+        served = len(self.host.table) - (ASSET_LIST_KEY in self.host.table)
         stale = len(self.publisher.stale_assets)
-        ok = len(table) > 0 and stale == 0
-        return Answer({"status": "ok" if ok else "degraded", "assets": len(table),
+        ok = served > 0 and stale == 0
+        return Answer({"status": "ok" if ok else "degraded", "assets": served,
                        "stale_assets": stale}, status=200 if ok else 503)
 
     def reconfigure(self, changes: Mapping[str, Any]) -> None:

@@ -26,7 +26,7 @@ from beastnet import (Answer, APIKeyTable, ControlPlane, HTTPServer, MissRequest
                       ServerError, UDPServer, error_answer)
 from beastnet.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE, MetricFamily, render
 from beastnet.serve.admin import AdminRoute, AdminRoutes, query_args
-from beastnet.serve.assets import ASSETS
+from beastnet.serve.assets import ASSET_LIST_KEY, ASSETS
 from beastnet.serve.component import Component
 from beastnet.serve.config import LIVE_PARAMETERS, ServeConfig, apply_live
 from beastnet.serve.engines import PortInUseError, check_ports
@@ -200,7 +200,7 @@ class PriceService:
         """Everything /admin/stats shows."""
         out: dict[str, Any] = {"uptime_s": round(time.monotonic() - self.started_at, 3),
                                "profile": self.cfg.profile, "profile_at_start": self.start_profile,
-                               "assets": len(self.table)}
+                               "assets": len(self.table) - (ASSET_LIST_KEY in self.table)}
         for part in self.components:
             out.update(part.stats())
         out["live_parameters"] = {name: getattr(self.cfg, name) for name in sorted(LIVE_PARAMETERS)}

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
-from typing import AsyncIterator, Optional, Union
+from typing import AsyncIterator, NamedTuple, Optional, Union
 
 __all__ = ["Feed", "SourceAlive", "Tick", "price_text"]
 
@@ -18,11 +17,12 @@ __all__ = ["Feed", "SourceAlive", "Tick", "price_text"]
 _DECIMAL = re.compile(r"(?:0|[1-9][0-9]{0,19})(?:\.[0-9]{1,20})?")
 
 
-@dataclass(frozen=True)
-class Tick:
+class Tick(NamedTuple):
     """One price update.  `price` is decimal text (or a float from a
     simulation); `ts` is the source's time in seconds since the epoch;
-    `quote` the currency the price is in (USD, USDT)."""
+    `quote` the currency the price is in (USD, USDT).  A NamedTuple, not a
+    frozen dataclass: one is made per exchange message, and a frozen
+    dataclass's __init__ costs several times a tuple's."""
 
     asset: str
     price: Union[str, float]
@@ -31,8 +31,7 @@ class Tick:
     quote: str = "USD"
 
 
-@dataclass(frozen=True)
-class SourceAlive:
+class SourceAlive(NamedTuple):
     """A source proved it is alive without a price (an exchange heartbeat),
     so a quiet market is not taken for a dead feed."""
 

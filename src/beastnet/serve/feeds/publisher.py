@@ -114,7 +114,7 @@ class PricePublisher:
     def on_tick(self, tick: Union[Tick, SourceAlive]) -> None:
         """Take one tick (or a source's sign of life)."""
         if isinstance(tick, SourceAlive):
-            self.sources.setdefault(tick.source, _SourceState()).last_seen = time.monotonic()
+            self._source(tick.source).last_seen = time.monotonic()
             return
         if tick.asset not in self.assets:
             self.unknown_assets += 1
@@ -130,18 +130,25 @@ class PricePublisher:
         now = time.monotonic()
         if self.max_jump is not None and self._jumps(tick, float(price), now):
             return
-        state = self.sources.setdefault(tick.source, _SourceState())
+        state = self._source(tick.source)
         state.ticks += 1
         state.last_seen = now
         state.last_price[tick.asset] = (price, tick.ts, tick.quote)
         active = self.active.get(tick.asset)
-        if active is None or active == tick.source or tick.asset in self.stale_assets \
+        # The usual case first: the asset's own source speaks again.
+        if active == tick.source or active is None or tick.asset in self.stale_assets \
                 or self._is_stale(active, now) or self._preferred(tick.source, active, tick.asset):
             if active is not None and active != tick.source:
                 self.fallbacks += 1
             self.active[tick.asset] = tick.source
             self.stale_assets.discard(tick.asset)
             self._publish(tick.asset, price, tick.ts, tick.source, tick.quote, stale=False)
+
+    def _source(self, name: str) -> _SourceState:
+        state = self.sources.get(name)
+        if state is None:                         # once per source, not one per tick
+            state = self.sources[name] = _SourceState()
+        return state
 
     def _jumps(self, tick: Tick, value: float, now: float) -> bool:
         """True (and counted, logged once a minute per asset) when `value`
@@ -246,4 +253,6 @@ class PricePublisher:
         feed_health = getattr(self.feed, "health", None)
         if callable(feed_health):
             out["exchanges"] = feed_health()
+            # Ticks the feed dropped because this publisher fell a queue behind.
+            out["feed_dropped"] = getattr(self.feed, "dropped", 0)
         return out

@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
+from beastnet.serve.keys import KeyStoreError
 from beastnet.serve.stores.base import Keys, Subscriptions, Usage
 
 __all__ = ["Keys", "Stores", "Subscriptions", "Usage", "open_stores"]
@@ -22,14 +23,15 @@ class Stores:
 
     keys: Optional[Keys] = None
     webhooks: Optional[Subscriptions] = None
+    key_changes: Any = None             #: a RedisKeyChanges: keys' changes told to a cluster
     created: bool = False               #: the key store file did not exist before
     _db: Any = None
 
     def close(self) -> None:
-        for store in (self.webhooks, self.keys, self._db):
+        for store in (self.key_changes, self.webhooks, self.keys, self._db):
             if store is not None:
                 store.close()
-        self.keys = self.webhooks = self._db = None
+        self.key_changes = self.keys = self.webhooks = self._db = None
 
     def __enter__(self) -> "Stores":
         return self
@@ -42,15 +44,29 @@ def open_stores(path: Optional[str], *, tiers: Optional[Mapping[str, Any]] = Non
                 keys: bool = True, webhooks: bool = False,
                 webhook_tiers: Optional[Mapping[str, Any]] = None, assets: Any = (),
                 allow_private: bool = False, redis: Optional[str] = None,
-                webhook_log: bool = True) -> Stores:
+                webhook_log: bool = True, key_changes: bool = False,
+                database: Optional[str] = None) -> Stores:
     """Open the stores asked for.  `path`: the SQLite key store file (None:
     no local file; then only Redis subscriptions, without a log).  `redis`:
     subscriptions shared in that Redis, the delivery log still in `path`
-    (`webhook_log=False`: not even that).  On failure what was opened is
+    (`webhook_log=False`: not even that); with `key_changes` also the
+    writer of the cluster's shared key records.  `database`: a postgresql://
+    URL; the keys live there instead of `path` (webhook subscriptions are not
+    in PostgreSQL yet: docs/postgres.md).  On failure what was opened is
     closed and the error (KeyStoreError, WebhookError, ClusterError) raised."""
     from beastnet.serve.stores.sqlite import Database, KeyStore, WebhookStore
-    out = Stores(created=path is not None and not os.path.exists(path))
+    if database is not None and webhooks:
+        raise KeyStoreError("webhook subscriptions are not in PostgreSQL yet: "
+                            "keep them in a --keystore file (docs/postgres.md)")
+    out = Stores(created=path is not None and database is None and not os.path.exists(path))
     try:
+        if key_changes and redis is not None:
+            from beastnet.serve.stores.redis import RedisKeyChanges
+            out.key_changes = RedisKeyChanges(redis)    # reads the URL; connects on first use
+        if database is not None:
+            from beastnet.serve.stores.postgres import PostgresKeyStore
+            out.keys = PostgresKeyStore(database, tiers) if keys else None
+            return out
         local_hooks = webhooks and path is not None and (redis is None or webhook_log)
         if path is not None and (keys or local_hooks):
             out._db = Database(path)

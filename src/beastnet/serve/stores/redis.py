@@ -1,5 +1,6 @@
 """The Redis stores: webhook subscriptions a cluster shares (`serve --redis
-URL --webhooks`, `beastnet webhooks --redis URL`).
+URL --webhooks`, `beastnet webhooks --redis URL`), and the shared key records
+`beastnet keys --redis` writes (`RedisKeyChanges`).
 
 A subscription is a hash `{bn}:webhook:<id>` (the fields of the SQLite row;
 assets and secrets as JSON), its id in the set `{bn}:webhooks`.  Every change
@@ -19,12 +20,12 @@ from typing import Any, Callable, Iterable, List, Mapping, Optional
 import orjson
 
 from beastnet import ClusterError
-from beastnet.serve.cluster import PREFIX, redis
+from beastnet.serve.cluster import KEY, KEYS_CHANNEL, PREFIX, key_record, redis
 from beastnet.serve.stores.sqlite import WebhookStore
 from beastnet.serve.webhooks import SubscriptionRules, WebhookError, WebhookTier
 from beastnet.serve.webhooks_cluster import live_nodes
 
-__all__ = ["CHANGES_CHANNEL", "RedisWebhookStore"]
+__all__ = ["CHANGES_CHANNEL", "RedisKeyChanges", "RedisWebhookStore"]
 
 log = logging.getLogger("beastnet.serve.stores.redis")
 
@@ -232,3 +233,35 @@ class RedisWebhookStore(SubscriptionRules):
 
     def read_log(self, sub_id: Optional[str] = None, limit: int = 100) -> List[dict[str, Any]]:
         return self._log().read_log(sub_id, limit)
+
+
+class RedisKeyChanges:
+    """Key changes into a cluster's shared key records, announced to its
+    nodes (`beastnet keys --redis`): a hash per key, then PUBLISH, in one
+    MULTI.  The nodes' own writer is `ClusterNode.publish_key` (asyncio)."""
+
+    def __init__(self, url: str) -> None:
+        if redis is None:
+            raise ClusterError("--redis needs the redis client: pip install 'beastnet[cluster]'")
+        self.url = url
+        try:
+            self.client = redis.Redis.from_url(url, socket_timeout=2.0,
+                                               socket_connect_timeout=2.0)
+        except ValueError as exc:
+            raise ClusterError(f"--redis {url!r}: {exc}") from None
+
+    def publish(self, op: str, key: str, tier: Optional[str] = None, label: str = "") -> int:
+        """Record and announce one change; returns the nodes that heard it
+        (ClusterError when Redis cannot be reached)."""
+        fields, message = key_record(op, key, tier, label)
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.hset(KEY + key, items=fields)
+            pipe.publish(KEYS_CHANNEL, message)
+            try:
+                replies = pipe.execute()
+            except (redis.RedisError, OSError) as exc:
+                raise ClusterError(f"redis {self.url}: {exc}") from None
+        return int(replies[-1])
+
+    def close(self) -> None:
+        self.client.close()

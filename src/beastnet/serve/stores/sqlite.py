@@ -14,7 +14,7 @@ import secrets
 import sqlite3
 import threading
 import time
-from typing import Any, Iterable, List, Mapping, Optional
+from typing import Any, Iterable, List, Mapping, Optional, TypeVar
 
 from beastnet import APIKeyTable
 from beastnet.serve.keys import DEFAULT_TIERS, KeyStoreError, Tier, current_month
@@ -89,6 +89,29 @@ class Database:
                 raise self._failed(exc, what) from exc
 
 
+_Store = TypeVar("_Store", bound="_OnDatabase")
+
+
+class _OnDatabase:
+    """A store on a `Database`: given a path, one of its own (closed with the
+    store); given a `Database`, a shared one (closed by its owner)."""
+
+    def _use(self, db: "Database | str", timeout_s: float) -> None:
+        self._owns_db = isinstance(db, str)
+        self.db = Database(db, timeout_s) if isinstance(db, str) else db
+        self.path = self.db.path
+
+    def close(self) -> None:
+        if self._owns_db:
+            self.db.close()
+
+    def __enter__(self: _Store) -> _Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 _KEYS_SCHEMA = """
 CREATE TABLE IF NOT EXISTS api_keys (
     key        TEXT PRIMARY KEY,
@@ -120,32 +143,20 @@ CREATE TRIGGER IF NOT EXISTS api_keys_deleted AFTER DELETE ON api_keys BEGIN
 
 
 
-class KeyStore:
+class KeyStore(_OnDatabase):
     """API keys and their usage per month in SQLite (the `Keys` and `Usage`
     interfaces).  Given a path it opens a `Database` of its own; given a
     `Database` it shares it (and leaves closing it to its owner)."""
 
     def __init__(self, db: "Database | str", tiers: Optional[Mapping[str, Tier]] = None,
                  timeout_s: float = 5.0) -> None:
-        self._owns_db = isinstance(db, str)
-        self.db = Database(db, timeout_s) if isinstance(db, str) else db
-        self.path = self.db.path
+        self._use(db, timeout_s)
         self.tiers = dict(tiers or DEFAULT_TIERS)
         try:
             self.db.script(_KEYS_SCHEMA)
         except KeyStoreError:
             self.close()
             raise
-
-    def close(self) -> None:
-        if self._owns_db:
-            self.db.close()
-
-    def __enter__(self) -> "KeyStore":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def _run(self, sql: str, args: Iterable = ()) -> list[tuple]:
         return self.db.run(sql, args)
@@ -293,7 +304,7 @@ _COLUMNS = ("id", "endpoint", "method", "tier", "assets", "secrets", "style", "s
 
 
 
-class WebhookStore(SubscriptionRules):
+class WebhookStore(SubscriptionRules, _OnDatabase):
     """Subscriptions and the delivery log in the key store's SQLite file, in
     tables of their own (the `Subscriptions` interface).  Given a path it
     opens a `Database` of its own; given a `Database` it shares it."""
@@ -303,12 +314,10 @@ class WebhookStore(SubscriptionRules):
                  timeout_s: float = 5.0) -> None:
         super().__init__(tiers, assets, allow_private)
         self._own_changes = 0
-        self._owns_db = isinstance(db, str)
         try:
-            self.db = Database(db, timeout_s) if isinstance(db, str) else db
+            self._use(db, timeout_s)
         except KeyStoreError as exc:
             raise WebhookError(str(exc)) from None
-        self.path = self.db.path
         try:
             self.db.script(_WEBHOOKS_SCHEMA)
             self._add_log_columns()
@@ -329,16 +338,6 @@ class WebhookStore(SubscriptionRules):
                 have = {row[1] for row in self.db.run("PRAGMA table_info(webhook_log)")}
                 if name not in have:
                     raise
-
-    def close(self) -> None:
-        if self._owns_db:
-            self.db.close()
-
-    def __enter__(self) -> "WebhookStore":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def _run(self, sql: str, args: Iterable = ()) -> List[tuple]:
         try:

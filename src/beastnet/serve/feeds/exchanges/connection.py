@@ -26,7 +26,7 @@ from beastnet.serve.feeds.base import SourceAlive, Tick
 from beastnet.serve.feeds.exchanges.spec import Exchange, RawTick
 from beastnet.serve.upstream import read_capped
 
-__all__ = ["ExchangeConnection", "Recorder"]
+__all__ = ["ExchangeConnection", "Recorder", "reap"]
 
 log = logging.getLogger("beastnet.serve.feeds.exchanges")
 
@@ -43,7 +43,7 @@ class ExchangeConnection:
     def __init__(self, exchange: Exchange, assets: Sequence[str], emit: Emit, *,
                  ws_url: Optional[str] = None, rest_url: Optional[str] = None,
                  stale_after_s: Optional[float] = None, rest_interval_s: float = 5.0,
-                 rest_gap_s: float = 0.2, rest_timeout_s: float = 5.0,
+                 rest_gap_s: Optional[float] = None, rest_timeout_s: float = 5.0,
                  rest_max_bytes: int = 1 << 20, backoff_base_s: float = 0.5,
                  backoff_max_s: float = 30.0, open_timeout_s: float = 10.0,
                  ping_interval_s: Optional[float] = None, connect_delay_s: Optional[float] = None,
@@ -56,7 +56,7 @@ class ExchangeConnection:
         # Never looser than the exchange's own rule: twice its heartbeat.
         self.stale_after_s = min(stale_after_s or exchange.stale_after_s, exchange.stale_after_s)
         self.rest_interval_s = rest_interval_s
-        self.rest_gap_s = rest_gap_s
+        self.rest_gap_s = exchange.rest_gap_s if rest_gap_s is None else rest_gap_s
         self.rest_timeout_s = rest_timeout_s
         self.rest_max_bytes = rest_max_bytes
         self.backoff_base_s = backoff_base_s
@@ -232,9 +232,7 @@ class ExchangeConnection:
         self.last_message = time.monotonic()  # the stale timer counts from the connect
         if self.connect_delay_s:
             await asyncio.sleep(self.connect_delay_s)
-        pinger = None
-        if self.exchange.ping_text is not None and self.ping_interval_s > 0:
-            pinger = asyncio.ensure_future(self._ping(ws))
+        pinger = asyncio.ensure_future(self.keepalive(ws))
         # Subscribing at the exchange's pace takes seconds (Coinbase: 10 a
         # second): read the first answers meanwhile.
         subscriber = asyncio.ensure_future(self.subscribe(ws))
@@ -249,9 +247,9 @@ class ExchangeConnection:
                     await ws.send(reply)
             return heard
         finally:
-            subscriber.cancel()
-            if pinger is not None:
-                pinger.cancel()
+            for task in (subscriber, pinger):
+                task.cancel()
+                task.add_done_callback(reap)
 
     async def subscribe(self, ws: Any) -> None:
         """Send the subscribe messages, in the adapter's batches and pace."""
@@ -262,8 +260,10 @@ class ExchangeConnection:
             if self.exchange.subscribe_gap_s:
                 await asyncio.sleep(self.exchange.subscribe_gap_s)
 
-    async def _ping(self, ws: Any) -> None:
-        assert self.exchange.ping_text is not None
+    async def keepalive(self, ws: Any) -> None:
+        """The client's keepalive (Gate.io spot.ping, OKX ping), forever."""
+        if self.exchange.ping_text is None or self.ping_interval_s <= 0:
+            return
         while True:
             await asyncio.sleep(self.ping_interval_s)
             await ws.send(self.exchange.ping_text())
@@ -293,23 +293,28 @@ class ExchangeConnection:
         while True:
             await asyncio.sleep(period)
             silent = time.monotonic() - self.last_message
-            if self.connected and silent > self.stale_after_s:
+            ws = self._ws
+            # An open stream, live or not yet: one that never speaks is as dead.
+            if ws is not None and silent > self.stale_after_s:
                 self.stale_events += 1
-                self.connected = False
+                was_live, self.connected = self.connected, False
                 self._last_error = f"silent for {silent:.1f} s"
-                self._set_state("stale", f"no message for {silent:.1f} s (bound "
-                                f"{self.stale_after_s:g} s); redialling, REST fallback meanwhile")
+                if was_live:
+                    self._set_state("stale", f"no message for {silent:.1f} s (bound "
+                                    f"{self.stale_after_s:g} s); redialling, REST fallback "
+                                    "meanwhile")
                 self._rest_wake.set()
-                ws = self._ws
-                if ws is not None:            # a silent peer may never finish a close
-                    ws.transport.abort()
+                self._ws = None
+                ws.transport.abort()          # a silent peer may never finish a close
 
     async def _rest_loop(self) -> None:
         """Prewarm once, then poll only while the stream is not live."""
         import aiohttp
         timeout = aiohttp.ClientTimeout(total=self.rest_timeout_s)
         async with aiohttp.ClientSession(timeout=timeout) as session:
-            await self._rest_round(session, prewarm=True)
+            ok = await self._rest_round(session, prewarm=True)
+            if not self.connected and self._last_error:   # the stream failed meanwhile
+                self._say_rest(ok)
             while True:
                 if self.connected:
                     self._rest_wake.clear()
@@ -317,13 +322,16 @@ class ExchangeConnection:
                     continue
                 ok = await self._rest_round(session)
                 if not self.connected:
-                    if ok:
-                        self._set_state("fallback", f"serving from REST {self.rest_url} "
-                                        f"(stream: {self._last_error})")
-                    else:
-                        self._set_state("down", f"stream: {self._last_error}; REST: "
-                                        f"{self._rest_error}; retrying both")
+                    self._say_rest(ok)
                 await asyncio.sleep(self.rest_interval_s)
+
+    def _say_rest(self, ok: bool) -> None:
+        if ok:
+            self._set_state("fallback", f"serving from REST {self.rest_url} "
+                            f"(stream: {self._last_error})")
+        else:
+            self._set_state("down", f"stream: {self._last_error}; REST: {self._rest_error}; "
+                            "retrying both")
 
     async def _rest_round(self, session: Any, prewarm: bool = False) -> bool:
         """One GET per REST path, `rest_gap_s` apart; True if any answered.
@@ -353,7 +361,13 @@ class ExchangeConnection:
             except _RateLimited as exc:
                 self._rest_failed(path, exc)
                 await asyncio.sleep(exc.retry_s)
-            except Exception as exc:          # timeouts, resets, bad bodies: counted, retried
+            except (OSError, asyncio.TimeoutError) as exc:
+                # The host is unreachable (DNS, refused, timeout; aiohttp's
+                # connection errors are OSErrors): the rest of the round
+                # would fail the same way.
+                self._rest_failed(path, exc)
+                return ok
+            except Exception as exc:          # HTTP errors, bad bodies: counted, retried
                 self._rest_failed(path, exc)
             await asyncio.sleep(self.rest_gap_s)
         return ok
@@ -362,6 +376,13 @@ class ExchangeConnection:
         self.rest_errors += 1
         self._rest_error = f"{type(exc).__name__}: {exc}".strip(": ")
         log.debug("exchange %s: REST %s%s: %s", self.name, self.rest_url, path, self._rest_error)
+
+
+def reap(task: "asyncio.Future[Any]") -> None:
+    """Done-callback of a helper task cancelled with its stream: a send on
+    a closed stream fails there, and the reader already saw why."""
+    if not task.cancelled():
+        task.exception()                      # retrieved: not "never retrieved"
 
 
 class _RateLimited(Exception):

@@ -26,7 +26,7 @@ log = logging.getLogger("beastnet.serve.feeds.exchanges")
 # Settings of one exchange a config may override ([feeds.exchanges.NAME]).
 CONNECTION_SETTINGS = ("ws_url", "rest_url", "stale_after_s", "rest_interval_s", "rest_gap_s",
                        "rest_timeout_s", "backoff_base_s", "backoff_max_s", "open_timeout_s",
-                       "ping_interval_s", "connect_delay_s")
+                       "ping_interval_s", "connect_delay_s", "rest_max_bytes")
 Item = Union[Tick, SourceAlive]
 
 

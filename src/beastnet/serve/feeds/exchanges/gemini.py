@@ -47,4 +47,5 @@ GEMINI = register_exchange(Exchange(
     name="gemini", ws_url="wss://api.gemini.com/v2/marketdata", rest_url="https://api.gemini.com",
     quote="USD", heartbeat_s=5.0, symbol=lambda asset: f"{asset}USD", subscribe=subscribe,
     parse=parse, rest_paths=rest_paths, parse_rest=parse_rest, subscribe_batch=1,
-    subscribe_gap_s=0.1, docs="https://docs.gemini.com/websocket-api/#market-data-version-2"))
+    subscribe_gap_s=0.1, rest_gap_s=0.5,
+    docs="https://docs.gemini.com/websocket-api/#market-data-version-2"))

@@ -5,7 +5,10 @@ https://docs.kraken.com/api/docs/websocket-v2/heartbeat (about once a second
 when nothing else is sent) and
 https://docs.kraken.com/api/docs/rest-api/get-ticker-information.  v2 names
 pairs BTC/USD and sends numbers as JSON numbers; REST still answers with the
-legacy names (XXBTZUSD, XDGUSD for DOGE), mapped back here.
+legacy names (XXBTZUSD, XDGUSD for DOGE), mapped back here.  One REST
+request asks for every pair; Kraken refuses the whole request when one pair
+is unknown, which `beastnet feeds check` shows as a missing symbol to take
+out of the asset map.
 """
 from __future__ import annotations
 
@@ -67,5 +70,5 @@ def parse_rest(body: Any, symbol: Optional[str]) -> list[RawTick]:
 KRAKEN = register_exchange(Exchange(
     name="kraken", ws_url="wss://ws.kraken.com/v2", rest_url="https://api.kraken.com",
     quote="USD", heartbeat_s=1.0, symbol=lambda asset: f"{asset}/USD", subscribe=subscribe,
-    parse=parse, rest_paths=rest_paths, parse_rest=parse_rest,
+    parse=parse, rest_paths=rest_paths, parse_rest=parse_rest, rest_gap_s=1.0,
     docs="https://docs.kraken.com/api/docs/websocket-v2/ticker"))

@@ -36,6 +36,7 @@ class Exchange:
     rest_paths: Callable[[Sequence[str]], list[tuple[str, Optional[str]]]]
     parse_rest: Callable[[Any, Optional[str]], list[RawTick]]  # one decoded REST body -> ticks
     docs: str = ""                            # where the formats above are documented
+    rest_gap_s: float = 0.2                   # between two REST requests (its public limit)
     subscribe_batch: int = 50                 # symbols per subscribe message
     subscribe_gap_s: float = 0.0              # pause between subscribe messages (rate limits)
     connect_delay_s: float = 0.0              # wait after connecting before the first send

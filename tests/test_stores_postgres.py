@@ -1,0 +1,158 @@
+"""The PostgreSQL key store against a real PostgreSQL (pg_support): the
+same contract as the SQLite store, run against both; the schema migration
+(versioned, idempotent, all or nothing) and `beastnet db`."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from beastnet import APIKeyTable
+from beastnet.serve.keys import KeyStoreError, Tier
+from beastnet.serve.stores.postgres import MIGRATIONS, PostgresKeyStore, migrate, schema_version
+from beastnet.serve.stores.sqlite import KeyStore
+from pg_support import postgres  # noqa: F401  (the fixture)
+from support import free_port, requires
+
+pytestmark = [pytest.mark.timeout(120), requires("initdb", "pg_ctl")]
+
+TIERS = {"public": Tier("public", 10.0, 5, 0), "pro": Tier("pro", 100.0, 20, 1000)}
+MONTH = "2026-12"
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def keys_store(request, tmp_path):
+    """A fresh key store of each kind."""
+    if request.param == "sqlite":
+        store = KeyStore(str(tmp_path / "keys.db"), TIERS)
+    else:
+        server = request.getfixturevalue("postgres")
+        migrate(server.dsn)
+        store = PostgresKeyStore(server.dsn, TIERS)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def test_keys_contract(keys_store):
+    store = keys_store
+    v0 = store.version()
+    a = store.add("public", label="first")
+    b = store.add("pro", key="pro-key-0123456789")
+    assert a.startswith("bk_") and store.version() != v0
+    with pytest.raises(KeyStoreError, match="exists already"):
+        store.add("pro", key="pro-key-0123456789")
+    with pytest.raises(KeyStoreError, match="unknown tier"):
+        store.add("gold")
+    with pytest.raises(KeyStoreError, match="printable"):
+        store.add("public", key="has space")
+    v1 = store.version()
+    store.set_tier(a, "pro")
+    assert store.version() != v1
+    store.add_usage({b: 5, a: 0}, MONTH)
+    store.add_usage({b: 3}, MONTH)
+    assert store.usage(b, MONTH) == 8 and store.usage(a, MONTH) == 0
+    listed = {r["key"]: r for r in store.list(MONTH)}
+    assert listed[a]["tier"] == "pro" and listed[a]["label"] == "first"
+    assert listed[b]["month_count"] == 8 and not listed[b]["revoked"]
+    store.revoke(a)
+    with pytest.raises(KeyStoreError, match="no active key"):
+        store.revoke(a)
+    with pytest.raises(KeyStoreError, match="no key"):
+        store.set_tier("nope", "pro")
+    table = APIKeyTable()
+    assert store.sync_into(table, MONTH) == 1
+    assert table.admit(a)[0] == "unauthorized" and table.admit(b)[0] == "ok"
+    assert store.unknown_tiers() == {}
+
+
+def test_usage_from_many_threads_adds_up(keys_store):
+    """Concurrent flushes (a usage flusher per process) lose no count."""
+    store = keys_store
+    key = store.add("public")
+
+    def flush() -> None:
+        for _ in range(50):
+            store.add_usage({key: 1}, MONTH)
+
+    threads = [threading.Thread(target=flush) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert store.usage(key, MONTH) == 200
+
+
+def schema(server) -> str:
+    return server.psql(
+        "SELECT string_agg(table_name || '.' || column_name || ':' || data_type, ',' "
+        "ORDER BY table_name, column_name) FROM information_schema.columns "
+        "WHERE table_schema = 'public'")
+
+
+def test_migrate_is_versioned_idempotent_and_all_or_nothing(postgres):  # noqa: F811
+    assert schema_version(postgres.dsn) == 0
+    assert migrate(postgres.dsn) == [v for v, _ in MIGRATIONS]
+    once = schema(postgres)
+    assert migrate(postgres.dsn) == [], "a second run applies nothing"
+    assert schema(postgres) == once and schema_version(postgres.dsn) == MIGRATIONS[-1][0]
+    assert postgres.psql("SELECT count(*) FROM beastnet_migrations") == len(MIGRATIONS)
+
+
+def test_a_failing_migration_applies_nothing(postgres, monkeypatch):  # noqa: F811
+    import beastnet.serve.stores.postgres as pg
+    monkeypatch.setattr(pg, "MIGRATIONS", MIGRATIONS + [(99, "CREATE TABLE t99 (x int); "
+                                                              "SELECT no_such_function();")])
+    with pytest.raises(KeyStoreError, match="migration failed, nothing applied"):
+        pg.migrate(postgres.dsn)
+    assert schema_version(postgres.dsn) == 0, "version 1 rolled back with 99"
+    assert postgres.psql("SELECT to_regclass('api_keys') IS NULL")
+
+
+def test_a_store_on_an_unmigrated_database_names_the_command(postgres):  # noqa: F811
+    with pytest.raises(KeyStoreError, match="schema version 0.*beastnet db migrate") as info:
+        PostgresKeyStore(postgres.dsn)
+    assert "\n" not in str(info.value)
+
+
+def test_unreachable_database_is_one_line():
+    dsn = f"postgresql://beastnet:secret-pw@127.0.0.1:{free_port()}/postgres"
+    with pytest.raises(KeyStoreError, match="cannot connect") as info:
+        PostgresKeyStore(dsn, timeout_s=2.0)
+    assert "\n" not in str(info.value) and "secret-pw" not in str(info.value)
+
+
+def beastnet(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "beastnet", *args], capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_db_migrate_command(postgres):  # noqa: F811
+    first = beastnet("db", "migrate", "--database", postgres.dsn)
+    assert first.returncode == 0 and "applied migration(s) 1" in first.stdout, first.stderr
+    again = beastnet("db", "migrate", "--database", postgres.dsn)
+    assert again.returncode == 0 and "up to date" in again.stdout, again.stderr
+    version = beastnet("db", "version", "--database", postgres.dsn)
+    assert version.returncode == 0 and f"schema version {MIGRATIONS[-1][0]}" in version.stdout
+    down = beastnet("db", "migrate", "--database", f"postgresql://x:pw@127.0.0.1:{free_port()}/x")
+    assert down.returncode == 1 and len(down.stderr.strip().splitlines()) == 1, down.stderr
+    assert "cannot connect" in down.stderr and ":pw@" not in down.stderr
+
+
+def test_keys_command_on_postgres(postgres):  # noqa: F811
+    """`beastnet keys --database URL`: the same actions on PostgreSQL."""
+    migrate(postgres.dsn)
+    db = ("--database", postgres.dsn)
+    added = beastnet("keys", *db, "add", "--tier", "pro", "--key", "pro-key-0123456789abc")
+    assert added.returncode == 0 and added.stdout.strip() == "pro-key-0123456789abc", added.stderr
+    listed = json.loads(beastnet("keys", *db, "list", "--json").stdout)
+    assert [(r["tier"], r["revoked"]) for r in listed] == [("pro", False)]
+    assert beastnet("keys", *db, "revoke", "pro-key-0123456789abc").returncode == 0
+    with PostgresKeyStore(postgres.dsn) as store:
+        assert store.list()[0]["revoked"]
+    both = beastnet("keys", "--db", "x.db", *db, "list")
+    assert both.returncode == 2 and "give one" in both.stderr
