@@ -793,14 +793,15 @@ cdef bn_http_thread* http_thread_new(uint32_t nconns, uint32_t pipeline,
     t.pipeline = pipeline
     t.out_cap = out_cap
     t.conns = <bn_hconn*>calloc(nconns, sizeof(bn_hconn))
+    if t.conns != NULL:                 # every fd -1 before any failure frees them (not fd 0)
+        for i in range(nconns):
+            hc_reset(&t.conns[i])
     t.status = <uint64_t*>calloc(HTTP_STATUS_MAX, sizeof(uint64_t))
     # Five histograms: latency (measured, all), time to first byte, connect
     # time, TLS handshake time.
     if lg_base_init(&t.b, HTTP_NHISTS) < 0 or t.conns == NULL or t.status == NULL:
         http_thread_free(&t.b)
         return NULL
-    for i in range(nconns):             # every fd -1 first: a failed allocation frees them all
-        hc_reset(&t.conns[i])
     for i in range(nconns):
         t.conns[i].q = <lg_hreq*>calloc(pipeline, sizeof(lg_hreq))
         t.conns[i].s.out = <char*>malloc(out_cap)

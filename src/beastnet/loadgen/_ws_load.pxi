@@ -1143,13 +1143,14 @@ cdef bn_ws_thread* ws_thread_new(uint32_t nconns, uint32_t out_cap, uint32_t in_
     t.out_cap = out_cap
     t.in_cap = in_cap
     t.conns = <bn_wsconn*>calloc(nconns, sizeof(bn_wsconn))
+    if t.conns != NULL:                 # every fd -1 before any failure frees them (not fd 0)
+        for i in range(nconns):
+            t.conns[i].s.fd = -1
     t.zcap = in_cap
     t.zbuf = <char*>malloc(in_cap)
     if lg_base_init(&t.b, WS_NHISTS) < 0 or t.conns == NULL or t.zbuf == NULL:
         ws_thread_free(&t.b)
         return NULL
-    for i in range(nconns):             # every fd -1 first: a failed allocation frees them all
-        t.conns[i].s.fd = -1
     for i in range(nconns):
         t.conns[i].s.out = <char*>malloc(out_cap)
         t.conns[i].inb = <char*>malloc(in_cap)
