@@ -10,7 +10,6 @@ from beastnet.cli._common import EXIT_FAIL, EXIT_PASS, EXIT_USAGE, add_store_arg
 
 #: Characters of a key that `keys list` and the confirmations show: "bk_" and
 #: 7 random characters.
-KEY_PREFIX_CHARS = 10
 
 
 def add_keys_command(sub: Any) -> None:
@@ -69,7 +68,8 @@ def _keystore(args: argparse.Namespace) -> Any:
 
 def cmd_keys(args: argparse.Namespace) -> int:
     from beastnet.serve.config import ConfigError
-    from beastnet.serve.keys import MIN_SECRET_KEY_CHARS, KeyStoreError
+    from beastnet.serve.keys import (MIN_SECRET_KEY_CHARS, KeyStoreError, key_prefix,
+                                     stored_key_id)
 
     from beastnet import ClusterError
 
@@ -91,20 +91,21 @@ def cmd_keys(args: argparse.Namespace) -> int:
                 print(key)
                 print(f"beastnet keys: added a {args.tier} key; it is shown this once, keep it",
                       file=sys.stderr)
-                change = ("add", key, args.tier, args.label)
+                # The nodes hear the key's ID and prefix, never the key.
+                change = ("add", stored_key_id(key), args.tier, args.label, key_prefix(key))
             elif args.keys_command == "revoke":
                 store.revoke(args.key)
                 print(f"beastnet keys: revoked {key_prefix(args.key)}", file=sys.stderr)
-                change = ("revoke", args.key, None, "")
+                change = ("revoke", stored_key_id(args.key), None, "", "")
             elif args.keys_command == "set-tier":
                 store.set_tier(args.key, args.tier)
                 print(f"beastnet keys: {key_prefix(args.key)} is now {args.tier}",
                       file=sys.stderr)
-                change = ("tier", args.key, args.tier, "")
+                change = ("tier", stored_key_id(args.key), args.tier, "", "")
             else:
                 rows = store.list()
-                for row in rows:        # a listing shows which key, never the key itself
-                    row["key"] = key_prefix(row["key"])
+                for row in rows:        # which key: its prefix (the store has no more)
+                    row["key"] = row.pop("prefix") or key_prefix(row["key"])
                 if args.json:
                     import orjson
                     sys.stdout.write(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode() + "\n")
@@ -122,18 +123,12 @@ def cmd_keys(args: argparse.Namespace) -> int:
     return EXIT_PASS
 
 
-def key_prefix(key: str) -> str:
-    """What listings and confirmations show of a key: its first characters
-    (enough to tell keys apart, too few to use one)."""
-    return key[:KEY_PREFIX_CHARS] + "…"
-
-
-def _announce(announcer: Any, op: str, key: str, tier: Any, label: str) -> int:
+def _announce(announcer: Any, op: str, key: str, tier: Any, label: str, prefix: str) -> int:
     """Record the change in Redis and publish it to the nodes; the change is
     in the local store already, so an unreachable Redis is exit 1."""
     from beastnet import ClusterError
     try:
-        nodes = announcer.publish(op, key, tier, label)
+        nodes = announcer.publish(op, key, tier, label, prefix)
     except ClusterError as exc:
         print(f"beastnet keys: error: {exc} (the change is in the local store; run it again "
               f"to announce it)", file=sys.stderr)

@@ -818,7 +818,7 @@ class ClusterNode:
             return
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, _store_change, store, str(op), key, tier,
-                                   str(change.get("label", "")))
+                                   str(change.get("label", "")), str(change.get("prefix", "")))
         await self._reload_limits()
 
     async def sync_keys(self) -> None:
@@ -827,10 +827,10 @@ class ClusterNode:
         await self._call(self._load_shared_keys)
 
     async def publish_key(self, op: str, key: str, tier: Optional[str],
-                          label: str = "") -> Optional[int]:
-        """Record a key change in the shared store and announce it; the nodes
-        that heard it, or None when Redis is unreachable."""
-        fields, message = key_record(op, key, tier, label)
+                          label: str = "", prefix: str = "") -> Optional[int]:
+        """Record a change to the key with ID `key` in the shared store and
+        announce it; the nodes that heard it, or None when Redis is unreachable."""
+        fields, message = key_record(op, key, tier, label, prefix)
 
         async def send() -> Any:
             async with self.redis.pipeline(transaction=True) as pipe:
@@ -864,19 +864,24 @@ class ClusterNode:
             elif not revoked and (mine is None or mine["tier"] != fields.get("tier")):
                 await self._apply_key({"op": "add" if mine is None else "tier", "key": key,
                                        "tier": fields.get("tier"),
-                                       "label": fields.get("label", "")})
+                                       "label": fields.get("label", ""),
+                                       "prefix": fields.get("prefix", "")})
 
 
-def key_record(op: str, key: str, tier: Optional[str],
-               label: str) -> tuple[list[str | int], bytes]:
+def key_record(op: str, key: str, tier: Optional[str], label: str,
+               prefix: str = "") -> tuple[list[str | int], bytes]:
     """A key change as the shared store keeps it (HSET items of the key's
-    hash) and as the nodes hear it (the pub/sub message)."""
+    hash) and as the nodes hear it (the pub/sub message).  `key` is the key's
+    ID (`api_key_id`): Redis never holds a key itself."""
     fields: list[str | int] = ["revoked", 1 if op == "revoke" else 0]
     if tier is not None:
         fields += ["tier", tier]
     if label:
         fields += ["label", label]
-    return fields, orjson.dumps({"op": op, "key": key, "tier": tier, "label": label})
+    if prefix:
+        fields += ["prefix", prefix]
+    return fields, orjson.dumps({"op": op, "key": key, "tier": tier, "label": label,
+                                 "prefix": prefix})
 
 
 def table_change(keys: APIKeyTable, tiers: dict[str, Tier], op: str, key: str,
@@ -895,19 +900,20 @@ def table_change(keys: APIKeyTable, tiers: dict[str, Tier], op: str, key: str,
 
 
 def apply_key_change(keys: APIKeyTable, store: "Keys", op: str, key: str,
-                     tier: Optional[str], label: str = "") -> None:
+                     tier: Optional[str], label: str = "", prefix: str = "") -> None:
     """A node alone: the change into its table, then its store."""
     if table_change(keys, store.tiers, op, key, tier):
-        _store_change(store, op, key, tier, label)
+        _store_change(store, op, key, tier, label, prefix)
 
 
-def _store_change(store: "Keys", op: str, key: str, tier: Optional[str], label: str) -> None:
+def _store_change(store: "Keys", op: str, key: str, tier: Optional[str], label: str,
+                  prefix: str = "") -> None:
     """A key change into the local SQLite copy; one already there is fine."""
     try:
         if op == "revoke":
             store.revoke(key)
         elif op == "add" and tier is not None:
-            store.add(tier, key=key, label=label)
+            store.add(tier, key=key, label=label, prefix=prefix or None)
         elif tier is not None:
             store.set_tier(key, tier)
     except KeyStoreError as exc:
