@@ -25,8 +25,9 @@
 #   plane renews early instead of waiting for its next round.
 #
 # The table never holds a key itself, only its SHA-256 digest, as the key
-# stores do: a request's key is hashed (one OpenSSL SHA256 call, a single
-# 64-byte block for keys up to 55 bytes) and the digest looked up.  Hashing
+# stores do: a request's key is hashed (OpenSSL's SHA-256 block function, a
+# single 64-byte block for keys up to 55 bytes; includes/apikeyhash.h) and
+# the digest looked up.  Hashing
 # every request instead of remembering plaintext -> record keeps the reader
 # stateless: an unknown-key flood costs a hash each, never memory.  Keys are
 # random high-entropy tokens, so a plain SHA-256 suffices (no slow KDF).
@@ -78,7 +79,8 @@ cdef inline uint64_t digest_slot_hash(const unsigned char* digest) noexcept nogi
     return h | 1                        # never 0: 0 marks an empty slot
 
 
-cdef inline bn_apikey* keyindex_lookup(bn_keyindex* idx, const unsigned char* digest) noexcept nogil:
+cdef inline bn_apikey* keyindex_lookup(bn_keyindex* idx,
+                                       const unsigned char* digest) noexcept nogil:
     cdef uint64_t h = digest_slot_hash(digest)
     cdef size_t i = h & idx.mask
     cdef uint64_t seen
@@ -98,7 +100,7 @@ cdef inline bn_apikey* apikey_lookup(bn_keyindex** index_ref, const char* key,
                                      size_t n) noexcept nogil:
     """The record of the presented `key` (hashed here), or NULL."""
     cdef unsigned char digest[APIKEY_DIGEST_BYTES]
-    openssl.SHA256(<const unsigned char*>key, n, digest)
+    bn_apikey_sha256(key, n, digest)
     return keyindex_lookup(<bn_keyindex*>bn_load_ptr(<void**>index_ref), digest)
 
 
@@ -230,7 +232,7 @@ cdef bytes apikey_digest_of(object key):
         except ValueError:
             raise ValueError(f"a key ID is {KEY_ID_PREFIX} and 64 hex digits") from None
     raw = apikey_to_bytes(key)
-    openssl.SHA256(<const unsigned char*><const char*>raw, len(raw), digest)
+    bn_apikey_sha256(raw, len(raw), digest)
     return PyBytes_FromStringAndSize(<char*>digest, APIKEY_DIGEST_BYTES)
 
 

@@ -136,9 +136,3 @@ cdef extern from "<openssl/err.h>" nogil:
     int ERR_GET_REASON(unsigned long e)
     const char* ERR_reason_error_string(unsigned long e)
 
-
-cdef extern from "<openssl/sha.h>" nogil:
-    enum:
-        SHA256_DIGEST_LENGTH
-    # One-shot and thread-safe with `md` given (no static buffer).
-    unsigned char* SHA256(const unsigned char* d, size_t n, unsigned char* md)
