@@ -85,8 +85,8 @@ PREFIX = "{bn}:"
 NODES = PREFIX + "nodes"                # hash: node id -> registration JSON
 SNAPSHOT = PREFIX + "node:"             # + node id: the node's snapshot JSON, with a TTL
 GCRA = PREFIX + "gcra:"                 # + API key: the shared GCRA's tat, microseconds
-USAGE = PREFIX + "usage:"               # + YYYY-MM: hash API key -> admitted count
-KEY = PREFIX + "key:"                   # + API key: hash tier, label, revoked
+USAGE = PREFIX + "usage:"               # + YYYY-MM: hash key ID -> admitted count
+KEY = PREFIX + "key:"                   # + key ID (sha256:…): hash tier, label, revoked, prefix
 KEYS_CHANNEL = PREFIX + "keys"          # pub/sub: key added, revoked, re-tiered
 CONTROL_CHANNEL = PREFIX + "control"    # pub/sub: cluster-wide profile switches
 
