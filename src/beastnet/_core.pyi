@@ -121,12 +121,14 @@ class HTTPEngine(NativeEngine):
                  ws_max_subscriptions: int = 0, ws_max_frame_bytes: int = 65536,
                  ws_max_message_bytes: int = 65536, ws_stall_timeout_s: float = 10.0,
                  ws_max_symbols: int = 1024, ws_compress_min_bytes: int = 0,
-                 ws_auth_timeout_s: float = 5.0,
+                 ws_auth_timeout_s: float = 5.0, ws_message_timeout_s: float = 10.0,
+                 ws_max_reassembly_bytes: int = 64 << 20,
                  route_paths: Iterable[str] = (),
                  max_copied_output_bytes: int = 268435456, tls: Optional[TLSContext] = None,
                  tls_handshake_timeout_s: float = 10.0,
                  cors_origins: Iterable[str] = (),
-                 batch_key: Optional[str] = None) -> None: ...
+                 batch_key: Optional[str] = None, notsent_lowat_bytes: int = 131072,
+                 send_buffer_bytes: int = 0) -> None: ...
     def start(self) -> None: ...
     def stop(self, grace_s: float = 0.0) -> None: ...
     def set_tls(self, tls: TLSContext) -> None: ...
