@@ -356,6 +356,15 @@ def test_keys_command_round_trip(tmp_path, capsys):
     assert rows["partner-ke…"]["revoked"]
     assert main(["keys", "--db", db, "set-tier", "partner-key-0001", "gold"]) == 2
     assert "unknown tier 'gold'" in capsys.readouterr().err
+    # the store keeps no key: a listed prefix names the one key that has it
+    assert main(["keys", "--db", db, "revoke", generated[:10] + "…"]) == 0
+    assert capsys.readouterr().err == f"beastnet keys: revoked {generated[:10]}…\n"
+    assert main(["keys", "--db", db, "add", "--key", "partner-key-0002"]) == 0
+    capsys.readouterr()
+    assert main(["keys", "--db", db, "set-tier", "partner-ke…", "pro"]) == 2
+    assert "2 keys have the prefix partner-ke…" in capsys.readouterr().err
+    assert main(["keys", "--db", db, "list", "--json"]) == 0
+    assert orjson.loads(capsys.readouterr().out)[0]["revoked"]
 
 
 # -- the monthly cap under concurrent readers ------------------------------------------

@@ -39,10 +39,12 @@ def add_keys_command(sub: Any) -> None:
     ls = ksub.add_parser("list", help="list keys with their usage this month")
     ls.add_argument("--json", action="store_true",
                     help="JSON instead of a table (default: a table)")
+    which = ("the key, its ID (sha256:...) or its prefix as `list` shows it (bk_AbCdEfG…), "
+             "when only one key has that prefix")
     r = ksub.add_parser("revoke", help="revoke a key")
-    r.add_argument("key")
+    r.add_argument("key", help=which)
     t = ksub.add_parser("set-tier", help="move a key to another tier")
-    t.add_argument("key")
+    t.add_argument("key", help=which)
     t.add_argument("tier")
     p.set_defaults(func=cmd_keys)
 
@@ -94,14 +96,15 @@ def cmd_keys(args: argparse.Namespace) -> int:
                 # The nodes hear the key's ID and prefix, never the key.
                 change = ("add", stored_key_id(key), args.tier, args.label, key_prefix(key))
             elif args.keys_command == "revoke":
-                store.revoke(args.key)
-                print(f"beastnet keys: revoked {key_prefix(args.key)}", file=sys.stderr)
-                change = ("revoke", stored_key_id(args.key), None, "", "")
+                key_id, shown = _which_key(store, args.key)
+                store.revoke(key_id)
+                print(f"beastnet keys: revoked {shown}", file=sys.stderr)
+                change = ("revoke", key_id, None, "", "")
             elif args.keys_command == "set-tier":
-                store.set_tier(args.key, args.tier)
-                print(f"beastnet keys: {key_prefix(args.key)} is now {args.tier}",
-                      file=sys.stderr)
-                change = ("tier", stored_key_id(args.key), args.tier, "", "")
+                key_id, shown = _which_key(store, args.key)
+                store.set_tier(key_id, args.tier)
+                print(f"beastnet keys: {shown} is now {args.tier}", file=sys.stderr)
+                change = ("tier", key_id, args.tier, "", "")
             else:
                 rows = store.list()
                 for row in rows:        # which key: its prefix (the store has no more)
@@ -121,6 +124,20 @@ def cmd_keys(args: argparse.Namespace) -> int:
         print(f"beastnet keys: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     return EXIT_PASS
+
+
+def _which_key(store: Any, given: str) -> tuple[str, str]:
+    """(ID, prefix to show) of the key `given` names: the key, its ID, or a
+    prefix as listed (ends with "…", which no key contains) that only one
+    key has: the store keeps no key, so a listing is all an operator may hold."""
+    from beastnet.serve.keys import KeyStoreError, key_prefix, stored_key_id
+    if not given.endswith("…"):
+        return stored_key_id(given), key_prefix(given)
+    ids = [row["key"] for row in store.list() if row["prefix"] == given]
+    if len(ids) != 1:
+        raise KeyStoreError(f"{len(ids)} keys have the prefix {given}: give the key or its ID"
+                            if ids else f"no key has the prefix {given}")
+    return ids[0], given
 
 
 def _announce(announcer: Any, op: str, key: str, tier: Any, label: str, prefix: str) -> int:
