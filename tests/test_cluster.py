@@ -20,7 +20,7 @@ import redis
 
 from beastnet import APIKeyTable, api_key_id
 from beastnet.cli.stats import format_cluster
-from beastnet.serve.cluster import USAGE, aggregate, red_flags
+from beastnet.serve.cluster import KEY, KEYS_CHANNEL, USAGE, aggregate, red_flags
 from beastnet.serve.keys import Tier, current_month
 from beastnet.serve.stores.sqlite import KeyStore
 from support import find_tool, free_port, requires, wait_for
@@ -523,6 +523,34 @@ def test_cluster_profile_reaches_every_node(serve, redis_server, tmp_path):  # n
         wait_for(lambda: node.http("GET", "/v1/BTC", {"X-API-Key": PUBLIC})[0] == 401,
                  timeout=1, interval=0.02, message="the revocation on every node")
     assert nodes[0].admin("POST", "/admin/keys?op=add&key=x")[0] == 400
+
+
+@needs_redis
+def test_a_key_record_from_before_hashing_is_applied_by_its_id(serve, redis_server,  # noqa: F811
+                                                               tmp_path):
+    """Redis records and messages written by a beastnet that kept keys in
+    plaintext: a node applies them by the key's ID, so its store, its usage
+    rows and what it pushes never hold the key."""
+    old_key = "pre-hash-key-0123456789"
+    client = redis_server.client()
+    try:
+        client.hset(KEY + old_key, mapping={"revoked": 0, "tier": "public"})
+        db = key_stores(tmp_path, 1)[0]
+        node = start_nodes(serve, redis_server, [db])[0]
+        # known from the start (429 until the first lease: known, not refused)
+        assert node.http("GET", "/v1/BTC", {"X-API-Key": old_key})[0] in (200, 429)
+        wait_for(lambda: node.http("GET", "/v1/BTC", {"X-API-Key": old_key})[0] == 200,
+                 timeout=3, message="the old-format key served")
+        client.publish(KEYS_CHANNEL, orjson.dumps({"op": "revoke", "key": old_key}))
+        wait_for(lambda: node.http("GET", "/v1/BTC", {"X-API-Key": old_key})[0] == 401,
+                 timeout=3, message="the old-format revocation")
+        assert node.terminate() == 0
+    finally:
+        client.close()
+    with KeyStore(str(db)) as store:
+        row = {r["key"]: r for r in store.list()}[api_key_id(old_key)]
+    assert row["revoked"] and row["prefix"] == old_key[:10] + "…"
+    assert old_key.encode() not in b"".join(p.read_bytes() for p in tmp_path.glob("keys-0.db*"))
 
 
 def test_admin_key_route_on_a_node_alone(serve, tmp_path):  # noqa: F811

@@ -36,12 +36,12 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import orjson
 
-from beastnet import Answer, APIKeyTable, ClusterError, MissRequest, error_answer
+from beastnet import Answer, APIKeyTable, ClusterError, MissRequest, api_key_id, error_answer
 from beastnet.counters import HTTP_COUNTERS, UDP_COUNTERS
 from beastnet.metrics import MetricFamily
 from beastnet.serve.admin import AdminRoute
 from beastnet.serve.component import Component
-from beastnet.serve.keys import KeyStoreError, Tier, current_month
+from beastnet.serve.keys import KeyStoreError, Tier, current_month, key_prefix
 
 if TYPE_CHECKING:
     from beastnet.serve.service import PriceService
@@ -812,6 +812,15 @@ class ClusterNode:
         key, op, tier = change.get("key"), change.get("op"), change.get("tier")
         if keys is None or store is None or not isinstance(key, str):
             return
+        if not key.startswith("sha256:"):
+            # A record from before keys were hashed: the table, the store
+            # and the usage rows know the key by its ID only.
+            try:
+                change = dict(change, key=api_key_id(key), prefix=key_prefix(key))
+            except (ValueError, UnicodeEncodeError):
+                log.warning("cluster: key change for an invalid key not applied")
+                return
+            key = change["key"]
         self.counts["key_changes"] += 1
         if not table_change(keys, self.tiers, str(op), key, tier):
             log.warning("cluster: key change %r not applied (unknown op or tier)", change)
@@ -857,7 +866,10 @@ class ClusterNode:
         for name, record in zip(names, records):
             key = name.decode()[len(KEY):]
             fields = {k.decode(): v.decode() for k, v in record.items()}
-            mine = local.get(key)
+            try:        # a record from before keys were hashed is named by the key
+                mine = local.get(api_key_id(key))
+            except (ValueError, UnicodeEncodeError):
+                continue
             revoked = fields.get("revoked") == "1"
             if revoked and mine is not None and not mine["revoked"]:
                 await self._apply_key({"op": "revoke", "key": key})
