@@ -364,7 +364,8 @@ def test_keys_command_round_trip(tmp_path, capsys):
     assert main(["keys", "--db", db, "set-tier", "partner-ke…", "pro"]) == 2
     assert "2 keys have the prefix partner-ke…" in capsys.readouterr().err
     assert main(["keys", "--db", db, "list", "--json"]) == 0
-    assert orjson.loads(capsys.readouterr().out)[0]["revoked"]
+    first = orjson.loads(capsys.readouterr().out)[0]
+    assert first["revoked"] and first["id"] == api_key_id(generated)
 
 
 # -- the monthly cap under concurrent readers ------------------------------------------

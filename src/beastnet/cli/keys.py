@@ -108,6 +108,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
             else:
                 rows = store.list()
                 for row in rows:        # which key: its prefix (the store has no more)
+                    row["id"] = row["key"]
                     row["key"] = row.pop("prefix") or key_prefix(row["key"])
                 if args.json:
                     import orjson
