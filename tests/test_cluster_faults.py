@@ -202,7 +202,8 @@ def serve_exit(tmp_path: Path, url: str) -> subprocess.CompletedProcess:
     with KeyStore(str(db)) as store:
         store.add("public")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "beastnet", "serve", "--keystore", str(db), "--redis", url,
+        [sys.executable, "-m", "beastnet", "serve", "--feed", "sim", "--keystore", str(db),
+         "--redis", url,
          "--udp-port", "0", "--http-port", "0", "--admin-port", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

@@ -291,6 +291,8 @@ def test_all_six_reach_the_http_api_and_stream_subscribers(tmp_path):
     assert set(exchanges) == set(CASES)
     assert all(e["state"] == "connected" for e in exchanges.values()), exchanges
     assert b'beastnet_feed_exchange_state{exchange="okx",state="connected"} 1' in metrics
+    assert b"\nbeastnet_feed_dropped_total 0\n" in metrics
+    assert b"\nbeastnet_feed_exchange_messages_total{exchange=\"okx\"} " in metrics
     for asset, (name, _) in want.items():     # every exchange's price reaches a subscriber
         assert (frames[asset]["asset"], frames[asset]["source"], frames[asset]["quote"]) == \
             (asset, name, EXCHANGES[name].quote)
@@ -394,12 +396,13 @@ def test_beastnet_feeds_check_against_the_fake_and_a_dead_host(tmp_path):
     try:
         for name, fake in fakes.fakes.items():
             fake.ws_prices[EXCHANGES[name].symbol_of(CASES[name][0])] = CASES[name][1]
+            fake.rest_prices[EXCHANGES[name].symbol_of(CASES[name][0])] = CASES[name][2]
         live = tmp_path / "live.toml"
         dead = tmp_path / "dead.toml"
         port = dead_port()
         live.write_text("".join(
             f'[feeds.exchanges.{n}]\nws_url = "{f.ws_url}"\nrest_url = "{f.rest_url}"\n'
-            f'connect_delay_s = 0\n' for n, f in fakes.fakes.items()))
+            f'connect_delay_s = 0\nping_interval_s = 0.1\n' for n, f in fakes.fakes.items()))
         dead.write_text("".join(
             f'[feeds.exchanges.{n}]\nws_url = "ws://127.0.0.1:{port}/ws"\n' for n in CASES))
 
@@ -408,8 +411,20 @@ def test_beastnet_feeds_check_against_the_fake_and_a_dead_host(tmp_path):
                                    "--config", str(config), "--timeout", "2s"],
                                   capture_output=True, text=True, timeout=60)
         good, bad = check(live), check(dead)
+        recording = tmp_path / "rec.jsonl"
+        rec = subprocess.run([sys.executable, "-m", "beastnet", "feeds", "record", "--config",
+                              str(live), "--exchange", "okx", "--exchange", "gateio",
+                              "--duration", "1500ms", str(recording)],
+                             capture_output=True, text=True, timeout=60)
     finally:
         fakes.close()
+    assert rec.returncode == 0, rec.stdout + rec.stderr
+    assert f"messages to {recording}" in rec.stdout
+    lines = [orjson.loads(line) for line in recording.read_bytes().splitlines()]
+    assert {r["x"] for r in lines} == {"okx", "gateio"}, rec.stdout
+    assert {r["k"] for r in lines} == \
+        {"ws", "rest"}
+    assert any(CASES["okx"][1] in r["m"] for r in lines if r["k"] == "ws")
     lines = dict(line.split(None, 1) for line in good.stdout.splitlines())
     assert set(lines) == set(CASES), good.stdout + good.stderr
     for name in CASES:

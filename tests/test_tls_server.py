@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import http.client
+import os
 import shutil
 import socket
 import ssl
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -207,8 +209,10 @@ def test_wss_slow_subscriber_gets_whole_frames_and_the_newest(tls_server, tls_ce
     table.set("W", update(0))
 
     async def run() -> tuple[list, int]:
+        # Uncompressed: deflated, the padding would never fill a socket.
         async with websockets.connect(f"wss://localhost:{port}/v1/stream", max_size=None,
-                                      max_queue=1, ssl=client_context(tls_certs)) as ws:
+                                      max_queue=1, ssl=client_context(tls_certs),
+                                      compression=None) as ws:
             await ws.send(orjson.dumps({"op": "subscribe", "symbols": ["W"]}).decode())
             assert orjson.loads(await asyncio.wait_for(ws.recv(), 5))["op"] == "subscribed"
             # The event loop is not run while publishing, so the client
@@ -431,3 +435,36 @@ def test_sessions_are_freed_on_close_and_on_stop(table, tls_certs):  # noqa: F81
                 s.close()
             half.close()
     assert totals(server)["tls_active"] == 0 and totals(server)["active"] == 0
+
+
+def test_a_fifo_key_is_refused_at_once_and_serving_goes_on(table, tls_certs, tmp_path):  # noqa: F811
+    """Issue 23: a key path that is a FIFO blocked the reload in fopen with
+    the GIL held, freezing the control plane (admin, /healthz, SIGTERM)."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    # The leaf followed by its CA: the chain is read from memory too.
+    cert.write_bytes(tls_certs.server.cert.read_bytes() + tls_certs.ca.read_bytes())
+    shutil.copy(tls_certs.server.key, key)
+    with HTTPServer(table, threads=1, tls=TLSConfig(str(cert), str(key))) as server:
+        assert peer_cert(server) == pem_der(tls_certs.server.cert)
+        key.unlink()
+        os.mkfifo(key)
+        outcome: list[BaseException] = []
+        reload = threading.Thread(target=lambda: _capture(server.reload_tls, outcome), daemon=True)
+        reload.start()
+        reload.join(5.0)
+        assert not reload.is_alive(), "reload_tls() blocked on the FIFO"
+        assert len(outcome) == 1 and isinstance(outcome[0], TLSConfigError)
+        assert "not a regular file" in str(outcome[0])
+        with tls_connect(server, tls_certs) as s:          # the control plane answers
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+            (head, body), = read_responses(s, 1)
+        assert head.startswith(b"HTTP/1.1 200") and b"ok" in body
+        still_serves(server, tls_certs)
+
+
+def _capture(fn, into: list) -> None:
+    try:
+        fn()
+    except BaseException as exc:        # noqa: BLE001 - handed to the test thread
+        into.append(exc)
+

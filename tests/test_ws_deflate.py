@@ -101,7 +101,8 @@ def handshake_head(server, headers: str) -> bytes:
 @pytest.mark.parametrize("offer, answer", [
     ("permessage-deflate", ACCEPTED + b"\r\n"),
     ("permessage-deflate; client_max_window_bits", ACCEPTED + b"\r\n"),
-    ("permessage-deflate; server_max_window_bits=10", ACCEPTED + b"; server_max_window_bits=10\r\n"),
+    ("permessage-deflate; server_max_window_bits=10",
+     ACCEPTED + b"; server_max_window_bits=10\r\n"),
     ('permessage-deflate; server_max_window_bits="9"', ACCEPTED + b"; server_max_window_bits=9\r\n"),
     # Declined offers (RFC 7692 7.1): the next acceptable one is taken.
     ("permessage-deflate; server_max_window_bits=16, permessage-deflate",

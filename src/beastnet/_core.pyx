@@ -4,6 +4,7 @@
 
 import collections as _collections
 import os
+import stat as _stat
 import threading as _threading
 
 import orjson as _orjson

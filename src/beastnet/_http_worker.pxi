@@ -76,6 +76,9 @@ cdef struct bn_hworker:
     epoll_event* events          # HTTP_EVENTS_MAX
     char tails[3][HTTP_TAIL_MAX_BYTES]  # TAIL_*: Date [+ Connection] + blank line
     size_t tail_len[3]
+    int notsent_lowat                   # TCP_NOTSENT_LOWAT of accepted sockets (bytes), 0 = the kernel's
+    int sndbuf                          # SO_SNDBUF of accepted sockets (bytes), 0 = autotuned
+    int64_t next_kq_ns                  # next kernel_queued sample
     char batch_key[KEY_MAX_BYTES]       # "<prefix><batch_key>?symbols=A,B": the batch query
     size_t batch_key_len                # 0 = no batch query
     char* batch_out                     # BATCH_OUT_BYTES: a batch answer's formatted head or 404
@@ -408,6 +411,15 @@ cdef void http_worker_accept(bn_hworker* w) noexcept nogil:
             continue
         # Best effort: a socket without TCP_NODELAY is still served correctly.
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one))
+        # Bound what the kernel holds for a client that does not read: past
+        # notsent_lowat unsent bytes the socket reads as full (EAGAIN), so the
+        # engine's own bounds (conflation, write timeouts) take over early.
+        # Refused (an old kernel): counted, and served with the kernel's default.
+        if w.notsent_lowat and setsockopt(fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, &w.notsent_lowat,
+                                          sizeof(int)) < 0:
+            bn_count(&w.counters.io_errors, 1)
+        if w.sndbuf and setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &w.sndbuf, sizeof(int)) < 0:
+            bn_count(&w.counters.io_errors, 1)
         w.free_top -= 1
         slot = w.free_slots[w.free_top]
         c = &w.conns[slot]
@@ -487,7 +499,33 @@ cdef void http_worker_timeout(bn_hworker* w, bn_conn* c, uint64_t* which) noexce
     bn_count(&w.counters.timeouts, 1)
     if which != NULL:
         bn_count(which, 1)
+    if which == &w.counters.write_timeouts:
+        conn_reset(w, c)
     conn_close(w, c)
+
+
+cdef void conn_reset(bn_hworker* w, bn_conn* c) noexcept nogil:
+    """Make the coming close a reset (SO_LINGER 0): a stalled peer's unsent
+    data is dropped at once instead of sitting in the kernel through
+    FIN-WAIT-1 for as long as the peer keeps its window shut."""
+    cdef linger lg
+    lg.l_onoff = 1
+    lg.l_linger = 0
+    if setsockopt(c.fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg)) < 0:
+        bn_count(&w.counters.io_errors, 1)
+        return
+    bn_count(&w.counters.stall_resets, 1)
+
+
+cdef void http_worker_sample_kernel_queues(bn_hworker* w) noexcept nogil:
+    # kernel_queued: one ioctl per open connection, once a second.
+    cdef uint32_t i
+    cdef int queued
+    cdef uint64_t total = 0
+    for i in range(w.high_water):
+        if w.conns[i].fd >= 0 and ioctl(w.conns[i].fd, SIOCOUTQ, &queued) == 0 and queued > 0:
+            total += <uint64_t>queued
+    bn_store_u64(&w.counters.kernel_queued, total)
 
 
 cdef void http_worker_write_window(bn_hworker* w, bn_conn* c) noexcept nogil:
@@ -542,6 +580,9 @@ cdef void http_worker_tick(bn_hworker* w) noexcept nogil:
     http_worker_linger_tick(w)
     if w.ws != NULL:
         ws_check_stalls(w)
+    if now >= w.next_kq_ns:
+        w.next_kq_ns = now + <int64_t>HTTP_KQ_SAMPLE_MS * 1000000
+        http_worker_sample_kernel_queues(w)
 
 
 cdef void http_worker_resume_accept(bn_hworker* w) noexcept nogil:
@@ -785,10 +826,12 @@ cdef class HTTPEngine(NativeEngine):
                   size_t ws_max_frame_bytes=65536, size_t ws_max_message_bytes=65536,
                   double ws_stall_timeout_s=10.0, unsigned int ws_max_symbols=1024,
                   size_t ws_compress_min_bytes=0, double ws_auth_timeout_s=5.0,
+                  double ws_message_timeout_s=10.0,
                   route_paths=(),
                   size_t max_copied_output_bytes=268435456,
                   TLSContext tls=None, double tls_handshake_timeout_s=10.0, cors_origins=(),
-                  str batch_key=None):
+                  str batch_key=None, int notsent_lowat_bytes=131072,
+                  int send_buffer_bytes=0):
         cdef int i
         cdef int n = len(fds)
         cdef bytes raw_prefix = prefix.encode("ascii")
@@ -823,6 +866,8 @@ cdef class HTTPEngine(NativeEngine):
                 raise ValueError("need 125 <= ws_max_frame_bytes <= ws_max_message_bytes <= 16 MiB")
             if not 1 <= ws_max_symbols <= 100000 or ws_stall_timeout_s <= 0:
                 raise ValueError("ws_max_symbols must be 1..100000 and ws_stall_timeout_s positive")
+            if ws_message_timeout_s <= 0:
+                raise ValueError("ws_message_timeout_s must be positive")
             if ws_auth_timeout_s < 0:
                 raise ValueError("ws_auth_timeout_s must be 0 (no first-message auth) or positive")
             if ws_compress_min_bytes > BODY_MAX_BYTES:
@@ -849,6 +894,8 @@ cdef class HTTPEngine(NativeEngine):
         cdef list cors_segs = [b"Vary: Origin\r\n", b"Access-Control-Allow-Origin: *\r\n"]
         cors_segs += [b"Access-Control-Allow-Origin: " + raw + b"\r\nVary: Origin\r\n"
                       for raw in raw_origins if raw != b"*"]
+        if notsent_lowat_bytes < 0 or send_buffer_bytes < 0:
+            raise ValueError("notsent_lowat_bytes and send_buffer_bytes must be >= 0 (0: the kernel's)")
         cdef bytes raw_batch = batch_key.encode("ascii") if batch_key else b""
         if raw_batch and not http_key_valid(raw_batch, len(raw_batch)):
             raise ValueError(f"batch_key {batch_key!r} is not a valid key")
@@ -908,6 +955,8 @@ cdef class HTTPEngine(NativeEngine):
                 w.batch_out = <char*>malloc(BATCH_OUT_BYTES)
                 if w.batch_out == NULL:
                     raise MemoryError()
+            w.notsent_lowat = notsent_lowat_bytes
+            w.sndbuf = send_buffer_bytes
             w.cors_any = cors_any
             for raw in raw_origins:
                 if raw != b"*":
@@ -932,6 +981,7 @@ cdef class HTTPEngine(NativeEngine):
                            ws_max_symbols, ws_compress_min_bytes)
             for i in range(n):
                 self.workers[i].ws.auth_timeout_ns = <int64_t>(ws_auth_timeout_s * 1e9)
+                self.workers[i].ws.message_timeout_ns = <int64_t>(ws_message_timeout_s * 1e9)
 
     cdef int _ws_setup(self, bytes path, bytes echo, ResponseTable topics, unsigned int max_subs,
                        size_t max_frame, size_t max_message, double stall_s,

@@ -93,6 +93,69 @@ cdef str tls_error_text():
     return "; ".join(parts) or "unknown error"
 
 
+cdef Py_ssize_t TLS_PEM_MAX_BYTES = 1 << 20    # a certificate chain or key file past this is refused
+
+
+cdef bytes tls_read_pem(str what, str path):
+    """The bytes of a PEM file, read once.  Opened non-blocking and refused
+    unless a regular file: a FIFO (or a device) at a key path would block
+    the thread that reloads certificates, the control plane's, forever."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    except OSError as exc:
+        raise TLSConfigError(f"TLS {what} {path}: {exc.strerror}") from None
+    try:
+        info = os.fstat(fd)
+        if not _stat.S_ISREG(info.st_mode):
+            raise TLSConfigError(f"TLS {what} {path}: not a regular file")
+        if info.st_size > TLS_PEM_MAX_BYTES:
+            raise TLSConfigError(f"TLS {what} {path}: over {TLS_PEM_MAX_BYTES} bytes")
+        with os.fdopen(os.dup(fd), "rb") as f:
+            return f.read(TLS_PEM_MAX_BYTES + 1)
+    except OSError as exc:
+        raise TLSConfigError(f"TLS {what} {path}: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+
+
+cdef int tls_use_chain(openssl.SSL_CTX* ctx, bytes pem):
+    """The leaf (first PEM certificate) then its chain, from memory, as
+    SSL_CTX_use_certificate_chain_file reads them from a file.  1 = done."""
+    cdef openssl.BIO* bio = openssl.BIO_new_mem_buf(<const char*>pem, <int>len(pem))
+    cdef openssl.X509* cert
+    cdef int ok = 0
+    if bio == NULL:
+        return 0
+    cert = openssl.PEM_read_bio_X509_AUX(bio, NULL, NULL, NULL)
+    if cert != NULL:
+        ok = openssl.SSL_CTX_use_certificate(ctx, cert)
+        openssl.X509_free(cert)
+    while ok == 1:
+        cert = openssl.PEM_read_bio_X509(bio, NULL, NULL, NULL)
+        if cert == NULL:
+            openssl.ERR_clear_error()   # the end of the file: no more PEM blocks
+            break
+        if openssl.SSL_CTX_add0_chain_cert(ctx, cert) != 1:
+            openssl.X509_free(cert)
+            ok = 0
+    openssl.BIO_free(bio)
+    return ok
+
+
+cdef int tls_use_key(openssl.SSL_CTX* ctx, bytes pem):
+    cdef openssl.BIO* bio = openssl.BIO_new_mem_buf(<const char*>pem, <int>len(pem))
+    cdef openssl.EVP_PKEY* key
+    cdef int ok = 0
+    if bio == NULL:
+        return 0
+    key = openssl.PEM_read_bio_PrivateKey(bio, NULL, NULL, NULL)
+    if key != NULL:
+        ok = openssl.SSL_CTX_use_PrivateKey(ctx, key)
+        openssl.EVP_PKEY_free(key)
+    openssl.BIO_free(bio)
+    return ok
+
+
 cdef class TLSContext:
     """An OpenSSL server context built from PEM files (low-level: HTTPServer
     builds it from a `TLSConfig`).  Raises TLSConfigError with OpenSSL's own
@@ -115,23 +178,17 @@ cdef class TLSContext:
             version = openssl.TLS1_3_VERSION
         else:
             raise TLSConfigError(f"min_version must be 'TLSv1.2' or 'TLSv1.3', not {min_version!r}")
-        for what, path in (("certificate", cert_file), ("key", key_file)):
-            try:
-                with open(path, "rb"):
-                    pass
-            except OSError as exc:
-                raise TLSConfigError(f"TLS {what} {path}: {exc.strerror}") from None
+        cdef bytes cert_pem = tls_read_pem("certificate", cert_file)
+        cdef bytes key_pem = tls_read_pem("key", key_file)
         openssl.ERR_clear_error()
         self.ctx = openssl.SSL_CTX_new(openssl.TLS_server_method())
         if self.ctx == NULL:
             raise TLSConfigError(f"SSL_CTX_new: {tls_error_text()}")
         if openssl.SSL_CTX_set_min_proto_version(self.ctx, version) != 1:
             raise TLSConfigError(f"SSL_CTX_set_min_proto_version: {tls_error_text()}")
-        raw = os.fsencode(cert_file)
-        if openssl.SSL_CTX_use_certificate_chain_file(self.ctx, raw) != 1:
+        if tls_use_chain(self.ctx, cert_pem) != 1:
             raise TLSConfigError(f"TLS certificate {cert_file}: {tls_error_text()}")
-        raw = os.fsencode(key_file)
-        if openssl.SSL_CTX_use_PrivateKey_file(self.ctx, raw, openssl.SSL_FILETYPE_PEM) != 1:
+        if tls_use_key(self.ctx, key_pem) != 1:
             raise TLSConfigError(f"TLS key {key_file}: {tls_error_text()}")
         if openssl.SSL_CTX_check_private_key(self.ctx) != 1:
             raise TLSConfigError(f"TLS key {key_file} does not match certificate {cert_file}:"

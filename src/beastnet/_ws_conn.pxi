@@ -24,6 +24,7 @@ cdef struct bn_ws_conn:
     uint32_t in_len
     uint32_t in_cap
     int64_t stalled_since_ns            # first moment output was left unwritten; 0 = flowing
+    int64_t partial_since_ns            # since when a client frame or message is unfinished; 0 = none
     bn_ws_conn* next_dirty              # on the worker's list of connections to flush
     int close_code                      # close frame sent with this code (0 = none yet)
     int64_t close_deadline_ns           # after our close: the peer's FIN is awaited until then
@@ -588,6 +589,17 @@ cdef int ws_keep_input(bn_hworker* w, bn_conn* c, char* data, size_t n) noexcept
     cdef size_t used = ws_process(w, c, data, n)
     cdef size_t left = n - used
     cdef char* fresh
+    if wc.reader.msg_opcode == 0 and wc.reader.msg != NULL:
+        # A fragmented message was delivered: its reassembly buffer (up to
+        # max_message_bytes) is not kept for a next one that may never come.
+        free(wc.reader.msg)
+        wc.reader.msg = NULL
+        wc.reader.msg_cap = 0
+    # The message timeout runs while a frame or a fragmented message is unfinished.
+    if left == 0 and wc.reader.msg_opcode == 0:
+        wc.partial_since_ns = 0
+    elif wc.partial_since_ns == 0:
+        wc.partial_since_ns = w.now_ns
     if left == 0 or (wc.flags & WSC_PEER_CLOSED):
         free(wc.inb)
         wc.inb = NULL
@@ -764,9 +776,16 @@ cdef void ws_check_stalls(bn_hworker* w) noexcept nogil:
         if wc.stalled_since_ns and w.now_ns - wc.stalled_since_ns > w.ws.stall_timeout_ns:
             bn_count(&w.counters.ws_slow_closes, 1)
             ws_count_close(w, WS_CLOSE_POLICY)
-            conn_close(w, c)            # its buffer is full: a close frame could not get through
+            conn_reset(w, c)            # its buffer is full: a close frame could not get through,
+            conn_close(w, c)            # and its queue would linger in FIN-WAIT-1
         elif (wc.flags & WSC_SHUT) and w.now_ns > wc.close_deadline_ns:
             conn_close(w, c)            # the peer never finished the closing handshake
+        elif (wc.partial_since_ns and not (wc.flags & WSC_CLOSING)
+                and w.now_ns - wc.partial_since_ns > w.ws.message_timeout_ns):
+            # A frame or fragmented message left unfinished (slowloris on
+            # frames): closed, and its buffers freed with it.
+            bn_count(&w.counters.timeouts, 1)
+            conn_close(w, c)
         elif ((wc.flags & WSC_AUTH_WAIT) and not (wc.flags & WSC_CLOSING)
                 and w.now_ns > wc.auth_deadline_ns):
             ws_auth_refuse(w, wc, b"auth_timeout")
@@ -904,6 +923,8 @@ cdef int ws_route(bn_hworker* w, bn_conn* c, bn_hreq* req, int echo) noexcept no
     cdef uint64_t retry_ns = 0
     cdef int verdict
     cdef int auth_wait = 0
+    if req.method_code != METHOD_GET and req.method_code != METHOD_HEAD:
+        return ws_refuse(w, c, ERR_405)     # as every other path under the prefix answers
     if (req.method_code != METHOD_GET or not req.upgrade_ws or req.ws_key == NULL
             or req.ws_key_len != 24 or req.has_body or req.http10):
         return ws_refuse(w, c, ERR_400)

@@ -57,6 +57,7 @@ cdef struct bn_ws_worker:               # a worker's WebSocket state
     uint64_t max_message_bytes
     int64_t stall_timeout_ns            # output without progress this long: close 1008
     int64_t auth_timeout_ns             # first-message auth due within this; 0 = no such auth
+    int64_t message_timeout_ns          # an unfinished client frame or message: closed after this
     uint32_t active                     # WebSocket connections open on this worker
     uint32_t subscriptions              # live subscriptions on this worker
     uint32_t compress_min               # permessage-deflate: negotiated when > 0; bodies this

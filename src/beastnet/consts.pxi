@@ -66,6 +66,7 @@ cdef enum:
     CORS_ORIGINS_MAX = 16           # allowed origins a server may list (beyond: use "*")
     CORS_ORIGIN_MAX_BYTES = 128     # longest allowed origin, "https://host:port"
     CORS_SEG_MAX_BYTES = 192        # one pre-built CORS header segment
+    HTTP_KQ_SAMPLE_MS = 1000        # how often a worker sums its connections' kernel send queues
     BATCH_SYMBOLS_MAX = 64          # symbols one batch query may ask for (beyond: 400)
     BATCH_OUT_BYTES = 5120          # a batch answer's formatted head, or its 404 naming the unknown
 

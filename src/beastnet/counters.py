@@ -161,6 +161,9 @@ tls_ktls_send_on         counter  connections  TLS connections whose sending the
 tls_ktls_send_off        counter  connections  TLS connections encrypted in user space (no kTLS: the kernel lacks the tls ULP, or the cipher is not offloadable).
 tls_active               gauge    connections  TLS connections open now, each holding an OpenSSL session (0 once all are closed).
 tls_writes               counter  calls        SSL_write calls that completed at once, a TLS record each at most: a flush's pipelined responses share records, not one each.
+""") + _table("""
+kernel_queued            gauge    bytes        Bytes the kernel holds in the send queues of the open connections (SIOCOUTQ: unsent or unacknowledged), summed once a second; bounded per connection by notsent_lowat_bytes (and send_buffer_bytes).
+stall_resets             counter  connections  Stalled connections (write_timeout_s, a WebSocket's stall_timeout_s) closed with a reset (SO_LINGER 0): their kernel queue is dropped at once, not kept through FIN-WAIT.
 """)
 
 #: The control plane's miss dispatcher (one per server), in both servers' totals.

@@ -74,6 +74,8 @@ class WebSocketOptions:
     max_message_bytes: int = 65536      #: largest client message (all fragments); larger closes 1009
     max_symbols: int = 1024             #: symbols in one request
     stall_timeout_s: float = 10.0       #: output without progress this long closes the connection (1008)
+    #: a client frame or fragmented message unfinished this long closes the connection
+    message_timeout_s: float = 10.0
     echo_path: Optional[str] = None     #: an echo endpoint (conformance suites, round-trip probes)
     #: permessage-deflate (RFC 7692), negotiated when a client offers it: bodies this
     #: long or longer are deflated once per publication (0 = never negotiated)
@@ -115,7 +117,11 @@ class HTTPServer(EngineServer):
     ``batch_key`` (e.g. ``"prices"``) turns on the batch query
     ``GET <prefix>prices?symbols=BTC,ETH``: a JSON array of those entries'
     bodies, assembled natively (at most 64 symbols; a 404 names the unknown
-    ones).  Keys are looked up as asked, then upper-cased.  Use
+    ones).  Keys are looked up as asked, then upper-cased.
+    ``notsent_lowat_bytes`` (TCP_NOTSENT_LOWAT, default 128 KiB) bounds the
+    unsent bytes the kernel holds per connection, ``send_buffer_bytes``
+    (SO_SNDBUF, 0 = autotuned) its whole send buffer; stalled connections
+    are closed with a reset (docs/http.md).  Use
     as a context manager, call ``start()`` and ``stop()``, or
     ``serve_forever()`` to block until ``stop()`` or Ctrl-C.
     """
@@ -151,6 +157,8 @@ class HTTPServer(EngineServer):
         reuse_port: bool = False,
         cors_origins: Sequence[str] = (),
         batch_key: Optional[str] = None,
+        notsent_lowat_bytes: int = 128 * 1024,
+        send_buffer_bytes: int = 0,
     ) -> None:
         if not isinstance(table, ResponseTable):
             raise TypeError("table must be a beastnet.ResponseTable")
@@ -186,7 +194,8 @@ class HTTPServer(EngineServer):
             max_copied_output_bytes=max_copied_output_bytes,
             header_timeout_s=header_timeout_s, idle_timeout_s=idle_timeout_s,
             write_timeout_s=write_timeout_s, require_api_key=require_api_key, api_keys=api_keys,
-            cors_origins=tuple(cors_origins), batch_key=batch_key)
+            cors_origins=tuple(cors_origins), batch_key=batch_key,
+            notsent_lowat_bytes=notsent_lowat_bytes, send_buffer_bytes=send_buffer_bytes)
         self.websocket = websocket
         #: Topics `publish()` pushes that are not table keys (their last message is kept).
         self.topics: Optional[ResponseTable] = None
@@ -202,7 +211,8 @@ class HTTPServer(EngineServer):
                 ws_stall_timeout_s=websocket.stall_timeout_s,
                 ws_max_symbols=websocket.max_symbols,
                 ws_compress_min_bytes=websocket.compress_min_bytes,
-                ws_auth_timeout_s=websocket.auth_timeout_s)
+                ws_auth_timeout_s=websocket.auth_timeout_s,
+                ws_message_timeout_s=websocket.message_timeout_s)
         if isinstance(cors_origins, str):
             raise TypeError('cors_origins is a list of origins, e.g. ["*"]')
         if tls is not None and not isinstance(tls, TLSConfig):

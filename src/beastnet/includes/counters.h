@@ -122,6 +122,8 @@ typedef struct bn_http_counters {
     uint64_t tls_ktls_send_off;               /* connections encrypted in user space */
     uint64_t tls_active;                      /* connections holding an SSL now (gauge) */
     uint64_t tls_writes;                      /* SSL_write calls that completed at once */
+    uint64_t kernel_queued;                   /* gauge: bytes in the kernel send queues (SIOCOUTQ), sampled */
+    uint64_t stall_resets;                    /* stalled connections closed with a reset (SO_LINGER 0) */
 } __attribute__((aligned(BN_CACHE_LINE))) bn_http_counters;
 
 #endif /* BEASTNET_COUNTERS_H */

@@ -143,6 +143,8 @@ cdef extern from "counters.h" nogil:
         uint64_t tls_ktls_send_off
         uint64_t tls_active
         uint64_t tls_writes
+        uint64_t kernel_queued
+        uint64_t stall_resets
 
 
 cdef extern from "compat.h" nogil:

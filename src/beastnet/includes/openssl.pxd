@@ -122,6 +122,22 @@ cdef extern from "<openssl/ssl.h>" nogil:
     long BIO_get_ktls_send(BIO* b)
 
 
+cdef extern from "<openssl/pem.h>" nogil:
+    # Certificates and keys parsed from memory (TLSContext reads each file once).
+    ctypedef struct X509
+    ctypedef struct EVP_PKEY
+    BIO* BIO_new_mem_buf(const void* buf, int len)
+    int BIO_free(BIO* b)
+    X509* PEM_read_bio_X509_AUX(BIO* bp, X509** x, void* cb, void* u)
+    X509* PEM_read_bio_X509(BIO* bp, X509** x, void* cb, void* u)
+    EVP_PKEY* PEM_read_bio_PrivateKey(BIO* bp, EVP_PKEY** x, void* cb, void* u)
+    void X509_free(X509* x)
+    void EVP_PKEY_free(EVP_PKEY* key)
+    int SSL_CTX_use_certificate(SSL_CTX* ctx, X509* x)
+    int SSL_CTX_use_PrivateKey(SSL_CTX* ctx, EVP_PKEY* key)
+    long SSL_CTX_add0_chain_cert(SSL_CTX* ctx, X509* x)     # a macro: takes ownership of x
+
+
 cdef extern from "<openssl/x509_vfy.h>" nogil:
     int X509_VERIFY_PARAM_set1_host(X509_VERIFY_PARAM* param, const char* name, size_t namelen)
     int X509_VERIFY_PARAM_set1_ip_asc(X509_VERIFY_PARAM* param, const char* ipasc)

@@ -80,6 +80,16 @@ cdef extern from "<netinet/in.h>" nogil:
 cdef extern from "<netinet/tcp.h>" nogil:
     enum:
         TCP_NODELAY
+        TCP_NOTSENT_LOWAT               # unsent bytes past which the socket reads as full
+
+
+cdef extern from "<sys/socket.h>" nogil:
+    struct linger:
+        int l_onoff
+        int l_linger
+    enum:
+        SO_LINGER
+        SO_SNDBUF
 
 
 cdef extern from "<poll.h>" nogil:

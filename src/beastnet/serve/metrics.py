@@ -26,6 +26,12 @@ def feed_families(health: Mapping[str, Any], prefix: str = "beastnet_feed") -> l
         .add(health.get("published", 0)),
         MetricFamily(f"{prefix}_fallbacks", "counter", "Switches of an asset to another source.")
         .add(health.get("fallbacks", 0)),
+        MetricFamily(f"{prefix}_refused", "counter",
+                     "Prices refused: not a positive decimal, or a jump past max_jump.")
+        .add(health.get("refused", 0) + health.get("refused_jumps", 0)),
+        MetricFamily(f"{prefix}_dropped", "counter",
+                     "Ticks the feed dropped while the publisher was a full queue behind.")
+        .add(health.get("feed_dropped", 0)),
         MetricFamily(f"{prefix}_assets_stale", "gauge", "Assets no fresh source quotes.")
         .add(len(health.get("assets_stale", []))),
     ]

@@ -253,4 +253,6 @@ class PricePublisher:
         feed_health = getattr(self.feed, "health", None)
         if callable(feed_health):
             out["exchanges"] = feed_health()
+            # Ticks the feed dropped because this publisher fell a queue behind.
+            out["feed_dropped"] = getattr(self.feed, "dropped", 0)
         return out

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
 from beastnet.serve.feeds.base import SourceAlive, Tick
-from beastnet.serve.feeds.exchanges.connection import ExchangeConnection
+from beastnet.serve.feeds.exchanges.connection import ExchangeConnection, reap
 from beastnet.serve.feeds.exchanges.spec import Exchange
 
 __all__ = ["CheckResult", "check_exchange", "check_exchanges"]
@@ -58,19 +58,24 @@ async def check_exchange(exchange: Exchange, assets: Sequence[str], timeout_s: f
             if conn.connect_delay_s:
                 await asyncio.sleep(conn.connect_delay_s)
             subscribed = time.monotonic()
-            subscriber = asyncio.ensure_future(conn.subscribe(ws))
-            while len(seen) < len(assets) and time.monotonic() < deadline:
-                try:
-                    raw = await asyncio.wait_for(ws.recv(), deadline - time.monotonic())
-                except asyncio.TimeoutError:
-                    break
-                reply = conn.on_message(raw)
-                if seen and result.first_price_ms is None:
-                    result.first_price_ms = (time.monotonic() - subscribed) * 1000
-                if reply is not None:
-                    await ws.send(reply)
-            subscriber.cancel()
-            ws.transport.abort()              # a check needs no close handshake
+            helpers = [asyncio.ensure_future(conn.subscribe(ws)),
+                       asyncio.ensure_future(conn.keepalive(ws))]   # its liveness rule too
+            try:
+                while len(seen) < len(assets) and time.monotonic() < deadline:
+                    try:
+                        raw = await asyncio.wait_for(ws.recv(), deadline - time.monotonic())
+                    except asyncio.TimeoutError:
+                        break
+                    reply = conn.on_message(raw)
+                    if seen and result.first_price_ms is None:
+                        result.first_price_ms = (time.monotonic() - subscribed) * 1000
+                    if reply is not None:
+                        await ws.send(reply)
+            finally:
+                for task in helpers:
+                    task.cancel()
+                    task.add_done_callback(reap)
+                ws.transport.abort()          # a check needs no close handshake
     except asyncio.CancelledError:
         raise
     except Exception as exc:                  # unreachable, refused, TLS, handshake: said

@@ -26,7 +26,7 @@ from beastnet.serve.feeds.base import SourceAlive, Tick
 from beastnet.serve.feeds.exchanges.spec import Exchange, RawTick
 from beastnet.serve.upstream import read_capped
 
-__all__ = ["ExchangeConnection", "Recorder"]
+__all__ = ["ExchangeConnection", "Recorder", "reap"]
 
 log = logging.getLogger("beastnet.serve.feeds.exchanges")
 
@@ -232,9 +232,7 @@ class ExchangeConnection:
         self.last_message = time.monotonic()  # the stale timer counts from the connect
         if self.connect_delay_s:
             await asyncio.sleep(self.connect_delay_s)
-        pinger = None
-        if self.exchange.ping_text is not None and self.ping_interval_s > 0:
-            pinger = asyncio.ensure_future(self._ping(ws))
+        pinger = asyncio.ensure_future(self.keepalive(ws))
         # Subscribing at the exchange's pace takes seconds (Coinbase: 10 a
         # second): read the first answers meanwhile.
         subscriber = asyncio.ensure_future(self.subscribe(ws))
@@ -250,10 +248,8 @@ class ExchangeConnection:
             return heard
         finally:
             for task in (subscriber, pinger):
-                if task is not None:
-                    task.cancel()
-                    # A send on a closed stream fails there: the reader saw why.
-                    task.add_done_callback(_reap)
+                task.cancel()
+                task.add_done_callback(reap)
 
     async def subscribe(self, ws: Any) -> None:
         """Send the subscribe messages, in the adapter's batches and pace."""
@@ -264,8 +260,10 @@ class ExchangeConnection:
             if self.exchange.subscribe_gap_s:
                 await asyncio.sleep(self.exchange.subscribe_gap_s)
 
-    async def _ping(self, ws: Any) -> None:
-        assert self.exchange.ping_text is not None
+    async def keepalive(self, ws: Any) -> None:
+        """The client's keepalive (Gate.io spot.ping, OKX ping), forever."""
+        if self.exchange.ping_text is None or self.ping_interval_s <= 0:
+            return
         while True:
             await asyncio.sleep(self.ping_interval_s)
             await ws.send(self.exchange.ping_text())
@@ -380,7 +378,9 @@ class ExchangeConnection:
         log.debug("exchange %s: REST %s%s: %s", self.name, self.rest_url, path, self._rest_error)
 
 
-def _reap(task: "asyncio.Future[Any]") -> None:
+def reap(task: "asyncio.Future[Any]") -> None:
+    """Done-callback of a helper task cancelled with its stream: a send on
+    a closed stream fails there, and the reader already saw why."""
     if not task.cancelled():
         task.exception()                      # retrieved: not "never retrieved"
 
