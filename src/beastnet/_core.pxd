@@ -116,6 +116,7 @@ cdef class HTTPEngine(NativeEngine):
     cdef bn_ws_hub* hub                 # WebSocket publication rings, NULL = WebSocket off
     cdef ResponseTable ws_topics        # HTTPServer.publish()'s topics, or None
     cdef int hub_attached               # 1 while the tables publish to `hub`
+    cdef uint64_t ws_reassembly_bytes   # client messages being reassembled, all workers (atomic)
     cdef void* tls_ctx                  # SSL_CTX* new TLS connections use (a reference held), NULL = plain
     cdef bn_retire_list tls_retired     # replaced contexts awaiting QSBR
     cdef object tls_context             # the TLSContext tls_ctx came from, or None

@@ -120,6 +120,7 @@ class HTTPEngine(NativeEngine):
                  ws_max_message_bytes: int = 65536, ws_stall_timeout_s: float = 10.0,
                  ws_max_symbols: int = 1024, ws_compress_min_bytes: int = 0,
                  ws_auth_timeout_s: float = 5.0, ws_message_timeout_s: float = 10.0,
+                 ws_max_reassembly_bytes: int = 64 << 20,
                  route_paths: Iterable[str] = (),
                  max_copied_output_bytes: int = 268435456, tls: Optional[TLSContext] = None,
                  tls_handshake_timeout_s: float = 10.0,

@@ -291,7 +291,7 @@ def _serve(service: PriceService, cfg: ServeConfig, log: logging.Logger) -> int:
         extras.append(f"live page {http_base}/")
     log.info("serving %d assets: udp://%s %s%s, admin %s (%s), profile %s, keys %s, "
              "CPU steering %s",
-             len(service.table), host_port(udp_host, udp_port), service.http.url,
+             len(service.publisher.assets), host_port(udp_host, udp_port), service.http.url,
              "".join(", " + e for e in extras), service.admin.url, admin, cfg.profile, keys,
              service.udp.stats()["steering"]["reason"],
              extra={"fields": {"event": "ready", "udp_host": udp_host, "udp_port": udp_port,
@@ -301,8 +301,8 @@ def _serve(service: PriceService, cfg: ServeConfig, log: logging.Logger) -> int:
     from beastnet.serve.systemd import notify
 
     # Type=notify: systemd starts what depends on us only now, with prices in the table.
-    notify("READY=1", f"STATUS=serving {len(service.table)} assets, profile {cfg.profile}, "
-                      f"keys {'on' if cfg.keystore else 'off'}", f"MAINPID={os.getpid()}")
+    notify("READY=1", f"STATUS=serving {len(service.publisher.assets)} assets, "
+                      f"profile {cfg.profile}, keys {'on' if cfg.keystore else 'off'}", f"MAINPID={os.getpid()}")
     status = service.serve_forever()
     log.info("stopped cleanly")
     _exit_now(status)
