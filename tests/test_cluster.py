@@ -523,6 +523,12 @@ def test_cluster_profile_reaches_every_node(serve, redis_server, tmp_path):  # n
         wait_for(lambda: node.http("GET", "/v1/BTC", {"X-API-Key": PUBLIC})[0] == 401,
                  timeout=1, interval=0.02, message="the revocation on every node")
     assert nodes[0].admin("POST", "/admin/keys?op=add&key=x")[0] == 400
+    # A node that starts after the switch comes up in the cluster's profile.
+    shutil.copy(tmp_path / "keys-0.db", tmp_path / "keys-late.db")
+    late = serve("--keystore", str(tmp_path / "keys-late.db"), "--redis", redis_server.url,
+                 "--node-id", "node-late", *INTERVAL, config=TIERS)
+    stats = admin_json(late, "/admin/stats")
+    assert stats["profile"] == "production" and stats["profile_at_start"] == "dev"
 
 
 @needs_redis

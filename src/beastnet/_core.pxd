@@ -63,6 +63,8 @@ cdef class ResponseTable:
     cdef int _put(self, bytes key, const char* body, size_t body_len,
                   const char* ctype, size_t ctype_len) except -1
     cdef bn_entry* _find(self, bytes raw) noexcept
+    cdef object _lookup(self, key, bint whole)
+    cdef list _snapshot(self, bint bodies)
 
 
 cdef class APIKeyTable:

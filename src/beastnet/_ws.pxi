@@ -339,33 +339,42 @@ def ws_parse(bytes data not None, uint64_t max_frame_bytes=65536,
     would: (events, bytes used).  An event is (kind, opcode_or_code, payload);
     reading stops at the first error or when no whole frame is left."""
     cdef bn_ws_reader r
-    cdef bn_ws_event ev
     cdef bytearray buf = bytearray(data)
-    cdef char* p = buf
-    cdef size_t n = len(buf)
-    cdef size_t used = 0
-    cdef size_t step
-    events = []
+    cdef bint done = False
+    cdef size_t used
+    events: list = []
     ws_reader_init(&r, max_frame_bytes, max_message_bytes)
     try:
-        while True:
-            step = ws_next(&r, p + used, n - used, &ev)
-            if ev.kind == WS_EV_NEED_MORE:
-                break
-            used += step
-            if ev.kind == WS_EV_ERROR:
-                events.append(("error", ev.code, b""))
-                break
-            if ev.kind == WS_EV_FRAGMENT:
-                continue
-            events.append((WS_EVENT_NAMES[ev.kind],
-                           ev.opcode if ev.kind == WS_EV_MESSAGE else ev.code,
-                           PyBytes_FromStringAndSize(ev.data, <Py_ssize_t>ev.len)))
-            if ev.kind == WS_EV_CLOSE:
-                break
+        used = ws_read_events(&r, buf, len(buf), events, &done)
     finally:
         ws_reader_free(&r)
     return events, used
+
+
+cdef size_t ws_read_events(bn_ws_reader* r, char* p, size_t n, list events, bint* done) except? 0:
+    """Append to `events` the (kind, opcode_or_code, payload) of each whole
+    frame in p[0:n]; the bytes used.  Stops at the first error or close
+    (then sets *done) or when no whole frame is left."""
+    cdef bn_ws_event ev
+    cdef size_t used = 0
+    cdef size_t step
+    while True:
+        step = ws_next(r, p + used, n - used, &ev)
+        if ev.kind == WS_EV_NEED_MORE:
+            return used
+        used += step
+        if ev.kind == WS_EV_ERROR:
+            events.append(("error", ev.code, b""))
+            done[0] = True
+            return used
+        if ev.kind == WS_EV_FRAGMENT:
+            continue
+        events.append((WS_EVENT_NAMES[ev.kind],
+                       ev.opcode if ev.kind == WS_EV_MESSAGE else ev.code,
+                       PyBytes_FromStringAndSize(ev.data, <Py_ssize_t>ev.len)))
+        if ev.kind == WS_EV_CLOSE:
+            done[0] = True
+            return used
 
 
 def ws_frame(int opcode, bytes payload not None):
@@ -415,31 +424,13 @@ cdef class WSFrameReader:
     def feed(self, bytes data not None):
         """Append `data`; return the events of every frame now complete, as
         ws_parse() does.  After an error or a close, input is ignored."""
-        cdef bn_ws_event ev
-        cdef size_t used = 0
-        cdef size_t step
-        cdef char* p
-        events = []
+        cdef bint done = False
+        cdef size_t used
+        events: list = []
         if self.done:
             return events
         self.buf += data
-        p = self.buf
-        while True:
-            step = ws_next(&self.r, p + used, <size_t>len(self.buf) - used, &ev)
-            if ev.kind == WS_EV_NEED_MORE:
-                break
-            used += step
-            if ev.kind == WS_EV_ERROR:
-                events.append(("error", ev.code, b""))
-                self.done = True
-                break
-            if ev.kind == WS_EV_FRAGMENT:
-                continue
-            events.append((WS_EVENT_NAMES[ev.kind],
-                           ev.opcode if ev.kind == WS_EV_MESSAGE else ev.code,
-                           PyBytes_FromStringAndSize(ev.data, <Py_ssize_t>ev.len)))
-            if ev.kind == WS_EV_CLOSE:
-                self.done = True
-                break
+        used = ws_read_events(&self.r, self.buf, <size_t>len(self.buf), events, &done)
+        self.done = done
         del self.buf[:used]
         return events

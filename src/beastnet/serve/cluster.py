@@ -74,8 +74,8 @@ def misconfiguration(exc: BaseException) -> bool:
 
 __all__ = ["RedisMisconfigured", "RedisUnavailable", "SNAPSHOT_COUNTERS", "Cluster",
            "ClusterConfigError", "ClusterNode", "aggregate", "apply_key_change",
-           "default_node_id", "key_record", "misconfiguration", "red_flags", "redacted_url",
-           "table_change"]
+           "default_node_id", "key_record", "misconfiguration", "queue_profile", "red_flags",
+           "redacted_url", "table_change"]
 
 log = logging.getLogger("beastnet.serve.cluster")
 
@@ -89,6 +89,7 @@ USAGE = PREFIX + "usage:"               # + YYYY-MM: hash key ID -> admitted cou
 KEY = PREFIX + "key:"                   # + key ID (sha256:…): hash tier, label, revoked, prefix
 KEYS_CHANNEL = PREFIX + "keys"          # pub/sub: key added, revoked, re-tiered
 CONTROL_CHANNEL = PREFIX + "control"    # pub/sub: cluster-wide profile switches
+PROFILE = PREFIX + "profile"            # string: the last cluster-wide profile (joiners read it)
 
 # A node's snapshot, (name, group, counter): the UDP, HTTP and WebSocket
 # counters tagged "snapshot" in beastnet.counters (named group_counter, the
@@ -761,8 +762,11 @@ class ClusterNode:
     async def publish_profile(self, name: str) -> Optional[int]:
         """Announce a cluster-wide profile; the subscribers that heard it, or
         None when Redis is unreachable."""
-        message = orjson.dumps({"op": "profile", "name": name})
-        result = await self._call(lambda: self.redis.publish(CONTROL_CHANNEL, message))
+        async def publish() -> Any:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                queue_profile(pipe, name)
+                return (await pipe.execute())[-1]
+        result = await self._call(publish)
         return None if result is None else int(result)
 
     # -- pub/sub -----------------------------------------------------------------------
@@ -894,6 +898,14 @@ def key_record(op: str, key: str, tier: Optional[str], label: str,
         fields += ["prefix", prefix]
     return fields, orjson.dumps({"op": op, "key": key, "tier": tier, "label": label,
                                  "prefix": prefix})
+
+
+def queue_profile(pipe: Any, name: str) -> None:
+    """A cluster-wide profile switch on a MULTI pipeline (sync or asyncio):
+    kept for the nodes that start later, told to those running; the
+    pipeline's last reply is the number of nodes that heard it."""
+    pipe.set(PROFILE, name)
+    pipe.publish(CONTROL_CHANNEL, orjson.dumps({"op": "profile", "name": name}))
 
 
 def table_change(keys: APIKeyTable, tiers: dict[str, Tier], op: str, key: str,

@@ -2,8 +2,8 @@
 connection, one lock) that the key store and the webhook store share.
 
 The file holds the API keys and their usage per month (`KeyStore`), and the
-webhook subscriptions and delivery log (`WebhookStore`), each in tables of
-its own, created when missing, so an older file gains new tables without a
+webhook subscriptions and delivery log (`WebhookStore`), and the live
+profile (`ParameterStore`), each in tables of its own, created when missing, so an older file gains new tables without a
 migration step.  Calls block: the service makes them from threads of its own
 (the usage flusher, the delivery log) or at start and stop, never per request.
 """
@@ -20,7 +20,7 @@ from beastnet.serve.keys import (DEFAULT_TIERS, KeyStoreError, Tier, api_key_id,
                                  key_prefix, new_key_row, stored_key_id)
 from beastnet.serve.webhooks import SubscriptionRules, WebhookError, WebhookTier
 
-__all__ = ["Database", "KeyStore", "WebhookStore"]
+__all__ = ["Database", "KeyStore", "ParameterStore", "WebhookStore"]
 
 
 class Database:
@@ -486,3 +486,34 @@ class WebhookStore(SubscriptionRules, _OnDatabase):
                     row[name] = json.loads(row[name])
             out.append(row)
         return out
+
+
+_PARAMETERS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS live_profile (
+    id         INTEGER PRIMARY KEY CHECK (id = 1),     -- one row: the profile in force
+    name       TEXT NOT NULL,
+    changed_at REAL NOT NULL
+);
+"""
+
+
+class ParameterStore(_OnDatabase):
+    """The live profile in the key store's SQLite file (the `Parameters`
+    interface): a switch on this server outlives its restart."""
+
+    def __init__(self, db: "Database | str", timeout_s: float = 5.0) -> None:
+        self._use(db, timeout_s)
+        try:
+            self.db.script(_PARAMETERS_SCHEMA)
+        except KeyStoreError:
+            self.close()
+            raise
+
+    def profile(self) -> Optional[str]:
+        rows = self.db.run("SELECT name FROM live_profile WHERE id = 1")
+        return str(rows[0][0]) if rows else None
+
+    def set_profile(self, name: str) -> None:
+        self.db.run("INSERT INTO live_profile (id, name, changed_at) VALUES (1, ?, ?) "
+                    "ON CONFLICT (id) DO UPDATE SET name = excluded.name, "
+                    "changed_at = excluded.changed_at", (name, time.time()))
