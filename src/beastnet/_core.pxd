@@ -70,11 +70,11 @@ cdef class ResponseTable:
 cdef class APIKeyTable:
     cdef bn_keyindex* index             # published index; readers load it atomically
     cdef bn_retire_list retired         # replaced indexes awaiting QSBR (records live on)
-    cdef list records                   # raw keys, in insertion order
+    cdef list records                   # (name as first set, digest), in insertion order
     cdef uint64_t hungry_events         # low-lease events of leased keys (atomic)
     cdef object _lock                   # serialises Python writers
 
-    cdef bn_apikey* _find(self, bytes raw) noexcept
+    cdef bn_apikey* _find(self, bytes digest) noexcept
     cdef int _grow(self) except -1
 
 

@@ -897,10 +897,10 @@ cdef int ws_key_check(bn_hworker* w, const char* key, size_t n, bn_apikey** rec,
     cdef int admit
     rec[0] = NULL
     if w.keys_ref != NULL:
-        admit = apikey_admit(w.keys_ref, key, n, w.admit_ns, retry_ns)
+        admit = apikey_admit(w.keys_ref, key, n, w.admit_ns, retry_ns, rec)
         if admit != ADMIT_OK:
+            rec[0] = NULL
             return admit
-        rec[0] = keyindex_lookup(<bn_keyindex*>bn_load_ptr(<void**>w.keys_ref), key, n)
         if rec[0] != NULL and bn_load_int(&rec[0].ws_denied):
             return WS_KEY_FORBIDDEN
         if (rec[0] != NULL and not bn_load_int(&rec[0].ws_unlimited)

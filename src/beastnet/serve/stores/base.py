@@ -44,14 +44,19 @@ class Keys(Usage, Protocol):
     path: str
     tiers: dict[str, Tier]
 
-    def add(self, tier: str = "public", key: Optional[str] = None, label: str = "") -> str: ...
+    def add(self, tier: str = "public", key: Optional[str] = None, label: str = "",
+            prefix: Optional[str] = None) -> str:
+        """A new key (or a key ID another node added, with its `prefix`);
+        only its ID (`api_key_id`) and display prefix are stored."""
 
-    def revoke(self, key: str) -> None: ...
+    def revoke(self, key: str) -> None:
+        """By the key or its ID."""
 
     def set_tier(self, key: str, tier: str) -> None: ...
 
     def list(self, month: Optional[str] = None) -> List[dict]:
-        """Every key: key, tier, label, created_at, revoked, month_count."""
+        """Every key: key (its ID), prefix, tier, label, created_at, revoked,
+        month_count."""
 
     def unknown_tiers(self) -> dict[str, int]: ...
 

@@ -284,10 +284,11 @@ class RedisKeyChanges(_RedisClient):
     nodes (`beastnet keys --redis`): a hash per key, then PUBLISH, in one
     MULTI.  The nodes' own writer is `ClusterNode.publish_key` (asyncio)."""
 
-    def publish(self, op: str, key: str, tier: Optional[str] = None, label: str = "") -> int:
-        """Record and announce one change; returns the nodes that heard it
-        (ClusterError when Redis cannot be reached)."""
-        fields, message = key_record(op, key, tier, label)
+    def publish(self, op: str, key: str, tier: Optional[str] = None, label: str = "",
+                prefix: str = "") -> int:
+        """Record and announce one change to the key with ID `key`; returns
+        the nodes that heard it (ClusterError when Redis cannot be reached)."""
+        fields, message = key_record(op, key, tier, label, prefix)
         with self.client.pipeline(transaction=True) as pipe:
             pipe.hset(KEY + key, items=fields)
             pipe.publish(KEYS_CHANNEL, message)
