@@ -18,9 +18,9 @@ import orjson
 import pytest
 import redis
 
-from beastnet import APIKeyTable
+from beastnet import APIKeyTable, api_key_id
 from beastnet.cli.stats import format_cluster
-from beastnet.serve.cluster import USAGE, aggregate, red_flags
+from beastnet.serve.cluster import KEY, KEYS_CHANNEL, USAGE, aggregate, red_flags
 from beastnet.serve.keys import Tier, current_month
 from beastnet.serve.stores.sqlite import KeyStore
 from support import find_tool, free_port, requires, wait_for
@@ -86,7 +86,7 @@ class RedisServer:
     def usage(self, key: str) -> int:
         client = self.client()
         try:
-            return int(client.hget(USAGE + current_month(), key) or 0)
+            return int(client.hget(USAGE + current_month(), api_key_id(key)) or 0)
         finally:
             client.close()
 
@@ -171,7 +171,7 @@ def test_keys_change_kept_locally_when_redis_is_unreachable(tmp_path):
                          capture_output=True, text=True, timeout=30)
     assert run.returncode == 1 and "local store" in run.stderr.splitlines()[-1], run.stderr
     with KeyStore(str(db)) as store:
-        assert [r["key"] for r in store.list()] == ["kept-locally-0123456789"]
+        assert [r["key"] for r in store.list()] == [api_key_id("kept-locally-0123456789")]
     run = subprocess.run([*base, "--redis", "redis://127.0.0.1:99999", "add"],
                          capture_output=True, text=True, timeout=30)
     assert run.returncode == 2 and "Port out of range" in run.stderr
@@ -403,7 +403,18 @@ def test_key_changes_reach_every_node_within_a_second(serve, redis_server, tmp_p
     for db in dbs:
         with KeyStore(str(db)) as store:
             rows = {r["key"]: r for r in store.list()}
-        assert rows[PUBLIC]["revoked"] and rows[new_key]["tier"] == "partner"
+        assert rows[api_key_id(PUBLIC)]["revoked"]
+        assert rows[api_key_id(new_key)]["tier"] == "partner"
+        assert rows[api_key_id(new_key)]["prefix"] == new_key[:10] + "…"
+    # Redis holds key IDs, never a key: not in a record's name nor in its fields
+    client = redis_server.client()
+    try:
+        dump = b"".join(name + b"".join(b"".join(kv) for kv in client.hgetall(name).items())
+                        for name in client.scan_iter(match="*") if client.type(name) == b"hash")
+    finally:
+        client.close()
+    assert api_key_id(new_key).encode() in dump
+    assert new_key.encode() not in dump and PUBLIC.encode() not in dump
     # a node started later reads the shared store
     late = tmp_path / "late.db"
     with KeyStore(str(late)) as store:
@@ -512,6 +523,40 @@ def test_cluster_profile_reaches_every_node(serve, redis_server, tmp_path):  # n
         wait_for(lambda: node.http("GET", "/v1/BTC", {"X-API-Key": PUBLIC})[0] == 401,
                  timeout=1, interval=0.02, message="the revocation on every node")
     assert nodes[0].admin("POST", "/admin/keys?op=add&key=x")[0] == 400
+    # A node that starts after the switch comes up in the cluster's profile.
+    shutil.copy(tmp_path / "keys-0.db", tmp_path / "keys-late.db")
+    late = serve("--keystore", str(tmp_path / "keys-late.db"), "--redis", redis_server.url,
+                 "--node-id", "node-late", *INTERVAL, config=TIERS)
+    stats = admin_json(late, "/admin/stats")
+    assert stats["profile"] == "production" and stats["profile_at_start"] == "dev"
+
+
+@needs_redis
+def test_a_key_record_from_before_hashing_is_applied_by_its_id(serve, redis_server,  # noqa: F811
+                                                               tmp_path):
+    """Redis records and messages written by a beastnet that kept keys in
+    plaintext: a node applies them by the key's ID, so its store, its usage
+    rows and what it pushes never hold the key."""
+    old_key = "pre-hash-key-0123456789"
+    client = redis_server.client()
+    try:
+        client.hset(KEY + old_key, mapping={"revoked": 0, "tier": "public"})
+        db = key_stores(tmp_path, 1)[0]
+        node = start_nodes(serve, redis_server, [db])[0]
+        # known from the start (429 until the first lease: known, not refused)
+        assert node.http("GET", "/v1/BTC", {"X-API-Key": old_key})[0] in (200, 429)
+        wait_for(lambda: node.http("GET", "/v1/BTC", {"X-API-Key": old_key})[0] == 200,
+                 timeout=3, message="the old-format key served")
+        client.publish(KEYS_CHANNEL, orjson.dumps({"op": "revoke", "key": old_key}))
+        wait_for(lambda: node.http("GET", "/v1/BTC", {"X-API-Key": old_key})[0] == 401,
+                 timeout=3, message="the old-format revocation")
+        assert node.terminate() == 0
+    finally:
+        client.close()
+    with KeyStore(str(db)) as store:
+        row = {r["key"]: r for r in store.list()}[api_key_id(old_key)]
+    assert row["revoked"] and row["prefix"] == old_key[:10] + "…"
+    assert old_key.encode() not in b"".join(p.read_bytes() for p in tmp_path.glob("keys-0.db*"))
 
 
 def test_admin_key_route_on_a_node_alone(serve, tmp_path):  # noqa: F811
@@ -524,5 +569,5 @@ def test_admin_key_route_on_a_node_alone(serve, tmp_path):  # noqa: F811
     assert server.http("GET", "/v1/BTC", {"X-API-Key": PUBLIC})[0] == 401
     assert server.terminate() == 0
     with KeyStore(str(db)) as store:
-        row = {r["key"]: r for r in store.list()}[PUBLIC]
+        row = {r["key"]: r for r in store.list()}[api_key_id(PUBLIC)]
     assert row["revoked"] and row["tier"] == "partner"

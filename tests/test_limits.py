@@ -1,5 +1,6 @@
 """APIKeyTable (GCRA, caps, revocation), its enforcement by the UDP reader,
 and the SQLite key store with its usage flusher."""
+import hashlib
 import os
 import socket
 import sqlite3
@@ -11,7 +12,7 @@ import time
 import orjson
 import pytest
 
-from beastnet import APIKeyTable, ResponseTable, UDPServer
+from beastnet import APIKeyTable, ResponseTable, UDPServer, api_key_id
 from beastnet._core import admit_race
 from beastnet.serve.keys import KeyStoreError, Tier, UsageFlusher, current_month
 from beastnet.serve.stores.sqlite import KeyStore
@@ -79,6 +80,24 @@ def test_key_index_growth_keeps_every_key():
         keys.set(f"key-{i}", qps=1)
     assert len(keys) == 3000
     assert all(keys.admit(f"key-{i}", 0)[0] == "ok" for i in range(0, 3000, 7))
+
+
+def test_a_key_set_by_its_id_admits_the_key_it_hashes():
+    """What a key store hands the table is the key's ID (SHA-256): requests
+    presenting the key find it, on the readers' path and in every method."""
+    key = "bk_" + "A" * 29
+    assert api_key_id(key) == "sha256:" + hashlib.sha256(key.encode()).hexdigest()
+    keys = APIKeyTable()
+    keys.set(api_key_id(key), qps=1, burst=2)
+    assert [keys.admit(key, 0)[0] for _ in range(3)] == ["ok", "ok", "rate_limited"]
+    assert keys.admit(key[:-1] + "B", 0)[0] == "unauthorized"
+    with pytest.raises(ValueError):             # an ID (71 bytes) is never a presented key
+        keys.admit(api_key_id(key), 0)
+    assert key in keys and api_key_id(key) in keys
+    assert keys.usage() == {api_key_id(key): (2, 1, 0, False)}
+    assert keys.revoke(key) and keys.admit(key, 10**12)[0] == "unauthorized"
+    with pytest.raises(ValueError):
+        keys.set("sha256:" + "z" * 64)
 
 
 @pytest.mark.parametrize("limits", [dict(qps=-1), dict(qps=1e10), dict(qps=1e-9),
@@ -227,9 +246,10 @@ def test_store_add_list_revoke_set_tier(store):
     store.add("partner", key="p-1")
     store.set_tier("p-1", "pro")
     store.revoke(generated)
-    listed = {k["key"]: k for k in store.list()}
-    assert listed[generated]["revoked"] and listed[generated]["label"] == "web"
-    assert listed["p-1"]["tier"] == "pro" and not listed["p-1"]["revoked"]
+    listed = {k["key"]: k for k in store.list()}        # by ID: the store keeps no key
+    mine, p1 = listed[api_key_id(generated)], listed[api_key_id("p-1")]
+    assert mine["revoked"] and mine["label"] == "web" and mine["prefix"] == generated[:10] + "…"
+    assert p1["tier"] == "pro" and not p1["revoked"]
     with pytest.raises(KeyStoreError, match="exists"):
         store.add("public", key="p-1")
     with pytest.raises(KeyStoreError, match="unknown tier"):
@@ -243,7 +263,7 @@ def test_store_sync_sets_tier_limits(tmp_path):
     with KeyStore(str(tmp_path / "k.db"), tiers=tiers) as store:
         store.add("slow", key="s")
         store.add("free", key="f")
-        store.add_usage({"s": 4}, month=time.strftime("%Y-%m", time.gmtime()))
+        store.add_usage({api_key_id("s"): 4}, month=time.strftime("%Y-%m", time.gmtime()))
         keys = APIKeyTable()
         assert store.sync_into(keys) == 2
         assert keys.admit("s", 0)[0] == "ok"            # 4 persisted + 1 = cap 5
@@ -336,6 +356,16 @@ def test_keys_command_round_trip(tmp_path, capsys):
     assert rows["partner-ke…"]["revoked"]
     assert main(["keys", "--db", db, "set-tier", "partner-key-0001", "gold"]) == 2
     assert "unknown tier 'gold'" in capsys.readouterr().err
+    # the store keeps no key: a listed prefix names the one key that has it
+    assert main(["keys", "--db", db, "revoke", generated[:10] + "…"]) == 0
+    assert capsys.readouterr().err == f"beastnet keys: revoked {generated[:10]}…\n"
+    assert main(["keys", "--db", db, "add", "--key", "partner-key-0002"]) == 0
+    capsys.readouterr()
+    assert main(["keys", "--db", db, "set-tier", "partner-ke…", "pro"]) == 2
+    assert "2 keys have the prefix partner-ke…" in capsys.readouterr().err
+    assert main(["keys", "--db", db, "list", "--json"]) == 0
+    first = orjson.loads(capsys.readouterr().out)[0]
+    assert first["revoked"] and first["id"] == api_key_id(generated)
 
 
 # -- the monthly cap under concurrent readers ------------------------------------------

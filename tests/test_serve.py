@@ -17,6 +17,7 @@ from typing import Optional
 import orjson
 import pytest
 
+from beastnet import APIKeyTable, api_key_id
 from support import gcra_bounds
 
 pytestmark = pytest.mark.timeout(90)
@@ -155,7 +156,8 @@ def add_key(db: Path, tier: str, key: str) -> None:
 def month_count(db: Path, key: str) -> int:
     conn = sqlite3.connect(db)              # its context manager commits, it does not close
     try:
-        row = conn.execute("SELECT SUM(count) FROM usage WHERE key = ?", (key,)).fetchone()
+        row = conn.execute("SELECT SUM(count) FROM usage WHERE key = ?",
+                           (api_key_id(key),)).fetchone()
     finally:
         conn.close()
     return row[0] or 0
@@ -346,6 +348,62 @@ def test_a_failed_start_gives_back_its_log_file_regression(tmp_path):
     blamed whichever test ran next."""
     with pytest.raises(AssertionError, match="serve exited 2"):
         Serve(tmp_path, "--batch", "0")
+
+
+def test_keys_are_stored_hashed_never_in_plaintext(tmp_path):
+    from beastnet.serve.stores.sqlite import KeyStore
+    db = tmp_path / "keys.db"
+    with KeyStore(str(db)) as store:
+        key = store.add("pro", label="acme")
+        store.add_usage({api_key_id(key): 3}, "2026-01")
+        assert store.usage(key, "2026-01") == 3
+        [row] = store.list("2026-01")
+        assert row["key"] == api_key_id(key) and row["prefix"] == key[:10] + "…"
+        table = APIKeyTable()
+        assert store.sync_into(table) == 1 and table.admit(key)[0] == "ok"
+        store.revoke(key)
+        store.sync_into(table)
+        assert table.admit(key)[0] == "unauthorized"
+    store_bytes = b"".join(p.read_bytes() for p in tmp_path.glob("keys.db*"))
+    assert key.encode() not in store_bytes and key[10:].encode() not in store_bytes
+
+
+def test_a_plaintext_key_store_is_migrated_keeping_keys_and_usage(tmp_path):
+    """A store written before keys were hashed: every key still admits, with
+    its usage and state; the file no longer holds a key."""
+    from beastnet.serve.stores.sqlite import KeyStore
+    db = tmp_path / "old.db"
+    conn = sqlite3.connect(db)
+    conn.executescript("""
+        CREATE TABLE api_keys (key TEXT PRIMARY KEY, tier TEXT NOT NULL,
+            label TEXT NOT NULL DEFAULT '', created_at REAL NOT NULL, revoked_at REAL);
+        CREATE TABLE usage (key TEXT NOT NULL, month TEXT NOT NULL, count INTEGER NOT NULL,
+            PRIMARY KEY (key, month));
+        INSERT INTO api_keys VALUES ('bk_old_public_key_0123', 'public', 'a', 1, NULL);
+        INSERT INTO api_keys VALUES ('bk_old_partner_key_456', 'partner', 'b', 2, NULL);
+        INSERT INTO api_keys VALUES ('bk_old_revoked_key_789', 'pro', 'c', 3, 4);
+        INSERT INTO usage VALUES ('bk_old_public_key_0123', '2026-01', 41);
+        INSERT INTO usage VALUES ('bk_old_partner_key_456', '2026-01', 7);
+    """)
+    conn.close()
+    with KeyStore(str(db)) as store:
+        rows = {r["prefix"]: r for r in store.list("2026-01")}
+        assert {p: (r["tier"], r["revoked"], r["month_count"]) for p, r in rows.items()} == {
+            "bk_old_pub…": ("public", False, 41), "bk_old_par…": ("partner", False, 7),
+            "bk_old_rev…": ("pro", True, 0)}
+        assert store.usage("bk_old_public_key_0123", "2026-01") == 41
+        table = APIKeyTable()
+        assert store.sync_into(table, "2026-01") == 2
+        assert table.admit("bk_old_public_key_0123")[0] == "ok"
+        assert table.admit("bk_old_partner_key_456")[0] == "ok"
+        assert table.admit("bk_old_revoked_key_789")[0] == "unauthorized"
+        store.add_usage({api_key_id("bk_old_public_key_0123"): 1}, "2026-01")
+        assert store.usage("bk_old_public_key_0123", "2026-01") == 42
+    with KeyStore(str(db)) as store:            # a second open finds nothing to migrate
+        assert len(store.list()) == 3
+    # Not even in the file's free pages: the migration rewrites the file.
+    store_bytes = b"".join(p.read_bytes() for p in tmp_path.glob("old.db*"))
+    assert b"key_0123" not in store_bytes and b"key_456" not in store_bytes
 
 
 def test_corrupt_keystore_is_reported(tmp_path):

@@ -9,7 +9,8 @@ from _annotate import SRC, annotate, yellow_lines
 
 # Every function a native thread runs per packet, per batch or per request.
 HOT_FUNCTIONS = {
-    "_limits.pxi": ["keyindex_lookup", "apikey_over_cap", "gcra_take", "lease_take", "apikey_admit", "monotonic_ns"],
+    "_limits.pxi": ["digest_slot_hash", "keyindex_lookup", "apikey_lookup", "apikey_over_cap",
+                    "gcra_take", "lease_take", "apikey_admit", "monotonic_ns"],
     "_rrl.pxi": ["addr_is_v4mapped", "rrl_source", "rrl_check"],
     "_udp.pxi": ["format_rate_limited", "udp_parse", "udp_reply", "udp_too_large", "udp_error",
                  "udp_queue_miss", "udp_reader_recv",
@@ -32,14 +33,14 @@ HOT_FUNCTIONS = {
     "_tls.pxi": ["tls_on_alpn", "tls_on_info", "tls_conn_new", "tls_conn_free", "tls_fail",
                  "tls_write_pending", "tls_write", "tls_sendv", "tls_recv", "tls_handshake_done",
                  "tls_answer_plain_http", "tls_note_pending", "tls_drain_ready", "tls_on_handshake_event", "tls_is_client_hello",
-                 "tls_ctx_release"],
+                 "tls_ctx_release", "tls_pend_free"],
     "_http_route.pxi": ["http_key_valid", "http_is_route", "conn_queue", "conn_step",
                         "conn_refuse", "cors_pick", "http_lookup", "batch_put",
                         "batch_put_uint", "conn_batch", "conn_request"],
     "_ws.pxi": ["ws_reader_init", "ws_reader_free", "ws_load_u64", "utf8_check", "ws_unmask",
                 "ws_close_code_valid", "ws_fail", "ws_msg_append", "ws_next", "ws_server_head"],
     "_ws_msg.pxi": ["json_ws", "json_hex4", "json_string", "json_skip", "json_skip_number",
-                    "ws_symbols", "ws_parse_request"],
+                    "json_digits", "ws_symbols", "ws_parse_request"],
     "_ws_ring.pxi": ["ws_hub_publish", "ws_hubs_publish"],
     "_ws_deflate.pxi": ["thread_cpu_ns", "deflater_run", "ws_deflate_publication", "ext_space",
                         "ext_token", "ws_deflate_offer", "ws_deflate_offers",

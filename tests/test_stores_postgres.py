@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from beastnet import APIKeyTable
+from beastnet import APIKeyTable, api_key_id
 from beastnet.serve.keys import KeyStoreError, Tier
 from beastnet.serve.stores.postgres import MIGRATIONS, PostgresKeyStore, migrate, schema_version
 from beastnet.serve.stores.sqlite import KeyStore
@@ -53,12 +53,14 @@ def test_keys_contract(keys_store):
     v1 = store.version()
     store.set_tier(a, "pro")
     assert store.version() != v1
-    store.add_usage({b: 5, a: 0}, MONTH)
-    store.add_usage({b: 3}, MONTH)
+    # Usage and listings name keys by ID: the store keeps no key.
+    store.add_usage({api_key_id(b): 5, api_key_id(a): 0}, MONTH)
+    store.add_usage({api_key_id(b): 3}, MONTH)
     assert store.usage(b, MONTH) == 8 and store.usage(a, MONTH) == 0
     listed = {r["key"]: r for r in store.list(MONTH)}
-    assert listed[a]["tier"] == "pro" and listed[a]["label"] == "first"
-    assert listed[b]["month_count"] == 8 and not listed[b]["revoked"]
+    assert listed[api_key_id(a)]["tier"] == "pro" and listed[api_key_id(a)]["label"] == "first"
+    assert listed[api_key_id(b)]["month_count"] == 8 and not listed[api_key_id(b)]["revoked"]
+    assert listed[api_key_id(b)]["prefix"] == "pro-key-01…"
     store.revoke(a)
     with pytest.raises(KeyStoreError, match="no active key"):
         store.revoke(a)
@@ -77,7 +79,7 @@ def test_usage_from_many_threads_adds_up(keys_store):
 
     def flush() -> None:
         for _ in range(50):
-            store.add_usage({key: 1}, MONTH)
+            store.add_usage({api_key_id(key): 1}, MONTH)
 
     threads = [threading.Thread(target=flush) for _ in range(4)]
     for t in threads:
@@ -111,6 +113,33 @@ def test_a_failing_migration_applies_nothing(postgres, monkeypatch):  # noqa: F8
         pg.migrate(postgres.dsn)
     assert schema_version(postgres.dsn) == 0, "version 1 rolled back with 99"
     assert postgres.psql("SELECT to_regclass('api_keys') IS NULL")
+
+
+def test_migration_2_hashes_the_keys_of_a_version_1_database(postgres,  # noqa: F811
+                                                             monkeypatch):
+    """A database from before keys were hashed: after `migrate`, every key
+    still admits with its tier, state and usage, and no table holds a key."""
+    import beastnet.serve.stores.postgres as pg
+    monkeypatch.setattr(pg, "MIGRATIONS", MIGRATIONS[:1])
+    assert pg.migrate(postgres.dsn) == [1]
+    postgres.psql("INSERT INTO api_keys (key, tier, label, created_at, revoked_at) VALUES "
+                  "('old-public-key-0123', 'public', 'a', 1, NULL), "
+                  "('old-revoked-key-456', 'pro', 'b', 2, 3)")
+    postgres.psql(f"INSERT INTO usage VALUES ('old-public-key-0123', '{MONTH}', 41)")
+    monkeypatch.undo()
+    assert migrate(postgres.dsn) == [2]
+    with PostgresKeyStore(postgres.dsn, TIERS) as store:
+        rows = {r["prefix"]: (r["key"], r["tier"], r["revoked"], r["month_count"])
+                for r in store.list(MONTH)}
+        assert rows == {"old-public…": (api_key_id("old-public-key-0123"), "public", False, 41),
+                        "old-revoke…": (api_key_id("old-revoked-key-456"), "pro", True, 0)}
+        table = APIKeyTable()
+        assert store.sync_into(table, MONTH) == 1
+        assert table.admit("old-public-key-0123")[0] == "ok"
+        assert table.admit("old-revoked-key-456")[0] == "unauthorized"
+    assert postgres.psql("SELECT count(*) FROM api_keys a JOIN usage u ON u.key = a.key "
+                         "WHERE a.key LIKE 'sha256:%'") == 1
+    assert postgres.psql("SELECT count(*) FROM api_keys WHERE key LIKE 'old-%'") == 0
 
 
 def test_a_store_on_an_unmigrated_database_names_the_command(postgres):  # noqa: F811

@@ -692,3 +692,23 @@ def test_an_unfinished_frame_or_message_times_out(table, unfinished):
         assert client.frame(timeout=5.0)[0] == -1           # closed
         assert totals(server)["ws_active"] == 0
         client.close()
+
+
+def test_reassembly_memory_is_capped_per_engine_and_given_back(table):
+    """Issue 23: every connection could pin a max_message_bytes reassembly
+    buffer; past the engine's cap a growing message closes 1013."""
+    options = WebSocketOptions(echo_path="/echo", max_reassembly_bytes=100_000)
+    with HTTPServer(table, threads=1, websocket=options) as server:
+        first, second, third = (RawClient(server, path="/echo") for _ in range(3))
+        for c in (first, second, third):
+            c.handshake()
+        first.send(build_frame(TEXT, b"a" * 40000, fin=False) + build_frame(PING, b"p"))
+        assert first.frame() == (0xA, b"p")     # its pong: the 64 KiB buffer is held now
+        second.send(build_frame(TEXT, b"b" * 40000, fin=False))      # would pass 100,000
+        assert second.close_code() == 1013
+        first.send(build_frame(CONT, b"a" * 1000))                   # finished: buffer freed
+        assert first.frame() == (TEXT, b"a" * 41000)
+        third.send(build_frame(TEXT, b"c" * 40000, fin=False) + build_frame(CONT, b"c"))
+        assert third.frame() == (TEXT, b"c" * 40001)
+        for c in (first, second, third):
+            c.close()

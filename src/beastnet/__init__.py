@@ -10,7 +10,7 @@ handlers run on, which several servers may share; `run_udp_load` /
 `run_http_load` (with `UDPLoadConfig` / `HTTPLoadConfig`) measure a server;
 `UDPPusher` sends a table's entries to many UDP addresses in sendmmsg batches.
 """
-from beastnet._core import APIKeyTable, Entry, ResponseTable, UDPPusher
+from beastnet._core import APIKeyTable, Entry, ResponseTable, UDPPusher, api_key_id
 from beastnet._core import ERROR_STATUS
 from beastnet.control import Answer, ControlPlane, MissRequest, error_answer, is_loopback_client
 from beastnet.errors import (BeastnetError, ClusterError, InvalidKeyError, ServerError,
@@ -59,6 +59,7 @@ __all__ = [
     "UDPPusher",
     "WebSocketOptions",
     "__version__",
+    "api_key_id",
     "error_answer",
     "is_loopback_client",
     "run_http_load",

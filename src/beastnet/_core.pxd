@@ -63,16 +63,18 @@ cdef class ResponseTable:
     cdef int _put(self, bytes key, const char* body, size_t body_len,
                   const char* ctype, size_t ctype_len) except -1
     cdef bn_entry* _find(self, bytes raw) noexcept
+    cdef object _lookup(self, key, bint whole)
+    cdef list _snapshot(self, bint bodies)
 
 
 cdef class APIKeyTable:
     cdef bn_keyindex* index             # published index; readers load it atomically
     cdef bn_retire_list retired         # replaced indexes awaiting QSBR (records live on)
-    cdef list records                   # raw keys, in insertion order
+    cdef list records                   # (name as first set, digest), in insertion order
     cdef uint64_t hungry_events         # low-lease events of leased keys (atomic)
     cdef object _lock                   # serialises Python writers
 
-    cdef bn_apikey* _find(self, bytes raw) noexcept
+    cdef bn_apikey* _find(self, bytes digest) noexcept
     cdef int _grow(self) except -1
 
 
@@ -114,6 +116,7 @@ cdef class HTTPEngine(NativeEngine):
     cdef bn_ws_hub* hub                 # WebSocket publication rings, NULL = WebSocket off
     cdef ResponseTable ws_topics        # HTTPServer.publish()'s topics, or None
     cdef int hub_attached               # 1 while the tables publish to `hub`
+    cdef uint64_t ws_reassembly_bytes   # client messages being reassembled, all workers (atomic)
     cdef void* tls_ctx                  # SSL_CTX* new TLS connections use (a reference held), NULL = plain
     cdef bn_retire_list tls_retired     # replaced contexts awaiting QSBR
     cdef object tls_context             # the TLSContext tls_ctx came from, or None

@@ -57,6 +57,8 @@ class APIKeyTable:
     def __contains__(self, key: object) -> bool: ...
     def __len__(self) -> int: ...
 
+def api_key_id(key: Union[str, bytes]) -> str: ...
+
 # pop_misses() record: (thread, conn, gen, addr, tag_prefix, method, target, key, apikey).
 MissRecord = tuple[int, int, int, bytes, bytes, Optional[str], Optional[str], Optional[str],
                    Optional[str]]
@@ -120,6 +122,7 @@ class HTTPEngine(NativeEngine):
                  ws_max_message_bytes: int = 65536, ws_stall_timeout_s: float = 10.0,
                  ws_max_symbols: int = 1024, ws_compress_min_bytes: int = 0,
                  ws_auth_timeout_s: float = 5.0, ws_message_timeout_s: float = 10.0,
+                 ws_max_reassembly_bytes: int = 64 << 20,
                  route_paths: Iterable[str] = (),
                  max_copied_output_bytes: int = 268435456, tls: Optional[TLSContext] = None,
                  tls_handshake_timeout_s: float = 10.0,

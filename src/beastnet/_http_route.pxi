@@ -276,7 +276,8 @@ cdef int conn_request(bn_hworker* w, bn_conn* c, bn_hreq* req) noexcept nogil:
         return conn_step(c, conn_emit_error(w, c, ERR_413, TAIL_CLOSE, head_only))
     if in_prefix:
         if w.keys_ref != NULL:
-            admit = apikey_admit(w.keys_ref, req.apikey, req.apikey_len, w.admit_ns, &retry_ns)
+            admit = apikey_admit(w.keys_ref, req.apikey, req.apikey_len, w.admit_ns, &retry_ns,
+                                 NULL)
             if admit != ADMIT_OK:
                 return conn_refuse(w, c, admit, retry_ns, tail, head_only)
         elif w.require_apikey and req.apikey_len == 0:

@@ -826,7 +826,7 @@ cdef class HTTPEngine(NativeEngine):
                   size_t ws_max_frame_bytes=65536, size_t ws_max_message_bytes=65536,
                   double ws_stall_timeout_s=10.0, unsigned int ws_max_symbols=1024,
                   size_t ws_compress_min_bytes=0, double ws_auth_timeout_s=5.0,
-                  double ws_message_timeout_s=10.0,
+                  double ws_message_timeout_s=10.0, size_t ws_max_reassembly_bytes=64 << 20,
                   route_paths=(),
                   size_t max_copied_output_bytes=268435456,
                   TLSContext tls=None, double tls_handshake_timeout_s=10.0, cors_origins=(),
@@ -982,6 +982,8 @@ cdef class HTTPEngine(NativeEngine):
             for i in range(n):
                 self.workers[i].ws.auth_timeout_ns = <int64_t>(ws_auth_timeout_s * 1e9)
                 self.workers[i].ws.message_timeout_ns = <int64_t>(ws_message_timeout_s * 1e9)
+                self.workers[i].ws.reassembly_pool = &self.ws_reassembly_bytes
+                self.workers[i].ws.reassembly_cap = ws_max_reassembly_bytes
 
     cdef int _ws_setup(self, bytes path, bytes echo, ResponseTable topics, unsigned int max_subs,
                        size_t max_frame, size_t max_message, double stall_s,

@@ -23,6 +23,14 @@
 #   left answers rate_limited as the local GCRA does.  When a take leaves
 #   `lease_low` tokens, the table's `hungry` count grows once, so the control
 #   plane renews early instead of waiting for its next round.
+#
+# The table never holds a key itself, only its SHA-256 digest, as the key
+# stores do: a request's key is hashed (OpenSSL's SHA-256 block function, a
+# single 64-byte block for keys up to 55 bytes; includes/apikeyhash.h) and
+# the digest looked up.  Hashing
+# every request instead of remembering plaintext -> record keeps the reader
+# stateless: an unknown-key flood costs a hash each, never memory.  Keys are
+# random high-entropy tokens, so a plain SHA-256 suffices (no slow KDF).
 
 cdef struct bn_apikey:
     uint64_t tat                        # GCRA theoretical arrival time, ns (CLOCK_MONOTONIC)
@@ -43,8 +51,7 @@ cdef struct bn_apikey:
     uint64_t lease_low                  # a take that leaves this many marks the key hungry
     uint64_t* hungry_ref                # the table's count of low-lease events
     int leased                          # 1 = every admission also takes a lease token
-    uint32_t key_len                    # bytes
-    char key[APIKEY_MAX_BYTES]
+    unsigned char digest[APIKEY_DIGEST_BYTES]   # SHA-256 of the key; the key is never kept
 
 cdef struct bn_keyslot:
     uint64_t hash                       # 0 = empty; stored last (release)
@@ -65,8 +72,16 @@ cdef bn_keyindex* keyindex_new(size_t capacity) noexcept nogil:
     return idx
 
 
-cdef inline bn_apikey* keyindex_lookup(bn_keyindex* idx, const char* key, size_t n) noexcept nogil:
-    cdef uint64_t h = key_hash(key, n)
+cdef inline uint64_t digest_slot_hash(const unsigned char* digest) noexcept nogil:
+    # A SHA-256 digest is uniform already: its first 8 bytes are the slot hash.
+    cdef uint64_t h
+    memcpy(&h, digest, sizeof(uint64_t))
+    return h | 1                        # never 0: 0 marks an empty slot
+
+
+cdef inline bn_apikey* keyindex_lookup(bn_keyindex* idx,
+                                       const unsigned char* digest) noexcept nogil:
+    cdef uint64_t h = digest_slot_hash(digest)
     cdef size_t i = h & idx.mask
     cdef uint64_t seen
     cdef bn_apikey* rec
@@ -76,9 +91,17 @@ cdef inline bn_apikey* keyindex_lookup(bn_keyindex* idx, const char* key, size_t
             return NULL
         if seen == h:
             rec = idx.slots[i].rec
-            if rec.key_len == n and memcmp(rec.key, key, n) == 0:
+            if memcmp(rec.digest, digest, APIKEY_DIGEST_BYTES) == 0:
                 return rec
         i = (i + 1) & idx.mask
+
+
+cdef inline bn_apikey* apikey_lookup(bn_keyindex** index_ref, const char* key,
+                                     size_t n) noexcept nogil:
+    """The record of the presented `key` (hashed here), or NULL."""
+    cdef unsigned char digest[APIKEY_DIGEST_BYTES]
+    bn_apikey_sha256(key, n, digest)
+    return keyindex_lookup(<bn_keyindex*>bn_load_ptr(<void**>index_ref), digest)
 
 
 cdef inline bint apikey_over_cap(bn_apikey* rec, uint64_t cap, uint64_t admitted) noexcept nogil:
@@ -115,17 +138,23 @@ cdef inline int lease_take(bn_apikey* rec) noexcept nogil:
 
 
 cdef inline int apikey_admit(bn_keyindex** index_ref, const char* key, size_t n, uint64_t now_ns,
-                             uint64_t* retry_after_ns) noexcept nogil:
+                             uint64_t* retry_after_ns, bn_apikey** found) noexcept nogil:
     """ADMIT_OK, or why not.  On ADMIT_RATE_LIMITED, *retry_after_ns says when
-    the next request would pass.  Lock-free; the caller must be QSBR-online."""
+    the next request would pass; `found`, when not NULL, gets the key's record
+    (NULL for an unknown key), so a caller needing it hashes the key once.
+    Lock-free; the caller must be QSBR-online."""
     cdef bn_apikey* rec
     cdef uint64_t cap
     cdef uint64_t emission
     cdef uint64_t used
     cdef int leased
+    if found != NULL:
+        found[0] = NULL
     if n == 0:
         return ADMIT_UNAUTHORIZED
-    rec = keyindex_lookup(<bn_keyindex*>bn_load_ptr(<void**>index_ref), key, n)
+    rec = apikey_lookup(index_ref, key, n)
+    if found != NULL:
+        found[0] = rec
     if rec == NULL or bn_load_int(&rec.revoked):
         return ADMIT_UNAUTHORIZED
     cap = bn_load_u64_relaxed(&rec.monthly_cap)
@@ -187,6 +216,32 @@ cdef bytes apikey_to_bytes(object key):
     return raw
 
 
+KEY_ID_PREFIX = "sha256:"
+
+
+cdef bytes apikey_digest_of(object key):
+    """The 32-byte digest that names `key` in the table: a key ID
+    ("sha256:" + 64 hex digits, what key stores keep) decoded, or a key
+    hashed.  A key ID (71 characters) is longer than any key can be."""
+    cdef bytes raw
+    cdef unsigned char digest[APIKEY_DIGEST_BYTES]
+    if isinstance(key, str) and (<str>key).startswith(KEY_ID_PREFIX) \
+            and len(<str>key) == len(KEY_ID_PREFIX) + 2 * APIKEY_DIGEST_BYTES:
+        try:
+            return bytes.fromhex((<str>key)[len(KEY_ID_PREFIX):])
+        except ValueError:
+            raise ValueError(f"a key ID is {KEY_ID_PREFIX} and 64 hex digits") from None
+    raw = apikey_to_bytes(key)
+    bn_apikey_sha256(raw, len(raw), digest)
+    return PyBytes_FromStringAndSize(<char*>digest, APIKEY_DIGEST_BYTES)
+
+
+def api_key_id(key):
+    """The ID of an API key: "sha256:" + its SHA-256 digest in hex, what a
+    key store keeps instead of the key.  Given an ID, the same ID."""
+    return KEY_ID_PREFIX + apikey_digest_of(key).hex()
+
+
 cdef class APIKeyTable:
     """API keys with their limits, checked by native threads on every request.
 
@@ -195,6 +250,10 @@ cdef class APIKeyTable:
     ``set(key)``, still counted); ``revoke(key)`` makes it answer
     unauthorized.  ``usage()`` returns cumulative counters per key; the key
     store turns their deltas into persisted usage.
+
+    The table keeps each key's SHA-256 digest, never the key: every method
+    takes either the key or its ID (``api_key_id(key)``, what a key store
+    keeps), and ``usage()``/``leases()`` name a key as it was first ``set``.
     """
 
     def __cinit__(self, size_t capacity=64):
@@ -217,8 +276,8 @@ cdef class APIKeyTable:
             self.index = NULL
         retire_free_all(&self.retired)
 
-    cdef bn_apikey* _find(self, bytes raw) noexcept:
-        return keyindex_lookup(self.index, raw, len(raw))
+    cdef bn_apikey* _find(self, bytes digest) noexcept:
+        return keyindex_lookup(self.index, <const unsigned char*><const char*>digest)
 
     cdef int _grow(self) except -1:
         cdef bn_keyindex* old = self.index
@@ -248,7 +307,7 @@ cdef class APIKeyTable:
         once under this key and `ws_max_subscriptions` symbols per stream (0 =
         the server's default); `ws_unlimited` lifts both (partners);
         `ws_allowed=False` refuses this key the stream (403)."""
-        cdef bytes raw = apikey_to_bytes(key)
+        cdef bytes digest = apikey_digest_of(key)
         cdef bn_apikey* rec
         cdef uint64_t h
         cdef size_t i
@@ -266,24 +325,24 @@ cdef class APIKeyTable:
             if <double>emission * <double>(burst - 1) > 1e18:
                 raise ValueError(f"burst {burst} at {qps} req/s allows more than 1e9 s of tolerance")
         with self._lock:
-            rec = self._find(raw)
+            rec = self._find(digest)
             if rec == NULL:
                 if (self.index.used + 1) * 2 > self.index.mask + 1:
                     self._grow()
                 rec = <bn_apikey*>calloc(1, sizeof(bn_apikey))
                 if rec == NULL:
                     raise MemoryError()
-                rec.key_len = <uint32_t>len(raw)
                 rec.hungry_ref = &self.hungry_events
-                memcpy(rec.key, <const char*>raw, len(raw))
-                h = key_hash(raw, len(raw))
+                memcpy(rec.digest, <const char*>digest, APIKEY_DIGEST_BYTES)
+                h = digest_slot_hash(rec.digest)
                 i = h & self.index.mask
                 while self.index.slots[i].hash != 0:
                     i = (i + 1) & self.index.mask
                 self.index.slots[i].rec = rec
                 bn_store_u64(&self.index.slots[i].hash, h)   # publishes the record
                 self.index.used += 1
-                self.records.append(raw)
+                self.records.append((key if isinstance(key, str) else key.decode("ascii"),
+                                     digest))
             bn_store_u64_relaxed(&rec.emission_ns, emission)
             bn_store_u64_relaxed(&rec.tolerance_ns, emission * (burst - 1))
             bn_store_u64_relaxed(&rec.monthly_cap, monthly_cap)
@@ -299,9 +358,9 @@ cdef class APIKeyTable:
 
     def set_month_used(self, key, uint64_t month_used):
         """Tell the monthly cap how many requests are already persisted this month."""
-        cdef bytes raw = apikey_to_bytes(key)
+        cdef bytes digest = apikey_digest_of(key)
         with self._lock:
-            rec = self._find(raw)
+            rec = self._find(digest)
             if rec == NULL:
                 raise KeyError(key)
             bn_store_i64_relaxed(&rec.quota_base,
@@ -311,7 +370,7 @@ cdef class APIKeyTable:
         """Change only `key`'s local rate limit (qps=0: none), leaving its
         cap, lease and revocation as they are: the cluster's fallback gives
         each node a share of the limit this way."""
-        cdef bytes raw = apikey_to_bytes(key)
+        cdef bytes digest = apikey_digest_of(key)
         cdef uint64_t emission = 0
         if qps < 0 or burst < 1 or (qps > 0 and not 1e-6 <= qps <= 1e9):
             raise ValueError("qps must be 0 or 1e-6..1e9 and burst >= 1")
@@ -320,7 +379,7 @@ cdef class APIKeyTable:
             if <double>emission * <double>(burst - 1) > 1e18:
                 raise ValueError(f"burst {burst} at {qps} req/s allows more than 1e9 s of tolerance")
         with self._lock:
-            rec = self._find(raw)
+            rec = self._find(digest)
             if rec == NULL:
                 raise KeyError(key)
             bn_store_u64_relaxed(&rec.emission_ns, emission)
@@ -332,9 +391,9 @@ cdef class APIKeyTable:
         from the cluster's GCRA); a take that leaves `low` tokens counts the
         key as hungry.  Turning leasing off drops the tokens left.  Returns
         the tokens left after the change."""
-        cdef bytes raw = apikey_to_bytes(key)
+        cdef bytes digest = apikey_digest_of(key)
         with self._lock:
-            rec = self._find(raw)
+            rec = self._find(digest)
             if rec == NULL:
                 raise KeyError(key)
             bn_store_u64_relaxed(&rec.lease_low, low)
@@ -354,10 +413,10 @@ cdef class APIKeyTable:
         cdef bn_apikey* rec
         out = {}
         with self._lock:
-            for raw in self.records:
-                rec = self._find(raw)
+            for name, digest in self.records:
+                rec = self._find(digest)
                 if bn_load_int(&rec.leased):
-                    out[raw.decode("ascii")] = bn_load_u64_relaxed(&rec.lease)
+                    out[name] = bn_load_u64_relaxed(&rec.lease)
         return out
 
     @property
@@ -368,9 +427,9 @@ cdef class APIKeyTable:
 
     def revoke(self, key):
         """Make `key` answer unauthorized; return whether it was known."""
-        cdef bytes raw = apikey_to_bytes(key)
+        cdef bytes digest = apikey_digest_of(key)
         with self._lock:
-            rec = self._find(raw)
+            rec = self._find(digest)
             if rec == NULL:
                 return False
             bn_store_int(&rec.revoked, 1)
@@ -379,11 +438,11 @@ cdef class APIKeyTable:
     def __contains__(self, key):
         cdef bn_apikey* rec
         try:
-            raw = apikey_to_bytes(key)
+            digest = apikey_digest_of(key)
         except (TypeError, ValueError, UnicodeEncodeError):
             return False
         with self._lock:
-            rec = self._find(raw)
+            rec = self._find(digest)
             return rec != NULL and not rec.revoked
 
     def __len__(self):
@@ -394,9 +453,9 @@ cdef class APIKeyTable:
         cdef bn_apikey* rec
         out = {}
         with self._lock:
-            for raw in self.records:
-                rec = self._find(raw)
-                out[raw.decode("ascii")] = (bn_load_u64_relaxed(&rec.admitted),
+            for name, digest in self.records:
+                rec = self._find(digest)
+                out[name] = (bn_load_u64_relaxed(&rec.admitted),
                                             bn_load_u64_relaxed(&rec.rate_limited),
                                             bn_load_u64_relaxed(&rec.over_quota),
                                             bool(bn_load_int(&rec.revoked)))
@@ -419,7 +478,7 @@ cdef class APIKeyTable:
         try:
             with nogil:
                 qsbr_online(&qsbr_slots[slot])
-                verdict = apikey_admit(&self.index, p, n, now, &retry)
+                verdict = apikey_admit(&self.index, p, n, now, &retry, NULL)
                 qsbr_offline(&qsbr_slots[slot])
         finally:
             qsbr_unregister(slot)
@@ -451,7 +510,7 @@ cdef void* apikey_on_race_start(void* arg) noexcept nogil:
         pass
     qsbr_online(&qsbr_slots[r.qsbr_slot])
     for i in range(r.attempts):
-        r.verdicts[apikey_admit(r.index_ref, r.key, r.key_len, r.now_ns, &retry)] += 1
+        r.verdicts[apikey_admit(r.index_ref, r.key, r.key_len, r.now_ns, &retry, NULL)] += 1
     qsbr_offline(&qsbr_slots[r.qsbr_slot])
     return NULL
 

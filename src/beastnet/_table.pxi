@@ -554,26 +554,27 @@ cdef class ResponseTable:
         # Caller holds self._lock, so no writer can retire (and free) the entry.
         return index_lookup(self.index, raw, len(raw))
 
-    def get(self, key, default=None):
-        """The body published for `key` (a copy), or `default`."""
-        cdef bytes raw = key_to_bytes(key)
-        cdef bn_entry* e
-        with self._lock:
-            e = self._find(raw)
-            if e == NULL:
-                return default
-            return PyBytes_FromStringAndSize(e.body, e.body_len)
-
-    def entry(self, key):
-        """The full entry for `key` as ``Entry(body, content_type, version)``, or None."""
+    cdef object _lookup(self, key, bint whole):
+        """A copy of `key`'s body, its whole Entry when `whole`, or None."""
         cdef bytes raw = key_to_bytes(key)
         cdef bn_entry* e
         with self._lock:
             e = self._find(raw)
             if e == NULL:
                 return None
-            return Entry(PyBytes_FromStringAndSize(e.body, e.body_len),
-                         e.content_type[:e.content_type_len].decode("ascii"), e.version)
+            body = PyBytes_FromStringAndSize(e.body, e.body_len)
+            if not whole:
+                return body
+            return Entry(body, e.content_type[:e.content_type_len].decode("ascii"), e.version)
+
+    def get(self, key, default=None):
+        """The body published for `key` (a copy), or `default`."""
+        body = self._lookup(key, False)
+        return default if body is None else body
+
+    def entry(self, key):
+        """The full entry for `key` as ``Entry(body, content_type, version)``, or None."""
+        return self._lookup(key, True)
 
     def __getitem__(self, key):
         body = self.get(key)
@@ -593,23 +594,8 @@ cdef class ResponseTable:
     def __len__(self):
         return self.live
 
-    def keys(self):
-        """A snapshot list of the keys that hold an answer."""
-        cdef bn_index* idx
-        cdef size_t i
-        out = []
-        with self._lock:
-            idx = self.index
-            for i in range(idx.mask + 1):
-                if idx.slots[i].hash != 0 and idx.slots[i].entry != NULL:
-                    out.append(idx.slots[i].key[:idx.slots[i].key_len].decode("ascii"))
-        return out
-
-    def __iter__(self):
-        return iter(self.keys())
-
-    def items(self):
-        """A snapshot list of (key, body) pairs."""
+    cdef list _snapshot(self, bint bodies):
+        """The keys that hold an answer, as (key, body copy) pairs when `bodies`."""
         cdef bn_index* idx
         cdef bn_entry* e
         cdef size_t i
@@ -619,9 +605,21 @@ cdef class ResponseTable:
             for i in range(idx.mask + 1):
                 e = idx.slots[i].entry
                 if idx.slots[i].hash != 0 and e != NULL:
-                    out.append((idx.slots[i].key[:idx.slots[i].key_len].decode("ascii"),
-                                PyBytes_FromStringAndSize(e.body, e.body_len)))
+                    name = idx.slots[i].key[:idx.slots[i].key_len].decode("ascii")
+                    out.append((name, PyBytes_FromStringAndSize(e.body, e.body_len))
+                               if bodies else name)
         return out
+
+    def keys(self):
+        """A snapshot list of the keys that hold an answer."""
+        return self._snapshot(False)
+
+    def __iter__(self):
+        return iter(self.keys())
+
+    def items(self):
+        """A snapshot list of (key, body) pairs."""
+        return self._snapshot(True)
 
     def reclaim(self):
         """Free retired entries no reader can hold any more; return how many.

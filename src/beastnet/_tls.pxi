@@ -284,12 +284,18 @@ cdef void tls_conn_free(bn_hworker* w, bn_conn* c) noexcept nogil:
     w.tls_active -= 1
     bn_store_u64(&w.counters.tls_active, w.tls_active)
     if c.tls_pend != NULL:
-        free(c.tls_pend)
-        conn_owned_sub(w, c, c.tls_pend_cap)
-        c.tls_pend = NULL
-        c.tls_pend_off = 0
-        c.tls_pend_len = 0
-        c.tls_pend_cap = 0
+        tls_pend_free(w, c)
+
+
+cdef inline void tls_pend_free(bn_hworker* w, bn_conn* c) noexcept nogil:
+    """Give back the copy of a blocked SSL_write (tls_pend; not NULL) and
+    its bytes to the worker's memory budget."""
+    free(c.tls_pend)
+    conn_owned_sub(w, c, c.tls_pend_cap)
+    c.tls_pend = NULL
+    c.tls_pend_off = 0
+    c.tls_pend_len = 0
+    c.tls_pend_cap = 0
 
 
 cdef void tls_fail(bn_hworker* w, bn_conn* c, int err) noexcept nogil:
@@ -315,12 +321,7 @@ cdef int tls_write_pending(bn_hworker* w, bn_conn* c) noexcept nogil:
         if rc == 1:
             c.tls_pend_off += <uint32_t>done
             if c.tls_pend_off >= c.tls_pend_len:
-                free(c.tls_pend)
-                conn_owned_sub(w, c, c.tls_pend_cap)
-                c.tls_pend = NULL
-                c.tls_pend_off = 0
-                c.tls_pend_len = 0
-                c.tls_pend_cap = 0
+                tls_pend_free(w, c)
             continue
         err = openssl.SSL_get_error(c.ssl, rc)
         if err == openssl.SSL_ERROR_WANT_WRITE or err == openssl.SSL_ERROR_WANT_READ:

@@ -18,6 +18,8 @@ cdef struct bn_ws_reader:
     uint8_t msg_opcode                  # TEXT or BINARY while a fragmented message is open, else 0
     uint8_t deflate                     # permessage-deflate negotiated: RSV1 may mark a message
     uint8_t msg_compressed              # the open fragmented message has RSV1
+    uint64_t* pool                      # the engine's reassembly bytes (atomic), NULL = no cap
+    uint64_t pool_cap                   # ... past which a growing message closes 1013
 
 cdef struct bn_ws_event:
     const char* data                    # payload: in the caller's buffer or in reader.msg; valid
@@ -38,6 +40,8 @@ cdef void ws_reader_init(bn_ws_reader* r, uint64_t max_frame_bytes,
 
 
 cdef void ws_reader_free(bn_ws_reader* r) noexcept nogil:
+    if r.pool != NULL and r.msg_cap:
+        bn_add_u64(r.pool, <uint64_t>0 - r.msg_cap)
     free(r.msg)
     r.msg = NULL
     r.msg_len = 0
@@ -136,7 +140,8 @@ cdef inline int ws_fail(bn_ws_event* ev, int code) noexcept nogil:
 
 
 cdef int ws_msg_append(bn_ws_reader* r, const uint8_t* p, uint64_t n) noexcept nogil:
-    """Append a fragment to the open message; 0, or -1 out of memory."""
+    """Append a fragment to the open message; 0, -1 out of memory, or -2
+    past the engine's reassembly cap (all connections' open messages)."""
     cdef uint64_t need = r.msg_len + n
     cdef uint64_t cap
     cdef char* grown
@@ -146,8 +151,13 @@ cdef int ws_msg_append(bn_ws_reader* r, const uint8_t* p, uint64_t n) noexcept n
             cap *= 2
         if cap > r.max_message_bytes:
             cap = r.max_message_bytes
+        if r.pool != NULL and bn_add_u64(r.pool, cap - r.msg_cap) > r.pool_cap:
+            bn_add_u64(r.pool, <uint64_t>0 - (cap - r.msg_cap))
+            return -2
         grown = <char*>realloc(r.msg, cap)
         if grown == NULL:
+            if r.pool != NULL:
+                bn_add_u64(r.pool, <uint64_t>0 - (cap - r.msg_cap))
             return -1
         r.msg = grown
         r.msg_cap = cap
@@ -178,6 +188,7 @@ cdef size_t ws_next(bn_ws_reader* r, char* buf, size_t n, bn_ws_event* ev) noexc
     cdef uint32_t code
     cdef uint32_t reason_state = 0
     cdef int i
+    cdef int rc
     ev.kind = WS_EV_NEED_MORE
     ev.data = NULL
     ev.len = 0
@@ -275,8 +286,9 @@ cdef size_t ws_next(bn_ws_reader* r, char* buf, size_t n, bn_ws_event* ev) noexc
         ev.len = plen
         r.utf8_state = 0
         return head + plen
-    if ws_msg_append(r, payload, plen) != 0:
-        return ws_fail(ev, WS_CLOSE_INTERNAL)
+    rc = ws_msg_append(r, payload, plen)
+    if rc != 0:
+        return ws_fail(ev, WS_CLOSE_TRY_AGAIN if rc == -2 else WS_CLOSE_INTERNAL)
     if opcode != WS_OP_CONTINUATION:
         r.msg_opcode = <uint8_t>opcode
         r.msg_compressed = compressed
@@ -327,33 +339,42 @@ def ws_parse(bytes data not None, uint64_t max_frame_bytes=65536,
     would: (events, bytes used).  An event is (kind, opcode_or_code, payload);
     reading stops at the first error or when no whole frame is left."""
     cdef bn_ws_reader r
-    cdef bn_ws_event ev
     cdef bytearray buf = bytearray(data)
-    cdef char* p = buf
-    cdef size_t n = len(buf)
-    cdef size_t used = 0
-    cdef size_t step
-    events = []
+    cdef bint done = False
+    cdef size_t used
+    events: list = []
     ws_reader_init(&r, max_frame_bytes, max_message_bytes)
     try:
-        while True:
-            step = ws_next(&r, p + used, n - used, &ev)
-            if ev.kind == WS_EV_NEED_MORE:
-                break
-            used += step
-            if ev.kind == WS_EV_ERROR:
-                events.append(("error", ev.code, b""))
-                break
-            if ev.kind == WS_EV_FRAGMENT:
-                continue
-            events.append((WS_EVENT_NAMES[ev.kind],
-                           ev.opcode if ev.kind == WS_EV_MESSAGE else ev.code,
-                           PyBytes_FromStringAndSize(ev.data, <Py_ssize_t>ev.len)))
-            if ev.kind == WS_EV_CLOSE:
-                break
+        used = ws_read_events(&r, buf, len(buf), events, &done)
     finally:
         ws_reader_free(&r)
     return events, used
+
+
+cdef size_t ws_read_events(bn_ws_reader* r, char* p, size_t n, list events, bint* done) except? 0:
+    """Append to `events` the (kind, opcode_or_code, payload) of each whole
+    frame in p[0:n]; the bytes used.  Stops at the first error or close
+    (then sets *done) or when no whole frame is left."""
+    cdef bn_ws_event ev
+    cdef size_t used = 0
+    cdef size_t step
+    while True:
+        step = ws_next(r, p + used, n - used, &ev)
+        if ev.kind == WS_EV_NEED_MORE:
+            return used
+        used += step
+        if ev.kind == WS_EV_ERROR:
+            events.append(("error", ev.code, b""))
+            done[0] = True
+            return used
+        if ev.kind == WS_EV_FRAGMENT:
+            continue
+        events.append((WS_EVENT_NAMES[ev.kind],
+                       ev.opcode if ev.kind == WS_EV_MESSAGE else ev.code,
+                       PyBytes_FromStringAndSize(ev.data, <Py_ssize_t>ev.len)))
+        if ev.kind == WS_EV_CLOSE:
+            done[0] = True
+            return used
 
 
 def ws_frame(int opcode, bytes payload not None):
@@ -403,31 +424,13 @@ cdef class WSFrameReader:
     def feed(self, bytes data not None):
         """Append `data`; return the events of every frame now complete, as
         ws_parse() does.  After an error or a close, input is ignored."""
-        cdef bn_ws_event ev
-        cdef size_t used = 0
-        cdef size_t step
-        cdef char* p
-        events = []
+        cdef bint done = False
+        cdef size_t used
+        events: list = []
         if self.done:
             return events
         self.buf += data
-        p = self.buf
-        while True:
-            step = ws_next(&self.r, p + used, <size_t>len(self.buf) - used, &ev)
-            if ev.kind == WS_EV_NEED_MORE:
-                break
-            used += step
-            if ev.kind == WS_EV_ERROR:
-                events.append(("error", ev.code, b""))
-                self.done = True
-                break
-            if ev.kind == WS_EV_FRAGMENT:
-                continue
-            events.append((WS_EVENT_NAMES[ev.kind],
-                           ev.opcode if ev.kind == WS_EV_MESSAGE else ev.code,
-                           PyBytes_FromStringAndSize(ev.data, <Py_ssize_t>ev.len)))
-            if ev.kind == WS_EV_CLOSE:
-                self.done = True
-                break
+        used = ws_read_events(&self.r, self.buf, <size_t>len(self.buf), events, &done)
+        self.done = done
         del self.buf[:used]
         return events

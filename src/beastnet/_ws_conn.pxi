@@ -592,9 +592,7 @@ cdef int ws_keep_input(bn_hworker* w, bn_conn* c, char* data, size_t n) noexcept
     if wc.reader.msg_opcode == 0 and wc.reader.msg != NULL:
         # A fragmented message was delivered: its reassembly buffer (up to
         # max_message_bytes) is not kept for a next one that may never come.
-        free(wc.reader.msg)
-        wc.reader.msg = NULL
-        wc.reader.msg_cap = 0
+        ws_reader_free(&wc.reader)
     # The message timeout runs while a frame or a fragmented message is unfinished.
     if left == 0 and wc.reader.msg_opcode == 0:
         wc.partial_since_ns = 0
@@ -824,6 +822,8 @@ cdef int ws_upgrade(bn_hworker* w, bn_conn* c, bn_hreq* req, bn_apikey* key,
     if wc == NULL:
         return -1
     ws_reader_init(&wc.reader, w.ws.max_frame_bytes, w.ws.max_message_bytes)
+    wc.reader.pool = w.ws.reassembly_pool
+    wc.reader.pool_cap = w.ws.reassembly_cap
     wc.slot = <uint32_t>(c - w.conns)
     wc.max_subs = w.ws.max_subs
     wc.ctl_max = WS_CTL_MAX_BYTES
@@ -897,10 +897,10 @@ cdef int ws_key_check(bn_hworker* w, const char* key, size_t n, bn_apikey** rec,
     cdef int admit
     rec[0] = NULL
     if w.keys_ref != NULL:
-        admit = apikey_admit(w.keys_ref, key, n, w.admit_ns, retry_ns)
+        admit = apikey_admit(w.keys_ref, key, n, w.admit_ns, retry_ns, rec)
         if admit != ADMIT_OK:
+            rec[0] = NULL
             return admit
-        rec[0] = keyindex_lookup(<bn_keyindex*>bn_load_ptr(<void**>w.keys_ref), key, n)
         if rec[0] != NULL and bn_load_int(&rec[0].ws_denied):
             return WS_KEY_FORBIDDEN
         if (rec[0] != NULL and not bn_load_int(&rec[0].ws_unlimited)

@@ -141,35 +141,33 @@ cdef int json_skip(bn_json_cursor* c, int depth) noexcept nogil:
     return json_skip_number(c)
 
 
+cdef inline int json_digits(bn_json_cursor* c) noexcept nogil:
+    """Skip [0-9]+: 0, or -1 when there is no digit."""
+    cdef const uint8_t* start = c.p
+    while c.p < c.end and 48 <= c.p[0] <= 57:
+        c.p += 1
+    return 0 if c.p != start else -1
+
+
 cdef int json_skip_number(bn_json_cursor* c) noexcept nogil:
     # -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?
-    cdef const uint8_t* start
     if c.p < c.end and c.p[0] == 45:
         c.p += 1
     if c.p >= c.end:
         return -1
     if c.p[0] == 48:
         c.p += 1
-    elif 49 <= c.p[0] <= 57:
-        while c.p < c.end and 48 <= c.p[0] <= 57:
-            c.p += 1
-    else:
+    elif json_digits(c) != 0:           # [1-9][0-9]*: a leading '0' went above
         return -1
     if c.p < c.end and c.p[0] == 46:
         c.p += 1
-        start = c.p
-        while c.p < c.end and 48 <= c.p[0] <= 57:
-            c.p += 1
-        if c.p == start:
+        if json_digits(c) != 0:
             return -1
     if c.p < c.end and (c.p[0] == 101 or c.p[0] == 69):
         c.p += 1
         if c.p < c.end and (c.p[0] == 43 or c.p[0] == 45):
             c.p += 1
-        start = c.p
-        while c.p < c.end and 48 <= c.p[0] <= 57:
-            c.p += 1
-        if c.p == start:
+        if json_digits(c) != 0:
             return -1
     return 0
 

@@ -58,6 +58,8 @@ cdef struct bn_ws_worker:               # a worker's WebSocket state
     int64_t stall_timeout_ns            # output without progress this long: close 1008
     int64_t auth_timeout_ns             # first-message auth due within this; 0 = no such auth
     int64_t message_timeout_ns          # an unfinished client frame or message: closed after this
+    uint64_t* reassembly_pool           # &engine.ws_reassembly_bytes: open messages' buffers (atomic)
+    uint64_t reassembly_cap             # bytes all open messages may hold; past it, 1013
     uint32_t active                     # WebSocket connections open on this worker
     uint32_t subscriptions              # live subscriptions on this worker
     uint32_t compress_min               # permessage-deflate: negotiated when > 0; bodies this

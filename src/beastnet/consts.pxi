@@ -5,6 +5,7 @@ cdef enum:
     TABLE_MIN_CAPACITY = 16         # slots of the smallest index
     TAG_MAX_BYTES = 16              # longest TAG, without the '@'
     APIKEY_MAX_BYTES = 64           # longest APIKEY
+    APIKEY_DIGEST_BYTES = 32        # SHA-256 of an APIKEY: what the key table keeps
     TAG_PREFIX_MAX_BYTES = 18       # '@' + TAG + ' '
     CONTENT_TYPE_MAX_BYTES = 127    # longest Content-Type an entry may carry
     BODY_MAX_BYTES = 16777216       # 16 MiB: the largest body an entry may hold

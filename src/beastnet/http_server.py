@@ -76,6 +76,8 @@ class WebSocketOptions:
     stall_timeout_s: float = 10.0       #: output without progress this long closes the connection (1008)
     #: a client frame or fragmented message unfinished this long closes the connection
     message_timeout_s: float = 10.0
+    #: bytes all connections' unfinished fragmented messages may hold; past it, closes 1013
+    max_reassembly_bytes: int = 64 << 20
     echo_path: Optional[str] = None     #: an echo endpoint (conformance suites, round-trip probes)
     #: permessage-deflate (RFC 7692), negotiated when a client offers it: bodies this
     #: long or longer are deflated once per publication (0 = never negotiated)
@@ -212,7 +214,8 @@ class HTTPServer(EngineServer):
                 ws_max_symbols=websocket.max_symbols,
                 ws_compress_min_bytes=websocket.compress_min_bytes,
                 ws_auth_timeout_s=websocket.auth_timeout_s,
-                ws_message_timeout_s=websocket.message_timeout_s)
+                ws_message_timeout_s=websocket.message_timeout_s,
+                ws_max_reassembly_bytes=websocket.max_reassembly_bytes)
         if isinstance(cors_origins, str):
             raise TypeError('cors_origins is a list of origins, e.g. ["*"]')
         if tls is not None and not isinstance(tls, TLSConfig):

@@ -28,3 +28,22 @@ def add_tls_arguments(p: Any) -> None:
     g.add_argument("--tls-resume", action="store_true",
                    help="resume the last TLS session on each new connection "
                         "(default: a full handshake every time)")
+
+
+def finish_load_report(command: str, args: Any, full: dict, text: str, body: dict) -> int:
+    """Write the outputs a load command's flags ask for (--json, --hdr,
+    --html), then its exit status: 2 when a file cannot be written, 3 when
+    nothing came back, else 1 on a failing verdict and 0 otherwise."""
+    import sys
+    from beastnet.loadgen import outputs
+    try:
+        outputs.write_outputs(full, text, json_path=args.json,
+                              hdr_path=getattr(args, "hdr", None),
+                              html_path=getattr(args, "html", None))
+    except OSError as exc:
+        print(f"beastnet {command}: cannot write {exc.filename}: {exc.strerror}",
+              file=sys.stderr)
+        return EXIT_USAGE
+    if body.get("unreachable"):
+        return EXIT_UNREACHABLE
+    return EXIT_FAIL if body["verdict"] == "fail" else EXIT_PASS

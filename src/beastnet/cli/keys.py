@@ -10,7 +10,6 @@ from beastnet.cli._common import EXIT_FAIL, EXIT_PASS, EXIT_USAGE, add_store_arg
 
 #: Characters of a key that `keys list` and the confirmations show: "bk_" and
 #: 7 random characters.
-KEY_PREFIX_CHARS = 10
 
 
 def add_keys_command(sub: Any) -> None:
@@ -40,10 +39,12 @@ def add_keys_command(sub: Any) -> None:
     ls = ksub.add_parser("list", help="list keys with their usage this month")
     ls.add_argument("--json", action="store_true",
                     help="JSON instead of a table (default: a table)")
+    which = ("the key, its ID (sha256:...) or its prefix as `list` shows it (bk_AbCdEfG…), "
+             "when only one key has that prefix")
     r = ksub.add_parser("revoke", help="revoke a key")
-    r.add_argument("key")
+    r.add_argument("key", help=which)
     t = ksub.add_parser("set-tier", help="move a key to another tier")
-    t.add_argument("key")
+    t.add_argument("key", help=which)
     t.add_argument("tier")
     p.set_defaults(func=cmd_keys)
 
@@ -69,7 +70,8 @@ def _keystore(args: argparse.Namespace) -> Any:
 
 def cmd_keys(args: argparse.Namespace) -> int:
     from beastnet.serve.config import ConfigError
-    from beastnet.serve.keys import MIN_SECRET_KEY_CHARS, KeyStoreError
+    from beastnet.serve.keys import (MIN_SECRET_KEY_CHARS, KeyStoreError, key_prefix,
+                                     stored_key_id)
 
     from beastnet import ClusterError
 
@@ -91,20 +93,23 @@ def cmd_keys(args: argparse.Namespace) -> int:
                 print(key)
                 print(f"beastnet keys: added a {args.tier} key; it is shown this once, keep it",
                       file=sys.stderr)
-                change = ("add", key, args.tier, args.label)
+                # The nodes hear the key's ID and prefix, never the key.
+                change = ("add", stored_key_id(key), args.tier, args.label, key_prefix(key))
             elif args.keys_command == "revoke":
-                store.revoke(args.key)
-                print(f"beastnet keys: revoked {key_prefix(args.key)}", file=sys.stderr)
-                change = ("revoke", args.key, None, "")
+                key_id, shown = _which_key(store, args.key)
+                store.revoke(key_id)
+                print(f"beastnet keys: revoked {shown}", file=sys.stderr)
+                change = ("revoke", key_id, None, "", "")
             elif args.keys_command == "set-tier":
-                store.set_tier(args.key, args.tier)
-                print(f"beastnet keys: {key_prefix(args.key)} is now {args.tier}",
-                      file=sys.stderr)
-                change = ("tier", args.key, args.tier, "")
+                key_id, shown = _which_key(store, args.key)
+                store.set_tier(key_id, args.tier)
+                print(f"beastnet keys: {shown} is now {args.tier}", file=sys.stderr)
+                change = ("tier", key_id, args.tier, "", "")
             else:
                 rows = store.list()
-                for row in rows:        # a listing shows which key, never the key itself
-                    row["key"] = key_prefix(row["key"])
+                for row in rows:        # which key: its prefix (the store has no more)
+                    row["id"] = row["key"]
+                    row["key"] = row.pop("prefix") or key_prefix(row["key"])
                 if args.json:
                     import orjson
                     sys.stdout.write(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode() + "\n")
@@ -122,18 +127,26 @@ def cmd_keys(args: argparse.Namespace) -> int:
     return EXIT_PASS
 
 
-def key_prefix(key: str) -> str:
-    """What listings and confirmations show of a key: its first characters
-    (enough to tell keys apart, too few to use one)."""
-    return key[:KEY_PREFIX_CHARS] + "…"
+def _which_key(store: Any, given: str) -> tuple[str, str]:
+    """(ID, prefix to show) of the key `given` names: the key, its ID, or a
+    prefix as listed (ends with "…", which no key contains) that only one
+    key has: the store keeps no key, so a listing is all an operator may hold."""
+    from beastnet.serve.keys import KeyStoreError, key_prefix, stored_key_id
+    if not given.endswith("…"):
+        return stored_key_id(given), key_prefix(given)
+    ids = [row["key"] for row in store.list() if row["prefix"] == given]
+    if len(ids) != 1:
+        raise KeyStoreError(f"{len(ids)} keys have the prefix {given}: give the key or its ID"
+                            if ids else f"no key has the prefix {given}")
+    return ids[0], given
 
 
-def _announce(announcer: Any, op: str, key: str, tier: Any, label: str) -> int:
+def _announce(announcer: Any, op: str, key: str, tier: Any, label: str, prefix: str) -> int:
     """Record the change in Redis and publish it to the nodes; the change is
     in the local store already, so an unreachable Redis is exit 1."""
     from beastnet import ClusterError
     try:
-        nodes = announcer.publish(op, key, tier, label)
+        nodes = announcer.publish(op, key, tier, label, prefix)
     except ClusterError as exc:
         print(f"beastnet keys: error: {exc} (the change is in the local store; run it again "
               f"to announce it)", file=sys.stderr)

@@ -11,8 +11,8 @@ import sys
 from typing import Any, Optional, Sequence
 
 from beastnet.errors import BeastnetError, LoadConfigError, LoadTLSError
-from beastnet.cli._common import (EXIT_FAIL, EXIT_INTERRUPTED, EXIT_PASS, EXIT_UNREACHABLE,
-                                  EXIT_USAGE, add_tls_arguments)
+from beastnet.cli._common import (EXIT_INTERRUPTED, EXIT_UNREACHABLE, EXIT_USAGE,
+                                  add_tls_arguments, finish_load_report)
 from beastnet.cli.ws import add_ws_load_arguments, cmd_load_ws
 # Light: neither NumPy nor the native load generator is imported here.
 from beastnet.loadgen import ramp, targets, verdict
@@ -200,7 +200,7 @@ def _base_config(args: argparse.Namespace, target: targets.Target) -> Any:
 
 def cmd_load(args: argparse.Namespace) -> int:
     from beastnet import loadgen
-    from beastnet.loadgen import outputs, report
+    from beastnet.loadgen import report
     try:
         target = targets.parse_target(args.target)
     except LoadConfigError as exc:
@@ -264,15 +264,7 @@ def cmd_load(args: argparse.Namespace) -> int:
                   f"({server.last_error})", file=sys.stderr)
     if not args.quiet:
         print(text)
-    try:
-        outputs.write_outputs(full, text, json_path=args.json, hdr_path=args.hdr,
-                             html_path=args.html)
-    except OSError as exc:
-        print(f"beastnet load: cannot write {exc.filename}: {exc.strerror}", file=sys.stderr)
-        return EXIT_USAGE
-    if body.get("unreachable"):
-        return EXIT_UNREACHABLE
-    return EXIT_FAIL if body["verdict"] == "fail" else EXIT_PASS
+    return finish_load_report("load", args, full, text, body)
 
 
 def _extra_percentiles(result: Any, qs: Sequence[float]) -> dict:

@@ -207,23 +207,27 @@ def cmd_stats(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"beastnet stats: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    while True:
-        try:
-            stats = _fetch_stats(args.url, token,
-                                 "/admin/cluster-stats" if args.cluster else "/admin/stats")
-        except (urllib.error.URLError, OSError, ValueError) as exc:
-            print(f"beastnet stats: error: {args.url}: {_why(exc)}", file=sys.stderr)
-            return EXIT_FAIL
-        if args.json:
-            sys.stdout.write(orjson.dumps(stats, option=orjson.OPT_INDENT_2).decode() + "\n")
-        else:
-            if args.watch and sys.stdout.isatty():
-                sys.stdout.write("\x1b[H\x1b[2J")
-            print(format_cluster(stats, sys.stdout.isatty()) if args.cluster
-                  else format_stats(stats), flush=True)
-        if not args.watch:
-            return EXIT_PASS
-        try:
+    # Ctrl-C is how a watch ends: wherever it lands (a fetch, a print, the
+    # sleep), the watch ends cleanly.
+    try:
+        while True:
+            try:
+                stats = _fetch_stats(args.url, token,
+                                     "/admin/cluster-stats" if args.cluster else "/admin/stats")
+            except (urllib.error.URLError, OSError, ValueError) as exc:
+                print(f"beastnet stats: error: {args.url}: {_why(exc)}", file=sys.stderr)
+                return EXIT_FAIL
+            if args.json:
+                sys.stdout.write(orjson.dumps(stats, option=orjson.OPT_INDENT_2).decode() + "\n")
+            else:
+                if args.watch and sys.stdout.isatty():
+                    sys.stdout.write("\x1b[H\x1b[2J")
+                print(format_cluster(stats, sys.stdout.isatty()) if args.cluster
+                      else format_stats(stats), flush=True)
+            if not args.watch:
+                return EXIT_PASS
             time.sleep(args.watch)
-        except KeyboardInterrupt:
+    except KeyboardInterrupt:
+        if args.watch:
             return EXIT_PASS
+        raise

@@ -11,8 +11,8 @@ import os
 import sys
 from typing import Any, Callable, Optional
 
-from beastnet.cli._common import (EXIT_FAIL, EXIT_INTERRUPTED, EXIT_PASS, EXIT_UNREACHABLE,
-                                  EXIT_USAGE, add_tls_arguments)
+from beastnet.cli._common import (EXIT_INTERRUPTED, EXIT_UNREACHABLE, EXIT_USAGE,
+                                  add_tls_arguments, finish_load_report)
 from beastnet.errors import BeastnetError, LoadConfigError, LoadTLSError
 # Light: neither NumPy nor the native load generator.
 from beastnet.loadgen.verdict import summary_line
@@ -312,21 +312,12 @@ def _progress(args: argparse.Namespace) -> Any:
 
 def _finish(args: argparse.Namespace, body: dict, config: dict, text: str) -> int:
     from beastnet import loadgen
-    from beastnet.loadgen import outputs, report
+    from beastnet.loadgen import report
     if not args.quiet:
         print(text)
     full = report.build_report(body, config, loadgen.machine_info(),
                                argv=sys.argv[1:] if sys.argv else None)
-    try:
-        outputs.write_outputs(full, text, json_path=args.json,
-                             hdr_path=getattr(args, "hdr", None),
-                             html_path=getattr(args, "html", None))
-    except OSError as exc:
-        print(f"beastnet {args.command}: cannot write {exc.filename}: {exc.strerror}", file=sys.stderr)
-        return EXIT_USAGE
-    if body.get("unreachable"):
-        return EXIT_UNREACHABLE
-    return EXIT_FAIL if body["verdict"] == "fail" else EXIT_PASS
+    return finish_load_report(args.command, args, full, text, body)
 
 
 def _guarded(name: str, args: argparse.Namespace,

@@ -166,5 +166,8 @@ cdef extern from "threads.h" nogil:
     void bn_threads_free(bn_threads* g)
 
 
+cdef extern from "apikeyhash.h" nogil:
+    void bn_apikey_sha256(const char* key, size_t n, unsigned char* digest)
+
 cdef extern from "wsaccept.h" nogil:
     void bn_ws_accept(const char* key, size_t key_len, char* out)

@@ -151,3 +151,4 @@ cdef extern from "<openssl/err.h>" nogil:
     void ERR_error_string_n(unsigned long e, char* buf, size_t len)
     int ERR_GET_REASON(unsigned long e)
     const char* ERR_reason_error_string(unsigned long e)
+

@@ -1,8 +1,9 @@
 # cython: language_level=3, embedsignature=True
 # beastnet.loadgen._native: the load generator's native threads, in an
 # extension module of their own.  It shares no code with the engine it
-# measures: only the system declarations (beastnet/includes/system.pxd) and
-# the portability headers (atomics.h, compat.h, threads.h).  The pieces are
+# measures: only the system declarations (beastnet/includes/system.pxd,
+# zlib.pxd, openssl.pxd) and the portability headers (atomics.h, compat.h,
+# threads.h).  The pieces are
 # `include`d so calls between them stay direct C calls.
 
 import os
@@ -25,6 +26,7 @@ from beastnet.includes.native cimport (BEASTNET_DEBUG, BN_CACHE_LINE, PLATFORM_I
 from beastnet.includes.system cimport *
 from beastnet.loadgen.loadsys cimport *
 from beastnet.includes.openssl cimport *
+from beastnet.includes.zlib cimport *
 
 
 include "_hist.pxi"

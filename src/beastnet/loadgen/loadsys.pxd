@@ -82,22 +82,3 @@ cdef extern from "loadgen.h" nogil:
     enum:
         BN_GSO_MAX_SEGMENTS
 
-
-# zlib (RFC 7692 permessage-deflate: the WebSocket client inflates what the
-# server compressed).  Only what we call.
-cdef extern from "zlib.h" nogil:
-    ctypedef struct z_stream:
-        unsigned char* next_in              # not const unless ZLIB_CONST
-        unsigned int avail_in
-        unsigned char* next_out
-        unsigned int avail_out
-    enum:
-        Z_OK
-        Z_STREAM_END
-        Z_BUF_ERROR
-        Z_SYNC_FLUSH
-    # A macro in zlib.h (it passes the header's version and struct size).
-    int inflateInit2(z_stream* strm, int window_bits)
-    int inflate(z_stream* strm, int flush)
-    int inflateReset(z_stream* strm)
-    int inflateEnd(z_stream* strm)

@@ -11,7 +11,7 @@ from beastnet import Answer, APIKeyTable, MissRequest, error_answer
 from beastnet.metrics import MetricFamily
 from beastnet.serve.admin import AdminRoute, query_args
 from beastnet.serve.component import Component
-from beastnet.serve.keys import UsageFlusher
+from beastnet.serve.keys import KeyStoreError, UsageFlusher, key_prefix, stored_key_id
 from beastnet.serve.metrics import key_families
 
 if TYPE_CHECKING:
@@ -103,12 +103,17 @@ class ApiKeys(Component):
                                 "op=add|revoke|tier and key=K (and tier=T but for revoke)")
         if tier is not None and tier not in self.store.tiers:
             return error_answer("bad_request", f"unknown tier {tier!r}")
+        try:        # the table, the stores and Redis know a key by its ID only
+            key_id = stored_key_id(key)
+        except KeyStoreError as exc:
+            return error_answer("bad_request", str(exc))
+        prefix = "" if key == key_id else key_prefix(key)
         cluster: Any = self.host.component("cluster")
         if cluster is not None:
-            nodes = await cluster.node.publish_key(op, key, tier)
+            nodes = await cluster.node.publish_key(op, key_id, tier, prefix=prefix)
             if nodes is None:
                 return cluster.unavailable()
             return Answer({"op": op, "key": key, "scope": "cluster", "nodes_notified": nodes})
         from beastnet.serve.cluster import apply_key_change
-        apply_key_change(self.api_keys, self.store, op, key, tier)
+        apply_key_change(self.api_keys, self.store, op, key_id, tier, prefix=prefix)
         return Answer({"op": op, "key": key, "scope": "node"})

@@ -36,12 +36,12 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import orjson
 
-from beastnet import Answer, APIKeyTable, ClusterError, MissRequest, error_answer
+from beastnet import Answer, APIKeyTable, ClusterError, MissRequest, api_key_id, error_answer
 from beastnet.counters import HTTP_COUNTERS, UDP_COUNTERS
 from beastnet.metrics import MetricFamily
 from beastnet.serve.admin import AdminRoute
 from beastnet.serve.component import Component
-from beastnet.serve.keys import KeyStoreError, Tier, current_month
+from beastnet.serve.keys import KeyStoreError, Tier, current_month, key_prefix
 
 if TYPE_CHECKING:
     from beastnet.serve.service import PriceService
@@ -74,8 +74,8 @@ def misconfiguration(exc: BaseException) -> bool:
 
 __all__ = ["RedisMisconfigured", "RedisUnavailable", "SNAPSHOT_COUNTERS", "Cluster",
            "ClusterConfigError", "ClusterNode", "aggregate", "apply_key_change",
-           "default_node_id", "key_record", "misconfiguration", "red_flags", "redacted_url",
-           "table_change"]
+           "default_node_id", "key_record", "misconfiguration", "queue_profile", "red_flags",
+           "redacted_url", "table_change"]
 
 log = logging.getLogger("beastnet.serve.cluster")
 
@@ -85,10 +85,11 @@ PREFIX = "{bn}:"
 NODES = PREFIX + "nodes"                # hash: node id -> registration JSON
 SNAPSHOT = PREFIX + "node:"             # + node id: the node's snapshot JSON, with a TTL
 GCRA = PREFIX + "gcra:"                 # + API key: the shared GCRA's tat, microseconds
-USAGE = PREFIX + "usage:"               # + YYYY-MM: hash API key -> admitted count
-KEY = PREFIX + "key:"                   # + API key: hash tier, label, revoked
+USAGE = PREFIX + "usage:"               # + YYYY-MM: hash key ID -> admitted count
+KEY = PREFIX + "key:"                   # + key ID (sha256:…): hash tier, label, revoked, prefix
 KEYS_CHANNEL = PREFIX + "keys"          # pub/sub: key added, revoked, re-tiered
 CONTROL_CHANNEL = PREFIX + "control"    # pub/sub: cluster-wide profile switches
+PROFILE = PREFIX + "profile"            # string: the last cluster-wide profile (joiners read it)
 
 # A node's snapshot, (name, group, counter): the UDP, HTTP and WebSocket
 # counters tagged "snapshot" in beastnet.counters (named group_counter, the
@@ -761,8 +762,11 @@ class ClusterNode:
     async def publish_profile(self, name: str) -> Optional[int]:
         """Announce a cluster-wide profile; the subscribers that heard it, or
         None when Redis is unreachable."""
-        message = orjson.dumps({"op": "profile", "name": name})
-        result = await self._call(lambda: self.redis.publish(CONTROL_CHANNEL, message))
+        async def publish() -> Any:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                queue_profile(pipe, name)
+                return (await pipe.execute())[-1]
+        result = await self._call(publish)
         return None if result is None else int(result)
 
     # -- pub/sub -----------------------------------------------------------------------
@@ -812,13 +816,22 @@ class ClusterNode:
         key, op, tier = change.get("key"), change.get("op"), change.get("tier")
         if keys is None or store is None or not isinstance(key, str):
             return
+        if not key.startswith("sha256:"):
+            # A record from before keys were hashed: the table, the store
+            # and the usage rows know the key by its ID only.
+            try:
+                change = dict(change, key=api_key_id(key), prefix=key_prefix(key))
+            except (ValueError, UnicodeEncodeError):
+                log.warning("cluster: key change for an invalid key not applied")
+                return
+            key = change["key"]
         self.counts["key_changes"] += 1
         if not table_change(keys, self.tiers, str(op), key, tier):
             log.warning("cluster: key change %r not applied (unknown op or tier)", change)
             return
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, _store_change, store, str(op), key, tier,
-                                   str(change.get("label", "")))
+                                   str(change.get("label", "")), str(change.get("prefix", "")))
         await self._reload_limits()
 
     async def sync_keys(self) -> None:
@@ -827,10 +840,10 @@ class ClusterNode:
         await self._call(self._load_shared_keys)
 
     async def publish_key(self, op: str, key: str, tier: Optional[str],
-                          label: str = "") -> Optional[int]:
-        """Record a key change in the shared store and announce it; the nodes
-        that heard it, or None when Redis is unreachable."""
-        fields, message = key_record(op, key, tier, label)
+                          label: str = "", prefix: str = "") -> Optional[int]:
+        """Record a change to the key with ID `key` in the shared store and
+        announce it; the nodes that heard it, or None when Redis is unreachable."""
+        fields, message = key_record(op, key, tier, label, prefix)
 
         async def send() -> Any:
             async with self.redis.pipeline(transaction=True) as pipe:
@@ -857,26 +870,42 @@ class ClusterNode:
         for name, record in zip(names, records):
             key = name.decode()[len(KEY):]
             fields = {k.decode(): v.decode() for k, v in record.items()}
-            mine = local.get(key)
+            try:        # a record from before keys were hashed is named by the key
+                mine = local.get(api_key_id(key))
+            except (ValueError, UnicodeEncodeError):
+                continue
             revoked = fields.get("revoked") == "1"
             if revoked and mine is not None and not mine["revoked"]:
                 await self._apply_key({"op": "revoke", "key": key})
             elif not revoked and (mine is None or mine["tier"] != fields.get("tier")):
                 await self._apply_key({"op": "add" if mine is None else "tier", "key": key,
                                        "tier": fields.get("tier"),
-                                       "label": fields.get("label", "")})
+                                       "label": fields.get("label", ""),
+                                       "prefix": fields.get("prefix", "")})
 
 
-def key_record(op: str, key: str, tier: Optional[str],
-               label: str) -> tuple[list[str | int], bytes]:
+def key_record(op: str, key: str, tier: Optional[str], label: str,
+               prefix: str = "") -> tuple[list[str | int], bytes]:
     """A key change as the shared store keeps it (HSET items of the key's
-    hash) and as the nodes hear it (the pub/sub message)."""
+    hash) and as the nodes hear it (the pub/sub message).  `key` is the key's
+    ID (`api_key_id`): Redis never holds a key itself."""
     fields: list[str | int] = ["revoked", 1 if op == "revoke" else 0]
     if tier is not None:
         fields += ["tier", tier]
     if label:
         fields += ["label", label]
-    return fields, orjson.dumps({"op": op, "key": key, "tier": tier, "label": label})
+    if prefix:
+        fields += ["prefix", prefix]
+    return fields, orjson.dumps({"op": op, "key": key, "tier": tier, "label": label,
+                                 "prefix": prefix})
+
+
+def queue_profile(pipe: Any, name: str) -> None:
+    """A cluster-wide profile switch on a MULTI pipeline (sync or asyncio):
+    kept for the nodes that start later, told to those running; the
+    pipeline's last reply is the number of nodes that heard it."""
+    pipe.set(PROFILE, name)
+    pipe.publish(CONTROL_CHANNEL, orjson.dumps({"op": "profile", "name": name}))
 
 
 def table_change(keys: APIKeyTable, tiers: dict[str, Tier], op: str, key: str,
@@ -895,19 +924,20 @@ def table_change(keys: APIKeyTable, tiers: dict[str, Tier], op: str, key: str,
 
 
 def apply_key_change(keys: APIKeyTable, store: "Keys", op: str, key: str,
-                     tier: Optional[str], label: str = "") -> None:
+                     tier: Optional[str], label: str = "", prefix: str = "") -> None:
     """A node alone: the change into its table, then its store."""
     if table_change(keys, store.tiers, op, key, tier):
-        _store_change(store, op, key, tier, label)
+        _store_change(store, op, key, tier, label, prefix)
 
 
-def _store_change(store: "Keys", op: str, key: str, tier: Optional[str], label: str) -> None:
+def _store_change(store: "Keys", op: str, key: str, tier: Optional[str], label: str,
+                  prefix: str = "") -> None:
     """A key change into the local SQLite copy; one already there is fine."""
     try:
         if op == "revoke":
             store.revoke(key)
         elif op == "add" and tier is not None:
-            store.add(tier, key=key, label=label)
+            store.add(tier, key=key, label=label, prefix=prefix or None)
         elif tier is not None:
             store.set_tier(key, tier)
     except KeyStoreError as exc:

@@ -13,24 +13,58 @@ A clean stop loses no count; a crash loses at most one interval.
 from __future__ import annotations
 
 import logging
+import secrets
 import threading
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Mapping, Optional
 
-from beastnet import APIKeyTable, BeastnetError
+from beastnet import APIKeyTable, BeastnetError, api_key_id
 
 if TYPE_CHECKING:
     from beastnet.serve.stores.base import Keys
 
-__all__ = ["DEFAULT_TIERS", "MIN_SECRET_KEY_CHARS", "KeyStoreError", "Tier",
-           "UsageFlusher", "configured_tiers", "current_month"]
+__all__ = ["DEFAULT_TIERS", "KEY_PREFIX_CHARS", "MIN_SECRET_KEY_CHARS", "KeyStoreError",
+           "Tier", "UsageFlusher", "api_key_id", "configured_tiers", "current_month",
+           "key_prefix", "new_key_row", "stored_key_id"]
 
 log = logging.getLogger("beastnet.serve.keys")
 
 # A key chosen by hand (`beastnet keys add --key`) must be at least this long:
 # a short one can be guessed.  Generated keys have 32 random URL-safe characters.
 MIN_SECRET_KEY_CHARS = 16
+
+# What listings and confirmations show of a key: enough to tell keys apart,
+# too few to use one.  Stores keep it beside the key's ID (its SHA-256).
+KEY_PREFIX_CHARS = 10
+
+
+def key_prefix(key: str) -> str:
+    """A key's display prefix (a key ID shows its own first characters)."""
+    return key[:KEY_PREFIX_CHARS] + "…"
+
+
+def new_key_row(key: Optional[str], prefix: Optional[str] = None) -> tuple[str, str, str]:
+    """(key as given or generated, its ID, its display prefix) for a store's
+    `add`.  Given an ID (a change another node made), the ID is kept with
+    the prefix that came with it: the key itself is known only to its owner."""
+    key = key or "bk_" + secrets.token_urlsafe(24)
+    if key.startswith("sha256:"):
+        try:
+            return key, api_key_id(key), prefix or key_prefix(key)
+        except ValueError as exc:
+            raise KeyStoreError(str(exc)) from None
+    if not (1 <= len(key) <= 64 and key.isascii() and key.isprintable() and " " not in key):
+        raise KeyStoreError("a key is 1-64 printable ASCII characters without spaces")
+    return key, api_key_id(key), key_prefix(key)
+
+
+def stored_key_id(key: str) -> str:
+    """The ID a store keeps for `key` (a key or already an ID)."""
+    try:
+        return api_key_id(key)
+    except (ValueError, UnicodeEncodeError):
+        raise KeyStoreError("a key is 1-64 printable ASCII characters without spaces") from None
 
 
 class KeyStoreError(BeastnetError):

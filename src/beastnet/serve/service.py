@@ -22,13 +22,13 @@ from typing import Any, Callable, Coroutine, Optional
 
 import orjson
 
-from beastnet import (Answer, APIKeyTable, ControlPlane, HTTPServer, MissRequest, ResponseTable,
-                      ServerError, UDPServer, error_answer)
+from beastnet import (Answer, APIKeyTable, BeastnetError, ControlPlane, HTTPServer, MissRequest,
+                      ResponseTable, ServerError, UDPServer, error_answer)
 from beastnet.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE, MetricFamily, render
 from beastnet.serve.admin import AdminRoute, AdminRoutes, query_args
 from beastnet.serve.assets import ASSET_LIST_KEY, ASSETS
 from beastnet.serve.component import Component
-from beastnet.serve.config import LIVE_PARAMETERS, ServeConfig, apply_live
+from beastnet.serve.config import LIVE_PARAMETERS, ConfigError, ServeConfig, apply_live
 from beastnet.serve.engines import PortInUseError, check_ports
 from beastnet.serve.feeds import Feed, PricePublisher
 from beastnet.serve.stores import Stores, open_stores
@@ -114,7 +114,8 @@ class PriceService:
             self.stores = open_stores(
                 cfg.keystore, tiers=_key_tiers(cfg), webhooks=cfg.webhooks,
                 webhook_tiers=_webhook_tiers(cfg), assets=ASSETS,
-                allow_private=cfg.webhooks_allow_private, redis=cfg.redis)
+                allow_private=cfg.webhooks_allow_private, redis=cfg.redis, parameters=True)
+            self._restore_profile()
             self.control.start()
             self.components, routes = [], self._routes()
             for spec in COMPONENTS:         # built in order: a part may look up those before it
@@ -226,6 +227,36 @@ class PriceService:
         log.info("profile %s: changed %s", name, changes)
         return changes
 
+    def _restore_profile(self) -> None:
+        """Come back to the profile last switched to (this server's, kept in
+        its key store; with --redis the cluster's): its live parameters
+        replace the started profile's, before any part starts."""
+        store = self.stores.parameters
+        try:
+            name = store.profile() if store is not None else None
+        except BeastnetError as exc:
+            log.warning("the last profile switch is not known (%s): %s stays", exc, self.cfg.profile)
+            return
+        if name is None or name == self.cfg.profile:
+            return
+        try:
+            self.switch_profile(name)
+        except ConfigError as exc:
+            log.warning("the last profile switch is not applied: %s", exc)
+
+    async def _keep_profile(self, name: str) -> bool:
+        """Record a switch on this server for its next start; False (and a
+        warning) when the store cannot."""
+        store = self.stores.parameters
+        if store is None:
+            return False
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, store.set_profile, name)
+        except BeastnetError as exc:
+            log.warning("profile %s: not kept for the next start: %s", name, exc)
+            return False
+        return True
+
     # -- the service's own admin routes ----------------------------------------------
 
     def _routes(self) -> list[AdminRoute]:
@@ -250,7 +281,11 @@ class PriceService:
         cluster: Any = self.component("cluster")
         try:
             if query.get("scope") != "cluster":
-                return Answer({"profile": name, "changed": self.switch_profile(name)})
+                changed = self.switch_profile(name)
+                # With --redis the kept profile is the cluster's: a node's own
+                # switch lasts until it restarts.
+                kept = cluster is None and await self._keep_profile(name)
+                return Answer({"profile": name, "changed": changed, "kept": kept})
             if cluster is None:
                 return error_answer("bad_request", "scope=cluster needs --redis")
             apply_live(self.cfg, name)      # refuse an unknown profile here, not on each node

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
 from beastnet.serve.keys import KeyStoreError
-from beastnet.serve.stores.base import Keys, Subscriptions, Usage
+from beastnet.serve.stores.base import Keys, Parameters, Subscriptions, Usage
 
-__all__ = ["Keys", "Stores", "Subscriptions", "Usage", "open_stores"]
+__all__ = ["Keys", "Parameters", "Stores", "Subscriptions", "Usage", "open_stores"]
 
 
 @dataclass
@@ -23,15 +23,16 @@ class Stores:
 
     keys: Optional[Keys] = None
     webhooks: Optional[Subscriptions] = None
+    parameters: Optional[Parameters] = None     #: the live profile (the cluster's with Redis)
     key_changes: Any = None             #: a RedisKeyChanges: keys' changes told to a cluster
     created: bool = False               #: the key store file did not exist before
     _db: Any = None
 
     def close(self) -> None:
-        for store in (self.key_changes, self.webhooks, self.keys, self._db):
+        for store in (self.key_changes, self.parameters, self.webhooks, self.keys, self._db):
             if store is not None:
                 store.close()
-        self.key_changes = self.keys = self.webhooks = self._db = None
+        self.key_changes = self.parameters = self.keys = self.webhooks = self._db = None
 
     def __enter__(self) -> "Stores":
         return self
@@ -45,16 +46,18 @@ def open_stores(path: Optional[str], *, tiers: Optional[Mapping[str, Any]] = Non
                 webhook_tiers: Optional[Mapping[str, Any]] = None, assets: Any = (),
                 allow_private: bool = False, redis: Optional[str] = None,
                 webhook_log: bool = True, key_changes: bool = False,
-                database: Optional[str] = None) -> Stores:
+                database: Optional[str] = None, parameters: bool = False) -> Stores:
     """Open the stores asked for.  `path`: the SQLite key store file (None:
     no local file; then only Redis subscriptions, without a log).  `redis`:
     subscriptions shared in that Redis, the delivery log still in `path`
     (`webhook_log=False`: not even that); with `key_changes` also the
     writer of the cluster's shared key records.  `database`: a postgresql://
     URL; the keys live there instead of `path` (webhook subscriptions are not
-    in PostgreSQL yet: docs/postgres.md).  On failure what was opened is
+    in PostgreSQL yet: docs/postgres.md).  `parameters`: the live profile,
+    the cluster's shared one with `redis`, else in `path` (none with
+    `database` yet).  On failure what was opened is
     closed and the error (KeyStoreError, WebhookError, ClusterError) raised."""
-    from beastnet.serve.stores.sqlite import Database, KeyStore, WebhookStore
+    from beastnet.serve.stores.sqlite import Database, KeyStore, ParameterStore, WebhookStore
     if database is not None and webhooks:
         raise KeyStoreError("webhook subscriptions are not in PostgreSQL yet: "
                             "keep them in a --keystore file (docs/postgres.md)")
@@ -68,10 +71,16 @@ def open_stores(path: Optional[str], *, tiers: Optional[Mapping[str, Any]] = Non
             out.keys = PostgresKeyStore(database, tiers) if keys else None
             return out
         local_hooks = webhooks and path is not None and (redis is None or webhook_log)
-        if path is not None and (keys or local_hooks):
+        local_parameters = parameters and redis is None
+        if path is not None and (keys or local_hooks or local_parameters):
             out._db = Database(path)
         if keys and out._db is not None:
             out.keys = KeyStore(out._db, tiers)
+        if parameters and redis is not None:
+            from beastnet.serve.stores.redis import RedisParameters
+            out.parameters = RedisParameters(redis)
+        elif local_parameters and out._db is not None:
+            out.parameters = ParameterStore(out._db)
         if not webhooks:
             return out
         local = WebhookStore(out._db, webhook_tiers, assets, allow_private) \

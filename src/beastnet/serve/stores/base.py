@@ -4,7 +4,9 @@ ask of a store, whatever holds the rows.
 * `Keys`: API keys with their tier and state, and a version that moves when
   any of them changes (how a server picks up the CLI's changes);
 * `Usage`: admitted requests per key and month (the monthly caps);
-* `Subscriptions`: webhook subscriptions and their delivery log.
+* `Subscriptions`: webhook subscriptions and their delivery log;
+* `Parameters`: the live profile (`/admin/profile`), kept so that a server
+  that restarts, or a node that joins a cluster later, comes back to it.
 
 Implementations: SQLite (`sqlite.py`, the embedded default) and Redis
 (`redis.py`, subscriptions a cluster shares); a PostgreSQL one is one more
@@ -24,7 +26,7 @@ from beastnet import APIKeyTable
 from beastnet.serve.keys import Tier
 from beastnet.serve.webhooks import WebhookTier
 
-__all__ = ["Keys", "Subscriptions", "Usage"]
+__all__ = ["Keys", "Parameters", "Subscriptions", "Usage"]
 
 
 class Usage(Protocol):
@@ -42,14 +44,19 @@ class Keys(Usage, Protocol):
     path: str
     tiers: dict[str, Tier]
 
-    def add(self, tier: str = "public", key: Optional[str] = None, label: str = "") -> str: ...
+    def add(self, tier: str = "public", key: Optional[str] = None, label: str = "",
+            prefix: Optional[str] = None) -> str:
+        """A new key (or a key ID another node added, with its `prefix`);
+        only its ID (`api_key_id`) and display prefix are stored."""
 
-    def revoke(self, key: str) -> None: ...
+    def revoke(self, key: str) -> None:
+        """By the key or its ID."""
 
     def set_tier(self, key: str, tier: str) -> None: ...
 
     def list(self, month: Optional[str] = None) -> List[dict]:
-        """Every key: key, tier, label, created_at, revoked, month_count."""
+        """Every key: key (its ID), prefix, tier, label, created_at, revoked,
+        month_count."""
 
     def unknown_tiers(self) -> dict[str, int]: ...
 
@@ -92,5 +99,19 @@ class Subscriptions(Protocol):
     def prune_log(self, older_than_s: float) -> int: ...
 
     def read_log(self, sub_id: Optional[str] = None, limit: int = 100) -> List[dict[str, Any]]: ...
+
+    def close(self) -> None: ...
+
+
+class Parameters(Protocol):
+    """The profile whose live parameters are in force: the one last
+    switched to (config.LIVE_PARAMETERS; the other settings stay as
+    started).  A server re-applies it when it starts."""
+
+    def profile(self) -> Optional[str]:
+        """The profile last switched to; None when there was no switch."""
+
+    def set_profile(self, name: str) -> None:
+        """Record a switch to `name` (the caller checked the name)."""
 
     def close(self) -> None: ...

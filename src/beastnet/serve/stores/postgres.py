@@ -16,13 +16,13 @@ migrate`, so two versions of beastnet never guess at each other's tables.
 from __future__ import annotations
 
 import asyncio
-import secrets
 import threading
 import time
 from typing import Any, Coroutine, Iterable, Mapping, Optional, TypeVar
 
 from beastnet import APIKeyTable
-from beastnet.serve.keys import DEFAULT_TIERS, KeyStoreError, Tier, current_month
+from beastnet.serve.keys import (DEFAULT_TIERS, KeyStoreError, Tier, current_month, key_prefix,
+                                 new_key_row, stored_key_id)
 
 __all__ = ["MIGRATIONS", "PostgresKeyStore", "migrate", "schema_version"]
 
@@ -57,6 +57,17 @@ BEGIN
 END $$;
 CREATE TRIGGER api_keys_changed AFTER INSERT OR UPDATE OR DELETE ON api_keys
     FOR EACH STATEMENT EXECUTE FUNCTION bump_keys_version();
+"""),
+    # Keys hashed at rest: `key` holds "sha256:" + the key's SHA-256 in hex
+    # (what api_key_id computes), `prefix` what listings show; usage rows
+    # follow their key.  The SET expressions all see the row's old key.
+    (2, """
+ALTER TABLE api_keys ADD COLUMN prefix TEXT NOT NULL DEFAULT '';
+UPDATE usage SET key = 'sha256:' || encode(sha256(convert_to(key, 'UTF8')), 'hex')
+    WHERE key NOT LIKE 'sha256:%';
+UPDATE api_keys SET prefix = left(key, 10) || '…',
+                    key = 'sha256:' || encode(sha256(convert_to(key, 'UTF8')), 'hex')
+    WHERE key NOT LIKE 'sha256:%';
 """),
 ]
 
@@ -236,39 +247,41 @@ class PostgresKeyStore:
 
     # -- keys ------------------------------------------------------------------------
 
-    def add(self, tier: str = "public", key: Optional[str] = None, label: str = "") -> str:
-        """Create a key (a random one unless given) and return it."""
+    def add(self, tier: str = "public", key: Optional[str] = None, label: str = "",
+            prefix: Optional[str] = None) -> str:
+        """Create a key (a random one unless given) and return it; only its
+        ID and prefix are stored.  Given an ID, that ID (and `prefix`)."""
         asyncpg = _driver()
         self._tier(tier)
-        key = key or "bk_" + secrets.token_urlsafe(24)
-        if not (1 <= len(key) <= 64 and key.isascii() and key.isprintable() and " " not in key):
-            raise KeyStoreError("a key is 1-64 printable ASCII characters without spaces")
+        key, kid, prefix = new_key_row(key, prefix)
         try:
-            self._run("INSERT INTO api_keys (key, tier, label, created_at) VALUES ($1, $2, $3, $4)",
-                      (key, tier, label, time.time()))
+            self._run("INSERT INTO api_keys (key, prefix, tier, label, created_at) "
+                      "VALUES ($1, $2, $3, $4, $5)", (kid, prefix, tier, label, time.time()))
         except asyncpg.UniqueViolationError:
-            raise KeyStoreError(f"key {key!r} exists already") from None
+            raise KeyStoreError(f"key {prefix} exists already") from None
         return key
 
     def revoke(self, key: str) -> None:
+        """Revoke a key, named by itself or by its ID."""
         if not self._run("UPDATE api_keys SET revoked_at = $1 WHERE key = $2 "
-                         "AND revoked_at IS NULL RETURNING key", (time.time(), key)):
-            raise KeyStoreError(f"no active key {key!r}")
+                         "AND revoked_at IS NULL RETURNING key", (time.time(), stored_key_id(key))):
+            raise KeyStoreError(f"no active key {key_prefix(key)}")
 
     def set_tier(self, key: str, tier: str) -> None:
         self._tier(tier)
         if not self._run("UPDATE api_keys SET tier = $1 WHERE key = $2 RETURNING key",
-                         (tier, key)):
-            raise KeyStoreError(f"no key {key!r}")
+                         (tier, stored_key_id(key))):
+            raise KeyStoreError(f"no key {key_prefix(key)}")
 
     def list(self, month: Optional[str] = None) -> list[dict]:
         """Every key with its tier, state and usage this month."""
         rows = self._run(
-            "SELECT k.key, k.tier, k.label, k.created_at, k.revoked_at, COALESCE(u.count, 0) "
-            "FROM api_keys k LEFT JOIN usage u ON u.key = k.key AND u.month = $1 "
+            "SELECT k.key, k.prefix, k.tier, k.label, k.created_at, k.revoked_at, "
+            "COALESCE(u.count, 0) FROM api_keys k "
+            "LEFT JOIN usage u ON u.key = k.key AND u.month = $1 "
             "ORDER BY k.created_at", (month or current_month(),))
-        return [{"key": r[0], "tier": r[1], "label": r[2], "created_at": r[3],
-                 "revoked": r[4] is not None, "month_count": int(r[5])} for r in rows]
+        return [{"key": r[0], "prefix": r[1], "tier": r[2], "label": r[3], "created_at": r[4],
+                 "revoked": r[5] is not None, "month_count": int(r[6])} for r in rows]
 
     def unknown_tiers(self) -> dict[str, int]:
         """Active keys whose tier this store does not know, counted by tier."""
@@ -280,7 +293,7 @@ class PostgresKeyStore:
 
     def usage(self, key: str, month: Optional[str] = None) -> int:
         rows = self._run("SELECT count FROM usage WHERE key = $1 AND month = $2",
-                         (key, month or current_month()))
+                         (stored_key_id(key), month or current_month()))
         return int(rows[0][0]) if rows else 0
 
     def add_usage(self, deltas: Mapping[str, int], month: str) -> None:

@@ -1,6 +1,7 @@
 """The Redis stores: webhook subscriptions a cluster shares (`serve --redis
-URL --webhooks`, `beastnet webhooks --redis URL`), and the shared key records
-`beastnet keys --redis` writes (`RedisKeyChanges`).
+URL --webhooks`, `beastnet webhooks --redis URL`), the shared key records
+`beastnet keys --redis` writes (`RedisKeyChanges`), and the cluster's shared
+profile (`RedisParameters`: `{bn}:profile`, read by a node as it starts).
 
 A subscription is a hash `{bn}:webhook:<id>` (the fields of the SQLite row;
 assets and secrets as JSON), its id in the set `{bn}:webhooks`.  Every change
@@ -20,12 +21,13 @@ from typing import Any, Callable, Iterable, List, Mapping, Optional
 import orjson
 
 from beastnet import ClusterError
-from beastnet.serve.cluster import KEY, KEYS_CHANNEL, PREFIX, key_record, redis
+from beastnet.serve.cluster import (KEY, KEYS_CHANNEL, PREFIX, PROFILE, key_record,
+                                    queue_profile, redis)
 from beastnet.serve.stores.sqlite import WebhookStore
 from beastnet.serve.webhooks import SubscriptionRules, WebhookError, WebhookTier
 from beastnet.serve.webhooks_cluster import live_nodes
 
-__all__ = ["CHANGES_CHANNEL", "RedisKeyChanges", "RedisWebhookStore"]
+__all__ = ["CHANGES_CHANNEL", "RedisKeyChanges", "RedisParameters", "RedisWebhookStore"]
 
 log = logging.getLogger("beastnet.serve.stores.redis")
 
@@ -235,10 +237,9 @@ class RedisWebhookStore(SubscriptionRules):
         return self._log().read_log(sub_id, limit)
 
 
-class RedisKeyChanges:
-    """Key changes into a cluster's shared key records, announced to its
-    nodes (`beastnet keys --redis`): a hash per key, then PUBLISH, in one
-    MULTI.  The nodes' own writer is `ClusterNode.publish_key` (asyncio)."""
+class _RedisClient:
+    """A blocking client of the cluster's Redis (ClusterError when the
+    client is missing or the URL is bad); connects on first use."""
 
     def __init__(self, url: str) -> None:
         if redis is None:
@@ -250,10 +251,44 @@ class RedisKeyChanges:
         except ValueError as exc:
             raise ClusterError(f"--redis {url!r}: {exc}") from None
 
-    def publish(self, op: str, key: str, tier: Optional[str] = None, label: str = "") -> int:
-        """Record and announce one change; returns the nodes that heard it
-        (ClusterError when Redis cannot be reached)."""
-        fields, message = key_record(op, key, tier, label)
+    def close(self) -> None:
+        self.client.close()
+
+
+class RedisParameters(_RedisClient):
+    """The cluster's shared profile (the `Parameters` interface): a switch
+    with `scope=cluster` sets it and tells the running nodes in one MULTI
+    (`cluster.queue_profile`, which `ClusterNode.publish_profile` also
+    uses); a node that starts later reads it.  ClusterError on failure."""
+
+    def profile(self) -> Optional[str]:
+        try:
+            value = self.client.get(PROFILE)
+        except (redis.RedisError, OSError) as exc:
+            raise ClusterError(f"redis {self.url}: {exc}") from None
+        if value is None:
+            return None
+        return value.decode() if isinstance(value, bytes) else str(value)
+
+    def set_profile(self, name: str) -> None:
+        with self.client.pipeline(transaction=True) as pipe:
+            queue_profile(pipe, name)
+            try:
+                pipe.execute()
+            except (redis.RedisError, OSError) as exc:
+                raise ClusterError(f"redis {self.url}: {exc}") from None
+
+
+class RedisKeyChanges(_RedisClient):
+    """Key changes into a cluster's shared key records, announced to its
+    nodes (`beastnet keys --redis`): a hash per key, then PUBLISH, in one
+    MULTI.  The nodes' own writer is `ClusterNode.publish_key` (asyncio)."""
+
+    def publish(self, op: str, key: str, tier: Optional[str] = None, label: str = "",
+                prefix: str = "") -> int:
+        """Record and announce one change to the key with ID `key`; returns
+        the nodes that heard it (ClusterError when Redis cannot be reached)."""
+        fields, message = key_record(op, key, tier, label, prefix)
         with self.client.pipeline(transaction=True) as pipe:
             pipe.hset(KEY + key, items=fields)
             pipe.publish(KEYS_CHANNEL, message)
@@ -262,6 +297,3 @@ class RedisKeyChanges:
             except (redis.RedisError, OSError) as exc:
                 raise ClusterError(f"redis {self.url}: {exc}") from None
         return int(replies[-1])
-
-    def close(self) -> None:
-        self.client.close()

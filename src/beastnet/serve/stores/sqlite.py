@@ -2,25 +2,25 @@
 connection, one lock) that the key store and the webhook store share.
 
 The file holds the API keys and their usage per month (`KeyStore`), and the
-webhook subscriptions and delivery log (`WebhookStore`), each in tables of
-its own, created when missing, so an older file gains new tables without a
+webhook subscriptions and delivery log (`WebhookStore`), and the live
+profile (`ParameterStore`), each in tables of its own, created when missing, so an older file gains new tables without a
 migration step.  Calls block: the service makes them from threads of its own
 (the usage flusher, the delivery log) or at start and stop, never per request.
 """
 from __future__ import annotations
 
 import json
-import secrets
 import sqlite3
 import threading
 import time
 from typing import Any, Iterable, List, Mapping, Optional, TypeVar
 
 from beastnet import APIKeyTable
-from beastnet.serve.keys import DEFAULT_TIERS, KeyStoreError, Tier, current_month
+from beastnet.serve.keys import (DEFAULT_TIERS, KeyStoreError, Tier, api_key_id, current_month,
+                                 key_prefix, new_key_row, stored_key_id)
 from beastnet.serve.webhooks import SubscriptionRules, WebhookError, WebhookTier
 
-__all__ = ["Database", "KeyStore", "WebhookStore"]
+__all__ = ["Database", "KeyStore", "ParameterStore", "WebhookStore"]
 
 
 class Database:
@@ -80,11 +80,16 @@ class Database:
 
     def run_many(self, sql: str, rows: list[tuple], what: str = "") -> None:
         """One statement for each row, all in one transaction: all or nothing."""
+        self.run_steps([(sql, rows)], what)
+
+    def run_steps(self, steps: list[tuple[str, list[tuple]]], what: str = "") -> None:
+        """Each statement for each of its rows, all in one transaction."""
         with self._lock:
             try:
                 with self._conn:
                     self._conn.execute("BEGIN IMMEDIATE")
-                    self._conn.executemany(sql, rows)
+                    for sql, rows in steps:
+                        self._conn.executemany(sql, rows)
             except sqlite3.DatabaseError as exc:
                 raise self._failed(exc, what) from exc
 
@@ -113,8 +118,11 @@ class _OnDatabase:
 
 
 _KEYS_SCHEMA = """
+-- `key` holds the key's ID ("sha256:" + SHA-256 in hex), never the key;
+-- `prefix` what listings show of it.
 CREATE TABLE IF NOT EXISTS api_keys (
     key        TEXT PRIMARY KEY,
+    prefix     TEXT NOT NULL DEFAULT '',
     tier       TEXT NOT NULL,
     label      TEXT NOT NULL DEFAULT '',
     created_at REAL NOT NULL,
@@ -154,9 +162,27 @@ class KeyStore(_OnDatabase):
         self.tiers = dict(tiers or DEFAULT_TIERS)
         try:
             self.db.script(_KEYS_SCHEMA)
+            self._hash_plaintext_keys()
         except KeyStoreError:
             self.close()
             raise
+
+    def _hash_plaintext_keys(self) -> None:
+        """Migrate a store from before keys were hashed: each key (and its
+        usage rows) renamed to its ID, its prefix kept, in one transaction."""
+        columns = [r[1] for r in self._run("PRAGMA table_info(api_keys)")]
+        if "prefix" not in columns:
+            self._run("ALTER TABLE api_keys ADD COLUMN prefix TEXT NOT NULL DEFAULT ''")
+        rows = self._run("SELECT key FROM api_keys WHERE key NOT LIKE 'sha256:%'")
+        if not rows:
+            return
+        renames = [(api_key_id(k), key_prefix(k), k) for (k,) in rows]
+        self.db.run_steps([("UPDATE api_keys SET key = ?, prefix = ? WHERE key = ?", renames),
+                           ("UPDATE usage SET key = ? WHERE key = ?",
+                            [(kid, k) for kid, _, k in renames])],
+                          what="hashing stored keys failed")
+        # The old keys' bytes linger in free pages until rewritten: rewrite now.
+        self._run("VACUUM")
 
     def _run(self, sql: str, args: Iterable = ()) -> list[tuple]:
         return self.db.run(sql, args)
@@ -170,37 +196,40 @@ class KeyStore(_OnDatabase):
 
     # -- keys --------------------------------------------------------------------
 
-    def add(self, tier: str = "public", key: Optional[str] = None, label: str = "") -> str:
-        """Create a key (a random one unless given) and return it."""
+    def add(self, tier: str = "public", key: Optional[str] = None, label: str = "",
+            prefix: Optional[str] = None) -> str:
+        """Create a key (a random one unless given) and return it; only its
+        ID and prefix are stored.  Given an ID, that ID (and `prefix`)."""
         self._tier(tier)
-        key = key or "bk_" + secrets.token_urlsafe(24)
-        if not (1 <= len(key) <= 64 and key.isascii() and key.isprintable() and " " not in key):
-            raise KeyStoreError("a key is 1-64 printable ASCII characters without spaces")
+        key, kid, prefix = new_key_row(key, prefix)
         try:
-            self._run("INSERT INTO api_keys (key, tier, label, created_at) VALUES (?, ?, ?, ?)",
-                      (key, tier, label, time.time()))
+            self._run("INSERT INTO api_keys (key, prefix, tier, label, created_at) "
+                      "VALUES (?, ?, ?, ?, ?)", (kid, prefix, tier, label, time.time()))
         except KeyStoreError as exc:
-            raise KeyStoreError(f"key {key!r} exists already") if "UNIQUE" in str(exc) else exc
+            raise KeyStoreError(f"key {prefix} exists already") if "UNIQUE" in str(exc) else exc
         return key
 
     def revoke(self, key: str) -> None:
+        """Revoke a key, named by itself or by its ID."""
         if not self._run("UPDATE api_keys SET revoked_at = ? WHERE key = ? AND revoked_at IS NULL "
-                         "RETURNING key", (time.time(), key)):
-            raise KeyStoreError(f"no active key {key!r}")
+                         "RETURNING key", (time.time(), stored_key_id(key))):
+            raise KeyStoreError(f"no active key {key_prefix(key)}")
 
     def set_tier(self, key: str, tier: str) -> None:
         self._tier(tier)
-        if not self._run("UPDATE api_keys SET tier = ? WHERE key = ? RETURNING key", (tier, key)):
-            raise KeyStoreError(f"no key {key!r}")
+        if not self._run("UPDATE api_keys SET tier = ? WHERE key = ? RETURNING key",
+                         (tier, stored_key_id(key))):
+            raise KeyStoreError(f"no key {key_prefix(key)}")
 
     def list(self, month: Optional[str] = None) -> list[dict]:
-        """Every key with its tier, state and usage this month."""
+        """Every key (its ID and prefix) with its tier, state and usage this month."""
         rows = self._run(
-            "SELECT k.key, k.tier, k.label, k.created_at, k.revoked_at, COALESCE(u.count, 0) "
-            "FROM api_keys k LEFT JOIN usage u ON u.key = k.key AND u.month = ? ORDER BY k.created_at",
+            "SELECT k.key, k.prefix, k.tier, k.label, k.created_at, k.revoked_at, "
+            "COALESCE(u.count, 0) FROM api_keys k "
+            "LEFT JOIN usage u ON u.key = k.key AND u.month = ? ORDER BY k.created_at",
             (month or current_month(),))
-        return [{"key": r[0], "tier": r[1], "label": r[2], "created_at": r[3],
-                 "revoked": r[4] is not None, "month_count": r[5]} for r in rows]
+        return [{"key": r[0], "prefix": r[1], "tier": r[2], "label": r[3], "created_at": r[4],
+                 "revoked": r[5] is not None, "month_count": r[6]} for r in rows]
 
     def unknown_tiers(self) -> dict[str, int]:
         """Active keys whose tier this store does not know, counted by tier.
@@ -213,7 +242,7 @@ class KeyStore(_OnDatabase):
 
     def usage(self, key: str, month: Optional[str] = None) -> int:
         rows = self._run("SELECT count FROM usage WHERE key = ? AND month = ?",
-                         (key, month or current_month()))
+                         (stored_key_id(key), month or current_month()))
         return rows[0][0] if rows else 0
 
     def add_usage(self, deltas: Mapping[str, int], month: str) -> None:
@@ -457,3 +486,34 @@ class WebhookStore(SubscriptionRules, _OnDatabase):
                     row[name] = json.loads(row[name])
             out.append(row)
         return out
+
+
+_PARAMETERS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS live_profile (
+    id         INTEGER PRIMARY KEY CHECK (id = 1),     -- one row: the profile in force
+    name       TEXT NOT NULL,
+    changed_at REAL NOT NULL
+);
+"""
+
+
+class ParameterStore(_OnDatabase):
+    """The live profile in the key store's SQLite file (the `Parameters`
+    interface): a switch on this server outlives its restart."""
+
+    def __init__(self, db: "Database | str", timeout_s: float = 5.0) -> None:
+        self._use(db, timeout_s)
+        try:
+            self.db.script(_PARAMETERS_SCHEMA)
+        except KeyStoreError:
+            self.close()
+            raise
+
+    def profile(self) -> Optional[str]:
+        rows = self.db.run("SELECT name FROM live_profile WHERE id = 1")
+        return str(rows[0][0]) if rows else None
+
+    def set_profile(self, name: str) -> None:
+        self.db.run("INSERT INTO live_profile (id, name, changed_at) VALUES (1, ?, ?) "
+                    "ON CONFLICT (id) DO UPDATE SET name = excluded.name, "
+                    "changed_at = excluded.changed_at", (name, time.time()))
