@@ -60,6 +60,22 @@ def saved_run(server_port, tmp_path_factory):
 # -- HdrHistogram interchange ----------------------------------------------------------
 
 
+def test_merge_is_exact_and_survives_the_hdr_encoding():
+    # Two agents' histograms merge bucket by bucket into the histogram of all
+    # their samples, and so do their HdrHistogram encodings.
+    rng = np.random.default_rng(7)
+    a, b = rng.lognormal(13, 1, 3000).astype(np.int64), rng.lognormal(15, 0.5, 500).astype(np.int64)
+    merged, whole = histogram_of(a).merge(histogram_of(b)), histogram_of(np.concatenate([a, b]))
+    assert (merged.counts == whole.counts).all()
+    assert (merged.total, merged.sum_ns, merged.min_ns, merged.max_ns) == (
+        whole.total, whole.sum_ns, whole.min_ns, whole.max_ns)
+    for q in (50, 90, 99, 99.9, 100):
+        assert merged.percentile(q) == whole.percentile(q)
+    decoded = hdrh_histogram.HdrHistogram.decode(histogram_of(a).to_hdr())
+    decoded.add(hdrh_histogram.HdrHistogram.decode(histogram_of(b).to_hdr()))
+    assert decoded.get_total_count() == merged.total
+
+
 def test_hdr_encoding_round_trips_through_the_hdrhistogram_package():
     rng = np.random.default_rng(7)
     values = rng.lognormal(11.0, 1.6, 50_000).astype(np.int64) + 1

@@ -9,7 +9,7 @@ import pytest
 from _annotate import SRC, annotate, nogil_functions, yellow_lines
 
 PIECES = ("loadgen/_run.pxi", "loadgen/_udp_load.pxi", "loadgen/_http_load.pxi", "loadgen/_hist.pxi",
-          "loadgen/_ws_load.pxi", "loadgen/_tls.pxi")
+          "loadgen/_ws_load.pxi", "loadgen/_tls.pxi", "loadgen/_tcp.pxi")
 
 
 @pytest.mark.timeout(300)

@@ -19,7 +19,7 @@
 # TLS (https://) the handshake follows it, timed apart from the first
 # ClientHello write to SSL_connect's success, and requests start only after.
 #
-# TLS changes only the byte transport: hc_flush writes the whole queued
+# TLS changes only the byte transport (_tcp.pxi): tcp_flush writes the whole queued
 # window with one SSL_write (one or more records), hc_read takes SSL_read's
 # plaintext into the same buffer and the same parser (see _tls.pxi).
 
@@ -73,20 +73,13 @@ cdef struct lg_hreq:
     uint32_t reserved
 
 cdef struct bn_hconn:
-    int fd                              # -1 when idle
+    lg_tcp s                            # socket, TLS session, output queue (_tcp.pxi)
     int state                           # HC_*
-    uint64_t connect_start_ns
-    uint64_t tls_start_ns               # TCP established: the handshake began
-    SSL* ssl                            # https://: the TLS connection, NULL = plain TCP or not yet
-    uint32_t tls_want                   # epoll event OpenSSL waits for (handshake; a read that must write)
     uint64_t retry_ns                   # no connect before this
     uint32_t written                    # requests queued on this connection
     uint32_t closing                    # its last request (Connection: close) is queued
-    uint32_t registered                 # epoll events registered, 0 = not in the epoll
     uint32_t q_head                     # ring of `pipeline` requests in flight
     uint32_t q_len
-    uint32_t out_len                    # bytes queued in `out`
-    uint32_t out_off                    # ... of which written
     uint32_t in_len                     # bytes in `inb`
     uint32_t in_off                     # ... of which parsed
     int rsp_state                       # RS_*
@@ -95,7 +88,6 @@ cdef struct bn_hconn:
     uint64_t rsp_remaining              # bytes left in the body or chunk
     uint64_t rsp_first_ns               # first byte of the response being read, 0 = none yet
     lg_hreq* q                          # pipeline entries
-    char* out                           # pipeline * longest request
     char* inb                           # HTTP_IN_BUF_BYTES
 
 cdef struct bn_http_thread:
@@ -126,40 +118,33 @@ cdef struct bn_http_thread:
 
 cdef void hc_update_events(bn_http_thread* t, bn_hconn* c) noexcept nogil:
     cdef uint32_t want = 0
-    cdef epoll_event ev
     if c.state == HC_CONNECTING:
         want = EPOLLOUT
     elif c.state == HC_HANDSHAKE:
-        want = c.tls_want
+        want = c.s.tls_want
     elif c.state == HC_OPEN:
-        want = EPOLLIN | c.tls_want
-        if c.out_off < c.out_len:
+        want = EPOLLIN | c.s.tls_want
+        if c.s.out_off < c.s.out_len:
             want |= EPOLLOUT
-    if want == c.registered or c.fd < 0:
-        return
-    memset(&ev, 0, sizeof(ev))
-    ev.events = want
-    ev.data.u32 = <uint32_t>(c - t.conns)
-    if epoll_ctl(t.b.epfd, EPOLL_CTL_MOD if c.registered else EPOLL_CTL_ADD, c.fd, &ev) == 0:
-        c.registered = want
+    tcp_want(&c.s, t.b.epfd, want, <uint32_t>(c - t.conns))
 
 
 cdef void hc_reset(bn_hconn* c) noexcept nogil:
-    c.fd = -1
+    c.s.fd = -1
     c.state = HC_IDLE
     c.written = 0
     c.closing = 0
-    c.registered = 0
+    c.s.registered = 0
     c.q_head = 0
     c.q_len = 0
-    c.out_len = 0
-    c.out_off = 0
+    c.s.out_len = 0
+    c.s.out_off = 0
     c.in_len = 0
     c.in_off = 0
     c.rsp_state = RS_HEAD
     c.rsp_first_ns = 0
-    c.ssl = NULL                        # the callers freed it (hc_drop)
-    c.tls_want = 0
+    c.s.ssl = NULL                      # the callers freed it (tcp_close)
+    c.s.tls_want = 0
 
 
 cdef void hc_close(bn_http_thread* t, bn_hconn* c, int how, uint64_t now) noexcept nogil:
@@ -197,24 +182,13 @@ cdef void hc_close(bn_http_thread* t, bn_hconn* c, int how, uint64_t now) noexce
     bn_count(&t.counters.m_lost, m_lost)
     bn_count(&t.counters.m_failed, m_failed)
     t.b.outstanding -= c.q_len
-    hc_drop(c, how != END_TLS)
+    tcp_close(&c.s, how != END_TLS)
     hc_reset(c)
     # No back-off: reconnect at once.  (`now` may be later than the clock
     # the event loop compares with, which would defer it to the next tick.)
     c.retry_ns = 0
     if c.q_len == 0:
         t.blocked = 0
-
-
-cdef void hc_drop(bn_hconn* c, int clean) noexcept nogil:
-    """Free the connection's TLS state and close its socket (which also
-    leaves the epoll: the fd is not shared)."""
-    if c.ssl != NULL:
-        tls_free(c.ssl, clean)
-        c.ssl = NULL
-    if c.fd >= 0:
-        close(c.fd)
-        c.fd = -1
 
 
 cdef void hc_connect_failed(bn_http_thread* t, bn_hconn* c, int err, uint64_t now) noexcept nogil:
@@ -225,7 +199,7 @@ cdef void hc_connect_failed(bn_http_thread* t, bn_hconn* c, int err, uint64_t no
             bn_count(&t.counters.err_connect_timeout, 1)
         else:
             bn_count(&t.counters.err_connect_other, 1)
-    hc_drop(c, 0)
+    tcp_close(&c.s, 0)
     hc_reset(c)
     # Back off: a refusing or overloaded server must not turn us into a
     # connect() spin loop.
@@ -244,14 +218,14 @@ cdef void hc_tls_failed(bn_http_thread* t, bn_hconn* c, int kind, uint64_t now) 
             bn_count(&t.counters.err_tls_timeout, 1)
         else:
             bn_count(&t.counters.err_tls_handshake, 1)
-    hc_drop(c, 0)
+    tcp_close(&c.s, 0)
     hc_reset(c)
     c.retry_ns = now + HTTP_RETRY_NS
 
 
 cdef void hc_handshake(bn_http_thread* t, bn_hconn* c) noexcept nogil:
     """Advance the TLS handshake; on success the connection opens."""
-    cdef int rc = tls_handshake(&t.tls, c.ssl, &c.tls_want)
+    cdef int rc = tcp_handshake(&c.s, &t.tls)
     cdef uint64_t now = bn_now_ns()
     if rc == 0:
         hc_update_events(t, c)
@@ -261,10 +235,10 @@ cdef void hc_handshake(bn_http_thread* t, bn_hconn* c) noexcept nogil:
         return
     if t.measuring:
         bn_count(&t.counters.tls_handshakes, 1)
-        if SSL_session_reused(c.ssl):
+        if SSL_session_reused(c.s.ssl):
             bn_count(&t.counters.tls_resumed, 1)
         hist_record(&t.b.hists[LG_HIST_TLS],
-                    now - c.tls_start_ns if now > c.tls_start_ns else 0)
+                    now - c.s.tls_start_ns if now > c.s.tls_start_ns else 0)
     hc_open(t, c)
 
 
@@ -280,68 +254,38 @@ cdef void hc_connected(bn_http_thread* t, bn_hconn* c, uint64_t now) noexcept no
     if t.measuring:
         bn_count(&t.counters.m_connects, 1)
         hist_record(&t.b.hists[LG_HIST_CONNECT],
-                    now - c.connect_start_ns if now > c.connect_start_ns else 0)
+                    now - c.s.connect_start_ns if now > c.s.connect_start_ns else 0)
     if t.tls.ctx == NULL:
         hc_open(t, c)
         return
-    c.ssl = tls_new(&t.tls, c.fd)
-    if c.ssl == NULL:
+    if tcp_tls_start(&c.s, &t.tls, now) < 0:
         hc_tls_failed(t, c, TLSF_SETUP, now)
         return
     c.state = HC_HANDSHAKE
-    c.tls_start_ns = now
     hc_handshake(t, c)
 
 
 cdef void hc_connect(bn_http_thread* t, bn_hconn* c, uint64_t now) noexcept nogil:
-    cdef int one = 1
-    cdef int fd
-    cdef int err
-    fd = socket(t.family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)
+    cdef int rc
     bn_count(&t.counters.connect_attempts, 1)
-    if fd < 0:
-        hc_connect_failed(t, c, errno, now)     # EMFILE, ENFILE, ENOBUFS...
-        return
     hc_reset(c)
-    c.fd = fd
-    c.connect_start_ns = now
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one))
-    if connect(fd, <sockaddr*>t.addr, t.addr_len) == 0:
+    rc = tcp_open(&c.s, t.family, t.addr, t.addr_len, now)
+    if rc == TCP_OPEN_DONE:
         hc_connected(t, c, bn_now_ns())
-        return
-    err = errno
-    if err == EINPROGRESS or err == EINTR:
+    elif rc == TCP_OPEN_PENDING:
         c.state = HC_CONNECTING
         hc_update_events(t, c)
-        return
-    hc_connect_failed(t, c, err, now)           # ECONNREFUSED, EADDRNOTAVAIL...
+    else:
+        hc_connect_failed(t, c, -rc, now)       # ECONNREFUSED, EADDRNOTAVAIL, EMFILE...
 
 
 cdef int hc_flush(bn_http_thread* t, bn_hconn* c, uint64_t now) noexcept nogil:
     """Write what `c` has queued; 0, or -1 if the connection broke (closed)."""
-    cdef ssize_t n
-    cdef int err
-    while c.out_off < c.out_len:
-        if c.ssl != NULL:               # the whole window in one SSL_write
-            n = tls_send(c.ssl, c.out + c.out_off, c.out_len - c.out_off)
-        else:
-            n = send(c.fd, c.out + c.out_off, c.out_len - c.out_off, MSG_NOSIGNAL | MSG_DONTWAIT)
-        if n > 0:
-            c.out_off += <uint32_t>n
-            bn_count(&t.counters.bytes_out, <uint64_t>n)
-            continue
-        err = errno
-        if n < 0 and err == EINTR:
-            bn_count(&t.counters.eintr, 1)
-            continue
-        if n < 0 and err == EAGAIN:
-            break                       # EPOLLOUT tells us when to go on
+    cdef int err = tcp_flush(&c.s, &t.counters.bytes_out, &t.counters.eintr)
+    if err:
         hc_close(t, c, END_RESET if (err == EPIPE or err == ECONNRESET)
                  else END_TLS if err == EPROTO else END_IO, now)
         return -1
-    if c.out_off == c.out_len:
-        c.out_off = 0
-        c.out_len = 0
     hc_update_events(t, c)
     return 0
 
@@ -354,12 +298,12 @@ cdef int hc_enqueue(bn_http_thread* t, bn_hconn* c, uint64_t intended, uint64_t 
     cdef const char* data = t.close_data[k] if last else t.req_data[k]
     cdef uint32_t n = t.close_len[k] if last else t.req_len[k]
     cdef lg_hreq* r
-    if c.out_off > 0:                   # keep the unwritten bytes at the front
-        memmove(c.out, c.out + c.out_off, c.out_len - c.out_off)
-        c.out_len -= c.out_off
-        c.out_off = 0
-    memcpy(c.out + c.out_len, data, n)
-    c.out_len += n
+    if c.s.out_off > 0:                   # keep the unwritten bytes at the front
+        memmove(c.s.out, c.s.out + c.s.out_off, c.s.out_len - c.s.out_off)
+        c.s.out_len -= c.s.out_off
+        c.s.out_off = 0
+    memcpy(c.s.out + c.s.out_len, data, n)
+    c.s.out_len += n
     r = &c.q[(c.q_head + c.q_len) % t.pipeline]
     r.intended_ns = intended
     r.sent_ns = now
@@ -389,7 +333,7 @@ cdef void hc_fill(bn_http_thread* t, bn_hconn* c, uint64_t now) noexcept nogil:
         return
     while c.q_len < t.pipeline and not c.closing and http_quota_left(t):
         # One request per connection: the request began when its connect did.
-        intended = c.connect_start_ns if (t.conn_mode == CM_PER_CONN and t.per_conn == 1) else now
+        intended = c.s.connect_start_ns if (t.conn_mode == CM_PER_CONN and t.per_conn == 1) else now
         hc_enqueue(t, c, intended, now)
         queued = 1
     if queued:
@@ -638,7 +582,7 @@ cdef int hc_read(bn_http_thread* t, bn_hconn* c) noexcept nogil:
     cdef int reads = 0
     cdef uint64_t now
     # Bytes OpenSSL already read (read-ahead) are invisible to epoll: drain them too.
-    while reads < HTTP_READS_PER_EVENT or (c.ssl != NULL and SSL_has_pending(c.ssl)):
+    while reads < HTTP_READS_PER_EVENT or not tcp_drained(&c.s):
         if c.in_off == c.in_len:
             c.in_off = 0
             c.in_len = 0
@@ -646,10 +590,7 @@ cdef int hc_read(bn_http_thread* t, bn_hconn* c) noexcept nogil:
             memmove(c.inb, c.inb + c.in_off, c.in_len - c.in_off)
             c.in_len -= c.in_off
             c.in_off = 0
-        if c.ssl != NULL:
-            n = tls_recv(c.ssl, c.inb + c.in_len, HTTP_IN_BUF_BYTES - c.in_len, &c.tls_want)
-        else:
-            n = recv(c.fd, c.inb + c.in_len, HTTP_IN_BUF_BYTES - c.in_len, MSG_DONTWAIT)
+        n = tcp_recv(&c.s, c.inb + c.in_len, HTTP_IN_BUF_BYTES - c.in_len)
         now = bn_now_ns()
         if n > 0:
             if c.rsp_state == RS_HEAD and c.in_off == c.in_len and c.rsp_first_ns == 0:
@@ -659,7 +600,7 @@ cdef int hc_read(bn_http_thread* t, bn_hconn* c) noexcept nogil:
             if hc_parse(t, c, now) < 0:
                 return -1
             reads += 1
-            if c.in_len < HTTP_IN_BUF_BYTES and (c.ssl == NULL or not SSL_has_pending(c.ssl)):
+            if c.in_len < HTTP_IN_BUF_BYTES and tcp_drained(&c.s):
                 return 0                # a short read: the socket is drained
             continue
         if n == 0:                      # the server closed
@@ -680,7 +621,7 @@ cdef int hc_read(bn_http_thread* t, bn_hconn* c) noexcept nogil:
             bn_count(&t.counters.eintr, 1)
             continue
         if err == EAGAIN:
-            if c.tls_want:
+            if c.s.tls_want:
                 hc_update_events(t, c)
             return 0
         if err == ECONNRESET and c.q_len == 0 and c.rsp_state == RS_HEAD:
@@ -694,11 +635,9 @@ cdef int hc_read(bn_http_thread* t, bn_hconn* c) noexcept nogil:
 
 
 cdef void http_on_event(bn_http_thread* t, bn_hconn* c, uint32_t events, uint64_t now) noexcept nogil:
-    cdef int err = 0
-    cdef socklen_t len_ = sizeof(err)
+    cdef int err
     if c.state == HC_CONNECTING:
-        if getsockopt(c.fd, SOL_SOCKET, SO_ERROR, &err, &len_) < 0:
-            err = errno
+        err = tcp_connect_result(&c.s)
         if err == 0 and not (events & (EPOLLERR | EPOLLHUP)):
             hc_connected(t, c, bn_now_ns())
         elif err != 0:
@@ -711,10 +650,10 @@ cdef void http_on_event(bn_http_thread* t, bn_hconn* c, uint32_t events, uint64_
         return
     if c.state != HC_OPEN:
         return
-    if events & (EPOLLIN | EPOLLERR | EPOLLHUP) or (c.tls_want and events & EPOLLOUT):
+    if events & (EPOLLIN | EPOLLERR | EPOLLHUP) or (c.s.tls_want and events & EPOLLOUT):
         if hc_read(t, c) < 0:
             return
-    if events & EPOLLOUT or (c.ssl != NULL and c.out_off < c.out_len):
+    if events & EPOLLOUT or (c.s.ssl != NULL and c.s.out_off < c.s.out_len):
         hc_flush(t, c, now)
 
 
@@ -725,10 +664,10 @@ cdef void http_scan(bn_http_thread* t, uint64_t now) noexcept nogil:
     for i in range(t.nconns):
         c = &t.conns[i]
         if c.state == HC_CONNECTING:
-            if c.connect_start_ns + t.connect_timeout_ns <= now:
+            if c.s.connect_start_ns + t.connect_timeout_ns <= now:
                 hc_connect_failed(t, c, ETIMEDOUT, now)
         elif c.state == HC_HANDSHAKE:
-            if c.tls_start_ns + t.connect_timeout_ns <= now:
+            if c.s.tls_start_ns + t.connect_timeout_ns <= now:
                 tls_note_failure(&t.tls, TLSF_TIMEOUT, 0, 0)
                 hc_tls_failed(t, c, TLSF_TIMEOUT, now)
         elif c.state == HC_OPEN:
@@ -835,7 +774,7 @@ cdef void* http_thread_main(void* arg) noexcept nogil:
     now = bn_now_ns()
     for j in range(t.nconns):
         c = &t.conns[j]
-        if c.fd >= 0:
+        if c.s.fd >= 0:
             if c.q_len and bn_load_int(t.b.stop_flag) != LG_ABORT:
                 hc_close(t, c, END_TIMEOUT, now)    # the drain deadline passed
             else:
@@ -854,6 +793,9 @@ cdef bn_http_thread* http_thread_new(uint32_t nconns, uint32_t pipeline,
     t.pipeline = pipeline
     t.out_cap = out_cap
     t.conns = <bn_hconn*>calloc(nconns, sizeof(bn_hconn))
+    if t.conns != NULL:                 # every fd -1 before any failure frees them (not fd 0)
+        for i in range(nconns):
+            hc_reset(&t.conns[i])
     t.status = <uint64_t*>calloc(HTTP_STATUS_MAX, sizeof(uint64_t))
     # Five histograms: latency (measured, all), time to first byte, connect
     # time, TLS handshake time.
@@ -861,11 +803,10 @@ cdef bn_http_thread* http_thread_new(uint32_t nconns, uint32_t pipeline,
         http_thread_free(&t.b)
         return NULL
     for i in range(nconns):
-        hc_reset(&t.conns[i])
         t.conns[i].q = <lg_hreq*>calloc(pipeline, sizeof(lg_hreq))
-        t.conns[i].out = <char*>malloc(out_cap)
+        t.conns[i].s.out = <char*>malloc(out_cap)
         t.conns[i].inb = <char*>malloc(HTTP_IN_BUF_BYTES)
-        if t.conns[i].q == NULL or t.conns[i].out == NULL or t.conns[i].inb == NULL:
+        if t.conns[i].q == NULL or t.conns[i].s.out == NULL or t.conns[i].inb == NULL:
             http_thread_free(&t.b)
             return NULL
     return t
@@ -878,9 +819,9 @@ cdef void http_thread_free(bn_lg_base* b) noexcept nogil:
         return
     if t.conns != NULL:
         for i in range(t.nconns):
-            hc_drop(&t.conns[i], 0)
+            tcp_close(&t.conns[i].s, 0)
             free(t.conns[i].q)
-            free(t.conns[i].out)
+            free(t.conns[i].s.out)
             free(t.conns[i].inb)
         free(t.conns)
     free(t.status)

@@ -32,6 +32,7 @@ from beastnet.includes.zlib cimport *
 include "_hist.pxi"
 include "_run.pxi"
 include "_tls.pxi"
+include "_tcp.pxi"
 include "_udp_load.pxi"
 include "_http_load.pxi"
 include "_ws_load.pxi"

@@ -284,11 +284,6 @@ cdef class LoadRun:
             self._join()
         self.stopped = 1
 
-    @property
-    def origin_ns(self):
-        """CLOCK_MONOTONIC at start(): the origin of the run's times."""
-        return self.start_ns
-
     def counters(self):
         """The threads' counters summed: a dict of ints (relaxed loads, safe while running)."""
         cdef int i

@@ -50,7 +50,7 @@
 #
 # wss://: after TCP connects, a non-blocking TLS handshake (state
 # WC_HANDSHAKE, timed apart), then the upgrade as over ws://.  Only the byte
-# transport changes: ws_send / ws_recv go through OpenSSL (see _tls.pxi).
+# transport changes: tcp_send / tcp_recv go through OpenSSL (_tcp.pxi, _tls.pxi).
 
 from posix.time cimport CLOCK_REALTIME, clock_gettime, timespec
 
@@ -200,17 +200,14 @@ cdef struct bn_json_path:
 
 
 cdef struct bn_wsconn:
-    int fd                              # -1 when idle
+    lg_tcp s                            # socket, TLS session, output queue (out_cap bytes; _tcp.pxi)
     int state                           # WC_*
-    uint32_t registered                 # epoll events registered, 0 = not in the epoll
     uint32_t ever_open                  # an upgrade succeeded on this slot before
     uint32_t attempt                    # consecutive failures: the backoff exponent
     uint32_t sub_first                  # first subscribe payload of this connection
     uint32_t sub_count                  # ... and how many
     uint32_t in_len                     # bytes in `inb`
     uint32_t in_off                     # ... of which parsed
-    uint32_t out_len                    # bytes queued in `out`
-    uint32_t out_off                    # ... of which written
     uint32_t msg_open                   # inside a fragmented message
     uint32_t skip_fin                   # the frame being skipped ends its message
     uint32_t msg_has_seq
@@ -222,7 +219,6 @@ cdef struct bn_wsconn:
     uint32_t msg_compressed             # the message being received has RSV1
     uint32_t msg_scan                   # its first inflated bytes are still to be read
     uint64_t skip_remaining             # payload bytes of an oversize frame still to discard
-    uint64_t connect_start_ns
     uint64_t upgrade_start_ns
     uint64_t retry_ns                   # no connect before this
     uint64_t down_ns                    # when the last open connection ended, 0 = never open
@@ -238,11 +234,7 @@ cdef struct bn_wsconn:
     uint64_t msg_inflate_ns             # ... wall time spent inflating it
     uint64_t probe_sent_ns              # CLOCK_REALTIME the probe was queued, 0 = none in flight
     z_stream* z                         # inflate state, allocated at the first negotiation
-    char* out                           # out_cap bytes
     char* inb                           # in_cap bytes
-    SSL* ssl                            # wss://: the TLS connection, NULL = plain or not yet
-    uint32_t tls_want                   # epoll event OpenSSL waits for
-    uint64_t tls_start_ns               # TCP connected: the handshake began
 
 cdef struct bn_ws_thread:
     bn_lg_base b                        # first: what every load loop keeps (see _run.pxi)
@@ -298,22 +290,15 @@ cdef inline uint64_t ws_realtime_ns() noexcept nogil:
 
 cdef void ws_update_events(bn_ws_thread* t, bn_wsconn* c) noexcept nogil:
     cdef uint32_t want = 0
-    cdef epoll_event ev
     if c.state == WC_CONNECTING:
         want = EPOLLOUT
     elif c.state == WC_HANDSHAKE:
-        want = c.tls_want
+        want = c.s.tls_want
     elif c.state != WC_IDLE:
-        want = EPOLLIN | c.tls_want
-        if c.out_off < c.out_len:
+        want = EPOLLIN | c.s.tls_want
+        if c.s.out_off < c.s.out_len:
             want |= EPOLLOUT
-    if want == c.registered or c.fd < 0:
-        return
-    memset(&ev, 0, sizeof(ev))
-    ev.events = want
-    ev.data.u32 = <uint32_t>(c - t.conns)
-    if epoll_ctl(t.b.epfd, EPOLL_CTL_MOD if c.registered else EPOLL_CTL_ADD, c.fd, &ev) == 0:
-        c.registered = want
+    tcp_want(&c.s, t.b.epfd, want, <uint32_t>(c - t.conns))
 
 
 cdef void ws_note_gap(bn_ws_thread* t, bn_wsconn* c, uint64_t now) noexcept nogil:
@@ -358,19 +343,10 @@ cdef void ws_close(bn_ws_thread* t, bn_wsconn* c, int how, uint64_t now) noexcep
         bn_count(&k.err_io, 1)
     elif how >= WE_TLS_VERIFY:
         ws_count_tls_error(k, how)
-    if c.ssl != NULL:
-        tls_free(c.ssl, how < WE_TLS_VERIFY)
-        c.ssl = NULL
-    c.tls_want = 0
-    if c.fd >= 0:
-        close(c.fd)                     # also leaves the epoll (the fd is not shared)
-    c.fd = -1
+    tcp_close(&c.s, how < WE_TLS_VERIFY)
     c.state = WC_IDLE
-    c.registered = 0
     c.in_len = 0
     c.in_off = 0
-    c.out_len = 0
-    c.out_off = 0
     c.msg_open = 0
     c.skip_remaining = 0
     c.has_seq = 0
@@ -403,20 +379,6 @@ cdef void ws_count_tls_error(bn_lg_ws_counters* k, int how) noexcept nogil:
         bn_count(&k.err_tls_handshake, 1)
 
 
-cdef inline ssize_t ws_send(bn_wsconn* c, const char* p, size_t n) noexcept nogil:
-    """send(), or SSL_write on wss:// (same contract)."""
-    if c.ssl != NULL:
-        return tls_send(c.ssl, p, n)
-    return send(c.fd, p, n, MSG_NOSIGNAL | MSG_DONTWAIT)
-
-
-cdef inline ssize_t ws_recv(bn_wsconn* c, char* p, size_t n) noexcept nogil:
-    """recv(), or SSL_read on wss:// (same contract)."""
-    if c.ssl != NULL:
-        return tls_recv(c.ssl, p, n, &c.tls_want)
-    return recv(c.fd, p, n, MSG_DONTWAIT)
-
-
 cdef int ws_io_end(int err) noexcept nogil:
     """How a connection ends after a failed read or write with `err`."""
     if err == EPIPE or err == ECONNRESET:
@@ -426,25 +388,10 @@ cdef int ws_io_end(int err) noexcept nogil:
 
 cdef int ws_flush(bn_ws_thread* t, bn_wsconn* c, uint64_t now) noexcept nogil:
     """Write what `c` has queued; 0, or -1 if the connection broke (closed)."""
-    cdef ssize_t n
-    cdef int err
-    while c.out_off < c.out_len:
-        n = ws_send(c, c.out + c.out_off, c.out_len - c.out_off)
-        if n > 0:
-            c.out_off += <uint32_t>n
-            bn_count(&t.counters.bytes_out, <uint64_t>n)
-            continue
-        err = errno
-        if n < 0 and err == EINTR:
-            bn_count(&t.counters.eintr, 1)
-            continue
-        if n < 0 and err == EAGAIN:
-            break                       # EPOLLOUT tells us when to go on
+    cdef int err = tcp_flush(&c.s, &t.counters.bytes_out, &t.counters.eintr)
+    if err:
         ws_close(t, c, ws_io_end(err), now)
         return -1
-    if c.out_off == c.out_len:
-        c.out_off = 0
-        c.out_len = 0
     ws_update_events(t, c)
     return 0
 
@@ -458,13 +405,13 @@ cdef int ws_queue_frame(bn_ws_thread* t, bn_wsconn* c, int opcode, const char* d
     cdef unsigned char mask[4]
     cdef unsigned char* o
     cdef uint32_t i
-    if c.out_off > 0:                   # keep the unwritten bytes at the front
-        memmove(c.out, c.out + c.out_off, c.out_len - c.out_off)
-        c.out_len -= c.out_off
-        c.out_off = 0
-    if c.out_len + head + n > t.out_cap:
+    if c.s.out_off > 0:                   # keep the unwritten bytes at the front
+        memmove(c.s.out, c.s.out + c.s.out_off, c.s.out_len - c.s.out_off)
+        c.s.out_len -= c.s.out_off
+        c.s.out_off = 0
+    if c.s.out_len + head + n > t.out_cap:
         return -1
-    o = <unsigned char*>c.out + c.out_len
+    o = <unsigned char*>c.s.out + c.s.out_len
     o[0] = <unsigned char>(0x80 | opcode)          # FIN, opcode
     if n < 126:
         o[1] = <unsigned char>(0x80 | n)            # MASK, payload length
@@ -490,54 +437,43 @@ cdef int ws_queue_frame(bn_ws_thread* t, bn_wsconn* c, int opcode, const char* d
     o += 4
     for i in range(n):
         o[i] = (<const unsigned char*>data)[i] ^ mask[i & 3]
-    c.out_len += head + n
+    c.s.out_len += head + n
     return 0
 
 
 cdef void ws_connect(bn_ws_thread* t, bn_wsconn* c, uint64_t now) noexcept nogil:
-    cdef int one = 1
-    cdef int fd
-    cdef int err
+    cdef int rc
     bn_count(&t.counters.connect_attempts, 1)
-    fd = socket(t.family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)
-    if fd < 0:
-        ws_close(t, c, WE_CONNECT_OTHER, now)   # EMFILE, ENFILE, ENOBUFS...
+    rc = tcp_open(&c.s, t.family, t.addr, t.addr_len, now)
+    if rc < 0:
+        ws_close(t, c, WE_REFUSED if rc == -ECONNREFUSED else WE_CONNECT_OTHER, now)
         return
-    c.fd = fd
     c.state = WC_CONNECTING
-    c.connect_start_ns = now
     t.pending += 1
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one))
-    if connect(fd, <sockaddr*>t.addr, t.addr_len) == 0:
+    if rc == TCP_OPEN_DONE:
         ws_connected(t, c, bn_now_ns())
-        return
-    err = errno
-    if err == EINPROGRESS or err == EINTR:
+    else:
         ws_update_events(t, c)
-        return
-    ws_close(t, c, WE_REFUSED if err == ECONNREFUSED else WE_CONNECT_OTHER, now)
 
 
 cdef void ws_connected(bn_ws_thread* t, bn_wsconn* c, uint64_t now) noexcept nogil:
     """TCP is up: time it, then the TLS handshake (wss://) or the upgrade."""
     bn_count(&t.counters.connects, 1)
     hist_record(&t.b.hists[WS_HIST_CONNECT],
-                now - c.connect_start_ns if now > c.connect_start_ns else 0)
+                now - c.s.connect_start_ns if now > c.s.connect_start_ns else 0)
     if t.tls.ctx == NULL:
         ws_upgrade(t, c, now)
         return
-    c.ssl = tls_new(&t.tls, c.fd)
-    if c.ssl == NULL:
+    if tcp_tls_start(&c.s, &t.tls, now) < 0:
         ws_close(t, c, WE_TLS_HANDSHAKE, now)
         return
     c.state = WC_HANDSHAKE
-    c.tls_start_ns = now
     ws_handshake(t, c)
 
 
 cdef void ws_handshake(bn_ws_thread* t, bn_wsconn* c) noexcept nogil:
     """Advance the TLS handshake; once done, the upgrade follows."""
-    cdef int rc = tls_handshake(&t.tls, c.ssl, &c.tls_want)
+    cdef int rc = tcp_handshake(&c.s, &t.tls)
     cdef uint64_t now = bn_now_ns()
     if rc == 0:
         ws_update_events(t, c)
@@ -547,9 +483,9 @@ cdef void ws_handshake(bn_ws_thread* t, bn_wsconn* c) noexcept nogil:
                  WE_TLS_NOT_TLS if rc == -TLSF_NOT_TLS else WE_TLS_HANDSHAKE, now)
         return
     bn_count(&t.counters.tls_handshakes, 1)
-    if SSL_session_reused(c.ssl):
+    if SSL_session_reused(c.s.ssl):
         bn_count(&t.counters.tls_resumed, 1)
-    hist_record(&t.b.hists[WS_HIST_TLS], now - c.tls_start_ns if now > c.tls_start_ns else 0)
+    hist_record(&t.b.hists[WS_HIST_TLS], now - c.s.tls_start_ns if now > c.s.tls_start_ns else 0)
     ws_upgrade(t, c, now)
 
 
@@ -557,9 +493,9 @@ cdef void ws_upgrade(bn_ws_thread* t, bn_wsconn* c, uint64_t now) noexcept nogil
     """Write the upgrade request."""
     c.state = WC_UPGRADING
     c.upgrade_start_ns = now
-    memcpy(c.out, t.upgrade, t.upgrade_len)
-    c.out_len = t.upgrade_len
-    c.out_off = 0
+    memcpy(c.s.out, t.upgrade, t.upgrade_len)
+    c.s.out_len = t.upgrade_len
+    c.s.out_off = 0
     ws_flush(t, c, now)
 
 
@@ -1053,7 +989,7 @@ cdef void ws_read(bn_ws_thread* t, bn_wsconn* c, uint64_t now) noexcept nogil:
             c.in_len -= c.in_off
             c.in_off = 0
         room = t.in_cap - c.in_len
-        n = ws_recv(c, c.inb + c.in_len, room)
+        n = tcp_recv(&c.s, c.inb + c.in_len, room)
         if n > 0:
             bn_count(&t.counters.bytes_in, <uint64_t>n)
             t.rt_ns = ws_realtime_ns()
@@ -1066,7 +1002,7 @@ cdef void ws_read(bn_ws_thread* t, bn_wsconn* c, uint64_t now) noexcept nogil:
             c.last_data_ns = now
             if ws_parse(t, c, now) < 0:
                 return
-            if <size_t>n < room and (c.ssl == NULL or not SSL_has_pending(c.ssl)):
+            if <size_t>n < room and tcp_drained(&c.s):
                 return                  # the socket is drained
             continue
         err = errno
@@ -1077,7 +1013,7 @@ cdef void ws_read(bn_ws_thread* t, bn_wsconn* c, uint64_t now) noexcept nogil:
             bn_count(&t.counters.eintr, 1)
             continue
         if err == EAGAIN:
-            if c.tls_want:
+            if c.s.tls_want:
                 ws_update_events(t, c)
             return
         ws_close(t, c, ws_io_end(err), now)
@@ -1085,13 +1021,11 @@ cdef void ws_read(bn_ws_thread* t, bn_wsconn* c, uint64_t now) noexcept nogil:
 
 
 cdef void ws_on_event(bn_ws_thread* t, bn_wsconn* c, uint32_t events, uint64_t now) noexcept nogil:
-    cdef int err = 0
-    cdef socklen_t optlen = sizeof(err)
-    if c.fd < 0:
+    cdef int err
+    if c.s.fd < 0:
         return                          # closed earlier in this batch
     if c.state == WC_CONNECTING:
-        if getsockopt(c.fd, SOL_SOCKET, SO_ERROR, &err, &optlen) != 0:
-            err = errno
+        err = tcp_connect_result(&c.s)
         if err != 0:
             ws_close(t, c, WE_REFUSED if err == ECONNREFUSED else WE_CONNECT_OTHER, now)
         elif events & (EPOLLOUT | EPOLLERR | EPOLLHUP):
@@ -1100,9 +1034,9 @@ cdef void ws_on_event(bn_ws_thread* t, bn_wsconn* c, uint32_t events, uint64_t n
     if c.state == WC_HANDSHAKE:
         ws_handshake(t, c)              # an error or hang-up surfaces in SSL_connect
         return
-    if events & (EPOLLIN | EPOLLERR | EPOLLHUP) or (c.tls_want and events & EPOLLOUT):
+    if events & (EPOLLIN | EPOLLERR | EPOLLHUP) or (c.s.tls_want and events & EPOLLOUT):
         ws_read(t, c, now)
-    if c.fd >= 0 and events & EPOLLOUT:
+    if c.s.fd >= 0 and events & EPOLLOUT:
         ws_flush(t, c, now)
 
 
@@ -1118,13 +1052,13 @@ cdef void ws_tick(bn_ws_thread* t, uint64_t now) noexcept nogil:
             if now >= c.retry_ns and t.pending < t.max_pending:
                 ws_connect(t, c, now)
         elif c.state == WC_CONNECTING:
-            if now - c.connect_start_ns > t.connect_timeout_ns:
+            if now - c.s.connect_start_ns > t.connect_timeout_ns:
                 ws_close(t, c, WE_CONNECT_TIMEOUT, now)
         elif c.state == WC_UPGRADING:
             if now - c.upgrade_start_ns > t.connect_timeout_ns:
                 ws_close(t, c, WE_UPGRADE_TIMEOUT, now)
         elif c.state == WC_HANDSHAKE:
-            if now - c.tls_start_ns > t.connect_timeout_ns:
+            if now - c.s.tls_start_ns > t.connect_timeout_ns:
                 tls_note_failure(&t.tls, TLSF_TIMEOUT, 0, 0)
                 ws_close(t, c, WE_TLS_TIMEOUT, now)
         elif c.probe_sent_ns and rt > c.probe_sent_ns + t.probe_timeout_ns:
@@ -1209,16 +1143,18 @@ cdef bn_ws_thread* ws_thread_new(uint32_t nconns, uint32_t out_cap, uint32_t in_
     t.out_cap = out_cap
     t.in_cap = in_cap
     t.conns = <bn_wsconn*>calloc(nconns, sizeof(bn_wsconn))
+    if t.conns != NULL:                 # every fd -1 before any failure frees them (not fd 0)
+        for i in range(nconns):
+            t.conns[i].s.fd = -1
     t.zcap = in_cap
     t.zbuf = <char*>malloc(in_cap)
     if lg_base_init(&t.b, WS_NHISTS) < 0 or t.conns == NULL or t.zbuf == NULL:
         ws_thread_free(&t.b)
         return NULL
     for i in range(nconns):
-        t.conns[i].fd = -1
-        t.conns[i].out = <char*>malloc(out_cap)
+        t.conns[i].s.out = <char*>malloc(out_cap)
         t.conns[i].inb = <char*>malloc(in_cap)
-        if t.conns[i].out == NULL or t.conns[i].inb == NULL:
+        if t.conns[i].s.out == NULL or t.conns[i].inb == NULL:
             ws_thread_free(&t.b)
             return NULL
     return t
@@ -1231,10 +1167,8 @@ cdef void ws_thread_free(bn_lg_base* b) noexcept nogil:
         return
     if t.conns != NULL:
         for i in range(t.nconns):
-            tls_free(t.conns[i].ssl, 0)
-            if t.conns[i].fd >= 0:
-                close(t.conns[i].fd)
-            free(t.conns[i].out)
+            tcp_close(&t.conns[i].s, 0)
+            free(t.conns[i].s.out)
             free(t.conns[i].inb)
             if t.conns[i].z != NULL:
                 inflateEnd(t.conns[i].z)

@@ -99,7 +99,10 @@ class Histogram:
         return Histogram(self.counts - older.counts, None, self.sum_ns - older.sum_ns)
 
     def merge(self, other: "Histogram") -> "Histogram":
-        """A new histogram holding both."""
+        """A new histogram holding both, exactly: the counts add bucket by
+        bucket (runs of one generator, or load agents on several machines).
+        The threads of one run are merged natively (`LoadRun.histogram`);
+        this is the one merge of `Histogram` objects."""
         mins = [h.min_ns for h in (self, other) if h.total]
         return Histogram(self.counts + other.counts, self.total + other.total,
                          self.sum_ns + other.sum_ns, min(mins) if mins else 0,
