@@ -975,7 +975,7 @@ class Cluster(Component):
             # The shared keys before serving: a node joining a cluster serves
             # (and reports) the keys the others hold from its first request.
             await node.sync_keys()
-        log.info("cluster node %s on %s: %s", node.node_id, node.url, node.mode,
+        log.info("cluster node %s on %s: %s", node.node_id, redacted_url(node.url), node.mode,
                  extra={"fields": {"event": "cluster_joined", "node_id": node.node_id,
                                    "mode": node.mode}})
 

@@ -22,7 +22,7 @@ import orjson
 
 from beastnet import ClusterError
 from beastnet.serve.cluster import (KEY, KEYS_CHANNEL, PREFIX, PROFILE, key_record,
-                                    queue_profile, redis)
+                                    queue_profile, redacted_url, redis)
 from beastnet.serve.stores.sqlite import WebhookStore
 from beastnet.serve.webhooks import SubscriptionRules, WebhookError, WebhookTier
 from beastnet.serve.webhooks_cluster import live_nodes
@@ -73,8 +73,8 @@ class RedisWebhookStore(SubscriptionRules):
             self.client = redis.Redis.from_url(url, socket_timeout=timeout_s,
                                                socket_connect_timeout=timeout_s)
         except ValueError as exc:
-            raise WebhookError(f"--redis {url!r}: {exc}") from None
-        self.url = url
+            raise WebhookError(f"--redis {redacted_url(url)!r}: {exc}") from None
+        self.url = redacted_url(url)        # for messages: never the password
         self.log_store = log_store
         self._set_state = self.client.register_script(SET_STATE)
         self._pubsub: Any = None
@@ -244,12 +244,12 @@ class _RedisClient:
     def __init__(self, url: str) -> None:
         if redis is None:
             raise ClusterError("--redis needs the redis client: pip install 'beastnet[cluster]'")
-        self.url = url
+        self.url = redacted_url(url)        # for messages: never the password
         try:
             self.client = redis.Redis.from_url(url, socket_timeout=2.0,
                                                socket_connect_timeout=2.0)
         except ValueError as exc:
-            raise ClusterError(f"--redis {url!r}: {exc}") from None
+            raise ClusterError(f"--redis {redacted_url(url)!r}: {exc}") from None
 
     def close(self) -> None:
         self.client.close()
