@@ -70,6 +70,8 @@ def _warm_process():
     resolver_loop = uvloop.new_event_loop()
     resolver_loop.run_until_complete(resolver_loop.getaddrinfo("127.0.0.1", 80))
     resolver_loop.close()
+    import support
+    support.PERMANENT_NATIVE_THREADS = native_thread_count() - threading.active_count()
     for host in ["127.0.0.1"] + (["::1"] if HAS_IPV6 else []):
         with UDPServer(table, host, sockets=1, handler=handler) as srv:
             with UDPClient(srv.address) as c:
