@@ -3,6 +3,7 @@ reference of the request grammar (docs/protocol.md), the fixed error bodies and
 polling with a deadline."""
 from __future__ import annotations
 
+import asyncio
 import glob
 import os
 import re
@@ -10,7 +11,7 @@ import shutil
 import socket
 import threading
 import time
-from typing import Callable, Optional, TypeVar
+from typing import Any, Callable, Optional, TypeVar
 
 import pytest
 from hypothesis import strategies as st
@@ -330,6 +331,18 @@ def settled_stats(server, sent: int, timeout: float = 5.0) -> dict:
         again = server.stats()
         return s if again["totals"] == t else None
     return wait_for(ready, timeout, message=f"server to account for {sent} datagrams")
+
+
+async def until(predicate: Callable[[], Any], timeout_s: float = 10.0) -> bool:
+    """On an event loop: wait until `predicate()` holds (polled every 5 ms),
+    for state a component updates itself; False at the deadline, so the
+    test's own assert says what was missing."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.005)
+    return True
 
 
 #: Native threads that live as long as the process and are no Python thread

@@ -8,6 +8,7 @@ import pytest
 from beastnet import ResponseTable
 from beastnet.serve.assets import ASSETS
 from beastnet.serve.feeds import PricePublisher, ReplayFeed, SimulatedFeed, Tick
+from support import until
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -135,16 +136,6 @@ def test_body_keeps_the_sources_decimal_digits():
     for bad in ("0", "-1", "nan", "1e400", "abc", float("inf"), 0.0):
         publisher.on_tick(Tick("ETH", bad, "x", 1.0))
     assert "ETH" not in table and publisher.refused == 7
-
-
-async def until(predicate, timeout_s=5.0):
-    """Wait on the publisher's state (polled every 5 ms); the result decides."""
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.005)
-    return True
 
 
 def test_prices_of_a_feed_that_ended_turn_stale_with_their_age(tmp_path, caplog):

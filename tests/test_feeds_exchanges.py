@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from typing import Any, Callable
+from typing import Any
 
 import orjson
 import pytest
@@ -18,6 +18,7 @@ from beastnet import ResponseTable
 from beastnet.serve.feeds import PricePublisher
 from beastnet.serve.feeds.exchanges import EXCHANGES, ExchangeConnection, ExchangeFeed
 from fake_exchange import FakeExchange
+from support import until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -32,15 +33,6 @@ CASES = {
     "okx": ("TIA", "4.5120", "4.4"),
 }
 STALE_AFTER_S = 0.5
-
-
-async def until(predicate: Callable[[], Any], timeout_s: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.005)
-    return True
 
 
 def fast(fake: FakeExchange, **extra: Any) -> dict[str, Any]:
