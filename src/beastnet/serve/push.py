@@ -253,6 +253,39 @@ def _guarded_resolver(allow_private: bool) -> Any:
     return GuardedResolver()
 
 
+def _tracking_connector(**kwargs: Any) -> Any:
+    """aiohttp's TCPConnector that remembers the connections it hands out, so
+    stop() can abort the TLS ones still in use.  A cancelled request closes
+    its TLS connection gracefully (close_notify, then wait for the peer's);
+    a peer that never answers leaves that shutdown pending when the loop
+    closes, and uvloop then fails closing its own handles.  aiohttp's
+    `enable_cleanup_closed` would do this, but is ignored on CPython 3.11."""
+    import weakref
+
+    import aiohttp
+
+    class TrackingConnector(aiohttp.TCPConnector):
+        def __init__(self, **kw: Any) -> None:
+            super().__init__(**kw)
+            self.handed_out: "weakref.WeakSet[Any]" = weakref.WeakSet()
+
+        async def connect(self, req: Any, traces: Any, timeout: Any) -> Any:
+            conn = await super().connect(req, traces, timeout)
+            self.handed_out.add(conn.protocol)
+            return conn
+
+        def abort_tls(self) -> int:
+            aborted = 0
+            for proto in list(self.handed_out):
+                transport = proto.transport
+                if transport is not None and transport.get_extra_info("sslcontext") is not None:
+                    transport.abort()
+                    aborted += 1
+            return aborted
+
+    return TrackingConnector(**kwargs)
+
+
 def _sockaddr(family: int, address: str, port: int, v6_socket: bool) -> bytes:
     """The kernel's sockaddr for (address, port): sockaddr_in6 on the dual-stack
     socket (IPv4 as v4-mapped), sockaddr_in on a v4-only one."""
@@ -350,7 +383,7 @@ class WebhookPusher:
 
         async def setup() -> None:
             ctx = ssl.create_default_context(cafile=self.settings.ca_file)
-            connector = aiohttp.TCPConnector(
+            connector = _tracking_connector(
                 ssl=ctx, resolver=_guarded_resolver(self.settings.allow_private),
                 use_dns_cache=False, limit=0, limit_per_host=8, keepalive_timeout=30.0)
             self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
@@ -370,6 +403,10 @@ class WebhookPusher:
             tasks = [t for t in (self._main, *self._tasks) if t is not None]
             for task in tasks:
                 task.cancel()
+            # After cancel(): each request sees its CancelledError first (and
+            # logs "cancelled: stopping"), then the aborted connection.
+            if self._session is not None:
+                self._session.connector.abort_tls()
             await asyncio.gather(*tasks, return_exceptions=True)
             if self._session is not None:
                 await self._session.close()
