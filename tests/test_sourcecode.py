@@ -10,7 +10,8 @@ from _annotate import SRC, annotate, yellow_lines
 # Every function a native thread runs per packet, per batch or per request.
 HOT_FUNCTIONS = {
     "_limits.pxi": ["digest_slot_hash", "keyindex_lookup", "apikey_lookup", "apikey_over_cap",
-                    "gcra_take", "lease_take", "apikey_admit", "monotonic_ns"],
+                    "gcra_take", "lease_take", "apikey_admit", "apikey_decide",
+                    "monotonic_ns"],
     "_rrl.pxi": ["addr_is_v4mapped", "rrl_source", "rrl_check"],
     "_udp.pxi": ["format_rate_limited", "udp_parse", "udp_reply", "udp_too_large", "udp_error",
                  "udp_queue_miss", "udp_reader_recv",
@@ -34,8 +35,8 @@ HOT_FUNCTIONS = {
                  "tls_write_pending", "tls_write", "tls_sendv", "tls_recv", "tls_handshake_done",
                  "tls_answer_plain_http", "tls_note_pending", "tls_drain_ready", "tls_on_handshake_event", "tls_is_client_hello",
                  "tls_ctx_release", "tls_pend_free"],
-    "_http_route.pxi": ["http_key_valid", "http_is_route", "conn_queue", "conn_step",
-                        "conn_refuse", "cors_pick", "http_lookup", "batch_put",
+    "_http_route.pxi": ["http_key_valid", "http_usage_route", "http_is_route", "conn_queue",
+                        "conn_step", "conn_refuse", "cors_pick", "http_lookup", "batch_put",
                         "batch_put_uint", "conn_batch", "conn_request", "entry_served_body",
                         "conn_health_stalled"],
     "_engine.pxi": ["monotonic_coarse_ns", "control_stalled"],

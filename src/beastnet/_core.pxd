@@ -77,6 +77,9 @@ cdef class APIKeyTable:
     cdef bn_retire_list retired         # replaced indexes awaiting QSBR (records live on)
     cdef list records                   # (name as first set, digest), in insertion order
     cdef uint64_t hungry_events         # low-lease events of leased keys (atomic)
+    # Refusals of missing/unknown keys by USAGE_* route (atomic); 8 cells, at
+    # least consts.pxi USAGE_ROUTES (a .pxd cannot include consts.pxi).
+    cdef uint64_t unknown[8]
     cdef object _lock                   # serialises Python writers
 
     cdef bn_apikey* _find(self, bytes digest) noexcept

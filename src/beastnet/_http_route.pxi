@@ -269,6 +269,16 @@ cdef inline uint8_t cors_pick(bn_hworker* w, bn_hreq* req) noexcept nogil:
     return CORS_SEG_VARY + 1
 
 
+
+cdef inline int http_usage_route(const char* key, size_t key_len, bint batch) noexcept nogil:
+    """The USAGE_* route of a GET under the prefix, by its path after it:
+    the batch key is a snapshot, "reports/..." a usage report, the rest a price."""
+    if batch:
+        return USAGE_HTTP_SNAPSHOT
+    if key_len >= 8 and memcmp(key, b"reports/", 8) == 0:
+        return USAGE_HTTP_REPORT
+    return USAGE_HTTP_PRICE
+
 cdef int conn_request(bn_hworker* w, bn_conn* c, bn_hreq* req) noexcept nogil:
     """Answer one parsed request (or queue it).  Returns 0 to go on parsing,
     1 to stop (waiting on the control plane, or closing), -1 dead."""
@@ -281,6 +291,7 @@ cdef int conn_request(bn_hworker* w, bn_conn* c, bn_hreq* req) noexcept nogil:
     cdef int admit
     cdef uint64_t retry_ns = 0
     cdef int ws_kind
+    cdef bint batch
     cdef int in_prefix = (req.path_len > w.prefix_len
                           and memcmp(req.target, w.prefix, w.prefix_len) == 0)
     if not req.keepalive or w.draining:
@@ -308,17 +319,18 @@ cdef int conn_request(bn_hworker* w, bn_conn* c, bn_hreq* req) noexcept nogil:
         c.flags |= CONN_CLOSE_AFTER
         return conn_step(c, conn_emit_error(w, c, ERR_413, TAIL_CLOSE, head_only))
     if in_prefix:
+        key = req.target + w.prefix_len
+        key_len = req.path_len - w.prefix_len
+        batch = (w.batch_key_len and key_len == w.batch_key_len and req.target_len > req.path_len
+                 and memcmp(key, w.batch_key, key_len) == 0)
         if w.keys_ref != NULL:
             admit = apikey_admit(w.keys_ref, req.apikey, req.apikey_len, w.admit_ns, &retry_ns,
-                                 NULL)
+                                 NULL, http_usage_route(key, key_len, batch))
             if admit != ADMIT_OK:
                 return conn_refuse(w, c, admit, retry_ns, tail, head_only)
         elif w.require_apikey and req.apikey_len == 0:
             return conn_step(c, conn_emit_error(w, c, ERR_401, tail, head_only))
-        key = req.target + w.prefix_len
-        key_len = req.path_len - w.prefix_len
-        if (w.batch_key_len and key_len == w.batch_key_len and req.target_len > req.path_len
-                and memcmp(key, w.batch_key, key_len) == 0):
+        if batch:
             return conn_batch(w, c, req, tail, head_only)
         if not http_key_valid(key, key_len):
             bn_count(&w.counters.misses, 1)
