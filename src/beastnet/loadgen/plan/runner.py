@@ -142,8 +142,10 @@ class Poller:
         self._last_totals: Optional[dict[str, int]] = None
         self._last_nodes: dict[str, dict[str, int]] = {}
         self._rss0: dict[str, int] = {}
+        self.started_at = 0.0
 
     def start(self) -> None:
+        self.started_at = time.time()       # wall clock of the timeline's t = 0
         self._t0 = time.monotonic()
         self._read()                    # the baseline
         self._thread = threading.Thread(target=self._loop, name="plan-poller", daemon=True)
@@ -324,6 +326,7 @@ class PlanRunner:
             poller.stop()
             self.runner_cpu_s += poller.cpu_s
         out["timeline"] = poller.rows
+        out["poll_started_at"] = poller.started_at
         out["flags"] = poller.raised
         out["poll_failures"] = poller.failures
         out["poller_cpu_s"] = round(poller.cpu_s, 4)
