@@ -9,7 +9,8 @@ Workload (the issue's): 1,000 connections x 150 symbols x 10 rounds/s, ~2 KB
 bodies (`peers/ws_feed.py --body-bytes 2048`: an order book whose digits change,
 ~61 % saved by deflate alone), half of the connections offering
 permessage-deflate (`clients/ws_fanout_client.c --deflate-every 2`, which
-inflates what comes deflated).  Each server runs twice: compression off (the
+inflates what comes deflated; with --no-inflate it only counts such frames, so
+that its own inflate CPU cannot slow its reading and make the servers queue).  Each server runs twice: compression off (the
 offer is declined, every message plain) and on (beastnet: `compress_min_bytes`
 1024; socketify: `CompressOptions.SHARED_COMPRESSOR`).  Rounds are interleaved
 (beastnet off, on, socketify off, on; --repeat times) and the median run shown.
@@ -42,7 +43,9 @@ import orjson  # noqa: E402
 def one(key: str, python: str, exe: Path, deflate: bool, args: argparse.Namespace) -> dict:
     server_args = ["--body-bytes", str(args.body_bytes)] + (["--deflate"] if deflate else [])
     r = fanout(ROWS[key], python, exe, args.conns, args.symbols, args.rate, args,
-               server_args=server_args, client_args=["--deflate-every", str(args.deflate_every)])
+               server_args=server_args,
+               client_args=["--deflate-every", str(args.deflate_every),
+                            "--no-inflate", "1" if args.no_inflate else "0"])
     c = r["client"]
     r["deflate"] = deflate
     r["load_average"] = os.getloadavg()[0]
@@ -67,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--body-bytes", type=int, default=2048)
     p.add_argument("--deflate-every", type=int, default=2,
                    help="connection i offers deflate when i %% K == 0 (2: half)")
+    p.add_argument("--no-inflate", action="store_true",
+                   help="the client counts deflated frames without inflating them (its inflate "
+                        "CPU then cannot slow its reading); their latency is not measured")
     p.add_argument("--duration", type=float, default=5.0)
     p.add_argument("--warmup", type=float, default=2.0)
     p.add_argument("--repeat", type=int, default=1)

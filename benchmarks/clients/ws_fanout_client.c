@@ -2,7 +2,7 @@
  *
  *   ws_fanout_client --port P [--host 127.0.0.1] [--sources K] --conns N [--conn-offset I]
  *                    --symbols S [--universe U] [--path /v1/stream] [--connect-timeout-s C]
- *                    [--start-ns T0 --end-ns T1] [--deflate-every K]
+ *                    [--start-ns T0 --end-ns T1] [--deflate-every K] [--no-inflate 1]
  *
  * Every connection upgrades GET <path>, sends
  *   {"op":"subscribe","symbols":["S000",...]}    (S symbols from a rotating start)
@@ -39,6 +39,9 @@
  * messages, so it is right with or without the server's context takeover) and
  * the inflated body is handled as any other.  Counted apart: compressed frames,
  * their bytes on the wire and inflated, and the connections that negotiated.
+ * --no-inflate 1: a deflated frame is counted as a delivered body (and its wire
+ * bytes) without inflating it, so the client's inflate CPU cannot slow the
+ * reading; such bodies give no latency, round or inflated size.
  *
  * Output: "ready <n>" once every connection has its subscribe acknowledged, or
  * at T0 / after --connect-timeout-s with fewer; then one JSON line at T1.  Exit
@@ -227,6 +230,12 @@ static void parse_frames(conn_t *c, int epfd, int64_t t_rx, int in_window, int u
         const char *payload = (const char *)b + off + head;
         if ((op == 0x1 || op == 0x2) && (b[off] & 0x40)) {          /* RSV1: deflated */
             static char inflated[RBUF_BYTES];
+            if (c->deflate == 2) {                   /* --no-inflate: counted, not read */
+                g.bodies_total++;
+                if (in_window) { g.bodies++; g.compressed++; g.wire_bytes += plen; }
+                off += head + plen;
+                continue;
+            }
             long n = c->deflate ? inflate_message(c, (const unsigned char *)payload, plen,
                                                   inflated, sizeof inflated) : -1;
             if (n < 0) { g.inflate_errors++; close_conn(c, epfd, 0); return; }
@@ -273,7 +282,7 @@ int main(int argc, char **argv) {
     int port = 0, nconns = 0, nsyms = 10, universe = 150, sources = 1, conn_offset = 0;
     int max_pending = 256;
     int64_t t0 = 0, t1 = 0;
-    int deflate_every = 0;
+    int deflate_every = 0, no_inflate = 0;
     for (int i = 1; i + 1 < argc; i += 2) {
         const char *k = argv[i], *v = argv[i + 1];
         if (!strcmp(k, "--port")) port = atoi(v);
@@ -289,6 +298,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(k, "--path")) path = v;
         else if (!strcmp(k, "--max-pending")) max_pending = atoi(v);
         else if (!strcmp(k, "--deflate-every")) deflate_every = atoi(v);
+        else if (!strcmp(k, "--no-inflate")) no_inflate = atoi(v);
         else { fprintf(stderr, "ws_fanout_client: unknown option %s\n", k); return 2; }
     }
     if (port <= 0 || nconns <= 0 || nsyms <= 0 || universe <= 0 || universe > MAX_UNIVERSE
@@ -431,8 +441,9 @@ int main(int argc, char **argv) {
                     if (c->rlen < 12 || memcmp(c->rbuf + 9, "101", 3) != 0) { close_conn(c, epfd, 1); pending--; break; }
                     size_t hl = (size_t)(end + 4 - c->rbuf);
                     if (c->offer_deflate && memmem(c->rbuf, hl, "permessage-deflate", 18)) {
-                        if (inflateInit2(&c->inflater, -15) != Z_OK) die("inflateInit2");
-                        c->deflate = 1;
+                        if (!no_inflate && inflateInit2(&c->inflater, -15) != Z_OK)
+                            die("inflateInit2");
+                        c->deflate = no_inflate ? 2 : 1;
                         g.deflate_conns++;
                     }
                     memmove(c->rbuf, c->rbuf + hl, c->rlen - hl);
