@@ -52,6 +52,7 @@ COMPONENTS: tuple[str, ...] = (
     "beastnet.serve.prices:Prices",
     "beastnet.serve.cluster:Cluster",
     "beastnet.serve.deliveries:Webhooks",
+    "beastnet.serve.reports:Reports",
     "beastnet.serve.engines:Engines",
     "beastnet.serve.stream:StreamHealth",
 )
