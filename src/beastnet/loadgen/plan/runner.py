@@ -471,8 +471,10 @@ class PlanRunner:
                                    before_level=before)
                 result["ramp"] = report.to_dict()
                 result["verdict"] = report.verdict
+                # The failing levels' reasons; when none failed, the warnings'.
+                worst = "fail" if report.verdict == "fail" else "warn"
                 result["reasons"] = [f"level {lv.level.number}: {r}" for lv in report.levels
-                                     for r in lv.reasons if lv.verdict == "fail"]
+                                     for r in lv.reasons if lv.verdict == worst]
                 if report.interrupted:
                     self.interrupted = True
             else:
