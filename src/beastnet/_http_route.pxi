@@ -269,6 +269,16 @@ cdef inline uint8_t cors_pick(bn_hworker* w, bn_hreq* req) noexcept nogil:
     return CORS_SEG_VARY + 1
 
 
+
+cdef inline int http_usage_route(const char* key, size_t key_len, bint batch) noexcept nogil:
+    """The USAGE_* route of a GET under the prefix, by its path after it:
+    the batch key is a snapshot, "reports/..." a usage report, the rest a price."""
+    if batch:
+        return USAGE_HTTP_SNAPSHOT
+    if key_len >= 8 and memcmp(key, b"reports/", 8) == 0:
+        return USAGE_HTTP_REPORT
+    return USAGE_HTTP_PRICE
+
 cdef int conn_request(bn_hworker* w, bn_conn* c, bn_hreq* req) noexcept nogil:
     """Answer one parsed request (or queue it).  Returns 0 to go on parsing,
     1 to stop (waiting on the control plane, or closing), -1 dead."""
@@ -279,8 +289,10 @@ cdef int conn_request(bn_hworker* w, bn_conn* c, bn_hreq* req) noexcept nogil:
     cdef bn_entry* e
     cdef int route = 0
     cdef int admit
+    cdef bn_apikey* rec = NULL
     cdef uint64_t retry_ns = 0
     cdef int ws_kind
+    cdef bint batch
     cdef int in_prefix = (req.path_len > w.prefix_len
                           and memcmp(req.target, w.prefix, w.prefix_len) == 0)
     if not req.keepalive or w.draining:
@@ -308,17 +320,18 @@ cdef int conn_request(bn_hworker* w, bn_conn* c, bn_hreq* req) noexcept nogil:
         c.flags |= CONN_CLOSE_AFTER
         return conn_step(c, conn_emit_error(w, c, ERR_413, TAIL_CLOSE, head_only))
     if in_prefix:
+        key = req.target + w.prefix_len
+        key_len = req.path_len - w.prefix_len
+        batch = (w.batch_key_len and key_len == w.batch_key_len and req.target_len > req.path_len
+                 and memcmp(key, w.batch_key, key_len) == 0)
         if w.keys_ref != NULL:
             admit = apikey_admit(w.keys_ref, req.apikey, req.apikey_len, w.admit_ns, &retry_ns,
-                                 NULL)
+                                 &rec, http_usage_route(key, key_len, batch))
             if admit != ADMIT_OK:
                 return conn_refuse(w, c, admit, retry_ns, tail, head_only)
         elif w.require_apikey and req.apikey_len == 0:
             return conn_step(c, conn_emit_error(w, c, ERR_401, tail, head_only))
-        key = req.target + w.prefix_len
-        key_len = req.path_len - w.prefix_len
-        if (w.batch_key_len and key_len == w.batch_key_len and req.target_len > req.path_len
-                and memcmp(key, w.batch_key, key_len) == 0):
+        if batch:
             return conn_batch(w, c, req, tail, head_only)
         if not http_key_valid(key, key_len):
             bn_count(&w.counters.misses, 1)
@@ -332,6 +345,12 @@ cdef int conn_request(bn_hworker* w, bn_conn* c, bn_hreq* req) noexcept nogil:
         bn_count(&w.counters.misses, 1)
         if not w.misses_to_python or w.missq == NULL:
             return conn_step(c, conn_emit_error(w, c, ERR_404, tail, head_only))
+        if governor_on(w.gov) and governor_sheds(w.gov, rec != NULL and rec.shed_last):
+            if rec != NULL and rec.shed_last:
+                bn_count(&w.counters.shed_partner, 1)
+            else:
+                bn_count(&w.counters.shed_public, 1)
+            return conn_step(c, conn_emit_error(w, c, ERR_503_OVERLOADED, tail, head_only))
     elif http_is_route(w, req.target, req.path_len):
         bn_count(&w.counters.routed, 1)
         if (w.control_stalled and req.path_len == 8
@@ -348,6 +367,8 @@ cdef int conn_request(bn_hworker* w, bn_conn* c, bn_hreq* req) noexcept nogil:
         return conn_step(c, conn_emit_error(w, c, ERR_414, tail, head_only))
     if conn_queue(w, c, req, key, key_len, route):
         bn_count(&w.counters.queued, 1)
+        bn_add_relaxed(&w.gov.inflight, 1)
+        c.wait_start_ns = w.admit_ns if governor_on(w.gov) else 0
         w.miss_signal = 1
         c.flags |= CONN_WAITING
         if head_only:

@@ -296,7 +296,8 @@ cdef void udp_reader_serve(bn_reader* r, unsigned int n) noexcept nogil:
             continue
         status = udp_parse(data, length, &req)
         if status == PARSE_OK and r.keys_ref != NULL:
-            admit = apikey_admit(r.keys_ref, req.apikey, req.apikey_len, now_ns, &retry_ns, NULL)
+            admit = apikey_admit(r.keys_ref, req.apikey, req.apikey_len, now_ns, &retry_ns, NULL,
+                                 USAGE_UDP_PRICE)
             if admit != ADMIT_OK:
                 if admit == ADMIT_UNAUTHORIZED:
                     unauthorized += 1
