@@ -213,7 +213,7 @@ def test_three_agents_merge_to_the_servers_counters_and_one_histogram(
         ours = r["latency_ns"][name]
         assert abs(union.get_value_at_percentile(q) - ours) <= 0.008 * ours
     assert r["extra"]["start_skew_ms"] is not None and r["extra"]["start_skew_ms"] >= 0
-    assert "its own monotonic clock" in r["extra"]["clock_rule"]
+    assert "its own monotonic clock" in r["extra"]["agents_clock_rule"]
 
 
 @needs_redis
@@ -279,3 +279,33 @@ def test_a_dead_redis_is_one_line_for_the_coordinator_and_the_agent(capsys):
     run = subprocess.run([sys.executable, "-m", "beastnet", "agent", "--redis", "http://x"],
                          capture_output=True, text=True, timeout=30)
     assert run.returncode == 4 and "Traceback" not in run.stderr, run.stderr
+
+
+@needs_redis
+def test_a_websocket_run_splits_its_connections_over_the_agents(redis_server, agents, tmp_path):
+    from _ws_scripted import feed_server
+    with feed_server() as (server, symbols):
+        host, port = server.address[:2]
+        status = main(["load", f"ws://{host}:{port}/v1/stream", "-c", "9", "-t", "1",
+                       "--symbols", ",".join(symbols), "--symbols-per-conn", "3", "-d", "1",
+                       "--warmup", "0.2", "--agents", "3", "--redis", redis_server.url,
+                       "--json", str(tmp_path / "ws.json"), "-q"])
+    r = orjson.loads((tmp_path / "ws.json").read_bytes())["result"]
+    rows = r["extra"]["agents"]
+    assert status == 0, r
+    assert [a["connections"] for a in rows] == [3, 3, 3]
+    assert r["extra"]["upgrades"] == 9 and r["errors"] == 0
+    assert r["received"] == sum(a["received"] for a in rows) > 0
+    assert r["histogram"]["total"] == sum(a["histogram"]["total"] for a in rows)
+
+
+@needs_redis
+def test_a_ramp_runs_each_level_on_every_agent(engine, redis_server, agents, tmp_path):
+    assert main(["load", f"127.0.0.1:{engine.address[1]}", "--levels", "300x30,900x90",
+                 "-s", "30", "-t", "1", "--agents", "3", "--redis", redis_server.url,
+                 "--json", str(tmp_path / "ramp.json"), "-q"]) == 0
+    levels = orjson.loads((tmp_path / "ramp.json").read_bytes())["levels"]
+    assert [lv["result"]["sent"] for lv in levels] == [300, 900]
+    for lv in levels:
+        rows = lv["result"]["extra"]["agents"]
+        assert [a["sent"] for a in rows] == [lv["requests"] // 3] * 3

@@ -35,13 +35,16 @@ def add_agent_command(sub: Any) -> None:
                                    "coordinator gives, stream per-second results.",
                        epilog=AGENT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--redis", metavar="URL", required=True,
-                   help="the Redis or Valkey the coordinator uses (redis://HOST:PORT/DB)")
-    p.add_argument("--name", help="this agent's name (default: HOSTNAME-PID)")
+                   help="the Redis or Valkey the coordinator uses, redis://HOST:PORT/DB "
+                        "(default: none; required)")
+    p.add_argument("--name", help="this agent's name, unique at that Redis "
+                                  "(default: HOSTNAME-PID)")
     from beastnet.loadgen.agents import DEFAULT_LEASE_S
     p.add_argument("--lease", type=float, default=DEFAULT_LEASE_S, metavar="SECONDS",
-                   help="lease of the agent's registration; a coordinator must use the same "
-                        "(default %(default)g)")
-    p.add_argument("-q", "--quiet", action="store_true", help="no log line per run")
+                   help="lease of the agent's registration: silent this long, a coordinator "
+                        "counts it dead (default: %(default)g)")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="no log line per run (default: a line as each run starts and ends)")
     p.set_defaults(func=cmd_agent)
 
 

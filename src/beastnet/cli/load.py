@@ -223,7 +223,9 @@ def cmd_load(args: argparse.Namespace) -> int:
             print(f"beastnet load: a {target.kind.scheme}:// target has no request loop to "
                   "ramp: use `beastnet ws stress` or `beastnet ws knee`", file=sys.stderr)
             return EXIT_USAGE
-        return cmd_load_ws(args)
+        if args.agents is None and args.redis is None:
+            return cmd_load_ws(args)
+        return _ws_with_agents(args)
     try:
         cfg = _base_config(args, target)
         ramping = bool(args.ramp or args.quick or args.max_level or args.levels)
@@ -292,6 +294,27 @@ def cmd_load(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(text)
     return finish_load_report("load", args, full, text, body)
+
+
+def _ws_with_agents(args: argparse.Namespace) -> int:
+    """`beastnet load ws://... --agents N`: the WebSocket run through the agents."""
+    from beastnet.loadgen.agents import Coordinator
+    if args.agents is None or args.redis is None:
+        print("beastnet load: --agents N and --redis URL go together", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        coordinator = Coordinator(args.redis, args.agents, wait_s=args.agents_wait)
+        coordinator.open()
+    except AgentsError as exc:
+        print(f"beastnet load: {exc}", file=sys.stderr)
+        return EXIT_NO_AGENTS
+    except BeastnetError as exc:
+        print(f"beastnet load: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        return cmd_load_ws(args, runner=coordinator.run)
+    finally:
+        coordinator.close()
 
 
 def _extra_percentiles(result: Any, qs: Sequence[float]) -> dict:

@@ -215,10 +215,19 @@ def _sum_dicts(dicts: Sequence[dict]) -> dict:
     return out
 
 
+def _worst(key: str, values: list) -> Any:
+    known = [v for v in values if v is not None]
+    if not known:
+        return None
+    return sum(known) if key == "count" else max(known)
+
+
 def _merge_extra(extras: Sequence[dict]) -> dict:
     """The agents' `extra` merged: counts and rates add, the longest and
-    largest values stay the largest, lists join, flags are any; what has no
-    meaning summed (per-agent summaries) stays in each agent's row only."""
+    largest values stay the largest, lists join, flags are any.  A summary
+    of numbers (WebSocket connect times: p50, p99, max, count) keeps its
+    counts summed and the worst agent's value of the rest: percentiles of
+    summaries cannot be merged exactly, and the worst is an upper bound."""
     out: dict[str, Any] = {}
     for key in dict.fromkeys(k for e in extras for k in e):
         values = [e[key] for e in extras if key in e and e[key] is not None]
@@ -229,6 +238,10 @@ def _merge_extra(extras: Sequence[dict]) -> dict:
         elif all(isinstance(v, (int, float)) for v in values):
             largest = key.startswith(("max", "longest")) or key.endswith("_max")
             out[key] = max(values) if largest else sum(values)
+        elif all(isinstance(v, dict) and all(isinstance(x, (int, float)) or x is None
+                                             for x in v.values()) for v in values):
+            out[key] = {k: _worst(k, [v.get(k) for v in values])
+                        for k in dict.fromkeys(k for v in values for k in v)}
         elif all(isinstance(v, list) for v in values):
             out[key] = [x for v in values for x in v]
         elif all(isinstance(v, str) for v in values) and len(set(values)) == 1:
@@ -737,7 +750,7 @@ class Coordinator:
                                      "histogram")}})
         merged.extra["agents"] = rows
         merged.extra["start_skew_ms"] = (max(starts) - first) * 1e3 if starts else None
-        merged.extra["clock_rule"] = CLOCK_RULE
+        merged.extra["agents_clock_rule"] = CLOCK_RULE
         merged.extra["agents_short"] = [
             {"name": p.name, "state": p.state, "message": p.message, "sent": r.sent}
             for p, r in zip(runs, results) if p.state != "done"]
