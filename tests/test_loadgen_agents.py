@@ -34,6 +34,7 @@ from beastnet.loadgen.histogram import NBUCKETS, Histogram
 from _loadgen_servers import beastnet_price_server
 from support import free_port, requires, wait_for
 from test_cluster import RedisServer
+from test_plan import cluster  # noqa: F401  (the fixture)
 
 hdrh_histogram = pytest.importorskip("hdrh.histogram")
 
@@ -309,3 +310,20 @@ def test_a_ramp_runs_each_level_on_every_agent(engine, redis_server, agents, tmp
     for lv in levels:
         rows = lv["result"]["extra"]["agents"]
         assert [a["sent"] for a in rows] == [lv["requests"] // 3] * 3
+
+
+@requires("redis-server", "nginx", "openssl")
+@pytest.mark.timeout(180)
+def test_a_plan_test_runs_its_load_on_the_agents(cluster, redis_server, agents):  # noqa: F811
+    from beastnet.loadgen.agents import Coordinator
+    from beastnet.loadgen.plan import parse_plan, run_plan
+    from test_plan import UDP_DIRECT, one_test
+    plan = parse_plan(one_test(UDP_DIRECT + "rate = 3000\nduration_s = 2\n"))
+    with Coordinator(redis_server.url, 3) as coord:
+        report = run_plan(plan, lambda line: None, cluster=cluster, load_runner=coord.run)
+    run = report["tests"][0]["run"]
+    rows = run["extra"].get("agents")
+    assert rows, "the load ran in this process, not on the agents"
+    assert [a["state"] for a in rows] == ["done"] * 3
+    assert [a["rate"] for a in rows] == [pytest.approx(1000.0)] * 3
+    assert run["sent"] == sum(a["sent"] for a in rows) > 0
