@@ -194,13 +194,18 @@ def test_three_agents_merge_to_the_servers_counters_and_one_histogram(
     assert sorted(a["name"] for a in rows) == ["a1", "a2", "a3"]
     assert all(a["state"] == "done" and a["sent"] > 0 for a in rows)
     # The merged counts are the sum of the agents'; over the whole run (the
-    # warm-up too) the datagrams sent are those the server received.
+    # warm-up too) the datagrams sent are those the server received (or its
+    # kernel dropped, on a crowded machine), and the answers the agents read
+    # are those it sent but the ones still in flight when the run stopped
+    # (at most the 6 sockets x window 8).
     assert r["sent"] == sum(a["sent"] for a in rows)
     assert r["received"] == sum(a["received"] for a in rows)
     whole_run = sum(row["sent"] for row in r["timeline"])
-    assert whole_run == after["rx_packets"] - before["rx_packets"]
-    assert sum(row["received"] for row in r["timeline"]) == \
-        after["tx_packets"] - before["tx_packets"]
+    assert whole_run == (after["rx_packets"] - before["rx_packets"]
+                         + after["kernel_drops"] - before["kernel_drops"])
+    unread = after["tx_packets"] - before["tx_packets"] - sum(
+        row["received"] for row in r["timeline"])
+    assert 0 <= unread <= 6 * 8
     # One histogram of every sample, built by another implementation from the
     # agents' encodings, holds in each bucket what the merged one holds.
     union = hdrh_histogram.HdrHistogram(1, (1 << 38) - 1, 2)
@@ -327,3 +332,37 @@ def test_a_plan_test_runs_its_load_on_the_agents(cluster, redis_server, agents):
     assert [a["state"] for a in rows] == ["done"] * 3
     assert [a["rate"] for a in rows] == [pytest.approx(1000.0)] * 3
     assert run["sent"] == sum(a["sent"] for a in rows) > 0
+
+
+# -- what crosses Redis is checked, never trusted ----------------------------------------
+
+json_values = st.recursive(st.none() | st.booleans() | st.integers(-2**63, 2**63 - 1)
+                           | st.floats() | st.text(max_size=8),
+                           lambda inner: st.lists(inner, max_size=3) |
+                           st.dictionaries(st.text(max_size=8), inner, max_size=3), max_leaves=8)
+
+
+@given(st.dictionaries(st.sampled_from(["scheme", "fields"]), json_values))
+def test_a_job_config_is_a_config_or_a_clear_error(wire):
+    from beastnet.loadgen.agents import config_from_wire
+    try:
+        cfg = config_from_wire(wire)
+    except LoadConfigError as exc:
+        assert str(exc) and "\n" not in str(exc)
+    else:
+        cfg.validate()
+
+
+@given(st.binary(max_size=100) | st.builds(
+    lambda kind, body: orjson.dumps({"agent": "a1", "type": kind, **body}),
+    st.sampled_from(["row", "result", "error", "other"]),
+    st.dictionaries(st.sampled_from(["row", "histogram", "result", "message"]), json_values)))
+def test_an_event_that_is_not_one_is_dropped_and_counted(raw):
+    from beastnet.loadgen.agents import Coordinator, _AgentRun
+    parts = {"a1": _AgentRun("a1", 0.0, 0.0)}
+    taken = Coordinator._take(parts, raw)
+    p = parts["a1"]
+    assert taken == (p.state != "running" or len(p.rows) == 1)
+    if p.rows:                          # an accepted row merges
+        from beastnet.loadgen.agents import merge_timelines
+        assert merge_timelines([p.rows], [p.deltas])[0]["sent"] == p.rows[0]["sent"]
