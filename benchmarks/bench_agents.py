@@ -37,20 +37,9 @@ import time
 
 from _common import free_port
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-SRC = os.path.join(os.path.dirname(HERE), "src")
-ENV = dict(os.environ, PYTHONPATH=SRC)
-TICK = os.sysconf("SC_CLK_TCK")
-
-SERVER_SCRIPT = r"""
-import sys
-from beastnet import ResponseTable, UDPServer
-t = ResponseTable()
-t["BTC"] = b'{"price":1}'
-with UDPServer(t, "127.0.0.1", 0, sockets=2) as s:
-    print(s.address[1], flush=True)
-    sys.stdin.read()
-"""
+# The engine's process: bench_loadgen's (it prints its port, then answers a
+# line on stdin with its counters; here stdin only closes, to stop it).
+from bench_loadgen import ENV, SERVER_SCRIPT, SRC, proc_cpu_s
 
 
 def thread_cpu_s(pid: int) -> dict[str, float]:
@@ -65,12 +54,6 @@ def thread_cpu_s(pid: int) -> dict[str, float]:
         except (OSError, ValueError, IndexError):
             continue
     return out
-
-
-def process_cpu_s(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
 
 
 def start_agent(url: str, name: str, log_dir: str) -> subprocess.Popen:
@@ -92,9 +75,9 @@ def coordination_cost(url: str, port: int, duration: float, log_dir: str) -> lis
             with Coordinator(url, 1, wait_s=30, stream=stream) as coord:
                 cfg = UDPLoadConfig(port=port, keys=["BTC"], threads=2, sockets=64, window=32,
                                     duration_s=duration, warmup_s=0.5)
-                before_threads, before = thread_cpu_s(agent.pid), process_cpu_s(agent.pid)
+                before_threads, before = thread_cpu_s(agent.pid), proc_cpu_s(agent.pid)
                 r = coord.run(cfg)
-                after_threads, after = thread_cpu_s(agent.pid), process_cpu_s(agent.pid)
+                after_threads, after = thread_cpu_s(agent.pid), proc_cpu_s(agent.pid)
             # Threads that lived through the run and are not generator threads:
             # the generator threads are new for each run and gone after it.
             kept = [t for t in after_threads if t in before_threads]
@@ -147,7 +130,7 @@ def main() -> int:
     redis = subprocess.Popen([redis_server, "--port", str(rport), "--bind", "127.0.0.1",
                               "--save", "", "--appendonly", "no", "--dir", work],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    server = subprocess.Popen([sys.executable, "-c", SERVER_SCRIPT], stdin=subprocess.PIPE,
+    server = subprocess.Popen([sys.executable, "-c", SERVER_SCRIPT, "2"], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, env=ENV, text=True)
     agents: list[subprocess.Popen] = []
     try:

@@ -34,6 +34,7 @@ from beastnet.loadgen.histogram import NBUCKETS, Histogram
 from _loadgen_servers import beastnet_price_server
 from support import free_port, requires, wait_for
 from test_cluster import RedisServer
+from test_loadgen_udp import beastnet_server  # noqa: F401  (the fixture: the engine here)
 from test_plan import cluster  # noqa: F401  (the fixture)
 
 hdrh_histogram = pytest.importorskip("hdrh.histogram")
@@ -109,17 +110,6 @@ def redis_server(tmp_path):
     server.stop()
 
 
-@pytest.fixture(scope="module")
-def engine():
-    """The engine, in this process, so the test reads its counters directly."""
-    from beastnet import ResponseTable, UDPServer
-    table = ResponseTable()
-    table["BTC"] = b'{"p":1}'
-    table["ETH"] = b'{"p":2}'
-    with UDPServer(table, "127.0.0.1", 0, sockets=2) as server:
-        yield server
-
-
 class Agents:
     """`beastnet agent` processes, each logging to its own file; stopped by PID."""
 
@@ -182,13 +172,13 @@ def wait_for_progress(tmp: Path, proc: subprocess.Popen) -> None:
 
 @needs_redis
 def test_three_agents_merge_to_the_servers_counters_and_one_histogram(
-        engine, redis_server, agents, tmp_path):
-    before = engine.stats()["totals"]
-    assert main(["load", f"127.0.0.1:{engine.address[1]}", "-d", "1.5", "--warmup", "0.3",
+        beastnet_server, redis_server, agents, tmp_path):
+    before = beastnet_server.stats()["totals"]
+    assert main(["load", f"127.0.0.1:{beastnet_server.address[1]}", "-d", "1.5", "--warmup", "0.3",
                  "-t", "1", "-s", "6", "-w", "8", "-k", "BTC,ETH", "--agents", "3",
                  "--redis", redis_server.url, "--json", str(tmp_path / "r.json"),
                  "-q"]) == 0
-    after = engine.stats()["totals"]
+    after = beastnet_server.stats()["totals"]
     r = orjson.loads((tmp_path / "r.json").read_bytes())["result"]
     rows = r["extra"]["agents"]
     assert sorted(a["name"] for a in rows) == ["a1", "a2", "a3"]
@@ -224,8 +214,8 @@ def test_three_agents_merge_to_the_servers_counters_and_one_histogram(
 
 @needs_redis
 def test_an_agent_killed_mid_run_is_reported_and_the_load_was_short(
-        engine, redis_server, agents, tmp_path):
-    proc = coordinator(tmp_path, redis_server.url, engine.address[1], "-d", "8",
+        beastnet_server, redis_server, agents, tmp_path):
+    proc = coordinator(tmp_path, redis_server.url, beastnet_server.address[1], "-d", "8",
                        "--warmup", "0")
     try:
         wait_for_progress(tmp_path, proc)
@@ -245,8 +235,8 @@ def test_an_agent_killed_mid_run_is_reported_and_the_load_was_short(
 
 @needs_redis
 def test_a_coordinator_killed_leaves_no_agent_running_after_its_lease(
-        engine, redis_server, agents, tmp_path):
-    proc = coordinator(tmp_path, redis_server.url, engine.address[1], "-d", "60")
+        beastnet_server, redis_server, agents, tmp_path):
+    proc = coordinator(tmp_path, redis_server.url, beastnet_server.address[1], "-d", "60")
     wait_for_progress(tmp_path, proc)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(10)
@@ -306,8 +296,8 @@ def test_a_websocket_run_splits_its_connections_over_the_agents(redis_server, ag
 
 
 @needs_redis
-def test_a_ramp_runs_each_level_on_every_agent(engine, redis_server, agents, tmp_path):
-    assert main(["load", f"127.0.0.1:{engine.address[1]}", "--levels", "300x30,900x90",
+def test_a_ramp_runs_each_level_on_every_agent(beastnet_server, redis_server, agents, tmp_path):
+    assert main(["load", f"127.0.0.1:{beastnet_server.address[1]}", "--levels", "300x30,900x90",
                  "-s", "30", "-t", "1", "--agents", "3", "--redis", redis_server.url,
                  "--json", str(tmp_path / "ramp.json"), "-q"]) == 0
     levels = orjson.loads((tmp_path / "ramp.json").read_bytes())["levels"]
