@@ -172,12 +172,14 @@ def wait_for_progress(tmp: Path, proc: subprocess.Popen) -> None:
 
 @needs_redis
 def test_three_agents_merge_to_the_servers_counters_and_one_histogram(
-        beastnet_server, redis_server, agents, tmp_path):
+        beastnet_server, redis_server, agents, tmp_path, capsys):
     before = beastnet_server.stats()["totals"]
-    assert main(["load", f"127.0.0.1:{beastnet_server.address[1]}", "-d", "1.5", "--warmup", "0.3",
-                 "-t", "1", "-s", "6", "-w", "8", "-k", "BTC,ETH", "--agents", "3",
-                 "--redis", redis_server.url, "--json", str(tmp_path / "r.json"),
-                 "-q"]) == 0
+    assert main(["load", f"127.0.0.1:{beastnet_server.address[1]}", "-d", "1.5",
+                 "--warmup", "0.3", "-t", "1", "-s", "6", "-w", "8", "-k", "BTC,ETH",
+                 "--agents", "3", "--redis", redis_server.url, "--json",
+                 str(tmp_path / "r.json"), "--html", str(tmp_path / "r.html")]) == 0
+    terminal = capsys.readouterr().out.splitlines()
+    html = (tmp_path / "r.html").read_text()
     after = beastnet_server.stats()["totals"]
     r = orjson.loads((tmp_path / "r.json").read_bytes())["result"]
     rows = r["extra"]["agents"]
@@ -210,6 +212,13 @@ def test_three_agents_merge_to_the_servers_counters_and_one_histogram(
         assert abs(union.get_value_at_percentile(q) - ours) <= 0.008 * ours
     assert r["extra"]["start_skew_ms"] is not None and r["extra"]["start_skew_ms"] >= 0
     assert "its own monotonic clock" in r["extra"]["agents_clock_rule"]
+    # A row per agent beside the merged total, on the terminal and the page.
+    for a in rows:
+        assert any(line.split()[:3] == [a["name"], f"{a['sent']:,}", f"{a['received']:,}"]
+                   for line in terminal if line.strip()), terminal
+        assert f'<td class="l">{a["name"]}</td>' in html
+    assert any(line.split()[:2] == ["total", f"{r['sent']:,}"] for line in terminal if line)
+    assert "<h2>Load agents</h2>" in html and "start skew" in html
 
 
 @needs_redis
@@ -275,6 +284,10 @@ def test_a_dead_redis_is_one_line_for_the_coordinator_and_the_agent(capsys):
     run = subprocess.run([sys.executable, "-m", "beastnet", "agent", "--redis", "http://x"],
                          capture_output=True, text=True, timeout=30)
     assert run.returncode == 4 and "Traceback" not in run.stderr, run.stderr
+    assert run.stderr.count("\n") == 1 and "--redis http://x" in run.stderr
+    assert main(["load", "127.0.0.1:9", "--agents", "2", "--redis", "http://x", "-q"]) == 4
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("beastnet load: --redis http://x")
 
 
 @needs_redis
