@@ -369,3 +369,26 @@ def test_an_event_that_is_not_one_is_dropped_and_counted(raw):
     if p.rows:                          # an accepted row merges
         from beastnet.loadgen.agents import merge_timelines
         assert merge_timelines([p.rows], [p.deltas])[0]["sent"] == p.rows[0]["sent"]
+
+
+@needs_redis
+def test_ctrl_c_on_the_coordinator_stops_the_agents_runs_not_the_agents(
+        beastnet_server, redis_server, agents, tmp_path):
+    proc = coordinator(tmp_path, redis_server.url, beastnet_server.address[1], "-d", "60",
+                       "--warmup", "0")
+    try:
+        wait_for_progress(tmp_path, proc)
+        proc.send_signal(signal.SIGINT)
+        wait_for(lambda: proc.poll() is not None, timeout=30, interval=0.05,
+                 message="the coordinator to end the run it was told to stop")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    result = orjson.loads((tmp_path / "run.json").read_bytes())["result"]
+    assert result["interrupted"] and result["duration_s"] < 30
+    rows = result["extra"]["agents"]
+    assert [a["state"] for a in rows] == ["done"] * 3 and all(a["duration_s"] < 30 for a in rows)
+    # The agents stopped their runs on the command and wait for the next one.
+    assert all(p.poll() is None for p in agents.procs.values())
+    for name in agents.procs:
+        wait_for(lambda: b"done:" in agents.log(name), timeout=10, message=f"{name}'s run end")

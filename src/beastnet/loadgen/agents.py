@@ -768,6 +768,9 @@ class Coordinator:
         timeline = merge_timelines([p.rows for p in runs], [p.deltas for p in runs])
         merged = merge_results(results, timeline, cfg.to_dict())
         merged.interrupted = merged.interrupted or interrupted
+        if interrupted:
+            # The agents stopped on our Ctrl-C, not on an abort threshold.
+            merged.extra["stopped_early"] = False
         starts = [r.started_at - p.offset_s for p, r in zip(runs, results) if r.started_at]
         first = min(starts) if starts else 0.0
         rows = []
