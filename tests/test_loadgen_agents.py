@@ -309,15 +309,19 @@ def test_a_websocket_run_splits_its_connections_over_the_agents(redis_server, ag
 
 
 @needs_redis
-def test_a_ramp_runs_each_level_on_every_agent(beastnet_server, redis_server, agents, tmp_path):
-    assert main(["load", f"127.0.0.1:{beastnet_server.address[1]}", "--levels", "300x30,900x90",
-                 "-s", "30", "-t", "1", "--agents", "3", "--redis", redis_server.url,
-                 "--json", str(tmp_path / "ramp.json"), "-q"]) == 0
+def test_a_ramp_runs_each_level_on_every_agent(beastnet_server, redis_server, agents, tmp_path,
+                                               capsys):
+    assert main(["load", f"127.0.0.1:{beastnet_server.address[1]}", "--levels",
+                 "300x30,900x90", "-s", "30", "-t", "1", "--agents", "3", "--redis",
+                 redis_server.url, "--json", str(tmp_path / "ramp.json")]) == 0
+    terminal = capsys.readouterr().out
     levels = orjson.loads((tmp_path / "ramp.json").read_bytes())["levels"]
     assert [lv["result"]["sent"] for lv in levels] == [300, 900]
     for lv in levels:
         rows = lv["result"]["extra"]["agents"]
         assert [a["sent"] for a in rows] == [lv["requests"] // 3] * 3
+        assert f"level {lv['level']} agents: " + ", ".join(
+            f"{a['name']} {a['sent']:,} sent" for a in rows) in terminal
 
 
 @requires("redis-server", "nginx", "openssl")
