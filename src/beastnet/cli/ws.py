@@ -490,6 +490,10 @@ def _rate(v: Optional[float]) -> str:
     return "-" if v is None else f"{v:.0f}"
 
 
+def _us(ns: Optional[float]) -> str:
+    return "-" if ns is None else f"{ns / 1e3:.3f}"
+
+
 def _share(v: Optional[float]) -> str:
     return "-" if v is None else f"{v:.0%}"
 
@@ -498,7 +502,7 @@ def format_stress(body: dict) -> str:
     lines = [f"{'lvl':>3}  {'conns':>6}  {'connected':>9}  {'upg p95':>8}  {'p95 ms':>8}  "
              f"{'p99 ms':>8}  {'msgs/s':>9}  {'rt p95':>8}  {'rt/s':>8}  {'sub/s':>8}  "
              f"{'sub p95':>8}  {'refused':>7}  {'ref p95':>8}  {'granted':>7}  {'saved':>5}  "
-             f"{'us/KiB':>6}  {'dfl ns':>6}  verdict"]
+             f"{'us/KiB':>6}  {'dfl us':>8}  verdict"]
     for lv in body["levels"]:
         m = lv["metrics"]
         if lv["verdict"] == "skipped":
@@ -514,7 +518,7 @@ def format_stress(body: dict) -> str:
                      f"{_ms(m.get('refusal_p95_ms')):>8}  {_rate(m.get('wrongly_granted')):>7}  "
                      f"{_share(m.get('compression_saved')):>5}  "
                      f"{_ms(m.get('inflate_us_per_kib')):>6}  "
-                     f"{_rate(m.get('server_deflate_ns_per_message')):>6}  "
+                     f"{_us(m.get('server_deflate_ns_per_message')):>8}  "
                      f"{lv['verdict'].upper()}" + "".join(f"  {r}" for r in lv["reasons"]))
     d = body["degradation"]
     dims = "  ".join(f"{k} {'-' if v is None else f'{v:.0%}'}"

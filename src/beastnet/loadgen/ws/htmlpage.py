@@ -151,7 +151,7 @@ def _levels_table(report: dict) -> str:
                                          f"(p95 limit {_e(report.get('p95_limit_ms'))} ms).</p>")
     head = ["level", "conns", "connected", "upg p95", "p95 ms", "p99 ms", "msgs/s", "rt p95",
             "rt/s", "sub/s", "sub p95", "refused", "ref p95", "granted", "saved", "us/KiB",
-            "server deflate ns/msg", "verdict"]
+            "server deflate us/msg", "verdict"]
     rows = []
     for lv in report.get("levels", []):
         m = lv["metrics"]
@@ -169,7 +169,9 @@ def _levels_table(report: dict) -> str:
                      "-" if m.get("compression_saved") is None
                      else f"{m['compression_saved']:.0%}",
                      _fmt(m.get("inflate_us_per_kib")),
-                     _num(m.get("server_deflate_ns_per_message")), lv["verdict"].upper()])
+                     _fmt(None if m.get("server_deflate_ns_per_message") is None
+                          else m["server_deflate_ns_per_message"] / 1e3),
+                     lv["verdict"].upper()])
     return html_table(rows, head)
 
 
