@@ -215,7 +215,8 @@ def _test_section(t: dict[str, Any]) -> str:
     if pre:
         parts.append("<p>Pre-flight: " + _e("; ".join(
             f"{s['node']} {'ok' if s['ok'] else s.get('reason')}" for s in pre["nodes"]))
-            + (f" · governor: {_e(pre.get('governor'))}" if pre.get("governor") else "")
+            + (f" · governor: {_e(_governor_text(pre['governor']))}"
+               if pre.get("governor") else "")
             + "</p>")
     charts = []
     if "ramp" in t:
@@ -242,6 +243,13 @@ def _test_section(t: dict[str, Any]) -> str:
     charts.append(_timeline_chart(t))
     parts.append('<div class="charts">' + "".join(charts) + "</div>")
     return "".join(parts) + "</section>"
+
+
+def _governor_text(states: dict[str, str]) -> str:
+    """"on" when every node says so, else each node's state."""
+    if len(set(states.values())) == 1:
+        return next(iter(states.values()))
+    return ", ".join(f"{node} {state}" for node, state in states.items())
 
 
 def _timeline_chart(t: dict[str, Any]) -> str:
