@@ -24,7 +24,7 @@ from hypothesis import given, settings, strategies as st
 from beastnet.cli import main
 from beastnet.loadgen.plan import DEFAULT_PLAN, PlanError, load_plan, parse_plan, run_plan
 from beastnet.loadgen.plan.local import LocalCluster
-from beastnet.loadgen.plan.runner import NodeTarget, PlanRunner
+from beastnet.loadgen.plan.runner import NodeTarget, PlanRunner, ReportLoad
 from support import requires, wait_for
 from test_loadgen_report import render_dom, script_error
 
@@ -142,11 +142,8 @@ def test_every_test_of_the_default_plan_runs_against_plan_local(cluster, tmp_pat
         assert ("ramp" in t) == (t["name"] != "2e") and ("run" in t) == (t["name"] == "2e")
         assert t["timeline"] and t["poll_failures"] == 0
     assert by_name["2e"]["rate"] > 0            # 80 % of 2a's ceiling, measured
-    reports = by_name["2d"]["reports"]
-    if reports["verdict"] == "not available":
-        assert "404" in reports["reasons"][0]
-    else:
-        assert reports["run"]["sent"] > 0
+    reports = by_name["2d"]["reports"]         # the nodes serve /v1/reports/usage
+    assert reports["run"]["sent"] > 0 and set(reports["run"]["status_codes"]) == {"200"}
     assert [c["a"] + c["b"] for c in report["comparisons"]] == ["2b2c", "2a2d", "1a2a"]
     assert all("rps_ratio" in c for c in report["comparisons"])
     assert set(report["endurance"]["nodes"]) == {"node1", "node2", "node3"}
@@ -234,6 +231,38 @@ def test_preflight_switches_the_governor_through_adaptive_enabled(governor, on, 
         assert pre["stopped"] == expect
     else:
         assert pre["stopped"] is None and pre["governor"] == {"fake": expect}
+
+
+class NoReports(BaseHTTPRequestHandler):
+    """A public port without the usage-report routes."""
+
+    def do_GET(self) -> None:
+        self.send_response(404)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_node_without_report_routes_makes_the_report_half_not_available():
+    plan = parse_plan(one_test('protocol = "tcp"\naccess = "balanced"\ntier = "partner"\n'
+                               'profile = "dev"\nlevels = [[10, 1]]\nreport_rate = 5\n'))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), NoReports)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        runner = PlanRunner(plan, [], {"balanced_http": f"http://127.0.0.1:{server.server_port}"
+                                                        "/v1/", "keys": {"partner": "k" * 20}},
+                            lambda _: None)
+        result = ReportLoad(runner, plan.tests[0]).finish()
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+    assert result == {"verdict": "not available", "reasons": [
+        "not available: GET /v1/reports/usage answered 404 (this node has no usage-report "
+        "routes)"]}
 
 
 @TOPOLOGY
