@@ -169,6 +169,36 @@ def test_every_test_of_the_default_plan_runs_against_plan_local(cluster, tmp_pat
         assert what in dom
 
 
+@TOPOLOGY
+@pytest.mark.timeout(90)
+def test_plan_run_drives_the_nodes_a_plan_file_names(cluster, tmp_path, capsys):
+    """`beastnet plan run`: the target from the file (no local topology), the
+    report written as JSON and HTML, the exit status from the verdict."""
+    t = cluster.target()
+    nodes = ", ".join(f'{{name = "{n["name"]}", admin = "{n["admin"]}", http = "{n["http"]}", '
+                      f'udp = "{n["udp"]}"}}' for n in t["nodes"])
+    keys = ", ".join(f'{tier} = "{key}"' for tier, key in t["keys"].items())
+    plan = tmp_path / "plan.toml"
+    plan.write_text(one_test(UDP_BALANCED + "levels = [[300, 30]]\n") + "[[tests]]\n"
+                    + 'name = "t2"\nprotocol = "tcp"\naccess = "balanced"\ntier = "partner"\n'
+                    + 'profile = "production"\nrate = "0.5 * t1"\nduration_s = 2\n'
+                    + f'[target]\nlocal = false\nnodes = [{nodes}]\n'
+                    + f'balanced_http = "{t["balanced_http"]}"\n'
+                    + f'balanced_udp = "{t["balanced_udp"]}"\ncacert = "{t["cacert"]}"\n'
+                    + f"keys = {{{keys}}}\n")
+    status = main(["plan", "run", str(plan), "-o", str(tmp_path / "r")])
+    out = capsys.readouterr().out
+    report = orjson.loads((tmp_path / "r.json").read_bytes())
+    assert status == (1 if report["verdict"] == "fail" else 0), out
+    assert [x["name"] for x in report["tests"]] == ["t1", "t2"]
+    assert report["tests"][1]["rate"] == pytest.approx(0.5 * report["tests"][0]["ramp"]
+                                                       ["levels"][0]["result"]["rps"])
+    assert report["tests"][1]["run"]["config"]["tls"] is True
+    assert report["processes"] == [] and report["endurance"]["note"].startswith("RSS not measured")
+    assert "written: " in out and (tmp_path / "r.html").read_text().count("<svg ") >= 3
+    assert t["keys"]["partner"] not in (tmp_path / "r.json").read_text()
+
+
 class FakeAdmin(BaseHTTPRequestHandler):
     """A tiny node speaking the admin API (no load is sent to it): profiles,
     reset and stats.  `refuse_reset`: POST /admin/reset answers 403 (a node
