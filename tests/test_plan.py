@@ -170,6 +170,24 @@ def test_every_test_of_the_default_plan_runs_against_plan_local(cluster, tmp_pat
 
 
 @TOPOLOGY
+@pytest.mark.timeout(60)
+def test_a_failed_start_stops_what_did_start(tmp_path):
+    """The nodes refuse their flags after redis-server is up: the error
+    names the node and its last log line, and redis-server is stopped."""
+    c = LocalCluster(str(tmp_path / "procs"), serve_args=("--batch", "0"))
+    try:
+        with pytest.raises(PlanError) as err:
+            c.start()
+        assert str(err.value).startswith("plan local: node1 exited with 2 before the ready "
+                                         "line")
+        assert "batch" in str(err.value)
+        assert [p.name for p in c.processes][:1] == ["redis"]
+        assert all(not Path(f"/proc/{p.pid}").exists() for p in c.processes), c.describe()
+    finally:
+        c.stop()                        # a broken start's leftovers, by their PIDs
+
+
+@TOPOLOGY
 @pytest.mark.timeout(90)
 def test_plan_run_drives_the_nodes_a_plan_file_names(cluster, tmp_path, capsys):
     """`beastnet plan run`: the target from the file (no local topology), the
