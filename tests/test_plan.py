@@ -154,6 +154,8 @@ def test_every_test_of_the_default_plan_runs_against_plan_local(cluster, tmp_pat
     assert {p["name"] for p in report["processes"]} == {"redis", "node1", "node2", "node3",
                                                         "nginx"}
     assert any("1b level 3/3" in line for line in lines)
+    assert report["versions"]["nginx"].startswith("nginx version: nginx/")
+    assert report["versions"]["redis-server"].startswith("Redis server v=")
     # One report: the JSON `beastnet report` reads back into the page.
     path = tmp_path / "plan.json"
     path.write_bytes(orjson.dumps(report, option=orjson.OPT_SERIALIZE_NUMPY))

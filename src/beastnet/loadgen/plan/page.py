@@ -41,8 +41,9 @@ def plan_report(plan: Plan, body: dict[str, Any], cluster: Any = None) -> dict[s
         "endurance": _endurance(by_name, plan),
         "original_profiles": body["original_profiles"], "restores": body["restores"],
         "overhead": _overhead(body, tests),
-        "machine": machine_info(), "versions": {"beastnet": __version__,
-                                                "python": platform.python_version()},
+        "machine": machine_info(),
+        "versions": {"beastnet": __version__, "python": platform.python_version(),
+                     **(cluster.versions if cluster is not None else {})},
         "processes": cluster.describe() if cluster is not None else [],
         "written_at": time.time(),
     }
