@@ -149,8 +149,14 @@ def test_https_deliveries_signed_on_schedule(table, store, receiver, tls_certs):
     # the receiver's clock would add a TLS round trip through a busy thread.
     starts = sorted(r["ts"] - r["latency_ms"] / 1000 for r in rows if r["attempt"] == 1)
     on_schedule(starts, INTERVAL_S, sub["id"], skipped_cycles(pusher))
-    assert {r["msg_id"] for r in rows} == answered, \
-        "every message the receiver answered 200 is logged delivered, and no other"
+    # A request the receiver read as the pusher stopped is logged cancelled,
+    # not delivered (the answer never reached the pusher): at most the last.
+    delivered = {r["msg_id"] for r in rows}
+    cancelled = {r["msg_id"] for r in store.read_log(sub["id"], 10_000)
+                 if r["error"] == "cancelled: stopping"}
+    assert delivered <= answered, "nothing is logged delivered that the receiver did not get"
+    assert answered - delivered <= cancelled and len(answered - delivered) <= 1, \
+        "every message the receiver got is logged delivered, or cancelled at the stop"
     by_id = {r.msg_id: json.loads(r.body) for r in got}
     for row in rows:
         sent = by_id[row["msg_id"]]
@@ -159,7 +165,7 @@ def test_https_deliveries_signed_on_schedule(table, store, receiver, tls_certs):
         assert row["sources"] == [d["source"] for d in sent]
         assert row["assets"] == 3
     stats = pusher.stats()["methods"]["https"]
-    assert stats["deliveries"] == len(answered)
+    assert stats["deliveries"] == len(delivered)
     assert stats["attempts"] == len(got), "every attempt the receiver saw is counted"
     assert "p99" in stats["latency_ms"]
 

@@ -9,7 +9,7 @@ import sys
 from typing import Any
 
 from beastnet.cli._common import (EXIT_FAIL, EXIT_INTERRUPTED, EXIT_NO_AGENTS, EXIT_PASS,
-                                  EXIT_USAGE)
+                                  EXIT_USAGE, add_agents_arguments, open_agents)
 
 PLAN_EPILOG = """\
 examples:
@@ -49,14 +49,7 @@ def add_plan_command(sub: Any) -> None:
                        help="write PREFIX.json and PREFIX.html (default: plan-report)")
         s.add_argument("--poll-s", type=float, default=None,
                        help="seconds between cluster-stats reads (default: the plan's poll_s)")
-        s.add_argument("--agents", type=int, metavar="N",
-                       help="run each test's load on N `beastnet agent` processes, split "
-                            "and merged as `beastnet load --agents` does (default: this "
-                            "process)")
-        s.add_argument("--redis", metavar="URL",
-                       help="the Redis the agents registered at (default: none)")
-        s.add_argument("--agents-wait", type=float, default=10.0, metavar="SECONDS",
-                       help="wait this long for N free agents (default: %(default)g)")
+        add_agents_arguments(s, "each test's load")
         if name == "local":
             s.add_argument("--dir", help="where the processes' configs and logs go "
                                          "(default: a new temporary directory, kept)")
@@ -118,18 +111,13 @@ def _run(args: argparse.Namespace, plan: Any, cluster: Any) -> int:
     import orjson
     from beastnet.loadgen.plan import PlanError, run_plan
     from beastnet.loadgen.plan.page import format_plan, plan_page
-    from beastnet.errors import AgentsError
+    from beastnet.errors import AgentsError, LoadConfigError
     coordinator = None
     try:
-        if (args.agents is None) != (args.redis is None):
-            raise PlanError("--agents N and --redis URL go together")
-        if args.agents is not None:
-            from beastnet.loadgen.agents import Coordinator
-            coordinator = Coordinator(args.redis, args.agents, wait_s=args.agents_wait)
-            coordinator.open()
+        coordinator = open_agents(args)
         report = run_plan(plan, _say, cluster=cluster, poll_s=args.poll_s,
                           load_runner=coordinator.run if coordinator is not None else None)
-    except PlanError as exc:
+    except (PlanError, LoadConfigError) as exc:
         print(f"beastnet plan: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except AgentsError as exc:
