@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 __all__ = ["Counter", "tagged", "UDP_COUNTERS", "HTTP_COUNTERS", "MISS_PATH_COUNTERS",
-           "WS_DEFLATE_COUNTERS", "UDP_SERVER_GAUGES", "HTTP_SERVER_GAUGES", "PUSH_COUNTERS",
+           "WS_DEFLATE_COUNTERS", "USAGE_LOG_COUNTERS", "UDP_SERVER_GAUGES", "HTTP_SERVER_GAUGES", "PUSH_COUNTERS",
            "markdown"]
 
 
@@ -164,6 +164,8 @@ tls_writes               counter  calls        SSL_write calls that completed at
 """) + _table("""
 kernel_queued            gauge    bytes        Bytes the kernel holds in the send queues of the open connections (SIOCOUTQ: unsent or unacknowledged), summed once a second; bounded per connection by notsent_lowat_bytes (and send_buffer_bytes).
 stall_resets             counter  connections  Stalled connections (write_timeout_s, a WebSocket's stall_timeout_s) closed with a reset (SO_LINGER 0): their kernel queue is dropped at once, not kept through FIN-WAIT.
+shed_public              counter  requests     Requests of shed-first tiers (public, pro, no key) the governor answered 503 overloaded: the queued work was at its adaptive limit. [snapshot]
+shed_partner             counter  requests     Requests of shed-last keys (partners) the governor answered 503 overloaded: the queued work was at its hard bound (adaptive_max_limit). [snapshot]
 """)
 
 #: The control plane's miss dispatcher (one per server), in both servers' totals.
@@ -185,6 +187,16 @@ ws_deflate_no_gain       counter  updates      Publications past compress_min_by
 ws_deflate_bytes_in      counter  bytes        Bodies of the deflated publications.
 ws_deflate_bytes_out     counter  bytes        The same publications once deflated.
 ws_deflate_cpu_ns        counter  nanoseconds  CPU time the table writers spent deflating (thread CPU clock), once per publication.
+""")
+
+#: `beastnet serve`'s usage log and usage reports (serve/usage_log.py, serve/reports.py).
+USAGE_LOG_COUNTERS: tuple[Counter, ...] = _table("""
+rows_queued        counter  rows         Usage rows queued for the usage log store (one per key, minute, protocol and route). [snapshot]
+rows_written       counter  rows         Usage rows the usage log store took. [snapshot]
+batch_flush_errors counter  batches      Usage log batches the store refused (their rows queued again). [snapshot]
+bg_drop            counter  rows         Usage rows dropped because the usage log queue was full (the store is down or slow). [snapshot]
+lrs_requests       counter  requests     Usage report requests answered (public port and admin listener). [snapshot]
+usage_queue        gauge    rows         Usage rows waiting to be written.
 """)
 
 #: Levels of a server's set-up, one value per server (from stats(), not from a struct).
@@ -223,6 +235,9 @@ def markdown() -> str:
         ("WebSocket compression (publishing side)", "beastnet_http", WS_DEFLATE_COUNTERS,
          "In `HTTPServer.stats()['totals']` of a server with a WebSocket feed that "
          "compresses ([websocket.md](websocket.md#compression))."),
+        ("Usage log and reports (`beastnet serve`)", "beastnet_usage_log", USAGE_LOG_COUNTERS,
+         "From `/admin/stats` under `usage_log` ([postgres.md](postgres.md#the-usage-log)); "
+         "the counters also in the cluster snapshot."),
         ("UDP server set-up", "beastnet_udp", UDP_SERVER_GAUGES,
          "From `UDPServer.stats()`: `sockets`, `steering['enabled']`, `avg_batch_fill`."),
         ("HTTP server set-up", "beastnet_http", HTTP_SERVER_GAUGES,
