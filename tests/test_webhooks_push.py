@@ -146,16 +146,18 @@ def test_https_deliveries_signed_on_schedule(table, store, receiver, tls_certs):
     answered = {r.msg_id for r in got}
     logged = store.read_log(sub["id"], 10_000)
     rows = [r for r in logged if r["delivered"]]
-    # The pusher may stop while the receiver is answering: that one is
-    # logged cancelled, not delivered.
     cancelled = {r["msg_id"] for r in logged if r["error"] == "cancelled: stopping"}
-    assert len(cancelled) <= 1, cancelled
+    assert len(cancelled) <= 1, f"only the stop cancels, once: {cancelled}"
     # Each cycle's start as the pusher logged it (the end less the latency):
     # the receiver's clock would add a TLS round trip through a busy thread.
     starts = sorted(r["ts"] - r["latency_ms"] / 1000 for r in rows if r["attempt"] == 1)
     on_schedule(starts, INTERVAL_S, sub["id"], skipped_cycles(pusher))
-    assert {r["msg_id"] for r in rows} == answered - cancelled, \
-        "every message the receiver answered 200 is logged delivered, and no other"
+    # A request the receiver read as the pusher stopped is logged cancelled,
+    # not delivered (the answer never reached the pusher): at most the last.
+    delivered = {r["msg_id"] for r in rows}
+    assert delivered <= answered, "nothing is logged delivered that the receiver did not get"
+    assert answered - delivered <= cancelled, \
+        "every message the receiver got is logged delivered, or cancelled at the stop"
     by_id = {r.msg_id: json.loads(r.body) for r in got}
     for row in rows:
         sent = by_id[row["msg_id"]]
@@ -164,7 +166,7 @@ def test_https_deliveries_signed_on_schedule(table, store, receiver, tls_certs):
         assert row["sources"] == [d["source"] for d in sent]
         assert row["assets"] == 3
     stats = pusher.stats()["methods"]["https"]
-    assert stats["deliveries"] == len(answered - cancelled)
+    assert stats["deliveries"] == len(delivered)
     # Every attempt is counted: those the receiver saw, and one the stop may
     # have cancelled before it was sent.
     assert stats["attempts"] == len(got) + len(cancelled - answered)
