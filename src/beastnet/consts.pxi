@@ -44,6 +44,13 @@ cdef enum:
     ADMIT_RATE_LIMITED = 2          # GCRA says too soon
     ADMIT_OVER_QUOTA = 3            # monthly cap reached
     LEASE_RETRY_NS = 100000000      # Retry-After for a spent cluster lease: one renewal round
+
+# The ring of unknown keys an APIKeyTable notes for the control plane (_limits.pxi).
+cdef enum:
+    KEYMISS_SLOTS = 1024            # digests awaiting a sweep; a power of two
+    KEYMISS_FREE = 0                # slot: empty, a reader may claim it
+    KEYMISS_WRITING = 1             # slot: a reader is copying its digest in
+    KEYMISS_READY = 2               # slot: a digest the control plane has not swept yet
 # TCP/HTTP engine (_http.pxi).
 cdef enum:
     HTTP_SCRATCH_BYTES = 65536      # per-worker read buffer; a connection's own buffer only holds leftovers
