@@ -67,7 +67,11 @@ class ApiKeys(Component):
             log.warning("created key store %s", os.path.abspath(path),
                         extra={"fields": {"event": "keystore_created"}})
         log.info("key store %s: %d active keys", path, active)
-        for tier, count in sorted(store.unknown_tiers().items()):
+        try:
+            unknown = store.unknown_tiers()
+        except KeyStoreError:               # the database is down: started from the cache
+            unknown = {}
+        for tier, count in sorted(unknown.items()):
             log.warning("key store %s: %d active key(s) of unknown tier %r are refused; "
                         "define [tiers.%s] in the config", path, count, tier, tier,
                         extra={"fields": {"event": "unknown_tier", "tier": tier, "keys": count}})
@@ -93,6 +97,9 @@ class ApiKeys(Component):
             cache.save(self.store.list())
         except KeyStoreError as exc:
             log.warning("key cache not saved: %s", exc)
+        db: Any = getattr(self.store, "db")
+        if self.flusher is not None and not db.listening():    # back after an outage
+            self._listen(db)
 
     def _start_from_cache(self, down: KeyStoreError) -> int:
         """The database is out of reach: the keys cached by the last run, or
@@ -161,9 +168,7 @@ class ApiKeys(Component):
         database = self.database()
         if database:
             db: Any = self.store.db  # type: ignore[attr-defined]
-            out["database"] = {"url": db.path,
-                               "reachable": db.down is None and not self.flusher.failing,
-                               **database}
+            out["database"] = {"url": db.path, "reachable": db.reachable, **database}
         return {"api_keys": out}
 
     def families(self) -> list[MetricFamily]:

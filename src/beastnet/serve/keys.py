@@ -129,7 +129,6 @@ class UsageFlusher:
         self.resync_s = resync_s
         self.flushes = 0
         self.flush_errors = 0
-        self.failing = False                    # the last flush failed
         self.reloads = 0                        # key changes picked up from the store
         self.last_error: Optional[BaseException] = None
         self._flushed: dict[str, int] = {k: v[0] for k, v in api_keys.usage().items()}
@@ -164,9 +163,7 @@ class UsageFlusher:
         except KeyStoreError as exc:
             self.flush_errors += 1
             self.last_error = exc
-            self.failing = True
             return 0
-        self.failing = False
         for k, v in usage.items():
             self._flushed[k] = v[0]
         self.flushes += 1

@@ -255,6 +255,7 @@ class PostgresDatabase:
         self.pool_size = pool_size
         self.queries = 0
         self.wait_count = 0
+        self.failing = False            # the last statement could not reach the database
         self.down: Optional[KeyStoreError] = None     # why the database is not open yet
         self._next_open = 0.0
         self._open_lock = threading.Lock()        # one reopen at a time, whoever calls
@@ -310,7 +311,10 @@ class PostgresDatabase:
             raise KeyStoreError(f"database {self.path}: schema version {max(have)}, this "
                                 f"beastnet knows {max(need)}: it was migrated by a newer beastnet")
         try:
-            return await asyncpg.create_pool(self.dsn, min_size=1, max_size=pool_size,
+            # min_size=0: connections are opened when asked for; a floor
+            # would make asyncpg reconnect in the background while the
+            # database is down, logging a traceback each time.
+            return await asyncpg.create_pool(self.dsn, min_size=0, max_size=pool_size,
                                              timeout=self.timeout_s)
         except (OSError, asyncio.TimeoutError, asyncpg.PostgresError) as exc:
             raise _failed(exc, self.dsn, "cannot connect") from None
@@ -331,6 +335,8 @@ class PostgresDatabase:
         callers name what exists already); every other failure is a
         KeyStoreError."""
         asyncpg = _driver()
+        if self._pool is None:
+            self._reopen()
 
         async def run() -> list[Any]:
             if self._pool.get_idle_size() == 0:
@@ -338,17 +344,23 @@ class PostgresDatabase:
             try:
                 async with self._pool.acquire(timeout=self.timeout_s) as conn:
                     self.queries += 1
-                    return list(await conn.fetch(sql, *args, timeout=self.timeout_s))
+                    rows = list(await conn.fetch(sql, *args, timeout=self.timeout_s))
             except asyncpg.UniqueViolationError:
+                self.failing = False
                 raise
             except (OSError, asyncio.TimeoutError, asyncpg.PostgresError,
                     asyncpg.InterfaceError) as exc:
+                self.failing = not isinstance(exc, asyncpg.PostgresError)
                 raise _failed(exc, self.dsn, what) from None
+            self.failing = False
+            return rows
         return self.call(run())
 
     def run_many(self, sql: str, rows: list[tuple], what: str = "") -> None:
         """One statement for each row, in one transaction (all or nothing)."""
         asyncpg = _driver()
+        if self._pool is None:
+            self._reopen()
         if self._pool is None:
             self._reopen()
 
@@ -362,8 +374,16 @@ class PostgresDatabase:
                         await conn.executemany(sql, rows, timeout=self.timeout_s)
             except (OSError, asyncio.TimeoutError, asyncpg.PostgresError,
                     asyncpg.InterfaceError) as exc:
+                self.failing = not isinstance(exc, asyncpg.PostgresError)
                 raise _failed(exc, self.dsn, what) from None
+            self.failing = False
         self.call(run())
+
+    @property
+    def reachable(self) -> bool:
+        """Whether the last statement reached the database (a node polls
+        it every resync_s, so this is at most that old)."""
+        return self.down is None and not self.failing
 
     def pool_stats(self) -> dict[str, int]:
         """db_open, db_in_use, db_wait_count (the class docstring says what
