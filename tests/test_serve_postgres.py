@@ -129,7 +129,8 @@ def test_webhooks_cli_on_database(database):
 # -- keys in three layers ---------------------------------------------------------------
 
 @requires("redis-server")
-def test_miss_path_asks_redis_then_postgres_and_caches_unknown_keys(database, redis_server):  # noqa: F811
+def test_miss_path_asks_redis_then_postgres_and_caches_unknown_keys(
+        database, redis_server):  # noqa: F811
     """A key the native table lacks: 401 at once, then found in Redis (no
     query to PostgreSQL) or in PostgreSQL (and written through to Redis); a
     key found nowhere is not asked for again within the negative TTL."""

@@ -82,6 +82,7 @@ class ServeConfig:
     # the WebSocket price stream and the live page, on the public HTTP port
     stream: bool = True
     stream_path: str = "/v1/stream"
+    stream_compress_min_bytes: int = 1024       # permessage-deflate for bodies this long (0: off)
     dashboard: bool = True                      # GET / and /dashboard: the live page
     # feed
     feed: str = "sim"                           # a registered feed: exchanges, sim, replay
@@ -235,6 +236,9 @@ def _check(cfg: ServeConfig, label: Callable[[str], str] = str) -> None:
     need(cfg.stream_path.startswith("/") and "?" not in cfg.stream_path
          and len(cfg.stream_path) < 64,
          f"{label('stream_path')} must be a path of under 64 bytes, got {cfg.stream_path!r}")
+    need(0 <= cfg.stream_compress_min_bytes <= 16 * MIB,
+         f"{label('stream_compress_min_bytes')} must be 0 (off)..16 MiB, "
+         f"got {cfg.stream_compress_min_bytes}")
     for tier, limits in cfg.tiers.items():
         _check_tier(tier, limits)
     need((cfg.tls_cert is None) == (cfg.tls_key is None),

@@ -239,7 +239,9 @@ class Engines(Component):
                                   None if tiers is None else [t.name for t in tiers if t.stream])
             self._dashboard = Answer(page, content_type="text/html; charset=utf-8")
             routes.update({path: self._on_dashboard for path in DASHBOARD_ROUTES})
-        stream = WebSocketOptions(path=cfg.stream_path) if cfg.stream else None
+        stream = WebSocketOptions(path=cfg.stream_path,
+                                  compress_min_bytes=cfg.stream_compress_min_bytes) \
+            if cfg.stream else None
         tls = TLSConfig(cfg.tls_cert, cfg.tls_key) if cfg.tls_cert and cfg.tls_key else None
         return HTTPServer(host.table, cfg.http_host, cfg.http_port, threads=cfg.http_threads,
                           backlog=cfg.backlog, prefix=cfg.http_prefix, routes=routes,

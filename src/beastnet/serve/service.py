@@ -48,6 +48,7 @@ STOP_TIMEOUT_S = 10.0           # a component's stop() past this is abandoned (a
 #: which node pushes what; the stream publishes through the engines.
 COMPONENTS: tuple[str, ...] = (
     "beastnet.serve.apikeys:ApiKeys",
+    "beastnet.serve.usage_log:UsageLogComponent",
     "beastnet.serve.prices:Prices",
     "beastnet.serve.cluster:Cluster",
     "beastnet.serve.deliveries:Webhooks",
