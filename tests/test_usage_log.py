@@ -257,3 +257,67 @@ def test_serve_kill_9_loses_at_most_about_one_interval(serve, tmp_path):  # noqa
     server.proc.wait(10)
     got = log_rows(db)[(api_key_id("fast-key"), "udp", "price")][0]
     assert sent <= got <= sent + recent
+
+
+# -- retention and `beastnet db trim` ------------------------------------------------
+
+DAY = 86400
+JAN_15, FEB_15, MAR_15 = 1_768_435_200, 1_771_113_600, 1_773_532_800    # 2026, 00:00 UTC
+
+
+def rows_at(*minutes: int) -> list[UsageRow]:
+    return [UsageRow(api_key_id("alpha"), m, "udp", "price", 1, 0, 0, 0) for m in minutes]
+
+
+def test_trim_drops_the_rows_before_the_date(store):
+    store.write(rows_at(JAN_15, FEB_15, FEB_15 + DAY, MAR_15))
+    assert store.trim(FEB_15 + DAY) == 2               # January's month and Feb 15
+    left = store.detail(None, 0, 4_000_000_000, None, 10)
+    assert [r.minute for r in left] == [FEB_15 + DAY, MAR_15]
+    if store.server is not None:                       # January's partition is gone whole
+        assert store.server.psql("SELECT to_regclass('usage_log_202601') IS NULL")
+        assert store.server.psql("SELECT to_regclass('usage_log_202603') IS NOT NULL")
+    store.write(rows_at(JAN_15))                       # an old row again: still writable
+    assert store.trim(FEB_15) == 1
+
+
+def test_retention_trims_while_running(store):
+    table = APIKeyTable()
+    store.write(rows_at(JAN_15, MAR_15))
+    usage = UsageLog(store, table, interval_s=0.01, retention_s=10 * DAY,
+                     clock=lambda: MAR_15 + DAY).start()
+    try:
+        wait_for(lambda: len(store.detail(None, 0, 4_000_000_000, None, 10)) == 1)
+    finally:
+        usage.stop()
+
+
+def test_db_trim_command(tmp_path, postgres):  # noqa: F811
+    import subprocess
+    import sys
+
+    from beastnet.serve.stores.postgres import migrate
+    from beastnet.serve.stores.usage_postgres import PostgresUsageLog
+    migrate(postgres.dsn)
+    with_pg = PostgresUsageLog(postgres.dsn)
+    with_sqlite = SQLiteUsageLog(str(tmp_path / "keys.db"))
+    try:
+        for target in (with_pg, with_sqlite):
+            target.write(rows_at(JAN_15, MAR_15))
+    finally:
+        with_pg.close()
+        with_sqlite.close()
+
+    def db(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "beastnet", "db", "trim", *args],
+                              capture_output=True, text=True, timeout=60)
+    for where in (["--database", postgres.dsn], ["--db", str(tmp_path / "keys.db")]):
+        run = db(*where, "--before", "2026-02-01")
+        assert run.returncode == 0 and "1 row(s) before 2026-02-01 removed" in run.stdout
+    run = db("--db", str(tmp_path / "keys.db"), "--before", "2026-02-30")
+    assert run.returncode == 2 and "YYYY-MM-DD" in run.stderr
+    run = db("--before", "2026-02-01")
+    assert run.returncode == 2 and "one of --database URL, --db PATH" in run.stderr
+    postgres.stop()
+    run = db("--database", postgres.dsn, "--before", "2026-02-01")
+    assert run.returncode == 1 and run.stderr.count("\n") == 1 and "cannot connect" in run.stderr

@@ -46,6 +46,7 @@ log = logging.getLogger("beastnet.serve.usage_log")
 
 VERDICTS = 4                    # a route's cells: admitted, refused, rate_limited, over_quota
 STOP_WRITE_S = 10.0             # a stop keeps trying to write the queue this long
+TRIM_EVERY_S = 3600.0           # with a retention, rows past it are trimmed this often
 
 Cell = tuple[int, str, str, str]        # (minute, key, protocol, route)
 
@@ -58,14 +59,16 @@ class UsageLog:
     """Harvests `api_keys` into `store` on a thread of its own (start/stop)."""
 
     def __init__(self, store: UsageLogStore, api_keys: APIKeyTable, *, interval_s: float = 0.1,
-                 batch_rows: int = 300, queue_rows: int = 100_000,
+                 batch_rows: int = 300, queue_rows: int = 100_000, retention_s: float = 0.0,
                  clock: Callable[[], float] = time.time) -> None:
         self.store = store
         self.api_keys = api_keys
         self.interval_s = interval_s
         self.batch_rows = batch_rows
         self.queue_rows = queue_rows
+        self.retention_s = retention_s  # 0: rows are kept
         self.clock = clock
+        self._next_trim = 0.0           # monotonic time of the next trim
         self.rows_queued = 0            # cells queued (a merge into a queued cell is not one)
         self.rows_written = 0           # rows the store took
         self.batch_flush_errors = 0     # batches the store refused (their rows re-queued)
@@ -200,9 +203,26 @@ class UsageLog:
             try:
                 self.harvest()
                 self.write_all()
+                if self.retention_s and time.monotonic() >= self._next_trim:
+                    self._next_trim = time.monotonic() + TRIM_EVERY_S
+                    self.trim()
             except Exception as exc:        # the thread must outlive any one failure
                 self.batch_flush_errors += 1
                 log.exception("usage log: %s", exc)
+
+    def trim(self) -> int:
+        """Drop the stored rows older than the retention; how many went."""
+        before = int(self.clock() - self.retention_s) // 60 * 60
+        try:
+            removed = self.store.trim(before)
+        except KeyStoreError as exc:
+            log.warning("usage log: trim failed: %s", exc)
+            return 0
+        if removed:
+            log.info("usage log: %d rows older than %g days trimmed", removed,
+                     self.retention_s / 86400,
+                     extra={"fields": {"event": "usage_log_trimmed", "rows": removed}})
+        return removed
 
     # -- what reports add to the stored rows --------------------------------------------
 
@@ -253,8 +273,8 @@ class UsageLogComponent(Component):
         cfg = self.host.cfg
         self.log = UsageLog(self.store, self.host.api_keys,
                             interval_s=cfg.usage_flush_interval_s,
-                            batch_rows=getattr(cfg, "usage_batch_rows", 300),
-                            queue_rows=getattr(cfg, "usage_queue_rows", 100_000)).start()
+                            batch_rows=cfg.usage_batch_rows, queue_rows=cfg.usage_queue_rows,
+                            retention_s=cfg.usage_retention_days * 86400.0).start()
         log.info("usage log in %s", self.store.path)
 
     async def stop(self) -> None:

@@ -116,7 +116,8 @@ class PostgresUsageLog:
         async def stage(conn: Any) -> None:     # each connection's own staging table
             await conn.execute(_STAGE)
         try:
-            return await asyncpg.create_pool(self.dsn, min_size=1, max_size=pool_size,
+            # min_size 0: no connection floor to restore (and log) while the database is down.
+            return await asyncpg.create_pool(self.dsn, min_size=0, max_size=pool_size,
                                              timeout=self.timeout_s, init=stage)
         except (OSError, asyncio.TimeoutError, asyncpg.PostgresError) as exc:
             raise _failed(exc, self.dsn, "cannot connect") from None
@@ -216,7 +217,8 @@ class PostgresUsageLog:
         where, args = _where(key, start, end)
         if after is not None:
             n = len(args)
-            where += f" AND (minute, protocol, route, key) > (${n + 1}, ${n + 2}, ${n + 3}, ${n + 4})"
+            where += (f" AND (minute, protocol, route, key) > "
+                      f"(${n + 1}, ${n + 2}, ${n + 3}, ${n + 4})")
             args += [_stamp(after[0]), after[1], after[2], after[3]]
         args.append(limit)
 
