@@ -1,9 +1,10 @@
 """The key miss path under an unknown-key flood: UDP requests whose API keys
 no store has, sent as fast as one Python sender can (`sendto` in a loop;
 `beastnet load` sends one API key a run) to `beastnet serve --database` (one
-node, no Redis), against the queries that reach PostgreSQL.  Two floods in the same run: the same 1,000 unknown keys over
-and over (the negative cache answers after the first sweep) and 200,000
-distinct ones (each sweep is one batched query, whatever the request rate).
+node, no Redis), against the queries that reach PostgreSQL.  Two floods in
+the same run: the same 1,000 unknown keys over and over (the negative cache
+answers after the first sweep) and 200,000 distinct ones (each sweep is one
+batched query, whatever the request rate).
 A lookup per request would send PostgreSQL as many queries as requests.
 
     PYTHONPATH=src python benchmarks/bench_key_miss_flood.py [SECONDS]

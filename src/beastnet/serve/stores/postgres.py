@@ -26,6 +26,9 @@ from typing import Any, Callable, Coroutine, Iterable, List, Mapping, Optional, 
 
 from beastnet import APIKeyTable
 from beastnet.serve.keycache import set_key_row
+# The SQLite store's columns, in its order: rows read back the same way.
+from beastnet.serve.stores.sqlite import _COLUMNS as _SUB_COLUMNS
+from beastnet.serve.stores.sqlite import _LOG_COLUMNS, log_rows, subscription_row
 from beastnet.serve.keys import (DEFAULT_TIERS, KeyStoreError, Tier, current_month, key_prefix,
                                  new_key_row, stored_key_id)
 from beastnet.serve.webhooks import SubscriptionRules, WebhookError, WebhookTier
@@ -584,11 +587,6 @@ class PostgresKeyStore(_OnPostgres):
                                int(count)) for key, tier, revoked_at, count in rows)
 
 
-_SUB_COLUMNS = ("id", "endpoint", "method", "tier", "assets", "secrets", "style", "state",
-                "reason", "label", "created_at", "changed_at")
-_LOG_COLUMNS = ("ts", "subscription", "msg_id", "method", "assets", "attempt", "status",
-                "delivered", "latency_ms", "error", "asset_list", "prices", "sources")
-_LOG_JSON = ("asset_list", "prices", "sources")
 
 
 class PostgresWebhookStore(SubscriptionRules, _OnPostgres):
@@ -616,12 +614,7 @@ class PostgresWebhookStore(SubscriptionRules, _OnPostgres):
         """Changes whenever a subscription changes, from any client."""
         return (int(self._run("SELECT value FROM webhooks_version")[0][0]),)
 
-    @staticmethod
-    def _row(row: Any) -> dict[str, Any]:
-        out = dict(zip(_SUB_COLUMNS, row))
-        out["assets"] = json.loads(out["assets"])
-        out["secrets"] = json.loads(out["secrets"])
-        return out
+    _row = staticmethod(subscription_row)
 
     def add(self, endpoint: str, tier: str, assets: list[str], style: str = "standard",
             label: str = "", resolve: bool = True) -> dict[str, Any]:
@@ -671,16 +664,6 @@ class PostgresWebhookStore(SubscriptionRules, _OnPostgres):
         self._run("UPDATE webhook_subscriptions SET secrets = $1, changed_at = $2 WHERE id = $3",
                   (json.dumps(kept), time.time(), sub_id))
 
-    def rotate_secret(self, sub_id: str) -> str:
-        """Add a new secret in front (the newest MAX_SECRETS stay active); return it."""
-        secret, kept = self.rotated(self.get(sub_id)["secrets"])
-        self._set_secrets(sub_id, kept)
-        return secret
-
-    def drop_old_secrets(self, sub_id: str) -> None:
-        """End a rotation: keep only the newest secret."""
-        self._set_secrets(sub_id, self.get(sub_id)["secrets"][:1])
-
     # -- delivery log ------------------------------------------------------------------
 
     def write_log(self, rows: List[tuple]) -> None:
@@ -708,16 +691,8 @@ class PostgresWebhookStore(SubscriptionRules, _OnPostgres):
         if sub_id:
             sql += " WHERE subscription = $1"
             args.append(sub_id)
-        rows = self._run(sql + f" ORDER BY ts DESC, seq DESC LIMIT ${len(args) + 1}",
-                         args + [limit])
-        out = []
-        for r in rows:
-            row = dict(zip(_LOG_COLUMNS, r))
-            for name in _LOG_JSON:
-                if row[name] is not None:
-                    row[name] = json.loads(row[name])
-            out.append(row)
-        return out
+        return log_rows(self._run(sql + f" ORDER BY ts DESC, seq DESC LIMIT ${len(args) + 1}",
+                                  args + [limit]))
 
 
 class PostgresParameterStore(_OnPostgres):

@@ -332,6 +332,27 @@ _COLUMNS = ("id", "endpoint", "method", "tier", "assets", "secrets", "style", "s
             "label", "created_at", "changed_at")
 
 
+def subscription_row(row: Iterable[Any]) -> dict[str, Any]:
+    """A subscription as stored (_COLUMNS, assets and secrets as JSON) -> its dict."""
+    out = dict(zip(_COLUMNS, row))
+    out["assets"] = json.loads(out["assets"])
+    out["secrets"] = json.loads(out["secrets"])
+    return out
+
+
+def log_rows(rows: Iterable[Iterable[Any]]) -> List[dict[str, Any]]:
+    """Delivery-log rows as stored (_LOG_COLUMNS) -> dicts, the JSON columns
+    as lists (None where not recorded)."""
+    out = []
+    for r in rows:
+        row = dict(zip(_LOG_COLUMNS, r))
+        for name in _LOG_JSON:
+            if row[name] is not None:
+                row[name] = json.loads(row[name])
+        out.append(row)
+    return out
+
+
 
 class WebhookStore(SubscriptionRules, _OnDatabase):
     """Subscriptions and the delivery log in the key store's SQLite file, in
@@ -404,12 +425,7 @@ class WebhookStore(SubscriptionRules, _OnDatabase):
             raise WebhookError(f"no subscription {sub_id!r}")
         return self._row(rows[0])
 
-    @staticmethod
-    def _row(row: tuple) -> dict[str, Any]:
-        out = dict(zip(_COLUMNS, row))
-        out["assets"] = json.loads(out["assets"])
-        out["secrets"] = json.loads(out["secrets"])
-        return out
+    _row = staticmethod(subscription_row)
 
     def list(self, state: Optional[str] = None) -> list[dict[str, Any]]:
         sql = f"SELECT {', '.join(_COLUMNS)} FROM webhook_subscriptions"
@@ -477,15 +493,8 @@ class WebhookStore(SubscriptionRules, _OnDatabase):
         if sub_id:
             sql += " WHERE subscription = ?"
             args.append(sub_id)
-        rows = self._run(sql + " ORDER BY ts DESC, rowid DESC LIMIT ?", args + [limit])
-        out = []
-        for r in rows:
-            row = dict(zip(_LOG_COLUMNS, r))
-            for name in _LOG_JSON:
-                if row[name] is not None:
-                    row[name] = json.loads(row[name])
-            out.append(row)
-        return out
+        return log_rows(self._run(sql + " ORDER BY ts DESC, rowid DESC LIMIT ?",
+                                  args + [limit]))
 
 
 _PARAMETERS_SCHEMA = """
