@@ -28,7 +28,7 @@ from beastnet import APIKeyTable
 from beastnet.serve.keycache import set_key_row
 # The SQLite store's columns, in its order: rows read back the same way.
 from beastnet.serve.stores.sqlite import _COLUMNS as _SUB_COLUMNS
-from beastnet.serve.stores.sqlite import _LOG_COLUMNS, log_rows, subscription_row
+from beastnet.serve.stores.sqlite import DeliveryLogSQL, _OnDatabase, subscription_row
 from beastnet.serve.keys import (DEFAULT_TIERS, KeyStoreError, Tier, current_month, key_prefix,
                                  new_key_row, stored_key_id)
 from beastnet.serve.webhooks import SubscriptionRules, WebhookError, WebhookTier
@@ -457,27 +457,12 @@ class PostgresDatabase:
         self.close()
 
 
-_Store = TypeVar("_Store", bound="_OnPostgres")
-
-
-class _OnPostgres:
+class _OnPostgres(_OnDatabase):
     """A store on a `PostgresDatabase`: given a URL, one of its own (closed
     with the store); given a `PostgresDatabase`, a shared one."""
 
-    def _use(self, db: "PostgresDatabase | str", timeout_s: float) -> None:
-        self._owns_db = isinstance(db, str)
-        self.db = PostgresDatabase(db, timeout_s) if isinstance(db, str) else db
-        self.path = self.db.path
-
-    def close(self) -> None:
-        if self._owns_db:
-            self.db.close()
-
-    def __enter__(self: _Store) -> _Store:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    _DATABASE = PostgresDatabase
+    db: PostgresDatabase
 
 
 class PostgresKeyStore(_OnPostgres):
@@ -589,7 +574,7 @@ class PostgresKeyStore(_OnPostgres):
 
 
 
-class PostgresWebhookStore(SubscriptionRules, _OnPostgres):
+class PostgresWebhookStore(DeliveryLogSQL, SubscriptionRules, _OnPostgres):
     """Webhook subscriptions and the delivery log in PostgreSQL (the
     `Subscriptions` interface), the SQLite store's tables and behaviour;
     every node on the database sees the same subscriptions.  WebhookError
@@ -664,35 +649,19 @@ class PostgresWebhookStore(SubscriptionRules, _OnPostgres):
         self._run("UPDATE webhook_subscriptions SET secrets = $1, changed_at = $2 WHERE id = $3",
                   (json.dumps(kept), time.time(), sub_id))
 
-    # -- delivery log ------------------------------------------------------------------
+    # -- delivery log: DeliveryLogSQL ------------------------------------------------------
 
-    def write_log(self, rows: List[tuple]) -> None:
-        """Append delivery-log rows (tuples in the SQLite store's column
-        order) in one transaction (all or nothing)."""
-        typed = [(float(r[0]), r[1], r[2], r[3], int(r[4]), int(r[5]), int(r[6]), int(r[7]),
-                  float(r[8]), *r[9:]) for r in rows]
-        try:
-            self.db.run_many(
-                f"INSERT INTO webhook_log ({', '.join(_LOG_COLUMNS)}) VALUES "
-                f"({', '.join(f'${i + 1}' for i in range(len(_LOG_COLUMNS)))})", typed)
-        except KeyStoreError as exc:
-            raise WebhookError(f"log write failed: {exc}") from None
+    _ORDER = "seq"
 
-    def prune_log(self, older_than_s: float) -> int:
-        rows = self._run("DELETE FROM webhook_log WHERE ts < $1 RETURNING seq",
-                         (time.time() - older_than_s,))
-        return len(rows)
+    @staticmethod
+    def _arg(n: int) -> str:
+        return f"${n}"
 
-    def read_log(self, sub_id: Optional[str] = None, limit: int = 100) -> List[dict[str, Any]]:
-        """The newest rows first; asset_list, prices and sources as lists
-        (prices and sources None where not recorded)."""
-        sql = f"SELECT {', '.join(_LOG_COLUMNS)} FROM webhook_log"
-        args: List[Any] = []
-        if sub_id:
-            sql += " WHERE subscription = $1"
-            args.append(sub_id)
-        return log_rows(self._run(sql + f" ORDER BY ts DESC, seq DESC LIMIT ${len(args) + 1}",
-                                  args + [limit]))
+    def _log_args(self, rows: List[tuple]) -> List[tuple]:
+        # asyncpg encodes by the column's type: a 2 (not 2.0) for a float
+        # column, a bool for an integer one, would be refused.
+        return [(float(r[0]), r[1], r[2], r[3], int(r[4]), int(r[5]), int(r[6]), int(r[7]),
+                 float(r[8]), *r[9:]) for r in rows]
 
 
 class PostgresParameterStore(_OnPostgres):
