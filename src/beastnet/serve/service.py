@@ -112,13 +112,14 @@ class PriceService:
         try:
             if not cfg.share_ports:
                 check_ports(cfg)
-            if cfg.webhooks and not cfg.keystore:
-                raise ServerError("webhooks need a keystore (the delivery log lives there); "
-                                  "drop --no-keys or give --keystore")
+            if cfg.webhooks and not (cfg.keystore or cfg.database):
+                raise ServerError("webhooks need a keystore or a database (the delivery log "
+                                  "lives there); drop --no-keys or give --keystore")
             self.stores = open_stores(
                 cfg.keystore, tiers=_key_tiers(cfg), webhooks=cfg.webhooks,
                 webhook_tiers=_webhook_tiers(cfg), assets=ASSETS,
-                allow_private=cfg.webhooks_allow_private, redis=cfg.redis, parameters=True)
+                allow_private=cfg.webhooks_allow_private, redis=cfg.redis, parameters=True,
+                database=cfg.database, database_may_be_down=True)
             self._restore_profile()
             self.control.start()
             self.components, routes = [], self._routes()

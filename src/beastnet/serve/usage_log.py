@@ -264,7 +264,8 @@ class UsageLogComponent(Component):
         # The --database option (serve/stores, with the key store there) when
         # the config has it; else the key store's SQLite file.
         database = getattr(cfg, "database", None)
-        return cls(host, open_usage_log(None if database else cfg.keystore, database))
+        return cls(host, open_usage_log(None if database else cfg.keystore, database,
+                                        database_may_be_down=True))
 
     async def start(self) -> None:
         if self.host.api_keys is None:
