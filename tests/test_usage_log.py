@@ -90,6 +90,9 @@ def test_native_counts_become_rows_per_route_and_verdict(store):
     assert usage.rows_written == 5 and usage.batch_flush_errors == 0
     assert stored(store) == seen
     assert seen[(api_key_id("alpha"), "udp", "price")] == [5, 0, 4, 0]
+    one, _ = table.usage_counts("alpha")                # one key: a lookup, by key or ID
+    assert list(one) == ["alpha"] and one["alpha"][:4] == (5, 0, 4, 0)
+    assert table.usage_counts("nobody")[0] == {}
     # A second harvest adds only what moved since the first.
     admit(table, "beta", ("ws", "stream"), 3, seen)
     usage.harvest()

@@ -229,10 +229,9 @@ class UsageLog:
     def pending(self, key: Optional[str] = None) -> list[UsageRow]:
         """Every count not yet stored (queued, in flight, not yet harvested),
         as rows; only `key`'s unless None."""
-        counts, unknown = self.api_keys.usage_counts()
+        counts, unknown = self.api_keys.usage_counts(key)
         if key is not None:
-            counts = {key: counts[key]} if key in counts else {}
-            unknown = self._last_unknown
+            unknown = self._last_unknown        # a key's report has no unknown-key rows
         with self._lock:
             cells = list(self._queue.items()) + list(self._inflight)
             live = self._deltas(counts, unknown, _minute(self.clock()))
