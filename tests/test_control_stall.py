@@ -103,3 +103,35 @@ def test_control_stall_s_zero_never_judges_and_negative_is_refused():
         assert web._engine is not None
         web._engine.control_watch(0.0)
         assert web._engine.control_stalled_s == 0.0
+
+
+def test_serve_with_its_control_loop_blocked_answers_stale_prices_and_healthz_503(tmp_path):
+    """The issue's case: the loop running feeds, admin and usage is stuck
+    (there, a reload blocked on a FIFO); the public port and the admin
+    listener say so without it."""
+    from beastnet.serve.config import load_config
+    from beastnet.serve.service import PriceService
+    cfg = load_config(profile="dev", overrides={
+        "udp_port": 0, "http_port": 0, "admin_port": 0, "control_stall_s": 0.5,
+        "feed_rounds_per_s": 20.0})
+    release = threading.Event()
+    with PriceService(cfg) as service:
+        assert service.http is not None and service.admin is not None and service.udp is not None
+        http_port, admin = service.http, service.admin
+        fresh = _get(http_port, "/v1/BTC")[2]
+        assert orjson.loads(fresh)["stale"] is False
+        assert _get(admin, "/healthz")[0] == 200
+        try:
+            service.control.call_soon(release.wait, 20)
+            wait_for(lambda: orjson.loads(_get(http_port, "/v1/BTC")[2])["stale"] is True,
+                     timeout=10, message="prices served stale with the loop blocked")
+            for server in (admin, http_port):           # a probe may watch either port
+                status, _, body = _get(server, "/healthz")
+                assert status == 503 and orjson.loads(body)["status"] == "stalled", body
+            with UDPClient(service.udp.address) as client:
+                assert orjson.loads(client.request(b"ETH"))["stale"] is True
+        finally:
+            release.set()
+        wait_for(lambda: _get(admin, "/healthz")[0] == 200, timeout=10,
+                 message="/healthz 200 once the loop runs")
+        assert orjson.loads(_get(http_port, "/v1/BTC")[2])["stale"] is False

@@ -6,6 +6,7 @@ red flag when it drops, Ctrl-C restores the nodes and leaves no process
 behind, a node killed mid-test is reported."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -23,7 +24,7 @@ from hypothesis import given, settings, strategies as st
 from beastnet.cli import main
 from beastnet.loadgen.plan import DEFAULT_PLAN, PlanError, load_plan, parse_plan, run_plan
 from beastnet.loadgen.plan.local import LocalCluster
-from beastnet.loadgen.plan.runner import NodeTarget
+from beastnet.loadgen.plan.runner import NodeTarget, PlanRunner
 from support import requires, wait_for
 from test_loadgen_report import render_dom, script_error
 
@@ -168,9 +169,15 @@ def test_every_test_of_the_default_plan_runs_against_plan_local(cluster, tmp_pat
         assert what in dom
 
 
-class RefusingAdmin(BaseHTTPRequestHandler):
-    """A node whose reset is blocked: it speaks the admin API, switches
-    profiles, and answers POST /admin/reset with 403."""
+class FakeAdmin(BaseHTTPRequestHandler):
+    """A tiny node speaking the admin API (no load is sent to it): profiles,
+    reset and stats.  `refuse_reset`: POST /admin/reset answers 403 (a node
+    whose reset is blocked); `governor`: None (no `adaptive_enabled`
+    parameter), "obeys" or "ignores" the parameter when posted."""
+
+    refuse_reset = False
+    governor: str | None = None
+    adaptive = False
 
     def _json(self, status: int, body: dict) -> None:
         raw = json.dumps(body).encode()
@@ -182,35 +189,60 @@ class RefusingAdmin(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         if self.path.startswith("/admin/profile"):
-            self._json(200, {"profile": "dev", "live": {}})
+            live = {} if self.governor is None else {"adaptive_enabled": type(self).adaptive}
+            self._json(200, {"profile": "dev", "live": live})
         else:
-            self._json(200, {"udp": {"totals": {"rx_packets": 5}}})
+            self._json(200, {"udp": {"totals": {"rx_packets": 5 if self.refuse_reset else 0}}})
 
     def do_POST(self) -> None:
-        if self.path.startswith("/admin/reset"):
+        if self.path.startswith("/admin/reset") and self.refuse_reset:
             self._json(403, {"error": "reset is blocked on this node"})
-        else:
-            self._json(200, {"profile": "dev"})
+            return
+        if "adaptive_enabled=" in self.path and self.governor == "obeys":
+            type(self).adaptive = self.path.endswith("adaptive_enabled=true")
+        self._json(200, {"profile": "dev"})
 
     def log_message(self, *args: object) -> None:
         pass
 
 
-@TOPOLOGY
-@pytest.mark.timeout(60)
-def test_preflight_stops_the_test_when_a_node_refuses_its_reset(cluster):
-    server = ThreadingHTTPServer(("127.0.0.1", 0), RefusingAdmin)
+@contextlib.contextmanager
+def fake_node(name: str, **behaviour: object):
+    handler = type("Node", (FakeAdmin,), dict(behaviour))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        blocked = NodeTarget("blocked", f"http://127.0.0.1:{server.server_port}")
-        plan = parse_plan(one_test(UDP_DIRECT + "levels = [[100, 10]]\n") + "[[tests]]\n"
-                          'name = "t2"\n' + UDP_DIRECT + "levels = [[100, 10]]\n")
-        report = run_plan(plan, lambda _: None, cluster=cluster, extra_nodes=[blocked])
+        yield NodeTarget(name, f"http://127.0.0.1:{server.server_port}")
     finally:
         server.shutdown()
         server.server_close()
         thread.join()
+
+
+@pytest.mark.parametrize("governor, on, expect", [
+    (None, True, "not available on this node"),
+    ("obeys", True, "on"), ("obeys", False, "off"),
+    ("ignores", True, "fake: the governor did not switch on (adaptive_enabled)"),
+])
+def test_preflight_switches_the_governor_through_adaptive_enabled(governor, on, expect):
+    plan = parse_plan(one_test(UDP_DIRECT + f"governor = {str(on).lower()}\n"
+                               "levels = [[10, 1]]\n"))
+    with fake_node("fake", governor=governor) as node:
+        pre = PlanRunner(plan, [node], {}, lambda _: None)._preflight(plan.tests[0])
+    if expect.startswith("fake:"):
+        assert pre["stopped"] == expect
+    else:
+        assert pre["stopped"] is None and pre["governor"] == {"fake": expect}
+
+
+@TOPOLOGY
+@pytest.mark.timeout(60)
+def test_preflight_stops_the_test_when_a_node_refuses_its_reset(cluster):
+    plan = parse_plan(one_test(UDP_DIRECT + "levels = [[100, 10]]\n") + "[[tests]]\n"
+                      'name = "t2"\n' + UDP_DIRECT + "levels = [[100, 10]]\n")
+    with fake_node("blocked", refuse_reset=True) as blocked:
+        report = run_plan(plan, lambda _: None, cluster=cluster, extra_nodes=[blocked])
     for t in report["tests"]:          # each test tries again, and stops again
         assert t["verdict"] == "fail" and "ramp" not in t
         assert t["reasons"] == ["pre-flight: blocked: POST /admin/reset answered 403 "
@@ -290,9 +322,12 @@ def test_ctrl_c_restores_the_nodes_and_leaves_no_process_behind(tmp_path):
             proc.kill()
             proc.wait()
     text = "".join(output)
+    left = [f"{name} (PID {pid})" for name, pid in pids.items() if Path(f"/proc/{pid}").exists()]
+    for name, pid in pids.items():      # a broken runner's leftovers, stopped by their PIDs
+        if Path(f"/proc/{pid}").exists():
+            os.kill(pid, signal.SIGKILL)
     assert proc.returncode == 130, text
-    for name, pid in pids.items():
-        assert not Path(f"/proc/{pid}").exists(), f"{name} (PID {pid}) left running"
+    assert not left, f"left running: {left}"
     report = orjson.loads((tmp_path / "r.json").read_bytes())
     assert report["interrupted"] and report["tests"][0]["run"]["interrupted"]
     restored = [r for r in report["restores"] if r["when"] == "interrupted"]

@@ -22,6 +22,8 @@ HOT_FUNCTIONS = {
                   "qsbr_safe_epoch"],
     "_missq.pxi": ["missq_claim", "missq_set_request", "missq_publish", "missq_peek", "missq_release"],
     "_stats.pxi": ["counters_snapshot"],
+    "_governor.pxi": ["governor_on", "governor_sheds", "governor_sample", "governor_take",
+                      "governor_next_limit", "governor_close_window"],
     "_http_parse.pxi": ["ascii_ieq", "http_connection_tokens", "http_query_apikey",
                         "http_absolute_target", "http_head_prefix_bad", "http_parse_head"],
     "_http_conn.pxi": ["http_worker_date", "conn_out_pending", "conn_out_full", "conn_owned_add",

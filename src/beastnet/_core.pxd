@@ -32,6 +32,7 @@ cdef struct bn_missq
 cdef struct bn_keyindex
 cdef struct bn_apikey
 cdef struct bn_hworker
+cdef struct bn_governor
 cdef struct bn_ws_hubs
 cdef struct bn_ws_hub
 cdef struct bn_ws_conn
@@ -129,6 +130,7 @@ cdef class HTTPEngine(NativeEngine):
     cdef void* tls_ctx                  # SSL_CTX* new TLS connections use (a reference held), NULL = plain
     cdef bn_retire_list tls_retired     # replaced contexts awaiting QSBR
     cdef object tls_context             # the TLSContext tls_ctx came from, or None
+    cdef bn_governor* gov               # the adaptive concurrency limit (_governor.pxi), owned
 
     cdef int _ws_setup(self, bytes path, bytes echo, ResponseTable topics, unsigned int max_subs,
                        size_t max_frame, size_t max_message, double stall_s,

@@ -14,6 +14,7 @@ from libc.errno cimport (EADDRNOTAVAIL, EAGAIN, EBADF, ECONNREFUSED, ECONNRESET,
                          EINPROGRESS, EINTR, EINVAL, EIO, EMFILE, EMSGSIZE, ENFILE, ENOBUFS,
                          ENOMEM, ENOPROTOOPT, ENOTSOCK, EOPNOTSUPP, EPIPE, ETIMEDOUT, errno)
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
+from libc.math cimport sqrt
 from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memchr, memcmp, memcpy, memmove, memset, strlen
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, time_t, timespec
@@ -43,6 +44,7 @@ include "_udp.pxi"
 include "_http_parse.pxi"
 include "_http_conn.pxi"
 include "_tls.pxi"
+include "_governor.pxi"
 include "_http_route.pxi"
 include "_http_worker.pxi"
 include "_ws_msg.pxi"

@@ -289,6 +289,7 @@ cdef int conn_request(bn_hworker* w, bn_conn* c, bn_hreq* req) noexcept nogil:
     cdef bn_entry* e
     cdef int route = 0
     cdef int admit
+    cdef bn_apikey* rec = NULL
     cdef uint64_t retry_ns = 0
     cdef int ws_kind
     cdef bint batch
@@ -325,7 +326,7 @@ cdef int conn_request(bn_hworker* w, bn_conn* c, bn_hreq* req) noexcept nogil:
                  and memcmp(key, w.batch_key, key_len) == 0)
         if w.keys_ref != NULL:
             admit = apikey_admit(w.keys_ref, req.apikey, req.apikey_len, w.admit_ns, &retry_ns,
-                                 NULL, http_usage_route(key, key_len, batch))
+                                 &rec, http_usage_route(key, key_len, batch))
             if admit != ADMIT_OK:
                 return conn_refuse(w, c, admit, retry_ns, tail, head_only)
         elif w.require_apikey and req.apikey_len == 0:
@@ -344,6 +345,12 @@ cdef int conn_request(bn_hworker* w, bn_conn* c, bn_hreq* req) noexcept nogil:
         bn_count(&w.counters.misses, 1)
         if not w.misses_to_python or w.missq == NULL:
             return conn_step(c, conn_emit_error(w, c, ERR_404, tail, head_only))
+        if governor_on(w.gov) and governor_sheds(w.gov, rec != NULL and rec.shed_last):
+            if rec != NULL and rec.shed_last:
+                bn_count(&w.counters.shed_partner, 1)
+            else:
+                bn_count(&w.counters.shed_public, 1)
+            return conn_step(c, conn_emit_error(w, c, ERR_503_OVERLOADED, tail, head_only))
     elif http_is_route(w, req.target, req.path_len):
         bn_count(&w.counters.routed, 1)
         if (w.control_stalled and req.path_len == 8
@@ -360,6 +367,8 @@ cdef int conn_request(bn_hworker* w, bn_conn* c, bn_hreq* req) noexcept nogil:
         return conn_step(c, conn_emit_error(w, c, ERR_414, tail, head_only))
     if conn_queue(w, c, req, key, key_len, route):
         bn_count(&w.counters.queued, 1)
+        bn_add_relaxed(&w.gov.inflight, 1)
+        c.wait_start_ns = w.admit_ns if governor_on(w.gov) else 0
         w.miss_signal = 1
         c.flags |= CONN_WAITING
         if head_only:

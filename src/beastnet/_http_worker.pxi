@@ -64,6 +64,7 @@ cdef struct bn_hworker:
     int64_t accept_resume_ns
     time_t date_second                  # second the Date tails were built for
     bn_missq* missq                     # NULL: no queue (misses 404, routes 404)
+    bn_governor* gov                    # the engine's governor (_governor.pxi), shared by workers
     bn_index** index_ref                # &table.index, loaded once per request
     bn_qsbr_slot* qsbr
     bn_http_counters* counters
@@ -337,12 +338,17 @@ cdef void http_worker_on_replies(bn_hworker* w) noexcept nogil:
     while fifo != NULL:
         r = fifo
         fifo = r.next
+        # Every queued request gets one reply, delivered or not: it leaves
+        # the governor's in-flight count here.
+        bn_add_u64(&w.gov.inflight, <uint64_t>-1)
         c = &w.conns[r.conn] if r.conn < w.max_conns else NULL
         if c == NULL or c.fd < 0 or c.gen != r.gen or not (c.flags & CONN_WAITING):
             bn_count(&w.counters.replies_dropped, 1)
             free(r)
             continue
         bn_count(&w.counters.replies, 1)
+        if c.wait_start_ns != 0 and w.admit_ns > c.wait_start_ns:
+            governor_sample(w.gov, w.admit_ns - c.wait_start_ns)
         c.flags &= ~CONN_WAITING
         tail = c.wait_tail
         if w.draining and tail != TAIL_CLOSE:
@@ -360,6 +366,8 @@ cdef void http_worker_on_replies(bn_hworker* w) noexcept nogil:
             conn_run(w, c, c.inb, c.in_len)   # the pipelined requests behind it
         else:
             conn_finish(w, c)
+    if governor_on(w.gov):
+        governor_close_window(w.gov, w.admit_ns)
 
 
 # -- accepting, timers, the loop -------------------------------------------------------------
@@ -689,10 +697,10 @@ cdef void* http_worker_main(void* arg) noexcept nogil:
         bn_count(&w.counters.epoll_waits, 1)
         w.now_ns = http_now_ns()
         w.control_stalled = control_stalled(w.control, <uint64_t>w.now_ns)
-        if w.keys_ref != NULL:
+        if w.keys_ref != NULL or governor_on(w.gov):
             # GCRA shares each key's state with the UDP readers: same fine
             # clock.  The coarse one ticks every 4 ms and refuses bursts a
-            # limit allows.
+            # limit allows, and would quantise the governor's latencies.
             w.admit_ns = monotonic_ns()
         if n < 0:
             if err == EINTR:
@@ -912,8 +920,10 @@ cdef class HTTPEngine(NativeEngine):
         if self.stop_efd < 0:
             raise_errno("eventfd")
         self.workers = <bn_hworker**>calloc(n, sizeof(bn_hworker*))
-        if self.workers == NULL:
+        self.gov = <bn_governor*>calloc(1, sizeof(bn_governor))
+        if self.workers == NULL or self.gov == NULL:
             raise MemoryError()
+        governor_configure(self.gov, 0, 4, 1000, 50.0, 1.5)    # off (the profile's defaults)
         per_worker = max_connections // n
         for i in range(n):
             w = http_worker_new(per_worker)
@@ -927,6 +937,7 @@ cdef class HTTPEngine(NativeEngine):
             w.stop_fd = self.stop_efd
             w.miss_fd = self.miss_efd
             w.missq = self.missq
+            w.gov = self.gov
             w.misses_to_python = misses_to_python
             w.require_apikey = require_api_key
             w.keys_ref = &api_keys.index if api_keys is not None else NULL
@@ -1065,6 +1076,8 @@ cdef class HTTPEngine(NativeEngine):
                 http_worker_free(self.workers[i])
             free(self.workers)
             self.workers = NULL
+        free(self.gov)             # after the join: no worker reads it any more
+        self.gov = NULL
         if self.stop_efd >= 0:
             close(self.stop_efd)
 
@@ -1160,6 +1173,34 @@ cdef class HTTPEngine(NativeEngine):
                 "ws_deflate_bytes_in": bn_load_u64_relaxed(&self.hub.deflate_bytes_in),
                 "ws_deflate_bytes_out": bn_load_u64_relaxed(&self.hub.deflate_bytes_out),
                 "ws_deflate_cpu_ns": bn_load_u64_relaxed(&self.hub.deflate_cpu_ns)}
+
+    def set_governor(self, bint enabled, *, unsigned int min_limit=4, unsigned int max_limit=1000,
+                     double target_ms=50.0, double tolerance=1.5):
+        """Switch the adaptive concurrency limit on or off and set its bounds
+        (live: the workers read them atomically).  See _governor.pxi."""
+        if not 1 <= min_limit <= max_limit:
+            raise ValueError(f"need 1 <= min_limit <= max_limit, got {min_limit}, {max_limit}")
+        if not 0 < target_ms <= 60000:
+            raise ValueError(f"target_ms must be in (0, 60000], got {target_ms}")
+        if not 1.0 <= tolerance <= 10.0:
+            raise ValueError(f"tolerance must be 1..10, got {tolerance}")
+        governor_configure(self.gov, enabled, min_limit, max_limit, target_ms, tolerance)
+
+    def governor(self):
+        """The governor's state: on, limit, in flight, bounds, latencies (ms)."""
+        cdef bn_governor* g = self.gov
+        return {"enabled": bool(bn_load_int(&g.enabled)),
+                "limit": bn_load_u64_relaxed(&g.limit),
+                "inflight": bn_load_u64_relaxed(&g.inflight),
+                "min_limit": bn_load_u64_relaxed(&g.min_limit),
+                "max_limit": bn_load_u64_relaxed(&g.max_limit),
+                "target_ms": bn_load_u64_relaxed(&g.target_ns) / 1e6,
+                "tolerance": bn_load_u64_relaxed(&g.tolerance_pct) / 100.0,
+                "latency_ms": bn_load_u64_relaxed(&g.last_rtt_ns) / 1e6,
+                "long_latency_ms": bn_load_u64_relaxed(&g.long_rtt_ns) / 1e6,
+                "windows": bn_load_u64_relaxed(&g.windows),
+                "decreases": bn_load_u64_relaxed(&g.decreases),
+                "increases": bn_load_u64_relaxed(&g.increases)}
 
     def worker_status(self):
         """Per worker: the pinning errno (0 = fine) and the errno that made it quit (0 = none)."""

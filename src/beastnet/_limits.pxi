@@ -47,6 +47,7 @@ cdef struct bn_apikey:
     uint64_t ws_max_subscriptions       # per connection; 0 = the server's default
     int ws_unlimited                    # 1 = no WebSocket limits at all (partners)
     int ws_denied                       # 1 = this key may not open the WebSocket feed (403)
+    int shed_last                       # 1 = the governor sheds this key's requests last (partners)
     uint64_t lease                      # tokens left for a leased key (atomic)
     uint64_t lease_low                  # a take that leaves this many marks the key hungry
     uint64_t* hungry_ref                # the table's count of low-lease events
@@ -323,14 +324,16 @@ cdef class APIKeyTable:
 
     def set(self, key, *, double qps=0.0, unsigned int burst=1, uint64_t monthly_cap=0,
             month_used=None, uint64_t ws_max_connections=0, uint64_t ws_max_subscriptions=0,
-            bint ws_unlimited=False, bint ws_allowed=True):
+            bint ws_unlimited=False, bint ws_allowed=True, bint shed_last=False):
         """Add `key` or change its limits; un-revokes it.  `month_used`, when
         given, is the count already persisted for the current month.
 
         WebSocket feed limits: at most `ws_max_connections` streams open at
         once under this key and `ws_max_subscriptions` symbols per stream (0 =
         the server's default); `ws_unlimited` lifts both (partners);
-        `ws_allowed=False` refuses this key the stream (403)."""
+        `ws_allowed=False` refuses this key the stream (403).  `shed_last`:
+        an overloaded server's governor sheds this key's requests only at its
+        hard bound, after every other key's (partners)."""
         cdef bytes digest = apikey_digest_of(key)
         cdef bn_apikey* rec
         cdef uint64_t h
@@ -374,6 +377,7 @@ cdef class APIKeyTable:
             bn_store_u64_relaxed(&rec.ws_max_subscriptions, ws_max_subscriptions)
             bn_store_int(&rec.ws_unlimited, 1 if ws_unlimited else 0)
             bn_store_int(&rec.ws_denied, 0 if ws_allowed else 1)
+            bn_store_int(&rec.shed_last, 1 if shed_last else 0)
             if month_used is not None:
                 bn_store_i64_relaxed(&rec.quota_base,
                                      <int64_t>month_used - <int64_t>bn_load_u64_relaxed(&rec.admitted))

@@ -25,6 +25,7 @@ ERRORS = (
     ("internal_error", 500, "the miss handler raised or answered something unsendable"),
     ("too_large", 500, "UDP only: the answer does not fit in one datagram"),
     ("busy", 503, "the miss queue (or the connection table) is full"),
+    ("overloaded", 503, "the governor shed the request: the server is past its adaptive limit"),
     ("unavailable", 503, "a store the control plane needs (Redis) cannot be reached"),
     ("upgrade_required", 426, "a WebSocket upgrade for a version other than 13"),
     ("connection_limit", 429, "the API key holds its maximum of WebSocket connections"),
@@ -52,6 +53,7 @@ cdef struct bn_static_resp:
 cdef bn_static_body BODY_BAD_REQUEST
 cdef bn_static_body BODY_NOT_FOUND
 cdef bn_static_body BODY_BUSY
+cdef bn_static_body BODY_OVERLOADED
 cdef bn_static_body BODY_UNAUTHORIZED
 cdef bn_static_body BODY_OVER_QUOTA
 cdef bn_static_body BODY_TOO_LARGE
@@ -93,11 +95,13 @@ cdef bn_static_body static_body(bytes body):
 
 
 cdef void replies_init() except *:
-    global BODY_BAD_REQUEST, BODY_NOT_FOUND, BODY_BUSY, BODY_UNAUTHORIZED, BODY_OVER_QUOTA
+    global BODY_BAD_REQUEST, BODY_NOT_FOUND, BODY_BUSY, BODY_OVERLOADED, BODY_UNAUTHORIZED
+    global BODY_OVER_QUOTA
     global BODY_RATE_LIMITED_MS, BODY_TOO_LARGE, HTTP_PREFLIGHT
     BODY_BAD_REQUEST = static_body(_error_bodies["bad_request"])
     BODY_NOT_FOUND = static_body(_error_bodies["not_found"])
     BODY_BUSY = static_body(_error_bodies["busy"])
+    BODY_OVERLOADED = static_body(_error_bodies["overloaded"])
     BODY_UNAUTHORIZED = static_body(_error_bodies["unauthorized"])
     BODY_OVER_QUOTA = static_body(_error_bodies["over_quota"])
     BODY_TOO_LARGE = static_body(_error_bodies["too_large"])
@@ -119,6 +123,7 @@ cdef void replies_init() except *:
         (ERR_426, "upgrade_required", "Sec-WebSocket-Version: 13\r\n"),
         (ERR_429_CONNS, "connection_limit", ""),
         (ERR_403, "forbidden", ""),
+        (ERR_503_OVERLOADED, "overloaded", "Retry-After: 1\r\n"),
     ]
     # One canned 429 per whole second of Retry-After (RFC 9110 takes seconds),
     # so a rate-limited request costs no formatting.

@@ -138,7 +138,8 @@ cdef enum:
     ERR_426 = 70                    # upgrade_required: a WebSocket version other than 13
     ERR_429_CONNS = 71              # connection_limit: the key holds its WebSocket connections
     ERR_403 = 72                    # forbidden: an API key not allowed the WebSocket feed
-    ERR_COUNT = 73                  # one past the last
+    ERR_503_OVERLOADED = 73         # overloaded: shed by the governor (+ Retry-After: 1)
+    ERR_COUNT = 74                  # one past the last
 
 # WebSocket (RFC 6455) opcodes, close codes and limits (_ws.pxi).
 cdef enum:
@@ -217,3 +218,11 @@ cdef enum:
 # Webhook push over UDP (_push.pxi).
 cdef enum:
     PUSH_BATCH_MAX = 1024           # datagrams per sendmmsg (the kernel's UIO_MAXIOV)
+
+# The governor's limit algorithm (_governor.pxi); bounds and target come from the profile.
+cdef enum:
+    GOV_WINDOW_MS = 100             # latencies averaged per window (one limit update each)
+    GOV_MIN_SAMPLES = 10            # a due window waits for this many (up to 10 windows' time)
+    GOV_LONG_WINDOWS = 20           # the long-term latency's EWMA spans about this many windows
+    GOV_SMOOTHING_PCT = 20          # a window moves the limit this far (%) toward its new value
+    GOV_INITIAL_LIMIT = 20          # where a switched-on governor starts (Gradient2's default)

@@ -164,6 +164,8 @@ tls_writes               counter  calls        SSL_write calls that completed at
 """) + _table("""
 kernel_queued            gauge    bytes        Bytes the kernel holds in the send queues of the open connections (SIOCOUTQ: unsent or unacknowledged), summed once a second; bounded per connection by notsent_lowat_bytes (and send_buffer_bytes).
 stall_resets             counter  connections  Stalled connections (write_timeout_s, a WebSocket's stall_timeout_s) closed with a reset (SO_LINGER 0): their kernel queue is dropped at once, not kept through FIN-WAIT.
+shed_public              counter  requests     Requests of shed-first tiers (public, pro, no key) the governor answered 503 overloaded: the queued work was at its adaptive limit. [snapshot]
+shed_partner             counter  requests     Requests of shed-last keys (partners) the governor answered 503 overloaded: the queued work was at its hard bound (adaptive_max_limit). [snapshot]
 """)
 
 #: The control plane's miss dispatcher (one per server), in both servers' totals.

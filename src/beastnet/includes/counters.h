@@ -124,6 +124,8 @@ typedef struct bn_http_counters {
     uint64_t tls_writes;                      /* SSL_write calls that completed at once */
     uint64_t kernel_queued;                   /* gauge: bytes in the kernel send queues (SIOCOUTQ), sampled */
     uint64_t stall_resets;                    /* stalled connections closed with a reset (SO_LINGER 0) */
+    uint64_t shed_public;                     /* 503 overloaded by the governor: shed-first tiers */
+    uint64_t shed_partner;                    /* ... shed-last keys (partners), at the hard bound */
 } __attribute__((aligned(BN_CACHE_LINE))) bn_http_counters;
 
 #endif /* BEASTNET_COUNTERS_H */

@@ -145,6 +145,8 @@ cdef extern from "counters.h" nogil:
         uint64_t tls_writes
         uint64_t kernel_queued
         uint64_t stall_resets
+        uint64_t shed_public
+        uint64_t shed_partner
 
 
 cdef extern from "compat.h" nogil:

@@ -86,6 +86,8 @@ class ServeConfig:
     feed_rounds_per_s: float = 10.0
     feed_sources: list[str] = field(default_factory=lambda: ["sim-a", "sim-b"])
     feed_stale_after_s: float = 2.0
+    control_stall_s: float = 2.0                # a control loop silent this long: prices served
+                                                # "stale":true, /healthz 503 (natively); 0 = off
     replay_speed: float = 1.0
     feed_max_jump: float = 0.2                  # refuse a price this far (fraction) off its
                                                 # other sources or its own last minute
@@ -204,6 +206,8 @@ def _check(cfg: ServeConfig, label: Callable[[str], str] = str) -> None:
     for name in ("idle_timeout_s", "header_timeout_s", "usage_flush_interval_s",
                  "feed_rounds_per_s", "feed_stale_after_s"):
         need(value(name) > 0, f"{label(name)} must be > 0, got {value(name)}")
+    need(cfg.control_stall_s >= 0,
+         f"{label('control_stall_s')} must be >= 0 (0 = off), got {cfg.control_stall_s}")
     need(1 <= cfg.usage_batch_rows <= 100_000,
          f"{label('usage_batch_rows')} must be 1..100000, got {cfg.usage_batch_rows}")
     need(cfg.usage_batch_rows <= cfg.usage_queue_rows,

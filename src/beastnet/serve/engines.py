@@ -162,7 +162,8 @@ class Engines(Component):
                              recv_buffer_bytes=cfg.recv_buffer_bytes,
                              send_buffer_bytes=cfg.send_buffer_bytes,
                              cpu_steering=cfg.cpu_steering, api_keys=host.api_keys,
-                             control=host.control, reuse_port=cfg.share_ports).start()
+                             control=host.control, reuse_port=cfg.share_ports,
+                             control_stall_s=cfg.control_stall_s).start()
         host.table.set_json(ASSET_LIST_KEY, {"assets": list(ASSETS)})     # GET /v1/assets
         host.admin = self._start_admin()
         host.http = self._start_http()
@@ -225,7 +226,8 @@ class Engines(Component):
                           max_connections=cfg.admin_max_connections,
                           idle_timeout_s=cfg.idle_timeout_s,
                           header_timeout_s=cfg.header_timeout_s,
-                          control=self.host.control, reuse_port=cfg.share_ports).start()
+                          control=self.host.control, reuse_port=cfg.share_ports,
+                          control_stall_s=cfg.control_stall_s).start()
 
     def _start_http(self) -> HTTPServer:
         cfg, host = self.cfg, self.host
@@ -250,7 +252,7 @@ class Engines(Component):
                           header_timeout_s=cfg.header_timeout_s, api_keys=host.api_keys,
                           control=host.control, websocket=stream, tls=tls,
                           reuse_port=cfg.share_ports, cors_origins=cfg.cors_origins,
-                          batch_key=BATCH_KEY,
+                          batch_key=BATCH_KEY, control_stall_s=cfg.control_stall_s,
                           handler=reports.on_public if reports is not None else None).start()
 
     def _on_dashboard(self, request: MissRequest) -> Answer:

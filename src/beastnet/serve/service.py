@@ -74,7 +74,9 @@ class PriceService:
 
     def __init__(self, cfg: ServeConfig, feed: Optional[Feed] = None) -> None:
         self.cfg = cfg
-        self.table = ResponseTable(capacity=len(ASSETS) * 2)
+        # stale_marking: a stalled control loop stops the feed and the stale
+        # checker alike; the engines then serve the "stale":true variants.
+        self.table = ResponseTable(capacity=len(ASSETS) * 2, stale_marking=True)
         self.control = ControlPlane("beastnet-service")
         self.stores = Stores()
         self.api_keys: Optional[APIKeyTable] = None     # set by the api_keys component

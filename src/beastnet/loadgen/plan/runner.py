@@ -17,6 +17,7 @@ with what it has.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import signal
 import ssl
@@ -370,19 +371,23 @@ class PlanRunner:
         return {"nodes": steps, "stopped": None, "governor": governor}
 
     def _governor(self, node: NodeTarget, on: bool) -> str:
-        """Switch the node's governor through its profile's live parameter
-        `adaptive_enabled`; a node without one says so."""
-        live = (self.admin.call(node, "GET", "/admin/profile") or {}).get("live", {})
-        if "adaptive_enabled" not in live:
+        """The node's governor on or off through its profile's live parameter
+        `adaptive_enabled`: kept when the profile just applied already sets
+        it so, else set with the profile switch; a node without the
+        parameter says so."""
+        def state() -> Any:
+            answer = self.admin.call(node, "GET", "/admin/profile") or {}
+            return answer.get("profile"), (answer.get("live") or {}).get("adaptive_enabled")
+        profile, live = state()
+        if live is None:
             return "not available on this node"
-        self.admin.call(node, "POST", "/admin/profile?name="
-                        + urllib.parse.quote(str(self.admin.call(node, "GET", "/admin/profile")
-                                                 .get("profile"))) +
-                        f"&adaptive_enabled={'true' if on else 'false'}")
-        live = (self.admin.call(node, "GET", "/admin/profile") or {}).get("live", {})
-        if bool(live.get("adaptive_enabled")) != on:
-            raise NodeError(f"{node.name}: the governor did not switch "
-                            f"{'on' if on else 'off'}")
+        if bool(live) != on:
+            self.admin.call(node, "POST", "/admin/profile?name="
+                            + urllib.parse.quote(str(profile))
+                            + f"&adaptive_enabled={'true' if on else 'false'}")
+            if bool(state()[1]) != on:
+                raise NodeError(f"{node.name}: the governor did not switch "
+                                f"{'on' if on else 'off'} (adaptive_enabled)")
         return "on" if on else "off"
 
     def _restore(self, when: str) -> None:
@@ -408,8 +413,8 @@ class PlanRunner:
         from beastnet.loadgen.config import HTTPLoadConfig, UDPLoadConfig
         api_key = (self.target.get("keys") or {}).get(test.tier)
         keys = keys or test.keys
-        common: dict[str, Any] = {"keys": keys, "api_key": api_key, "threads": 1, "timeout_ms": 1000.0,
-                  "warmup_s": 0.0}
+        common: dict[str, Any] = {"keys": keys, "api_key": api_key, "threads": 1,
+                                  "timeout_ms": 1000.0, "warmup_s": 0.0}
         if test.protocol == "udp":
             where = (self.target.get("balanced_udp") if test.access == "balanced"
                      else self.nodes[0].udp)
@@ -471,8 +476,10 @@ class PlanRunner:
                                    before_level=before)
                 result["ramp"] = report.to_dict()
                 result["verdict"] = report.verdict
+                # The failing levels' reasons; when none failed, the warnings'.
+                worst = "fail" if report.verdict == "fail" else "warn"
                 result["reasons"] = [f"level {lv.level.number}: {r}" for lv in report.levels
-                                     for r in lv.reasons if lv.verdict == "fail"]
+                                     for r in lv.reasons if lv.verdict == worst]
                 if report.interrupted:
                     self.interrupted = True
             else:
@@ -483,6 +490,11 @@ class PlanRunner:
                         f"(it did not run or answered nothing)"]}
                 self._where = f"{test.name} {rate:,.0f} req/s"
                 cfg = base.at_rate(rate, test.duration_s or 1.0)
+                if test.protocol == "tcp":
+                    # Open loop needs room for rate x latency in flight: 16
+                    # connections one request at a time would hold the
+                    # schedule back (counted as never sent) at 16 / latency.
+                    cfg = dataclasses.replace(cfg, connections=64, pipeline=8)
                 r = runner_for(cfg)(cfg, progress=tick, stop_when=stop_when)
                 verdict, reasons = judge_run(r, max_p99_ms=test.criteria.p99_ms,
                                              min_success=test.criteria.min_success,
