@@ -216,6 +216,12 @@ cdef inline uint64_t monotonic_ns() noexcept nogil:
     return <uint64_t>ts.tv_sec * 1000000000ULL + <uint64_t>ts.tv_nsec
 
 
+cdef tuple apikey_usage_cells(bn_apikey* rec):
+    """A record's usage cells (USAGE_ROUTES x ADMIT_VERDICTS), read atomically."""
+    cdef int i
+    return tuple([bn_load_u64_relaxed(&rec.usage[i]) for i in range(USAGE_ROUTES * ADMIT_VERDICTS)])
+
+
 #: The usage routes as (protocol, route), indexed by the USAGE_* values.
 USAGE_ROUTE_NAMES = (("udp", "price"), ("http", "price"), ("http", "snapshot"),
                      ("http", "report"), ("ws", "stream"))
@@ -504,13 +510,10 @@ cdef class APIKeyTable:
             if key is not None:
                 rec = self._find(apikey_digest_of(key))
                 if rec != NULL:
-                    out[key] = tuple([bn_load_u64_relaxed(&rec.usage[i])
-                                      for i in range(USAGE_ROUTES * ADMIT_VERDICTS)])
+                    out[key] = apikey_usage_cells(rec)
             else:
                 for name, digest in self.records:
-                    rec = self._find(digest)
-                    out[name] = tuple([bn_load_u64_relaxed(&rec.usage[i])
-                                       for i in range(USAGE_ROUTES * ADMIT_VERDICTS)])
+                    out[name] = apikey_usage_cells(self._find(digest))
         return out, tuple([bn_load_u64_relaxed(&self.unknown[i]) for i in range(USAGE_ROUTES)])
 
     def admit(self, key, now_ns=None, int usage_route=USAGE_HTTP_PRICE):
