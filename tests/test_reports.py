@@ -176,3 +176,11 @@ def test_serve_reports_equal_what_the_clients_counted(serve, tmp_path):  # noqa:
     stats = orjson.loads(server.admin("GET", "/admin/stats")[2])["usage_log"]
     assert stats["lrs_requests"] == 7, "every report that reached the control plane"
     assert server.terminate() == 0
+
+
+def test_without_keys_the_admin_reports_say_how_to_turn_them_on(serve):  # noqa: F811
+    server = serve("--no-keys")
+    status, _, raw = server.admin("GET", "/admin/reports/usage/summary")
+    assert status == 404 and "--keystore" in orjson.loads(raw)["detail"]
+    assert server.http("GET", "/v1/reports/usage")[0] == 404
+    assert server.terminate() == 0
