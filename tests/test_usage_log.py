@@ -15,8 +15,7 @@ from typing import Any, Iterator
 import orjson
 import pytest
 
-from beastnet import APIKeyTable, api_key_id
-from beastnet._core import USAGE_ROUTE_NAMES
+from beastnet import USAGE_ROUTE_NAMES, APIKeyTable, api_key_id
 from beastnet.serve.stores.usage_log import UNKNOWN_KEY, UsageLogStore, UsageRow
 from beastnet.serve.stores.usage_sqlite import SQLiteUsageLog
 from beastnet.serve.usage_log import UsageLog

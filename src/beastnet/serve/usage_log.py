@@ -28,8 +28,7 @@ import time
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
 
-from beastnet import APIKeyTable
-from beastnet._core import USAGE_ROUTE_NAMES
+from beastnet import USAGE_ROUTE_NAMES, APIKeyTable
 from beastnet.counters import USAGE_LOG_COUNTERS
 from beastnet.metrics import MetricFamily
 from beastnet.serve.component import Component
