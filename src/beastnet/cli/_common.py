@@ -5,6 +5,8 @@ from typing import Any
 EXIT_PASS, EXIT_FAIL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 #: `beastnet load`: nothing at all came back from the target.
 EXIT_UNREACHABLE = 3
+#: `beastnet load --agents`: Redis unreachable, or too few agents free in time.
+EXIT_NO_AGENTS = 4
 
 
 def add_store_arguments(p: Any, tiers: str, redis_help: str) -> None:

@@ -7,7 +7,8 @@ import argparse
 import sys
 from typing import Any
 
-from beastnet.cli._common import EXIT_FAIL, EXIT_INTERRUPTED, EXIT_PASS, EXIT_USAGE
+from beastnet.cli._common import (EXIT_FAIL, EXIT_INTERRUPTED, EXIT_NO_AGENTS, EXIT_PASS,
+                                  EXIT_USAGE)
 
 PLAN_EPILOG = """\
 examples:
@@ -15,8 +16,10 @@ examples:
   beastnet plan local --scale 2core                 three nodes, Redis, nginx TLS + UDP here
   beastnet plan run plan.toml -o results/plan       against the nodes plan.toml names
   beastnet report results/plan.json                 the page again from the JSON
+  beastnet plan run plan.toml --agents 3 --redis redis://r:6379/0   load from 3 agents
 exit status: 0 every test passed or warned, 1 a test failed, 2 a bad plan file or a
-topology that could not start, 130 interrupted (production restored first)."""
+topology that could not start, 4 --agents: Redis unreachable or too few agents free,
+130 interrupted (production restored first)."""
 
 
 def add_plan_command(sub: Any) -> None:
@@ -45,6 +48,14 @@ def add_plan_command(sub: Any) -> None:
                        help="write PREFIX.json and PREFIX.html (default: plan-report)")
         s.add_argument("--poll-s", type=float, default=None,
                        help="seconds between cluster-stats reads (default: the plan's poll_s)")
+        s.add_argument("--agents", type=int, metavar="N",
+                       help="run each test's load on N `beastnet agent` processes, split "
+                            "and merged as `beastnet load --agents` does (default: this "
+                            "process)")
+        s.add_argument("--redis", metavar="URL",
+                       help="the Redis the agents registered at (default: none)")
+        s.add_argument("--agents-wait", type=float, default=10.0, metavar="SECONDS",
+                       help="wait this long for N free agents (default: %(default)g)")
         if name == "local":
             s.add_argument("--dir", help="where the processes' configs and logs go "
                                          "(default: a new temporary directory, kept)")
@@ -103,11 +114,26 @@ def _run(args: argparse.Namespace, plan: Any, cluster: Any) -> int:
     import orjson
     from beastnet.loadgen.plan import PlanError, run_plan
     from beastnet.loadgen.plan.page import format_plan, plan_page
+    from beastnet.errors import AgentsError
+    coordinator = None
     try:
-        report = run_plan(plan, _say, cluster=cluster, poll_s=args.poll_s)
+        if (args.agents is None) != (args.redis is None):
+            raise PlanError("--agents N and --redis URL go together")
+        if args.agents is not None:
+            from beastnet.loadgen.agents import Coordinator
+            coordinator = Coordinator(args.redis, args.agents, wait_s=args.agents_wait)
+            coordinator.open()
+        report = run_plan(plan, _say, cluster=cluster, poll_s=args.poll_s,
+                          load_runner=coordinator.run if coordinator is not None else None)
     except PlanError as exc:
         print(f"beastnet plan: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except AgentsError as exc:
+        print(f"beastnet plan: {exc}", file=sys.stderr)
+        return EXIT_NO_AGENTS
+    finally:
+        if coordinator is not None:
+            coordinator.close()
     try:
         with open(args.output + ".json", "wb") as f:
             f.write(orjson.dumps(report, option=orjson.OPT_SERIALIZE_NUMPY))

@@ -351,8 +351,10 @@ def _counts(spec: str, flag: str) -> list[int]:
     return values
 
 
-def cmd_load_ws(args: argparse.Namespace) -> int:
-    """`beastnet load ws://...`: one WebSocket run."""
+def cmd_load_ws(args: argparse.Namespace, runner: Optional[Callable[..., Any]] = None) -> int:
+    """`beastnet load ws://...`: one WebSocket run (through `runner`, the
+    load agents' coordinator, when given)."""
+    from beastnet.loadgen.report import agent_rows, agents_line, text_table
     from beastnet.loadgen.ws.run import run_ws_load
     from beastnet.loadgen.ws.density import ProcSampler
     from beastnet.loadgen.ws.verdict import judge_ws
@@ -368,7 +370,7 @@ def cmd_load_ws(args: argparse.Namespace) -> int:
         def on_second(row: dict) -> None:
             sampler.sample()
             progress(row)
-        return run_ws_load(cfg, progress=on_second)
+        return (runner or run_ws_load)(cfg, progress=on_second)
 
     result, status = _guarded("beastnet load", args, run)
     if result is None:
@@ -384,7 +386,9 @@ def cmd_load_ws(args: argparse.Namespace) -> int:
             "unreachable": result.received == 0 and result.errors > 0
             and set(result.errors_by_kind) <= {"connect_refused", "connect_timeout"}}
     # The verdict line names the first rule that failed; the others follow.
-    text = format_ws_result(d) + "\n" + summary_line(body) + "".join(
+    agents = agent_rows(d)
+    table = (f"\n\n{text_table(agents[1:], agents[0])}\n{agents_line(d)}" if agents else "")
+    text = format_ws_result(d) + table + "\n" + summary_line(body) + "".join(
         f"\n  {r}" for r in reasons[1 if verdict == "fail" else 0:])
     return _finish(args, body, cfg.to_dict(), text)
 

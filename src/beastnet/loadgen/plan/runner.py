@@ -241,8 +241,11 @@ class PlanRunner:
 
     def __init__(self, plan: Plan, nodes: list[NodeTarget], target: dict[str, Any],
                  progress: Progress = print, admin_token: Optional[str] = None,
-                 poll_s: Optional[float] = None) -> None:
+                 poll_s: Optional[float] = None,
+                 load_runner: Optional[Callable[..., Any]] = None) -> None:
         self.plan = plan
+        # Load agents' coordinator (`agents.Coordinator.run`), else each kind's own runner.
+        self.load_runner = load_runner
         self.nodes = nodes
         self.target = target
         self.progress = progress
@@ -473,7 +476,7 @@ class PlanRunner:
                               f"{level.concurrency:,} in flight")
                 report = ramp_load(base, levels, self._criteria(test), max_seconds=60.0,
                                    stop_at_break=True, progress=tick, stop_when=stop_when,
-                                   before_level=before)
+                                   before_level=before, runner=self.load_runner)
                 result["ramp"] = report.to_dict()
                 result["verdict"] = report.verdict
                 # The failing levels' reasons; when none failed, the warnings'.
@@ -495,7 +498,8 @@ class PlanRunner:
                     # connections one request at a time would hold the
                     # schedule back (counted as never sent) at 16 / latency.
                     cfg = dataclasses.replace(cfg, connections=64, pipeline=8)
-                r = runner_for(cfg)(cfg, progress=tick, stop_when=stop_when)
+                run = self.load_runner or runner_for(cfg)
+                r = run(cfg, progress=tick, stop_when=stop_when)
                 verdict, reasons = judge_run(r, max_p99_ms=test.criteria.p99_ms,
                                              min_success=test.criteria.min_success,
                                              expect=self._criteria(test).expect)
