@@ -9,9 +9,9 @@ from _annotate import SRC, annotate, yellow_lines
 
 # Every function a native thread runs per packet, per batch or per request.
 HOT_FUNCTIONS = {
-    "_limits.pxi": ["digest_slot_hash", "keyindex_lookup", "apikey_lookup", "apikey_over_cap",
-                    "gcra_take", "lease_take", "apikey_admit", "apikey_decide",
-                    "monotonic_ns"],
+    "_limits.pxi": ["digest_slot_hash", "keyindex_lookup", "keymiss_note", "apikey_lookup",
+                    "apikey_over_cap", "gcra_take", "lease_take", "apikey_admit",
+                    "apikey_decide", "monotonic_ns"],
     "_rrl.pxi": ["addr_is_v4mapped", "rrl_source", "rrl_check"],
     "_udp.pxi": ["format_rate_limited", "udp_parse", "udp_reply", "udp_too_large", "udp_error",
                  "udp_queue_miss", "udp_reader_recv",

@@ -4,6 +4,7 @@ default plan (`--print-default`)."""
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from typing import Any
 
@@ -98,8 +99,11 @@ def _run_local(args: argparse.Namespace, plan: Any) -> int:
             _say(f"started {p['name']}: PID {p['pid']}, {ports}, log {p['log']}")
         return _run(args, plan, cluster)
     finally:
+        # A second Ctrl-C must not cut the teardown short and leave processes behind.
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
         for problem in cluster.stop():
             print(f"beastnet plan: {problem}", file=sys.stderr)
+        signal.signal(signal.SIGINT, previous)
         _say(f"stopped every process started; logs in {cluster.directory}")
 
 
