@@ -80,6 +80,11 @@ def test_a_blocked_control_loop_turns_native_answers_stale_and_healthz_503_then_
             wait_for(lambda: client.request(b"BTC") == STALE, timeout=10,
                      message="UDP hits served stale while the loop is blocked")
             assert client.request(b"@7 BTC") == b"@7 " + STALE
+            # Counted, so a stall shows in /metrics after the fact (HEAD included).
+            web_totals, udp_totals = web.stats()["totals"], udp.stats()["totals"]
+            assert web_totals["health_stalled"] == 2, web_totals
+            assert web_totals["stale_served"] >= 3 and udp_totals["stale_served"] >= 2
+            assert web_totals["stale_served"] <= web_totals["hits"]
 
             release.set()                               # the loop runs and beats again
             wait_for(lambda: _get(web, "/healthz")[0] == 200, timeout=10,

@@ -60,7 +60,7 @@ HOT_FUNCTIONS = {
                      "ws_write_symbols", "ws_reply_json", "ws_reply_error", "ws_auth_refuse",
                      "ws_on_auth", "ws_on_request",
                      "ws_conn_input", "ws_conn_discard", "ws_process", "ws_conn_on_event",
-                     "ws_adopt_input", "ws_conn_free", "ws_dirty_unlink", "ws_sample_acks",
+                     "ws_adopt_input", "ws_conn_free", "ws_dirty_unlink", "ws_sample_acks", "ws_close_stalled",
                      "ws_check_stalls",
                      "ws_path_kind", "ws_refuse", "ws_key_check", "ws_route",
                      "ws_conn_take_key", "ws_upgrade"],

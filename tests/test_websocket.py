@@ -719,8 +719,12 @@ def test_a_non_reader_of_a_slow_symbol_is_closed_a_stall_after_its_window_closes
     TCP_NOTSENT_LOWAT's 128 KiB were unsent; a subscriber of a slow symbol
     that stops reading kept its connection until then (here 20 KB/s: ~7 s,
     minutes for a quieter symbol).  Now the once-a-second kernel-queue sample
-    starts it when bytes are queued (SIOCOUTQ) and the peer acknowledges
-    none, so the close comes within stall_timeout_s + one sample of that."""
+    runs a clock from the last sample that saw the peer acknowledge bytes
+    while some were queued (SIOCOUTQ), so the close comes within
+    stall_timeout_s + one sample of its last acknowledgement.  Measured here
+    from the first byte seen queued: the client's kernel may still take a few
+    bytes (collapsing its receive queue) up to a sample later, hence one more
+    sample in the bound."""
     stall_s, sample_s = 1.0, 1.0
     options = WebSocketOptions(stall_timeout_s=stall_s)
     with HTTPServer(table, threads=1, websocket=options) as server:
@@ -747,10 +751,10 @@ def test_a_non_reader_of_a_slow_symbol_is_closed_a_stall_after_its_window_closes
                     queued_since = time.monotonic()
                 time.sleep(0.01)        # ~20 KB/s of frames
             closed_after = time.monotonic() - queued_since
-            assert closed_after <= stall_s + sample_s + 1.0, (
+            assert closed_after <= stall_s + 2 * sample_s + 0.5, (
                 f"closed {closed_after:.1f} s after its bytes queued ({most_queued} B at most)")
             assert most_queued < 128 * 1024     # long before the low-water mark's short write
             t = totals(server)
-            assert t["ws_close_policy"] == 1 and t["stall_resets"] == 1 and t["ws_active"] == 1
+            assert (t["ws_close_policy"], t["stall_resets"], t["ws_active"]) == (1, 1, 1), t
             table.set("S001", body("S001", 10**6))
             assert orjson.loads(fast.frame()[1])["v"] == 10**6    # the reader is still served

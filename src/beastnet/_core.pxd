@@ -22,7 +22,7 @@ cdef struct bn_retire_list:             # FIFO: epochs grow from head to tail
     size_t count                        # objects waiting for QSBR
     size_t nbytes                       # bytes waiting for QSBR
 
-cdef struct bn_control_beat:             # the control plane's liveness, as the native threads see it
+cdef struct bn_control_beat:             # the control plane's liveness, as native threads see it
     uint64_t beat_ns                    # CLOCK_MONOTONIC of the control loop's last beat (atomic)
     uint64_t stall_ns                   # a beat older than this = stalled; 0 = not watched (atomic)
 

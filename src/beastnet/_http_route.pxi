@@ -53,6 +53,7 @@ cdef inline const char* entry_served_body(bn_hworker* w, bn_entry* e) noexcept n
     # The body a hit sends: its "stale":true variant while the control plane
     # is stalled (same length: the pre-built head stays right).
     if w.control_stalled and e.has_stale:
+        bn_count(&w.counters.stale_served, 1)
         return entry_stale_body(e)
     return e.body
 
@@ -189,9 +190,12 @@ cdef int conn_batch(bn_hworker* w, bn_conn* c, bn_hreq* req, int tail,
 cdef int conn_health_stalled(bn_hworker* w, bn_conn* c, int tail, int head_only) noexcept nogil:
     """/healthz answered here, not by the control plane that serves it: 503
     and why.  The age is formatted per request (tenths of a second)."""
-    cdef uint64_t age_ds = (<uint64_t>w.now_ns - bn_load_u64_relaxed(&w.control.beat_ns)) // 100000000
+    cdef uint64_t age_ds = ((<uint64_t>w.now_ns - bn_load_u64_relaxed(&w.control.beat_ns))
+                            // 100000000)
     cdef char* out = w.health_out
-    cdef size_t n = batch_put(out, 0, b'{"status":"stalled","reason":"control plane stalled for ', 56)
+    bn_count(&w.counters.health_stalled, 1)
+    cdef size_t n = batch_put(out, 0,
+                              b'{"status":"stalled","reason":"control plane stalled for ', 56)
     n = batch_put_uint(out, n, age_ds // 10)
     n = batch_put(out, n, b".", 1)
     n = batch_put_uint(out, n, age_ds % 10)

@@ -544,8 +544,9 @@ cdef void http_worker_sample_kernel_queues(bn_hworker* w) noexcept nogil:
         if c.fd < 0 or ioctl(c.fd, SIOCOUTQ, &queued) != 0 or queued < 0:
             continue
         total += <uint64_t>queued
-        if c.ws != NULL:
-            ws_sample_acks(c.ws, c.sent_bytes, <uint64_t>queued, w.now_ns)
+        if c.ws != NULL and ws_sample_acks(c.ws, c.sent_bytes, <uint64_t>queued, w.now_ns,
+                                           w.ws.stall_timeout_ns):
+            ws_close_stalled(w, c)
     bn_store_u64(&w.counters.kernel_queued, total)
 
 

@@ -275,6 +275,7 @@ cdef void udp_reader_serve(bn_reader* r, unsigned int n) noexcept nogil:
     cdef int admit
     cdef char* scratch
     cdef int stalled = 0                # the control plane is stalled: serve stale variants
+    cdef uint64_t stale_served = 0
     if r.keys_ref != NULL:
         now_ns = monotonic_ns()         # one clock read a batch: GCRA needs no finer time
     if bn_load_u64_relaxed(&r.control.stall_ns):
@@ -327,9 +328,12 @@ cdef void udp_reader_serve(bn_reader* r, unsigned int n) noexcept nogil:
                     nout = udp_error(r, nout, m, data, req.tag_len, BODY_TOO_LARGE.data,
                                      BODY_TOO_LARGE.len, &now_ns)
                     continue
-                udp_reply(&r.tx_msgs[nout], m, data, req.tag_len,
-                          entry_stale_body(entry) if stalled and entry.has_stale else entry.body,
-                          entry.body_len)
+                if stalled and entry.has_stale:
+                    stale_served += 1
+                    udp_reply(&r.tx_msgs[nout], m, data, req.tag_len, entry_stale_body(entry),
+                              entry.body_len)
+                else:
+                    udp_reply(&r.tx_msgs[nout], m, data, req.tag_len, entry.body, entry.body_len)
                 nout += 1
                 continue
             misses += 1
@@ -367,6 +371,8 @@ cdef void udp_reader_serve(bn_reader* r, unsigned int n) noexcept nogil:
     bn_count(&r.counters.queue_drops, queue_drops)
     bn_count(&r.counters.too_large, too_large)
     bn_count(&r.counters.unanswered, unanswered)
+    if stale_served:
+        bn_count(&r.counters.stale_served, stale_served)
     if r.keys_ref != NULL:
         bn_count(&r.counters.unauthorized, unauthorized)
         bn_count(&r.counters.rate_limited, rate_limited)

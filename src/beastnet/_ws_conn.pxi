@@ -762,8 +762,11 @@ cdef void ws_dirty_unlink(bn_ws_worker* ws, bn_ws_conn* wc) noexcept nogil:
         at = &at[0].next_dirty
 
 
-cdef inline void ws_sample_acks(bn_ws_conn* wc, uint64_t sent_bytes, uint64_t queued,
-                                int64_t now_ns) noexcept nogil:
+cdef inline int ws_sample_acks(bn_ws_conn* wc, uint64_t sent_bytes, uint64_t queued,
+                               int64_t now_ns, int64_t stall_ns) noexcept nogil:
+    """1 when the peer acknowledged nothing for stall_ns while bytes waited.
+    Judged here, at the sample, not on the tick: only a sample knows whether
+    the peer acknowledged anything since the last one."""
     # acked = what the kernel took minus what it still holds (SIOCOUTQ); under
     # TLS the two count different bytes, but only "did it grow" is asked.
     # The clock restarts at every sample that saw progress while bytes still
@@ -776,6 +779,17 @@ cdef inline void ws_sample_acks(bn_ws_conn* wc, uint64_t sent_bytes, uint64_t qu
         wc.unacked_since_ns = now_ns
     if acked > wc.acked_seen:
         wc.acked_seen = acked
+    return wc.unacked_since_ns != 0 and now_ns - wc.unacked_since_ns >= stall_ns
+
+
+cdef void ws_close_stalled(bn_hworker* w, bn_conn* c) noexcept nogil:
+    # No output progress for stall_timeout_s: 1008, counted, and a reset: its
+    # buffer is full, so a close frame could not get through, and its queue
+    # would linger in FIN-WAIT-1.
+    bn_count(&w.counters.ws_slow_closes, 1)
+    ws_count_close(w, WS_CLOSE_POLICY)
+    conn_reset(w, c)
+    conn_close(w, c)
 
 
 cdef void ws_check_stalls(bn_hworker* w) noexcept nogil:
@@ -790,13 +804,8 @@ cdef void ws_check_stalls(bn_hworker* w) noexcept nogil:
         if c.fd < 0 or c.ws == NULL:
             continue
         wc = c.ws
-        if ((wc.stalled_since_ns and w.now_ns - wc.stalled_since_ns > w.ws.stall_timeout_ns)
-                or (wc.unacked_since_ns
-                    and w.now_ns - wc.unacked_since_ns > w.ws.stall_timeout_ns)):
-            bn_count(&w.counters.ws_slow_closes, 1)
-            ws_count_close(w, WS_CLOSE_POLICY)
-            conn_reset(w, c)            # its buffer is full: a close frame could not get through,
-            conn_close(w, c)            # and its queue would linger in FIN-WAIT-1
+        if wc.stalled_since_ns and w.now_ns - wc.stalled_since_ns > w.ws.stall_timeout_ns:
+            ws_close_stalled(w, c)
         elif (wc.flags & WSC_SHUT) and w.now_ns > wc.close_deadline_ns:
             conn_close(w, c)            # the peer never finished the closing handshake
         elif (wc.partial_since_ns and not (wc.flags & WSC_CLOSING)

@@ -87,7 +87,7 @@ cdef enum:
     CORS_SEG_MAX_BYTES = 192        # one pre-built CORS header segment
     HTTP_KQ_SAMPLE_MS = 1000        # how often a worker sums its connections' kernel send queues
     BATCH_SYMBOLS_MAX = 64          # symbols one batch query may ask for (beyond: 400)
-    HEALTH_OUT_BYTES = 256          # the native /healthz 503 of a stalled control plane, head + body
+    HEALTH_OUT_BYTES = 256          # the native /healthz 503 of a stalled control plane, all
     BATCH_OUT_BYTES = 5120          # a batch answer's formatted head, or its 404 naming the unknown
 
 # CORS header segments a worker pre-builds (bn_hworker.cors_segs); a

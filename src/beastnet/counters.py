@@ -81,6 +81,7 @@ too_large         counter  requests     Hits whose answer does not fit in one da
 unanswered        counter  requests     Unauthorized or malformed requests left without a reply (silent_refusals, the default with API keys).
 rrl_dropped       counter  replies      Error replies withheld by response-rate limiting (nothing sent).
 rrl_slipped       counter  replies      Error replies response-rate limiting sent as the bare tag, without a body (the slip).
+stale_served      counter  requests     Hits answered with the entry's "stale":true variant because the control plane had not beaten for control_stall_s (also counted in hits). [snapshot]
 """) + _TAIL
 
 #: Fields of bn_http_counters (includes/counters.h), one struct per HTTP worker thread.
@@ -166,6 +167,8 @@ kernel_queued            gauge    bytes        Bytes the kernel holds in the sen
 stall_resets             counter  connections  Stalled connections (write_timeout_s, a WebSocket's stall_timeout_s) closed with a reset (SO_LINGER 0): their kernel queue is dropped at once, not kept through FIN-WAIT.
 shed_public              counter  requests     Requests of shed-first tiers (public, pro, no key) the governor answered 503 overloaded: the queued work was at its adaptive limit. [snapshot]
 shed_partner             counter  requests     Requests of shed-last keys (partners) the governor answered 503 overloaded: the queued work was at its hard bound (adaptive_max_limit). [snapshot]
+stale_served             counter  requests     Hits answered with the entry's "stale":true variant because the control plane had not beaten for control_stall_s (also counted in hits). [snapshot]
+health_stalled           counter  requests     /healthz requests the worker answered 503 stalled itself: the control plane had not beaten for control_stall_s. [snapshot]
 """)
 
 #: The control plane's miss dispatcher (one per server), in both servers' totals.

@@ -34,6 +34,7 @@ typedef struct bn_counters {
     uint64_t unanswered;                    /* unauthorized or malformed, left without a reply */
     uint64_t rrl_dropped;                   /* error replies withheld by response-rate limiting */
     uint64_t rrl_slipped;                   /* ... sent as the bare tag instead (the slip) */
+    uint64_t stale_served;                  /* hits sent "stale":true: the control plane stalled */
     uint64_t eintr;                         /* syscalls interrupted and retried */
     uint64_t unauthorized;                  /* API key missing, unknown or revoked */
     uint64_t rate_limited;                  /* refused by the key's GCRA limit */
@@ -126,6 +127,8 @@ typedef struct bn_http_counters {
     uint64_t stall_resets;                    /* stalled connections closed with a reset (SO_LINGER 0) */
     uint64_t shed_public;                     /* 503 overloaded by the governor: shed-first tiers */
     uint64_t shed_partner;                    /* ... shed-last keys (partners), at the hard bound */
+    uint64_t stale_served;                    /* hits sent "stale":true: the control plane stalled */
+    uint64_t health_stalled;                  /* /healthz answered 503 here: the control plane stalled */
 } __attribute__((aligned(BN_CACHE_LINE))) bn_http_counters;
 
 #endif /* BEASTNET_COUNTERS_H */
