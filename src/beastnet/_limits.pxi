@@ -254,6 +254,12 @@ cdef inline uint64_t monotonic_ns() noexcept nogil:
     return <uint64_t>ts.tv_sec * 1000000000ULL + <uint64_t>ts.tv_nsec
 
 
+cdef tuple apikey_usage_cells(bn_apikey* rec):
+    """A record's usage cells (USAGE_ROUTES x ADMIT_VERDICTS), read atomically."""
+    cdef int i
+    return tuple([bn_load_u64_relaxed(&rec.usage[i]) for i in range(USAGE_ROUTES * ADMIT_VERDICTS)])
+
+
 #: The usage routes as (protocol, route), indexed by the USAGE_* values.
 USAGE_ROUTE_NAMES = (("udp", "price"), ("http", "price"), ("http", "snapshot"),
                      ("http", "report"), ("ws", "stream"))
@@ -559,21 +565,25 @@ cdef class APIKeyTable:
                                             bool(bn_load_int(&rec.revoked)))
         return out
 
-    def usage_counts(self):
+    def usage_counts(self, key=None):
         """({key: counts}, unknown): cumulative requests by usage route and
         verdict.  `counts` is a tuple of USAGE_ROUTES x 4 numbers, route by
         route (USAGE_ROUTE_NAMES order), each route's (admitted,
         unauthorized, rate_limited, over_quota); `unknown` counts refusals of
         a missing or unknown key, one number per route.  What the usage log
-        turns into rows, from deltas."""
+        turns into rows, from deltas.  With `key` (a key or its ID), only
+        that key's counts, under `key` (one lookup, not a walk of the table)."""
         cdef bn_apikey* rec
         cdef int i
         out = {}
         with self._lock:
-            for name, digest in self.records:
-                rec = self._find(digest)
-                out[name] = tuple([bn_load_u64_relaxed(&rec.usage[i])
-                                   for i in range(USAGE_ROUTES * ADMIT_VERDICTS)])
+            if key is not None:
+                rec = self._find(apikey_digest_of(key))
+                if rec != NULL:
+                    out[key] = apikey_usage_cells(rec)
+            else:
+                for name, digest in self.records:
+                    out[name] = apikey_usage_cells(self._find(digest))
         return out, tuple([bn_load_u64_relaxed(&self.unknown[i]) for i in range(USAGE_ROUTES)])
 
     def admit(self, key, now_ns=None, int usage_route=USAGE_HTTP_PRICE):

@@ -45,7 +45,9 @@ STOP_TIMEOUT_S = 10.0           # a component's stop() past this is abandoned (a
 #: "module:Class" (imported only when the service starts, so a part that is
 #: off costs no import).  A part comes after the parts it uses: the engines
 #: need the key table; the cluster leases the keys; webhooks ask the cluster
-#: which node pushes what; the stream publishes through the engines.
+#: which node pushes what; the usage log harvests the key table; the reports
+#: read the usage log, and the engines hand them the public port's misses;
+#: the stream publishes through the engines.
 COMPONENTS: tuple[str, ...] = (
     "beastnet.serve.apikeys:ApiKeys",
     "beastnet.serve.usage_log:UsageLogComponent",
