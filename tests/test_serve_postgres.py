@@ -174,6 +174,36 @@ def test_miss_path_asks_redis_then_postgres_and_caches_unknown_keys(
         asyncio.run(run())
 
 
+@requires("redis-server")
+def test_a_revoked_key_is_never_revived_by_a_stale_redis_record(database,  # noqa: F811
+                                                                redis_server):
+    """Redis says a key is active (written through before it was revoked in
+    PostgreSQL, with no --redis to tell it): a node that read the database
+    refuses the key without looking it up."""
+    from beastnet.serve.cluster import ClusterNode
+    with PostgresKeyStore(database.dsn, TIERS) as store:
+        store.add("public", key=PUBLIC)
+        store.revoke(PUBLIC)
+        redis_server.client().hset(KEY + api_key_id(PUBLIC),
+                                   mapping={"tier": "public", "revoked": 0})
+        table = APIKeyTable()
+        assert store.sync_into(table) == 0
+
+        async def run() -> None:
+            node = ClusterNode(redis_server.url, "n0", snapshot=dict, profile=lambda: "dev",
+                               switch_profile=lambda name: None)
+            await node.start()
+            misses = KeyMisses(table, store, lambda: node, interval_s=3600)
+            table.note_unknown(True)
+            try:
+                assert table.admit(PUBLIC)[0] == "unauthorized"
+                assert await misses.sweep() == 0 and misses.counts["noted"] == 0
+                assert table.admit(PUBLIC)[0] == "unauthorized"
+            finally:
+                await node.stop()
+        asyncio.run(run())
+
+
 # -- serve --database ---------------------------------------------------------------------
 
 def http_status(node, key: str) -> int:

@@ -374,9 +374,13 @@ cdef class APIKeyTable:
 
     def set(self, key, *, double qps=0.0, unsigned int burst=1, uint64_t monthly_cap=0,
             month_used=None, uint64_t ws_max_connections=0, uint64_t ws_max_subscriptions=0,
-            bint ws_unlimited=False, bint ws_allowed=True, bint shed_last=False):
-        """Add `key` or change its limits; un-revokes it.  `month_used`, when
-        given, is the count already persisted for the current month.
+            bint ws_unlimited=False, bint ws_allowed=True, bint shed_last=False,
+            bint revoked=False):
+        """Add `key` or change its limits; un-revokes it (`revoked=True`:
+        revokes it, and a new key is published revoked, never live for an
+        instant: a node that knows a key is revoked must not look it up
+        elsewhere).  `month_used`, when given, is the count already
+        persisted for the current month.
 
         WebSocket feed limits: at most `ws_max_connections` streams open at
         once under this key and `ws_max_subscriptions` symbols per stream (0 =
@@ -410,6 +414,7 @@ cdef class APIKeyTable:
                 if rec == NULL:
                     raise MemoryError()
                 rec.hungry_ref = &self.hungry_events
+                rec.revoked = 1 if revoked else 0       # before the record is published
                 memcpy(rec.digest, <const char*>digest, APIKEY_DIGEST_BYTES)
                 h = digest_slot_hash(rec.digest)
                 i = h & self.index.mask
@@ -431,7 +436,7 @@ cdef class APIKeyTable:
             if month_used is not None:
                 bn_store_i64_relaxed(&rec.quota_base,
                                      <int64_t>month_used - <int64_t>bn_load_u64_relaxed(&rec.admitted))
-            bn_store_int(&rec.revoked, 0)
+            bn_store_int(&rec.revoked, 1 if revoked else 0)
             retire_reclaim(&self.retired)
 
     def set_month_used(self, key, uint64_t month_used):

@@ -46,11 +46,13 @@ def set_key_row(api_keys: APIKeyTable, tiers: Mapping[str, Tier], key_id: str, t
                 revoked: bool, month_count: int) -> bool:
     """One stored key into the native table; True when it is active.  A
     revoked key, or one of a tier this node does not know (fail closed), is
-    revoked if the table has it and never added (an added record would be
-    live, unlimited, until the revoke that follows)."""
+    kept as a revoked record (published revoked): a request with it is
+    refused without a lookup, so a stale Redis record saying "active" can
+    never bring it back."""
     tier = tiers.get(tier_name)
     if revoked or tier is None:
-        api_keys.revoke(key_id)
+        if not api_keys.revoke(key_id):
+            api_keys.set(key_id, revoked=True)
         return False
     api_keys.set(key_id, qps=tier.qps, burst=tier.burst, monthly_cap=tier.monthly_cap,
                  month_used=month_count, ws_allowed=tier.stream,

@@ -201,6 +201,14 @@ async def _schema_version(conn: Any) -> int:
     return max(await _applied(conn), default=0)
 
 
+def _unreachable(exc: BaseException) -> bool:
+    """Whether `exc` says the database is out of reach (no connection, or a
+    server shutting down: SQLSTATE classes 08 and 57), not that a statement
+    was refused."""
+    sqlstate = getattr(exc, "sqlstate", None)
+    return sqlstate is None or str(sqlstate)[:2] in ("08", "57")
+
+
 def _run_once(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coro)
 
@@ -368,7 +376,7 @@ class PostgresDatabase:
                 raise
             except (OSError, asyncio.TimeoutError, asyncpg.PostgresError,
                     asyncpg.InterfaceError) as exc:
-                self.failing = not isinstance(exc, asyncpg.PostgresError)
+                self.failing = _unreachable(exc)
                 raise _failed(exc, self.dsn, what) from None
             self.failing = False
             return rows
@@ -392,7 +400,7 @@ class PostgresDatabase:
                         await conn.executemany(sql, rows, timeout=self.timeout_s)
             except (OSError, asyncio.TimeoutError, asyncpg.PostgresError,
                     asyncpg.InterfaceError) as exc:
-                self.failing = not isinstance(exc, asyncpg.PostgresError)
+                self.failing = _unreachable(exc)
                 raise _failed(exc, self.dsn, what) from None
             self.failing = False
         self.call(run())
