@@ -99,10 +99,14 @@ _ENGINE_GROUPS = (("udp", UDP_COUNTERS), ("http", HTTP_COUNTERS))
 SNAPSHOT_COUNTERS: tuple[tuple[str, str, str], ...] = tuple(
     [(c.name if c.name.startswith("ws_") else f"{group}_{c.name}", group, c.name)
      for group, counters in _ENGINE_GROUPS for c in counters if "snapshot" in c.tags]
-    + [("usage_flushes", "keys", "flushes"), ("usage_flush_errors", "keys", "flush_errors")])
-GAUGES = frozenset(name for name, group, field in SNAPSHOT_COUNTERS
-                   for g, counters in _ENGINE_GROUPS if g == group
-                   for c in counters if c.name == field and c.kind == "gauge")
+    + [("usage_flushes", "keys", "flushes"), ("usage_flush_errors", "keys", "flush_errors"),
+       ("governor_enabled", "governor", "enabled"), ("governor_limit", "governor", "limit"),
+       ("governor_inflight", "governor", "inflight"),
+       ("governor_actions", "governor", "actions")])
+GAUGES = frozenset([name for name, group, field in SNAPSHOT_COUNTERS
+                    for g, counters in _ENGINE_GROUPS if g == group
+                    for c in counters if c.name == field and c.kind == "gauge"]
+                   + ["governor_enabled", "governor_limit", "governor_inflight"])
 
 # Red flags of the tuning loop: UDP drop % over 1, background (miss queue) drop
 # % over 5, any usage flush error.
@@ -917,7 +921,7 @@ def table_change(keys: APIKeyTable, tiers: dict[str, Tier], op: str, key: str,
     elif op in ("add", "tier") and tier is not None:
         keys.set(key, qps=tier.qps, burst=tier.burst, monthly_cap=tier.monthly_cap,
                  ws_allowed=tier.stream, ws_max_connections=tier.stream_connections,
-                 ws_max_subscriptions=tier.stream_symbols)
+                 ws_max_subscriptions=tier.stream_symbols, shed_last=tier.shed_last)
     else:
         return False
     return True
