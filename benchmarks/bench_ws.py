@@ -85,7 +85,7 @@ def build_client(out_dir: Path) -> Path:
     if not cc:
         raise SystemExit("bench_ws: no C compiler (cc/gcc) to build the feed client")
     out_dir.mkdir(parents=True, exist_ok=True)
-    r = subprocess.run([cc, "-O2", "-Wall", "-o", str(exe), str(CLIENT_SRC)],
+    r = subprocess.run([cc, "-O2", "-Wall", "-o", str(exe), str(CLIENT_SRC), "-lz"],
                        capture_output=True, text=True, timeout=120)
     if r.returncode != 0:
         raise SystemExit(f"bench_ws: building the feed client failed:\n{r.stderr.strip()}")
@@ -125,7 +125,8 @@ class Clients:
     all of them at once."""
 
     def __init__(self, exe: Path, port: int, conns: int, symbols: int, procs: int,
-                 sources: int, connect_timeout_s: float) -> None:
+                 sources: int, connect_timeout_s: float,
+                 client_args: Optional[list[str]] = None) -> None:
         self.conns = conns
         self.procs: list[subprocess.Popen] = []
         self.ready = 0
@@ -137,7 +138,8 @@ class Clients:
                 continue
             argv = [str(exe), "--port", str(port), "--conns", str(n), "--conn-offset", str(offset),
                     "--symbols", str(symbols), "--universe", str(UNIVERSE),
-                    "--sources", str(sources), "--connect-timeout-s", str(connect_timeout_s)]
+                    "--sources", str(sources), "--connect-timeout-s", str(connect_timeout_s),
+                    *(client_args or [])]
             self.procs.append(subprocess.Popen(argv, stdin=subprocess.PIPE,
                                                stdout=subprocess.PIPE, text=True,
                                                start_new_session=True))
@@ -305,14 +307,15 @@ def start_row(row: Row, python: str, rate: str, extra: Optional[list[str]] = Non
 
 
 def fanout(row: Row, python: str, exe: Path, conns: int, symbols: int, rate: str,
-           args: argparse.Namespace) -> dict:
-    server = start_row(row, python, rate)
+           args: argparse.Namespace, server_args: Optional[list[str]] = None,
+           client_args: Optional[list[str]] = None) -> dict:
+    server = start_row(row, python, rate, server_args)
     stats: Optional[dict] = None
     clients = None
     try:
         with RSSGuard(server, args.max_server_rss_mb) as guard:
             clients = Clients(exe, server.port, conns, symbols, args.client_procs,
-                              args.sources, args.connect_timeout)
+                              args.sources, args.connect_timeout, client_args)
             ready = clients.wait_ready()
             os.kill(server.pid, signal.SIGUSR1)          # publish from now on
             with CpuSampler(server.pid) as sampler:

@@ -30,7 +30,6 @@ hdrh_log = pytest.importorskip("hdrh.log")
 
 pytestmark = pytest.mark.timeout(90)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def histogram_of(values: np.ndarray) -> Histogram:
@@ -126,7 +125,7 @@ def test_hdr_log_tags_each_ramp_level():
 def test_terminal_summary_is_tables_without_reprs(saved_run):
     proc = subprocess.run([sys.executable, "-m", "beastnet", "report", str(saved_run / "a.json"),
                            "-o", str(saved_run / "again.html")], capture_output=True, text=True,
-                          timeout=60, env=dict(os.environ, PYTHONPATH=os.path.join(ROOT, "src")))
+                          timeout=60)
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     assert "{" not in out and "None" not in out and "'" not in out

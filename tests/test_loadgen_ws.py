@@ -96,7 +96,10 @@ def test_random_closes_are_reconnected_with_backoff_within_the_jitter_bound():
                                backoff_base_ms=base_ms, backoff_cap_ms=1000))
         accepted = server.accepted
     e = r.extra
-    assert e["upgrades"] == accepted
+    # Every upgrade counted was accepted; the run may end while a
+    # connection's handshake is in flight (accepted, its 101 not yet read):
+    # at most one per connection.
+    assert e["upgrades"] <= accepted <= e["upgrades"] + 4, (e["upgrades"], accepted)
     assert e["reconnects"] == e["upgrades"] - 4
     assert e["reconnects"] >= 20
     # Each close is answered by one drawn delay, and an upgrade resets the

@@ -334,6 +334,7 @@ def test_admin_token_is_enforced(serve):
     (["--profile", "turbo"], "unknown profile 'turbo'"),
     (["--batch", "0"], "batch must be 1..1024"),
     (["--replay", "/nonexistent.jsonl"], "is not a file"),
+    (["--stream-compress-min-bytes", "-1"], "--stream-compress-min-bytes must be 0 (off)..16 MiB"),
 ])
 def test_bad_configuration_is_one_line_and_exit_2(args, message):
     proc = subprocess.run([sys.executable, "-m", "beastnet", "serve", *args], capture_output=True,
@@ -451,3 +452,36 @@ def test_stats_command_reads_a_running_server(serve):
     down = subprocess.run([sys.executable, "-m", "beastnet", "stats", "--url", url],
                           capture_output=True, text=True, timeout=30)
     assert down.returncode == 1 and down.stderr.startswith("beastnet stats: error:")
+
+
+def test_stream_compression_threshold_lets_the_stress_ladder_measure_deflate(serve):
+    """Prices (~106 bytes) sit under the engine's 1 KiB default, so the stress
+    ladder's compression dimension was skipped against serve.  With the
+    threshold under them it runs: every price comes deflated, and the share
+    saved is what zlib itself saves on such a body (no context takeover)."""
+    import zlib
+
+    from beastnet.loadgen.ws.config import WSLoadConfig
+    from beastnet.loadgen.ws.stress import StressProbes, StressThresholds, run_stress
+    server = serve("--no-keys", "--stream-compress-min-bytes", "64")
+    status, _, body = server.http("GET", "/v1/BTC")
+    assert status == 200 and len(body) >= 64
+    deflater = zlib.compressobj(6, zlib.DEFLATED, -15)
+    alone = deflater.compress(body) + deflater.flush(zlib.Z_SYNC_FLUSH)
+    expected_saved = 1.0 - (len(alone) - 4) / len(body)    # RFC 7692 drops 00 00 ff ff
+    # Thresholds for ~100-byte messages: the share saved is small and the
+    # client's inflate time per KiB is mostly its per-message cost.
+    body_ = run_stress(WSLoadConfig(port=server.http_port, symbols=["BTC", "ETH", "SOL"],
+                                    duration_s=1.0),
+                       levels=[1, 10], probes=StressProbes(dimensions=["compression"]),
+                       thresholds=StressThresholds(compression_saved=(0.05, 0.0),
+                                                   inflate_us_per_kib=(500.0, 5000.0)))
+    for level in body_["levels"]:
+        dim = level["dimensions"]["compression"]
+        m = dim["metrics"]
+        assert dim["verdict"] == "pass", (level["connections"], dim["reasons"])
+        assert m["compressed_messages"] > 0
+        assert m["inflated_bytes"] > m["deflated_bytes"] > 0
+        assert abs(m["compression_saved"] - expected_saved) < 0.05, (m, expected_saved)
+    assert not any("compression" in n for n in body_["not_measured"])
+    assert server.terminate() == 0

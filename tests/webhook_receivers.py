@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
+import struct
 import threading
 import time
 from dataclasses import dataclass, field
@@ -136,13 +137,23 @@ class HTTPSReceiver:
         self._loop.close()
 
 
+# <asm-generic/socket.h>: the kernel stamps each datagram as it arrives
+# (CLOCK_REALTIME, the clock of time.time()); Python names neither constant.
+SO_TIMESTAMPNS = 35
+SCM_TIMESTAMPNS = SO_TIMESTAMPNS
+_TIMESPEC = struct.Struct("qq")         # struct timespec: tv_sec, tv_nsec
+
+
 class UDPReceiver:
-    """Counts datagrams (and when each came) on a loopback port."""
+    """Counts datagrams on a loopback port, each with the time the kernel
+    received it: a stall of this thread (the GIL, a busy CPU) delays reading
+    them, never their stamps, so arrival times are the sender's alone."""
 
     def __init__(self, host: str = "127.0.0.1") -> None:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.sock = socket.socket(family, socket.SOCK_DGRAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 * 1024 * 1024)
+        self.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         self.sock.bind((host, 0))
         self.sock.settimeout(0.05)
         self.port = self.sock.getsockname()[1]
@@ -151,12 +162,18 @@ class UDPReceiver:
         self._thread = threading.Thread(target=self._run, name="test-udp-receiver")
 
     def _run(self) -> None:
+        ancillary_size = socket.CMSG_SPACE(_TIMESPEC.size)
         while not self._stop.is_set():
             try:
-                data = self.sock.recv(65536)
+                data, ancillary, _, _ = self.sock.recvmsg(65536, ancillary_size)
             except socket.timeout:
                 continue
-            self.datagrams.append((time.time(), data))
+            at = time.time()                # Linux always sends the stamp; else, read now
+            for level, kind, value in ancillary:
+                if level == socket.SOL_SOCKET and kind == SCM_TIMESTAMPNS:
+                    sec, nsec = _TIMESPEC.unpack(value[:_TIMESPEC.size])
+                    at = sec + nsec / 1e9
+            self.datagrams.append((at, data))
 
     def __enter__(self) -> "UDPReceiver":
         self._thread.start()

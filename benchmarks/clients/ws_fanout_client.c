@@ -2,7 +2,7 @@
  *
  *   ws_fanout_client --port P [--host 127.0.0.1] [--sources K] --conns N [--conn-offset I]
  *                    --symbols S [--universe U] [--path /v1/stream] [--connect-timeout-s C]
- *                    [--start-ns T0 --end-ns T1]
+ *                    [--start-ns T0 --end-ns T1] [--deflate-every K] [--no-inflate 1]
  *
  * Every connection upgrades GET <path>, sends
  *   {"op":"subscribe","symbols":["S000",...]}    (S symbols from a rotating start)
@@ -33,6 +33,16 @@
  * K > 1, connections bind 127.0.0.2 .. 127.0.0.(K+1) in turn, each address with
  * its own ephemeral port range.
  *
+ * --deflate-every K: connection i (counting --conn-offset) with i % K == 0 offers
+ * permessage-deflate (RFC 7692); where the server agrees, a frame with RSV1 set
+ * is inflated (zlib, one raw inflate stream per connection, kept across
+ * messages, so it is right with or without the server's context takeover) and
+ * the inflated body is handled as any other.  Counted apart: compressed frames,
+ * their bytes on the wire and inflated, and the connections that negotiated.
+ * --no-inflate 1: a deflated frame is counted as a delivered body (and its wire
+ * bytes) without inflating it, so the client's inflate CPU cannot slow the
+ * reading; such bodies give no latency, round or inflated size.
+ *
  * Output: "ready <n>" once every connection has its subscribe acknowledged, or
  * at T0 / after --connect-timeout-s with fewer; then one JSON line at T1.  Exit
  * 0, or 2 on bad arguments / setup failure with one line on stderr.
@@ -52,6 +62,7 @@
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
+#include <zlib.h>
 
 #ifndef IP_BIND_ADDRESS_NO_PORT
 #define IP_BIND_ADDRESS_NO_PORT 24
@@ -76,6 +87,9 @@ typedef struct {
     uint32_t rlen;             /* bytes held in rbuf */
     char *rbuf;                /* RBUF_BYTES, partial frame carried over */
     int32_t *last_round;       /* per symbol, -1 = none yet */
+    int offer_deflate;         /* this connection offers permessage-deflate */
+    int deflate;               /* ... and the server agreed: `inflater` is set up */
+    z_stream inflater;         /* raw inflate, window kept across messages */
 } conn_t;
 
 static struct {
@@ -89,6 +103,11 @@ static struct {
     uint64_t closed;           /* connections the server closed or reset */
     uint64_t failed;           /* connections that never opened */
     uint64_t unparsed;         /* text messages with no "t" */
+    uint64_t deflate_conns;    /* connections that negotiated permessage-deflate */
+    uint64_t compressed;       /* frames with RSV1 (deflated), in the window */
+    uint64_t wire_bytes;       /* ... their payload bytes as sent */
+    uint64_t inflated_bytes;   /* ... and inflated */
+    uint64_t inflate_errors;   /* bad deflate data or RSV1 without agreement: closed */
     uint64_t hist[HIST_BUCKETS];
 } g;
 
@@ -162,6 +181,31 @@ static void close_conn(conn_t *c, int epfd, int failed) {
     c->state = ST_CLOSED;
 }
 
+/* Inflate one message (RFC 7692: the payload plus 00 00 ff ff) into `out`;
+ * the inflated length, or -1 on bad data or an overflow. */
+static long inflate_message(conn_t *c, const unsigned char *p, size_t n, char *out,
+                            size_t cap) {
+    static const unsigned char tail[4] = {0x00, 0x00, 0xff, 0xff};
+    z_stream *z = &c->inflater;
+    z->next_out = (Bytef *)out;
+    z->avail_out = (uInt)cap;
+    for (int part = 0; part < 2; part++) {
+        z->next_in = (Bytef *)(part ? tail : p);
+        z->avail_in = (uInt)(part ? sizeof tail : n);
+        while (z->avail_in) {
+            int rc = inflate(z, Z_SYNC_FLUSH);
+            if (rc == Z_STREAM_END) {           /* a final block: the next message starts anew */
+                inflateReset(z);
+                return (long)(cap - z->avail_out);
+            }
+            if (rc != Z_OK && rc != Z_BUF_ERROR) return -1;
+            if (z->avail_out == 0) return -1;
+            if (rc == Z_BUF_ERROR) break;
+        }
+    }
+    return (long)(cap - z->avail_out);
+}
+
 /* Consume whole frames from c->rbuf; keep a partial one for the next read. */
 static void parse_frames(conn_t *c, int epfd, int64_t t_rx, int in_window, int universe) {
     size_t off = 0, len = c->rlen;
@@ -184,7 +228,25 @@ static void parse_frames(conn_t *c, int epfd, int64_t t_rx, int in_window, int u
         if (plen > RBUF_BYTES - 16) { close_conn(c, epfd, 0); return; }
         if (len - off < head + plen) break;
         const char *payload = (const char *)b + off + head;
-        if (op == 0x1 || op == 0x2) on_message(c, payload, plen, t_rx, in_window, universe);
+        if ((op == 0x1 || op == 0x2) && (b[off] & 0x40)) {          /* RSV1: deflated */
+            static char inflated[RBUF_BYTES];
+            if (c->deflate == 2) {                   /* --no-inflate: counted, not read */
+                g.bodies_total++;
+                if (in_window) { g.bodies++; g.compressed++; g.wire_bytes += plen; }
+                off += head + plen;
+                continue;
+            }
+            long n = c->deflate ? inflate_message(c, (const unsigned char *)payload, plen,
+                                                  inflated, sizeof inflated) : -1;
+            if (n < 0) { g.inflate_errors++; close_conn(c, epfd, 0); return; }
+            if (in_window) {
+                g.compressed++;
+                g.wire_bytes += plen;
+                g.inflated_bytes += (uint64_t)n;
+            }
+            on_message(c, inflated, (size_t)n, t_rx, in_window, universe);
+        }
+        else if (op == 0x1 || op == 0x2) on_message(c, payload, plen, t_rx, in_window, universe);
         else if (op == 0x8) { close_conn(c, epfd, 0); return; }
         /* pings are not sent by these servers while the feed flows; ignore */
         off += head + plen;
@@ -220,6 +282,7 @@ int main(int argc, char **argv) {
     int port = 0, nconns = 0, nsyms = 10, universe = 150, sources = 1, conn_offset = 0;
     int max_pending = 256;
     int64_t t0 = 0, t1 = 0;
+    int deflate_every = 0, no_inflate = 0;
     for (int i = 1; i + 1 < argc; i += 2) {
         const char *k = argv[i], *v = argv[i + 1];
         if (!strcmp(k, "--port")) port = atoi(v);
@@ -234,10 +297,13 @@ int main(int argc, char **argv) {
         else if (!strcmp(k, "--end-ns")) t1 = atoll(v);
         else if (!strcmp(k, "--path")) path = v;
         else if (!strcmp(k, "--max-pending")) max_pending = atoi(v);
+        else if (!strcmp(k, "--deflate-every")) deflate_every = atoi(v);
+        else if (!strcmp(k, "--no-inflate")) no_inflate = atoi(v);
         else { fprintf(stderr, "ws_fanout_client: unknown option %s\n", k); return 2; }
     }
     if (port <= 0 || nconns <= 0 || nsyms <= 0 || universe <= 0 || universe > MAX_UNIVERSE
-        || nsyms > universe || (t0 && t1 <= t0) || sources < 1 || sources > 250 || max_pending < 1) {
+        || nsyms > universe || (t0 && t1 <= t0) || sources < 1 || sources > 250 || max_pending < 1
+        || deflate_every < 0) {
         fprintf(stderr, "ws_fanout_client: need --port, --conns, --start-ns < --end-ns (or neither), "
                         "0 < --symbols <= --universe <= %d, 1 <= --sources <= 250\n", MAX_UNIVERSE);
         return 2;
@@ -259,6 +325,12 @@ int main(int argc, char **argv) {
     int reqlen = snprintf(req, sizeof req,
         "GET %s HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
         "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        path, host, port);
+    static char req_deflate[1024];
+    int reqlen_deflate = snprintf(req_deflate, sizeof req_deflate,
+        "GET %s HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+        "Sec-WebSocket-Extensions: permessage-deflate\r\n\r\n",
         path, host, port);
 
     conn_t *conns = calloc((size_t)nconns, sizeof *conns);
@@ -307,6 +379,7 @@ int main(int argc, char **argv) {
                 close(c->fd); c->state = ST_CLOSED; g.failed++; next++; continue;
             }
             c->state = ST_CONNECTING;
+            c->offer_deflate = deflate_every > 0 && (next + conn_offset) % deflate_every == 0;
             c->rbuf = malloc(RBUF_BYTES);
             if (!c->rbuf) die("malloc");
             struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT, .data.u32 = (uint32_t)next};
@@ -343,7 +416,8 @@ int main(int argc, char **argv) {
                 getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &el);
                 if (err || (evs[i].events & (EPOLLERR | EPOLLHUP))) { close_conn(c, epfd, 1); pending--; continue; }
                 if (!(evs[i].events & EPOLLOUT)) continue;
-                if (send_all(c->fd, req, (size_t)reqlen) != 0) { close_conn(c, epfd, 1); pending--; continue; }
+                if (send_all(c->fd, c->offer_deflate ? req_deflate : req,
+                             (size_t)(c->offer_deflate ? reqlen_deflate : reqlen)) != 0) { close_conn(c, epfd, 1); pending--; continue; }
                 struct epoll_event ev = {.events = EPOLLIN, .data.u32 = (uint32_t)idx};
                 epoll_ctl(epfd, EPOLL_CTL_MOD, c->fd, &ev);
                 c->state = ST_UPGRADING;
@@ -366,6 +440,12 @@ int main(int argc, char **argv) {
                     if (!end) { if (c->rlen >= RBUF_BYTES) { close_conn(c, epfd, 1); pending--; break; } continue; }
                     if (c->rlen < 12 || memcmp(c->rbuf + 9, "101", 3) != 0) { close_conn(c, epfd, 1); pending--; break; }
                     size_t hl = (size_t)(end + 4 - c->rbuf);
+                    if (c->offer_deflate && memmem(c->rbuf, hl, "permessage-deflate", 18)) {
+                        if (!no_inflate && inflateInit2(&c->inflater, -15) != Z_OK)
+                            die("inflateInit2");
+                        c->deflate = no_inflate ? 2 : 1;
+                        g.deflate_conns++;
+                    }
                     memmove(c->rbuf, c->rbuf + hl, c->rlen - hl);
                     c->rlen -= (uint32_t)hl;
                     c->state = ST_OPEN;
@@ -391,12 +471,17 @@ int main(int argc, char **argv) {
     printf("{\"conns\":%d,\"open\":%llu,\"acked\":%d,\"failed\":%llu,\"closed\":%llu,"
            "\"bodies\":%llu,\"bodies_total\":%llu,\"other_msgs\":%llu,\"bytes\":%llu,"
            "\"gaps\":%llu,\"stale\":%llu,\"reads\":%llu,\"unparsed\":%llu,"
+           "\"deflate_conns\":%llu,\"compressed\":%llu,\"wire_bytes\":%llu,"
+           "\"inflated_bytes\":%llu,\"inflate_errors\":%llu,"
            "\"window_ns\":[%lld,%lld],\"hist\":[",
            nconns, (unsigned long long)open, open_acked, (unsigned long long)g.failed,
            (unsigned long long)g.closed, (unsigned long long)g.bodies,
            (unsigned long long)g.bodies_total, (unsigned long long)g.other_msgs,
            (unsigned long long)g.bytes, (unsigned long long)g.gaps, (unsigned long long)g.stale,
            (unsigned long long)g.reads, (unsigned long long)g.unparsed,
+           (unsigned long long)g.deflate_conns, (unsigned long long)g.compressed,
+           (unsigned long long)g.wire_bytes, (unsigned long long)g.inflated_bytes,
+           (unsigned long long)g.inflate_errors,
            (long long)t0, (long long)t1);
     int first = 1;
     for (int i = 0; i < HIST_BUCKETS; i++) {

@@ -2,7 +2,7 @@
 the feed table, a publisher thread calling `table.update()` once per round
 (the engine frames each body once and fans it out on its native workers).
 
-    python benchmarks/peers/ws_beastnet.py [--rate 10|max|0] [--threads N] [--udp]
+    python benchmarks/peers/ws_beastnet.py [--rate 10|max|0] [--threads N] [--udp] [--deflate]
 
 Prints the HTTP port on line 1 (and `udp PORT` on line 2 with --udp: the same
 table over UDP, for the request/response-under-streams runs); on SIGTERM
@@ -26,8 +26,9 @@ def main() -> None:
     table = ResponseTable(dict(first))
     stop = threading.Event()
     on_sigterm(stop.set)
+    # Compression off unless asked: the engine's 1 KiB threshold, or never negotiated.
     ws = WebSocketOptions(path=args.path, max_subscriptions=len(SYMBOLS),
-                          stall_timeout_s=30.0)
+                          stall_timeout_s=30.0, compress_min_bytes=1024 if args.deflate else 0)
     udp = UDPServer(table, args.host, 0) if args.udp else None
     with HTTPServer(table, args.host, args.port, threads=args.threads, websocket=ws,
                     max_connections=24000, backlog=4096, grace_s=0.5) as server:

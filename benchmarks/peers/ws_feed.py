@@ -6,6 +6,13 @@ symbol, ~90 bytes of JSON:
 
     {"s":"S012","p":12345.67,"n":41,"t":8123456789012345,"src":"bench-feed....."}
 
+With ``--body-bytes N`` past that, a body carries an order book of N bytes in
+all: "b" holds [price, size] levels whose digits change every round (about
+half of the bytes are digits, so deflate saves what it saves on market data,
+not on padding):
+
+    {"s":"S012","p":12345.67,"n":41,"t":8123...,"b":[[12345.68,3.214],...],"src":"bench-feed"}
+
 "n" is the round number (the client counts skipped rounds as gaps) and "t" the
 publish time, CLOCK_MONOTONIC ns taken when the round starts: every process on
 one machine reads the same clock, and it never steps (unlike CLOCK_REALTIME
@@ -36,8 +43,31 @@ def body(symbol: str, index: int, round_no: int, t_ns: int) -> bytes:
     """One feed body, padded to BODY_BYTES (longer only if the numbers grow)."""
     price = 100.0 + (index * 37 + round_no) % 100000 / 100.0
     head = f'{{"s":"{symbol}","p":{price:.2f},"n":{round_no},"t":{t_ns},"src":"'
+    if BODY_BYTES > 256:
+        return _book_body(head[:-8], price, index, round_no)
     pad = max(0, BODY_BYTES - len(head) - 2)
     return (head + "bench-feed" + "." * max(0, pad - 10) + '"}').encode()
+
+
+_BOOKS: dict[tuple[int, int], str] = {}
+_BOOK_VARIANTS = 8
+
+
+def _book_body(head: str, price: float, index: int, round_no: int) -> bytes:
+    """`head` + an order book of [price, size] levels up to BODY_BYTES in all.
+    Eight books per symbol are made once and taken in turn (making one costs
+    ~0.2 ms of Python; the publisher would spend more than the servers)."""
+    key = (index, round_no % _BOOK_VARIANTS)
+    book = _BOOKS.get(key)
+    if book is None:
+        x = (index * 2654435761 + key[1] * 40503) & 0xFFFFFFFF   # a small LCG per book
+        levels, size = [], len(head) + 80
+        while size < BODY_BYTES:
+            x = (x * 1103515245 + 12345) & 0x7FFFFFFF
+            levels.append(f"[{price + (len(levels) + 1) * 0.01:.2f},{x % 100000 / 1000:.3f}]")
+            size += len(levels[-1]) + 1
+        book = _BOOKS[key] = ',"b":[' + ",".join(levels[:-1]) + '],"src":"bench-feed"}'
+    return (head + book).encode()
 
 
 def round_bodies(round_no: int) -> tuple[int, list[tuple[str, bytes]]]:
@@ -47,6 +77,7 @@ def round_bodies(round_no: int) -> tuple[int, list[tuple[str, bytes]]]:
 
 
 def parse_args(description: str, argv: Optional[list[str]] = None) -> argparse.Namespace:
+    global BODY_BYTES
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=0, help="0: any free port (printed first)")
@@ -58,9 +89,15 @@ def parse_args(description: str, argv: Optional[list[str]] = None) -> argparse.N
     p.add_argument("--wait-go", action="store_true",
                    help="publish only after SIGUSR1 (the harness sends it once every client "
                         "has subscribed, so connection set-up is neither measured nor starved)")
+    p.add_argument("--body-bytes", type=int, default=BODY_BYTES,
+                   help="bytes of each body (past 256: an order book of that size)")
+    p.add_argument("--deflate", action="store_true",
+                   help="offer permessage-deflate: beastnet compresses bodies of 1 KiB or more "
+                        "once per publication, socketify with its SHARED_COMPRESSOR")
     p.add_argument("--udp", action="store_true",
                    help="beastnet: also serve the table over UDP (its port on line 2)")
     args = p.parse_args(argv)
+    BODY_BYTES = args.body_bytes
     args.rate = -1.0 if args.rate == "max" else float(args.rate)
     if args.wait_go:
         # Installed before the port is announced, so the harness's SIGUSR1

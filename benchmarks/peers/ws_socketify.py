@@ -2,10 +2,12 @@
 topic: a connection `subscribe()`s to its symbols and the publisher calls
 `app.publish(symbol, body, TEXT)` once per body; uWS frames it once and
 writes it to every subscriber in C++ (its own pub/sub, the recommended
-fan-out).  No compression.  One process: the uWS event loop with socketify's
+fan-out).  With --deflate, permessage-deflate with its SHARED_COMPRESSOR
+(one deflate per publish for every subscriber that negotiated, no context
+takeover); otherwise no compression.  One process: the uWS event loop with socketify's
 asyncio loop beside it for the publisher.
 
-    python benchmarks/peers/ws_socketify.py [--rate 10|max|0]
+    python benchmarks/peers/ws_socketify.py [--rate 10|max|0] [--deflate]
 """
 from __future__ import annotations
 
@@ -41,7 +43,8 @@ def main() -> None:
                 ws.send(current[s], OpCode.TEXT)
 
     app.ws(args.path, {
-        "compression": CompressOptions.DISABLED,
+        "compression": CompressOptions.SHARED_COMPRESSOR if args.deflate
+        else CompressOptions.DISABLED,
         "max_payload_length": 64 * 1024,
         "idle_timeout": 0,
         # max_backpressure stays at uWS's default (64 KiB): past it, publish()
@@ -54,7 +57,7 @@ def main() -> None:
     def publish(n: int, t_ns: int, bodies: list[tuple[str, bytes]]) -> None:
         for s, b in bodies:
             current[s] = b
-            app.publish(s, b, OpCode.TEXT)
+            app.publish(s, b, OpCode.TEXT, args.deflate)    # compress: uWS deflates it
 
     sched = Schedule(args.rate)
 

@@ -22,6 +22,10 @@ cdef struct bn_retire_list:             # FIFO: epochs grow from head to tail
     size_t count                        # objects waiting for QSBR
     size_t nbytes                       # bytes waiting for QSBR
 
+cdef struct bn_control_beat:             # the control plane's liveness, as the native threads see it
+    uint64_t beat_ns                    # CLOCK_MONOTONIC of the control loop's last beat (atomic)
+    uint64_t stall_ns                   # a beat older than this = stalled; 0 = not watched (atomic)
+
 cdef struct bn_reader
 cdef struct bn_rrl
 cdef struct bn_missq
@@ -50,6 +54,7 @@ cdef class ResponseTable:
     cdef size_t ws_compress_min         # bodies deflated for the WebSocket feeds: this long or
                                         # longer (the least of the hubs' thresholds); 0 = none
     cdef bn_deflater* deflater          # permessage-deflate, once per publication, or NULL
+    cdef int stale_marking              # 1 = entries keep a "stale":true variant (entry_new)
     cdef object _lock                   # serialises Python writers
 
     cdef int _retire(self, void* mem, size_t nbytes) except -1
@@ -73,6 +78,9 @@ cdef class APIKeyTable:
     cdef bn_retire_list retired         # replaced indexes awaiting QSBR (records live on)
     cdef list records                   # (name as first set, digest), in insertion order
     cdef uint64_t hungry_events         # low-lease events of leased keys (atomic)
+    # Refusals of missing/unknown keys by USAGE_* route (atomic); 8 cells, at
+    # least consts.pxi USAGE_ROUTES (a .pxd cannot include consts.pxi).
+    cdef uint64_t unknown[8]
     cdef object _lock                   # serialises Python writers
 
     cdef bn_apikey* _find(self, bytes digest) noexcept
@@ -91,6 +99,7 @@ cdef class NativeEngine:
     cdef int stop_flag                  # read by the threads after each batch
     cdef int miss_efd                   # eventfd: misses/routes queued, -1 = no queue
     cdef bn_missq* missq
+    cdef bn_control_beat control        # written by the control loop, read by every thread
 
     cdef int _setup(self, ResponseTable table, APIKeyTable api_keys, int n,
                     size_t counter_bytes, size_t miss_capacity) except -1

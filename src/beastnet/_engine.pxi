@@ -4,7 +4,28 @@
 #
 # UDPEngine and HTTPEngine derive from NativeEngine and add only what differs:
 # the per-thread state, how stop() wakes a thread, and how a reply is sent.
-# Nothing here runs on a native thread.
+# Nothing here runs on a native thread, but for the two helpers below.
+#
+# The control plane's liveness: its loop writes `control.beat_ns` every
+# CONTROL_BEAT_MS (control.py), and a thread that finds the beat older than
+# `control.stall_ns` treats the control plane as stalled: prices are served
+# from their entries' "stale":true variant and the HTTP workers answer
+# /healthz 503 themselves (docs/serve.md).  A thread checks once per wake-up
+# (HTTP) or per batch (UDP), never per request.
+
+
+cdef inline uint64_t monotonic_coarse_ns() noexcept nogil:
+    # The last tick's time (4 ms steps here): all a multi-second bound needs.
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts)
+    return <uint64_t>ts.tv_sec * 1000000000ULL + <uint64_t>ts.tv_nsec
+
+
+cdef inline int control_stalled(bn_control_beat* c, uint64_t now_ns) noexcept nogil:
+    """1 when the control plane is watched and its last beat is older than
+    the bound.  `now_ns` may be the coarse clock, a tick behind the beat's."""
+    cdef uint64_t bound = bn_load_u64_relaxed(&c.stall_ns)
+    return bound != 0 and now_ns > bn_load_u64_relaxed(&c.beat_ns) + bound
 
 cdef class NativeEngine:
     """Base of UDPEngine and HTTPEngine (not for direct use)."""
@@ -98,6 +119,27 @@ cdef class NativeEngine:
     @property
     def running(self):
         return self.group.running > 0
+
+    def control_watch(self, double stall_s):
+        """Treat the control plane as stalled once its beat is `stall_s` old
+        (0 = never).  Counts as a beat."""
+        if not stall_s >= 0:
+            raise ValueError(f"control_stall_s must be >= 0, got {stall_s}")
+        bn_store_u64_relaxed(&self.control.beat_ns, monotonic_ns())
+        bn_store_u64_relaxed(&self.control.stall_ns, <uint64_t>(stall_s * 1e9))
+
+    def control_beat(self):
+        """The control loop is alive (control.py calls it every CONTROL_BEAT_MS)."""
+        bn_store_u64_relaxed(&self.control.beat_ns, monotonic_ns())
+
+    @property
+    def control_stalled_s(self):
+        """Seconds since the control plane's last beat when that is past the
+        bound (what the native threads see), else 0.0."""
+        cdef uint64_t now = monotonic_ns()
+        if not control_stalled(&self.control, now):
+            return 0.0
+        return (now - bn_load_u64_relaxed(&self.control.beat_ns)) / 1e9
 
     @property
     def miss_fd(self):

@@ -49,6 +49,14 @@ cdef inline bn_entry* http_lookup(bn_hworker* w, const char* key, size_t n) noex
     return table_lookup(w.index_ref, upper, n) if changed else NULL
 
 
+cdef inline const char* entry_served_body(bn_hworker* w, bn_entry* e) noexcept nogil:
+    # The body a hit sends: its "stale":true variant while the control plane
+    # is stalled (same length: the pre-built head stays right).
+    if w.control_stalled and e.has_stale:
+        return entry_stale_body(e)
+    return e.body
+
+
 cdef inline size_t batch_put(char* out, size_t at, const char* s, size_t n) noexcept nogil:
     # Append to a batch_out buffer; the callers bound what they write.
     memcpy(out + at, s, n)
@@ -157,12 +165,37 @@ cdef int conn_batch(bn_hworker* w, bn_conn* c, bn_hreq* req, int tail,
         if i:
             rc = conn_emit_piece(w, c, b",", 1, SEG_STATIC, NULL)
         if rc == 0:
-            rc = conn_emit_piece(w, c, found[i].body, found[i].body_len, SEG_ENTRY, found[i])
+            rc = conn_emit_piece(w, c, entry_served_body(w, found[i]), found[i].body_len,
+                                 SEG_ENTRY, found[i])
         i += 1
     if rc == 0 and not head_only:
         rc = conn_emit_piece(w, c, b"]", 1, SEG_STATIC, NULL)
     if rc == 0:
         rc = conn_flush_iov(w, c)       # batch_out is reused by the next batch request
+    return conn_step(c, rc)
+
+
+cdef int conn_health_stalled(bn_hworker* w, bn_conn* c, int tail, int head_only) noexcept nogil:
+    """/healthz answered here, not by the control plane that serves it: 503
+    and why.  The age is formatted per request (tenths of a second)."""
+    cdef uint64_t age_ds = (<uint64_t>w.now_ns - bn_load_u64_relaxed(&w.control.beat_ns)) // 100000000
+    cdef char* out = w.health_out
+    cdef size_t n
+    cdef size_t at
+    n = batch_put(out, 0, b'{"status":"stalled","reason":"control plane stalled for ', 56)
+    n = batch_put_uint(out, n, age_ds // 10)
+    n = batch_put(out, n, b".", 1)
+    n = batch_put_uint(out, n, age_ds % 10)
+    n = batch_put(out, n, b' s"}', 4)               # the body: health_out[0:n]
+    at = batch_put(out, n, b"HTTP/1.1 503 Service Unavailable\r\nServer: beastnet\r\n"
+                   b"Content-Type: application/json\r\nCache-Control: no-store\r\n"
+                   b"Content-Length: ", 125)
+    at = batch_put_uint(out, at, n)
+    at = batch_put(out, at, b"\r\n", 2)
+    cdef int rc = conn_emit(w, c, out + n, at - n, tail, out, 0 if head_only else n, 503,
+                            SEG_COPY, NULL)
+    if rc == 0:
+        rc = conn_flush_iov(w, c)       # health_out is reused by the next request
     return conn_step(c, rc)
 
 
@@ -212,7 +245,8 @@ cdef int http_governor_sheds(bn_hworker* w, bn_hreq* req, bn_apikey* rec,
         if http_is_ops_path(req.target, req.path_len):
             return 0
         if w.keys_ref != NULL and req.apikey_len > 0:
-            rec = apikey_lookup(w.keys_ref, req.apikey, req.apikey_len)
+            rec = apikey_lookup(<bn_keyindex*>bn_load_ptr(<void**>w.keys_ref), req.apikey,
+                                req.apikey_len)
     shed_last = rec != NULL and not bn_load_int(&rec.revoked) and bn_load_int(&rec.shed_last)
     if not governor_sheds(w.gov, shed_last):
         return 0
@@ -266,6 +300,16 @@ cdef inline uint8_t cors_pick(bn_hworker* w, bn_hreq* req) noexcept nogil:
     return CORS_SEG_VARY + 1
 
 
+
+cdef inline int http_usage_route(const char* key, size_t key_len, bint batch) noexcept nogil:
+    """The USAGE_* route of a GET under the prefix, by its path after it:
+    the batch key is a snapshot, "reports/..." a usage report, the rest a price."""
+    if batch:
+        return USAGE_HTTP_SNAPSHOT
+    if key_len >= 8 and memcmp(key, b"reports/", 8) == 0:
+        return USAGE_HTTP_REPORT
+    return USAGE_HTTP_PRICE
+
 cdef int conn_request(bn_hworker* w, bn_conn* c, bn_hreq* req) noexcept nogil:
     """Answer one parsed request (or queue it).  Returns 0 to go on parsing,
     1 to stop (waiting on the control plane, or closing), -1 dead."""
@@ -279,6 +323,7 @@ cdef int conn_request(bn_hworker* w, bn_conn* c, bn_hreq* req) noexcept nogil:
     cdef bn_apikey* rec = NULL
     cdef uint64_t retry_ns = 0
     cdef int ws_kind
+    cdef bint batch
     cdef int in_prefix = (req.path_len > w.prefix_len
                           and memcmp(req.target, w.prefix, w.prefix_len) == 0)
     if not req.keepalive or w.draining:
@@ -306,17 +351,18 @@ cdef int conn_request(bn_hworker* w, bn_conn* c, bn_hreq* req) noexcept nogil:
         c.flags |= CONN_CLOSE_AFTER
         return conn_step(c, conn_emit_error(w, c, ERR_413, TAIL_CLOSE, head_only))
     if in_prefix:
+        key = req.target + w.prefix_len
+        key_len = req.path_len - w.prefix_len
+        batch = (w.batch_key_len and key_len == w.batch_key_len and req.target_len > req.path_len
+                 and memcmp(key, w.batch_key, key_len) == 0)
         if w.keys_ref != NULL:
             admit = apikey_admit(w.keys_ref, req.apikey, req.apikey_len, w.admit_ns, &retry_ns,
-                                 &rec)
+                                 &rec, http_usage_route(key, key_len, batch))
             if admit != ADMIT_OK:
                 return conn_refuse(w, c, admit, retry_ns, tail, head_only)
         elif w.require_apikey and req.apikey_len == 0:
             return conn_step(c, conn_emit_error(w, c, ERR_401, tail, head_only))
-        key = req.target + w.prefix_len
-        key_len = req.path_len - w.prefix_len
-        if (w.batch_key_len and key_len == w.batch_key_len and req.target_len > req.path_len
-                and memcmp(key, w.batch_key, key_len) == 0):
+        if batch:
             return conn_batch(w, c, req, tail, head_only)
         if not http_key_valid(key, key_len):
             bn_count(&w.counters.misses, 1)
@@ -324,13 +370,17 @@ cdef int conn_request(bn_hworker* w, bn_conn* c, bn_hreq* req) noexcept nogil:
         e = http_lookup(w, key, key_len)
         if e != NULL:
             bn_count(&w.counters.hits, 1)
-            return conn_step(c, conn_emit(w, c, e.http_head, e.http_head_len, tail, e.body,
+            return conn_step(c, conn_emit(w, c, e.http_head, e.http_head_len, tail,
+                                          entry_served_body(w, e),
                                           0 if head_only else e.body_len, 200, SEG_ENTRY, e))
         bn_count(&w.counters.misses, 1)
         if not w.misses_to_python or w.missq == NULL:
             return conn_step(c, conn_emit_error(w, c, ERR_404, tail, head_only))
     elif http_is_route(w, req.target, req.path_len):
         bn_count(&w.counters.routed, 1)
+        if (w.control_stalled and req.path_len == 8
+                and memcmp(req.target, b"/healthz", 8) == 0):
+            return conn_health_stalled(w, c, tail, head_only)
         if w.missq == NULL:
             return conn_step(c, conn_emit_error(w, c, ERR_404, tail, head_only))
         route = 1

@@ -37,6 +37,9 @@ cdef struct bn_hworker:
     int misses_to_python                # 1 = table misses go to the queue, 0 = answered 404
     int require_apikey                  # 1 = 401 without X-API-Key / ?api_key=
     bn_keyindex** keys_ref              # &api_keys.index, NULL = API keys not enforced
+    bn_control_beat* control            # &engine.control: the control plane's liveness
+    int control_stalled                 # control_stalled() at this wake-up: stale variants, 503
+    char health_out[HEALTH_OUT_BYTES]   # the stalled /healthz answer, formatted per request
     int miss_signal                     # requests queued this batch: wake the control plane once
     uint32_t max_conns                  # connection slots
     uint32_t free_top                   # entries in free_slots
@@ -693,6 +696,7 @@ cdef void* http_worker_main(void* arg) noexcept nogil:
         qsbr_online(w.qsbr)
         bn_count(&w.counters.epoll_waits, 1)
         w.now_ns = http_now_ns()
+        w.control_stalled = control_stalled(w.control, <uint64_t>w.now_ns)
         if w.keys_ref != NULL or governor_on(w.gov):
             # GCRA shares each key's state with the UDP readers: same fine
             # clock.  The coarse one ticks every 4 ms and refuses bursts a
@@ -937,6 +941,7 @@ cdef class HTTPEngine(NativeEngine):
             w.misses_to_python = misses_to_python
             w.require_apikey = require_api_key
             w.keys_ref = &api_keys.index if api_keys is not None else NULL
+            w.control = &self.control
             w.index_ref = &table.index
             w.counters = &(<bn_http_counters*>self.counter_mem)[i]
             w.max_header_bytes = max_header_bytes

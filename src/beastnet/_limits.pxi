@@ -52,6 +52,9 @@ cdef struct bn_apikey:
     uint64_t lease_low                  # a take that leaves this many marks the key hungry
     uint64_t* hungry_ref                # the table's count of low-lease events
     int leased                          # 1 = every admission also takes a lease token
+    # Requests by (USAGE_* route, ADMIT_* verdict), cell route * ADMIT_VERDICTS
+    # + verdict; cumulative, read by the usage log's harvest (atomic).
+    uint64_t usage[USAGE_ROUTES * ADMIT_VERDICTS]
     unsigned char digest[APIKEY_DIGEST_BYTES]   # SHA-256 of the key; the key is never kept
 
 cdef struct bn_keyslot:
@@ -61,6 +64,7 @@ cdef struct bn_keyslot:
 cdef struct bn_keyindex:
     size_t mask                         # capacity - 1
     size_t used
+    uint64_t* unknown_ref               # the table's refusals of unknown keys, by USAGE_* route
     bn_keyslot* slots                   # same allocation
 
 
@@ -97,12 +101,12 @@ cdef inline bn_apikey* keyindex_lookup(bn_keyindex* idx,
         i = (i + 1) & idx.mask
 
 
-cdef inline bn_apikey* apikey_lookup(bn_keyindex** index_ref, const char* key,
+cdef inline bn_apikey* apikey_lookup(bn_keyindex* idx, const char* key,
                                      size_t n) noexcept nogil:
     """The record of the presented `key` (hashed here), or NULL."""
     cdef unsigned char digest[APIKEY_DIGEST_BYTES]
     bn_apikey_sha256(key, n, digest)
-    return keyindex_lookup(<bn_keyindex*>bn_load_ptr(<void**>index_ref), digest)
+    return keyindex_lookup(idx, digest)
 
 
 cdef inline bint apikey_over_cap(bn_apikey* rec, uint64_t cap, uint64_t admitted) noexcept nogil:
@@ -139,24 +143,37 @@ cdef inline int lease_take(bn_apikey* rec) noexcept nogil:
 
 
 cdef inline int apikey_admit(bn_keyindex** index_ref, const char* key, size_t n, uint64_t now_ns,
-                             uint64_t* retry_after_ns, bn_apikey** found) noexcept nogil:
-    """ADMIT_OK, or why not.  On ADMIT_RATE_LIMITED, *retry_after_ns says when
+                             uint64_t* retry_after_ns, bn_apikey** found,
+                             int usage_route) noexcept nogil:
+    """ADMIT_OK, or why not, counted in the key's usage cell for
+    `usage_route` (a USAGE_* value; an unknown or missing key in the table's
+    unknown count).  On ADMIT_RATE_LIMITED, *retry_after_ns says when
     the next request would pass; `found`, when not NULL, gets the key's record
     (NULL for an unknown key), so a caller needing it hashes the key once.
     Lock-free; the caller must be QSBR-online."""
-    cdef bn_apikey* rec
+    cdef bn_keyindex* idx = <bn_keyindex*>bn_load_ptr(<void**>index_ref)
+    cdef bn_apikey* rec = NULL
+    cdef int verdict
+    if n != 0:
+        rec = apikey_lookup(idx, key, n)
+    if found != NULL:
+        found[0] = rec
+    if rec == NULL:
+        bn_add_relaxed(&idx.unknown_ref[usage_route], 1)
+        return ADMIT_UNAUTHORIZED
+    verdict = apikey_decide(rec, now_ns, retry_after_ns)
+    bn_add_relaxed(&rec.usage[usage_route * ADMIT_VERDICTS + verdict], 1)
+    return verdict
+
+
+cdef inline int apikey_decide(bn_apikey* rec, uint64_t now_ns,
+                              uint64_t* retry_after_ns) noexcept nogil:
+    """The verdict on one request of a known key (apikey_admit's second half)."""
     cdef uint64_t cap
     cdef uint64_t emission
     cdef uint64_t used
     cdef int leased
-    if found != NULL:
-        found[0] = NULL
-    if n == 0:
-        return ADMIT_UNAUTHORIZED
-    rec = apikey_lookup(index_ref, key, n)
-    if found != NULL:
-        found[0] = rec
-    if rec == NULL or bn_load_int(&rec.revoked):
+    if bn_load_int(&rec.revoked):
         return ADMIT_UNAUTHORIZED
     cap = bn_load_u64_relaxed(&rec.monthly_cap)
     # Cheap early refusal: a key at its cap must not spend rate-limit credit.
@@ -197,6 +214,11 @@ cdef inline uint64_t monotonic_ns() noexcept nogil:
     cdef timespec ts
     clock_gettime(CLOCK_MONOTONIC, &ts)
     return <uint64_t>ts.tv_sec * 1000000000ULL + <uint64_t>ts.tv_nsec
+
+
+#: The usage routes as (protocol, route), indexed by the USAGE_* values.
+USAGE_ROUTE_NAMES = (("udp", "price"), ("http", "price"), ("http", "snapshot"),
+                     ("http", "report"), ("ws", "stream"))
 
 
 cdef bytes apikey_to_bytes(object key):
@@ -264,6 +286,7 @@ cdef class APIKeyTable:
         self.index = keyindex_new(cap)
         if self.index == NULL:
             raise MemoryError()
+        self.index.unknown_ref = self.unknown
         self.records = []
         self._lock = _threading.Lock()
 
@@ -286,6 +309,7 @@ cdef class APIKeyTable:
         cdef size_t i, j
         if idx == NULL:
             raise MemoryError()
+        idx.unknown_ref = self.unknown
         for i in range(old.mask + 1):
             if old.slots[i].hash != 0:
                 j = old.slots[i].hash & idx.mask
@@ -465,7 +489,24 @@ cdef class APIKeyTable:
                                             bool(bn_load_int(&rec.revoked)))
         return out
 
-    def admit(self, key, now_ns=None):
+    def usage_counts(self):
+        """({key: counts}, unknown): cumulative requests by usage route and
+        verdict.  `counts` is a tuple of USAGE_ROUTES x 4 numbers, route by
+        route (USAGE_ROUTE_NAMES order), each route's (admitted,
+        unauthorized, rate_limited, over_quota); `unknown` counts refusals of
+        a missing or unknown key, one number per route.  What the usage log
+        turns into rows, from deltas."""
+        cdef bn_apikey* rec
+        cdef int i
+        out = {}
+        with self._lock:
+            for name, digest in self.records:
+                rec = self._find(digest)
+                out[name] = tuple([bn_load_u64_relaxed(&rec.usage[i])
+                                   for i in range(USAGE_ROUTES * ADMIT_VERDICTS)])
+        return out, tuple([bn_load_u64_relaxed(&self.unknown[i]) for i in range(USAGE_ROUTES)])
+
+    def admit(self, key, now_ns=None, int usage_route=USAGE_HTTP_PRICE):
         """Check one request as a native thread would, on the same lock-free
         path: ("ok" | "unauthorized" | "rate_limited" | "over_quota",
         retry_after_ns).  For tests and tools."""
@@ -482,7 +523,7 @@ cdef class APIKeyTable:
         try:
             with nogil:
                 qsbr_online(&qsbr_slots[slot])
-                verdict = apikey_admit(&self.index, p, n, now, &retry, NULL)
+                verdict = apikey_admit(&self.index, p, n, now, &retry, NULL, usage_route)
                 qsbr_offline(&qsbr_slots[slot])
         finally:
             qsbr_unregister(slot)
@@ -514,7 +555,8 @@ cdef void* apikey_on_race_start(void* arg) noexcept nogil:
         pass
     qsbr_online(&qsbr_slots[r.qsbr_slot])
     for i in range(r.attempts):
-        r.verdicts[apikey_admit(r.index_ref, r.key, r.key_len, r.now_ns, &retry, NULL)] += 1
+        r.verdicts[apikey_admit(r.index_ref, r.key, r.key_len, r.now_ns, &retry, NULL,
+                                USAGE_HTTP_PRICE)] += 1
     qsbr_offline(&qsbr_slots[r.qsbr_slot])
     return NULL
 

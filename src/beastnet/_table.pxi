@@ -29,6 +29,10 @@ cdef struct bn_entry:
     uint8_t ws_head_len                 # bytes
     uint8_t zws_head_len                # bytes of zws_head; 0 = no compressed frame
     uint8_t zws_head[WS_SERVER_HEAD_MAX_BYTES]  # the compressed frame's head (RSV1 set)
+    uint8_t has_stale                   # 1 = the body is kept again just past zbody with
+                                        # STALE_FALSE as STALE_TRUE (same length, so the same
+                                        # head), served while the control plane is stalled
+                                        # (entry_stale_body); in padding: the entry stays its size
     uint32_t zbody_len                  # bytes
     char* zbody                         # the body deflated once (permessage-deflate,
                                         # _ws_deflate.pxi), just past http_head; NULL = none
@@ -165,14 +169,34 @@ cdef size_t http_head_write(char* out, int status, const char* reason, size_t re
     return <size_t>(p - out)
 
 
+# A body's freshness flag as serve's prices write it, and what a stalled
+# control plane serves instead: one byte of JSON whitespace keeps the length,
+# hence the entry's pre-built HTTP head and Content-Length.
+cdef const char* STALE_FALSE = b'"stale":false'
+cdef const char* STALE_TRUE = b'"stale":true '
+cdef enum:
+    STALE_FLAG_BYTES = 13               # len('"stale":false') == len('"stale":true ')
+
+
+cdef inline char* entry_stale_body(bn_entry* e) noexcept nogil:
+    # Where entry_new keeps the stale variant (valid when e.has_stale).
+    return e.http_head + e.http_head_len + e.zbody_len
+
+
 cdef bn_entry* entry_new(const char* body, size_t body_len, const char* ctype, size_t ctype_len,
-                         uint64_t version, const char* zbody, size_t zbody_len) noexcept nogil:
+                         uint64_t version, const char* zbody, size_t zbody_len,
+                         int stale_marking) noexcept nogil:
     # One block: struct, body, content type + NUL, then the HTTP response head,
     # pre-built here once per write so an HTTP hit costs no formatting, then
-    # the deflated body when there is one (zbody_len > 0).
+    # the deflated body when there is one (zbody_len > 0), then the stale
+    # variant when the table asks for one and the body carries the flag.
     cdef size_t head_len = http_head_bytes(body_len, ctype_len)
+    cdef const char* flag = NULL
+    if stale_marking:
+        flag = <const char*>memmem(body, body_len, STALE_FALSE, STALE_FLAG_BYTES)
+    cdef size_t stale_len = body_len if flag != NULL else 0
     cdef bn_entry* e = <bn_entry*>malloc(sizeof(bn_entry) + body_len + ctype_len + 1 + head_len
-                                         + zbody_len)
+                                         + zbody_len + stale_len)
     if e == NULL:
         return NULL
     e.version = version
@@ -201,6 +225,10 @@ cdef bn_entry* entry_new(const char* body, size_t body_len, const char* ctype, s
         memcpy(e.zbody, zbody, zbody_len)
         e.zws_head_len = <uint8_t>ws_server_head(e.zws_head, opcode, zbody_len)
         e.zws_head[0] |= WS_RSV1        # "Per-Message Compressed" (RFC 7692 6)
+    e.has_stale = flag != NULL
+    if flag != NULL:
+        memcpy(entry_stale_body(e), body, body_len)
+        memcpy(entry_stale_body(e) + (flag - body), STALE_TRUE, STALE_FLAG_BYTES)
     return e
 
 
@@ -217,7 +245,8 @@ cdef void entry_unref(void* mem) noexcept nogil:
 
 
 cdef inline size_t entry_bytes(bn_entry* e) noexcept nogil:
-    return sizeof(bn_entry) + e.body_len + e.content_type_len + 1 + e.http_head_len + e.zbody_len
+    return (sizeof(bn_entry) + e.body_len + e.content_type_len + 1 + e.http_head_len + e.zbody_len
+            + (e.body_len if e.has_stale else 0))
 
 
 cdef bytes key_to_bytes(object key):
@@ -301,7 +330,8 @@ cdef class ResponseTable:
         self._lock = _threading.Lock()
 
     def __init__(self, object initial=None, *, size_t capacity=64,
-                 str content_type="application/json", object max_keys=None):
+                 str content_type="application/json", object max_keys=None,
+                 bint stale_marking=False):
         """Create a table, optionally filled from a mapping of key -> body.
 
         `capacity` sizes the index for that many keys up front (it never
@@ -309,8 +339,12 @@ cdef class ResponseTable:
         adding a key past it raises `TableFullError` (replacing the answer of
         a key already present always works).  Set it when a miss handler
         caches answers for keys clients choose, so clients cannot grow the
-        table without bound.
+        table without bound.  `stale_marking`: a body holding
+        ``"stale":false`` is kept a second time with ``"stale":true `` in its
+        place, and the engines serve that copy while the control plane is
+        stalled (`control_stall_s` of the servers; docs/serve.md).
         """
+        self.stale_marking = stale_marking
         if max_keys is not None and (not isinstance(max_keys, int) or max_keys < 1):
             raise ValueError(f"max_keys must be a positive int or None, not {max_keys!r}")
         self.key_cap = 0 if max_keys is None else max_keys
@@ -417,7 +451,8 @@ cdef class ResponseTable:
             with nogil:                 # the writer's deflate: once per publication
                 zlen = ws_deflate_publication(self.deflater, self.ws_hubs, body, body_len)
         cdef bn_entry* e = entry_new(body, body_len, ctype, ctype_len, self.version,
-                                     self.deflater.out if zlen else NULL, zlen)
+                                     self.deflater.out if zlen else NULL, zlen,
+                                     self.stale_marking)
         if e == NULL:
             raise MemoryError()
         self.entry_memory += entry_bytes(e)

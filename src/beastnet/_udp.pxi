@@ -34,6 +34,7 @@ cdef struct bn_reader:
     bn_missq* missq                     # NULL: misses are answered not_found
     bn_index** index_ref                # &table.index, loaded once per datagram
     bn_keyindex** keys_ref              # &api_keys.index, NULL = API keys not enforced
+    bn_control_beat* control            # &engine.control: the control plane's liveness
     int silent_refusals                 # 1 = unauthorized and malformed requests get no reply
     bn_rrl* rrl                         # the engine's error-reply limiter, NULL = off
     unsigned int rrl_slip               # every rrl_slip-th limited reply is the bare tag; 0 = none
@@ -276,8 +277,11 @@ cdef void udp_reader_serve(bn_reader* r, unsigned int n) noexcept nogil:
     cdef uint64_t retry_ns = 0
     cdef int admit
     cdef char* scratch
+    cdef int stalled = 0                # the control plane is stalled: serve stale variants
     if r.keys_ref != NULL:
         now_ns = monotonic_ns()         # one clock read a batch: GCRA needs no finer time
+    if bn_load_u64_relaxed(&r.control.stall_ns):
+        stalled = control_stalled(r.control, now_ns if now_ns else monotonic_coarse_ns())
     for i in range(n):
         m = &r.rx_msgs[i]
         data = r.rx_data + <size_t>i * r.slot_bytes
@@ -295,7 +299,8 @@ cdef void udp_reader_serve(bn_reader* r, unsigned int n) noexcept nogil:
             continue
         status = udp_parse(data, length, &req)
         if status == PARSE_OK and r.keys_ref != NULL:
-            admit = apikey_admit(r.keys_ref, req.apikey, req.apikey_len, now_ns, &retry_ns, NULL)
+            admit = apikey_admit(r.keys_ref, req.apikey, req.apikey_len, now_ns, &retry_ns, NULL,
+                                 USAGE_UDP_PRICE)
             if admit != ADMIT_OK:
                 if admit == ADMIT_UNAUTHORIZED:
                     unauthorized += 1
@@ -325,7 +330,9 @@ cdef void udp_reader_serve(bn_reader* r, unsigned int n) noexcept nogil:
                     nout = udp_error(r, nout, m, data, req.tag_len, BODY_TOO_LARGE.data,
                                      BODY_TOO_LARGE.len, &now_ns)
                     continue
-                udp_reply(&r.tx_msgs[nout], m, data, req.tag_len, entry.body, entry.body_len)
+                udp_reply(&r.tx_msgs[nout], m, data, req.tag_len,
+                          entry_stale_body(entry) if stalled and entry.has_stale else entry.body,
+                          entry.body_len)
                 nout += 1
                 continue
             misses += 1
@@ -496,6 +503,7 @@ cdef class UDPEngine(NativeEngine):
             self.readers[i].missq = self.missq
             self.readers[i].index_ref = &table.index
             self.readers[i].keys_ref = &api_keys.index if api_keys is not None else NULL
+            self.readers[i].control = &self.control
             self.readers[i].silent_refusals = silent_refusals
             self.readers[i].rrl = self.rrl
             self.readers[i].rrl_slip = rrl_slip

@@ -897,7 +897,7 @@ cdef int ws_key_check(bn_hworker* w, const char* key, size_t n, bn_apikey** rec,
     cdef int admit
     rec[0] = NULL
     if w.keys_ref != NULL:
-        admit = apikey_admit(w.keys_ref, key, n, w.admit_ns, retry_ns, rec)
+        admit = apikey_admit(w.keys_ref, key, n, w.admit_ns, retry_ns, rec, USAGE_WS_STREAM)
         if admit != ADMIT_OK:
             rec[0] = NULL
             return admit

@@ -44,6 +44,17 @@ cdef enum:
     ADMIT_RATE_LIMITED = 2          # GCRA says too soon
     ADMIT_OVER_QUOTA = 3            # monthly cap reached
     LEASE_RETRY_NS = 100000000      # Retry-After for a spent cluster lease: one renewal round
+    ADMIT_VERDICTS = 4              # the ADMIT_* values above: a usage cell per verdict
+
+# Where a request was admitted, for the usage log: (protocol, route) pairs,
+# named in that order by _limits.pxi USAGE_ROUTE_NAMES.
+cdef enum:
+    USAGE_UDP_PRICE = 0             # a UDP datagram asking for one key
+    USAGE_HTTP_PRICE = 1            # GET <prefix><KEY>
+    USAGE_HTTP_SNAPSHOT = 2         # GET <prefix><batch key>?... (many keys in one answer)
+    USAGE_HTTP_REPORT = 3           # GET <prefix>reports/... (the usage reports)
+    USAGE_WS_STREAM = 4             # a WebSocket stream's admission
+    USAGE_ROUTES = 5                # how many of the above
 # TCP/HTTP engine (_http.pxi).
 cdef enum:
     HTTP_SCRATCH_BYTES = 65536      # per-worker read buffer; a connection's own buffer only holds leftovers
@@ -69,6 +80,7 @@ cdef enum:
     CORS_SEG_MAX_BYTES = 192        # one pre-built CORS header segment
     HTTP_KQ_SAMPLE_MS = 1000        # how often a worker sums its connections' kernel send queues
     BATCH_SYMBOLS_MAX = 64          # symbols one batch query may ask for (beyond: 400)
+    HEALTH_OUT_BYTES = 256          # the native /healthz 503 of a stalled control plane, head + body
     BATCH_OUT_BYTES = 5120          # a batch answer's formatted head, or its 404 naming the unknown
 
 # CORS header segments a worker pre-builds (bn_hworker.cors_segs); a

@@ -162,18 +162,45 @@ def _encode(body: Any) -> bytes:
     return orjson.dumps(body)
 
 
+#: How often the control loop tells its engines it is alive (seconds).
+CONTROL_BEAT_S = 0.25
+
+
 class ControlPlane:
     """A uvloop loop running on a daemon thread, started and stopped with a server.
 
     Several servers may share one: create it, ``start()`` it, pass it to each
     server as ``control=``, and ``stop()`` it after the servers.  A server
     never starts or stops a control plane it was given.
+
+    The loop beats every `CONTROL_BEAT_S` into the engines it serves
+    (`watch`): when a blocked loop misses beats past an engine's bound, the
+    engine's native threads see it without asking the loop (stale answers,
+    /healthz 503; docs/serve.md).
     """
 
     def __init__(self, name: str = "beastnet-control") -> None:
         self.loop = uvloop.new_event_loop()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._ready = threading.Event()
+        # Replaced, never mutated: the loop iterates it while servers watch.
+        self._watched: tuple[Any, ...] = ()
+
+    def watch(self, engine: Any, stall_s: float) -> None:
+        """Beat into `engine` (a native engine) until `unwatch`; its threads
+        count the control plane stalled once a beat is `stall_s` old (0 = never)."""
+        engine.control_watch(stall_s)
+        self._watched = self._watched + (engine,)
+
+    def unwatch(self, engine: Any) -> None:
+        """Stop beating into `engine`; it stops judging the control plane."""
+        self._watched = tuple(e for e in self._watched if e is not engine)
+        engine.control_watch(0.0)
+
+    def _beat(self) -> None:
+        for engine in self._watched:
+            engine.control_beat()
+        self.loop.call_later(CONTROL_BEAT_S, self._beat)
 
     def start(self) -> None:
         """Start the loop's thread; returns once the loop runs."""
@@ -188,6 +215,7 @@ class ControlPlane:
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
         self.loop.call_soon(self._ready.set)
+        self.loop.call_soon(self._beat)
         try:
             self.loop.run_forever()
         finally:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 __all__ = ["Counter", "tagged", "UDP_COUNTERS", "HTTP_COUNTERS", "MISS_PATH_COUNTERS",
-           "WS_DEFLATE_COUNTERS", "UDP_SERVER_GAUGES", "HTTP_SERVER_GAUGES", "PUSH_COUNTERS",
+           "WS_DEFLATE_COUNTERS", "USAGE_LOG_COUNTERS", "UDP_SERVER_GAUGES", "HTTP_SERVER_GAUGES", "PUSH_COUNTERS",
            "markdown"]
 
 
@@ -189,6 +189,16 @@ ws_deflate_bytes_out     counter  bytes        The same publications once deflat
 ws_deflate_cpu_ns        counter  nanoseconds  CPU time the table writers spent deflating (thread CPU clock), once per publication.
 """)
 
+#: `beastnet serve`'s usage log and usage reports (serve/usage_log.py, serve/reports.py).
+USAGE_LOG_COUNTERS: tuple[Counter, ...] = _table("""
+rows_queued        counter  rows         Usage rows queued for the usage log store (one per key, minute, protocol and route). [snapshot]
+rows_written       counter  rows         Usage rows the usage log store took. [snapshot]
+batch_flush_errors counter  batches      Usage log batches the store refused (their rows queued again). [snapshot]
+bg_drop            counter  rows         Usage rows dropped because the usage log queue was full (the store is down or slow). [snapshot]
+lrs_requests       counter  requests     Usage report requests answered (public port and admin listener). [snapshot]
+usage_queue        gauge    rows         Usage rows waiting to be written.
+""")
+
 #: Levels of a server's set-up, one value per server (from stats(), not from a struct).
 UDP_SERVER_GAUGES: tuple[Counter, ...] = _table("""
 sockets           gauge    sockets      Reader sockets.
@@ -225,6 +235,9 @@ def markdown() -> str:
         ("WebSocket compression (publishing side)", "beastnet_http", WS_DEFLATE_COUNTERS,
          "In `HTTPServer.stats()['totals']` of a server with a WebSocket feed that "
          "compresses ([websocket.md](websocket.md#compression))."),
+        ("Usage log and reports (`beastnet serve`)", "beastnet_usage_log", USAGE_LOG_COUNTERS,
+         "From `/admin/stats` under `usage_log` ([postgres.md](postgres.md#the-usage-log)); "
+         "the counters also in the cluster snapshot."),
         ("UDP server set-up", "beastnet_udp", UDP_SERVER_GAUGES,
          "From `UDPServer.stats()`: `sockets`, `steering['enabled']`, `avg_batch_fill`."),
         ("HTTP server set-up", "beastnet_http", HTTP_SERVER_GAUGES,

@@ -123,7 +123,11 @@ class HTTPServer(EngineServer):
     ``notsent_lowat_bytes`` (TCP_NOTSENT_LOWAT, default 128 KiB) bounds the
     unsent bytes the kernel holds per connection, ``send_buffer_bytes``
     (SO_SNDBUF, 0 = autotuned) its whole send buffer; stalled connections
-    are closed with a reset (docs/http.md).  Use
+    are closed with a reset (docs/http.md).  ``control_stall_s`` (default
+    2 s, 0 = off): a control plane whose loop has not beaten for that long
+    counts as stalled, and the workers answer ``/healthz`` 503 themselves and
+    serve the ``"stale":true`` variant of bodies a ``stale_marking`` table
+    keeps (docs/serve.md).  Use
     as a context manager, call ``start()`` and ``stop()``, or
     ``serve_forever()`` to block until ``stop()`` or Ctrl-C.
     """
@@ -161,6 +165,7 @@ class HTTPServer(EngineServer):
         batch_key: Optional[str] = None,
         notsent_lowat_bytes: int = 128 * 1024,
         send_buffer_bytes: int = 0,
+        control_stall_s: float = 2.0,
     ) -> None:
         if not isinstance(table, ResponseTable):
             raise TypeError("table must be a beastnet.ResponseTable")
@@ -176,6 +181,8 @@ class HTTPServer(EngineServer):
             raise ValueError("max_connections must be at least one per thread")
         if grace_s < 0:
             raise ValueError("grace_s must be >= 0")
+        if not control_stall_s >= 0:
+            raise ValueError(f"control_stall_s must be >= 0, got {control_stall_s}")
         if max_copied_output_bytes < 0:
             raise ValueError(f"max_copied_output_bytes must be >= 0, got {max_copied_output_bytes}")
         self.table = table
@@ -190,6 +197,7 @@ class HTTPServer(EngineServer):
         self.grace_s = grace_s
         self.cpus = cpus
         self.reuse_port = reuse_port
+        self.control_stall_s = control_stall_s
         self._engine_options: dict[str, Any] = dict(
             prefix=prefix, max_connections=max_connections, max_header_bytes=max_header_bytes,
             max_target_bytes=max_target_bytes, max_output_bytes=max_output_bytes,
@@ -254,6 +262,7 @@ class HTTPServer(EngineServer):
             self._dispatcher = MissDispatcher(self._engine, self.table, self._on_request, "http",
                                               self.max_inflight)
             self._control.run(self._dispatcher.attach, self._control.loop)
+            self._control.watch(self._engine, self.control_stall_s)
             self._engine.start()
         except BaseException:
             self.stop(grace_s=0.0)
@@ -290,6 +299,8 @@ class HTTPServer(EngineServer):
         if self._engine is not None:
             # Workers drain while the control plane still answers their misses.
             self._engine.stop(grace)
+        if self._control is not None and self._engine is not None:
+            self._control.unwatch(self._engine)
         stop_control_plane(self._control, self._dispatcher,
                            owned=self._shared_control is None)
         self._control = None

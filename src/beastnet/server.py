@@ -78,7 +78,10 @@ class UDPServer(EngineServer):
     be forged from off the host).
     ``control``: a running `ControlPlane` to run ``handler`` on, shared with
     other servers (its owner starts and stops it); by default the server
-    starts its own when it has a handler.
+    starts its own when it has a handler.  ``control_stall_s`` (default 2 s,
+    0 = off): once that control plane's loop has not beaten for that long,
+    the readers serve the ``"stale":true`` variant of bodies a
+    ``stale_marking`` table keeps (docs/serve.md).
 
     A port another socket holds is refused (`ServerError`) unless
     ``reuse_port=True`` asks to share it: then the sockets join the other
@@ -113,6 +116,7 @@ class UDPServer(EngineServer):
         rrl_slip: int = DEFAULT_RRL_SLIP,
         rrl_exempt_loopback: bool = True,
         reuse_port: bool = False,
+        control_stall_s: float = 2.0,
     ) -> None:
         if not isinstance(table, ResponseTable):
             raise TypeError("table must be a beastnet.ResponseTable")
@@ -130,6 +134,8 @@ class UDPServer(EngineServer):
             raise ValueError(f"rrl_rate_per_s must be >= 0, got {rrl_rate_per_s}")
         if rrl_burst < 1:
             raise ValueError(f"rrl_burst must be >= 1, got {rrl_burst}")
+        if not control_stall_s >= 0:
+            raise ValueError(f"control_stall_s must be >= 0, got {control_stall_s}")
         if rrl_slip < 0:
             raise ValueError(f"rrl_slip must be >= 0, got {rrl_slip}")
         self.table = table
@@ -152,10 +158,12 @@ class UDPServer(EngineServer):
         self.rrl_slip = rrl_slip
         self.rrl_exempt_loopback = rrl_exempt_loopback
         self.reuse_port = reuse_port
+        self.control_stall_s = control_stall_s
         self._shared_control = control
         self._socks: list[socket.socket] = []
         self._engine: Optional[_core.UDPEngine] = None
         self._control: Optional[ControlPlane] = None
+        self._watching: Optional[ControlPlane] = None   # beats into the engine
         self._dispatcher: Optional[MissDispatcher] = None
         self._steering: dict[str, Any] = {"enabled": False, "reason": "not started"}
         self._buffers: dict[str, Any] = {}
@@ -185,6 +193,11 @@ class UDPServer(EngineServer):
                 self._dispatcher = MissDispatcher(self._engine, self.table, self.handler, "udp",
                                                   self.max_inflight)
                 self._control.run(self._dispatcher.attach, self._control.loop)
+            # The readers judge the control plane they were given even without
+            # a handler: it is the one publishing their prices.
+            self._watching = self._control or self._shared_control
+            if self._watching is not None:
+                self._watching.watch(self._engine, self.control_stall_s)
             self._engine.start()
         except BaseException:
             self.stop()
@@ -246,6 +259,9 @@ class UDPServer(EngineServer):
         self._running = False
         # The control plane goes first: the dispatcher must stop watching the
         # engine's miss eventfd before engine.stop() closes it.
+        if self._watching is not None and self._engine is not None:
+            self._watching.unwatch(self._engine)
+            self._watching = None
         stop_control_plane(self._control, self._dispatcher,
                            owned=self._shared_control is None)
         self._control = None

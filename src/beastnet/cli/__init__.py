@@ -1,5 +1,5 @@
 """The `beastnet` command: one module per command group (`load`, `report`,
-`demo`, `feeds`, `keys`, `serve`, `stats`, `ws`, `webhooks`), each with an `add_<name>_command` and a `cmd_<name>`.
+`plan`, `demo`, `feeds`, `keys`, `serve`, `stats`, `ws`, `webhooks`), each with an `add_<name>_command` and a `cmd_<name>`.
 They parse arguments and print; policy lives in the library."""
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from beastnet.cli.demo import add_demo_command
 from beastnet.cli.feeds import add_feeds_command
 from beastnet.cli.keys import add_keys_command
 from beastnet.cli.load import add_load_command
+from beastnet.cli.plan import add_plan_command
 from beastnet.cli.report import add_report_command
 from beastnet.cli.serve import add_serve_command
 from beastnet.cli.stats import add_stats_command
@@ -35,6 +36,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     sub.required = True
     add_load_command(sub)
     add_report_command(sub)
+    add_plan_command(sub)
     add_demo_command(sub)
     add_db_command(sub)
     add_feeds_command(sub)

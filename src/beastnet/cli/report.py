@@ -21,7 +21,8 @@ def add_report_command(sub: Any) -> None:
                        description="Renders the HTML report of a `beastnet load --json` file; "
                                    "with two files, compares them side by side with deltas.",
                        epilog=REPORT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run", help="a JSON report written by `beastnet load --json`")
+    p.add_argument("run", help="a JSON report written by `beastnet load --json` "
+                               "(or `beastnet plan`)")
     p.add_argument("other", nargs="?", help="a second report: compare OTHER against RUN")
     p.add_argument("-o", "--html", metavar="PATH",
                    help="where to write the page (default: RUN.html beside RUN, or "
@@ -74,8 +75,17 @@ def cmd_report(args: argparse.Namespace) -> int:
         print("beastnet report: WebSocket density, stress and knee reports are rendered one at "
               "a time (no A/B page)", file=sys.stderr)
         return EXIT_USAGE
+    if second is not None and "plan" in (first["kind"], second["kind"]):
+        print("beastnet report: plan reports are rendered one at a time (their comparisons "
+              "are on the page)", file=sys.stderr)
+        return EXIT_USAGE
     try:
-        if second is None:
+        if first["kind"] == "plan":
+            from beastnet.loadgen.plan.page import format_plan, plan_page
+            text = format_plan(first)
+            with open(out, "w", encoding="utf-8") as f:
+                f.write(plan_page(first))
+        elif second is None:
             text = _ws_text(first) if is_ws_report(first) else report.format_report(first)
             outputs.write_html(out, first, text)
         else:

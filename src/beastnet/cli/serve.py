@@ -56,7 +56,7 @@ def _default(name: str) -> str:
                 "keystore": "none; the production profile uses beastnet-keys.db",
                 "feed_path": "none", "redis": "none: this process alone",
                 "node_id": "HOST:PID"}.get(name, "none")
-    if name.endswith("_bytes"):
+    if name.endswith("_bytes") and value >= 1 << 20:
         return f"{value} = {value >> 20} MiB"
     return str(value).lower() if isinstance(value, bool) else str(value)
 
@@ -108,6 +108,10 @@ def add_serve_command(sub: Any) -> None:
     _add(g, "--tls-cert", "tls_cert", "PEM certificate chain: TLS (https://, wss://) on the HTTP "
                                       "port; needs --tls-key", metavar="PATH")
     _add(g, "--tls-key", "tls_key", "PEM private key of --tls-cert", metavar="PATH")
+    _add(g, "--stream-compress-min-bytes", "stream_compress_min_bytes",
+         "WebSocket stream: a price body this long or longer is deflated once per publication "
+         "for clients that offer permessage-deflate; 0 = never negotiated", type=int,
+         metavar="BYTES")
     g = p.add_argument_group("both")
     g.add_argument("--share-ports", dest="share_ports", action="store_const", const=True,
                    help="join the SO_REUSEPORT group of a server already bound to these ports "
@@ -199,7 +203,8 @@ SERVE_FLAGS = ("udp_host", "udp_port", "udp_sockets", "batch", "recv_buffer_byte
                "backlog", "max_connections", "share_ports", "keystore", "feed", "feed_path",
                "replay_speed", "feed_rounds_per_s", "admin_host", "admin_port",
                "admin_token_file", "log_level", "redis", "node_id", "snapshot_interval_s",
-               "snapshot_ttl_s", "redis_fallback", "tls_cert", "tls_key")
+               "snapshot_ttl_s", "redis_fallback", "tls_cert", "tls_key",
+               "stream_compress_min_bytes")
 
 
 WEBHOOK_FLAGS = ("webhooks", "webhooks_allow_private", "webhook_ca_file")

@@ -481,7 +481,9 @@ def charts(report: dict) -> list[str]:
 
 KINDS = {"run": "result", "ramp": "levels", "find-max": "probes",
          # `beastnet ws density / stress / knee --json`
-         "ws-density": "tiers", "ws-stress": "levels", "ws-knee": "steps"}
+         "ws-density": "tiers", "ws-stress": "levels", "ws-knee": "steps",
+         # `beastnet plan`
+         "plan": "tests"}
 
 
 def read_report(path: str) -> dict:

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 import orjson
 
 from beastnet import Answer, APIKeyTable, ClusterError, MissRequest, api_key_id, error_answer
-from beastnet.counters import HTTP_COUNTERS, UDP_COUNTERS
+from beastnet.counters import HTTP_COUNTERS, UDP_COUNTERS, USAGE_LOG_COUNTERS
 from beastnet.metrics import MetricFamily
 from beastnet.serve.admin import AdminRoute
 from beastnet.serve.component import Component
@@ -93,14 +93,15 @@ PROFILE = PREFIX + "profile"            # string: the last cluster-wide profile 
 
 # A node's snapshot, (name, group, counter): the UDP, HTTP and WebSocket
 # counters tagged "snapshot" in beastnet.counters (named group_counter, the
-# ws_ ones as they are), plus usage flushing.  Gauges are summed over nodes
+# ws_ ones as they are), plus usage flushing and the usage log's counters.  Gauges are summed over nodes
 # but have no rate.
 _ENGINE_GROUPS = (("udp", UDP_COUNTERS), ("http", HTTP_COUNTERS))
 SNAPSHOT_COUNTERS: tuple[tuple[str, str, str], ...] = tuple(
     [(c.name if c.name.startswith("ws_") else f"{group}_{c.name}", group, c.name)
      for group, counters in _ENGINE_GROUPS for c in counters if "snapshot" in c.tags]
-    + [("usage_flushes", "keys", "flushes"), ("usage_flush_errors", "keys", "flush_errors"),
-       ("governor_enabled", "governor", "enabled"), ("governor_limit", "governor", "limit"),
+    + [("usage_flushes", "keys", "flushes"), ("usage_flush_errors", "keys", "flush_errors")]
+    + [(c.name, "usage_log", c.name) for c in USAGE_LOG_COUNTERS if "snapshot" in c.tags]
+    + [("governor_enabled", "governor", "enabled"), ("governor_limit", "governor", "limit"),
        ("governor_inflight", "governor", "inflight"),
        ("governor_actions", "governor", "actions")])
 GAUGES = frozenset([name for name, group, field in SNAPSHOT_COUNTERS

@@ -71,10 +71,14 @@ class ServeConfig:
     # API keys
     keystore: Optional[str] = None              # SQLite path; None: keys not enforced
     usage_flush_interval_s: float = 0.1
+    usage_batch_rows: int = 300                 # usage log rows a write at most
+    usage_queue_rows: int = 100_000             # usage log rows queued at most (then bg_drop)
+    usage_retention_days: int = 0               # usage log rows older are trimmed; 0: kept
     tiers: dict[str, dict[str, float]] = field(default_factory=dict)  # overrides of DEFAULT_TIERS
     # the WebSocket price stream and the live page, on the public HTTP port
     stream: bool = True
     stream_path: str = "/v1/stream"
+    stream_compress_min_bytes: int = 1024       # permessage-deflate for bodies this long (0: off)
     dashboard: bool = True                      # GET / and /dashboard: the live page
     # feed
     feed: str = "sim"                           # a registered feed: exchanges, sim, replay
@@ -82,6 +86,8 @@ class ServeConfig:
     feed_rounds_per_s: float = 10.0
     feed_sources: list[str] = field(default_factory=lambda: ["sim-a", "sim-b"])
     feed_stale_after_s: float = 2.0
+    control_stall_s: float = 2.0                # a control loop silent this long: prices served
+                                                # "stale":true, /healthz 503 (natively); 0 = off
     replay_speed: float = 1.0
     feed_max_jump: float = 0.2                  # refuse a price this far (fraction) off its
                                                 # other sources or its own last minute
@@ -212,6 +218,14 @@ def _check(cfg: ServeConfig, label: Callable[[str], str] = str) -> None:
     for name in ("idle_timeout_s", "header_timeout_s", "usage_flush_interval_s",
                  "feed_rounds_per_s", "feed_stale_after_s"):
         need(value(name) > 0, f"{label(name)} must be > 0, got {value(name)}")
+    need(cfg.control_stall_s >= 0,
+         f"{label('control_stall_s')} must be >= 0 (0 = off), got {cfg.control_stall_s}")
+    need(1 <= cfg.usage_batch_rows <= 100_000,
+         f"{label('usage_batch_rows')} must be 1..100000, got {cfg.usage_batch_rows}")
+    need(cfg.usage_batch_rows <= cfg.usage_queue_rows,
+         f"{label('usage_queue_rows')} must be >= usage_batch_rows, got {cfg.usage_queue_rows}")
+    need(cfg.usage_retention_days >= 0,
+         f"{label('usage_retention_days')} must be >= 0 (0: kept), got {cfg.usage_retention_days}")
     need(cfg.replay_speed >= 0,
          f"{label('replay_speed')} must be >= 0 (0 = as fast as possible), got {cfg.replay_speed}")
     from beastnet.serve.feeds import feed_names     # the feeds import this module's type
@@ -240,6 +254,9 @@ def _check(cfg: ServeConfig, label: Callable[[str], str] = str) -> None:
     need(cfg.stream_path.startswith("/") and "?" not in cfg.stream_path
          and len(cfg.stream_path) < 64,
          f"{label('stream_path')} must be a path of under 64 bytes, got {cfg.stream_path!r}")
+    need(0 <= cfg.stream_compress_min_bytes <= 16 * MIB,
+         f"{label('stream_compress_min_bytes')} must be 0 (off)..16 MiB, "
+         f"got {cfg.stream_compress_min_bytes}")
     for tier, limits in cfg.tiers.items():
         _check_tier(tier, limits)
     need((cfg.tls_cert is None) == (cfg.tls_key is None),

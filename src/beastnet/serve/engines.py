@@ -165,7 +165,8 @@ class Engines(Component):
                              recv_buffer_bytes=cfg.recv_buffer_bytes,
                              send_buffer_bytes=cfg.send_buffer_bytes,
                              cpu_steering=cfg.cpu_steering, api_keys=host.api_keys,
-                             control=host.control, reuse_port=cfg.share_ports).start()
+                             control=host.control, reuse_port=cfg.share_ports,
+                             control_stall_s=cfg.control_stall_s).start()
         host.table.set_json(ASSET_LIST_KEY, {"assets": list(ASSETS)})     # GET /v1/assets
         host.admin = self._start_admin()
         host.http = self._start_http()
@@ -228,7 +229,8 @@ class Engines(Component):
                           max_connections=cfg.admin_max_connections,
                           idle_timeout_s=cfg.idle_timeout_s,
                           header_timeout_s=cfg.header_timeout_s,
-                          control=self.host.control, reuse_port=cfg.share_ports).start()
+                          control=self.host.control, reuse_port=cfg.share_ports,
+                          control_stall_s=cfg.control_stall_s).start()
 
     def _start_http(self) -> HTTPServer:
         cfg, host = self.cfg, self.host
@@ -241,7 +243,10 @@ class Engines(Component):
                                   None if tiers is None else [t.name for t in tiers if t.stream])
             self._dashboard = Answer(page, content_type="text/html; charset=utf-8")
             routes.update({path: self._on_dashboard for path in DASHBOARD_ROUTES})
-        stream = WebSocketOptions(path=cfg.stream_path) if cfg.stream else None
+        reports: Any = host.component("reports")     # misses under the prefix: its reports
+        stream = WebSocketOptions(path=cfg.stream_path,
+                                  compress_min_bytes=cfg.stream_compress_min_bytes) \
+            if cfg.stream else None
         tls = TLSConfig(cfg.tls_cert, cfg.tls_key) if cfg.tls_cert and cfg.tls_key else None
         return HTTPServer(host.table, cfg.http_host, cfg.http_port, threads=cfg.http_threads,
                           backlog=cfg.backlog, prefix=cfg.http_prefix, routes=routes,
@@ -250,7 +255,8 @@ class Engines(Component):
                           header_timeout_s=cfg.header_timeout_s, api_keys=host.api_keys,
                           control=host.control, websocket=stream, tls=tls,
                           reuse_port=cfg.share_ports, cors_origins=cfg.cors_origins,
-                          batch_key=BATCH_KEY).start()
+                          batch_key=BATCH_KEY, control_stall_s=cfg.control_stall_s,
+                          handler=reports.on_public if reports is not None else None).start()
 
     def _on_dashboard(self, request: MissRequest) -> Answer:
         if request.method not in ("GET", "HEAD"):

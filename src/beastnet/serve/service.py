@@ -49,9 +49,11 @@ STOP_TIMEOUT_S = 10.0           # a component's stop() past this is abandoned (a
 #: which node pushes what; the governor and the stream act through the engines.
 COMPONENTS: tuple[str, ...] = (
     "beastnet.serve.apikeys:ApiKeys",
+    "beastnet.serve.usage_log:UsageLogComponent",
     "beastnet.serve.prices:Prices",
     "beastnet.serve.cluster:Cluster",
     "beastnet.serve.deliveries:Webhooks",
+    "beastnet.serve.reports:Reports",
     "beastnet.serve.engines:Engines",
     "beastnet.serve.governor:Governor",
     "beastnet.serve.stream:StreamHealth",
@@ -74,7 +76,9 @@ class PriceService:
 
     def __init__(self, cfg: ServeConfig, feed: Optional[Feed] = None) -> None:
         self.cfg = cfg
-        self.table = ResponseTable(capacity=len(ASSETS) * 2)
+        # stale_marking: a stalled control loop stops the feed and the stale
+        # checker alike; the engines then serve the "stale":true variants.
+        self.table = ResponseTable(capacity=len(ASSETS) * 2, stale_marking=True)
         self.control = ControlPlane("beastnet-service")
         self.stores = Stores()
         self.api_keys: Optional[APIKeyTable] = None     # set by the api_keys component

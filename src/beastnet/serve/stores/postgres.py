@@ -69,6 +69,22 @@ UPDATE api_keys SET prefix = left(key, 10) || '…',
                     key = 'sha256:' || encode(sha256(convert_to(key, 'UTF8')), 'hex')
     WHERE key NOT LIKE 'sha256:%';
 """),
+    # The usage log (stores/usage_postgres.py): per key, minute, protocol and
+    # route, partitioned by month; the store creates the months ahead.
+    (3, """
+CREATE TABLE usage_log (
+    key          TEXT NOT NULL,                 -- key ID, or '(unknown)'
+    minute       TIMESTAMPTZ NOT NULL,          -- the minute's start
+    protocol     TEXT NOT NULL,                 -- udp, http, ws
+    route        TEXT NOT NULL,                 -- price, snapshot, report, stream
+    admitted     BIGINT NOT NULL,
+    refused      BIGINT NOT NULL,
+    rate_limited BIGINT NOT NULL,
+    over_quota   BIGINT NOT NULL,
+    PRIMARY KEY (minute, key, protocol, route)
+) PARTITION BY RANGE (minute);
+CREATE TABLE usage_log_default PARTITION OF usage_log DEFAULT;
+"""),
 ]
 
 _MIGRATIONS_TABLE = """

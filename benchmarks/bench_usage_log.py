@@ -1,0 +1,151 @@
+"""The usage log and reports, two workloads in one run:
+
+1. flush: rows per second into the usage log, PostgreSQL COPY (staging table
+   + one upsert) against PostgreSQL executemany (the same upsert row by row)
+   and SQLite executemany, batches of 300 rows (the default) and 5,000; new
+   cells, then the same cells again (every row an update);
+2. the stress plan's 2d on one host: `beastnet serve` (SQLite key store),
+   HTTP price req/s alone (closed loop), then the same price load with a
+   concurrent open-loop report load of 1,000 /v1/reports/usage/summary a
+   second; the ratio, and the reports' p99.
+
+    PYTHONPATH=src python benchmarks/bench_usage_log.py [--duration 5] [--skip-2d]
+
+Needs initdb/pg_ctl (a PostgreSQL is started by the tests' fixture,
+tests/pg_support.py).  Every figure is from this run on this machine; the
+machine state is printed first (load average) because other jobs may share it.
+"""
+import argparse
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from pg_support import PostgresServer  # noqa: E402
+
+from beastnet import api_key_id  # noqa: E402
+from beastnet.serve.stores.postgres import migrate  # noqa: E402
+from beastnet.serve.stores.usage_log import UsageRow  # noqa: E402
+from beastnet.serve.stores.usage_postgres import PostgresUsageLog  # noqa: E402
+from beastnet.serve.stores.usage_sqlite import SQLiteUsageLog  # noqa: E402
+
+MINUTE0 = 1_767_225_600         # 2026-01-01 00:00 UTC
+
+
+def rows(n: int, batch: int) -> list[list[UsageRow]]:
+    """n rows in batches: distinct (key, minute) cells."""
+    keys = [api_key_id(f"key-{i}") for i in range(1000)]
+    out = [UsageRow(keys[i % 1000], MINUTE0 + 60 * (i // 1000), "http", "price", 5, 1, 0, 0)
+           for i in range(n)]
+    return [out[i:i + batch] for i in range(0, n, batch)]
+
+
+def flush_rate(store, batches) -> float:
+    t = time.perf_counter()
+    for batch in batches:
+        store.write(batch)
+    return sum(len(b) for b in batches) / (time.perf_counter() - t)
+
+
+def bench_flush(total: int) -> None:
+    server = PostgresServer()
+    tmp = tempfile.mkdtemp(prefix="bench-usage-")
+    try:
+        migrate(server.dsn)
+        print(f"## flush: {total:,} rows per run, rows/s (higher is better)")
+        print("| batch | store | new cells | same cells again (updates) |")
+        print("| --- | --- | --- | --- |")
+        for batch in (300, 5000):
+            for name in ("postgresql COPY", "postgresql executemany", "sqlite executemany"):
+                server.psql("TRUNCATE usage_log")
+                if name.startswith("postgresql"):
+                    store = PostgresUsageLog(server.dsn,
+                                             method="copy" if "COPY" in name else "executemany")
+                else:
+                    path = os.path.join(tmp, f"u{batch}.db")
+                    if os.path.exists(path):
+                        os.unlink(path)
+                    store = SQLiteUsageLog(path)
+                try:
+                    batches = rows(total, batch)
+                    first = flush_rate(store, batches)
+                    again = flush_rate(store, batches)
+                finally:
+                    store.close()
+                print(f"| {batch} | {name} | {first:,.0f} | {again:,.0f} |")
+    finally:
+        server.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def bench_2d(duration: float) -> None:
+    from beastnet.loadgen import HTTPLoadConfig, run_http_load
+    from beastnet.serve.stores.sqlite import KeyStore
+    tmp = Path(tempfile.mkdtemp(prefix="bench-2d-"))
+    db = tmp / "keys.db"
+    with KeyStore(str(db)) as store:
+        store.add("partner", key="price-load-key-0001")
+        store.add("partner", key="report-load-key-001")
+    port, admin = free_port(), free_port()
+    log = open(tmp / "serve.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "beastnet", "serve", "--profile", "dev",
+                             "--keystore", str(db), "--udp-port", "0", "--http-port",
+                             str(port), "--admin-port", str(admin)],
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while b'"ready"' not in (tmp / "serve.log").read_bytes():
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise SystemExit("serve did not start: " + (tmp / "serve.log").read_text())
+            time.sleep(0.1)
+        price = HTTPLoadConfig(port=port, keys=("BTC", "ETH", "SOL"), connections=32,
+                               threads=1, duration_s=duration, warmup_s=1.0,
+                               headers=("X-API-Key: price-load-key-0001",))
+        reports = HTTPLoadConfig(port=port, keys=("reports/usage/summary",), connections=16,
+                                 threads=1, rate=1000.0, duration_s=duration, warmup_s=1.0,
+                                 headers=("X-API-Key: report-load-key-001",))
+        alone = run_http_load(price)
+        import threading
+        result = {}
+        side = threading.Thread(target=lambda: result.update(r=run_http_load(reports)))
+        side.start()
+        mixed = run_http_load(price)
+        side.join()
+        rep = result["r"]
+        print("## 2d: price req/s with and without 1,000 reports/s (HTTP, keep-alive)")
+        print("| run | price req/s | price p99 ms | reports/s | report p99 ms | report errors |")
+        print("| --- | --- | --- | --- | --- | --- |")
+        print(f"| price alone | {alone.rps:,.0f} | {alone.percentile(99) / 1e6:.2f} | - | - | - |")
+        print(f"| price + reports | {mixed.rps:,.0f} | {mixed.percentile(99) / 1e6:.2f} | "
+              f"{rep.rps:,.0f} | {rep.percentile(99) / 1e6:.2f} | "
+              f"{rep.errors + rep.error_replies} |")
+        print(f"ratio price(with reports) / price(alone): {mixed.rps / alone.rps:.2f}")
+    finally:
+        proc.terminate()
+        proc.wait(20)
+        log.close()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, default=60_000)
+    ap.add_argument("--duration", type=float, default=5.0)
+    ap.add_argument("--skip-2d", action="store_true")
+    args = ap.parse_args()
+    print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start")
+    bench_flush(args.rows)
+    if not args.skip_2d:
+        bench_2d(args.duration)
+
+
+if __name__ == "__main__":
+    main()

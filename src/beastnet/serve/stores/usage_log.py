@@ -1,0 +1,72 @@
+"""The usage log's storage: per key, per minute, per protocol and route, the
+requests admitted, refused (a missing, unknown or revoked key), rate-limited
+and over the monthly cap.  A row is an aggregate, never a request.
+
+`UsageLogStore` is what the usage log (serve/usage_log.py) and the reports
+(serve/reports.py) ask of it; `usage_sqlite.py` (the embedded default, in the
+key store's file) and `usage_postgres.py` (COPY into monthly partitions)
+implement it, and `open_usage_log` picks one.  The calls block, as every
+store's do (stores/base.py says why).
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Optional, Protocol
+
+__all__ = ["UNKNOWN_KEY", "UsageLogStore", "UsageRow", "open_usage_log"]
+
+#: The key column of refusals whose key was missing or unknown: not a key ID
+#: (those start "sha256:"), so no caller's report ever includes it.
+UNKNOWN_KEY = "(unknown)"
+
+
+class UsageRow(NamedTuple):
+    """One aggregate: `minute` is the minute's start in Unix seconds (UTC)."""
+
+    key: str
+    minute: int
+    protocol: str
+    route: str
+    admitted: int
+    refused: int
+    rate_limited: int
+    over_quota: int
+
+
+#: Sums of a report, by (bucket or None, protocol, route): the four counts.
+Totals = dict[tuple[Optional[int], str, str], list[int]]
+
+
+class UsageLogStore(Protocol):
+    """Failures raise KeyStoreError (one line, never the password)."""
+
+    path: str
+
+    def write(self, rows: list[UsageRow]) -> None:
+        """Add the rows' counts to the stored ones, all in one transaction."""
+
+    def totals(self, key: Optional[str], start: int, end: int,
+               bucket_s: Optional[int]) -> Totals:
+        """Counts of `key` (None: every key) for minutes in [start, end),
+        summed per bucket of `bucket_s` seconds (60, 3600, 86400, aligned on
+        UTC; None: one bucket), protocol and route."""
+
+    def detail(self, key: Optional[str], start: int, end: int,
+               after: Optional[tuple[int, str, str, str]], limit: int) -> list[UsageRow]:
+        """Rows in [start, end) ordered by (minute, protocol, route, key),
+        the first `limit` after `after`."""
+
+    def trim(self, before: int) -> int:
+        """Drop every row of a minute before `before`; how many went."""
+
+    def close(self) -> None: ...
+
+
+def open_usage_log(path: Optional[str], database: Optional[str] = None) -> UsageLogStore:
+    """The usage log in PostgreSQL at `database`, else in the SQLite file `path`."""
+    if database is not None:
+        from beastnet.serve.stores.usage_postgres import PostgresUsageLog
+        return PostgresUsageLog(database)
+    if path is None:
+        raise ValueError("the usage log needs a key store file or a database")
+    from beastnet.serve.stores.usage_sqlite import SQLiteUsageLog
+    return SQLiteUsageLog(path)

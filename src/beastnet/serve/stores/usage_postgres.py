@@ -1,0 +1,250 @@
+"""The usage log in PostgreSQL: `usage_log` (schema version 3, stores/
+postgres.py MIGRATIONS), partitioned by month on `minute`.
+
+A batch goes in with COPY (asyncpg's copy_records_to_table, the binary
+protocol) into a temporary staging table, then one INSERT ... SELECT ... ON
+CONFLICT adds it to the stored counts: COPY alone cannot add to a row that
+exists, and a minute's row is written again by every batch of that minute.
+Both in one transaction, so a batch is all or nothing.  `method=
+"executemany"` writes the same upsert row by row (what the benchmark
+compares COPY with).
+
+Partitions are created ahead: the month of every write and the next
+PARTITIONS_AHEAD months exist before a row needs them (a DEFAULT partition
+catches anything else, such as a clock far off).
+"""
+from __future__ import annotations
+
+import asyncio
+import threading
+from datetime import datetime, timezone
+from typing import Any, Coroutine, Optional, TypeVar
+
+from beastnet.serve.keys import KeyStoreError
+from beastnet.serve.stores.postgres import _connect, _driver, _failed, _schema_version
+from beastnet.serve.stores.usage_log import Totals, UsageRow
+
+__all__ = ["PARTITIONS_AHEAD", "USAGE_LOG_SCHEMA", "PostgresUsageLog"]
+
+T = TypeVar("T")
+
+USAGE_LOG_SCHEMA = 3            #: the schema version that added usage_log
+PARTITIONS_AHEAD = 2            #: months created beyond the current one
+
+_STAGE = """
+CREATE TEMPORARY TABLE IF NOT EXISTS usage_stage (
+    key TEXT, minute TIMESTAMPTZ, protocol TEXT, route TEXT,
+    admitted BIGINT, refused BIGINT, rate_limited BIGINT, over_quota BIGINT
+) ON COMMIT DELETE ROWS"""
+
+_ADD = """
+INSERT INTO usage_log AS u (key, minute, protocol, route, admitted, refused, rate_limited,
+                            over_quota)
+SELECT key, minute, protocol, route, sum(admitted), sum(refused), sum(rate_limited),
+       sum(over_quota)
+FROM {source} GROUP BY 1, 2, 3, 4
+ON CONFLICT (minute, key, protocol, route) DO UPDATE SET
+    admitted = u.admitted + excluded.admitted, refused = u.refused + excluded.refused,
+    rate_limited = u.rate_limited + excluded.rate_limited,
+    over_quota = u.over_quota + excluded.over_quota"""
+
+_ADD_ONE = """
+INSERT INTO usage_log AS u VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+ON CONFLICT (minute, key, protocol, route) DO UPDATE SET
+    admitted = u.admitted + excluded.admitted, refused = u.refused + excluded.refused,
+    rate_limited = u.rate_limited + excluded.rate_limited,
+    over_quota = u.over_quota + excluded.over_quota"""
+
+_SUMS = "sum(admitted), sum(refused), sum(rate_limited), sum(over_quota)"
+_BUCKETS = {60: "minute", 3600: "date_trunc('hour', minute)", 86400: "date_trunc('day', minute)"}
+
+
+def _stamp(unix_s: int) -> datetime:
+    return datetime.fromtimestamp(unix_s, timezone.utc)
+
+
+def _month_start(year: int, month: int) -> datetime:
+    year, month = year + (month - 1) // 12, (month - 1) % 12 + 1
+    return datetime(year, month, 1, tzinfo=timezone.utc)
+
+
+class PostgresUsageLog:
+    """`UsageLogStore` on PostgreSQL; `dsn` a postgresql:// URL."""
+
+    def __init__(self, dsn: str, timeout_s: float = 5.0, pool_size: int = 2,
+                 method: str = "copy") -> None:
+        from beastnet.serve.cluster import redacted_url
+        if method not in ("copy", "executemany"):
+            raise ValueError(f"method {method!r}: copy or executemany")
+        self.dsn = dsn
+        self.path = redacted_url(dsn)
+        self.timeout_s = timeout_s
+        self.method = method
+        self._months: set[tuple[int, int]] = set()     # partitions known to exist
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever,
+                                        name="beastnet-usage-pg", daemon=True)
+        self._thread.start()
+        self._pool: Any = None
+        try:
+            self._pool = self._call(self._open(pool_size))
+        except BaseException:
+            self.close()
+            raise
+
+    async def _open(self, pool_size: int) -> Any:
+        asyncpg = _driver()
+        conn = await _connect(self.dsn, self.timeout_s)
+        try:
+            have = await _schema_version(conn)
+        finally:
+            await conn.close()
+        if have < USAGE_LOG_SCHEMA:
+            raise KeyStoreError(f"database {self.path}: schema version {have}, the usage log "
+                                f"needs {USAGE_LOG_SCHEMA}: run `beastnet db migrate "
+                                f"--database URL`")
+
+        async def stage(conn: Any) -> None:     # each connection's own staging table
+            await conn.execute(_STAGE)
+        try:
+            # min_size 0: no connection floor to restore (and log) while the database is down.
+            return await asyncpg.create_pool(self.dsn, min_size=0, max_size=pool_size,
+                                             timeout=self.timeout_s, init=stage)
+        except (OSError, asyncio.TimeoutError, asyncpg.PostgresError) as exc:
+            raise _failed(exc, self.dsn, "cannot connect") from None
+
+    def _call(self, coro: Coroutine[Any, Any, T]) -> T:
+        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        try:
+            return future.result(self.timeout_s * 2)
+        except TimeoutError:
+            future.cancel()
+            raise KeyStoreError(f"database {self.path}: no answer in "
+                                f"{self.timeout_s * 2:g} s") from None
+
+    async def _with_conn(self, work: Any, what: str) -> Any:
+        asyncpg = _driver()
+        try:
+            async with self._pool.acquire(timeout=self.timeout_s) as conn:
+                return await work(conn)
+        except (OSError, asyncio.TimeoutError, asyncpg.PostgresError,
+                asyncpg.InterfaceError) as exc:
+            raise _failed(exc, self.dsn, what) from None
+
+    def close(self) -> None:
+        if self._pool is not None:
+            try:
+                self._call(self._pool.close())
+            except KeyStoreError:
+                self._pool.terminate()
+            self._pool = None
+        if self._loop.is_running():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(5.0)
+        if not self._loop.is_running() and not self._loop.is_closed():
+            self._loop.close()
+
+    # -- partitions ------------------------------------------------------------------
+
+    async def _ensure_partitions(self, conn: Any, minutes: set[int]) -> None:
+        """Create the month of each of `minutes` and PARTITIONS_AHEAD more."""
+        wanted = set()
+        for minute in minutes:
+            day = _stamp(minute)
+            for ahead in range(PARTITIONS_AHEAD + 1):
+                start = _month_start(day.year, day.month + ahead)
+                wanted.add((start.year, start.month))
+        for year, month in sorted(wanted - self._months):
+            start, end = _month_start(year, month), _month_start(year, month + 1)
+            await conn.execute(
+                f"CREATE TABLE IF NOT EXISTS usage_log_{year:04d}{month:02d} PARTITION OF "
+                f"usage_log FOR VALUES FROM ('{start.isoformat()}') TO ('{end.isoformat()}')")
+            self._months.add((year, month))
+
+    def ensure_partitions(self, minute: int) -> None:
+        """The month of `minute` and the next PARTITIONS_AHEAD exist afterwards."""
+        self._call(self._with_conn(lambda conn: self._ensure_partitions(conn, {minute}),
+                                   "creating partitions failed"))
+
+    # -- UsageLogStore ---------------------------------------------------------------
+
+    def write(self, rows: list[UsageRow]) -> None:
+        if not rows:
+            return
+        records = [(r.key, _stamp(r.minute), r.protocol, r.route, r.admitted, r.refused,
+                    r.rate_limited, r.over_quota) for r in rows]
+        minutes = {r.minute - r.minute % 86400 for r in rows}
+
+        async def work(conn: Any) -> None:
+            if not {(_stamp(m).year, _stamp(m).month) for m in minutes} <= self._months:
+                await self._ensure_partitions(conn, minutes)
+            async with conn.transaction():
+                if self.method == "copy":
+                    await conn.copy_records_to_table("usage_stage", records=records,
+                                                     timeout=self.timeout_s)
+                    await conn.execute(_ADD.format(source="usage_stage"), timeout=self.timeout_s)
+                else:
+                    await conn.executemany(_ADD_ONE, records, timeout=self.timeout_s)
+        self._call(self._with_conn(work, "usage log write failed"))
+
+    def totals(self, key: Optional[str], start: int, end: int,
+               bucket_s: Optional[int]) -> Totals:
+        bucket = f"extract(epoch FROM {_BUCKETS[bucket_s]})::bigint" if bucket_s else "NULL::bigint"
+        where, args = _where(key, start, end)
+
+        async def work(conn: Any) -> list[Any]:
+            return list(await conn.fetch(
+                f"SELECT {bucket}, protocol, route, {_SUMS} FROM usage_log WHERE {where} "
+                "GROUP BY 1, 2, 3", *args, timeout=self.timeout_s))
+        rows = self._call(self._with_conn(work, "usage report failed"))
+        return {(r[0], r[1], r[2]): [int(v) for v in r[3:]] for r in rows}
+
+    def detail(self, key: Optional[str], start: int, end: int,
+               after: Optional[tuple[int, str, str, str]], limit: int) -> list[UsageRow]:
+        where, args = _where(key, start, end)
+        if after is not None:
+            n = len(args)
+            where += (f" AND (minute, protocol, route, key) > "
+                      f"(${n + 1}, ${n + 2}, ${n + 3}, ${n + 4})")
+            args += [_stamp(after[0]), after[1], after[2], after[3]]
+        args.append(limit)
+
+        async def work(conn: Any) -> list[Any]:
+            return list(await conn.fetch(
+                "SELECT key, extract(epoch FROM minute)::bigint, protocol, route, admitted, "
+                f"refused, rate_limited, over_quota FROM usage_log WHERE {where} "
+                f"ORDER BY minute, protocol, route, key LIMIT ${len(args)}", *args,
+                timeout=self.timeout_s))
+        rows = self._call(self._with_conn(work, "usage report failed"))
+        return [UsageRow(r[0], int(r[1]), r[2], r[3], *(int(v) for v in r[4:])) for r in rows]
+
+    def trim(self, before: int) -> int:
+        """Drop whole monthly partitions before `before`, then delete the rows
+        left in the month it falls in (and the DEFAULT partition)."""
+        cut = _stamp(before)
+
+        async def work(conn: Any) -> int:
+            removed = 0
+            async with conn.transaction():
+                parts = await conn.fetch(
+                    "SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i "
+                    "JOIN pg_class c ON c.oid = i.inhrelid "
+                    "WHERE i.inhparent = 'usage_log'::regclass")
+                for name, bound in parts:
+                    if not name.startswith("usage_log_") or not name[10:].isdigit():
+                        continue
+                    year, month = int(name[10:14]), int(name[14:16])
+                    if _month_start(year, month + 1) <= cut:
+                        removed += int(await conn.fetchval(f"SELECT count(*) FROM {name}"))
+                        await conn.execute(f"DROP TABLE {name}")
+                        self._months.discard((year, month))
+                status = await conn.execute("DELETE FROM usage_log WHERE minute < $1", cut)
+                removed += int(status.split()[-1])
+            return removed
+        return int(self._call(self._with_conn(work, "usage log trim failed")))
+
+
+def _where(key: Optional[str], start: int, end: int) -> tuple[str, list]:
+    if key is None:
+        return "minute >= $1 AND minute < $2", [_stamp(start), _stamp(end)]
+    return "minute >= $1 AND minute < $2 AND key = $3", [_stamp(start), _stamp(end), key]

@@ -1,0 +1,79 @@
+"""The usage log in SQLite (the embedded default): one table in the key
+store's file, written with executemany in one transaction per batch."""
+from __future__ import annotations
+
+from typing import Optional
+
+from beastnet.serve.stores.sqlite import Database, _OnDatabase
+from beastnet.serve.stores.usage_log import Totals, UsageRow
+
+__all__ = ["SQLiteUsageLog"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS usage_log (
+    key          TEXT NOT NULL,     -- key ID, or '(unknown)'
+    minute       INTEGER NOT NULL,  -- the minute's start, Unix seconds (UTC)
+    protocol     TEXT NOT NULL,     -- udp, http, ws
+    route        TEXT NOT NULL,     -- price, snapshot, report, stream
+    admitted     INTEGER NOT NULL,
+    refused      INTEGER NOT NULL,
+    rate_limited INTEGER NOT NULL,
+    over_quota   INTEGER NOT NULL,
+    PRIMARY KEY (minute, key, protocol, route)
+) WITHOUT ROWID;
+"""
+
+_UPSERT = """
+INSERT INTO usage_log VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (minute, key, protocol, route) DO UPDATE SET
+    admitted = admitted + excluded.admitted, refused = refused + excluded.refused,
+    rate_limited = rate_limited + excluded.rate_limited,
+    over_quota = over_quota + excluded.over_quota
+"""
+
+_SUMS = "sum(admitted), sum(refused), sum(rate_limited), sum(over_quota)"
+
+
+class SQLiteUsageLog(_OnDatabase):
+    """`UsageLogStore` on a SQLite file (its own connection to it)."""
+
+    def __init__(self, db: "Database | str", timeout_s: float = 5.0) -> None:
+        self._use(db, timeout_s)
+        try:
+            self.db.script(_SCHEMA)
+        except BaseException:
+            self.close()
+            raise
+
+    def write(self, rows: list[UsageRow]) -> None:
+        if rows:
+            self.db.run_many(_UPSERT, [tuple(r) for r in rows], "usage log write failed")
+
+    def totals(self, key: Optional[str], start: int, end: int,
+               bucket_s: Optional[int]) -> Totals:
+        bucket = f"(minute / {int(bucket_s)}) * {int(bucket_s)}" if bucket_s else "NULL"
+        where, args = _where(key, start, end)
+        rows = self.db.run(f"SELECT {bucket}, protocol, route, {_SUMS} FROM usage_log "
+                           f"WHERE {where} GROUP BY 1, 2, 3", args)
+        return {(r[0], r[1], r[2]): [int(v) for v in r[3:]] for r in rows}
+
+    def detail(self, key: Optional[str], start: int, end: int,
+               after: Optional[tuple[int, str, str, str]], limit: int) -> list[UsageRow]:
+        where, args = _where(key, start, end)
+        if after is not None:
+            where += " AND (minute, protocol, route, key) > (?, ?, ?, ?)"
+            args += list(after)
+        rows = self.db.run("SELECT key, minute, protocol, route, admitted, refused, rate_limited, "
+                           f"over_quota FROM usage_log WHERE {where} "
+                           "ORDER BY minute, protocol, route, key LIMIT ?", args + [limit])
+        return [UsageRow(*r) for r in rows]
+
+    def trim(self, before: int) -> int:
+        rows = self.db.run("DELETE FROM usage_log WHERE minute < ? RETURNING 1", (before,))
+        return len(rows)
+
+
+def _where(key: Optional[str], start: int, end: int) -> tuple[str, list]:
+    if key is None:
+        return "minute >= ? AND minute < ?", [start, end]
+    return "minute >= ? AND minute < ? AND key = ?", [start, end, key]

@@ -1,0 +1,193 @@
+"""Usage reports (LRS): a client's own usage on the public port, any key's on
+the admin listener, current to the second (stored rows plus pending counts),
+equal to an independent count from the clients; bad input is a 400 with the
+reason, a store that is down a 503."""
+from __future__ import annotations
+
+import asyncio
+import socket
+from types import SimpleNamespace
+from typing import Any
+from urllib.parse import quote
+
+import orjson
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from beastnet import APIKeyTable, api_key_id
+from beastnet.serve.reports import BadReport, Reports, parse_report_query
+from beastnet.serve.usage_log import UsageLog
+from pg_support import postgres  # noqa: F401  (fixture)
+from support import wait_for
+from test_serve import add_key, serve  # noqa: F401  (fixture)
+from test_usage_log import ROUTE, TIERS, admit, store  # noqa: F401  (fixture)
+
+pytestmark = pytest.mark.timeout(120)
+
+NOW = 1_780_000_000          # 2026-05-28, a fixed "now" for the parser's defaults
+METACHARS = "'\";\\ %()*<>|&`$\x00\n"
+
+BAD = [
+    ("usage", "from=2026-05-02&to=2026-05-01", "from: must be before to"),
+    ("usage", "from=2024-01-01&to=2026-01-01", "at most 366 days"),
+    ("usage", "granularity=second", "granularity: minute, hour or day"),
+    ("usage", "from=2026-01-01&to=2026-03-01&granularity=minute", "more than 10080 points"),
+    ("usage", "from=yesterday", "from: not a time"),
+    ("usage", "from=2026-02-30", "from: no such date"),
+    ("usage", "to=1'%20OR%20'1'='1", "to: not a time"),
+    ("summary", "granularity=hour", "unknown parameter 'granularity'"),
+    ("summary", "from=1&from=2", "from: given twice"),
+    ("detail", "limit=0", "limit: a whole number"),
+    ("detail", "limit=5;DROP%20TABLE%20usage_log", "limit: a whole number"),
+    ("detail", "cursor=not-a-cursor", "cursor: not a cursor"),
+    ("detail", "cursor=abc'--", "cursor: not a cursor"),
+    ("usage", "x=1", "unknown parameter 'x'"),
+]
+
+
+@pytest.mark.parametrize("kind,query,reason", BAD, ids=[b[1][:30] for b in BAD])
+def test_bad_report_queries_say_why(kind, query, reason):
+    with pytest.raises(BadReport, match=reason.replace("(", r"\(").replace("'", "'")):
+        parse_report_query(kind, query, api_key_id("k"), now=NOW)
+
+
+@settings(max_examples=300, deadline=None)
+@given(kind=st.sampled_from(["usage", "summary", "detail"]),
+       name=st.sampled_from(["from", "to", "granularity", "limit", "cursor"]),
+       value=st.text(min_size=1, max_size=40),
+       meta=st.sampled_from(METACHARS))
+def test_sql_metacharacters_in_any_parameter_are_refused(kind, name, value, meta):
+    """Whatever surrounds it, a parameter holding a metacharacter is a 400."""
+    text = value[: len(value) // 2] + meta + value[len(value) // 2:]
+    with pytest.raises(BadReport):
+        parse_report_query(kind, f"{name}={quote(text)}", api_key_id("k"), now=NOW)
+
+
+def test_a_cursor_of_another_key_is_refused():
+    first = parse_report_query("detail", "from=2026-05-01&to=2026-05-02&limit=1",
+                               api_key_id("alice"), now=NOW)
+    from beastnet.serve.reports import encode_cursor
+    from beastnet.serve.stores.usage_log import UsageRow
+    cursor = encode_cursor(api_key_id("alice"), first,
+                           UsageRow(api_key_id("alice"), first.start, "udp", "price", 1, 0, 0, 0))
+    again = parse_report_query("detail", f"cursor={cursor}", api_key_id("alice"), now=NOW)
+    assert again.after is not None and again.start == first.start and again.limit == 1
+    with pytest.raises(BadReport, match="belongs to another key"):
+        parse_report_query("detail", f"cursor={cursor}", api_key_id("mallory"), now=NOW)
+
+
+def reports_on(store: Any, usage: Any) -> Reports:
+    host = SimpleNamespace(cfg=SimpleNamespace(http_prefix="/v1/"))
+    return Reports(host, SimpleNamespace(store=store, log=usage, lrs_requests=0))  # type: ignore
+
+
+def test_reports_add_pending_counts_to_stored_rows(store):  # noqa: F811
+    table = APIKeyTable()
+    table.set(api_key_id("alice"), qps=1.0, burst=4)
+    table.set(api_key_id("bob"))
+    usage = UsageLog(store, table)
+    seen: dict = {}
+    admit(table, "alice", ("udp", "price"), 6, seen)           # 4 admitted, 2 limited
+    admit(table, "bob", ("http", "price"), 3, seen)
+    usage.harvest()
+    usage.write_all()
+    admit(table, "alice", ("http", "snapshot"), 0, seen)
+    table.set(api_key_id("alice"), qps=0.0)
+    admit(table, "alice", ("http", "snapshot"), 5, seen)       # pending, not written
+    reports = reports_on(store, usage)
+    summary = reports.answer(parse_report_query("summary", "", api_key_id("alice")))
+    got = {(r["protocol"], r["route"]): [r[c] for c in ("admitted", "refused", "rate_limited",
+                                                          "over_quota")]
+           for r in summary["by_route"]}
+    assert got == {(p, r): v for (k, p, r), v in seen.items() if k == api_key_id("alice")}
+    assert summary["total"]["admitted"] == 9 and summary["total"]["rate_limited"] == 2
+    series = reports.answer(parse_report_query("usage", "granularity=minute",
+                                                api_key_id("alice")))["series"]
+    assert sum(p["admitted"] for p in series) == 9
+    # Detail, a row a page: the pages join up to every cell, each once.
+    rows, cursor = [], None
+    while True:
+        query = f"limit=1&cursor={cursor}" if cursor else "limit=1"
+        page = reports.answer(parse_report_query("detail", query, api_key_id("alice")))
+        rows += page["rows"]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert [(r["protocol"], r["route"], r["admitted"]) for r in rows] == \
+        [("http", "snapshot", 5), ("udp", "price", 4)]
+    # Across keys (admin): every key's rows, named.
+    every = reports.answer(parse_report_query("summary", "", None), own=False)
+    assert every["total"]["admitted"] == 12 and every["key"] is None
+
+
+def test_a_store_that_is_down_answers_503(postgres):  # noqa: F811
+    from beastnet.serve.stores.postgres import migrate
+    from beastnet.serve.stores.usage_postgres import PostgresUsageLog
+    migrate(postgres.dsn)
+    pg = PostgresUsageLog(postgres.dsn, timeout_s=1.0)
+    try:
+        reports = reports_on(pg, None)
+        postgres.stop()
+        answer = asyncio.run(reports._report("summary", "", api_key_id("alice"), own=True))
+        assert answer.status == 503 and "usage log cannot be read" in answer.body["detail"]
+        answer = asyncio.run(reports._report("summary", "from=x", api_key_id("alice"), own=True))
+        assert answer.status == 400
+    finally:
+        pg.close()
+
+
+# -- `beastnet serve`: reports on the public port and the admin listener -------------
+
+def report(server, path: str, key: str) -> tuple[int, Any]:
+    status, _, raw = server.http("GET", path, {"X-API-Key": key})
+    return status, orjson.loads(raw)
+
+
+def test_serve_reports_equal_what_the_clients_counted(serve, tmp_path):  # noqa: F811
+    db = tmp_path / "keys.db"
+    add_key(db, "public", "alice-key")
+    add_key(db, "pro", "bob-key")
+    server = serve("--keystore", str(db), config=TIERS)
+    counted = {"udp": 0, "http": 0}
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        for _ in range(40):
+            counted["udp"] += b'"asset"' in server.udp_ask(b"BTC alice-key", sock)
+    for _ in range(7):
+        counted["http"] += server.http("GET", "/v1/ETH", {"X-API-Key": "alice-key"})[0] == 200
+    limited = sum(server.http("GET", "/v1/ETH", {"X-API-Key": "bob-key"})[0] == 429
+                  for _ in range(5))                               # burst 3: 2 limited
+    status, summary = report(server, "/v1/reports/usage/summary", "alice-key")
+    assert status == 200, summary
+    by = {(r["protocol"], r["route"]): r for r in summary["by_route"]}
+    assert by[("udp", "price")]["admitted"] == counted["udp"] == 40
+    assert by[("http", "price")]["admitted"] == counted["http"] == 7
+    assert by[("http", "report")]["admitted"] == 1, "the report counts itself"
+    assert "key" not in summary, "a client's report is its own key's"
+    status, series = report(server, "/v1/reports/usage?granularity=minute", "alice-key")
+    assert status == 200 and sum(p["admitted"] for p in series["series"]) == 40 + 7 + 2
+    assert limited == 2
+    status, _ = report(server, "/v1/reports/usage/summary", "bob-key")
+    assert status == 429, "a report is held to the key's rate limit like a price"
+    # A cursor is bound to its key.
+    status, page = report(server, "/v1/reports/usage/detail?limit=1", "alice-key")
+    assert status == 200 and len(page["rows"]) == 1 and page["next_cursor"]
+    add_key(db, "public", "carol-key")      # the server picks it up within a second
+    wait_for(lambda: server.http("GET", "/v1/ETH", {"X-API-Key": "carol-key"})[0] == 200)
+    status, refused = report(server, f"/v1/reports/usage/detail?cursor={page['next_cursor']}",
+                             "carol-key")
+    assert status == 400 and "another key" in refused["detail"]
+    status, refused = report(server, "/v1/reports/usage?from=2026-05-02&to=2026-05-01",
+                             "alice-key")
+    assert status == 400 and "before" in refused["detail"]
+    assert server.http("GET", "/v1/reports/usage")[0] == 401
+    assert server.http("GET", "/v1/NOPE", {"X-API-Key": "alice-key"})[0] == 404
+    # The admin listener: any key, and every key.
+    bob = api_key_id("bob-key")
+    status, _, raw = server.admin("GET", f"/admin/reports/usage/summary?key={bob}")
+    assert status == 200 and orjson.loads(raw)["total"]["rate_limited"] == 2 + 1
+    status, _, raw = server.admin("GET", "/admin/reports/usage/summary")
+    every = orjson.loads(raw)
+    assert status == 200 and every["total"]["admitted"] >= 40 + 7 + 3 + 1
+    stats = orjson.loads(server.admin("GET", "/admin/stats")[2])["usage_log"]
+    assert stats["lrs_requests"] == 7, "every report that reached the control plane"
+    assert server.terminate() == 0

@@ -1,0 +1,323 @@
+"""The usage log: per key, minute, protocol and route, counted natively and
+written in micro-batches to SQLite (the key store's file) and to a real
+PostgreSQL (COPY into monthly partitions).  Counts equal what the clients
+saw; a PostgreSQL restart mid-run loses nothing (the queue carries); a full
+queue is counted, never blocks; kill -9 loses at most about one interval."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sqlite3
+import time
+from typing import Any, Iterator
+
+import orjson
+import pytest
+
+from beastnet import APIKeyTable, api_key_id
+from beastnet._core import USAGE_ROUTE_NAMES
+from beastnet.serve.stores.usage_log import UNKNOWN_KEY, UsageLogStore, UsageRow
+from beastnet.serve.stores.usage_sqlite import SQLiteUsageLog
+from beastnet.serve.usage_log import UsageLog
+from pg_support import postgres  # noqa: F401  (fixture)
+from support import wait_for
+from test_serve import add_key, serve  # noqa: F401  (fixture)
+
+pytestmark = pytest.mark.timeout(120)
+
+ROUTE = {name: i for i, name in enumerate(USAGE_ROUTE_NAMES)}
+VERDICT = {"ok": 0, "unauthorized": 1, "rate_limited": 2, "over_quota": 3}
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request, tmp_path) -> Iterator[Any]:
+    if request.param == "sqlite":
+        out: Any = SQLiteUsageLog(str(tmp_path / "usage.db"))
+        out.server = None
+    else:
+        from beastnet.serve.stores.postgres import migrate
+        from beastnet.serve.stores.usage_postgres import PostgresUsageLog
+        server = request.getfixturevalue("postgres")
+        migrate(server.dsn)
+        out = PostgresUsageLog(server.dsn, timeout_s=2.0)
+        out.server = server
+    try:
+        yield out
+    finally:
+        out.close()
+
+
+def stored(store: UsageLogStore) -> dict[tuple[str, str, str], list[int]]:
+    """Every stored count by (key, protocol, route), minutes summed."""
+    out: dict[tuple[str, str, str], list[int]] = {}
+    after = None
+    while True:
+        rows = store.detail(None, 0, 4_000_000_000, after, 1000)
+        for r in rows:
+            sums = out.setdefault((r.key, r.protocol, r.route), [0, 0, 0, 0])
+            for i, v in enumerate((r.admitted, r.refused, r.rate_limited, r.over_quota)):
+                sums[i] += v
+        if len(rows) < 1000:
+            return out
+        last = rows[-1]
+        after = (last.minute, last.protocol, last.route, last.key)
+
+
+def admit(table: APIKeyTable, key: str, route: tuple[str, str], times: int,
+          seen: dict[tuple[str, str, str], list[int]]) -> None:
+    """`times` admissions on `route`, each verdict tallied as a client sees it."""
+    for _ in range(times):
+        verdict, _ = table.admit(key, usage_route=ROUTE[route])
+        who = api_key_id(key) if key in table else UNKNOWN_KEY
+        seen.setdefault((who, *route), [0, 0, 0, 0])[VERDICT[verdict]] += 1
+
+
+def test_native_counts_become_rows_per_route_and_verdict(store):
+    table = APIKeyTable()
+    table.set(api_key_id("alpha"), qps=1.0, burst=5)
+    table.set(api_key_id("beta"))
+    table.set(api_key_id("capped"), monthly_cap=3)
+    seen: dict[tuple[str, str, str], list[int]] = {}
+    usage = UsageLog(store, table, interval_s=0.05, batch_rows=2)
+    admit(table, "alpha", ("udp", "price"), 9, seen)            # 5 admitted, 4 rate limited
+    admit(table, "beta", ("http", "snapshot"), 7, seen)
+    admit(table, "beta", ("ws", "stream"), 2, seen)
+    admit(table, "capped", ("http", "report"), 5, seen)         # 3 admitted, 2 over quota
+    admit(table, "nobody", ("http", "price"), 4, seen)          # refused: unknown key
+    assert usage.harvest() == 5
+    assert usage.write_all() and usage.queued() == 0
+    assert usage.rows_written == 5 and usage.batch_flush_errors == 0
+    assert stored(store) == seen
+    assert seen[(api_key_id("alpha"), "udp", "price")] == [5, 0, 4, 0]
+    # A second harvest adds only what moved since the first.
+    admit(table, "beta", ("ws", "stream"), 3, seen)
+    usage.harvest()
+    usage.write_all()
+    assert stored(store) == seen
+
+
+def test_pending_counts_are_reported_before_they_are_written(store):
+    table = APIKeyTable()
+    table.set(api_key_id("alpha"))
+    usage = UsageLog(store, table)
+    seen: dict[tuple[str, str, str], list[int]] = {}
+    admit(table, "alpha", ("http", "price"), 6, seen)
+    usage.harvest()
+    admit(table, "alpha", ("http", "price"), 4, seen)          # not harvested yet
+    pending = usage.pending(api_key_id("alpha"))
+    assert sum(r.admitted for r in pending) == 10 and stored(store) == {}
+
+
+def test_a_failed_batch_stays_queued_and_a_full_queue_counts_bg_drop(store, tmp_path):
+    table = APIKeyTable()
+    for i in range(5):
+        table.set(api_key_id(f"key{i}"))
+    usage = UsageLog(store, table, queue_rows=3)
+    seen: dict[tuple[str, str, str], list[int]] = {}
+    admit(table, "key0", ("udp", "price"), 2, seen)
+    usage.harvest()
+    down = _take_down(store, tmp_path)
+    admit(table, "key0", ("udp", "price"), 3, seen)             # merged into the queued cell
+    usage.harvest()
+    assert usage.write_batch() == -1 and usage.batch_flush_errors == 1 and usage.queued() == 1
+    for i in range(1, 5):
+        admit(table, f"key{i}", ("http", "price"), 1, seen)
+    usage.harvest()                                            # 2 new cells fit, 2 do not
+    assert usage.bg_drop == 2 and usage.queued() == 3
+    down()                                                     # the store is back
+    assert usage.write_all() and usage.queued() == 0
+    got = stored(store)
+    assert got[(api_key_id("key0"), "udp", "price")] == [5, 0, 0, 0]
+    assert len(got) == 3 and usage.rows_written == 3
+
+
+def _take_down(store: Any, tmp_path) -> Any:
+    """Make the store fail until the returned function is called."""
+    if store.server is not None:
+        store.server.stop()
+        return store.server.start
+    # SQLite: another connection holds the write lock (busy timeout short).
+    store.db._conn.execute("PRAGMA busy_timeout = 50")
+    other = sqlite3.connect(store.path, isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")
+
+    def release() -> None:
+        other.execute("ROLLBACK")
+        other.close()
+    return release
+
+
+def test_postgresql_restart_mid_run_loses_nothing(postgres):  # noqa: F811
+    """pg_ctl restart while the writer thread runs: the queue carries the
+    counts across; afterwards the stored sums equal the admissions."""
+    from beastnet.serve.stores.postgres import migrate
+    from beastnet.serve.stores.usage_postgres import PostgresUsageLog
+    migrate(postgres.dsn)
+    store = PostgresUsageLog(postgres.dsn, timeout_s=1.0)
+    table = APIKeyTable()
+    table.set(api_key_id("alpha"))
+    usage = UsageLog(store, table, interval_s=0.02).start()
+    seen: dict[tuple[str, str, str], list[int]] = {}
+    try:
+        admit(table, "alpha", ("udp", "price"), 100, seen)
+        wait_for(lambda: usage.rows_written >= 1)
+        postgres.stop()
+        admit(table, "alpha", ("udp", "price"), 50, seen)
+        admit(table, "alpha", ("http", "price"), 20, seen)
+        wait_for(lambda: usage.batch_flush_errors >= 1)
+        postgres.start()
+        admit(table, "alpha", ("udp", "price"), 30, seen)
+        usage.stop()
+        assert usage.queued() == 0 and usage.bg_drop == 0
+        assert stored(store) == seen
+        assert seen[(api_key_id("alpha"), "udp", "price")][0] == 180
+    finally:
+        usage.stop(write_s=0.0)
+        store.close()
+
+
+# -- `beastnet serve`: the clients' count against the stored one -----------------------
+
+TIERS = '[tiers.public]\nqps = 1000\nburst = 1000\nmonthly_cap = 1000000\n' \
+        '[tiers.pro]\nqps = 0.001\nburst = 3\nmonthly_cap = 1000000\n'
+
+
+def log_rows(db) -> dict[tuple[str, str, str], list[int]]:
+    conn = sqlite3.connect(db)
+    try:
+        rows = conn.execute("SELECT key, protocol, route, sum(admitted), sum(refused), "
+                            "sum(rate_limited), sum(over_quota) FROM usage_log "
+                            "GROUP BY 1, 2, 3").fetchall()
+    finally:
+        conn.close()
+    return {(r[0], r[1], r[2]): list(r[3:]) for r in rows}
+
+
+def test_serve_usage_log_equals_what_clients_saw_after_sigterm(serve, tmp_path):  # noqa: F811
+    db = tmp_path / "keys.db"
+    add_key(db, "public", "fast-key")
+    add_key(db, "pro", "slow-key")
+    server = serve("--keystore", str(db), config=TIERS)
+    seen: dict[tuple[str, str, str], list[int]] = {}
+
+    def tally(key: str, protocol: str, route: str, verdict: int) -> None:
+        who = UNKNOWN_KEY if key == "nobody" else api_key_id(key)
+        seen.setdefault((who, protocol, route), [0, 0, 0, 0])[verdict] += 1
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        for _ in range(200):
+            assert b'"asset"' in server.udp_ask(b"BTC fast-key", sock)
+            tally("fast-key", "udp", "price", 0)
+    for key in ("fast-key",) * 30 + ("slow-key",) * 5 + ("nobody",) * 4:
+        status = server.http("GET", "/v1/ETH", {"X-API-Key": key})[0]
+        tally(key, "http", "price", {200: 0, 401: 1, 429: 2}[status])
+    for _ in range(6):
+        status = server.http("GET", "/v1/prices?symbols=BTC,ETH", {"X-API-Key": "fast-key"})[0]
+        assert status == 200
+        tally("fast-key", "http", "snapshot", 0)
+    assert seen[(api_key_id("slow-key"), "http", "price")] == [3, 0, 2, 0]
+    assert server.terminate() == 0            # SIGTERM: drain, last harvest and write
+    assert log_rows(db) == seen
+
+
+def test_serve_stats_show_the_usage_log_counters(serve, tmp_path):  # noqa: F811
+    db = tmp_path / "keys.db"
+    add_key(db, "public", "fast-key")
+    server = serve("--keystore", str(db), config=TIERS)
+    for _ in range(5):
+        assert server.http("GET", "/v1/ETH", {"X-API-Key": "fast-key"})[0] == 200
+
+    def written() -> dict:
+        stats = orjson.loads(server.admin("GET", "/admin/stats")[2])["usage_log"]
+        return stats if stats["rows_written"] >= 1 and stats["queue"] == 0 else {}
+    stats = wait_for(written)
+    assert stats["rows_queued"] >= 1 and stats["bg_drop"] == 0
+    metrics = server.admin("GET", "/metrics")[2].decode()
+    assert "beastnet_usage_log_rows_written_total" in metrics
+    assert server.terminate() == 0
+
+
+def test_serve_kill_9_loses_at_most_about_one_interval(serve, tmp_path):  # noqa: F811
+    db = tmp_path / "keys.db"
+    add_key(db, "public", "fast-key")
+    server = serve("--keystore", str(db), config=TIERS)
+    sent = 0
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        for _ in range(300):
+            sent += b'"asset"' in server.udp_ask(b"SOL fast-key", sock)
+        # Everything so far written (the log's own counters say so) ...
+        wait_for(lambda: log_rows(db).get((api_key_id("fast-key"), "udp", "price"),
+                                          [0])[0] == sent)
+        recent = 0
+        deadline = time.monotonic() + 0.05    # ... then requests inside one interval
+        while time.monotonic() < deadline:
+            recent += b'"asset"' in server.udp_ask(b"SOL fast-key", sock)
+    os.kill(server.proc.pid, signal.SIGKILL)
+    server.proc.wait(10)
+    got = log_rows(db)[(api_key_id("fast-key"), "udp", "price")][0]
+    assert sent <= got <= sent + recent
+
+
+# -- retention and `beastnet db trim` ------------------------------------------------
+
+DAY = 86400
+JAN_15, FEB_15, MAR_15 = 1_768_435_200, 1_771_113_600, 1_773_532_800    # 2026, 00:00 UTC
+
+
+def rows_at(*minutes: int) -> list[UsageRow]:
+    return [UsageRow(api_key_id("alpha"), m, "udp", "price", 1, 0, 0, 0) for m in minutes]
+
+
+def test_trim_drops_the_rows_before_the_date(store):
+    store.write(rows_at(JAN_15, FEB_15, FEB_15 + DAY, MAR_15))
+    assert store.trim(FEB_15 + DAY) == 2               # January's month and Feb 15
+    left = store.detail(None, 0, 4_000_000_000, None, 10)
+    assert [r.minute for r in left] == [FEB_15 + DAY, MAR_15]
+    if store.server is not None:                       # January's partition is gone whole
+        assert store.server.psql("SELECT to_regclass('usage_log_202601') IS NULL")
+        assert store.server.psql("SELECT to_regclass('usage_log_202603') IS NOT NULL")
+    store.write(rows_at(JAN_15))                       # an old row again: still writable
+    assert store.trim(FEB_15) == 1
+
+
+def test_retention_trims_while_running(store):
+    table = APIKeyTable()
+    store.write(rows_at(JAN_15, MAR_15))
+    usage = UsageLog(store, table, interval_s=0.01, retention_s=10 * DAY,
+                     clock=lambda: MAR_15 + DAY).start()
+    try:
+        wait_for(lambda: len(store.detail(None, 0, 4_000_000_000, None, 10)) == 1)
+    finally:
+        usage.stop()
+
+
+def test_db_trim_command(tmp_path, postgres):  # noqa: F811
+    import subprocess
+    import sys
+
+    from beastnet.serve.stores.postgres import migrate
+    from beastnet.serve.stores.usage_postgres import PostgresUsageLog
+    migrate(postgres.dsn)
+    with_pg = PostgresUsageLog(postgres.dsn)
+    with_sqlite = SQLiteUsageLog(str(tmp_path / "keys.db"))
+    try:
+        for target in (with_pg, with_sqlite):
+            target.write(rows_at(JAN_15, MAR_15))
+    finally:
+        with_pg.close()
+        with_sqlite.close()
+
+    def db(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "beastnet", "db", "trim", *args],
+                              capture_output=True, text=True, timeout=60)
+    for where in (["--database", postgres.dsn], ["--db", str(tmp_path / "keys.db")]):
+        run = db(*where, "--before", "2026-02-01")
+        assert run.returncode == 0 and "1 row(s) before 2026-02-01 removed" in run.stdout
+    run = db("--db", str(tmp_path / "keys.db"), "--before", "2026-02-30")
+    assert run.returncode == 2 and "YYYY-MM-DD" in run.stderr
+    run = db("--before", "2026-02-01")
+    assert run.returncode == 2 and "one of --database URL, --db PATH" in run.stderr
+    postgres.stop()
+    run = db("--database", postgres.dsn, "--before", "2026-02-01")
+    assert run.returncode == 1 and run.stderr.count("\n") == 1 and "cannot connect" in run.stderr
