@@ -123,7 +123,8 @@ def test_background_drops_slow_the_usage_flushes_within_bounds(tmp_path):
     with service(tmp_path, keystore=str(tmp_path / "keys.db"), adaptive_enabled=True,
                  adaptive_max_flush_interval_s=0.3) as svc:
         governor, keys = svc.component("governor"), svc.component("api_keys")
-        assert keys.flusher.interval_s == 0.1
+        usage = svc.component("usage_log")
+        assert keys.flusher.interval_s == 0.1 and usage.log.interval_s == 0.1
         governor.react(totals(), now=0.0)
         # 10 % of the background work dropped: the interval doubles, then is capped.
         assert governor.react(totals(bg_drops=10, bg_offered=100), now=1.0) == ["flush_interval"]
@@ -131,9 +132,19 @@ def test_background_drops_slow_the_usage_flushes_within_bounds(tmp_path):
         assert governor.react(totals(bg_drops=20, bg_offered=200),
                               now=1.0 + COOLDOWN_S) == ["flush_interval"]
         assert keys.flusher.interval_s == pytest.approx(0.3)
+        assert usage.log.interval_s == pytest.approx(0.3)
         assert svc.stats()["governor"]["flush_interval_s"] == pytest.approx(0.3)
         assert admin(svc, "POST", "/admin/profile?name=dev&adaptive_enabled=false")[0] == 200
         assert keys.flusher.interval_s == pytest.approx(0.1)
+        assert usage.log.interval_s == pytest.approx(0.1)
+
+
+def test_the_background_signal_is_the_usage_logs_drops(tmp_path):
+    with service(tmp_path, keystore=str(tmp_path / "keys.db"), adaptive_enabled=True) as svc:
+        usage = svc.component("usage_log").log
+        usage.rows_queued, usage.bg_drop = 90, 10       # what a full queue would have counted
+        signals = svc.component("governor")._signals()
+        assert (signals["bg_drops"], signals["bg_offered"]) == (10, 100)
 
 
 def test_the_background_signal_is_the_miss_queues_drops_without_a_usage_queue(tmp_path):
