@@ -94,6 +94,18 @@ def test_the_limit_converges_near_the_target_under_a_queue():
     assert 14 <= limit <= 22
 
 
+def test_the_engine_limit_climbs_back_from_its_floor_step_by_step():
+    # A deep overload takes it to the floor; with the queue drained and the
+    # load back (everything in flight), small steps must add up: whole-request
+    # rounding would keep a limit of 2 at 2 for ever.
+    down = _core.governor_replay([500.0] * 60, inflight=400, min_limit=2, max_limit=100,
+                                 target_ms=20)
+    assert down[-1] == 2 and down == sorted(down, reverse=True)
+    up = _core.governor_replay([500.0] * 60 + [5.0] * 150, inflight=400, min_limit=2,
+                               max_limit=100, target_ms=20)
+    assert up[60:] == sorted(up[60:]) and up[-1] >= 20
+
+
 # -- shedding on a live engine ----------------------------------------------------------------
 
 @pytest.fixture

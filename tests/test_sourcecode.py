@@ -23,7 +23,7 @@ HOT_FUNCTIONS = {
     "_missq.pxi": ["missq_claim", "missq_set_request", "missq_publish", "missq_peek", "missq_release"],
     "_stats.pxi": ["counters_snapshot"],
     "_governor.pxi": ["governor_on", "governor_sheds", "governor_sample", "governor_take",
-                      "governor_next_limit", "governor_close_window"],
+                      "governor_next_limit", "governor_close_window", "governor_apply"],
     "_http_parse.pxi": ["ascii_ieq", "http_connection_tokens", "http_query_apikey",
                         "http_absolute_target", "http_head_prefix_bad", "http_parse_head"],
     "_http_conn.pxi": ["http_worker_date", "conn_out_pending", "conn_out_full", "conn_owned_add",

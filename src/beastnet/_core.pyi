@@ -154,6 +154,9 @@ class HTTPEngine(NativeEngine):
                    status: int, content_type: str, body: bytes,
                    allow: Optional[str] = None) -> int: ...
 
+def governor_replay(latencies_ms: list[float], *, inflight: int, min_limit: int = 4,
+                    max_limit: int = 1000, target_ms: float = 50.0,
+                    tolerance: float = 1.5) -> list[int]: ...
 def governor_step(limit: float, short_ms: float, long_ms: float, inflight: float, *,
                   min_limit: float = 4, max_limit: float = 1000, target_ms: float = 50.0,
                   tolerance: float = 1.5) -> tuple[float, float]: ...
