@@ -276,14 +276,16 @@ def test_past_the_knee_the_governor_keeps_partners_whole_and_fast():
     off, off_stats = past_the_knee(False)
     partner_on, public_on = on["partner"], on["public"]
     partner_off, public_off = off["partner"], off["public"]
-    # On: every partner request sent and answered 200, their p99 near the
-    # target (the target bounds a window's mean: 3x, plus the p99 the busy
-    # machine adds to hits in the same seconds), public traffic shed with
-    # 503s, counted as such.
+    # On: every partner request sent and answered 200, their latency near
+    # the target, which bounds a window's mean (p95 within 2x, p99 within 4x:
+    # a stall of the control loop on this busy 2-core host lands in the top
+    # percent), plus what the machine adds to hits in the same seconds;
+    # public traffic shed with 503s, counted as such.
     assert partner_on.sent > 0 and partner_on.status_codes == {200: partner_on.sent}
     assert partner_on.unsent == 0 and partner_on.lost == 0
     floor_ms = on["floor"].percentile(99) / 1e6
-    assert partner_on.percentile(99) / 1e6 < 3 * TARGET_MS + floor_ms
+    assert partner_on.percentile(95) / 1e6 < 2 * TARGET_MS + floor_ms
+    assert partner_on.percentile(99) / 1e6 < 4 * TARGET_MS + floor_ms
     assert public_on.status_codes.get(503, 0) > 0.2 * public_on.sent
     assert on_stats["totals"]["shed_public"] >= public_on.status_codes[503]
     assert on_stats["totals"]["shed_partner"] == 0

@@ -462,7 +462,8 @@ cdef class UDPEngine(NativeEngine):
     """
 
     def __cinit__(self, ResponseTable table not None, fds, *, unsigned int batch=32,
-                  unsigned int batch_capacity=0, unsigned int max_datagram=512, cpus=None, size_t miss_capacity=0,
+                  unsigned int batch_capacity=0, unsigned int max_datagram=512, cpus=None,
+                  size_t miss_capacity=0,
                   APIKeyTable api_keys=None, bint silent_refusals=False, double rrl_rate_per_s=0.0,
                   unsigned int rrl_burst=1, unsigned int rrl_slip=2, bint rrl_exempt_loopback=False):
         cdef int i
