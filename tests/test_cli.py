@@ -79,6 +79,7 @@ def _flags_without_default(parser: argparse.ArgumentParser, path: str) -> list[s
 
 
 def test_every_flag_has_help_with_its_default():
+    from beastnet.cli.agent import add_agent_command
     from beastnet.cli.demo import add_demo_command
     from beastnet.cli.keys import add_keys_command
     from beastnet.cli.report import add_report_command
@@ -86,7 +87,7 @@ def test_every_flag_has_help_with_its_default():
 
     top = argparse.ArgumentParser(prog="beastnet")
     sub = top.add_subparsers()
-    for add in (add_demo_command, add_keys_command, add_report_command, add_stats_command):
+    for add in (add_agent_command, add_demo_command, add_keys_command, add_report_command, add_stats_command):
         add(sub)
     missing = _flags_without_default(serve_parser(), "serve") + _flags_without_default(top, "")
     assert not missing, f"flags without help or default: {missing}"

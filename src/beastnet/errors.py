@@ -32,6 +32,11 @@ class LoadTLSError(LoadError):
     treats the target as unreachable (exit status 3)."""
 
 
+class AgentsError(LoadError):
+    """Load agents could not be used: Redis unreachable, too few agents
+    registered in time, or an agent that did not answer."""
+
+
 class TLSConfigError(BeastnetError, ValueError):
     """A TLS certificate or key could not be loaded (missing, unreadable, not
     PEM, not matching), or a `TLSConfig` setting is out of range."""

@@ -1,5 +1,6 @@
 """The `beastnet` command: one module per command group (`load`, `report`,
-`plan`, `demo`, `feeds`, `keys`, `serve`, `stats`, `ws`, `webhooks`), each with an `add_<name>_command` and a `cmd_<name>`.
+`plan`, `agent`, `demo`, `feeds`, `keys`, `serve`, `stats`, `ws`, `webhooks`),
+each with an `add_<name>_command` and a `cmd_<name>`.
 They parse arguments and print; policy lives in the library."""
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import sys
 from typing import Optional, Sequence
 
 from beastnet.cli._common import EXIT_FAIL, EXIT_INTERRUPTED, EXIT_PASS, EXIT_USAGE
+from beastnet.cli.agent import add_agent_command
 from beastnet.cli.db import add_db_command
 from beastnet.cli.demo import add_demo_command
 from beastnet.cli.feeds import add_feeds_command
@@ -35,6 +37,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     add_load_command(sub)
+    add_agent_command(sub)
     add_report_command(sub)
     add_plan_command(sub)
     add_demo_command(sub)

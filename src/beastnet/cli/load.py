@@ -10,9 +10,10 @@ import math
 import sys
 from typing import Any, Optional, Sequence
 
-from beastnet.errors import BeastnetError, LoadConfigError, LoadTLSError
-from beastnet.cli._common import (EXIT_INTERRUPTED, EXIT_UNREACHABLE, EXIT_USAGE,
-                                  add_tls_arguments, finish_load_report)
+from beastnet.errors import AgentsError, BeastnetError, LoadConfigError, LoadTLSError
+from beastnet.cli._common import (EXIT_INTERRUPTED, EXIT_NO_AGENTS, EXIT_UNREACHABLE,
+                                  EXIT_USAGE, add_agents_arguments, add_tls_arguments,
+                                  finish_load_report, open_agents)
 from beastnet.cli.ws import add_ws_load_arguments, cmd_load_ws
 # Light: neither NumPy nor the native load generator is imported here.
 from beastnet.loadgen import ramp, targets, verdict
@@ -43,9 +44,15 @@ a ws:// run fails when nothing arrives, on connection errors, past --max-gaps
 missing sequence numbers (lost messages, with --seq-key; default 0), a stall
 past --max-stall-ms (default 1000) or reconnects past --max-reconnects
 (default 0) -- the rules of every `beastnet ws` tier and level.
+load agents (--agents N --redis URL): the run, each ramp level or probe is
+split over N `beastnet agent` processes (the rate, the sockets or connections
+and -n divided; -t threads on each agent), started on one barrier; their
+histograms merge exactly and each agent has a row beside the total.  An agent
+that dies mid-run is reported with what it sent, and the run fails as short.
 exit status: 0 pass (or warn), 1 fail, 2 bad usage or a run that could not start,
 3 the target never answered (nothing listening, refused, or silent; or no TLS
 handshake succeeded: a certificate that did not verify, a server without TLS),
+4 --agents: Redis unreachable, or fewer than N agents free within --agents-wait,
 130 interrupted between runs."""
 
 
@@ -147,6 +154,7 @@ def add_load_command(sub: Any) -> None:
                    help="also report this percentile (repeatable)")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress line, no table")
     g.add_argument("--progress", action="store_true", help="progress line even when not a TTY")
+    add_agents_arguments(p, "the run (each ramp level, each probe)")
     add_ws_load_arguments(p)
     p.set_defaults(func=cmd_load)
 
@@ -211,7 +219,7 @@ def cmd_load(args: argparse.Namespace) -> int:
             print(f"beastnet load: a {target.kind.scheme}:// target has no request loop to "
                   "ramp: use `beastnet ws stress` or `beastnet ws knee`", file=sys.stderr)
             return EXIT_USAGE
-        return cmd_load_ws(args)
+        return _ws_with_agents(args)
     try:
         cfg = _base_config(args, target)
         ramping = bool(args.ramp or args.quick or args.max_level or args.levels)
@@ -221,13 +229,18 @@ def cmd_load(args: argparse.Namespace) -> int:
         args.expected = verdict.Expect.parse(args.expect, args.expect_status)
         if args.min_success is not None and not 0.0 <= args.min_success <= 1.0:
             raise LoadConfigError(f"--min-success {args.min_success:g}: expected 0..1")
+        args.runner = None
     except (BeastnetError, ValueError) as exc:
         print(f"beastnet load: {exc}", file=sys.stderr)
         return EXIT_USAGE
     progress = report.ProgressLine(enabled=False if args.quiet else True if args.progress else None)
     stop_when = ramp.abort_when(args.abort_loss, args.abort_p99_ms)
     server = None
+    coordinator = None
     try:
+        coordinator = open_agents(args)
+        if coordinator is not None:
+            args.runner = coordinator.run
         if args.server_stats:
             from beastnet.loadgen.serverstats import ServerStatsSampler
             server = ServerStatsSampler(args.server_stats, args.server_stats_token).start()
@@ -241,6 +254,10 @@ def cmd_load(args: argparse.Namespace) -> int:
         progress.clear()
         print(f"beastnet load: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
+    except AgentsError as exc:
+        progress.clear()
+        print(f"beastnet load: {exc}", file=sys.stderr)
+        return EXIT_NO_AGENTS
     except (BeastnetError, ValueError, OSError) as exc:
         progress.clear()
         print(f"beastnet load: {exc}", file=sys.stderr)
@@ -254,6 +271,8 @@ def cmd_load(args: argparse.Namespace) -> int:
     finally:
         if server is not None:
             server.stop()
+        if coordinator is not None:
+            coordinator.close()
     progress.clear()
     full = report.build_report(body, cfg.to_dict(), loadgen.machine_info(),
                                argv=sys.argv[1:] if sys.argv else None)
@@ -265,6 +284,24 @@ def cmd_load(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(text)
     return finish_load_report("load", args, full, text, body)
+
+
+def _ws_with_agents(args: argparse.Namespace) -> int:
+    """`beastnet load ws://...`, through the load agents with --agents N."""
+    try:
+        coordinator = open_agents(args)
+    except AgentsError as exc:
+        print(f"beastnet load: {exc}", file=sys.stderr)
+        return EXIT_NO_AGENTS
+    except BeastnetError as exc:
+        print(f"beastnet load: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if coordinator is None:
+        return cmd_load_ws(args)
+    try:
+        return cmd_load_ws(args, runner=coordinator.run)
+    finally:
+        coordinator.close()
 
 
 def _extra_percentiles(result: Any, qs: Sequence[float]) -> dict:
@@ -283,7 +320,8 @@ def _single(args: argparse.Namespace, cfg: Any, progress: Any,
             stop_when: Any) -> tuple[dict, str]:
     from beastnet.loadgen import report
     kind = targets.kind_of_mode(cfg.mode)
-    result = kind.run_function()(cfg, progress=progress, stop_when=stop_when)
+    run = args.runner or kind.run_function()
+    result = run(cfg, progress=progress, stop_when=stop_when)
     progress.clear()
     d = result.to_dict()
     d["extra_percentiles"] = _extra_percentiles(result, args.percentile)
@@ -316,7 +354,8 @@ def _ramp(args: argparse.Namespace, cfg: Any, progress: Any, stop_when: Any,
 
     rep = ramp.ramp_load(cfg, levels, criteria, max_seconds=args.level_max_s,
                          stop_at_break=not args.keep_going, progress=progress,
-                         stop_when=stop_when, before_level=before_level, on_level=on_level)
+                         stop_when=stop_when, before_level=before_level, on_level=on_level,
+                         runner=args.runner)
     body = rep.to_dict()
     for lv, lr in zip(body["levels"], rep.levels):
         lv["result"]["extra_percentiles"] = _extra_percentiles(lr.result, args.percentile)
@@ -335,6 +374,7 @@ def _find_max(args: argparse.Namespace, cfg: Any, progress: Any,
                              start_rate=args.start_rate, max_probes=args.max_probes,
                              max_rate=args.max_rate, progress=progress, stop_when=stop_when,
                              before_probe=before_probe,
-                             on_probe=lambda p: _live(args, report.probe_line(p), progress))
+                             on_probe=lambda p: _live(args, report.probe_line(p), progress),
+                             runner=args.runner)
     body = rep.to_dict()
     return body, report.format_knee(body)

@@ -4,10 +4,12 @@ default plan (`--print-default`)."""
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from typing import Any
 
-from beastnet.cli._common import EXIT_FAIL, EXIT_INTERRUPTED, EXIT_PASS, EXIT_USAGE
+from beastnet.cli._common import (EXIT_FAIL, EXIT_INTERRUPTED, EXIT_NO_AGENTS, EXIT_PASS,
+                                  EXIT_USAGE, add_agents_arguments, open_agents)
 
 PLAN_EPILOG = """\
 examples:
@@ -15,8 +17,10 @@ examples:
   beastnet plan local --scale 2core                 three nodes, Redis, nginx TLS + UDP here
   beastnet plan run plan.toml -o results/plan       against the nodes plan.toml names
   beastnet report results/plan.json                 the page again from the JSON
+  beastnet plan run plan.toml --agents 3 --redis redis://r:6379/0   load from 3 agents
 exit status: 0 every test passed or warned, 1 a test failed, 2 a bad plan file or a
-topology that could not start, 130 interrupted (production restored first)."""
+topology that could not start, 4 --agents: Redis unreachable or too few agents free,
+130 interrupted (production restored first)."""
 
 
 def add_plan_command(sub: Any) -> None:
@@ -45,6 +49,7 @@ def add_plan_command(sub: Any) -> None:
                        help="write PREFIX.json and PREFIX.html (default: plan-report)")
         s.add_argument("--poll-s", type=float, default=None,
                        help="seconds between cluster-stats reads (default: the plan's poll_s)")
+        add_agents_arguments(s, "each test's load")
         if name == "local":
             s.add_argument("--dir", help="where the processes' configs and logs go "
                                          "(default: a new temporary directory, kept)")
@@ -94,8 +99,11 @@ def _run_local(args: argparse.Namespace, plan: Any) -> int:
             _say(f"started {p['name']}: PID {p['pid']}, {ports}, log {p['log']}")
         return _run(args, plan, cluster)
     finally:
+        # A second Ctrl-C must not cut the teardown short and leave processes behind.
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
         for problem in cluster.stop():
             print(f"beastnet plan: {problem}", file=sys.stderr)
+        signal.signal(signal.SIGINT, previous)
         _say(f"stopped every process started; logs in {cluster.directory}")
 
 
@@ -103,11 +111,21 @@ def _run(args: argparse.Namespace, plan: Any, cluster: Any) -> int:
     import orjson
     from beastnet.loadgen.plan import PlanError, run_plan
     from beastnet.loadgen.plan.page import format_plan, plan_page
+    from beastnet.errors import AgentsError, LoadConfigError
+    coordinator = None
     try:
-        report = run_plan(plan, _say, cluster=cluster, poll_s=args.poll_s)
-    except PlanError as exc:
+        coordinator = open_agents(args)
+        report = run_plan(plan, _say, cluster=cluster, poll_s=args.poll_s,
+                          load_runner=coordinator.run if coordinator is not None else None)
+    except (PlanError, LoadConfigError) as exc:
         print(f"beastnet plan: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except AgentsError as exc:
+        print(f"beastnet plan: {exc}", file=sys.stderr)
+        return EXIT_NO_AGENTS
+    finally:
+        if coordinator is not None:
+            coordinator.close()
     try:
         with open(args.output + ".json", "wb") as f:
             f.write(orjson.dumps(report, option=orjson.OPT_SERIALIZE_NUMPY))

@@ -13,7 +13,8 @@ how far they can be trusted: `docs/loadgen.md`.
 The package is split by concern: `config` (what a run does), `udp` and
 `http` (the two modes), `result` (what a run measured), `histogram`
 (latency percentiles, NumPy), `ramp` (levels, verdicts, the knee finder) and
-`report` (progress line, tables, JSON and HTML).  The native threads live in
+`report` (progress line, tables, JSON and HTML); `agents` spreads a run
+over `beastnet agent` processes on many machines through Redis.  The native threads live in
 the extension module `_native`, which shares no code with the engine.
 
 Names are imported on first use (PEP 562): `config` and `ramp` need neither

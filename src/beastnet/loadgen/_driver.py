@@ -10,7 +10,9 @@ import os
 import resource
 import socket
 import time
-from typing import Any, Callable, Optional, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 from beastnet.errors import LoadError
 from beastnet.loadgen.config import LoadConfig
@@ -26,6 +28,25 @@ FD_SPARE = 64                   # descriptors left for everything else in the pr
 
 ProgressCallback = Callable[[dict], None]
 StopWhen = Callable[[dict], bool]
+#: Called with each timeline row and the latency histogram of that row alone.
+SampleObserver = Callable[[dict, Histogram], None]
+
+# Who else wants every row with its histogram: a load agent streams both to
+# its coordinator.  A context variable rather than a runner argument, so every
+# kind of runner (UDP, HTTP, WS) offers it without a parameter of its own.
+_sample_observer: ContextVar[Optional[SampleObserver]] = ContextVar(
+    "beastnet_sample_observer", default=None)
+
+
+@contextmanager
+def observe_samples(observer: SampleObserver) -> Iterator[None]:
+    """Within the block, every run's `Sampler` calls `observer(row, delta)`
+    once a second, after the row is made and before `progress` sees it."""
+    token = _sample_observer.set(observer)
+    try:
+        yield
+    finally:
+        _sample_observer.reset(token)
 
 
 def ensure_fd_limit(needed: int) -> None:
@@ -121,6 +142,12 @@ class Sampler:
         self.last_counts = run.counters()
         self.last_hist = Histogram.from_native(run.histogram(1))
         self.rows: list[dict] = []
+        self.observer = _sample_observer.get()
+
+    def unsampled(self) -> bool:
+        """Whether requests were sent or answered since the last row."""
+        counts = self.run.counters()
+        return any(counts[k] != self.last_counts[k] for k in ("t_sent", "t_received", "t_lost"))
 
     def sample(self) -> dict:
         """One row: what happened since the last one.  ``t`` is the row's end
@@ -157,6 +184,8 @@ class Sampler:
             row[name + "_per_s"] = row[name] / span
         self.rows.append(row)
         self.last_t, self.last_counts, self.last_hist = now, counts, hist
+        if self.observer is not None:
+            self.observer(row, delta)
         return row
 
 
@@ -168,9 +197,13 @@ class Drive:
                  stop_when: Optional[StopWhen]) -> None:
         self.run = run
         self.started_at = time.time()
+        # The baseline before the threads start, so the timeline adds up to
+        # every request of the run.
+        sampler = Sampler(run, cfg.warmup_s)
         run.start()
         try:
-            self.interrupted, self.stopped, self.sampler = _wait(run, cfg, progress, stop_when)
+            self.interrupted, self.stopped, self.sampler = _wait(run, cfg, progress, stop_when,
+                                                                 sampler)
         finally:
             run.join()
 
@@ -199,10 +232,9 @@ class Drive:
 
 
 def _wait(run: Any, cfg: LoadConfig, progress: Optional[ProgressCallback],
-          stop_when: Optional[StopWhen]) -> tuple[bool, bool, Sampler]:
+          stop_when: Optional[StopWhen], sampler: Sampler) -> tuple[bool, bool, Sampler]:
     """Sample the timeline once a second until the threads finish; handle Ctrl-C.
     Returns (interrupted, stopped by `stop_when`, the sampler holding the timeline)."""
-    sampler = Sampler(run, cfg.warmup_s)
     # Hard bound: a run never outlives its schedule by more than this, even if
     # a thread misbehaves.
     limit = sampler.t0 + cfg.warmup_s + cfg.duration_s + cfg.timeout_ms / 1e3 + 10.0
@@ -232,8 +264,10 @@ def _wait(run: Any, cfg: LoadConfig, progress: Optional[ProgressCallback],
                 time.sleep(0.01)
         except KeyboardInterrupt:
             run.stop(abort=True)
-    if time.monotonic() - sampler.last_t > 0.05:
-        sampler.sample()                # the last partial second
+    if time.monotonic() - sampler.last_t > 0.05 or sampler.unsampled():
+        # The last partial second; however short, if anything was sent or
+        # answered in it, so the timeline adds up to the whole run.
+        sampler.sample()
     return interrupted, stopped, sampler
 
 

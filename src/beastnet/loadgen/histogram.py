@@ -63,6 +63,24 @@ def _zigzag_leb128(values: list[int]) -> bytes:
     return bytes(out)
 
 
+def _zigzag_leb128_decode(payload: bytes) -> list[int]:
+    """The signed words of `_zigzag_leb128`; `ValueError` on a truncated one."""
+    words: list[int] = []
+    value = shift = 0
+    for byte in payload:
+        value |= (byte & 0x7F) << shift
+        if byte & 0x80:
+            shift += 7
+            if shift > 63:
+                raise ValueError("HdrHistogram payload: varint longer than 64 bits")
+            continue
+        words.append((value >> 1) ^ -(value & 1))
+        value = shift = 0
+    if shift:
+        raise ValueError("HdrHistogram payload: truncated varint")
+    return words
+
+
 #: The percentiles every report shows, with their report names.
 STANDARD_PERCENTILES = (("p50", 50.0), ("p90", 90.0), ("p95", 95.0), ("p99", 99.0),
                         ("p99.9", 99.9), ("p99.99", 99.99))
@@ -159,6 +177,40 @@ class Histogram:
         compressed = zlib.compress(header + payload)
         return base64.b64encode(struct.pack(">ii", _HDR_COMPRESSION_COOKIE, len(compressed))
                                 + compressed).decode("ascii")
+
+    @classmethod
+    def from_hdr(cls, text: str, sum_ns: int = 0, min_ns: int = 0,
+                 max_ns: int = 0) -> "Histogram":
+        """The histogram `to_hdr` encoded (load agents ship their histograms
+        so); the encoding holds only the counts, so the exact sum, min and
+        max travel beside it.  `ValueError` naming what is wrong when `text`
+        is not an encoding of this layout."""
+        try:
+            raw = base64.b64decode(text, validate=True)
+            cookie, length = struct.unpack_from(">ii", raw)
+            if cookie != _HDR_COMPRESSION_COOKIE or length != len(raw) - 8:
+                raise ValueError("not a compressed HdrHistogram")
+            inner = zlib.decompress(raw[8:])
+            cookie, length, offset, digits, lowest, highest, _ = struct.unpack_from(
+                ">iiiiqqd", inner)
+        except (ValueError, struct.error, zlib.error) as exc:
+            raise ValueError(f"HdrHistogram encoding: {exc}") from None
+        if (cookie != _HDR_ENCODING_COOKIE or offset != 0 or digits != HDR_SIGNIFICANT_DIGITS
+                or lowest != 1 or length != len(inner) - 40):
+            raise ValueError("HdrHistogram encoding: not beastnet's layout (lowest 1, "
+                             f"{HDR_SIGNIFICANT_DIGITS} significant digits)")
+        counts = np.zeros(NBUCKETS, dtype=np.uint64)
+        index = 0
+        for word in _zigzag_leb128_decode(inner[40:]):
+            if word < 0:
+                index -= word               # a run of empty buckets
+                continue
+            if index >= NBUCKETS:
+                raise ValueError(f"HdrHistogram encoding: bucket {index} past the "
+                                 f"{NBUCKETS} of this layout")
+            counts[index] = word
+            index += 1
+        return cls(counts, None, sum_ns, min_ns, max_ns)
 
     def to_dict(self) -> dict[str, Any]:
         """Sparse form for the JSON report: the non-empty buckets only."""

@@ -26,9 +26,9 @@ from beastnet.loadgen.compare import compare_pairs, compare_rows, unlike
 from beastnet.loadgen.htmlkit import (_e, _flat, _page, _rows_at, _server_section,
                                       _verdict_block, html_table, kv_table, nines_chart, svg_xy,
                                       timeline_charts)
-from beastnet.loadgen.report import (_count, _ms, charts, first_result, latency_rows,
-                                     outcome_rows, report_results, run_title, setup_parts,
-                                     svg_chart, tls_line)
+from beastnet.loadgen.report import (_count, _ms, agent_rows, agents_line, charts,
+                                     first_result, latency_rows, outcome_rows, report_results,
+                                     run_title, setup_parts, svg_chart, tls_line)
 
 __all__ = ["compare_page", "report_page"]
 
@@ -154,6 +154,10 @@ def report_page(report: dict, text_summary: str = "") -> str:
         body.append("<section><h2>Outcomes</h2><div class='grid'>"
                     + html_table(outcome_rows(first), ["requests", "count", "share", "detail"])
                     + html_table(lat[1:], lat[0]) + "</div></section>")
+        agents = agent_rows(first)
+        if agents:
+            body.append(f"<section><h2>Load agents</h2>{html_table(agents[1:], agents[0])}"
+                        f"<p>{_e(agents_line(first).strip())}</p></section>")
         body.append(http_breakdown(first))
     body.append(_server_section(report))
     body.append("<section><h2>Machine and configuration</h2><div class='grid'>"

@@ -470,10 +470,12 @@ def ramp_load(base: LoadConfig, levels: Sequence[Level], criteria: Optional[Crit
               progress: Optional[Callable[[dict], None]] = None,
               stop_when: Optional[Callable[[dict], bool]] = None,
               before_level: Optional[Callable[[Level], None]] = None,
-              on_level: Optional[Callable[[LevelResult], None]] = None) -> RampReport:
+              on_level: Optional[Callable[[LevelResult], None]] = None,
+              runner: Optional[Callable[..., LoadResult]] = None) -> RampReport:
     """Run `levels` against the server of `base` (each level at most
-    `max_seconds`) and judge them (see `run_ramp`)."""
-    run = runner_for(base)
+    `max_seconds`) and judge them (see `run_ramp`).  `runner` replaces the
+    kind's own (load agents: `agents.Coordinator.run`)."""
+    run = runner or runner_for(base)
 
     def run_level(level: Level) -> LoadResult:
         if before_level is not None:
@@ -492,10 +494,11 @@ def find_max_load(base: LoadConfig, *, step_s: float = 2.0, slo: Optional[SLO] =
                   progress: Optional[Callable[[dict], None]] = None,
                   stop_when: Optional[Callable[[dict], bool]] = None,
                   before_probe: Optional[Callable[[float], None]] = None,
-                  on_probe: Optional[Callable[[dict], None]] = None) -> KneeReport:
+                  on_probe: Optional[Callable[[dict], None]] = None,
+                  runner: Optional[Callable[..., LoadResult]] = None) -> KneeReport:
     """The knee finder (`find_max`) against the server of `base`: each probe
-    runs open loop for `step_s` measured seconds."""
-    run = runner_for(base)
+    runs open loop for `step_s` measured seconds (through `runner`, if given)."""
+    run = runner or runner_for(base)
 
     def at_rate(rate: float) -> LoadResult:
         if before_probe is not None:

@@ -205,7 +205,47 @@ def format_result(d: dict, extra_percentiles: Sequence[float] = ()) -> str:
     more = d.get("extra_percentiles") or {}
     if more:
         lines.append(text_table([[f"p{q}", _ms(v)] for q, v in more.items()]))
+    agents = agent_rows(d)
+    if agents:
+        lines += ["", text_table(agents[1:], agents[0], "l" + "r" * 9 + "l"), agents_line(d)]
     return "\n".join(lines)
+
+
+def agent_rows(d: dict) -> list[list[str]]:
+    """A load-agents run's rows, one per agent and the total (merged
+    histogram), under a head; [] for a run of one process."""
+    agents = d.get("extra", {}).get("agents") or []
+    if not agents:
+        return []
+    head = ["agent", "sent", "answered", "lost", "errors", "req/s", "p50 ms", "p99 ms",
+            "max ms", "start ms", "state"]
+    rows = [head]
+    for a in agents:
+        lat = a.get("latency_ns") or {}
+        start = a.get("start_offset_ms")
+        rows.append([str(a["name"]), f"{a['sent']:,}", f"{a['received']:,}", f"{a['lost']:,}",
+                     f"{a['errors']:,}", f"{a['rps']:,.0f}", _ms(lat.get("p50")),
+                     _ms(lat.get("p99")), _ms(lat.get("max")),
+                     "-" if start is None else f"{start:+.1f}",
+                     a["state"] + (f": {a['message']}" if a.get("message") else "")])
+    lat = d.get("latency_ns") or {}
+    rows.append(["total", f"{d['sent']:,}", f"{d['received']:,}", f"{d['lost']:,}",
+                 f"{d['errors']:,}", f"{d['rps']:,.0f}", _ms(lat.get("p50")),
+                 _ms(lat.get("p99")), _ms(lat.get("max")), "", "merged"])
+    return rows
+
+
+def agents_line(d: dict) -> str:
+    """The start skew of a load-agents run, and what its clocks can tell."""
+    extra = d.get("extra", {})
+    skew = extra.get("start_skew_ms")
+    offsets = [abs(a["clock_offset_ms"]) for a in extra.get("agents", [])]
+    rtts = [a["clock_rtt_ms"] for a in extra.get("agents", [])]
+    if skew is None:
+        return "  start skew: unknown (no agent reported its start)"
+    return (f"  start skew {skew:.1f} ms across {len(offsets)} agents (clock offsets up to "
+            f"{max(offsets):.2f} ms, known within {max(rtts) / 2:.2f} ms)\n"
+            "  latency is timed on each agent's own clock")
 
 
 def format_table(levels: Iterable[dict]) -> str:
@@ -246,6 +286,14 @@ def format_ramp(body: dict) -> str:
     """A ramp's table, its best level against the first, the breaking point
     and the verdict (from `RampReport.to_dict()`)."""
     text = format_table(body["levels"])
+    for lv in body["levels"]:
+        agents = lv["result"].get("extra", {}).get("agents") or []
+        if agents:
+            skew = lv["result"]["extra"].get("start_skew_ms")
+            text += (f"\n  level {lv['level']} agents: " + ", ".join(
+                f"{a['name']} {a['sent']:,} sent" + ("" if a["state"] == "done"
+                                                     else f" ({a['state']})")
+                for a in agents) + ("" if skew is None else f"; start skew {skew:.1f} ms"))
     deg = body["degradation"]
     if deg:
         text += (f"\nbest level {deg['best_level']}: {deg['rps_best']:.0f} req/s "

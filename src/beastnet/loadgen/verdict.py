@@ -35,6 +35,7 @@ __all__ = [
     "Expect",
     "Judgement",
     "judge_outcomes",
+    "short_load",
     "summary_line",
     "unreachable",
     "verdict_of",
@@ -173,6 +174,9 @@ def judge_outcomes(r: LoadResult, min_success: float = DEFAULT_MIN_SUCCESS,
     good, problems = _bad_outcomes(r, expect)
     j = Judgement(good, r.attempted, problems, r.errors)
     fails = []
+    short = short_load(r)
+    if short is not None:
+        fails.append(short)
     sent_all, received_all = _whole_run(r)
     if r.attempted == 0 and sent_all and not received_all:
         # Closed loop against a silent target: the warm-up filled every slot
@@ -191,6 +195,17 @@ def judge_outcomes(r: LoadResult, min_success: float = DEFAULT_MIN_SUCCESS,
         errors = ", ".join(f"{n:,} {k}" for k, n in sorted(failures.items(), key=lambda kv: -kv[1]))
         fails.append(f"{count:,} transport errors in {r.attempted:,} requests: {errors}")
     return j, fails
+
+
+def short_load(r: Any) -> Optional[str]:
+    """Why a run of several load agents offered less load than asked (an
+    agent died, failed or went silent mid-run), or None."""
+    short = r.extra.get("agents_short") or []
+    if not short:
+        return None
+    return "the load was short: " + "; ".join(
+        f"agent {a['name']} {a['state']} ({a['message']}) after sending {a['sent']:,}"
+        for a in short)
 
 
 def _whole_run(r: LoadResult) -> tuple[int, int]:

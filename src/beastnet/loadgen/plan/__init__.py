@@ -19,9 +19,12 @@ __all__ = ["DEFAULT_PLAN", "SCALES", "Plan", "PlanError", "load_plan", "parse_pl
 
 def run_plan(plan: Plan, progress: Callable[[str], None] = print,
              cluster: Any = None, poll_s: Optional[float] = None,
-             extra_nodes: Optional[list[Any]] = None) -> dict[str, Any]:
+             extra_nodes: Optional[list[Any]] = None,
+             load_runner: Optional[Callable[..., Any]] = None) -> dict[str, Any]:
     """Run `plan` against `cluster` (a started `local.LocalCluster`) or the
-    plan's own targets, and return the report (JSON-ready)."""
+    plan's own targets, and return the report (JSON-ready).  `load_runner`
+    runs each load instead of this process (load agents:
+    `agents.Coordinator.run`)."""
     from beastnet.loadgen.plan.runner import NodeTarget, PlanRunner
     from beastnet.loadgen.plan.page import plan_report
     if cluster is not None:
@@ -35,6 +38,7 @@ def run_plan(plan: Plan, progress: Callable[[str], None] = print,
     nodes = [NodeTarget(n["name"], n["admin"], n.get("http"), n.get("udp"), n.get("pid"))
              for n in target["nodes"]] + list(extra_nodes or [])
     token = os.environ.get(plan.target.admin_token_env) if plan.target.admin_token_env else None
-    runner = PlanRunner(plan, nodes, target, progress, admin_token=token, poll_s=poll_s)
+    runner = PlanRunner(plan, nodes, target, progress, admin_token=token, poll_s=poll_s,
+                        load_runner=load_runner)
     body = runner.run()
     return plan_report(plan, body, cluster)

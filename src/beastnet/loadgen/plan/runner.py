@@ -201,19 +201,22 @@ class Poller:
                     found += [(node.name, f, v) for f, v in red_flags_of(nd, self.flags)
                               if f in ("udp_drop", "bg_drop", "flush_errors", "5xx")]
                 self._last_nodes[node.name] = counters
-            if state != "live":
-                found.append((node.name, "node_lost", 0.0))
             rss = _rss(node.pid)
-            if rss is not None:
+            gone = node.pid is not None and rss is None
+            # Stale: the snapshot is late (a node whose control loop is
+            # starved); missing or absent, or its process gone: the node is lost.
+            if gone or state not in ("live", "stale"):
+                found.append((node.name, "node_lost", 0.0))
+            elif state == "stale":
+                found.append((node.name, "node_stale", 0.0))
+            if gone:
+                info["state"] = "gone"
+            elif rss is not None:
                 info["rss_bytes"] = rss
                 base = self._rss0.setdefault(node.name, rss)
                 climb = 100.0 * (rss - base) / base if base else 0.0
                 if climb > self.flags.memory_climb_max_pct:
                     found.append((node.name, "memory", round(climb, 1)))
-            elif node.pid is not None:
-                info["state"] = "gone"
-                if state == "live":
-                    found.append((node.name, "node_lost", 0.0))
             nodes_out[node.name] = info
         self._last_totals = totals
         row["nodes"] = nodes_out
@@ -241,8 +244,11 @@ class PlanRunner:
 
     def __init__(self, plan: Plan, nodes: list[NodeTarget], target: dict[str, Any],
                  progress: Progress = print, admin_token: Optional[str] = None,
-                 poll_s: Optional[float] = None) -> None:
+                 poll_s: Optional[float] = None,
+                 load_runner: Optional[Callable[..., Any]] = None) -> None:
         self.plan = plan
+        # Load agents' coordinator (`agents.Coordinator.run`), else each kind's own runner.
+        self.load_runner = load_runner
         self.nodes = nodes
         self.target = target
         self.progress = progress
@@ -473,7 +479,7 @@ class PlanRunner:
                               f"{level.concurrency:,} in flight")
                 report = ramp_load(base, levels, self._criteria(test), max_seconds=60.0,
                                    stop_at_break=True, progress=tick, stop_when=stop_when,
-                                   before_level=before)
+                                   before_level=before, runner=self.load_runner)
                 result["ramp"] = report.to_dict()
                 result["verdict"] = report.verdict
                 # The failing levels' reasons; when none failed, the warnings'.
@@ -495,7 +501,8 @@ class PlanRunner:
                     # connections one request at a time would hold the
                     # schedule back (counted as never sent) at 16 / latency.
                     cfg = dataclasses.replace(cfg, connections=64, pipeline=8)
-                r = runner_for(cfg)(cfg, progress=tick, stop_when=stop_when)
+                run = self.load_runner or runner_for(cfg)
+                r = run(cfg, progress=tick, stop_when=stop_when)
                 verdict, reasons = judge_run(r, max_p99_ms=test.criteria.p99_ms,
                                              min_success=test.criteria.min_success,
                                              expect=self._criteria(test).expect)

@@ -26,6 +26,8 @@ import statistics
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
+from beastnet.loadgen.verdict import short_load
+
 __all__ = ["WSCriteria", "errors_text", "judge_ws", "rate_cv"]
 
 
@@ -70,6 +72,9 @@ def judge_ws(result: Any, crit: WSCriteria) -> tuple[str, list[str]]:
     warns: list[str] = []
     e = result.extra
     p99 = result.percentile(99) / 1e6
+    short = short_load(result)
+    if short is not None:
+        fails.append(short)
     if result.received == 0:
         fails.append("no message received")
     if p99 == p99:                      # not NaN
