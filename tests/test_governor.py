@@ -94,6 +94,18 @@ def test_the_limit_converges_near_the_target_under_a_queue():
     assert 14 <= limit <= 22
 
 
+def test_the_engine_limit_climbs_back_from_its_floor_step_by_step():
+    # A deep overload takes it to the floor; with the queue drained and the
+    # load back (everything in flight), small steps must add up: whole-request
+    # rounding would keep a limit of 2 at 2 for ever.
+    down = _core.governor_replay([500.0] * 60, inflight=400, min_limit=2, max_limit=100,
+                                 target_ms=20)
+    assert down[-1] == 2 and down == sorted(down, reverse=True)
+    up = _core.governor_replay([500.0] * 60 + [5.0] * 150, inflight=400, min_limit=2,
+                               max_limit=100, target_ms=20)
+    assert up[60:] == sorted(up[60:]) and up[-1] >= 20
+
+
 # -- shedding on a live engine ----------------------------------------------------------------
 
 @pytest.fixture
@@ -231,20 +243,25 @@ def past_the_knee(governor: bool):
     keys = APIKeyTable()
     keys.set(PUBLIC_KEY)
     keys.set(PARTNER_KEY, shed_last=True)
-    server = HTTPServer(ResponseTable(), threads=1, handler=slow_handler, api_keys=keys).start()
+    table = ResponseTable()
+    table["HIT"] = b'{"hit":true}'
+    server = HTTPServer(table, threads=1, handler=slow_handler, api_keys=keys).start()
     results = {}
     try:
         server.set_governor(governor, min_limit=2, max_limit=400, target_ms=TARGET_MS)
 
-        def load(name, api_key, rate, connections):
-            cfg = HTTPLoadConfig(port=server.address[1], keys=["MISS"], api_key=api_key,
+        def load(name, api_key, rate, connections, key="MISS"):
+            cfg = HTTPLoadConfig(port=server.address[1], keys=[key], api_key=api_key,
                                  rate=rate, duration_s=4, warmup_s=0.5, timeout_ms=10_000,
                                  connections=connections, threads=1)
             results[name] = run_http_load(cfg)
 
         loads = [threading.Thread(target=load, args=("partner", PARTNER_KEY, PARTNER_RATE, 64)),
                  threading.Thread(target=load, args=("public", PUBLIC_KEY, PUBLIC_RATE,
-                                                     PUBLIC_CONNECTIONS))]
+                                                     PUBLIC_CONNECTIONS)),
+                 # Hits never queue: their p99 is what the machine alone adds
+                 # to any request in the same seconds (the noise floor).
+                 threading.Thread(target=load, args=("floor", PARTNER_KEY, 100, 8, "HIT"))]
         for t in loads:
             t.start()
         for t in loads:
@@ -259,11 +276,16 @@ def test_past_the_knee_the_governor_keeps_partners_whole_and_fast():
     off, off_stats = past_the_knee(False)
     partner_on, public_on = on["partner"], on["public"]
     partner_off, public_off = off["partner"], off["public"]
-    # On: every partner request answered 200, their p99 near the target
-    # (the target bounds a window's mean; 4x is the margin a busy 2-core
-    # host needs), public traffic shed with 503s, counted as such.
+    # On: every partner request sent and answered 200, their latency near
+    # the target, which bounds a window's mean (p95 within 2x, p99 within 4x:
+    # a stall of the control loop on this busy 2-core host lands in the top
+    # percent), plus what the machine adds to hits in the same seconds;
+    # public traffic shed with 503s, counted as such.
     assert partner_on.sent > 0 and partner_on.status_codes == {200: partner_on.sent}
-    assert partner_on.percentile(99) / 1e6 < 4 * TARGET_MS
+    assert partner_on.unsent == 0 and partner_on.lost == 0
+    floor_ms = on["floor"].percentile(99) / 1e6
+    assert partner_on.percentile(95) / 1e6 < 2 * TARGET_MS + floor_ms
+    assert partner_on.percentile(99) / 1e6 < 4 * TARGET_MS + floor_ms
     assert public_on.status_codes.get(503, 0) > 0.2 * public_on.sent
     assert on_stats["totals"]["shed_public"] >= public_on.status_codes[503]
     assert on_stats["totals"]["shed_partner"] == 0

@@ -33,6 +33,8 @@ cdef struct bn_governor:
     int enabled                         # 1 = shed past the limit (atomic; switched live)
     uint64_t inflight                   # requests queued to the control plane, not yet answered
     uint64_t limit                      # the adaptive limit now (requests; atomic)
+    uint64_t limit_milli                # the same in thousandths, as the updater keeps it: a
+                                        # step under one request accumulates, not rounds away
     uint64_t min_limit                  # bounds of `limit` (requests; set live)
     uint64_t max_limit                  # ... also where shed-last (partner) requests are shed
     uint64_t target_ns                  # a window's mean latency above this shrinks the limit
@@ -124,9 +126,6 @@ cdef void governor_close_window(bn_governor* g, uint64_t now_ns) noexcept nogil:
     cdef uint64_t due = bn_load_u64_relaxed(&g.next_window_ns)
     cdef uint64_t count
     cdef uint64_t total
-    cdef uint64_t old_limit
-    cdef uint64_t new_limit
-    cdef double long_rtt
     if now_ns < due:
         return
     if (due != 0 and bn_load_u64_relaxed(&g.window_count) < GOV_MIN_SAMPLES
@@ -138,15 +137,24 @@ cdef void governor_close_window(bn_governor* g, uint64_t now_ns) noexcept nogil:
     total = governor_take(&g.window_sum_ns)
     if count == 0 or total == 0:
         return
-    long_rtt = <double>bn_load_u64_relaxed(&g.long_rtt_ns)
-    old_limit = bn_load_u64_relaxed(&g.limit)
-    new_limit = <uint64_t>(governor_next_limit(
-        <double>old_limit, <double>total / <double>count, &long_rtt,
+    bn_store_u64_relaxed(&g.last_rtt_ns, total // count)
+    governor_apply(g, <double>total / <double>count)
+
+
+cdef void governor_apply(bn_governor* g, double short_ns) noexcept nogil:
+    """Move the limit after a window of mean latency `short_ns` (the window's
+    closer only).  The limit is kept in thousandths: rounded to whole
+    requests each window, a step of 0.3 would never move a limit of 2."""
+    cdef double long_rtt = <double>bn_load_u64_relaxed(&g.long_rtt_ns)
+    cdef uint64_t old_limit = bn_load_u64_relaxed(&g.limit)
+    cdef double next_limit = governor_next_limit(
+        <double>bn_load_u64_relaxed(&g.limit_milli) / 1000.0, short_ns, &long_rtt,
         <double>bn_load_u64_relaxed(&g.inflight), <double>bn_load_u64_relaxed(&g.min_limit),
         <double>bn_load_u64_relaxed(&g.max_limit), <double>bn_load_u64_relaxed(&g.target_ns),
-        <double>bn_load_u64_relaxed(&g.tolerance_pct) / 100.0) + 0.5)
+        <double>bn_load_u64_relaxed(&g.tolerance_pct) / 100.0)
+    cdef uint64_t new_limit = <uint64_t>(next_limit + 0.5)
     bn_store_u64_relaxed(&g.long_rtt_ns, <uint64_t>long_rtt)
-    bn_store_u64_relaxed(&g.last_rtt_ns, total // count)
+    bn_store_u64_relaxed(&g.limit_milli, <uint64_t>(next_limit * 1000.0 + 0.5))
     bn_store_u64_relaxed(&g.limit, new_limit)
     bn_add_relaxed(&g.windows, 1)
     if new_limit < old_limit:
@@ -173,15 +181,32 @@ cdef void governor_configure(bn_governor* g, int enabled, uint64_t min_limit, ui
         bn_store_u64_relaxed(&g.next_window_ns, 0)
         governor_take(&g.window_count)
         governor_take(&g.window_sum_ns)
-        bn_store_u64_relaxed(&g.limit, start)
     else:
         # Bounds changed while on: the limit moves into them at once.
         start = bn_load_u64_relaxed(&g.limit)
         if start < min_limit:
-            bn_store_u64_relaxed(&g.limit, min_limit)
+            start = min_limit
         elif start > max_limit:
-            bn_store_u64_relaxed(&g.limit, max_limit)
+            start = max_limit
+    bn_store_u64_relaxed(&g.limit_milli, start * 1000)
+    bn_store_u64_relaxed(&g.limit, start)
     bn_store_int(&g.enabled, 1 if enabled else 0)
+
+
+def governor_replay(list latencies_ms, *, unsigned int inflight, unsigned int min_limit=4,
+                    unsigned int max_limit=1000, double target_ms=50.0, double tolerance=1.5):
+    """The limit after each window of `latencies_ms` (mean latencies) with
+    `inflight` requests in flight, through the engine's own state (whole
+    requests, as the workers compare), from a governor just switched on."""
+    cdef bn_governor g
+    memset(&g, 0, sizeof(g))
+    governor_configure(&g, 1, min_limit, max_limit, target_ms, tolerance)
+    g.inflight = inflight
+    out = []
+    for ms in latencies_ms:
+        governor_apply(&g, <double>ms * 1e6)
+        out.append(g.limit)
+    return out
 
 
 def governor_step(double limit, double short_ms, double long_ms, double inflight, *,

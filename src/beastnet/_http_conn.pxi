@@ -60,7 +60,7 @@ cdef struct bn_conn:
     int64_t last_active_ns              # last read (or accept)
     int64_t head_start_ns               # when the incomplete head in inb began arriving
     uint64_t requests                   # requests answered on this connection
-    uint64_t wait_start_ns              # CLOCK_MONOTONIC when the waiting request was queued, 0 = unmeasured
+    uint64_t wait_start_ns              # CLOCK_MONOTONIC ns the waiting request was queued; 0 = none
     bn_ws_conn* ws                      # after a WebSocket upgrade, else NULL
     openssl.SSL* ssl                    # TLS session (_tls.pxi), NULL = plain TCP
     char* tls_pend                      # plaintext an SSL_write committed to but did not finish, or NULL

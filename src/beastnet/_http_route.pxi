@@ -231,6 +231,37 @@ cdef int conn_queue(bn_hworker* w, bn_conn* c, bn_hreq* req, const char* key, si
     return 1
 
 
+cdef inline int http_is_ops_path(const char* path, size_t n) noexcept nogil:
+    # What operators and load balancers read: never shed by the governor.
+    if n >= 7 and memcmp(path, b"/admin/", 7) == 0:
+        return 1
+    return n == 8 and (memcmp(path, b"/metrics", 8) == 0 or memcmp(path, b"/healthz", 8) == 0)
+
+
+cdef int http_governor_sheds(bn_hworker* w, bn_hreq* req, bn_apikey* rec,
+                             int route) noexcept nogil:
+    """The governor is on: 1 = shed this request (counted here), 0 = queue it.
+    `rec` is the admitted key of a miss; a route's key is looked up only past
+    the limit (one hash, paid only while overloaded)."""
+    cdef int shed_last
+    if bn_load_u64_relaxed(&w.gov.inflight) < bn_load_u64_relaxed(&w.gov.limit):
+        return 0                        # under the limit: one load, one compare
+    if route:
+        if http_is_ops_path(req.target, req.path_len):
+            return 0
+        if w.keys_ref != NULL and req.apikey_len > 0:
+            rec = apikey_lookup(<bn_keyindex*>bn_load_ptr(<void**>w.keys_ref), req.apikey,
+                                req.apikey_len)
+    shed_last = rec != NULL and not bn_load_int(&rec.revoked) and bn_load_int(&rec.shed_last)
+    if not governor_sheds(w.gov, shed_last):
+        return 0
+    if shed_last:
+        bn_count(&w.counters.shed_partner, 1)
+    else:
+        bn_count(&w.counters.shed_public, 1)
+    return 1
+
+
 cdef inline int conn_step(bn_conn* c, int rc) noexcept nogil:
     # After an answer: -1 dead, 1 stop parsing (closing), 0 go on.
     if rc < 0:
@@ -350,12 +381,6 @@ cdef int conn_request(bn_hworker* w, bn_conn* c, bn_hreq* req) noexcept nogil:
         bn_count(&w.counters.misses, 1)
         if not w.misses_to_python or w.missq == NULL:
             return conn_step(c, conn_emit_error(w, c, ERR_404, tail, head_only))
-        if governor_on(w.gov) and governor_sheds(w.gov, rec != NULL and rec.shed_last):
-            if rec != NULL and rec.shed_last:
-                bn_count(&w.counters.shed_partner, 1)
-            else:
-                bn_count(&w.counters.shed_public, 1)
-            return conn_step(c, conn_emit_error(w, c, ERR_503_OVERLOADED, tail, head_only))
     elif http_is_route(w, req.target, req.path_len):
         bn_count(&w.counters.routed, 1)
         if (w.control_stalled and req.path_len == 8
@@ -370,6 +395,8 @@ cdef int conn_request(bn_hworker* w, bn_conn* c, bn_hreq* req) noexcept nogil:
     # A queue cell holds HTTP_TARGET_MAX_BYTES of target: misses and routes alike.
     if req.target_len > HTTP_TARGET_MAX_BYTES:
         return conn_step(c, conn_emit_error(w, c, ERR_414, tail, head_only))
+    if governor_on(w.gov) and http_governor_sheds(w, req, rec, route):
+        return conn_step(c, conn_emit_error(w, c, ERR_503_OVERLOADED, tail, head_only))
     if conn_queue(w, c, req, key, key_len, route):
         bn_count(&w.counters.queued, 1)
         bn_add_relaxed(&w.gov.inflight, 1)

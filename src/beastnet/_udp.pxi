@@ -28,7 +28,8 @@ cdef struct bn_reader:
     int fatal_errno                     # errno that made the reader quit, 0 = none
     int miss_fd                         # eventfd to signal the control plane, -1 = no miss queue
     int* stop_flag                      # engine's stop flag
-    unsigned int batch                  # datagrams per recvmmsg
+    unsigned int batch                  # datagrams the arrays below hold (the capacity)
+    int batch_live                      # datagrams per recvmmsg now, <= batch (atomic; set_batch)
     unsigned int slot_bytes             # receive buffer per datagram; longer ones are truncated
     bn_missq* missq                     # NULL: misses are answered not_found
     bn_index** index_ref                # &table.index, loaded once per datagram
@@ -178,11 +179,13 @@ cdef int udp_reader_recv(bn_reader* r) noexcept nogil:
     cdef unsigned int i
     cdef int n
     cdef int err
-    for i in range(r.batch):
+    # Read once: set_batch() may change it between two calls, never within one.
+    cdef unsigned int batch = <unsigned int>bn_load_int(&r.batch_live)
+    for i in range(batch):
         r.rx_msgs[i].msg_hdr.msg_namelen = ADDR_MAX_BYTES
     r.rx_msgs[0].msg_hdr.msg_controllen = CMSG_BUF_BYTES
     qsbr_offline(r.qsbr)                # holds no table pointer while blocked
-    n = recvmmsg(r.fd, r.rx_msgs, r.batch, MSG_WAITFORONE, NULL)
+    n = recvmmsg(r.fd, r.rx_msgs, batch, MSG_WAITFORONE, NULL)
     err = errno
     qsbr_online(r.qsbr)
     if n >= 0:
@@ -417,6 +420,7 @@ cdef bn_reader* udp_reader_new(int fd, int index, int cpu, unsigned int batch,
     r.index = index
     r.cpu = cpu
     r.batch = batch
+    r.batch_live = <int>batch
     r.slot_bytes = slot_bytes
     r.miss_fd = -1
     r.rx_data = <char*>malloc(<size_t>batch * slot_bytes)
@@ -464,7 +468,8 @@ cdef class UDPEngine(NativeEngine):
     """
 
     def __cinit__(self, ResponseTable table not None, fds, *, unsigned int batch=32,
-                  unsigned int max_datagram=512, cpus=None, size_t miss_capacity=0,
+                  unsigned int batch_capacity=0, unsigned int max_datagram=512, cpus=None,
+                  size_t miss_capacity=0,
                   APIKeyTable api_keys=None, bint silent_refusals=False, double rrl_rate_per_s=0.0,
                   unsigned int rrl_burst=1, unsigned int rrl_slip=2, bint rrl_exempt_loopback=False):
         cdef int i
@@ -473,6 +478,8 @@ cdef class UDPEngine(NativeEngine):
             raise ValueError("at least one socket is needed")
         if not 1 <= batch <= 1024:
             raise ValueError(f"batch must be 1..1024, got {batch}")
+        if batch_capacity > 1024:
+            raise ValueError(f"batch_capacity must be 0..1024, got {batch_capacity}")
         if not 64 <= max_datagram <= 65536:
             raise ValueError(f"max_datagram must be 64..65536, got {max_datagram}")
         if cpus is not None and len(cpus) != n:
@@ -493,10 +500,11 @@ cdef class UDPEngine(NativeEngine):
             if fd < 0:
                 raise_errno("fcntl F_DUPFD_CLOEXEC")
             self.readers[i] = udp_reader_new(fd, i, -1 if cpus is None else cpus[i],
-                                             batch, max_datagram)
+                                             max(batch, batch_capacity), max_datagram)
             if self.readers[i] == NULL:
                 close(fd)
                 raise MemoryError()
+            self.readers[i].batch_live = <int>batch
             self.readers[i].stop_flag = &self.stop_flag
             self.readers[i].miss_fd = self.miss_efd
             self.readers[i].missq = self.missq
@@ -572,6 +580,21 @@ cdef class UDPEngine(NativeEngine):
     def too_large_replies(self):
         """Control-plane replies (send_reply) answered too_large instead."""
         return self.too_large_replies_n
+
+    def set_batch(self, unsigned int batch):
+        """Datagrams per recvmmsg from the readers' next call on (live), at
+        most the capacity their arrays were made for."""
+        cdef int i
+        if self.nthreads == 0 or not 1 <= batch <= self.readers[0].batch:
+            raise ValueError(f"batch must be 1..{self.readers[0].batch if self.nthreads else 0}, "
+                             f"got {batch}")
+        for i in range(self.nthreads):
+            bn_store_int(&self.readers[i].batch_live, <int>batch)
+
+    @property
+    def batch_capacity(self):
+        """The most datagrams per recvmmsg set_batch() may ask for."""
+        return self.readers[0].batch if self.nthreads else 0
 
     def reader_status(self):
         """Per reader: the pinning errno (0 = fine) and the errno that made it quit (0 = none)."""

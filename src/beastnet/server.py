@@ -60,7 +60,8 @@ class UDPServer(EngineServer):
 
     ``sockets`` SO_REUSEPORT sockets (default: one per CPU) are each served by
     a native thread that never takes the GIL: recvmmsg batches of ``batch``
-    datagrams, answers from pre-serialized bodies with sendmmsg.  A miss goes
+    datagrams (``set_batch()`` changes it live, up to ``batch_capacity``),
+    answers from pre-serialized bodies with sendmmsg.  A miss goes
     to ``handler`` (plain or async, run on the uvloop control plane) when one
     is given, else it is answered ``{"error":"not_found"}`` natively.  With
     ``api_keys``, every request must carry a known, unrevoked APIKEY within its
@@ -99,6 +100,7 @@ class UDPServer(EngineServer):
         *,
         sockets: Optional[int] = None,
         batch: int = 32,
+        batch_capacity: int = 0,
         max_datagram: int = 512,
         recv_buffer_bytes: int = DEFAULT_BUFFER_BYTES,
         send_buffer_bytes: int = DEFAULT_BUFFER_BYTES,
@@ -124,6 +126,8 @@ class UDPServer(EngineServer):
             raise ValueError(f"sockets must be >= 1, got {nsockets}")
         if not 1 <= batch <= 1024:
             raise ValueError(f"batch must be 1..1024, got {batch}")
+        if not 0 <= batch_capacity <= 1024:
+            raise ValueError(f"batch_capacity must be 0..1024, got {batch_capacity}")
         if miss_queue_size < 1:
             raise ValueError(f"miss_queue_size must be >= 1, got {miss_queue_size}")
         if not rrl_rate_per_s >= 0:
@@ -139,6 +143,7 @@ class UDPServer(EngineServer):
         self.port = port
         self.nsockets = nsockets
         self.batch = batch
+        self.batch_capacity = max(batch, batch_capacity)
         self.max_datagram = max_datagram
         self.recv_buffer_bytes = recv_buffer_bytes
         self.send_buffer_bytes = send_buffer_bytes
@@ -178,7 +183,7 @@ class UDPServer(EngineServer):
             cpus = self._steer()
             self._engine = _core.UDPEngine(
                 self.table, [s.fileno() for s in self._socks], batch=self.batch,
-                max_datagram=self.max_datagram, cpus=cpus,
+                batch_capacity=self.batch_capacity, max_datagram=self.max_datagram, cpus=cpus,
                 miss_capacity=self.miss_queue_size if self.handler is not None else 0,
                 api_keys=self.api_keys, silent_refusals=self.silent_refusals,
                 rrl_rate_per_s=self.rrl_rate_per_s, rrl_burst=self.rrl_burst,
@@ -263,6 +268,14 @@ class UDPServer(EngineServer):
         if self._engine is not None:
             self._engine.stop()
         self._close_sockets()
+
+    def set_batch(self, batch: int) -> None:
+        """Datagrams per recvmmsg from now on (live), 1..``batch_capacity``."""
+        if not 1 <= batch <= self.batch_capacity:
+            raise ValueError(f"batch must be 1..{self.batch_capacity}, got {batch}")
+        if self._engine is not None:
+            self._engine.set_batch(batch)
+        self.batch = batch
 
     # -- introspection ----------------------------------------------------------
 

@@ -188,8 +188,14 @@ class ApiKeys(Component):
         return [AdminRoute("/admin/keys", ("POST",), self._key_change)]
 
     def reconfigure(self, changes: Mapping[str, Any]) -> None:
-        if "usage_flush_interval_s" in changes and self.flusher is not None:
-            self.flusher.interval_s = self.host.cfg.usage_flush_interval_s
+        if "usage_flush_interval_s" in changes:
+            self.set_flush_interval(self.host.cfg.usage_flush_interval_s)
+
+    def set_flush_interval(self, seconds: float) -> None:
+        """The usage flusher's interval from its next round on (the governor's
+        hook for background drops)."""
+        if self.flusher is not None:
+            self.flusher.interval_s = seconds
 
     async def _key_change(self, request: MissRequest) -> Answer:
         """POST /admin/keys?op=add|revoke|tier&key=K[&tier=T]: with --redis the

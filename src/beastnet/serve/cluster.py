@@ -102,12 +102,16 @@ SNAPSHOT_COUNTERS: tuple[tuple[str, str, str], ...] = tuple(
      for group, counters in _ENGINE_GROUPS for c in counters if "snapshot" in c.tags]
     + [("usage_flushes", "keys", "flushes"), ("usage_flush_errors", "keys", "flush_errors")]
     + [(c.name, "usage_log", c.name) for c in USAGE_LOG_COUNTERS if "snapshot" in c.tags]
-    + [(c.name, "keys", c.name) for c in DATABASE_COUNTERS if "snapshot" in c.tags])
+    + [(c.name, "keys", c.name) for c in DATABASE_COUNTERS if "snapshot" in c.tags]
+    + [("governor_enabled", "governor", "enabled"), ("governor_limit", "governor", "limit"),
+       ("governor_inflight", "governor", "inflight"),
+       ("governor_actions", "governor", "actions")])
 GAUGES = frozenset([name for name, group, field in SNAPSHOT_COUNTERS
                     for g, counters in _ENGINE_GROUPS if g == group
                     for c in counters if c.name == field and c.kind == "gauge"]
                    + [c.name for c in DATABASE_COUNTERS
-                      if "snapshot" in c.tags and c.kind == "gauge"])
+                      if "snapshot" in c.tags and c.kind == "gauge"]
+                   + ["governor_enabled", "governor_limit", "governor_inflight"])
 
 # Red flags of the tuning loop: UDP drop % over 1, background (miss queue) drop
 # % over 5, any usage flush error.
@@ -948,7 +952,7 @@ def table_change(keys: APIKeyTable, tiers: dict[str, Tier], op: str, key: str,
     elif op in ("add", "tier") and tier is not None:
         keys.set(key, qps=tier.qps, burst=tier.burst, monthly_cap=tier.monthly_cap,
                  ws_allowed=tier.stream, ws_max_connections=tier.stream_connections,
-                 ws_max_subscriptions=tier.stream_symbols)
+                 ws_max_subscriptions=tier.stream_symbols, shed_last=tier.shed_last)
     else:
         return False
     return True

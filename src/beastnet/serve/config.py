@@ -127,6 +127,16 @@ class ServeConfig:
     webhook_log_retention_s: float = 7 * 86400.0
     webhook_response_max_bytes: int = 4096     # of a receiver's answer read; the rest is cut
     webhook_warn_after_failures: int = 5        # failed cycles in a row before one warning
+    # the governor (docs/governor.md): an adaptive limit on the HTTP work waiting for the
+    # control plane (public keys shed before partners), and bounded reactions to red flags
+    adaptive_enabled: bool = False
+    adaptive_min_limit: int = 4                 # requests in flight the limit never goes under
+    adaptive_max_limit: int = 1000              # ... nor over; partner keys are shed only here
+    adaptive_target_ms: float = 50.0            # mean latency past which the limit shrinks
+    adaptive_tolerance: float = 1.5             # latency may grow this much over its long-term
+                                                # level before the limit shrinks (Gradient2)
+    adaptive_max_batch: int = 256               # UDP drops: readers' batch grows up to this
+    adaptive_max_flush_interval_s: float = 1.0  # background drops: usage flushes slow to this
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -139,7 +149,9 @@ FEEDS_TABLE = {"exchanges": "feed_exchanges", "assets": "feed_assets", "only": "
 # Parameters /admin/profile may change on a running server.
 LIVE_PARAMETERS = frozenset({
     "feed_rounds_per_s", "feed_stale_after_s", "usage_flush_interval_s", "max_inflight",
-    "log_level", "replay_speed",
+    "log_level", "replay_speed", "adaptive_enabled", "adaptive_min_limit", "adaptive_max_limit",
+    "adaptive_target_ms", "adaptive_tolerance", "adaptive_max_batch",
+    "adaptive_max_flush_interval_s",
 })
 
 PROFILES: dict[str, dict[str, Any]] = {
@@ -267,6 +279,28 @@ def _check(cfg: ServeConfig, label: Callable[[str], str] = str) -> None:
     _check_cluster(cfg, label)
     _check_database(cfg, label)
     _check_webhooks(cfg, label)
+    _check_governor(cfg, label)
+
+
+def _check_governor(cfg: ServeConfig, label: Callable[[str], str]) -> None:
+    """The governor's bounds: a limit range, a target, a tolerance, and the
+    reactions' ceilings (one under its starting value means no reaction)."""
+    if not 1 <= cfg.adaptive_min_limit <= cfg.adaptive_max_limit <= 1_000_000:
+        raise ConfigError(f"need 1 <= {label('adaptive_min_limit')} <= "
+                          f"{label('adaptive_max_limit')} <= 1000000, got "
+                          f"{cfg.adaptive_min_limit} and {cfg.adaptive_max_limit}")
+    if not 0 < cfg.adaptive_target_ms <= 60_000:
+        raise ConfigError(f"{label('adaptive_target_ms')} must be in (0, 60000], "
+                          f"got {cfg.adaptive_target_ms}")
+    if not 1.0 <= cfg.adaptive_tolerance <= 10.0:
+        raise ConfigError(f"{label('adaptive_tolerance')} must be 1..10, "
+                          f"got {cfg.adaptive_tolerance}")
+    if not 1 <= cfg.adaptive_max_batch <= 1024:
+        raise ConfigError(f"{label('adaptive_max_batch')} must be 1..1024, "
+                          f"got {cfg.adaptive_max_batch}")
+    if not 0 < cfg.adaptive_max_flush_interval_s <= 60:
+        raise ConfigError(f"{label('adaptive_max_flush_interval_s')} must be in (0, 60] s, "
+                          f"got {cfg.adaptive_max_flush_interval_s}")
 
 
 def _check_database(cfg: ServeConfig, label: Callable[[str], str]) -> None:
@@ -354,11 +388,13 @@ def _check_tier(tier: str, limits: Any) -> None:
     """A [tiers.NAME] table: qps >= 0 (0: no rate limit), burst >= 1,
     monthly_cap >= 0 (0: no cap)."""
     where = f"tier {tier!r}"
-    known = {"qps", "burst", "monthly_cap", "stream", "stream_connections", "stream_symbols"}
+    known = {"qps", "burst", "monthly_cap", "stream", "stream_connections", "stream_symbols",
+             "shed_last"}
     if not isinstance(limits, dict) or not set(limits) <= known:
         raise ConfigError(f"{where}: only {', '.join(sorted(known))} may be set")
-    if "stream" in limits and not isinstance(limits["stream"], bool):
-        raise ConfigError(f"{where}: stream must be true or false, got {limits['stream']!r}")
+    for flag in ("stream", "shed_last"):
+        if flag in limits and not isinstance(limits[flag], bool):
+            raise ConfigError(f"{where}: {flag} must be true or false, got {limits[flag]!r}")
     for name, low, kinds in (("qps", 0, (int, float)), ("burst", 1, (int,)),
                              ("monthly_cap", 0, (int,)), ("stream_connections", 0, (int,)),
                              ("stream_symbols", 0, (int,))):
@@ -514,6 +550,33 @@ def load_config(path: Optional[str] = None, profile: Optional[str] = None,
                  os.environ if environ is None else environ)
     _check(cfg, lambda name: typed.get(name, name))
     return cfg
+
+
+def live_overrides(cfg: ServeConfig, profile: str, values: Mapping[str, str]) -> dict[str, Any]:
+    """What switching to `profile` with live parameters set by hand
+    (`values`: name -> text, e.g. from a query string) changes: the profile's
+    live parameters, then these.  ConfigError for a parameter that is not live,
+    a value of the wrong type, or a combination _check refuses."""
+    changes = apply_live(cfg, profile)
+    kinds = {f.name: type(getattr(cfg, f.name)) for f in fields(ServeConfig)}
+    for name, text in values.items():
+        if name not in LIVE_PARAMETERS:
+            raise ConfigError(f"{name} is not a live parameter (live: "
+                              f"{', '.join(sorted(LIVE_PARAMETERS))})")
+        kind = kinds[name]
+        try:
+            if kind is bool:
+                if text.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError(text)
+                value: Any = text.lower() in ("true", "1")
+            else:
+                value = kind(text)
+        except ValueError:
+            raise ConfigError(f"{name} must be {kind.__name__}, got {text!r}") from None
+        changes[name] = value
+    trial = dataclasses.replace(cfg, **changes)
+    _check(trial)
+    return {name: value for name, value in changes.items() if value != getattr(cfg, name)}
 
 
 def apply_live(cfg: ServeConfig, profile: str) -> dict[str, Any]:

@@ -157,8 +157,11 @@ class Engines(Component):
     def _start_servers(self) -> None:
         host, cfg = self.host, self.cfg
         self._fit_open_files()
+        # The readers' arrays hold the governor's largest batch from the
+        # start, so its UDP-drop reaction can grow the batch live.
         host.udp = UDPServer(host.table, cfg.udp_host, cfg.udp_port, sockets=cfg.udp_sockets,
-                             batch=cfg.batch, max_datagram=cfg.max_datagram,
+                             batch=cfg.batch, batch_capacity=cfg.adaptive_max_batch,
+                             max_datagram=cfg.max_datagram,
                              recv_buffer_bytes=cfg.recv_buffer_bytes,
                              send_buffer_bytes=cfg.send_buffer_bytes,
                              cpu_steering=cfg.cpu_steering, api_keys=host.api_keys,

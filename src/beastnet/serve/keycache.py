@@ -57,7 +57,7 @@ def set_key_row(api_keys: APIKeyTable, tiers: Mapping[str, Tier], key_id: str, t
     api_keys.set(key_id, qps=tier.qps, burst=tier.burst, monthly_cap=tier.monthly_cap,
                  month_used=month_count, ws_allowed=tier.stream,
                  ws_max_connections=tier.stream_connections,
-                 ws_max_subscriptions=tier.stream_symbols)
+                 ws_max_subscriptions=tier.stream_symbols, shed_last=tier.shed_last)
     return True
 
 

@@ -76,7 +76,9 @@ class Tier:
     """Limits shared by every key of a tier.  qps=0: no rate limit; monthly_cap=0: no cap.
     The WebSocket feed: `stream` says whether the tier's keys may open it;
     `stream_connections` caps streams open at once per key (0: no cap) and
-    `stream_symbols` symbols per stream (0: the server's default)."""
+    `stream_symbols` symbols per stream (0: the server's default).
+    `shed_last`: an overloaded server's governor sheds the tier's requests
+    only at its hard bound, after every other tier's (partners)."""
 
     name: str
     qps: float
@@ -85,12 +87,13 @@ class Tier:
     stream: bool = False
     stream_connections: int = 0
     stream_symbols: int = 0
+    shed_last: bool = False
 
 
 DEFAULT_TIERS: dict[str, Tier] = {
     "public": Tier("public", qps=100.0, burst=10, monthly_cap=1_000_000),
     "pro": Tier("pro", qps=2_000.0, burst=200, monthly_cap=100_000_000),
-    "partner": Tier("partner", qps=0.0, burst=1, monthly_cap=0, stream=True),
+    "partner": Tier("partner", qps=0.0, burst=1, monthly_cap=0, stream=True, shed_last=True),
 }
 
 def configured_tiers(overrides: Mapping[str, Mapping[str, float]]) -> dict[str, Tier]:
@@ -104,7 +107,8 @@ def configured_tiers(overrides: Mapping[str, Mapping[str, float]]) -> dict[str, 
                            int(limits.get("monthly_cap", base.monthly_cap)),
                            bool(limits.get("stream", base.stream)),
                            int(limits.get("stream_connections", base.stream_connections)),
-                           int(limits.get("stream_symbols", base.stream_symbols)))
+                           int(limits.get("stream_symbols", base.stream_symbols)),
+                           bool(limits.get("shed_last", base.shed_last)))
     return tiers
 
 

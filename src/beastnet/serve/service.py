@@ -28,7 +28,8 @@ from beastnet.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE, MetricFamily,
 from beastnet.serve.admin import AdminRoute, AdminRoutes, query_args
 from beastnet.serve.assets import ASSET_LIST_KEY, ASSETS
 from beastnet.serve.component import Component
-from beastnet.serve.config import LIVE_PARAMETERS, ConfigError, ServeConfig, apply_live
+from beastnet.serve.config import (LIVE_PARAMETERS, ConfigError, ServeConfig, apply_live,
+                                   live_overrides)
 from beastnet.serve.engines import PortInUseError, check_ports
 from beastnet.serve.feeds import Feed, PricePublisher
 from beastnet.serve.stores import Stores, open_stores
@@ -47,7 +48,7 @@ STOP_TIMEOUT_S = 10.0           # a component's stop() past this is abandoned (a
 #: need the key table; the cluster leases the keys; webhooks ask the cluster
 #: which node pushes what; the usage log harvests the key table; the reports
 #: read the usage log, and the engines hand them the public port's misses;
-#: the stream publishes through the engines.
+#: the governor and the stream act through the engines.
 COMPONENTS: tuple[str, ...] = (
     "beastnet.serve.apikeys:ApiKeys",
     "beastnet.serve.usage_log:UsageLogComponent",
@@ -56,6 +57,7 @@ COMPONENTS: tuple[str, ...] = (
     "beastnet.serve.deliveries:Webhooks",
     "beastnet.serve.reports:Reports",
     "beastnet.serve.engines:Engines",
+    "beastnet.serve.governor:Governor",
     "beastnet.serve.stream:StreamHealth",
 )
 
@@ -220,8 +222,12 @@ class PriceService:
                         .add(round(time.monotonic() - self.started_at, 3)))
         return render(families)
 
-    def switch_profile(self, name: str) -> dict[str, Any]:
-        changes = apply_live(self.cfg, name)
+    def switch_profile(self, name: str,
+                       overrides: Optional[dict[str, str]] = None) -> dict[str, Any]:
+        """Apply profile `name`'s live parameters, then `overrides` (name ->
+        text: live parameters set by hand, e.g. adaptive_enabled=true)."""
+        changes = (live_overrides(self.cfg, name, overrides) if overrides
+                   else apply_live(self.cfg, name))
         for key, value in changes.items():
             setattr(self.cfg, key, value)
         # What /admin/stats and /admin/profile report from now on: the live
@@ -279,22 +285,28 @@ class PriceService:
 
     async def _on_profile(self, request: MissRequest) -> Answer:
         """GET: the profile in force; POST ?name=N switches it here, or on
-        every node with &scope=cluster (published through Redis)."""
+        every node with &scope=cluster (published through Redis).  Other
+        arguments set live parameters on top of N's, on this node only
+        (`&adaptive_enabled=true`)."""
         query = query_args(request)
         name = query.get("name")
+        overrides = {k: v for k, v in query.items() if k not in ("name", "scope")}
         if request.method != "POST" or name is None:
             return Answer({"profile": self.cfg.profile, "profile_at_start": self.start_profile,
                            "live": {k: getattr(self.cfg, k) for k in sorted(LIVE_PARAMETERS)}})
         cluster: Any = self.component("cluster")
         try:
             if query.get("scope") != "cluster":
-                changed = self.switch_profile(name)
+                changed = self.switch_profile(name, overrides)
                 # With --redis the kept profile is the cluster's: a node's own
                 # switch lasts until it restarts.
                 kept = cluster is None and await self._keep_profile(name)
                 return Answer({"profile": name, "changed": changed, "kept": kept})
             if cluster is None:
                 return error_answer("bad_request", "scope=cluster needs --redis")
+            if overrides:
+                return error_answer("bad_request", "live parameters set by hand apply to one "
+                                    "node: drop scope=cluster, or name a profile that sets them")
             apply_live(self.cfg, name)      # refuse an unknown profile here, not on each node
         except ValueError as exc:
             return error_answer("bad_request", str(exc))

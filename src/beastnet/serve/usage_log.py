@@ -306,5 +306,19 @@ class UsageLogComponent(Component):
         return out
 
     def reconfigure(self, changes: Mapping[str, Any]) -> None:
-        if "usage_flush_interval_s" in changes and self.log is not None:
-            self.log.interval_s = self.host.cfg.usage_flush_interval_s
+        if "usage_flush_interval_s" in changes:
+            self.set_flush_interval(self.host.cfg.usage_flush_interval_s)
+
+    # The governor's hooks (serve/governor.py): its background-drop signal
+    # and the interval its reaction lengthens.
+
+    def background_drops(self) -> tuple[int, int]:
+        """(rows dropped, rows offered) since start: new cells the full queue
+        refused, over every new cell."""
+        if self.log is None:
+            return 0, 0
+        return self.log.bg_drop, self.log.rows_queued + self.log.bg_drop
+
+    def set_flush_interval(self, seconds: float) -> None:
+        if self.log is not None:
+            self.log.interval_s = seconds

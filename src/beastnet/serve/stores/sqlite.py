@@ -286,7 +286,8 @@ class KeyStore(_OnDatabase):
             api_keys.set(key, qps=tier.qps, burst=tier.burst, monthly_cap=tier.monthly_cap,
                          month_used=month_count, ws_allowed=tier.stream,
                          ws_max_connections=tier.stream_connections,
-                         ws_max_subscriptions=tier.stream_symbols)
+                         ws_max_subscriptions=tier.stream_symbols,
+                         shed_last=tier.shed_last)
             active += 1
         return active
 
