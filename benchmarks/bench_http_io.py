@@ -30,14 +30,13 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import bench_http  # noqa: E402
-from bench_http import cpu_seconds, server_pids, stop, wait_port, wrk  # noqa: E402
+from bench_http import cpu_seconds, server_pids, serving, stop, wrk  # noqa: E402
 
 FLOOR_PORTS = {"floor-epoll": 28483, "floor-uring": 28484}
 SERVERS = ["beastnet", "nginx", "floor-epoll", "floor-uring"]
@@ -57,14 +56,7 @@ def start(name: str, pin: str | None, tmp: Path, body: bytes, exe: Path) -> subp
     prefix = ["taskset", "-c", pin] if pin else []
     proc = subprocess.Popen(prefix + [str(exe), name.split("-")[1], str(port), body.decode()],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        wait_port(port)
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/BTC", timeout=5) as r:
-            assert r.read() == body, f"{name} serves a different body"
-    except BaseException:
-        stop(proc)
-        raise
-    return proc
+    return serving(proc, name, port, body)
 
 
 def port_of(name: str) -> int:

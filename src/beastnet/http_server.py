@@ -30,6 +30,11 @@ HTTP_IO_BACKENDS = ("epoll", "uring", "auto")
 URING_WORKER_MISSING = "beastnet has no io_uring HTTP worker yet (this host could run one)"
 
 
+def uring_unavailable() -> str:
+    """Why the workers cannot run on io_uring here (one line)."""
+    return _core.uring_unavailable_reason() or URING_WORKER_MISSING
+
+
 def choose_http_io(io: str) -> tuple[str, Optional[str]]:
     """(backend the workers run, why "auto" did not pick io_uring or None).
 
@@ -39,7 +44,7 @@ def choose_http_io(io: str) -> tuple[str, Optional[str]]:
         raise ValueError(f"io must be one of {', '.join(HTTP_IO_BACKENDS)}, got {io!r}")
     if io == "epoll":
         return "epoll", None
-    reason = _core.uring_unavailable_reason() or URING_WORKER_MISSING
+    reason = uring_unavailable()
     if io == "uring":
         raise ServerError(f'HTTPServer(io="uring"): io_uring unavailable: {reason}')
     return "epoll", f"io_uring unavailable: {reason}"
@@ -158,6 +163,11 @@ class HTTPServer(EngineServer):
     as a context manager, call ``start()`` and ``stop()``, or
     ``serve_forever()`` to block until ``stop()`` or Ctrl-C.
     """
+
+    #: The values ``io`` takes.
+    IO_BACKENDS = HTTP_IO_BACKENDS
+    #: Why the workers cannot run on io_uring here (one line).
+    uring_unavailable = staticmethod(uring_unavailable)
 
     def __init__(
         self,
