@@ -7,14 +7,18 @@ time from a tick leaving the exchange to a WebSocket subscriber of
 The exchanges: tests/fake_exchange.py's six fakes in a process of their own
 (`--fake`), each pushing its documented ticker message for every symbol a
 client subscribed, prices walking from the shipped snapshot, at --feed-rate
-messages a second in all (default 1,500: the simulator's rate, 150 assets x
-10 rounds/s, and several times what the six exchanges' ticker channels send
-for these assets on a normal day), with their heartbeats at 1 s.
+messages a second in all (default 1,500: the simulator's publication rate,
+150 assets x 10 rounds/s, so both arms publish about as often; what the real
+ticker channels send for these assets varies with trading and was not
+measured from here), with their heartbeats at 1 s.
 Arms, each a fresh `beastnet serve` (production profile, keys off, logs at
 info): "exchanges" (`--feed exchanges`, the fakes' URLs in a config file)
 and "sim" (`--feed sim`, 10 rounds/s).  Throughput: `beastnet load` over HTTP
 (GET /v1/<asset>, the 150 assets in turn, its default connections) for
---duration seconds; ratio = exchanges / sim of the median round.
+--duration seconds; ratio = exchanges / sim of the median round.  Beside it,
+the server's CPU per request over the load run (schedstat of all its threads,
+load run's warm-up included) and, before it, the idle server's CPU over
+--idle seconds: what the feed alone costs the process.
 Latency (exchanges arm, after its load run): a `websockets` client
 subscribed to the 150 assets stamps each price on receipt; the fake stamped
 each tick before its send (CLOCK_MONOTONIC, one clock for every process); a
@@ -39,7 +43,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO_DIR, child_env  # noqa: E402
+from _common import REPO_DIR, child_env, proc_sched_ns  # noqa: E402
 
 sys.path.insert(0, str(REPO_DIR / "tests"))
 
@@ -229,6 +233,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--feed-rate", type=float, default=1500.0,
                    help="ticker messages a second from the six fakes together")
     p.add_argument("--latency-seconds", type=float, default=10.0)
+    p.add_argument("--idle", type=float, default=3.0,
+                   help="seconds the idle server's CPU is read before each load run")
     p.add_argument("--fake", metavar="LOG", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.fake:
@@ -251,6 +257,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"# bench_feeds_serving: {os.cpu_count()} CPUs; HTTP load {args.duration:g} s "
               f"per run, {args.rounds} rounds; fakes at {args.feed_rate:,.0f} msg/s")
         rps: dict[str, list[float]] = {"sim": [], "exchanges": []}
+        idle: dict[str, list[float]] = {"sim": [], "exchanges": []}
+        cpu: dict[str, list[float]] = {"sim": [], "exchanges": []}
         received: list[tuple[str, str, str, int]] = []
         for n in range(args.rounds):
             for arm in ("sim", "exchanges"):
@@ -260,8 +268,20 @@ def main(argv: Optional[list[str]] = None) -> int:
                     if arm == "exchanges":
                         seen = wait_for_exchange_prices(server)
                         note = f"  symbols seen {seen}"
+                    # What the feed costs the serving process with no request
+                    # coming: its CPU over --idle seconds.
+                    c0, w0 = proc_sched_ns(server.proc.pid), time.monotonic_ns()
+                    time.sleep(args.idle)
+                    idle_ms_per_s = (proc_sched_ns(server.proc.pid) - c0) / \
+                        (time.monotonic_ns() - w0) * 1e3
                     load = os.getloadavg()[0]
+                    c0 = proc_sched_ns(server.proc.pid)
                     r = load_http(server.http_port, args.duration, tmp / f"{arm}{n}.json")
+                    # over the load run's warm-up and measured seconds alike
+                    cpu_us = (proc_sched_ns(server.proc.pid) - c0) / 1e3 / \
+                        (r * (args.duration + 1))
+                    idle[arm].append(idle_ms_per_s)
+                    cpu[arm].append(cpu_us)
                     if arm == "exchanges":
                         exch = server.stats()["feed"]["exchanges"]
                         rate = sum(h.get("msgs_per_s", 0.0) for h in exch.values())
@@ -270,7 +290,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                             received = asyncio.run(subscribe_and_stamp(server.http_port,
                                                                        args.latency_seconds))
                     rps[arm].append(r)
-                    print(f"[{n + 1}/{args.rounds}] {arm:<9} {r:>12,.0f} req/s  "
+                    print(f"[{n + 1}/{args.rounds}] {arm:<9} {r:>10,.0f} req/s  "
+                          f"server CPU {cpu_us:.2f} us/req  idle {idle_ms_per_s:.1f} ms CPU/s  "
                           f"(load average {load:.1f}){note}", flush=True)
                 finally:
                     server.stop()
@@ -280,6 +301,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     med = {a: sorted(v)[len(v) // 2] for a, v in rps.items()}
     print(f"\nmedian HTTP req/s: sim {med['sim']:,.0f}, exchanges {med['exchanges']:,.0f}: "
           f"exchanges / sim = {med['exchanges'] / med['sim']:.3f}")
+    mc = {a: sorted(v)[len(v) // 2] for a, v in cpu.items()}
+    mi = {a: sorted(v)[len(v) // 2] for a, v in idle.items()}
+    print(f"median server CPU per request: sim {mc['sim']:.2f} us, exchanges "
+          f"{mc['exchanges']:.2f} us: sim / exchanges = {mc['sim'] / mc['exchanges']:.3f}")
+    print(f"median CPU of the idle server (the feed alone): sim {mi['sim']:.1f} ms/s, "
+          f"exchanges {mi['exchanges']:.1f} ms/s")
     sent = {}
     for line in sent_log.read_bytes().splitlines():
         x, a, price, t = orjson.loads(line)

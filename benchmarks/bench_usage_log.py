@@ -9,7 +9,7 @@
    concurrent open-loop report load of 1,000 /v1/reports/usage/summary a
    second; the ratio, and the reports' p99.
 
-    PYTHONPATH=src python benchmarks/bench_usage_log.py [--duration 5] [--skip-2d]
+    PYTHONPATH=src python benchmarks/bench_usage_log.py [--duration 5] [--skip-2d] [--probe]
 
 Needs initdb/pg_ctl (a PostgreSQL is started by the tests' fixture,
 tests/pg_support.py).  Every figure is from this run on this machine; the
@@ -81,6 +81,56 @@ def bench_flush(total: int) -> None:
         server.close()
 
 
+def bench_probe(total: int) -> None:
+    """Where the PostgreSQL time goes: one asyncpg connection, the same rows,
+    COPY into the staging table alone, COPY + the upsert (what the store
+    does), COPY straight into usage_log, and one unnest upsert a batch."""
+    import asyncio
+
+    import asyncpg
+
+    from beastnet.serve.stores.usage_postgres import _ADD, _STAGE, _stamp
+    server = PostgresServer()
+    unnest = ("INSERT INTO usage_log AS u SELECT * FROM unnest($1::text[], $2::timestamptz[], "
+              "$3::text[], $4::text[], $5::bigint[], $6::bigint[], $7::bigint[], $8::bigint[]) "
+              "ON CONFLICT (minute, key, protocol, route) DO UPDATE SET "
+              "admitted = u.admitted + excluded.admitted")
+
+    async def run() -> None:
+        conn = await asyncpg.connect(server.dsn)
+        await conn.execute(_STAGE)
+        records = [(r.key, _stamp(r.minute), r.protocol, r.route, r.admitted, r.refused,
+                    r.rate_limited, r.over_quota) for b in rows(total, total) for r in b]
+        print("## probe: rows/s, one connection")
+        print("| batch | COPY to staging | COPY + upsert | COPY into usage_log | unnest upsert |")
+        print("| --- | --- | --- | --- | --- |")
+        for batch in (300, 5000):
+            chunks = [records[i:i + batch] for i in range(0, total, batch)]
+            rates = []
+            for variant in ("stage", "stage+upsert", "direct", "unnest"):
+                await conn.execute("TRUNCATE usage_log")
+                t = time.perf_counter()
+                for chunk in chunks:
+                    async with conn.transaction():
+                        if variant == "unnest":
+                            await conn.execute(unnest, *[list(c) for c in zip(*chunk)])
+                            continue
+                        await conn.copy_records_to_table(
+                            "usage_log" if variant == "direct" else "usage_stage",
+                            records=chunk)
+                        if variant == "stage+upsert":
+                            await conn.execute(_ADD.format(source="usage_stage"))
+                rates.append(total / (time.perf_counter() - t))
+            print(f"| {batch} | " + " | ".join(f"{r:,.0f}" for r in rates) + " |")
+        await conn.close()
+    try:
+        migrate(server.dsn)
+        PostgresUsageLog(server.dsn).ensure_partitions(MINUTE0)
+        asyncio.run(run())
+    finally:
+        server.close()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -140,9 +190,13 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=60_000)
     ap.add_argument("--duration", type=float, default=5.0)
     ap.add_argument("--skip-2d", action="store_true")
+    ap.add_argument("--probe", action="store_true",
+                    help="also where the PostgreSQL time goes (COPY, upsert, unnest)")
     args = ap.parse_args()
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start")
     bench_flush(args.rows)
+    if args.probe:
+        bench_probe(args.rows)
     if not args.skip_2d:
         bench_2d(args.duration)
 

@@ -57,10 +57,15 @@ class ScriptedServer:
         try:
             self._loop.run_until_complete(self._main())
         finally:
-            # Connection handlers still sleeping are cancelled with the loop.
-            for task in asyncio.all_tasks(self._loop):
+            # Connection handlers still sleeping are cancelled with the loop,
+            # and awaited: one loop turn is not always enough for a cancelled
+            # handler to finish, and a task still pending when the loop
+            # closes is reported in whichever test runs next.
+            pending = asyncio.all_tasks(self._loop)
+            for task in pending:
                 task.cancel()
-            self._loop.run_until_complete(asyncio.sleep(0))
+            if pending:
+                self._loop.run_until_complete(asyncio.wait(pending))
             self._loop.close()
 
     def __enter__(self) -> "ScriptedServer":

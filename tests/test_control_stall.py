@@ -41,7 +41,8 @@ def test_the_table_keeps_a_stale_variant_only_when_asked_and_only_of_flagged_bod
     assert marking["BTC"] == FRESH and orjson.loads(STALE)["stale"] is True
 
 
-def test_a_blocked_control_loop_turns_native_answers_stale_and_healthz_503_then_recovers():
+def test_a_blocked_control_loop_turns_native_answers_stale_and_healthz_503_then_recovers(
+        caplog):
     table = ResponseTable({"BTC": FRESH, "PLAIN": PLAIN}, stale_marking=True)
     control = ControlPlane("test-stall-control")
     control.start()
@@ -88,6 +89,9 @@ def test_a_blocked_control_loop_turns_native_answers_stale_and_healthz_503_then_
             wait_for(lambda: client.request(b"BTC") == FRESH, timeout=10,
                      message="UDP hits fresh again")
             assert web._engine.control_stalled_s == 0.0
+            blocked = [r.getMessage() for r in caplog.records
+                       if r.getMessage().startswith("the control loop was blocked for")]
+            assert blocked, "the gap was not logged once the loop ran again"
     finally:
         release.set()
         control.stop()

@@ -34,6 +34,7 @@ from beastnet.loadgen.histogram import NBUCKETS, Histogram
 from _loadgen_servers import beastnet_price_server
 from support import free_port, requires, wait_for
 from test_cluster import RedisServer
+from test_loadgen_udp import beastnet_server  # noqa: F401  (the fixture: the engine here)
 from test_plan import cluster  # noqa: F401  (the fixture)
 
 hdrh_histogram = pytest.importorskip("hdrh.histogram")
@@ -109,17 +110,6 @@ def redis_server(tmp_path):
     server.stop()
 
 
-@pytest.fixture(scope="module")
-def engine():
-    """The engine, in this process, so the test reads its counters directly."""
-    from beastnet import ResponseTable, UDPServer
-    table = ResponseTable()
-    table["BTC"] = b'{"p":1}'
-    table["ETH"] = b'{"p":2}'
-    with UDPServer(table, "127.0.0.1", 0, sockets=2) as server:
-        yield server
-
-
 class Agents:
     """`beastnet agent` processes, each logging to its own file; stopped by PID."""
 
@@ -182,25 +172,32 @@ def wait_for_progress(tmp: Path, proc: subprocess.Popen) -> None:
 
 @needs_redis
 def test_three_agents_merge_to_the_servers_counters_and_one_histogram(
-        engine, redis_server, agents, tmp_path):
-    before = engine.stats()["totals"]
-    assert main(["load", f"127.0.0.1:{engine.address[1]}", "-d", "1.5", "--warmup", "0.3",
-                 "-t", "1", "-s", "6", "-w", "8", "-k", "BTC,ETH", "--agents", "3",
-                 "--redis", redis_server.url, "--json", str(tmp_path / "r.json"),
-                 "-q"]) == 0
-    after = engine.stats()["totals"]
+        beastnet_server, redis_server, agents, tmp_path, capsys):
+    before = beastnet_server.stats()["totals"]
+    assert main(["load", f"127.0.0.1:{beastnet_server.address[1]}", "-d", "1.5",
+                 "--warmup", "0.3", "-t", "1", "-s", "6", "-w", "8", "-k", "BTC,ETH",
+                 "--agents", "3", "--redis", redis_server.url, "--json",
+                 str(tmp_path / "r.json"), "--html", str(tmp_path / "r.html")]) == 0
+    terminal = capsys.readouterr().out.splitlines()
+    html = (tmp_path / "r.html").read_text()
+    after = beastnet_server.stats()["totals"]
     r = orjson.loads((tmp_path / "r.json").read_bytes())["result"]
     rows = r["extra"]["agents"]
     assert sorted(a["name"] for a in rows) == ["a1", "a2", "a3"]
     assert all(a["state"] == "done" and a["sent"] > 0 for a in rows)
     # The merged counts are the sum of the agents'; over the whole run (the
-    # warm-up too) the datagrams sent are those the server received.
+    # warm-up too) the datagrams sent are those the server received (or its
+    # kernel dropped, on a crowded machine), and the answers the agents read
+    # are those it sent but the ones still in flight when the run stopped
+    # (at most the 6 sockets x window 8).
     assert r["sent"] == sum(a["sent"] for a in rows)
     assert r["received"] == sum(a["received"] for a in rows)
     whole_run = sum(row["sent"] for row in r["timeline"])
-    assert whole_run == after["rx_packets"] - before["rx_packets"]
-    assert sum(row["received"] for row in r["timeline"]) == \
-        after["tx_packets"] - before["tx_packets"]
+    assert whole_run == (after["rx_packets"] - before["rx_packets"]
+                         + after["kernel_drops"] - before["kernel_drops"])
+    unread = after["tx_packets"] - before["tx_packets"] - sum(
+        row["received"] for row in r["timeline"])
+    assert 0 <= unread <= 6 * 8
     # One histogram of every sample, built by another implementation from the
     # agents' encodings, holds in each bucket what the merged one holds.
     union = hdrh_histogram.HdrHistogram(1, (1 << 38) - 1, 2)
@@ -215,12 +212,19 @@ def test_three_agents_merge_to_the_servers_counters_and_one_histogram(
         assert abs(union.get_value_at_percentile(q) - ours) <= 0.008 * ours
     assert r["extra"]["start_skew_ms"] is not None and r["extra"]["start_skew_ms"] >= 0
     assert "its own monotonic clock" in r["extra"]["agents_clock_rule"]
+    # A row per agent beside the merged total, on the terminal and the page.
+    for a in rows:
+        assert any(line.split()[:3] == [a["name"], f"{a['sent']:,}", f"{a['received']:,}"]
+                   for line in terminal if line.strip()), terminal
+        assert f'<td class="l">{a["name"]}</td>' in html
+    assert any(line.split()[:2] == ["total", f"{r['sent']:,}"] for line in terminal if line)
+    assert "<h2>Load agents</h2>" in html and "start skew" in html
 
 
 @needs_redis
 def test_an_agent_killed_mid_run_is_reported_and_the_load_was_short(
-        engine, redis_server, agents, tmp_path):
-    proc = coordinator(tmp_path, redis_server.url, engine.address[1], "-d", "8",
+        beastnet_server, redis_server, agents, tmp_path):
+    proc = coordinator(tmp_path, redis_server.url, beastnet_server.address[1], "-d", "8",
                        "--warmup", "0")
     try:
         wait_for_progress(tmp_path, proc)
@@ -240,8 +244,8 @@ def test_an_agent_killed_mid_run_is_reported_and_the_load_was_short(
 
 @needs_redis
 def test_a_coordinator_killed_leaves_no_agent_running_after_its_lease(
-        engine, redis_server, agents, tmp_path):
-    proc = coordinator(tmp_path, redis_server.url, engine.address[1], "-d", "60")
+        beastnet_server, redis_server, agents, tmp_path):
+    proc = coordinator(tmp_path, redis_server.url, beastnet_server.address[1], "-d", "60")
     wait_for_progress(tmp_path, proc)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(10)
@@ -280,6 +284,10 @@ def test_a_dead_redis_is_one_line_for_the_coordinator_and_the_agent(capsys):
     run = subprocess.run([sys.executable, "-m", "beastnet", "agent", "--redis", "http://x"],
                          capture_output=True, text=True, timeout=30)
     assert run.returncode == 4 and "Traceback" not in run.stderr, run.stderr
+    assert run.stderr.count("\n") == 1 and "--redis http://x" in run.stderr
+    assert main(["load", "127.0.0.1:9", "--agents", "2", "--redis", "http://x", "-q"]) == 4
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("beastnet load: --redis http://x")
 
 
 @needs_redis
@@ -301,15 +309,19 @@ def test_a_websocket_run_splits_its_connections_over_the_agents(redis_server, ag
 
 
 @needs_redis
-def test_a_ramp_runs_each_level_on_every_agent(engine, redis_server, agents, tmp_path):
-    assert main(["load", f"127.0.0.1:{engine.address[1]}", "--levels", "300x30,900x90",
-                 "-s", "30", "-t", "1", "--agents", "3", "--redis", redis_server.url,
-                 "--json", str(tmp_path / "ramp.json"), "-q"]) == 0
+def test_a_ramp_runs_each_level_on_every_agent(beastnet_server, redis_server, agents, tmp_path,
+                                               capsys):
+    assert main(["load", f"127.0.0.1:{beastnet_server.address[1]}", "--levels",
+                 "300x30,900x90", "-s", "30", "-t", "1", "--agents", "3", "--redis",
+                 redis_server.url, "--json", str(tmp_path / "ramp.json")]) == 0
+    terminal = capsys.readouterr().out
     levels = orjson.loads((tmp_path / "ramp.json").read_bytes())["levels"]
     assert [lv["result"]["sent"] for lv in levels] == [300, 900]
     for lv in levels:
         rows = lv["result"]["extra"]["agents"]
         assert [a["sent"] for a in rows] == [lv["requests"] // 3] * 3
+        assert f"level {lv['level']} agents: " + ", ".join(
+            f"{a['name']} {a['sent']:,} sent" for a in rows) in terminal
 
 
 @requires("redis-server", "nginx", "openssl")
@@ -327,3 +339,60 @@ def test_a_plan_test_runs_its_load_on_the_agents(cluster, redis_server, agents):
     assert [a["state"] for a in rows] == ["done"] * 3
     assert [a["rate"] for a in rows] == [pytest.approx(1000.0)] * 3
     assert run["sent"] == sum(a["sent"] for a in rows) > 0
+
+
+# -- what crosses Redis is checked, never trusted ----------------------------------------
+
+json_values = st.recursive(st.none() | st.booleans() | st.integers(-2**63, 2**63 - 1)
+                           | st.floats() | st.text(max_size=8),
+                           lambda inner: st.lists(inner, max_size=3) |
+                           st.dictionaries(st.text(max_size=8), inner, max_size=3), max_leaves=8)
+
+
+@given(st.dictionaries(st.sampled_from(["scheme", "fields"]), json_values))
+def test_a_job_config_is_a_config_or_a_clear_error(wire):
+    from beastnet.loadgen.agents import config_from_wire
+    try:
+        cfg = config_from_wire(wire)
+    except LoadConfigError as exc:
+        assert str(exc) and "\n" not in str(exc)
+    else:
+        cfg.validate()
+
+
+@given(st.binary(max_size=100) | st.builds(
+    lambda kind, body: orjson.dumps({"agent": "a1", "type": kind, **body}),
+    st.sampled_from(["row", "result", "error", "other"]),
+    st.dictionaries(st.sampled_from(["row", "histogram", "result", "message"]), json_values)))
+def test_an_event_that_is_not_one_is_dropped_and_counted(raw):
+    from beastnet.loadgen.agents import Coordinator, _AgentRun
+    parts = {"a1": _AgentRun("a1", 0.0, 0.0)}
+    taken = Coordinator._take(parts, raw)
+    p = parts["a1"]
+    assert taken == (p.state != "running" or len(p.rows) == 1)
+    if p.rows:                          # an accepted row merges
+        from beastnet.loadgen.agents import merge_timelines
+        assert merge_timelines([p.rows], [p.deltas])[0]["sent"] == p.rows[0]["sent"]
+
+
+@needs_redis
+def test_ctrl_c_on_the_coordinator_stops_the_agents_runs_not_the_agents(
+        beastnet_server, redis_server, agents, tmp_path):
+    proc = coordinator(tmp_path, redis_server.url, beastnet_server.address[1], "-d", "60",
+                       "--warmup", "0")
+    try:
+        wait_for_progress(tmp_path, proc)
+        proc.send_signal(signal.SIGINT)
+        wait_for(lambda: proc.poll() is not None, timeout=30, interval=0.05,
+                 message="the coordinator to end the run it was told to stop")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    result = orjson.loads((tmp_path / "run.json").read_bytes())["result"]
+    assert result["interrupted"] and result["duration_s"] < 30
+    rows = result["extra"]["agents"]
+    assert [a["state"] for a in rows] == ["done"] * 3 and all(a["duration_s"] < 30 for a in rows)
+    # The agents stopped their runs on the command and wait for the next one.
+    assert all(p.poll() is None for p in agents.procs.values())
+    for name in agents.procs:
+        wait_for(lambda: b"done:" in agents.log(name), timeout=10, message=f"{name}'s run end")

@@ -24,7 +24,7 @@ from hypothesis import given, settings, strategies as st
 from beastnet.cli import main
 from beastnet.loadgen.plan import DEFAULT_PLAN, PlanError, load_plan, parse_plan, run_plan
 from beastnet.loadgen.plan.local import LocalCluster
-from beastnet.loadgen.plan.runner import NodeTarget, PlanRunner
+from beastnet.loadgen.plan.runner import NodeTarget, PlanRunner, ReportLoad
 from support import requires, wait_for
 from test_loadgen_report import render_dom, script_error
 
@@ -116,7 +116,10 @@ def test_any_test_table_is_accepted_or_refused_with_a_plan_error(table):
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    c = LocalCluster(str(tmp_path_factory.mktemp("plan-local")))
+    # Small UDP receive buffers, so a node stopped for 0.8 s overflows its
+    # socket whatever rate this machine's generator reaches.
+    c = LocalCluster(str(tmp_path_factory.mktemp("plan-local")),
+                     serve_args=("--recv-buffer-bytes", "262144"))
     try:
         c.start()
         yield c
@@ -142,11 +145,8 @@ def test_every_test_of_the_default_plan_runs_against_plan_local(cluster, tmp_pat
         assert ("ramp" in t) == (t["name"] != "2e") and ("run" in t) == (t["name"] == "2e")
         assert t["timeline"] and t["poll_failures"] == 0
     assert by_name["2e"]["rate"] > 0            # 80 % of 2a's ceiling, measured
-    reports = by_name["2d"]["reports"]
-    if reports["verdict"] == "not available":
-        assert "404" in reports["reasons"][0]
-    else:
-        assert reports["run"]["sent"] > 0
+    reports = by_name["2d"]["reports"]         # the nodes serve /v1/reports/usage
+    assert reports["run"]["sent"] > 0 and set(reports["run"]["status_codes"]) == {"200"}
     assert [c["a"] + c["b"] for c in report["comparisons"]] == ["2b2c", "2a2d", "1a2a"]
     assert all("rps_ratio" in c for c in report["comparisons"])
     assert set(report["endurance"]["nodes"]) == {"node1", "node2", "node3"}
@@ -154,6 +154,8 @@ def test_every_test_of_the_default_plan_runs_against_plan_local(cluster, tmp_pat
     assert {p["name"] for p in report["processes"]} == {"redis", "node1", "node2", "node3",
                                                         "nginx"}
     assert any("1b level 3/3" in line for line in lines)
+    assert report["versions"]["nginx"].startswith("nginx version: nginx/")
+    assert report["versions"]["redis-server"].startswith("Redis server v=")
     # One report: the JSON `beastnet report` reads back into the page.
     path = tmp_path / "plan.json"
     path.write_bytes(orjson.dumps(report, option=orjson.OPT_SERIALIZE_NUMPY))
@@ -167,6 +169,54 @@ def test_every_test_of_the_default_plan_runs_against_plan_local(cluster, tmp_pat
     for what in ("The tests against their criteria", "Comparisons", "Endurance (2e",
                  "Plan file (scale tiny)", "Latency by percentile"):
         assert what in dom
+
+
+@TOPOLOGY
+@pytest.mark.timeout(60)
+def test_a_failed_start_stops_what_did_start(tmp_path):
+    """The nodes refuse their flags after redis-server is up: the error
+    names the node and its last log line, and redis-server is stopped."""
+    c = LocalCluster(str(tmp_path / "procs"), serve_args=("--batch", "0"))
+    try:
+        with pytest.raises(PlanError) as err:
+            c.start()
+        assert str(err.value).startswith("plan local: node1 exited with 2 before the ready "
+                                         "line")
+        assert "batch" in str(err.value)
+        assert [p.name for p in c.processes][:1] == ["redis"]
+        assert all(not Path(f"/proc/{p.pid}").exists() for p in c.processes), c.describe()
+    finally:
+        c.stop()                        # a broken start's leftovers, by their PIDs
+
+
+@TOPOLOGY
+@pytest.mark.timeout(90)
+def test_plan_run_drives_the_nodes_a_plan_file_names(cluster, tmp_path, capsys):
+    """`beastnet plan run`: the target from the file (no local topology), the
+    report written as JSON and HTML, the exit status from the verdict."""
+    t = cluster.target()
+    nodes = ", ".join(f'{{name = "{n["name"]}", admin = "{n["admin"]}", http = "{n["http"]}", '
+                      f'udp = "{n["udp"]}"}}' for n in t["nodes"])
+    keys = ", ".join(f'{tier} = "{key}"' for tier, key in t["keys"].items())
+    plan = tmp_path / "plan.toml"
+    plan.write_text(one_test(UDP_BALANCED + "levels = [[300, 30]]\n") + "[[tests]]\n"
+                    + 'name = "t2"\nprotocol = "tcp"\naccess = "balanced"\ntier = "partner"\n'
+                    + 'profile = "production"\nrate = "0.5 * t1"\nduration_s = 2\n'
+                    + f'[target]\nlocal = false\nnodes = [{nodes}]\n'
+                    + f'balanced_http = "{t["balanced_http"]}"\n'
+                    + f'balanced_udp = "{t["balanced_udp"]}"\ncacert = "{t["cacert"]}"\n'
+                    + f"keys = {{{keys}}}\n")
+    status = main(["plan", "run", str(plan), "-o", str(tmp_path / "r")])
+    out = capsys.readouterr().out
+    report = orjson.loads((tmp_path / "r.json").read_bytes())
+    assert status == (1 if report["verdict"] == "fail" else 0), out
+    assert [x["name"] for x in report["tests"]] == ["t1", "t2"]
+    assert report["tests"][1]["rate"] == pytest.approx(0.5 * report["tests"][0]["ramp"]
+                                                       ["levels"][0]["result"]["rps"])
+    assert report["tests"][1]["run"]["config"]["tls"] is True
+    assert report["processes"] == [] and report["endurance"]["note"].startswith("RSS not measured")
+    assert "written: " in out and (tmp_path / "r.html").read_text().count("<svg ") >= 3
+    assert t["keys"]["partner"] not in (tmp_path / "r.json").read_text()
 
 
 class FakeAdmin(BaseHTTPRequestHandler):
@@ -236,6 +286,38 @@ def test_preflight_switches_the_governor_through_adaptive_enabled(governor, on, 
         assert pre["stopped"] is None and pre["governor"] == {"fake": expect}
 
 
+class NoReports(BaseHTTPRequestHandler):
+    """A public port without the usage-report routes."""
+
+    def do_GET(self) -> None:
+        self.send_response(404)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_node_without_report_routes_makes_the_report_half_not_available():
+    plan = parse_plan(one_test('protocol = "tcp"\naccess = "balanced"\ntier = "partner"\n'
+                               'profile = "dev"\nlevels = [[10, 1]]\nreport_rate = 5\n'))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), NoReports)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        runner = PlanRunner(plan, [], {"balanced_http": f"http://127.0.0.1:{server.server_port}"
+                                                        "/v1/", "keys": {"partner": "k" * 20}},
+                            lambda _: None)
+        result = ReportLoad(runner, plan.tests[0]).finish()
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+    assert result == {"verdict": "not available", "reasons": [
+        "not available: GET /v1/reports/usage answered 404 (this node has no usage-report "
+        "routes)"]}
+
+
 @TOPOLOGY
 @pytest.mark.timeout(60)
 def test_preflight_stops_the_test_when_a_node_refuses_its_reset(cluster):
@@ -259,7 +341,7 @@ def test_a_node_made_to_drop_udp_raises_the_red_flag_when_it_drops(cluster):
     must name node1 and come after the stop, within a poll and a snapshot."""
     node1 = cluster.process("node1")
     assert node1 is not None
-    plan = parse_plan(one_test(UDP_DIRECT + "rate = 40000\nduration_s = 5\n"))
+    plan = parse_plan(one_test(UDP_DIRECT + "rate = 5000\nduration_s = 5\n"))
     loading = threading.Event()
     stopped: list[float] = []
 

@@ -473,7 +473,9 @@ def test_stream_compression_threshold_lets_the_stress_ladder_measure_deflate(ser
     # client's inflate time per KiB is mostly its per-message cost.
     body_ = run_stress(WSLoadConfig(port=server.http_port, symbols=["BTC", "ETH", "SOL"],
                                     duration_s=1.0),
-                       levels=[1, 10], probes=StressProbes(dimensions=["compression"]),
+                       levels=[1, 10],
+                       probes=StressProbes(dimensions=["compression"],
+                                           server_stats=f"http://127.0.0.1:{server.admin_port}"),
                        thresholds=StressThresholds(compression_saved=(0.05, 0.0),
                                                    inflate_us_per_kib=(500.0, 5000.0)))
     for level in body_["levels"]:
@@ -483,5 +485,21 @@ def test_stream_compression_threshold_lets_the_stress_ladder_measure_deflate(ser
         assert m["compressed_messages"] > 0
         assert m["inflated_bytes"] > m["deflated_bytes"] > 0
         assert abs(m["compression_saved"] - expected_saved) < 0.05, (m, expected_saved)
+        assert m["server_deflated"] > 0 and m["server_deflate_us_per_publication"] > 0
+        assert m["server_deflate_ns_per_message"] > 0
+    # The server deflates once per publication, whatever the subscribers: ten
+    # times the connections (each run as long) is not ten times the deflates.
+    one, ten = (lv["dimensions"]["compression"]["metrics"]["server_deflated"]
+                for lv in body_["levels"])
+    assert ten < 3 * one, (one, ten)
     assert not any("compression" in n for n in body_["not_measured"])
     assert server.terminate() == 0
+
+
+def test_ws_stress_server_stats_unreachable_is_one_line_before_any_run(capsys):
+    from beastnet.cli import main
+    assert main(["ws", "stress", "ws://127.0.0.1:1/v1/stream", "--dimensions", "compression",
+                 "--server-stats", "http://127.0.0.1:1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(
+        "beastnet ws stress: --server-stats http://127.0.0.1:1/admin/stats: "), err

@@ -9,9 +9,9 @@ from _annotate import SRC, annotate, yellow_lines
 
 # Every function a native thread runs per packet, per batch or per request.
 HOT_FUNCTIONS = {
-    "_limits.pxi": ["digest_slot_hash", "keyindex_lookup", "apikey_lookup", "apikey_over_cap",
-                    "gcra_take", "lease_take", "apikey_admit", "apikey_decide",
-                    "monotonic_ns"],
+    "_limits.pxi": ["digest_slot_hash", "keyindex_lookup", "keymiss_note", "apikey_lookup",
+                    "apikey_over_cap", "gcra_take", "lease_take", "apikey_admit",
+                    "apikey_decide", "monotonic_ns"],
     "_rrl.pxi": ["addr_is_v4mapped", "rrl_source", "rrl_check"],
     "_udp.pxi": ["format_rate_limited", "udp_parse", "udp_reply", "udp_too_large", "udp_error",
                  "udp_queue_miss", "udp_reader_recv",
@@ -60,7 +60,8 @@ HOT_FUNCTIONS = {
                      "ws_write_symbols", "ws_reply_json", "ws_reply_error", "ws_auth_refuse",
                      "ws_on_auth", "ws_on_request",
                      "ws_conn_input", "ws_conn_discard", "ws_process", "ws_conn_on_event",
-                     "ws_adopt_input", "ws_conn_free", "ws_dirty_unlink", "ws_check_stalls",
+                     "ws_adopt_input", "ws_conn_free", "ws_dirty_unlink", "ws_sample_acks",
+                     "ws_check_stalls",
                      "ws_path_kind", "ws_refuse", "ws_key_check", "ws_route",
                      "ws_conn_take_key", "ws_upgrade"],
     "_http_worker.pxi": ["http_now_ns", "conn_parse_all", "conn_set_events", "conn_finish",

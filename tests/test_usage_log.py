@@ -15,8 +15,7 @@ from typing import Any, Iterator
 import orjson
 import pytest
 
-from beastnet import APIKeyTable, api_key_id
-from beastnet._core import USAGE_ROUTE_NAMES
+from beastnet import USAGE_ROUTE_NAMES, APIKeyTable, api_key_id
 from beastnet.serve.stores.usage_log import UNKNOWN_KEY, UsageLogStore, UsageRow
 from beastnet.serve.stores.usage_sqlite import SQLiteUsageLog
 from beastnet.serve.usage_log import UsageLog
@@ -90,6 +89,9 @@ def test_native_counts_become_rows_per_route_and_verdict(store):
     assert usage.rows_written == 5 and usage.batch_flush_errors == 0
     assert stored(store) == seen
     assert seen[(api_key_id("alpha"), "udp", "price")] == [5, 0, 4, 0]
+    one, _ = table.usage_counts("alpha")                # one key: a lookup, by key or ID
+    assert list(one) == ["alpha"] and one["alpha"][:4] == (5, 0, 4, 0)
+    assert table.usage_counts("nobody")[0] == {}
     # A second harvest adds only what moved since the first.
     admit(table, "beta", ("ws", "stream"), 3, seen)
     usage.harvest()

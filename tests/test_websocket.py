@@ -712,3 +712,45 @@ def test_reassembly_memory_is_capped_per_engine_and_given_back(table):
         assert third.frame() == (TEXT, b"c" * 40001)
         for c in (first, second, third):
             c.close()
+
+
+def test_a_non_reader_of_a_slow_symbol_is_closed_a_stall_after_its_window_closes(table):
+    """Issue 23: the stall clock started at the first short write, i.e. once
+    TCP_NOTSENT_LOWAT's 128 KiB were unsent; a subscriber of a slow symbol
+    that stops reading kept its connection until then (here 20 KB/s: ~7 s,
+    minutes for a quieter symbol).  Now the once-a-second kernel-queue sample
+    starts it when bytes are queued (SIOCOUTQ) and the peer acknowledges
+    none, so the close comes within stall_timeout_s + one sample of that."""
+    stall_s, sample_s = 1.0, 1.0
+    options = WebSocketOptions(stall_timeout_s=stall_s)
+    with HTTPServer(table, threads=1, websocket=options) as server:
+        port = server.address[1]
+        with RawClient(server, rcvbuf=4096) as slow, RawClient(server) as fast:
+            slow.handshake()
+            slow.send(build_frame(TEXT, b'{"op":"subscribe","symbols":["S001"]}'))
+            fast.handshake()
+            fast.send(build_frame(TEXT, b'{"op":"subscribe","symbols":["S001"]}'))
+            assert fast.frame()[1].startswith(b'{"op":"subscribed"')
+            fast.frame()
+            queued_since = None         # first sight of bytes in the server's send queues
+            most_queued = 0
+            v = 0
+            deadline = time.monotonic() + 20
+            while totals(server)["ws_slow_closes"] == 0:
+                assert time.monotonic() < deadline, "the non-reader was never closed"
+                v += 1
+                table.set("S001", body("S001", v, pad=150))
+                assert orjson.loads(fast.frame()[1])["v"] == v    # the reader keeps up
+                queued = sum(server_send_queues(port))
+                most_queued = max(most_queued, queued)
+                if queued and queued_since is None:
+                    queued_since = time.monotonic()
+                time.sleep(0.01)        # ~20 KB/s of frames
+            closed_after = time.monotonic() - queued_since
+            assert closed_after <= stall_s + sample_s + 1.0, (
+                f"closed {closed_after:.1f} s after its bytes queued ({most_queued} B at most)")
+            assert most_queued < 128 * 1024     # long before the low-water mark's short write
+            t = totals(server)
+            assert t["ws_close_policy"] == 1 and t["stall_resets"] == 1 and t["ws_active"] == 1
+            table.set("S001", body("S001", 10**6))
+            assert orjson.loads(fast.frame()[1])["v"] == 10**6    # the reader is still served

@@ -11,7 +11,7 @@ handlers run on, which several servers may share; `run_udp_load` /
 `UDPPusher` sends a table's entries to many UDP addresses in sendmmsg batches.
 """
 from beastnet._core import APIKeyTable, Entry, ResponseTable, UDPPusher, api_key_id
-from beastnet._core import ERROR_STATUS
+from beastnet._core import ERROR_STATUS, USAGE_ROUTE_NAMES
 from beastnet.control import Answer, ControlPlane, MissRequest, error_answer, is_loopback_client
 from beastnet.errors import (BeastnetError, ClusterError, InvalidKeyError, ServerError,
                              TableFullError, TLSConfigError)
@@ -57,6 +57,7 @@ __all__ = [
     "UDPLoadConfig",
     "UDPServer",
     "UDPPusher",
+    "USAGE_ROUTE_NAMES",
     "WebSocketOptions",
     "__version__",
     "api_key_id",

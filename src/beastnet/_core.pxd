@@ -30,6 +30,7 @@ cdef struct bn_reader
 cdef struct bn_rrl
 cdef struct bn_missq
 cdef struct bn_keyindex
+cdef struct bn_keymiss
 cdef struct bn_apikey
 cdef struct bn_hworker
 cdef struct bn_governor
@@ -75,6 +76,7 @@ cdef class ResponseTable:
 
 cdef class APIKeyTable:
     cdef bn_keyindex* index             # published index; readers load it atomically
+    cdef bn_keymiss* misses             # unknown keys noted for the control plane
     cdef bn_retire_list retired         # replaced indexes awaiting QSBR (records live on)
     cdef list records                   # (name as first set, digest), in insertion order
     cdef uint64_t hungry_events         # low-lease events of leased keys (atomic)

@@ -79,6 +79,24 @@ cdef size_t batch_put_uint(char* out, size_t at, size_t v) noexcept nogil:
     return at
 
 
+cdef int conn_emit_formatted(bn_hworker* w, bn_conn* c, char* out, size_t n,
+                             const char* status_line, size_t status_line_len, int status,
+                             int tail, int head_only) noexcept nogil:
+    """Answer with the JSON body formatted in out[0:n] (batch_out or
+    health_out), its head written just past it, then flushed at once: `out`
+    is reused by the next such answer.  `status_line` ends with CRLF."""
+    cdef size_t at = batch_put(out, n, status_line, status_line_len)
+    at = batch_put(out, at, b"Server: beastnet\r\nContent-Type: application/json\r\n"
+                   b"Content-Length: ", 66)
+    at = batch_put_uint(out, at, n)
+    at = batch_put(out, at, b"\r\n", 2)
+    cdef int rc = conn_emit(w, c, out + n, at - n, tail, out, 0 if head_only else n, status,
+                            SEG_COPY, NULL)
+    if rc == 0:
+        rc = conn_flush_iov(w, c)
+    return conn_step(c, rc)
+
+
 cdef int conn_batch(bn_hworker* w, bn_conn* c, bn_hreq* req, int tail,
                     int head_only) noexcept nogil:
     """GET <prefix><batch_key>?symbols=A,B,...: a JSON array of the entries'
@@ -144,15 +162,8 @@ cdef int conn_batch(bn_hworker* w, bn_conn* c, bn_hreq* req, int tail,
     if nunknown:
         bn_count(&w.counters.misses, 1)
         n = batch_put(w.batch_out, at, b"]}", 2)          # the body: batch_out[0:n]
-        at = batch_put(w.batch_out, n, b"HTTP/1.1 404 Not Found\r\nServer: beastnet\r\n"
-                       b"Content-Type: application/json\r\nContent-Length: ", 90)
-        at = batch_put_uint(w.batch_out, at, n)
-        at = batch_put(w.batch_out, at, b"\r\n", 2)
-        rc = conn_emit(w, c, w.batch_out + n, at - n, tail, w.batch_out,
-                       0 if head_only else n, 404, SEG_COPY, NULL)
-        if rc == 0:
-            rc = conn_flush_iov(w, c)   # batch_out is reused by the next batch request
-        return conn_step(c, rc)
+        return conn_emit_formatted(w, c, w.batch_out, n, b"HTTP/1.1 404 Not Found\r\n", 24,
+                                   404, tail, head_only)
     bn_count(&w.counters.hits, 1)
     at = batch_put(w.batch_out, 0, b"HTTP/1.1 200 OK\r\nServer: beastnet\r\n"
                    b"Content-Type: application/json\r\nContent-Length: ", 83)
@@ -180,23 +191,13 @@ cdef int conn_health_stalled(bn_hworker* w, bn_conn* c, int tail, int head_only)
     and why.  The age is formatted per request (tenths of a second)."""
     cdef uint64_t age_ds = (<uint64_t>w.now_ns - bn_load_u64_relaxed(&w.control.beat_ns)) // 100000000
     cdef char* out = w.health_out
-    cdef size_t n
-    cdef size_t at
-    n = batch_put(out, 0, b'{"status":"stalled","reason":"control plane stalled for ', 56)
+    cdef size_t n = batch_put(out, 0, b'{"status":"stalled","reason":"control plane stalled for ', 56)
     n = batch_put_uint(out, n, age_ds // 10)
     n = batch_put(out, n, b".", 1)
     n = batch_put_uint(out, n, age_ds % 10)
     n = batch_put(out, n, b' s"}', 4)               # the body: health_out[0:n]
-    at = batch_put(out, n, b"HTTP/1.1 503 Service Unavailable\r\nServer: beastnet\r\n"
-                   b"Content-Type: application/json\r\nCache-Control: no-store\r\n"
-                   b"Content-Length: ", 125)
-    at = batch_put_uint(out, at, n)
-    at = batch_put(out, at, b"\r\n", 2)
-    cdef int rc = conn_emit(w, c, out + n, at - n, tail, out, 0 if head_only else n, 503,
-                            SEG_COPY, NULL)
-    if rc == 0:
-        rc = conn_flush_iov(w, c)       # health_out is reused by the next request
-    return conn_step(c, rc)
+    return conn_emit_formatted(w, c, out, n, b"HTTP/1.1 503 Service Unavailable\r\n", 34,
+                               503, tail, head_only)
 
 
 cdef int conn_queue(bn_hworker* w, bn_conn* c, bn_hreq* req, const char* key, size_t key_len,

@@ -529,13 +529,23 @@ cdef void conn_reset(bn_hworker* w, bn_conn* c) noexcept nogil:
 
 
 cdef void http_worker_sample_kernel_queues(bn_hworker* w) noexcept nogil:
-    # kernel_queued: one ioctl per open connection, once a second.
+    # kernel_queued: one ioctl per open connection, once a second.  The same
+    # sample runs a WebSocket connection's second stall clock: from the last
+    # sample that saw the peer acknowledge bytes while the kernel still held
+    # some (ws_sample_acks).  A subscriber that stops reading is caught once
+    # its receive window closes (within a sample), not only once
+    # TCP_NOTSENT_LOWAT's worth is unsent: for a slow symbol, minutes.
     cdef uint32_t i
     cdef int queued
     cdef uint64_t total = 0
+    cdef bn_conn* c
     for i in range(w.high_water):
-        if w.conns[i].fd >= 0 and ioctl(w.conns[i].fd, SIOCOUTQ, &queued) == 0 and queued > 0:
-            total += <uint64_t>queued
+        c = &w.conns[i]
+        if c.fd < 0 or ioctl(c.fd, SIOCOUTQ, &queued) != 0 or queued < 0:
+            continue
+        total += <uint64_t>queued
+        if c.ws != NULL:
+            ws_sample_acks(c.ws, c.sent_bytes, <uint64_t>queued, w.now_ns)
     bn_store_u64(&w.counters.kernel_queued, total)
 
 

@@ -61,10 +61,30 @@ cdef struct bn_keyslot:
     uint64_t hash                       # 0 = empty; stored last (release)
     bn_apikey* rec
 
+# Unknown keys noticed by the native threads, for the control plane to look
+# up elsewhere (serve/keycache.py: Redis, then PostgreSQL) and add to the
+# table: the request itself was answered unauthorized at once, so a lookup
+# never holds a native thread.  A fixed ring of digests: a reader claims the
+# next slot with one fetch-add and fills it unless its previous note is still
+# unread (then the note is dropped and counted: an unknown-key flood loses
+# notes, never blocks; a real key is noted again on its next request).  The
+# control plane sweeps every slot (KEYMISS_SLOTS is small), so it needs no
+# order and no tail.
+cdef struct bn_keymiss_slot:
+    uint64_t state                      # KEYMISS_FREE / _WRITING / _READY (atomic)
+    unsigned char digest[APIKEY_DIGEST_BYTES]
+
+cdef struct bn_keymiss:
+    uint64_t head                       # slots claimed so far (atomic; index = head % SLOTS)
+    uint64_t noted                      # notes written (atomic)
+    uint64_t dropped                    # notes lost: their slot was still unread (atomic)
+    bn_keymiss_slot slots[KEYMISS_SLOTS]
+
 cdef struct bn_keyindex:
     size_t mask                         # capacity - 1
     size_t used
     uint64_t* unknown_ref               # the table's refusals of unknown keys, by USAGE_* route
+    bn_keymiss* misses                  # the table's ring, the same in every index; NULL = off
     bn_keyslot* slots                   # same allocation
 
 
@@ -101,12 +121,30 @@ cdef inline bn_apikey* keyindex_lookup(bn_keyindex* idx,
         i = (i + 1) & idx.mask
 
 
+cdef inline void keymiss_note(bn_keymiss* ring, const unsigned char* digest) noexcept nogil:
+    cdef bn_keymiss_slot* slot
+    if ring == NULL:
+        return
+    slot = &ring.slots[bn_fetch_add_relaxed(&ring.head, 1) & (KEYMISS_SLOTS - 1)]
+    if not bn_cas_u64(&slot.state, KEYMISS_FREE, KEYMISS_WRITING):
+        bn_add_relaxed(&ring.dropped, 1)
+        return
+    memcpy(slot.digest, digest, APIKEY_DIGEST_BYTES)
+    bn_store_u64(&slot.state, KEYMISS_READY)        # release: the digest before the state
+    bn_add_relaxed(&ring.noted, 1)
+
+
 cdef inline bn_apikey* apikey_lookup(bn_keyindex* idx, const char* key,
                                      size_t n) noexcept nogil:
-    """The record of the presented `key` (hashed here), or NULL."""
+    """The record of the presented `key` (hashed here), or NULL (the key
+    noted in the table's ring of unknown keys)."""
     cdef unsigned char digest[APIKEY_DIGEST_BYTES]
+    cdef bn_apikey* rec
     bn_apikey_sha256(key, n, digest)
-    return keyindex_lookup(idx, digest)
+    rec = keyindex_lookup(idx, digest)
+    if rec == NULL:
+        keymiss_note(idx.misses, digest)
+    return rec
 
 
 cdef inline bint apikey_over_cap(bn_apikey* rec, uint64_t cap, uint64_t admitted) noexcept nogil:
@@ -216,6 +254,12 @@ cdef inline uint64_t monotonic_ns() noexcept nogil:
     return <uint64_t>ts.tv_sec * 1000000000ULL + <uint64_t>ts.tv_nsec
 
 
+cdef tuple apikey_usage_cells(bn_apikey* rec):
+    """A record's usage cells (USAGE_ROUTES x ADMIT_VERDICTS), read atomically."""
+    cdef int i
+    return tuple([bn_load_u64_relaxed(&rec.usage[i]) for i in range(USAGE_ROUTES * ADMIT_VERDICTS)])
+
+
 #: The usage routes as (protocol, route), indexed by the USAGE_* values.
 USAGE_ROUTE_NAMES = (("udp", "price"), ("http", "price"), ("http", "snapshot"),
                      ("http", "report"), ("ws", "stream"))
@@ -287,6 +331,9 @@ cdef class APIKeyTable:
         if self.index == NULL:
             raise MemoryError()
         self.index.unknown_ref = self.unknown
+        self.misses = <bn_keymiss*>calloc(1, sizeof(bn_keymiss))
+        if self.misses == NULL:
+            raise MemoryError()
         self.records = []
         self._lock = _threading.Lock()
 
@@ -299,6 +346,8 @@ cdef class APIKeyTable:
             free(self.index)
             self.index = NULL
         retire_free_all(&self.retired)
+        free(self.misses)
+        self.misses = NULL
 
     cdef bn_apikey* _find(self, bytes digest) noexcept:
         return keyindex_lookup(self.index, <const unsigned char*><const char*>digest)
@@ -310,6 +359,7 @@ cdef class APIKeyTable:
         if idx == NULL:
             raise MemoryError()
         idx.unknown_ref = self.unknown
+        idx.misses = old.misses
         for i in range(old.mask + 1):
             if old.slots[i].hash != 0:
                 j = old.slots[i].hash & idx.mask
@@ -453,6 +503,27 @@ cdef class APIKeyTable:
         control plane renews when this moves."""
         return bn_load_u64_relaxed(&self.hungry_events)
 
+    def note_unknown(self, bint on):
+        """Whether requests with a key the table lacks are noted for
+        `unknown_keys()` (off by default: a table that holds every key has
+        nothing to look up)."""
+        with self._lock:
+            bn_store_ptr(<void**>&self.index.misses, self.misses if on else NULL)
+
+    def unknown_keys(self):
+        """The IDs (sha256:…) of unknown keys requests presented since the
+        last call, each once, and the counts so far: (ids, noted, dropped)."""
+        cdef size_t i
+        cdef bn_keymiss_slot* slot
+        cdef set found = set()
+        for i in range(KEYMISS_SLOTS):
+            slot = &self.misses.slots[i]
+            if bn_load_u64(&slot.state) == KEYMISS_READY:
+                found.add(PyBytes_FromStringAndSize(<char*>slot.digest, APIKEY_DIGEST_BYTES))
+                bn_store_u64(&slot.state, KEYMISS_FREE)
+        return ([KEY_ID_PREFIX + d.hex() for d in found], bn_load_u64_relaxed(&self.misses.noted),
+                bn_load_u64_relaxed(&self.misses.dropped))
+
     def revoke(self, key):
         """Make `key` answer unauthorized; return whether it was known."""
         cdef bytes digest = apikey_digest_of(key)
@@ -489,21 +560,25 @@ cdef class APIKeyTable:
                                             bool(bn_load_int(&rec.revoked)))
         return out
 
-    def usage_counts(self):
+    def usage_counts(self, key=None):
         """({key: counts}, unknown): cumulative requests by usage route and
         verdict.  `counts` is a tuple of USAGE_ROUTES x 4 numbers, route by
         route (USAGE_ROUTE_NAMES order), each route's (admitted,
         unauthorized, rate_limited, over_quota); `unknown` counts refusals of
         a missing or unknown key, one number per route.  What the usage log
-        turns into rows, from deltas."""
+        turns into rows, from deltas.  With `key` (a key or its ID), only
+        that key's counts, under `key` (one lookup, not a walk of the table)."""
         cdef bn_apikey* rec
         cdef int i
         out = {}
         with self._lock:
-            for name, digest in self.records:
-                rec = self._find(digest)
-                out[name] = tuple([bn_load_u64_relaxed(&rec.usage[i])
-                                   for i in range(USAGE_ROUTES * ADMIT_VERDICTS)])
+            if key is not None:
+                rec = self._find(apikey_digest_of(key))
+                if rec != NULL:
+                    out[key] = apikey_usage_cells(rec)
+            else:
+                for name, digest in self.records:
+                    out[name] = apikey_usage_cells(self._find(digest))
         return out, tuple([bn_load_u64_relaxed(&self.unknown[i]) for i in range(USAGE_ROUTES)])
 
     def admit(self, key, now_ns=None, int usage_route=USAGE_HTTP_PRICE):

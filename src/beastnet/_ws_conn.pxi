@@ -24,6 +24,9 @@ cdef struct bn_ws_conn:
     uint32_t in_len
     uint32_t in_cap
     int64_t stalled_since_ns            # first moment output was left unwritten; 0 = flowing
+    int64_t unacked_since_ns            # first kernel-queue sample that found bytes queued and
+                                        # the peer's acknowledgements not advancing; 0 = none
+    uint64_t acked_seen                 # bytes the peer had acknowledged at the last sample
     int64_t partial_since_ns            # since when a client frame or message is unfinished; 0 = none
     bn_ws_conn* next_dirty              # on the worker's list of connections to flush
     int close_code                      # close frame sent with this code (0 = none yet)
@@ -759,6 +762,22 @@ cdef void ws_dirty_unlink(bn_ws_worker* ws, bn_ws_conn* wc) noexcept nogil:
         at = &at[0].next_dirty
 
 
+cdef inline void ws_sample_acks(bn_ws_conn* wc, uint64_t sent_bytes, uint64_t queued,
+                                int64_t now_ns) noexcept nogil:
+    # acked = what the kernel took minus what it still holds (SIOCOUTQ); under
+    # TLS the two count different bytes, but only "did it grow" is asked.
+    # The clock restarts at every sample that saw progress while bytes still
+    # wait, so it runs from the last sample the peer was known to read at: a
+    # non-reader is closed at most one sample later than by an exact clock.
+    cdef uint64_t acked = sent_bytes - queued if queued <= sent_bytes else 0
+    if queued == 0:
+        wc.unacked_since_ns = 0         # nothing waits
+    elif acked > wc.acked_seen or wc.unacked_since_ns == 0:
+        wc.unacked_since_ns = now_ns
+    if acked > wc.acked_seen:
+        wc.acked_seen = acked
+
+
 cdef void ws_check_stalls(bn_hworker* w) noexcept nogil:
     """On the worker's tick: close connections whose output made no progress
     for stall_timeout (1008, counted), half-closed ones that never sent
@@ -771,7 +790,9 @@ cdef void ws_check_stalls(bn_hworker* w) noexcept nogil:
         if c.fd < 0 or c.ws == NULL:
             continue
         wc = c.ws
-        if wc.stalled_since_ns and w.now_ns - wc.stalled_since_ns > w.ws.stall_timeout_ns:
+        if ((wc.stalled_since_ns and w.now_ns - wc.stalled_since_ns > w.ws.stall_timeout_ns)
+                or (wc.unacked_since_ns
+                    and w.now_ns - wc.unacked_since_ns > w.ws.stall_timeout_ns)):
             bn_count(&w.counters.ws_slow_closes, 1)
             ws_count_close(w, WS_CLOSE_POLICY)
             conn_reset(w, c)            # its buffer is full: a close frame could not get through,

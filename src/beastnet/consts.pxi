@@ -55,6 +55,13 @@ cdef enum:
     USAGE_HTTP_REPORT = 3           # GET <prefix>reports/... (the usage reports)
     USAGE_WS_STREAM = 4             # a WebSocket stream's admission
     USAGE_ROUTES = 5                # how many of the above
+
+# The ring of unknown keys an APIKeyTable notes for the control plane (_limits.pxi).
+cdef enum:
+    KEYMISS_SLOTS = 1024            # digests awaiting a sweep; a power of two
+    KEYMISS_FREE = 0                # slot: empty, a reader may claim it
+    KEYMISS_WRITING = 1             # slot: a reader is copying its digest in
+    KEYMISS_READY = 2               # slot: a digest the control plane has not swept yet
 # TCP/HTTP engine (_http.pxi).
 cdef enum:
     HTTP_SCRATCH_BYTES = 65536      # per-worker read buffer; a connection's own buffer only holds leftovers

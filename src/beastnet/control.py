@@ -14,6 +14,7 @@ import logging
 import socket
 import struct
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Optional, Union
 
@@ -184,22 +185,32 @@ class ControlPlane:
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._ready = threading.Event()
         # Replaced, never mutated: the loop iterates it while servers watch.
-        self._watched: tuple[Any, ...] = ()
+        self._watched: tuple[tuple[Any, float], ...] = ()
+        self._last_beat = 0.0
 
     def watch(self, engine: Any, stall_s: float) -> None:
         """Beat into `engine` (a native engine) until `unwatch`; its threads
         count the control plane stalled once a beat is `stall_s` old (0 = never)."""
         engine.control_watch(stall_s)
-        self._watched = self._watched + (engine,)
+        self._watched = self._watched + ((engine, stall_s),)
 
     def unwatch(self, engine: Any) -> None:
         """Stop beating into `engine`; it stops judging the control plane."""
-        self._watched = tuple(e for e in self._watched if e is not engine)
+        self._watched = tuple(w for w in self._watched if w[0] is not engine)
         engine.control_watch(0.0)
 
     def _beat(self) -> None:
-        for engine in self._watched:
+        now = time.monotonic()
+        for engine, _ in self._watched:
             engine.control_beat()
+        # Said once the loop runs again: the engines' 503s and stale answers
+        # of the gap have their cause in the log.
+        bounds = [stall_s for _, stall_s in self._watched if stall_s > 0]
+        if self._last_beat and bounds and now - self._last_beat > min(bounds):
+            log.warning("the control loop was blocked for %.1f s: the engines served prices"
+                        " as stale and /healthz 503 past %.1f s", now - self._last_beat,
+                        min(bounds))
+        self._last_beat = now
         self.loop.call_later(CONTROL_BEAT_S, self._beat)
 
     def start(self) -> None:

@@ -12,8 +12,8 @@ from __future__ import annotations
 from typing import NamedTuple
 
 __all__ = ["Counter", "tagged", "UDP_COUNTERS", "HTTP_COUNTERS", "MISS_PATH_COUNTERS",
-           "WS_DEFLATE_COUNTERS", "USAGE_LOG_COUNTERS", "UDP_SERVER_GAUGES", "HTTP_SERVER_GAUGES", "PUSH_COUNTERS",
-           "markdown"]
+           "WS_DEFLATE_COUNTERS", "USAGE_LOG_COUNTERS", "UDP_SERVER_GAUGES",
+           "HTTP_SERVER_GAUGES", "PUSH_COUNTERS", "DATABASE_COUNTERS", "markdown"]
 
 
 class Counter(NamedTuple):
@@ -223,6 +223,24 @@ ticks             counter  calls        push() calls (one per scheduler tick wit
 """)
 
 
+#: `serve --database` (serve/stores/postgres.py, serve/keycache.py): the
+#: PostgreSQL pool and the keys' miss path, one value per node.
+DATABASE_COUNTERS: tuple[Counter, ...] = _table("""
+db_open           gauge    connections  PostgreSQL connections the pool holds open. [snapshot admin]
+db_in_use         gauge    connections  Of those, the connections lent out now. [snapshot admin]
+db_wait_count     counter  acquisitions Pool acquisitions that found no idle connection and waited for one. [snapshot admin]
+db_queries        counter  statements   Statements sent to PostgreSQL (key reads, usage flushes, lookups, the delivery log). [snapshot]
+key_misses_noted  counter  requests     Requests with a key the native table lacks, noted for the miss path (answered 401 at once).
+key_misses_dropped counter requests     Of those, notes lost because the ring was full (the key is noted again on its next request).
+key_lookups       counter  batches      Batches of unknown keys looked up (Redis, then PostgreSQL): at most one per key_miss_interval_s. [snapshot]
+key_negative_hits counter  keys         Unknown keys not looked up again: found nowhere less than negative_key_ttl_s ago.
+key_redis_hits    counter  keys         Unknown keys found in the cluster's Redis and added to the native table.
+key_db_hits       counter  keys         Unknown keys found in PostgreSQL, added to the native table and written through to Redis.
+key_not_found     counter  keys         Unknown keys found nowhere (or revoked, or of an unknown tier): cached as unknown.
+key_lookup_errors counter  batches      Lookups that failed (the database or Redis unreachable); their keys are asked again when seen again.
+""")
+
+
 def markdown() -> str:
     """docs/counters.md: every counter, generated from the lists above."""
     sections = (
@@ -242,6 +260,9 @@ def markdown() -> str:
          "From `UDPServer.stats()`: `sockets`, `steering['enabled']`, `avg_batch_fill`."),
         ("HTTP server set-up", "beastnet_http", HTTP_SERVER_GAUGES,
          "From `HTTPServer.stats()['threads']`."),
+        ("PostgreSQL and the key miss path", "beastnet_keys", DATABASE_COUNTERS,
+         "`beastnet serve --database` ([postgres.md](postgres.md)): in `/admin/stats` under "
+         "`api_keys.database`, one value per node."),
         ("Webhook UDP pusher", "beastnet_webhook_udp", PUSH_COUNTERS,
          "From `UDPPusher.stats()`; `beastnet serve --webhooks` shows them in `/admin/stats` "
          "under `webhooks.udp` ([webhooks.md](webhooks.md))."),

@@ -19,6 +19,34 @@ def add_store_arguments(p: Any, tiers: str, redis_help: str) -> None:
     p.add_argument("--redis", metavar="URL", help=redis_help)
 
 
+def add_agents_arguments(p: Any, what: str) -> None:
+    """--agents, --redis and --agents-wait: `what` runs on load agents
+    (`beastnet agent`) instead of this process."""
+    g = p.add_argument_group("load agents (many machines)")
+    g.add_argument("--agents", type=int, metavar="N",
+                   help=f"run {what} on N `beastnet agent` processes: the load split over "
+                        "them, their results merged (default: this process)")
+    g.add_argument("--redis", metavar="URL",
+                   help="the Redis or Valkey the agents registered at (default: none)")
+    g.add_argument("--agents-wait", type=float, default=10.0, metavar="SECONDS",
+                   help="wait this long for N free agents (default: %(default)g)")
+
+
+def open_agents(args: Any) -> Any:
+    """The `agents.Coordinator` of --agents N --redis URL, its agents
+    claimed, or None without --agents.  `LoadConfigError` when only one of
+    the two is given; `AgentsError` (exit 4) as `Coordinator.open` raises it."""
+    from beastnet.errors import LoadConfigError
+    if (args.agents is None) != (args.redis is None):
+        raise LoadConfigError("--agents N and --redis URL go together")
+    if args.agents is None:
+        return None
+    from beastnet.loadgen.agents import Coordinator
+    coordinator = Coordinator(args.redis, args.agents, wait_s=args.agents_wait)
+    coordinator.open()
+    return coordinator
+
+
 def add_tls_arguments(p: Any) -> None:
     """--cacert, --insecure and --tls-resume: https:// and wss:// alike."""
     g = p.add_argument_group("TLS (https://, wss://)")

@@ -12,7 +12,8 @@ from typing import Any, Optional, Sequence
 
 from beastnet.errors import AgentsError, BeastnetError, LoadConfigError, LoadTLSError
 from beastnet.cli._common import (EXIT_INTERRUPTED, EXIT_NO_AGENTS, EXIT_UNREACHABLE,
-                                  EXIT_USAGE, add_tls_arguments, finish_load_report)
+                                  EXIT_USAGE, add_agents_arguments, add_tls_arguments,
+                                  finish_load_report, open_agents)
 from beastnet.cli.ws import add_ws_load_arguments, cmd_load_ws
 # Light: neither NumPy nor the native load generator is imported here.
 from beastnet.loadgen import ramp, targets, verdict
@@ -153,12 +154,7 @@ def add_load_command(sub: Any) -> None:
                    help="also report this percentile (repeatable)")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress line, no table")
     g.add_argument("--progress", action="store_true", help="progress line even when not a TTY")
-    g = p.add_argument_group("load agents (many machines)")
-    g.add_argument("--agents", type=int, metavar="N",
-                   help="split the load over N `beastnet agent` processes (needs --redis)")
-    g.add_argument("--redis", metavar="URL", help="the Redis or Valkey the agents registered at")
-    g.add_argument("--agents-wait", type=float, default=10.0, metavar="SECONDS",
-                   help="wait this long for N free agents (default %(default)g)")
+    add_agents_arguments(p, "the run (each ramp level, each probe)")
     add_ws_load_arguments(p)
     p.set_defaults(func=cmd_load)
 
@@ -223,8 +219,6 @@ def cmd_load(args: argparse.Namespace) -> int:
             print(f"beastnet load: a {target.kind.scheme}:// target has no request loop to "
                   "ramp: use `beastnet ws stress` or `beastnet ws knee`", file=sys.stderr)
             return EXIT_USAGE
-        if args.agents is None and args.redis is None:
-            return cmd_load_ws(args)
         return _ws_with_agents(args)
     try:
         cfg = _base_config(args, target)
@@ -235,8 +229,6 @@ def cmd_load(args: argparse.Namespace) -> int:
         args.expected = verdict.Expect.parse(args.expect, args.expect_status)
         if args.min_success is not None and not 0.0 <= args.min_success <= 1.0:
             raise LoadConfigError(f"--min-success {args.min_success:g}: expected 0..1")
-        if (args.agents is None) != (args.redis is None):
-            raise LoadConfigError("--agents N and --redis URL go together")
         args.runner = None
     except (BeastnetError, ValueError) as exc:
         print(f"beastnet load: {exc}", file=sys.stderr)
@@ -246,10 +238,8 @@ def cmd_load(args: argparse.Namespace) -> int:
     server = None
     coordinator = None
     try:
-        if args.agents is not None:
-            from beastnet.loadgen.agents import Coordinator
-            coordinator = Coordinator(args.redis, args.agents, wait_s=args.agents_wait)
-            coordinator.open()
+        coordinator = open_agents(args)
+        if coordinator is not None:
             args.runner = coordinator.run
         if args.server_stats:
             from beastnet.loadgen.serverstats import ServerStatsSampler
@@ -297,20 +287,17 @@ def cmd_load(args: argparse.Namespace) -> int:
 
 
 def _ws_with_agents(args: argparse.Namespace) -> int:
-    """`beastnet load ws://... --agents N`: the WebSocket run through the agents."""
-    from beastnet.loadgen.agents import Coordinator
-    if args.agents is None or args.redis is None:
-        print("beastnet load: --agents N and --redis URL go together", file=sys.stderr)
-        return EXIT_USAGE
+    """`beastnet load ws://...`, through the load agents with --agents N."""
     try:
-        coordinator = Coordinator(args.redis, args.agents, wait_s=args.agents_wait)
-        coordinator.open()
+        coordinator = open_agents(args)
     except AgentsError as exc:
         print(f"beastnet load: {exc}", file=sys.stderr)
         return EXIT_NO_AGENTS
     except BeastnetError as exc:
         print(f"beastnet load: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    if coordinator is None:
+        return cmd_load_ws(args)
     try:
         return cmd_load_ws(args, runner=coordinator.run)
     finally:

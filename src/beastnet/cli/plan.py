@@ -4,11 +4,12 @@ default plan (`--print-default`)."""
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from typing import Any
 
 from beastnet.cli._common import (EXIT_FAIL, EXIT_INTERRUPTED, EXIT_NO_AGENTS, EXIT_PASS,
-                                  EXIT_USAGE)
+                                  EXIT_USAGE, add_agents_arguments, open_agents)
 
 PLAN_EPILOG = """\
 examples:
@@ -48,14 +49,7 @@ def add_plan_command(sub: Any) -> None:
                        help="write PREFIX.json and PREFIX.html (default: plan-report)")
         s.add_argument("--poll-s", type=float, default=None,
                        help="seconds between cluster-stats reads (default: the plan's poll_s)")
-        s.add_argument("--agents", type=int, metavar="N",
-                       help="run each test's load on N `beastnet agent` processes, split "
-                            "and merged as `beastnet load --agents` does (default: this "
-                            "process)")
-        s.add_argument("--redis", metavar="URL",
-                       help="the Redis the agents registered at (default: none)")
-        s.add_argument("--agents-wait", type=float, default=10.0, metavar="SECONDS",
-                       help="wait this long for N free agents (default: %(default)g)")
+        add_agents_arguments(s, "each test's load")
         if name == "local":
             s.add_argument("--dir", help="where the processes' configs and logs go "
                                          "(default: a new temporary directory, kept)")
@@ -105,8 +99,11 @@ def _run_local(args: argparse.Namespace, plan: Any) -> int:
             _say(f"started {p['name']}: PID {p['pid']}, {ports}, log {p['log']}")
         return _run(args, plan, cluster)
     finally:
+        # A second Ctrl-C must not cut the teardown short and leave processes behind.
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
         for problem in cluster.stop():
             print(f"beastnet plan: {problem}", file=sys.stderr)
+        signal.signal(signal.SIGINT, previous)
         _say(f"stopped every process started; logs in {cluster.directory}")
 
 
@@ -114,18 +111,13 @@ def _run(args: argparse.Namespace, plan: Any, cluster: Any) -> int:
     import orjson
     from beastnet.loadgen.plan import PlanError, run_plan
     from beastnet.loadgen.plan.page import format_plan, plan_page
-    from beastnet.errors import AgentsError
+    from beastnet.errors import AgentsError, LoadConfigError
     coordinator = None
     try:
-        if (args.agents is None) != (args.redis is None):
-            raise PlanError("--agents N and --redis URL go together")
-        if args.agents is not None:
-            from beastnet.loadgen.agents import Coordinator
-            coordinator = Coordinator(args.redis, args.agents, wait_s=args.agents_wait)
-            coordinator.open()
+        coordinator = open_agents(args)
         report = run_plan(plan, _say, cluster=cluster, poll_s=args.poll_s,
                           load_runner=coordinator.run if coordinator is not None else None)
-    except PlanError as exc:
+    except (PlanError, LoadConfigError) as exc:
         print(f"beastnet plan: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except AgentsError as exc:

@@ -36,7 +36,8 @@ exit status:{statuses}"""
 
 SERVE_STATUSES = {
     0: "clean drain after SIGTERM/SIGINT",
-    1: "could not start: a port in use or another bind failure, or an unusable key store",
+    1: "could not start: a port in use or another bind failure, an unusable key store, or "
+       "a database out of reach with no key cache to start from",
     2: "bad flag, config file or setting",
 }
 
@@ -123,6 +124,14 @@ def add_serve_command(sub: Any) -> None:
     g = p.add_argument_group("keys, feed, admin")
     _add(g, "--keystore", "keystore", "SQLite key store; keys are enforced when set (created "
                                       "if missing)", metavar="PATH")
+    _add(g, "--database", "database", "keep keys, webhook subscriptions and the live profile in "
+                                      "this PostgreSQL database, shared by every node on it "
+                                      "(postgresql://USER[:PASSWORD]@HOST[:PORT]/DB; run "
+                                      "`beastnet db migrate` first; docs/postgres.md)",
+         metavar="URL")
+    _add(g, "--key-cache", "key_cache", "with --database: the file the keys last read are "
+                                        "cached in, to start from while the database is down "
+                                        "(\"\": none)", metavar="PATH")
     g.add_argument("--no-keys", action="store_true",
                    help="serve without API keys, whatever the profile says (default: off)")
     _add(g, "--feed", "feed", "price feed: exchanges (the six exchanges' public streams; "
@@ -207,7 +216,7 @@ SERVE_FLAGS = ("udp_host", "udp_port", "udp_sockets", "batch", "recv_buffer_byte
                "feed_path", "replay_speed", "feed_rounds_per_s", "admin_host", "admin_port",
                "admin_token_file", "log_level", "redis", "node_id", "snapshot_interval_s",
                "snapshot_ttl_s", "redis_fallback", "tls_cert", "tls_key",
-               "stream_compress_min_bytes")
+               "stream_compress_min_bytes", "database", "key_cache")
 
 
 WEBHOOK_FLAGS = ("webhooks", "webhooks_allow_private", "webhook_ca_file")
@@ -229,7 +238,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         cfg = load_config(args.config, args.profile, overrides, flags=args.flag_names)
         if args.no_keys:
-            cfg.keystore = None
+            cfg.keystore = cfg.database = None
             if cfg.webhooks:
                 raise ConfigError("--webhooks needs the key store (the subscriptions live "
                                   "there): drop --no-keys")
@@ -282,11 +291,13 @@ def _serve(service: PriceService, cfg: ServeConfig, log: logging.Logger) -> int:
     http_host, http_port = service.http.address[:2]
     admin_host, admin_port = service.admin.address[:2]
     keys = "off"
-    if cfg.keystore:
-        keys = f"{cfg.keystore}, {service.active_keys} active"
+    if cfg.keystore or cfg.database:
+        store = service.stores.keys.path if service.stores.keys is not None else cfg.keystore
+        keys = f"{store}, {service.active_keys} active"
         if service.active_keys == 0:
+            where = "--database URL" if cfg.database else f"--db {cfg.keystore}"
             hint = (f"no API keys yet, so every request is refused: add one with "
-                    f"`beastnet keys --db {cfg.keystore} add`, or try without keys with "
+                    f"`beastnet keys {where} add`, or try without keys with "
                     f"`beastnet serve --profile dev`")
             keys += f" ({hint})"
             log.warning(hint, extra={"fields": {"event": "no_keys"}})
@@ -310,7 +321,9 @@ def _serve(service: PriceService, cfg: ServeConfig, log: logging.Logger) -> int:
 
     # Type=notify: systemd starts what depends on us only now, with prices in the table.
     notify("READY=1", f"STATUS=serving {len(service.publisher.assets)} assets, "
-                      f"profile {cfg.profile}, keys {'on' if cfg.keystore else 'off'}", f"MAINPID={os.getpid()}")
+                      f"profile {cfg.profile}, "
+                      f"keys {'on' if cfg.keystore or cfg.database else 'off'}",
+           f"MAINPID={os.getpid()}")
     status = service.serve_forever()
     log.info("stopped cleanly")
     _exit_now(status)

@@ -23,7 +23,7 @@ def add_webhooks_command(sub: Any) -> None:
                               "on loopback or private addresses are refused unless "
                               "--allow-private (or webhooks_allow_private in the config). "
                               "With --redis (or the config's redis) the subscriptions are the "
-                              "cluster's, in Redis. "
+                              "cluster's, in Redis; with --database, in PostgreSQL. "
                               "exit status: 0 done; 2 bad flag or input, unknown subscription, "
                               "tier or asset, a refused endpoint, an unusable key store, or "
                               "Redis unreachable")
@@ -31,6 +31,10 @@ def add_webhooks_command(sub: Any) -> None:
                         "manage the subscriptions a cluster shares in Redis (serve --redis "
                         "--webhooks); `log` still reads this node's key store (--db) "
                         "(default: the config's redis, else the key store alone)")
+    p.add_argument("--database", metavar="URL",
+                   help="the subscriptions and delivery log of this PostgreSQL database "
+                        "(serve --database; postgresql://...) instead of a key store file "
+                        "(default: the config's database, else the key store)")
     p.add_argument("--allow-private", action="store_true", default=None,
                    help="accept endpoints on loopback and private addresses (default: refuse)")
     wsub = p.add_subparsers(dest="webhooks_command", metavar="ACTION")
@@ -70,6 +74,7 @@ def add_webhooks_command(sub: Any) -> None:
 def open_store(args: argparse.Namespace) -> Any:
     from beastnet.serve.assets import ASSETS
     from beastnet.serve.config import load_config
+    from beastnet.serve.keys import KeyStoreError
     from beastnet.serve.stores import open_stores
     from beastnet.serve.webhooks import webhook_tiers
 
@@ -77,6 +82,13 @@ def open_store(args: argparse.Namespace) -> Any:
     path = args.db or (cfg.keystore if cfg and cfg.keystore else "beastnet-keys.db")
     allow = args.allow_private if args.allow_private is not None else \
         bool(cfg and cfg.webhooks_allow_private)
+    database = args.database or (cfg.database if cfg else None)
+    if database:
+        if args.db:
+            raise KeyStoreError("--db and --database name two stores: give one")
+        return open_stores(None, keys=False, webhooks=True, database=database,
+                           webhook_tiers=webhook_tiers(cfg.webhook_tiers if cfg else {}),
+                           assets=ASSETS, allow_private=allow)
     # With Redis the log is each node's own: only `log` opens the key store.
     return open_stores(path, keys=False, webhooks=True,
                        webhook_tiers=webhook_tiers(cfg.webhook_tiers if cfg else {}),

@@ -195,6 +195,12 @@ def add_ws_command(sub: Any) -> None:
     g.add_argument("--compression-connections", type=int, default=pr.compression_connections,
                    help="at most this many connections in the compression run "
                         "(default %(default)s)")
+    g.add_argument("--server-stats", metavar="URL",
+                   help="a beastnet server's admin listener (http://HOST:PORT): its deflate "
+                        "counters are read around the compression run (deflates, CPU per "
+                        "publication and per delivered message)")
+    g.add_argument("--server-stats-token", metavar="TOKEN",
+                   help="the server's admin token (default: $BEASTNET_ADMIN_TOKEN)")
     st.set_defaults(func=cmd_ws_stress, keys="BTC", duration=5.0, threads=2)
     k = _test_parser(wsub, "knee", "subscribers of the same symbols until p95 breaks",
                      "The broadcast knee: more and more subscribers of the same symbols until "
@@ -488,6 +494,10 @@ def _rate(v: Optional[float]) -> str:
     return "-" if v is None else f"{v:.0f}"
 
 
+def _us(ns: Optional[float]) -> str:
+    return "-" if ns is None else f"{ns / 1e3:.3f}"
+
+
 def _share(v: Optional[float]) -> str:
     return "-" if v is None else f"{v:.0%}"
 
@@ -496,7 +506,7 @@ def format_stress(body: dict) -> str:
     lines = [f"{'lvl':>3}  {'conns':>6}  {'connected':>9}  {'upg p95':>8}  {'p95 ms':>8}  "
              f"{'p99 ms':>8}  {'msgs/s':>9}  {'rt p95':>8}  {'rt/s':>8}  {'sub/s':>8}  "
              f"{'sub p95':>8}  {'refused':>7}  {'ref p95':>8}  {'granted':>7}  {'saved':>5}  "
-             f"{'us/KiB':>6}  verdict"]
+             f"{'us/KiB':>6}  {'dfl us':>8}  verdict"]
     for lv in body["levels"]:
         m = lv["metrics"]
         if lv["verdict"] == "skipped":
@@ -512,6 +522,7 @@ def format_stress(body: dict) -> str:
                      f"{_ms(m.get('refusal_p95_ms')):>8}  {_rate(m.get('wrongly_granted')):>7}  "
                      f"{_share(m.get('compression_saved')):>5}  "
                      f"{_ms(m.get('inflate_us_per_kib')):>6}  "
+                     f"{_us(m.get('server_deflate_ns_per_message')):>8}  "
                      f"{lv['verdict'].upper()}" + "".join(f"  {r}" for r in lv["reasons"]))
     d = body["degradation"]
     dims = "  ".join(f"{k} {'-' if v is None else f'{v:.0%}'}"
@@ -554,7 +565,10 @@ def cmd_ws_stress(args: argparse.Namespace) -> int:
             subscribe_ack=args.subscribe_ack, unsubscribe_ack=args.unsubscribe_ack,
             denied_key=args.denied_key, denied_subscribe=args.denied_subscribe,
             refusal=args.refusal, compression_connections=args.compression_connections,
+            server_stats=args.server_stats, server_stats_token=args.server_stats_token,
             dimensions=dims)
+        if pr.server_stats is not None and "compression" in dims:
+            ws_stress.server_deflate_counters(pr)     # unreachable: one line now, not mid-run
         return ws_config(args), levels[:last], th, pr
 
     plan, status = _guarded(name, args, setup)

@@ -61,6 +61,8 @@ static inline int bn_cas_ptr(void **p, void *expected, void *desired)
 #define BEASTNET_ATOMICS_RMW
 /* A counter several threads add to: one locked add, no ordering needed. */
 static inline void bn_add_relaxed(uint64_t *p, uint64_t n) { __atomic_fetch_add(p, n, __ATOMIC_RELAXED); }
+/* A ticket: the value before the add (each caller gets its own). */
+static inline uint64_t bn_fetch_add_relaxed(uint64_t *p, uint64_t n) { return __atomic_fetch_add(p, n, __ATOMIC_RELAXED); }
 static inline int bn_cas_u64_relaxed(uint64_t *p, uint64_t expected, uint64_t desired)
 {
     return __atomic_compare_exchange_n(p, &expected, desired, 0, __ATOMIC_RELAXED, __ATOMIC_RELAXED);

@@ -24,6 +24,7 @@ cdef extern from "atomics.h" nogil:
     uint32_t bn_ref_dec(uint32_t* p)
     void bn_count(uint64_t* p, uint64_t n)
     void bn_add_relaxed(uint64_t* p, uint64_t n)
+    uint64_t bn_fetch_add_relaxed(uint64_t* p, uint64_t n)
     int bn_cas_u64_relaxed(uint64_t* p, uint64_t expected, uint64_t desired)
     int64_t bn_load_i64_relaxed(const int64_t* p)
     void bn_store_i64_relaxed(int64_t* p, int64_t v)

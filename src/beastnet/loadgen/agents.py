@@ -309,7 +309,8 @@ class Agent:
         self.stop_requested = threading.Event()
         self._closing = threading.Event()
         self._watchdog: Optional[threading.Thread] = None
-        self.stream_errors = 0                  # per-second pushes Redis refused
+        self.push_errors = 0                    # pushes Redis refused
+        self.bad_jobs = 0                       # jobs dropped: not JSON, no op, bad fields
 
     def _info(self, state: str) -> bytes:
         return orjson.dumps({"name": self.name, "host": socket.gethostname(),
@@ -320,9 +321,10 @@ class Agent:
         start renewing the lease."""
         self.redis = connect(self.url, self.lease_s)
         try:
+            # Jobs a dead namesake left are not deleted here (a coordinator may
+            # already have pushed ours): `_run` drops a run whose claim is gone.
             taken = not self.redis.set(_key("agent", self.name), self._info("idle"),
                                        px=int(self.lease_s * 1000), nx=True)
-            self.redis.delete(_key("jobs", self.name))     # jobs left for a dead namesake
         except _unavailable() as exc:
             raise AgentsError(f"--redis {_redacted(self.url)}: {exc}") from None
         if taken:
@@ -408,29 +410,51 @@ class Agent:
             except unavailable:
                 pass
 
-    def _push(self, key: str, message: dict) -> None:
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.rpush(key, orjson.dumps(message))
-        pipe.expire(key, EVENTS_TTL_S)
-        pipe.execute()
+    def _push(self, key: str, message: dict) -> bool:
+        """RPUSH `message` to `key` (with a TTL); False, counted, if Redis
+        refused: the lease thread decides when Redis is gone for good."""
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.rpush(key, orjson.dumps(message))
+            pipe.expire(key, EVENTS_TTL_S)
+            pipe.execute()
+        except _unavailable():
+            self.push_errors += 1
+            return False
+        return True
 
     def _handle(self, raw: bytes) -> None:
+        """One job; one that is not a job is logged and dropped (counted)."""
         try:
             job = orjson.loads(raw)
             op = job["op"]
-        except (orjson.JSONDecodeError, KeyError, TypeError):
-            self.log(f"beastnet agent {self.name}: ignored a job that is not one: {raw[:80]!r}")
-            return
-        if op == "ping":
-            self._push(job["reply"], {"agent": self.name, "t": time.time()})
-        elif op == "release":
-            self.owner = self.run_id = None
-        elif op == "run":
-            self._run(job)
+            if op == "ping":
+                self._push(str(job["reply"]), {"agent": self.name, "t": time.time()})
+            elif op == "release":
+                self.owner = self.run_id = None
+            elif op == "run":
+                self._run(job)
+            else:
+                raise ValueError(f"unknown op {op!r}")
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            self.bad_jobs += 1
+            self.log(f"beastnet agent {self.name}: dropped a job that is not one ({exc}): "
+                     f"{raw[:80]!r}")
 
     def _run(self, job: dict) -> None:
-        events = job["events"]
-        self.owner, self.run_id = job["coordinator"], job["run"]
+        events, start_at = str(job["events"]), float(job["start_at"])
+        coordinator = str(job["coordinator"])
+        try:
+            holder = self.redis.get(_key("claim", self.name))
+        except _unavailable():
+            holder = None
+        if holder != coordinator.encode():
+            # A job of a coordinator that no longer holds us (left queued by
+            # a dead one): running it would orphan us at once.
+            self.log(f"beastnet agent {self.name}: dropped run {job['run']}: its coordinator "
+                     "no longer holds this agent")
+            return
+        self.owner, self.run_id = coordinator, str(job["run"])
         self.stop_requested.clear()
         try:
             cfg = config_from_wire(job["config"])
@@ -438,18 +462,15 @@ class Agent:
             self._push(events, {"agent": self.name, "type": "error", "message": str(exc)})
             return
         # The barrier, on our own clock (the coordinator corrected it by our offset).
-        while (wait := float(job["start_at"]) - time.time()) > 0 and self.fault is None:
+        while (wait := start_at - time.time()) > 0 and self.fault is None:
             time.sleep(min(wait, 0.05))
         self.log(f"beastnet agent {self.name}: run {self.run_id}: "
                  + targets.describe({"mode": cfg.mode, "config": cfg.to_dict()}))
         stream = job.get("stream", True)
 
         def on_sample(row: dict, delta: Histogram) -> None:
-            try:
-                self._push(events, {"agent": self.name, "type": "row", "row": row,
-                                    "histogram": histogram_to_wire(delta)})
-            except _unavailable():
-                self.stream_errors += 1     # the lease thread decides when Redis is gone
+            self._push(events, {"agent": self.name, "type": "row", "row": row,
+                                "histogram": histogram_to_wire(delta)})
         runner = targets.KINDS[job["config"]["scheme"]].run_function()
         try:
             with observe_samples(on_sample) if stream else nullcontext():
@@ -458,7 +479,7 @@ class Agent:
         except (BeastnetError, OSError, ValueError) as exc:
             self._push(events, {"agent": self.name, "type": "error", "message": str(exc)})
             return
-        result.extra["stream_errors"] = self.stream_errors
+        result.extra["agent_push_errors"] = self.push_errors
         self._push(events, {"agent": self.name, "type": "result",
                             "result": result_to_wire(result)})
         self.log(f"beastnet agent {self.name}: run {self.run_id} done: {result.sent:,} sent, "
@@ -524,6 +545,7 @@ class Coordinator:
         self.info: dict[str, dict] = {}
         self._closing = threading.Event()
         self._lease: Optional[threading.Thread] = None
+        self.bad_events = 0             # events dropped: not JSON, unknown agent, bad fields
 
     def __enter__(self) -> "Coordinator":
         self.open()
@@ -632,9 +654,13 @@ class Coordinator:
         `LoadResult`, with each agent's row in ``extra["agents"]``."""
         shares = split_config(cfg, len(self.agents))
         try:
-            clocks = self.measure_clocks()
+            return self._run(cfg, shares, progress, stop_when)
         except _unavailable() as exc:
             raise AgentsError(f"--redis {_redacted(self.url)}: {exc}") from None
+
+    def _run(self, cfg: Any, shares: list, progress: Optional[Callable[[dict], None]],
+             stop_when: Optional[Callable[[dict], bool]]) -> LoadResult:
+        clocks = self.measure_clocks()
         run_id = uuid.uuid4().hex[:12]
         events, stop = _key("run", run_id), _key("stop", run_id)
         start_at = time.time() + START_LEAD_S + 2 * max(rtt for _, rtt in clocks.values())
@@ -664,8 +690,8 @@ class Coordinator:
         while not all(p.finished for p in parts.values()):
             try:
                 item = self.redis.blpop([events], timeout=0.25)
-                if item is not None:
-                    self._take(parts, item[1])
+                if item is not None and not self._take(parts, item[1]):
+                    self.bad_events += 1
                 elif time.monotonic() >= next_check:
                     # The event list is empty: an agent without a lease now died.
                     next_check = time.monotonic() + self.lease_s / 2
@@ -702,24 +728,35 @@ class Coordinator:
                     break
                 interrupted = True
                 self.redis.set(stop, b"1", ex=EVENTS_TTL_S)
-            except _unavailable() as exc:
-                raise AgentsError(f"--redis {_redacted(self.url)}: {exc}") from None
         return interrupted
 
     @staticmethod
-    def _take(parts: dict[str, _AgentRun], raw: bytes) -> None:
-        msg = orjson.loads(raw)
-        p = parts.get(msg.get("agent"))
-        if p is None or p.finished:
-            return
-        if msg["type"] == "row":
-            p.rows.append(msg["row"])
-            p.deltas.append(histogram_from_wire(msg["histogram"]))
-        elif msg["type"] == "result":
-            p.result = result_from_wire(msg["result"])
-            p.state = "done"
-        elif msg["type"] == "error":
-            p.state, p.message = "error", str(msg.get("message", ""))
+    def _take(parts: dict[str, _AgentRun], raw: bytes) -> bool:
+        """Apply one event to its agent's part; False (the caller counts it)
+        for one that is not an event of this run's agents."""
+        try:
+            msg = orjson.loads(raw)
+            p = parts.get(msg["agent"])
+            if p is None or p.finished:
+                return False
+            if msg["type"] == "row":
+                delta = histogram_from_wire(msg["histogram"])
+                row = dict(msg["row"])
+                for name in ("t", "t_start", "span_s", *_ROW_COUNTS):
+                    float(row[name])        # a row the merge can add up
+                row["warmup"], row["partial"] = bool(row["warmup"]), bool(row["partial"])
+                p.rows.append(row)
+                p.deltas.append(delta)
+            elif msg["type"] == "result":
+                p.result = result_from_wire(msg["result"])
+                p.state = "done"
+            elif msg["type"] == "error":
+                p.state, p.message = "error", str(msg.get("message", ""))
+            else:
+                return False
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
+            return False
+        return True
 
     def _merge(self, cfg: Any, shares: list, parts: dict[str, _AgentRun],
                interrupted: bool) -> LoadResult:
@@ -731,6 +768,9 @@ class Coordinator:
         timeline = merge_timelines([p.rows for p in runs], [p.deltas for p in runs])
         merged = merge_results(results, timeline, cfg.to_dict())
         merged.interrupted = merged.interrupted or interrupted
+        if interrupted:
+            # The agents stopped on our Ctrl-C, not on an abort threshold.
+            merged.extra["stopped_early"] = False
         starts = [r.started_at - p.offset_s for p, r in zip(runs, results) if r.started_at]
         first = min(starts) if starts else 0.0
         rows = []
@@ -751,6 +791,7 @@ class Coordinator:
         merged.extra["agents"] = rows
         merged.extra["start_skew_ms"] = (max(starts) - first) * 1e3 if starts else None
         merged.extra["agents_clock_rule"] = CLOCK_RULE
+        merged.extra["agents_bad_events"] = self.bad_events
         merged.extra["agents_short"] = [
             {"name": p.name, "state": p.state, "message": p.message, "sent": r.sent}
             for p, r in zip(runs, results) if p.state != "done"]

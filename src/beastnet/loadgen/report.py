@@ -286,6 +286,14 @@ def format_ramp(body: dict) -> str:
     """A ramp's table, its best level against the first, the breaking point
     and the verdict (from `RampReport.to_dict()`)."""
     text = format_table(body["levels"])
+    for lv in body["levels"]:
+        agents = lv["result"].get("extra", {}).get("agents") or []
+        if agents:
+            skew = lv["result"]["extra"].get("start_skew_ms")
+            text += (f"\n  level {lv['level']} agents: " + ", ".join(
+                f"{a['name']} {a['sent']:,} sent" + ("" if a["state"] == "done"
+                                                     else f" ({a['state']})")
+                for a in agents) + ("" if skew is None else f"; start skew {skew:.1f} ms"))
     deg = body["degradation"]
     if deg:
         text += (f"\nbest level {deg['best_level']}: {deg['rps_best']:.0f} req/s "

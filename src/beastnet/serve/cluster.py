@@ -37,7 +37,8 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 import orjson
 
 from beastnet import Answer, APIKeyTable, ClusterError, MissRequest, api_key_id, error_answer
-from beastnet.counters import HTTP_COUNTERS, UDP_COUNTERS, USAGE_LOG_COUNTERS
+from beastnet.counters import (DATABASE_COUNTERS, HTTP_COUNTERS, UDP_COUNTERS,
+                               USAGE_LOG_COUNTERS)
 from beastnet.metrics import MetricFamily
 from beastnet.serve.admin import AdminRoute
 from beastnet.serve.component import Component
@@ -100,10 +101,13 @@ SNAPSHOT_COUNTERS: tuple[tuple[str, str, str], ...] = tuple(
     [(c.name if c.name.startswith("ws_") else f"{group}_{c.name}", group, c.name)
      for group, counters in _ENGINE_GROUPS for c in counters if "snapshot" in c.tags]
     + [("usage_flushes", "keys", "flushes"), ("usage_flush_errors", "keys", "flush_errors")]
-    + [(c.name, "usage_log", c.name) for c in USAGE_LOG_COUNTERS if "snapshot" in c.tags])
-GAUGES = frozenset(name for name, group, field in SNAPSHOT_COUNTERS
-                   for g, counters in _ENGINE_GROUPS if g == group
-                   for c in counters if c.name == field and c.kind == "gauge")
+    + [(c.name, "usage_log", c.name) for c in USAGE_LOG_COUNTERS if "snapshot" in c.tags]
+    + [(c.name, "keys", c.name) for c in DATABASE_COUNTERS if "snapshot" in c.tags])
+GAUGES = frozenset([name for name, group, field in SNAPSHOT_COUNTERS
+                    for g, counters in _ENGINE_GROUPS if g == group
+                    for c in counters if c.name == field and c.kind == "gauge"]
+                   + [c.name for c in DATABASE_COUNTERS
+                      if "snapshot" in c.tags and c.kind == "gauge"])
 
 # Red flags of the tuning loop: UDP drop % over 1, background (miss queue) drop
 # % over 5, any usage flush error.
@@ -853,6 +857,32 @@ class ClusterNode:
                 return (await pipe.execute())[-1]
         result = await self._call(send)
         return None if result is None else int(result)
+
+    async def read_key_records(self, key_ids: list[str]) -> Optional[dict[str, dict[str, str]]]:
+        """The shared records of `key_ids` that exist (ID -> fields), in one
+        pipeline; None when Redis is unreachable (the miss path then asks
+        the database)."""
+        async def read() -> Any:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for key_id in key_ids:
+                    pipe.hgetall(KEY + key_id)
+                return await pipe.execute()
+        records = await self._call(read)
+        if records is None:
+            return None
+        return {key_id: {k.decode(): v.decode() for k, v in record.items()}
+                for key_id, record in zip(key_ids, records) if record}
+
+    async def write_key_records(self, records: list[tuple[str, str, bool]]) -> bool:
+        """(key ID, tier, revoked) the database had and Redis lacked, written
+        through (no PUBLISH: nothing changed, a node only learned it)."""
+        async def write() -> Any:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for key_id, tier, revoked in records:
+                    fields, _ = key_record("revoke" if revoked else "add", key_id, tier, "")
+                    pipe.hset(KEY + key_id, items=fields)
+                return await pipe.execute()
+        return await self._call(write) is not None
 
     async def _load_shared_keys(self) -> None:
         """Apply every key of the shared store (a hash per key) this node's

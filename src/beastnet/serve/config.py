@@ -72,6 +72,13 @@ class ServeConfig:
     # API keys
     keystore: Optional[str] = None              # SQLite path; None: keys not enforced
     usage_flush_interval_s: float = 0.1
+    # PostgreSQL (docs/postgres.md): keys, webhook subscriptions and the live
+    # profile there instead of the keystore file
+    database: Optional[str] = None              # postgresql://USER[:PASSWORD]@HOST[:PORT]/DB
+    key_cache: str = "beastnet-key-cache.json"  # with database: the keys last read (IDs, tiers),
+                                                # served from when the database is down at start
+    negative_key_ttl_s: float = 5.0             # an unknown key is not asked for again this long
+    key_miss_interval_s: float = 0.05           # unknown keys are looked up in batches this often
     usage_batch_rows: int = 300                 # usage log rows a write at most
     usage_queue_rows: int = 100_000             # usage log rows queued at most (then bg_drop)
     usage_retention_days: int = 0               # usage log rows older are trimmed; 0: kept
@@ -264,7 +271,24 @@ def _check(cfg: ServeConfig, label: Callable[[str], str] = str) -> None:
             except OSError as exc:
                 raise ConfigError(f"{label(name)} {value(name)}: {exc.strerror}") from None
     _check_cluster(cfg, label)
+    _check_database(cfg, label)
     _check_webhooks(cfg, label)
+
+
+def _check_database(cfg: ServeConfig, label: Callable[[str], str]) -> None:
+    """The PostgreSQL settings; a bad URL is named without its password."""
+    if cfg.database is None:
+        return
+    from beastnet.serve.cluster import redacted_url
+    if not cfg.database.startswith(("postgresql://", "postgres://")):
+        raise ConfigError(f"{label('database')} must be a postgresql:// URL, "
+                          f"got {redacted_url(cfg.database)!r}")
+    if not 0 <= cfg.negative_key_ttl_s <= 3600:
+        raise ConfigError(f"{label('negative_key_ttl_s')} must be 0..3600 s, "
+                          f"got {cfg.negative_key_ttl_s}")
+    if not 0.001 <= cfg.key_miss_interval_s <= 10:
+        raise ConfigError(f"{label('key_miss_interval_s')} must be 0.001..10 s, "
+                          f"got {cfg.key_miss_interval_s}")
 
 
 def _check_cluster(cfg: ServeConfig, label: Callable[[str], str]) -> None:
@@ -374,8 +398,8 @@ def _check_webhooks(cfg: ServeConfig, label: Callable[[str], str]) -> None:
                           f"got {cfg.webhook_log_batch_rows}")
     if cfg.webhook_ca_file is not None and not os.path.isfile(cfg.webhook_ca_file):
         raise ConfigError(f"{label('webhook_ca_file')} {cfg.webhook_ca_file!r} is not a file")
-    if cfg.webhooks and not cfg.keystore:
-        raise ConfigError("webhooks need a keystore (the subscriptions live there)")
+    if cfg.webhooks and not (cfg.keystore or cfg.database):
+        raise ConfigError("webhooks need a keystore or a database (the subscriptions live there)")
     for tier, values in cfg.webhook_tiers.items():
         where = f"webhook tier {tier!r}"
         if not isinstance(values, dict) or not set(values) <= {"interval_s", "max_assets"}:

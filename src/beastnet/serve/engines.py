@@ -235,7 +235,8 @@ class Engines(Component):
         # 403 for /admin/ off loopback): the public port gives nothing away.
         routes: dict[str, Any] = {path: host.routes.on_public for path in host.routes.paths()}
         if cfg.dashboard:
-            tiers = configured_tiers(cfg.tiers).values() if cfg.keystore else None
+            tiers = configured_tiers(cfg.tiers).values() if cfg.keystore or cfg.database \
+                else None
             page = dashboard_page(cfg.stream_path if cfg.stream else None, cfg.http_prefix,
                                   None if tiers is None else [t.name for t in tiers if t.stream])
             self._dashboard = Answer(page, content_type="text/html; charset=utf-8")

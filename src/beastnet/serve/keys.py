@@ -17,7 +17,7 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Mapping, Optional
+from typing import TYPE_CHECKING, Callable, Mapping, Optional
 
 from beastnet import APIKeyTable, BeastnetError, api_key_id
 
@@ -121,7 +121,8 @@ class UsageFlusher:
     """
 
     def __init__(self, store: "Keys", api_keys: APIKeyTable, interval_s: float = 0.1,
-                 resync_s: float = 1.0) -> None:
+                 resync_s: float = 1.0,
+                 after_sync: Optional[Callable[[], None]] = None) -> None:
         self.store = store
         self.api_keys = api_keys
         self.interval_s = interval_s
@@ -132,7 +133,13 @@ class UsageFlusher:
         self.last_error: Optional[BaseException] = None
         self._flushed: dict[str, int] = {k: v[0] for k, v in api_keys.usage().items()}
         self._month = current_month()
-        self._version = store.version()
+        self.after_sync = after_sync            # called (on this thread) after each reload
+        self._version: Optional[tuple[int, ...]] = None     # None: not read yet (store down)
+        try:
+            self._version = store.version()
+        except KeyStoreError as exc:
+            self.last_error = exc
+        self._changed = threading.Event()       # told of a change: resync without waiting
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="beastnet-usage", daemon=True)
 
@@ -170,9 +177,15 @@ class UsageFlusher:
         next_sync = time.monotonic() + self.resync_s
         while not self._stop.wait(self.interval_s):
             self.flush()
-            if time.monotonic() >= next_sync:
+            if self._changed.is_set() or time.monotonic() >= next_sync:
+                self._changed.clear()
                 next_sync = time.monotonic() + self.resync_s
                 self.resync()
+
+    def changed(self) -> None:
+        """The store says its keys changed (a NOTIFY): resync at the next
+        interval, not at the next poll.  Any thread may call it."""
+        self._changed.set()
 
     def resync(self) -> bool:
         """Pick up keys added, re-tiered or revoked by another process; True
@@ -181,14 +194,16 @@ class UsageFlusher:
             version = self.store.version()
             if version == self._version:
                 return False
-            self._version = version
             self.flush()                          # persist first: sync reads the month's count
             active = self.store.sync_into(self.api_keys, self._month)
+            self._version = version               # only now: a failed sync is tried again
         except KeyStoreError as exc:
             self.flush_errors += 1
             self.last_error = exc
             return False
         self.reloads += 1
+        if self.after_sync is not None:
+            self.after_sync()
         log.info("key store %s changed: %d active keys", self.store.path, active,
                  extra={"fields": {"event": "keys_reloaded", "active_keys": active}})
         return True

@@ -202,6 +202,9 @@ class Reports(Component):
     """The report routes; built when the usage log is."""
 
     name = "reports"
+    off_paths = ("/admin/reports/usage", "/admin/reports/usage/summary",
+                 "/admin/reports/usage/detail")
+    off_hint = "usage reports are off: they need keys (--keystore)"
 
     def __init__(self, host: "PriceService", usage: "UsageLogComponent") -> None:
         self.host = host
@@ -214,9 +217,8 @@ class Reports(Component):
         return cls(host, usage) if usage is not None else None
 
     def routes(self) -> list[AdminRoute]:
-        base = "/admin/reports/usage"
-        return [AdminRoute(base + tail, ("GET", "HEAD"), self._on_admin_report)
-                for tail in ("", "/summary", "/detail")]
+        return [AdminRoute(path, ("GET", "HEAD"), self._on_admin_report)
+                for path in self.off_paths]
 
     def _kind(self, path: str, base: str) -> Optional[str]:
         if not path.startswith(base):

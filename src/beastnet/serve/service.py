@@ -45,7 +45,9 @@ STOP_TIMEOUT_S = 10.0           # a component's stop() past this is abandoned (a
 #: "module:Class" (imported only when the service starts, so a part that is
 #: off costs no import).  A part comes after the parts it uses: the engines
 #: need the key table; the cluster leases the keys; webhooks ask the cluster
-#: which node pushes what; the stream publishes through the engines.
+#: which node pushes what; the usage log harvests the key table; the reports
+#: read the usage log, and the engines hand them the public port's misses;
+#: the stream publishes through the engines.
 COMPONENTS: tuple[str, ...] = (
     "beastnet.serve.apikeys:ApiKeys",
     "beastnet.serve.usage_log:UsageLogComponent",
@@ -112,13 +114,14 @@ class PriceService:
         try:
             if not cfg.share_ports:
                 check_ports(cfg)
-            if cfg.webhooks and not cfg.keystore:
-                raise ServerError("webhooks need a keystore (the delivery log lives there); "
-                                  "drop --no-keys or give --keystore")
+            if cfg.webhooks and not (cfg.keystore or cfg.database):
+                raise ServerError("webhooks need a keystore or a database (the delivery log "
+                                  "lives there); drop --no-keys or give --keystore")
             self.stores = open_stores(
                 cfg.keystore, tiers=_key_tiers(cfg), webhooks=cfg.webhooks,
                 webhook_tiers=_webhook_tiers(cfg), assets=ASSETS,
-                allow_private=cfg.webhooks_allow_private, redis=cfg.redis, parameters=True)
+                allow_private=cfg.webhooks_allow_private, redis=cfg.redis, parameters=True,
+                database=cfg.database, database_may_be_down=True)
             self._restore_profile()
             self.control.start()
             self.components, routes = [], self._routes()

@@ -28,8 +28,7 @@ import time
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
 
-from beastnet import APIKeyTable
-from beastnet._core import USAGE_ROUTE_NAMES
+from beastnet import USAGE_ROUTE_NAMES, APIKeyTable
 from beastnet.counters import USAGE_LOG_COUNTERS
 from beastnet.metrics import MetricFamily
 from beastnet.serve.component import Component
@@ -229,10 +228,9 @@ class UsageLog:
     def pending(self, key: Optional[str] = None) -> list[UsageRow]:
         """Every count not yet stored (queued, in flight, not yet harvested),
         as rows; only `key`'s unless None."""
-        counts, unknown = self.api_keys.usage_counts()
+        counts, unknown = self.api_keys.usage_counts(key)
         if key is not None:
-            counts = {key: counts[key]} if key in counts else {}
-            unknown = self._last_unknown
+            unknown = self._last_unknown        # a key's report has no unknown-key rows
         with self._lock:
             cells = list(self._queue.items()) + list(self._inflight)
             live = self._deltas(counts, unknown, _minute(self.clock()))
@@ -264,7 +262,8 @@ class UsageLogComponent(Component):
         # The --database option (serve/stores, with the key store there) when
         # the config has it; else the key store's SQLite file.
         database = getattr(cfg, "database", None)
-        return cls(host, open_usage_log(None if database else cfg.keystore, database))
+        return cls(host, open_usage_log(None if database else cfg.keystore, database,
+                                        database_may_be_down=True))
 
     async def start(self) -> None:
         if self.host.api_keys is None:

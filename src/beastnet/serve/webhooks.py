@@ -273,4 +273,17 @@ class SubscriptionRules:
         secret = new_secret()
         return secret, [secret] + current[:MAX_SECRETS - 1]
 
+    # A store that keeps the secrets as one field gives `get` and
+    # `_set_secrets(sub_id, secrets)`; these two then come for free.
+    def rotate_secret(self, sub_id: str) -> str:
+        """Add a new secret in front (the newest MAX_SECRETS stay active); return it."""
+        secret, kept = self.rotated(self.get(sub_id)["secrets"])  # type: ignore[attr-defined]
+        self._set_secrets(sub_id, kept)  # type: ignore[attr-defined]
+        return secret
+
+    def drop_old_secrets(self, sub_id: str) -> None:
+        """End a rotation: keep only the newest secret."""
+        self._set_secrets(sub_id,  # type: ignore[attr-defined]
+                          self.get(sub_id)["secrets"][:1])  # type: ignore[attr-defined]
+
 

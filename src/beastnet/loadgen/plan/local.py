@@ -149,6 +149,7 @@ class LocalCluster:
         self.cacert = os.path.join(self.directory, "cert.pem")
         self.balanced_http = ""
         self.balanced_udp = ""
+        self.versions: dict[str, str] = {}     # the programs' own version lines
 
     def __enter__(self) -> "LocalCluster":
         return self.start()
@@ -165,6 +166,9 @@ class LocalCluster:
             nginx = _tool("nginx", _NGINX_DIRS)
             redis_server = _tool("redis-server")
             openssl = _tool("openssl")
+            self.versions = {name: _version(path, flag) for name, path, flag in (
+                ("nginx", nginx, "-v"), ("redis-server", redis_server, "--version"),
+                ("openssl", openssl, "version"))}
             self._certificate(openssl)
             redis_url = self._redis(redis_server)
             self._key_store()
@@ -310,6 +314,15 @@ class LocalCluster:
                 p.proc.wait(10)
                 problems.append(f"{p.name} (PID {p.pid}) needed SIGKILL")
         return problems
+
+
+def _version(path: str, flag: str) -> str:
+    """The first line a program prints for its version flag (nginx prints to stderr)."""
+    try:
+        done = subprocess.run([path, flag], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"unknown ({exc})"
+    return ((done.stdout or done.stderr).strip().splitlines() or ["unknown"])[0]
 
 
 def _connects(port: int) -> bool:

@@ -15,6 +15,9 @@ from beastnet.loadgen.plan.spec import Plan
 
 __all__ = ["COMPARISONS", "format_plan", "plan_page", "plan_report"]
 
+# Long reasons wrap in their cell (tables keep one line per cell otherwise).
+_WRAP = "white-space:normal"
+
 #: (A, B, what B against A costs)
 COMPARISONS = (("2b", "2c", "rate limiting (partner vs public keys over UDP)"),
                ("2a", "2d", "usage reports beside the price load"),
@@ -38,8 +41,9 @@ def plan_report(plan: Plan, body: dict[str, Any], cluster: Any = None) -> dict[s
         "endurance": _endurance(by_name, plan),
         "original_profiles": body["original_profiles"], "restores": body["restores"],
         "overhead": _overhead(body, tests),
-        "machine": machine_info(), "versions": {"beastnet": __version__,
-                                                "python": platform.python_version()},
+        "machine": machine_info(),
+        "versions": {"beastnet": __version__, "python": platform.python_version(),
+                     **(cluster.versions if cluster is not None else {})},
         "processes": cluster.describe() if cluster is not None else [],
         "written_at": time.time(),
     }
@@ -169,12 +173,13 @@ def _summary(report: dict[str, Any]) -> str:
     for t in report["tests"]:
         spec = t["test"]
         best = _best(t)
-        rows.append("<tr>" + "".join(f'<td class="l">{c}</td>' for c in (
-            _e(t["name"]), _badge(t["verdict"]), _e(t["title"]),
-            _e(f"{spec['protocol']} {spec['access']}, {spec['tier']}, {spec['profile']}, "
-               f"governor {'on' if spec['governor'] else 'off'}"),
-            _e(f"{best['rps']:,.0f} req/s, p99 {best['p99_ms']} ms" if best else "-"),
-            "<br>".join(_e(r) for r in t.get("reasons", [])[:4]))) + "</tr>")
+        cells = [_e(t["name"]), _badge(t["verdict"]), _e(t["title"]),
+                 _e(f"{spec['protocol']} {spec['access']}, {spec['tier']}, {spec['profile']}, "
+                    f"governor {'on' if spec['governor'] else 'off'}"),
+                 _e(f"{best['rps']:,.0f} req/s, p99 {best['p99_ms']} ms" if best else "-")]
+        reasons = "<br>".join(_e(r) for r in t.get("reasons", [])[:4])
+        rows.append("<tr>" + "".join(f'<td class="l" style="{_WRAP}">{c}</td>' for c in cells)
+                    + f'<td class="l" style="{_WRAP}">{reasons}</td></tr>')
     head = "".join(f'<th class="l">{h}</th>' for h in
                    ("test", "verdict", "what", "how", "best level", "reasons"))
     note = " (interrupted: production restored)" if report.get("interrupted") else ""
@@ -188,11 +193,12 @@ def _comparison_section(report: dict[str, Any]) -> str:
         rows.append([f"{c['b']} vs {c['a']}", c["what"],
                      f"{c['a_rps']:,.0f}" if "a_rps" in c else "-",
                      f"{c['b_rps']:,.0f}" if "b_rps" in c else "-",
-                     c.get("rps_ratio", "-"), c.get("a_p99_ms", "-"), c.get("b_p99_ms", "-"),
-                     c.get("note") or ""])
+                     c.get("rps_ratio", "-"), c.get("a_p99_ms", "-"), c.get("b_p99_ms", "-")])
+    notes = "".join(f"<p>{_e(c['b'])} vs {_e(c['a'])}: {_e(c['note'])}</p>"
+                    for c in report["comparisons"] if c.get("note"))
     return ("<section><h2>Comparisons</h2>" + html_table(
-        rows, ["pair", "the cost of", "A req/s", "B req/s", "B/A", "A p99 ms", "B p99 ms",
-               "note"], left=2) + "</section>")
+        rows, ["pair", "the cost of", "A req/s", "B req/s", "B/A", "A p99 ms", "B p99 ms"],
+        left=2) + notes + "</section>")
 
 
 def _endurance_section(report: dict[str, Any]) -> str:
@@ -215,7 +221,8 @@ def _test_section(t: dict[str, Any]) -> str:
     if pre:
         parts.append("<p>Pre-flight: " + _e("; ".join(
             f"{s['node']} {'ok' if s['ok'] else s.get('reason')}" for s in pre["nodes"]))
-            + (f" · governor: {_e(pre.get('governor'))}" if pre.get("governor") else "")
+            + (f" · governor: {_e(_governor_text(pre['governor']))}"
+               if pre.get("governor") else "")
             + "</p>")
     charts = []
     if "ramp" in t:
@@ -242,6 +249,13 @@ def _test_section(t: dict[str, Any]) -> str:
     charts.append(_timeline_chart(t))
     parts.append('<div class="charts">' + "".join(charts) + "</div>")
     return "".join(parts) + "</section>"
+
+
+def _governor_text(states: dict[str, str]) -> str:
+    """"on" when every node says so, else each node's state."""
+    if len(set(states.values())) == 1:
+        return next(iter(states.values()))
+    return ", ".join(f"{node} {state}" for node, state in states.items())
 
 
 def _timeline_chart(t: dict[str, Any]) -> str:

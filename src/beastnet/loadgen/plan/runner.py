@@ -201,19 +201,22 @@ class Poller:
                     found += [(node.name, f, v) for f, v in red_flags_of(nd, self.flags)
                               if f in ("udp_drop", "bg_drop", "flush_errors", "5xx")]
                 self._last_nodes[node.name] = counters
-            if state != "live":
-                found.append((node.name, "node_lost", 0.0))
             rss = _rss(node.pid)
-            if rss is not None:
+            gone = node.pid is not None and rss is None
+            # Stale: the snapshot is late (a node whose control loop is
+            # starved); missing or absent, or its process gone: the node is lost.
+            if gone or state not in ("live", "stale"):
+                found.append((node.name, "node_lost", 0.0))
+            elif state == "stale":
+                found.append((node.name, "node_stale", 0.0))
+            if gone:
+                info["state"] = "gone"
+            elif rss is not None:
                 info["rss_bytes"] = rss
                 base = self._rss0.setdefault(node.name, rss)
                 climb = 100.0 * (rss - base) / base if base else 0.0
                 if climb > self.flags.memory_climb_max_pct:
                     found.append((node.name, "memory", round(climb, 1)))
-            elif node.pid is not None:
-                info["state"] = "gone"
-                if state == "live":
-                    found.append((node.name, "node_lost", 0.0))
             nodes_out[node.name] = info
         self._last_totals = totals
         row["nodes"] = nodes_out

@@ -130,7 +130,10 @@ class Plan:
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
+        # API keys never reach a report: not as values, not in the plan's text.
         out["target"]["keys"] = {tier: "***" for tier in self.target.keys}
+        for key in self.target.keys.values():
+            out["source"] = out["source"].replace(key, "***")
         return out
 
 

@@ -151,12 +151,12 @@ def _levels_table(report: dict) -> str:
                                          f"(p95 limit {_e(report.get('p95_limit_ms'))} ms).</p>")
     head = ["level", "conns", "connected", "upg p95", "p95 ms", "p99 ms", "msgs/s", "rt p95",
             "rt/s", "sub/s", "sub p95", "refused", "ref p95", "granted", "saved", "us/KiB",
-            "verdict"]
+            "server deflate us/msg", "verdict"]
     rows = []
     for lv in report.get("levels", []):
         m = lv["metrics"]
         if lv["verdict"] == "skipped":
-            rows.append([lv["level"], lv["connections"]] + ["-"] * 14
+            rows.append([lv["level"], lv["connections"]] + ["-"] * 15
                         + [f"SKIPPED: {lv['reasons'][0]}"])
             continue
         rows.append([lv["level"], lv["connections"], f"{m['connected'] or 0:.2%}",
@@ -168,7 +168,10 @@ def _levels_table(report: dict) -> str:
                      _fmt(m.get("refusal_p95_ms")), _num(m.get("wrongly_granted")),
                      "-" if m.get("compression_saved") is None
                      else f"{m['compression_saved']:.0%}",
-                     _fmt(m.get("inflate_us_per_kib")), lv["verdict"].upper()])
+                     _fmt(m.get("inflate_us_per_kib")),
+                     _fmt(None if m.get("server_deflate_ns_per_message") is None
+                          else m["server_deflate_ns_per_message"] / 1e3),
+                     lv["verdict"].upper()])
     return html_table(rows, head)
 
 

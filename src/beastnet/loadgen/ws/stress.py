@@ -20,8 +20,10 @@ level's connections (`StressProbes` says what is sent):
     be refused (beastnet: 403), or with a subscribe message the server must
     refuse, every answer must hold the refusal pattern; one grant fails;
   - compression: permessage-deflate offered; bytes saved and the client's
-    inflate time.  A server that does not negotiate it makes the dimension
-    `skipped` with that reason, never passed.
+    inflate time, and with ``server_stats`` (a beastnet server's admin URL)
+    the server's deflates and their CPU over the same run, per publication
+    and per delivered message.  A server that does not negotiate it makes the
+    dimension `skipped` with that reason, never passed.
 A dimension that cannot run (no denied key given) is listed under
 ``not_measured`` with its reason.
 """
@@ -37,7 +39,7 @@ from beastnet.loadgen.ws.knee import reach_problem
 from beastnet.loadgen.ws.verdict import WSCriteria, judge_ws
 
 __all__ = ["DIMENSIONS", "LEVELS", "QUICK_MAX_LEVEL", "StressProbes", "StressThresholds",
-           "run_stress"]
+           "run_stress", "server_deflate_counters"]
 
 #: Connections of each level, 1 to 8.
 LEVELS = (10, 100, 500, 1000, 5000, 10000, 50000, 99000)
@@ -94,6 +96,10 @@ class StressProbes:
     #: Connections of the compression run: at most this many (zlib keeps
     #: ~40 KiB of inflate state per connection).
     compression_connections: int = 1000
+    #: A beastnet server's admin listener (http://HOST:PORT): its deflate
+    #: counters are read before and after the compression run.
+    server_stats: Optional[str] = None
+    server_stats_token: Optional[str] = None
     dimensions: Sequence[str] = DIMENSIONS
 
     def to_dict(self) -> dict[str, Any]:
@@ -247,10 +253,32 @@ NOTHING_COMPRESSED = ("permessage-deflate negotiated, but every message came unc
                       "(none reached the server's compression threshold)")
 
 
+_DEFLATE_COUNTERS = ("ws_deflated", "ws_deflate_cpu_ns", "ws_deflate_bytes_in",
+                     "ws_deflate_bytes_out")
+
+
+def server_deflate_counters(pr: StressProbes) -> Optional[dict[str, int]]:
+    """The server's deflate counters now (None without ``server_stats``)."""
+    if pr.server_stats is None:
+        return None
+    import urllib.error
+
+    from beastnet.errors import LoadConfigError
+    from beastnet.loadgen.serverstats import ServerStatsSampler
+    sampler = ServerStatsSampler(pr.server_stats, pr.server_stats_token)
+    try:
+        http = sampler.read().get("http", {})
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise LoadConfigError(f"--server-stats {sampler.url}: {exc}") from None
+    return {k: http.get(k, 0) for k in _DEFLATE_COUNTERS}
+
+
 def _compression(run: Callable, cfg: WSLoadConfig, n: int, pr: StressProbes,
                  th: StressThresholds, sym: str) -> Dimension:
     conns = min(n, pr.compression_connections)
+    before = server_deflate_counters(pr)
     r = run(dataclasses.replace(cfg, connections=conns, deflate=True))
+    after = server_deflate_counters(pr)
     e = r.extra
     if not e["deflate_negotiated"]:
         return "skipped", ["server did not negotiate permessage-deflate"], {}, None
@@ -260,6 +288,16 @@ def _compression(run: Callable, cfg: WSLoadConfig, n: int, pr: StressProbes,
          "compression_saved": 1.0 - e["deflated_bytes"] / inflated if inflated else None,
          "inflate_us_per_kib": e["inflate_ns"] / 1e3 / (inflated / 1024) if inflated else None,
          "client_cpu_ns_per_message": r.cpu_s * 1e9 / r.received if r.received else None}
+    if before is not None and after is not None:
+        # Deflate runs once per publication on the server's publishing side,
+        # whatever the number of subscribers: per delivered message it is
+        # that cost shared out.
+        d = {k: after[k] - before[k] for k in _DEFLATE_COUNTERS}
+        m.update(server_deflated=d["ws_deflated"],
+                 server_deflate_us_per_publication=d["ws_deflate_cpu_ns"] / 1e3 /
+                 d["ws_deflated"] if d["ws_deflated"] else None,
+                 server_deflate_ns_per_message=d["ws_deflate_cpu_ns"] / r.received
+                 if r.received else None)
     hist = r.histogram.to_dict()
     if not inflated:
         # RFC 7692 lets a server send any message plain; beastnet sends plain

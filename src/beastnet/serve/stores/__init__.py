@@ -46,29 +46,29 @@ def open_stores(path: Optional[str], *, tiers: Optional[Mapping[str, Any]] = Non
                 webhook_tiers: Optional[Mapping[str, Any]] = None, assets: Any = (),
                 allow_private: bool = False, redis: Optional[str] = None,
                 webhook_log: bool = True, key_changes: bool = False,
-                database: Optional[str] = None, parameters: bool = False) -> Stores:
+                database: Optional[str] = None, parameters: bool = False,
+                database_may_be_down: bool = False) -> Stores:
     """Open the stores asked for.  `path`: the SQLite key store file (None:
     no local file; then only Redis subscriptions, without a log).  `redis`:
     subscriptions shared in that Redis, the delivery log still in `path`
     (`webhook_log=False`: not even that); with `key_changes` also the
     writer of the cluster's shared key records.  `database`: a postgresql://
-    URL; the keys live there instead of `path` (webhook subscriptions are not
-    in PostgreSQL yet: docs/postgres.md).  `parameters`: the live profile,
-    the cluster's shared one with `redis`, else in `path` (none with
-    `database` yet).  On failure what was opened is
+    URL; keys, webhook subscriptions with their delivery log, and the live
+    profile all live there instead (every node on it shares them; `path` is
+    not used); `database_may_be_down`: a database out of reach is not an
+    error yet (`serve` then starts from its key cache, apikeys.py).
+    `parameters`: the live profile, the cluster's shared one
+    with `redis`, else in `path`.  On failure what was opened is
     closed and the error (KeyStoreError, WebhookError, ClusterError) raised."""
     from beastnet.serve.stores.sqlite import Database, KeyStore, ParameterStore, WebhookStore
-    if database is not None and webhooks:
-        raise KeyStoreError("webhook subscriptions are not in PostgreSQL yet: "
-                            "keep them in a --keystore file (docs/postgres.md)")
     out = Stores(created=path is not None and database is None and not os.path.exists(path))
     try:
         if key_changes and redis is not None:
             from beastnet.serve.stores.redis import RedisKeyChanges
             out.key_changes = RedisKeyChanges(redis)    # reads the URL; connects on first use
         if database is not None:
-            from beastnet.serve.stores.postgres import PostgresKeyStore
-            out.keys = PostgresKeyStore(database, tiers) if keys else None
+            _open_postgres(out, database, tiers, keys, webhooks, webhook_tiers, assets,
+                           allow_private, parameters, redis, database_may_be_down)
             return out
         local_hooks = webhooks and path is not None and (redis is None or webhook_log)
         local_parameters = parameters and redis is None
@@ -95,3 +95,28 @@ def open_stores(path: Optional[str], *, tiers: Optional[Mapping[str, Any]] = Non
         out.close()
         raise
     return out
+
+
+def _open_postgres(out: Stores, dsn: str, tiers: Optional[Mapping[str, Any]], keys: bool,
+                   webhooks: bool, webhook_tiers: Optional[Mapping[str, Any]], assets: Any,
+                   allow_private: bool, parameters: bool, redis: Optional[str],
+                   may_be_down: bool) -> None:
+    """open_stores on PostgreSQL: one database (one pool) under every store."""
+    from beastnet.serve.stores.postgres import (PostgresDatabase, PostgresKeyStore,
+                                                PostgresParameterStore, PostgresWebhookStore)
+    try:
+        out._db = PostgresDatabase(dsn, wait_for_it=may_be_down)
+    except KeyStoreError as exc:
+        if keys:
+            raise
+        from beastnet.serve.webhooks import WebhookError
+        raise WebhookError(str(exc)) from None
+    if keys:
+        out.keys = PostgresKeyStore(out._db, tiers)
+    if webhooks:
+        out.webhooks = PostgresWebhookStore(out._db, webhook_tiers, assets, allow_private)
+    if parameters and redis is not None:       # the cluster's shared profile, as without it
+        from beastnet.serve.stores.redis import RedisParameters
+        out.parameters = RedisParameters(redis)
+    elif parameters:
+        out.parameters = PostgresParameterStore(out._db)

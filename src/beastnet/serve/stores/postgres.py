@@ -1,5 +1,8 @@
-"""API keys and monthly usage in PostgreSQL (the `Keys` and `Usage`
-interfaces), and the versioned schema `beastnet db migrate` applies.
+"""`beastnet serve --database`: API keys and monthly usage (the `Keys` and
+`Usage` interfaces), webhook subscriptions and their delivery log
+(`Subscriptions`) and the live profile (`Parameters`) in PostgreSQL, on one
+`PostgresDatabase` (one pool); and the versioned schema `beastnet db
+migrate` applies.
 
 The driver is asyncpg (the `postgres` extra): the control plane is asyncio,
 asyncpg speaks PostgreSQL's binary protocol from Cython without libpq, and
@@ -16,15 +19,22 @@ migrate`, so two versions of beastnet never guess at each other's tables.
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
-from typing import Any, Coroutine, Iterable, Mapping, Optional, TypeVar
+from typing import Any, Callable, Coroutine, Iterable, List, Mapping, Optional, TypeVar
 
 from beastnet import APIKeyTable
+from beastnet.serve.keycache import set_key_row
+# The SQLite store's columns, in its order: rows read back the same way.
+from beastnet.serve.stores.sqlite import _COLUMNS as _SUB_COLUMNS
+from beastnet.serve.stores.sqlite import DeliveryLogSQL, _OnDatabase, subscription_row
 from beastnet.serve.keys import (DEFAULT_TIERS, KeyStoreError, Tier, current_month, key_prefix,
                                  new_key_row, stored_key_id)
+from beastnet.serve.webhooks import SubscriptionRules, WebhookError, WebhookTier
 
-__all__ = ["MIGRATIONS", "PostgresKeyStore", "migrate", "schema_version"]
+__all__ = ["KEYS_CHANNEL", "MIGRATIONS", "PostgresDatabase", "PostgresKeyStore",
+           "PostgresParameterStore", "PostgresWebhookStore", "migrate", "schema_version"]
 
 T = TypeVar("T")
 
@@ -85,7 +95,70 @@ CREATE TABLE usage_log (
 ) PARTITION BY RANGE (minute);
 CREATE TABLE usage_log_default PARTITION OF usage_log DEFAULT;
 """),
+    # Webhook subscriptions, their delivery log and the live profile, as the
+    # SQLite file holds them; a NOTIFY on every key change, so the nodes
+    # reload within milliseconds instead of their next version poll.
+    (4, """
+CREATE TABLE webhook_subscriptions (
+    id           TEXT PRIMARY KEY,
+    endpoint     TEXT NOT NULL,
+    method       TEXT NOT NULL,                 -- 'https' or 'udp'
+    tier         TEXT NOT NULL,
+    assets       TEXT NOT NULL,                 -- JSON array of asset keys
+    secrets      TEXT NOT NULL,                 -- JSON array of whsec_ secrets, newest first
+    style        TEXT NOT NULL DEFAULT 'standard',
+    state        TEXT NOT NULL DEFAULT 'active',
+    reason       TEXT NOT NULL DEFAULT '',
+    label        TEXT NOT NULL DEFAULT '',
+    created_at   DOUBLE PRECISION NOT NULL,     -- Unix seconds
+    changed_at   DOUBLE PRECISION NOT NULL
+);
+CREATE TABLE webhooks_version (one BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (one),
+                               value BIGINT NOT NULL);
+INSERT INTO webhooks_version (value) VALUES (0);
+CREATE FUNCTION bump_webhooks_version() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE webhooks_version SET value = value + 1;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER webhook_subscriptions_changed
+    AFTER INSERT OR UPDATE OR DELETE ON webhook_subscriptions
+    FOR EACH STATEMENT EXECUTE FUNCTION bump_webhooks_version();
+CREATE TABLE webhook_log (
+    seq          BIGSERIAL PRIMARY KEY,         -- insertion order (ties in ts)
+    ts           DOUBLE PRECISION NOT NULL,     -- Unix seconds, when the attempt ended
+    subscription TEXT NOT NULL,
+    msg_id       TEXT NOT NULL,
+    method       TEXT NOT NULL,
+    assets       INTEGER NOT NULL,              -- assets carried (UDP: datagrams sent)
+    attempt      INTEGER NOT NULL,              -- 1 = first try
+    status       INTEGER NOT NULL,              -- HTTP status; 0 = none
+    delivered    INTEGER NOT NULL,              -- 1 = 2xx (UDP: handed to the kernel)
+    latency_ms   DOUBLE PRECISION NOT NULL,
+    error        TEXT NOT NULL DEFAULT '',
+    asset_list   TEXT NOT NULL DEFAULT '[]',    -- JSON array of the assets delivered
+    prices       TEXT,                          -- JSON array; NULL = not recorded (UDP)
+    sources      TEXT                           -- JSON array of each body's source; NULL likewise
+);
+CREATE INDEX webhook_log_ts ON webhook_log (ts);
+CREATE INDEX webhook_log_sub ON webhook_log (subscription, ts);
+CREATE TABLE live_profile (
+    one        BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (one),   -- one row: the profile in force
+    name       TEXT NOT NULL,
+    changed_at DOUBLE PRECISION NOT NULL
+);
+CREATE FUNCTION notify_key_change() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('beastnet_keys', COALESCE(NEW.key, OLD.key));
+    RETURN NULL;
+END $$;
+CREATE TRIGGER api_keys_notify AFTER INSERT OR UPDATE OR DELETE ON api_keys
+    FOR EACH ROW EXECUTE FUNCTION notify_key_change();
+"""),
 ]
+
+#: The channel `api_keys_notify` announces a changed key's ID on.
+KEYS_CHANNEL = "beastnet_keys"
 
 _MIGRATIONS_TABLE = """
 CREATE TABLE IF NOT EXISTS beastnet_migrations (
@@ -117,11 +190,15 @@ async def _connect(dsn: str, timeout_s: float) -> Any:
         raise _failed(exc, dsn, "cannot connect") from None
 
 
-async def _schema_version(conn: Any) -> int:
+async def _applied(conn: Any) -> set[int]:
     exists = await conn.fetchval("SELECT to_regclass('beastnet_migrations') IS NOT NULL")
     if not exists:
-        return 0
-    return int(await conn.fetchval("SELECT COALESCE(max(version), 0) FROM beastnet_migrations"))
+        return set()
+    return {int(r[0]) for r in await conn.fetch("SELECT version FROM beastnet_migrations")}
+
+
+async def _schema_version(conn: Any) -> int:
+    return max(await _applied(conn), default=0)
 
 
 def _run_once(coro: Coroutine[Any, Any, T]) -> T:
@@ -141,9 +218,11 @@ def schema_version(dsn: str, timeout_s: float = 5.0) -> int:
 
 def migrate(dsn: str, timeout_s: float = 5.0) -> list[int]:
     """Apply the pending MIGRATIONS in one transaction; the versions applied
-    ([] when up to date).  Safe to run again, and from two places at once: a
-    lock on the migrations table makes the second wait, then find nothing
-    to do."""
+    ([] when up to date).  Pending means not recorded as applied, not "above
+    the highest applied": versions land from parallel work in any order, and
+    a lower one added later must still run.  Safe to run again, and from two
+    places at once: a lock on the migrations table makes the second wait,
+    then find nothing to do."""
     asyncpg = _driver()
 
     async def run() -> list[int]:
@@ -152,10 +231,10 @@ def migrate(dsn: str, timeout_s: float = 5.0) -> list[int]:
             async with conn.transaction():
                 await conn.execute(_MIGRATIONS_TABLE)
                 await conn.execute("LOCK TABLE beastnet_migrations IN EXCLUSIVE MODE")
-                done = await _schema_version(conn)
+                done = await _applied(conn)
                 applied = []
-                for version, sql in MIGRATIONS:
-                    if version > done:
+                for version, sql in sorted(MIGRATIONS):
+                    if version not in done:
                         await conn.execute(sql)
                         await conn.execute("INSERT INTO beastnet_migrations (version) "
                                            "VALUES ($1)", version)
@@ -168,51 +247,99 @@ def migrate(dsn: str, timeout_s: float = 5.0) -> list[int]:
     return _run_once(run())
 
 
-class PostgresKeyStore:
-    """The `Keys` interface on PostgreSQL; `dsn` a postgresql:// URL.  Raises
-    KeyStoreError (one line) when the database cannot be reached or its
-    schema is not the one `beastnet db migrate` gives."""
+class PostgresDatabase:
+    """One PostgreSQL database for the stores on it: one asyncpg pool on a
+    loop thread of its own (the stores' callers block; base.py says why),
+    shared as the SQLite stores share one `Database`.  Raises KeyStoreError
+    (one line, the password never shown) when the database cannot be
+    reached or its schema is not the one `beastnet db migrate` gives.
 
-    def __init__(self, dsn: str, tiers: Optional[Mapping[str, Tier]] = None,
-                 timeout_s: float = 5.0, pool_size: int = 4) -> None:
+    The pool's state is counted for /admin/stats: `db_open` connections
+    open, `db_in_use` of them lent out, `db_wait_count` acquisitions that
+    found no idle connection (they waited for one to be opened or returned).
+    `queries` counts statements sent: what a flood test compares with the
+    requests that caused them."""
+
+    def __init__(self, dsn: str, timeout_s: float = 5.0, pool_size: int = 4,
+                 wait_for_it: bool = False) -> None:
+        """`wait_for_it`: a database that cannot be reached now is not an
+        error; `down` holds why, and each call tries again (at most once a
+        `REOPEN_EVERY_S`) until it answers.  A wrong schema is an error
+        either way."""
         from beastnet.serve.cluster import redacted_url
         self.dsn = dsn
         self.path = redacted_url(dsn)
-        self.tiers = dict(tiers or DEFAULT_TIERS)
         self.timeout_s = timeout_s
+        self.pool_size = pool_size
+        self.queries = 0
+        self.wait_count = 0
+        self.failing = False            # the last statement could not reach the database
+        self.down: Optional[KeyStoreError] = None     # why the database is not open yet
+        self._next_open = 0.0
+        self._open_lock = threading.Lock()        # one reopen at a time, whoever calls
+        self._listener: Any = None
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever,
                                         name="beastnet-postgres", daemon=True)
         self._thread.start()
         self._pool: Any = None
         try:
-            self._pool = self._call(self._open(pool_size))
+            self._pool = self.call(self._open(pool_size))
+        except KeyStoreError as exc:
+            if not wait_for_it or "schema version" in str(exc):
+                self.close()
+                raise
+            self.down = exc
+            self._next_open = time.monotonic() + self.REOPEN_EVERY_S
         except BaseException:
             self.close()
             raise
+
+    REOPEN_EVERY_S = 1.0
+
+    def _reopen(self) -> None:
+        """Open the pool a `wait_for_it` start could not (KeyStoreError while
+        the database stays out of reach)."""
+        with self._open_lock:
+            if self._pool is not None:
+                return
+            if time.monotonic() < self._next_open and self.down is not None:
+                raise self.down
+            self._next_open = time.monotonic() + self.REOPEN_EVERY_S
+            try:
+                self._pool = self.call(self._open(self.pool_size))
+            except KeyStoreError as exc:
+                self.down = exc
+                raise
+            self.down = None
 
     async def _open(self, pool_size: int) -> Any:
         asyncpg = _driver()
         conn = await _connect(self.dsn, self.timeout_s)
         try:
-            have = await _schema_version(conn)
+            have = await _applied(conn)
         finally:
             await conn.close()
-        need = MIGRATIONS[-1][0]
-        if have != need:
+        need = {version for version, _ in MIGRATIONS}
+        if not need <= have:
             raise KeyStoreError(
-                f"database {self.path}: schema version {have}, this beastnet needs {need}: "
-                + ("run `beastnet db migrate --database URL`" if have < need else
-                   "it was migrated by a newer beastnet"))
+                f"database {self.path}: schema version {max(have, default=0)}, this beastnet "
+                f"needs {max(need)}: run `beastnet db migrate --database URL`")
+        if max(have, default=0) > max(need):
+            raise KeyStoreError(f"database {self.path}: schema version {max(have)}, this "
+                                f"beastnet knows {max(need)}: it was migrated by a newer beastnet")
         try:
-            return await asyncpg.create_pool(self.dsn, min_size=1, max_size=pool_size,
+            # min_size=0: connections are opened when asked for; a floor
+            # would make asyncpg reconnect in the background while the
+            # database is down, logging a traceback each time.
+            return await asyncpg.create_pool(self.dsn, min_size=0, max_size=pool_size,
                                              timeout=self.timeout_s)
         except (OSError, asyncio.TimeoutError, asyncpg.PostgresError) as exc:
             raise _failed(exc, self.dsn, "cannot connect") from None
 
-    def _call(self, coro: Coroutine[Any, Any, T]) -> T:
-        """Run `coro` on the store's loop and wait for it (timeout_s, plus the
-        pool's own wait for a connection)."""
+    def call(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run `coro` on the database's loop and wait for it (timeout_s, plus
+        the pool's own wait for a connection)."""
         future = asyncio.run_coroutine_threadsafe(coro, self._loop)
         try:
             return future.result(self.timeout_s * 2)
@@ -221,24 +348,99 @@ class PostgresKeyStore:
             raise KeyStoreError(f"database {self.path}: no answer in "
                                 f"{self.timeout_s * 2:g} s") from None
 
-    def _run(self, sql: str, args: Iterable = (), what: str = "") -> list[Any]:
+    def run(self, sql: str, args: Iterable = (), what: str = "") -> list[Any]:
+        """One statement; its rows.  UniqueViolationError passes through (the
+        callers name what exists already); every other failure is a
+        KeyStoreError."""
         asyncpg = _driver()
+        if self._pool is None:
+            self._reopen()
 
         async def run() -> list[Any]:
+            if self._pool.get_idle_size() == 0:
+                self.wait_count += 1
             try:
                 async with self._pool.acquire(timeout=self.timeout_s) as conn:
-                    return list(await conn.fetch(sql, *args, timeout=self.timeout_s))
+                    self.queries += 1
+                    rows = list(await conn.fetch(sql, *args, timeout=self.timeout_s))
             except asyncpg.UniqueViolationError:
+                self.failing = False
                 raise
             except (OSError, asyncio.TimeoutError, asyncpg.PostgresError,
                     asyncpg.InterfaceError) as exc:
+                self.failing = not isinstance(exc, asyncpg.PostgresError)
                 raise _failed(exc, self.dsn, what) from None
-        return self._call(run())
+            self.failing = False
+            return rows
+        return self.call(run())
+
+    def run_many(self, sql: str, rows: list[tuple], what: str = "") -> None:
+        """One statement for each row, in one transaction (all or nothing)."""
+        asyncpg = _driver()
+        if self._pool is None:
+            self._reopen()
+        if self._pool is None:
+            self._reopen()
+
+        async def run() -> None:
+            if self._pool.get_idle_size() == 0:
+                self.wait_count += 1
+            try:
+                async with self._pool.acquire(timeout=self.timeout_s) as conn:
+                    self.queries += 1
+                    async with conn.transaction():
+                        await conn.executemany(sql, rows, timeout=self.timeout_s)
+            except (OSError, asyncio.TimeoutError, asyncpg.PostgresError,
+                    asyncpg.InterfaceError) as exc:
+                self.failing = not isinstance(exc, asyncpg.PostgresError)
+                raise _failed(exc, self.dsn, what) from None
+            self.failing = False
+        self.call(run())
+
+    @property
+    def reachable(self) -> bool:
+        """Whether the last statement reached the database (a node polls
+        it every resync_s, so this is at most that old)."""
+        return self.down is None and not self.failing
+
+    def pool_stats(self) -> dict[str, int]:
+        """db_open, db_in_use, db_wait_count (the class docstring says what
+        each counts) and db_queries."""
+        pool = self._pool
+        open_ = pool.get_size() if pool is not None else 0
+        idle = pool.get_idle_size() if pool is not None else 0
+        return {"db_open": open_, "db_in_use": max(open_ - idle, 0),
+                "db_wait_count": self.wait_count, "db_queries": self.queries}
+
+    def listen(self, channel: str, on_notice: Callable[[str], None]) -> None:
+        """Call `on_notice(payload)` (on the database's loop thread) for
+        each NOTIFY on `channel`.  One connection of its own, outside the
+        pool; when it is lost, `listening()` turns False and the caller's
+        poll carries on (and may listen again)."""
+        async def start() -> Any:
+            conn = await _connect(self.dsn, self.timeout_s)
+            await conn.add_listener(channel, lambda _c, _pid, _ch, payload: on_notice(payload))
+            return conn
+        self.stop_listening()
+        self._listener = self.call(start())
+
+    def listening(self) -> bool:
+        return self._listener is not None and not self._listener.is_closed()
+
+    def stop_listening(self) -> None:
+        if self._listener is not None:
+            listener, self._listener = self._listener, None
+            try:
+                self.call(listener.close(timeout=self.timeout_s))
+            except Exception:           # noqa: BLE001 - a lost connection is closed already
+                listener.terminate()
 
     def close(self) -> None:
+        if self._loop.is_running():
+            self.stop_listening()
         if self._pool is not None:
             try:
-                self._call(self._pool.close())
+                self.call(self._pool.close())
             except KeyStoreError:
                 self._pool.terminate()
             self._pool = None
@@ -248,11 +450,32 @@ class PostgresKeyStore:
         if not self._loop.is_running() and not self._loop.is_closed():
             self._loop.close()
 
-    def __enter__(self) -> "PostgresKeyStore":
+    def __enter__(self) -> "PostgresDatabase":
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class _OnPostgres(_OnDatabase):
+    """A store on a `PostgresDatabase`: given a URL, one of its own (closed
+    with the store); given a `PostgresDatabase`, a shared one."""
+
+    _DATABASE = PostgresDatabase
+    db: PostgresDatabase
+
+
+class PostgresKeyStore(_OnPostgres):
+    """The `Keys` interface on PostgreSQL; `db` a postgresql:// URL or a
+    shared `PostgresDatabase`."""
+
+    def __init__(self, db: "PostgresDatabase | str", tiers: Optional[Mapping[str, Tier]] = None,
+                 timeout_s: float = 5.0) -> None:
+        self._use(db, timeout_s)
+        self.tiers = dict(tiers or DEFAULT_TIERS)
+
+    def _run(self, sql: str, args: Iterable = (), what: str = "") -> list[Any]:
+        return self.db.run(sql, args, what)
 
     def _tier(self, name: str) -> Tier:
         try:
@@ -323,6 +546,18 @@ class PostgresKeyStore:
                 "ON CONFLICT (key, month) DO UPDATE SET count = usage.count + excluded.count",
                 ([k for k, _ in rows], month, [n for _, n in rows]), what="usage flush failed")
 
+    def lookup(self, key_ids: List[str], month: Optional[str] = None) -> dict[str, tuple]:
+        """The keys among `key_ids` (IDs) the database has, in one query:
+        ID -> (tier, revoked, this month's count).  The miss path asks for a
+        whole batch at once (serve/keycache.py), so a flood of unknown keys
+        costs one query a batch, never one a request."""
+        rows = self._run(
+            "SELECT k.key, k.tier, k.revoked_at IS NOT NULL, COALESCE(u.count, 0) "
+            "FROM api_keys k LEFT JOIN usage u ON u.key = k.key AND u.month = $2 "
+            "WHERE k.key = ANY($1::text[])", (key_ids, month or current_month()),
+            what="key lookup failed")
+        return {r[0]: (r[1], bool(r[2]), int(r[3])) for r in rows}
+
     def version(self) -> tuple[int, ...]:
         """Changes whenever a key is added, re-tiered or revoked, by any client."""
         return (int(self._run("SELECT value FROM keys_version")[0][0]),)
@@ -333,15 +568,114 @@ class PostgresKeyStore:
         rows = self._run(
             "SELECT k.key, k.tier, k.revoked_at, COALESCE(u.count, 0) FROM api_keys k "
             "LEFT JOIN usage u ON u.key = k.key AND u.month = $1", (month or current_month(),))
-        active = 0
-        for key, tier_name, revoked_at, month_count in rows:
-            tier = self.tiers.get(tier_name)
-            if revoked_at is not None or tier is None:     # unknown tier: fail closed
-                api_keys.revoke(key)
-                continue
-            api_keys.set(key, qps=tier.qps, burst=tier.burst, monthly_cap=tier.monthly_cap,
-                         month_used=int(month_count), ws_allowed=tier.stream,
-                         ws_max_connections=tier.stream_connections,
-                         ws_max_subscriptions=tier.stream_symbols)
-            active += 1
-        return active
+        return sum(set_key_row(api_keys, self.tiers, key, tier, revoked_at is not None,
+                               int(count)) for key, tier, revoked_at, count in rows)
+
+
+
+
+class PostgresWebhookStore(DeliveryLogSQL, SubscriptionRules, _OnPostgres):
+    """Webhook subscriptions and the delivery log in PostgreSQL (the
+    `Subscriptions` interface), the SQLite store's tables and behaviour;
+    every node on the database sees the same subscriptions.  WebhookError
+    on failure."""
+
+    def __init__(self, db: "PostgresDatabase | str",
+                 tiers: Optional[Mapping[str, WebhookTier]] = None, assets: Iterable[str] = (),
+                 allow_private: bool = False, timeout_s: float = 5.0) -> None:
+        super().__init__(tiers, assets, allow_private)
+        try:
+            self._use(db, timeout_s)
+        except KeyStoreError as exc:
+            raise WebhookError(str(exc)) from None
+
+    def _run(self, sql: str, args: Iterable = ()) -> List[Any]:
+        try:
+            return self.db.run(sql, args)
+        except KeyStoreError as exc:
+            raise WebhookError(str(exc)) from None
+
+    def version(self) -> tuple:
+        """Changes whenever a subscription changes, from any client."""
+        return (int(self._run("SELECT value FROM webhooks_version")[0][0]),)
+
+    _row = staticmethod(subscription_row)
+
+    def add(self, endpoint: str, tier: str, assets: list[str], style: str = "standard",
+            label: str = "", resolve: bool = True) -> dict[str, Any]:
+        """Validate and store a subscription; return it (with its first secret)."""
+        rec = self.new_record(endpoint, tier, assets, style, label, resolve)
+        self._run(f"INSERT INTO webhook_subscriptions ({', '.join(_SUB_COLUMNS)}) VALUES "
+                  "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                  (rec["id"], rec["endpoint"], rec["method"], rec["tier"],
+                   json.dumps(rec["assets"]), json.dumps(rec["secrets"]), rec["style"],
+                   rec["state"], rec["reason"], rec["label"], rec["created_at"],
+                   rec["changed_at"]))
+        return self.get(rec["id"])
+
+    def get(self, sub_id: str) -> dict[str, Any]:
+        rows = self._run(f"SELECT {', '.join(_SUB_COLUMNS)} FROM webhook_subscriptions "
+                         "WHERE id = $1", (sub_id,))
+        if not rows:
+            raise WebhookError(f"no subscription {sub_id!r}")
+        return self._row(rows[0])
+
+    def list(self, state: Optional[str] = None) -> list[dict[str, Any]]:
+        sql = f"SELECT {', '.join(_SUB_COLUMNS)} FROM webhook_subscriptions"
+        rows = self._run(sql + " WHERE state = $1 ORDER BY created_at" if state else
+                         sql + " ORDER BY created_at", (state,) if state else ())
+        return [self._row(r) for r in rows]
+
+    def set_state(self, sub_id: str, state: str, reason: str = "",
+                  only_from: Optional[tuple[str, ...]] = None) -> None:
+        """Move a subscription to `state`; `only_from` limits the states it may leave."""
+        self.check_state(state)
+        sql = ("UPDATE webhook_subscriptions SET state = $1, reason = $2, changed_at = $3 "
+               "WHERE id = $4")
+        args: list[Any] = [state, reason, time.time(), sub_id]
+        if only_from:
+            sql += " AND state = ANY($5::text[])"
+            args.append(list(only_from))
+        if not self._run(sql + " RETURNING id", args):
+            self.get(sub_id)                # raises when there is no such subscription
+            raise WebhookError(f"subscription {sub_id} is not {' or '.join(only_from or ())}")
+
+    def remove(self, sub_id: str) -> None:
+        if not self._run("DELETE FROM webhook_subscriptions WHERE id = $1 RETURNING id",
+                         (sub_id,)):
+            raise WebhookError(f"no subscription {sub_id!r}")
+
+    def _set_secrets(self, sub_id: str, kept: List[str]) -> None:
+        self._run("UPDATE webhook_subscriptions SET secrets = $1, changed_at = $2 WHERE id = $3",
+                  (json.dumps(kept), time.time(), sub_id))
+
+    # -- delivery log: DeliveryLogSQL ------------------------------------------------------
+
+    _ORDER = "seq"
+
+    @staticmethod
+    def _arg(n: int) -> str:
+        return f"${n}"
+
+    def _log_args(self, rows: List[tuple]) -> List[tuple]:
+        # asyncpg encodes by the column's type: a 2 (not 2.0) for a float
+        # column, a bool for an integer one, would be refused.
+        return [(float(r[0]), r[1], r[2], r[3], int(r[4]), int(r[5]), int(r[6]), int(r[7]),
+                 float(r[8]), *r[9:]) for r in rows]
+
+
+class PostgresParameterStore(_OnPostgres):
+    """The live profile in PostgreSQL (the `Parameters` interface): the
+    profile last switched to, for every node on the database."""
+
+    def __init__(self, db: "PostgresDatabase | str", timeout_s: float = 5.0) -> None:
+        self._use(db, timeout_s)
+
+    def profile(self) -> Optional[str]:
+        rows = self.db.run("SELECT name FROM live_profile")
+        return str(rows[0][0]) if rows else None
+
+    def set_profile(self, name: str) -> None:
+        self.db.run("INSERT INTO live_profile (name, changed_at) VALUES ($1, $2) "
+                    "ON CONFLICT (one) DO UPDATE SET name = excluded.name, "
+                    "changed_at = excluded.changed_at", (name, time.time()))

@@ -209,16 +209,6 @@ class RedisWebhookStore(SubscriptionRules):
                 pipe.execute()
         self._call(write)
 
-    def rotate_secret(self, sub_id: str) -> str:
-        """Add a new secret in front (the newest MAX_SECRETS stay active); return it."""
-        secret, kept = self.rotated(self.get(sub_id)["secrets"])
-        self._set_secrets(sub_id, kept)
-        return secret
-
-    def drop_old_secrets(self, sub_id: str) -> None:
-        """End a rotation: keep only the newest secret."""
-        self._set_secrets(sub_id, self.get(sub_id)["secrets"][:1])
-
     # -- delivery log: this node's key store ---------------------------------------------
 
     def _log(self) -> WebhookStore:

@@ -20,7 +20,8 @@ from beastnet.serve.keys import (DEFAULT_TIERS, KeyStoreError, Tier, api_key_id,
                                  key_prefix, new_key_row, stored_key_id)
 from beastnet.serve.webhooks import SubscriptionRules, WebhookError, WebhookTier
 
-__all__ = ["Database", "KeyStore", "ParameterStore", "WebhookStore"]
+__all__ = ["Database", "DeliveryLogSQL", "KeyStore", "ParameterStore", "WebhookStore",
+           "log_rows", "subscription_row"]
 
 
 class Database:
@@ -99,11 +100,16 @@ _Store = TypeVar("_Store", bound="_OnDatabase")
 
 class _OnDatabase:
     """A store on a `Database`: given a path, one of its own (closed with the
-    store); given a `Database`, a shared one (closed by its owner)."""
+    store); given a `Database`, a shared one (closed by its owner).  Another
+    backend's stores name their own database class in `_DATABASE`
+    (postgres.py: a URL and a `PostgresDatabase`)."""
 
-    def _use(self, db: "Database | str", timeout_s: float) -> None:
+    _DATABASE: Any = None                   # None: Database (defined above)
+    db: Any                                 # a Database here; the backend's there
+
+    def _use(self, db: Any, timeout_s: float) -> None:
         self._owns_db = isinstance(db, str)
-        self.db = Database(db, timeout_s) if isinstance(db, str) else db
+        self.db = (self._DATABASE or Database)(db, timeout_s) if isinstance(db, str) else db
         self.path = self.db.path
 
     def close(self) -> None:
@@ -332,8 +338,76 @@ _COLUMNS = ("id", "endpoint", "method", "tier", "assets", "secrets", "style", "s
             "label", "created_at", "changed_at")
 
 
+def subscription_row(row: Iterable[Any]) -> dict[str, Any]:
+    """A subscription as stored (_COLUMNS, assets and secrets as JSON) -> its dict."""
+    out = dict(zip(_COLUMNS, row))
+    out["assets"] = json.loads(out["assets"])
+    out["secrets"] = json.loads(out["secrets"])
+    return out
 
-class WebhookStore(SubscriptionRules, _OnDatabase):
+
+def log_rows(rows: Iterable[Iterable[Any]]) -> List[dict[str, Any]]:
+    """Delivery-log rows as stored (_LOG_COLUMNS) -> dicts, the JSON columns
+    as lists (None where not recorded)."""
+    out = []
+    for r in rows:
+        row = dict(zip(_LOG_COLUMNS, r))
+        for name in _LOG_JSON:
+            if row[name] is not None:
+                row[name] = json.loads(row[name])
+        out.append(row)
+    return out
+
+
+
+class DeliveryLogSQL:
+    """The delivery log on a SQL store's `webhook_log` table, for the
+    SQLite and the PostgreSQL webhook stores alike: they differ in the
+    placeholder (`?` or `$N`) and the column that orders rows of one
+    timestamp.  The store gives `db.run_many`, `_run` and those two."""
+
+    db: Any
+    _ORDER = "rowid"                        # insertion order, for rows of one ts
+
+    @staticmethod
+    def _arg(n: int) -> str:
+        """The n-th (1-based) statement argument."""
+        return "?"
+
+    def _run(self, sql: str, args: Iterable = ()) -> List[Any]:
+        raise NotImplementedError
+
+    def _log_args(self, rows: List[tuple]) -> List[tuple]:
+        return rows
+
+    def write_log(self, rows: List[tuple]) -> None:
+        """Append delivery-log rows (tuples in _LOG_COLUMNS order) in one
+        transaction (all or nothing)."""
+        places = ", ".join(self._arg(i + 1) for i in range(len(_LOG_COLUMNS)))
+        try:
+            self.db.run_many(f"INSERT INTO webhook_log ({', '.join(_LOG_COLUMNS)}) "
+                             f"VALUES ({places})", self._log_args(rows))
+        except KeyStoreError as exc:
+            raise WebhookError(f"log write failed: {exc}") from None
+
+    def prune_log(self, older_than_s: float) -> int:
+        rows = self._run(f"DELETE FROM webhook_log WHERE ts < {self._arg(1)} RETURNING ts",
+                         (time.time() - older_than_s,))
+        return len(rows)
+
+    def read_log(self, sub_id: Optional[str] = None, limit: int = 100) -> List[dict[str, Any]]:
+        """The newest rows first; asset_list, prices and sources as lists
+        (prices and sources None where not recorded)."""
+        sql = f"SELECT {', '.join(_LOG_COLUMNS)} FROM webhook_log"
+        args: List[Any] = []
+        if sub_id:
+            sql += f" WHERE subscription = {self._arg(1)}"
+            args.append(sub_id)
+        return log_rows(self._run(f"{sql} ORDER BY ts DESC, {self._ORDER} DESC "
+                                  f"LIMIT {self._arg(len(args) + 1)}", args + [limit]))
+
+
+class WebhookStore(DeliveryLogSQL, SubscriptionRules, _OnDatabase):
     """Subscriptions and the delivery log in the key store's SQLite file, in
     tables of their own (the `Subscriptions` interface).  Given a path it
     opens a `Database` of its own; given a `Database` it shares it."""
@@ -404,12 +478,7 @@ class WebhookStore(SubscriptionRules, _OnDatabase):
             raise WebhookError(f"no subscription {sub_id!r}")
         return self._row(rows[0])
 
-    @staticmethod
-    def _row(row: tuple) -> dict[str, Any]:
-        out = dict(zip(_COLUMNS, row))
-        out["assets"] = json.loads(out["assets"])
-        out["secrets"] = json.loads(out["secrets"])
-        return out
+    _row = staticmethod(subscription_row)
 
     def list(self, state: Optional[str] = None) -> list[dict[str, Any]]:
         sql = f"SELECT {', '.join(_COLUMNS)} FROM webhook_subscriptions"
@@ -452,40 +521,6 @@ class WebhookStore(SubscriptionRules, _OnDatabase):
                   (json.dumps(current[:1]), time.time(), sub_id))
         self._own_changes += 1
 
-    # -- delivery log --------------------------------------------------------------
-
-    def write_log(self, rows: List[tuple]) -> None:
-        """Append delivery-log rows (tuples in _LOG_COLUMNS order) in one
-        transaction (all or nothing)."""
-        try:
-            self.db.run_many(
-                f"INSERT INTO webhook_log ({', '.join(_LOG_COLUMNS)}) "
-                f"VALUES ({', '.join('?' * len(_LOG_COLUMNS))})", rows)
-        except KeyStoreError as exc:
-            raise WebhookError(f"log write failed: {exc}") from None
-
-    def prune_log(self, older_than_s: float) -> int:
-        rows = self._run("DELETE FROM webhook_log WHERE ts < ? RETURNING ts",
-                         (time.time() - older_than_s,))
-        return len(rows)
-
-    def read_log(self, sub_id: Optional[str] = None, limit: int = 100) -> List[dict[str, Any]]:
-        """The newest rows first; asset_list, prices and sources as lists
-        (prices and sources None where not recorded)."""
-        sql = f"SELECT {', '.join(_LOG_COLUMNS)} FROM webhook_log"
-        args: List[Any] = []
-        if sub_id:
-            sql += " WHERE subscription = ?"
-            args.append(sub_id)
-        rows = self._run(sql + " ORDER BY ts DESC, rowid DESC LIMIT ?", args + [limit])
-        out = []
-        for r in rows:
-            row = dict(zip(_LOG_COLUMNS, r))
-            for name in _LOG_JSON:
-                if row[name] is not None:
-                    row[name] = json.loads(row[name])
-            out.append(row)
-        return out
 
 
 _PARAMETERS_SCHEMA = """

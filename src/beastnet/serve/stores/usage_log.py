@@ -61,11 +61,13 @@ class UsageLogStore(Protocol):
     def close(self) -> None: ...
 
 
-def open_usage_log(path: Optional[str], database: Optional[str] = None) -> UsageLogStore:
-    """The usage log in PostgreSQL at `database`, else in the SQLite file `path`."""
+def open_usage_log(path: Optional[str], database: Optional[str] = None,
+                   database_may_be_down: bool = False) -> UsageLogStore:
+    """The usage log in PostgreSQL at `database`, else in the SQLite file
+    `path`.  `database_may_be_down`: as open_stores takes it."""
     if database is not None:
         from beastnet.serve.stores.usage_postgres import PostgresUsageLog
-        return PostgresUsageLog(database)
+        return PostgresUsageLog(database, wait_for_it=database_may_be_down)
     if path is None:
         raise ValueError("the usage log needs a key store file or a database")
     from beastnet.serve.stores.usage_sqlite import SQLiteUsageLog

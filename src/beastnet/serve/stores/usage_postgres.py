@@ -72,7 +72,10 @@ class PostgresUsageLog:
     """`UsageLogStore` on PostgreSQL; `dsn` a postgresql:// URL."""
 
     def __init__(self, dsn: str, timeout_s: float = 5.0, pool_size: int = 2,
-                 method: str = "copy") -> None:
+                 method: str = "copy", wait_for_it: bool = False) -> None:
+        """`wait_for_it`: a database out of reach now is not an error (serve
+        starts from its key cache, apikeys.py); each write tries to connect
+        again, and fails like any write to a database that is down."""
         from beastnet.serve.cluster import redacted_url
         if method not in ("copy", "executemany"):
             raise ValueError(f"method {method!r}: copy or executemany")
@@ -86,8 +89,14 @@ class PostgresUsageLog:
                                         name="beastnet-usage-pg", daemon=True)
         self._thread.start()
         self._pool: Any = None
+        self._pool_size = pool_size
+        self._opening = asyncio.Lock()
         try:
             self._pool = self._call(self._open(pool_size))
+        except KeyStoreError as exc:
+            if not wait_for_it or "schema version" in str(exc):
+                self.close()
+                raise
         except BaseException:
             self.close()
             raise
@@ -124,6 +133,10 @@ class PostgresUsageLog:
 
     async def _with_conn(self, work: Any, what: str) -> Any:
         asyncpg = _driver()
+        if self._pool is None:          # down at start (wait_for_it)
+            async with self._opening:   # one opener, however many calls wait
+                if self._pool is None:
+                    self._pool = await self._open(self._pool_size)
         try:
             async with self._pool.acquire(timeout=self.timeout_s) as conn:
                 return await work(conn)
