@@ -85,6 +85,11 @@ def start(name: str, threads: int, pin: str | None, tmp: Path, body: bytes) -> s
         cmd = [sys.executable, str(HERE / "peers" / "http_uvloop.py"), "--port", str(port)]
     proc = subprocess.Popen(prefix + cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
+    return serving(proc, name, port, body)
+
+
+def serving(proc: subprocess.Popen, name: str, port: int, body: bytes) -> subprocess.Popen:
+    """`proc` once it answers GET /v1/BTC with `body` on `port`; stopped if it does not."""
     try:
         wait_port(port)
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/BTC", timeout=5) as r:

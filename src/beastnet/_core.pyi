@@ -3,6 +3,10 @@ from typing import Any, Iterable, Iterator, Mapping, NamedTuple, Optional, Union
 
 PLATFORM_LINUX: bool
 DEBUG_BUILD: bool
+URING_BUILT: bool
+
+def uring_unavailable_reason(
+    disabled_path: str = "/proc/sys/kernel/io_uring_disabled") -> Optional[str]: ...
 
 _Key = Union[str, bytes]
 _Body = Union[bytes, str, bytearray, memoryview]

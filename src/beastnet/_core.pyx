@@ -65,6 +65,18 @@ _module_init()
 
 PLATFORM_LINUX = bool(PLATFORM_IS_LINUX)
 DEBUG_BUILD = bool(BEASTNET_DEBUG)
+URING_BUILT = bool(BEASTNET_HAVE_LIBURING)
+
+
+def uring_unavailable_reason(str disabled_path="/proc/sys/kernel/io_uring_disabled"):
+    """None if this process can run io_uring with the features the HTTP
+    backend needs, else one line saying why not (built without liburing,
+    disabled by sysctl, kernel too old, refused by a seccomp filter...)."""
+    cdef char why[256]
+    cdef bytes path = disabled_path.encode()
+    if bn_uring_probe(path, why, sizeof(why)) == 0:
+        return None
+    return why.decode("utf-8", "replace")
 
 
 def attach_cpu_steering(int fd, unsigned int nsockets):

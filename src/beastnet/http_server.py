@@ -1,6 +1,7 @@
 """HTTPServer: the TCP engine (HTTP/1.1), its listening sockets and its control plane."""
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import time
@@ -20,6 +21,33 @@ from beastnet.errors import ServerError, TLSConfigError
 from beastnet.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE, http_families, render
 
 __all__ = ["HTTPServer", "TLSConfig", "WebSocketOptions"]
+
+log = logging.getLogger("beastnet")
+
+HTTP_IO_BACKENDS = ("epoll", "uring", "auto")
+# The io_uring worker loop is not written yet: the backend is detected (build
+# and run time) so that "auto" and "uring" can say exactly why it is not used.
+URING_WORKER_MISSING = "beastnet has no io_uring HTTP worker yet (this host could run one)"
+
+
+def uring_unavailable() -> str:
+    """Why the workers cannot run on io_uring here (one line)."""
+    return _core.uring_unavailable_reason() or URING_WORKER_MISSING
+
+
+def choose_http_io(io: str) -> tuple[str, Optional[str]]:
+    """(backend the workers run, why "auto" did not pick io_uring or None).
+
+    ``"uring"`` that cannot be served raises `ServerError` naming the reason;
+    ``"auto"`` falls back to epoll and says why."""
+    if io not in HTTP_IO_BACKENDS:
+        raise ValueError(f"io must be one of {', '.join(HTTP_IO_BACKENDS)}, got {io!r}")
+    if io == "epoll":
+        return "epoll", None
+    reason = uring_unavailable()
+    if io == "uring":
+        raise ServerError(f'HTTPServer(io="uring"): io_uring unavailable: {reason}')
+    return "epoll", f"io_uring unavailable: {reason}"
 
 
 @dataclass(frozen=True)
@@ -127,10 +155,19 @@ class HTTPServer(EngineServer):
     2 s, 0 = off): a control plane whose loop has not beaten for that long
     counts as stalled, and the workers answer ``/healthz`` 503 themselves and
     serve the ``"stale":true`` variant of bodies a ``stale_marking`` table
-    keeps (docs/serve.md).  Use
+    keeps (docs/serve.md).  ``io``: the workers' I/O backend, ``"epoll"``
+    (default), ``"uring"`` (refused with `ServerError` saying why: built
+    without liburing, disabled by the kernel, or no io_uring worker yet) or
+    ``"auto"`` (io_uring when it can serve, else epoll, the reason kept in
+    ``io_fallback``; docs/http.md).  Use
     as a context manager, call ``start()`` and ``stop()``, or
     ``serve_forever()`` to block until ``stop()`` or Ctrl-C.
     """
+
+    #: The values ``io`` takes.
+    IO_BACKENDS = HTTP_IO_BACKENDS
+    #: Why the workers cannot run on io_uring here (one line).
+    uring_unavailable = staticmethod(uring_unavailable)
 
     def __init__(
         self,
@@ -166,6 +203,7 @@ class HTTPServer(EngineServer):
         notsent_lowat_bytes: int = 128 * 1024,
         send_buffer_bytes: int = 0,
         control_stall_s: float = 2.0,
+        io: str = "epoll",
     ) -> None:
         if not isinstance(table, ResponseTable):
             raise TypeError("table must be a beastnet.ResponseTable")
@@ -198,6 +236,11 @@ class HTTPServer(EngineServer):
         self.cpus = cpus
         self.reuse_port = reuse_port
         self.control_stall_s = control_stall_s
+        #: The workers' I/O backend ("epoll"); `io_fallback` says why when
+        #: ``io="auto"`` did not choose io_uring.
+        self.io, self.io_fallback = choose_http_io(io)
+        if self.io_fallback is not None:
+            log.info("HTTPServer(io=\"auto\") uses epoll: %s", self.io_fallback)
         self._engine_options: dict[str, Any] = dict(
             prefix=prefix, max_connections=max_connections, max_header_bytes=max_header_bytes,
             max_target_bytes=max_target_bytes, max_output_bytes=max_output_bytes,

@@ -102,6 +102,9 @@ def add_serve_command(sub: Any) -> None:
     _add(g, "--http-port", "http_port", "port to bind; 0 picks a free one", type=int,
          metavar="PORT")
     _add(g, "--http-threads", "http_threads", "HTTP worker threads", type=int, metavar="N")
+    _add(g, "--http-io", "http_io", "the HTTP workers' I/O backend: epoll, uring (io_uring) or "
+                                    "auto (io_uring when it can serve, else epoll)",
+         metavar="BACKEND")
     _add(g, "--backlog", "backlog", "listen() backlog of each worker's socket", type=int,
          metavar="N")
     _add(g, "--max-connections", "max_connections", "open connections accepted at once",
@@ -209,8 +212,8 @@ def _setup_logging(level: str) -> None:
 
 SERVE_FLAGS = ("udp_host", "udp_port", "udp_sockets", "batch", "recv_buffer_bytes",
                "send_buffer_bytes", "cpu_steering", "http_host", "http_port", "http_threads",
-               "backlog", "max_connections", "share_ports", "keystore", "feed", "feed_path",
-               "replay_speed", "feed_rounds_per_s", "admin_host", "admin_port",
+               "http_io", "backlog", "max_connections", "share_ports", "keystore", "feed",
+               "feed_path", "replay_speed", "feed_rounds_per_s", "admin_host", "admin_port",
                "admin_token_file", "log_level", "redis", "node_id", "snapshot_interval_s",
                "snapshot_ttl_s", "redis_fallback", "tls_cert", "tls_key",
                "stream_compress_min_bytes", "database", "key_cache")

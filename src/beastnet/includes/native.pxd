@@ -172,6 +172,12 @@ cdef extern from "threads.h" nogil:
     void bn_threads_free(bn_threads* g)
 
 
+cdef extern from "bn_uring.h" nogil:
+    enum:
+        BEASTNET_HAVE_LIBURING
+    int bn_uring_probe(const char* disabled_path, char* why, size_t cap)
+
+
 cdef extern from "apikeyhash.h" nogil:
     void bn_apikey_sha256(const char* key, size_t n, unsigned char* digest)
 

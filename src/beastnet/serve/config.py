@@ -14,7 +14,7 @@ import sys
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Mapping, Optional
 
-from beastnet import BeastnetError
+from beastnet import BeastnetError, HTTPServer
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -55,6 +55,7 @@ class ServeConfig:
     http_port: int = 8080
     http_threads: Optional[int] = None          # None: one per CPU
     http_prefix: str = "/v1/"
+    http_io: str = "epoll"                      # the workers' I/O backend: epoll, uring, auto
     backlog: int = 1024
     max_connections: int = 10_000
     idle_timeout_s: float = 60.0
@@ -217,6 +218,11 @@ def _check(cfg: ServeConfig, label: Callable[[str], str] = str) -> None:
     for name in ("recv_buffer_bytes", "send_buffer_bytes"):
         need(4096 <= value(name) <= 1024 * MIB,
              f"{label(name)} must be 4096..1 GiB, got {value(name)}")
+    need(cfg.http_io in HTTPServer.IO_BACKENDS, f"{label('http_io')} must be one of "
+         f"{', '.join(HTTPServer.IO_BACKENDS)}, got {cfg.http_io!r}")
+    if cfg.http_io == "uring":          # refused before anything binds
+        raise ConfigError(f"{label('http_io')} uring: io_uring unavailable: "
+                          f"{HTTPServer.uring_unavailable()}")
     need(cfg.http_prefix.startswith("/") and cfg.http_prefix.endswith("/"),
          f"http_prefix must start and end with '/', got {cfg.http_prefix!r}")
     need(1 <= cfg.backlog <= 65535, f"{label('backlog')} must be 1..65535, got {cfg.backlog}")

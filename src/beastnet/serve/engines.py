@@ -250,6 +250,7 @@ class Engines(Component):
             if cfg.stream else None
         tls = TLSConfig(cfg.tls_cert, cfg.tls_key) if cfg.tls_cert and cfg.tls_key else None
         return HTTPServer(host.table, cfg.http_host, cfg.http_port, threads=cfg.http_threads,
+                          io=cfg.http_io,
                           backlog=cfg.backlog, prefix=cfg.http_prefix, routes=routes,
                           miss_queue_size=cfg.miss_queue_size, max_inflight=cfg.max_inflight,
                           max_connections=cfg.max_connections, idle_timeout_s=cfg.idle_timeout_s,
