@@ -170,6 +170,18 @@ def test_every_test_of_the_default_plan_runs_against_plan_local(cluster, tmp_pat
         assert ("ramp" in t) == (t["name"] != "2e") and ("run" in t) == (t["name"] == "2e")
         assert t["timeline"] and t["poll_failures"] == 0
     assert by_name["2e"]["rate"] > 0            # 80 % of 2a's ceiling, measured
+    # Phase 1 without the governor, phase 2 with it, on every node (each
+    # node's profile switches its HTTP and its UDP engine alike).
+    for t in report["tests"]:
+        want = "off" if t["name"].startswith("1") else "on"
+        assert t["preflight"]["governor"] == {f"node{i}": want for i in (1, 2, 3)}, t["name"]
+    # The UDP shed counters ride in the cluster snapshot; these nodes answer
+    # UDP misses natively (no queue), so their UDP governor never sheds.
+    for name in ("2b", "2c"):
+        deltas = [r["delta"] for r in by_name[name]["timeline"] if "delta" in r]
+        assert deltas and all("udp_shed_public" in d and "udp_shed_partner" in d
+                              for d in deltas)
+        assert sum(d["udp_shed_public"] + d["udp_shed_partner"] for d in deltas) == 0
     reports = by_name["2d"]["reports"]         # the nodes serve /v1/reports/usage
     assert reports["run"]["sent"] > 0 and set(reports["run"]["status_codes"]) == {"200"}
     # ... from the one PostgreSQL: the usage log the reports read is there.
