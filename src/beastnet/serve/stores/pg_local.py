@@ -71,12 +71,15 @@ class LocalPostgres:
 
     def __init__(self, directory: Optional[str] = None, *, keep: bool = False,
                  initdb: Optional[str] = None, pg_ctl: Optional[str] = None) -> None:
-        self.initdb = initdb or find_pg_tool("initdb")
-        self.pg_ctl = pg_ctl or find_pg_tool("pg_ctl")
-        missing = [n for n, p in (("initdb", self.initdb), ("pg_ctl", self.pg_ctl)) if not p]
-        if missing:
+        found_initdb = initdb or find_pg_tool("initdb")
+        found_pg_ctl = pg_ctl or find_pg_tool("pg_ctl")
+        if not found_initdb or not found_pg_ctl:
+            missing = [n for n, p in (("initdb", found_initdb), ("pg_ctl", found_pg_ctl))
+                       if not p]
             raise LocalPostgresError(f"{' and '.join(missing)} not installed (PostgreSQL's "
                                      f"server binaries; scripts/system-deps installs them)")
+        self.initdb: str = found_initdb
+        self.pg_ctl: str = found_pg_ctl
         self.dir = Path(directory or tempfile.mkdtemp(prefix="beastnet-pg-"))
         self.dir.mkdir(parents=True, exist_ok=True)
         self.keep = keep
