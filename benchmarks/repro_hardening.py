@@ -27,6 +27,7 @@ What each case measures (the quantity of the issue's closing note):
   half-frames    --connections WebSocket clients of an echo path (HTTPServer),
                  each one whole fragmented 64 KiB message, then 65,535 of a
                  65,536-byte frame: server VmRSS/VmHWM, connections still open
+                 (--waves N: again once they are closed, a leak vs reuse)
   redis-stall    `beastnet serve --redis` with a pro key loaded at 75 % of its
                  limit (beastnet load, open loop) while redis-server sleeps 3 s
                  (DEBUG SLEEP): requests admitted (200) of those sent
@@ -474,42 +475,55 @@ def case_half_frames(args: argparse.Namespace, tmp: Path) -> dict:
     whole = b"x" * 65536
     message = frame(TEXT, whole[:40000], fin=False) + frame(CONT, whole[40000:])
     partial = frame(BINARY, b"y" * 65536)[:-1]
-    clients: list[socket.socket] = []
-    batch = 250                     # one round trip per batch, not per connection
-    for first in range(0, args.connections, batch):
-        group = [ws_open(port, "/echo") for _ in range(min(batch, args.connections - first))]
-        for s in group:
-            ws_upgraded(s)
-            s.sendall(message)
-        for s in group:
-            recv_exact(s, 10 + 65536)           # the echo (8-byte length head)
-            s.sendall(partial)
-        clients.extend(group)
-    t0 = time.monotonic()           # the last partial frame sent
-    peak = rss0
-    all_closed = None
-    open_now = len(clients)
-    while time.monotonic() - t0 < args.seconds:
-        peak = max(peak, vm_mib(proc.pid, "VmRSS"))
-        open_now = sum(1 for st, _ in port_sockets(port) if st == "01")
-        if open_now == 0:
-            all_closed = time.monotonic() - t0
+    waves = []                      # per wave: (VmHWM, VmRSS at its end, closed by, still open)
+    # --waves 2: the same connections again once the first are closed; whether
+    # the second wave's peak adds to the first tells a leak from memory the
+    # allocator keeps for reuse.
+    for _ in range(args.waves):
+        clients: list[socket.socket] = []
+        batch = 250                 # one round trip per batch, not per connection
+        for first in range(0, args.connections, batch):
+            group = [ws_open(port, "/echo") for _ in range(min(batch, args.connections - first))]
+            for s in group:
+                ws_upgraded(s)
+                s.sendall(message)
+            for s in group:
+                recv_exact(s, 10 + 65536)           # the echo (8-byte length head)
+                s.sendall(partial)
+            clients.extend(group)
+        t0 = time.monotonic()       # the last partial frame sent
+        all_closed = None
+        open_now = len(clients)
+        while time.monotonic() - t0 < args.seconds:
+            open_now = sum(1 for st, _ in port_sockets(port) if st == "01")
+            if open_now == 0:
+                all_closed = time.monotonic() - t0
+                break
+            time.sleep(0.5)
+        if all_closed is not None:
+            time.sleep(2.0)         # what the closes give back, not the moment they happen
+        waves.append((vm_mib(proc.pid, "VmHWM"), vm_mib(proc.pid, "VmRSS"), all_closed,
+                      open_now if all_closed is None else 0))
+        for s in clients:
+            s.close()
+        if all_closed is None:
             break
-        time.sleep(0.5)
-    if all_closed is not None:
-        time.sleep(2.0)             # what the closes give back, not the moment they happen
-    hwm, rss_end = vm_mib(proc.pid, "VmHWM"), vm_mib(proc.pid, "VmRSS")
-    for s in clients:
-        s.close()
     stop(proc)
-    closed = (f"all closed by {all_closed:.1f} s" if all_closed is not None else
-              f"{open_now:,} of {len(clients):,} still open at {args.seconds:g} s")
-    return {"value": f"VmRSS {rss0:,.0f} -> VmHWM {hwm:,.0f} MiB (VmRSS {rss_end:,.0f} MiB at the "
-                     f"end{', 2 s after the closes' if all_closed is not None else ''}); {closed}",
+    parts = []
+    for i, (hwm, rss_end, all_closed, open_now) in enumerate(waves):
+        closed = (f"all closed by {all_closed:.1f} s, VmRSS {rss_end:,.0f} MiB 2 s later"
+                  if all_closed is not None else
+                  f"{open_now:,} of {args.connections:,} still open at {args.seconds:g} s, "
+                  f"VmRSS {rss_end:,.0f} MiB")
+        parts.append(f"{'wave %d: ' % (i + 1) if args.waves > 1 else ''}"
+                     f"VmHWM {hwm:,.0f} MiB, {closed}")
+    hwm, rss_end, all_closed, open_now = waves[-1]
+    return {"value": f"VmRSS {rss0:,.0f} MiB at start; " + "; ".join(parts),
             "detail": f"{args.connections:,} connections, one 64 KiB fragmented message then "
                       "65,535 of 65,536 bytes of a frame",
             "rss_start_mib": rss0, "hwm_mib": hwm, "rss_end_mib": rss_end,
-            "open_at_end": open_now if all_closed is None else 0, "all_closed_s": all_closed}
+            "open_at_end": open_now, "all_closed_s": all_closed,
+            "waves": [list(w) for w in waves]}
 
 
 def case_redis_stall(args: argparse.Namespace, tmp: Path) -> dict:
@@ -674,6 +688,8 @@ def main() -> int:
     ap.add_argument("--body-mib", type=int, default=16)
     ap.add_argument("--rate-kib", type=int, default=16)
     ap.add_argument("--connections", type=int, default=8000)
+    ap.add_argument("--waves", type=int, default=1,
+                    help="half-frames: the connections again once the first are closed")
     ap.add_argument("--limit-qps", type=float, default=2000.0,
                     help="the pro tier's limit in the server under test")
     ap.add_argument("--window-s", type=float, default=5.0)
