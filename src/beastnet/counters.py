@@ -136,6 +136,7 @@ ws_frames_out            counter  frames       Update and snapshot frames writte
 ws_superseded            counter  updates      Publications replaced by a newer one of the same symbol before the worker fanned them out.
 ws_conflated             counter  frames       Pending frames replaced by a newer one of the same symbol before they were written.
 ws_slow_closes           counter  connections  Connections closed because their output made no progress for stall_timeout_s.
+ws_reassembly_refused    counter  connections  Connections closed 1013 because their unfinished frames or fragmented messages would pass max_reassembly_bytes (all connections together).
 ws_frames_compressed     counter  frames       Of ws_frames_out, the compressed (permessage-deflate) frames.
 ws_bytes_saved           counter  bytes        Bytes those compressed frames were shorter than the plain ones.
 ws_messages_inflated     counter  messages     Compressed client messages inflated (permessage-deflate).
