@@ -284,6 +284,7 @@ def test_all_six_reach_the_http_api_and_stream_subscribers(tmp_path):
     assert all(e["state"] == "connected" for e in exchanges.values()), exchanges
     assert b'beastnet_feed_exchange_state{exchange="okx",state="connected"} 1' in metrics
     assert b"\nbeastnet_feed_dropped_total 0\n" in metrics
+    assert b"\nbeastnet_feed_sink_errors_total 0\n" in metrics
     assert b"\nbeastnet_feed_exchange_messages_total{exchange=\"okx\"} " in metrics
     for asset, (name, _) in want.items():     # every exchange's price reaches a subscriber
         assert (frames[asset]["asset"], frames[asset]["source"], frames[asset]["quote"]) == \
@@ -512,3 +513,47 @@ def test_a_stream_that_never_speaks_is_stale_too():
 
     health, connections = asyncio.run(scenario())
     assert health["state"] == "fallback" and connections >= 2
+
+
+def test_the_publisher_takes_each_tick_in_the_reader_task_and_counts_sink_errors(caplog):
+    """deliver_to: the connection's reader task calls on_tick itself (no
+    queue, no second task); a tick the sink raises on is counted in
+    feed_sink_errors and logged, and the stream reads on."""
+    async def scenario():
+        fake = await FakeExchange("okx").start()
+        asset, price, _ = CASES["okx"]
+        fake.ws_prices[EXCHANGES["okx"].symbol_of(asset)] = price
+        feed = ExchangeFeed(routes={asset: ["okx"]}, assets=[asset],
+                            settings={"okx": fast(fake)})
+        table = ResponseTable()
+        publisher = PricePublisher(table, stale_after_s=5.0)
+        take = publisher.on_tick
+        callers: set = set()
+        calls = [0]
+
+        def sink(item):
+            callers.add(asyncio.current_task())
+            calls[0] += 1
+            if calls[0] % 3 == 0:
+                raise RuntimeError("a bug in the publisher")
+            take(item)
+        publisher.on_tick = sink              # type: ignore[method-assign]
+        consumer = asyncio.ensure_future(publisher.consume(feed))
+        try:
+            assert await until(lambda: feed.sink_errors >= 5 and
+                               feed.connections["okx"].ticks >= 15)
+            return (callers, consumer, feed.queue.qsize(), feed.sink_errors, calls[0],
+                    body(table, asset), publisher.health(), feed.connections["okx"].health())
+        finally:
+            await stop_all(consumer, {"okx": fake})
+
+    with caplog.at_level("ERROR", logger="beastnet.serve.feeds.exchanges"):
+        callers, consumer, queued, errors, calls, published, health, okx = \
+            asyncio.run(scenario())
+    assert consumer not in callers and len(callers) == 1   # the one reader task, not consume's
+    assert queued == 0 and health["feed_dropped"] == 0
+    assert errors == calls // 3 and health["feed_sink_errors"] == errors
+    assert okx["reconnects"] == 0 and okx["state"] == "connected"   # the stream read on
+    assert published["price"] == float(CASES["okx"][1]) and published["source"] == "okx"
+    lines = [r.getMessage() for r in caplog.records if "the sink refused" in r.getMessage()]
+    assert len(lines) == 1 and "RuntimeError: a bug in the publisher" in lines[0]
