@@ -557,3 +557,32 @@ def test_the_publisher_takes_each_tick_in_the_reader_task_and_counts_sink_errors
     assert published["price"] == float(CASES["okx"][1]) and published["source"] == "okx"
     lines = [r.getMessage() for r in caplog.records if "the sink refused" in r.getMessage()]
     assert len(lines) == 1 and "RuntimeError: a bug in the publisher" in lines[0]
+
+
+@pytest.mark.parametrize("client", ["aiohttp", "websockets"])
+def test_a_silent_stream_is_aborted_at_once_and_redialled(client):
+    """The watchdog drops a silent stream without a close handshake (the
+    peer may never answer one): the fake sees the connection end with no
+    close frame (1006), and the client redials.  Both WebSocket clients."""
+    async def scenario():
+        async with Rig("coinbase", ws_client=client) as rig:
+            assert await until(lambda: rig.conn.state == "connected" and
+                               rig.price_is(rig.ws_price))
+            rig.fake.silent = True
+            assert await until(lambda: rig.conn.stale_events >= 1)
+            assert await until(lambda: len(rig.fake.close_codes) >= 1)
+            rig.fake.silent = False
+            assert await until(lambda: rig.conn.state == "connected" and
+                               rig.fake.connections >= 2)
+            return rig.fake.close_codes[0], rig.conn.health()
+
+    code, health = asyncio.run(scenario())
+    assert code == 1006, code
+    assert health["reconnects"] >= 1 and health["stale_events"] >= 1
+
+
+def test_an_unknown_websocket_client_is_refused():
+    from beastnet.serve.feeds.exchanges.wsclient import open_stream
+    with pytest.raises(ValueError, match="unknown WebSocket client 'picows'"):
+        asyncio.run(open_stream("ws://127.0.0.1:9/", "picows"))
+

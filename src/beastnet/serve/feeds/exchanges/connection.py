@@ -24,6 +24,7 @@ import orjson
 
 from beastnet.serve.feeds.base import SourceAlive, Tick
 from beastnet.serve.feeds.exchanges.spec import Exchange, RawTick
+from beastnet.serve.feeds.exchanges.wsclient import WsStream, open_stream
 from beastnet.serve.upstream import read_capped
 
 __all__ = ["ExchangeConnection", "Recorder", "reap"]
@@ -47,7 +48,7 @@ class ExchangeConnection:
                  rest_max_bytes: int = 1 << 20, backoff_base_s: float = 0.5,
                  backoff_max_s: float = 30.0, open_timeout_s: float = 10.0,
                  ping_interval_s: Optional[float] = None, connect_delay_s: Optional[float] = None,
-                 recorder: Optional[Recorder] = None) -> None:
+                 recorder: Optional[Recorder] = None, ws_client: str = "aiohttp") -> None:
         self.exchange = exchange
         self.name = exchange.name
         self.emit = emit
@@ -67,6 +68,11 @@ class ExchangeConnection:
         self.connect_delay_s = exchange.connect_delay_s if connect_delay_s is None \
             else connect_delay_s
         self.recorder = recorder
+        # The exchange's bare keepalive answer, as text or bytes (aiohttp
+        # hands text frames over undecoded).
+        pong = exchange.pong_text
+        self._pong = None if pong is None else (pong, pong.encode())
+        self.ws_client = ws_client            # wsclient.CLIENTS
         self.asset_of = {exchange.symbol_of(a): a for a in assets}   # symbol -> asset
         self.symbols = list(self.asset_of)
         # state
@@ -132,7 +138,7 @@ class ExchangeConnection:
         if self.recorder is not None:
             self.recorder(self.name, "ws", None,
                           raw if isinstance(raw, str) else raw.decode("utf-8", "replace"), now)
-        if self.exchange.pong_text is not None and raw == self.exchange.pong_text:
+        if self._pong is not None and raw in self._pong:
             self.emit(SourceAlive(self.name))
             return None
         try:
@@ -196,20 +202,20 @@ class ExchangeConnection:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _stream(self) -> None:
-        from websockets.asyncio.client import connect
         attempt = 0
         while True:
             try:
-                async with connect(self.ws_url, open_timeout=self.open_timeout_s,
-                                   ping_interval=None, close_timeout=1.0, compression=None,
-                                   max_size=4 << 20, proxy=None) as ws:
-                    self._ws = ws
-                    try:
-                        heard = await self._session(ws)
-                    except asyncio.CancelledError:
-                        # Stopping: no close handshake with a peer that may be hung.
-                        ws.transport.abort()
-                        raise
+                ws = await open_stream(self.ws_url, self.ws_client, self.open_timeout_s)
+                self._ws = ws
+                try:
+                    heard = await self._session(ws)
+                except BaseException:
+                    # Stopping, or the stream broke: no close handshake with
+                    # a peer that may be hung.
+                    ws.abort()
+                    await ws.release()
+                    raise
+                await ws.close()
                 if heard:
                     attempt = 0
                 self._gone("closed by the exchange")
@@ -227,7 +233,7 @@ class ExchangeConnection:
             self.reconnects += 1
             await asyncio.sleep(delay)
 
-    async def _session(self, ws: Any) -> bool:
+    async def _session(self, ws: WsStream) -> bool:
         """Subscribe, then read until the stream ends; True if it delivered."""
         self.last_message = time.monotonic()  # the stale timer counts from the connect
         if self.connect_delay_s:
@@ -237,21 +243,23 @@ class ExchangeConnection:
         # second): read the first answers meanwhile.
         subscriber = asyncio.ensure_future(self.subscribe(ws))
         try:
-            heard = False
-            async for raw in ws:
-                reply = self.on_message(raw)
-                if not heard:
-                    heard = True
-                    self._live()
+            read, on_message = ws.read, self.on_message
+            raw = await read()
+            if raw is None:
+                return False
+            self._live()
+            while raw is not None:
+                reply = on_message(raw)
                 if reply is not None:
                     await ws.send(reply)
-            return heard
+                raw = await read()
+            return True
         finally:
             for task in (subscriber, pinger):
                 task.cancel()
                 task.add_done_callback(reap)
 
-    async def subscribe(self, ws: Any) -> None:
+    async def subscribe(self, ws: WsStream) -> None:
         """Send the subscribe messages, in the adapter's batches and pace."""
         batch = max(1, self.exchange.subscribe_batch)
         for i in range(0, len(self.symbols), batch):
@@ -260,7 +268,7 @@ class ExchangeConnection:
             if self.exchange.subscribe_gap_s:
                 await asyncio.sleep(self.exchange.subscribe_gap_s)
 
-    async def keepalive(self, ws: Any) -> None:
+    async def keepalive(self, ws: WsStream) -> None:
         """The client's keepalive (Gate.io spot.ping, OKX ping), forever."""
         if self.exchange.ping_text is None or self.ping_interval_s <= 0:
             return
@@ -305,7 +313,7 @@ class ExchangeConnection:
                                     "meanwhile")
                 self._rest_wake.set()
                 self._ws = None
-                ws.transport.abort()          # a silent peer may never finish a close
+                ws.abort()                    # a silent peer may never finish a close
 
     async def _rest_loop(self) -> None:
         """Prewarm once, then poll only while the stream is not live."""

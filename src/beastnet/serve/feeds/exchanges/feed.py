@@ -49,14 +49,16 @@ class ExchangeFeed(Feed):
     `routes` maps asset -> exchanges (primary first); `settings` maps an
     exchange to overrides of its connection (`CONNECTION_SETTINGS`).
     `source_stale_after_s` and `asset_priority` tell the publisher how long
-    each exchange's price stays fresh and which exchange an asset prefers."""
+    each exchange's price stays fresh and which exchange an asset prefers.
+    `ws_client` picks the WebSocket client (`wsclient.CLIENTS`)."""
 
     name = "exchanges"
 
     def __init__(self, routes: Mapping[str, Sequence[str]] = DEFAULT_ROUTES,
                  assets: Sequence[str] = ASSETS, exchanges: Optional[Sequence[str]] = None,
                  settings: Optional[Mapping[str, Mapping[str, Any]]] = None,
-                 recorder: Optional[Recorder] = None, queue_size: int = 100_000) -> None:
+                 recorder: Optional[Recorder] = None, queue_size: int = 100_000,
+                 ws_client: str = "aiohttp") -> None:
         settings = settings or {}
         unknown = sorted(set(settings) - set(EXCHANGES))
         if unknown:
@@ -74,7 +76,8 @@ class ExchangeFeed(Feed):
                 raise ValueError(f"unknown exchange {name!r} in the asset map")
             options = {k: v for k, v in settings.get(name, {}).items() if k in CONNECTION_SETTINGS}
             self.connections[name] = ExchangeConnection(EXCHANGES[name], names, self._emit,
-                                                        recorder=recorder, **options)
+                                                        recorder=recorder, ws_client=ws_client,
+                                                        **options)
         self.source_stale_after_s = {n: c.fresh_for_s for n, c in self.connections.items()}
         self.asset_priority = {a: list(v) for a, v in routes.items()}
 
