@@ -586,3 +586,35 @@ def test_an_unknown_websocket_client_is_refused():
     with pytest.raises(ValueError, match="unknown WebSocket client 'picows'"):
         asyncio.run(open_stream("ws://127.0.0.1:9/", "picows"))
 
+
+def test_the_prewarm_skips_symbols_the_stream_already_priced():
+    """Gate.io's REST ticker carries no time: a prewarm request answered
+    after the stream's price would overwrite it with an older one.  Two
+    symbols, REST requests 0.5 s apart: the stream prices both meanwhile,
+    so only the first is asked for and the stream's prices stay."""
+    async def scenario():
+        fake = await FakeExchange("gateio").start()
+        assets = ["BNB", "TRX"]
+        symbols = [EXCHANGES["gateio"].symbol_of(a) for a in assets]
+        for s, ws_price, rest_price in zip(symbols, ("701.33", "0.2501"), ("650.5", "0.2")):
+            fake.ws_prices[s], fake.rest_prices[s] = ws_price, rest_price
+        table = ResponseTable()
+        publisher = PricePublisher(table, stale_after_s=5.0)
+        conn = ExchangeConnection(EXCHANGES["gateio"], assets, publisher.on_tick,
+                                  **fast(fake, rest_gap_s=0.5))
+        task = asyncio.ensure_future(conn.run())
+        try:
+            assert await until(lambda: conn.prewarm_skipped >= 1 and
+                               all(s in conn.stream_priced for s in symbols))
+            # past the second request's turn: the round is over
+            assert await until(lambda: conn.connected and fake.rest_requests >= 1)
+            await asyncio.sleep(0)
+            return fake.rest_requests, conn.health(), [body(table, a) for a in assets]
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await fake.stop()
+
+    requests, health, bodies = asyncio.run(scenario())
+    assert requests == 1 and health["prewarm_skipped"] == 1 and health["rest_polls"] == 1
+    assert [b["price"] for b in bodies] == [701.33, 0.2501]

@@ -18,7 +18,7 @@ import asyncio
 import logging
 import random
 import time
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
 import orjson
 
@@ -81,6 +81,7 @@ class ExchangeConnection:
         self.last_message = 0.0               # monotonic s of the last WebSocket message
         self.last_ts: dict[str, float] = {}   # symbol -> the exchange time of its last tick
         self.symbols_seen: set[str] = set()
+        self.stream_priced: set[str] = set()  # symbols the WebSocket gave a price for
         # counters
         self.messages = 0
         self.ticks = 0
@@ -92,6 +93,7 @@ class ExchangeConnection:
         self.rest_polls = 0
         self.rest_errors = 0
         self.rest_rate_limited = 0            # 429s
+        self.prewarm_skipped = 0              # symbols the stream priced before their REST turn
         self.replies = 0                      # heartbeat answers sent
         self._ws: Any = None
         self._rate_mark = (time.monotonic(), 0)
@@ -122,7 +124,8 @@ class ExchangeConnection:
             "msgs_per_s": round((self.messages - mark_n) / span, 1), "messages": self.messages,
             "ticks": self.ticks, "reconnects": self.reconnects, "stale_events": self.stale_events,
             "rest_polls": self.rest_polls, "rest_errors": self.rest_errors,
-            "rest_rate_limited": self.rest_rate_limited, "bad_messages": self.bad_messages,
+            "rest_rate_limited": self.rest_rate_limited, "prewarm_skipped": self.prewarm_skipped,
+            "bad_messages": self.bad_messages,
             "out_of_order": self.out_of_order, "unknown_symbols": self.unknown_symbols,
             "symbols": len(self.symbols), "symbols_seen": len(self.symbols_seen),
             "stale_after_s": self.stale_after_s, "last_error": self._last_error,
@@ -147,7 +150,7 @@ class ExchangeConnection:
             self._bad(exc, raw)
             return None
         if ticks:
-            self._take(ticks, now)
+            self._take(ticks, now, self.stream_priced)
         else:
             self.emit(SourceAlive(self.name))
         if reply is not None:
@@ -164,7 +167,8 @@ class ExchangeConnection:
         self._take(ticks, now)
         return len(ticks)
 
-    def _take(self, ticks: list[RawTick], now: float) -> None:
+    def _take(self, ticks: list[RawTick], now: float,
+              priced: Optional[set[str]] = None) -> None:
         quote = self.exchange.quote
         for symbol, price, ts in ticks:
             asset = self.asset_of.get(symbol)
@@ -177,6 +181,8 @@ class ExchangeConnection:
                     continue
                 self.last_ts[symbol] = ts
             self.symbols_seen.add(symbol)
+            if priced is not None:
+                priced.add(symbol)
             self.ticks += 1
             self.emit(Tick(asset, price, self.name, ts or now, quote))
 
@@ -344,9 +350,11 @@ class ExchangeConnection:
     async def _rest_round(self, session: Any, prewarm: bool = False) -> bool:
         """One GET per REST path, `rest_gap_s` apart; True if any answered.
         A fallback round stops when the stream comes back; the prewarm runs
-        through (a quiet symbol may not tick on the stream for a while)."""
+        through (a quiet symbol may not tick on the stream for a while) but
+        skips the symbols the stream has priced (counted in prewarm_skipped)."""
         ok = False
-        for path, symbol in self.exchange.rest_paths(self.symbols) if self.symbols else ():
+        for path, symbol in self._prewarm_paths() if prewarm else \
+                self.exchange.rest_paths(self.symbols) if self.symbols else ():
             if self.connected and not prewarm:
                 return True
             self.rest_polls += 1
@@ -378,7 +386,28 @@ class ExchangeConnection:
             except Exception as exc:          # HTTP errors, bad bodies: counted, retried
                 self._rest_failed(path, exc)
             await asyncio.sleep(self.rest_gap_s)
-        return ok
+        # A prewarm with nothing left to ask for is not a failure of REST.
+        return ok or (prewarm and all(s in self.stream_priced for s in self.symbols))
+
+    def _prewarm_paths(self) -> Iterator[tuple[str, Optional[str]]]:
+        """The prewarm's REST paths, less the symbols the stream priced by
+        their turn: those need no REST price, and a REST ticker without a
+        time (Kraken, Gate.io) would be taken as newer than the stream's.
+        One request per symbol (most exchanges): each is looked at when its
+        turn comes; one request for all (Kraken): once, at the start."""
+        def pending() -> list[str]:
+            left = [s for s in self.symbols if s not in self.stream_priced]
+            self.prewarm_skipped += len(self.symbols) - len(left)
+            return left
+        if len(self.exchange.rest_paths(self.symbols[:2])) < min(2, len(self.symbols)):
+            left = pending()
+            yield from self.exchange.rest_paths(left) if left else ()
+            return
+        for symbol in self.symbols:
+            if symbol in self.stream_priced:
+                self.prewarm_skipped += 1
+                continue
+            yield from self.exchange.rest_paths([symbol])
 
     def _rest_failed(self, path: str, exc: BaseException) -> None:
         self.rest_errors += 1
