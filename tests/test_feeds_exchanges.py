@@ -59,8 +59,9 @@ def body(table: ResponseTable, asset: str) -> dict:
 class Rig:
     """One fake exchange, one connection, a publisher and its table."""
 
-    def __init__(self, name: str, exchange=None, **settings: Any) -> None:
+    def __init__(self, name: str, exchange=None, quiet: bool = False, **settings: Any) -> None:
         self.name = name
+        self.quiet = quiet                    # the stream sends no ticker at all
         self.asset, self.ws_price, self.rest_price = CASES[name]
         self.exchange = exchange or EXCHANGES[name]
         self.symbol = self.exchange.symbol_of(self.asset)
@@ -68,7 +69,8 @@ class Rig:
 
     async def __aenter__(self) -> "Rig":
         self.fake = await FakeExchange(self.name).start()
-        self.fake.ws_prices[self.symbol] = self.ws_price
+        if not self.quiet:
+            self.fake.ws_prices[self.symbol] = self.ws_price
         self.fake.rest_prices[self.symbol] = self.rest_price
         self.table = ResponseTable()
         self.publisher = PricePublisher(self.table, stale_after_s=5.0)
@@ -618,3 +620,84 @@ def test_the_prewarm_skips_symbols_the_stream_already_priced():
     requests, health, bodies = asyncio.run(scenario())
     assert requests == 1 and health["prewarm_skipped"] == 1 and health["rest_polls"] == 1
     assert [b["price"] for b in bodies] == [701.33, 0.2501]
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_a_quiet_market_on_a_live_connection_is_not_declared_dead(name):
+    """No trade for many times the stale bound, but the exchange's liveness
+    traffic flows (Coinbase/Gemini/Kraken heartbeats, Crypto.com
+    public/heartbeat answered, Gate.io spot.pong, OKX pong): the stream stays
+    connected, is never dropped, and its REST price stays fresh."""
+    async def scenario():
+        async with Rig(name, quiet=True) as rig:
+            # A price from the prewarm (and Gemini's subscription snapshot).
+            assert await until(lambda: rig.conn.state == "connected" and
+                               body(rig.table, rig.asset).get("source") == name)
+            ticks0, messages0 = rig.conn.ticks, rig.conn.messages
+            # 20 liveness messages at 0.1 s: four stale bounds (0.5 s) without
+            # a price.
+            assert await until(lambda: rig.conn.messages >= messages0 + 20)
+            rig.publisher.check()
+            return (rig.conn.ticks - ticks0, rig.conn.health(), rig.publisher.health(),
+                    body(rig.table, rig.asset))
+
+    new_ticks, health, published, last = asyncio.run(scenario())
+    assert new_ticks == 0
+    assert (health["state"], health["stale_events"], health["reconnects"]) == \
+        ("connected", 0, 0), health
+    assert published["sources"][name]["stale"] is False and published["assets_stale"] == []
+    assert last["stale"] is False and last["source"] == name
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_each_exchanges_trouble_leaves_the_other_five_serving(name):
+    """One exchange goes through a malformed message, a dropped connection
+    (1006), a stale stream and a REST 429 while its stream is refused; the
+    other five stay connected, never count a fault, and keep publishing."""
+    async def scenario():
+        fakes = {n: await FakeExchange(n).start() for n in CASES}
+        for n, fake in fakes.items():
+            symbol = EXCHANGES[n].symbol_of(CASES[n][0])
+            fake.ws_prices[symbol], fake.rest_prices[symbol] = CASES[n][1], CASES[n][2]
+        routes = {CASES[n][0]: [n] for n in CASES}
+        feed = ExchangeFeed(routes=routes, assets=list(routes),
+                            settings={n: fast(f) for n, f in fakes.items()})
+        table = ResponseTable()
+        publisher = PricePublisher(table, stale_after_s=5.0)
+        task = asyncio.ensure_future(publisher.run(feed))
+        conns, sick = feed.connections, feed.connections[name]
+        others = [n for n in CASES if n != name]
+        try:
+            assert await until(lambda: all(c.state == "connected" and c.ticks >= 1
+                                           for c in conns.values()))
+            seq0 = {n: body(table, CASES[n][0])["seq"] for n in others}
+            trouble = fakes[name]
+            await trouble.send_raw('{"malformed": ')
+            assert await until(lambda: sick.bad_messages >= 1)
+            trouble.drop()                                      # no close frame: 1006
+            assert await until(lambda: sick.reconnects >= 1 and sick.state == "connected")
+            trouble.silent = True
+            assert await until(lambda: sick.stale_events >= 1)
+            trouble.refuse, trouble.rest_status = True, 429
+            trouble.drop()
+            assert await until(lambda: sick.rest_rate_limited >= 1)
+            # The others published all along: several prices each since.
+            assert await until(lambda: all(body(table, CASES[n][0])["seq"] > seq0[n] + 10
+                                           for n in others))
+            publisher.check()
+            return ({n: c.health() for n, c in conns.items()},
+                    {n: body(table, CASES[n][0]) for n in CASES}, publisher.health())
+        finally:
+            await stop_all(task, fakes)
+
+    health, bodies, published = asyncio.run(scenario())
+    assert health[name]["bad_messages"] >= 1 and health[name]["stale_events"] >= 1
+    for n in CASES:
+        if n == name:
+            continue
+        h = health[n]
+        assert (h["state"], h["reconnects"], h["stale_events"], h["bad_messages"],
+                h["rest_errors"]) == ("connected", 0, 0, 0, 0), (n, h)
+        assert (bodies[n]["source"], bodies[n]["stale"]) == (n, False)
+        assert bodies[n]["price"] == float(CASES[n][1])
+        assert published["sources"][n]["stale"] is False
