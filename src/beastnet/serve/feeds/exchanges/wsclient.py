@@ -102,6 +102,29 @@ class _WebsocketsStream(WsStream):
         self._ws.transport.abort()
 
 
+_OPTIONS: Optional[dict[str, Any]] = None
+
+
+def _aiohttp_options() -> dict[str, Any]:
+    """ws_connect's options that moved between the aiohttp versions the
+    package allows (>= 3.9): no receive timeout (the watchdog is ours), a
+    1 s close, text frames as bytes where it can (orjson parses bytes; no
+    UTF-8 decode into a str first)."""
+    global _OPTIONS
+    if _OPTIONS is None:
+        import inspect
+
+        import aiohttp
+        params = inspect.signature(aiohttp.ClientSession.ws_connect).parameters
+        timeout_cls = getattr(aiohttp, "ClientWSTimeout", None)
+        options: dict[str, Any] = {
+            "timeout": 1.0 if timeout_cls is None else timeout_cls(ws_receive=None, ws_close=1.0)}
+        if "decode_text" in params:
+            options["decode_text"] = False
+        _OPTIONS = options
+    return _OPTIONS
+
+
 async def open_stream(url: str, client: str = "aiohttp", open_timeout_s: float = 10.0) -> WsStream:
     """Connect (TCP, TLS, WebSocket handshake) within `open_timeout_s`: no
     compression, no client pings of the protocol (the exchange's own
@@ -113,9 +136,7 @@ async def open_stream(url: str, client: str = "aiohttp", open_timeout_s: float =
         try:
             ws = await asyncio.wait_for(session.ws_connect(
                 url, autoping=True, heartbeat=None, compress=0, max_msg_size=MAX_MESSAGE,
-                decode_text=False, timeout=aiohttp.ClientWSTimeout(ws_receive=None,
-                                                                   ws_close=1.0)),
-                open_timeout_s)
+                **_aiohttp_options()), open_timeout_s)
         except BaseException:
             await session.close()
             raise
