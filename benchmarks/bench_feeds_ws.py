@@ -21,6 +21,10 @@ the default):
   websockets+direct  the `websockets` client, the publisher called in the reader task
   aiohttp+queue      aiohttp's client, through the queue
   aiohttp+direct     aiohttp's client, the publisher in the reader task (the default)
+  picows+direct      (--picows) picows behind the same read() interface (a deque and a
+                     future: one task wake-up per read, as aiohttp)
+  picows+callback    (--picows) picows calling on_message from its frame callback: no
+                     coroutine wake-up per read at all (an experiment, not in the package)
 The machine is shared: compare arms of one run, not runs.
 """
 from __future__ import annotations
@@ -131,6 +135,97 @@ async def pusher(base_ns: int) -> None:
 
 # -- the feed's process ------------------------------------------------------------------
 
+class PicowsStream:
+    """picows behind WsStream's interface, for the picows arms (an
+    experiment: picows is not a dependency of beastnet)."""
+
+    def __init__(self) -> None:
+        from collections import deque
+        self.buf: Any = deque()
+        self.waiter: Optional[asyncio.Future] = None
+        self.closed = False
+        self.transport: Any = None
+        self.callback: Any = None             # picows+callback: on_message(raw) -> reply
+
+    def wake(self) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    async def read(self) -> Optional[bytes]:
+        while True:
+            if self.buf:
+                return self.buf.popleft()
+            if self.closed:
+                return None
+            self.waiter = asyncio.get_running_loop().create_future()
+            await self.waiter
+
+    async def send(self, text: str) -> None:
+        from picows import WSMsgType
+        self.transport.send(WSMsgType.TEXT, text.encode())
+
+    async def close(self) -> None:
+        self.transport.send_close()
+        self.transport.disconnect()
+
+    def abort(self) -> None:
+        self.transport.underlying_transport.abort()
+
+    async def release(self) -> None:
+        pass
+
+
+async def open_picows(url: str, client: str = "picows", open_timeout_s: float = 10.0) -> Any:
+    from picows import WSListener, WSMsgType, ws_connect
+    stream = PicowsStream()
+    data_types = (WSMsgType.TEXT, WSMsgType.BINARY)
+
+    class Listener(WSListener):  # type: ignore[misc]
+        def on_ws_frame(self, transport: Any, frame: Any) -> None:
+            t = frame.msg_type
+            if t in data_types:
+                raw = frame.get_payload_as_bytes()
+                if stream.callback is not None:
+                    reply = stream.callback(raw)
+                    if reply is not None:
+                        transport.send(WSMsgType.TEXT, reply.encode())
+                    return
+                stream.buf.append(raw)
+                stream.wake()
+            elif t == WSMsgType.CLOSE:
+                transport.send_close(frame.get_close_code())
+                transport.disconnect()
+
+        def on_ws_disconnected(self, transport: Any) -> None:
+            stream.closed = True
+            stream.wake()
+
+    stream.transport, _ = await asyncio.wait_for(ws_connect(Listener, url), open_timeout_s)
+    return stream
+
+
+async def callback_session(conn: Any, ws: PicowsStream) -> bool:
+    """ExchangeConnection._session with on_message called from picows'
+    frame callback (the connection's bookkeeping as in _session)."""
+    conn.last_message = time.monotonic()
+    pinger = asyncio.ensure_future(conn.keepalive(ws))
+    subscriber = asyncio.ensure_future(conn.subscribe(ws))
+    first = asyncio.get_running_loop().create_future()
+
+    def take(raw: bytes) -> Optional[str]:
+        if not first.done():
+            first.set_result(None)
+            conn._live()
+        return conn.on_message(raw)
+    ws.callback = take
+    try:
+        await ws.transport.wait_disconnected()
+        return first.done()
+    finally:
+        for task in (subscriber, pinger):
+            task.cancel()
+
+
 class QueueHop(Feed):
     """The feed as main consumed it: iterated, each tick through its queue."""
 
@@ -151,7 +246,14 @@ async def run_arm(arm: str, port: int, child: Any, rate: int, seconds: float,
     settings = {n: {"ws_url": f"ws://127.0.0.1:{port}/ws/{n}",
                     "rest_url": "http://127.0.0.1:9", "connect_delay_s": 0.0,
                     "rest_interval_s": 3600.0} for n in NAMES}
-    feed = ExchangeFeed(routes=routes, assets=list(routes), settings=settings, ws_client=client)
+    if client == "picows":
+        from beastnet.serve.feeds.exchanges import connection
+        connection.open_stream = open_picows  # type: ignore[assignment]
+    feed = ExchangeFeed(routes=routes, assets=list(routes), settings=settings,
+                        ws_client="aiohttp" if client == "picows" else client)
+    if arm == "picows+callback":
+        for conn in feed.connections.values():
+            conn._session = (lambda c: lambda ws: callback_session(c, ws))(conn)  # type: ignore
     publisher = PricePublisher(ResponseTable(capacity=512), max_jump=0.2)   # serve's default
     stamps: list[tuple[int, str]] = []
     publish = publisher._publish
@@ -182,6 +284,9 @@ async def run_arm(arm: str, port: int, child: Any, rate: int, seconds: float,
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+        if client == "picows":
+            from beastnet.serve.feeds.exchanges import connection, wsclient
+            connection.open_stream = wsclient.open_stream  # type: ignore[assignment]
     lat = sorted(ns - base_ns - int(float(price)) * 1000 for ns, price in stamps[n0:])
     pick = (lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] / 1e3) if lat else \
         (lambda q: float("nan"))
@@ -202,6 +307,8 @@ async def bench(args: argparse.Namespace) -> None:
     try:
         port = int((await child.stdout.readline()).decode().split()[1])  # type: ignore[union-attr]
         arms = ARMS if args.compare else ["aiohttp+direct"]
+        if args.picows:
+            arms = arms + ["picows+direct", "picows+callback"]
         results: list[dict[str, Any]] = []
         for rnd in range(args.rounds):
             for rate in args.rates:
@@ -228,6 +335,10 @@ async def bench(args: argparse.Namespace) -> None:
                     xs = [r["per_cpu_s"] for r in results if r["rate"] == rate and r["arm"] == a]
                     ys = [r["per_cpu_s"] for r in results if r["rate"] == rate and r["arm"] == b]
                     return sorted(xs)[len(xs) // 2] / sorted(ys)[len(ys) // 2]
+                if args.picows:
+                    print(f"{rate:>6,}/s  picows+direct / aiohttp+direct "
+                          f"{ratio('picows+direct', 'aiohttp+direct'):.2f}x; picows+callback / "
+                          f"aiohttp+direct {ratio('picows+callback', 'aiohttp+direct'):.2f}x")
                 print(f"{rate:>6,}/s  aiohttp+direct / websockets+queue "
                       f"{ratio('aiohttp+direct', 'websockets+queue'):.2f}x msgs per CPU-s; "
                       f"aiohttp / websockets (direct) "
@@ -254,6 +365,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=5.0, help="push window per arm and rate")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--compare", action="store_true", help="all four arms, interleaved")
+    ap.add_argument("--picows", action="store_true",
+                    help="also the two picows arms (pip install picows)")
     args = ap.parse_args()
     args.rates = [int(x) for x in args.rates.split(",")]
     load = os.getloadavg()
