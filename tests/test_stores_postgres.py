@@ -12,7 +12,8 @@ import pytest
 
 from beastnet import APIKeyTable, api_key_id
 from beastnet.serve.keys import KeyStoreError, Tier
-from beastnet.serve.stores.postgres import MIGRATIONS, PostgresKeyStore, migrate, schema_version
+from beastnet.serve.stores.postgres import (MIGRATIONS, PostgresDatabase, PostgresKeyStore,
+                                            migrate, schema_version)
 from beastnet.serve.stores.sqlite import KeyStore
 from pg_support import postgres  # noqa: F401  (the fixture)
 from support import free_port, requires
@@ -185,3 +186,43 @@ def test_keys_command_on_postgres(postgres):  # noqa: F811
         assert store.list()[0]["revoked"]
     both = beastnet("keys", "--db", "x.db", *db, "list")
     assert both.returncode == 2 and "give one" in both.stderr
+
+
+class _ConnectionMidShutdown:
+    """A pooled connection that has read the server's FATAL (57P01) but not
+    yet its EOF: not closed, so the pool lends it, and asyncpg refuses its
+    next statement with InternalClientError (seen under load, when PostgreSQL
+    stopped while the connection sat idle)."""
+
+    async def fetch(self, *args, **kwargs):
+        import asyncpg
+        raise asyncpg.InternalClientError(
+            "cannot switch to state 11; another operation (2) is in progress")
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc):
+        return False
+
+
+class _PoolLendingIt:
+    def get_idle_size(self) -> int:
+        return 1
+
+    def acquire(self, timeout=None):
+        return _ConnectionMidShutdown()
+
+
+def test_a_connection_caught_mid_shutdown_is_the_database_down(postgres):  # noqa: F811
+    migrate(postgres.dsn)
+    with PostgresDatabase(postgres.dsn) as db:
+        assert db.run("SELECT 1")[0][0] == 1 and db.reachable
+        real_pool, db._pool = db._pool, _PoolLendingIt()
+        try:
+            with pytest.raises(KeyStoreError, match="another operation"):
+                db.run("SELECT 1", what="probe")
+            assert not db.reachable
+        finally:
+            db._pool = real_pool
+        assert db.run("SELECT 2")[0][0] == 2 and db.reachable

@@ -176,6 +176,22 @@ def _driver() -> Any:
     return asyncpg
 
 
+def _driver_errors() -> tuple[type[BaseException], ...]:
+    """What a statement on a pooled connection may raise when the database
+    goes away or refuses: the caller turns each into a KeyStoreError.
+
+    InternalClientError is among them: a server shutting down sends its
+    FATAL (57P01) before it closes the socket, and an idle pooled connection
+    that has read the one but not yet the other is not closed yet, so the
+    pool lends it out, and its next statement fails with "cannot switch to
+    state 11; another operation (2) is in progress".  Left out, that escaped
+    every handler and killed the usage flusher's thread (the node then never
+    saw the database down: the flaky test_database_down_mid_run...)."""
+    asyncpg = _driver()
+    return (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError,
+            asyncpg.InternalClientError)
+
+
 def _failed(exc: BaseException, dsn: str, what: str = "") -> KeyStoreError:
     from beastnet.serve.cluster import redacted_url
     detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -374,8 +390,7 @@ class PostgresDatabase:
             except asyncpg.UniqueViolationError:
                 self.failing = False
                 raise
-            except (OSError, asyncio.TimeoutError, asyncpg.PostgresError,
-                    asyncpg.InterfaceError) as exc:
+            except _driver_errors() as exc:
                 self.failing = _unreachable(exc)
                 raise _failed(exc, self.dsn, what) from None
             self.failing = False
@@ -384,9 +399,6 @@ class PostgresDatabase:
 
     def run_many(self, sql: str, rows: list[tuple], what: str = "") -> None:
         """One statement for each row, in one transaction (all or nothing)."""
-        asyncpg = _driver()
-        if self._pool is None:
-            self._reopen()
         if self._pool is None:
             self._reopen()
 
@@ -398,8 +410,7 @@ class PostgresDatabase:
                     self.queries += 1
                     async with conn.transaction():
                         await conn.executemany(sql, rows, timeout=self.timeout_s)
-            except (OSError, asyncio.TimeoutError, asyncpg.PostgresError,
-                    asyncpg.InterfaceError) as exc:
+            except _driver_errors() as exc:
                 self.failing = _unreachable(exc)
                 raise _failed(exc, self.dsn, what) from None
             self.failing = False

@@ -21,7 +21,8 @@ from datetime import datetime, timezone
 from typing import Any, Coroutine, Optional, TypeVar
 
 from beastnet.serve.keys import KeyStoreError
-from beastnet.serve.stores.postgres import _connect, _driver, _failed, _schema_version
+from beastnet.serve.stores.postgres import (_connect, _driver, _driver_errors, _failed,
+                                            _schema_version)
 from beastnet.serve.stores.usage_log import Totals, UsageRow
 
 __all__ = ["PARTITIONS_AHEAD", "USAGE_LOG_SCHEMA", "PostgresUsageLog"]
@@ -132,7 +133,6 @@ class PostgresUsageLog:
                                 f"{self.timeout_s * 2:g} s") from None
 
     async def _with_conn(self, work: Any, what: str) -> Any:
-        asyncpg = _driver()
         if self._pool is None:          # down at start (wait_for_it)
             async with self._opening:   # one opener, however many calls wait
                 if self._pool is None:
@@ -140,8 +140,7 @@ class PostgresUsageLog:
         try:
             async with self._pool.acquire(timeout=self.timeout_s) as conn:
                 return await work(conn)
-        except (OSError, asyncio.TimeoutError, asyncpg.PostgresError,
-                asyncpg.InterfaceError) as exc:
+        except _driver_errors() as exc:
             raise _failed(exc, self.dsn, what) from None
 
     def close(self) -> None:
