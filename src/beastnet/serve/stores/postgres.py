@@ -155,6 +155,18 @@ END $$;
 CREATE TRIGGER api_keys_notify AFTER INSERT OR UPDATE OR DELETE ON api_keys
     FOR EACH ROW EXECUTE FUNCTION notify_key_change();
 """),
+    # The usage log's batches are numbered per writer (one process's usage
+    # log), and a batch is applied only if its number is above the writer's
+    # last: a batch retried after its COMMIT went through unseen (the reply
+    # lost with the connection, or the wait for it timed out) is skipped,
+    # not counted twice (stores/usage_postgres.py).
+    (5, """
+CREATE TABLE usage_writers (
+    writer  TEXT PRIMARY KEY,                   -- a random ID per usage log (process start)
+    seq     BIGINT NOT NULL,                    -- the last batch it applied
+    seen_at TIMESTAMPTZ NOT NULL DEFAULT now()  -- trimmed with the usage log
+);
+"""),
 ]
 
 #: The channel `api_keys_notify` announces a changed key's ID on.

@@ -5,7 +5,9 @@ A batch goes in with COPY (asyncpg's copy_records_to_table, the binary
 protocol) into a temporary staging table, then one INSERT ... SELECT ... ON
 CONFLICT adds it to the stored counts: COPY alone cannot add to a row that
 exists, and a minute's row is written again by every batch of that minute.
-Both in one transaction, so a batch is all or nothing.  `method=
+Both in one transaction, so a batch is all or nothing; with a batch
+number, the same transaction first claims it in `usage_writers` (migration
+5), so a batch retried after a COMMIT whose answer was lost is skipped.  `method=
 "executemany"` writes the same upsert row by row (what the benchmark
 compares COPY with).
 
@@ -21,15 +23,16 @@ from datetime import datetime, timezone
 from typing import Any, Coroutine, Optional, TypeVar
 
 from beastnet.serve.keys import KeyStoreError
-from beastnet.serve.stores.postgres import (_connect, _driver, _driver_errors, _failed,
-                                            _schema_version)
+from beastnet.serve.stores.postgres import (_applied, _connect, _driver, _driver_errors,
+                                            _failed)
 from beastnet.serve.stores.usage_log import Totals, UsageRow
 
 __all__ = ["PARTITIONS_AHEAD", "USAGE_LOG_SCHEMA", "PostgresUsageLog"]
 
 T = TypeVar("T")
 
-USAGE_LOG_SCHEMA = 3            #: the schema version that added usage_log
+USAGE_LOG_SCHEMA = 5            #: the schema version that added usage_writers
+USAGE_LOG_VERSIONS = {3, 5}     #: the migrations the usage log needs (usage_log, usage_writers)
 PARTITIONS_AHEAD = 2            #: months created beyond the current one
 
 _STAGE = """
@@ -55,6 +58,12 @@ ON CONFLICT (minute, key, protocol, route) DO UPDATE SET
     admitted = u.admitted + excluded.admitted, refused = u.refused + excluded.refused,
     rate_limited = u.rate_limited + excluded.rate_limited,
     over_quota = u.over_quota + excluded.over_quota"""
+
+# The batch's number against its writer's last: a row back means apply it.
+_CLAIM = """
+INSERT INTO usage_writers AS w (writer, seq) VALUES ($1, $2)
+ON CONFLICT (writer) DO UPDATE SET seq = excluded.seq, seen_at = now() WHERE w.seq < excluded.seq
+RETURNING 1"""
 
 _SUMS = "sum(admitted), sum(refused), sum(rate_limited), sum(over_quota)"
 _BUCKETS = {60: "minute", 3600: "date_trunc('hour', minute)", 86400: "date_trunc('day', minute)"}
@@ -106,13 +115,13 @@ class PostgresUsageLog:
         asyncpg = _driver()
         conn = await _connect(self.dsn, self.timeout_s)
         try:
-            have = await _schema_version(conn)
+            have = await _applied(conn)
         finally:
             await conn.close()
-        if have < USAGE_LOG_SCHEMA:
-            raise KeyStoreError(f"database {self.path}: schema version {have}, the usage log "
-                                f"needs {USAGE_LOG_SCHEMA}: run `beastnet db migrate "
-                                f"--database URL`")
+        if not USAGE_LOG_VERSIONS <= have:      # versions land in any order (postgres.migrate)
+            raise KeyStoreError(f"database {self.path}: schema version {max(have, default=0)}, "
+                                f"the usage log needs {USAGE_LOG_SCHEMA}: run `beastnet db "
+                                f"migrate --database URL`")
 
         async def stage(conn: Any) -> None:     # each connection's own staging table
             await conn.execute(_STAGE)
@@ -180,24 +189,28 @@ class PostgresUsageLog:
 
     # -- UsageLogStore ---------------------------------------------------------------
 
-    def write(self, rows: list[UsageRow]) -> None:
+    def write(self, rows: list[UsageRow], batch: Optional[tuple[str, int]] = None) -> bool:
         if not rows:
-            return
+            return True
         records = [(r.key, _stamp(r.minute), r.protocol, r.route, r.admitted, r.refused,
                     r.rate_limited, r.over_quota) for r in rows]
         minutes = {r.minute - r.minute % 86400 for r in rows}
 
-        async def work(conn: Any) -> None:
+        async def work(conn: Any) -> bool:
             if not {(_stamp(m).year, _stamp(m).month) for m in minutes} <= self._months:
                 await self._ensure_partitions(conn, minutes)
             async with conn.transaction():
+                if batch is not None and await conn.fetchval(
+                        _CLAIM, batch[0], batch[1], timeout=self.timeout_s) is None:
+                    return False        # applied already: its COMMIT's answer was lost
                 if self.method == "copy":
                     await conn.copy_records_to_table("usage_stage", records=records,
                                                      timeout=self.timeout_s)
                     await conn.execute(_ADD.format(source="usage_stage"), timeout=self.timeout_s)
                 else:
                     await conn.executemany(_ADD_ONE, records, timeout=self.timeout_s)
-        self._call(self._with_conn(work, "usage log write failed"))
+            return True
+        return bool(self._call(self._with_conn(work, "usage log write failed")))
 
     def totals(self, key: Optional[str], start: int, end: int,
                bucket_s: Optional[int]) -> Totals:
@@ -252,6 +265,8 @@ class PostgresUsageLog:
                         self._months.discard((year, month))
                 status = await conn.execute("DELETE FROM usage_log WHERE minute < $1", cut)
                 removed += int(status.split()[-1])
+                # Writers not heard from since: processes long gone.
+                await conn.execute("DELETE FROM usage_writers WHERE seen_at < $1", cut)
             return removed
         return int(self._call(self._with_conn(work, "usage log trim failed")))
 
