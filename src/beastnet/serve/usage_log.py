@@ -312,12 +312,9 @@ class UsageLogComponent(Component):
             return []
         values = {**self.log.counters(), "lrs_requests": self.lrs_requests,
                   "usage_queue": self.log.queued()}
-        out = []
-        for counter in USAGE_LOG_COUNTERS:
-            suffix = "_total" if counter.kind == "counter" else ""
-            out.append(MetricFamily(f"beastnet_usage_log_{counter.name}{suffix}", counter.kind,
-                                    counter.help).add(values[counter.name]))
-        return out
+        # No "_total" here: render() gives counters theirs.
+        return [MetricFamily(f"beastnet_usage_log_{counter.name}", counter.kind, counter.help)
+                .add(values[counter.name]) for counter in USAGE_LOG_COUNTERS]
 
     def reconfigure(self, changes: Mapping[str, Any]) -> None:
         if "usage_flush_interval_s" in changes:
