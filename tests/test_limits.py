@@ -316,10 +316,10 @@ def test_flusher_thread_outlives_an_error_that_is_not_a_store_error(tmp_path):
         failures = [RuntimeError("cannot switch to state 11; another operation (2) is "
                                  "in progress")]
 
-        def add_usage(deltas, month):
+        def add_usage(deltas, month, batch=None):
             if failures:
                 raise failures.pop()
-            real_add_usage(deltas, month)
+            real_add_usage(deltas, month, batch)
         store.add_usage = add_usage  # type: ignore[method-assign]
         flusher = UsageFlusher(store, keys, interval_s=0.01).start()
         try:

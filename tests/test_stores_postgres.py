@@ -226,3 +226,38 @@ def test_a_connection_caught_mid_shutdown_is_the_database_down(postgres):  # noq
         finally:
             db._pool = real_pool
         assert db.run("SELECT 2")[0][0] == 2 and db.reachable
+
+
+def test_monthly_usage_flush_retried_after_a_lost_commit_answer_counts_once(postgres):  # noqa: F811
+    """The flusher keeps a failed flush as it is, under its number; the
+    store's one statement claims the number in usage_writers first, so the
+    retry of a flush that was applied (its answer lost) adds nothing."""
+    from beastnet.serve.keys import UsageFlusher
+    migrate(postgres.dsn)
+    with PostgresKeyStore(postgres.dsn, TIERS) as store:
+        key = store.add("pro", key="monthly-key-0123456789")      # burst 20: all admitted
+        store.add_usage({api_key_id(key): 5}, MONTH, ("writer-a", 1))
+        store.add_usage({api_key_id(key): 5}, MONTH, ("writer-a", 1))     # the same batch
+        store.add_usage({api_key_id(key): 2}, MONTH, ("writer-a", 2))
+        assert store.usage(key, MONTH) == 7
+        table = APIKeyTable()
+        store.sync_into(table)
+        real_add_usage, lost = store.add_usage, [1]
+
+        def add_usage(deltas, month, batch=None):
+            real_add_usage(deltas, month, batch)
+            if lost:                        # applied, then the answer is lost
+                lost.pop()
+                raise KeyStoreError("database: usage flush failed: connection was closed "
+                                    "in the middle of operation")
+        store.add_usage = add_usage  # type: ignore[method-assign]
+        flusher = UsageFlusher(store, table, interval_s=3600)       # flushed by hand here
+        before = store.usage(key)
+        for _ in range(6):
+            table.admit(key)
+        assert flusher.flush() == 0 and flusher.flush_errors == 1
+        for _ in range(4):
+            table.admit(key)                # after the failure: the next batch's
+        assert flusher.flush() == 6         # the kept batch, skipped by the store
+        assert store.usage(key) == before + 6
+        assert flusher.flush() == 4 and store.usage(key) == before + 10

@@ -566,16 +566,32 @@ class PostgresKeyStore(_OnPostgres):
                          (stored_key_id(key), month or current_month()))
         return int(rows[0][0]) if rows else 0
 
-    def add_usage(self, deltas: Mapping[str, int], month: str) -> None:
+    def add_usage(self, deltas: Mapping[str, int], month: str,
+                  batch: Optional[tuple[str, int]] = None) -> None:
         """Add request counts for `month`, all in one transaction (one
-        statement over arrays: one round trip whatever the number of keys)."""
+        statement over arrays: one round trip whatever the number of keys).
+        With `batch`, the same statement first claims its number in
+        usage_writers (migration 5) and adds nothing if it was taken."""
         rows = [(k, n) for k, n in deltas.items() if n]
-        if rows:
+        if not rows:
+            return
+        args: tuple = ([k for k, _ in rows], month, [n for _, n in rows])
+        if batch is None:
             self._run(
                 "INSERT INTO usage (key, month, count) "
                 "SELECT k, $2, n FROM unnest($1::text[], $3::bigint[]) AS t(k, n) "
                 "ON CONFLICT (key, month) DO UPDATE SET count = usage.count + excluded.count",
-                ([k for k, _ in rows], month, [n for _, n in rows]), what="usage flush failed")
+                args, what="usage flush failed")
+            return
+        self._run(
+            "WITH claim AS (INSERT INTO usage_writers AS w (writer, seq) VALUES ($4, $5) "
+            "ON CONFLICT (writer) DO UPDATE SET seq = excluded.seq, seen_at = now() "
+            "WHERE w.seq < excluded.seq RETURNING 1) "
+            "INSERT INTO usage (key, month, count) "
+            "SELECT k, $2, n FROM unnest($1::text[], $3::bigint[]) AS t(k, n) "
+            "WHERE EXISTS (SELECT 1 FROM claim) "
+            "ON CONFLICT (key, month) DO UPDATE SET count = usage.count + excluded.count",
+            (*args, batch[0], batch[1]), what="usage flush failed")
 
     def lookup(self, key_ids: List[str], month: Optional[str] = None) -> dict[str, tuple]:
         """The keys among `key_ids` (IDs) the database has, in one query:

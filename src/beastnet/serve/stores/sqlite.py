@@ -265,8 +265,11 @@ class KeyStore(_OnDatabase):
                          (stored_key_id(key), month or current_month()))
         return rows[0][0] if rows else 0
 
-    def add_usage(self, deltas: Mapping[str, int], month: str) -> None:
-        """Add request counts for `month`, all in one transaction."""
+    def add_usage(self, deltas: Mapping[str, int], month: str,
+                  batch: Optional[tuple[str, int]] = None) -> None:
+        """Add request counts for `month`, all in one transaction.  `batch`
+        is not needed here: a local SQLite COMMIT that raises did not happen,
+        so a retry cannot count twice (PostgreSQL's answer can be lost)."""
         rows = [(k, month, n) for k, n in deltas.items() if n]
         if rows:
             self.db.run_many(
