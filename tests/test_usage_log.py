@@ -146,6 +146,15 @@ def test_a_batch_is_applied_once_under_its_number(store):
     assert store.write([row], ("writer-a", 1)) is False        # an old one, later
     assert store.write([row]) is True                          # unnumbered: always applied
     assert stored(store) == {(api_key_id("alpha"), "http", "price"): [8, 4, 0, 0]}
+    if store.server is not None:        # PostgreSQL's row-by-row writer claims alike
+        from beastnet.serve.stores.usage_postgres import PostgresUsageLog
+        rowwise = PostgresUsageLog(store.server.dsn, method="executemany")
+        try:
+            assert rowwise.write([row], ("writer-a", 2)) is False
+            assert rowwise.write([row], ("writer-a", 3)) is True
+        finally:
+            rowwise.close()
+        assert stored(store) == {(api_key_id("alpha"), "http", "price"): [10, 5, 0, 0]}
 
 
 class _AnswerLost:

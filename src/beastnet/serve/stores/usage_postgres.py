@@ -52,6 +52,26 @@ ON CONFLICT (minute, key, protocol, route) DO UPDATE SET
     rate_limited = u.rate_limited + excluded.rate_limited,
     over_quota = u.over_quota + excluded.over_quota"""
 
+# The claim and the upsert in one statement (one round trip fewer a batch
+# than a claim of its own: 0.86x the unnumbered rate at 300 rows otherwise,
+# benchmarks/README.md).  A data-modifying CTE runs once, whatever reads it;
+# a batch whose number was taken upserts nothing ("INSERT 0 0"), any other
+# at least one row.
+_ADD_CLAIMED = """
+WITH claim AS (
+    INSERT INTO usage_writers AS w (writer, seq) VALUES ($1, $2)
+    ON CONFLICT (writer) DO UPDATE SET seq = excluded.seq, seen_at = now()
+    WHERE w.seq < excluded.seq RETURNING 1)
+INSERT INTO usage_log AS u (key, minute, protocol, route, admitted, refused, rate_limited,
+                            over_quota)
+SELECT key, minute, protocol, route, sum(admitted), sum(refused), sum(rate_limited),
+       sum(over_quota)
+FROM usage_stage WHERE EXISTS (SELECT 1 FROM claim) GROUP BY 1, 2, 3, 4
+ON CONFLICT (minute, key, protocol, route) DO UPDATE SET
+    admitted = u.admitted + excluded.admitted, refused = u.refused + excluded.refused,
+    rate_limited = u.rate_limited + excluded.rate_limited,
+    over_quota = u.over_quota + excluded.over_quota"""
+
 _ADD_ONE = """
 INSERT INTO usage_log AS u VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
 ON CONFLICT (minute, key, protocol, route) DO UPDATE SET
@@ -200,15 +220,20 @@ class PostgresUsageLog:
             if not {(_stamp(m).year, _stamp(m).month) for m in minutes} <= self._months:
                 await self._ensure_partitions(conn, minutes)
             async with conn.transaction():
-                if batch is not None and await conn.fetchval(
-                        _CLAIM, batch[0], batch[1], timeout=self.timeout_s) is None:
-                    return False        # applied already: its COMMIT's answer was lost
                 if self.method == "copy":
                     await conn.copy_records_to_table("usage_stage", records=records,
                                                      timeout=self.timeout_s)
-                    await conn.execute(_ADD.format(source="usage_stage"), timeout=self.timeout_s)
-                else:
-                    await conn.executemany(_ADD_ONE, records, timeout=self.timeout_s)
+                    if batch is None:
+                        await conn.execute(_ADD.format(source="usage_stage"),
+                                           timeout=self.timeout_s)
+                        return True
+                    status = await conn.execute(_ADD_CLAIMED, batch[0], batch[1],
+                                                timeout=self.timeout_s)
+                    return bool(status != "INSERT 0 0")   # 0: applied already
+                if batch is not None and await conn.fetchval(
+                        _CLAIM, batch[0], batch[1], timeout=self.timeout_s) is None:
+                    return False        # applied already: its COMMIT's answer was lost
+                await conn.executemany(_ADD_ONE, records, timeout=self.timeout_s)
             return True
         return bool(self._call(self._with_conn(work, "usage log write failed")))
 
