@@ -82,6 +82,8 @@ unanswered        counter  requests     Unauthorized or malformed requests left 
 rrl_dropped       counter  replies      Error replies withheld by response-rate limiting (nothing sent).
 rrl_slipped       counter  replies      Error replies response-rate limiting sent as the bare tag, without a body (the slip).
 stale_served      counter  requests     Hits answered with the entry's "stale":true variant because the control plane had not beaten for control_stall_s (also counted in hits). [snapshot]
+shed_public       counter  requests     Misses of shed-first tiers (public, pro, no key) the governor answered {"error":"overloaded"}: the queued misses were at its adaptive limit. [snapshot]
+shed_partner      counter  requests     Misses of shed-last keys (partners) the governor answered {"error":"overloaded"}: the queued misses were at its hard bound (adaptive_max_limit). [snapshot]
 """) + _TAIL
 
 #: Fields of bn_http_counters (includes/counters.h), one struct per HTTP worker thread.
@@ -134,6 +136,7 @@ ws_frames_out            counter  frames       Update and snapshot frames writte
 ws_superseded            counter  updates      Publications replaced by a newer one of the same symbol before the worker fanned them out.
 ws_conflated             counter  frames       Pending frames replaced by a newer one of the same symbol before they were written.
 ws_slow_closes           counter  connections  Connections closed because their output made no progress for stall_timeout_s.
+ws_reassembly_refused    counter  connections  Connections closed 1013 because their unfinished frames or fragmented messages would pass max_reassembly_bytes (all connections together).
 ws_frames_compressed     counter  frames       Of ws_frames_out, the compressed (permessage-deflate) frames.
 ws_bytes_saved           counter  bytes        Bytes those compressed frames were shorter than the plain ones.
 ws_messages_inflated     counter  messages     Compressed client messages inflated (permessage-deflate).

@@ -61,6 +61,8 @@ cdef extern from "counters.h" nogil:
         uint64_t rrl_dropped
         uint64_t rrl_slipped
         uint64_t stale_served
+        uint64_t shed_public
+        uint64_t shed_partner
         uint64_t eintr
         uint64_t unauthorized
         uint64_t rate_limited
@@ -118,6 +120,7 @@ cdef extern from "counters.h" nogil:
         uint64_t ws_superseded
         uint64_t ws_conflated
         uint64_t ws_slow_closes
+        uint64_t ws_reassembly_refused
         uint64_t ws_frames_compressed
         uint64_t ws_bytes_saved
         uint64_t ws_messages_inflated
