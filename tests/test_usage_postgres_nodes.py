@@ -165,10 +165,10 @@ def test_postgresql_sigterm_mid_run_is_reported_and_recovered(database, serve,  
     served = sum(node.http("GET", "/v1/BTC", {"X-API-Key": KEY})[0] == 200 for _ in range(10))
     wait_for(lambda: stored_admitted(database, KEY) == served, timeout=10,
              message="the first requests stored")
-    postmaster = int((database.data / "postmaster.pid").read_text().split()[0])
+    postmaster = database.pid
+    assert postmaster is not None
     os.kill(postmaster, signal.SIGTERM)
-    log = database.dir / "log"
-    wait_for(lambda: b"smart shutdown" in log.read_bytes(), timeout=10,
+    wait_for(lambda: b"smart shutdown" in database.log.read_bytes(), timeout=10,
              message="PostgreSQL to log its smart shutdown")
     served += sum(node.http("GET", "/v1/BTC", {"X-API-Key": KEY})[0] == 200 for _ in range(10))
     assert served == 20, "serving goes on"
@@ -185,7 +185,7 @@ def test_postgresql_sigterm_mid_run_is_reported_and_recovered(database, serve,  
     print(f"during the smart shutdown: report {status}, usage_log {stats['usage_log']}")
     assert node.terminate() == 0
     # The node's connections closed: the smart shutdown completes.
-    wait_for(lambda: not (database.data / "postmaster.pid").exists(), timeout=20,
+    wait_for(lambda: not database.running(), timeout=20,
              message="PostgreSQL to finish its smart shutdown once the node is gone")
     database.start()
     assert stored_admitted(database, KEY) == 20
