@@ -199,7 +199,8 @@ ws_deflate_cpu_ns        counter  nanoseconds  CPU time the table writers spent 
 USAGE_LOG_COUNTERS: tuple[Counter, ...] = _table("""
 rows_queued        counter  rows         Usage rows queued for the usage log store (one per key, minute, protocol and route). [snapshot]
 rows_written       counter  rows         Usage rows the usage log store took. [snapshot]
-batch_flush_errors counter  batches      Usage log batches the store refused (their rows queued again). [snapshot]
+batch_flush_errors counter  batches      Usage log batches the store refused (each kept and retried, under its number). [snapshot]
+batches_skipped    counter  batches      Retried usage log batches the store had applied already (their commit's answer was lost): not counted twice. [snapshot]
 bg_drop            counter  rows         Usage rows dropped because the usage log queue was full (the store is down or slow). [snapshot]
 lrs_requests       counter  requests     Usage report requests answered (public port and admin listener). [snapshot]
 usage_queue        gauge    rows         Usage rows waiting to be written.

@@ -13,7 +13,7 @@ import json
 import sqlite3
 import threading
 import time
-from typing import Any, Iterable, List, Mapping, Optional, TypeVar
+from typing import Any, Callable, Iterable, List, Mapping, Optional, TypeVar
 
 from beastnet import APIKeyTable
 from beastnet.serve.keys import (DEFAULT_TIERS, KeyStoreError, Tier, api_key_id, current_month,
@@ -22,6 +22,9 @@ from beastnet.serve.webhooks import SubscriptionRules, WebhookError, WebhookTier
 
 __all__ = ["Database", "DeliveryLogSQL", "KeyStore", "ParameterStore", "WebhookStore",
            "log_rows", "subscription_row"]
+
+
+_T = TypeVar("_T")
 
 
 class Database:
@@ -82,6 +85,17 @@ class Database:
     def run_many(self, sql: str, rows: list[tuple], what: str = "") -> None:
         """One statement for each row, all in one transaction: all or nothing."""
         self.run_steps([(sql, rows)], what)
+
+    def run_in_transaction(self, work: Callable[[sqlite3.Connection], _T],
+                           what: str = "") -> _T:
+        """`work(connection)` in one write transaction: all or nothing."""
+        with self._lock:
+            try:
+                with self._conn:
+                    self._conn.execute("BEGIN IMMEDIATE")
+                    return work(self._conn)
+            except sqlite3.DatabaseError as exc:
+                raise self._failed(exc, what) from exc
 
     def run_steps(self, steps: list[tuple[str, list[tuple]]], what: str = "") -> None:
         """Each statement for each of its rows, all in one transaction."""
@@ -251,8 +265,11 @@ class KeyStore(_OnDatabase):
                          (stored_key_id(key), month or current_month()))
         return rows[0][0] if rows else 0
 
-    def add_usage(self, deltas: Mapping[str, int], month: str) -> None:
-        """Add request counts for `month`, all in one transaction."""
+    def add_usage(self, deltas: Mapping[str, int], month: str,
+                  batch: Optional[tuple[str, int]] = None) -> None:
+        """Add request counts for `month`, all in one transaction.  `batch`
+        is not needed here: a local SQLite COMMIT that raises did not happen,
+        so a retry cannot count twice (PostgreSQL's answer can be lost)."""
         rows = [(k, month, n) for k, n in deltas.items() if n]
         if rows:
             self.db.run_many(
