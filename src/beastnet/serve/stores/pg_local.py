@@ -18,7 +18,7 @@ import socket
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 __all__ = ["LocalPostgres", "LocalPostgresError", "find_pg_tool"]
 
@@ -49,15 +49,16 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _as(user: Optional[pwd.struct_passwd]) -> Optional[Callable[[], None]]:
+def _as(user: Optional[pwd.struct_passwd]) -> dict[str, Any]:
+    """subprocess arguments that run the child as `user` (PostgreSQL refuses
+    root).  subprocess switches user and groups in its C child code, between
+    fork and exec; a preexec_fn would run Python there, which can deadlock
+    in a process with threads (a lock held by another thread at the fork:
+    seen as an initdb that never started, in a test process whose usage-log
+    threads were running)."""
     if user is None:
-        return None
-
-    def drop() -> None:
-        os.setgid(user.pw_gid)
-        os.setgroups([])
-        os.setuid(user.pw_uid)
-    return drop
+        return {}
+    return {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
 
 
 class LocalPostgres:
@@ -100,7 +101,7 @@ class LocalPostgres:
     def _run(self, *args: str) -> None:
         try:
             run = subprocess.run(list(args), capture_output=True, text=True,
-                                 timeout=START_TIMEOUT_S + 30, preexec_fn=_as(self.user),
+                                 timeout=START_TIMEOUT_S + 30, **_as(self.user),
                                  cwd=self.dir)
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise LocalPostgresError(f"{Path(args[0]).name}: {exc}") from None
