@@ -24,13 +24,10 @@ import threading
 import time
 from typing import Any, Callable, Coroutine, Iterable, List, Mapping, Optional, TypeVar
 
-from beastnet import APIKeyTable
-from beastnet.serve.keycache import set_key_row
 # The SQLite store's columns, in its order: rows read back the same way.
 from beastnet.serve.stores.sqlite import _COLUMNS as _SUB_COLUMNS
-from beastnet.serve.stores.sqlite import DeliveryLogSQL, _OnDatabase, subscription_row
-from beastnet.serve.keys import (DEFAULT_TIERS, KeyStoreError, Tier, current_month, key_prefix,
-                                 new_key_row, stored_key_id)
+from beastnet.serve.stores.sqlite import DeliveryLogSQL, KeySQL, _OnDatabase, subscription_row
+from beastnet.serve.keys import DEFAULT_TIERS, KeyStoreError, Tier, current_month
 from beastnet.serve.webhooks import SubscriptionRules, WebhookError, WebhookTier
 
 __all__ = ["KEYS_CHANNEL", "MIGRATIONS", "PostgresDatabase", "PostgresKeyStore",
@@ -465,6 +462,11 @@ class PostgresDatabase:
         self.close()
 
 
+def _dollar(n: int) -> str:
+    """PostgreSQL's n-th (1-based) statement argument."""
+    return f"${n}"
+
+
 class _OnPostgres(_OnDatabase):
     """A store on a `PostgresDatabase`: given a URL, one of its own (closed
     with the store); given a `PostgresDatabase`, a shared one."""
@@ -473,75 +475,27 @@ class _OnPostgres(_OnDatabase):
     db: PostgresDatabase
 
 
-class PostgresKeyStore(_OnPostgres):
+class PostgresKeyStore(KeySQL, _OnPostgres):
     """The `Keys` interface on PostgreSQL; `db` a postgresql:// URL or a
-    shared `PostgresDatabase`."""
+    shared `PostgresDatabase`.  The statements are the SQLite store's
+    (`KeySQL`); usage is added over arrays, and a batch can be looked up."""
 
     def __init__(self, db: "PostgresDatabase | str", tiers: Optional[Mapping[str, Tier]] = None,
                  timeout_s: float = 5.0) -> None:
         self._use(db, timeout_s)
         self.tiers = dict(tiers or DEFAULT_TIERS)
 
+    _arg = staticmethod(_dollar)
+
     def _run(self, sql: str, args: Iterable = (), what: str = "") -> list[Any]:
         return self.db.run(sql, args, what)
 
-    def _tier(self, name: str) -> Tier:
+    def _insert_new(self, sql: str, args: tuple) -> bool:
         try:
-            return self.tiers[name]
-        except KeyError:
-            raise KeyStoreError(f"unknown tier {name!r} (known: {', '.join(self.tiers)}; define "
-                                f"others under [tiers.NAME] in a --config file)") from None
-
-    # -- keys ------------------------------------------------------------------------
-
-    def add(self, tier: str = "public", key: Optional[str] = None, label: str = "",
-            prefix: Optional[str] = None) -> str:
-        """Create a key (a random one unless given) and return it; only its
-        ID and prefix are stored.  Given an ID, that ID (and `prefix`)."""
-        asyncpg = _driver()
-        self._tier(tier)
-        key, kid, prefix = new_key_row(key, prefix)
-        try:
-            self._run("INSERT INTO api_keys (key, prefix, tier, label, created_at) "
-                      "VALUES ($1, $2, $3, $4, $5)", (kid, prefix, tier, label, time.time()))
-        except asyncpg.UniqueViolationError:
-            raise KeyStoreError(f"key {prefix} exists already") from None
-        return key
-
-    def revoke(self, key: str) -> None:
-        """Revoke a key, named by itself or by its ID."""
-        if not self._run("UPDATE api_keys SET revoked_at = $1 WHERE key = $2 "
-                         "AND revoked_at IS NULL RETURNING key", (time.time(), stored_key_id(key))):
-            raise KeyStoreError(f"no active key {key_prefix(key)}")
-
-    def set_tier(self, key: str, tier: str) -> None:
-        self._tier(tier)
-        if not self._run("UPDATE api_keys SET tier = $1 WHERE key = $2 RETURNING key",
-                         (tier, stored_key_id(key))):
-            raise KeyStoreError(f"no key {key_prefix(key)}")
-
-    def list(self, month: Optional[str] = None) -> list[dict]:
-        """Every key with its tier, state and usage this month."""
-        rows = self._run(
-            "SELECT k.key, k.prefix, k.tier, k.label, k.created_at, k.revoked_at, "
-            "COALESCE(u.count, 0) FROM api_keys k "
-            "LEFT JOIN usage u ON u.key = k.key AND u.month = $1 "
-            "ORDER BY k.created_at", (month or current_month(),))
-        return [{"key": r[0], "prefix": r[1], "tier": r[2], "label": r[3], "created_at": r[4],
-                 "revoked": r[5] is not None, "month_count": int(r[6])} for r in rows]
-
-    def unknown_tiers(self) -> dict[str, int]:
-        """Active keys whose tier this store does not know, counted by tier."""
-        counts: dict[str, int] = {}
-        for (tier,) in self._run("SELECT tier FROM api_keys WHERE revoked_at IS NULL"):
-            if tier not in self.tiers:
-                counts[tier] = counts.get(tier, 0) + 1
-        return counts
-
-    def usage(self, key: str, month: Optional[str] = None) -> int:
-        rows = self._run("SELECT count FROM usage WHERE key = $1 AND month = $2",
-                         (stored_key_id(key), month or current_month()))
-        return int(rows[0][0]) if rows else 0
+            self._run(sql, args)
+        except _driver().UniqueViolationError:
+            return False
+        return True
 
     def add_usage(self, deltas: Mapping[str, int], month: str) -> None:
         """Add request counts for `month`, all in one transaction (one
@@ -561,25 +515,13 @@ class PostgresKeyStore(_OnPostgres):
         costs one query a batch, never one a request."""
         rows = self._run(
             "SELECT k.key, k.tier, k.revoked_at IS NOT NULL, COALESCE(u.count, 0) "
-            "FROM api_keys k LEFT JOIN usage u ON u.key = k.key AND u.month = $2 "
-            "WHERE k.key = ANY($1::text[])", (key_ids, month or current_month()),
-            what="key lookup failed")
+            f"{self._month_join(2)} WHERE k.key = ANY($1::text[])",
+            (key_ids, month or current_month()), what="key lookup failed")
         return {r[0]: (r[1], bool(r[2]), int(r[3])) for r in rows}
 
     def version(self) -> tuple[int, ...]:
         """Changes whenever a key is added, re-tiered or revoked, by any client."""
         return (int(self._run("SELECT value FROM keys_version")[0][0]),)
-
-    def sync_into(self, api_keys: APIKeyTable, month: Optional[str] = None) -> int:
-        """Make `api_keys` match the store: limits per tier, revocations, and
-        each key's count for the month.  Returns the number of active keys."""
-        rows = self._run(
-            "SELECT k.key, k.tier, k.revoked_at, COALESCE(u.count, 0) FROM api_keys k "
-            "LEFT JOIN usage u ON u.key = k.key AND u.month = $1", (month or current_month(),))
-        return sum(set_key_row(api_keys, self.tiers, key, tier, revoked_at is not None,
-                               int(count)) for key, tier, revoked_at, count in rows)
-
-
 
 
 class PostgresWebhookStore(DeliveryLogSQL, SubscriptionRules, _OnPostgres):
@@ -660,10 +602,7 @@ class PostgresWebhookStore(DeliveryLogSQL, SubscriptionRules, _OnPostgres):
     # -- delivery log: DeliveryLogSQL ------------------------------------------------------
 
     _ORDER = "seq"
-
-    @staticmethod
-    def _arg(n: int) -> str:
-        return f"${n}"
+    _arg = staticmethod(_dollar)
 
     def _log_args(self, rows: List[tuple]) -> List[tuple]:
         # asyncpg encodes by the column's type: a 2 (not 2.0) for a float
