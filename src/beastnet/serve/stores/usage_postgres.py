@@ -174,11 +174,6 @@ class PostgresUsageLog:
                 f"usage_log FOR VALUES FROM ('{start.isoformat()}') TO ('{end.isoformat()}')")
             self._months.add((year, month))
 
-    def ensure_partitions(self, minute: int) -> None:
-        """The month of `minute` and the next PARTITIONS_AHEAD exist afterwards."""
-        self._call(self._with_conn(lambda conn: self._ensure_partitions(conn, {minute}),
-                                   "creating partitions failed"))
-
     # -- UsageLogStore ---------------------------------------------------------------
 
     def write(self, rows: list[UsageRow]) -> None:
