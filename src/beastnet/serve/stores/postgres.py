@@ -30,7 +30,7 @@ from beastnet.serve.stores.sqlite import DeliveryLogSQL, KeySQL, _OnDatabase, su
 from beastnet.serve.keys import DEFAULT_TIERS, KeyStoreError, Tier, current_month
 from beastnet.serve.webhooks import SubscriptionRules, WebhookError, WebhookTier
 
-__all__ = ["KEYS_CHANNEL", "MIGRATIONS", "PostgresDatabase", "PostgresKeyStore",
+__all__ = ["KEYS_CHANNEL", "MIGRATIONS", "PoolOnLoop", "PostgresDatabase", "PostgresKeyStore",
            "PostgresParameterStore", "PostgresWebhookStore", "migrate", "schema_version"]
 
 T = TypeVar("T")
@@ -252,7 +252,66 @@ def migrate(dsn: str, timeout_s: float = 5.0) -> list[int]:
     return _run_once(run())
 
 
-class PostgresDatabase:
+class PoolOnLoop:
+    """An asyncpg pool on an event loop in a thread of its own, for callers
+    that block (base.py says why): the stores' `PostgresDatabase` and the
+    usage log's `PostgresUsageLog` (usage_postgres.py) are each one.  `call`
+    runs a coroutine there and waits for it."""
+
+    def _start_loop(self, dsn: str, timeout_s: float, thread_name: str) -> None:
+        from beastnet.serve.cluster import redacted_url
+        self.dsn = dsn
+        self.path = redacted_url(dsn)
+        self.timeout_s = timeout_s
+        self._pool: Any = None
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name=thread_name,
+                                        daemon=True)
+        self._thread.start()
+
+    def _open_first(self, opening: Coroutine[Any, Any, Any],
+                    wait_for_it: bool) -> Optional[KeyStoreError]:
+        """Open the pool at start.  With `wait_for_it` a database out of
+        reach is returned (the caller tries again later), not raised; a wrong
+        schema is raised either way, the loop closed."""
+        try:
+            self._pool = self.call(opening)
+        except KeyStoreError as exc:
+            if not wait_for_it or "schema version" in str(exc):
+                self.close()
+                raise
+            return exc
+        except BaseException:
+            self.close()
+            raise
+        return None
+
+    def call(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run `coro` on the loop and wait for it (timeout_s, plus the
+        pool's own wait for a connection)."""
+        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        try:
+            return future.result(self.timeout_s * 2)
+        except TimeoutError:
+            future.cancel()
+            raise KeyStoreError(f"database {self.path}: no answer in "
+                                f"{self.timeout_s * 2:g} s") from None
+
+    def close(self) -> None:
+        if self._pool is not None:
+            try:
+                self.call(self._pool.close())
+            except KeyStoreError:
+                self._pool.terminate()
+            self._pool = None
+        if self._loop.is_running():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(5.0)
+        if not self._loop.is_running() and not self._loop.is_closed():
+            self._loop.close()
+
+
+class PostgresDatabase(PoolOnLoop):
     """One PostgreSQL database for the stores on it: one asyncpg pool on a
     loop thread of its own (the stores' callers block; base.py says why),
     shared as the SQLite stores share one `Database`.  Raises KeyStoreError
@@ -271,34 +330,18 @@ class PostgresDatabase:
         error; `down` holds why, and each call tries again (at most once a
         `REOPEN_EVERY_S`) until it answers.  A wrong schema is an error
         either way."""
-        from beastnet.serve.cluster import redacted_url
-        self.dsn = dsn
-        self.path = redacted_url(dsn)
-        self.timeout_s = timeout_s
         self.pool_size = pool_size
         self.queries = 0
         self.wait_count = 0
         self.failing = False            # the last statement could not reach the database
-        self.down: Optional[KeyStoreError] = None     # why the database is not open yet
         self._next_open = 0.0
         self._open_lock = threading.Lock()        # one reopen at a time, whoever calls
         self._listener: Any = None
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever,
-                                        name="beastnet-postgres", daemon=True)
-        self._thread.start()
-        self._pool: Any = None
-        try:
-            self._pool = self.call(self._open(pool_size))
-        except KeyStoreError as exc:
-            if not wait_for_it or "schema version" in str(exc):
-                self.close()
-                raise
-            self.down = exc
+        self._start_loop(dsn, timeout_s, "beastnet-postgres")
+        #: why the database is not open yet
+        self.down: Optional[KeyStoreError] = self._open_first(self._open(pool_size), wait_for_it)
+        if self.down is not None:
             self._next_open = time.monotonic() + self.REOPEN_EVERY_S
-        except BaseException:
-            self.close()
-            raise
 
     REOPEN_EVERY_S = 1.0
 
@@ -342,33 +385,24 @@ class PostgresDatabase:
         except (OSError, asyncio.TimeoutError, asyncpg.PostgresError) as exc:
             raise _failed(exc, self.dsn, "cannot connect") from None
 
-    def call(self, coro: Coroutine[Any, Any, T]) -> T:
-        """Run `coro` on the database's loop and wait for it (timeout_s, plus
-        the pool's own wait for a connection)."""
-        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
-        try:
-            return future.result(self.timeout_s * 2)
-        except TimeoutError:
-            future.cancel()
-            raise KeyStoreError(f"database {self.path}: no answer in "
-                                f"{self.timeout_s * 2:g} s") from None
-
-    def run(self, sql: str, args: Iterable = (), what: str = "") -> list[Any]:
-        """One statement; its rows.  UniqueViolationError passes through (the
-        callers name what exists already); every other failure is a
-        KeyStoreError."""
+    def _statement(self, work: Callable[[Any], Coroutine[Any, Any, T]], what: str,
+                   unique_passes: bool = False) -> T:
+        """`work(conn)` on a pooled connection, counted (queries, waits) and
+        judged (`failing`); a failure becomes a KeyStoreError, except a
+        UniqueViolationError when `unique_passes`."""
         asyncpg = _driver()
         if self._pool is None:
             self._reopen()
+        passing = (asyncpg.UniqueViolationError,) if unique_passes else ()
 
-        async def run() -> list[Any]:
+        async def run() -> T:
             if self._pool.get_idle_size() == 0:
                 self.wait_count += 1
             try:
                 async with self._pool.acquire(timeout=self.timeout_s) as conn:
                     self.queries += 1
-                    rows = list(await conn.fetch(sql, *args, timeout=self.timeout_s))
-            except asyncpg.UniqueViolationError:
+                    out = await work(conn)
+            except passing:
                 self.failing = False
                 raise
             except (OSError, asyncio.TimeoutError, asyncpg.PostgresError,
@@ -376,31 +410,23 @@ class PostgresDatabase:
                 self.failing = _unreachable(exc)
                 raise _failed(exc, self.dsn, what) from None
             self.failing = False
-            return rows
+            return out
         return self.call(run())
+
+    def run(self, sql: str, args: Iterable = (), what: str = "") -> list[Any]:
+        """One statement; its rows.  UniqueViolationError passes through (the
+        callers name what exists already); every other failure is a
+        KeyStoreError."""
+        async def fetch(conn: Any) -> list[Any]:
+            return list(await conn.fetch(sql, *args, timeout=self.timeout_s))
+        return self._statement(fetch, what, unique_passes=True)
 
     def run_many(self, sql: str, rows: list[tuple], what: str = "") -> None:
         """One statement for each row, in one transaction (all or nothing)."""
-        asyncpg = _driver()
-        if self._pool is None:
-            self._reopen()
-        if self._pool is None:
-            self._reopen()
-
-        async def run() -> None:
-            if self._pool.get_idle_size() == 0:
-                self.wait_count += 1
-            try:
-                async with self._pool.acquire(timeout=self.timeout_s) as conn:
-                    self.queries += 1
-                    async with conn.transaction():
-                        await conn.executemany(sql, rows, timeout=self.timeout_s)
-            except (OSError, asyncio.TimeoutError, asyncpg.PostgresError,
-                    asyncpg.InterfaceError) as exc:
-                self.failing = _unreachable(exc)
-                raise _failed(exc, self.dsn, what) from None
-            self.failing = False
-        self.call(run())
+        async def execute(conn: Any) -> None:
+            async with conn.transaction():
+                await conn.executemany(sql, rows, timeout=self.timeout_s)
+        self._statement(execute, what)
 
     @property
     def reachable(self) -> bool:
@@ -443,17 +469,7 @@ class PostgresDatabase:
     def close(self) -> None:
         if self._loop.is_running():
             self.stop_listening()
-        if self._pool is not None:
-            try:
-                self.call(self._pool.close())
-            except KeyStoreError:
-                self._pool.terminate()
-            self._pool = None
-        if self._loop.is_running():
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(5.0)
-        if not self._loop.is_running() and not self._loop.is_closed():
-            self._loop.close()
+        super().close()
 
     def __enter__(self) -> "PostgresDatabase":
         return self
