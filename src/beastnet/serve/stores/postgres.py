@@ -286,6 +286,26 @@ class PoolOnLoop:
             raise
         return None
 
+    async def _open_pool(self, check: Callable[[set[int]], None], pool_size: int,
+                         init: Optional[Callable[[Any], Coroutine[Any, Any, None]]] = None) -> Any:
+        """The pool, once `check` (KeyStoreError if not) passes the migrations
+        the database has applied, read on a connection of its own."""
+        asyncpg = _driver()
+        conn = await _connect(self.dsn, self.timeout_s)
+        try:
+            applied = await _applied(conn)
+        finally:
+            await conn.close()
+        check(applied)
+        try:
+            # min_size=0: connections are opened when asked for; a floor
+            # would make asyncpg reconnect in the background while the
+            # database is down, logging a traceback each time.
+            return await asyncpg.create_pool(self.dsn, min_size=0, max_size=pool_size,
+                                             timeout=self.timeout_s, init=init)
+        except (OSError, asyncio.TimeoutError, asyncpg.PostgresError) as exc:
+            raise _failed(exc, self.dsn, "cannot connect") from None
+
     def call(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run `coro` on the loop and wait for it (timeout_s, plus the
         pool's own wait for a connection)."""
@@ -362,12 +382,9 @@ class PostgresDatabase(PoolOnLoop):
             self.down = None
 
     async def _open(self, pool_size: int) -> Any:
-        asyncpg = _driver()
-        conn = await _connect(self.dsn, self.timeout_s)
-        try:
-            have = await _applied(conn)
-        finally:
-            await conn.close()
+        return await self._open_pool(self._check_schema, pool_size)
+
+    def _check_schema(self, have: set[int]) -> None:
         need = {version for version, _ in MIGRATIONS}
         if not need <= have:
             raise KeyStoreError(
@@ -376,14 +393,6 @@ class PostgresDatabase(PoolOnLoop):
         if max(have, default=0) > max(need):
             raise KeyStoreError(f"database {self.path}: schema version {max(have)}, this "
                                 f"beastnet knows {max(need)}: it was migrated by a newer beastnet")
-        try:
-            # min_size=0: connections are opened when asked for; a floor
-            # would make asyncpg reconnect in the background while the
-            # database is down, logging a traceback each time.
-            return await asyncpg.create_pool(self.dsn, min_size=0, max_size=pool_size,
-                                             timeout=self.timeout_s)
-        except (OSError, asyncio.TimeoutError, asyncpg.PostgresError) as exc:
-            raise _failed(exc, self.dsn, "cannot connect") from None
 
     def _statement(self, work: Callable[[Any], Coroutine[Any, Any, T]], what: str,
                    unique_passes: bool = False) -> T:

@@ -13,7 +13,7 @@ import json
 import sqlite3
 import threading
 import time
-from typing import Any, Iterable, List, Mapping, Optional, TypeVar
+from typing import Any, Callable, Iterable, List, Mapping, Optional, TypeVar
 
 from beastnet import APIKeyTable
 from beastnet.serve.keycache import set_key_row
@@ -112,6 +112,20 @@ class _OnDatabase:
         self._owns_db = isinstance(db, str)
         self.db = (self._DATABASE or Database)(db, timeout_s) if isinstance(db, str) else db
         self.path = self.db.path
+
+    def _use_tables(self, db: Any, timeout_s: float, schema: str,
+                    migrate: Optional[Callable[[], None]] = None) -> None:
+        """`_use`, then create the store's tables where missing and run
+        `migrate` (an older file's upgrade); on any failure, close what was
+        opened before raising."""
+        self._use(db, timeout_s)
+        try:
+            self.db.script(schema)
+            if migrate is not None:
+                migrate()
+        except BaseException:
+            self.close()
+            raise
 
     def close(self) -> None:
         if self._owns_db:
@@ -258,14 +272,8 @@ class KeyStore(KeySQL, _OnDatabase):
 
     def __init__(self, db: "Database | str", tiers: Optional[Mapping[str, Tier]] = None,
                  timeout_s: float = 5.0) -> None:
-        self._use(db, timeout_s)
         self.tiers = dict(tiers or DEFAULT_TIERS)
-        try:
-            self.db.script(_KEYS_SCHEMA)
-            self._hash_plaintext_keys()
-        except KeyStoreError:
-            self.close()
-            raise
+        self._use_tables(db, timeout_s, _KEYS_SCHEMA, self._hash_plaintext_keys)
 
     def _hash_plaintext_keys(self) -> None:
         """Migrate a store from before keys were hashed: each key (and its
@@ -440,14 +448,8 @@ class WebhookStore(DeliveryLogSQL, SubscriptionRules, _OnDatabase):
         super().__init__(tiers, assets, allow_private)
         self._own_changes = 0
         try:
-            self._use(db, timeout_s)
+            self._use_tables(db, timeout_s, _WEBHOOKS_SCHEMA, self._add_log_columns)
         except KeyStoreError as exc:
-            raise WebhookError(str(exc)) from None
-        try:
-            self.db.script(_WEBHOOKS_SCHEMA)
-            self._add_log_columns()
-        except KeyStoreError as exc:
-            self.close()
             raise WebhookError(str(exc)) from None
 
     def _add_log_columns(self) -> None:
@@ -559,12 +561,7 @@ class ParameterStore(_OnDatabase):
     interface): a switch on this server outlives its restart."""
 
     def __init__(self, db: "Database | str", timeout_s: float = 5.0) -> None:
-        self._use(db, timeout_s)
-        try:
-            self.db.script(_PARAMETERS_SCHEMA)
-        except KeyStoreError:
-            self.close()
-            raise
+        self._use_tables(db, timeout_s, _PARAMETERS_SCHEMA)
 
     def profile(self) -> Optional[str]:
         rows = self.db.run("SELECT name FROM live_profile WHERE id = 1")

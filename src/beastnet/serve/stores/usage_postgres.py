@@ -20,8 +20,7 @@ from datetime import datetime, timezone
 from typing import Any, Optional
 
 from beastnet.serve.keys import KeyStoreError
-from beastnet.serve.stores.postgres import (PoolOnLoop, _connect, _driver, _failed,
-                                            _schema_version)
+from beastnet.serve.stores.postgres import PoolOnLoop, _driver, _failed
 from beastnet.serve.stores.usage_log import Totals, UsageRow
 
 __all__ = ["PARTITIONS_AHEAD", "USAGE_LOG_SCHEMA", "PostgresUsageLog"]
@@ -84,25 +83,16 @@ class PostgresUsageLog(PoolOnLoop):
         self._open_first(self._open(pool_size), wait_for_it)    # else each write tries again
 
     async def _open(self, pool_size: int) -> Any:
-        asyncpg = _driver()
-        conn = await _connect(self.dsn, self.timeout_s)
-        try:
-            have = await _schema_version(conn)
-        finally:
-            await conn.close()
+        async def stage(conn: Any) -> None:     # each connection's own staging table
+            await conn.execute(_STAGE)
+        return await self._open_pool(self._check_schema, pool_size, init=stage)
+
+    def _check_schema(self, applied: set[int]) -> None:
+        have = max(applied, default=0)
         if have < USAGE_LOG_SCHEMA:
             raise KeyStoreError(f"database {self.path}: schema version {have}, the usage log "
                                 f"needs {USAGE_LOG_SCHEMA}: run `beastnet db migrate "
                                 f"--database URL`")
-
-        async def stage(conn: Any) -> None:     # each connection's own staging table
-            await conn.execute(_STAGE)
-        try:
-            # min_size 0: no connection floor to restore (and log) while the database is down.
-            return await asyncpg.create_pool(self.dsn, min_size=0, max_size=pool_size,
-                                             timeout=self.timeout_s, init=stage)
-        except (OSError, asyncio.TimeoutError, asyncpg.PostgresError) as exc:
-            raise _failed(exc, self.dsn, "cannot connect") from None
 
     async def _with_conn(self, work: Any, what: str) -> Any:
         asyncpg = _driver()
