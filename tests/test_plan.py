@@ -1,6 +1,7 @@
 """`beastnet plan`: the plan file and its errors, and the runner against the
 real `plan local` topology (three `beastnet serve` nodes, redis-server,
-nginx TLS and nginx stream) at the tiny scale: every test runs, a node that
+PostgreSQL, nginx TLS and nginx stream) at the tiny scale: every test runs,
+the nodes keep their keys and usage in the one PostgreSQL, a node that
 refuses its reset stops the pre-flight, a node made to drop UDP raises its
 red flag when it drops, Ctrl-C restores the nodes and leaves no process
 behind, a node killed mid-test is reported."""
@@ -28,7 +29,7 @@ from beastnet.loadgen.plan.runner import NodeTarget, PlanRunner, ReportLoad
 from support import requires, wait_for
 from test_loadgen_report import render_dom, script_error
 
-TOPOLOGY = requires("redis-server", "nginx", "openssl")
+TOPOLOGY = requires("redis-server", "nginx", "openssl", "initdb", "pg_ctl")
 SEVEN = ["1a", "1b", "2a", "2b", "2c", "2d", "2e"]
 
 
@@ -131,6 +132,30 @@ def node_pids(c: LocalCluster) -> dict[str, int]:
     return {p.name: p.pid for p in c.processes}
 
 
+def running(pid: int) -> bool:
+    """Whether `pid` runs: /proc has it and it is not a zombie (the
+    postmaster, not our child, waits for PID 1 to reap it)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "State:\tZ" not in status
+
+
+def pg_value(dsn: str, sql: str):
+    import asyncio
+
+    import asyncpg
+
+    async def run():
+        conn = await asyncpg.connect(dsn)
+        try:
+            return await conn.fetchval(sql)
+        finally:
+            await conn.close()
+    return asyncio.run(run())
+
+
 @TOPOLOGY
 @requires("chromium")
 @pytest.mark.timeout(240)
@@ -145,14 +170,33 @@ def test_every_test_of_the_default_plan_runs_against_plan_local(cluster, tmp_pat
         assert ("ramp" in t) == (t["name"] != "2e") and ("run" in t) == (t["name"] == "2e")
         assert t["timeline"] and t["poll_failures"] == 0
     assert by_name["2e"]["rate"] > 0            # 80 % of 2a's ceiling, measured
+    # Phase 1 without the governor, phase 2 with it, on every node (each
+    # node's profile switches its HTTP and its UDP engine alike).
+    for t in report["tests"]:
+        want = "off" if t["name"].startswith("1") else "on"
+        assert t["preflight"]["governor"] == {f"node{i}": want for i in (1, 2, 3)}, t["name"]
+    # The UDP shed counters ride in the cluster snapshot; these nodes answer
+    # UDP misses natively (no queue), so their UDP governor never sheds.
+    for name in ("2b", "2c"):
+        deltas = [r["delta"] for r in by_name[name]["timeline"] if "delta" in r]
+        assert deltas and all("udp_shed_public" in d and "udp_shed_partner" in d
+                              for d in deltas)
+        assert sum(d["udp_shed_public"] + d["udp_shed_partner"] for d in deltas) == 0
     reports = by_name["2d"]["reports"]         # the nodes serve /v1/reports/usage
     assert reports["run"]["sent"] > 0 and set(reports["run"]["status_codes"]) == {"200"}
+    # ... from the one PostgreSQL: the usage log the reports read is there.
+    assert report["database"]["kind"] == "postgresql"
+    assert report["database"]["dsn"] == cluster.postgres.dsn
+    wait_for(lambda: pg_value(cluster.postgres.dsn,
+                              "SELECT count(*) FROM usage_log WHERE route = 'report'"),
+             timeout=15, message="the report requests' usage rows in PostgreSQL")
     assert [c["a"] + c["b"] for c in report["comparisons"]] == ["2b2c", "2a2d", "1a2a"]
     assert all("rps_ratio" in c for c in report["comparisons"])
     assert set(report["endurance"]["nodes"]) == {"node1", "node2", "node3"}
     assert all(r["ok"] and r["profile"] == "dev" for r in report["restores"])
-    assert {p["name"] for p in report["processes"]} == {"redis", "node1", "node2", "node3",
-                                                        "nginx"}
+    assert {p["name"] for p in report["processes"]} == {"redis", "postgres", "node1", "node2",
+                                                        "node3", "nginx"}
+    assert report["versions"]["postgresql"].startswith("postgres (PostgreSQL) ")
     assert any("1b level 3/3" in line for line in lines)
     assert report["versions"]["nginx"].startswith("nginx version: nginx/")
     assert report["versions"]["redis-server"].startswith("Redis server v=")
@@ -185,8 +229,40 @@ def test_a_failed_start_stops_what_did_start(tmp_path):
         assert "batch" in str(err.value)
         assert [p.name for p in c.processes][:1] == ["redis"]
         assert all(not Path(f"/proc/{p.pid}").exists() for p in c.processes), c.describe()
+        assert c.postgres_pid is not None and not running(c.postgres_pid)
     finally:
         c.stop()                        # a broken start's leftovers, by their PIDs
+
+
+@TOPOLOGY
+def test_plan_local_without_initdb_is_one_line_and_starts_nothing(tmp_path, capsys,
+                                                                    monkeypatch):
+    import beastnet.serve.stores.pg_local as pg_local
+    monkeypatch.setattr(pg_local, "find_pg_tool", lambda name: None)
+    plan = tmp_path / "plan.toml"
+    plan.write_text(one_test(UDP_DIRECT + "rate = 100\nduration_s = 1\n"))
+    assert main(["plan", "local", str(plan), "--dir", str(tmp_path / "procs")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("beastnet plan: plan local: initdb and pg_ctl not installed (PostgreSQL's "
+                   "server binaries; scripts/system-deps installs them); --no-postgres runs "
+                   "the nodes on SQLite key stores")
+    assert not list((tmp_path / "procs").glob("*.log")), "something was started"
+
+
+@TOPOLOGY
+@pytest.mark.timeout(90)
+def test_no_postgres_keeps_the_nodes_on_sqlite(tmp_path, capsys):
+    plan = tmp_path / "plan.toml"
+    plan.write_text(one_test(UDP_BALANCED + "rate = 200\nduration_s = 1\n"))
+    status = main(["plan", "local", str(plan), "--no-postgres", "--poll-s", "0.5",
+                   "--dir", str(tmp_path / "procs"), "-o", str(tmp_path / "r")])
+    out = capsys.readouterr().out
+    report = orjson.loads((tmp_path / "r.json").read_bytes())
+    assert status == (1 if report["verdict"] == "fail" else 0), out
+    assert report["database"]["kind"] == "sqlite" and len(report["database"]["files"]) == 3
+    assert "postgres" not in {p["name"] for p in report["processes"]}
+    assert "database: SQLite key stores, one per node (--no-postgres)" in out
+    assert all(Path(f).exists() for f in report["database"]["files"])
 
 
 @TOPOLOGY
@@ -395,7 +471,8 @@ def test_ctrl_c_restores_the_nodes_and_leaves_no_process_behind(tmp_path):
                 pids[name] = int(rest.split(",")[0].split()[1])
             if "req/s:" in line:            # the load is under way
                 break
-        assert set(pids) == {"redis", "node1", "node2", "node3", "nginx"}, "".join(output)
+        assert set(pids) == {"redis", "postgres", "node1", "node2", "node3", "nginx"}, \
+            "".join(output)
         proc.send_signal(signal.SIGINT)
         rest, _ = proc.communicate(timeout=60)
         output.append(rest)
@@ -404,9 +481,9 @@ def test_ctrl_c_restores_the_nodes_and_leaves_no_process_behind(tmp_path):
             proc.kill()
             proc.wait()
     text = "".join(output)
-    left = [f"{name} (PID {pid})" for name, pid in pids.items() if Path(f"/proc/{pid}").exists()]
+    left = [f"{name} (PID {pid})" for name, pid in pids.items() if running(pid)]
     for name, pid in pids.items():      # a broken runner's leftovers, stopped by their PIDs
-        if Path(f"/proc/{pid}").exists():
+        if running(pid):
             os.kill(pid, signal.SIGKILL)
     assert proc.returncode == 130, text
     assert not left, f"left running: {left}"

@@ -47,6 +47,8 @@ def test_a_profile_switch_turns_the_governor_on_live_and_every_view_shows_it(tmp
                                                  "adaptive_max_limit": 200}
         engine = svc.http.stats()["governor"]
         assert (engine["enabled"], engine["target_ms"], engine["max_limit"]) == (True, 30.0, 200)
+        udp_engine = svc.udp.stats()["governor"]       # the UDP readers' own limit
+        assert (udp_engine["enabled"], udp_engine["max_limit"]) == (True, 200)
         stats = orjson.loads(admin(svc, "GET", "/admin/stats")[1])
         assert stats["governor"]["enabled"] is True and stats["governor"]["limit"] == 20
         assert stats["live_parameters"]["adaptive_enabled"] is True
@@ -54,21 +56,26 @@ def test_a_profile_switch_turns_the_governor_on_live_and_every_view_shows_it(tmp
         profile = orjson.loads(admin(svc, "GET", "/admin/profile")[1])
         assert profile["profile"] == "dev" and profile["live"]["adaptive_enabled"] is True
         assert stats["governor"]["shed_public"] == 0
+        assert stats["governor"]["udp"] == {"limit": 20, "inflight": 0, "shed_public": 0,
+                                            "shed_partner": 0}
         assert stats["governor"]["actions"]["udp_batch"] == 0
         metrics = admin(svc, "GET", "/metrics")[1].decode()
         assert "beastnet_governor_enabled 1" in metrics
         assert "beastnet_governor_limit 20" in metrics
         assert 'beastnet_http_shed_public_total{thread="0"} 0' in metrics
+        assert 'beastnet_udp_shed_public_total{thread="0"} 0' in metrics
         counters = svc.counters()
         snapshot = {name: counters.get(group, {}).get(field)
                     for name, group, field in SNAPSHOT_COUNTERS}
         assert snapshot["governor_enabled"] == 1 and snapshot["governor_limit"] == 20
         assert snapshot["http_shed_public"] == 0 and snapshot["http_shed_partner"] == 0
+        assert snapshot["udp_shed_public"] == 0 and snapshot["udp_shed_partner"] == 0
         assert {"governor_enabled", "governor_limit"} <= GAUGES
         # The profile alone again: dev leaves the governor off.
         status, body = admin(svc, "POST", "/admin/profile?name=dev")
         assert status == 200 and orjson.loads(body)["changed"]["adaptive_enabled"] is False
         assert svc.http.stats()["governor"]["enabled"] is False
+        assert svc.udp.stats()["governor"]["enabled"] is False
 
 
 @pytest.mark.parametrize("query, says", [

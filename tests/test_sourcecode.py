@@ -14,7 +14,7 @@ HOT_FUNCTIONS = {
                     "apikey_decide", "monotonic_ns"],
     "_rrl.pxi": ["addr_is_v4mapped", "rrl_source", "rrl_check"],
     "_udp.pxi": ["format_rate_limited", "udp_parse", "udp_reply", "udp_too_large", "udp_error",
-                 "udp_queue_miss", "udp_reader_recv",
+                 "udp_governor_sheds", "udp_queue_miss", "udp_stamp", "udp_reader_recv",
                  "udp_reader_kernel_drops", "udp_reader_send", "udp_reader_serve", "udp_signal",
                  "udp_reader_main"],
     "_table.pxi": ["key_hash", "index_lookup", "table_lookup", "entry_stale_body"],

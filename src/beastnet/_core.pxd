@@ -102,6 +102,8 @@ cdef class NativeEngine:
     cdef int miss_efd                   # eventfd: misses/routes queued, -1 = no queue
     cdef bn_missq* missq
     cdef bn_control_beat control        # written by the control loop, read by every thread
+    cdef bn_governor* gov               # the adaptive concurrency limit on the queued misses
+                                        # (_governor.pxi), owned; off until set_governor()
 
     cdef int _setup(self, ResponseTable table, APIKeyTable api_keys, int n,
                     size_t counter_bytes, size_t miss_capacity) except -1
@@ -132,7 +134,6 @@ cdef class HTTPEngine(NativeEngine):
     cdef void* tls_ctx                  # SSL_CTX* new TLS connections use (a reference held), NULL = plain
     cdef bn_retire_list tls_retired     # replaced contexts awaiting QSBR
     cdef object tls_context             # the TLSContext tls_ctx came from, or None
-    cdef bn_governor* gov               # the adaptive concurrency limit (_governor.pxi), owned
 
     cdef int _ws_setup(self, bytes path, bytes echo, ResponseTable topics, unsigned int max_subs,
                        size_t max_frame, size_t max_message, double stall_s,

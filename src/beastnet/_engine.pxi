@@ -59,6 +59,10 @@ cdef class NativeEngine:
             raise MemoryError()
         for i in range(n):
             self.qsbr_index[i] = -1
+        self.gov = <bn_governor*>calloc(1, sizeof(bn_governor))
+        if self.gov == NULL:
+            raise MemoryError()
+        governor_configure(self.gov, 0, 4, 1000, 50.0, 1.5)    # off (the profile's defaults)
         return 0
 
     def __dealloc__(self):
@@ -74,6 +78,7 @@ cdef class NativeEngine:
         free(self.qsbr_index)
         free(self.counter_mem)
         missq_free(self.missq)
+        free(self.gov)                  # the subclass joined its threads: none reads it now
         if self.miss_efd >= 0:
             close(self.miss_efd)
 
@@ -160,8 +165,9 @@ cdef class NativeEngine:
         """Up to `limit` queued requests, as records of one shape for both engines:
         (thread, conn, gen, addr, tag_prefix, method, target, key, apikey).
 
-        UDP: conn and gen are 0, method and target None.  HTTP: tag_prefix is
-        b"", key is None for a route (/admin/..., /metrics, /healthz)."""
+        UDP: conn and gen are the governor's marks for send_reply (_udp.pxi),
+        method and target None.  HTTP: tag_prefix is b"", key is None for a
+        route (/admin/..., /metrics, /healthz)."""
         cdef bn_miss* cell
         out = []
         if self.missq == NULL:
@@ -181,3 +187,31 @@ cdef class NativeEngine:
             ))
             missq_release(self.missq, cell)
         return out
+
+    def set_governor(self, bint enabled, *, unsigned int min_limit=4, unsigned int max_limit=1000,
+                     double target_ms=50.0, double tolerance=1.5):
+        """Switch the adaptive concurrency limit on or off and set its bounds
+        (live: the native threads read them atomically).  See _governor.pxi."""
+        if not 1 <= min_limit <= max_limit:
+            raise ValueError(f"need 1 <= min_limit <= max_limit, got {min_limit}, {max_limit}")
+        if not 0 < target_ms <= 60000:
+            raise ValueError(f"target_ms must be in (0, 60000], got {target_ms}")
+        if not 1.0 <= tolerance <= 10.0:
+            raise ValueError(f"tolerance must be 1..10, got {tolerance}")
+        governor_configure(self.gov, enabled, min_limit, max_limit, target_ms, tolerance)
+
+    def governor(self):
+        """The governor's state: on, limit, in flight, bounds, latencies (ms)."""
+        cdef bn_governor* g = self.gov
+        return {"enabled": bool(bn_load_int(&g.enabled)),
+                "limit": bn_load_u64_relaxed(&g.limit),
+                "inflight": bn_load_u64_relaxed(&g.inflight),
+                "min_limit": bn_load_u64_relaxed(&g.min_limit),
+                "max_limit": bn_load_u64_relaxed(&g.max_limit),
+                "target_ms": bn_load_u64_relaxed(&g.target_ns) / 1e6,
+                "tolerance": bn_load_u64_relaxed(&g.tolerance_pct) / 100.0,
+                "latency_ms": bn_load_u64_relaxed(&g.last_rtt_ns) / 1e6,
+                "long_latency_ms": bn_load_u64_relaxed(&g.long_rtt_ns) / 1e6,
+                "windows": bn_load_u64_relaxed(&g.windows),
+                "decreases": bn_load_u64_relaxed(&g.decreases),
+                "increases": bn_load_u64_relaxed(&g.increases)}

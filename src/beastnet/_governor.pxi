@@ -1,4 +1,5 @@
-# The governor: an adaptive concurrency limit on the HTTP workers' queued work.
+# The governor: an adaptive concurrency limit on an engine's queued work (one
+# per engine: the HTTP workers' here, the UDP readers' misses in _udp.pxi).
 #
 # What queues is what the control plane answers: table misses and routes go
 # onto the miss queue and wait for a Python handler.  That is where a server

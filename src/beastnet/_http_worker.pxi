@@ -931,10 +931,8 @@ cdef class HTTPEngine(NativeEngine):
         if self.stop_efd < 0:
             raise_errno("eventfd")
         self.workers = <bn_hworker**>calloc(n, sizeof(bn_hworker*))
-        self.gov = <bn_governor*>calloc(1, sizeof(bn_governor))
-        if self.workers == NULL or self.gov == NULL:
+        if self.workers == NULL:
             raise MemoryError()
-        governor_configure(self.gov, 0, 4, 1000, 50.0, 1.5)    # off (the profile's defaults)
         per_worker = max_connections // n
         for i in range(n):
             w = http_worker_new(per_worker)
@@ -1087,8 +1085,6 @@ cdef class HTTPEngine(NativeEngine):
                 http_worker_free(self.workers[i])
             free(self.workers)
             self.workers = NULL
-        free(self.gov)             # after the join: no worker reads it any more
-        self.gov = NULL
         if self.stop_efd >= 0:
             close(self.stop_efd)
 
@@ -1184,34 +1180,6 @@ cdef class HTTPEngine(NativeEngine):
                 "ws_deflate_bytes_in": bn_load_u64_relaxed(&self.hub.deflate_bytes_in),
                 "ws_deflate_bytes_out": bn_load_u64_relaxed(&self.hub.deflate_bytes_out),
                 "ws_deflate_cpu_ns": bn_load_u64_relaxed(&self.hub.deflate_cpu_ns)}
-
-    def set_governor(self, bint enabled, *, unsigned int min_limit=4, unsigned int max_limit=1000,
-                     double target_ms=50.0, double tolerance=1.5):
-        """Switch the adaptive concurrency limit on or off and set its bounds
-        (live: the workers read them atomically).  See _governor.pxi."""
-        if not 1 <= min_limit <= max_limit:
-            raise ValueError(f"need 1 <= min_limit <= max_limit, got {min_limit}, {max_limit}")
-        if not 0 < target_ms <= 60000:
-            raise ValueError(f"target_ms must be in (0, 60000], got {target_ms}")
-        if not 1.0 <= tolerance <= 10.0:
-            raise ValueError(f"tolerance must be 1..10, got {tolerance}")
-        governor_configure(self.gov, enabled, min_limit, max_limit, target_ms, tolerance)
-
-    def governor(self):
-        """The governor's state: on, limit, in flight, bounds, latencies (ms)."""
-        cdef bn_governor* g = self.gov
-        return {"enabled": bool(bn_load_int(&g.enabled)),
-                "limit": bn_load_u64_relaxed(&g.limit),
-                "inflight": bn_load_u64_relaxed(&g.inflight),
-                "min_limit": bn_load_u64_relaxed(&g.min_limit),
-                "max_limit": bn_load_u64_relaxed(&g.max_limit),
-                "target_ms": bn_load_u64_relaxed(&g.target_ns) / 1e6,
-                "tolerance": bn_load_u64_relaxed(&g.tolerance_pct) / 100.0,
-                "latency_ms": bn_load_u64_relaxed(&g.last_rtt_ns) / 1e6,
-                "long_latency_ms": bn_load_u64_relaxed(&g.long_rtt_ns) / 1e6,
-                "windows": bn_load_u64_relaxed(&g.windows),
-                "decreases": bn_load_u64_relaxed(&g.decreases),
-                "increases": bn_load_u64_relaxed(&g.increases)}
 
     def worker_status(self):
         """Per worker: the pinning errno (0 = fine) and the errno that made it quit (0 = none)."""

@@ -17,8 +17,9 @@ cdef struct bn_miss:
     char tag[TAG_PREFIX_MAX_BYTES]
     char key[KEY_MAX_BYTES]
     char apikey[APIKEY_MAX_BYTES]
-    # HTTP only (the UDP engine leaves these zero): where the reply goes and
-    # what was asked.  `reader` is the worker index.
+    # HTTP: where the reply goes and what was asked (`reader` is the worker
+    # index).  UDP leaves method..target zero and puts the governor's marks
+    # in conn and gen (UDP_MISS_* in _udp.pxi).
     uint32_t conn                       # connection slot in the worker
     uint32_t gen                        # the slot's generation: a reply for an older one is dropped
     uint32_t method_len

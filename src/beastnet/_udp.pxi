@@ -12,6 +12,22 @@
 # point: one syscall per batch under load, and one per wake-up when idle
 # (a poll()-based wait costs three).  stop() wakes blocked readers with
 # shutdown(SHUT_RD).  Readers never touch Python.
+#
+# The governor (_governor.pxi), when on, limits the misses waiting for the
+# control plane as it does the HTTP workers' queued requests: past its
+# adaptive limit a miss of a shed-first key is answered {"error":"overloaded"}
+# (pre-serialized, through response-rate limiting like every error reply), a
+# shed-last key's (partners) only past adaptive_max_limit.  A queued miss
+# counts in `inflight` until send_reply(); its latency is measured from the
+# batch's clock read to that reply.  Off, it costs one relaxed load a batch.
+
+cdef enum:
+    # bn_miss.gen of a UDP miss (UDP has no connection generation): what
+    # send_reply() must do for the governor.  bn_miss.conn carries the
+    # queueing time then (CLOCK_MONOTONIC microseconds, low 32 bits: a wait
+    # under 71 minutes subtracts right across the wrap).
+    UDP_MISS_COUNTED = 1                # counted in gov.inflight: count it down
+    UDP_MISS_STAMPED = 2                # queued while on: conn is its time, sample it
 
 cdef struct bn_request:
     const char* key
@@ -37,6 +53,7 @@ cdef struct bn_reader:
     bn_control_beat* control            # &engine.control: the control plane's liveness
     int silent_refusals                 # 1 = unauthorized and malformed requests get no reply
     bn_rrl* rrl                         # the engine's error-reply limiter, NULL = off
+    bn_governor* gov                    # the engine's governor, shared by the readers
     unsigned int rrl_slip               # every rrl_slip-th limited reply is the bare tag; 0 = none
     uint64_t rrl_limited                # error replies this reader has limited (drives the slip)
     bn_qsbr_slot* qsbr
@@ -157,18 +174,41 @@ cdef inline unsigned int udp_error(bn_reader* r, unsigned int nout, mmsghdr* m, 
     return nout + 1
 
 
-cdef inline int udp_queue_miss(bn_reader* r, mmsghdr* m, const char* data, bn_request* req) noexcept nogil:
-    """Copy a miss into the queue; 0 when the queue is full."""
+cdef inline int udp_governor_sheds(bn_governor* g, bn_apikey* rec, uint64_t* shed_public,
+                                   uint64_t* shed_partner) noexcept nogil:
+    """The governor is on: 1 = answer this miss overloaded (counted here).
+    `rec` is the admitted key's record, NULL without keys (a public request)."""
+    cdef int shed_last
+    if bn_load_u64_relaxed(&g.inflight) < bn_load_u64_relaxed(&g.limit):
+        return 0                        # under the limit: one load, one compare
+    shed_last = rec != NULL and not bn_load_int(&rec.revoked) and bn_load_int(&rec.shed_last)
+    if not governor_sheds(g, shed_last):
+        return 0
+    if shed_last:
+        shed_partner[0] += 1
+    else:
+        shed_public[0] += 1
+    return 1
+
+
+cdef inline int udp_queue_miss(bn_reader* r, mmsghdr* m, const char* data, bn_request* req,
+                               uint64_t stamp_ns) noexcept nogil:
+    """Copy a miss into the queue; 0 when the queue is full.  `stamp_ns`:
+    the queueing time for the governor's latency sample, 0 = none (off)."""
     cdef uint64_t pos
     cdef bn_miss* cell = missq_claim(r.missq, &pos)
     if cell == NULL:
         return 0
     cell.reader = <uint32_t>r.index
+    cell.gen = UDP_MISS_COUNTED | (UDP_MISS_STAMPED if stamp_ns else 0)
+    cell.conn = <uint32_t>(stamp_ns // 1000)
     cell.addr_len = m.msg_hdr.msg_namelen
     memcpy(cell.addr, m.msg_hdr.msg_name, m.msg_hdr.msg_namelen)
     cell.tag_len = req.tag_len
     memcpy(cell.tag, data, req.tag_len)
     missq_set_request(cell, req.key, req.key_len, req.apikey, req.apikey_len)
+    # Counted before it is visible: the reply that counts it down cannot come first.
+    bn_add_relaxed(&r.gov.inflight, 1)
     missq_publish(cell, pos)
     return 1
 
@@ -279,6 +319,10 @@ cdef void udp_reader_serve(bn_reader* r, unsigned int n) noexcept nogil:
     cdef char* scratch
     cdef int stalled = 0                # the control plane is stalled: serve stale variants
     cdef uint64_t stale_served = 0
+    cdef bn_apikey* rec = NULL          # the admitted key's record (the governor's tier)
+    cdef int gov_on = governor_on(r.gov)    # read once a batch: switched live
+    cdef uint64_t shed_public = 0
+    cdef uint64_t shed_partner = 0
     if r.keys_ref != NULL:
         now_ns = monotonic_ns()         # one clock read a batch: GCRA needs no finer time
     if bn_load_u64_relaxed(&r.control.stall_ns):
@@ -300,7 +344,7 @@ cdef void udp_reader_serve(bn_reader* r, unsigned int n) noexcept nogil:
             continue
         status = udp_parse(data, length, &req)
         if status == PARSE_OK and r.keys_ref != NULL:
-            admit = apikey_admit(r.keys_ref, req.apikey, req.apikey_len, now_ns, &retry_ns, NULL,
+            admit = apikey_admit(r.keys_ref, req.apikey, req.apikey_len, now_ns, &retry_ns, &rec,
                                  USAGE_UDP_PRICE)
             if admit != ADMIT_OK:
                 if admit == ADMIT_UNAUTHORIZED:
@@ -344,7 +388,10 @@ cdef void udp_reader_serve(bn_reader* r, unsigned int n) noexcept nogil:
                 not_found += 1
                 nout = udp_error(r, nout, m, data, req.tag_len, BODY_NOT_FOUND.data, BODY_NOT_FOUND.len,
                                  &now_ns)
-            elif udp_queue_miss(r, m, data, &req):
+            elif gov_on and udp_governor_sheds(r.gov, rec, &shed_public, &shed_partner):
+                nout = udp_error(r, nout, m, data, req.tag_len, BODY_OVERLOADED.data,
+                                 BODY_OVERLOADED.len, &now_ns)
+            elif udp_queue_miss(r, m, data, &req, udp_stamp(gov_on, &now_ns)):
                 queued += 1             # the control plane answers it
             else:
                 queue_drops += 1
@@ -376,6 +423,9 @@ cdef void udp_reader_serve(bn_reader* r, unsigned int n) noexcept nogil:
     bn_count(&r.counters.unanswered, unanswered)
     if stale_served:
         bn_count(&r.counters.stale_served, stale_served)
+    if shed_public or shed_partner:
+        bn_count(&r.counters.shed_public, shed_public)
+        bn_count(&r.counters.shed_partner, shed_partner)
     if r.keys_ref != NULL:
         bn_count(&r.counters.unauthorized, unauthorized)
         bn_count(&r.counters.rate_limited, rate_limited)
@@ -384,6 +434,15 @@ cdef void udp_reader_serve(bn_reader* r, unsigned int n) noexcept nogil:
         udp_reader_send(r, nout)
     if queued > 0:
         udp_signal(r.miss_fd)
+
+
+cdef inline uint64_t udp_stamp(int gov_on, uint64_t* now_ns) noexcept nogil:
+    # The batch's clock (read at most once a batch) while the governor is on.
+    if not gov_on:
+        return 0
+    if now_ns[0] == 0:
+        now_ns[0] = monotonic_ns()
+    return now_ns[0]
 
 
 cdef inline void udp_signal(int efd) noexcept nogil:
@@ -513,6 +572,7 @@ cdef class UDPEngine(NativeEngine):
             self.readers[i].control = &self.control
             self.readers[i].silent_refusals = silent_refusals
             self.readers[i].rrl = self.rrl
+            self.readers[i].gov = self.gov
             self.readers[i].rrl_slip = rrl_slip
             self.readers[i].counters = &(<bn_counters*>self.counter_mem)[i]
 
@@ -606,15 +666,25 @@ cdef class UDPEngine(NativeEngine):
                    str content_type not None, bytes body not None):
         """Answer a record of pop_misses() through reader `thread`'s socket:
         the body after the tag prefix (UDP has no status line or content
-        type; conn and gen are HTTP's).  Returns 0 or an errno value.
+        type).  conn and gen are the record's: for UDP, the governor's
+        marks (UDP_MISS_*): a queued miss leaves its in-flight count here,
+        delivered or not.  Returns 0 or an errno value.
 
         A body too large for one datagram to that peer is answered
         {"error":"too_large"} instead (counted in `too_large_replies`)."""
         cdef msghdr msg
         cdef iovec iov[2]
         cdef ssize_t rc
+        cdef uint64_t now_ns
         if thread >= <unsigned int>self.nthreads:
             raise ValueError("no such reader")
+        if gen & UDP_MISS_COUNTED:
+            bn_add_u64(&self.gov.inflight, <uint64_t>-1)
+            if (gen & UDP_MISS_STAMPED) and governor_on(self.gov):
+                now_ns = monotonic_ns()
+                governor_sample(self.gov, <uint64_t>(<uint32_t>(now_ns // 1000) - <uint32_t>conn)
+                                * 1000)
+                governor_close_window(self.gov, now_ns)
         if self.readers[thread].fd < 0:
             return EBADF                # stopped: the engine's socket is closed
         cdef sockaddr_in6 peer

@@ -82,6 +82,8 @@ unanswered        counter  requests     Unauthorized or malformed requests left 
 rrl_dropped       counter  replies      Error replies withheld by response-rate limiting (nothing sent).
 rrl_slipped       counter  replies      Error replies response-rate limiting sent as the bare tag, without a body (the slip).
 stale_served      counter  requests     Hits answered with the entry's "stale":true variant because the control plane had not beaten for control_stall_s (also counted in hits). [snapshot]
+shed_public       counter  requests     Misses of shed-first tiers (public, pro, no key) the governor answered {"error":"overloaded"}: the queued misses were at its adaptive limit. [snapshot]
+shed_partner      counter  requests     Misses of shed-last keys (partners) the governor answered {"error":"overloaded"}: the queued misses were at its hard bound (adaptive_max_limit). [snapshot]
 """) + _TAIL
 
 #: Fields of bn_http_counters (includes/counters.h), one struct per HTTP worker thread.

@@ -14,7 +14,7 @@ from beastnet.cli._common import (EXIT_FAIL, EXIT_INTERRUPTED, EXIT_NO_AGENTS, E
 PLAN_EPILOG = """\
 examples:
   beastnet plan --print-default > plan.toml         the seven-test plan, to edit
-  beastnet plan local --scale 2core                 three nodes, Redis, nginx TLS + UDP here
+  beastnet plan local --scale 2core                 three nodes, Redis, PostgreSQL, nginx here
   beastnet plan run plan.toml -o results/plan       against the nodes plan.toml names
   beastnet report results/plan.json                 the page again from the JSON
   beastnet plan run plan.toml --agents 3 --redis redis://r:6379/0   load from 3 agents
@@ -36,8 +36,8 @@ def add_plan_command(sub: Any) -> None:
     p.set_defaults(func=cmd_plan, plan_command=None)
     steps = p.add_subparsers(dest="plan_command", metavar="run|local")
     for name, what in (("run", "run PLAN against the nodes it names"),
-                       ("local", "start three nodes, redis-server and nginx here, run the "
-                                 "plan (default: the default plan), stop them all")):
+                       ("local", "start three nodes, redis-server, PostgreSQL and nginx here, "
+                                 "run the plan (default: the default plan), stop them all")):
         s = steps.add_parser(name, help=what, description=what)
         s.add_argument("plan", nargs="?" if name == "local" else None, metavar="PLAN.toml",
                        help="the plan file" + (" (default: the default plan)"
@@ -53,6 +53,9 @@ def add_plan_command(sub: Any) -> None:
         if name == "local":
             s.add_argument("--dir", help="where the processes' configs and logs go "
                                          "(default: a new temporary directory, kept)")
+            s.add_argument("--no-postgres", action="store_true",
+                           help="no PostgreSQL: each node keeps its keys and usage in a SQLite "
+                                "key store (default: one PostgreSQL every node shares)")
         s.set_defaults(func=cmd_plan)
 
 
@@ -85,7 +88,7 @@ def _say(line: str) -> None:
 def _run_local(args: argparse.Namespace, plan: Any) -> int:
     from beastnet.loadgen.plan import PlanError
     from beastnet.loadgen.plan.local import LocalCluster
-    cluster = LocalCluster(args.dir)
+    cluster = LocalCluster(args.dir, postgres=not args.no_postgres)
     try:
         try:
             cluster.start()

@@ -35,6 +35,8 @@ typedef struct bn_counters {
     uint64_t rrl_dropped;                   /* error replies withheld by response-rate limiting */
     uint64_t rrl_slipped;                   /* ... sent as the bare tag instead (the slip) */
     uint64_t stale_served;                  /* hits sent "stale":true: the control plane stalled */
+    uint64_t shed_public;                   /* misses of shed-first keys the governor answered overloaded */
+    uint64_t shed_partner;                  /* ... of shed-last keys (partners), at its hard bound */
     uint64_t eintr;                         /* syscalls interrupted and retried */
     uint64_t unauthorized;                  /* API key missing, unknown or revoked */
     uint64_t rate_limited;                  /* refused by the key's GCRA limit */

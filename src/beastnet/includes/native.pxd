@@ -61,6 +61,8 @@ cdef extern from "counters.h" nogil:
         uint64_t rrl_dropped
         uint64_t rrl_slipped
         uint64_t stale_served
+        uint64_t shed_public
+        uint64_t shed_partner
         uint64_t eintr
         uint64_t unauthorized
         uint64_t rate_limited

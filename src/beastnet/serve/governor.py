@@ -1,5 +1,6 @@
-"""The governor as a component: the HTTP engine's adaptive concurrency limit
-switched and bounded by the profile (`adaptive_*` parameters, live), and
+"""The governor as a component: the engines' adaptive concurrency limits
+(HTTP, and UDP's for a UDP server that queues misses to a handler) switched
+and bounded by the profile (`adaptive_*` parameters, live), and
 bounded reactions to the tuning loop's red flags, once a second while on:
 
 * UDP drops (kernel drops over 1 % of the datagrams offered): the readers'
@@ -71,12 +72,14 @@ class Governor(Component):
     # -- the limit -------------------------------------------------------------------
 
     def _apply_limit(self) -> None:
-        cfg, http = self.cfg, self.host.http
-        if http is not None:
-            http.set_governor(cfg.adaptive_enabled, min_limit=cfg.adaptive_min_limit,
-                              max_limit=cfg.adaptive_max_limit,
-                              target_ms=cfg.adaptive_target_ms,
-                              tolerance=cfg.adaptive_tolerance)
+        cfg = self.cfg
+        # Both engines, one set of bounds: each has its own limit and count.
+        for server in (self.host.http, self.host.udp):
+            if server is not None:
+                server.set_governor(cfg.adaptive_enabled, min_limit=cfg.adaptive_min_limit,
+                                    max_limit=cfg.adaptive_max_limit,
+                                    target_ms=cfg.adaptive_target_ms,
+                                    tolerance=cfg.adaptive_tolerance)
 
     def reconfigure(self, changes: Mapping[str, Any]) -> None:
         if not any(name.startswith("adaptive_") for name in changes):
@@ -205,6 +208,14 @@ class Governor(Component):
         state = dict(stats["governor"] or {})
         state["shed_public"] = stats["totals"].get("shed_public", 0)
         state["shed_partner"] = stats["totals"].get("shed_partner", 0)
+        udp = self.host.udp.stats() if self.host.udp is not None else None
+        if udp is not None and udp.get("governor"):
+            # The UDP readers' own limit: it moves only with misses queued to
+            # a handler (beastnet serve answers UDP misses natively).
+            state["udp"] = {"limit": udp["governor"]["limit"],
+                            "inflight": udp["governor"]["inflight"],
+                            "shed_public": udp["totals"].get("shed_public", 0),
+                            "shed_partner": udp["totals"].get("shed_partner", 0)}
         return state
 
     def stats(self) -> dict[str, Any]:

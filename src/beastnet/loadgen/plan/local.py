@@ -1,17 +1,22 @@
 """`beastnet plan local`: the production topology on one host, started and
 stopped by the plan runner.
 
-Three `beastnet serve` nodes sharing one `redis-server`, nginx terminating
-TLS in front of their HTTP ports (the application load balancer) and nginx
-`stream` spreading UDP over their UDP ports (the network load balancer).
+Three `beastnet serve` nodes sharing one `redis-server` and one PostgreSQL
+(keys, usage and the usage log, as in production; `postgres=False` gives
+each node a SQLite key store instead), nginx terminating TLS in front of
+their HTTP ports (the application load balancer) and nginx `stream`
+spreading UDP over their UDP ports (the network load balancer).
 Every process is started in its own session (a Ctrl-C on the terminal
 reaches the runner only, which then restores and stops them in order) and
 stopped by the PID this module recorded: nothing is found by name, nothing
 is left running after `stop()`, whether the plan ended, was interrupted,
-or a start failed half-way.
+or a start failed half-way.  PostgreSQL is started by `pg_ctl` (which puts
+the postmaster in a session of its own) and stopped by `pg_ctl stop` on its
+data directory, after the nodes.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -27,6 +32,7 @@ from typing import Any, Optional
 import orjson
 
 from beastnet.loadgen.plan.spec import PlanError
+from beastnet.serve.stores.pg_local import LocalPostgres, LocalPostgresError
 
 __all__ = ["LocalCluster", "LocalProcess"]
 
@@ -127,11 +133,14 @@ class LocalCluster:
     by default, kept so the logs can be read after the run)."""
 
     def __init__(self, directory: Optional[str] = None, nodes: int = NODES,
-                 serve_args: tuple[str, ...] = ()) -> None:
+                 serve_args: tuple[str, ...] = (), postgres: bool = True) -> None:
         self.directory = directory or tempfile.mkdtemp(prefix="beastnet-plan-")
         os.makedirs(self.directory, exist_ok=True)
         self.node_count = nodes
         self.serve_args = serve_args
+        self.use_postgres = postgres
+        self.postgres: Optional[LocalPostgres] = None
+        self.postgres_pid: Optional[int] = None     # the postmaster's, once started
         self.processes: list[LocalProcess] = []
         self.nodes: list[dict[str, Any]] = []
         self.keys: dict[str, str] = {}
@@ -155,11 +164,23 @@ class LocalCluster:
             nginx = _tool("nginx", _NGINX_DIRS)
             redis_server = _tool("redis-server")
             openssl = _tool("openssl")
+            if self.use_postgres:
+                try:
+                    # Its own temporary directory, not ours: as root the
+                    # server runs as nobody, who may not enter ours.
+                    self.postgres = LocalPostgres()
+                except LocalPostgresError as exc:
+                    raise PlanError(f"plan local: {exc}; --no-postgres runs the nodes on "
+                                    f"SQLite key stores") from None
             self.versions = {name: _version(path, flag) for name, path, flag in (
                 ("nginx", nginx, "-v"), ("redis-server", redis_server, "--version"),
                 ("openssl", openssl, "version"))}
+            if self.postgres is not None:
+                self.versions["postgresql"] = self.postgres.version()
             self._certificate(openssl)
             redis_url = self._redis(redis_server)
+            if self.postgres is not None:
+                self._database()
             self._key_store()
             self._nodes(redis_url)
             self._nginx(nginx)
@@ -201,22 +222,56 @@ class LocalCluster:
         self._wait(p, lambda: _connects(port), "redis-server to accept connections")
         return f"redis://127.0.0.1:{port}/0"
 
+    def _database(self) -> None:
+        """PostgreSQL, started and migrated: the nodes' shared key store."""
+        assert self.postgres is not None
+        try:
+            self.postgres.start()
+        except LocalPostgresError as exc:
+            raise PlanError(f"plan local: PostgreSQL did not start: {exc} "
+                            f"(log {self.postgres.log})") from None
+        self.postgres_pid = self.postgres.pid
+        self._beastnet("db migrate", "db", "migrate", "--database", self.postgres.dsn)
+
+    def _beastnet(self, what: str, *args: str) -> None:
+        done = subprocess.run([sys.executable, "-m", "beastnet", *args],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            raise PlanError(f"plan local: beastnet {what} failed: "
+                            f"{(done.stderr or done.stdout).strip()[:200]}")
+
     def _key_store(self) -> None:
-        """One key per tier in node1's store; the others start from copies."""
+        """One key per tier: in PostgreSQL, which every node reads, or in
+        node1's SQLite store, which the others start from copies of."""
         with open(self._path("beastnet.toml"), "w", encoding="utf-8") as f:
             f.write(TIERS_TOML)
+        store = (["--database", self.postgres.dsn] if self.postgres is not None
+                 else ["--db", self._path("keys-1.db")])
         for tier in ("partner", "public"):
             key = f"bk_plan_{tier}_{secrets.token_urlsafe(12)}"
-            done = subprocess.run(
-                [sys.executable, "-m", "beastnet", "keys", "--db", self._path("keys-1.db"),
-                 "--config", self._path("beastnet.toml"), "add", "--tier", tier, "--key", key],
-                capture_output=True, text=True)
-            if done.returncode != 0:
-                raise PlanError(f"plan local: beastnet keys add failed: "
-                                f"{(done.stderr or done.stdout).strip()[:200]}")
+            self._beastnet("keys add", "keys", *store, "--config", self._path("beastnet.toml"),
+                           "add", "--tier", tier, "--key", key)
             self.keys[tier] = key
-        for i in range(2, self.node_count + 1):
-            shutil.copy(self._path("keys-1.db"), self._path(f"keys-{i}.db"))
+        if self.postgres is None:
+            for i in range(2, self.node_count + 1):
+                shutil.copy(self._path("keys-1.db"), self._path(f"keys-{i}.db"))
+
+    def _store_args(self, i: int) -> list[str]:
+        if self.postgres is not None:
+            # Each node its own key cache: they would otherwise write one file.
+            return ["--database", self.postgres.dsn,
+                    "--key-cache", self._path(f"key-cache-{i}.json")]
+        return ["--keystore", self._path(f"keys-{i}.db")]
+
+    @property
+    def database(self) -> dict[str, Any]:
+        """What the nodes keep their keys, usage and usage log in (for the report)."""
+        if self.postgres is not None:
+            return {"kind": "postgresql", "dsn": self.postgres.dsn,
+                    "version": self.versions.get("postgresql", "unknown"),
+                    "pid": self.postgres_pid, "log": self._path("postgres.log")}
+        return {"kind": "sqlite", "files": [self._path(f"keys-{i}.db")
+                                            for i in range(1, self.node_count + 1)]}
 
     def _nodes(self, redis_url: str) -> None:
         started = []
@@ -224,7 +279,7 @@ class LocalCluster:
             argv = [sys.executable, "-m", "beastnet", "serve", "--profile", "dev",
                     "--log-level", "info", "--feed", "sim",
                     "--udp-port", "0", "--http-port", "0", "--admin-port", "0",
-                    "--keystore", self._path(f"keys-{i}.db"),
+                    *self._store_args(i),
                     "--config", self._path("beastnet.toml"),
                     "--redis", redis_url, "--node-id", f"node{i}", *SNAPSHOT_ARGS,
                     *self.serve_args]
@@ -284,7 +339,13 @@ class LocalCluster:
         return next((p for p in self.processes if p.name == name), None)
 
     def describe(self) -> list[dict[str, Any]]:
-        return [p.to_dict() for p in self.processes]
+        out = [p.to_dict() for p in self.processes]
+        if self.postgres is not None and self.postgres_pid is not None:
+            pg = self.postgres
+            out.insert(1 if out else 0, {
+                "name": "postgres", "pid": self.postgres_pid, "ports": {"tcp": pg.port},
+                "log": self._path("postgres.log"), "command": f"{pg.pg_ctl} -D {pg.data} start"})
+        return out
 
     # -- stop ----------------------------------------------------------------------
 
@@ -302,6 +363,18 @@ class LocalCluster:
                 p.proc.kill()
                 p.proc.wait(10)
                 problems.append(f"{p.name} (PID {p.pid}) needed SIGKILL")
+        if self.postgres is not None:
+            # After the nodes, whose last usage flushes go to it.  Its log
+            # joins the others (the report names that copy); its data goes.
+            try:
+                self.postgres.stop()
+            except LocalPostgresError as exc:
+                problems.append(f"postgres (PID {self.postgres_pid}): {exc}")
+                if self.postgres_pid is not None and _alive(self.postgres_pid):
+                    os.kill(self.postgres_pid, signal.SIGKILL)
+            with contextlib.suppress(OSError):
+                shutil.copy(self.postgres.log, self._path("postgres.log"))
+            self.postgres.close()
         return problems
 
 
@@ -312,6 +385,10 @@ def _version(path: str, flag: str) -> str:
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"unknown ({exc})"
     return ((done.stdout or done.stderr).strip().splitlines() or ["unknown"])[0]
+
+
+def _alive(pid: int) -> bool:
+    return os.path.exists(f"/proc/{pid}")
 
 
 def _connects(port: int) -> bool:

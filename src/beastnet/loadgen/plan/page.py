@@ -45,6 +45,8 @@ def plan_report(plan: Plan, body: dict[str, Any], cluster: Any = None) -> dict[s
         "versions": {"beastnet": __version__, "python": platform.python_version(),
                      **(cluster.versions if cluster is not None else {})},
         "processes": cluster.describe() if cluster is not None else [],
+        # What the nodes kept keys, usage and the usage log in (plan local only).
+        "database": getattr(cluster, "database", None),
         "written_at": time.time(),
     }
     return report
@@ -145,8 +147,17 @@ def format_plan(report: dict[str, Any]) -> str:
             lines.append(f"  {c['b']}/{c['a']} ({c['what']}): {c['rps_ratio']}x the req/s")
         if c.get("note"):
             lines.append(f"  {c['b']}/{c['a']}: {c['note']}")
+    db = report.get("database")
+    if db:
+        lines.append(f"  database: {_database_line(db)}")
     lines.append(f"verdict: {report['verdict'].upper()}")
     return "\n".join(lines)
+
+
+def _database_line(db: dict[str, Any]) -> str:
+    if db.get("kind") == "postgresql":
+        return f"PostgreSQL {db.get('dsn')} ({db.get('version')}), shared by every node"
+    return "SQLite key stores, one per node (--no-postgres)"
 
 
 # -- HTML -----------------------------------------------------------------------------
@@ -282,6 +293,8 @@ def _setup_section(report: dict[str, Any]) -> str:
     parts.append(html_table([[n, p, _e(live)] for n, (p, live) in profiles.items()],
                             ["node", "profile before the plan", "its live values"]))
     parts.append("</div>")
+    if report.get("database"):
+        parts.append(f"<p>Database: {_e(_database_line(report['database']))}</p>")
     if procs:
         parts.append(html_table([[p["name"], p["pid"], p["ports"], p["log"]] for p in procs],
                                 ["process", "PID", "ports", "log"]))

@@ -42,9 +42,10 @@ ADMIN_TIMEOUT_S = 2.0
 # stream publications, move with the feed whatever the clients do.
 ZERO_AFTER_RESET = {
     "udp": ("rx_packets", "hits", "misses", "bad_requests", "queue_drops", "send_errors",
-            "kernel_drops", "unauthorized", "rate_limited", "over_quota"),
+            "kernel_drops", "unauthorized", "rate_limited", "over_quota", "shed_public",
+            "shed_partner"),
     "http": ("requests", "hits", "misses", "queue_drops", "parse_errors", "rejected",
-             "unauthorized", "rate_limited", "over_quota"),
+             "unauthorized", "rate_limited", "over_quota", "shed_public", "shed_partner"),
 }
 Progress = Callable[[str], None]
 
