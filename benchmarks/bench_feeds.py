@@ -8,7 +8,10 @@ Ingest rows, all in this process on one thread (CPU = time.process_time):
   parse only           the adapters' parse functions on decoded JSON (orjson.loads included)
   parse + publish      ExchangeConnection.on_message -> PricePublisher.on_tick -> table
   publish only         prebuilt Ticks -> PricePublisher.on_tick (the simulator's path)
-  via the feed queue   parse + publish through ExchangeFeed's asyncio queue, as served
+  via deliver_to       parse + publish through ExchangeFeed's sink, as `serve` runs it
+                       (the publisher called in the reader task)
+  via the feed queue   parse + publish through ExchangeFeed's asyncio queue (a consumer
+                       that iterates the feed; `serve` did this before deliver_to)
 Messages are each exchange's documented ticker message (the fake's fixtures),
 up to 30 symbols per exchange (its primary assets), interleaved across the six, every price new, so
 every message publishes one answer.  Compare rows of one run: the machine is
@@ -95,7 +98,17 @@ def bench_ingest(total: int) -> None:
     for tick in ticks:
         publisher.on_tick(tick)
     print(f"publish only        {rate(total, time.process_time() - t0)}")
-    # via the feed's queue, as `serve` runs it
+    # via deliver_to's sink, as `serve` runs it
+    feed = ExchangeFeed(routes={a: [n] for n in NAMES for a in per[n]})
+    publisher = PricePublisher(ResponseTable(capacity=512), max_jump=0.5)
+    feed._sink = publisher.on_tick            # what deliver_to sets, without the connections
+    t0 = time.process_time()
+    for name, data in raw:
+        feed.connections[name].on_message(data)
+    cpu = time.process_time() - t0
+    assert feed.sink_errors == 0 and publisher.published >= total * 0.99
+    print(f"via deliver_to      {rate(total, cpu)}")
+    # via the feed's queue, a consumer iterating the feed
     feed = ExchangeFeed(routes={a: [n] for n in NAMES for a in per[n]},
                         queue_size=total + 1)
     publisher = PricePublisher(ResponseTable(capacity=512), max_jump=0.5)

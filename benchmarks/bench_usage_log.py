@@ -10,6 +10,7 @@
    second; the ratio, and the reports' p99.
 
     PYTHONPATH=src python benchmarks/bench_usage_log.py [--duration 5] [--skip-2d] [--probe]
+        [--layouts]
 
 Needs initdb/pg_ctl (a PostgreSQL is started by the tests' fixture,
 tests/pg_support.py).  Every figure is from this run on this machine; the
@@ -23,6 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from pg_support import PostgresServer  # noqa: E402
@@ -44,41 +46,80 @@ def rows(n: int, batch: int) -> list[list[UsageRow]]:
     return [out[i:i + batch] for i in range(0, n, batch)]
 
 
-def flush_rate(store, batches) -> float:
+def flush_rate(store, batches, writer: Optional[str]) -> float:
+    """Numbered batches, as the usage log writes them (each claims its number
+    in usage_writers in the same transaction); `writer` None: unnumbered,
+    what the claim costs is the difference."""
     t = time.perf_counter()
-    for batch in batches:
-        store.write(batch)
+    for seq, batch in enumerate(batches, 1):
+        store.write(batch, (writer, seq) if writer else None)
     return sum(len(b) for b in batches) / (time.perf_counter() - t)
 
 
-def bench_flush(total: int) -> None:
-    server = PostgresServer()
+#: The layout the usage log's table might take (measured, not applied by a
+#: migration unless it wins): C collation on the text columns of the primary
+#: key (byte comparisons in the index, no locale), and fillfactor 70 on the
+#: partitions so an upsert's update finds room on its page (a HOT update: no
+#: index entry written).
+C_FF70 = """
+ALTER TABLE usage_log ALTER COLUMN key TYPE text COLLATE "C",
+                      ALTER COLUMN protocol TYPE text COLLATE "C",
+                      ALTER COLUMN route TYPE text COLLATE "C";
+"""
+
+
+def apply_layout(server, layout: str) -> None:
+    if layout == "default":
+        return
+    server.psql(C_FF70)
+    PostgresUsageLog(server.dsn).ensure_partitions(MINUTE0)
+    for name in ("usage_log_default", "usage_log_202601", "usage_log_202602",
+                 "usage_log_202603"):
+        server.psql(f"ALTER TABLE {name} SET (fillfactor = 70)")
+
+
+def bench_flush(total: int, layouts: tuple[str, ...] = ("default",)) -> None:
     tmp = tempfile.mkdtemp(prefix="bench-usage-")
-    try:
-        migrate(server.dsn)
-        print(f"## flush: {total:,} rows per run, rows/s (higher is better)")
-        print("| batch | store | new cells | same cells again (updates) |")
-        print("| --- | --- | --- | --- |")
-        for batch in (300, 5000):
-            for name in ("postgresql COPY", "postgresql executemany", "sqlite executemany"):
+    print(f"## flush: {total:,} rows per run, rows/s (higher is better)")
+    print("| batch | store | layout | new cells | same cells again (updates) |")
+    print("| --- | --- | --- | --- | --- |")
+    for layout in layouts:
+        server = PostgresServer()
+        try:
+            migrate(server.dsn)
+            apply_layout(server, layout)
+            _flush_rows(server, tmp, total, layout, sqlite=layout == layouts[0])
+        finally:
+            server.close()
+
+
+def _flush_rows(server, tmp: str, total: int, layout: str, sqlite: bool) -> None:
+    for batch in (300, 5000):
+        names = ["postgresql COPY", "postgresql executemany"]
+        names += ["sqlite executemany", "postgresql COPY unnumbered"] if sqlite else []
+        for name in names:
+            server.psql("TRUNCATE usage_log")
+            if name.startswith("postgresql"):
+                store = PostgresUsageLog(server.dsn,
+                                         method="copy" if "COPY" in name else "executemany")
+            else:
+                path = os.path.join(tmp, f"u{batch}.db")
+                if os.path.exists(path):
+                    os.unlink(path)
+                store = SQLiteUsageLog(path)
+            try:
+                batches = rows(total, batch)
+                # Warm up (pool, partitions, prepared statements): the first
+                # store measured was otherwise penalised for its order.
+                flush_rate(store, batches[:2], f"warm-{batch}-{name}")
                 server.psql("TRUNCATE usage_log")
-                if name.startswith("postgresql"):
-                    store = PostgresUsageLog(server.dsn,
-                                             method="copy" if "COPY" in name else "executemany")
-                else:
-                    path = os.path.join(tmp, f"u{batch}.db")
-                    if os.path.exists(path):
-                        os.unlink(path)
-                    store = SQLiteUsageLog(path)
-                try:
-                    batches = rows(total, batch)
-                    first = flush_rate(store, batches)
-                    again = flush_rate(store, batches)
-                finally:
-                    store.close()
-                print(f"| {batch} | {name} | {first:,.0f} | {again:,.0f} |")
-    finally:
-        server.close()
+                numbered = "unnumbered" not in name
+                first = flush_rate(store, batches, numbered and f"bench-{batch}-{name}-1")
+                again = flush_rate(store, batches, numbered and f"bench-{batch}-{name}-2")
+            finally:
+                store.close()
+            shown = "-" if name.startswith("sqlite") else layout
+            print(f"| {batch} | {name} | {shown} | {first:,.0f} | {again:,.0f} |")
 
 
 def bench_probe(total: int) -> None:
@@ -192,9 +233,12 @@ def main() -> None:
     ap.add_argument("--skip-2d", action="store_true")
     ap.add_argument("--probe", action="store_true",
                     help="also where the PostgreSQL time goes (COPY, upsert, unnest)")
+    ap.add_argument("--layouts", action="store_true",
+                    help="also the flush on usage_log with C collation and fillfactor 70")
     args = ap.parse_args()
-    print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start")
-    bench_flush(args.rows)
+    print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start, "
+          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    bench_flush(args.rows, ("default", "C+ff70") if args.layouts else ("default",))
     if args.probe:
         bench_probe(args.rows)
     if not args.skip_2d:

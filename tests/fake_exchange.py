@@ -215,6 +215,7 @@ class FakeExchange:
         self.pings = 0
         self.heartbeat_replies = 0
         self.rest_requests = 0
+        self.close_codes: list[Optional[int]] = []
         self.port = 0
         self._last_heard: dict[web.WebSocketResponse, float] = {}  # monotonic
         # unanswered heartbeat: (id, monotonic time sent)
@@ -288,6 +289,10 @@ class FakeExchange:
         finally:
             watcher.cancel()
             self.clients.pop(ws, None)
+            # How each connection ended: 1006 when the client left without a
+            # close frame (an abort), its code when it closed properly.
+            self.close_codes.append(ws.close_code)
+            self.changed.set()
         return ws
 
     async def _on_client_text(self, ws: web.WebSocketResponse, text: str) -> None:

@@ -59,8 +59,9 @@ def body(table: ResponseTable, asset: str) -> dict:
 class Rig:
     """One fake exchange, one connection, a publisher and its table."""
 
-    def __init__(self, name: str, exchange=None, **settings: Any) -> None:
+    def __init__(self, name: str, exchange=None, quiet: bool = False, **settings: Any) -> None:
         self.name = name
+        self.quiet = quiet                    # the stream sends no ticker at all
         self.asset, self.ws_price, self.rest_price = CASES[name]
         self.exchange = exchange or EXCHANGES[name]
         self.symbol = self.exchange.symbol_of(self.asset)
@@ -68,7 +69,8 @@ class Rig:
 
     async def __aenter__(self) -> "Rig":
         self.fake = await FakeExchange(self.name).start()
-        self.fake.ws_prices[self.symbol] = self.ws_price
+        if not self.quiet:
+            self.fake.ws_prices[self.symbol] = self.ws_price
         self.fake.rest_prices[self.symbol] = self.rest_price
         self.table = ResponseTable()
         self.publisher = PricePublisher(self.table, stale_after_s=5.0)
@@ -284,6 +286,7 @@ def test_all_six_reach_the_http_api_and_stream_subscribers(tmp_path):
     assert all(e["state"] == "connected" for e in exchanges.values()), exchanges
     assert b'beastnet_feed_exchange_state{exchange="okx",state="connected"} 1' in metrics
     assert b"\nbeastnet_feed_dropped_total 0\n" in metrics
+    assert b"\nbeastnet_feed_sink_errors_total 0\n" in metrics
     assert b"\nbeastnet_feed_exchange_messages_total{exchange=\"okx\"} " in metrics
     for asset, (name, _) in want.items():     # every exchange's price reaches a subscriber
         assert (frames[asset]["asset"], frames[asset]["source"], frames[asset]["quote"]) == \
@@ -512,3 +515,189 @@ def test_a_stream_that_never_speaks_is_stale_too():
 
     health, connections = asyncio.run(scenario())
     assert health["state"] == "fallback" and connections >= 2
+
+
+def test_the_publisher_takes_each_tick_in_the_reader_task_and_counts_sink_errors(caplog):
+    """deliver_to: the connection's reader task calls on_tick itself (no
+    queue, no second task); a tick the sink raises on is counted in
+    feed_sink_errors and logged, and the stream reads on."""
+    async def scenario():
+        fake = await FakeExchange("okx").start()
+        asset, price, _ = CASES["okx"]
+        fake.ws_prices[EXCHANGES["okx"].symbol_of(asset)] = price
+        feed = ExchangeFeed(routes={asset: ["okx"]}, assets=[asset],
+                            settings={"okx": fast(fake)})
+        table = ResponseTable()
+        publisher = PricePublisher(table, stale_after_s=5.0)
+        take = publisher.on_tick
+        callers: set = set()
+        calls = [0]
+
+        def sink(item):
+            callers.add(asyncio.current_task())
+            calls[0] += 1
+            if calls[0] % 3 == 0:
+                raise RuntimeError("a bug in the publisher")
+            take(item)
+        publisher.on_tick = sink              # type: ignore[method-assign]
+        consumer = asyncio.ensure_future(publisher.consume(feed))
+        try:
+            assert await until(lambda: feed.sink_errors >= 5 and
+                               feed.connections["okx"].ticks >= 15)
+            return (callers, consumer, feed.queue.qsize(), feed.sink_errors, calls[0],
+                    body(table, asset), publisher.health(), feed.connections["okx"].health())
+        finally:
+            await stop_all(consumer, {"okx": fake})
+
+    with caplog.at_level("ERROR", logger="beastnet.serve.feeds.exchanges"):
+        callers, consumer, queued, errors, calls, published, health, okx = \
+            asyncio.run(scenario())
+    assert consumer not in callers and len(callers) == 1   # the one reader task, not consume's
+    assert queued == 0 and health["feed_dropped"] == 0
+    assert errors == calls // 3 and health["feed_sink_errors"] == errors
+    assert okx["reconnects"] == 0 and okx["state"] == "connected"   # the stream read on
+    assert published["price"] == float(CASES["okx"][1]) and published["source"] == "okx"
+    lines = [r.getMessage() for r in caplog.records if "the sink refused" in r.getMessage()]
+    assert len(lines) == 1 and "RuntimeError: a bug in the publisher" in lines[0]
+
+
+@pytest.mark.parametrize("client", ["aiohttp", "websockets"])
+def test_a_silent_stream_is_aborted_at_once_and_redialled(client):
+    """The watchdog drops a silent stream without a close handshake (the
+    peer may never answer one): the fake sees the connection end with no
+    close frame (1006), and the client redials.  Both WebSocket clients."""
+    async def scenario():
+        async with Rig("coinbase", ws_client=client) as rig:
+            assert await until(lambda: rig.conn.state == "connected" and
+                               rig.price_is(rig.ws_price))
+            rig.fake.silent = True
+            assert await until(lambda: rig.conn.stale_events >= 1)
+            assert await until(lambda: len(rig.fake.close_codes) >= 1)
+            rig.fake.silent = False
+            assert await until(lambda: rig.conn.state == "connected" and
+                               rig.fake.connections >= 2)
+            return rig.fake.close_codes[0], rig.conn.health()
+
+    code, health = asyncio.run(scenario())
+    assert code == 1006, code
+    assert health["reconnects"] >= 1 and health["stale_events"] >= 1
+
+
+def test_an_unknown_websocket_client_is_refused():
+    from beastnet.serve.feeds.exchanges.wsclient import open_stream
+    with pytest.raises(ValueError, match="unknown WebSocket client 'picows'"):
+        asyncio.run(open_stream("ws://127.0.0.1:9/", "picows"))
+
+
+def test_the_prewarm_skips_symbols_the_stream_already_priced():
+    """Gate.io's REST ticker carries no time: a prewarm request answered
+    after the stream's price would overwrite it with an older one.  Two
+    symbols, REST requests 0.5 s apart: the stream prices both meanwhile,
+    so only the first is asked for and the stream's prices stay."""
+    async def scenario():
+        fake = await FakeExchange("gateio").start()
+        assets = ["BNB", "TRX"]
+        symbols = [EXCHANGES["gateio"].symbol_of(a) for a in assets]
+        for s, ws_price, rest_price in zip(symbols, ("701.33", "0.2501"), ("650.5", "0.2")):
+            fake.ws_prices[s], fake.rest_prices[s] = ws_price, rest_price
+        table = ResponseTable()
+        publisher = PricePublisher(table, stale_after_s=5.0)
+        conn = ExchangeConnection(EXCHANGES["gateio"], assets, publisher.on_tick,
+                                  **fast(fake, rest_gap_s=0.5))
+        task = asyncio.ensure_future(conn.run())
+        try:
+            assert await until(lambda: conn.prewarm_skipped >= 1 and
+                               all(s in conn.stream_priced for s in symbols))
+            # past the second request's turn: the round is over
+            assert await until(lambda: conn.connected and fake.rest_requests >= 1)
+            await asyncio.sleep(0)
+            return fake.rest_requests, conn.health(), [body(table, a) for a in assets]
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await fake.stop()
+
+    requests, health, bodies = asyncio.run(scenario())
+    assert requests == 1 and health["prewarm_skipped"] == 1 and health["rest_polls"] == 1
+    assert [b["price"] for b in bodies] == [701.33, 0.2501]
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_a_quiet_market_on_a_live_connection_is_not_declared_dead(name):
+    """No trade for many times the stale bound, but the exchange's liveness
+    traffic flows (Coinbase/Gemini/Kraken heartbeats, Crypto.com
+    public/heartbeat answered, Gate.io spot.pong, OKX pong): the stream stays
+    connected, is never dropped, and its REST price stays fresh."""
+    async def scenario():
+        async with Rig(name, quiet=True) as rig:
+            # A price from the prewarm (and Gemini's subscription snapshot).
+            assert await until(lambda: rig.conn.state == "connected" and
+                               body(rig.table, rig.asset).get("source") == name)
+            ticks0, messages0 = rig.conn.ticks, rig.conn.messages
+            # 20 liveness messages at 0.1 s: four stale bounds (0.5 s) without
+            # a price.
+            assert await until(lambda: rig.conn.messages >= messages0 + 20)
+            rig.publisher.check()
+            return (rig.conn.ticks - ticks0, rig.conn.health(), rig.publisher.health(),
+                    body(rig.table, rig.asset))
+
+    new_ticks, health, published, last = asyncio.run(scenario())
+    assert new_ticks == 0
+    assert (health["state"], health["stale_events"], health["reconnects"]) == \
+        ("connected", 0, 0), health
+    assert published["sources"][name]["stale"] is False and published["assets_stale"] == []
+    assert last["stale"] is False and last["source"] == name
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_each_exchanges_trouble_leaves_the_other_five_serving(name):
+    """One exchange goes through a malformed message, a dropped connection
+    (1006), a stale stream and a REST 429 while its stream is refused; the
+    other five stay connected, never count a fault, and keep publishing."""
+    async def scenario():
+        fakes = {n: await FakeExchange(n).start() for n in CASES}
+        for n, fake in fakes.items():
+            symbol = EXCHANGES[n].symbol_of(CASES[n][0])
+            fake.ws_prices[symbol], fake.rest_prices[symbol] = CASES[n][1], CASES[n][2]
+        routes = {CASES[n][0]: [n] for n in CASES}
+        feed = ExchangeFeed(routes=routes, assets=list(routes),
+                            settings={n: fast(f) for n, f in fakes.items()})
+        table = ResponseTable()
+        publisher = PricePublisher(table, stale_after_s=5.0)
+        task = asyncio.ensure_future(publisher.run(feed))
+        conns, sick = feed.connections, feed.connections[name]
+        others = [n for n in CASES if n != name]
+        try:
+            assert await until(lambda: all(c.state == "connected" and c.ticks >= 1
+                                           for c in conns.values()))
+            seq0 = {n: body(table, CASES[n][0])["seq"] for n in others}
+            trouble = fakes[name]
+            await trouble.send_raw('{"malformed": ')
+            assert await until(lambda: sick.bad_messages >= 1)
+            trouble.drop()                                      # no close frame: 1006
+            assert await until(lambda: sick.reconnects >= 1 and sick.state == "connected")
+            trouble.silent = True
+            assert await until(lambda: sick.stale_events >= 1)
+            trouble.refuse, trouble.rest_status = True, 429
+            trouble.drop()
+            assert await until(lambda: sick.rest_rate_limited >= 1)
+            # The others published all along: several prices each since.
+            assert await until(lambda: all(body(table, CASES[n][0])["seq"] > seq0[n] + 10
+                                           for n in others))
+            publisher.check()
+            return ({n: c.health() for n, c in conns.items()},
+                    {n: body(table, CASES[n][0]) for n in CASES}, publisher.health())
+        finally:
+            await stop_all(task, fakes)
+
+    health, bodies, published = asyncio.run(scenario())
+    assert health[name]["bad_messages"] >= 1 and health[name]["stale_events"] >= 1
+    for n in CASES:
+        if n == name:
+            continue
+        h = health[n]
+        assert (h["state"], h["reconnects"], h["stale_events"], h["bad_messages"],
+                h["rest_errors"]) == ("connected", 0, 0, 0, 0), (n, h)
+        assert (bodies[n]["source"], bodies[n]["stale"]) == (n, False)
+        assert bodies[n]["price"] == float(CASES[n][1])
+        assert published["sources"][n]["stale"] is False

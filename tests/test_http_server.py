@@ -678,3 +678,30 @@ def test_port_held_by_another_server_is_refused_unless_shared(table):
             wait_for(lambda: first.stats()["totals"]["requests"]
                      + second.stats()["totals"]["requests"] == 40)
             assert second.stats()["totals"]["requests"] > 0
+
+
+def test_miss_prefix_sends_the_handler_only_its_misses():
+    """serve's reports handler takes misses under reports/usage only: every
+    other miss is a native 404, never queued to the control plane."""
+    table = ResponseTable()
+    table.set("BTC", b'{"asset":"BTC"}')
+    seen: list[str] = []
+
+    def handler(request: MissRequest):
+        seen.append(request.path)
+        return {"report": request.key}
+
+    with HTTPServer(table, threads=1, handler=handler, miss_prefix="reports/usage") as srv:
+        c = client(srv)
+        for path, status in (("/v1/NOPE", 404), ("/v1/reports", 404), ("/v1/reportsX/usage", 404),
+                             ("/v1/reports/usage/summary", 200), ("/v1/BTC", 200),
+                             ("/v1/reports/usag", 404), ("/v1/reports/usage", 200)):
+            c.request("GET", path)
+            r = c.getresponse()
+            r.read()
+            assert r.status == status, path
+        assert seen == ["/v1/reports/usage/summary", "/v1/reports/usage"]
+        totals = srv.stats()["totals"]
+        assert totals["queued"] == 2 and totals["misses"] == 6
+    with pytest.raises(ValueError, match="miss_prefix"):
+        HTTPServer(table, threads=1, handler=handler, miss_prefix="x" * 4096).start()

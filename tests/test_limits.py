@@ -304,6 +304,34 @@ def test_flusher_picks_up_changes_from_another_process(tmp_path):
         assert "new-key" in keys and first not in keys
 
 
+def test_flusher_thread_outlives_an_error_that_is_not_a_store_error(tmp_path):
+    """A driver error the store failed to map (asyncpg's InternalClientError
+    once) killed the thread: no flush or resync ever again.  It is counted
+    and the next round flushes."""
+    with KeyStore(str(tmp_path / "k.db")) as store:
+        store.add("partner", key="p")
+        keys = APIKeyTable()
+        store.sync_into(keys)
+        real_add_usage = store.add_usage
+        failures = [RuntimeError("cannot switch to state 11; another operation (2) is "
+                                 "in progress")]
+
+        def add_usage(deltas, month, batch=None):
+            if failures:
+                raise failures.pop()
+            real_add_usage(deltas, month, batch)
+        store.add_usage = add_usage  # type: ignore[method-assign]
+        flusher = UsageFlusher(store, keys, interval_s=0.01).start()
+        try:
+            for _ in range(7):
+                keys.admit("p")
+            wait_for(lambda: store.usage("p") == 7, timeout=5, message="the flush after the error")
+            assert flusher.flush_errors == 1 and "state 11" in str(flusher.last_error)
+            assert flusher._thread.is_alive()
+        finally:
+            flusher.stop()
+
+
 def test_flush_failure_keeps_counts_pending(tmp_path):
     path = str(tmp_path / "k.db")
     with KeyStore(path, timeout_s=0.05) as store:

@@ -61,3 +61,41 @@ def test_label_values_are_escaped():
     fam = MetricFamily("x", "gauge", "help").add(1.5, name='a "quoted"\\ \nvalue')
     sample = parse(render([fam]))["x"].samples[0]
     assert sample.labels["name"] == 'a "quoted"\\ \nvalue' and sample.value == 1.5
+
+
+def test_a_counter_named_with_total_is_refused():
+    """render() appends _total to counters: a family named with it came out
+    as beastnet_usage_log_rows_written_total_total once."""
+    with pytest.raises(ValueError, match="without _total"):
+        MetricFamily("beastnet_x_total", "counter", "x")
+    text = render([MetricFamily("beastnet_x", "counter", "x").add(3)]).decode()
+    assert "beastnet_x_total 3" in text and "_total_total" not in text
+
+
+def test_key_tiers_are_read_again_only_when_the_store_changes(tmp_path):
+    """A scrape reads each key's tier from the store only when the store's
+    key version moved since the last read (10k keys re-read on every
+    scrape cost ~70 ms)."""
+    from beastnet.serve.apikeys import ApiKeys
+    from beastnet.serve.keys import Tier
+    from beastnet.serve.stores.sqlite import KeyStore
+    tiers = {"public": Tier("public", 0.0, 1, 0), "pro": Tier("pro", 0.0, 1, 0)}
+    with KeyStore(str(tmp_path / "keys.db"), tiers) as store, \
+            KeyStore(str(tmp_path / "keys.db"), tiers) as elsewhere:
+        for i in range(3):
+            store.add("public", key=f"key-{i}-0123456789")
+        component = ApiKeys(None, store)  # type: ignore[arg-type]  (families needs no host)
+        store.sync_into(component.api_keys)
+
+        def active_by_tier() -> dict:
+            families = parse(render(component.families()))
+            return {s.labels["tier"]: s.value
+                    for s in families["beastnet_api_keys_active"].samples}
+        assert active_by_tier() == {"public": 3}
+        for _ in range(5):
+            active_by_tier()
+        assert component.tier_reads == 1
+        elsewhere.set_tier("key-0-0123456789", "pro")      # another process re-tiers a key
+        assert active_by_tier() == {"public": 2, "pro": 1} and component.tier_reads == 2
+        active_by_tier()
+        assert component.tier_reads == 2

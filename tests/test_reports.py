@@ -165,7 +165,10 @@ def test_serve_reports_equal_what_the_clients_counted(serve, tmp_path):  # noqa:
                              "alice-key")
     assert status == 400 and "before" in refused["detail"]
     assert server.http("GET", "/v1/reports/usage")[0] == 401
+    queued = orjson.loads(server.admin("GET", "/admin/stats")[2])["http"]["totals"]["queued"]
     assert server.http("GET", "/v1/NOPE", {"X-API-Key": "alice-key"})[0] == 404
+    after = orjson.loads(server.admin("GET", "/admin/stats")[2])["http"]["totals"]["queued"]
+    assert after == queued, "a price miss is a native 404: only reports/usage... is queued"
     # The admin listener: any key, and every key.
     bob = api_key_id("bob-key")
     status, _, raw = server.admin("GET", f"/admin/reports/usage/summary?key={bob}")

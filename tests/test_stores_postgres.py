@@ -12,7 +12,8 @@ import pytest
 
 from beastnet import APIKeyTable, api_key_id
 from beastnet.serve.keys import KeyStoreError, Tier
-from beastnet.serve.stores.postgres import MIGRATIONS, PostgresKeyStore, migrate, schema_version
+from beastnet.serve.stores.postgres import (MIGRATIONS, PostgresDatabase, PostgresKeyStore,
+                                            migrate, schema_version)
 from beastnet.serve.stores.sqlite import KeyStore
 from pg_support import postgres  # noqa: F401  (the fixture)
 from support import free_port, requires
@@ -185,3 +186,78 @@ def test_keys_command_on_postgres(postgres):  # noqa: F811
         assert store.list()[0]["revoked"]
     both = beastnet("keys", "--db", "x.db", *db, "list")
     assert both.returncode == 2 and "give one" in both.stderr
+
+
+class _ConnectionMidShutdown:
+    """A pooled connection that has read the server's FATAL (57P01) but not
+    yet its EOF: not closed, so the pool lends it, and asyncpg refuses its
+    next statement with InternalClientError (seen under load, when PostgreSQL
+    stopped while the connection sat idle)."""
+
+    async def fetch(self, *args, **kwargs):
+        import asyncpg
+        raise asyncpg.InternalClientError(
+            "cannot switch to state 11; another operation (2) is in progress")
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc):
+        return False
+
+
+class _PoolLendingIt:
+    def get_idle_size(self) -> int:
+        return 1
+
+    def acquire(self, timeout=None):
+        return _ConnectionMidShutdown()
+
+
+def test_a_connection_caught_mid_shutdown_is_the_database_down(postgres):  # noqa: F811
+    migrate(postgres.dsn)
+    with PostgresDatabase(postgres.dsn) as db:
+        assert db.run("SELECT 1")[0][0] == 1 and db.reachable
+        real_pool, db._pool = db._pool, _PoolLendingIt()
+        try:
+            with pytest.raises(KeyStoreError, match="another operation"):
+                db.run("SELECT 1", what="probe")
+            assert not db.reachable
+        finally:
+            db._pool = real_pool
+        assert db.run("SELECT 2")[0][0] == 2 and db.reachable
+
+
+def test_monthly_usage_flush_retried_after_a_lost_commit_answer_counts_once(postgres):  # noqa: F811
+    """The flusher keeps a failed flush as it is, under its number; the
+    store's one statement claims the number in usage_writers first, so the
+    retry of a flush that was applied (its answer lost) adds nothing."""
+    from beastnet.serve.keys import UsageFlusher
+    migrate(postgres.dsn)
+    with PostgresKeyStore(postgres.dsn, TIERS) as store:
+        key = store.add("pro", key="monthly-key-0123456789")      # burst 20: all admitted
+        store.add_usage({api_key_id(key): 5}, MONTH, ("writer-a", 1))
+        store.add_usage({api_key_id(key): 5}, MONTH, ("writer-a", 1))     # the same batch
+        store.add_usage({api_key_id(key): 2}, MONTH, ("writer-a", 2))
+        assert store.usage(key, MONTH) == 7
+        table = APIKeyTable()
+        store.sync_into(table)
+        real_add_usage, lost = store.add_usage, [1]
+
+        def add_usage(deltas, month, batch=None):
+            real_add_usage(deltas, month, batch)
+            if lost:                        # applied, then the answer is lost
+                lost.pop()
+                raise KeyStoreError("database: usage flush failed: connection was closed "
+                                    "in the middle of operation")
+        store.add_usage = add_usage  # type: ignore[method-assign]
+        flusher = UsageFlusher(store, table, interval_s=3600)       # flushed by hand here
+        before = store.usage(key)
+        for _ in range(6):
+            table.admit(key)
+        assert flusher.flush() == 0 and flusher.flush_errors == 1
+        for _ in range(4):
+            table.admit(key)                # after the failure: the next batch's
+        assert flusher.flush() == 6         # the kept batch, skipped by the store
+        assert store.usage(key) == before + 6
+        assert flusher.flush() == 4 and store.usage(key) == before + 10

@@ -16,6 +16,7 @@ import orjson
 import pytest
 
 from beastnet import USAGE_ROUTE_NAMES, APIKeyTable, api_key_id
+from beastnet.serve.keys import KeyStoreError
 from beastnet.serve.stores.usage_log import UNKNOWN_KEY, UsageLogStore, UsageRow
 from beastnet.serve.stores.usage_sqlite import SQLiteUsageLog
 from beastnet.serve.usage_log import UsageLog
@@ -134,6 +135,62 @@ def test_a_failed_batch_stays_queued_and_a_full_queue_counts_bg_drop(store, tmp_
     assert len(got) == 3 and usage.rows_written == 3
 
 
+def test_a_batch_is_applied_once_under_its_number(store):
+    """The store's half of the retry rule: a writer's batch at or below its
+    last applied number is skipped (False), in the same transaction."""
+    row = UsageRow(api_key_id("alpha"), 1_796_000_040, "http", "price", 2, 1, 0, 0)
+    assert store.write([row], ("writer-a", 1)) is True
+    assert store.write([row], ("writer-a", 1)) is False        # the same batch again
+    assert store.write([row], ("writer-b", 1)) is True         # another writer's first
+    assert store.write([row], ("writer-a", 2)) is True
+    assert store.write([row], ("writer-a", 1)) is False        # an old one, later
+    assert store.write([row]) is True                          # unnumbered: always applied
+    assert stored(store) == {(api_key_id("alpha"), "http", "price"): [8, 4, 0, 0]}
+    if store.server is not None:        # PostgreSQL's row-by-row writer claims alike
+        from beastnet.serve.stores.usage_postgres import PostgresUsageLog
+        rowwise = PostgresUsageLog(store.server.dsn, method="executemany")
+        try:
+            assert rowwise.write([row], ("writer-a", 2)) is False
+            assert rowwise.write([row], ("writer-a", 3)) is True
+        finally:
+            rowwise.close()
+        assert stored(store) == {(api_key_id("alpha"), "http", "price"): [10, 5, 0, 0]}
+
+
+class _AnswerLost:
+    """The store commits the first batch, then the answer is lost (the
+    connection dropped after COMMIT, or the wait for it timed out): the
+    writer sees a failure for a batch that is stored."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self.lost = 1
+
+    def write(self, rows, batch=None):
+        applied = self.store.write(rows, batch)
+        if self.lost:
+            self.lost -= 1
+            raise KeyStoreError("database: usage log write failed: connection was closed in "
+                                "the middle of operation")
+        return applied
+
+
+def test_a_retried_batch_whose_commit_went_through_is_not_counted_twice(store):
+    table = APIKeyTable()
+    table.set(api_key_id("alpha"))
+    usage = UsageLog(_AnswerLost(store), table)
+    seen: dict[tuple[str, str, str], list[int]] = {}
+    admit(table, "alpha", ("udp", "price"), 5, seen)
+    usage.harvest()
+    assert usage.write_batch() == -1 and usage.batch_flush_errors == 1
+    admit(table, "alpha", ("udp", "price"), 4, seen)           # a new cell: not in the batch
+    usage.harvest()
+    assert usage.queued() == 2 and sum(r.admitted for r in usage.pending()) == 9
+    assert usage.write_all() and usage.queued() == 0
+    assert usage.batches_skipped == 1 and usage.rows_written == 2
+    assert stored(store) == seen == {(api_key_id("alpha"), "udp", "price"): [9, 0, 0, 0]}
+
+
 def _take_down(store: Any, tmp_path) -> Any:
     """Make the store fail until the returned function is called."""
     if store.server is not None:
@@ -236,7 +293,10 @@ def test_serve_stats_show_the_usage_log_counters(serve, tmp_path):  # noqa: F811
     stats = wait_for(written)
     assert stats["rows_queued"] >= 1 and stats["bg_drop"] == 0
     metrics = server.admin("GET", "/metrics")[2].decode()
-    assert "beastnet_usage_log_rows_written_total" in metrics
+    written = [line for line in metrics.splitlines()
+               if line.startswith("beastnet_usage_log_rows_written")]
+    assert len(written) == 1 and written[0].startswith("beastnet_usage_log_rows_written_total ")
+    assert "_total_total" not in metrics
     assert server.terminate() == 0
 
 

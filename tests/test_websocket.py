@@ -714,6 +714,40 @@ def test_reassembly_memory_is_capped_per_engine_and_given_back(table):
             c.close()
 
 
+def test_unfinished_large_frames_count_against_the_reassembly_cap(table):
+    """Issue 23: the cap counted fragmented messages only, so 8,000
+    connections each holding 65,535 of a 65,536-byte frame still took the
+    server past 1.3 GB.  An input buffer now counts past its first 16 KiB:
+    two such half-frames pass a 90,000-byte cap, and the second closes 1013;
+    a finished frame gives its share back."""
+    options = WebSocketOptions(echo_path="/echo", max_reassembly_bytes=90_000)
+    payload = bytes(range(256)) * 256                       # 65,536 bytes: one whole frame
+    frame = build_frame(BINARY, payload)
+    with HTTPServer(table, threads=1, websocket=options) as server:
+        first, second, third = (RawClient(server, path="/echo") for _ in range(3))
+        for c in (first, second, third):
+            c.handshake()
+
+        def send_all_but_the_last_byte(client):
+            before = totals(server)["bytes_in"]
+            client.send(frame[:-1])
+            wait_for(lambda: totals(server)["bytes_in"] >= before + len(frame) - 1,
+                     message="the half-frame read by the server")
+
+        send_all_but_the_last_byte(first)                  # ~50 KiB charged: under the cap
+        send_all_but_the_last_byte(second)                 # together past 90,000
+        assert second.close_code() == 1013
+        assert totals(server)["ws_reassembly_refused"] == 1
+        first.send(frame[-1:])                             # finished: its share given back
+        assert first.frame() == (BINARY, payload)
+        send_all_but_the_last_byte(third)
+        third.send(frame[-1:])
+        assert third.frame() == (BINARY, payload)
+        assert totals(server)["ws_reassembly_refused"] == 1
+        for c in (first, second, third):
+            c.close()
+
+
 def test_a_non_reader_of_a_slow_symbol_is_closed_a_stall_after_its_window_closes(table):
     """Issue 23: the stall clock started at the first short write, i.e. once
     TCP_NOTSENT_LOWAT's 128 KiB were unsent; a subscriber of a slow symbol

@@ -379,7 +379,12 @@ cdef int conn_request(bn_hworker* w, bn_conn* c, bn_hreq* req) noexcept nogil:
                                           entry_served_body(w, e),
                                           0 if head_only else e.body_len, 200, SEG_ENTRY, e))
         bn_count(&w.counters.misses, 1)
-        if not w.misses_to_python or w.missq == NULL:
+        if (not w.misses_to_python or w.missq == NULL
+                or (w.miss_prefix_len
+                    and (key_len < w.miss_prefix_len
+                         or memcmp(key, w.miss_prefix, w.miss_prefix_len) != 0))):
+            # No handler, or not a miss it takes (serve: only reports/...):
+            # answered here, never queued to the control plane.
             return conn_step(c, conn_emit_error(w, c, ERR_404, tail, head_only))
     elif http_is_route(w, req.target, req.path_len):
         bn_count(&w.counters.routed, 1)

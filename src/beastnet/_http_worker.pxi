@@ -85,6 +85,8 @@ cdef struct bn_hworker:
     int64_t next_kq_ns                  # next kernel_queued sample
     char batch_key[KEY_MAX_BYTES]       # "<prefix><batch_key>?symbols=A,B": the batch query
     size_t batch_key_len                # 0 = no batch query
+    char miss_prefix[KEY_MAX_BYTES]     # table misses whose key starts so go to Python ...
+    size_t miss_prefix_len              # ... 0 = every miss (with misses_to_python)
     char* batch_out                     # BATCH_OUT_BYTES: a batch answer's formatted head or 404
     int cors_any                        # CORS: 1 = any origin ("*"), 0 = the listed ones
     uint32_t cors_n                     # allowed origins listed; 0 and not cors_any = CORS off
@@ -846,7 +848,7 @@ cdef class HTTPEngine(NativeEngine):
                   size_t max_copied_output_bytes=268435456,
                   TLSContext tls=None, double tls_handshake_timeout_s=10.0, cors_origins=(),
                   str batch_key=None, int notsent_lowat_bytes=131072,
-                  int send_buffer_bytes=0):
+                  int send_buffer_bytes=0, str miss_prefix=None):
         cdef int i
         cdef int n = len(fds)
         cdef bytes raw_prefix = prefix.encode("ascii")
@@ -914,6 +916,9 @@ cdef class HTTPEngine(NativeEngine):
         cdef bytes raw_batch = batch_key.encode("ascii") if batch_key else b""
         if raw_batch and not http_key_valid(raw_batch, len(raw_batch)):
             raise ValueError(f"batch_key {batch_key!r} is not a valid key")
+        cdef bytes raw_miss_prefix = miss_prefix.encode("ascii") if miss_prefix else b""
+        if len(raw_miss_prefix) >= KEY_MAX_BYTES:
+            raise ValueError(f"miss_prefix {miss_prefix!r}: at most {KEY_MAX_BYTES - 1} bytes")
         self._setup(table, api_keys, n, sizeof(bn_http_counters), miss_capacity)
         if tls is not None:
             openssl.SSL_CTX_up_ref(tls.ctx)
@@ -972,6 +977,9 @@ cdef class HTTPEngine(NativeEngine):
                 w.batch_out = <char*>malloc(BATCH_OUT_BYTES)
                 if w.batch_out == NULL:
                     raise MemoryError()
+            if raw_miss_prefix:
+                memcpy(w.miss_prefix, <const char*>raw_miss_prefix, len(raw_miss_prefix))
+                w.miss_prefix_len = len(raw_miss_prefix)
             w.notsent_lowat = notsent_lowat_bytes
             w.sndbuf = send_buffer_bytes
             w.cors_any = cors_any

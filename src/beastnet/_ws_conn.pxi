@@ -519,6 +519,49 @@ cdef int ws_on_request(bn_hworker* w, bn_conn* c, const char* msg, size_t n) noe
     return rc
 
 
+cdef inline uint64_t ws_in_charged(size_t cap) noexcept nogil:
+    # An input buffer's first WS_IN_UNCHARGED_BYTES are every connection's
+    # ordinary leftovers (a frame split across reads); what it grows past
+    # that holds an unfinished large frame, which pins memory as surely as a
+    # fragmented message does, so it counts against the same engine-wide cap.
+    return cap - WS_IN_UNCHARGED_BYTES if cap > WS_IN_UNCHARGED_BYTES else 0
+
+
+cdef int ws_in_recharge(bn_ws_conn* wc, size_t old_cap, size_t new_cap) noexcept nogil:
+    """Move the input buffer's charge on the reassembly pool from old_cap's
+    to new_cap's.  0, or -2 when growing would pass the cap (nothing moved)."""
+    cdef uint64_t was = ws_in_charged(old_cap)
+    cdef uint64_t now = ws_in_charged(new_cap)
+    cdef bn_ws_reader* r = &wc.reader
+    if r.pool == NULL or now == was:
+        return 0
+    if now < was:
+        bn_add_u64(r.pool, <uint64_t>0 - (was - now))
+        return 0
+    if bn_add_u64(r.pool, now - was) > r.pool_cap:
+        bn_add_u64(r.pool, <uint64_t>0 - (now - was))
+        return -2
+    return 0
+
+
+cdef void ws_in_free(bn_ws_conn* wc) noexcept nogil:
+    ws_in_recharge(wc, wc.in_cap, 0)
+    free(wc.inb)
+    wc.inb = NULL
+    wc.in_len = 0
+    wc.in_cap = 0
+
+
+cdef int ws_in_refused(bn_hworker* w, bn_ws_conn* wc) noexcept nogil:
+    # Past the engine's reassembly cap: 1013 (try again later), as a growing
+    # fragmented message gets, and nothing more is read from this peer.
+    bn_count(&w.counters.ws_reassembly_refused, 1)
+    ws_send_close(w, wc, WS_CLOSE_TRY_AGAIN)
+    wc.flags |= WSC_PEER_CLOSED
+    ws_in_free(wc)
+    return 0
+
+
 cdef int ws_conn_input(bn_hworker* w, bn_conn* c) noexcept nogil:
     """Read what the client sent and act on each complete frame.  Returns 0,
     or -1 when the connection must close now.
@@ -551,8 +594,11 @@ cdef int ws_conn_input(bn_hworker* w, bn_conn* c) noexcept nogil:
                 cap = wc.in_len + least
             if cap > limit:
                 cap = limit
+            if ws_in_recharge(wc, wc.in_cap, cap) != 0:
+                return ws_in_refused(w, wc)
             grown = <char*>realloc(wc.inb, cap)
             if grown == NULL:
+                ws_in_recharge(wc, cap, wc.in_cap)
                 bn_count(&w.counters.oom_closes, 1)
                 return -1
             wc.inb = grown
@@ -594,10 +640,7 @@ cdef int ws_keep_input(bn_hworker* w, bn_conn* c, char* data, size_t n) noexcept
     elif wc.partial_since_ns == 0:
         wc.partial_since_ns = w.now_ns
     if left == 0 or (wc.flags & WSC_PEER_CLOSED):
-        free(wc.inb)
-        wc.inb = NULL
-        wc.in_len = 0
-        wc.in_cap = 0
+        ws_in_free(wc)
         return 0
     if data == wc.inb:
         memmove(wc.inb, wc.inb + used, left)
@@ -605,8 +648,11 @@ cdef int ws_keep_input(bn_hworker* w, bn_conn* c, char* data, size_t n) noexcept
         return 0
     # From the scratch buffer: a copy the size of what is left (a later read
     # grows it, up to one frame).
+    if ws_in_recharge(wc, wc.in_cap, left + HTTP_READ_MIN_BYTES) != 0:
+        return ws_in_refused(w, wc)
     fresh = <char*>malloc(left + HTTP_READ_MIN_BYTES)
     if fresh == NULL:
+        ws_in_recharge(wc, left + HTTP_READ_MIN_BYTES, wc.in_cap)
         bn_count(&w.counters.oom_closes, 1)
         return -1
     memcpy(fresh, data + used, left)
@@ -644,6 +690,8 @@ cdef size_t ws_process(bn_hworker* w, bn_conn* c, char* data, size_t n) noexcept
             break
         used += step
         if ev.kind == WS_EV_ERROR:
+            if ev.code == WS_CLOSE_TRY_AGAIN:       # the reader's only 1013: past the cap
+                bn_count(&w.counters.ws_reassembly_refused, 1)
             ws_send_close(w, wc, ev.code)
             wc.flags |= WSC_PEER_CLOSED          # read nothing more from it
             break
@@ -737,7 +785,7 @@ cdef void ws_conn_free(bn_hworker* w, bn_conn* c) noexcept nogil:
     ws_reader_free(&wc.reader)
     free(wc.subs)
     free(wc.ctl)
-    free(wc.inb)
+    ws_in_free(wc)
     free(wc)
     c.ws = NULL
     w.ws.active -= 1

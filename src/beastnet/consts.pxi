@@ -66,6 +66,7 @@ cdef enum:
 cdef enum:
     HTTP_SCRATCH_BYTES = 65536      # per-worker read buffer; a connection's own buffer only holds leftovers
     HTTP_READ_MIN_BYTES = 4096      # least room offered to a read into a connection's own buffer
+    WS_IN_UNCHARGED_BYTES = 16384   # a WebSocket input buffer's share not counted against the reassembly cap
     HTTP_IOV_MAX = 510              # iovecs per gather write (3-4 a response; Linux allows 1024)
     HTTP_EVENTS_MAX = 256           # epoll events per epoll_wait
     HTTP_ACCEPT_BATCH = 64          # accept4 calls per readable listening socket

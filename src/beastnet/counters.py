@@ -136,6 +136,7 @@ ws_frames_out            counter  frames       Update and snapshot frames writte
 ws_superseded            counter  updates      Publications replaced by a newer one of the same symbol before the worker fanned them out.
 ws_conflated             counter  frames       Pending frames replaced by a newer one of the same symbol before they were written.
 ws_slow_closes           counter  connections  Connections closed because their output made no progress for stall_timeout_s.
+ws_reassembly_refused    counter  connections  Connections closed 1013 because their unfinished frames or fragmented messages would pass max_reassembly_bytes (all connections together).
 ws_frames_compressed     counter  frames       Of ws_frames_out, the compressed (permessage-deflate) frames.
 ws_bytes_saved           counter  bytes        Bytes those compressed frames were shorter than the plain ones.
 ws_messages_inflated     counter  messages     Compressed client messages inflated (permessage-deflate).
@@ -198,7 +199,8 @@ ws_deflate_cpu_ns        counter  nanoseconds  CPU time the table writers spent 
 USAGE_LOG_COUNTERS: tuple[Counter, ...] = _table("""
 rows_queued        counter  rows         Usage rows queued for the usage log store (one per key, minute, protocol and route). [snapshot]
 rows_written       counter  rows         Usage rows the usage log store took. [snapshot]
-batch_flush_errors counter  batches      Usage log batches the store refused (their rows queued again). [snapshot]
+batch_flush_errors counter  batches      Usage log batches the store refused (each kept and retried, under its number). [snapshot]
+batches_skipped    counter  batches      Retried usage log batches the store had applied already (their commit's answer was lost): not counted twice. [snapshot]
 bg_drop            counter  rows         Usage rows dropped because the usage log queue was full (the store is down or slow). [snapshot]
 lrs_requests       counter  requests     Usage report requests answered (public port and admin listener). [snapshot]
 usage_queue        gauge    rows         Usage rows waiting to be written.

@@ -148,6 +148,9 @@ class HTTPServer(EngineServer):
     ``GET <prefix>prices?symbols=BTC,ETH``: a JSON array of those entries'
     bodies, assembled natively (at most 64 symbols; a 404 names the unknown
     ones).  Keys are looked up as asked, then upper-cased.
+    ``miss_prefix`` (e.g. ``"reports/"``): only misses under
+    ``<prefix><miss_prefix>`` go to ``handler``; every other miss is answered
+    404 by the worker, never queued to the control plane.
     ``notsent_lowat_bytes`` (TCP_NOTSENT_LOWAT, default 128 KiB) bounds the
     unsent bytes the kernel holds per connection, ``send_buffer_bytes``
     (SO_SNDBUF, 0 = autotuned) its whole send buffer; stalled connections
@@ -200,6 +203,7 @@ class HTTPServer(EngineServer):
         reuse_port: bool = False,
         cors_origins: Sequence[str] = (),
         batch_key: Optional[str] = None,
+        miss_prefix: Optional[str] = None,
         notsent_lowat_bytes: int = 128 * 1024,
         send_buffer_bytes: int = 0,
         control_stall_s: float = 2.0,
@@ -247,7 +251,7 @@ class HTTPServer(EngineServer):
             max_copied_output_bytes=max_copied_output_bytes,
             header_timeout_s=header_timeout_s, idle_timeout_s=idle_timeout_s,
             write_timeout_s=write_timeout_s, require_api_key=require_api_key, api_keys=api_keys,
-            cors_origins=tuple(cors_origins), batch_key=batch_key,
+            cors_origins=tuple(cors_origins), batch_key=batch_key, miss_prefix=miss_prefix,
             notsent_lowat_bytes=notsent_lowat_bytes, send_buffer_bytes=send_buffer_bytes)
         self.websocket = websocket
         #: Topics `publish()` pushes that are not table keys (their last message is kept).

@@ -26,6 +26,10 @@ class MetricFamily:
     def __init__(self, name: str, kind: str, help_text: str) -> None:
         if kind not in ("counter", "gauge"):
             raise ValueError(kind)
+        if kind == "counter" and name.endswith("_total"):
+            # render() appends the suffix; given twice it came out as
+            # beastnet_usage_log_rows_written_total_total once.
+            raise ValueError(f"counter {name!r}: name it without _total, render() adds it")
         self.name = name
         self.kind = kind
         self.help = help_text

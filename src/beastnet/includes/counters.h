@@ -98,6 +98,7 @@ typedef struct bn_http_counters {
     uint64_t ws_superseded;                   /* publications replaced by a newer one of the same symbol before fan-out */
     uint64_t ws_conflated;                    /* pending frames replaced by a newer one before written */
     uint64_t ws_slow_closes;                  /* connections closed: no output progress for stall_timeout_s */
+    uint64_t ws_reassembly_refused;           /* connections closed 1013: unfinished frames or messages past max_reassembly_bytes */
     uint64_t ws_frames_compressed;            /* ... of ws_frames_out: permessage-deflate frames */
     uint64_t ws_bytes_saved;                  /* bytes those frames were shorter than the plain ones */
     uint64_t ws_messages_inflated;            /* compressed client messages (inflated) */

@@ -120,6 +120,7 @@ cdef extern from "counters.h" nogil:
         uint64_t ws_superseded
         uint64_t ws_conflated
         uint64_t ws_slow_closes
+        uint64_t ws_reassembly_refused
         uint64_t ws_frames_compressed
         uint64_t ws_bytes_saved
         uint64_t ws_messages_inflated

@@ -258,7 +258,9 @@ class Engines(Component):
                           control=host.control, websocket=stream, tls=tls,
                           reuse_port=cfg.share_ports, cors_origins=cfg.cors_origins,
                           batch_key=BATCH_KEY, control_stall_s=cfg.control_stall_s,
-                          handler=reports.on_public if reports is not None else None).start()
+                          handler=reports.on_public if reports is not None else None,
+                          miss_prefix=reports.miss_prefix if reports is not None else None
+                          ).start()
 
     def _on_dashboard(self, request: MissRequest) -> Answer:
         if request.method not in ("GET", "HEAD"):

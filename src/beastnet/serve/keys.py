@@ -16,6 +16,7 @@ import logging
 import secrets
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Mapping, Optional
 
@@ -120,8 +121,10 @@ class UsageFlusher:
     """Persists `api_keys`' admitted counts into `store` every `interval_s`.
 
     Runs on its own thread (SQLite calls block).  `stop()` flushes once more,
-    so a clean stop loses nothing.  If a flush fails, its counts stay pending
-    and go out with the next one.
+    so a clean stop loses nothing.  If a flush fails, its counts are kept as
+    they are, under their batch number, and sent again before anything newer:
+    the store skips a number it applied already (Usage.add_usage), so a
+    flush whose COMMIT went through unseen is never counted twice.
     """
 
     def __init__(self, store: "Keys", api_keys: APIKeyTable, interval_s: float = 0.1,
@@ -136,6 +139,9 @@ class UsageFlusher:
         self.reloads = 0                        # key changes picked up from the store
         self.last_error: Optional[BaseException] = None
         self._flushed: dict[str, int] = {k: v[0] for k, v in api_keys.usage().items()}
+        self.writer = uuid.uuid4().hex          # this process's batch numbers (add_usage)
+        self._seq = 0
+        self._batch: Optional[tuple[dict[str, int], int, str]] = None  # deltas, number, month
         self._month = current_month()
         self.after_sync = after_sync            # called (on this thread) after each reload
         self._version: Optional[tuple[int, ...]] = None     # None: not read yet (store down)
@@ -158,33 +164,53 @@ class UsageFlusher:
         self.flush()
 
     def flush(self) -> int:
-        """Persist every count admitted since the last flush; return how many."""
+        """Persist every count admitted since the last flush; return how many
+        (0 when the store failed: the batch is kept for the next flush)."""
         usage = self.api_keys.usage()
-        deltas = {k: v[0] - self._flushed.get(k, 0) for k, v in usage.items()}
         month = current_month()
-        try:
-            self.store.add_usage(deltas, self._month)
-        except KeyStoreError as exc:
-            self.flush_errors += 1
-            self.last_error = exc
-            return 0
-        for k, v in usage.items():
-            self._flushed[k] = v[0]
+        if self._batch is None:
+            deltas = {k: v[0] - self._flushed.get(k, 0) for k, v in usage.items()
+                      if v[0] != self._flushed.get(k, 0)}
+            if deltas:
+                self._seq += 1
+                self._batch = (deltas, self._seq, self._month)
+        sent = 0
+        if self._batch is not None:
+            deltas, seq, batch_month = self._batch
+            try:
+                self.store.add_usage(deltas, batch_month, (self.writer, seq))
+            except KeyStoreError as exc:
+                self.flush_errors += 1
+                self.last_error = exc
+                return 0
+            self._batch = None
+            for k, n in deltas.items():
+                self._flushed[k] = self._flushed.get(k, 0) + n
+            sent = sum(deltas.values())
         self.flushes += 1
         if month != self._month:                     # a new month: caps start again
             self._month = month
             for key in usage:
                 self.api_keys.set_month_used(key, 0)
-        return sum(deltas.values())
+        return sent
 
     def _run(self) -> None:
         next_sync = time.monotonic() + self.resync_s
         while not self._stop.wait(self.interval_s):
-            self.flush()
-            if self._changed.is_set() or time.monotonic() >= next_sync:
-                self._changed.clear()
-                next_sync = time.monotonic() + self.resync_s
-                self.resync()
+            try:
+                self.flush()
+                if self._changed.is_set() or time.monotonic() >= next_sync:
+                    self._changed.clear()
+                    next_sync = time.monotonic() + self.resync_s
+                    self.resync()
+            except Exception as exc:            # noqa: BLE001 - the thread must outlive it
+                # A store's failure is a KeyStoreError, handled above; this is
+                # a bug (a driver error not mapped to one, say), and a dead
+                # thread would stop every flush and resync for good.
+                self.flush_errors += 1
+                self.last_error = exc
+                log.exception("usage flush: %s", exc,
+                              extra={"fields": {"event": "usage_flush_bug"}})
 
     def changed(self) -> None:
         """The store says its keys changed (a NOTIFY): resync at the next

@@ -32,6 +32,9 @@ def feed_families(health: Mapping[str, Any], prefix: str = "beastnet_feed") -> l
         MetricFamily(f"{prefix}_dropped", "counter",
                      "Ticks the feed dropped while the publisher was a full queue behind.")
         .add(health.get("feed_dropped", 0)),
+        MetricFamily(f"{prefix}_sink_errors", "counter",
+                     "Feed items the publisher raised on (counted, not published).")
+        .add(health.get("feed_sink_errors", 0)),
         MetricFamily(f"{prefix}_assets_stale", "gauge", "Assets no fresh source quotes.")
         .add(len(health.get("assets_stale", []))),
     ]

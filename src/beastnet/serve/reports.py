@@ -210,6 +210,10 @@ class Reports(Component):
         self.host = host
         self.usage = usage
         self.prefix = host.cfg.http_prefix + "reports/usage"
+        # The public port sends this handler only the misses under it (the
+        # engine's miss_prefix): an unknown price key is a native 404, never
+        # a trip through the miss queue to a handler that would refuse it.
+        self.miss_prefix = "reports/usage"
 
     @classmethod
     def build(cls, host: "PriceService") -> Optional["Reports"]:

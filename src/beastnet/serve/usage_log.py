@@ -13,8 +13,11 @@ thread, every `interval_s`:
    merged into it, so a database that is down fills the queue by one row per
    cell and minute, not per harvest; a new cell past `queue_rows` is dropped
    and counted (`bg_drop`); serving never waits for the queue;
-3. writes batches of at most `batch_rows` rows; a batch that fails goes back
-   into the queue (`batch_flush_errors`) and is tried again next interval.
+3. writes batches of at most `batch_rows` rows, numbered 1, 2, 3... under a
+   writer ID of this process's own; a batch that fails is kept as it is
+   (`batch_flush_errors`) and tried again, under its number, before any
+   other: the store skips a number it applied already (its COMMIT went
+   through but the answer was lost), so a retry never counts twice.
 
 A clean stop (SIGTERM drains the engines first) harvests and writes once
 more, so nothing admitted is lost; a kill -9 loses what was harvested but
@@ -25,6 +28,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
 
@@ -59,8 +63,9 @@ class UsageLog:
 
     def __init__(self, store: UsageLogStore, api_keys: APIKeyTable, *, interval_s: float = 0.1,
                  batch_rows: int = 300, queue_rows: int = 100_000, retention_s: float = 0.0,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, writer: Optional[str] = None) -> None:
         self.store = store
+        self.writer = writer or uuid.uuid4().hex     # the batches' writer ID (store.write)
         self.api_keys = api_keys
         self.interval_s = interval_s
         self.batch_rows = batch_rows
@@ -72,10 +77,13 @@ class UsageLog:
         self.rows_written = 0           # rows the store took
         self.batch_flush_errors = 0     # batches the store refused (their rows re-queued)
         self.bg_drop = 0                # new cells dropped: the queue was full
+        self.batches_skipped = 0        # retried batches the store had applied already
         self.last_error: Optional[BaseException] = None
         self._lock = threading.Lock()   # the queue, the in-flight batch and the last counts
         self._queue: "OrderedDict[Cell, list[int]]" = OrderedDict()
-        self._inflight: list[tuple[Cell, list[int]]] = []
+        self._inflight: list[tuple[Cell, list[int]]] = []     # the batch being written ...
+        self._inflight_seq = 0          # ... its number (a failed one is kept, with it)
+        self._seq = 0                   # the last batch number given
         counts, unknown = api_keys.usage_counts()
         self._last: dict[str, tuple[int, ...]] = counts
         self._last_unknown: tuple[int, ...] = unknown
@@ -134,21 +142,18 @@ class UsageLog:
             self._last, self._last_unknown = counts, unknown
             return self._enqueue(rows)
 
-    def _enqueue(self, rows: list[tuple[Cell, list[int]]], front: bool = False) -> int:
+    def _enqueue(self, rows: list[tuple[Cell, list[int]]]) -> int:
         added = 0
         for cell, delta in rows:
             queued = self._queue.get(cell)
             if queued is not None:
                 for v in range(VERDICTS):
                     queued[v] += delta[v]
-            elif len(self._queue) >= self.queue_rows and not front:
+            elif len(self._queue) + len(self._inflight) >= self.queue_rows:
                 self.bg_drop += 1
             else:
                 self._queue[cell] = list(delta)
-                if front:
-                    self._queue.move_to_end(cell, last=False)
-                else:
-                    added += 1
+                added += 1
         self.rows_queued += added
         return added
 
@@ -160,22 +165,25 @@ class UsageLog:
     # -- writing ----------------------------------------------------------------------
 
     def write_batch(self) -> int:
-        """Write the oldest `batch_rows` rows; how many (0 when empty); -1 when
-        the store failed (the rows are queued again)."""
+        """Write the batch that failed last time, else the oldest `batch_rows`
+        rows; how many (0 when empty); -1 when the store failed (the batch is
+        kept, unchanged and under its number, for the next try)."""
         with self._lock:
-            batch: list[tuple[Cell, list[int]]] = []
-            while self._queue and len(batch) < self.batch_rows:
-                batch.append(self._queue.popitem(last=False))
-            self._inflight = batch
+            if not self._inflight:
+                batch: list[tuple[Cell, list[int]]] = []
+                while self._queue and len(batch) < self.batch_rows:
+                    batch.append(self._queue.popitem(last=False))
+                if batch:
+                    self._seq += 1
+                    self._inflight, self._inflight_seq = batch, self._seq
+            batch, seq = list(self._inflight), self._inflight_seq
         if not batch:
             return 0
         rows = [UsageRow(cell[1], cell[0], cell[2], cell[3], *counts) for cell, counts in batch]
         try:
-            self.store.write(rows)
+            applied = self.store.write(rows, (self.writer, seq))
         except KeyStoreError as exc:
             with self._lock:
-                self._inflight = []
-                self._enqueue(batch, front=True)
                 self.batch_flush_errors += 1
                 if self.last_error is None or str(exc) != str(self.last_error):
                     log.warning("usage log: %s (rows stay queued)", exc,
@@ -185,6 +193,11 @@ class UsageLog:
         with self._lock:
             self._inflight = []
             self.rows_written += len(rows)
+            if applied is False:
+                self.batches_skipped += 1
+                log.info("usage log: batch %d was stored already (its commit's answer was "
+                         "lost); not counted again", seq,
+                         extra={"fields": {"event": "usage_batch_skipped", "batch": seq}})
         return len(rows)
 
     def write_all(self) -> bool:
@@ -239,7 +252,8 @@ class UsageLog:
 
     def counters(self) -> dict[str, int]:
         return {"rows_queued": self.rows_queued, "rows_written": self.rows_written,
-                "batch_flush_errors": self.batch_flush_errors, "bg_drop": self.bg_drop}
+                "batch_flush_errors": self.batch_flush_errors, "bg_drop": self.bg_drop,
+                "batches_skipped": self.batches_skipped}
 
 
 class UsageLogComponent(Component):
@@ -298,12 +312,9 @@ class UsageLogComponent(Component):
             return []
         values = {**self.log.counters(), "lrs_requests": self.lrs_requests,
                   "usage_queue": self.log.queued()}
-        out = []
-        for counter in USAGE_LOG_COUNTERS:
-            suffix = "_total" if counter.kind == "counter" else ""
-            out.append(MetricFamily(f"beastnet_usage_log_{counter.name}{suffix}", counter.kind,
-                                    counter.help).add(values[counter.name]))
-        return out
+        # No "_total" here: render() gives counters theirs.
+        return [MetricFamily(f"beastnet_usage_log_{counter.name}", counter.kind, counter.help)
+                .add(values[counter.name]) for counter in USAGE_LOG_COUNTERS]
 
     def reconfigure(self, changes: Mapping[str, Any]) -> None:
         if "usage_flush_interval_s" in changes:

@@ -97,9 +97,14 @@ class PricePublisher:
         self.feed = feed
         self.source_stale_after_s.update(getattr(feed, "source_stale_after_s", {}))
         self.asset_priority.update(getattr(feed, "asset_priority", {}))
+        deliver_to = getattr(feed, "deliver_to", None)
         try:
-            async for tick in feed:
-                self.on_tick(tick)
+            if deliver_to is not None:
+                # The feed calls on_tick in its reader tasks: no queue between.
+                await deliver_to(self.on_tick)
+            else:
+                async for tick in feed:
+                    self.on_tick(tick)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -255,4 +260,6 @@ class PricePublisher:
             out["exchanges"] = feed_health()
             # Ticks the feed dropped because this publisher fell a queue behind.
             out["feed_dropped"] = getattr(self.feed, "dropped", 0)
+            # Items the feed handed to on_tick that raised (a bug here, counted).
+            out["feed_sink_errors"] = getattr(self.feed, "sink_errors", 0)
         return out

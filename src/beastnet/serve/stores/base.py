@@ -34,8 +34,12 @@ class Usage(Protocol):
 
     def usage(self, key: str, month: Optional[str] = None) -> int: ...
 
-    def add_usage(self, deltas: Mapping[str, int], month: str) -> None:
-        """Add counts, all in one transaction (all or nothing)."""
+    def add_usage(self, deltas: Mapping[str, int], month: str,
+                  batch: Optional[tuple[str, int]] = None) -> None:
+        """Add counts, all in one transaction (all or nothing).  `batch`,
+        (writer, number): skipped when that writer's number is not above the
+        last it applied (a retry of a flush whose COMMIT went through unseen;
+        UsageLogStore.write says more)."""
 
 
 class Keys(Usage, Protocol):

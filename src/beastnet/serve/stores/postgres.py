@@ -152,6 +152,18 @@ END $$;
 CREATE TRIGGER api_keys_notify AFTER INSERT OR UPDATE OR DELETE ON api_keys
     FOR EACH ROW EXECUTE FUNCTION notify_key_change();
 """),
+    # The usage log's batches are numbered per writer (one process's usage
+    # log), and a batch is applied only if its number is above the writer's
+    # last: a batch retried after its COMMIT went through unseen (the reply
+    # lost with the connection, or the wait for it timed out) is skipped,
+    # not counted twice (stores/usage_postgres.py).
+    (5, """
+CREATE TABLE usage_writers (
+    writer  TEXT PRIMARY KEY,                   -- a random ID per usage log (process start)
+    seq     BIGINT NOT NULL,                    -- the last batch it applied
+    seen_at TIMESTAMPTZ NOT NULL DEFAULT now()  -- trimmed with the usage log
+);
+"""),
 ]
 
 #: The channel `api_keys_notify` announces a changed key's ID on.
@@ -171,6 +183,22 @@ def _driver() -> Any:
         raise KeyStoreError("a PostgreSQL database needs asyncpg: "
                             "pip install 'beastnet[postgres]'") from None
     return asyncpg
+
+
+def _driver_errors() -> tuple[type[BaseException], ...]:
+    """What a statement on a pooled connection may raise when the database
+    goes away or refuses: the caller turns each into a KeyStoreError.
+
+    InternalClientError is among them: a server shutting down sends its
+    FATAL (57P01) before it closes the socket, and an idle pooled connection
+    that has read the one but not yet the other is not closed yet, so the
+    pool lends it out, and its next statement fails with "cannot switch to
+    state 11; another operation (2) is in progress".  Left out, that escaped
+    every handler and killed the usage flusher's thread (the node then never
+    saw the database down: the flaky test_database_down_mid_run...)."""
+    asyncpg = _driver()
+    return (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError,
+            asyncpg.InternalClientError)
 
 
 def _failed(exc: BaseException, dsn: str, what: str = "") -> KeyStoreError:
@@ -414,8 +442,7 @@ class PostgresDatabase(PoolOnLoop):
             except passing:
                 self.failing = False
                 raise
-            except (OSError, asyncio.TimeoutError, asyncpg.PostgresError,
-                    asyncpg.InterfaceError) as exc:
+            except _driver_errors() as exc:
                 self.failing = _unreachable(exc)
                 raise _failed(exc, self.dsn, what) from None
             self.failing = False
@@ -522,16 +549,32 @@ class PostgresKeyStore(KeySQL, _OnPostgres):
             return False
         return True
 
-    def add_usage(self, deltas: Mapping[str, int], month: str) -> None:
+    def add_usage(self, deltas: Mapping[str, int], month: str,
+                  batch: Optional[tuple[str, int]] = None) -> None:
         """Add request counts for `month`, all in one transaction (one
-        statement over arrays: one round trip whatever the number of keys)."""
+        statement over arrays: one round trip whatever the number of keys).
+        With `batch`, the same statement first claims its number in
+        usage_writers (migration 5) and adds nothing if it was taken."""
         rows = [(k, n) for k, n in deltas.items() if n]
-        if rows:
+        if not rows:
+            return
+        args: tuple = ([k for k, _ in rows], month, [n for _, n in rows])
+        if batch is None:
             self._run(
                 "INSERT INTO usage (key, month, count) "
                 "SELECT k, $2, n FROM unnest($1::text[], $3::bigint[]) AS t(k, n) "
                 "ON CONFLICT (key, month) DO UPDATE SET count = usage.count + excluded.count",
-                ([k for k, _ in rows], month, [n for _, n in rows]), what="usage flush failed")
+                args, what="usage flush failed")
+            return
+        self._run(
+            "WITH claim AS (INSERT INTO usage_writers AS w (writer, seq) VALUES ($4, $5) "
+            "ON CONFLICT (writer) DO UPDATE SET seq = excluded.seq, seen_at = now() "
+            "WHERE w.seq < excluded.seq RETURNING 1) "
+            "INSERT INTO usage (key, month, count) "
+            "SELECT k, $2, n FROM unnest($1::text[], $3::bigint[]) AS t(k, n) "
+            "WHERE EXISTS (SELECT 1 FROM claim) "
+            "ON CONFLICT (key, month) DO UPDATE SET count = usage.count + excluded.count",
+            (*args, batch[0], batch[1]), what="usage flush failed")
 
     def lookup(self, key_ids: List[str], month: Optional[str] = None) -> dict[str, tuple]:
         """The keys among `key_ids` (IDs) the database has, in one query:

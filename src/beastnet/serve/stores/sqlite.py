@@ -25,6 +25,9 @@ __all__ = ["Database", "DeliveryLogSQL", "KeySQL", "KeyStore", "ParameterStore",
            "log_rows", "subscription_row"]
 
 
+_T = TypeVar("_T")
+
+
 class Database:
     """One SQLite file in WAL mode, one connection, calls serialised by a
     lock (threads may share it).  Every failure is a KeyStoreError naming
@@ -83,6 +86,17 @@ class Database:
     def run_many(self, sql: str, rows: list[tuple], what: str = "") -> None:
         """One statement for each row, all in one transaction: all or nothing."""
         self.run_steps([(sql, rows)], what)
+
+    def run_in_transaction(self, work: Callable[[sqlite3.Connection], _T],
+                           what: str = "") -> _T:
+        """`work(connection)` in one write transaction: all or nothing."""
+        with self._lock:
+            try:
+                with self._conn:
+                    self._conn.execute("BEGIN IMMEDIATE")
+                    return work(self._conn)
+            except sqlite3.DatabaseError as exc:
+                raise self._failed(exc, what) from exc
 
     def run_steps(self, steps: list[tuple[str, list[tuple]]], what: str = "") -> None:
         """Each statement for each of its rows, all in one transaction."""
@@ -304,8 +318,11 @@ class KeyStore(KeySQL, _OnDatabase):
             raise
         return True
 
-    def add_usage(self, deltas: Mapping[str, int], month: str) -> None:
-        """Add request counts for `month`, all in one transaction."""
+    def add_usage(self, deltas: Mapping[str, int], month: str,
+                  batch: Optional[tuple[str, int]] = None) -> None:
+        """Add request counts for `month`, all in one transaction.  `batch`
+        is not needed here: a local SQLite COMMIT that raises did not happen,
+        so a retry cannot count twice (PostgreSQL's answer can be lost)."""
         rows = [(k, month, n) for k, n in deltas.items() if n]
         if rows:
             self.db.run_many(

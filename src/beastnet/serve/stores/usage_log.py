@@ -41,8 +41,14 @@ class UsageLogStore(Protocol):
 
     path: str
 
-    def write(self, rows: list[UsageRow]) -> None:
-        """Add the rows' counts to the stored ones, all in one transaction."""
+    def write(self, rows: list[UsageRow], batch: Optional[tuple[str, int]] = None) -> bool:
+        """Add the rows' counts to the stored ones, all in one transaction.
+
+        `batch`, (writer, number): a writer numbers its batches 1, 2, 3...
+        and retries a failed one, unchanged, before it writes the next; the
+        store applies a batch only if its number is above the writer's last
+        applied (kept in the same transaction), so a retry of a batch whose
+        COMMIT went through unseen is skipped.  False: skipped so."""
 
     def totals(self, key: Optional[str], start: int, end: int,
                bucket_s: Optional[int]) -> Totals:

@@ -1,7 +1,10 @@
 """The usage log in SQLite (the embedded default): one table in the key
-store's file, written with executemany in one transaction per batch."""
+store's file, written with executemany in one transaction per batch (with
+the batch's claim in `usage_writers`: UsageLogStore.write says why)."""
 from __future__ import annotations
 
+import sqlite3
+import time
 from typing import Optional
 
 from beastnet.serve.stores.sqlite import Database, _OnDatabase
@@ -21,6 +24,19 @@ CREATE TABLE IF NOT EXISTS usage_log (
     over_quota   INTEGER NOT NULL,
     PRIMARY KEY (minute, key, protocol, route)
 ) WITHOUT ROWID;
+-- The last batch each writer applied (UsageLogStore.write): a retried batch
+-- at or below it is skipped.
+CREATE TABLE IF NOT EXISTS usage_writers (
+    writer  TEXT PRIMARY KEY,
+    seq     INTEGER NOT NULL,
+    seen_at INTEGER NOT NULL            -- Unix seconds; trimmed with the usage log
+) WITHOUT ROWID;
+"""
+
+_CLAIM = """
+INSERT INTO usage_writers (writer, seq, seen_at) VALUES (?, ?, ?)
+ON CONFLICT (writer) DO UPDATE SET seq = excluded.seq, seen_at = excluded.seen_at
+WHERE seq < excluded.seq
 """
 
 _UPSERT = """
@@ -40,9 +56,18 @@ class SQLiteUsageLog(_OnDatabase):
     def __init__(self, db: "Database | str", timeout_s: float = 5.0) -> None:
         self._use_tables(db, timeout_s, _SCHEMA)
 
-    def write(self, rows: list[UsageRow]) -> None:
-        if rows:
-            self.db.run_many(_UPSERT, [tuple(r) for r in rows], "usage log write failed")
+    def write(self, rows: list[UsageRow], batch: Optional[tuple[str, int]] = None) -> bool:
+        if not rows:
+            return True
+
+        def work(conn: sqlite3.Connection) -> bool:
+            # changes() after the claim: 0 when the writer's last is at or above it.
+            if batch is not None and conn.execute(
+                    _CLAIM, (batch[0], batch[1], int(time.time()))).rowcount == 0:
+                return False
+            conn.executemany(_UPSERT, [tuple(r) for r in rows])
+            return True
+        return self.db.run_in_transaction(work, "usage log write failed")
 
     def totals(self, key: Optional[str], start: int, end: int,
                bucket_s: Optional[int]) -> Totals:
@@ -65,6 +90,7 @@ class SQLiteUsageLog(_OnDatabase):
 
     def trim(self, before: int) -> int:
         rows = self.db.run("DELETE FROM usage_log WHERE minute < ? RETURNING 1", (before,))
+        self.db.run("DELETE FROM usage_writers WHERE seen_at < ?", (before,))
         return len(rows)
 
 

@@ -13,6 +13,7 @@ from typing import Any, Optional, Sequence
 
 from beastnet.serve.feeds.base import SourceAlive, Tick
 from beastnet.serve.feeds.exchanges.connection import ExchangeConnection, reap
+from beastnet.serve.feeds.exchanges.wsclient import open_stream
 from beastnet.serve.feeds.exchanges.spec import Exchange
 
 __all__ = ["CheckResult", "check_exchange", "check_exchanges"]
@@ -47,13 +48,12 @@ async def check_exchange(exchange: Exchange, assets: Sequence[str], timeout_s: f
 
     conn = ExchangeConnection(exchange, assets, emit, **settings)
     result = CheckResult(exchange.name, conn.ws_url)
-    from websockets.asyncio.client import connect
     start = time.monotonic()
     deadline = start + timeout_s
     try:
-        async with connect(conn.ws_url, open_timeout=timeout_s, ping_interval=None,
-                           close_timeout=1.0, compression=None, max_size=4 << 20,
-                           proxy=None) as ws:
+        # The client the feed itself runs on, so a check tells what serve will see.
+        ws = await open_stream(conn.ws_url, conn.ws_client, timeout_s)
+        try:
             result.connect_ms = (time.monotonic() - start) * 1000
             if conn.connect_delay_s:
                 await asyncio.sleep(conn.connect_delay_s)
@@ -63,8 +63,10 @@ async def check_exchange(exchange: Exchange, assets: Sequence[str], timeout_s: f
             try:
                 while len(seen) < len(assets) and time.monotonic() < deadline:
                     try:
-                        raw = await asyncio.wait_for(ws.recv(), deadline - time.monotonic())
+                        raw = await asyncio.wait_for(ws.read(), deadline - time.monotonic())
                     except asyncio.TimeoutError:
+                        break
+                    if raw is None:           # the exchange closed
                         break
                     reply = conn.on_message(raw)
                     if seen and result.first_price_ms is None:
@@ -75,7 +77,9 @@ async def check_exchange(exchange: Exchange, assets: Sequence[str], timeout_s: f
                 for task in helpers:
                     task.cancel()
                     task.add_done_callback(reap)
-                ws.transport.abort()          # a check needs no close handshake
+        finally:
+            ws.abort()                        # a check needs no close handshake
+            await ws.release()
     except asyncio.CancelledError:
         raise
     except Exception as exc:                  # unreachable, refused, TLS, handshake: said

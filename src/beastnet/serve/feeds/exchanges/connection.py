@@ -18,12 +18,13 @@ import asyncio
 import logging
 import random
 import time
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
 import orjson
 
 from beastnet.serve.feeds.base import SourceAlive, Tick
 from beastnet.serve.feeds.exchanges.spec import Exchange, RawTick
+from beastnet.serve.feeds.exchanges.wsclient import WsStream, open_stream
 from beastnet.serve.upstream import read_capped
 
 __all__ = ["ExchangeConnection", "Recorder", "reap"]
@@ -47,7 +48,7 @@ class ExchangeConnection:
                  rest_max_bytes: int = 1 << 20, backoff_base_s: float = 0.5,
                  backoff_max_s: float = 30.0, open_timeout_s: float = 10.0,
                  ping_interval_s: Optional[float] = None, connect_delay_s: Optional[float] = None,
-                 recorder: Optional[Recorder] = None) -> None:
+                 recorder: Optional[Recorder] = None, ws_client: str = "aiohttp") -> None:
         self.exchange = exchange
         self.name = exchange.name
         self.emit = emit
@@ -67,6 +68,11 @@ class ExchangeConnection:
         self.connect_delay_s = exchange.connect_delay_s if connect_delay_s is None \
             else connect_delay_s
         self.recorder = recorder
+        # The exchange's bare keepalive answer, as text or bytes (aiohttp
+        # hands text frames over undecoded).
+        pong = exchange.pong_text
+        self._pong = None if pong is None else (pong, pong.encode())
+        self.ws_client = ws_client            # wsclient.CLIENTS
         self.asset_of = {exchange.symbol_of(a): a for a in assets}   # symbol -> asset
         self.symbols = list(self.asset_of)
         # state
@@ -75,6 +81,7 @@ class ExchangeConnection:
         self.last_message = 0.0               # monotonic s of the last WebSocket message
         self.last_ts: dict[str, float] = {}   # symbol -> the exchange time of its last tick
         self.symbols_seen: set[str] = set()
+        self.stream_priced: set[str] = set()  # symbols the WebSocket gave a price for
         # counters
         self.messages = 0
         self.ticks = 0
@@ -86,6 +93,7 @@ class ExchangeConnection:
         self.rest_polls = 0
         self.rest_errors = 0
         self.rest_rate_limited = 0            # 429s
+        self.prewarm_skipped = 0              # symbols the stream priced before their REST turn
         self.replies = 0                      # heartbeat answers sent
         self._ws: Any = None
         self._rate_mark = (time.monotonic(), 0)
@@ -116,7 +124,8 @@ class ExchangeConnection:
             "msgs_per_s": round((self.messages - mark_n) / span, 1), "messages": self.messages,
             "ticks": self.ticks, "reconnects": self.reconnects, "stale_events": self.stale_events,
             "rest_polls": self.rest_polls, "rest_errors": self.rest_errors,
-            "rest_rate_limited": self.rest_rate_limited, "bad_messages": self.bad_messages,
+            "rest_rate_limited": self.rest_rate_limited, "prewarm_skipped": self.prewarm_skipped,
+            "bad_messages": self.bad_messages,
             "out_of_order": self.out_of_order, "unknown_symbols": self.unknown_symbols,
             "symbols": len(self.symbols), "symbols_seen": len(self.symbols_seen),
             "stale_after_s": self.stale_after_s, "last_error": self._last_error,
@@ -132,7 +141,7 @@ class ExchangeConnection:
         if self.recorder is not None:
             self.recorder(self.name, "ws", None,
                           raw if isinstance(raw, str) else raw.decode("utf-8", "replace"), now)
-        if self.exchange.pong_text is not None and raw == self.exchange.pong_text:
+        if self._pong is not None and raw in self._pong:
             self.emit(SourceAlive(self.name))
             return None
         try:
@@ -141,7 +150,7 @@ class ExchangeConnection:
             self._bad(exc, raw)
             return None
         if ticks:
-            self._take(ticks, now)
+            self._take(ticks, now, self.stream_priced)
         else:
             self.emit(SourceAlive(self.name))
         if reply is not None:
@@ -158,7 +167,8 @@ class ExchangeConnection:
         self._take(ticks, now)
         return len(ticks)
 
-    def _take(self, ticks: list[RawTick], now: float) -> None:
+    def _take(self, ticks: list[RawTick], now: float,
+              priced: Optional[set[str]] = None) -> None:
         quote = self.exchange.quote
         for symbol, price, ts in ticks:
             asset = self.asset_of.get(symbol)
@@ -171,6 +181,8 @@ class ExchangeConnection:
                     continue
                 self.last_ts[symbol] = ts
             self.symbols_seen.add(symbol)
+            if priced is not None:
+                priced.add(symbol)
             self.ticks += 1
             self.emit(Tick(asset, price, self.name, ts or now, quote))
 
@@ -196,20 +208,20 @@ class ExchangeConnection:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _stream(self) -> None:
-        from websockets.asyncio.client import connect
         attempt = 0
         while True:
             try:
-                async with connect(self.ws_url, open_timeout=self.open_timeout_s,
-                                   ping_interval=None, close_timeout=1.0, compression=None,
-                                   max_size=4 << 20, proxy=None) as ws:
-                    self._ws = ws
-                    try:
-                        heard = await self._session(ws)
-                    except asyncio.CancelledError:
-                        # Stopping: no close handshake with a peer that may be hung.
-                        ws.transport.abort()
-                        raise
+                ws = await open_stream(self.ws_url, self.ws_client, self.open_timeout_s)
+                self._ws = ws
+                try:
+                    heard = await self._session(ws)
+                except BaseException:
+                    # Stopping, or the stream broke: no close handshake with
+                    # a peer that may be hung.
+                    ws.abort()
+                    await ws.release()
+                    raise
+                await ws.close()
                 if heard:
                     attempt = 0
                 self._gone("closed by the exchange")
@@ -227,7 +239,7 @@ class ExchangeConnection:
             self.reconnects += 1
             await asyncio.sleep(delay)
 
-    async def _session(self, ws: Any) -> bool:
+    async def _session(self, ws: WsStream) -> bool:
         """Subscribe, then read until the stream ends; True if it delivered."""
         self.last_message = time.monotonic()  # the stale timer counts from the connect
         if self.connect_delay_s:
@@ -237,21 +249,23 @@ class ExchangeConnection:
         # second): read the first answers meanwhile.
         subscriber = asyncio.ensure_future(self.subscribe(ws))
         try:
-            heard = False
-            async for raw in ws:
-                reply = self.on_message(raw)
-                if not heard:
-                    heard = True
-                    self._live()
+            read, on_message = ws.read, self.on_message
+            raw = await read()
+            if raw is None:
+                return False
+            self._live()
+            while raw is not None:
+                reply = on_message(raw)
                 if reply is not None:
                     await ws.send(reply)
-            return heard
+                raw = await read()
+            return True
         finally:
             for task in (subscriber, pinger):
                 task.cancel()
                 task.add_done_callback(reap)
 
-    async def subscribe(self, ws: Any) -> None:
+    async def subscribe(self, ws: WsStream) -> None:
         """Send the subscribe messages, in the adapter's batches and pace."""
         batch = max(1, self.exchange.subscribe_batch)
         for i in range(0, len(self.symbols), batch):
@@ -260,7 +274,7 @@ class ExchangeConnection:
             if self.exchange.subscribe_gap_s:
                 await asyncio.sleep(self.exchange.subscribe_gap_s)
 
-    async def keepalive(self, ws: Any) -> None:
+    async def keepalive(self, ws: WsStream) -> None:
         """The client's keepalive (Gate.io spot.ping, OKX ping), forever."""
         if self.exchange.ping_text is None or self.ping_interval_s <= 0:
             return
@@ -305,7 +319,7 @@ class ExchangeConnection:
                                     "meanwhile")
                 self._rest_wake.set()
                 self._ws = None
-                ws.transport.abort()          # a silent peer may never finish a close
+                ws.abort()                    # a silent peer may never finish a close
 
     async def _rest_loop(self) -> None:
         """Prewarm once, then poll only while the stream is not live."""
@@ -336,9 +350,11 @@ class ExchangeConnection:
     async def _rest_round(self, session: Any, prewarm: bool = False) -> bool:
         """One GET per REST path, `rest_gap_s` apart; True if any answered.
         A fallback round stops when the stream comes back; the prewarm runs
-        through (a quiet symbol may not tick on the stream for a while)."""
+        through (a quiet symbol may not tick on the stream for a while) but
+        skips the symbols the stream has priced (counted in prewarm_skipped)."""
         ok = False
-        for path, symbol in self.exchange.rest_paths(self.symbols) if self.symbols else ():
+        for path, symbol in self._prewarm_paths() if prewarm else \
+                self.exchange.rest_paths(self.symbols) if self.symbols else ():
             if self.connected and not prewarm:
                 return True
             self.rest_polls += 1
@@ -370,7 +386,28 @@ class ExchangeConnection:
             except Exception as exc:          # HTTP errors, bad bodies: counted, retried
                 self._rest_failed(path, exc)
             await asyncio.sleep(self.rest_gap_s)
-        return ok
+        # A prewarm with nothing left to ask for is not a failure of REST.
+        return ok or (prewarm and all(s in self.stream_priced for s in self.symbols))
+
+    def _prewarm_paths(self) -> Iterator[tuple[str, Optional[str]]]:
+        """The prewarm's REST paths, less the symbols the stream priced by
+        their turn: those need no REST price, and a REST ticker without a
+        time (Kraken, Gate.io) would be taken as newer than the stream's.
+        One request per symbol (most exchanges): each is looked at when its
+        turn comes; one request for all (Kraken): once, at the start."""
+        def pending() -> list[str]:
+            left = [s for s in self.symbols if s not in self.stream_priced]
+            self.prewarm_skipped += len(self.symbols) - len(left)
+            return left
+        if len(self.exchange.rest_paths(self.symbols[:2])) < min(2, len(self.symbols)):
+            left = pending()
+            yield from self.exchange.rest_paths(left) if left else ()
+            return
+        for symbol in self.symbols:
+            if symbol in self.stream_priced:
+                self.prewarm_skipped += 1
+                continue
+            yield from self.exchange.rest_paths([symbol])
 
     def _rest_failed(self, path: str, exc: BaseException) -> None:
         self.rest_errors += 1

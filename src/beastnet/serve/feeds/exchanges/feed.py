@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import IO, TYPE_CHECKING, Any, AsyncIterator, Mapping, Optional, Sequence, Union
+from typing import (IO, TYPE_CHECKING, Any, AsyncIterator, Callable, Mapping, Optional, Sequence,
+                    Union)
 
 import orjson
 
@@ -28,6 +29,7 @@ CONNECTION_SETTINGS = ("ws_url", "rest_url", "stale_after_s", "rest_interval_s",
                        "rest_timeout_s", "backoff_base_s", "backoff_max_s", "open_timeout_s",
                        "ping_interval_s", "connect_delay_s", "rest_max_bytes")
 Item = Union[Tick, SourceAlive]
+Sink = Callable[[Item], None]
 
 
 def exchange_assets(routes: Mapping[str, Sequence[str]], assets: Sequence[str] = ASSETS,
@@ -47,45 +49,89 @@ class ExchangeFeed(Feed):
     `routes` maps asset -> exchanges (primary first); `settings` maps an
     exchange to overrides of its connection (`CONNECTION_SETTINGS`).
     `source_stale_after_s` and `asset_priority` tell the publisher how long
-    each exchange's price stays fresh and which exchange an asset prefers."""
+    each exchange's price stays fresh and which exchange an asset prefers.
+    `ws_client` picks the WebSocket client (`wsclient.CLIENTS`)."""
 
     name = "exchanges"
 
     def __init__(self, routes: Mapping[str, Sequence[str]] = DEFAULT_ROUTES,
                  assets: Sequence[str] = ASSETS, exchanges: Optional[Sequence[str]] = None,
                  settings: Optional[Mapping[str, Mapping[str, Any]]] = None,
-                 recorder: Optional[Recorder] = None, queue_size: int = 100_000) -> None:
+                 recorder: Optional[Recorder] = None, queue_size: int = 100_000,
+                 ws_client: str = "aiohttp") -> None:
         settings = settings or {}
         unknown = sorted(set(settings) - set(EXCHANGES))
         if unknown:
             raise ValueError(f"unknown exchange {unknown[0]!r}: one of {', '.join(EXCHANGES)}")
         self.queue: asyncio.Queue[Item] = asyncio.Queue(queue_size)
         self.dropped = 0
+        # deliver_to's sink, called in the reader task of each connection;
+        # None: items go through `queue` to whoever iterates the feed.
+        self._sink: Optional[Sink] = None
+        self.sink_errors = 0
+        self._sink_error_logged = 0.0
         self.connections: dict[str, ExchangeConnection] = {}
         for name, names in exchange_assets(routes, assets, exchanges).items():
             if name not in EXCHANGES:
                 raise ValueError(f"unknown exchange {name!r} in the asset map")
             options = {k: v for k, v in settings.get(name, {}).items() if k in CONNECTION_SETTINGS}
             self.connections[name] = ExchangeConnection(EXCHANGES[name], names, self._emit,
-                                                        recorder=recorder, **options)
+                                                        recorder=recorder, ws_client=ws_client,
+                                                        **options)
         self.source_stale_after_s = {n: c.fresh_for_s for n, c in self.connections.items()}
         self.asset_priority = {a: list(v) for a, v in routes.items()}
 
     def _emit(self, item: Item) -> None:
+        sink = self._sink
+        if sink is not None:
+            try:
+                sink(item)
+            except Exception as exc:          # the sink's bug: counted, the stream reads on
+                self._sink_failed(exc)
+            return
         try:
             self.queue.put_nowait(item)
         except asyncio.QueueFull:             # the publisher fell behind: count, never block
             self.dropped += 1
 
-    async def __aiter__(self) -> AsyncIterator[Item]:  # type: ignore[override]
+    def _sink_failed(self, exc: BaseException) -> None:
+        self.sink_errors += 1
+        now = time.monotonic()
+        if now - self._sink_error_logged >= 10.0:   # one line per 10 s, the count says the rest
+            self._sink_error_logged = now
+            log.error("feed %s: the sink refused an item (%d so far): %s: %s", self.name,
+                      self.sink_errors, type(exc).__name__, exc)
+
+    async def deliver_to(self, sink: Sink) -> None:
+        """Run the feed, handing every item to `sink` in the task that read
+        it (until cancelled).  The publisher's `on_tick` is synchronous, so a
+        message goes from the socket to the table with no queue and no task
+        switch; an exception from `sink` is counted in `sink_errors`."""
+        self._sink = sink
+        try:
+            await self._run_connections()
+        finally:
+            self._sink = None
+
+    async def _run_connections(self) -> None:
         tasks = [asyncio.ensure_future(c.run()) for c in self.connections.values()]
         try:
-            while True:
-                yield await self.queue.get()
+            await asyncio.gather(*tasks)
         finally:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def __aiter__(self) -> AsyncIterator[Item]:  # type: ignore[override]
+        """The items through `queue` (one task switch each); the publisher
+        uses `deliver_to` instead."""
+        runner = asyncio.ensure_future(self._run_connections())
+        try:
+            while True:
+                yield await self.queue.get()
+        finally:
+            runner.cancel()
+            await asyncio.gather(runner, return_exceptions=True)
 
     def health(self) -> dict[str, Any]:
         """Per-exchange state and counters."""
@@ -121,7 +167,22 @@ class ExchangeReplayFeed(ExchangeFeed):
         self.speed = speed
         self.bad_lines = 0
 
+    async def deliver_to(self, sink: Sink) -> None:
+        """Play the file, handing each item to `sink` as it is parsed."""
+        self._sink = sink
+        try:
+            async for _ in self._play():
+                pass
+        finally:
+            self._sink = None
+
     async def __aiter__(self) -> AsyncIterator[Item]:  # type: ignore[override]
+        async for item in self._play():
+            yield item
+
+    async def _play(self) -> AsyncIterator[Item]:
+        """Feed the file through the adapters; yield what lands in `queue`
+        (nothing when a sink takes the items)."""
         start = time.monotonic()
         first: Optional[float] = None
         with open(self.path, "rb") as fh:
