@@ -119,6 +119,26 @@ def test_help_of_every_command_cites_no_design_document():
         assert "DESIGN" not in proc.stdout and "§" not in proc.stdout, command
 
 
+def test_webhooks_help_relates_webhook_tiers_to_key_tiers_in_plain_words():
+    """Issue 21: the help said "the seeds' X-Webhook-Signature" (a word from
+    the project's history, not the user's) and never said how a webhook tier
+    relates to an API-key tier."""
+    from beastnet.serve.keys import DEFAULT_TIERS
+    from beastnet.serve.webhooks import DEFAULT_WEBHOOK_TIERS
+
+    top = beastnet("webhooks", "--help")
+    add = beastnet("webhooks", "add", "--help")
+    assert top.returncode == 0 and add.returncode == 0, top.stderr + add.stderr
+    text = " ".join((top.stdout + add.stdout).split())          # argparse wraps lines
+    assert "seed" not in text.lower(), text
+    for tier in DEFAULT_WEBHOOK_TIERS.values():
+        assert f"{tier.name} {tier.interval_s:g} s/{tier.max_assets}" in text, tier
+    assert "separate from API-key tiers" in text, text
+    assert all(name in text for name in DEFAULT_TIERS), text
+    assert "needs no API key" in text and "count against no key's limits" in text, text
+    assert "a webhook tier (not an API-key tier)" in text, text
+
+
 def test_demo_and_serve_name_the_feed_rate_alike():
     from beastnet.cli.demo import add_demo_command
 

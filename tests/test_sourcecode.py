@@ -31,7 +31,7 @@ HOT_FUNCTIONS = {
                        "conn_seg_release", "conn_outq_free", "conn_acked_bytes", "conn_io_error",
                        "conn_sendmsg", "conn_send_out", "conn_flush_iov", "conn_count_status",
                        "conn_iov_add", "conn_emit", "conn_emit_piece", "conn_emit_error",
-                       "conn_close",
+                       "conn_close", "conn_watch",
                        "conn_keep_input", "conn_recv"],
     "_tls.pxi": ["tls_on_alpn", "tls_on_info", "tls_conn_new", "tls_conn_free", "tls_fail",
                  "tls_write_pending", "tls_write", "tls_sendv", "tls_recv", "tls_handshake_done",

@@ -31,7 +31,7 @@ def store(tmp_path):
         yield s
 
 
-def test_default_tiers_are_the_seeds():
+def test_default_webhook_tiers_and_config_overrides():
     assert {(t.name, t.interval_s, t.max_assets) for t in DEFAULT_WEBHOOK_TIERS.values()} == {
         ("starter", 60.0, 9), ("standard", 15.0, 30), ("professional", 6.0, 75),
         ("enterprise", 3.0, 150)}

@@ -477,6 +477,22 @@ cdef ssize_t conn_recv(bn_hworker* w, bn_conn* c, char* buf, size_t room) noexce
         return -1
 
 
+cdef int conn_watch(bn_hworker* w, bn_conn* c, uint32_t want) noexcept nogil:
+    """Set `c`'s epoll interest to `want`, with epoll_ctl only when it changes.
+    0, or -1 with io_errors counted: the caller ends the connection its own
+    way (closed at once, or marked dead for the end of the step)."""
+    cdef epoll_event ev
+    if want == c.events:
+        return 0
+    ev.events = want
+    ev.data.u64 = (<uint64_t>c.gen << 32) | <uint64_t>(c - w.conns)
+    if epoll_ctl(w.epfd, EPOLL_CTL_MOD, c.fd, &ev) < 0:
+        bn_count(&w.counters.io_errors, 1)
+        return -1
+    c.events = want
+    return 0
+
+
 cdef void conn_close(bn_hworker* w, bn_conn* c) noexcept nogil:
     if c.ws != NULL:
         ws_conn_free(w, c)

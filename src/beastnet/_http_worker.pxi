@@ -201,7 +201,6 @@ cdef void conn_set_events(bn_hworker* w, bn_conn* c) noexcept nogil:
     """Read unless waiting, closing or backlogged; watch for writability only
     while output is pending.  epoll_ctl only when the interest changes."""
     cdef uint32_t want = 0
-    cdef epoll_event ev
     if conn_out_pending(c) or (c.flags & CONN_TLS_READ_WANTS_WRITE):
         want |= EPOLLOUT
     if not (c.flags & (CONN_WAITING | CONN_CLOSE_AFTER | CONN_EOF)):
@@ -211,15 +210,8 @@ cdef void conn_set_events(bn_hworker* w, bn_conn* c) noexcept nogil:
                 tls_note_pending(w, c)  # reading again: what OpenSSL holds has no event
         elif c.events & EPOLLIN:
             bn_count(&w.counters.read_pauses, 1)
-    if want == c.events:
-        return
-    ev.events = want
-    ev.data.u64 = (<uint64_t>c.gen << 32) | <uint64_t>(c - w.conns)
-    if epoll_ctl(w.epfd, EPOLL_CTL_MOD, c.fd, &ev) < 0:
-        bn_count(&w.counters.io_errors, 1)
+    if conn_watch(w, c, want) < 0:
         c.flags |= CONN_DEAD
-        return
-    c.events = want
 
 
 

@@ -443,7 +443,6 @@ cdef ssize_t tls_recv(bn_hworker* w, bn_conn* c, char* buf, size_t room) noexcep
 
 cdef int tls_handshake_done(bn_hworker* w, bn_conn* c) noexcept nogil:
     """Count a finished handshake and what it gave; 0, or -1 (epoll failed)."""
-    cdef epoll_event ev
     c.flags &= ~CONN_TLS_HANDSHAKE
     bn_count(&w.counters.tls_handshakes, 1)
     if openssl.SSL_session_reused(c.ssl):
@@ -458,14 +457,7 @@ cdef int tls_handshake_done(bn_hworker* w, bn_conn* c) noexcept nogil:
     # client's time to send a request, not the handshake's.
     c.head_start_ns = w.now_ns
     c.last_active_ns = w.now_ns
-    if c.events != EPOLLIN:
-        ev.events = EPOLLIN
-        ev.data.u64 = (<uint64_t>c.gen << 32) | <uint64_t>(c - w.conns)
-        if epoll_ctl(w.epfd, EPOLL_CTL_MOD, c.fd, &ev) < 0:
-            bn_count(&w.counters.io_errors, 1)
-            return -1
-        c.events = EPOLLIN
-    return 0
+    return conn_watch(w, c, EPOLLIN)
 
 
 cdef void tls_answer_plain_http(bn_hworker* w, bn_conn* c) noexcept nogil:
@@ -485,7 +477,6 @@ cdef void tls_on_handshake_event(bn_hworker* w, bn_conn* c) noexcept nogil:
     cdef int err
     cdef uint32_t want
     cdef unsigned long e
-    cdef epoll_event ev
     cdef int reason
     rc = openssl.SSL_do_handshake(c.ssl)
     if rc == 1:
@@ -499,14 +490,8 @@ cdef void tls_on_handshake_event(bn_hworker* w, bn_conn* c) noexcept nogil:
     err = openssl.SSL_get_error(c.ssl, rc)
     if err == openssl.SSL_ERROR_WANT_READ or err == openssl.SSL_ERROR_WANT_WRITE:
         want = EPOLLIN if err == openssl.SSL_ERROR_WANT_READ else EPOLLOUT
-        if want != c.events:
-            ev.events = want
-            ev.data.u64 = (<uint64_t>c.gen << 32) | <uint64_t>(c - w.conns)
-            if epoll_ctl(w.epfd, EPOLL_CTL_MOD, c.fd, &ev) < 0:
-                bn_count(&w.counters.io_errors, 1)
-                conn_close(w, c)
-                return
-            c.events = want
+        if conn_watch(w, c, want) < 0:
+            conn_close(w, c)
         return
     # A client that goes away mid-handshake is not a protocol error.
     e = openssl.ERR_peek_error()

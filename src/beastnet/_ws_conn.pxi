@@ -266,7 +266,6 @@ cdef void ws_conn_settle(bn_hworker* w, bn_conn* c) noexcept nogil:
     its epoll interest (EPOLLOUT only while output is pending)."""
     cdef bn_ws_conn* wc = c.ws
     cdef uint32_t want
-    cdef epoll_event ev
     if ((wc.flags & WSC_CLOSING) and not ws_output_pending(wc) and c.tls_pend == NULL
             and not (wc.flags & WSC_SHUT)):
         # Our close frame is out.  A lingering close: shut our side, then read
@@ -283,15 +282,8 @@ cdef void ws_conn_settle(bn_hworker* w, bn_conn* c) noexcept nogil:
     want = EPOLLIN
     if ws_output_pending(wc) or c.tls_pend != NULL or (c.flags & CONN_TLS_READ_WANTS_WRITE):
         want |= EPOLLOUT
-    if want == c.events:
-        return
-    ev.events = want
-    ev.data.u64 = (<uint64_t>c.gen << 32) | <uint64_t>(c - w.conns)
-    if epoll_ctl(w.epfd, EPOLL_CTL_MOD, c.fd, &ev) < 0:
-        bn_count(&w.counters.io_errors, 1)
+    if conn_watch(w, c, want) < 0:
         conn_close(w, c)
-        return
-    c.events = want
 
 
 cdef void ws_flush_dirty(bn_hworker* w) noexcept nogil:

@@ -106,11 +106,10 @@ def _unavailable() -> tuple[type[BaseException], ...]:
 
 def kind_of_config(cfg: Any) -> targets.TargetKind:
     """The target kind a config drives (its mode, and TLS or not)."""
-    tls = bool(getattr(cfg, "tls", False))
-    for kind in targets.KINDS.values():
-        if kind.mode == cfg.mode and kind.tls == tls:
-            return kind
-    raise LoadConfigError(f"no load target of mode {cfg.mode!r}")
+    kind = targets.kind_of(cfg.mode, bool(getattr(cfg, "tls", False)))
+    if kind is None:
+        raise LoadConfigError(f"no load target of mode {cfg.mode!r}")
+    return kind
 
 
 def config_to_wire(cfg: Any) -> dict[str, Any]:

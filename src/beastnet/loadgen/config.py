@@ -124,10 +124,6 @@ class LoadConfig:
                                               or self.max_requests < 1):
             _bad(f"max_requests must be a positive integer, got {self.max_requests!r}")
 
-    @property
-    def open_loop(self) -> bool:
-        return self.rate is not None
-
     def to_dict(self) -> dict[str, Any]:
         """The config as the JSON report shows it (long key lists and the API key elided)."""
         out = asdict(self)

@@ -29,6 +29,7 @@ from beastnet.loadgen.htmlkit import (_e, _flat, _page, _rows_at, _server_sectio
 from beastnet.loadgen.report import (_count, _ms, agent_rows, agents_line, charts,
                                      first_result, latency_rows, outcome_rows, report_results,
                                      run_title, setup_parts, svg_chart, tls_line)
+from beastnet.loadgen.targets import kind_of
 
 __all__ = ["compare_page", "report_page"]
 
@@ -52,7 +53,8 @@ def tiles(r: dict) -> str:
 def http_breakdown(r: dict) -> str:
     """Connect, time to first byte and total: a table and a chart."""
     extra = r.get("extra", {})
-    if r.get("mode") != "http":
+    kind = kind_of(str(r.get("mode")))
+    if kind is None or not kind.setup_timings:
         return ""
     rows = latency_rows(r)
     names = ["p50", "p90", "p99", "max"]

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 from beastnet.errors import LoadConfigError
 
-__all__ = ["KINDS", "Target", "TargetKind", "describe", "kind_of_mode", "parse_target",
+__all__ = ["KINDS", "Target", "TargetKind", "describe", "kind_of", "kind_of_mode", "parse_target",
            "usage_lines"]
 
 
@@ -50,6 +50,9 @@ class TargetKind:
     requests: bool = True
     #: Answers are judged by HTTP status (else by error bodies).
     statuses: bool = False
+    #: Each request's connect, TLS handshake and first byte are timed: the
+    #: HTML report draws their breakdown.
+    setup_timings: bool = False
 
     def config_class(self) -> Any:
         return _load(self.config)
@@ -72,7 +75,7 @@ def _http(scheme: str, tls: bool, port: int, usage: str) -> TargetKind:
     return TargetKind(scheme, "http", tls, "HTTP", usage, port, "/v1/", "path_prefix",
                       "beastnet.loadgen.config:HTTPLoadConfig",
                       "beastnet.loadgen.http:run_http_load", _REQUEST_JUDGE, _HTTP_OPTIONS,
-                      statuses=True)
+                      statuses=True, setup_timings=True)
 
 
 def _ws(scheme: str, tls: bool, port: int, usage: str) -> TargetKind:
@@ -138,20 +141,24 @@ def parse_target(text: str) -> Target:
     return Target(kind, u.hostname, port, path)
 
 
+def kind_of(mode: str, tls: bool = False) -> Optional[TargetKind]:
+    """The kind of a config's or result's ``mode`` and TLS (None if none is)."""
+    return next((k for k in KINDS.values() if k.mode == mode and k.tls == tls), None)
+
+
 def kind_of_mode(mode: str) -> TargetKind:
     """The plain (non-TLS) kind of a config's or result's ``mode``."""
-    for kind in KINDS.values():
-        if kind.mode == mode and not kind.tls:
-            return kind
-    raise LoadConfigError(f"no load target of mode {mode!r}")
+    kind = kind_of(mode)
+    if kind is None:
+        raise LoadConfigError(f"no load target of mode {mode!r}")
+    return kind
 
 
 def describe(result: dict) -> str:
     """"UDP closed-loop load against 127.0.0.1:9000" from a result dict."""
     cfg = result.get("config", {})
     mode = str(result.get("mode", ""))
-    kind = next((k for k in KINDS.values() if k.mode == mode and k.tls == bool(cfg.get("tls"))),
-                None)
+    kind = kind_of(mode, bool(cfg.get("tls")))
     target = f"{cfg.get('host', '?')}:{cfg.get('port', '?')}"
     if kind is None:
         return f"{mode.upper()} load against {target}"

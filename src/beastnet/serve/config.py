@@ -288,6 +288,17 @@ def _check(cfg: ServeConfig, label: Callable[[str], str] = str) -> None:
     _check_governor(cfg, label)
 
 
+def _in_range(cfg: ServeConfig, label: Callable[[str], str], name: str, low: float,
+              high: float, unit: str = "") -> None:
+    """ConfigError "NAME must be LOW..HIGH[ UNIT], got VALUE" unless low <= value <= high."""
+    value = getattr(cfg, name)
+    if not low <= value <= high:
+        def text(x: float) -> str:
+            return str(int(x)) if float(x).is_integer() else repr(float(x))
+        raise ConfigError(f"{label(name)} must be {text(low)}..{text(high)}"
+                          f"{' ' + unit if unit else ''}, got {value}")
+
+
 def _check_governor(cfg: ServeConfig, label: Callable[[str], str]) -> None:
     """The governor's bounds: a limit range, a target, a tolerance, and the
     reactions' ceilings (one under its starting value means no reaction)."""
@@ -298,12 +309,8 @@ def _check_governor(cfg: ServeConfig, label: Callable[[str], str]) -> None:
     if not 0 < cfg.adaptive_target_ms <= 60_000:
         raise ConfigError(f"{label('adaptive_target_ms')} must be in (0, 60000], "
                           f"got {cfg.adaptive_target_ms}")
-    if not 1.0 <= cfg.adaptive_tolerance <= 10.0:
-        raise ConfigError(f"{label('adaptive_tolerance')} must be 1..10, "
-                          f"got {cfg.adaptive_tolerance}")
-    if not 1 <= cfg.adaptive_max_batch <= 1024:
-        raise ConfigError(f"{label('adaptive_max_batch')} must be 1..1024, "
-                          f"got {cfg.adaptive_max_batch}")
+    _in_range(cfg, label, "adaptive_tolerance", 1.0, 10.0)
+    _in_range(cfg, label, "adaptive_max_batch", 1, 1024)
     if not 0 < cfg.adaptive_max_flush_interval_s <= 60:
         raise ConfigError(f"{label('adaptive_max_flush_interval_s')} must be in (0, 60] s, "
                           f"got {cfg.adaptive_max_flush_interval_s}")
@@ -317,12 +324,8 @@ def _check_database(cfg: ServeConfig, label: Callable[[str], str]) -> None:
     if not cfg.database.startswith(("postgresql://", "postgres://")):
         raise ConfigError(f"{label('database')} must be a postgresql:// URL, "
                           f"got {redacted_url(cfg.database)!r}")
-    if not 0 <= cfg.negative_key_ttl_s <= 3600:
-        raise ConfigError(f"{label('negative_key_ttl_s')} must be 0..3600 s, "
-                          f"got {cfg.negative_key_ttl_s}")
-    if not 0.001 <= cfg.key_miss_interval_s <= 10:
-        raise ConfigError(f"{label('key_miss_interval_s')} must be 0.001..10 s, "
-                          f"got {cfg.key_miss_interval_s}")
+    _in_range(cfg, label, "negative_key_ttl_s", 0, 3600, "s")
+    _in_range(cfg, label, "key_miss_interval_s", 0.001, 10, "s")
 
 
 def _check_cluster(cfg: ServeConfig, label: Callable[[str], str]) -> None:
@@ -342,9 +345,7 @@ def _check_cluster(cfg: ServeConfig, label: Callable[[str], str]) -> None:
         parse_url(cfg.redis)            # the client's own reading of it, as it will connect
     except ValueError as exc:
         raise ConfigError(f"{label('redis')} {cfg.redis!r}: {exc}") from None
-    if not 0.1 <= cfg.snapshot_interval_s <= 3600:
-        raise ConfigError(f"{label('snapshot_interval_s')} must be 0.1..3600 s, "
-                          f"got {cfg.snapshot_interval_s}")
+    _in_range(cfg, label, "snapshot_interval_s", 0.1, 3600, "s")
     if cfg.snapshot_ttl_s <= 2 * cfg.snapshot_interval_s:
         raise ConfigError(f"{label('snapshot_ttl_s')} ({cfg.snapshot_ttl_s} s) must exceed two "
                           f"snapshot intervals ({2 * cfg.snapshot_interval_s} s)")
@@ -420,18 +421,10 @@ def _check_webhooks(cfg: ServeConfig, label: Callable[[str], str]) -> None:
                  "webhook_disable_after_s", "webhook_log_interval_s", "webhook_log_retention_s"):
         if not getattr(cfg, name) > 0:
             raise ConfigError(f"{label(name)} must be > 0, got {getattr(cfg, name)}")
-    if not 1 <= cfg.webhook_max_attempts <= 20:
-        raise ConfigError(f"{label('webhook_max_attempts')} must be 1..20, "
-                          f"got {cfg.webhook_max_attempts}")
-    if not 0 <= cfg.webhook_response_max_bytes <= 1 << 20:
-        raise ConfigError(f"{label('webhook_response_max_bytes')} must be 0..1048576, "
-                          f"got {cfg.webhook_response_max_bytes}")
-    if not 1 <= cfg.webhook_warn_after_failures <= 1_000_000:
-        raise ConfigError(f"{label('webhook_warn_after_failures')} must be 1..1000000, "
-                          f"got {cfg.webhook_warn_after_failures}")
-    if not 1 <= cfg.webhook_log_batch_rows <= 100_000:
-        raise ConfigError(f"{label('webhook_log_batch_rows')} must be 1..100000, "
-                          f"got {cfg.webhook_log_batch_rows}")
+    _in_range(cfg, label, "webhook_max_attempts", 1, 20)
+    _in_range(cfg, label, "webhook_response_max_bytes", 0, 1 << 20)
+    _in_range(cfg, label, "webhook_warn_after_failures", 1, 1_000_000)
+    _in_range(cfg, label, "webhook_log_batch_rows", 1, 100_000)
     if cfg.webhook_ca_file is not None and not os.path.isfile(cfg.webhook_ca_file):
         raise ConfigError(f"{label('webhook_ca_file')} {cfg.webhook_ca_file!r} is not a file")
     if cfg.webhooks and not (cfg.keystore or cfg.database):

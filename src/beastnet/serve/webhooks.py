@@ -11,8 +11,8 @@ Signatures follow the Standard Webhooks specification: the secret is
 `whsec_` + base64 of random bytes; `webhook-signature` carries one
 `v1,<base64 HMAC-SHA256 of "id.timestamp.body">` per active secret, space
 separated, so a receiver keeps verifying while a secret is rotated.  The
-`compat` style adds the seeds' `X-Webhook-Signature: sha256=<hex HMAC of the
-body>` with the newest secret.
+`compat` style adds an older, simpler header that many receivers check,
+`X-Webhook-Signature: sha256=<hex HMAC of the body>`, with the newest secret.
 """
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ class WebhookTier:
     max_assets: int
 
 
-# The seeds' tiers.
+# The webhook tiers every server offers; a config's [webhook_tiers.NAME] changes or adds them.
 DEFAULT_WEBHOOK_TIERS: dict[str, WebhookTier] = {
     "starter": WebhookTier("starter", 60.0, 9),
     "standard": WebhookTier("standard", 15.0, 30),

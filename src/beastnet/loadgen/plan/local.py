@@ -126,17 +126,6 @@ class LocalProcess:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def rss_bytes(self) -> Optional[int]:
-        """Resident memory from /proc (None once the process is gone)."""
-        try:
-            with open(f"/proc/{self.pid}/status", encoding="ascii") as f:
-                for line in f:
-                    if line.startswith("VmRSS:"):
-                        return int(line.split()[1]) * 1024
-        except OSError:
-            return None
-        return None
-
 
 class LocalCluster:
     """Start with `start()` (or `with`), stop with `stop()`.  `directory`

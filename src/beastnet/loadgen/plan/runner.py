@@ -32,6 +32,7 @@ from typing import Any, Callable, Optional
 import orjson
 
 from beastnet.loadgen.plan.spec import Plan, PlanTest, RedFlags
+from beastnet.loadgen.targets import parse_target
 
 __all__ = ["NodeTarget", "PlanRunner", "Poller", "red_flags_of"]
 
@@ -433,11 +434,12 @@ class PlanRunner:
                else self.nodes[0].http)
         if not url:
             raise NodeError(f"no HTTP address for access {test.access}")
-        u = urllib.parse.urlsplit(url)
-        tls = u.scheme == "https"
-        return HTTPLoadConfig(host=u.hostname or "127.0.0.1",
-                              port=u.port or (443 if tls else 80),
-                              path_prefix=prefix or (u.path or "/v1/"), tls=tls,
+        http = parse_target(url)            # its port and path defaults by scheme
+        if http.kind.config_class() is not HTTPLoadConfig:
+            raise NodeError(f"{url}: expected an http:// or https:// URL")
+        tls = http.kind.tls
+        return HTTPLoadConfig(host=http.host, port=http.port,
+                              path_prefix=prefix or http.path, tls=tls,
                               cacert=self.target.get("cacert") if tls else None,
                               connections=16, **common)
 
@@ -556,9 +558,9 @@ class ReportLoad:
 
     def _probe(self) -> Optional[str]:
         base = self.runner._base(self.test, prefix="/v1/reports/", keys=["usage"])
-        scheme = "https" if getattr(base, "tls", False) else "http"
-        url = f"{scheme}://{base.host}:{base.port}/v1/reports/usage"
-        ctx = ssl.create_default_context(cafile=base.cacert) if scheme == "https" else None
+        tls = getattr(base, "tls", False)
+        url = f"{'https' if tls else 'http'}://{base.host}:{base.port}/v1/reports/usage"
+        ctx = ssl.create_default_context(cafile=base.cacert) if tls else None
         req = urllib.request.Request(url, headers={"X-API-Key": base.api_key or ""})
         try:
             with urllib.request.urlopen(req, timeout=ADMIN_TIMEOUT_S, context=ctx):

@@ -24,16 +24,13 @@ import threading
 import time
 from typing import Any, Callable, Coroutine, Iterable, List, Mapping, Optional, TypeVar
 
-from beastnet import APIKeyTable
-from beastnet.serve.keycache import set_key_row
 # The SQLite store's columns, in its order: rows read back the same way.
 from beastnet.serve.stores.sqlite import _COLUMNS as _SUB_COLUMNS
-from beastnet.serve.stores.sqlite import DeliveryLogSQL, _OnDatabase, subscription_row
-from beastnet.serve.keys import (DEFAULT_TIERS, KeyStoreError, Tier, current_month, key_prefix,
-                                 new_key_row, stored_key_id)
+from beastnet.serve.stores.sqlite import DeliveryLogSQL, KeySQL, _OnDatabase, subscription_row
+from beastnet.serve.keys import DEFAULT_TIERS, KeyStoreError, Tier, current_month
 from beastnet.serve.webhooks import SubscriptionRules, WebhookError, WebhookTier
 
-__all__ = ["KEYS_CHANNEL", "MIGRATIONS", "PostgresDatabase", "PostgresKeyStore",
+__all__ = ["KEYS_CHANNEL", "MIGRATIONS", "PoolOnLoop", "PostgresDatabase", "PostgresKeyStore",
            "PostgresParameterStore", "PostgresWebhookStore", "migrate", "schema_version"]
 
 T = TypeVar("T")
@@ -283,7 +280,86 @@ def migrate(dsn: str, timeout_s: float = 5.0) -> list[int]:
     return _run_once(run())
 
 
-class PostgresDatabase:
+class PoolOnLoop:
+    """An asyncpg pool on an event loop in a thread of its own, for callers
+    that block (base.py says why): the stores' `PostgresDatabase` and the
+    usage log's `PostgresUsageLog` (usage_postgres.py) are each one.  `call`
+    runs a coroutine there and waits for it."""
+
+    def _start_loop(self, dsn: str, timeout_s: float, thread_name: str) -> None:
+        from beastnet.serve.cluster import redacted_url
+        self.dsn = dsn
+        self.path = redacted_url(dsn)
+        self.timeout_s = timeout_s
+        self._pool: Any = None
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name=thread_name,
+                                        daemon=True)
+        self._thread.start()
+
+    def _open_first(self, opening: Coroutine[Any, Any, Any],
+                    wait_for_it: bool) -> Optional[KeyStoreError]:
+        """Open the pool at start.  With `wait_for_it` a database out of
+        reach is returned (the caller tries again later), not raised; a wrong
+        schema is raised either way, the loop closed."""
+        try:
+            self._pool = self.call(opening)
+        except KeyStoreError as exc:
+            if not wait_for_it or "schema version" in str(exc):
+                self.close()
+                raise
+            return exc
+        except BaseException:
+            self.close()
+            raise
+        return None
+
+    async def _open_pool(self, check: Callable[[set[int]], None], pool_size: int,
+                         init: Optional[Callable[[Any], Coroutine[Any, Any, None]]] = None) -> Any:
+        """The pool, once `check` (KeyStoreError if not) passes the migrations
+        the database has applied, read on a connection of its own."""
+        asyncpg = _driver()
+        conn = await _connect(self.dsn, self.timeout_s)
+        try:
+            applied = await _applied(conn)
+        finally:
+            await conn.close()
+        check(applied)
+        try:
+            # min_size=0: connections are opened when asked for; a floor
+            # would make asyncpg reconnect in the background while the
+            # database is down, logging a traceback each time.
+            return await asyncpg.create_pool(self.dsn, min_size=0, max_size=pool_size,
+                                             timeout=self.timeout_s, init=init)
+        except (OSError, asyncio.TimeoutError, asyncpg.PostgresError) as exc:
+            raise _failed(exc, self.dsn, "cannot connect") from None
+
+    def call(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run `coro` on the loop and wait for it (timeout_s, plus the
+        pool's own wait for a connection)."""
+        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        try:
+            return future.result(self.timeout_s * 2)
+        except TimeoutError:
+            future.cancel()
+            raise KeyStoreError(f"database {self.path}: no answer in "
+                                f"{self.timeout_s * 2:g} s") from None
+
+    def close(self) -> None:
+        if self._pool is not None:
+            try:
+                self.call(self._pool.close())
+            except KeyStoreError:
+                self._pool.terminate()
+            self._pool = None
+        if self._loop.is_running():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(5.0)
+        if not self._loop.is_running() and not self._loop.is_closed():
+            self._loop.close()
+
+
+class PostgresDatabase(PoolOnLoop):
     """One PostgreSQL database for the stores on it: one asyncpg pool on a
     loop thread of its own (the stores' callers block; base.py says why),
     shared as the SQLite stores share one `Database`.  Raises KeyStoreError
@@ -302,34 +378,18 @@ class PostgresDatabase:
         error; `down` holds why, and each call tries again (at most once a
         `REOPEN_EVERY_S`) until it answers.  A wrong schema is an error
         either way."""
-        from beastnet.serve.cluster import redacted_url
-        self.dsn = dsn
-        self.path = redacted_url(dsn)
-        self.timeout_s = timeout_s
         self.pool_size = pool_size
         self.queries = 0
         self.wait_count = 0
         self.failing = False            # the last statement could not reach the database
-        self.down: Optional[KeyStoreError] = None     # why the database is not open yet
         self._next_open = 0.0
         self._open_lock = threading.Lock()        # one reopen at a time, whoever calls
         self._listener: Any = None
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever,
-                                        name="beastnet-postgres", daemon=True)
-        self._thread.start()
-        self._pool: Any = None
-        try:
-            self._pool = self.call(self._open(pool_size))
-        except KeyStoreError as exc:
-            if not wait_for_it or "schema version" in str(exc):
-                self.close()
-                raise
-            self.down = exc
+        self._start_loop(dsn, timeout_s, "beastnet-postgres")
+        #: why the database is not open yet
+        self.down: Optional[KeyStoreError] = self._open_first(self._open(pool_size), wait_for_it)
+        if self.down is not None:
             self._next_open = time.monotonic() + self.REOPEN_EVERY_S
-        except BaseException:
-            self.close()
-            raise
 
     REOPEN_EVERY_S = 1.0
 
@@ -350,12 +410,9 @@ class PostgresDatabase:
             self.down = None
 
     async def _open(self, pool_size: int) -> Any:
-        asyncpg = _driver()
-        conn = await _connect(self.dsn, self.timeout_s)
-        try:
-            have = await _applied(conn)
-        finally:
-            await conn.close()
+        return await self._open_pool(self._check_schema, pool_size)
+
+    def _check_schema(self, have: set[int]) -> None:
         need = {version for version, _ in MIGRATIONS}
         if not need <= have:
             raise KeyStoreError(
@@ -364,69 +421,48 @@ class PostgresDatabase:
         if max(have, default=0) > max(need):
             raise KeyStoreError(f"database {self.path}: schema version {max(have)}, this "
                                 f"beastnet knows {max(need)}: it was migrated by a newer beastnet")
-        try:
-            # min_size=0: connections are opened when asked for; a floor
-            # would make asyncpg reconnect in the background while the
-            # database is down, logging a traceback each time.
-            return await asyncpg.create_pool(self.dsn, min_size=0, max_size=pool_size,
-                                             timeout=self.timeout_s)
-        except (OSError, asyncio.TimeoutError, asyncpg.PostgresError) as exc:
-            raise _failed(exc, self.dsn, "cannot connect") from None
 
-    def call(self, coro: Coroutine[Any, Any, T]) -> T:
-        """Run `coro` on the database's loop and wait for it (timeout_s, plus
-        the pool's own wait for a connection)."""
-        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
-        try:
-            return future.result(self.timeout_s * 2)
-        except TimeoutError:
-            future.cancel()
-            raise KeyStoreError(f"database {self.path}: no answer in "
-                                f"{self.timeout_s * 2:g} s") from None
-
-    def run(self, sql: str, args: Iterable = (), what: str = "") -> list[Any]:
-        """One statement; its rows.  UniqueViolationError passes through (the
-        callers name what exists already); every other failure is a
-        KeyStoreError."""
+    def _statement(self, work: Callable[[Any], Coroutine[Any, Any, T]], what: str,
+                   unique_passes: bool = False) -> T:
+        """`work(conn)` on a pooled connection, counted (queries, waits) and
+        judged (`failing`); a failure becomes a KeyStoreError, except a
+        UniqueViolationError when `unique_passes`."""
         asyncpg = _driver()
         if self._pool is None:
             self._reopen()
+        passing = (asyncpg.UniqueViolationError,) if unique_passes else ()
 
-        async def run() -> list[Any]:
+        async def run() -> T:
             if self._pool.get_idle_size() == 0:
                 self.wait_count += 1
             try:
                 async with self._pool.acquire(timeout=self.timeout_s) as conn:
                     self.queries += 1
-                    rows = list(await conn.fetch(sql, *args, timeout=self.timeout_s))
-            except asyncpg.UniqueViolationError:
+                    out = await work(conn)
+            except passing:
                 self.failing = False
                 raise
             except _driver_errors() as exc:
                 self.failing = _unreachable(exc)
                 raise _failed(exc, self.dsn, what) from None
             self.failing = False
-            return rows
+            return out
         return self.call(run())
+
+    def run(self, sql: str, args: Iterable = (), what: str = "") -> list[Any]:
+        """One statement; its rows.  UniqueViolationError passes through (the
+        callers name what exists already); every other failure is a
+        KeyStoreError."""
+        async def fetch(conn: Any) -> list[Any]:
+            return list(await conn.fetch(sql, *args, timeout=self.timeout_s))
+        return self._statement(fetch, what, unique_passes=True)
 
     def run_many(self, sql: str, rows: list[tuple], what: str = "") -> None:
         """One statement for each row, in one transaction (all or nothing)."""
-        if self._pool is None:
-            self._reopen()
-
-        async def run() -> None:
-            if self._pool.get_idle_size() == 0:
-                self.wait_count += 1
-            try:
-                async with self._pool.acquire(timeout=self.timeout_s) as conn:
-                    self.queries += 1
-                    async with conn.transaction():
-                        await conn.executemany(sql, rows, timeout=self.timeout_s)
-            except _driver_errors() as exc:
-                self.failing = _unreachable(exc)
-                raise _failed(exc, self.dsn, what) from None
-            self.failing = False
-        self.call(run())
+        async def execute(conn: Any) -> None:
+            async with conn.transaction():
+                await conn.executemany(sql, rows, timeout=self.timeout_s)
+        self._statement(execute, what)
 
     @property
     def reachable(self) -> bool:
@@ -469,23 +505,18 @@ class PostgresDatabase:
     def close(self) -> None:
         if self._loop.is_running():
             self.stop_listening()
-        if self._pool is not None:
-            try:
-                self.call(self._pool.close())
-            except KeyStoreError:
-                self._pool.terminate()
-            self._pool = None
-        if self._loop.is_running():
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(5.0)
-        if not self._loop.is_running() and not self._loop.is_closed():
-            self._loop.close()
+        super().close()
 
     def __enter__(self) -> "PostgresDatabase":
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _dollar(n: int) -> str:
+    """PostgreSQL's n-th (1-based) statement argument."""
+    return f"${n}"
 
 
 class _OnPostgres(_OnDatabase):
@@ -496,75 +527,27 @@ class _OnPostgres(_OnDatabase):
     db: PostgresDatabase
 
 
-class PostgresKeyStore(_OnPostgres):
+class PostgresKeyStore(KeySQL, _OnPostgres):
     """The `Keys` interface on PostgreSQL; `db` a postgresql:// URL or a
-    shared `PostgresDatabase`."""
+    shared `PostgresDatabase`.  The statements are the SQLite store's
+    (`KeySQL`); usage is added over arrays, and a batch can be looked up."""
 
     def __init__(self, db: "PostgresDatabase | str", tiers: Optional[Mapping[str, Tier]] = None,
                  timeout_s: float = 5.0) -> None:
         self._use(db, timeout_s)
         self.tiers = dict(tiers or DEFAULT_TIERS)
 
+    _arg = staticmethod(_dollar)
+
     def _run(self, sql: str, args: Iterable = (), what: str = "") -> list[Any]:
         return self.db.run(sql, args, what)
 
-    def _tier(self, name: str) -> Tier:
+    def _insert_new(self, sql: str, args: tuple) -> bool:
         try:
-            return self.tiers[name]
-        except KeyError:
-            raise KeyStoreError(f"unknown tier {name!r} (known: {', '.join(self.tiers)}; define "
-                                f"others under [tiers.NAME] in a --config file)") from None
-
-    # -- keys ------------------------------------------------------------------------
-
-    def add(self, tier: str = "public", key: Optional[str] = None, label: str = "",
-            prefix: Optional[str] = None) -> str:
-        """Create a key (a random one unless given) and return it; only its
-        ID and prefix are stored.  Given an ID, that ID (and `prefix`)."""
-        asyncpg = _driver()
-        self._tier(tier)
-        key, kid, prefix = new_key_row(key, prefix)
-        try:
-            self._run("INSERT INTO api_keys (key, prefix, tier, label, created_at) "
-                      "VALUES ($1, $2, $3, $4, $5)", (kid, prefix, tier, label, time.time()))
-        except asyncpg.UniqueViolationError:
-            raise KeyStoreError(f"key {prefix} exists already") from None
-        return key
-
-    def revoke(self, key: str) -> None:
-        """Revoke a key, named by itself or by its ID."""
-        if not self._run("UPDATE api_keys SET revoked_at = $1 WHERE key = $2 "
-                         "AND revoked_at IS NULL RETURNING key", (time.time(), stored_key_id(key))):
-            raise KeyStoreError(f"no active key {key_prefix(key)}")
-
-    def set_tier(self, key: str, tier: str) -> None:
-        self._tier(tier)
-        if not self._run("UPDATE api_keys SET tier = $1 WHERE key = $2 RETURNING key",
-                         (tier, stored_key_id(key))):
-            raise KeyStoreError(f"no key {key_prefix(key)}")
-
-    def list(self, month: Optional[str] = None) -> list[dict]:
-        """Every key with its tier, state and usage this month."""
-        rows = self._run(
-            "SELECT k.key, k.prefix, k.tier, k.label, k.created_at, k.revoked_at, "
-            "COALESCE(u.count, 0) FROM api_keys k "
-            "LEFT JOIN usage u ON u.key = k.key AND u.month = $1 "
-            "ORDER BY k.created_at", (month or current_month(),))
-        return [{"key": r[0], "prefix": r[1], "tier": r[2], "label": r[3], "created_at": r[4],
-                 "revoked": r[5] is not None, "month_count": int(r[6])} for r in rows]
-
-    def unknown_tiers(self) -> dict[str, int]:
-        """Active keys whose tier this store does not know, counted by tier."""
-        counts: dict[str, int] = {}
-        for (tier,) in self._run("SELECT tier FROM api_keys WHERE revoked_at IS NULL"):
-            if tier not in self.tiers:
-                counts[tier] = counts.get(tier, 0) + 1
-        return counts
-
-    def usage(self, key: str, month: Optional[str] = None) -> int:
-        rows = self._run("SELECT count FROM usage WHERE key = $1 AND month = $2",
-                         (stored_key_id(key), month or current_month()))
-        return int(rows[0][0]) if rows else 0
+            self._run(sql, args)
+        except _driver().UniqueViolationError:
+            return False
+        return True
 
     def add_usage(self, deltas: Mapping[str, int], month: str,
                   batch: Optional[tuple[str, int]] = None) -> None:
@@ -600,25 +583,13 @@ class PostgresKeyStore(_OnPostgres):
         costs one query a batch, never one a request."""
         rows = self._run(
             "SELECT k.key, k.tier, k.revoked_at IS NOT NULL, COALESCE(u.count, 0) "
-            "FROM api_keys k LEFT JOIN usage u ON u.key = k.key AND u.month = $2 "
-            "WHERE k.key = ANY($1::text[])", (key_ids, month or current_month()),
-            what="key lookup failed")
+            f"{self._month_join(2)} WHERE k.key = ANY($1::text[])",
+            (key_ids, month or current_month()), what="key lookup failed")
         return {r[0]: (r[1], bool(r[2]), int(r[3])) for r in rows}
 
     def version(self) -> tuple[int, ...]:
         """Changes whenever a key is added, re-tiered or revoked, by any client."""
         return (int(self._run("SELECT value FROM keys_version")[0][0]),)
-
-    def sync_into(self, api_keys: APIKeyTable, month: Optional[str] = None) -> int:
-        """Make `api_keys` match the store: limits per tier, revocations, and
-        each key's count for the month.  Returns the number of active keys."""
-        rows = self._run(
-            "SELECT k.key, k.tier, k.revoked_at, COALESCE(u.count, 0) FROM api_keys k "
-            "LEFT JOIN usage u ON u.key = k.key AND u.month = $1", (month or current_month(),))
-        return sum(set_key_row(api_keys, self.tiers, key, tier, revoked_at is not None,
-                               int(count)) for key, tier, revoked_at, count in rows)
-
-
 
 
 class PostgresWebhookStore(DeliveryLogSQL, SubscriptionRules, _OnPostgres):
@@ -699,10 +670,7 @@ class PostgresWebhookStore(DeliveryLogSQL, SubscriptionRules, _OnPostgres):
     # -- delivery log: DeliveryLogSQL ------------------------------------------------------
 
     _ORDER = "seq"
-
-    @staticmethod
-    def _arg(n: int) -> str:
-        return f"${n}"
+    _arg = staticmethod(_dollar)
 
     def _log_args(self, rows: List[tuple]) -> List[tuple]:
         # asyncpg encodes by the column's type: a 2 (not 2.0) for a float

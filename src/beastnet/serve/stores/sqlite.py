@@ -16,11 +16,12 @@ import time
 from typing import Any, Callable, Iterable, List, Mapping, Optional, TypeVar
 
 from beastnet import APIKeyTable
+from beastnet.serve.keycache import set_key_row
 from beastnet.serve.keys import (DEFAULT_TIERS, KeyStoreError, Tier, api_key_id, current_month,
                                  key_prefix, new_key_row, stored_key_id)
 from beastnet.serve.webhooks import SubscriptionRules, WebhookError, WebhookTier
 
-__all__ = ["Database", "DeliveryLogSQL", "KeyStore", "ParameterStore", "WebhookStore",
+__all__ = ["Database", "DeliveryLogSQL", "KeySQL", "KeyStore", "ParameterStore", "WebhookStore",
            "log_rows", "subscription_row"]
 
 
@@ -126,6 +127,20 @@ class _OnDatabase:
         self.db = (self._DATABASE or Database)(db, timeout_s) if isinstance(db, str) else db
         self.path = self.db.path
 
+    def _use_tables(self, db: Any, timeout_s: float, schema: str,
+                    migrate: Optional[Callable[[], None]] = None) -> None:
+        """`_use`, then create the store's tables where missing and run
+        `migrate` (an older file's upgrade); on any failure, close what was
+        opened before raising."""
+        self._use(db, timeout_s)
+        try:
+            self.db.script(schema)
+            if migrate is not None:
+                migrate()
+        except BaseException:
+            self.close()
+            raise
+
     def close(self) -> None:
         if self._owns_db:
             self.db.close()
@@ -171,21 +186,108 @@ CREATE TRIGGER IF NOT EXISTS api_keys_deleted AFTER DELETE ON api_keys BEGIN
 
 
 
-class KeyStore(_OnDatabase):
+class KeySQL:
+    """The key store's statements, for the SQLite and the PostgreSQL key
+    stores alike (as `DeliveryLogSQL` is the delivery log's): they differ in
+    the placeholder (`?` or `$N`, `_arg`), in how a duplicate key is reported
+    (`_insert_new`), and in `add_usage` and `version`, which each does its
+    own way.  The store gives `tiers` and `_run`."""
+
+    tiers: dict[str, Tier]
+
+    @staticmethod
+    def _arg(n: int) -> str:
+        """The n-th (1-based) statement argument."""
+        return "?"
+
+    def _run(self, sql: str, args: Iterable = ()) -> list[Any]:
+        raise NotImplementedError
+
+    def _insert_new(self, sql: str, args: tuple) -> bool:
+        """Run an INSERT; False when its primary key exists already."""
+        raise NotImplementedError
+
+    def _tier(self, name: str) -> Tier:
+        try:
+            return self.tiers[name]
+        except KeyError:
+            raise KeyStoreError(f"unknown tier {name!r} (known: {', '.join(self.tiers)}; define "
+                                f"others under [tiers.NAME] in a --config file)") from None
+
+    def _month_join(self, n: int) -> str:
+        """Every key with its count for the month given as argument `n`."""
+        return (f"FROM api_keys k LEFT JOIN usage u ON u.key = k.key "
+                f"AND u.month = {self._arg(n)}")
+
+    # -- keys --------------------------------------------------------------------
+
+    def add(self, tier: str = "public", key: Optional[str] = None, label: str = "",
+            prefix: Optional[str] = None) -> str:
+        """Create a key (a random one unless given) and return it; only its
+        ID and prefix are stored.  Given an ID, that ID (and `prefix`)."""
+        self._tier(tier)
+        key, kid, prefix = new_key_row(key, prefix)
+        places = ", ".join(self._arg(i) for i in range(1, 6))
+        if not self._insert_new("INSERT INTO api_keys (key, prefix, tier, label, created_at) "
+                                f"VALUES ({places})", (kid, prefix, tier, label, time.time())):
+            raise KeyStoreError(f"key {prefix} exists already")
+        return key
+
+    def revoke(self, key: str) -> None:
+        """Revoke a key, named by itself or by its ID."""
+        a = self._arg
+        if not self._run(f"UPDATE api_keys SET revoked_at = {a(1)} WHERE key = {a(2)} "
+                         "AND revoked_at IS NULL RETURNING key", (time.time(), stored_key_id(key))):
+            raise KeyStoreError(f"no active key {key_prefix(key)}")
+
+    def set_tier(self, key: str, tier: str) -> None:
+        self._tier(tier)
+        a = self._arg
+        if not self._run(f"UPDATE api_keys SET tier = {a(1)} WHERE key = {a(2)} RETURNING key",
+                         (tier, stored_key_id(key))):
+            raise KeyStoreError(f"no key {key_prefix(key)}")
+
+    def list(self, month: Optional[str] = None) -> list[dict]:
+        """Every key (its ID and prefix) with its tier, state and usage this month."""
+        rows = self._run("SELECT k.key, k.prefix, k.tier, k.label, k.created_at, k.revoked_at, "
+                         f"COALESCE(u.count, 0) {self._month_join(1)} ORDER BY k.created_at",
+                         (month or current_month(),))
+        return [{"key": r[0], "prefix": r[1], "tier": r[2], "label": r[3], "created_at": r[4],
+                 "revoked": r[5] is not None, "month_count": int(r[6])} for r in rows]
+
+    def unknown_tiers(self) -> dict[str, int]:
+        """Active keys whose tier this store does not know, counted by tier.
+        Such keys are refused (fail closed) until their tier is configured."""
+        counts: dict[str, int] = {}
+        for (tier,) in self._run("SELECT tier FROM api_keys WHERE revoked_at IS NULL"):
+            if tier not in self.tiers:
+                counts[tier] = counts.get(tier, 0) + 1
+        return counts
+
+    def usage(self, key: str, month: Optional[str] = None) -> int:
+        rows = self._run(f"SELECT count FROM usage WHERE key = {self._arg(1)} "
+                         f"AND month = {self._arg(2)}",
+                         (stored_key_id(key), month or current_month()))
+        return int(rows[0][0]) if rows else 0
+
+    def sync_into(self, api_keys: APIKeyTable, month: Optional[str] = None) -> int:
+        """Make `api_keys` match the store: limits per tier, revocations, and
+        each key's count for the month.  Returns the number of active keys."""
+        rows = self._run("SELECT k.key, k.tier, k.revoked_at, COALESCE(u.count, 0) "
+                         + self._month_join(1), (month or current_month(),))
+        return sum(set_key_row(api_keys, self.tiers, key, tier, revoked_at is not None,
+                               int(count)) for key, tier, revoked_at, count in rows)
+
+
+class KeyStore(KeySQL, _OnDatabase):
     """API keys and their usage per month in SQLite (the `Keys` and `Usage`
     interfaces).  Given a path it opens a `Database` of its own; given a
     `Database` it shares it (and leaves closing it to its owner)."""
 
     def __init__(self, db: "Database | str", tiers: Optional[Mapping[str, Tier]] = None,
                  timeout_s: float = 5.0) -> None:
-        self._use(db, timeout_s)
         self.tiers = dict(tiers or DEFAULT_TIERS)
-        try:
-            self.db.script(_KEYS_SCHEMA)
-            self._hash_plaintext_keys()
-        except KeyStoreError:
-            self.close()
-            raise
+        self._use_tables(db, timeout_s, _KEYS_SCHEMA, self._hash_plaintext_keys)
 
     def _hash_plaintext_keys(self) -> None:
         """Migrate a store from before keys were hashed: each key (and its
@@ -207,63 +309,14 @@ class KeyStore(_OnDatabase):
     def _run(self, sql: str, args: Iterable = ()) -> list[tuple]:
         return self.db.run(sql, args)
 
-    def _tier(self, name: str) -> Tier:
+    def _insert_new(self, sql: str, args: tuple) -> bool:
         try:
-            return self.tiers[name]
-        except KeyError:
-            raise KeyStoreError(f"unknown tier {name!r} (known: {', '.join(self.tiers)}; define "
-                                f"others under [tiers.NAME] in a --config file)") from None
-
-    # -- keys --------------------------------------------------------------------
-
-    def add(self, tier: str = "public", key: Optional[str] = None, label: str = "",
-            prefix: Optional[str] = None) -> str:
-        """Create a key (a random one unless given) and return it; only its
-        ID and prefix are stored.  Given an ID, that ID (and `prefix`)."""
-        self._tier(tier)
-        key, kid, prefix = new_key_row(key, prefix)
-        try:
-            self._run("INSERT INTO api_keys (key, prefix, tier, label, created_at) "
-                      "VALUES (?, ?, ?, ?, ?)", (kid, prefix, tier, label, time.time()))
+            self._run(sql, args)
         except KeyStoreError as exc:
-            raise KeyStoreError(f"key {prefix} exists already") if "UNIQUE" in str(exc) else exc
-        return key
-
-    def revoke(self, key: str) -> None:
-        """Revoke a key, named by itself or by its ID."""
-        if not self._run("UPDATE api_keys SET revoked_at = ? WHERE key = ? AND revoked_at IS NULL "
-                         "RETURNING key", (time.time(), stored_key_id(key))):
-            raise KeyStoreError(f"no active key {key_prefix(key)}")
-
-    def set_tier(self, key: str, tier: str) -> None:
-        self._tier(tier)
-        if not self._run("UPDATE api_keys SET tier = ? WHERE key = ? RETURNING key",
-                         (tier, stored_key_id(key))):
-            raise KeyStoreError(f"no key {key_prefix(key)}")
-
-    def list(self, month: Optional[str] = None) -> list[dict]:
-        """Every key (its ID and prefix) with its tier, state and usage this month."""
-        rows = self._run(
-            "SELECT k.key, k.prefix, k.tier, k.label, k.created_at, k.revoked_at, "
-            "COALESCE(u.count, 0) FROM api_keys k "
-            "LEFT JOIN usage u ON u.key = k.key AND u.month = ? ORDER BY k.created_at",
-            (month or current_month(),))
-        return [{"key": r[0], "prefix": r[1], "tier": r[2], "label": r[3], "created_at": r[4],
-                 "revoked": r[5] is not None, "month_count": r[6]} for r in rows]
-
-    def unknown_tiers(self) -> dict[str, int]:
-        """Active keys whose tier this store does not know, counted by tier.
-        Such keys are refused (fail closed) until their tier is configured."""
-        counts: dict[str, int] = {}
-        for (tier,) in self._run("SELECT tier FROM api_keys WHERE revoked_at IS NULL"):
-            if tier not in self.tiers:
-                counts[tier] = counts.get(tier, 0) + 1
-        return counts
-
-    def usage(self, key: str, month: Optional[str] = None) -> int:
-        rows = self._run("SELECT count FROM usage WHERE key = ? AND month = ?",
-                         (stored_key_id(key), month or current_month()))
-        return rows[0][0] if rows else 0
+            if "UNIQUE" in str(exc):
+                return False
+            raise
+        return True
 
     def add_usage(self, deltas: Mapping[str, int], month: str,
                   batch: Optional[tuple[str, int]] = None) -> None:
@@ -283,30 +336,6 @@ class KeyStore(_OnDatabase):
         data_version, which every other write to the file (usage flushes of
         another process, the webhook delivery log) changes too."""
         return (int(self._run("SELECT value FROM meta WHERE name = 'keys_version'")[0][0]),)
-
-    def sync_into(self, api_keys: APIKeyTable, month: Optional[str] = None) -> int:
-        """Make `api_keys` match the store: limits per tier, revocations, and
-        each key's count for the month.  Returns the number of active keys."""
-        month = month or current_month()
-        rows = self._run(
-            "SELECT k.key, k.tier, k.revoked_at, COALESCE(u.count, 0) FROM api_keys k "
-            "LEFT JOIN usage u ON u.key = k.key AND u.month = ?", (month,))
-        active = 0
-        for key, tier_name, revoked_at, month_count in rows:
-            if revoked_at is not None:
-                api_keys.revoke(key)
-                continue
-            tier = self.tiers.get(tier_name)
-            if tier is None:                         # tier removed from config: fail closed
-                api_keys.revoke(key)
-                continue
-            api_keys.set(key, qps=tier.qps, burst=tier.burst, monthly_cap=tier.monthly_cap,
-                         month_used=month_count, ws_allowed=tier.stream,
-                         ws_max_connections=tier.stream_connections,
-                         ws_max_subscriptions=tier.stream_symbols,
-                         shed_last=tier.shed_last)
-            active += 1
-        return active
 
 
 
@@ -436,14 +465,8 @@ class WebhookStore(DeliveryLogSQL, SubscriptionRules, _OnDatabase):
         super().__init__(tiers, assets, allow_private)
         self._own_changes = 0
         try:
-            self._use(db, timeout_s)
+            self._use_tables(db, timeout_s, _WEBHOOKS_SCHEMA, self._add_log_columns)
         except KeyStoreError as exc:
-            raise WebhookError(str(exc)) from None
-        try:
-            self.db.script(_WEBHOOKS_SCHEMA)
-            self._add_log_columns()
-        except KeyStoreError as exc:
-            self.close()
             raise WebhookError(str(exc)) from None
 
     def _add_log_columns(self) -> None:
@@ -555,12 +578,7 @@ class ParameterStore(_OnDatabase):
     interface): a switch on this server outlives its restart."""
 
     def __init__(self, db: "Database | str", timeout_s: float = 5.0) -> None:
-        self._use(db, timeout_s)
-        try:
-            self.db.script(_PARAMETERS_SCHEMA)
-        except KeyStoreError:
-            self.close()
-            raise
+        self._use_tables(db, timeout_s, _PARAMETERS_SCHEMA)
 
     def profile(self) -> Optional[str]:
         rows = self.db.run("SELECT name FROM live_profile WHERE id = 1")

@@ -18,18 +18,14 @@ catches anything else, such as a clock far off).
 from __future__ import annotations
 
 import asyncio
-import threading
 from datetime import datetime, timezone
-from typing import Any, Coroutine, Optional, TypeVar
+from typing import Any, Optional
 
 from beastnet.serve.keys import KeyStoreError
-from beastnet.serve.stores.postgres import (_applied, _connect, _driver, _driver_errors,
-                                            _failed)
+from beastnet.serve.stores.postgres import PoolOnLoop, _driver_errors, _failed
 from beastnet.serve.stores.usage_log import Totals, UsageRow
 
 __all__ = ["PARTITIONS_AHEAD", "USAGE_LOG_SCHEMA", "PostgresUsageLog"]
-
-T = TypeVar("T")
 
 USAGE_LOG_SCHEMA = 5            #: the schema version that added usage_writers
 USAGE_LOG_VERSIONS = {3, 5}     #: the migrations the usage log needs (usage_log, usage_writers)
@@ -98,7 +94,7 @@ def _month_start(year: int, month: int) -> datetime:
     return datetime(year, month, 1, tzinfo=timezone.utc)
 
 
-class PostgresUsageLog:
+class PostgresUsageLog(PoolOnLoop):
     """`UsageLogStore` on PostgreSQL; `dsn` a postgresql:// URL."""
 
     def __init__(self, dsn: str, timeout_s: float = 5.0, pool_size: int = 2,
@@ -106,60 +102,25 @@ class PostgresUsageLog:
         """`wait_for_it`: a database out of reach now is not an error (serve
         starts from its key cache, apikeys.py); each write tries to connect
         again, and fails like any write to a database that is down."""
-        from beastnet.serve.cluster import redacted_url
         if method not in ("copy", "executemany"):
             raise ValueError(f"method {method!r}: copy or executemany")
-        self.dsn = dsn
-        self.path = redacted_url(dsn)
-        self.timeout_s = timeout_s
         self.method = method
         self._months: set[tuple[int, int]] = set()     # partitions known to exist
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever,
-                                        name="beastnet-usage-pg", daemon=True)
-        self._thread.start()
-        self._pool: Any = None
         self._pool_size = pool_size
         self._opening = asyncio.Lock()
-        try:
-            self._pool = self._call(self._open(pool_size))
-        except KeyStoreError as exc:
-            if not wait_for_it or "schema version" in str(exc):
-                self.close()
-                raise
-        except BaseException:
-            self.close()
-            raise
+        self._start_loop(dsn, timeout_s, "beastnet-usage-pg")
+        self._open_first(self._open(pool_size), wait_for_it)    # else each write tries again
 
     async def _open(self, pool_size: int) -> Any:
-        asyncpg = _driver()
-        conn = await _connect(self.dsn, self.timeout_s)
-        try:
-            have = await _applied(conn)
-        finally:
-            await conn.close()
-        if not USAGE_LOG_VERSIONS <= have:      # versions land in any order (postgres.migrate)
-            raise KeyStoreError(f"database {self.path}: schema version {max(have, default=0)}, "
-                                f"the usage log needs {USAGE_LOG_SCHEMA}: run `beastnet db "
-                                f"migrate --database URL`")
-
         async def stage(conn: Any) -> None:     # each connection's own staging table
             await conn.execute(_STAGE)
-        try:
-            # min_size 0: no connection floor to restore (and log) while the database is down.
-            return await asyncpg.create_pool(self.dsn, min_size=0, max_size=pool_size,
-                                             timeout=self.timeout_s, init=stage)
-        except (OSError, asyncio.TimeoutError, asyncpg.PostgresError) as exc:
-            raise _failed(exc, self.dsn, "cannot connect") from None
+        return await self._open_pool(self._check_schema, pool_size, init=stage)
 
-    def _call(self, coro: Coroutine[Any, Any, T]) -> T:
-        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
-        try:
-            return future.result(self.timeout_s * 2)
-        except TimeoutError:
-            future.cancel()
-            raise KeyStoreError(f"database {self.path}: no answer in "
-                                f"{self.timeout_s * 2:g} s") from None
+    def _check_schema(self, applied: set[int]) -> None:
+        if not USAGE_LOG_VERSIONS <= applied:   # versions land in any order (postgres.migrate)
+            raise KeyStoreError(f"database {self.path}: schema version "
+                                f"{max(applied, default=0)}, the usage log needs "
+                                f"{USAGE_LOG_SCHEMA}: run `beastnet db migrate --database URL`")
 
     async def _with_conn(self, work: Any, what: str) -> Any:
         if self._pool is None:          # down at start (wait_for_it)
@@ -171,19 +132,6 @@ class PostgresUsageLog:
                 return await work(conn)
         except _driver_errors() as exc:
             raise _failed(exc, self.dsn, what) from None
-
-    def close(self) -> None:
-        if self._pool is not None:
-            try:
-                self._call(self._pool.close())
-            except KeyStoreError:
-                self._pool.terminate()
-            self._pool = None
-        if self._loop.is_running():
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(5.0)
-        if not self._loop.is_running() and not self._loop.is_closed():
-            self._loop.close()
 
     # -- partitions ------------------------------------------------------------------
 
@@ -201,11 +149,6 @@ class PostgresUsageLog:
                 f"CREATE TABLE IF NOT EXISTS usage_log_{year:04d}{month:02d} PARTITION OF "
                 f"usage_log FOR VALUES FROM ('{start.isoformat()}') TO ('{end.isoformat()}')")
             self._months.add((year, month))
-
-    def ensure_partitions(self, minute: int) -> None:
-        """The month of `minute` and the next PARTITIONS_AHEAD exist afterwards."""
-        self._call(self._with_conn(lambda conn: self._ensure_partitions(conn, {minute}),
-                                   "creating partitions failed"))
 
     # -- UsageLogStore ---------------------------------------------------------------
 
@@ -235,7 +178,7 @@ class PostgresUsageLog:
                     return False        # applied already: its COMMIT's answer was lost
                 await conn.executemany(_ADD_ONE, records, timeout=self.timeout_s)
             return True
-        return bool(self._call(self._with_conn(work, "usage log write failed")))
+        return bool(self.call(self._with_conn(work, "usage log write failed")))
 
     def totals(self, key: Optional[str], start: int, end: int,
                bucket_s: Optional[int]) -> Totals:
@@ -246,7 +189,7 @@ class PostgresUsageLog:
             return list(await conn.fetch(
                 f"SELECT {bucket}, protocol, route, {_SUMS} FROM usage_log WHERE {where} "
                 "GROUP BY 1, 2, 3", *args, timeout=self.timeout_s))
-        rows = self._call(self._with_conn(work, "usage report failed"))
+        rows = self.call(self._with_conn(work, "usage report failed"))
         return {(r[0], r[1], r[2]): [int(v) for v in r[3:]] for r in rows}
 
     def detail(self, key: Optional[str], start: int, end: int,
@@ -265,7 +208,7 @@ class PostgresUsageLog:
                 f"refused, rate_limited, over_quota FROM usage_log WHERE {where} "
                 f"ORDER BY minute, protocol, route, key LIMIT ${len(args)}", *args,
                 timeout=self.timeout_s))
-        rows = self._call(self._with_conn(work, "usage report failed"))
+        rows = self.call(self._with_conn(work, "usage report failed"))
         return [UsageRow(r[0], int(r[1]), r[2], r[3], *(int(v) for v in r[4:])) for r in rows]
 
     def trim(self, before: int) -> int:
@@ -293,7 +236,7 @@ class PostgresUsageLog:
                 # Writers not heard from since: processes long gone.
                 await conn.execute("DELETE FROM usage_writers WHERE seen_at < $1", cut)
             return removed
-        return int(self._call(self._with_conn(work, "usage log trim failed")))
+        return int(self.call(self._with_conn(work, "usage log trim failed")))
 
 
 def _where(key: Optional[str], start: int, end: int) -> tuple[str, list]:

@@ -54,12 +54,7 @@ class SQLiteUsageLog(_OnDatabase):
     """`UsageLogStore` on a SQLite file (its own connection to it)."""
 
     def __init__(self, db: "Database | str", timeout_s: float = 5.0) -> None:
-        self._use(db, timeout_s)
-        try:
-            self.db.script(_SCHEMA)
-        except BaseException:
-            self.close()
-            raise
+        self._use_tables(db, timeout_s, _SCHEMA)
 
     def write(self, rows: list[UsageRow], batch: Optional[tuple[str, int]] = None) -> bool:
         if not rows:
