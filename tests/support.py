@@ -375,3 +375,37 @@ def gcra_bounds(qps: float, burst: int, stamps: list[tuple[float, float]]) -> tu
     tolerance = (burst - 1) / qps
     wasted = sum(max(0.0, b[1] - a[0] - tolerance) for a, b in zip(stamps, stamps[1:]))
     return burst + qps * (inner - wasted) - 1, burst + qps * outer + 1
+
+
+def run_side_by_side(loads: dict[str, Callable[[], T]]) -> dict[str, T]:
+    """Start every load in its own thread at once, wait for all of them, and
+    return their results by name (a load that raised is re-raised here)."""
+    results: dict[str, T] = {}
+    errors: list[BaseException] = []
+
+    def run(name: str, load: Callable[[], T]) -> None:
+        try:
+            results[name] = load()
+        except BaseException as exc:     # re-raised in the test's thread
+            errors.append(exc)
+    threads = [threading.Thread(target=run, args=item) for item in loads.items()]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return results
+
+
+def governed_table_and_keys(public_key: str, partner_key: str) -> tuple[Any, Any]:
+    """The governor tests' table (one hit, "HIT") and keys: a public key, and
+    a partner key the governor sheds last."""
+    from beastnet import APIKeyTable, ResponseTable
+    keys = APIKeyTable()
+    keys.set(public_key)
+    keys.set(partner_key, shed_last=True)
+    table = ResponseTable()
+    table["HIT"] = b'{"hit":true}'
+    return table, keys
+

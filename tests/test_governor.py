@@ -4,7 +4,6 @@ import asyncio
 import concurrent.futures
 import math
 import socket
-import threading
 import time
 
 import pytest
@@ -14,7 +13,7 @@ from beastnet import Answer, APIKeyTable, HTTPServer, ResponseTable, _core
 from beastnet.loadgen import HTTPLoadConfig, run_http_load
 
 from http_helpers import connect, split_responses
-from support import wait_for
+from support import governed_table_and_keys, run_side_by_side, wait_for
 
 PUBLIC_KEY = "public-key-000001"
 PARTNER_KEY = "partner-key-00001"
@@ -240,32 +239,23 @@ def slow_handler(request):
 
 
 def past_the_knee(governor: bool):
-    keys = APIKeyTable()
-    keys.set(PUBLIC_KEY)
-    keys.set(PARTNER_KEY, shed_last=True)
-    table = ResponseTable()
-    table["HIT"] = b'{"hit":true}'
+    table, keys = governed_table_and_keys(PUBLIC_KEY, PARTNER_KEY)
     server = HTTPServer(table, threads=1, handler=slow_handler, api_keys=keys).start()
-    results = {}
     try:
         server.set_governor(governor, min_limit=2, max_limit=400, target_ms=TARGET_MS)
 
-        def load(name, api_key, rate, connections, key="MISS"):
+        def load(api_key, rate, connections, key="MISS"):
             cfg = HTTPLoadConfig(port=server.address[1], keys=[key], api_key=api_key,
                                  rate=rate, duration_s=4, warmup_s=0.5, timeout_ms=10_000,
                                  connections=connections, threads=1)
-            results[name] = run_http_load(cfg)
+            return lambda: run_http_load(cfg)
 
-        loads = [threading.Thread(target=load, args=("partner", PARTNER_KEY, PARTNER_RATE, 64)),
-                 threading.Thread(target=load, args=("public", PUBLIC_KEY, PUBLIC_RATE,
-                                                     PUBLIC_CONNECTIONS)),
-                 # Hits never queue: their p99 is what the machine alone adds
-                 # to any request in the same seconds (the noise floor).
-                 threading.Thread(target=load, args=("floor", PARTNER_KEY, 100, 8, "HIT"))]
-        for t in loads:
-            t.start()
-        for t in loads:
-            t.join()
+        results = run_side_by_side({
+            "partner": load(PARTNER_KEY, PARTNER_RATE, 64),
+            "public": load(PUBLIC_KEY, PUBLIC_RATE, PUBLIC_CONNECTIONS),
+            # Hits never queue: their p99 is what the machine alone adds
+            # to any request in the same seconds (the noise floor).
+            "floor": load(PARTNER_KEY, 100, 8, "HIT")})
         return results, server.stats()
     finally:
         server.stop()

@@ -4,16 +4,15 @@ is shed.  The limit algorithm itself is tests/test_governor.py's."""
 import asyncio
 import concurrent.futures
 import socket
-import threading
 import time
 
 import pytest
 
-from beastnet import Answer, APIKeyTable, ResponseTable, UDPServer
+from beastnet import Answer, UDPServer
 from beastnet.loadgen import UDPLoadConfig, run_udp_load
 from beastnet.metrics import render, udp_families
 
-from support import wait_for
+from support import governed_table_and_keys, run_side_by_side, wait_for
 
 PUBLIC_KEY = "public-key-000001"
 PARTNER_KEY = "partner-key-00001"
@@ -30,11 +29,7 @@ def gated_udp():
         await asyncio.wrap_future(gate)
         return Answer({"key": request.key})
 
-    keys = APIKeyTable()
-    keys.set(PUBLIC_KEY)
-    keys.set(PARTNER_KEY, shed_last=True)
-    table = ResponseTable()
-    table["HIT"] = b'{"hit":true}'
+    table, keys = governed_table_and_keys(PUBLIC_KEY, PARTNER_KEY)
     server = UDPServer(table, sockets=1, handler=handler, api_keys=keys,
                        cpu_steering=False).start()
     client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -148,34 +143,26 @@ def slow_handler(request):
 
 
 def past_the_knee(governor: bool):
-    keys = APIKeyTable()
-    keys.set(PUBLIC_KEY)
-    keys.set(PARTNER_KEY, shed_last=True)
-    table = ResponseTable()
-    table["HIT"] = b'{"hit":true}'
+    table, keys = governed_table_and_keys(PUBLIC_KEY, PARTNER_KEY)
     server = UDPServer(table, sockets=1, handler=slow_handler, api_keys=keys,
                        cpu_steering=False).start()
-    results = {}
     try:
         server.set_governor(governor, min_limit=2, max_limit=400, target_ms=TARGET_MS)
 
-        def load(name, api_key, sockets, window, key="MISS"):
+        def load(api_key, sockets, window, key="MISS"):
             # Closed loop: `sockets * window` requests outstanding at all times.
             cfg = UDPLoadConfig(port=server.address[1], keys=[key], api_key=api_key,
                                 sockets=sockets, window=window, duration_s=3, warmup_s=0.5,
                                 timeout_ms=10_000, threads=1)
-            results[name] = run_udp_load(cfg)
+            return lambda: run_udp_load(cfg)
 
         # Partners keep 8 misses waiting, public keys 256: together far past
         # what a 2 ms handler answers within the target.
-        loads = [threading.Thread(target=load, args=("partner", PARTNER_KEY, 4, 2)),
-                 threading.Thread(target=load, args=("public", PUBLIC_KEY, 32, 8)),
-                 # Hits never queue: what the machine alone adds (the noise floor).
-                 threading.Thread(target=load, args=("floor", PARTNER_KEY, 1, 1, "HIT"))]
-        for t in loads:
-            t.start()
-        for t in loads:
-            t.join()
+        results = run_side_by_side({
+            "partner": load(PARTNER_KEY, 4, 2),
+            "public": load(PUBLIC_KEY, 32, 8),
+            # Hits never queue: what the machine alone adds (the noise floor).
+            "floor": load(PARTNER_KEY, 1, 1, "HIT")})
         return results, server.stats()
     finally:
         server.stop()
