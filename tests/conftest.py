@@ -25,6 +25,10 @@ from hypothesis import HealthCheck, settings
 from beastnet import ResponseTable, UDPServer
 from support import UDPClient, native_thread_count, open_fds, require, thread_names
 
+# Here, not in each module: one session-scoped definition, so one cluster
+# per run rather than one per module importing it.
+from pg_support import postgres, postgres_cluster, postgres_own  # noqa: F401  (fixtures)
+
 # -- hypothesis profiles ----------------------------------------------------------
 
 _SLOW_OK = [HealthCheck.too_slow, HealthCheck.data_too_large]
@@ -136,6 +140,9 @@ def leak_check(request):
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "no_leak_check: skip the fd/thread leak check")
+    config.addinivalue_line("markers", "postgres_own: the test stops, kills or restarts "
+                            "PostgreSQL, so its `postgres` is a cluster of its own "
+                            "(tests/pg_support.py)")
     config.addinivalue_line("markers", "requires(*names): real parts the test drives "
                             "(support.REAL_PARTS); missing, skip, or fail under CI")
 
