@@ -27,7 +27,8 @@ from support import UDPClient, native_thread_count, open_fds, require, thread_na
 
 # Here, not in each module: one session-scoped definition, so one cluster
 # per run rather than one per module importing it.
-from pg_support import postgres, postgres_cluster, postgres_own  # noqa: F401  (fixtures)
+from pg_support import (_postgres_initialised, postgres, postgres_cluster,  # noqa: F401
+                        postgres_own)  # (fixtures)
 
 # -- hypothesis profiles ----------------------------------------------------------
 
