@@ -14,6 +14,7 @@ import os
 # pool; the leak checks count native threads, so keep BLAS single-threaded.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
+import resource
 import socket
 import threading
 import time
@@ -23,6 +24,11 @@ from hypothesis import HealthCheck, settings
 
 from beastnet import ResponseTable, UDPServer
 from support import UDPClient, native_thread_count, open_fds, require, thread_names
+
+# Here, not in each module: one session-scoped definition, so one cluster
+# per run rather than one per module importing it.
+from pg_support import (_postgres_initialised, postgres, postgres_cluster,  # noqa: F401
+                        postgres_own)  # (fixtures)
 
 # -- hypothesis profiles ----------------------------------------------------------
 
@@ -135,6 +141,9 @@ def leak_check(request):
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "no_leak_check: skip the fd/thread leak check")
+    config.addinivalue_line("markers", "postgres_own: the test stops, kills or restarts "
+                            "PostgreSQL, so its `postgres` is a cluster of its own "
+                            "(tests/pg_support.py)")
     config.addinivalue_line("markers", "requires(*names): real parts the test drives "
                             "(support.REAL_PARTS); missing, skip, or fail under CI")
 
@@ -173,6 +182,9 @@ def pytest_collectreport(report):
 def pytest_sessionfinish(session, exitstatus):
     """Under CI a skip is a failure (apart from `slow` tests): CI installs
     every real part, so a skip there means a check that never ran."""
+    report = session.config.getoption("--time-report")
+    if report:
+        _write_time_report(report)
     if _CI_SKIPS and exitstatus == pytest.ExitCode.OK:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
@@ -246,6 +258,50 @@ def client(server, make_client) -> UDPClient:
 def pytest_addoption(parser):
     parser.addoption("--run-slow", action="store_true", default=False,
                      help="also run tests marked slow (or select them with -m slow)")
+    parser.addoption("--time-report", metavar="FILE", default=None,
+                     help="write per test file: wall time, this process's CPU and its "
+                          "reaped children's CPU, and idle = wall - both (docs/testing.md)")
+
+
+# -- --time-report: where the wall time goes -------------------------------------------
+
+# file -> [wall, self CPU, children CPU, tests]; setup and teardown included,
+# so a module fixture's start and stop count against its file.
+_TIMES: dict[str, list[float]] = {}
+
+
+def _cpu() -> tuple[float, float]:
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime, kids.ru_utime + kids.ru_stime
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    if not item.config.getoption("--time-report"):
+        yield
+        return
+    wall0, (me0, kids0) = time.monotonic(), _cpu()
+    yield
+    wall1, (me1, kids1) = time.monotonic(), _cpu()
+    row = _TIMES.setdefault(item.location[0], [0.0, 0.0, 0.0, 0])
+    row[0] += wall1 - wall0
+    row[1] += me1 - me0
+    row[2] += kids1 - kids0
+    row[3] += 1
+
+
+def _write_time_report(path: str) -> None:
+    """A tab-separated table, slowest file first; idle is wall time no
+    process of ours spent on a CPU (sleeps, timeouts, waits on daemons such
+    as PostgreSQL's postmaster, whose CPU RUSAGE_CHILDREN never sees)."""
+    rows = sorted(_TIMES.items(), key=lambda kv: -kv[1][0])
+    total = [sum(r[i] for _, r in rows) for i in range(4)]
+    with open(path, "w", encoding="utf-8") as out:
+        out.write("file\ttests\twall_s\tself_cpu_s\tchildren_cpu_s\tidle_s\n")
+        for name, (wall, me, kids, n) in rows + [("TOTAL", total)]:
+            out.write(f"{name}\t{int(n)}\t{wall:.1f}\t{me:.1f}\t{kids:.1f}\t"
+                      f"{max(0.0, wall - me - kids):.1f}\n")
 
 
 def pytest_collection_modifyitems(config, items):

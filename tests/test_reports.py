@@ -105,6 +105,7 @@ def test_reports_add_pending_counts_to_stored_rows(store):  # noqa: F811
     assert every["total"]["admitted"] == 12 and every["key"] is None
 
 
+@pytest.mark.postgres_own        # stops PostgreSQL: a cluster of its own
 def test_a_store_that_is_down_answers_503(postgres):  # noqa: F811
     from beastnet.serve.stores.postgres import migrate
     from beastnet.serve.stores.usage_postgres import PostgresUsageLog

@@ -296,6 +296,7 @@ def test_unknown_key_flood_costs_the_database_few_queries(database, serve, tmp_p
     assert http_status(node, PUBLIC) == 200
 
 
+@pytest.mark.postgres_own        # stops PostgreSQL: a cluster of its own
 def test_database_down_at_start_serves_from_the_key_cache_or_refuses(database, serve,  # noqa: F811
                                                                     tmp_path):
     add_keys(database.dsn, PUBLIC)
@@ -325,6 +326,7 @@ def test_database_down_at_start_serves_from_the_key_cache_or_refuses(database, s
     wait_for(lambda: http_status(node, LATER) == 200, timeout=5, message="a key added after")
 
 
+@pytest.mark.postgres_own        # stops PostgreSQL: a cluster of its own
 def test_database_down_mid_run_serving_goes_on_and_usage_lands_after(database, serve,  # noqa: F811
                                                                    tmp_path):
     add_keys(database.dsn, PUBLIC)

@@ -15,7 +15,7 @@ from beastnet.serve.keys import KeyStoreError, Tier
 from beastnet.serve.stores.postgres import (MIGRATIONS, PostgresDatabase, PostgresKeyStore,
                                             migrate, schema_version)
 from beastnet.serve.stores.sqlite import KeyStore
-from pg_support import postgres  # noqa: F401  (the fixture)
+from pg_support import SharedDatabase, postgres  # noqa: F401  (the fixture)
 from support import free_port, requires
 
 pytestmark = [pytest.mark.timeout(120), requires("initdb", "pg_ctl")]
@@ -147,6 +147,24 @@ def test_a_store_on_an_unmigrated_database_names_the_command(postgres):  # noqa:
     with pytest.raises(KeyStoreError, match="schema version 0.*beastnet db migrate") as info:
         PostgresKeyStore(postgres.dsn)
     assert "\n" not in str(info.value)
+
+
+def test_a_test_database_is_its_own_and_cannot_stop_the_shared_cluster(
+        postgres, postgres_cluster):  # noqa: F811
+    """pg_support: what one test leaves in its database no other sees, and
+    stopping the cluster every test shares is refused, naming the marker."""
+    postgres.psql("CREATE TABLE left_behind (x int)")
+    other = SharedDatabase(postgres_cluster)
+    try:
+        assert other.dsn != postgres.dsn
+        assert other.psql("SELECT count(*) FROM pg_tables WHERE tablename = 'left_behind'") == 0
+    finally:
+        other.drop()
+    assert postgres_cluster.psql(f"SELECT count(*) FROM pg_database "
+                                 f"WHERE datname = '{other.name}'") == 0
+    with pytest.raises(AssertionError, match="postgres_own"):
+        postgres.stop()
+    assert postgres_cluster.running()
 
 
 def test_unreachable_database_is_one_line():

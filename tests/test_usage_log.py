@@ -112,6 +112,7 @@ def test_pending_counts_are_reported_before_they_are_written(store):
     assert sum(r.admitted for r in pending) == 10 and stored(store) == {}
 
 
+@pytest.mark.postgres_own        # stops PostgreSQL: a cluster of its own
 def test_a_failed_batch_stays_queued_and_a_full_queue_counts_bg_drop(store, tmp_path):
     table = APIKeyTable()
     for i in range(5):
@@ -207,6 +208,7 @@ def _take_down(store: Any, tmp_path) -> Any:
     return release
 
 
+@pytest.mark.postgres_own        # stops PostgreSQL: a cluster of its own
 def test_postgresql_restart_mid_run_loses_nothing(postgres):  # noqa: F811
     """pg_ctl restart while the writer thread runs: the queue carries the
     counts across; afterwards the stored sums equal the admissions."""
@@ -354,6 +356,7 @@ def test_retention_trims_while_running(store):
         usage.stop()
 
 
+@pytest.mark.postgres_own        # stops PostgreSQL: a cluster of its own
 def test_db_trim_command(tmp_path, postgres):  # noqa: F811
     import subprocess
     import sys

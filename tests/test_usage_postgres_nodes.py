@@ -150,6 +150,7 @@ def test_a_node_killed_with_sigkill_loses_at_most_about_one_interval(database, s
     assert sent <= got <= sent + recent
 
 
+@pytest.mark.postgres_own        # stops PostgreSQL: a cluster of its own
 def test_postgresql_sigterm_mid_run_is_reported_and_recovered(database, serve,  # noqa: F811
                                                              tmp_path):
     """SIGTERM is PostgreSQL's smart shutdown: no new connection, the open
