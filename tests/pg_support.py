@@ -42,10 +42,10 @@ class PostgresServer(LocalPostgres):
         self.start()
 
     def psql(self, sql: str) -> Any:
-        return _fetchval(self.dsn, sql)
+        return fetchval(self.dsn, sql)
 
 
-def _fetchval(dsn: str, sql: str) -> Any:
+def fetchval(dsn: str, sql: str) -> Any:
     """One statement's first value, through asyncpg."""
     import asyncpg
 
@@ -72,15 +72,15 @@ class SharedDatabase:
         self.port = cluster.port
         self.name = f"test_{next(_DATABASE_NUMBERS)}"
         # template0: nothing a previous test left in template1 comes along.
-        _fetchval(cluster.dsn, f"CREATE DATABASE {self.name} TEMPLATE template0")
+        fetchval(cluster.dsn, f"CREATE DATABASE {self.name} TEMPLATE template0")
         self.dsn = cluster.dsn.rsplit("/", 1)[0] + "/" + self.name
 
     def psql(self, sql: str) -> Any:
-        return _fetchval(self.dsn, sql)
+        return fetchval(self.dsn, sql)
 
     def drop(self) -> None:
         # FORCE: connections a failed test left open must not keep it.
-        _fetchval(self.cluster.dsn, f"DROP DATABASE IF EXISTS {self.name} WITH (FORCE)")
+        fetchval(self.cluster.dsn, f"DROP DATABASE IF EXISTS {self.name} WITH (FORCE)")
 
     def _own_cluster_only(self, *args: Any, **kwargs: Any) -> None:
         raise AssertionError("this test stops or restarts PostgreSQL, which would stop the "

@@ -26,6 +26,7 @@ from beastnet.cli import main
 from beastnet.loadgen.plan import DEFAULT_PLAN, PlanError, load_plan, parse_plan, run_plan
 from beastnet.loadgen.plan.local import LocalCluster
 from beastnet.loadgen.plan.runner import NodeTarget, PlanRunner, ReportLoad
+from pg_support import fetchval
 from support import requires, wait_for
 from test_loadgen_report import render_dom, script_error
 
@@ -142,20 +143,6 @@ def running(pid: int) -> bool:
     return "State:\tZ" not in status
 
 
-def pg_value(dsn: str, sql: str):
-    import asyncio
-
-    import asyncpg
-
-    async def run():
-        conn = await asyncpg.connect(dsn)
-        try:
-            return await conn.fetchval(sql)
-        finally:
-            await conn.close()
-    return asyncio.run(run())
-
-
 @TOPOLOGY
 @requires("chromium")
 @pytest.mark.timeout(240)
@@ -187,7 +174,7 @@ def test_every_test_of_the_default_plan_runs_against_plan_local(cluster, tmp_pat
     # ... from the one PostgreSQL: the usage log the reports read is there.
     assert report["database"]["kind"] == "postgresql"
     assert report["database"]["dsn"] == cluster.postgres.dsn
-    wait_for(lambda: pg_value(cluster.postgres.dsn,
+    wait_for(lambda: fetchval(cluster.postgres.dsn,
                               "SELECT count(*) FROM usage_log WHERE route = 'report'"),
              timeout=15, message="the report requests' usage rows in PostgreSQL")
     assert [c["a"] + c["b"] for c in report["comparisons"]] == ["2b2c", "2a2d", "1a2a"]
