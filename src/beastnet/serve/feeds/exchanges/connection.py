@@ -18,7 +18,7 @@ import asyncio
 import logging
 import random
 import time
-from typing import Any, Callable, Iterator, Optional, Sequence, Union
+from typing import Any, Awaitable, Callable, Iterator, Optional, Sequence, Union
 
 import orjson
 
@@ -27,7 +27,7 @@ from beastnet.serve.feeds.exchanges.spec import Exchange, RawTick
 from beastnet.serve.feeds.exchanges.wsclient import WsStream, open_stream
 from beastnet.serve.upstream import read_capped
 
-__all__ = ["ExchangeConnection", "Recorder", "reap"]
+__all__ = ["ExchangeConnection", "Recorder", "reap", "run_together"]
 
 log = logging.getLogger("beastnet.serve.feeds.exchanges")
 
@@ -198,14 +198,7 @@ class ExchangeConnection:
 
     async def run(self) -> None:
         """Stream forever (until cancelled): WebSocket, watchdog, REST."""
-        tasks = [asyncio.ensure_future(self._stream()), asyncio.ensure_future(self._watchdog()),
-                 asyncio.ensure_future(self._rest_loop())]
-        try:
-            await asyncio.gather(*tasks)
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+        await run_together([self._stream(), self._watchdog(), self._rest_loop()])
 
     async def _stream(self) -> None:
         attempt = 0
@@ -413,6 +406,18 @@ class ExchangeConnection:
         self.rest_errors += 1
         self._rest_error = f"{type(exc).__name__}: {exc}".strip(": ")
         log.debug("exchange %s: REST %s%s: %s", self.name, self.rest_url, path, self._rest_error)
+
+
+async def run_together(coros: Sequence[Awaitable[Any]]) -> None:
+    """Run `coros` as tasks until all end or one fails; either way (and when
+    the caller is cancelled) cancel the rest and wait for them to go."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def reap(task: "asyncio.Future[Any]") -> None:

@@ -12,7 +12,7 @@ import orjson
 
 from beastnet.serve.assets import ASSETS
 from beastnet.serve.feeds.base import Feed, SourceAlive, Tick
-from beastnet.serve.feeds.exchanges.connection import ExchangeConnection, Recorder
+from beastnet.serve.feeds.exchanges.connection import ExchangeConnection, Recorder, run_together
 from beastnet.serve.feeds.exchanges.routes import DEFAULT_ROUTES
 from beastnet.serve.feeds.exchanges.spec import EXCHANGES
 from beastnet.serve.feeds.registry import register_feed
@@ -114,13 +114,7 @@ class ExchangeFeed(Feed):
             self._sink = None
 
     async def _run_connections(self) -> None:
-        tasks = [asyncio.ensure_future(c.run()) for c in self.connections.values()]
-        try:
-            await asyncio.gather(*tasks)
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+        await run_together([c.run() for c in self.connections.values()])
 
     async def __aiter__(self) -> AsyncIterator[Item]:  # type: ignore[override]
         """The items through `queue` (one task switch each); the publisher
