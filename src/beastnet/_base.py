@@ -56,6 +56,7 @@ class EngineServer:
 
     _address: Optional[tuple] = None
     _socks: list[socket.socket]
+    _engine: Any                        # the native engine (_core.NativeEngine) once started
 
     def __init__(self) -> None:
         # Set while the server is not serving; serve_forever() waits on it.
@@ -113,6 +114,24 @@ class EngineServer:
                 stop()
             finally:
                 self._stopping = False
+
+    def set_governor(self, enabled: bool, *, min_limit: int = 4, max_limit: int = 1000,
+                     target_ms: float = 50.0, tolerance: float = 1.5) -> None:
+        """Switch the governor on or off (live): an adaptive limit on the
+        requests waiting for the handler (HTTP: misses and routes; UDP:
+        misses), moved by their measured latency; past it, requests of
+        shed-first keys are shed (HTTP: 503 ``overloaded`` with
+        ``Retry-After``; UDP: ``{"error":"overloaded"}``; counted in
+        ``shed_public``), those of shed-last keys (``APIKeyTable.set(...,
+        shed_last=True)``, partners) only past ``max_limit``
+        (``shed_partner``).  Hits are never shed.  ``target_ms``: a mean
+        latency above it shrinks the limit; ``tolerance``: how far the
+        latency may rise over its long-term level first (docs/governor.md).
+        A UDP server without a handler queues nothing and sheds nothing."""
+        if self._engine is None:
+            raise ServerError("set_governor() needs a started server")
+        self._engine.set_governor(enabled, min_limit=min_limit, max_limit=max_limit,
+                                  target_ms=target_ms, tolerance=tolerance)
 
     @property
     def address(self) -> tuple:

@@ -411,21 +411,6 @@ class HTTPServer(EngineServer):
         if self._dispatcher is not None:
             self._dispatcher.max_inflight = n
 
-    def set_governor(self, enabled: bool, *, min_limit: int = 4, max_limit: int = 1000,
-                     target_ms: float = 50.0, tolerance: float = 1.5) -> None:
-        """Switch the governor on or off (live): an adaptive limit on the
-        requests waiting for the control plane (misses and routes), moved by
-        their measured latency; past it, requests of shed-first keys are
-        answered 503 ``overloaded`` with ``Retry-After``, those of shed-last
-        keys (``APIKeyTable.set(..., shed_last=True)``, partners) only past
-        ``max_limit``.  ``target_ms``: a mean latency above it shrinks the
-        limit; ``tolerance``: how far the latency may rise over its long-term
-        level first (docs/governor.md)."""
-        if self._engine is None:
-            raise ServerError("set_governor() needs a started server")
-        self._engine.set_governor(enabled, min_limit=min_limit, max_limit=max_limit,
-                                  target_ms=target_ms, tolerance=tolerance)
-
     # -- introspection ----------------------------------------------------------
 
     @property

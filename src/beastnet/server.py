@@ -277,21 +277,6 @@ class UDPServer(EngineServer):
             self._engine.set_batch(batch)
         self.batch = batch
 
-    def set_governor(self, enabled: bool, *, min_limit: int = 4, max_limit: int = 1000,
-                     target_ms: float = 50.0, tolerance: float = 1.5) -> None:
-        """Switch the governor on or off (live): an adaptive limit on the
-        misses waiting for the handler, moved by their measured latency; past
-        it, misses of shed-first keys are answered ``{"error":"overloaded"}``
-        (counted in ``shed_public``), those of shed-last keys
-        (``APIKeyTable.set(..., shed_last=True)``, partners) only past
-        ``max_limit`` (``shed_partner``).  Hits are never shed.  The same
-        algorithm and bounds as `HTTPServer.set_governor` (docs/governor.md);
-        a server without a handler queues nothing and sheds nothing."""
-        if self._engine is None:
-            raise ServerError("set_governor() needs a started server")
-        self._engine.set_governor(enabled, min_limit=min_limit, max_limit=max_limit,
-                                  target_ms=target_ms, tolerance=tolerance)
-
     # -- introspection ----------------------------------------------------------
 
     def stats(self) -> dict[str, Any]:
