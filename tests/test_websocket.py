@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import os
 import socket
 import struct
@@ -723,8 +724,10 @@ def test_unfinished_large_frames_count_against_the_reassembly_cap(table):
     options = WebSocketOptions(echo_path="/echo", max_reassembly_bytes=90_000)
     payload = bytes(range(256)) * 256                       # 65,536 bytes: one whole frame
     frame = build_frame(BINARY, payload)
-    with HTTPServer(table, threads=1, websocket=options) as server:
-        first, second, third = (RawClient(server, path="/echo") for _ in range(3))
+    with HTTPServer(table, threads=1, websocket=options) as server, \
+            contextlib.ExitStack() as clients:          # closed on failure too
+        first, second, third = (clients.enter_context(RawClient(server, path="/echo"))
+                                for _ in range(3))
         for c in (first, second, third):
             c.handshake()
 
@@ -736,16 +739,15 @@ def test_unfinished_large_frames_count_against_the_reassembly_cap(table):
 
         send_all_but_the_last_byte(first)                  # ~50 KiB charged: under the cap
         send_all_but_the_last_byte(second)                 # together past 90,000
+        wait_for(lambda: totals(server)["ws_reassembly_refused"] == 1,
+                 message="the second half-frame refused past the reassembly cap")
         assert second.close_code() == 1013
-        assert totals(server)["ws_reassembly_refused"] == 1
         first.send(frame[-1:])                             # finished: its share given back
         assert first.frame() == (BINARY, payload)
         send_all_but_the_last_byte(third)
         third.send(frame[-1:])
         assert third.frame() == (BINARY, payload)
         assert totals(server)["ws_reassembly_refused"] == 1
-        for c in (first, second, third):
-            c.close()
 
 
 def test_a_non_reader_of_a_slow_symbol_is_closed_a_stall_after_its_window_closes(table):
