@@ -769,3 +769,30 @@ def test_one_exchange_tick_reaches_a_stream_subscriber_as_it_arrives():
     # The connection's arrival stamp is this message's: after the send, before
     # the client had the frame.
     assert sent < arrived < received, (sent, arrived, received)
+
+
+# The original design's twelve assets per exchange (issue 24), in its words.
+DESIGN_ASSETS = {
+    "coinbase": "BTC ETH SOL DOGE XRP LINK DOT LTC AVAX UNI PEPE XLM",
+    "gemini": "AAVE ADA MATIC ATOM NEAR ARB MKR CRV GRT FIL SHIB BAT",
+    "kraken": "NANO SC LSK KAVA BICO RARI OCEAN CFG CQT ALGO FET FLOW",
+    "gateio": "BNB TRX APT SEI INJ OP SUI VET HBAR SAND MANA FTM",
+    "cryptocom": "TON WLD APE BLUR IMX ENS LDO SNX COMP 1INCH SUSHI GALA",
+    "okx": "KAS TIA JUP STRK PYTH W ZRO PENDLE ONDO RENDER WIF FLOKI",
+}
+
+
+def test_the_designs_72_assets_are_served_each_from_its_own_exchange_first():
+    from beastnet.serve.assets import ASSETS, snapshot_prices
+    from beastnet.serve.feeds.exchanges import DEFAULT_ROUTES
+
+    named = {a: name for name, words in DESIGN_ASSETS.items() for a in words.split()}
+    assert len(named) == 72
+    assert sorted(set(named) - set(ASSETS)) == [] and len(set(ASSETS)) == 150
+    assert set(DEFAULT_ROUTES) == set(ASSETS) == set(snapshot_prices())
+    wrong = {a: DEFAULT_ROUTES[a] for a, name in named.items() if DEFAULT_ROUTES[a][0] != name}
+    assert wrong == {}
+    # Every exchange an asset lists is a known one, none twice; each price positive.
+    assert all(set(v) <= set(EXCHANGES) and len(set(v)) == len(v)
+               for v in DEFAULT_ROUTES.values())
+    assert min(snapshot_prices().values()) > 0
