@@ -738,8 +738,10 @@ def test_one_exchange_tick_reaches_a_stream_subscriber_as_it_arrives():
                         totals["ws_frames_out"])
 
             async def scenario():
-                assert await until(lambda: asset in service.table and symbol in
-                                   next(iter(fake.clients.values()), ())), conn.health()
+                # fake.clients belongs to the fakes' thread: copied in one step.
+                assert await until(lambda: asset in service.table and any(
+                    symbol in subscribed for subscribed in list(fake.clients.values()))), \
+                    conn.health()
                 url = f"ws://127.0.0.1:{service.http.address[1]}/v1/stream"
                 async with websockets.connect(url) as ws:
                     await ws.send(orjson.dumps({"op": "subscribe", "symbols": [asset]}).decode())
