@@ -25,6 +25,13 @@ the default):
                      future: one task wake-up per read, as aiohttp)
   picows+callback    (--picows) picows calling on_message from its frame callback: no
                      coroutine wake-up per read at all (an experiment, not in the package)
+With --subscriber, the aiohttp+direct arm also serves its table as `serve`
+does (an HTTPServer with the WebSocket stream, one worker thread, in this
+process) to a native subscriber (clients/ws_fanout_client.c, one connection
+subscribed to every asset of the arm): exchange send -> WebSocket subscriber
+receive, p50/p99/max from the client's histogram over the push window (the
+subscription's snapshot frames fall before it), and table write -> subscriber
+receive, each frame matched by its price to the write stamped here.
 The machine is shared: compare arms of one run, not runs.
 """
 from __future__ import annotations
@@ -41,7 +48,7 @@ from _common import REPO_DIR
 
 sys.path.insert(0, str(REPO_DIR / "tests"))
 
-from beastnet import ResponseTable  # noqa: E402
+from beastnet import HTTPServer, ResponseTable, WebSocketOptions  # noqa: E402
 from beastnet.serve.feeds import Feed, PricePublisher  # noqa: E402
 from beastnet.serve.feeds.exchanges import DEFAULT_ROUTES, EXCHANGES, ExchangeFeed  # noqa: E402
 
@@ -239,8 +246,52 @@ class QueueHop(Feed):
         return self.inner.__aiter__()
 
 
+def build_subscriber() -> str:
+    """Compile clients/ws_fanout_client.c into a temp dir; its path."""
+    import shutil
+    import subprocess
+    import tempfile
+    src = REPO_DIR / "benchmarks" / "clients" / "ws_fanout_client.c"
+    exe = os.path.join(tempfile.mkdtemp(prefix="bench-feeds-ws-"), "ws_fanout_client")
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if not cc:
+        raise SystemExit("bench_feeds_ws: --subscriber needs a C compiler (cc/gcc)")
+    r = subprocess.run([cc, "-O2", "-Wall", "-o", exe, str(src), "-lz"], capture_output=True,
+                       text=True, timeout=120)
+    if r.returncode != 0:
+        raise SystemExit(f"bench_feeds_ws: building the subscriber failed:\n{r.stderr.strip()}")
+    return exe
+
+
+def hist_quantile(hist: list[list[int]], q: float) -> float:
+    """The q-quantile (µs) of the client's [floor ns, count] histogram."""
+    total = sum(c for _, c in hist)
+    seen = 0
+    for floor, count in sorted(hist):
+        seen += count
+        if seen >= q * total:
+            return floor / 1e3
+    return float("nan")
+
+
+async def start_subscriber(exe: str, port: int, assets: list[str], base_ns: int,
+                           dump: str) -> Any:
+    """The native subscriber, connected and acknowledged; it waits for its
+    window ("T0 T1") on stdin."""
+    proc = await asyncio.create_subprocess_exec(
+        exe, "--port", str(port), "--conns", "1", "--assets", ",".join(assets),
+        "--universe", str(max(len(assets), 1)), "--symbols", "1", "--price-base-ns",
+        str(base_ns), "--connect-timeout-s", "10", "--dump", dump, stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE)
+    ready = (await proc.stdout.readline()).decode().split()  # type: ignore[union-attr]
+    if ready != ["ready", "1"]:
+        proc.kill()
+        raise SystemExit(f"bench_feeds_ws: the subscriber did not connect: {ready}")
+    return proc
+
+
 async def run_arm(arm: str, port: int, child: Any, rate: int, seconds: float,
-                  base_ns: int) -> dict[str, Any]:
+                  base_ns: int, subscriber: Optional[str] = None) -> dict[str, Any]:
     client, path = arm.split("+")
     routes = {a: [n] for n, assets in assets_of().items() for a in assets}
     settings = {n: {"ws_url": f"ws://127.0.0.1:{port}/ws/{n}",
@@ -254,11 +305,25 @@ async def run_arm(arm: str, port: int, child: Any, rate: int, seconds: float,
     if arm == "picows+callback":
         for conn in feed.connections.values():
             conn._session = (lambda c: lambda ws: callback_session(c, ws))(conn)  # type: ignore
-    publisher = PricePublisher(ResponseTable(capacity=512), max_jump=0.2)   # serve's default
+    table = ResponseTable(capacity=512)
+    publisher = PricePublisher(table, max_jump=0.2)   # serve's default
+    server: Optional[HTTPServer] = None
+    sub: Any = None
+    if subscriber is not None:
+        # The stream subscribes known symbols only (serve's prewarm has them
+        # all in the table before anyone subscribes): a placeholder each.
+        for asset in routes:
+            table.set(asset, b'{"asset":"%s","price":0}' % asset.encode())
+        server = HTTPServer(table, threads=1, websocket=WebSocketOptions()).start()
+        dump = subscriber + f".{os.getpid()}.dump"
+        sub = await start_subscriber(subscriber, server.address[1], list(routes), base_ns, dump)
     stamps: list[tuple[int, str]] = []
+    calls: dict[str, int] = {}                # price -> ns the publisher's write began
     publish = publisher._publish
 
     def stamped(asset: str, price: str, *rest: Any, **kw: Any) -> None:
+        if sub is not None:
+            calls[price] = time.monotonic_ns()
         publish(asset, price, *rest, **kw)
         stamps.append((time.monotonic_ns(), price))
     publisher._publish = stamped              # type: ignore[method-assign]
@@ -268,6 +333,10 @@ async def run_arm(arm: str, port: int, child: Any, rate: int, seconds: float,
         # the newest connection of each exchange).
         while any(c._ws is None for c in feed.connections.values()):
             await asyncio.sleep(0.001)
+        if sub is not None:             # the window: the push's, with room either side
+            now = time.monotonic_ns()
+            sub.stdin.write(f"{now} {now + int((seconds + 0.5) * 1e9)}\n".encode())
+            await sub.stdin.drain()
         child.stdin.write(f"go {rate} {seconds}\n".encode())
         await child.stdin.drain()
         conns = list(feed.connections.values())
@@ -281,7 +350,17 @@ async def run_arm(arm: str, port: int, child: Any, rate: int, seconds: float,
         while sum(c.messages for c in conns) < sent and time.monotonic() < deadline:
             await asyncio.sleep(0.001)
         m1, c1, t1 = sum(c.messages for c in conns), time.process_time(), time.monotonic()
+        sub_result: dict[str, Any] = {}
+        if sub is not None:
+            line = await asyncio.wait_for(sub.stdout.readline(), seconds + 30)
+            sub_result = orjson.loads(line)
+            await sub.wait()
     finally:
+        if sub is not None and sub.returncode is None:
+            sub.kill()
+            await sub.wait()
+        if server is not None:
+            server.stop(grace_s=0.0)
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         if client == "picows":
@@ -291,7 +370,23 @@ async def run_arm(arm: str, port: int, child: Any, rate: int, seconds: float,
     pick = (lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] / 1e3) if lat else \
         (lambda q: float("nan"))
     bad = sum(c.bad_messages for c in conns)
-    return {"arm": arm, "rate": rate, "received": m1, "sent": sent, "window_s": t1 - t0,
+    hist = sub_result.get("hist", [])
+    ws: dict[str, Any] = {}
+    if sub_result:
+        # From the start of the write: the worker may have sent the frame
+        # before the publisher's call returns.
+        written = {int(float(price)): ns for price, ns in calls.items()}
+        with open(dump) as fh:
+            hop = sorted(int(t) - written[int(p)] for p, t in (line.split() for line in fh)
+                         if int(p) in written)
+        os.unlink(dump)
+        q = (lambda x: hop[min(len(hop) - 1, int(x * len(hop)))] / 1e3) if hop else \
+            (lambda x: float("nan"))
+        ws = {"ws_bodies": sub_result.get("bodies", 0), "ws_p50": hist_quantile(hist, 0.5),
+              "ws_p99": hist_quantile(hist, 0.99), "ws_max": hist_quantile(hist, 1.0),
+              "hop_matched": len(hop), "hop_p50": q(0.5), "hop_p99": q(0.99),
+              "hop_max": hop[-1] / 1e3 if hop else float("nan")}
+    return {**ws, "arm": arm, "rate": rate, "received": m1, "sent": sent, "window_s": t1 - t0,
             "per_cpu_s": (m1 - m0) / max(c1 - c0, 1e-9), "cpu_ms_per_s": (c1 - c0) / (t1 - t0) * 1e3,
             "p50": pick(0.5), "p99": pick(0.99), "max": lat[-1] / 1e3 if lat else float("nan"),
             "published": len(stamps) - n0, "bad": bad, "sink_errors": feed.sink_errors}
@@ -307,13 +402,15 @@ async def bench(args: argparse.Namespace) -> None:
     try:
         port = int((await child.stdout.readline()).decode().split()[1])  # type: ignore[union-attr]
         arms = ARMS if args.compare else ["aiohttp+direct"]
+        subscriber = build_subscriber() if args.subscriber else None
         if args.picows:
             arms = arms + ["picows+direct", "picows+callback"]
         results: list[dict[str, Any]] = []
         for rnd in range(args.rounds):
             for rate in args.rates:
                 for arm in arms:
-                    r = await run_arm(arm, port, child, rate, args.seconds, base_ns)
+                    r = await run_arm(arm, port, child, rate, args.seconds, base_ns,
+                                      subscriber if arm == "aiohttp+direct" else None)
                     r["round"] = rnd + 1
                     r["load"] = os.getloadavg()[0]
                     results.append(r)
@@ -323,13 +420,24 @@ async def bench(args: argparse.Namespace) -> None:
                           f"max {r['max']:8.0f} us  ({r['received'] - 0:,} recv, "
                           f"{r['published']:,} published, {r['bad']} bad)  "
                           f"load {r['load']:.1f}", flush=True)
+                    if "ws_p99" in r:
+                        print(f"          send->WebSocket subscriber ({r['ws_bodies']:,} frames) "
+                              f"p50 {r['ws_p50']:7.0f} us  p99 {r['ws_p99']:8.0f} us  "
+                              f"max {r['ws_max']:8.0f} us; table->subscriber "
+                              f"({r['hop_matched']:,} matched) p50 {r['hop_p50']:5.0f} us  "
+                              f"p99 {r['hop_p99']:6.0f} us  max {r['hop_max']:6.0f} us",
+                              flush=True)
         print("\nmedians over rounds")
         for rate in args.rates:
             for arm in arms:
                 rows = [r for r in results if r["rate"] == rate and r["arm"] == arm]
                 med = lambda k: sorted(r[k] for r in rows)[len(rows) // 2]  # noqa: E731
                 print(f"{rate:>6,}/s  {arm:<18} {med('per_cpu_s'):>9,.0f} msg/CPU-s  "
-                      f"p50 {med('p50'):6.0f} us  p99 {med('p99'):7.0f} us")
+                      f"p50 {med('p50'):6.0f} us  p99 {med('p99'):7.0f} us" +
+                      (f"  subscriber p50 {med('ws_p50'):6.0f} us  p99 {med('ws_p99'):7.0f} us"
+                       f"  table->subscriber p50 {med('hop_p50'):5.0f} us  "
+                       f"p99 {med('hop_p99'):6.0f} us"
+                       if rows and "ws_p99" in rows[0] else ""))
             if args.compare:
                 def ratio(a: str, b: str) -> float:
                     xs = [r["per_cpu_s"] for r in results if r["rate"] == rate and r["arm"] == a]
@@ -365,6 +473,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=5.0, help="push window per arm and rate")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--compare", action="store_true", help="all four arms, interleaved")
+    ap.add_argument("--subscriber", action="store_true",
+                    help="serve the aiohttp+direct arm's table to a native WebSocket subscriber")
     ap.add_argument("--picows", action="store_true",
                     help="also the two picows arms (pip install picows)")
     args = ap.parse_args()

@@ -701,3 +701,100 @@ def test_each_exchanges_trouble_leaves_the_other_five_serving(name):
         assert (bodies[n]["source"], bodies[n]["stale"]) == (n, False)
         assert bodies[n]["price"] == float(CASES[n][1])
         assert published["sources"][n]["stale"] is False
+
+
+def test_one_exchange_tick_reaches_a_stream_subscriber_as_it_arrives():
+    """`serve`'s path from an exchange's socket to a WebSocket subscriber has
+    no round in it: with the publisher's only periodic task (the stale
+    checker) put off for an hour and the fake sending nothing on its own (no
+    ticker pump, no heartbeat), one ticker message gives exactly one
+    publication, one ring drain, one frame, carrying that message's price."""
+    import websockets
+
+    from beastnet.serve.config import load_config
+    from beastnet.serve.service import PriceService
+    from fake_exchange import FakeExchangesThread
+
+    name = "coinbase"
+    asset, ws_price, rest_price = CASES[name]
+    symbol = EXCHANGES[name].symbol_of(asset)
+    fakes = FakeExchangesThread([name], tick_interval_s=3600.0, heartbeat_s=3600.0)
+    fake = fakes.fakes[name]
+    fake.rest_prices[symbol] = rest_price          # the prewarm's price: the snapshot
+    try:
+        settings = {name: fast(fake, stale_after_s=60.0, rest_interval_s=3600.0)}
+        cfg = load_config(profile="dev", overrides={
+            "udp_port": 0, "http_port": 0, "admin_port": 0, "feed": "exchanges",
+            "feed_exchanges": settings, "feed_assets": {asset: [name]}})
+        service = PriceService(cfg)
+        service.publisher.check_interval_s = 3600.0
+        with service:
+            assert service.http is not None
+            conn = service.publisher.feed.connections[name]   # type: ignore[union-attr]
+
+            def counters() -> tuple[int, int, int]:
+                totals = service.http.stats()["totals"]        # type: ignore[union-attr]
+                return (service.publisher.published, totals["ws_publications"],
+                        totals["ws_frames_out"])
+
+            async def scenario():
+                # fake.clients belongs to the fakes' thread: copied in one step.
+                assert await until(lambda: asset in service.table and any(
+                    symbol in subscribed for subscribed in list(fake.clients.values()))), \
+                    conn.health()
+                url = f"ws://127.0.0.1:{service.http.address[1]}/v1/stream"
+                async with websockets.connect(url) as ws:
+                    await ws.send(orjson.dumps({"op": "subscribe", "symbols": [asset]}).decode())
+                    assert orjson.loads(await asyncio.wait_for(ws.recv(), 5))["op"] == \
+                        "subscribed"
+                    snapshot = orjson.loads(await asyncio.wait_for(ws.recv(), 5))
+                    before, messages = counters(), conn.messages
+                    sent = time.monotonic()
+                    fakes.call(lambda: fake.send_ticker(symbol, ws_price, time.time()))
+                    frame = await asyncio.wait_for(ws.recv(), 5)
+                    received = time.monotonic()
+                    # The server's side, read once the frame is here.
+                    return snapshot, frame, sent, received, before, counters(), messages
+            snapshot, frame, sent, received, before, after, messages = asyncio.run(scenario())
+            arrived, seq = conn.last_message, service.publisher._seq
+            messages = conn.messages - messages
+    finally:
+        fakes.close()
+    assert snapshot["price"] == float(rest_price) and snapshot["source"] == name
+    assert f'"price":{ws_price},'.encode() in frame.encode()      # the tick's own digits
+    update = orjson.loads(frame)
+    assert (update["source"], update["stale"], update["seq"]) == (name, False, seq)
+    assert messages == 1                             # the ticker alone reached the feed
+    # One publication, drained from the ring once, written as one frame: the
+    # tick's, and nothing a round or a checker would have added.
+    assert tuple(a - b for a, b in zip(after, before)) == (1, 1, 1), (before, after)
+    # The connection's arrival stamp is this message's: after the send, before
+    # the client had the frame.
+    assert sent < arrived < received, (sent, arrived, received)
+
+
+# The original design's twelve assets per exchange (issue 24), in its words.
+DESIGN_ASSETS = {
+    "coinbase": "BTC ETH SOL DOGE XRP LINK DOT LTC AVAX UNI PEPE XLM",
+    "gemini": "AAVE ADA MATIC ATOM NEAR ARB MKR CRV GRT FIL SHIB BAT",
+    "kraken": "NANO SC LSK KAVA BICO RARI OCEAN CFG CQT ALGO FET FLOW",
+    "gateio": "BNB TRX APT SEI INJ OP SUI VET HBAR SAND MANA FTM",
+    "cryptocom": "TON WLD APE BLUR IMX ENS LDO SNX COMP 1INCH SUSHI GALA",
+    "okx": "KAS TIA JUP STRK PYTH W ZRO PENDLE ONDO RENDER WIF FLOKI",
+}
+
+
+def test_the_designs_72_assets_are_served_each_from_its_own_exchange_first():
+    from beastnet.serve.assets import ASSETS, snapshot_prices
+    from beastnet.serve.feeds.exchanges import DEFAULT_ROUTES
+
+    named = {a: name for name, words in DESIGN_ASSETS.items() for a in words.split()}
+    assert len(named) == 72
+    assert sorted(set(named) - set(ASSETS)) == [] and len(set(ASSETS)) == 150
+    assert set(DEFAULT_ROUTES) == set(ASSETS) == set(snapshot_prices())
+    wrong = {a: DEFAULT_ROUTES[a] for a, name in named.items() if DEFAULT_ROUTES[a][0] != name}
+    assert wrong == {}
+    # Every exchange an asset lists is a known one, none twice; each price positive.
+    assert all(set(v) <= set(EXCHANGES) and len(set(v)) == len(v)
+               for v in DEFAULT_ROUTES.values())
+    assert min(snapshot_prices().values()) > 0

@@ -43,6 +43,18 @@
  * bytes) without inflating it, so the client's inflate CPU cannot slow the
  * reading; such bodies give no latency, round or inflated size.
  *
+ * --assets A,B,...: every connection subscribes to these names instead (beastnet
+ * serve's price stream), and with --price-base-ns B a body of serve's form
+ * {"asset":"BTC","price":P,...} counts as a feed body whose publish time is
+ * B + (integer part of P) * 1000 ns: benchmarks/bench_feeds_ws.py's fake
+ * exchange writes its send time in microseconds since B into each price, so
+ * the histogram is exchange send -> subscriber receive.  No round numbers there:
+ * gaps and stale are not counted.  The first frame of an asset is the price the
+ * table held at the subscription (its age, not a path): open the window after
+ * "ready".  --dump FILE: also one line "P T" per such body in the window (P the
+ * price's integer part, T the receive time in ns), so a harness that stamped
+ * its own table writes can match each frame to its write.
+ *
  * Output: "ready <n>" once every connection has its subscribe acknowledged, or
  * at T0 / after --connect-timeout-s with fewer; then one JSON line at T1.  Exit
  * 0, or 2 on bad arguments / setup failure with one line on stderr.
@@ -147,8 +159,23 @@ static int64_t field_int(const char *p, size_t n, const char *key, size_t klen) 
     return any ? v : -1;
 }
 
+static int64_t price_base_ns = -1;      /* --price-base-ns: serve's price bodies, stamped */
+static FILE *dump;                      /* --dump: "price receive_ns" per such body */
+
 static void on_message(conn_t *c, const char *p, size_t n, int64_t t_rx, int in_window,
                        int universe) {
+    if (price_base_ns >= 0 && n > 10 && memcmp(p, "{\"asset\":\"", 10) == 0) {
+        int64_t us = field_int(p, n, "\"price\":", 8);
+        g.bodies_total++;
+        if (us < 0) { g.unparsed++; return; }
+        if (!in_window) return;
+        g.bodies++;
+        g.bytes += n;
+        int64_t lat = t_rx - (price_base_ns + us * 1000);
+        g.hist[hist_index(lat > 0 ? (uint64_t)lat : 0)]++;
+        if (dump) fprintf(dump, "%lld %lld\n", (long long)us, (long long)t_rx);
+        return;
+    }
     /* A feed body: {"s":"S012","p":...,"n":...,"t":...} -- the symbol first. */
     if (n > 10 && memcmp(p, "{\"s\":\"S", 7) == 0) {
         int sym = (p[7] - '0') * 100 + (p[8] - '0') * 10 + (p[9] - '0');
@@ -283,6 +310,7 @@ int main(int argc, char **argv) {
     int max_pending = 256;
     int64_t t0 = 0, t1 = 0;
     int deflate_every = 0, no_inflate = 0;
+    const char *assets = NULL;
     for (int i = 1; i + 1 < argc; i += 2) {
         const char *k = argv[i], *v = argv[i + 1];
         if (!strcmp(k, "--port")) port = atoi(v);
@@ -299,6 +327,12 @@ int main(int argc, char **argv) {
         else if (!strcmp(k, "--max-pending")) max_pending = atoi(v);
         else if (!strcmp(k, "--deflate-every")) deflate_every = atoi(v);
         else if (!strcmp(k, "--no-inflate")) no_inflate = atoi(v);
+        else if (!strcmp(k, "--assets")) assets = v;
+        else if (!strcmp(k, "--price-base-ns")) price_base_ns = atoll(v);
+        else if (!strcmp(k, "--dump")) {
+            dump = fopen(v, "w");
+            if (!dump) { fprintf(stderr, "ws_fanout_client: %s: %s\n", v, strerror(errno)); return 2; }
+        }
         else { fprintf(stderr, "ws_fanout_client: unknown option %s\n", k); return 2; }
     }
     if (port <= 0 || nconns <= 0 || nsyms <= 0 || universe <= 0 || universe > MAX_UNIVERSE
@@ -307,6 +341,23 @@ int main(int argc, char **argv) {
         fprintf(stderr, "ws_fanout_client: need --port, --conns, --start-ns < --end-ns (or neither), "
                         "0 < --symbols <= --universe <= %d, 1 <= --sources <= 250\n", MAX_UNIVERSE);
         return 2;
+    }
+    if (assets) {                       /* the names, quoted: "A","B",... */
+        size_t al = strlen(assets), q = 0;
+        char *list = malloc(al * 3 + 3);
+        if (!list) die("malloc");
+        list[q++] = '"';
+        for (size_t i = 0; i < al; i++) {
+            if (assets[i] == '"' || assets[i] == '\\') {
+                fprintf(stderr, "ws_fanout_client: --assets holds a quote or backslash\n");
+                return 2;
+            }
+            if (assets[i] == ',') { list[q++] = '"'; list[q++] = ','; list[q++] = '"'; }
+            else list[q++] = assets[i];
+        }
+        list[q++] = '"';
+        list[q] = 0;
+        assets = list;
     }
     struct sockaddr_in dst = {0};
     dst.sin_family = AF_INET;
@@ -342,7 +393,7 @@ int main(int argc, char **argv) {
 
     int next = 0, pending = 0, open_acked = 0, said_ready = 0;
     struct epoll_event evs[512];
-    char *sub = malloc(16 + (size_t)nsyms * 8);
+    char *sub = malloc(40 + (size_t)nsyms * 8 + (assets ? strlen(assets) : 0));
     if (!sub) die("malloc");
 
     int window_from_stdin = t0 == 0;
@@ -452,8 +503,11 @@ int main(int argc, char **argv) {
                     pending--;
                     int start = (int)(((long)(idx + conn_offset) * nsyms) % universe);
                     size_t sl = (size_t)sprintf(sub, "{\"op\":\"subscribe\",\"symbols\":[");
-                    for (int s = 0; s < nsyms; s++)
-                        sl += (size_t)sprintf(sub + sl, "%s\"S%03d\"", s ? "," : "", (start + s) % universe);
+                    if (assets)
+                        sl += (size_t)sprintf(sub + sl, "%s", assets);
+                    else
+                        for (int s = 0; s < nsyms; s++)
+                            sl += (size_t)sprintf(sub + sl, "%s\"S%03d\"", s ? "," : "", (start + s) % universe);
                     sl += (size_t)sprintf(sub + sl, "]}");
                     if (send_text(c->fd, sub, sl) != 0) { close_conn(c, epfd, 0); break; }
                 }
@@ -491,6 +545,7 @@ int main(int argc, char **argv) {
         first = 0;
     }
     printf("]}\n");
+    if (dump && fclose(dump) != 0) die("--dump");
     fflush(stdout);
     return 0;
 }

@@ -51,5 +51,4 @@ COINBASE = register_exchange(Exchange(
     rest_url="https://api.exchange.coinbase.com", quote="USD", heartbeat_s=1.0,
     symbol=lambda asset: f"{asset}-USD", subscribe=subscribe, parse=parse,
     rest_paths=rest_paths, parse_rest=parse_rest, subscribe_batch=1, subscribe_gap_s=0.1,
-    docs="https://docs.cdp.coinbase.com/exchange/websocket-feed/channels",
-    aliases={"RNDR": "RENDER"}))
+    docs="https://docs.cdp.coinbase.com/exchange/websocket-feed/channels"))

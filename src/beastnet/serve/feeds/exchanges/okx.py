@@ -52,5 +52,4 @@ OKX = register_exchange(Exchange(
     quote="USDT", heartbeat_s=10.0, symbol=lambda asset: f"{asset}-USDT", subscribe=subscribe,
     parse=parse, rest_paths=rest_paths, parse_rest=parse_rest, subscribe_batch=20,
     subscribe_gap_s=0.1, ping_text=lambda: "ping", ping_interval_s=10.0, pong_text="pong",
-    docs="https://www.okx.com/docs-v5/en/#public-data-websocket-tickers-channel",
-    aliases={"RNDR": "RENDER"}))
+    docs="https://www.okx.com/docs-v5/en/#public-data-websocket-tickers-channel"))

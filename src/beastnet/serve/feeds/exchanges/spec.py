@@ -46,7 +46,7 @@ class Exchange:
     aliases: dict[str, str] = field(default_factory=dict)  # asset -> the exchange's name for it
 
     def symbol_of(self, asset: str) -> str:
-        """The exchange's symbol for one of our assets (RNDR trades as RENDER-USDT)."""
+        """The exchange's symbol for one of our assets (under its `aliases` name, if any)."""
         return self.symbol(self.aliases.get(asset, asset))
 
     @property
