@@ -1,20 +1,19 @@
 """What UDPServer and HTTPServer share: address resolution, binding the
-SO_REUSEPORT group, the bound address, socket clean-up, the context-manager
-protocol and serve_forever()."""
+SO_REUSEPORT group, the bound address, socket clean-up, the shared constructor
+arguments and serve_forever(); the context manager comes from `StartStop`."""
 from __future__ import annotations
 
 import errno
 import socket
 import threading
-from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from beastnet._core import APIKeyTable, ResponseTable
+from beastnet._lifecycle import StartStop
 from beastnet.errors import ServerError
 
 if TYPE_CHECKING:
     from beastnet.control import ControlPlane, MissDispatcher, MissHandler
-
-_S = TypeVar("_S", bound="EngineServer")
 
 
 def require_at_least(name: str, value: float, least: float) -> None:
@@ -61,7 +60,7 @@ def bind_member(sock: socket.socket, sockaddr: tuple, host: str, *, first: bool,
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
 
 
-class EngineServer:
+class EngineServer(StartStop):
     """Base of the servers: subclasses implement start() and stop(), bind
     `_socks` and set `_address`.
 
@@ -105,18 +104,6 @@ class EngineServer:
         # signal handler may call stop() on the thread already inside it.
         self._stop_lock = threading.RLock()
         self._stopping = False
-
-    def start(self: _S) -> _S:
-        raise NotImplementedError
-
-    def stop(self) -> None:
-        raise NotImplementedError
-
-    def __enter__(self: _S) -> _S:
-        return self.start()
-
-    def __exit__(self, *exc_info: Any) -> None:
-        self.stop()
 
     def serve_forever(self) -> None:
         """Start the server unless it runs, then block until `stop()` is
