@@ -8,10 +8,12 @@ one error of the engines' vocabulary, whose names and statuses are
 `ERROR_STATUS`); `ControlPlane` is the event loop
 handlers run on, which several servers may share; `run_udp_load` /
 `run_http_load` (with `UDPLoadConfig` / `HTTPLoadConfig`) measure a server;
-`UDPPusher` sends a table's entries to many UDP addresses in sendmmsg batches.
+`UDPPusher` sends a table's entries to many UDP addresses in sendmmsg batches;
+`StartStop` is the context manager of whatever start() and stop() run.
 """
 from beastnet._core import APIKeyTable, Entry, ResponseTable, UDPPusher, api_key_id
 from beastnet._core import ERROR_STATUS, USAGE_ROUTE_NAMES
+from beastnet._lifecycle import StartStop
 from beastnet.control import Answer, ControlPlane, MissRequest, error_answer, is_loopback_client
 from beastnet.errors import (BeastnetError, ClusterError, InvalidKeyError, ServerError,
                              TableFullError, TLSConfigError)
@@ -51,6 +53,7 @@ __all__ = [
     "MissRequest",
     "ResponseTable",
     "ServerError",
+    "StartStop",
     "TableFullError",
     "TLSConfig",
     "TLSConfigError",

@@ -1,16 +1,26 @@
 """What UDPServer and HTTPServer share: address resolution, binding the
-SO_REUSEPORT group, the bound address, socket clean-up, the context-manager
-protocol and serve_forever()."""
+SO_REUSEPORT group, the bound address, socket clean-up, the shared constructor
+arguments and serve_forever(); the context manager comes from `StartStop`."""
 from __future__ import annotations
 
 import errno
 import socket
 import threading
-from typing import Any, Callable, Optional, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
+from beastnet._core import APIKeyTable, ResponseTable
+from beastnet._lifecycle import StartStop
 from beastnet.errors import ServerError
 
-_S = TypeVar("_S", bound="EngineServer")
+if TYPE_CHECKING:
+    from beastnet.control import ControlPlane, MissDispatcher, MissHandler
+
+
+def require_at_least(name: str, value: float, least: float) -> None:
+    """ValueError "`name` must be >= `least`, got `value`" unless `value`
+    reaches `least` (written ``not >=`` so that a NaN is refused too)."""
+    if not value >= least:
+        raise ValueError(f"{name} must be >= {least}, got {value}")
 
 
 def resolve(host: str, port: int, socktype: int) -> tuple[int, tuple]:
@@ -50,15 +60,42 @@ def bind_member(sock: socket.socket, sockaddr: tuple, host: str, *, first: bool,
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
 
 
-class EngineServer:
+class EngineServer(StartStop):
     """Base of the servers: subclasses implement start() and stop(), bind
-    `_socks` and set `_address`."""
+    `_socks` and set `_address`.
+
+    It keeps and checks what both servers take alike: the table, the
+    address, the miss ``handler`` with its queue (``miss_queue_size``) and
+    concurrency (``max_inflight``, default: the queue's size), the API keys,
+    a shared ``control`` plane, ``reuse_port`` and ``control_stall_s``."""
 
     _address: Optional[tuple] = None
     _socks: list[socket.socket]
     _engine: Any                        # the native engine (_core.NativeEngine) once started
 
-    def __init__(self) -> None:
+    def __init__(self, table: ResponseTable, host: str, port: int, *,
+                 handler: Optional["MissHandler"], miss_queue_size: int,
+                 max_inflight: Optional[int], api_keys: Optional[APIKeyTable],
+                 control: Optional["ControlPlane"], reuse_port: bool,
+                 control_stall_s: float) -> None:
+        if not isinstance(table, ResponseTable):
+            raise TypeError("table must be a beastnet.ResponseTable")
+        require_at_least("miss_queue_size", miss_queue_size, 1)
+        require_at_least("control_stall_s", control_stall_s, 0)
+        self.table = table
+        self.host = host
+        self.port = port
+        self.handler = handler                  # None: misses are answered natively
+        self.miss_queue_size = miss_queue_size
+        self.max_inflight = max_inflight if max_inflight is not None else miss_queue_size
+        self.api_keys = api_keys
+        self.reuse_port = reuse_port
+        self.control_stall_s = control_stall_s
+        self._shared_control = control          # started and stopped by its owner
+        self._socks = []
+        self._control: Optional[ControlPlane] = None        # the one the server runs on
+        self._dispatcher: Optional[MissDispatcher] = None
+        self._address = None
         # Set while the server is not serving; serve_forever() waits on it.
         self._stopped: Optional[threading.Event] = None
         # stop() may come from several threads at once (a timer, a signal
@@ -67,18 +104,6 @@ class EngineServer:
         # signal handler may call stop() on the thread already inside it.
         self._stop_lock = threading.RLock()
         self._stopping = False
-
-    def start(self: _S) -> _S:
-        raise NotImplementedError
-
-    def stop(self) -> None:
-        raise NotImplementedError
-
-    def __enter__(self: _S) -> _S:
-        return self.start()
-
-    def __exit__(self, *exc_info: Any) -> None:
-        self.stop()
 
     def serve_forever(self) -> None:
         """Start the server unless it runs, then block until `stop()` is

@@ -11,7 +11,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence, Union
 import orjson
 
 from beastnet import _core
-from beastnet._base import EngineServer, bind_member, resolve
+from beastnet._base import EngineServer, bind_member, require_at_least, resolve
 from beastnet._core import APIKeyTable, ResponseTable
 from beastnet.control import (Answer, ControlPlane, MissDispatcher, MissHandler, MissRequest,
                               error_answer, is_loopback_client, start_control_plane,
@@ -209,37 +209,22 @@ class HTTPServer(EngineServer):
         control_stall_s: float = 2.0,
         io: str = "epoll",
     ) -> None:
-        if not isinstance(table, ResponseTable):
-            raise TypeError("table must be a beastnet.ResponseTable")
-        super().__init__()
+        super().__init__(table, host, port, handler=handler, miss_queue_size=miss_queue_size,
+                         max_inflight=max_inflight, api_keys=api_keys, control=control,
+                         reuse_port=reuse_port, control_stall_s=control_stall_s)
         nthreads = threads if threads is not None else len(os.sched_getaffinity(0))
-        if nthreads < 1:
-            raise ValueError(f"threads must be >= 1, got {nthreads}")
-        if backlog < 1:
-            raise ValueError(f"backlog must be >= 1, got {backlog}")
-        if miss_queue_size < 1:
-            raise ValueError(f"miss_queue_size must be >= 1, got {miss_queue_size}")
+        require_at_least("threads", nthreads, 1)
+        require_at_least("backlog", backlog, 1)
         if max_connections < nthreads:
             raise ValueError("max_connections must be at least one per thread")
         if grace_s < 0:
             raise ValueError("grace_s must be >= 0")
-        if not control_stall_s >= 0:
-            raise ValueError(f"control_stall_s must be >= 0, got {control_stall_s}")
-        if max_copied_output_bytes < 0:
-            raise ValueError(f"max_copied_output_bytes must be >= 0, got {max_copied_output_bytes}")
-        self.table = table
-        self.host = host
-        self.port = port
+        require_at_least("max_copied_output_bytes", max_copied_output_bytes, 0)
         self.nthreads = nthreads
         self.backlog = backlog
         self.prefix = prefix
-        self.handler = handler
-        self.miss_queue_size = miss_queue_size
-        self.max_inflight = max_inflight if max_inflight is not None else miss_queue_size
         self.grace_s = grace_s
         self.cpus = cpus
-        self.reuse_port = reuse_port
-        self.control_stall_s = control_stall_s
         #: The workers' I/O backend ("epoll"); `io_fallback` says why when
         #: ``io="auto"`` did not choose io_uring.
         self.io, self.io_fallback = choose_http_io(io)
@@ -277,14 +262,8 @@ class HTTPServer(EngineServer):
             raise TypeError("tls must be a beastnet.TLSConfig")
         #: TLS on the port (None = plain HTTP); `reload_tls()` rereads its files.
         self.tls = tls
-        self.api_keys = api_keys
         self.routes = dict(routes or {})
-        self._shared_control = control
-        self._socks: list[socket.socket] = []
         self._engine: Optional[_core.HTTPEngine] = None
-        self._control: Optional[ControlPlane] = None
-        self._dispatcher: Optional[MissDispatcher] = None
-        self._address: Optional[tuple] = None
         self._started_at = 0.0
         self._running = False
 

@@ -9,7 +9,7 @@ import time
 from typing import Any, Optional
 
 from beastnet import _core
-from beastnet._base import EngineServer, bind_member, resolve
+from beastnet._base import EngineServer, bind_member, require_at_least, resolve
 from beastnet._core import APIKeyTable, ResponseTable
 from beastnet.control import (ControlPlane, MissDispatcher, MissHandler, start_control_plane,
                               stop_control_plane, sum_counters)
@@ -118,29 +118,18 @@ class UDPServer(EngineServer):
         reuse_port: bool = False,
         control_stall_s: float = 2.0,
     ) -> None:
-        if not isinstance(table, ResponseTable):
-            raise TypeError("table must be a beastnet.ResponseTable")
-        super().__init__()
+        super().__init__(table, host, port, handler=handler, miss_queue_size=miss_queue_size,
+                         max_inflight=max_inflight, api_keys=api_keys, control=control,
+                         reuse_port=reuse_port, control_stall_s=control_stall_s)
         nsockets = sockets if sockets is not None else len(os.sched_getaffinity(0))
-        if nsockets < 1:
-            raise ValueError(f"sockets must be >= 1, got {nsockets}")
+        require_at_least("sockets", nsockets, 1)
         if not 1 <= batch <= 1024:
             raise ValueError(f"batch must be 1..1024, got {batch}")
         if not 0 <= batch_capacity <= 1024:
             raise ValueError(f"batch_capacity must be 0..1024, got {batch_capacity}")
-        if miss_queue_size < 1:
-            raise ValueError(f"miss_queue_size must be >= 1, got {miss_queue_size}")
-        if not rrl_rate_per_s >= 0:
-            raise ValueError(f"rrl_rate_per_s must be >= 0, got {rrl_rate_per_s}")
-        if rrl_burst < 1:
-            raise ValueError(f"rrl_burst must be >= 1, got {rrl_burst}")
-        if not control_stall_s >= 0:
-            raise ValueError(f"control_stall_s must be >= 0, got {control_stall_s}")
-        if rrl_slip < 0:
-            raise ValueError(f"rrl_slip must be >= 0, got {rrl_slip}")
-        self.table = table
-        self.host = host
-        self.port = port
+        require_at_least("rrl_rate_per_s", rrl_rate_per_s, 0)
+        require_at_least("rrl_burst", rrl_burst, 1)
+        require_at_least("rrl_slip", rrl_slip, 0)
         self.nsockets = nsockets
         self.batch = batch
         self.batch_capacity = max(batch, batch_capacity)
@@ -148,26 +137,15 @@ class UDPServer(EngineServer):
         self.recv_buffer_bytes = recv_buffer_bytes
         self.send_buffer_bytes = send_buffer_bytes
         self.cpu_steering = cpu_steering
-        self.handler = handler
-        self.miss_queue_size = miss_queue_size
-        self.max_inflight = max_inflight if max_inflight is not None else miss_queue_size
-        self.api_keys = api_keys
         self.silent_refusals = (api_keys is not None) if silent_refusals is None else silent_refusals
         self.rrl_rate_per_s = float(rrl_rate_per_s)
         self.rrl_burst = rrl_burst
         self.rrl_slip = rrl_slip
         self.rrl_exempt_loopback = rrl_exempt_loopback
-        self.reuse_port = reuse_port
-        self.control_stall_s = control_stall_s
-        self._shared_control = control
-        self._socks: list[socket.socket] = []
         self._engine: Optional[_core.UDPEngine] = None
-        self._control: Optional[ControlPlane] = None
         self._watching: Optional[ControlPlane] = None   # beats into the engine
-        self._dispatcher: Optional[MissDispatcher] = None
         self._steering: dict[str, Any] = {"enabled": False, "reason": "not started"}
         self._buffers: dict[str, Any] = {}
-        self._address: Optional[tuple] = None
         self._started_at = 0.0
         self._running = False
 

@@ -137,6 +137,38 @@ def _test_parser(wsub: Any, name: str, help_text: str, description: str,
     return p
 
 
+#: `ws stress`'s probe flags: each sets the `StressProbes` field beside it,
+#: whose value is its default, with these add_argument options.
+_PROBE_FLAGS: tuple[tuple[str, str, dict[str, Any]], ...] = (
+    ("--rt-message", "round_trip_message", {"help": "round-trip request (default %(default)s)"}),
+    ("--rt-answer", "round_trip_answer",
+     {"help": "pattern of its answer ('' = the next message)"}),
+    ("--rt-path", "round_trip_path",
+     {"help": "path of the round trip (an echo endpoint; default: the target's)"}),
+    ("--unsubscribe", "unsubscribe_template",
+     {"metavar": "TEMPLATE", "help": "unsubscribe message (default %(default)s)"}),
+    ("--subscribe-ack", "subscribe_ack",
+     {"help": "pattern of the subscribe's acknowledgement (default %(default)s)"}),
+    ("--unsubscribe-ack", "unsubscribe_ack",
+     {"help": "pattern of the unsubscribe's (default %(default)s)"}),
+    ("--denied-key", "denied_key",
+     {"help": "an API key not allowed the feed: every upgrade with it must be refused 403"}),
+    ("--denied-subscribe", "denied_subscribe",
+     {"metavar": "TEMPLATE",
+      "help": "a subscribe the server must refuse: each answer must hold --refusal"}),
+    ("--refusal", "refusal", {"help": "pattern of a refusing answer (default %(default)s)"}),
+    ("--compression-connections", "compression_connections",
+     {"type": int, "help": "at most this many connections in the compression run "
+                           "(default %(default)s)"}),
+    ("--server-stats", "server_stats",
+     {"metavar": "URL", "help": "a beastnet server's admin listener (http://HOST:PORT): its "
+                                "deflate counters are read around the compression run "
+                                "(deflates, CPU per publication and per delivered message)"}),
+    ("--server-stats-token", "server_stats_token",
+     {"metavar": "TOKEN", "help": "the server's admin token (default: $BEASTNET_ADMIN_TOKEN)"}),
+)
+
+
 def add_ws_command(sub: Any) -> None:
     from beastnet.loadgen.ws import density as ws_density
     p = sub.add_parser("ws", help="WebSocket load tests (density, stress, broadcast knee)",
@@ -174,33 +206,8 @@ def add_ws_command(sub: Any) -> None:
     g = st.add_argument_group("probe dimensions ({symbols}: the first symbol as a JSON array)")
     g.add_argument("--dimensions", default=",".join(ws_stress.DIMENSIONS),
                    help="dimensions to run besides the broadcast (default %(default)s)")
-    g.add_argument("--rt-message", default=pr.round_trip_message,
-                   help="round-trip request (default %(default)s)")
-    g.add_argument("--rt-answer", default=pr.round_trip_answer,
-                   help="pattern of its answer ('' = the next message)")
-    g.add_argument("--rt-path", help="path of the round trip (an echo endpoint; default: the "
-                                     "target's)")
-    g.add_argument("--unsubscribe", default=pr.unsubscribe_template, metavar="TEMPLATE",
-                   help="unsubscribe message (default %(default)s)")
-    g.add_argument("--subscribe-ack", default=pr.subscribe_ack,
-                   help="pattern of the subscribe's acknowledgement (default %(default)s)")
-    g.add_argument("--unsubscribe-ack", default=pr.unsubscribe_ack,
-                   help="pattern of the unsubscribe's (default %(default)s)")
-    g.add_argument("--denied-key", help="an API key not allowed the feed: every upgrade with "
-                                        "it must be refused 403")
-    g.add_argument("--denied-subscribe", metavar="TEMPLATE",
-                   help="a subscribe the server must refuse: each answer must hold --refusal")
-    g.add_argument("--refusal", default=pr.refusal,
-                   help="pattern of a refusing answer (default %(default)s)")
-    g.add_argument("--compression-connections", type=int, default=pr.compression_connections,
-                   help="at most this many connections in the compression run "
-                        "(default %(default)s)")
-    g.add_argument("--server-stats", metavar="URL",
-                   help="a beastnet server's admin listener (http://HOST:PORT): its deflate "
-                        "counters are read around the compression run (deflates, CPU per "
-                        "publication and per delivered message)")
-    g.add_argument("--server-stats-token", metavar="TOKEN",
-                   help="the server's admin token (default: $BEASTNET_ADMIN_TOKEN)")
+    for flag, field, options in _PROBE_FLAGS:
+        g.add_argument(flag, default=getattr(pr, field), **options)
     st.set_defaults(func=cmd_ws_stress, keys="BTC", duration=5.0, threads=2)
     k = _test_parser(wsub, "knee", "subscribers of the same symbols until p95 breaks",
                      "The broadcast knee: more and more subscribers of the same symbols until "
@@ -559,14 +566,8 @@ def cmd_ws_stress(args: argparse.Namespace) -> int:
             raise LoadConfigError("--compression-connections must be >= 1")
         if args.rt_path is not None and not args.rt_path.startswith("/"):
             raise LoadConfigError(f"--rt-path must start with '/', got {args.rt_path!r}")
-        pr = ws_stress.StressProbes(
-            round_trip_message=args.rt_message, round_trip_answer=args.rt_answer,
-            round_trip_path=args.rt_path, unsubscribe_template=args.unsubscribe,
-            subscribe_ack=args.subscribe_ack, unsubscribe_ack=args.unsubscribe_ack,
-            denied_key=args.denied_key, denied_subscribe=args.denied_subscribe,
-            refusal=args.refusal, compression_connections=args.compression_connections,
-            server_stats=args.server_stats, server_stats_token=args.server_stats_token,
-            dimensions=dims)
+        pr = ws_stress.StressProbes(dimensions=dims, **{
+            field: getattr(args, flag[2:].replace("-", "_")) for flag, field, _ in _PROBE_FLAGS})
         if pr.server_stats is not None and "compression" in dims:
             ws_stress.server_deflate_counters(pr)     # unreachable: one line now, not mid-run
         return ws_config(args), levels[:last], th, pr

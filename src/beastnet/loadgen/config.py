@@ -178,7 +178,42 @@ class UDPLoadConfig(LoadConfig):
 
 
 @dataclass
-class HTTPLoadConfig(LoadConfig):
+class TCPLoadConfig(LoadConfig):
+    """What the load runs over TCP connections (`HTTPLoadConfig`,
+    `ws.config.WSLoadConfig`) share: extra request ``headers`` ("Name:
+    value"), a ``host_header`` to send instead of host:port, and TLS:
+    ``tls``, ``insecure``, ``cacert`` and ``tls_resume`` (`HTTPLoadConfig`
+    says what each does)."""
+
+    headers: Sequence[str] = ()
+    host_header: Optional[str] = None
+    tls: bool = False
+    insecure: bool = False
+    cacert: Optional[str] = None
+    tls_resume: bool = False
+
+    def check_headers_and_tls(self) -> None:
+        """`LoadConfigError` on a header that is not "Name: value", or on TLS
+        settings that contradict each other or need TLS without it."""
+        for h in self.headers:
+            if ":" not in h or "\n" in h or "\r" in h:
+                _bad(f"header {h!r}: expected 'Name: value'")
+        if self.cacert is not None:
+            if self.insecure:
+                _bad("--cacert and --insecure contradict each other")
+            if not os.path.isfile(self.cacert) or not os.access(self.cacert, os.R_OK):
+                _bad(f"--cacert {self.cacert}: no such readable file")
+        if not self.tls and (self.insecure or self.cacert is not None or self.tls_resume):
+            _bad("--insecure, --cacert and --tls-resume need an https:// or wss:// target")
+
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        out["headers"] = list(self.headers)
+        return out
+
+
+@dataclass
+class HTTPLoadConfig(TCPLoadConfig):
     """What an HTTP/1.1 load run does: ``GET {path_prefix}{KEY}`` over
     ``connections`` connections with up to ``pipeline`` requests in flight on
     each (closed loop), or ``rate`` requests/s in total (open loop).
@@ -201,13 +236,7 @@ class HTTPLoadConfig(LoadConfig):
     pipeline: int = 1
     conn_mode: Any = "keepalive"
     path_prefix: str = "/v1/"
-    headers: Sequence[str] = ()
-    host_header: Optional[str] = None
     connect_timeout_ms: float = 1000
-    tls: bool = False
-    insecure: bool = False
-    cacert: Optional[str] = None
-    tls_resume: bool = False
 
     mode: ClassVar[str] = "http"
     COUNT_LIMITS: ClassVar[dict[str, Optional[int]]] = {
@@ -219,12 +248,9 @@ class HTTPLoadConfig(LoadConfig):
         self.requests_per_connection()
         if not self.path_prefix.startswith("/") or any(c in self.path_prefix for c in " \r\n"):
             _bad(f"path_prefix must start with '/' and hold no spaces, got {self.path_prefix!r}")
-        for h in self.headers:
-            if ":" not in h or "\n" in h or "\r" in h:
-                _bad(f"header {h!r}: expected 'Name: value'")
         if not _positive(self.connect_timeout_ms):
             _bad(f"connect_timeout_ms must be > 0, got {self.connect_timeout_ms!r}")
-        check_tls_settings(self)
+        self.check_headers_and_tls()
 
     def requests_per_connection(self) -> int:
         """0 = keep-alive, 1 = a new connection per request, N = N per connection."""
@@ -242,11 +268,6 @@ class HTTPLoadConfig(LoadConfig):
                                   f"number of requests per connection, got {mode!r}")
         return n
 
-    def to_dict(self) -> dict[str, Any]:
-        out = super().to_dict()
-        out["headers"] = list(self.headers)
-        return out
-
     def _level_shape(self, concurrency: int) -> dict[str, Any]:
         # Keep-alive: the most connections up to `connections` that divide the
         # concurrency, times the pipeline depth; other modes: one connection
@@ -255,18 +276,6 @@ class HTTPLoadConfig(LoadConfig):
             conns = _largest_divisor(concurrency, self.connections)
             return {"connections": conns, "pipeline": concurrency // conns}
         return {"connections": concurrency, "pipeline": 1}
-
-
-def check_tls_settings(cfg: Any) -> None:
-    """The TLS settings an HTTP or WebSocket config shares: the CA file
-    exists, and no TLS option without TLS."""
-    if cfg.cacert is not None:
-        if cfg.insecure:
-            _bad("--cacert and --insecure contradict each other")
-        if not os.path.isfile(cfg.cacert) or not os.access(cfg.cacert, os.R_OK):
-            _bad(f"--cacert {cfg.cacert}: no such readable file")
-    if not cfg.tls and (cfg.insecure or cfg.cacert is not None or cfg.tls_resume):
-        _bad("--insecure, --cacert and --tls-resume need an https:// or wss:// target")
 
 
 def udp_level_config(base: UDPLoadConfig, requests: int, concurrency: int,

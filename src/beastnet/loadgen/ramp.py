@@ -107,7 +107,23 @@ NOT_MET_ON_THIS_MACHINE = "not met on this machine"
 
 
 @dataclass
-class Criteria:
+class LevelLimits:
+    """The limits a ramp judges its levels by, set on `beastnet load`'s
+    command line (`Criteria`) or in a plan file (`plan.spec.CriteriaSpec`):
+    levels 1 to ``success_through`` answer at least ``min_success`` of their
+    requests, levels ``latency_from`` to ``latency_through`` keep their p50
+    and p99 under ``p50_ms`` and ``p99_ms``."""
+
+    success_through: int = 9            # success judged strictly up to this level
+    min_success: float = 1.0            # the fraction of requests answered
+    latency_from: int = 5               # latency judged strictly in from..through
+    latency_through: int = 8
+    p50_ms: float = 10.0
+    p99_ms: float = 300.0
+
+
+@dataclass
+class Criteria(LevelLimits):
     """Default: 100 % success through level 9; p50 < 10 ms and p99 < 300 ms in
     levels 5-8.  Success follows the rules of a single run
     (`verdict.judge_outcomes`, with `expect`); outside its levels a criterion
@@ -123,12 +139,6 @@ class Criteria:
     on this machine").  A latency failure at a throughput that meets the bar
     (a slow tail, a stall) still fails, and so does every success failure."""
 
-    success_through: int = 9
-    min_success: float = 1.0
-    latency_from: int = 5
-    latency_through: int = 8
-    p50_ms: float = 10.0
-    p99_ms: float = 300.0
     warn_fraction: float = 0.8
     expect: Expect = field(default_factory=Expect)
     machine_relative: bool = False

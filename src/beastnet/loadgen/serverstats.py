@@ -17,6 +17,7 @@ from typing import Any, Optional
 
 import orjson
 
+from beastnet._lifecycle import StartStop
 from beastnet.counters import HTTP_COUNTERS, UDP_COUNTERS, tagged
 from beastnet.errors import LoadConfigError
 
@@ -37,7 +38,7 @@ SERVER_RATES: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = tuple(
 TIMEOUT_S = 0.8                 # a read slower than this is skipped, not waited for
 
 
-class ServerStatsSampler:
+class ServerStatsSampler(StartStop):
     """Samples ``URL/admin/stats`` every `period_s` between `start()` and
     `stop()` (or as a context manager).  ``rows`` holds one dict per good
     read: ``at`` (wall clock, s) and each protocol's counter totals."""
@@ -103,12 +104,6 @@ class ServerStatsSampler:
             reason = getattr(exc, "reason", None) or exc
             self.last_error = (reason.strerror.lower() if isinstance(reason, OSError)
                                and reason.strerror else str(reason))
-
-    def __enter__(self) -> "ServerStatsSampler":
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def to_dict(self) -> dict[str, Any]:
         """For the JSON report: the URL, the raw rows and the read failures."""

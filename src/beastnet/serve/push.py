@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any, List, Optional
 
 import orjson
 
-from beastnet import ControlPlane, ResponseTable, UDPPusher
+from beastnet import ControlPlane, ResponseTable, StartStop, UDPPusher
 from beastnet.metrics import MetricFamily, push_families
 from beastnet.serve.upstream import DEFAULT_MAX_BYTES, read_capped
 from beastnet.serve.webhooks import (WebhookError, check_address, parse_endpoint,
@@ -314,7 +314,7 @@ def _retry_after_s(value: Optional[str]) -> Optional[float]:
         return None
 
 
-class WebhookPusher:
+class WebhookPusher(StartStop):
     """Pushes `table`'s bodies to the active subscriptions of `store`."""
 
     def __init__(self, table: ResponseTable, store: "Subscriptions", assets: list[str],
@@ -419,12 +419,6 @@ class WebhookPusher:
             self.control.stop(timeout_s)
         self.log.stop()
         self._sock.close()
-
-    def __enter__(self) -> "WebhookPusher":
-        return self.start()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
 
     def reload_now(self) -> None:
         """Pick up store changes at once (the admin routes call this)."""

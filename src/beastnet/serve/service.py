@@ -23,7 +23,7 @@ from typing import Any, Callable, Coroutine, Optional
 import orjson
 
 from beastnet import (Answer, APIKeyTable, BeastnetError, ControlPlane, HTTPServer, MissRequest,
-                      ResponseTable, ServerError, UDPServer, error_answer)
+                      ResponseTable, ServerError, StartStop, UDPServer, error_answer)
 from beastnet.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE, MetricFamily, render
 from beastnet.serve.admin import AdminRoute, AdminRoutes, query_args
 from beastnet.serve.assets import ASSET_LIST_KEY, ASSETS
@@ -68,7 +68,7 @@ def _component_class(spec: str) -> type[Component]:
     return cls
 
 
-class PriceService:
+class PriceService(StartStop):
     """Everything `beastnet serve` runs, with start(), stop() and drain on SIGTERM.
 
     One control plane (`control`, a uvloop loop on one thread) runs the
@@ -168,12 +168,6 @@ class PriceService:
         self.control.stop()
         self.stores.close()
         self._stopped.set()
-
-    def __enter__(self) -> "PriceService":
-        return self.start()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
 
     def serve_forever(self) -> int:
         """Run until SIGTERM or SIGINT, then drain and return 0.  SIGHUP

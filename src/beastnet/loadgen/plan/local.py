@@ -31,6 +31,7 @@ from typing import Any, Optional
 
 import orjson
 
+from beastnet._lifecycle import StartStop
 from beastnet.loadgen.plan.spec import PlanError
 from beastnet.serve.stores.pg_local import LocalPostgres, LocalPostgresError
 
@@ -127,7 +128,7 @@ class LocalProcess:
         return self.proc is not None and self.proc.poll() is None
 
 
-class LocalCluster:
+class LocalCluster(StartStop):
     """Start with `start()` (or `with`), stop with `stop()`.  `directory`
     holds the configs, certificates, key stores and logs (a temporary one
     by default, kept so the logs can be read after the run)."""
@@ -148,12 +149,6 @@ class LocalCluster:
         self.balanced_http = ""
         self.balanced_udp = ""
         self.versions: dict[str, str] = {}     # the programs' own version lines
-
-    def __enter__(self) -> "LocalCluster":
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     # -- start ---------------------------------------------------------------------
 

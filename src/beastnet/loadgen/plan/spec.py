@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, NoReturn, Optional
 
 from beastnet.errors import LoadConfigError
+from beastnet.loadgen.ramp import LevelLimits
 
 __all__ = ["DEFAULT_PLAN", "SCALES", "Plan", "PlanError", "PlanTest", "RedFlags", "Scale",
            "TargetSpec", "load_plan", "parse_plan"]
@@ -63,15 +64,10 @@ class RedFlags:
 
 
 @dataclass
-class CriteriaSpec:
-    """A test's pass/warn/fail rules (`beastnet.loadgen.ramp.Criteria`)."""
+class CriteriaSpec(LevelLimits):
+    """A test's pass/warn/fail rules (`beastnet.loadgen.ramp.Criteria`), with
+    the expected errors as the plan file names them."""
 
-    success_through: int = 9
-    min_success: float = 1.0
-    latency_from: int = 5
-    latency_through: int = 8
-    p50_ms: float = 10.0
-    p99_ms: float = 300.0
     expect: list[str] = field(default_factory=list)
     machine_relative: bool = True
 

@@ -13,7 +13,7 @@ from typing import Any, ClassVar, Optional, Sequence
 import orjson
 
 from beastnet.errors import LoadConfigError
-from beastnet.loadgen.config import LoadConfig, check_tls_settings
+from beastnet.loadgen.config import TCPLoadConfig
 
 __all__ = ["TS_UNITS", "WSLoadConfig", "json_path"]
 
@@ -60,7 +60,7 @@ def json_path(spec: str) -> Optional[list[Any]]:
 
 
 @dataclass
-class WSLoadConfig(LoadConfig):
+class WSLoadConfig(TCPLoadConfig):
     """What a WebSocket load run does: ``connections`` clients of
     ``ws://host:port{path}``, each sending its subscribe messages after the
     upgrade and then only reading, for ``duration_s`` after ``warmup_s``.
@@ -105,17 +105,11 @@ class WSLoadConfig(LoadConfig):
     pong_timeout_ms: float = 5000
     max_pending: int = 256
     read_buffer: int = 65536
-    headers: Sequence[str] = ()
-    host_header: Optional[str] = None
     probe_messages: Sequence[str] = ()
     probe_answers: Sequence[str] = ()
     refusal_pattern: str = ""
     probe_timeout_ms: float = 1000
     deflate: bool = False
-    tls: bool = False
-    insecure: bool = False
-    cacert: Optional[str] = None
-    tls_resume: bool = False
 
     mode: ClassVar[str] = "ws"
     COUNT_LIMITS: ClassVar[dict[str, Optional[int]]] = {
@@ -163,10 +157,7 @@ class WSLoadConfig(LoadConfig):
             _bad(f"read_buffer must be >= 4096 bytes, got {self.read_buffer}")
         if self.rate is not None or self.max_requests is not None:
             _bad("a WebSocket run has no request rate or request count: the server pushes")
-        for h in self.headers:
-            if ":" not in h or "\n" in h or "\r" in h:
-                _bad(f"header {h!r}: expected 'Name: value'")
-        check_tls_settings(self)
+        self.check_headers_and_tls()
 
     def connection_symbols(self) -> list[list[str]]:
         """The symbols of each connection."""
@@ -189,7 +180,6 @@ class WSLoadConfig(LoadConfig):
         out = super().to_dict()
         out["symbols"] = (list(self.symbols) if len(self.symbols) <= 100
                           else f"{len(self.symbols)} symbols")
-        out["headers"] = list(self.headers)
         out["clock_rule"] = CLOCK_RULE
         return out
 

@@ -35,6 +35,27 @@ __all__ = ["KEYS_CHANNEL", "MIGRATIONS", "PoolOnLoop", "PostgresDatabase", "Post
 
 T = TypeVar("T")
 
+
+def _version_counter(name: str, table: str) -> str:
+    """SQL of ``<name>_version``: one row that every statement changing
+    `table` bumps, whichever client runs it (a trigger), so that a node
+    polling it sees a change made elsewhere.  Released migrations (1 and 4)
+    are built from it: editing it edits them, so a new kind of counter
+    gets SQL of its own."""
+    return f"""
+CREATE TABLE {name}_version (one BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (one),
+                             value BIGINT NOT NULL);
+INSERT INTO {name}_version (value) VALUES (0);
+CREATE FUNCTION bump_{name}_version() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE {name}_version SET value = value + 1;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER {table}_changed AFTER INSERT OR UPDATE OR DELETE ON {table}
+    FOR EACH STATEMENT EXECUTE FUNCTION bump_{name}_version();
+"""
+
+
 # (version, SQL): applied in order, each once, all pending ones in one
 # transaction (a failed migration leaves the schema as it was).  Never edit a
 # released entry: add the next version.
@@ -55,16 +76,7 @@ CREATE TABLE usage (
 );
 -- Bumped by every change to api_keys, by any client: what a server polls to
 -- pick up keys changed elsewhere (PostgresKeyStore.version).
-CREATE TABLE keys_version (one BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (one), value BIGINT NOT NULL);
-INSERT INTO keys_version (value) VALUES (0);
-CREATE FUNCTION bump_keys_version() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    UPDATE keys_version SET value = value + 1;
-    RETURN NULL;
-END $$;
-CREATE TRIGGER api_keys_changed AFTER INSERT OR UPDATE OR DELETE ON api_keys
-    FOR EACH STATEMENT EXECUTE FUNCTION bump_keys_version();
-"""),
+""" + _version_counter("keys", "api_keys")),
     # Keys hashed at rest: `key` holds "sha256:" + the key's SHA-256 in hex
     # (what api_key_id computes), `prefix` what listings show; usage rows
     # follow their key.  The SET expressions all see the row's old key.
@@ -110,17 +122,7 @@ CREATE TABLE webhook_subscriptions (
     created_at   DOUBLE PRECISION NOT NULL,     -- Unix seconds
     changed_at   DOUBLE PRECISION NOT NULL
 );
-CREATE TABLE webhooks_version (one BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (one),
-                               value BIGINT NOT NULL);
-INSERT INTO webhooks_version (value) VALUES (0);
-CREATE FUNCTION bump_webhooks_version() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    UPDATE webhooks_version SET value = value + 1;
-    RETURN NULL;
-END $$;
-CREATE TRIGGER webhook_subscriptions_changed
-    AFTER INSERT OR UPDATE OR DELETE ON webhook_subscriptions
-    FOR EACH STATEMENT EXECUTE FUNCTION bump_webhooks_version();
+""" + _version_counter("webhooks", "webhook_subscriptions") + """
 CREATE TABLE webhook_log (
     seq          BIGSERIAL PRIMARY KEY,         -- insertion order (ties in ts)
     ts           DOUBLE PRECISION NOT NULL,     -- Unix seconds, when the attempt ended
