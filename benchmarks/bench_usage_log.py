@@ -1,9 +1,13 @@
 """The usage log and reports, two workloads in one run:
 
-1. flush: rows per second into the usage log, PostgreSQL COPY (staging table
-   + one upsert) against PostgreSQL executemany (the same upsert row by row)
-   and SQLite executemany, batches of 300 rows (the default) and 5,000; new
-   cells, then the same cells again (every row an update);
+1. flush: rows per second into the usage log, PostgreSQL's one statement a
+   batch (the default: the batch as arrays, unnest() into one upsert with
+   the batch's claim), COPY (staging table + one upsert) and executemany
+   (the same upsert row by row), and SQLite executemany, batches of 300 rows
+   (the default) and 5,000; new cells, then the same cells again (every row
+   an update), one batch after another; then the usage log's own flush of a
+   backlog (UsageLog.write_all: the default store with its two lanes, two
+   batches in flight on two connections);
 2. the stress plan's 2d on one host: `beastnet serve` (SQLite key store),
    HTTP price req/s alone (closed loop), then the same price load with a
    concurrent open-loop report load of 1,000 /v1/reports/usage/summary a
@@ -36,6 +40,28 @@ from beastnet.serve.stores.usage_postgres import PostgresUsageLog  # noqa: E402
 from beastnet.serve.stores.usage_sqlite import SQLiteUsageLog  # noqa: E402
 
 MINUTE0 = 1_767_225_600         # 2026-01-01 00:00 UTC
+
+
+class _NoKeys:
+    """The usage log's key table, for a flush of rows queued by hand."""
+
+    def usage_counts(self, key=None):
+        return {}, (0,) * 16
+
+
+def usage_log_rate(store, batches, writer: str) -> float:
+    """The usage log's flush of a backlog: every row queued, then
+    write_all (its lanes: two batches in flight when the store has
+    write_many)."""
+    from beastnet.serve.usage_log import UsageLog
+    usage = UsageLog(store, _NoKeys(), batch_rows=len(batches[0]), writer=writer)
+    usage._enqueue([((r.minute, r.key, r.protocol, r.route),
+                     [r.admitted, r.refused, r.rate_limited, r.over_quota])
+                    for b in batches for r in b])
+    t = time.perf_counter()
+    if not usage.write_all():
+        raise SystemExit(f"flush failed: {usage.last_error}")
+    return sum(len(b) for b in batches) / (time.perf_counter() - t)
 
 
 def rows(n: int, batch: int) -> list[list[UsageRow]]:
@@ -72,10 +98,19 @@ def apply_layout(server, layout: str) -> None:
     if layout == "default":
         return
     server.psql(C_FF70)
-    PostgresUsageLog(server.dsn).ensure_partitions(MINUTE0)
+    _make_partitions(server.dsn)
     for name in ("usage_log_default", "usage_log_202601", "usage_log_202602",
                  "usage_log_202603"):
         server.psql(f"ALTER TABLE {name} SET (fillfactor = 70)")
+
+
+def _make_partitions(dsn: str) -> None:
+    """The months the rows fall in (the store creates them with its first write)."""
+    store = PostgresUsageLog(dsn)
+    try:
+        store.write(rows(1, 1)[0])
+    finally:
+        store.close()
 
 
 def bench_flush(total: int, layouts: tuple[str, ...] = ("default",)) -> None:
@@ -95,13 +130,14 @@ def bench_flush(total: int, layouts: tuple[str, ...] = ("default",)) -> None:
 
 def _flush_rows(server, tmp: str, total: int, layout: str, sqlite: bool) -> None:
     for batch in (300, 5000):
-        names = ["postgresql COPY", "postgresql executemany"]
-        names += ["sqlite executemany", "postgresql COPY unnumbered"] if sqlite else []
+        names = ["postgresql unnest", "postgresql COPY", "postgresql executemany"]
+        names += ["sqlite executemany", "postgresql unnest unnumbered"] if sqlite else []
+        names += ["usage log flush, postgresql unnest, 2 lanes"]
         for name in names:
             server.psql("TRUNCATE usage_log")
-            if name.startswith("postgresql"):
-                store = PostgresUsageLog(server.dsn,
-                                         method="copy" if "COPY" in name else "executemany")
+            if "postgresql" in name:
+                method = next(m for m in ("unnest", "COPY", "executemany") if m in name)
+                store = PostgresUsageLog(server.dsn, method=method.lower())
             else:
                 path = os.path.join(tmp, f"u{batch}.db")
                 if os.path.exists(path):
@@ -111,11 +147,12 @@ def _flush_rows(server, tmp: str, total: int, layout: str, sqlite: bool) -> None
                 batches = rows(total, batch)
                 # Warm up (pool, partitions, prepared statements): the first
                 # store measured was otherwise penalised for its order.
-                flush_rate(store, batches[:2], f"warm-{batch}-{name}")
+                rate = usage_log_rate if "lanes" in name else flush_rate
+                rate(store, batches[:2], f"warm-{batch}-{name}")
                 server.psql("TRUNCATE usage_log")
                 numbered = "unnumbered" not in name
-                first = flush_rate(store, batches, numbered and f"bench-{batch}-{name}-1")
-                again = flush_rate(store, batches, numbered and f"bench-{batch}-{name}-2")
+                first = rate(store, batches, numbered and f"bench-{batch}-{name}-1")
+                again = rate(store, batches, numbered and f"bench-{batch}-{name}-2")
             finally:
                 store.close()
             shown = "-" if name.startswith("sqlite") else layout
@@ -166,7 +203,7 @@ def bench_probe(total: int) -> None:
         await conn.close()
     try:
         migrate(server.dsn)
-        PostgresUsageLog(server.dsn).ensure_partitions(MINUTE0)
+        _make_partitions(server.dsn)
         asyncio.run(run())
     finally:
         server.close()

@@ -5,6 +5,7 @@ saw; a PostgreSQL restart mid-run loses nothing (the queue carries); a full
 queue is counted, never blocks; kill -9 loses at most about one interval."""
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -158,6 +159,16 @@ def test_a_batch_is_applied_once_under_its_number(store):
         assert stored(store) == {(api_key_id("alpha"), "http", "price"): [10, 5, 0, 0]}
 
 
+def test_a_batch_may_repeat_a_cell(store):
+    """Two rows of one cell in one batch add up (PostgreSQL's one-statement
+    upsert merges them first: ON CONFLICT cannot touch a row twice)."""
+    row = UsageRow(api_key_id("alpha"), 1_796_000_040, "http", "price", 2, 1, 0, 0)
+    other = row._replace(route="snapshot")
+    assert store.write([row, other, row], ("writer-a", 1)) is True
+    assert stored(store) == {(api_key_id("alpha"), "http", "price"): [4, 2, 0, 0],
+                             (api_key_id("alpha"), "http", "snapshot"): [2, 1, 0, 0]}
+
+
 class _AnswerLost:
     """The store commits the first batch, then the answer is lost (the
     connection dropped after COMMIT, or the wait for it timed out): the
@@ -190,6 +201,90 @@ def test_a_retried_batch_whose_commit_went_through_is_not_counted_twice(store):
     assert usage.write_all() and usage.queued() == 0
     assert usage.batches_skipped == 1 and usage.rows_written == 2
     assert stored(store) == seen == {(api_key_id("alpha"), "udp", "price"): [9, 0, 0, 0]}
+
+
+def writers(store: Any) -> dict[str, int]:
+    """usage_writers: each writer's last applied batch number."""
+    if store.server is not None:
+        import asyncpg
+
+        async def read() -> dict[str, int]:
+            conn = await asyncpg.connect(store.server.dsn)
+            try:
+                return {r[0]: r[1] for r in await conn.fetch(
+                    "SELECT writer, seq FROM usage_writers")}
+            finally:
+                await conn.close()
+        return asyncio.run(read())
+    conn = sqlite3.connect(store.path)
+    try:
+        return dict(conn.execute("SELECT writer, seq FROM usage_writers").fetchall())
+    finally:
+        conn.close()
+
+
+def test_a_backlog_is_written_over_lanes_each_numbered_on_its_own(store):
+    """Two batches in flight at once (PostgreSQL: write_many, a connection
+    each; SQLite: one after the other), each lane's batches numbered under a
+    writer ID of its own."""
+    table = APIKeyTable()
+    usage = UsageLog(store, table, batch_rows=2, lanes=2, writer="w")
+    seen: dict[tuple[str, str, str], list[int]] = {}
+    for i in range(7):
+        table.set(api_key_id(f"key{i}"))
+        admit(table, f"key{i}", ("http", "price"), i + 1, seen)
+    assert usage.harvest() == 7
+    assert usage.write_batch() == 4 and usage.queued() == 3    # two batches of 2
+    assert usage.write_batch() == 3 and usage.queued() == 0    # 2 and the last 1
+    assert usage.write_batch() == 0
+    assert stored(store) == seen
+    assert writers(store) == {"w": 2, "w.1": 2}
+    # No backlog: one batch, on the first lane only.
+    admit(table, "key0", ("http", "price"), 1, seen)
+    usage.harvest()
+    assert usage.write_batch() == 1 and writers(store) == {"w": 3, "w.1": 2}
+    assert stored(store) == seen
+
+
+class _SecondLaneFailsOnce:
+    """write_many whose second lane's first batch fails (the store refuses
+    it: nothing applied); the other lane's goes through."""
+
+    write_lanes = 2
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self.failures = 1
+
+    def write(self, rows, batch=None):
+        return self.store.write(rows, batch)
+
+    def write_many(self, batches):
+        out: list[Any] = []
+        for rows, batch in batches:
+            if self.failures and batch[0].endswith(".1"):
+                self.failures -= 1
+                out.append(KeyStoreError("database: usage log write failed: refused"))
+            else:
+                out.append(self.store.write(rows, batch))
+        return out
+
+
+def test_a_lane_whose_batch_failed_retries_it_while_the_other_goes_on(store):
+    table = APIKeyTable()
+    usage = UsageLog(_SecondLaneFailsOnce(store), table, batch_rows=2, writer="w")
+    seen: dict[tuple[str, str, str], list[int]] = {}
+    for i in range(6):
+        table.set(api_key_id(f"key{i}"))
+        admit(table, f"key{i}", ("udp", "price"), 2, seen)
+    usage.harvest()
+    assert usage.write_batch() == -1 and usage.batch_flush_errors == 1
+    assert usage.rows_written == 2 and usage.queued() == 4     # lane 1's batch is kept
+    assert writers(store) == {"w": 1}
+    # The kept batch goes again under its number (1), with lane 0's next.
+    assert usage.write_all() and usage.queued() == 0
+    assert writers(store) == {"w": 2, "w.1": 1}
+    assert stored(store) == seen and usage.batches_skipped == 0
 
 
 def _take_down(store: Any, tmp_path) -> Any:

@@ -19,6 +19,14 @@ thread, every `interval_s`:
    other: the store skips a number it applied already (its COMMIT went
    through but the answer was lost), so a retry never counts twice.
 
+With a backlog (more than one batch queued) and a store that can write
+several batches at once (`write_many`: PostgreSQL, one connection each),
+up to `lanes` batches are in flight together.  Each lane numbers its own
+batches under a writer ID of its own (the process's ID, then ".1", ".2"...
+for the lanes past the first), so the rule above holds per lane: lanes
+commit in any order, and a number is still only ever compared with the
+same lane's last.  Counts add, so the order of batches never matters.
+
 A clean stop (SIGTERM drains the engines first) harvests and writes once
 more, so nothing admitted is lost; a kill -9 loses what was harvested but
 not yet written, plus what was not yet harvested: about one interval.
@@ -58,14 +66,33 @@ def _minute(now_s: float) -> int:
     return int(now_s) // 60 * 60
 
 
+class _Lane:
+    """One of a usage log's batch writers (UsageLog.write_batch)."""
+
+    __slots__ = ("writer", "batch", "batch_seq", "seq")
+
+    def __init__(self, writer: str) -> None:
+        self.writer = writer
+        self.batch: list[tuple[Cell, list[int]]] = []   # in flight, or failed and kept
+        self.batch_seq = 0              # its number
+        self.seq = 0                    # the last number this lane gave
+
+
 class UsageLog:
     """Harvests `api_keys` into `store` on a thread of its own (start/stop)."""
 
     def __init__(self, store: UsageLogStore, api_keys: APIKeyTable, *, interval_s: float = 0.1,
                  batch_rows: int = 300, queue_rows: int = 100_000, retention_s: float = 0.0,
-                 clock: Callable[[], float] = time.time, writer: Optional[str] = None) -> None:
+                 clock: Callable[[], float] = time.time, writer: Optional[str] = None,
+                 lanes: Optional[int] = None) -> None:
+        """`lanes`: batches in flight at once with a backlog; by default the
+        store's `write_lanes` if it has `write_many`, else 1."""
         self.store = store
         self.writer = writer or uuid.uuid4().hex     # the batches' writer ID (store.write)
+        if lanes is None:
+            lanes = getattr(store, "write_lanes", 1) if hasattr(store, "write_many") else 1
+        if lanes < 1:
+            raise ValueError("lanes must be >= 1")
         self.api_keys = api_keys
         self.interval_s = interval_s
         self.batch_rows = batch_rows
@@ -81,9 +108,10 @@ class UsageLog:
         self.last_error: Optional[BaseException] = None
         self._lock = threading.Lock()   # the queue, the in-flight batch and the last counts
         self._queue: "OrderedDict[Cell, list[int]]" = OrderedDict()
-        self._inflight: list[tuple[Cell, list[int]]] = []     # the batch being written ...
-        self._inflight_seq = 0          # ... its number (a failed one is kept, with it)
-        self._seq = 0                   # the last batch number given
+        # Per lane: its writer ID, the batch being written (a failed one is
+        # kept, under its number), that number, and the lane's last number.
+        self._lanes = [_Lane(self.writer if i == 0 else f"{self.writer}.{i}")
+                       for i in range(lanes)]
         counts, unknown = api_keys.usage_counts()
         self._last: dict[str, tuple[int, ...]] = counts
         self._last_unknown: tuple[int, ...] = unknown
@@ -149,7 +177,7 @@ class UsageLog:
             if queued is not None:
                 for v in range(VERDICTS):
                     queued[v] += delta[v]
-            elif len(self._queue) + len(self._inflight) >= self.queue_rows:
+            elif len(self._queue) + self._inflight_rows() >= self.queue_rows:
                 self.bg_drop += 1
             else:
                 self._queue[cell] = list(delta)
@@ -157,48 +185,64 @@ class UsageLog:
         self.rows_queued += added
         return added
 
+    def _inflight_rows(self) -> int:
+        return sum(len(lane.batch) for lane in self._lanes)
+
     def queued(self) -> int:
-        """Rows waiting to be written (the in-flight batch included)."""
+        """Rows waiting to be written (the in-flight batches included)."""
         with self._lock:
-            return len(self._queue) + len(self._inflight)
+            return len(self._queue) + self._inflight_rows()
 
     # -- writing ----------------------------------------------------------------------
 
     def write_batch(self) -> int:
-        """Write the batch that failed last time, else the oldest `batch_rows`
-        rows; how many (0 when empty); -1 when the store failed (the batch is
-        kept, unchanged and under its number, for the next try)."""
+        """Write what failed last time, each lane's batch again, and new
+        batches of the oldest `batch_rows` rows for the lanes left free
+        (one lane unless more than one batch is queued); how many rows were
+        written (0 when nothing was queued); -1 when the store failed a
+        batch (it is kept, unchanged and under its number, for the next try)."""
         with self._lock:
-            if not self._inflight:
-                batch: list[tuple[Cell, list[int]]] = []
-                while self._queue and len(batch) < self.batch_rows:
-                    batch.append(self._queue.popitem(last=False))
-                if batch:
-                    self._seq += 1
-                    self._inflight, self._inflight_seq = batch, self._seq
-            batch, seq = list(self._inflight), self._inflight_seq
-        if not batch:
+            for lane in self._lanes:
+                if not lane.batch and self._queue:
+                    while self._queue and len(lane.batch) < self.batch_rows:
+                        lane.batch.append(self._queue.popitem(last=False))
+                    lane.seq += 1
+                    lane.batch_seq = lane.seq
+            busy = [(lane, list(lane.batch), lane.batch_seq) for lane in self._lanes
+                    if lane.batch]
+        if not busy:
             return 0
-        rows = [UsageRow(cell[1], cell[0], cell[2], cell[3], *counts) for cell, counts in batch]
-        try:
-            applied = self.store.write(rows, (self.writer, seq))
-        except KeyStoreError as exc:
-            with self._lock:
-                self.batch_flush_errors += 1
-                if self.last_error is None or str(exc) != str(self.last_error):
-                    log.warning("usage log: %s (rows stay queued)", exc,
-                                extra={"fields": {"event": "usage_flush_error"}})
-                self.last_error = exc
-            return -1
+        work = [([UsageRow(cell[1], cell[0], cell[2], cell[3], *counts)
+                  for cell, counts in batch], (lane.writer, seq)) for lane, batch, seq in busy]
+        if len(work) > 1 and hasattr(self.store, "write_many"):
+            results = self.store.write_many(work)
+        else:                           # one batch, or a store that writes one at a time
+            results = []
+            for rows, batch in work:
+                try:
+                    results.append(self.store.write(rows, batch))
+                except KeyStoreError as exc:
+                    results.append(exc)
+        written, failed = 0, False
         with self._lock:
-            self._inflight = []
-            self.rows_written += len(rows)
-            if applied is False:
-                self.batches_skipped += 1
-                log.info("usage log: batch %d was stored already (its commit's answer was "
-                         "lost); not counted again", seq,
-                         extra={"fields": {"event": "usage_batch_skipped", "batch": seq}})
-        return len(rows)
+            for (lane, _, seq), (rows, _), applied in zip(busy, work, results):
+                if isinstance(applied, KeyStoreError):
+                    failed = True
+                    self.batch_flush_errors += 1
+                    if self.last_error is None or str(applied) != str(self.last_error):
+                        log.warning("usage log: %s (rows stay queued)", applied,
+                                    extra={"fields": {"event": "usage_flush_error"}})
+                    self.last_error = applied
+                    continue
+                lane.batch = []
+                self.rows_written += len(rows)
+                written += len(rows)
+                if applied is False:
+                    self.batches_skipped += 1
+                    log.info("usage log: batch %d of writer %s was stored already (its "
+                             "commit's answer was lost); not counted again", seq, lane.writer,
+                             extra={"fields": {"event": "usage_batch_skipped", "batch": seq}})
+        return -1 if failed else written
 
     def write_all(self) -> bool:
         """Write every queued row, batch after batch; False when a batch failed."""
@@ -245,7 +289,9 @@ class UsageLog:
         if key is not None:
             unknown = self._last_unknown        # a key's report has no unknown-key rows
         with self._lock:
-            cells = list(self._queue.items()) + list(self._inflight)
+            cells = list(self._queue.items())
+            for lane in self._lanes:
+                cells += lane.batch
             live = self._deltas(counts, unknown, _minute(self.clock()))
         return [UsageRow(cell[1], cell[0], cell[2], cell[3], *delta)
                 for cell, delta in cells + live if key is None or cell[1] == key]
