@@ -22,7 +22,8 @@ from beastnet.serve.stores.usage_log import UNKNOWN_KEY, UsageLogStore, UsageRow
 from beastnet.serve.stores.usage_sqlite import SQLiteUsageLog
 from beastnet.serve.usage_log import UsageLog
 from pg_support import postgres  # noqa: F401  (fixture)
-from support import wait_for
+from test_cluster import redis_server  # noqa: F401  (fixture)
+from support import requires, wait_for
 from test_serve import add_key, serve  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.timeout(120)
@@ -285,6 +286,86 @@ def test_a_lane_whose_batch_failed_retries_it_while_the_other_goes_on(store):
     assert usage.write_all() and usage.queued() == 0
     assert writers(store) == {"w": 2, "w.1": 1}
     assert stored(store) == seen and usage.batches_skipped == 0
+
+
+# -- the pending counts mirrored in Redis (--redis) -------------------------------------
+
+@requires("redis-server")
+def test_another_nodes_pending_counts_come_from_redis_until_it_stores_them(
+        store, redis_server):  # noqa: F811
+    """Two usage logs (two nodes) on one store and one Redis: what node B
+    has counted but not stored is in A's view of the others at once, in one
+    pipelined read; once B has stored it, it is in the store and no longer
+    in Redis (counted once); B's own view never has its own."""
+    from beastnet.serve.stores.usage_redis import RedisLiveUsage
+    tables = [APIKeyTable(), APIKeyTable()]
+    for table in tables:
+        table.set(api_key_id("alpha"))
+    now = time.time() // 60 * 60 + 30         # every harvest in one minute, the current one
+    nodes = [UsageLog(store, table, writer=name, live=RedisLiveUsage(redis_server.url, name),
+                      clock=lambda: now)
+             for name, table in zip(("node-a", "node-b"), tables)]
+    a, b = nodes
+    try:
+        seen: dict[tuple[str, str, str], list[int]] = {}
+        admit(tables[1], "alpha", ("udp", "price"), 7, seen)
+        admit(tables[1], "alpha", ("http", "report"), 2, seen)
+        admit(tables[0], "alpha", ("udp", "price"), 5, {})      # A's own: never from Redis
+        a.harvest()
+        b.harvest()
+        assert a.push_live() and b.push_live() and b.live_pushes == 1
+        key = api_key_id("alpha")
+        others = a.live_others(key, 0, 4_000_000_000)
+        assert sorted((r.protocol, r.route, r.admitted) for r in others) == [
+            ("http", "report", 2), ("udp", "price", 7)]
+        assert b.live_others(key, 0, 4_000_000_000) == [
+            UsageRow(key, others[0].minute, "udp", "price", 5, 0, 0, 0)]
+        assert stored(store) == {}
+        # More counted, then B stores everything: Redis follows each step.
+        admit(tables[1], "alpha", ("udp", "price"), 3, seen)
+        b.harvest()
+        b.push_live()
+        assert sum(r.admitted for r in a.live_others(key, 0, 4_000_000_000)) == 12
+        assert b.write_all() and b.push_live()
+        assert a.live_others(key, 0, 4_000_000_000) == []
+        assert stored(store) == seen
+        client = redis_server.client()
+        try:
+            assert [n for n in client.keys("*ulive*") if client.hlen(n)] == [
+                f"{{bn}}:ulive:{key}:{others[0].minute}".encode()]   # A's cell only
+            assert 0 < client.ttl(f"{{bn}}:ulive:{key}:{others[0].minute}") <= 300
+        finally:
+            client.close()
+        # A report range that misses the minute reads nothing of it.
+        assert a.live_others(key, 0, others[0].minute) == [] and a.live_errors == 0
+    finally:
+        for node in nodes:
+            node.live.close()
+
+
+@requires("redis-server")
+def test_a_push_that_fails_is_sent_again_and_a_failed_read_is_counted(
+        store, redis_server):  # noqa: F811
+    from beastnet.serve.stores.usage_redis import RedisLiveUsage
+    table = APIKeyTable()
+    table.set(api_key_id("alpha"))
+    node = UsageLog(store, table, writer="node-b",
+                    live=RedisLiveUsage(redis_server.url, "node-b"))
+    reader = RedisLiveUsage(redis_server.url, "node-a")
+    key = api_key_id("alpha")
+    try:
+        admit(table, "alpha", ("udp", "price"), 4, {})
+        node.harvest()
+        redis_server.stop()
+        assert node.push_live() is False and node.live_errors == 1
+        assert node.push_live() is False and node.live_errors == 1     # waits LIVE_RETRY_S
+        assert node.live_others(key, 0, 4_000_000_000) == [] and node.live_errors == 2
+        redis_server.start()
+        assert node.push_live(force=True) and node.live_pushes == 1
+        assert [r.admitted for r in reader.read(key, 0, 4_000_000_000, time.time())] == [4]
+    finally:
+        node.live.close()
+        reader.close()
 
 
 def _take_down(store: Any, tmp_path) -> Any:

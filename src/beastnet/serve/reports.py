@@ -1,6 +1,7 @@
 """Usage reports (LRS): what a key used, per protocol and route, from the
-usage log plus the counts not yet written, so a report is current to the
-second.
+usage log plus the counts not yet written (this node's, and with --redis
+every other node's, from Redis: stores/usage_redis.py), so a report is
+current to the second.
 
 On the public HTTP port, for the caller's own key (the same admission as a
 price request: key, rate limit, monthly cap, and counted as route "report"):
@@ -275,6 +276,10 @@ class Reports(Component):
         store = self.usage.store
         usage_log = self.usage.log
         pending = usage_log.pending(query.key) if usage_log is not None else []
+        if usage_log is not None and query.key is not None:
+            # The other nodes' counts not yet stored (with --redis): one
+            # pipelined read of the key's hashes in Redis.
+            pending += usage_log.live_others(query.key, query.start, query.end)
         head: dict[str, Any] = {"from": _iso(query.start), "to": _iso(query.end)}
         if not own:
             head["key"] = query.key         # None: every key

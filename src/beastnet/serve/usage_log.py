@@ -27,6 +27,12 @@ for the lanes past the first), so the rule above holds per lane: lanes
 commit in any order, and a number is still only ever compared with the
 same lane's last.  Counts add, so the order of batches never matters.
 
+With a mirror (`live`: the cluster's Redis, stores/usage_redis.py), the
+cells whose pending counts changed in a round are pushed there after it, so
+a report on any node sees this node's counts before they are stored; the
+thread then harvests at least once a second (LIVE_EVERY_S), whatever the
+flush interval, and writes batches only every interval.
+
 A clean stop (SIGTERM drains the engines first) harvests and writes once
 more, so nothing admitted is lost; a kill -9 loses what was harvested but
 not yet written, plus what was not yet harvested: about one interval.
@@ -40,13 +46,14 @@ import uuid
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
 
-from beastnet import USAGE_ROUTE_NAMES, APIKeyTable
+from beastnet import USAGE_ROUTE_NAMES, APIKeyTable, ClusterError
 from beastnet.counters import USAGE_LOG_COUNTERS
 from beastnet.metrics import MetricFamily
 from beastnet.serve.component import Component
 from beastnet.serve.keys import KeyStoreError
 from beastnet.serve.stores.usage_log import (UNKNOWN_KEY, UsageLogStore, UsageRow,
                                              open_usage_log)
+from beastnet.serve.stores.usage_redis import LIVE_TTL_S, RedisLiveUsage
 
 if TYPE_CHECKING:
     from beastnet.serve.service import PriceService
@@ -58,6 +65,8 @@ log = logging.getLogger("beastnet.serve.usage_log")
 VERDICTS = 4                    # a route's cells: admitted, refused, rate_limited, over_quota
 STOP_WRITE_S = 10.0             # a stop keeps trying to write the queue this long
 TRIM_EVERY_S = 3600.0           # with a retention, rows past it are trimmed this often
+LIVE_EVERY_S = 1.0              # with a mirror, harvested and pushed at least this often
+LIVE_RETRY_S = 1.0              # a mirror that failed is left alone this long
 
 Cell = tuple[int, str, str, str]        # (minute, key, protocol, route)
 
@@ -84,9 +93,10 @@ class UsageLog:
     def __init__(self, store: UsageLogStore, api_keys: APIKeyTable, *, interval_s: float = 0.1,
                  batch_rows: int = 300, queue_rows: int = 100_000, retention_s: float = 0.0,
                  clock: Callable[[], float] = time.time, writer: Optional[str] = None,
-                 lanes: Optional[int] = None) -> None:
+                 lanes: Optional[int] = None, live: Optional[RedisLiveUsage] = None) -> None:
         """`lanes`: batches in flight at once with a backlog; by default the
-        store's `write_lanes` if it has `write_many`, else 1."""
+        store's `write_lanes` if it has `write_many`, else 1.  `live`: the
+        mirror of the pending counts (its `node` is this log's `writer`)."""
         self.store = store
         self.writer = writer or uuid.uuid4().hex     # the batches' writer ID (store.write)
         if lanes is None:
@@ -115,6 +125,16 @@ class UsageLog:
         counts, unknown = api_keys.usage_counts()
         self._last: dict[str, tuple[int, ...]] = counts
         self._last_unknown: tuple[int, ...] = unknown
+        # The mirror: cells whose pending counts may differ from what it was
+        # last sent, and what it was sent (absent: nothing there).
+        self.live = live
+        self.live_pushes = 0            # pushes to the mirror that went through ...
+        self.live_errors = 0            # ... that failed (the cells are sent again), and reads
+        self._dirty: set[Cell] = set()
+        self._mirrored: dict[Cell, tuple[int, ...]] = {}
+        self._live_retry_at = 0.0       # monotonic: no push before (after a failure)
+        self._live_refresh_at = time.monotonic() + LIVE_TTL_S / 3
+        self._next_flush = time.monotonic() + interval_s    # the next writes (with a mirror)
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._run, name="beastnet-usage-log", daemon=True)
@@ -135,6 +155,7 @@ class UsageLog:
         while self.queued() and time.monotonic() < deadline:
             if not self.write_all():
                 time.sleep(min(self.interval_s, 0.5))
+        self.push_live(force=True)      # what was written leaves the mirror
         if self.queued():
             log.error("usage log: %d rows not written at stop: %s", self.queued(),
                       self.last_error, extra={"fields": {"event": "usage_log_lost",
@@ -173,6 +194,8 @@ class UsageLog:
     def _enqueue(self, rows: list[tuple[Cell, list[int]]]) -> int:
         added = 0
         for cell, delta in rows:
+            if self.live is not None and cell[1] != UNKNOWN_KEY:    # no report has those
+                self._dirty.add(cell)
             queued = self._queue.get(cell)
             if queued is not None:
                 for v in range(VERDICTS):
@@ -234,6 +257,9 @@ class UsageLog:
                                     extra={"fields": {"event": "usage_flush_error"}})
                     self.last_error = applied
                     continue
+                if self.live is not None:
+                    self._dirty.update(cell for cell, _ in lane.batch
+                                       if cell[1] != UNKNOWN_KEY)
                 lane.batch = []
                 self.rows_written += len(rows)
                 written += len(rows)
@@ -253,18 +279,90 @@ class UsageLog:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self._wake.wait(self.interval_s)
+            tick = self.interval_s if self.live is None else min(self.interval_s, LIVE_EVERY_S)
+            self._wake.wait(tick)
             if self._stop.is_set():
                 return
             try:
                 self.harvest()
-                self.write_all()
+                if self.live is None or time.monotonic() >= self._next_flush:
+                    self._next_flush = time.monotonic() + self.interval_s - tick / 2
+                    self.write_all()
+                if self.live is not None:
+                    self.push_live()
                 if self.retention_s and time.monotonic() >= self._next_trim:
                     self._next_trim = time.monotonic() + TRIM_EVERY_S
                     self.trim()
             except Exception as exc:        # the thread must outlive any one failure
                 self.batch_flush_errors += 1
                 log.exception("usage log: %s", exc)
+
+    def push_live(self, force: bool = False) -> bool:
+        """Send the mirror the pending counts of the cells that changed since
+        the last push that went through (nothing pending: deleted); False
+        when it failed (they are sent next time).  After a failure, pushes
+        wait LIVE_RETRY_S unless `force`."""
+        if self.live is None:
+            return True
+        now = time.monotonic()
+        if not force and now < self._live_retry_at:
+            return False
+        with self._lock:
+            if now >= self._live_refresh_at:     # the hashes' expiry, renewed
+                self._live_refresh_at = now + LIVE_TTL_S / 3
+                self._mirrored.clear()
+                self._dirty.update(self._queue)
+                for lane in self._lanes:
+                    self._dirty.update(cell for cell, _ in lane.batch)
+            if not self._dirty:
+                return True
+            flying: dict[Cell, list[int]] = {}
+            for lane in self._lanes:
+                for cell, counts in lane.batch:
+                    flying[cell] = counts
+            changes: dict[Cell, Optional[tuple[int, ...]]] = {}
+            for cell in self._dirty:
+                queued, batch = self._queue.get(cell), flying.get(cell)
+                if queued is None and batch is None:
+                    if cell in self._mirrored:
+                        changes[cell] = None
+                    continue
+                pending = tuple(a + b for a, b in zip(queued or (0,) * VERDICTS,
+                                                      batch or (0,) * VERDICTS))
+                if self._mirrored.get(cell) != pending:
+                    changes[cell] = pending
+            dirty, self._dirty = self._dirty, set()
+        try:
+            self.live.push(changes)
+        except ClusterError as exc:
+            with self._lock:
+                self._dirty |= dirty
+                self.live_errors += 1
+            self._live_retry_at = time.monotonic() + LIVE_RETRY_S
+            log.warning("usage log: %s (sent again later)", exc,
+                        extra={"fields": {"event": "usage_live_error"}})
+            return False
+        with self._lock:
+            for cell, sent in changes.items():
+                if sent is None:
+                    self._mirrored.pop(cell, None)
+                else:
+                    self._mirrored[cell] = sent
+            self.live_pushes += 1
+        return True
+
+    def live_others(self, key: str, start: int, end: int) -> list[UsageRow]:
+        """The other nodes' pending counts of `key` in [start, end), from the
+        mirror; [] without one, or when it cannot be read (counted)."""
+        if self.live is None:
+            return []
+        try:
+            return self.live.read(key, start, end, self.clock())
+        except ClusterError as exc:
+            self.live_errors += 1
+            log.warning("usage log: %s (reports show this node's pending counts only)", exc,
+                        extra={"fields": {"event": "usage_live_error"}})
+            return []
 
     def trim(self) -> int:
         """Drop the stored rows older than the retention; how many went."""
@@ -299,7 +397,8 @@ class UsageLog:
     def counters(self) -> dict[str, int]:
         return {"rows_queued": self.rows_queued, "rows_written": self.rows_written,
                 "batch_flush_errors": self.batch_flush_errors, "bg_drop": self.bg_drop,
-                "batches_skipped": self.batches_skipped}
+                "batches_skipped": self.batches_skipped, "live_pushes": self.live_pushes,
+                "live_errors": self.live_errors}
 
 
 class UsageLogComponent(Component):
@@ -329,16 +428,25 @@ class UsageLogComponent(Component):
         if self.host.api_keys is None:
             raise RuntimeError("the usage log starts after the api_keys component")
         cfg = self.host.cfg
+        writer = uuid.uuid4().hex
+        # With --redis, the pending counts are mirrored there for the other
+        # nodes' reports (stores/usage_redis.py).
+        url = getattr(cfg, "redis", None)
+        live = RedisLiveUsage(url, writer) if url else None
         self.log = UsageLog(self.store, self.host.api_keys,
                             interval_s=cfg.usage_flush_interval_s,
                             batch_rows=cfg.usage_batch_rows, queue_rows=cfg.usage_queue_rows,
-                            retention_s=cfg.usage_retention_days * 86400.0).start()
-        log.info("usage log in %s", self.store.path)
+                            retention_s=cfg.usage_retention_days * 86400.0, writer=writer,
+                            live=live).start()
+        log.info("usage log in %s%s", self.store.path,
+                 f"; pending counts mirrored in redis {live.url}" if live else "")
 
     async def stop(self) -> None:
         try:
             if self.log is not None:
                 self.log.stop()
+                if self.log.live is not None:
+                    self.log.live.close()
         finally:
             self.store.close()
 
