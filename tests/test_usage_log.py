@@ -362,7 +362,19 @@ def test_a_push_that_fails_is_sent_again_and_a_failed_read_is_counted(
         assert node.live_others(key, 0, 4_000_000_000) == [] and node.live_errors == 2
         redis_server.start()
         assert node.push_live(force=True) and node.live_pushes == 1
-        assert [r.admitted for r in reader.read(key, 0, 4_000_000_000, time.time())] == [4]
+        rows = reader.read(key, 0, 4_000_000_000, time.time())
+        assert [r.admitted for r in rows] == [4]
+        # Unchanged counts are sent again every third of the expiry: the
+        # hash does not expire while the counts are still pending.
+        client = redis_server.client()
+        try:
+            name = f"{{bn}}:ulive:{key}:{rows[0].minute}"
+            client.expire(name, 5)
+            assert node.push_live() and client.ttl(name) == 5     # nothing changed: not sent
+            node._live_refresh_at = 0.0
+            assert node.push_live() and client.ttl(name) > 5 and node.live_pushes == 2
+        finally:
+            client.close()
     finally:
         node.live.close()
         reader.close()

@@ -257,9 +257,9 @@ class UsageLog:
                                     extra={"fields": {"event": "usage_flush_error"}})
                     self.last_error = applied
                     continue
-                if self.live is not None:
+                if self.live is not None:       # stored: out of the mirror, if it is there
                     self._dirty.update(cell for cell, _ in lane.batch
-                                       if cell[1] != UNKNOWN_KEY)
+                                       if cell in self._mirrored)
                 lane.batch = []
                 self.rows_written += len(rows)
                 written += len(rows)
@@ -308,12 +308,13 @@ class UsageLog:
         if not force and now < self._live_retry_at:
             return False
         with self._lock:
-            if now >= self._live_refresh_at:     # the hashes' expiry, renewed
+            # Every pending cell is dirty or mirrored (a push mirrors what
+            # it sends): a refresh sends all the mirrored ones again, so the
+            # hashes' expiry is renewed.
+            refresh = now >= self._live_refresh_at
+            if refresh:
                 self._live_refresh_at = now + LIVE_TTL_S / 3
-                self._mirrored.clear()
-                self._dirty.update(self._queue)
-                for lane in self._lanes:
-                    self._dirty.update(cell for cell, _ in lane.batch)
+                self._dirty.update(self._mirrored)
             if not self._dirty:
                 return True
             flying: dict[Cell, list[int]] = {}
@@ -329,7 +330,7 @@ class UsageLog:
                     continue
                 pending = tuple(a + b for a, b in zip(queued or (0,) * VERDICTS,
                                                       batch or (0,) * VERDICTS))
-                if self._mirrored.get(cell) != pending:
+                if refresh or self._mirrored.get(cell) != pending:
                     changes[cell] = pending
             dirty, self._dirty = self._dirty, set()
         try:
@@ -349,6 +350,7 @@ class UsageLog:
                 else:
                     self._mirrored[cell] = sent
             self.live_pushes += 1
+        self._live_retry_at = 0.0
         return True
 
     def live_others(self, key: str, start: int, end: int) -> list[UsageRow]:
