@@ -235,7 +235,8 @@ class UsageLog:
                     if lane.batch]
         if not busy:
             return 0
-        work = [([UsageRow(cell[1], cell[0], cell[2], cell[3], *counts)
+        row = tuple.__new__     # UsageRow's fields without its __new__: 0.3 us a row, not 0.5
+        work = [([row(UsageRow, (cell[1], cell[0], cell[2], cell[3], *counts))
                   for cell, counts in batch], (lane.writer, seq)) for lane, batch, seq in busy]
         if len(work) > 1 and hasattr(self.store, "write_many"):
             results = self.store.write_many(work)

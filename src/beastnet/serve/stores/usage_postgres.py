@@ -32,7 +32,7 @@ from datetime import datetime, timezone
 from typing import Any, Coroutine, Optional, TypeVar
 
 from beastnet.serve.keys import KeyStoreError
-from beastnet.serve.stores.postgres import PoolOnLoop, _driver_errors, _failed
+from beastnet.serve.stores.postgres import PoolOnLoop, _driver, _driver_errors, _failed
 from beastnet.serve.stores.usage_log import Totals, UsageRow
 
 __all__ = ["PARTITIONS_AHEAD", "USAGE_LOG_SCHEMA", "PostgresUsageLog"]
@@ -84,9 +84,9 @@ _UNNEST = """unnest($3::text[], $4::int8[], $5::text[], $6::text[], $7::int8[], 
               $9::int8[], $10::int8[]) AS b(key, minute, protocol, route, admitted, refused,
                                            rate_limited, over_quota)"""
 
-# The batch in one statement.  Its rows' cells are distinct (write merges
-# repeats first: ON CONFLICT cannot touch one row twice in a statement), so
-# no GROUP BY.  Minutes travel as Unix seconds (to_timestamp is exact for
+# The batch in one statement, no GROUP BY: a batch that repeats a cell fails
+# (ON CONFLICT cannot touch one row twice in a statement) and is sent again
+# merged (_upsert_arrays).  Minutes travel as Unix seconds (to_timestamp is exact for
 # whole seconds): no datetime object built per row in Python.
 _UPSERT_ARRAYS = """
 WITH claim AS (
@@ -253,12 +253,18 @@ class PostgresUsageLog(PoolOnLoop):
     async def _upsert_arrays(self, conn: Any, rows: list[UsageRow],
                              batch: Optional[tuple[str, int]]) -> bool:
         columns = list(map(list, zip(*rows)))   # key, minute, protocol, route, counts
-        if len(set(zip(*columns[:4]))) < len(rows):
-            columns = list(map(list, zip(*_merged(rows))))
         await self._partitions_for(conn, {m - m % 86400 for m in set(columns[1])})
         writer, seq = batch if batch is not None else (None, 0)
-        status = await conn.execute(_UPSERT_ARRAYS, writer, seq, *columns,
-                                    timeout=self.timeout_s)
+        try:
+            status = await conn.execute(_UPSERT_ARRAYS, writer, seq, *columns,
+                                        timeout=self.timeout_s)
+        except _driver().CardinalityViolationError:
+            # A cell twice in the batch (ON CONFLICT cannot touch a row twice
+            # in one statement; the statement failed whole, nothing applied):
+            # merged, once more.  The usage log's batches never repeat one, so
+            # they pay for no check.
+            status = await conn.execute(_UPSERT_ARRAYS, writer, seq,
+                                        *map(list, zip(*_merged(rows))), timeout=self.timeout_s)
         return bool(status != "INSERT 0 0")     # 0: the batch's number was applied already
 
     def totals(self, key: Optional[str], start: int, end: int,
