@@ -264,65 +264,28 @@ class Reports(Component):
             query = parse_report_query(kind, query_text, key)
         except BadReport as exc:
             return error_answer("bad_request", str(exc))
-        store, usage_log = self.usage.store, self.usage.log
+        loop = asyncio.get_running_loop()
         try:
-            if hasattr(store, "run_there") and (usage_log is None or usage_log.live is None):
-                # PostgreSQL without a Redis read: the report runs on the
-                # store's own loop, awaited from here; an executor thread in
-                # between cost a hand-over each way for nothing.
-                body = await store.run_there(self._answer_there(query, own))
-            else:
-                loop = asyncio.get_running_loop()
-                body = await loop.run_in_executor(None, self.answer, query, own)
+            body = await loop.run_in_executor(None, self.answer, query, own)
         except KeyStoreError as exc:
             return error_answer("unavailable", f"the usage log cannot be read: {exc}")
         return Answer(body)
 
-    def _pending(self, query: ReportQuery) -> list[UsageRow]:
-        """The counts not yet stored: this node's, and (with --redis) the
-        other nodes'.  Blocks: the usage log's lock, and Redis."""
-        usage_log = self.usage.log
-        if usage_log is None:
-            return []
-        pending = usage_log.pending(query.key)
-        if query.key is not None:
-            # The other nodes' counts not yet stored (with --redis): one
-            # pipelined read of the key's hashes in Redis.
-            pending += usage_log.live_others(query.key, query.start, query.end)
-        return pending
-
     def answer(self, query: ReportQuery, own: bool = True) -> dict[str, Any]:
         """The report's body (blocking: the store is read here)."""
         store = self.usage.store
-        pending = self._pending(query)
-        if query.kind == "detail":
-            page = store.detail(query.key, query.start, query.end, query.after, query.limit)
-            return self._body(query, own, pending, page)
-        totals = store.totals(query.key, query.start, query.end, query.bucket_s)
-        return self._body(query, own, pending, totals)
-
-    async def _answer_there(self, query: ReportQuery, own: bool) -> dict[str, Any]:
-        """`answer` on a PostgreSQL store's loop (its run_there); the
-        pending counts are local then (no Redis read), a lock held briefly."""
-        store: Any = self.usage.store
-        pending = self._pending(query)
-        if query.kind == "detail":
-            page = await store.detail_on_loop(query.key, query.start, query.end, query.after,
-                                              query.limit)
-            return self._body(query, own, pending, page)
-        totals = await store.totals_on_loop(query.key, query.start, query.end, query.bucket_s)
-        return self._body(query, own, pending, totals)
-
-    def _body(self, query: ReportQuery, own: bool, pending: list[UsageRow],
-              stored: Any) -> dict[str, Any]:
-        """The report from what the store answered (a detail page, or the
-        totals) and the pending counts."""
+        usage_log = self.usage.log
+        pending = usage_log.pending(query.key) if usage_log is not None else []
+        if usage_log is not None and query.key is not None:
+            # The other nodes' counts not yet stored (with --redis): one
+            # pipelined read of the key's hashes in Redis.
+            pending += usage_log.live_others(query.key, query.start, query.end)
         head: dict[str, Any] = {"from": _iso(query.start), "to": _iso(query.end)}
         if not own:
             head["key"] = query.key         # None: every key
         if query.kind == "detail":
-            return {**head, **self._detail(stored, query, pending, own)}
-        totals: Totals = stored
+            return {**head, **self._detail(store, query, pending, own)}
+        totals = store.totals(query.key, query.start, query.end, query.bucket_s)
         _add_pending(totals, pending, query)
         if query.kind == "summary":
             by_route = [{"protocol": p, "route": r, **_counts(v)}
@@ -335,8 +298,9 @@ class Reports(Component):
                                                                               *i[0][1:]))]
         return {**head, "granularity": granularity, "series": series}
 
-    def _detail(self, page: list[UsageRow], query: ReportQuery, pending: list[UsageRow],
+    def _detail(self, store: Any, query: ReportQuery, pending: list[UsageRow],
                 own: bool) -> dict[str, Any]:
+        page = store.detail(query.key, query.start, query.end, query.after, query.limit)
         cells: dict[tuple[int, str, str, str], list[int]] = {
             _sort_key(r): list(r[4:]) for r in page}
         bound = _sort_key(page[-1]) if len(page) == query.limit else None

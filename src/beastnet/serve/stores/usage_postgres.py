@@ -29,15 +29,13 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime, timezone
-from typing import Any, Coroutine, Optional, TypeVar
+from typing import Any, Optional
 
 from beastnet.serve.keys import KeyStoreError
 from beastnet.serve.stores.postgres import PoolOnLoop, _driver, _driver_errors, _failed
 from beastnet.serve.stores.usage_log import Totals, UsageRow
 
 __all__ = ["PARTITIONS_AHEAD", "USAGE_LOG_SCHEMA", "PostgresUsageLog"]
-
-T = TypeVar("T")
 
 USAGE_LOG_SCHEMA = 5            #: the schema version that added usage_writers
 USAGE_LOG_VERSIONS = {3, 5}     #: the migrations the usage log needs (usage_log, usage_writers)
@@ -269,11 +267,6 @@ class PostgresUsageLog(PoolOnLoop):
 
     def totals(self, key: Optional[str], start: int, end: int,
                bucket_s: Optional[int]) -> Totals:
-        return self.call(self.totals_on_loop(key, start, end, bucket_s))
-
-    async def totals_on_loop(self, key: Optional[str], start: int, end: int,
-                             bucket_s: Optional[int]) -> Totals:
-        """`totals`, as a coroutine for this store's loop (run_there)."""
         bucket = f"extract(epoch FROM {_BUCKETS[bucket_s]})::bigint" if bucket_s else "NULL::bigint"
         where, args = _where(key, start, end)
 
@@ -281,17 +274,11 @@ class PostgresUsageLog(PoolOnLoop):
             return list(await conn.fetch(
                 f"SELECT {bucket}, protocol, route, {_SUMS} FROM usage_log WHERE {where} "
                 "GROUP BY 1, 2, 3", *args, timeout=self.timeout_s))
-        rows = await self._with_conn(work, "usage report failed")
+        rows = self.call(self._with_conn(work, "usage report failed"))
         return {(r[0], r[1], r[2]): [int(v) for v in r[3:]] for r in rows}
 
     def detail(self, key: Optional[str], start: int, end: int,
                after: Optional[tuple[int, str, str, str]], limit: int) -> list[UsageRow]:
-        return self.call(self.detail_on_loop(key, start, end, after, limit))
-
-    async def detail_on_loop(self, key: Optional[str], start: int, end: int,
-                             after: Optional[tuple[int, str, str, str]],
-                             limit: int) -> list[UsageRow]:
-        """`detail`, as a coroutine for this store's loop (run_there)."""
         where, args = _where(key, start, end)
         if after is not None:
             n = len(args)
@@ -306,20 +293,8 @@ class PostgresUsageLog(PoolOnLoop):
                 f"refused, rate_limited, over_quota FROM usage_log WHERE {where} "
                 f"ORDER BY minute, protocol, route, key LIMIT ${len(args)}", *args,
                 timeout=self.timeout_s))
-        rows = await self._with_conn(work, "usage report failed")
+        rows = self.call(self._with_conn(work, "usage report failed"))
         return [UsageRow(r[0], int(r[1]), r[2], r[3], *(int(v) for v in r[4:])) for r in rows]
-
-    async def run_there(self, coro: Coroutine[Any, Any, T]) -> T:
-        """Await `coro` on this store's loop from another loop (a report on
-        the control plane's): no thread of an executor between them, so one
-        hand-over each way instead of two (benchmarks/README.md)."""
-        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
-        try:
-            return await asyncio.wait_for(asyncio.wrap_future(future), self.timeout_s * 2)
-        except asyncio.TimeoutError:
-            future.cancel()
-            raise KeyStoreError(f"database {self.path}: no answer in "
-                                f"{self.timeout_s * 2:g} s") from None
 
     def trim(self, before: int) -> int:
         """Drop whole monthly partitions before `before`, then delete the rows
