@@ -14,7 +14,7 @@
    second; the ratio, and the reports' p99.
 
     PYTHONPATH=src python benchmarks/bench_usage_log.py [--duration 5] [--skip-2d] [--probe]
-        [--layouts]
+        [--layouts] [--skip-flush] [--database]
 
 Needs initdb/pg_ctl (a PostgreSQL is started by the tests' fixture,
 tests/pg_support.py).  Every figure is from this run on this machine; the
@@ -215,18 +215,30 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def bench_2d(duration: float) -> None:
+def bench_2d(duration: float, database: bool = False) -> None:
+    """`database`: keys and the usage log in a PostgreSQL of the fixture's
+    (`serve --database`), not the SQLite key store."""
     from beastnet.loadgen import HTTPLoadConfig, run_http_load
+    from beastnet.serve.stores.postgres import PostgresKeyStore
     from beastnet.serve.stores.sqlite import KeyStore
     tmp = Path(tempfile.mkdtemp(prefix="bench-2d-"))
-    db = tmp / "keys.db"
-    with KeyStore(str(db)) as store:
+    pg = None
+    if database:
+        pg = PostgresServer()
+        migrate(pg.dsn)
+        where = ["--database", pg.dsn, "--key-cache", str(tmp / "cache.json")]
+        keys: object = PostgresKeyStore(pg.dsn)
+    else:
+        db = tmp / "keys.db"
+        where = ["--keystore", str(db)]
+        keys = KeyStore(str(db))
+    with keys as store:     # type: ignore[attr-defined]
         store.add("partner", key="price-load-key-0001")
         store.add("partner", key="report-load-key-001")
     port, admin = free_port(), free_port()
     log = open(tmp / "serve.log", "wb")
     proc = subprocess.Popen([sys.executable, "-m", "beastnet", "serve", "--profile", "dev",
-                             "--keystore", str(db), "--udp-port", "0", "--http-port",
+                             *where, "--udp-port", "0", "--http-port",
                              str(port), "--admin-port", str(admin)],
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
@@ -249,7 +261,8 @@ def bench_2d(duration: float) -> None:
         mixed = run_http_load(price)
         side.join()
         rep = result["r"]
-        print("## 2d: price req/s with and without 1,000 reports/s (HTTP, keep-alive)")
+        print("## 2d: price req/s with and without 1,000 reports/s (HTTP, keep-alive), "
+              f"keys and usage log in {'PostgreSQL' if database else 'SQLite'}")
         print("| run | price req/s | price p99 ms | reports/s | report p99 ms | report errors |")
         print("| --- | --- | --- | --- | --- | --- |")
         print(f"| price alone | {alone.rps:,.0f} | {alone.percentile(99) / 1e6:.2f} | - | - | - |")
@@ -261,6 +274,8 @@ def bench_2d(duration: float) -> None:
         proc.terminate()
         proc.wait(20)
         log.close()
+        if pg is not None:
+            pg.close()
 
 
 def main() -> None:
@@ -268,6 +283,9 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=60_000)
     ap.add_argument("--duration", type=float, default=5.0)
     ap.add_argument("--skip-2d", action="store_true")
+    ap.add_argument("--skip-flush", action="store_true")
+    ap.add_argument("--database", action="store_true",
+                    help="2d with keys and the usage log in PostgreSQL (serve --database)")
     ap.add_argument("--probe", action="store_true",
                     help="also where the PostgreSQL time goes (COPY, upsert, unnest)")
     ap.add_argument("--layouts", action="store_true",
@@ -275,11 +293,12 @@ def main() -> None:
     args = ap.parse_args()
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start, "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
-    bench_flush(args.rows, ("default", "C+ff70") if args.layouts else ("default",))
+    if not args.skip_flush:
+        bench_flush(args.rows, ("default", "C+ff70") if args.layouts else ("default",))
     if args.probe:
         bench_probe(args.rows)
     if not args.skip_2d:
-        bench_2d(args.duration)
+        bench_2d(args.duration, args.database)
 
 
 if __name__ == "__main__":
