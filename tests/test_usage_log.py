@@ -10,6 +10,7 @@ import os
 import signal
 import socket
 import sqlite3
+import threading
 import time
 from typing import Any, Iterator
 
@@ -378,6 +379,60 @@ def test_a_push_that_fails_is_sent_again_and_a_failed_read_is_counted(
     finally:
         node.live.close()
         reader.close()
+
+
+class _HungMirror:
+    """A mirror whose pushes hang until released (a Redis that stopped
+    answering, before its timeout)."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.pushes = 0
+
+    def push(self, cells) -> None:
+        self.pushes += 1
+        self.release.wait(30)
+
+    def read(self, key, start, end, now):
+        return []
+
+
+class _RefusesUntil:
+    """A store that refuses every write until `allow` is set."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self.allow = threading.Event()
+
+    def write(self, rows, batch=None):
+        if not self.allow.is_set():
+            raise KeyStoreError("database: usage log write failed: refused")
+        return self.store.write(rows, batch)
+
+
+def test_a_hung_mirror_does_not_delay_the_writes(store):
+    """Pushes run on a thread of their own: while one hangs, batches are
+    still written every interval (a kill -9 still loses one interval)."""
+    table = APIKeyTable()
+    table.set(api_key_id("alpha"))
+    mirror = _HungMirror()
+    gate = _RefusesUntil(store)
+    usage = UsageLog(gate, table, interval_s=0.02, live=mirror)   # type: ignore[arg-type]
+    seen: dict[tuple[str, str, str], list[int]] = {}
+    admit(table, "alpha", ("udp", "price"), 3, seen)
+    usage.start()
+    try:
+        # The write fails, the rows stay pending: the push has them, and hangs.
+        wait_for(lambda: mirror.pushes == 1 and usage.batch_flush_errors >= 1,
+                 message="a refused write, then a push that hangs")
+        gate.allow.set()
+        admit(table, "alpha", ("http", "price"), 2, seen)
+        wait_for(lambda: stored(store) == seen, message="the writes going on meanwhile")
+        assert mirror.pushes == 1 and usage.queued() == 0
+    finally:
+        mirror.release.set()
+        usage.stop()
+    assert stored(store) == seen
 
 
 def _take_down(store: Any, tmp_path) -> Any:

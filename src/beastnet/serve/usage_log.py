@@ -31,7 +31,8 @@ With a mirror (`live`: the cluster's Redis, stores/usage_redis.py), the
 cells whose pending counts changed in a round are pushed there after it, so
 a report on any node sees this node's counts before they are stored; the
 thread then harvests at least once a second (LIVE_EVERY_S), whatever the
-flush interval, and writes batches only every interval.
+flush interval, and writes batches only every interval.  The pushes run on
+a thread of their own: a Redis that hangs never delays the writes.
 
 A clean stop (SIGTERM drains the engines first) harvests and writes once
 more, so nothing admitted is lost; a kill -9 loses what was harvested but
@@ -138,9 +139,18 @@ class UsageLog:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._run, name="beastnet-usage-log", daemon=True)
+        # Pushes to the mirror on a thread of their own: a Redis that hangs
+        # (up to its timeout a push) must not delay the writes, or a kill -9
+        # could lose more than one interval.
+        self._pushing: set[Cell] = set()        # cells of the push under way
+        self._live_wake = threading.Event()
+        self._live_thread = threading.Thread(target=self._run_live, daemon=True,
+                                             name="beastnet-usage-live")
 
     def start(self) -> "UsageLog":
         self._thread.start()
+        if self.live is not None:
+            self._live_thread.start()
         return self
 
     def stop(self, write_s: float = STOP_WRITE_S) -> None:
@@ -150,6 +160,9 @@ class UsageLog:
         self._wake.set()
         if self._thread.is_alive():
             self._thread.join()
+        self._live_wake.set()
+        if self._live_thread.is_alive():
+            self._live_thread.join()
         self.harvest()
         deadline = time.monotonic() + write_s
         while self.queued() and time.monotonic() < deadline:
@@ -260,7 +273,7 @@ class UsageLog:
                     continue
                 if self.live is not None:       # stored: out of the mirror, if it is there
                     self._dirty.update(cell for cell, _ in lane.batch
-                                       if cell in self._mirrored)
+                                       if cell in self._mirrored or cell in self._pushing)
                 lane.batch = []
                 self.rows_written += len(rows)
                 written += len(rows)
@@ -290,13 +303,25 @@ class UsageLog:
                     self._next_flush = time.monotonic() + self.interval_s - tick / 2
                     self.write_all()
                 if self.live is not None:
-                    self.push_live()
+                    self._live_wake.set()       # _run_live pushes what changed
                 if self.retention_s and time.monotonic() >= self._next_trim:
                     self._next_trim = time.monotonic() + TRIM_EVERY_S
                     self.trim()
             except Exception as exc:        # the thread must outlive any one failure
                 self.batch_flush_errors += 1
                 log.exception("usage log: %s", exc)
+
+    def _run_live(self) -> None:
+        while not self._stop.is_set():
+            self._live_wake.wait()
+            self._live_wake.clear()
+            if self._stop.is_set():
+                return
+            try:
+                self.push_live()
+            except Exception as exc:        # the thread must outlive any one failure
+                self.live_errors += 1
+                log.exception("usage log: mirror: %s", exc)
 
     def push_live(self, force: bool = False) -> bool:
         """Send the mirror the pending counts of the cells that changed since
@@ -334,10 +359,17 @@ class UsageLog:
                 if refresh or self._mirrored.get(cell) != pending:
                     changes[cell] = pending
             dirty, self._dirty = self._dirty, set()
+            if not changes:
+                return True
+            # A batch stored while this push is under way marks its cells
+            # dirty again (write_batch), so a value sent here for a cell
+            # that is stored by then is corrected by the next push.
+            self._pushing = set(changes)
         try:
             self.live.push(changes)
         except ClusterError as exc:
             with self._lock:
+                self._pushing = set()
                 self._dirty |= dirty
                 self.live_errors += 1
             self._live_retry_at = time.monotonic() + LIVE_RETRY_S
@@ -345,6 +377,7 @@ class UsageLog:
                         extra={"fields": {"event": "usage_live_error"}})
             return False
         with self._lock:
+            self._pushing = set()
             for cell, sent in changes.items():
                 if sent is None:
                     self._mirrored.pop(cell, None)
