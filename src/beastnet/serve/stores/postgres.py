@@ -206,6 +206,14 @@ async def _keep_session(conn: Any) -> None:
     """A pool's reset that leaves the connection as it is (PoolOnLoop._open_pool)."""
 
 
+def _keep_session_kw(asyncpg: Any) -> dict[str, Any]:
+    """create_pool's argument for a pool whose connections are not reset
+    when returned (asyncpg 0.30 and later take one; older ones reset)."""
+    if "reset" in inspect.signature(asyncpg.create_pool).parameters:
+        return {"reset": _keep_session}
+    return {}
+
+
 def _failed(exc: BaseException, dsn: str, what: str = "") -> KeyStoreError:
     from beastnet.serve.cluster import redacted_url
     detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -329,9 +337,7 @@ class PoolOnLoop:
         ...` per release), for callers that change no session state; asyncpg
         0.30 and later (older ones reset always)."""
         asyncpg = _driver()
-        reset = {}
-        if keep_session and "reset" in inspect.signature(asyncpg.create_pool).parameters:
-            reset = {"reset": _keep_session}
+        reset = _keep_session_kw(asyncpg) if keep_session else {}
         conn = await _connect(self.dsn, self.timeout_s)
         try:
             applied = await _applied(conn)

@@ -32,7 +32,8 @@ from datetime import datetime, timezone
 from typing import Any, Optional
 
 from beastnet.serve.keys import KeyStoreError
-from beastnet.serve.stores.postgres import PoolOnLoop, _driver, _driver_errors, _failed
+from beastnet.serve.stores.postgres import (PoolOnLoop, _driver, _driver_errors, _failed,
+                                            _keep_session_kw)
 from beastnet.serve.stores.usage_log import Totals, UsageRow
 
 __all__ = ["PARTITIONS_AHEAD", "USAGE_LOG_SCHEMA", "PostgresUsageLog"]
@@ -142,6 +143,7 @@ class PostgresUsageLog(PoolOnLoop):
         self._months: set[tuple[int, int]] = set()     # partitions known to exist
         self._pool_size = pool_size
         self._opening = asyncio.Lock()
+        self._readers: Optional[tuple[Any, Any]] = None  # (loop, task opening its pool)
         self._partitioning = asyncio.Lock()     # write_many's batches create months one at a time
         self._start_loop(dsn, timeout_s, "beastnet-usage-pg")
         self._open_first(self._open(pool_size), wait_for_it)    # else each write tries again
@@ -267,34 +269,76 @@ class PostgresUsageLog(PoolOnLoop):
 
     def totals(self, key: Optional[str], start: int, end: int,
                bucket_s: Optional[int]) -> Totals:
-        bucket = f"extract(epoch FROM {_BUCKETS[bucket_s]})::bigint" if bucket_s else "NULL::bigint"
-        where, args = _where(key, start, end)
+        sql, args = _totals_sql(key, start, end, bucket_s)
 
         async def work(conn: Any) -> list[Any]:
-            return list(await conn.fetch(
-                f"SELECT {bucket}, protocol, route, {_SUMS} FROM usage_log WHERE {where} "
-                "GROUP BY 1, 2, 3", *args, timeout=self.timeout_s))
-        rows = self.call(self._with_conn(work, "usage report failed"))
-        return {(r[0], r[1], r[2]): [int(v) for v in r[3:]] for r in rows}
+            return list(await conn.fetch(sql, *args, timeout=self.timeout_s))
+        return _totals(self.call(self._with_conn(work, "usage report failed")))
 
     def detail(self, key: Optional[str], start: int, end: int,
                after: Optional[tuple[int, str, str, str]], limit: int) -> list[UsageRow]:
-        where, args = _where(key, start, end)
-        if after is not None:
-            n = len(args)
-            where += (f" AND (minute, protocol, route, key) > "
-                      f"(${n + 1}, ${n + 2}, ${n + 3}, ${n + 4})")
-            args += [_stamp(after[0]), after[1], after[2], after[3]]
-        args.append(limit)
+        sql, args = _detail_sql(key, start, end, after, limit)
 
         async def work(conn: Any) -> list[Any]:
-            return list(await conn.fetch(
-                "SELECT key, extract(epoch FROM minute)::bigint, protocol, route, admitted, "
-                f"refused, rate_limited, over_quota FROM usage_log WHERE {where} "
-                f"ORDER BY minute, protocol, route, key LIMIT ${len(args)}", *args,
-                timeout=self.timeout_s))
-        rows = self.call(self._with_conn(work, "usage report failed"))
-        return [UsageRow(r[0], int(r[1]), r[2], r[3], *(int(v) for v in r[4:])) for r in rows]
+            return list(await conn.fetch(sql, *args, timeout=self.timeout_s))
+        return _detail(self.call(self._with_conn(work, "usage report failed")))
+
+    # -- reports on the caller's loop --------------------------------------------------
+
+    async def totals_here(self, key: Optional[str], start: int, end: int,
+                          bucket_s: Optional[int]) -> Totals:
+        """`totals`, awaited on the calling loop (the control plane's, for a
+        report): on a pool of that loop's own, so no thread stands between
+        the report and its query."""
+        return _totals(await self._read_here(*_totals_sql(key, start, end, bucket_s)))
+
+    async def detail_here(self, key: Optional[str], start: int, end: int,
+                          after: Optional[tuple[int, str, str, str]],
+                          limit: int) -> list[UsageRow]:
+        """`detail`, awaited on the calling loop (totals_here says why)."""
+        return _detail(await self._read_here(*_detail_sql(key, start, end, after, limit)))
+
+    def close(self) -> None:
+        readers, self._readers = self._readers, None
+        if readers is not None:
+            loop, opening = readers
+            if opening.done() and not opening.cancelled() and opening.exception() is None:
+                pool = opening.result()
+                try:
+                    running = asyncio.get_running_loop()
+                except RuntimeError:
+                    running = None
+                if running is loop:
+                    pool.terminate()            # at stop: closing the sockets will do
+                elif not loop.is_closed():
+                    loop.call_soon_threadsafe(pool.terminate)
+            elif not opening.done():
+                opening.cancel()
+        super().close()
+
+    async def _read_here(self, sql: str, args: list) -> list[Any]:
+        asyncpg = _driver()
+        loop = asyncio.get_running_loop()
+        if self._readers is None or self._readers[0] is not loop:
+            # One pool per loop, opened by the first report (a task, so
+            # reports arriving meanwhile wait for the same one).  The usage
+            # log's writes keep the store's own loop and pool.
+            async def open_pool() -> Any:      # create_pool's Pool is awaitable, not a coroutine
+                return await asyncpg.create_pool(
+                    self.dsn, min_size=0, max_size=self._pool_size, timeout=self.timeout_s,
+                    **_keep_session_kw(asyncpg))
+            self._readers = (loop, loop.create_task(open_pool()))
+        opening = self._readers[1]
+        failures = _driver_errors() + (ValueError,)     # ValueError: a DSN create_pool refuses
+        try:
+            pool = await asyncio.shield(opening)
+            async with pool.acquire(timeout=self.timeout_s) as conn:
+                return list(await conn.fetch(sql, *args, timeout=self.timeout_s))
+        except failures as exc:
+            if opening.done() and opening.exception() is not None and self._readers \
+                    and self._readers[1] is opening:
+                self._readers = None            # not opened: the next report tries again
+            raise _failed(exc, self.dsn, "usage report failed") from None
 
     def trim(self, before: int) -> int:
         """Drop whole monthly partitions before `before`, then delete the rows
@@ -322,6 +366,35 @@ class PostgresUsageLog(PoolOnLoop):
                 await conn.execute("DELETE FROM usage_writers WHERE seen_at < $1", cut)
             return removed
         return int(self.call(self._with_conn(work, "usage log trim failed")))
+
+
+def _totals_sql(key: Optional[str], start: int, end: int,
+                bucket_s: Optional[int]) -> tuple[str, list]:
+    bucket = f"extract(epoch FROM {_BUCKETS[bucket_s]})::bigint" if bucket_s else "NULL::bigint"
+    where, args = _where(key, start, end)
+    return (f"SELECT {bucket}, protocol, route, {_SUMS} FROM usage_log WHERE {where} "
+            "GROUP BY 1, 2, 3"), args
+
+
+def _totals(rows: list[Any]) -> Totals:
+    return {(r[0], r[1], r[2]): [int(v) for v in r[3:]] for r in rows}
+
+
+def _detail_sql(key: Optional[str], start: int, end: int,
+                after: Optional[tuple[int, str, str, str]], limit: int) -> tuple[str, list]:
+    where, args = _where(key, start, end)
+    if after is not None:
+        n = len(args)
+        where += f" AND (minute, protocol, route, key) > (${n + 1}, ${n + 2}, ${n + 3}, ${n + 4})"
+        args += [_stamp(after[0]), after[1], after[2], after[3]]
+    args.append(limit)
+    return ("SELECT key, extract(epoch FROM minute)::bigint, protocol, route, admitted, "
+            f"refused, rate_limited, over_quota FROM usage_log WHERE {where} "
+            f"ORDER BY minute, protocol, route, key LIMIT ${len(args)}"), args
+
+
+def _detail(rows: list[Any]) -> list[UsageRow]:
+    return [UsageRow(r[0], int(r[1]), r[2], r[3], *(int(v) for v in r[4:])) for r in rows]
 
 
 def _merged(rows: list[UsageRow]) -> list[UsageRow]:
