@@ -361,10 +361,24 @@ def test_a_push_that_fails_is_sent_again_and_a_failed_read_is_counted(
         assert node.push_live() is False and node.live_errors == 1
         assert node.push_live() is False and node.live_errors == 1     # waits LIVE_RETRY_S
         assert node.live_others(key, 0, 4_000_000_000) == [] and node.live_errors == 2
+        # The asyncio read (a report on the control loop) fails alike.
+        async def read_down() -> list[UsageRow]:
+            try:
+                return await node.live_others_here(key, 0, 4_000_000_000)
+            finally:
+                await node.live.aclose_here()
+        assert asyncio.run(read_down()) == [] and node.live_errors == 3
         redis_server.start()
         assert node.push_live(force=True) and node.live_pushes == 1
         rows = reader.read(key, 0, 4_000_000_000, time.time())
         assert [r.admitted for r in rows] == [4]
+
+        async def read_here() -> list[UsageRow]:
+            try:
+                return await reader.read_here(key, 0, 4_000_000_000, time.time())
+            finally:
+                await reader.aclose_here()
+        assert asyncio.run(read_here()) == rows
         # Unchanged counts are sent again every third of the expiry: the
         # hash does not expire while the counts are still pending.
         client = redis_server.client()

@@ -267,7 +267,7 @@ class Reports(Component):
         store: Any = self.usage.store
         usage_log = self.usage.log
         try:
-            if hasattr(store, "totals_here") and (usage_log is None or usage_log.live is None):
+            if hasattr(store, "totals_here"):
                 body = await self._answer_here(query, own)
             else:
                 loop = asyncio.get_running_loop()
@@ -277,13 +277,16 @@ class Reports(Component):
         return Answer(body)
 
     async def _answer_here(self, query: ReportQuery, own: bool) -> dict[str, Any]:
-        """`answer` on this loop, for a PostgreSQL store without --redis: its
-        query on a pool of this loop's own (totals_here), the pending counts
-        read here (the usage log's lock, held briefly).  An executor thread
-        in between cost about 125 us of CPU a report (benchmarks/README.md)."""
+        """`answer` on this loop, for a PostgreSQL store: its query on a pool
+        of this loop's own (totals_here), the other nodes' pending counts
+        (--redis) with an asyncio client of its own, this node's read here
+        (the usage log's lock, held briefly).  An executor thread in between
+        cost 250-330 us of server CPU a report (benchmarks/README.md)."""
         store: Any = self.usage.store
         usage_log = self.usage.log
         pending = usage_log.pending(query.key) if usage_log is not None else []
+        if usage_log is not None and query.key is not None:
+            pending += await usage_log.live_others_here(query.key, query.start, query.end)
         if query.kind == "detail":
             page = await store.detail_here(query.key, query.start, query.end, query.after,
                                            query.limit)

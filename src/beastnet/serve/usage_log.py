@@ -400,6 +400,18 @@ class UsageLog:
                         extra={"fields": {"event": "usage_live_error"}})
             return []
 
+    async def live_others_here(self, key: str, start: int, end: int) -> list[UsageRow]:
+        """`live_others`, awaited on the calling loop (read_here)."""
+        if self.live is None:
+            return []
+        try:
+            return await self.live.read_here(key, start, end, self.clock())
+        except ClusterError as exc:
+            self.live_errors += 1
+            log.warning("usage log: %s (reports show this node's pending counts only)", exc,
+                        extra={"fields": {"event": "usage_live_error"}})
+            return []
+
     def trim(self) -> int:
         """Drop the stored rows older than the retention; how many went."""
         before = int(self.clock() - self.retention_s) // 60 * 60
@@ -482,6 +494,7 @@ class UsageLogComponent(Component):
             if self.log is not None:
                 self.log.stop()
                 if self.log.live is not None:
+                    await self.log.live.aclose_here()
                     self.log.live.close()
         finally:
             self.store.close()

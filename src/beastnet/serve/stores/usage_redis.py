@@ -30,10 +30,11 @@ the store and the local node only: the hashes are per key.
 """
 from __future__ import annotations
 
+import asyncio
 from typing import Any, Iterable, Mapping, Optional
 
 from beastnet import ClusterError
-from beastnet.serve.cluster import PREFIX, redacted_url, redis
+from beastnet.serve.cluster import PREFIX, aioredis, redacted_url, redis
 from beastnet.serve.stores.usage_log import UsageRow
 
 __all__ = ["LIVE", "LIVE_TTL_S", "RedisLiveUsage"]
@@ -61,8 +62,11 @@ class RedisLiveUsage:
         if "|" in node:
             raise ValueError("a node's name for the usage mirror may not hold '|'")
         self.url = redacted_url(url)
+        self._url = url                 # with its password: for the asyncio client only
         self.node = node
         self.ttl_s = ttl_s
+        self.timeout_s = timeout_s
+        self._async: Optional[tuple[Any, Any]] = None  # (loop, its asyncio client): read_here
         try:
             self.client = redis.Redis.from_url(url, socket_timeout=timeout_s,
                                                socket_connect_timeout=timeout_s)
@@ -94,12 +98,16 @@ class RedisLiveUsage:
         except (redis.RedisError, OSError) as exc:
             raise self._failed(exc, "push") from None
 
+    def _minutes(self, start: int, end: int, now: float) -> list[int]:
+        """The minutes of [start, end) that can still hold pending counts."""
+        first = max(start, (int(now) - self.ttl_s) // 60 * 60)
+        last = min(end, int(now) // 60 * 60 + 60)
+        return list(range(first - first % 60, last, 60))
+
     def read(self, key: str, start: int, end: int, now: float) -> list[UsageRow]:
         """The other nodes' pending counts of `key` for minutes in [start,
         end) that can still hold any, in one pipelined call."""
-        first = max(start, (int(now) - self.ttl_s) // 60 * 60)
-        last = min(end, int(now) // 60 * 60 + 60)
-        minutes = list(range(first - first % 60, last, 60))
+        minutes = self._minutes(start, end, now)
         if not minutes:
             return []
         pipe = self.client.pipeline(transaction=False)
@@ -109,6 +117,29 @@ class RedisLiveUsage:
             answers: list[Any] = pipe.execute()
         except (redis.RedisError, OSError) as exc:
             raise self._failed(exc, "read") from None
+        return self._rows(key, start, end, minutes, answers)
+
+    async def read_here(self, key: str, start: int, end: int, now: float) -> list[UsageRow]:
+        """`read`, awaited on the calling loop (a report on the control
+        plane's) with an asyncio client of that loop's own."""
+        minutes = self._minutes(start, end, now)
+        if not minutes:
+            return []
+        loop = asyncio.get_running_loop()
+        if self._async is None or self._async[0] is not loop:
+            self._async = (loop, aioredis.from_url(self._url, socket_timeout=self.timeout_s,
+                                                   socket_connect_timeout=self.timeout_s))
+        try:
+            async with self._async[1].pipeline(transaction=False) as pipe:
+                for minute in minutes:
+                    pipe.hgetall(live_hash(key, minute))
+                answers: list[Any] = await pipe.execute()
+        except (redis.RedisError, OSError, asyncio.TimeoutError) as exc:
+            raise self._failed(exc, "read") from None
+        return self._rows(key, start, end, minutes, answers)
+
+    def _rows(self, key: str, start: int, end: int, minutes: list[int],
+              answers: list[Any]) -> list[UsageRow]:
         own = self.node.encode() + b"|"
         rows = []
         for minute, fields in zip(minutes, answers):
@@ -121,6 +152,12 @@ class RedisLiveUsage:
                 rows.append(UsageRow(key, minute, parts[1].decode(), parts[2].decode(),
                                      *(int(c) for c in counts)))
         return rows
+
+    async def aclose_here(self) -> None:
+        """Close read_here's client (on its loop)."""
+        held, self._async = self._async, None
+        if held is not None:
+            await held[1].aclose()
 
     def close(self) -> None:
         self.client.close()
