@@ -1,16 +1,20 @@
 """The usage log and reports, two workloads in one run:
 
-1. flush: rows per second into the usage log, PostgreSQL COPY (staging table
-   + one upsert) against PostgreSQL executemany (the same upsert row by row)
-   and SQLite executemany, batches of 300 rows (the default) and 5,000; new
-   cells, then the same cells again (every row an update);
+1. flush: rows per second into the usage log, PostgreSQL's one statement a
+   batch (the default: the batch as arrays, unnest() into one upsert with
+   the batch's claim), COPY (staging table + one upsert) and executemany
+   (the same upsert row by row), and SQLite executemany, batches of 300 rows
+   (the default) and 5,000; new cells, then the same cells again (every row
+   an update), one batch after another; then the usage log's own flush of a
+   backlog (UsageLog.write_all: the default store with its two lanes, two
+   batches in flight on two connections);
 2. the stress plan's 2d on one host: `beastnet serve` (SQLite key store),
    HTTP price req/s alone (closed loop), then the same price load with a
    concurrent open-loop report load of 1,000 /v1/reports/usage/summary a
    second; the ratio, and the reports' p99.
 
     PYTHONPATH=src python benchmarks/bench_usage_log.py [--duration 5] [--skip-2d] [--probe]
-        [--layouts]
+        [--layouts] [--skip-flush] [--database]
 
 Needs initdb/pg_ctl (a PostgreSQL is started by the tests' fixture,
 tests/pg_support.py).  Every figure is from this run on this machine; the
@@ -36,6 +40,28 @@ from beastnet.serve.stores.usage_postgres import PostgresUsageLog  # noqa: E402
 from beastnet.serve.stores.usage_sqlite import SQLiteUsageLog  # noqa: E402
 
 MINUTE0 = 1_767_225_600         # 2026-01-01 00:00 UTC
+
+
+class _NoKeys:
+    """The usage log's key table, for a flush of rows queued by hand."""
+
+    def usage_counts(self, key=None):
+        return {}, (0,) * 16
+
+
+def usage_log_rate(store, batches, writer: str) -> float:
+    """The usage log's flush of a backlog: every row queued, then
+    write_all (its lanes: two batches in flight when the store has
+    write_many)."""
+    from beastnet.serve.usage_log import UsageLog
+    usage = UsageLog(store, _NoKeys(), batch_rows=len(batches[0]), writer=writer)
+    usage._enqueue([((r.minute, r.key, r.protocol, r.route),
+                     [r.admitted, r.refused, r.rate_limited, r.over_quota])
+                    for b in batches for r in b])
+    t = time.perf_counter()
+    if not usage.write_all():
+        raise SystemExit(f"flush failed: {usage.last_error}")
+    return sum(len(b) for b in batches) / (time.perf_counter() - t)
 
 
 def rows(n: int, batch: int) -> list[list[UsageRow]]:
@@ -72,10 +98,19 @@ def apply_layout(server, layout: str) -> None:
     if layout == "default":
         return
     server.psql(C_FF70)
-    PostgresUsageLog(server.dsn).ensure_partitions(MINUTE0)
+    _make_partitions(server.dsn)
     for name in ("usage_log_default", "usage_log_202601", "usage_log_202602",
                  "usage_log_202603"):
         server.psql(f"ALTER TABLE {name} SET (fillfactor = 70)")
+
+
+def _make_partitions(dsn: str) -> None:
+    """The months the rows fall in (the store creates them with its first write)."""
+    store = PostgresUsageLog(dsn)
+    try:
+        store.write(rows(1, 1)[0])
+    finally:
+        store.close()
 
 
 def bench_flush(total: int, layouts: tuple[str, ...] = ("default",)) -> None:
@@ -95,13 +130,14 @@ def bench_flush(total: int, layouts: tuple[str, ...] = ("default",)) -> None:
 
 def _flush_rows(server, tmp: str, total: int, layout: str, sqlite: bool) -> None:
     for batch in (300, 5000):
-        names = ["postgresql COPY", "postgresql executemany"]
-        names += ["sqlite executemany", "postgresql COPY unnumbered"] if sqlite else []
+        names = ["postgresql unnest", "postgresql COPY", "postgresql executemany"]
+        names += ["sqlite executemany", "postgresql unnest unnumbered"] if sqlite else []
+        names += ["usage log flush, postgresql unnest, 2 lanes"]
         for name in names:
             server.psql("TRUNCATE usage_log")
-            if name.startswith("postgresql"):
-                store = PostgresUsageLog(server.dsn,
-                                         method="copy" if "COPY" in name else "executemany")
+            if "postgresql" in name:
+                method = next(m for m in ("unnest", "COPY", "executemany") if m in name)
+                store = PostgresUsageLog(server.dsn, method=method.lower())
             else:
                 path = os.path.join(tmp, f"u{batch}.db")
                 if os.path.exists(path):
@@ -111,11 +147,12 @@ def _flush_rows(server, tmp: str, total: int, layout: str, sqlite: bool) -> None
                 batches = rows(total, batch)
                 # Warm up (pool, partitions, prepared statements): the first
                 # store measured was otherwise penalised for its order.
-                flush_rate(store, batches[:2], f"warm-{batch}-{name}")
+                rate = usage_log_rate if "lanes" in name else flush_rate
+                rate(store, batches[:2], f"warm-{batch}-{name}")
                 server.psql("TRUNCATE usage_log")
                 numbered = "unnumbered" not in name
-                first = flush_rate(store, batches, numbered and f"bench-{batch}-{name}-1")
-                again = flush_rate(store, batches, numbered and f"bench-{batch}-{name}-2")
+                first = rate(store, batches, numbered and f"bench-{batch}-{name}-1")
+                again = rate(store, batches, numbered and f"bench-{batch}-{name}-2")
             finally:
                 store.close()
             shown = "-" if name.startswith("sqlite") else layout
@@ -166,7 +203,7 @@ def bench_probe(total: int) -> None:
         await conn.close()
     try:
         migrate(server.dsn)
-        PostgresUsageLog(server.dsn).ensure_partitions(MINUTE0)
+        _make_partitions(server.dsn)
         asyncio.run(run())
     finally:
         server.close()
@@ -178,18 +215,30 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def bench_2d(duration: float) -> None:
+def bench_2d(duration: float, database: bool = False) -> None:
+    """`database`: keys and the usage log in a PostgreSQL of the fixture's
+    (`serve --database`), not the SQLite key store."""
     from beastnet.loadgen import HTTPLoadConfig, run_http_load
+    from beastnet.serve.stores.postgres import PostgresKeyStore
     from beastnet.serve.stores.sqlite import KeyStore
     tmp = Path(tempfile.mkdtemp(prefix="bench-2d-"))
-    db = tmp / "keys.db"
-    with KeyStore(str(db)) as store:
+    pg = None
+    if database:
+        pg = PostgresServer()
+        migrate(pg.dsn)
+        where = ["--database", pg.dsn, "--key-cache", str(tmp / "cache.json")]
+        keys: object = PostgresKeyStore(pg.dsn)
+    else:
+        db = tmp / "keys.db"
+        where = ["--keystore", str(db)]
+        keys = KeyStore(str(db))
+    with keys as store:     # type: ignore[attr-defined]
         store.add("partner", key="price-load-key-0001")
         store.add("partner", key="report-load-key-001")
     port, admin = free_port(), free_port()
     log = open(tmp / "serve.log", "wb")
     proc = subprocess.Popen([sys.executable, "-m", "beastnet", "serve", "--profile", "dev",
-                             "--keystore", str(db), "--udp-port", "0", "--http-port",
+                             *where, "--udp-port", "0", "--http-port",
                              str(port), "--admin-port", str(admin)],
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
@@ -212,7 +261,8 @@ def bench_2d(duration: float) -> None:
         mixed = run_http_load(price)
         side.join()
         rep = result["r"]
-        print("## 2d: price req/s with and without 1,000 reports/s (HTTP, keep-alive)")
+        print("## 2d: price req/s with and without 1,000 reports/s (HTTP, keep-alive), "
+              f"keys and usage log in {'PostgreSQL' if database else 'SQLite'}")
         print("| run | price req/s | price p99 ms | reports/s | report p99 ms | report errors |")
         print("| --- | --- | --- | --- | --- | --- |")
         print(f"| price alone | {alone.rps:,.0f} | {alone.percentile(99) / 1e6:.2f} | - | - | - |")
@@ -224,6 +274,8 @@ def bench_2d(duration: float) -> None:
         proc.terminate()
         proc.wait(20)
         log.close()
+        if pg is not None:
+            pg.close()
 
 
 def main() -> None:
@@ -231,6 +283,9 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=60_000)
     ap.add_argument("--duration", type=float, default=5.0)
     ap.add_argument("--skip-2d", action="store_true")
+    ap.add_argument("--skip-flush", action="store_true")
+    ap.add_argument("--database", action="store_true",
+                    help="2d with keys and the usage log in PostgreSQL (serve --database)")
     ap.add_argument("--probe", action="store_true",
                     help="also where the PostgreSQL time goes (COPY, upsert, unnest)")
     ap.add_argument("--layouts", action="store_true",
@@ -238,11 +293,12 @@ def main() -> None:
     args = ap.parse_args()
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start, "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
-    bench_flush(args.rows, ("default", "C+ff70") if args.layouts else ("default",))
+    if not args.skip_flush:
+        bench_flush(args.rows, ("default", "C+ff70") if args.layouts else ("default",))
     if args.probe:
         bench_probe(args.rows)
     if not args.skip_2d:
-        bench_2d(args.duration)
+        bench_2d(args.duration, args.database)
 
 
 if __name__ == "__main__":

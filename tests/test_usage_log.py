@@ -5,10 +5,12 @@ saw; a PostgreSQL restart mid-run loses nothing (the queue carries); a full
 queue is counted, never blocks; kill -9 loses at most about one interval."""
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
 import sqlite3
+import threading
 import time
 from typing import Any, Iterator
 
@@ -21,7 +23,8 @@ from beastnet.serve.stores.usage_log import UNKNOWN_KEY, UsageLogStore, UsageRow
 from beastnet.serve.stores.usage_sqlite import SQLiteUsageLog
 from beastnet.serve.usage_log import UsageLog
 from pg_support import postgres  # noqa: F401  (fixture)
-from support import wait_for
+from test_cluster import redis_server  # noqa: F401  (fixture)
+from support import requires, wait_for
 from test_serve import add_key, serve  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.timeout(120)
@@ -158,6 +161,16 @@ def test_a_batch_is_applied_once_under_its_number(store):
         assert stored(store) == {(api_key_id("alpha"), "http", "price"): [10, 5, 0, 0]}
 
 
+def test_a_batch_may_repeat_a_cell(store):
+    """Two rows of one cell in one batch add up (PostgreSQL's one-statement
+    upsert merges them first: ON CONFLICT cannot touch a row twice)."""
+    row = UsageRow(api_key_id("alpha"), 1_796_000_040, "http", "price", 2, 1, 0, 0)
+    other = row._replace(route="snapshot")
+    assert store.write([row, other, row], ("writer-a", 1)) is True
+    assert stored(store) == {(api_key_id("alpha"), "http", "price"): [4, 2, 0, 0],
+                             (api_key_id("alpha"), "http", "snapshot"): [2, 1, 0, 0]}
+
+
 class _AnswerLost:
     """The store commits the first batch, then the answer is lost (the
     connection dropped after COMMIT, or the wait for it timed out): the
@@ -190,6 +203,250 @@ def test_a_retried_batch_whose_commit_went_through_is_not_counted_twice(store):
     assert usage.write_all() and usage.queued() == 0
     assert usage.batches_skipped == 1 and usage.rows_written == 2
     assert stored(store) == seen == {(api_key_id("alpha"), "udp", "price"): [9, 0, 0, 0]}
+
+
+def writers(store: Any) -> dict[str, int]:
+    """usage_writers: each writer's last applied batch number."""
+    if store.server is not None:
+        import asyncpg
+
+        async def read() -> dict[str, int]:
+            conn = await asyncpg.connect(store.server.dsn)
+            try:
+                return {r[0]: r[1] for r in await conn.fetch(
+                    "SELECT writer, seq FROM usage_writers")}
+            finally:
+                await conn.close()
+        return asyncio.run(read())
+    conn = sqlite3.connect(store.path)
+    try:
+        return dict(conn.execute("SELECT writer, seq FROM usage_writers").fetchall())
+    finally:
+        conn.close()
+
+
+def test_a_backlog_is_written_over_lanes_each_numbered_on_its_own(store):
+    """Two batches in flight at once (PostgreSQL: write_many, a connection
+    each; SQLite: one after the other), each lane's batches numbered under a
+    writer ID of its own."""
+    table = APIKeyTable()
+    usage = UsageLog(store, table, batch_rows=2, lanes=2, writer="w")
+    seen: dict[tuple[str, str, str], list[int]] = {}
+    for i in range(7):
+        table.set(api_key_id(f"key{i}"))
+        admit(table, f"key{i}", ("http", "price"), i + 1, seen)
+    assert usage.harvest() == 7
+    assert usage.write_batch() == 4 and usage.queued() == 3    # two batches of 2
+    assert usage.write_batch() == 3 and usage.queued() == 0    # 2 and the last 1
+    assert usage.write_batch() == 0
+    assert stored(store) == seen
+    assert writers(store) == {"w": 2, "w.1": 2}
+    # No backlog: one batch, on the first lane only.
+    admit(table, "key0", ("http", "price"), 1, seen)
+    usage.harvest()
+    assert usage.write_batch() == 1 and writers(store) == {"w": 3, "w.1": 2}
+    assert stored(store) == seen
+
+
+class _SecondLaneFailsOnce:
+    """write_many whose second lane's first batch fails (the store refuses
+    it: nothing applied); the other lane's goes through."""
+
+    write_lanes = 2
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self.failures = 1
+
+    def write(self, rows, batch=None):
+        return self.store.write(rows, batch)
+
+    def write_many(self, batches):
+        out: list[Any] = []
+        for rows, batch in batches:
+            if self.failures and batch[0].endswith(".1"):
+                self.failures -= 1
+                out.append(KeyStoreError("database: usage log write failed: refused"))
+            else:
+                out.append(self.store.write(rows, batch))
+        return out
+
+
+def test_a_lane_whose_batch_failed_retries_it_while_the_other_goes_on(store):
+    table = APIKeyTable()
+    usage = UsageLog(_SecondLaneFailsOnce(store), table, batch_rows=2, writer="w")
+    seen: dict[tuple[str, str, str], list[int]] = {}
+    for i in range(6):
+        table.set(api_key_id(f"key{i}"))
+        admit(table, f"key{i}", ("udp", "price"), 2, seen)
+    usage.harvest()
+    assert usage.write_batch() == -1 and usage.batch_flush_errors == 1
+    assert usage.rows_written == 2 and usage.queued() == 4     # lane 1's batch is kept
+    assert writers(store) == {"w": 1}
+    # The kept batch goes again under its number (1), with lane 0's next.
+    assert usage.write_all() and usage.queued() == 0
+    assert writers(store) == {"w": 2, "w.1": 1}
+    assert stored(store) == seen and usage.batches_skipped == 0
+
+
+# -- the pending counts mirrored in Redis (--redis) -------------------------------------
+
+@requires("redis-server")
+def test_another_nodes_pending_counts_come_from_redis_until_it_stores_them(
+        store, redis_server):  # noqa: F811
+    """Two usage logs (two nodes) on one store and one Redis: what node B
+    has counted but not stored is in A's view of the others at once, in one
+    pipelined read; once B has stored it, it is in the store and no longer
+    in Redis (counted once); B's own view never has its own."""
+    from beastnet.serve.stores.usage_redis import RedisLiveUsage
+    tables = [APIKeyTable(), APIKeyTable()]
+    for table in tables:
+        table.set(api_key_id("alpha"))
+    now = time.time() // 60 * 60 + 30         # every harvest in one minute, the current one
+    nodes = [UsageLog(store, table, writer=name, live=RedisLiveUsage(redis_server.url, name),
+                      clock=lambda: now)
+             for name, table in zip(("node-a", "node-b"), tables)]
+    a, b = nodes
+    try:
+        seen: dict[tuple[str, str, str], list[int]] = {}
+        admit(tables[1], "alpha", ("udp", "price"), 7, seen)
+        admit(tables[1], "alpha", ("http", "report"), 2, seen)
+        admit(tables[0], "alpha", ("udp", "price"), 5, {})      # A's own: never from Redis
+        a.harvest()
+        b.harvest()
+        assert a.push_live() and b.push_live() and b.live_pushes == 1
+        key = api_key_id("alpha")
+        others = a.live_others(key, 0, 4_000_000_000)
+        assert sorted((r.protocol, r.route, r.admitted) for r in others) == [
+            ("http", "report", 2), ("udp", "price", 7)]
+        assert b.live_others(key, 0, 4_000_000_000) == [
+            UsageRow(key, others[0].minute, "udp", "price", 5, 0, 0, 0)]
+        assert stored(store) == {}
+        # More counted, then B stores everything: Redis follows each step.
+        admit(tables[1], "alpha", ("udp", "price"), 3, seen)
+        b.harvest()
+        b.push_live()
+        assert sum(r.admitted for r in a.live_others(key, 0, 4_000_000_000)) == 12
+        assert b.write_all() and b.push_live()
+        assert a.live_others(key, 0, 4_000_000_000) == []
+        assert stored(store) == seen
+        client = redis_server.client()
+        try:
+            assert [n for n in client.keys("*ulive*") if client.hlen(n)] == [
+                f"{{bn}}:ulive:{key}:{others[0].minute}".encode()]   # A's cell only
+            assert 0 < client.ttl(f"{{bn}}:ulive:{key}:{others[0].minute}") <= 300
+        finally:
+            client.close()
+        # A report range that misses the minute reads nothing of it.
+        assert a.live_others(key, 0, others[0].minute) == [] and a.live_errors == 0
+    finally:
+        for node in nodes:
+            node.live.close()
+
+
+@requires("redis-server")
+def test_a_push_that_fails_is_sent_again_and_a_failed_read_is_counted(
+        store, redis_server):  # noqa: F811
+    from beastnet.serve.stores.usage_redis import RedisLiveUsage
+    table = APIKeyTable()
+    table.set(api_key_id("alpha"))
+    node = UsageLog(store, table, writer="node-b",
+                    live=RedisLiveUsage(redis_server.url, "node-b"))
+    reader = RedisLiveUsage(redis_server.url, "node-a")
+    key = api_key_id("alpha")
+    try:
+        admit(table, "alpha", ("udp", "price"), 4, {})
+        node.harvest()
+        redis_server.stop()
+        assert node.push_live() is False and node.live_errors == 1
+        assert node.push_live() is False and node.live_errors == 1     # waits LIVE_RETRY_S
+        assert node.live_others(key, 0, 4_000_000_000) == [] and node.live_errors == 2
+        # The asyncio read (a report on the control loop) fails alike.
+        async def read_down() -> list[UsageRow]:
+            try:
+                return await node.live_others_here(key, 0, 4_000_000_000)
+            finally:
+                await node.live.aclose_here()
+        assert asyncio.run(read_down()) == [] and node.live_errors == 3
+        redis_server.start()
+        assert node.push_live(force=True) and node.live_pushes == 1
+        rows = reader.read(key, 0, 4_000_000_000, time.time())
+        assert [r.admitted for r in rows] == [4]
+
+        async def read_here() -> list[UsageRow]:
+            try:
+                return await reader.read_here(key, 0, 4_000_000_000, time.time())
+            finally:
+                await reader.aclose_here()
+        assert asyncio.run(read_here()) == rows
+        # Unchanged counts are sent again every third of the expiry: the
+        # hash does not expire while the counts are still pending.
+        client = redis_server.client()
+        try:
+            name = f"{{bn}}:ulive:{key}:{rows[0].minute}"
+            client.expire(name, 5)
+            assert node.push_live() and client.ttl(name) == 5     # nothing changed: not sent
+            node._live_refresh_at = 0.0
+            assert node.push_live() and client.ttl(name) > 5 and node.live_pushes == 2
+        finally:
+            client.close()
+    finally:
+        node.live.close()
+        reader.close()
+
+
+class _HungMirror:
+    """A mirror whose pushes hang until released (a Redis that stopped
+    answering, before its timeout)."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.pushes = 0
+
+    def push(self, cells) -> None:
+        self.pushes += 1
+        self.release.wait(30)
+
+    def read(self, key, start, end, now):
+        return []
+
+
+class _RefusesUntil:
+    """A store that refuses every write until `allow` is set."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self.allow = threading.Event()
+
+    def write(self, rows, batch=None):
+        if not self.allow.is_set():
+            raise KeyStoreError("database: usage log write failed: refused")
+        return self.store.write(rows, batch)
+
+
+def test_a_hung_mirror_does_not_delay_the_writes(store):
+    """Pushes run on a thread of their own: while one hangs, batches are
+    still written every interval (a kill -9 still loses one interval)."""
+    table = APIKeyTable()
+    table.set(api_key_id("alpha"))
+    mirror = _HungMirror()
+    gate = _RefusesUntil(store)
+    usage = UsageLog(gate, table, interval_s=0.02, live=mirror)   # type: ignore[arg-type]
+    seen: dict[tuple[str, str, str], list[int]] = {}
+    admit(table, "alpha", ("udp", "price"), 3, seen)
+    usage.start()
+    try:
+        # The write fails, the rows stay pending: the push has them, and hangs.
+        wait_for(lambda: mirror.pushes == 1 and usage.batch_flush_errors >= 1,
+                 message="a refused write, then a push that hangs")
+        gate.allow.set()
+        admit(table, "alpha", ("http", "price"), 2, seen)
+        wait_for(lambda: stored(store) == seen, message="the writes going on meanwhile")
+        assert mirror.pushes == 1 and usage.queued() == 0
+    finally:
+        mirror.release.set()
+        usage.stop()
+    assert stored(store) == seen
 
 
 def _take_down(store: Any, tmp_path) -> Any:

@@ -22,6 +22,7 @@ from beastnet.serve.stores.postgres import PostgresKeyStore
 from beastnet.serve.stores.usage_log import UsageRow
 from pg_support import postgres  # noqa: F401  (the fixture)
 from support import requires, wait_for
+from test_cluster import redis_server  # noqa: F401  (the fixture)
 from test_serve import serve  # noqa: F401  (the fixture)
 from test_serve_postgres import UNLIMITED, admin_stats, database  # noqa: F401  (fixtures)
 from test_usage_log import store  # noqa: F401  (the fixture: SQLite and PostgreSQL)
@@ -198,3 +199,38 @@ def test_postgresql_sigterm_mid_run_is_reported_and_recovered(database, serve,  
     by = {(r["protocol"], r["route"]): r["admitted"] for r in summary["by_route"]}
     assert by[("http", "price")] == 21 and by[("http", "report")] >= 2
     assert again.terminate() == 0
+
+
+@requires("redis-server")
+def test_a_report_on_one_node_has_another_nodes_requests_before_they_are_stored(
+        database, redis_server, serve, tmp_path):  # noqa: F811
+    """--redis: node B's requests of this second are in node A's report
+    while the database has none of them (B's flush interval is a minute):
+    they come from B's pending counts in Redis.  After B stops (SIGTERM
+    stores them and takes them out of Redis), A's report counts them once."""
+    with PostgresKeyStore(database.dsn) as keys:
+        keys.add("public", key=PLAIN)
+    slow_flush = "usage_flush_interval_s = 60\n" + UNLIMITED
+    node_a, node_b = (serve("--database", database.dsn, "--redis", redis_server.url,
+                            "--node-id", f"node-{n}", "--key-cache",
+                            str(tmp_path / f"cache-{n}.json"), config=slow_flush)
+                      for n in ("a", "b"))
+    served = 0
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        for _ in range(40):
+            served += b'"asset"' in node_b.udp_ask(f"ETH {PLAIN}".encode(), sock)
+    assert served == 40
+
+    def udp_admitted_on_a() -> int:
+        status, summary = report(node_a, "/v1/reports/usage/summary", PLAIN)
+        assert status == 200, summary
+        return sum(r["admitted"] for r in summary["by_route"] if r["protocol"] == "udp")
+    wait_for(lambda: udp_admitted_on_a() == served, timeout=5, interval=0.05,
+             message="node B's 40 requests in node A's report")
+    assert stored_admitted(database, PLAIN) == 0        # none stored yet: all from Redis
+    live = orjson.loads(node_b.admin("GET", "/admin/stats")[2])["usage_log"]
+    assert live["live_pushes"] >= 1 and live["live_errors"] == 0
+    assert node_b.terminate() == 0
+    assert stored_admitted(database, PLAIN) == served
+    assert udp_admitted_on_a() == served                # stored, and no longer in Redis
+    assert node_a.terminate() == 0

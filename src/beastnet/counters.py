@@ -203,6 +203,8 @@ batch_flush_errors counter  batches      Usage log batches the store refused (ea
 batches_skipped    counter  batches      Retried usage log batches the store had applied already (their commit's answer was lost): not counted twice. [snapshot]
 bg_drop            counter  rows         Usage rows dropped because the usage log queue was full (the store is down or slow). [snapshot]
 lrs_requests       counter  requests     Usage report requests answered (public port and admin listener). [snapshot]
+live_pushes        counter  pushes       Pushes of this node's pending usage counts to Redis (--redis; one pipelined call each). [snapshot]
+live_errors        counter  calls        Pushes to or reads from Redis of pending usage counts that failed (pushes are sent again). [snapshot]
 usage_queue        gauge    rows         Usage rows waiting to be written.
 """)
 

@@ -1,6 +1,7 @@
 """Usage reports (LRS): what a key used, per protocol and route, from the
-usage log plus the counts not yet written, so a report is current to the
-second.
+usage log plus the counts not yet written (this node's, and with --redis
+every other node's, from Redis: stores/usage_redis.py), so a report is
+current to the second.
 
 On the public HTTP port, for the caller's own key (the same admission as a
 price request: key, rate limit, monthly cap, and counted as route "report"):
@@ -263,24 +264,61 @@ class Reports(Component):
             query = parse_report_query(kind, query_text, key)
         except BadReport as exc:
             return error_answer("bad_request", str(exc))
-        loop = asyncio.get_running_loop()
+        store: Any = self.usage.store
+        usage_log = self.usage.log
         try:
-            body = await loop.run_in_executor(None, self.answer, query, own)
+            if hasattr(store, "totals_here"):
+                body = await self._answer_here(query, own)
+            else:
+                loop = asyncio.get_running_loop()
+                body = await loop.run_in_executor(None, self.answer, query, own)
         except KeyStoreError as exc:
             return error_answer("unavailable", f"the usage log cannot be read: {exc}")
         return Answer(body)
+
+    async def _answer_here(self, query: ReportQuery, own: bool) -> dict[str, Any]:
+        """`answer` on this loop, for a PostgreSQL store: its query on a pool
+        of this loop's own (totals_here), the other nodes' pending counts
+        (--redis) with an asyncio client of its own, this node's read here
+        (the usage log's lock, held briefly).  An executor thread in between
+        cost 250-330 us of server CPU a report (benchmarks/README.md)."""
+        store: Any = self.usage.store
+        usage_log = self.usage.log
+        pending = usage_log.pending(query.key) if usage_log is not None else []
+        if usage_log is not None and query.key is not None:
+            pending += await usage_log.live_others_here(query.key, query.start, query.end)
+        if query.kind == "detail":
+            page = await store.detail_here(query.key, query.start, query.end, query.after,
+                                           query.limit)
+            return self._body(query, own, pending, page)
+        totals = await store.totals_here(query.key, query.start, query.end, query.bucket_s)
+        return self._body(query, own, pending, totals)
 
     def answer(self, query: ReportQuery, own: bool = True) -> dict[str, Any]:
         """The report's body (blocking: the store is read here)."""
         store = self.usage.store
         usage_log = self.usage.log
         pending = usage_log.pending(query.key) if usage_log is not None else []
+        if usage_log is not None and query.key is not None:
+            # The other nodes' counts not yet stored (with --redis): one
+            # pipelined read of the key's hashes in Redis.
+            pending += usage_log.live_others(query.key, query.start, query.end)
+        if query.kind == "detail":
+            page = store.detail(query.key, query.start, query.end, query.after, query.limit)
+            return self._body(query, own, pending, page)
+        totals = store.totals(query.key, query.start, query.end, query.bucket_s)
+        return self._body(query, own, pending, totals)
+
+    def _body(self, query: ReportQuery, own: bool, pending: list[UsageRow],
+              stored: Any) -> dict[str, Any]:
+        """The report from what the store answered (a detail page, or the
+        totals) and the pending counts."""
         head: dict[str, Any] = {"from": _iso(query.start), "to": _iso(query.end)}
         if not own:
             head["key"] = query.key         # None: every key
         if query.kind == "detail":
-            return {**head, **self._detail(store, query, pending, own)}
-        totals = store.totals(query.key, query.start, query.end, query.bucket_s)
+            return {**head, **self._detail(stored, query, pending, own)}
+        totals: Totals = stored
         _add_pending(totals, pending, query)
         if query.kind == "summary":
             by_route = [{"protocol": p, "route": r, **_counts(v)}
@@ -293,9 +331,8 @@ class Reports(Component):
                                                                               *i[0][1:]))]
         return {**head, "granularity": granularity, "series": series}
 
-    def _detail(self, store: Any, query: ReportQuery, pending: list[UsageRow],
+    def _detail(self, page: list[UsageRow], query: ReportQuery, pending: list[UsageRow],
                 own: bool) -> dict[str, Any]:
-        page = store.detail(query.key, query.start, query.end, query.after, query.limit)
         cells: dict[tuple[int, str, str, str], list[int]] = {
             _sort_key(r): list(r[4:]) for r in page}
         bound = _sort_key(page[-1]) if len(page) == query.limit else None

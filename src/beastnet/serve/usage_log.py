@@ -19,6 +19,21 @@ thread, every `interval_s`:
    other: the store skips a number it applied already (its COMMIT went
    through but the answer was lost), so a retry never counts twice.
 
+With a backlog (more than one batch queued) and a store that can write
+several batches at once (`write_many`: PostgreSQL, one connection each),
+up to `lanes` batches are in flight together.  Each lane numbers its own
+batches under a writer ID of its own (the process's ID, then ".1", ".2"...
+for the lanes past the first), so the rule above holds per lane: lanes
+commit in any order, and a number is still only ever compared with the
+same lane's last.  Counts add, so the order of batches never matters.
+
+With a mirror (`live`: the cluster's Redis, stores/usage_redis.py), the
+cells whose pending counts changed in a round are pushed there after it, so
+a report on any node sees this node's counts before they are stored; the
+thread then harvests at least once a second (LIVE_EVERY_S), whatever the
+flush interval, and writes batches only every interval.  The pushes run on
+a thread of their own: a Redis that hangs never delays the writes.
+
 A clean stop (SIGTERM drains the engines first) harvests and writes once
 more, so nothing admitted is lost; a kill -9 loses what was harvested but
 not yet written, plus what was not yet harvested: about one interval.
@@ -32,13 +47,14 @@ import uuid
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
 
-from beastnet import USAGE_ROUTE_NAMES, APIKeyTable
+from beastnet import USAGE_ROUTE_NAMES, APIKeyTable, ClusterError
 from beastnet.counters import USAGE_LOG_COUNTERS
 from beastnet.metrics import MetricFamily
 from beastnet.serve.component import Component
 from beastnet.serve.keys import KeyStoreError
 from beastnet.serve.stores.usage_log import (UNKNOWN_KEY, UsageLogStore, UsageRow,
                                              open_usage_log)
+from beastnet.serve.stores.usage_redis import LIVE_TTL_S, RedisLiveUsage
 
 if TYPE_CHECKING:
     from beastnet.serve.service import PriceService
@@ -50,6 +66,8 @@ log = logging.getLogger("beastnet.serve.usage_log")
 VERDICTS = 4                    # a route's cells: admitted, refused, rate_limited, over_quota
 STOP_WRITE_S = 10.0             # a stop keeps trying to write the queue this long
 TRIM_EVERY_S = 3600.0           # with a retention, rows past it are trimmed this often
+LIVE_EVERY_S = 1.0              # with a mirror, harvested and pushed at least this often
+LIVE_RETRY_S = 1.0              # a mirror that failed is left alone this long
 
 Cell = tuple[int, str, str, str]        # (minute, key, protocol, route)
 
@@ -58,14 +76,34 @@ def _minute(now_s: float) -> int:
     return int(now_s) // 60 * 60
 
 
+class _Lane:
+    """One of a usage log's batch writers (UsageLog.write_batch)."""
+
+    __slots__ = ("writer", "batch", "batch_seq", "seq")
+
+    def __init__(self, writer: str) -> None:
+        self.writer = writer
+        self.batch: list[tuple[Cell, list[int]]] = []   # in flight, or failed and kept
+        self.batch_seq = 0              # its number
+        self.seq = 0                    # the last number this lane gave
+
+
 class UsageLog:
     """Harvests `api_keys` into `store` on a thread of its own (start/stop)."""
 
     def __init__(self, store: UsageLogStore, api_keys: APIKeyTable, *, interval_s: float = 0.1,
                  batch_rows: int = 300, queue_rows: int = 100_000, retention_s: float = 0.0,
-                 clock: Callable[[], float] = time.time, writer: Optional[str] = None) -> None:
+                 clock: Callable[[], float] = time.time, writer: Optional[str] = None,
+                 lanes: Optional[int] = None, live: Optional[RedisLiveUsage] = None) -> None:
+        """`lanes`: batches in flight at once with a backlog; by default the
+        store's `write_lanes` if it has `write_many`, else 1.  `live`: the
+        mirror of the pending counts (its `node` is this log's `writer`)."""
         self.store = store
         self.writer = writer or uuid.uuid4().hex     # the batches' writer ID (store.write)
+        if lanes is None:
+            lanes = getattr(store, "write_lanes", 1) if hasattr(store, "write_many") else 1
+        if lanes < 1:
+            raise ValueError("lanes must be >= 1")
         self.api_keys = api_keys
         self.interval_s = interval_s
         self.batch_rows = batch_rows
@@ -81,18 +119,38 @@ class UsageLog:
         self.last_error: Optional[BaseException] = None
         self._lock = threading.Lock()   # the queue, the in-flight batch and the last counts
         self._queue: "OrderedDict[Cell, list[int]]" = OrderedDict()
-        self._inflight: list[tuple[Cell, list[int]]] = []     # the batch being written ...
-        self._inflight_seq = 0          # ... its number (a failed one is kept, with it)
-        self._seq = 0                   # the last batch number given
+        # Per lane: its writer ID, the batch being written (a failed one is
+        # kept, under its number), that number, and the lane's last number.
+        self._lanes = [_Lane(self.writer if i == 0 else f"{self.writer}.{i}")
+                       for i in range(lanes)]
         counts, unknown = api_keys.usage_counts()
         self._last: dict[str, tuple[int, ...]] = counts
         self._last_unknown: tuple[int, ...] = unknown
+        # The mirror: cells whose pending counts may differ from what it was
+        # last sent, and what it was sent (absent: nothing there).
+        self.live = live
+        self.live_pushes = 0            # pushes to the mirror that went through ...
+        self.live_errors = 0            # ... that failed (the cells are sent again), and reads
+        self._dirty: set[Cell] = set()
+        self._mirrored: dict[Cell, tuple[int, ...]] = {}
+        self._live_retry_at = 0.0       # monotonic: no push before (after a failure)
+        self._live_refresh_at = time.monotonic() + LIVE_TTL_S / 3
+        self._next_flush = time.monotonic() + interval_s    # the next writes (with a mirror)
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._run, name="beastnet-usage-log", daemon=True)
+        # Pushes to the mirror on a thread of their own: a Redis that hangs
+        # (up to its timeout a push) must not delay the writes, or a kill -9
+        # could lose more than one interval.
+        self._pushing: set[Cell] = set()        # cells of the push under way
+        self._live_wake = threading.Event()
+        self._live_thread = threading.Thread(target=self._run_live, daemon=True,
+                                             name="beastnet-usage-live")
 
     def start(self) -> "UsageLog":
         self._thread.start()
+        if self.live is not None:
+            self._live_thread.start()
         return self
 
     def stop(self, write_s: float = STOP_WRITE_S) -> None:
@@ -102,11 +160,15 @@ class UsageLog:
         self._wake.set()
         if self._thread.is_alive():
             self._thread.join()
+        self._live_wake.set()
+        if self._live_thread.is_alive():
+            self._live_thread.join()
         self.harvest()
         deadline = time.monotonic() + write_s
         while self.queued() and time.monotonic() < deadline:
             if not self.write_all():
                 time.sleep(min(self.interval_s, 0.5))
+        self.push_live(force=True)      # what was written leaves the mirror
         if self.queued():
             log.error("usage log: %d rows not written at stop: %s", self.queued(),
                       self.last_error, extra={"fields": {"event": "usage_log_lost",
@@ -145,11 +207,13 @@ class UsageLog:
     def _enqueue(self, rows: list[tuple[Cell, list[int]]]) -> int:
         added = 0
         for cell, delta in rows:
+            if self.live is not None and cell[1] != UNKNOWN_KEY:    # no report has those
+                self._dirty.add(cell)
             queued = self._queue.get(cell)
             if queued is not None:
                 for v in range(VERDICTS):
                     queued[v] += delta[v]
-            elif len(self._queue) + len(self._inflight) >= self.queue_rows:
+            elif len(self._queue) + self._inflight_rows() >= self.queue_rows:
                 self.bg_drop += 1
             else:
                 self._queue[cell] = list(delta)
@@ -157,48 +221,68 @@ class UsageLog:
         self.rows_queued += added
         return added
 
+    def _inflight_rows(self) -> int:
+        return sum(len(lane.batch) for lane in self._lanes)
+
     def queued(self) -> int:
-        """Rows waiting to be written (the in-flight batch included)."""
+        """Rows waiting to be written (the in-flight batches included)."""
         with self._lock:
-            return len(self._queue) + len(self._inflight)
+            return len(self._queue) + self._inflight_rows()
 
     # -- writing ----------------------------------------------------------------------
 
     def write_batch(self) -> int:
-        """Write the batch that failed last time, else the oldest `batch_rows`
-        rows; how many (0 when empty); -1 when the store failed (the batch is
-        kept, unchanged and under its number, for the next try)."""
+        """Write what failed last time, each lane's batch again, and new
+        batches of the oldest `batch_rows` rows for the lanes left free
+        (one lane unless more than one batch is queued); how many rows were
+        written (0 when nothing was queued); -1 when the store failed a
+        batch (it is kept, unchanged and under its number, for the next try)."""
         with self._lock:
-            if not self._inflight:
-                batch: list[tuple[Cell, list[int]]] = []
-                while self._queue and len(batch) < self.batch_rows:
-                    batch.append(self._queue.popitem(last=False))
-                if batch:
-                    self._seq += 1
-                    self._inflight, self._inflight_seq = batch, self._seq
-            batch, seq = list(self._inflight), self._inflight_seq
-        if not batch:
+            for lane in self._lanes:
+                if not lane.batch and self._queue:
+                    while self._queue and len(lane.batch) < self.batch_rows:
+                        lane.batch.append(self._queue.popitem(last=False))
+                    lane.seq += 1
+                    lane.batch_seq = lane.seq
+            busy = [(lane, list(lane.batch), lane.batch_seq) for lane in self._lanes
+                    if lane.batch]
+        if not busy:
             return 0
-        rows = [UsageRow(cell[1], cell[0], cell[2], cell[3], *counts) for cell, counts in batch]
-        try:
-            applied = self.store.write(rows, (self.writer, seq))
-        except KeyStoreError as exc:
-            with self._lock:
-                self.batch_flush_errors += 1
-                if self.last_error is None or str(exc) != str(self.last_error):
-                    log.warning("usage log: %s (rows stay queued)", exc,
-                                extra={"fields": {"event": "usage_flush_error"}})
-                self.last_error = exc
-            return -1
+        row = tuple.__new__     # UsageRow's fields without its __new__: 0.3 us a row, not 0.5
+        work = [([row(UsageRow, (cell[1], cell[0], cell[2], cell[3], *counts))
+                  for cell, counts in batch], (lane.writer, seq)) for lane, batch, seq in busy]
+        if len(work) > 1 and hasattr(self.store, "write_many"):
+            results = self.store.write_many(work)
+        else:                           # one batch, or a store that writes one at a time
+            results = []
+            for rows, batch in work:
+                try:
+                    results.append(self.store.write(rows, batch))
+                except KeyStoreError as exc:
+                    results.append(exc)
+        written, failed = 0, False
         with self._lock:
-            self._inflight = []
-            self.rows_written += len(rows)
-            if applied is False:
-                self.batches_skipped += 1
-                log.info("usage log: batch %d was stored already (its commit's answer was "
-                         "lost); not counted again", seq,
-                         extra={"fields": {"event": "usage_batch_skipped", "batch": seq}})
-        return len(rows)
+            for (lane, _, seq), (rows, _), applied in zip(busy, work, results):
+                if isinstance(applied, KeyStoreError):
+                    failed = True
+                    self.batch_flush_errors += 1
+                    if self.last_error is None or str(applied) != str(self.last_error):
+                        log.warning("usage log: %s (rows stay queued)", applied,
+                                    extra={"fields": {"event": "usage_flush_error"}})
+                    self.last_error = applied
+                    continue
+                if self.live is not None:       # stored: out of the mirror, if it is there
+                    self._dirty.update(cell for cell, _ in lane.batch
+                                       if cell in self._mirrored or cell in self._pushing)
+                lane.batch = []
+                self.rows_written += len(rows)
+                written += len(rows)
+                if applied is False:
+                    self.batches_skipped += 1
+                    log.info("usage log: batch %d of writer %s was stored already (its "
+                             "commit's answer was lost); not counted again", seq, lane.writer,
+                             extra={"fields": {"event": "usage_batch_skipped", "batch": seq}})
+        return -1 if failed else written
 
     def write_all(self) -> bool:
         """Write every queued row, batch after batch; False when a batch failed."""
@@ -209,18 +293,124 @@ class UsageLog:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self._wake.wait(self.interval_s)
+            tick = self.interval_s if self.live is None else min(self.interval_s, LIVE_EVERY_S)
+            self._wake.wait(tick)
             if self._stop.is_set():
                 return
             try:
                 self.harvest()
-                self.write_all()
+                if self.live is None or time.monotonic() >= self._next_flush:
+                    self._next_flush = time.monotonic() + self.interval_s - tick / 2
+                    self.write_all()
+                if self.live is not None:
+                    self._live_wake.set()       # _run_live pushes what changed
                 if self.retention_s and time.monotonic() >= self._next_trim:
                     self._next_trim = time.monotonic() + TRIM_EVERY_S
                     self.trim()
             except Exception as exc:        # the thread must outlive any one failure
                 self.batch_flush_errors += 1
                 log.exception("usage log: %s", exc)
+
+    def _run_live(self) -> None:
+        while not self._stop.is_set():
+            self._live_wake.wait()
+            self._live_wake.clear()
+            if self._stop.is_set():
+                return
+            try:
+                self.push_live()
+            except Exception as exc:        # the thread must outlive any one failure
+                self.live_errors += 1
+                log.exception("usage log: mirror: %s", exc)
+
+    def push_live(self, force: bool = False) -> bool:
+        """Send the mirror the pending counts of the cells that changed since
+        the last push that went through (nothing pending: deleted); False
+        when it failed (they are sent next time).  After a failure, pushes
+        wait LIVE_RETRY_S unless `force`."""
+        if self.live is None:
+            return True
+        now = time.monotonic()
+        if not force and now < self._live_retry_at:
+            return False
+        with self._lock:
+            # Every pending cell is dirty or mirrored (a push mirrors what
+            # it sends): a refresh sends all the mirrored ones again, so the
+            # hashes' expiry is renewed.
+            refresh = now >= self._live_refresh_at
+            if refresh:
+                self._live_refresh_at = now + LIVE_TTL_S / 3
+                self._dirty.update(self._mirrored)
+            if not self._dirty:
+                return True
+            flying: dict[Cell, list[int]] = {}
+            for lane in self._lanes:
+                for cell, counts in lane.batch:
+                    flying[cell] = counts
+            changes: dict[Cell, Optional[tuple[int, ...]]] = {}
+            for cell in self._dirty:
+                queued, batch = self._queue.get(cell), flying.get(cell)
+                if queued is None and batch is None:
+                    if cell in self._mirrored:
+                        changes[cell] = None
+                    continue
+                pending = tuple(a + b for a, b in zip(queued or (0,) * VERDICTS,
+                                                      batch or (0,) * VERDICTS))
+                if refresh or self._mirrored.get(cell) != pending:
+                    changes[cell] = pending
+            dirty, self._dirty = self._dirty, set()
+            if not changes:
+                return True
+            # A batch stored while this push is under way marks its cells
+            # dirty again (write_batch), so a value sent here for a cell
+            # that is stored by then is corrected by the next push.
+            self._pushing = set(changes)
+        try:
+            self.live.push(changes)
+        except ClusterError as exc:
+            with self._lock:
+                self._pushing = set()
+                self._dirty |= dirty
+                self.live_errors += 1
+            self._live_retry_at = time.monotonic() + LIVE_RETRY_S
+            log.warning("usage log: %s (sent again later)", exc,
+                        extra={"fields": {"event": "usage_live_error"}})
+            return False
+        with self._lock:
+            self._pushing = set()
+            for cell, sent in changes.items():
+                if sent is None:
+                    self._mirrored.pop(cell, None)
+                else:
+                    self._mirrored[cell] = sent
+            self.live_pushes += 1
+        self._live_retry_at = 0.0
+        return True
+
+    def live_others(self, key: str, start: int, end: int) -> list[UsageRow]:
+        """The other nodes' pending counts of `key` in [start, end), from the
+        mirror; [] without one, or when it cannot be read (counted)."""
+        if self.live is None:
+            return []
+        try:
+            return self.live.read(key, start, end, self.clock())
+        except ClusterError as exc:
+            self.live_errors += 1
+            log.warning("usage log: %s (reports show this node's pending counts only)", exc,
+                        extra={"fields": {"event": "usage_live_error"}})
+            return []
+
+    async def live_others_here(self, key: str, start: int, end: int) -> list[UsageRow]:
+        """`live_others`, awaited on the calling loop (read_here)."""
+        if self.live is None:
+            return []
+        try:
+            return await self.live.read_here(key, start, end, self.clock())
+        except ClusterError as exc:
+            self.live_errors += 1
+            log.warning("usage log: %s (reports show this node's pending counts only)", exc,
+                        extra={"fields": {"event": "usage_live_error"}})
+            return []
 
     def trim(self) -> int:
         """Drop the stored rows older than the retention; how many went."""
@@ -245,7 +435,9 @@ class UsageLog:
         if key is not None:
             unknown = self._last_unknown        # a key's report has no unknown-key rows
         with self._lock:
-            cells = list(self._queue.items()) + list(self._inflight)
+            cells = list(self._queue.items())
+            for lane in self._lanes:
+                cells += lane.batch
             live = self._deltas(counts, unknown, _minute(self.clock()))
         return [UsageRow(cell[1], cell[0], cell[2], cell[3], *delta)
                 for cell, delta in cells + live if key is None or cell[1] == key]
@@ -253,7 +445,8 @@ class UsageLog:
     def counters(self) -> dict[str, int]:
         return {"rows_queued": self.rows_queued, "rows_written": self.rows_written,
                 "batch_flush_errors": self.batch_flush_errors, "bg_drop": self.bg_drop,
-                "batches_skipped": self.batches_skipped}
+                "batches_skipped": self.batches_skipped, "live_pushes": self.live_pushes,
+                "live_errors": self.live_errors}
 
 
 class UsageLogComponent(Component):
@@ -283,16 +476,26 @@ class UsageLogComponent(Component):
         if self.host.api_keys is None:
             raise RuntimeError("the usage log starts after the api_keys component")
         cfg = self.host.cfg
+        writer = uuid.uuid4().hex
+        # With --redis, the pending counts are mirrored there for the other
+        # nodes' reports (stores/usage_redis.py).
+        url = getattr(cfg, "redis", None)
+        live = RedisLiveUsage(url, writer) if url else None
         self.log = UsageLog(self.store, self.host.api_keys,
                             interval_s=cfg.usage_flush_interval_s,
                             batch_rows=cfg.usage_batch_rows, queue_rows=cfg.usage_queue_rows,
-                            retention_s=cfg.usage_retention_days * 86400.0).start()
-        log.info("usage log in %s", self.store.path)
+                            retention_s=cfg.usage_retention_days * 86400.0, writer=writer,
+                            live=live).start()
+        log.info("usage log in %s%s", self.store.path,
+                 f"; pending counts mirrored in redis {live.url}" if live else "")
 
     async def stop(self) -> None:
         try:
             if self.log is not None:
                 self.log.stop()
+                if self.log.live is not None:
+                    await self.log.live.aclose_here()
+                    self.log.live.close()
         finally:
             self.store.close()
 

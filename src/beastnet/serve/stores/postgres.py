@@ -19,6 +19,7 @@ migrate`, so two versions of beastnet never guess at each other's tables.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import threading
 import time
@@ -203,6 +204,18 @@ def _driver_errors() -> tuple[type[BaseException], ...]:
             asyncpg.InternalClientError)
 
 
+async def _keep_session(conn: Any) -> None:
+    """A pool's reset that leaves the connection as it is (PoolOnLoop._open_pool)."""
+
+
+def _keep_session_kw(asyncpg: Any) -> dict[str, Any]:
+    """create_pool's argument for a pool whose connections are not reset
+    when returned (asyncpg 0.30 and later take one; older ones reset)."""
+    if "reset" in inspect.signature(asyncpg.create_pool).parameters:
+        return {"reset": _keep_session}
+    return {}
+
+
 def _failed(exc: BaseException, dsn: str, what: str = "") -> KeyStoreError:
     from beastnet.serve.cluster import redacted_url
     detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -317,10 +330,16 @@ class PoolOnLoop:
         return None
 
     async def _open_pool(self, check: Callable[[set[int]], None], pool_size: int,
-                         init: Optional[Callable[[Any], Coroutine[Any, Any, None]]] = None) -> Any:
+                         init: Optional[Callable[[Any], Coroutine[Any, Any, None]]] = None,
+                         keep_session: bool = False) -> Any:
         """The pool, once `check` (KeyStoreError if not) passes the migrations
-        the database has applied, read on a connection of its own."""
+        the database has applied, read on a connection of its own.
+        `keep_session`: a connection returned to the pool is not reset
+        (asyncpg's default reset is a round trip of `RESET ALL; UNLISTEN *;
+        ...` per release), for callers that change no session state; asyncpg
+        0.30 and later (older ones reset always)."""
         asyncpg = _driver()
+        reset = _keep_session_kw(asyncpg) if keep_session else {}
         conn = await _connect(self.dsn, self.timeout_s)
         try:
             applied = await _applied(conn)
@@ -332,7 +351,7 @@ class PoolOnLoop:
             # would make asyncpg reconnect in the background while the
             # database is down, logging a traceback each time.
             return await asyncpg.create_pool(self.dsn, min_size=0, max_size=pool_size,
-                                             timeout=self.timeout_s, init=init)
+                                             timeout=self.timeout_s, init=init, **reset)
         except (OSError, asyncio.TimeoutError, asyncpg.PostgresError) as exc:
             raise _failed(exc, self.dsn, "cannot connect") from None
 

@@ -50,6 +50,12 @@ class UsageLogStore(Protocol):
         applied (kept in the same transaction), so a retry of a batch whose
         COMMIT went through unseen is skipped.  False: skipped so."""
 
+    # Optional: `write_many(batches)`, a list of (rows, batch) written at
+    # once (per batch: what `write` returns, or the KeyStoreError it would
+    # raise), and `write_lanes`, how many it writes at a time.  The usage
+    # log keeps that many batches in flight when it has a backlog
+    # (PostgreSQL: a pooled connection each); without it, one.
+
     def totals(self, key: Optional[str], start: int, end: int,
                bucket_s: Optional[int]) -> Totals:
         """Counts of `key` (None: every key) for minutes in [start, end),

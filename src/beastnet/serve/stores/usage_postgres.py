@@ -1,15 +1,25 @@
 """The usage log in PostgreSQL: `usage_log` (schema version 3, stores/
 postgres.py MIGRATIONS), partitioned by month on `minute`.
 
-A batch goes in with COPY (asyncpg's copy_records_to_table, the binary
-protocol) into a temporary staging table, then one INSERT ... SELECT ... ON
-CONFLICT adds it to the stored counts: COPY alone cannot add to a row that
-exists, and a minute's row is written again by every batch of that minute.
-Both in one transaction, so a batch is all or nothing; with a batch
-number, the same transaction first claims it in `usage_writers` (migration
-5), so a batch retried after a COMMIT whose answer was lost is skipped.  `method=
-"executemany"` writes the same upsert row by row (what the benchmark
-compares COPY with).
+A batch goes in as one statement (`method="unnest"`, the default): its
+columns bound as eight arrays, expanded by unnest() into an INSERT ... ON
+CONFLICT that adds to the stored counts, with the batch's claim in
+`usage_writers` (migration 5) in a data-modifying CTE of the same statement,
+so a batch retried after a COMMIT whose answer was lost is skipped.  One
+statement is one implicit transaction (all or nothing) and one round trip,
+prepared once per connection.  `method="copy"` writes the batch with COPY
+(asyncpg's copy_records_to_table, the binary protocol) into a temporary
+staging table and then upserts from it: COPY alone cannot add to a row that
+exists, and a minute's row is written again by every batch of that minute,
+so it costs BEGIN, COPY, the upsert and COMMIT, four round trips; at the
+default batch of 300 rows those round trips, not the transfer, are the time
+(benchmarks/README.md, "Usage log and reports").  `method="executemany"`
+writes the same upsert row by row (what the benchmark compares them with).
+
+The pool's connections are not reset when returned (asyncpg's default runs
+`RESET ALL; UNLISTEN *; ...`, one more round trip a batch): nothing here
+changes a session's state.  `write_many` writes several batches at once,
+each on a connection of its own (the usage log's lanes, serve/usage_log.py).
 
 Partitions are created ahead: the month of every write and the next
 PARTITIONS_AHEAD months exist before a row needs them (a DEFAULT partition
@@ -22,7 +32,8 @@ from datetime import datetime, timezone
 from typing import Any, Optional
 
 from beastnet.serve.keys import KeyStoreError
-from beastnet.serve.stores.postgres import PoolOnLoop, _driver_errors, _failed
+from beastnet.serve.stores.postgres import (PoolOnLoop, _driver, _driver_errors, _failed,
+                                            _keep_session_kw)
 from beastnet.serve.stores.usage_log import Totals, UsageRow
 
 __all__ = ["PARTITIONS_AHEAD", "USAGE_LOG_SCHEMA", "PostgresUsageLog"]
@@ -68,6 +79,29 @@ ON CONFLICT (minute, key, protocol, route) DO UPDATE SET
     rate_limited = u.rate_limited + excluded.rate_limited,
     over_quota = u.over_quota + excluded.over_quota"""
 
+_UNNEST = """unnest($3::text[], $4::int8[], $5::text[], $6::text[], $7::int8[], $8::int8[],
+              $9::int8[], $10::int8[]) AS b(key, minute, protocol, route, admitted, refused,
+                                           rate_limited, over_quota)"""
+
+# The batch in one statement, no GROUP BY: a batch that repeats a cell fails
+# (ON CONFLICT cannot touch one row twice in a statement) and is sent again
+# merged (_upsert_arrays).  Minutes travel as Unix seconds (to_timestamp is exact for
+# whole seconds): no datetime object built per row in Python.
+_UPSERT_ARRAYS = """
+WITH claim AS (
+    INSERT INTO usage_writers AS w (writer, seq) SELECT $1, $2 WHERE $1::text IS NOT NULL
+    ON CONFLICT (writer) DO UPDATE SET seq = excluded.seq, seen_at = now()
+    WHERE w.seq < excluded.seq RETURNING 1)
+INSERT INTO usage_log AS u (key, minute, protocol, route, admitted, refused, rate_limited,
+                            over_quota)
+SELECT key, to_timestamp(minute), protocol, route, admitted, refused, rate_limited, over_quota
+FROM """ + _UNNEST + """
+WHERE $1::text IS NULL OR EXISTS (SELECT 1 FROM claim)
+ON CONFLICT (minute, key, protocol, route) DO UPDATE SET
+    admitted = u.admitted + excluded.admitted, refused = u.refused + excluded.refused,
+    rate_limited = u.rate_limited + excluded.rate_limited,
+    over_quota = u.over_quota + excluded.over_quota"""
+
 _ADD_ONE = """
 INSERT INTO usage_log AS u VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
 ON CONFLICT (minute, key, protocol, route) DO UPDATE SET
@@ -98,23 +132,27 @@ class PostgresUsageLog(PoolOnLoop):
     """`UsageLogStore` on PostgreSQL; `dsn` a postgresql:// URL."""
 
     def __init__(self, dsn: str, timeout_s: float = 5.0, pool_size: int = 2,
-                 method: str = "copy", wait_for_it: bool = False) -> None:
+                 method: str = "unnest", wait_for_it: bool = False) -> None:
         """`wait_for_it`: a database out of reach now is not an error (serve
         starts from its key cache, apikeys.py); each write tries to connect
         again, and fails like any write to a database that is down."""
-        if method not in ("copy", "executemany"):
-            raise ValueError(f"method {method!r}: copy or executemany")
+        if method not in ("unnest", "copy", "executemany"):
+            raise ValueError(f"method {method!r}: unnest, copy or executemany")
         self.method = method
+        self.write_lanes = pool_size    # batches write_many may have in flight at once
         self._months: set[tuple[int, int]] = set()     # partitions known to exist
         self._pool_size = pool_size
         self._opening = asyncio.Lock()
+        self._readers: Optional[tuple[Any, Any]] = None  # (loop, task opening its pool)
+        self._partitioning = asyncio.Lock()     # write_many's batches create months one at a time
         self._start_loop(dsn, timeout_s, "beastnet-usage-pg")
         self._open_first(self._open(pool_size), wait_for_it)    # else each write tries again
 
     async def _open(self, pool_size: int) -> Any:
         async def stage(conn: Any) -> None:     # each connection's own staging table
             await conn.execute(_STAGE)
-        return await self._open_pool(self._check_schema, pool_size, init=stage)
+        return await self._open_pool(self._check_schema, pool_size, init=stage,
+                                     keep_session=True)
 
     def _check_schema(self, applied: set[int]) -> None:
         if not USAGE_LOG_VERSIONS <= applied:   # versions land in any order (postgres.migrate)
@@ -145,9 +183,16 @@ class PostgresUsageLog(PoolOnLoop):
                 wanted.add((start.year, start.month))
         for year, month in sorted(wanted - self._months):
             start, end = _month_start(year, month), _month_start(year, month + 1)
-            await conn.execute(
-                f"CREATE TABLE IF NOT EXISTS usage_log_{year:04d}{month:02d} PARTITION OF "
-                f"usage_log FOR VALUES FROM ('{start.isoformat()}') TO ('{end.isoformat()}')")
+            try:
+                await conn.execute(
+                    f"CREATE TABLE IF NOT EXISTS usage_log_{year:04d}{month:02d} PARTITION OF "
+                    f"usage_log FOR VALUES FROM ('{start.isoformat()}') TO "
+                    f"('{end.isoformat()}')")
+            except _driver_errors() as exc:
+                # Another node created it between IF NOT EXISTS's look and
+                # its insert (42P07, or 23505 on the catalog's unique index).
+                if getattr(exc, "sqlstate", None) not in ("42P07", "23505"):
+                    raise
             self._months.add((year, month))
 
     # -- UsageLogStore ---------------------------------------------------------------
@@ -155,13 +200,33 @@ class PostgresUsageLog(PoolOnLoop):
     def write(self, rows: list[UsageRow], batch: Optional[tuple[str, int]] = None) -> bool:
         if not rows:
             return True
+        return bool(self.call(self._write(rows, batch)))
+
+    def write_many(self, batches: list[tuple[list[UsageRow], Optional[tuple[str, int]]]]
+                   ) -> list[Any]:
+        """Write `batches` at once, each as `write` would, on connections of
+        their own (at most `write_lanes` at a time, the pool's size); per
+        batch, what `write` returns, or the KeyStoreError it would raise."""
+        async def all_of() -> list[Any]:
+            return list(await asyncio.gather(*(self._write(rows, batch)
+                                               for rows, batch in batches),
+                                             return_exceptions=True))
+        out = self.call(all_of())
+        for result in out:      # anything but a store failure is a bug: raise it
+            if isinstance(result, BaseException) and not isinstance(result, KeyStoreError):
+                raise result
+        return out
+
+    async def _write(self, rows: list[UsageRow], batch: Optional[tuple[str, int]]) -> bool:
+        if self.method == "unnest":
+            return await self._with_conn(lambda conn: self._upsert_arrays(conn, rows, batch),
+                                         "usage log write failed")
         records = [(r.key, _stamp(r.minute), r.protocol, r.route, r.admitted, r.refused,
                     r.rate_limited, r.over_quota) for r in rows]
         minutes = {r.minute - r.minute % 86400 for r in rows}
 
         async def work(conn: Any) -> bool:
-            if not {(_stamp(m).year, _stamp(m).month) for m in minutes} <= self._months:
-                await self._ensure_partitions(conn, minutes)
+            await self._partitions_for(conn, minutes)
             async with conn.transaction():
                 if self.method == "copy":
                     await conn.copy_records_to_table("usage_stage", records=records,
@@ -178,38 +243,102 @@ class PostgresUsageLog(PoolOnLoop):
                     return False        # applied already: its COMMIT's answer was lost
                 await conn.executemany(_ADD_ONE, records, timeout=self.timeout_s)
             return True
-        return bool(self.call(self._with_conn(work, "usage log write failed")))
+        return bool(await self._with_conn(work, "usage log write failed"))
+
+    async def _partitions_for(self, conn: Any, days: set[int]) -> None:
+        if not {(_stamp(d).year, _stamp(d).month) for d in days} <= self._months:
+            async with self._partitioning:
+                await self._ensure_partitions(conn, days)
+
+    async def _upsert_arrays(self, conn: Any, rows: list[UsageRow],
+                             batch: Optional[tuple[str, int]]) -> bool:
+        columns = list(map(list, zip(*rows)))   # key, minute, protocol, route, counts
+        await self._partitions_for(conn, {m - m % 86400 for m in set(columns[1])})
+        writer, seq = batch if batch is not None else (None, 0)
+        try:
+            status = await conn.execute(_UPSERT_ARRAYS, writer, seq, *columns,
+                                        timeout=self.timeout_s)
+        except _driver().CardinalityViolationError:
+            # A cell twice in the batch (ON CONFLICT cannot touch a row twice
+            # in one statement; the statement failed whole, nothing applied):
+            # merged, once more.  The usage log's batches never repeat one, so
+            # they pay for no check.
+            status = await conn.execute(_UPSERT_ARRAYS, writer, seq,
+                                        *map(list, zip(*_merged(rows))), timeout=self.timeout_s)
+        return bool(status != "INSERT 0 0")     # 0: the batch's number was applied already
 
     def totals(self, key: Optional[str], start: int, end: int,
                bucket_s: Optional[int]) -> Totals:
-        bucket = f"extract(epoch FROM {_BUCKETS[bucket_s]})::bigint" if bucket_s else "NULL::bigint"
-        where, args = _where(key, start, end)
+        sql, args = _totals_sql(key, start, end, bucket_s)
 
         async def work(conn: Any) -> list[Any]:
-            return list(await conn.fetch(
-                f"SELECT {bucket}, protocol, route, {_SUMS} FROM usage_log WHERE {where} "
-                "GROUP BY 1, 2, 3", *args, timeout=self.timeout_s))
-        rows = self.call(self._with_conn(work, "usage report failed"))
-        return {(r[0], r[1], r[2]): [int(v) for v in r[3:]] for r in rows}
+            return list(await conn.fetch(sql, *args, timeout=self.timeout_s))
+        return _totals(self.call(self._with_conn(work, "usage report failed")))
 
     def detail(self, key: Optional[str], start: int, end: int,
                after: Optional[tuple[int, str, str, str]], limit: int) -> list[UsageRow]:
-        where, args = _where(key, start, end)
-        if after is not None:
-            n = len(args)
-            where += (f" AND (minute, protocol, route, key) > "
-                      f"(${n + 1}, ${n + 2}, ${n + 3}, ${n + 4})")
-            args += [_stamp(after[0]), after[1], after[2], after[3]]
-        args.append(limit)
+        sql, args = _detail_sql(key, start, end, after, limit)
 
         async def work(conn: Any) -> list[Any]:
-            return list(await conn.fetch(
-                "SELECT key, extract(epoch FROM minute)::bigint, protocol, route, admitted, "
-                f"refused, rate_limited, over_quota FROM usage_log WHERE {where} "
-                f"ORDER BY minute, protocol, route, key LIMIT ${len(args)}", *args,
-                timeout=self.timeout_s))
-        rows = self.call(self._with_conn(work, "usage report failed"))
-        return [UsageRow(r[0], int(r[1]), r[2], r[3], *(int(v) for v in r[4:])) for r in rows]
+            return list(await conn.fetch(sql, *args, timeout=self.timeout_s))
+        return _detail(self.call(self._with_conn(work, "usage report failed")))
+
+    # -- reports on the caller's loop --------------------------------------------------
+
+    async def totals_here(self, key: Optional[str], start: int, end: int,
+                          bucket_s: Optional[int]) -> Totals:
+        """`totals`, awaited on the calling loop (the control plane's, for a
+        report): on a pool of that loop's own, so no thread stands between
+        the report and its query."""
+        return _totals(await self._read_here(*_totals_sql(key, start, end, bucket_s)))
+
+    async def detail_here(self, key: Optional[str], start: int, end: int,
+                          after: Optional[tuple[int, str, str, str]],
+                          limit: int) -> list[UsageRow]:
+        """`detail`, awaited on the calling loop (totals_here says why)."""
+        return _detail(await self._read_here(*_detail_sql(key, start, end, after, limit)))
+
+    def close(self) -> None:
+        readers, self._readers = self._readers, None
+        if readers is not None:
+            loop, opening = readers
+            if opening.done() and not opening.cancelled() and opening.exception() is None:
+                pool = opening.result()
+                try:
+                    running = asyncio.get_running_loop()
+                except RuntimeError:
+                    running = None
+                if running is loop:
+                    pool.terminate()            # at stop: closing the sockets will do
+                elif not loop.is_closed():
+                    loop.call_soon_threadsafe(pool.terminate)
+            elif not opening.done():
+                opening.cancel()
+        super().close()
+
+    async def _read_here(self, sql: str, args: list) -> list[Any]:
+        asyncpg = _driver()
+        loop = asyncio.get_running_loop()
+        if self._readers is None or self._readers[0] is not loop:
+            # One pool per loop, opened by the first report (a task, so
+            # reports arriving meanwhile wait for the same one).  The usage
+            # log's writes keep the store's own loop and pool.
+            async def open_pool() -> Any:      # create_pool's Pool is awaitable, not a coroutine
+                return await asyncpg.create_pool(
+                    self.dsn, min_size=0, max_size=self._pool_size, timeout=self.timeout_s,
+                    **_keep_session_kw(asyncpg))
+            self._readers = (loop, loop.create_task(open_pool()))
+        opening = self._readers[1]
+        failures = _driver_errors() + (ValueError,)     # ValueError: a DSN create_pool refuses
+        try:
+            pool = await asyncio.shield(opening)
+            async with pool.acquire(timeout=self.timeout_s) as conn:
+                return list(await conn.fetch(sql, *args, timeout=self.timeout_s))
+        except failures as exc:
+            if opening.done() and opening.exception() is not None and self._readers \
+                    and self._readers[1] is opening:
+                self._readers = None            # not opened: the next report tries again
+            raise _failed(exc, self.dsn, "usage report failed") from None
 
     def trim(self, before: int) -> int:
         """Drop whole monthly partitions before `before`, then delete the rows
@@ -237,6 +366,45 @@ class PostgresUsageLog(PoolOnLoop):
                 await conn.execute("DELETE FROM usage_writers WHERE seen_at < $1", cut)
             return removed
         return int(self.call(self._with_conn(work, "usage log trim failed")))
+
+
+def _totals_sql(key: Optional[str], start: int, end: int,
+                bucket_s: Optional[int]) -> tuple[str, list]:
+    bucket = f"extract(epoch FROM {_BUCKETS[bucket_s]})::bigint" if bucket_s else "NULL::bigint"
+    where, args = _where(key, start, end)
+    return (f"SELECT {bucket}, protocol, route, {_SUMS} FROM usage_log WHERE {where} "
+            "GROUP BY 1, 2, 3"), args
+
+
+def _totals(rows: list[Any]) -> Totals:
+    return {(r[0], r[1], r[2]): [int(v) for v in r[3:]] for r in rows}
+
+
+def _detail_sql(key: Optional[str], start: int, end: int,
+                after: Optional[tuple[int, str, str, str]], limit: int) -> tuple[str, list]:
+    where, args = _where(key, start, end)
+    if after is not None:
+        n = len(args)
+        where += f" AND (minute, protocol, route, key) > (${n + 1}, ${n + 2}, ${n + 3}, ${n + 4})"
+        args += [_stamp(after[0]), after[1], after[2], after[3]]
+    args.append(limit)
+    return ("SELECT key, extract(epoch FROM minute)::bigint, protocol, route, admitted, "
+            f"refused, rate_limited, over_quota FROM usage_log WHERE {where} "
+            f"ORDER BY minute, protocol, route, key LIMIT ${len(args)}"), args
+
+
+def _detail(rows: list[Any]) -> list[UsageRow]:
+    return [UsageRow(r[0], int(r[1]), r[2], r[3], *(int(v) for v in r[4:])) for r in rows]
+
+
+def _merged(rows: list[UsageRow]) -> list[UsageRow]:
+    """`rows` with the counts of each repeated cell summed into one row."""
+    sums: dict[tuple[str, int, str, str], list[int]] = {}
+    for r in rows:
+        into = sums.setdefault(r[:4], [0, 0, 0, 0])
+        for i, v in enumerate(r[4:]):
+            into[i] += v
+    return [UsageRow(*cell, *counts) for cell, counts in sums.items()]
 
 
 def _where(key: Optional[str], start: int, end: int) -> tuple[str, list]:
