@@ -356,7 +356,9 @@ def _cpu() -> tuple[float, float]:
     return me.ru_utime + me.ru_stime, kids.ru_utime + kids.ru_stime
 
 
-@pytest.hookimpl(hookwrapper=True)
+# tryfirst: the outermost wrapper, so a wait for the cores (_core_share) is
+# not counted by pytest-timeout, whose timer starts inside it.
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
 def pytest_runtest_protocol(item, nextitem):
     with _core_share(item):
         if not item.config.getoption("--time-report"):
