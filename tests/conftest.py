@@ -176,7 +176,8 @@ def pytest_unconfigure(config):
 # -- mypy and `cython -a` in the background (tests/_background.py) ----------------------
 
 def pytest_collection_finish(session):
-    if not _IS_XDIST_WORKER:            # serial; under xdist the controller collects nothing
+    # serial (under xdist the controller collects nothing); not for --collect-only
+    if not _IS_XDIST_WORKER and not session.config.option.collectonly:
         _background.start_needed([item.nodeid for item in session.items])
 
 
