@@ -20,6 +20,18 @@ for p in (str(BENCH_DIR.parent / "src"), str(BENCH_DIR)):
 _RESULTS: list[tuple[str, str, float, int]] = []
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config):
+    """pyproject's addopts run the unit suite on pytest-xdist workers; a
+    benchmark must have the cores to itself (and pytest-benchmark turns
+    itself off under xdist), so these run in one process whatever -n says.
+    Before xdist's own pytest_configure, which starts the workers."""
+    if getattr(config.option, "dist", "no") != "no":
+        config.option.dist = "no"
+        config.option.numprocesses = 0
+        config.option.tx = []
+
+
 @pytest.fixture
 def per_op():
     def record(benchmark, ops: int) -> None:

@@ -8,12 +8,13 @@ change in Cython's HTML fails the check instead of passing it silently.
 from __future__ import annotations
 
 import html
+import importlib.util
 import os
 import re
 import shutil
-import subprocess
 import sys
 from pathlib import Path
+from typing import Optional
 
 import pytest
 
@@ -24,32 +25,43 @@ NUMBERED_RE = re.compile(r"\A[+\u2212-]?\s*(\d+): ?(.*)\Z", re.S)
 DEF_RE = re.compile(r"^(?:cdef|cpdef|def)\b[^(]*?\b(\w+)\(")
 
 
-def cython_command() -> list[str]:
-    """The Cython of the interpreter under test, else one on PATH; in CI
-    (env CI set) a missing Cython fails the test instead of skipping it."""
-    try:
-        import Cython  # noqa: F401
+def _cython() -> Optional[list[str]]:
+    """The Cython of the interpreter under test, else one on PATH, else None."""
+    if importlib.util.find_spec("Cython") is not None:
         return [sys.executable, "-m", "cython"]
-    except ImportError:
-        pass
     exe = shutil.which("cython")
-    if exe is not None:
-        return [exe]
+    return [exe] if exe else None
+
+
+def cython_command() -> list[str]:
+    """_cython(), or in CI (env CI set) a failed test when Cython is missing,
+    a skipped one elsewhere."""
+    command = _cython()
+    if command is not None:
+        return command
     if os.environ.get("CI"):
         pytest.fail("Cython is missing: the [test] extras install it, and CI must run this check")
     pytest.skip("Cython not installed (pip install -e '.[test]')")
     raise AssertionError("unreachable")
 
 
-def annotate(out_dir: Path, pyx: str = "_core.pyx") -> Path:
-    """Annotate `pyx` (relative to src/beastnet) with the directives of a
-    release build; one HTML page per included .pxi lands in out_dir."""
-    subprocess.run(
-        cython_command() + ["-3", "-a", "-X", "boundscheck=False", "-X", "wraparound=False",
-                            "-X", "cdivision=True", "-I", str(SRC.parent), "-I", str(SRC / "includes"),
-                            str(SRC / pyx), "-o", str(out_dir / (Path(pyx).stem + ".c"))],
-        check=True, capture_output=True, timeout=300)
-    return out_dir
+def annotate_argv(out_dir: Path, pyx: str, cython: list[str]) -> list[str]:
+    """`cython -a` of `pyx` (relative to src/beastnet) with the directives of
+    a release build; one HTML page per included .pxi lands in out_dir."""
+    return cython + ["-3", "-a", "-X", "boundscheck=False", "-X", "wraparound=False",
+                     "-X", "cdivision=True", "-I", str(SRC.parent), "-I", str(SRC / "includes"),
+                     str(SRC / pyx), "-o", str(out_dir / (Path(pyx).stem + ".c"))]
+
+
+def annotated(job: str) -> Path:
+    """The directory of a `cython -a` the session started in the background
+    (tests/_background.py: "annotate-core", "annotate-loadgen"), once it has
+    ended well; run here if it was not started."""
+    import _background
+    cython_command()                    # no Cython: fail under CI, else skip
+    done = _background.result(job, timeout=300)
+    assert done.returncode == 0, f"cython -a failed (exit {done.returncode}):\n{done.stderr}"
+    return done.out_dir
 
 
 def annotated_lines(page: str) -> dict[int, tuple[int, str]]:

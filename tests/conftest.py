@@ -14,6 +14,8 @@ import os
 # pool; the leak checks count native threads, so keep BLAS single-threaded.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
+import contextlib
+import fcntl
 import resource
 import socket
 import threading
@@ -24,6 +26,7 @@ from hypothesis import HealthCheck, settings
 
 from beastnet import ResponseTable, UDPServer
 from support import UDPClient, native_thread_count, open_fds, require, thread_names
+import _background
 
 # Here, not in each module: one session-scoped definition, so one cluster
 # per run rather than one per module importing it.
@@ -139,13 +142,50 @@ def leak_check(request):
     _assert_given_back(before, request.node.nodeid)
 
 
+# Under pytest-xdist the tests run in worker processes and each of their
+# reports is replayed on the controller: the controller counts CI's skips and
+# writes --time-report (from what each worker sends back when it ends).
+_IS_XDIST_WORKER = False
+
+
 def pytest_configure(config):
+    global _IS_XDIST_WORKER
+    _IS_XDIST_WORKER = hasattr(config, "workerinput")
+    if not _IS_XDIST_WORKER:
+        _background.configure()
+    _open_locks()
     config.addinivalue_line("markers", "no_leak_check: skip the fd/thread leak check")
     config.addinivalue_line("markers", "postgres_own: the test stops, kills or restarts "
                             "PostgreSQL, so its `postgres` is a cluster of its own "
                             "(tests/pg_support.py)")
+    config.addinivalue_line("markers", "needs_core: a clock is the subject and the machine "
+                            "must not be busy: under pytest-xdist no other test runs "
+                            "meanwhile (conftest._core_share)")
     config.addinivalue_line("markers", "requires(*names): real parts the test drives "
                             "(support.REAL_PARTS); missing, skip, or fail under CI")
+
+
+def pytest_unconfigure(config):
+    for lock in _LOCKS:
+        lock.close()
+    _LOCKS.clear()
+    if not _IS_XDIST_WORKER:
+        _background.stop()
+
+
+# -- mypy and `cython -a` in the background (tests/_background.py) ----------------------
+
+def pytest_collection_finish(session):
+    # serial (under xdist the controller collects nothing); not for --collect-only
+    if not _IS_XDIST_WORKER and not session.config.option.collectonly:
+        _background.start_needed([item.nodeid for item in session.items])
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_node_collection_finished(node, ids):
+    """pytest-xdist, on the controller: a worker collected `ids` (after
+    -k/-m), before any test runs."""
+    _background.start_needed(ids)
 
 
 # -- real parts, and no skip under CI ------------------------------------------------
@@ -163,6 +203,8 @@ _CI_SKIPS: list[str] = []
 
 
 def _note_skip(report) -> None:
+    if _IS_XDIST_WORKER:
+        return                          # the controller counts it, once
     if not os.environ.get("CI") or not report.skipped or hasattr(report, "wasxfail"):
         return
     if "slow" in getattr(report, "keywords", {}):
@@ -183,7 +225,9 @@ def pytest_sessionfinish(session, exitstatus):
     """Under CI a skip is a failure (apart from `slow` tests): CI installs
     every real part, so a skip there means a check that never ran."""
     report = session.config.getoption("--time-report")
-    if report:
+    if report and _IS_XDIST_WORKER:
+        session.config.workeroutput["beastnet_times"] = _TIMES
+    elif report:
         _write_time_report(report)
     if _CI_SKIPS and exitstatus == pytest.ExitCode.OK:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
@@ -263,6 +307,43 @@ def pytest_addoption(parser):
                           "reaped children's CPU, and idle = wall - both (docs/testing.md)")
 
 
+# -- needs_core: alone on the machine under pytest-xdist ----------------------------------
+
+@contextlib.contextmanager
+def _core_share(item):
+    """Under pytest-xdist each test (set-up to teardown) holds a shared lock;
+    one marked `needs_core` holds it exclusively, so no other worker runs a
+    test meanwhile.  A turnstile taken before either keeps a waiting
+    exclusive test from being starved by the shared ones.  Serial: nothing
+    to share."""
+    if not _LOCKS:
+        yield
+        return
+    turnstile, cores = _LOCKS
+    fcntl.flock(turnstile, fcntl.LOCK_EX)
+    try:
+        needs_core = item.get_closest_marker("needs_core") is not None
+        fcntl.flock(cores, fcntl.LOCK_EX if needs_core else fcntl.LOCK_SH)
+    finally:
+        fcntl.flock(turnstile, fcntl.LOCK_UN)
+    try:
+        yield
+    finally:
+        fcntl.flock(cores, fcntl.LOCK_UN)
+
+
+# A worker's two lock files, open for its whole life: opened per test they
+# would come and go around the leak checks' fd snapshots.
+_LOCKS: list = []
+
+
+def _open_locks() -> None:
+    jobs_dir = os.environ.get(_background.ENV_DIR)
+    if _IS_XDIST_WORKER and jobs_dir:
+        _LOCKS[:] = [open(os.path.join(jobs_dir, name), "a")    # noqa: SIM115 (session-long)
+                     for name in ("turnstile.lock", "cores.lock")]
+
+
 # -- --time-report: where the wall time goes -------------------------------------------
 
 # file -> [wall, self CPU, children CPU, tests]; setup and teardown included,
@@ -276,19 +357,33 @@ def _cpu() -> tuple[float, float]:
     return me.ru_utime + me.ru_stime, kids.ru_utime + kids.ru_stime
 
 
-@pytest.hookimpl(hookwrapper=True)
+# tryfirst: the outermost wrapper, so a wait for the cores (_core_share) is
+# not counted by pytest-timeout, whose timer starts inside it.
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
 def pytest_runtest_protocol(item, nextitem):
-    if not item.config.getoption("--time-report"):
+    with _core_share(item):
+        if not item.config.getoption("--time-report"):
+            yield
+            return
+        wall0, (me0, kids0) = time.monotonic(), _cpu()
         yield
-        return
-    wall0, (me0, kids0) = time.monotonic(), _cpu()
-    yield
-    wall1, (me1, kids1) = time.monotonic(), _cpu()
+        wall1, (me1, kids1) = time.monotonic(), _cpu()
     row = _TIMES.setdefault(item.location[0], [0.0, 0.0, 0.0, 0])
     row[0] += wall1 - wall0
     row[1] += me1 - me0
     row[2] += kids1 - kids0
     row[3] += 1
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    """pytest-xdist, on the controller: a worker ended; add its files' times
+    (a file runs on one worker under --dist loadfile/loadgroup, but a sum is
+    right either way)."""
+    for name, row in getattr(node, "workeroutput", {}).get("beastnet_times", {}).items():
+        mine = _TIMES.setdefault(name, [0.0, 0.0, 0.0, 0])
+        for i in range(4):
+            mine[i] += row[i]
 
 
 def _write_time_report(path: str) -> None:
@@ -304,7 +399,34 @@ def _write_time_report(path: str) -> None:
                       f"{max(0.0, wall - me - kids):.1f}\n")
 
 
+# Under pytest-xdist (--dist loadfile --no-loadscope-reorder, pyproject's
+# addopts) files are handed to the workers in collection order: the longest
+# go first, so none starts late and runs on alone while the other workers
+# have finished (longest first), and the two that wait for a background job
+# (tests/_background.py) go last, when their job has had the run's length.
+# Only the order changes; walls measured with --time-report, docs/testing.md.
+_LONGEST_FIRST = [      # wall >= 20 s in a run on 4 workers, 2026-12-06 22:35 UTC
+    "test_cli.py", "test_plan.py", "test_cluster.py", "test_loadgen_agents.py",
+    "test_ci_rules.py", "test_concurrency.py", "test_http_fuzzing.py", "test_protocol.py",
+    "test_serve_postgres.py", "test_cluster_faults.py", "test_feeds_exchanges.py",
+    "test_loadgen_ws_stress.py", "test_ws_requests_fuzzing.py", "test_serve.py",
+    "test_webhooks_cluster.py", "test_serve_admin.py", "test_loadgen_ws.py",
+    "test_loadgen_udp.py", "test_webhooks_push.py", "test_stores_postgres.py",
+    "test_usage_postgres_nodes.py", "test_loadgen_tls.py", "test_http_hardening.py",
+]
+_WAIT_ON_BACKGROUND = ["test_sourcecode.py", "test_loadgen_sourcecheck.py"]
+
+
+def _xdist_order(item) -> int:
+    name = os.path.basename(item.location[0])
+    if name in _LONGEST_FIRST:
+        return _LONGEST_FIRST.index(name)
+    return len(_LONGEST_FIRST) + 1 + (name in _WAIT_ON_BACKGROUND)
+
+
 def pytest_collection_modifyitems(config, items):
+    if _IS_XDIST_WORKER:                # every worker sorts alike, as xdist requires
+        items.sort(key=_xdist_order)
     if config.getoption("--run-slow") or "slow" in (config.getoption("-m") or ""):
         return
     skip = pytest.mark.skip(reason="slow: use --run-slow or -m slow")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import glob
 import os
+import random
 import re
 import shutil
 import socket
@@ -230,11 +231,56 @@ def requires(*names: str) -> pytest.MarkDecorator:
 
 # -- polling and introspection ------------------------------------------------------
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port free on `host` now (IPv4 or IPv6 loopback)."""
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+# A port a test picks, closes and then hands to a server it starts (or
+# leaves closed, to be refused) comes from a band below the kernel's
+# ephemeral range, of this process's own: bind(0) and connect() elsewhere
+# never hand one of these out, and under pytest-xdist each worker
+# (PYTEST_XDIST_WORKER=gw0, gw1...) has its own band, so two workers never
+# pick the same port between the check and the use.  A random start in the
+# band keeps two sessions on one machine (two checkouts' runs) apart too.
+_PORT_BAND = 1500
+_PORT_BANDS = 9                           # serial + up to 8 workers
+_next_port: Optional[int] = None
+
+
+def _port_band() -> Optional[tuple[int, int]]:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            ephemeral_low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    base = ephemeral_low - _PORT_BANDS * _PORT_BAND
+    if base < 10000:                       # a tuned range leaves no room: bind(0) it is
+        return None
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    index = int(worker[2:]) + 1 if worker[:2] == "gw" and worker[2:].isdigit() else 0
+    low = base + (index % _PORT_BANDS) * _PORT_BAND
+    return low, low + _PORT_BAND
+
+
+def free_port(host: str = "127.0.0.1", kind: int = socket.SOCK_STREAM) -> int:
+    """A port free on `host` now (IPv4 or IPv6 loopback; TCP, or UDP with
+    kind=SOCK_DGRAM), from this process's band (above)."""
+    global _next_port
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    band = _port_band()
+    if band is None:
+        with socket.socket(family, kind) as s:
+            s.bind((host, 0))
+            return int(s.getsockname()[1])
+    low, high = band
+    if _next_port is None or not low <= _next_port < high:
+        _next_port = low + random.randrange(_PORT_BAND)
+    for _ in range(_PORT_BAND):
+        port = _next_port
+        _next_port = low + (port + 1 - low) % _PORT_BAND
+        with socket.socket(family, kind) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue                    # taken, or in TIME_WAIT: the next one
+            return port
+    raise AssertionError(f"no free port in {low}-{high - 1} on {host}")
 
 
 def wait_for(predicate: Callable[[], T], timeout: float = 5.0, interval: float = 0.005,

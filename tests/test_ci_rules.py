@@ -28,8 +28,11 @@ def run_probe(ci: bool, *args: str) -> tuple[int, str]:
     return done.returncode, done.stdout + done.stderr
 
 
-def test_under_ci_a_missing_real_part_fails_naming_it_and_a_skip_fails_the_run() -> None:
-    rc, out = run_probe(ci=True)
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_under_ci_a_missing_real_part_fails_naming_it_and_a_skip_fails_the_run(workers) -> None:
+    """Serial and under pytest-xdist (the skips are counted on the controller,
+    from the reports the workers send back)."""
+    rc, out = run_probe(True, "-n", workers)
     assert rc == 1, out
     failed = [line for line in out.splitlines() if line.startswith(("FAILED", "ERROR"))]
     assert failed == ["ERROR tests/_ci_probe.py::test_drives_redis - Failed: redis-server is not "
@@ -41,7 +44,7 @@ def test_under_ci_a_missing_real_part_fails_naming_it_and_a_skip_fails_the_run()
 
 
 def test_on_a_developer_machine_the_same_tests_skip_with_their_reasons() -> None:
-    rc, out = run_probe(ci=False)
+    rc, out = run_probe(False, "-n", "0")
     assert rc == 0, out
     assert ("redis-server is not installed (.ci/run installs it with scripts/system-deps)"
             in out), out
@@ -49,7 +52,7 @@ def test_on_a_developer_machine_the_same_tests_skip_with_their_reasons() -> None
 
 
 def test_under_ci_a_skip_alone_fails_the_run() -> None:
-    rc, out = run_probe(True, "-k", "not drives_redis")
+    rc, out = run_probe(True, "-n", "0", "-k", "not drives_redis")
     assert rc == 1, out
     assert "2 skipped, 1 deselected" in out and "error" not in out, out
     assert "_ci_probe.py::test_skips_for_no_real_reason: this machine lacks something" in out

@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import http.client
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from beastnet.serve.config import PROFILES, ServeConfig
 import test_serve
 from conftest import needs_ipv6
 from test_serve import add_key
+from support import free_port
 
 # Subprocesses run the package under test (installed or in place), no path games.
 ENV = dict(os.environ)
@@ -194,9 +194,7 @@ def test_an_option_before_the_command_is_named_not_called_a_missing_command():
 
 
 def test_a_dead_target_is_one_line_and_exit_1():
-    with socket.socket() as s:                  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()                          # a port nobody listens on
     proc = beastnet("stats", "--url", f"http://127.0.0.1:{port}")
     assert proc.returncode == 1
     assert one_error_line(proc).endswith(f"http://127.0.0.1:{port}: connection refused")

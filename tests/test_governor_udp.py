@@ -168,6 +168,8 @@ def past_the_knee(governor: bool):
         server.stop()
 
 
+# needs_core: it saturates the machine and times the partners' percentiles
+@pytest.mark.needs_core
 def test_past_the_knee_partners_stay_whole_and_public_is_shed():
     on, on_stats = past_the_knee(True)
     off, off_stats = past_the_knee(False)

@@ -18,6 +18,7 @@ from beastnet.errors import LoadConfigError, LoadError
 from beastnet.loadgen import HTTPLoadConfig, http_level_config, run_http_load
 
 from _loadgen_servers import ScriptedTCPServer, precise_sleep, read_requests
+from support import free_port
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -74,10 +75,7 @@ def stock_http_server(tmp_path):
     """`python -m http.server`, as anyone would run it (HTTP/1.0, closes each connection)."""
     (tmp_path / "v1").mkdir()
     (tmp_path / "v1" / "BTC").write_bytes(b'{"price":1}')
-    probe = socket.socket()
-    probe.bind(("127.0.0.1", 0))
-    port = probe.getsockname()[1]
-    probe.close()
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1",
                              "--directory", str(tmp_path)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
@@ -267,10 +265,7 @@ def test_silent_server_times_out_and_the_run_ends():
 
 
 def test_connection_refused_is_counted_not_a_crash():
-    probe = socket.socket()
-    probe.bind(("127.0.0.1", 0))
-    port = probe.getsockname()[1]
-    probe.close()
+    port = free_port()
     r = run_http_load(cfg(port, duration_s=0.5, warmup_s=0))
     assert r.sent == 0 and r.received == 0
     assert r.errors_by_kind.get("connect_refused", 0) > 0

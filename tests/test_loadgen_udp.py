@@ -24,6 +24,7 @@ from beastnet.loadgen.histogram import BUCKET_LOWER_NS, BUCKET_UPPER_NS, BUCKET_
 from beastnet.loadgen import UDPLoadConfig, alias_table, run_udp_load
 
 from _loadgen_servers import BODY, ScriptedUDPServer, tag_of
+from support import free_port
 
 WINDOW_PROBE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_window_probe.py")
 
@@ -315,10 +316,7 @@ def test_ipv6_loopback():
 
 
 def test_unreachable_port_counts_refusals_without_crashing():
-    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    probe.bind(("127.0.0.1", 0))
-    port = probe.getsockname()[1]
-    probe.close()
+    port = free_port(kind=socket.SOCK_DGRAM)
     r = run_udp_load(cfg(port, duration_s=0.5, warmup_s=0, timeout_ms=50))
     assert r.received == 0
     assert r.errors_by_kind.get("refused", 0) > 0 and r.errors == sum(r.errors_by_kind.values())

@@ -16,6 +16,7 @@ from beastnet.loadgen.ramp import Criteria, Level, judge_run, run_ramp
 from beastnet.loadgen.verdict import Expect, judge_outcomes, unreachable
 
 from _loadgen_servers import ScriptedTCPServer, ScriptedUDPServer, read_requests, tag_of
+import support
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -31,11 +32,7 @@ HTTP_DEAD = HTTP_SHORT + ["--timeout-ms", "100"]
 
 
 def free_port(kind: int = socket.SOCK_DGRAM) -> int:
-    probe = socket.socket(socket.AF_INET, kind)
-    probe.bind(("127.0.0.1", 0))
-    port = probe.getsockname()[1]
-    probe.close()
-    return port
+    return support.free_port(kind=kind)
 
 
 def last_line(capsys) -> str:

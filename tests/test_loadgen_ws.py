@@ -22,6 +22,7 @@ from beastnet.loadgen.ws.run import run_ws_load
 from beastnet.loadgen.ws.config import WSLoadConfig
 from beastnet.loadgen.ws.stress import NOTHING_COMPRESSED
 from _ws_scripted import ScriptedServer, feed_server
+from support import free_port
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -115,11 +116,7 @@ def test_random_closes_are_reconnected_with_backoff_within_the_jitter_bound():
 
 
 def test_refused_connects_back_off_exponentially_up_to_the_cap():
-    import socket
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()                                               # nobody listens there now
+    port = free_port()                                      # nobody listens there
     r = run_ws_load(config(port, connections=2, duration_s=1.5, backoff_base_ms=5,
                            backoff_cap_ms=80))
     b = r.extra["backoff_ms"]

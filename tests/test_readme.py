@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from support import wait_for
+from support import free_port, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -63,9 +63,7 @@ def test_the_python_example_serves_until_ctrl_c_on_a_port_serve_leaves_free(tmp_
     cfg = ServeConfig()
     assert int(port.group(1)) not in (cfg.udp_port, cfg.http_port, cfg.admin_port)
     assert "serve_forever()" in code and "..." not in code
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        free = str(probe.getsockname()[1])
+    free = str(free_port(kind=socket.SOCK_DGRAM))
     script = tmp_path / "example.py"
     script.write_text(code.replace(port.group(1), free))
     proc = subprocess.Popen([sys.executable, str(script)], stderr=subprocess.PIPE, text=True)

@@ -204,6 +204,9 @@ def test_asset_list_batch_and_lower_case_symbols(serve):
     assert server.terminate() == 0
 
 
+# needs_core: what a key is served is bounded by its rate times the run's
+# elapsed time, and a starved client sends too few (105 against 108 seen)
+@pytest.mark.needs_core
 def test_keys_and_limits_enforced_on_both_protocols(serve, tmp_path):
     db = tmp_path / "keys.db"
     add_key(db, "public", "pub-key")

@@ -1,11 +1,10 @@
 """Source checks run as tests: the hot loops must be white in `cython -a`,
 i.e. compile to C without a single Python C-API call.  Under CI (env CI
 set) a missing Cython fails instead of skipping."""
-import subprocess
-
 import pytest
 
-from _annotate import SRC, annotate, yellow_lines
+import _background
+from _annotate import SRC, annotated, yellow_lines
 
 # Every function a native thread runs per packet, per batch or per request.
 HOT_FUNCTIONS = {
@@ -77,8 +76,9 @@ HOT_FUNCTIONS = {
 
 
 @pytest.fixture(scope="module")
-def annotations(tmp_path_factory):
-    return annotate(tmp_path_factory.mktemp("annotate"))
+def annotations():
+    """`cython -a` of the engine, started when the session started."""
+    return annotated("annotate-core")
 
 
 @pytest.mark.parametrize("pxi", sorted(HOT_FUNCTIONS))
@@ -102,8 +102,6 @@ def test_no_gil_reacquired_in_native_code():
 def test_python_layer_type_checks():
     """The public API ships py.typed and _core.pyi: keep them honest."""
     pytest.importorskip("mypy")
-    import sys
-    result = subprocess.run([sys.executable, "-m", "mypy", "--ignore-missing-imports",
-                             "--no-error-summary", str(SRC)],
-                            capture_output=True, text=True, timeout=280)
+    # mypy over src/, started when the session started (tests/_background.py)
+    result = _background.result("mypy", timeout=280)
     assert result.returncode == 0, result.stdout + result.stderr

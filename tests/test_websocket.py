@@ -750,6 +750,8 @@ def test_unfinished_large_frames_count_against_the_reassembly_cap(table):
         assert totals(server)["ws_reassembly_refused"] == 1
 
 
+# needs_core: the close is timed against a 1 s margin
+@pytest.mark.needs_core
 def test_a_non_reader_of_a_slow_symbol_is_closed_a_stall_after_its_window_closes(table):
     """Issue 23: the stall clock started at the first short write, i.e. once
     TCP_NOTSENT_LOWAT's 128 KiB were unsent; a subscriber of a slow symbol
