@@ -221,3 +221,29 @@ def percentile_ns(samples, q: float) -> float:
     import numpy as np
     arr = np.asarray(samples)
     return float(np.percentile(arr, q)) if arr.size else float("nan")
+
+
+# -- benchmark-only C (the io_uring floors) ------------------------------------
+
+C_FLAGS = ["-O2", "-Wall", "-Wextra", "-Werror"]
+
+
+def build_uring_c(source: Path, exe: Path) -> Path:
+    """Compile a benchmark's C file that links liburing; exits with one line
+    (not a traceback) when the compiler or liburing-dev is missing or the
+    build fails."""
+    import shutil
+    cc = shutil.which("cc")
+    if cc is None:
+        sys.exit("a C compiler (cc) is needed (scripts/system-deps installs it)")
+    probe = subprocess.run(["pkg-config", "--exists", "liburing"], capture_output=True) \
+        if shutil.which("pkg-config") else None
+    if (probe is None or probe.returncode != 0) and not Path("/usr/include/liburing.h").exists():
+        sys.exit("liburing is needed for the io_uring floor (apt-get install liburing-dev; "
+                 "scripts/system-deps installs it)")
+    done = subprocess.run([cc, *C_FLAGS, "-o", str(exe), str(source), "-luring"],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        first = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[0]
+        sys.exit(f"building {source.name} failed: {first}")
+    return exe
