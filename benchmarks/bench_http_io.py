@@ -1,7 +1,7 @@
 """HTTP I/O backends, epoll vs io_uring: how much could io_uring save here?
 
     python benchmarks/bench_http_io.py [--duration 3] [--rounds 5]
-        [--cases ka50,ka1000,pipe16] [--servers beastnet,nginx,floor-epoll,...]
+        [--cases ka50,ka1000,pipe16,ka1] [--servers beastnet,nginx,floor-epoll,...]
         [--json reports/bench_http_io.json]
 
 beastnet has no io_uring HTTP worker, so this measures the ceiling first:
@@ -63,9 +63,13 @@ FLOORS = {
     "floor-uring-coop-all": (28487, "uring+coop+regring+direct+coalesce+skipcqe"),
 }
 SERVERS = ["beastnet", "nginx", *FLOORS]
-CASES = {"ka50": (50, 0), "ka1000": (1000, 0), "pipe16": (50, 16)}
+CASES = {"ka50": (50, 0), "ka1000": (1000, 0), "pipe16": (50, 16), "ka1": (1, 0)}
+DEFAULT_CASES = "ka50,ka1000,pipe16"
 CASE_TITLES = {"ka50": "keep-alive, 50 connections", "ka1000": "keep-alive, 1,000 connections",
-               "pipe16": "pipelined x16, 50 connections"}
+               "pipe16": "pipelined x16, 50 connections",
+               # One request in flight: req/s is the round-trip time, so a loop
+               # that answers later (completions run late) shows here first.
+               "ka1": "keep-alive, 1 connection (round-trip latency)"}
 
 
 def start(name: str, pin: str | None, tmp: Path, body: bytes, exe: Path) -> subprocess.Popen:
@@ -136,7 +140,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=int, default=3, help="measured seconds per run")
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--cases", default=",".join(CASES), help=f"from {','.join(CASES)}")
+    parser.add_argument("--cases", default=DEFAULT_CASES, help=f"from {','.join(CASES)}")
     parser.add_argument("--servers", default=",".join(SERVERS), help=f"from {','.join(SERVERS)}")
     parser.add_argument("--json", default=str(REPO_DIR / "reports" / "bench_http_io.json"))
     args = parser.parse_args()
