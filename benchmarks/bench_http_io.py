@@ -183,8 +183,10 @@ def main() -> None:
                             rate = wrk(port_of(n), 1, conns, args.duration, pin_wrk)
                             cpu_s, wall = cpu_seconds(pids) - cpu0, time.monotonic() - t0
                         except RuntimeError as exc:      # wrk saw socket errors: no figure
-                            print(f"round {rnd + 1} {case} {n}: {str(exc).splitlines()[0]}",
-                                  flush=True)
+                            why = [ln.strip() for ln in str(exc).splitlines()
+                                   if "errors" in ln and "wrk" not in ln]
+                            print(f"round {rnd + 1} {case} {n}: no figure, "
+                                  f"{why[0] if why else str(exc).splitlines()[0]}", flush=True)
                             results[case][n].append(None)
                             continue
                         run = {"rps": rate, "per_cpu_s": rate * args.duration / max(cpu_s, 1e-9),
