@@ -51,7 +51,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import bench_http  # noqa: E402
-from _common import REPO_DIR, build_uring_c, proc_sched_ns  # noqa: E402
+from _common import REPO_DIR, build_uring_c, paired_ratios, proc_sched_ns, spread  # noqa: E402
 from bench_http import server_pids, serving, stop, wrk  # noqa: E402
 
 # name -> (port, the C floor's MODE)
@@ -94,12 +94,6 @@ def port_of(name: str) -> int:
     return FLOORS[name][0] if name in FLOORS else bench_http.PORTS[name]
 
 
-def spread(values: list[float]) -> str:
-    if not values:
-        return "n/a"
-    return f"{statistics.median(values):.3f} ({min(values):.2f}-{max(values):.2f}, n={len(values)})"
-
-
 def report(results: dict, servers: list[str], cases: list[str]) -> dict:
     """Median tables and the paired (same round, same case) ratios."""
     summary: dict = {}
@@ -126,12 +120,9 @@ def report(results: dict, servers: list[str], cases: list[str]) -> dict:
         for a, b in bases:
             if b not in servers:
                 continue
-            both = [(x, y) for x, y in zip(results[case][a], results[case][b])
-                    if x is not None and y is not None]
-            eff = [x["per_cpu_s"] / y["per_cpu_s"] for x, y in both]
-            rate = [x["rps"] / y["rps"] for x, y in both]
-            pairs[f"{a}/{b}"] = {"per_cpu_s": eff, "rps": rate}
-            print(f"- {a}/{b}: req per CPU-second {spread(eff)}; req/s {spread(rate)}")
+            pairs[f"{a}/{b}"] = r = paired_ratios(results[case][a], results[case][b])
+            print(f"- {a}/{b}: req per CPU-second {spread(r['per_cpu_s'])}, rounds with "
+                  f"req/s within 2x {spread(r['per_cpu_s_comparable'])}; req/s {spread(r['rps'])}")
         summary[case] = {"medians": rows, "pairs": pairs}
     return summary
 
@@ -143,7 +134,14 @@ def main() -> None:
     parser.add_argument("--cases", default=DEFAULT_CASES, help=f"from {','.join(CASES)}")
     parser.add_argument("--servers", default=",".join(SERVERS), help=f"from {','.join(SERVERS)}")
     parser.add_argument("--json", default=str(REPO_DIR / "reports" / "bench_http_io.json"))
+    parser.add_argument("--summarize", metavar="JSON",
+                        help="print the tables of an earlier run's JSON again, run nothing")
     args = parser.parse_args()
+    if args.summarize:
+        doc = json.loads(Path(args.summarize).read_text())
+        some = next(iter(doc["results"].values()))
+        report(doc["results"], list(some), list(doc["results"]))
+        return
     cases = args.cases.split(",")
     servers = args.servers.split(",")
     for bad in [c for c in cases if c not in CASES] + [s for s in servers if s not in SERVERS]:
@@ -187,6 +185,10 @@ def main() -> None:
                                    if "errors" in ln and "wrk" not in ln]
                             print(f"round {rnd + 1} {case} {n}: no figure, "
                                   f"{why[0] if why else str(exc).splitlines()[0]}", flush=True)
+                            results[case][n].append(None)
+                            continue
+                        if rate <= 0:                    # wrk got nothing through
+                            print(f"round {rnd + 1} {case} {n}: no figure, 0 req/s", flush=True)
                             results[case][n].append(None)
                             continue
                         run = {"rps": rate, "per_cpu_s": rate * args.duration / max(cpu_s, 1e-9),

@@ -43,7 +43,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from _common import REPO_DIR, asset_table, build_uring_c, machine_info  # noqa: E402
+from _common import (REPO_DIR, asset_table, build_uring_c, machine_info,  # noqa: E402
+                     paired_ratios, spread)
 from udp_compare import BEASTNET, PY, LoadgenClient, Row, measure  # noqa: E402
 
 FLOORS = {
@@ -63,12 +64,6 @@ def rows(exe: Path, body: bytes, pin: list[str]) -> dict[str, Row]:
     for name, mode in FLOORS.items():
         out[name] = Row(name, f"udp_io_floor {mode}", (*pin, str(exe), mode, "0", body.decode()))
     return out
-
-
-def spread(values: list[float]) -> str:
-    if not values:
-        return "n/a"
-    return f"{statistics.median(values):.3f} ({min(values):.2f}-{max(values):.2f}, n={len(values)})"
 
 
 def main() -> None:
@@ -142,12 +137,9 @@ def main() -> None:
         for n in servers:
             if n == "floor-mmsg":
                 continue
-            both = [(x, y) for x, y in zip(results[n], results["floor-mmsg"])
-                    if x is not None and y is not None]
-            eff = [x["per_cpu_s"] / y["per_cpu_s"] for x, y in both]
-            rate = [x["rps"] / y["rps"] for x, y in both]
-            pairs[n] = {"per_cpu_s": eff, "rps": rate}
-            print(f"- {n}/floor-mmsg: req per CPU-second {spread(eff)}; req/s {spread(rate)}")
+            pairs[n] = r = paired_ratios(results[n], results["floor-mmsg"])
+            print(f"- {n}/floor-mmsg: req per CPU-second {spread(r['per_cpu_s'])}, rounds with "
+                  f"req/s within 2x {spread(r['per_cpu_s_comparable'])}; req/s {spread(r['rps'])}")
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"started": started, "finished": finished, "loads": loads,
