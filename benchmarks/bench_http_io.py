@@ -2,6 +2,7 @@
 
     python benchmarks/bench_http_io.py [--duration 3] [--rounds 5]
         [--cases ka50,ka1000,pipe16,ka1] [--servers beastnet,nginx,floor-epoll,...]
+        [--floor uring+coop+direct ...]
         [--json reports/bench_http_io.json]
 
 beastnet has no io_uring HTTP worker, so this measures the ceiling first:
@@ -132,18 +133,25 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=3, help="measured seconds per run")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--cases", default=DEFAULT_CASES, help=f"from {','.join(CASES)}")
-    parser.add_argument("--servers", default=",".join(SERVERS), help=f"from {','.join(SERVERS)}")
+    parser.add_argument("--servers", default=",".join(SERVERS),
+                        help=f"from {','.join(SERVERS)} and the --floor ones")
     parser.add_argument("--json", default=str(REPO_DIR / "reports" / "bench_http_io.json"))
     parser.add_argument("--summarize", metavar="JSON",
                         help="print the tables of an earlier run's JSON again, run nothing")
+    parser.add_argument("--floor", action="append", default=[], metavar="MODE",
+                        help="also run the floor in this MODE (e.g. uring+coop+direct), "
+                             "as server floor-MODE; repeatable")
     args = parser.parse_args()
+    for i, mode in enumerate(args.floor):
+        FLOORS[f"floor-{mode}"] = (28490 + i, mode)
+        SERVERS.append(f"floor-{mode}")
     if args.summarize:
         doc = json.loads(Path(args.summarize).read_text())
         some = next(iter(doc["results"].values()))
         report(doc["results"], list(some), list(doc["results"]))
         return
     cases = args.cases.split(",")
-    servers = args.servers.split(",")
+    servers = args.servers.split(",") + [f"floor-{m}" for m in args.floor]
     for bad in [c for c in cases if c not in CASES] + [s for s in servers if s not in SERVERS]:
         sys.exit(f"unknown case or server: {bad}")
     for tool in ("wrk", "nginx", "taskset"):

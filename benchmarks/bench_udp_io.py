@@ -1,7 +1,7 @@
 """UDP readers, recvmmsg/sendmmsg vs io_uring: how much could io_uring save here?
 
     python benchmarks/bench_udp_io.py [--duration 3] [--warmup 1] [--rounds 5]
-        [--servers beastnet,floor-mmsg,...] [--json reports/bench_udp_io.json]
+        [--servers beastnet,floor-mmsg,...] [--floor uring+coop+fixed ...] [--json reports/bench_udp_io.json]
 
 servers/udp_io_floor.c (built here with cc and liburing) is one reader thread
 answering every request with the same body behind the request's tag, in two
@@ -66,6 +66,32 @@ def rows(exe: Path, body: bytes, pin: list[str]) -> dict[str, Row]:
     return out
 
 
+def report(results: dict, servers: list[str]) -> tuple[dict, dict]:
+    """Median table and the paired ratios to floor-mmsg."""
+    print("\n| server | req/s | req per server CPU-second | server CPU µs/req | server CPU use |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    medians = {}
+    for n in servers:
+        runs = [r for r in results[n] if r is not None]
+        if not runs:
+            print(f"| {n} | failed | | | |")
+            continue
+        m = {k: statistics.median(r[k] for r in runs) for k in ("rps", "per_cpu_s", "util")}
+        medians[n] = m
+        print(f"| {n} | {m['rps']:,.0f} | {m['per_cpu_s']:,.0f} | {1e6 / m['per_cpu_s']:.2f} "
+              f"| {m['util']:.2f} |")
+    pairs = {}
+    if "floor-mmsg" in servers:
+        print("\nPaired ratios to floor-mmsg, median (min-max) over rounds:\n")
+        for n in servers:
+            if n == "floor-mmsg":
+                continue
+            pairs[n] = r = paired_ratios(results[n], results["floor-mmsg"])
+            print(f"- {n}/floor-mmsg: req per CPU-second {spread(r['per_cpu_s'])}, rounds with "
+                  f"req/s within 2x {spread(r['per_cpu_s_comparable'])}; req/s {spread(r['rps'])}")
+    return medians, pairs
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--duration", type=float, default=3.0, help="measured seconds per run")
@@ -73,8 +99,20 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--servers", default=",".join(SERVERS), help=f"from {','.join(SERVERS)}")
     p.add_argument("--json", default=str(REPO_DIR / "reports" / "bench_udp_io.json"))
+    p.add_argument("--summarize", metavar="JSON",
+                   help="print the tables of an earlier run's JSON again, run nothing")
+    p.add_argument("--floor", action="append", default=[], metavar="MODE",
+                   help="also run the floor in this MODE (e.g. uring+coop+fixed), as server "
+                        "floor-MODE; repeatable")
     args = p.parse_args()
-    servers = args.servers.split(",")
+    for mode in args.floor:
+        FLOORS[f"floor-{mode}"] = mode
+        SERVERS.append(f"floor-{mode}")
+    if args.summarize:
+        doc = json.loads(Path(args.summarize).read_text())
+        report(doc["results"], list(doc["results"]))
+        return
+    servers = args.servers.split(",") + [f"floor-{m}" for m in args.floor]
     for bad in [s for s in servers if s not in SERVERS]:
         sys.exit(f"unknown server: {bad}")
     try:
@@ -119,27 +157,7 @@ def main() -> None:
     finished = time.strftime("%H:%M:%S UTC", time.gmtime())
     print(f"\n{started} - {finished}; 1-minute load average at each round's start and the end: "
           + ", ".join(f"{x:.1f}" for x in loads))
-    print("\n| server | req/s | req per server CPU-second | server CPU µs/req | server CPU use |")
-    print("| --- | ---: | ---: | ---: | ---: |")
-    medians = {}
-    for n in servers:
-        runs = [r for r in results[n] if r is not None]
-        if not runs:
-            print(f"| {n} | failed | | | |")
-            continue
-        m = {k: statistics.median(r[k] for r in runs) for k in ("rps", "per_cpu_s", "util")}
-        medians[n] = m
-        print(f"| {n} | {m['rps']:,.0f} | {m['per_cpu_s']:,.0f} | {1e6 / m['per_cpu_s']:.2f} "
-              f"| {m['util']:.2f} |")
-    pairs = {}
-    if "floor-mmsg" in servers:
-        print("\nPaired ratios to floor-mmsg, median (min-max) over rounds:\n")
-        for n in servers:
-            if n == "floor-mmsg":
-                continue
-            pairs[n] = r = paired_ratios(results[n], results["floor-mmsg"])
-            print(f"- {n}/floor-mmsg: req per CPU-second {spread(r['per_cpu_s'])}, rounds with "
-                  f"req/s within 2x {spread(r['per_cpu_s_comparable'])}; req/s {spread(r['rps'])}")
+    medians, pairs = report(results, servers)
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"started": started, "finished": finished, "loads": loads,
