@@ -136,8 +136,9 @@ def main() -> None:
     parser.add_argument("--servers", default=",".join(SERVERS),
                         help=f"from {','.join(SERVERS)} and the --floor ones")
     parser.add_argument("--json", default=str(REPO_DIR / "reports" / "bench_http_io.json"))
-    parser.add_argument("--summarize", metavar="JSON",
-                        help="print the tables of an earlier run's JSON again, run nothing")
+    parser.add_argument("--summarize", metavar="JSON", nargs="+",
+                        help="print the tables of earlier runs' JSON (their rounds pooled) "
+                             "again, run nothing")
     parser.add_argument("--floor", action="append", default=[], metavar="MODE",
                         help="also run the floor in this MODE (e.g. uring+coop+direct), "
                              "as server floor-MODE; repeatable")
@@ -146,9 +147,13 @@ def main() -> None:
         FLOORS[f"floor-{mode}"] = (28490 + i, mode)
         SERVERS.append(f"floor-{mode}")
     if args.summarize:
-        doc = json.loads(Path(args.summarize).read_text())
-        some = next(iter(doc["results"].values()))
-        report(doc["results"], list(some), list(doc["results"]))
+        # Several runs' rounds pooled: each file's rounds stay paired.
+        docs = [json.loads(Path(f).read_text())["results"] for f in args.summarize]
+        cases = [c for c in CASES if any(c in d for d in docs)]
+        servers = [n for n in SERVERS if all(n in d[c] for d in docs for c in cases if c in d)]
+        pooled = {c: {n: [r for d in docs if c in d for r in d[c][n]] for n in servers}
+                  for c in cases}
+        report(pooled, servers, cases)
         return
     cases = args.cases.split(",")
     servers = args.servers.split(",") + [f"floor-{m}" for m in args.floor]

@@ -99,8 +99,9 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--servers", default=",".join(SERVERS), help=f"from {','.join(SERVERS)}")
     p.add_argument("--json", default=str(REPO_DIR / "reports" / "bench_udp_io.json"))
-    p.add_argument("--summarize", metavar="JSON",
-                   help="print the tables of an earlier run's JSON again, run nothing")
+    p.add_argument("--summarize", metavar="JSON", nargs="+",
+                   help="print the tables of earlier runs' JSON (their rounds pooled) again, "
+                        "run nothing")
     p.add_argument("--floor", action="append", default=[], metavar="MODE",
                    help="also run the floor in this MODE (e.g. uring+coop+fixed), as server "
                         "floor-MODE; repeatable")
@@ -109,8 +110,10 @@ def main() -> None:
         FLOORS[f"floor-{mode}"] = mode
         SERVERS.append(f"floor-{mode}")
     if args.summarize:
-        doc = json.loads(Path(args.summarize).read_text())
-        report(doc["results"], list(doc["results"]))
+        # Several runs' rounds pooled: each file's rounds stay paired.
+        docs = [json.loads(Path(f).read_text())["results"] for f in args.summarize]
+        servers = [n for n in docs[0] if all(n in d for d in docs)]
+        report({n: [r for d in docs for r in d[n]] for n in servers}, servers)
         return
     servers = args.servers.split(",") + [f"floor-{m}" for m in args.floor]
     for bad in [s for s in servers if s not in SERVERS]:
