@@ -100,7 +100,10 @@ static void serve_epoll(int lfd)
             if (fd == lfd) {
                 int c;
                 while ((c = accept4(lfd, NULL, NULL, SOCK_NONBLOCK)) >= 0) {
-                    if (c >= MAX_FDS) { close(c); continue; }
+                    if (c >= MAX_FDS) {
+                        if (close(c)) die("close");
+                        continue;
+                    }
                     memset(tail[c], 0, 3);
                     ev.events = EPOLLIN;
                     ev.data.fd = c;
@@ -114,15 +117,15 @@ static void serve_epoll(int lfd)
             ssize_t got = recv(fd, buf, sizeof(buf), 0);
             if (got <= 0) {
                 if (got < 0 && errno == EAGAIN) continue;
-                close(fd);                      /* also leaves the epoll set */
+                if (close(fd)) die("close");    /* also leaves the epoll set */
                 continue;
             }
             int heads = count_heads(fd, buf, (size_t)got);
             /* A short send is not retried: the canned answer is tiny next to
              * the socket buffer, and wrk would report the missing bytes. */
             if (heads && send(fd, answers, answer_len * heads, MSG_NOSIGNAL) < 0
-                && errno != EAGAIN)
-                close(fd);
+                && errno != EAGAIN && close(fd))
+                die("close");
         }
     }
 }
