@@ -221,3 +221,53 @@ def percentile_ns(samples, q: float) -> float:
     import numpy as np
     arr = np.asarray(samples)
     return float(np.percentile(arr, q)) if arr.size else float("nan")
+
+
+# -- benchmark-only C (the io_uring floors) ------------------------------------
+
+C_FLAGS = ["-O2", "-Wall", "-Wextra", "-Werror"]
+
+
+def build_uring_c(source: Path, exe: Path) -> Path:
+    """Compile a benchmark's C file that links liburing; exits with one line
+    (not a traceback) when the compiler or liburing-dev is missing or the
+    build fails."""
+    import shutil
+    cc = shutil.which("cc")
+    if cc is None:
+        sys.exit("a C compiler (cc) is needed (scripts/system-deps installs it)")
+    probe = subprocess.run(["pkg-config", "--exists", "liburing"], capture_output=True) \
+        if shutil.which("pkg-config") else None
+    if (probe is None or probe.returncode != 0) and not Path("/usr/include/liburing.h").exists():
+        sys.exit("liburing is needed for the io_uring floor (apt-get install liburing-dev; "
+                 "scripts/system-deps installs it)")
+    done = subprocess.run([cc, *C_FLAGS, "-o", str(exe), str(source), "-luring"],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        first = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[0]
+        sys.exit(f"building {source.name} failed: {first}")
+    return exe
+
+
+# -- paired ratios (interleaved A/B rounds on a shared machine) ------------------
+
+def paired_ratios(a_runs: list, b_runs: list, comparable: float = 2.0) -> dict:
+    """Round-by-round ratios a/b of req per CPU-second and of req/s, over the
+    rounds where both ran (None = no figure).  "comparable" keeps only the
+    rounds whose two req/s are within a factor `comparable` of each other: CPU
+    per request depends on how many requests a wake-up finds, so a run a busy
+    neighbour starved (a few hundred req/s) is not compared with one that was
+    not."""
+    both = [(x, y) for x, y in zip(a_runs, b_runs) if x and y and x["rps"] > 0 and y["rps"] > 0]
+    near = [(x, y) for x, y in both if 1 / comparable <= x["rps"] / y["rps"] <= comparable]
+    return {"per_cpu_s": [x["per_cpu_s"] / y["per_cpu_s"] for x, y in both],
+            "rps": [x["rps"] / y["rps"] for x, y in both],
+            "per_cpu_s_comparable": [x["per_cpu_s"] / y["per_cpu_s"] for x, y in near]}
+
+
+def spread(values: list) -> str:
+    """median (min-max, n) of a list of ratios."""
+    import statistics
+    if not values:
+        return "n/a"
+    return f"{statistics.median(values):.3f} ({min(values):.2f}-{max(values):.2f}, n={len(values)})"
