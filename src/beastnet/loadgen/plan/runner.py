@@ -206,10 +206,15 @@ class Poller:
             rss = _rss(node.pid)
             gone = node.pid is not None and rss is None
             # Stale: the snapshot is late (a node whose control loop is
-            # starved); missing or absent, or its process gone: the node is lost.
-            if gone or state not in ("live", "stale"):
+            # starved).  Lost: its process gone, absent from the nodes hash,
+            # or its snapshot expired where we cannot see the process.  A
+            # node we started whose process is alive but whose snapshot
+            # expired is starved, not lost (a busy 2-core box starves a node
+            # past the snapshot's TTL while it still serves).
+            alive = rss is not None
+            if gone or state == "absent" or (state == "missing" and not alive):
                 found.append((node.name, "node_lost", 0.0))
-            elif state == "stale":
+            elif state in ("stale", "missing"):
                 found.append((node.name, "node_stale", 0.0))
             if gone:
                 info["state"] = "gone"
