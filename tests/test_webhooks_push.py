@@ -475,3 +475,101 @@ def test_stop_logs_the_attempt_under_way(table, store, receiver, tls_certs):  # 
     rows = store.read_log(sub["id"])
     assert [(r["attempt"], r["delivered"], r["error"]) for r in rows] == \
         [(1, 0, "cancelled: stopping")]
+
+
+class SilentTLSPeer:
+    """A TLS endpoint that completes the handshake and then never reads nor
+    answers again, close_notify included: a client's graceful TLS close
+    waits on it forever.  The TLS runs over memory BIOs on the test's side,
+    so what comes back on the raw TCP socket afterwards is visible: the
+    client's close_notify alert is data, only an abort or a closed socket
+    is an end of stream."""
+
+    def __init__(self, certs) -> None:  # noqa: ANN001
+        import socket
+        import ssl
+        import threading
+        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.ctx.load_cert_chain(str(certs.server.cert), str(certs.server.key))
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.accepted: list = []
+        self.handshakes = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name="silent-tls", daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        import select
+        import ssl
+        self.listener.settimeout(0.1)
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                continue
+            self.accepted.append(conn)
+            incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+            tls = self.ctx.wrap_bio(incoming, outgoing, server_side=True)
+            while not self._stop.is_set():
+                try:
+                    tls.do_handshake()
+                    conn.sendall(outgoing.read())
+                    self.handshakes += 1
+                    break
+                except ssl.SSLWantReadError:
+                    conn.sendall(outgoing.read())
+                    if select.select([conn], [], [], 0.1)[0]:
+                        data = conn.recv(65536)
+                        if not data:
+                            break
+                        incoming.write(data)
+                except (ssl.SSLError, OSError):
+                    break
+
+    def ended(self, conn, within_s: float) -> bool:  # noqa: ANN001
+        """Whether the client's side of `conn` ended (FIN or RST) within
+        `within_s`; bytes before the end (a close_notify) are read past."""
+        import select
+        deadline = time.monotonic() + within_s
+        while (left := deadline - time.monotonic()) > 0:
+            if not select.select([conn], [], [], left)[0]:
+                return False
+            try:
+                if not conn.recv(65536):
+                    return True
+            except ConnectionResetError:
+                return True
+        return False
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        for conn in self.accepted:
+            conn.close()
+        self.listener.close()
+
+
+def test_stop_aborts_tls_connections_whose_graceful_close_is_pending(table, store,
+                                                                       tls_certs):  # noqa: F811
+    """Each attempt times out and aiohttp closes its connection gracefully:
+    close_notify, then a wait for the peer's, which this peer never sends.
+    stop() must abort those closes, not leave them to the loop's close
+    (uvloop refuses to close with their handles open, EBUSY, and the
+    sockets leak): every connection the peer accepted ends at the stop."""
+    peer = SilentTLSPeer(tls_certs)
+    try:
+        sub = add_due_soon(store, f"https://127.0.0.1:{peer.port}/", "slow", ["BTC"])
+        with WebhookPusher(table, store, ASSETS, settings(tls_certs, timeout_s=0.3)) as pusher:
+            wait_for(lambda: pusher.stats()["methods"]["https"]["failures"] >= 1, timeout=12)
+            # The attempts' graceful closes are pending now: nothing ended yet.
+            assert peer.handshakes == 3 and len(peer.accepted) == 3, (peer.handshakes,
+                                                                      len(peer.accepted))
+            assert not any(peer.ended(c, 0.0) for c in peer.accepted), \
+                "a connection ended before the stop: the peer's silence was not tested"
+        ended = [peer.ended(c, 2.0) for c in peer.accepted]
+        assert all(ended), f"connections still open after stop(): {ended}"
+        rows = store.read_log(sub["id"])
+        assert len(rows) == 3 and all("timeout" in r["error"] for r in rows), rows
+    finally:
+        peer.close()

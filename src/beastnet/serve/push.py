@@ -254,11 +254,14 @@ def _guarded_resolver(allow_private: bool) -> Any:
 
 
 def _tracking_connector(**kwargs: Any) -> Any:
-    """aiohttp's TCPConnector that remembers the connections it hands out, so
-    stop() can abort the TLS ones still in use.  A cancelled request closes
-    its TLS connection gracefully (close_notify, then wait for the peer's);
-    a peer that never answers leaves that shutdown pending when the loop
-    closes, and uvloop then fails closing its own handles.  aiohttp's
+    """aiohttp's TCPConnector that remembers the TLS transports it hands out,
+    so stop() can abort the ones not yet closed.  A cancelled or timed-out
+    request closes its TLS connection gracefully (close_notify, then wait for
+    the peer's); a peer that never answers leaves that shutdown pending when
+    the loop closes, and uvloop then fails closing its own handles (EBUSY,
+    the socket leaked).  The transport is kept from connect() on: aiohttp's
+    protocol forgets it as soon as it asks for the graceful close, which is
+    when the shutdown starts, not when it ends.  aiohttp's
     `enable_cleanup_closed` would do this, but is ignored on CPython 3.11."""
     import weakref
 
@@ -267,21 +270,26 @@ def _tracking_connector(**kwargs: Any) -> Any:
     class TrackingConnector(aiohttp.TCPConnector):
         def __init__(self, **kw: Any) -> None:
             super().__init__(**kw)
-            self.handed_out: "weakref.WeakSet[Any]" = weakref.WeakSet()
+            # protocol -> its TLS transport.  An entry lives while the
+            # protocol does: uvloop's TLS layer holds the protocol until the
+            # connection is lost, so a shutdown still pending keeps its entry.
+            self.tls_transports: "weakref.WeakKeyDictionary[Any, Any]" = (
+                weakref.WeakKeyDictionary())
 
         async def connect(self, req: Any, traces: Any, timeout: Any) -> Any:
             conn = await super().connect(req, traces, timeout)
-            self.handed_out.add(conn.protocol)
+            proto = conn.protocol
+            transport = proto.transport if proto is not None else None
+            if transport is not None and transport.get_extra_info("sslcontext") is not None:
+                self.tls_transports[proto] = transport
             return conn
 
         def abort_tls(self) -> int:
-            aborted = 0
-            for proto in list(self.handed_out):
-                transport = proto.transport
-                if transport is not None and transport.get_extra_info("sslcontext") is not None:
-                    transport.abort()
-                    aborted += 1
-            return aborted
+            # abort() on a transport already closed is a no-op in uvloop.
+            transports = list(self.tls_transports.values())
+            for transport in transports:
+                transport.abort()
+            return len(transports)
 
     return TrackingConnector(**kwargs)
 
@@ -409,6 +417,9 @@ class WebhookPusher(StartStop):
                 self._session.connector.abort_tls()
             await asyncio.gather(*tasks, return_exceptions=True)
             if self._session is not None:
+                # Again: a request cancelled mid-flight closed its connection
+                # gracefully while it unwound, after the first pass.
+                self._session.connector.abort_tls()
                 await self._session.close()
 
         if self.control.running:
