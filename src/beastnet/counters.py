@@ -205,6 +205,7 @@ bg_drop            counter  rows         Usage rows dropped because the usage lo
 lrs_requests       counter  requests     Usage report requests answered (public port and admin listener). [snapshot]
 live_pushes        counter  pushes       Pushes of this node's pending usage counts to Redis (--redis; one pipelined call each). [snapshot]
 live_errors        counter  calls        Pushes to or reads from Redis of pending usage counts that failed (pushes are sent again). [snapshot]
+report_rereads     counter  reports      Usage reports that read again because a usage batch was stored between their read of the store and of the pending counts (it would have counted twice). [snapshot]
 usage_queue        gauge    rows         Usage rows waiting to be written.
 """)
 

@@ -52,6 +52,12 @@ DEFAULT_RANGE_S = 86400             # without from=, the last day
 DETAIL_LIMIT = 100                  # detail rows a page by default ...
 DETAIL_LIMIT_MAX = 1000             # ... and at most
 REPORT_KINDS = ("usage", "summary", "detail")
+# A report adds this node's pending counts to the stored rows; a batch
+# stored between the two reads would count twice, so the report reads again
+# (up to REPORT_READS times, REPORT_REREAD_S apart while a batch is being
+# written).  A flush takes milliseconds every 100 ms: a second read is rare.
+REPORT_READS = 5
+REPORT_REREAD_S = 0.005
 COUNTS = ("admitted", "refused", "rate_limited", "over_quota")
 
 _TIME = re.compile(r"(\d{4})-(\d{2})-(\d{2})(?:T(\d{2}):(\d{2})(?::(\d{2}))?Z?)?")
@@ -284,30 +290,72 @@ class Reports(Component):
         cost 250-330 us of server CPU a report (benchmarks/README.md)."""
         store: Any = self.usage.store
         usage_log = self.usage.log
-        pending = usage_log.pending(query.key) if usage_log is not None else []
-        if usage_log is not None and query.key is not None:
-            pending += await usage_log.live_others_here(query.key, query.start, query.end)
-        if query.kind == "detail":
-            page = await store.detail_here(query.key, query.start, query.end, query.after,
-                                           query.limit)
-            return self._body(query, own, pending, page)
-        totals = await store.totals_here(query.key, query.start, query.end, query.bucket_s)
-        return self._body(query, own, pending, totals)
+        for attempt in range(REPORT_READS):
+            taken = self._own_pending(query, last=attempt == REPORT_READS - 1)
+            if taken is None:                   # a batch is being written
+                await asyncio.sleep(REPORT_REREAD_S)
+                continue
+            pending, token = taken
+            if usage_log is not None and query.key is not None:
+                pending += await usage_log.live_others_here(query.key, query.start, query.end)
+            if query.kind == "detail":
+                stored: Any = await store.detail_here(query.key, query.start, query.end,
+                                                      query.after, query.limit)
+            else:
+                stored = await store.totals_here(query.key, query.start, query.end,
+                                                 query.bucket_s)
+            if self._consistent(token, attempt):
+                break
+        return self._body(query, own, pending, stored)
 
     def answer(self, query: ReportQuery, own: bool = True) -> dict[str, Any]:
         """The report's body (blocking: the store is read here)."""
         store = self.usage.store
         usage_log = self.usage.log
-        pending = usage_log.pending(query.key) if usage_log is not None else []
-        if usage_log is not None and query.key is not None:
-            # The other nodes' counts not yet stored (with --redis): one
-            # pipelined read of the key's hashes in Redis.
-            pending += usage_log.live_others(query.key, query.start, query.end)
-        if query.kind == "detail":
-            page = store.detail(query.key, query.start, query.end, query.after, query.limit)
-            return self._body(query, own, pending, page)
-        totals = store.totals(query.key, query.start, query.end, query.bucket_s)
-        return self._body(query, own, pending, totals)
+        for attempt in range(REPORT_READS):
+            taken = self._own_pending(query, last=attempt == REPORT_READS - 1)
+            if taken is None:                   # a batch is being written
+                time.sleep(REPORT_REREAD_S)
+                continue
+            pending, token = taken
+            if usage_log is not None and query.key is not None:
+                # The other nodes' counts not yet stored (with --redis): one
+                # pipelined read of the key's hashes in Redis.
+                pending += usage_log.live_others(query.key, query.start, query.end)
+            if query.kind == "detail":
+                stored: Any = store.detail(query.key, query.start, query.end, query.after,
+                                           query.limit)
+            else:
+                stored = store.totals(query.key, query.start, query.end, query.bucket_s)
+            if self._consistent(token, attempt):
+                break
+        return self._body(query, own, pending, stored)
+
+    def _own_pending(self, query: ReportQuery, last: bool
+                     ) -> Optional[tuple[list[UsageRow], Optional[int]]]:
+        """This node's pending counts and the usage log's token, or None while
+        a batch is being written; on the `last` try, taken whatever the writer
+        does (a store too slow to answer within the tries: the report may
+        count that one batch twice, rather than not answer)."""
+        usage_log = self.usage.log
+        if usage_log is None:
+            return [], None
+        taken = usage_log.pending_for_report(query.key)
+        if taken is None and last:
+            return usage_log.pending(query.key), None
+        return taken
+
+    def _consistent(self, token: Optional[int], attempt: int) -> bool:
+        """Whether the store read just made and the pending counts taken
+        before it do not overlap (no batch stored in between); a reread is
+        counted."""
+        usage_log = self.usage.log
+        if usage_log is None or token is None or usage_log.unchanged_since(token):
+            return True
+        if attempt == REPORT_READS - 1:
+            return True
+        usage_log.report_rereads += 1
+        return False
 
     def _body(self, query: ReportQuery, own: bool, pending: list[UsageRow],
               stored: Any) -> dict[str, Any]:

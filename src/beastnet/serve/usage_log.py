@@ -118,6 +118,13 @@ class UsageLog:
         self.batches_skipped = 0        # retried batches the store had applied already
         self.last_error: Optional[BaseException] = None
         self._lock = threading.Lock()   # the queue, the in-flight batch and the last counts
+        # A report adds the pending counts to the stored rows; a batch stored
+        # between its two reads would count twice (or, read the other way
+        # round, not at all).  Writes in flight and writes ended since
+        # (pending_for_report / unchanged_since) let a report read again.
+        self._writes_in_flight = 0
+        self._writes_ended = 0
+        self.report_rereads = 0         # reports that read again: a batch was stored meanwhile
         self._queue: "OrderedDict[Cell, list[int]]" = OrderedDict()
         # Per lane: its writer ID, the batch being written (a failed one is
         # kept, under its number), that number, and the lane's last number.
@@ -246,8 +253,17 @@ class UsageLog:
                     lane.batch_seq = lane.seq
             busy = [(lane, list(lane.batch), lane.batch_seq) for lane in self._lanes
                     if lane.batch]
-        if not busy:
-            return 0
+            if not busy:
+                return 0
+            self._writes_in_flight += 1
+        try:
+            return self._write_busy(busy)
+        finally:
+            with self._lock:
+                self._writes_in_flight -= 1
+                self._writes_ended += 1
+
+    def _write_busy(self, busy: list[tuple["_Lane", list[tuple[Cell, list[int]]], int]]) -> int:
         row = tuple.__new__     # UsageRow's fields without its __new__: 0.3 us a row, not 0.5
         work = [([row(UsageRow, (cell[1], cell[0], cell[2], cell[3], *counts))
                   for cell, counts in batch], (lane.writer, seq)) for lane, batch, seq in busy]
@@ -428,6 +444,24 @@ class UsageLog:
 
     # -- what reports add to the stored rows --------------------------------------------
 
+    def pending_for_report(self, key: Optional[str] = None
+                           ) -> Optional[tuple[list[UsageRow], int]]:
+        """`pending(key)` and a token for `unchanged_since`, or None while a
+        batch is being written (it may be stored before the report reads the
+        store, and would count twice)."""
+        with self._lock:
+            if self._writes_in_flight:
+                return None
+            token = self._writes_ended
+        return self.pending(key), token
+
+    def unchanged_since(self, token: int) -> bool:
+        """No batch was written (or is being written) since `token`: the
+        stored rows a report read since then and its pending counts do not
+        overlap."""
+        with self._lock:
+            return not self._writes_in_flight and self._writes_ended == token
+
     def pending(self, key: Optional[str] = None) -> list[UsageRow]:
         """Every count not yet stored (queued, in flight, not yet harvested),
         as rows; only `key`'s unless None."""
@@ -446,6 +480,7 @@ class UsageLog:
         return {"rows_queued": self.rows_queued, "rows_written": self.rows_written,
                 "batch_flush_errors": self.batch_flush_errors, "bg_drop": self.bg_drop,
                 "batches_skipped": self.batches_skipped, "live_pushes": self.live_pushes,
+                "report_rereads": self.report_rereads,
                 "live_errors": self.live_errors}
 
 
