@@ -109,6 +109,7 @@ class Pacer:
         self.thread.join(5)
 
 
+@pytest.mark.needs_core      # lease renewals on time: a starved control plane renews late
 def test_a_stalled_redis_refuses_nothing_a_key_at_75_percent_sends(tmp_path):
     """DEBUG SLEEP 3 while a key runs at 75 % of its limit: the renewal
     pending past its threshold puts the node on local share (here N = 1: the
@@ -164,6 +165,7 @@ def said(run: subprocess.CompletedProcess) -> list[str]:
     return [line for line in run.stderr.splitlines() if line and not line.startswith('{"ts"')]
 
 
+@pytest.mark.needs_core      # lease renewals on time: a starved control plane renews late
 def test_a_redis_restarted_empty_refuses_nothing(tmp_path):
     """Redis killed and restarted empty (scripts, GCRA state, everything
     gone) under a key at 75 % of its limit: local share while it is down,
