@@ -753,7 +753,11 @@ def test_one_exchange_tick_reaches_a_stream_subscriber_as_it_arrives():
                     fakes.call(lambda: fake.send_ticker(symbol, ws_price, time.time()))
                     frame = await asyncio.wait_for(ws.recv(), 5)
                     received = time.monotonic()
-                    # The server's side, read once the frame is here.
+                    # The server's side, read once the frame is here and the
+                    # worker has counted it: it counts after its write
+                    # returns, which the client can beat (a 4-worker run read
+                    # frames_out one short).
+                    await until(lambda: counters()[2] > before[2], timeout_s=5)
                     return snapshot, frame, sent, received, before, counters(), messages
             snapshot, frame, sent, received, before, after, messages = asyncio.run(scenario())
             arrived, seq = conn.last_message, service.publisher._seq
