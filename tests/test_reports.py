@@ -212,7 +212,7 @@ class FlushFirst:
         return self.store.totals(*args)
 
     async def totals_here(self, *args: Any) -> Any:
-        # The report's path on the control loop (reports._answer_here), the
+        # The report's path on the control loop (reports._answer), the
         # store read through its blocking call: a pool on a loop of the
         # test's own would outlive asyncio.run.
         self._flush_once()
@@ -227,7 +227,7 @@ def test_a_batch_stored_between_the_reports_two_reads_counts_once(store):  # noq
     query = parse_report_query("summary", "", api_key_id("alice"))
     # Both report paths: on an executor thread (answer) and on the loop.
     for admitted, answer in ((7, lambda r: r.answer(query)),
-                             (7 + 5, lambda r: asyncio.run(r._answer_here(query, True)))):
+                             (7 + 5, lambda r: asyncio.run(r._answer(query, True, here=True)))):
         admit(table, "alice", ("udp", "price"), admitted - sum(
             v[0] for v in seen.values()), seen)
         usage.harvest()                     # queued, not yet written

@@ -270,25 +270,22 @@ class Reports(Component):
             query = parse_report_query(kind, query_text, key)
         except BadReport as exc:
             return error_answer("bad_request", str(exc))
-        store: Any = self.usage.store
-        usage_log = self.usage.log
         try:
-            if hasattr(store, "totals_here"):
-                body = await self._answer_here(query, own)
-            else:
-                loop = asyncio.get_running_loop()
-                body = await loop.run_in_executor(None, self.answer, query, own)
+            body = await self._answer(query, own, here=True)
         except KeyStoreError as exc:
             return error_answer("unavailable", f"the usage log cannot be read: {exc}")
         return Answer(body)
 
-    async def _answer_here(self, query: ReportQuery, own: bool) -> dict[str, Any]:
-        """`answer` on this loop, for a PostgreSQL store: its query on a pool
-        of this loop's own (totals_here), the other nodes' pending counts
-        (--redis) with an asyncio client of its own, this node's read here
-        (the usage log's lock, held briefly).  An executor thread in between
-        cost 250-330 us of server CPU a report (benchmarks/README.md)."""
-        store: Any = self.usage.store
+    def answer(self, query: ReportQuery, own: bool = True) -> dict[str, Any]:
+        """The report's body, blocking (the store read with its blocking calls
+        on a loop of this call's own); for callers off any event loop."""
+        return asyncio.run(self._answer(query, own, here=False))
+
+    async def _answer(self, query: ReportQuery, own: bool, here: bool) -> dict[str, Any]:
+        """The report: this node's pending counts, the other nodes' (--redis:
+        one pipelined read of the key's hashes), and the stored rows, read
+        again if a batch was stored in between (REPORT_READS).  `here`: on
+        the control loop, the store read without blocking it (_read_store)."""
         usage_log = self.usage.log
         for attempt in range(REPORT_READS):
             taken = self._own_pending(query, last=attempt == REPORT_READS - 1)
@@ -297,39 +294,36 @@ class Reports(Component):
                 continue
             pending, token = taken
             if usage_log is not None and query.key is not None:
-                pending += await usage_log.live_others_here(query.key, query.start, query.end)
-            if query.kind == "detail":
-                stored: Any = await store.detail_here(query.key, query.start, query.end,
-                                                      query.after, query.limit)
-            else:
-                stored = await store.totals_here(query.key, query.start, query.end,
-                                                 query.bucket_s)
+                pending += (await usage_log.live_others_here(query.key, query.start, query.end)
+                            if here else
+                            usage_log.live_others(query.key, query.start, query.end))
+            stored = await self._read_store(query, here)
             if self._consistent(token, attempt):
                 break
         return self._body(query, own, pending, stored)
 
-    def answer(self, query: ReportQuery, own: bool = True) -> dict[str, Any]:
-        """The report's body (blocking: the store is read here)."""
-        store = self.usage.store
-        usage_log = self.usage.log
-        for attempt in range(REPORT_READS):
-            taken = self._own_pending(query, last=attempt == REPORT_READS - 1)
-            if taken is None:                   # a batch is being written
-                time.sleep(REPORT_REREAD_S)
-                continue
-            pending, token = taken
-            if usage_log is not None and query.key is not None:
-                # The other nodes' counts not yet stored (with --redis): one
-                # pipelined read of the key's hashes in Redis.
-                pending += usage_log.live_others(query.key, query.start, query.end)
-            if query.kind == "detail":
-                stored: Any = store.detail(query.key, query.start, query.end, query.after,
-                                           query.limit)
-            else:
-                stored = store.totals(query.key, query.start, query.end, query.bucket_s)
-            if self._consistent(token, attempt):
-                break
-        return self._body(query, own, pending, stored)
+    async def _read_store(self, query: ReportQuery, here: bool) -> Any:
+        """A detail page or the totals.  On the control loop a PostgreSQL
+        store reads on a pool of that loop's own (totals_here: an executor
+        thread in between cost 250-330 us of server CPU a report,
+        benchmarks/README.md), any other store on an executor thread; off
+        it (`here` False), with the store's blocking calls."""
+        store: Any = self.usage.store
+        detail = query.kind == "detail"
+        if here and hasattr(store, "totals_here"):
+            if detail:
+                return await store.detail_here(query.key, query.start, query.end,
+                                               query.after, query.limit)
+            return await store.totals_here(query.key, query.start, query.end, query.bucket_s)
+
+        def read() -> Any:
+            if detail:
+                return store.detail(query.key, query.start, query.end, query.after,
+                                    query.limit)
+            return store.totals(query.key, query.start, query.end, query.bucket_s)
+        if here:
+            return await asyncio.get_running_loop().run_in_executor(None, read)
+        return read()
 
     def _own_pending(self, query: ReportQuery, last: bool
                      ) -> Optional[tuple[list[UsageRow], Optional[int]]]:
