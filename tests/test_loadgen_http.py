@@ -5,6 +5,7 @@ import os
 import resource
 import select
 import socket
+import statistics
 import subprocess
 import sys
 import threading
@@ -208,17 +209,29 @@ def test_open_loop_http_holds_the_rate(http11):
 
 
 def test_delay_of_2ms_shows_as_p50_of_2ms():
+    """The generator's median is the server's: never below the 2 ms the
+    server waits (each request's round trip holds its service time, so the
+    medians are ordered too), and within 10 % of the server's own median
+    service time (its clock: from the request read to the answer written)
+    plus 0.2 ms for the loopback and the two wake-ups.  Judged against the
+    server's clock, not 2 ms alone: on a loaded 2-core box the server's spin
+    itself runs late (2.2 ms seen at a load average of 11)."""
     body = b'{"v":1}'
+    served_ns: list[int] = []
 
     def handle(conn):
         for _ in read_requests(conn):
+            t0 = time.perf_counter_ns()
             precise_sleep(0.002)
             conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+            served_ns.append(time.perf_counter_ns() - t0)
     with ScriptedTCPServer(handle) as server:
         r = run_http_load(cfg(server.port, connections=1, duration_s=1.0))
     assert_settled(r)
     assert r.received > 100
-    assert r.percentile(50) == pytest.approx(2e6, rel=0.10)
+    server_p50 = statistics.median(served_ns)
+    # (1.99: the histogram keeps three significant digits)
+    assert 1.99e6 <= r.percentile(50) <= server_p50 * 1.10 + 0.2e6, (r.percentile(50), server_p50)
 
 
 def test_server_closing_mid_response_counts_failures():

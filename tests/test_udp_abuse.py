@@ -148,21 +148,28 @@ def test_rrl_limits_error_replies_per_source_never_hits():
 
 
 def test_rrl_refills_at_its_rate():
+    """A token every 0.5 s: the second datagram is withheld unless the test
+    itself stalls half a second between two sends (a tighter rate failed on a
+    loaded 2-core box); after 0.55 s, which a late wake-up only lengthens, the
+    third is answered."""
     table = ResponseTable()
-    with UDPServer(table, sockets=1, rrl_rate_per_s=20, rrl_burst=1, rrl_slip=0,
+    with UDPServer(table, sockets=1, rrl_rate_per_s=2, rrl_burst=1, rrl_slip=0,
                    rrl_exempt_loopback=False) as srv, \
             UDPClient(srv.address) as c:
         assert c.request(b"@1 a") == b"@1 " + NOT_FOUND
         c.send(b"@2 a")
-        assert c.expect_silence(0.02) is None       # within 50 ms of the first: withheld
-        time.sleep(0.06)
+        assert c.expect_silence(0.02) is None       # within 500 ms of the first: withheld
+        time.sleep(0.55)
         assert c.request(b"@3 a") == b"@3 " + NOT_FOUND
         t = settled_stats(srv, 3)["totals"]
         assert (t["rrl_dropped"], t["rrl_slipped"]) == (1, 0)
 
 
 def burst_of_errors(**kwargs) -> int:
-    """Replies to 10 error-drawing datagrams sent at once from loopback."""
+    """Replies to 10 error-drawing datagrams sent at once from loopback.  One
+    token per 5 s unless given: at the default 200/s a send delayed by 5 ms on
+    a loaded machine earns a token back and a fourth reply."""
+    kwargs.setdefault("rrl_rate_per_s", 0.2)
     with UDPServer(ResponseTable(), sockets=1, rrl_burst=3, rrl_slip=0, **kwargs) as srv, \
             UDPClient(srv.address) as c:
         for i in range(10):
@@ -205,8 +212,10 @@ def test_a_dual_stack_server_uses_the_ipv4_limits_for_ipv4_clients():
 
 @pytest.mark.skipif(not HAS_IPV6, reason="no IPv6 loopback")
 def test_rrl_limits_ipv6_sources():
-    with UDPServer(ResponseTable(), "::1", sockets=1, rrl_burst=2, rrl_slip=0,
-                   rrl_exempt_loopback=False) as srv, UDPClient(srv.address) as c:
+    # one token per 5 s: at the default 200/s a 4-worker run at load 11 saw a
+    # send late enough (5 ms) to be answered from a refilled token
+    with UDPServer(ResponseTable(), "::1", sockets=1, rrl_rate_per_s=0.2, rrl_burst=2,
+                   rrl_slip=0, rrl_exempt_loopback=False) as srv, UDPClient(srv.address) as c:
         for i in range(6):
             c.send(b"@%d a" % i)
         assert collect(c, 6) == [b"@0 " + NOT_FOUND, b"@1 " + NOT_FOUND]
