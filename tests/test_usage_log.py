@@ -33,8 +33,10 @@ ROUTE = {name: i for i, name in enumerate(USAGE_ROUTE_NAMES)}
 VERDICT = {"ok": 0, "unauthorized": 1, "rate_limited": 2, "over_quota": 3}
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", "postgresql", "postgresql-unnest"])
 def store(request, tmp_path) -> Iterator[Any]:
+    """The usage log's stores: SQLite, PostgreSQL's default (COPY appended,
+    folded in the background) and its one-statement upsert."""
     if request.param == "sqlite":
         out: Any = SQLiteUsageLog(str(tmp_path / "usage.db"))
         out.server = None
@@ -43,7 +45,8 @@ def store(request, tmp_path) -> Iterator[Any]:
         from beastnet.serve.stores.usage_postgres import PostgresUsageLog
         server = request.getfixturevalue("postgres")
         migrate(server.dsn)
-        out = PostgresUsageLog(server.dsn, timeout_s=2.0)
+        method = "unnest" if request.param == "postgresql-unnest" else "append"
+        out = PostgresUsageLog(server.dsn, timeout_s=2.0, method=method)
         out.server = server
     try:
         yield out
@@ -169,6 +172,121 @@ def test_a_batch_may_repeat_a_cell(store):
     assert store.write([row, other, row], ("writer-a", 1)) is True
     assert stored(store) == {(api_key_id("alpha"), "http", "price"): [4, 2, 0, 0],
                              (api_key_id("alpha"), "http", "snapshot"): [2, 1, 0, 0]}
+
+
+def test_appended_rows_fold_once_however_many_stores_fold_them(postgres):  # noqa: F811
+    """The default PostgreSQL write appends (COPY into usage_log_fresh);
+    reads sum usage_log and usage_log_fresh, so a fold (delete from the one,
+    add to the other, one statement) changes no report, and two stores
+    folding at once take each row once."""
+    from beastnet.serve.stores.postgres import migrate
+    from beastnet.serve.stores.usage_postgres import PostgresUsageLog
+    migrate(postgres.dsn)
+    a = PostgresUsageLog(postgres.dsn, compact_every_s=None)
+    b = PostgresUsageLog(postgres.dsn, compact_every_s=None)
+    try:
+        keys = [api_key_id(f"k{i}") for i in range(50)]
+        for seq in range(1, 41):    # 40 batches of 50 cells, each cell 20 times a store
+            batch = [UsageRow(k, 1_796_000_040 + 60 * (seq % 2), "http", "price", 1, 0, 0, 0)
+                     for k in keys]
+            assert a.write(batch, ("a", seq)) and b.write(batch, ("b", seq))
+        assert postgres.psql("SELECT count(*) FROM usage_log_fresh") == 4000
+        before = stored(a)
+        totals = a.totals(None, 0, 4_000_000_000, 60)
+        assert before == {(k, "http", "price"): [80, 0, 0, 0] for k in keys}
+        folded: list[int] = []
+        threads = [threading.Thread(target=lambda s=s: folded.append(s.compact()))
+                   for s in (a, b)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert postgres.psql("SELECT count(*) FROM usage_log_fresh") == 0
+        # 100 cells (50 keys, 2 minutes), each folded by one store or, when
+        # both took some of its rows, by both (added, not replaced).
+        assert 100 <= sum(folded) <= 200
+        assert postgres.psql("SELECT count(*) FROM usage_log") == 100
+        assert stored(a) == before and a.totals(None, 0, 4_000_000_000, 60) == totals
+        # A cell in both tables reads as one row, summed.
+        assert a.write([UsageRow(keys[0], 1_796_000_040, "http", "price", 1, 0, 0, 0)])
+        page = a.detail(keys[0], 0, 4_000_000_000, None, 10)
+        assert [(r.minute, r.admitted) for r in page] == [(1_796_000_040, 41),
+                                                          (1_796_000_100, 40)]
+    finally:
+        a.close()
+        b.close()
+
+
+def test_appended_rows_fold_in_the_background(postgres):  # noqa: F811
+    from beastnet.serve.stores.postgres import migrate
+    from beastnet.serve.stores.usage_postgres import PostgresUsageLog
+    migrate(postgres.dsn)
+    store = PostgresUsageLog(postgres.dsn, compact_every_s=0.05)
+    try:
+        row = UsageRow(api_key_id("alpha"), 1_796_000_040, "udp", "price", 3, 0, 0, 0)
+        seq = 0
+
+        def folded() -> bool:
+            nonlocal seq
+            seq += 1                # a write starts the fold once its interval passed
+            store.write([row], ("w", seq))
+            return store.rows_compacted > 0
+        wait_for(folded, message="a background fold")
+        assert store.compact_errors == 0
+        assert postgres.psql("SELECT admitted FROM usage_log") >= 3
+        store.compact()
+        assert postgres.psql("SELECT admitted FROM usage_log") == 3 * seq
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("writer", ["w-1.2", "w'; DROP TABLE usage_log; --"])
+def test_an_append_whose_commit_answer_was_lost_counts_once_when_retried(
+        postgres, monkeypatch, writer):  # noqa: F811
+    """The COMMIT reached PostgreSQL, its answer did not (the connection
+    dropped): the write fails, the rows are stored, the claim with them; the
+    retry of the same batch is skipped.  A writer ID that is not plain takes
+    the parameterised claim, with the same outcome."""
+    import asyncpg
+
+    from beastnet.serve.stores.postgres import migrate
+    from beastnet.serve.stores.usage_postgres import PostgresUsageLog
+    migrate(postgres.dsn)
+    store = PostgresUsageLog(postgres.dsn, compact_every_s=None)
+    real_with_conn = store._with_conn
+    lost = [1]
+
+    class AnswerLost:
+        def __init__(self, conn: Any) -> None:
+            self.conn = conn
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.conn, name)
+
+        async def execute(self, sql: str, *args: Any, **kw: Any) -> Any:
+            status = await self.conn.execute(sql, *args, **kw)
+            if sql == "COMMIT" and lost:
+                lost.pop()
+                raise asyncpg.ConnectionDoesNotExistError("connection was closed in the "
+                                                          "middle of operation")
+            return status
+
+    async def with_conn(work: Any, what: str) -> Any:
+        return await real_with_conn(lambda conn: work(AnswerLost(conn)), what)
+    monkeypatch.setattr(store, "_with_conn", with_conn)
+    row = UsageRow(api_key_id("alpha"), 1_796_000_040, "http", "price", 7, 1, 0, 0)
+    try:
+        with pytest.raises(KeyStoreError, match="usage log write failed"):
+            store.write([row], (writer, 1))
+        assert not lost, "the COMMIT was sent"
+        assert store.write([row], (writer, 1)) is False     # the retry: stored already
+        assert store.write([row], (writer, 2)) is True
+        assert stored(store) == {(api_key_id("alpha"), "http", "price"): [14, 2, 0, 0]}
+        assert postgres.psql("SELECT to_regclass('usage_log') IS NOT NULL")
+        assert postgres.psql(f"SELECT seq FROM usage_writers WHERE writer = "
+                             f"'{writer.replace(chr(39), chr(39) * 2)}'") == 2
+    finally:
+        store.close()
 
 
 class _AnswerLost:

@@ -66,7 +66,7 @@ def report(node, path: str, key: str) -> tuple[int, dict]:
 
 
 def stored_admitted(server, key: str, route: str = "price") -> int:
-    return int(server.psql(f"SELECT coalesce(sum(admitted), 0) FROM usage_log "
+    return int(server.psql(f"SELECT coalesce(sum(admitted), 0) FROM usage_log_all "
                            f"WHERE key = '{api_key_id(key)}' AND route = '{route}'"))
 
 
