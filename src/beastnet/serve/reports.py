@@ -1,7 +1,7 @@
 """Usage reports (LRS): what a key used, per protocol and route, from the
 usage log plus the counts not yet written (this node's, and with --redis
 every other node's, from Redis: stores/usage_redis.py), so a report is
-current to the second.
+current to the second.  Reports across every key add every node's too.
 
 On the public HTTP port, for the caller's own key (the same admission as a
 price request: key, rate limit, monthly cap, and counted as route "report"):
@@ -293,7 +293,7 @@ class Reports(Component):
                 await asyncio.sleep(REPORT_REREAD_S)
                 continue
             pending, token = taken
-            if usage_log is not None and query.key is not None:
+            if usage_log is not None:           # key None: every key's (the admin's)
                 pending += (await usage_log.live_others_here(query.key, query.start, query.end)
                             if here else
                             usage_log.live_others(query.key, query.start, query.end))

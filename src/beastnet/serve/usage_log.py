@@ -403,9 +403,10 @@ class UsageLog:
         self._live_retry_at = 0.0
         return True
 
-    def live_others(self, key: str, start: int, end: int) -> list[UsageRow]:
-        """The other nodes' pending counts of `key` in [start, end), from the
-        mirror; [] without one, or when it cannot be read (counted)."""
+    def live_others(self, key: Optional[str], start: int, end: int) -> list[UsageRow]:
+        """The other nodes' pending counts of `key` (None: every key's) in
+        [start, end), from the mirror; [] without one, or when it cannot be
+        read (counted)."""
         if self.live is None:
             return []
         try:
@@ -416,7 +417,8 @@ class UsageLog:
                         extra={"fields": {"event": "usage_live_error"}})
             return []
 
-    async def live_others_here(self, key: str, start: int, end: int) -> list[UsageRow]:
+    async def live_others_here(self, key: Optional[str], start: int,
+                               end: int) -> list[UsageRow]:
         """`live_others`, awaited on the calling loop (read_here)."""
         if self.live is None:
             return []
