@@ -14,7 +14,7 @@
    second; the ratio, and the reports' p99.
 
     PYTHONPATH=src python benchmarks/bench_usage_log.py [--duration 5] [--skip-2d] [--probe]
-        [--layouts] [--skip-flush] [--database]
+        [--layouts] [--skip-flush] [--database] [--rounds N] [--against OTHER/src]
 
 Needs initdb/pg_ctl (a PostgreSQL is started by the tests' fixture,
 tests/pg_support.py).  Every figure is from this run on this machine; the
@@ -240,9 +240,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def bench_2d(duration: float, database: bool = False) -> None:
+def bench_2d(duration: float, database: bool = False,
+             variants: tuple[tuple[str, Optional[str]], ...] = (("this tree", None),),
+             rounds: int = 1) -> None:
     """`database`: keys and the usage log in a PostgreSQL of the fixture's
-    (`serve --database`), not the SQLite key store."""
+    (`serve --database`), not the SQLite key store.  `variants`: (label,
+    PYTHONPATH for `serve`, None: this process's), run in turn each round
+    (a before/after in one run: the other tree's `serve` on the same keys
+    and database)."""
     from beastnet.loadgen import HTTPLoadConfig, run_http_load
     from beastnet.serve.stores.postgres import PostgresKeyStore
     from beastnet.serve.stores.sqlite import KeyStore
@@ -260,17 +265,47 @@ def bench_2d(duration: float, database: bool = False) -> None:
     with keys as store:     # type: ignore[attr-defined]
         store.add("partner", key="price-load-key-0001")
         store.add("partner", key="report-load-key-001")
+    print("## 2d: price req/s with and without 1,000 reports/s (HTTP, keep-alive), "
+          f"keys and usage log in {'PostgreSQL' if database else 'SQLite'}")
+    print("| round | serve | price req/s alone | price p99 ms | price req/s with reports | "
+          "price p99 ms | ratio | reports/s | report p99 ms | report errors | "
+          "reports alone: p50 / p99 ms | serve CPU a report alone, us | load |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    try:
+        for round_ in range(1, rounds + 1):
+            for label, pythonpath in variants:
+                _one_2d(round_, label, pythonpath, where, tmp, duration, HTTPLoadConfig,
+                        run_http_load)
+    finally:
+        if pg is not None:
+            pg.close()
+
+
+def _cpu_s(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _one_2d(round_: int, label: str, pythonpath: Optional[str], where: list[str], tmp: Path,
+            duration: float, HTTPLoadConfig, run_http_load) -> None:
+    import threading
     port, admin = free_port(), free_port()
-    log = open(tmp / "serve.log", "wb")
+    env = dict(os.environ)
+    if pythonpath is not None:
+        env["PYTHONPATH"] = pythonpath
+    logged = tmp / f"serve-{round_}-{label.replace(' ', '_')}.log"
+    log = open(logged, "wb")
     proc = subprocess.Popen([sys.executable, "-m", "beastnet", "serve", "--profile", "dev",
                              *where, "--udp-port", "0", "--http-port",
                              str(port), "--admin-port", str(admin)],
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                            env=env)
     try:
         deadline = time.monotonic() + 30
-        while b'"ready"' not in (tmp / "serve.log").read_bytes():
+        while b'"ready"' not in logged.read_bytes():
             if time.monotonic() > deadline or proc.poll() is not None:
-                raise SystemExit("serve did not start: " + (tmp / "serve.log").read_text())
+                raise SystemExit("serve did not start: " + logged.read_text())
             time.sleep(0.1)
         price = HTTPLoadConfig(port=port, keys=("BTC", "ETH", "SOL"), connections=32,
                                threads=1, duration_s=duration, warmup_s=1.0,
@@ -278,29 +313,31 @@ def bench_2d(duration: float, database: bool = False) -> None:
         reports = HTTPLoadConfig(port=port, keys=("reports/usage/summary",), connections=16,
                                  threads=1, rate=1000.0, duration_s=duration, warmup_s=1.0,
                                  headers=("X-API-Key: report-load-key-001",))
+        cpu = _cpu_s(proc.pid)
+        only = run_http_load(reports)           # reports alone: the server's CPU a report
+        cpu = _cpu_s(proc.pid) - cpu
+        idle = _cpu_s(proc.pid)
+        time.sleep(1.0)                         # the server's CPU with no requests, a second
+        idle = _cpu_s(proc.pid) - idle
+        # Over the warm-up too (the CPU is): the rate times the whole run.
+        per_report = (cpu - idle * (duration + 1.0)) / max(1.0, only.rps * (duration + 1.0)) * 1e6
         alone = run_http_load(price)
-        import threading
         result = {}
         side = threading.Thread(target=lambda: result.update(r=run_http_load(reports)))
         side.start()
         mixed = run_http_load(price)
         side.join()
         rep = result["r"]
-        print("## 2d: price req/s with and without 1,000 reports/s (HTTP, keep-alive), "
-              f"keys and usage log in {'PostgreSQL' if database else 'SQLite'}")
-        print("| run | price req/s | price p99 ms | reports/s | report p99 ms | report errors |")
-        print("| --- | --- | --- | --- | --- | --- |")
-        print(f"| price alone | {alone.rps:,.0f} | {alone.percentile(99) / 1e6:.2f} | - | - | - |")
-        print(f"| price + reports | {mixed.rps:,.0f} | {mixed.percentile(99) / 1e6:.2f} | "
-              f"{rep.rps:,.0f} | {rep.percentile(99) / 1e6:.2f} | "
-              f"{rep.errors + rep.error_replies} |")
-        print(f"ratio price(with reports) / price(alone): {mixed.rps / alone.rps:.2f}")
+        print(f"| {round_} | {label} | {alone.rps:,.0f} | {alone.percentile(99) / 1e6:.2f} | "
+              f"{mixed.rps:,.0f} | {mixed.percentile(99) / 1e6:.2f} | "
+              f"{mixed.rps / alone.rps:.2f} | {rep.rps:,.0f} | "
+              f"{rep.percentile(99) / 1e6:.2f} | {rep.errors + rep.error_replies} | "
+              f"{only.percentile(50) / 1e6:.2f} / {only.percentile(99) / 1e6:.2f} | "
+              f"{per_report:.0f} | {os.getloadavg()[0]:.1f} |", flush=True)
     finally:
         proc.terminate()
         proc.wait(20)
         log.close()
-        if pg is not None:
-            pg.close()
 
 
 def main() -> None:
@@ -315,6 +352,9 @@ def main() -> None:
                     help="also where the PostgreSQL time goes (COPY, upsert, unnest)")
     ap.add_argument("--layouts", action="store_true",
                     help="also the flush on usage_log with C collation and fillfactor 70")
+    ap.add_argument("--rounds", type=int, default=1, help="2d: rounds (each variant each)")
+    ap.add_argument("--against", metavar="PYTHONPATH",
+                    help="2d: also `serve` from this source tree (before/after, interleaved)")
     args = ap.parse_args()
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start, "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
@@ -323,7 +363,10 @@ def main() -> None:
     if args.probe:
         bench_probe(args.rows)
     if not args.skip_2d:
-        bench_2d(args.duration, args.database)
+        variants: tuple[tuple[str, Optional[str]], ...] = (("this tree", None),)
+        if args.against:
+            variants = (("other tree", args.against),) + variants
+        bench_2d(args.duration, args.database, variants, args.rounds)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import socket
 import sqlite3
 import threading
 import time
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 import orjson
 import pytest
@@ -434,29 +434,35 @@ def test_another_nodes_pending_counts_come_from_redis_until_it_stores_them(
         b.harvest()
         assert a.push_live() and b.push_live() and b.live_pushes == 1
         key = api_key_id("alpha")
-        others = a.live_others(key, 0, 4_000_000_000)
+        others, generation = a.live_others(key, 0, 4_000_000_000)
         assert sorted((r.protocol, r.route, r.admitted) for r in others) == [
             ("http", "report", 2), ("udp", "price", 7)]
-        assert b.live_others(key, 0, 4_000_000_000) == [
-            UsageRow(key, others[0].minute, "udp", "price", 5, 0, 0, 0)]
+        assert generation == 2                  # a push bumps it: what a report's cache checks
+        assert b.live_others(key, 0, 4_000_000_000) == ([
+            UsageRow(key, others[0].minute, "udp", "price", 5, 0, 0, 0)], 2)
+        # Across every key (key None): the same, from the minute's every-key hash.
+        every, generation = a.live_others(None, 0, 4_000_000_000)
+        assert sorted(every) == sorted(others) and generation == 2
         assert stored(store) == {}
         # More counted, then B stores everything: Redis follows each step.
         admit(tables[1], "alpha", ("udp", "price"), 3, seen)
         b.harvest()
         b.push_live()
-        assert sum(r.admitted for r in a.live_others(key, 0, 4_000_000_000)) == 12
+        assert sum(r.admitted for r in a.live_others(key, 0, 4_000_000_000)[0]) == 12
         assert b.write_all() and b.push_live()
-        assert a.live_others(key, 0, 4_000_000_000) == []
+        assert a.live_others(key, 0, 4_000_000_000) == ([], 4)
+        assert a.live_others(None, 0, 4_000_000_000) == ([], 4)
         assert stored(store) == seen
         client = redis_server.client()
         try:
-            assert [n for n in client.keys("*ulive*") if client.hlen(n)] == [
+            assert sorted(n for n in client.keys("*ulive*:*") if client.hlen(n)) == [
+                f"{{bn}}:ulive-all:{others[0].minute}".encode(),
                 f"{{bn}}:ulive:{key}:{others[0].minute}".encode()]   # A's cell only
             assert 0 < client.ttl(f"{{bn}}:ulive:{key}:{others[0].minute}") <= 300
         finally:
             client.close()
         # A report range that misses the minute reads nothing of it.
-        assert a.live_others(key, 0, others[0].minute) == [] and a.live_errors == 0
+        assert a.live_others(key, 0, others[0].minute) == ([], 4) and a.live_errors == 0
     finally:
         for node in nodes:
             node.live.close()
@@ -478,25 +484,26 @@ def test_a_push_that_fails_is_sent_again_and_a_failed_read_is_counted(
         redis_server.stop()
         assert node.push_live() is False and node.live_errors == 1
         assert node.push_live() is False and node.live_errors == 1     # waits LIVE_RETRY_S
-        assert node.live_others(key, 0, 4_000_000_000) == [] and node.live_errors == 2
+        assert node.live_others(key, 0, 4_000_000_000) == ([], None)
+        assert node.live_errors == 2
         # The asyncio read (a report on the control loop) fails alike.
-        async def read_down() -> list[UsageRow]:
+        async def read_down() -> tuple[list[UsageRow], Optional[int]]:
             try:
                 return await node.live_others_here(key, 0, 4_000_000_000)
             finally:
                 await node.live.aclose_here()
-        assert asyncio.run(read_down()) == [] and node.live_errors == 3
+        assert asyncio.run(read_down()) == ([], None) and node.live_errors == 3
         redis_server.start()
         assert node.push_live(force=True) and node.live_pushes == 1
-        rows = reader.read(key, 0, 4_000_000_000, time.time())
-        assert [r.admitted for r in rows] == [4]
+        rows, generation = reader.read(key, 0, 4_000_000_000, time.time())
+        assert [r.admitted for r in rows] == [4] and generation == 1
 
-        async def read_here() -> list[UsageRow]:
+        async def read_here() -> tuple[list[UsageRow], int]:
             try:
                 return await reader.read_here(key, 0, 4_000_000_000, time.time())
             finally:
                 await reader.aclose_here()
-        assert asyncio.run(read_here()) == rows
+        assert asyncio.run(read_here()) == (rows, 1)
         # Unchanged counts are sent again every third of the expiry: the
         # hash does not expire while the counts are still pending.
         client = redis_server.client()
@@ -559,8 +566,12 @@ def test_a_hung_mirror_does_not_delay_the_writes(store):
                  message="a refused write, then a push that hangs")
         gate.allow.set()
         admit(table, "alpha", ("http", "price"), 2, seen)
-        wait_for(lambda: stored(store) == seen, message="the writes going on meanwhile")
-        assert mirror.pushes == 1 and usage.queued() == 0
+        # (The rows are visible from the COMMIT on; the batch leaves the
+        # queue when the write returns to the usage log's thread, a moment
+        # later: a busy run once read queued() == 1 in between.)
+        wait_for(lambda: stored(store) == seen and usage.queued() == 0,
+                 message="the writes going on meanwhile")
+        assert mirror.pushes == 1
     finally:
         mirror.release.set()
         usage.stop()

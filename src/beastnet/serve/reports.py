@@ -28,7 +28,7 @@ import hashlib
 import re
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, NamedTuple, Optional
 from urllib.parse import parse_qsl
 
 import orjson
@@ -58,6 +58,15 @@ REPORT_KINDS = ("usage", "summary", "detail")
 # written).  A flush takes milliseconds every 100 ms: a second read is rare.
 REPORT_READS = 5
 REPORT_REREAD_S = 0.005
+# A report's stored part (the store's answer) is kept for the next report of
+# the same query while nothing can have changed it: no batch stored by this
+# node since (the usage log's token), and with --redis no push by any node
+# (the mirror's generation: a node pushes after it stores).  Without a
+# mirror another node's batches (a shared PostgreSQL) are not seen, so an
+# entry is also dropped after REPORT_CACHE_S.  1,000 reports a second of
+# one key read the store about once per flush interval, not 1,000 times.
+REPORT_CACHE_S = 1.0
+REPORT_CACHE_ENTRIES = 4096         # emptied when full (a flood of distinct queries)
 COUNTS = ("admitted", "refused", "rate_limited", "over_quota")
 
 _TIME = re.compile(r"(\d{4})-(\d{2})-(\d{2})(?:T(\d{2}):(\d{2})(?::(\d{2}))?Z?)?")
@@ -205,6 +214,16 @@ def _sort_key(row: UsageRow) -> tuple[int, str, str, str]:
     return (row.minute, row.protocol, row.route, row.key)
 
 
+class _Stored(NamedTuple):
+    """A report's stored part, as the store answered at `token` (the usage
+    log's writes ended) and `generation` (the Redis mirror's)."""
+
+    token: int
+    generation: int
+    at: float                       #: time.monotonic() of the read
+    stored: Any                     #: Totals or a detail page (never changed)
+
+
 class Reports(Component):
     """The report routes; built when the usage log is."""
 
@@ -221,6 +240,7 @@ class Reports(Component):
         # engine's miss_prefix): an unknown price key is a native 404, never
         # a trip through the miss queue to a handler that would refuse it.
         self.miss_prefix = "reports/usage"
+        self._cache: dict[ReportQuery, _Stored] = {}
 
     @classmethod
     def build(cls, host: "PriceService") -> Optional["Reports"]:
@@ -293,14 +313,47 @@ class Reports(Component):
                 await asyncio.sleep(REPORT_REREAD_S)
                 continue
             pending, token = taken
+            generation: Optional[int] = None
             if usage_log is not None:           # key None: every key's (the admin's)
-                pending += (await usage_log.live_others_here(query.key, query.start, query.end)
-                            if here else
-                            usage_log.live_others(query.key, query.start, query.end))
+                others, generation = (
+                    await usage_log.live_others_here(query.key, query.start, query.end)
+                    if here else usage_log.live_others(query.key, query.start, query.end))
+                pending += others
+            kept = self._cached(query, token, generation)
+            if kept is not None:
+                stored = kept
+                break
             stored = await self._read_store(query, here)
             if self._consistent(token, attempt):
+                self._keep(query, token, generation, stored)
                 break
+        if query.kind != "detail":              # _body adds the pending counts into it
+            stored = {cell: list(counts) for cell, counts in stored.items()}
         return self._body(query, own, pending, stored)
+
+    def _cached(self, query: ReportQuery, token: Optional[int],
+                generation: Optional[int]) -> Any:
+        """The stored part of the last report of `query`, if no batch can
+        have been stored since (see REPORT_CACHE_S); None otherwise."""
+        kept = self._cache.get(query)
+        if kept is None or token is None or generation is None:
+            return None
+        if (kept.token != token or kept.generation != generation
+                or time.monotonic() - kept.at >= REPORT_CACHE_S):
+            self._cache.pop(query, None)
+            return None
+        self.usage.log.report_cache_hits += 1
+        return kept.stored
+
+    def _keep(self, query: ReportQuery, token: Optional[int], generation: Optional[int],
+              stored: Any) -> None:
+        """Keep a store read that the pending counts taken before it do not
+        overlap (token), at the mirror's generation read before it."""
+        if token is None or generation is None or not self.usage.log.unchanged_since(token):
+            return                              # (the last try answers even so: not kept)
+        if len(self._cache) >= REPORT_CACHE_ENTRIES:
+            self._cache.clear()
+        self._cache[query] = _Stored(token, generation, time.monotonic(), stored)
 
     async def _read_store(self, query: ReportQuery, here: bool) -> Any:
         """A detail page or the totals.  On the control loop a PostgreSQL

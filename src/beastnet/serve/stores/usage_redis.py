@@ -15,7 +15,10 @@ round it mirrors those of its cells that changed into Redis, in one pipeline:
         value  the same
 
 The second is what reports across every key (the admin listener without
-key=) read: one hash a minute, whatever the keys.  Both are set and deleted
+key=) read: one hash a minute, whatever the keys.  Every push also bumps
+`{bn}:ulive-gen`, read in the same pipeline as the hashes: a node stores a
+batch, then pushes, so a report's stored part read at one generation still
+holds while the generation is the same (reports.py caches it so).  Both are set and deleted
 in the same pipeline.  The value is the node's whole pending count for that cell, not an increment,
 so a push that fails is simply sent again (the cells stay marked) and a
 retried one cannot count twice; a cell written to the store is deleted from
@@ -46,6 +49,7 @@ __all__ = ["LIVE", "LIVE_TTL_S", "RedisLiveUsage"]
 
 LIVE = PREFIX + "ulive:"        # + key ID + ":" + minute: a key's pending counts that minute
 LIVE_ALL = PREFIX + "ulive-all:"    # + minute: every key's pending counts that minute
+GENERATION = PREFIX + "ulive-gen"   # bumped by every push: what a report's cache checks
 LIVE_TTL_S = 300                # a hash's expiry, refreshed by every push that touches it
 
 Cell = tuple[int, str, str, str]        # (minute, key, protocol, route), as the usage log has it
@@ -105,6 +109,7 @@ class RedisLiveUsage:
                 touched.add(every)
         for name in touched:
             pipe.expire(name, self.ttl_s)
+        pipe.incr(GENERATION)
         try:
             pipe.execute()
         except (redis.RedisError, OSError) as exc:
@@ -116,16 +121,16 @@ class RedisLiveUsage:
         last = min(end, int(now) // 60 * 60 + 60)
         return list(range(first - first % 60, last, 60))
 
-    def read(self, key: Optional[str], start: int, end: int, now: float) -> list[UsageRow]:
+    def read(self, key: Optional[str], start: int, end: int, now: float
+             ) -> tuple[list[UsageRow], int]:
         """The other nodes' pending counts of `key` (None: of every key) for
-        minutes in [start, end) that can still hold any, in one pipelined
-        call."""
+        minutes in [start, end) that can still hold any, and the generation
+        (GENERATION), in one pipelined call."""
         minutes = self._minutes(start, end, now)
-        if not minutes:
-            return []
         pipe = self.client.pipeline(transaction=False)
         for minute in minutes:
             pipe.hgetall(live_hash(key, minute))
+        pipe.get(GENERATION)
         try:
             answers: list[Any] = pipe.execute()
         except (redis.RedisError, OSError) as exc:
@@ -133,12 +138,10 @@ class RedisLiveUsage:
         return self._rows(key, start, end, minutes, answers)
 
     async def read_here(self, key: Optional[str], start: int, end: int,
-                        now: float) -> list[UsageRow]:
+                        now: float) -> tuple[list[UsageRow], int]:
         """`read`, awaited on the calling loop (a report on the control
         plane's) with an asyncio client of that loop's own."""
         minutes = self._minutes(start, end, now)
-        if not minutes:
-            return []
         loop = asyncio.get_running_loop()
         if self._async is None or self._async[0] is not loop:
             self._async = (loop, aioredis.from_url(self._url, socket_timeout=self.timeout_s,
@@ -147,13 +150,16 @@ class RedisLiveUsage:
             async with self._async[1].pipeline(transaction=False) as pipe:
                 for minute in minutes:
                     pipe.hgetall(live_hash(key, minute))
+                pipe.get(GENERATION)
                 answers: list[Any] = await pipe.execute()
         except (redis.RedisError, OSError, asyncio.TimeoutError) as exc:
             raise self._failed(exc, "read") from None
         return self._rows(key, start, end, minutes, answers)
 
     def _rows(self, key: Optional[str], start: int, end: int, minutes: list[int],
-              answers: list[Any]) -> list[UsageRow]:
+              answers: list[Any]) -> tuple[list[UsageRow], int]:
+        """The rows of the hashes' answers and the generation (the last)."""
+        generation = int(answers[-1] or 0)
         own = self.node.encode() + b"|"
         width = 3 if key is not None else 4     # node|protocol|route, or node|key|protocol|route
         rows = []
@@ -168,7 +174,7 @@ class RedisLiveUsage:
                 who = key if key is not None else parts[1].decode()
                 rows.append(UsageRow(who, minute, parts[-2].decode(), parts[-1].decode(),
                                      *(int(c) for c in counts)))
-        return rows
+        return rows, generation
 
     async def aclose_here(self) -> None:
         """Close read_here's client (on its loop)."""
