@@ -210,6 +210,13 @@ def _add_pending(totals: Totals, pending: list[UsageRow], query: ReportQuery) ->
             sums[i] += v
 
 
+def _copied(query: ReportQuery, stored: Any) -> Any:
+    """What _body may change of a (kept) stored part: the totals' lists."""
+    if query.kind == "detail":              # rows, never changed
+        return stored
+    return {cell: list(counts) for cell, counts in stored.items()}
+
+
 def _sort_key(row: UsageRow) -> tuple[int, str, str, str]:
     return (row.minute, row.protocol, row.route, row.key)
 
@@ -284,17 +291,42 @@ class Reports(Component):
                 return error_answer("bad_request", f"key: {exc}")
         return self._report(kind, request.query or "", key, own=False)
 
-    async def _report(self, kind: str, query_text: str, key: Optional[str], own: bool) -> Answer:
+    def _report(self, kind: str, query_text: str, key: Optional[str], own: bool) -> Any:
+        """The Answer, now when nothing need be awaited (a bad query; a kept
+        stored part without a Redis mirror to read: _answer_now), else a
+        coroutine for the control loop to run (a task of its own each)."""
         self.usage.lrs_requests += 1
         try:
             query = parse_report_query(kind, query_text, key)
         except BadReport as exc:
             return error_answer("bad_request", str(exc))
+        body = self._answer_now(query, own)
+        if body is not None:
+            return Answer(body)
+        return self._report_later(query, own)
+
+    async def _report_later(self, query: ReportQuery, own: bool) -> Answer:
         try:
             body = await self._answer(query, own, here=True)
         except KeyStoreError as exc:
             return error_answer("unavailable", f"the usage log cannot be read: {exc}")
         return Answer(body)
+
+    def _answer_now(self, query: ReportQuery, own: bool) -> Optional[dict[str, Any]]:
+        """The report without awaiting anything, or None: what _answer does
+        when its stored part is kept and there is no mirror to read (one
+        node, or a shared PostgreSQL without --redis)."""
+        usage_log = self.usage.log
+        if usage_log is None or usage_log.live is not None:
+            return None
+        taken = usage_log.pending_for_report(query.key)
+        if taken is None:                       # a batch is being written
+            return None
+        pending, token = taken
+        kept = self._cached(query, token, 0)    # 0: the generation without a mirror
+        if kept is None:
+            return None
+        return self._body(query, own, pending, _copied(query, kept))
 
     def answer(self, query: ReportQuery, own: bool = True) -> dict[str, Any]:
         """The report's body, blocking (the store read with its blocking calls
@@ -327,9 +359,7 @@ class Reports(Component):
             if self._consistent(token, attempt):
                 self._keep(query, token, generation, stored)
                 break
-        if query.kind != "detail":              # _body adds the pending counts into it
-            stored = {cell: list(counts) for cell, counts in stored.items()}
-        return self._body(query, own, pending, stored)
+        return self._body(query, own, pending, _copied(query, stored))
 
     def _cached(self, query: ReportQuery, token: Optional[int],
                 generation: Optional[int]) -> Any:
