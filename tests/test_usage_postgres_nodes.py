@@ -202,6 +202,16 @@ def test_postgresql_sigterm_mid_run_is_reported_and_recovered(database, serve,  
 
 
 @requires("redis-server")
+def two_nodes_flushing_slowly(database, redis_server, serve, tmp_path) -> tuple:
+    """Nodes A and B on one PostgreSQL and one Redis, writing their usage
+    once a minute: what they count stays pending (and mirrored) meanwhile."""
+    slow_flush = "usage_flush_interval_s = 60\n" + UNLIMITED
+    return tuple(serve("--database", database.dsn, "--redis", redis_server.url,
+                       "--node-id", f"node-{n}", "--key-cache",
+                       str(tmp_path / f"cache-{n}.json"), config=slow_flush)
+                 for n in ("a", "b"))
+
+
 def test_a_report_on_one_node_has_another_nodes_requests_before_they_are_stored(
         database, redis_server, serve, tmp_path):  # noqa: F811
     """--redis: node B's requests of this second are in node A's report
@@ -210,11 +220,7 @@ def test_a_report_on_one_node_has_another_nodes_requests_before_they_are_stored(
     stores them and takes them out of Redis), A's report counts them once."""
     with PostgresKeyStore(database.dsn) as keys:
         keys.add("public", key=PLAIN)
-    slow_flush = "usage_flush_interval_s = 60\n" + UNLIMITED
-    node_a, node_b = (serve("--database", database.dsn, "--redis", redis_server.url,
-                            "--node-id", f"node-{n}", "--key-cache",
-                            str(tmp_path / f"cache-{n}.json"), config=slow_flush)
-                      for n in ("a", "b"))
+    node_a, node_b = two_nodes_flushing_slowly(database, redis_server, serve, tmp_path)
     served = 0
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         for _ in range(40):
@@ -246,11 +252,7 @@ def test_an_admin_report_across_every_key_has_another_nodes_pending_counts(
     with PostgresKeyStore(database.dsn) as keys:
         keys.add("public", key=PLAIN)
         keys.add("public", key=other)
-    slow_flush = "usage_flush_interval_s = 60\n" + UNLIMITED
-    node_a, node_b = (serve("--database", database.dsn, "--redis", redis_server.url,
-                            "--node-id", f"node-{n}", "--key-cache",
-                            str(tmp_path / f"cache-{n}.json"), config=slow_flush)
-                      for n in ("a", "b"))
+    node_a, node_b = two_nodes_flushing_slowly(database, redis_server, serve, tmp_path)
     served = {PLAIN: 0, other: 0}
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         for key, times in ((PLAIN, 30), (other, 12)):
