@@ -54,7 +54,9 @@ def usage_log_rate(store, batches, writer: str) -> float:
     write_all (its lanes: two batches in flight when the store has
     write_many)."""
     from beastnet.serve.usage_log import UsageLog
-    usage = UsageLog(store, _NoKeys(), batch_rows=len(batches[0]), writer=writer)
+    total = sum(len(b) for b in batches)
+    usage = UsageLog(store, _NoKeys(), batch_rows=len(batches[0]), writer=writer,
+                     queue_rows=max(total, 100_000))   # the default cap would drop rows
     usage._enqueue([((r.minute, r.key, r.protocol, r.route),
                      [r.admitted, r.refused, r.rate_limited, r.over_quota])
                     for b in batches for r in b])
@@ -152,7 +154,8 @@ def _flush_rows(server, tmp: str, total: int, layout: str, sqlite: bool) -> None
                 # store measured was otherwise penalised for its order.
                 rate = usage_log_rate if "lanes" in name else flush_rate
                 rate(store, batches[:2], f"warm-{batch}-{name}")
-                fold(store)
+                if getattr(store, "method", None) == "append":
+                    store.compact()             # the warm-up's background fold ended
                 server.psql("TRUNCATE usage_log, usage_log_fresh")
                 numbered = "unnumbered" not in name
                 first = rate(store, batches, numbered and f"bench-{batch}-{name}-1")
@@ -182,6 +185,45 @@ def fold(store, rows_written: int, wrote_s: float) -> "str | None":
     took = time.perf_counter() - t
     return (f"{rows_written / (wrote_s + took):,.0f} (fold {took * 1000:,.0f} ms, "
             f"{left:,} rows left)")
+
+
+def bench_repeated(cells: int, repeats: int) -> None:
+    """The usage log's own pattern: the same cells in every batch interval
+    (an active key's route has a row in each 100 ms round), `repeats`
+    rounds of `cells` rows in batches of 300, one batch after another; the
+    append store's rows/s to the end of its fold (every count in usage_log)
+    against the one-statement upsert's."""
+    keys = [api_key_id(f"key-{i}") for i in range(cells // 3 + 1)]
+    cell_rows = [UsageRow(keys[i // 3], MINUTE0, "http", ("price", "snapshot", "report")[i % 3],
+                          1, 0, 0, 0) for i in range(cells)]
+    rounds = [cell_rows[i:i + 300] for i in range(0, cells, 300)] * repeats
+    total = cells * repeats
+    print(f"## the same {cells:,} cells in each of {repeats} rounds ({total:,} rows, "
+          "batches of 300), rows/s")
+    print("| store | writes | writes and the fold to the end | fold |")
+    print("| --- | --- | --- | --- |")
+    server = PostgresServer()
+    try:
+        migrate(server.dsn)
+        _make_partitions(server.dsn)
+        for method in ("append", "unnest", "append", "unnest"):
+            server.psql("TRUNCATE usage_log, usage_log_fresh")
+            store = PostgresUsageLog(server.dsn, method=method)
+            try:
+                wrote = total / flush_rate(store, rounds, f"repeated-{method}-{time.time()}")
+                t = time.perf_counter()
+                if method == "append":
+                    store.compact()
+                took = time.perf_counter() - t
+            finally:
+                store.close()
+            counted = int(fetchval(server.dsn, "SELECT sum(admitted) FROM usage_log"))
+            assert counted == total, (counted, total)
+            print(f"| {method} | {total / wrote:,.0f} | {total / (wrote + took):,.0f} | "
+                  f"{took * 1000:,.0f} ms |" if method == "append" else
+                  f"| {method} | {total / wrote:,.0f} | {total / wrote:,.0f} | - |", flush=True)
+    finally:
+        server.close()
 
 
 def bench_probe(total: int) -> None:
@@ -352,6 +394,9 @@ def main() -> None:
                     help="also where the PostgreSQL time goes (COPY, upsert, unnest)")
     ap.add_argument("--layouts", action="store_true",
                     help="also the flush on usage_log with C collation and fillfactor 70")
+    ap.add_argument("--repeated", action="store_true",
+                    help="also the same cells written round after round (append vs unnest, "
+                         "to the end of the fold)")
     ap.add_argument("--rounds", type=int, default=1, help="2d: rounds (each variant each)")
     ap.add_argument("--against", metavar="PYTHONPATH",
                     help="2d: also `serve` from this source tree (before/after, interleaved)")
@@ -360,6 +405,8 @@ def main() -> None:
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     if not args.skip_flush:
         bench_flush(args.rows, ("default", "C+ff70") if args.layouts else ("default",))
+    if args.repeated:
+        bench_repeated(30_000, 10)
     if args.probe:
         bench_probe(args.rows)
     if not args.skip_2d:
