@@ -366,20 +366,23 @@ class Reports(Component):
         """The stored part of the last report of `query`, if no batch can
         have been stored since (see REPORT_CACHE_S); None otherwise."""
         kept = self._cache.get(query)
-        if kept is None or token is None or generation is None:
+        usage_log = self.usage.log
+        if kept is None or usage_log is None or token is None or generation is None:
             return None
         if (kept.token != token or kept.generation != generation
                 or time.monotonic() - kept.at >= REPORT_CACHE_S):
             self._cache.pop(query, None)
             return None
-        self.usage.log.report_cache_hits += 1
+        usage_log.report_cache_hits += 1
         return kept.stored
 
     def _keep(self, query: ReportQuery, token: Optional[int], generation: Optional[int],
               stored: Any) -> None:
         """Keep a store read that the pending counts taken before it do not
         overlap (token), at the mirror's generation read before it."""
-        if token is None or generation is None or not self.usage.log.unchanged_since(token):
+        usage_log = self.usage.log
+        if (usage_log is None or token is None or generation is None
+                or not usage_log.unchanged_since(token)):
             return                              # (the last try answers even so: not kept)
         if len(self._cache) >= REPORT_CACHE_ENTRIES:
             self._cache.clear()
