@@ -14,7 +14,7 @@
    second; the ratio, and the reports' p99.
 
     PYTHONPATH=src python benchmarks/bench_usage_log.py [--duration 5] [--skip-2d] [--probe]
-        [--layouts] [--skip-flush] [--database]
+        [--layouts] [--skip-flush] [--database] [--rounds N] [--against OTHER/src]
 
 Needs initdb/pg_ctl (a PostgreSQL is started by the tests' fixture,
 tests/pg_support.py).  Every figure is from this run on this machine; the
@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from pg_support import PostgresServer  # noqa: E402
+from pg_support import PostgresServer, fetchval  # noqa: E402
 
 from beastnet import api_key_id  # noqa: E402
 from beastnet.serve.stores.postgres import migrate  # noqa: E402
@@ -54,7 +54,9 @@ def usage_log_rate(store, batches, writer: str) -> float:
     write_all (its lanes: two batches in flight when the store has
     write_many)."""
     from beastnet.serve.usage_log import UsageLog
-    usage = UsageLog(store, _NoKeys(), batch_rows=len(batches[0]), writer=writer)
+    total = sum(len(b) for b in batches)
+    usage = UsageLog(store, _NoKeys(), batch_rows=len(batches[0]), writer=writer,
+                     queue_rows=max(total, 100_000))   # the default cap would drop rows
     usage._enqueue([((r.minute, r.key, r.protocol, r.route),
                      [r.admitted, r.refused, r.rate_limited, r.over_quota])
                     for b in batches for r in b])
@@ -130,13 +132,16 @@ def bench_flush(total: int, layouts: tuple[str, ...] = ("default",)) -> None:
 
 def _flush_rows(server, tmp: str, total: int, layout: str, sqlite: bool) -> None:
     for batch in (300, 5000):
-        names = ["postgresql unnest", "postgresql COPY", "postgresql executemany"]
+        names = ["postgresql append", "postgresql unnest", "postgresql COPY",
+                 "postgresql executemany"]
         names += ["sqlite executemany", "postgresql unnest unnumbered"] if sqlite else []
-        names += ["usage log flush, postgresql unnest, 2 lanes"]
+        names += ["usage log flush, postgresql append, 2 lanes",
+                  "usage log flush, postgresql unnest, 2 lanes"]
         for name in names:
-            server.psql("TRUNCATE usage_log")
+            server.psql("TRUNCATE usage_log, usage_log_fresh")
             if "postgresql" in name:
-                method = next(m for m in ("unnest", "COPY", "executemany") if m in name)
+                method = next(m for m in ("append", "unnest", "COPY", "executemany")
+                              if m in name)
                 store = PostgresUsageLog(server.dsn, method=method.lower())
             else:
                 path = os.path.join(tmp, f"u{batch}.db")
@@ -149,14 +154,76 @@ def _flush_rows(server, tmp: str, total: int, layout: str, sqlite: bool) -> None
                 # store measured was otherwise penalised for its order.
                 rate = usage_log_rate if "lanes" in name else flush_rate
                 rate(store, batches[:2], f"warm-{batch}-{name}")
-                server.psql("TRUNCATE usage_log")
+                if getattr(store, "method", None) == "append":
+                    store.compact()             # the warm-up's background fold ended
+                server.psql("TRUNCATE usage_log, usage_log_fresh")
                 numbered = "unnumbered" not in name
                 first = rate(store, batches, numbered and f"bench-{batch}-{name}-1")
+                folded = fold(store, total, total / first)
                 again = rate(store, batches, numbered and f"bench-{batch}-{name}-2")
+                folded_again = fold(store, total, total / again)
             finally:
                 store.close()
             shown = "-" if name.startswith("sqlite") else layout
             print(f"| {batch} | {name} | {shown} | {first:,.0f} | {again:,.0f} |")
+            if folded is not None:
+                print(f"| {batch} | ... writes and the fold of what was left in usage_log_fresh "
+                      f"| {shown} | {folded} | {folded_again} |")
+
+
+def fold(store, rows_written: int, wrote_s: float) -> "str | None":
+    """The append store's fold of usage_log_fresh into usage_log, run to
+    the end (the writes above fold in the background once a second; what
+    is left is folded here, after the background fold under way): the rows
+    written a second counting the writes and this fold (every row in
+    usage_log at the end); None for other stores."""
+    if getattr(store, "method", None) != "append":
+        return None
+    left = int(fetchval(store.dsn, "SELECT count(*) FROM usage_log_fresh"))
+    t = time.perf_counter()
+    store.compact()
+    took = time.perf_counter() - t
+    return (f"{rows_written / (wrote_s + took):,.0f} (fold {took * 1000:,.0f} ms, "
+            f"{left:,} rows left)")
+
+
+def bench_repeated(cells: int, repeats: int) -> None:
+    """The usage log's own pattern: the same cells in every batch interval
+    (an active key's route has a row in each 100 ms round), `repeats`
+    rounds of `cells` rows in batches of 300, one batch after another; the
+    append store's rows/s to the end of its fold (every count in usage_log)
+    against the one-statement upsert's."""
+    keys = [api_key_id(f"key-{i}") for i in range(cells // 3 + 1)]
+    cell_rows = [UsageRow(keys[i // 3], MINUTE0, "http", ("price", "snapshot", "report")[i % 3],
+                          1, 0, 0, 0) for i in range(cells)]
+    rounds = [cell_rows[i:i + 300] for i in range(0, cells, 300)] * repeats
+    total = cells * repeats
+    print(f"## the same {cells:,} cells in each of {repeats} rounds ({total:,} rows, "
+          "batches of 300), rows/s")
+    print("| store | writes | writes and the fold to the end | fold |")
+    print("| --- | --- | --- | --- |")
+    server = PostgresServer()
+    try:
+        migrate(server.dsn)
+        _make_partitions(server.dsn)
+        for method in ("append", "unnest", "append", "unnest"):
+            server.psql("TRUNCATE usage_log, usage_log_fresh")
+            store = PostgresUsageLog(server.dsn, method=method)
+            try:
+                wrote = total / flush_rate(store, rounds, f"repeated-{method}-{time.time()}")
+                t = time.perf_counter()
+                if method == "append":
+                    store.compact()
+                took = time.perf_counter() - t
+            finally:
+                store.close()
+            counted = int(fetchval(server.dsn, "SELECT sum(admitted) FROM usage_log"))
+            assert counted == total, (counted, total)
+            print(f"| {method} | {total / wrote:,.0f} | {total / (wrote + took):,.0f} | "
+                  f"{took * 1000:,.0f} ms |" if method == "append" else
+                  f"| {method} | {total / wrote:,.0f} | {total / wrote:,.0f} | - |", flush=True)
+    finally:
+        server.close()
 
 
 def bench_probe(total: int) -> None:
@@ -215,9 +282,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def bench_2d(duration: float, database: bool = False) -> None:
+def bench_2d(duration: float, database: bool = False,
+             variants: tuple[tuple[str, Optional[str]], ...] = (("this tree", None),),
+             rounds: int = 1) -> None:
     """`database`: keys and the usage log in a PostgreSQL of the fixture's
-    (`serve --database`), not the SQLite key store."""
+    (`serve --database`), not the SQLite key store.  `variants`: (label,
+    PYTHONPATH for `serve`, None: this process's), run in turn each round
+    (a before/after in one run: the other tree's `serve` on the same keys
+    and database)."""
     from beastnet.loadgen import HTTPLoadConfig, run_http_load
     from beastnet.serve.stores.postgres import PostgresKeyStore
     from beastnet.serve.stores.sqlite import KeyStore
@@ -235,17 +307,47 @@ def bench_2d(duration: float, database: bool = False) -> None:
     with keys as store:     # type: ignore[attr-defined]
         store.add("partner", key="price-load-key-0001")
         store.add("partner", key="report-load-key-001")
+    print("## 2d: price req/s with and without 1,000 reports/s (HTTP, keep-alive), "
+          f"keys and usage log in {'PostgreSQL' if database else 'SQLite'}")
+    print("| round | serve | price req/s alone | price p99 ms | price req/s with reports | "
+          "price p99 ms | ratio | reports/s | report p99 ms | report errors | "
+          "reports alone: p50 / p99 ms | serve CPU a report alone, us | load |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    try:
+        for round_ in range(1, rounds + 1):
+            for label, pythonpath in variants:
+                _one_2d(round_, label, pythonpath, where, tmp, duration, HTTPLoadConfig,
+                        run_http_load)
+    finally:
+        if pg is not None:
+            pg.close()
+
+
+def _cpu_s(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _one_2d(round_: int, label: str, pythonpath: Optional[str], where: list[str], tmp: Path,
+            duration: float, HTTPLoadConfig, run_http_load) -> None:
+    import threading
     port, admin = free_port(), free_port()
-    log = open(tmp / "serve.log", "wb")
+    env = dict(os.environ)
+    if pythonpath is not None:
+        env["PYTHONPATH"] = pythonpath
+    logged = tmp / f"serve-{round_}-{label.replace(' ', '_')}.log"
+    log = open(logged, "wb")
     proc = subprocess.Popen([sys.executable, "-m", "beastnet", "serve", "--profile", "dev",
                              *where, "--udp-port", "0", "--http-port",
                              str(port), "--admin-port", str(admin)],
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                            env=env)
     try:
         deadline = time.monotonic() + 30
-        while b'"ready"' not in (tmp / "serve.log").read_bytes():
+        while b'"ready"' not in logged.read_bytes():
             if time.monotonic() > deadline or proc.poll() is not None:
-                raise SystemExit("serve did not start: " + (tmp / "serve.log").read_text())
+                raise SystemExit("serve did not start: " + logged.read_text())
             time.sleep(0.1)
         price = HTTPLoadConfig(port=port, keys=("BTC", "ETH", "SOL"), connections=32,
                                threads=1, duration_s=duration, warmup_s=1.0,
@@ -253,29 +355,31 @@ def bench_2d(duration: float, database: bool = False) -> None:
         reports = HTTPLoadConfig(port=port, keys=("reports/usage/summary",), connections=16,
                                  threads=1, rate=1000.0, duration_s=duration, warmup_s=1.0,
                                  headers=("X-API-Key: report-load-key-001",))
+        cpu = _cpu_s(proc.pid)
+        only = run_http_load(reports)           # reports alone: the server's CPU a report
+        cpu = _cpu_s(proc.pid) - cpu
+        idle = _cpu_s(proc.pid)
+        time.sleep(1.0)                         # the server's CPU with no requests, a second
+        idle = _cpu_s(proc.pid) - idle
+        # Over the warm-up too (the CPU is): the rate times the whole run.
+        per_report = (cpu - idle * (duration + 1.0)) / max(1.0, only.rps * (duration + 1.0)) * 1e6
         alone = run_http_load(price)
-        import threading
         result = {}
         side = threading.Thread(target=lambda: result.update(r=run_http_load(reports)))
         side.start()
         mixed = run_http_load(price)
         side.join()
         rep = result["r"]
-        print("## 2d: price req/s with and without 1,000 reports/s (HTTP, keep-alive), "
-              f"keys and usage log in {'PostgreSQL' if database else 'SQLite'}")
-        print("| run | price req/s | price p99 ms | reports/s | report p99 ms | report errors |")
-        print("| --- | --- | --- | --- | --- | --- |")
-        print(f"| price alone | {alone.rps:,.0f} | {alone.percentile(99) / 1e6:.2f} | - | - | - |")
-        print(f"| price + reports | {mixed.rps:,.0f} | {mixed.percentile(99) / 1e6:.2f} | "
-              f"{rep.rps:,.0f} | {rep.percentile(99) / 1e6:.2f} | "
-              f"{rep.errors + rep.error_replies} |")
-        print(f"ratio price(with reports) / price(alone): {mixed.rps / alone.rps:.2f}")
+        print(f"| {round_} | {label} | {alone.rps:,.0f} | {alone.percentile(99) / 1e6:.2f} | "
+              f"{mixed.rps:,.0f} | {mixed.percentile(99) / 1e6:.2f} | "
+              f"{mixed.rps / alone.rps:.2f} | {rep.rps:,.0f} | "
+              f"{rep.percentile(99) / 1e6:.2f} | {rep.errors + rep.error_replies} | "
+              f"{only.percentile(50) / 1e6:.2f} / {only.percentile(99) / 1e6:.2f} | "
+              f"{per_report:.0f} | {os.getloadavg()[0]:.1f} |", flush=True)
     finally:
         proc.terminate()
         proc.wait(20)
         log.close()
-        if pg is not None:
-            pg.close()
 
 
 def main() -> None:
@@ -290,15 +394,26 @@ def main() -> None:
                     help="also where the PostgreSQL time goes (COPY, upsert, unnest)")
     ap.add_argument("--layouts", action="store_true",
                     help="also the flush on usage_log with C collation and fillfactor 70")
+    ap.add_argument("--repeated", action="store_true",
+                    help="also the same cells written round after round (append vs unnest, "
+                         "to the end of the fold)")
+    ap.add_argument("--rounds", type=int, default=1, help="2d: rounds (each variant each)")
+    ap.add_argument("--against", metavar="PYTHONPATH",
+                    help="2d: also `serve` from this source tree (before/after, interleaved)")
     args = ap.parse_args()
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start, "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     if not args.skip_flush:
         bench_flush(args.rows, ("default", "C+ff70") if args.layouts else ("default",))
+    if args.repeated:
+        bench_repeated(30_000, 10)
     if args.probe:
         bench_probe(args.rows)
     if not args.skip_2d:
-        bench_2d(args.duration, args.database)
+        variants: tuple[tuple[str, Optional[str]], ...] = (("this tree", None),)
+        if args.against:
+            variants = (("other tree", args.against),) + variants
+        bench_2d(args.duration, args.database, variants, args.rounds)
 
 
 if __name__ == "__main__":

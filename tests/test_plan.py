@@ -175,7 +175,7 @@ def test_every_test_of_the_default_plan_runs_against_plan_local(cluster, tmp_pat
     assert report["database"]["kind"] == "postgresql"
     assert report["database"]["dsn"] == cluster.postgres.dsn
     wait_for(lambda: fetchval(cluster.postgres.dsn,
-                              "SELECT count(*) FROM usage_log WHERE route = 'report'"),
+                              "SELECT count(*) FROM usage_log_all WHERE route = 'report'"),
              timeout=15, message="the report requests' usage rows in PostgreSQL")
     assert [c["a"] + c["b"] for c in report["comparisons"]] == ["2b2c", "2a2d", "1a2a"]
     assert all("rps_ratio" in c for c in report["comparisons"])

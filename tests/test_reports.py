@@ -16,8 +16,9 @@ from beastnet import APIKeyTable, api_key_id
 from beastnet.serve.reports import BadReport, Reports, parse_report_query
 from beastnet.serve.usage_log import UsageLog
 from pg_support import postgres  # noqa: F401  (fixture)
-from support import wait_for
+from support import requires, wait_for
 from test_serve import add_key, serve  # noqa: F401  (fixture)
+from test_cluster import redis_server  # noqa: F401  (fixture)
 from test_usage_log import ROUTE, TIERS, admit, store  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.timeout(120)
@@ -116,8 +117,8 @@ def test_a_store_that_is_down_answers_503(postgres):  # noqa: F811
         postgres.stop()
         answer = asyncio.run(reports._report("summary", "", api_key_id("alice"), own=True))
         assert answer.status == 503 and "usage log cannot be read" in answer.body["detail"]
-        answer = asyncio.run(reports._report("summary", "from=x", api_key_id("alice"), own=True))
-        assert answer.status == 400
+        answer = reports._report("summary", "from=x", api_key_id("alice"), own=True)
+        assert answer.status == 400         # at once: nothing to await
     finally:
         pg.close()
 
@@ -237,3 +238,95 @@ def test_a_batch_stored_between_the_reports_two_reads_counts_once(store):  # noq
         assert flushing.flushes == 1 and usage.queued() == 0
         assert summary["total"]["admitted"] == admitted, summary["total"]
         assert usage.report_rereads == rereads + 1
+
+
+class CountingStore:
+    """A store whose reads are counted."""
+
+    def __init__(self, store: Any) -> None:
+        self.store, self.reads = store, 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    def totals(self, *args: Any) -> Any:
+        self.reads += 1
+        return self.store.totals(*args)
+
+    def detail(self, *args: Any) -> Any:
+        self.reads += 1
+        return self.store.detail(*args)
+
+
+def test_a_reports_stored_part_is_kept_until_a_batch_is_stored(store, monkeypatch):  # noqa: F811
+    """The same report again reads the store again only once a batch was
+    stored since (or REPORT_CACHE_S passed); the pending counts are added
+    afresh each time, and a kept part is never changed by the adding."""
+    import beastnet.serve.reports as reports_module
+    table = APIKeyTable()
+    table.set(api_key_id("alice"))
+    usage = UsageLog(store, table)
+    counting = CountingStore(store)
+    reports = reports_on(counting, usage)
+    seen: dict = {}
+    summary = parse_report_query("summary", "", api_key_id("alice"))
+    detail = parse_report_query("detail", "", api_key_id("alice"))
+
+    def admitted(query: Any) -> int:
+        body = reports.answer(query)
+        rows = body["by_route"] if query.kind == "summary" else body["rows"]
+        return sum(r["admitted"] for r in rows)
+    admit(table, "alice", ("udp", "price"), 3, seen)
+    usage.harvest()
+    assert usage.write_all()
+    assert [admitted(summary) for _ in range(3)] == [3, 3, 3]
+    assert counting.reads == 1 and usage.report_cache_hits == 2
+    admit(table, "alice", ("udp", "price"), 2, seen)           # pending: added to the kept part
+    assert admitted(summary) == 5 and admitted(summary) == 5 and counting.reads == 1
+    assert admitted(detail) == 5 and admitted(detail) == 5 and counting.reads == 2
+    usage.harvest()
+    assert usage.write_all()                                    # a batch stored: read again
+    assert admitted(summary) == 5 and counting.reads == 3
+    assert admitted(detail) == 5 and counting.reads == 4
+    assert admitted(summary) == 5 and counting.reads == 4
+    # On the control loop: a kept part and no mirror to read, the answer at
+    # once (no task); otherwise a coroutine.
+    answer = reports._report("summary", "", api_key_id("alice"), own=True)
+    assert answer.status == 200 and answer.body["total"]["admitted"] == 5
+    assert counting.reads == 4 and usage.report_cache_hits == 7
+    monkeypatch.setattr(reports_module, "REPORT_CACHE_S", 0.0)  # kept no longer than that
+    later = reports._report("summary", "", api_key_id("alice"), own=True)
+    assert asyncio.iscoroutine(later)
+    later.close()
+    assert admitted(summary) == 5 and counting.reads == 5
+    assert usage.report_cache_hits == 7
+
+
+@requires("redis-server")
+def test_another_nodes_push_drops_the_kept_stored_part(store, redis_server):  # noqa: F811
+    """--redis: node B stores a batch and pushes; node A's next report
+    reads the store again (the mirror's generation moved), so B's counts,
+    out of Redis now, are in A's report from the store, once."""
+    from beastnet.serve.stores.usage_redis import RedisLiveUsage
+    tables = [APIKeyTable(), APIKeyTable()]
+    for table in tables:
+        table.set(api_key_id("alice"))
+    a, b = (UsageLog(store, table, writer=name, live=RedisLiveUsage(redis_server.url, name))
+            for name, table in zip(("node-a", "node-b"), tables))
+    counting = CountingStore(store)
+    reports = reports_on(counting, a)
+    query = parse_report_query("summary", "", api_key_id("alice"))
+
+    def admitted() -> int:
+        return int(reports.answer(query)["total"]["admitted"])
+    try:
+        admit(tables[1], "alice", ("udp", "price"), 4, {})
+        b.harvest()
+        assert b.push_live()
+        assert admitted() == 4 and admitted() == 4 and counting.reads == 1   # from Redis
+        assert b.write_all() and b.push_live()                  # stored, out of Redis
+        assert admitted() == 4 and counting.reads == 2
+        assert admitted() == 4 and counting.reads == 2
+    finally:
+        a.live.close()
+        b.live.close()

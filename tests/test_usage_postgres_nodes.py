@@ -66,7 +66,7 @@ def report(node, path: str, key: str) -> tuple[int, dict]:
 
 
 def stored_admitted(server, key: str, route: str = "price") -> int:
-    return int(server.psql(f"SELECT coalesce(sum(admitted), 0) FROM usage_log "
+    return int(server.psql(f"SELECT coalesce(sum(admitted), 0) FROM usage_log_all "
                            f"WHERE key = '{api_key_id(key)}' AND route = '{route}'"))
 
 
@@ -202,6 +202,16 @@ def test_postgresql_sigterm_mid_run_is_reported_and_recovered(database, serve,  
 
 
 @requires("redis-server")
+def two_nodes_flushing_slowly(database, redis_server, serve, tmp_path) -> tuple:
+    """Nodes A and B on one PostgreSQL and one Redis, writing their usage
+    once a minute: what they count stays pending (and mirrored) meanwhile."""
+    slow_flush = "usage_flush_interval_s = 60\n" + UNLIMITED
+    return tuple(serve("--database", database.dsn, "--redis", redis_server.url,
+                       "--node-id", f"node-{n}", "--key-cache",
+                       str(tmp_path / f"cache-{n}.json"), config=slow_flush)
+                 for n in ("a", "b"))
+
+
 def test_a_report_on_one_node_has_another_nodes_requests_before_they_are_stored(
         database, redis_server, serve, tmp_path):  # noqa: F811
     """--redis: node B's requests of this second are in node A's report
@@ -210,11 +220,7 @@ def test_a_report_on_one_node_has_another_nodes_requests_before_they_are_stored(
     stores them and takes them out of Redis), A's report counts them once."""
     with PostgresKeyStore(database.dsn) as keys:
         keys.add("public", key=PLAIN)
-    slow_flush = "usage_flush_interval_s = 60\n" + UNLIMITED
-    node_a, node_b = (serve("--database", database.dsn, "--redis", redis_server.url,
-                            "--node-id", f"node-{n}", "--key-cache",
-                            str(tmp_path / f"cache-{n}.json"), config=slow_flush)
-                      for n in ("a", "b"))
+    node_a, node_b = two_nodes_flushing_slowly(database, redis_server, serve, tmp_path)
     served = 0
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         for _ in range(40):
@@ -233,4 +239,56 @@ def test_a_report_on_one_node_has_another_nodes_requests_before_they_are_stored(
     assert node_b.terminate() == 0
     assert stored_admitted(database, PLAIN) == served
     assert udp_admitted_on_a() == served                # stored, and no longer in Redis
+    assert node_a.terminate() == 0
+
+
+def test_an_admin_report_across_every_key_has_another_nodes_pending_counts(
+        database, redis_server, serve, tmp_path):  # noqa: F811
+    """--redis, the admin listener without key=: node B's requests of two
+    keys, not yet stored (a flush interval of a minute), are in node A's
+    summary and detail across every key, from Redis's every-key hash of the
+    minute; after B stops (stored, and out of Redis) they count once."""
+    other = PLAIN + "-two"
+    with PostgresKeyStore(database.dsn) as keys:
+        keys.add("public", key=PLAIN)
+        keys.add("public", key=other)
+    node_a, node_b = two_nodes_flushing_slowly(database, redis_server, serve, tmp_path)
+    served = {PLAIN: 0, other: 0}
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        for key, times in ((PLAIN, 30), (other, 12)):
+            for _ in range(times):
+                served[key] += b'"asset"' in node_b.udp_ask(f"ETH {key}".encode(), sock)
+    assert served == {PLAIN: 30, other: 12}
+    want = {api_key_id(k): n for k, n in served.items()}
+
+    def across_keys_on_a() -> tuple[int, dict[str, int]]:
+        status, _, raw = node_a.admin("GET", "/admin/reports/usage/summary")
+        assert status == 200, raw
+        total = sum(r["admitted"] for r in orjson.loads(raw)["by_route"]
+                    if r["protocol"] == "udp")
+        status, _, raw = node_a.admin("GET", "/admin/reports/usage/detail?limit=1000")
+        assert status == 200, raw
+        per_key: dict[str, int] = {}
+        for row in orjson.loads(raw)["rows"]:
+            if row["protocol"] == "udp":
+                per_key[row["key"]] = per_key.get(row["key"], 0) + row["admitted"]
+        return total, per_key
+    import redis
+
+    from beastnet.serve.stores.usage_redis import LIVE_ALL
+
+    def mirrored() -> int:          # B's pending counts, as Redis holds them
+        client = redis.Redis.from_url(redis_server.url)
+        try:
+            return sum(int(v.split()[0]) for name in client.keys(LIVE_ALL + "*")
+                       for v in client.hgetall(name).values())
+        finally:
+            client.close()
+    wait_for(lambda: mirrored() == 42, timeout=5, interval=0.05,
+             message="node B's 42 requests of two keys mirrored in Redis")
+    assert across_keys_on_a() == (42, want)
+    assert stored_admitted(database, PLAIN) == stored_admitted(database, other) == 0
+    assert node_b.terminate() == 0
+    assert stored_admitted(database, PLAIN) + stored_admitted(database, other) == 42
+    assert across_keys_on_a() == (42, want)            # stored, and no longer in Redis
     assert node_a.terminate() == 0

@@ -206,6 +206,7 @@ lrs_requests       counter  requests     Usage report requests answered (public 
 live_pushes        counter  pushes       Pushes of this node's pending usage counts to Redis (--redis; one pipelined call each). [snapshot]
 live_errors        counter  calls        Pushes to or reads from Redis of pending usage counts that failed (pushes are sent again). [snapshot]
 report_rereads     counter  reports      Usage reports that read again because a usage batch was stored between their read of the store and of the pending counts (it would have counted twice). [snapshot]
+report_cache_hits  counter  reports      Usage reports whose stored part came from the last report of the same query (no usage batch stored since, by this node or, with --redis, any other). [snapshot]
 usage_queue        gauge    rows         Usage rows waiting to be written.
 """)
 

@@ -1,7 +1,7 @@
 """Usage reports (LRS): what a key used, per protocol and route, from the
 usage log plus the counts not yet written (this node's, and with --redis
 every other node's, from Redis: stores/usage_redis.py), so a report is
-current to the second.
+current to the second.  Reports across every key add every node's too.
 
 On the public HTTP port, for the caller's own key (the same admission as a
 price request: key, rate limit, monthly cap, and counted as route "report"):
@@ -28,7 +28,7 @@ import hashlib
 import re
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, NamedTuple, Optional
 from urllib.parse import parse_qsl
 
 import orjson
@@ -58,6 +58,15 @@ REPORT_KINDS = ("usage", "summary", "detail")
 # written).  A flush takes milliseconds every 100 ms: a second read is rare.
 REPORT_READS = 5
 REPORT_REREAD_S = 0.005
+# A report's stored part (the store's answer) is kept for the next report of
+# the same query while nothing can have changed it: no batch stored by this
+# node since (the usage log's token), and with --redis no push by any node
+# (the mirror's generation: a node pushes after it stores).  Without a
+# mirror another node's batches (a shared PostgreSQL) are not seen, so an
+# entry is also dropped after REPORT_CACHE_S.  1,000 reports a second of
+# one key read the store about once per flush interval, not 1,000 times.
+REPORT_CACHE_S = 1.0
+REPORT_CACHE_ENTRIES = 4096         # emptied when full (a flood of distinct queries)
 COUNTS = ("admitted", "refused", "rate_limited", "over_quota")
 
 _TIME = re.compile(r"(\d{4})-(\d{2})-(\d{2})(?:T(\d{2}):(\d{2})(?::(\d{2}))?Z?)?")
@@ -201,8 +210,25 @@ def _add_pending(totals: Totals, pending: list[UsageRow], query: ReportQuery) ->
             sums[i] += v
 
 
+def _copied(query: ReportQuery, stored: Any) -> Any:
+    """What _body may change of a (kept) stored part: the totals' lists."""
+    if query.kind == "detail":              # rows, never changed
+        return stored
+    return {cell: list(counts) for cell, counts in stored.items()}
+
+
 def _sort_key(row: UsageRow) -> tuple[int, str, str, str]:
     return (row.minute, row.protocol, row.route, row.key)
+
+
+class _Stored(NamedTuple):
+    """A report's stored part, as the store answered at `token` (the usage
+    log's writes ended) and `generation` (the Redis mirror's)."""
+
+    token: int
+    generation: int
+    at: float                       #: time.monotonic() of the read
+    stored: Any                     #: Totals or a detail page (never changed)
 
 
 class Reports(Component):
@@ -221,6 +247,7 @@ class Reports(Component):
         # engine's miss_prefix): an unknown price key is a native 404, never
         # a trip through the miss queue to a handler that would refuse it.
         self.miss_prefix = "reports/usage"
+        self._cache: dict[ReportQuery, _Stored] = {}
 
     @classmethod
     def build(cls, host: "PriceService") -> Optional["Reports"]:
@@ -264,17 +291,42 @@ class Reports(Component):
                 return error_answer("bad_request", f"key: {exc}")
         return self._report(kind, request.query or "", key, own=False)
 
-    async def _report(self, kind: str, query_text: str, key: Optional[str], own: bool) -> Answer:
+    def _report(self, kind: str, query_text: str, key: Optional[str], own: bool) -> Any:
+        """The Answer, now when nothing need be awaited (a bad query; a kept
+        stored part without a Redis mirror to read: _answer_now), else a
+        coroutine for the control loop to run (a task of its own each)."""
         self.usage.lrs_requests += 1
         try:
             query = parse_report_query(kind, query_text, key)
         except BadReport as exc:
             return error_answer("bad_request", str(exc))
+        body = self._answer_now(query, own)
+        if body is not None:
+            return Answer(body)
+        return self._report_later(query, own)
+
+    async def _report_later(self, query: ReportQuery, own: bool) -> Answer:
         try:
             body = await self._answer(query, own, here=True)
         except KeyStoreError as exc:
             return error_answer("unavailable", f"the usage log cannot be read: {exc}")
         return Answer(body)
+
+    def _answer_now(self, query: ReportQuery, own: bool) -> Optional[dict[str, Any]]:
+        """The report without awaiting anything, or None: what _answer does
+        when its stored part is kept and there is no mirror to read (one
+        node, or a shared PostgreSQL without --redis)."""
+        usage_log = self.usage.log
+        if usage_log is None or usage_log.live is not None:
+            return None
+        taken = usage_log.pending_for_report(query.key)
+        if taken is None:                       # a batch is being written
+            return None
+        pending, token = taken
+        kept = self._cached(query, token, 0)    # 0: the generation without a mirror
+        if kept is None:
+            return None
+        return self._body(query, own, pending, _copied(query, kept))
 
     def answer(self, query: ReportQuery, own: bool = True) -> dict[str, Any]:
         """The report's body, blocking (the store read with its blocking calls
@@ -293,14 +345,48 @@ class Reports(Component):
                 await asyncio.sleep(REPORT_REREAD_S)
                 continue
             pending, token = taken
-            if usage_log is not None and query.key is not None:
-                pending += (await usage_log.live_others_here(query.key, query.start, query.end)
-                            if here else
-                            usage_log.live_others(query.key, query.start, query.end))
+            generation: Optional[int] = None
+            if usage_log is not None:           # key None: every key's (the admin's)
+                others, generation = (
+                    await usage_log.live_others_here(query.key, query.start, query.end)
+                    if here else usage_log.live_others(query.key, query.start, query.end))
+                pending += others
+            kept = self._cached(query, token, generation)
+            if kept is not None:
+                stored = kept
+                break
             stored = await self._read_store(query, here)
             if self._consistent(token, attempt):
+                self._keep(query, token, generation, stored)
                 break
-        return self._body(query, own, pending, stored)
+        return self._body(query, own, pending, _copied(query, stored))
+
+    def _cached(self, query: ReportQuery, token: Optional[int],
+                generation: Optional[int]) -> Any:
+        """The stored part of the last report of `query`, if no batch can
+        have been stored since (see REPORT_CACHE_S); None otherwise."""
+        kept = self._cache.get(query)
+        usage_log = self.usage.log
+        if kept is None or usage_log is None or token is None or generation is None:
+            return None
+        if (kept.token != token or kept.generation != generation
+                or time.monotonic() - kept.at >= REPORT_CACHE_S):
+            self._cache.pop(query, None)
+            return None
+        usage_log.report_cache_hits += 1
+        return kept.stored
+
+    def _keep(self, query: ReportQuery, token: Optional[int], generation: Optional[int],
+              stored: Any) -> None:
+        """Keep a store read that the pending counts taken before it do not
+        overlap (token), at the mirror's generation read before it."""
+        usage_log = self.usage.log
+        if (usage_log is None or token is None or generation is None
+                or not usage_log.unchanged_since(token)):
+            return                              # (the last try answers even so: not kept)
+        if len(self._cache) >= REPORT_CACHE_ENTRIES:
+            self._cache.clear()
+        self._cache[query] = _Stored(token, generation, time.monotonic(), stored)
 
     async def _read_store(self, query: ReportQuery, here: bool) -> Any:
         """A detail page or the totals.  On the control loop a PostgreSQL

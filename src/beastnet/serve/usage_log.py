@@ -125,6 +125,7 @@ class UsageLog:
         self._writes_in_flight = 0
         self._writes_ended = 0
         self.report_rereads = 0         # reports that read again: a batch was stored meanwhile
+        self.report_cache_hits = 0      # reports whose stored part was the last one's (reports.py)
         self._queue: "OrderedDict[Cell, list[int]]" = OrderedDict()
         # Per lane: its writer ID, the batch being written (a failed one is
         # kept, under its number), that number, and the lane's last number.
@@ -403,30 +404,36 @@ class UsageLog:
         self._live_retry_at = 0.0
         return True
 
-    def live_others(self, key: str, start: int, end: int) -> list[UsageRow]:
-        """The other nodes' pending counts of `key` in [start, end), from the
-        mirror; [] without one, or when it cannot be read (counted)."""
+    def live_others(self, key: Optional[str], start: int, end: int
+                    ) -> tuple[list[UsageRow], Optional[int]]:
+        """The other nodes' pending counts of `key` (None: every key's) in
+        [start, end), from the mirror, and the mirror's generation (bumped by
+        every node's every push: a report's stored part read at one
+        generation holds at the same one, reports.py); ([], 0) without a
+        mirror, ([], None) when it cannot be read (counted)."""
         if self.live is None:
-            return []
+            return [], 0
         try:
             return self.live.read(key, start, end, self.clock())
         except ClusterError as exc:
-            self.live_errors += 1
-            log.warning("usage log: %s (reports show this node's pending counts only)", exc,
-                        extra={"fields": {"event": "usage_live_error"}})
-            return []
+            self._live_read_failed(exc)
+            return [], None
 
-    async def live_others_here(self, key: str, start: int, end: int) -> list[UsageRow]:
+    async def live_others_here(self, key: Optional[str], start: int,
+                               end: int) -> tuple[list[UsageRow], Optional[int]]:
         """`live_others`, awaited on the calling loop (read_here)."""
         if self.live is None:
-            return []
+            return [], 0
         try:
             return await self.live.read_here(key, start, end, self.clock())
         except ClusterError as exc:
-            self.live_errors += 1
-            log.warning("usage log: %s (reports show this node's pending counts only)", exc,
-                        extra={"fields": {"event": "usage_live_error"}})
-            return []
+            self._live_read_failed(exc)
+            return [], None
+
+    def _live_read_failed(self, exc: ClusterError) -> None:
+        self.live_errors += 1
+        log.warning("usage log: %s (reports show this node's pending counts only)", exc,
+                    extra={"fields": {"event": "usage_live_error"}})
 
     def trim(self) -> int:
         """Drop the stored rows older than the retention; how many went."""
@@ -481,6 +488,7 @@ class UsageLog:
                 "batch_flush_errors": self.batch_flush_errors, "bg_drop": self.bg_drop,
                 "batches_skipped": self.batches_skipped, "live_pushes": self.live_pushes,
                 "report_rereads": self.report_rereads,
+                "report_cache_hits": self.report_cache_hits,
                 "live_errors": self.live_errors}
 
 

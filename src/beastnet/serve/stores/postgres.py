@@ -167,6 +167,31 @@ CREATE TABLE usage_writers (
     seen_at TIMESTAMPTZ NOT NULL DEFAULT now()  -- trimmed with the usage log
 );
 """),
+    # The usage log's batches appended by COPY (stores/usage_postgres.py,
+    # method "append"): no key, no index, so a row costs an append, not an
+    # upsert into usage_log's primary key; the store folds them into
+    # usage_log in the background (compact), and every read goes through
+    # usage_log_all, which holds both (reports sum).  `minute` in Unix
+    # seconds: COPY sends the usage log's rows as they are.
+    (6, """
+CREATE TABLE usage_log_fresh (
+    key          TEXT NOT NULL,
+    minute       BIGINT NOT NULL,               -- the minute's start, Unix seconds
+    protocol     TEXT NOT NULL,
+    route        TEXT NOT NULL,
+    admitted     BIGINT NOT NULL,
+    refused      BIGINT NOT NULL,
+    rate_limited BIGINT NOT NULL,
+    over_quota   BIGINT NOT NULL
+);
+CREATE VIEW usage_log_all AS
+    SELECT key, minute, protocol, route, admitted, refused, rate_limited, over_quota
+    FROM usage_log
+    UNION ALL
+    SELECT key, to_timestamp(minute), protocol, route, admitted, refused, rate_limited,
+           over_quota
+    FROM usage_log_fresh;
+"""),
 ]
 
 #: The channel `api_keys_notify` announces a changed key's ID on.

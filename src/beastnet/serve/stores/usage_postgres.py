@@ -1,7 +1,24 @@
 """The usage log in PostgreSQL: `usage_log` (schema version 3, stores/
 postgres.py MIGRATIONS), partitioned by month on `minute`.
 
-A batch goes in as one statement (`method="unnest"`, the default): its
+A batch is appended (`method="append"`, the default): COPY (asyncpg's
+copy_records_to_table, the binary protocol) of the rows as the usage log
+has them into `usage_log_fresh` (migration 6), a heap with no key and no
+index, in a transaction whose first statement claims the batch's number in
+`usage_writers` (sent with BEGIN as one message: three round trips, BEGIN
+and the claim, the COPY, COMMIT), so a batch retried after a COMMIT whose
+answer was lost is skipped.  The upsert into usage_log's primary key, most
+of PostgreSQL's cost a row, is not paid on the write: once a second
+(COMPACT_EVERY_S) a write starts a fold in the background, which adds the
+appended rows' sums to usage_log (ON CONFLICT) and deletes them, in one
+REPEATABLE READ transaction (_COMPACT says why), so a cell written by every
+batch of its minute is upserted once a fold, not once a batch.  Every read
+(totals, detail) goes through the view `usage_log_all` (both tables) and
+sums, so a report is the same before and after a fold; one node folds at a
+time (an advisory lock), and a fold that overlaps another anyway fails
+whole, never doubles.  Rows/s, this against the others: benchmarks/README.md, "Usage log and reports".
+
+`method="unnest"` writes a batch as one statement: its
 columns bound as eight arrays, expanded by unnest() into an INSERT ... ON
 CONFLICT that adds to the stored counts, with the batch's claim in
 `usage_writers` (migration 5) in a data-modifying CTE of the same statement,
@@ -28,6 +45,8 @@ catches anything else, such as a clock far off).
 from __future__ import annotations
 
 import asyncio
+import logging
+import re
 from datetime import datetime, timezone
 from typing import Any, Optional
 
@@ -38,9 +57,46 @@ from beastnet.serve.stores.usage_log import Totals, UsageRow
 
 __all__ = ["PARTITIONS_AHEAD", "USAGE_LOG_SCHEMA", "PostgresUsageLog"]
 
-USAGE_LOG_SCHEMA = 5            #: the schema version that added usage_writers
-USAGE_LOG_VERSIONS = {3, 5}     #: the migrations the usage log needs (usage_log, usage_writers)
+log = logging.getLogger("beastnet.serve.usage_log")
+
+USAGE_LOG_SCHEMA = 6            #: the schema version that added usage_log_fresh
+USAGE_LOG_VERSIONS = {3, 5, 6}  #: the migrations the usage log needs
 PARTITIONS_AHEAD = 2            #: months created beyond the current one
+COMPACT_EVERY_S = 1.0           #: append: usage_log_fresh folded into usage_log this often
+FOLD_LOCK = 0x626E_666F         #: the advisory lock of a fold ("bnfo"): one node folds at a time
+
+# append: a batch's claim opens its transaction, in the same simple-protocol
+# message as BEGIN (one round trip); "INSERT 0 0": the number was applied
+# already.  The writer ID is spliced in as a literal (a simple query has no
+# parameters): _literal lets through only what usage logs make (hex, dots,
+# dashes), anything else takes the parameterised claim of its own.
+_BEGIN_CLAIM = """BEGIN;
+INSERT INTO usage_writers AS w (writer, seq) VALUES ('{writer}', {seq})
+ON CONFLICT (writer) DO UPDATE SET seq = excluded.seq, seen_at = now()
+WHERE w.seq < excluded.seq"""
+
+# Fold appended rows into usage_log: in a REPEATABLE READ transaction, add
+# the sums of every appended row its snapshot sees, then delete those rows
+# (the same snapshot: a row committed meanwhile is neither summed nor
+# deleted), so a reader sees each count once, in one table or the other.
+# Another fold that deleted some of them after this snapshot makes the
+# DELETE fail (could not serialize): all rolled back, nothing counted twice.
+# The advisory lock keeps the nodes from folding at once (the loser would
+# only fail so); ordered by the key, an upsert locks its cells in the order
+# any other writer of usage_log would.  A probe (benchmarks/README.md): the
+# sums and the delete as two statements took 0.65-0.75x the time of one
+# DELETE ... RETURNING feeding the upsert.
+_COMPACT = """
+INSERT INTO usage_log AS u (key, minute, protocol, route, admitted, refused, rate_limited,
+                            over_quota)
+SELECT key, to_timestamp(minute), protocol, route, sum(admitted), sum(refused),
+       sum(rate_limited), sum(over_quota)
+FROM usage_log_fresh GROUP BY minute, key, protocol, route
+ORDER BY minute, key, protocol, route
+ON CONFLICT (minute, key, protocol, route) DO UPDATE SET
+    admitted = u.admitted + excluded.admitted, refused = u.refused + excluded.refused,
+    rate_limited = u.rate_limited + excluded.rate_limited,
+    over_quota = u.over_quota + excluded.over_quota"""
 
 _STAGE = """
 CREATE TEMPORARY TABLE IF NOT EXISTS usage_stage (
@@ -132,14 +188,23 @@ class PostgresUsageLog(PoolOnLoop):
     """`UsageLogStore` on PostgreSQL; `dsn` a postgresql:// URL."""
 
     def __init__(self, dsn: str, timeout_s: float = 5.0, pool_size: int = 2,
-                 method: str = "unnest", wait_for_it: bool = False) -> None:
+                 method: str = "append", wait_for_it: bool = False,
+                 compact_every_s: Optional[float] = COMPACT_EVERY_S) -> None:
         """`wait_for_it`: a database out of reach now is not an error (serve
         starts from its key cache, apikeys.py); each write tries to connect
-        again, and fails like any write to a database that is down."""
-        if method not in ("unnest", "copy", "executemany"):
-            raise ValueError(f"method {method!r}: unnest, copy or executemany")
+        again, and fails like any write to a database that is down.
+        `compact_every_s` (append): how often a write starts a fold of
+        usage_log_fresh in the background; None: only `compact()` does."""
+        if method not in ("append", "unnest", "copy", "executemany"):
+            raise ValueError(f"method {method!r}: append, unnest, copy or executemany")
         self.method = method
         self.write_lanes = pool_size    # batches write_many may have in flight at once
+        self.compact_every_s = compact_every_s
+        self.compactions = 0            # folds of usage_log_fresh that moved rows
+        self.rows_compacted = 0
+        self.compact_errors = 0
+        self._compacting: Optional[asyncio.Task] = None
+        self._compacted_at = 0.0        # the store loop's clock
         self._months: set[tuple[int, int]] = set()     # partitions known to exist
         self._pool_size = pool_size
         self._opening = asyncio.Lock()
@@ -151,7 +216,8 @@ class PostgresUsageLog(PoolOnLoop):
     async def _open(self, pool_size: int) -> Any:
         async def stage(conn: Any) -> None:     # each connection's own staging table
             await conn.execute(_STAGE)
-        return await self._open_pool(self._check_schema, pool_size, init=stage,
+        # One connection more than the lanes: the background fold's.
+        return await self._open_pool(self._check_schema, pool_size + 1, init=stage,
                                      keep_session=True)
 
     def _check_schema(self, applied: set[int]) -> None:
@@ -218,6 +284,11 @@ class PostgresUsageLog(PoolOnLoop):
         return out
 
     async def _write(self, rows: list[UsageRow], batch: Optional[tuple[str, int]]) -> bool:
+        if self.method == "append":
+            applied = await self._with_conn(lambda conn: self._append(conn, rows, batch),
+                                            "usage log write failed")
+            self._compact_soon()
+            return bool(applied)
         if self.method == "unnest":
             return await self._with_conn(lambda conn: self._upsert_arrays(conn, rows, batch),
                                          "usage log write failed")
@@ -249,6 +320,93 @@ class PostgresUsageLog(PoolOnLoop):
         if not {(_stamp(d).year, _stamp(d).month) for d in days} <= self._months:
             async with self._partitioning:
                 await self._ensure_partitions(conn, days)
+
+    async def _append(self, conn: Any, rows: list[UsageRow],
+                      batch: Optional[tuple[str, int]]) -> bool:
+        """COPY the rows, as they are, into usage_log_fresh; numbered, in a
+        transaction that claims the number first (BEGIN and the claim one
+        round trip, the COPY one, COMMIT one)."""
+        await self._partitions_for(conn, {r[1] - r[1] % 86400 for r in rows})
+        if batch is None:               # one statement: all or nothing by itself
+            await conn.copy_records_to_table("usage_log_fresh", records=rows,
+                                             timeout=self.timeout_s)
+            return True
+        writer, seq = batch
+        try:
+            if _literal(writer):
+                status = await conn.execute(_BEGIN_CLAIM.format(writer=writer, seq=int(seq)),
+                                            timeout=self.timeout_s)
+            else:
+                await conn.execute("BEGIN", timeout=self.timeout_s)
+                status = await conn.execute(_CLAIM, writer, seq, timeout=self.timeout_s)
+            if status.endswith(" 0"):   # applied already: its COMMIT's answer was lost
+                await conn.execute("ROLLBACK", timeout=self.timeout_s)
+                return False
+            await conn.copy_records_to_table("usage_log_fresh", records=rows,
+                                             timeout=self.timeout_s)
+            await conn.execute("COMMIT", timeout=self.timeout_s)
+            return True
+        except BaseException:
+            # Not back to the pool in a transaction (the pool does not reset
+            # it): rolled back, or closed if it cannot say.
+            if not conn.is_closed() and conn.is_in_transaction():
+                try:
+                    await conn.execute("ROLLBACK", timeout=self.timeout_s)
+                except BaseException:
+                    conn.terminate()
+            raise
+
+    # -- the background fold (append) ----------------------------------------------
+
+    def _compact_soon(self) -> None:
+        if self.compact_every_s is None:
+            return
+        if self._compacting is not None and not self._compacting.done():
+            return
+        loop = asyncio.get_running_loop()
+        if loop.time() - self._compacted_at < self.compact_every_s:
+            return
+        self._compacted_at = loop.time()
+        self._compacting = loop.create_task(self._compact_quietly())
+
+    async def _compact_quietly(self) -> None:
+        try:
+            await self._compact()
+        except KeyStoreError as exc:        # tried again at the next interval
+            self.compact_errors += 1
+            log.warning("usage log: %s (appended rows stay where reports read them; "
+                        "folded later)", exc)
+
+    async def _compact(self) -> int:
+        asyncpg = _driver()
+
+        async def work(conn: Any) -> int:
+            try:
+                async with conn.transaction(isolation="repeatable_read"):
+                    if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)",
+                                               FOLD_LOCK, timeout=self.timeout_s):
+                        return 0                # another node is folding
+                    status = await conn.execute(_COMPACT, timeout=self.timeout_s * 4)
+                    await conn.execute("DELETE FROM usage_log_fresh",
+                                       timeout=self.timeout_s * 4)
+                    return int(status.split()[-1])
+            except asyncpg.SerializationError:
+                return 0                        # a fold or trim took rows first: next time
+        moved = int(await self._with_conn(work, "usage log fold failed"))
+        if moved:
+            self.compactions += 1
+        self.rows_compacted += moved
+        return moved
+
+    def compact(self) -> int:
+        """Fold usage_log_fresh into usage_log now, after the background
+        fold under way if any (any method's store can: another node may
+        append); the cells written to usage_log by this call."""
+        async def now() -> int:
+            if self._compacting is not None and not self._compacting.done():
+                await asyncio.wait([self._compacting])
+            return await self._compact()
+        return int(self.call(now()))
 
     async def _upsert_arrays(self, conn: Any, rows: list[UsageRow],
                              batch: Optional[tuple[str, int]]) -> bool:
@@ -299,6 +457,13 @@ class PostgresUsageLog(PoolOnLoop):
         return _detail(await self._read_here(*_detail_sql(key, start, end, after, limit)))
 
     def close(self) -> None:
+        compacting, self._compacting = self._compacting, None
+        if compacting is not None and not compacting.done() and self._loop.is_running():
+            # A fold under way is one transaction: let it end (or fail).
+            try:
+                self.call(asyncio.wait([compacting], timeout=self.timeout_s))
+            except KeyStoreError:
+                pass
         readers, self._readers = self._readers, None
         if readers is not None:
             loop, opening = readers
@@ -362,6 +527,9 @@ class PostgresUsageLog(PoolOnLoop):
                         self._months.discard((year, month))
                 status = await conn.execute("DELETE FROM usage_log WHERE minute < $1", cut)
                 removed += int(status.split()[-1])
+                status = await conn.execute("DELETE FROM usage_log_fresh WHERE minute < $1",
+                                            before)
+                removed += int(status.split()[-1])
                 # Writers not heard from since: processes long gone.
                 await conn.execute("DELETE FROM usage_writers WHERE seen_at < $1", cut)
             return removed
@@ -372,7 +540,7 @@ def _totals_sql(key: Optional[str], start: int, end: int,
                 bucket_s: Optional[int]) -> tuple[str, list]:
     bucket = f"extract(epoch FROM {_BUCKETS[bucket_s]})::bigint" if bucket_s else "NULL::bigint"
     where, args = _where(key, start, end)
-    return (f"SELECT {bucket}, protocol, route, {_SUMS} FROM usage_log WHERE {where} "
+    return (f"SELECT {bucket}, protocol, route, {_SUMS} FROM usage_log_all WHERE {where} "
             "GROUP BY 1, 2, 3"), args
 
 
@@ -388,13 +556,22 @@ def _detail_sql(key: Optional[str], start: int, end: int,
         where += f" AND (minute, protocol, route, key) > (${n + 1}, ${n + 2}, ${n + 3}, ${n + 4})"
         args += [_stamp(after[0]), after[1], after[2], after[3]]
     args.append(limit)
-    return ("SELECT key, extract(epoch FROM minute)::bigint, protocol, route, admitted, "
-            f"refused, rate_limited, over_quota FROM usage_log WHERE {where} "
+    # A cell may be in usage_log and in usage_log_fresh, several times: summed.
+    return ("SELECT key, extract(epoch FROM minute)::bigint, protocol, route, "
+            f"{_SUMS} FROM usage_log_all WHERE {where} GROUP BY minute, protocol, route, key "
             f"ORDER BY minute, protocol, route, key LIMIT ${len(args)}"), args
 
 
 def _detail(rows: list[Any]) -> list[UsageRow]:
     return [UsageRow(r[0], int(r[1]), r[2], r[3], *(int(v) for v in r[4:])) for r in rows]
+
+
+_WRITER = re.compile(r"[A-Za-z0-9._-]{1,80}")
+
+
+def _literal(writer: str) -> bool:
+    """Whether `writer` may be spliced into _BEGIN_CLAIM as it is."""
+    return _WRITER.fullmatch(writer) is not None
 
 
 def _merged(rows: list[UsageRow]) -> list[UsageRow]:
