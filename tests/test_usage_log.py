@@ -271,6 +271,11 @@ def test_appended_rows_fold_in_the_background(postgres):  # noqa: F811
         assert postgres.psql("SELECT admitted FROM usage_log") >= 3
         store.compact()
         assert postgres.psql("SELECT admitted FROM usage_log") == 3 * seq
+        # what /admin/stats, /metrics and the snapshot show of the fold
+        assert store.fold_counters() == {"usage_folds": store.compactions,
+                                         "usage_rows_folded": store.rows_compacted,
+                                         "usage_fold_errors": 0}
+        assert store.compactions >= 2 and store.rows_compacted >= 2
     finally:
         store.close()
 
@@ -715,6 +720,9 @@ def test_serve_stats_show_the_usage_log_counters(serve, tmp_path):  # noqa: F811
         return stats if stats["rows_written"] >= 1 and stats["queue"] == 0 else {}
     stats = wait_for(written)
     assert stats["rows_queued"] >= 1 and stats["bg_drop"] == 0
+    # SQLite upserts each batch: nothing appended, nothing to fold
+    assert (stats["usage_folds"], stats["usage_rows_folded"], stats["usage_fold_errors"]) == \
+        (0, 0, 0)
     metrics = server.admin("GET", "/metrics")[2].decode()
     written = [line for line in metrics.splitlines()
                if line.startswith("beastnet_usage_log_rows_written")]

@@ -207,6 +207,9 @@ live_pushes        counter  pushes       Pushes of this node's pending usage cou
 live_errors        counter  calls        Pushes to or reads from Redis of pending usage counts that failed (pushes are sent again). [snapshot]
 report_rereads     counter  reports      Usage reports that read again because a usage batch was stored between their read of the store and of the pending counts (it would have counted twice). [snapshot]
 report_cache_hits  counter  reports      Usage reports whose stored part came from the last report of the same query (no usage batch stored since, by this node or, with --redis, any other). [snapshot]
+usage_folds        counter  folds        PostgreSQL: background folds of appended usage rows (usage_log_fresh) into usage_log that moved rows. [snapshot]
+usage_rows_folded  counter  rows         PostgreSQL: usage_log cells written by those folds. [snapshot]
+usage_fold_errors  counter  folds        PostgreSQL: folds that failed (the appended rows stay where reports read them; folded at a later try). [snapshot]
 usage_queue        gauge    rows         Usage rows waiting to be written.
 """)
 

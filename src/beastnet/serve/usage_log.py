@@ -489,7 +489,13 @@ class UsageLog:
                 "batches_skipped": self.batches_skipped, "live_pushes": self.live_pushes,
                 "report_rereads": self.report_rereads,
                 "report_cache_hits": self.report_cache_hits,
-                "live_errors": self.live_errors}
+                "live_errors": self.live_errors, **self._fold_counters()}
+
+    def _fold_counters(self) -> dict[str, int]:
+        fold_counters = getattr(self.store, "fold_counters", None)
+        if fold_counters is None:       # a store that appends nothing to fold (SQLite)
+            return {"usage_folds": 0, "usage_rows_folded": 0, "usage_fold_errors": 0}
+        return dict(fold_counters())
 
 
 class UsageLogComponent(Component):

@@ -55,6 +55,9 @@ class UsageLogStore(Protocol):
     # raise), and `write_lanes`, how many it writes at a time.  The usage
     # log keeps that many batches in flight when it has a backlog
     # (PostgreSQL: a pooled connection each); without it, one.
+    # Optional too: `fold_counters()`, the store's own background work as
+    # counters (PostgreSQL's fold of appended rows: usage_folds,
+    # usage_rows_folded, usage_fold_errors); without it, zeros.
 
     def totals(self, key: Optional[str], start: int, end: int,
                bucket_s: Optional[int]) -> Totals:

@@ -398,6 +398,11 @@ class PostgresUsageLog(PoolOnLoop):
         self.rows_compacted += moved
         return moved
 
+    def fold_counters(self) -> dict[str, int]:
+        """The background fold's counts, for the usage log's counters."""
+        return {"usage_folds": self.compactions, "usage_rows_folded": self.rows_compacted,
+                "usage_fold_errors": self.compact_errors}
+
     def compact(self) -> int:
         """Fold usage_log_fresh into usage_log now, after the background
         fold under way if any (any method's store can: another node may
