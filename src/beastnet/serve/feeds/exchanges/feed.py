@@ -58,7 +58,7 @@ class ExchangeFeed(Feed):
                  assets: Sequence[str] = ASSETS, exchanges: Optional[Sequence[str]] = None,
                  settings: Optional[Mapping[str, Mapping[str, Any]]] = None,
                  recorder: Optional[Recorder] = None, queue_size: int = 100_000,
-                 ws_client: str = "aiohttp") -> None:
+                 ws_client: str = "native") -> None:
         settings = settings or {}
         unknown = sorted(set(settings) - set(EXCHANGES))
         if unknown:
