@@ -20,7 +20,7 @@ import pytest
 from beastnet import ResponseTable, ws_accept_key
 from beastnet._core import ws_frame, ws_parse
 from beastnet.serve.feeds import PricePublisher
-from beastnet.serve.feeds.exchanges import EXCHANGES, ExchangeConnection
+from beastnet.serve.feeds.exchanges import EXCHANGES, ExchangeConnection, ExchangeFeed
 from beastnet.serve.feeds.exchanges.wsclient import WsProtocolError, open_stream
 from fake_exchange import ticker
 from support import until
@@ -291,3 +291,41 @@ def test_wss_verifies_the_exchanges_certificate(tls_certs, monkeypatch, trusted)
     else:
         with pytest.raises(ssl.SSLCertVerificationError):
             asyncio.run(scenario())
+
+
+def test_a_reads_ticks_are_each_checked_and_the_table_written_once_per_asset():
+    """What the native client hands over per socket read goes through
+    ExchangeConnection.on_batch between the publisher's begin_batch and
+    end_batch: every tick is checked (a zero price refused, a jump refused,
+    an older one out of order), and each asset's answer is written once,
+    with the last accepted price; the replaced ones are counted."""
+    feed = ExchangeFeed(routes={"BTC": ["coinbase"], "ETH": ["coinbase"]}, assets=["BTC", "ETH"])
+    table = ResponseTable()
+    publisher = PricePublisher(table, max_jump=0.2)
+    writes: list[str] = []
+    table_set, table_update = table.set, table.update
+    publisher.table = type("Spy", (), {
+        "set": lambda self, key, body: (writes.append(key), table_set(key, body)),
+        "update": lambda self, bodies: (writes.extend(bodies), table_update(bodies))})()
+    feed._sink = publisher.on_tick                # what deliver_to sets, without sockets
+    feed._batch_hooks = (publisher.begin_batch, publisher.end_batch)
+    conn = feed.connections["coinbase"]
+
+    def msg(asset: str, price: str, ts: float) -> bytes:
+        return orjson.dumps(ticker("coinbase", f"{asset}-USD", price, ts))
+
+    conn.on_message(msg("BTC", "97000.00", 100.0))     # one message: written at once
+    assert writes == ["BTC"]
+    conn.on_batch([msg("BTC", "97000.50", 101.0), msg("ETH", "3500.10", 101.0),
+                   msg("BTC", "0.0000", 102.0),         # not a price: refused
+                   msg("BTC", "150000.00", 103.0),      # past max_jump: refused
+                   msg("BTC", "96999.00", 90.0),        # older than the last: out of order
+                   msg("BTC", "97001.25", 104.0), msg("ETH", "3500.20", 104.0)])
+    health = publisher.health()
+    assert sorted(writes[1:]) == ["BTC", "ETH"]        # once each for the read
+    assert orjson.loads(table["BTC"])["price"] == 97001.25
+    assert orjson.loads(table["ETH"])["price"] == 3500.20
+    assert health["refused"] == 1 and health["refused_jumps"] == 1
+    assert conn.out_of_order == 1 and conn.messages == 8
+    assert health["conflated"] == 2 and health["published"] == 3
+    assert publisher._pending is None                  # the batch was closed

@@ -96,6 +96,9 @@ class ExchangeConnection:
         self.rest_rate_limited = 0            # 429s
         self.prewarm_skipped = 0              # symbols the stream priced before their REST turn
         self.replies = 0                      # heartbeat answers sent
+        # Called with True before a socket read's messages, False after
+        # (ExchangeFeed sets it: the publisher writes the table once a read).
+        self.batch: Optional[Callable[[bool], None]] = None
         self._ws: Any = None
         self._rate_mark = (time.monotonic(), 0)
         self._rest_wake = asyncio.Event()
@@ -150,6 +153,17 @@ class ExchangeConnection:
         self.messages += len(raws)
         self.last_message = time.monotonic()
         recorder, pong, parse, loads = self.recorder, self._pong, self.exchange.parse, orjson.loads
+        batch = self.batch
+        if batch is not None and len(raws) > 1:   # one message: nothing to write once
+            batch(True)
+            try:
+                return self._messages(raws, now, recorder, pong, parse, loads)
+            finally:
+                batch(False)
+        return self._messages(raws, now, recorder, pong, parse, loads)
+
+    def _messages(self, raws: Sequence[Union[str, bytes]], now: float, recorder: Any,
+                  pong: Any, parse: Any, loads: Any) -> Optional[list[str]]:
         replies: Optional[list[str]] = None
         for raw in raws:
             if recorder is not None:
