@@ -7,6 +7,8 @@ fallback serves, against the fake exchanges of tests/fake_exchange.py.
 Ingest rows, all in this process on one thread (CPU = time.process_time):
   parse only           the adapters' parse functions on decoded JSON (orjson.loads included)
   parse + publish      ExchangeConnection.on_message -> PricePublisher.on_tick -> table
+  ... in batches of 64 ExchangeConnection.on_batch, 64 messages of one exchange a call (what
+                       the native client hands over per socket read when reads carry many)
   publish only         prebuilt Ticks -> PricePublisher.on_tick (the simulator's path)
   via deliver_to       parse + publish through ExchangeFeed's sink, as `serve` runs it
                        (the publisher called in the reader task)
@@ -87,6 +89,20 @@ def bench_ingest(total: int) -> None:
     cpu = time.process_time() - t0
     assert publisher.published >= total * 0.99, (publisher.published, publisher.health())
     print(f"parse + publish     {rate(total, cpu)}")
+    # the same in batches of 64 messages of one exchange (a socket read's)
+    table = ResponseTable(capacity=512)
+    publisher = PricePublisher(table, max_jump=0.5)
+    conns = {n: ExchangeConnection(EXCHANGES[n], per[n], publisher.on_tick) for n in NAMES}
+    batches: dict[str, list[bytes]] = {n: [] for n in NAMES}
+    for name, data in raw:
+        batches[name].append(data)
+    chunks = [(n, msgs[i:i + 64]) for n, msgs in batches.items() for i in range(0, len(msgs), 64)]
+    t0 = time.process_time()
+    for name, chunk in chunks:
+        conns[name].on_batch(chunk)
+    cpu = time.process_time() - t0
+    assert publisher.published >= total * 0.99, (publisher.published, publisher.health())
+    print(f"... in batches of 64 {rate(total, cpu)}")
     # publish only
     ticks = []
     for name, data in raw:
