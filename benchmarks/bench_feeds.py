@@ -8,7 +8,8 @@ Ingest rows, all in this process on one thread (CPU = time.process_time):
   parse only           the adapters' parse functions on decoded JSON (orjson.loads included)
   parse + publish      ExchangeConnection.on_message -> PricePublisher.on_tick -> table
   ... in batches of 64 ExchangeConnection.on_batch, 64 messages of one exchange a call (what
-                       the native client hands over per socket read when reads carry many)
+                       the native client hands over per socket read when reads carry many);
+                       no publisher batch here, so every tick is still written to the table
   publish only         prebuilt Ticks -> PricePublisher.on_tick (the simulator's path)
   via deliver_to       parse + publish through ExchangeFeed's sink, as `serve` runs it
                        (the publisher called in the reader task)
