@@ -127,6 +127,18 @@ async def read_all(url: str) -> tuple[list[bytes], Optional[BaseException]]:
         ws.abort()
 
 
+async def against(script: Script) -> tuple[list[bytes], Optional[BaseException], RawPeer]:
+    """read_all() against a RawPeer running `script`, once the peer saw the
+    connection end; the peer's record comes back with the result."""
+    peer = await RawPeer(script).start()
+    try:
+        out, exc = await read_all(peer.url)
+        assert await until(lambda: peer.ended >= 1)
+        return out, exc, peer
+    finally:
+        await peer.stop()
+
+
 def test_frames_split_across_reads_and_several_in_one_read():
     messages = [b'{"n":%d,"pad":"%s"}' % (i, b"x" * (i * 40)) for i in range(12)]
     stream = b"".join(text(m) for m in messages) + ws_frame(8, (1000).to_bytes(2, "big"))
@@ -136,16 +148,7 @@ def test_frames_split_across_reads_and_several_in_one_read():
         # length, then everything left in one write.
         await drip(writer, stream, [1] * 6 + [3, 2, 150])
 
-    async def scenario() -> tuple[list[bytes], Optional[BaseException], RawPeer]:
-        peer = await RawPeer(script).start()
-        try:
-            out, exc = await read_all(peer.url)
-            assert await until(lambda: peer.ended >= 1)
-            return out, exc, peer
-        finally:
-            await peer.stop()
-
-    out, exc, peer = asyncio.run(scenario())
+    out, exc, peer = asyncio.run(against(script))
     assert out == messages and exc is None
     # The peer's close echoed with its code (RFC 6455 5.5.1), then nothing.
     assert [f for f in peer.client_frames[0] if f[0] == "close"] == [("close", 1000, b"")]
@@ -161,16 +164,7 @@ def test_a_fragmented_message_with_a_ping_between_its_fragments():
                      ws_frame(8, (4001).to_bytes(2, "big") + b"bye"))
         await writer.drain()
 
-    async def scenario() -> tuple[list[bytes], Optional[BaseException], RawPeer]:
-        peer = await RawPeer(script).start()
-        try:
-            out, exc = await read_all(peer.url)
-            assert await until(lambda: peer.ended >= 1)
-            return out, exc, peer
-        finally:
-            await peer.stop()
-
-    out, exc, peer = asyncio.run(scenario())
+    out, exc, peer = asyncio.run(against(script))
     assert out == [b'{"a":"bc"}', b"[1]"] and exc is None
     frames = peer.client_frames[0]
     assert ("pong", 0, b"are you there") in frames        # the ping's payload, at once
@@ -189,16 +183,7 @@ def test_a_hostile_peer_is_refused_with_the_right_close(bad, code):
         writer.write(text(b'{"ok":1}') + bad + text(b'{"never":1}'))
         await writer.drain()
 
-    async def scenario() -> tuple[list[bytes], Optional[BaseException], RawPeer]:
-        peer = await RawPeer(script).start()
-        try:
-            out, exc = await read_all(peer.url)
-            assert await until(lambda: peer.ended >= 1)
-            return out, exc, peer
-        finally:
-            await peer.stop()
-
-    out, exc, peer = asyncio.run(scenario())
+    out, exc, peer = asyncio.run(against(script))
     assert out == [b'{"ok":1}']                            # what came before, then nothing
     assert isinstance(exc, WsProtocolError) and f"closed {code}" in str(exc)
     assert peer.client_frames[0][-1] == ("close", code, b"")
