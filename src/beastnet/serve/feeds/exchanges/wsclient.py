@@ -215,7 +215,7 @@ class _NativeStream(asyncio.Protocol, WsStream):
             self._end(exc)
             self._transport.abort()
             return
-        if len(data) >= YIELD_READ_BYTES:
+        if len(data) >= YIELD_READ_BYTES and not self._transport.is_closing():
             # libuv reads a ready socket up to 32 times before the loop goes
             # on; with the messages handled right here, six saturated streams
             # held the loop for seconds and the watchdog found the others
@@ -382,6 +382,8 @@ async def _open_native(url: str, open_timeout_s: float) -> WsStream:
         try:
             await proto.opened
         except BaseException:
+            if not proto.opened.done():       # timed out: no outcome left unread
+                proto.opened.cancel()
             proto._transport.abort()
             raise
         return proto
