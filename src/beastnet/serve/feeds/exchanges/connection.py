@@ -329,6 +329,15 @@ class ExchangeConnection:
             ws = self._ws
             # An open stream, live or not yet: one that never speaks is as dead.
             if ws is not None and silent > self.stale_after_s:
+                # After a stall of the whole process (a busy host) the timers
+                # run before the loop polls the sockets: let it read what is
+                # waiting first (two turns: a client reading in a task of its
+                # own takes a second), so a stall is not taken for a silence.
+                await asyncio.sleep(0)
+                await asyncio.sleep(0)
+                silent = time.monotonic() - self.last_message
+                if self._ws is not ws or silent <= self.stale_after_s:
+                    continue
                 self.stale_events += 1
                 was_live, self.connected = self.connected, False
                 self._last_error = f"silent for {silent:.1f} s"
