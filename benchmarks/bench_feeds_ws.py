@@ -3,8 +3,13 @@ in its own process pushes their documented ticker messages at N msgs/s to the
 feed; this process (the feed's, as in `beastnet serve`: ExchangeFeed ->
 PricePublisher -> ResponseTable on one uvloop loop) is measured.
 
-    PYTHONPATH=src python benchmarks/bench_feeds_ws.py [--rates 1500,10000]
+    PYTHONPATH=src python benchmarks/bench_feeds_ws.py [--rates 1500,10000,0]
         [--seconds 5] [--rounds 2] [--compare]
+
+Rate 0 is saturation: the fake writes pre-built frames, 64 to a write, as
+fast as the feed takes them (each connection's unsent bytes kept under
+256 KiB beside what the kernel holds), so each read of the feed carries many
+frames: the ingest's capacity.  Its latency is queueing, not the path's.
 
 Per arm and rate: messages received per CPU-second of this process
 (time.process_time over the push window: WebSocket client, JSON, parse,
@@ -14,13 +19,20 @@ price; the publisher's write to the table is stamped here: both processes
 read the same clock).  Every message is a new price of an asset at its
 primary exchange, so every message publishes one answer.
 
-Arms (--compare runs all four, interleaved, in each round; without it only
-the default):
+Arms (--compare runs all six, interleaved, in each round; without it
+aiohttp+direct, native+each and native+direct):
   websockets+queue   the `websockets` client, ticks through the feed's queue
                      to the publisher's task (main before this change)
   websockets+direct  the `websockets` client, the publisher called in the reader task
   aiohttp+queue      aiohttp's client, through the queue
-  aiohttp+direct     aiohttp's client, the publisher in the reader task (the default)
+  aiohttp+direct     aiohttp's client, the publisher in the reader task (the default
+                     before the native client)
+  native+direct      beastnet's client (wsclient.py): a Protocol whose data_received
+                     unframes a read's frames in one native call and hands them to the
+                     adapter as a batch; the publisher checks every tick and writes the
+                     table once per asset per read (the default)
+  native+each        the same client, the table written for every tick (no batch hooks:
+                     what the conflation saves)
   picows+direct      (--picows) picows behind the same read() interface (a deque and a
                      future: one task wake-up per read, as aiohttp)
   picows+callback    (--picows) picows calling on_message from its frame callback: no
@@ -53,7 +65,11 @@ from beastnet.serve.feeds import Feed, PricePublisher  # noqa: E402
 from beastnet.serve.feeds.exchanges import DEFAULT_ROUTES, EXCHANGES, ExchangeFeed  # noqa: E402
 
 NAMES = list(EXCHANGES)
-ARMS = ["websockets+queue", "websockets+direct", "aiohttp+queue", "aiohttp+direct"]
+ARMS = ["websockets+queue", "websockets+direct", "aiohttp+queue", "aiohttp+direct",
+        "native+each", "native+direct"]
+DEFAULT_ARMS = ["aiohttp+direct", "native+each", "native+direct"]
+BURST = 64                                    # frames to one write at saturation
+SATURATION_BUFFER = 256 << 10                 # unsent bytes per connection, at most
 SENTINEL = "987654321.25"                     # the price in a template, replaced per message
 PER_EXCHANGE = 30
 
@@ -83,7 +99,10 @@ async def pusher(base_ns: int) -> None:
             pre, post = text.split(SENTINEL)
             rows.append((pre, post))
         templates[name] = rows
+    from beastnet._core import ws_frame
     clients: dict[str, web.WebSocketResponse] = {}
+    gens: dict[str, str] = {}                 # exchange -> the arm (?gen=) of its connection
+    transports: dict[str, Any] = {}
     changed = asyncio.Event()
 
     async def ws_handler(request: web.Request) -> web.StreamResponse:
@@ -91,6 +110,8 @@ async def pusher(base_ns: int) -> None:
         await ws.prepare(request)
         name = request.match_info["name"]
         clients[name] = ws
+        gens[name] = request.query.get("gen", "")
+        transports[name] = request.transport
         changed.set()
         async for _ in ws:                    # subscribes, pings: not answered, not needed
             pass
@@ -113,14 +134,20 @@ async def pusher(base_ns: int) -> None:
         line = (await reader.readline()).decode().split()
         if not line or line[0] == "quit":
             break
-        rate, seconds = int(line[1]), float(line[2])
-        while len(clients) < len(NAMES):
+        rate, seconds, gen = int(line[1]), float(line[2]), line[3]
+        # The arm's own six connections (a previous arm's may still be closing).
+        while len(clients) < len(NAMES) or any(gens.get(n) != gen for n in NAMES):
             changed.clear()
             await changed.wait()
         order = [(clients[n], templates[n][i % len(templates[n])])
                  for i in range(PER_EXCHANGE) for n in NAMES]
         start = time.monotonic()
         sent = 0
+        if rate == 0:
+            sent = await saturate(order, [transports[n] for n in NAMES], seconds, base_ns,
+                                  ws_frame)
+            print(f"done {sent} {time.monotonic() - start:.3f}", flush=True)
+            continue
         total = int(rate * seconds)
         while sent < total:
             due = min(total, int((time.monotonic() - start) * rate) + 1)
@@ -138,6 +165,37 @@ async def pusher(base_ns: int) -> None:
             await asyncio.sleep(0.001)
         print(f"done {sent} {time.monotonic() - start:.3f}", flush=True)
     await runner.cleanup()
+
+
+async def saturate(order: list, transports: list, seconds: float, base_ns: int,
+                   ws_frame: Any) -> int:
+    """Push for `seconds` as fast as the feed reads: BURST frames to a write
+    on every connection whose unsent bytes are under SATURATION_BUFFER
+    (frames written to the TCP transport directly: aiohttp's writer costs
+    more per frame than the feed does); the number of messages sent."""
+    by_transport: dict[int, list] = {}
+    for i, (ws, row) in enumerate(order):
+        by_transport.setdefault(i % len(transports), []).append(row)
+    end = time.monotonic() + seconds
+    sent = 0
+    k = 0
+    while time.monotonic() < end:
+        wrote = False
+        for i, tr in enumerate(transports):
+            if tr.is_closing() or tr.get_write_buffer_size() > SATURATION_BUFFER:
+                continue
+            rows = by_transport[i]
+            frames = []
+            for j in range(BURST):
+                pre, post = rows[(k + j) % len(rows)]
+                price = f"{(time.monotonic_ns() - base_ns) // 1000}.5"
+                frames.append(ws_frame(1, (pre + price + post).encode()))
+            tr.write(b"".join(frames))
+            sent += BURST
+            wrote = True
+        k += BURST
+        await asyncio.sleep(0 if wrote else 0.0005)
+    return sent
 
 
 # -- the feed's process ------------------------------------------------------------------
@@ -294,7 +352,8 @@ async def run_arm(arm: str, port: int, child: Any, rate: int, seconds: float,
                   base_ns: int, subscriber: Optional[str] = None) -> dict[str, Any]:
     client, path = arm.split("+")
     routes = {a: [n] for n, assets in assets_of().items() for a in assets}
-    settings = {n: {"ws_url": f"ws://127.0.0.1:{port}/ws/{n}",
+    gen = f"{os.getpid()}-{time.monotonic_ns()}"
+    settings = {n: {"ws_url": f"ws://127.0.0.1:{port}/ws/{n}?gen={gen}",
                     "rest_url": "http://127.0.0.1:9", "connect_delay_s": 0.0,
                     "rest_interval_s": 3600.0} for n in NAMES}
     if client == "picows":
@@ -321,13 +380,32 @@ async def run_arm(arm: str, port: int, child: Any, rate: int, seconds: float,
     calls: dict[str, int] = {}                # price -> ns the publisher's write began
     publish = publisher._publish
 
+    end_batch = publisher.end_batch
+
     def stamped(asset: str, price: str, *rest: Any, **kw: Any) -> None:
+        if publisher._pending is not None:    # a read's batch: written at end_batch
+            publish(asset, price, *rest, **kw)
+            return
         if sub is not None:
             calls[price] = time.monotonic_ns()
         publish(asset, price, *rest, **kw)
         stamps.append((time.monotonic_ns(), price))
+
+    def stamped_end() -> None:
+        # The prices the batch writes: each asset's last (the others were conflated).
+        written = [fields[0] for fields in (publisher._pending or {}).values()]
+        if sub is not None:
+            now = time.monotonic_ns()
+            calls.update((price, now) for price in written)
+        end_batch()
+        now = time.monotonic_ns()
+        stamps.extend((now, price) for price in written)
     publisher._publish = stamped              # type: ignore[method-assign]
-    task = asyncio.ensure_future(publisher.consume(feed if path == "direct" else QueueHop(feed)))
+    publisher.end_batch = stamped_end         # type: ignore[method-assign]
+    if path == "each":
+        deliver_to = feed.deliver_to
+        feed.deliver_to = lambda sink, batch=None: deliver_to(sink)  # type: ignore
+    task = asyncio.ensure_future(publisher.consume(QueueHop(feed) if path == "queue" else feed))
     try:
         # All six connected before the fake is told to push (it pushes to
         # the newest connection of each exchange).
@@ -337,7 +415,7 @@ async def run_arm(arm: str, port: int, child: Any, rate: int, seconds: float,
             now = time.monotonic_ns()
             sub.stdin.write(f"{now} {now + int((seconds + 0.5) * 1e9)}\n".encode())
             await sub.stdin.drain()
-        child.stdin.write(f"go {rate} {seconds}\n".encode())
+        child.stdin.write(f"go {rate} {seconds} {gen}\n".encode())
         await child.stdin.drain()
         conns = list(feed.connections.values())
         while sum(c.messages for c in conns) == 0:
@@ -346,7 +424,8 @@ async def run_arm(arm: str, port: int, child: Any, rate: int, seconds: float,
         n0 = len(stamps)
         done = (await child.stdout.readline()).decode().split()
         sent = int(done[1])
-        deadline = time.monotonic() + 2.0
+        # At saturation the kernel's socket buffers hold a backlog still to read.
+        deadline = time.monotonic() + (2.0 if rate else 20.0)
         while sum(c.messages for c in conns) < sent and time.monotonic() < deadline:
             await asyncio.sleep(0.001)
         m1, c1, t1 = sum(c.messages for c in conns), time.process_time(), time.monotonic()
@@ -389,7 +468,10 @@ async def run_arm(arm: str, port: int, child: Any, rate: int, seconds: float,
     return {**ws, "arm": arm, "rate": rate, "received": m1, "sent": sent, "window_s": t1 - t0,
             "per_cpu_s": (m1 - m0) / max(c1 - c0, 1e-9), "cpu_ms_per_s": (c1 - c0) / (t1 - t0) * 1e3,
             "p50": pick(0.5), "p99": pick(0.99), "max": lat[-1] / 1e3 if lat else float("nan"),
-            "published": len(stamps) - n0, "bad": bad, "sink_errors": feed.sink_errors}
+            "published": len(stamps) - n0, "conflated": publisher.conflated, "bad": bad,
+            "sink_errors": feed.sink_errors,
+            "reconnects": sum(c.reconnects for c in conns),
+            "errors": sorted({c._last_error for c in conns if c._last_error})}
 
 
 async def bench(args: argparse.Namespace) -> None:
@@ -401,7 +483,7 @@ async def bench(args: argparse.Namespace) -> None:
         stdout=asyncio.subprocess.PIPE, env=env)
     try:
         port = int((await child.stdout.readline()).decode().split()[1])  # type: ignore[union-attr]
-        arms = ARMS if args.compare else ["aiohttp+direct"]
+        arms = ARMS if args.compare else DEFAULT_ARMS
         subscriber = build_subscriber() if args.subscriber else None
         if args.picows:
             arms = arms + ["picows+direct", "picows+callback"]
@@ -410,15 +492,16 @@ async def bench(args: argparse.Namespace) -> None:
             for rate in args.rates:
                 for arm in arms:
                     r = await run_arm(arm, port, child, rate, args.seconds, base_ns,
-                                      subscriber if arm == "aiohttp+direct" else None)
+                                      subscriber if arm == args.subscriber_arm else None)
                     r["round"] = rnd + 1
                     r["load"] = os.getloadavg()[0]
                     results.append(r)
-                    print(f"round {rnd + 1}  {rate:>6,}/s  {arm:<18} "
+                    print(f"round {rnd + 1}  {rate if rate else 'sat':>6}/s  {arm:<18} "
                           f"{r['per_cpu_s']:>9,.0f} msg/CPU-s  CPU {r['cpu_ms_per_s']:5.0f} ms/s  "
                           f"send->table p50 {r['p50']:7.0f} us  p99 {r['p99']:8.0f} us  "
-                          f"max {r['max']:8.0f} us  ({r['received'] - 0:,} recv, "
-                          f"{r['published']:,} published, {r['bad']} bad)  "
+                          f"max {r['max']:8.0f} us  ({r['received']:,} of {r['sent']:,} recv, "
+                          f"{r['published']:,} published, {r['conflated']:,} conflated, {r['bad']} bad, "
+                          f"{r['reconnects']} reconnects)  "
                           f"load {r['load']:.1f}", flush=True)
                     if "ws_p99" in r:
                         print(f"          send->WebSocket subscriber ({r['ws_bodies']:,} frames) "
@@ -427,27 +510,32 @@ async def bench(args: argparse.Namespace) -> None:
                               f"({r['hop_matched']:,} matched) p50 {r['hop_p50']:5.0f} us  "
                               f"p99 {r['hop_p99']:6.0f} us  max {r['hop_max']:6.0f} us",
                               flush=True)
-        print("\nmedians over rounds")
+        print("\nmedians over rounds (rate 'sat': saturation; its latency is queueing)")
         for rate in args.rates:
+            label = f"{rate:,}" if rate else "sat"
+
+            def ratio(a: str, b: str) -> float:
+                xs = [r["per_cpu_s"] for r in results if r["rate"] == rate and r["arm"] == a]
+                ys = [r["per_cpu_s"] for r in results if r["rate"] == rate and r["arm"] == b]
+                return sorted(xs)[len(xs) // 2] / sorted(ys)[len(ys) // 2]
             for arm in arms:
                 rows = [r for r in results if r["rate"] == rate and r["arm"] == arm]
                 med = lambda k: sorted(r[k] for r in rows)[len(rows) // 2]  # noqa: E731
-                print(f"{rate:>6,}/s  {arm:<18} {med('per_cpu_s'):>9,.0f} msg/CPU-s  "
+                print(f"{label:>6}/s  {arm:<18} {med('per_cpu_s'):>9,.0f} msg/CPU-s  "
                       f"p50 {med('p50'):6.0f} us  p99 {med('p99'):7.0f} us" +
                       (f"  subscriber p50 {med('ws_p50'):6.0f} us  p99 {med('ws_p99'):7.0f} us"
                        f"  table->subscriber p50 {med('hop_p50'):5.0f} us  "
                        f"p99 {med('hop_p99'):6.0f} us"
                        if rows and "ws_p99" in rows[0] else ""))
+            print(f"{label:>6}/s  native+direct / aiohttp+direct "
+                  f"{ratio('native+direct', 'aiohttp+direct'):.2f}x msgs per CPU-s; "
+                  f"native+each / aiohttp+direct {ratio('native+each', 'aiohttp+direct'):.2f}x")
+            if args.picows:
+                print(f"{label:>6}/s  picows+direct / aiohttp+direct "
+                      f"{ratio('picows+direct', 'aiohttp+direct'):.2f}x; picows+callback / "
+                      f"aiohttp+direct {ratio('picows+callback', 'aiohttp+direct'):.2f}x")
             if args.compare:
-                def ratio(a: str, b: str) -> float:
-                    xs = [r["per_cpu_s"] for r in results if r["rate"] == rate and r["arm"] == a]
-                    ys = [r["per_cpu_s"] for r in results if r["rate"] == rate and r["arm"] == b]
-                    return sorted(xs)[len(xs) // 2] / sorted(ys)[len(ys) // 2]
-                if args.picows:
-                    print(f"{rate:>6,}/s  picows+direct / aiohttp+direct "
-                          f"{ratio('picows+direct', 'aiohttp+direct'):.2f}x; picows+callback / "
-                          f"aiohttp+direct {ratio('picows+callback', 'aiohttp+direct'):.2f}x")
-                print(f"{rate:>6,}/s  aiohttp+direct / websockets+queue "
+                print(f"{label:>6}/s  aiohttp+direct / websockets+queue "
                       f"{ratio('aiohttp+direct', 'websockets+queue'):.2f}x msgs per CPU-s; "
                       f"aiohttp / websockets (direct) "
                       f"{ratio('aiohttp+direct', 'websockets+direct'):.2f}x; "
@@ -468,13 +556,16 @@ def main() -> None:
         uvloop.run(pusher(int(sys.argv[2])))
         return
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--rates", default="1500,10000",
-                    help="messages a second, all six exchanges together (comma-separated)")
+    ap.add_argument("--rates", default="1500,10000,0",
+                    help="messages a second, all six exchanges together (comma-separated; "
+                    "0: saturation)")
     ap.add_argument("--seconds", type=float, default=5.0, help="push window per arm and rate")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--compare", action="store_true", help="all four arms, interleaved")
     ap.add_argument("--subscriber", action="store_true",
-                    help="serve the aiohttp+direct arm's table to a native WebSocket subscriber")
+                    help="serve one arm's table to a native WebSocket subscriber")
+    ap.add_argument("--subscriber-arm", default="native+direct",
+                    help="the arm --subscriber serves (default native+direct)")
     ap.add_argument("--picows", action="store_true",
                     help="also the two picows arms (pip install picows)")
     args = ap.parse_args()

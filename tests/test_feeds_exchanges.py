@@ -561,11 +561,11 @@ def test_the_publisher_takes_each_tick_in_the_reader_task_and_counts_sink_errors
     assert len(lines) == 1 and "RuntimeError: a bug in the publisher" in lines[0]
 
 
-@pytest.mark.parametrize("client", ["aiohttp", "websockets"])
+@pytest.mark.parametrize("client", ["native", "aiohttp", "websockets"])
 def test_a_silent_stream_is_aborted_at_once_and_redialled(client):
     """The watchdog drops a silent stream without a close handshake (the
     peer may never answer one): the fake sees the connection end with no
-    close frame (1006), and the client redials.  Both WebSocket clients."""
+    close frame (1006), and the client redials.  Every WebSocket client."""
     async def scenario():
         async with Rig("coinbase", ws_client=client) as rig:
             assert await until(lambda: rig.conn.state == "connected" and

@@ -12,7 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from beastnet._core import WSFrameReader, utf8_valid, ws_accept_key, ws_frame, ws_parse
+from beastnet._core import (WSClientReader, WSFrameReader, utf8_valid, ws_accept_key,
+                            ws_client_frame, ws_frame, ws_parse)
 import ws_reference as ref
 from support import wait_for
 from ws_reference import BINARY, CLOSE, CONT, PING, PONG, TEXT, build_frame
@@ -216,6 +217,56 @@ def test_every_single_byte_boundary():
     for cut in range(len(stream) + 1):
         reader = WSFrameReader()
         assert reader.feed(stream[:cut]) + reader.feed(stream[cut:]) == whole, cut
+
+
+# -- the client side: a server's (unmasked) frames, as an exchange feed reads them --
+
+@st.composite
+def frame_pairs(draw):
+    """The same frame as a client sends it (masked) and as a server does."""
+    op = draw(st.sampled_from([TEXT, BINARY, CONT, PING, PONG, CLOSE, 3, 0xB]))
+    payload = draw(payloads)
+    if op == CLOSE:
+        payload = struct.pack("!H", draw(st.sampled_from([1000, 1002, 1005, 4000]))) + \
+            payload[:60]
+    elif op in (PING, PONG):
+        payload = payload[:125]
+    fin = op >= 8 or draw(st.booleans())
+    return build_frame(op, payload, fin=fin), build_frame(op, payload, fin=fin, mask=None)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(frame_pairs(), min_size=1, max_size=5), st.data())
+def test_the_client_reader_sees_server_frames_as_the_server_sees_client_frames(pairs, data):
+    """WSClientReader (the engine's reader with server_frames set) on the
+    unmasked frames, cut anywhere, gives the messages and the control events
+    and errors that the server-side reader gives on the masked ones."""
+    whole = native(b"".join(masked for masked, _ in pairs), max_frame_bytes=4096,
+                   max_message_bytes=16384)
+    stream = b"".join(plain for _, plain in pairs)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=6)))
+    reader = WSClientReader(4096, 16384)
+    messages: list = []
+    last = 0
+    for cut in cuts + [len(stream)]:
+        messages += reader.feed(stream[last:cut])
+        last = cut
+    assert messages == [e[2] for e in whole if e[0] == "message"]
+    assert reader.controls == [e for e in whole if e[0] != "message"]
+    assert reader.done == any(e[0] in ("close", "error") for e in whole)
+    # A masked frame is a server's error, as an unmasked one is a client's.
+    if not reader.done:
+        masked_reader = WSClientReader()
+        assert masked_reader.feed(pairs[0][0]) == [] and \
+            masked_reader.controls == [("error", 1002, b"")]
+
+
+@CHEAP
+@given(st.sampled_from([TEXT, BINARY, PING, CLOSE]), st.binary(max_size=300),
+       st.binary(min_size=4, max_size=4))
+def test_client_frames_are_masked_as_the_rfc_says(op, payload, mask):
+    payload = payload[:125] if op >= 8 else payload
+    assert ws_client_frame(op, payload, mask) == build_frame(op, payload, mask=mask)
 
 
 # -- the streaming UTF-8 check ---------------------------------------------------

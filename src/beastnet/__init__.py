@@ -9,10 +9,13 @@ one error of the engines' vocabulary, whose names and statuses are
 handlers run on, which several servers may share; `run_udp_load` /
 `run_http_load` (with `UDPLoadConfig` / `HTTPLoadConfig`) measure a server;
 `UDPPusher` sends a table's entries to many UDP addresses in sendmmsg batches;
-`StartStop` is the context manager of whatever start() and stop() run.
+`StartStop` is the context manager of whatever start() and stop() run;
+`WSClientReader`, `ws_client_frame` and `ws_accept_key` are the native
+framing of a WebSocket client (an exchange feed's).
 """
 from beastnet._core import APIKeyTable, Entry, ResponseTable, UDPPusher, api_key_id
 from beastnet._core import ERROR_STATUS, USAGE_ROUTE_NAMES
+from beastnet._core import WSClientReader, ws_accept_key, ws_client_frame
 from beastnet._lifecycle import StartStop
 from beastnet.control import Answer, ControlPlane, MissRequest, error_answer, is_loopback_client
 from beastnet.errors import (BeastnetError, ClusterError, InvalidKeyError, ServerError,
@@ -61,6 +64,7 @@ __all__ = [
     "UDPServer",
     "UDPPusher",
     "USAGE_ROUTE_NAMES",
+    "WSClientReader",
     "WebSocketOptions",
     "__version__",
     "api_key_id",
@@ -68,4 +72,6 @@ __all__ = [
     "is_loopback_client",
     "run_http_load",
     "run_udp_load",
+    "ws_accept_key",
+    "ws_client_frame",
 ]

@@ -18,6 +18,8 @@ cdef struct bn_ws_reader:
     uint8_t msg_opcode                  # TEXT or BINARY while a fragmented message is open, else 0
     uint8_t deflate                     # permessage-deflate negotiated: RSV1 may mark a message
     uint8_t msg_compressed              # the open fragmented message has RSV1
+    uint8_t server_frames               # reading a server's frames (a client's reader):
+                                        # unmasked, so read in place and never written to
     uint64_t* pool                      # the engine's reassembly bytes (atomic), NULL = no cap
     uint64_t pool_cap                   # ... past which a growing message closes 1013
 
@@ -171,7 +173,8 @@ cdef size_t ws_next(bn_ws_reader* r, char* buf, size_t n, bn_ws_event* ev) noexc
     """Parse the next client frame at `buf` (n bytes buffered); return the
     bytes it used (0 when ev.kind is WS_EV_NEED_MORE or WS_EV_ERROR).
 
-    The payload is unmasked in place.  A whole unfragmented message is handed
+    The payload is unmasked in place (a client's frames; a server's, with
+    r.server_frames, are unmasked already and `buf` is only read).  A whole unfragmented message is handed
     out where it lies (ev.data points into `buf`: no copy); fragments are
     collected in the reader and the last one hands out the whole message."""
     cdef uint8_t* p = <uint8_t*>buf
@@ -212,7 +215,8 @@ cdef size_t ws_next(bn_ws_reader* r, char* buf, size_t n, bn_ws_event* ev) noexc
         return ws_fail(ev, WS_CLOSE_PROTOCOL_ERROR)
     if (3 <= opcode <= 7) or opcode >= 0xB:
         return ws_fail(ev, WS_CLOSE_PROTOCOL_ERROR)
-    if not (b1 & 0x80):                 # every client frame is masked (section 5.1)
+    # A client masks every frame, a server none (section 5.1).
+    if ((b1 & 0x80) != 0) == (r.server_frames != 0):
         return ws_fail(ev, WS_CLOSE_PROTOCOL_ERROR)
     if control:
         if not fin or (b1 & 0x7F) > WS_CONTROL_MAX_BYTES:
@@ -238,14 +242,16 @@ cdef size_t ws_next(bn_ws_reader* r, char* buf, size_t n, bn_ws_event* ev) noexc
         if plen >> 63:                  # the most significant bit MUST be 0
             return ws_fail(ev, WS_CLOSE_PROTOCOL_ERROR)
         head = 10
-    head += 4                           # masking key
+    if not r.server_frames:
+        head += 4                       # masking key
     if not control:
         if plen > r.max_frame_bytes or r.msg_len + plen > r.max_message_bytes:
             return ws_fail(ev, WS_CLOSE_TOO_BIG)
     if n < head or n - head < plen:
         return 0
     payload = p + head
-    ws_unmask(payload, plen, p + head - 4)
+    if not r.server_frames:
+        ws_unmask(payload, plen, p + head - 4)
     if control:
         if opcode == WS_OP_PING:
             ev.kind = WS_EV_PING
@@ -351,10 +357,13 @@ def ws_parse(bytes data not None, uint64_t max_frame_bytes=65536,
     return events, used
 
 
-cdef size_t ws_read_events(bn_ws_reader* r, char* p, size_t n, list events, bint* done) except? 0:
+cdef size_t ws_read_events(bn_ws_reader* r, char* p, size_t n, list events, bint* done,
+                           list controls=None) except? 0:
     """Append to `events` the (kind, opcode_or_code, payload) of each whole
-    frame in p[0:n]; the bytes used.  Stops at the first error or close
-    (then sets *done) or when no whole frame is left."""
+    frame in p[0:n] (given `controls`: a message as its payload alone, one
+    object per message, and the other events to `controls`); the bytes
+    used.  Stops at the first error or close (then sets *done) or when no
+    whole frame is left."""
     cdef bn_ws_event ev
     cdef size_t used = 0
     cdef size_t step
@@ -364,14 +373,21 @@ cdef size_t ws_read_events(bn_ws_reader* r, char* p, size_t n, list events, bint
             return used
         used += step
         if ev.kind == WS_EV_ERROR:
-            events.append(("error", ev.code, b""))
+            (events if controls is None else controls).append(("error", ev.code, b""))
             done[0] = True
             return used
         if ev.kind == WS_EV_FRAGMENT:
             continue
-        events.append((WS_EVENT_NAMES[ev.kind],
-                       ev.opcode if ev.kind == WS_EV_MESSAGE else ev.code,
-                       PyBytes_FromStringAndSize(ev.data, <Py_ssize_t>ev.len)))
+        if controls is not None:
+            if ev.kind == WS_EV_MESSAGE:
+                events.append(PyBytes_FromStringAndSize(ev.data, <Py_ssize_t>ev.len))
+                continue
+            controls.append((WS_EVENT_NAMES[ev.kind], ev.code,
+                             PyBytes_FromStringAndSize(ev.data, <Py_ssize_t>ev.len)))
+        else:
+            events.append((WS_EVENT_NAMES[ev.kind],
+                           ev.opcode if ev.kind == WS_EV_MESSAGE else ev.code,
+                           PyBytes_FromStringAndSize(ev.data, <Py_ssize_t>ev.len)))
         if ev.kind == WS_EV_CLOSE:
             done[0] = True
             return used
@@ -434,3 +450,114 @@ cdef class WSFrameReader:
         self.done = done
         del self.buf[:used]
         return events
+
+
+def ws_client_frame(int opcode, payload not None, bytes mask not None):
+    """A client frame (FIN set): `payload` (bytes or str, sent as UTF-8)
+    masked with the 4-byte `mask`, which RFC 6455 5.3 wants fresh and
+    unpredictable for every frame (os.urandom(4))."""
+    cdef bytes data = payload.encode() if isinstance(payload, str) else payload
+    cdef size_t n = len(data)
+    cdef uint8_t head[WS_CLIENT_HEAD_MAX_BYTES]
+    cdef size_t hn
+    cdef bytes out
+    cdef char* q
+    if len(mask) != 4:
+        raise ValueError("mask must be 4 bytes")
+    if not 0 <= opcode <= 0xF:
+        raise ValueError("opcode must be 0-15")
+    hn = ws_server_head(head, opcode, n)
+    head[1] |= 0x80                     # MASK
+    memcpy(head + hn, <const char*>mask, 4)
+    hn += 4
+    out = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>(hn + n))
+    q = <char*>out
+    memcpy(q, head, hn)
+    memcpy(q + hn, <const char*>data, n)
+    ws_unmask(<uint8_t*>q + hn, n, head + hn - 4)     # XOR: masking is unmasking
+    return out
+
+
+cdef class WSClientReader:
+    """The client side of one WebSocket connection's frame reading: a
+    server's frames (unmasked) in whatever pieces the socket gives them.
+
+    `feed(data)` takes one read and returns, in order, every message it
+    completed as its payload (bytes, text messages undecoded: one object per
+    message, and the list is what a feed hands its adapter as a batch).
+    Every control frame or error goes to the `controls` list as a tuple
+    (kind, code, payload): ("ping", 0, payload), ("pong", 0, payload),
+    ("close", code, reason) or ("error", code to close with, b""); the caller
+    takes them and clears the list.  One native call per read, however many
+    frames it holds.  After a close or an error the reader is done and ignores
+    input.  A frame longer than `max_frame_bytes` (or a message past
+    `max_message_bytes`) is an error as soon as its head is read, so what is
+    kept between reads stays under max_frame_bytes + 14 bytes."""
+    cdef bn_ws_reader r
+    cdef char* pend                     # the start of a frame not complete yet (malloc)
+    cdef size_t pend_len                # bytes at pend
+    cdef size_t pend_cap                # bytes allocated at pend
+    cdef readonly bint done             # a close or an error was read: no more input
+    cdef readonly list controls         # control frames and errors read, for the caller
+
+    def __cinit__(self, uint64_t max_frame_bytes=4194304, uint64_t max_message_bytes=4194304):
+        ws_reader_init(&self.r, max_frame_bytes, max_message_bytes)
+        self.r.server_frames = 1
+        self.pend = NULL
+        self.pend_len = 0
+        self.pend_cap = 0
+        self.done = False
+        self.controls = []
+
+    def __dealloc__(self):
+        ws_reader_free(&self.r)
+        free(self.pend)
+
+    @property
+    def pending_bytes(self):
+        """Bytes of an incomplete frame held since the last read."""
+        return self.pend_len
+
+    def feed(self, bytes data not None):
+        """Read `data` (the next bytes from the server); see the class."""
+        cdef size_t n = len(data)
+        cdef size_t used
+        cdef bint done = False
+        events: list = []
+        if self.done or n == 0:
+            return events
+        if self.pend_len == 0:
+            # The usual case: frames read where they lie in `data` (server
+            # frames are not unmasked, so the bytes object is never written).
+            used = ws_read_events(&self.r, <char*><const char*>data, n, events, &done,
+                                  self.controls)
+            if used < n and not done:
+                self._keep(<const char*>data + used, n - used)
+        else:
+            self._keep(<const char*>data, n)
+            used = ws_read_events(&self.r, self.pend, self.pend_len, events, &done,
+                                  self.controls)
+            self.pend_len -= used
+            if self.pend_len and used:
+                memmove(self.pend, self.pend + used, self.pend_len)
+        if done:
+            self.done = True
+            self.pend_len = 0
+        return events
+
+    cdef int _keep(self, const char* p, size_t n) except -1:
+        cdef size_t need = self.pend_len + n
+        cdef size_t cap
+        cdef char* grown
+        if need > self.pend_cap:
+            cap = self.pend_cap * 2 if self.pend_cap else 4096
+            while cap < need:
+                cap *= 2
+            grown = <char*>realloc(self.pend, cap)
+            if grown == NULL:
+                raise MemoryError()
+            self.pend = grown
+            self.pend_cap = cap
+        memcpy(self.pend + self.pend_len, p, n)
+        self.pend_len = need
+        return 0

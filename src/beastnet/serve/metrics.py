@@ -47,6 +47,8 @@ _EXCHANGE_COUNTERS = {
     "ticks": ("ticks", "counter", "Prices taken from the exchange."),
     "reconnects": ("reconnects", "counter", "WebSocket reconnects."),
     "stale_events": ("stale_events", "counter", "Times the stream went silent past its bound."),
+    "protocol_errors": ("protocol_errors", "counter",
+                        "Connections dropped for breaking WebSocket framing."),
     "rest_polls": ("rest_polls", "counter", "REST ticker requests (prewarm and fallback)."),
     "rest_errors": ("rest_errors", "counter", "REST ticker requests that failed."),
     "bad_messages": ("bad_messages", "counter", "Messages refused as malformed or errors."),

@@ -76,6 +76,10 @@ class PricePublisher:
         self._unknown_logged: set[str] = set()
         self._stale_published: dict[str, float] = {}  # asset -> monotonic time of last body
         self._seq = 0
+        # Between begin_batch() and end_batch(): asset -> its last accepted
+        # answer's fields, written to the table once at the end.
+        self._pending: Optional[dict[str, tuple]] = None
+        self.conflated = 0                        # accepted ticks a later one of the batch replaced
 
     async def run(self, feed: Feed) -> None:
         """Consume `feed`, then keep marking stale prices until cancelled.
@@ -100,8 +104,9 @@ class PricePublisher:
         deliver_to = getattr(feed, "deliver_to", None)
         try:
             if deliver_to is not None:
-                # The feed calls on_tick in its reader tasks: no queue between.
-                await deliver_to(self.on_tick)
+                # The feed calls on_tick in its reader tasks: no queue between;
+                # a socket read's ticks between begin_batch and end_batch.
+                await deliver_to(self.on_tick, batch=(self.begin_batch, self.end_batch))
             else:
                 async for tick in feed:
                     self.on_tick(tick)
@@ -193,10 +198,43 @@ class PricePublisher:
 
     def _publish(self, asset: str, price: str, ts: float, source: str, quote: str,
                  stale: bool, age_s: Optional[float] = None) -> None:
+        pending = self._pending
+        if pending is not None:
+            if asset in pending:
+                self.conflated += 1
+            pending[asset] = (price, ts, source, quote, stale, age_s)
+            return
         self._seq += 1
         self.table.set(asset, price_body(asset, price, int(ts * 1000), source, self._seq, stale,
                                          quote, age_s))
         self.published += 1
+
+    def begin_batch(self) -> None:
+        """The ticks of one socket read follow: each is checked and taken as
+        on_tick always does, but the table is written once per asset, with
+        its last price, at end_batch() (conflation: the answer a reader gets
+        is the same; a stream subscriber skips prices that lived for less
+        than one read, counted in `conflated`)."""
+        if self._pending is None:
+            self._pending = {}
+
+    def end_batch(self) -> None:
+        """Write the batch's answers to the table in one update."""
+        pending, self._pending = self._pending, None
+        if not pending:
+            return
+        bodies = {}
+        seq = self._seq
+        for asset, (price, ts, source, quote, stale, age_s) in pending.items():
+            seq += 1
+            bodies[asset] = price_body(asset, price, int(ts * 1000), source, seq, stale, quote,
+                                       age_s)
+        self._seq = seq
+        if len(bodies) == 1:
+            self.table.set(asset, bodies[asset])
+        else:
+            self.table.update(bodies)
+        self.published += len(bodies)
 
     def check(self) -> None:
         """Fall back from stale sources; flag assets no fresh source quotes.
@@ -254,6 +292,7 @@ class PricePublisher:
             "feed_state": self.feed_state,
             "refused": self.refused,
             "refused_jumps": self.refused_jumps,
+            "conflated": self.conflated,
         }
         feed_health = getattr(self.feed, "health", None)
         if callable(feed_health):

@@ -24,7 +24,7 @@ import orjson
 
 from beastnet.serve.feeds.base import SourceAlive, Tick
 from beastnet.serve.feeds.exchanges.spec import Exchange, RawTick
-from beastnet.serve.feeds.exchanges.wsclient import WsStream, open_stream
+from beastnet.serve.feeds.exchanges.wsclient import WsProtocolError, WsStream, open_stream
 from beastnet.serve.upstream import read_capped
 
 __all__ = ["ExchangeConnection", "Recorder", "reap", "run_together"]
@@ -48,7 +48,7 @@ class ExchangeConnection:
                  rest_max_bytes: int = 1 << 20, backoff_base_s: float = 0.5,
                  backoff_max_s: float = 30.0, open_timeout_s: float = 10.0,
                  ping_interval_s: Optional[float] = None, connect_delay_s: Optional[float] = None,
-                 recorder: Optional[Recorder] = None, ws_client: str = "aiohttp") -> None:
+                 recorder: Optional[Recorder] = None, ws_client: str = "native") -> None:
         self.exchange = exchange
         self.name = exchange.name
         self.emit = emit
@@ -89,12 +89,16 @@ class ExchangeConnection:
         self.out_of_order = 0                 # older than the symbol's last tick
         self.unknown_symbols = 0              # a symbol we did not ask for
         self.reconnects = 0
+        self.protocol_errors = 0              # the peer broke WebSocket framing: redialled
         self.stale_events = 0
         self.rest_polls = 0
         self.rest_errors = 0
         self.rest_rate_limited = 0            # 429s
         self.prewarm_skipped = 0              # symbols the stream priced before their REST turn
         self.replies = 0                      # heartbeat answers sent
+        # Called with True before a socket read's messages, False after
+        # (ExchangeFeed sets it: the publisher writes the table once a read).
+        self.batch: Optional[Callable[[bool], None]] = None
         self._ws: Any = None
         self._rate_mark = (time.monotonic(), 0)
         self._rest_wake = asyncio.Event()
@@ -123,6 +127,7 @@ class ExchangeConnection:
             "message_age_s": round(now - self.last_message, 3) if self.last_message else None,
             "msgs_per_s": round((self.messages - mark_n) / span, 1), "messages": self.messages,
             "ticks": self.ticks, "reconnects": self.reconnects, "stale_events": self.stale_events,
+            "protocol_errors": self.protocol_errors,
             "rest_polls": self.rest_polls, "rest_errors": self.rest_errors,
             "rest_rate_limited": self.rest_rate_limited, "prewarm_skipped": self.prewarm_skipped,
             "bad_messages": self.bad_messages,
@@ -135,27 +140,53 @@ class ExchangeConnection:
 
     def on_message(self, raw: Union[str, bytes], received: Optional[float] = None) -> Optional[str]:
         """Take one WebSocket message; return a text to send back, if any."""
+        replies = self.on_batch((raw,), received)
+        return replies[0] if replies else None
+
+    def on_batch(self, raws: Sequence[Union[str, bytes]],
+                 received: Optional[float] = None) -> Optional[list[str]]:
+        """Take the messages of one socket read, in order (each parsed and
+        its ticks emitted as it comes: the bad-data checks see every one);
+        return the texts to send back, if any.  The clocks are read once
+        for the batch: its messages arrived together."""
         now = time.time() if received is None else received
-        self.messages += 1
+        self.messages += len(raws)
         self.last_message = time.monotonic()
-        if self.recorder is not None:
-            self.recorder(self.name, "ws", None,
-                          raw if isinstance(raw, str) else raw.decode("utf-8", "replace"), now)
-        if self._pong is not None and raw in self._pong:
-            self.emit(SourceAlive(self.name))
-            return None
-        try:
-            ticks, reply = self.exchange.parse(orjson.loads(raw))
-        except _PARSE_ERRORS as exc:      # orjson.JSONDecodeError is a ValueError
-            self._bad(exc, raw)
-            return None
-        if ticks:
-            self._take(ticks, now, self.stream_priced)
-        else:
-            self.emit(SourceAlive(self.name))
-        if reply is not None:
-            self.replies += 1
-        return reply
+        recorder, pong, parse, loads = self.recorder, self._pong, self.exchange.parse, orjson.loads
+        batch = self.batch
+        if batch is not None and len(raws) > 1:   # one message: nothing to write once
+            batch(True)
+            try:
+                return self._messages(raws, now, recorder, pong, parse, loads)
+            finally:
+                batch(False)
+        return self._messages(raws, now, recorder, pong, parse, loads)
+
+    def _messages(self, raws: Sequence[Union[str, bytes]], now: float, recorder: Any,
+                  pong: Any, parse: Any, loads: Any) -> Optional[list[str]]:
+        replies: Optional[list[str]] = None
+        for raw in raws:
+            if recorder is not None:
+                recorder(self.name, "ws", None,
+                         raw if isinstance(raw, str) else raw.decode("utf-8", "replace"), now)
+            if pong is not None and raw in pong:
+                self.emit(SourceAlive(self.name))
+                continue
+            try:
+                ticks, reply = parse(loads(raw))
+            except _PARSE_ERRORS as exc:      # orjson.JSONDecodeError is a ValueError
+                self._bad(exc, raw)
+                continue
+            if ticks:
+                self._take(ticks, now, self.stream_priced)
+            else:
+                self.emit(SourceAlive(self.name))
+            if reply is not None:
+                self.replies += 1
+                if replies is None:
+                    replies = []
+                replies.append(reply)
+        return replies
 
     def on_rest_body(self, body: bytes, symbol: Optional[str],
                      received: Optional[float] = None) -> int:
@@ -220,6 +251,9 @@ class ExchangeConnection:
                 self._gone("closed by the exchange")
             except asyncio.CancelledError:
                 raise
+            except WsProtocolError as exc:    # a bad frame or handshake: counted, retried
+                self.protocol_errors += 1
+                self._gone(f"protocol error: {exc}")
             except Exception as exc:          # DNS, refused, TLS, handshake, 1006: all retried
                 self._gone(f"{type(exc).__name__}: {exc}".strip(": "))
             finally:
@@ -242,17 +276,9 @@ class ExchangeConnection:
         # second): read the first answers meanwhile.
         subscriber = asyncio.ensure_future(self.subscribe(ws))
         try:
-            read, on_message = ws.read, self.on_message
-            raw = await read()
-            if raw is None:
-                return False
-            self._live()
-            while raw is not None:
-                reply = on_message(raw)
-                if reply is not None:
-                    await ws.send(reply)
-                raw = await read()
-            return True
+            # Each message to on_message as it is read (the native client:
+            # in its data_received, every frame of a socket read in turn).
+            return await ws.deliver(self.on_message, self._live, self.on_batch)
         finally:
             for task in (subscriber, pinger):
                 task.cancel()
@@ -303,6 +329,15 @@ class ExchangeConnection:
             ws = self._ws
             # An open stream, live or not yet: one that never speaks is as dead.
             if ws is not None and silent > self.stale_after_s:
+                # After a stall of the whole process (a busy host) the timers
+                # run before the loop polls the sockets: let it read what is
+                # waiting first (two turns: a client reading in a task of its
+                # own takes a second), so a stall is not taken for a silence.
+                await asyncio.sleep(0)
+                await asyncio.sleep(0)
+                silent = time.monotonic() - self.last_message
+                if self._ws is not ws or silent <= self.stale_after_s:
+                    continue
                 self.stale_events += 1
                 was_live, self.connected = self.connected, False
                 self._last_error = f"silent for {silent:.1f} s"

@@ -30,6 +30,8 @@ CONNECTION_SETTINGS = ("ws_url", "rest_url", "stale_after_s", "rest_interval_s",
                        "ping_interval_s", "connect_delay_s", "rest_max_bytes")
 Item = Union[Tick, SourceAlive]
 Sink = Callable[[Item], None]
+# (begin, end): called around the items of one socket read (see deliver_to)
+Batch = tuple[Callable[[], None], Callable[[], None]]
 
 
 def exchange_assets(routes: Mapping[str, Sequence[str]], assets: Sequence[str] = ASSETS,
@@ -58,7 +60,7 @@ class ExchangeFeed(Feed):
                  assets: Sequence[str] = ASSETS, exchanges: Optional[Sequence[str]] = None,
                  settings: Optional[Mapping[str, Mapping[str, Any]]] = None,
                  recorder: Optional[Recorder] = None, queue_size: int = 100_000,
-                 ws_client: str = "aiohttp") -> None:
+                 ws_client: str = "native") -> None:
         settings = settings or {}
         unknown = sorted(set(settings) - set(EXCHANGES))
         if unknown:
@@ -68,6 +70,7 @@ class ExchangeFeed(Feed):
         # deliver_to's sink, called in the reader task of each connection;
         # None: items go through `queue` to whoever iterates the feed.
         self._sink: Optional[Sink] = None
+        self._batch_hooks: Optional[Batch] = None
         self.sink_errors = 0
         self._sink_error_logged = 0.0
         self.connections: dict[str, ExchangeConnection] = {}
@@ -78,6 +81,7 @@ class ExchangeFeed(Feed):
             self.connections[name] = ExchangeConnection(EXCHANGES[name], names, self._emit,
                                                         recorder=recorder, ws_client=ws_client,
                                                         **options)
+            self.connections[name].batch = self._batch
         self.source_stale_after_s = {n: c.fresh_for_s for n, c in self.connections.items()}
         self.asset_priority = {a: list(v) for a, v in routes.items()}
 
@@ -102,16 +106,29 @@ class ExchangeFeed(Feed):
             log.error("feed %s: the sink refused an item (%d so far): %s: %s", self.name,
                       self.sink_errors, type(exc).__name__, exc)
 
-    async def deliver_to(self, sink: Sink) -> None:
+    async def deliver_to(self, sink: Sink, batch: Optional[Batch] = None) -> None:
         """Run the feed, handing every item to `sink` in the task that read
         it (until cancelled).  The publisher's `on_tick` is synchronous, so a
         message goes from the socket to the table with no queue and no task
-        switch; an exception from `sink` is counted in `sink_errors`."""
+        switch; an exception from `sink` is counted in `sink_errors`.  With
+        `batch` (begin, end), the items of one socket read come between a
+        call of begin and one of end (the publisher writes the table once
+        per read)."""
         self._sink = sink
+        self._batch_hooks = batch
         try:
             await self._run_connections()
         finally:
             self._sink = None
+            self._batch_hooks = None
+
+    def _batch(self, begin: bool) -> None:
+        hooks = self._batch_hooks
+        if hooks is not None:
+            try:
+                hooks[0 if begin else 1]()
+            except Exception as exc:          # the sink's bug: counted, the stream reads on
+                self._sink_failed(exc)
 
     async def _run_connections(self) -> None:
         await run_together([c.run() for c in self.connections.values()])
@@ -161,9 +178,11 @@ class ExchangeReplayFeed(ExchangeFeed):
         self.speed = speed
         self.bad_lines = 0
 
-    async def deliver_to(self, sink: Sink) -> None:
-        """Play the file, handing each item to `sink` as it is parsed."""
+    async def deliver_to(self, sink: Sink, batch: Optional[Batch] = None) -> None:
+        """Play the file, handing each item to `sink` as it is parsed (one
+        message a batch: a recording keeps no socket reads)."""
         self._sink = sink
+        self._batch_hooks = batch
         try:
             async for _ in self._play():
                 pass
