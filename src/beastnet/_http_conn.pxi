@@ -478,10 +478,13 @@ cdef ssize_t conn_recv(bn_hworker* w, bn_conn* c, char* buf, size_t room) noexce
 
 
 cdef int conn_watch(bn_hworker* w, bn_conn* c, uint32_t want) noexcept nogil:
-    """Set `c`'s epoll interest to `want`, with epoll_ctl only when it changes.
+    """Set `c`'s epoll interest to `want`, with epoll_ctl only when it changes
+    (on an io_uring worker: arm or cancel its receive and write poll).
     0, or -1 with io_errors counted: the caller ends the connection its own
     way (closed at once, or marked dead for the end of the step)."""
     cdef epoll_event ev
+    if w.uring != NULL:
+        return uring_conn_watch(w, c, want)
     if want == c.events:
         return 0
     ev.events = want
@@ -502,7 +505,10 @@ cdef void conn_close(bn_hworker* w, bn_conn* c) noexcept nogil:
     w.active -= 1
     bn_count(&w.counters.closed, 1)
     bn_store_u64(&w.counters.active, w.active)
-    # close() also removes the fd from epoll (no other descriptor shares it).
+    # close() also removes the fd from epoll (no other descriptor shares it);
+    # io_uring requests hold the socket until they are cancelled.
+    if w.uring != NULL:
+        uring_conn_closing(w, c)
     close(c.fd)
     c.fd = -1
     c.gen = (c.gen + 1) & 0x7FFFFFFF
