@@ -573,7 +573,7 @@ EMFILE_SERVER = r"""
 import json, os, resource, sys, time
 from beastnet import HTTPServer, ResponseTable
 table = ResponseTable({"BTC": b'{"ok":1}'})
-with HTTPServer(table, threads=1) as srv:
+with HTTPServer(table, threads=1, io=os.environ.get("BEASTNET_TEST_HTTP_IO", "epoll")) as srv:
     nfds = len(os.listdir("/proc/self/fd"))
     resource.setrlimit(resource.RLIMIT_NOFILE, (nfds + 4, nfds + 4))
     print(srv.address[1], flush=True)

@@ -12,7 +12,9 @@
 #   and the buffer goes back to the ring at once;
 # - the interest (conn_watch): reading paused = the receive cancelled, resumed
 #   = re-armed; output backlogged = a one-shot POLLOUT whose completion runs
-#   conn_on_writable().
+#   conn_on_writable(); neither (waiting for the control plane) = a poll on
+#   nothing but errors and hang-ups, which epoll reports whatever the interest:
+#   a client that resets meanwhile is closed at once, as under epoll.
 # Writes are the state machine's own sendmsg, straight from the step that
 # answered (no copy, no reference for the common case); what the kernel does
 # not take is queued as under epoll.
@@ -38,18 +40,13 @@ cdef uint64_t UR_STOP = 3
 cdef uint64_t UR_REPLY = 4
 cdef uint64_t UR_LINGER = 5
 cdef uint64_t UR_CANCEL = 6             # a cancel's own completion: nothing to do
+cdef uint64_t UR_ERRWATCH = 7           # a connection that reads nothing and writes nothing
 
 # Bits of bn_conn.events on an io_uring worker, beside the wanted EPOLLIN/EPOLLOUT.
 cdef uint32_t UR_RECV_ARMED = 1 << 16        # a multishot receive is in the kernel
 cdef uint32_t UR_RECV_CANCELLING = 1 << 17   # ... and its cancel has been queued
 cdef uint32_t UR_OUT_ARMED = 1 << 18         # a POLLOUT poll is in the kernel
-
-cdef enum:
-    URING_ENTRIES = 4096                # submission queue (completion queue: 4x)
-    URING_NBUFS = 1024                  # provided buffers per worker, a power of two
-    URING_BUF_BYTES = 4096              # bytes per provided buffer
-    URING_CQES_MAX = 256                # completions handled per reap
-
+cdef uint32_t UR_ERR_ARMED = 1 << 19         # an error/hang-up poll is in the kernel
 
 cdef inline uint64_t ur_conn_ud(uint64_t kind, bn_hworker* w, bn_conn* c) noexcept nogil:
     return (kind << 60) | ((<uint64_t>c.gen & 0x0FFFFFFF) << 32) | <uint64_t>(c - w.conns)
@@ -81,6 +78,12 @@ cdef int uring_conn_watch(bn_hworker* w, bn_conn* c, uint32_t want) noexcept nog
             bn_count(&w.counters.io_errors, 1)
             return -1
         ev |= UR_OUT_ARMED
+    if want == 0 and not (ev & UR_ERR_ARMED):
+        # The kernel adds POLLERR | POLLHUP (and POLLRDHUP) to every poll.
+        if bn_uring_poll(w.uring, c.fd, 0, 0, ur_conn_ud(UR_ERRWATCH, w, c)) < 0:
+            bn_count(&w.counters.io_errors, 1)
+            return -1
+        ev |= UR_ERR_ARMED
     c.events = (ev & ~(<uint32_t>(EPOLLIN | EPOLLOUT))) | want
     return 0
 
@@ -94,6 +97,9 @@ cdef void uring_conn_closing(bn_hworker* w, bn_conn* c) noexcept nogil:
             bn_count(&w.counters.io_errors, 1)
     if c.events & UR_OUT_ARMED:
         if bn_uring_cancel(w.uring, ur_conn_ud(UR_POLLOUT, w, c), ur_ud(UR_CANCEL, 0)) < 0:
+            bn_count(&w.counters.io_errors, 1)
+    if c.events & UR_ERR_ARMED:
+        if bn_uring_cancel(w.uring, ur_conn_ud(UR_ERRWATCH, w, c), ur_ud(UR_CANCEL, 0)) < 0:
             bn_count(&w.counters.io_errors, 1)
 
 
@@ -235,6 +241,22 @@ cdef void uring_on_pollout(bn_hworker* w, bn_ucqe* e) noexcept nogil:
         conn_on_writable(w, c)
 
 
+cdef void uring_on_errwatch(bn_hworker* w, bn_ucqe* e) noexcept nogil:
+    cdef uint32_t slot = <uint32_t>(e.ud & 0xFFFFFFFFU)
+    cdef bn_conn* c = &w.conns[slot] if slot < w.max_conns else NULL
+    if (c == NULL or c.fd < 0
+            or (<uint64_t>c.gen & 0x0FFFFFFF) != ((e.ud >> 32) & 0x0FFFFFFF)):
+        return
+    c.events &= ~UR_ERR_ARMED
+    if e.res > 0 and (e.res & (POLLERR | POLLHUP)):
+        bn_count(&w.counters.econnreset, 1)     # as the epoll loop's EPOLLERR | EPOLLHUP
+        conn_close(w, c)
+    elif e.res < 0 and e.res != -ECANCELED:
+        conn_io_error(w, c, -e.res)
+        conn_close(w, c)
+    # A half-close alone (POLLRDHUP) is not re-watched: it would fire again at once.
+
+
 cdef void uring_on_event(bn_hworker* w, bn_ucqe* e) noexcept nogil:
     cdef uint64_t kind = e.ud >> 60
     cdef int rc
@@ -242,6 +264,8 @@ cdef void uring_on_event(bn_hworker* w, bn_ucqe* e) noexcept nogil:
         uring_on_recv(w, e)
     elif kind == UR_POLLOUT:
         uring_on_pollout(w, e)
+    elif kind == UR_ERRWATCH:
+        uring_on_errwatch(w, e)
     elif kind == UR_ACCEPT:
         uring_on_accept(w, e)
     elif kind == UR_REPLY:

@@ -903,7 +903,8 @@ cdef class HTTPEngine(NativeEngine):
                   size_t max_copied_output_bytes=268435456,
                   TLSContext tls=None, double tls_handshake_timeout_s=10.0, cors_origins=(),
                   str batch_key=None, int notsent_lowat_bytes=131072,
-                  int send_buffer_bytes=0, str miss_prefix=None, str io="epoll"):
+                  int send_buffer_bytes=0, str miss_prefix=None, str io="epoll",
+                  unsigned int uring_buffers=URING_NBUFS):
         cdef int i
         cdef int uring_err
         cdef int n = len(fds)
@@ -920,6 +921,8 @@ cdef class HTTPEngine(NativeEngine):
             if ws_path is not None:
                 raise ValueError('io="uring" does not serve the WebSocket feed yet')
             self.use_uring = 1
+            if not 1 <= uring_buffers <= 32768 or uring_buffers & (uring_buffers - 1):
+                raise ValueError("uring_buffers must be a power of two, 1..32768")
         if n < 1:
             raise ValueError("at least one listening socket is needed")
         if cpus is not None and len(cpus) != n:
@@ -1061,7 +1064,7 @@ cdef class HTTPEngine(NativeEngine):
                 raise_errno("eventfd")
             if self.use_uring:
                 # Created disabled: the worker thread enables it (its single issuer).
-                w.uring = bn_uring_new(URING_ENTRIES, URING_NBUFS, URING_BUF_BYTES, &uring_err)
+                w.uring = bn_uring_new(URING_ENTRIES, uring_buffers, URING_BUF_BYTES, &uring_err)
                 if w.uring == NULL:
                     raise OSError(-uring_err, f"io_uring set-up: {os.strerror(-uring_err)}")
                 w.cqes = <bn_ucqe*>malloc(URING_CQES_MAX * sizeof(bn_ucqe))

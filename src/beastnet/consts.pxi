@@ -62,6 +62,12 @@ cdef enum:
     KEYMISS_FREE = 0                # slot: empty, a reader may claim it
     KEYMISS_WRITING = 1             # slot: a reader is copying its digest in
     KEYMISS_READY = 2               # slot: a digest the control plane has not swept yet
+# The HTTP engine's io_uring workers (_http_uring.pxi).
+cdef enum:
+    URING_ENTRIES = 4096            # submission queue entries (completion queue: 4x)
+    URING_NBUFS = 1024              # provided buffers per worker, a power of two
+    URING_BUF_BYTES = 4096          # bytes per provided buffer
+    URING_CQES_MAX = 256            # completions handled per reap
 # TCP/HTTP engine (_http.pxi).
 cdef enum:
     HTTP_SCRATCH_BYTES = 65536      # per-worker read buffer; a connection's own buffer only holds leftovers

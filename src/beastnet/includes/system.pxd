@@ -104,6 +104,7 @@ cdef extern from "<poll.h>" nogil:
         POLLIN
         POLLOUT
         POLLERR
+        POLLHUP
 
 
 cdef extern from "<sys/eventfd.h>" nogil:
