@@ -20,6 +20,16 @@ from beastnet.http_server import URING_NOT_AUTO, choose_http_io
 from http_helpers import BODIES, connect, exchange, get, split_responses
 
 
+def first_response(sock: socket.socket):
+    """The first whole response read from `sock` (it must not close first)."""
+    data = b""
+    while not split_responses(data)[0]:
+        chunk = sock.recv(65536)
+        assert chunk, "closed before answering"
+        data += chunk
+    return split_responses(data)[0][0]
+
+
 def require_uring() -> None:
     """io_uring must serve on this host under CI (it does on the project's
     machines); elsewhere a host without it skips."""
@@ -114,12 +124,7 @@ def test_uring_worker_serves_and_counts_its_own_calls():
                 assert time.monotonic() < deadline, "the first piece was never read"
                 time.sleep(0.01)
             sock.sendall(request[9:])
-            data = b""
-            while not split_responses(data)[0]:
-                chunk = sock.recv(65536)
-                assert chunk, "closed before answering"
-                data += chunk
-        assert split_responses(data)[0][0].body == BODIES["SOL"]
+            assert first_response(sock).body == BODIES["SOL"]
         totals = srv.stats()["totals"]
     assert totals["uring_waits"] > 0 and totals["epoll_waits"] == 0
     assert totals["accepted"] == 2 and totals["requests"] == 19
@@ -141,12 +146,7 @@ def test_empty_buffer_ring_is_counted_and_the_receive_rearmed():
                 for sock in socks:
                     sock.sendall(get("BTC"))
                 for sock in socks:
-                    data = b""
-                    while not split_responses(data)[0]:
-                        chunk = sock.recv(65536)
-                        assert chunk, "closed instead of answering"
-                        data += chunk
-                    assert split_responses(data)[0][0].body == BODIES["BTC"]
+                    assert first_response(sock).body == BODIES["BTC"]
                 if srv.stats()["totals"]["uring_enobufs"]:
                     break
         finally:

@@ -146,52 +146,59 @@ static struct io_uring_sqe* bn_uring_sqe(bn_uring* u)
     return sqe;
 }
 
-static int bn_uring_accept(bn_uring* u, int fd, uint64_t ud)
+enum { BN_UOP_ACCEPT, BN_UOP_RECV, BN_UOP_POLL, BN_UOP_POLL_MULTI, BN_UOP_CANCEL };
+
+/* Queue one request whose completions carry `ud`: 0, or -EBUSY (no SQE even
+ * after a submit).  `arg`: the poll mask, or for a cancel the user data of
+ * the requests to cancel (every one carrying it). */
+static int bn_uring_queue(bn_uring* u, int op, int fd, uint64_t arg, uint64_t ud)
 {
     struct io_uring_sqe* sqe = bn_uring_sqe(u);
     if (sqe == NULL)
         return -EBUSY;
-    /* No address: getpeername() after it (a multishot accept shares one buffer). */
-    io_uring_prep_multishot_accept(sqe, fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    switch (op) {
+    case BN_UOP_ACCEPT:
+        /* No address: getpeername() after it (a multishot accept shares one buffer). */
+        io_uring_prep_multishot_accept(sqe, fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        break;
+    case BN_UOP_RECV:
+        io_uring_prep_recv_multishot(sqe, fd, NULL, 0, 0);
+        sqe->flags |= IOSQE_BUFFER_SELECT;
+        sqe->buf_group = (uint16_t)u->bgid;
+        break;
+    case BN_UOP_POLL:
+        io_uring_prep_poll_add(sqe, fd, (unsigned)arg);
+        break;
+    case BN_UOP_POLL_MULTI:             /* eventfds that fire many times */
+        io_uring_prep_poll_multishot(sqe, fd, (unsigned)arg);
+        break;
+    default:                            /* BN_UOP_CANCEL */
+        io_uring_prep_cancel64(sqe, arg, IORING_ASYNC_CANCEL_ALL);
+        break;
+    }
     io_uring_sqe_set_data64(sqe, ud);
     return 0;
+}
+
+static int bn_uring_accept(bn_uring* u, int fd, uint64_t ud)
+{
+    return bn_uring_queue(u, BN_UOP_ACCEPT, fd, 0, ud);
 }
 
 static int bn_uring_recv(bn_uring* u, int fd, uint64_t ud)
 {
-    struct io_uring_sqe* sqe = bn_uring_sqe(u);
-    if (sqe == NULL)
-        return -EBUSY;
-    io_uring_prep_recv_multishot(sqe, fd, NULL, 0, 0);
-    sqe->flags |= IOSQE_BUFFER_SELECT;
-    sqe->buf_group = (uint16_t)u->bgid;
-    io_uring_sqe_set_data64(sqe, ud);
-    return 0;
+    return bn_uring_queue(u, BN_UOP_RECV, fd, 0, ud);
 }
 
-/* poll_mask: POLLIN/POLLOUT; multishot for eventfds that fire many times. */
 static int bn_uring_poll(bn_uring* u, int fd, unsigned mask, int multishot, uint64_t ud)
 {
-    struct io_uring_sqe* sqe = bn_uring_sqe(u);
-    if (sqe == NULL)
-        return -EBUSY;
-    if (multishot)
-        io_uring_prep_poll_multishot(sqe, fd, mask);
-    else
-        io_uring_prep_poll_add(sqe, fd, mask);
-    io_uring_sqe_set_data64(sqe, ud);
-    return 0;
+    return bn_uring_queue(u, multishot ? BN_UOP_POLL_MULTI : BN_UOP_POLL, fd, mask, ud);
 }
 
 /* Cancel every request carrying `ud`; the cancel's own completion carries `cancel_ud`. */
 static int bn_uring_cancel(bn_uring* u, uint64_t ud, uint64_t cancel_ud)
 {
-    struct io_uring_sqe* sqe = bn_uring_sqe(u);
-    if (sqe == NULL)
-        return -EBUSY;
-    io_uring_prep_cancel64(sqe, ud, IORING_ASYNC_CANCEL_ALL);
-    io_uring_sqe_set_data64(sqe, cancel_ud);
-    return 0;
+    return bn_uring_queue(u, BN_UOP_CANCEL, -1, ud, cancel_ud);
 }
 
 /* Submit what is queued and wait for one completion or `timeout_ns`: one
