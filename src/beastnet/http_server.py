@@ -194,6 +194,8 @@ class HTTPServer(EngineServer):
     IO_BACKENDS = HTTP_IO_BACKENDS
     #: Why the workers cannot run on io_uring here (one line).
     uring_unavailable = staticmethod(uring_unavailable)
+    #: What of a configuration (tls, websocket) the io_uring workers do not serve yet.
+    uring_unsupported = staticmethod(uring_unsupported)
 
     def __init__(
         self,

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Mapping, Optional
 
 from beastnet import BeastnetError, HTTPServer
-from beastnet.http_server import uring_unsupported
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -225,7 +224,8 @@ def _check(cfg: ServeConfig, label: Callable[[str], str] = str) -> None:
         reason = HTTPServer.uring_unavailable()
         if reason is not None:
             raise ConfigError(f"{label('http_io')} uring: io_uring unavailable: {reason}")
-        unsupported = uring_unsupported(tls=cfg.tls_cert is not None, websocket=cfg.stream)
+        unsupported = HTTPServer.uring_unsupported(tls=cfg.tls_cert is not None,
+                                                   websocket=cfg.stream)
         if unsupported is not None:
             raise ConfigError(f"{label('http_io')} uring: {unsupported} "
                               f"(stream = false in a config file turns the WebSocket feed off)")
