@@ -131,6 +131,34 @@ def test_uring_worker_serves_and_counts_its_own_calls():
     assert totals["uring_enobufs"] == 0 and totals["io_errors"] == 0
 
 
+def test_uring_partial_sends_keep_the_order_of_pipelined_answers():
+    """Answers go out as SENDMSG SQEs with the next wait; one the kernel takes
+    in part (a small send buffer, a client that reads late) has its rest
+    queued in front of the answers pipelined behind it."""
+    require_uring()
+    big = b'{"big":"' + b"x" * (256 * 1024) + b'"}'
+    table = ResponseTable({**BODIES, "BIG": big})
+    with HTTPServer(table, threads=1, io="uring", send_buffer_bytes=4096,
+                    notsent_lowat_bytes=4096) as srv:
+        keys = ["BTC", "BIG", "ETH", "BIG", "SOL"] * 3
+        with connect(srv) as sock:
+            for key in keys:                    # one segment each: steps of their own
+                sock.sendall(get(key))
+            deadline = time.monotonic() + 5
+            while srv.stats()["totals"]["partial_writes"] == 0:
+                assert time.monotonic() < deadline, "the kernel took every answer whole"
+                time.sleep(0.01)
+            data = b""
+            while len(split_responses(data)[0]) < len(keys):
+                chunk = sock.recv(1 << 20)
+                assert chunk, "closed before answering"
+                data += chunk
+        answers = split_responses(data)[0]
+        totals = srv.stats()["totals"]
+    assert [a.body for a in answers] == [table.get(k) for k in keys]
+    assert totals["partial_writes"] >= 1 and totals["io_errors"] == 0
+
+
 def test_empty_buffer_ring_is_counted_and_the_receive_rearmed():
     """One provided buffer for many connections: receives that find the ring
     empty end with -ENOBUFS (counted) and are re-armed; every request is

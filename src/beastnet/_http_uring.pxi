@@ -15,9 +15,16 @@
 #   conn_on_writable(); neither (waiting for the control plane) = a poll on
 #   nothing but errors and hang-ups, which epoll reports whatever the interest:
 #   a client that resets meanwhile is closed at once, as under epoll.
-# Writes are the state machine's own sendmsg, straight from the step that
-# answered (no copy, no reference for the common case); what the kernel does
-# not take is queued as under epoll.
+# - writes (conn_flush_iov): a step's responses become one SENDMSG SQE
+#   submitted with the next io_uring_enter, every connection's in the same
+#   call, instead of a sendmsg each (uring_send_defer).  Their iovecs are
+#   copied into the worker's send set, entries referenced; the Date tails and
+#   CORS lines they point to are rewritten only after that call returns, and
+#   MSG_DONTWAIT makes the kernel finish or refuse (-EAGAIN) each send within
+#   it.  The completion queues what was not taken, as a partial write under
+#   epoll.  Responses pointing into a buffer the step reuses (a batch answer,
+#   a control-plane reply, the stalled /healthz) are written at once, as
+#   under epoll.
 #
 # The ring is IORING_SETUP_SINGLE_ISSUER | DEFER_TASKRUN: completions run only
 # inside this thread's io_uring_enter, and every request queued during a
@@ -41,6 +48,7 @@ cdef uint64_t UR_REPLY = 4
 cdef uint64_t UR_LINGER = 5
 cdef uint64_t UR_CANCEL = 6             # a cancel's own completion: nothing to do
 cdef uint64_t UR_ERRWATCH = 7           # a connection that reads nothing and writes nothing
+cdef uint64_t UR_SEND = 8               # a deferred send: set << 16 | record
 
 # Bits of bn_conn.events on an io_uring worker, beside the wanted EPOLLIN/EPOLLOUT.
 cdef uint32_t UR_RECV_ARMED = 1 << 16        # a multishot receive is in the kernel
@@ -257,6 +265,179 @@ cdef void uring_on_errwatch(bn_hworker* w, bn_ucqe* e) noexcept nogil:
     # A half-close alone (POLLRDHUP) is not re-watched: it would fire again at once.
 
 
+cdef inline int uring_iov_stable(bn_hworker* w, int i) noexcept nogil:
+    # An iovec whose bytes stay put until the next io_uring_enter returns:
+    # in an entry (referenced) or static, or the worker's Date tails and
+    # CORS lines (rewritten only after it).
+    cdef const char* p = <const char*>w.iov[i].iov_base
+    if w.iov_kind[i] != SEG_COPY:
+        return 1
+    return ((p >= <const char*>w.tails and p < <const char*>w.tails + sizeof(w.tails))
+            or (p >= <const char*>w.cors_segs and p < <const char*>w.cors_segs + sizeof(w.cors_segs)))
+
+
+cdef int uring_send_defer(bn_hworker* w, bn_conn* c, int niov) noexcept nogil:
+    """Take the worker's `niov` pending iovecs for `c` into the current send
+    set (one SENDMSG SQE before the next wait): 1, or 0 = write them now
+    (TLS, a set full or still in the kernel, a buffer the step reuses)."""
+    cdef int s = w.usend_cur
+    cdef int i
+    cdef uint32_t first = w.usend_niov[s]
+    cdef bn_usend* rec
+    if (c.ssl != NULL or w.usend_out[s] != 0 or w.usend_n[s] >= URING_SENDS_MAX
+            or first + <uint32_t>niov > URING_SEND_IOV_MAX):
+        return 0
+    for i in range(niov):
+        if not uring_iov_stable(w, i):
+            return 0
+    for i in range(niov):
+        w.usend_iov[s][first + i] = w.iov[i]
+        w.usend_kind[s][first + i] = w.iov_kind[i]
+        if w.iov_kind[i] == SEG_ENTRY:
+            entry_ref(w.iov_entry[i])
+            w.usend_entry[s][first + i] = w.iov_entry[i]
+        else:
+            w.usend_entry[s][first + i] = NULL
+    rec = &w.usends[s][w.usend_n[s]]
+    rec.slot = <uint32_t>(c - w.conns)
+    rec.gen = c.gen
+    rec.first = first
+    rec.niov = <uint32_t>niov
+    w.usend_n[s] += 1
+    w.usend_niov[s] += <uint32_t>niov
+    c.flags |= CONN_SEND_INFLIGHT
+    return 1
+
+
+cdef void uring_send_release(bn_hworker* w, int s, bn_usend* rec) noexcept nogil:
+    cdef uint32_t i
+    for i in range(rec.first, rec.first + rec.niov):
+        if w.usend_entry[s][i] != NULL:
+            entry_unref(w.usend_entry[s][i])
+            w.usend_entry[s][i] = NULL
+    rec.niov = 0
+
+
+cdef inline bn_conn* uring_send_conn(bn_hworker* w, bn_usend* rec) noexcept nogil:
+    # The connection a record was deferred for, if it is still that one and waits.
+    cdef bn_conn* c = &w.conns[rec.slot]
+    if c.fd < 0 or c.gen != rec.gen or not (c.flags & CONN_SEND_INFLIGHT):
+        return NULL
+    return c
+
+
+cdef void uring_send_prep(bn_hworker* w) noexcept nogil:
+    """Right before the wait: one SENDMSG SQE per deferred send of the
+    current set (nothing closes a socket between here and the submission)."""
+    cdef int s = w.usend_cur
+    cdef uint32_t j
+    cdef bn_usend* rec
+    cdef bn_conn* c
+    if w.usend_n[s] == 0:
+        return
+    for j in range(w.usend_n[s]):
+        rec = &w.usends[s][j]
+        c = uring_send_conn(w, rec)
+        if c == NULL:                   # closed meanwhile: nothing to send
+            uring_send_release(w, s, rec)
+            continue
+        memset(&rec.msg, 0, sizeof(rec.msg))
+        rec.msg.msg_iov = &w.usend_iov[s][rec.first]
+        rec.msg.msg_iovlen = rec.niov
+        if bn_uring_sendmsg(w.uring, c.fd, &rec.msg, ur_ud(UR_SEND, (<uint64_t>s << 16) | j)) < 0:
+            bn_count(&w.counters.io_errors, 1)
+            uring_send_release(w, s, rec)
+            conn_close(w, c)
+            continue
+        w.usend_out[s] += 1
+    if w.usend_out[s] == 0:
+        w.usend_n[s] = 0
+        w.usend_niov[s] = 0
+    w.usend_cur = 1 - s
+
+
+cdef void conn_outq_rotate(bn_conn* c, uint32_t r) noexcept nogil:
+    # Move the last r queued segments in front of the others (three reversals).
+    cdef uint32_t lo = c.outq_head
+    cdef uint32_t hi = c.outq_tail
+    conn_outq_reverse(c, lo, hi)
+    conn_outq_reverse(c, lo, lo + r)
+    conn_outq_reverse(c, lo + r, hi)
+
+
+cdef void conn_outq_reverse(bn_conn* c, uint32_t lo, uint32_t hi) noexcept nogil:
+    cdef bn_seg tmp
+    while hi > lo + 1:
+        hi -= 1
+        tmp = c.outq[lo]
+        c.outq[lo] = c.outq[hi]
+        c.outq[hi] = tmp
+        lo += 1
+
+
+cdef void uring_on_send(bn_hworker* w, bn_ucqe* e) noexcept nogil:
+    """A deferred send's completion: count what the kernel took, queue the
+    rest in front of what waited behind it, then finish the step."""
+    cdef int s = <int>((e.ud >> 16) & 1)
+    cdef uint32_t j = <uint32_t>(e.ud & 0xFFFF)
+    cdef bn_usend* rec
+    cdef bn_conn* c
+    cdef size_t sent
+    cdef uint32_t i
+    cdef uint32_t behind
+    cdef uint32_t pushed = 0
+    if j >= w.usend_n[s] or w.usends[s][j].niov == 0:
+        return
+    rec = &w.usends[s][j]
+    c = uring_send_conn(w, rec)
+    if c != NULL:
+        c.flags &= ~CONN_SEND_INFLIGHT
+        if e.res < 0 and e.res != -EAGAIN and e.res != -EINTR:
+            conn_io_error(w, c, -e.res)         # ECONNRESET, EPIPE counted there
+        else:
+            if e.res < 0:
+                bn_count(&w.counters.uring_eagain, 1)
+            sent = <size_t>e.res if e.res > 0 else 0
+            if sent:
+                bn_count(&w.counters.bytes_out, <uint64_t>sent)
+                c.sent_bytes += <uint64_t>sent
+            behind = c.outq_tail - c.outq_head
+            for i in range(rec.first, rec.first + rec.niov):
+                if sent >= w.usend_iov[s][i].iov_len:
+                    sent -= w.usend_iov[s][i].iov_len
+                    continue
+                if conn_outq_push(w, c, <const char*>w.usend_iov[s][i].iov_base + sent,
+                                  w.usend_iov[s][i].iov_len - sent, w.usend_kind[s][i],
+                                  w.usend_entry[s][i]) < 0:
+                    break                       # CONN_DEAD: closed by conn_finish below
+                sent = 0
+                pushed += 1
+            if pushed:
+                bn_count(&w.counters.partial_writes, 1)
+                if behind and not (c.flags & CONN_DEAD):
+                    conn_outq_rotate(c, pushed)
+    uring_send_release(w, s, rec)
+    w.usend_out[s] -= 1
+    if w.usend_out[s] == 0:
+        w.usend_n[s] = 0
+        w.usend_niov[s] = 0
+    if c != NULL:
+        conn_finish(w, c)
+
+
+cdef void uring_sends_drop(bn_hworker* w) noexcept nogil:
+    # At exit: the references of every send never completed.
+    cdef int s
+    cdef uint32_t j
+    for s in range(2):
+        for j in range(w.usend_n[s]):
+            if w.usends[s][j].niov:
+                uring_send_release(w, s, &w.usends[s][j])
+        w.usend_n[s] = 0
+        w.usend_niov[s] = 0
+        w.usend_out[s] = 0
+
+
 cdef void uring_on_event(bn_hworker* w, bn_ucqe* e) noexcept nogil:
     cdef uint64_t kind = e.ud >> 60
     cdef int rc
@@ -266,6 +447,8 @@ cdef void uring_on_event(bn_hworker* w, bn_ucqe* e) noexcept nogil:
         uring_on_pollout(w, e)
     elif kind == UR_ERRWATCH:
         uring_on_errwatch(w, e)
+    elif kind == UR_SEND:
+        uring_on_send(w, e)
     elif kind == UR_ACCEPT:
         uring_on_accept(w, e)
     elif kind == UR_REPLY:
@@ -319,6 +502,7 @@ cdef void* http_uring_main(void* arg) noexcept nogil:
         timeout_ns = w.next_tick_ns - w.now_ns
         if timeout_ns < 0:
             timeout_ns = 0
+        uring_send_prep(w)              # this wake-up's answers go in with the wait
         # Offline while asleep: an idle worker never holds reclamation back.
         qsbr_offline(w.qsbr)
         # One io_uring_enter: what this wake-up queued goes in, completions come out.
@@ -355,6 +539,7 @@ cdef void* http_uring_main(void* arg) noexcept nogil:
     for j in range(w.high_water):
         if w.conns[j].fd >= 0:
             conn_close(w, &w.conns[j])
+    uring_sends_drop(w)
     w.draining = 1
     http_worker_linger_tick(w)
     bn_uring_submit(w.uring)            # the cancels: the sockets are released now

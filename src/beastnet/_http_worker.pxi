@@ -21,6 +21,13 @@ cdef struct bn_hreply:
     uint32_t head_len                   # bytes of the head (no final CRLF) at data
     uint32_t body_len                   # bytes of the body after the head
 
+cdef struct bn_usend:
+    msghdr msg                          # what the SENDMSG SQE points to (its iovecs in the set's array)
+    uint32_t slot                       # connection slot
+    uint32_t gen                        # its generation when the send was deferred
+    uint32_t first                      # first iovec in the set's arrays
+    uint32_t niov                       # iovecs; 0 = done (its references dropped)
+
 cdef struct bn_hworker:
     int index                           # position among the engine's workers
     int listen_fd                       # SO_REUSEPORT listening socket (owned by Python)
@@ -107,6 +114,16 @@ cdef struct bn_hworker:
     uint32_t tls_nready                 # entries in tls_ready
     bn_uring* uring                     # io="uring": this worker's ring (_http_uring.pxi), NULL = epoll
     bn_ucqe* cqes                       # io="uring": URING_CQES_MAX completions reaped per wake-up
+    # io="uring": sends deferred to the next io_uring_enter, in two sets: one
+    # filling during a wake-up, the other's completions still due.
+    bn_usend* usends[2]                 # URING_SENDS_MAX each
+    iovec* usend_iov[2]                 # URING_SEND_IOV_MAX each
+    uint8_t* usend_kind[2]              # SEG_* of each iovec
+    bn_entry** usend_entry[2]           # the entry a SEG_ENTRY iovec holds a reference on
+    uint32_t usend_n[2]                 # records in each set
+    uint32_t usend_niov[2]              # iovecs in each set
+    uint32_t usend_out[2]               # submitted records whose completion is still due
+    int usend_cur                       # the set filling now
     int64_t linger_until_ns[HTTP_LINGER_SLOTS]
 
 
@@ -203,7 +220,8 @@ cdef void conn_set_events(bn_hworker* w, bn_conn* c) noexcept nogil:
     """Read unless waiting, closing or backlogged; watch for writability only
     while output is pending.  epoll_ctl only when the interest changes."""
     cdef uint32_t want = 0
-    if conn_out_pending(c) or (c.flags & CONN_TLS_READ_WANTS_WRITE):
+    # Not for an io_uring send still to be submitted: its completion says.
+    if c.out_bytes > 0 or c.tls_pend != NULL or (c.flags & CONN_TLS_READ_WANTS_WRITE):
         want |= EPOLLOUT
     if not (c.flags & (CONN_WAITING | CONN_CLOSE_AFTER | CONN_EOF)):
         if not conn_out_full(w, c):
@@ -617,6 +635,8 @@ cdef void http_worker_tick(bn_hworker* w) noexcept nogil:
         c = &w.conns[i]
         if c.fd < 0 or c.ws != NULL:    # WebSocket connections: ws_check_stalls below
             continue
+        if c.flags & CONN_SEND_INFLIGHT:
+            continue                    # io_uring: mid-send, its completion is the next wake-up's
         if c.flags & CONN_TLS_HANDSHAKE:
             if w.draining:
                 conn_close(w, c)
@@ -826,6 +846,11 @@ cdef void http_worker_free(bn_hworker* w) noexcept nogil:
         close(w.reply_fd)
     bn_uring_free(w.uring)              # NULL on an epoll worker
     free(w.cqes)
+    for j in range(2):
+        free(w.usends[j])
+        free(w.usend_iov[j])
+        free(w.usend_kind[j])
+        free(w.usend_entry[j])
     ws_worker_free(w.ws)
     free(w.conns)
     free(w.free_slots)
@@ -907,6 +932,7 @@ cdef class HTTPEngine(NativeEngine):
                   unsigned int uring_buffers=URING_NBUFS):
         cdef int i
         cdef int uring_err
+        cdef int j
         cdef int n = len(fds)
         cdef bytes raw_prefix = prefix.encode("ascii")
         cdef uint32_t per_worker
@@ -1070,6 +1096,14 @@ cdef class HTTPEngine(NativeEngine):
                 w.cqes = <bn_ucqe*>malloc(URING_CQES_MAX * sizeof(bn_ucqe))
                 if w.cqes == NULL:
                     raise MemoryError()
+                for j in range(2):
+                    w.usends[j] = <bn_usend*>calloc(URING_SENDS_MAX, sizeof(bn_usend))
+                    w.usend_iov[j] = <iovec*>malloc(URING_SEND_IOV_MAX * sizeof(iovec))
+                    w.usend_kind[j] = <uint8_t*>malloc(URING_SEND_IOV_MAX)
+                    w.usend_entry[j] = <bn_entry**>malloc(URING_SEND_IOV_MAX * sizeof(bn_entry*))
+                    if (w.usends[j] == NULL or w.usend_iov[j] == NULL or w.usend_kind[j] == NULL
+                            or w.usend_entry[j] == NULL):
+                        raise MemoryError()
                 continue
             w.epfd = epoll_create1(EPOLL_CLOEXEC)
             if w.epfd < 0:

@@ -146,11 +146,11 @@ static struct io_uring_sqe* bn_uring_sqe(bn_uring* u)
     return sqe;
 }
 
-enum { BN_UOP_ACCEPT, BN_UOP_RECV, BN_UOP_POLL, BN_UOP_POLL_MULTI, BN_UOP_CANCEL };
+enum { BN_UOP_ACCEPT, BN_UOP_RECV, BN_UOP_POLL, BN_UOP_POLL_MULTI, BN_UOP_CANCEL, BN_UOP_SENDMSG };
 
 /* Queue one request whose completions carry `ud`: 0, or -EBUSY (no SQE even
- * after a submit).  `arg`: the poll mask, or for a cancel the user data of
- * the requests to cancel (every one carrying it). */
+ * after a submit).  `arg`: the poll mask, for a cancel the user data of the
+ * requests to cancel (every one carrying it), for a sendmsg the msghdr. */
 static int bn_uring_queue(bn_uring* u, int op, int fd, uint64_t arg, uint64_t ud)
 {
     struct io_uring_sqe* sqe = bn_uring_sqe(u);
@@ -171,6 +171,13 @@ static int bn_uring_queue(bn_uring* u, int op, int fd, uint64_t arg, uint64_t ud
         break;
     case BN_UOP_POLL_MULTI:             /* eventfds that fire many times */
         io_uring_prep_poll_multishot(sqe, fd, (unsigned)arg);
+        break;
+    case BN_UOP_SENDMSG:
+        /* MSG_DONTWAIT: done or -EAGAIN within the io_uring_enter that
+         * submits it (REQ_F_NOWAIT: never parked on a poll), so what it
+         * points to need only last until that call returns. */
+        io_uring_prep_sendmsg(sqe, fd, (const struct msghdr*)(uintptr_t)arg,
+                              MSG_NOSIGNAL | MSG_DONTWAIT);
         break;
     default:                            /* BN_UOP_CANCEL */
         io_uring_prep_cancel64(sqe, arg, IORING_ASYNC_CANCEL_ALL);
@@ -193,6 +200,11 @@ static int bn_uring_recv(bn_uring* u, int fd, uint64_t ud)
 static int bn_uring_poll(bn_uring* u, int fd, unsigned mask, int multishot, uint64_t ud)
 {
     return bn_uring_queue(u, multishot ? BN_UOP_POLL_MULTI : BN_UOP_POLL, fd, mask, ud);
+}
+
+static int bn_uring_sendmsg(bn_uring* u, int fd, const struct msghdr* msg, uint64_t ud)
+{
+    return bn_uring_queue(u, BN_UOP_SENDMSG, fd, (uint64_t)(uintptr_t)msg, ud);
 }
 
 /* Cancel every request carrying `ud`; the cancel's own completion carries `cancel_ud`. */
@@ -282,6 +294,11 @@ static int bn_uring_poll(bn_uring* u, int fd, unsigned mask, int multishot, uint
 static int bn_uring_cancel(bn_uring* u, uint64_t ud, uint64_t cancel_ud)
 {
     (void)u; (void)ud; (void)cancel_ud;
+    return -ENOSYS;
+}
+static int bn_uring_sendmsg(bn_uring* u, int fd, const struct msghdr* msg, uint64_t ud)
+{
+    (void)u; (void)fd; (void)msg; (void)ud;
     return -ENOSYS;
 }
 static int bn_uring_wait(bn_uring* u, int64_t timeout_ns) { (void)u; (void)timeout_ns; return -ENOSYS; }

@@ -1,6 +1,8 @@
 # Declarations of beastnet's own C headers (atomics.h, counters.h, compat.h, ...).
 from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
 
+from beastnet.includes.system cimport msghdr
+
 
 cdef extern from "atomics.h" nogil:
     enum:
@@ -204,6 +206,7 @@ cdef extern from "bn_uring_loop.h" nogil:
     int bn_uring_recv(bn_uring* u, int fd, uint64_t ud)
     int bn_uring_poll(bn_uring* u, int fd, unsigned mask, int multishot, uint64_t ud)
     int bn_uring_cancel(bn_uring* u, uint64_t ud, uint64_t cancel_ud)
+    int bn_uring_sendmsg(bn_uring* u, int fd, const msghdr* msg, uint64_t ud)
     int bn_uring_wait(bn_uring* u, int64_t timeout_ns)
     int bn_uring_submit(bn_uring* u)
     unsigned bn_uring_reap(bn_uring* u, bn_ucqe* out, unsigned max)
