@@ -2,8 +2,8 @@
 #
 # Same worker, same connection slots, same state machine as the epoll loop
 # (_http_worker.pxi, _http_conn.pxi): parse, route, output queue, keep-alive,
-# pipelining, slow readers served from references, timeouts.  Only three
-# things differ, each a small function here:
+# pipelining, slow readers served from references, timeouts.  Only the I/O
+# differs, each piece a small function here:
 # - accept: one multishot accept on the listening socket; each completion is
 #   a socket that http_worker_adopt() makes a connection;
 # - "bytes arrived on conn c": one multishot receive per connection into a
