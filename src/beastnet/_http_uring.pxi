@@ -482,6 +482,7 @@ cdef void* http_uring_main(void* arg) noexcept nogil:
     cdef int rc
     cdef int64_t timeout_ns
     cdef uint32_t j
+    cdef int unsent = 0
     if w.cpu >= 0:
         w.pin_error = bn_pin_self_to_cpu(w.cpu)
     rc = bn_uring_enable(w.uring)       # this thread becomes the ring's single issuer
@@ -520,6 +521,13 @@ cdef void* http_uring_main(void* arg) noexcept nogil:
             else:
                 w.fatal_errno = -rc
                 break
+        if bn_uring_sq_ready(w.uring) and bn_uring_submit(w.uring) < 0 \
+                and bn_uring_sq_ready(w.uring):
+            # Unsubmitted sends name sockets by number: none may close (and
+            # its number be reused) before they go in.  Give up instead.
+            w.fatal_errno = EBUSY
+            unsent = 1
+            break
         while True:
             n = bn_uring_reap(w.uring, w.cqes, URING_CQES_MAX)
             for i in range(n):
@@ -542,6 +550,7 @@ cdef void* http_uring_main(void* arg) noexcept nogil:
     uring_sends_drop(w)
     w.draining = 1
     http_worker_linger_tick(w)
-    bn_uring_submit(w.uring)            # the cancels: the sockets are released now
+    if not unsent:
+        bn_uring_submit(w.uring)        # the cancels: the sockets are released now
     qsbr_offline(w.qsbr)
     return NULL

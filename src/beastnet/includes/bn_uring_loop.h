@@ -270,6 +270,12 @@ static inline uint64_t bn_uring_sq_full(bn_uring* u)
     return u->sq_full;
 }
 
+/* SQEs queued and not yet submitted. */
+static inline unsigned bn_uring_sq_ready(bn_uring* u)
+{
+    return io_uring_sq_ready(&u->ring);
+}
+
 #else  /* built without liburing */
 
 typedef struct bn_uring {
@@ -311,6 +317,7 @@ static unsigned bn_uring_reap(bn_uring* u, bn_ucqe* out, unsigned max)
 static inline char* bn_uring_buf(bn_uring* u, unsigned bid) { (void)u; (void)bid; return NULL; }
 static inline void bn_uring_buf_return(bn_uring* u, unsigned bid) { (void)u; (void)bid; }
 static inline uint64_t bn_uring_sq_full(bn_uring* u) { (void)u; return 0; }
+static inline unsigned bn_uring_sq_ready(bn_uring* u) { (void)u; return 0; }
 
 #endif
 #endif

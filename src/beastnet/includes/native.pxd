@@ -213,6 +213,7 @@ cdef extern from "bn_uring_loop.h" nogil:
     char* bn_uring_buf(bn_uring* u, unsigned bid)
     void bn_uring_buf_return(bn_uring* u, unsigned bid)
     uint64_t bn_uring_sq_full(bn_uring* u)
+    unsigned bn_uring_sq_ready(bn_uring* u)
 
 
 cdef extern from "apikeyhash.h" nogil:
