@@ -37,7 +37,7 @@ sys.path.insert(0, str(SRC))
 from beastnet import ResponseTable  # noqa: E402
 from beastnet.serve.assets import ASSETS, price_body  # noqa: E402
 
-PORTS = {"beastnet": 28480, "nginx": 28481, "uvloop+httptools": 28482}
+PORTS = {"beastnet": 28480, "nginx": 28481, "uvloop+httptools": 28482, "beastnet-uring": 28479}
 
 NGINX_CONF = """worker_processes {workers};
 daemon off;
@@ -75,8 +75,9 @@ def start(name: str, threads: int, pin: str | None, tmp: Path, body: bytes) -> s
     prefix = ["taskset", "-c", pin] if pin else []
     env = dict(os.environ, PYTHONPATH=str(SRC))
     port = PORTS[name]
-    if name == "beastnet":
-        cmd = [sys.executable, str(HERE / "serve_http.py"), "--port", str(port), "--threads", str(threads)]
+    if name in ("beastnet", "beastnet-uring"):
+        cmd = [sys.executable, str(HERE / "serve_http.py"), "--port", str(port), "--threads", str(threads),
+               "--io", "uring" if name == "beastnet-uring" else "epoll"]
     elif name == "nginx":
         conf = tmp / f"nginx-{threads}.conf"
         conf.write_text(NGINX_CONF.format(workers=threads, dir=tmp, port=port, body=body.decode()))

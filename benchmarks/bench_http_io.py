@@ -5,8 +5,9 @@
         [--floor uring+coop+direct ...]
         [--json reports/bench_http_io.json]
 
-beastnet has no io_uring HTTP worker, so this measures the ceiling first:
-servers/http_io_floor.c (built here with cc and liburing) is the same
+beastnet's engine on both backends (HTTPServer(io="epoll") as "beastnet",
+io="uring" as "beastnet-uring", threads=1) and nginx run side by side; the
+ceiling comes from servers/http_io_floor.c (built here with cc and liburing) is the same
 one-thread keep-alive loop on epoll and on io_uring, answering a canned
 response of the same body, with no parsing, table or timers.  Its io_uring
 variants (see the C file's MODE options) are:
@@ -22,8 +23,8 @@ variants (see the C file's MODE options) are:
 
 Their ratio to floor-epoll in requests per server CPU-second, paired round
 by round, bounds what an io_uring backend could save beastnet's engine on
-this kernel.  beastnet (HTTPServer, epoll, threads=1) and nginx (1 worker)
-run in the same rounds.  Every round runs each case (keep-alive with 50 and
+this kernel.  beastnet (HTTPServer, threads=1, epoll and io_uring) and nginx
+(1 worker) run in the same rounds.  Every round runs each case (keep-alive with 50 and
 1,000 connections, pipelined x16 with 50) on every server, in an order
 rotated each round, each server pinned to CPU 0 and wrk -t1 to CPU 1, so a
 noisy neighbour hits all alike.  Reports per case and server the medians of
@@ -63,7 +64,7 @@ FLOORS = {
     "floor-uring-defer-all": (28486, "uring+defer+regring+direct+coalesce+skipcqe"),
     "floor-uring-coop-all": (28487, "uring+coop+regring+direct+coalesce+skipcqe"),
 }
-SERVERS = ["beastnet", "nginx", *FLOORS]
+SERVERS = ["beastnet", "beastnet-uring", "nginx", *FLOORS]
 CASES = {"ka50": (50, 0), "ka1000": (1000, 0), "pipe16": (50, 16), "ka1": (1, 0)}
 DEFAULT_CASES = "ka50,ka1000,pipe16"
 CASE_TITLES = {"ka50": "keep-alive, 50 connections", "ka1000": "keep-alive, 1,000 connections",
@@ -115,8 +116,11 @@ def report(results: dict, servers: list[str], cases: list[str]) -> dict:
             print(f"| {n} | {rate:,.0f} | {eff:,.0f} | {1e6 / eff:.2f} | {util:.2f} |")
         pairs = {}
         bases = [(v, "floor-epoll") for v in servers if v.startswith("floor-uring")]
-        if "beastnet" in servers and "nginx" in servers:
-            bases.append(("beastnet", "nginx"))
+        if "beastnet" in servers and "beastnet-uring" in servers:
+            bases.append(("beastnet-uring", "beastnet"))
+        for engine in ("beastnet", "beastnet-uring"):
+            if engine in servers and "nginx" in servers:
+                bases.append((engine, "nginx"))
         print("\nPaired ratios, median (min-max) over rounds:\n")
         for a, b in bases:
             if b not in servers:

@@ -1,6 +1,6 @@
 """Run beastnet's HTTPServer on a port until SIGTERM/SIGINT, for the benchmarks.
 
-    python benchmarks/serve_http.py --port 18080 --threads 1 [--tls-cert C --tls-key K]
+    python benchmarks/serve_http.py --port 18080 --threads 1 [--io uring] [--tls-cert C --tls-key K]
 
 Prints "ready" once listening and the final stats totals as JSON on exit.
 Serves the 150 bundled assets (about 110-byte JSON bodies each).
@@ -20,6 +20,8 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=18080)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--max-connections", type=int, default=20000)
+    parser.add_argument("--io", default="epoll", choices=HTTPServer.IO_BACKENDS,
+                        help="the workers' I/O backend")
     parser.add_argument("--tls-cert", help="PEM certificate: serve HTTPS (needs --tls-key)")
     parser.add_argument("--tls-key", help="PEM private key of --tls-cert")
     args = parser.parse_args()
@@ -28,7 +30,7 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     with HTTPServer(table, args.host, args.port, threads=args.threads,
-                    max_connections=args.max_connections, grace_s=0.5,
+                    max_connections=args.max_connections, grace_s=0.5, io=args.io,
                     tls=TLSConfig(args.tls_cert, args.tls_key) if args.tls_cert else None) as server:
         print("ready", flush=True)
         stop.wait()

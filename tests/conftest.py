@@ -24,7 +24,8 @@ import time
 import pytest
 from hypothesis import HealthCheck, settings
 
-from beastnet import ResponseTable, UDPServer
+from beastnet import HTTPServer, ResponseTable, UDPServer
+from beastnet.http_server import uring_unavailable, uring_unsupported
 from support import UDPClient, native_thread_count, open_fds, require, thread_names
 import _background
 
@@ -188,6 +189,54 @@ def pytest_xdist_node_collection_finished(node, ids):
     _background.start_needed(ids)
 
 
+# -- both HTTP I/O backends ------------------------------------------------------
+
+#: Test modules run once per HTTP I/O backend: every HTTPServer they build
+#: without an explicit ``io=`` runs on it, and so do servers their
+#: subprocesses build from BEASTNET_TEST_HTTP_IO.  (test_http_io.py chooses
+#: its backends itself; the WebSocket modules need epoll: see below.)
+BOTH_HTTP_IO = ("test_http_server.py", "test_http_batch.py", "test_http_cors.py",
+                "test_http_credentials.py", "test_http_fuzzing.py", "test_http_hardening.py",
+                "test_http_review.py")
+
+
+def pytest_generate_tests(metafunc):
+    if os.path.basename(metafunc.definition.fspath) in BOTH_HTTP_IO:
+        metafunc.parametrize("http_io", ["epoll", "uring"], indirect=True, scope="module")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def http_io(request):
+    """The HTTP I/O backend of this module's run (None outside BOTH_HTTP_IO).
+    On "uring" a server asking for what the io_uring workers do not serve
+    (TLS, the WebSocket feed) skips its test: the refusal itself is tested in
+    test_http_io.py.  io_uring unavailable here fails under CI, else skips."""
+    io = getattr(request, "param", None)
+    if io != "uring":
+        yield io
+        return
+    reason = uring_unavailable()
+    if reason is not None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"io_uring unavailable under CI: {reason}")
+        pytest.skip(f"io_uring unavailable: {reason}")
+    original = HTTPServer.__init__
+
+    def on_backend(self, *args, **kwargs):
+        if "io" not in kwargs:
+            kwargs["io"] = io
+            unsupported = uring_unsupported(tls=kwargs.get("tls") is not None,
+                                            websocket=kwargs.get("websocket") is not None)
+            if unsupported is not None:
+                pytest.skip(unsupported)
+        original(self, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(HTTPServer, "__init__", on_backend)
+        patch.setenv("BEASTNET_TEST_HTTP_IO", io)
+        yield io
+
+
 # -- real parts, and no skip under CI ------------------------------------------------
 
 @pytest.hookimpl(tryfirst=True)
@@ -210,6 +259,8 @@ def _note_skip(report) -> None:
     if "slow" in getattr(report, "keywords", {}):
         return                          # the one skip CI allows: --run-slow's variants
     reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    if "the io_uring workers do not serve" in reason:
+        return                          # and the io="uring" run of a TLS/WebSocket server (http_io)
     _CI_SKIPS.append(f"{report.nodeid}: {reason.removeprefix('Skipped: ')}")
 
 

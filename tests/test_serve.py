@@ -178,6 +178,20 @@ def test_serves_prices_over_udp_and_http_without_keys(serve):
     assert any(entry.get("msg") == "stopped cleanly" for entry in server.log_entries())
 
 
+def test_http_io_uring_serves_the_public_port(serve):
+    """`--http-io uring` (the WebSocket stream off: it needs epoll) serves the
+    public port on io_uring workers; their own counters show it."""
+    server = serve("--no-keys", "--http-io", "uring", config="stream = false\n")
+    status, _, raw = server.http("GET", "/v1/ETH")
+    assert status == 200 and orjson.loads(raw)["asset"] == "ETH"
+    assert server.http("GET", "/v1/NOPE")[0] == 404
+    status, _, raw = server.admin("GET", "/metrics")
+    metrics = raw.decode()
+    waits = [line for line in metrics.splitlines() if line.startswith("beastnet_http_uring_waits")]
+    assert status == 200 and waits and float(waits[0].split()[-1]) > 0, waits
+    assert server.terminate() == 0
+
+
 def test_cors_origins_setting_answers_browsers_natively(serve):
     """Issue 21: no Access-Control-Allow-Origin, and OPTIONS answered 405."""
     server = serve("--no-keys", config='cors_origins = ["https://app.example"]\n')

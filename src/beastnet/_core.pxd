@@ -134,6 +134,7 @@ cdef class HTTPEngine(NativeEngine):
     cdef void* tls_ctx                  # SSL_CTX* new TLS connections use (a reference held), NULL = plain
     cdef bn_retire_list tls_retired     # replaced contexts awaiting QSBR
     cdef object tls_context             # the TLSContext tls_ctx came from, or None
+    cdef int use_uring                  # io="uring": the workers run _http_uring.pxi's loop
 
     cdef int _ws_setup(self, bytes path, bytes echo, ResponseTable topics, unsigned int max_subs,
                        size_t max_frame, size_t max_message, double stall_s,
@@ -142,6 +143,7 @@ cdef class HTTPEngine(NativeEngine):
     cdef void _ws_release(self) noexcept
 
     cdef void _join(self, int64_t grace_ns) noexcept
+    cdef void _free_rings(self) noexcept
 
 
 cdef class UDPPusher:

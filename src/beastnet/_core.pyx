@@ -10,7 +10,7 @@ import threading as _threading
 import orjson as _orjson
 
 from cpython.bytes cimport PyBytes_FromStringAndSize
-from libc.errno cimport (EADDRNOTAVAIL, EAGAIN, EBADF, ECONNREFUSED, ECONNRESET, EFAULT,
+from libc.errno cimport (EADDRNOTAVAIL, EAGAIN, EBADF, EBUSY, ETIME, ECONNREFUSED, ECONNRESET, EFAULT,
                          EINPROGRESS, EINTR, EINVAL, EIO, EMFILE, EMSGSIZE, ENFILE, ENOBUFS,
                          ENOMEM, ENOPROTOOPT, ENOTSOCK, EOPNOTSUPP, EPIPE, ETIMEDOUT, errno)
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
@@ -47,6 +47,7 @@ include "_http_conn.pxi"
 include "_tls.pxi"
 include "_http_route.pxi"
 include "_http_worker.pxi"
+include "_http_uring.pxi"
 include "_ws_msg.pxi"
 include "_ws_ring.pxi"
 include "_ws_topics.pxi"

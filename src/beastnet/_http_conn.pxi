@@ -124,7 +124,7 @@ cdef void http_worker_date(bn_hworker* w) noexcept nogil:
 
 
 cdef inline int conn_out_pending(bn_conn* c) noexcept nogil:
-    return c.out_bytes > 0 or c.tls_pend != NULL
+    return c.out_bytes > 0 or c.tls_pend != NULL or (c.flags & CONN_SEND_INFLIGHT) != 0
 
 
 cdef inline int conn_out_full(bn_hworker* w, bn_conn* c) noexcept nogil:
@@ -316,6 +316,8 @@ cdef int conn_send_out(bn_hworker* w, bn_conn* c) noexcept nogil:
     cdef size_t total
     cdef bn_seg* s
     cdef int rc
+    if c.flags & CONN_SEND_INFLIGHT:
+        return 0                        # io_uring: after the deferred send completes
     if c.tls_pend != NULL:
         rc = tls_write_pending(w, c)
         if rc != 0:
@@ -355,25 +357,29 @@ cdef int conn_flush_iov(bn_hworker* w, bn_conn* c) noexcept nogil:
     not take is queued before returning: a reference on an entry, a copy of
     the Date tail; the iovecs must not outlive this step (QSBR).  0 or -1."""
     cdef ssize_t n
-    cdef int i
-    cdef size_t sent
+    cdef int i = 0
+    cdef size_t sent = 0
     cdef int niov = w.niov
     w.niov = 0
     w.iov_bytes = 0
     if niov == 0 or (c.flags & CONN_DEAD):
         return 0
-    n = conn_sendmsg(w, c, w.iov, niov)
-    if n < 0:
-        return -1
-    sent = <size_t>n
-    i = 0
-    while i < niov and sent >= w.iov[i].iov_len:
-        sent -= w.iov[i].iov_len
-        i += 1
-    if i == niov:
-        return 0
-    # Slow path: the socket buffer is full.  Queue the rest.
-    bn_count(&w.counters.partial_writes, 1)
+    if w.uring != NULL and (c.flags & CONN_SEND_INFLIGHT):
+        pass                            # behind a send still to be submitted: queued, in order
+    elif w.uring != NULL and uring_send_defer(w, c, niov):
+        return 0                        # goes with the next io_uring_enter (_http_uring.pxi)
+    else:
+        n = conn_sendmsg(w, c, w.iov, niov)
+        if n < 0:
+            return -1
+        sent = <size_t>n
+        while i < niov and sent >= w.iov[i].iov_len:
+            sent -= w.iov[i].iov_len
+            i += 1
+        if i == niov:
+            return 0
+        # Slow path: the socket buffer is full.  Queue the rest.
+        bn_count(&w.counters.partial_writes, 1)
     while i < niov:
         if conn_outq_push(w, c, <const char*>w.iov[i].iov_base + sent, w.iov[i].iov_len - sent,
                           w.iov_kind[i], w.iov_entry[i]) < 0:
@@ -478,10 +484,13 @@ cdef ssize_t conn_recv(bn_hworker* w, bn_conn* c, char* buf, size_t room) noexce
 
 
 cdef int conn_watch(bn_hworker* w, bn_conn* c, uint32_t want) noexcept nogil:
-    """Set `c`'s epoll interest to `want`, with epoll_ctl only when it changes.
+    """Set `c`'s epoll interest to `want`, with epoll_ctl only when it changes
+    (on an io_uring worker: arm or cancel its receive and write poll).
     0, or -1 with io_errors counted: the caller ends the connection its own
     way (closed at once, or marked dead for the end of the step)."""
     cdef epoll_event ev
+    if w.uring != NULL:
+        return uring_conn_watch(w, c, want)
     if want == c.events:
         return 0
     ev.events = want
@@ -502,7 +511,10 @@ cdef void conn_close(bn_hworker* w, bn_conn* c) noexcept nogil:
     w.active -= 1
     bn_count(&w.counters.closed, 1)
     bn_store_u64(&w.counters.active, w.active)
-    # close() also removes the fd from epoll (no other descriptor shares it).
+    # close() also removes the fd from epoll (no other descriptor shares it);
+    # io_uring requests hold the socket until they are cancelled.
+    if w.uring != NULL:
+        uring_conn_closing(w, c)
     close(c.fd)
     c.fd = -1
     c.gen = (c.gen + 1) & 0x7FFFFFFF

@@ -21,6 +21,13 @@ cdef struct bn_hreply:
     uint32_t head_len                   # bytes of the head (no final CRLF) at data
     uint32_t body_len                   # bytes of the body after the head
 
+cdef struct bn_usend:
+    msghdr msg                          # what the SENDMSG SQE points to (its iovecs in the set's array)
+    uint32_t slot                       # connection slot
+    uint32_t gen                        # its generation when the send was deferred
+    uint32_t first                      # first iovec in the set's arrays
+    uint32_t niov                       # iovecs; 0 = done (its references dropped)
+
 cdef struct bn_hworker:
     int index                           # position among the engine's workers
     int listen_fd                       # SO_REUSEPORT listening socket (owned by Python)
@@ -105,6 +112,18 @@ cdef struct bn_hworker:
     uint64_t tls_active                 # connections holding an SSL now (gauge)
     uint32_t* tls_ready                 # max_conns slots whose SSL holds records read ahead
     uint32_t tls_nready                 # entries in tls_ready
+    bn_uring* uring                     # io="uring": this worker's ring (_http_uring.pxi), NULL = epoll
+    bn_ucqe* cqes                       # io="uring": URING_CQES_MAX completions reaped per wake-up
+    # io="uring": sends deferred to the next io_uring_enter, in two sets: one
+    # filling during a wake-up, the other's completions still due.
+    bn_usend* usends[2]                 # URING_SENDS_MAX each
+    iovec* usend_iov[2]                 # URING_SEND_IOV_MAX each
+    uint8_t* usend_kind[2]              # SEG_* of each iovec
+    bn_entry** usend_entry[2]           # the entry a SEG_ENTRY iovec holds a reference on
+    uint32_t usend_n[2]                 # records in each set
+    uint32_t usend_niov[2]              # iovecs in each set
+    uint32_t usend_out[2]               # submitted records whose completion is still due
+    int usend_cur                       # the set filling now
     int64_t linger_until_ns[HTTP_LINGER_SLOTS]
 
 
@@ -201,7 +220,8 @@ cdef void conn_set_events(bn_hworker* w, bn_conn* c) noexcept nogil:
     """Read unless waiting, closing or backlogged; watch for writability only
     while output is pending.  epoll_ctl only when the interest changes."""
     cdef uint32_t want = 0
-    if conn_out_pending(c) or (c.flags & CONN_TLS_READ_WANTS_WRITE):
+    # Not for an io_uring send still to be submitted: its completion says.
+    if c.out_bytes > 0 or c.tls_pend != NULL or (c.flags & CONN_TLS_READ_WANTS_WRITE):
         want |= EPOLLOUT
     if not (c.flags & (CONN_WAITING | CONN_CLOSE_AFTER | CONN_EOF)):
         if not conn_out_full(w, c):
@@ -286,13 +306,36 @@ cdef void conn_on_readable(bn_hworker* w, bn_conn* c) noexcept nogil:
         c.flags |= CONN_EOF
         conn_finish(w, c)
         return
-    bn_count(&w.counters.bytes_in, <uint64_t>n)
-    c.last_active_ns = w.now_ns
     if buf == w.scratch:
-        conn_run(w, c, w.scratch, <size_t>n)
+        conn_on_bytes(w, c, w.scratch, <size_t>n)
     else:
+        bn_count(&w.counters.bytes_in, <uint64_t>n)
+        c.last_active_ns = w.now_ns
         c.in_len += <size_t>n
         conn_run(w, c, c.inb, c.in_len)
+
+
+cdef void conn_on_bytes(bn_hworker* w, bn_conn* c, const char* data, size_t n) noexcept nogil:
+    """`n` bytes arrived on `c` in a buffer of the loop's own, valid for this
+    call only (epoll: the scratch buffer; io_uring: a provided buffer): parse
+    and answer them, or append them to the input kept from earlier reads."""
+    cdef char* grown
+    bn_count(&w.counters.bytes_in, <uint64_t>n)
+    c.last_active_ns = w.now_ns
+    if c.inb == NULL:
+        conn_run(w, c, data, n)
+        return
+    if c.in_cap - c.in_len < n:
+        grown = <char*>realloc(c.inb, c.in_len + n + HTTP_READ_MIN_BYTES)
+        if grown == NULL:
+            bn_count(&w.counters.oom_closes, 1)
+            conn_close(w, c)
+            return
+        c.inb = grown
+        c.in_cap = c.in_len + n + HTTP_READ_MIN_BYTES
+    memcpy(c.inb + c.in_len, data, n)
+    c.in_len += n
+    conn_run(w, c, c.inb, c.in_len)
 
 
 cdef void conn_on_writable(bn_hworker* w, bn_conn* c) noexcept nogil:
@@ -370,7 +413,10 @@ cdef void http_worker_pause_accept(bn_hworker* w) noexcept nogil:
     # Out of descriptors: leave the pending connections in the backlog for a
     # while rather than spin on a listening socket that stays readable.
     if not w.accept_paused:
-        epoll_ctl(w.epfd, EPOLL_CTL_DEL, w.listen_fd, NULL)
+        if w.uring != NULL:
+            uring_accept_off(w)
+        else:
+            epoll_ctl(w.epfd, EPOLL_CTL_DEL, w.listen_fd, NULL)
         w.accept_paused = 1
     w.accept_resume_ns = w.now_ns + HTTP_ACCEPT_PAUSE_MS * 1000000
 
@@ -379,8 +425,6 @@ cdef void http_worker_accept(bn_hworker* w) noexcept nogil:
     cdef int i
     cdef int fd
     cdef int err
-    cdef int one = 1
-    cdef uint32_t slot
     cdef bn_conn* c
     cdef epoll_event ev
     cdef char peer[ADDR_MAX_BYTES]
@@ -406,50 +450,64 @@ cdef void http_worker_accept(bn_hworker* w) noexcept nogil:
                 http_worker_pause_accept(w)
                 return
             continue                    # ECONNABORTED, EPROTO, EPERM...: that one is gone
-        if w.free_top == 0:
-            # Over the limit: a canned 503 with Connection: close.
-            # Counted first, so a client that sees the close also sees the count.
-            bn_count(&w.counters.rejected, 1)
-            send(fd, HTTP_ERR[ERR_503_CONNS].head, HTTP_ERR[ERR_503_CONNS].head_len,
-                        MSG_NOSIGNAL | MSG_DONTWAIT)
-            http_worker_linger(w, fd)
+        c = http_worker_adopt(w, fd, peer, peer_len)
+        if c == NULL:
             continue
-        # Best effort: a socket without TCP_NODELAY is still served correctly.
-        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one))
-        # Bound what the kernel holds for a client that does not read: past
-        # notsent_lowat unsent bytes the socket reads as full (EAGAIN), so the
-        # engine's own bounds (conflation, write timeouts) take over early.
-        # Refused (an old kernel): counted, and served with the kernel's default.
-        if w.notsent_lowat and setsockopt(fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, &w.notsent_lowat,
-                                          sizeof(int)) < 0:
-            bn_count(&w.counters.io_errors, 1)
-        if w.sndbuf and setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &w.sndbuf, sizeof(int)) < 0:
-            bn_count(&w.counters.io_errors, 1)
-        w.free_top -= 1
-        slot = w.free_slots[w.free_top]
-        c = &w.conns[slot]
-        c.fd = fd
-        c.peer_len = peer_len if peer_len <= ADDR_MAX_BYTES else 0
-        memcpy(c.peer, peer, c.peer_len)
-        c.flags &= CONN_TLS_QUEUED
-        c.events = EPOLLIN
-        c.requests = 0
-        c.cors = 0
-        c.last_active_ns = w.now_ns
-        c.head_start_ns = w.now_ns
         ev.events = EPOLLIN
-        ev.data.u64 = (<uint64_t>c.gen << 32) | slot
-        if slot >= w.high_water:
-            w.high_water = slot + 1
-        w.active += 1
-        bn_count(&w.counters.accepted, 1)
-        bn_store_u64(&w.counters.active, w.active)
-        if w.tls_ctx_ref != NULL and tls_conn_new(w, c) < 0:
-            conn_close(w, c)
-            continue
+        ev.data.u64 = (<uint64_t>c.gen << 32) | <uint64_t>(c - w.conns)
         if epoll_ctl(w.epfd, EPOLL_CTL_ADD, fd, &ev) < 0:
             bn_count(&w.counters.io_errors, 1)
             conn_close(w, c)
+
+
+cdef bn_conn* http_worker_adopt(bn_hworker* w, int fd, const char* peer,
+                                socklen_t peer_len) noexcept nogil:
+    """An accepted socket becomes connection slot: options set, counted, TLS
+    begun.  NULL when it was refused (503 at max_connections) or closed;
+    the caller then has the loop watch it (epoll_ctl ADD, or a receive)."""
+    cdef int one = 1
+    cdef uint32_t slot
+    cdef bn_conn* c
+    if w.free_top == 0:
+        # Over the limit: a canned 503 with Connection: close.
+        # Counted first, so a client that sees the close also sees the count.
+        bn_count(&w.counters.rejected, 1)
+        send(fd, HTTP_ERR[ERR_503_CONNS].head, HTTP_ERR[ERR_503_CONNS].head_len,
+                    MSG_NOSIGNAL | MSG_DONTWAIT)
+        http_worker_linger(w, fd)
+        return NULL
+    # Best effort: a socket without TCP_NODELAY is still served correctly.
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one))
+    # Bound what the kernel holds for a client that does not read: past
+    # notsent_lowat unsent bytes the socket reads as full (EAGAIN), so the
+    # engine's own bounds (conflation, write timeouts) take over early.
+    # Refused (an old kernel): counted, and served with the kernel's default.
+    if w.notsent_lowat and setsockopt(fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, &w.notsent_lowat,
+                                      sizeof(int)) < 0:
+        bn_count(&w.counters.io_errors, 1)
+    if w.sndbuf and setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &w.sndbuf, sizeof(int)) < 0:
+        bn_count(&w.counters.io_errors, 1)
+    w.free_top -= 1
+    slot = w.free_slots[w.free_top]
+    c = &w.conns[slot]
+    c.fd = fd
+    c.peer_len = peer_len if peer_len <= ADDR_MAX_BYTES else 0
+    memcpy(c.peer, peer, c.peer_len)
+    c.flags &= CONN_TLS_QUEUED
+    c.events = EPOLLIN
+    c.requests = 0
+    c.cors = 0
+    c.last_active_ns = w.now_ns
+    c.head_start_ns = w.now_ns
+    if slot >= w.high_water:
+        w.high_water = slot + 1
+    w.active += 1
+    bn_count(&w.counters.accepted, 1)
+    bn_store_u64(&w.counters.active, w.active)
+    if w.tls_ctx_ref != NULL and tls_conn_new(w, c) < 0:
+        conn_close(w, c)
+        return NULL
+    return c
 
 
 cdef void http_worker_linger(bn_hworker* w, int fd) noexcept nogil:
@@ -464,10 +522,14 @@ cdef void http_worker_linger(bn_hworker* w, int fd) noexcept nogil:
     shutdown(fd, SHUT_WR)
     for i in range(HTTP_LINGER_SLOTS):
         if w.linger_fd[i] < 0:
-            ev.events = EPOLLIN
-            ev.data.u64 = EV_LINGER | <uint64_t>i
-            if epoll_ctl(w.epfd, EPOLL_CTL_ADD, fd, &ev) < 0:
-                break
+            if w.uring != NULL:
+                if uring_linger_watch(w, fd, i) < 0:
+                    break
+            else:
+                ev.events = EPOLLIN
+                ev.data.u64 = EV_LINGER | <uint64_t>i
+                if epoll_ctl(w.epfd, EPOLL_CTL_ADD, fd, &ev) < 0:
+                    break
             w.linger_fd[i] = fd
             w.linger_until_ns[i] = w.now_ns + HTTP_LINGER_MS * 1000000
             return
@@ -496,6 +558,8 @@ cdef void http_worker_linger_tick(bn_hworker* w) noexcept nogil:
     cdef int i
     for i in range(HTTP_LINGER_SLOTS):
         if w.linger_fd[i] >= 0 and (w.now_ns >= w.linger_until_ns[i] or w.draining):
+            if w.uring != NULL:
+                uring_linger_closing(w, i)
             close(w.linger_fd[i])
             w.linger_fd[i] = -1
 
@@ -571,6 +635,8 @@ cdef void http_worker_tick(bn_hworker* w) noexcept nogil:
         c = &w.conns[i]
         if c.fd < 0 or c.ws != NULL:    # WebSocket connections: ws_check_stalls below
             continue
+        if c.flags & CONN_SEND_INFLIGHT:
+            continue                    # io_uring: mid-send, its completion is the next wake-up's
         if c.flags & CONN_TLS_HANDSHAKE:
             if w.draining:
                 conn_close(w, c)
@@ -603,6 +669,9 @@ cdef void http_worker_tick(bn_hworker* w) noexcept nogil:
 
 cdef void http_worker_resume_accept(bn_hworker* w) noexcept nogil:
     cdef epoll_event ev
+    if w.uring != NULL:
+        uring_accept_on(w)
+        return
     ev.events = EPOLLIN
     ev.data.u64 = EV_LISTEN
     if epoll_ctl(w.epfd, EPOLL_CTL_ADD, w.listen_fd, &ev) == 0:
@@ -618,9 +687,13 @@ cdef void http_worker_begin_drain(bn_hworker* w) noexcept nogil:
     cdef bn_conn* c
     w.draining = 1
     w.drain_deadline_ns = w.now_ns + w.grace_ns
-    epoll_ctl(w.epfd, EPOLL_CTL_DEL, w.stop_fd, NULL)
+    if w.uring == NULL:                 # io_uring: the stop poll was one-shot
+        epoll_ctl(w.epfd, EPOLL_CTL_DEL, w.stop_fd, NULL)
     if not w.accept_paused:
-        epoll_ctl(w.epfd, EPOLL_CTL_DEL, w.listen_fd, NULL)
+        if w.uring != NULL:
+            uring_accept_off(w)
+        else:
+            epoll_ctl(w.epfd, EPOLL_CTL_DEL, w.listen_fd, NULL)
         w.accept_paused = 1
     for i in range(w.high_water):
         c = &w.conns[i]
@@ -771,6 +844,13 @@ cdef void http_worker_free(bn_hworker* w) noexcept nogil:
         close(w.epfd)
     if w.reply_fd >= 0:
         close(w.reply_fd)
+    bn_uring_free(w.uring)              # NULL on an epoll worker
+    free(w.cqes)
+    for j in range(2):
+        free(w.usends[j])
+        free(w.usend_iov[j])
+        free(w.usend_kind[j])
+        free(w.usend_entry[j])
     ws_worker_free(w.ws)
     free(w.conns)
     free(w.free_slots)
@@ -848,13 +928,27 @@ cdef class HTTPEngine(NativeEngine):
                   size_t max_copied_output_bytes=268435456,
                   TLSContext tls=None, double tls_handshake_timeout_s=10.0, cors_origins=(),
                   str batch_key=None, int notsent_lowat_bytes=131072,
-                  int send_buffer_bytes=0, str miss_prefix=None):
+                  int send_buffer_bytes=0, str miss_prefix=None, str io="epoll",
+                  unsigned int uring_buffers=URING_NBUFS):
         cdef int i
+        cdef int uring_err
+        cdef int j
         cdef int n = len(fds)
         cdef bytes raw_prefix = prefix.encode("ascii")
         cdef uint32_t per_worker
         cdef bn_hworker* w
         self.stop_efd = -1
+        if io not in ("epoll", "uring"):
+            raise ValueError(f"io must be 'epoll' or 'uring', got {io!r}")
+        if io == "uring":
+            # Their code drives epoll directly (_tls.pxi, _ws_conn.pxi): not on this loop yet.
+            if tls is not None:
+                raise ValueError('io="uring" does not serve TLS yet')
+            if ws_path is not None:
+                raise ValueError('io="uring" does not serve the WebSocket feed yet')
+            self.use_uring = 1
+            if not 1 <= uring_buffers <= 32768 or uring_buffers & (uring_buffers - 1):
+                raise ValueError("uring_buffers must be a power of two, 1..32768")
         if n < 1:
             raise ValueError("at least one listening socket is needed")
         if cpus is not None and len(cpus) != n:
@@ -991,12 +1085,29 @@ cdef class HTTPEngine(NativeEngine):
             for j, seg in enumerate(cors_segs):
                 memcpy(w.cors_segs[j], <const char*>seg, len(seg))
                 w.cors_seg_lens[j] = len(seg)
-            w.epfd = epoll_create1(EPOLL_CLOEXEC)
-            if w.epfd < 0:
-                raise_errno("epoll_create1")
             w.reply_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
             if w.reply_fd < 0:
                 raise_errno("eventfd")
+            if self.use_uring:
+                # Created disabled: the worker thread enables it (its single issuer).
+                w.uring = bn_uring_new(URING_ENTRIES, uring_buffers, URING_BUF_BYTES, &uring_err)
+                if w.uring == NULL:
+                    raise OSError(-uring_err, f"io_uring set-up: {os.strerror(-uring_err)}")
+                w.cqes = <bn_ucqe*>malloc(URING_CQES_MAX * sizeof(bn_ucqe))
+                if w.cqes == NULL:
+                    raise MemoryError()
+                for j in range(2):
+                    w.usends[j] = <bn_usend*>calloc(URING_SENDS_MAX, sizeof(bn_usend))
+                    w.usend_iov[j] = <iovec*>malloc(URING_SEND_IOV_MAX * sizeof(iovec))
+                    w.usend_kind[j] = <uint8_t*>malloc(URING_SEND_IOV_MAX)
+                    w.usend_entry[j] = <bn_entry**>malloc(URING_SEND_IOV_MAX * sizeof(bn_entry*))
+                    if (w.usends[j] == NULL or w.usend_iov[j] == NULL or w.usend_kind[j] == NULL
+                            or w.usend_entry[j] == NULL):
+                        raise MemoryError()
+                continue
+            w.epfd = epoll_create1(EPOLL_CLOEXEC)
+            if w.epfd < 0:
+                raise_errno("epoll_create1")
             http_epoll_add(w.epfd, w.listen_fd, EV_LISTEN)
             http_epoll_add(w.epfd, w.stop_fd, EV_STOP)
             http_epoll_add(w.epfd, w.reply_fd, EV_REPLY)
@@ -1105,7 +1216,9 @@ cdef class HTTPEngine(NativeEngine):
             if self.ws_topics is not None:
                 self.ws_topics._attach_hub(self.hub)
             self.hub_attached = 1
-        rc = self._start_threads("an HTTPEngine", http_worker_main, <void**>self.workers)
+        rc = self._start_threads("an HTTPEngine",
+                                 http_uring_main if self.use_uring else http_worker_main,
+                                 <void**>self.workers)
         if rc != 0:
             self._join(0)
             raise OSError(rc, f"pthread_create: {os.strerror(rc)}")
@@ -1119,6 +1232,21 @@ cdef class HTTPEngine(NativeEngine):
         write(self.stop_efd, &one, sizeof(one))
         self._join_threads()
 
+    cdef void _free_rings(self) noexcept:
+        # After the workers are gone: each io_uring worker's ring and buffer ring.
+        cdef int i
+        if self.workers == NULL:
+            return
+        for i in range(self.nthreads):
+            if self.workers[i] != NULL and self.workers[i].uring != NULL:
+                bn_uring_free(self.workers[i].uring)
+                self.workers[i].uring = NULL
+
+    @property
+    def io(self):
+        """The workers' I/O backend: "epoll" or "uring"."""
+        return "uring" if self.use_uring else "epoll"
+
     def stop(self, double grace_s=0.0):
         """Stop accepting, let open connections finish the answer in progress
         (sent with Connection: close) for up to `grace_s` seconds, close the
@@ -1126,6 +1254,7 @@ cdef class HTTPEngine(NativeEngine):
         if self.group.running:
             self._join(<int64_t>(grace_s * 1e9))
         self.stopped = 1
+        self._free_rings()
         self._ws_detach()
         self.table.reclaim()
         retire_free_all(&self.tls_retired)   # no worker is left to hold a retired context

@@ -62,6 +62,14 @@ cdef enum:
     KEYMISS_FREE = 0                # slot: empty, a reader may claim it
     KEYMISS_WRITING = 1             # slot: a reader is copying its digest in
     KEYMISS_READY = 2               # slot: a digest the control plane has not swept yet
+# The HTTP engine's io_uring workers (_http_uring.pxi).
+cdef enum:
+    URING_ENTRIES = 4096            # submission queue entries (completion queue: 4x)
+    URING_NBUFS = 1024              # provided buffers per worker, a power of two
+    URING_BUF_BYTES = 4096          # bytes per provided buffer
+    URING_CQES_MAX = 256            # completions handled per reap
+    URING_SENDS_MAX = 1024          # sends deferred to the next io_uring_enter, per set (two sets)
+    URING_SEND_IOV_MAX = 8192       # their iovecs, per set
 # TCP/HTTP engine (_http.pxi).
 cdef enum:
     HTTP_SCRATCH_BYTES = 65536      # per-worker read buffer; a connection's own buffer only holds leftovers
@@ -115,6 +123,7 @@ cdef enum:
     CONN_TLS_QUEUED = 64            # TLS: on the worker's list of sessions with records read ahead (kept across close)
     CONN_TLS_RENEG = 128            # TLS: the client asked to renegotiate (refused; counted once read returns)
     CONN_TLS_READ_WANTS_WRITE = 256 # TLS: SSL_read needs the socket writable before it can go on
+    CONN_SEND_INFLIGHT = 512        # io_uring: a send is queued for the next io_uring_enter; later output waits behind it
 
 # Methods the engine tells apart.
 cdef enum:

@@ -172,6 +172,11 @@ shed_public              counter  requests     Requests of shed-first tiers (pub
 shed_partner             counter  requests     Requests of shed-last keys (partners) the governor answered 503 overloaded: the queued work was at its hard bound (adaptive_max_limit). [snapshot]
 stale_served             counter  requests     Hits answered with the entry's "stale":true variant because the control plane had not beaten for control_stall_s (also counted in hits). [snapshot]
 health_stalled           counter  requests     /healthz requests the worker answered 503 stalled itself: the control plane had not beaten for control_stall_s. [snapshot]
+uring_waits              counter  calls        io_uring_enter calls that submitted the queued requests and waited for completions (io="uring" workers; epoll_waits counts the epoll workers').
+uring_enobufs            counter  events       Multishot receives ended with -ENOBUFS: the provided buffer ring was empty (re-armed).
+uring_rearms             counter  calls        Multishot accepts, receives and polls re-armed after the kernel ended them (a completion without IORING_CQE_F_MORE).
+uring_eagain             counter  events       io_uring completions with -EAGAIN or -EINTR (the request re-armed).
+uring_sq_full            counter  events       Requests that found the io_uring submission queue full (what was queued was submitted early).
 """)
 
 #: The control plane's miss dispatcher (one per server), in both servers' totals.

@@ -25,29 +25,51 @@ __all__ = ["HTTPServer", "TLSConfig", "WebSocketOptions"]
 log = logging.getLogger("beastnet")
 
 HTTP_IO_BACKENDS = ("epoll", "uring", "auto")
-# The io_uring worker loop is not written yet: the backend is detected (build
-# and run time) so that "auto" and "uring" can say exactly why it is not used.
-URING_WORKER_MISSING = "beastnet has no io_uring HTTP worker yet (this host could run one)"
+#: Whether "auto" picks io_uring where it can serve.  Only a win of >= 5 % in
+#: work per server CPU-second, measured side by side, would make it so
+#: (benchmarks/README.md "HTTP on io_uring"); until then "auto" means epoll.
+URING_AUTO = False
+URING_NOT_AUTO = ("epoll is the default: io_uring did not beat it by >= 5 % in work per "
+                  "CPU-second (benchmarks/README.md)")
 
 
-def uring_unavailable() -> str:
-    """Why the workers cannot run on io_uring here (one line)."""
-    return _core.uring_unavailable_reason() or URING_WORKER_MISSING
+def uring_unavailable() -> Optional[str]:
+    """Why the workers cannot run on io_uring here (one line), or None."""
+    return _core.uring_unavailable_reason()
 
 
-def choose_http_io(io: str) -> tuple[str, Optional[str]]:
+def uring_unsupported(tls: bool, websocket: bool) -> Optional[str]:
+    """What of this configuration the io_uring workers do not serve yet, or None."""
+    missing = [what for what, on in (("TLS", tls), ("the WebSocket feed", websocket)) if on]
+    if not missing:
+        return None
+    return f"the io_uring workers do not serve {' or '.join(missing)} yet (use epoll)"
+
+
+def choose_http_io(io: str, tls: bool = False,
+                   websocket: bool = False) -> tuple[str, Optional[str]]:
     """(backend the workers run, why "auto" did not pick io_uring or None).
 
-    ``"uring"`` that cannot be served raises `ServerError` naming the reason;
+    ``"uring"`` that cannot be served (io_uring unavailable here, or TLS or
+    the WebSocket feed asked for) raises `ServerError` naming the reason;
     ``"auto"`` falls back to epoll and says why."""
     if io not in HTTP_IO_BACKENDS:
         raise ValueError(f"io must be one of {', '.join(HTTP_IO_BACKENDS)}, got {io!r}")
     if io == "epoll":
         return "epoll", None
     reason = uring_unavailable()
-    if io == "uring":
-        raise ServerError(f'HTTPServer(io="uring"): io_uring unavailable: {reason}')
-    return "epoll", f"io_uring unavailable: {reason}"
+    if reason is not None:
+        if io == "uring":
+            raise ServerError(f'HTTPServer(io="uring"): io_uring unavailable: {reason}')
+        return "epoll", f"io_uring unavailable: {reason}"
+    unsupported = uring_unsupported(tls, websocket)
+    if unsupported is not None:
+        if io == "uring":
+            raise ServerError(f'HTTPServer(io="uring"): {unsupported}')
+        return "epoll", unsupported
+    if io == "uring" or URING_AUTO:
+        return "uring", None
+    return "epoll", URING_NOT_AUTO
 
 
 @dataclass(frozen=True)
@@ -159,10 +181,11 @@ class HTTPServer(EngineServer):
     counts as stalled, and the workers answer ``/healthz`` 503 themselves and
     serve the ``"stale":true`` variant of bodies a ``stale_marking`` table
     keeps (docs/serve.md).  ``io``: the workers' I/O backend, ``"epoll"``
-    (default), ``"uring"`` (refused with `ServerError` saying why: built
-    without liburing, disabled by the kernel, or no io_uring worker yet) or
-    ``"auto"`` (io_uring when it can serve, else epoll, the reason kept in
-    ``io_fallback``; docs/http.md).  Use
+    (default), ``"uring"`` (multishot accept and receive into a provided
+    buffer ring; refused with `ServerError` saying why when io_uring is
+    unavailable here, or with ``tls`` or ``websocket``, which it does not
+    serve yet) or ``"auto"`` (epoll unless io_uring is measured to win,
+    the reason kept in ``io_fallback``; docs/http.md).  Use
     as a context manager, call ``start()`` and ``stop()``, or
     ``serve_forever()`` to block until ``stop()`` or Ctrl-C.
     """
@@ -171,6 +194,8 @@ class HTTPServer(EngineServer):
     IO_BACKENDS = HTTP_IO_BACKENDS
     #: Why the workers cannot run on io_uring here (one line).
     uring_unavailable = staticmethod(uring_unavailable)
+    #: What of a configuration (tls, websocket) the io_uring workers do not serve yet.
+    uring_unsupported = staticmethod(uring_unsupported)
 
     def __init__(
         self,
@@ -225,12 +250,13 @@ class HTTPServer(EngineServer):
         self.prefix = prefix
         self.grace_s = grace_s
         self.cpus = cpus
-        #: The workers' I/O backend ("epoll"); `io_fallback` says why when
-        #: ``io="auto"`` did not choose io_uring.
-        self.io, self.io_fallback = choose_http_io(io)
+        #: The workers' I/O backend ("epoll" or "uring"); `io_fallback` says
+        #: why when ``io="auto"`` did not choose io_uring.
+        self.io, self.io_fallback = choose_http_io(io, tls=tls is not None,
+                                                   websocket=websocket is not None)
         if self.io_fallback is not None:
             log.info("HTTPServer(io=\"auto\") uses epoll: %s", self.io_fallback)
-        self._engine_options: dict[str, Any] = dict(
+        self._engine_options: dict[str, Any] = dict(io=self.io,
             prefix=prefix, max_connections=max_connections, max_header_bytes=max_header_bytes,
             max_target_bytes=max_target_bytes, max_output_bytes=max_output_bytes,
             max_copied_output_bytes=max_copied_output_bytes,

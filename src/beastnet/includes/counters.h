@@ -132,6 +132,11 @@ typedef struct bn_http_counters {
     uint64_t shed_partner;                    /* ... shed-last keys (partners), at the hard bound */
     uint64_t stale_served;                    /* hits sent "stale":true: the control plane stalled */
     uint64_t health_stalled;                  /* /healthz answered 503 here: the control plane stalled */
+    uint64_t uring_waits;                     /* io_uring_enter calls that submitted and waited (io="uring") */
+    uint64_t uring_enobufs;                   /* receives ended -ENOBUFS: the provided buffer ring was empty */
+    uint64_t uring_rearms;                    /* multishot requests re-armed after they ended (no F_MORE) */
+    uint64_t uring_eagain;                    /* completions with -EAGAIN (retried by re-arming) */
+    uint64_t uring_sq_full;                   /* SQEs that found the submission queue full (submitted early) */
 } __attribute__((aligned(BN_CACHE_LINE))) bn_http_counters;
 
 #endif /* BEASTNET_COUNTERS_H */

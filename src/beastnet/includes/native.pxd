@@ -1,5 +1,7 @@
 # Declarations of beastnet's own C headers (atomics.h, counters.h, compat.h, ...).
-from libc.stdint cimport int64_t, uint32_t, uint64_t
+from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
+
+from beastnet.includes.system cimport msghdr
 
 
 cdef extern from "atomics.h" nogil:
@@ -154,6 +156,11 @@ cdef extern from "counters.h" nogil:
         uint64_t shed_partner
         uint64_t stale_served
         uint64_t health_stalled
+        uint64_t uring_waits
+        uint64_t uring_enobufs
+        uint64_t uring_rearms
+        uint64_t uring_eagain
+        uint64_t uring_sq_full
 
 
 cdef extern from "compat.h" nogil:
@@ -179,6 +186,34 @@ cdef extern from "bn_uring.h" nogil:
     enum:
         BEASTNET_HAVE_LIBURING
     int bn_uring_probe(const char* disabled_path, char* why, size_t cap)
+
+
+cdef extern from "bn_uring_loop.h" nogil:
+    ctypedef struct bn_uring:
+        pass
+    ctypedef struct bn_ucqe:
+        uint64_t ud
+        int32_t res
+        uint32_t flags
+    enum:
+        BN_UCQE_MORE
+        BN_UCQE_BUFFER
+        ECANCELED                       # <errno.h>; not in Cython's libc.errno
+    bn_uring* bn_uring_new(unsigned entries, unsigned nbufs, unsigned buf_size, int* err)
+    int bn_uring_enable(bn_uring* u)
+    void bn_uring_free(bn_uring* u)
+    int bn_uring_accept(bn_uring* u, int fd, uint64_t ud)
+    int bn_uring_recv(bn_uring* u, int fd, uint64_t ud)
+    int bn_uring_poll(bn_uring* u, int fd, unsigned mask, int multishot, uint64_t ud)
+    int bn_uring_cancel(bn_uring* u, uint64_t ud, uint64_t cancel_ud)
+    int bn_uring_sendmsg(bn_uring* u, int fd, const msghdr* msg, uint64_t ud)
+    int bn_uring_wait(bn_uring* u, int64_t timeout_ns)
+    int bn_uring_submit(bn_uring* u)
+    unsigned bn_uring_reap(bn_uring* u, bn_ucqe* out, unsigned max)
+    char* bn_uring_buf(bn_uring* u, unsigned bid)
+    void bn_uring_buf_return(bn_uring* u, unsigned bid)
+    uint64_t bn_uring_sq_full(bn_uring* u)
+    unsigned bn_uring_sq_ready(bn_uring* u)
 
 
 cdef extern from "apikeyhash.h" nogil:

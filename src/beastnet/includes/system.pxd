@@ -43,6 +43,7 @@ cdef extern from "<sys/socket.h>" nogil:
     int socket(int domain, int type, int protocol)
     int connect(int fd, const sockaddr* addr, socklen_t addrlen)
     int accept4(int fd, sockaddr* addr, socklen_t* addrlen, int flags)
+    int getpeername(int fd, sockaddr* addr, socklen_t* addrlen)
     ssize_t send(int fd, const void* buf, size_t n, int flags)
     ssize_t recv(int fd, void* buf, size_t n, int flags)
     int getsockopt(int fd, int level, int optname, void* optval, socklen_t* optlen)
@@ -103,6 +104,7 @@ cdef extern from "<poll.h>" nogil:
         POLLIN
         POLLOUT
         POLLERR
+        POLLHUP
 
 
 cdef extern from "<sys/eventfd.h>" nogil:
