@@ -150,6 +150,11 @@ def test_a_flush_of_pipelined_answers_is_coalesced_into_records(tls_server, tls_
     assert len(out) == 60
     # 60 answers of ~150 bytes (~9 KB) fit one 16 KiB record; the client's
     # bytes may arrive in two reads, so allow a few writes, never one each.
+    # The worker counts a write after it returns, which the client can beat
+    # (a 4-worker run read 0): wait for the first, then all but the last one
+    # are counted, so one write per answer would still show as >= 59.
+    wait_for(lambda: totals(tls_server)["tls_writes"] > before,
+             message="the worker to count its TLS writes")
     assert 1 <= totals(tls_server)["tls_writes"] - before <= 4
 
 
