@@ -25,7 +25,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from beastnet import HTTPServer, ResponseTable, UDPServer
-from beastnet.http_server import uring_unavailable, uring_unsupported
+from beastnet.http_server import uring_unavailable
 from support import UDPClient, native_thread_count, open_fds, require, thread_names
 import _background
 
@@ -193,11 +193,16 @@ def pytest_xdist_node_collection_finished(node, ids):
 
 #: Test modules run once per HTTP I/O backend: every HTTPServer they build
 #: without an explicit ``io=`` runs on it, and so do servers their
-#: subprocesses build from BEASTNET_TEST_HTTP_IO.  (test_http_io.py chooses
-#: its backends itself; the WebSocket modules need epoll: see below.)
+#: subprocesses build from BEASTNET_TEST_HTTP_IO (`beastnet serve` started by
+#: test_serve.Serve gets ``--http-io``).  test_http_io.py chooses its
+#: backends itself.
 BOTH_HTTP_IO = ("test_http_server.py", "test_http_batch.py", "test_http_cors.py",
                 "test_http_credentials.py", "test_http_fuzzing.py", "test_http_hardening.py",
-                "test_http_review.py")
+                "test_http_review.py",
+                # TLS and the WebSocket feed
+                "test_tls_server.py", "test_serve_tls.py", "test_websocket.py",
+                "test_websocket_autobahn.py", "test_ws_auth.py", "test_ws_deflate.py",
+                "test_ws_fuzzing.py", "test_ws_requests_fuzzing.py", "test_serve_stream.py")
 
 
 def pytest_generate_tests(metafunc):
@@ -208,9 +213,7 @@ def pytest_generate_tests(metafunc):
 @pytest.fixture(scope="module", autouse=True)
 def http_io(request):
     """The HTTP I/O backend of this module's run (None outside BOTH_HTTP_IO).
-    On "uring" a server asking for what the io_uring workers do not serve
-    (TLS, the WebSocket feed) skips its test: the refusal itself is tested in
-    test_http_io.py.  io_uring unavailable here fails under CI, else skips."""
+    io_uring unavailable here fails under CI, else skips."""
     io = getattr(request, "param", None)
     if io != "uring":
         yield io
@@ -223,12 +226,7 @@ def http_io(request):
     original = HTTPServer.__init__
 
     def on_backend(self, *args, **kwargs):
-        if "io" not in kwargs:
-            kwargs["io"] = io
-            unsupported = uring_unsupported(tls=kwargs.get("tls") is not None,
-                                            websocket=kwargs.get("websocket") is not None)
-            if unsupported is not None:
-                pytest.skip(unsupported)
+        kwargs.setdefault("io", io)
         original(self, *args, **kwargs)
 
     with pytest.MonkeyPatch.context() as patch:
@@ -259,8 +257,6 @@ def _note_skip(report) -> None:
     if "slow" in getattr(report, "keywords", {}):
         return                          # the one skip CI allows: --run-slow's variants
     reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
-    if "the io_uring workers do not serve" in reason:
-        return                          # and the io="uring" run of a TLS/WebSocket server (http_io)
     _CI_SKIPS.append(f"{report.nodeid}: {reason.removeprefix('Skipped: ')}")
 
 

@@ -156,8 +156,6 @@ def test_demo_and_serve_name_the_feed_rate_alike():
     (["serve", "--replay", "/nonexistent.jsonl"], "--replay '/nonexistent.jsonl' is not a file"),
     (["serve", "--http-threads", "999"], "--http-threads must be 1..256, got 999"),
     (["serve", "--http-io", "kqueue"], "--http-io must be one of epoll, uring, auto, got 'kqueue'"),
-    (["serve", "--http-io", "uring"], "--http-io uring: the io_uring workers do not serve the "
-                                      "WebSocket feed yet (use epoll)"),
     (["serve", "--recv-buffer-bytes", "1"], "--recv-buffer-bytes must be 4096..1 GiB"),
     (["serve", "--admin-host", "0.0.0.0"], "--admin-host 0.0.0.0 is not a loopback address"),
     (["serve", "--admin-token-file", "/nonexistent"], "--admin-token-file /nonexistent: No such"),

@@ -47,6 +47,8 @@ class Serve:
             path.write_text(config)
             argv += ["--config", str(path)]
         env = dict(os.environ, **(env or {}))
+        if env.get("BEASTNET_TEST_HTTP_IO") and "--http-io" not in args:
+            argv += ["--http-io", env["BEASTNET_TEST_HTTP_IO"]]     # conftest's http_io
         self.log_path = tmp_path / f"serve-{time.monotonic_ns()}.log"
         self.log = open(self.log_path, "wb")
         try:
@@ -179,9 +181,9 @@ def test_serves_prices_over_udp_and_http_without_keys(serve):
 
 
 def test_http_io_uring_serves_the_public_port(serve):
-    """`--http-io uring` (the WebSocket stream off: it needs epoll) serves the
+    """`--http-io uring` (the WebSocket stream on, as by default) serves the
     public port on io_uring workers; their own counters show it."""
-    server = serve("--no-keys", "--http-io", "uring", config="stream = false\n")
+    server = serve("--no-keys", "--http-io", "uring")
     status, _, raw = server.http("GET", "/v1/ETH")
     assert status == 200 and orjson.loads(raw)["asset"] == "ETH"
     assert server.http("GET", "/v1/NOPE")[0] == 404

@@ -162,6 +162,27 @@ def test_handshake_answers_101_with_the_accept_key(feed, raw_client):
     client.close()
 
 
+def test_an_answer_pipelined_before_the_upgrade_goes_out_first(feed, raw_client):
+    """A GET sent in one piece with the upgrade behind it: its 200, then the
+    101, then the stream (on io_uring the 200 is written at once rather than
+    deferred to the next io_uring_enter, which the 101 would overtake)."""
+    client = raw_client(feed)
+    client.send(b"GET /v1/S001 HTTP/1.1\r\nHost: x\r\n\r\n" + client.request)
+    data = b""
+    while (at := data.find(b"HTTP/1.1 101 ")) < 0 or data.find(b"\r\n\r\n", at) < 0:
+        chunk = client.sock.recv(65536)
+        assert chunk, data
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+    assert head.startswith(b"HTTP/1.1 200 ") and rest[:length] == body("S001", 0)
+    upgrade, _, client.buf = rest[length:].partition(b"\r\n\r\n")
+    assert upgrade.startswith(b"HTTP/1.1 101 Switching Protocols\r\n")
+    client.send(build_frame(TEXT, b'{"op":"subscribe","symbols":["S001"]}'))
+    assert orjson.loads(client.frame()[1])["op"] == "subscribed"
+    assert client.frame() == (TEXT, body("S001", 0))
+
+
 @pytest.mark.parametrize("request_bytes,status", [
     (b"GET /v1/stream HTTP/1.1\r\nHost: x\r\n\r\n", 400),                            # plain GET
     (b"GET /v1/stream HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"

@@ -15,6 +15,16 @@
 #   conn_on_writable(); neither (waiting for the control plane) = a poll on
 #   nothing but errors and hang-ups, which epoll reports whatever the interest:
 #   a client that resets meanwhile is closed at once, as under epoll.
+# - a TLS connection reads through OpenSSL, which reads the socket itself
+#   (SSL_set_fd) and may need several reads per record, or a write during a
+#   read: its "readable" is a one-shot POLLIN poll, re-armed while reading is
+#   wanted, whose completion runs the epoll loop's handler (conn_on_event).
+#   Its writes go through SSL_write at once, not through the deferred sends.
+# - the WebSocket feed: the publication ring's eventfd is a multishot poll
+#   (ws_worker_on_publish); an upgraded plain connection keeps its multishot
+#   receive, whose bytes go to the frame reader (conn_on_bytes); output is
+#   written once per wake-up after the completions (ws_flush_dirty, one
+#   sendmsg per connection), and a short write arms the POLLOUT poll.
 # - writes (conn_flush_iov): a step's responses become one SENDMSG SQE
 #   submitted with the next io_uring_enter, every connection's in the same
 #   call, instead of a sendmsg each (uring_send_defer).  Their iovecs are
@@ -35,8 +45,8 @@
 # closed; a multishot request that ends (no IORING_CQE_F_MORE) is re-armed
 # while it is still wanted (counted).
 #
-# Not on this loop yet (refused by HTTPEngine and HTTPServer, "auto" picks
-# epoll): TLS and the WebSocket feed, whose code drives epoll directly.
+# Not built: TLS records through the multishot receive and the deferred
+# sends (memory BIOs); they cross the kernel in OpenSSL's own read()/write().
 
 # user_data: kind << 60 | (generation & 0x0FFFFFFF) << 32 | slot for a
 # connection's requests; kind << 60 | index for the worker's own.
@@ -49,12 +59,15 @@ cdef uint64_t UR_LINGER = 5
 cdef uint64_t UR_CANCEL = 6             # a cancel's own completion: nothing to do
 cdef uint64_t UR_ERRWATCH = 7           # a connection that reads nothing and writes nothing
 cdef uint64_t UR_SEND = 8               # a deferred send: set << 16 | record
+cdef uint64_t UR_POLLIN = 9             # a TLS connection's one-shot "readable"
+cdef uint64_t UR_WS = 10                # the worker's WebSocket publication ring (eventfd)
 
 # Bits of bn_conn.events on an io_uring worker, beside the wanted EPOLLIN/EPOLLOUT.
 cdef uint32_t UR_RECV_ARMED = 1 << 16        # a multishot receive is in the kernel
 cdef uint32_t UR_RECV_CANCELLING = 1 << 17   # ... and its cancel has been queued
 cdef uint32_t UR_OUT_ARMED = 1 << 18         # a POLLOUT poll is in the kernel
 cdef uint32_t UR_ERR_ARMED = 1 << 19         # an error/hang-up poll is in the kernel
+cdef uint32_t UR_IN_ARMED = 1 << 20          # a TLS connection's POLLIN poll is in the kernel
 
 cdef inline uint64_t ur_conn_ud(uint64_t kind, bn_hworker* w, bn_conn* c) noexcept nogil:
     return (kind << 60) | ((<uint64_t>c.gen & 0x0FFFFFFF) << 32) | <uint64_t>(c - w.conns)
@@ -69,7 +82,15 @@ cdef int uring_conn_watch(bn_hworker* w, bn_conn* c, uint32_t want) noexcept nog
     wanted and none is armed, cancel it when reading pauses, arm a POLLOUT
     when output waits.  0, or -1 with io_errors counted."""
     cdef uint32_t ev = c.events
-    if want & EPOLLIN:
+    if c.ssl != NULL:
+        # OpenSSL reads the socket itself: a readiness poll, never a receive.
+        # One left armed while reading pauses completes unheeded (uring_on_pollin).
+        if (want & EPOLLIN) and not (ev & UR_IN_ARMED):
+            if bn_uring_poll(w.uring, c.fd, POLLIN, 0, ur_conn_ud(UR_POLLIN, w, c)) < 0:
+                bn_count(&w.counters.io_errors, 1)
+                return -1
+            ev |= UR_IN_ARMED
+    elif want & EPOLLIN:
         if not (ev & UR_RECV_ARMED):
             if bn_uring_recv(w.uring, c.fd, ur_conn_ud(UR_RECV, w, c)) < 0:
                 bn_count(&w.counters.io_errors, 1)
@@ -108,6 +129,9 @@ cdef void uring_conn_closing(bn_hworker* w, bn_conn* c) noexcept nogil:
             bn_count(&w.counters.io_errors, 1)
     if c.events & UR_ERR_ARMED:
         if bn_uring_cancel(w.uring, ur_conn_ud(UR_ERRWATCH, w, c), ur_ud(UR_CANCEL, 0)) < 0:
+            bn_count(&w.counters.io_errors, 1)
+    if c.events & UR_IN_ARMED:
+        if bn_uring_cancel(w.uring, ur_conn_ud(UR_POLLIN, w, c), ur_ud(UR_CANCEL, 0)) < 0:
             bn_count(&w.counters.io_errors, 1)
 
 
@@ -203,6 +227,11 @@ cdef void uring_on_recv(bn_hworker* w, bn_ucqe* e) noexcept nogil:
     elif e.res == 0:
         if has_buf:
             bn_uring_buf_return(w.uring, bid)
+        if c.ws != NULL:
+            # Gone without a close frame, or the FIN our close waited for:
+            # closed now, as ws_conn_input does.
+            conn_close(w, c)
+            return
         # The peer shut its side: as under epoll, flush what is pending, then close.
         c.flags |= CONN_EOF
         conn_finish(w, c)
@@ -245,8 +274,41 @@ cdef void uring_on_pollout(bn_hworker* w, bn_ucqe* e) noexcept nogil:
             conn_close(w, c)
             return
     if c.events & EPOLLOUT:
-        c.events &= ~(<uint32_t>EPOLLOUT)   # conn_on_writable sets what it wants next
-        conn_on_writable(w, c)
+        c.events &= ~(<uint32_t>EPOLLOUT)   # the handler sets what it wants next
+        conn_on_event(w, c, EPOLLOUT)       # HTTP, a TLS handshake or a WebSocket connection
+
+
+cdef void uring_on_pollin(bn_hworker* w, bn_ucqe* e) noexcept nogil:
+    # A TLS connection is readable (or failed): the epoll loop's handler runs
+    # with what epoll would report (the interest, plus errors and hang-ups),
+    # then the poll is armed again while reading is still wanted (a read that
+    # found half a record returns without touching the interest).
+    cdef uint32_t slot = <uint32_t>(e.ud & 0xFFFFFFFFU)
+    cdef bn_conn* c = &w.conns[slot] if slot < w.max_conns else NULL
+    cdef uint32_t gen
+    cdef uint32_t events = 0
+    if (c == NULL or c.fd < 0
+            or (<uint64_t>c.gen & 0x0FFFFFFF) != ((e.ud >> 32) & 0x0FFFFFFF)):
+        return
+    gen = c.gen
+    c.events &= ~UR_IN_ARMED
+    if e.res < 0:
+        if e.res == -ECANCELED:
+            return
+        if e.res != -EAGAIN and e.res != -EINTR:
+            conn_io_error(w, c, -e.res)
+            conn_close(w, c)
+            return
+        bn_count(&w.counters.uring_eagain, 1)
+    else:
+        events = <uint32_t>e.res & ((c.events & EPOLLIN) | POLLERR | POLLHUP)
+    if events:
+        conn_on_event(w, c, events)
+    if c.fd < 0 or c.gen != gen:
+        return                          # closed while answering
+    if (c.events & EPOLLIN) and not (c.events & UR_IN_ARMED):
+        if uring_conn_watch(w, c, c.events & (EPOLLIN | EPOLLOUT)) < 0:
+            conn_close(w, c)
 
 
 cdef void uring_on_errwatch(bn_hworker* w, bn_ucqe* e) noexcept nogil:
@@ -279,12 +341,13 @@ cdef inline int uring_iov_stable(bn_hworker* w, int i) noexcept nogil:
 cdef int uring_send_defer(bn_hworker* w, bn_conn* c, int niov) noexcept nogil:
     """Take the worker's `niov` pending iovecs for `c` into the current send
     set (one SENDMSG SQE before the next wait): 1, or 0 = write them now
-    (TLS, a set full or still in the kernel, a buffer the step reuses)."""
+    (TLS, a set full or still in the kernel, a buffer the step reuses, an
+    upgrade that must see its answers out: usend_now)."""
     cdef int s = w.usend_cur
     cdef int i
     cdef uint32_t first = w.usend_niov[s]
     cdef bn_usend* rec
-    if (c.ssl != NULL or w.usend_out[s] != 0 or w.usend_n[s] >= URING_SENDS_MAX
+    if (c.ssl != NULL or w.usend_now or w.usend_out[s] != 0 or w.usend_n[s] >= URING_SENDS_MAX
             or first + <uint32_t>niov > URING_SEND_IOV_MAX):
         return 0
     for i in range(niov):
@@ -451,14 +514,21 @@ cdef void uring_on_event(bn_hworker* w, bn_ucqe* e) noexcept nogil:
         uring_on_send(w, e)
     elif kind == UR_ACCEPT:
         uring_on_accept(w, e)
-    elif kind == UR_REPLY:
+    elif kind == UR_POLLIN:
+        uring_on_pollin(w, e)
+    elif kind == UR_REPLY or kind == UR_WS:
+        # An eventfd: the control plane's replies, or publications to fan out.
         if e.res < 0 and e.res != -ECANCELED:
             bn_count(&w.counters.io_errors, 1)
         if e.res >= 0:
-            http_worker_on_replies(w)
+            if kind == UR_REPLY:
+                http_worker_on_replies(w)
+            else:
+                ws_worker_on_publish(w)
         if not (e.flags & BN_UCQE_MORE) and e.res != -ECANCELED and not w.draining:
             bn_count(&w.counters.uring_rearms, 1)
-            if bn_uring_poll(w.uring, w.reply_fd, POLLIN, 1, ur_ud(UR_REPLY, 0)) < 0:
+            if bn_uring_poll(w.uring, w.reply_fd if kind == UR_REPLY else w.ws.ring.efd,
+                             POLLIN, 1, ur_ud(kind, 0)) < 0:
                 bn_count(&w.counters.io_errors, 1)
     elif kind == UR_STOP:
         if e.res < 0:
@@ -491,7 +561,9 @@ cdef void* http_uring_main(void* arg) noexcept nogil:
         return NULL
     w.now_ns = http_now_ns()
     if (bn_uring_poll(w.uring, w.stop_fd, POLLIN, 0, ur_ud(UR_STOP, 0)) < 0
-            or bn_uring_poll(w.uring, w.reply_fd, POLLIN, 1, ur_ud(UR_REPLY, 0)) < 0):
+            or bn_uring_poll(w.uring, w.reply_fd, POLLIN, 1, ur_ud(UR_REPLY, 0)) < 0
+            or (w.ws != NULL
+                and bn_uring_poll(w.uring, w.ws.ring.efd, POLLIN, 1, ur_ud(UR_WS, 0)) < 0)):
         w.fatal_errno = EBUSY
         return NULL
     uring_accept_on(w)
@@ -534,6 +606,10 @@ cdef void* http_uring_main(void* arg) noexcept nogil:
                 uring_on_event(w, &w.cqes[i])
             if n < URING_CQES_MAX:
                 break
+        if w.tls_nready:
+            tls_drain_ready(w)          # records OpenSSL read ahead: no poll will say so
+        if w.ws != NULL and w.ws.dirty != NULL:
+            ws_flush_dirty(w)           # one sendmsg per WebSocket connection per wake-up
         bn_store_u64(&w.counters.uring_sq_full, bn_uring_sq_full(w.uring))
         if w.miss_signal:
             w.miss_signal = 0

@@ -124,6 +124,8 @@ cdef struct bn_hworker:
     uint32_t usend_niov[2]              # iovecs in each set
     uint32_t usend_out[2]               # submitted records whose completion is still due
     int usend_cur                       # the set filling now
+    int usend_now                       # 1 = conn_flush_iov writes at once (an upgrade, which
+                                        # must see the answers before it out first)
     int64_t linger_until_ns[HTTP_LINGER_SLOTS]
 
 
@@ -318,8 +320,12 @@ cdef void conn_on_readable(bn_hworker* w, bn_conn* c) noexcept nogil:
 cdef void conn_on_bytes(bn_hworker* w, bn_conn* c, const char* data, size_t n) noexcept nogil:
     """`n` bytes arrived on `c` in a buffer of the loop's own, valid for this
     call only (epoll: the scratch buffer; io_uring: a provided buffer): parse
-    and answer them, or append them to the input kept from earlier reads."""
+    and answer them, or append them to the input kept from earlier reads.
+    On an upgraded connection (io_uring's receive goes on) they are frames."""
     cdef char* grown
+    if c.ws != NULL:
+        ws_conn_on_bytes(w, c, data, n)
+        return
     bn_count(&w.counters.bytes_in, <uint64_t>n)
     c.last_active_ns = w.now_ns
     if c.inb == NULL:
@@ -732,6 +738,14 @@ cdef void http_worker_on_event(bn_hworker* w, epoll_event* ev) noexcept nogil:
     c = &w.conns[slot]
     if c.fd < 0 or c.gen != <uint32_t>(tag >> 32):
         return                          # closed earlier in this batch
+    conn_on_event(w, c, events)
+
+
+cdef inline void conn_on_event(bn_hworker* w, bn_conn* c, uint32_t events) noexcept nogil:
+    """Readiness `events` (EPOLL* bits) on open connection `c`: an epoll
+    event, or on io_uring a poll's completion (a TLS connection's reads, any
+    connection's room to write again)."""
+    cdef uint32_t gen = c.gen
     if c.ws != NULL:
         ws_conn_on_event(w, c, events)
         return
@@ -740,7 +754,7 @@ cdef void http_worker_on_event(bn_hworker* w, epoll_event* ev) noexcept nogil:
         return
     if events & EPOLLOUT:
         conn_on_writable(w, c)
-        if c.fd < 0 or c.gen != <uint32_t>(tag >> 32):
+        if c.fd < 0 or c.gen != gen:
             return
     if events & EPOLLIN:
         conn_on_readable(w, c)
@@ -941,11 +955,6 @@ cdef class HTTPEngine(NativeEngine):
         if io not in ("epoll", "uring"):
             raise ValueError(f"io must be 'epoll' or 'uring', got {io!r}")
         if io == "uring":
-            # Their code drives epoll directly (_tls.pxi, _ws_conn.pxi): not on this loop yet.
-            if tls is not None:
-                raise ValueError('io="uring" does not serve TLS yet')
-            if ws_path is not None:
-                raise ValueError('io="uring" does not serve the WebSocket feed yet')
             self.use_uring = 1
             if not 1 <= uring_buffers <= 32768 or uring_buffers & (uring_buffers - 1):
                 raise ValueError("uring_buffers must be a power of two, 1..32768")
@@ -1156,7 +1165,8 @@ cdef class HTTPEngine(NativeEngine):
             w.ws.max_message_bytes = max_message
             w.ws.stall_timeout_ns = <int64_t>(stall_s * 1e9)
             w.ws.compress_min = <uint32_t>compress_min
-            http_epoll_add(w.epfd, ring.efd, EV_WS)
+            if not self.use_uring:      # io_uring: the worker polls it (UR_WS)
+                http_epoll_add(w.epfd, ring.efd, EV_WS)
         return 0
 
     cdef void _ws_release(self) noexcept:

@@ -571,38 +571,20 @@ cdef int ws_conn_input(bn_hworker* w, bn_conn* c) noexcept nogil:
     holds and freed once empty.  An idle subscriber owns no input buffer."""
     cdef bn_ws_conn* wc = c.ws
     cdef ssize_t n
-    cdef int err
+    cdef int rc
     cdef char* buf
-    cdef char* grown
     cdef size_t room
-    cdef size_t cap
-    # Under TLS a read offers room for a whole record (see _tls.pxi): the
-    # buffer may pass one frame's size by a record.
+    # Under TLS a read offers room for a whole record (see _tls.pxi).
     cdef size_t least = HTTP_READ_MIN_BYTES if c.ssl == NULL else TLS_RECORD_BYTES
-    cdef size_t limit = <size_t>(wc.reader.max_frame_bytes + WS_CLIENT_HEAD_MAX_BYTES)
-    if c.ssl != NULL:
-        limit += TLS_RECORD_BYTES
     if wc.flags & WSC_PEER_CLOSED:
         return ws_conn_discard(w, c)
     if wc.in_len == 0:
         buf = w.scratch
         room = HTTP_SCRATCH_BYTES
     else:
-        if wc.in_cap - wc.in_len < least and wc.in_cap < limit:
-            cap = wc.in_cap * 2
-            if cap < wc.in_len + least:
-                cap = wc.in_len + least
-            if cap > limit:
-                cap = limit
-            if ws_in_recharge(wc, wc.in_cap, cap) != 0:
-                return ws_in_refused(w, wc)
-            grown = <char*>realloc(wc.inb, cap)
-            if grown == NULL:
-                ws_in_recharge(wc, cap, wc.in_cap)
-                bn_count(&w.counters.oom_closes, 1)
-                return -1
-            wc.inb = grown
-            wc.in_cap = <uint32_t>cap
+        rc = ws_in_grow(w, c, least, 0)
+        if rc != 0 or (wc.flags & WSC_PEER_CLOSED):
+            return rc                   # refused past the pool's cap: 1013 queued
         buf = wc.inb + wc.in_len
         room = wc.in_cap - wc.in_len
     n = conn_recv(w, c, buf, room)
@@ -620,6 +602,78 @@ cdef int ws_conn_input(bn_hworker* w, bn_conn* c) noexcept nogil:
         return ws_keep_input(w, c, w.scratch, <size_t>n)
     wc.in_len += <uint32_t>n
     return ws_keep_input(w, c, wc.inb, wc.in_len)
+
+
+cdef int ws_in_grow(bn_hworker* w, bn_conn* c, size_t least, int pushed) noexcept nogil:
+    """Room for `least` more bytes in the kept input (doubling, or by half
+    for `pushed` bytes; charged to the reassembly pool), up to one frame (and, under TLS, a record: the
+    buffer may pass one frame's size by a record).  0 (the room may be
+    smaller at that bound; refused past the pool's cap: WSC_PEER_CLOSED set
+    and 1013 queued), or -1 out of memory."""
+    cdef bn_ws_conn* wc = c.ws
+    cdef size_t cap
+    cdef char* grown
+    cdef size_t limit = <size_t>(wc.reader.max_frame_bytes + WS_CLIENT_HEAD_MAX_BYTES)
+    if c.ssl != NULL:
+        limit += TLS_RECORD_BYTES
+    if wc.in_cap - wc.in_len >= least or wc.in_cap >= limit:
+        return 0
+    # io_uring pushes a frame in 4 KiB pieces where a read takes up to 64 KiB:
+    # growing by half there keeps the pool's charge for one frame in the
+    # making near the frame's size, not up to twice it.
+    cap = wc.in_cap + wc.in_cap // 2 if pushed else wc.in_cap * 2
+    if cap < wc.in_len + least:
+        cap = wc.in_len + least
+    if cap > limit:
+        cap = limit
+    if ws_in_recharge(wc, wc.in_cap, cap) != 0:
+        return ws_in_refused(w, wc)
+    grown = <char*>realloc(wc.inb, cap)
+    if grown == NULL:
+        ws_in_recharge(wc, cap, wc.in_cap)
+        bn_count(&w.counters.oom_closes, 1)
+        return -1
+    wc.inb = grown
+    wc.in_cap = <uint32_t>cap
+    return 0
+
+
+cdef void ws_conn_on_bytes(bn_hworker* w, bn_conn* c, const char* data, size_t n) noexcept nogil:
+    """Bytes the loop read for WebSocket connection `c` (io_uring: its
+    multishot receive goes on after the upgrade; a provided buffer, valid for
+    this call and ours to unmask in place): acted on as ws_conn_input acts on
+    what it reads, then the connection closes or its output waits for the
+    wake-up's flush."""
+    cdef bn_ws_conn* wc = c.ws
+    cdef size_t k
+    cdef int rc = 0
+    bn_count(&w.counters.bytes_in, <uint64_t>n)
+    c.last_active_ns = w.now_ns
+    while n > 0 and rc == 0 and not (wc.flags & WSC_PEER_CLOSED):
+        if wc.in_len == 0:
+            # Nothing kept: act on the frames in place, keep a copy of the rest.
+            rc = ws_keep_input(w, c, <char*>data, n)
+            break
+        rc = ws_in_grow(w, c, n, 1)
+        if rc != 0 or (wc.flags & WSC_PEER_CLOSED):
+            break
+        k = wc.in_cap - wc.in_len
+        if k == 0:                      # a frame past its bound: the reader refuses it first
+            rc = -1
+            break
+        if k > n:
+            k = n
+        memcpy(wc.inb + wc.in_len, data, k)
+        wc.in_len += <uint32_t>k
+        data += k
+        n -= k
+        rc = ws_keep_input(w, c, wc.inb, wc.in_len)
+    # After our close (WSC_PEER_CLOSED) what else arrives is dropped, as
+    # ws_conn_discard drops it; the peer's FIN closes (uring_on_recv).
+    if rc != 0:
+        conn_close(w, c)
+        return
+    ws_mark_dirty(w.ws, wc)
 
 
 cdef int ws_keep_input(bn_hworker* w, bn_conn* c, char* data, size_t n) noexcept nogil:
@@ -992,6 +1046,7 @@ cdef int ws_route(bn_hworker* w, bn_conn* c, bn_hreq* req, int echo) noexcept no
     cdef bn_apikey* rec = NULL
     cdef uint64_t retry_ns = 0
     cdef int verdict
+    cdef int rc
     cdef int auth_wait = 0
     if req.method_code != METHOD_GET and req.method_code != METHOD_HEAD:
         return ws_refuse(w, c, ERR_405)     # as every other path under the prefix answers
@@ -1012,8 +1067,12 @@ cdef int ws_route(bn_hworker* w, bn_conn* c, bn_hreq* req, int echo) noexcept no
             bn_count(&w.counters.ws_upgrade_refused, 1)
             c.flags |= CONN_CLOSE_AFTER
             return conn_refuse(w, c, verdict, retry_ns, TAIL_CLOSE, 0)
-    # Answers to requests pipelined before this one go out first.
-    if conn_flush_iov(w, c) != 0:
+    # Answers to requests pipelined before this one go out first (on
+    # io_uring now, not deferred: the 101 is written by the WebSocket side).
+    w.usend_now = 1
+    rc = conn_flush_iov(w, c)
+    w.usend_now = 0
+    if rc != 0:
         return -1
     if conn_out_pending(c) and (conn_send_out(w, c) != 0 or conn_out_pending(c)):
         c.flags |= CONN_CLOSE_AFTER

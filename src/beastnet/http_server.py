@@ -38,21 +38,11 @@ def uring_unavailable() -> Optional[str]:
     return _core.uring_unavailable_reason()
 
 
-def uring_unsupported(tls: bool, websocket: bool) -> Optional[str]:
-    """What of this configuration the io_uring workers do not serve yet, or None."""
-    missing = [what for what, on in (("TLS", tls), ("the WebSocket feed", websocket)) if on]
-    if not missing:
-        return None
-    return f"the io_uring workers do not serve {' or '.join(missing)} yet (use epoll)"
-
-
-def choose_http_io(io: str, tls: bool = False,
-                   websocket: bool = False) -> tuple[str, Optional[str]]:
+def choose_http_io(io: str) -> tuple[str, Optional[str]]:
     """(backend the workers run, why "auto" did not pick io_uring or None).
 
-    ``"uring"`` that cannot be served (io_uring unavailable here, or TLS or
-    the WebSocket feed asked for) raises `ServerError` naming the reason;
-    ``"auto"`` falls back to epoll and says why."""
+    ``"uring"`` where io_uring is unavailable raises `ServerError` naming the
+    reason; ``"auto"`` falls back to epoll and says why."""
     if io not in HTTP_IO_BACKENDS:
         raise ValueError(f"io must be one of {', '.join(HTTP_IO_BACKENDS)}, got {io!r}")
     if io == "epoll":
@@ -62,11 +52,6 @@ def choose_http_io(io: str, tls: bool = False,
         if io == "uring":
             raise ServerError(f'HTTPServer(io="uring"): io_uring unavailable: {reason}')
         return "epoll", f"io_uring unavailable: {reason}"
-    unsupported = uring_unsupported(tls, websocket)
-    if unsupported is not None:
-        if io == "uring":
-            raise ServerError(f'HTTPServer(io="uring"): {unsupported}')
-        return "epoll", unsupported
     if io == "uring" or URING_AUTO:
         return "uring", None
     return "epoll", URING_NOT_AUTO
@@ -182,9 +167,8 @@ class HTTPServer(EngineServer):
     serve the ``"stale":true`` variant of bodies a ``stale_marking`` table
     keeps (docs/serve.md).  ``io``: the workers' I/O backend, ``"epoll"``
     (default), ``"uring"`` (multishot accept and receive into a provided
-    buffer ring; refused with `ServerError` saying why when io_uring is
-    unavailable here, or with ``tls`` or ``websocket``, which it does not
-    serve yet) or ``"auto"`` (epoll unless io_uring is measured to win,
+    buffer ring, TLS and the WebSocket feed included; refused with
+    `ServerError` saying why when io_uring is unavailable here) or ``"auto"`` (epoll unless io_uring is measured to win,
     the reason kept in ``io_fallback``; docs/http.md).  Use
     as a context manager, call ``start()`` and ``stop()``, or
     ``serve_forever()`` to block until ``stop()`` or Ctrl-C.
@@ -194,8 +178,6 @@ class HTTPServer(EngineServer):
     IO_BACKENDS = HTTP_IO_BACKENDS
     #: Why the workers cannot run on io_uring here (one line).
     uring_unavailable = staticmethod(uring_unavailable)
-    #: What of a configuration (tls, websocket) the io_uring workers do not serve yet.
-    uring_unsupported = staticmethod(uring_unsupported)
 
     def __init__(
         self,
@@ -252,8 +234,7 @@ class HTTPServer(EngineServer):
         self.cpus = cpus
         #: The workers' I/O backend ("epoll" or "uring"); `io_fallback` says
         #: why when ``io="auto"`` did not choose io_uring.
-        self.io, self.io_fallback = choose_http_io(io, tls=tls is not None,
-                                                   websocket=websocket is not None)
+        self.io, self.io_fallback = choose_http_io(io)
         if self.io_fallback is not None:
             log.info("HTTPServer(io=\"auto\") uses epoll: %s", self.io_fallback)
         self._engine_options: dict[str, Any] = dict(io=self.io,

@@ -224,11 +224,6 @@ def _check(cfg: ServeConfig, label: Callable[[str], str] = str) -> None:
         reason = HTTPServer.uring_unavailable()
         if reason is not None:
             raise ConfigError(f"{label('http_io')} uring: io_uring unavailable: {reason}")
-        unsupported = HTTPServer.uring_unsupported(tls=cfg.tls_cert is not None,
-                                                   websocket=cfg.stream)
-        if unsupported is not None:
-            raise ConfigError(f"{label('http_io')} uring: {unsupported} "
-                              f"(stream = false in a config file turns the WebSocket feed off)")
     need(cfg.http_prefix.startswith("/") and cfg.http_prefix.endswith("/"),
          f"http_prefix must start and end with '/', got {cfg.http_prefix!r}")
     need(1 <= cfg.backlog <= 65535, f"{label('backlog')} must be 1..65535, got {cfg.backlog}")
