@@ -606,23 +606,9 @@ cdef void* http_uring_main(void* arg) noexcept nogil:
                 uring_on_event(w, &w.cqes[i])
             if n < URING_CQES_MAX:
                 break
-        if w.tls_nready:
-            tls_drain_ready(w)          # records OpenSSL read ahead: no poll will say so
-        if w.ws != NULL and w.ws.dirty != NULL:
-            ws_flush_dirty(w)           # one sendmsg per WebSocket connection per wake-up
         bn_store_u64(&w.counters.uring_sq_full, bn_uring_sq_full(w.uring))
-        if w.miss_signal:
-            w.miss_signal = 0
-            udp_signal(w.miss_fd)
-        if not w.draining and bn_load_int(w.stop_flag):
-            http_worker_begin_drain(w)
-        if w.now_ns >= w.next_tick_ns:
-            http_worker_tick(w)
-        # No entry pointer survives this point: conn_run flushed or copied.
-        qsbr_quiescent(w.qsbr)
-    for j in range(w.high_water):
-        if w.conns[j].fd >= 0:
-            conn_close(w, &w.conns[j])
+        http_worker_end_step(w)
+    http_worker_close_all(w)
     uring_sends_drop(w)
     w.draining = 1
     http_worker_linger_tick(w)

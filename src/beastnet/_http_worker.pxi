@@ -686,6 +686,33 @@ cdef void http_worker_resume_accept(bn_hworker* w) noexcept nogil:
         w.accept_resume_ns = w.now_ns + HTTP_ACCEPT_PAUSE_MS * 1000000
 
 
+cdef inline void http_worker_end_step(bn_hworker* w) noexcept nogil:
+    """What every wake-up ends with, on the epoll loop and the io_uring one."""
+    if w.tls_nready:
+        tls_drain_ready(w)              # records OpenSSL read ahead: no event will say so
+    if w.ws != NULL and w.ws.dirty != NULL:
+        # One sendmsg per WebSocket connection per wake-up, whatever this
+        # batch queued on it (uWebSockets calls this corking).
+        ws_flush_dirty(w)
+    if w.miss_signal:
+        w.miss_signal = 0
+        udp_signal(w.miss_fd)
+    if not w.draining and bn_load_int(w.stop_flag):
+        http_worker_begin_drain(w)
+    if w.now_ns >= w.next_tick_ns:
+        http_worker_tick(w)
+    # No entry pointer survives this point: conn_run flushed or copied.
+    qsbr_quiescent(w.qsbr)
+
+
+cdef inline void http_worker_close_all(bn_hworker* w) noexcept nogil:
+    """Close every open connection (the loop has ended)."""
+    cdef int j
+    for j in range(w.high_water):
+        if w.conns[j].fd >= 0:
+            conn_close(w, &w.conns[j])
+
+
 cdef void http_worker_begin_drain(bn_hworker* w) noexcept nogil:
     """stop(): accept no more, close idle connections now, let busy ones
     finish their current answer (with Connection: close) until the deadline."""
@@ -802,24 +829,8 @@ cdef void* http_worker_main(void* arg) noexcept nogil:
             break
         for i in range(n):
             http_worker_on_event(w, &w.events[i])
-        if w.tls_nready:
-            tls_drain_ready(w)
-        if w.ws != NULL and w.ws.dirty != NULL:
-            # One sendmsg per WebSocket connection per wake-up, whatever this
-            # batch queued on it (uWebSockets calls this corking).
-            ws_flush_dirty(w)
-        if w.miss_signal:
-            w.miss_signal = 0
-            udp_signal(w.miss_fd)
-        if not w.draining and bn_load_int(w.stop_flag):
-            http_worker_begin_drain(w)
-        if w.now_ns >= w.next_tick_ns:
-            http_worker_tick(w)
-        # No entry pointer survives this point: conn_run flushed or copied.
-        qsbr_quiescent(w.qsbr)
-    for j in range(w.high_water):
-        if w.conns[j].fd >= 0:
-            conn_close(w, &w.conns[j])
+        http_worker_end_step(w)
+    http_worker_close_all(w)
     w.draining = 1
     http_worker_linger_tick(w)
     qsbr_offline(w.qsbr)
