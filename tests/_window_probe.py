@@ -1,7 +1,7 @@
 """WindowProbeUDPServer as its own process, so that its Python thread does
 not share a GIL with the test measuring how much the GIL is free.
 
-    python _window_probe.py DEPTH
+    python _window_probe.py DEPTH [HOLD_S]
 
 Prints the port, serves until stdin closes, then prints a JSON summary:
 the most requests any source address had waiting, the fewest full batches
@@ -16,7 +16,8 @@ import orjson
 from _loadgen_servers import WindowProbeUDPServer
 
 if __name__ == "__main__":
-    with WindowProbeUDPServer(depth=int(sys.argv[1])) as server:
+    with WindowProbeUDPServer(depth=int(sys.argv[1]),
+                              hold_s=float(sys.argv[2]) if len(sys.argv) > 2 else 1.0) as server:
         print(server.port, flush=True)
         sys.stdin.read()
     print(orjson.dumps({"addresses": len(server.most_outstanding),

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -31,7 +33,11 @@ class Browser:
 
     def __init__(self, timeout_s: float = 20.0) -> None:
         self.timeout_s = timeout_s
-        self.profile = tempfile.mkdtemp(prefix="beastnet-chromium-")
+        # Chromium puts its singleton socket in $TMPDIR (org.chromium.Chromium.*),
+        # not in the profile: both live under one directory removed on exit.
+        self.root = tempfile.mkdtemp(prefix="beastnet-chromium-")
+        self.profile = os.path.join(self.root, "profile")
+        os.mkdir(os.path.join(self.root, "tmp"))
         self.proc: Optional[subprocess.Popen] = None
         self.ws: Any = None
         self._closing = contextlib.ExitStack()
@@ -51,7 +57,9 @@ class Browser:
             [CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
              "--disable-extensions", "--disable-background-networking",
              f"--user-data-dir={self.profile}", "--remote-debugging-port=0", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "TMPDIR": os.path.join(self.root, "tmp")},
+            start_new_session=True)     # its helpers (zygote, renderer) in a group of ours
         port = None
         deadline = time.monotonic() + self.timeout_s
         assert self.proc.stderr is not None
@@ -130,4 +138,10 @@ class Browser:
                 self.proc.wait()
             if self.proc.stderr is not None:
                 self.proc.stderr.close()
-        shutil.rmtree(self.profile, ignore_errors=True)
+            # Helpers that outlive the browser process would write into the
+            # profile while it is removed (a half-removed directory was left).
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        shutil.rmtree(self.root, ignore_errors=True)

@@ -5,6 +5,7 @@ rendered by a real browser whose numbers change."""
 from __future__ import annotations
 
 import asyncio
+import os
 
 import orjson
 import pytest
@@ -169,5 +170,9 @@ def test_the_live_page_says_when_the_server_goes_away(serve):
             browser.wait_for("document.getElementById('status').textContent === "
                              "'closed, retrying'")
             assert not browser.eval(f"{problem}.hidden")
+            # Chromium's own temporary directory is under the browser's, not /tmp's
+            assert any(n.startswith("org.chromium.") for n in
+                       os.listdir(os.path.join(browser.root, "tmp"))), browser.root
+        assert not os.path.exists(browser.root)    # nothing left behind
     finally:
         server.kill()
