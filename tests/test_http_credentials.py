@@ -17,6 +17,7 @@ def parsed_key(head: bytes):
     return p["status"], p.get("api_key")
 
 
+@pytest.mark.io_free
 @pytest.mark.parametrize("head,expected", [
     (b"GET /v1/BTC HTTP/1.1\r\nHost: a\r\nX-API-Key: k1\r\n\r\n", (0, "k1")),
     (b"GET /v1/BTC HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer k2\r\n\r\n", (0, "k2")),
@@ -31,6 +32,7 @@ def test_one_credential_from_any_place(head, expected):
     assert parsed_key(head) == expected
 
 
+@pytest.mark.io_free
 @pytest.mark.parametrize("head", [
     b"GET /v1/BTC HTTP/1.1\r\nHost: a\r\nX-API-Key: k1\r\nX-API-Key: k2\r\n\r\n",
     b"GET /v1/BTC HTTP/1.1\r\nHost: a\r\nX-API-Key: k1\r\nX-API-Key: k1\r\n\r\n",

@@ -241,6 +241,7 @@ heads = st.one_of(good_request().map(lambda c: c[0]), bad_request().map(lambda c
                       lambda t: t[0][0][:t[1] % len(t[0][0])] + t[2] + t[0][0][t[1] % len(t[0][0]) + 1:]))
 
 
+@pytest.mark.io_free
 @pytest.mark.timeout(900)          # the thorough profile asks for 50,000 examples
 @DIFFERENTIAL
 @given(raw=heads)

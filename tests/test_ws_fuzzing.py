@@ -30,16 +30,19 @@ def native(data: bytes, **limits: int) -> list:
 
 # -- RFC 6455 section 5.7 examples and the handshake -------------------------------
 
+@pytest.mark.io_free
 def test_rfc_masked_hello():
     frame = bytes([0x81, 0x85, 0x37, 0xFA, 0x21, 0x3D, 0x7F, 0x9F, 0x4D, 0x51, 0x58])
     assert ws_parse(frame) == ([("message", TEXT, b"Hello")], len(frame))
 
 
+@pytest.mark.io_free
 def test_rfc_masked_ping():
     frame = bytes([0x89, 0x85, 0x37, 0xFA, 0x21, 0x3D, 0x7F, 0x9F, 0x4D, 0x51, 0x58])
     assert native(frame) == [("ping", 0, b"Hello")]
 
 
+@pytest.mark.io_free
 @pytest.mark.parametrize("n", [0, 1, 125, 126, 127, 65535, 65536, 100_000])
 def test_every_length_encoding_roundtrips(n):
     payload = bytes(range(256)) * (n // 256) + bytes(range(n % 256))
@@ -47,10 +50,12 @@ def test_every_length_encoding_roundtrips(n):
         [("message", BINARY, payload)]
 
 
+@pytest.mark.io_free
 def test_rfc_accept_key_example():
     assert ws_accept_key("dGhlIHNhbXBsZSBub25jZQ==") == "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
 
 
+@pytest.mark.io_free
 @CHEAP
 @given(st.binary(min_size=0, max_size=200))
 def test_accept_key_matches_hashlib(raw):
@@ -60,6 +65,7 @@ def test_accept_key_matches_hashlib(raw):
     assert ws_accept_key(key) == expected
 
 
+@pytest.mark.io_free
 @pytest.mark.parametrize("n,head", [(0, b"\x81\x00"), (125, b"\x81\x7d"),
                                     (126, b"\x81\x7e\x00\x7e"), (65535, b"\x81\x7e\xff\xff"),
                                     (65536, b"\x81\x7f" + struct.pack("!Q", 65536))])
@@ -96,23 +102,27 @@ RULES = [
 ]
 
 
+@pytest.mark.io_free
 @pytest.mark.parametrize("data,code", [(d, c) for _, d, c in RULES], ids=[r[0] for r in RULES])
 def test_rule_broken_gets_its_close_code(data, code):
     assert native(data)[-1] == ("error", code, b"")
     assert ref.parse(data)[-1] == ("error", code, b"")
 
 
+@pytest.mark.io_free
 def test_oversized_frame_refused_from_its_head_alone():
     head = build_frame(BINARY, b"x" * 70_000)[:14]
     assert native(head) == [("error", 1009, b"")]
 
 
+@pytest.mark.io_free
 def test_message_over_max_message_bytes_across_fragments():
     data = b"".join(build_frame(BINARY if i == 0 else CONT, b"x" * 1000, fin=False) for i in range(5))
     assert native(data, max_message_bytes=4500) == [("error", 1009, b"")]
     assert native(data, max_message_bytes=5000) == []
 
 
+@pytest.mark.io_free
 def test_control_frames_between_fragments_and_close():
     data = (build_frame(TEXT, "ka".encode(), fin=False) + build_frame(PING, b"1")
             + build_frame(CONT, "λ".encode(), fin=False) + build_frame(PONG, b"")
@@ -124,6 +134,7 @@ def test_control_frames_between_fragments_and_close():
     assert events == ref.parse(data)
 
 
+@pytest.mark.io_free
 def test_empty_close_reports_no_status():
     assert native(build_frame(CLOSE, b"")) == [("close", 1005, b"")]
 
@@ -185,6 +196,7 @@ def frames(draw):
                        length_form=draw(st.sampled_from([None, 16, 64])))
 
 
+@pytest.mark.io_free
 @CHEAP
 @given(st.lists(frames(), max_size=8), st.binary(max_size=3))
 def test_native_reader_agrees_with_the_reference(seq, trailing_junk):
@@ -193,6 +205,7 @@ def test_native_reader_agrees_with_the_reference(seq, trailing_junk):
         ref.parse(data, max_frame=256, max_message=600)
 
 
+@pytest.mark.io_free
 @settings(max_examples=300, deadline=None)
 @given(st.lists(frames(), min_size=1, max_size=4), st.data())
 def test_any_split_gives_the_same_events(seq, data):
@@ -208,6 +221,7 @@ def test_any_split_gives_the_same_events(seq, data):
     assert events == whole
 
 
+@pytest.mark.io_free
 def test_every_single_byte_boundary():
     stream = (build_frame(TEXT, "prix €".encode(), fin=False) + build_frame(PING, b"p")
               + build_frame(CONT, b"x" * 300) + build_frame(BINARY, b"\x00" * 70)
@@ -235,6 +249,7 @@ def frame_pairs(draw):
     return build_frame(op, payload, fin=fin), build_frame(op, payload, fin=fin, mask=None)
 
 
+@pytest.mark.io_free
 @settings(max_examples=300, deadline=None)
 @given(st.lists(frame_pairs(), min_size=1, max_size=5), st.data())
 def test_the_client_reader_sees_server_frames_as_the_server_sees_client_frames(pairs, data):
@@ -261,6 +276,7 @@ def test_the_client_reader_sees_server_frames_as_the_server_sees_client_frames(p
             masked_reader.controls == [("error", 1002, b"")]
 
 
+@pytest.mark.io_free
 @CHEAP
 @given(st.sampled_from([TEXT, BINARY, PING, CLOSE]), st.binary(max_size=300),
        st.binary(min_size=4, max_size=4))
@@ -271,12 +287,14 @@ def test_client_frames_are_masked_as_the_rfc_says(op, payload, mask):
 
 # -- the streaming UTF-8 check ---------------------------------------------------
 
+@pytest.mark.io_free
 @CHEAP
 @given(st.binary(max_size=64), st.integers(0, 64))
 def test_utf8_check_matches_cpython(data, split):
     assert utf8_valid(data, split) == ref.utf8_ok(data)
 
 
+@pytest.mark.io_free
 @CHEAP
 @given(st.text(max_size=64), st.integers(0, 300))
 def test_valid_text_passes_at_any_split(text, split):
@@ -289,10 +307,12 @@ def test_valid_text_passes_at_any_split(text, split):
     b"\xf4\x90\x80\x80", b"\xf5\x80\x80\x80", b"\xff",           # past U+10FFFF, never in UTF-8
     b"\x80", b"a\xbf", b"\xe2\x82",                              # stray or missing continuation
 ])
+@pytest.mark.io_free
 def test_utf8_rejects_what_rfc_3629_forbids(raw):
     assert not utf8_valid(raw) and not ref.utf8_ok(raw)
 
 
+@pytest.mark.io_free
 def test_utf8_every_two_byte_sequence_matches_cpython():
     for a in range(256):
         for b in range(256):
@@ -302,6 +322,7 @@ def test_utf8_every_two_byte_sequence_matches_cpython():
 
 # -- the frame published with each entry -----------------------------------------
 
+@pytest.mark.io_free
 def test_each_entry_carries_its_frame_built_at_publication():
     from beastnet import ResponseTable
     from beastnet._core import ws_entry_frame
