@@ -202,6 +202,28 @@ def test_udp_datagrams_per_cycle_and_interval(table, store):
     assert stats["udp"]["syscalls"] <= stats["udp"]["ticks"], "one sendmmsg per tick"
 
 
+def test_a_stall_of_several_intervals_counts_every_cycle_it_passed(table, store):
+    """The pusher's loop blocked for 1 s (3.3 intervals of the fast tier):
+    every grid point the stall jumped over is a counted skip, so the cycles
+    missing at the receiver equal `cycles_skipped_late` exactly (once only
+    the first was counted: a 0.9 s stall in a cluster run left two cycles
+    missing against one counted)."""
+    with UDPReceiver() as rx:
+        sub = store.add(f"udp://127.0.0.1:{rx.port}", "fast", ["BTC"])
+        with WebhookPusher(table, store, ASSETS, PushSettings(allow_private=True)) as pusher:
+            wait_for(lambda: len(rx.datagrams) >= 3, timeout=10)
+            stalled = len(rx.datagrams)
+            pusher.control.loop.call_soon_threadsafe(time.sleep, 1.0)
+            wait_for(lambda: len(rx.datagrams) >= stalled + 3, timeout=10)
+            skipped = pusher.stats()["cycles_skipped_late"]
+    phase_s = WebhookPusher.phase_s(sub["id"], INTERVAL_S)
+    slots = [int((t - phase_s + TICK_SLACK_S) // INTERVAL_S) for t, _ in rx.datagrams]
+    assert len(set(slots)) == len(slots), slots
+    missing = slots[-1] - slots[0] + 1 - len(slots)
+    assert missing >= 2, slots            # 1 s at 0.3 s jumps over at least three grid points
+    assert skipped == missing, (skipped, missing, slots)
+
+
 def test_500_then_200_retries_on_the_schedule(table, store, receiver, tls_certs):  # noqa: F811
     sub = add_due_soon(store, f"https://127.0.0.1:{receiver.port}/flaky", "slow", ["BTC"])
     with WebhookPusher(table, store, ASSETS, settings(tls_certs)) as pusher:
