@@ -119,6 +119,20 @@ def test_help_of_every_command_cites_no_design_document():
         assert "DESIGN" not in proc.stdout and "§" not in proc.stdout, command
 
 
+def test_a_command_that_sends_no_load_does_not_import_numpy():
+    """Every `beastnet` process builds the whole parser; `agent --help`'s
+    default lease once came from the agents' module, which pulls the load
+    generator's histograms and NumPy: 60 ms of CPU at every start, `serve`'s
+    included.  `serve` parses and checks its flags without it."""
+    code = ("import sys\nfrom beastnet.cli import main\n"
+            "try:\n    main(['serve', '--udp-port', 'x'])\nexcept SystemExit:\n    pass\n"
+            "print(sorted(m for m in ('numpy', 'beastnet.loadgen._driver') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60)
+    assert "--udp-port" in proc.stderr, proc.stderr         # the flag was parsed and refused
+    assert proc.stdout.strip() == "[]", proc.stdout
+
+
 def test_webhooks_help_relates_webhook_tiers_to_key_tiers_in_plain_words():
     """Issue 21: the help said "the seeds' X-Webhook-Signature" (a word from
     the project's history, not the user's) and never said how a webhook tier

@@ -39,7 +39,7 @@ def add_agent_command(sub: Any) -> None:
                         "(default: none; required)")
     p.add_argument("--name", help="this agent's name, unique at that Redis "
                                   "(default: HOSTNAME-PID)")
-    from beastnet.loadgen.agents import DEFAULT_LEASE_S
+    from beastnet.loadgen.config import DEFAULT_LEASE_S
     p.add_argument("--lease", type=float, default=DEFAULT_LEASE_S, metavar="SECONDS",
                    help="lease of the agent's registration: silent this long, a coordinator "
                         "counts it dead (default: %(default)g)")

@@ -45,6 +45,7 @@ import orjson
 from beastnet.errors import AgentsError, BeastnetError, LoadConfigError, LoadError
 from beastnet.loadgen import targets
 from beastnet.loadgen._driver import observe_samples, split
+from beastnet.loadgen.config import DEFAULT_LEASE_S
 from beastnet.loadgen.histogram import Histogram
 from beastnet.loadgen.result import LoadResult
 
@@ -52,7 +53,6 @@ __all__ = ["Agent", "AgentsError", "Coordinator", "DEFAULT_LEASE_S", "merge_resu
            "split_config"]
 
 PREFIX = "beastnet:load:"
-DEFAULT_LEASE_S = 3.0           # an agent or a coordinator silent this long is gone
 ORPHAN_GRACE_S = 5.0            # an orphaned agent still running after this exits hard
 EVENTS_TTL_S = 3600             # a run's event list outlives a dead coordinator this long
 START_LEAD_S = 0.5              # the barrier lies this far (plus two round trips) ahead

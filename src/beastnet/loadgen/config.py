@@ -15,6 +15,10 @@ from typing import Any, ClassVar, Optional, Sequence, TypeVar
 
 from beastnet.errors import LoadConfigError
 
+# Here, not in agents.py, so that `beastnet agent --help` parses without
+# NumPy (the agents' merge needs it, their flags do not).
+DEFAULT_LEASE_S = 3.0           # an agent or a coordinator silent this long is gone
+
 __all__ = [
     "HTTPLoadConfig",
     "LoadConfig",
