@@ -455,14 +455,16 @@ def _write_time_report(path: str) -> None:
 # have finished (longest first), and the two that wait for a background job
 # (tests/_background.py) go last, when their job has had the run's length.
 # Only the order changes; walls measured with --time-report, docs/testing.md.
-_LONGEST_FIRST = [      # wall >= 20 s in a run on 4 workers, 2026-12-06 22:35 UTC
-    "test_cli.py", "test_plan.py", "test_cluster.py", "test_loadgen_agents.py",
-    "test_ci_rules.py", "test_concurrency.py", "test_http_fuzzing.py", "test_protocol.py",
-    "test_serve_postgres.py", "test_cluster_faults.py", "test_feeds_exchanges.py",
-    "test_loadgen_ws_stress.py", "test_ws_requests_fuzzing.py", "test_serve.py",
-    "test_webhooks_cluster.py", "test_serve_admin.py", "test_loadgen_ws.py",
-    "test_loadgen_udp.py", "test_webhooks_push.py", "test_stores_postgres.py",
-    "test_usage_postgres_nodes.py", "test_loadgen_tls.py", "test_http_hardening.py",
+_LONGEST_FIRST = [      # wall >= 20 s in a run on 4 workers, 2026-12-07 04:00 UTC (--time-report)
+    "test_cli.py", "test_plan.py", "test_loadgen_agents.py", "test_cluster.py",
+    "test_usage_log.py", "test_concurrency.py", "test_serve_postgres.py",
+    "test_feeds_exchanges.py", "test_serve_tls.py", "test_loadgen_ws_stress.py",
+    "test_serve_stream.py", "test_webhooks.py", "test_webhooks_push.py", "test_http_fuzzing.py",
+    "test_ws_fuzzing.py", "test_loadgen_ws.py", "test_loadgen_udp.py", "test_serve_admin.py",
+    "test_loadgen_tls.py", "test_http_server.py", "test_cluster_faults.py",
+    "test_http_hardening.py", "test_usage_postgres_nodes.py", "test_websocket.py",
+    "test_stores_postgres.py", "test_webhooks_cluster.py", "test_serve.py", "test_ci_rules.py",
+    "test_protocol.py",
 ]
 _WAIT_ON_BACKGROUND = ["test_sourcecode.py", "test_loadgen_sourcecheck.py"]
 
