@@ -279,3 +279,37 @@ def test_monthly_usage_flush_retried_after_a_lost_commit_answer_counts_once(post
         assert flusher.flush() == 6         # the kept batch, skipped by the store
         assert store.usage(key) == before + 6
         assert flusher.flush() == 4 and store.usage(key) == before + 10
+
+
+def test_a_call_that_timed_out_ends_on_the_loop_before_it_stops():
+    """A call past its time (an opening slow to connect) is cancelled; close()
+    lets it run its cleanup on the loop before stopping it.  Stopped first,
+    the task was destroyed pending and its sockets left open until a garbage
+    collection (two of a pool's connections, at load 8)."""
+    import asyncio
+    import socket
+
+    from beastnet.serve.stores.postgres import PoolOnLoop
+
+    held: list[socket.socket] = []
+    started = threading.Event()
+
+    async def slow_open() -> None:
+        a, b = socket.socketpair()
+        held.extend((a, b))
+        try:
+            started.set()
+            await asyncio.sleep(3600)           # a connect that never answers
+        finally:
+            await asyncio.sleep(0)              # cleanup that needs the loop to run
+            a.close()
+            b.close()
+
+    pool = PoolOnLoop()
+    pool._start_loop("postgresql://u@127.0.0.1:1/db", 0.2, "test-pool-loop")
+    with pytest.raises(KeyStoreError, match="no answer in 0.4 s"):
+        pool.call(slow_open())
+    assert started.is_set()
+    pool.close()
+    assert [s.fileno() for s in held] == [-1, -1], "the cancelled call's sockets were closed"
+    assert not pool._thread.is_alive() and pool._loop.is_closed()

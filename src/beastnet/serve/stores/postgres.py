@@ -320,6 +320,21 @@ def migrate(dsn: str, timeout_s: float = 5.0) -> list[int]:
     return _run_once(run())
 
 
+async def _finish_tasks(timeout_s: float) -> None:
+    """Cancel every other task on this loop and wait (at most `timeout_s`)
+    for them to end, and for the tasks their cancellation starts."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    for _ in range(3):
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        left = deadline - asyncio.get_running_loop().time()
+        if not tasks or left <= 0:
+            return
+        for task in tasks:
+            if not task.cancelling():   # a second cancel would cut its cleanup short
+                task.cancel()
+        await asyncio.wait(tasks, timeout=left)
+
+
 class PoolOnLoop:
     """An asyncpg pool on an event loop in a thread of its own, for callers
     that block (base.py says why): the stores' `PostgresDatabase` and the
@@ -399,6 +414,16 @@ class PoolOnLoop:
                 self._pool.terminate()
             self._pool = None
         if self._loop.is_running():
+            # What a timed-out call left (an opening cancelled mid-connect,
+            # asyncpg's cancel requests) ends on the loop before it stops:
+            # stopped first, those tasks were destroyed pending and their
+            # sockets left to the garbage collector (seen at load 8: two
+            # connections of a pool whose opening took past its 4 s).
+            try:
+                asyncio.run_coroutine_threadsafe(_finish_tasks(self.timeout_s),
+                                                 self._loop).result(self.timeout_s + 1.0)
+            except (TimeoutError, RuntimeError):
+                pass
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(5.0)
         if not self._loop.is_running() and not self._loop.is_closed():
