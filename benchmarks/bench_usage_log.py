@@ -459,6 +459,13 @@ def _one_2d(round_: int, label: str, pythonpath: Optional[str], where: list[str]
               f"{only.percentile(50) / 1e6:.2f} / {only.percentile(99) / 1e6:.2f} | "
               f"{per_report:.0f} | {os.getloadavg()[0]:.1f} |", flush=True)
         if notes:
+            # The load generators' threads end with their runs: their CPU
+            # is the runs' own (cpu_s), per second of the run.
+            notes.append(f"\nload generator threads, ms of CPU a second: reports alone "
+                         f"{only.cpu_s / (duration + 1) * 1e3:.0f}; price alone "
+                         f"{alone.cpu_s / (duration + 1) * 1e3:.0f}; price with reports "
+                         f"{mixed.cpu_s / (duration + 1) * 1e3:.0f} + reports "
+                         f"{rep.cpu_s / (duration + 1) * 1e3:.0f}")
             print("\n".join(notes) + "\n", flush=True)
     finally:
         proc.terminate()
