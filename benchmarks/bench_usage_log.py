@@ -11,7 +11,9 @@
 2. the stress plan's 2d on one host: `beastnet serve` (SQLite key store),
    HTTP price req/s alone (closed loop), then the same price load with a
    concurrent open-loop report load of 1,000 /v1/reports/usage/summary a
-   second; the ratio, and the reports' p99.
+   second, then the price load alone again; the ratio (with reports over
+   the mean of the two runs alone, so a machine's drift between runs
+   weighs less), and the reports' p99.
 
     PYTHONPATH=src python benchmarks/bench_usage_log.py [--duration 5] [--skip-2d] [--probe]
         [--layouts] [--skip-flush] [--database] [--rounds N] [--against OTHER/src] [--threads]
@@ -309,7 +311,8 @@ def bench_2d(duration: float, database: bool = False,
         store.add("partner", key="report-load-key-001")
     print("## 2d: price req/s with and without 1,000 reports/s (HTTP, keep-alive), "
           f"keys and usage log in {'PostgreSQL' if database else 'SQLite'}")
-    print("| round | serve | price req/s alone | price p99 ms | price req/s with reports | "
+    print("| round | serve | price req/s alone, before / after | price p99 ms | "
+          "price req/s with reports | "
           "price p99 ms | ratio | reports/s | report p99 ms | report errors | "
           "reports alone: p50 / p99 ms | serve CPU a report alone, us | load |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
@@ -451,10 +454,12 @@ def _one_2d(round_: int, label: str, pythonpath: Optional[str], where: list[str]
         side.join()
         if probe:
             notes.append(probe.report(f"round {round_}, {label}: price with 1,000 reports/s"))
+        again = run_http_load(price)
         rep = result["r"]
-        print(f"| {round_} | {label} | {alone.rps:,.0f} | {alone.percentile(99) / 1e6:.2f} | "
+        print(f"| {round_} | {label} | {alone.rps:,.0f} / {again.rps:,.0f} | "
+              f"{alone.percentile(99) / 1e6:.2f} | "
               f"{mixed.rps:,.0f} | {mixed.percentile(99) / 1e6:.2f} | "
-              f"{mixed.rps / alone.rps:.2f} | {rep.rps:,.0f} | "
+              f"{mixed.rps * 2 / (alone.rps + again.rps):.2f} | {rep.rps:,.0f} | "
               f"{rep.percentile(99) / 1e6:.2f} | {rep.errors + rep.error_replies} | "
               f"{only.percentile(50) / 1e6:.2f} / {only.percentile(99) / 1e6:.2f} | "
               f"{per_report:.0f} | {os.getloadavg()[0]:.1f} |", flush=True)
