@@ -11,10 +11,12 @@
 2. the stress plan's 2d on one host: `beastnet serve` (SQLite key store),
    HTTP price req/s alone (closed loop), then the same price load with a
    concurrent open-loop report load of 1,000 /v1/reports/usage/summary a
-   second; the ratio, and the reports' p99.
+   second, then the price load alone again; the ratio (with reports over
+   the mean of the two runs alone, so a machine's drift between runs
+   weighs less), and the reports' p99.
 
     PYTHONPATH=src python benchmarks/bench_usage_log.py [--duration 5] [--skip-2d] [--probe]
-        [--layouts] [--skip-flush] [--database] [--rounds N] [--against OTHER/src]
+        [--layouts] [--skip-flush] [--database] [--rounds N] [--against OTHER/src] [--threads]
 
 Needs initdb/pg_ctl (a PostgreSQL is started by the tests' fixture,
 tests/pg_support.py).  Every figure is from this run on this machine; the
@@ -284,7 +286,7 @@ def free_port() -> int:
 
 def bench_2d(duration: float, database: bool = False,
              variants: tuple[tuple[str, Optional[str]], ...] = (("this tree", None),),
-             rounds: int = 1) -> None:
+             rounds: int = 1, probe_threads: bool = False) -> None:
     """`database`: keys and the usage log in a PostgreSQL of the fixture's
     (`serve --database`), not the SQLite key store.  `variants`: (label,
     PYTHONPATH for `serve`, None: this process's), run in turn each round
@@ -309,7 +311,8 @@ def bench_2d(duration: float, database: bool = False,
         store.add("partner", key="report-load-key-001")
     print("## 2d: price req/s with and without 1,000 reports/s (HTTP, keep-alive), "
           f"keys and usage log in {'PostgreSQL' if database else 'SQLite'}")
-    print("| round | serve | price req/s alone | price p99 ms | price req/s with reports | "
+    print("| round | serve | price req/s alone, before / after | price p99 ms | "
+          "price req/s with reports | "
           "price p99 ms | ratio | reports/s | report p99 ms | report errors | "
           "reports alone: p50 / p99 ms | serve CPU a report alone, us | load |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
@@ -317,7 +320,7 @@ def bench_2d(duration: float, database: bool = False,
         for round_ in range(1, rounds + 1):
             for label, pythonpath in variants:
                 _one_2d(round_, label, pythonpath, where, tmp, duration, HTTPLoadConfig,
-                        run_http_load)
+                        run_http_load, probe_threads, pg.pid if pg is not None else None)
     finally:
         if pg is not None:
             pg.close()
@@ -329,8 +332,80 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _tasks(pids: dict[str, int]) -> dict[tuple[str, int], tuple[str, int, int, int, int]]:
+    """Every thread of the named processes (PostgreSQL's: the postmaster
+    and its children): (process, tid) -> (comm, ns on a CPU, ns waiting
+    on a run queue, voluntary and involuntary context switches); a thread
+    gone while read is left out."""
+    out = {}
+    for name, pid in pids.items():
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            base = f"/proc/{pid}/task/{tid}"
+            try:
+                with open(f"{base}/comm") as f:
+                    comm = f.read().strip()
+                with open(f"{base}/schedstat") as f:
+                    run_ns, wait_ns = (int(v) for v in f.read().split()[:2])
+                with open(f"{base}/status") as f:
+                    status = dict(line.split(":", 1) for line in f if "ctxt" in line)
+            except (OSError, ValueError):
+                continue
+            out[(name, int(tid))] = (comm, run_ns, wait_ns,
+                                     int(status["voluntary_ctxt_switches"]),
+                                     int(status["nonvoluntary_ctxt_switches"]))
+    return out
+
+
+def _pg_pids(postmaster: Optional[int]) -> dict[str, int]:
+    """The PostgreSQL cluster's processes by name (postmaster and children)."""
+    if postmaster is None:
+        return {}
+    try:
+        with open(f"/proc/{postmaster}/task/{postmaster}/children") as f:
+            kids = [int(v) for v in f.read().split()]
+    except OSError:
+        return {}
+    return {f"postgres/{i}": pid for i, pid in enumerate([postmaster, *kids])}
+
+
+class ThreadProbe:
+    """Per-thread CPU, run-queue wait and context switches of `serve`, this
+    process (the load generators) and PostgreSQL over one phase, by
+    (process, thread name): what a phase costs and who waited for a CPU."""
+
+    def __init__(self, serve_pid: int, postmaster: Optional[int]) -> None:
+        self.pids = {"serve": serve_pid, "bench": os.getpid(), **_pg_pids(postmaster)}
+        self.t0 = time.monotonic()
+        self.before = _tasks(self.pids)
+
+    def report(self, phase: str) -> str:
+        wall = time.monotonic() - self.t0
+        after = _tasks(self.pids)
+        rows: dict[tuple[str, str], list[float]] = {}
+        for key, (comm, run_ns, wait_ns, vol, nonvol) in after.items():
+            _, run0, wait0, vol0, nonvol0 = self.before.get(key, (comm, 0, 0, 0, 0))
+            proc = "postgres" if key[0].startswith("postgres") else key[0]
+            # serve's threads all carry the interpreter's name: one row each
+            name = f"{comm} {key[1]}" if proc == "serve" else comm
+            row = rows.setdefault((proc, name), [0, 0.0, 0.0, 0.0, 0.0])
+            row[0] += 1
+            for i, d in enumerate((run_ns - run0, wait_ns - wait0, vol - vol0, nonvol - nonvol0)):
+                row[i + 1] += d
+        lines = [f"\n#### {phase}: per thread over {wall:.1f} s (CPU and run-queue wait in "
+                 "ms a second; context switches a second)\n",
+                 "| process | thread | threads | CPU | waiting for a CPU | voluntary | involuntary |",
+                 "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+        for (proc, comm), (n, run, wait, vol, nonvol) in sorted(rows.items()):
+            if run / wall < 1e6 and vol / wall < 10:
+                continue                        # idle threads
+            lines.append(f"| {proc} | {comm} | {n} | {run / wall / 1e6:.0f} | "
+                         f"{wait / wall / 1e6:.0f} | {vol / wall:,.0f} | {nonvol / wall:,.0f} |")
+        return "\n".join(lines)
+
+
 def _one_2d(round_: int, label: str, pythonpath: Optional[str], where: list[str], tmp: Path,
-            duration: float, HTTPLoadConfig, run_http_load) -> None:
+            duration: float, HTTPLoadConfig, run_http_load,
+            probe_threads: bool = False, postmaster: Optional[int] = None) -> None:
     import threading
     port, admin = free_port(), free_port()
     env = dict(os.environ)
@@ -355,27 +430,48 @@ def _one_2d(round_: int, label: str, pythonpath: Optional[str], where: list[str]
         reports = HTTPLoadConfig(port=port, keys=("reports/usage/summary",), connections=16,
                                  threads=1, rate=1000.0, duration_s=duration, warmup_s=1.0,
                                  headers=("X-API-Key: report-load-key-001",))
+        notes: list[str] = []
+        probe = ThreadProbe(proc.pid, postmaster) if probe_threads else None
         cpu = _cpu_s(proc.pid)
         only = run_http_load(reports)           # reports alone: the server's CPU a report
         cpu = _cpu_s(proc.pid) - cpu
+        if probe:
+            notes.append(probe.report(f"round {round_}, {label}: 1,000 reports/s alone"))
         idle = _cpu_s(proc.pid)
         time.sleep(1.0)                         # the server's CPU with no requests, a second
         idle = _cpu_s(proc.pid) - idle
         # Over the warm-up too (the CPU is): the rate times the whole run.
         per_report = (cpu - idle * (duration + 1.0)) / max(1.0, only.rps * (duration + 1.0)) * 1e6
+        probe = ThreadProbe(proc.pid, postmaster) if probe_threads else None
         alone = run_http_load(price)
+        if probe:
+            notes.append(probe.report(f"round {round_}, {label}: price alone"))
+            probe = ThreadProbe(proc.pid, postmaster)
         result = {}
         side = threading.Thread(target=lambda: result.update(r=run_http_load(reports)))
         side.start()
         mixed = run_http_load(price)
         side.join()
+        if probe:
+            notes.append(probe.report(f"round {round_}, {label}: price with 1,000 reports/s"))
+        again = run_http_load(price)
         rep = result["r"]
-        print(f"| {round_} | {label} | {alone.rps:,.0f} | {alone.percentile(99) / 1e6:.2f} | "
+        print(f"| {round_} | {label} | {alone.rps:,.0f} / {again.rps:,.0f} | "
+              f"{alone.percentile(99) / 1e6:.2f} | "
               f"{mixed.rps:,.0f} | {mixed.percentile(99) / 1e6:.2f} | "
-              f"{mixed.rps / alone.rps:.2f} | {rep.rps:,.0f} | "
+              f"{mixed.rps * 2 / (alone.rps + again.rps):.2f} | {rep.rps:,.0f} | "
               f"{rep.percentile(99) / 1e6:.2f} | {rep.errors + rep.error_replies} | "
               f"{only.percentile(50) / 1e6:.2f} / {only.percentile(99) / 1e6:.2f} | "
               f"{per_report:.0f} | {os.getloadavg()[0]:.1f} |", flush=True)
+        if notes:
+            # The load generators' threads end with their runs: their CPU
+            # is the runs' own (cpu_s), per second of the run.
+            notes.append(f"\nload generator threads, ms of CPU a second: reports alone "
+                         f"{only.cpu_s / (duration + 1) * 1e3:.0f}; price alone "
+                         f"{alone.cpu_s / (duration + 1) * 1e3:.0f}; price with reports "
+                         f"{mixed.cpu_s / (duration + 1) * 1e3:.0f} + reports "
+                         f"{rep.cpu_s / (duration + 1) * 1e3:.0f}")
+            print("\n".join(notes) + "\n", flush=True)
     finally:
         proc.terminate()
         proc.wait(20)
@@ -397,6 +493,9 @@ def main() -> None:
     ap.add_argument("--repeated", action="store_true",
                     help="also the same cells written round after round (append vs unnest, "
                          "to the end of the fold)")
+    ap.add_argument("--threads", action="store_true",
+                    help="2d: also CPU, run-queue wait and context switches per thread of "
+                         "serve, the load generators and PostgreSQL, phase by phase")
     ap.add_argument("--rounds", type=int, default=1, help="2d: rounds (each variant each)")
     ap.add_argument("--against", metavar="PYTHONPATH",
                     help="2d: also `serve` from this source tree (before/after, interleaved)")
@@ -413,7 +512,7 @@ def main() -> None:
         variants: tuple[tuple[str, Optional[str]], ...] = (("this tree", None),)
         if args.against:
             variants = (("other tree", args.against),) + variants
-        bench_2d(args.duration, args.database, variants, args.rounds)
+        bench_2d(args.duration, args.database, variants, args.rounds, args.threads)
 
 
 if __name__ == "__main__":

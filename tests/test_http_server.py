@@ -689,6 +689,65 @@ def test_port_held_by_another_server_is_refused_unless_shared(table):
             assert second.stats()["totals"]["requests"] > 0
 
 
+def test_keyed_replies_answer_an_admitted_keys_request_natively():
+    """A keyed reply (serve's rendered reports) is answered by the worker for
+    that API key only, after the same admission and counting, with no query
+    string; anything else still goes to the handler."""
+    from beastnet import APIKeyTable, USAGE_ROUTE_NAMES, api_key_id
+    from beastnet.http_server import keyed_reply_key
+    table = ResponseTable()
+    keys = APIKeyTable()
+    keys.set("alice-key")
+    keys.set("bob-key")
+    keys.set("slow-key", qps=0.001, burst=1)
+    seen: list[tuple[str, str]] = []
+
+    def handler(request: MissRequest):
+        seen.append((request.api_key, request.query))
+        return {"from": "handler"}
+    with HTTPServer(table, threads=1, handler=handler, miss_prefix="reports/",
+                    api_keys=keys, keyed_replies=True) as srv:
+        assert srv.keyed_replies is not None
+        name = keyed_reply_key(api_key_id("alice-key"), "reports/usage/summary")
+        assert name == keyed_reply_key("alice-key", "reports/usage/summary")
+        assert name == api_key_id("alice-key")[7:39] + "/reports/usage/summary"
+        srv.keyed_replies.set(name, b'{"from":"keyed"}')
+        srv.keyed_replies.set(keyed_reply_key("slow-key", "reports/usage/summary"),
+                              b'{"from":"keyed"}')
+        c = client(srv)
+
+        def ask(path: str, key: str, method: str = "GET") -> tuple[int, bytes]:
+            c.request(method, path, headers={"X-API-Key": key})
+            r = c.getresponse()
+            return r.status, r.read()
+        assert ask("/v1/reports/usage/summary", "alice-key") == (200, b'{"from":"keyed"}')
+        assert ask("/v1/reports/usage/summary", "alice-key", "HEAD") == (200, b"")
+        assert seen == []
+        assert ask("/v1/reports/usage/summary", "bob-key") == (200, b'{"from":"handler"}')
+        assert ask("/v1/reports/usage/summary?from=1", "alice-key")[1] == b'{"from":"handler"}'
+        assert ask("/v1/reports/usage", "alice-key")[1] == b'{"from":"handler"}'
+        assert seen == [("bob-key", ""), ("alice-key", "from=1"), ("alice-key", "")]
+        # Admission comes first: a limited key is refused, a revoked one too.
+        assert ask("/v1/reports/usage/summary", "slow-key")[0] == 200
+        assert ask("/v1/reports/usage/summary", "slow-key")[0] == 429
+        keys.revoke("slow-key")
+        assert ask("/v1/reports/usage/summary", "slow-key")[0] == 401
+        totals = srv.stats()["totals"]
+        assert totals["keyed_hits"] == 3 and totals["hits"] == 3 and totals["queued"] == 3
+        # Counted as requests of the report route, keyed or not: (admitted,
+        # unauthorized, rate_limited, over_quota).
+        route = USAGE_ROUTE_NAMES.index(("http", "report"))
+        for key, want in (("alice-key", (4, 0, 0, 0)), ("slow-key", (1, 1, 1, 0))):
+            counts, _ = keys.usage_counts(key)
+            assert counts[key][route * 4:route * 4 + 4] == want, key
+        srv.keyed_replies.discard(name)         # the reply removed: the handler again
+        assert ask("/v1/reports/usage/summary", "alice-key")[1] == b'{"from":"handler"}'
+    with pytest.raises(ValueError, match="not a table key"):
+        keyed_reply_key("alice-key", "reports/" + "x" * 30)
+    with pytest.raises(ValueError, match="keyed_replies needs api_keys"):
+        HTTPServer(table, threads=1, keyed_replies=True)
+
+
 def test_miss_prefix_sends_the_handler_only_its_misses():
     """serve's reports handler takes misses under reports/usage only: every
     other miss is a native 404, never queued to the control plane."""

@@ -179,8 +179,87 @@ def test_serve_reports_equal_what_the_clients_counted(serve, tmp_path):  # noqa:
     every = orjson.loads(raw)
     assert status == 200 and every["total"]["admitted"] >= 40 + 7 + 3 + 1
     stats = orjson.loads(server.admin("GET", "/admin/stats")[2])["usage_log"]
-    assert stats["lrs_requests"] == 7, "every report that reached the control plane"
+    assert stats["lrs_requests"] == 7, "every report answered"
     assert server.terminate() == 0
+
+
+def test_a_report_is_answered_by_the_worker_within_its_max_age(serve, tmp_path):  # noqa: F811
+    """report_max_age_s: a report without a query string, once rendered, is
+    answered by the HTTP worker for that key (no trip to the control plane)
+    and counted like any report; a report with a query string, another key
+    or report_max_age_s = 0 still reaches the control plane."""
+    db = tmp_path / "keys.db"
+    add_key(db, "public", "alice-key")
+    add_key(db, "public", "bob-key")
+    server = serve("--keystore", str(db), config="report_max_age_s = 30\n" + TIERS)
+
+    def stats() -> tuple[int, int]:
+        got = orjson.loads(server.admin("GET", "/admin/stats")[2])
+        return got["http"]["totals"]["keyed_hits"], got["usage_log"]["lrs_requests"]
+    first = server.http("GET", "/v1/reports/usage/summary", {"X-API-Key": "alice-key"})
+    assert first[0] == 200
+    again = [server.http("GET", "/v1/reports/usage/summary", {"X-API-Key": "alice-key"})
+             for _ in range(3)]
+    assert [a[0] for a in again] == [200] * 3 and {a[2] for a in again} == {first[2]}
+    assert stats() == (3, 4), "lrs_requests: every report answered, by the workers too"
+    status, summary = report(server, "/v1/reports/usage/summary?from=2026-01-01",
+                             "alice-key")
+    by = {(r["protocol"], r["route"]): r for r in summary["by_route"]}
+    assert status == 200 and by[("http", "report")]["admitted"] == 5, \
+        "the reports the worker answered are counted like the rest"
+    status, bobs = report(server, "/v1/reports/usage/summary", "bob-key")
+    assert status == 200 and bobs["total"]["admitted"] == 1, "bob's own report, not alice's"
+    assert stats() == (3, 6)
+    assert server.terminate() == 0
+    off = serve("--keystore", str(db), config="report_max_age_s = 0\n" + TIERS)
+    for _ in range(2):
+        assert off.http("GET", "/v1/reports/usage/summary", {"X-API-Key": "alice-key"})[0] == 200
+    got = orjson.loads(off.admin("GET", "/admin/stats")[2])
+    assert got["http"]["totals"]["keyed_hits"] == 0 and got["usage_log"]["lrs_requests"] == 2
+    assert off.terminate() == 0
+
+
+def test_a_kept_report_is_removed_after_its_max_age(tmp_path):
+    """The keyed reply is put when the report is rendered and removed
+    report_max_age_s later, on the control loop (one store is enough: the
+    stores' parts are tested above)."""
+    from beastnet import MissRequest, ResponseTable
+    from beastnet.http_server import keyed_reply_key
+    from beastnet.serve.stores.usage_sqlite import SQLiteUsageLog
+    store = SQLiteUsageLog(str(tmp_path / "usage.db"))
+    table = APIKeyTable()
+    table.set(api_key_id("alice"))
+    keyed = ResponseTable()
+    host = SimpleNamespace(cfg=SimpleNamespace(http_prefix="/v1/", report_max_age_s=0.05),
+                           http=SimpleNamespace(keyed_replies=keyed))
+    reports = Reports(host, SimpleNamespace(store=store, log=UsageLog(store, table),  # type: ignore
+                                            lrs_requests=0))
+    name = keyed_reply_key("alice", "reports/usage/summary")
+
+    def ask(query: str = "") -> Any:
+        return reports.on_public(MissRequest("reports/usage/summary", "alice", None, "http",
+                                             b"", 0, method="GET",
+                                             path="/v1/reports/usage/summary", query=query))
+
+    async def run() -> None:
+        answer = ask()
+        if asyncio.iscoroutine(answer):
+            answer = await answer
+        assert answer.status == 200 and keyed.get(name) is not None
+        assert orjson.loads(keyed[name]) == orjson.loads(answer.body)
+        for _ in range(400):                # removed after 50 ms (bounded: 4 s)
+            if keyed.get(name) is None:
+                break
+            await asyncio.sleep(0.01)
+        assert keyed.get(name) is None
+        with_query = ask("from=2026-01-01")
+        if asyncio.iscoroutine(with_query):
+            with_query = await with_query
+        assert with_query.status == 200 and keyed.get(name) is None and len(keyed) == 0
+    try:
+        asyncio.run(run())
+    finally:
+        store.close()
 
 
 def test_without_keys_the_admin_reports_say_how_to_turn_them_on(serve):  # noqa: F811

@@ -129,6 +129,7 @@ cdef class HTTPEngine(NativeEngine):
     cdef uint64_t owned_output_bytes    # output copied by all workers' connections (atomic)
     cdef bn_ws_hub* hub                 # WebSocket publication rings, NULL = WebSocket off
     cdef ResponseTable ws_topics        # HTTPServer.publish()'s topics, or None
+    cdef ResponseTable keyed_replies    # answers per API key (http_keyed_lookup), or None
     cdef int hub_attached               # 1 while the tables publish to `hub`
     cdef uint64_t ws_reassembly_bytes   # client messages being reassembled, all workers (atomic)
     cdef void* tls_ctx                  # SSL_CTX* new TLS connections use (a reference held), NULL = plain

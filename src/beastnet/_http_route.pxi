@@ -49,6 +49,26 @@ cdef inline bn_entry* http_lookup(bn_hworker* w, const char* key, size_t n) noex
     return table_lookup(w.index_ref, upper, n) if changed else NULL
 
 
+cdef inline bn_entry* http_keyed_lookup(bn_hworker* w, bn_apikey* rec, const char* key,
+                                        size_t n) noexcept nogil:
+    """The keyed reply of an admitted key's request for `key`, or NULL.  The
+    table key is the first KEYED_DIGEST_BYTES of the API key's SHA-256 in
+    lower-case hex, "/", then `key` (HTTPServer.keyed_reply_key builds the
+    same); a key too long for that is never kept there."""
+    cdef char buf[KEY_MAX_BYTES]
+    cdef const char* digits = b"0123456789abcdef"
+    cdef size_t i
+    cdef size_t at = 2 * KEYED_DIGEST_BYTES + 1
+    if n > KEY_MAX_BYTES - at:
+        return NULL
+    for i in range(KEYED_DIGEST_BYTES):
+        buf[2 * i] = digits[rec.digest[i] >> 4]
+        buf[2 * i + 1] = digits[rec.digest[i] & 15]
+    buf[at - 1] = b'/'
+    memcpy(buf + at, key, n)
+    return table_lookup(w.keyed_ref, buf, at + n)
+
+
 cdef inline const char* entry_served_body(bn_hworker* w, bn_entry* e) noexcept nogil:
     # The body a hit sends: its "stale":true variant while the control plane
     # is stalled (same length: the pre-built head stays right).
@@ -378,6 +398,19 @@ cdef int conn_request(bn_hworker* w, bn_conn* c, bn_hreq* req) noexcept nogil:
             return conn_step(c, conn_emit(w, c, e.http_head, e.http_head_len, tail,
                                           entry_served_body(w, e),
                                           0 if head_only else e.body_len, 200, SEG_ENTRY, e))
+        # A report rendered for this very key moments ago (serve's reports,
+        # kept report_max_age_s): answered here, admitted and counted above
+        # like any request.  Not while the control plane is stalled (it
+        # would no longer remove what got old), nor with a query string.
+        if (w.keyed_ref != NULL and rec != NULL and not w.control_stalled
+                and req.target_len == req.path_len):
+            e = http_keyed_lookup(w, rec, key, key_len)
+            if e != NULL:
+                bn_count(&w.counters.hits, 1)
+                bn_count(&w.counters.keyed_hits, 1)
+                return conn_step(c, conn_emit(w, c, e.http_head, e.http_head_len, tail,
+                                              e.body, 0 if head_only else e.body_len, 200,
+                                              SEG_ENTRY, e))
         bn_count(&w.counters.misses, 1)
         if (not w.misses_to_python or w.missq == NULL
                 or (w.miss_prefix_len

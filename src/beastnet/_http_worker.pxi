@@ -73,6 +73,7 @@ cdef struct bn_hworker:
     bn_missq* missq                     # NULL: no queue (misses 404, routes 404)
     bn_governor* gov                    # the engine's governor (_governor.pxi), shared by workers
     bn_index** index_ref                # &table.index, loaded once per request
+    bn_index** keyed_ref                # &keyed_replies.index (answers per API key), or NULL
     bn_qsbr_slot* qsbr
     bn_http_counters* counters
     void* replies                       # bn_hreply stack, pushed by the control plane (CAS)
@@ -954,7 +955,7 @@ cdef class HTTPEngine(NativeEngine):
                   TLSContext tls=None, double tls_handshake_timeout_s=10.0, cors_origins=(),
                   str batch_key=None, int notsent_lowat_bytes=131072,
                   int send_buffer_bytes=0, str miss_prefix=None, str io="epoll",
-                  unsigned int uring_buffers=URING_NBUFS):
+                  unsigned int uring_buffers=URING_NBUFS, ResponseTable keyed_replies=None):
         cdef int i
         cdef int uring_err
         cdef int j
@@ -1034,6 +1035,9 @@ cdef class HTTPEngine(NativeEngine):
         if len(raw_miss_prefix) >= KEY_MAX_BYTES:
             raise ValueError(f"miss_prefix {miss_prefix!r}: at most {KEY_MAX_BYTES - 1} bytes")
         self._setup(table, api_keys, n, sizeof(bn_http_counters), miss_capacity)
+        if keyed_replies is not None and api_keys is None:
+            raise ValueError("keyed_replies needs api_keys: its answers are per API key")
+        self.keyed_replies = keyed_replies      # the workers read its index
         if tls is not None:
             openssl.SSL_CTX_up_ref(tls.ctx)
             self.tls_ctx = tls.ctx
@@ -1063,6 +1067,7 @@ cdef class HTTPEngine(NativeEngine):
             w.keys_ref = &api_keys.index if api_keys is not None else NULL
             w.control = &self.control
             w.index_ref = &table.index
+            w.keyed_ref = &keyed_replies.index if keyed_replies is not None else NULL
             w.counters = &(<bn_http_counters*>self.counter_mem)[i]
             w.max_header_bytes = max_header_bytes
             w.max_target_bytes = max_target_bytes

@@ -6,6 +6,8 @@ cdef enum:
     TAG_MAX_BYTES = 16              # longest TAG, without the '@'
     APIKEY_MAX_BYTES = 64           # longest APIKEY
     APIKEY_DIGEST_BYTES = 32        # SHA-256 of an APIKEY: what the key table keeps
+    KEYED_DIGEST_BYTES = 16         # a keyed reply's table key: this much of the digest, in hex,
+                                    # then "/" and the request's key (http_keyed_lookup)
     TAG_PREFIX_MAX_BYTES = 18       # '@' + TAG + ' '
     CONTENT_TYPE_MAX_BYTES = 127    # longest Content-Type an entry may carry
     BODY_MAX_BYTES = 16777216       # 16 MiB: the largest body an entry may hold

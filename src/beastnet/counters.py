@@ -177,6 +177,7 @@ uring_enobufs            counter  events       Multishot receives ended with -EN
 uring_rearms             counter  calls        Multishot accepts, receives and polls re-armed after the kernel ended them (a completion without IORING_CQE_F_MORE).
 uring_eagain             counter  events       io_uring completions with -EAGAIN or -EINTR (the request re-armed).
 uring_sq_full            counter  events       Requests that found the io_uring submission queue full (what was queued was submitted early).
+keyed_hits               counter  requests     Requests answered from the keyed replies: an answer the control plane rendered for that API key moments ago (serve's usage reports, kept report_max_age_s), admitted and counted like any request (also counted in hits).
 """)
 
 #: The control plane's miss dispatcher (one per server), in both servers' totals.

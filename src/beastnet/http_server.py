@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
 import time
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from beastnet.control import (Answer, ControlPlane, MissDispatcher, MissHandler,
 from beastnet.errors import ServerError, TLSConfigError
 from beastnet.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE, http_families, render
 
-__all__ = ["HTTPServer", "TLSConfig", "WebSocketOptions"]
+__all__ = ["HTTPServer", "TLSConfig", "WebSocketOptions", "keyed_reply_key"]
 
 log = logging.getLogger("beastnet")
 
@@ -122,6 +123,23 @@ class WebSocketOptions:
     auth_timeout_s: float = 5.0
 
 
+def keyed_reply_key(api_key: str, key: str) -> str:
+    """The `HTTPServer.keyed_replies` key of the answer to ``GET
+    <prefix><key>`` (no query string) for `api_key` (the key or its ID,
+    `api_key_id`): the first 32 hex digits of the key's SHA-256, "/", `key`;
+    the workers build the same from the record they admitted.  Raises
+    ValueError when the result could not be a table key (too long: such
+    requests always go to the handler)."""
+    out = _core.api_key_id(api_key)[-64:-32] + "/" + key
+    if _KEYED_KEY.fullmatch(out) is None:
+        raise ValueError(f"keyed reply key {out!r}: not a table key (at most 64 bytes "
+                         "of [A-Za-z0-9._:/-])")
+    return out
+
+
+_KEYED_KEY = re.compile(r"[A-Za-z0-9._:/-]{1,64}")
+
+
 class HTTPServer(EngineServer):
     """Answers HTTP/1.1 ``GET <prefix><KEY>`` from a `ResponseTable` on native threads.
 
@@ -155,6 +173,14 @@ class HTTPServer(EngineServer):
     ``GET <prefix>prices?symbols=BTC,ETH``: a JSON array of those entries'
     bodies, assembled natively (at most 64 symbols; a 404 names the unknown
     ones).  Keys are looked up as asked, then upper-cased.
+    ``keyed_replies=True`` (needs ``api_keys``) adds a second table,
+    ``keyed_replies``, of answers per API key: a miss from an admitted key,
+    with no query string, is looked up there under
+    ``keyed_reply_key(key_id, key)`` and answered by the worker when found
+    (counted in ``hits`` and ``keyed_hits``, never queued); whoever puts an
+    answer there removes it when it is no longer current (serve's usage
+    reports: after report_max_age_s).  The workers do not use it while the
+    control plane is stalled.
     ``miss_prefix`` (e.g. ``"reports/"``): only misses under
     ``<prefix><miss_prefix>`` go to ``handler``; every other miss is answered
     404 by the worker, never queued to the control plane.
@@ -215,6 +241,7 @@ class HTTPServer(EngineServer):
         send_buffer_bytes: int = 0,
         control_stall_s: float = 2.0,
         io: str = "epoll",
+        keyed_replies: bool = False,
     ) -> None:
         super().__init__(table, host, port, handler=handler, miss_queue_size=miss_queue_size,
                          max_inflight=max_inflight, api_keys=api_keys, control=control,
@@ -245,6 +272,13 @@ class HTTPServer(EngineServer):
             write_timeout_s=write_timeout_s, require_api_key=require_api_key, api_keys=api_keys,
             cors_origins=tuple(cors_origins), batch_key=batch_key, miss_prefix=miss_prefix,
             notsent_lowat_bytes=notsent_lowat_bytes, send_buffer_bytes=send_buffer_bytes)
+        #: Answers per API key (``keyed_replies=True``), or None: see keyed_reply_key().
+        self.keyed_replies: Optional[ResponseTable] = None
+        if keyed_replies:
+            if api_keys is None:
+                raise ValueError("keyed_replies needs api_keys: its answers are per API key")
+            self.keyed_replies = ResponseTable()
+            self._engine_options.update(keyed_replies=self.keyed_replies)
         self.websocket = websocket
         #: Topics `publish()` pushes that are not table keys (their last message is kept).
         self.topics: Optional[ResponseTable] = None

@@ -137,6 +137,7 @@ typedef struct bn_http_counters {
     uint64_t uring_rearms;                    /* multishot requests re-armed after they ended (no F_MORE) */
     uint64_t uring_eagain;                    /* completions with -EAGAIN (retried by re-arming) */
     uint64_t uring_sq_full;                   /* SQEs that found the submission queue full (submitted early) */
+    uint64_t keyed_hits;                      /* misses answered from the keyed replies (also in hits) */
 } __attribute__((aligned(BN_CACHE_LINE))) bn_http_counters;
 
 #endif /* BEASTNET_COUNTERS_H */

@@ -161,6 +161,7 @@ cdef extern from "counters.h" nogil:
         uint64_t uring_rearms
         uint64_t uring_eagain
         uint64_t uring_sq_full
+        uint64_t keyed_hits
 
 
 cdef extern from "compat.h" nogil:

@@ -82,6 +82,8 @@ class ServeConfig:
     usage_batch_rows: int = 300                 # usage log rows a write at most
     usage_queue_rows: int = 100_000             # usage log rows queued at most (then bg_drop)
     usage_retention_days: int = 0               # usage log rows older are trimmed; 0: kept
+    report_max_age_s: float = 1.0               # a report without a query string is answered
+                                                # by the workers this long (0: every one by Python)
     tiers: dict[str, dict[str, float]] = field(default_factory=dict)  # overrides of DEFAULT_TIERS
     # the WebSocket price stream and the live page, on the public HTTP port
     stream: bool = True
@@ -238,6 +240,8 @@ def _check(cfg: ServeConfig, label: Callable[[str], str] = str) -> None:
          f"{label('usage_batch_rows')} must be 1..100000, got {cfg.usage_batch_rows}")
     need(cfg.usage_batch_rows <= cfg.usage_queue_rows,
          f"{label('usage_queue_rows')} must be >= usage_batch_rows, got {cfg.usage_queue_rows}")
+    need(0 <= cfg.report_max_age_s <= 60,
+         f"{label('report_max_age_s')} must be 0 (off)..60, got {cfg.report_max_age_s}")
     need(cfg.usage_retention_days >= 0,
          f"{label('usage_retention_days')} must be >= 0 (0: kept), got {cfg.usage_retention_days}")
     need(cfg.replay_speed >= 0,

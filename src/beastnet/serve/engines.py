@@ -259,7 +259,9 @@ class Engines(Component):
                           reuse_port=cfg.share_ports, cors_origins=cfg.cors_origins,
                           batch_key=BATCH_KEY, control_stall_s=cfg.control_stall_s,
                           handler=reports.on_public if reports is not None else None,
-                          miss_prefix=reports.miss_prefix if reports is not None else None
+                          miss_prefix=reports.miss_prefix if reports is not None else None,
+                          keyed_replies=(reports is not None and host.api_keys is not None
+                                         and cfg.report_max_age_s > 0)
                           ).start()
 
     def _on_dashboard(self, request: MissRequest) -> Answer:

@@ -33,7 +33,8 @@ from urllib.parse import parse_qsl
 
 import orjson
 
-from beastnet import Answer, MissRequest, api_key_id, error_answer
+from beastnet import Answer, MissRequest, ResponseTable, api_key_id, error_answer
+from beastnet.http_server import keyed_reply_key
 from beastnet.serve.admin import AdminRoute
 from beastnet.serve.component import Component
 from beastnet.serve.keys import KeyStoreError
@@ -67,6 +68,11 @@ REPORT_REREAD_S = 0.005
 # one key read the store about once per flush interval, not 1,000 times.
 REPORT_CACHE_S = 1.0
 REPORT_CACHE_ENTRIES = 4096         # emptied when full (a flood of distinct queries)
+# A report without a query string is also put, rendered, in the HTTP
+# engine's keyed replies (HTTPServer(keyed_replies=True)) under its API key
+# for report_max_age_s (1 s): until then the worker answers that key's same
+# request itself, after the same admission and counting, with no hand-over
+# to this thread and back (what a report cost the most: docs/serve.md).
 COUNTS = ("admitted", "refused", "rate_limited", "over_quota")
 
 _TIME = re.compile(r"(\d{4})-(\d{2})-(\d{2})(?:T(\d{2}):(\d{2})(?::(\d{2}))?Z?)?")
@@ -248,6 +254,8 @@ class Reports(Component):
         # a trip through the miss queue to a handler that would refuse it.
         self.miss_prefix = "reports/usage"
         self._cache: dict[ReportQuery, _Stored] = {}
+        #: How long the workers answer a rendered report (0: never).
+        self.max_age_s: float = getattr(host.cfg, "report_max_age_s", 0.0)
 
     @classmethod
     def build(cls, host: "PriceService") -> Optional["Reports"]:
@@ -275,7 +283,35 @@ class Reports(Component):
             key = api_key_id(request.api_key)
         except ValueError:
             return error_answer("unauthorized")
-        return self._report(kind, request.query or "", key, own=True)
+        answer = self._report(kind, request.query or "", key, own=True)
+        keyed = self._keyed_replies()
+        if keyed is None or request.query or request.key is None:
+            return answer
+        try:
+            name = keyed_reply_key(key, request.key)
+        except ValueError:                      # too long a key for the table: not kept
+            return answer
+        if isinstance(answer, Answer):
+            return self._keep_reply(keyed, name, answer)
+        return self._kept_later(keyed, name, answer)
+
+    def _keyed_replies(self) -> Optional[ResponseTable]:
+        http = getattr(self.host, "http", None) if self.max_age_s > 0 else None
+        return getattr(http, "keyed_replies", None)
+
+    def _keep_reply(self, keyed: ResponseTable, name: str, answer: Answer) -> Answer:
+        """Put a report just rendered where the workers answer the same
+        request of the same key from, for max_age_s (removed then, on this
+        loop; the workers skip it while this loop is stalled)."""
+        if answer.status != 200:
+            return answer
+        body = orjson.dumps(answer.body)
+        keyed.set(name, body)
+        asyncio.get_running_loop().call_later(self.max_age_s, keyed.discard, name)
+        return Answer(body)
+
+    async def _kept_later(self, keyed: ResponseTable, name: str, later: Any) -> Answer:
+        return self._keep_reply(keyed, name, await later)
 
     def _on_admin_report(self, request: MissRequest) -> Any:
         kind = self._kind(request.path or "", "/admin/reports/usage")

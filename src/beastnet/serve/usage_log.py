@@ -508,7 +508,7 @@ class UsageLogComponent(Component):
         self.host = host
         self.store = store
         self.log: Optional[UsageLog] = None
-        self.lrs_requests = 0           # report requests answered (serve/reports.py counts)
+        self.lrs_requests = 0           # reports the control plane answered (serve/reports.py)
 
     @classmethod
     def build(cls, host: "PriceService") -> Optional["UsageLogComponent"]:
@@ -548,21 +548,30 @@ class UsageLogComponent(Component):
         finally:
             self.store.close()
 
+    def answered(self) -> int:
+        """lrs_requests: the reports the control plane answered, and those
+        the HTTP workers answered from its keyed replies (keyed_hits: only
+        reports are put there)."""
+        http: Any = getattr(self.host, "http", None)
+        if getattr(http, "keyed_replies", None) is None:
+            return self.lrs_requests
+        return self.lrs_requests + http.stats()["totals"]["keyed_hits"]
+
     def counters(self) -> dict[str, dict[str, int]]:
         if self.log is None:
             return {}
-        return {"usage_log": {**self.log.counters(), "lrs_requests": self.lrs_requests}}
+        return {"usage_log": {**self.log.counters(), "lrs_requests": self.answered()}}
 
     def stats(self) -> dict[str, Any]:
         if self.log is None:
             return {}
-        return {"usage_log": {**self.log.counters(), "lrs_requests": self.lrs_requests,
+        return {"usage_log": {**self.log.counters(), "lrs_requests": self.answered(),
                               "queue": self.log.queued(), "store": self.store.path}}
 
     def families(self) -> list[MetricFamily]:
         if self.log is None:
             return []
-        values = {**self.log.counters(), "lrs_requests": self.lrs_requests,
+        values = {**self.log.counters(), "lrs_requests": self.answered(),
                   "usage_queue": self.log.queued()}
         # No "_total" here: render() gives counters theirs.
         return [MetricFamily(f"beastnet_usage_log_{counter.name}", counter.kind, counter.help)
