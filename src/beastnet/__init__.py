@@ -11,7 +11,8 @@ handlers run on, which several servers may share; `run_udp_load` /
 `UDPPusher` sends a table's entries to many UDP addresses in sendmmsg batches;
 `StartStop` is the context manager of whatever start() and stop() run;
 `WSClientReader`, `ws_client_frame` and `ws_accept_key` are the native
-framing of a WebSocket client (an exchange feed's).
+framing of a WebSocket client (an exchange feed's); `keyed_reply_key` names
+an answer in an `HTTPServer`'s per-key table (`keyed_replies=True`).
 """
 from beastnet._core import APIKeyTable, Entry, ResponseTable, UDPPusher, api_key_id
 from beastnet._core import ERROR_STATUS, USAGE_ROUTE_NAMES
@@ -21,7 +22,7 @@ from beastnet.control import Answer, ControlPlane, MissRequest, error_answer, is
 from beastnet.errors import (BeastnetError, ClusterError, InvalidKeyError, ServerError,
                              TableFullError, TLSConfigError)
 from beastnet.server import UDPServer
-from beastnet.http_server import HTTPServer, TLSConfig, WebSocketOptions
+from beastnet.http_server import HTTPServer, TLSConfig, WebSocketOptions, keyed_reply_key
 
 __version__ = "0.1.0"
 
@@ -70,6 +71,7 @@ __all__ = [
     "api_key_id",
     "error_answer",
     "is_loopback_client",
+    "keyed_reply_key",
     "run_http_load",
     "run_udp_load",
     "ws_accept_key",

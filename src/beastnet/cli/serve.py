@@ -102,8 +102,9 @@ def add_serve_command(sub: Any) -> None:
     _add(g, "--http-port", "http_port", "port to bind; 0 picks a free one", type=int,
          metavar="PORT")
     _add(g, "--http-threads", "http_threads", "HTTP worker threads", type=int, metavar="N")
-    _add(g, "--http-io", "http_io", "the HTTP workers' I/O backend: epoll, uring (io_uring; "
-                                    "no TLS or WebSocket stream yet) or auto (epoll until "
+    _add(g, "--http-io", "http_io", "the HTTP workers' I/O backend: epoll, uring (io_uring, "
+                                    "HTTP, TLS and the WebSocket stream; refused with the "
+                                    "reason where the kernel has none) or auto (epoll until "
                                     "io_uring is measured to win)",
          metavar="BACKEND")
     _add(g, "--backlog", "backlog", "listen() backlog of each worker's socket", type=int,

@@ -33,8 +33,8 @@ from urllib.parse import parse_qsl
 
 import orjson
 
-from beastnet import Answer, MissRequest, ResponseTable, api_key_id, error_answer
-from beastnet.http_server import keyed_reply_key
+from beastnet import (Answer, MissRequest, ResponseTable, api_key_id, error_answer,
+                      keyed_reply_key)
 from beastnet.serve.admin import AdminRoute
 from beastnet.serve.component import Component
 from beastnet.serve.keys import KeyStoreError
