@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import signal
 import time
 from typing import Any
 
@@ -18,7 +19,7 @@ from beastnet import ResponseTable
 from beastnet.serve.feeds import PricePublisher
 from beastnet.serve.feeds.exchanges import EXCHANGES, ExchangeConnection, ExchangeFeed
 from fake_exchange import FakeExchange
-from support import until
+from support import until, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -407,16 +408,35 @@ def test_beastnet_feeds_check_against_the_fake_and_a_dead_host(tmp_path):
                                   capture_output=True, text=True, timeout=60)
         good, bad = check(live), check(dead)
         recording = tmp_path / "rec.jsonl"
-        rec = subprocess.run([sys.executable, "-m", "beastnet", "feeds", "record", "--config",
-                              str(live), "--exchange", "okx", "--exchange", "gateio",
-                              "--duration", "1500ms", str(recording)],
-                             capture_output=True, text=True, timeout=60)
+        # Recorded until the file holds both exchanges' stream and REST lines
+        # (each line is flushed as written), then stopped with Ctrl-C: a fixed
+        # 1.5 s recorded nothing at load 10, the connections not yet up.
+        rec = subprocess.Popen([sys.executable, "-m", "beastnet", "feeds", "record", "--config",
+                                str(live), "--exchange", "okx", "--exchange", "gateio",
+                                "--duration", "60s", str(recording)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            def kinds() -> set:
+                text = recording.read_bytes() if recording.exists() else b""
+                return {(r["x"] if r["k"] == "ws" else "", r["k"])
+                        for r in map(orjson.loads, text.splitlines()[:-1])
+                        if r["k"] == "rest"
+                        or EXCHANGES[r["x"]].symbol_of(CASES[r["x"]][0]) in r["m"]}
+            wait_for(lambda: kinds() == {("okx", "ws"), ("gateio", "ws"), ("", "rest")},
+                     timeout=30, interval=0.05, message="both exchanges' tickers and a REST "
+                                                         "answer recorded")
+            rec.send_signal(signal.SIGINT)
+            out, err = rec.communicate(timeout=30)
+        finally:
+            if rec.poll() is None:
+                rec.kill()
+                rec.communicate()
     finally:
         fakes.close()
-    assert rec.returncode == 0, rec.stdout + rec.stderr
-    assert f"messages to {recording}" in rec.stdout
+    assert rec.returncode == 0, out + err
+    assert f"messages to {recording}" in out
     lines = [orjson.loads(line) for line in recording.read_bytes().splitlines()]
-    assert {r["x"] for r in lines} == {"okx", "gateio"}, rec.stdout
+    assert {r["x"] for r in lines} == {"okx", "gateio"}, out
     assert {r["k"] for r in lines} == \
         {"ws", "rest"}
     assert any(CASES["okx"][1] in r["m"] for r in lines if r["k"] == "ws")

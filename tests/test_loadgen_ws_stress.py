@@ -47,6 +47,10 @@ def keyed_feed():
         yield server.address[1], symbols
 
 
+# needs_core: the subject is a clock, and the server's Python handler wakes
+# late on a busy machine (5.4 ms on 46 at load 10) in a way its own stamps
+# cannot see
+@pytest.mark.needs_core
 def test_round_trip_to_an_echo_answering_after_a_fixed_delay_is_within_10_percent():
     delay_s = 0.04
 
@@ -245,7 +249,11 @@ def test_stress_compression_measured_against_a_deflating_server():
     assert list(lv["dimensions"]) == ["compression"]
     assert lv["dimensions"]["compression"]["verdict"] == "pass", lv["reasons"]
     assert m["compression_saved"] > 0.5 and m["inflate_us_per_kib"] > 0
-    assert m["compressed_messages"] > 100
+    # Every message inflated whole (they are all one size); how many arrive
+    # in 0.6 s is the machine's business (~600 quiet, 79 at load 10).
+    size = len(orjson.dumps({"ts": time.time_ns() // 10**6, "pad": "ab" * 400}))
+    assert m["compressed_messages"] >= 10, m
+    assert m["inflated_bytes"] == m["compressed_messages"] * size, m
 
 
 def test_cli_ws_stress_with_probes_writes_them_to_the_report(keyed_feed, tmp_path, capsys):
