@@ -314,3 +314,45 @@ def test_a_reads_ticks_are_each_checked_and_the_table_written_once_per_asset():
     assert conn.out_of_order == 1 and conn.messages == 8
     assert health["conflated"] == 2 and health["published"] == 3
     assert publisher._pending is None                  # the batch was closed
+
+
+def test_the_reads_of_one_loop_turn_are_written_to_the_table_once():
+    """In the event loop, the first socket read of a turn opens the
+    publisher's batch and a call_soon closes it: reads of several exchanges
+    that arrive together (the six connections' sockets ready in one poll)
+    give one table write, made once the turn's reads are done, each tick
+    still checked as it comes.  A closed feed leaves no batch open."""
+    feed = ExchangeFeed(routes={"BTC": ["coinbase"], "ETH": ["okx"], "SOL": ["kraken"]},
+                        assets=["BTC", "ETH", "SOL"])
+    table = ResponseTable()
+    publisher = PricePublisher(table, max_jump=0.2)
+    writes: list[list[str]] = []
+    table_set, table_update = table.set, table.update
+    publisher.table = type("Spy", (), {
+        "set": lambda self, key, body: (writes.append([key]), table_set(key, body)),
+        "update": lambda self, bodies: (writes.append(sorted(bodies)), table_update(bodies))})()
+    feed._sink = publisher.on_tick
+    feed._batch_hooks = (publisher.begin_batch, publisher.end_batch)
+    coinbase, okx = feed.connections["coinbase"], feed.connections["okx"]
+
+    def msg(name: str, asset: str, price: str, ts: float) -> bytes:
+        return orjson.dumps(ticker(name, EXCHANGES[name].symbol_of(asset), price, ts))
+
+    async def scenario() -> None:
+        coinbase.on_message(msg("coinbase", "BTC", "97000.00", 100.0))
+        okx.on_batch([msg("okx", "ETH", "3500.10", 100.0),
+                      msg("okx", "ETH", "0", 100.5)])             # refused as it comes
+        coinbase.on_message(msg("coinbase", "BTC", "97001.00", 101.0))
+        assert writes == [] and publisher._pending is not None     # the turn is not over
+        await asyncio.sleep(0)                                     # the loop's next turn
+        assert writes == [["BTC", "ETH"]]
+        assert orjson.loads(table["BTC"])["price"] == 97001.00
+        assert publisher.health()["conflated"] == 1 and publisher.refused == 1
+        assert publisher._pending is None and not feed._batch_open
+        coinbase.on_message(msg("coinbase", "BTC", "97002.00", 102.0))
+        feed._end_batch()                 # what deliver_to's end does with a batch open
+        assert writes[-1] == ["BTC"] and publisher._pending is None
+        await asyncio.sleep(0)            # the cancelled call_soon writes nothing more
+        assert len(writes) == 2
+
+    asyncio.run(scenario())

@@ -97,7 +97,8 @@ class ExchangeConnection:
         self.prewarm_skipped = 0              # symbols the stream priced before their REST turn
         self.replies = 0                      # heartbeat answers sent
         # Called with True before a socket read's messages, False after
-        # (ExchangeFeed sets it: the publisher writes the table once a read).
+        # (ExchangeFeed sets it: the publisher writes the table once a loop
+        # turn, for the reads of every connection in it).
         self.batch: Optional[Callable[[bool], None]] = None
         self._ws: Any = None
         self._rate_mark = (time.monotonic(), 0)
@@ -154,7 +155,7 @@ class ExchangeConnection:
         self.last_message = time.monotonic()
         recorder, pong, parse, loads = self.recorder, self._pong, self.exchange.parse, orjson.loads
         batch = self.batch
-        if batch is not None and len(raws) > 1:   # one message: nothing to write once
+        if batch is not None:                 # one message too: the loop turn may bring more
             batch(True)
             try:
                 return self._messages(raws, now, recorder, pong, parse, loads)
