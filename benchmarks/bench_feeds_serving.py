@@ -396,6 +396,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"{arm}: req/s, {arm} / sim, by round: "
               + ", ".join(f"{x:.3f}" for x in rps_pairs))
         print(f"  median {m:.3f}  (bootstrap 95 % interval {lo:.3f} - {hi:.3f})")
+    if "exchanges@base" in arms:
+        # The change itself: the same feed from the two trees, round by round.
+        pairs = [b / e for b, e in zip(cpu["exchanges@base"], cpu["exchanges"])]
+        m, lo, hi = bootstrap_median(pairs)
+        print("server CPU per request, exchanges@base / exchanges, by round: "
+              + ", ".join(f"{x:.3f}" for x in pairs))
+        print(f"  median {m:.3f}  (bootstrap 95 % interval {lo:.3f} - {hi:.3f})")
     for arm in arms:
         print(f"{arm}: median server CPU {median(cpu[arm]):.3f} us/req, "
               f"{median(rps[arm]):,.0f} req/s; idle server {median(idle[arm]):.1f} ms CPU/s; "
