@@ -220,12 +220,11 @@ class PricePublisher:
         self.published += 1
 
     def begin_batch(self) -> None:
-        """The ticks of one batch follow (the exchange feed's: every socket
-        read of one loop turn): each is checked and taken as on_tick always
-        does, but the table is written once per asset, with its last price,
-        at end_batch() (conflation: the answer a reader gets is the same; a
-        stream subscriber skips prices that lived for less than one batch,
-        counted in `conflated`)."""
+        """The ticks of one socket read follow: each is checked and taken as
+        on_tick always does, but the table is written once per asset, with
+        its last price, at end_batch() (conflation: the answer a reader gets
+        is the same; a stream subscriber skips prices that lived for less
+        than one read, counted in `conflated`)."""
         if self._pending is None:
             self._pending = {}
 

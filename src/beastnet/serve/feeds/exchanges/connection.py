@@ -98,8 +98,7 @@ class ExchangeConnection:
         self.prewarmed = False                # the start's REST round is over (done or failed)
         self.replies = 0                      # heartbeat answers sent
         # Called with True before a socket read's messages, False after
-        # (ExchangeFeed sets it: the publisher writes the table once a loop
-        # turn, for the reads of every connection in it).
+        # (ExchangeFeed sets it: the publisher writes the table once a read).
         self.batch: Optional[Callable[[bool], None]] = None
         self._ws: Any = None
         self._rate_mark = (time.monotonic(), 0)
@@ -157,7 +156,7 @@ class ExchangeConnection:
         self.last_message = time.monotonic()
         recorder, pong, parse, loads = self.recorder, self._pong, self.exchange.parse, orjson.loads
         batch = self.batch
-        if batch is not None:                 # one message too: the loop turn may bring more
+        if batch is not None and len(raws) > 1:   # one message: nothing to write once
             batch(True)
             try:
                 return self._messages(raws, now, recorder, pong, parse, loads)

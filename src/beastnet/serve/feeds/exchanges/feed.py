@@ -71,10 +71,6 @@ class ExchangeFeed(Feed):
         # None: items go through `queue` to whoever iterates the feed.
         self._sink: Optional[Sink] = None
         self._batch_hooks: Optional[Batch] = None
-        # An open batch (begin called, end not yet) and the loop callback
-        # that ends it: every connection's reads of one loop turn share it.
-        self._batch_open = False
-        self._batch_end: Optional[asyncio.Handle] = None
         self.sink_errors = 0
         self._sink_error_logged = 0.0
         self.connections: dict[str, ExchangeConnection] = {}
@@ -117,63 +113,20 @@ class ExchangeFeed(Feed):
         switch; an exception from `sink` is counted in `sink_errors`.  With
         `batch` (begin, end), the items of one socket read come between a
         call of begin and one of end (the publisher writes the table once
-        per loop turn, see `_batch`)."""
+        per read)."""
         self._sink = sink
         self._batch_hooks = batch
         try:
             await self._run_connections()
         finally:
-            self._end_batch()                 # nothing left pending in the publisher
             self._sink = None
             self._batch_hooks = None
 
-    # Whether a batch lasts until the end of the loop turn (every connection's
-    # reads of one turn written to the table once) or ends with its read.
-    coalesce_reads = True
-
     def _batch(self, begin: bool) -> None:
-        """Called by a connection before (True) and after (False) the
-        messages of one socket read.  The first read of a loop turn opens the
-        publisher's batch and schedules its end with call_soon: the loop runs
-        that callback once this turn's ready sockets have all been read, so
-        the reads of the six connections that arrived together are written to
-        the table in one update.  Each table write wakes the engine's workers
-        (one eventfd write each, when they are idle): at 1,500 msgs/s that
-        was most of the feed's cost to the process (a read apiece, ~1,000
-        writes/s; the fakes send every 10 ms).  A tick waits for the end of
-        its loop turn only (the turn's other reads, microseconds), never a
-        timer."""
-        hooks = self._batch_hooks
-        if hooks is None:
-            return
-        if not begin:
-            if self._batch_open and self._batch_end is None:   # no loop turn to wait for
-                self._end_batch()
-            return
-        if self._batch_open:
-            return
-        self._batch_open = True
-        try:
-            hooks[0]()
-        except Exception as exc:              # the sink's bug: counted, the stream reads on
-            self._sink_failed(exc)
-        if self.coalesce_reads:
-            try:
-                self._batch_end = asyncio.get_running_loop().call_soon(self._end_batch)
-            except RuntimeError:              # called outside a loop: ends with the read
-                pass
-
-    def _end_batch(self) -> None:
-        if self._batch_end is not None:
-            self._batch_end.cancel()          # a no-op when it is the caller
-            self._batch_end = None
-        if not self._batch_open:
-            return
-        self._batch_open = False
         hooks = self._batch_hooks
         if hooks is not None:
             try:
-                hooks[1]()
+                hooks[0 if begin else 1]()
             except Exception as exc:          # the sink's bug: counted, the stream reads on
                 self._sink_failed(exc)
 
@@ -216,9 +169,6 @@ class ExchangeReplayFeed(ExchangeFeed):
     recorded pace times `speed` (0: as fast as possible)."""
 
     name = "replay"
-    # A recording keeps no loop turns: every message is its own batch, so a
-    # replay publishes each recorded price (the round trip gives them all).
-    coalesce_reads = False
 
     def __init__(self, path: str, speed: float = 1.0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -237,7 +187,6 @@ class ExchangeReplayFeed(ExchangeFeed):
             async for _ in self._play():
                 pass
         finally:
-            self._end_batch()
             self._sink = None
 
     async def __aiter__(self) -> AsyncIterator[Item]:  # type: ignore[override]
