@@ -628,9 +628,8 @@ def test_the_prewarm_skips_symbols_the_stream_already_priced():
         try:
             assert await until(lambda: conn.prewarm_skipped >= 1 and
                                all(s in conn.stream_priced for s in symbols))
-            # past the second request's turn: the round is over
-            assert await until(lambda: conn.connected and fake.rest_requests >= 1)
-            await asyncio.sleep(0)
+            # past the second request's turn: the round is over, and says so
+            assert await until(lambda: conn.connected and conn.prewarmed)
             return fake.rest_requests, conn.health(), [body(table, a) for a in assets]
         finally:
             task.cancel()
@@ -639,6 +638,7 @@ def test_the_prewarm_skips_symbols_the_stream_already_priced():
 
     requests, health, bodies = asyncio.run(scenario())
     assert requests == 1 and health["prewarm_skipped"] == 1 and health["rest_polls"] == 1
+    assert health["prewarmed"] and health["state"] == "connected"
     assert [b["price"] for b in bodies] == [701.33, 0.2501]
 
 

@@ -393,6 +393,44 @@ def test_every_subscriber_sees_updates_in_order_and_ends_on_the_newest(feed, tab
     assert t["ws_publications"] >= rounds * len(symbols)
 
 
+def _thread_write_syscalls() -> int:
+    """write(2) calls made by the calling thread so far (/proc's syscw)."""
+    with open("/proc/thread-self/io", "rb") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(b"syscw:"))
+
+
+def test_one_table_write_wakes_each_worker_once_however_many_keys_it_holds(feed, table):
+    """A table write pushes every key onto the workers' rings, then wakes
+    each worker once (one eventfd write at most): a worker woken by the
+    first key used to drain it while the writer pushed the next, so one
+    update of N keys could cost the writer N eventfd writes per worker.
+    Every key still reaches its subscriber, the newest value last."""
+    symbols = SYMBOLS[:10]
+    extra = {f"X{i:04d}": body(f"X{i:04d}", 1) for i in range(500)}
+
+    async def run():
+        async with websockets.connect(url(feed), max_queue=None) as ws:
+            await ws.send(orjson.dumps({"op": "subscribe", "symbols": symbols}).decode())
+            assert (await recv_json(ws))["op"] == "subscribed"
+            snapshots = [await recv_json(ws) for _ in symbols]
+            assert {m["s"] for m in snapshots} == set(symbols)
+            writes = []
+            for version in (1, 2, 3):
+                before = _thread_write_syscalls()
+                table.update({**extra, **{s: body(s, version) for s in symbols}})
+                writes.append(_thread_write_syscalls() - before)
+                table.set(symbols[0], body(symbols[0], version))
+            seen = {}
+            while any(seen.get(s, 0) < 3 for s in symbols):
+                msg = await recv_json(ws)
+                assert msg["v"] >= seen.get(msg["s"], 0)         # never backwards
+                seen[msg["s"]] = msg["v"]
+            return writes
+    writes = asyncio.run(run())
+    assert all(0 <= n <= 2 for n in writes), writes        # two workers: one wake each at most
+    assert totals(feed)["ws_publications"] >= 3 * len(symbols)
+
+
 def test_a_client_that_does_not_read_is_conflated_then_closed(table, raw_client):
     options = WebSocketOptions(stall_timeout_s=0.5)
     with HTTPServer(table, threads=1, websocket=options) as server:

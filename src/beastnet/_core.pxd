@@ -64,6 +64,7 @@ cdef class ResponseTable:
     cdef void _detach_hub(self, void* hub) noexcept
     cdef void _compress_min_update(self) noexcept
     cdef size_t _reclaim(self) noexcept
+    cdef void _wake(self) noexcept
     cdef int _reserve(self, size_t extra_keys) except -1
     cdef int _shrink(self) except -1
     cdef int _rebuild(self, size_t keys) except -1

@@ -477,6 +477,11 @@ cdef class ResponseTable:
             ws_hubs_publish(self.ws_hubs, k, n, e)
         return 0
 
+    cdef void _wake(self) noexcept:
+        """Wake the stream workers for the publications _put pushed."""
+        if self.ws_hubs != NULL:
+            ws_hubs_wake(self.ws_hubs)
+
     # -- public API ----------------------------------------------------------
 
     def set(self, key, body, *, str content_type="application/json"):
@@ -485,7 +490,10 @@ cdef class ResponseTable:
         cdef bytes raw_key = key_to_bytes(key)
         cdef bytes raw_body = checked_body(body)
         with self._lock:
-            self._put(raw_key, raw_body, len(raw_body), ctype, len(ctype))
+            try:
+                self._put(raw_key, raw_body, len(raw_body), ctype, len(ctype))
+            finally:
+                self._wake()
             self._reclaim()
 
     def set_json(self, key, obj):
@@ -515,8 +523,11 @@ cdef class ResponseTable:
                         f"the update adds {new_keys} keys to {self.live}, past the table's"
                         f" maximum of {self.key_cap}; nothing was published")
             self._reserve(len(checked))
-            for raw_key, raw_body in checked:
-                self._put(raw_key, raw_body, len(raw_body), ctype, len(ctype))
+            try:
+                for raw_key, raw_body in checked:
+                    self._put(raw_key, raw_body, len(raw_body), ctype, len(ctype))
+            finally:
+                self._wake()                    # once for the batch: see ws_hub_wake
             self._reclaim()
 
     def __setitem__(self, key, body):

@@ -77,13 +77,13 @@ cdef void ws_ring_free(bn_ws_ring* r) noexcept nogil:
 
 cdef void ws_hub_publish(bn_ws_hub* hub, const char* key, size_t key_len,
                          bn_entry* e) noexcept nogil:
-    """Offer a new entry of `key` to every worker of the hub.  The caller is
-    the table's writer (one at a time)."""
+    """Offer a new entry of `key` to every worker of the hub, without waking
+    them: the writer calls ws_hub_wake once its write (one key or a batch)
+    is pushed.  The caller is the table's writer (one at a time)."""
     cdef int i
     cdef bn_ws_ring* r
     cdef bn_ws_pub* slot
     cdef uint64_t head
-    cdef uint64_t one = 1
     for i in range(hub.nrings):
         r = hub.rings[i]
         head = r.head
@@ -97,6 +97,19 @@ cdef void ws_hub_publish(bn_ws_hub* hub, const char* key, size_t key_len,
             slot.key_len = <uint32_t>key_len
             memcpy(slot.key, key, key_len)
             bn_store_u64(&r.head, head + 1)     # release: the slot is visible first
+
+
+cdef void ws_hub_wake(bn_ws_hub* hub) noexcept nogil:
+    """Wake every worker of the hub for what was pushed since its last drain.
+    Once per table write, not per key: a worker woken by a batch's first key
+    drains it while the writer pushes the next, clears wake_pending, and the
+    next key woke it again, so an update of N keys cost up to N eventfd
+    writes per worker (1,250 writes/s measured for ~175 updates/s)."""
+    cdef int i
+    cdef bn_ws_ring* r
+    cdef uint64_t one = 1
+    for i in range(hub.nrings):
+        r = hub.rings[i]
         # One eventfd write per wake-up, not per publication: the worker
         # clears wake_pending before it drains, so nothing is missed.
         if not bn_xchg_int(&r.wake_pending, 1):
@@ -113,3 +126,9 @@ cdef void ws_hubs_publish(bn_ws_hubs* hubs, const char* key, size_t key_len,
     cdef int i
     for i in range(hubs.n):
         ws_hub_publish(hubs.hubs[i], key, key_len, e)
+
+
+cdef void ws_hubs_wake(bn_ws_hubs* hubs) noexcept nogil:
+    cdef int i
+    for i in range(hubs.n):
+        ws_hub_wake(hubs.hubs[i])

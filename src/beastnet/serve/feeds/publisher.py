@@ -140,19 +140,25 @@ class PricePublisher:
         now = time.monotonic()
         if self.max_jump is not None and self._jumps(tick, float(price), now):
             return
-        state = self._source(tick.source)
+        # Once per exchange message: the tick's fields and the source's state
+        # read once (this path was a quarter of the control plane's CPU with
+        # six exchanges at 1,500 msgs/s).
+        asset, source, ts, quote = tick.asset, tick.source, tick.ts, tick.quote
+        state = self.sources.get(source)
+        if state is None:
+            state = self._source(source)
         state.ticks += 1
         state.last_seen = now
-        state.last_price[tick.asset] = (price, tick.ts, tick.quote)
-        active = self.active.get(tick.asset)
+        state.last_price[asset] = (price, ts, quote)
+        active = self.active.get(asset)
         # The usual case first: the asset's own source speaks again.
-        if active == tick.source or active is None or tick.asset in self.stale_assets \
-                or self._is_stale(active, now) or self._preferred(tick.source, active, tick.asset):
-            if active is not None and active != tick.source:
+        if active == source or active is None or asset in self.stale_assets \
+                or self._is_stale(active, now) or self._preferred(source, active, asset):
+            if active is not None and active != source:
                 self.fallbacks += 1
-            self.active[tick.asset] = tick.source
-            self.stale_assets.discard(tick.asset)
-            self._publish(tick.asset, price, tick.ts, tick.source, tick.quote, stale=False)
+            self.active[asset] = source
+            self.stale_assets.discard(asset)
+            self._publish(asset, price, ts, source, quote, stale=False)
 
     def _source(self, name: str) -> _SourceState:
         state = self.sources.get(name)
@@ -165,11 +171,15 @@ class PricePublisher:
         is past `max_jump` from the reference: another fresh source's price,
         else the asset's own accepted price of the last minute."""
         reference: Optional[float] = None
+        asset, source = tick.asset, tick.source
+        bounds, default = self.source_stale_after_s, self.stale_after_s
         for name, state in self.sources.items():
-            if name != tick.source and tick.asset in state.last_price \
-                    and not self._is_stale(name, now):
-                reference = float(state.last_price[tick.asset][0])
-                break
+            # _is_stale inlined: this loop runs for every tick
+            if name != source:
+                quoted = state.last_price.get(asset)
+                if quoted is not None and now - state.last_seen <= bounds.get(name, default):
+                    reference = float(quoted[0])
+                    break
         if reference is None:
             last = self._accepted.get(tick.asset)
             if last is not None and now - last[1] <= 60.0:

@@ -95,6 +95,7 @@ class ExchangeConnection:
         self.rest_errors = 0
         self.rest_rate_limited = 0            # 429s
         self.prewarm_skipped = 0              # symbols the stream priced before their REST turn
+        self.prewarmed = False                # the start's REST round is over (done or failed)
         self.replies = 0                      # heartbeat answers sent
         # Called with True before a socket read's messages, False after
         # (ExchangeFeed sets it: the publisher writes the table once a read).
@@ -130,6 +131,7 @@ class ExchangeConnection:
             "protocol_errors": self.protocol_errors,
             "rest_polls": self.rest_polls, "rest_errors": self.rest_errors,
             "rest_rate_limited": self.rest_rate_limited, "prewarm_skipped": self.prewarm_skipped,
+            "prewarmed": self.prewarmed,
             "bad_messages": self.bad_messages,
             "out_of_order": self.out_of_order, "unknown_symbols": self.unknown_symbols,
             "symbols": len(self.symbols), "symbols_seen": len(self.symbols_seen),
@@ -355,6 +357,7 @@ class ExchangeConnection:
         timeout = aiohttp.ClientTimeout(total=self.rest_timeout_s)
         async with aiohttp.ClientSession(timeout=timeout) as session:
             ok = await self._rest_round(session, prewarm=True)
+            self.prewarmed = True
             if not self.connected and self._last_error:   # the stream failed meanwhile
                 self._say_rest(ok)
             while True:
