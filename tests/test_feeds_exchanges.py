@@ -612,8 +612,9 @@ def test_an_unknown_websocket_client_is_refused():
 def test_the_prewarm_skips_symbols_the_stream_already_priced():
     """Gate.io's REST ticker carries no time: a prewarm request answered
     after the stream's price would overwrite it with an older one.  Two
-    symbols, REST requests 0.5 s apart: the stream prices both meanwhile,
-    so only the first is asked for and the stream's prices stay."""
+    symbols, REST requests 2 s apart: the stream prices both meanwhile,
+    so only the first is asked for and the stream's prices stay (0.5 s
+    apart, a 6-worker run once had the stream connect later than that)."""
     async def scenario():
         fake = await FakeExchange("gateio").start()
         assets = ["BNB", "TRX"]
@@ -623,7 +624,7 @@ def test_the_prewarm_skips_symbols_the_stream_already_priced():
         table = ResponseTable()
         publisher = PricePublisher(table, stale_after_s=5.0)
         conn = ExchangeConnection(EXCHANGES["gateio"], assets, publisher.on_tick,
-                                  **fast(fake, rest_gap_s=0.5))
+                                  **fast(fake, rest_gap_s=2.0))
         task = asyncio.ensure_future(conn.run())
         try:
             assert await until(lambda: conn.prewarm_skipped >= 1 and

@@ -689,7 +689,7 @@ PER_CONN_BOUND = 512 * 1024         # 128 KiB not-sent low-water mark + in fligh
 def test_non_readers_hold_a_bounded_kernel_queue_and_are_reset(table):
     """Issue 23: no TCP_NOTSENT_LOWAT/SO_SNDBUF let each non-reader pin ~2.2 MiB
     of kernel memory, and the 1008 close left it in FIN-WAIT-1 for 30 s+."""
-    options = WebSocketOptions(stall_timeout_s=2.0)
+    options = WebSocketOptions(stall_timeout_s=3.0)
     mem_before = tcp_mem_pages()
     with HTTPServer(table, threads=1, websocket=options) as server:
         port = server.address[1]
@@ -705,15 +705,18 @@ def test_non_readers_hold_a_bounded_kernel_queue_and_are_reset(table):
                 table.update({"S001": body("S001", v, pad=60000),
                               "S002": body("S002", v, pad=60000)})
                 time.sleep(0.002)           # let the worker write between rounds
+            # The worker's once-a-second sample first: read after `ss` (a
+            # subprocess, slow on a busy box) it had once gone back to 0, the
+            # non-readers already stall-closed.
+            sampled = wait_for(lambda: totals(server)["kernel_queued"], timeout=5.0,
+                               message="a kernel_queued sample")
+            assert sampled <= NONREADERS * PER_CONN_BOUND
             queues = server_send_queues(port)
             mem_full = tcp_mem_pages()
             assert len(queues) >= NONREADERS
             assert max(queues) <= PER_CONN_BOUND, (
                 f"kernel send queues: max {max(queues)} B, total {sum(queues)} B "
                 f"(sockstat TCP mem {mem_before} -> {mem_full} pages)")
-            sampled = wait_for(lambda: totals(server)["kernel_queued"], timeout=5.0,
-                               message="a kernel_queued sample")
-            assert sampled <= NONREADERS * PER_CONN_BOUND
             # Stalled: closed with a reset, so nothing stays queued in FIN-WAIT-1.
             wait_for(lambda: totals(server)["ws_slow_closes"] == NONREADERS, timeout=15.0,
                      message="every non-reader closed")
