@@ -124,7 +124,10 @@ def test_a_failed_batch_stays_queued_and_a_full_queue_counts_bg_drop(store, tmp_
     table = APIKeyTable()
     for i in range(5):
         table.set(api_key_id(f"key{i}"))
-    usage = UsageLog(store, table, queue_rows=3)
+    # One minute for every harvest: stopping PostgreSQL between the first two
+    # took a minute boundary once (two cells, not one merged).
+    minute = time.time() // 60 * 60
+    usage = UsageLog(store, table, queue_rows=3, clock=lambda: minute + 1.0)
     seen: dict[tuple[str, str, str], list[int]] = {}
     admit(table, "key0", ("udp", "price"), 2, seen)
     usage.harvest()

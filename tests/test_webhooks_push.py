@@ -125,6 +125,7 @@ def delivered_rows(store: WebhookStore, sub_id: str) -> list[dict]:
     return [r for r in store.read_log(sub_id, 10_000) if r["delivered"]]
 
 
+@pytest.mark.needs_core                # on_schedule's clock, as below
 def test_https_deliveries_signed_on_schedule(table, store, receiver, tls_certs):  # noqa: F811
     sub = store.add(f"https://localhost:{receiver.port}/ok", "fast", ["BTC", "ETH", "SOL"])
     receiver.secrets = sub["secrets"]
@@ -173,6 +174,9 @@ def test_https_deliveries_signed_on_schedule(table, store, receiver, tls_certs):
     assert "p99" in stats["latency_ms"]
 
 
+# needs_core: on_schedule's "3 in 4 cycles within 15 ms" is a clock (a CPU
+# hog beside six workers made 7 of 13 late)
+@pytest.mark.needs_core
 def test_udp_datagrams_per_cycle_and_interval(table, store):
     with UDPReceiver() as rx:
         subs = [store.add(f"udp://127.0.0.1:{rx.port}", "fast", ASSETS[:k]) for k in (1, 3)]
