@@ -246,11 +246,16 @@ class ControlPlane:
             return fn(*args)
         return asyncio.run_coroutine_threadsafe(call(), self.loop).result(timeout)
 
-    def stop(self, timeout: float = 1.0) -> None:
-        """Stop the loop (pending tasks are cancelled) and join its thread."""
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the loop (pending tasks are cancelled) and join its thread:
+        on return the loop is closed and its file descriptors with it.  (The
+        join waited 1 s: beside a CPU hog, a service's loop still ending its
+        cancelled feed tasks outlived it and its fds outlived stop().)"""
         if self._thread.is_alive():
             self.loop.call_soon_threadsafe(self.loop.stop)
             self._thread.join(timeout)
+            if self._thread.is_alive():
+                log.warning("control loop: still ending its tasks %.0f s after stop()", timeout)
 
 
 class MissDispatcher:
