@@ -345,3 +345,25 @@ def test_the_tls_line_says_when_every_handshake_happened_in_the_warm_up():
     churn = tls_line({"tls": {**base, "handshakes": 1200, "handshakes_per_s": 400.0, "resumed": 7}})
     assert churn is not None and "1,200 handshakes (400/s), 7 resumed" in churn
     assert tls_line({}) is None
+
+
+def test_a_failed_tls_run_gives_its_fds_back_while_its_error_is_kept(tls_certs):
+    """The error of a run where no TLS connection worked may be kept (pytest
+    keeps a failure's traceback): the native run's fds are closed before it
+    is raised, not when the traceback goes (a kept one once failed the leak
+    checks of the tests after it in that worker)."""
+    import os
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Plain)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        before = set(os.listdir("/proc/self/fd"))
+        with pytest.raises(LoadTLSError, match="did not answer in TLS") as kept:
+            run_http_load(HTTPLoadConfig(port=server.server_address[1], tls=True,
+                                         cacert=str(tls_certs.ca), connections=2, threads=1,
+                                         duration_s=0.3, warmup_s=0.0))
+        assert set(os.listdir("/proc/self/fd")) == before, kept.value
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()

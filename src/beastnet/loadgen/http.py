@@ -119,6 +119,9 @@ def run_http_load(cfg: HTTPLoadConfig, progress: Optional[ProgressCallback] = No
     if cfg.tls:
         tls = tls_summary(run, c, result.duration_s, HIST_TLS)
         extra["tls"] = tls
+        # The native run (its threads' epoll fds) goes now, not with the
+        # traceback of the error below, which a caller may keep.
+        del drive, run
         check_tls_failure(cfg, "https", result.received, tls)
     return result
 

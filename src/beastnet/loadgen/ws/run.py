@@ -181,5 +181,6 @@ def run_ws_load(cfg: WSLoadConfig, progress: Optional[ProgressCallback] = None,
     if cfg.tls:
         tls = tls_summary(run, c, span, HIST_TLS)
         extra["tls"] = tls
+        del drive, run          # the native run's fds go now, not with a kept traceback
         check_tls_failure(cfg, "wss", c["upgrades"], tls)
     return result
