@@ -32,6 +32,9 @@ def config(port: int, **kw) -> WSLoadConfig:
     return WSLoadConfig(port=port, path="/", **kw)
 
 
+# needs_core: a clock is the subject (on six busy workers 47 of the 60
+# stamped messages arrived inside the 2 s run)
+@pytest.mark.needs_core
 def test_latency_from_a_stamp_sent_after_a_fixed_delay_is_within_10_percent():
     delay_s = 0.1
 
