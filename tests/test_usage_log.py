@@ -279,7 +279,11 @@ def test_appended_rows_fold_in_the_background(postgres):  # noqa: F811
         assert store.fold_counters() == {"usage_folds": store.compactions,
                                          "usage_rows_folded": store.rows_compacted,
                                          "usage_fold_errors": 0}
-        assert store.compactions >= 2 and store.rows_compacted >= 2
+        # Every fold moved the one cell (a fold counts the cells it wrote);
+        # the explicit compact() finds nothing left when a background fold
+        # came after the last write (once in a quiet six-worker run).
+        assert store.compactions >= 1 and store.rows_compacted == store.compactions
+        assert postgres.psql("SELECT count(*) FROM usage_log_fresh") == 0
     finally:
         store.close()
 

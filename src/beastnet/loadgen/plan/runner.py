@@ -177,8 +177,11 @@ class Poller:
 
     def _read(self) -> None:
         cpu0 = time.thread_time()
-        t = round(time.monotonic() - self._t0, 3)
         stats = self._stats()
+        # Stamped once the stats are in: a sample is what the nodes said at
+        # that moment (stamped before the read, a flag seen in it could date
+        # from before what raised it, as a test of a stopped node once saw).
+        t = round(time.monotonic() - self._t0, 3)
         row: dict[str, Any] = {"t": t, "at": self.where(), "flags": []}
         if stats is None:
             self.failures += 1
