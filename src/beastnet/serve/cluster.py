@@ -178,6 +178,8 @@ return out
 # slice, which lasts 50 ms at the full rate) degrades before the tokens run
 # out; an idle node waits degrade_after_s.  Loopback answers in ~0.2 ms.
 DRAINING_AFTER_S = 0.05
+STOP_GRACE_S = 3.0          # stop(): how long the loops have to end on their own
+LISTEN_POLL_S = 0.25        # the pub/sub read's timeout: how soon the listener sees a stop
 
 
 class ClusterConfigError(ClusterError):
@@ -321,6 +323,11 @@ class ClusterNode:
         self._month = current_month()
         self._previous: Optional[tuple[float, dict[str, int]]] = None
         self._tasks: list[asyncio.Task[Any]] = []
+        # Set by stop(): the loops end on their own at their next pause or
+        # pub/sub poll.  Not cancelled first: a cancel that lands inside
+        # redis-py's pub/sub read can be swallowed there and leave the task
+        # waiting forever (seen: a node's stop() hung on `get_message`).
+        self._stopping = asyncio.Event()
         self._read_sha: Optional[str] = None
         self._lease_sha: Optional[str] = None
         self._redis_offset_us: Optional[float] = None  # Redis TIME - our monotonic clock
@@ -330,6 +337,7 @@ class ClusterNode:
     async def start(self) -> None:
         """Connect, register, take the first leases, then run the loops.  A
         Redis that is down here is a fallback like any later outage."""
+        self._stopping = asyncio.Event()
         self.redis = aioredis.from_url(self.url, socket_timeout=1.0, socket_connect_timeout=1.0,
                                        health_check_interval=5)
         if self.api_keys is not None:
@@ -355,10 +363,23 @@ class ClusterNode:
             self._tasks.append(loop.create_task(loop_fn()))
 
     async def stop(self) -> None:
-        """Push the last usage, leave the nodes hash, close."""
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        """End the loops, push the last usage, leave the nodes hash, close.
+        Bounded: a loop that has not ended after STOP_GRACE_S is cancelled,
+        and one that ignores that too is left behind, logged."""
+        self._stopping.set()
+        if self._tasks:
+            _, pending = await asyncio.wait(self._tasks, timeout=STOP_GRACE_S)
+            for task in pending:
+                task.cancel()
+            if pending:
+                _, stuck = await asyncio.wait(pending, timeout=1.0)
+                for task in stuck:
+                    log.warning("cluster: %s did not end at stop; left behind",
+                                task.get_coro().__qualname__)
+            for task in self._tasks:
+                if task.done() and not task.cancelled() and task.exception() is not None:
+                    log.warning("cluster: %s ended on %r", task.get_coro().__qualname__,
+                                task.exception())
         if self.redis is None:
             return
         try:
@@ -539,9 +560,17 @@ class ClusterNode:
         self.counts["snapshots"] += 1
         self.nodes_seen = max(1, int(replies[-1]))
 
+    async def _pause(self, seconds: float) -> bool:
+        """Sleep `seconds`; True (at once) when stop() began."""
+        if not self._stopping.is_set():
+            try:
+                await asyncio.wait_for(self._stopping.wait(), seconds)
+            except asyncio.TimeoutError:
+                return False
+        return True
+
     async def _snapshot_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval_s)
+        while not await self._pause(self.interval_s):
             await self._call(self._write_snapshot)
 
     async def cluster_stats(self) -> Optional[dict[str, Any]]:
@@ -705,8 +734,8 @@ class ClusterNode:
         if self.api_keys is None:
             return                      # keys off: nothing to lease (snapshots probe Redis)
         hungry = self.api_keys.hungry
-        while True:
-            await asyncio.sleep(poll_s)
+        while not self._stopping.is_set():
+            await asyncio.sleep(poll_s)     # 100 times a second: no timer task each
             now = time.monotonic()
             if now >= next_reload:
                 next_reload = now + 1.0
@@ -763,8 +792,7 @@ class ClusterNode:
         self._month = month
 
     async def _usage_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.usage_interval_s)
+        while not await self._pause(self.usage_interval_s):
             if self.reachable:
                 await self._call(self._push_usage)
 
@@ -782,15 +810,16 @@ class ClusterNode:
 
     async def _listen_loop(self) -> None:
         """Key changes and profile switches; resubscribes after an outage."""
-        while True:
+        while not self._stopping.is_set():
             try:
                 pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
                 await pubsub.subscribe(KEYS_CHANNEL, CONTROL_CHANNEL)
                 try:
                     # A reconnect may have missed changes: read the shared store.
                     await self._load_shared_keys()
-                    while True:
-                        message = await pubsub.get_message(timeout=1.0)
+                    while not self._stopping.is_set():
+                        # Short polls: stop() waits for this loop to see it.
+                        message = await pubsub.get_message(timeout=LISTEN_POLL_S)
                         if message is not None:
                             await self._on_message(message["channel"], message["data"])
                 finally:
@@ -800,7 +829,7 @@ class ClusterNode:
                     self._misconfigured(exc)
                 else:
                     self._set_reachable(False, exc)
-                await asyncio.sleep(1.0)
+                await self._pause(1.0)
 
     async def _on_message(self, channel: bytes, data: bytes) -> None:
         try:
