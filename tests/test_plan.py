@@ -397,6 +397,35 @@ def test_preflight_stops_the_test_when_a_node_refuses_its_reset(cluster):
 
 
 @TOPOLOGY
+@pytest.mark.timeout(60)
+def test_a_load_run_that_cannot_start_fails_its_test_and_the_plan_goes_on(cluster):
+    """A test whose load raised LoadError (here LoadTLSError, as when no
+    handshake worked in time) is that test's fail, with the reason; the
+    next test runs and the nodes are restored."""
+    from beastnet.errors import LoadTLSError
+    from beastnet.loadgen.ramp import runner_for
+    plan = parse_plan(one_test(UDP_DIRECT + "levels = [[100, 10]]\n") + "[[tests]]\n"
+                      'name = "t2"\n' + UDP_DIRECT + "levels = [[100, 10]]\n")
+    calls: list[str] = []
+
+    def load_runner(cfg, **kwargs):
+        calls.append(cfg)
+        if len(calls) == 1:
+            raise LoadTLSError("no TLS handshake with 127.0.0.1:1 succeeded (test)")
+        return runner_for(cfg)(cfg, **kwargs)
+    lines: list[str] = []
+    report = run_plan(plan, lines.append, cluster=cluster, load_runner=load_runner)
+    t1, t2 = report["tests"]
+    assert t1["verdict"] == "fail"
+    assert t1["reasons"] == ["the load run failed: no TLS handshake with 127.0.0.1:1 "
+                             "succeeded (test)"]
+    assert any("the load run failed" in line for line in lines)
+    assert len(calls) >= 2 and t2["verdict"] in ("pass", "warn"), t2
+    assert t2["ramp"]["levels"][0]["result"]["received"] > 0
+    assert all(r["ok"] for r in report["restores"])
+
+
+@TOPOLOGY
 @pytest.mark.timeout(90)
 def test_a_node_made_to_drop_udp_raises_the_red_flag_when_it_drops(cluster):
     """node1 is stopped (SIGSTOP) for 0.8 s under an open-loop UDP load: its

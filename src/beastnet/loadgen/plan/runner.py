@@ -31,6 +31,7 @@ from typing import Any, Callable, Optional
 
 import orjson
 
+from beastnet.errors import AgentsError, LoadError
 from beastnet.loadgen.plan.spec import Plan, PlanTest, RedFlags
 from beastnet.loadgen.targets import parse_target
 
@@ -524,6 +525,13 @@ class PlanRunner:
                 result["endurance"] = _slope(r.timeline)
                 if r.interrupted:
                     self.interrupted = True
+        except AgentsError:
+            raise                   # no agents to run any test on: the plan stops
+        except LoadError as exc:
+            # This test's load could not run (no TLS handshake worked, a
+            # generator thread failed): its verdict, and the next test runs.
+            result.update(verdict="fail", reasons=[f"the load run failed: {exc}"])
+            self._say(f"   {self._where}: the load run failed: {exc}")
         finally:
             self.load_s += time.monotonic() - t0
             if report_load is not None:
