@@ -58,3 +58,19 @@ def test_a_ticker_with_any_price_field_never_raises(name, field):
         assert isinstance(price, (int, float)) and math.isfinite(price) and price > 0
     else:                                     # refused, and counted where it was refused
         assert conn.bad_messages + publisher.refused == 1
+
+
+def test_msgs_per_s_is_the_last_whole_window_for_every_reader():
+    """Two readers one after the other (stats and metrics in one scrape)
+    read the same rate: the second is not given a window of microseconds
+    (it read 0 msg/s while 1,500 a second came in)."""
+    import time
+    out: list = []
+    conn = connection("okx", out)
+    text = orjson.dumps(ticker("okx", EXCHANGES["okx"].symbol_of("BTC"), "97000.5",
+                               1.7e9)).decode()
+    conn._rate_mark = (time.monotonic() - 2.0, 0)     # a window opened 2 s ago
+    for _ in range(10):
+        conn.on_message(text)
+    first, second = conn.health()["msgs_per_s"], conn.health()["msgs_per_s"]
+    assert 4.0 < first <= 5.0 and second == first, (first, second)

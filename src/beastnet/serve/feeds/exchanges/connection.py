@@ -102,6 +102,7 @@ class ExchangeConnection:
         self.batch: Optional[Callable[[bool], None]] = None
         self._ws: Any = None
         self._rate_mark = (time.monotonic(), 0)
+        self._rate = 0.0                # messages/s over the last window of >= 1 s
         self._rest_wake = asyncio.Event()
         self._last_error = ""
         self._rest_error = ""
@@ -121,12 +122,15 @@ class ExchangeConnection:
         now = time.monotonic()
         mark_t, mark_n = self._rate_mark
         if now - mark_t >= 1.0:
+            # A window closes: its rate stands until the next one closes, so
+            # a second reader right after (stats and metrics in one scrape)
+            # does not read a window of microseconds (0 msg/s).
+            self._rate = (self.messages - mark_n) / (now - mark_t)
             self._rate_mark = (now, self.messages)
-        span = max(now - mark_t, 1e-9)
         return {
             "state": self.state, "quote": self.exchange.quote,
             "message_age_s": round(now - self.last_message, 3) if self.last_message else None,
-            "msgs_per_s": round((self.messages - mark_n) / span, 1), "messages": self.messages,
+            "msgs_per_s": round(self._rate, 1), "messages": self.messages,
             "ticks": self.ticks, "reconnects": self.reconnects, "stale_events": self.stale_events,
             "protocol_errors": self.protocol_errors,
             "rest_polls": self.rest_polls, "rest_errors": self.rest_errors,
