@@ -32,6 +32,7 @@ import _background
 # Here, not in each module: one session-scoped definition, so one cluster
 # per run rather than one per module importing it.
 from pg_support import (_postgres_initialised, postgres, postgres_cluster,  # noqa: F401
+                        postgres_log_since,
                         postgres_own)  # (fixtures)
 
 # -- hypothesis profiles ----------------------------------------------------------
@@ -261,6 +262,18 @@ def _note_skip(report) -> None:
         return                          # the one skip CI allows: --run-slow's variants
     reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
     _CI_SKIPS.append(f"{report.nodeid}: {reason.removeprefix('Skipped: ')}")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failed test that had a database on the shared PostgreSQL carries
+    what the server logged meanwhile (a stalled statement's lock wait)."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed and call.when in ("call", "teardown"):
+        logged = postgres_log_since(item)
+        if logged is not None:
+            report.sections.append(("PostgreSQL log since the test began", logged))
 
 
 def pytest_runtest_logreport(report):

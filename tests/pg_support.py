@@ -141,7 +141,28 @@ def postgres(request) -> Iterator[Any]:
         yield request.getfixturevalue("postgres_own")
         return
     database = SharedDatabase(request.getfixturevalue("postgres_cluster"))
+    log = database.cluster.log
+    # Where this test's part of the shared log starts: a failed test's
+    # report carries what PostgreSQL logged meanwhile (conftest's
+    # pytest_runtest_makereport), lock waits included (log_lock_waits).
+    request.node.postgres_log = (log, log.stat().st_size if log.exists() else 0)
     try:
         yield database
     finally:
         database.drop()
+
+
+def postgres_log_since(item: Any, lines: int = 40) -> Optional[str]:
+    """The last `lines` lines the shared cluster logged since `item`'s
+    database was made, or None when the test had none."""
+    where = getattr(item, "postgres_log", None)
+    if where is None:
+        return None
+    path, offset = where
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            text = f.read().decode("utf-8", "replace")
+    except OSError as exc:
+        return f"(the PostgreSQL log {path} could not be read: {exc})"
+    return "\n".join(text.splitlines()[-lines:]) or "(nothing logged)"

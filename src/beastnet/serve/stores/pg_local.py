@@ -119,10 +119,13 @@ class LocalPostgres:
             self.log.touch()
             os.chown(self.log, self.user.pw_uid, self.user.pw_gid)
         # Unix sockets in our directory (not /var/run/postgresql, which may
-        # not exist or not be ours); fsync off: a throw-away database.
+        # not exist or not be ours); fsync off: a throw-away database;
+        # a lock waited on past deadlock_timeout (1 s) is logged, with its
+        # holder: a stalled statement in a test or benchmark says why.
         self._run(self.pg_ctl, "-D", str(self.data), "-l", str(self.log), "-w",
                   "-t", str(START_TIMEOUT_S),
-                  "-o", f"-p {self.port} -h 127.0.0.1 -k {self.dir} -F", "start")
+                  "-o", f"-p {self.port} -h 127.0.0.1 -k {self.dir} -F -c log_lock_waits=on",
+                  "start")
         return self
 
     @property
