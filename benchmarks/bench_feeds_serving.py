@@ -2,8 +2,8 @@
 CPU per request and req/s, paired rounds), and the time from a tick leaving
 the exchange to a WebSocket subscriber of `beastnet serve` receiving it.
 
-    PYTHONPATH=src python benchmarks/bench_feeds_serving.py [--rounds 8] [--duration 5]
-        [--against TREE]
+    PYTHONPATH=src python benchmarks/bench_feeds_serving.py [--blocks 3] [--slices 6]
+        [--duration 5] [--design interleaved|fresh] [--rounds 8] [--against TREE]
 
 The exchanges: tests/fake_exchange.py's six fakes in a process of their own
 (`--fake`), each pushing its documented ticker message for every symbol a
@@ -19,23 +19,37 @@ simulator's publication rate (150 assets x 10 rounds/s), so the exchanges
 arm publishes at least as often as the baseline: the test is not made
 easier by a guessed lower rate (`--feed-rate 3000`: every symbol near OKX's
 cap).
-Arms, each a fresh `beastnet serve` (production profile, keys off, logs at
-info): "sim" (`--feed sim`, 10 rounds/s) and "exchanges" (`--feed
-exchanges`, the fakes' URLs in a config file); with --against TREE, also
-"exchanges@base": the exchanges arm run from TREE's src (e.g. /work/main,
-built), for a before/after in the same run.  Each round runs every arm once,
-the order reversed every other round (ABBA), so a drift of the machine's
-load over the run weighs on both arms alike.
+Arms, each a `beastnet serve` (production profile, keys off, logs at info):
+"sim" (`--feed sim`, 10 rounds/s) and "exchanges" (`--feed exchanges`, the
+fakes' URLs in a config file); with --against TREE, also "exchanges@base":
+the exchanges arm run from TREE's src (e.g. /work/main, built), for a
+before/after in the same run.
+Design "interleaved" (the default): in each of --blocks blocks, one server
+per arm is started and both stay up; the load then alternates between them,
+--slices runs each, the order reversed every other pair (ABBA).  Every run
+thus has the same processes on the machine (the fakes pushing to the
+exchanges server, which takes its feed in all along, and the simulator's
+server walking its prices): only which of the two answers the requests
+changes, and the two runs of a pair are seconds apart.  Between fresh
+processes the same arm's req/s differs by 15-25 % on this VM (placement,
+start-up, the machine's drift), twenty times the effect sought; the blocks
+sample that too.  Design "fresh": a new server for every run, rounds of every
+arm once (the earlier design; --rounds).
 The primary figure is the server's CPU per request: schedstat of every
-thread of the serve process over the load run (warm-up included), so the
-fakes' CPU and the load generator's are not in it (in production the
-exchanges are remote).  Per round, sim CPU/req / exchanges CPU/req (>= 0.98
-is the target: serving with the feeds costs at most 1/0.98 of the
-simulator's CPU per request); the median of the rounds' ratios with a
-bootstrap 95 % interval (the rounds resampled 10,000 times).  Beside it the
-same for req/s (exchanges / sim), which on two shared cores moves with
-everything else running.  Also per arm: the idle server's CPU over --idle
-seconds before the load run (what the feed alone costs) and the fakes'
+thread of the serve process over the load run (warm-up included) divided by
+the requests serve itself counted meanwhile, so the fakes' CPU and the load
+generator's are not in it (in production the exchanges are remote) and the
+feed's intake is (the exchanges server takes its feed in during its runs:
+the messages it counted are printed per run).  Per pair, sim CPU/req /
+exchanges CPU/req (>= 0.98 is the target: serving with the feeds costs at
+most 1/0.98 of the simulator's CPU per request); the median of the pairs'
+ratios with a bootstrap 95 % interval (the pairs resampled 10,000 times),
+and the pooled ratio.  Beside it the same for req/s (exchanges / sim): in
+the interleaved design both runs of a pair share the machine with the same
+background (the feed's intake is in the sim runs' background too), so the
+req/s ratio shows what the feed does to serving inside its own process,
+and the CPU ratio what it costs in all.  Also per arm: the idle server's CPU over --idle
+seconds before the load runs (what the feed alone costs) and the fakes'
 process CPU over the load run (not serve's: reported apart).
 Throughput: `beastnet load` over HTTP (GET /v1/<asset>, the 150 assets in
 turn, its default connections) for --duration seconds.
@@ -145,12 +159,17 @@ async def run_fakes(rate: float, log_path: str) -> None:
 
 # -- the harness ---------------------------------------------------------------------
 
+# --pin: taskset prefixes. The servers on CPU 0, the load generator and the
+# fakes on CPU 1 (what production would have off the box, and the client).
+PIN: dict[str, list[str]] = {"serve": [], "client": []}
+
 class Serve:
     """A `beastnet serve` process (its own session, stopped by PID)."""
 
     def __init__(self, args: list[str], src: Optional[Path] = None) -> None:
         self.log = tempfile.NamedTemporaryFile(prefix="bench-feeds-serve-", suffix=".log")
-        argv = [sys.executable, "-m", "beastnet", "serve", "--no-keys", "--udp-port", "0",
+        argv = [*PIN["serve"], sys.executable, "-m", "beastnet", "serve", "--no-keys",
+                "--udp-port", "0",
                 "--http-port", "0", "--admin-port", "0", *args]
         env = child_env()
         if src is not None:                   # another tree's beastnet (--against)
@@ -181,6 +200,10 @@ class Serve:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}/admin/stats",
                                     timeout=5) as r:
             return orjson.loads(r.read())
+
+    def requests(self) -> int:
+        """HTTP requests the server has answered or refused, all workers."""
+        return int(self.stats()["http"]["totals"]["requests"])
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -222,7 +245,8 @@ def _prewarmed(name: str, health: dict) -> bool:
 
 
 def load_http(port: int, duration_s: float, out: Path) -> float:
-    argv = [sys.executable, "-m", "beastnet", "load", f"http://127.0.0.1:{port}/v1/",
+    argv = [*PIN["client"], sys.executable, "-m", "beastnet", "load",
+            f"http://127.0.0.1:{port}/v1/",
             "-k", ",".join(ASSETS), "-d", str(duration_s), "--warmup", "1", "-q",
             "--json", str(out)]
     r = subprocess.run(argv, env=child_env(), capture_output=True, text=True,
@@ -293,29 +317,78 @@ def percentile(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(q / 100 * len(s)))] if s else float("nan")
 
 
+def measure(server: Serve, fake_pid: int, duration_s: float,
+            out: Path) -> tuple[float, float, float]:
+    """One load run against `server`: (req/s the generator saw, the serve
+    process's CPU per request it counted in µs, the fakes' CPU in ms/s).
+    CPU: serve's own threads (schedstat), over the warm-up and the measured
+    seconds alike, divided by the requests serve itself counted meanwhile."""
+    c0, f0, q0 = proc_sched_ns(server.proc.pid), proc_sched_ns(fake_pid), server.requests()
+    w0 = time.monotonic_ns()
+    r = load_http(server.http_port, duration_s, out)
+    cpu_ns, fake_ns = proc_sched_ns(server.proc.pid) - c0, proc_sched_ns(fake_pid) - f0
+    wall_ns = time.monotonic_ns() - w0
+    answered = server.requests() - q0
+    return r, cpu_ns / 1e3 / max(1, answered), fake_ns / wall_ns * 1e3
+
+
+def idle_cpu(servers: list[Serve], seconds: float) -> list[float]:
+    """Each server's CPU in ms a second over the same `seconds` of no requests."""
+    c0, w0 = [proc_sched_ns(s.proc.pid) for s in servers], time.monotonic_ns()
+    time.sleep(seconds)
+    wall = time.monotonic_ns() - w0
+    return [(proc_sched_ns(s.proc.pid) - c) / wall * 1e3 for s, c in zip(servers, c0)]
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--design", choices=("interleaved", "concurrent", "fresh"),
+                   default="interleaved",
+                   help="interleaved (default): both arms' servers up at once, the load "
+                        "alternating between them; concurrent: both loaded at once, one "
+                        "generator each; fresh: a new server for every run")
+    p.add_argument("--blocks", type=int, default=3,
+                   help="interleaved: pairs of servers started afresh, one after another")
+    p.add_argument("--slices", type=int, default=6,
+                   help="interleaved: load runs per arm in each block (ABBA)")
     p.add_argument("--rounds", type=int, default=8,
-                   help="rounds, each arm once a round, the order reversed every other round")
+                   help="fresh: rounds, each arm once a round, the order reversed every "
+                        "other round")
     p.add_argument("--duration", type=float, default=5.0, help="seconds of each load run")
     p.add_argument("--feed-rate", type=float, default=1500.0,
                    help="ticker messages a second from the six fakes together")
     p.add_argument("--latency-seconds", type=float, default=10.0,
                    help="seconds of the tick -> subscriber measure (0: none)")
     p.add_argument("--idle", type=float, default=3.0,
-                   help="seconds the idle server's CPU is read before each load run")
+                   help="seconds the idle servers' CPU is read before the load runs")
     p.add_argument("--against", metavar="TREE", type=Path,
                    help="also run the exchanges arm from TREE/src (built): before/after")
+    p.add_argument("--pin", action="store_true",
+                   help="servers on CPU 0; load generator and fakes on CPU 1 (taskset)")
     p.add_argument("--fake", metavar="LOG", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.pin:
+        if (os.cpu_count() or 1) < 2:
+            p.error("--pin needs two CPUs")
+        PIN.update(serve=["taskset", "-c", "0"], client=["taskset", "-c", "1"])
     if args.fake:
         asyncio.run(run_fakes(args.feed_rate, args.fake))
         return 0
+    for name in ("blocks", "slices", "rounds"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name} must be at least 1")
     tmp = Path(tempfile.mkdtemp(prefix="bench-feeds-serving-"))
     sent_log = tmp / "sent.jsonl"
-    fake = subprocess.Popen([sys.executable, __file__, "--fake", str(sent_log),
+    fake = subprocess.Popen([*PIN["client"], sys.executable, __file__, "--fake", str(sent_log),
                              "--feed-rate", str(args.feed_rate)], stdout=subprocess.PIPE,
                             env=child_env(), text=True, start_new_session=True)
+    servers: dict[str, Serve]
+    rps: dict[str, list[float]] = {}
+    idle: dict[str, list[float]] = {}
+    cpu: dict[str, list[float]] = {}
+    fake_cpu: dict[str, list[float]] = {}
+    feed_rate: dict[str, list[float]] = {}
+    received: list[tuple[str, str, str, int, str]] = []
     try:
         assert fake.stdout is not None
         urls = orjson.loads(fake.stdout.readline())
@@ -328,56 +401,119 @@ def main(argv: Optional[list[str]] = None) -> int:
             "sim": (["--feed", "sim"], None), "exchanges": (exchanges, None)}
         if args.against is not None:
             arms["exchanges@base"] = (exchanges, args.against.resolve() / "src")
+        for store in (rps, idle, cpu, fake_cpu, feed_rate):
+            store.update({a: [] for a in arms})
+        if args.design == "fresh":
+            shape = f"{args.rounds} rounds (ABBA), a fresh server each run"
+        else:
+            shape = (f"{args.blocks} blocks x {args.slices} runs per arm (ABBA), the arms' "
+                     f"servers up together in each block")
         print(f"# bench_feeds_serving: {os.cpu_count()} CPUs; HTTP load {args.duration:g} s "
-              f"per run, {args.rounds} rounds (ABBA); fakes at {args.feed_rate:,.0f} msg/s"
+              f"per run, {shape}; fakes at {args.feed_rate:,.0f} msg/s"
+              + ("; servers on CPU 0, load and fakes on CPU 1" if args.pin else "")
               + (f"; base tree {args.against}" if args.against else ""))
-        rps: dict[str, list[float]] = {a: [] for a in arms}
-        idle: dict[str, list[float]] = {a: [] for a in arms}
-        cpu: dict[str, list[float]] = {a: [] for a in arms}
-        fake_cpu: dict[str, list[float]] = {a: [] for a in arms}
-        received: list[tuple[str, str, str, int, str]] = []
-        for n in range(args.rounds):
-            order = list(arms) if n % 2 == 0 else list(reversed(arms))
-            for arm in order:
-                server = Serve(*arms[arm])
+
+        def feed_messages(server: Serve) -> int:
+            exch = server.stats()["feed"]["exchanges"]
+            return sum(int(h.get("messages", 0)) for h in exch.values())
+
+        def run(arm: str, server: Serve, label: str) -> None:
+            nonlocal received
+            note = ""
+            load = os.getloadavg()[0]
+            if arm != "sim":
+                m0, t0 = feed_messages(server), time.monotonic()
+            r, cpu_us, fake_ms = measure(server, fake.pid, args.duration,
+                                         tmp / f"{arm}{len(rps[arm])}.json")
+            cpu[arm].append(cpu_us)
+            fake_cpu[arm].append(fake_ms)
+            rps[arm].append(r)
+            if arm != "sim":
+                # What serve took in from the fakes during this run: the feed
+                # flowed while it served (messages counted by serve itself).
+                rate = (feed_messages(server) - m0) / (time.monotonic() - t0)
+                feed_rate[arm].append(rate)
+                note += f"  feed {rate:,.0f} msg/s in"
+                if arm == "exchanges" and not received and args.latency_seconds > 0:
+                    received = asyncio.run(subscribe_and_stamp(server.http_port,
+                                                               args.latency_seconds))
+            print(f"[{label}] {arm:<14} {r:>10,.0f} req/s  server CPU {cpu_us:.3f} us/req  "
+                  f"fakes {fake_ms:.0f} ms CPU/s  (load average {load:.1f}){note}", flush=True)
+
+        def start(arm: str) -> Serve:
+            server = Serve(*arms[arm])
+            if arm != "sim":
+                seen = wait_for_exchange_prices(server)
+                print(f"  {arm}: {seen} symbols priced by the exchanges", flush=True)
+            return server
+
+        if args.design == "fresh":
+            for n in range(args.rounds):
+                for arm in (list(arms) if n % 2 == 0 else list(reversed(arms))):
+                    server = start(arm)
+                    try:
+                        # What the feed costs the serving process with no
+                        # request coming: its CPU over --idle seconds.
+                        idle[arm] += idle_cpu([server], args.idle)
+                        run(arm, server, f"{n + 1}/{args.rounds}")
+                    finally:
+                        server.stop()
+        elif args.design == "concurrent":
+            import threading
+            for b in range(args.blocks):
+                servers = {}
                 try:
-                    note = ""
-                    if arm != "sim":
-                        seen = wait_for_exchange_prices(server)
-                        note = f"  symbols seen {seen}"
-                    # What the feed costs the serving process with no request
-                    # coming: its CPU over --idle seconds.
-                    c0, w0 = proc_sched_ns(server.proc.pid), time.monotonic_ns()
-                    time.sleep(args.idle)
-                    idle_ms_per_s = (proc_sched_ns(server.proc.pid) - c0) / \
-                        (time.monotonic_ns() - w0) * 1e3
-                    load = os.getloadavg()[0]
-                    c0, f0 = proc_sched_ns(server.proc.pid), proc_sched_ns(fake.pid)
-                    w0 = time.monotonic_ns()
-                    r = load_http(server.http_port, args.duration, tmp / f"{arm}{n}.json")
-                    # serve's own threads only, over the load run's warm-up
-                    # and measured seconds alike
-                    cpu_us = (proc_sched_ns(server.proc.pid) - c0) / 1e3 / \
-                        (r * (args.duration + 1))
-                    fake_ms_per_s = (proc_sched_ns(fake.pid) - f0) / \
-                        (time.monotonic_ns() - w0) * 1e3
-                    idle[arm].append(idle_ms_per_s)
-                    cpu[arm].append(cpu_us)
-                    fake_cpu[arm].append(fake_ms_per_s)
-                    if arm != "sim":
-                        exch = server.stats()["feed"]["exchanges"]
-                        rate = sum(h.get("msgs_per_s", 0.0) for h in exch.values())
-                        note += f"  feed {rate:,.0f} msg/s"
-                        if arm == "exchanges" and not received and args.latency_seconds > 0:
-                            received = asyncio.run(subscribe_and_stamp(server.http_port,
-                                                                       args.latency_seconds))
-                    rps[arm].append(r)
-                    print(f"[{n + 1}/{args.rounds}] {arm:<14} {r:>10,.0f} req/s  "
-                          f"server CPU {cpu_us:.3f} us/req  idle {idle_ms_per_s:.1f} ms CPU/s  "
-                          f"fakes {fake_ms_per_s:.0f} ms CPU/s  (load average {load:.1f}){note}",
-                          flush=True)
+                    for arm in arms:
+                        servers[arm] = start(arm)
+                    for arm, ms in zip(arms, idle_cpu(list(servers.values()), args.idle)):
+                        idle[arm].append(ms)
+                    for n in range(args.slices):
+                        load = os.getloadavg()[0]
+                        done: dict[str, tuple[float, float, float]] = {}
+                        order = list(arms) if (b + n) % 2 == 0 else list(reversed(arms))
+                        threads = [threading.Thread(target=lambda a=arm: done.__setitem__(
+                            a, measure(servers[a], fake.pid, args.duration,
+                                       tmp / f"{a}{b}.{n}.json"))) for arm in order]
+                        for t in threads:
+                            t.start()
+                        for t in threads:
+                            t.join()
+                        if len(done) != len(arms):
+                            raise SystemExit("bench_feeds_serving: a concurrent load run failed")
+                        for arm in arms:
+                            r, cpu_us, fake_ms = done[arm]
+                            rps[arm].append(r)
+                            cpu[arm].append(cpu_us)
+                            fake_cpu[arm].append(fake_ms)
+                            print(f"[{b + 1}.{n + 1}] {arm:<14} {r:>10,.0f} req/s  server CPU "
+                                  f"{cpu_us:.3f} us/req  (at once; load average {load:.1f})",
+                                  flush=True)
                 finally:
-                    server.stop()
+                    for server in servers.values():
+                        server.stop()
+        else:
+            for b in range(args.blocks):
+                servers = {}
+                try:
+                    for arm in arms:
+                        servers[arm] = start(arm)
+                    for arm, ms in zip(arms, idle_cpu(list(servers.values()), args.idle)):
+                        idle[arm].append(ms)
+                    print(f"  block {b + 1}: idle servers, ms CPU/s: " + ", ".join(
+                        f"{a} {idle[a][-1]:.1f}" for a in arms), flush=True)
+                    # One unmeasured run each first: a server's first run after
+                    # its start was the slowest of its block (warming up).
+                    for arm in arms:
+                        load_http(servers[arm].http_port, min(args.duration, 3.0),
+                                  tmp / f"warm-{arm}{b}.json")
+                    for n in range(args.slices):
+                        # ABBA, and each block begins with the other arm.
+                        order = list(arms) if (b + n) % 2 == 0 else list(reversed(arms))
+                        for arm in order:
+                            run(arm, servers[arm], f"{b + 1}.{n + 1}")
+                finally:
+                    for server in servers.values():
+                        server.stop()
     finally:
         fake.send_signal(signal.SIGTERM)
         fake.wait(30)
@@ -385,28 +521,33 @@ def main(argv: Optional[list[str]] = None) -> int:
     for arm in arms:
         if arm == "sim":
             continue
-        # Paired by round: the two runs of a round are minutes apart at most.
+        # Paired by round (fresh) or by slot (interleaved): the two runs of a
+        # pair are seconds apart (interleaved) or a minute at most (fresh).
         cpu_pairs = [s / e for s, e in zip(cpu["sim"], cpu[arm])]
         rps_pairs = [e / s for s, e in zip(rps["sim"], rps[arm])]
         m, lo, hi = bootstrap_median(cpu_pairs)
-        print(f"{arm}: server CPU per request, sim / {arm}, by round: "
+        print(f"{arm}: server CPU per request, sim / {arm}, by pair: "
               + ", ".join(f"{x:.3f}" for x in cpu_pairs))
-        print(f"  median {m:.3f}  (bootstrap 95 % interval {lo:.3f} - {hi:.3f})")
+        print(f"  median {m:.3f}  (bootstrap 95 % interval {lo:.3f} - {hi:.3f}); pooled "
+              f"{sum(cpu['sim']) / sum(cpu[arm]):.3f}")
         m, lo, hi = bootstrap_median(rps_pairs)
-        print(f"{arm}: req/s, {arm} / sim, by round: "
+        print(f"{arm}: req/s, {arm} / sim, by pair: "
               + ", ".join(f"{x:.3f}" for x in rps_pairs))
-        print(f"  median {m:.3f}  (bootstrap 95 % interval {lo:.3f} - {hi:.3f})")
+        print(f"  median {m:.3f}  (bootstrap 95 % interval {lo:.3f} - {hi:.3f}); pooled "
+              f"{sum(rps[arm]) / sum(rps['sim']):.3f}")
     if "exchanges@base" in arms:
-        # The change itself: the same feed from the two trees, round by round.
+        # The change itself: the same feed from the two trees, pair by pair.
         pairs = [b / e for b, e in zip(cpu["exchanges@base"], cpu["exchanges"])]
         m, lo, hi = bootstrap_median(pairs)
-        print("server CPU per request, exchanges@base / exchanges, by round: "
+        print("server CPU per request, exchanges@base / exchanges, by pair: "
               + ", ".join(f"{x:.3f}" for x in pairs))
         print(f"  median {m:.3f}  (bootstrap 95 % interval {lo:.3f} - {hi:.3f})")
     for arm in arms:
         print(f"{arm}: median server CPU {median(cpu[arm]):.3f} us/req, "
               f"{median(rps[arm]):,.0f} req/s; idle server {median(idle[arm]):.1f} ms CPU/s; "
-              f"fakes' process {median(fake_cpu[arm]):.0f} ms CPU/s during the load run")
+              f"fakes' process {median(fake_cpu[arm]):.0f} ms CPU/s during the load runs"
+              + (f"; feed taken in {min(feed_rate[arm]):,.0f}-{max(feed_rate[arm]):,.0f} msg/s"
+                 if feed_rate[arm] else ""))
     if not received:
         return 0
     sent = {}
