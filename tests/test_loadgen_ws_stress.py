@@ -138,9 +138,19 @@ def test_compression_inflated_bytes_are_exact_and_stamps_read_from_them():
             await asyncio.sleep(0.001)
         await asyncio.sleep(10)
 
+    received = 0
+
+    def all_received(row: dict) -> bool:
+        # Until the last message is in (the server's 300 sends took past a
+        # fixed 1.5 s run at load 5: 297 received); 15 s is only the bound.
+        nonlocal received
+        received += row["received"]
+        return received >= count
+
     with ScriptedServer(compressible) as server:     # websockets negotiates deflate by default
         r = run_ws_load(WSLoadConfig(port=server.port, path="/", deflate=True, ts_key="ts",
-                                     ts_unit="ns", seq_key="seq", duration_s=1.5))
+                                     ts_unit="ns", seq_key="seq", duration_s=15.0),
+                        stop_when=all_received)
     e = r.extra
     assert e["deflate_negotiated"] == 1 and e["inflate_errors"] == 0 and r.errors == 0
     assert e["compressed_messages"] == r.received == count

@@ -182,6 +182,11 @@ STOP_GRACE_S = 3.0          # stop(): how long the loops have to end on their ow
 LISTEN_POLL_S = 0.25        # the pub/sub read's timeout: how soon the listener sees a stop
 
 
+def _task_name(task: "asyncio.Task[Any]") -> str:
+    """The loop a task runs (its coroutine's name), for the log."""
+    return str(getattr(task.get_coro(), "__qualname__", task.get_name()))
+
+
 class ClusterConfigError(ClusterError):
     """Redis refused this node at start: a wrong password, or an ACL user
     lacking a command or channel the cluster needs (`serve` exits 2)."""
@@ -374,12 +379,10 @@ class ClusterNode:
             if pending:
                 _, stuck = await asyncio.wait(pending, timeout=1.0)
                 for task in stuck:
-                    log.warning("cluster: %s did not end at stop; left behind",
-                                task.get_coro().__qualname__)
+                    log.warning("cluster: %s did not end at stop; left behind", _task_name(task))
             for task in self._tasks:
                 if task.done() and not task.cancelled() and task.exception() is not None:
-                    log.warning("cluster: %s ended on %r", task.get_coro().__qualname__,
-                                task.exception())
+                    log.warning("cluster: %s ended on %r", _task_name(task), task.exception())
         if self.redis is None:
             return
         try:
