@@ -440,6 +440,28 @@ def main(argv: Optional[list[str]] = None) -> int:
             print(f"[{label}] {arm:<14} {r:>10,.0f} req/s  server CPU {cpu_us:.3f} us/req  "
                   f"fakes {fake_ms:.0f} ms CPU/s  (load average {load:.1f}){note}", flush=True)
 
+        def run_at_once(servers: dict[str, Serve], order: list[str], label: str) -> None:
+            """One load run against each server at the same time (concurrent)."""
+            import threading
+            load = os.getloadavg()[0]
+            done: dict[str, tuple[float, float, float]] = {}
+            threads = [threading.Thread(target=lambda a=arm: done.__setitem__(
+                a, measure(servers[a], fake.pid, args.duration,
+                           tmp / f"{a}{label}.json"))) for arm in order]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            if len(done) != len(order):
+                raise SystemExit("bench_feeds_serving: a concurrent load run failed")
+            for arm in order:
+                r, cpu_us, fake_ms = done[arm]
+                rps[arm].append(r)
+                cpu[arm].append(cpu_us)
+                fake_cpu[arm].append(fake_ms)
+                print(f"[{label}] {arm:<14} {r:>10,.0f} req/s  server CPU {cpu_us:.3f} us/req  "
+                      f"(at once; load average {load:.1f})", flush=True)
+
         def start(arm: str) -> Serve:
             server = Serve(*arms[arm])
             if arm != "sim":
@@ -458,39 +480,6 @@ def main(argv: Optional[list[str]] = None) -> int:
                         run(arm, server, f"{n + 1}/{args.rounds}")
                     finally:
                         server.stop()
-        elif args.design == "concurrent":
-            import threading
-            for b in range(args.blocks):
-                servers = {}
-                try:
-                    for arm in arms:
-                        servers[arm] = start(arm)
-                    for arm, ms in zip(arms, idle_cpu(list(servers.values()), args.idle)):
-                        idle[arm].append(ms)
-                    for n in range(args.slices):
-                        load = os.getloadavg()[0]
-                        done: dict[str, tuple[float, float, float]] = {}
-                        order = list(arms) if (b + n) % 2 == 0 else list(reversed(arms))
-                        threads = [threading.Thread(target=lambda a=arm: done.__setitem__(
-                            a, measure(servers[a], fake.pid, args.duration,
-                                       tmp / f"{a}{b}.{n}.json"))) for arm in order]
-                        for t in threads:
-                            t.start()
-                        for t in threads:
-                            t.join()
-                        if len(done) != len(arms):
-                            raise SystemExit("bench_feeds_serving: a concurrent load run failed")
-                        for arm in arms:
-                            r, cpu_us, fake_ms = done[arm]
-                            rps[arm].append(r)
-                            cpu[arm].append(cpu_us)
-                            fake_cpu[arm].append(fake_ms)
-                            print(f"[{b + 1}.{n + 1}] {arm:<14} {r:>10,.0f} req/s  server CPU "
-                                  f"{cpu_us:.3f} us/req  (at once; load average {load:.1f})",
-                                  flush=True)
-                finally:
-                    for server in servers.values():
-                        server.stop()
         else:
             for b in range(args.blocks):
                 servers = {}
@@ -506,6 +495,11 @@ def main(argv: Optional[list[str]] = None) -> int:
                     for arm in arms:
                         load_http(servers[arm].http_port, min(args.duration, 3.0),
                                   tmp / f"warm-{arm}{b}.json")
+                    if args.design == "concurrent":
+                        for n in range(args.slices):
+                            order = list(arms) if (b + n) % 2 == 0 else list(reversed(arms))
+                            run_at_once(servers, order, f"{b + 1}.{n + 1}")
+                        continue
                     for n in range(args.slices):
                         # ABBA, and each block begins with the other arm.
                         order = list(arms) if (b + n) % 2 == 0 else list(reversed(arms))
