@@ -180,7 +180,8 @@ def test_every_test_of_the_default_plan_runs_against_plan_local(cluster, tmp_pat
     assert [c["a"] + c["b"] for c in report["comparisons"]] == ["2b2c", "2a2d", "1a2a"]
     assert all("rps_ratio" in c for c in report["comparisons"])
     assert set(report["endurance"]["nodes"]) == {"node1", "node2", "node3"}
-    assert all(r["ok"] and r["profile"] == "dev" for r in report["restores"])
+    assert all(r["ok"] and r["profile"] == "dev" for r in report["restores"]), \
+        report["restores"]
     assert {p["name"] for p in report["processes"]} == {"redis", "postgres", "node1", "node2",
                                                         "node3", "nginx"}
     assert report["versions"]["postgresql"].startswith("postgres (PostgreSQL) ")
@@ -286,9 +287,15 @@ class FakeAdmin(BaseHTTPRequestHandler):
     """A tiny node speaking the admin API (no load is sent to it): profiles,
     reset and stats.  `refuse_reset`: POST /admin/reset answers 403 (a node
     whose reset is blocked); `governor`: None (no `adaptive_enabled`
-    parameter), "obeys" or "ignores" the parameter when posted."""
+    parameter), "obeys" or "ignores" the parameter when posted;
+    `drop_profile_posts`: that many POST /admin/profile are closed
+    unanswered (a node too busy to answer in time), `refuse_profile`: each
+    answers 409."""
 
     refuse_reset = False
+    drop_profile_posts = 0
+    refuse_profile = False
+    profile_posts = 0
     governor: str | None = None
     adaptive = False
 
@@ -311,6 +318,14 @@ class FakeAdmin(BaseHTTPRequestHandler):
         if self.path.startswith("/admin/reset") and self.refuse_reset:
             self._json(403, {"error": "reset is blocked on this node"})
             return
+        if self.path.startswith("/admin/profile"):
+            type(self).profile_posts += 1
+            if type(self).profile_posts <= self.drop_profile_posts:
+                self.close_connection = True     # no status line: the client sees a reset
+                return
+            if self.refuse_profile:
+                self._json(409, {"error": "a switch is under way"})
+                return
         if "adaptive_enabled=" in self.path and self.governor == "obeys":
             type(self).adaptive = self.path.endswith("adaptive_enabled=true")
         self._json(200, {"profile": "dev"})
@@ -326,7 +341,9 @@ def fake_node(name: str, **behaviour: object):
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield NodeTarget(name, f"http://127.0.0.1:{server.server_port}")
+        target = NodeTarget(name, f"http://127.0.0.1:{server.server_port}")
+        target.handler = handler        # type: ignore[attr-defined]  (its class counters)
+        yield target
     finally:
         server.shutdown()
         server.server_close()
@@ -347,6 +364,23 @@ def test_preflight_switches_the_governor_through_adaptive_enabled(governor, on, 
         assert pre["stopped"] == expect
     else:
         assert pre["stopped"] is None and pre["governor"] == {"fake": expect}
+
+
+@pytest.mark.parametrize("behaviour, ok, attempts, posts", [
+    ({"drop_profile_posts": 2}, True, 3, 3),      # unanswered twice: asked again, restored
+    ({"drop_profile_posts": 5}, False, 3, 3),     # never answered: three tries, reported
+    ({"refuse_profile": True}, False, 1, 1),      # answered no: not asked again
+])
+def test_a_restore_the_node_did_not_answer_is_asked_again(behaviour, ok, attempts, posts):
+    plan = parse_plan(one_test(UDP_DIRECT + "levels = [[10, 1]]\n"))
+    with fake_node("busy", **behaviour) as node:
+        runner = PlanRunner(plan, [node], {}, lambda _: None)
+        runner.original["busy"] = {"profile": "dev"}
+        runner._restore("end of plan")
+        handler_posts = node.handler.profile_posts
+    (entry,) = runner.restores
+    assert (entry["ok"], entry["attempts"], handler_posts) == (ok, attempts, posts), entry
+    assert ok or "reason" in entry
 
 
 class NoReports(BaseHTTPRequestHandler):

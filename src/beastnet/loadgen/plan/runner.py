@@ -41,6 +41,7 @@ __all__ = ["NodeTarget", "PlanRunner", "Poller", "red_flags_of"]
 # small host starves for seconds at a time (a profile switch took over 2 s
 # on the 2-core VM beside a test run): slow is not lost.
 ADMIN_TIMEOUT_S = 5.0
+RESTORE_ATTEMPTS = 3        # a profile restore the node did not answer is asked again
 # The traffic counters of /admin/stats a reset must bring to zero (those the
 # cluster snapshot carries, gauges aside); others, such as epoll wake-ups and
 # stream publications, move with the feed whatever the clients do.
@@ -55,7 +56,12 @@ Progress = Callable[[str], None]
 
 
 class NodeError(Exception):
-    """A node did not answer an admin request as it should: one line."""
+    """A node did not answer an admin request as it should: one line.
+    `unreachable`: no answer at all (refused, timed out), which may pass."""
+
+    def __init__(self, message: str, unreachable: bool = False) -> None:
+        super().__init__(message)
+        self.unreachable = unreachable
 
 
 @dataclass
@@ -98,7 +104,8 @@ class Admin:
             raise NodeError(f"{node.name}: {method} {path} answered {exc.code} {body}") from None
         except (OSError, ValueError) as exc:
             reason = getattr(exc, "reason", exc)
-            raise NodeError(f"{node.name}: {method} {path}: unreachable ({reason})") from None
+            raise NodeError(f"{node.name}: {method} {path}: unreachable ({reason})",
+                            unreachable=True) from None
 
 
 def red_flags_of(delta: dict[str, int], flags: RedFlags) -> list[tuple[str, float]]:
@@ -417,13 +424,22 @@ class PlanRunner:
             if not profile:
                 continue
             entry: dict[str, Any] = {"when": when, "node": node.name, "profile": profile}
-            try:
-                self.admin.call(node, "POST", "/admin/profile?name="
-                                + urllib.parse.quote(profile))
-                entry["ok"] = True
-            except NodeError as exc:
-                entry.update(ok=False, reason=str(exc))
-                self._say(f"   restore: {exc}")
+            # A node busy past the admin timeout right after a test is asked
+            # again: a restore left undone leaves it on a stress profile.
+            for attempt in range(1, RESTORE_ATTEMPTS + 1):
+                try:
+                    self.admin.call(node, "POST", "/admin/profile?name="
+                                    + urllib.parse.quote(profile))
+                    entry.update(ok=True, attempts=attempt)
+                    entry.pop("reason", None)
+                    break
+                except NodeError as exc:
+                    entry.update(ok=False, reason=str(exc), attempts=attempt)
+                    self._say(f"   restore: {exc}")
+                    if not exc.unreachable:
+                        break           # the node answered no: asking again changes nothing
+                    if attempt < RESTORE_ATTEMPTS:
+                        time.sleep(0.5 * attempt)
             self.restores.append(entry)
 
     # -- the loads ---------------------------------------------------------------------
