@@ -333,7 +333,16 @@ class FakeExchange:
         self._last_heard[ws] = time.monotonic()
         seq = 0
         while not ws.closed:
+            due = time.monotonic() + self.heartbeat_s
             await asyncio.sleep(self.heartbeat_s)
+            # Woken late: the test process stalled, this fake with it.  A
+            # real exchange's clock runs on meanwhile but so would the
+            # client's pings reach it: the stall is no client's silence.
+            late = time.monotonic() - due - self.heartbeat_s
+            if late > 0:
+                self._last_heard[ws] = self._last_heard.get(ws, 0.0) + late
+                if ws in self._pending:
+                    self._pending[ws] = (self._pending[ws][0], self._pending[ws][1] + late)
             if self.name == "okx" and time.monotonic() - self._last_heard[ws] > \
                     self.client_silence_s:
                 self.closed_for_heartbeat += 1

@@ -250,12 +250,15 @@ def test_cluster_totals_equal_the_sum_of_the_nodes(serve, redis_server, tmp_path
 
     def settled():
         # Every node's own snapshot carries its hits: what the aggregate is
-        # made of, whether or not it sums them right.
+        # made of, whether or not it sums them right.  All three live in the
+        # same reply: one node's snapshot late past two 0.3 s intervals on
+        # this busy box reads stale for a moment (live 2, stale 1, seen once).
         stats = admin_json(nodes[1], "/admin/cluster-stats")
         rows = {row["node"]: row for row in stats["per_node"]}
-        return stats if [rows.get(f"node{i}", {}).get("counters", {}).get("udp_hits")
-                         for i in range(3)] == own else None
-    stats = wait_for(settled, timeout=5, interval=0.1, message="snapshots with every hit")
+        hits = [rows.get(f"node{i}", {}).get("counters", {}).get("udp_hits") for i in range(3)]
+        return stats if hits == own and stats["nodes"]["live"] == 3 else None
+    stats = wait_for(settled, timeout=10, interval=0.1,
+                     message="a reply with three live snapshots carrying every hit")
     assert stats["nodes"] == {"live": 3, "stale": 0, "missing": 0}
     rows = {row["node"]: row for row in stats["per_node"]}
     assert stats["totals"]["udp_hits"] == 60
