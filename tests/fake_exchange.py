@@ -340,7 +340,7 @@ class FakeExchange:
             # client's pings reach it: the stall is no client's silence.
             late = time.monotonic() - due - self.heartbeat_s
             if late > 0:
-                self._last_heard[ws] = self._last_heard.get(ws, 0.0) + late
+                self._last_heard[ws] += late
                 if ws in self._pending:
                     self._pending[ws] = (self._pending[ws][0], self._pending[ws][1] + late)
             if self.name == "okx" and time.monotonic() - self._last_heard[ws] > \
